@@ -1,0 +1,138 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/minionsdev/minions/internal/errs"
+)
+
+func open(t *testing.T) *DB {
+	t.Helper()
+	db, err := Open(context.Background(), filepath.Join(t.TempDir(), "minions.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	return db
+}
+
+func TestMigrateTwice(t *testing.T) {
+	ctx := context.Background()
+	file := filepath.Join(t.TempDir(), "m.db")
+	for i := 0; i < 2; i++ {
+		db, err := Open(ctx, file)
+		if err != nil {
+			t.Fatalf("open %d: %v", i, err)
+		}
+		var v int
+		db.QueryRow("PRAGMA user_version").Scan(&v)
+		if v != 1 {
+			t.Fatalf("user_version = %d, want 1", v)
+		}
+		db.Close()
+	}
+}
+
+func TestVMLifecycle(t *testing.T) {
+	ctx := context.Background()
+	db := open(t)
+	alice := User{ID: "u1", Name: "alice", CreatedAt: time.Now()}
+	if err := InsertUser(ctx, db, alice); err != nil {
+		t.Fatal(err)
+	}
+	if err := InsertUser(ctx, db, User{ID: "u2", Name: "alice"}); !errors.Is(err, errs.AlreadyExists) {
+		t.Fatalf("duplicate user: %v", err)
+	}
+	vm := VM{ID: "abc123", Name: "web", OwnerID: "u1", Image: "minimal", CPUs: 1, MemoryMiB: 256, DiskGiB: 1,
+		IP: "10.0.0.2", MAC: "52:54:00:00:00:01", CID: 3, State: StateCreating, Port: 80, CreatedAt: time.Now()}
+	if err := InsertVM(ctx, db, vm); err != nil {
+		t.Fatal(err)
+	}
+	dup := vm
+	dup.ID, dup.IP, dup.MAC, dup.CID = "other", "10.0.0.3", "52:54:00:00:00:02", 4
+	if err := InsertVM(ctx, db, dup); !errors.Is(err, errs.AlreadyExists) {
+		t.Fatalf("duplicate name: %v", err)
+	}
+	for _, key := range []string{"web", "abc123"} {
+		got, err := GetVM(ctx, db, key)
+		if err != nil || got.ID != "abc123" || got.Owner != "alice" {
+			t.Fatalf("GetVM(%s) = %+v, %v", key, got, err)
+		}
+	}
+	if _, err := GetVM(ctx, db, "nope"); !errors.Is(err, errs.NotFound) {
+		t.Fatalf("missing vm: %v", err)
+	}
+	vm.Name = "prod"
+	if err := UpdateVM(ctx, db, vm); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := GetVM(ctx, db, "web"); !errors.Is(err, errs.NotFound) {
+		t.Fatal("old name still resolves after rename")
+	}
+	if err := InsertSnapshot(ctx, db, Snapshot{ID: "s1", VMID: vm.ID, Name: "one", CreatedAt: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	if err := InsertSnapshot(ctx, db, Snapshot{ID: "s2", VMID: vm.ID, Name: "one"}); !errors.Is(err, errs.AlreadyExists) {
+		t.Fatalf("duplicate snapshot: %v", err)
+	}
+	if err := DeleteVM(ctx, db, vm.ID); err != nil {
+		t.Fatal(err)
+	}
+	snaps, _ := ListSnapshots(ctx, db, vm.ID)
+	if len(snaps) != 0 {
+		t.Fatalf("snapshots survived their vm: %v", snaps)
+	}
+}
+
+func TestTxRollsBack(t *testing.T) {
+	ctx := context.Background()
+	db := open(t)
+	err := db.Tx(ctx, func(q Q) error {
+		if err := InsertUser(ctx, q, User{ID: "u1", Name: "bob"}); err != nil {
+			return err
+		}
+		return errs.New(errs.InvalidArgument, "changed my mind")
+	})
+	if !errors.Is(err, errs.InvalidArgument) {
+		t.Fatal(err)
+	}
+	if _, err := GetUser(ctx, db, "bob"); !errors.Is(err, errs.NotFound) {
+		t.Fatalf("user survived rollback: %v", err)
+	}
+}
+
+// Concurrent writers from separate connections serialize instead of
+// failing with SQLITE_BUSY.
+func TestConcurrentWriters(t *testing.T) {
+	ctx := context.Background()
+	file := filepath.Join(t.TempDir(), "c.db")
+	var wg sync.WaitGroup
+	errc := make(chan error, 8)
+	for i := 0; i < 8; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			db, err := Open(ctx, file)
+			if err != nil {
+				errc <- err
+				return
+			}
+			defer db.Close()
+			errc <- db.Tx(ctx, func(q Q) error {
+				return InsertUser(ctx, q, User{ID: string(rune('a' + i)), Name: string(rune('a' + i))})
+			})
+		}(i)
+	}
+	wg.Wait()
+	close(errc)
+	for err := range errc {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+}
