@@ -1,0 +1,356 @@
+package link
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"time"
+
+	"github.com/hashicorp/yamux"
+)
+
+// Handshake line prefixes.
+const (
+	helloPrefix = "MINIONS-LINK-HELLO "
+	okPrefix    = "MINIONS-LINK-OK "
+	// maxLine bounds a line the parser considers; longer runs of bytes
+	// without a newline are discarded.
+	maxLine = 128
+	// NonceLen is the length of a nonce in hex digits.
+	NonceLen = 16
+)
+
+// Kind is the kind of a handshake line.
+type Kind int
+
+// Handshake line kinds.
+const (
+	KindNone  Kind = iota // not a handshake line
+	KindHello             // MINIONS-LINK-HELLO
+	KindOK                // MINIONS-LINK-OK
+)
+
+// ParseLine parses one line (without its trailing newline; a trailing \r is
+// tolerated) and reports whether it is a well-formed handshake line, its
+// kind and its nonce. Anything else, including a line with a malformed
+// nonce, is KindNone.
+func ParseLine(line []byte) (Kind, string) {
+	line = bytes.TrimSuffix(line, []byte("\r"))
+	var kind Kind
+	var rest []byte
+	switch {
+	case bytes.HasPrefix(line, []byte(helloPrefix)):
+		kind, rest = KindHello, line[len(helloPrefix):]
+	case bytes.HasPrefix(line, []byte(okPrefix)):
+		kind, rest = KindOK, line[len(okPrefix):]
+	default:
+		return KindNone, ""
+	}
+	if !validNonce(rest) {
+		return KindNone, ""
+	}
+	return kind, string(rest)
+}
+
+func validNonce(b []byte) bool {
+	if len(b) != NonceLen {
+		return false
+	}
+	for _, c := range b {
+		if !('0' <= c && c <= '9' || 'a' <= c && c <= 'f') {
+			return false
+		}
+	}
+	return true
+}
+
+// NewNonce returns a fresh random nonce.
+func NewNonce() string {
+	var b [NonceLen / 2]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// lineReader reads lines of at most maxLine bytes from a buffered reader,
+// discarding overlong ones.
+type lineReader struct {
+	br *bufio.Reader
+}
+
+// next returns the next line without its newline. Overlong lines are
+// returned empty (they are never handshake lines).
+func (l *lineReader) next() ([]byte, error) {
+	var line []byte
+	overlong := false
+	for {
+		frag, err := l.br.ReadSlice('\n')
+		if !overlong {
+			if len(line)+len(frag) > maxLine+1 {
+				overlong, line = true, nil
+			} else {
+				line = append(line, frag...)
+			}
+		}
+		switch {
+		case err == nil:
+			return bytes.TrimSuffix(line, []byte("\n")), nil
+		case errors.Is(err, bufio.ErrBufferFull):
+			continue
+		default:
+			return nil, err
+		}
+	}
+}
+
+// bufferedConn reads through the bufio.Reader used by the handshake, so no
+// byte the peer sent after its handshake line is lost.
+type bufferedConn struct {
+	r *bufio.Reader
+	io.ReadWriteCloser
+}
+
+func (c *bufferedConn) Read(p []byte) (int, error) { return c.r.Read(p) }
+
+// closeOnDone closes c when ctx ends before the returned stop is called, so
+// a blocked read returns.
+func closeOnDone(ctx context.Context, c io.Closer) (stop func() bool) {
+	return context.AfterFunc(ctx, func() { c.Close() })
+}
+
+// Accept runs the guest side of the handshake on rwc: it discards input up
+// to a HELLO line, answers it with OK and returns the nonce and a stream
+// positioned just after the HELLO line. It returns an error when rwc fails
+// (io.EOF when the host went away) or ctx ends (rwc is then closed).
+func Accept(ctx context.Context, rwc io.ReadWriteCloser) (io.ReadWriteCloser, string, error) {
+	defer closeOnDone(ctx, rwc)()
+	br := bufio.NewReaderSize(rwc, 4096)
+	lr := lineReader{br: br}
+	for {
+		line, err := lr.next()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil, "", ctx.Err()
+			}
+			return nil, "", fmt.Errorf("link accept: %w", err)
+		}
+		kind, nonce := ParseLine(line)
+		if kind != KindHello {
+			continue
+		}
+		if _, err := io.WriteString(rwc, okPrefix+nonce+"\n"); err != nil {
+			return nil, "", fmt.Errorf("link accept: write ok: %w", err)
+		}
+		return &bufferedConn{r: br, ReadWriteCloser: rwc}, nonce, nil
+	}
+}
+
+// Handshake runs the host side of the handshake on rwc: it writes HELLO with
+// a fresh nonce and discards input up to the matching OK line. If none comes
+// within retry (doubling up to 2 s) it sends a new HELLO with a new nonce;
+// only the OK of the latest HELLO counts. It returns a stream positioned
+// just after the OK line. On ctx end rwc is closed.
+func Handshake(ctx context.Context, rwc io.ReadWriteCloser, retry time.Duration) (io.ReadWriteCloser, error) {
+	if retry <= 0 {
+		retry = 250 * time.Millisecond
+	}
+	defer closeOnDone(ctx, rwc)()
+	br := bufio.NewReaderSize(rwc, 4096)
+	lr := lineReader{br: br}
+
+	type result struct {
+		line []byte
+		err  error
+	}
+	lines := make(chan result)
+	done := make(chan struct{})
+	defer close(done)
+	go func() {
+		for {
+			line, err := lr.next()
+			select {
+			case lines <- result{line, err}:
+			case <-done:
+				return
+			}
+			if err != nil {
+				return
+			}
+			kind, _ := ParseLine(line)
+			if kind == KindOK {
+				// Wait to hear whether it matched: the reader must
+				// stop right after the OK line so no session byte is
+				// consumed here.
+				select {
+				case <-lines:
+				case <-done:
+					return
+				}
+			}
+		}
+	}()
+
+	nonce := ""
+	send := func() error {
+		nonce = NewNonce()
+		_, err := io.WriteString(rwc, helloPrefix+nonce+"\n")
+		return err
+	}
+	if err := send(); err != nil {
+		return nil, fmt.Errorf("link handshake: write hello: %w", err)
+	}
+	timer := time.NewTimer(retry)
+	defer timer.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-timer.C:
+			if err := send(); err != nil {
+				return nil, fmt.Errorf("link handshake: write hello: %w", err)
+			}
+			retry = min(retry*2, 2*time.Second)
+			timer.Reset(retry)
+		case r := <-lines:
+			if r.err != nil {
+				if ctx.Err() != nil {
+					return nil, ctx.Err()
+				}
+				return nil, fmt.Errorf("link handshake: %w", r.err)
+			}
+			kind, got := ParseLine(r.line)
+			if kind != KindOK {
+				continue
+			}
+			if got != nonce {
+				lines <- result{} // let the reader go on
+				continue
+			}
+			// The reader goroutine is parked on the ack send; done
+			// releases it without a further read.
+			return &bufferedConn{r: br, ReadWriteCloser: rwc}, nil
+		}
+	}
+}
+
+// yamuxConfig is the session configuration both sides use.
+func yamuxConfig(keepAlive time.Duration) *yamux.Config {
+	cfg := yamux.DefaultConfig()
+	cfg.LogOutput = nil
+	cfg.Logger = discardLogger{}
+	cfg.EnableKeepAlive = keepAlive > 0
+	if keepAlive > 0 {
+		cfg.KeepAliveInterval = keepAlive
+		cfg.ConnectionWriteTimeout = 2 * keepAlive
+	}
+	cfg.StreamOpenTimeout = 10 * time.Second
+	cfg.StreamCloseTimeout = 30 * time.Second
+	return cfg
+}
+
+type discardLogger struct{}
+
+func (discardLogger) Print(...any)          {}
+func (discardLogger) Printf(string, ...any) {}
+func (discardLogger) Println(...any)        {}
+
+// DialConfig configures the host side of a link.
+type DialConfig struct {
+	// HelloRetry is the initial interval between HELLO lines while the
+	// guest does not answer (default 250 ms, doubling up to 2 s).
+	HelloRetry time.Duration
+	// KeepAlive is the yamux keepalive interval (default 2 s); a session
+	// whose peer does not answer within twice this dies.
+	KeepAlive time.Duration
+}
+
+func (c DialConfig) withDefaults() DialConfig {
+	if c.HelloRetry <= 0 {
+		c.HelloRetry = 250 * time.Millisecond
+	}
+	if c.KeepAlive <= 0 {
+		c.KeepAlive = 2 * time.Second
+	}
+	return c
+}
+
+// Dial runs the host side of the handshake on rwc and returns a yamux client
+// session over it. Closing the session closes rwc. On error rwc is closed.
+func Dial(ctx context.Context, rwc io.ReadWriteCloser, cfg DialConfig) (*yamux.Session, error) {
+	cfg = cfg.withDefaults()
+	conn, err := Handshake(ctx, rwc, cfg.HelloRetry)
+	if err != nil {
+		rwc.Close()
+		return nil, err
+	}
+	sess, err := yamux.Client(conn, yamuxConfig(cfg.KeepAlive))
+	if err != nil {
+		rwc.Close()
+		return nil, fmt.Errorf("link dial: %w", err)
+	}
+	return sess, nil
+}
+
+// Serve runs the guest side until ctx ends: it opens the port with
+// openPort, waits for a host handshake, serves a yamux session and calls
+// handle (in its own goroutine) for every stream the host opens; when the
+// stream ends (the host went away) it closes the port and starts over.
+// openPort should block until a host may be present rather than fail fast;
+// its errors are logged and retried after a short pause. Serve returns
+// ctx.Err().
+func Serve(ctx context.Context, openPort func(context.Context) (io.ReadWriteCloser, error), handle func(net.Conn), log *slog.Logger) error {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	for ctx.Err() == nil {
+		port, err := openPort(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				break
+			}
+			log.Warn("open agent port", "err", err)
+			sleep(ctx, 200*time.Millisecond)
+			continue
+		}
+		if err := serveOnce(ctx, port, handle); err != nil && ctx.Err() == nil {
+			log.Debug("link session ended", "err", err)
+		}
+		port.Close()
+	}
+	return ctx.Err()
+}
+
+func serveOnce(ctx context.Context, port io.ReadWriteCloser, handle func(net.Conn)) error {
+	conn, _, err := Accept(ctx, port)
+	if err != nil {
+		return err
+	}
+	sess, err := yamux.Server(conn, yamuxConfig(0))
+	if err != nil {
+		return err
+	}
+	defer sess.Close()
+	defer context.AfterFunc(ctx, func() { sess.Close() })()
+	for {
+		st, err := sess.Accept()
+		if err != nil {
+			return err
+		}
+		go handle(st)
+	}
+}
+
+func sleep(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
+}

@@ -1,0 +1,294 @@
+package link
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"io"
+	"net"
+	"os"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+func TestParseLine(t *testing.T) {
+	tests := []struct {
+		line  string
+		kind  Kind
+		nonce string
+	}{
+		{"MINIONS-LINK-HELLO 0123456789abcdef", KindHello, "0123456789abcdef"},
+		{"MINIONS-LINK-OK 0123456789abcdef", KindOK, "0123456789abcdef"},
+		{"MINIONS-LINK-OK 0123456789abcdef\r", KindOK, "0123456789abcdef"},
+		{"MINIONS-LINK-HELLO 0123456789ABCDEF", KindNone, ""},
+		{"MINIONS-LINK-HELLO 0123456789abcde", KindNone, ""},
+		{"MINIONS-LINK-HELLO 0123456789abcdef0", KindNone, ""},
+		{"MINIONS-LINK-HELLO  0123456789abcdef", KindNone, ""},
+		{"xMINIONS-LINK-HELLO 0123456789abcdef", KindNone, ""},
+		{"MINIONS-LINK-HELLO", KindNone, ""},
+		{"", KindNone, ""},
+		{"\x00\x01MINIONS", KindNone, ""},
+	}
+	for _, tt := range tests {
+		kind, nonce := ParseLine([]byte(tt.line))
+		if kind != tt.kind || nonce != tt.nonce {
+			t.Errorf("ParseLine(%q) = %v, %q; want %v, %q", tt.line, kind, nonce, tt.kind, tt.nonce)
+		}
+	}
+}
+
+func FuzzParseLine(f *testing.F) {
+	f.Add([]byte("MINIONS-LINK-HELLO 0123456789abcdef"))
+	f.Add([]byte("MINIONS-LINK-OK 0123456789abcdef\r"))
+	f.Add([]byte("MINIONS-LINK-OK 0123456789abcdeg"))
+	f.Add([]byte{0, 1, 2, '\r'})
+	f.Fuzz(func(t *testing.T, line []byte) {
+		kind, nonce := ParseLine(line)
+		trimmed := strings.TrimSuffix(string(line), "\r")
+		switch kind {
+		case KindNone:
+			if nonce != "" {
+				t.Fatalf("nonce %q for a non-handshake line", nonce)
+			}
+		case KindHello:
+			if trimmed != helloPrefix+nonce {
+				t.Fatalf("hello %q does not re-encode to %q", nonce, line)
+			}
+		case KindOK:
+			if trimmed != okPrefix+nonce {
+				t.Fatalf("ok %q does not re-encode to %q", nonce, line)
+			}
+		}
+		if kind != KindNone && !validNonce([]byte(nonce)) {
+			t.Fatalf("invalid nonce %q accepted", nonce)
+		}
+	})
+}
+
+// FuzzAccept feeds arbitrary stale bytes before a HELLO line: Accept must
+// find a HELLO (the real one or one hidden in the garbage) and leave the
+// stream positioned right after it.
+func FuzzAccept(f *testing.F) {
+	f.Add([]byte("garbage"))
+	f.Add([]byte("MINIONS-LINK-HELLO 0000000000000000\nMINIONS-LINK-HEL"))
+	f.Add(bytes.Repeat([]byte{'x'}, 5000))
+	f.Fuzz(func(t *testing.T, garbage []byte) {
+		const nonce = "00112233445566aa"
+		in := append(append(append([]byte{}, garbage...), '\n'), helloPrefix+nonce+"\nTAIL"...)
+		rw := &memRW{r: bytes.NewReader(in)}
+		conn, got, err := Accept(context.Background(), rw)
+		if err != nil {
+			t.Fatalf("Accept: %v", err)
+		}
+		if got != nonce && !bytes.Contains(garbage, []byte(helloPrefix+got)) {
+			t.Fatalf("nonce %q neither sent nor in garbage", got)
+		}
+		if rw.w.String() != okPrefix+got+"\n" {
+			t.Fatalf("reply %q", rw.w.String())
+		}
+		if got == nonce {
+			rest, _ := io.ReadAll(conn)
+			if string(rest) != "TAIL" {
+				t.Fatalf("rest %q, want TAIL", rest)
+			}
+		}
+	})
+}
+
+type memRW struct {
+	r io.Reader
+	w bytes.Buffer
+}
+
+func (m *memRW) Read(p []byte) (int, error)  { return m.r.Read(p) }
+func (m *memRW) Write(p []byte) (int, error) { return m.w.Write(p) }
+func (m *memRW) Close() error                { return nil }
+
+// socketpair returns two connected stream sockets, like the two ends of a
+// virtio-serial port with its QEMU chardev.
+func socketpair(t *testing.T) (net.Conn, net.Conn) {
+	t.Helper()
+	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conns := make([]net.Conn, 2)
+	for i, fd := range fds {
+		f := os.NewFile(uintptr(fd), "sp")
+		c, err := net.FileConn(f)
+		f.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		conns[i] = c
+		t.Cleanup(func() { c.Close() })
+	}
+	return conns[0], conns[1]
+}
+
+func echo(c net.Conn) {
+	defer c.Close()
+	io.Copy(c, c)
+}
+
+func roundTrip(t *testing.T, c net.Conn, msg string) {
+	t.Helper()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.WriteString(c, msg); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, len(msg))
+	if _, err := io.ReadFull(c, buf); err != nil {
+		t.Fatal(err)
+	}
+	if string(buf) != msg {
+		t.Fatalf("echo %q, want %q", buf, msg)
+	}
+}
+
+// noClose hides Close so a guest "reopening its port" keeps the socket.
+type noClose struct{ net.Conn }
+
+func (noClose) Close() error { return nil }
+
+func TestLinkOverGarbage(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	host, guest := socketpair(t)
+
+	// Stale bytes in both directions: half a yamux frame, an overlong
+	// line, a HELLO/OK with bad nonces, an OK for a nonce never sent.
+	stale := "\x00\x01\x00\x02garbage\n" + strings.Repeat("z", 300) + "\nMINIONS-LINK-OK 0123456789abcdef\nMINIONS-LINK-HELLO XYZ\n"
+	go io.WriteString(guest, stale)
+	if _, err := io.WriteString(host, stale); err != nil {
+		t.Fatal(err)
+	}
+
+	serveCtx, stopServe := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		opened := false
+		Serve(serveCtx, func(ctx context.Context) (io.ReadWriteCloser, error) {
+			if opened {
+				<-ctx.Done()
+				return nil, ctx.Err()
+			}
+			opened = true
+			return guest, nil
+		}, echo, nil)
+	}()
+
+	sess, err := Dial(ctx, host, DialConfig{HelloRetry: 50 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sess.Close()
+	for i := range 3 {
+		st, err := sess.Open()
+		if err != nil {
+			t.Fatal(err)
+		}
+		roundTrip(t, st, strings.Repeat("ping", i+1))
+		st.Close()
+	}
+	stopServe()
+	wg.Wait()
+}
+
+// TestLinkStaleHello: the guest first sees a HELLO the host has given up
+// on, answers it and starts a session the host never joins; the host's
+// next HELLO breaks that session, and the one after converges.
+func TestLinkStaleHello(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	host, guest := socketpair(t)
+	if _, err := io.WriteString(host, helloPrefix+"ffffffffffffffff\n"); err != nil {
+		t.Fatal(err)
+	}
+	go Serve(ctx, func(context.Context) (io.ReadWriteCloser, error) { return noClose{guest}, nil }, echo, nil)
+
+	start := time.Now()
+	sess, err := Dial(ctx, host, DialConfig{HelloRetry: 50 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sess.Close()
+	st, err := sess.Open()
+	if err != nil {
+		t.Fatal(err)
+	}
+	roundTrip(t, st, "hello after stale")
+	t.Logf("converged in %v", time.Since(start))
+}
+
+// TestLinkHostReconnect: the host drops the session and starts a new one on
+// the same stream (as the relay does after a keepalive failure); the guest
+// must follow.
+func TestLinkHostReconnect(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+
+	// The guest port outlives host sessions; each host session is a new
+	// socket pair handed to the guest's openPort.
+	ports := make(chan net.Conn)
+	go Serve(ctx, func(ctx context.Context) (io.ReadWriteCloser, error) {
+		select {
+		case c := <-ports:
+			return c, nil
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}, echo, nil)
+
+	for i := range 3 {
+		host, guest := socketpair(t)
+		ports <- guest
+		sess, err := Dial(ctx, host, DialConfig{HelloRetry: 50 * time.Millisecond})
+		if err != nil {
+			t.Fatalf("session %d: %v", i, err)
+		}
+		st, err := sess.Open()
+		if err != nil {
+			t.Fatal(err)
+		}
+		roundTrip(t, st, "x")
+		sess.Close()
+	}
+}
+
+// TestHandshakeLeavesSessionBytes: bytes the guest writes right after its
+// OK line reach the caller of Handshake.
+func TestHandshakeLeavesSessionBytes(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	host, guest := socketpair(t)
+	go func() {
+		br := bufio.NewReader(guest)
+		line, _ := br.ReadString('\n')
+		_, nonce := ParseLine([]byte(strings.TrimSuffix(line, "\n")))
+		io.WriteString(guest, "noise\n"+okPrefix+nonce+"\nSESSION")
+	}()
+	conn, err := Handshake(ctx, host, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 7)
+	if _, err := io.ReadFull(conn, buf); err != nil || string(buf) != "SESSION" {
+		t.Fatalf("got %q, %v", buf, err)
+	}
+}
+
+func TestHandshakeContext(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	host, guest := socketpair(t)
+	go io.Copy(io.Discard, guest)
+	if _, err := Handshake(ctx, host, 10*time.Millisecond); err != context.DeadlineExceeded {
+		t.Fatalf("err = %v, want deadline exceeded", err)
+	}
+}
