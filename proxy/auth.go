@@ -1,0 +1,254 @@
+package proxy
+
+import (
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+)
+
+// Token kinds. The kind is part of the signed payload, so a login token can
+// never be used as a cookie or the other way round.
+const (
+	kindLogin   = "login"   // one-time link for the owner
+	kindShare   = "share"   // reusable link for anyone until it expires
+	kindSession = "session" // cookie
+)
+
+// cookieName is the session cookie; it is host-only (no Domain attribute),
+// so it is scoped to exactly one VM host.
+const cookieName = "minions_session"
+
+// Paths the proxy answers itself on every VM host.
+const (
+	loginPath  = "/__minions/login"
+	logoutPath = "/__minions/logout"
+)
+
+// claims is the signed payload of links and cookies.
+type claims struct {
+	Kind  string `json:"k"`
+	ID    string `json:"i,omitempty"` // random; single-use bookkeeping for login links
+	Host  string `json:"h,omitempty"` // links: the host they were issued for
+	VMID  string `json:"v,omitempty"` // cookies: the VM they admit to
+	Owner string `json:"o,omitempty"` // login links and owner cookies
+	Exp   int64  `json:"e"`           // unix seconds
+}
+
+var errBadToken = errors.New("invalid or expired token")
+
+// signer signs and verifies claims with HMAC-SHA256.
+type signer struct {
+	key []byte
+	now func() time.Time
+}
+
+func (s signer) sign(c claims) string {
+	payload, _ := json.Marshal(c) // claims always marshals
+	p := base64.RawURLEncoding.EncodeToString(payload)
+	return p + "." + base64.RawURLEncoding.EncodeToString(s.mac(p))
+}
+
+func (s signer) mac(p string) []byte {
+	m := hmac.New(sha256.New, s.key)
+	m.Write([]byte("minions-proxy-v1\x00"))
+	m.Write([]byte(p))
+	return m.Sum(nil)
+}
+
+// verify checks the signature, kind and expiry of tok.
+func (s signer) verify(tok, kind string) (claims, error) {
+	p, sig, ok := strings.Cut(tok, ".")
+	if !ok {
+		return claims{}, errBadToken
+	}
+	want, err := base64.RawURLEncoding.DecodeString(sig)
+	if err != nil || !hmac.Equal(want, s.mac(p)) {
+		return claims{}, errBadToken
+	}
+	payload, err := base64.RawURLEncoding.DecodeString(p)
+	if err != nil {
+		return claims{}, errBadToken
+	}
+	var c claims
+	if err := json.Unmarshal(payload, &c); err != nil {
+		return claims{}, errBadToken
+	}
+	if c.Kind != kind || s.now().Unix() >= c.Exp {
+		return claims{}, errBadToken
+	}
+	return c, nil
+}
+
+// usedTokens remembers redeemed one-time token IDs until they expire.
+// It lives in memory: after a restart a login link that was already used
+// could be used once more within its (short) lifetime.
+type usedTokens struct {
+	mu   sync.Mutex
+	ids  map[string]int64 // id -> expiry (unix seconds)
+	next int64            // next sweep
+}
+
+// use marks id as used and reports whether it was fresh.
+func (u *usedTokens) use(id string, exp, now int64) bool {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.ids == nil {
+		u.ids = make(map[string]int64)
+	}
+	if now >= u.next {
+		for k, e := range u.ids {
+			if now >= e {
+				delete(u.ids, k)
+			}
+		}
+		u.next = now + 60
+	}
+	if _, seen := u.ids[id]; seen {
+		return false
+	}
+	u.ids[id] = exp
+	return true
+}
+
+func randomID() string {
+	b := make([]byte, 16)
+	_, _ = rand.Read(b) // crypto/rand.Read never fails
+	return hex.EncodeToString(b)
+}
+
+// admitted reports whether r carries a session cookie valid for rt.
+func (p *Proxy) admitted(r *http.Request, rt Route) bool {
+	for _, ck := range r.Cookies() {
+		if ck.Name != cookieName {
+			continue
+		}
+		c, err := p.signer.verify(ck.Value, kindSession)
+		if err != nil || c.VMID != rt.VMID {
+			continue
+		}
+		// An owner session admits the owner only while they still own the
+		// VM; a share session (no owner) admits whoever holds it.
+		if c.Owner == "" || c.Owner == rt.Owner {
+			return true
+		}
+	}
+	return false
+}
+
+// stripSessionCookie removes the proxy's own cookie before the request goes
+// to the VM, so a VM never sees a credential.
+func stripSessionCookie(h http.Header) {
+	cookies := h.Values("Cookie")
+	if len(cookies) == 0 {
+		return
+	}
+	var keep []string
+	for _, line := range cookies {
+		var parts []string
+		for _, part := range strings.Split(line, ";") {
+			name, _, _ := strings.Cut(strings.TrimSpace(part), "=")
+			if name != cookieName && strings.TrimSpace(part) != "" {
+				parts = append(parts, strings.TrimSpace(part))
+			}
+		}
+		if len(parts) > 0 {
+			keep = append(keep, strings.Join(parts, "; "))
+		}
+	}
+	h.Del("Cookie")
+	if len(keep) > 0 {
+		h.Set("Cookie", strings.Join(keep, "; "))
+	}
+}
+
+// LoginLink returns a one-time URL that signs owner in to the VM named
+// vmName: https://<vm>.<domain>/__minions/login?token=... (http and the
+// localhost form in local mode). The link is valid for ttl (capped at one
+// hour; zero means 10 minutes), works once, and only while owner still owns
+// the VM under that name. Redeeming it sets a session cookie scoped to that
+// host and bound to the VM's ID and owner, then redirects to "/".
+func (p *Proxy) LoginLink(vmName, owner string, ttl time.Duration) string {
+	if ttl <= 0 {
+		ttl = 10 * time.Minute
+	}
+	ttl = min(ttl, time.Hour)
+	host := p.VMHost(vmName)
+	tok := p.signer.sign(claims{Kind: kindLogin, ID: randomID(), Host: host, Owner: owner,
+		Exp: p.signer.now().Add(ttl).Unix()})
+	return p.baseURL(host) + loginPath + "?token=" + tok
+}
+
+// ShareLink returns a reusable URL that admits anyone who opens it to the
+// VM named vmName until ttl has passed (zero means 7 days); each visitor
+// gets a session cookie lasting at most until the link expires. Links are
+// bound to the VM's ID when redeemed: a new VM reusing the name is not
+// reachable through an old link. Rotating Config.Secret revokes all links.
+func (p *Proxy) ShareLink(vmName string, ttl time.Duration) string {
+	if ttl <= 0 {
+		ttl = 7 * 24 * time.Hour
+	}
+	host := p.VMHost(vmName)
+	tok := p.signer.sign(claims{Kind: kindShare, Host: host, Exp: p.signer.now().Add(ttl).Unix()})
+	return p.baseURL(host) + loginPath + "?token=" + tok
+}
+
+// handleLogin redeems a login or share token for the route's host.
+func (p *Proxy) handleLogin(w http.ResponseWriter, r *http.Request, host string, rt Route) {
+	tok := r.URL.Query().Get("token")
+	now := p.signer.now()
+	c, err := p.signer.verify(tok, kindLogin)
+	if err != nil {
+		c, err = p.signer.verify(tok, kindShare)
+	}
+	switch {
+	case err != nil || c.Host != host:
+		p.metrics.loginFailed.Add(1)
+		p.page(w, r, http.StatusForbidden, "Sign-in link not valid",
+			"This sign-in link is invalid or has expired. Ask for a new one with `minions share "+rt.VMName+"`.")
+		return
+	case c.Kind == kindLogin && c.Owner != rt.Owner:
+		p.metrics.loginFailed.Add(1)
+		p.page(w, r, http.StatusForbidden, "Sign-in link not valid",
+			"This sign-in link was issued to someone who no longer owns this VM.")
+		return
+	case c.Kind == kindLogin && !p.used.use(c.ID, c.Exp, now.Unix()):
+		p.metrics.loginFailed.Add(1)
+		p.page(w, r, http.StatusForbidden, "Sign-in link already used",
+			"Each sign-in link works once. Ask for a new one with `minions share "+rt.VMName+"`.")
+		return
+	}
+	exp := now.Add(p.cfg.SessionTTL)
+	sess := claims{Kind: kindSession, VMID: rt.VMID, Owner: c.Owner}
+	if c.Kind == kindShare && time.Unix(c.Exp, 0).Before(exp) {
+		exp = time.Unix(c.Exp, 0)
+	}
+	sess.Exp = exp.Unix()
+	http.SetCookie(w, &http.Cookie{
+		Name:     cookieName,
+		Value:    p.signer.sign(sess),
+		Path:     "/",
+		Expires:  exp,
+		MaxAge:   int(time.Until(exp).Seconds()),
+		HttpOnly: true,
+		Secure:   r.TLS != nil,
+		SameSite: http.SameSiteLaxMode,
+	})
+	p.metrics.logins.Add(1)
+	w.Header().Set("Cache-Control", "no-store")
+	w.Header().Set("Referrer-Policy", "no-referrer")
+	http.Redirect(w, r, "/", http.StatusSeeOther)
+}
+
+func (p *Proxy) handleLogout(w http.ResponseWriter, r *http.Request) {
+	http.SetCookie(w, &http.Cookie{Name: cookieName, Value: "", Path: "/", MaxAge: -1,
+		HttpOnly: true, Secure: r.TLS != nil, SameSite: http.SameSiteLaxMode})
+	p.page(w, r, http.StatusOK, "Signed out", "You are signed out of this VM.")
+}

@@ -1,0 +1,19 @@
+// Package proxy is the HTTPS front door of every VM: https://<vm>.<domain>
+// (and verified custom domains) reverse-proxied to the VM's chosen port.
+//
+// It owns certificate management (certmagic: a wildcard certificate by DNS-01
+// when a DNS provider is configured, otherwise per-name certificates on
+// demand, allowed only for names that exist), the HTTP->HTTPS redirect and
+// HTTP-01 answers on the plain listener, sign-in for private VMs (one-time
+// login links that set a signed cookie scoped to the VM's host), per-client
+// rate and connection limits, an access log and Prometheus metrics.
+//
+// The proxy knows nothing of the store: it asks a Routes for the VM behind a
+// host name and a Domains whether a custom name may get a certificate. The
+// daemon wires both to the store. Without a Domain the proxy serves plain
+// HTTP only, at http://<vm>.localhost:<port>, for local use.
+//
+// A Proxy is safe for concurrent use. Package proxytest holds reusable test
+// fixtures: an in-process Pebble ACME server with a loopback DNS server, an
+// in-memory route table and upstream helpers.
+package proxy

@@ -1,0 +1,73 @@
+package proxy
+
+import (
+	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
+	"strings"
+
+	"github.com/minionsdev/minions/internal/errs"
+)
+
+// VerifyPrefix is the label under a custom domain that holds its TXT
+// verification record: _minions-verify.www.example.org.
+const VerifyPrefix = "_minions-verify"
+
+// DomainToken is the value a TXT record at VerifyPrefix.<domain> must hold
+// to prove ownership of domain for the VM with ID vmID. It is derived from
+// the proxy's secret, so it needs no storage and cannot be guessed.
+func (p *Proxy) DomainToken(vmID, domain string) string {
+	m := hmac.New(sha256.New, p.cfg.Secret)
+	m.Write([]byte("minions-domain-v1\x00" + vmID + "\x00" + normalizeHost(domain)))
+	return "minions-verify=" + hex.EncodeToString(m.Sum(nil)[:16])
+}
+
+// CheckCustomDomain validates the syntax of a custom domain: a DNS name
+// with two or more labels that is neither under the proxy's Domain nor
+// under localhost. Errors are errs.InvalidArgument.
+func (p *Proxy) CheckCustomDomain(domain string) error {
+	d := normalizeHost(domain)
+	if err := checkHostname(d); err != nil {
+		return errs.New(errs.InvalidArgument, "custom domain: %v", err)
+	}
+	if p.cfg.Domain != "" && (d == p.cfg.Domain || strings.HasSuffix(d, "."+p.cfg.Domain)) {
+		return errs.New(errs.InvalidArgument, "custom domain %s is under %s", d, p.cfg.Domain)
+	}
+	if d == "localhost" || strings.HasSuffix(d, ".localhost") {
+		return errs.New(errs.InvalidArgument, "custom domain %s is under localhost", d)
+	}
+	return nil
+}
+
+// VerifyDomain checks that whoever controls domain pointed it at the VM
+// (vmID, currently named vmName): either domain is a CNAME for
+// <vmName>.<Domain>, or a TXT record at VerifyPrefix.<domain> holds
+// DomainToken(vmID, domain). It only looks; the caller records the result
+// and the store's Domains.AllowCertificate must admit the name only after
+// it succeeded, so no certificate is requested before. Errors:
+// errs.InvalidArgument for a bad name, errs.FailedPrecondition when neither
+// record is in place (the message says what to publish).
+func (p *Proxy) VerifyDomain(ctx context.Context, domain, vmName, vmID string) error {
+	if err := p.CheckCustomDomain(domain); err != nil {
+		return err
+	}
+	d := normalizeHost(domain)
+	want := p.DomainToken(vmID, d)
+	if txts, err := p.cfg.Resolver.LookupTXT(ctx, VerifyPrefix+"."+d); err == nil {
+		for _, t := range txts {
+			if strings.TrimSpace(t) == want {
+				return nil
+			}
+		}
+	}
+	target := p.VMHost(vmName)
+	if p.cfg.Domain != "" {
+		if cname, err := p.cfg.Resolver.LookupCNAME(ctx, d); err == nil && normalizeHost(cname) == target {
+			return nil
+		}
+	}
+	return errs.New(errs.FailedPrecondition,
+		"verify domain %s: publish a CNAME record %s -> %s, or a TXT record %s.%s with %q",
+		d, d, target, VerifyPrefix, d, want)
+}
