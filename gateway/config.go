@@ -1,0 +1,115 @@
+package gateway
+
+import (
+	"fmt"
+	"log/slog"
+	"net"
+	"time"
+
+	"github.com/minionsdev/minions/internal/errs"
+)
+
+// Registration policies for unknown keys.
+const (
+	PolicyOpen   = "open"   // anyone with a key may pick a name and sign up
+	PolicyInvite = "invite" // sign-up needs Config.InviteCode
+	PolicyClosed = "closed" // no sign-up; an admin adds keys
+)
+
+// Defaults applied by Config.withDefaults for zero fields.
+const (
+	DefaultBind          = "0.0.0.0:2222"
+	DefaultPolicy        = PolicyClosed
+	DefaultAuthRate      = 10
+	DefaultIdleTimeout   = time.Hour
+	DefaultShutdownGrace = 10 * time.Second
+)
+
+// Config configures the gateway. The zero value of every field means its
+// default.
+type Config struct {
+	// Bind is the TCP address to listen on. Default "0.0.0.0:2222".
+	Bind string
+	// HostKeyPath is the server's persistent ed25519 host key (OpenSSH
+	// PEM). It is created with mode 0600 (its directory 0700) on first start.
+	// Required.
+	HostKeyPath string
+	// Policy governs what an unknown key may do: "open", "invite" or
+	// "closed". Default "closed".
+	Policy string
+	// InviteCode is the code a new user must type under the "invite"
+	// policy. Required (and only allowed) with that policy.
+	InviteCode string
+	// AuthRate is how many failed authentications a client IP may cause per
+	// minute before it is refused (with a message) until the minute is
+	// over. Default 10; must not be negative.
+	AuthRate int
+	// IdleTimeout closes a connection that has seen no traffic for this
+	// long. Default 1h; a negative value disables it.
+	IdleTimeout time.Duration
+	// ShutdownGrace is how long Run waits for open connections to finish
+	// after its context ends before closing them. Default 10s.
+	ShutdownGrace time.Duration
+	// Log receives the gateway's logs (component=gateway). Default
+	// slog.Default().
+	Log *slog.Logger
+}
+
+func (c Config) withDefaults() Config {
+	if c.Bind == "" {
+		c.Bind = DefaultBind
+	}
+	if c.Policy == "" {
+		c.Policy = DefaultPolicy
+	}
+	if c.AuthRate == 0 {
+		c.AuthRate = DefaultAuthRate
+	}
+	if c.IdleTimeout == 0 {
+		c.IdleTimeout = DefaultIdleTimeout
+	}
+	if c.ShutdownGrace == 0 {
+		c.ShutdownGrace = DefaultShutdownGrace
+	}
+	if c.Log == nil {
+		c.Log = slog.Default()
+	}
+	return c
+}
+
+// Validate reports the first problem with c (after defaults), as an
+// errs.InvalidArgument error.
+func (c Config) Validate() error {
+	c = c.withDefaults()
+	if _, _, err := net.SplitHostPort(c.Bind); err != nil {
+		return errs.New(errs.InvalidArgument, "gateway config: bind %q: %w", c.Bind, err)
+	}
+	if c.HostKeyPath == "" {
+		return errs.New(errs.InvalidArgument, "gateway config: host key path is required")
+	}
+	switch c.Policy {
+	case PolicyOpen, PolicyClosed:
+		if c.InviteCode != "" {
+			return errs.New(errs.InvalidArgument, "gateway config: invite code set but policy is %q", c.Policy)
+		}
+	case PolicyInvite:
+		if c.InviteCode == "" {
+			return errs.New(errs.InvalidArgument, "gateway config: policy \"invite\" needs an invite code")
+		}
+	default:
+		return errs.New(errs.InvalidArgument, "gateway config: policy %q: want open, invite or closed", c.Policy)
+	}
+	if c.AuthRate < 0 {
+		return errs.New(errs.InvalidArgument, "gateway config: auth rate %d: must not be negative", c.AuthRate)
+	}
+	if c.ShutdownGrace < 0 {
+		return errs.New(errs.InvalidArgument, "gateway config: shutdown grace %s: must not be negative", c.ShutdownGrace)
+	}
+	return nil
+}
+
+// String is for logs.
+func (c Config) String() string {
+	c = c.withDefaults()
+	return fmt.Sprintf("bind=%s policy=%s auth_rate=%d/min idle=%s", c.Bind, c.Policy, c.AuthRate, c.IdleTimeout)
+}
