@@ -1,0 +1,187 @@
+package tui
+
+import (
+	"fmt"
+	"strings"
+
+	"github.com/charmbracelet/bubbles/key"
+	tea "github.com/charmbracelet/bubbletea"
+	"github.com/charmbracelet/x/ansi"
+)
+
+// detailPage shows one VM: its settings, agent status, URL, snapshots and
+// the tail of its console. Action keys work as on the list.
+type detailPage struct {
+	c             *common
+	name          string
+	d             *Detail
+	err           error
+	width, height int
+}
+
+func newDetailPage(c *common, name string) *detailPage {
+	return &detailPage{c: c, name: name}
+}
+
+func (p *detailPage) Init() tea.Cmd { return p.refresh() }
+
+func (p *detailPage) refresh() tea.Cmd {
+	c, name := p.c, p.name
+	return func() tea.Msg {
+		d, err := c.backend.Get(c.ctx, name)
+		return detailMsg{name: name, detail: d, err: err}
+	}
+}
+
+func (p *detailPage) Title() string    { return p.name }
+func (p *detailPage) Capturing() bool  { return false }
+func (p *detailPage) SetSize(w, h int) { p.width, p.height = w, h }
+
+func (p *detailPage) vm() *VM {
+	if p.d == nil {
+		return nil
+	}
+	v := p.d.VM
+	return &v
+}
+
+func (p *detailPage) Update(msg tea.Msg) tea.Cmd {
+	switch msg := msg.(type) {
+	case detailMsg:
+		if msg.name != p.name {
+			return nil
+		}
+		p.err = msg.err
+		if msg.err == nil {
+			d := msg.detail
+			p.d = &d
+		}
+	case opDoneMsg:
+		if msg.err != nil || msg.name != p.name {
+			return nil
+		}
+		switch msg.verb {
+		case "destroy":
+			return pop
+		case "rename":
+			p.name = msg.to
+			if p.d != nil {
+				p.d.VM.Name = msg.to
+			}
+			return p.refresh()
+		}
+	case tea.KeyMsg:
+		k := p.c.keys
+		switch {
+		case key.Matches(msg, k.Back):
+			return pop
+		case key.Matches(msg, k.Open):
+			return nil
+		}
+		if cmd, ok := p.c.vmAction(msg, p.vm()); ok {
+			return cmd
+		}
+	}
+	return nil
+}
+
+func (p *detailPage) View() string {
+	st := p.c.styles
+	if p.d == nil {
+		if p.err != nil {
+			return st.Error.Render(errorText(p.err))
+		}
+		return st.Dim.Render("Loading " + p.name + "…")
+	}
+	d, v := p.d, p.d.VM
+	var lines []string
+	kv := func(pairs ...string) {
+		var b strings.Builder
+		for i := 0; i+1 < len(pairs); i += 2 {
+			if i > 0 {
+				b.WriteString("   ")
+			}
+			b.WriteString(st.Label.Render(fmt.Sprintf("%-8s", pairs[i])) + " " + st.Value.Render(pairs[i+1]))
+		}
+		lines = append(lines, b.String())
+	}
+	title := st.Title.Render(v.Name) + "  " + st.statusStyle(v.Status).Render(v.Status)
+	if p.err != nil {
+		title += "  " + st.Error.Render("(stale: "+errorText(p.err)+")")
+	}
+	lines = append(lines, title)
+	kv("ID", v.ID, "Image", orDash(v.Image))
+	kv("IP", orDash(v.IP), "URL", orDash(d.URL))
+	kv("CPUs", fmt.Sprint(v.CPUs), "Memory", fmtMemory(v.MemoryMiB), "Disk", fmtDisk(v.DiskGiB))
+	created := "-"
+	if !v.Created.IsZero() {
+		created = v.Created.UTC().Format("2006-01-02 15:04") + " (" + fmtDuration(p.c.now().Sub(v.Created)) + " ago)"
+	}
+	kv("Created", created, "Uptime", p.c.uptime(v))
+	if p.c.admin {
+		kv("Owner", orDash(v.Owner))
+	}
+	lines = append(lines, "", st.Section.Render("Agent"))
+	a := d.Agent
+	switch {
+	case a.Connected:
+		lines = append(lines, "  "+fmt.Sprintf("connected · %s · kernel %s · up %s · load %.2f %.2f %.2f",
+			orDash(a.Version), orDash(a.Kernel), fmtDuration(a.Uptime), a.Load[0], a.Load[1], a.Load[2]))
+		lines = append(lines, "  "+fmt.Sprintf("memory %s free of %s · disk %s free of %s",
+			fmtBytes(a.MemAvailable), fmtBytes(a.MemTotal), fmtBytes(a.DiskFree), fmtBytes(a.DiskTotal)))
+	case a.Error != "":
+		lines = append(lines, "  "+st.Dim.Render("not connected: "+a.Error))
+	default:
+		lines = append(lines, "  "+st.Dim.Render("not connected"))
+	}
+	lines = append(lines, "", st.Section.Render(fmt.Sprintf("Snapshots (%d)", len(d.Snapshots))))
+	if len(d.Snapshots) == 0 {
+		lines = append(lines, "  "+st.Dim.Render("none · p to take one"))
+	}
+	const maxSnaps = 3
+	for i, s := range d.Snapshots {
+		if i == maxSnaps {
+			lines = append(lines, "  "+st.Dim.Render(fmt.Sprintf("… %d more · p to manage", len(d.Snapshots)-maxSnaps)))
+			break
+		}
+		lines = append(lines, "  "+snapLine(p.c, s))
+	}
+	lines = append(lines, "", st.Section.Render("Console"))
+	room := p.height - len(lines)
+	tail := d.ConsoleTail
+	if room < len(tail) {
+		tail = tail[len(tail)-max(room, 0):]
+	}
+	if len(d.ConsoleTail) == 0 {
+		lines = append(lines, "  "+st.Dim.Render("(no output)"))
+	}
+	for _, l := range tail {
+		lines = append(lines, "  "+st.Console.Render(ansi.Truncate(ansi.Strip(l), max(p.width-2, 0), "…")))
+	}
+	return strings.Join(lines, "\n")
+}
+
+func snapLine(c *common, s Snapshot) string {
+	kind := "disk"
+	if s.Memory {
+		kind = "disk+memory"
+	}
+	return fmt.Sprintf("%s · %s · %s · %s", s.Name, s.Created.UTC().Format("2006-01-02 15:04"),
+		fmtBytes(uint64(max(s.SizeBytes, 0))), kind)
+}
+
+func fmtDisk(gib int) string {
+	if gib <= 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%dG", gib)
+}
+
+func (p *detailPage) ShortHelp() []key.Binding {
+	return append([]key.Binding{p.c.keys.Back}, p.c.vmKeys(p.vm())...)
+}
+
+func (p *detailPage) FullHelp() [][]key.Binding {
+	k := p.c.keys
+	return [][]key.Binding{{k.Back}, p.c.vmHelp(), {k.Help, k.Quit, k.ForceQuit}}
+}

@@ -1,0 +1,65 @@
+package tui
+
+import tea "github.com/charmbracelet/bubbletea"
+
+// Messages. Every backend call returns one of these from a tea.Cmd.
+type (
+	// tickMsg drives the live refresh.
+	tickMsg struct{}
+	// vmsMsg carries the result of Backend.List.
+	vmsMsg struct {
+		vms []VM
+		err error
+	}
+	// detailMsg carries the result of Backend.Get.
+	detailMsg struct {
+		name   string
+		detail Detail
+		err    error
+	}
+	// imagesMsg carries the result of Backend.Images.
+	imagesMsg struct {
+		images []Image
+		err    error
+	}
+	// snapshotsMsg carries the result of Backend.SnapshotList.
+	snapshotsMsg struct {
+		name  string
+		snaps []Snapshot
+		err   error
+	}
+	// opDoneMsg reports a finished action ("stop", "web", err).
+	opDoneMsg struct {
+		verb, name string
+		// to is the new name after rename or copy.
+		to  string
+		err error
+		// open, when set, opens this VM's detail page afterwards.
+		open string
+	}
+	// createProgressMsg is one step reported by Backend.Create.
+	createProgressMsg struct {
+		step string
+		ch   <-chan tea.Msg
+	}
+	// consoleDoneMsg reports the end of a console session.
+	consoleDoneMsg struct {
+		name string
+		err  error
+	}
+	// statusMsg sets the status line.
+	statusMsg struct {
+		text string
+		err  bool
+	}
+	// pushMsg opens a page on top; popMsg closes the top page.
+	pushMsg struct{ p page }
+	popMsg  struct{}
+)
+
+func push(p page) tea.Cmd { return func() tea.Msg { return pushMsg{p} } }
+func pop() tea.Msg        { return popMsg{} }
+
+func status(text string) tea.Cmd {
+	return func() tea.Msg { return statusMsg{text: text} }
+}
