@@ -1,0 +1,133 @@
+package qemu
+
+import (
+	"fmt"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"github.com/minionsdev/minions/vm/hypervisor"
+)
+
+// AgentPort is the port the agent is dialled on (hybrid-vsock or vsock).
+const AgentPort = 1024
+
+// AgentPortName is the virtio-serial port name of the agent channel.
+const AgentPortName = "org.minions.agent"
+
+// Names of the files the driver keeps in Spec.RunDir.
+const (
+	qmpSock     = "qmp.sock"
+	consoleSock = "console.sock"
+	agentSock   = "agent.sock"
+	vsockSock   = "vsock.sock"
+	pidFile     = "qemu.pid"
+	machineFile = "machine.json"
+	qemuLog     = "qemu.log"
+	relayLog    = "relay.log"
+)
+
+// runFiles are removed by Shutdown, Kill and a failed Start.
+var runFiles = []string{qmpSock, consoleSock, agentSock, vsockSock, pidFile, machineFile}
+
+// machine is the resolved launch configuration of one QEMU process. It is
+// pure data: argv is a function of it alone. It is written to
+// RunDir/machine.json and, by SaveState, into the state directory.
+type machine struct {
+	ID         string               `json:"id"`
+	Name       string               `json:"name"`
+	Accel      string               `json:"accel"`
+	CPUs       int                  `json:"cpus"`
+	MemoryMiB  int                  `json:"memory_mib"`
+	Kernel     string               `json:"kernel"`
+	Initramfs  string               `json:"initramfs,omitempty"`
+	Cmdline    string               `json:"cmdline"` // final, with tsc_early_khz when added
+	Disks      []hypervisor.Disk    `json:"disks,omitempty"`
+	Net        *hypervisor.NetIface `json:"net,omitempty"`
+	VhostVsock bool                 `json:"vhost_vsock"`
+	VsockCID   uint32               `json:"vsock_cid,omitempty"`
+	RunDir     string               `json:"run_dir"`
+	ConsoleLog string               `json:"console_log"`
+	// Incoming is the memory state file to restore from ("" for a boot).
+	Incoming string `json:"incoming,omitempty"`
+}
+
+func (m machine) path(name string) string { return filepath.Join(m.RunDir, name) }
+
+// opt escapes a value for QEMU's comma-separated option syntax.
+func opt(s string) string { return strings.ReplaceAll(s, ",", ",,") }
+
+// shellQuote quotes s for /bin/sh (used by the exec: migration URIs).
+func shellQuote(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }
+
+// withTSC appends tsc_early_khz=khz to cmdline unless it is already set.
+func withTSC(cmdline string, khz int) string {
+	if khz <= 0 {
+		return cmdline
+	}
+	for _, f := range strings.Fields(cmdline) {
+		if strings.HasPrefix(f, "tsc_early_khz=") {
+			return cmdline
+		}
+	}
+	return strings.TrimSpace(cmdline + " tsc_early_khz=" + strconv.Itoa(khz))
+}
+
+// args renders the QEMU argv (without the binary).
+func (m machine) args() []string {
+	name := m.Name
+	if name == "" {
+		name = m.ID
+	}
+	a := []string{
+		"-name", "guest=" + opt(name) + ",process=minions-" + opt(m.ID),
+		"-M", "microvm",
+	}
+	if m.Accel == AccelKVM {
+		a = append(a, "-accel", "kvm", "-cpu", "host")
+	} else {
+		a = append(a, "-accel", "tcg", "-cpu", "max")
+	}
+	a = append(a,
+		"-m", strconv.Itoa(m.MemoryMiB)+"M",
+		"-smp", strconv.Itoa(m.CPUs),
+		"-nodefaults", "-no-user-config", "-display", "none",
+		"-kernel", m.Kernel,
+	)
+	if m.Initramfs != "" {
+		a = append(a, "-initrd", m.Initramfs)
+	}
+	a = append(a, "-append", m.Cmdline)
+	a = append(a,
+		"-chardev", "socket,id=con,path="+opt(m.path(consoleSock))+",server=on,wait=off,logfile="+opt(m.ConsoleLog)+",logappend=on",
+		"-serial", "chardev:con",
+		"-qmp", "unix:"+opt(m.path(qmpSock))+",server=on,wait=off",
+		"-pidfile", m.path(pidFile),
+	)
+	for i, d := range m.Disks {
+		drive := fmt.Sprintf("if=none,id=disk%d,file=%s,format=%s", i, opt(d.Path), d.Format)
+		if d.ReadOnly {
+			drive += ",readonly=on"
+		}
+		a = append(a, "-drive", drive, "-device", fmt.Sprintf("virtio-blk-device,drive=disk%d", i))
+	}
+	if m.Net != nil {
+		a = append(a,
+			"-netdev", "tap,id=net0,ifname="+opt(m.Net.TAP)+",script=no,downscript=no,vhost=off",
+			"-device", "virtio-net-device,netdev=net0,mac="+m.Net.MAC,
+		)
+	}
+	if m.VhostVsock {
+		a = append(a, "-device", "vhost-vsock-device,guest-cid="+strconv.FormatUint(uint64(m.VsockCID), 10))
+	} else {
+		a = append(a,
+			"-device", "virtio-serial-device",
+			"-chardev", "socket,id=agent,path="+opt(m.path(agentSock))+",server=on,wait=off",
+			"-device", "virtserialport,chardev=agent,name="+AgentPortName,
+		)
+	}
+	if m.Incoming != "" {
+		a = append(a, "-incoming", "exec:cat "+shellQuote(m.Incoming))
+	}
+	return a
+}

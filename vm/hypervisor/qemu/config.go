@@ -1,0 +1,153 @@
+package qemu
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/minionsdev/minions/internal/errs"
+)
+
+// Accelerators accepted by Config.Accel.
+const (
+	AccelAuto = "auto"
+	AccelKVM  = "kvm"
+	AccelTCG  = "tcg"
+)
+
+// Vhost-vsock modes accepted by Config.VhostVsock.
+const (
+	VsockAuto = "auto" // vhost-vsock when /dev/vhost-vsock exists, else the relay
+	VsockOn   = "on"   // always vhost-vsock
+	VsockOff  = "off"  // always virtio-serial + relay
+)
+
+// Config configures the driver. The zero value plus a RelayCommand is usable.
+type Config struct {
+	// Binary is the QEMU executable, looked up in PATH when it has no
+	// slash. Default "qemu-system-x86_64".
+	Binary string
+	// Accel is "auto" (default), "kvm" or "tcg". "auto" means KVM only when
+	// KVMUsable is true; the caller decides that with a real boot probe.
+	Accel string
+	// KVMUsable is the caller's verdict that KVM works on this host.
+	KVMUsable bool
+	// VhostVsock is "auto" (default), "on" or "off".
+	VhostVsock string
+	// VhostVsockDevice is the device probed by VhostVsock "auto".
+	// Default "/dev/vhost-vsock".
+	VhostVsockDevice string
+	// RelayCommand is the argv prefix of the agent relay, e.g.
+	// [<minions executable>, "agent-relay"]; the driver appends
+	// "--serial <agent.sock> --listen <vsock.sock>". Required unless
+	// vhost-vsock is used.
+	RelayCommand []string
+	// TSCkHz is the host TSC frequency in kHz, passed to TCG guests as
+	// tsc_early_khz. 0 (default) reads it from /proc/cpuinfo at New.
+	TSCkHz int
+	// StartTimeout bounds how long Start and Restore wait for QMP and the
+	// relay socket (in addition to the caller's context). Default 30 s.
+	StartTimeout time.Duration
+	// StopTimeout bounds how long Kill (and Shutdown's final kill) waits for
+	// a killed process to vanish. Default 10 s.
+	StopTimeout time.Duration
+	// Log receives driver events (component=qemu). Default: discard.
+	Log *slog.Logger
+}
+
+func (c Config) withDefaults() Config {
+	if c.Binary == "" {
+		c.Binary = "qemu-system-x86_64"
+	}
+	if c.Accel == "" {
+		c.Accel = AccelAuto
+	}
+	if c.VhostVsock == "" {
+		c.VhostVsock = VsockAuto
+	}
+	if c.VhostVsockDevice == "" {
+		c.VhostVsockDevice = "/dev/vhost-vsock"
+	}
+	if c.StartTimeout == 0 {
+		c.StartTimeout = 30 * time.Second
+	}
+	if c.StopTimeout == 0 {
+		c.StopTimeout = 10 * time.Second
+	}
+	if c.Log == nil {
+		c.Log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	return c
+}
+
+// Validate checks c after defaults are applied. It does not look at the
+// host (New does).
+func (c Config) Validate() error {
+	c = c.withDefaults()
+	switch c.Accel {
+	case AccelAuto, AccelKVM, AccelTCG:
+	default:
+		return errs.New(errs.InvalidArgument, "qemu config: accel %q: want auto, kvm or tcg", c.Accel)
+	}
+	switch c.VhostVsock {
+	case VsockAuto, VsockOn, VsockOff:
+	default:
+		return errs.New(errs.InvalidArgument, "qemu config: vhost vsock %q: want auto, on or off", c.VhostVsock)
+	}
+	if c.VhostVsock == VsockOff && len(c.RelayCommand) == 0 {
+		return errs.New(errs.InvalidArgument, "qemu config: relay command is required without vhost-vsock")
+	}
+	if c.TSCkHz < 0 {
+		return errs.New(errs.InvalidArgument, "qemu config: tsc khz %d is negative", c.TSCkHz)
+	}
+	if c.StartTimeout < 0 || c.StopTimeout < 0 {
+		return errs.New(errs.InvalidArgument, "qemu config: negative timeout")
+	}
+	return nil
+}
+
+// accel resolves "auto".
+func (c Config) accel() string {
+	if c.Accel == AccelAuto {
+		if c.KVMUsable {
+			return AccelKVM
+		}
+		return AccelTCG
+	}
+	return c.Accel
+}
+
+// HostTSCkHz reads the TSC frequency from the first "cpu MHz" line of
+// /proc/cpuinfo.
+func HostTSCkHz() (int, error) {
+	f, err := os.Open("/proc/cpuinfo")
+	if err != nil {
+		return 0, fmt.Errorf("read host tsc: %w", err)
+	}
+	defer f.Close()
+	return parseCPUInfoKHz(f)
+}
+
+func parseCPUInfoKHz(r io.Reader) (int, error) {
+	sc := bufio.NewScanner(r)
+	for sc.Scan() {
+		k, v, ok := strings.Cut(sc.Text(), ":")
+		if !ok || strings.TrimSpace(k) != "cpu MHz" {
+			continue
+		}
+		mhz, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
+		if err != nil || mhz <= 0 {
+			return 0, fmt.Errorf("read host tsc: bad cpu MHz %q", v)
+		}
+		return int(mhz * 1000), nil
+	}
+	if err := sc.Err(); err != nil {
+		return 0, fmt.Errorf("read host tsc: %w", err)
+	}
+	return 0, errs.New(errs.NotFound, "read host tsc: no cpu MHz line in /proc/cpuinfo")
+}

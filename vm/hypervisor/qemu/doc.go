@@ -1,0 +1,44 @@
+// Package qemu is the hypervisor.Driver for QEMU's microvm machine
+// (qemu-system-x86_64 -M microvm), controlled over QMP.
+//
+// # Process model
+//
+// Start launches QEMU in its own session (setsid) with stdio redirected to
+// RunDir/qemu.log, so the VM outlives the process that started it. The driver
+// reaps the children it starts in a background goroutine: in a long-lived
+// daemon that leaves no zombies, and when a short-lived CLI exits first, the
+// VM is reparented to init (or the nearest subreaper), which reaps it. Every
+// later call identifies processes by PID and start time (see package procfs),
+// so a Handle loaded from JSON in another process works the same.
+//
+// # Agent channel
+//
+// Where /dev/vhost-vsock exists the guest gets a vhost-vsock-device and the
+// agent is reached over AF_VSOCK (Handle.Agent.Kind "vsock"). Elsewhere the
+// agent channel is a virtio-serial port named org.minions.agent backed by
+// RunDir/agent.sock, and the driver starts Config.RelayCommand (the agent
+// relay) with "--serial RunDir/agent.sock --listen RunDir/vsock.sock"; the
+// relay offers Cloud Hypervisor's hybrid-vsock protocol on vsock.sock, so the
+// agent is dialled the same way whatever the driver (Kind "hybrid-vsock",
+// port AgentPort).
+//
+// # Console, reboot and power-off
+//
+// The serial console (ttyS0) is a unix socket server at RunDir/console.sock
+// (one client at a time, for an interactive console) and is appended to
+// Spec.ConsoleLog whether or not a client is attached. QEMU runs without
+// -no-reboot: a guest reboot resets the machine in place (the process, PID
+// and sockets stay; the kernel reloads from -kernel). A guest power-off makes
+// QEMU exit, which callers see as Alive false / StateStopped.
+//
+// Under TCG the driver appends tsc_early_khz=<host TSC kHz> to the kernel
+// command line: microvm has no fallback timer and otherwise hangs in early
+// TSC calibration in a fraction of boots on a loaded host.
+//
+// # Files in RunDir
+//
+// qmp.sock, console.sock, agent.sock, vsock.sock, qemu.pid and machine.json
+// (the resolved launch configuration, used by SaveState) are created by
+// Start and removed by Shutdown and Kill; qemu.log and relay.log are kept for
+// diagnosis. Disks are never touched.
+package qemu

@@ -1,0 +1,526 @@
+package qemu
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/minionsdev/minions/internal/errs"
+	"github.com/minionsdev/minions/vm/hypervisor"
+	"github.com/minionsdev/minions/vm/hypervisor/procfs"
+	"github.com/minionsdev/minions/vm/hypervisor/qemu/qmp"
+)
+
+// DriverName is Handle.Driver for VMs started by this driver.
+const DriverName = "qemu"
+
+// maxSocketPath is the longest usable unix socket path (sun_path minus NUL).
+const maxSocketPath = 107
+
+// Driver is the QEMU microvm driver. It is safe for concurrent use on
+// different VMs; the caller serialises operations on one VM.
+type Driver struct {
+	cfg    Config
+	binary string // resolved
+	accel  string // resolved: kvm or tcg
+	vhost  bool   // vhost-vsock instead of virtio-serial + relay
+	tscKHz int    // appended under TCG; 0 under KVM
+	log    *slog.Logger
+}
+
+var _ hypervisor.Driver = (*Driver)(nil)
+
+// New checks cfg against the host (the QEMU binary, the vhost-vsock device,
+// the TSC frequency under TCG) and returns a driver. A missing QEMU binary
+// is an errs.FailedPrecondition.
+func New(cfg Config) (*Driver, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	cfg = cfg.withDefaults()
+	bin, err := exec.LookPath(cfg.Binary)
+	if err != nil {
+		return nil, errs.New(errs.FailedPrecondition, "qemu driver: binary %q: %w", cfg.Binary, err)
+	}
+	d := &Driver{cfg: cfg, binary: bin, accel: cfg.accel(), log: cfg.Log.With("component", "qemu")}
+	switch cfg.VhostVsock {
+	case VsockOn:
+		d.vhost = true
+	case VsockAuto:
+		_, err := os.Stat(cfg.VhostVsockDevice)
+		d.vhost = err == nil
+	}
+	if !d.vhost && len(cfg.RelayCommand) == 0 {
+		return nil, errs.New(errs.InvalidArgument, "qemu driver: no %s on this host, so a relay command is required", cfg.VhostVsockDevice)
+	}
+	if d.accel == AccelTCG {
+		d.tscKHz = cfg.TSCkHz
+		if d.tscKHz == 0 {
+			if d.tscKHz, err = HostTSCkHz(); err != nil {
+				return nil, fmt.Errorf("qemu driver: %w", err)
+			}
+		}
+	}
+	return d, nil
+}
+
+// Name returns "qemu".
+func (d *Driver) Name() string { return DriverName }
+
+// Caps reports KVM when the driver uses it, memory snapshots, and AF_VSOCK
+// when vhost-vsock is used. Live resize is not possible on microvm.
+func (d *Driver) Caps() hypervisor.Caps {
+	return hypervisor.Caps{KVM: d.accel == AccelKVM, MemorySnapshot: true, Vsock: d.vhost}
+}
+
+// machineFor validates spec and resolves it into a launch configuration.
+func (d *Driver) machineFor(spec hypervisor.Spec) (machine, error) {
+	bad := func(format string, args ...any) (machine, error) {
+		return machine{}, errs.New(errs.InvalidArgument, format, args...)
+	}
+	switch {
+	case spec.ID == "":
+		return bad("spec: empty vm id")
+	case spec.CPUs < 1:
+		return bad("spec: cpus %d: want at least 1", spec.CPUs)
+	case spec.MemoryMiB < 32:
+		return bad("spec: memory %d MiB: want at least 32", spec.MemoryMiB)
+	case spec.Kernel == "":
+		return bad("spec: no kernel")
+	case spec.RunDir == "":
+		return bad("spec: no run dir")
+	case spec.ConsoleLog == "":
+		return bad("spec: no console log")
+	case len(filepath.Join(spec.RunDir, consoleSock)) > maxSocketPath:
+		return bad("spec: run dir %q is too long for unix sockets (max %d bytes with %q)", spec.RunDir, maxSocketPath, consoleSock)
+	case d.vhost && spec.VsockCID < 3:
+		return bad("spec: vsock cid %d: want at least 3", spec.VsockCID)
+	}
+	files := []struct{ what, path string }{{"kernel", spec.Kernel}, {"initramfs", spec.Initramfs}}
+	for i, disk := range spec.Disks {
+		if disk.Format != "qcow2" && disk.Format != "raw" {
+			return bad("spec: disk %d: format %q: want qcow2 or raw", i, disk.Format)
+		}
+		files = append(files, struct{ what, path string }{fmt.Sprintf("disk %d", i), disk.Path})
+	}
+	for _, f := range files {
+		if f.path == "" {
+			continue
+		}
+		if _, err := os.Stat(f.path); err != nil {
+			return bad("spec: %s: %w", f.what, err)
+		}
+	}
+	if st, err := os.Stat(spec.RunDir); err != nil || !st.IsDir() {
+		return bad("spec: run dir %q is not a directory", spec.RunDir)
+	}
+	if spec.Net != nil {
+		if spec.Net.TAP == "" {
+			return bad("spec: net: no tap")
+		}
+		if _, err := net.ParseMAC(spec.Net.MAC); err != nil {
+			return bad("spec: net: mac: %w", err)
+		}
+	}
+	m := machine{
+		ID: spec.ID, Name: spec.Name, Accel: d.accel,
+		CPUs: spec.CPUs, MemoryMiB: spec.MemoryMiB,
+		Kernel: spec.Kernel, Initramfs: spec.Initramfs,
+		Cmdline: spec.Cmdline,
+		Disks:   append([]hypervisor.Disk(nil), spec.Disks...),
+		RunDir:  spec.RunDir, ConsoleLog: spec.ConsoleLog,
+		VhostVsock: d.vhost,
+	}
+	if d.accel == AccelTCG {
+		m.Cmdline = withTSC(spec.Cmdline, d.tscKHz)
+	}
+	if spec.Net != nil {
+		n := *spec.Net
+		m.Net = &n
+	}
+	if d.vhost {
+		m.VsockCID = spec.VsockCID
+	}
+	return m, nil
+}
+
+// Start boots spec. It returns once QEMU reports the guest running and, on
+// a host without vhost-vsock, the agent relay listens. On failure it has
+// killed what it started and removed its files, in reverse order.
+func (d *Driver) Start(ctx context.Context, spec hypervisor.Spec) (*hypervisor.Handle, error) {
+	m, err := d.machineFor(spec)
+	if err != nil {
+		return nil, fmt.Errorf("start vm %s: %w", spec.ID, err)
+	}
+	h, err := d.launch(ctx, m)
+	if err != nil {
+		return nil, fmt.Errorf("start vm %s: %w", spec.ID, err)
+	}
+	return h, nil
+}
+
+// launch runs m as a list of named steps with undo.
+func (d *Driver) launch(ctx context.Context, m machine) (*hypervisor.Handle, error) {
+	ctx, cancel := context.WithTimeout(ctx, d.cfg.StartTimeout)
+	defer cancel()
+	log := d.log.With("vm_id", m.ID)
+	var vm, relay *child
+	h := &hypervisor.Handle{Driver: DriverName, APISocket: m.path(qmpSock), RunDir: m.RunDir}
+	steps := []step{
+		{
+			name: "prepare run dir",
+			do: func(context.Context) error {
+				removeRunFiles(m.RunDir)
+				b, err := json.MarshalIndent(m, "", "  ")
+				if err != nil {
+					return err
+				}
+				return writeFileAtomic(m.path(machineFile), append(b, '\n'))
+			},
+			undo: func() { removeRunFiles(m.RunDir) },
+		},
+		{
+			name: "start qemu",
+			do: func(context.Context) error {
+				var err error
+				vm, err = spawn(append([]string{d.binary}, m.args()...), m.RunDir, m.path(qemuLog))
+				if err == nil {
+					log.Info("qemu started", "pid", vm.pid, "accel", m.Accel, "restore", m.Incoming != "")
+				}
+				return err
+			},
+			undo: func() { d.stopChild(context.Background(), vm) },
+		},
+		{
+			name: "connect qmp",
+			do: func(ctx context.Context) error {
+				c, err := waitQMP(ctx, vm, m)
+				if err != nil {
+					return err
+				}
+				defer c.Close()
+				if m.Incoming != "" {
+					return finishIncoming(ctx, vm, m, c)
+				}
+				st, err := queryStatus(ctx, c)
+				if err != nil {
+					return err
+				}
+				if st != "running" {
+					return fmt.Errorf("qemu status is %q, want running", st)
+				}
+				return nil
+			},
+		},
+	}
+	if !m.VhostVsock {
+		steps = append(steps,
+			step{
+				name: "start agent relay",
+				do: func(context.Context) error {
+					argv := append(append([]string(nil), d.cfg.RelayCommand...),
+						"--serial", m.path(agentSock), "--listen", m.path(vsockSock))
+					var err error
+					relay, err = spawn(argv, m.RunDir, m.path(relayLog))
+					if err == nil {
+						log.Debug("agent relay started", "pid", relay.pid)
+					}
+					return err
+				},
+				undo: func() { d.stopChild(context.Background(), relay) },
+			},
+			step{
+				name: "wait for agent relay",
+				do: func(ctx context.Context) error {
+					return waitSocket(ctx, relay, m.path(vsockSock), m.path(relayLog))
+				},
+			},
+		)
+	}
+	if err := runSteps(ctx, log, steps); err != nil {
+		return nil, err
+	}
+	h.PID, h.StartTime = vm.pid, vm.start
+	if m.VhostVsock {
+		h.Agent = hypervisor.AgentEndpoint{Kind: "vsock", CID: m.VsockCID, Port: AgentPort}
+	} else {
+		h.Agent = hypervisor.AgentEndpoint{Kind: "hybrid-vsock", Path: m.path(vsockSock), Port: AgentPort}
+		h.Helpers = []hypervisor.Process{{Name: "agent-relay", PID: relay.pid, StartTime: relay.start}}
+	}
+	return h, nil
+}
+
+// waitQMP dials the QMP socket until it answers, QEMU exits or ctx ends.
+func waitQMP(ctx context.Context, vm *child, m machine) (*qmp.Client, error) {
+	t := time.NewTicker(10 * time.Millisecond)
+	defer t.Stop()
+	for {
+		dctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		c, err := qmp.Dial(dctx, m.path(qmpSock))
+		cancel()
+		if err == nil {
+			return c, nil
+		}
+		select {
+		case <-vm.exited:
+			return nil, exitedError("qemu", m.path(qemuLog))
+		case <-ctx.Done():
+			return nil, errs.New(errs.Unavailable, "qmp did not answer: %w (last error: %v)", ctx.Err(), err)
+		case <-t.C:
+		}
+	}
+}
+
+// finishIncoming waits for an incoming migration to end and resumes the VM.
+func finishIncoming(ctx context.Context, vm *child, m machine, c *qmp.Client) error {
+	t := time.NewTicker(10 * time.Millisecond)
+	defer t.Stop()
+	for {
+		st, err := queryStatus(ctx, c)
+		if err != nil {
+			select {
+			case <-vm.exited:
+				return exitedError("qemu", m.path(qemuLog))
+			default:
+				return err
+			}
+		}
+		switch st {
+		case "inmigrate":
+		case "running":
+			return nil
+		case "paused", "postmigrate", "prelaunch":
+			return c.Execute(ctx, "cont", nil, nil)
+		default:
+			return fmt.Errorf("restore ended in qemu status %q", st)
+		}
+		select {
+		case <-vm.exited:
+			return exitedError("qemu", m.path(qemuLog))
+		case <-ctx.Done():
+			return errs.New(errs.Unavailable, "restore: %w", ctx.Err())
+		case <-t.C:
+		}
+	}
+}
+
+func queryStatus(ctx context.Context, c *qmp.Client) (string, error) {
+	var st struct {
+		Status string `json:"status"`
+	}
+	if err := c.Execute(ctx, "query-status", nil, &st); err != nil {
+		return "", err
+	}
+	return st.Status, nil
+}
+
+// dial connects to the QMP socket of a live VM.
+func (d *Driver) dial(ctx context.Context, h *hypervisor.Handle) (*qmp.Client, error) {
+	if err := checkHandle(h); err != nil {
+		return nil, err
+	}
+	if !procfs.Alive(h.PID, h.StartTime) {
+		return nil, errs.New(errs.FailedPrecondition, "vm is not running (pid %d gone)", h.PID)
+	}
+	return qmp.Dial(ctx, h.APISocket)
+}
+
+// execute runs one QMP command on a fresh connection, bounded by 10 s
+// unless ctx is shorter.
+func (d *Driver) execute(ctx context.Context, h *hypervisor.Handle, command string, args, result any) error {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	c, err := d.dial(ctx, h)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	return c.Execute(ctx, command, args, result)
+}
+
+func checkHandle(h *hypervisor.Handle) error {
+	if h == nil {
+		return errs.New(errs.InvalidArgument, "nil handle")
+	}
+	if h.Driver != DriverName {
+		return errs.New(errs.InvalidArgument, "handle of driver %q given to the qemu driver", h.Driver)
+	}
+	return nil
+}
+
+// Shutdown presses the ACPI power button (QMP system_powerdown), waits up
+// to timeout for QEMU to exit, then asks QEMU to quit and finally kills it.
+// The helpers are stopped and the run files removed. It is idempotent: on a
+// stopped VM it only cleans up. A guest that ignores ACPI (the agent as PID
+// 1 without an ACPI handler) is quit by QMP after timeout; callers that want
+// a clean guest shutdown ask the agent first.
+func (d *Driver) Shutdown(ctx context.Context, h *hypervisor.Handle, timeout time.Duration) error {
+	if err := checkHandle(h); err != nil {
+		return fmt.Errorf("shutdown vm: %w", err)
+	}
+	log := d.log.With("pid", h.PID)
+	if procfs.Alive(h.PID, h.StartTime) {
+		pctx, cancel := context.WithTimeout(ctx, timeout)
+		if err := d.execute(pctx, h, "system_powerdown", nil, nil); err != nil {
+			log.Debug("system_powerdown", "err", err)
+		}
+		err := procfs.WaitGone(pctx, h.PID, h.StartTime, 20*time.Millisecond)
+		cancel()
+		if err != nil {
+			log.Info("guest ignored power button, quitting qemu", "timeout", timeout)
+			qctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 3*time.Second)
+			if err := d.execute(qctx, h, "quit", nil, nil); err != nil {
+				log.Debug("quit", "err", err)
+			}
+			err = procfs.WaitGone(qctx, h.PID, h.StartTime, 10*time.Millisecond)
+			cancel()
+			if err != nil {
+				if err := d.killWait(ctx, "qemu", h.PID, h.StartTime); err != nil {
+					return fmt.Errorf("shutdown vm: %w", err)
+				}
+			}
+		}
+	}
+	if err := d.stopHelpers(ctx, h); err != nil {
+		return fmt.Errorf("shutdown vm: %w", err)
+	}
+	removeRunFiles(h.RunDir)
+	return nil
+}
+
+// Kill sends SIGKILL to QEMU and its helpers and waits until they are gone
+// (at most Config.StopTimeout). It is idempotent and removes the run files.
+func (d *Driver) Kill(ctx context.Context, h *hypervisor.Handle) error {
+	if err := checkHandle(h); err != nil {
+		return fmt.Errorf("kill vm: %w", err)
+	}
+	if err := d.killWait(ctx, "qemu", h.PID, h.StartTime); err != nil {
+		return fmt.Errorf("kill vm: %w", err)
+	}
+	if err := d.stopHelpers(ctx, h); err != nil {
+		return fmt.Errorf("kill vm: %w", err)
+	}
+	removeRunFiles(h.RunDir)
+	return nil
+}
+
+// killWait SIGKILLs pid (if it is still the process started at start) and
+// waits for it to vanish, even when ctx has ended, for at most StopTimeout.
+func (d *Driver) killWait(ctx context.Context, name string, pid int, start uint64) error {
+	if _, err := procfs.Signal(pid, start, unix.SIGKILL); err != nil {
+		return fmt.Errorf("kill %s: %w", name, err)
+	}
+	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), d.cfg.StopTimeout)
+	defer cancel()
+	if err := procfs.WaitGone(wctx, pid, start, 5*time.Millisecond); err != nil {
+		return fmt.Errorf("kill %s: %w", name, err)
+	}
+	return nil
+}
+
+// stopHelpers stops the helper processes: SIGTERM, a short grace, SIGKILL.
+func (d *Driver) stopHelpers(ctx context.Context, h *hypervisor.Handle) error {
+	var errList []error
+	for _, p := range h.Helpers {
+		if !procfs.Alive(p.PID, p.StartTime) {
+			continue
+		}
+		_, _ = procfs.Signal(p.PID, p.StartTime, unix.SIGTERM)
+		gctx, cancel := context.WithTimeout(ctx, time.Second)
+		err := procfs.WaitGone(gctx, p.PID, p.StartTime, 5*time.Millisecond)
+		cancel()
+		if err != nil {
+			errList = append(errList, d.killWait(ctx, p.Name, p.PID, p.StartTime))
+		}
+	}
+	return errors.Join(errList...)
+}
+
+// Pause stops the vCPUs (QMP stop). Pausing a paused VM is a no-op; a VM
+// whose process is gone is an errs.FailedPrecondition.
+func (d *Driver) Pause(ctx context.Context, h *hypervisor.Handle) error {
+	if err := d.execute(ctx, h, "stop", nil, nil); err != nil {
+		return fmt.Errorf("pause vm: %w", err)
+	}
+	return nil
+}
+
+// Resume restarts the vCPUs (QMP cont). Resuming a running VM is a no-op.
+func (d *Driver) Resume(ctx context.Context, h *hypervisor.Handle) error {
+	if err := d.execute(ctx, h, "cont", nil, nil); err != nil {
+		return fmt.Errorf("resume vm: %w", err)
+	}
+	return nil
+}
+
+// Info queries QEMU. A VM whose process is gone is StateStopped (no error).
+// Every QEMU run state other than "running" (paused, inmigrate,
+// postmigrate, suspended, guest-panicked, ...) is StatePaused: the vCPUs do
+// not run.
+func (d *Driver) Info(ctx context.Context, h *hypervisor.Handle) (hypervisor.Info, error) {
+	if err := checkHandle(h); err != nil {
+		return hypervisor.Info{}, fmt.Errorf("vm info: %w", err)
+	}
+	if !procfs.Alive(h.PID, h.StartTime) {
+		return hypervisor.Info{State: hypervisor.StateStopped}, nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	c, err := d.dial(ctx, h)
+	if err != nil {
+		if !procfs.Alive(h.PID, h.StartTime) {
+			return hypervisor.Info{State: hypervisor.StateStopped}, nil
+		}
+		return hypervisor.Info{}, fmt.Errorf("vm info: %w", err)
+	}
+	defer c.Close()
+	st, err := queryStatus(ctx, c)
+	if err != nil {
+		return hypervisor.Info{}, fmt.Errorf("vm info: %w", err)
+	}
+	var cpus []json.RawMessage
+	if err := c.Execute(ctx, "query-cpus-fast", nil, &cpus); err != nil {
+		return hypervisor.Info{}, fmt.Errorf("vm info: %w", err)
+	}
+	var mem struct {
+		Base    int64 `json:"base-memory"`
+		Plugged int64 `json:"plugged-memory"`
+	}
+	if err := c.Execute(ctx, "query-memory-size-summary", nil, &mem); err != nil {
+		return hypervisor.Info{}, fmt.Errorf("vm info: %w", err)
+	}
+	return hypervisor.Info{State: runState(st), CPUs: len(cpus), MemoryMiB: int((mem.Base + mem.Plugged) >> 20)}, nil
+}
+
+func runState(status string) hypervisor.State {
+	switch status {
+	case "running":
+		return hypervisor.StateRunning
+	case "shutdown":
+		return hypervisor.StateStopped
+	default:
+		return hypervisor.StatePaused
+	}
+}
+
+// Alive reports whether QEMU (PID and start time) still runs; a zombie is
+// not alive. Helpers are not considered.
+func (d *Driver) Alive(h *hypervisor.Handle) bool {
+	return h != nil && procfs.Alive(h.PID, h.StartTime)
+}
+
+// Resize is not possible: microvm has no CPU or memory hotplug.
+func (d *Driver) Resize(ctx context.Context, h *hypervisor.Handle, cpus, memoryMiB int) error {
+	return errs.New(errs.FailedPrecondition,
+		"resize vm: qemu microvm has no cpu or memory hotplug; stop the vm and start it with the new size: %w",
+		hypervisor.ErrUnsupported)
+}

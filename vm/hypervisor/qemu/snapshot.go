@@ -1,0 +1,228 @@
+package qemu
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/minionsdev/minions/internal/errs"
+	"github.com/minionsdev/minions/vm/hypervisor"
+	"github.com/minionsdev/minions/vm/hypervisor/procfs"
+	"github.com/minionsdev/minions/vm/hypervisor/qemu/qmp"
+)
+
+// Files SaveState writes into its directory.
+const (
+	// StateMemoryFile is QEMU's migration stream (RAM and device state).
+	StateMemoryFile = "memory.state"
+	// StateConfigFile describes the machine the stream belongs to.
+	StateConfigFile = "qemu-state.json"
+)
+
+// stateFormat is the version of StateConfigFile.
+const stateFormat = 1
+
+// savedState is the content of StateConfigFile.
+type savedState struct {
+	Format      int       `json:"format"`
+	QEMUVersion string    `json:"qemu_version"`
+	SavedAt     time.Time `json:"saved_at"`
+	Machine     machine   `json:"machine"`
+}
+
+// SaveState pauses the VM and writes its memory and device state to
+// dir/memory.state (QMP migrate to "exec:cat"), then dir/qemu-state.json
+// with the machine configuration Restore needs. Both files appear
+// atomically (written aside, renamed). The VM stays paused. On failure a VM
+// that was running is resumed. Disks are not copied: pair the state with a
+// copy of the VM's disks taken while it is paused.
+func (d *Driver) SaveState(ctx context.Context, h *hypervisor.Handle, dir string) error {
+	if err := d.saveState(ctx, h, dir); err != nil {
+		return fmt.Errorf("save vm state: %w", err)
+	}
+	return nil
+}
+
+func (d *Driver) saveState(ctx context.Context, h *hypervisor.Handle, dir string) (err error) {
+	if err := checkHandle(h); err != nil {
+		return err
+	}
+	b, err := os.ReadFile(filepath.Join(h.RunDir, machineFile))
+	if err != nil {
+		return errs.New(errs.FailedPrecondition, "read machine config: %w", err)
+	}
+	var m machine
+	if err := json.Unmarshal(b, &m); err != nil {
+		return fmt.Errorf("read machine config: %w", err)
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	c, err := d.dial(ctx, h)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	before, err := queryStatus(ctx, c)
+	if err != nil {
+		return err
+	}
+	if err := c.Execute(ctx, "stop", nil, nil); err != nil {
+		return err
+	}
+	defer func() {
+		if err != nil && before == "running" {
+			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+			defer cancel()
+			_ = c.Execute(rctx, "cont", nil, nil)
+		}
+	}()
+	start := time.Now()
+	// The default bandwidth cap (32 MiB/s) would make saving slow; the
+	// destination is a local file.
+	if err := c.Execute(ctx, "migrate-set-parameters", map[string]any{"max-bandwidth": int64(8) << 30}, nil); err != nil {
+		return err
+	}
+	mem := filepath.Join(dir, StateMemoryFile)
+	tmp := mem + ".tmp"
+	_ = os.Remove(tmp)
+	defer os.Remove(tmp)
+	if err := c.Execute(ctx, "migrate", map[string]any{"uri": "exec:cat > " + shellQuote(tmp)}, nil); err != nil {
+		return err
+	}
+	if err := waitMigration(ctx, h, c); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, mem); err != nil {
+		return err
+	}
+	m.Incoming = ""
+	st := savedState{Format: stateFormat, QEMUVersion: c.Greeting().VersionString(), SavedAt: time.Now().UTC(), Machine: m}
+	out, err := json.MarshalIndent(st, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := writeFileAtomic(filepath.Join(dir, StateConfigFile), append(out, '\n')); err != nil {
+		return err
+	}
+	d.log.Info("vm state saved", "vm_id", m.ID, "pid", h.PID, "dir", dir, "duration_ms", time.Since(start).Milliseconds())
+	return nil
+}
+
+type migrateStatus struct {
+	Status    string `json:"status"`
+	ErrorDesc string `json:"error-desc"`
+}
+
+// waitMigration polls query-migrate until the outgoing migration ends.
+func waitMigration(ctx context.Context, h *hypervisor.Handle, c *qmp.Client) error {
+	t := time.NewTicker(10 * time.Millisecond)
+	defer t.Stop()
+	for {
+		var st migrateStatus
+		if err := c.Execute(ctx, "query-migrate", nil, &st); err != nil {
+			return err
+		}
+		switch st.Status {
+		case "completed":
+			return nil
+		case "failed", "cancelled":
+			return fmt.Errorf("migration %s: %s", st.Status, st.ErrorDesc)
+		}
+		if !procfs.Alive(h.PID, h.StartTime) {
+			return errs.New(errs.Unavailable, "qemu exited during save")
+		}
+		select {
+		case <-ctx.Done():
+			cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+			_ = c.Execute(cctx, "migrate_cancel", nil, nil)
+			cancel()
+			return errs.New(errs.Unavailable, "migration: %w", ctx.Err())
+		case <-t.C:
+		}
+	}
+}
+
+// Restore starts a VM from dir (written by SaveState) and resumes it. The
+// spec supplies the paths of this incarnation (RunDir, ConsoleLog, the
+// disks, the TAP, the kernel); its shape must match the saved machine: the
+// same CPUs, memory, disk count and formats, network presence and MAC, and
+// agent channel kind, else errs.FailedPrecondition. A missing state is an
+// errs.NotFound. On failure nothing is left running.
+func (d *Driver) Restore(ctx context.Context, spec hypervisor.Spec, dir string) (*hypervisor.Handle, error) {
+	h, err := d.restore(ctx, spec, dir)
+	if err != nil {
+		return nil, fmt.Errorf("restore vm %s: %w", spec.ID, err)
+	}
+	return h, nil
+}
+
+func (d *Driver) restore(ctx context.Context, spec hypervisor.Spec, dir string) (*hypervisor.Handle, error) {
+	b, err := os.ReadFile(filepath.Join(dir, StateConfigFile))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, errs.New(errs.NotFound, "no saved state in %s", dir)
+	}
+	if err != nil {
+		return nil, err
+	}
+	var saved savedState
+	if err := json.Unmarshal(b, &saved); err != nil {
+		return nil, fmt.Errorf("read %s: %w", StateConfigFile, err)
+	}
+	if saved.Format != stateFormat {
+		return nil, errs.New(errs.FailedPrecondition, "state format %d, this driver reads %d", saved.Format, stateFormat)
+	}
+	mem := filepath.Join(dir, StateMemoryFile)
+	if _, err := os.Stat(mem); err != nil {
+		return nil, errs.New(errs.NotFound, "saved memory: %w", err)
+	}
+	m, err := d.machineFor(spec)
+	if err != nil {
+		return nil, err
+	}
+	if err := compatible(saved.Machine, m); err != nil {
+		return nil, errs.New(errs.FailedPrecondition, "saved state does not fit the spec: %w", err)
+	}
+	m.Cmdline = saved.Machine.Cmdline
+	m.Incoming = mem
+	start := time.Now()
+	h, err := d.launch(ctx, m)
+	if err != nil {
+		return nil, err
+	}
+	d.log.Info("vm restored", "vm_id", m.ID, "pid", h.PID, "dir", dir, "duration_ms", time.Since(start).Milliseconds())
+	return h, nil
+}
+
+// compatible reports why a machine saved as old cannot be restored as m.
+func compatible(old, m machine) error {
+	switch {
+	case old.Accel != m.Accel:
+		return fmt.Errorf("saved under %s, this driver uses %s", old.Accel, m.Accel)
+	case old.CPUs != m.CPUs:
+		return fmt.Errorf("saved with %d cpus, spec has %d", old.CPUs, m.CPUs)
+	case old.MemoryMiB != m.MemoryMiB:
+		return fmt.Errorf("saved with %d MiB, spec has %d", old.MemoryMiB, m.MemoryMiB)
+	case len(old.Disks) != len(m.Disks):
+		return fmt.Errorf("saved with %d disks, spec has %d", len(old.Disks), len(m.Disks))
+	case (old.Net == nil) != (m.Net == nil):
+		return fmt.Errorf("network device present in one of saved state and spec only")
+	case old.Net != nil && old.Net.MAC != m.Net.MAC:
+		return fmt.Errorf("saved with mac %s, spec has %s", old.Net.MAC, m.Net.MAC)
+	case old.VhostVsock != m.VhostVsock:
+		return fmt.Errorf("agent channel differs (vhost-vsock %v, now %v)", old.VhostVsock, m.VhostVsock)
+	case old.VhostVsock && old.VsockCID != m.VsockCID:
+		return fmt.Errorf("saved with vsock cid %d, spec has %d", old.VsockCID, m.VsockCID)
+	}
+	for i := range old.Disks {
+		if old.Disks[i].Format != m.Disks[i].Format || old.Disks[i].ReadOnly != m.Disks[i].ReadOnly {
+			return fmt.Errorf("disk %d: saved as %s (read-only %v), spec has %s (read-only %v)", i,
+				old.Disks[i].Format, old.Disks[i].ReadOnly, m.Disks[i].Format, m.Disks[i].ReadOnly)
+		}
+	}
+	return nil
+}
