@@ -1,0 +1,357 @@
+package images
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/minionsdev/minions/internal/errs"
+	"github.com/minionsdev/minions/vm/disk"
+)
+
+// sharedKernel installs the kernel once per test binary run.
+var (
+	kernelOnce sync.Once
+	kernelVal  Kernel
+	kernelErr  error
+	kernelDir  string
+)
+
+func testKernel(t *testing.T) Kernel {
+	t.Helper()
+	if _, err := exec.LookPath("apt-get"); err != nil {
+		t.Skip("apt-get not available")
+	}
+	kernelOnce.Do(func() {
+		kernelDir, kernelErr = os.MkdirTemp("", "minions-images-test-kernel-")
+		if kernelErr != nil {
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+		defer cancel()
+		start := time.Now()
+		kernelVal, kernelErr = EnsureKernel(ctx, kernelDir)
+		fmt.Printf("EnsureKernel (download + unpack + vmlinux + modules.dep): %v\n", time.Since(start))
+	})
+	if kernelErr != nil {
+		t.Fatalf("EnsureKernel: %v", kernelErr)
+	}
+	return kernelVal
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if kernelDir != "" {
+		os.RemoveAll(kernelDir)
+	}
+	os.Exit(code)
+}
+
+// buildTestAgent builds testdata/testagent statically with the given
+// version string and returns its path.
+func buildTestAgent(t *testing.T, dir, version string) string {
+	t.Helper()
+	out := filepath.Join(dir, "testagent-"+version)
+	cmd := exec.Command("go", "build", "-trimpath", "-ldflags", "-X main.version="+version, "-o", out, "./testdata/testagent")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH=amd64")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("build test agent: %v\n%s", err, b)
+	}
+	return out
+}
+
+func hostTSCkHz(t *testing.T) string {
+	b, err := os.ReadFile("/proc/cpuinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sc := bufio.NewScanner(bytes.NewReader(b))
+	for sc.Scan() {
+		if k, v, ok := strings.Cut(sc.Text(), ":"); ok && strings.TrimSpace(k) == "cpu MHz" {
+			var mhz float64
+			fmt.Sscanf(strings.TrimSpace(v), "%f", &mhz)
+			return fmt.Sprintf("%d", int(mhz*1000))
+		}
+	}
+	t.Fatal("no cpu MHz in /proc/cpuinfo")
+	return ""
+}
+
+// bootResult is what one boot printed.
+type bootResult struct {
+	console string
+	elapsed time.Duration
+}
+
+// boot runs QEMU microvm (TCG) in a fresh network namespace with kernel,
+// initramfs and a qcow2 root disk until the guest powers off.
+func boot(t *testing.T, kernel, initrd, rootDisk string) bootResult {
+	t.Helper()
+	for _, tool := range []string{"qemu-system-x86_64", "unshare"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("%s not installed", tool)
+		}
+	}
+	if os.Geteuid() != 0 {
+		t.Skip("needs root for a private network namespace")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
+	defer cancel()
+	cmdline := "console=ttyS0 root=/dev/vda rw panic=-1 quiet tsc_early_khz=" + hostTSCkHz(t)
+	args := []string{"--net", "qemu-system-x86_64",
+		"-M", "microvm", "-accel", "tcg", "-cpu", "max", "-m", "256", "-smp", "1",
+		"-nodefaults", "-no-user-config", "-nographic",
+		"-kernel", kernel, "-initrd", initrd, "-append", cmdline,
+		"-drive", "id=root,file=" + rootDisk + ",format=qcow2,if=none",
+		"-device", "virtio-blk-device,drive=root",
+		"-serial", "stdio", "-no-reboot"}
+	cmd := exec.CommandContext(ctx, "unshare", args...)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	start := time.Now()
+	err := cmd.Run()
+	el := time.Since(start)
+	if ctx.Err() != nil {
+		t.Fatalf("boot timed out after %v; console:\n%s", el, out.String())
+	}
+	if err != nil {
+		t.Fatalf("qemu: %v; console:\n%s", err, out.String())
+	}
+	return bootResult{console: out.String(), elapsed: el}
+}
+
+// TestMinimalImageBoots builds the kernel, an initramfs and the minimal
+// image from scratch, boots it on a qcow2 overlay with real QEMU (once with
+// the extracted vmlinux, once with the bzImage), bakes a new agent into a
+// new version and boots that: kernel + initramfs + rootfs + bake proven.
+func TestMinimalImageBoots(t *testing.T) {
+	if testing.Short() {
+		t.Skip("boots VMs")
+	}
+	k := testKernel(t)
+	if k.Vmlinux == "" {
+		t.Fatalf("no PVH vmlinux extracted from %s", k.BzImage)
+	}
+	dir := t.TempDir()
+	agent1 := buildTestAgent(t, dir, "1")
+	agent2 := buildTestAgent(t, dir, "2")
+	cat := &Catalog{Dir: filepath.Join(dir, "catalog")}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+
+	start := time.Now()
+	ir, err := cat.Initramfs(ctx, k, agent1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("initramfs built in %v: %s", time.Since(start), filepath.Base(ir.Path))
+	if len(ir.Modules) != 14 {
+		t.Errorf("initramfs has %d modules, want 14: %v", len(ir.Modules), ir.Modules)
+	}
+
+	var steps []string
+	start = time.Now()
+	im, err := cat.Build(ctx, BuildOptions{OS: OSMinimal, AgentBinary: agent1, Kernel: &k, Progress: func(s string) { steps = append(steps, s) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("minimal image built in %v (steps %v): %s", time.Since(start), steps, im.Ref())
+	if im.SizeBytes != DefaultMinimalSizeMiB<<20 {
+		t.Errorf("size %d", im.SizeBytes)
+	}
+	st, err := os.Stat(im.Path)
+	if err != nil || st.Mode().Perm() != 0o444 {
+		t.Fatalf("image file mode: %v %v", st.Mode(), err)
+	}
+	before, _ := fileSHA256(im.Path)
+
+	bootOn := func(name string, img Image, kernel string) bootResult {
+		ov := filepath.Join(dir, name+".qcow2")
+		if err := disk.CreateOverlay(ctx, img.Path, disk.FormatRaw, ov, 0); err != nil {
+			t.Fatal(err)
+		}
+		r := boot(t, kernel, ir.Path, ov)
+		t.Logf("boot %s (%s): %v to power-off", name, filepath.Base(kernel), r.elapsed)
+		for _, l := range strings.Split(r.console, "\n") {
+			if strings.Contains(l, "TESTAGENT") {
+				t.Logf("  %s", strings.TrimSpace(l))
+			}
+		}
+		return r
+	}
+	check := func(r bootResult, version string) {
+		t.Helper()
+		for _, want := range []string{
+			"TESTAGENT stage1 loaded 14 modules",
+			"TESTAGENT rootfs version=" + version + " os=minions-minimal busybox=true init->/usr/sbin/minions-agent writable=true",
+			"TESTAGENT done",
+		} {
+			if !strings.Contains(r.console, want) {
+				t.Fatalf("console lacks %q:\n%s", want, r.console)
+			}
+		}
+	}
+	check(bootOn("vmlinux", im, k.Vmlinux), "1")
+
+	// Bake a new agent: a new version, the old file untouched.
+	start = time.Now()
+	baked, err := cat.Bake(ctx, OSMinimal, agent2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("bake in %v: %s", time.Since(start), baked.Ref())
+	if baked.Version <= im.Version || baked.BakedFrom != im.Version {
+		t.Fatalf("baked %+v from %+v", baked, im)
+	}
+	if after, _ := fileSHA256(im.Path); after != before {
+		t.Fatal("bake changed the source image")
+	}
+	if sum, _ := fileSHA256(agent2); baked.AgentSHA256 != sum {
+		t.Fatal("baked image records the wrong agent hash")
+	}
+	if r, _ := cat.Resolve(OSMinimal); r.Version != baked.Version {
+		t.Fatalf("resolve minimal = %s, want the baked %s", r.Version, baked.Version)
+	}
+	check(bootOn("bzimage-baked", baked, k.BzImage), "2")
+	if after, _ := fileSHA256(baked.Path); after == "" {
+		t.Fatal("baked image unreadable")
+	}
+}
+
+func TestCatalogLifecycle(t *testing.T) {
+	if _, err := exec.LookPath("mkfs.ext4"); err != nil {
+		t.Skip("no mkfs.ext4")
+	}
+	if err := checkStaticBusybox(BusyboxPath); err != nil {
+		t.Skip(err)
+	}
+	dir := t.TempDir()
+	agent := filepath.Join(dir, "agent")
+	os.WriteFile(agent, []byte("#!/bin/sh\necho fake agent\n"), 0o755)
+	cat := &Catalog{Dir: filepath.Join(dir, "cat")}
+	ctx := context.Background()
+
+	if _, err := cat.Resolve("minimal"); !errors.Is(err, errs.NotFound) {
+		t.Fatalf("resolve in empty catalogue: %v", err)
+	}
+	start := time.Now()
+	a, err := cat.Build(ctx, BuildOptions{OS: OSMinimal, AgentBinary: agent, SizeMiB: 64})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("minimal (64 MiB) built in %v", time.Since(start))
+	b, err := cat.Build(ctx, BuildOptions{OS: OSMinimal, AgentBinary: agent, SizeMiB: 64})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !(a.Version < b.Version) {
+		t.Fatalf("versions not increasing: %s, %s", a.Version, b.Version)
+	}
+	list, err := cat.List()
+	if err != nil || len(list) != 2 || list[0].Version != a.Version || list[1].Version != b.Version {
+		t.Fatalf("list = %+v, %v", list, err)
+	}
+	for _, tt := range []struct {
+		ref   string
+		want  string
+		class *errs.Class
+	}{
+		{"minimal", b.Version, nil},
+		{"minimal@" + a.Version, a.Version, nil},
+		{"minimal@20000101-000000-0000", "", errs.NotFound},
+		{"debian", "", errs.NotFound},
+		{"minimal@latest", "", errs.InvalidArgument},
+		{"../etc", "", errs.InvalidArgument},
+	} {
+		im, err := cat.Resolve(tt.ref)
+		if tt.class != nil {
+			if !errors.Is(err, tt.class) {
+				t.Errorf("resolve %s: err %v, want %v", tt.ref, err, tt.class)
+			}
+			continue
+		}
+		if err != nil || im.Version != tt.want {
+			t.Errorf("resolve %s = %s, %v; want %s", tt.ref, im.Version, err, tt.want)
+		}
+	}
+
+	// Inside the image: the agent is init, root is locked.
+	dump := func(im Image, p string) string {
+		out, err := exec.Command("debugfs", "-R", "cat "+p, im.Path).Output()
+		if err != nil {
+			t.Fatalf("debugfs cat %s: %v", p, err)
+		}
+		return string(out)
+	}
+	if got := dump(a, AgentPath); !strings.Contains(got, "fake agent") {
+		t.Fatalf("agent in image: %q", got)
+	}
+	if got := dump(a, "/etc/shadow"); !strings.HasPrefix(got, "root:!:") {
+		t.Fatalf("shadow: %q", got)
+	}
+	if out, _ := exec.Command("debugfs", "-R", "stat /sbin/init", a.Path).Output(); !strings.Contains(string(out), "Fast link dest: \"/usr/sbin/minions-agent\"") {
+		t.Fatalf("/sbin/init: %s", out)
+	}
+
+	// Remove refuses images in use, then removes.
+	inUse := func(im Image) bool { return im.Version == a.Version }
+	if _, err := cat.Remove("minimal", inUse); !errors.Is(err, errs.FailedPrecondition) {
+		t.Fatalf("remove in use: %v", err)
+	}
+	if l, _ := cat.List(); len(l) != 2 {
+		t.Fatal("a refused remove removed something")
+	}
+	if rm, err := cat.Remove("minimal@"+b.Version, inUse); err != nil || len(rm) != 1 {
+		t.Fatalf("remove b: %v", err)
+	}
+	if _, err := os.Stat(b.Path); !errors.Is(err, os.ErrNotExist) {
+		t.Fatal("removed image still on disk")
+	}
+	if rm, err := cat.Remove("minimal", nil); err != nil || len(rm) != 1 {
+		t.Fatalf("remove all: %v %v", rm, err)
+	}
+
+	// Failed builds leave nothing behind.
+	cctx, cancel := context.WithCancel(ctx)
+	cancel()
+	for _, o := range []BuildOptions{
+		{OS: OSMinimal, AgentBinary: filepath.Join(dir, "missing")},
+		{OS: OSMinimal, AgentBinary: agent, SizeMiB: 1},
+		{OS: "plan9", AgentBinary: agent},
+	} {
+		if _, err := cat.Build(ctx, o); err == nil {
+			t.Errorf("build %+v succeeded", o)
+		}
+	}
+	if _, err := cat.Build(cctx, BuildOptions{OS: OSMinimal, AgentBinary: agent, SizeMiB: 64}); err == nil {
+		t.Error("cancelled build succeeded")
+	}
+	if l, _ := cat.List(); len(l) != 0 {
+		t.Fatalf("failed builds left images: %+v", l)
+	}
+	left, _ := os.ReadDir(filepath.Join(cat.Dir, "tmp"))
+	if len(left) != 0 {
+		t.Fatalf("failed builds left temp files: %v", left)
+	}
+}
+
+func TestUnsupportedOSExplains(t *testing.T) {
+	cat := &Catalog{Dir: t.TempDir()}
+	for _, o := range []string{OSUbuntu, OSFedora, OSNixOS} {
+		_, err := cat.Build(context.Background(), BuildOptions{OS: o, AgentBinary: "/bin/true"})
+		if !errors.Is(err, errs.FailedPrecondition) || !strings.Contains(err.Error(), "needs") {
+			t.Errorf("%s: %v", o, err)
+		}
+	}
+	_ = runtime.GOOS
+}

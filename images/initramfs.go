@@ -1,0 +1,170 @@
+package images
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path"
+	"path/filepath"
+	"strings"
+
+	"github.com/minionsdev/minions/internal/errs"
+	"golang.org/x/sys/unix"
+)
+
+// initramfsFormat is bumped whenever the layout of the initramfs changes,
+// so old cached files are not reused for a different layout.
+const initramfsFormat = "minions-initramfs-v1"
+
+// InitramfsMarker is the file at the root of every initramfs built here;
+// the agent checks for it to know it is stage 1.
+const InitramfsMarker = "/minions-initramfs"
+
+// ModulesListPath is the file in the initramfs listing the modules to load,
+// one path (relative to /) per line, in load order.
+const ModulesListPath = "/etc/minions/modules"
+
+// Initramfs is a built initramfs.
+type Initramfs struct {
+	Path          string
+	AgentSHA256   string
+	KernelVersion string
+	Modules       []string // paths inside the initramfs, in load order
+}
+
+// EnsureInitramfs returns the initramfs for kernel k and the agent binary
+// at agentPath, building it in dir if needed. It holds /init (the agent),
+// the modules in InitramfsModules with their dependencies (load order from
+// modules.dep), ModulesListPath, InitramfsMarker and /dev/console. The file
+// is named by a hash of its inputs: a new agent or kernel yields a new
+// file, and a file once written is never rewritten (a VM may boot from
+// it). The archive is uncompressed: unpacking is faster than decompressing
+// under TCG.
+func EnsureInitramfs(ctx context.Context, dir string, k Kernel, agentPath string) (Initramfs, error) {
+	agent, err := os.ReadFile(agentPath)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return Initramfs{}, errs.New(errs.NotFound, "initramfs: agent binary %s does not exist", agentPath)
+		}
+		return Initramfs{}, fmt.Errorf("initramfs: %w", err)
+	}
+	deps, err := ReadModulesDep(k.ModulesDir)
+	if err != nil {
+		return Initramfs{}, fmt.Errorf("initramfs for kernel %s: %w", k.Version, err)
+	}
+	mods, err := deps.LoadOrder(InitramfsModules)
+	if err != nil {
+		return Initramfs{}, fmt.Errorf("initramfs for kernel %s: %w", k.Version, err)
+	}
+	sum := sha256.Sum256(agent)
+	agentSum := hex.EncodeToString(sum[:])
+	inPaths := make([]string, len(mods))
+	for i, m := range mods {
+		inPaths[i] = path.Join("lib/modules", k.Version, m)
+	}
+	key := sha256.Sum256([]byte(initramfsFormat + "\n" + agentSum + "\n" + k.Version + "\n" + strings.Join(inPaths, "\n")))
+	out := filepath.Join(dir, fmt.Sprintf("initramfs-%s-%s.cpio", k.Version, hex.EncodeToString(key[:8])))
+	res := Initramfs{Path: out, AgentSHA256: agentSum, KernelVersion: k.Version, Modules: inPaths}
+	if _, err := os.Stat(out); err == nil {
+		return res, nil
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return Initramfs{}, fmt.Errorf("initramfs: %w", err)
+	}
+	f, err := os.CreateTemp(dir, ".tmp-initramfs-")
+	if err != nil {
+		return Initramfs{}, fmt.Errorf("initramfs: %w", err)
+	}
+	tmp := f.Name()
+	defer os.Remove(tmp)
+	err = writeInitramfs(ctx, f, k, agent, mods, inPaths)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Chmod(tmp, 0o444)
+	}
+	if err != nil {
+		return Initramfs{}, fmt.Errorf("initramfs for kernel %s: %w", k.Version, err)
+	}
+	err = unix.Renameat2(unix.AT_FDCWD, tmp, unix.AT_FDCWD, out, unix.RENAME_NOREPLACE)
+	if err != nil && !errors.Is(err, unix.EEXIST) { // EEXIST: a concurrent build won
+		return Initramfs{}, fmt.Errorf("initramfs: %w", err)
+	}
+	return res, nil
+}
+
+func writeInitramfs(ctx context.Context, f *os.File, k Kernel, agent []byte, mods, inPaths []string) error {
+	w := NewCpioWriter(f)
+	dirs := map[string]bool{}
+	mkdirs := func(p string) error {
+		var parts []string
+		for d := path.Dir(p); d != "." && d != "/" && !dirs[d]; d = path.Dir(d) {
+			parts = append(parts, d)
+		}
+		for i := len(parts) - 1; i >= 0; i-- {
+			dirs[parts[i]] = true
+			if err := w.Dir(parts[i], 0o755); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	for _, d := range []string{"dev", "proc", "sys", "run", "tmp", "newroot", "etc/minions"} {
+		if err := mkdirs(d + "/x"); err != nil {
+			return err
+		}
+	}
+	if err := w.CharDev("dev/console", 0o600, 5, 1); err != nil {
+		return err
+	}
+	if err := w.CharDev("dev/null", 0o666, 1, 3); err != nil {
+		return err
+	}
+	if err := w.File("init", 0o755, bytes.NewReader(agent), int64(len(agent))); err != nil {
+		return err
+	}
+	if err := w.File(strings.TrimPrefix(InitramfsMarker, "/"), 0o644, strings.NewReader(""), 0); err != nil {
+		return err
+	}
+	var list strings.Builder
+	for i, m := range mods {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if err := mkdirs(inPaths[i]); err != nil {
+			return err
+		}
+		if err := addFile(w, inPaths[i], filepath.Join(k.ModulesDir, m)); err != nil {
+			return err
+		}
+		list.WriteString(inPaths[i] + "\n")
+	}
+	l := list.String()
+	if err := w.File(strings.TrimPrefix(ModulesListPath, "/"), 0o644, strings.NewReader(l), int64(len(l))); err != nil {
+		return err
+	}
+	if err := w.Close(); err != nil {
+		return err
+	}
+	return f.Sync()
+}
+
+func addFile(w *CpioWriter, name, src string) error {
+	f, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	return w.File(name, uint32(st.Mode().Perm()), io.Reader(f), st.Size())
+}
