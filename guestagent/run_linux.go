@@ -1,0 +1,178 @@
+package agent
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/mdlayher/vsock"
+
+	"github.com/minionsdev/minions/guestagent/link"
+	"github.com/minionsdev/minions/guestagent/proto"
+)
+
+// Options configures Run.
+type Options struct {
+	// PID1 makes the agent the init of the minimal image.
+	PID1 bool
+	// Cmdline is the kernel command line (default: /proc/cmdline).
+	Cmdline string
+	// HostKeyPath overrides Config.HostKeyPath.
+	HostKeyPath string
+	// PortWait bounds the wait for the virtio-serial port to appear when
+	// there is no /dev/vsock (default 5 s).
+	PortWait time.Duration
+	Log      *slog.Logger
+}
+
+// Run is stage 2: it sets the system up (as PID 1 also the API
+// filesystems, reaping and shutdown), starts the agent on every channel it
+// finds, prints proto.ReadyMarker on the console and serves until ctx ends
+// (PID 1: until it powers the machine off). It returns an error when the
+// agent cannot start at all.
+func Run(ctx context.Context, opts Options) error {
+	log := opts.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	start := time.Now()
+	var reaper *Reaper
+	if opts.PID1 {
+		if err := SetupPID1(); err != nil {
+			log.Warn("pid 1 setup", "err", err)
+		}
+		reaper = NewReaper()
+		go reaper.Run(ctx)
+	}
+	raw := opts.Cmdline
+	if raw == "" {
+		b, err := os.ReadFile("/proc/cmdline")
+		if err != nil {
+			return fmt.Errorf("read kernel command line: %w", err)
+		}
+		raw = string(b)
+	}
+	cl, err := ParseCmdline(raw)
+	if err != nil {
+		return err
+	}
+	if cl.HostKey == nil {
+		return errors.New("no minions.hostkey on the kernel command line")
+	}
+	if cl.Name != "" {
+		if err := sethostname(cl.Name); err != nil {
+			log.Warn("set hostname", "err", err)
+		}
+	}
+	if cl.ID != "" {
+		ensureMachineID(cl.ID, log)
+	}
+	go func() {
+		if err := ConfigureNetwork(cl.IP, cl.Gateway, cl.DNS, 10*time.Second); err != nil {
+			log.Warn("network", "err", err)
+		}
+	}()
+
+	power := SystemPower
+	if opts.PID1 {
+		power = func(reboot bool) error { return PowerOff(reboot, 2*time.Second) }
+	}
+	srv, err := NewServer(Config{
+		AuthorizedKey: cl.HostKey,
+		HostKeyPath:   opts.HostKeyPath,
+		Power:         power,
+		Reaper:        reaper,
+		Log:           log,
+	})
+	if err != nil {
+		return err
+	}
+	handle := func(c net.Conn) { srv.ServeConn(ctx, c) }
+
+	channels := 0
+	if _, err := os.Stat("/dev/vsock"); err == nil {
+		l, err := vsock.Listen(cl.VsockPort, nil)
+		if err != nil {
+			log.Warn("vsock listen", "port", cl.VsockPort, "err", err)
+		} else {
+			channels++
+			context.AfterFunc(ctx, func() { l.Close() })
+			go acceptLoop(l, handle, log)
+		}
+	}
+	wait := opts.PortWait
+	if wait == 0 {
+		wait = 5 * time.Second
+	}
+	if channels > 0 {
+		wait = 0
+	}
+	dev, err := waitPort(ctx, cl.PortName, wait)
+	if err == nil {
+		channels++
+		go link.Serve(ctx, PortOpener(dev), handle, log.With("port", dev))
+	} else if channels == 0 {
+		return err
+	}
+	Console("%s (%d ms)", proto.ReadyMarker, time.Since(start).Milliseconds())
+	log.Info("agent ready", "port", dev, "vsock_port", cl.VsockPort)
+
+	if !opts.PID1 {
+		<-ctx.Done()
+		return nil
+	}
+	RunRC(reaper, log)
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGPWR)
+	select {
+	case sig := <-sigs:
+		log.Info("signal: powering off", "signal", sig.String())
+	case <-ctx.Done():
+	}
+	return PowerOff(false, 2*time.Second)
+}
+
+func acceptLoop(l net.Listener, handle func(net.Conn), log *slog.Logger) {
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			if !errors.Is(err, net.ErrClosed) {
+				log.Warn("vsock accept", "err", err)
+			}
+			return
+		}
+		go handle(c)
+	}
+}
+
+func waitPort(ctx context.Context, name string, wait time.Duration) (string, error) {
+	deadline := time.Now().Add(wait)
+	for {
+		dev, err := FindPort(name)
+		if err == nil || time.Now().After(deadline) || ctx.Err() != nil {
+			return dev, err
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// ensureMachineID writes /etc/machine-id derived from the VM ID when the
+// file is missing or empty (read-only roots are left alone).
+func ensureMachineID(id string, log *slog.Logger) {
+	if b, err := os.ReadFile("/etc/machine-id"); err == nil && strings.TrimSpace(string(b)) != "" {
+		return
+	}
+	sum := sha256.Sum256([]byte("minions:" + id))
+	if err := os.WriteFile("/etc/machine-id", []byte(hex.EncodeToString(sum[:16])+"\n"), 0o444); err != nil {
+		log.Debug("write machine id", "err", err)
+	}
+}

@@ -1,0 +1,121 @@
+package agent
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Stage1 is /init of the initramfs: it mounts devtmpfs, proc and sysfs,
+// loads the modules listed in /etc/minions/modules (in order, with
+// finit_module), mounts root= on /newroot, moves the API mounts there,
+// switches root and executes init=. It returns only on failure.
+func Stage1() error {
+	if err := mountAPI([]mountSpec{
+		{"devtmpfs", "/dev", "devtmpfs", unix.MS_NOSUID, "mode=0755"},
+		{"proc", "/proc", "proc", unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC, ""},
+		{"sysfs", "/sys", "sysfs", unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC, ""},
+	}); err != nil {
+		return fmt.Errorf("stage 1: %w", err)
+	}
+	raw, err := os.ReadFile("/proc/cmdline")
+	if err != nil {
+		return fmt.Errorf("stage 1: %w", err)
+	}
+	cl, err := ParseCmdline(string(raw))
+	if err != nil {
+		return fmt.Errorf("stage 1: %w", err)
+	}
+	if err := LoadModules("/etc/minions/modules"); err != nil {
+		return fmt.Errorf("stage 1: %w", err)
+	}
+	if err := waitFile(cl.Root, 5*time.Second); err != nil {
+		return fmt.Errorf("stage 1: root device: %w", err)
+	}
+	if err := os.MkdirAll("/newroot", 0o755); err != nil {
+		return fmt.Errorf("stage 1: %w", err)
+	}
+	var flags uintptr
+	if cl.ReadOnly {
+		flags |= unix.MS_RDONLY
+	}
+	if err := unix.Mount(cl.Root, "/newroot", cl.RootFS, flags, ""); err != nil {
+		return fmt.Errorf("stage 1: mount %s (%s) on /newroot: %w", cl.Root, cl.RootFS, err)
+	}
+	// Free the initramfs memory we no longer need.
+	os.RemoveAll("/lib/modules")
+	for _, m := range []string{"/dev", "/proc", "/sys"} {
+		os.MkdirAll("/newroot"+m, 0o755)
+		if err := unix.Mount(m, "/newroot"+m, "", unix.MS_MOVE, ""); err != nil {
+			return fmt.Errorf("stage 1: move %s: %w", m, err)
+		}
+	}
+	if err := unix.Chdir("/newroot"); err != nil {
+		return fmt.Errorf("stage 1: %w", err)
+	}
+	if err := unix.Mount(".", "/", "", unix.MS_MOVE, ""); err != nil {
+		return fmt.Errorf("stage 1: move root: %w", err)
+	}
+	if err := unix.Chroot("."); err != nil {
+		return fmt.Errorf("stage 1: chroot: %w", err)
+	}
+	if err := unix.Chdir("/"); err != nil {
+		return fmt.Errorf("stage 1: %w", err)
+	}
+	env := append(os.Environ(), "MINIONS_STAGE1_NS="+fmt.Sprint(time.Now().UnixNano()))
+	err = unix.Exec(cl.Init, []string{cl.Init}, env)
+	return fmt.Errorf("stage 1: exec %s: %w", cl.Init, err)
+}
+
+// LoadModules loads the modules listed (one path per line, relative to /)
+// in list, in order. Modules already loaded or built in are fine.
+func LoadModules(list string) error {
+	f, err := os.Open(list)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil
+		}
+		return err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		p := strings.TrimSpace(sc.Text())
+		if p == "" || strings.HasPrefix(p, "#") {
+			continue
+		}
+		if err := loadModule(filepath.Join("/", p)); err != nil {
+			return err
+		}
+	}
+	return sc.Err()
+}
+
+func loadModule(path string) error {
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("load module %s: %w", path, err)
+	}
+	defer unix.Close(fd)
+	if err := unix.FinitModule(fd, "", 0); err != nil && err != unix.EEXIST {
+		return fmt.Errorf("load module %s: %w", path, err)
+	}
+	return nil
+}
+
+func waitFile(p string, d time.Duration) error {
+	deadline := time.Now().Add(d)
+	for {
+		_, err := os.Stat(p)
+		if err == nil || time.Now().After(deadline) {
+			return err
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
