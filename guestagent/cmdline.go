@@ -14,18 +14,18 @@ import (
 
 // Cmdline is what the agent reads from the kernel command line.
 type Cmdline struct {
-	ID        string         // minions.id
-	Name      string         // minions.name (hostname)
-	HostKey   ssh.PublicKey  // minions.hostkey
-	IP        netip.Prefix   // minions.ip (invalid when absent)
-	Gateway   netip.Addr     // minions.gw
-	DNS       netip.Addr     // minions.dns
-	PortName  string         // minions.port (default proto.DefaultPortName)
-	VsockPort uint32         // minions.vsockport (default proto.DefaultVsockPort)
-	Root      string         // root= (default /dev/vda)
-	RootFS    string         // rootfstype= (default ext4)
-	ReadOnly  bool           // ro (rw is the default)
-	Init      string         // init= (default /sbin/init)
+	ID        string        // minions.id
+	Name      string        // minions.name (hostname)
+	HostKey   ssh.PublicKey // minions.hostkey
+	IP        netip.Prefix  // minions.ip (invalid when absent)
+	Gateway   netip.Addr    // minions.gw
+	DNS       netip.Addr    // minions.dns
+	PortName  string        // minions.port (default proto.DefaultPortName)
+	VsockPort uint32        // minions.vsockport (default proto.DefaultVsockPort)
+	Root      string        // root= (default /dev/vda)
+	RootFS    string        // rootfstype= (default ext4)
+	ReadOnly  bool          // ro (rw is the default)
+	Init      string        // init= (default /sbin/init)
 	Unknown   map[string]string
 }
 

@@ -30,7 +30,7 @@ type Server struct {
 	bootAt time.Time
 
 	freezeMu sync.Mutex
-	frozen   []string       // mount points, in freeze order
+	frozen   []string        // mount points, in freeze order
 	freezer  *ssh.ServerConn // the connection that froze them
 	thawT    *time.Timer
 }
