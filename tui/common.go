@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"time"
 
-	"github.com/charmbracelet/bubbles/help"
 	"github.com/charmbracelet/bubbles/key"
 	tea "github.com/charmbracelet/bubbletea"
 	"github.com/charmbracelet/lipgloss"
@@ -21,7 +20,6 @@ type common struct {
 	backend Backend
 	styles  *Styles
 	keys    KeyMap
-	help    help.Model
 	now     func() time.Time
 	log     *slog.Logger
 	user    string
@@ -36,14 +34,11 @@ type common struct {
 
 func newCommon(o Options) *common {
 	st := NewStyles(o.Renderer)
-	h := help.New()
-	h.Styles = st.Help
 	return &common{
 		ctx:     o.Context,
 		backend: o.Backend,
 		styles:  st,
 		keys:    DefaultKeyMap(),
-		help:    h,
 		now:     o.Now,
 		log:     o.Logger,
 		user:    o.User,

@@ -98,10 +98,11 @@ func (p *detailPage) View() string {
 	kv := func(pairs ...string) {
 		var b strings.Builder
 		for i := 0; i+1 < len(pairs); i += 2 {
-			if i > 0 {
-				b.WriteString("   ")
+			v := pairs[i+1]
+			if i+2 < len(pairs) {
+				v = padRight(v, 16) + "  "
 			}
-			b.WriteString(st.Label.Render(fmt.Sprintf("%-8s", pairs[i])) + " " + st.Value.Render(pairs[i+1]))
+			b.WriteString(st.Label.Render(fmt.Sprintf("%-8s", pairs[i])) + " " + st.Value.Render(v))
 		}
 		lines = append(lines, b.String())
 	}
@@ -115,9 +116,9 @@ func (p *detailPage) View() string {
 	kv("CPUs", fmt.Sprint(v.CPUs), "Memory", fmtMemory(v.MemoryMiB), "Disk", fmtDisk(v.DiskGiB))
 	created := "-"
 	if !v.Created.IsZero() {
-		created = v.Created.UTC().Format("2006-01-02 15:04") + " (" + fmtDuration(p.c.now().Sub(v.Created)) + " ago)"
+		created = v.Created.UTC().Format("2006-01-02 15:04")
 	}
-	kv("Created", created, "Uptime", p.c.uptime(v))
+	kv("Created", created, "Age", fmtDuration(p.c.now().Sub(v.Created)), "Uptime", p.c.uptime(v))
 	if p.c.admin {
 		kv("Owner", orDash(v.Owner))
 	}

@@ -73,6 +73,9 @@ func (m *Model) Init() tea.Cmd {
 }
 
 func (m *Model) tick() tea.Cmd {
+	if m.c.refresh < 0 {
+		return nil
+	}
 	return tea.Tick(m.c.refresh, func(time.Time) tea.Msg { return tickMsg{} })
 }
 
@@ -83,7 +86,6 @@ func (m *Model) resize() {
 	for _, p := range m.stack {
 		p.SetSize(w, max(h-3, 1))
 	}
-	m.c.help.Width = w
 }
 
 // Update implements tea.Model.
@@ -292,16 +294,46 @@ func (m *Model) header() string {
 // footer lists the keys that apply now; "? help" and "q quit" stay visible
 // at the end however narrow the terminal is.
 func (m *Model) footer(top page) string {
-	h := m.c.help
 	if top.Capturing() {
-		h.Width = m.c.width
-		return h.ShortHelpView(top.ShortHelp())
+		return m.keyLine(top.ShortHelp(), m.c.width)
 	}
-	tail := h.ShortHelpView([]key.Binding{m.c.keys.Help, m.c.keys.Quit})
-	h.Width = max(m.c.width-ansi.StringWidth(tail)-ansi.StringWidth(h.ShortSeparator), 1)
-	head := h.ShortHelpView(top.ShortHelp())
+	tail := m.keyLine([]key.Binding{m.c.keys.Help, m.c.keys.Quit}, m.c.width)
+	sep := m.c.styles.Help.ShortSeparator.Render(" • ")
+	head := m.keyLine(top.ShortHelp(), m.c.width-ansi.StringWidth(tail)-ansi.StringWidth(sep))
 	if head == "" {
 		return tail
 	}
-	return head + h.Styles.ShortSeparator.Render(h.ShortSeparator) + tail
+	return head + sep + tail
+}
+
+// keyLine renders "k desc • k desc" within width cells, ending with "…"
+// when some keys do not fit.
+func (m *Model) keyLine(keys []key.Binding, width int) string {
+	st := m.c.styles.Help
+	sep := st.ShortSeparator.Render(" • ")
+	var b strings.Builder
+	used := 0
+	for i, k := range keys {
+		if !k.Enabled() {
+			continue
+		}
+		item := st.ShortKey.Render(k.Help().Key) + " " + st.ShortDesc.Render(k.Help().Desc)
+		if used > 0 {
+			item = sep + item
+		}
+		w := ansi.StringWidth(item)
+		rest := 0
+		if i < len(keys)-1 {
+			rest = 2 // room for " …"
+		}
+		if used+w+rest > width {
+			if used+2 <= width && used > 0 {
+				b.WriteString(st.Ellipsis.Render(" …"))
+			}
+			break
+		}
+		b.WriteString(item)
+		used += w
+	}
+	return b.String()
 }

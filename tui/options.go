@@ -35,7 +35,8 @@ type Options struct {
 	// first tea.WindowSizeMsg. Default 80x24.
 	Width, Height int
 	// Refresh is the live refresh interval of the list and detail pages.
-	// Default 2s; minimum 100ms.
+	// Default 2s; minimum 100ms; negative disables the live refresh (data
+	// then reloads after each action only).
 	Refresh time.Duration
 	// Context bounds every backend call; cancel it when the session ends.
 	// Default context.Background().
@@ -53,7 +54,7 @@ func (o Options) Validate() error {
 		return errs.New(errs.InvalidArgument, "tui options: backend is required")
 	case o.Width < 0 || o.Height < 0:
 		return errs.New(errs.InvalidArgument, "tui options: negative size %dx%d", o.Width, o.Height)
-	case o.Refresh != 0 && o.Refresh < MinRefresh:
+	case o.Refresh > 0 && o.Refresh < MinRefresh:
 		return errs.New(errs.InvalidArgument, "tui options: refresh %s below %s", o.Refresh, MinRefresh)
 	}
 	return nil

@@ -112,11 +112,14 @@ func (in *Input) Update(msg tea.Msg) bool {
 // View renders the input.
 func (in *Input) View() string {
 	if len(in.value) == 0 {
-		cur := ""
-		if in.focused {
-			cur = in.CursorStyle.Render(" ")
+		if !in.focused {
+			return in.PlaceholderStyle.Render(in.Placeholder)
 		}
-		return cur + in.PlaceholderStyle.Render(in.Placeholder)
+		ph := []rune(in.Placeholder)
+		if len(ph) == 0 {
+			return in.CursorStyle.Render(" ")
+		}
+		return in.CursorStyle.Render(string(ph[0])) + in.PlaceholderStyle.Render(string(ph[1:]))
 	}
 	before, after := string(in.value[:in.pos]), string(in.value[in.pos:])
 	if in.Width > 0 {
