@@ -1,0 +1,262 @@
+package vsockcli
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/hashicorp/yamux"
+
+	"github.com/minionsdev/minions/guestagent/link"
+	"github.com/minionsdev/minions/internal/errs"
+)
+
+// RelayConfig configures RunRelay.
+type RelayConfig struct {
+	// SerialSocket is QEMU's virtio-serial chardev unix socket (a server).
+	SerialSocket string
+	// Listen is the hybrid vsock unix socket the relay creates (mode 0600).
+	Listen string
+	// Log receives the relay's log (default: discard).
+	Log *slog.Logger
+	// GoneAfter is how long the serial socket must stay refused or absent,
+	// after having been connected once, before the relay decides QEMU has
+	// exited and returns (default 2 s).
+	GoneAfter time.Duration
+	// SessionWait bounds how long a CONNECT waits for the guest link to
+	// be up (default 10 s).
+	SessionWait time.Duration
+	// KeepAlive is the link keepalive interval (default 2 s): a guest that
+	// does not answer within twice this is treated as gone (rebooted).
+	KeepAlive time.Duration
+}
+
+// Validate reports whether c is usable.
+func (c *RelayConfig) Validate() error {
+	if c.SerialSocket == "" || c.Listen == "" {
+		return errs.New(errs.InvalidArgument, "relay config: serial socket and listen path are required")
+	}
+	if len(c.Listen) > 107 || len(c.SerialSocket) > 107 {
+		return errs.New(errs.InvalidArgument, "relay config: socket path longer than 107 bytes")
+	}
+	return nil
+}
+
+func (c RelayConfig) withDefaults() RelayConfig {
+	if c.Log == nil {
+		c.Log = slog.New(slog.DiscardHandler)
+	}
+	if c.GoneAfter == 0 {
+		c.GoneAfter = 2 * time.Second
+	}
+	if c.SessionWait == 0 {
+		c.SessionWait = 10 * time.Second
+	}
+	if c.KeepAlive == 0 {
+		c.KeepAlive = 2 * time.Second
+	}
+	return c
+}
+
+type relay struct {
+	cfg RelayConfig
+	log *slog.Logger
+
+	mu      sync.Mutex
+	sess    *yamux.Session
+	changed chan struct{} // closed and replaced whenever sess changes
+	nextID  atomic.Uint32
+}
+
+// RunRelay runs the agent relay of one QEMU VM until ctx ends (it returns
+// nil) or QEMU is gone (the serial socket refuses or vanishes for GoneAfter
+// after having been connected; it returns nil too). It removes the Listen
+// socket when it returns. Guest reboots and relay restarts are handled by
+// redoing the link handshake.
+func RunRelay(ctx context.Context, cfg RelayConfig) error {
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	cfg = cfg.withDefaults()
+	r := &relay{cfg: cfg, log: cfg.Log.With("component", "relay"), changed: make(chan struct{})}
+
+	os.Remove(cfg.Listen)
+	l, err := net.Listen("unix", cfg.Listen)
+	if err != nil {
+		return errs.New(errs.Unavailable, "relay: listen %s: %w", cfg.Listen, err)
+	}
+	defer os.Remove(cfg.Listen)
+	if err := os.Chmod(cfg.Listen, 0o600); err != nil {
+		l.Close()
+		return fmt.Errorf("relay: %w", err)
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		r.acceptLoop(ctx, l)
+	}()
+	err = r.linkLoop(ctx)
+	cancel()
+	l.Close()
+	wg.Wait()
+	return err
+}
+
+func (r *relay) setSession(s *yamux.Session) {
+	r.mu.Lock()
+	r.sess = s
+	close(r.changed)
+	r.changed = make(chan struct{})
+	r.mu.Unlock()
+}
+
+// session waits up to SessionWait for a live link session.
+func (r *relay) session(ctx context.Context) (*yamux.Session, error) {
+	t := time.NewTimer(r.cfg.SessionWait)
+	defer t.Stop()
+	for {
+		r.mu.Lock()
+		s, changed := r.sess, r.changed
+		r.mu.Unlock()
+		if s != nil && !s.IsClosed() {
+			return s, nil
+		}
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-t.C:
+			return nil, errors.New("guest link not up")
+		}
+	}
+}
+
+func (r *relay) linkLoop(ctx context.Context) error {
+	connected := false
+	var goneSince time.Time
+	for ctx.Err() == nil {
+		var d net.Dialer
+		conn, err := d.DialContext(ctx, "unix", r.cfg.SerialSocket)
+		if err != nil {
+			if ctx.Err() != nil {
+				break
+			}
+			if connected && (errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ENOENT)) {
+				if goneSince.IsZero() {
+					goneSince = time.Now()
+				} else if time.Since(goneSince) >= r.cfg.GoneAfter {
+					r.log.Info("serial socket gone: hypervisor exited", "socket", r.cfg.SerialSocket)
+					return nil
+				}
+			}
+			sleepCtx(ctx, 20*time.Millisecond)
+			continue
+		}
+		connected, goneSince = true, time.Time{}
+		start := time.Now()
+		sess, err := link.Dial(ctx, conn, link.DialConfig{KeepAlive: r.cfg.KeepAlive})
+		if err != nil {
+			if ctx.Err() == nil {
+				r.log.Debug("link handshake", "err", err)
+				sleepCtx(ctx, 20*time.Millisecond)
+			}
+			continue
+		}
+		r.log.Info("guest link up", "handshake_ms", time.Since(start).Milliseconds())
+		r.setSession(sess)
+		select {
+		case <-sess.CloseChan():
+			r.log.Info("guest link down")
+		case <-ctx.Done():
+		}
+		sess.Close()
+		r.setSession(nil)
+	}
+	return nil
+}
+
+func (r *relay) acceptLoop(ctx context.Context, l net.Listener) {
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			if ctx.Err() == nil && !errors.Is(err, net.ErrClosed) {
+				r.log.Warn("accept", "err", err)
+			}
+			return
+		}
+		go r.serveClient(ctx, c)
+	}
+}
+
+// serveClient answers one hybrid vsock CONNECT with a new link stream.
+func (r *relay) serveClient(ctx context.Context, c net.Conn) {
+	defer c.Close()
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	br := bufio.NewReaderSize(c, 64)
+	line, err := br.ReadString('\n')
+	if err != nil {
+		return
+	}
+	c.SetReadDeadline(time.Time{})
+	port, ok := strings.CutPrefix(strings.TrimSpace(line), "CONNECT ")
+	if _, err := strconv.ParseUint(port, 10, 32); !ok || err != nil {
+		r.log.Warn("bad hybrid vsock request", "line", strings.TrimSpace(line))
+		return
+	}
+	var st net.Conn
+	for attempt := 0; ; attempt++ {
+		sess, err := r.session(ctx)
+		if err != nil {
+			r.log.Debug("connect: no guest link", "err", err)
+			return
+		}
+		if st, err = sess.Open(); err == nil {
+			break
+		}
+		if attempt == 2 {
+			r.log.Debug("connect: open stream", "err", err)
+			return
+		}
+	}
+	defer st.Close()
+	if _, err := fmt.Fprintf(c, "OK %d\n", r.nextID.Add(1)); err != nil {
+		return
+	}
+	stop := context.AfterFunc(ctx, func() { c.Close(); st.Close() })
+	defer stop()
+	done := make(chan struct{})
+	go func() {
+		// br may hold bytes the client sent right after CONNECT.
+		io.Copy(st, br)
+		st.Close() // a yamux Close is a half-close: reads go on
+		close(done)
+	}()
+	io.Copy(c, st)
+	if uc, ok := c.(*net.UnixConn); ok {
+		uc.CloseWrite()
+	}
+	<-done
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
+}
