@@ -1,12 +1,288 @@
 package images
 
 import (
+	"bufio"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
 	"time"
+
+	"github.com/minionsdev/minions/internal/errs"
+	"golang.org/x/sys/unix"
 )
 
+// DebianPackages are installed on top of debootstrap's minbase variant.
+var DebianPackages = []string{
+	"systemd", "systemd-sysv", "dbus", "udev", "kmod",
+	"openssh-server", "iproute2", "iputils-ping", "netbase", "curl", "ca-certificates",
+	"sudo", "git", "vim", "htop", "less", "procps", "build-essential",
+}
+
+// agentUnit starts the agent before everything else systemd starts.
+const agentUnit = `[Unit]
+Description=Minions guest agent
+Documentation=https://github.com/minionsdev/minions
+DefaultDependencies=no
+Before=sysinit.target network-pre.target systemd-networkd.service ssh.service
+Wants=network-pre.target
+
+[Service]
+Type=simple
+ExecStart=/usr/sbin/minions-agent
+Restart=always
+RestartSec=500ms
+
+[Install]
+WantedBy=sysinit.target
+`
+
+// debianFiles are written into the Debian image (path -> content).
+var debianFiles = map[string]string{
+	"etc/hostname": "minion\n",
+	"etc/hosts":    "127.0.0.1\tlocalhost\n127.0.1.1\tminion\n::1\tlocalhost ip6-localhost ip6-loopback\n",
+	"etc/fstab":    "/dev/vda / ext4 rw,relatime,errors=remount-ro 0 1\n",
+	"etc/ssh/sshd_config.d/minions.conf": "# Minions: key-only root login.\nPermitRootLogin prohibit-password\n" +
+		"PasswordAuthentication no\nKbdInteractiveAuthentication no\n",
+	// Host keys are per VM: created on first boot (the agent's
+	// regen_host_keys also uses ssh-keygen -A).
+	"etc/systemd/system/ssh.service.d/minions-hostkeys.conf": "[Service]\nExecStartPre=\nExecStartPre=/usr/bin/ssh-keygen -A\nExecStartPre=/usr/sbin/sshd -t\n",
+	// The serial console (reachable only from the host) logs root in.
+	"etc/systemd/system/serial-getty@ttyS0.service.d/autologin.conf": "[Service]\nExecStart=\n" +
+		"ExecStart=-/sbin/agetty --autologin root --keep-baud 115200,57600,38400,9600 %I $TERM\n",
+	"etc/systemd/system/minions-agent.service": agentUnit,
+	"etc/resolv.conf":                          "# rewritten by minions-agent from minions.dns\nnameserver 1.1.1.1\n",
+	"etc/machine-id":                           "", // empty: set from the VM ID by the agent, else by systemd
+}
+
+// debianLinks enable units the way systemctl enable would.
+var debianLinks = map[string]string{
+	"etc/systemd/system/sysinit.target.wants/minions-agent.service":    "/etc/systemd/system/minions-agent.service",
+	"etc/systemd/system/getty.target.wants/serial-getty@ttyS0.service": "/lib/systemd/system/serial-getty@.service",
+}
+
+func debootstrapKey(mirror, suite string, pkgs []string) string {
+	p := append([]string(nil), pkgs...)
+	sort.Strings(p)
+	h := sha256.Sum256([]byte("debootstrap-v1\n" + mirror + "\n" + suite + "\nminbase\n" + strings.Join(p, ",")))
+	return hex.EncodeToString(h[:8])
+}
+
 func (c *Catalog) buildDebian(ctx context.Context, o BuildOptions, progress func(string)) (Image, error) {
-	_ = time.Now()
-	return Image{}, errors.New("todo")
+	started := time.Now()
+	if o.SizeMiB == 0 {
+		o.SizeMiB = DefaultDebianSizeMiB
+	}
+	if o.SizeMiB < 1024 {
+		return Image{}, errs.New(errs.InvalidArgument, "build debian image: size %d MiB is below 1024 MiB", o.SizeMiB)
+	}
+	if o.Mirror == "" {
+		o.Mirror = DefaultDebianMirror
+	}
+	if !strings.HasPrefix(o.Mirror, "http://") && !strings.HasPrefix(o.Mirror, "https://") && !strings.HasPrefix(o.Mirror, "file:/") {
+		return Image{}, errs.New(errs.InvalidArgument, "build debian image: mirror %q is not an http(s) or file URL", o.Mirror)
+	}
+	if os.Geteuid() != 0 {
+		return Image{}, errs.New(errs.PermissionDenied, "build debian image: debootstrap needs root")
+	}
+	sum, err := fileSHA256(o.AgentBinary)
+	if err != nil {
+		return Image{}, fmt.Errorf("build debian image: agent: %w", err)
+	}
+	k := o.Kernel
+	if k == nil {
+		progress("kernel")
+		kk, err := c.Kernel(ctx)
+		if err != nil {
+			return Image{}, fmt.Errorf("build debian image: %w", err)
+		}
+		k = &kk
+	}
+
+	progress("debootstrap (cached per mirror and package list)")
+	base, err := c.debootstrapCache(ctx, o.Mirror, DefaultDebianSuite, DebianPackages, progress)
+	if err != nil {
+		return Image{}, fmt.Errorf("build debian image: %w", err)
+	}
+	bd, err := c.buildDir(OSDebian)
+	if err != nil {
+		return Image{}, err
+	}
+	defer func() { unmountUnder(bd); os.RemoveAll(bd) }()
+
+	progress("copy base tree")
+	root := filepath.Join(bd, "root")
+	if _, err := run(ctx, "", "cp", "-a", "--reflink=auto", base, root); err != nil {
+		return Image{}, fmt.Errorf("build debian image: %w", err)
+	}
+	progress("configure")
+	if err := configureDebian(ctx, root, o.AgentBinary, *k); err != nil {
+		return Image{}, fmt.Errorf("build debian image: %w", err)
+	}
+	out := filepath.Join(bd, "out")
+	if err := os.Mkdir(out, 0o755); err != nil {
+		return Image{}, err
+	}
+	progress("mkfs.ext4")
+	if err := mkfsFromDir(ctx, root, filepath.Join(out, "rootfs.ext4"), int64(o.SizeMiB)<<20, "minions-root"); err != nil {
+		return Image{}, fmt.Errorf("build debian image: %w", err)
+	}
+	progress("publish")
+	return c.publish(out, Image{OS: OSDebian, AgentSHA256: sum, KernelVersion: k.Version}, started)
+}
+
+// debootstrapCache returns a directory holding a finished debootstrap of
+// suite from mirror with pkgs, running debootstrap only when no such tree
+// is cached. The tree is never modified after it is published.
+func (c *Catalog) debootstrapCache(ctx context.Context, mirror, suite string, pkgs []string, progress func(string)) (string, error) {
+	cacheDir := filepath.Join(c.Dir, "cache", "debootstrap")
+	final := filepath.Join(cacheDir, debootstrapKey(mirror, suite, pkgs))
+	if _, err := os.Stat(filepath.Join(final, "root", "etc", "os-release")); err == nil {
+		progress("debootstrap: cached")
+		return filepath.Join(final, "root"), nil
+	}
+	if err := os.MkdirAll(cacheDir, 0o755); err != nil {
+		return "", err
+	}
+	tmp, err := os.MkdirTemp(cacheDir, ".tmp-")
+	if err != nil {
+		return "", err
+	}
+	defer func() { unmountUnder(tmp); os.RemoveAll(tmp) }()
+	root := filepath.Join(tmp, "root")
+	start := time.Now()
+	_, err = run(ctx, "", "debootstrap", "--variant=minbase", "--components=main",
+		"--include="+strings.Join(pkgs, ","), suite, root, mirror)
+	unmountUnder(root)
+	if err != nil {
+		if errs.ClassOf(err) != nil {
+			return "", err
+		}
+		return "", errs.New(errs.Unavailable, "debootstrap %s from %s: %w", suite, mirror, err)
+	}
+	progress(fmt.Sprintf("debootstrap: done in %.0fs", time.Since(start).Seconds()))
+	// Shrink: downloaded packages are not needed in the image.
+	debs, _ := filepath.Glob(filepath.Join(root, "var/cache/apt/archives/*.deb"))
+	for _, d := range debs {
+		os.Remove(d)
+	}
+	err = unix.Renameat2(unix.AT_FDCWD, tmp, unix.AT_FDCWD, final, unix.RENAME_NOREPLACE)
+	if err != nil && !errors.Is(err, unix.EEXIST) && !errors.Is(err, unix.ENOTEMPTY) {
+		return "", err
+	}
+	return filepath.Join(final, "root"), nil
+}
+
+// configureDebian turns a debootstrapped tree into a Minions image.
+func configureDebian(ctx context.Context, root, agent string, k Kernel) error {
+	for name, content := range debianFiles {
+		p := filepath.Join(root, name)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			return err
+		}
+		os.Remove(p) // resolv.conf may be a symlink
+		if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
+			return err
+		}
+	}
+	for link, target := range debianLinks {
+		p := filepath.Join(root, link)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			return err
+		}
+		os.Remove(p)
+		if err := os.Symlink(target, p); err != nil {
+			return err
+		}
+	}
+	// Per-VM host keys: none in the image.
+	keys, _ := filepath.Glob(filepath.Join(root, "etc/ssh/ssh_host_*"))
+	for _, kf := range keys {
+		os.Remove(kf)
+	}
+	if err := os.MkdirAll(filepath.Join(root, "etc/minions"), 0o755); err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Join(root, "root/.ssh"), 0o700); err != nil {
+		return err
+	}
+	if err := copyFile(agent, filepath.Join(root, AgentPath), 0o755); err != nil {
+		return err
+	}
+	// The kernel's modules, indexed by the image's own depmod.
+	mods := filepath.Join(root, "lib/modules", k.Version)
+	os.RemoveAll(mods)
+	if err := os.MkdirAll(filepath.Dir(mods), 0o755); err != nil {
+		return err
+	}
+	if _, err := run(ctx, "", "cp", "-a", k.ModulesDir, mods); err != nil {
+		return err
+	}
+	if _, err := run(ctx, "", "chroot", root, "/sbin/depmod", "-a", k.Version); err != nil {
+		return fmt.Errorf("depmod in image: %w", err)
+	}
+	for _, d := range []string{"var/lib/apt/lists", "var/cache/apt"} {
+		ents, _ := os.ReadDir(filepath.Join(root, d))
+		for _, e := range ents {
+			if e.Name() != "partial" && e.Name() != "archives" {
+				os.RemoveAll(filepath.Join(root, d, e.Name()))
+			}
+		}
+	}
+	return nil
+}
+
+// unmountUnder lazily unmounts every mount point at or below dir (deepest
+// first); debootstrap can leave /proc and /sys mounted in its target when
+// it fails.
+func unmountUnder(dir string) {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return
+	}
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		return
+	}
+	defer f.Close()
+	var mps []string
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		if len(fields) < 5 {
+			continue
+		}
+		mp := unescapeMount(fields[4])
+		if mp == abs || strings.HasPrefix(mp, abs+"/") {
+			mps = append(mps, mp)
+		}
+	}
+	sort.Slice(mps, func(i, j int) bool { return len(mps[i]) > len(mps[j]) })
+	for _, mp := range mps {
+		unix.Unmount(mp, unix.MNT_DETACH)
+	}
+}
+
+func unescapeMount(s string) string {
+	if !strings.Contains(s, `\`) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+3 < len(s) {
+			var v int
+			if _, err := fmt.Sscanf(s[i+1:i+4], "%o", &v); err == nil {
+				b.WriteByte(byte(v))
+				i += 3
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
 }

@@ -189,7 +189,9 @@ func NewestKernel(dir string) (Kernel, error) {
 // versionLess compares dotted/dashed versions numerically where both parts
 // are numbers ("6.1.0-9" < "6.1.0-56").
 func versionLess(a, b string) bool {
-	split := func(s string) []string { return strings.FieldsFunc(s, func(r rune) bool { return r == '.' || r == '-' }) }
+	split := func(s string) []string {
+		return strings.FieldsFunc(s, func(r rune) bool { return r == '.' || r == '-' })
+	}
 	as, bs := split(a), split(b)
 	for i := 0; i < len(as) && i < len(bs); i++ {
 		if as[i] == bs[i] {

@@ -19,8 +19,17 @@ var start = time.Now()
 // sysFinitModule is finit_module(2) on amd64.
 const sysFinitModule = 313
 
+// say prints to the console: stdout as PID 1, /dev/console when run as a
+// systemd service (whose stdout is the journal).
 func say(format string, args ...any) {
-	fmt.Printf("TESTAGENT "+format+"\n", args...)
+	w := os.Stdout
+	if os.Getpid() != 1 {
+		if c, err := os.OpenFile("/dev/console", os.O_WRONLY, 0); err == nil {
+			defer c.Close()
+			w = c
+		}
+	}
+	fmt.Fprintf(w, "TESTAGENT "+format+"\n", args...)
 }
 
 func main() {
