@@ -1,0 +1,416 @@
+package qemu
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/minionsdev/minions/vm/hypervisor"
+	"github.com/minionsdev/minions/vm/hypervisor/conformance"
+	"github.com/minionsdev/minions/vm/hypervisor/conformance/tinyvm"
+	"github.com/minionsdev/minions/vm/hypervisor/procfs"
+)
+
+// Environment between the test process, its re-exec inside a fresh network
+// namespace, and the test relay it starts.
+const (
+	envRelay  = "MINIONS_QEMU_TEST_RELAY"  // "1": act as the agent relay
+	envNetns  = "MINIONS_QEMU_TEST_NETNS"  // "1": already in the test netns
+	envKernel = "MINIONS_QEMU_TEST_KERNEL" // fixture kernel path
+	envSkip   = "MINIONS_QEMU_TEST_SKIP"   // why VM tests cannot run
+)
+
+var measure = flag.Bool("measure", false, "measure boot and snapshot times (5 boots)")
+
+// TestMain runs the VM tests inside a network namespace of their own: as
+// root with QEMU installed it fetches the fixture kernel (that needs the
+// network), then re-executes the test binary in a new netns.
+func TestMain(m *testing.M) {
+	if os.Getenv(envRelay) == "1" {
+		os.Exit(testRelay(os.Args[1:]))
+	}
+	flag.Parse()
+	if os.Getenv(envNetns) == "1" {
+		os.Exit(m.Run())
+	}
+	reason := ""
+	switch {
+	case testing.Short():
+		reason = "-short"
+	case os.Geteuid() != 0:
+		reason = "not root (needed for a network namespace)"
+	default:
+		if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
+			reason = "qemu-system-x86_64 not installed"
+		}
+	}
+	if reason != "" {
+		os.Setenv(envSkip, reason)
+		os.Exit(m.Run())
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	cache, _ := os.UserCacheDir()
+	kernel, err := tinyvm.Kernel(ctx, filepath.Join(cache, "minions-test", "kernel"))
+	cancel()
+	if err != nil {
+		os.Setenv(envSkip, "no fixture kernel: "+err.Error())
+		os.Exit(m.Run())
+	}
+	cmd := exec.Command(os.Args[0], os.Args[1:]...)
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
+	cmd.Env = append(os.Environ(), envNetns+"=1", envKernel+"="+kernel)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWNET, Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Run(); err != nil {
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			os.Exit(ee.ExitCode())
+		}
+		fmt.Fprintln(os.Stderr, "re-exec in a network namespace:", err)
+		os.Exit(1)
+	}
+	os.Exit(0)
+}
+
+// testRelay is a minimal agent relay: hybrid-vsock on --listen, each
+// connection piped to the unix socket --serial.
+func testRelay(args []string) int {
+	fs := flag.NewFlagSet("relay", flag.ContinueOnError)
+	serial := fs.String("serial", "", "")
+	listen := fs.String("listen", "", "")
+	if err := fs.Parse(args); err != nil || *serial == "" || *listen == "" {
+		fmt.Fprintln(os.Stderr, "usage: relay --serial PATH --listen PATH")
+		return 2
+	}
+	ln, err := net.Listen("unix", *listen)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return 1
+		}
+		go func() {
+			defer c.Close()
+			br := bufio.NewReader(c)
+			line, err := br.ReadString('\n')
+			if err != nil || !strings.HasPrefix(line, "CONNECT ") {
+				return
+			}
+			s, err := net.Dial("unix", *serial)
+			if err != nil {
+				return
+			}
+			defer s.Close()
+			fmt.Fprintf(c, "OK 1\n")
+			go func() { _, _ = io.Copy(s, br) }()
+			_, _ = io.Copy(c, s)
+		}()
+	}
+}
+
+var (
+	initramfsOnce sync.Once
+	initramfsPath string
+	initramfsErr  error
+)
+
+// vmFixture skips the test unless VMs can run, and returns the driver and
+// a spec factory for the tinyvm fixture.
+func vmFixture(t *testing.T) (*Driver, func(t *testing.T, extra ...string) hypervisor.Spec) {
+	t.Helper()
+	if r := os.Getenv(envSkip); r != "" {
+		t.Skip("VM tests skipped: " + r)
+	}
+	kernel := os.Getenv(envKernel)
+	initramfsOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "tinyvm-")
+		if err != nil {
+			initramfsErr = err
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+		defer cancel()
+		initramfsPath, initramfsErr = tinyvm.Initramfs(ctx, dir)
+	})
+	if initramfsErr != nil {
+		t.Fatal(initramfsErr)
+	}
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := New(Config{
+		VhostVsock:   VsockOff,
+		RelayCommand: []string{"/usr/bin/env", envRelay + "=1", self},
+		Log:          slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug})),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	newSpec := func(t *testing.T, extra ...string) hypervisor.Spec {
+		run, err := os.MkdirTemp("", "mq")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(run, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			if t.Failed() {
+				b, _ := os.ReadFile(filepath.Join(run, qemuLog))
+				t.Logf("qemu.log:\n%s", b)
+			}
+			os.RemoveAll(run)
+		})
+		return hypervisor.Spec{
+			ID: "0123456789ab", Name: "tiny", CPUs: 1, MemoryMiB: 256,
+			Kernel: kernel, Initramfs: initramfsPath, Cmdline: tinyvm.Cmdline(extra...),
+			RunDir: run, ConsoleLog: filepath.Join(run, "console.log"),
+		}
+	}
+	return d, newSpec
+}
+
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimSpace(string(p)))
+	return len(p), nil
+}
+
+// guestRunning waits for the ready marker, then for the tick counter to
+// advance.
+func guestRunning(ctx context.Context, spec hypervisor.Spec, _ *hypervisor.Handle) error {
+	if err := tinyvm.WaitFor(ctx, spec.ConsoleLog, tinyvm.ReadyMarker, 1); err != nil {
+		return err
+	}
+	start := tinyvm.LastTick(spec.ConsoleLog)
+	t := time.NewTicker(20 * time.Millisecond)
+	defer t.Stop()
+	for tinyvm.LastTick(spec.ConsoleLog) <= start {
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("console ticks stuck at %d: %w", start, ctx.Err())
+		case <-t.C:
+		}
+	}
+	return nil
+}
+
+func TestConformanceQEMU(t *testing.T) {
+	d, newSpec := vmFixture(t)
+	conformance.Run(t, conformance.Fixture{
+		Driver:       d,
+		NewSpec:      func(t *testing.T) hypervisor.Spec { return newSpec(t) },
+		GuestRunning: guestRunning,
+	})
+}
+
+// processesIn lists processes whose command line mentions dir.
+func processesIn(dir string) []string {
+	var out []string
+	files, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	for _, f := range files {
+		if b, err := os.ReadFile(f); err == nil && strings.Contains(string(b), dir) {
+			out = append(out, strings.ReplaceAll(string(b), "\x00", " "))
+		}
+	}
+	return out
+}
+
+func wantNothingLeft(t *testing.T, dir string) {
+	t.Helper()
+	for _, f := range runFiles {
+		if _, err := os.Stat(filepath.Join(dir, f)); err == nil {
+			t.Errorf("%s left in run dir", f)
+		}
+	}
+	if p := processesIn(dir); len(p) > 0 {
+		t.Errorf("processes left: %v", p)
+	}
+}
+
+// TestStartFailuresUndo makes steps after the QEMU launch fail and checks
+// that what was started is gone.
+func TestStartFailuresUndo(t *testing.T) {
+	d, newSpec := vmFixture(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+
+	t.Run("qemu exits (missing tap)", func(t *testing.T) {
+		spec := newSpec(t)
+		spec.Net = &hypervisor.NetIface{TAP: "mqnosuchtap0", MAC: "52:54:00:00:00:01"}
+		_, err := d.Start(ctx, spec)
+		if err == nil || !strings.Contains(err.Error(), "connect qmp") || !strings.Contains(err.Error(), "mqnosuchtap0") {
+			t.Fatalf("err = %v, want a connect qmp failure quoting QEMU's complaint about the tap", err)
+		}
+		wantNothingLeft(t, spec.RunDir)
+	})
+	t.Run("relay exits", func(t *testing.T) {
+		bad := *d
+		bad.cfg.RelayCommand = []string{"/bin/sh", "-c", "echo relay refuses >&2; exit 3", "relay"}
+		spec := newSpec(t)
+		_, err := bad.Start(ctx, spec)
+		if err == nil || !strings.Contains(err.Error(), "wait for agent relay") || !strings.Contains(err.Error(), "relay refuses") {
+			t.Fatalf("err = %v", err)
+		}
+		wantNothingLeft(t, spec.RunDir)
+	})
+}
+
+func TestGuestRebootAndPowerOff(t *testing.T) {
+	d, newSpec := vmFixture(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+
+	t.Run("reboot keeps the process", func(t *testing.T) {
+		spec := newSpec(t, "tinyvm.reboot")
+		h, err := d.Start(ctx, spec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer d.Kill(context.Background(), h)
+		if err := tinyvm.WaitFor(ctx, spec.ConsoleLog, tinyvm.ReadyMarker, 2); err != nil {
+			t.Fatal(err)
+		}
+		if !d.Alive(h) {
+			t.Fatal("qemu exited on guest reboot")
+		}
+		if info, err := d.Info(ctx, h); err != nil || info.State != hypervisor.StateRunning {
+			t.Fatalf("Info after reboot = %+v, %v", info, err)
+		}
+	})
+	t.Run("poweroff stops", func(t *testing.T) {
+		spec := newSpec(t, "tinyvm.poweroff")
+		h, err := d.Start(ctx, spec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer d.Kill(context.Background(), h)
+		if err := procfs.WaitGone(ctx, h.PID, h.StartTime, 20*time.Millisecond); err != nil {
+			t.Fatalf("qemu still runs after guest power-off: %v", err)
+		}
+		if info, err := d.Info(ctx, h); err != nil || info.State != hypervisor.StateStopped {
+			t.Fatalf("Info = %+v, %v", info, err)
+		}
+		// The relay outlives QEMU until Shutdown stops it.
+		if err := d.Shutdown(ctx, h, time.Second); err != nil {
+			t.Fatal(err)
+		}
+		wantNothingLeft(t, spec.RunDir)
+	})
+}
+
+func TestAgentRelay(t *testing.T) {
+	d, newSpec := vmFixture(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	spec := newSpec(t)
+	h, err := d.Start(ctx, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Kill(context.Background(), h)
+	if h.Agent.Kind != "hybrid-vsock" || h.Agent.Port != AgentPort || len(h.Helpers) != 1 {
+		t.Fatalf("handle = %+v", h)
+	}
+	c, err := net.Dial("unix", h.Agent.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	fmt.Fprintf(c, "CONNECT %d\n", h.Agent.Port)
+	_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	line, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil || line != "OK 1\n" {
+		t.Fatalf("relay answered %q, %v", line, err)
+	}
+	// The relay holds QEMU's agent chardev: a second direct client would
+	// not be served, so QEMU must list the chardev as connected.
+	if err := d.Kill(ctx, h); err != nil {
+		t.Fatal(err)
+	}
+	if procfs.Alive(h.Helpers[0].PID, h.Helpers[0].StartTime) {
+		t.Fatal("relay survived Kill")
+	}
+}
+
+// TestMeasure reports boot and snapshot times (run with -measure).
+func TestMeasure(t *testing.T) {
+	if !*measure {
+		t.Skip("run with -measure")
+	}
+	d, newSpec := vmFixture(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	var boots []time.Duration
+	for range 5 {
+		spec := newSpec(t)
+		start := time.Now()
+		h, err := d.Start(ctx, spec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		started := time.Since(start)
+		if err := tinyvm.WaitFor(ctx, spec.ConsoleLog, tinyvm.ReadyMarker, 1); err != nil {
+			t.Fatal(err)
+		}
+		boots = append(boots, time.Since(start))
+		t.Logf("boot: Start returned after %v, marker after %v", started, boots[len(boots)-1])
+		if err := d.Kill(ctx, h); err != nil {
+			t.Fatal(err)
+		}
+	}
+	slices.Sort(boots)
+	t.Logf("launch to marker under %s: median %v (min %v, max %v)", d.accel, boots[2], boots[0], boots[4])
+
+	for range 3 {
+		spec := newSpec(t)
+		h, err := d.Start(ctx, spec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := guestRunning(ctx, spec, h); err != nil {
+			t.Fatal(err)
+		}
+		dir := t.TempDir()
+		start := time.Now()
+		if err := d.SaveState(ctx, h, dir); err != nil {
+			t.Fatal(err)
+		}
+		save := time.Since(start)
+		st, _ := os.Stat(filepath.Join(dir, StateMemoryFile))
+		if err := d.Kill(ctx, h); err != nil {
+			t.Fatal(err)
+		}
+		start = time.Now()
+		r, err := d.Restore(ctx, spec, dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		restored := time.Since(start)
+		if err := guestRunning(ctx, spec, r); err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("SaveState %v (%d MiB state), Restore returned after %v, guest ticking after %v", save, st.Size()>>20, restored, time.Since(start))
+		if err := d.Kill(ctx, r); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
