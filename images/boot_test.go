@@ -9,7 +9,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -89,8 +88,9 @@ func hostTSCkHz(t *testing.T) string {
 
 // bootResult is what one boot printed.
 type bootResult struct {
-	console string
-	elapsed time.Duration
+	console  string
+	elapsed  time.Duration // launch to QEMU exit
+	toMarker time.Duration // launch to the agent running on the root filesystem
 }
 
 // boot runs QEMU microvm (TCG) in a fresh network namespace with kernel,
@@ -116,9 +116,10 @@ func boot(t *testing.T, kernel, initrd, rootDisk string) bootResult {
 		"-device", "virtio-blk-device,drive=root",
 		"-serial", "stdio", "-no-reboot"}
 	cmd := exec.CommandContext(ctx, "unshare", args...)
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
+	out := &markerWriter{marker: []byte("TESTAGENT rootfs")}
+	cmd.Stdout, cmd.Stderr = out, out
 	start := time.Now()
+	out.start = start
 	err := cmd.Run()
 	el := time.Since(start)
 	if ctx.Err() != nil {
@@ -127,7 +128,32 @@ func boot(t *testing.T, kernel, initrd, rootDisk string) bootResult {
 	if err != nil {
 		t.Fatalf("qemu: %v; console:\n%s", err, out.String())
 	}
-	return bootResult{console: out.String(), elapsed: el}
+	return bootResult{console: out.String(), elapsed: el, toMarker: out.at}
+}
+
+// markerWriter collects console output and notes when marker first shows.
+type markerWriter struct {
+	mu     sync.Mutex
+	buf    bytes.Buffer
+	marker []byte
+	start  time.Time
+	at     time.Duration
+}
+
+func (w *markerWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.buf.Write(p)
+	if w.at == 0 && bytes.Contains(w.buf.Bytes(), w.marker) {
+		w.at = time.Since(w.start)
+	}
+	return len(p), nil
+}
+
+func (w *markerWriter) String() string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.buf.String()
 }
 
 // TestMinimalImageBoots builds the kernel, an initramfs and the minimal
@@ -181,7 +207,7 @@ func TestMinimalImageBoots(t *testing.T) {
 			t.Fatal(err)
 		}
 		r := boot(t, kernel, ir.Path, ov)
-		t.Logf("boot %s (%s): %v to power-off", name, filepath.Base(kernel), r.elapsed)
+		t.Logf("boot %s (%s): %v to agent on rootfs, %v to QEMU exit", name, filepath.Base(kernel), r.toMarker, r.elapsed)
 		for _, l := range strings.Split(r.console, "\n") {
 			if strings.Contains(l, "TESTAGENT") {
 				t.Logf("  %s", strings.TrimSpace(l))
@@ -353,5 +379,4 @@ func TestUnsupportedOSExplains(t *testing.T) {
 			t.Errorf("%s: %v", o, err)
 		}
 	}
-	_ = runtime.GOOS
 }

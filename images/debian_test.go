@@ -75,7 +75,7 @@ func TestDebianImage(t *testing.T) {
 		t.Fatal(err)
 	}
 	r := boot(t, k.Path, ir.Path, ov)
-	t.Logf("debian boot to agent power-off: %v", r.elapsed)
+	t.Logf("debian boot: %v to agent started by systemd, %v to QEMU exit", r.toMarker, r.elapsed)
 	if !strings.Contains(r.console, "TESTAGENT rootfs version=1 os=debian") {
 		t.Fatalf("systemd did not start the agent:\n%s", r.console)
 	}
