@@ -26,12 +26,18 @@
 //     connection the VM or the host started, while the host itself reaches
 //     every VM on any port; from the bridge the host accepts only replies,
 //     ICMP echo to the gateway and Config.HostPorts (TCP) on the gateway.
-//   - table bridge: every frame entering the bridge from a port must carry
-//     the IPv4 address and MAC registered for that port (ARP included) and
-//     be IPv4 or ARP; everything else is dropped. Bridging between ports is
-//     dropped. The registered identities live in one set keyed by interface
+//   - table bridge: every frame entering a bridge from a port named mn*
+//     (TAPPrefix) must carry the IPv4 address and MAC registered for that
+//     port (ARP included) and be IPv4 or ARP; everything else is dropped.
+//     Bridging from such ports is dropped. (Matching the bridge by name,
+//     meta ibrname, needs CONFIG_NFT_BRIDGE_META, which not every kernel
+//     has; hence the name prefix.) The registered identities live in one set keyed by interface
 //     name, so adding or removing a VM is an element insert or delete, never
 //     a ruleset rewrite.
+//
+// A port's identity is also written to its interface alias, so Setup can
+// rebuild the registrations after the tables were flushed (for example by
+// a restart of nftables.service).
 //
 // A table bridge is needed besides the inet table because only the bridge
 // family sees which port a frame came in on, and sees ARP.

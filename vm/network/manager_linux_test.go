@@ -12,6 +12,7 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/nftables"
 	"github.com/minionsdev/minions/internal/errs"
@@ -74,17 +75,23 @@ func TestManagerNetns(t *testing.T) {
 		t.Fatalf("Check before setup found too little:\n%s", r)
 	}
 
+	start := time.Now()
 	if err := m.Setup(ctx); err != nil {
 		t.Fatalf("Setup: %v", err)
 	}
+	t.Logf("first Setup took %v", time.Since(start))
+	start = time.Now()
 	mustCheck(t, m, true)
+	t.Logf("Check took %v", time.Since(start))
 
 	t.Run("setup twice changes nothing", func(t *testing.T) {
 		before := nftState(t)
 		links := run(t, "ip", "addr", "show", "minions0")
+		start := time.Now()
 		if err := m.Setup(ctx); err != nil {
 			t.Fatal(err)
 		}
+		t.Logf("second Setup (no change) took %v", time.Since(start))
 		if after := nftState(t); after != before {
 			t.Fatalf("second Setup changed the ruleset:\n--- before\n%s--- after\n%s", before, after)
 		}
@@ -286,10 +293,12 @@ func TestManagerNetns(t *testing.T) {
 			t.Fatalf("AddPort over a dummy = %v, want AlreadyExists", err)
 		}
 		run(t, "ip", "link", "del", p.TAP)
-		for range 2 { // idempotent
+		for i := range 2 { // idempotent
+			start := time.Now()
 			if err := m.AddPort(ctx, p); err != nil {
 				t.Fatal(err)
 			}
+			t.Logf("AddPort (tap, call %d) took %v", i+1, time.Since(start))
 		}
 		l, err := netlink.LinkByName(p.TAP)
 		if err != nil {
@@ -312,10 +321,12 @@ func TestManagerNetns(t *testing.T) {
 		if strings.Contains(out, "10.210.0.10") || !strings.Contains(out, "10.210.0.11") {
 			t.Errorf("identity not replaced:\n%s", out)
 		}
-		for range 2 { // idempotent
+		for i := range 2 { // idempotent
+			start := time.Now()
 			if err := m.RemovePort(ctx, p.TAP); err != nil {
 				t.Fatal(err)
 			}
+			t.Logf("RemovePort (call %d) took %v", i+1, time.Since(start))
 		}
 		if _, err := netlink.LinkByName(p.TAP); err == nil {
 			t.Errorf("RemovePort left the tap")

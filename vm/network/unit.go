@@ -15,7 +15,7 @@ func PersistUnit(exe string) string {
 Description=Minions host network (bridge, nftables)
 Documentation=https://github.com/minionsdev/minions
 DefaultDependencies=no
-After=systemd-sysctl.service nftables.service
+After=local-fs.target systemd-sysctl.service nftables.service
 Before=network-pre.target
 Wants=network-pre.target
 
