@@ -34,7 +34,7 @@ func (c *common) vmHelp() []key.Binding {
 func (c *common) vmAction(msg tea.KeyMsg, v *VM) (tea.Cmd, bool) {
 	k := c.keys
 	if key.Matches(msg, k.Create) {
-		return push(newCreatePage(c)), true
+		return c.open(newCreatePage(c)), true
 	}
 	if v == nil {
 		return nil, false
@@ -57,25 +57,25 @@ func (c *common) vmAction(msg tea.KeyMsg, v *VM) (tea.Cmd, bool) {
 	case key.Matches(msg, k.Console) && running:
 		return c.console(name), true
 	case key.Matches(msg, k.Resize):
-		return push(newResizePage(c, *v)), true
+		return c.open(newResizePage(c, *v)), true
 	case key.Matches(msg, k.Snapshots):
-		return push(newSnapshotsPage(c, name)), true
+		return c.open(newSnapshotsPage(c, name)), true
 	case key.Matches(msg, k.Rename):
-		return push(newPromptPage(c, "rename", "Rename "+name, "New name", name, func(nn string) tea.Cmd {
+		return c.open(newPromptPage(c, "rename", "Rename "+name, "New name", name, func(nn string) tea.Cmd {
 			return func() tea.Msg {
 				err := b.Rename(c.ctx, name, nn)
 				return opDoneMsg{verb: "rename", name: name, to: nn, err: err}
 			}
 		})), true
 	case key.Matches(msg, k.Copy):
-		return push(newPromptPage(c, "copy", "Copy "+name, "New name", name+"-copy", func(nn string) tea.Cmd {
+		return c.open(newPromptPage(c, "copy", "Copy "+name, "New name", name+"-copy", func(nn string) tea.Cmd {
 			return tea.Batch(status("copying "+name+" to "+nn+"…"), func() tea.Msg {
 				_, err := b.Copy(c.ctx, name, nn)
 				return opDoneMsg{verb: "copy", name: name, to: nn, err: err}
 			})
 		})), true
 	case key.Matches(msg, k.Destroy):
-		return push(newConfirmPage(c, "Destroy "+name+"?",
+		return c.open(newConfirmPage(c, "Destroy "+name+"?",
 			"This deletes the VM, its disk and all its snapshots.\nIt cannot be undone.",
 			simple("destroy", "destroying", b.Destroy))), true
 	}

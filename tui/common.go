@@ -27,6 +27,10 @@ type common struct {
 	refresh time.Duration
 
 	width, height int
+	// nav queues page changes made while handling a message; the root
+	// model applies them right after, so the next key reaches the new page.
+	nav []navOp
+
 	// term is set when the dashboard runs under Run: it hands the input
 	// to a console and routes window sizes to it.
 	term *terminal
@@ -163,4 +167,26 @@ func orDash(s string) string {
 // center places s in the middle of a w x h area.
 func center(w, h int, s string) string {
 	return lipgloss.Place(w, h, lipgloss.Center, lipgloss.Center, s)
+}
+
+// navOp is a queued page change: open a page, close a given page (and
+// any above it), or with both nil close the top page.
+type navOp struct{ open, close page }
+
+// open shows p on top of the current page.
+func (c *common) open(p page) tea.Cmd {
+	c.nav = append(c.nav, navOp{open: p})
+	return nil
+}
+
+// back closes the top page.
+func (c *common) back() tea.Cmd {
+	c.nav = append(c.nav, navOp{})
+	return nil
+}
+
+// closePage closes p and every page above it.
+func (c *common) closePage(p page) tea.Cmd {
+	c.nav = append(c.nav, navOp{close: p})
+	return nil
 }

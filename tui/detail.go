@@ -62,7 +62,7 @@ func (p *detailPage) Update(msg tea.Msg) tea.Cmd {
 		}
 		switch msg.verb {
 		case "destroy":
-			return pop
+			return p.c.closePage(p)
 		case "rename":
 			p.name = msg.to
 			if p.d != nil {
@@ -74,7 +74,7 @@ func (p *detailPage) Update(msg tea.Msg) tea.Cmd {
 		k := p.c.keys
 		switch {
 		case key.Matches(msg, k.Back):
-			return pop
+			return p.c.back()
 		case key.Matches(msg, k.Open):
 			return nil
 		}
@@ -96,6 +96,12 @@ func (p *detailPage) View() string {
 	d, v := p.d, p.d.VM
 	var lines []string
 	kv := func(pairs ...string) {
+		if len(pairs) > 2 && 26*len(pairs)/2 > p.width { // one pair per line
+			for i := 0; i+1 < len(pairs); i += 2 {
+				lines = append(lines, st.Label.Render(fmt.Sprintf("%-8s", pairs[i]))+" "+st.Value.Render(pairs[i+1]))
+			}
+			return
+		}
 		var b strings.Builder
 		for i := 0; i+1 < len(pairs); i += 2 {
 			v := pairs[i+1]

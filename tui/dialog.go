@@ -34,9 +34,9 @@ func (p *confirmPage) Update(msg tea.Msg) tea.Cmd {
 	}
 	switch {
 	case key.Matches(km, p.c.keys.Yes):
-		return tea.Batch(pop, p.onYes)
+		return tea.Batch(p.c.back(), p.onYes)
 	case key.Matches(km, p.c.keys.No):
-		return tea.Batch(pop, status("cancelled"))
+		return tea.Batch(p.c.back(), status("cancelled"))
 	}
 	return nil
 }
@@ -76,7 +76,7 @@ func (p *helpPage) SetSize(w, h int) { p.w, p.h = w, h }
 
 func (p *helpPage) Update(msg tea.Msg) tea.Cmd {
 	if km, ok := msg.(tea.KeyMsg); ok && key.Matches(km, p.c.keys.Back) {
-		return pop
+		return p.c.back()
 	}
 	return nil
 }

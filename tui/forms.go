@@ -76,14 +76,14 @@ func (p *formPage) Update(msg tea.Msg) tea.Cmd {
 	}
 	if p.busy {
 		if km := msg.(tea.KeyMsg); key.Matches(km, p.c.keys.Back) {
-			return pop // the operation carries on; the status line reports it
+			return p.c.back() // the operation carries on; the status line reports it
 		}
 		return nil
 	}
 	res, cmd := p.form.Update(msg)
 	switch res {
 	case widget.FormCancel:
-		return pop
+		return p.c.back()
 	case widget.FormSubmit:
 		return p.submit(p.form)
 	}
@@ -289,10 +289,10 @@ func newResizePage(c *common, v VM) *formPage {
 			req.DiskGiB = n
 		}
 		if req == (ResizeRequest{}) {
-			return tea.Batch(pop, status("nothing to change"))
+			return tea.Batch(p.c.back(), status("nothing to change"))
 		}
 		name := v.Name
-		return tea.Batch(pop, status("resizing "+name+"…"), c.op("resize", name, func(ctx context.Context) error {
+		return tea.Batch(p.c.back(), status("resizing "+name+"…"), c.op("resize", name, func(ctx context.Context) error {
 			return c.backend.Resize(ctx, name, req)
 		}))
 	}
@@ -305,7 +305,7 @@ func newPromptPage(c *common, title, heading, label, value string, done func(str
 	p.form = widget.NewForm(heading, c.styles.Form, c.formKeys(),
 		widget.NewTextField(label, value, "", 63, validName))
 	p.submit = func(f *widget.Form) tea.Cmd {
-		return tea.Batch(pop, done(f.Fields[0].Value()))
+		return tea.Batch(p.c.back(), done(f.Fields[0].Value()))
 	}
 	return p
 }

@@ -147,7 +147,7 @@ func (p *listPage) key(msg tea.KeyMsg) tea.Cmd {
 		}
 	case key.Matches(msg, k.Open):
 		if v := p.selected(); v != nil {
-			return push(newDetailPage(p.c, v.Name))
+			return p.c.open(newDetailPage(p.c, v.Name))
 		}
 	default:
 		if cmd, ok := p.c.vmAction(msg, p.selected()); ok {

@@ -52,13 +52,7 @@ type (
 		text string
 		err  bool
 	}
-	// pushMsg opens a page on top; popMsg closes the top page.
-	pushMsg struct{ p page }
-	popMsg  struct{}
 )
-
-func push(p page) tea.Cmd { return func() tea.Msg { return pushMsg{p} } }
-func pop() tea.Msg        { return popMsg{} }
 
 func status(text string) tea.Cmd {
 	return func() tea.Msg { return statusMsg{text: text} }

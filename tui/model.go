@@ -90,13 +90,47 @@ func (m *Model) resize() {
 
 // Update implements tea.Model.
 func (m *Model) Update(msg tea.Msg) (tea.Model, tea.Cmd) {
+	cmd := m.update(msg)
+	return m, tea.Batch(cmd, m.applyNav())
+}
+
+// applyNav opens and closes the pages queued by the last update.
+func (m *Model) applyNav() tea.Cmd {
+	var cmds []tea.Cmd
+	for len(m.c.nav) > 0 {
+		op := m.c.nav[0]
+		m.c.nav = m.c.nav[1:]
+		switch {
+		case op.close != nil:
+			for i := 1; i < len(m.stack); i++ { // the list (0) stays
+				if m.stack[i] == op.close {
+					m.stack = m.stack[:i]
+					break
+				}
+			}
+			continue
+		case op.open == nil:
+			if len(m.stack) > 1 {
+				m.stack = m.stack[:len(m.stack)-1]
+			}
+			continue
+		}
+		p := op.open
+		p.SetSize(m.c.width, max(m.c.height-3, 1))
+		m.stack = append(m.stack, p)
+		cmds = append(cmds, p.Init())
+	}
+	return tea.Batch(cmds...)
+}
+
+func (m *Model) update(msg tea.Msg) tea.Cmd {
 	switch msg := msg.(type) {
 	case tea.WindowSizeMsg:
 		m.c.width, m.c.height = msg.Width, msg.Height
 		m.resize()
-		return m, nil
+		return nil
 	case tea.KeyMsg:
-		return m, m.key(msg)
+		return m.key(msg)
 	case tickMsg:
 		cmds := []tea.Cmd{m.tick()}
 		for _, p := range m.stack {
@@ -104,19 +138,10 @@ func (m *Model) Update(msg tea.Msg) (tea.Model, tea.Cmd) {
 				cmds = append(cmds, r.refresh())
 			}
 		}
-		return m, tea.Batch(cmds...)
-	case pushMsg:
-		msg.p.SetSize(m.c.width, max(m.c.height-3, 1))
-		m.stack = append(m.stack, msg.p)
-		return m, msg.p.Init()
-	case popMsg:
-		if len(m.stack) > 1 {
-			m.stack = m.stack[:len(m.stack)-1]
-		}
-		return m, nil
+		return tea.Batch(cmds...)
 	case statusMsg:
 		m.status = msg
-		return m, nil
+		return nil
 	case vmsMsg:
 		if msg.err != nil {
 			m.status = statusMsg{text: "list: " + errorText(msg.err), err: true}
@@ -141,21 +166,21 @@ func (m *Model) Update(msg tea.Msg) (tea.Model, tea.Cmd) {
 				cmds = append(cmds, r.refresh())
 			}
 		}
-		return m, tea.Batch(cmds...)
+		return tea.Batch(cmds...)
 	case createProgressMsg:
 		m.status = statusMsg{text: msg.step + "…"}
-		return m, tea.Batch(m.broadcast(msg), listen(msg.ch))
+		return tea.Batch(m.broadcast(msg), listen(msg.ch))
 	case consoleReadyMsg:
-		return m, m.c.execConsole(msg.name)
+		return m.c.execConsole(msg.name)
 	case consoleDoneMsg:
 		if msg.err != nil {
 			m.status = statusMsg{text: "console " + msg.name + ": " + errorText(msg.err), err: true}
 		} else {
 			m.status = statusMsg{text: "detached from " + msg.name}
 		}
-		return m, tea.Batch(m.broadcast(msg), tea.ClearScreen)
+		return tea.Batch(m.broadcast(msg), tea.ClearScreen)
 	}
-	return m, m.broadcast(msg)
+	return m.broadcast(msg)
 }
 
 func (m *Model) broadcast(msg tea.Msg) tea.Cmd {
@@ -218,9 +243,9 @@ func (m *Model) key(msg tea.KeyMsg) tea.Cmd {
 			return tea.Quit
 		case key.Matches(msg, k.Help):
 			if _, ok := top.(*helpPage); ok {
-				return pop
+				return m.c.back()
 			}
-			return push(newHelpPage(m.c, top))
+			return m.c.open(newHelpPage(m.c, top))
 		}
 	}
 	// Any key clears an old message.

@@ -89,7 +89,7 @@ func (p *snapshotsPage) key(msg tea.KeyMsg) tea.Cmd {
 	k, c, name := p.c.keys, p.c, p.name
 	switch {
 	case key.Matches(msg, k.Back):
-		return pop
+		return c.back()
 	case key.Matches(msg, k.Up):
 		p.table.Move(-1)
 	case key.Matches(msg, k.Down):
@@ -100,7 +100,7 @@ func (p *snapshotsPage) key(msg tea.KeyMsg) tea.Cmd {
 		p.table.Bottom()
 	case key.Matches(msg, k.SnapNew):
 		def := fmt.Sprintf("snap-%s", c.now().UTC().Format("20060102-150405"))
-		return push(newPromptPage(c, "new", "Snapshot "+name, "Name", def, func(sn string) tea.Cmd {
+		return c.open(newPromptPage(c, "new", "Snapshot "+name, "Name", def, func(sn string) tea.Cmd {
 			return tea.Batch(status("taking snapshot "+sn+" of "+name+"…"), c.op("snapshot", name, func(ctx context.Context) error {
 				_, err := c.backend.SnapshotCreate(ctx, name, sn)
 				return err
@@ -109,7 +109,7 @@ func (p *snapshotsPage) key(msg tea.KeyMsg) tea.Cmd {
 	case key.Matches(msg, k.SnapRestore):
 		if s := p.selected(); s != nil {
 			sn := s.Name
-			return push(newConfirmPage(c, "Restore "+name+" to "+sn+"?",
+			return c.open(newConfirmPage(c, "Restore "+name+" to "+sn+"?",
 				"The VM's current disk"+memNote(s)+" is replaced by the snapshot.",
 				tea.Batch(status("restoring "+name+" to "+sn+"…"), c.op("restore", name, func(ctx context.Context) error {
 					return c.backend.SnapshotRestore(ctx, name, sn)
@@ -118,7 +118,7 @@ func (p *snapshotsPage) key(msg tea.KeyMsg) tea.Cmd {
 	case key.Matches(msg, k.SnapDelete):
 		if s := p.selected(); s != nil {
 			sn := s.Name
-			return push(newConfirmPage(c, "Delete snapshot "+sn+"?", "It cannot be undone.",
+			return c.open(newConfirmPage(c, "Delete snapshot "+sn+"?", "It cannot be undone.",
 				c.op("delete snapshot", name, func(ctx context.Context) error {
 					return c.backend.SnapshotDelete(ctx, name, sn)
 				})))
