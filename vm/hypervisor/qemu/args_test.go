@@ -17,7 +17,8 @@ var update = flag.Bool("update", false, "rewrite testdata/*.golden")
 // fakeHost makes a driver without looking at the host.
 func fakeHost(accel string, vhost bool) *Driver {
 	cfg := Config{Accel: accel, RelayCommand: []string{"/bin/minions", "agent-relay"}}.withDefaults()
-	d := &Driver{cfg: cfg, binary: "/usr/bin/qemu-system-x86_64", accel: cfg.accel(), vhost: vhost, log: cfg.Log}
+	d := &Driver{cfg: cfg, binary: "/usr/bin/qemu-system-x86_64", accel: cfg.accel(), vhost: vhost, log: cfg.Log,
+		tapExists: func(name string) bool { return name != "missing0" }}
 	if d.accel == AccelTCG {
 		d.tscKHz = 2445426
 	}
@@ -111,9 +112,17 @@ func TestMachineForRejects(t *testing.T) {
 		{"long run dir", func(s *hypervisor.Spec) { s.RunDir = "/" + strings.Repeat("x", 100) }},
 		{"no console log", func(s *hypervisor.Spec) { s.ConsoleLog = "" }},
 		{"bad disk format", func(s *hypervisor.Spec) { s.Disks = []hypervisor.Disk{{Path: kernel, Format: "vmdk"}} }},
-		{"missing disk", func(s *hypervisor.Spec) { s.Disks = []hypervisor.Disk{{Path: filepath.Join(dir, "nope"), Format: "raw"}} }},
+		{"missing disk", func(s *hypervisor.Spec) {
+			s.Disks = []hypervisor.Disk{{Path: filepath.Join(dir, "nope"), Format: "raw"}}
+		}},
 		{"bad mac", func(s *hypervisor.Spec) { s.Net = &hypervisor.NetIface{TAP: "t0", MAC: "zz"} }},
 		{"no tap", func(s *hypervisor.Spec) { s.Net = &hypervisor.NetIface{MAC: "52:54:00:00:00:01"} }},
+	}
+	d0 := fakeHost(AccelTCG, false)
+	s0 := good
+	s0.Net = &hypervisor.NetIface{TAP: "missing0", MAC: "52:54:00:00:00:01"}
+	if _, err := d0.machineFor(s0); !errors.Is(err, errs.FailedPrecondition) {
+		t.Fatalf("missing tap: err = %v, want FailedPrecondition", err)
 	}
 	d := fakeHost(AccelTCG, false)
 	if _, err := d.machineFor(good); err != nil {

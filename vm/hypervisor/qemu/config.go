@@ -45,7 +45,9 @@ type Config struct {
 	// RelayCommand is the argv prefix of the agent relay, e.g.
 	// [<minions executable>, "agent-relay"]; the driver appends
 	// "--serial <agent.sock> --listen <vsock.sock>". Required unless
-	// vhost-vsock is used.
+	// vhost-vsock is used. Start waits until the relay accepts a
+	// connection on its listen socket (it connects and closes without
+	// writing), so the relay must shrug off such a probe.
 	RelayCommand []string
 	// TSCkHz is the host TSC frequency in kHz, passed to TCG guests as
 	// tsc_early_khz. 0 (default) reads it from /proc/cpuinfo at New.

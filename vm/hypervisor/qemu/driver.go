@@ -35,6 +35,14 @@ type Driver struct {
 	vhost  bool   // vhost-vsock instead of virtio-serial + relay
 	tscKHz int    // appended under TCG; 0 under KVM
 	log    *slog.Logger
+	// tapExists reports whether a network interface exists in the
+	// caller's network namespace.
+	tapExists func(name string) bool
+}
+
+func interfaceExists(name string) bool {
+	_, err := net.InterfaceByName(name)
+	return err == nil
 }
 
 var _ hypervisor.Driver = (*Driver)(nil)
@@ -51,7 +59,7 @@ func New(cfg Config) (*Driver, error) {
 	if err != nil {
 		return nil, errs.New(errs.FailedPrecondition, "qemu driver: binary %q: %w", cfg.Binary, err)
 	}
-	d := &Driver{cfg: cfg, binary: bin, accel: cfg.accel(), log: cfg.Log.With("component", "qemu")}
+	d := &Driver{cfg: cfg, binary: bin, accel: cfg.accel(), log: cfg.Log.With("component", "qemu"), tapExists: interfaceExists}
 	switch cfg.VhostVsock {
 	case VsockOn:
 		d.vhost = true
@@ -129,6 +137,11 @@ func (d *Driver) machineFor(spec hypervisor.Spec) (machine, error) {
 		}
 		if _, err := net.ParseMAC(spec.Net.MAC); err != nil {
 			return bad("spec: net: mac: %w", err)
+		}
+		// QEMU running as root would create a missing TAP itself,
+		// attached to nothing: refuse instead.
+		if !d.tapExists(spec.Net.TAP) {
+			return machine{}, errs.New(errs.FailedPrecondition, "spec: net: tap %q does not exist", spec.Net.TAP)
 		}
 	}
 	m := machine{

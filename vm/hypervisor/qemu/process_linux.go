@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -90,12 +91,15 @@ func logTail(path string, n int64) string {
 	return strings.ReplaceAll(s, "\n", "; ")
 }
 
-// waitSocket waits until path is a unix socket, c exits, or ctx ends.
+// waitSocket waits until a server accepts connections on the unix socket
+// path (it connects and closes at once without writing), c exits, or ctx
+// ends. The file alone is not enough: it appears at bind, before listen.
 func waitSocket(ctx context.Context, c *child, path, logPath string) error {
 	t := time.NewTicker(5 * time.Millisecond)
 	defer t.Stop()
 	for {
-		if st, err := os.Stat(path); err == nil && st.Mode()&os.ModeSocket != 0 {
+		if conn, err := net.DialTimeout("unix", path, time.Second); err == nil {
+			conn.Close()
 			return nil
 		}
 		select {

@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/minionsdev/minions/internal/errs"
 	"github.com/minionsdev/minions/vm/hypervisor"
 	"github.com/minionsdev/minions/vm/hypervisor/conformance"
 	"github.com/minionsdev/minions/vm/hypervisor/conformance/tinyvm"
@@ -173,8 +174,10 @@ func vmFixture(t *testing.T) (*Driver, func(t *testing.T, extra ...string) hyper
 		}
 		t.Cleanup(func() {
 			if t.Failed() {
-				b, _ := os.ReadFile(filepath.Join(run, qemuLog))
-				t.Logf("qemu.log:\n%s", b)
+				for _, name := range []string{qemuLog, relayLog} {
+					b, _ := os.ReadFile(filepath.Join(run, name))
+					t.Logf("%s:\n%s", name, b)
+				}
 			}
 			os.RemoveAll(run)
 		})
@@ -253,12 +256,30 @@ func TestStartFailuresUndo(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 
-	t.Run("qemu exits (missing tap)", func(t *testing.T) {
+	t.Run("missing tap is refused", func(t *testing.T) {
 		spec := newSpec(t)
 		spec.Net = &hypervisor.NetIface{TAP: "mqnosuchtap0", MAC: "52:54:00:00:00:01"}
-		_, err := d.Start(ctx, spec)
-		if err == nil || !strings.Contains(err.Error(), "connect qmp") || !strings.Contains(err.Error(), "mqnosuchtap0") {
-			t.Fatalf("err = %v, want a connect qmp failure quoting QEMU's complaint about the tap", err)
+		if h, err := d.Start(ctx, spec); !errors.Is(err, errs.FailedPrecondition) {
+			if err == nil {
+				d.Kill(ctx, h)
+			}
+			t.Fatalf("err = %v, want FailedPrecondition", err)
+		}
+		wantNothingLeft(t, spec.RunDir)
+	})
+	t.Run("qemu exits (not a qcow2 disk)", func(t *testing.T) {
+		spec := newSpec(t)
+		disk := filepath.Join(spec.RunDir, "bad.qcow2")
+		if err := os.WriteFile(disk, []byte("not a qcow2 image"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		spec.Disks = []hypervisor.Disk{{Path: disk, Format: "qcow2"}}
+		h, err := d.Start(ctx, spec)
+		if err == nil {
+			d.Kill(ctx, h)
+		}
+		if err == nil || !strings.Contains(err.Error(), "connect qmp") || !strings.Contains(err.Error(), "qcow") {
+			t.Fatalf("err = %v, want a connect qmp failure quoting QEMU's complaint", err)
 		}
 		wantNothingLeft(t, spec.RunDir)
 	})
@@ -341,8 +362,6 @@ func TestAgentRelay(t *testing.T) {
 	if err != nil || line != "OK 1\n" {
 		t.Fatalf("relay answered %q, %v", line, err)
 	}
-	// The relay holds QEMU's agent chardev: a second direct client would
-	// not be served, so QEMU must list the chardev as connected.
 	if err := d.Kill(ctx, h); err != nil {
 		t.Fatal(err)
 	}
