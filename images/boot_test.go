@@ -380,3 +380,41 @@ func TestUnsupportedOSExplains(t *testing.T) {
 		}
 	}
 }
+
+func TestCleanTempSparesLiveBuilds(t *testing.T) {
+	cat := &Catalog{Dir: t.TempDir()}
+	live, err := newTempDir(filepath.Join(cat.Dir, "tmp"), "build-minimal-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer live.Remove()
+	// A build whose process died: lock file present, nobody holds it.
+	dead := filepath.Join(cat.Dir, "tmp", "build-debian-123")
+	os.MkdirAll(filepath.Join(dead, "root/etc"), 0o755)
+	os.WriteFile(filepath.Join(dead, lockName), nil, 0o600)
+	// A kernel install that died, and a fresh entry without a lock yet.
+	deadK := filepath.Join(cat.KernelDir(), ".tmp-6.1.0-1-cloud-amd64-9")
+	os.MkdirAll(deadK, 0o755)
+	os.WriteFile(filepath.Join(deadK, lockName), nil, 0o600)
+	fresh := filepath.Join(cat.Dir, "initramfs", ".tmp-initramfs-5")
+	os.MkdirAll(filepath.Dir(fresh), 0o755)
+	os.WriteFile(fresh, []byte("partial"), 0o644)
+	// Published things are never touched.
+	keep := filepath.Join(cat.KernelDir(), "6.1.0-1-cloud-amd64")
+	os.MkdirAll(keep, 0o755)
+
+	n, err := cat.CleanTemp()
+	if err != nil || n != 2 {
+		t.Fatalf("CleanTemp = %d, %v; want 2", n, err)
+	}
+	for p, want := range map[string]bool{live.Path: true, dead: false, deadK: false, fresh: true, keep: true} {
+		if _, err := os.Stat(p); (err == nil) != want {
+			t.Errorf("%s exists = %v, want %v", p, err == nil, want)
+		}
+	}
+	old := time.Now().Add(-2 * staleGrace)
+	os.Chtimes(fresh, old, old)
+	if n, _ := cat.CleanTemp(); n != 1 {
+		t.Fatalf("old unlocked file not removed (n=%d)", n)
+	}
+}

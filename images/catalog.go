@@ -265,14 +265,14 @@ func (c *Catalog) Remove(ref string, inUse func(Image) bool) ([]Image, error) {
 	for i, im := range victims {
 		// Move aside first so the image disappears atomically.
 		d := filepath.Dir(im.Path)
-		trash, err := os.MkdirTemp(c.tmpDir(), ".rm-")
+		trash, err := newTempDir(c.tmpDir(), "rm-")
 		if err == nil {
-			err = os.Rename(d, filepath.Join(trash, "img"))
+			err = os.Rename(d, filepath.Join(trash.Path, "img"))
+			defer trash.Remove()
 		}
 		if err != nil {
 			return victims[:i], fmt.Errorf("remove image %s: %w", im.Ref(), err)
 		}
-		os.RemoveAll(trash)
 		c.log().Info("image removed", "image", im.Ref())
 	}
 	return victims, nil
@@ -362,12 +362,12 @@ func (c *Catalog) Build(ctx context.Context, o BuildOptions) (Image, error) {
 	}
 }
 
-// buildDir makes a private directory for one build under Dir/tmp; the
-// caller removes it.
-func (c *Catalog) buildDir(osName string) (string, error) {
-	d, err := os.MkdirTemp(c.tmpDir(), "build-"+osName+"-")
+// buildDir makes a private, locked directory for one build under Dir/tmp;
+// the caller removes it.
+func (c *Catalog) buildDir(osName string) (*tempDir, error) {
+	d, err := newTempDir(c.tmpDir(), "build-"+osName+"-")
 	if err != nil {
-		return "", fmt.Errorf("build image: %w", err)
+		return nil, fmt.Errorf("build image: %w", err)
 	}
 	return d, nil
 }
@@ -386,12 +386,12 @@ func (c *Catalog) Bake(ctx context.Context, ref, agentBinary string) (Image, err
 	if err != nil {
 		return Image{}, fmt.Errorf("bake %s: agent: %w", ref, err)
 	}
-	bd, err := c.buildDir(src.OS)
+	td, err := c.buildDir(src.OS)
 	if err != nil {
 		return Image{}, err
 	}
-	defer os.RemoveAll(bd)
-	out := filepath.Join(bd, "out")
+	defer td.Remove()
+	out := filepath.Join(td.Path, "out")
 	if err := os.Mkdir(out, 0o755); err != nil {
 		return Image{}, err
 	}

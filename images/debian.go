@@ -109,11 +109,12 @@ func (c *Catalog) buildDebian(ctx context.Context, o BuildOptions, progress func
 	if err != nil {
 		return Image{}, fmt.Errorf("build debian image: %w", err)
 	}
-	bd, err := c.buildDir(OSDebian)
+	td, err := c.buildDir(OSDebian)
 	if err != nil {
 		return Image{}, err
 	}
-	defer func() { unmountUnder(bd); os.RemoveAll(bd) }()
+	defer td.Remove()
+	bd := td.Path
 
 	progress("copy base tree")
 	root := filepath.Join(bd, "root")
@@ -146,15 +147,16 @@ func (c *Catalog) debootstrapCache(ctx context.Context, mirror, suite string, pk
 		progress("debootstrap: cached")
 		return filepath.Join(final, "root"), nil
 	}
-	if err := os.MkdirAll(cacheDir, 0o755); err != nil {
-		return "", err
-	}
-	tmp, err := os.MkdirTemp(cacheDir, ".tmp-")
+	td, err := newTempDir(cacheDir, ".tmp-")
 	if err != nil {
 		return "", err
 	}
-	defer func() { unmountUnder(tmp); os.RemoveAll(tmp) }()
+	defer td.Remove()
+	tmp := filepath.Join(td.Path, "out")
 	root := filepath.Join(tmp, "root")
+	if err := os.Mkdir(tmp, 0o755); err != nil {
+		return "", err
+	}
 	start := time.Now()
 	_, err = run(ctx, "", "debootstrap", "--variant=minbase", "--components=main",
 		"--include="+strings.Join(pkgs, ","), suite, root, mirror)

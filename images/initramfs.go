@@ -83,6 +83,10 @@ func EnsureInitramfs(ctx context.Context, dir string, k Kernel, agentPath string
 	}
 	tmp := f.Name()
 	defer os.Remove(tmp)
+	if err := lockFile(f); err != nil {
+		f.Close()
+		return Initramfs{}, fmt.Errorf("initramfs: %w", err)
+	}
 	err = writeInitramfs(ctx, f, k, agent, mods, inPaths)
 	if cerr := f.Close(); err == nil {
 		err = cerr

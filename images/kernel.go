@@ -83,11 +83,12 @@ func EnsureKernel(ctx context.Context, dir string) (Kernel, error) {
 
 func installKernel(ctx context.Context, dir, kver string) error {
 	pkg := "linux-image-" + kver
-	tmp, err := os.MkdirTemp(dir, ".tmp-"+kver+"-")
+	td, err := newTempDir(dir, ".tmp-"+kver+"-")
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(tmp)
+	defer td.Remove()
+	tmp := td.Path
 	dl := filepath.Join(tmp, "dl")
 	if err := os.Mkdir(dl, 0o755); err != nil {
 		return err

@@ -70,11 +70,12 @@ func (c *Catalog) buildMinimal(ctx context.Context, o BuildOptions, progress fun
 	if err != nil {
 		return Image{}, fmt.Errorf("build minimal image: agent: %w", err)
 	}
-	bd, err := c.buildDir(OSMinimal)
+	td, err := c.buildDir(OSMinimal)
 	if err != nil {
 		return Image{}, err
 	}
-	defer os.RemoveAll(bd)
+	defer td.Remove()
+	bd := td.Path
 
 	progress("stage root filesystem")
 	root := filepath.Join(bd, "root")
