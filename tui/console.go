@@ -99,6 +99,9 @@ func (x *consoleCmd) Run() error {
 				chunk := buf[:n]
 				if i := bytes.IndexByte(chunk, ConsoleDetachKey); i >= 0 {
 					_, _ = pw.Write(chunk[:i])
+					if t := c.term; t != nil && t.mux != nil {
+						t.mux.unread(chunk[i+1:]) // typed after detaching: for the dashboard
+					}
 					cancel(errDetached)
 					pw.Close()
 					return

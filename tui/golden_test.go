@@ -35,7 +35,7 @@ func TestGolden(t *testing.T) {
 		{name: "resize_form", w: 80, h: 20, keys: []string{"j", "j", "z"}, wait: "Disk"},
 		{name: "help", w: 80, h: 24, keys: []string{"?"}, wait: "returns to the dashboard"},
 		{name: "small", w: 60, h: 15, keys: []string{"j"}, wait: "› db"},
-		{name: "small_detail", w: 60, h: 15, keys: []string{"j", "j", "enter"}, wait: "Snapshots (2)"},
+		{name: "small_detail", w: 60, h: 15, keys: []string{"j", "j", "enter"}, wait: "Agent"},
 		{name: "too_small", w: 30, h: 8, wait: "too small"},
 	}
 	for _, tt := range tests {

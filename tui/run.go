@@ -247,6 +247,16 @@ func (m *inputMux) setMode(mode int) {
 	m.changed = make(chan struct{})
 }
 
+// unread puts b back in front of the pending input.
+func (m *inputMux) unread(b []byte) {
+	if len(b) == 0 {
+		return
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.pending = append(append([]byte(nil), b...), m.pending...)
+}
+
 // reader returns the reader of one side.
 func (m *inputMux) reader(mode int) io.Reader { return muxReader{m: m, mode: mode} }
 
