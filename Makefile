@@ -1,0 +1,37 @@
+# Minions. `make help` lists the targets.
+GO      ?= go
+PREFIX  ?= /usr/local
+VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -s -w -X github.com/minionsdev/minions/cli.Version=$(VERSION)
+
+.PHONY: help build install fmt lint test test-e2e bench clean
+
+help: ## show this help
+	@awk 'BEGIN{FS=":.*## "} /^[a-z-]+:.*## /{printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+build: ## build bin/minions and the static guest agent bin/minions-agent
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o bin/minions-agent ./guestagent/cmd/minions-agent
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o bin/minions .
+
+install: build ## install to $(PREFIX)/bin and $(PREFIX)/lib/minions
+	install -D -m 0755 bin/minions $(PREFIX)/bin/minions
+	install -D -m 0755 bin/minions-agent $(PREFIX)/lib/minions/minions-agent
+
+fmt: ## gofmt everything
+	gofmt -w $$(git ls-files '*.go')
+
+lint: ## go vet (and staticcheck when installed)
+	$(GO) vet ./...
+	@command -v staticcheck >/dev/null && staticcheck ./... || true
+
+test: ## every test (needs root for the VM, network and e2e tests)
+	bash scripts/test.sh
+
+test-e2e: build ## only the end-to-end tests with real VMs
+	$(GO) test -count=1 -timeout 20m -v ./e2e/...
+
+bench: build ## benchmarks (create, exec, memory per VM, snapshots, gateway, proxy)
+	$(GO) test -run '^$$' -bench . -benchtime 5x -timeout 30m ./e2e/... ./proxy/... ./gateway/...
+
+clean: ## remove build output
+	rm -rf bin

@@ -1,0 +1,40 @@
+package cli
+
+import (
+	"context"
+	"io"
+
+	"github.com/minionsdev/minions/guestagent/proto"
+	"github.com/minionsdev/minions/service"
+	"github.com/minionsdev/minions/vsockcli"
+)
+
+// Backend is what commands call: the service bound to one caller, locally
+// or through the HTTP API of a daemon.
+type Backend interface {
+	Whoami(ctx context.Context) (service.Caller, error)
+
+	Create(ctx context.Context, req service.CreateRequest, progress service.Progress) (service.VM, error)
+	List(ctx context.Context) ([]service.VM, error)
+	Get(ctx context.Context, name string) (service.VM, error)
+	Start(ctx context.Context, name string, progress service.Progress) (service.VM, error)
+	Stop(ctx context.Context, name string) (service.VM, error)
+	Restart(ctx context.Context, name string, progress service.Progress) (service.VM, error)
+	Destroy(ctx context.Context, name string) error
+
+	// Exec runs a command in the guest and returns its exit status.
+	Exec(ctx context.Context, name string, req vsockcli.ExecRequest) (int, error)
+	Status(ctx context.Context, name string) (proto.Status, error)
+	// Logs copies the serial console log to w; with follow it keeps
+	// copying until ctx ends.
+	Logs(ctx context.Context, name string, follow bool, w io.Writer) error
+	// Agent returns a raw agent client (vsock debugging); remote backends
+	// return errs.FailedPrecondition.
+	Agent(ctx context.Context, name string) (*vsockcli.Client, error)
+
+	AddSSHKey(ctx context.Context, line string) (service.SSHKey, error)
+	ListSSHKeys(ctx context.Context) ([]service.SSHKey, error)
+	RemoveSSHKey(ctx context.Context, idOrFingerprint string) error
+
+	Close() error
+}

@@ -1,0 +1,130 @@
+package cli
+
+import (
+	"context"
+	"io"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/minionsdev/minions/guestagent/proto"
+	"github.com/minionsdev/minions/service"
+	"github.com/minionsdev/minions/vsockcli"
+)
+
+// Local is a Backend that calls a Service in this process as one caller.
+type Local struct {
+	Svc    *service.Service
+	Caller service.Caller
+	// OnClose runs on Close (closing the database the CLI opened).
+	OnClose func() error
+}
+
+var _ Backend = (*Local)(nil)
+
+func (l *Local) Whoami(context.Context) (service.Caller, error) { return l.Caller, nil }
+func (l *Local) Create(ctx context.Context, req service.CreateRequest, p service.Progress) (service.VM, error) {
+	return l.Svc.Create(ctx, l.Caller, req, p)
+}
+func (l *Local) List(ctx context.Context) ([]service.VM, error) { return l.Svc.List(ctx, l.Caller) }
+func (l *Local) Get(ctx context.Context, name string) (service.VM, error) {
+	return l.Svc.Get(ctx, l.Caller, name)
+}
+func (l *Local) Start(ctx context.Context, name string, p service.Progress) (service.VM, error) {
+	return l.Svc.Start(ctx, l.Caller, name, p)
+}
+func (l *Local) Stop(ctx context.Context, name string) (service.VM, error) {
+	return l.Svc.Stop(ctx, l.Caller, name)
+}
+func (l *Local) Restart(ctx context.Context, name string, p service.Progress) (service.VM, error) {
+	return l.Svc.Restart(ctx, l.Caller, name, p)
+}
+func (l *Local) Destroy(ctx context.Context, name string) error {
+	return l.Svc.Destroy(ctx, l.Caller, name)
+}
+
+func (l *Local) Agent(ctx context.Context, name string) (*vsockcli.Client, error) {
+	return l.Svc.Agent(ctx, l.Caller, name)
+}
+
+func (l *Local) Exec(ctx context.Context, name string, req vsockcli.ExecRequest) (int, error) {
+	cl, err := l.Svc.Agent(ctx, l.Caller, name)
+	if err != nil {
+		return -1, err
+	}
+	defer cl.Close()
+	return cl.Exec(ctx, req)
+}
+
+func (l *Local) Status(ctx context.Context, name string) (proto.Status, error) {
+	cl, err := l.Svc.Agent(ctx, l.Caller, name)
+	if err != nil {
+		return proto.Status{}, err
+	}
+	defer cl.Close()
+	return cl.Status(ctx)
+}
+
+func (l *Local) Logs(ctx context.Context, name string, follow bool, w io.Writer) error {
+	path, err := l.Svc.ConsoleLog(ctx, l.Caller, name)
+	if err != nil {
+		return err
+	}
+	return tailFile(ctx, path, follow, w)
+}
+
+// tailFile copies path to w and, with follow, what is appended later.
+func tailFile(ctx context.Context, path string, follow bool, w io.Writer) error {
+	f, err := os.Open(path)
+	if os.IsNotExist(err) && follow {
+		for os.IsNotExist(err) {
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(200 * time.Millisecond):
+			}
+			f, err = os.Open(path)
+		}
+	}
+	if os.IsNotExist(err) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	for {
+		if _, err := io.Copy(w, f); err != nil {
+			return err
+		}
+		if !follow {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(100 * time.Millisecond):
+		}
+		// A destroyed VM's log is gone: stop following.
+		if _, err := os.Stat(filepath.Dir(path)); err != nil {
+			return nil
+		}
+	}
+}
+
+func (l *Local) AddSSHKey(ctx context.Context, line string) (service.SSHKey, error) {
+	return l.Svc.AddSSHKey(ctx, l.Caller, line)
+}
+func (l *Local) ListSSHKeys(ctx context.Context) ([]service.SSHKey, error) {
+	return l.Svc.ListSSHKeys(ctx, l.Caller)
+}
+func (l *Local) RemoveSSHKey(ctx context.Context, id string) error {
+	return l.Svc.RemoveSSHKey(ctx, l.Caller, id)
+}
+
+func (l *Local) Close() error {
+	if l.OnClose != nil {
+		return l.OnClose()
+	}
+	return nil
+}

@@ -1,0 +1,461 @@
+package cli
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/minionsdev/minions/guestagent/proto"
+	"github.com/minionsdev/minions/internal/errs"
+	"github.com/minionsdev/minions/service"
+	"github.com/minionsdev/minions/vsockcli"
+	"golang.org/x/term"
+)
+
+func vmCommands() []*Command {
+	return []*Command{
+		createCmd(),
+		{Name: "list", Summary: "List VMs", MaxArgs: 0, Run: runList},
+		{Name: "show", Usage: "NAME", Summary: "Show one VM", MinArgs: 1, MaxArgs: 1, Run: runShow},
+		{Name: "start", Usage: "NAME", Summary: "Start a stopped VM", MinArgs: 1, MaxArgs: 1, Run: func(ctx context.Context, x *Ctx) error {
+			return x.lifecycle(ctx, "start", func(be Backend, p service.Progress) (service.VM, error) { return be.Start(ctx, x.Args[0], p) })
+		}},
+		{Name: "stop", Usage: "NAME", Summary: "Power a VM off (its disk is kept)", MinArgs: 1, MaxArgs: 1, Run: func(ctx context.Context, x *Ctx) error {
+			return x.lifecycle(ctx, "stop", func(be Backend, p service.Progress) (service.VM, error) { p("stop"); return be.Stop(ctx, x.Args[0]) })
+		}},
+		{Name: "restart", Usage: "NAME", Summary: "Stop and start a VM", MinArgs: 1, MaxArgs: 1, Run: func(ctx context.Context, x *Ctx) error {
+			return x.lifecycle(ctx, "restart", func(be Backend, p service.Progress) (service.VM, error) { return be.Restart(ctx, x.Args[0], p) })
+		}},
+		{Name: "destroy", Usage: "NAME [--yes]", Summary: "Delete a VM, its disk and snapshots", MinArgs: 1, MaxArgs: 1, Run: runDestroy},
+		{Name: "exec", Usage: "NAME [--tty] [--] COMMAND [ARGS...]", Summary: "Run a command in a VM", MinArgs: 2, MaxArgs: -1, LiteralAfter: 1,
+			Flags: func(fs *flag.FlagSet) {
+				fs.Bool("tty", false, "allocate a terminal")
+				fs.Bool("t", false, "allocate a terminal")
+				fs.String("env", "", "comma-separated KEY=VALUE pairs")
+			}, Run: runExec},
+		{Name: "ssh", Usage: "NAME", Summary: "Open a shell in a VM", MinArgs: 1, MaxArgs: 1, Run: runShell},
+		{Name: "status", Usage: "NAME", Summary: "Guest status from the agent: uptime, memory, disk, load", MinArgs: 1, MaxArgs: 1, Run: runStatus},
+		{Name: "logs", Usage: "NAME [--follow]", Summary: "Print the serial console", MinArgs: 1, MaxArgs: 1,
+			Flags: func(fs *flag.FlagSet) {
+				fs.Bool("follow", false, "keep printing new output")
+				fs.Bool("f", false, "keep printing new output")
+			}, Run: runLogs},
+		{Name: "whoami", Summary: "Show who you are to Minions", Run: func(ctx context.Context, x *Ctx) error {
+			be, err := x.Backend(ctx)
+			if err != nil {
+				return err
+			}
+			c, err := be.Whoami(ctx)
+			if err != nil {
+				return err
+			}
+			return x.Print(map[string]any{"user": c.Name, "admin": c.Admin}, func(w io.Writer) {
+				role := "user"
+				if c.Admin {
+					role = "admin"
+				}
+				fmt.Fprintf(w, "%s (%s)\n", c.Name, role)
+			})
+		}},
+		sshKeyCmd(),
+	}
+}
+
+func createCmd() *Command {
+	return &Command{Name: "create", Usage: "NAME [--cpus N] [--memory MiB] [--disk GiB] [--os IMAGE] [--ssh-key FILE]", Summary: "Create and boot a VM",
+		MinArgs: 1, MaxArgs: 1,
+		Flags: func(fs *flag.FlagSet) {
+			fs.Int("cpus", 0, "vCPUs (default 1)")
+			fs.Int("memory", 0, "memory in MiB (default 512)")
+			fs.Int("disk", 0, "disk in GiB (default: 2, or the image's size)")
+			fs.String("os", "", "image: minimal, debian, or IMAGE@VERSION (default minimal)")
+			fs.String("image", "", "same as --os")
+			fs.String("ssh-key", "", "public key file to authorize for root (default: yours, from ~/.ssh)")
+		},
+		Run: func(ctx context.Context, x *Ctx) error {
+			req := service.CreateRequest{Name: x.Args[0], CPUs: intFlag(x.FS, "cpus"), MemoryMiB: intFlag(x.FS, "memory"), DiskGiB: intFlag(x.FS, "disk"),
+				Image: strFlag(x.FS, "os")}
+			if req.Image == "" {
+				req.Image = strFlag(x.FS, "image")
+			}
+			keys, err := x.invokerKeys(strFlag(x.FS, "ssh-key"))
+			if err != nil {
+				return err
+			}
+			req.SSHKeys = keys
+			return x.lifecycle(ctx, "create", func(be Backend, p service.Progress) (service.VM, error) { return be.Create(ctx, req, p) })
+		}}
+}
+
+// invokerKeys returns the SSH public keys to inject for the person running
+// the CLI: --ssh-key FILE, else the invoking user's ~/.ssh/*.pub (the sudo
+// user's when run through sudo). Only on the host.
+func (x *Ctx) invokerKeys(file string) ([]string, error) {
+	if file != "" {
+		if x.Remote {
+			return nil, errs.New(errs.InvalidArgument, "--ssh-key reads a local file; over ssh, register keys with `ssh-key add`")
+		}
+		b, err := os.ReadFile(file)
+		if err != nil {
+			return nil, errs.New(errs.InvalidArgument, "read ssh key: %v", err)
+		}
+		return nonEmptyLines(string(b)), nil
+	}
+	if x.Remote || x.G.Host != "" {
+		return nil, nil
+	}
+	home := x.Getenv("HOME")
+	if su := x.Getenv("SUDO_USER"); su != "" && su != "root" {
+		home = "/home/" + su
+		if b, err := os.ReadFile("/etc/passwd"); err == nil {
+			for _, l := range strings.Split(string(b), "\n") {
+				f := strings.Split(l, ":")
+				if len(f) > 5 && f[0] == su {
+					home = f[5]
+				}
+			}
+		}
+	}
+	var keys []string
+	for _, n := range []string{"id_ed25519.pub", "id_ecdsa.pub", "id_rsa.pub"} {
+		if b, err := os.ReadFile(home + "/.ssh/" + n); err == nil {
+			keys = append(keys, nonEmptyLines(string(b))...)
+		}
+	}
+	return keys, nil
+}
+
+func nonEmptyLines(s string) []string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if l = strings.TrimSpace(l); l != "" && !strings.HasPrefix(l, "#") {
+			out = append(out, l)
+		}
+	}
+	return out
+}
+
+func intFlag(fs *flag.FlagSet, name string) int {
+	f := fs.Lookup(name)
+	if f == nil {
+		return 0
+	}
+	return f.Value.(flag.Getter).Get().(int)
+}
+
+func strFlag(fs *flag.FlagSet, name string) string {
+	f := fs.Lookup(name)
+	if f == nil {
+		return ""
+	}
+	return f.Value.String()
+}
+
+func boolFlag(fs *flag.FlagSet, names ...string) bool {
+	for _, n := range names {
+		if f := fs.Lookup(n); f != nil && f.Value.String() == "true" {
+			return true
+		}
+	}
+	return false
+}
+
+// lifecycle runs a long VM operation with progress and prints the VM.
+func (x *Ctx) lifecycle(ctx context.Context, verb string, fn func(Backend, service.Progress) (service.VM, error)) error {
+	be, err := x.Backend(ctx)
+	if err != nil {
+		return err
+	}
+	name := ""
+	if len(x.Args) > 0 {
+		name = x.Args[0]
+	}
+	pr := newProgress(x.Stderr, x.TTY && !x.G.JSON, verb+" "+name)
+	v, err := fn(be, pr.step)
+	pr.done(err)
+	if err != nil {
+		return err
+	}
+	return x.Print(v, func(w io.Writer) { printVMs(w, []service.VM{v}) })
+}
+
+func runList(ctx context.Context, x *Ctx) error {
+	be, err := x.Backend(ctx)
+	if err != nil {
+		return err
+	}
+	vms, err := be.List(ctx)
+	if err != nil {
+		return err
+	}
+	return x.Print(vms, func(w io.Writer) {
+		if len(vms) == 0 {
+			fmt.Fprintln(w, "no vms yet: create one with `minions create NAME`")
+			return
+		}
+		printVMs(w, vms)
+	})
+}
+
+func printVMs(w io.Writer, vms []service.VM) {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "NAME\tSTATUS\tIP\tCPUS\tMEMORY\tDISK\tIMAGE\tPID")
+	for _, v := range vms {
+		pid := "-"
+		if v.PID > 0 {
+			pid = fmt.Sprint(v.PID)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d MiB\t%d GiB\t%s\t%s\n", v.Name, v.Status, v.IP, v.CPUs, v.MemoryMiB, v.DiskGiB, shortImage(v.Image), pid)
+	}
+	tw.Flush()
+}
+
+func shortImage(ref string) string {
+	os, _, _ := strings.Cut(ref, "@")
+	return os
+}
+
+func runShow(ctx context.Context, x *Ctx) error {
+	be, err := x.Backend(ctx)
+	if err != nil {
+		return err
+	}
+	v, err := be.Get(ctx, x.Args[0])
+	if err != nil {
+		return err
+	}
+	return x.Print(v, func(w io.Writer) {
+		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+		fmt.Fprintf(tw, "name\t%s\nid\t%s\nowner\t%s\nstatus\t%s\nimage\t%s\nip\t%s\nmac\t%s\ncpus\t%d\nmemory\t%d MiB\ndisk\t%d GiB\ncreated\t%s\n",
+			v.Name, v.ID, v.Owner, v.Status, v.Image, v.IP, v.MAC, v.CPUs, v.MemoryMiB, v.DiskGiB, v.CreatedAt.Format(time.RFC3339))
+		if v.PID > 0 {
+			fmt.Fprintf(tw, "pid\t%d\nstarted\t%s\n", v.PID, v.StartedAt.Format(time.RFC3339))
+		}
+		tw.Flush()
+	})
+}
+
+func runDestroy(ctx context.Context, x *Ctx) error {
+	be, err := x.Backend(ctx)
+	if err != nil {
+		return err
+	}
+	name := x.Args[0]
+	if _, err := be.Get(ctx, name); err != nil {
+		return err
+	}
+	if err := x.confirm("destroy vm " + name + " and its disk and snapshots"); err != nil {
+		return err
+	}
+	if err := be.Destroy(ctx, name); err != nil {
+		return err
+	}
+	return x.Print(map[string]any{"destroyed": name}, func(w io.Writer) { fmt.Fprintf(w, "destroyed %s\n", name) })
+}
+
+func runExec(ctx context.Context, x *Ctx) error {
+	be, err := x.Backend(ctx)
+	if err != nil {
+		return err
+	}
+	tty := boolFlag(x.FS, "tty", "t")
+	req := vsockcli.ExecRequest{Argv: x.Args[1:], Stdin: x.Stdin, Stdout: x.Stdout, Stderr: x.Stderr, TTY: tty}
+	if env := strFlag(x.FS, "env"); env != "" {
+		req.Env = map[string]string{}
+		for _, kv := range strings.Split(env, ",") {
+			k, v, ok := strings.Cut(kv, "=")
+			if !ok || k == "" {
+				return errs.New(errs.InvalidArgument, "invalid --env entry %q: want KEY=VALUE", kv)
+			}
+			req.Env[k] = v
+		}
+	}
+	return x.runInGuest(ctx, be, x.Args[0], req)
+}
+
+func runShell(ctx context.Context, x *Ctx) error {
+	be, err := x.Backend(ctx)
+	if err != nil {
+		return err
+	}
+	return x.runInGuest(ctx, be, x.Args[0], vsockcli.ExecRequest{Stdin: x.Stdin, Stdout: x.Stdout, Stderr: x.Stderr, TTY: true})
+}
+
+// runInGuest runs req with the local terminal in raw mode when it asks for
+// a TTY, forwarding window size changes and signals, and returns the
+// guest's exit status as ours.
+func (x *Ctx) runInGuest(ctx context.Context, be Backend, name string, req vsockcli.ExecRequest) error {
+	if f, ok := x.Stdin.(*os.File); ok && req.TTY && term.IsTerminal(int(f.Fd())) {
+		old, err := term.MakeRaw(int(f.Fd()))
+		if err == nil {
+			defer term.Restore(int(f.Fd()), old)
+		}
+		req.Term = x.Getenv("TERM")
+		if w, h, err := term.GetSize(int(f.Fd())); err == nil {
+			req.Width, req.Height = w, h
+		}
+		resize := make(chan vsockcli.WindowSize, 1)
+		winch := make(chan os.Signal, 1)
+		signal.Notify(winch, syscall.SIGWINCH)
+		defer signal.Stop(winch)
+		go func() {
+			for range winch {
+				if w, h, err := term.GetSize(int(f.Fd())); err == nil {
+					select {
+					case resize <- vsockcli.WindowSize{Width: w, Height: h}:
+					default:
+					}
+				}
+			}
+		}()
+		req.Resize = resize
+	} else if !req.TTY {
+		sigs := make(chan string, 4)
+		ch := make(chan os.Signal, 4)
+		signal.Notify(ch, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
+		defer signal.Stop(ch)
+		go func() {
+			for s := range ch {
+				name := map[os.Signal]string{syscall.SIGINT: "INT", syscall.SIGTERM: "TERM", syscall.SIGHUP: "HUP"}[s]
+				select {
+				case sigs <- name:
+				default:
+				}
+			}
+		}()
+		req.Signals = sigs
+	}
+	code, err := be.Exec(ctx, name, req)
+	if err != nil {
+		return err
+	}
+	if code != 0 {
+		return exitError(code)
+	}
+	return nil
+}
+
+func runStatus(ctx context.Context, x *Ctx) error {
+	be, err := x.Backend(ctx)
+	if err != nil {
+		return err
+	}
+	st, err := be.Status(ctx, x.Args[0])
+	if err != nil {
+		return err
+	}
+	return x.Print(st, func(w io.Writer) { printStatus(w, st) })
+}
+
+func printStatus(w io.Writer, st proto.Status) {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintf(tw, "hostname\t%s\nkernel\t%s\nuptime\t%s\nload\t%.2f %.2f %.2f\nmemory\t%s free of %s\ndisk\t%s free of %s\nprocesses\t%d\naddresses\t%s\nagent\t%s\n",
+		st.Hostname, st.Kernel, (time.Duration(st.UptimeS * float64(time.Second))).Round(time.Second), st.Load[0], st.Load[1], st.Load[2],
+		human(st.MemAvailable), human(st.MemTotal), human(st.DiskFree), human(st.DiskTotal), st.Procs, strings.Join(st.Addrs, ", "), st.AgentVersion)
+	tw.Flush()
+}
+
+func human(b uint64) string {
+	const unit = 1024
+	if b < unit {
+		return fmt.Sprintf("%d B", b)
+	}
+	div, exp := uint64(unit), 0
+	for n := b / unit; n >= unit; n /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(b)/float64(div), "KMGTPE"[exp])
+}
+
+func runLogs(ctx context.Context, x *Ctx) error {
+	be, err := x.Backend(ctx)
+	if err != nil {
+		return err
+	}
+	follow := boolFlag(x.FS, "follow", "f")
+	if x.G.JSON {
+		var sb strings.Builder
+		if err := be.Logs(ctx, x.Args[0], false, &sb); err != nil {
+			return err
+		}
+		return x.Print(map[string]any{"name": x.Args[0], "console": sb.String()}, nil)
+	}
+	if follow {
+		var cancel context.CancelFunc
+		ctx, cancel = signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
+		defer cancel()
+	}
+	return be.Logs(ctx, x.Args[0], follow, x.Stdout)
+}
+
+func sshKeyCmd() *Command {
+	return &Command{Name: "ssh-key", Summary: "Manage your SSH public keys", Sub: []*Command{
+		{Name: "add", Usage: "FILE|-", Summary: "Register a public key", MinArgs: 1, MaxArgs: 1, Run: func(ctx context.Context, x *Ctx) error {
+			be, err := x.Backend(ctx)
+			if err != nil {
+				return err
+			}
+			var b []byte
+			if x.Args[0] == "-" {
+				b, err = io.ReadAll(io.LimitReader(x.Stdin, 64<<10))
+			} else if x.Remote {
+				return errs.New(errs.InvalidArgument, "over ssh, pipe the key in: `ssh host ssh-key add - < key.pub`")
+			} else {
+				b, err = os.ReadFile(x.Args[0])
+			}
+			if err != nil {
+				return errs.New(errs.InvalidArgument, "read key: %v", err)
+			}
+			var added []service.SSHKey
+			for _, line := range nonEmptyLines(string(b)) {
+				k, err := be.AddSSHKey(ctx, line)
+				if err != nil {
+					return err
+				}
+				added = append(added, k)
+			}
+			if len(added) == 0 {
+				return errs.New(errs.InvalidArgument, "no public key found")
+			}
+			return x.Print(added, func(w io.Writer) { printKeys(w, added) })
+		}},
+		{Name: "list", Summary: "List your keys", Run: func(ctx context.Context, x *Ctx) error {
+			be, err := x.Backend(ctx)
+			if err != nil {
+				return err
+			}
+			keys, err := be.ListSSHKeys(ctx)
+			if err != nil {
+				return err
+			}
+			return x.Print(keys, func(w io.Writer) { printKeys(w, keys) })
+		}},
+		{Name: "rm", Usage: "ID|FINGERPRINT", Summary: "Remove one of your keys", MinArgs: 1, MaxArgs: 1, Run: func(ctx context.Context, x *Ctx) error {
+			be, err := x.Backend(ctx)
+			if err != nil {
+				return err
+			}
+			if err := be.RemoveSSHKey(ctx, x.Args[0]); err != nil {
+				return err
+			}
+			return x.Print(map[string]string{"removed": x.Args[0]}, func(w io.Writer) { fmt.Fprintf(w, "removed %s\n", x.Args[0]) })
+		}},
+	}}
+}
+
+func printKeys(w io.Writer, keys []service.SSHKey) {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tTYPE\tFINGERPRINT\tCOMMENT")
+	for _, k := range keys {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", k.ID, k.Type, k.Fingerprint, k.Comment)
+	}
+	tw.Flush()
+}

@@ -1,0 +1,260 @@
+package daemon
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/minionsdev/minions/cli"
+	"github.com/minionsdev/minions/images"
+	"github.com/minionsdev/minions/internal/errs"
+	"github.com/minionsdev/minions/vm/network"
+	"github.com/minionsdev/minions/vsockcli"
+)
+
+// Commands are the host-only commands the composition root adds to the CLI.
+func Commands() []*cli.Command {
+	return []*cli.Command{
+		initCmd(),
+		imageCmd(),
+		relayCmd(),
+		vsockCmd(),
+	}
+}
+
+// OpenLocal is cli.Env.Open for the host: it opens the installation as its
+// admin (root) after reconciling the store with the running processes.
+func OpenLocal(ctx context.Context, g *cli.Global) (cli.Backend, error) {
+	paths, err := ResolvePaths(g.StateDir, g.RunDir)
+	if err != nil {
+		return nil, err
+	}
+	e, err := Open(ctx, Options{Paths: paths, Log: cliLogger()})
+	if err != nil {
+		return nil, err
+	}
+	if err := e.Service.Reconcile(ctx); err != nil {
+		e.Close()
+		return nil, fmt.Errorf("reconcile: %w", err)
+	}
+	caller, err := e.Service.EnsureUser(ctx, "root", true)
+	if err != nil {
+		e.Close()
+		return nil, err
+	}
+	return &cli.Local{Svc: e.Service, Caller: caller, OnClose: e.Close}, nil
+}
+
+func cliLogger() *slog.Logger {
+	lvl := slog.LevelWarn
+	if os.Getenv("MINIONS_DEBUG") != "" {
+		lvl = slog.LevelDebug
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))
+}
+
+func initCmd() *cli.Command {
+	return &cli.Command{Name: "init", HostOnly: true, Usage: "[--persist]", Summary: "Set up the host: directories, keys, bridge and nftables (idempotent)",
+		Flags: func(fs *flag.FlagSet) {
+			fs.Bool("persist", false, "also install a systemd unit that redoes this at boot")
+		},
+		Run: func(ctx context.Context, x *cli.Ctx) error {
+			paths, err := ResolvePaths(x.G.StateDir, x.G.RunDir)
+			if err != nil {
+				return err
+			}
+			e, err := Open(ctx, Options{Paths: paths, Log: cliLogger()})
+			if err != nil {
+				return err
+			}
+			defer e.Close()
+			if err := e.Network.Setup(ctx); err != nil {
+				return fmt.Errorf("network: %w", err)
+			}
+			res := map[string]any{"state_dir": paths.State, "run_dir": paths.Run, "bridge": e.Network.Config().Bridge,
+				"subnet": e.Network.Config().Subnet.String(), "gateway": e.Network.Config().Gateway().String()}
+			if x.FS.Lookup("persist").Value.String() == "true" {
+				unit, err := persist(paths)
+				if err != nil {
+					return err
+				}
+				res["unit"] = unit
+			}
+			return x.Print(res, func(w io.Writer) {
+				fmt.Fprintf(w, "state   %s\nruntime %s\nbridge  %s (%s, gateway %s)\n", paths.State, paths.Run, res["bridge"], res["subnet"], res["gateway"])
+				if u, ok := res["unit"]; ok {
+					fmt.Fprintf(w, "unit    %s (enabled at boot)\n", u)
+				}
+			})
+		}}
+}
+
+// persist installs and enables a systemd unit that runs `minions init` at
+// boot with the same state directory.
+func persist(paths Paths) (string, error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return "", err
+	}
+	if paths.State != DefaultStateDir {
+		exe = exe + " --state-dir " + paths.State + " --run-dir " + paths.Run
+	}
+	unit := "/etc/systemd/system/minions-init.service"
+	if err := os.WriteFile(unit, []byte(network.PersistUnit(exe)), 0o644); err != nil {
+		return "", fmt.Errorf("write %s: %w", unit, err)
+	}
+	wants := "/etc/systemd/system/multi-user.target.wants"
+	if err := os.MkdirAll(wants, 0o755); err != nil {
+		return "", err
+	}
+	link := filepath.Join(wants, "minions-init.service")
+	os.Remove(link)
+	if err := os.Symlink(unit, link); err != nil {
+		return "", err
+	}
+	return unit, nil
+}
+
+func imageCmd() *cli.Command {
+	return &cli.Command{Name: "image", Summary: "Build and manage OS images", HostOnly: true, Sub: []*cli.Command{
+		{Name: "build", Usage: "--os minimal|debian [--size MiB] [--mirror URL]", Summary: "Build a new image version (installs the guest kernel if needed)",
+			Flags: func(fs *flag.FlagSet) {
+				fs.String("os", "minimal", "minimal, debian, ubuntu, fedora or nixos")
+				fs.Int("size", 0, "image size in MiB (default: 1024 minimal, 5120 full)")
+				fs.String("mirror", "", "package mirror")
+			},
+			Run: func(ctx context.Context, x *cli.Ctx) error {
+				cat, err := catalog(x)
+				if err != nil {
+					return err
+				}
+				agent, err := AgentBinary()
+				if err != nil {
+					return err
+				}
+				osName := x.FS.Lookup("os").Value.String()
+				tty := x.TTY && !x.G.JSON
+				start := time.Now()
+				step := func(s string) {
+					if tty {
+						fmt.Fprintf(x.Stderr, "\r\033[K%s: %s (%.1fs)", osName, s, time.Since(start).Seconds())
+					} else {
+						fmt.Fprintf(x.Stderr, "image %s: %s (%.1fs)\n", osName, s, time.Since(start).Seconds())
+					}
+				}
+				step("kernel")
+				k, err := cat.Kernel(ctx)
+				if err != nil {
+					return err
+				}
+				step("initramfs")
+				if _, err := cat.Initramfs(ctx, k, agent); err != nil {
+					return err
+				}
+				size := x.FS.Lookup("size").Value.(flag.Getter).Get().(int)
+				im, err := cat.Build(ctx, images.BuildOptions{OS: osName, SizeMiB: size, Mirror: x.FS.Lookup("mirror").Value.String(),
+					AgentBinary: agent, Kernel: &k, Progress: step})
+				if tty {
+					fmt.Fprint(x.Stderr, "\r\033[K")
+				}
+				if err != nil {
+					return err
+				}
+				return x.Print(imageView(im), func(w io.Writer) {
+					fmt.Fprintf(w, "built %s in %.1fs (kernel %s)\n", im.Ref(), time.Since(start).Seconds(), k.Version)
+				})
+			}},
+		{Name: "list", Summary: "List images", Run: func(ctx context.Context, x *cli.Ctx) error {
+			cat, err := catalog(x)
+			if err != nil {
+				return err
+			}
+			ims, err := cat.List()
+			if err != nil {
+				return err
+			}
+			out := []map[string]any{}
+			for _, im := range ims {
+				out = append(out, imageView(im))
+			}
+			return x.Print(out, func(w io.Writer) {
+				if len(ims) == 0 {
+					fmt.Fprintln(w, "no images yet: build one with `minions image build --os minimal`")
+					return
+				}
+				tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+				fmt.Fprintln(tw, "IMAGE\tSIZE\tCREATED")
+				for _, im := range ims {
+					fmt.Fprintf(tw, "%s\t%d MiB\t%s\n", im.Ref(), im.SizeBytes>>20, im.Created.Format(time.RFC3339))
+				}
+				tw.Flush()
+			})
+		}},
+	}}
+}
+
+func imageView(im images.Image) map[string]any {
+	return map[string]any{"ref": im.Ref(), "os": im.OS, "version": im.Version, "size_bytes": im.SizeBytes, "created": im.Created,
+		"agent_sha256": im.AgentSHA256, "kernel_version": im.KernelVersion, "path": im.Path, "build_seconds": im.BuildSeconds}
+}
+
+func catalog(x *cli.Ctx) (*images.Catalog, error) {
+	if os.Geteuid() != 0 {
+		return nil, errs.New(errs.PermissionDenied, "building images needs root: run with sudo")
+	}
+	paths, err := ResolvePaths(x.G.StateDir, x.G.RunDir)
+	if err != nil {
+		return nil, err
+	}
+	c := &images.Catalog{Dir: filepath.Join(paths.State, "images"), Log: cliLogger()}
+	return c, c.Validate()
+}
+
+func relayCmd() *cli.Command {
+	return &cli.Command{Name: "agent-relay", Hidden: true, HostOnly: true, Usage: "--serial SOCKET --listen SOCKET",
+		Summary: "Relay a VM's virtio-serial agent channel to a hybrid-vsock socket (started by the QEMU driver)",
+		Flags: func(fs *flag.FlagSet) {
+			fs.String("serial", "", "QEMU's virtio-serial chardev socket")
+			fs.String("listen", "", "hybrid-vsock socket to offer")
+		},
+		Run: func(ctx context.Context, x *cli.Ctx) error {
+			serial, listen := x.FS.Lookup("serial").Value.String(), x.FS.Lookup("listen").Value.String()
+			if serial == "" || listen == "" {
+				return errs.New(errs.InvalidArgument, "--serial and --listen are required")
+			}
+			ctx, cancel := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
+			defer cancel()
+			signal.Ignore(syscall.SIGHUP, syscall.SIGPIPE)
+			log := slog.New(slog.NewTextHandler(os.Stderr, nil)).With("component", "relay")
+			return vsockcli.RunRelay(ctx, vsockcli.RelayConfig{SerialSocket: serial, Listen: listen, Log: log})
+		}}
+}
+
+func vsockCmd() *cli.Command {
+	return &cli.Command{Name: "vsock", HostOnly: true, Usage: "NAME ping|status|exec CMD...", Summary: "Low-level guest agent debugging",
+		MinArgs: 2, MaxArgs: -1, LiteralAfter: 2,
+		Run: func(ctx context.Context, x *cli.Ctx) error {
+			be, err := x.Backend(ctx)
+			if err != nil {
+				return err
+			}
+			cl, err := be.Agent(ctx, x.Args[0])
+			if err != nil {
+				return err
+			}
+			defer cl.Close()
+			return vsockDebug(ctx, cl, x.Args[1:], x.Stdout)
+		}}
+}
+
+var vsockDebug = func(ctx context.Context, cl *vsockcli.Client, args []string, w io.Writer) error {
+	return errs.New(errs.Unavailable, "not built")
+}

@@ -1,0 +1,7 @@
+// Package daemon is the composition root: it builds every subsystem from
+// configuration with explicit arguments (store, images, network, disks,
+// hypervisor driver, service) and, for `minions serve`, runs the listeners
+// under one errgroup with a graceful shutdown. Only this package knows the
+// concrete drivers. It also contributes the host-only commands (init,
+// image, serve, agent-relay, doctor, vsock) to the CLI tree.
+package daemon

@@ -1,0 +1,251 @@
+package daemon
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"encoding/pem"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+
+	"github.com/minionsdev/minions/images"
+	"github.com/minionsdev/minions/internal/errs"
+	"github.com/minionsdev/minions/service"
+	"github.com/minionsdev/minions/store"
+	"github.com/minionsdev/minions/vm/disk"
+	"github.com/minionsdev/minions/vm/hypervisor"
+	"github.com/minionsdev/minions/vm/hypervisor/qemu"
+	"github.com/minionsdev/minions/vm/network"
+	"golang.org/x/crypto/ssh"
+)
+
+// Paths are where an installation keeps its files.
+type Paths struct {
+	State string // database, disks, images, keys
+	Run   string // sockets and pid files
+}
+
+// DefaultStateDir is the state directory when neither --state-dir nor
+// MINIONS_STATE_DIR says otherwise.
+const DefaultStateDir = "/var/lib/minions"
+
+// ResolvePaths applies the defaults: state in /var/lib/minions with
+// runtime files in /run/minions, or, for a custom state directory,
+// runtime files in <state>/run (so installs never collide).
+func ResolvePaths(state, run string) (Paths, error) {
+	p := Paths{State: state, Run: run}
+	if p.State == "" {
+		p.State = DefaultStateDir
+		if p.Run == "" {
+			p.Run = "/run/minions"
+		}
+	}
+	if p.Run == "" {
+		p.Run = filepath.Join(p.State, "run")
+	}
+	var err error
+	if p.State, err = filepath.Abs(p.State); err != nil {
+		return p, err
+	}
+	if p.Run, err = filepath.Abs(p.Run); err != nil {
+		return p, err
+	}
+	return p, nil
+}
+
+// Options configure Open.
+type Options struct {
+	Paths      Paths
+	Subnet     netip.Prefix // default network.DefaultSubnet
+	Bridge     string       // default network.DefaultBridge
+	Hypervisor string       // "auto" (default), "qemu", "cloud-hypervisor"
+	Log        *slog.Logger
+}
+
+// Env is an opened installation: the service and what it was built from.
+type Env struct {
+	Opts    Options
+	DB      *store.DB
+	Images  *images.Catalog
+	Network *network.Manager
+	Driver  hypervisor.Driver
+	Service *service.Service
+}
+
+// Close releases the database.
+func (e *Env) Close() error { return e.DB.Close() }
+
+// Open builds the service for an installation. It needs root (TAPs,
+// nftables, /dev/kvm); it does not change host networking (that is Init).
+func Open(ctx context.Context, o Options) (*Env, error) {
+	if o.Log == nil {
+		o.Log = slog.New(slog.DiscardHandler)
+	}
+	if !o.Subnet.IsValid() {
+		o.Subnet = network.DefaultSubnet
+	}
+	if os.Geteuid() != 0 {
+		return nil, errs.New(errs.PermissionDenied, "managing vms on this host needs root: run with sudo, or point --host at a minions daemon")
+	}
+	for _, d := range []string{o.Paths.State, o.Paths.Run} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return nil, fmt.Errorf("create %s: %w", d, err)
+		}
+	}
+	db, err := store.Open(ctx, filepath.Join(o.Paths.State, "minions.db"))
+	if err != nil {
+		return nil, err
+	}
+	e := &Env{Opts: o, DB: db}
+	ok := false
+	defer func() {
+		if !ok {
+			db.Close()
+		}
+	}()
+	key, err := LoadOrCreateKey(filepath.Join(o.Paths.State, "keys", "agent_ed25519"))
+	if err != nil {
+		return nil, err
+	}
+	e.Images = &images.Catalog{Dir: filepath.Join(o.Paths.State, "images"), Log: o.Log}
+	ncfg := network.DefaultConfig()
+	ncfg.Subnet = o.Subnet
+	if o.Bridge != "" {
+		ncfg.Bridge = o.Bridge
+	}
+	if e.Network, err = network.New(ncfg, o.Log); err != nil {
+		return nil, err
+	}
+	if e.Driver, err = newDriver(o); err != nil {
+		return nil, err
+	}
+	e.Service, err = service.New(service.Config{StateDir: o.Paths.State, RunDir: o.Paths.Run, Subnet: o.Subnet, Log: o.Log}, service.Deps{
+		DB: db, Driver: e.Driver, Network: netAdapter{e.Network}, Images: imageAdapter{cat: e.Images}, Disks: diskAdapter{}, HostKey: key,
+	})
+	if err != nil {
+		return nil, err
+	}
+	ok = true
+	return e, nil
+}
+
+func newDriver(o Options) (hypervisor.Driver, error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	switch o.Hypervisor {
+	case "", "auto", "qemu":
+	default:
+		return nil, errs.New(errs.InvalidArgument, "unknown hypervisor %q (want auto or qemu)", o.Hypervisor)
+	}
+	return qemu.New(qemu.Config{RelayCommand: []string{exe, "agent-relay"}, Log: o.Log})
+}
+
+// LoadOrCreateKey loads an OpenSSH ed25519 private key, creating it (0600)
+// when absent.
+func LoadOrCreateKey(path string) (ssh.Signer, error) {
+	b, err := os.ReadFile(path)
+	if os.IsNotExist(err) {
+		if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+			return nil, err
+		}
+		_, priv, err := ed25519.GenerateKey(rand.Reader)
+		if err != nil {
+			return nil, err
+		}
+		blk, err := ssh.MarshalPrivateKey(priv, "minions")
+		if err != nil {
+			return nil, err
+		}
+		b = pem.EncodeToMemory(blk)
+		tmp := path + ".tmp"
+		if err := os.WriteFile(tmp, b, 0o600); err != nil {
+			return nil, err
+		}
+		if err := os.Link(tmp, path); err != nil && !os.IsExist(err) {
+			os.Remove(tmp)
+			return nil, err
+		}
+		os.Remove(tmp)
+		if b, err = os.ReadFile(path); err != nil {
+			return nil, err
+		}
+	} else if err != nil {
+		return nil, err
+	}
+	return ssh.ParsePrivateKey(b)
+}
+
+type netAdapter struct{ m *network.Manager }
+
+func (n netAdapter) AddPort(ctx context.Context, tap string, ip netip.Addr, mac string) error {
+	hw, err := net.ParseMAC(mac)
+	if err != nil {
+		return errs.New(errs.InvalidArgument, "mac %q: %v", mac, err)
+	}
+	return n.m.AddPort(ctx, network.Port{TAP: tap, IP: ip, MAC: hw})
+}
+
+func (n netAdapter) RemovePort(ctx context.Context, tap string) error { return n.m.RemovePort(ctx, tap) }
+
+type diskAdapter struct{}
+
+func (diskAdapter) CreateOverlay(ctx context.Context, base, baseFormat, path string, size int64) error {
+	return disk.CreateOverlay(ctx, base, baseFormat, path, size)
+}
+func (diskAdapter) Clone(ctx context.Context, src, dst string) error {
+	_, err := disk.Clone(ctx, src, dst)
+	return err
+}
+func (diskAdapter) Grow(ctx context.Context, path string, size int64) error {
+	return disk.Grow(ctx, path, size)
+}
+
+type imageAdapter struct{ cat *images.Catalog }
+
+// Resolve finds an image and the kernel and initramfs to boot it with: the
+// newest installed kernel, and an initramfs built for it around the agent
+// binary that ships with this minions binary.
+func (a imageAdapter) Resolve(ctx context.Context, ref string) (service.Image, error) {
+	im, err := a.cat.Resolve(ref)
+	if err != nil {
+		return service.Image{}, err
+	}
+	k, err := images.NewestKernel(a.cat.KernelDir())
+	if err != nil {
+		return service.Image{}, errs.New(errs.FailedPrecondition, "no guest kernel installed: run `minions image build --os minimal` (it installs one): %w", err)
+	}
+	agent, err := AgentBinary()
+	if err != nil {
+		return service.Image{}, err
+	}
+	initrd, err := a.cat.Initramfs(ctx, k, agent)
+	if err != nil {
+		return service.Image{}, err
+	}
+	return service.Image{Ref: im.Ref(), OS: im.OS, Path: im.Path, Format: "raw", SizeBytes: im.SizeBytes, Kernel: k.Path, Initramfs: initrd.Path}, nil
+}
+
+// AgentBinary finds the guest agent binary: $MINIONS_AGENT_BIN, then
+// minions-agent beside this executable, then /usr/local/lib/minions.
+func AgentBinary() (string, error) {
+	var tried []string
+	if p := os.Getenv("MINIONS_AGENT_BIN"); p != "" {
+		tried = append(tried, p)
+	}
+	if exe, err := os.Executable(); err == nil {
+		tried = append(tried, filepath.Join(filepath.Dir(exe), "minions-agent"))
+	}
+	tried = append(tried, "/usr/local/lib/minions/minions-agent")
+	for _, p := range tried {
+		if st, err := os.Stat(p); err == nil && st.Mode().IsRegular() {
+			return p, nil
+		}
+	}
+	return "", errs.New(errs.FailedPrecondition, "guest agent binary not found (looked at %v): build it with `make` or set MINIONS_AGENT_BIN", tried)
+}

@@ -1,0 +1,194 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+const netnsEnv = "MINIONS_E2E_NETNS"
+
+var (
+	binDir   string // minions and minions-agent, built once
+	stateDir string // shared installation for the tests in this package
+	skipWhy  string
+)
+
+func TestMain(m *testing.M) {
+	if os.Getuid() != 0 {
+		skipWhy = "end-to-end tests need root"
+	} else if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
+		skipWhy = "qemu-system-x86_64 is not installed (scripts/deps.sh installs it)"
+	}
+	if skipWhy != "" {
+		if os.Getenv("CI") != "" {
+			fmt.Fprintln(os.Stderr, "e2e: cannot run in CI:", skipWhy)
+			os.Exit(1)
+		}
+		os.Exit(m.Run())
+	}
+	if os.Getenv(netnsEnv) == "" {
+		os.Exit(reexecInNetns())
+	}
+	code := func() int {
+		dir, err := os.MkdirTemp("", "mne2e")
+		if err != nil {
+			panic(err)
+		}
+		defer os.RemoveAll(dir)
+		binDir = filepath.Join(dir, "bin")
+		stateDir = filepath.Join(dir, "s")
+		if err := build(binDir); err != nil {
+			fmt.Fprintln(os.Stderr, "e2e: build:", err)
+			return 1
+		}
+		defer cleanupProcesses(dir)
+		return m.Run()
+	}()
+	os.Exit(code)
+}
+
+// reexecInNetns runs this test binary again inside a fresh network
+// namespace and returns its exit code; the namespace is removed after.
+func reexecInNetns() int {
+	ns := fmt.Sprintf("mne2e-%d", os.Getpid())
+	if out, err := exec.Command("ip", "netns", "add", ns).CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "e2e: ip netns add: %v: %s\n", err, out)
+		return 1
+	}
+	defer exec.Command("ip", "netns", "del", ns).Run()
+	exec.Command("ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up").Run()
+	args := append([]string{"netns", "exec", ns, os.Args[0]}, os.Args[1:]...)
+	cmd := exec.Command("ip", args...)
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
+	cmd.Env = append(os.Environ(), netnsEnv+"="+ns)
+	if err := cmd.Run(); err != nil {
+		if ee, ok := err.(*exec.ExitError); ok {
+			return ee.ExitCode()
+		}
+		fmt.Fprintln(os.Stderr, "e2e:", err)
+		return 1
+	}
+	return 0
+}
+
+func repoRoot() string {
+	wd, _ := os.Getwd()
+	return filepath.Dir(wd)
+}
+
+func build(dir string) error {
+	for _, b := range [][2]string{{"minions-agent", "./guestagent/cmd/minions-agent"}, {"minions", "."}} {
+		cmd := exec.Command("go", "build", "-o", filepath.Join(dir, b[0]), b[1])
+		cmd.Dir = repoRoot()
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return fmt.Errorf("go build %s: %v\n%s", b[1], err, out)
+		}
+	}
+	return nil
+}
+
+// cleanupProcesses kills whatever a failed test left running under dir.
+func cleanupProcesses(dir string) {
+	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	for _, p := range procs {
+		b, err := os.ReadFile(p)
+		if err == nil && bytes.Contains(b, []byte(dir)) {
+			var pid int
+			fmt.Sscanf(p, "/proc/%d/cmdline", &pid)
+			if pid != os.Getpid() {
+				syscallKill(pid)
+			}
+		}
+	}
+}
+
+func needVMs(t *testing.T) {
+	t.Helper()
+	if skipWhy != "" {
+		t.Skip(skipWhy)
+	}
+}
+
+// result is one run of the minions binary.
+type result struct {
+	stdout, stderr string
+	code           int
+}
+
+func (r result) String() string {
+	return fmt.Sprintf("exit %d\nstdout:\n%s\nstderr:\n%s", r.code, r.stdout, r.stderr)
+}
+
+// minions runs the CLI against the test installation.
+func minions(t *testing.T, stdin string, args ...string) result {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, filepath.Join(binDir, "minions"), args...)
+	cmd.Env = append(os.Environ(), "MINIONS_STATE_DIR="+stateDir, "MINIONS_AGENT_BIN="+filepath.Join(binDir, "minions-agent"))
+	cmd.Stdin = strings.NewReader(stdin)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	r := result{stdout: out.String(), stderr: errb.String()}
+	if ee, ok := err.(*exec.ExitError); ok {
+		r.code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatalf("minions %v: %v", args, err)
+	}
+	return r
+}
+
+// must runs minions and fails the test unless it exits 0.
+func must(t *testing.T, args ...string) string {
+	t.Helper()
+	r := minions(t, "", args...)
+	if r.code != 0 {
+		t.Fatalf("minions %s: %s", strings.Join(args, " "), r)
+	}
+	return r.stdout
+}
+
+// mustJSON runs minions --json and decodes its output into v.
+func mustJSON(t *testing.T, v any, args ...string) {
+	t.Helper()
+	out := must(t, append(args, "--json")...)
+	if err := json.Unmarshal([]byte(out), v); err != nil {
+		t.Fatalf("minions %v: decode %q: %v", args, out, err)
+	}
+}
+
+// setup prepares the shared installation once: init and the minimal image.
+var setupDone bool
+
+func setup(t *testing.T) {
+	t.Helper()
+	needVMs(t)
+	if setupDone {
+		return
+	}
+	must(t, "init")
+	start := time.Now()
+	must(t, "image", "build", "--os", "minimal")
+	t.Logf("image build (with kernel install on first run): %s", time.Since(start))
+	setupDone = true
+}
+
+type vmJSON struct {
+	ID     string `json:"id"`
+	Name   string `json:"name"`
+	Status string `json:"status"`
+	IP     string `json:"ip"`
+	PID    int    `json:"pid"`
+	CPUs   int    `json:"cpus"`
+	Memory int    `json:"memory_mib"`
+}

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Installs the Debian packages Minions needs (scripts/packages.txt) on a
+# fresh Debian 12 machine. Idempotent; quiet when everything is present.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+mapfile -t pkgs < <(grep -v '^\s*#' scripts/packages.txt | grep -v '^\s*$' | sort -u)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "installing: ${missing[*]}" >&2
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+if ! command -v go >/dev/null 2>&1 && [ -x /usr/local/go/bin/go ]; then
+  export PATH="$PATH:/usr/local/go/bin"
+fi
+command -v go >/dev/null || { echo "Go is required (https://go.dev/dl); Debian 12's golang is too old" >&2; exit 1; }

@@ -1,0 +1,170 @@
+package service
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/minionsdev/minions/internal/errs"
+	"github.com/minionsdev/minions/store"
+	"github.com/minionsdev/minions/vm"
+)
+
+// List returns the VMs the caller may see (all of them for an admin).
+func (s *Service) List(ctx context.Context, c Caller) ([]VM, error) {
+	owner := c.UserID
+	if c.Admin {
+		owner = ""
+	} else if owner == "" {
+		return nil, errs.New(errs.Unauthenticated, "sign in to list vms")
+	}
+	rows, err := store.ListVMs(ctx, s.DB, owner)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]VM, 0, len(rows))
+	for _, r := range rows {
+		out = append(out, view(r))
+	}
+	return out, nil
+}
+
+// Get returns one VM.
+func (s *Service) Get(ctx context.Context, c Caller, name string) (VM, error) {
+	v, err := s.getVM(ctx, c, name)
+	if err != nil {
+		return VM{}, err
+	}
+	return view(v), nil
+}
+
+// withVM loads name for c, takes its lock, reloads it under the lock and
+// checks that op is allowed in its state.
+func (s *Service) withVM(ctx context.Context, c Caller, name, opName string, fn func(v store.VM) error) error {
+	v, err := s.getVM(ctx, c, name)
+	if err != nil {
+		return err
+	}
+	unlock, err := s.lockVM(ctx, v.ID)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	v, err = store.GetVM(ctx, s.DB, v.ID)
+	if err != nil {
+		return errs.New(errs.NotFound, "no vm named %q", name)
+	}
+	s.reconcileVM(ctx, &v)
+	if err := vm.Allowed(v.Name, v.State, opName); err != nil {
+		return err
+	}
+	return fn(v)
+}
+
+// Start boots a stopped VM and waits for its agent.
+func (s *Service) Start(ctx context.Context, c Caller, name string, progress Progress) (VM, error) {
+	var out VM
+	err := s.withVM(ctx, c, name, vm.OpStart, func(v store.VM) error {
+		o, err := s.beginOp(ctx, v.ID, "start")
+		if err != nil {
+			return err
+		}
+		v, cl, err := s.boot(ctx, o, v, progress)
+		o.finish(ctx, err)
+		if err != nil {
+			return fmt.Errorf("start vm %s: %w", name, err)
+		}
+		cl.Close()
+		out = view(v)
+		return nil
+	})
+	return out, err
+}
+
+// Stop powers a VM off: the agent is asked first, then the hypervisor, and
+// after StopTimeout the process is killed. The disk keeps what the guest
+// wrote.
+func (s *Service) Stop(ctx context.Context, c Caller, name string) (VM, error) {
+	var out VM
+	err := s.withVM(ctx, c, name, vm.OpStop, func(v store.VM) error {
+		v, err := s.stop(ctx, v)
+		out = view(v)
+		return err
+	})
+	return out, err
+}
+
+func (s *Service) stop(ctx context.Context, v store.VM) (store.VM, error) {
+	h, _ := decodeHandle(v.Handle)
+	if h != nil && s.Driver.Alive(h) {
+		if cl, err := s.agentOf(ctx, v); err == nil {
+			sctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+			cl.Shutdown(sctx, false)
+			cancel()
+			cl.Close()
+		}
+		if err := s.Driver.Shutdown(ctx, h, s.cfg.StopTimeout); err != nil {
+			return v, fmt.Errorf("stop vm %s: %w", v.Name, err)
+		}
+	}
+	return s.markStopped(ctx, v)
+}
+
+// markStopped records a VM whose hypervisor is gone as stopped and frees
+// its runtime resources (TAP, sockets); its IP stays reserved.
+func (s *Service) markStopped(ctx context.Context, v store.VM) (store.VM, error) {
+	killByRunDir(s.runDir(v.ID))
+	s.Network.RemovePort(ctx, tapName(v.ID))
+	os.RemoveAll(s.runDir(v.ID))
+	v.State = store.StateStopped
+	v.Handle = ""
+	v.StartedAt = time.Time{}
+	return v, store.UpdateVM(ctx, s.DB, v)
+}
+
+// Restart stops (if running) and starts a VM.
+func (s *Service) Restart(ctx context.Context, c Caller, name string, progress Progress) (VM, error) {
+	var out VM
+	err := s.withVM(ctx, c, name, vm.OpRestart, func(v store.VM) error {
+		if v.State != store.StateStopped {
+			var err error
+			if v, err = s.stop(ctx, v); err != nil {
+				return err
+			}
+		}
+		o, err := s.beginOp(ctx, v.ID, "start")
+		if err != nil {
+			return err
+		}
+		v, cl, err := s.boot(ctx, o, v, progress)
+		o.finish(ctx, err)
+		if err != nil {
+			return fmt.Errorf("restart vm %s: %w", name, err)
+		}
+		cl.Close()
+		out = view(v)
+		return nil
+	})
+	return out, err
+}
+
+// Destroy kills a VM and removes its disk, snapshots, TAP, sockets, address
+// and row.
+func (s *Service) Destroy(ctx context.Context, c Caller, name string) error {
+	return s.withVM(ctx, c, name, vm.OpDestroy, func(v store.VM) error {
+		s.purge(ctx, v.ID)
+		s.log.Info("vm destroyed", "vm_id", v.ID, "vm", v.Name)
+		return nil
+	})
+}
+
+// ConsoleLog returns the path of a VM's serial console log.
+func (s *Service) ConsoleLog(ctx context.Context, c Caller, name string) (string, error) {
+	v, err := s.getVM(ctx, c, name)
+	if err != nil {
+		return "", err
+	}
+	return filepath.Join(s.vmDir(v.ID), "console.log"), nil
+}

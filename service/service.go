@@ -1,0 +1,228 @@
+package service
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/minionsdev/minions/internal/errs"
+	"github.com/minionsdev/minions/store"
+	"github.com/minionsdev/minions/vm/hypervisor"
+	"github.com/minionsdev/minions/vm/network"
+	"golang.org/x/crypto/ssh"
+)
+
+// Config configures a Service. Zero fields take the defaults noted.
+type Config struct {
+	StateDir string // required: database, disks, images, keys
+	RunDir   string // sockets and pid files; default StateDir/run
+
+	Subnet  netip.Prefix // VM addresses; default 10.210.0.0/16
+	Gateway netip.Addr   // default: first address of Subnet
+	DNS     string       // optional nameserver handed to guests
+
+	DefaultImage     string // default "minimal"
+	DefaultCPUs      int    // default 1
+	DefaultMemoryMiB int    // default 512
+	DefaultDiskGiB   int    // default 2
+
+	ReadyTimeout time.Duration // boot to agent ready; default 90s (TCG is slow when loaded)
+	StopTimeout  time.Duration // graceful power-off before a kill; default 15s
+	MaxSnapshots int           // per VM; default 20
+
+	Log *slog.Logger
+}
+
+func (c *Config) setDefaults() {
+	if c.RunDir == "" {
+		c.RunDir = filepath.Join(c.StateDir, "run")
+	}
+	if !c.Subnet.IsValid() {
+		c.Subnet = netip.MustParsePrefix("10.210.0.0/16")
+	}
+	if !c.Gateway.IsValid() {
+		c.Gateway = c.Subnet.Masked().Addr().Next()
+	}
+	if c.DefaultImage == "" {
+		c.DefaultImage = "minimal"
+	}
+	if c.DefaultCPUs == 0 {
+		c.DefaultCPUs = 1
+	}
+	if c.DefaultMemoryMiB == 0 {
+		c.DefaultMemoryMiB = 512
+	}
+	if c.DefaultDiskGiB == 0 {
+		c.DefaultDiskGiB = 2
+	}
+	if c.ReadyTimeout == 0 {
+		c.ReadyTimeout = 90 * time.Second
+	}
+	if c.StopTimeout == 0 {
+		c.StopTimeout = 15 * time.Second
+	}
+	if c.MaxSnapshots == 0 {
+		c.MaxSnapshots = 20
+	}
+	if c.Log == nil {
+		c.Log = slog.New(slog.DiscardHandler)
+	}
+}
+
+// Validate checks the configuration.
+func (c *Config) Validate() error {
+	if c.StateDir == "" {
+		return errs.New(errs.InvalidArgument, "state directory is required")
+	}
+	if !filepath.IsAbs(c.StateDir) || (c.RunDir != "" && !filepath.IsAbs(c.RunDir)) {
+		return errs.New(errs.InvalidArgument, "state and run directories must be absolute paths")
+	}
+	if len(filepath.Join(c.RunDir, "0123456789ab", "console.sock")) > 100 {
+		return errs.New(errs.InvalidArgument, "run directory %s is too long for unix sockets", c.RunDir)
+	}
+	if !c.Subnet.Addr().Is4() || c.Subnet.Bits() > 28 {
+		return errs.New(errs.InvalidArgument, "subnet %s must be IPv4 and /28 or larger", c.Subnet)
+	}
+	return nil
+}
+
+// Network is the host networking the service needs (vm/network).
+type Network interface {
+	AddPort(ctx context.Context, tap string, ip netip.Addr, mac string) error
+	RemovePort(ctx context.Context, tap string) error
+}
+
+// Image is a bootable root filesystem from the catalogue.
+type Image struct {
+	Ref       string // "minimal@20261127-001530-ab12"
+	OS        string
+	Path      string // raw ext4, never written
+	Format    string // "raw"
+	SizeBytes int64
+	Kernel    string // kernel to boot
+	Initramfs string
+}
+
+// Images resolves image references (images/).
+type Images interface {
+	// Resolve finds "os" (newest version) or "os@version"; errs.NotFound
+	// names the images that exist.
+	Resolve(ctx context.Context, ref string) (Image, error)
+}
+
+// Disks makes and changes VM disks (vm/disk).
+type Disks interface {
+	CreateOverlay(ctx context.Context, base, baseFormat, path string, sizeBytes int64) error
+	Clone(ctx context.Context, src, dst string) error
+	Grow(ctx context.Context, path string, sizeBytes int64) error
+}
+
+// Deps are the subsystems a Service drives.
+type Deps struct {
+	DB      *store.DB
+	Driver  hypervisor.Driver
+	Network Network
+	Images  Images
+	Disks   Disks
+	// HostKey is the key the host presents to every guest agent.
+	HostKey ssh.Signer
+}
+
+// Service is the façade. See the package doc for its concurrency contract.
+type Service struct {
+	cfg Config
+	Deps
+	log *slog.Logger
+}
+
+// New returns a Service.
+func New(cfg Config, deps Deps) (*Service, error) {
+	cfg.setDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if deps.DB == nil || deps.Driver == nil || deps.Network == nil || deps.Images == nil || deps.Disks == nil || deps.HostKey == nil {
+		return nil, fmt.Errorf("service: missing dependency")
+	}
+	for _, d := range []string{cfg.StateDir, cfg.RunDir, filepath.Join(cfg.StateDir, "vms")} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return nil, err
+		}
+	}
+	return &Service{cfg: cfg, Deps: deps, log: cfg.Log.With("component", "service")}, nil
+}
+
+// Config returns the effective configuration.
+func (s *Service) Config() Config { return s.cfg }
+
+func (s *Service) vmDir(id string) string  { return filepath.Join(s.cfg.StateDir, "vms", id) }
+func (s *Service) runDir(id string) string { return filepath.Join(s.cfg.RunDir, id) }
+
+// Caller is who is asking. Every method checks it.
+type Caller struct {
+	UserID string
+	Name   string
+	Admin  bool
+}
+
+func (c Caller) String() string { return c.Name }
+
+// canSee reports whether c may see and act on v. Others' VMs are reported
+// as not found, never as forbidden, so names do not leak.
+func (c Caller) canSee(v store.VM) bool { return c.Admin || (c.UserID != "" && v.OwnerID == c.UserID) }
+
+// getVM loads a VM the caller may act on.
+func (s *Service) getVM(ctx context.Context, c Caller, name string) (store.VM, error) {
+	if name == "" {
+		return store.VM{}, errs.New(errs.InvalidArgument, "vm name is required")
+	}
+	v, err := store.GetVM(ctx, s.DB, name)
+	if err != nil || !c.canSee(v) {
+		return store.VM{}, errs.New(errs.NotFound, "no vm named %q", name)
+	}
+	return v, nil
+}
+
+// VM is the public view of a VM.
+type VM struct {
+	ID        string    `json:"id"`
+	Name      string    `json:"name"`
+	Owner     string    `json:"owner"`
+	Status    string    `json:"status"`
+	Image     string    `json:"image"`
+	IP        string    `json:"ip"`
+	MAC       string    `json:"mac"`
+	CPUs      int       `json:"cpus"`
+	MemoryMiB int       `json:"memory_mib"`
+	DiskGiB   int       `json:"disk_gib"`
+	PID       int       `json:"pid,omitempty"`
+	Port      int       `json:"port"`
+	Public    bool      `json:"public"`
+	CreatedAt time.Time `json:"created_at"`
+	StartedAt time.Time `json:"started_at,omitzero"`
+}
+
+func view(v store.VM) VM {
+	out := VM{ID: v.ID, Name: v.Name, Owner: v.Owner, Status: v.State, Image: v.Image, IP: v.IP, MAC: v.MAC,
+		CPUs: v.CPUs, MemoryMiB: v.MemoryMiB, DiskGiB: v.DiskGiB, Port: v.Port, Public: v.Public, CreatedAt: v.CreatedAt}
+	if v.State == store.StateRunning || v.State == store.StatePaused {
+		if h, err := decodeHandle(v.Handle); err == nil && h != nil {
+			out.PID = h.PID
+		}
+		out.StartedAt = v.StartedAt
+	}
+	return out
+}
+
+// tapName is the TAP of VM id (IDs from vm.NewID always fit).
+func tapName(id string) string {
+	name, err := network.TAPName(id)
+	if err != nil {
+		return "mn-invalid"
+	}
+	return name
+}

@@ -1,0 +1,119 @@
+package service
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"strings"
+	"time"
+
+	"github.com/minionsdev/minions/internal/errs"
+	"github.com/minionsdev/minions/store"
+	"github.com/minionsdev/minions/vm"
+	"golang.org/x/crypto/ssh"
+)
+
+// EnsureUser returns the user called name, creating it (admin as given) if
+// it does not exist. It is how the host's root becomes an admin caller.
+func (s *Service) EnsureUser(ctx context.Context, name string, admin bool) (Caller, error) {
+	var u store.User
+	err := s.DB.Tx(ctx, func(q store.Q) error {
+		var err error
+		u, err = store.GetUser(ctx, q, name)
+		if err == nil {
+			return nil
+		}
+		u = store.User{ID: vm.NewID(), Name: name, Admin: admin, CreatedAt: time.Now().UTC()}
+		return store.InsertUser(ctx, q, u)
+	})
+	if err != nil {
+		return Caller{}, err
+	}
+	return Caller{UserID: u.ID, Name: u.Name, Admin: u.Admin || admin}, nil
+}
+
+// SSHKey is the public view of a registered key.
+type SSHKey struct {
+	ID          string    `json:"id"`
+	Fingerprint string    `json:"fingerprint"`
+	Type        string    `json:"type"`
+	Comment     string    `json:"comment"`
+	CreatedAt   time.Time `json:"created_at"`
+}
+
+// AddSSHKey registers an authorized_keys line for the caller. Registering a
+// key the caller already has is not an error.
+func (s *Service) AddSSHKey(ctx context.Context, c Caller, line string) (SSHKey, error) {
+	if c.UserID == "" {
+		return SSHKey{}, errs.New(errs.Unauthenticated, "sign in to add keys")
+	}
+	pub, comment, _, _, err := ssh.ParseAuthorizedKey([]byte(line))
+	if err != nil {
+		return SSHKey{}, errs.New(errs.InvalidArgument, "invalid ssh public key: %v", err)
+	}
+	fp := ssh.FingerprintSHA256(pub)
+	k := store.SSHKey{ID: vm.NewID(), UserID: c.UserID, Fingerprint: fp,
+		PublicKey: strings.TrimSpace(string(ssh.MarshalAuthorizedKey(pub))), Comment: comment, CreatedAt: time.Now().UTC()}
+	err = s.DB.Tx(ctx, func(q store.Q) error {
+		if old, err := store.SSHKeyByFingerprint(ctx, q, fp); err == nil {
+			if old.UserID != c.UserID {
+				return errs.New(errs.AlreadyExists, "key %s belongs to another user", fp)
+			}
+			k = old
+			return nil
+		}
+		return store.InsertSSHKey(ctx, q, k)
+	})
+	if err != nil {
+		return SSHKey{}, err
+	}
+	return keyView(k), nil
+}
+
+func keyView(k store.SSHKey) SSHKey {
+	typ, _, _ := strings.Cut(k.PublicKey, " ")
+	return SSHKey{ID: k.ID, Fingerprint: k.Fingerprint, Type: typ, Comment: k.Comment, CreatedAt: k.CreatedAt}
+}
+
+// ListSSHKeys lists the caller's keys.
+func (s *Service) ListSSHKeys(ctx context.Context, c Caller) ([]SSHKey, error) {
+	keys, err := store.ListSSHKeys(ctx, s.DB, c.UserID)
+	if err != nil {
+		return nil, err
+	}
+	out := []SSHKey{}
+	for _, k := range keys {
+		out = append(out, keyView(k))
+	}
+	return out, nil
+}
+
+// RemoveSSHKey removes one of the caller's keys by ID or fingerprint.
+func (s *Service) RemoveSSHKey(ctx context.Context, c Caller, idOrFP string) error {
+	ok, err := store.DeleteSSHKey(ctx, s.DB, c.UserID, idOrFP)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		return errs.New(errs.NotFound, "no key %q", idOrFP)
+	}
+	return nil
+}
+
+// UserByKey finds the user who registered key (for the SSH gateway).
+func (s *Service) UserByKey(ctx context.Context, key ssh.PublicKey) (Caller, error) {
+	k, err := store.SSHKeyByFingerprint(ctx, s.DB, ssh.FingerprintSHA256(key))
+	if err != nil {
+		return Caller{}, err
+	}
+	u, err := store.GetUser(ctx, s.DB, k.UserID)
+	if err != nil {
+		return Caller{}, err
+	}
+	return Caller{UserID: u.ID, Name: u.Name, Admin: u.Admin}, nil
+}
+
+func hashToken(secret string) string {
+	h := sha256.Sum256([]byte(secret))
+	return hex.EncodeToString(h[:])
+}
