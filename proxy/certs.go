@@ -21,13 +21,24 @@ func (p *Proxy) setupCertificates() error {
 		return errs.New(errs.FailedPrecondition, "proxy certificate storage: %w", err)
 	}
 	zl := zap.New(slogCore{l: p.log.With("component", "certmagic")})
-	var magic *certmagic.Config
+	storage := &certmagic.FileStorage{Path: cfg.StorageDir}
+	// Two configs share one cache and storage: onDemand obtains per-name
+	// certificates during handshakes (VM names without a DNS provider, and
+	// custom domains); wildcard, only with a DNS provider, manages
+	// *.<Domain> by DNS-01 in the background. certmagic defers every name
+	// of a config with OnDemand set, hence the split.
+	var onDemand, wildcard *certmagic.Config
 	p.cache = certmagic.NewCache(certmagic.CacheOptions{
-		GetConfigForCert: func(certmagic.Certificate) (*certmagic.Config, error) { return magic, nil },
-		Logger:           zl,
+		GetConfigForCert: func(c certmagic.Certificate) (*certmagic.Config, error) {
+			if wildcard != nil && len(c.Names) == 1 && c.Names[0] == "*."+cfg.Domain {
+				return wildcard, nil
+			}
+			return onDemand, nil
+		},
+		Logger: zl,
 	})
-	magic = certmagic.New(p.cache, certmagic.Config{
-		Storage:  &certmagic.FileStorage{Path: cfg.StorageDir},
+	onDemand = certmagic.New(p.cache, certmagic.Config{
+		Storage:  storage,
 		OnDemand: &certmagic.OnDemandConfig{DecisionFunc: p.allowCertificate},
 		Logger:   zl,
 	})
@@ -46,17 +57,22 @@ func (p *Proxy) setupCertificates() error {
 		AltTLSALPNPort: httpsPort,
 		Logger:         zl,
 	}
+	p.issuer = certmagic.NewACMEIssuer(onDemand, tmpl)
+	onDemand.Issuers = []certmagic.Issuer{p.issuer}
+	p.magic = onDemand
 	if cfg.DNSProvider != nil {
-		tmpl.DNS01Solver = &certmagic.DNS01Solver{DNSManager: certmagic.DNSManager{
+		wildcard = certmagic.New(p.cache, certmagic.Config{Storage: storage, Logger: zl})
+		wt := tmpl
+		wt.DisableHTTPChallenge, wt.DisableTLSALPNChallenge = true, true
+		wt.DNS01Solver = &certmagic.DNS01Solver{DNSManager: certmagic.DNSManager{
 			DNSProvider:        cfg.DNSProvider,
 			Resolvers:          cfg.DNSResolvers,
 			PropagationTimeout: cfg.DNSPropagationTimeout,
 			Logger:             zl,
 		}}
+		wildcard.Issuers = []certmagic.Issuer{certmagic.NewACMEIssuer(wildcard, wt)}
+		p.wildcard = wildcard
 	}
-	p.issuer = certmagic.NewACMEIssuer(magic, tmpl)
-	magic.Issuers = []certmagic.Issuer{p.issuer}
-	p.magic = magic
 	return nil
 }
 

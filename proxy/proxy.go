@@ -40,9 +40,10 @@ type Proxy struct {
 	transport *http.Transport
 
 	// TLS mode only.
-	magic  *certmagic.Config
-	issuer *certmagic.ACMEIssuer
-	cache  *certmagic.Cache
+	magic    *certmagic.Config // on-demand; its TLS config serves every name
+	wildcard *certmagic.Config // nil without a DNS provider
+	issuer   *certmagic.ACMEIssuer
+	cache    *certmagic.Cache
 
 	httpsPort atomic.Int32 // public ports, set when serving
 	httpPort  atomic.Int32

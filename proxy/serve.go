@@ -97,7 +97,7 @@ func (p *Proxy) Serve(ctx context.Context, httpsLn, httpLn net.Listener) error {
 		}, limitListener{Listener: httpsLn, lim: p.conns}, true)
 		if p.cfg.DNSProvider != nil {
 			wildcard := "*." + p.cfg.Domain
-			if err := p.magic.ManageAsync(ctx, []string{wildcard}); err != nil {
+			if err := p.wildcard.ManageAsync(ctx, []string{wildcard}); err != nil {
 				p.log.Error("manage wildcard certificate", "name", wildcard, "err", err)
 			}
 		}

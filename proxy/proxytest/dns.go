@@ -89,9 +89,16 @@ func (d *DNS) serve(w dns.ResponseWriter, req *dns.Msg) {
 	d.mu.Lock()
 	for _, q := range req.Question {
 		name := strings.ToLower(q.Name)
-		hdr := func(t uint16) dns.RR_Header { return dns.RR_Header{Name: q.Name, Rrtype: t, Class: dns.ClassINET, Ttl: 1} }
+		hdr := func(t uint16) dns.RR_Header {
+			return dns.RR_Header{Name: q.Name, Rrtype: t, Class: dns.ClassINET, Ttl: 1}
+		}
 		if target, ok := d.cname[name]; ok && q.Qtype != dns.TypeTXT {
 			m.Answer = append(m.Answer, &dns.CNAME{Hdr: hdr(dns.TypeCNAME), Target: target})
+			if q.Qtype == dns.TypeA { // chase the alias, like a recursive resolver
+				h := hdr(dns.TypeA)
+				h.Name = target
+				m.Answer = append(m.Answer, &dns.A{Hdr: h, A: net.IPv4(127, 0, 0, 1)})
+			}
 			continue
 		}
 		switch q.Qtype {
