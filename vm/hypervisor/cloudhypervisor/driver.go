@@ -289,18 +289,23 @@ func (d *Driver) Resume(ctx context.Context, h *hypervisor.Handle) error {
 
 // Shutdown presses the power button and waits up to timeout for the VMM to
 // exit; the VMM is told to quit (vmm.shutdown) as soon as the VM reports
-// Shutdown. Past the timeout it stops the VM hard (vm.shutdown,
+// Shutdown. Past the timeout, or at once when the button is refused (a
+// paused VM cannot act on it), it stops the VM hard (vm.shutdown,
 // vmm.shutdown), and finally kills the process. Idempotent: an already
 // stopped VM only has its sockets removed.
 func (d *Driver) Shutdown(ctx context.Context, h *hypervisor.Handle, timeout time.Duration) error {
 	if d.Alive(h) {
 		cl := newClient(h.APISocket)
+		gone := false
 		if err := cl.put(ctx, "vm.power-button", nil); err != nil {
-			d.log.Warn("power button", "pid", h.PID, "err", err)
+			// Not booted, paused or already shutting down: nothing in the
+			// guest will act on the button, so do not wait for it.
+			d.log.Info("power button refused, stopping the vm", "pid", h.PID, "err", err)
+		} else {
+			wctx, cancel := context.WithTimeout(ctx, timeout)
+			gone = d.waitExit(wctx, h, cl)
+			cancel()
 		}
-		wctx, cancel := context.WithTimeout(ctx, timeout)
-		gone := d.waitExit(wctx, h, cl)
-		cancel()
 		if !gone && ctx.Err() == nil {
 			d.log.Info("guest did not power off in time, stopping it", "pid", h.PID, "timeout", timeout)
 			hctx, cancel := context.WithTimeout(ctx, 2*time.Second)
