@@ -40,7 +40,7 @@ const (
 	StageOpen   = "open"   // open the device, check the API version, create a VM
 	StageReal   = "real"   // 16-bit real-mode arithmetic, port write, hlt
 	StageLong   = "long"   // 64-bit long mode with 4-level paging
-	StageKernel = "kernel" // GDT/IDT loads, far return, CPUID, MSRs, CR3 switches, a guest-handled page fault
+	StageKernel = "kernel" // GDT/IDT loads, far return, CPUID, MSRs, CR3 switches, CMPXCHG16B on a page table, a guest-handled page fault
 )
 
 // StageResult is the outcome of one probe stage.
@@ -92,6 +92,9 @@ func (r *Result) finish(start time.Time) {
 		if !s.OK {
 			r.Usable = false
 			r.Reason = fmt.Sprintf("stage %q failed: %s", s.Name, s.Detail)
+			if strings.Contains(s.Detail, "emulation failure") {
+				r.Reason += "; stock guest kernels die the same way where the host shadows guest page tables (Debian's cloud kernel: lock cmpxchg16b in SLUB, emulation failure)"
+			}
 			return
 		}
 	}

@@ -586,6 +586,9 @@ func runKernel(ctx context.Context, m *machine, limit time.Duration) (string, er
 		}
 		if e.reason != exitIO || !e.out || len(outs) == 8 {
 			r, _ := m.getRegs()
+			if e.insnBytes() != nil { // the instruction says it all
+				return "", fmt.Errorf("got %s at rip %#x", e, r.RIP)
+			}
 			what := kernelSteps[min(len(outs), len(kernelSteps)-1)]
 			return "", fmt.Errorf("got %s at rip %#x (%s)", e, r.RIP, what)
 		}
