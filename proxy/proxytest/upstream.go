@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"golang.org/x/net/websocket"
 )
@@ -28,6 +29,7 @@ type Upstream struct {
 //	/upload    reads the body to the end, answers with the byte count
 //	/ws        a WebSocket echo
 //	/stream    writes n (query "n", default 3) chunks, flushing each
+//	/sleep     waits "ms" milliseconds (default 1), then answers "ok"
 func StartUpstream(t testing.TB, name string) *Upstream {
 	t.Helper()
 	u := &Upstream{}
@@ -60,6 +62,12 @@ func StartUpstream(t testing.TB, name string) *Upstream {
 			fmt.Fprintf(w, "chunk %d\n", i)
 			http.NewResponseController(w).Flush()
 		}
+	})
+	mux.HandleFunc("/sleep", func(w http.ResponseWriter, r *http.Request) {
+		ms := 1
+		fmt.Sscan(r.URL.Query().Get("ms"), &ms)
+		time.Sleep(time.Duration(ms) * time.Millisecond)
+		io.WriteString(w, "ok\n")
 	})
 	srv := httptest.NewServer(mux)
 	t.Cleanup(srv.Close)

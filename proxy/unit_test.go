@@ -1,0 +1,153 @@
+package proxy
+
+import (
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/minionsdev/minions/internal/errs"
+)
+
+func TestConfigValidate(t *testing.T) {
+	key := make([]byte, SecretSize)
+	tests := []struct {
+		name string
+		cfg  Config
+		want string // substring of the error; "" for valid
+	}{
+		{"local mode", Config{Secret: key}, ""},
+		{"tls mode", Config{Secret: key, Domain: "Example.COM.", StorageDir: "/x"}, ""},
+		{"short secret", Config{Secret: key[:16]}, "secret must be 32 bytes"},
+		{"no storage", Config{Secret: key, Domain: "example.com"}, "storage dir"},
+		{"one-label domain", Config{Secret: key, Domain: "com", StorageDir: "/x"}, "two labels"},
+		{"bad domain", Config{Secret: key, Domain: "ex_ample.com", StorageDir: "/x"}, "invalid label"},
+		{"http ca", Config{Secret: key, Domain: "example.com", StorageDir: "/x", ACMECA: "http://ca/dir"}, "https URL"},
+		{"bad bind", Config{Secret: key, HTTPBind: "80"}, "http bind"},
+		{"negative timeout", Config{Secret: key, IdleTimeout: -time.Second}, "idle timeout"},
+		{"bad port", Config{Secret: key, PublicHTTPPort: 70000}, "out of range"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			err := tc.cfg.Validate()
+			if tc.want == "" {
+				if err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tc.want) || errs.ClassOf(err) != errs.InvalidArgument {
+				t.Fatalf("got %v, want invalid argument containing %q", err, tc.want)
+			}
+		})
+	}
+	d := Config{Staging: true}.withDefaults()
+	if d.ACMECA != "https://acme-staging-v02.api.letsencrypt.org/directory" || d.HTTPSBind != DefaultHTTPSBind || d.RatePerSecond != DefaultRatePerSecond {
+		t.Fatalf("defaults: %+v", d)
+	}
+}
+
+func TestSplitHost(t *testing.T) {
+	tests := []struct {
+		host, domain, vm string
+		ok               bool
+	}{
+		{"web.example.com", "example.com", "web", true},
+		{"a.b.example.com", "example.com", "", false},
+		{"example.com", "example.com", "", false},
+		{"web.example.org", "example.com", "", false},
+		{"web.localhost", "", "web", true},
+		{"-x.localhost", "", "", false},
+		{"web.localhost", "example.com", "", false},
+	}
+	for _, tc := range tests {
+		vm, ok := SplitHost(tc.host, tc.domain)
+		if vm != tc.vm || ok != tc.ok {
+			t.Errorf("SplitHost(%q, %q) = %q, %v", tc.host, tc.domain, vm, ok)
+		}
+	}
+	if got := normalizeHost("Web.Example.COM.:8443"); got != "web.example.com" {
+		t.Errorf("normalizeHost: %q", got)
+	}
+}
+
+func TestSigner(t *testing.T) {
+	now := time.Unix(1_000_000, 0)
+	s := signer{key: []byte("0123456789abcdef0123456789abcdef"), now: func() time.Time { return now }}
+	tok := s.sign(claims{Kind: kindSession, VMID: "vm1", Owner: "alice", Exp: now.Add(time.Hour).Unix()})
+	if c, err := s.verify(tok, kindSession); err != nil || c.VMID != "vm1" || c.Owner != "alice" {
+		t.Fatalf("verify: %+v %v", c, err)
+	}
+	other := signer{key: []byte("another key, not the right one!!"), now: s.now}
+	flip := []byte(tok)
+	flip[3] ^= 1
+	for name, bad := range map[string]func() error{
+		"wrong kind":  func() error { _, err := s.verify(tok, kindLogin); return err },
+		"wrong key":   func() error { _, err := other.verify(tok, kindSession); return err },
+		"tampered":    func() error { _, err := s.verify(string(flip), kindSession); return err },
+		"no dot":      func() error { _, err := s.verify("abc", kindSession); return err },
+		"empty":       func() error { _, err := s.verify("", kindSession); return err },
+		"garbage sig": func() error { _, err := s.verify(tok[:strings.Index(tok, ".")]+".!!", kindSession); return err },
+		"expired": func() error {
+			later := signer{key: s.key, now: func() time.Time { return now.Add(time.Hour) }}
+			_, err := later.verify(tok, kindSession)
+			return err
+		},
+	} {
+		if err := bad(); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+}
+
+func TestUsedTokens(t *testing.T) {
+	var u usedTokens
+	if !u.use("a", 100, 10) || u.use("a", 100, 11) {
+		t.Fatal("a token must be usable exactly once")
+	}
+	if !u.use("b", 20, 12) {
+		t.Fatal("b fresh")
+	}
+	// After expiry the sweep forgets b (a is still remembered).
+	u.use("c", 200, 90)
+	if _, ok := u.ids["b"]; ok {
+		t.Fatal("expired id not swept")
+	}
+	if u.use("a", 100, 91) {
+		t.Fatal("unexpired id forgotten")
+	}
+}
+
+func TestRateLimiter(t *testing.T) {
+	now := time.Unix(0, 0)
+	l := newRateLimiter(2, 3, func() time.Time { return now })
+	var got []bool
+	for range 4 {
+		ok, _ := l.allow("1.2.3.4")
+		got = append(got, ok)
+	}
+	if want := []bool{true, true, true, false}; !slices.Equal(got, want) {
+		t.Fatalf("burst: %v", got)
+	}
+	if ok, wait := l.allow("1.2.3.4"); ok || wait != 500*time.Millisecond {
+		t.Fatalf("wait %v", wait)
+	}
+	if ok, _ := l.allow("5.6.7.8"); !ok {
+		t.Fatal("other ip limited")
+	}
+	now = now.Add(500 * time.Millisecond)
+	if ok, _ := l.allow("1.2.3.4"); !ok {
+		t.Fatal("token not refilled after 0.5 s at 2/s")
+	}
+	now = now.Add(2 * time.Minute)
+	l.allow("9.9.9.9")
+	if len(l.buckets) != 1 {
+		t.Fatalf("idle buckets not swept: %d", len(l.buckets))
+	}
+	off := newRateLimiter(-1, 0, time.Now)
+	for range 1000 {
+		if ok, _ := off.allow("x"); !ok {
+			t.Fatal("disabled limiter limited")
+		}
+	}
+}
