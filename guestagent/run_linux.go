@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -123,7 +124,12 @@ func Run(ctx context.Context, opts Options) error {
 	} else if channels == 0 {
 		return err
 	}
-	Console("%s (%d ms)", proto.ReadyMarker, time.Since(start).Milliseconds())
+	now := uptime().Milliseconds()
+	userspace := "?"
+	if ms, err := strconv.ParseInt(os.Getenv(stage1Env), 10, 64); err == nil {
+		userspace = strconv.FormatInt(now-ms, 10)
+	}
+	Console("%s (agent %d ms, userspace %s ms, uptime %d ms)", proto.ReadyMarker, time.Since(start).Milliseconds(), userspace, now)
 	log.Info("agent ready", "port", dev, "vsock_port", cl.VsockPort)
 
 	if !opts.PID1 {

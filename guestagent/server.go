@@ -72,13 +72,14 @@ func (s *Server) HostKey() ssh.PublicKey {
 func LoadOrCreateHostKey(path string) (ssh.Signer, error) {
 	data, err := os.ReadFile(path)
 	if err == nil {
-		signer, err := ssh.ParsePrivateKey(data)
-		if err != nil {
-			return nil, fmt.Errorf("parse host key %s: %w", path, err)
+		signer, perr := ssh.ParsePrivateKey(data)
+		if perr == nil {
+			return signer, nil
 		}
-		return signer, nil
-	}
-	if !errors.Is(err, os.ErrNotExist) {
+		// A key torn by a power cut is useless; a new one at least lets
+		// a host that re-pins reach the agent.
+		Console("minions-agent: host key %s unusable (%v): creating a new one", path, perr)
+	} else if !errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("read host key: %w", err)
 	}
 	_, priv, err := ed25519.GenerateKey(rand.Reader)
@@ -100,13 +101,32 @@ func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
 		return err
 	}
 	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, data, mode); err != nil {
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, mode)
+	if err != nil {
 		return err
 	}
-	if err := os.Chmod(tmp, mode); err != nil {
+	_, err = f.Write(data)
+	if err == nil {
+		err = f.Chmod(mode)
+	}
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		os.Remove(tmp)
 		return err
 	}
-	return os.Rename(tmp, path)
+	if err := os.Rename(tmp, path); err != nil {
+		return err
+	}
+	if d, err := os.Open(filepath.Dir(path)); err == nil {
+		d.Sync()
+		d.Close()
+	}
+	return nil
 }
 
 // ServeConn runs the SSH protocol on c until the client disconnects or ctx

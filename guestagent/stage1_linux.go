@@ -17,6 +17,7 @@ import (
 // finit_module), mounts root= on /newroot, moves the API mounts there,
 // switches root and executes init=. It returns only on failure.
 func Stage1() error {
+	stage1Start := uptime()
 	if err := mountAPI([]mountSpec{
 		{"devtmpfs", "/dev", "devtmpfs", unix.MS_NOSUID, "mode=0755"},
 		{"proc", "/proc", "proc", unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC, ""},
@@ -68,10 +69,14 @@ func Stage1() error {
 	if err := unix.Chdir("/"); err != nil {
 		return fmt.Errorf("stage 1: %w", err)
 	}
-	env := append(os.Environ(), "MINIONS_STAGE1_NS="+fmt.Sprint(time.Now().UnixNano()))
+	env := append(os.Environ(), fmt.Sprintf("%s=%d", stage1Env, stage1Start.Milliseconds()))
 	err = unix.Exec(cl.Init, []string{cl.Init}, env)
 	return fmt.Errorf("stage 1: exec %s: %w", cl.Init, err)
 }
+
+// stage1Env passes the uptime at which stage 1 started to stage 2, so the
+// ready line can report the whole userspace start-up time.
+const stage1Env = "MINIONS_STAGE1_UPTIME_MS"
 
 // LoadModules loads the modules listed (one path per line, relative to /)
 // in list, in order. Modules already loaded or built in are fine.

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -161,8 +162,9 @@ func otherProcesses() bool {
 	if err != nil {
 		return false
 	}
+	self := strconv.Itoa(os.Getpid())
 	for _, e := range ents {
-		if e.Name() == "1" {
+		if _, err := strconv.Atoi(e.Name()); err != nil || e.Name() == "1" || e.Name() == self {
 			continue
 		}
 		// Kernel threads have an empty cmdline.

@@ -407,4 +407,3 @@ func ShellQuote(argv []string) string {
 	}
 	return strings.Join(q, " ")
 }
-
