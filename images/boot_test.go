@@ -325,6 +325,11 @@ func TestCatalogLifecycle(t *testing.T) {
 	if got := dump(a, "/etc/shadow"); !strings.HasPrefix(got, "root:!:") {
 		t.Fatalf("shadow: %q", got)
 	}
+	for path, mode := range map[string]string{"/tmp": "Mode:  01777", "/root": "Mode:  0700", "/etc/shadow": "Mode:  0640", AgentPath: "Mode:  0755"} {
+		if out, _ := exec.Command("debugfs", "-R", "stat "+path, a.Path).Output(); !strings.Contains(string(out), mode) {
+			t.Errorf("%s: want %q in\n%s", path, mode, out)
+		}
+	}
 	if out, _ := exec.Command("debugfs", "-R", "stat /sbin/init", a.Path).Output(); !strings.Contains(string(out), "Fast link dest: \"/usr/sbin/minions-agent\"") {
 		t.Fatalf("/sbin/init: %s", out)
 	}

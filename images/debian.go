@@ -116,9 +116,9 @@ func (c *Catalog) buildDebian(ctx context.Context, o BuildOptions, progress func
 	defer td.Remove()
 	bd := td.Path
 
-	progress("copy base tree")
-	root := filepath.Join(bd, "root")
-	if _, err := run(ctx, "", "cp", "-a", "--reflink=auto", base, root); err != nil {
+	progress("overlay base tree")
+	root, err := writableCopy(ctx, base, bd)
+	if err != nil {
 		return Image{}, fmt.Errorf("build debian image: %w", err)
 	}
 	progress("configure")
@@ -133,6 +133,7 @@ func (c *Catalog) buildDebian(ctx context.Context, o BuildOptions, progress func
 	if err := mkfsFromDir(ctx, root, filepath.Join(out, "rootfs.ext4"), int64(o.SizeMiB)<<20, "minions-root"); err != nil {
 		return Image{}, fmt.Errorf("build debian image: %w", err)
 	}
+	unmountUnder(root)
 	progress("publish")
 	return c.publish(out, Image{OS: OSDebian, AgentSHA256: sum, KernelVersion: k.Version}, started)
 }
@@ -178,6 +179,30 @@ func (c *Catalog) debootstrapCache(ctx context.Context, mirror, suite string, pk
 		return "", err
 	}
 	return filepath.Join(final, "root"), nil
+}
+
+// writableCopy returns a directory in work that shows the tree base and
+// takes writes without changing base: an overlayfs mount (instant) where
+// the kernel allows, else a copy (cp -a, reflinks where it can).
+func writableCopy(ctx context.Context, base, work string) (string, error) {
+	merged := filepath.Join(work, "root")
+	upper, wdir := filepath.Join(work, "upper"), filepath.Join(work, "work")
+	for _, d := range []string{merged, upper, wdir} {
+		if err := os.Mkdir(d, 0o755); err != nil {
+			return "", err
+		}
+	}
+	opts := "lowerdir=" + base + ",upperdir=" + upper + ",workdir=" + wdir
+	if !strings.ContainsAny(base+work, ",:") {
+		if err := unix.Mount("overlay", merged, "overlay", 0, opts); err == nil {
+			return merged, nil
+		}
+	}
+	os.Remove(merged)
+	if _, err := run(ctx, "", "cp", "-a", "--reflink=auto", base, merged); err != nil {
+		return "", err
+	}
+	return merged, nil
 }
 
 // configureDebian turns a debootstrapped tree into a Minions image.
