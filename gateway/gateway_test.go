@@ -23,12 +23,12 @@ func TestRelayExec(t *testing.T) {
 	h := newHarness(t, nil)
 	c := h.dial("web", h.alice)
 	tests := []struct {
-		name      string
-		cmd       string
-		stdin     string
-		wantOut   string
-		wantErr   string
-		wantExit  int
+		name     string
+		cmd      string
+		stdin    string
+		wantOut  string
+		wantErr  string
+		wantExit int
 	}{
 		{"arithmetic and exit status", "echo $((6*7)); exit 3", "", "42\n", "", 3},
 		{"true", "true", "", "", "", 0},
@@ -532,4 +532,26 @@ func TestRunShutsDown(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The harness cleanup cancels Run and fails if it does not return.
+}
+
+// TestRelayManyShortSessions is the regression test for a race: a command
+// that exits at once made the agent's exec reply arrive after its close, and
+// the relay closed the user's channel before passing the reply on (the
+// client saw EOF instead of a started session).
+func TestRelayManyShortSessions(t *testing.T) {
+	h := newHarness(t, nil)
+	c := h.dial("web", h.alice)
+	for i := 0; i < 400; i++ {
+		s, err := c.NewSession()
+		if err != nil {
+			t.Fatalf("session %d: %v", i, err)
+		}
+		if err := s.Start("true"); err != nil {
+			t.Fatalf("session %d: start: %v", i, err)
+		}
+		if err := s.Wait(); err != nil {
+			t.Fatalf("session %d: wait: %v", i, err)
+		}
+		s.Close()
+	}
 }

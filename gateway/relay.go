@@ -71,18 +71,24 @@ func (s *Server) relay(u User, vm string, uc gossh.Channel, ureqs <-chan *gossh.
 	start := time.Now()
 	var out sync.WaitGroup
 	out.Add(2)
-	go func() { defer out.Done(); _, _ = io.Copy(uc, ac) }()
+	go func() { defer out.Done(); _, _ = copyBuf(uc, ac) }()
 	go func() { defer out.Done(); _, _ = io.Copy(uc.Stderr(), ac.Stderr()) }()
 	go func() {
-		_, _ = io.Copy(ac, uc)
+		_, _ = copyBuf(ac, uc)
 		_ = ac.CloseWrite()
 	}()
+	// reqMu is held while a user request is forwarded and answered, so
+	// that the user channel is not closed between the agent's reply (which
+	// precedes its exit on the wire) and the relayed reply.
+	var reqMu sync.Mutex
 	go func() {
 		for r := range ureqs {
+			reqMu.Lock()
 			ok, err := ac.SendRequest(r.Type, r.WantReply, r.Payload)
 			if r.WantReply {
 				_ = r.Reply(ok && err == nil, nil)
 			}
+			reqMu.Unlock()
 		}
 		// The user closed the channel (or the connection went away).
 		_ = ac.Close()
@@ -103,6 +109,7 @@ func (s *Server) relay(u User, vm string, uc gossh.Channel, ureqs <-chan *gossh.
 		}
 	}
 	out.Wait()
+	reqMu.Lock()
 	_ = uc.CloseWrite()
 	status := "none"
 	for _, r := range exits {
@@ -110,6 +117,7 @@ func (s *Server) relay(u User, vm string, uc gossh.Channel, ureqs <-chan *gossh.
 		status = describeExit(r)
 	}
 	_ = uc.Close()
+	reqMu.Unlock()
 	_ = ac.Close()
 	s.log.Info("vm session ended", "user", u.Name, "vm", vm, "exit", status, "duration", time.Since(start).Round(time.Millisecond).String())
 }
@@ -268,9 +276,22 @@ func (s *Server) handleDirectTCPIP(srv *ssh.Server, conn *gossh.ServerConn, newC
 	go gossh.DiscardRequests(areqs)
 	var wg sync.WaitGroup
 	wg.Add(2)
-	go func() { defer wg.Done(); _, _ = io.Copy(ac, uc); _ = ac.CloseWrite() }()
-	go func() { defer wg.Done(); _, _ = io.Copy(uc, ac); _ = uc.CloseWrite() }()
+	go func() { defer wg.Done(); _, _ = copyBuf(ac, uc); _ = ac.CloseWrite() }()
+	go func() { defer wg.Done(); _, _ = copyBuf(uc, ac); _ = uc.CloseWrite() }()
 	wg.Wait()
 	uc.Close()
 	ac.Close()
+}
+
+// relayBufSize is the copy buffer of a relayed stream. Bigger than io.Copy's
+// 32 KiB so that one Read drains several queued SSH packets: each Read of an
+// x/crypto/ssh channel sends a window adjustment (a packet, a syscall).
+const relayBufSize = 256 << 10
+
+var relayBufs = sync.Pool{New: func() any { b := make([]byte, relayBufSize); return &b }}
+
+func copyBuf(dst io.Writer, src io.Reader) (int64, error) {
+	b := relayBufs.Get().(*[]byte)
+	defer relayBufs.Put(b)
+	return io.CopyBuffer(dst, src, *b)
 }

@@ -173,9 +173,8 @@ type session struct {
 	ch  gossh.Channel
 	env []string
 	pty *ptyReq
-	tty *os.File // pty master once started
-
 	mu   sync.Mutex
+	tty  *os.File // pty master while the command runs
 	proc *os.Process
 }
 
@@ -205,9 +204,11 @@ func (a *Agent) session(nc gossh.NewChannel) {
 			var w struct{ Cols, Rows, Width, Height uint32 }
 			if gossh.Unmarshal(r.Payload, &w) == nil && s.pty != nil {
 				s.pty.Cols, s.pty.Rows = w.Cols, w.Rows
+				s.mu.Lock()
 				if s.tty != nil {
 					_ = pty.Setsize(s.tty, &pty.Winsize{Rows: uint16(w.Rows), Cols: uint16(w.Cols)})
 				}
+				s.mu.Unlock()
 				ok = true
 			}
 		case "signal":
@@ -224,11 +225,17 @@ func (a *Agent) session(nc gossh.NewChannel) {
 			if r.Type == "exec" && gossh.Unmarshal(r.Payload, &cmd) != nil {
 				break
 			}
+			// Reply before starting: a quick command could otherwise
+			// exit and close the channel before the reply is sent.
+			started = true
+			if r.WantReply {
+				_ = r.Reply(true, nil)
+			}
 			if err := s.start(cmd.Command); err != nil {
 				fmt.Fprintf(ch.Stderr(), "agent: %v\n", err)
-				break
+				s.exit(127, "")
 			}
-			started, ok = true, true
+			continue
 		case "subsystem":
 			var sub struct{ Name string }
 			if started || gossh.Unmarshal(r.Payload, &sub) != nil || sub.Name != "sftp" {
@@ -254,13 +261,19 @@ func (s *session) signal(name string) {
 }
 
 func (s *session) sftp() {
-	srv, err := sftp.NewServer(s.ch, sftp.WithServerWorkingDirectory(s.a.Root))
+	// The sftp server closes its stream when done; keep the channel open
+	// for the exit status.
+	srv, err := sftp.NewServer(keepOpen{s.ch}, sftp.WithServerWorkingDirectory(s.a.Root))
 	if err == nil {
 		_ = srv.Serve()
 		srv.Close()
 	}
 	s.exit(0, "")
 }
+
+type keepOpen struct{ gossh.Channel }
+
+func (keepOpen) Close() error { return nil }
 
 func (s *session) start(command string) error {
 	args := []string{"-l"}
@@ -276,13 +289,18 @@ func (s *session) start(command string) error {
 		if err != nil {
 			return err
 		}
+		s.mu.Lock()
 		s.tty = tty
+		s.mu.Unlock()
 		s.setProc(cmd.Process)
 		go func() { _, _ = io.Copy(tty, s.ch) }()
 		go func() {
 			_, _ = io.Copy(s.ch, tty) // ends with EIO once the child is gone
 			s.wait(cmd)
+			s.mu.Lock()
 			tty.Close()
+			s.tty = nil
+			s.mu.Unlock()
 		}()
 		return nil
 	}
