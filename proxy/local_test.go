@@ -492,3 +492,37 @@ func waitFor(t testing.TB, d time.Duration, ok func() bool) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+func TestAccessLog(t *testing.T) {
+	var buf syncBuffer
+	l := startLocal(t, func(c *proxy.Config) {
+		c.AccessLog = slog.New(slog.NewJSONHandler(&buf, nil))
+	})
+	up := proxytest.StartUpstream(t, "web")
+	l.table.Set("web.localhost", proxy.Route{VMID: "vm1", VMName: "web", Upstream: up.Addr, Public: true, Running: true})
+	get(t, l.client, l.url("web", "/some/path?q=1"))
+	line := buf.String()
+	for _, want := range []string{`"msg":"request"`, `"component":"proxy"`, `"remote_ip":"127.0.0.1"`, `"host":"web.localhost"`,
+		`"vm_id":"vm1"`, `"method":"GET"`, `"path":"/some/path"`, `"status":200`, `"bytes":15`, `"duration_us":`} {
+		if !strings.Contains(line, want) {
+			t.Errorf("access log lacks %s: %s", want, line)
+		}
+	}
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
