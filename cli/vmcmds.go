@@ -80,6 +80,9 @@ func createCmd() *Command {
 			fs.String("ssh-key", "", "public key file to authorize for root (default: yours, from ~/.ssh)")
 		},
 		Run: func(ctx context.Context, x *Ctx) error {
+			if err := positiveFlags(x.FS, "cpus", "memory", "disk"); err != nil {
+				return err
+			}
 			req := service.CreateRequest{Name: x.Args[0], CPUs: intFlag(x.FS, "cpus"), MemoryMiB: intFlag(x.FS, "memory"), DiskGiB: intFlag(x.FS, "disk"),
 				Image: strFlag(x.FS, "os")}
 			if req.Image == "" {
@@ -148,6 +151,22 @@ func intFlag(fs *flag.FlagSet, name string) int {
 		return 0
 	}
 	return f.Value.(flag.Getter).Get().(int)
+}
+
+// positiveFlags rejects numeric flags given explicitly as zero or less
+// (0 is how "not given" reaches the service).
+func positiveFlags(fs *flag.FlagSet, names ...string) error {
+	var err error
+	fs.Visit(func(f *flag.Flag) {
+		for _, n := range names {
+			if f.Name == n && err == nil {
+				if v, ok := f.Value.(flag.Getter).Get().(int); ok && v <= 0 {
+					err = errs.New(errs.InvalidArgument, "invalid %s %d: must be positive", n, v)
+				}
+			}
+		}
+	})
+	return err
 }
 
 func strFlag(fs *flag.FlagSet, name string) string {

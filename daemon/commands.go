@@ -251,10 +251,7 @@ func vsockCmd() *cli.Command {
 				return err
 			}
 			defer cl.Close()
-			return vsockDebug(ctx, cl, x.Args[1:], x.Stdout)
+			return vsockcli.Debug(ctx, cl, x.Args[1:], x.Stdout)
 		}}
 }
 
-var vsockDebug = func(ctx context.Context, cl *vsockcli.Client, args []string, w io.Writer) error {
-	return errs.New(errs.Unavailable, "not built")
-}

@@ -5,12 +5,14 @@ import (
 	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/minionsdev/minions/images"
 	"github.com/minionsdev/minions/internal/errs"
@@ -18,7 +20,6 @@ import (
 	"github.com/minionsdev/minions/store"
 	"github.com/minionsdev/minions/vm/disk"
 	"github.com/minionsdev/minions/vm/hypervisor"
-	"github.com/minionsdev/minions/vm/hypervisor/qemu"
 	"github.com/minionsdev/minions/vm/network"
 	"golang.org/x/crypto/ssh"
 )
@@ -120,7 +121,7 @@ func Open(ctx context.Context, o Options) (*Env, error) {
 	if e.Network, err = network.New(ncfg, o.Log); err != nil {
 		return nil, err
 	}
-	if e.Driver, err = newDriver(o); err != nil {
+	if e.Driver, err = newDriver(ctx, o); err != nil {
 		return nil, err
 	}
 	e.Service, err = service.New(service.Config{StateDir: o.Paths.State, RunDir: o.Paths.Run, Subnet: o.Subnet, Log: o.Log}, service.Deps{
@@ -131,19 +132,6 @@ func Open(ctx context.Context, o Options) (*Env, error) {
 	}
 	ok = true
 	return e, nil
-}
-
-func newDriver(o Options) (hypervisor.Driver, error) {
-	exe, err := os.Executable()
-	if err != nil {
-		return nil, err
-	}
-	switch o.Hypervisor {
-	case "", "auto", "qemu":
-	default:
-		return nil, errs.New(errs.InvalidArgument, "unknown hypervisor %q (want auto or qemu)", o.Hypervisor)
-	}
-	return qemu.New(qemu.Config{RelayCommand: []string{exe, "agent-relay"}, Log: o.Log})
 }
 
 // LoadOrCreateKey loads an OpenSSH ed25519 private key, creating it (0600)
@@ -191,7 +179,9 @@ func (n netAdapter) AddPort(ctx context.Context, tap string, ip netip.Addr, mac 
 	return n.m.AddPort(ctx, network.Port{TAP: tap, IP: ip, MAC: hw})
 }
 
-func (n netAdapter) RemovePort(ctx context.Context, tap string) error { return n.m.RemovePort(ctx, tap) }
+func (n netAdapter) RemovePort(ctx context.Context, tap string) error {
+	return n.m.RemovePort(ctx, tap)
+}
 
 type diskAdapter struct{}
 
@@ -214,6 +204,18 @@ type imageAdapter struct{ cat *images.Catalog }
 func (a imageAdapter) Resolve(ctx context.Context, ref string) (service.Image, error) {
 	im, err := a.cat.Resolve(ref)
 	if err != nil {
+		if errors.Is(err, errs.NotFound) {
+			var refs []string
+			if all, lerr := a.cat.List(); lerr == nil {
+				for _, i := range all {
+					refs = append(refs, i.Ref())
+				}
+			}
+			if len(refs) == 0 {
+				return service.Image{}, errs.New(errs.NotFound, "%v; no image is built yet: run `minions image build --os minimal`", err)
+			}
+			return service.Image{}, errs.New(errs.NotFound, "%v; available: %s", err, strings.Join(refs, ", "))
+		}
 		return service.Image{}, err
 	}
 	k, err := images.NewestKernel(a.cat.KernelDir())

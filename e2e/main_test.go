@@ -13,7 +13,10 @@ import (
 	"time"
 )
 
-const netnsEnv = "MINIONS_E2E_NETNS"
+const (
+	netnsEnv = "MINIONS_E2E_NETNS"
+	dirEnv   = "MINIONS_E2E_DIR"
+)
 
 var (
 	binDir   string // minions and minions-agent, built once
@@ -34,8 +37,11 @@ func TestMain(m *testing.M) {
 		}
 		os.Exit(m.Run())
 	}
-	if os.Getenv(netnsEnv) == "" {
-		os.Exit(reexecInNetns())
+	if os.Getenv(netnsEnv) != "" {
+		// Inside the namespace: the parent built everything.
+		binDir = filepath.Join(os.Getenv(dirEnv), "bin")
+		stateDir = filepath.Join(os.Getenv(dirEnv), "s")
+		os.Exit(m.Run())
 	}
 	code := func() int {
 		dir, err := os.MkdirTemp("", "mne2e")
@@ -43,21 +49,32 @@ func TestMain(m *testing.M) {
 			panic(err)
 		}
 		defer os.RemoveAll(dir)
+		defer cleanupProcesses(dir)
 		binDir = filepath.Join(dir, "bin")
 		stateDir = filepath.Join(dir, "s")
 		if err := build(binDir); err != nil {
 			fmt.Fprintln(os.Stderr, "e2e: build:", err)
 			return 1
 		}
-		defer cleanupProcesses(dir)
-		return m.Run()
+		// The guest kernel comes from Debian's archive: fetch it (and build
+		// the minimal image) here, outside the namespace, which has no
+		// route out.
+		start := time.Now()
+		cmd := exec.Command(filepath.Join(binDir, "minions"), "image", "build", "--os", "minimal")
+		cmd.Env = append(os.Environ(), "MINIONS_STATE_DIR="+stateDir, "MINIONS_AGENT_BIN="+filepath.Join(binDir, "minions-agent"))
+		if out, err := cmd.CombinedOutput(); err != nil {
+			fmt.Fprintf(os.Stderr, "e2e: image build: %v\n%s", err, out)
+			return 1
+		}
+		fmt.Fprintf(os.Stderr, "e2e: kernel + minimal image ready in %s\n", time.Since(start).Round(time.Millisecond))
+		return reexecInNetns(dir)
 	}()
 	os.Exit(code)
 }
 
 // reexecInNetns runs this test binary again inside a fresh network
 // namespace and returns its exit code; the namespace is removed after.
-func reexecInNetns() int {
+func reexecInNetns(dir string) int {
 	ns := fmt.Sprintf("mne2e-%d", os.Getpid())
 	if out, err := exec.Command("ip", "netns", "add", ns).CombinedOutput(); err != nil {
 		fmt.Fprintf(os.Stderr, "e2e: ip netns add: %v: %s\n", err, out)
@@ -68,7 +85,7 @@ func reexecInNetns() int {
 	args := append([]string{"netns", "exec", ns, os.Args[0]}, os.Args[1:]...)
 	cmd := exec.Command("ip", args...)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
-	cmd.Env = append(os.Environ(), netnsEnv+"="+ns)
+	cmd.Env = append(os.Environ(), netnsEnv+"="+ns, dirEnv+"="+dir)
 	if err := cmd.Run(); err != nil {
 		if ee, ok := err.(*exec.ExitError); ok {
 			return ee.ExitCode()
@@ -177,9 +194,6 @@ func setup(t *testing.T) {
 		return
 	}
 	must(t, "init")
-	start := time.Now()
-	must(t, "image", "build", "--os", "minimal")
-	t.Logf("image build (with kernel install on first run): %s", time.Since(start))
 	setupDone = true
 }
 

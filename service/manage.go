@@ -175,13 +175,9 @@ func (s *Service) copySteps(ctx context.Context, c Caller, o *op, src, row store
 		if err := s.Disks.Clone(ctx, filepath.Join(s.snapDir(src.ID, snap.ID), "disk.qcow2"), s.diskPath(row.ID)); err != nil {
 			return row, err
 		}
-		if snap.Memory {
-			v, err := s.resumeMemory(ctx, o, row, filepath.Join(s.snapDir(src.ID, snap.ID), "memory"), progress)
-			if err != nil {
-				return v, err
-			}
-			return s.newIdentity(ctx, v, progress)
-		}
+		// A memory snapshot's saved machine carries the source's MAC and
+		// address, so a copy boots cold from the snapshot's disk (consistent
+		// as of the instant it was taken) with its own identity.
 	} else {
 		// A consistent copy of the source's disk: a temporary snapshot.
 		unlock, err := s.lockVM(ctx, src.ID)

@@ -1,0 +1,68 @@
+package daemon
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+
+	"github.com/minionsdev/minions/vm/hypervisor"
+	"github.com/minionsdev/minions/vm/hypervisor/cloudhypervisor"
+	"github.com/minionsdev/minions/vm/hypervisor/kvm"
+	"github.com/minionsdev/minions/vm/hypervisor/qemu"
+)
+
+// probeKVM runs the KVM probe once per host boot and caches its result in
+// the run directory (the probe takes tens of milliseconds; every CLI
+// invocation opens a driver).
+func probeKVM(ctx context.Context, runDir string) kvm.Result {
+	bootID, _ := os.ReadFile("/proc/sys/kernel/random/boot_id")
+	cache := filepath.Join(runDir, "kvm-probe.json")
+	var cached struct {
+		BootID string     `json:"boot_id"`
+		Result kvm.Result `json:"result"`
+	}
+	if b, err := os.ReadFile(cache); err == nil && json.Unmarshal(b, &cached) == nil && cached.BootID == strings.TrimSpace(string(bootID)) {
+		return cached.Result
+	}
+	res := kvm.Probe(ctx, kvm.Options{})
+	cached.BootID, cached.Result = strings.TrimSpace(string(bootID)), res
+	if b, err := json.Marshal(cached); err == nil {
+		os.WriteFile(cache+".tmp", b, 0o600)
+		os.Rename(cache+".tmp", cache)
+	}
+	return res
+}
+
+// chooseDriver picks the hypervisor: Cloud Hypervisor where its binary is
+// present and KVM really works, else QEMU with KVM, else QEMU with TCG.
+// override ("auto", "qemu", "qemu-kvm", "qemu-tcg", "cloud-hypervisor")
+// forces one; a forced choice the host cannot run is an error.
+func chooseDriver(ctx context.Context, override, runDir string) (kvm.Choice, kvm.Result, error) {
+	ch, _ := exec.LookPath("cloud-hypervisor")
+	qm, _ := exec.LookPath("qemu-system-x86_64")
+	res := probeKVM(ctx, runDir)
+	choice, err := kvm.Select(kvm.SelectInput{Override: override, CHBinary: ch, QEMUBinary: qm, KVM: res})
+	return choice, res, err
+}
+
+func newDriver(ctx context.Context, o Options) (hypervisor.Driver, error) {
+	choice, res, err := chooseDriver(ctx, o.Hypervisor, o.Paths.Run)
+	if err != nil {
+		return nil, err
+	}
+	if choice.Driver == kvm.DriverCloudHypervisor {
+		return cloudhypervisor.New(cloudhypervisor.Config{Log: o.Log})
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	accel := qemu.AccelTCG
+	if choice.Accel == kvm.AccelKVM {
+		accel = qemu.AccelKVM
+	}
+	return qemu.New(qemu.Config{Accel: accel, KVMUsable: res.Usable, RelayCommand: []string{exe, "agent-relay"}, Log: o.Log})
+}
