@@ -41,7 +41,7 @@ func (m *cpuMeter) stop(b *testing.B) {
 }
 
 func benchClients(b *testing.B) (direct, gateway *gossh.Client) {
-	h := newHarness(b, nil)
+	h := newHarnessWith(b, guestAgent, nil) // the real agent's SSH server
 	return h.vms.client, h.dial("web", h.alice)
 }
 

@@ -19,8 +19,10 @@ import (
 	gossh "golang.org/x/crypto/ssh"
 )
 
-func TestRelayExec(t *testing.T) {
-	h := newHarness(t, nil)
+func TestRelayExec(t *testing.T) { forEachAgent(t, testRelayExec) }
+
+func testRelayExec(t *testing.T, kind string) {
+	h := newHarnessWith(t, kind, nil)
 	c := h.dial("web", h.alice)
 	tests := []struct {
 		name     string
@@ -52,8 +54,10 @@ func TestRelayExec(t *testing.T) {
 	}
 }
 
-func TestRelayPTYResizeAndTerm(t *testing.T) {
-	h := newHarness(t, nil)
+func TestRelayPTYResizeAndTerm(t *testing.T) { forEachAgent(t, testRelayPTYResizeAndTerm) }
+
+func testRelayPTYResizeAndTerm(t *testing.T, kind string) {
+	h := newHarnessWith(t, kind, nil)
 	c := h.dial("web", h.alice)
 	s, err := c.NewSession()
 	if err != nil {
@@ -90,8 +94,10 @@ func TestRelayPTYResizeAndTerm(t *testing.T) {
 	}
 }
 
-func TestRelaySFTP(t *testing.T) {
-	h := newHarness(t, nil)
+func TestRelaySFTP(t *testing.T) { forEachAgent(t, testRelaySFTP) }
+
+func testRelaySFTP(t *testing.T, kind string) {
+	h := newHarnessWith(t, kind, nil)
 	c := h.dial("web", h.alice)
 	sc, err := sftp.NewClient(c)
 	if err != nil {
@@ -113,7 +119,7 @@ func TestRelaySFTP(t *testing.T) {
 	if err := f.Close(); err != nil {
 		t.Fatal(err)
 	}
-	onDisk, err := os.ReadFile(filepath.Join(h.agent.Root, "big.bin"))
+	onDisk, err := os.ReadFile(filepath.Join(h.root, "big.bin"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -174,8 +180,10 @@ func httpGetVia(t testing.TB, dial func() (net.Conn, error), path string) (strin
 	return string(b), err
 }
 
-func TestRelayDirectTCPIP(t *testing.T) {
-	h := newHarness(t, nil)
+func TestRelayDirectTCPIP(t *testing.T) { forEachAgent(t, testRelayDirectTCPIP) }
+
+func testRelayDirectTCPIP(t *testing.T, kind string) {
+	h := newHarnessWith(t, kind, nil)
 	addr := startHTTP(t)
 	c := h.dial("web", h.alice)
 	body, err := httpGetVia(t, func() (net.Conn, error) { return c.Dial("tcp", addr.String()) }, "/x")
@@ -193,8 +201,10 @@ func TestRelayDirectTCPIP(t *testing.T) {
 
 // TestIsolation: another user's key cannot reach alice's VM by exec, shell,
 // sftp or forwarding; nothing reveals that the VM exists; an admin can.
-func TestIsolation(t *testing.T) {
-	h := newHarness(t, nil)
+func TestIsolation(t *testing.T) { forEachAgent(t, testIsolation) }
+
+func testIsolation(t *testing.T, kind string) {
+	h := newHarnessWith(t, kind, nil)
 	addr := startHTTP(t)
 	bob := h.dial("web", h.bob)
 
@@ -385,8 +395,10 @@ func TestAuthBackendDown(t *testing.T) {
 	}
 }
 
-func TestStoppedVM(t *testing.T) {
-	h := newHarness(t, nil)
+func TestStoppedVM(t *testing.T) { forEachAgent(t, testStoppedVM) }
+
+func testStoppedVM(t *testing.T, kind string) {
+	h := newHarnessWith(t, kind, nil)
 	c := h.dial("idle", h.alice)
 	_, errOut, code := run(t, c, "echo hi", nil)
 	if code != 5 || !strings.Contains(errOut, "vm idle is stopped: run `ssh host start idle`") {
@@ -538,8 +550,10 @@ func TestRunShutsDown(t *testing.T) {
 // that exits at once made the agent's exec reply arrive after its close, and
 // the relay closed the user's channel before passing the reply on (the
 // client saw EOF instead of a started session).
-func TestRelayManyShortSessions(t *testing.T) {
-	h := newHarness(t, nil)
+func TestRelayManyShortSessions(t *testing.T) { forEachAgent(t, testRelayManyShortSessions) }
+
+func testRelayManyShortSessions(t *testing.T, kind string) {
+	h := newHarnessWith(t, kind, nil)
 	c := h.dial("web", h.alice)
 	for i := 0; i < 400; i++ {
 		s, err := c.NewSession()

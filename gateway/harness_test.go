@@ -24,8 +24,17 @@ import (
 	gossh "golang.org/x/crypto/ssh"
 
 	"github.com/minionsdev/minions/gateway/internal/agenttest"
+	agent "github.com/minionsdev/minions/guestagent"
 	"github.com/minionsdev/minions/internal/errs"
 )
+
+// Agent kinds a harness can run behind the gateway.
+const (
+	fakeAgent  = "fake"       // gateway/internal/agenttest
+	guestAgent = "guestagent" // the real agent's SSH server, in process
+)
+
+var agentKinds = []string{fakeAgent, guestAgent}
 
 // testKey is a client key pair with its OpenSSH private key file.
 type testKey struct {
@@ -174,7 +183,7 @@ type harness struct {
 	t        testing.TB
 	dir      string
 	srv      *Server
-	agent    *agenttest.Agent
+	root     string  // the guest's files (home of its root user)
 	hostKey  testKey // the host's key for the agent
 	alice    testKey // owns vm "web"
 	bob      testKey // owns nothing
@@ -186,6 +195,64 @@ type harness struct {
 }
 
 func newHarness(t testing.TB, tweak func(*Config)) *harness {
+	t.Helper()
+	return newHarnessWith(t, fakeAgent, tweak)
+}
+
+// startGuestAgent serves the real guest agent's SSH server on ln, with the
+// guest's root account at home.
+func startGuestAgent(t testing.TB, ln net.Listener, hostKey gossh.PublicKey, dir, home string) {
+	t.Helper()
+	fsRoot := filepath.Join(dir, "guestfs")
+	if err := os.MkdirAll(filepath.Join(fsRoot, "etc"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	passwd := "root:x:0:0:root:" + home + ":/bin/sh\n"
+	if err := os.WriteFile(filepath.Join(fsRoot, "etc", "passwd"), []byte(passwd), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	srv, err := agent.NewServer(agent.Config{
+		AuthorizedKey: hostKey,
+		HostKeyPath:   filepath.Join(dir, "agent_host_key"),
+		Root:          fsRoot,
+		Power:         func(bool) error { return errors.New("not in tests") },
+		Log:           slog.New(slog.NewTextHandler(io.Discard, nil)),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			wg.Add(1)
+			go func() { defer wg.Done(); srv.ServeConn(ctx, c) }()
+		}
+	}()
+	t.Cleanup(func() { cancel(); ln.Close(); wg.Wait() })
+}
+
+func dialAgent(t testing.TB, ln net.Listener, signer gossh.Signer) *gossh.Client {
+	t.Helper()
+	c, err := gossh.Dial("unix", ln.Addr().String(), &gossh.ClientConfig{
+		User:            "root",
+		Auth:            []gossh.AuthMethod{gossh.PublicKeys(signer)},
+		HostKeyCallback: gossh.InsecureIgnoreHostKey(),
+		Timeout:         10 * time.Second,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func newHarnessWith(t testing.TB, kind string, tweak func(*Config)) *harness {
 	t.Helper()
 	dir := t.TempDir()
 	h := &harness{t: t, dir: dir}
@@ -202,19 +269,24 @@ func newHarness(t testing.TB, tweak func(*Config)) *harness {
 	if err := os.WriteFile(filepath.Join(root, "hello.txt"), []byte("hello from the guest\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	h.root = root
 	ln, err := net.Listen("unix", filepath.Join(dir, "agent.sock"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	h.agent, err = agenttest.Start(ln, h.hostKey.signer.PublicKey(), root)
-	if err != nil {
-		t.Fatal(err)
+	switch kind {
+	case fakeAgent:
+		a, err := agenttest.Start(ln, h.hostKey.signer.PublicKey(), root)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { a.Close() })
+	case guestAgent:
+		startGuestAgent(t, ln, h.hostKey.signer.PublicKey(), dir, root)
+	default:
+		t.Fatalf("unknown agent kind %q", kind)
 	}
-	t.Cleanup(func() { h.agent.Close() })
-	client, err := h.agent.Dial(h.hostKey.signer)
-	if err != nil {
-		t.Fatal(err)
-	}
+	client := dialAgent(t, ln, h.hostKey.signer)
 	t.Cleanup(func() { client.Close() })
 
 	h.users = &fakeUsers{byKey: map[string]User{}}
@@ -361,5 +433,12 @@ func (w *waitBuffer) waitFor(t testing.TB, want string) {
 		case <-deadline:
 			t.Fatalf("timed out waiting for %q in output:\n%q", want, w.String())
 		}
+	}
+}
+
+// forEachAgent runs test against each agent kind.
+func forEachAgent(t *testing.T, test func(t *testing.T, kind string)) {
+	for _, kind := range agentKinds {
+		t.Run(kind, func(t *testing.T) { test(t, kind) })
 	}
 }

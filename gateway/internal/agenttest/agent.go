@@ -62,15 +62,6 @@ func Start(ln net.Listener, clientKey gossh.PublicKey, root string) (*Agent, err
 	return a, nil
 }
 
-// Dial connects an SSH client to the agent with signer.
-func (a *Agent) Dial(signer gossh.Signer) (*gossh.Client, error) {
-	return gossh.Dial(a.ln.Addr().Network(), a.ln.Addr().String(), &gossh.ClientConfig{
-		User:            "root",
-		Auth:            []gossh.AuthMethod{gossh.PublicKeys(signer)},
-		HostKeyCallback: gossh.InsecureIgnoreHostKey(),
-	})
-}
-
 // Close stops accepting and cuts every connection.
 func (a *Agent) Close() error {
 	err := a.ln.Close()
@@ -169,10 +160,10 @@ type ptyReq struct {
 }
 
 type session struct {
-	a   *Agent
-	ch  gossh.Channel
-	env []string
-	pty *ptyReq
+	a    *Agent
+	ch   gossh.Channel
+	env  []string
+	pty  *ptyReq
 	mu   sync.Mutex
 	tty  *os.File // pty master while the command runs
 	proc *os.Process
