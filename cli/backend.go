@@ -32,6 +32,14 @@ type Backend interface {
 	// return errs.FailedPrecondition.
 	Agent(ctx context.Context, name string) (*vsockcli.Client, error)
 
+	CreateSnapshot(ctx context.Context, name string, req service.SnapshotRequest, progress service.Progress) (service.Snapshot, error)
+	ListSnapshots(ctx context.Context, name string) ([]service.Snapshot, error)
+	RestoreSnapshot(ctx context.Context, name, snapshot string, progress service.Progress) (service.VM, error)
+	DeleteSnapshot(ctx context.Context, name, snapshot string) error
+	Resize(ctx context.Context, name string, req service.ResizeRequest) (service.VM, error)
+	Rename(ctx context.Context, name, newName string) (service.VM, error)
+	Copy(ctx context.Context, name string, req service.CopyRequest, progress service.Progress) (service.VM, error)
+
 	AddSSHKey(ctx context.Context, line string) (service.SSHKey, error)
 	ListSSHKeys(ctx context.Context) ([]service.SSHKey, error)
 	RemoveSSHKey(ctx context.Context, idOrFingerprint string) error

@@ -112,6 +112,28 @@ func tailFile(ctx context.Context, path string, follow bool, w io.Writer) error 
 	}
 }
 
+func (l *Local) CreateSnapshot(ctx context.Context, name string, req service.SnapshotRequest, p service.Progress) (service.Snapshot, error) {
+	return l.Svc.CreateSnapshot(ctx, l.Caller, name, req, p)
+}
+func (l *Local) ListSnapshots(ctx context.Context, name string) ([]service.Snapshot, error) {
+	return l.Svc.ListSnapshots(ctx, l.Caller, name)
+}
+func (l *Local) RestoreSnapshot(ctx context.Context, name, snap string, p service.Progress) (service.VM, error) {
+	return l.Svc.RestoreSnapshot(ctx, l.Caller, name, snap, p)
+}
+func (l *Local) DeleteSnapshot(ctx context.Context, name, snap string) error {
+	return l.Svc.DeleteSnapshot(ctx, l.Caller, name, snap)
+}
+func (l *Local) Resize(ctx context.Context, name string, req service.ResizeRequest) (service.VM, error) {
+	return l.Svc.Resize(ctx, l.Caller, name, req)
+}
+func (l *Local) Rename(ctx context.Context, name, newName string) (service.VM, error) {
+	return l.Svc.Rename(ctx, l.Caller, name, newName)
+}
+func (l *Local) Copy(ctx context.Context, name string, req service.CopyRequest, p service.Progress) (service.VM, error) {
+	return l.Svc.Copy(ctx, l.Caller, name, req, p)
+}
+
 func (l *Local) AddSSHKey(ctx context.Context, line string) (service.SSHKey, error) {
 	return l.Svc.AddSSHKey(ctx, l.Caller, line)
 }

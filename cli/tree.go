@@ -13,7 +13,8 @@ var Version = "dev"
 // commands the composition root adds (host setup, images, serve, users...).
 func Tree(extra ...*Command) *Command {
 	root := &Command{Name: "minions", Summary: "Minions: instant micro-VMs on your own Linux host."}
-	root.Sub = append(vmCommands(), extra...)
+	root.Sub = append(vmCommands(), lifeCommands()...)
+	root.Sub = append(root.Sub, extra...)
 	root.Sub = append(root.Sub,
 		&Command{Name: "version", Summary: "Print the version", Run: func(ctx context.Context, x *Ctx) error {
 			return x.Print(map[string]string{"version": Version}, func(w io.Writer) { fmt.Fprintln(w, "minions", Version) })
