@@ -60,6 +60,7 @@ type local struct {
 	addr   string // listener address
 	port   string
 	client *http.Client // dials addr whatever the URL's host
+	stop   func()       // cancels Serve and waits for it (also at cleanup)
 }
 
 func startLocal(t testing.TB, mutate func(*proxy.Config)) *local {
@@ -77,20 +78,24 @@ func startLocal(t testing.TB, mutate func(*proxy.Config)) *local {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- p.Serve(ctx, nil, ln) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("serve: %v", err)
+	var once sync.Once
+	stop := func() {
+		once.Do(func() {
+			cancel()
+			select {
+			case err := <-done:
+				if err != nil {
+					t.Errorf("serve: %v", err)
+				}
+			case <-time.After(15 * time.Second):
+				t.Error("serve did not return after cancel")
 			}
-		case <-time.After(15 * time.Second):
-			t.Error("serve did not return after cancel")
-		}
-	})
+		})
+	}
+	t.Cleanup(stop)
 	addr := ln.Addr().String()
 	_, port, _ := net.SplitHostPort(addr)
-	return &local{p: p, table: table, addr: addr, port: port, client: clientTo(addr, nil)}
+	return &local{p: p, table: table, addr: addr, port: port, client: clientTo(addr, nil), stop: stop}
 }
 
 // clientTo returns a client whose connections all go to addr; it does not
@@ -525,4 +530,26 @@ func (s *syncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+func TestShutdownClosesWebSockets(t *testing.T) {
+	l := startLocal(t, nil)
+	up := proxytest.StartUpstream(t, "web")
+	l.table.Set("web.localhost", proxy.Route{VMID: "vm1", VMName: "web", Upstream: up.Addr, Public: true, Running: true})
+	conn, err := net.Dial("tcp", l.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	cfg, _ := websocket.NewConfig(l.url("web", "/ws"), "http://web.localhost/")
+	ws, err := websocket.NewClient(cfg, conn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ws.SetDeadline(time.Now().Add(10 * time.Second))
+	start := time.Now()
+	l.stop()
+	if _, err := ws.Read(make([]byte, 1)); err == nil || time.Since(start) > 5*time.Second {
+		t.Fatalf("websocket still open after shutdown: err=%v after %v", err, time.Since(start))
+	}
 }

@@ -45,6 +45,8 @@ type Proxy struct {
 	issuer   *certmagic.ACMEIssuer
 	cache    *certmagic.Cache
 
+	upgraded connSet // hijacked (WebSocket) client connections, closed on shutdown
+
 	httpsPort atomic.Int32 // public ports, set when serving
 	httpPort  atomic.Int32
 }
@@ -157,15 +159,12 @@ type routeKey struct{}
 
 func (p *Proxy) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
-	sw := &statusWriter{ResponseWriter: w}
+	sw := &statusWriter{ResponseWriter: w, p: p}
 	host := normalizeHost(r.Host)
 	var rt Route
 	defer func() {
 		if sw.status == 0 {
 			sw.status = http.StatusOK
-		}
-		if sw.status == http.StatusSwitchingProtocols {
-			p.metrics.upgrades.Add(1)
 		}
 		d := time.Since(start)
 		p.metrics.observe(sw.status, d)
@@ -302,6 +301,7 @@ type statusWriter struct {
 	http.ResponseWriter
 	status int
 	bytes  int64
+	p      *Proxy
 }
 
 func (w *statusWriter) WriteHeader(code int) {
@@ -326,10 +326,12 @@ func (w *statusWriter) FlushError() error {
 
 func (w *statusWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	c, brw, err := http.NewResponseController(w.ResponseWriter).Hijack()
-	if err == nil {
-		w.status = http.StatusSwitchingProtocols
+	if err != nil {
+		return nil, nil, err
 	}
-	return c, brw, err
+	w.status = http.StatusSwitchingProtocols
+	w.p.metrics.upgrades.Add(1)
+	return w.p.upgraded.add(c), brw, nil
 }
 
 func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
@@ -342,3 +344,57 @@ func newBufferPool() *bufferPool {
 }
 func (b *bufferPool) Get() []byte  { return *(b.p.Get().(*[]byte)) }
 func (b *bufferPool) Put(x []byte) { b.p.Put(&x) }
+
+// connSet tracks hijacked connections, which http.Server.Shutdown does not
+// see, so shutdown can close them.
+type connSet struct {
+	mu    sync.Mutex
+	conns map[*setConn]struct{}
+}
+
+type setConn struct {
+	net.Conn
+	set  *connSet
+	once sync.Once
+}
+
+func (c *setConn) Close() error {
+	c.once.Do(func() {
+		c.set.mu.Lock()
+		delete(c.set.conns, c)
+		c.set.mu.Unlock()
+	})
+	return c.Conn.Close()
+}
+
+// CloseWrite keeps half-close working through the wrapper.
+func (c *setConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return nil
+}
+
+func (s *connSet) add(c net.Conn) net.Conn {
+	sc := &setConn{Conn: c, set: s}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.conns == nil {
+		s.conns = make(map[*setConn]struct{})
+	}
+	s.conns[sc] = struct{}{}
+	return sc
+}
+
+// closeAll closes every tracked connection.
+func (s *connSet) closeAll() {
+	s.mu.Lock()
+	conns := make([]*setConn, 0, len(s.conns))
+	for c := range s.conns {
+		conns = append(conns, c)
+	}
+	s.mu.Unlock()
+	for _, c := range conns {
+		_ = c.Close()
+	}
+}

@@ -126,6 +126,7 @@ func (p *Proxy) Serve(ctx context.Context, httpsLn, httpLn net.Listener) error {
 			sg.Go(func() error { return srv.Shutdown(sctx) })
 		}
 		err := sg.Wait()
+		p.upgraded.closeAll() // Shutdown does not track hijacked connections
 		p.transport.CloseIdleConnections()
 		if p.cache != nil {
 			p.cache.Stop()
