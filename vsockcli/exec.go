@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"sync"
 
 	"golang.org/x/crypto/ssh"
 
@@ -23,7 +24,9 @@ type ExecRequest struct {
 	Argv []string
 	Env  map[string]string
 	// Stdin is copied to the command until EOF (then its stdin closes).
-	Stdin          io.Reader
+	Stdin io.Reader
+	// Stdout and Stderr receive the output (nil: discarded); they may be
+	// the same writer.
 	Stdout, Stderr io.Writer
 	// TTY allocates a pseudo-terminal of Width x Height (default 80x24)
 	// with TERM=Term (default xterm-256color); stderr then arrives on
@@ -67,6 +70,11 @@ func (c *Client) Exec(ctx context.Context, req ExecRequest) (int, error) {
 		}
 	}
 	sess.Stdout, sess.Stderr = req.Stdout, req.Stderr
+	if req.Stdout != nil && req.Stdout == req.Stderr {
+		// Both streams are copied concurrently: one writer needs a lock.
+		w := &lockedWriter{w: req.Stdout}
+		sess.Stdout, sess.Stderr = w, w
+	}
 	// Stdin is copied outside Session.Wait so a Stdin that never ends
 	// does not hold up the exit status.
 	stdin, err := sess.StdinPipe()
@@ -124,4 +132,15 @@ func (c *Client) Exec(ctx context.Context, req ExecRequest) (int, error) {
 			return -1, errs.New(errs.Unavailable, "exec: %w", ctx.Err())
 		}
 	}
+}
+
+type lockedWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
 }

@@ -98,6 +98,8 @@ func buildImages(t *testing.T, kdir, work string) qemuImages {
 	os.WriteFile(filepath.Join(root, "etc/minions/rc"), []byte("echo rc-ran > /run/rc-ran\n"), 0o644)
 	rootfs := filepath.Join(work, "rootfs.ext4")
 	run(t, work, "mkfs.ext4", "-q", "-d", root, rootfs, "64M")
+	// The disk is bigger than the filesystem, as after a resize: growfs.
+	run(t, work, "truncate", "-s", "128M", rootfs)
 	return qemuImages{kernels[0], initrd, rootfs}
 }
 
@@ -281,6 +283,18 @@ func TestQEMUAgent(t *testing.T) {
 		t.Fatalf("sftp round trip of %d bytes: %v", len(big), err)
 	}
 	t.Logf("sftp write+read 1 MB: %v", time.Since(s))
+	size, err := c.GrowFS(ctx)
+	if err != nil || size < 120<<20 {
+		t.Fatalf("growfs: %d, %v", size, err)
+	}
+	t.Logf("growfs: root is now %d MiB", size>>20)
+	frozen, err := c.FSFreeze(ctx)
+	if err != nil || len(frozen) != 1 || frozen[0] != "/" {
+		t.Fatalf("fsfreeze: %v, %v", frozen, err)
+	}
+	if err := c.FSThaw(ctx); err != nil {
+		t.Fatal(err)
+	}
 	c.Close()
 
 	// Relay restart: a new relay must redo the handshake with the guest.
