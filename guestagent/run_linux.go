@@ -129,7 +129,12 @@ func Run(ctx context.Context, opts Options) error {
 	if ms, err := strconv.ParseInt(os.Getenv(stage1Env), 10, 64); err == nil {
 		userspace = strconv.FormatInt(now-ms, 10)
 	}
-	Console("%s (agent %d ms, userspace %s ms, uptime %d ms)", proto.ReadyMarker, time.Since(start).Milliseconds(), userspace, now)
+	modules := os.Getenv(stage1ModulesEnv)
+	if modules == "" {
+		modules = "?"
+	}
+	Console("%s (agent %d ms, userspace %s ms, modules %s ms, uptime %d ms)",
+		proto.ReadyMarker, time.Since(start).Milliseconds(), userspace, modules, now)
 	log.Info("agent ready", "port", dev, "vsock_port", cl.VsockPort)
 
 	if !opts.PID1 {

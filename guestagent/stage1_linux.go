@@ -33,9 +33,11 @@ func Stage1() error {
 	if err != nil {
 		return fmt.Errorf("stage 1: %w", err)
 	}
+	modStart := uptime()
 	if err := LoadModules("/etc/minions/modules"); err != nil {
 		return fmt.Errorf("stage 1: %w", err)
 	}
+	modules := uptime() - modStart
 	if err := waitFile(cl.Root, 5*time.Second); err != nil {
 		return fmt.Errorf("stage 1: root device: %w", err)
 	}
@@ -69,7 +71,8 @@ func Stage1() error {
 	if err := unix.Chdir("/"); err != nil {
 		return fmt.Errorf("stage 1: %w", err)
 	}
-	env := append(os.Environ(), fmt.Sprintf("%s=%d", stage1Env, stage1Start.Milliseconds()))
+	env := append(os.Environ(), fmt.Sprintf("%s=%d", stage1Env, stage1Start.Milliseconds()),
+		fmt.Sprintf("%s=%d", stage1ModulesEnv, modules.Milliseconds()))
 	err = unix.Exec(cl.Init, []string{cl.Init}, env)
 	return fmt.Errorf("stage 1: exec %s: %w", cl.Init, err)
 }
@@ -77,6 +80,9 @@ func Stage1() error {
 // stage1Env passes the uptime at which stage 1 started to stage 2, so the
 // ready line can report the whole userspace start-up time.
 const stage1Env = "MINIONS_STAGE1_UPTIME_MS"
+
+// stage1ModulesEnv passes how long module loading took.
+const stage1ModulesEnv = "MINIONS_STAGE1_MODULES_MS"
 
 // LoadModules loads the modules listed (one path per line, relative to /)
 // in list, in order. Modules already loaded or built in are fine.

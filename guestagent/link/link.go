@@ -109,10 +109,45 @@ func (l *lineReader) next() ([]byte, error) {
 	}
 }
 
+// helloFilter answers further HELLO lines that precede the first session
+// byte. The host sends a new HELLO when an answer is slow, and while the
+// guest's port is closed (booting) the hypervisor holds them back, so the
+// guest may find several queued; the host only accepts the OK of its
+// latest. Session data cannot be mistaken for them: a yamux frame starts
+// with its version byte, 0, and the host sends none before its OK.
+type helloFilter struct {
+	lr     lineReader
+	w      io.Writer
+	passed bool
+}
+
+func (f *helloFilter) Read(p []byte) (int, error) {
+	for !f.passed {
+		b, err := f.lr.br.Peek(1)
+		if err != nil {
+			return 0, err
+		}
+		if b[0] != 'M' {
+			f.passed = true
+			break
+		}
+		line, err := f.lr.next()
+		if err != nil {
+			return 0, err
+		}
+		if kind, nonce := ParseLine(line); kind == KindHello {
+			if _, err := io.WriteString(f.w, okPrefix+nonce+"\n"); err != nil {
+				return 0, err
+			}
+		}
+	}
+	return f.lr.br.Read(p)
+}
+
 // bufferedConn reads through the bufio.Reader used by the handshake, so no
 // byte the peer sent after its handshake line is lost.
 type bufferedConn struct {
-	r *bufio.Reader
+	r io.Reader
 	io.ReadWriteCloser
 }
 
@@ -147,18 +182,18 @@ func Accept(ctx context.Context, rwc io.ReadWriteCloser) (io.ReadWriteCloser, st
 		if _, err := io.WriteString(rwc, okPrefix+nonce+"\n"); err != nil {
 			return nil, "", fmt.Errorf("link accept: write ok: %w", err)
 		}
-		return &bufferedConn{r: br, ReadWriteCloser: rwc}, nonce, nil
+		return &bufferedConn{r: &helloFilter{lr: lr, w: rwc}, ReadWriteCloser: rwc}, nonce, nil
 	}
 }
 
 // Handshake runs the host side of the handshake on rwc: it writes HELLO with
 // a fresh nonce and discards input up to the matching OK line. If none comes
-// within retry (doubling up to 2 s) it sends a new HELLO with a new nonce;
+// within retry (doubling up to 1 s) it sends a new HELLO with a new nonce;
 // only the OK of the latest HELLO counts. It returns a stream positioned
 // just after the OK line. On ctx end rwc is closed.
 func Handshake(ctx context.Context, rwc io.ReadWriteCloser, retry time.Duration) (io.ReadWriteCloser, error) {
 	if retry <= 0 {
-		retry = 250 * time.Millisecond
+		retry = 100 * time.Millisecond
 	}
 	defer closeOnDone(ctx, rwc)()
 	br := bufio.NewReaderSize(rwc, 4096)
@@ -215,7 +250,7 @@ func Handshake(ctx context.Context, rwc io.ReadWriteCloser, retry time.Duration)
 			if err := send(); err != nil {
 				return nil, fmt.Errorf("link handshake: write hello: %w", err)
 			}
-			retry = min(retry*2, 2*time.Second)
+			retry = min(retry*2, time.Second)
 			timer.Reset(retry)
 		case r := <-lines:
 			if r.err != nil {
@@ -263,7 +298,7 @@ func (discardLogger) Println(...any)        {}
 // DialConfig configures the host side of a link.
 type DialConfig struct {
 	// HelloRetry is the initial interval between HELLO lines while the
-	// guest does not answer (default 250 ms, doubling up to 2 s).
+	// guest does not answer (default 100 ms, doubling up to 1 s).
 	HelloRetry time.Duration
 	// KeepAlive is the yamux keepalive interval (default 2 s); a session
 	// whose peer does not answer within twice this dies.
@@ -272,7 +307,7 @@ type DialConfig struct {
 
 func (c DialConfig) withDefaults() DialConfig {
 	if c.HelloRetry <= 0 {
-		c.HelloRetry = 250 * time.Millisecond
+		c.HelloRetry = 100 * time.Millisecond
 	}
 	if c.KeepAlive <= 0 {
 		c.KeepAlive = 2 * time.Second
