@@ -48,10 +48,14 @@ var debianFiles = map[string]string{
 	"etc/hosts":    "127.0.0.1\tlocalhost\n127.0.1.1\tminion\n::1\tlocalhost ip6-localhost ip6-loopback\n",
 	"etc/fstab":    "/dev/vda / ext4 rw,relatime,errors=remount-ro 0 1\n",
 	"etc/ssh/sshd_config.d/minions.conf": "# Minions: key-only root login.\nPermitRootLogin prohibit-password\n" +
-		"PasswordAuthentication no\nKbdInteractiveAuthentication no\n",
-	// Host keys are per VM: created on first boot (the agent's
-	// regen_host_keys also uses ssh-keygen -A).
-	"etc/systemd/system/ssh.service.d/minions-hostkeys.conf": "[Service]\nExecStartPre=\nExecStartPre=/usr/bin/ssh-keygen -A\nExecStartPre=/usr/sbin/sshd -t\n",
+		"PasswordAuthentication no\nKbdInteractiveAuthentication no\n" +
+		"HostKey /etc/ssh/ssh_host_ed25519_key\nHostKey /etc/ssh/ssh_host_ecdsa_key\n",
+	// Host keys are per VM, made on first boot. Only ed25519 and ECDSA:
+	// an RSA key takes tens of seconds to generate under TCG.
+	"etc/systemd/system/ssh.service.d/minions-hostkeys.conf": "[Service]\nExecStartPre=\n" +
+		"ExecStartPre=/bin/sh /usr/lib/minions/ssh-hostkeys.sh\nExecStartPre=/usr/sbin/sshd -t\n",
+	"usr/lib/minions/ssh-hostkeys.sh": "#!/bin/sh\n# Make the VM's own SSH host keys on first boot.\nset -e\n" +
+		"for t in ed25519 ecdsa; do\n\tf=/etc/ssh/ssh_host_${t}_key\n\ttest -s \"$f\" || ssh-keygen -q -t \"$t\" -N '' -f \"$f\"\ndone\n",
 	// The serial console (reachable only from the host) logs root in.
 	"etc/systemd/system/serial-getty@ttyS0.service.d/autologin.conf": "[Service]\nExecStart=\n" +
 		"ExecStart=-/sbin/agetty --autologin root --keep-baud 115200,57600,38400,9600 %I $TERM\n",

@@ -57,6 +57,7 @@ func TestDebianImage(t *testing.T) {
 		{"stat /usr/lib/modules/" + k.Version + "/modules.dep.bin", "Size:"},
 		{"stat /usr/sbin/sshd", "Size:"},
 		{"stat /usr/bin/gcc", "Link"},
+		{"cat /usr/lib/minions/ssh-hostkeys.sh", "ssh-keygen -q -t \"$t\""},
 	} {
 		if got := dbg(c.cmd); !strings.Contains(got, c.want) {
 			t.Errorf("%s: want %q in\n%s", c.cmd, c.want, got)
