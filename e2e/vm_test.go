@@ -195,7 +195,7 @@ func TestBadInput(t *testing.T) {
 		}
 	}
 	// JSON errors carry a stable code.
-	r := minions(t, "", "exec", "ghost", "true", "--json")
+	r := minions(t, "", "--json", "exec", "ghost", "true")
 	if !strings.Contains(r.stdout, `"code": "not_found"`) && !strings.Contains(r.stdout, `"code":"not_found"`) {
 		t.Fatalf("json error: %s", r)
 	}

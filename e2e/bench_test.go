@@ -1,0 +1,477 @@
+package e2e
+
+// Benchmarks for issues 2 and 3 on real QEMU VMs, run as root inside the
+// test's network namespace:
+//
+//	go test -run '^$' -bench . -benchtime 5x -timeout 40m ./e2e/
+//
+// Each benchmark times its iterations itself as well and reports the median
+// and p90 (b.ReportMetric, "median-ms" and "p90-ms") next to the mean that
+// ns/op is, and prints a table to stderr: this machine is shared and noisy,
+// so medians are what to compare. At most one VM boots at a time.
+//
+// Where one operation is too quick for -benchtime 5x to give a useful
+// sample (exec round trips), one iteration is a batch of operations, each
+// timed on its own; ns/op is then per batch and the median/p90 metrics are
+// per operation.
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// readyTimeout bounds one boot to agent-ready in the benchmarks.
+const readyTimeout = 2 * time.Minute
+
+// createReady is the result of BenchmarkCreateReady, for BenchmarkBareBoot
+// to compare with when both run.
+var createReady samples
+
+// BenchmarkCreateReady times `minions create` (the real CLI, no daemon)
+// from exec until it exits: the disk overlay, TAP, QEMU and relay, the
+// guest's boot, the first agent answer and the configure call. The VM is
+// destroyed after each iteration, untimed. The table breaks the create down
+// by the steps the CLI reports on stderr.
+func BenchmarkCreateReady(b *testing.B) {
+	benchSetup(b)
+	var total samples
+	var steps stepSamples
+	i := 0
+	for b.Loop() {
+		name := fmt.Sprintf("bench-create-%d", i)
+		i++
+		r := cli(b, "", "create", name)
+		b.StopTimer()
+		if r.code != 0 {
+			b.Fatalf("create: %s", r)
+		}
+		total = append(total, r.took)
+		st, err := parseSteps(r.stderr, "create "+name)
+		if err != nil {
+			b.Fatal(err)
+		}
+		steps.add(st)
+		destroyVM(b, name)
+		b.StartTimer()
+	}
+	total.report(b, "")
+	createReady = total
+
+	t := &table{title: "BenchmarkCreateReady: minions create, exec to exit (steps from the CLI's stderr)", head: sampleHead("phase")}
+	t.addSamples("create (total)", total)
+	for _, name := range steps.order {
+		t.addSamples("  step "+name, steps.by[name])
+	}
+	t.print()
+}
+
+// BenchmarkBareBoot boots the same kernel, initramfs and image (a fresh
+// qcow2 overlay of the same base) with exactly the QEMU argv and relay
+// argv Minions used for a template VM (read from /proc, with only the run
+// directory, disk directory and TAP swapped), started directly, and times
+// it from exec of QEMU to the first successful agent ping. Overlay and TAP
+// are made before the clock starts. Between bare boots it also runs one
+// `minions create` (untimed) so the overhead can be taken pairwise, which
+// cancels most of the drift in the machine's load.
+func BenchmarkBareBoot(b *testing.B) {
+	benchSetup(b)
+	var tpl bareTemplate
+	{
+		var v vmJSON
+		cliJSON(b, &v, "create", "bench-bare-tpl")
+		tpl = captureTemplate(b, v)
+		bridge := bridgeOf(b, tpl.tap)
+		destroyVM(b, "bench-bare-tpl")
+		b.Logf("bare template: bridge %s, base %s (%s), argv: %q", bridge, tpl.base, tpl.baseFormat, tpl.qemu)
+		benchBridge = bridge
+	}
+	signer := hostSigner(b)
+	dir := filepath.Join(filepath.Dir(stateDir), "bare")
+	var cur *bareVM
+	b.Cleanup(func() {
+		if cur != nil {
+			cur.stop()
+		}
+	})
+
+	var bare, overlay, paired, pairedCreate samples
+	i := 0
+	for b.Loop() {
+		b.StopTimer()
+		cur = prepareBare(b, tpl, dir, "mnbare0", benchBridge)
+		overlay = append(overlay, cur.overlay)
+		b.StartTimer()
+		cur.start(b, tpl)
+		d := cur.waitReady(b, signer, readyTimeout)
+		b.StopTimer()
+		bare = append(bare, d)
+		cur.stop()
+		cur = nil
+
+		name := fmt.Sprintf("bench-pair-%d", i)
+		i++
+		r := cli(b, "", "create", name)
+		if r.code != 0 {
+			b.Fatalf("create: %s", r)
+		}
+		pairedCreate = append(pairedCreate, r.took)
+		paired = append(paired, r.took-d)
+		destroyVM(b, name)
+		b.StartTimer()
+	}
+	bare.report(b, "")
+	paired.report(b, "overhead")
+
+	t := &table{title: "BenchmarkBareBoot: bare qemu-system + relay, exec to first agent ping, against minions create", head: sampleHead("measure")}
+	t.addSamples("bare boot to agent ping", bare)
+	t.addSamples("  (qemu-img overlay, untimed)", overlay)
+	t.addSamples("minions create, paired runs", pairedCreate)
+	t.addSamples("overhead, pairwise (create - bare)", paired)
+	if len(createReady) > 0 {
+		t.addSamples("BenchmarkCreateReady", createReady)
+	}
+	t.print()
+	sum := fmt.Sprintf("orchestration overhead: pairwise median %s ms (create %s ms vs bare %s ms; ratio %.2f); target < 150 ms",
+		fmtMS(paired.median()), fmtMS(pairedCreate.median()), fmtMS(bare.median()), ms(pairedCreate.median())/ms(bare.median()))
+	if len(createReady) > 0 {
+		sum += fmt.Sprintf("; against BenchmarkCreateReady's median: %s ms added (ratio %.2f)",
+			fmtMS(createReady.median()-bare.median()), ms(createReady.median())/ms(bare.median()))
+	}
+	fmt.Fprintln(os.Stderr, sum)
+}
+
+// benchBridge is the bridge Minions attaches TAPs to (learnt from a VM).
+var benchBridge string
+
+// Exec round trips per iteration, each timed on its own.
+const (
+	cliExecBatch    = 4
+	inprocExecBatch = 25
+)
+
+// BenchmarkExecRoundTrip times `true` in a running VM three ways: the CLI
+// (`minions exec vm true`, a new process, database read and agent
+// connection each time); in process, dialing the relay socket and doing
+// the SSH handshake each time; and in process on one open connection.
+func BenchmarkExecRoundTrip(b *testing.B) {
+	benchSetup(b)
+	v := benchVM(b, "bench-exec")
+	signer := hostSigner(b)
+	results := map[string]samples{}
+
+	b.Run("cli", func(b *testing.B) {
+		var s samples
+		for b.Loop() {
+			for range cliExecBatch {
+				r := cli(b, "", "exec", v.Name, "true")
+				if r.code != 0 {
+					b.Fatalf("exec: %s", r)
+				}
+				s = append(s, r.took)
+			}
+		}
+		s.report(b, "")
+		results["cli"] = s
+	})
+	b.Run("dial+exec", func(b *testing.B) {
+		var s samples
+		for b.Loop() {
+			for range inprocExecBatch {
+				start := time.Now()
+				cl := dialAgent(b, v.ID, signer)
+				err := execTrue(context.Background(), cl)
+				cl.Close()
+				if err != nil {
+					b.Fatal(err)
+				}
+				s = append(s, time.Since(start))
+			}
+		}
+		s.report(b, "")
+		results["dial+exec"] = s
+	})
+	b.Run("open-conn", func(b *testing.B) {
+		cl := dialAgent(b, v.ID, signer)
+		defer cl.Close()
+		if err := execTrue(context.Background(), cl); err != nil { // warm
+			b.Fatal(err)
+		}
+		var s samples
+		for b.Loop() {
+			for range inprocExecBatch {
+				start := time.Now()
+				if err := execTrue(context.Background(), cl); err != nil {
+					b.Fatal(err)
+				}
+				s = append(s, time.Since(start))
+			}
+		}
+		s.report(b, "")
+		results["open-conn"] = s
+	})
+
+	t := &table{title: "BenchmarkExecRoundTrip: `true` in the guest, per round trip", head: sampleHead("how")}
+	t.addSamples("minions exec vm true (CLI process)", results["cli"])
+	t.addSamples("in process: dial + handshake + exec", results["dial+exec"])
+	t.addSamples("in process: exec on an open connection", results["open-conn"])
+	t.print()
+}
+
+// BenchmarkMemoryPerVM measures the host memory each VM costs with two VMs
+// running and no daemon: the proportional set size (PSS, so pages the two
+// share are split between them) of the agent relays, the only long-lived
+// Minions processes per VM, and of QEMU apart. One iteration samples both
+// VMs; the metrics are medians per VM in KiB.
+func BenchmarkMemoryPerVM(b *testing.B) {
+	benchSetup(b)
+	vms := []vmJSON{benchVM(b, "bench-mem-a"), benchVM(b, "bench-mem-b")}
+	signer := hostSigner(b)
+	// Exercise each relay once (a connection and an exec), then let
+	// both guests settle.
+	for _, v := range vms {
+		cl := dialAgent(b, v.ID, signer)
+		if err := execTrue(context.Background(), cl); err != nil {
+			b.Fatal(err)
+		}
+		cl.Close()
+	}
+	time.Sleep(2 * time.Second)
+
+	type pids struct{ qemu, relay int }
+	var ps []pids
+	for _, v := range vms {
+		rp, err := relayPID(v.ID)
+		if err != nil {
+			b.Fatal(err)
+		}
+		ps = append(ps, pids{v.PID, rp})
+	}
+	var relayPSS, relayRSS, qemuPSS, qemuRSS []int64
+	for b.Loop() {
+		var rp, rr, qp, qr int64
+		for _, p := range ps {
+			r, err := procMem(p.relay)
+			if err != nil {
+				b.Fatal(err)
+			}
+			q, err := procMem(p.qemu)
+			if err != nil {
+				b.Fatal(err)
+			}
+			rp, rr, qp, qr = rp+r.PSS, rr+r.RSS, qp+q.PSS, qr+q.RSS
+		}
+		n := int64(len(ps))
+		relayPSS, relayRSS = append(relayPSS, rp/n), append(relayRSS, rr/n)
+		qemuPSS, qemuRSS = append(qemuPSS, qp/n), append(qemuRSS, qr/n)
+		b.StopTimer()
+		time.Sleep(300 * time.Millisecond)
+		b.StartTimer()
+	}
+	med := func(v []int64) int64 { return medianInt(v) }
+	b.ReportMetric(float64(med(relayPSS)), "relay-pss-KiB/vm")
+	b.ReportMetric(float64(med(qemuPSS)), "qemu-pss-KiB/vm")
+
+	t := &table{title: fmt.Sprintf("BenchmarkMemoryPerVM: host memory per VM, 2 VMs of %d MiB running, no daemon (median of %d samples)", vms[0].Memory, len(relayPSS)),
+		head: []string{"process", "PSS KiB/vm", "RSS KiB/vm"}}
+	t.add("minions agent-relay", strconv.FormatInt(med(relayPSS), 10), strconv.FormatInt(med(relayRSS), 10))
+	t.add("qemu-system-x86_64", strconv.FormatInt(med(qemuPSS), 10), strconv.FormatInt(med(qemuRSS), 10))
+	t.print()
+}
+
+func medianInt(v []int64) int64 {
+	s := make(samples, len(v))
+	for i, x := range v {
+		s[i] = time.Duration(x)
+	}
+	return int64(s.median())
+}
+
+// snapshotSizes is how much each VM of BenchmarkSnapshot writes, in MiB.
+var snapshotSizes = []int{0, 16, 64, 256}
+
+// BenchmarkSnapshot times `minions snapshot create` and `minions snapshot
+// restore --yes` on a running VM against how much the VM has written to
+// its disk (dd in the guest, then sync): one fresh VM per size. Create
+// freezes the guest, pauses it and copies its qcow2 overlay; restore
+// copies the snapshot's overlay aside, kills the VM, swaps the disk in and
+// boots it cold, so restore is dominated by the boot and its size-dependent
+// part is the "prepare disk" step, shown apart.
+func BenchmarkSnapshot(b *testing.B) {
+	benchSetup(b)
+	type row struct {
+		mib             int
+		overlay         int64
+		create, restore samples
+		prepare, copy   samples
+	}
+	var rows []*row
+	for _, mib := range snapshotSizes {
+		r := &row{mib: mib}
+		rows = append(rows, r)
+		b.Run(fmt.Sprintf("written=%dMiB", mib), func(b *testing.B) {
+			name := fmt.Sprintf("bench-snap-%d", mib)
+			v := benchVM(b, name)
+			if mib > 0 {
+				cliMust(b, "exec", name, "--", "sh", "-c", fmt.Sprintf("dd if=/dev/zero of=/root/fill bs=1M count=%d 2>/dev/null && sync", mib))
+			}
+			r.overlay = overlayBytes(v.ID)
+			b.Run("create", func(b *testing.B) {
+				i := 0
+				for b.Loop() {
+					snap := fmt.Sprintf("s%d", i)
+					i++
+					res := cli(b, "", "snapshot", "create", name, "--name", snap)
+					b.StopTimer()
+					if res.code != 0 {
+						b.Fatalf("snapshot create: %s", res)
+					}
+					r.create = append(r.create, res.took)
+					if st, err := parseSteps(res.stderr, "snapshot "+name); err == nil {
+						for _, s := range st {
+							if s.name == "copy disk" {
+								r.copy = append(r.copy, s.took)
+							}
+						}
+					}
+					cliMust(b, "snapshot", "delete", name, snap)
+					b.StartTimer()
+				}
+				r.create.report(b, "")
+			})
+			b.Run("restore", func(b *testing.B) {
+				cliMust(b, "snapshot", "create", name, "--name", "base")
+				for b.Loop() {
+					res := cli(b, "", "snapshot", "restore", name, "base", "--yes")
+					b.StopTimer()
+					if res.code != 0 {
+						b.Fatalf("snapshot restore: %s", res)
+					}
+					r.restore = append(r.restore, res.took)
+					if st, err := parseSteps(res.stderr, "restore "+name); err == nil {
+						for _, s := range st {
+							if s.name == "prepare disk" {
+								r.prepare = append(r.prepare, s.took)
+							}
+						}
+					}
+					b.StartTimer()
+				}
+				r.restore.report(b, "")
+			})
+			if mib > 0 {
+				// The restored VM still holds what it wrote.
+				out := cliMust(b, "exec", name, "--", "stat", "-c", "%s", "/root/fill").stdout
+				if strings.TrimSpace(out) != strconv.Itoa(mib<<20) {
+					b.Fatalf("after restore /root/fill is %q bytes, want %d", out, mib<<20)
+				}
+			}
+		})
+	}
+	t := &table{title: "BenchmarkSnapshot: disk snapshot of a running VM against what it wrote (median / p90 ms)",
+		head: []string{"written MiB", "overlay MiB", "create", "  copy disk", "restore", "  prepare disk", "restore - prepare"}}
+	mp := func(s samples) string {
+		if len(s) == 0 {
+			return "-"
+		}
+		return fmtMS(s.median()) + " / " + fmtMS(s.p90())
+	}
+	for _, r := range rows {
+		rest := samples{}
+		if len(r.prepare) == len(r.restore) {
+			for i := range r.restore {
+				rest = append(rest, r.restore[i]-r.prepare[i])
+			}
+		}
+		t.add(strconv.Itoa(r.mib), strconv.FormatFloat(float64(r.overlay)/(1<<20), 'f', 1, 64),
+			mp(r.create), mp(r.copy), mp(r.restore), mp(r.prepare), mp(rest))
+	}
+	t.print()
+}
+
+// BenchmarkMemorySnapshotResume compares resuming a VM from a memory
+// snapshot (`snapshot restore` of a `snapshot create --memory`, which
+// returns once the agent answers) with a cold boot of the same VM
+// (`minions restart`), and times the memory snapshot itself.
+func BenchmarkMemorySnapshotResume(b *testing.B) {
+	benchSetup(b)
+	name := "bench-memsnap"
+	v := benchVM(b, name)
+	var create, resume, cold samples
+	var resumeSteps, coldSteps stepSamples
+
+	b.Run("snapshot-create", func(b *testing.B) {
+		i := 0
+		for b.Loop() {
+			snap := fmt.Sprintf("m%d", i)
+			i++
+			r := cli(b, "", "snapshot", "create", name, "--name", snap, "--memory")
+			b.StopTimer()
+			if r.code != 0 {
+				b.Fatalf("snapshot create --memory: %s", r)
+			}
+			create = append(create, r.took)
+			cliMust(b, "snapshot", "delete", name, snap)
+			b.StartTimer()
+		}
+		create.report(b, "")
+	})
+	b.Run("resume", func(b *testing.B) {
+		cliMust(b, "exec", name, "--", "sh", "-c", "echo before > /tmp/marker")
+		cliMust(b, "snapshot", "create", name, "--name", "mem", "--memory")
+		for b.Loop() {
+			r := cli(b, "", "snapshot", "restore", name, "mem", "--yes")
+			b.StopTimer()
+			if r.code != 0 {
+				b.Fatalf("snapshot restore: %s", r)
+			}
+			resume = append(resume, r.took)
+			if st, err := parseSteps(r.stderr, "restore "+name); err == nil {
+				resumeSteps.add(st)
+			}
+			// A resume, not a boot: the tmpfs file written before the
+			// snapshot is still there.
+			if out := cliMust(b, "exec", name, "cat", "/tmp/marker").stdout; out != "before\n" {
+				b.Fatalf("after memory restore /tmp/marker = %q: the VM was booted, not resumed", out)
+			}
+			b.StartTimer()
+		}
+		resume.report(b, "")
+	})
+	b.Run("cold-restart", func(b *testing.B) {
+		for b.Loop() {
+			r := cli(b, "", "restart", name)
+			b.StopTimer()
+			if r.code != 0 {
+				b.Fatalf("restart: %s", r)
+			}
+			cold = append(cold, r.took)
+			if st, err := parseSteps(r.stderr, "restart "+name); err == nil {
+				coldSteps.add(st)
+			}
+			b.StartTimer()
+		}
+		cold.report(b, "")
+	})
+
+	t := &table{title: fmt.Sprintf("BenchmarkMemorySnapshotResume: %d MiB VM, memory snapshot resume against a cold restart", v.Memory), head: sampleHead("operation")}
+	t.addSamples("snapshot create --memory", create)
+	t.addSamples("snapshot restore (memory) to agent", resume)
+	for _, n := range resumeSteps.order {
+		t.addSamples("  step "+n, resumeSteps.by[n])
+	}
+	t.addSamples("restart (cold boot) to agent", cold)
+	for _, n := range coldSteps.order {
+		t.addSamples("  step "+n, coldSteps.by[n])
+	}
+	t.print()
+	if len(resume) > 0 && len(cold) > 0 {
+		sum := fmt.Sprintf("memory resume / cold restart: %.2f (%s ms vs %s ms median)", ms(resume.median())/ms(cold.median()), fmtMS(resume.median()), fmtMS(cold.median()))
+		fmt.Fprintln(os.Stderr, sum)
+	}
+}
