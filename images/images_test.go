@@ -278,3 +278,39 @@ func TestNotesHave(t *testing.T) {
 		t.Fatal("found a note that is not there")
 	}
 }
+
+// TestEnsureKernelAptErrors runs EnsureKernel against stand-in apt tools
+// that fail the way apt does offline.
+func TestEnsureKernelAptErrors(t *testing.T) {
+	tests := []struct {
+		name, aptCache, aptGet, want string
+	}{
+		{"no package lists", "echo 'E: No packages found' >&2; exit 100", "exit 0", "apt cannot resolve linux-image-cloud-amd64"},
+		{"download fails", "echo 'linux-image-cloud-amd64'; echo '  Depends: linux-image-6.1.0-99-cloud-amd64'", "echo 'E: Failed to fetch http://deb.debian.org/...' >&2; exit 100", "apt-get download linux-image-6.1.0-99-cloud-amd64"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			bin := t.TempDir()
+			os.WriteFile(filepath.Join(bin, "apt-cache"), []byte("#!/bin/sh\n"+tt.aptCache+"\n"), 0o755)
+			os.WriteFile(filepath.Join(bin, "apt-get"), []byte("#!/bin/sh\n"+tt.aptGet+"\n"), 0o755)
+			t.Setenv("PATH", bin+":/usr/bin:/bin")
+			dir := t.TempDir()
+			_, err := EnsureKernel(t.Context(), dir)
+			if !errors.Is(err, errs.Unavailable) || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("err = %v, want Unavailable containing %q", err, tt.want)
+			}
+			if ents, _ := os.ReadDir(dir); len(ents) != 0 {
+				t.Fatalf("failed install left %v", ents)
+			}
+			// With a kernel already installed, an offline apt is fine.
+			os.MkdirAll(filepath.Join(dir, "6.1.0-1-cloud-amd64"), 0o755)
+			os.WriteFile(filepath.Join(dir, "6.1.0-1-cloud-amd64", "kernel.json"), []byte(`{"version":"6.1.0-1-cloud-amd64"}`), 0o644)
+			if tt.name == "no package lists" {
+				k, err := EnsureKernel(t.Context(), dir)
+				if err != nil || k.Version != "6.1.0-1-cloud-amd64" || k.Path != k.BzImage {
+					t.Fatalf("offline with cache: %+v, %v", k, err)
+				}
+			}
+		})
+	}
+}
