@@ -27,6 +27,7 @@ func Commands() []*cli.Command {
 		imageCmd(),
 		relayCmd(),
 		vsockCmd(),
+		tuiCmd(),
 	}
 }
 
