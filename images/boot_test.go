@@ -9,6 +9,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -421,5 +423,45 @@ func TestCleanTempSparesLiveBuilds(t *testing.T) {
 	os.Chtimes(fresh, old, old)
 	if n, _ := cat.CleanTemp(); n != 1 {
 		t.Fatalf("old unlocked file not removed (n=%d)", n)
+	}
+}
+
+// TestBootTimes compares booting the extracted vmlinux (PVH) with the
+// bzImage: MINIONS_TEST_BOOTBENCH=<n> boots each n times, alternating,
+// one VM at a time, and logs the medians to the agent on the root
+// filesystem.
+func TestBootTimes(t *testing.T) {
+	n, _ := strconv.Atoi(os.Getenv("MINIONS_TEST_BOOTBENCH"))
+	if n <= 0 {
+		t.Skip("set MINIONS_TEST_BOOTBENCH=<boots per kernel>")
+	}
+	k := testKernel(t)
+	dir := t.TempDir()
+	agent := buildTestAgent(t, dir, "1")
+	cat := &Catalog{Dir: filepath.Join(dir, "catalog")}
+	ctx := t.Context()
+	ir, err := cat.Initramfs(ctx, k, agent)
+	if err != nil {
+		t.Fatal(err)
+	}
+	im, err := cat.Build(ctx, BuildOptions{OS: OSMinimal, AgentBinary: agent})
+	if err != nil {
+		t.Fatal(err)
+	}
+	times := map[string][]time.Duration{}
+	for i := 0; i < n; i++ {
+		for _, kern := range []string{k.Vmlinux, k.BzImage} {
+			ov := filepath.Join(dir, fmt.Sprintf("b%d-%s.qcow2", i, filepath.Base(kern)))
+			if err := disk.CreateOverlay(ctx, im.Path, disk.FormatRaw, ov, 0); err != nil {
+				t.Fatal(err)
+			}
+			r := boot(t, kern, ir.Path, ov)
+			times[filepath.Base(kern)] = append(times[filepath.Base(kern)], r.toMarker)
+			os.Remove(ov)
+		}
+	}
+	for name, ts := range times {
+		sort.Slice(ts, func(i, j int) bool { return ts[i] < ts[j] })
+		t.Logf("%s: median %v to agent on rootfs (min %v, max %v, n=%d)", name, ts[len(ts)/2], ts[0], ts[len(ts)-1], len(ts))
 	}
 }
