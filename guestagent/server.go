@@ -26,8 +26,8 @@ import (
 type Server struct {
 	cfg    Config
 	ssh    *ssh.ServerConfig
+	signer ssh.Signer
 	log    *slog.Logger
-	bootAt time.Time
 
 	freezeMu sync.Mutex
 	frozen   []string        // mount points, in freeze order
@@ -46,7 +46,7 @@ func NewServer(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, log: cfg.Log, bootAt: time.Now()}
+	s := &Server{cfg: cfg, log: cfg.Log, signer: signer}
 	want := cfg.AuthorizedKey.Marshal()
 	s.ssh = &ssh.ServerConfig{
 		PublicKeyCallback: func(meta ssh.ConnMetadata, key ssh.PublicKey) (*ssh.Permissions, error) {
@@ -62,10 +62,7 @@ func NewServer(cfg Config) (*Server, error) {
 }
 
 // HostKey returns the public half of the agent's host key.
-func (s *Server) HostKey() ssh.PublicKey {
-	signer, _ := LoadOrCreateHostKey(s.cfg.HostKeyPath)
-	return signer.PublicKey()
-}
+func (s *Server) HostKey() ssh.PublicKey { return s.signer.PublicKey() }
 
 // LoadOrCreateHostKey reads the OpenSSH-format private key at path, or
 // creates an ed25519 key there (mode 0600, written atomically).
