@@ -2,7 +2,6 @@ package images
 
 import (
 	"context"
-	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -478,10 +477,4 @@ func copyFile(src, dst string, perm os.FileMode) error {
 		return err
 	}
 	return os.Chmod(dst, perm)
-}
-
-func randomHex(n int) string {
-	b := make([]byte, n)
-	rand.Read(b)
-	return hex.EncodeToString(b)
 }
