@@ -14,6 +14,7 @@ var Version = "dev"
 func Tree(extra ...*Command) *Command {
 	root := &Command{Name: "minions", Summary: "Minions: instant micro-VMs on your own Linux host."}
 	root.Sub = append(vmCommands(), lifeCommands()...)
+	root.Sub = append(root.Sub, adminCommands()...)
 	root.Sub = append(root.Sub, extra...)
 	root.Sub = append(root.Sub,
 		&Command{Name: "version", Summary: "Print the version", Run: func(ctx context.Context, x *Ctx) error {

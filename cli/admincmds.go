@@ -1,0 +1,306 @@
+package cli
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/minionsdev/minions/internal/errs"
+	"github.com/minionsdev/minions/service"
+)
+
+// AdminBackend is the users, quotas and tokens part of a backend, apart
+// from Backend so the VM commands' interface stays lean. Local and
+// api.Client implement it; the commands below type-assert.
+type AdminBackend interface {
+	AddUser(ctx context.Context, name string, admin bool, sshKey string) (service.User, error)
+	ListUsers(ctx context.Context) ([]service.User, error)
+	RemoveUser(ctx context.Context, name string) error
+	SetQuota(ctx context.Context, name string, q service.Quota) (service.User, error)
+	// CreateToken makes a token for user ("": the caller); expires 0: never.
+	CreateToken(ctx context.Context, user, name string, expires time.Duration) (service.NewToken, error)
+	// ListTokens lists user's tokens ("": the caller's, every user's for an admin).
+	ListTokens(ctx context.Context, user string) ([]service.Token, error)
+	RevokeToken(ctx context.Context, id string) error
+}
+
+var _ AdminBackend = (*Local)(nil)
+
+func (l *Local) AddUser(ctx context.Context, name string, admin bool, sshKey string) (service.User, error) {
+	return l.Svc.AddUser(ctx, l.Caller, name, admin, sshKey)
+}
+func (l *Local) ListUsers(ctx context.Context) ([]service.User, error) {
+	return l.Svc.ListUsers(ctx, l.Caller)
+}
+func (l *Local) RemoveUser(ctx context.Context, name string) error {
+	return l.Svc.RemoveUser(ctx, l.Caller, name)
+}
+func (l *Local) SetQuota(ctx context.Context, name string, q service.Quota) (service.User, error) {
+	return l.Svc.SetQuota(ctx, l.Caller, name, q)
+}
+func (l *Local) CreateToken(ctx context.Context, user, name string, expires time.Duration) (service.NewToken, error) {
+	return l.Svc.CreateToken(ctx, l.Caller, user, name, expires)
+}
+func (l *Local) ListTokens(ctx context.Context, user string) ([]service.Token, error) {
+	return l.Svc.ListTokens(ctx, l.Caller, user)
+}
+func (l *Local) RevokeToken(ctx context.Context, id string) error {
+	return l.Svc.RevokeToken(ctx, l.Caller, id)
+}
+
+// adminBackend opens the backend and checks that it manages users.
+func (x *Ctx) adminBackend(ctx context.Context) (AdminBackend, error) {
+	be, err := x.Backend(ctx)
+	if err != nil {
+		return nil, err
+	}
+	ab, ok := be.(AdminBackend)
+	if !ok {
+		return nil, errs.New(errs.FailedPrecondition, "this backend does not manage users and tokens")
+	}
+	return ab, nil
+}
+
+// ParseExpiry parses a token lifetime: a Go duration ("12h", "90m") or a
+// whole number of days ("30d"). "" and "0" mean never.
+func ParseExpiry(s string) (time.Duration, error) {
+	if s == "" || s == "0" {
+		return 0, nil
+	}
+	if d, ok := strings.CutSuffix(s, "d"); ok {
+		n, err := strconv.Atoi(d)
+		if err != nil || n <= 0 || n > 36500 {
+			return 0, errs.New(errs.InvalidArgument, "invalid expiry %q: want e.g. 30d or 12h", s)
+		}
+		return time.Duration(n) * 24 * time.Hour, nil
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil || d <= 0 {
+		return 0, errs.New(errs.InvalidArgument, "invalid expiry %q: want e.g. 30d or 12h", s)
+	}
+	return d, nil
+}
+
+// adminCommands are user, token and quota management.
+func adminCommands() []*Command {
+	return []*Command{userCmd(), tokenCmd(), quotaCmd()}
+}
+
+func userCmd() *Command {
+	return &Command{Name: "user", Summary: "Manage users (admins)", Sub: []*Command{
+		{Name: "add", Usage: "NAME [--ssh-key FILE|-] [--admin]", Summary: "Add a user", MinArgs: 1, MaxArgs: 1,
+			Flags: func(fs *flag.FlagSet) {
+				fs.String("ssh-key", "", "the user's first SSH public key (a file, or - for stdin)")
+				fs.Bool("admin", false, "make the user an admin")
+			},
+			Run: func(ctx context.Context, x *Ctx) error {
+				var key string
+				switch f := strFlag(x.FS, "ssh-key"); {
+				case f == "-":
+					b, err := io.ReadAll(io.LimitReader(x.Stdin, 64<<10))
+					if err != nil {
+						return errs.New(errs.InvalidArgument, "read key: %v", err)
+					}
+					key = string(b)
+				case f != "" && x.Remote:
+					return errs.New(errs.InvalidArgument, "over ssh, pipe the key in: `--ssh-key - < key.pub`")
+				case f != "":
+					b, err := os.ReadFile(f)
+					if err != nil {
+						return errs.New(errs.InvalidArgument, "read key: %v", err)
+					}
+					key = string(b)
+				}
+				if lines := nonEmptyLines(key); len(lines) > 1 {
+					return errs.New(errs.InvalidArgument, "--ssh-key holds %d keys: add one here, the rest with `ssh-key add`", len(lines))
+				} else if len(lines) == 1 {
+					key = lines[0]
+				}
+				ab, err := x.adminBackend(ctx)
+				if err != nil {
+					return err
+				}
+				u, err := ab.AddUser(ctx, x.Args[0], boolFlag(x.FS, "admin"), key)
+				if err != nil {
+					return err
+				}
+				return x.Print(u, func(w io.Writer) { printUsers(w, []service.User{u}) })
+			}},
+		{Name: "list", Summary: "List users with their quotas and usage", Run: func(ctx context.Context, x *Ctx) error {
+			ab, err := x.adminBackend(ctx)
+			if err != nil {
+				return err
+			}
+			us, err := ab.ListUsers(ctx)
+			if err != nil {
+				return err
+			}
+			return x.Print(us, func(w io.Writer) { printUsers(w, us) })
+		}},
+		{Name: "rm", Usage: "NAME [--yes]", Summary: "Remove a user who owns no VMs (and their keys and tokens)", MinArgs: 1, MaxArgs: 1,
+			Run: func(ctx context.Context, x *Ctx) error {
+				ab, err := x.adminBackend(ctx)
+				if err != nil {
+					return err
+				}
+				if err := x.confirm("remove user " + x.Args[0] + " with their keys and tokens"); err != nil {
+					return err
+				}
+				if err := ab.RemoveUser(ctx, x.Args[0]); err != nil {
+					return err
+				}
+				return x.Print(map[string]string{"removed": x.Args[0]}, func(w io.Writer) { fmt.Fprintf(w, "removed user %s\n", x.Args[0]) })
+			}},
+	}}
+}
+
+func limit(n int, unit string) string {
+	if n == 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%d%s", n, unit)
+}
+
+func printUsers(w io.Writer, us []service.User) {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "NAME\tROLE\tKEYS\tVMS\tCPUS\tMEMORY\tDISK")
+	for _, u := range us {
+		role := "user"
+		if u.Admin {
+			role = "admin"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%d/%s\t%d/%s\t%d/%s\t%d/%s\n", u.Name, role, u.SSHKeys,
+			u.Usage.VMs, limit(u.Quota.MaxVMs, ""), u.Usage.CPUs, limit(u.Quota.MaxCPUs, ""),
+			u.Usage.MemoryMiB, limit(u.Quota.MaxMemoryMiB, " MiB"), u.Usage.DiskGiB, limit(u.Quota.MaxDiskGiB, " GiB"))
+	}
+	tw.Flush()
+}
+
+func tokenCmd() *Command {
+	return &Command{Name: "token", Summary: "Manage API tokens", Sub: []*Command{
+		{Name: "create", Usage: "[--user NAME] [--name LABEL] [--expires 30d]", Summary: "Create a token (its secret is shown once)",
+			Flags: func(fs *flag.FlagSet) {
+				fs.String("user", "", "create it for this user (admins; default: you)")
+				fs.String("name", "", "a label to recognise it by")
+				fs.String("expires", "", "lifetime, e.g. 30d or 12h (default: never)")
+			},
+			Run: func(ctx context.Context, x *Ctx) error {
+				exp, err := ParseExpiry(strFlag(x.FS, "expires"))
+				if err != nil {
+					return err
+				}
+				ab, err := x.adminBackend(ctx)
+				if err != nil {
+					return err
+				}
+				t, err := ab.CreateToken(ctx, strFlag(x.FS, "user"), strFlag(x.FS, "name"), exp)
+				if err != nil {
+					return err
+				}
+				return x.Print(t, func(w io.Writer) {
+					fmt.Fprintf(w, "%s\n", t.Secret)
+					fmt.Fprintf(x.Stderr, "token %s for %s: shown once, keep it safe (MINIONS_API_KEY, --api-key or ~/.config/minions/token)\n", t.ID, t.User)
+				})
+			}},
+		{Name: "list", Usage: "[--user NAME]", Summary: "List tokens (yours; everyone's for an admin)",
+			Flags: func(fs *flag.FlagSet) { fs.String("user", "", "only this user's") },
+			Run: func(ctx context.Context, x *Ctx) error {
+				ab, err := x.adminBackend(ctx)
+				if err != nil {
+					return err
+				}
+				ts, err := ab.ListTokens(ctx, strFlag(x.FS, "user"))
+				if err != nil {
+					return err
+				}
+				return x.Print(ts, func(w io.Writer) {
+					tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+					fmt.Fprintln(tw, "ID\tUSER\tNAME\tCREATED\tEXPIRES\tLAST USED")
+					for _, t := range ts {
+						fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", t.ID, t.User, dash(t.Name), day(t.CreatedAt), day(t.ExpiresAt), day(t.LastUsedAt))
+					}
+					tw.Flush()
+				})
+			}},
+		{Name: "revoke", Usage: "ID", Summary: "Revoke a token", MinArgs: 1, MaxArgs: 1, Run: func(ctx context.Context, x *Ctx) error {
+			ab, err := x.adminBackend(ctx)
+			if err != nil {
+				return err
+			}
+			if err := ab.RevokeToken(ctx, x.Args[0]); err != nil {
+				return err
+			}
+			return x.Print(map[string]string{"revoked": x.Args[0]}, func(w io.Writer) { fmt.Fprintf(w, "revoked %s\n", x.Args[0]) })
+		}},
+	}}
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+func day(t time.Time) string {
+	if t.IsZero() {
+		return "-"
+	}
+	return t.Local().Format("2006-01-02 15:04")
+}
+
+func quotaCmd() *Command {
+	return &Command{Name: "quota", Summary: "Per-user limits (admins)", Sub: []*Command{
+		{Name: "set", Usage: "USER [--vms N] [--cpus N] [--memory MiB] [--disk GiB]", Summary: "Set a user's quota (0: unlimited; unset flags keep their value)",
+			MinArgs: 1, MaxArgs: 1,
+			Flags: func(fs *flag.FlagSet) {
+				fs.Int("vms", 0, "most VMs")
+				fs.Int("cpus", 0, "most vCPUs over all VMs")
+				fs.Int("memory", 0, "most memory over all VMs, MiB")
+				fs.Int("disk", 0, "most disk over all VMs, GiB")
+			},
+			Run: func(ctx context.Context, x *Ctx) error {
+				ab, err := x.adminBackend(ctx)
+				if err != nil {
+					return err
+				}
+				var q service.Quota
+				for _, u := range mustUsers(ctx, ab) {
+					if u.Name == x.Args[0] {
+						q = u.Quota
+					}
+				}
+				x.FS.Visit(func(f *flag.Flag) {
+					v := f.Value.(flag.Getter).Get().(int)
+					switch f.Name {
+					case "vms":
+						q.MaxVMs = v
+					case "cpus":
+						q.MaxCPUs = v
+					case "memory":
+						q.MaxMemoryMiB = v
+					case "disk":
+						q.MaxDiskGiB = v
+					}
+				})
+				u, err := ab.SetQuota(ctx, x.Args[0], q)
+				if err != nil {
+					return err
+				}
+				return x.Print(u, func(w io.Writer) { printUsers(w, []service.User{u}) })
+			}},
+	}}
+}
+
+// mustUsers lists users for reading current quotas; an error is left for
+// SetQuota to report.
+func mustUsers(ctx context.Context, ab AdminBackend) []service.User {
+	us, _ := ab.ListUsers(ctx)
+	return us
+}
