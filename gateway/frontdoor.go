@@ -13,10 +13,10 @@ import (
 
 // frontDoor serves every session that does not reach a VM: the dashboard,
 // commands, help, sign-up and refusals.
-func (s *Server) frontDoor(sess ssh.Session) {
+func (s *Server) frontDoor(sess ssh.Session, w *windows) {
 	ctx := sess.Context()
 	id := identityOf(ctx)
-	_, winCh, isPty := sess.Pty()
+	_, _, isPty := sess.Pty()
 	cmd := sess.Command()
 
 	switch id.state {
@@ -33,28 +33,21 @@ func (s *Server) frontDoor(sess ssh.Session) {
 			return
 		}
 		in := newSessionInput(sess)
-		user, ok := s.signUp(sess, in, id)
+		user, ok := s.signUp(sess, in, w, id)
 		if !ok {
 			_ = sess.Exit(ExitUnregistered)
 			return
 		}
-		s.runTea(sess, in, s.dashboard(sess, user, newRenderer(sess)))
+		s.runTea(sess, in, w, s.dashboard(sess, user, newRenderer(sess)))
 		_ = sess.Exit(0)
 		return
 	}
 
 	user := id.user
-	if isPty {
-		if len(cmd) == 0 {
-			s.runTea(sess, newSessionInput(sess), s.dashboard(sess, user, newRenderer(sess)))
-			_ = sess.Exit(0)
-			return
-		}
-		// charmbracelet/ssh blocks its request loop until window changes
-		// are consumed.
-		done := make(chan struct{})
-		defer close(done)
-		go drainWindows(winCh, done)
+	if isPty && len(cmd) == 0 {
+		s.runTea(sess, newSessionInput(sess), w, s.dashboard(sess, user, newRenderer(sess)))
+		_ = sess.Exit(0)
+		return
 	}
 	if len(cmd) == 0 {
 		cmd = []string{"help"}
@@ -73,27 +66,14 @@ func (s *Server) sessionContext(ctx context.Context) (context.Context, context.C
 	return c, func() { stop(); cancel() }
 }
 
-func drainWindows(winCh <-chan ssh.Window, done <-chan struct{}) {
-	for {
-		select {
-		case <-done:
-			return
-		case _, ok := <-winCh:
-			if !ok {
-				return
-			}
-		}
-	}
-}
-
 // signUp runs the registration screen for an unknown key and returns the
 // new user.
-func (s *Server) signUp(sess ssh.Session, in *sessionInput, id identity) (User, bool) {
+func (s *Server) signUp(sess ssh.Session, in *sessionInput, w *windows, id identity) (User, bool) {
 	ctx := sess.Context()
 	m := newRegisterModel(newRenderer(sess), s.cfg.Policy, fingerprint(id), func(name, invite string) (User, error) {
 		return s.register(ctx, id, name, invite)
 	})
-	final := s.runTea(sess, in, m)
+	final := s.runTea(sess, in, w, m)
 	rm, ok := final.(registerModel)
 	if !ok || rm.user == nil {
 		return User{}, false

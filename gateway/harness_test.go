@@ -168,16 +168,24 @@ func (f *fakeCommands) Run(ctx context.Context, u User, args []string, stdin io.
 }
 
 // dashModel is the test dashboard: one line, q quits.
-type dashModel struct{ text string }
+type dashModel struct {
+	text string
+	size string
+}
 
 func (m dashModel) Init() tea.Cmd { return nil }
 func (m dashModel) Update(msg tea.Msg) (tea.Model, tea.Cmd) {
-	if k, ok := msg.(tea.KeyMsg); ok && k.String() == "q" {
-		return m, tea.Quit
+	switch msg := msg.(type) {
+	case tea.KeyMsg:
+		if msg.String() == "q" {
+			return m, tea.Quit
+		}
+	case tea.WindowSizeMsg:
+		m.size = fmt.Sprintf("%dx%d", msg.Width, msg.Height)
 	}
 	return m, nil
 }
-func (m dashModel) View() string { return m.text + "\n" }
+func (m dashModel) View() string { return m.text + "\nsize " + m.size + "\n" }
 
 type harness struct {
 	t        testing.TB

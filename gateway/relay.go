@@ -36,14 +36,14 @@ func (s *Server) agent(ctx context.Context, u User, vm string) (*gossh.Client, f
 func (s *Server) handleSession(srv *ssh.Server, conn *gossh.ServerConn, newChan gossh.NewChannel, ctx ssh.Context) {
 	id := identityFromConn(conn)
 	if id.state != stateUser {
-		ssh.DefaultSessionHandler(srv, conn, newChan, ctx)
+		s.frontDoorSession(conn, newChan, ctx)
 		return
 	}
 	vm := conn.User()
 	client, release, err := s.agent(ctx, id.user, vm)
 	switch {
 	case errors.Is(err, errs.NotFound):
-		ssh.DefaultSessionHandler(srv, conn, newChan, ctx)
+		s.frontDoorSession(conn, newChan, ctx)
 	case err != nil:
 		s.unavailableSession(ctx, newChan, id.user, vm, err)
 	default:

@@ -130,7 +130,8 @@ func New(cfg Config, users Users, vms VMs, cmds Commands, dashboard Dashboard) (
 		func(srv *ssh.Server) error {
 			srv.AddHostKey(signer)
 			srv.ServerConfigCallback = s.serverConfig
-			srv.Handler = s.frontDoor
+			// Sessions go through handleSession; this is a fallback only.
+			srv.Handler = func(sess ssh.Session) { s.frontDoor(sess, &windows{updates: make(chan ssh.Window, 1)}) }
 			srv.ChannelHandlers = map[string]ssh.ChannelHandler{
 				"session":      s.handleSession,
 				"direct-tcpip": s.handleDirectTCPIP,

@@ -42,12 +42,12 @@ func (e sessEnv) Getenv(k string) string {
 
 // runTea runs a Bubble Tea program on the session until it quits or the
 // connection ends, and returns its final model.
-func (s *Server) runTea(sess ssh.Session, in *sessionInput, m tea.Model) tea.Model {
+func (s *Server) runTea(sess ssh.Session, in *sessionInput, w *windows, m tea.Model) tea.Model {
 	ctx, cancel := s.sessionContext(sess.Context())
 	defer cancel()
 	r := in.reader()
 	defer r.stop()
-	pty, winCh, _ := sess.Pty()
+	pty, _, _ := sess.Pty()
 	p := tea.NewProgram(m,
 		tea.WithInput(r),
 		tea.WithOutput(sess),
@@ -67,16 +67,14 @@ func (s *Server) runTea(sess ssh.Session, in *sessionInput, m tea.Model) tea.Mod
 	done := make(chan struct{})
 	defer close(done)
 	go func() {
-		p.Send(tea.WindowSizeMsg{Width: pty.Window.Width, Height: pty.Window.Height})
+		cur := w.current()
+		p.Send(tea.WindowSizeMsg{Width: cur.Width, Height: cur.Height})
 		for {
 			select {
 			case <-done:
 				return
-			case w, ok := <-winCh:
-				if !ok {
-					return
-				}
-				p.Send(tea.WindowSizeMsg{Width: w.Width, Height: w.Height})
+			case win := <-w.updates:
+				p.Send(tea.WindowSizeMsg{Width: win.Width, Height: win.Height})
 			}
 		}
 	}()
