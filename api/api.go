@@ -378,7 +378,9 @@ func (h *handler) table() []route {
 			}
 			return s.Create(ctx, c, req, p)
 		}),
-		get("/v1/vms/{name}", func(ctx context.Context, c service.Caller, r *http.Request) (any, error) { return s.Get(ctx, c, name(r)) }),
+		get("/v1/vms/{name}", func(ctx context.Context, c service.Caller, r *http.Request) (any, error) {
+			return s.Get(ctx, c, name(r))
+		}),
 		call(http.MethodDelete, "/v1/vms/{name}", func(ctx context.Context, c service.Caller, r *http.Request) (any, error) {
 			if err := s.Destroy(ctx, c, name(r)); err != nil {
 				return nil, err
@@ -441,7 +443,9 @@ func (h *handler) table() []route {
 			}
 			return s.Copy(ctx, c, name(r), req, p)
 		}),
-		get("/v1/ssh-keys", func(ctx context.Context, c service.Caller, r *http.Request) (any, error) { return s.ListSSHKeys(ctx, c) }),
+		get("/v1/ssh-keys", func(ctx context.Context, c service.Caller, r *http.Request) (any, error) {
+			return s.ListSSHKeys(ctx, c)
+		}),
 		call(http.MethodPost, "/v1/ssh-keys", func(ctx context.Context, c service.Caller, r *http.Request) (any, error) {
 			var req SSHKeyRequest
 			if err := decode(r, &req); err != nil {

@@ -180,14 +180,14 @@ func (realDisks) Grow(ctx context.Context, path string, size int64) error {
 // fixture is a real service (SQLite, qcow2 disks, guest agent) on the fake
 // hypervisor, served by the API on TCP and on a unix socket.
 type fixture struct {
-	t      testing.TB
-	dir    string
-	svc    *service.Service
-	db     *store.DB
-	drv    *agentDriver
-	url    string // TCP base URL
-	sock   string // unix socket path
-	tokens map[string]string
+	t       testing.TB
+	dir     string
+	svc     *service.Service
+	db      *store.DB
+	drv     *agentDriver
+	url     string // TCP base URL
+	sock    string // unix socket path
+	tokens  map[string]string
 	callers map[string]service.Caller
 }
 
