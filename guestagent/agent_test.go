@@ -264,3 +264,20 @@ func socketpair(t *testing.T) (net.Conn, net.Conn) {
 	}
 	return conns[0], conns[1]
 }
+
+func TestHostKeyReplacesTornKey(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "k")
+	s1, err := LoadOrCreateHostKey(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s2, err := LoadOrCreateHostKey(p)
+	if err != nil || !bytes.Equal(s1.PublicKey().Marshal(), s2.PublicKey().Marshal()) {
+		t.Fatalf("reload changed the key: %v", err)
+	}
+	os.WriteFile(p, nil, 0o600) // a rename that beat its data to disk
+	s3, err := LoadOrCreateHostKey(p)
+	if err != nil || bytes.Equal(s3.PublicKey().Marshal(), s1.PublicKey().Marshal()) {
+		t.Fatalf("torn key not replaced: %v", err)
+	}
+}

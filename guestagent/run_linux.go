@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -99,13 +100,15 @@ func Run(ctx context.Context, opts Options) error {
 	}
 	handle := func(c net.Conn) { srv.ServeConn(ctx, c) }
 
-	channels := 0
-	if _, err := os.Stat("/dev/vsock"); err == nil {
+	// AF_VSOCK when the VM has a virtio vsock device (/dev/vsock alone
+	// only says the module is loaded).
+	vsockOK := false
+	if hasVsockDevice() {
 		l, err := vsock.Listen(cl.VsockPort, nil)
 		if err != nil {
 			log.Warn("vsock listen", "port", cl.VsockPort, "err", err)
 		} else {
-			channels++
+			vsockOK = true
 			context.AfterFunc(ctx, func() { l.Close() })
 			go acceptLoop(l, handle, log)
 		}
@@ -114,15 +117,23 @@ func Run(ctx context.Context, opts Options) error {
 	if wait == 0 {
 		wait = 5 * time.Second
 	}
-	if channels > 0 {
-		wait = 0
-	}
-	dev, err := waitPort(ctx, cl.PortName, wait)
-	if err == nil {
-		channels++
+	servePort := func(dev string) {
 		go link.Serve(ctx, PortOpener(dev), handle, log.With("port", dev))
-	} else if channels == 0 {
-		return err
+	}
+	dev := ""
+	if vsockOK {
+		// Ready now; a virtio-serial port too, should one appear.
+		go func() {
+			if dev, err := waitPort(ctx, cl.PortName, wait); err == nil {
+				servePort(dev)
+			}
+		}()
+	} else {
+		dev, err = waitPort(ctx, cl.PortName, wait)
+		if err != nil {
+			return fmt.Errorf("no agent channel: no vsock device and %w", err)
+		}
+		servePort(dev)
 	}
 	now := uptime().Milliseconds()
 	userspace := "?"
@@ -186,4 +197,11 @@ func ensureMachineID(id string, log *slog.Logger) {
 	if err := os.WriteFile("/etc/machine-id", []byte(hex.EncodeToString(sum[:16])+"\n"), 0o444); err != nil {
 		log.Debug("write machine id", "err", err)
 	}
+}
+
+// hasVsockDevice reports whether a virtio vsock device is bound to its
+// driver.
+func hasVsockDevice() bool {
+	devs, _ := filepath.Glob("/sys/bus/virtio/drivers/vmw_vsock_virtio_transport/virtio*")
+	return len(devs) > 0
 }

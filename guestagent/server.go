@@ -42,7 +42,7 @@ func NewServer(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	cfg = cfg.withDefaults()
-	signer, err := LoadOrCreateHostKey(cfg.HostKeyPath)
+	signer, err := loadOrCreateHostKey(cfg.HostKeyPath, cfg.Log)
 	if err != nil {
 		return nil, err
 	}
@@ -65,8 +65,13 @@ func NewServer(cfg Config) (*Server, error) {
 func (s *Server) HostKey() ssh.PublicKey { return s.signer.PublicKey() }
 
 // LoadOrCreateHostKey reads the OpenSSH-format private key at path, or
-// creates an ed25519 key there (mode 0600, written atomically).
+// creates an ed25519 key there (mode 0600, written atomically and synced).
+// An unparsable key (torn by a power cut) is replaced.
 func LoadOrCreateHostKey(path string) (ssh.Signer, error) {
+	return loadOrCreateHostKey(path, slog.New(slog.DiscardHandler))
+}
+
+func loadOrCreateHostKey(path string, log *slog.Logger) (ssh.Signer, error) {
 	data, err := os.ReadFile(path)
 	if err == nil {
 		signer, perr := ssh.ParsePrivateKey(data)
@@ -75,7 +80,7 @@ func LoadOrCreateHostKey(path string) (ssh.Signer, error) {
 		}
 		// A key torn by a power cut is useless; a new one at least lets
 		// a host that re-pins reach the agent.
-		Console("minions-agent: host key %s unusable (%v): creating a new one", path, perr)
+		log.Warn("host key unusable: creating a new one", "path", path, "err", perr)
 	} else if !errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("read host key: %w", err)
 	}
