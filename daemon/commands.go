@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -28,6 +29,8 @@ func Commands() []*cli.Command {
 		relayCmd(),
 		vsockCmd(),
 		tuiCmd(),
+		serveCmd(),
+		configCmd(),
 	}
 }
 
@@ -256,3 +259,19 @@ func vsockCmd() *cli.Command {
 		}}
 }
 
+
+// remoteCommands are the composition root's commands offered over SSH
+// (none of the host-only ones).
+func remoteCommands() []*cli.Command {
+	var out []*cli.Command
+	for _, c := range Commands() {
+		if !c.HostOnly {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+func splitPort(hostport string) (string, string, error) {
+	return net.SplitHostPort(hostport)
+}

@@ -3,6 +3,7 @@ package service
 import (
 	"context"
 	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"time"
@@ -167,4 +168,46 @@ func (s *Service) ConsoleLog(ctx context.Context, c Caller, name string) (string
 		return "", err
 	}
 	return filepath.Join(s.vmDir(v.ID), "console.log"), nil
+}
+
+// ReattachPorts makes sure every running VM's TAP is on the bridge with its
+// anti-spoofing entry (after the daemon or the firewall restarted).
+func (s *Service) ReattachPorts(ctx context.Context) error {
+	vms, err := store.ListVMs(ctx, s.DB, "")
+	if err != nil {
+		return err
+	}
+	var first error
+	for _, v := range vms {
+		if v.State != store.StateRunning && v.State != store.StatePaused {
+			continue
+		}
+		ip, err := netip.ParseAddr(v.IP)
+		if err == nil {
+			err = s.Network.AddPort(ctx, tapName(v.ID), ip, v.MAC)
+		}
+		if err != nil && first == nil {
+			first = fmt.Errorf("vm %s: %w", v.Name, err)
+		}
+	}
+	return first
+}
+
+// Counts returns how many VMs are in each state (for metrics).
+func (s *Service) Counts(ctx context.Context) (map[string]int, error) {
+	rows, err := s.DB.QueryContext(ctx, `SELECT state, count(*) FROM vms GROUP BY state`)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	out := map[string]int{}
+	for rows.Next() {
+		var st string
+		var n int
+		if err := rows.Scan(&st, &n); err != nil {
+			return nil, err
+		}
+		out[st] = n
+	}
+	return out, rows.Err()
 }

@@ -4,6 +4,8 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
+	"fmt"
 	"strings"
 	"time"
 
@@ -116,4 +118,61 @@ func (s *Service) UserByKey(ctx context.Context, key ssh.PublicKey) (Caller, err
 func hashToken(secret string) string {
 	h := sha256.Sum256([]byte(secret))
 	return hex.EncodeToString(h[:])
+}
+
+// EnsureAdminKeys registers each authorized_keys line (from the daemon's
+// config) to the admin user "root" unless the key is already registered.
+func (s *Service) EnsureAdminKeys(ctx context.Context, lines []string) error {
+	if len(lines) == 0 {
+		return nil
+	}
+	root, err := s.EnsureUser(ctx, "root", true)
+	if err != nil {
+		return err
+	}
+	for _, l := range lines {
+		if _, err := s.AddSSHKey(ctx, root, l); err != nil && !errors.Is(err, errs.AlreadyExists) {
+			return fmt.Errorf("admin key: %w", err)
+		}
+	}
+	return nil
+}
+
+// AuthConfigured reports whether any API token exists (a daemon may then
+// offer its API beyond loopback).
+func (s *Service) AuthConfigured(ctx context.Context) (bool, error) {
+	var n int
+	err := s.DB.QueryRowContext(ctx, `SELECT count(*) FROM tokens`).Scan(&n)
+	return n > 0, err
+}
+
+// RegisterUser signs up a new user owning key (the SSH front door's sign-up;
+// the gateway has already applied its policy). It fails with
+// errs.AlreadyExists for a taken name or a key that is registered.
+func (s *Service) RegisterUser(ctx context.Context, name string, key ssh.PublicKey) (Caller, error) {
+	if err := vm.ValidName("user", name); err != nil {
+		return Caller{}, err
+	}
+	u := store.User{ID: vm.NewID(), Name: name, CreatedAt: time.Now().UTC()}
+	k := store.SSHKey{ID: vm.NewID(), UserID: u.ID, Fingerprint: ssh.FingerprintSHA256(key),
+		PublicKey: strings.TrimSpace(string(ssh.MarshalAuthorizedKey(key))), CreatedAt: time.Now().UTC()}
+	err := s.DB.Tx(ctx, func(q store.Q) error {
+		if err := store.InsertUser(ctx, q, u); err != nil {
+			return err
+		}
+		return store.InsertSSHKey(ctx, q, k)
+	})
+	if err != nil {
+		return Caller{}, err
+	}
+	return Caller{UserID: u.ID, Name: u.Name}, nil
+}
+
+// CallerByName returns the caller for a user name.
+func (s *Service) CallerByName(ctx context.Context, name string) (Caller, error) {
+	u, err := store.GetUser(ctx, s.DB, name)
+	if err != nil {
+		return Caller{}, err
+	}
+	return Caller{UserID: u.ID, Name: u.Name, Admin: u.Admin}, nil
 }

@@ -1,0 +1,127 @@
+package daemon
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"strings"
+
+	"github.com/BurntSushi/toml"
+	"github.com/minionsdev/minions/internal/errs"
+)
+
+// DefaultConfigFile is read by `serve` and `config show` when present.
+const DefaultConfigFile = "/etc/minions/config.toml"
+
+// Config is the daemon's configuration: the config file, then flags.
+// Unknown keys in the file are errors.
+type Config struct {
+	StateDir    string `toml:"state_dir"`    // default /var/lib/minions
+	RunDir      string `toml:"run_dir"`      // default /run/minions (or <state_dir>/run)
+	Hypervisor  string `toml:"hypervisor"`   // auto | qemu | qemu-kvm | qemu-tcg | cloud-hypervisor
+	Subnet      string `toml:"subnet"`       // VM network, default 10.210.0.0/16
+	Bind        string `toml:"bind"`         // HTTP API on TCP, default 127.0.0.1:3000 ("" off)
+	AdminBind   string `toml:"admin_bind"`   // metrics, default 127.0.0.1:9090 ("" off)
+	SSHBind     string `toml:"ssh_bind"`     // SSH front door, default 0.0.0.0:2222 ("" off)
+	ProxyBind   string `toml:"proxy_bind"`   // HTTPS proxy, e.g. 0.0.0.0:443 ("" off)
+	HTTPBind    string `toml:"http_bind"`    // HTTP-01 and redirects, or the local proxy without a domain
+	Domain      string `toml:"domain"`       // VMs at https://<vm>.<domain>
+	PublicIP    string `toml:"public_ip"`    // shown in DNS instructions
+	ACMEEmail   string `toml:"acme_email"`   //
+	ACMECA      string `toml:"acme_ca"`      // directory URL of any ACME CA
+	ACMEStaging bool   `toml:"acme_staging"` // Let's Encrypt staging
+	ACMERoot    string `toml:"acme_root"`    // PEM file of a private ACME CA's root (tests: Pebble)
+	Policy      string `toml:"policy"`       // sign-up over SSH: open | invite | closed (default closed)
+	InviteCode  string `toml:"invite_code"`  //
+	// AdminKeys are SSH public keys (authorized_keys lines) that are
+	// admins; AdminTokens are API token secrets that are admins.
+	AdminKeys   []string `toml:"admin_keys"`
+	AdminTokens []string `toml:"admin_tokens"`
+}
+
+// Defaults fills unset fields.
+func (c *Config) Defaults() {
+	if c.Bind == "" {
+		c.Bind = "127.0.0.1:3000"
+	}
+	if c.AdminBind == "" {
+		c.AdminBind = "127.0.0.1:9090"
+	}
+	if c.SSHBind == "" {
+		c.SSHBind = "0.0.0.0:2222"
+	}
+	if c.Policy == "" {
+		c.Policy = "closed"
+	}
+	if c.Hypervisor == "" {
+		c.Hypervisor = "auto"
+	}
+	if c.Subnet == "" {
+		c.Subnet = "10.210.0.0/16"
+	}
+}
+
+// Validate checks the configuration.
+func (c *Config) Validate() error {
+	if _, err := netip.ParsePrefix(c.Subnet); err != nil {
+		return errs.New(errs.InvalidArgument, "subnet %q: %v", c.Subnet, err)
+	}
+	switch c.Policy {
+	case "open", "invite", "closed":
+	default:
+		return errs.New(errs.InvalidArgument, "policy %q: want open, invite or closed", c.Policy)
+	}
+	if c.Policy == "invite" && c.InviteCode == "" {
+		return errs.New(errs.InvalidArgument, "policy invite needs invite_code")
+	}
+	if c.ProxyBind != "" && c.Domain == "" {
+		return errs.New(errs.InvalidArgument, "proxy_bind needs a domain (without one, use http_bind for http://<vm>.localhost)")
+	}
+	for _, t := range c.AdminTokens {
+		if len(t) < 16 {
+			return errs.New(errs.InvalidArgument, "admin tokens must be at least 16 characters")
+		}
+	}
+	return nil
+}
+
+// LoadConfig reads a TOML config file strictly: unknown keys are errors. A
+// missing file is an empty config unless required.
+func LoadConfig(path string, required bool) (Config, error) {
+	var c Config
+	b, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) && !required {
+		return c, nil
+	}
+	if err != nil {
+		return c, errs.New(errs.InvalidArgument, "config: %v", err)
+	}
+	md, err := toml.NewDecoder(bytes.NewReader(b)).Decode(&c)
+	if err != nil {
+		return c, errs.New(errs.InvalidArgument, "config %s: %v", path, err)
+	}
+	if und := md.Undecoded(); len(und) > 0 {
+		var keys []string
+		for _, k := range und {
+			keys = append(keys, k.String())
+		}
+		return c, errs.New(errs.InvalidArgument, "config %s: unknown keys: %s", path, strings.Join(keys, ", "))
+	}
+	return c, nil
+}
+
+// TOML renders the configuration (secrets masked).
+func (c Config) TOML() string {
+	masked := c
+	masked.AdminTokens = make([]string, len(c.AdminTokens))
+	for i := range masked.AdminTokens {
+		masked.AdminTokens[i] = "********"
+	}
+	var buf bytes.Buffer
+	if err := toml.NewEncoder(&buf).Encode(masked); err != nil {
+		return fmt.Sprint(err)
+	}
+	return buf.String()
+}

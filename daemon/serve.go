@@ -1,0 +1,267 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/minionsdev/minions/api"
+	"github.com/minionsdev/minions/cli"
+	"github.com/minionsdev/minions/internal/errs"
+	"github.com/minionsdev/minions/store"
+	"golang.org/x/sync/errgroup"
+	"golang.org/x/term"
+)
+
+func serveCmd() *cli.Command {
+	return &cli.Command{Name: "serve", HostOnly: true, Summary: "Run the daemon: HTTP API, SSH front door, HTTPS proxy, reconcile loop",
+		Usage: "[--config FILE] [--bind ADDR] [--ssh-bind ADDR] [--proxy-bind ADDR --http-bind ADDR --domain D --acme-email E]",
+		Flags: func(fs *flag.FlagSet) {
+			fs.String("config", DefaultConfigFile, "config file (TOML; unknown keys are errors)")
+			fs.String("bind", "", "HTTP API on TCP (default 127.0.0.1:3000)")
+			fs.String("admin-bind", "", "metrics listener (default 127.0.0.1:9090)")
+			fs.String("ssh-bind", "", "SSH front door (default 0.0.0.0:2222)")
+			fs.String("proxy-bind", "", "HTTPS proxy, e.g. 0.0.0.0:443")
+			fs.String("http-bind", "", "HTTP (ACME HTTP-01 and redirects; the whole proxy without --domain)")
+			fs.String("domain", "", "serve VMs at https://<vm>.<domain>")
+			fs.String("public-ip", "", "this host's public address (for DNS instructions)")
+			fs.String("acme-email", "", "ACME account email")
+			fs.String("acme-ca", "", "ACME directory URL")
+			fs.Bool("acme-staging", false, "use Let's Encrypt's staging CA")
+			fs.String("acme-root", "", "PEM root of a private ACME CA")
+			fs.String("hypervisor", "", "auto, qemu, qemu-kvm, qemu-tcg or cloud-hypervisor")
+			fs.String("policy", "", "SSH sign-up policy: open, invite or closed")
+			fs.String("invite-code", "", "invite code for policy invite")
+		},
+		Run: func(ctx context.Context, x *cli.Ctx) error {
+			cfg, err := effectiveConfig(x)
+			if err != nil {
+				return err
+			}
+			return Serve(ctx, cfg, x.Stderr)
+		}}
+}
+
+func configCmd() *cli.Command {
+	return &cli.Command{Name: "config", HostOnly: true, Summary: "Show the daemon configuration", Sub: []*cli.Command{
+		{Name: "show", Summary: "Print the effective configuration (file, then flags)",
+			Flags: func(fs *flag.FlagSet) { fs.String("config", DefaultConfigFile, "config file") },
+			Run: func(ctx context.Context, x *cli.Ctx) error {
+				cfg, err := effectiveConfig(x)
+				if err != nil {
+					return err
+				}
+				masked := cfg
+				masked.AdminTokens = nil
+				return x.Print(masked, func(w io.Writer) { fmt.Fprint(w, cfg.TOML()) })
+			}},
+	}}
+}
+
+// effectiveConfig is the config file overlaid with the flags given.
+func effectiveConfig(x *cli.Ctx) (Config, error) {
+	path := x.FS.Lookup("config").Value.String()
+	explicit := false
+	x.FS.Visit(func(f *flag.Flag) {
+		if f.Name == "config" {
+			explicit = true
+		}
+	})
+	cfg, err := LoadConfig(path, explicit)
+	if err != nil {
+		return cfg, err
+	}
+	if x.G.StateDir != "" {
+		cfg.StateDir = x.G.StateDir
+	}
+	if x.G.RunDir != "" {
+		cfg.RunDir = x.G.RunDir
+	}
+	x.FS.Visit(func(f *flag.Flag) {
+		v := f.Value.String()
+		switch f.Name {
+		case "bind":
+			cfg.Bind = v
+		case "admin-bind":
+			cfg.AdminBind = v
+		case "ssh-bind":
+			cfg.SSHBind = v
+		case "proxy-bind":
+			cfg.ProxyBind = v
+		case "http-bind":
+			cfg.HTTPBind = v
+		case "domain":
+			cfg.Domain = v
+		case "public-ip":
+			cfg.PublicIP = v
+		case "acme-email":
+			cfg.ACMEEmail = v
+		case "acme-ca":
+			cfg.ACMECA = v
+		case "acme-staging":
+			cfg.ACMEStaging = v == "true"
+		case "acme-root":
+			cfg.ACMERoot = v
+		case "hypervisor":
+			cfg.Hypervisor = v
+		case "policy":
+			cfg.Policy = v
+		case "invite-code":
+			cfg.InviteCode = v
+		}
+	})
+	cfg.Defaults()
+	return cfg, cfg.Validate()
+}
+
+// Serve runs the daemon until ctx ends or SIGINT/SIGTERM. Shutting down
+// never stops VMs: they keep running and the next daemon re-adopts them.
+func Serve(ctx context.Context, cfg Config, logOut io.Writer) error {
+	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	signal.Ignore(syscall.SIGHUP, syscall.SIGPIPE)
+	var handler slog.Handler = slog.NewJSONHandler(logOut, nil)
+	if f, ok := logOut.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
+		handler = slog.NewTextHandler(logOut, nil)
+	}
+	log := slog.New(handler)
+
+	paths, err := ResolvePaths(cfg.StateDir, cfg.RunDir)
+	if err != nil {
+		return err
+	}
+	subnet, _ := netip.ParsePrefix(cfg.Subnet)
+	e, err := Open(ctx, Options{Paths: paths, Subnet: subnet, Hypervisor: cfg.Hypervisor, Log: log})
+	if err != nil {
+		return err
+	}
+	defer e.Close()
+	log.Info("minions starting", "version", cli.Version, "state_dir", paths.State, "driver", e.Driver.Name())
+	if err := e.Network.Setup(ctx); err != nil {
+		return fmt.Errorf("network: %w", err)
+	}
+	if err := e.Service.Reconcile(ctx); err != nil {
+		return fmt.Errorf("reconcile: %w", err)
+	}
+	if err := e.Service.ReattachPorts(ctx); err != nil {
+		log.Warn("reattach vm ports", "err", err)
+	}
+	if _, err := e.Service.EnsureUser(ctx, "root", true); err != nil {
+		return err
+	}
+	if err := e.Service.EnsureAdminKeys(ctx, cfg.AdminKeys); err != nil {
+		return err
+	}
+
+	g, gctx := errgroup.WithContext(ctx)
+	var servers []*http.Server
+	shutdown := func(srv *http.Server) {
+		servers = append(servers, srv)
+	}
+
+	// The HTTP API: root-only unix socket, and TCP.
+	h := api.NewHandler(api.Config{Service: e.Service, Log: log.With("component", "api"), AdminTokens: cfg.AdminTokens})
+	sock := filepath.Join(paths.Run, api.SocketName)
+	uln, err := api.ListenUnix(sock)
+	if err != nil {
+		return err
+	}
+	usrv := api.NewServer(h)
+	shutdown(usrv)
+	g.Go(func() error { return ignoreClosed(usrv.Serve(uln)) })
+	if cfg.Bind != "" {
+		authed, err := e.Service.AuthConfigured(ctx)
+		if err != nil {
+			return err
+		}
+		if err := api.CheckBind(cfg.Bind, authed || len(cfg.AdminTokens) > 0); err != nil {
+			return err
+		}
+		tln, err := net.Listen("tcp", cfg.Bind)
+		if err != nil {
+			return fmt.Errorf("api: %w", err)
+		}
+		tsrv := api.NewServer(h)
+		shutdown(tsrv)
+		g.Go(func() error { return ignoreClosed(tsrv.Serve(tln)) })
+		log.Info("api listening", "unix", sock, "tcp", tln.Addr().String())
+	}
+
+	// Metrics on the admin listener only.
+	metrics := newMetrics(e)
+	if cfg.AdminBind != "" {
+		aln, err := net.Listen("tcp", cfg.AdminBind)
+		if err != nil {
+			return fmt.Errorf("admin: %w", err)
+		}
+		mux := http.NewServeMux()
+		mux.Handle("/metrics", metrics)
+		asrv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+		shutdown(asrv)
+		g.Go(func() error { return ignoreClosed(asrv.Serve(aln)) })
+		log.Info("metrics listening", "addr", aln.Addr().String())
+	}
+
+	// The SSH front door and the HTTPS proxy.
+	if err := startGateway(gctx, g, cfg, e, log, paths); err != nil {
+		return err
+	}
+	if err := startProxy(gctx, g, cfg, e, log, paths, metrics); err != nil {
+		return err
+	}
+
+	// Reconcile: processes that died, operations that were interrupted.
+	g.Go(func() error {
+		t := time.NewTicker(5 * time.Second)
+		defer t.Stop()
+		for {
+			select {
+			case <-gctx.Done():
+				return nil
+			case <-t.C:
+				start := time.Now()
+				if err := e.Service.Reconcile(gctx); err != nil && gctx.Err() == nil {
+					log.Warn("reconcile", "err", err)
+				}
+				metrics.observe("reconcile", time.Since(start))
+			}
+		}
+	})
+
+	g.Go(func() error {
+		<-gctx.Done()
+		sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		for _, s := range servers {
+			s.Shutdown(sctx)
+		}
+		return nil
+	})
+	err = g.Wait()
+	log.Info("minions stopped; vms keep running")
+	if errors.Is(err, context.Canceled) {
+		return nil
+	}
+	return err
+}
+
+func ignoreClosed(err error) error {
+	if errors.Is(err, http.ErrServerClosed) || errors.Is(err, net.ErrClosed) {
+		return nil
+	}
+	return err
+}
+
+var _ = errs.New
+var _ = store.StateRunning
