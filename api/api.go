@@ -495,3 +495,19 @@ func (h *handler) table() []route {
 }
 
 var _ = fmt.Sprint
+
+// Route describes one registered endpoint, for documentation checks.
+type Route struct {
+	Method string
+	Path   string // OpenAPI form: "/v1/vms/{name}"
+}
+
+// Routes lists every endpoint the handler serves.
+func Routes() []Route {
+	h := &handler{}
+	var out []Route
+	for _, r := range h.table() {
+		out = append(out, Route{Method: r.method, Path: strings.ReplaceAll(r.pattern, "...}", "}")})
+	}
+	return out
+}

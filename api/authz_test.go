@@ -1,0 +1,195 @@
+package api_test
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+
+	"github.com/minionsdev/minions/api"
+	"github.com/minionsdev/minions/service"
+)
+
+// seed gives the fixture what the routes act on: alice's running VM "web"
+// with snapshot "s1", her stopped VM "db", a key, a spare token, and a user
+// "carol" who owns nothing.
+func (fx *fixture) seed() (ids map[string]string) {
+	fx.t.Helper()
+	ctx := context.Background()
+	alice := fx.callers["owner"]
+	for _, n := range []string{"web", "db"} {
+		if _, err := fx.svc.Create(ctx, alice, service.CreateRequest{Name: n}, nil); err != nil {
+			fx.t.Fatal(err)
+		}
+	}
+	if _, err := fx.svc.Stop(ctx, alice, "db"); err != nil {
+		fx.t.Fatal(err)
+	}
+	if _, err := fx.svc.CreateSnapshot(ctx, alice, "web", service.SnapshotRequest{Name: "s1"}, nil); err != nil {
+		fx.t.Fatal(err)
+	}
+	k, err := fx.svc.AddSSHKey(ctx, alice, authorizedKey(fx.t))
+	if err != nil {
+		fx.t.Fatal(err)
+	}
+	tok, err := fx.svc.CreateToken(ctx, alice, "", "spare", 0)
+	if err != nil {
+		fx.t.Fatal(err)
+	}
+	if _, err := fx.svc.AddUser(ctx, fx.callers["admin"], "carol", false, ""); err != nil {
+		fx.t.Fatal(err)
+	}
+	return map[string]string{"key": k.Fingerprint, "token": tok.ID}
+}
+
+// outcome sends one request as role and returns its status: the HTTP
+// status, or for a progress stream the status its final line maps to.
+func (fx *fixture) outcome(t *testing.T, role, method, path string, body any, upgrade bool) (int, string) {
+	t.Helper()
+	var rd io.Reader
+	if body != nil {
+		b, _ := json.Marshal(body)
+		rd = strings.NewReader(string(b))
+	}
+	req, err := http.NewRequestWithContext(testCtx(t), method, fx.url+path, rd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tok := fx.tokens[role]; tok != "" {
+		req.Header.Set("Authorization", "Bearer "+tok)
+	}
+	req.Header.Set("Accept", "application/x-ndjson")
+	if upgrade {
+		req.Header.Set("Connection", "Upgrade")
+		req.Header.Set("Upgrade", api.UpgradeProto)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if !strings.HasPrefix(resp.Header.Get("Content-Type"), "application/x-ndjson") {
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	var last string
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		last = sc.Text()
+	}
+	var line struct {
+		Error *api.Error `json:"error"`
+	}
+	json.Unmarshal([]byte(last), &line)
+	if line.Error != nil {
+		return api.Status(line.Error.Code), last
+	}
+	return resp.StatusCode, last
+}
+
+// TestAuthorization runs every route as {admin, owner, another user,
+// anonymous} against a real service and checks the outcome.
+func TestAuthorization(t *testing.T) {
+	const (
+		ok   = http.StatusOK
+		none = http.StatusNoContent
+		up   = http.StatusSwitchingProtocols
+		nf   = http.StatusNotFound
+		deny = http.StatusForbidden
+		anon = http.StatusUnauthorized
+	)
+	type want struct{ admin, owner, other, anon int }
+	routes := []struct {
+		method, path string
+		body         func(role string, ids map[string]string) any
+		want         want
+		fresh        bool // mutates: a new fixture for each caller
+		upgrade      bool
+	}{
+		{method: "GET", path: "/v1/openapi.yaml", want: want{ok, ok, ok, ok}},
+		{method: "GET", path: "/v1/whoami", want: want{ok, ok, ok, anon}},
+		{method: "GET", path: "/v1/vms", want: want{ok, ok, ok, anon}},
+		{method: "POST", path: "/v1/vms", body: func(role string, _ map[string]string) any { return service.CreateRequest{Name: "new-" + role} },
+			want: want{ok, ok, ok, anon}},
+		{method: "GET", path: "/v1/vms/web", want: want{ok, ok, nf, anon}},
+		{method: "DELETE", path: "/v1/vms/web", want: want{ok, ok, nf, anon}, fresh: true},
+		{method: "POST", path: "/v1/vms/db/start", want: want{ok, ok, nf, anon}, fresh: true},
+		{method: "POST", path: "/v1/vms/web/stop", want: want{ok, ok, nf, anon}, fresh: true},
+		{method: "POST", path: "/v1/vms/web/restart", want: want{ok, ok, nf, anon}},
+		{method: "POST", path: "/v1/vms/web/exec", body: func(string, map[string]string) any { return api.ExecSpec{Command: "true"} },
+			want: want{up, up, nf, anon}, upgrade: true},
+		{method: "GET", path: "/v1/vms/web/status", want: want{ok, ok, nf, anon}},
+		{method: "GET", path: "/v1/vms/web/logs", want: want{ok, ok, nf, anon}},
+		{method: "GET", path: "/v1/vms/web/snapshots", want: want{ok, ok, nf, anon}},
+		{method: "POST", path: "/v1/vms/web/snapshots", body: func(role string, _ map[string]string) any { return service.SnapshotRequest{Name: "by-" + role} },
+			want: want{ok, ok, nf, anon}},
+		{method: "DELETE", path: "/v1/vms/web/snapshots/s1", want: want{none, none, nf, anon}, fresh: true},
+		{method: "POST", path: "/v1/vms/web/snapshots/s1/restore", want: want{ok, ok, nf, anon}},
+		{method: "POST", path: "/v1/vms/db/resize", body: func(string, map[string]string) any { return service.ResizeRequest{CPUs: 2} },
+			want: want{ok, ok, nf, anon}},
+		{method: "POST", path: "/v1/vms/web/rename", body: func(string, map[string]string) any { return api.RenameRequest{Name: "renamed"} },
+			want: want{ok, ok, nf, anon}, fresh: true},
+		{method: "POST", path: "/v1/vms/web/copy", body: func(role string, _ map[string]string) any { return service.CopyRequest{Name: "copy-" + role} },
+			want: want{ok, ok, nf, anon}},
+		{method: "GET", path: "/v1/ssh-keys", want: want{ok, ok, ok, anon}},
+		{method: "POST", path: "/v1/ssh-keys", body: func(string, map[string]string) any { return api.SSHKeyRequest{PublicKey: authorizedKey(t)} },
+			want: want{ok, ok, ok, anon}},
+		// Keys are the caller's own: an admin removes their own keys only.
+		{method: "DELETE", path: "/v1/ssh-keys/{key}", want: want{nf, none, nf, anon}, fresh: true},
+		{method: "GET", path: "/v1/users", want: want{ok, deny, deny, anon}},
+		{method: "POST", path: "/v1/users", body: func(role string, _ map[string]string) any { return api.UserRequest{Name: "u-" + role} },
+			want: want{ok, deny, deny, anon}},
+		{method: "DELETE", path: "/v1/users/carol", want: want{none, deny, deny, anon}, fresh: true},
+		{method: "PUT", path: "/v1/users/alice/quota", body: func(string, map[string]string) any { return service.Quota{MaxVMs: 10} },
+			want: want{ok, deny, deny, anon}},
+		{method: "GET", path: "/v1/tokens", want: want{ok, ok, ok, anon}},
+		{method: "POST", path: "/v1/tokens", body: func(string, map[string]string) any { return api.TokenRequest{Name: "t"} },
+			want: want{ok, ok, ok, anon}},
+		// Others' tokens are not found, as others' VMs are.
+		{method: "DELETE", path: "/v1/tokens/{token}", want: want{none, none, nf, anon}, fresh: true},
+	}
+	shared := newFixture(t)
+	sharedIDs := shared.seed()
+	covered := map[string]bool{}
+	for _, rt := range routes {
+		t.Run(rt.method+" "+rt.path, func(t *testing.T) {
+			for _, role := range []string{"anon", "other", "owner", "admin"} {
+				fx, ids := shared, sharedIDs
+				if rt.fresh {
+					fx = newFixture(t)
+					ids = fx.seed()
+				}
+				path := strings.NewReplacer("{key}", ids["key"], "{token}", ids["token"]).Replace(rt.path)
+				var body any
+				if rt.body != nil {
+					body = rt.body(role, ids)
+				}
+				got, text := fx.outcome(t, role, rt.method, path, body, rt.upgrade)
+				w := map[string]int{"admin": rt.want.admin, "owner": rt.want.owner, "other": rt.want.other, "anon": rt.want.anon}[role]
+				if got != w {
+					t.Errorf("as %s: status %d, want %d (%.300s)", role, got, w, text)
+				}
+			}
+		})
+		covered[rt.method+" "+rt.path] = true
+	}
+	// Every route of the API document is in the table.
+	for _, op := range documentedOps(t) {
+		key := op.method + " " + strings.NewReplacer("{name}", "web", "{snapshot}", "s1", "{id}", "x").Replace(op.path)
+		found := false
+		for k := range covered {
+			kk := strings.NewReplacer("/v1/vms/db", "/v1/vms/web", "{key}", "x", "{token}", "x", "/carol", "/web", "/alice/", "/web/").Replace(k)
+			if kk == key || k == op.method+" "+op.path {
+				found = true
+			}
+		}
+		if !found {
+			t.Errorf("route %s %s has no authorization case", op.method, op.path)
+		}
+	}
+	_ = fmt.Sprint
+}
