@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"text/tabwriter"
 	"time"
@@ -17,6 +18,7 @@ import (
 	"github.com/minionsdev/minions/cli"
 	"github.com/minionsdev/minions/images"
 	"github.com/minionsdev/minions/internal/errs"
+	"github.com/minionsdev/minions/store"
 	"github.com/minionsdev/minions/vm/network"
 	"github.com/minionsdev/minions/vsockcli"
 )
@@ -31,6 +33,7 @@ func Commands() []*cli.Command {
 		tuiCmd(),
 		serveCmd(),
 		configCmd(),
+		doctorCmd(),
 	}
 }
 
@@ -176,6 +179,51 @@ func imageCmd() *cli.Command {
 					fmt.Fprintf(w, "built %s in %.1fs (kernel %s)\n", im.Ref(), time.Since(start).Seconds(), k.Version)
 				})
 			}},
+		{Name: "rm", Usage: "IMAGE[@VERSION]", Summary: "Remove an image (all versions, or one); refuses while a VM uses it", MinArgs: 1, MaxArgs: 1,
+			Run: func(ctx context.Context, x *cli.Ctx) error {
+				cat, err := catalog(x)
+				if err != nil {
+					return err
+				}
+				used, err := imagesInUse(ctx, x)
+				if err != nil {
+					return err
+				}
+				removed, err := cat.Remove(x.Args[0], func(im images.Image) bool { return used[im.Ref()] != "" })
+				if err != nil {
+					for ref, vm := range used {
+						if strings.HasPrefix(ref, x.Args[0]) {
+							return errs.New(errs.FailedPrecondition, "%v (vm %s uses %s)", err, vm, ref)
+						}
+					}
+					return err
+				}
+				out := []string{}
+				for _, im := range removed {
+					out = append(out, im.Ref())
+				}
+				return x.Print(map[string]any{"removed": out}, func(w io.Writer) {
+					for _, r := range out {
+						fmt.Fprintf(w, "removed %s\n", r)
+					}
+				})
+			}},
+		{Name: "bake", Usage: "IMAGE[@VERSION]", Summary: "Put this minions-agent into a new version of an image (disks in use are untouched)", MinArgs: 1, MaxArgs: 1,
+			Run: func(ctx context.Context, x *cli.Ctx) error {
+				cat, err := catalog(x)
+				if err != nil {
+					return err
+				}
+				agent, err := AgentBinary()
+				if err != nil {
+					return err
+				}
+				im, err := cat.Bake(ctx, x.Args[0], agent)
+				if err != nil {
+					return err
+				}
+				return x.Print(imageView(im), func(w io.Writer) { fmt.Fprintf(w, "baked %s from %s\n", im.Ref(), im.BakedFrom) })
+			}},
 		{Name: "list", Summary: "List images", Run: func(ctx context.Context, x *cli.Ctx) error {
 			cat, err := catalog(x)
 			if err != nil {
@@ -259,7 +307,6 @@ func vsockCmd() *cli.Command {
 		}}
 }
 
-
 // remoteCommands are the composition root's commands offered over SSH
 // (none of the host-only ones).
 func remoteCommands() []*cli.Command {
@@ -274,4 +321,26 @@ func remoteCommands() []*cli.Command {
 
 func splitPort(hostport string) (string, string, error) {
 	return net.SplitHostPort(hostport)
+}
+
+// imagesInUse maps image refs to a VM using each.
+func imagesInUse(ctx context.Context, x *cli.Ctx) (map[string]string, error) {
+	paths, err := ResolvePaths(x.G.StateDir, x.G.RunDir)
+	if err != nil {
+		return nil, err
+	}
+	db, err := store.Open(ctx, filepath.Join(paths.State, "minions.db"))
+	if err != nil {
+		return nil, err
+	}
+	defer db.Close()
+	vms, err := store.ListVMs(ctx, db, "")
+	if err != nil {
+		return nil, err
+	}
+	used := map[string]string{}
+	for _, v := range vms {
+		used[v.Image] = v.Name
+	}
+	return used, nil
 }

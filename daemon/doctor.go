@@ -1,0 +1,147 @@
+package daemon
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/minionsdev/minions/cli"
+	"github.com/minionsdev/minions/images"
+	"github.com/minionsdev/minions/internal/errs"
+	"github.com/minionsdev/minions/vm/disk"
+	"github.com/minionsdev/minions/vm/hypervisor/kvm"
+	"github.com/minionsdev/minions/vm/network"
+)
+
+// check is one line of `minions doctor`.
+type check struct {
+	What   string `json:"what"`
+	OK     bool   `json:"ok"`
+	Detail string `json:"detail"`
+}
+
+func doctorCmd() *cli.Command {
+	return &cli.Command{Name: "doctor", HostOnly: true, Summary: "Check this host: KVM, hypervisors, agent channel, kernel, images, network, disk",
+		Run: func(ctx context.Context, x *cli.Ctx) error {
+			paths, err := ResolvePaths(x.G.StateDir, x.G.RunDir)
+			if err != nil {
+				return err
+			}
+			checks := doctor(ctx, paths)
+			bad := 0
+			for _, c := range checks {
+				if !c.OK {
+					bad++
+				}
+			}
+			err = x.Print(checks, func(w io.Writer) {
+				tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+				for _, c := range checks {
+					mark := "ok"
+					if !c.OK {
+						mark = "--"
+					}
+					fmt.Fprintf(tw, "%s\t%s\t%s\n", mark, c.What, c.Detail)
+				}
+				tw.Flush()
+			})
+			if err != nil {
+				return err
+			}
+			if bad > 0 && !x.G.JSON {
+				fmt.Fprintf(x.Stderr, "%d check(s) need attention (lines marked --)\n", bad)
+			}
+			return nil
+		}}
+}
+
+func doctor(ctx context.Context, paths Paths) []check {
+	var out []check
+	add := func(what string, ok bool, format string, args ...any) {
+		out = append(out, check{What: what, OK: ok, Detail: fmt.Sprintf(format, args...)})
+	}
+	os.MkdirAll(paths.Run, 0o700)
+	choice, res, err := chooseDriver(ctx, "auto", paths.Run)
+	add("kvm", res.Usable, "%s", res.Reason)
+	if err != nil {
+		add("hypervisor", false, "%v", err)
+	} else {
+		add("hypervisor", true, "%s with %s: %s", choice.Driver, choice.Accel, choice.Why)
+	}
+	for _, bin := range []string{"qemu-system-x86_64", "cloud-hypervisor", "qemu-img", "mkfs.ext4", "debootstrap", "busybox"} {
+		p, err := exec.LookPath(bin)
+		if err != nil {
+			required := bin == "qemu-system-x86_64" || bin == "qemu-img" || bin == "mkfs.ext4"
+			add(bin, !required, "not installed%s", map[bool]string{true: " (required: run scripts/deps.sh)", false: " (optional)"}[required])
+			continue
+		}
+		add(bin, true, "%s %s", p, version(ctx, p))
+	}
+	if _, err := os.Stat("/dev/vhost-vsock"); err == nil {
+		add("agent channel", true, "vhost-vsock (/dev/vhost-vsock)")
+	} else {
+		add("agent channel", true, "virtio-serial + relay (no /dev/vhost-vsock on this host)")
+	}
+	if agent, err := AgentBinary(); err != nil {
+		add("guest agent", false, "%v", err)
+	} else {
+		add("guest agent", true, "%s", agent)
+	}
+	cat := &images.Catalog{Dir: filepath.Join(paths.State, "images")}
+	if k, err := images.NewestKernel(cat.KernelDir()); err != nil {
+		add("guest kernel", false, "none installed: run `minions image build --os minimal`")
+	} else {
+		kind := "bzImage"
+		if k.Vmlinux != "" {
+			kind = "vmlinux (PVH)"
+		}
+		add("guest kernel", true, "%s, %s", k.Version, kind)
+	}
+	if ims, err := cat.List(); err != nil || len(ims) == 0 {
+		add("images", false, "none built: run `minions image build --os minimal`")
+	} else {
+		var refs []string
+		for _, im := range ims {
+			refs = append(refs, im.Ref())
+		}
+		add("images", true, "%s", strings.Join(refs, ", "))
+	}
+	if os.Geteuid() == 0 {
+		m, err := network.New(network.DefaultConfig(), nil)
+		if err == nil {
+			rep, err := m.Check(ctx)
+			if err != nil {
+				add("network", false, "%v", err)
+			} else if probs := rep.Problems(); len(probs) > 0 {
+				var ds []string
+				for _, p := range probs {
+					ds = append(ds, p.What+": "+p.Detail)
+				}
+				add("network", false, "%s (run `minions init`)", strings.Join(ds, "; "))
+			} else {
+				add("network", true, "bridge %s and nftables table %s in place", network.DefaultBridge, network.DefaultTable)
+			}
+		}
+	} else {
+		add("network", false, "%v", errs.New(errs.PermissionDenied, "run as root to check the bridge and nftables"))
+	}
+	if free, err := disk.FreeBytes(filepath.Dir(paths.State)); err == nil {
+		add("free disk", free > 5<<30, "%d GiB free under %s", free>>30, filepath.Dir(paths.State))
+	}
+	_ = kvm.DriverQEMU
+	return out
+}
+
+func version(ctx context.Context, bin string) string {
+	out, err := exec.CommandContext(ctx, bin, "--version").Output()
+	if err != nil {
+		return ""
+	}
+	line, _, _ := strings.Cut(string(out), "\n")
+	return strings.TrimSpace(line)
+}
