@@ -4,6 +4,8 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/base64"
+	"errors"
+	"fmt"
 	"strings"
 	"time"
 	"unicode"
@@ -161,16 +163,20 @@ func (s *Service) AuthenticateToken(ctx context.Context, secret string) (Caller,
 		return Caller{}, fail
 	}
 	t, err := store.TokenByHash(ctx, s.DB, hashToken(secret))
-	if err != nil {
+	if errors.Is(err, errs.NotFound) {
 		return Caller{}, fail
+	} else if err != nil {
+		return Caller{}, fmt.Errorf("authenticate token: %w", err)
 	}
 	now := time.Now()
 	if !t.ExpiresAt.IsZero() && !now.Before(t.ExpiresAt) {
 		return Caller{}, fail
 	}
 	u, err := store.GetUser(ctx, s.DB, t.UserID)
-	if err != nil {
+	if errors.Is(err, errs.NotFound) {
 		return Caller{}, fail
+	} else if err != nil {
+		return Caller{}, fmt.Errorf("authenticate token: %w", err)
 	}
 	if now.Sub(t.LastUsedAt) >= touchEvery {
 		if err := store.TouchToken(ctx, s.DB, t.ID, now); err != nil {
