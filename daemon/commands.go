@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"sort"
 	"strings"
 	"syscall"
 	"text/tabwriter"
@@ -104,30 +105,56 @@ func initCmd() *cli.Command {
 		}}
 }
 
-// persist installs and enables a systemd unit that runs `minions init` at
-// boot with the same state directory.
+// persist installs and enables two systemd units: minions-init (redoes
+// `minions init` at boot: bridge, nftables) and minions (runs `minions
+// serve`), with the same state directory.
 func persist(paths Paths) (string, error) {
 	exe, err := os.Executable()
 	if err != nil {
 		return "", err
 	}
+	args := ""
 	if paths.State != DefaultStateDir {
-		exe = exe + " --state-dir " + paths.State + " --run-dir " + paths.Run
+		args = " --state-dir " + paths.State + " --run-dir " + paths.Run
 	}
-	unit := "/etc/systemd/system/minions-init.service"
-	if err := os.WriteFile(unit, []byte(network.PersistUnit(exe)), 0o644); err != nil {
-		return "", fmt.Errorf("write %s: %w", unit, err)
+	units := map[string]string{
+		"minions-init.service": network.PersistUnit(exe + args),
+		"minions.service": `[Unit]
+Description=Minions daemon: API, SSH front door, HTTPS proxy
+Documentation=https://github.com/minionsdev/minions
+After=network-online.target minions-init.service
+Wants=network-online.target minions-init.service
+
+[Service]
+ExecStart=` + exe + args + ` serve
+Restart=on-failure
+RestartSec=2
+# VMs run in their own sessions and outlive the daemon: never kill them.
+KillMode=process
+
+[Install]
+WantedBy=multi-user.target
+`,
 	}
 	wants := "/etc/systemd/system/multi-user.target.wants"
 	if err := os.MkdirAll(wants, 0o755); err != nil {
 		return "", err
 	}
-	link := filepath.Join(wants, "minions-init.service")
-	os.Remove(link)
-	if err := os.Symlink(unit, link); err != nil {
-		return "", err
+	var names []string
+	for name, body := range units {
+		unit := filepath.Join("/etc/systemd/system", name)
+		if err := os.WriteFile(unit, []byte(body), 0o644); err != nil {
+			return "", fmt.Errorf("write %s: %w", unit, err)
+		}
+		link := filepath.Join(wants, name)
+		os.Remove(link)
+		if err := os.Symlink(unit, link); err != nil {
+			return "", err
+		}
+		names = append(names, unit)
 	}
-	return unit, nil
+	sort.Strings(names)
+	return strings.Join(names, ", "), nil
 }
 
 func imageCmd() *cli.Command {
