@@ -160,20 +160,20 @@ func TestQEMUAgent(t *testing.T) {
 			}
 		}
 	}
-	cmdline := "console=ttyS0 root=/dev/vda rw quiet tsc_early_khz=" + khz +
+	// reboot=t: the kernel's default reboot path ends in a BIOS jump that
+	// hangs on microvm; a triple fault makes QEMU reset the machine.
+	cmdline := "console=ttyS0 root=/dev/vda rw quiet reboot=t tsc_early_khz=" + khz +
 		" minions.name=h1vm minions.id=0123456789ab minions.hostkey=" +
 		base64.StdEncoding.EncodeToString(signer.PublicKey().Marshal())
 	serial := filepath.Join(sockDir, "serial.sock")
 	con := &console{marks: map[string][]time.Time{}}
 	var qemuDone chan error
 	var qemu *exec.Cmd
-	// launch starts QEMU as a driver would: -no-reboot, because a microvm
-	// guest reboot under QEMU 7.2 never comes back (reset hangs after
-	// "reboot: machine restart"); a reboot is an exit plus a relaunch.
+	// launch starts QEMU as a driver would.
 	launch := func() time.Time {
 		qemu = exec.CommandContext(ctx, "unshare", "-n", "qemu-system-x86_64",
 			"-M", "microvm", "-accel", "tcg", "-cpu", "max", "-m", "256", "-smp", "1",
-			"-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
+			"-nodefaults", "-no-user-config", "-nographic",
 			"-kernel", img.kernel, "-initrd", img.initrd, "-append", cmdline,
 			"-drive", "id=root,file="+img.rootfs+",format=raw,if=none",
 			"-device", "virtio-blk-device,drive=root",
@@ -284,7 +284,7 @@ func TestQEMUAgent(t *testing.T) {
 	}
 	t.Logf("sftp write+read 1 MB: %v", time.Since(s))
 	size, err := c.GrowFS(ctx)
-	if err != nil || size < 120<<20 {
+	if err != nil || size < 100<<20 { // f_blocks excludes metadata: ~114 MiB of 128
 		t.Fatalf("growfs: %d, %v", size, err)
 	}
 	t.Logf("growfs: root is now %d MiB", size>>20)
@@ -309,32 +309,36 @@ func TestQEMUAgent(t *testing.T) {
 	}
 	t.Logf("relay restart -> agent answers: %v", time.Since(s))
 
-	// Guest reboot: QEMU exits (-no-reboot), the driver relaunches it on
-	// the same socket path, and the same relay must reconnect and redo
-	// the handshake.
+	// Guest reboot in place: QEMU keeps the chardev connection, the relay's
+	// keepalive notices the old session is dead and redoes the handshake
+	// with the rebooted guest.
 	if err := c.Shutdown(ctx, true); err != nil {
 		t.Fatal(err)
 	}
 	c.Close()
 	s = time.Now()
+	deadline := time.Now().Add(120 * time.Second)
+	for {
+		wctx, wcancel := context.WithDeadline(ctx, deadline)
+		c, err = WaitReady(wctx, ep, cfg)
+		wcancel()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if p2, err := c.Ping(ctx); err == nil && p2.BootID != ping.BootID {
+			break
+		}
+		c.Close()
+		if time.Now().After(deadline) {
+			t.Fatal("guest did not come back with a new boot id")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 	select {
 	case err := <-qemuDone:
-		qemuDone <- err
-	case <-time.After(30 * time.Second):
-		t.Fatal("qemu did not exit on guest reboot")
+		t.Fatalf("qemu exited on guest reboot: %v", err)
+	default:
 	}
-	t.Logf("reboot request -> qemu exit: %v", time.Since(s))
-	relaunched := launch()
-	wctx, wcancel = context.WithTimeout(ctx, 90*time.Second)
-	c, err = WaitReady(wctx, ep, cfg)
-	wcancel()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if p2, err := c.Ping(ctx); err != nil || p2.BootID == ping.BootID {
-		t.Fatalf("after reboot: ping %+v, %v (boot id was %s)", p2, err, ping.BootID)
-	}
-	s = relaunched
 	t.Logf("reboot -> agent answers with a new boot id: %v", time.Since(s))
 
 	// Power off: QEMU exits and the relay returns by itself.
