@@ -46,3 +46,18 @@ type Backend interface {
 
 	Close() error
 }
+
+// WebBackend is the web part of a backend: the proxy's port, who may
+// reach a VM, sign-in and share links, custom domains. Local and api.Client
+// implement it; the web commands type-assert (like AdminBackend), so other
+// Backends need not.
+type WebBackend interface {
+	// Expose sets the VM port the proxy forwards to.
+	Expose(ctx context.Context, name string, port int) (service.WebInfo, error)
+	// Share changes public/private and mints links (see service.Share).
+	Share(ctx context.Context, name string, req service.ShareRequest) (service.WebInfo, error)
+	AddDomain(ctx context.Context, name, domain string) (service.Domain, error)
+	VerifyDomain(ctx context.Context, name, domain string) (service.Domain, error)
+	ListDomains(ctx context.Context, name string) ([]service.Domain, error)
+	RemoveDomain(ctx context.Context, name, domain string) error
+}

@@ -150,3 +150,24 @@ func (l *Local) Close() error {
 	}
 	return nil
 }
+
+var _ WebBackend = (*Local)(nil)
+
+func (l *Local) Expose(ctx context.Context, name string, port int) (service.WebInfo, error) {
+	return l.Svc.Expose(ctx, l.Caller, name, port)
+}
+func (l *Local) Share(ctx context.Context, name string, req service.ShareRequest) (service.WebInfo, error) {
+	return l.Svc.Share(ctx, l.Caller, name, req)
+}
+func (l *Local) AddDomain(ctx context.Context, name, domain string) (service.Domain, error) {
+	return l.Svc.AddDomain(ctx, l.Caller, name, domain)
+}
+func (l *Local) VerifyDomain(ctx context.Context, name, domain string) (service.Domain, error) {
+	return l.Svc.VerifyDomain(ctx, l.Caller, name, domain)
+}
+func (l *Local) ListDomains(ctx context.Context, name string) ([]service.Domain, error) {
+	return l.Svc.ListDomains(ctx, l.Caller, name)
+}
+func (l *Local) RemoveDomain(ctx context.Context, name, domain string) error {
+	return l.Svc.RemoveDomain(ctx, l.Caller, name, domain)
+}

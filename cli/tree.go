@@ -15,6 +15,7 @@ func Tree(extra ...*Command) *Command {
 	root := &Command{Name: "minions", Summary: "Minions: instant micro-VMs on your own Linux host."}
 	root.Sub = append(vmCommands(), lifeCommands()...)
 	root.Sub = append(root.Sub, adminCommands()...)
+	root.Sub = append(root.Sub, webCommands()...)
 	root.Sub = append(root.Sub, extra...)
 	root.Sub = append(root.Sub,
 		&Command{Name: "version", Summary: "Print the version", Run: func(ctx context.Context, x *Ctx) error {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"strings"
@@ -33,6 +34,7 @@ type Config struct {
 	ACMECA      string `toml:"acme_ca"`      // directory URL of any ACME CA
 	ACMEStaging bool   `toml:"acme_staging"` // Let's Encrypt staging
 	ACMERoot    string `toml:"acme_root"`    // PEM file of a private ACME CA's root (tests: Pebble)
+	DNSResolver string `toml:"dns_resolver"` // host:port asked to verify custom domains (default: the system's resolver)
 	Policy      string `toml:"policy"`       // sign-up over SSH: open | invite | closed (default closed)
 	InviteCode  string `toml:"invite_code"`  //
 	// AdminKeys are SSH public keys (authorized_keys lines) that are
@@ -78,6 +80,11 @@ func (c *Config) Validate() error {
 	}
 	if c.ProxyBind != "" && c.Domain == "" {
 		return errs.New(errs.InvalidArgument, "proxy_bind needs a domain (without one, use http_bind for http://<vm>.localhost)")
+	}
+	if c.DNSResolver != "" {
+		if _, _, err := net.SplitHostPort(c.DNSResolver); err != nil {
+			return errs.New(errs.InvalidArgument, "dns_resolver %q: want host:port", c.DNSResolver)
+		}
 	}
 	for _, t := range c.AdminTokens {
 		if len(t) < 16 {

@@ -130,6 +130,7 @@ func Open(ctx context.Context, o Options) (*Env, error) {
 	if err != nil {
 		return nil, err
 	}
+	e.Service.SetWeb(storedWeb(db, o.Paths, o.Log)) // serve replaces it with its live proxy
 	ok = true
 	return e, nil
 }

@@ -4,44 +4,124 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/x509"
+	"database/sql"
 	"encoding/hex"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
 	"strconv"
+	"sync"
 
 	"github.com/minionsdev/minions/internal/errs"
 	"github.com/minionsdev/minions/proxy"
+	"github.com/minionsdev/minions/service"
 	"github.com/minionsdev/minions/store"
 	"golang.org/x/sync/errgroup"
 )
 
+// How links reach users: the proxy's signing secret and its public
+// endpoint live in the store (settings proxy_secret and proxy_endpoint).
+// The daemon writes the endpoint when its proxy listens and serves links
+// from that live proxy; a CLI running the service in-process (no daemon
+// socket) builds an identical, non-serving proxy from the two settings, so
+// `minions share` prints links the running daemon accepts, whoever mints
+// them. One-time login links are remembered as used by the proxy that
+// redeems them, which is always the daemon's.
+const (
+	settingProxySecret   = "proxy_secret"
+	settingProxyEndpoint = "proxy_endpoint"
+)
+
+// proxyEndpoint is what a link minter needs to know about the serving
+// proxy.
+type proxyEndpoint struct {
+	Domain      string `json:"domain,omitempty"` // "" local mode (<vm>.localhost)
+	HTTPSPort   int    `json:"https_port,omitempty"`
+	HTTPPort    int    `json:"http_port,omitempty"`
+	DNSResolver string `json:"dns_resolver,omitempty"`
+}
+
 // startProxy runs the HTTPS proxy (https://<vm>.<domain>) or, without a
-// domain, the local HTTP proxy (http://<vm>.localhost:<port>).
+// domain, the local HTTP proxy (http://<vm>.localhost:<port>). It binds
+// before returning, so a busy port fails `serve` at once, and records the
+// bound endpoint for link minting. Without a proxy configured it clears
+// the endpoint, so links are not minted for a proxy nobody runs.
 func startProxy(ctx context.Context, g *errgroup.Group, cfg Config, e *Env, log *slog.Logger, paths Paths, m *metrics) error {
 	if cfg.ProxyBind == "" && cfg.HTTPBind == "" {
-		return nil
+		return e.DB.Tx(ctx, func(q store.Q) error { return store.SetSetting(ctx, q, settingProxyEndpoint, "") })
 	}
-	p, err := newProxy(ctx, cfg, e, log, paths)
+	var httpsLn, httpLn net.Listener
+	closeAll := func() {
+		for _, ln := range []net.Listener{httpsLn, httpLn} {
+			if ln != nil {
+				ln.Close()
+			}
+		}
+	}
+	var err error
+	ep := proxyEndpoint{Domain: cfg.Domain, DNSResolver: cfg.DNSResolver}
+	if cfg.Domain != "" {
+		if cfg.ProxyBind == "" {
+			cfg.ProxyBind = proxy.DefaultHTTPSBind
+		}
+		if httpsLn, err = net.Listen("tcp", cfg.ProxyBind); err != nil {
+			return errs.New(errs.Unavailable, "proxy: %w", err)
+		}
+		ep.HTTPSPort = httpsLn.Addr().(*net.TCPAddr).Port
+	}
+	if cfg.HTTPBind != "" {
+		if httpLn, err = net.Listen("tcp", cfg.HTTPBind); err != nil {
+			closeAll()
+			return errs.New(errs.Unavailable, "proxy: %w", err)
+		}
+		ep.HTTPPort = httpLn.Addr().(*net.TCPAddr).Port
+	}
+	cfg.ProxyBind, cfg.HTTPBind = addrOf(httpsLn, cfg.ProxyBind), addrOf(httpLn, cfg.HTTPBind)
+	p, err := newProxy(ctx, cfg, e, log, paths, ep)
 	if err != nil {
+		closeAll()
 		return err
 	}
+	b, _ := json.Marshal(ep)
+	if err := e.DB.Tx(ctx, func(q store.Q) error { return store.SetSetting(ctx, q, settingProxyEndpoint, string(b)) }); err != nil {
+		closeAll()
+		return err
+	}
+	e.Service.SetWeb(func(context.Context) (service.Web, error) { return p, nil })
 	m.extra = append(m.extra, p.MetricsHandler())
-	g.Go(func() error { return p.Run(ctx) })
-	log.Info("proxy listening", "https", cfg.ProxyBind, "http", cfg.HTTPBind, "domain", cfg.Domain)
+	g.Go(func() error { return p.Serve(ctx, httpsLn, httpLn) })
+	log.Info("proxy listening", "https", addrOf(httpsLn, ""), "http", addrOf(httpLn, ""), "domain", cfg.Domain)
 	return nil
 }
 
-func newProxy(ctx context.Context, cfg Config, e *Env, log *slog.Logger, paths Paths) (*proxy.Proxy, error) {
+func addrOf(ln net.Listener, def string) string {
+	if ln == nil {
+		return def
+	}
+	return ln.Addr().String()
+}
+
+// newProxy builds the proxy from the daemon's config; ep carries the public
+// ports (explicit, so a minter that never binds makes the same links).
+func newProxy(ctx context.Context, cfg Config, e *Env, log *slog.Logger, paths Paths, ep proxyEndpoint) (*proxy.Proxy, error) {
 	secret, err := proxySecret(ctx, e.DB)
 	if err != nil {
 		return nil, err
 	}
 	pc := proxy.Config{Domain: cfg.Domain, HTTPSBind: cfg.ProxyBind, HTTPBind: cfg.HTTPBind, ACMECA: cfg.ACMECA,
+		PublicHTTPSPort: ep.HTTPSPort, PublicHTTPPort: ep.HTTPPort,
 		Staging: cfg.ACMEStaging, ACMEEmail: cfg.ACMEEmail, StorageDir: filepath.Join(paths.State, "certs"),
-		Secret: secret, Log: log.With("component", "proxy"), AccessLog: log.With("component", "access")}
+		Secret: secret, Resolver: resolver(ep.DNSResolver),
+		Log: log.With("component", "proxy"), AccessLog: log.With("component", "access")}
+	if pc.HTTPBind == "" {
+		// With a domain and no plain listener: no HTTP-01 and no
+		// redirects, TLS-ALPN-01 only. Validation still wants an address.
+		pc.HTTPBind = "127.0.0.1:0"
+	}
 	if cfg.ACMERoot != "" {
 		pem, err := os.ReadFile(cfg.ACMERoot)
 		if err != nil {
@@ -57,12 +137,61 @@ func newProxy(ctx context.Context, cfg Config, e *Env, log *slog.Logger, paths P
 	return proxy.New(pc, r, r)
 }
 
+// resolver is the DNS resolver for custom domain verification: the
+// system's, or only the server at addr ("host:port").
+func resolver(addr string) proxy.Resolver {
+	if addr == "" {
+		return net.DefaultResolver
+	}
+	return &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, network, addr)
+	}}
+}
+
+// storedWeb is the service's WebSource when no proxy runs in this process
+// (the CLI in-process): a non-serving proxy built once from the endpoint
+// the daemon recorded. Until a daemon has served the proxy it answers
+// errs.FailedPrecondition.
+func storedWeb(db *store.DB, paths Paths, log *slog.Logger) service.WebSource {
+	var mu sync.Mutex
+	var built *proxy.Proxy
+	return func(ctx context.Context) (service.Web, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		if built != nil {
+			return built, nil
+		}
+		v, err := store.Setting(ctx, db, settingProxyEndpoint)
+		if err != nil {
+			return nil, err
+		}
+		if v == "" {
+			return nil, errs.New(errs.FailedPrecondition, "the web proxy is not running: start `minions serve` with --http-bind ADDR (http://<vm>.localhost) or --domain D")
+		}
+		var ep proxyEndpoint
+		if err := json.Unmarshal([]byte(v), &ep); err != nil {
+			return nil, fmt.Errorf("setting %s: %w", settingProxyEndpoint, err)
+		}
+		cfg := Config{Domain: ep.Domain, HTTPBind: "127.0.0.1:" + strconv.Itoa(ep.HTTPPort)}
+		if ep.Domain != "" {
+			cfg.ProxyBind = "127.0.0.1:" + strconv.Itoa(ep.HTTPSPort)
+		}
+		p, err := newProxy(ctx, cfg, &Env{DB: db}, log, paths, ep)
+		if err != nil {
+			return nil, err
+		}
+		built = p
+		return p, nil
+	}
+}
+
 // proxySecret is the proxy's signing key, created once and kept in the
 // store so sign-in cookies survive restarts.
 func proxySecret(ctx context.Context, db *store.DB) ([]byte, error) {
 	var secret []byte
 	err := db.Tx(ctx, func(q store.Q) error {
-		v, err := store.Setting(ctx, q, "proxy_secret")
+		v, err := store.Setting(ctx, q, settingProxySecret)
 		if err != nil {
 			return err
 		}
@@ -70,18 +199,24 @@ func proxySecret(ctx context.Context, db *store.DB) ([]byte, error) {
 			secret, err = hex.DecodeString(v)
 			return err
 		}
-		secret = make([]byte, 32)
+		secret = make([]byte, proxy.SecretSize)
 		rand.Read(secret)
-		return store.SetSetting(ctx, q, "proxy_secret", hex.EncodeToString(secret))
+		return store.SetSetting(ctx, q, settingProxySecret, hex.EncodeToString(secret))
 	})
 	return secret, err
 }
 
-// routes maps a request's host to a VM from the store.
+// routes maps a request's host to a VM from the store. Route owners are
+// user IDs, as the service passes them to LoginLink.
 type routes struct {
 	db     *store.DB
 	domain string
 }
+
+var (
+	_ proxy.Routes  = routes{}
+	_ proxy.Domains = routes{}
+)
 
 func (r routes) Route(ctx context.Context, host string) (proxy.Route, error) {
 	name, ok := proxy.SplitHost(host, r.domain)
@@ -95,15 +230,20 @@ func (r routes) Route(ctx context.Context, host string) (proxy.Route, error) {
 	} else {
 		var id string
 		err = r.db.QueryRowContext(ctx, `SELECT vm_id FROM domains WHERE name = ? AND verified = 1`, host).Scan(&id)
-		if err != nil {
+		if errors.Is(err, sql.ErrNoRows) {
 			return proxy.Route{}, errs.New(errs.NotFound, "no vm serves %s", host)
 		}
-		v, err = store.GetVM(ctx, r.db, id)
+		if err == nil {
+			v, err = store.GetVM(ctx, r.db, id)
+		}
 	}
-	if err != nil {
+	if errors.Is(err, errs.NotFound) {
 		return proxy.Route{}, errs.New(errs.NotFound, "no vm serves %s", host)
 	}
-	return proxy.Route{VMID: v.ID, VMName: v.Name, Owner: v.Owner, Upstream: net.JoinHostPort(v.IP, strconv.Itoa(v.Port)),
+	if err != nil {
+		return proxy.Route{}, fmt.Errorf("route %s: %w", host, err) // 503, not 404
+	}
+	return proxy.Route{VMID: v.ID, VMName: v.Name, Owner: v.OwnerID, Upstream: net.JoinHostPort(v.IP, strconv.Itoa(v.Port)),
 		Public: v.Public, Running: v.State == store.StateRunning}, nil
 }
 
@@ -113,7 +253,7 @@ func (r routes) AllowCertificate(ctx context.Context, name string) error {
 		return err
 	}
 	if n == 0 {
-		return fmt.Errorf("no verified custom domain %s", name)
+		return errs.New(errs.PermissionDenied, "no verified custom domain %s", name)
 	}
 	return nil
 }

@@ -137,6 +137,7 @@ type Service struct {
 	cfg Config
 	Deps
 	log *slog.Logger
+	web webHolder // see SetWeb
 }
 
 // New returns a Service.

@@ -1,0 +1,353 @@
+package service
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/minionsdev/minions/internal/errs"
+	"github.com/minionsdev/minions/store"
+	"github.com/minionsdev/minions/vm"
+)
+
+// Web is the HTTPS proxy as the service sees it: the address of a VM,
+// sign-in links and custom domain checks. *proxy.Proxy implements it; the
+// daemon injects it with SetWeb, so the service never imports the proxy.
+//
+// Owner identities passed to LoginLink are user IDs (store.VM.OwnerID),
+// the same value the daemon's route table hands the proxy, so a link or a
+// session cookie stops admitting anyone once the VM changes hands, and a
+// user re-created under an old name inherits nothing.
+type Web interface {
+	URL(vmName string) string
+	VMHost(vmName string) string
+	LoginLink(vmName, owner string, ttl time.Duration) string
+	ShareLink(vmName string, ttl time.Duration) string
+	CheckCustomDomain(domain string) error
+	DomainToken(vmID, domain string) string
+	VerifyDomain(ctx context.Context, domain, vmName, vmID string) error
+}
+
+// WebSource returns the Web to use, or an error (errs.FailedPrecondition
+// when no proxy is configured on this installation). It is called on every
+// web operation, so it may build the Web lazily and must cache it.
+type WebSource func(ctx context.Context) (Web, error)
+
+// webHolder holds the injected WebSource; the daemon replaces it once its
+// proxy is listening, while requests may already run.
+type webHolder struct{ src atomic.Pointer[WebSource] }
+
+// SetWeb injects where links and domain checks come from. Safe to call
+// while the service is in use.
+func (s *Service) SetWeb(src WebSource) { s.web.src.Store(&src) }
+
+func (s *Service) webFor(ctx context.Context) (Web, error) {
+	if p := s.web.src.Load(); p != nil && *p != nil {
+		return (*p)(ctx)
+	}
+	return nil, errs.New(errs.FailedPrecondition, "no web proxy is configured: run `minions serve --http-bind ADDR` (http://<vm>.localhost) or with --domain")
+}
+
+// Default and maximum lifetimes of links.
+const (
+	DefaultLoginTTL = 10 * time.Minute
+	MaxLoginTTL     = time.Hour
+	DefaultShareTTL = 7 * 24 * time.Hour
+	MaxShareTTL     = 365 * 24 * time.Hour
+)
+
+// WebInfo says how a VM is reached through the proxy.
+type WebInfo struct {
+	VM     string `json:"vm"`
+	URL    string `json:"url"`
+	Port   int    `json:"port"`
+	Public bool   `json:"public"`
+	// LoginURL is a one-time sign-in link for the caller (the owner of a
+	// private VM); ShareURL is a reusable link that admits anyone who
+	// opens it. ExpiresAt is when the link in either stops working.
+	LoginURL  string    `json:"login_url,omitempty"`
+	ShareURL  string    `json:"share_url,omitempty"`
+	ExpiresAt time.Time `json:"expires_at,omitzero"`
+}
+
+// Expose sets the port of the VM the proxy forwards to (1-65535; default
+// 80 for new VMs). It works in any settled state and is idempotent.
+func (s *Service) Expose(ctx context.Context, c Caller, name string, port int) (WebInfo, error) {
+	if port < 1 || port > 65535 {
+		return WebInfo{}, errs.New(errs.InvalidArgument, "invalid port %d: want 1 to 65535", port)
+	}
+	return s.updateWeb(ctx, c, name, func(v *store.VM) { v.Port = port })
+}
+
+// ShareRequest changes who may reach a VM through the proxy and asks for
+// links. Without Link, a private VM gets a one-time sign-in link for the
+// caller (who must own the VM, unless Public is set).
+type ShareRequest struct {
+	// Public makes the VM reachable by anyone (true) or only by its
+	// signed-in owner and holders of share links (false); nil leaves it.
+	Public *bool `json:"public,omitempty"`
+	// Link asks for a reusable share link that admits anyone who opens it.
+	Link bool `json:"link,omitempty"`
+	// TTLSeconds is the link's lifetime: default 10 minutes (at most an
+	// hour) for a sign-in link, 7 days (at most a year) for a share link.
+	TTLSeconds int64 `json:"ttl_seconds,omitempty"`
+}
+
+// Share applies req to the VM and returns its web address with the links
+// asked for. A sign-in link is minted only for a private VM: a public one
+// needs none. Errors: errs.NotFound for a VM the caller cannot see,
+// errs.InvalidArgument for a bad TTL, errs.FailedPrecondition when no proxy
+// is configured or when an admin asks for a sign-in link to a VM they do
+// not own (a link admits the owner only; use Link).
+func (s *Service) Share(ctx context.Context, c Caller, name string, req ShareRequest) (WebInfo, error) {
+	ttl := time.Duration(req.TTLSeconds) * time.Second
+	switch {
+	case req.TTLSeconds < 0:
+		return WebInfo{}, errs.New(errs.InvalidArgument, "ttl must not be negative")
+	case req.Link && ttl > MaxShareTTL:
+		return WebInfo{}, errs.New(errs.InvalidArgument, "share links last at most %s", MaxShareTTL)
+	case !req.Link && ttl > MaxLoginTTL:
+		return WebInfo{}, errs.New(errs.InvalidArgument, "sign-in links last at most %s (use --link for a longer-lived share link)", MaxLoginTTL)
+	}
+	w, err := s.webFor(ctx)
+	if err != nil {
+		return WebInfo{}, err
+	}
+	var info WebInfo
+	if req.Public != nil {
+		info, err = s.updateWeb(ctx, c, name, func(v *store.VM) { v.Public = *req.Public })
+	} else {
+		info, err = s.WebInfo(ctx, c, name)
+	}
+	if err != nil {
+		return WebInfo{}, err
+	}
+	now := time.Now().UTC()
+	switch {
+	case req.Link:
+		if ttl == 0 {
+			ttl = DefaultShareTTL
+		}
+		info.ShareURL = w.ShareLink(info.VM, ttl)
+		info.ExpiresAt = now.Add(ttl).Truncate(time.Second)
+	case !info.Public:
+		v, err := s.getVM(ctx, c, name)
+		if err != nil {
+			return WebInfo{}, err
+		}
+		if v.OwnerID != c.UserID {
+			if req.Public != nil {
+				break // made private by an admin: no link for them
+			}
+			return WebInfo{}, errs.New(errs.FailedPrecondition, "vm %s belongs to %s: a sign-in link admits its owner only; ask for a share link instead", v.Name, v.Owner)
+		}
+		if ttl == 0 {
+			ttl = DefaultLoginTTL
+		}
+		info.LoginURL = w.LoginLink(v.Name, v.OwnerID, ttl)
+		info.ExpiresAt = now.Add(ttl).Truncate(time.Second)
+	}
+	return info, nil
+}
+
+// WebInfo returns how the VM is reached through the proxy, without links.
+func (s *Service) WebInfo(ctx context.Context, c Caller, name string) (WebInfo, error) {
+	v, err := s.getVM(ctx, c, name)
+	if err != nil {
+		return WebInfo{}, err
+	}
+	return s.webInfo(ctx, v), nil
+}
+
+func (s *Service) webInfo(ctx context.Context, v store.VM) WebInfo {
+	info := WebInfo{VM: v.Name, Port: v.Port, Public: v.Public}
+	if w, err := s.webFor(ctx); err == nil {
+		info.URL = w.URL(v.Name)
+	}
+	return info
+}
+
+// updateWeb changes a VM's web settings under its lock, so a concurrent
+// long operation cannot write back a stale row over the change.
+func (s *Service) updateWeb(ctx context.Context, c Caller, name string, change func(v *store.VM)) (WebInfo, error) {
+	var info WebInfo
+	err := s.withVM(ctx, c, name, vm.OpRename, func(v store.VM) error {
+		change(&v)
+		if err := store.UpdateVM(ctx, s.DB, v); err != nil {
+			return err
+		}
+		info = s.webInfo(ctx, v)
+		return nil
+	})
+	return info, err
+}
+
+// Domain is a custom domain of a VM and how to prove it is yours.
+type Domain struct {
+	Name     string `json:"domain"`
+	VM       string `json:"vm"`
+	Verified bool   `json:"verified"`
+	// Either record proves ownership: a CNAME from the domain to
+	// CNAMETarget, or a TXT record named TXTName holding TXTValue.
+	CNAMETarget string    `json:"cname_target"`
+	TXTName     string    `json:"txt_name"`
+	TXTValue    string    `json:"txt_value"`
+	CreatedAt   time.Time `json:"created_at"`
+	// Problem says why the last verification failed (AddDomain only).
+	Problem string `json:"problem,omitempty"`
+}
+
+// txtPrefix is proxy.VerifyPrefix (the label of the TXT record); the
+// service does not import the proxy.
+const txtPrefix = "_minions-verify"
+
+func normalizeDomain(d string) string {
+	return strings.TrimSuffix(strings.ToLower(strings.TrimSpace(d)), ".")
+}
+
+// AddDomain attaches a custom domain to a VM and tries to verify it at
+// once. An unverified domain is kept (with Problem set) so its owner can
+// publish the record and verify later; no certificate is requested for it
+// until then. Adding a domain the VM already has re-verifies it. Errors:
+// errs.InvalidArgument for a bad name, errs.AlreadyExists when another VM
+// has it, errs.NotFound for a VM the caller cannot see.
+func (s *Service) AddDomain(ctx context.Context, c Caller, name, domain string) (Domain, error) {
+	w, err := s.webFor(ctx)
+	if err != nil {
+		return Domain{}, err
+	}
+	domain = normalizeDomain(domain)
+	if err := w.CheckCustomDomain(domain); err != nil {
+		return Domain{}, err
+	}
+	v, err := s.getVM(ctx, c, name)
+	if err != nil {
+		return Domain{}, err
+	}
+	err = s.DB.Tx(ctx, func(q store.Q) error {
+		var owner string
+		err := q.QueryRowContext(ctx, `SELECT vm_id FROM domains WHERE name = ?`, domain).Scan(&owner)
+		switch {
+		case err == nil && owner != v.ID:
+			return errs.New(errs.AlreadyExists, "domain %s is attached to another vm", domain)
+		case err == nil:
+			return nil
+		case !errors.Is(err, sql.ErrNoRows):
+			return err
+		}
+		_, err = q.ExecContext(ctx, `INSERT INTO domains (name, vm_id, verified, token, created_at) VALUES (?, ?, 0, ?, ?)`,
+			domain, v.ID, w.DomainToken(v.ID, domain), time.Now().UnixMilli())
+		return err
+	})
+	if err != nil {
+		return Domain{}, err
+	}
+	d, err := s.verifyDomain(ctx, w, v, domain)
+	if err != nil && errs.ClassOf(err) != errs.FailedPrecondition {
+		return Domain{}, err
+	}
+	if err != nil {
+		d.Problem = err.Error()
+	}
+	return d, nil
+}
+
+// VerifyDomain checks the DNS records of a VM's custom domain and records
+// success. Errors: errs.FailedPrecondition (saying what to publish) while
+// neither record is in place, errs.NotFound when the VM has no such domain.
+func (s *Service) VerifyDomain(ctx context.Context, c Caller, name, domain string) (Domain, error) {
+	w, err := s.webFor(ctx)
+	if err != nil {
+		return Domain{}, err
+	}
+	v, err := s.getVM(ctx, c, name)
+	if err != nil {
+		return Domain{}, err
+	}
+	return s.verifyDomain(ctx, w, v, normalizeDomain(domain))
+}
+
+func (s *Service) verifyDomain(ctx context.Context, w Web, v store.VM, domain string) (Domain, error) {
+	d, err := s.getDomain(ctx, w, v, domain)
+	if err != nil || d.Verified {
+		return d, err
+	}
+	// No transaction across DNS lookups: look, then record.
+	if err := w.VerifyDomain(ctx, domain, v.Name, v.ID); err != nil {
+		return d, err
+	}
+	if _, err := s.DB.ExecContext(ctx, `UPDATE domains SET verified = 1 WHERE name = ? AND vm_id = ?`, domain, v.ID); err != nil {
+		return d, err
+	}
+	d.Verified = true
+	s.log.Info("custom domain verified", "vm_id", v.ID, "domain", domain)
+	return d, nil
+}
+
+func (s *Service) getDomain(ctx context.Context, w Web, v store.VM, domain string) (Domain, error) {
+	var verified bool
+	var created int64
+	err := s.DB.QueryRowContext(ctx, `SELECT verified, created_at FROM domains WHERE name = ? AND vm_id = ?`, domain, v.ID).Scan(&verified, &created)
+	if errors.Is(err, sql.ErrNoRows) {
+		return Domain{}, errs.New(errs.NotFound, "vm %s has no domain %s", v.Name, domain)
+	}
+	if err != nil {
+		return Domain{}, err
+	}
+	return s.domainView(w, v, domain, verified, created), nil
+}
+
+func (s *Service) domainView(w Web, v store.VM, domain string, verified bool, created int64) Domain {
+	return Domain{Name: domain, VM: v.Name, Verified: verified, CNAMETarget: w.VMHost(v.Name),
+		TXTName: txtPrefix + "." + domain, TXTValue: w.DomainToken(v.ID, domain), CreatedAt: time.UnixMilli(created).UTC()}
+}
+
+// ListDomains lists a VM's custom domains, by name.
+func (s *Service) ListDomains(ctx context.Context, c Caller, name string) ([]Domain, error) {
+	w, err := s.webFor(ctx)
+	if err != nil {
+		return nil, err
+	}
+	v, err := s.getVM(ctx, c, name)
+	if err != nil {
+		return nil, err
+	}
+	rows, err := s.DB.QueryContext(ctx, `SELECT name, verified, created_at FROM domains WHERE vm_id = ? ORDER BY name`, v.ID)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	out := []Domain{}
+	for rows.Next() {
+		var d string
+		var verified bool
+		var created int64
+		if err := rows.Scan(&d, &verified, &created); err != nil {
+			return nil, err
+		}
+		out = append(out, s.domainView(w, v, d, verified, created))
+	}
+	return out, rows.Err()
+}
+
+// RemoveDomain detaches a custom domain from a VM; the proxy stops serving
+// it at once (its certificate expires unused). Errors: errs.NotFound when
+// the VM has no such domain.
+func (s *Service) RemoveDomain(ctx context.Context, c Caller, name, domain string) error {
+	v, err := s.getVM(ctx, c, name)
+	if err != nil {
+		return err
+	}
+	domain = normalizeDomain(domain)
+	res, err := s.DB.ExecContext(ctx, `DELETE FROM domains WHERE name = ? AND vm_id = ?`, domain, v.ID)
+	if err != nil {
+		return err
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		return errs.New(errs.NotFound, "vm %s has no domain %s", v.Name, domain)
+	}
+	return nil
+}
