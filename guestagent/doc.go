@@ -14,5 +14,9 @@
 //     guestagent/proto.
 //
 // The package imports nothing from the host side of the repository and must
-// build with CGO_ENABLED=0.
+// build with CGO_ENABLED=0 (TestImportsNoHostSide checks both).
+//
+// Known limits: the sftp subsystem runs inside the agent, so as root
+// whatever the SSH user; the network setup is IPv4 only; growfs handles
+// ext4 only.
 package agent
