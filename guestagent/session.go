@@ -115,15 +115,23 @@ type session struct {
 	mu      sync.Mutex
 	proc    *os.Process
 	started bool
+	replied chan struct{} // closed once the start request is answered
 }
 
 func (s *Server) serveSession(ctx context.Context, user string, ch ssh.Channel, reqs <-chan *ssh.Request, log *slog.Logger) {
-	sess := &session{srv: s, ch: ch, user: user, log: log}
+	sess := &session{srv: s, ch: ch, user: user, log: log, replied: make(chan struct{})}
 	defer sess.cleanup()
+	var once sync.Once
 	for req := range reqs {
 		ok := sess.handle(ctx, req)
 		if req.WantReply {
 			req.Reply(ok, nil)
+		}
+		switch req.Type {
+		case "shell", "exec", "subsystem":
+			// Only now may the command's end close the channel: a
+			// channel closed before the reply fails the client's request.
+			once.Do(func() { close(sess.replied) })
 		}
 	}
 }
@@ -387,6 +395,7 @@ func (s *session) finish(wait func() syscall.WaitStatus, out <-chan struct{}) {
 	case <-t.C:
 	}
 	t.Stop()
+	<-s.replied
 	s.ch.CloseWrite()
 	if ws.Signaled() {
 		msg := struct {
@@ -431,6 +440,7 @@ func (s *session) startSFTP() bool {
 			status = 1
 		}
 		srv.Close()
+		<-s.replied
 		s.ch.SendRequest("exit-status", false, ssh.Marshal(&struct{ Status uint32 }{status}))
 		s.ch.Close()
 	}()
