@@ -429,7 +429,9 @@ func (s *session) startSFTP() bool {
 	if !fileExists(dir) {
 		dir = "/"
 	}
-	srv, err := sftp.NewServer(s.ch, sftp.WithServerWorkingDirectory(dir))
+	// sftp.Server.Close closes its stream: keep the channel open for the
+	// exit-status that scp and sftp wait for.
+	srv, err := sftp.NewServer(keepOpen{s.ch}, sftp.WithServerWorkingDirectory(dir))
 	if err != nil {
 		return false
 	}
@@ -446,6 +448,12 @@ func (s *session) startSFTP() bool {
 	}()
 	return true
 }
+
+// keepOpen hides Close from the sftp server; the session closes the
+// channel itself after the exit status.
+type keepOpen struct{ ssh.Channel }
+
+func (keepOpen) Close() error { return nil }
 
 func (s *Server) directTCPIP(ctx context.Context, nc ssh.NewChannel) {
 	var p struct {

@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pkg/sftp"
 	"golang.org/x/crypto/ssh"
 
 	agent "github.com/minionsdev/minions/guestagent"
@@ -481,7 +482,42 @@ func TestSFTP(t *testing.T) {
 	if wd, err := s.Getwd(); err != nil || wd != filepath.Join(e.root, "root") {
 		t.Fatalf("sftp working directory %q, %v", wd, err)
 	}
+
+	// The subsystem ends with exit-status 0 once the client is done (scp
+	// and sftp exit 1 without it).
+	ch, reqs, err := c.SSH().OpenChannel("session", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ch.Close()
+	ok, err := ch.SendRequest("subsystem", true, ssh.Marshal(&struct{ Name string }{"sftp"}))
+	if err != nil || !ok {
+		t.Fatalf("subsystem request: %v %v", ok, err)
+	}
+	sc, err := sftp.NewClientPipe(ch, halfCloser{ch})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := sc.Stat(name); err != nil {
+		t.Fatal(err)
+	}
+	sc.Close()
+	select {
+	case req, ok := <-reqs:
+		var st struct{ Status uint32 }
+		if !ok || req.Type != "exit-status" || ssh.Unmarshal(req.Payload, &st) != nil || st.Status != 0 {
+			t.Fatalf("after the sftp client closed: %v %+v", ok, req)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no exit-status after the sftp client closed")
+	}
 }
+
+// halfCloser turns Close into CloseWrite, as an sftp client over stdin
+// does.
+type halfCloser struct{ ssh.Channel }
+
+func (h halfCloser) Close() error { return h.CloseWrite() }
 
 func TestDirectTCPIP(t *testing.T) {
 	ctx := testCtx(t)
