@@ -983,3 +983,16 @@ func TestConfigValidate(t *testing.T) {
 		t.Errorf("relay validate: %v", err)
 	}
 }
+
+// TestExecFastExit: a command that exits at once must not close its
+// channel before the exec request is answered (the reply was lost).
+func TestExecFastExit(t *testing.T) {
+	ctx := testCtx(t)
+	e := newEnv(t, envOpts{})
+	c := e.client(ctx)
+	for i := range 100 {
+		if code, err := c.Exec(ctx, ExecRequest{Command: "true"}); err != nil || code != 0 {
+			t.Fatalf("run %d: %d, %v", i, code, err)
+		}
+	}
+}
