@@ -40,7 +40,17 @@ func Commands() []*cli.Command {
 
 // OpenLocal is cli.Env.Open for the host: it opens the installation as its
 // admin (root) after reconciling the store with the running processes.
+//
+// When a daemon runs (or --host names one), the CLI becomes its client
+// instead, so commands behave the same with or without `minions serve`.
+// MINIONS_IN_PROCESS=1 skips the daemon.
 func OpenLocal(ctx context.Context, g *cli.Global) (cli.Backend, error) {
+	if os.Getenv("MINIONS_IN_PROCESS") != "1" || g.Host != "" {
+		be, err := cli.OpenRemote(ctx, g, os.Getenv)
+		if err != nil || be != nil {
+			return be, err
+		}
+	}
 	paths, err := ResolvePaths(g.StateDir, g.RunDir)
 	if err != nil {
 		return nil, err

@@ -141,7 +141,7 @@ type BootParams struct {
 func Cmdline(p BootParams) string {
 	parts := []string{
 		"console=ttyS0", "root=/dev/vda", "rw", "rootfstype=ext4",
-		"panic=-1", "quiet", "loglevel=4",
+		"panic=-1", "reboot=t", "quiet", "loglevel=4",
 		"i8042.noaux", "i8042.nomux", "i8042.nopnp", "i8042.dumbkbd",
 		"minions.id=" + p.ID, "minions.name=" + p.Name,
 	}

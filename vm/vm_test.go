@@ -67,7 +67,7 @@ func TestValidResources(t *testing.T) {
 
 func TestCmdline(t *testing.T) {
 	got := Cmdline(BootParams{ID: "0123456789ab", Name: "web", HostKey: "AAAA", IP: "10.210.0.2/16", Gateway: "10.210.0.1"})
-	want := "console=ttyS0 root=/dev/vda rw rootfstype=ext4 panic=-1 quiet loglevel=4 i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd minions.id=0123456789ab minions.name=web minions.hostkey=AAAA minions.ip=10.210.0.2/16 minions.gw=10.210.0.1"
+	want := "console=ttyS0 root=/dev/vda rw rootfstype=ext4 panic=-1 reboot=t quiet loglevel=4 i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd minions.id=0123456789ab minions.name=web minions.hostkey=AAAA minions.ip=10.210.0.2/16 minions.gw=10.210.0.1"
 	if got != want {
 		t.Fatalf("Cmdline =\n%s\nwant\n%s", got, want)
 	}
