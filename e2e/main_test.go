@@ -67,6 +67,10 @@ func TestMain(m *testing.M) {
 			return 1
 		}
 		fmt.Fprintf(os.Stderr, "e2e: kernel + minimal image ready in %s\n", time.Since(start).Round(time.Millisecond))
+		if err := buildDebian(stateDir); err != nil {
+			fmt.Fprintln(os.Stderr, "e2e: debian image:", err)
+			return 1
+		}
 		return reexecInNetns(dir)
 	}()
 	os.Exit(code)

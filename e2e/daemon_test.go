@@ -1,0 +1,237 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// daemonProc is a `minions serve` started by a test.
+type daemonProc struct {
+	cmd  *exec.Cmd
+	log  *logBuffer
+	api  string // http://127.0.0.1:port
+	done chan struct{}
+}
+
+type logBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *logBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *logBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func loopbackPort(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// runDaemonForTest starts the real daemon on free loopback ports and waits
+// until its API answers on the unix socket.
+func runDaemonForTest(t *testing.T, apiAddr string, extra ...string) *daemonProc {
+	t.Helper()
+	args := append([]string{"serve", "--config", "/dev/null", "--bind", apiAddr, "--admin-bind", loopbackPort(t), "--ssh-bind", loopbackPort(t)}, extra...)
+	cmd := exec.Command(filepath.Join(binDir, "minions"), args...)
+	cmd.Env = append(os.Environ(), "MINIONS_STATE_DIR="+stateDir, "MINIONS_AGENT_BIN="+filepath.Join(binDir, "minions-agent"))
+	d := &daemonProc{cmd: cmd, log: &logBuffer{}, api: "http://" + apiAddr, done: make(chan struct{})}
+	cmd.Stdout, cmd.Stderr = d.log, d.log
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { cmd.Wait(); close(d.done) }()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if c, err := net.Dial("tcp", apiAddr); err == nil {
+			c.Close()
+			break
+		}
+		select {
+		case <-d.done:
+			t.Fatalf("daemon exited:\n%s", d.log)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("daemon did not listen:\n%s", d.log)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return d
+}
+
+func (d *daemonProc) stop(t *testing.T, sig syscall.Signal) {
+	t.Helper()
+	d.cmd.Process.Signal(sig)
+	select {
+	case <-d.done:
+	case <-time.After(20 * time.Second):
+		d.cmd.Process.Kill()
+		t.Fatalf("daemon did not stop on %v:\n%s", sig, d.log)
+	}
+}
+
+// as runs the CLI as a remote client of the daemon with a token.
+func as(t *testing.T, d *daemonProc, token string, args ...string) result {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, filepath.Join(binDir, "minions"), args...)
+	cmd.Env = append(os.Environ(), "MINIONS_HOST="+d.api, "MINIONS_API_KEY="+token, "HOME="+t.TempDir())
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	r := result{stdout: out.String(), stderr: errb.String()}
+	if ee, ok := err.(*exec.ExitError); ok {
+		r.code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatalf("minions %v: %v", args, err)
+	}
+	return r
+}
+
+func tokenFor(t *testing.T, user string) string {
+	t.Helper()
+	var tok struct {
+		Secret string `json:"secret"`
+	}
+	mustJSON(t, &tok, "token", "create", "--user", user)
+	if !strings.HasPrefix(tok.Secret, "mn_") {
+		t.Fatalf("token for %s: %+v", user, tok)
+	}
+	return tok.Secret
+}
+
+// TestDaemon is issue 4's proof: the CLI finds the daemon, remote clients
+// with tokens create and exec, users cannot touch each other's VMs, VMs
+// survive kill -9 of the daemon and are re-adopted, and concurrent creates
+// get distinct addresses.
+func TestDaemon(t *testing.T) {
+	setup(t)
+	apiAddr := loopbackPort(t)
+	d := runDaemonForTest(t, apiAddr)
+	defer func() {
+		if d != nil {
+			d.stop(t, syscall.SIGTERM)
+		}
+	}()
+
+	// The local CLI (root, no token) is now the daemon's client.
+	var who struct {
+		User  string `json:"user"`
+		Admin bool   `json:"admin"`
+	}
+	mustJSON(t, &who, "whoami")
+	if who.User != "root" || !who.Admin {
+		t.Fatalf("whoami through the socket: %+v", who)
+	}
+	if !strings.Contains(d.log.String(), "/v1/whoami") {
+		t.Fatalf("the local CLI did not go through the daemon:\n%s", d.log)
+	}
+
+	must(t, "user", "add", "alice")
+	must(t, "user", "add", "bob")
+	alice, bob := tokenFor(t, "alice"), tokenFor(t, "bob")
+
+	// A remote client with a token creates and execs.
+	r := as(t, d, alice, "create", "al", "--memory", "256", "--json")
+	if r.code != 0 {
+		t.Fatalf("alice create: %s", r)
+	}
+	var al vmJSON
+	json.Unmarshal([]byte(r.stdout), &al)
+	defer must(t, "destroy", "al", "--yes")
+	if r := as(t, d, alice, "exec", "al", "--", "sh", "-c", "hostname; exit 4"); r.code != 4 || r.stdout != "al\n" {
+		t.Fatalf("alice exec: %s", r)
+	}
+	if r := as(t, d, alice, "exec", "al", "cat"); r.code != 0 {
+		t.Fatalf("alice exec cat: %s", r)
+	}
+
+	// Bob sees and reaches nothing of alice's, through the API and the CLI.
+	if r := as(t, d, bob, "list", "--json"); r.code != 0 || strings.Contains(r.stdout, `"al"`) {
+		t.Fatalf("bob list: %s", r)
+	}
+	for _, args := range [][]string{{"exec", "al", "true"}, {"show", "al"}, {"destroy", "al", "--yes"}, {"stop", "al"}, {"snapshot", "create", "al"}, {"rename", "al", "mine"}} {
+		if r := as(t, d, bob, args...); r.code != 3 {
+			t.Fatalf("bob %v: want not found (3), got %s", args, r)
+		}
+	}
+	// Anonymous and bad tokens are refused.
+	if r := as(t, d, "", "list"); r.code != 6 {
+		t.Fatalf("anonymous list: %s", r)
+	}
+	if r := as(t, d, "mn_forged", "list"); r.code != 6 {
+		t.Fatalf("forged token: %s", r)
+	}
+
+	// kill -9 of the daemon leaves the VM running; a new daemon lists it
+	// with the same PID.
+	var before []vmJSON
+	if r := as(t, d, alice, "list", "--json"); json.Unmarshal([]byte(r.stdout), &before) != nil || len(before) != 1 || before[0].PID == 0 {
+		t.Fatalf("alice list: %s", r)
+	}
+	d.stop(t, syscall.SIGKILL)
+	if err := syscall.Kill(before[0].PID, 0); err != nil {
+		t.Fatalf("vm process %d died with the daemon: %v", before[0].PID, err)
+	}
+	d = runDaemonForTest(t, apiAddr)
+	var after []vmJSON
+	if r := as(t, d, alice, "list", "--json"); json.Unmarshal([]byte(r.stdout), &after) != nil || len(after) != 1 || after[0].PID != before[0].PID || after[0].Status != "running" {
+		t.Fatalf("after restart: %s (before %+v)", r, before)
+	}
+	if r := as(t, d, alice, "exec", "al", "true"); r.code != 0 {
+		t.Fatalf("exec after daemon restart: %s", r)
+	}
+
+	// Eight concurrent creates all succeed with distinct addresses.
+	const n = 8
+	var wg sync.WaitGroup
+	results := make([]result, n)
+	start := time.Now()
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			results[i] = as(t, d, alice, "create", fmt.Sprintf("c%d", i), "--memory", "192", "--json")
+		}(i)
+	}
+	wg.Wait()
+	t.Logf("%d concurrent creates through the API: %s", n, time.Since(start).Round(time.Millisecond))
+	ips := map[string]bool{}
+	for i, r := range results {
+		defer as(t, d, alice, "destroy", fmt.Sprintf("c%d", i), "--yes")
+		var v vmJSON
+		if r.code != 0 || json.Unmarshal([]byte(r.stdout), &v) != nil || v.Status != "running" {
+			t.Errorf("create c%d: %s", i, r)
+			continue
+		}
+		if ips[v.IP] {
+			t.Errorf("address %s given twice", v.IP)
+		}
+		ips[v.IP] = true
+	}
+}
