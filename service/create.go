@@ -176,7 +176,11 @@ func (s *Service) boot(ctx context.Context, o *op, row store.VM, progress Progre
 	}
 	u.push(func() { s.Network.RemovePort(context.Background(), tap) })
 
-	progress.say("boot")
+	if s.Driver.Caps().KVM {
+		progress.say("boot")
+	} else {
+		progress.say("boot (no usable KVM: TCG software emulation, slower)")
+	}
 	o.step(ctx, "boot", nil)
 	run := s.runDir(row.ID)
 	os.RemoveAll(run)
