@@ -10,9 +10,17 @@ bash scripts/deps.sh
 start=$(date +%s)
 make build
 go vet ./...
-# Unit and integration tests. Packages that boot VMs serialize on a lock
-# file, so at most one VM boots per package at a time on 2 cores.
-go test -count=1 -timeout 30m -p 2 ./... 2>&1 | tee /tmp/minions-test.log
+# Unit, integration and end-to-end tests. -p 2: at most two packages (and so
+# at most two booting VMs) at a time on 2 cores; each package boots one VM
+# at a time.
+set +e
+go test -count=1 -timeout 35m -p 2 ./... 2>&1 | tee /tmp/minions-test.log
 status=${PIPESTATUS[0]}
+# Brief fuzzing of the decoders and parsers (each target a few seconds).
+for target in "FuzzParseLine ./guestagent/link" "FuzzAccept ./guestagent/link" \
+              "FuzzDecode ./api" "FuzzValidName ./api" "FuzzParseInterspersed ./cli"; do
+  set -- $target
+  go test -run '^$' -fuzz "^$1\$" -fuzztime 5s "$2" || status=1
+done
 echo "tests took $(( $(date +%s) - start ))s"
 exit "$status"
