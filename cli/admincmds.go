@@ -277,7 +277,10 @@ func quotaCmd() *Command {
 					}
 				}
 				x.FS.Visit(func(f *flag.Flag) {
-					v := f.Value.(flag.Getter).Get().(int)
+					v, ok := f.Value.(flag.Getter).Get().(int)
+					if !ok {
+						return // a global flag
+					}
 					switch f.Name {
 					case "vms":
 						q.MaxVMs = v
