@@ -155,7 +155,7 @@ func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
 // fmtMS renders d in milliseconds with a precision that fits its size.
 func fmtMS(d time.Duration) string {
-	if d < 10*time.Millisecond {
+	if d.Abs() < 10*time.Millisecond {
 		return strconv.FormatFloat(ms(d), 'f', 2, 64)
 	}
 	return strconv.FormatFloat(ms(d), 'f', 0, 64)
@@ -349,6 +349,50 @@ func hybridEndpoint(runDir string) hypervisor.AgentEndpoint {
 	return hypervisor.AgentEndpoint{Kind: vsockcli.KindHybrid, Path: filepath.Join(runDir, "vsock.sock"), Port: 1024}
 }
 
+// createRun is one timed `minions create --json` split at the moment
+// QEMU was up: QEMU writes its -pidfile early in its start-up, before the
+// guest runs, and the file's mtime marks that instant precisely.
+type createRun struct {
+	vm         vmJSON
+	took       time.Duration // exec of the CLI to its exit
+	beforeQEMU time.Duration // exec of the CLI to QEMU's pidfile
+	steps      []stepTime
+	stderr     string
+}
+
+// timedCreate runs `minions create name --json` and splits its time. The
+// VM is left running.
+func timedCreate(tb testing.TB, name string, extra ...string) createRun {
+	tb.Helper()
+	start := time.Now()
+	r := cli(tb, "", append([]string{"create", name, "--json"}, extra...)...)
+	if r.code != 0 {
+		tb.Fatalf("create %s: %s", name, r)
+	}
+	c := createRun{took: r.took, stderr: r.stderr}
+	if err := json.Unmarshal([]byte(r.stdout), &c.vm); err != nil {
+		tb.Fatalf("create %s: decode %q: %v", name, r.stdout, err)
+	}
+	up, err := pidfileTime(filepath.Join(stateDir, "run", c.vm.ID))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	c.beforeQEMU = up.Sub(start)
+	if c.steps, err = parseSteps(r.stderr, "create "+name); err != nil {
+		tb.Fatal(err)
+	}
+	return c
+}
+
+// pidfileTime is when QEMU wrote the pidfile in runDir.
+func pidfileTime(runDir string) (time.Time, error) {
+	st, err := os.Stat(filepath.Join(runDir, "qemu.pid"))
+	if err != nil {
+		return time.Time{}, fmt.Errorf("qemu pidfile: %w", err)
+	}
+	return st.ModTime(), nil
+}
+
 // bareTemplate is the exact launch of a VM Minions made (QEMU's and the
 // relay's argv as read from /proc), from which bareBoot derives a launch of
 // the same kernel, image, command line and flags without Minions.
@@ -487,8 +531,9 @@ func (bv *bareVM) start(tb testing.TB, t bareTemplate) {
 }
 
 // waitReady waits for the first successful agent ping and returns the
-// time since QEMU was started.
-func (bv *bareVM) waitReady(tb testing.TB, signer ssh.Signer, timeout time.Duration) time.Duration {
+// time since QEMU was started and the connected client (the caller closes
+// it).
+func (bv *bareVM) waitReady(tb testing.TB, signer ssh.Signer, timeout time.Duration) (time.Duration, *vsockcli.Client) {
 	tb.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
@@ -506,8 +551,7 @@ func (bv *bareVM) waitReady(tb testing.TB, signer ssh.Signer, timeout time.Durat
 		con, _ := os.ReadFile(filepath.Join(bv.dir, "vm", "console.log"))
 		tb.Fatalf("bare boot: %v\nqemu log:\n%s\nconsole tail:\n%s", err, log, tail(string(con), 2000))
 	}
-	cl.Close()
-	return took
+	return took, cl
 }
 
 // stop kills QEMU and the relay, waits for both, and removes the TAP and
