@@ -365,7 +365,7 @@ func (h *handler) table() []route {
 	long := func(p string, fn func(ctx context.Context, c service.Caller, r *http.Request, pr service.Progress) (any, error)) route {
 		return route{method: http.MethodPost, pattern: p, kind: stream, streamFn: fn}
 	}
-	return []route{
+	rs := []route{
 		{method: http.MethodGet, pattern: "/v1/openapi.yaml", kind: raw, public: true, rawFn: serveOpenAPI},
 		get("/v1/whoami", func(ctx context.Context, c service.Caller, r *http.Request) (any, error) {
 			return Whoami{ID: c.UserID, Name: c.Name, Admin: c.Admin}, nil
@@ -492,6 +492,7 @@ func (h *handler) table() []route {
 			return nil, s.RevokeToken(ctx, c, r.PathValue("id"))
 		}),
 	}
+	return append(rs, h.webRoutes()...) // api/web.go
 }
 
 var _ = fmt.Sprint

@@ -101,6 +101,8 @@ func TestAuthorization(t *testing.T) {
 		nf   = http.StatusNotFound
 		deny = http.StatusForbidden
 		anon = http.StatusUnauthorized
+
+		conflict = http.StatusConflict
 	)
 	type want struct{ admin, owner, other, anon int }
 	routes := []struct {
@@ -151,6 +153,17 @@ func TestAuthorization(t *testing.T) {
 			want: want{ok, ok, ok, anon}},
 		// Others' tokens are not found, as others' VMs are.
 		{method: "DELETE", path: "/v1/tokens/{token}", want: want{none, none, nf, anon}, fresh: true},
+		// Web routes (api/web.go). This fixture runs no proxy, so what
+		// needs one is a failed precondition (409) for those who may see
+		// the VM; web_test.go covers them with a proxy.
+		{method: "POST", path: "/v1/vms/web/expose", body: func(string, map[string]string) any { return api.ExposeRequest{Port: 8080} },
+			want: want{ok, ok, nf, anon}},
+		{method: "POST", path: "/v1/vms/web/share", want: want{conflict, conflict, nf, anon}},
+		{method: "GET", path: "/v1/vms/web/domains", want: want{conflict, conflict, nf, anon}},
+		{method: "POST", path: "/v1/vms/web/domains", body: func(string, map[string]string) any { return api.DomainRequest{Domain: "www.example.org"} },
+			want: want{conflict, conflict, nf, anon}},
+		{method: "POST", path: "/v1/vms/web/domains/{domain}/verify", want: want{conflict, conflict, nf, anon}},
+		{method: "DELETE", path: "/v1/vms/web/domains/{domain}", want: want{nf, nf, nf, anon}},
 	}
 	shared := newFixture(t)
 	sharedIDs := shared.seed()

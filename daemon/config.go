@@ -35,8 +35,12 @@ type Config struct {
 	ACMEStaging bool   `toml:"acme_staging"` // Let's Encrypt staging
 	ACMERoot    string `toml:"acme_root"`    // PEM file of a private ACME CA's root (tests: Pebble)
 	DNSResolver string `toml:"dns_resolver"` // host:port asked to verify custom domains (default: the system's resolver)
-	Policy      string `toml:"policy"`       // sign-up over SSH: open | invite | closed (default closed)
-	InviteCode  string `toml:"invite_code"`  //
+	// ProxyRate and ProxyBurst bound proxied requests per client IP per
+	// second (default 50 and 100); a negative ProxyRate turns the limit off.
+	ProxyRate  float64 `toml:"proxy_rate"`
+	ProxyBurst int     `toml:"proxy_burst"`
+	Policy     string  `toml:"policy"`      // sign-up over SSH: open | invite | closed (default closed)
+	InviteCode string  `toml:"invite_code"` //
 	// AdminKeys are SSH public keys (authorized_keys lines) that are
 	// admins; AdminTokens are API token secrets that are admins.
 	AdminKeys   []string `toml:"admin_keys"`
@@ -80,6 +84,9 @@ func (c *Config) Validate() error {
 	}
 	if c.ProxyBind != "" && c.Domain == "" {
 		return errs.New(errs.InvalidArgument, "proxy_bind needs a domain (without one, use http_bind for http://<vm>.localhost)")
+	}
+	if c.ProxyBurst < 0 {
+		return errs.New(errs.InvalidArgument, "proxy_burst must not be negative")
 	}
 	if c.DNSResolver != "" {
 		if _, _, err := net.SplitHostPort(c.DNSResolver); err != nil {

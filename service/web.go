@@ -112,6 +112,9 @@ func (s *Service) Share(ctx context.Context, c Caller, name string, req ShareReq
 	case !req.Link && ttl > MaxLoginTTL:
 		return WebInfo{}, errs.New(errs.InvalidArgument, "sign-in links last at most %s (use --link for a longer-lived share link)", MaxLoginTTL)
 	}
+	if _, err := s.getVM(ctx, c, name); err != nil {
+		return WebInfo{}, err // others' VMs are not found, proxy or not
+	}
 	w, err := s.webFor(ctx)
 	if err != nil {
 		return WebInfo{}, err
@@ -215,16 +218,16 @@ func normalizeDomain(d string) string {
 // errs.InvalidArgument for a bad name, errs.AlreadyExists when another VM
 // has it, errs.NotFound for a VM the caller cannot see.
 func (s *Service) AddDomain(ctx context.Context, c Caller, name, domain string) (Domain, error) {
+	v, err := s.getVM(ctx, c, name)
+	if err != nil {
+		return Domain{}, err
+	}
 	w, err := s.webFor(ctx)
 	if err != nil {
 		return Domain{}, err
 	}
 	domain = normalizeDomain(domain)
 	if err := w.CheckCustomDomain(domain); err != nil {
-		return Domain{}, err
-	}
-	v, err := s.getVM(ctx, c, name)
-	if err != nil {
 		return Domain{}, err
 	}
 	err = s.DB.Tx(ctx, func(q store.Q) error {
@@ -259,11 +262,11 @@ func (s *Service) AddDomain(ctx context.Context, c Caller, name, domain string) 
 // success. Errors: errs.FailedPrecondition (saying what to publish) while
 // neither record is in place, errs.NotFound when the VM has no such domain.
 func (s *Service) VerifyDomain(ctx context.Context, c Caller, name, domain string) (Domain, error) {
-	w, err := s.webFor(ctx)
+	v, err := s.getVM(ctx, c, name)
 	if err != nil {
 		return Domain{}, err
 	}
-	v, err := s.getVM(ctx, c, name)
+	w, err := s.webFor(ctx)
 	if err != nil {
 		return Domain{}, err
 	}
@@ -307,11 +310,11 @@ func (s *Service) domainView(w Web, v store.VM, domain string, verified bool, cr
 
 // ListDomains lists a VM's custom domains, by name.
 func (s *Service) ListDomains(ctx context.Context, c Caller, name string) ([]Domain, error) {
-	w, err := s.webFor(ctx)
+	v, err := s.getVM(ctx, c, name)
 	if err != nil {
 		return nil, err
 	}
-	v, err := s.getVM(ctx, c, name)
+	w, err := s.webFor(ctx)
 	if err != nil {
 		return nil, err
 	}
