@@ -87,17 +87,28 @@ func (s *Service) Create(ctx context.Context, c Caller, req CreateRequest, progr
 		return VM{}, errs.New(errs.InvalidArgument, "disk %d GiB is smaller than image %s (%d GiB)", req.DiskGiB, img.Ref, minDisk)
 	}
 
-	// One transaction: quota, addresses, the row and the durable operation.
-	id := vm.NewID()
-	row := store.VM{ID: id, Name: req.Name, OwnerID: c.UserID, Owner: c.Name, Image: img.Ref, CPUs: req.CPUs,
-		MemoryMiB: req.MemoryMiB, DiskGiB: req.DiskGiB, State: store.StateCreating, Port: 80, CreatedAt: time.Now().UTC()}
-	oprow := newOpRow(id, "create")
+	row := store.VM{Name: req.Name, OwnerID: c.UserID, Owner: c.Name, Image: img.Ref, CPUs: req.CPUs,
+		MemoryMiB: req.MemoryMiB, DiskGiB: req.DiskGiB, Port: 80}
+	return s.newVM(ctx, c, row, "create", progress, func(o *op, row store.VM) (store.VM, error) {
+		return s.createSteps(ctx, o, row, img, req, progress)
+	})
+}
+
+// newVM records a new VM (state creating, fresh ID and addresses) and its
+// durable operation in one transaction that also checks the caller's
+// quota, then runs steps under the VM's lock. If steps fail, everything
+// that hangs off the new ID is removed, and nothing else.
+func (s *Service) newVM(ctx context.Context, c Caller, row store.VM, kind string, progress Progress, steps func(*op, store.VM) (store.VM, error)) (VM, error) {
+	row.ID = vm.NewID()
+	row.State = store.StateCreating
+	row.CreatedAt = time.Now().UTC()
+	oprow := newOpRow(row.ID, kind)
 	progress.say("allocate")
-	err = s.DB.Tx(ctx, func(q store.Q) error {
-		if err := s.checkQuota(ctx, q, c.UserID, req.CPUs, req.MemoryMiB, req.DiskGiB); err != nil {
+	err := s.DB.Tx(ctx, func(q store.Q) error {
+		if err := s.checkQuota(ctx, q, c.UserID, row.CPUs, row.MemoryMiB, row.DiskGiB); err != nil {
 			return err
 		}
-		ip, mac, cid, err := s.allocate(ctx, q, id)
+		ip, mac, cid, err := s.allocate(ctx, q, row.ID)
 		if err != nil {
 			return err
 		}
@@ -108,23 +119,21 @@ func (s *Service) Create(ctx context.Context, c Caller, req CreateRequest, progr
 		return store.InsertOperation(ctx, q, oprow)
 	})
 	if err != nil {
-		return VM{}, fmt.Errorf("create vm %s: %w", req.Name, err)
+		return VM{}, fmt.Errorf("%s vm %s: %w", kind, row.Name, err)
 	}
 	o := &op{s: s, row: oprow}
-	unlock, err := s.lockVM(ctx, id)
+	unlock, err := s.lockVM(ctx, row.ID)
 	if err != nil {
-		s.purge(context.WithoutCancel(ctx), id)
+		s.purge(context.WithoutCancel(ctx), row.ID)
 		o.finish(ctx, err)
 		return VM{}, err
 	}
 	defer unlock()
-
-	v, err := s.createSteps(ctx, o, row, img, req, progress)
+	v, err := steps(o, row)
 	if err != nil {
-		// Everything the create made hangs off its new ID: remove exactly that.
-		s.purge(context.WithoutCancel(ctx), id)
+		s.purge(context.WithoutCancel(ctx), row.ID)
 		o.finish(ctx, err)
-		return VM{}, fmt.Errorf("create vm %s: %w", req.Name, err)
+		return VM{}, fmt.Errorf("%s vm %s: %w", kind, row.Name, err)
 	}
 	o.finish(ctx, nil)
 	return view(v), nil

@@ -68,20 +68,27 @@ func (s *Service) withVM(ctx context.Context, c Caller, name, opName string, fn 
 func (s *Service) Start(ctx context.Context, c Caller, name string, progress Progress) (VM, error) {
 	var out VM
 	err := s.withVM(ctx, c, name, vm.OpStart, func(v store.VM) error {
-		o, err := s.beginOp(ctx, v.ID, "start")
-		if err != nil {
-			return err
-		}
-		v, cl, err := s.boot(ctx, o, v, progress)
-		o.finish(ctx, err)
-		if err != nil {
-			return fmt.Errorf("start vm %s: %w", name, err)
-		}
-		cl.Close()
-		out = view(v)
-		return nil
+		var err error
+		out, err = s.start(ctx, v, "start", progress)
+		return err
 	})
 	return out, err
+}
+
+// start boots a stopped VM as a durable operation; the caller holds its
+// lock.
+func (s *Service) start(ctx context.Context, v store.VM, verb string, progress Progress) (VM, error) {
+	o, err := s.beginOp(ctx, v.ID, "start")
+	if err != nil {
+		return VM{}, err
+	}
+	v, cl, err := s.boot(ctx, o, v, progress)
+	o.finish(ctx, err)
+	if err != nil {
+		return VM{}, fmt.Errorf("%s vm %s: %w", verb, v.Name, err)
+	}
+	cl.Close()
+	return view(v), nil
 }
 
 // Stop powers a VM off: the agent is asked first, then the hypervisor, and
@@ -135,18 +142,9 @@ func (s *Service) Restart(ctx context.Context, c Caller, name string, progress P
 				return err
 			}
 		}
-		o, err := s.beginOp(ctx, v.ID, "start")
-		if err != nil {
-			return err
-		}
-		v, cl, err := s.boot(ctx, o, v, progress)
-		o.finish(ctx, err)
-		if err != nil {
-			return fmt.Errorf("restart vm %s: %w", name, err)
-		}
-		cl.Close()
-		out = view(v)
-		return nil
+		var err error
+		out, err = s.start(ctx, v, "restart", progress)
+		return err
 	})
 	return out, err
 }

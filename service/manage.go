@@ -121,44 +121,11 @@ func (s *Service) Copy(ctx context.Context, c Caller, srcName string, req CopyRe
 	if err := vm.ValidName("vm", req.Name); err != nil {
 		return VM{}, err
 	}
-	id := vm.NewID()
-	row := store.VM{ID: id, Name: req.Name, OwnerID: c.UserID, Owner: c.Name, Image: src.Image, CPUs: src.CPUs,
-		MemoryMiB: src.MemoryMiB, DiskGiB: src.DiskGiB, State: store.StateCreating, Port: src.Port, CreatedAt: time.Now().UTC()}
-	oprow := newOpRow(id, "copy")
-	progress.say("allocate")
-	err = s.DB.Tx(ctx, func(q store.Q) error {
-		if err := s.checkQuota(ctx, q, c.UserID, row.CPUs, row.MemoryMiB, row.DiskGiB); err != nil {
-			return err
-		}
-		ip, mac, cid, err := s.allocate(ctx, q, id)
-		if err != nil {
-			return err
-		}
-		row.IP, row.MAC, row.CID = ip.String(), mac, cid
-		if err := store.InsertVM(ctx, q, row); err != nil {
-			return err
-		}
-		return store.InsertOperation(ctx, q, oprow)
+	row := store.VM{Name: req.Name, OwnerID: c.UserID, Owner: c.Name, Image: src.Image, CPUs: src.CPUs,
+		MemoryMiB: src.MemoryMiB, DiskGiB: src.DiskGiB, Port: src.Port}
+	return s.newVM(ctx, c, row, "copy", progress, func(o *op, row store.VM) (store.VM, error) {
+		return s.copySteps(ctx, c, o, src, row, req, progress)
 	})
-	if err != nil {
-		return VM{}, fmt.Errorf("copy vm %s: %w", srcName, err)
-	}
-	o := &op{s: s, row: oprow}
-	unlock, err := s.lockVM(ctx, id)
-	if err != nil {
-		s.purge(context.WithoutCancel(ctx), id)
-		o.finish(ctx, err)
-		return VM{}, err
-	}
-	defer unlock()
-	v, err := s.copySteps(ctx, c, o, src, row, req, progress)
-	if err != nil {
-		s.purge(context.WithoutCancel(ctx), id)
-		o.finish(ctx, err)
-		return VM{}, fmt.Errorf("copy vm %s: %w", srcName, err)
-	}
-	o.finish(ctx, nil)
-	return view(v), nil
 }
 
 func (s *Service) copySteps(ctx context.Context, c Caller, o *op, src, row store.VM, req CopyRequest, progress Progress) (store.VM, error) {
