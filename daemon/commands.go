@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -51,11 +52,28 @@ func OpenLocal(ctx context.Context, g *cli.Global) (cli.Backend, error) {
 			return be, err
 		}
 	}
+	// In-process, the CLI follows the daemon's config file so both agree
+	// on the network, hypervisor and default image.
+	cfg, err := LoadConfig(DefaultConfigFile, false)
+	if err != nil {
+		return nil, err
+	}
+	if g.StateDir == "" {
+		g.StateDir = cfg.StateDir
+	}
+	if g.RunDir == "" {
+		g.RunDir = cfg.RunDir
+	}
+	cfg.Defaults()
 	paths, err := ResolvePaths(g.StateDir, g.RunDir)
 	if err != nil {
 		return nil, err
 	}
-	e, err := Open(ctx, Options{Paths: paths, Log: cliLogger()})
+	subnet, err := netip.ParsePrefix(cfg.Subnet)
+	if err != nil {
+		return nil, errs.New(errs.InvalidArgument, "config subnet %q: %v", cfg.Subnet, err)
+	}
+	e, err := Open(ctx, Options{Paths: paths, Subnet: subnet, Hypervisor: cfg.Hypervisor, DefaultImage: cfg.DefaultImage, Log: cliLogger()})
 	if err != nil {
 		return nil, err
 	}

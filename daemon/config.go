@@ -19,22 +19,23 @@ const DefaultConfigFile = "/etc/minions/config.toml"
 // Config is the daemon's configuration: the config file, then flags.
 // Unknown keys in the file are errors.
 type Config struct {
-	StateDir    string `toml:"state_dir"`    // default /var/lib/minions
-	RunDir      string `toml:"run_dir"`      // default /run/minions (or <state_dir>/run)
-	Hypervisor  string `toml:"hypervisor"`   // auto | qemu | qemu-kvm | qemu-tcg | cloud-hypervisor
-	Subnet      string `toml:"subnet"`       // VM network, default 10.210.0.0/16
-	Bind        string `toml:"bind"`         // HTTP API on TCP, default 127.0.0.1:3000 ("" off)
-	AdminBind   string `toml:"admin_bind"`   // metrics, default 127.0.0.1:9090 ("" off)
-	SSHBind     string `toml:"ssh_bind"`     // SSH front door, default 0.0.0.0:2222 ("" off)
-	ProxyBind   string `toml:"proxy_bind"`   // HTTPS proxy, e.g. 0.0.0.0:443 ("" off)
-	HTTPBind    string `toml:"http_bind"`    // HTTP-01 and redirects, or the local proxy without a domain
-	Domain      string `toml:"domain"`       // VMs at https://<vm>.<domain>
-	PublicIP    string `toml:"public_ip"`    // shown in DNS instructions
-	ACMEEmail   string `toml:"acme_email"`   //
-	ACMECA      string `toml:"acme_ca"`      // directory URL of any ACME CA
-	ACMEStaging bool   `toml:"acme_staging"` // Let's Encrypt staging
-	ACMERoot    string `toml:"acme_root"`    // PEM file of a private ACME CA's root (tests: Pebble)
-	DNSResolver string `toml:"dns_resolver"` // host:port asked to verify custom domains (default: the system's resolver)
+	StateDir     string `toml:"state_dir"`     // default /var/lib/minions
+	RunDir       string `toml:"run_dir"`       // default /run/minions (or <state_dir>/run)
+	DefaultImage string `toml:"default_image"` // image create uses without --os (default minimal)
+	Hypervisor   string `toml:"hypervisor"`    // auto | qemu | qemu-kvm | qemu-tcg | cloud-hypervisor
+	Subnet       string `toml:"subnet"`        // VM network, default 10.210.0.0/16
+	Bind         string `toml:"bind"`          // HTTP API on TCP, default 127.0.0.1:3000 ("" off)
+	AdminBind    string `toml:"admin_bind"`    // metrics, default 127.0.0.1:9090 ("" off)
+	SSHBind      string `toml:"ssh_bind"`      // SSH front door, default 0.0.0.0:2222 ("" off)
+	ProxyBind    string `toml:"proxy_bind"`    // HTTPS proxy, e.g. 0.0.0.0:443 ("" off)
+	HTTPBind     string `toml:"http_bind"`     // HTTP-01 and redirects, or the local proxy without a domain
+	Domain       string `toml:"domain"`        // VMs at https://<vm>.<domain>
+	PublicIP     string `toml:"public_ip"`     // shown in DNS instructions
+	ACMEEmail    string `toml:"acme_email"`    //
+	ACMECA       string `toml:"acme_ca"`       // directory URL of any ACME CA
+	ACMEStaging  bool   `toml:"acme_staging"`  // Let's Encrypt staging
+	ACMERoot     string `toml:"acme_root"`     // PEM file of a private ACME CA's root (tests: Pebble)
+	DNSResolver  string `toml:"dns_resolver"`  // host:port asked to verify custom domains (default: the system's resolver)
 	// ProxyRate and ProxyBurst bound proxied requests per client IP per
 	// second (default 50 and 100); a negative ProxyRate turns the limit off.
 	ProxyRate  float64 `toml:"proxy_rate"`

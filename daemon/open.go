@@ -60,11 +60,12 @@ func ResolvePaths(state, run string) (Paths, error) {
 
 // Options configure Open.
 type Options struct {
-	Paths      Paths
-	Subnet     netip.Prefix // default network.DefaultSubnet
-	Bridge     string       // default network.DefaultBridge
-	Hypervisor string       // "auto" (default), "qemu", "cloud-hypervisor"
-	Log        *slog.Logger
+	Paths        Paths
+	Subnet       netip.Prefix // default network.DefaultSubnet
+	Bridge       string       // default network.DefaultBridge
+	Hypervisor   string       // "auto" (default), "qemu", "cloud-hypervisor"
+	DefaultImage string       // image create uses without one (default "minimal")
+	Log          *slog.Logger
 }
 
 // Env is an opened installation: the service and what it was built from.
@@ -124,7 +125,7 @@ func Open(ctx context.Context, o Options) (*Env, error) {
 	if e.Driver, err = newDriver(ctx, o); err != nil {
 		return nil, err
 	}
-	e.Service, err = service.New(service.Config{StateDir: o.Paths.State, RunDir: o.Paths.Run, Subnet: o.Subnet, Log: o.Log}, service.Deps{
+	e.Service, err = service.New(service.Config{StateDir: o.Paths.State, RunDir: o.Paths.Run, Subnet: o.Subnet, DefaultImage: o.DefaultImage, Log: o.Log}, service.Deps{
 		DB: db, Driver: e.Driver, Network: netAdapter{e.Network}, Images: imageAdapter{cat: e.Images}, Disks: diskAdapter{}, HostKey: key,
 	})
 	if err != nil {

@@ -142,7 +142,7 @@ func Serve(ctx context.Context, cfg Config, logOut io.Writer) error {
 		return err
 	}
 	subnet, _ := netip.ParsePrefix(cfg.Subnet)
-	e, err := Open(ctx, Options{Paths: paths, Subnet: subnet, Hypervisor: cfg.Hypervisor, Log: log})
+	e, err := Open(ctx, Options{Paths: paths, Subnet: subnet, Hypervisor: cfg.Hypervisor, DefaultImage: cfg.DefaultImage, Log: log})
 	if err != nil {
 		return err
 	}
