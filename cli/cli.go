@@ -238,8 +238,11 @@ func parseInterspersed(fs *flag.FlagSet, args []string, literalAfter int) ([]str
 		if literalAfter > 0 && len(pos) >= literalAfter {
 			if args[0] == "--" {
 				args = args[1:]
+				if len(args) == 0 {
+					break
+				}
 			}
-			if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+			if !strings.HasPrefix(args[0], "-") {
 				return append(pos, args...), nil
 			}
 		}

@@ -98,6 +98,12 @@ func Open(ctx context.Context, o Options) (*Env, error) {
 			return nil, fmt.Errorf("create %s: %w", d, err)
 		}
 	}
+	// Users with a token reach the daemon's socket in the run directory:
+	// they may pass through it (0711), not list it; every VM's own
+	// directory in it stays 0700.
+	if err := os.Chmod(o.Paths.Run, 0o711); err != nil {
+		return nil, err
+	}
 	db, err := store.Open(ctx, filepath.Join(o.Paths.State, "minions.db"))
 	if err != nil {
 		return nil, err
