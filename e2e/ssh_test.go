@@ -21,13 +21,18 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/pkg/sftp"
 	"golang.org/x/crypto/ssh"
+
+	"github.com/minionsdev/minions/vm/hypervisor"
+	"github.com/minionsdev/minions/vsockcli"
 )
 
 // sshKey is a user's key pair, on disk for OpenSSH and in memory for
@@ -439,14 +444,7 @@ func TestSSHFrontDoor(t *testing.T) {
 		}
 		// The dashboard shows it, running, in the list.
 		term.keys("Escape")
-		s := term.waitFor("running vm row", 20*time.Second, func(s string) bool {
-			for _, l := range strings.Split(s, "\n") {
-				if strings.Contains(l, vmName) && strings.Contains(l, "running") {
-					return true
-				}
-			}
-			return false
-		})
+		s := term.waitFor("running vm row", 20*time.Second, func(s string) bool { return hasRow(s, vmName, "running") })
 		v, _ := vmByName(t, vmName)
 		if !strings.Contains(s, v.IP) {
 			t.Errorf("vm row without its address %s:\n%s", v.IP, s)
@@ -674,7 +672,8 @@ func TestSSHFrontDoor(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer func() { fwd.Process.Kill(); fwd.Wait() }()
-		time.Sleep(time.Second)
+		// ssh listens locally; the refusal comes per connection.
+		waitListening(t, local, 20*time.Second)
 		if out, err := exec.Command("curl", "-sS", "-m", "3", "http://"+local+"/").CombinedOutput(); err == nil || strings.Contains(string(out), "gateway-page") {
 			t.Errorf("bob's ssh -L reached the vm: %v %q", err, out)
 		}
@@ -721,6 +720,11 @@ func TestSSHFrontDoor(t *testing.T) {
 		if r := d.openssh(t, root, "", "ssh", "127.0.0.1", "exec", vmName, "--", "sh", "-c", "'exit 9'"); r.code != 9 {
 			t.Fatalf("exec over the command grammar: %s", r)
 		}
+		// `minions tui` on the host is the same dashboard.
+		term := openTerminal(t, dir, 120, 36, "env", "MINIONS_STATE_DIR="+stateDir, filepath.Join(binDir, "minions"), "tui")
+		term.waitFor("running vm row in minions tui", 20*time.Second, func(s string) bool { return hasRow(s, vmName, "running") })
+		term.keys("q")
+		term.waitFor("minions tui exit", 10*time.Second, func(string) bool { return term.dead() })
 	})
 
 	t.Run("stopped-vm", func(t *testing.T) {
@@ -731,11 +735,30 @@ func TestSSHFrontDoor(t *testing.T) {
 		if r.code != 5 || !strings.Contains(r.stderr, "stopped") || !strings.Contains(r.stderr, "start "+vmName) {
 			t.Fatalf("ssh to a stopped vm: %s", r)
 		}
-		if r := d.openssh(t, root, "", "ssh", "127.0.0.1", "start", vmName); r.code != 0 {
-			t.Fatalf("start over ssh: %s", r)
+		// With a terminal the gateway offers to start it, then the
+		// session goes on as a shell in the VM.
+		term := openTerminal(t, dir, 100, 30, d.opensshCmd(context.Background(), root, "ssh", "-t", vmName+"@127.0.0.1").Args...)
+		term.waitText(20*time.Second, "stopped", "Start "+vmName+" now?")
+		term.typ("y")
+		term.waitFor("shell prompt after start", 2*time.Minute, func(s string) bool {
+			_, after, ok := strings.Cut(s, "now?")
+			return ok && strings.Contains(after, "#")
+		})
+		term.typ("echo up$((1+1))")
+		term.keys("Enter")
+		term.waitText(20*time.Second, "up2")
+		term.typ("exit")
+		term.keys("Enter")
+		term.waitFor("client exit", 20*time.Second, func(string) bool { return term.dead() })
+		if v, ok := vmByName(t, vmName); !ok || v.Status != "running" {
+			t.Fatalf("after starting from the prompt: %+v", v)
+		}
+		// The command grammar drives the lifecycle too.
+		if r := d.openssh(t, root, "", "ssh", "127.0.0.1", "restart", vmName); r.code != 0 || hasEscape(r.stdout+r.stderr) {
+			t.Fatalf("restart over ssh: %s", r)
 		}
 		if r := d.openssh(t, root, "", "ssh", vmName+"@127.0.0.1", "hostname"); r.code != 0 || r.stdout != vmName+"\n" {
-			t.Fatalf("after start: %s", r)
+			t.Fatalf("after restart: %s", r)
 		}
 	})
 
@@ -813,4 +836,227 @@ func lastLines(s string, n int) string {
 		lines = lines[len(lines)-n:]
 	}
 	return strings.Join(lines, "\n")
+}
+
+// Benchmark sizes: round trips per way, and the sftp write.
+const (
+	gwExecRounds  = 20
+	gwSFTPBytes   = 32 << 20
+	gwSFTPRepeats = 3
+)
+
+// BenchmarkGateway compares the SSH front door with the agent channel it
+// relays to, on a real VM: `true` in the guest through `ssh vm@host`
+// (x/crypto/ssh, a new connection each time and on an open connection)
+// against an exec on the VM's agent socket (vsockcli, likewise), and a
+// 32 MiB sftp write (and 32 MiB of stdin to cat, the bare channel) through
+// the gateway against the same over the agent connection. It prints medians and the ratios (gateway/direct for
+// time, gateway/direct for throughput; the throughput target is >= 0.8).
+// Run with -bench Gateway -benchtime 1x.
+func BenchmarkGateway(b *testing.B) {
+	if skipWhy != "" {
+		b.Skip(skipWhy)
+	}
+	if !setupDone {
+		mustTB(b, "init")
+		setupDone = true
+	}
+	const vmName = "gwbench"
+	dir := b.TempDir()
+	key := newSSHKey(b, dir, "bench")
+	d := startDaemon(b, dir, "")
+	b.Cleanup(func() { d.stop(b) })
+	mustTB(b, "ssh-key", "add", key.pubFile)
+	b.Cleanup(func() { mustTB(b, "ssh-key", "rm", ssh.FingerprintSHA256(key.signer.PublicKey())) })
+	var v vmJSON
+	if err := json.Unmarshal([]byte(mustTB(b, "create", vmName, "--memory", "256", "--json")), &v); err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { mustTB(b, "destroy", vmName, "--yes") })
+
+	agentKey, err := os.ReadFile(filepath.Join(stateDir, "keys", "agent_ed25519"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	signer, err := ssh.ParsePrivateKey(agentKey)
+	if err != nil {
+		b.Fatal(err)
+	}
+	ep := hypervisor.AgentEndpoint{Kind: vsockcli.KindHybrid, Path: filepath.Join(stateDir, "run", v.ID, "vsock.sock"), Port: 1024}
+	acfg := vsockcli.Config{Signer: signer, HostKey: ssh.InsecureIgnoreHostKey()}
+	ctx := context.Background()
+	direct := func() *vsockcli.Client {
+		cl, err := vsockcli.Dial(ctx, ep, acfg)
+		if err != nil {
+			b.Fatalf("dial agent: %v", err)
+		}
+		return cl
+	}
+	directTrue := func(cl *vsockcli.Client) {
+		if code, err := cl.Exec(ctx, vsockcli.ExecRequest{Command: "true", Stdout: io.Discard, Stderr: io.Discard}); err != nil || code != 0 {
+			b.Fatalf("agent exec true: %d %v", code, err)
+		}
+	}
+	gwTrue := func(c *ssh.Client) {
+		if r := sshSession(b, c, "true", ""); r.code != 0 {
+			b.Fatalf("gateway true: %s", r)
+		}
+	}
+	timed := func(n int, f func()) []time.Duration {
+		f() // warm
+		out := make([]time.Duration, n)
+		for i := range out {
+			start := time.Now()
+			f()
+			out[i] = time.Since(start)
+		}
+		return out
+	}
+	sftpWrite := func(c *ssh.Client, data []byte) time.Duration {
+		start := time.Now()
+		s, err := sftp.NewClient(c, sftp.UseConcurrentWrites(true))
+		if err != nil {
+			b.Fatalf("sftp: %v", err)
+		}
+		defer s.Close()
+		f, err := s.Create("/root/bench.bin")
+		if err != nil {
+			b.Fatalf("sftp create: %v", err)
+		}
+		if _, err := f.ReadFrom(bytes.NewReader(data)); err != nil {
+			b.Fatalf("sftp write: %v", err)
+		}
+		if err := f.Close(); err != nil {
+			b.Fatalf("sftp close: %v", err)
+		}
+		return time.Since(start)
+	}
+	data := make([]byte, gwSFTPBytes)
+	rand.Read(data)
+
+	var gwDial, dirDial, gwOpen, dirOpen, sshProc, gwSFTP, dirSFTP, gwCat, dirCat []time.Duration
+	for b.Loop() {
+		gwDial = append(gwDial, timed(gwExecRounds, func() {
+			c := d.dial(b, vmName, key)
+			gwTrue(c)
+			c.Close()
+		})...)
+		dirDial = append(dirDial, timed(gwExecRounds, func() {
+			cl := direct()
+			directTrue(cl)
+			cl.Close()
+		})...)
+		c := d.dial(b, vmName, key)
+		gwOpen = append(gwOpen, timed(gwExecRounds, func() { gwTrue(c) })...)
+		cl := direct()
+		dirOpen = append(dirOpen, timed(gwExecRounds, func() { directTrue(cl) })...)
+		sshProc = append(sshProc, timed(gwExecRounds/2, func() {
+			if r := d.openssh(b, key, "", "ssh", vmName+"@127.0.0.1", "true"); r.code != 0 {
+				b.Fatalf("ssh vm@host true: %s", r)
+			}
+		})...)
+		for range gwSFTPRepeats {
+			gwSFTP = append(gwSFTP, sftpWrite(c, data))
+			dirSFTP = append(dirSFTP, sftpWrite(cl.SSH(), data))
+			start := time.Now()
+			if r := sshSession(b, c, "cat >/dev/null", string(data)); r.code != 0 {
+				b.Fatalf("gateway cat: %s", r)
+			}
+			gwCat = append(gwCat, time.Since(start))
+			start = time.Now()
+			if code, err := cl.Exec(ctx, vsockcli.ExecRequest{Command: "cat >/dev/null", Stdin: bytes.NewReader(data)}); err != nil || code != 0 {
+				b.Fatalf("agent cat: %d %v", code, err)
+			}
+			dirCat = append(dirCat, time.Since(start))
+		}
+		c.Close()
+		cl.Close()
+	}
+	if out := mustTB(b, "exec", vmName, "--", "wc", "-c", "/root/bench.bin"); !strings.HasPrefix(out, fmt.Sprint(gwSFTPBytes)+" ") {
+		b.Fatalf("bench.bin in the guest has %q bytes", out)
+	}
+	med := func(s []time.Duration) time.Duration {
+		s = slices.Clone(s)
+		slices.Sort(s)
+		return s[len(s)/2]
+	}
+	mibps := func(d time.Duration) float64 { return float64(gwSFTPBytes) / (1 << 20) / d.Seconds() }
+	rows := []struct {
+		what    string
+		gw, dir time.Duration
+		tput    bool
+		gwName  string
+		dirName string
+	}{
+		{"true, new connection", med(gwDial), med(dirDial), false, "gw_dial_ms", "agent_dial_ms"},
+		{"true, open connection", med(gwOpen), med(dirOpen), false, "gw_open_ms", "agent_open_ms"},
+		{"sftp write 32 MiB", med(gwSFTP), med(dirSFTP), true, "gw_sftp_MiB/s", "agent_sftp_MiB/s"},
+		{"stdin 32 MiB to cat", med(gwCat), med(dirCat), true, "gw_stdin_MiB/s", "agent_stdin_MiB/s"},
+	}
+	var tbl strings.Builder
+	fmt.Fprintf(&tbl, "\nBenchmarkGateway (medians; %d round trips, %d sftp writes per way)\n", len(gwDial), len(gwSFTP))
+	fmt.Fprintf(&tbl, "%-24s %14s %14s %8s\n", "", "gateway", "agent direct", "ratio")
+	for _, r := range rows {
+		if r.tput {
+			g, a := mibps(r.gw), mibps(r.dir)
+			fmt.Fprintf(&tbl, "%-24s %9.1f MiB/s %9.1f MiB/s %8.2f\n", r.what, g, a, g/a)
+			b.ReportMetric(g, r.gwName)
+			b.ReportMetric(a, r.dirName)
+			b.ReportMetric(g/a, strings.TrimSuffix(r.gwName, "_MiB/s")+"_ratio")
+			continue
+		}
+		fmt.Fprintf(&tbl, "%-24s %11.2f ms %11.2f ms %8.2f\n", r.what, millis(r.gw), millis(r.dir), float64(r.gw)/float64(r.dir))
+		b.ReportMetric(millis(r.gw), r.gwName)
+		b.ReportMetric(millis(r.dir), r.dirName)
+	}
+	fmt.Fprintf(&tbl, "%-24s %11.2f ms\n", "OpenSSH ssh vm@host true", millis(med(sshProc)))
+	b.ReportMetric(millis(med(sshProc)), "openssh_true_ms")
+	fmt.Fprint(os.Stderr, tbl.String())
+}
+
+// mustTB runs the CLI for a test or benchmark and fails tb unless it exits 0.
+func mustTB(tb testing.TB, args ...string) string {
+	tb.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, filepath.Join(binDir, "minions"), args...)
+	cmd.Env = append(os.Environ(), "MINIONS_STATE_DIR="+stateDir, "MINIONS_AGENT_BIN="+filepath.Join(binDir, "minions-agent"))
+	r, err := runClient(cmd, "")
+	if err != nil || r.code != 0 {
+		tb.Fatalf("minions %s: %v %s", strings.Join(args, " "), err, r)
+	}
+	return r.stdout
+}
+
+func millis(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+// waitListening waits until addr accepts TCP connections.
+func waitListening(t *testing.T, addr string, timeout time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		c, err := net.DialTimeout("tcp", addr, time.Second)
+		if err == nil {
+			c.Close()
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("nothing listens on %s after %s: %v", addr, timeout, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// hasRow reports whether one line of screen holds all of words.
+func hasRow(screen string, words ...string) bool {
+	for _, l := range strings.Split(screen, "\n") {
+		all := true
+		for _, w := range words {
+			all = all && strings.Contains(l, w)
+		}
+		if all {
+			return true
+		}
+	}
+	return false
 }
