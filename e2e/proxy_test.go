@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"encoding/json"
 	"encoding/pem"
 	"fmt"
 	"io"
@@ -17,6 +18,8 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -113,6 +116,19 @@ func (d *serveProc) statusKiB(t testing.TB, field string) int {
 	}
 	t.Fatalf("no %s in /proc/%d/status", field, d.cmd.Process.Pid)
 	return 0
+}
+
+// cpuTime is the daemon's user+system CPU time so far (clock ticks of
+// 10 ms: use it over intervals of a second or more).
+func (d *serveProc) cpuTime(t testing.TB) time.Duration {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", d.cmd.Process.Pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+2:]))
+	ut, _ := strconv.ParseInt(f[11], 10, 64) // field 14 of the whole line
+	st, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(ut+st) * 10 * time.Millisecond
 }
 
 func freeTCPPort(t testing.TB) int {
@@ -713,4 +729,152 @@ type zeros struct{}
 func (zeros) Read(p []byte) (int, error) {
 	clear(p)
 	return len(p), nil
+}
+
+// BenchmarkProxy compares keep-alive HTTP requests to a VM's web server
+// through the daemon's proxy (local mode: http://<vm>.localhost, public
+// VM, rate limit off) with requests straight to the VM's address. It
+// reports p50 latency of sequential requests on one connection and
+// requests per second with 4 concurrent connections, for both paths, with
+// the ratio and the latency the proxy adds. Run with -benchtime=1x.
+func BenchmarkProxy(b *testing.B) {
+	if skipWhy != "" {
+		b.Skip(skipWhy)
+	}
+	mustIn(b, "init")
+	bin := buildWSEcho(b)
+	out := mustIn(b, "create", "pbench", "--json")
+	defer minionsIn(b, "", "destroy", "pbench", "--yes")
+	var v vmJSON
+	if err := jsonUnmarshal(out, &v); err != nil {
+		b.Fatal(err)
+	}
+	installWSEcho(b, "pbench", v.IP, 8081, bin)
+	httpAddr := loopback(freeTCPPort(b))
+	d := startServe(b, fmt.Sprintf("bind = %q\nadmin_bind = %q\nssh_bind = %q\nhttp_bind = %q\nproxy_rate = -1\n",
+		loopback(freeTCPPort(b)), loopback(freeTCPPort(b)), loopback(freeTCPPort(b)), httpAddr), httpAddr)
+	mustIn(b, "expose", "pbench", "--port", "8081")
+	mustIn(b, "share", "pbench", "--public")
+
+	direct := newLoad(b, "http://"+v.IP+":8081/", "", "")
+	proxied := newLoad(b, "http://pbench.localhost/", "pbench.localhost", httpAddr)
+	// Alternate the two paths in short rounds: this host is shared, and
+	// its load drifts over a run.
+	var dLat, pLat []time.Duration
+	var dN, pN int64
+	var dT, pT time.Duration
+	var pCPU time.Duration
+	for range 5 {
+		dLat = append(dLat, direct.sequential(200)...)
+		c := d.cpuTime(b)
+		pLat = append(pLat, proxied.sequential(200)...)
+		pCPU += d.cpuTime(b) - c
+		n, el := direct.concurrent(4, 600*time.Millisecond)
+		dN, dT = dN+n, dT+el
+		c = d.cpuTime(b)
+		n, el = proxied.concurrent(4, 600*time.Millisecond)
+		pCPU += d.cpuTime(b) - c
+		pN, pT = pN+n, pT+el
+	}
+	dp50, pp50 := p50(dLat), p50(pLat)
+	drps, prps := float64(dN)/dT.Seconds(), float64(pN)/pT.Seconds()
+	b.ReportMetric(float64(dp50.Microseconds()), "direct-p50-us")
+	b.ReportMetric(float64(pp50.Microseconds()), "proxy-p50-us")
+	b.ReportMetric(float64((pp50 - dp50).Microseconds()), "added-p50-us")
+	b.ReportMetric(drps, "direct-req/s")
+	b.ReportMetric(prps, "proxy-req/s")
+	b.ReportMetric(prps/drps, "rps-ratio")
+	perReq := pCPU / time.Duration(int64(len(pLat))+pN)
+	b.ReportMetric(float64(perReq.Microseconds()), "daemon-cpu-us/req")
+	b.Logf("direct: p50 %s, %.0f req/s; proxy: p50 %s, %.0f req/s; ratio %.2f, added p50 %s; daemon CPU %s per proxied request",
+		dp50, drps, pp50, prps, prps/drps, pp50-dp50, perReq)
+}
+
+func jsonUnmarshal(s string, v any) error { return json.Unmarshal([]byte(s), v) }
+
+// load sends keep-alive GETs to u (through dialAddr with Host host when
+// given) and checks every answer.
+type load struct {
+	b       *testing.B
+	c       *http.Client
+	u, host string
+}
+
+func newLoad(b *testing.B, u, host, dialAddr string) *load {
+	b.Helper()
+	tr := &http.Transport{MaxIdleConnsPerHost: 8, DisableCompression: true}
+	if dialAddr != "" {
+		tr.DialContext = func(ctx context.Context, network, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, network, dialAddr)
+		}
+	}
+	b.Cleanup(tr.CloseIdleConnections)
+	l := &load{b: b, c: &http.Client{Transport: tr, Timeout: 10 * time.Second}, u: u, host: host}
+	l.sequential(100) // warm up: connections, caches
+	return l
+}
+
+func (l *load) one() error {
+	req, _ := http.NewRequest(http.MethodGet, l.u, nil)
+	if l.host != "" {
+		req.Host = l.host
+	}
+	resp, err := l.c.Do(req)
+	if err != nil {
+		return err
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || !bytes.Contains(body, []byte("wsecho here")) {
+		return fmt.Errorf("GET %s: %d %q", l.u, resp.StatusCode, body)
+	}
+	return nil
+}
+
+// sequential sends n requests one after another on one connection and
+// returns their latencies.
+func (l *load) sequential(n int) []time.Duration {
+	lat := make([]time.Duration, n)
+	for i := range lat {
+		start := time.Now()
+		if err := l.one(); err != nil {
+			l.b.Fatal(err)
+		}
+		lat[i] = time.Since(start)
+	}
+	return lat
+}
+
+// concurrent runs workers request loops for d and returns the count.
+func (l *load) concurrent(workers int, d time.Duration) (int64, time.Duration) {
+	var count atomic.Int64
+	var failed atomic.Pointer[error]
+	var wg sync.WaitGroup
+	start := time.Now()
+	deadline := start.Add(d)
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for time.Now().Before(deadline) {
+				if err := l.one(); err != nil {
+					failed.Store(&err)
+					return
+				}
+				count.Add(1)
+			}
+		}()
+	}
+	wg.Wait()
+	if err := failed.Load(); err != nil {
+		l.b.Fatal(*err)
+	}
+	return count.Load(), time.Since(start)
+}
+
+func p50(lat []time.Duration) time.Duration {
+	s := append([]time.Duration(nil), lat...)
+	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+	return s[len(s)/2]
 }
