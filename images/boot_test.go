@@ -378,16 +378,6 @@ func TestCatalogLifecycle(t *testing.T) {
 	}
 }
 
-func TestUnsupportedOSExplains(t *testing.T) {
-	cat := &Catalog{Dir: t.TempDir()}
-	for _, o := range []string{OSUbuntu, OSFedora, OSNixOS} {
-		_, err := cat.Build(context.Background(), BuildOptions{OS: o, AgentBinary: "/bin/true"})
-		if !errors.Is(err, errs.FailedPrecondition) || !strings.Contains(err.Error(), "needs") {
-			t.Errorf("%s: %v", o, err)
-		}
-	}
-}
-
 func TestCleanTempSparesLiveBuilds(t *testing.T) {
 	cat := &Catalog{Dir: t.TempDir()}
 	live, err := newTempDir(filepath.Join(cat.Dir, "tmp"), "build-minimal-")

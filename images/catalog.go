@@ -60,10 +60,18 @@ func (im Image) Ref() string { return im.OS + "@" + im.Version }
 
 // BuildOptions says what to build.
 type BuildOptions struct {
-	OS          string // minimal | debian (ubuntu, fedora, nixos: explained error)
-	SizeMiB     int    // apparent size of the image; 0: 1024 (minimal), 5120 (debian)
-	Mirror      string // Debian mirror; "": DefaultDebianMirror
-	AgentBinary string // path of the agent binary to install (required)
+	OS      string // minimal | debian | ubuntu | fedora | nixos
+	SizeMiB int    // apparent size of the image; 0: 1024 (minimal), 5120 (full OSes)
+	// Mirror is the package archive: a Debian, Ubuntu or Fedora mirror
+	// (http, https or file URL); "": DefaultDebianMirror,
+	// DefaultUbuntuMirror, DefaultFedoraMirror. Not used by minimal and
+	// nixos.
+	Mirror string
+	// RootfsTarball (fedora only), if set, is a Fedora root filesystem tar
+	// (Container or Cloud base, optionally compressed) to start from
+	// instead of installing from scratch with the host's dnf.
+	RootfsTarball string
+	AgentBinary   string // path of the agent binary to install (required)
 	// Kernel whose modules go into /lib/modules of full images; nil: the
 	// catalogue's current kernel (EnsureKernel under Dir/kernels).
 	Kernel *Kernel
@@ -354,8 +362,12 @@ func (c *Catalog) Build(ctx context.Context, o BuildOptions) (Image, error) {
 		return c.buildMinimal(ctx, o, progress)
 	case OSDebian:
 		return c.buildDebian(ctx, o, progress)
-	case OSUbuntu, OSFedora, OSNixOS:
-		return Image{}, unsupportedOS(o.OS)
+	case OSUbuntu:
+		return c.buildUbuntu(ctx, o, progress)
+	case OSFedora:
+		return c.buildFedora(ctx, o, progress)
+	case OSNixOS:
+		return c.buildNixOS(ctx, o, progress)
 	default:
 		return Image{}, errs.New(errs.InvalidArgument, "build image: unknown os %q (want minimal, debian, ubuntu, fedora or nixos)", o.OS)
 	}

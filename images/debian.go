@@ -70,50 +70,84 @@ var debianLinks = map[string]string{
 	"etc/systemd/system/getty.target.wants/serial-getty@ttyS0.service": "/lib/systemd/system/serial-getty@.service",
 }
 
-func debootstrapKey(mirror, suite string, pkgs []string) string {
+// debootstrapKey names a cached debootstrap tree. Debian's key has no
+// extra fields (it must not change: existing caches stay valid); other
+// distributions add theirs (components, keyring, script).
+func debootstrapKey(mirror, suite string, pkgs []string, extra ...string) string {
 	p := append([]string(nil), pkgs...)
 	sort.Strings(p)
-	h := sha256.Sum256([]byte("debootstrap-v1\n" + mirror + "\n" + suite + "\nminbase\n" + strings.Join(p, ",")))
+	s := "debootstrap-v1\n" + mirror + "\n" + suite + "\nminbase\n" + strings.Join(p, ",")
+	for _, e := range extra {
+		s += "\n" + e
+	}
+	h := sha256.Sum256([]byte(s))
 	return hex.EncodeToString(h[:8])
 }
 
+// debianDistro is Debian bookworm as debootstrap builds it.
+func debianDistro() debootstrapDistro {
+	return debootstrapDistro{
+		OS: OSDebian, Suite: DefaultDebianSuite, DefaultMirror: DefaultDebianMirror,
+		Components: []string{"main"}, Packages: DebianPackages,
+		Files: debianFiles, Links: debianLinks,
+	}
+}
+
 func (c *Catalog) buildDebian(ctx context.Context, o BuildOptions, progress func(string)) (Image, error) {
+	return c.buildDebootstrap(ctx, debianDistro(), o, progress)
+}
+
+// buildDebootstrap builds an image of a debootstrap-able distribution d.
+func (c *Catalog) buildDebootstrap(ctx context.Context, d debootstrapDistro, o BuildOptions, progress func(string)) (Image, error) {
 	started := time.Now()
+	what := "build " + d.OS + " image"
 	if o.SizeMiB == 0 {
 		o.SizeMiB = DefaultDebianSizeMiB
 	}
 	if o.SizeMiB < 1024 {
-		return Image{}, errs.New(errs.InvalidArgument, "build debian image: size %d MiB is below 1024 MiB", o.SizeMiB)
+		return Image{}, errs.New(errs.InvalidArgument, "%s: size %d MiB is below 1024 MiB", what, o.SizeMiB)
 	}
 	if o.Mirror == "" {
-		o.Mirror = DefaultDebianMirror
+		o.Mirror = d.DefaultMirror
 	}
 	if !strings.HasPrefix(o.Mirror, "http://") && !strings.HasPrefix(o.Mirror, "https://") && !strings.HasPrefix(o.Mirror, "file:/") {
-		return Image{}, errs.New(errs.InvalidArgument, "build debian image: mirror %q is not an http(s) or file URL", o.Mirror)
+		return Image{}, errs.New(errs.InvalidArgument, "%s: mirror %q is not an http(s) or file URL", what, o.Mirror)
+	}
+	if o.RootfsTarball != "" {
+		return Image{}, errs.New(errs.InvalidArgument, "%s: --rootfs-tarball is for fedora only", what)
 	}
 	if os.Geteuid() != 0 {
-		return Image{}, errs.New(errs.PermissionDenied, "build debian image: debootstrap needs root")
+		return Image{}, errs.New(errs.PermissionDenied, "%s: debootstrap needs root", what)
+	}
+	if err := d.resolve(); err != nil {
+		return Image{}, fmt.Errorf("%s: %w", what, err)
 	}
 	sum, err := fileSHA256(o.AgentBinary)
 	if err != nil {
-		return Image{}, fmt.Errorf("build debian image: agent: %w", err)
+		return Image{}, fmt.Errorf("%s: agent: %w", what, err)
+	}
+	if d.ProbeMirror {
+		progress("probe mirror")
+		if err := probeMirror(ctx, o.Mirror, "dists/"+d.Suite+"/Release", d.OS); err != nil {
+			return Image{}, fmt.Errorf("%s: %w", what, err)
+		}
 	}
 	k := o.Kernel
 	if k == nil {
 		progress("kernel")
 		kk, err := c.Kernel(ctx)
 		if err != nil {
-			return Image{}, fmt.Errorf("build debian image: %w", err)
+			return Image{}, fmt.Errorf("%s: %w", what, err)
 		}
 		k = &kk
 	}
 
 	progress("debootstrap (cached per mirror and package list)")
-	base, err := c.debootstrapCache(ctx, o.Mirror, DefaultDebianSuite, DebianPackages, progress)
+	base, err := c.debootstrapCache(ctx, d, o.Mirror, progress)
 	if err != nil {
-		return Image{}, fmt.Errorf("build debian image: %w", err)
+		return Image{}, fmt.Errorf("%s: %w", what, err)
 	}
-	td, err := c.buildDir(OSDebian)
+	td, err := c.buildDir(d.OS)
 	if err != nil {
 		return Image{}, err
 	}
@@ -123,31 +157,32 @@ func (c *Catalog) buildDebian(ctx context.Context, o BuildOptions, progress func
 	progress("overlay base tree")
 	root, err := writableCopy(ctx, base, bd)
 	if err != nil {
-		return Image{}, fmt.Errorf("build debian image: %w", err)
+		return Image{}, fmt.Errorf("%s: %w", what, err)
 	}
 	progress("configure")
-	if err := configureDebian(ctx, root, o.AgentBinary, *k); err != nil {
-		return Image{}, fmt.Errorf("build debian image: %w", err)
+	if err := configureTree(ctx, root, o.AgentBinary, *k, d.Files, d.Links); err != nil {
+		return Image{}, fmt.Errorf("%s: %w", what, err)
 	}
+	cleanAptCaches(root)
 	out := filepath.Join(bd, "out")
 	if err := os.Mkdir(out, 0o755); err != nil {
 		return Image{}, err
 	}
 	progress("mkfs.ext4")
 	if err := mkfsFromDir(ctx, root, filepath.Join(out, "rootfs.ext4"), int64(o.SizeMiB)<<20, "minions-root"); err != nil {
-		return Image{}, fmt.Errorf("build debian image: %w", err)
+		return Image{}, fmt.Errorf("%s: %w", what, err)
 	}
 	unmountUnder(root)
 	progress("publish")
-	return c.publish(out, Image{OS: OSDebian, AgentSHA256: sum, KernelVersion: k.Version}, started)
+	return c.publish(out, Image{OS: d.OS, AgentSHA256: sum, KernelVersion: k.Version}, started)
 }
 
 // debootstrapCache returns a directory holding a finished debootstrap of
-// suite from mirror with pkgs, running debootstrap only when no such tree
-// is cached. The tree is never modified after it is published.
-func (c *Catalog) debootstrapCache(ctx context.Context, mirror, suite string, pkgs []string, progress func(string)) (string, error) {
+// d from mirror, running debootstrap only when no such tree is cached. The
+// tree is never modified after it is published. d must be resolved.
+func (c *Catalog) debootstrapCache(ctx context.Context, d debootstrapDistro, mirror string, progress func(string)) (string, error) {
 	cacheDir := filepath.Join(c.Dir, "cache", "debootstrap")
-	final := filepath.Join(cacheDir, debootstrapKey(mirror, suite, pkgs))
+	final := filepath.Join(cacheDir, d.cacheKey(mirror))
 	if _, err := os.Stat(filepath.Join(final, "root", "etc", "os-release")); err == nil {
 		progress("debootstrap: cached")
 		return filepath.Join(final, "root"), nil
@@ -163,14 +198,13 @@ func (c *Catalog) debootstrapCache(ctx context.Context, mirror, suite string, pk
 		return "", err
 	}
 	start := time.Now()
-	_, err = run(ctx, "", "debootstrap", "--variant=minbase", "--components=main",
-		"--include="+strings.Join(pkgs, ","), suite, root, mirror)
+	_, err = run(ctx, "", "debootstrap", d.debootstrapArgs(root, mirror)...)
 	unmountUnder(root)
 	if err != nil {
 		if errs.ClassOf(err) != nil {
 			return "", err
 		}
-		return "", errs.New(errs.Unavailable, "debootstrap %s from %s: %w", suite, mirror, err)
+		return "", errs.New(errs.Unavailable, "debootstrap %s from %s: %w", d.Suite, mirror, err)
 	}
 	progress(fmt.Sprintf("debootstrap: done in %.0fs", time.Since(start).Seconds()))
 	// Shrink: downloaded packages are not needed in the image.
@@ -209,9 +243,12 @@ func writableCopy(ctx context.Context, base, work string) (string, error) {
 	return merged, nil
 }
 
-// configureDebian turns a debootstrapped tree into a Minions image.
-func configureDebian(ctx context.Context, root, agent string, k Kernel) error {
-	for name, content := range debianFiles {
+// configureTree turns an installed distribution tree into a Minions image:
+// files and links (systemd units enabled as systemctl enable would), no
+// SSH host keys, the agent, and k's modules indexed by the tree's own
+// depmod.
+func configureTree(ctx context.Context, root, agent string, k Kernel, files, links map[string]string) error {
+	for name, content := range files {
 		p := filepath.Join(root, name)
 		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
 			return err
@@ -221,7 +258,7 @@ func configureDebian(ctx context.Context, root, agent string, k Kernel) error {
 			return err
 		}
 	}
-	for link, target := range debianLinks {
+	for link, target := range links {
 		p := filepath.Join(root, link)
 		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
 			return err
@@ -257,6 +294,11 @@ func configureDebian(ctx context.Context, root, agent string, k Kernel) error {
 	if _, err := run(ctx, "", "chroot", root, "/sbin/depmod", "-a", k.Version); err != nil {
 		return fmt.Errorf("depmod in image: %w", err)
 	}
+	return nil
+}
+
+// cleanAptCaches empties apt's package lists and caches in root.
+func cleanAptCaches(root string) {
 	for _, d := range []string{"var/lib/apt/lists", "var/cache/apt"} {
 		ents, _ := os.ReadDir(filepath.Join(root, d))
 		for _, e := range ents {
@@ -265,7 +307,6 @@ func configureDebian(ctx context.Context, root, agent string, k Kernel) error {
 			}
 		}
 	}
-	return nil
 }
 
 // unmountUnder lazily unmounts every mount point at or below dir (deepest

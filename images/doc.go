@@ -14,15 +14,25 @@
 //
 // Root filesystems: Catalog builds ("minimal": busybox + agent, about half a
 // second; "debian": debootstrap bookworm with systemd and sshd, minutes the
-// first time, cached after), lists, resolves ("minimal" is the newest
+// first time, cached after; "ubuntu": debootstrap noble the same way, with
+// Ubuntu's archive keyring; "fedora": dnf --installroot from a Fedora
+// mirror, or a Fedora root filesystem tarball plus dnf; "nixos": only the
+// checks so far), lists, resolves ("minimal" is the newest
 // version, "minimal@20261127-001530-ab12" one version), bakes a new agent
 // into a new version and removes images nothing uses. Every image is a raw
 // ext4 file, mode 0444, published by renaming a finished directory: a failed
 // build leaves nothing, and a file a VM uses is never written again. VM disks
 // are copy-on-write children of these files (package vm/disk).
 //
+// Before ubuntu and fedora builds download anything, the mirror is probed
+// (MirrorProbeTimeout): an unreachable one is Unavailable ("mirror X
+// unreachable: ..."), one without the release FailedPrecondition. Package
+// signatures are always checked; a missing keyring or key is a
+// FailedPrecondition naming the file.
+//
 // Host tools used: apt-get, apt-cache, dpkg-deb, mkfs.ext4, debugfs,
-// debootstrap and chroot (debian only), /bin/busybox from busybox-static
+// debootstrap and chroot (debian, ubuntu), dnf, tar and chroot (fedora),
+// nix-build and nix-instantiate (nixos), /bin/busybox from busybox-static
 // (minimal only). A missing tool is a FailedPrecondition or Unavailable
 // error naming the package to install.
 package images

@@ -178,23 +178,3 @@ func mkfsFromDir(ctx context.Context, dir, img string, size int64, label string)
 	}
 	return nil
 }
-
-// unsupportedOS explains what building osName would need on this host.
-func unsupportedOS(osName string) error {
-	has := func(tool string) string {
-		if _, err := exec.LookPath(tool); err == nil {
-			return "installed"
-		}
-		return "not installed"
-	}
-	switch osName {
-	case OSUbuntu:
-		return errs.New(errs.FailedPrecondition, "build ubuntu image: not available on this host: it needs an Ubuntu archive mirror (not reachable from here), "+
-			"Ubuntu's archive keyring (no ubuntu-keyring package in Debian 12) and a debootstrap script for noble (debootstrap %s, scripts only up to jammy)", has("debootstrap"))
-	case OSFedora:
-		return errs.New(errs.FailedPrecondition, "build fedora image: not available on this host: it needs dnf (%s; apt-get install dnf) and a reachable Fedora mirror (none is)", has("dnf"))
-	case OSNixOS:
-		return errs.New(errs.FailedPrecondition, "build nixos image: not available on this host: it needs nix (%s; apt-get install nix-bin) and a reachable cache.nixos.org (it is not)", has("nix-build"))
-	}
-	return errs.New(errs.InvalidArgument, "unknown os %q", osName)
-}
