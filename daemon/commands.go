@@ -187,11 +187,12 @@ WantedBy=multi-user.target
 
 func imageCmd() *cli.Command {
 	return &cli.Command{Name: "image", Summary: "Build and manage OS images", HostOnly: true, Sub: []*cli.Command{
-		{Name: "build", Usage: "--os minimal|debian [--size MiB] [--mirror URL]", Summary: "Build a new image version (installs the guest kernel if needed)",
+		{Name: "build", Usage: "--os minimal|debian|ubuntu|fedora|nixos [--size MiB] [--mirror URL] [--rootfs-tarball FILE]", Summary: "Build a new image version (installs the guest kernel if needed)",
 			Flags: func(fs *flag.FlagSet) {
 				fs.String("os", "minimal", "minimal, debian, ubuntu, fedora or nixos")
 				fs.Int("size", 0, "image size in MiB (default: 1024 minimal, 5120 full)")
-				fs.String("mirror", "", "package mirror")
+				fs.String("mirror", "", "package mirror (default: the distribution's main archive)")
+				fs.String("rootfs-tarball", "", "fedora: start from this Fedora root filesystem tar instead of dnf --installroot")
 			},
 			Run: func(ctx context.Context, x *cli.Ctx) error {
 				cat, err := catalog(x)
@@ -223,7 +224,7 @@ func imageCmd() *cli.Command {
 				}
 				size := x.FS.Lookup("size").Value.(flag.Getter).Get().(int)
 				im, err := cat.Build(ctx, images.BuildOptions{OS: osName, SizeMiB: size, Mirror: x.FS.Lookup("mirror").Value.String(),
-					AgentBinary: agent, Kernel: &k, Progress: step})
+					RootfsTarball: x.FS.Lookup("rootfs-tarball").Value.String(), AgentBinary: agent, Kernel: &k, Progress: step})
 				if tty {
 					fmt.Fprint(x.Stderr, "\r\033[K")
 				}
