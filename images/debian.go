@@ -128,7 +128,7 @@ func (c *Catalog) buildDebootstrap(ctx context.Context, d debootstrapDistro, o B
 	}
 	if d.ProbeMirror {
 		progress("probe mirror")
-		if err := probeMirror(ctx, o.Mirror, "dists/"+d.Suite+"/Release", d.OS); err != nil {
+		if err := probeMirror(ctx, o.Mirror, "dists/"+d.Suite+"/Release", "Codename:", d.OS); err != nil {
 			return Image{}, fmt.Errorf("%s: %w", what, err)
 		}
 	}
@@ -204,6 +204,9 @@ func (c *Catalog) debootstrapCache(ctx context.Context, d debootstrapDistro, mir
 		if errs.ClassOf(err) != nil {
 			return "", err
 		}
+		if log := lastLines(filepath.Join(root, "debootstrap", "debootstrap.log"), 5); log != "" {
+			err = fmt.Errorf("%w (debootstrap.log: %s)", err, log)
+		}
 		return "", errs.New(errs.Unavailable, "debootstrap %s from %s: %w", d.Suite, mirror, err)
 	}
 	progress(fmt.Sprintf("debootstrap: done in %.0fs", time.Since(start).Seconds()))
@@ -217,6 +220,25 @@ func (c *Catalog) debootstrapCache(ctx context.Context, d debootstrapDistro, mir
 		return "", err
 	}
 	return filepath.Join(final, "root"), nil
+}
+
+// lastLines returns the last n non-empty lines of the file p joined by
+// "; ", or "" if it cannot be read.
+func lastLines(p string, n int) string {
+	b, err := os.ReadFile(p)
+	if err != nil {
+		return ""
+	}
+	var lines []string
+	for _, l := range strings.Split(string(b), "\n") {
+		if l = strings.TrimSpace(l); l != "" {
+			lines = append(lines, l)
+		}
+	}
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "; ")
 }
 
 // writableCopy returns a directory in work that shows the tree base and

@@ -145,7 +145,10 @@ func (d debootstrapDistro) cacheKey(mirror string) string {
 // instead of deep inside debootstrap or dnf. An unreachable mirror or a
 // server error is Unavailable; a missing file (HTTP 404, or absent under a
 // file: URL) is FailedPrecondition: the mirror is not one of osName.
-func probeMirror(ctx context.Context, mirror, rel, osName string) error {
+//
+// An answer without marker in its first 64 KiB (a proxy's or captive
+// portal's page instead of the file) counts as unreachable.
+func probeMirror(ctx context.Context, mirror, rel, marker, osName string) error {
 	target := strings.TrimRight(mirror, "/") + "/" + rel
 	u, err := url.Parse(target)
 	if err != nil {
@@ -153,11 +156,17 @@ func probeMirror(ctx context.Context, mirror, rel, osName string) error {
 	}
 	switch u.Scheme {
 	case "file":
-		if _, err := os.Stat(u.Path); err != nil {
+		f, err := os.Open(u.Path)
+		if err != nil {
 			if errors.Is(err, fs.ErrNotExist) {
 				return errs.New(errs.FailedPrecondition, "mirror %s has no %s: not a %s mirror", mirror, rel, osName)
 			}
 			return errs.New(errs.Unavailable, "mirror %s unreachable: %v", mirror, err)
+		}
+		defer f.Close()
+		head, err := io.ReadAll(io.LimitReader(f, 64<<10))
+		if err != nil || !strings.Contains(string(head), marker) {
+			return errs.New(errs.FailedPrecondition, "mirror %s: %s is not a %s file (no %q in it)", mirror, rel, filepath.Base(rel), marker)
 		}
 		return nil
 	case "http", "https":
@@ -181,10 +190,17 @@ func probeMirror(ctx context.Context, mirror, rel, osName string) error {
 		}
 		return errs.New(errs.Unavailable, "mirror %s unreachable: %v", mirror, err)
 	}
-	io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+	head, rerr := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
 	resp.Body.Close()
 	switch {
 	case resp.StatusCode >= 200 && resp.StatusCode < 300:
+		if rerr != nil {
+			return errs.New(errs.Unavailable, "mirror %s unreachable: GET %s: %v", mirror, rel, rerr)
+		}
+		if !strings.Contains(string(head), marker) {
+			return errs.New(errs.Unavailable, "mirror %s unreachable: GET %s answered %s without %q in it: not the file (a proxy or captive portal in the way?)",
+				mirror, rel, resp.Status, marker)
+		}
 		return nil
 	case resp.StatusCode == http.StatusNotFound || resp.StatusCode == http.StatusGone:
 		return errs.New(errs.FailedPrecondition, "mirror %s has no %s (HTTP %d): not a %s mirror, or the release is missing", mirror, rel, resp.StatusCode, osName)

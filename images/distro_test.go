@@ -3,6 +3,7 @@ package images
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -17,8 +18,9 @@ import (
 	"github.com/minionsdev/minions/internal/errs"
 )
 
-// fakeMirror serves the given paths with 200, /broken/... with 500, /slow/
-// after a delay, and everything else with 404.
+// fakeMirror serves the given paths with 200 (a body with a Release's
+// Codename and a repomd tag), /portal/... with 200 and an HTML page,
+// /broken/... with 500, /slow/ after a delay, and everything else with 404.
 func fakeMirror(t *testing.T, paths ...string) *httptest.Server {
 	t.Helper()
 	ok := map[string]bool{}
@@ -28,7 +30,9 @@ func fakeMirror(t *testing.T, paths ...string) *httptest.Server {
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch {
 		case ok[r.URL.Path]:
-			w.Write([]byte("Origin: test\n"))
+			w.Write([]byte("Origin: test\nCodename: noble\n<repomd xmlns=\"http://linux.duke.edu/metadata/repo\">\n"))
+		case strings.HasPrefix(r.URL.Path, "/portal/"):
+			w.Write([]byte("<html>Please log in to the hotel wifi</html>"))
 		case strings.HasPrefix(r.URL.Path, "/broken/"):
 			http.Error(w, "boom", http.StatusInternalServerError)
 		case strings.HasPrefix(r.URL.Path, "/slow/"):
@@ -63,7 +67,9 @@ func TestProbeMirror(t *testing.T) {
 	defer func() { MirrorProbeTimeout = old }()
 	fileMirror := t.TempDir()
 	os.MkdirAll(filepath.Join(fileMirror, "dists/noble"), 0o755)
-	os.WriteFile(filepath.Join(fileMirror, "dists/noble/Release"), []byte("x"), 0o644)
+	os.WriteFile(filepath.Join(fileMirror, "dists/noble/Release"), []byte("Origin: Ubuntu\nCodename: noble\n"), 0o644)
+	os.MkdirAll(filepath.Join(fileMirror, "junk/dists/noble"), 0o755)
+	os.WriteFile(filepath.Join(fileMirror, "junk/dists/noble/Release"), []byte("<html>"), 0o644)
 	dead := closedURL(t)
 
 	for _, tt := range []struct {
@@ -77,13 +83,15 @@ func TestProbeMirror(t *testing.T) {
 		{"500", srv.URL + "/broken", errs.Unavailable, "mirror " + srv.URL + "/broken unreachable: GET dists/noble/Release: HTTP 500 Internal Server Error"},
 		{"refused", dead, errs.Unavailable, "mirror " + dead + " unreachable: dial tcp"},
 		{"timeout", srv.URL + "/slow", errs.Unavailable, "unreachable: no answer within 300ms"},
+		{"portal", srv.URL + "/portal", errs.Unavailable, "mirror " + srv.URL + "/portal unreachable: GET dists/noble/Release answered 200 OK without \"Codename:\" in it"},
+		{"file junk", "file://" + fileMirror + "/junk", errs.FailedPrecondition, "dists/noble/Release is not a Release file (no \"Codename:\" in it)"},
 		{"file ok", "file://" + fileMirror, nil, ""},
 		{"file missing", "file://" + fileMirror + "/nope", errs.FailedPrecondition, "has no dists/noble/Release: not a ubuntu mirror"},
 		{"bad scheme", "ftp://example.invalid/ubuntu", errs.InvalidArgument, "not an http(s) or file URL"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			start := time.Now()
-			err := probeMirror(context.Background(), tt.mirror, "dists/noble/Release", "ubuntu")
+			err := probeMirror(context.Background(), tt.mirror, "dists/noble/Release", "Codename:", "ubuntu")
 			if time.Since(start) > 3*time.Second {
 				t.Errorf("probe took %v", time.Since(start))
 			}
@@ -170,11 +178,12 @@ func TestUbuntuResolve(t *testing.T) {
 }
 
 // fakeTool writes an executable shell script name into dir that records
-// its arguments (one a line) in argsFile, prints msg on stderr and exits
-// with code.
-func fakeTool(t *testing.T, dir, name, argsFile, msg string, code int) {
+// its arguments (one a line) in argsFile, runs extra, prints msg on file
+// descriptor fd (debootstrap reports on stdout, dnf on stderr) and exits
+// with status 1.
+func fakeTool(t *testing.T, dir, name, argsFile, extra, msg string, fd int) {
 	t.Helper()
-	script := "#!/bin/sh\nfor a in \"$@\"; do printf '%s\\n' \"$a\"; done > " + argsFile + "\necho '" + msg + "' >&2\nexit " + string(rune('0'+code)) + "\n"
+	script := fmt.Sprintf("#!/bin/sh\nfor a in \"$@\"; do printf '%%s\\n' \"$a\"; done > %s\n%s\necho '%s' >&%d\nexit 1\n", argsFile, extra, msg, fd)
 	if err := os.WriteFile(filepath.Join(dir, name), []byte(script), 0o755); err != nil {
 		t.Fatal(err)
 	}
@@ -218,7 +227,9 @@ func TestUbuntuDebootstrapArgv(t *testing.T) {
 	bin := filepath.Join(dir, "bin")
 	os.Mkdir(bin, 0o755)
 	argsFile := filepath.Join(dir, "args")
-	fakeTool(t, bin, "debootstrap", argsFile, "E: fake debootstrap stops here", 1)
+	// Like debootstrap: messages on stdout, details in the target's log.
+	fakeTool(t, bin, "debootstrap", argsFile, `mkdir -p "$6/debootstrap" && printf 'fetching\nfailed: Connection refused.\n' > "$6/debootstrap/debootstrap.log"`,
+		"E: fake debootstrap stops here", 1)
 	t.Setenv("PATH", bin+":"+os.Getenv("PATH"))
 	keyring := filepath.Join(dir, "ubuntu-archive-keyring.gpg")
 	os.WriteFile(keyring, []byte("k"), 0o644)
@@ -235,7 +246,8 @@ func TestUbuntuDebootstrapArgv(t *testing.T) {
 	k := &Kernel{Version: "6.1.0-test-cloud-amd64", ModulesDir: dir}
 	_, err := cat.Build(context.Background(), BuildOptions{OS: OSUbuntu, AgentBinary: "/bin/true", Mirror: mirror, Kernel: k})
 	if !errors.Is(err, errs.Unavailable) || !strings.Contains(err.Error(), "build ubuntu image: debootstrap noble from "+mirror) ||
-		!strings.Contains(err.Error(), "E: fake debootstrap stops here") {
+		!strings.Contains(err.Error(), "E: fake debootstrap stops here") ||
+		!strings.Contains(err.Error(), "(debootstrap.log: fetching; failed: Connection refused.)") {
 		t.Fatalf("err = %v", err)
 	}
 	got := readArgs(t, argsFile)
@@ -279,7 +291,7 @@ func TestFedoraDnfArgv(t *testing.T) {
 	bin := filepath.Join(dir, "bin")
 	os.Mkdir(bin, 0o755)
 	argsFile := filepath.Join(dir, "args")
-	fakeTool(t, bin, "dnf", argsFile, "Error: fake dnf: Cannot download repomd.xml", 1)
+	fakeTool(t, bin, "dnf", argsFile, "", "Error: fake dnf: Cannot download repomd.xml", 2)
 	t.Setenv("PATH", bin+":"+os.Getenv("PATH"))
 	key := filepath.Join(dir, "RPM-GPG-KEY-fedora-41-x86_64")
 	oldKeys := FedoraGPGKeys

@@ -150,7 +150,7 @@ func (c *Catalog) buildFedora(ctx context.Context, o BuildOptions, progress func
 	if o.RootfsTarball == "" || mirrorSet {
 		progress("probe mirror")
 		rel := "releases/" + DefaultFedoraRelease + "/Everything/x86_64/os/repodata/repomd.xml"
-		if err := probeMirror(ctx, o.Mirror, rel, "fedora"); err != nil {
+		if err := probeMirror(ctx, o.Mirror, rel, "<repomd", "fedora"); err != nil {
 			return Image{}, fmt.Errorf("%s: %w", what, err)
 		}
 	}

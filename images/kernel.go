@@ -225,6 +225,9 @@ func run(ctx context.Context, dir, name string, args ...string) ([]byte, error) 
 			return nil, fmt.Errorf("%s: %w", name, ctx.Err())
 		}
 		msg := strings.TrimSpace(stderr.String())
+		if msg == "" { // some tools (debootstrap) report on stdout
+			msg = strings.TrimSpace(stdout.String())
+		}
 		if len(msg) > 2000 {
 			msg = "..." + msg[len(msg)-2000:]
 		}
