@@ -127,7 +127,13 @@ func TestDebianUnchanged(t *testing.T) {
 	if d.cacheKey(DefaultDebianMirror) != debootstrapKey(DefaultDebianMirror, "bookworm", DebianPackages) {
 		t.Error("debian key differs from debootstrapKey without extras")
 	}
+	if d.Files["etc/systemd/system/minions-agent.service"] != agentUnit {
+		t.Error("debian agent unit changed")
+	}
 	u := ubuntuDistro()
+	if unit := u.Files["etc/systemd/system/minions-agent.service"]; !strings.Contains(unit, "Before=sysinit.target network-pre.target systemd-networkd.service ssh.socket ssh.service\n") {
+		t.Errorf("ubuntu agent unit does not order itself before ssh.socket:\n%s", unit)
+	}
 	u.Script = "/s/gutsy"
 	if u.cacheKey(DefaultDebianMirror) == d.cacheKey(DefaultDebianMirror) {
 		t.Error("ubuntu and debian share a cache key")
