@@ -5,6 +5,9 @@ package e2e
 //
 //	go test -run '^$' -bench . -benchtime 5x -timeout 40m ./e2e/
 //
+// (MINIONS_E2E_DEBIAN=0 skips building the Debian image in TestMain, which
+// no benchmark uses.)
+//
 // Each benchmark times its iterations itself as well and reports the median
 // and p90 (b.ReportMetric, "median-ms" and "p90-ms") next to the mean that
 // ns/op is, and prints a table to stderr: this machine is shared and noisy,
@@ -189,7 +192,9 @@ const (
 // BenchmarkExecRoundTrip times `true` in a running VM three ways: the CLI
 // (`minions exec vm true`, a new process, database read and agent
 // connection each time); in process, dialing the relay socket and doing
-// the SSH handshake each time; and in process on one open connection.
+// the SSH handshake each time; and in process on one open connection. A
+// ping on an open connection (a global request, no guest process) shows
+// what of an exec is the channel and what is the guest spawning `true`.
 func BenchmarkExecRoundTrip(b *testing.B) {
 	benchSetup(b)
 	v := benchVM(b, "bench-exec")
@@ -247,10 +252,28 @@ func BenchmarkExecRoundTrip(b *testing.B) {
 		results["open-conn"] = s
 	})
 
+	b.Run("ping", func(b *testing.B) {
+		cl := dialAgent(b, v.ID, signer)
+		defer cl.Close()
+		var s samples
+		for b.Loop() {
+			for range inprocExecBatch {
+				start := time.Now()
+				if _, err := cl.Ping(context.Background()); err != nil {
+					b.Fatal(err)
+				}
+				s = append(s, time.Since(start))
+			}
+		}
+		s.report(b, "")
+		results["ping"] = s
+	})
+
 	t := &table{title: "BenchmarkExecRoundTrip: `true` in the guest, per round trip", head: sampleHead("how")}
 	t.addSamples("minions exec vm true (CLI process)", results["cli"])
 	t.addSamples("in process: dial + handshake + exec", results["dial+exec"])
 	t.addSamples("in process: exec on an open connection", results["open-conn"])
+	t.addSamples("  (agent ping on an open connection, no exec)", results["ping"])
 	t.print()
 }
 

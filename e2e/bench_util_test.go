@@ -207,7 +207,9 @@ type stepTime struct {
 // parseSteps reads the plain (non-terminal) progress lines the CLI prints
 // on stderr, "<title>: <step> (<seconds>s)" ... "<title>: done (<s>s)",
 // and returns each step with its duration (the time to the next line).
-// Lines of other titles are ignored.
+// Time before the first step line (work the CLI does not report as a step,
+// such as the stop of a restart) is returned first as "(before steps)"
+// when it is not zero. Lines of other titles are ignored.
 func parseSteps(stderr, title string) ([]stepTime, error) {
 	type mark struct {
 		name string
@@ -234,6 +236,9 @@ func parseSteps(stderr, title string) ([]stepTime, error) {
 		return nil, fmt.Errorf("no complete step lines for %q in:\n%s", title, stderr)
 	}
 	var out []stepTime
+	if marks[0].at > 0 {
+		out = append(out, stepTime{"(before steps)", time.Duration(math.Round(marks[0].at*1000)) * time.Millisecond})
+	}
 	for i := 0; i+1 < len(marks); i++ {
 		// The CLI prints centiseconds: round away the float error.
 		d := time.Duration(math.Round((marks[i+1].at-marks[i].at)*1000)) * time.Millisecond
@@ -639,8 +644,10 @@ func TestParseSteps(t *testing.T) {
 			title: "create web",
 			want:  []stepTime{{"image", 20 * time.Millisecond}, {"disk", 80 * time.Millisecond}, {"boot", 1500 * time.Millisecond}},
 		},
-		{name: "step name with spaces", stderr: "restore a: prepare disk (0.10s)\nrestore a: done (0.35s)\n", title: "restore a",
+		{name: "step name with spaces", stderr: "restore a: prepare disk (0.00s)\nrestore a: done (0.25s)\n", title: "restore a",
 			want: []stepTime{{"prepare disk", 250 * time.Millisecond}}},
+		{name: "work before the first step", stderr: "restart a: network (0.42s)\nrestart a: boot (0.43s)\nrestart a: done (2.00s)\n", title: "restart a",
+			want: []stepTime{{"(before steps)", 420 * time.Millisecond}, {"network", 10 * time.Millisecond}, {"boot", 1570 * time.Millisecond}}},
 		{name: "not done", stderr: "create web: image (0.00s)\ncreate web: disk (0.02s)\n", title: "create web", bad: true},
 		{name: "empty", stderr: "", title: "create web", bad: true},
 		{name: "bad number", stderr: "create web: image (x.0s)\ncreate web: done (1.0s)\n", title: "create web", bad: true},
