@@ -418,6 +418,42 @@ func TestSSHFrontDoor(t *testing.T) {
 		if r := d.openssh(t, stranger, "", "ssh", vmName+"@127.0.0.1", "true"); r.code != 10 {
 			t.Fatalf("unregistered key to a vm name: %s", r)
 		}
+		// Public keys only: passwords and keyboard-interactive get nowhere.
+		for _, auth := range []ssh.AuthMethod{
+			ssh.Password("root"),
+			ssh.KeyboardInteractive(func(string, string, []string, []bool) ([]string, error) { return []string{"root"}, nil }),
+		} {
+			c, err := ssh.Dial("tcp", d.sshAddr, &ssh.ClientConfig{User: "root", Auth: []ssh.AuthMethod{auth},
+				HostKeyCallback: ssh.FixedHostKey(d.hostKey), Timeout: 10 * time.Second})
+			if err == nil {
+				c.Close()
+				t.Fatalf("logged in with %T", auth)
+			}
+		}
+		// With a terminal, an unknown key sees the sign-up policy.
+		term := d.dashboard(t, dir, stranger)
+		term.waitText(20*time.Second, "Sign-up is closed", ssh.FingerprintSHA256(stranger.signer.PublicKey()))
+		term.keys("q")
+		term.waitFor("client exit", 10*time.Second, func(string) bool { return term.dead() })
+		// Keys over the command grammar: bob adds a second key from stdin.
+		second := newSSHKey(t, dir, "bob2")
+		pub, _ := os.ReadFile(second.pubFile)
+		if r := d.openssh(t, bob, string(pub), "ssh", "127.0.0.1", "ssh-key", "add", "-"); r.code != 0 {
+			t.Fatalf("ssh-key add - as bob: %s", r)
+		}
+		if r := d.openssh(t, second, "", "ssh", "127.0.0.1", "whoami"); r.code != 0 || !strings.Contains(r.stdout, "bob") {
+			t.Fatalf("bob's second key: %s", r)
+		}
+		fp := ssh.FingerprintSHA256(second.signer.PublicKey())
+		if r := d.openssh(t, bob, "", "ssh", "127.0.0.1", "ssh-key", "list"); r.code != 0 || !strings.Contains(r.stdout, fp) || hasEscape(r.stdout) {
+			t.Fatalf("ssh-key list as bob: %s", r)
+		}
+		if r := d.openssh(t, bob, "", "ssh", "127.0.0.1", "ssh-key", "rm", fp); r.code != 0 {
+			t.Fatalf("ssh-key rm as bob: %s", r)
+		}
+		if r := d.openssh(t, second, "", "ssh", "127.0.0.1", "whoami"); r.code != 10 {
+			t.Fatalf("a removed key still logs in: %s", r)
+		}
 	})
 
 	t.Run("dashboard-creates-vm", func(t *testing.T) {
@@ -697,6 +733,38 @@ func TestSSHFrontDoor(t *testing.T) {
 		term.keys("q")
 	})
 
+	t.Run("admin-sees-all", func(t *testing.T) {
+		const bobVM = "bobvm"
+		r := d.openssh(t, bob, "", "ssh", "127.0.0.1", "create", bobVM, "--memory", "256", "--json")
+		if r.code != 0 || !strings.Contains(r.stdout, `"running"`) {
+			t.Fatalf("create over ssh as bob: %s", r)
+		}
+		defer minions(t, "", "destroy", bobVM, "--yes")
+		if r := d.openssh(t, bob, "", "ssh", bobVM+"@127.0.0.1", "hostname"); r.code != 0 || r.stdout != bobVM+"\n" {
+			t.Fatalf("bob in his vm: %s", r)
+		}
+		// bob's list: his VM only; root's: both.
+		if r := d.openssh(t, bob, "", "ssh", "127.0.0.1", "list"); !strings.Contains(r.stdout, bobVM) || strings.Contains(r.stdout, vmName) {
+			t.Fatalf("bob's list: %s", r)
+		}
+		if r := d.openssh(t, root, "", "ssh", "127.0.0.1", "list"); !strings.Contains(r.stdout, bobVM) || !strings.Contains(r.stdout, vmName) {
+			t.Fatalf("admin's list: %s", r)
+		}
+		if r := d.openssh(t, root, "", "ssh", bobVM+"@127.0.0.1", "hostname"); r.code != 0 || r.stdout != bobVM+"\n" {
+			t.Fatalf("admin in bob's vm: %s", r)
+		}
+		// The destructive command wants --yes without a terminal.
+		if r := d.openssh(t, bob, "", "ssh", "127.0.0.1", "destroy", bobVM); r.code == 0 || !strings.Contains(r.stderr, "--yes") {
+			t.Fatalf("bob's destroy without --yes: %s", r)
+		}
+		if r := d.openssh(t, bob, "", "ssh", "127.0.0.1", "destroy", bobVM, "--yes"); r.code != 0 {
+			t.Fatalf("bob's destroy: %s", r)
+		}
+		if _, ok := vmByName(t, bobVM); ok {
+			t.Fatal("bob's vm still listed")
+		}
+	})
+
 	t.Run("commands-on-vm", func(t *testing.T) {
 		r := d.openssh(t, root, "", "ssh", "127.0.0.1", "list", "--json")
 		var list []vmJSON
@@ -719,6 +787,15 @@ func TestSSHFrontDoor(t *testing.T) {
 		}
 		if r := d.openssh(t, root, "", "ssh", "127.0.0.1", "exec", vmName, "--", "sh", "-c", "'exit 9'"); r.code != 9 {
 			t.Fatalf("exec over the command grammar: %s", r)
+		}
+		if r := d.openssh(t, root, "", "ssh", "127.0.0.1", "snapshot", "create", vmName, "--name", "viassh"); r.code != 0 {
+			t.Fatalf("snapshot create over ssh: %s", r)
+		}
+		if r := d.openssh(t, root, "", "ssh", "127.0.0.1", "snapshot", "list", vmName, "--json"); r.code != 0 || !strings.Contains(r.stdout, `"viassh"`) {
+			t.Fatalf("snapshot list over ssh: %s", r)
+		}
+		if r := d.openssh(t, bob, "", "ssh", "127.0.0.1", "snapshot", "list", vmName); r.code != 3 {
+			t.Fatalf("bob lists root's snapshots: %s", r)
 		}
 		// `minions tui` on the host is the same dashboard.
 		term := openTerminal(t, dir, 120, 36, "env", "MINIONS_STATE_DIR="+stateDir, filepath.Join(binDir, "minions"), "tui")
