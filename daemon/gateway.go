@@ -25,17 +25,12 @@ import (
 )
 
 // startGateway runs the SSH front door (dashboard, commands, `ssh vm@host`).
-func startGateway(ctx context.Context, g *errgroup.Group, cfg Config, e *Env, log *slog.Logger, paths Paths) (err error) {
+func startGateway(ctx context.Context, g *errgroup.Group, cfg Config, e *Env, log *slog.Logger, paths Paths) error {
 	if cfg.SSHBind == "" {
 		return nil
 	}
 	fe := &frontend{svc: e.Service, cat: e.Images, urls: vmURL(cfg),
 		agents: newAgentPool(e.Service, agentIdle, log.With("component", "gateway"))}
-	defer func() {
-		if err != nil {
-			fe.agents.closeAll()
-		}
-	}()
 	srv, err := gateway.New(gateway.Config{
 		Bind: cfg.SSHBind, HostKeyPath: filepath.Join(paths.State, "keys", "ssh_host_ed25519"),
 		Policy: cfg.Policy, InviteCode: cfg.InviteCode, Log: log,
@@ -148,7 +143,7 @@ const agentPingTimeout = 3 * time.Second
 // soon as it dies (the VM stopped) or stops answering a ping, which every
 // reuse sends first. Safe for concurrent use.
 type agentPool struct {
-	svc  *service.Service
+	svc  agentSource
 	idle time.Duration
 	log  *slog.Logger
 
@@ -157,6 +152,16 @@ type agentPool struct {
 	closed bool
 }
 
+// agentSource is what the pool needs of the service.
+type agentSource interface {
+	// Get returns the VM named name if c may see it.
+	Get(ctx context.Context, c service.Caller, name string) (service.VM, error)
+	// Agent dials the agent of the VM named name for c.
+	Agent(ctx context.Context, c service.Caller, name string) (*vsockcli.Client, error)
+}
+
+var _ agentSource = (*service.Service)(nil)
+
 type pooledAgent struct {
 	cl    *vsockcli.Client
 	refs  int
@@ -164,7 +169,7 @@ type pooledAgent struct {
 	timer *time.Timer
 }
 
-func newAgentPool(svc *service.Service, idle time.Duration, log *slog.Logger) *agentPool {
+func newAgentPool(svc agentSource, idle time.Duration, log *slog.Logger) *agentPool {
 	return &agentPool{svc: svc, idle: idle, log: log, conns: map[string]*pooledAgent{}}
 }
 
