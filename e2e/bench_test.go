@@ -64,12 +64,12 @@ func BenchmarkCreateReady(b *testing.B) {
 	total.report(b, "")
 	createReady = total
 
-	t := &table{title: "BenchmarkCreateReady: minions create, exec to exit", head: sampleHead("phase")}
+	t := &table{title: "BenchmarkCreateReady: minions create, exec to exit (steps as the CLI prints them, 10 ms resolution)", head: sampleHead("phase")}
 	t.addSamples("create (total)", total)
 	t.addSamples("  exec -> qemu up (pidfile)", before)
 	t.addSamples("  qemu up -> create exits", after)
 	for _, name := range steps.order {
-		t.addSamples("  step "+name+" (CLI, 10 ms resolution)", steps.by[name])
+		t.addSamples("  step "+name, steps.by[name])
 	}
 	t.print()
 }

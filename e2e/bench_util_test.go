@@ -259,6 +259,10 @@ func (s *stepSamples) add(steps []stepTime) {
 		s.by = map[string]samples{}
 	}
 	for _, st := range steps {
+		// "boot (no usable KVM: ...)" and "boot" are one step.
+		if i := strings.Index(st.name, " ("); i > 0 {
+			st.name = st.name[:i]
+		}
 		if _, ok := s.by[st.name]; !ok {
 			s.order = append(s.order, st.name)
 		}
