@@ -20,6 +20,7 @@ import (
 
 	"github.com/minionsdev/minions/guestagent/link"
 	"github.com/minionsdev/minions/guestagent/proto"
+	"golang.org/x/sys/unix"
 )
 
 // Options configures Run.
@@ -83,6 +84,7 @@ func Run(ctx context.Context, opts Options) error {
 			log.Warn("network", "err", err)
 		}
 	}()
+	go growRoot(ctx, log)
 
 	power := SystemPower
 	if opts.PID1 {
@@ -204,4 +206,37 @@ func ensureMachineID(id string, log *slog.Logger) {
 func hasVsockDevice() bool {
 	devs, _ := filepath.Glob("/sys/bus/virtio/drivers/vmw_vsock_virtio_transport/virtio*")
 	return len(devs) > 0
+}
+
+// growRoot grows the root filesystem to its disk in the background, off
+// the path to "ready": a new VM's disk is larger than its image, and a
+// disk resized while the VM was stopped is larger than its filesystem. In
+// full images root may still be read-only this early, so it waits (up to
+// two minutes) for systemd to remount it read-write.
+func growRoot(ctx context.Context, log *slog.Logger) {
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		var fs unix.Statfs_t
+		if err := unix.Statfs("/", &fs); err != nil {
+			return
+		}
+		if fs.Flags&unix.ST_RDONLY == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+	start := time.Now()
+	size, err := GrowFS("/")
+	if err != nil {
+		log.Debug("grow root filesystem", "err", err)
+		return
+	}
+	log.Debug("root filesystem grown", "bytes", size, "ms", time.Since(start).Milliseconds())
 }

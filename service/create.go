@@ -153,11 +153,14 @@ func (s *Service) createSteps(ctx context.Context, o *op, row store.VM, img Imag
 		return row, err
 	}
 	defer cl.Close()
-	progress.say("configure")
-	o.step(ctx, "configure", nil)
-	keys := append(s.ownerKeys(ctx, row.OwnerID), req.SSHKeys...)
-	if err := cl.Configure(ctx, proto.Configure{Hostname: &row.Name, AuthorizedKeys: keys}); err != nil {
-		return v, fmt.Errorf("configure guest: %w", err)
+	// The hostname comes from the kernel command line at every boot; keys
+	// are written once, when there are any.
+	if keys := append(s.ownerKeys(ctx, row.OwnerID), req.SSHKeys...); len(keys) > 0 {
+		progress.say("configure")
+		o.step(ctx, "configure", nil)
+		if err := cl.Configure(ctx, proto.Configure{Hostname: &row.Name, AuthorizedKeys: keys}); err != nil {
+			return v, fmt.Errorf("configure guest: %w", err)
+		}
 	}
 	return v, nil
 }
@@ -222,10 +225,15 @@ func (s *Service) boot(ctx context.Context, o *op, row store.VM, progress Progre
 		}
 		return row, nil, s.notReady(row.Name, row.ID, err)
 	}
-	// A disk that grew while the VM was stopped: grow the filesystem too
-	// (a no-op when it already fills the disk).
-	if _, err := cl.GrowFS(ctx); err != nil {
-		s.log.Warn("grow guest filesystem", "vm_id", row.ID, "err", err)
+	// The agent grows the root filesystem to the disk by itself, in the
+	// background. After a resize, wait for it here so the new size is
+	// there when start returns.
+	if grow := s.growMarker(row.ID); fileExists(grow) {
+		if _, err := cl.GrowFS(ctx); err != nil {
+			s.log.Warn("grow guest filesystem", "vm_id", row.ID, "err", err)
+		} else {
+			os.Remove(grow)
+		}
 	}
 	s.log.Info("vm ready", "vm_id", row.ID, "vm", row.Name, "pid", h.PID, "ready_ms", time.Since(start).Milliseconds())
 	if row.AgentKey == "" {
@@ -290,4 +298,13 @@ func (s *Service) purge(ctx context.Context, id string) {
 	os.RemoveAll(s.vmDir(id))
 	store.DeleteVM(ctx, s.DB, id)
 	s.removeLock(id)
+}
+
+// growMarker is a file whose presence says the VM's disk grew while it was
+// stopped, so the next boot waits for the guest filesystem to grow.
+func (s *Service) growMarker(id string) string { return filepath.Join(s.vmDir(id), "grow-pending") }
+
+func fileExists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
 }

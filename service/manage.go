@@ -59,6 +59,9 @@ func (s *Service) Resize(ctx context.Context, c Caller, name string, req ResizeR
 				return err
 			}
 			if nv.DiskGiB > v.DiskGiB {
+				if err := os.WriteFile(s.growMarker(v.ID), nil, 0o600); err != nil {
+					return err
+				}
 				if err := s.Disks.Grow(ctx, s.diskPath(v.ID), int64(nv.DiskGiB)<<30); err != nil {
 					return err
 				}
