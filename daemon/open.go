@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/minionsdev/minions/images"
 	"github.com/minionsdev/minions/internal/errs"
@@ -65,7 +66,9 @@ type Options struct {
 	Bridge       string       // default network.DefaultBridge
 	Hypervisor   string       // "auto" (default), "qemu", "cloud-hypervisor"
 	DefaultImage string       // image create uses without one (default "minimal")
-	Log          *slog.Logger
+	// OnOperation receives each durable operation's duration (metrics).
+	OnOperation func(kind string, d time.Duration, err error)
+	Log         *slog.Logger
 }
 
 // Env is an opened installation: the service and what it was built from.
@@ -131,7 +134,7 @@ func Open(ctx context.Context, o Options) (*Env, error) {
 	if e.Driver, err = newDriver(ctx, o); err != nil {
 		return nil, err
 	}
-	e.Service, err = service.New(service.Config{StateDir: o.Paths.State, RunDir: o.Paths.Run, Subnet: o.Subnet, DefaultImage: o.DefaultImage, Log: o.Log}, service.Deps{
+	e.Service, err = service.New(service.Config{StateDir: o.Paths.State, RunDir: o.Paths.Run, Subnet: o.Subnet, DefaultImage: o.DefaultImage, OnOperation: o.OnOperation, Log: o.Log}, service.Deps{
 		DB: db, Driver: e.Driver, Network: netAdapter{e.Network}, Images: imageAdapter{cat: e.Images}, Disks: diskAdapter{}, HostKey: key,
 	})
 	if err != nil {

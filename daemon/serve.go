@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"sync"
 	"syscall"
 	"time"
 
@@ -142,7 +143,8 @@ func Serve(ctx context.Context, cfg Config, logOut io.Writer) error {
 		return err
 	}
 	subnet, _ := netip.ParsePrefix(cfg.Subnet)
-	e, err := Open(ctx, Options{Paths: paths, Subnet: subnet, Hypervisor: cfg.Hypervisor, DefaultImage: cfg.DefaultImage, Log: log})
+	ops := &opLatencies{}
+	e, err := Open(ctx, Options{Paths: paths, Subnet: subnet, Hypervisor: cfg.Hypervisor, DefaultImage: cfg.DefaultImage, OnOperation: ops.observe, Log: log})
 	if err != nil {
 		return err
 	}
@@ -200,6 +202,7 @@ func Serve(ctx context.Context, cfg Config, logOut io.Writer) error {
 
 	// Metrics on the admin listener only.
 	metrics := newMetrics(e)
+	ops.m = metrics
 	if cfg.AdminBind != "" {
 		aln, err := net.Listen("tcp", cfg.AdminBind)
 		if err != nil {
@@ -265,3 +268,22 @@ func ignoreClosed(err error) error {
 
 var _ = errs.New
 var _ = store.StateRunning
+
+// opLatencies forwards operation timings to the metrics once they exist.
+type opLatencies struct {
+	mu sync.Mutex
+	m  *metrics
+}
+
+func (o *opLatencies) observe(kind string, d time.Duration, err error) {
+	o.mu.Lock()
+	m := o.m
+	o.mu.Unlock()
+	if m == nil {
+		return
+	}
+	if err != nil {
+		kind += "_failed"
+	}
+	m.observe(kind, d)
+}

@@ -53,6 +53,9 @@ func (o *op) step(ctx context.Context, name string, data any) {
 }
 
 func (o *op) finish(ctx context.Context, err error) {
+	if f := o.s.cfg.OnOperation; f != nil {
+		f(o.row.Kind, time.Since(o.row.CreatedAt), err)
+	}
 	o.row.State = store.OpDone
 	if err != nil {
 		o.row.State = store.OpFailed

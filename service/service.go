@@ -35,6 +35,9 @@ type Config struct {
 	MaxSnapshots int           // per VM; default 20
 
 	Log *slog.Logger
+	// OnOperation, if set, is told how long each durable operation took
+	// (create, start, snapshot...) and whether it failed (for metrics).
+	OnOperation func(kind string, d time.Duration, err error)
 }
 
 func (c *Config) setDefaults() {
