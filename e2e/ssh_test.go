@@ -384,6 +384,13 @@ func TestSSHFrontDoor(t *testing.T) {
 
 	d := startDaemon(t, dir, "")
 	t.Cleanup(func() { d.stop(t) }) // d changes when the daemon restarts
+	t.Cleanup(func() {
+		if v, ok := vmByName(t, vmName); ok {
+			dumpOnFailure(t, d, v.ID)
+		} else {
+			dumpOnFailure(t, d, "")
+		}
+	})
 	must(t, "ssh-key", "add", root.pubFile)
 	must(t, "user", "add", "bob", "--ssh-key", bob.pubFile)
 	t.Cleanup(func() {
@@ -458,7 +465,11 @@ func TestSSHFrontDoor(t *testing.T) {
 
 	t.Run("dashboard-creates-vm", func(t *testing.T) {
 		term := d.dashboard(t, dir, root)
-		term.waitText(20*time.Second, "root", "No VMs yet")
+		// Other tests may have left VMs of root's: wait for the list, not
+		// for an empty one.
+		term.waitFor("root's vm list", 20*time.Second, func(s string) bool {
+			return strings.Contains(s, "root") && (strings.Contains(s, "No VMs yet") || strings.Contains(s, "STATUS"))
+		})
 		term.keys("n")
 		term.waitText(10*time.Second, "Create a VM", "minimal")
 		term.typ(vmName)
@@ -919,7 +930,7 @@ func lastLines(s string, n int) string {
 const (
 	gwExecRounds  = 20
 	gwSFTPBytes   = 32 << 20
-	gwSFTPRepeats = 3
+	gwSFTPRepeats = 4
 )
 
 // BenchmarkGateway compares the SSH front door with the agent channel it
@@ -950,6 +961,7 @@ func BenchmarkGateway(b *testing.B) {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { mustTB(b, "destroy", vmName, "--yes") })
+	b.Cleanup(func() { dumpOnFailure(b, d, v.ID) })
 
 	agentKey, err := os.ReadFile(filepath.Join(stateDir, "keys", "agent_ed25519"))
 	if err != nil {
@@ -1012,6 +1024,7 @@ func BenchmarkGateway(b *testing.B) {
 	rand.Read(data)
 
 	var gwDial, dirDial, gwOpen, dirOpen, sshProc, gwSFTP, dirSFTP, gwCat, dirCat []time.Duration
+	var qemuBusy, daemonBusy []float64
 	for b.Loop() {
 		gwDial = append(gwDial, timed(gwExecRounds, func() {
 			c := d.dial(b, vmName, key)
@@ -1032,19 +1045,36 @@ func BenchmarkGateway(b *testing.B) {
 				b.Fatalf("ssh vm@host true: %s", r)
 			}
 		})...)
-		for range gwSFTPRepeats {
-			gwSFTP = append(gwSFTP, sftpWrite(c, data))
-			dirSFTP = append(dirSFTP, sftpWrite(cl.SSH(), data))
-			start := time.Now()
+		gwCatOnce := func() {
+			start, q0, d0 := time.Now(), cpuTicks(v.PID), cpuTicks(d.cmd.Process.Pid)
 			if r := sshSession(b, c, "cat >/dev/null", string(data)); r.code != 0 {
 				b.Fatalf("gateway cat: %s", r)
 			}
-			gwCat = append(gwCat, time.Since(start))
-			start = time.Now()
+			took := time.Since(start)
+			gwCat = append(gwCat, took)
+			qemuBusy = append(qemuBusy, busy(cpuTicks(v.PID)-q0, took))
+			daemonBusy = append(daemonBusy, busy(cpuTicks(d.cmd.Process.Pid)-d0, took))
+		}
+		dirCatOnce := func() {
+			start := time.Now()
 			if code, err := cl.Exec(ctx, vsockcli.ExecRequest{Command: "cat >/dev/null", Stdin: bytes.NewReader(data)}); err != nil || code != 0 {
 				b.Fatalf("agent cat: %d %v", code, err)
 			}
 			dirCat = append(dirCat, time.Since(start))
+		}
+		for i := range gwSFTPRepeats {
+			// Alternate which way goes first: the host is shared.
+			if i%2 == 0 {
+				gwSFTP = append(gwSFTP, sftpWrite(c, data))
+				dirSFTP = append(dirSFTP, sftpWrite(cl.SSH(), data))
+				gwCatOnce()
+				dirCatOnce()
+			} else {
+				dirSFTP = append(dirSFTP, sftpWrite(cl.SSH(), data))
+				gwSFTP = append(gwSFTP, sftpWrite(c, data))
+				dirCatOnce()
+				gwCatOnce()
+			}
 		}
 		c.Close()
 		cl.Close()
@@ -1087,6 +1117,10 @@ func BenchmarkGateway(b *testing.B) {
 		b.ReportMetric(millis(r.dir), r.dirName)
 	}
 	fmt.Fprintf(&tbl, "%-24s %11.2f ms\n", "OpenSSH ssh vm@host true", millis(med(sshProc)))
+	fq, fd := medF(qemuBusy), medF(daemonBusy)
+	fmt.Fprintf(&tbl, "CPU while stdin streams through the gateway: QEMU (the guest) %.0f%% of a core, minions serve %.0f%%\n", fq*100, fd*100)
+	b.ReportMetric(fq*100, "qemu_cpu_%")
+	b.ReportMetric(fd*100, "daemon_cpu_%")
 	b.ReportMetric(millis(med(sshProc)), "openssh_true_ms")
 	fmt.Fprint(os.Stderr, tbl.String())
 }
@@ -1136,4 +1170,53 @@ func hasRow(screen string, words ...string) bool {
 		}
 	}
 	return false
+}
+
+// cpuTicks is the user+system CPU time of process pid in clock ticks
+// (1/100 s), or 0 when it cannot be read.
+func cpuTicks(pid int) int64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	// Fields after the command name (which may hold spaces): state is
+	// field 3, utime 14, stime 15.
+	i := bytes.LastIndexByte(b, ')')
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 13 {
+		return 0
+	}
+	var u, s int64
+	fmt.Sscan(f[11], &u)
+	fmt.Sscan(f[12], &s)
+	return u + s
+}
+
+// busy is the share of one core that ticks of CPU time are over wall.
+func busy(ticks int64, wall time.Duration) float64 { return float64(ticks) / 100 / wall.Seconds() }
+
+func medF(v []float64) float64 {
+	if len(v) == 0 {
+		return 0
+	}
+	v = slices.Clone(v)
+	slices.Sort(v)
+	return v[len(v)/2]
+}
+
+// dumpOnFailure logs the daemon's log and the agent relay's log of VM id
+// when tb failed.
+func dumpOnFailure(tb testing.TB, d *sshDaemon, id string) {
+	if !tb.Failed() {
+		return
+	}
+	tb.Logf("minions serve log (tail):\n%s", d.logs())
+	if id == "" {
+		return
+	}
+	logs, _ := filepath.Glob(filepath.Join(stateDir, "*", id, "relay.log"))
+	for _, l := range logs {
+		b, _ := os.ReadFile(l)
+		tb.Logf("%s (tail):\n%s", l, lastLines(string(b), 30))
+	}
 }
