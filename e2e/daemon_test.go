@@ -41,21 +41,12 @@ func (s *logBuffer) String() string {
 	return s.b.String()
 }
 
-func loopbackPort(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
 
 // runDaemonForTest starts the real daemon on free loopback ports and waits
 // until its API answers on the unix socket.
 func runDaemonForTest(t *testing.T, apiAddr string, extra ...string) *daemonProc {
 	t.Helper()
-	args := append([]string{"serve", "--config", "/dev/null", "--bind", apiAddr, "--admin-bind", loopbackPort(t), "--ssh-bind", loopbackPort(t)}, extra...)
+	args := append([]string{"serve", "--config", "/dev/null", "--bind", apiAddr, "--admin-bind", freePort(t), "--ssh-bind", freePort(t)}, extra...)
 	cmd := exec.Command(filepath.Join(binDir, "minions"), args...)
 	cmd.Env = append(os.Environ(), "MINIONS_STATE_DIR="+stateDir, "MINIONS_AGENT_BIN="+filepath.Join(binDir, "minions-agent"))
 	d := &daemonProc{cmd: cmd, log: &logBuffer{}, api: "http://" + apiAddr, done: make(chan struct{})}
@@ -131,7 +122,7 @@ func tokenFor(t *testing.T, user string) string {
 // get distinct addresses.
 func TestDaemon(t *testing.T) {
 	setup(t)
-	apiAddr := loopbackPort(t)
+	apiAddr := freePort(t)
 	d := runDaemonForTest(t, apiAddr)
 	defer func() {
 		if d != nil {
