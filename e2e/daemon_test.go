@@ -41,7 +41,6 @@ func (s *logBuffer) String() string {
 	return s.b.String()
 }
 
-
 // runDaemonForTest starts the real daemon on free loopback ports and waits
 // until its API answers on the unix socket.
 func runDaemonForTest(t *testing.T, apiAddr string, extra ...string) *daemonProc {
