@@ -44,7 +44,8 @@ func TestClientLifecycle(t *testing.T) {
 	for i, s := range steps {
 		steps[i], _, _ = strings.Cut(s, " (") // "boot (no usable KVM: ...)"
 	}
-	if got := strings.Join(steps, ","); got != "image,allocate,disk,network,boot,agent,configure" {
+	// configure appears only when there are keys to write.
+	if got := strings.TrimSuffix(strings.Join(steps, ","), ",configure"); got != "image,allocate,disk,network,boot,agent" {
 		t.Fatalf("progress steps %q", got)
 	}
 	vs, err := c.List(ctx)

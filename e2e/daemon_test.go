@@ -138,14 +138,14 @@ func TestDaemon(t *testing.T) {
 	if who.User != "root" || !who.Admin {
 		t.Fatalf("whoami through the socket: %+v", who)
 	}
-	must(t, "user", "add", "alice")
-	must(t, "user", "add", "bob")
-	alice, bob := tokenFor(t, "alice"), tokenFor(t, "bob")
+	must(t, "user", "add", "ann")
+	must(t, "user", "add", "ben")
+	alice, bob := tokenFor(t, "ann"), tokenFor(t, "ben")
 	// Proof the plain CLI went through the daemon: pointed at an empty
-	// state directory but at the daemon's socket, it still sees alice.
+	// state directory but at the daemon's socket, it still sees ann.
 	probe := exec.Command(filepath.Join(binDir, "minions"), "user", "list", "--json")
 	probe.Env = append(os.Environ(), "MINIONS_STATE_DIR="+t.TempDir(), "MINIONS_RUN_DIR="+filepath.Join(stateDir, "run"))
-	if out, err := probe.CombinedOutput(); err != nil || !strings.Contains(string(out), `"alice"`) {
+	if out, err := probe.CombinedOutput(); err != nil || !strings.Contains(string(out), `"ann"`) {
 		t.Fatalf("the local CLI did not find the daemon on its socket: %v\n%s", err, out)
 	}
 
