@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
+	"debug/elf"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -257,8 +258,24 @@ func AgentBinary() (string, error) {
 	tried = append(tried, "/usr/local/lib/minions/minions-agent")
 	for _, p := range tried {
 		if st, err := os.Stat(p); err == nil && st.Mode().IsRegular() {
-			return p, nil
+			return p, staticBinary(p)
 		}
 	}
 	return "", errs.New(errs.FailedPrecondition, "guest agent binary not found (looked at %v): build it with `make` or set MINIONS_AGENT_BIN", tried)
+}
+
+// staticBinary checks that the agent can run as /init of an initramfs that
+// has no dynamic loader.
+func staticBinary(path string) error {
+	f, err := elf.Open(path)
+	if err != nil {
+		return errs.New(errs.FailedPrecondition, "guest agent %s is not an executable: %v", path, err)
+	}
+	defer f.Close()
+	for _, p := range f.Progs {
+		if p.Type == elf.PT_INTERP {
+			return errs.New(errs.FailedPrecondition, "guest agent %s is dynamically linked and cannot run in the guest: build it with CGO_ENABLED=0 (`make build`)", path)
+		}
+	}
+	return nil
 }

@@ -1,7 +1,9 @@
 package service
 
 import (
+	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"net/netip"
 	"os"
@@ -215,13 +217,20 @@ func (s *Service) boot(ctx context.Context, o *op, row store.VM, progress Progre
 	}
 
 	progress.say("agent")
-	wctx, cancel := context.WithTimeout(ctx, s.cfg.ReadyTimeout)
+	wctx, cancel := context.WithTimeoutCause(ctx, s.cfg.ReadyTimeout, errReadyTimeout)
 	defer cancel()
+	// A guest that panics will never answer: stop waiting at once.
+	pctx, stop := context.WithCancelCause(wctx)
+	defer stop(nil)
+	go watchConsole(pctx, spec.ConsoleLog, stop)
 	var learned string
-	cl, err := vsockcli.WaitReady(wctx, h.Agent, s.agentConfig(row.AgentKey, &learned))
+	cl, err := vsockcli.WaitReady(pctx, h.Agent, s.agentConfig(row.AgentKey, &learned))
 	if err != nil {
 		if ctx.Err() != nil {
 			return row, nil, ctx.Err()
+		}
+		if cause := context.Cause(pctx); cause != nil && cause != errReadyTimeout && !errors.Is(cause, context.Canceled) {
+			err = cause
 		}
 		return row, nil, s.notReady(row.Name, row.ID, err)
 	}
@@ -307,4 +316,42 @@ func (s *Service) growMarker(id string) string { return filepath.Join(s.vmDir(id
 func fileExists(p string) bool {
 	_, err := os.Stat(p)
 	return err == nil
+}
+
+var errReadyTimeout = errors.New("timed out waiting for the guest agent")
+
+// watchConsole reads a booting VM's console log as it grows and calls stop
+// with an error when the guest kernel panics.
+func watchConsole(ctx context.Context, path string, stop context.CancelCauseFunc) {
+	var off int64
+	var tail []byte
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(250 * time.Millisecond):
+		}
+		f, err := os.Open(path)
+		if err != nil {
+			continue
+		}
+		buf := make([]byte, 64<<10)
+		n, _ := f.ReadAt(buf, off)
+		f.Close()
+		if n == 0 {
+			continue
+		}
+		off += int64(n)
+		chunk := append(tail, buf[:n]...)
+		if i := bytes.Index(chunk, []byte("Kernel panic - not syncing")); i >= 0 {
+			line, _, _ := bytes.Cut(chunk[i:], []byte("\n"))
+			stop(errs.New(errs.Unavailable, "the guest kernel panicked: %s", strings.TrimSpace(string(line))))
+			return
+		}
+		if len(chunk) > 64 {
+			tail = append([]byte(nil), chunk[len(chunk)-64:]...)
+		} else {
+			tail = chunk
+		}
+	}
 }

@@ -71,7 +71,9 @@ type fixture struct {
 	user  Caller
 }
 
-func newFixture(t *testing.T) *fixture {
+func newFixture(t *testing.T) *fixture { return newFixtureReady(t, 300*time.Millisecond) }
+
+func newFixtureReady(t *testing.T, ready time.Duration) *fixture {
 	t.Helper()
 	// Short: unix socket paths live under it.
 	dir, err := os.MkdirTemp("", "svc")
@@ -89,7 +91,7 @@ func newFixture(t *testing.T) *fixture {
 	base := filepath.Join(dir, "base.raw")
 	os.WriteFile(base, []byte("base"), 0o444)
 	fx := &fixture{drv: fake.New(fake.Config{}), ports: &ports{set: map[string]netip.Addr{}}, dir: dir}
-	fx.svc, err = New(Config{StateDir: filepath.Join(dir, "state"), ReadyTimeout: 300 * time.Millisecond},
+	fx.svc, err = New(Config{StateDir: filepath.Join(dir, "state"), ReadyTimeout: ready},
 		Deps{DB: db, Driver: fx.drv, Network: fx.ports, Images: oneImage{base}, Disks: fileDisks{}, HostKey: key})
 	if err != nil {
 		t.Fatal(err)
@@ -244,4 +246,34 @@ func TestRename(t *testing.T) {
 	if _, err := fx.svc.Get(ctx, fx.user, "web"); !errors.Is(err, errs.NotFound) {
 		t.Fatalf("old name: %v", err)
 	}
+}
+
+// A guest kernel panic ends the wait for the agent at once, with the panic
+// line in the error, and the create is rolled back.
+func TestCreateFailsFastOnKernelPanic(t *testing.T) {
+	fx := newFixtureReady(t, 30*time.Second)
+	done := make(chan struct{})
+	defer close(done)
+	go func() {
+		for {
+			select {
+			case <-done:
+				return
+			case <-time.After(20 * time.Millisecond):
+			}
+			logs, _ := filepath.Glob(filepath.Join(fx.dir, "state", "vms", "*"))
+			for _, d := range logs {
+				os.WriteFile(filepath.Join(d, "console.log"), []byte("[    1.95] Failed to execute /init (error -2)\n[    1.96] Kernel panic - not syncing: No working init found.\n"), 0o600)
+			}
+		}
+	}()
+	start := time.Now()
+	_, err := fx.svc.Create(context.Background(), fx.user, CreateRequest{Name: "web"}, nil)
+	if err == nil || !strings.Contains(err.Error(), "kernel panicked: Kernel panic - not syncing: No working init found.") {
+		t.Fatalf("create = %v", err)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Fatalf("noticed the panic after %s", d)
+	}
+	fx.assertEmpty(t)
 }
