@@ -2,6 +2,7 @@ package vsockcli
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -239,9 +240,13 @@ func (r *relay) serveClient(ctx context.Context, c net.Conn) {
 	stop := context.AfterFunc(ctx, func() { c.Close(); st.Close() })
 	defer stop()
 	done := make(chan struct{})
+	// br may hold bytes the client sent right after CONNECT; after them,
+	// read the connection directly: br's tiny buffer would cut the stream
+	// into 64-byte link frames.
+	buffered, _ := br.Peek(br.Buffered())
+	in := io.MultiReader(bytes.NewReader(append([]byte(nil), buffered...)), c)
 	go func() {
-		// br may hold bytes the client sent right after CONNECT.
-		io.Copy(st, br)
+		io.CopyBuffer(st, in, make([]byte, 64<<10))
 		st.Close() // a yamux Close is a half-close: reads go on
 		close(done)
 	}()
