@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bytes"
+	"fmt"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -98,6 +99,22 @@ func procsMentioning(s string) []string {
 		if b, err := os.ReadFile(p); err == nil && bytes.Contains(b, []byte(s)) {
 			out = append(out, p)
 		}
+	}
+	return out
+}
+
+// relayPIDs returns the agent relay processes of VM id.
+func relayPIDs(id string) []int {
+	var out []int
+	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	for _, p := range procs {
+		b, err := os.ReadFile(p)
+		if err != nil || !bytes.Contains(b, []byte("agent-relay")) || !bytes.Contains(b, []byte("/"+id+"/")) {
+			continue
+		}
+		var pid int
+		fmt.Sscanf(p, "/proc/%d/cmdline", &pid)
+		out = append(out, pid)
 	}
 	return out
 }

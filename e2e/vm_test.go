@@ -60,6 +60,21 @@ func TestTwoVMs(t *testing.T) {
 		}
 	})
 
+	t.Run("dead-relay-is-restarted", func(t *testing.T) {
+		pids := relayPIDs(b.ID)
+		if len(pids) != 1 {
+			t.Fatalf("relay processes of beta: %v", pids)
+		}
+		syscall.Kill(pids[0], syscall.SIGKILL)
+		// The next command reconciles: a new relay, and the agent answers.
+		if out := must(t, "exec", "beta", "hostname"); strings.TrimSpace(out) != "beta" {
+			t.Fatalf("exec after the relay died: %q", out)
+		}
+		if now := relayPIDs(b.ID); len(now) != 1 || now[0] == pids[0] {
+			t.Fatalf("relay after repair: %v (was %v)", now, pids)
+		}
+	})
+
 	t.Run("network", func(t *testing.T) {
 		// The host reaches both VMs.
 		for _, ip := range []string{a.IP, b.IP} {

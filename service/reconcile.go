@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/minionsdev/minions/store"
+	"github.com/minionsdev/minions/vm/hypervisor"
 	"github.com/minionsdev/minions/vm/hypervisor/procfs"
 )
 
@@ -40,6 +41,7 @@ func (s *Service) Reconcile(ctx context.Context) error {
 		}
 		h, _ := decodeHandle(v.Handle)
 		if h != nil && s.Driver.Alive(h) {
+			s.repair(ctx, v.ID, h)
 			continue
 		}
 		// Re-check under the VM's lock: an operation may own it right now.
@@ -142,5 +144,36 @@ func killByRunDir(dir string) {
 			}
 			time.Sleep(10 * time.Millisecond)
 		}
+	}
+}
+
+// repair restarts the dead helper processes of a running VM (the agent
+// relay), when the driver has any, and records the new handle.
+func (s *Service) repair(ctx context.Context, id string, h *hypervisor.Handle) {
+	r, ok := s.Driver.(hypervisor.Repairer)
+	if !ok {
+		return
+	}
+	unlock, err := s.tryLock(id)
+	if err != nil {
+		return
+	}
+	defer unlock()
+	v, err := store.GetVM(ctx, s.DB, id)
+	if err != nil || v.Handle != encodeHandle(h) {
+		return // changed meanwhile
+	}
+	nh, changed, err := r.Repair(ctx, h)
+	if err != nil {
+		s.log.Warn("repair vm helpers", "vm_id", id, "err", err)
+		return
+	}
+	if changed {
+		v.Handle = encodeHandle(nh)
+		if err := store.UpdateVM(ctx, s.DB, v); err != nil {
+			s.log.Warn("record repaired handle", "vm_id", id, "err", err)
+			return
+		}
+		s.log.Info("vm helpers restarted", "vm_id", id, "vm", v.Name)
 	}
 }

@@ -146,3 +146,13 @@ type Driver interface {
 	// where the driver cannot do it live).
 	Resize(ctx context.Context, h *Handle, cpus, memoryMiB int) error
 }
+
+// Repairer is implemented by drivers whose VMs depend on helper processes
+// that can be restarted while the hypervisor keeps running (the QEMU agent
+// relay). The supervisor calls it for running VMs.
+type Repairer interface {
+	// Repair restarts the dead helpers of a running VM. It returns the
+	// updated handle and whether anything was restarted; a VM whose
+	// hypervisor is gone is left alone.
+	Repair(ctx context.Context, h *Handle) (*Handle, bool, error)
+}

@@ -1,0 +1,43 @@
+package qemu
+
+import (
+	"context"
+	"path/filepath"
+
+	"github.com/minionsdev/minions/vm/hypervisor"
+	"github.com/minionsdev/minions/vm/hypervisor/procfs"
+)
+
+var _ hypervisor.Repairer = (*Driver)(nil)
+
+// Repair restarts the agent relay of a running VM if it died (killed by
+// hand, or OOM): QEMU's agent.sock is still there and the guest link
+// redoes its handshake with the new relay.
+func (d *Driver) Repair(ctx context.Context, h *hypervisor.Handle) (*hypervisor.Handle, bool, error) {
+	if h == nil || !d.Alive(h) || len(h.Helpers) == 0 {
+		return h, false, nil
+	}
+	dead := false
+	for _, p := range h.Helpers {
+		if p.Name == "agent-relay" && !procfs.Alive(p.PID, p.StartTime) {
+			dead = true
+		}
+	}
+	if !dead {
+		return h, false, nil
+	}
+	path := func(name string) string { return filepath.Join(h.RunDir, name) }
+	argv := append(append([]string(nil), d.cfg.RelayCommand...), "--serial", path(agentSock), "--listen", path(vsockSock))
+	relay, err := spawn(argv, h.RunDir, path(relayLog))
+	if err != nil {
+		return h, false, err
+	}
+	if err := waitSocket(ctx, relay, path(vsockSock), path(relayLog)); err != nil {
+		d.stopChild(context.Background(), relay)
+		return h, false, err
+	}
+	nh := *h
+	nh.Helpers = []hypervisor.Process{{Name: "agent-relay", PID: relay.pid, StartTime: relay.start}}
+	d.cfg.Log.Info("agent relay restarted", "pid", relay.pid, "run_dir", h.RunDir)
+	return &nh, true, nil
+}
