@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"sync"
+	"time"
 
 	"github.com/minionsdev/minions/internal/errs"
 	"github.com/minionsdev/minions/proxy"
@@ -218,6 +219,31 @@ func proxySecret(ctx context.Context, db *store.DB) ([]byte, error) {
 type routes struct {
 	domain                  string
 	byName, byDomain, allow *sql.Stmt
+	// The lookups are cached until the database changes: any commit, by
+	// this or another process, grows or resets the write-ahead log, so a
+	// stat of it (about a microsecond) says whether the cache still holds.
+	wal   string
+	mu    sync.Mutex
+	stamp walStamp
+	cache map[string]routeEntry
+}
+
+type walStamp struct {
+	size  int64
+	mtime time.Time
+}
+
+type routeEntry struct {
+	rt  proxy.Route
+	err error
+}
+
+func (r *routes) currentStamp() (walStamp, bool) {
+	st, err := os.Stat(r.wal)
+	if err != nil {
+		return walStamp{}, false
+	}
+	return walStamp{st.Size(), st.ModTime()}, true
 }
 
 var (
@@ -228,7 +254,7 @@ var (
 const routeCols = `v.id, v.name, v.owner_id, v.ip, v.port, v.public, v.state`
 
 func newRoutes(ctx context.Context, db *store.DB, domain string) (*routes, error) {
-	r := &routes{domain: domain}
+	r := &routes{domain: domain, wal: db.Path + "-wal", cache: map[string]routeEntry{}}
 	for _, q := range []struct {
 		st  **sql.Stmt
 		sql string
@@ -247,6 +273,30 @@ func newRoutes(ctx context.Context, db *store.DB, domain string) (*routes, error
 }
 
 func (r *routes) Route(ctx context.Context, host string) (proxy.Route, error) {
+	stamp, ok := r.currentStamp()
+	if ok {
+		r.mu.Lock()
+		if stamp != r.stamp {
+			r.stamp, r.cache = stamp, map[string]routeEntry{}
+		}
+		e, hit := r.cache[host]
+		r.mu.Unlock()
+		if hit {
+			return e.rt, e.err
+		}
+	}
+	rt, err := r.lookup(ctx, host)
+	if ok && (err == nil || errs.ClassOf(err) == errs.NotFound) {
+		r.mu.Lock()
+		if r.stamp == stamp && len(r.cache) < 100000 {
+			r.cache[host] = routeEntry{rt, err}
+		}
+		r.mu.Unlock()
+	}
+	return rt, err
+}
+
+func (r *routes) lookup(ctx context.Context, host string) (proxy.Route, error) {
 	st, key := r.byDomain, host
 	if name, ok := proxy.SplitHost(host, r.domain); ok {
 		st, key = r.byName, name

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"net/netip"
 	"os"
 	"os/signal"
@@ -210,6 +211,9 @@ func Serve(ctx context.Context, cfg Config, logOut io.Writer) error {
 		}
 		mux := http.NewServeMux()
 		mux.Handle("/metrics", metrics)
+		// Profiles, on the loopback-only admin listener.
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 		asrv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 		shutdown(asrv)
 		g.Go(func() error { return ignoreClosed(asrv.Serve(aln)) })

@@ -30,6 +30,8 @@ type Q interface {
 // DB is an open store. It is safe for concurrent use.
 type DB struct {
 	*sql.DB
+	// Path is the database file.
+	Path string
 }
 
 // Open opens (creating if needed) the database at file and migrates it.
@@ -43,7 +45,7 @@ func Open(ctx context.Context, file string) (*DB, error) {
 		db.Close()
 		return nil, fmt.Errorf("open store %s: %w", file, err)
 	}
-	d := &DB{DB: db}
+	d := &DB{DB: db, Path: file}
 	if err := d.migrate(ctx); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("migrate store %s: %w", file, err)
