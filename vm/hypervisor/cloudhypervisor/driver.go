@@ -16,6 +16,7 @@ import (
 
 	"github.com/minionsdev/minions/internal/errs"
 	"github.com/minionsdev/minions/vm/hypervisor"
+	"github.com/minionsdev/minions/vm/hypervisor/launch"
 	"github.com/minionsdev/minions/vm/hypervisor/procfs"
 )
 
@@ -134,7 +135,7 @@ func (d *Driver) checkSpec(spec hypervisor.Spec) error {
 // launch starts a VMM for spec and waits until its API answers; the
 // returned undo kills it and removes its sockets. It is the common start of
 // Start and Restore.
-func (d *Driver) launch(spec hypervisor.Spec) (h *hypervisor.Handle, steps []step) {
+func (d *Driver) launch(spec hypervisor.Spec) (h *hypervisor.Handle, steps []launch.Step) {
 	h = &hypervisor.Handle{
 		Driver:    Name,
 		APISocket: filepath.Join(spec.RunDir, apiSocketName),
@@ -142,27 +143,27 @@ func (d *Driver) launch(spec hypervisor.Spec) (h *hypervisor.Handle, steps []ste
 		RunDir:    spec.RunDir,
 	}
 	logPath := filepath.Join(spec.RunDir, vmmLogName)
-	var c *child
-	steps = []step{
-		{name: "check spec", do: func(context.Context) error { return d.checkSpec(spec) }},
-		{name: "prepare run dir", do: func(context.Context) error {
+	var c *launch.Child
+	steps = []launch.Step{
+		{Name: "check spec", Do: func(context.Context) error { return d.checkSpec(spec) }},
+		{Name: "prepare run dir", Do: func(context.Context) error {
 			if err := os.MkdirAll(spec.RunDir, 0o700); err != nil {
 				return err
 			}
 			// Stale sockets of an earlier run would make the VMM fail to bind.
 			return removeSockets(spec.RunDir)
-		}, undo: func() { _ = removeSockets(spec.RunDir) }},
-		{name: "spawn vmm", do: func(context.Context) error {
+		}, Undo: func() { _ = removeSockets(spec.RunDir) }},
+		{Name: "spawn vmm", Do: func(context.Context) error {
 			var err error
-			c, err = spawn([]string{d.cfg.Binary, "--api-socket", h.APISocket}, spec.RunDir, logPath)
+			c, err = launch.Spawn([]string{d.cfg.Binary, "--api-socket", h.APISocket}, spec.RunDir, logPath)
 			if err != nil {
 				return err
 			}
-			h.PID, h.StartTime = c.pid, c.start
-			d.log.Info("vmm started", "vm_id", spec.ID, "pid", c.pid)
+			h.PID, h.StartTime = c.PID, c.Start
+			d.log.Info("vmm started", "vm_id", spec.ID, "pid", c.PID)
 			return nil
-		}, undo: func() { d.stopChild(c) }},
-		{name: "wait for api", do: func(ctx context.Context) error {
+		}, Undo: func() { d.stopChild(c) }},
+		{Name: "wait for api", Do: func(ctx context.Context) error {
 			ctx, cancel := context.WithTimeout(ctx, d.cfg.StartTimeout)
 			defer cancel()
 			return d.waitAPI(ctx, c, h.APISocket, logPath)
@@ -172,7 +173,7 @@ func (d *Driver) launch(spec hypervisor.Spec) (h *hypervisor.Handle, steps []ste
 }
 
 // waitAPI polls vmm.ping until it answers, the child exits or ctx ends.
-func (d *Driver) waitAPI(ctx context.Context, c *child, socket, logPath string) error {
+func (d *Driver) waitAPI(ctx context.Context, c *launch.Child, socket, logPath string) error {
 	cl := newClient(socket)
 	t := time.NewTicker(d.cfg.PollInterval)
 	defer t.Stop()
@@ -184,7 +185,7 @@ func (d *Driver) waitAPI(ctx context.Context, c *child, socket, logPath string) 
 			return nil
 		}
 		select {
-		case <-c.exited:
+		case <-c.Exited:
 			return errs.New(errs.Unavailable, "vmm exited: %s", logTail(logPath, 2048))
 		case <-ctx.Done():
 			return errs.New(errs.Unavailable, "vmm api did not answer: %v (last error: %v)", ctx.Err(), err)
@@ -199,12 +200,12 @@ func (d *Driver) Start(ctx context.Context, spec hypervisor.Spec) (*hypervisor.H
 	h, steps := d.launch(spec)
 	cl := newClient(h.APISocket)
 	steps = append(steps,
-		step{name: "vm.create", do: func(ctx context.Context) error {
+		launch.Step{Name: "vm.create", Do: func(ctx context.Context) error {
 			return cl.put(ctx, "vm.create", BuildVMConfig(d.cfg, spec))
 		}},
-		step{name: "vm.boot", do: func(ctx context.Context) error { return cl.put(ctx, "vm.boot", nil) }},
+		launch.Step{Name: "vm.boot", Do: func(ctx context.Context) error { return cl.put(ctx, "vm.boot", nil) }},
 	)
-	if err := runSteps(ctx, d.log, steps); err != nil {
+	if err := launch.RunSteps(ctx, d.log, steps); err != nil {
 		return nil, fmt.Errorf("start vm %s: %w", spec.ID, err)
 	}
 	d.log.Info("vm booted", "vm_id", spec.ID, "pid", h.PID)
@@ -373,15 +374,15 @@ func (d *Driver) kill(ctx context.Context, h *hypervisor.Handle) error {
 	return procfs.WaitGone(ctx, h.PID, h.StartTime, d.cfg.PollInterval)
 }
 
-func (d *Driver) stopChild(c *child) {
+func (d *Driver) stopChild(c *launch.Child) {
 	if c == nil {
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), d.cfg.StopTimeout)
 	defer cancel()
-	_ = d.kill(ctx, &hypervisor.Handle{PID: c.pid, StartTime: c.start})
+	_ = d.kill(ctx, &hypervisor.Handle{PID: c.PID, StartTime: c.Start})
 	select {
-	case <-c.exited:
+	case <-c.Exited:
 	case <-ctx.Done():
 	}
 }
@@ -440,17 +441,17 @@ func (d *Driver) Restore(ctx context.Context, spec hypervisor.Spec, dir string) 
 	}
 	h, steps := d.launch(spec)
 	cl := newClient(h.APISocket)
-	adapt := step{name: "adapt snapshot", do: func(context.Context) error {
+	adapt := launch.Step{Name: "adapt snapshot", Do: func(context.Context) error {
 		return adaptSnapshot(filepath.Join(abs, snapshotConfig), d.cfg, spec)
 	}}
-	steps = append(steps[:1], append([]step{adapt}, steps[1:]...)...) // after "check spec"
+	steps = append(steps[:1], append([]launch.Step{adapt}, steps[1:]...)...) // after "check spec"
 	steps = append(steps,
-		step{name: "vm.restore", do: func(ctx context.Context) error {
+		launch.Step{Name: "vm.restore", Do: func(ctx context.Context) error {
 			return cl.put(ctx, "vm.restore", RestoreConfig{SourceURL: "file://" + abs})
 		}},
-		step{name: "vm.resume", do: func(ctx context.Context) error { return cl.put(ctx, "vm.resume", nil) }},
+		launch.Step{Name: "vm.resume", Do: func(ctx context.Context) error { return cl.put(ctx, "vm.resume", nil) }},
 	)
-	if err := runSteps(ctx, d.log, steps); err != nil {
+	if err := launch.RunSteps(ctx, d.log, steps); err != nil {
 		return nil, fmt.Errorf("restore vm %s: %w", spec.ID, err)
 	}
 	d.log.Info("vm restored", "vm_id", spec.ID, "pid", h.PID, "from", abs)

@@ -16,6 +16,7 @@ import (
 
 	"github.com/minionsdev/minions/internal/errs"
 	"github.com/minionsdev/minions/vm/hypervisor"
+	"github.com/minionsdev/minions/vm/hypervisor/launch"
 	"github.com/minionsdev/minions/vm/hypervisor/procfs"
 	"github.com/minionsdev/minions/vm/hypervisor/qemu/qmp"
 )
@@ -186,12 +187,12 @@ func (d *Driver) launch(ctx context.Context, m machine) (*hypervisor.Handle, err
 	ctx, cancel := context.WithTimeout(ctx, d.cfg.StartTimeout)
 	defer cancel()
 	log := d.log.With("vm_id", m.ID)
-	var vm, relay *child
+	var vm, relay *launch.Child
 	h := &hypervisor.Handle{Driver: DriverName, APISocket: m.path(qmpSock), RunDir: m.RunDir}
-	steps := []step{
+	steps := []launch.Step{
 		{
-			name: "prepare run dir",
-			do: func(context.Context) error {
+			Name: "prepare run dir",
+			Do: func(context.Context) error {
 				removeRunFiles(m.RunDir)
 				b, err := json.MarshalIndent(m, "", "  ")
 				if err != nil {
@@ -199,23 +200,23 @@ func (d *Driver) launch(ctx context.Context, m machine) (*hypervisor.Handle, err
 				}
 				return writeFileAtomic(m.path(machineFile), append(b, '\n'))
 			},
-			undo: func() { removeRunFiles(m.RunDir) },
+			Undo: func() { removeRunFiles(m.RunDir) },
 		},
 		{
-			name: "start qemu",
-			do: func(context.Context) error {
+			Name: "start qemu",
+			Do: func(context.Context) error {
 				var err error
-				vm, err = spawn(append([]string{d.binary}, m.args()...), m.RunDir, m.path(qemuLog))
+				vm, err = launch.Spawn(append([]string{d.binary}, m.args()...), m.RunDir, m.path(qemuLog))
 				if err == nil {
-					log.Info("qemu started", "pid", vm.pid, "accel", m.Accel, "restore", m.Incoming != "")
+					log.Info("qemu started", "pid", vm.PID, "accel", m.Accel, "restore", m.Incoming != "")
 				}
 				return err
 			},
-			undo: func() { d.stopChild(context.Background(), vm) },
+			Undo: func() { d.stopChild(context.Background(), vm) },
 		},
 		{
-			name: "connect qmp",
-			do: func(ctx context.Context) error {
+			Name: "connect qmp",
+			Do: func(ctx context.Context) error {
 				c, err := waitQMP(ctx, vm, m)
 				if err != nil {
 					return err
@@ -237,43 +238,43 @@ func (d *Driver) launch(ctx context.Context, m machine) (*hypervisor.Handle, err
 	}
 	if !m.VhostVsock {
 		steps = append(steps,
-			step{
-				name: "start agent relay",
-				do: func(context.Context) error {
+			launch.Step{
+				Name: "start agent relay",
+				Do: func(context.Context) error {
 					argv := append(append([]string(nil), d.cfg.RelayCommand...),
 						"--serial", m.path(agentSock), "--listen", m.path(vsockSock))
 					var err error
-					relay, err = spawn(argv, m.RunDir, m.path(relayLog))
+					relay, err = launch.Spawn(argv, m.RunDir, m.path(relayLog))
 					if err == nil {
-						log.Debug("agent relay started", "pid", relay.pid)
+						log.Debug("agent relay started", "pid", relay.PID)
 					}
 					return err
 				},
-				undo: func() { d.stopChild(context.Background(), relay) },
+				Undo: func() { d.stopChild(context.Background(), relay) },
 			},
-			step{
-				name: "wait for agent relay",
-				do: func(ctx context.Context) error {
+			launch.Step{
+				Name: "wait for agent relay",
+				Do: func(ctx context.Context) error {
 					return waitSocket(ctx, relay, m.path(vsockSock), m.path(relayLog))
 				},
 			},
 		)
 	}
-	if err := runSteps(ctx, log, steps); err != nil {
+	if err := launch.RunSteps(ctx, log, steps); err != nil {
 		return nil, err
 	}
-	h.PID, h.StartTime = vm.pid, vm.start
+	h.PID, h.StartTime = vm.PID, vm.Start
 	if m.VhostVsock {
 		h.Agent = hypervisor.AgentEndpoint{Kind: "vsock", CID: m.VsockCID, Port: AgentPort}
 	} else {
 		h.Agent = hypervisor.AgentEndpoint{Kind: "hybrid-vsock", Path: m.path(vsockSock), Port: AgentPort}
-		h.Helpers = []hypervisor.Process{{Name: "agent-relay", PID: relay.pid, StartTime: relay.start}}
+		h.Helpers = []hypervisor.Process{{Name: "agent-relay", PID: relay.PID, StartTime: relay.Start}}
 	}
 	return h, nil
 }
 
 // waitQMP dials the QMP socket until it answers, QEMU exits or ctx ends.
-func waitQMP(ctx context.Context, vm *child, m machine) (*qmp.Client, error) {
+func waitQMP(ctx context.Context, vm *launch.Child, m machine) (*qmp.Client, error) {
 	t := time.NewTicker(10 * time.Millisecond)
 	defer t.Stop()
 	for {
@@ -284,7 +285,7 @@ func waitQMP(ctx context.Context, vm *child, m machine) (*qmp.Client, error) {
 			return c, nil
 		}
 		select {
-		case <-vm.exited:
+		case <-vm.Exited:
 			return nil, exitedError("qemu", m.path(qemuLog))
 		case <-ctx.Done():
 			return nil, errs.New(errs.Unavailable, "qmp did not answer: %w (last error: %v)", ctx.Err(), err)
@@ -294,14 +295,14 @@ func waitQMP(ctx context.Context, vm *child, m machine) (*qmp.Client, error) {
 }
 
 // finishIncoming waits for an incoming migration to end and resumes the VM.
-func finishIncoming(ctx context.Context, vm *child, m machine, c *qmp.Client) error {
+func finishIncoming(ctx context.Context, vm *launch.Child, m machine, c *qmp.Client) error {
 	t := time.NewTicker(10 * time.Millisecond)
 	defer t.Stop()
 	for {
 		st, err := queryStatus(ctx, c)
 		if err != nil {
 			select {
-			case <-vm.exited:
+			case <-vm.Exited:
 				return exitedError("qemu", m.path(qemuLog))
 			default:
 				return err
@@ -317,7 +318,7 @@ func finishIncoming(ctx context.Context, vm *child, m machine, c *qmp.Client) er
 			return fmt.Errorf("restore ended in qemu status %q", st)
 		}
 		select {
-		case <-vm.exited:
+		case <-vm.Exited:
 			return exitedError("qemu", m.path(qemuLog))
 		case <-ctx.Done():
 			return errs.New(errs.Unavailable, "restore: %w", ctx.Err())

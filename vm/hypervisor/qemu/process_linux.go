@@ -3,67 +3,25 @@ package qemu
 import (
 	"bytes"
 	"context"
-	"fmt"
 	"io"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/minionsdev/minions/internal/errs"
-	"github.com/minionsdev/minions/vm/hypervisor/procfs"
+	"github.com/minionsdev/minions/vm/hypervisor/launch"
 )
 
-// child is a process this driver started.
-type child struct {
-	pid    int
-	start  uint64
-	exited chan struct{} // closed once reaped
-}
-
-// spawn starts argv in its own session with stdin from /dev/null and
-// stdout and stderr appended to logPath. A goroutine reaps it.
-func spawn(argv []string, dir, logPath string) (*child, error) {
-	f, err := os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
-	if err != nil {
-		return nil, fmt.Errorf("open log: %w", err)
-	}
-	defer f.Close()
-	cmd := exec.Command(argv[0], argv[1:]...)
-	cmd.Dir = dir
-	cmd.Stdout, cmd.Stderr = f, f
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("exec %s: %w", argv[0], err)
-	}
-	c := &child{pid: cmd.Process.Pid, exited: make(chan struct{})}
-	// Not reaped before this read: the /proc entry exists (at worst as
-	// a zombie), so the start time is always readable here.
-	st, err := procfs.StartTime(c.pid)
-	if err != nil {
-		_ = cmd.Process.Kill()
-		_ = cmd.Wait()
-		return nil, fmt.Errorf("read start time of %s: %w", argv[0], err)
-	}
-	c.start = st
-	go func() {
-		_ = cmd.Wait()
-		close(c.exited)
-	}()
-	return c, nil
-}
-
 // stopChild kills c (no-op for nil) and waits for it to be reaped.
-func (d *Driver) stopChild(ctx context.Context, c *child) {
+func (d *Driver) stopChild(ctx context.Context, c *launch.Child) {
 	if c == nil {
 		return
 	}
-	_ = d.killWait(ctx, "child", c.pid, c.start)
+	_ = d.killWait(ctx, "child", c.PID, c.Start)
 	select {
-	case <-c.exited:
+	case <-c.Exited:
 	case <-time.After(d.cfg.StopTimeout):
 	}
 }
@@ -94,7 +52,7 @@ func logTail(path string, n int64) string {
 // waitSocket waits until a server accepts connections on the unix socket
 // path (it connects and closes at once without writing), c exits, or ctx
 // ends. The file alone is not enough: it appears at bind, before listen.
-func waitSocket(ctx context.Context, c *child, path, logPath string) error {
+func waitSocket(ctx context.Context, c *launch.Child, path, logPath string) error {
 	t := time.NewTicker(5 * time.Millisecond)
 	defer t.Stop()
 	for {
@@ -103,7 +61,7 @@ func waitSocket(ctx context.Context, c *child, path, logPath string) error {
 			return nil
 		}
 		select {
-		case <-c.exited:
+		case <-c.Exited:
 			return exitedError(filepath.Base(path)+" server", logPath)
 		case <-ctx.Done():
 			return errs.New(errs.Unavailable, "wait for %s: %w", path, ctx.Err())

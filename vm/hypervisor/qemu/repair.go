@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 
 	"github.com/minionsdev/minions/vm/hypervisor"
+	"github.com/minionsdev/minions/vm/hypervisor/launch"
 	"github.com/minionsdev/minions/vm/hypervisor/procfs"
 )
 
@@ -28,7 +29,7 @@ func (d *Driver) Repair(ctx context.Context, h *hypervisor.Handle) (*hypervisor.
 	}
 	path := func(name string) string { return filepath.Join(h.RunDir, name) }
 	argv := append(append([]string(nil), d.cfg.RelayCommand...), "--serial", path(agentSock), "--listen", path(vsockSock))
-	relay, err := spawn(argv, h.RunDir, path(relayLog))
+	relay, err := launch.Spawn(argv, h.RunDir, path(relayLog))
 	if err != nil {
 		return h, false, err
 	}
@@ -37,7 +38,7 @@ func (d *Driver) Repair(ctx context.Context, h *hypervisor.Handle) (*hypervisor.
 		return h, false, err
 	}
 	nh := *h
-	nh.Helpers = []hypervisor.Process{{Name: "agent-relay", PID: relay.pid, StartTime: relay.start}}
-	d.cfg.Log.Info("agent relay restarted", "pid", relay.pid, "run_dir", h.RunDir)
+	nh.Helpers = []hypervisor.Process{{Name: "agent-relay", PID: relay.PID, StartTime: relay.Start}}
+	d.cfg.Log.Info("agent relay restarted", "pid", relay.PID, "run_dir", h.RunDir)
 	return &nh, true, nil
 }

@@ -1,0 +1,83 @@
+// Package launch is what hypervisor drivers share to start processes: a
+// start-up as named steps with undo, and child processes in their own
+// session identified by PID and start time.
+package launch
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"syscall"
+
+	"github.com/minionsdev/minions/internal/errs"
+	"github.com/minionsdev/minions/vm/hypervisor/procfs"
+)
+
+// Step is one named start-up action and the action that undoes it.
+type Step struct {
+	Name string
+	Do   func(context.Context) error
+	Undo func() // nil when there is nothing to undo
+}
+
+// RunSteps runs steps in order. When one fails, the undo actions of the
+// steps that completed run in reverse order, each once, and the error names
+// the failed step. The failed step cleans up after itself.
+func RunSteps(ctx context.Context, log *slog.Logger, steps []Step) error {
+	for i, s := range steps {
+		log.Debug("start step", "step", s.Name)
+		if err := s.Do(ctx); err != nil {
+			log.Warn("start step failed, undoing", "step", s.Name, "err", err)
+			for j := i - 1; j >= 0; j-- {
+				if steps[j].Undo != nil {
+					steps[j].Undo()
+				}
+			}
+			return fmt.Errorf("%s: %w", s.Name, err)
+		}
+	}
+	return nil
+}
+
+// Child is a process a driver started.
+type Child struct {
+	PID    int
+	Start  uint64        // start time (procfs), which tells a reused PID apart
+	Exited chan struct{} // closed once reaped
+}
+
+// Spawn starts argv in its own session (so it survives the caller's
+// terminal and process group) with stdin from /dev/null and stdout and
+// stderr appended to logPath. A goroutine reaps it, so a long-lived caller
+// leaves no zombie; when the caller exits first, init reaps it.
+func Spawn(argv []string, dir, logPath string) (*Child, error) {
+	f, err := os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("open log: %w", err)
+	}
+	defer f.Close()
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Dir = dir
+	cmd.Stdout, cmd.Stderr = f, f
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return nil, errs.New(errs.FailedPrecondition, "exec %s: %w", argv[0], err)
+	}
+	c := &Child{PID: cmd.Process.Pid, Exited: make(chan struct{})}
+	// Not reaped before this read: the /proc entry exists (at worst as a
+	// zombie), so the start time is always readable here.
+	st, err := procfs.StartTime(c.PID)
+	if err != nil {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		return nil, fmt.Errorf("read start time of %s: %w", argv[0], err)
+	}
+	c.Start = st
+	go func() {
+		_ = cmd.Wait()
+		close(c.Exited)
+	}()
+	return c, nil
+}
