@@ -324,7 +324,7 @@ func Dial(ctx context.Context, rwc io.ReadWriteCloser, cfg DialConfig) (*yamux.S
 		rwc.Close()
 		return nil, err
 	}
-	sess, err := yamux.Client(joinFrames(conn), yamuxConfig(cfg.KeepAlive))
+	sess, err := yamux.Client(conn, yamuxConfig(cfg.KeepAlive))
 	if err != nil {
 		rwc.Close()
 		return nil, fmt.Errorf("link dial: %w", err)
@@ -366,7 +366,7 @@ func serveOnce(ctx context.Context, port io.ReadWriteCloser, handle func(net.Con
 	if err != nil {
 		return err
 	}
-	sess, err := yamux.Server(joinFrames(conn), yamuxConfig(0))
+	sess, err := yamux.Server(conn, yamuxConfig(0))
 	if err != nil {
 		return err
 	}
