@@ -29,41 +29,14 @@ import (
 	"github.com/minionsdev/minions/vsockcli"
 )
 
-// benchCLITimeout bounds one CLI run; a boot under TCG on a loaded host
-// takes seconds, never minutes.
-const benchCLITimeout = 3 * time.Minute
-
 // cliRun is one timed run of the minions binary.
-type cliRun struct {
-	stdout, stderr string
-	code           int
-	took           time.Duration // wall time from exec to exit
-}
-
-func (r cliRun) String() string {
-	return fmt.Sprintf("exit %d after %s\nstdout:\n%s\nstderr:\n%s", r.code, r.took, r.stdout, r.stderr)
-}
+type cliRun = result
 
 // cli runs the minions CLI against the test installation and times it.
 // It fails tb only when the binary cannot be run at all.
 func cli(tb testing.TB, stdin string, args ...string) cliRun {
 	tb.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), benchCLITimeout)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, filepath.Join(binDir, "minions"), args...)
-	cmd.Env = append(os.Environ(), "MINIONS_STATE_DIR="+stateDir, "MINIONS_AGENT_BIN="+filepath.Join(binDir, "minions-agent"))
-	cmd.Stdin = strings.NewReader(stdin)
-	var out, errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	start := time.Now()
-	err := cmd.Run()
-	r := cliRun{stdout: out.String(), stderr: errb.String(), took: time.Since(start)}
-	if ee, ok := err.(*exec.ExitError); ok {
-		r.code = ee.ExitCode()
-	} else if err != nil {
-		tb.Fatalf("minions %v: %v", args, err)
-	}
-	return r
+	return minions(tb, stdin, args...)
 }
 
 // cliMust runs the CLI and fails tb unless it exits 0.

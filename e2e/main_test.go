@@ -143,24 +143,26 @@ func needVMs(t *testing.T) {
 type result struct {
 	stdout, stderr string
 	code           int
+	took           time.Duration // wall time from exec to exit
 }
 
 func (r result) String() string {
-	return fmt.Sprintf("exit %d\nstdout:\n%s\nstderr:\n%s", r.code, r.stdout, r.stderr)
+	return fmt.Sprintf("exit %d after %s\nstdout:\n%s\nstderr:\n%s", r.code, r.took, r.stdout, r.stderr)
 }
 
 // minions runs the CLI against the test installation.
-func minions(t *testing.T, stdin string, args ...string) result {
+func minions(t testing.TB, stdin string, args ...string) result {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, filepath.Join(binDir, "minions"), args...)
 	cmd.Env = append(os.Environ(), "MINIONS_STATE_DIR="+stateDir, "MINIONS_AGENT_BIN="+filepath.Join(binDir, "minions-agent"))
 	cmd.Stdin = strings.NewReader(stdin)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
+	start := time.Now()
 	err := cmd.Run()
-	r := result{stdout: out.String(), stderr: errb.String()}
+	r := result{stdout: out.String(), stderr: errb.String(), took: time.Since(start)}
 	if ee, ok := err.(*exec.ExitError); ok {
 		r.code = ee.ExitCode()
 	} else if err != nil {
@@ -170,7 +172,7 @@ func minions(t *testing.T, stdin string, args ...string) result {
 }
 
 // must runs minions and fails the test unless it exits 0.
-func must(t *testing.T, args ...string) string {
+func must(t testing.TB, args ...string) string {
 	t.Helper()
 	r := minions(t, "", args...)
 	if r.code != 0 {
@@ -180,7 +182,7 @@ func must(t *testing.T, args ...string) string {
 }
 
 // mustJSON runs minions --json and decodes its output into v.
-func mustJSON(t *testing.T, v any, args ...string) {
+func mustJSON(t testing.TB, v any, args ...string) {
 	t.Helper()
 	out := must(t, append(args, "--json")...)
 	if err := json.Unmarshal([]byte(out), v); err != nil {

@@ -294,43 +294,11 @@ func buildWSEcho(t testing.TB) []byte {
 // and starts it on port, detached from the exec session.
 func installWSEcho(t testing.TB, vm, ip string, port int, bin []byte) {
 	t.Helper()
-	if r := minionsIn(t, string(bin), "exec", vm, "--", "sh", "-c", "cat > /wsecho && chmod +x /wsecho"); r.code != 0 {
+	if r := minions(t, string(bin), "exec", vm, "--", "sh", "-c", "cat > /wsecho && chmod +x /wsecho"); r.code != 0 {
 		t.Fatalf("copy wsecho into %s: %s", vm, r)
 	}
-	mustIn(t, "exec", vm, "--", "sh", "-c", fmt.Sprintf("setsid /wsecho :%d </dev/null >/tmp/wsecho.log 2>&1 &", port))
+	must(t, "exec", vm, "--", "sh", "-c", fmt.Sprintf("setsid /wsecho :%d </dev/null >/tmp/wsecho.log 2>&1 &", port))
 	waitHTTP(t, fmt.Sprintf("http://%s:%d/", ip, port), "wsecho here")
-}
-
-// minionsIn and mustIn are minions and must for testing.TB (benchmarks).
-func minionsIn(t testing.TB, stdin string, args ...string) result {
-	if tt, ok := t.(*testing.T); ok {
-		return minions(tt, stdin, args...)
-	}
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, filepath.Join(binDir, "minions"), args...)
-	cmd.Env = append(os.Environ(), "MINIONS_STATE_DIR="+stateDir, "MINIONS_AGENT_BIN="+filepath.Join(binDir, "minions-agent"))
-	cmd.Stdin = strings.NewReader(stdin)
-	var out, errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	err := cmd.Run()
-	r := result{stdout: out.String(), stderr: errb.String()}
-	if ee, ok := err.(*exec.ExitError); ok {
-		r.code = ee.ExitCode()
-	} else if err != nil {
-		t.Fatalf("minions %v: %v", args, err)
-	}
-	return r
-}
-
-func mustIn(t testing.TB, args ...string) string {
-	t.Helper()
-	r := minionsIn(t, "", args...)
-	if r.code != 0 {
-		t.Fatalf("minions %s: %s", strings.Join(args, " "), r)
-	}
-	return r.stdout
 }
 
 func waitHTTP(t testing.TB, u, want string) {
@@ -741,10 +709,10 @@ func BenchmarkProxy(b *testing.B) {
 	if skipWhy != "" {
 		b.Skip(skipWhy)
 	}
-	mustIn(b, "init")
+	must(b, "init")
 	bin := buildWSEcho(b)
-	out := mustIn(b, "create", "pbench", "--json")
-	defer minionsIn(b, "", "destroy", "pbench", "--yes")
+	out := must(b, "create", "pbench", "--json")
+	defer minions(b, "", "destroy", "pbench", "--yes")
 	var v vmJSON
 	if err := jsonUnmarshal(out, &v); err != nil {
 		b.Fatal(err)
@@ -753,8 +721,8 @@ func BenchmarkProxy(b *testing.B) {
 	httpAddr := loopback(freeTCPPort(b))
 	d := startServe(b, fmt.Sprintf("bind = %q\nadmin_bind = %q\nssh_bind = %q\nhttp_bind = %q\nproxy_rate = -1\n",
 		loopback(freeTCPPort(b)), loopback(freeTCPPort(b)), loopback(freeTCPPort(b)), httpAddr), httpAddr)
-	mustIn(b, "expose", "pbench", "--port", "8081")
-	mustIn(b, "share", "pbench", "--public")
+	must(b, "expose", "pbench", "--port", "8081")
+	must(b, "share", "pbench", "--public")
 
 	direct := newLoad(b, "http://"+v.IP+":8081/", "", "")
 	proxied := newLoad(b, "http://pbench.localhost/", "pbench.localhost", httpAddr)
