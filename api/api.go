@@ -6,7 +6,6 @@ import (
 	"crypto/subtle"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -494,8 +493,6 @@ func (h *handler) table() []route {
 	}
 	return append(rs, h.webRoutes()...) // api/web.go
 }
-
-var _ = fmt.Sprint
 
 // Route describes one registered endpoint, for documentation checks.
 type Route struct {

@@ -14,7 +14,6 @@ import (
 	"github.com/minionsdev/minions/images"
 	"github.com/minionsdev/minions/internal/errs"
 	"github.com/minionsdev/minions/vm/disk"
-	"github.com/minionsdev/minions/vm/hypervisor/kvm"
 	"github.com/minionsdev/minions/vm/network"
 )
 
@@ -133,7 +132,6 @@ func doctor(ctx context.Context, paths Paths) []check {
 	if free, err := disk.FreeBytes(filepath.Dir(paths.State)); err == nil {
 		add("free disk", free > 5<<30, "%d GiB free under %s", free>>30, filepath.Dir(paths.State))
 	}
-	_ = kvm.DriverQEMU
 	return out
 }
 

@@ -20,8 +20,6 @@ import (
 
 	"github.com/minionsdev/minions/api"
 	"github.com/minionsdev/minions/cli"
-	"github.com/minionsdev/minions/internal/errs"
-	"github.com/minionsdev/minions/store"
 	"golang.org/x/sync/errgroup"
 	"golang.org/x/term"
 )
@@ -269,9 +267,6 @@ func ignoreClosed(err error) error {
 	}
 	return err
 }
-
-var _ = errs.New
-var _ = store.StateRunning
 
 // opLatencies forwards operation timings to the metrics once they exist.
 type opLatencies struct {

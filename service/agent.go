@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"fmt"
 	"net"
 	"os"
 	"path/filepath"
@@ -109,5 +108,3 @@ func (s *Service) notReady(name, id string, err error) error {
 	}
 	return errs.New(errs.Unavailable, "vm %s did not become ready within %s: %v\nlast console lines:\n%s", name, s.cfg.ReadyTimeout, err, tail)
 }
-
-var _ = fmt.Sprint

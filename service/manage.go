@@ -13,7 +13,6 @@ import (
 	"github.com/minionsdev/minions/internal/errs"
 	"github.com/minionsdev/minions/store"
 	"github.com/minionsdev/minions/vm"
-	"github.com/minionsdev/minions/vsockcli"
 )
 
 // ResizeRequest changes a VM's size; zero fields are left alone.
@@ -218,5 +217,3 @@ func (s *Service) freeName(ctx context.Context, base string) string {
 	}
 	return name
 }
-
-var _ = vsockcli.Dial
