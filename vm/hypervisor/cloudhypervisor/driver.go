@@ -186,7 +186,7 @@ func (d *Driver) waitAPI(ctx context.Context, c *launch.Child, socket, logPath s
 		}
 		select {
 		case <-c.Exited:
-			return errs.New(errs.Unavailable, "vmm exited: %s", logTail(logPath, 2048))
+			return errs.New(errs.Unavailable, "vmm exited: %s", launch.LogTail(logPath, 2048))
 		case <-ctx.Done():
 			return errs.New(errs.Unavailable, "vmm api did not answer: %v (last error: %v)", ctx.Err(), err)
 		case <-t.C:

@@ -4,11 +4,14 @@
 package launch
 
 import (
+	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"os/exec"
+	"strings"
 	"syscall"
 
 	"github.com/minionsdev/minions/internal/errs"
@@ -80,4 +83,23 @@ func Spawn(argv []string, dir, logPath string) (*Child, error) {
 		close(c.Exited)
 	}()
 	return c, nil
+}
+
+// LogTail returns up to n trailing bytes of a log file on one line, for
+// error messages about a process that exited early.
+func LogTail(path string, n int64) string {
+	f, err := os.Open(path)
+	if err != nil {
+		return "(no log)"
+	}
+	defer f.Close()
+	if st, err := f.Stat(); err == nil && st.Size() > n {
+		_, _ = f.Seek(-n, io.SeekEnd)
+	}
+	b, _ := io.ReadAll(f)
+	s := strings.TrimSpace(string(bytes.ToValidUTF8(b, nil)))
+	if s == "" {
+		return "(empty log)"
+	}
+	return strings.ReplaceAll(s, "\n", "; ")
 }

@@ -1,13 +1,10 @@
 package qemu
 
 import (
-	"bytes"
 	"context"
-	"io"
 	"net"
 	"os"
 	"path/filepath"
-	"strings"
 	"time"
 
 	"github.com/minionsdev/minions/internal/errs"
@@ -28,25 +25,7 @@ func (d *Driver) stopChild(ctx context.Context, c *launch.Child) {
 
 // exitedError reports that a process exited early, with the end of its log.
 func exitedError(what, logPath string) error {
-	return errs.New(errs.Unavailable, "%s exited: %s", what, logTail(logPath, 2048))
-}
-
-// logTail returns up to n trailing bytes of the file, on one line.
-func logTail(path string, n int64) string {
-	f, err := os.Open(path)
-	if err != nil {
-		return "(no log)"
-	}
-	defer f.Close()
-	if st, err := f.Stat(); err == nil && st.Size() > n {
-		_, _ = f.Seek(-n, io.SeekEnd)
-	}
-	b, _ := io.ReadAll(f)
-	s := strings.TrimSpace(string(bytes.ToValidUTF8(b, nil)))
-	if s == "" {
-		return "(empty log)"
-	}
-	return strings.ReplaceAll(s, "\n", "; ")
+	return errs.New(errs.Unavailable, "%s exited: %s", what, launch.LogTail(logPath, 2048))
 }
 
 // waitSocket waits until a server accepts connections on the unix socket
