@@ -61,11 +61,12 @@ func (im Image) Ref() string { return im.OS + "@" + im.Version }
 // BuildOptions says what to build.
 type BuildOptions struct {
 	OS      string // minimal | debian | ubuntu | fedora | nixos
-	SizeMiB int    // apparent size of the image; 0: 1024 (minimal), 5120 (full OSes)
+	SizeMiB int    // apparent size of the image; 0: 1024 (minimal), 8192 (nixos), 5120 (other full OSes)
 	// Mirror is the package archive: a Debian, Ubuntu or Fedora mirror
 	// (http, https or file URL); "": DefaultDebianMirror,
-	// DefaultUbuntuMirror, DefaultFedoraMirror. Not used by minimal and
-	// nixos.
+	// DefaultUbuntuMirror, DefaultFedoraMirror. For nixos it is nixpkgs: a
+	// directory, file: URL or http(s) tarball URL; "": the host's
+	// <nixpkgs>, else DefaultNixpkgs. Not used by minimal.
 	Mirror string
 	// RootfsTarball (fedora only), if set, is a Fedora root filesystem tar
 	// (Container or Cloud base, optionally compressed) to start from

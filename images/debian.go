@@ -313,6 +313,13 @@ func configureTree(ctx context.Context, root, agent string, k Kernel, files, lin
 	if _, err := run(ctx, "", "cp", "-a", k.ModulesDir, mods); err != nil {
 		return err
 	}
+	// Trees without /sbin/depmod (NixOS) are indexed by the host's.
+	if _, err := os.Lstat(filepath.Join(root, "sbin/depmod")); err != nil {
+		if _, err := run(ctx, "", "depmod", "-b", root, "-a", k.Version); err != nil {
+			return fmt.Errorf("depmod for image: %w", err)
+		}
+		return nil
+	}
 	if _, err := run(ctx, "", "chroot", root, "/sbin/depmod", "-a", k.Version); err != nil {
 		return fmt.Errorf("depmod in image: %w", err)
 	}

@@ -370,7 +370,7 @@ func TestMissingToolsExplain(t *testing.T) {
 			"build fedora image: fedora needs dnf (not installed; apt-get install dnf) or a Fedora root filesystem tarball via --rootfs-tarball FILE"},
 		{BuildOptions{OS: OSFedora, RootfsTarball: "/nonexistent/f.tar"}, errs.NotFound, "build fedora image: rootfs tarball /nonexistent/f.tar does not exist"},
 		{BuildOptions{OS: OSNixOS}, errs.FailedPrecondition,
-			"build nixos image: nixos needs nix (nix-build and nix-instantiate not found; apt-get install nix-bin)"},
+			"build nixos image: nixos needs nix (nix-build, nix-store, nix-instantiate not found; apt-get install nix-bin nix-setup-systemd)"},
 		{BuildOptions{OS: OSUbuntu, RootfsTarball: "/x.tar"}, errs.InvalidArgument, "--rootfs-tarball is for fedora only"},
 		{BuildOptions{OS: OSFedora, Mirror: "ftp://x"}, errs.InvalidArgument, "mirror \"ftp://x\" is not an http(s) or file URL"},
 	} {

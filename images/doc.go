@@ -16,8 +16,10 @@
 // second; "debian": debootstrap bookworm with systemd and sshd, minutes the
 // first time, cached after; "ubuntu": debootstrap noble the same way, with
 // Ubuntu's archive keyring; "fedora": dnf --installroot from a Fedora
-// mirror, or a Fedora root filesystem tarball plus dnf; "nixos": only the
-// checks so far), lists, resolves ("minimal" is the newest
+// mirror, or a Fedora root filesystem tarball plus dnf; "nixos": nix-build
+// of a NixOS system from a configuration Minions writes, its closure copied
+// into the tree with its registration, a system profile and /sbin/init),
+// lists, resolves ("minimal" is the newest
 // version, "minimal@20261127-001530-ab12" one version), bakes a new agent
 // into a new version and removes images nothing uses. Every image is a raw
 // ext4 file, mode 0444, published by renaming a finished directory: a failed
@@ -32,7 +34,7 @@
 //
 // Host tools used: apt-get, apt-cache, dpkg-deb, mkfs.ext4, debugfs,
 // debootstrap and chroot (debian, ubuntu), dnf, tar and chroot (fedora),
-// nix-build and nix-instantiate (nixos), /bin/busybox from busybox-static
+// nix-build, nix-store and nix-instantiate plus the host's depmod (nixos), /bin/busybox from busybox-static
 // (minimal only). A missing tool is a FailedPrecondition or Unavailable
 // error naming the package to install.
 package images

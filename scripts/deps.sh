@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# Installs the Debian packages Minions needs (scripts/packages.txt) on a
-# fresh Debian 12 machine. Idempotent; quiet when everything is present.
+# Installs the Debian packages Minions needs (scripts/packages.txt; with
+# --test also scripts/test-packages.txt) on a fresh Debian 12 machine.
+# Idempotent; quiet when everything is present.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-mapfile -t pkgs < <(grep -v '^\s*#' scripts/packages.txt | grep -v '^\s*$' | sort -u)
+lists=(scripts/packages.txt)
+[ "${1:-}" = --test ] && lists+=(scripts/test-packages.txt)
+mapfile -t pkgs < <(cat "${lists[@]}" | grep -v '^\s*#' | grep -v '^\s*$' | sort -u)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/local/go/bin"
 export GOFLAGS="${GOFLAGS:-} -buildvcs=false"
-bash scripts/deps.sh
+bash scripts/deps.sh --test
 start=$(date +%s)
 make build
 go vet ./...
