@@ -20,6 +20,7 @@ import (
 	"github.com/minionsdev/minions/cli"
 	"github.com/minionsdev/minions/images"
 	"github.com/minionsdev/minions/internal/errs"
+	"github.com/minionsdev/minions/service"
 	"github.com/minionsdev/minions/store"
 	"github.com/minionsdev/minions/vm/network"
 	"github.com/minionsdev/minions/vsockcli"
@@ -280,6 +281,11 @@ func imageCmd() *cli.Command {
 				}
 				return x.Print(imageView(im), func(w io.Writer) { fmt.Fprintf(w, "baked %s from %s\n", im.Ref(), im.BakedFrom) })
 			}},
+		{Name: "default", Usage: "[IMAGE[@VERSION]] [--reset]", Summary: "Show or set the image create uses without --os", MaxArgs: 1,
+			Flags: func(fs *flag.FlagSet) {
+				fs.Bool("reset", false, "go back to the config file's default_image (else minimal)")
+			},
+			Run: imageDefault},
 		{Name: "list", Summary: "List images", Run: func(ctx context.Context, x *cli.Ctx) error {
 			cat, err := catalog(x)
 			if err != nil {
@@ -399,4 +405,69 @@ func imagesInUse(ctx context.Context, x *cli.Ctx) (map[string]string, error) {
 		used[v.Image] = v.Name
 	}
 	return used, nil
+}
+
+// imageDefault shows or sets the default image: a setting in the
+// database, so a running daemon uses it for the next create. Setting needs
+// a built image; nothing changes otherwise.
+func imageDefault(ctx context.Context, x *cli.Ctx) error {
+	cat, err := catalog(x)
+	if err != nil {
+		return err
+	}
+	reset := x.FS.Lookup("reset").Value.(flag.Getter).Get().(bool)
+	if reset && len(x.Args) > 0 {
+		return errs.New(errs.InvalidArgument, "image default: give an image or --reset, not both")
+	}
+	cfg, err := LoadConfig(DefaultConfigFile, false)
+	if err != nil {
+		return err
+	}
+	paths, err := ResolvePaths(x.G.StateDir, x.G.RunDir)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(paths.State, 0o700); err != nil {
+		return err
+	}
+	db, err := store.Open(ctx, filepath.Join(paths.State, "minions.db"))
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	if len(x.Args) > 0 || reset {
+		ref := ""
+		if !reset {
+			ref = x.Args[0]
+			if _, err := cat.Resolve(ref); err != nil {
+				return err
+			}
+		}
+		if err := db.Tx(ctx, func(q store.Q) error { return store.SetSetting(ctx, q, service.SettingDefaultImage, ref) }); err != nil {
+			return err
+		}
+	}
+	ref, err := store.Setting(ctx, db, service.SettingDefaultImage)
+	if err != nil {
+		return err
+	}
+	source := "setting"
+	if ref == "" {
+		ref, source = cfg.DefaultImage, "config"
+		if ref == "" {
+			ref, source = "minimal", "built-in"
+		}
+	}
+	view := map[string]any{"image": ref, "source": source, "built": false}
+	if im, err := cat.Resolve(ref); err == nil {
+		view["built"], view["resolves_to"] = true, im.Ref()
+	}
+	return x.Print(view, func(w io.Writer) {
+		fmt.Fprintf(w, "default image: %s (%s)", ref, source)
+		if r, ok := view["resolves_to"]; ok {
+			fmt.Fprintf(w, ", now %s\n", r)
+		} else {
+			fmt.Fprintf(w, ", not built: run `minions image build --os %s`\n", strings.SplitN(ref, "@", 2)[0])
+		}
+	})
 }

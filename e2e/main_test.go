@@ -211,4 +211,5 @@ type vmJSON struct {
 	PID    int    `json:"pid"`
 	CPUs   int    `json:"cpus"`
 	Memory int    `json:"memory_mib"`
+	Image  string `json:"image"`
 }

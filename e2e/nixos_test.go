@@ -39,11 +39,24 @@ func TestNixOSImage(t *testing.T) {
 	}
 	defer minions(t, "", "image", "rm", "nixos@"+im.Version)
 
+	// `image default` makes a create without --os use this image.
+	var def struct{ Image, Source, Resolves_To string }
+	mustJSON(t, &def, "image", "default", "nixos")
+	defer must(t, "image", "default", "--reset")
+	if def.Image != "nixos" || def.Source != "setting" || def.Resolves_To != "nixos@"+im.Version {
+		t.Fatalf("image default nixos: %+v", def)
+	}
+	if r := minions(t, "", "image", "default", "nosuch"); r.code == 0 || !strings.Contains(r.stderr, "no nosuch image") {
+		t.Errorf("image default nosuch: %s", r)
+	}
 	start = time.Now()
 	var v vmJSON
-	mustJSON(t, &v, "create", "nix", "--os", "nixos")
+	mustJSON(t, &v, "create", "nix")
 	ready := time.Since(start)
 	defer minions(t, "", "destroy", "nix", "--yes")
+	if !strings.HasPrefix(v.Image, "nixos@") {
+		t.Fatalf("create without --os used %q, want the default nixos", v.Image)
+	}
 
 	bb := "/nix/var/nix/profiles/system/bin/busybox"
 	system := strings.TrimSpace(must(t, "exec", "nix", "--", bb, "readlink", "/nix/var/nix/profiles/system-1-link"))

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The main job on a fresh Debian 12 machine, as root: install what Minions
 # needs, build and install it, set up the host (bridge, nftables, guest
-# kernel, the minimal image) and run `minions serve`.
+# kernel, the minimal and Debian images) and run `minions serve`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/local/go/bin"
@@ -12,5 +12,17 @@ make install
 minions init --persist
 if ! minions image list --json | grep -q '"os": "minimal"'; then
   minions image build --os minimal
+fi
+# The default image is Debian 12 with systemd, sshd and dev tools (minutes
+# the first time: debootstrap). MINIONS_SETUP_IMAGES=minimal skips it; a
+# failed build leaves the minimal image as the default.
+if [ "${MINIONS_SETUP_IMAGES:-debian}" != minimal ]; then
+  if minions image list --json | grep -q '"os": "debian"' || minions image build --os debian; then
+    if minions image default --json | grep -q '"source": "built-in"'; then
+      minions image default debian
+    fi
+  else
+    echo "setup: the Debian image did not build; VMs default to the minimal image" >&2
+  fi
 fi
 exec minions serve "$@"

@@ -63,7 +63,11 @@ func (s *Service) Create(ctx context.Context, c Caller, req CreateRequest, progr
 		req.MemoryMiB = s.cfg.DefaultMemoryMiB
 	}
 	if req.Image == "" {
-		req.Image = s.cfg.DefaultImage
+		ref, _, err := s.DefaultImage(ctx)
+		if err != nil {
+			return VM{}, err
+		}
+		req.Image = ref
 	}
 	if err := vm.ValidName("vm", req.Name); err != nil {
 		return VM{}, err
