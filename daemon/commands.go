@@ -447,16 +447,9 @@ func imageDefault(ctx context.Context, x *cli.Ctx) error {
 			return err
 		}
 	}
-	ref, err := store.Setting(ctx, db, service.SettingDefaultImage)
+	ref, source, err := defaultImage(ctx, db, cfg)
 	if err != nil {
 		return err
-	}
-	source := "setting"
-	if ref == "" {
-		ref, source = cfg.DefaultImage, "config"
-		if ref == "" {
-			ref, source = "minimal", "built-in"
-		}
 	}
 	view := map[string]any{"image": ref, "source": source, "built": false}
 	if im, err := cat.Resolve(ref); err == nil {
@@ -470,4 +463,19 @@ func imageDefault(ctx context.Context, x *cli.Ctx) error {
 			fmt.Fprintf(w, ", not built: run `minions image build --os %s`\n", strings.SplitN(ref, "@", 2)[0])
 		}
 	})
+}
+
+// defaultImage is the image create uses without --os and where that comes
+// from: "setting" (minions image default), "config" (default_image) or
+// "built-in" (minimal). db may be nil (no database yet).
+func defaultImage(ctx context.Context, db *store.DB, cfg Config) (ref, source string, err error) {
+	if db != nil {
+		if ref, err = store.Setting(ctx, db, service.SettingDefaultImage); err != nil || ref != "" {
+			return ref, "setting", err
+		}
+	}
+	if cfg.DefaultImage != "" {
+		return cfg.DefaultImage, "config", nil
+	}
+	return "minimal", "built-in", nil
 }

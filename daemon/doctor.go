@@ -13,6 +13,7 @@ import (
 	"github.com/minionsdev/minions/cli"
 	"github.com/minionsdev/minions/images"
 	"github.com/minionsdev/minions/internal/errs"
+	"github.com/minionsdev/minions/store"
 	"github.com/minionsdev/minions/vm/disk"
 	"github.com/minionsdev/minions/vm/network"
 )
@@ -110,6 +111,22 @@ func doctor(ctx context.Context, paths Paths) []check {
 		}
 		add("images", true, "%s", strings.Join(refs, ", "))
 	}
+	var db *store.DB
+	if dbPath := filepath.Join(paths.State, "minions.db"); exists(dbPath) {
+		if d, err := store.Open(ctx, dbPath); err == nil {
+			db = d
+			defer db.Close()
+		}
+	}
+	if cfg, cerr := LoadConfig(DefaultConfigFile, false); cerr != nil {
+		add("default image", false, "%v", cerr)
+	} else if ref, source, derr := defaultImage(ctx, db, cfg); derr != nil {
+		add("default image", false, "%v", derr)
+	} else if im, rerr := cat.Resolve(ref); rerr != nil {
+		add("default image", false, "%s (%s) is not built: run `minions image build --os %s`", ref, source, strings.SplitN(ref, "@", 2)[0])
+	} else {
+		add("default image", true, "%s (%s), now %s", ref, source, im.Ref())
+	}
 	if os.Geteuid() == 0 {
 		m, err := network.New(network.DefaultConfig(), nil)
 		if err == nil {
@@ -142,4 +159,9 @@ func version(ctx context.Context, bin string) string {
 	}
 	line, _, _ := strings.Cut(string(out), "\n")
 	return strings.TrimSpace(line)
+}
+
+func exists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
 }
