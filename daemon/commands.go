@@ -188,12 +188,13 @@ WantedBy=multi-user.target
 
 func imageCmd() *cli.Command {
 	return &cli.Command{Name: "image", Summary: "Build and manage OS images", HostOnly: true, Sub: []*cli.Command{
-		{Name: "build", Usage: "--os minimal|debian|ubuntu|fedora|nixos [--size MiB] [--mirror URL] [--rootfs-tarball FILE]", Summary: "Build a new image version (installs the guest kernel if needed)",
+		{Name: "build", Usage: "--os minimal|debian|ubuntu|fedora|nixos [--size MiB] [--mirror URL] [--rootfs-tarball FILE] [--nixos-config FILE]", Summary: "Build a new image version (installs the guest kernel if needed)",
 			Flags: func(fs *flag.FlagSet) {
 				fs.String("os", "minimal", "minimal, debian, ubuntu, fedora or nixos")
 				fs.Int("size", 0, "image size in MiB (default: 1024 minimal, 8192 nixos, 5120 other full OSes)")
 				fs.String("mirror", "", "package mirror (default: the distribution's main archive); for nixos the nixpkgs to build from: a directory or a tarball URL (default: the host's <nixpkgs> channel, else "+images.DefaultNixpkgs+")")
 				fs.String("rootfs-tarball", "", "fedora: start from this Fedora root filesystem tar instead of dnf --installroot")
+				fs.String("nixos-config", "", "nixos: a NixOS module (configuration.nix) imported beside Minions' own: your packages, services, users")
 			},
 			Run: func(ctx context.Context, x *cli.Ctx) error {
 				cat, err := catalog(x)
@@ -225,7 +226,7 @@ func imageCmd() *cli.Command {
 				}
 				size := x.FS.Lookup("size").Value.(flag.Getter).Get().(int)
 				im, err := cat.Build(ctx, images.BuildOptions{OS: osName, SizeMiB: size, Mirror: x.FS.Lookup("mirror").Value.String(),
-					RootfsTarball: x.FS.Lookup("rootfs-tarball").Value.String(), AgentBinary: agent, Kernel: &k, Progress: step})
+					RootfsTarball: x.FS.Lookup("rootfs-tarball").Value.String(), NixOSModule: x.FS.Lookup("nixos-config").Value.String(), AgentBinary: agent, Kernel: &k, Progress: step})
 				if tty {
 					fmt.Fprint(x.Stderr, "\r\033[K")
 				}

@@ -72,6 +72,10 @@ type BuildOptions struct {
 	// (Container or Cloud base, optionally compressed) to start from
 	// instead of installing from scratch with the host's dnf.
 	RootfsTarball string
+	// NixOSModule (nixos only), if set, is a NixOS module file (a
+	// configuration.nix) imported beside Minions' own configuration: the
+	// user's packages, services and users.
+	NixOSModule string
 	AgentBinary   string // path of the agent binary to install (required)
 	// Kernel whose modules go into /lib/modules of full images; nil: the
 	// catalogue's current kernel (EnsureKernel under Dir/kernels).
@@ -351,6 +355,9 @@ func (c *Catalog) Build(ctx context.Context, o BuildOptions) (Image, error) {
 	}
 	if o.SizeMiB < 0 {
 		return Image{}, errs.New(errs.InvalidArgument, "build image: negative size")
+	}
+	if o.NixOSModule != "" && o.OS != OSNixOS {
+		return Image{}, errs.New(errs.InvalidArgument, "build image: --nixos-config is for nixos only")
 	}
 	progress := func(step string) {
 		c.log().Info("image build", "os", o.OS, "step", step)

@@ -33,6 +33,8 @@ const DefaultNixOSSizeMiB = 8192
 const nixosConfig = `# Written by minions image build --os nixos.
 { config, lib, pkgs, ... }:
 {
+  imports = lib.optional (builtins.pathExists ./user.nix) ./user.nix;
+
   boot.kernel.enable = false;
   boot.initrd.enable = false;
   boot.loader.grub.enable = false;
@@ -107,6 +109,11 @@ func (c *Catalog) buildNixOS(ctx context.Context, o BuildOptions, progress func(
 	if o.SizeMiB == 0 {
 		o.SizeMiB = DefaultNixOSSizeMiB
 	}
+	if o.NixOSModule != "" {
+		if _, err := os.Stat(o.NixOSModule); err != nil {
+			return Image{}, errs.New(errs.NotFound, "%s: nixos config %s: %v", what, o.NixOSModule, errors.Unwrap(err))
+		}
+	}
 	if o.SizeMiB < 1024 {
 		return Image{}, errs.New(errs.InvalidArgument, "%s: size %d MiB is below 1024 MiB", what, o.SizeMiB)
 	}
@@ -149,6 +156,15 @@ func (c *Catalog) buildNixOS(ctx context.Context, o BuildOptions, progress func(
 	cfg := filepath.Join(td.Path, "configuration.nix")
 	if err := os.WriteFile(cfg, []byte(nixosConfig), 0o644); err != nil {
 		return Image{}, err
+	}
+	if o.NixOSModule != "" {
+		user := filepath.Join(td.Path, "user.nix")
+		if err := copyFile(o.NixOSModule, user, 0o644); err != nil {
+			return Image{}, fmt.Errorf("%s: %w", what, err)
+		}
+		if _, err := run(ctx, "", "nix-instantiate", "--parse", user); err != nil {
+			return Image{}, errs.New(errs.InvalidArgument, "%s: nixos config %s does not parse: %w", what, o.NixOSModule, err)
+		}
 	}
 
 	progress("nix-build " + nixpkgs + " (minutes the first time; nix caches)")

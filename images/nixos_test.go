@@ -44,10 +44,23 @@ func TestNixOSConfigEvaluates(t *testing.T) {
 		pkgs += " " + p + " = \"" + p + "\";"
 	}
 	pkgs += " }"
-	expr := `(import ` + cfg + `) { config = { nix.package.out = "/nixpkg"; }; lib = { trivial.release = "99.99"; }; pkgs = ` + pkgs + `; }`
-	out, err := exec.Command("nix-instantiate", "--eval", "--strict", "--json", "-E", expr).CombinedOutput()
-	if err != nil {
-		t.Fatalf("nix-instantiate: %v\n%s", err, out)
+	expr := `(import ` + cfg + `) { config = { nix.package.out = "/nixpkg"; }; lib = { trivial.release = "99.99"; optional = c: x: if c then [ x ] else [ ]; }; pkgs = ` + pkgs + `; }`
+	eval := func(e string) []byte {
+		t.Helper()
+		out, err := exec.Command("nix-instantiate", "--eval", "--strict", "--json", "-E", e).CombinedOutput()
+		if err != nil {
+			t.Fatalf("nix-instantiate: %v\n%s", err, out)
+		}
+		return out
+	}
+	out := eval(expr)
+	// A user's module (--nixos-config) is imported when it is there.
+	if got := string(eval("(" + expr + ").imports")); got != "[]" {
+		t.Errorf("imports without user.nix: %s", got)
+	}
+	os.WriteFile(filepath.Join(dir, "user.nix"), []byte("{ pkgs, ... }: { }\n"), 0o644)
+	if got := string(eval("builtins.length (" + expr + ").imports")); got != "1" {
+		t.Errorf("imports with user.nix: %s", got)
 	}
 	var c struct {
 		Boot struct {
@@ -188,6 +201,27 @@ func TestNixOSErrors(t *testing.T) {
 	os.MkdirAll(filepath.Join(broken, "nixos"), 0o755)
 	os.WriteFile(filepath.Join(broken, "nixos", "default.nix"), []byte("{ configuration ? 1, system ? 2 }: throw \"stand-in evaluation error\"\n"), 0o644)
 	dead := closedURL(t) + "/nixexprs.tar.xz"
+	nixpkgs := filepath.Join(dir, "nixpkgs")
+	if err := nixstandin.Write(nixpkgs, "/bin/true"); err != nil {
+		t.Fatal(err)
+	}
+	bad := filepath.Join(dir, "bad.nix")
+	os.WriteFile(bad, []byte("{ pkgs, ... }: { environment.systemPackages = [ pkgs.git ; }\n"), 0o644)
+	for _, tt := range []struct {
+		o     BuildOptions
+		class *errs.Class
+		want  string
+	}{
+		{BuildOptions{OS: OSNixOS, Mirror: nixpkgs, NixOSModule: filepath.Join(dir, "missing.nix")}, errs.NotFound, "nixos config " + filepath.Join(dir, "missing.nix")},
+		{BuildOptions{OS: OSNixOS, Mirror: nixpkgs, NixOSModule: bad}, errs.InvalidArgument, "nixos config " + bad + " does not parse"},
+		{BuildOptions{OS: OSDebian, NixOSModule: bad}, errs.InvalidArgument, "--nixos-config is for nixos only"},
+	} {
+		tt.o.AgentBinary, tt.o.Kernel = "/bin/true", k
+		_, err := cat.Build(context.Background(), tt.o)
+		if !errors.Is(err, tt.class) || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("%+v: err = %v, want %v containing %q", tt.o, err, tt.class, tt.want)
+		}
+	}
 	for _, tt := range []struct {
 		mirror string
 		class  *errs.Class

@@ -35,7 +35,7 @@ let
   pkgs = builtins.listToAttrs (map (n: { name = n; value = "stub-" + n; }) (import ../packages.nix));
   cfg = configuration {
     config = { nix.package.out = "/stub-nix"; };
-    lib = { trivial.release = "standin"; };
+    lib = { trivial.release = "standin"; optional = c: x: if c then [ x ] else [ ]; };
     inherit pkgs;
   };
   agent = cfg.systemd.services.minions-agent;
