@@ -76,7 +76,7 @@ type BuildOptions struct {
 	// configuration.nix) imported beside Minions' own configuration: the
 	// user's packages, services and users.
 	NixOSModule string
-	AgentBinary   string // path of the agent binary to install (required)
+	AgentBinary string // path of the agent binary to install (required)
 	// Kernel whose modules go into /lib/modules of full images; nil: the
 	// catalogue's current kernel (EnsureKernel under Dir/kernels).
 	Kernel *Kernel
