@@ -86,8 +86,17 @@ func testRelayPTYResizeAndTerm(t *testing.T, kind string) {
 	if err := s.WindowChange(50, 120); err != nil {
 		t.Fatal(err)
 	}
-	fmt.Fprintf(stdin, "stty size\n")
-	out.waitFor(t, "50 120")
+	// The relay forwards requests and data on separate paths, so the
+	// first stty may run before the resize lands; the size must follow.
+	for i := 0; ; i++ {
+		fmt.Fprintf(stdin, "stty size\n")
+		if out.waitForWithin("50 120", time.Second) {
+			break
+		}
+		if i == 9 {
+			t.Fatalf("the window change never reached the PTY:\n%q", out.String())
+		}
+	}
 	fmt.Fprintf(stdin, "exit 7\n")
 	if code := exitCode(t, s.Wait()); code != 7 {
 		t.Fatalf("exit %d, want 7", code)

@@ -444,6 +444,21 @@ func (w *waitBuffer) waitFor(t testing.TB, want string) {
 	}
 }
 
+// waitForWithin reports whether the output contains want within d.
+func (w *waitBuffer) waitForWithin(want string, d time.Duration) bool {
+	deadline := time.After(d)
+	for {
+		if strings.Contains(w.String(), want) {
+			return true
+		}
+		select {
+		case <-w.ch:
+		case <-deadline:
+			return false
+		}
+	}
+}
+
 // forEachAgent runs test against each agent kind.
 func forEachAgent(t *testing.T, test func(t *testing.T, kind string)) {
 	for _, kind := range agentKinds {

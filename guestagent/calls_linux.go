@@ -10,6 +10,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 	"unsafe"
 
@@ -354,9 +355,16 @@ func (s *Server) thawIfOwner(conn *ssh.ServerConn) {
 	}
 }
 
+// growMu serializes GrowFS: the boot-time grow and a host's growfs call
+// can overlap, and the kernel refuses a second online resize (EBUSY) while
+// one runs. The later caller waits and then finds the work done.
+var growMu sync.Mutex
+
 // GrowFS grows the ext4 filesystem mounted at mountpoint to the size of its
 // block device and returns the filesystem's new size in bytes.
 func GrowFS(mountpoint string) (int64, error) {
+	growMu.Lock()
+	defer growMu.Unlock()
 	var st unix.Stat_t
 	if err := unix.Stat(mountpoint, &st); err != nil {
 		return 0, fmt.Errorf("growfs: %w", err)
