@@ -14,7 +14,8 @@ import (
 )
 
 // BenchmarkImageCreate is issue 7's table: for the minimal and the Debian
-// image, `minions create` (exec to exit: the agent answered) and, for
+// image (default size: 1 vCPU; Debian with 1 GiB), `minions create` (exec
+// to exit: the agent answered) and, for
 // Debian, create to the guest's own sshd accepting the injected key (an SSH
 // login running `true` from the host). One iteration creates one VM of
 // each image; VMs are destroyed untimed. Needs the Debian image
@@ -68,7 +69,7 @@ func BenchmarkImageCreate(b *testing.B) {
 	debian.report(b, "debian-agent")
 	debianSSH.report(b, "debian-sshd")
 	minimal.report(b, "minimal-agent")
-	t := &table{title: "BenchmarkImageCreate: create -> agent ready (minions create exits) and -> the guest's sshd accepting the injected key", head: sampleHead("image, milestone")}
+	t := &table{title: "BenchmarkImageCreate (1 vCPU): create -> agent ready (minions create exits) and -> the guest's sshd accepting the injected key", head: sampleHead("image, milestone")}
 	t.addSamples("minimal: create -> agent ready", minimal)
 	t.addSamples("debian:  create -> agent ready", debian)
 	t.addSamples("debian:  create -> sshd login", debianSSH)
