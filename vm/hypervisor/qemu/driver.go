@@ -294,8 +294,25 @@ func waitQMP(ctx context.Context, vm *launch.Child, m machine) (*qmp.Client, err
 	}
 }
 
-// finishIncoming waits for an incoming migration to end and resumes the VM.
+// migrateFD names the descriptor a memory state travels through (QMP
+// getfd, then migrate or migrate-incoming to "fd:<name>").
+const migrateFD = "minions-migrate"
+
+// finishIncoming feeds the saved state in m.Incoming to QEMU (started with
+// -incoming defer), waits for the incoming migration to end and resumes the
+// VM.
 func finishIncoming(ctx context.Context, vm *launch.Child, m machine, c *qmp.Client) error {
+	f, err := os.Open(m.Incoming)
+	if err != nil {
+		return fmt.Errorf("restore: %w", err)
+	}
+	defer f.Close()
+	if err := c.SendFile(ctx, migrateFD, f); err != nil {
+		return fmt.Errorf("restore: %w", err)
+	}
+	if err := c.Execute(ctx, "migrate-incoming", map[string]any{"uri": "fd:" + migrateFD}, nil); err != nil {
+		return fmt.Errorf("restore: %w", err)
+	}
 	t := time.NewTicker(10 * time.Millisecond)
 	defer t.Stop()
 	for {

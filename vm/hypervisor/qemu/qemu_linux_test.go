@@ -313,6 +313,11 @@ func TestGuestRebootAndPowerOff(t *testing.T) {
 		if !d.Alive(h) {
 			t.Fatal("qemu exited on guest reboot")
 		}
+		// QEMU runs under its seccomp sandbox (filter mode), all threads.
+		status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", h.PID))
+		if err != nil || !strings.Contains(string(status), "\nSeccomp:\t2\n") {
+			t.Errorf("qemu is not in seccomp filter mode (%v):\n%s", err, status)
+		}
 		if info, err := d.Info(ctx, h); err != nil || info.State != hypervisor.StateRunning {
 			t.Fatalf("Info after reboot = %+v, %v", info, err)
 		}

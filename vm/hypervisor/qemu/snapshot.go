@@ -35,7 +35,7 @@ type savedState struct {
 }
 
 // SaveState pauses the VM and writes its memory and device state to
-// dir/memory.state (QMP migrate to "exec:cat"), then dir/qemu-state.json
+// dir/memory.state (QMP migrate to a descriptor passed with getfd), then dir/qemu-state.json
 // with the machine configuration Restore needs. Both files appear
 // atomically (written aside, renamed). The VM stays paused. On failure a VM
 // that was running is resumed. Disks are not copied: pair the state with a
@@ -91,10 +91,24 @@ func (d *Driver) saveState(ctx context.Context, h *hypervisor.Handle, dir string
 	tmp := mem + ".tmp"
 	_ = os.Remove(tmp)
 	defer os.Remove(tmp)
-	if err := c.Execute(ctx, "migrate", map[string]any{"uri": "exec:cat > " + shellQuote(tmp)}, nil); err != nil {
+	// QEMU writes into a descriptor we open and pass over QMP: its
+	// sandbox does not let it spawn a process (exec:), nor need it open
+	// paths.
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if err := c.SendFile(ctx, migrateFD, f); err != nil {
+		return err
+	}
+	if err := c.Execute(ctx, "migrate", map[string]any{"uri": "fd:" + migrateFD}, nil); err != nil {
 		return err
 	}
 	if err := waitMigration(ctx, h, c); err != nil {
+		return err
+	}
+	if err := f.Sync(); err != nil {
 		return err
 	}
 	if err := os.Rename(tmp, mem); err != nil {

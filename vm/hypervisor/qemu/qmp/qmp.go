@@ -6,12 +6,14 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
+	"os"
 	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/minionsdev/minions/internal/errs"
+	"golang.org/x/sys/unix"
 )
 
 // Greeting is what QEMU sends when a client connects.
@@ -208,6 +210,18 @@ func (c *Client) read(dec *json.Decoder) {
 // discard it). A QEMU error reply is returned as *Error; a broken connection
 // as errs.Unavailable; ctx ending stops the wait (the reply is then dropped).
 func (c *Client) Execute(ctx context.Context, command string, args any, result any) error {
+	return c.execute(ctx, command, args, result, nil)
+}
+
+// SendFile hands QEMU a duplicate of f's descriptor under name (QMP getfd,
+// the descriptor travels as SCM_RIGHTS), for arguments such as a migration
+// URI "fd:<name>". The connection must be a unix socket. The caller keeps
+// f; QEMU closes its copy when the command using it ends.
+func (c *Client) SendFile(ctx context.Context, name string, f *os.File) error {
+	return c.execute(ctx, "getfd", map[string]any{"fdname": name}, nil, f)
+}
+
+func (c *Client) execute(ctx context.Context, command string, args any, result any, f *os.File) error {
 	id := "m" + strconv.FormatUint(c.nextID.Add(1), 10)
 	b, err := json.Marshal(request{Execute: command, Arguments: args, ID: id})
 	if err != nil {
@@ -226,7 +240,13 @@ func (c *Client) Execute(ctx context.Context, command string, args any, result a
 	if dl, ok := ctx.Deadline(); ok {
 		_ = c.conn.SetWriteDeadline(dl)
 	}
-	_, err = c.conn.Write(append(b, '\n'))
+	if f == nil {
+		_, err = c.conn.Write(append(b, '\n'))
+	} else if uc, ok := c.conn.(*net.UnixConn); !ok {
+		err = fmt.Errorf("passing a file needs a unix socket, not %T", c.conn)
+	} else {
+		_, _, err = uc.WriteMsgUnix(append(b, '\n'), unix.UnixRights(int(f.Fd())), nil)
+	}
 	_ = c.conn.SetWriteDeadline(time.Time{})
 	c.writeMu.Unlock()
 	if err != nil {
