@@ -165,9 +165,13 @@ func TestLinkOverGarbage(t *testing.T) {
 	// Stale bytes in both directions: half a yamux frame, an overlong
 	// line, a HELLO/OK with bad nonces, an OK for a nonce never sent.
 	stale := "\x00\x01\x00\x02garbage\n" + strings.Repeat("z", 300) + "\nMINIONS-LINK-OK 0123456789abcdef\nMINIONS-LINK-HELLO XYZ\n"
-	go io.WriteString(guest, stale)
-	if _, err := io.WriteString(host, stale); err != nil {
-		t.Fatal(err)
+	// Both are written before either side starts, as a previous session
+	// leaves them: written concurrently with the guest's OK they could
+	// land after it, inside the new session.
+	for _, end := range []io.Writer{guest, host} {
+		if _, err := io.WriteString(end, stale); err != nil {
+			t.Fatal(err)
+		}
 	}
 
 	serveCtx, stopServe := context.WithCancel(ctx)
