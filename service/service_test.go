@@ -252,9 +252,13 @@ func TestRename(t *testing.T) {
 // line in the error, and the create is rolled back.
 func TestCreateFailsFastOnKernelPanic(t *testing.T) {
 	fx := newFixtureReady(t, 30*time.Second)
+	// The stand-in for QEMU writes a panic to each VM's console log once
+	// (then it stops, as QEMU is killed before the rollback removes files).
 	done := make(chan struct{})
-	defer close(done)
+	stopped := make(chan struct{})
 	go func() {
+		defer close(stopped)
+		written := map[string]bool{}
 		for {
 			select {
 			case <-done:
@@ -263,12 +267,18 @@ func TestCreateFailsFastOnKernelPanic(t *testing.T) {
 			}
 			logs, _ := filepath.Glob(filepath.Join(fx.dir, "state", "vms", "*"))
 			for _, d := range logs {
+				if written[d] {
+					continue // once: a write racing the rollback's removal would leave the dir
+				}
+				written[d] = true
 				os.WriteFile(filepath.Join(d, "console.log"), []byte("[    1.95] Failed to execute /init (error -2)\n[    1.96] Kernel panic - not syncing: No working init found.\n"), 0o600)
 			}
 		}
 	}()
 	start := time.Now()
 	_, err := fx.svc.Create(context.Background(), fx.user, CreateRequest{Name: "web"}, nil)
+	close(done)
+	<-stopped
 	if err == nil || !strings.Contains(err.Error(), "kernel panicked: Kernel panic - not syncing: No working init found.") {
 		t.Fatalf("create = %v", err)
 	}
