@@ -296,9 +296,12 @@ func imageCmd() *cli.Command {
 			if err != nil {
 				return err
 			}
+			def := defaultImageRef(ctx, x, cat)
 			out := []map[string]any{}
 			for _, im := range ims {
-				out = append(out, imageView(im))
+				v := imageView(im)
+				v["default"] = im.Ref() == def
+				out = append(out, v)
 			}
 			return x.Print(out, func(w io.Writer) {
 				if len(ims) == 0 {
@@ -306,9 +309,13 @@ func imageCmd() *cli.Command {
 					return
 				}
 				tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-				fmt.Fprintln(tw, "IMAGE\tSIZE\tCREATED")
+				fmt.Fprintln(tw, "IMAGE\tSIZE\tCREATED\tDEFAULT")
 				for _, im := range ims {
-					fmt.Fprintf(tw, "%s\t%d MiB\t%s\n", im.Ref(), im.SizeBytes>>20, im.Created.Format(time.RFC3339))
+					mark := ""
+					if im.Ref() == def {
+						mark = "*"
+					}
+					fmt.Fprintf(tw, "%s\t%d MiB\t%s\t%s\n", im.Ref(), im.SizeBytes>>20, im.Created.Format(time.RFC3339), mark)
 				}
 				tw.Flush()
 			})
@@ -479,4 +486,33 @@ func defaultImage(ctx context.Context, db *store.DB, cfg Config) (ref, source st
 		return cfg.DefaultImage, "config", nil
 	}
 	return "minimal", "built-in", nil
+}
+
+// defaultImageRef is the version a create without --os would use now, ""
+// if that cannot be told (no database yet, nothing built).
+func defaultImageRef(ctx context.Context, x *cli.Ctx, cat *images.Catalog) string {
+	cfg, err := LoadConfig(DefaultConfigFile, false)
+	if err != nil {
+		return ""
+	}
+	paths, err := ResolvePaths(x.G.StateDir, x.G.RunDir)
+	if err != nil {
+		return ""
+	}
+	var db *store.DB
+	if p := filepath.Join(paths.State, "minions.db"); exists(p) {
+		if db, err = store.Open(ctx, p); err != nil {
+			return ""
+		}
+		defer db.Close()
+	}
+	ref, _, err := defaultImage(ctx, db, cfg)
+	if err != nil {
+		return ""
+	}
+	im, err := cat.Resolve(ref)
+	if err != nil {
+		return ""
+	}
+	return im.Ref()
 }

@@ -46,6 +46,16 @@ func TestNixOSImage(t *testing.T) {
 	if def.Image != "nixos" || def.Source != "setting" || def.Resolves_To != "nixos@"+im.Version {
 		t.Fatalf("image default nixos: %+v", def)
 	}
+	var list []struct {
+		Ref     string
+		Default bool
+	}
+	mustJSON(t, &list, "image", "list")
+	for _, l := range list {
+		if l.Default != (l.Ref == "nixos@"+im.Version) {
+			t.Errorf("image list: %s default=%v", l.Ref, l.Default)
+		}
+	}
 	if r := minions(t, "", "image", "default", "nosuch"); r.code == 0 || !strings.Contains(r.stderr, "no nosuch image") {
 		t.Errorf("image default nosuch: %s", r)
 	}
