@@ -8,7 +8,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -76,9 +78,28 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
+// removeStaleNetns deletes the namespaces of earlier runs that were killed
+// before they could (named after a test process that no longer runs and
+// with no process inside).
+func removeStaleNetns() {
+	names, _ := filepath.Glob("/run/netns/mne2e-*")
+	for _, p := range names {
+		ns := filepath.Base(p)
+		pid, err := strconv.Atoi(strings.TrimPrefix(ns, "mne2e-"))
+		if err != nil || syscall.Kill(pid, 0) == nil {
+			continue
+		}
+		if out, _ := exec.Command("ip", "netns", "pids", ns).Output(); len(strings.TrimSpace(string(out))) > 0 {
+			continue
+		}
+		exec.Command("ip", "netns", "del", ns).Run()
+	}
+}
+
 // reexecInNetns runs this test binary again inside a fresh network
 // namespace and returns its exit code; the namespace is removed after.
 func reexecInNetns(dir string) int {
+	removeStaleNetns()
 	ns := fmt.Sprintf("mne2e-%d", os.Getpid())
 	if out, err := exec.Command("ip", "netns", "add", ns).CombinedOutput(); err != nil {
 		fmt.Fprintf(os.Stderr, "e2e: ip netns add: %v: %s\n", err, out)
