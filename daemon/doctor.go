@@ -15,6 +15,7 @@ import (
 	"github.com/minionsdev/minions/internal/errs"
 	"github.com/minionsdev/minions/store"
 	"github.com/minionsdev/minions/vm/disk"
+	"github.com/minionsdev/minions/vm/hypervisor/qemu"
 	"github.com/minionsdev/minions/vm/network"
 )
 
@@ -81,6 +82,13 @@ func doctor(ctx context.Context, paths Paths) []check {
 			continue
 		}
 		add(bin, true, "%s %s", p, version(ctx, p))
+		if bin == "qemu-system-x86_64" {
+			if err := qemu.ProbeSandbox(ctx, p); err != nil {
+				add("qemu sandbox", false, "unavailable, VMs run without seccomp: %v", err)
+			} else {
+				add("qemu sandbox", true, "seccomp: %s", qemu.SandboxArgs)
+			}
+		}
 	}
 	if _, err := os.Stat("/dev/vhost-vsock"); err == nil {
 		add("agent channel", true, "vhost-vsock (/dev/vhost-vsock)")

@@ -50,6 +50,8 @@ type machine struct {
 	ConsoleLog string               `json:"console_log"`
 	// Incoming is the memory state file to restore from ("" for a boot).
 	Incoming string `json:"incoming,omitempty"`
+	// Sandbox runs QEMU under its seccomp sandbox (SandboxArgs).
+	Sandbox bool `json:"sandbox,omitempty"`
 }
 
 func (m machine) path(name string) string { return filepath.Join(m.RunDir, name) }
@@ -128,10 +130,8 @@ func (m machine) args() []string {
 		// descriptor) once QEMU is up: see finishIncoming.
 		a = append(a, "-incoming", "defer")
 	}
-	// seccomp: no obsolete system calls, no privilege changes, no new
-	// processes (nothing QEMU does here needs one: TAP without scripts,
-	// migration through passed descriptors), no scheduler or resource
-	// changes.
-	a = append(a, "-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny")
+	if m.Sandbox {
+		a = append(a, "-sandbox", SandboxArgs)
+	}
 	return a
 }

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/minionsdev/minions/internal/errs"
@@ -22,7 +23,45 @@ func fakeHost(accel string, vhost bool) *Driver {
 	if d.accel == AccelTCG {
 		d.tscKHz = 2445426
 	}
+	d.sandboxOnce.Do(func() {}) // as if probed: this QEMU has the sandbox
 	return d
+}
+
+// TestSandboxModes checks -sandbox follows Config.Sandbox and the probe: off
+// leaves it out, auto drops it when the probe fails, on refuses to start.
+func TestSandboxModes(t *testing.T) {
+	dir := t.TempDir()
+	kernel := filepath.Join(dir, "vmlinux")
+	if err := os.WriteFile(kernel, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	spec := hypervisor.Spec{ID: "a", CPUs: 1, MemoryMiB: 256, Kernel: kernel, RunDir: dir, ConsoleLog: filepath.Join(dir, "c.log")}
+	has := func(d *Driver) (bool, error) {
+		m, err := d.machineFor(spec)
+		return strings.Contains(strings.Join(m.args(), " "), "-sandbox "+SandboxArgs), err
+	}
+	d := fakeHost(AccelTCG, false)
+	if ok, err := has(d); !ok || err != nil {
+		t.Errorf("probed available: sandbox %v, %v", ok, err)
+	}
+	d = fakeHost(AccelTCG, false)
+	d.cfg.Sandbox = SandboxOff
+	if ok, err := has(d); ok || err != nil {
+		t.Errorf("off: sandbox %v, %v", ok, err)
+	}
+	for _, mode := range []string{SandboxAuto, SandboxOn} {
+		d = fakeHost(AccelTCG, false)
+		d.sandboxOnce = sync.Once{}
+		d.binary = "/bin/false" // a "QEMU" that refuses -sandbox
+		d.cfg.Sandbox = mode
+		ok, err := has(d)
+		if mode == SandboxAuto && (ok || err != nil) {
+			t.Errorf("auto without sandbox support: sandbox %v, %v", ok, err)
+		}
+		if mode == SandboxOn && !errors.Is(err, errs.FailedPrecondition) {
+			t.Errorf("on without sandbox support: err = %v, want FailedPrecondition", err)
+		}
+	}
 }
 
 func TestArgsGolden(t *testing.T) {

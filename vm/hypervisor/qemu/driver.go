@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -39,6 +40,30 @@ type Driver struct {
 	// tapExists reports whether a network interface exists in the
 	// caller's network namespace.
 	tapExists func(name string) bool
+
+	sandboxOnce sync.Once
+	sandboxErr  error // why the sandbox is unavailable; nil: available
+}
+
+// sandbox reports whether VMs run under QEMU's seccomp sandbox; with
+// Config.Sandbox "on" an unavailable sandbox is an error.
+func (d *Driver) sandbox() (bool, error) {
+	if d.cfg.Sandbox == SandboxOff {
+		return false, nil
+	}
+	d.sandboxOnce.Do(func() {
+		d.sandboxErr = ProbeSandbox(context.Background(), d.binary)
+		if d.sandboxErr != nil && d.cfg.Sandbox == SandboxAuto {
+			d.log.Warn("qemu runs without its seccomp sandbox", "err", d.sandboxErr)
+		}
+	})
+	if d.sandboxErr != nil {
+		if d.cfg.Sandbox == SandboxOn {
+			return false, errs.New(errs.FailedPrecondition, "qemu sandbox required but unavailable: %v", d.sandboxErr)
+		}
+		return false, nil
+	}
+	return true, nil
 }
 
 func interfaceExists(name string) bool {
@@ -156,6 +181,10 @@ func (d *Driver) machineFor(spec hypervisor.Spec) (machine, error) {
 	}
 	if d.accel == AccelTCG {
 		m.Cmdline = withTSC(spec.Cmdline, d.tscKHz)
+	}
+	var err error
+	if m.Sandbox, err = d.sandbox(); err != nil {
+		return machine{}, err
 	}
 	if spec.Net != nil {
 		n := *spec.Net

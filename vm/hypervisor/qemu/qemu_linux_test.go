@@ -284,10 +284,15 @@ func TestStartFailuresUndo(t *testing.T) {
 		wantNothingLeft(t, spec.RunDir)
 	})
 	t.Run("relay exits", func(t *testing.T) {
-		bad := *d
-		bad.cfg.RelayCommand = []string{"/bin/sh", "-c", "echo relay refuses >&2; exit 3", "relay"}
+		cfg := d.cfg
+		cfg.RelayCommand = []string{"/bin/sh", "-c", "echo relay refuses >&2; exit 3", "relay"}
+		bad, err := New(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		bad.tapExists = d.tapExists
 		spec := newSpec(t)
-		_, err := bad.Start(ctx, spec)
+		_, err = bad.Start(ctx, spec)
 		if err == nil || !strings.Contains(err.Error(), "wait for agent relay") || !strings.Contains(err.Error(), "relay refuses") {
 			t.Fatalf("err = %v", err)
 		}
