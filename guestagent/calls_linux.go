@@ -196,32 +196,8 @@ func (s *Server) regenHostKeys() error {
 			return err
 		}
 	}
-	keygen, err := lookPath(s.cfg.Root, "ssh-keygen")
-	if err != nil {
-		return nil // no OpenSSH in this image: nothing to regenerate
-	}
-	if err := os.MkdirAll(s.cfg.path("/etc/ssh"), 0o755); err != nil {
-		return err
-	}
-	args := []string{"-A"}
-	if s.cfg.Root != "/" {
-		args = append(args, "-f", s.cfg.Root)
-	}
-	out, err := runQuiet(s.cfg.Reaper, keygen, args...)
-	if err != nil {
-		return fmt.Errorf("ssh-keygen: %w: %s", err, out)
-	}
-	return nil
-}
-
-func lookPath(root, name string) (string, error) {
-	for _, dir := range []string{"/usr/local/bin", "/usr/bin", "/bin", "/usr/sbin", "/sbin"} {
-		p := filepath.Join(dir, name)
-		if fileExists(p) {
-			return p, nil
-		}
-	}
-	return "", os.ErrNotExist
+	_, err := EnsureHostKeys(s.cfg.path("/etc/ssh"))
+	return err
 }
 
 // WritableBlockMounts lists the writable filesystems on block devices in

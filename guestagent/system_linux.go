@@ -1,7 +1,6 @@
 package agent
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -79,35 +78,6 @@ func SetupPID1() error {
 	}
 	unix.Setsid()
 	return err
-}
-
-// runQuiet runs a command to completion and returns its combined output.
-func runQuiet(r *Reaper, name string, args ...string) ([]byte, error) {
-	var out bytes.Buffer
-	cmd := exec.Command(name, args...)
-	cmd.Stdout, cmd.Stderr = &out, &out
-	if r == nil {
-		err := cmd.Run()
-		return out.Bytes(), err
-	}
-	// With a reaper os/exec must not wait; route output through a pipe.
-	pr, pw, err := os.Pipe()
-	if err != nil {
-		return nil, err
-	}
-	cmd.Stdout, cmd.Stderr = pw, pw
-	wait, err := r.start(cmd)
-	pw.Close()
-	if err != nil {
-		pr.Close()
-		return nil, err
-	}
-	out.ReadFrom(pr)
-	pr.Close()
-	if ws := wait(); ws.ExitStatus() != 0 || ws.Signaled() {
-		return out.Bytes(), fmt.Errorf("%s: exit %d", name, ws.ExitStatus())
-	}
-	return out.Bytes(), nil
 }
 
 // RunRC starts /etc/minions/rc (if present) in the background with its
