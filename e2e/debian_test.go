@@ -2,12 +2,15 @@ package e2e
 
 import (
 	"fmt"
+
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	agent "github.com/minionsdev/minions/guestagent"
 )
 
 // debianCache keeps debootstrap's result between runs on one machine, so CI
@@ -78,6 +81,11 @@ func TestDebianImage(t *testing.T) {
 	state := strings.TrimSpace(minions(t, "", "exec", "deb", "--", "systemctl", "is-system-running", "--wait").stdout)
 	if state != "running" && state != "degraded" {
 		t.Fatalf("systemctl is-system-running = %q\n%s", state, minions(t, "", "exec", "deb", "--", "systemctl", "--failed", "--no-pager").stdout)
+	}
+	// The VM's own machine ID, also for D-Bus (not one the image shares).
+	want := agent.MachineIDFor(v.ID) + "\n"
+	if got := must(t, "exec", "deb", "--", "sh", "-c", "cat /etc/machine-id /var/lib/dbus/machine-id"); got != want+want {
+		t.Errorf("machine ids %q, want %q twice", got, want)
 	}
 	if out := must(t, "exec", "deb", "--", "sh", "-c", "for c in git curl vim htop sudo gcc; do command -v $c; done"); strings.Count(out, "\n") != 6 {
 		t.Fatalf("dev tools missing: %q", out)

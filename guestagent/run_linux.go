@@ -79,6 +79,11 @@ func Run(ctx context.Context, opts Options) error {
 	if cl.ID != "" {
 		ensureMachineID(cl.ID, log)
 	}
+	if made, err := EnsureHostKeys("/etc/ssh"); err != nil {
+		log.Warn("ssh host keys", "err", err)
+	} else if len(made) > 0 {
+		log.Debug("ssh host keys made", "keys", made)
+	}
 	go func() {
 		if err := ConfigureNetwork(cl.IP, cl.Gateway, cl.DNS, 10*time.Second); err != nil {
 			log.Warn("network", "err", err)
@@ -192,13 +197,31 @@ func waitPort(ctx context.Context, name string, wait time.Duration) (string, err
 // ensureMachineID writes /etc/machine-id derived from the VM ID when the
 // file is missing or empty (read-only roots are left alone).
 func ensureMachineID(id string, log *slog.Logger) {
-	if b, err := os.ReadFile("/etc/machine-id"); err == nil && strings.TrimSpace(string(b)) != "" {
-		return
-	}
-	sum := sha256.Sum256([]byte("minions:" + id))
-	if err := os.WriteFile("/etc/machine-id", []byte(hex.EncodeToString(sum[:16])+"\n"), 0o444); err != nil {
+	if err := seedMachineID("/", id); err != nil {
 		log.Debug("write machine id", "err", err)
 	}
+}
+
+// MachineIDFor is the machine ID a VM with Minions ID id starts with.
+func MachineIDFor(id string) string {
+	sum := sha256.Sum256([]byte("minions:" + id))
+	return hex.EncodeToString(sum[:16])
+}
+
+// seedMachineID writes root/etc/machine-id from the VM's ID unless it
+// already holds one. Stage 1 does it before init starts, so systemd sees
+// this VM's own ID: it neither takes one from elsewhere in the image (a
+// D-Bus machine ID every VM of the image would share) nor runs first-boot
+// presets.
+func seedMachineID(root, id string) error {
+	p := filepath.Join(root, "etc/machine-id")
+	if b, err := os.ReadFile(p); err == nil && strings.TrimSpace(string(b)) != "" {
+		return nil
+	}
+	if _, err := os.Stat(filepath.Join(root, "etc")); err != nil {
+		return err
+	}
+	return os.WriteFile(p, []byte(MachineIDFor(id)+"\n"), 0o444)
 }
 
 // hasVsockDevice reports whether a virtio vsock device is bound to its

@@ -51,6 +51,11 @@ func Stage1() error {
 	if err := unix.Mount(cl.Root, "/newroot", cl.RootFS, flags, ""); err != nil {
 		return fmt.Errorf("stage 1: mount %s (%s) on /newroot: %w", cl.Root, cl.RootFS, err)
 	}
+	if !cl.ReadOnly && cl.ID != "" {
+		if err := seedMachineID("/newroot", cl.ID); err != nil {
+			Console("minions-agent: stage 1: machine id: %v", err)
+		}
+	}
 	// Free the initramfs memory we no longer need.
 	os.RemoveAll("/lib/modules")
 	for _, m := range []string{"/dev", "/proc", "/sys"} {

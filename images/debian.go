@@ -56,6 +56,8 @@ var debianFiles = map[string]string{
 	// `sshd -t` first costs about half a second under TCG.
 	"etc/systemd/system/ssh.service.d/minions-hostkeys.conf": "[Service]\nExecStartPre=\n" +
 		"ExecStartPre=/bin/sh /usr/lib/minions/ssh-hostkeys.sh\n",
+	// The agent makes them when it starts (before sshd); this is the
+	// fallback should it not have.
 	"usr/lib/minions/ssh-hostkeys.sh": "#!/bin/sh\n# Make the VM's own SSH host keys on first boot.\nset -e\n" +
 		"for t in ed25519 ecdsa; do\n\tf=/etc/ssh/ssh_host_${t}_key\n\ttest -s \"$f\" || ssh-keygen -q -t \"$t\" -N '' -f \"$f\"\ndone\n",
 	// The serial console (reachable only from the host) logs root in.
@@ -68,14 +70,26 @@ var debianFiles = map[string]string{
 
 // debianLinks enable units the way systemctl enable would, and mask
 // (link to /dev/null) what a micro-VM does not need at boot: the LVM
-// scrubber (no LVM) and modules for hardware it does not have (DRM, EFI,
-// device-mapper; they load on demand if ever used).
+// scrubber (no LVM), modules for hardware it does not have (DRM, EFI,
+// device-mapper; they load on demand if ever used) and generators.
 var debianLinks = map[string]string{
-	"etc/systemd/system/e2scrub_reap.service":                          "/dev/null",
-	"etc/systemd/system/e2scrub_all.timer":                             "/dev/null",
-	"etc/systemd/system/modprobe@drm.service":                          "/dev/null",
-	"etc/systemd/system/modprobe@efi_pstore.service":                   "/dev/null",
-	"etc/systemd/system/modprobe@dm_mod.service":                       "/dev/null",
+	"etc/systemd/system/e2scrub_reap.service":        "/dev/null",
+	"etc/systemd/system/e2scrub_all.timer":           "/dev/null",
+	"etc/systemd/system/modprobe@drm.service":        "/dev/null",
+	"etc/systemd/system/modprobe@efi_pstore.service": "/dev/null",
+	"etc/systemd/system/modprobe@dm_mod.service":     "/dev/null",
+	// Generators for what a micro-VM has not got (encrypted, integrity
+	// or verity volumes, GPT auto-discovery, hibernation, offline
+	// updates, debug shells, systemd.run=): each is a process systemd
+	// waits for before it starts any unit, about 2 s together under TCG.
+	"etc/systemd/system-generators/systemd-cryptsetup-generator":       "/dev/null",
+	"etc/systemd/system-generators/systemd-gpt-auto-generator":         "/dev/null",
+	"etc/systemd/system-generators/systemd-hibernate-resume-generator": "/dev/null",
+	"etc/systemd/system-generators/systemd-integritysetup-generator":   "/dev/null",
+	"etc/systemd/system-generators/systemd-veritysetup-generator":      "/dev/null",
+	"etc/systemd/system-generators/systemd-system-update-generator":    "/dev/null",
+	"etc/systemd/system-generators/systemd-debug-generator":            "/dev/null",
+	"etc/systemd/system-generators/systemd-run-generator":              "/dev/null",
 	"etc/systemd/system/sysinit.target.wants/minions-agent.service":    "/etc/systemd/system/minions-agent.service",
 	"etc/systemd/system/getty.target.wants/serial-getty@ttyS0.service": "/lib/systemd/system/serial-getty@.service",
 }
@@ -297,6 +311,17 @@ func configureTree(ctx context.Context, root, agent string, k Kernel, files, lin
 		}
 		os.Remove(p)
 		if err := os.Symlink(target, p); err != nil {
+			return err
+		}
+	}
+	// Per-VM machine ID (written from the VM's ID at boot): D-Bus's copy,
+	// made when the image was built, would give every VM the same one.
+	dbusID := filepath.Join(root, "var/lib/dbus/machine-id")
+	if _, err := os.Lstat(dbusID); err == nil {
+		if err := os.Remove(dbusID); err != nil {
+			return err
+		}
+		if err := os.Symlink("/etc/machine-id", dbusID); err != nil {
 			return err
 		}
 	}
