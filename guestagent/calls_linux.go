@@ -190,13 +190,19 @@ func addEntropy(seed []byte) error {
 }
 
 func (s *Server) regenHostKeys() error {
-	keys, _ := filepath.Glob(s.cfg.path("/etc/ssh/ssh_host_*"))
+	// A guest that had host keys or has OpenSSH gets new ones.
+	dir := s.cfg.path("/etc/ssh")
+	keys, _ := filepath.Glob(filepath.Join(dir, "ssh_host_*"))
 	for _, k := range keys {
 		if err := os.Remove(k); err != nil {
 			return err
 		}
 	}
-	_, err := EnsureHostKeys(s.cfg.path("/etc/ssh"))
+	if len(keys) == 0 {
+		_, err := EnsureHostKeys(dir)
+		return err
+	}
+	_, err := makeHostKeys(dir)
 	return err
 }
 

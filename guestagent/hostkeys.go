@@ -30,6 +30,11 @@ func EnsureHostKeys(dir string) ([]string, error) {
 	if _, err := os.Stat(filepath.Join(dir, "sshd_config")); errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
 	}
+	return makeHostKeys(dir)
+}
+
+// makeHostKeys writes each of hostKeyTypes missing or empty in dir.
+func makeHostKeys(dir string) ([]string, error) {
 	var made []string
 	for _, t := range hostKeyTypes {
 		p := filepath.Join(dir, "ssh_host_"+t+"_key")
