@@ -381,6 +381,20 @@ func (c *Catalog) Build(ctx context.Context, o BuildOptions) (Image, error) {
 	}
 }
 
+// buildKernel is the kernel whose modules a full image carries:
+// o.Kernel, else the catalogue's current one (installed if needed).
+func (c *Catalog) buildKernel(ctx context.Context, o BuildOptions, progress func(string)) (*Kernel, error) {
+	if o.Kernel != nil {
+		return o.Kernel, nil
+	}
+	progress("kernel")
+	k, err := c.Kernel(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return &k, nil
+}
+
 // buildDir makes a private, locked directory for one build under Dir/tmp;
 // the caller removes it.
 func (c *Catalog) buildDir(osName string) (*tempDir, error) {

@@ -156,14 +156,9 @@ func (c *Catalog) buildDebootstrap(ctx context.Context, d debootstrapDistro, o B
 			return Image{}, fmt.Errorf("%s: %w", what, err)
 		}
 	}
-	k := o.Kernel
-	if k == nil {
-		progress("kernel")
-		kk, err := c.Kernel(ctx)
-		if err != nil {
-			return Image{}, fmt.Errorf("%s: %w", what, err)
-		}
-		k = &kk
+	k, err := c.buildKernel(ctx, o, progress)
+	if err != nil {
+		return Image{}, fmt.Errorf("%s: %w", what, err)
 	}
 
 	progress("debootstrap (cached per mirror and package list)")

@@ -154,14 +154,9 @@ func (c *Catalog) buildFedora(ctx context.Context, o BuildOptions, progress func
 			return Image{}, fmt.Errorf("%s: %w", what, err)
 		}
 	}
-	k := o.Kernel
-	if k == nil {
-		progress("kernel")
-		kk, err := c.Kernel(ctx)
-		if err != nil {
-			return Image{}, fmt.Errorf("%s: %w", what, err)
-		}
-		k = &kk
+	k, err := c.buildKernel(ctx, o, progress)
+	if err != nil {
+		return Image{}, fmt.Errorf("%s: %w", what, err)
 	}
 	td, err := c.buildDir(OSFedora)
 	if err != nil {
