@@ -278,17 +278,10 @@ func nixError(what string, err error) error {
 // boot), the system profile and /sbin/init (the agent's stage 1 executes
 // it).
 func nixosTree(ctx context.Context, root, system string, closure []string) error {
-	store := filepath.Join(root, "nix", "store")
-	for _, d := range []string{store, "nix/var/nix/profiles", "nix/var/nix/gcroots", "etc", "sbin", "usr/sbin", "root", "var", "dev", "proc", "sys", "run"} {
-		if !filepath.IsAbs(d) {
-			d = filepath.Join(root, d)
-		}
-		if err := os.MkdirAll(d, 0o755); err != nil {
+	for _, d := range []string{"nix/store", "nix/var/nix/profiles", "nix/var/nix/gcroots", "etc", "sbin", "usr/sbin", "root", "var", "dev", "proc", "sys", "run", "tmp"} {
+		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
 			return err
 		}
-	}
-	if err := os.MkdirAll(filepath.Join(root, "tmp"), 0o755); err != nil {
-		return err
 	}
 	if err := os.Chmod(filepath.Join(root, "tmp"), os.ModeSticky|0o777); err != nil {
 		return err
@@ -297,9 +290,11 @@ func nixosTree(ctx context.Context, root, system string, closure []string) error
 		if filepath.Dir(p) != "/nix/store" {
 			return fmt.Errorf("closure path %q is not in /nix/store", p)
 		}
-		if _, err := run(ctx, "", "cp", "-a", "--reflink=auto", p, store+"/"); err != nil {
-			return err
-		}
+	}
+	// One cp for the whole closure (a NixOS system has hundreds of paths).
+	args := append([]string{"-a", "--reflink=auto"}, closure...)
+	if _, err := run(ctx, "", "cp", append(args, filepath.Join(root, "nix", "store")+"/")...); err != nil {
+		return err
 	}
 	reg, err := run(ctx, "", "nix-store", append([]string{"--dump-db"}, closure...)...)
 	if err != nil {
