@@ -427,22 +427,10 @@ func imageDefault(ctx context.Context, x *cli.Ctx) error {
 	if reset && len(x.Args) > 0 {
 		return errs.New(errs.InvalidArgument, "image default: give an image or --reset, not both")
 	}
-	cfg, err := LoadConfig(DefaultConfigFile, false)
-	if err != nil {
-		return err
-	}
 	paths, err := ResolvePaths(x.G.StateDir, x.G.RunDir)
 	if err != nil {
 		return err
 	}
-	if err := os.MkdirAll(paths.State, 0o700); err != nil {
-		return err
-	}
-	db, err := store.Open(ctx, filepath.Join(paths.State, "minions.db"))
-	if err != nil {
-		return err
-	}
-	defer db.Close()
 	if len(x.Args) > 0 || reset {
 		ref := ""
 		if !reset {
@@ -451,11 +439,11 @@ func imageDefault(ctx context.Context, x *cli.Ctx) error {
 				return err
 			}
 		}
-		if err := db.Tx(ctx, func(q store.Q) error { return store.SetSetting(ctx, q, service.SettingDefaultImage, ref) }); err != nil {
+		if err := setDefaultImage(ctx, paths.State, ref); err != nil {
 			return err
 		}
 	}
-	ref, source, err := defaultImage(ctx, db, cfg)
+	ref, source, err := currentDefaultImage(ctx, paths.State)
 	if err != nil {
 		return err
 	}
@@ -473,40 +461,48 @@ func imageDefault(ctx context.Context, x *cli.Ctx) error {
 	})
 }
 
-// defaultImage is the image create uses without --os and where that comes
-// from: "setting" (minions image default), "config" (default_image) or
-// "built-in" (minimal). db may be nil (no database yet).
-func defaultImage(ctx context.Context, db *store.DB, cfg Config) (ref, source string, err error) {
-	if db != nil {
-		if ref, err = store.Setting(ctx, db, service.SettingDefaultImage); err != nil || ref != "" {
-			return ref, "setting", err
+// setDefaultImage writes the default image setting ("": none) into the
+// database in state.
+func setDefaultImage(ctx context.Context, state, ref string) error {
+	if err := os.MkdirAll(state, 0o700); err != nil {
+		return err
+	}
+	db, err := store.Open(ctx, filepath.Join(state, "minions.db"))
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	return db.Tx(ctx, func(q store.Q) error { return store.SetSetting(ctx, q, service.SettingDefaultImage, ref) })
+}
+
+// currentDefaultImage is the image create uses without --os now, and
+// where that comes from (service.DefaultImageFor): the database in state,
+// if there is one yet, over the config file.
+func currentDefaultImage(ctx context.Context, state string) (ref, source string, err error) {
+	cfg, err := LoadConfig(DefaultConfigFile, false)
+	if err != nil {
+		return "", "", err
+	}
+	var q store.Q
+	if p := filepath.Join(state, "minions.db"); exists(p) {
+		db, err := store.Open(ctx, p)
+		if err != nil {
+			return "", "", err
 		}
+		defer db.Close()
+		q = db
 	}
-	if cfg.DefaultImage != "" {
-		return cfg.DefaultImage, "config", nil
-	}
-	return "minimal", "built-in", nil
+	return service.DefaultImageFor(ctx, q, cfg.DefaultImage)
 }
 
 // defaultImageRef is the version a create without --os would use now, ""
 // if that cannot be told (no database yet, nothing built).
 func defaultImageRef(ctx context.Context, x *cli.Ctx, cat *images.Catalog) string {
-	cfg, err := LoadConfig(DefaultConfigFile, false)
-	if err != nil {
-		return ""
-	}
 	paths, err := ResolvePaths(x.G.StateDir, x.G.RunDir)
 	if err != nil {
 		return ""
 	}
-	var db *store.DB
-	if p := filepath.Join(paths.State, "minions.db"); exists(p) {
-		if db, err = store.Open(ctx, p); err != nil {
-			return ""
-		}
-		defer db.Close()
-	}
-	ref, _, err := defaultImage(ctx, db, cfg)
+	ref, _, err := currentDefaultImage(ctx, paths.State)
 	if err != nil {
 		return ""
 	}

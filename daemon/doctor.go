@@ -13,7 +13,6 @@ import (
 	"github.com/minionsdev/minions/cli"
 	"github.com/minionsdev/minions/images"
 	"github.com/minionsdev/minions/internal/errs"
-	"github.com/minionsdev/minions/store"
 	"github.com/minionsdev/minions/vm/disk"
 	"github.com/minionsdev/minions/vm/hypervisor/qemu"
 	"github.com/minionsdev/minions/vm/network"
@@ -119,16 +118,7 @@ func doctor(ctx context.Context, paths Paths) []check {
 		}
 		add("images", true, "%s", strings.Join(refs, ", "))
 	}
-	var db *store.DB
-	if dbPath := filepath.Join(paths.State, "minions.db"); exists(dbPath) {
-		if d, err := store.Open(ctx, dbPath); err == nil {
-			db = d
-			defer db.Close()
-		}
-	}
-	if cfg, cerr := LoadConfig(DefaultConfigFile, false); cerr != nil {
-		add("default image", false, "%v", cerr)
-	} else if ref, source, derr := defaultImage(ctx, db, cfg); derr != nil {
+	if ref, source, derr := currentDefaultImage(ctx, paths.State); derr != nil {
 		add("default image", false, "%v", derr)
 	} else if im, rerr := cat.Resolve(ref); rerr != nil {
 		add("default image", false, "%s (%s) is not built: run `minions image build --os %s`", ref, source, strings.SplitN(ref, "@", 2)[0])

@@ -63,7 +63,7 @@ func (s *Service) Create(ctx context.Context, c Caller, req CreateRequest, progr
 		req.MemoryMiB = s.cfg.DefaultMemoryMiB
 	}
 	if req.Image == "" {
-		ref, _, err := s.DefaultImage(ctx)
+		ref, err := s.DefaultImage(ctx)
 		if err != nil {
 			return VM{}, err
 		}

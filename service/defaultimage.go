@@ -10,15 +10,24 @@ import (
 // it overrides Config.DefaultImage (the config file's default_image).
 const SettingDefaultImage = "default_image"
 
-// DefaultImage returns the image create uses without one, and where that
-// choice comes from: "setting" (minions image default), else "config".
-func (s *Service) DefaultImage(ctx context.Context) (ref, source string, err error) {
-	v, err := store.Setting(ctx, s.DB, SettingDefaultImage)
-	if err != nil {
-		return "", "", err
+// DefaultImageFor is the image create uses without one, and where that
+// choice comes from: "setting" (minions image default, in q), else
+// "config" (configured: the config file's default_image), else "built-in"
+// (minimal). q may be nil (no database yet).
+func DefaultImageFor(ctx context.Context, q store.Q, configured string) (ref, source string, err error) {
+	if q != nil {
+		if ref, err = store.Setting(ctx, q, SettingDefaultImage); err != nil || ref != "" {
+			return ref, "setting", err
+		}
 	}
-	if v != "" {
-		return v, "setting", nil
+	if configured != "" {
+		return configured, "config", nil
 	}
-	return s.cfg.DefaultImage, "config", nil
+	return "minimal", "built-in", nil
+}
+
+// DefaultImage is the image create uses without one.
+func (s *Service) DefaultImage(ctx context.Context) (string, error) {
+	ref, _, err := DefaultImageFor(ctx, s.DB, s.cfg.DefaultImage)
+	return ref, err
 }
