@@ -3,7 +3,6 @@ package images
 import (
 	"context"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -43,13 +42,7 @@ func TestDebianImage(t *testing.T) {
 	if im.SizeBytes != DefaultDebianSizeMiB<<20 || im.KernelVersion != k.Version {
 		t.Fatalf("image %+v", im)
 	}
-	dbg := func(cmd string) string {
-		out, err := exec.Command("debugfs", "-R", cmd, im.Path).CombinedOutput()
-		if err != nil {
-			t.Fatalf("debugfs %s: %v", cmd, err)
-		}
-		return string(out)
-	}
+	dbg := func(cmd string) string { return debugfs(t, im.Path, cmd) }
 	for _, c := range []struct{ cmd, want string }{
 		{"cat /etc/systemd/system/minions-agent.service", "DefaultDependencies=no"},
 		{"stat /etc/systemd/system/sysinit.target.wants/minions-agent.service", "minions-agent.service"},

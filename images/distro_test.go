@@ -477,13 +477,7 @@ func TestFedoraFromTarball(t *testing.T) {
 	if im.OS != OSFedora || im.KernelVersion != kver || im.SizeBytes != 1024<<20 {
 		t.Fatalf("image %+v", im)
 	}
-	dbg := func(cmd string) string {
-		out, err := exec.Command("debugfs", "-R", cmd, im.Path).Output()
-		if err != nil {
-			t.Fatalf("debugfs %s: %v", cmd, err)
-		}
-		return string(out)
-	}
+	dbg := func(cmd string) string { return debugfs(t, im.Path, cmd) }
 	args := dbg("cat /dnf-args")
 	wantArgs := "-y\n--releasever=41\n--setopt=install_weak_deps=False\n--setopt=tsflags=nodocs\ninstall\n" + strings.Join(FedoraPackages, "\n") + "\nproc-mounted\n"
 	if args != wantArgs {

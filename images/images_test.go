@@ -314,3 +314,14 @@ func TestEnsureKernelAptErrors(t *testing.T) {
 		})
 	}
 }
+
+// debugfs runs one debugfs request on the ext4 image img and returns what
+// it printed (its banner goes to stderr and is dropped).
+func debugfs(t *testing.T, img, request string) string {
+	t.Helper()
+	out, err := exec.Command("debugfs", "-R", request, img).Output()
+	if err != nil {
+		t.Fatalf("debugfs %s: %v", request, err)
+	}
+	return string(out)
+}

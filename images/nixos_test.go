@@ -151,13 +151,7 @@ func TestNixOSBuildStandin(t *testing.T) {
 	if im.OS != OSNixOS || im.KernelVersion != kver {
 		t.Fatalf("image %+v", im)
 	}
-	dbg := func(cmd string) string {
-		out, err := exec.Command("debugfs", "-R", cmd, im.Path).Output()
-		if err != nil {
-			t.Fatalf("debugfs %s: %v", cmd, err)
-		}
-		return string(out)
-	}
+	dbg := func(cmd string) string { return debugfs(t, im.Path, cmd) }
 	// A store path is too long for a fast link: cat shows the target.
 	system := dbg("cat /nix/var/nix/profiles/system-1-link")
 	if !strings.HasPrefix(system, "/nix/store/") || !strings.HasSuffix(system, "-nixos-system-minion-standin") {
