@@ -95,9 +95,9 @@ func New(cfg Config, routes Routes, domains Domains) (*Proxy, error) {
 		Rewrite:        p.rewrite,
 		ModifyResponse: rewriteSetCookies,
 		Transport:      p.transport,
-		ErrorHandler: p.upstreamError,
-		BufferPool:   newBufferPool(),
-		ErrorLog:     slog.NewLogLogger(p.log.Handler(), slog.LevelDebug),
+		ErrorHandler:   p.upstreamError,
+		BufferPool:     newBufferPool(),
+		ErrorLog:       slog.NewLogLogger(p.log.Handler(), slog.LevelDebug),
 	}
 	if cfg.Domain != "" {
 		if err := p.setupCertificates(); err != nil {
