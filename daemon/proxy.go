@@ -114,7 +114,7 @@ func newProxy(ctx context.Context, cfg Config, e *Env, log *slog.Logger, paths P
 	pc := proxy.Config{Domain: cfg.Domain, HTTPSBind: cfg.ProxyBind, HTTPBind: cfg.HTTPBind, ACMECA: cfg.ACMECA,
 		PublicHTTPSPort: ep.HTTPSPort, PublicHTTPPort: ep.HTTPPort,
 		Staging: cfg.ACMEStaging, ACMEEmail: cfg.ACMEEmail, StorageDir: filepath.Join(paths.State, "certs"),
-		Secret: secret, Resolver: resolver(ep.DNSResolver), RatePerSecond: cfg.ProxyRate, Burst: cfg.ProxyBurst,
+		Secret: secret, Resolver: resolver(ep.DNSResolver), RatePerSecond: cfg.ProxyRate, Burst: cfg.ProxyBurst, MaxConns: cfg.ProxyMaxConns,
 		Log: log.With("component", "proxy"), AccessLog: log.With("component", "access")}
 	if pc.HTTPBind == "" {
 		// With a domain and no plain listener: no HTTP-01 and no
