@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"io/fs"
 	"path"
@@ -176,5 +177,44 @@ func TestDomainClaims(t *testing.T) {
 	}
 	if ds, err := ListDomains(ctx, db, "aaa"); err != nil || len(ds) != 1 || ds[0].Verified {
 		t.Fatalf("list = %+v, %v", ds, err)
+	}
+}
+
+// Migration 0003 keeps verified domains verified and gives unverified ones
+// an expiry.
+func TestMigrationKeepsDomainClaims(t *testing.T) {
+	ctx := context.Background()
+	file := filepath.Join(t.TempDir(), "m.db")
+	raw, err := sql.Open("sqlite", "file:"+file+"?_pragma=foreign_keys(1)")
+	if err != nil {
+		t.Fatal(err)
+	}
+	initSQL, _ := migrations.ReadFile("migrations/0001_init.sql")
+	created := time.Now().Add(-time.Hour).UnixMilli()
+	for _, q := range []string{string(initSQL), `PRAGMA user_version = 1`,
+		`INSERT INTO users (id, name, created_at) VALUES ('u1', 'alice', 0)`,
+		`INSERT INTO vms (id, name, owner_id, image, cpus, memory_mib, disk_gib, ip, mac, cid, state, created_at) VALUES ('aaa', 'web', 'u1', 'minimal', 1, 256, 1, '10.0.0.2', 'm', 3, 'running', 0)`,
+		`INSERT INTO domains (name, vm_id, verified, token, created_at) VALUES ('v.org', 'aaa', 1, 't', ` + strconv.FormatInt(created, 10) + `)`,
+		`INSERT INTO domains (name, vm_id, verified, token, created_at) VALUES ('u.org', 'aaa', 0, 't', ` + strconv.FormatInt(created, 10) + `)`,
+	} {
+		if _, err := raw.Exec(q); err != nil {
+			t.Fatalf("%.60s: %v", q, err)
+		}
+	}
+	raw.Close()
+	db, err := Open(ctx, file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	if d, err := VerifiedDomain(ctx, db, "v.org"); err != nil || d.VMID != "aaa" || !d.ExpiresAt.IsZero() {
+		t.Fatalf("verified domain after migration: %+v %v", d, err)
+	}
+	d, err := GetDomain(ctx, db, "u.org", "aaa")
+	if want := time.UnixMilli(created).Add(72 * time.Hour); err != nil || d.Verified || !d.ExpiresAt.Equal(want.UTC()) {
+		t.Fatalf("unverified domain after migration: %+v %v", d, err)
+	}
+	if g, err := WebGen(ctx, db, "aaa"); err != nil || g != 0 {
+		t.Fatalf("web gen after migration: %d %v", g, err)
 	}
 }
