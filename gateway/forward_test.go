@@ -118,6 +118,37 @@ func TestOpenSSHAgentForwarding(t *testing.T) {
 		}
 	})
 
+	t.Run("two users at once each reach their own agent", func(t *testing.T) {
+		// Both sessions share one agent connection: each agent channel
+		// must reach the session that asked for it.
+		adminSock := startSSHAgent(t, t.TempDir(), h.admin)
+		admin := openSSH{h: h, key: h.admin}
+		adminFP := gossh.FingerprintSHA256(h.admin.signer.PublicKey())
+		const script = `for i in 1 2 3 4 5; do ssh-add -l || exit 1; sleep 0.1; done`
+		type result struct {
+			out  string
+			code int
+		}
+		res := make(chan result, 1)
+		go func() {
+			c := withAgent(admin.cmd(ctx, "ssh", "-A", "web@127.0.0.1", script), adminSock)
+			out, err := c.Output()
+			code := 0
+			if err != nil {
+				code = -1
+			}
+			res <- result{string(out), code}
+		}()
+		out, errOut, code := runCmd(t, withAgent(alice.cmd(ctx, "ssh", "-A", "web@127.0.0.1", script), sock), "")
+		if code != 0 || strings.Count(out, fp) != 5 || strings.Contains(out, adminFP) {
+			t.Errorf("alice: out=%q err=%q exit=%d", out, errOut, code)
+		}
+		r := <-res
+		if r.code != 0 || strings.Count(r.out, adminFP) != 5 || strings.Contains(r.out, fp) {
+			t.Errorf("admin: out=%q exit=%d", r.out, r.code)
+		}
+	})
+
 	t.Run("a dashboard connection forwards no agent", func(t *testing.T) {
 		// The front door runs commands on the host: it must never hand
 		// them the caller's agent. The command succeeds; no agent
@@ -348,5 +379,48 @@ func TestRemoteForwardCancel(t *testing.T) {
 			t.Fatalf("guest port %s still open after cancel", addr)
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// rejectRecorder is a gossh.NewChannel that records its rejection.
+type rejectRecorder struct {
+	typ, extra string
+	reason     gossh.RejectionReason
+	rejected   bool
+}
+
+func (r *rejectRecorder) Accept() (gossh.Channel, <-chan *gossh.Request, error) {
+	return nil, nil, fmt.Errorf("accept called")
+}
+func (r *rejectRecorder) Reject(reason gossh.RejectionReason, _ string) error {
+	r.reason, r.rejected = reason, true
+	return nil
+}
+func (r *rejectRecorder) ChannelType() string { return r.typ }
+func (r *rejectRecorder) ExtraData() []byte   { return []byte(r.extra) }
+
+// TestForwardMuxRefusesUnrouted: channels the guest opens that match no
+// session's token or forward are refused, never given to anyone.
+func TestForwardMuxRefusesUnrouted(t *testing.T) {
+	m := &fwdMux{tcp: map[fwdKey]*gossh.ServerConn{}, agents: map[string]*gossh.ServerConn{"good": nil}}
+	for name, extra := range map[string]string{
+		"no token":      "",
+		"unknown token": string(gossh.Marshal(struct{ Token string }{"bogus"})),
+	} {
+		nc := &rejectRecorder{typ: chanAuthAgent, extra: extra}
+		m.authAgent(nc)
+		if !nc.rejected || nc.reason != gossh.Prohibited {
+			t.Errorf("%s: rejected=%v reason=%v", name, nc.rejected, nc.reason)
+		}
+	}
+	nc := &rejectRecorder{typ: chanForwardedTCPIP, extra: string(gossh.Marshal(struct {
+		Addr       string
+		Port       uint32
+		OriginAddr string
+		OriginPort uint32
+	}{"localhost", 8080, "127.0.0.1", 5555}))}
+	m.forwardedTCPIP(nc)
+	if !nc.rejected || nc.reason != gossh.Prohibited {
+		t.Errorf("forwarded-tcpip: rejected=%v reason=%v", nc.rejected, nc.reason)
 	}
 }
