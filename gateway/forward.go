@@ -366,9 +366,12 @@ func (rf *remoteForward) cancel(k fwdKey) bool {
 // through in order. stop removes the route; call it when the session ends.
 func (s *Server) agentForwarding(conn *gossh.ServerConn, client *gossh.Client, ac gossh.Channel, reqs <-chan *gossh.Request) (out <-chan *gossh.Request, stop func()) {
 	o := make(chan *gossh.Request)
-	var mu sync.Mutex
-	var token string
-	var m *fwdMux
+	var (
+		mu      sync.Mutex
+		token   string
+		m       *fwdMux
+		stopped bool
+	)
 	go func() {
 		defer close(o)
 		for r := range reqs {
@@ -378,7 +381,7 @@ func (s *Server) agentForwarding(conn *gossh.ServerConn, client *gossh.Client, a
 			}
 			ok := false
 			mu.Lock()
-			if token == "" {
+			if token == "" && !stopped {
 				ok = s.startAgentForwarding(conn, client, ac, &token, &m)
 			}
 			mu.Unlock()
@@ -390,6 +393,7 @@ func (s *Server) agentForwarding(conn *gossh.ServerConn, client *gossh.Client, a
 	return o, func() {
 		mu.Lock()
 		defer mu.Unlock()
+		stopped = true
 		if m != nil {
 			m.mu.Lock()
 			delete(m.agents, token)
@@ -417,9 +421,10 @@ func (s *Server) startAgentForwarding(conn *gossh.ServerConn, client *gossh.Clie
 		m.mu.Lock()
 		delete(m.agents, t)
 		m.mu.Unlock()
-		s.log.Info("agent forwarding refused by the agent", "user", conn.User(), "err", fmt.Sprint(err))
+		s.log.Info("agent forwarding refused by the agent", "user", identityFromConn(conn).user.Name, "vm", conn.User(), "err", fmt.Sprint(err))
 		return false
 	}
 	*token, *mp = t, m
+	s.log.Info("agent forwarding", "user", identityFromConn(conn).user.Name, "vm", conn.User())
 	return true
 }
