@@ -32,7 +32,7 @@ func (fx *fixture) seed() (ids map[string]string) {
 	if _, err := fx.svc.CreateSnapshot(ctx, alice, "web", service.SnapshotRequest{Name: "s1"}, nil); err != nil {
 		fx.t.Fatal(err)
 	}
-	k, err := fx.svc.AddSSHKey(ctx, alice, authorizedKey(fx.t))
+	k, err := fx.svc.AddSSHKey(ctx, alice, proveKey(fx.t, callerBackend{fx.svc, alice}, newSigner(fx.t), ""))
 	if err != nil {
 		fx.t.Fatal(err)
 	}
@@ -40,7 +40,7 @@ func (fx *fixture) seed() (ids map[string]string) {
 	if err != nil {
 		fx.t.Fatal(err)
 	}
-	if _, err := fx.svc.AddUser(ctx, fx.callers["admin"], "carol", false, ""); err != nil {
+	if _, err := fx.svc.AddUser(ctx, fx.callers["admin"], "carol", false, service.KeyProof{}); err != nil {
 		fx.t.Fatal(err)
 	}
 	return map[string]string{"key": k.Fingerprint, "token": tok.ID}
