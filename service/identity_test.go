@@ -4,9 +4,11 @@ import (
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
+	"errors"
 	"testing"
 	"time"
 
+	"github.com/minionsdev/minions/internal/errs"
 	"github.com/minionsdev/minions/store"
 	"golang.org/x/crypto/ssh"
 )
@@ -128,5 +130,19 @@ func TestIdentityResolutionNamesLikeIDs(t *testing.T) {
 		if r.Name != want {
 			t.Errorf("vm %s (owner %s) is named %q, want %q", r.ID, r.Owner, r.Name, want)
 		}
+	}
+	// A reload by ID re-checks the owner: a row that changed hands
+	// meanwhile is not the VM the caller loaded.
+	before, err := store.GetVMByID(ctx, db, aliceVM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	moved := before
+	moved.OwnerID = mallory.ID
+	if err := store.UpdateVM(ctx, db, moved); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := fx.svc.reloadVM(ctx, before); !errors.Is(err, errs.NotFound) {
+		t.Errorf("reload of a vm that changed owner = %v", err)
 	}
 }
