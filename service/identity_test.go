@@ -146,3 +146,34 @@ func TestIdentityResolutionNamesLikeIDs(t *testing.T) {
 		t.Errorf("reload of a vm that changed owner = %v", err)
 	}
 }
+
+// Names that read as IDs are refused everywhere a name is chosen, and
+// nothing changes.
+func TestNamesThatReadAsIDsAreRefused(t *testing.T) {
+	fx := newFixture(t)
+	ctx := context.Background()
+	const idLike = "abcdef012345"
+	admin, _ := fx.svc.EnsureUser(ctx, "root", true)
+	if _, err := fx.svc.RegisterUser(ctx, idLike, testKey(t).PublicKey()); !errors.Is(err, errs.InvalidArgument) {
+		t.Errorf("RegisterUser(%s) = %v", idLike, err)
+	}
+	if _, err := fx.svc.AddUser(ctx, admin, idLike, false, KeyProof{}); !errors.Is(err, errs.InvalidArgument) {
+		t.Errorf("AddUser(%s) = %v", idLike, err)
+	}
+	if _, err := fx.svc.Create(ctx, fx.user, CreateRequest{Name: idLike}, nil); !errors.Is(err, errs.InvalidArgument) {
+		t.Errorf("Create(%s) = %v", idLike, err)
+	}
+	store.InsertVM(ctx, fx.svc.DB, store.VM{ID: "aaaaaaaaaaaa", Name: "web", OwnerID: fx.user.UserID, Image: "minimal@1", CPUs: 1, MemoryMiB: 256,
+		DiskGiB: 1, IP: "10.210.0.9", MAC: "02:00:00:00:00:09", CID: 3, State: store.StateStopped, CreatedAt: time.Now()})
+	if _, err := fx.svc.Rename(ctx, fx.user, "web", idLike); !errors.Is(err, errs.InvalidArgument) {
+		t.Errorf("Rename(web, %s) = %v", idLike, err)
+	}
+	if _, err := fx.svc.Copy(ctx, fx.user, "web", CopyRequest{Name: idLike}, nil); !errors.Is(err, errs.InvalidArgument) {
+		t.Errorf("Copy(web, %s) = %v", idLike, err)
+	}
+	users, _ := store.ListUsers(ctx, fx.svc.DB)
+	vms, _ := store.ListVMs(ctx, fx.svc.DB, "")
+	if len(users) != 2 || len(vms) != 1 || vms[0].Name != "web" {
+		t.Errorf("something changed: users %d, vms %+v", len(users), vms)
+	}
+}
