@@ -30,7 +30,9 @@
 //     the host started, while the host itself reaches every VM on any port;
 //     from the bridge the host accepts, on any of its addresses, only
 //     replies, ICMP echo to the gateway, Config.HostPorts (TCP) on the
-//     gateway and port 53 on Config.DNS.
+//     gateway and port 53 on Config.DNS; a TAP that is not in the bridge
+//     (mn*, as the inet family sees bridged packets under the bridge's
+//     name) reaches neither the host nor anything beyond it.
 //   - table bridge: every frame entering a bridge from a port named mn*
 //     (TAPPrefix) must carry the IPv4 address and MAC registered for that
 //     port (ARP included) and be IPv4 or ARP; everything else is dropped.

@@ -100,6 +100,24 @@ func TestEgressNetns(t *testing.T) {
 	if err := udpExchange(vm.ns, "192.168.77.1:54"); err == nil {
 		t.Errorf("vm reached udp 192.168.77.1:54")
 	}
+	// A TAP that fell out of the bridge (the bridge was recreated, say)
+	// reaches nothing on the host either. rp_filter is off in a fresh
+	// namespace, so without the rule one-way packets would get in.
+	got := udpSink(t, "198.51.100.7:5353")
+	run(t, "ip", "link", "set", vm.port.TAP, "nomaster")
+	vm.sh(t, "ip neigh flush dev eth0") // ask the host's tap for its mac
+	s := sniff(t, vm.port.TAP)
+	if err := udpSend(vm.ns, "198.51.100.7:5353", got); err == nil {
+		t.Errorf("a datagram from a tap outside the bridge reached the host")
+	}
+	if !s.seen(vm.port.MAC, vm.port.IP) { // the control
+		t.Errorf("the datagram never reached the host's tap: the test proves nothing")
+	}
+	s.close()
+	if err := m.AddPort(ctx, vm.port); err != nil { // repairs
+		t.Fatal(err)
+	}
+
 	// The host still reaches those addresses itself (the test's control).
 	for _, addr := range []string{"169.254.169.254:8080", "100.64.5.5:8080", "192.168.77.1:8080"} {
 		if err := dial("", addr); err != nil {
@@ -117,6 +135,51 @@ func eventually(f func() error) error {
 			return err
 		}
 		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// udpSink listens on addr (host namespace); the channel gets one value per
+// datagram.
+func udpSink(t *testing.T, addr string) chan struct{} {
+	t.Helper()
+	pc, err := net.ListenPacket("udp4", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pc.Close() })
+	got := make(chan struct{}, 64)
+	go func() {
+		buf := make([]byte, 1500)
+		for {
+			if _, _, err := pc.ReadFrom(buf); err != nil {
+				return
+			}
+			got <- struct{}{}
+		}
+	}()
+	return got
+}
+
+// udpSend sends a datagram from ns to addr and waits half a second for
+// the sink to get it.
+func udpSend(ns, addr string, got chan struct{}) error {
+	var err error
+	inNS(ns, func() {
+		var c net.Conn
+		if c, err = net.Dial("udp4", addr); err != nil {
+			return
+		}
+		defer c.Close()
+		_, err = c.Write([]byte("x"))
+	})
+	if err != nil {
+		return err
+	}
+	select {
+	case <-got:
+		return nil
+	case <-time.After(500 * time.Millisecond):
+		return fmt.Errorf("nothing arrived")
 	}
 }
 

@@ -101,6 +101,10 @@ func inetTable(cfg Config) tableSpec {
 				name: "input", typ: nftables.ChainTypeFilter, hook: nftables.ChainHookInput, hookText: "input",
 				prio: *nftables.ChainPriorityFilter, prioText: "filter",
 				rules: []ruleSpec{
+					// A TAP outside the bridge (the bridge was recreated,
+					// say) reaches nothing: through the bridge, packets
+					// carry the bridge's name here.
+					rule(ifnamePrefix("iifname", TAPPrefix, true), counter(), drop()),
 					rule(ifname("iifname", br, true), ctState(expr.CtStateBitESTABLISHED|expr.CtStateBitRELATED, "established,related"), accept()),
 					rule(ifname("iifname", br, true), ipAddr("daddr", gw), l4proto(unix.IPPROTO_ICMP), icmpType(8, "echo-request"), accept()),
 					rule(ifname("iifname", br, true), ipAddr("daddr", gw), l4proto(unix.IPPROTO_TCP), tcpDportIn(setHostPorts), accept()),
@@ -110,6 +114,7 @@ func inetTable(cfg Config) tableSpec {
 				name: "forward", typ: nftables.ChainTypeFilter, hook: nftables.ChainHookForward, hookText: "forward",
 				prio: *nftables.ChainPriorityFilter, prioText: "filter",
 				rules: []ruleSpec{
+					rule(ifnamePrefix("iifname", TAPPrefix, true), counter(), drop()),
 					// VM to VM, routed through the host or bridged and seen
 					// here because bridged frames pass the inet hooks.
 					rule(ifname("iifname", br, true), ifname("oifname", br, true), counter(), drop()),
