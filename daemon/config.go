@@ -56,6 +56,10 @@ type Config struct {
 	// each, e.g. "172.31.9.9" or "10.1.0.0/16 tcp/5432". The host's own
 	// addresses stay closed to VMs whatever this says.
 	EgressAllow []string `toml:"egress_allow"`
+
+	// ProxyMaxConns bounds the proxy's concurrent client connections from
+	// all addresses together (default 4096; negative turns it off).
+	ProxyMaxConns int `toml:"proxy_max_conns"`
 }
 
 // Defaults fills unset fields.
