@@ -114,6 +114,9 @@ func (s *Service) newVM(ctx context.Context, c Caller, row store.VM, kind string
 		if err := s.checkQuota(ctx, q, c.UserID, row.CPUs, row.MemoryMiB, row.DiskGiB); err != nil {
 			return err
 		}
+		if err := s.checkHostMemory(ctx, q, row.ID, row.MemoryMiB); err != nil {
+			return err
+		}
 		ip, mac, cid, err := s.allocate(ctx, q, row.ID)
 		if err != nil {
 			return err

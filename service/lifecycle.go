@@ -78,9 +78,9 @@ func (s *Service) Start(ctx context.Context, c Caller, name string, progress Pro
 // start boots a stopped VM as a durable operation; the caller holds its
 // lock.
 func (s *Service) start(ctx context.Context, v store.VM, verb string, progress Progress) (VM, error) {
-	o, err := s.beginOp(ctx, v.ID, "start")
+	o, err := s.beginStartOp(ctx, v, "start")
 	if err != nil {
-		return VM{}, err
+		return VM{}, fmt.Errorf("%s vm %s: %w", verb, v.Name, err)
 	}
 	v, cl, err := s.boot(ctx, o, v, progress)
 	o.finish(ctx, err)
