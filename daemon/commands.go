@@ -32,6 +32,7 @@ func Commands() []*cli.Command {
 		initCmd(),
 		imageCmd(),
 		relayCmd(),
+		consoleLogCmd(),
 		vsockCmd(),
 		tuiCmd(),
 		serveCmd(),
@@ -74,7 +75,7 @@ func OpenLocal(ctx context.Context, g *cli.Global) (cli.Backend, error) {
 	if err != nil {
 		return nil, errs.New(errs.InvalidArgument, "config subnet %q: %v", cfg.Subnet, err)
 	}
-	e, err := Open(ctx, Options{Paths: paths, Subnet: subnet, Hypervisor: cfg.Hypervisor, DefaultImage: cfg.DefaultImage, Log: cliLogger()})
+	e, err := Open(ctx, Options{Paths: paths, Subnet: subnet, Hypervisor: cfg.Hypervisor, DefaultImage: cfg.DefaultImage, Resources: cfg.Resources(), Log: cliLogger()})
 	if err != nil {
 		return nil, err
 	}

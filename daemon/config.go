@@ -46,6 +46,10 @@ type Config struct {
 	// admins; AdminTokens are API token secrets that are admins.
 	AdminKeys   []string `toml:"admin_keys"`
 	AdminTokens []string `toml:"admin_tokens"`
+	// Resources: see resources.go.
+	DefaultQuota       *QuotaConfig `toml:"default_quota"`         // quota of new non-admin users
+	MemoryOvercommit   float64      `toml:"memory_overcommit"`     // VM memory ≤ host memory × this (default 1.5)
+	ConsoleLogMaxBytes int64        `toml:"console_log_max_bytes"` // per VM, log + rotated log (default 4 MiB)
 }
 
 // Defaults fills unset fields.
@@ -68,6 +72,7 @@ func (c *Config) Defaults() {
 	if c.Subnet == "" {
 		c.Subnet = "10.210.0.0/16"
 	}
+	c.resourceDefaults()
 }
 
 // Validate checks the configuration.
@@ -93,6 +98,9 @@ func (c *Config) Validate() error {
 		if _, _, err := net.SplitHostPort(c.DNSResolver); err != nil {
 			return errs.New(errs.InvalidArgument, "dns_resolver %q: want host:port", c.DNSResolver)
 		}
+	}
+	if err := c.validateResources(); err != nil {
+		return err
 	}
 	for _, t := range c.AdminTokens {
 		if len(t) < 16 {

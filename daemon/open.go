@@ -67,6 +67,7 @@ type Options struct {
 	Bridge       string       // default network.DefaultBridge
 	Hypervisor   string       // "auto" (default), "qemu", "cloud-hypervisor"
 	DefaultImage string       // image create uses without one (default "minimal")
+	Resources    Resources    // quotas, overcommit, console cap (Config.Resources)
 	// OnOperation receives each durable operation's duration (metrics).
 	OnOperation func(kind string, d time.Duration, err error)
 	Log         *slog.Logger
@@ -135,7 +136,8 @@ func Open(ctx context.Context, o Options) (*Env, error) {
 	if e.Driver, err = newDriver(ctx, o); err != nil {
 		return nil, err
 	}
-	e.Service, err = service.New(service.Config{StateDir: o.Paths.State, RunDir: o.Paths.Run, Subnet: o.Subnet, DefaultImage: o.DefaultImage, OnOperation: o.OnOperation, Log: o.Log}, service.Deps{
+	e.Service, err = service.New(service.Config{StateDir: o.Paths.State, RunDir: o.Paths.Run, Subnet: o.Subnet, DefaultImage: o.DefaultImage,
+		DefaultQuota: o.Resources.DefaultQuota, MemoryOvercommit: o.Resources.MemoryOvercommit, OnOperation: o.OnOperation, Log: o.Log}, service.Deps{
 		DB: db, Driver: e.Driver, Network: netAdapter{e.Network}, Images: imageAdapter{cat: e.Images}, Disks: diskAdapter{}, HostKey: key,
 	})
 	if err != nil {

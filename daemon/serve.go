@@ -143,7 +143,7 @@ func Serve(ctx context.Context, cfg Config, logOut io.Writer) error {
 	}
 	subnet, _ := netip.ParsePrefix(cfg.Subnet)
 	ops := &opLatencies{}
-	e, err := Open(ctx, Options{Paths: paths, Subnet: subnet, Hypervisor: cfg.Hypervisor, DefaultImage: cfg.DefaultImage, OnOperation: ops.observe, Log: log})
+	e, err := Open(ctx, Options{Paths: paths, Subnet: subnet, Hypervisor: cfg.Hypervisor, DefaultImage: cfg.DefaultImage, Resources: cfg.Resources(), OnOperation: ops.observe, Log: log})
 	if err != nil {
 		return err
 	}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -167,9 +168,16 @@ func Run(ctx context.Context, fifo, path string, maxBytes int64) error {
 		}
 	}
 	defer f.Close()
+	stop := make(chan struct{})
+	defer close(stop)
 	go func() {
-		<-ctx.Done()
-		f.Close() // a FIFO is pollable: this ends a pending Read
+		select {
+		case <-ctx.Done():
+			// Keep what the pipe still holds, then stop (a FIFO is
+			// pollable, so the deadline ends a pending Read).
+			f.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+		case <-stop:
+		}
 	}()
 	buf := make([]byte, 32<<10)
 	for {
@@ -179,7 +187,7 @@ func Run(ctx context.Context, fifo, path string, maxBytes int64) error {
 				return werr
 			}
 		}
-		if err == io.EOF || ctx.Err() != nil {
+		if err == io.EOF || errors.Is(err, os.ErrDeadlineExceeded) {
 			return nil
 		}
 		if err != nil {

@@ -39,6 +39,11 @@ func (d *Driver) Repair(ctx context.Context, h *hypervisor.Handle) (*hypervisor.
 	}
 	nh := *h
 	nh.Helpers = []hypervisor.Process{{Name: "agent-relay", PID: relay.PID, StartTime: relay.Start}}
+	for _, p := range h.Helpers {
+		if p.Name != "agent-relay" {
+			nh.Helpers = append(nh.Helpers, p)
+		}
+	}
 	d.cfg.Log.Info("agent relay restarted", "pid", relay.PID, "run_dir", h.RunDir)
 	return &nh, true, nil
 }
