@@ -168,4 +168,51 @@ func TestResources(t *testing.T) {
 			t.Fatalf("log files: %v", files)
 		}
 	})
+
+	t.Run("dead-logger-is-restarted", func(t *testing.T) {
+		pids := consoleLoggerPIDs(v.ID)
+		if len(pids) != 1 {
+			t.Fatalf("console loggers of flood: %v", pids)
+		}
+		syscall.Kill(pids[0], syscall.SIGKILL)
+		// The guest does not notice: QEMU's console writes fail, not block.
+		if r := minions(t, "", "exec", "flood", "--", "sh", "-c", "echo lost > /dev/console; hostname"); r.code != 0 || r.stdout != "flood\n" {
+			t.Fatalf("exec with a dead console logger: %s", r)
+		}
+		// The daemon's reconcile starts a new logger on the same FIFO.
+		deadline := time.Now().Add(time.Minute)
+		for {
+			if now := consoleLoggerPIDs(v.ID); len(now) == 1 && now[0] != pids[0] {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("console logger not restarted: %v (was %v)", consoleLoggerPIDs(v.ID), pids)
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+		must(t, "exec", "flood", "--", "sh", "-c", "echo AFTER-RESTART > /dev/console")
+		deadline = time.Now().Add(time.Minute)
+		for !strings.Contains(must(t, "logs", "flood"), "AFTER-RESTART") {
+			if time.Now().After(deadline) {
+				t.Fatal("output after the logger restart never reached the log")
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+	})
+}
+
+// consoleLoggerPIDs returns the console logger processes of VM id.
+func consoleLoggerPIDs(id string) []int {
+	var out []int
+	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	for _, p := range procs {
+		b, err := os.ReadFile(p)
+		if err != nil || !bytes.Contains(b, []byte("console-log\x00")) || !bytes.Contains(b, []byte("/"+id+"/")) {
+			continue
+		}
+		var pid int
+		fmt.Sscanf(p, "/proc/%d/cmdline", &pid)
+		out = append(out, pid)
+	}
+	return out
 }
