@@ -46,16 +46,45 @@ func NewWriter(path string, maxBytes int64) (*Writer, error) {
 		return nil, err
 	}
 	w := &Writer{path: path, half: maxBytes / 2}
+	if err := shrink(Rotated(path), w.half); err != nil {
+		return nil, err
+	}
 	if err := w.open(false); err != nil {
 		return nil, err
 	}
 	if w.size > w.half {
+		// Left by an older, larger cap (or none): keep its end only.
 		if err := w.rotate(); err != nil {
+			w.Close()
+			return nil, err
+		}
+		if err := shrink(Rotated(path), w.half); err != nil {
 			w.Close()
 			return nil, err
 		}
 	}
 	return w, nil
+}
+
+// shrink cuts the file at path down to its last n bytes, through a
+// temporary file and a rename. A missing file is left missing.
+func shrink(path string, n int64) error {
+	st, err := os.Stat(path)
+	if errors.Is(err, os.ErrNotExist) || (err == nil && st.Size() <= n) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	b, err := tailFile(path, n)
+	if err != nil {
+		return err
+	}
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
 }
 
 func (w *Writer) open(truncate bool) error {

@@ -201,3 +201,27 @@ func TestRunStopsWithoutWriter(t *testing.T) {
 		t.Fatal("Run did not stop")
 	}
 }
+
+// A log left by an older, larger cap (or by QEMU writing it directly) is
+// cut to the new cap when a writer opens it, keeping its newest bytes.
+func TestWriterShrinksAnOldLog(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "console.log")
+	old := bytes.Repeat([]byte("old line\n"), 200000) // 1.8 MB
+	os.WriteFile(path, append(old, "newest old line\n"...), 0o600)
+	os.WriteFile(Rotated(path), old, 0o600)
+	w, err := NewWriter(path, 64<<10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.Write([]byte("first new line\n"))
+	w.Close()
+	if a, b := size(t, path), size(t, Rotated(path)); a > 32<<10 || b > 32<<10 {
+		t.Fatalf("sizes after opening an old log: %d + %d", a, b)
+	}
+	if tail, _ := Tail(path, 32); !strings.HasSuffix(string(tail), "newest old line\nfirst new line\n") {
+		t.Fatalf("tail = %q", tail)
+	}
+	if _, err := os.Stat(Rotated(path) + ".tmp"); err == nil {
+		t.Fatal("temporary file left")
+	}
+}
