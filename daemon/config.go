@@ -46,6 +46,11 @@ type Config struct {
 	// admins; AdminTokens are API token secrets that are admins.
 	AdminKeys   []string `toml:"admin_keys"`
 	AdminTokens []string `toml:"admin_tokens"`
+
+	// ProxyMaxConns bounds the proxy's concurrent client connections from
+	// all addresses together (default 4096; negative turns it off).
+	ProxyMaxConns int `toml:"proxy_max_conns"`
+
 	// Resources: see resources.go.
 	DefaultQuota       *QuotaConfig `toml:"default_quota"`         // quota of new non-admin users
 	MemoryOvercommit   float64      `toml:"memory_overcommit"`     // VM memory ≤ host memory × this (default 1.5)
