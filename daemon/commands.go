@@ -32,6 +32,7 @@ func Commands() []*cli.Command {
 		initCmd(),
 		imageCmd(),
 		relayCmd(),
+		consoleLogCmd(),
 		vsockCmd(),
 		tuiCmd(),
 		serveCmd(),

@@ -60,6 +60,11 @@ type Config struct {
 	// ProxyMaxConns bounds the proxy's concurrent client connections from
 	// all addresses together (default 4096; negative turns it off).
 	ProxyMaxConns int `toml:"proxy_max_conns"`
+
+	// Resources: see resources.go.
+	DefaultQuota       *QuotaConfig `toml:"default_quota"`         // quota of new non-admin users
+	MemoryOvercommit   float64      `toml:"memory_overcommit"`     // VM memory ≤ host memory × this (default 1.5)
+	ConsoleLogMaxBytes int64        `toml:"console_log_max_bytes"` // per VM, log + rotated log (default 4 MiB)
 }
 
 // Defaults fills unset fields.
@@ -82,6 +87,7 @@ func (c *Config) Defaults() {
 	if c.Subnet == "" {
 		c.Subnet = "10.210.0.0/16"
 	}
+	c.resourceDefaults()
 }
 
 // Validate checks the configuration.
@@ -109,6 +115,9 @@ func (c *Config) Validate() error {
 		}
 	}
 	if _, _, err := c.egress(); err != nil {
+		return err
+	}
+	if err := c.validateResources(); err != nil {
 		return err
 	}
 	for _, t := range c.AdminTokens {
