@@ -1,0 +1,121 @@
+package daemon
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"encoding/json"
+	"log/slog"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+
+	"github.com/minionsdev/minions/cli"
+	"github.com/minionsdev/minions/images"
+	"github.com/minionsdev/minions/service"
+	"github.com/minionsdev/minions/store"
+	"github.com/minionsdev/minions/tui"
+	"github.com/minionsdev/minions/vm/hypervisor/fake"
+)
+
+type nopNet struct{}
+
+func (nopNet) AddPort(context.Context, string, netip.Addr, string) error { return nil }
+func (nopNet) RemovePort(context.Context, string) error                  { return nil }
+
+// putImage writes one catalogue entry as images/ publishes it.
+func putImage(t *testing.T, dir string, im images.Image) {
+	t.Helper()
+	d := filepath.Join(dir, "rootfs", im.OS, im.Version)
+	if err := os.MkdirAll(d, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	b, _ := json.Marshal(im)
+	if err := os.WriteFile(filepath.Join(d, "image.json"), b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(d, "rootfs.ext4"), nil, 0o444); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestDashboardImages is issue 12 item 8 for the dashboard's backend (the
+// same for `minions tui`, `--host` and `ssh host`): the create form gets
+// the images of the catalogue with the service's default preselected, not
+// a fixed "minimal".
+func TestDashboardImages(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	cat := &images.Catalog{Dir: filepath.Join(dir, "images")}
+	now := time.Now().UTC()
+	putImage(t, cat.Dir, images.Image{OS: "minimal", Version: "20261201-000000-aaaa", Created: now})
+	putImage(t, cat.Dir, images.Image{OS: "debian", Version: "20261201-000000-bbbb", Created: now})
+	putImage(t, cat.Dir, images.Image{OS: "debian", Version: "20261202-000000-cccc", Created: now})
+	db, err := store.Open(ctx, filepath.Join(dir, "minions.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	_, priv, _ := ed25519.GenerateKey(rand.Reader)
+	key, _ := ssh.NewSignerFromKey(priv)
+	svc, err := service.New(service.Config{StateDir: dir, Log: slog.New(slog.DiscardHandler)},
+		service.Deps{DB: db, Driver: fake.New(fake.Config{}), Network: nopNet{}, Images: imageAdapter{cat: cat}, Disks: diskAdapter{}, HostKey: key})
+	if err != nil {
+		t.Fatal(err)
+	}
+	root, err := svc.EnsureUser(ctx, "root", true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bob, err := svc.EnsureUser(ctx, "bob", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	form := func(c service.Caller) []tui.Image {
+		t.Helper()
+		ims, err := dashBackend{be: &cli.Local{Svc: svc, Caller: c}}.Images(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ims
+	}
+	want := []tui.Image{
+		{Name: "debian", Description: "newest debian@20261202-000000-cccc"},
+		{Name: "minimal", Description: "newest minimal@20261201-000000-aaaa", Default: true},
+	}
+	if got := form(bob); !equalImages(got, want) {
+		t.Fatalf("form images with the built-in default:\n got %+v\nwant %+v", got, want)
+	}
+	if _, err := svc.SetDefaultImage(ctx, root, "debian"); err != nil {
+		t.Fatal(err)
+	}
+	want[0].Default, want[1].Default = true, false
+	if got := form(bob); !equalImages(got, want) {
+		t.Fatalf("form images with debian the default:\n got %+v\nwant %+v", got, want)
+	}
+	// A default pinned to an older version is offered as that version.
+	if _, err := svc.SetDefaultImage(ctx, root, "debian@20261201-000000-bbbb"); err != nil {
+		t.Fatal(err)
+	}
+	want[0].Default = false
+	want = append(want, tui.Image{Name: "debian@20261201-000000-bbbb", Description: "the default, pinned", Default: true})
+	if got := form(root); !equalImages(got, want) {
+		t.Fatalf("form images with a pinned default:\n got %+v\nwant %+v", got, want)
+	}
+}
+
+func equalImages(a, b []tui.Image) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
