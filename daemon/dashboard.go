@@ -126,8 +126,8 @@ func (d dashBackend) Resize(ctx context.Context, name string, req tui.ResizeRequ
 	return err
 }
 
-func (d dashBackend) SnapshotCreate(ctx context.Context, name, snap string) (tui.Snapshot, error) {
-	s, err := d.be.CreateSnapshot(ctx, name, service.SnapshotRequest{Name: snap}, nil)
+func (d dashBackend) SnapshotCreate(ctx context.Context, name string, req tui.SnapshotRequest) (tui.Snapshot, error) {
+	s, err := d.be.CreateSnapshot(ctx, name, service.SnapshotRequest{Name: req.Name, Memory: req.Memory}, nil)
 	return tuiSnap(s), err
 }
 

@@ -195,10 +195,14 @@ func opStatus(msg opDoneMsg) statusMsg {
 	if msg.err != nil {
 		return statusMsg{text: msg.verb + " " + msg.name + ": " + errorText(msg.err), err: true}
 	}
+	text := pastTense(msg.verb) + " " + msg.name
 	if msg.to != "" {
-		return statusMsg{text: pastTense(msg.verb) + " " + msg.name + " to " + msg.to}
+		text += " to " + msg.to
 	}
-	return statusMsg{text: pastTense(msg.verb) + " " + msg.name}
+	if msg.note != "" {
+		text += " (" + msg.note + ")"
+	}
+	return statusMsg{text: text}
 }
 
 func pastTense(verb string) string {
