@@ -155,10 +155,15 @@ func TestResize(t *testing.T) {
 		{50, 15, []string{"NAME", "STATUS", "IP", "UPTIME"}, []string{"MEMORY", "CPUS"}},
 		{45, 12, []string{"NAME", "STATUS"}, []string{"IP  "}},
 		{30, 8, []string{"Terminal too small (30x8)"}, []string{"NAME"}},
+		// A client that reports no size gets 80x24 (issue 12 item 6).
+		{0, 0, []string{"NAME", "STATUS", "IP", "CPUS", "MEMORY", "UPTIME"}, []string{"too small"}},
 	}
 	for _, tt := range tests {
 		d.send(tea.WindowSizeMsg{Width: tt.w, Height: tt.h})
 		v := d.view()
+		if tt.w == 0 && tt.h == 0 {
+			tt.w, tt.h = tui.DefaultWidth, tui.DefaultHeight
+		}
 		lines := strings.Split(v, "\n")
 		if len(lines) != tt.h {
 			t.Errorf("%dx%d: %d lines", tt.w, tt.h, len(lines))

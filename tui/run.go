@@ -158,6 +158,7 @@ type terminal struct {
 
 // resize routes a new size to the console if one runs, else to the program.
 func (t *terminal) resize(s WindowSize) {
+	s.Width, s.Height = sizeOr80x24(s.Width, s.Height)
 	t.mu.Lock()
 	t.size = s
 	ch := t.console
