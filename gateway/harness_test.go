@@ -198,6 +198,8 @@ type harness struct {
 	admin    testKey
 	stranger testKey // unregistered
 	users    *fakeUsers
+	// dashboard, when set before a session starts, replaces dashModel.
+	dashboard Dashboard
 	vms      *fakeVMs
 	cmds     *fakeCommands
 }
@@ -317,6 +319,9 @@ func newHarnessWith(t testing.TB, kind string, tweak func(*Config)) *harness {
 		tweak(&cfg)
 	}
 	dash := func(sess ssh.Session, u User, r *lipgloss.Renderer) tea.Model {
+		if h.dashboard != nil {
+			return h.dashboard(sess, u, r)
+		}
 		return dashModel{text: r.NewStyle().Bold(true).Render("dashboard for " + u.Name)}
 	}
 	h.srv, err = New(cfg, h.users, h.vms, h.cmds, dash)

@@ -38,7 +38,7 @@ func TestGolden(t *testing.T) {
 			}},
 		{name: "snapshots", w: 80, h: 20, keys: []string{"j", "j", "p"}, wait: "nightly"},
 		{name: "snapshot_form", w: 80, h: 20, keys: []string{"j", "j", "p", "n", "tab", "space"}, wait: "space toggles"},
-		{name: "confirm_restore", w: 80, h: 20, keys: []string{"j", "j", "p", "enter"}, wait: "resumes running"},
+		{name: "confirm_restore", w: 80, h: 20, keys: []string{"j", "j", "p", "wait:nightly", "enter"}, wait: "resumes running"},
 		{name: "resize_form", w: 80, h: 20, keys: []string{"j", "j", "z"}, wait: "Disk"},
 		{name: "help", w: 80, h: 24, keys: []string{"?"}, wait: "returns to the dashboard"},
 		{name: "small", w: 60, h: 15, keys: []string{"j"}, wait: "› db"},
@@ -65,6 +65,11 @@ func TestGolden(t *testing.T) {
 					teatest.WithDuration(5*time.Second))
 			}
 			for _, k := range tt.keys {
+				if s, ok := strings.CutPrefix(k, "wait:"); ok { // until the page has loaded
+					teatest.WaitFor(t, tm.Output(), func(b []byte) bool { return bytes.Contains(b, []byte(s)) },
+						teatest.WithDuration(5*time.Second))
+					continue
+				}
 				if s, ok := strings.CutPrefix(k, "type:"); ok {
 					tm.Type(s)
 					continue

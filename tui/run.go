@@ -56,19 +56,20 @@ func Run(ctx context.Context, opts Options, t Terminal) error {
 		return err
 	}
 	m := newModel(opts.withDefaults())
-	tt := &terminal{size: WindowSize{Width: m.c.width, Height: m.c.height}}
-	m.c.term = tt
+	var p *tea.Program
+	send := func(msg tea.Msg) { p.Send(msg) }
 
 	popts := []tea.ProgramOption{tea.WithOutput(t.Out), tea.WithAltScreen(), tea.WithContext(ctx)}
 	local := isTerminalFile(t.In)
 	if local {
+		m.c.term = &terminal{size: WindowSize{Width: m.c.width, Height: m.c.height}, send: send}
 		popts = append(popts, tea.WithInput(t.In))
 	} else {
-		tt.mux = newInputMux(t.In)
-		popts = append(popts, tea.WithInput(tt.mux.reader(modeProgram)), tea.WithoutSignalHandler())
+		in, _ := m.Attach(t.In, send)
+		popts = append(popts, tea.WithInput(in), tea.WithoutSignalHandler())
 	}
-	p := tea.NewProgram(m, popts...)
-	tt.prog = p
+	tt := m.c.term
+	p = tea.NewProgram(m, popts...)
 
 	done := make(chan struct{})
 	defer close(done)
@@ -140,6 +141,24 @@ func RunLocal(ctx context.Context, opts Options) error {
 	return Run(ctx, opts, Terminal{In: os.Stdin, Out: os.Stdout, Width: w, Height: h, Resize: sizes})
 }
 
+// Attach makes the dashboard own in, the input of a terminal that is not
+// a terminal file (an SSH channel), for a caller that runs the tea.Program
+// itself (the gateway): run the program on the returned reader
+// (tea.WithInput), pass the program's Send as send, and give every window
+// size to resize, which hands it to a running console or else to the
+// program. Call it once, before the program starts; Run does it itself.
+//
+// A console then takes the input over from the program (whose read loop
+// ends first) and gives it back on detach: without Attach, the program's
+// read loop, which nothing can interrupt on such an input, stays blocked
+// in a read when a console starts and swallows the first keys typed into
+// it, and window sizes wait until the console ends.
+func (m *Model) Attach(in io.Reader, send func(tea.Msg)) (programInput io.Reader, resize func(width, height int)) {
+	t := &terminal{size: WindowSize{Width: m.c.width, Height: m.c.height}, send: send, mux: newInputMux(in)}
+	m.c.term = t
+	return t.mux.reader(modeProgram), func(w, h int) { t.resize(WindowSize{Width: w, Height: h}) }
+}
+
 func isTerminalFile(r io.Reader) bool {
 	f, ok := r.(*os.File)
 	return ok && term.IsTerminal(f.Fd())
@@ -149,7 +168,7 @@ func isTerminalFile(r io.Reader) bool {
 // (nil for a terminal file) and the routing of window sizes.
 type terminal struct {
 	mux  *inputMux
-	prog *tea.Program
+	send func(tea.Msg) // the program's Send
 
 	mu      sync.Mutex
 	size    WindowSize
@@ -174,7 +193,7 @@ func (t *terminal) resize(s WindowSize) {
 		}
 		return
 	}
-	t.prog.Send(tea.WindowSizeMsg{Width: s.Width, Height: s.Height})
+	t.send(tea.WindowSizeMsg{Width: s.Width, Height: s.Height})
 }
 
 func (t *terminal) attachConsole(ch chan WindowSize) {
@@ -190,7 +209,7 @@ func (t *terminal) detachConsole() {
 	t.console = nil
 	s := t.size
 	t.mu.Unlock()
-	go t.prog.Send(tea.WindowSizeMsg{Width: s.Width, Height: s.Height})
+	go t.send(tea.WindowSizeMsg{Width: s.Width, Height: s.Height})
 }
 
 // Input modes of the mux.
