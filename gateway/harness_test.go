@@ -200,8 +200,8 @@ type harness struct {
 	users    *fakeUsers
 	// dashboard, when set before a session starts, replaces dashModel.
 	dashboard Dashboard
-	vms      *fakeVMs
-	cmds     *fakeCommands
+	vms       *fakeVMs
+	cmds      *fakeCommands
 }
 
 func newHarness(t testing.TB, tweak func(*Config)) *harness {
