@@ -29,7 +29,7 @@ type Terminal struct {
 }
 
 // Run runs the dashboard on t until the user quits, ctx is cancelled or
-// t.In ends. It is what the gateway calls for an SSH session with a PTY:
+// t.In ends. For an SSH session with a PTY:
 //
 //	pty, winCh, _ := s.Pty()
 //	tui.Run(s.Context(), tui.Options{Backend: b, Renderer: bubbletea.MakeRenderer(s), User: u},
