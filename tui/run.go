@@ -154,7 +154,7 @@ func RunLocal(ctx context.Context, opts Options) error {
 // in a read when a console starts and swallows the first keys typed into
 // it, and window sizes wait until the console ends.
 func (m *Model) Attach(in io.Reader, send func(tea.Msg)) (programInput io.Reader, resize func(width, height int)) {
-	t := &terminal{size: WindowSize{Width: m.c.width, Height: m.c.height}, send: send, mux: newInputMux(in)}
+	t := &terminal{size: WindowSize{Width: m.c.width, Height: m.c.height}, send: send, mux: newInputMux(in, m.c.ctx.Done())}
 	m.c.term = t
 	return t.mux.reader(modeProgram), func(w, h int) { t.resize(WindowSize{Width: w, Height: h}) }
 }
@@ -232,23 +232,29 @@ type inputMux struct {
 	pending []byte
 }
 
-func newInputMux(src io.Reader) *inputMux {
+// newInputMux starts reading src; the reading goroutine ends when src
+// does, or when done is closed while it holds input nobody takes.
+func newInputMux(src io.Reader, done <-chan struct{}) *inputMux {
 	m := &inputMux{
 		chunks:  make(chan []byte),
 		ended:   make(chan struct{}),
 		changed: make(chan struct{}),
 	}
-	go m.pump(src)
+	go m.pump(src, done)
 	return m
 }
 
-func (m *inputMux) pump(src io.Reader) {
+func (m *inputMux) pump(src io.Reader, done <-chan struct{}) {
 	defer close(m.ended)
 	for {
 		buf := make([]byte, 4096)
 		n, err := src.Read(buf)
 		if n > 0 {
-			m.chunks <- buf[:n]
+			select {
+			case m.chunks <- buf[:n]:
+			case <-done:
+				return
+			}
 		}
 		if err != nil {
 			return
