@@ -41,6 +41,15 @@ func TestSSHConsoleDebian(t *testing.T) {
 
 	term := d.dashboard(t, dir, root)
 	term.waitFor("running vm row", 30*time.Second, func(s string) bool { return hasRow(s, vmName, "running") })
+
+	// Item 8: the create form offers the images that exist, the default
+	// preselected (set here while the dashboard runs).
+	must(t, "image", "default", "debian")
+	t.Cleanup(func() { minions(t, "", "image", "default", "--reset") })
+	term.keys("n")
+	term.waitText(20*time.Second, "Create a VM", "[debian]  minimal")
+	term.keys("Escape")
+	term.waitFor("the list again", 20*time.Second, func(s string) bool { return hasRow(s, vmName, "running") })
 	term.keys("/")
 	term.typ(vmName)
 	term.keys("Enter", "Enter")
