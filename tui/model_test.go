@@ -77,6 +77,16 @@ func TestUpdate(t *testing.T) {
 		{name: "help closes", keys: []string{"?", "esc"}, want: []string{"NAME"}},
 		{name: "create", keys: []string{"n", "type:api", "enter", "ctrl+u", "type:2", "enter", "enter", "right", "enter"},
 			wantCalls: []string{"Create api"}, want: []string{"minions api", "created api", "ubuntu-24.04", "CPUs     2"}},
+		{name: "create form preselects the backend's default", setup: func(f *tuitest.Fake) {
+			f.SetImages([]tui.Image{{Name: "minimal"}, {Name: "debian", Default: true}})
+		}, keys: []string{"n"}, want: []string{"[debian]", "minimal"}, notWant: []string{"[minimal]"}},
+		{name: "create with the default image", setup: func(f *tuitest.Fake) {
+			f.SetImages([]tui.Image{{Name: "minimal"}, {Name: "debian", Default: true}})
+		}, keys: []string{"n", "type:api", "enter", "enter", "enter", "enter"},
+			wantCalls: []string{"Create api"}, want: []string{"created api", "debian"}},
+		{name: "create form when images cannot be listed", setup: func(f *tuitest.Fake) { f.Fail("Images", errs.New(errs.Unavailable, "old daemon")) },
+			keys: []string{"n", "type:api", "enter", "enter", "enter", "type:nixos", "enter"},
+			wantCalls: []string{"Create api"}, want: []string{"created api", "nixos"}},
 		{name: "create rejects bad name", keys: []string{"n", "type:Bad_Name", "enter", "enter", "enter", "enter"},
 			want: []string{"lowercase letters, digits and -"}},
 		{name: "create rejects bad memory", keys: []string{"n", "type:ok", "tab", "tab", "ctrl+u", "type:12", "enter", "enter"},
