@@ -85,7 +85,7 @@ func TestUpdate(t *testing.T) {
 		}, keys: []string{"n", "type:api", "enter", "enter", "enter", "enter"},
 			wantCalls: []string{"Create api"}, want: []string{"created api", "debian"}},
 		{name: "create form when images cannot be listed", setup: func(f *tuitest.Fake) { f.Fail("Images", errs.New(errs.Unavailable, "old daemon")) },
-			keys: []string{"n", "type:api", "enter", "enter", "enter", "type:nixos", "enter"},
+			keys:      []string{"n", "type:api", "enter", "enter", "enter", "type:nixos", "enter"},
 			wantCalls: []string{"Create api"}, want: []string{"created api", "nixos"}},
 		{name: "create rejects bad name", keys: []string{"n", "type:Bad_Name", "enter", "enter", "enter", "enter"},
 			want: []string{"lowercase letters, digits and -"}},
