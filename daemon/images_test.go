@@ -1,19 +1,24 @@
 package daemon
 
 import (
+	"bytes"
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/json"
 	"log/slog"
+	"net/http/httptest"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"regexp"
+	"strings"
 	"testing"
 	"time"
 
 	"golang.org/x/crypto/ssh"
 
+	"github.com/minionsdev/minions/api"
 	"github.com/minionsdev/minions/cli"
 	"github.com/minionsdev/minions/images"
 	"github.com/minionsdev/minions/service"
@@ -43,11 +48,11 @@ func putImage(t *testing.T, dir string, im images.Image) {
 	}
 }
 
-// TestDashboardImages is issue 12 item 8 for the dashboard's backend (the
-// same for `minions tui`, `--host` and `ssh host`): the create form gets
-// the images of the catalogue with the service's default preselected, not
-// a fixed "minimal".
-func TestDashboardImages(t *testing.T) {
+// imageService is a real service (SQLite) over a real catalogue holding
+// minimal@..aaaa, debian@..bbbb and debian@..cccc, with an admin and a
+// user.
+func imageService(t *testing.T) (svc *service.Service, root, bob service.Caller) {
+	t.Helper()
 	ctx := context.Background()
 	dir := t.TempDir()
 	cat := &images.Catalog{Dir: filepath.Join(dir, "images")}
@@ -59,22 +64,77 @@ func TestDashboardImages(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer db.Close()
+	t.Cleanup(func() { db.Close() })
 	_, priv, _ := ed25519.GenerateKey(rand.Reader)
 	key, _ := ssh.NewSignerFromKey(priv)
-	svc, err := service.New(service.Config{StateDir: dir, Log: slog.New(slog.DiscardHandler)},
+	svc, err = service.New(service.Config{StateDir: dir, Log: slog.New(slog.DiscardHandler)},
 		service.Deps{DB: db, Driver: fake.New(fake.Config{}), Network: nopNet{}, Images: imageAdapter{cat: cat}, Disks: diskAdapter{}, HostKey: key})
 	if err != nil {
 		t.Fatal(err)
 	}
-	root, err := svc.EnsureUser(ctx, "root", true)
+	if root, err = svc.EnsureUser(ctx, "root", true); err != nil {
+		t.Fatal(err)
+	}
+	if bob, err = svc.EnsureUser(ctx, "bob", false); err != nil {
+		t.Fatal(err)
+	}
+	return svc, root, bob
+}
+
+// TestImageCommandsRemote: `minions --host URL image ...` manages the
+// images of that daemon through its API, as the caller the token names.
+func TestImageCommandsRemote(t *testing.T) {
+	ctx := context.Background()
+	svc, root, _ := imageService(t)
+	const adminToken = "admin-token-for-image-commands"
+	ts := httptest.NewServer(api.NewHandler(api.Config{Service: svc, AdminTokens: []string{adminToken}}))
+	defer ts.Close()
+	tok, err := svc.CreateToken(ctx, root, "bob", "t", 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	bob, err := svc.EnsureUser(ctx, "bob", false)
-	if err != nil {
-		t.Fatal(err)
+	run := func(token string, args ...string) (string, string, int) {
+		t.Helper()
+		var out, errOut bytes.Buffer
+		env := &cli.Env{Stdin: strings.NewReader(""), Stdout: &out, Stderr: &errOut, Getenv: func(string) string { return "" },
+			Open: OpenLocal, Extra: Commands()}
+		code := cli.Run(ctx, env, append([]string{"--host", ts.URL, "--api-key", token}, args...))
+		return out.String(), errOut.String(), code
 	}
+	out, errOut, code := run(tok.Secret, "image", "list", "--json")
+	var ims []service.ImageInfo
+	if code != 0 || json.Unmarshal([]byte(out), &ims) != nil || len(ims) != 3 || !ims[2].Default || ims[2].Ref != "minimal@20261201-000000-aaaa" {
+		t.Fatalf("image list as bob: %d %s %s", code, out, errOut)
+	}
+	if _, errOut, code := run(tok.Secret, "image", "default", "debian"); code != 6 || !strings.Contains(errOut, "admin") {
+		t.Fatalf("image default as bob: %d %s", code, errOut)
+	}
+	out, errOut, code = run(adminToken, "image", "default", "debian", "--json")
+	var d service.ImageDefault
+	if code != 0 || json.Unmarshal([]byte(out), &d) != nil || d != (service.ImageDefault{Image: "debian", Source: "setting", ResolvesTo: "debian@20261202-000000-cccc"}) {
+		t.Fatalf("image default debian as admin: %d %s %s", code, out, errOut)
+	}
+	if out, _, code := run(tok.Secret, "image", "list"); code != 0 || !regexp.MustCompile(`debian@20261202-000000-cccc .*\*`).MatchString(out) {
+		t.Fatalf("image list after the default changed: %d\n%s", code, out)
+	}
+	if out, errOut, code := run(adminToken, "image", "rm", "debian@20261201-000000-bbbb"); code != 0 || out != "removed debian@20261201-000000-bbbb\n" {
+		t.Fatalf("image rm as admin: %d %s %s", code, out, errOut)
+	}
+	if _, errOut, code := run(adminToken, "image", "build", "--os", "fedora", "--rootfs-tarball", "/tmp/x.tar"); code != 2 || !strings.Contains(errOut, "not with --host") {
+		t.Fatalf("image build with a local file over --host: %d %s", code, errOut)
+	}
+	if _, _, code := run(adminToken, "image", "bake", "minimal"); code != 2 {
+		t.Fatalf("image bake over --host: %d", code)
+	}
+}
+
+// TestDashboardImages is issue 12 item 8 for the dashboard's backend (the
+// same for `minions tui`, `--host` and `ssh host`): the create form gets
+// the images of the catalogue with the service's default preselected, not
+// a fixed "minimal".
+func TestDashboardImages(t *testing.T) {
+	ctx := context.Background()
+	svc, root, bob := imageService(t)
 	form := func(c service.Caller) []tui.Image {
 		t.Helper()
 		ims, err := dashBackend{be: &cli.Local{Svc: svc, Caller: c}}.Images(ctx)
