@@ -221,6 +221,9 @@ func imageCmd() *cli.Command {
 				fs.String("nixos-config", "", "nixos: a NixOS module (configuration.nix) imported beside Minions' own: your packages, services, users")
 			},
 			Run: func(ctx context.Context, x *cli.Ctx) error {
+				if done, err := remoteImages(ctx, x, "build"); done {
+					return err
+				}
 				cat, err := catalog(x)
 				if err != nil {
 					return err
@@ -263,6 +266,9 @@ func imageCmd() *cli.Command {
 			}},
 		{Name: "rm", Usage: "IMAGE[@VERSION]", Summary: "Remove an image (all versions, or one); refuses while a VM uses it", MinArgs: 1, MaxArgs: 1,
 			Run: func(ctx context.Context, x *cli.Ctx) error {
+				if done, err := remoteImages(ctx, x, "rm"); done {
+					return err
+				}
 				cat, err := catalog(x)
 				if err != nil {
 					return err
@@ -292,6 +298,9 @@ func imageCmd() *cli.Command {
 			}},
 		{Name: "bake", Usage: "IMAGE[@VERSION]", Summary: "Put this minions-agent into a new version of an image (disks in use are untouched)", MinArgs: 1, MaxArgs: 1,
 			Run: func(ctx context.Context, x *cli.Ctx) error {
+				if done, err := remoteImages(ctx, x, "bake"); done {
+					return err
+				}
 				cat, err := catalog(x)
 				if err != nil {
 					return err
@@ -312,6 +321,9 @@ func imageCmd() *cli.Command {
 			},
 			Run: imageDefault},
 		{Name: "list", Summary: "List images", Run: func(ctx context.Context, x *cli.Ctx) error {
+			if done, err := remoteImages(ctx, x, "list"); done {
+				return err
+			}
 			cat, err := catalog(x)
 			if err != nil {
 				return err
@@ -443,6 +455,9 @@ func imagesInUse(ctx context.Context, x *cli.Ctx) (map[string]string, error) {
 // database, so a running daemon uses it for the next create. Setting needs
 // a built image; nothing changes otherwise.
 func imageDefault(ctx context.Context, x *cli.Ctx) error {
+	if done, err := remoteImages(ctx, x, "default"); done {
+		return err
+	}
 	cat, err := catalog(x)
 	if err != nil {
 		return err
