@@ -83,16 +83,6 @@ func newBanner(in bannerInput) banner {
 	return b
 }
 
-// dnsAdvice says which DNS records make https://<vm>.<domain> reach this
-// host.
-func dnsAdvice(domain, publicIP string) string {
-	target := "this host's public IP (pass --public-ip to see it here)"
-	if publicIP != "" {
-		target = publicIP
-	}
-	return fmt.Sprintf("A records %s and *.%s -> %s", domain, domain, target)
-}
-
 // publicHost is the host name users type: the public IP when given, else
 // the bind address when it is a specific one, else this host's name.
 func publicHost(publicIP, bind string) string {
