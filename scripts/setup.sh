@@ -34,7 +34,7 @@ else
 fi
 serve="minions serve$(printf ' %q' "$@")"
 if ((dry)); then
-  printf '+ %s\n' "bash scripts/deps.sh" "make build" "make install" "minions init --persist" \
+  printf '+ %s\n' "bash scripts/deps.sh" "make install" "minions init --persist" \
     "minions image build --os minimal    # unless built"
   [ "${MINIONS_SETUP_IMAGES:-debian}" = minimal ] ||
     printf '+ %s\n' "minions image build --os debian     # unless built; then the default image"
@@ -42,8 +42,7 @@ if ((dry)); then
   exit 0
 fi
 bash scripts/deps.sh
-make build
-make install
+make install # builds first
 minions init --persist
 if ! minions image list --json | grep -q '"os": "minimal"'; then
   minions image build --os minimal
