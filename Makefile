@@ -19,7 +19,7 @@ install: build ## install to $(PREFIX)/bin and $(PREFIX)/lib/minions
 	install -D -m 0755 bin/minions $(PREFIX)/bin/minions
 	install -D -m 0755 bin/minions-agent $(PREFIX)/lib/minions/minions-agent
 
-release: ## $(DIST)/minions-VERSION-linux-amd64.tar.gz: static binaries, systemd units, install.sh
+release: ## dist/minions-VERSION-linux-amd64.tar.gz: static binaries, systemd units, install.sh
 	rm -rf $(DIST)/$(RELEASE) $(DIST)/$(RELEASE).tar.gz
 	mkdir -p $(DIST)/$(RELEASE)
 	CGO_ENABLED=0 GOOS=linux GOARCH=amd64 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(DIST)/$(RELEASE)/minions-agent ./guestagent/cmd/minions-agent

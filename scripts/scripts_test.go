@@ -2,6 +2,7 @@ package scripts
 
 import (
 	"bufio"
+	"debug/elf"
 	"encoding/json"
 	"os"
 	"os/exec"
@@ -217,6 +218,18 @@ func TestReleaseInstall(t *testing.T) {
 		if _, err := os.Stat(filepath.Join(rel, f)); err != nil {
 			t.Errorf("tarball lacks %s", f)
 		}
+	}
+	for _, bin := range []string{"minions", "minions-agent"} {
+		f, err := elf.Open(filepath.Join(rel, bin))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, p := range f.Progs {
+			if p.Type == elf.PT_INTERP {
+				t.Errorf("%s is dynamically linked", bin)
+			}
+		}
+		f.Close()
 	}
 	prefix := filepath.Join(tmp, "prefix")
 	units := filepath.Join(tmp, "units")
