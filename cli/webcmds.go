@@ -182,9 +182,12 @@ func printDomain(w io.Writer, d service.Domain) {
 		fmt.Fprintf(w, "%s serves %s (verified); its certificate is requested on the first visit\n", d.Name, d.VM)
 		return
 	}
-	fmt.Fprintf(w, "%s is attached to %s but not verified yet. Publish one of these DNS records:\n", d.Name, d.VM)
+	fmt.Fprintf(w, "%s is claimed for %s but not verified yet (the claim lapses %s). Publish one of these DNS records:\n",
+		d.Name, d.VM, d.ExpiresAt.Local().Format("2006-01-02 15:04 MST"))
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintf(tw, "  %s.\tCNAME\t%s.\n", d.Name, d.CNAMETarget)
+	if d.CNAMETarget != "" {
+		fmt.Fprintf(tw, "  %s.\tCNAME\t%s.\n", d.Name, d.CNAMETarget)
+	}
 	fmt.Fprintf(tw, "  %s.\tTXT\t%q\n", d.TXTName, d.TXTValue)
 	tw.Flush()
 	fmt.Fprintf(w, "then run: minions domain verify %s %s\n", d.VM, d.Name)

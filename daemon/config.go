@@ -47,6 +47,10 @@ type Config struct {
 	// admins; AdminTokens are API token secrets that are admins.
 	AdminKeys   []string `toml:"admin_keys"`
 	AdminTokens []string `toml:"admin_tokens"`
+
+	// ProxyMaxConns bounds the proxy's concurrent client connections from
+	// all addresses together (default 4096; negative turns it off).
+	ProxyMaxConns int `toml:"proxy_max_conns"`
 }
 
 // Defaults fills unset fields.

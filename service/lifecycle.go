@@ -153,6 +153,10 @@ func (s *Service) Restart(ctx context.Context, c Caller, name string, progress P
 // and row.
 func (s *Service) Destroy(ctx context.Context, c Caller, name string) error {
 	return s.withVM(ctx, c, name, vm.OpDestroy, func(v store.VM) error {
+		// Links and proxy sessions end first, while the VM is torn down.
+		if err := store.BumpWebGen(ctx, s.DB, v.ID); err != nil {
+			return err
+		}
 		s.purge(ctx, v.ID)
 		s.log.Info("vm destroyed", "vm_id", v.ID, "vm", v.Name)
 		return nil

@@ -84,7 +84,15 @@ func (s *Service) Rename(ctx context.Context, c Caller, name, newName string) (V
 	var out VM
 	err := s.withVM(ctx, c, name, vm.OpRename, func(v store.VM) error {
 		v.Name = newName
-		if err := store.UpdateVM(ctx, s.DB, v); err != nil {
+		// The old name may go to another VM: links and proxy sessions for
+		// this one end with the rename.
+		err := s.DB.Tx(ctx, func(q store.Q) error {
+			if err := store.UpdateVM(ctx, q, v); err != nil {
+				return err
+			}
+			return store.BumpWebGen(ctx, q, v.ID)
+		})
+		if err != nil {
 			return err
 		}
 		out = view(v)

@@ -31,8 +31,8 @@ func TestMigrateTwice(t *testing.T) {
 		}
 		var v int
 		db.QueryRow("PRAGMA user_version").Scan(&v)
-		if v != 1 {
-			t.Fatalf("user_version = %d, want 1", v)
+		if want := newestMigration(t); v != want {
+			t.Fatalf("user_version = %d, want %d", v, want)
 		}
 		db.Close()
 	}
