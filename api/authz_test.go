@@ -32,7 +32,7 @@ func (fx *fixture) seed() (ids map[string]string) {
 	if _, err := fx.svc.CreateSnapshot(ctx, alice, "web", service.SnapshotRequest{Name: "s1"}, nil); err != nil {
 		fx.t.Fatal(err)
 	}
-	k, err := fx.svc.AddSSHKey(ctx, alice, authorizedKey(fx.t))
+	k, err := fx.svc.AddSSHKey(ctx, alice, proveKey(fx.t, callerBackend{fx.svc, alice}, newSigner(fx.t), ""))
 	if err != nil {
 		fx.t.Fatal(err)
 	}
@@ -40,7 +40,7 @@ func (fx *fixture) seed() (ids map[string]string) {
 	if err != nil {
 		fx.t.Fatal(err)
 	}
-	if _, err := fx.svc.AddUser(ctx, fx.callers["admin"], "carol", false, ""); err != nil {
+	if _, err := fx.svc.AddUser(ctx, fx.callers["admin"], "carol", false, service.KeyProof{}); err != nil {
 		fx.t.Fatal(err)
 	}
 	return map[string]string{"key": k.Fingerprint, "token": tok.ID}
@@ -105,6 +105,7 @@ func TestAuthorization(t *testing.T) {
 		conflict = http.StatusConflict
 	)
 	type want struct{ admin, owner, other, anon int }
+	var shared *fixture
 	routes := []struct {
 		method, path string
 		body         func(role string, ids map[string]string) any
@@ -138,8 +139,15 @@ func TestAuthorization(t *testing.T) {
 		{method: "POST", path: "/v1/vms/web/copy", body: func(role string, _ map[string]string) any { return service.CopyRequest{Name: "copy-" + role} },
 			want: want{ok, ok, nf, anon}},
 		{method: "GET", path: "/v1/ssh-keys", want: want{ok, ok, ok, anon}},
-		{method: "POST", path: "/v1/ssh-keys", body: func(string, map[string]string) any { return api.SSHKeyRequest{PublicKey: authorizedKey(t)} },
-			want: want{ok, ok, ok, anon}},
+		// Each caller proves a key of their own (the challenge is the
+		// caller's, on the shared fixture's service).
+		{method: "POST", path: "/v1/ssh-keys", body: func(role string, _ map[string]string) any {
+			if role == "anon" {
+				return api.SSHKeyRequest{PublicKey: authorizedKey(t)}
+			}
+			return proveKey(t, callerBackend{shared.svc, shared.callers[role]}, newSigner(t), "")
+		}, want: want{ok, ok, ok, anon}},
+		{method: "POST", path: "/v1/ssh-keys/challenge", want: want{ok, ok, ok, anon}},
 		// Keys are the caller's own: an admin removes their own keys only.
 		{method: "DELETE", path: "/v1/ssh-keys/{key}", want: want{nf, none, nf, anon}, fresh: true},
 		{method: "GET", path: "/v1/users", want: want{ok, deny, deny, anon}},
@@ -165,7 +173,7 @@ func TestAuthorization(t *testing.T) {
 		{method: "POST", path: "/v1/vms/web/domains/{domain}/verify", want: want{conflict, conflict, nf, anon}},
 		{method: "DELETE", path: "/v1/vms/web/domains/{domain}", want: want{nf, nf, nf, anon}},
 	}
-	shared := newFixture(t)
+	shared = newFixture(t)
 	sharedIDs := shared.seed()
 	covered := map[string]bool{}
 	for _, rt := range routes {

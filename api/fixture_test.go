@@ -56,6 +56,37 @@ func authorizedKey(t testing.TB) string {
 	return strings.TrimSpace(string(ssh.MarshalAuthorizedKey(newSigner(t).PublicKey())))
 }
 
+// proveKey signs a fresh challenge of be (a service bound to a caller, or
+// a client) with signer; comment is appended to the key line.
+func proveKey(t testing.TB, be interface {
+	SSHKeyChallenge(context.Context) (service.KeyChallenge, error)
+}, signer ssh.Signer, comment string) service.KeyProof {
+	t.Helper()
+	ch, err := be.SSHKeyChallenge(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	line := strings.TrimSpace(string(ssh.MarshalAuthorizedKey(signer.PublicKey())))
+	if comment != "" {
+		line += " " + comment
+	}
+	p, err := service.SignKeyProof(ch, signer, line)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// callerBackend binds a service to a caller for proveKey.
+type callerBackend struct {
+	svc *service.Service
+	c   service.Caller
+}
+
+func (b callerBackend) SSHKeyChallenge(ctx context.Context) (service.KeyChallenge, error) {
+	return b.svc.SSHKeyChallenge(ctx, b.c)
+}
+
 // agentDriver is the fake hypervisor with a real guest agent: every VM it
 // starts gets an in-process guestagent server on a hybrid-vsock socket, so
 // create, exec, status, snapshots and copies run their real agent paths.
@@ -274,7 +305,7 @@ func newFixture(t testing.TB) *fixture {
 	}
 	fx.callers["admin"] = rootC
 	for _, u := range []struct{ role, name string }{{"owner", "alice"}, {"other", "bob"}} {
-		if _, err := svc.AddUser(ctx, rootC, u.name, false, ""); err != nil {
+		if _, err := svc.AddUser(ctx, rootC, u.name, false, service.KeyProof{}); err != nil {
 			t.Fatal(err)
 		}
 		tok, err := svc.CreateToken(ctx, rootC, u.name, "test", 0)

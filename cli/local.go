@@ -7,7 +7,10 @@ import (
 	"path/filepath"
 	"time"
 
+	"golang.org/x/crypto/ssh"
+
 	"github.com/minionsdev/minions/guestagent/proto"
+	"github.com/minionsdev/minions/internal/errs"
 	"github.com/minionsdev/minions/service"
 	"github.com/minionsdev/minions/vsockcli"
 )
@@ -18,6 +21,10 @@ type Local struct {
 	Caller service.Caller
 	// OnClose runs on Close (closing the database the CLI opened).
 	OnClose func() error
+	// SessionKey is the key the caller's SSH session authenticated with
+	// (set only by the SSH gateway): `ssh-key add` without an argument
+	// registers it, the session being the proof of possession.
+	SessionKey ssh.PublicKey
 }
 
 var _ Backend = (*Local)(nil)
@@ -134,8 +141,20 @@ func (l *Local) Copy(ctx context.Context, name string, req service.CopyRequest, 
 	return l.Svc.Copy(ctx, l.Caller, name, req, p)
 }
 
-func (l *Local) AddSSHKey(ctx context.Context, line string) (service.SSHKey, error) {
-	return l.Svc.AddSSHKey(ctx, l.Caller, line)
+func (l *Local) SSHKeyChallenge(ctx context.Context) (service.KeyChallenge, error) {
+	return l.Svc.SSHKeyChallenge(ctx, l.Caller)
+}
+func (l *Local) AddSSHKey(ctx context.Context, p service.KeyProof) (service.SSHKey, error) {
+	return l.Svc.AddSSHKey(ctx, l.Caller, p)
+}
+
+// AddSessionKey registers SessionKey, the key the SSH session behind this
+// backend authenticated with (errs.FailedPrecondition without one).
+func (l *Local) AddSessionKey(ctx context.Context) (service.SSHKey, error) {
+	if l.SessionKey == nil {
+		return service.SSHKey{}, errs.New(errs.FailedPrecondition, "this session did not log in with an ssh key")
+	}
+	return l.Svc.AddSessionKey(ctx, l.Caller, l.SessionKey)
 }
 func (l *Local) ListSSHKeys(ctx context.Context) ([]service.SSHKey, error) {
 	return l.Svc.ListSSHKeys(ctx, l.Caller)

@@ -70,11 +70,13 @@ func OpenLocal(ctx context.Context, g *cli.Global) (cli.Backend, error) {
 	if err != nil {
 		return nil, err
 	}
-	subnet, err := netip.ParsePrefix(cfg.Subnet)
-	if err != nil {
+	if _, err := netip.ParsePrefix(cfg.Subnet); err != nil {
 		return nil, errs.New(errs.InvalidArgument, "config subnet %q: %v", cfg.Subnet, err)
 	}
-	e, err := Open(ctx, Options{Paths: paths, Subnet: subnet, Hypervisor: cfg.Hypervisor, DefaultImage: cfg.DefaultImage, Log: cliLogger()})
+	if _, _, err := cfg.egress(); err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	e, err := Open(ctx, openOptions(cfg, paths, cliLogger()))
 	if err != nil {
 		return nil, err
 	}
@@ -99,16 +101,21 @@ func cliLogger() *slog.Logger {
 }
 
 func initCmd() *cli.Command {
-	return &cli.Command{Name: "init", HostOnly: true, Usage: "[--persist]", Summary: "Set up the host: directories, keys, bridge and nftables (idempotent)",
+	return &cli.Command{Name: "init", HostOnly: true, Usage: "[--config FILE] [--persist]", Summary: "Set up the host: directories, keys, bridge and nftables (idempotent)",
 		Flags: func(fs *flag.FlagSet) {
+			fs.String("config", DefaultConfigFile, "config file (TOML): its subnet, dns and egress_allow shape the network")
 			fs.Bool("persist", false, "also install a systemd unit that redoes this at boot")
 		},
 		Run: func(ctx context.Context, x *cli.Ctx) error {
-			paths, err := ResolvePaths(x.G.StateDir, x.G.RunDir)
+			cfg, err := effectiveConfig(x)
 			if err != nil {
 				return err
 			}
-			e, err := Open(ctx, Options{Paths: paths, Log: cliLogger()})
+			paths, err := ResolvePaths(cfg.StateDir, cfg.RunDir)
+			if err != nil {
+				return err
+			}
+			e, err := Open(ctx, openOptions(cfg, paths, cliLogger()))
 			if err != nil {
 				return err
 			}
@@ -118,6 +125,14 @@ func initCmd() *cli.Command {
 			}
 			res := map[string]any{"state_dir": paths.State, "run_dir": paths.Run, "bridge": e.Network.Config().Bridge,
 				"subnet": e.Network.Config().Subnet.String(), "gateway": e.Network.Config().Gateway().String()}
+			var allow []string
+			for _, r := range e.Network.Config().EgressAllow {
+				allow = append(allow, r.String())
+			}
+			res["egress_allow"] = allow
+			if dns := e.Network.Config().DNS; dns.IsValid() {
+				res["dns"] = dns.String()
+			}
 			if x.FS.Lookup("persist").Value.String() == "true" {
 				unit, err := persist(paths)
 				if err != nil {
@@ -127,6 +142,14 @@ func initCmd() *cli.Command {
 			}
 			return x.Print(res, func(w io.Writer) {
 				fmt.Fprintf(w, "state   %s\nruntime %s\nbridge  %s (%s, gateway %s)\n", paths.State, paths.Run, res["bridge"], res["subnet"], res["gateway"])
+				if d, ok := res["dns"]; ok {
+					fmt.Fprintf(w, "dns     %s\n", d)
+				}
+				if len(allow) > 0 {
+					fmt.Fprintf(w, "egress  private destinations closed except %s\n", strings.Join(allow, ", "))
+				} else {
+					fmt.Fprintf(w, "egress  private destinations closed\n")
+				}
 				if u, ok := res["unit"]; ok {
 					fmt.Fprintf(w, "unit    %s (enabled at boot)\n", u)
 				}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/BurntSushi/toml"
 	"github.com/minionsdev/minions/internal/errs"
+	"github.com/minionsdev/minions/vm/network"
 )
 
 // DefaultConfigFile is read by `serve` and `config show` when present.
@@ -47,6 +48,15 @@ type Config struct {
 	// admins; AdminTokens are API token secrets that are admins.
 	AdminKeys   []string `toml:"admin_keys"`
 	AdminTokens []string `toml:"admin_tokens"`
+	// DNS is the nameserver (IPv4) handed to guests; VMs may reach it on
+	// port 53 even when it is a private address or the gateway.
+	DNS string `toml:"dns"`
+	// EgressAllow opens destinations VMs may not reach by default
+	// (network.DeniedEgress: link-local and cloud metadata, RFC 1918,
+	// CGNAT, loopback, multicast, reserved), one "PREFIX[ tcp|udp[/PORT]]"
+	// each, e.g. "172.31.9.9" or "10.1.0.0/16 tcp/5432". The host's own
+	// addresses stay closed to VMs whatever this says.
+	EgressAllow []string `toml:"egress_allow"`
 
 	// ProxyMaxConns bounds the proxy's concurrent client connections from
 	// all addresses together (default 4096; negative turns it off).
@@ -107,12 +117,32 @@ func (c *Config) Validate() error {
 			return errs.New(errs.InvalidArgument, "dns_resolver %q: want host:port", c.DNSResolver)
 		}
 	}
+	if _, _, err := c.egress(); err != nil {
+		return err
+	}
 	for _, t := range c.AdminTokens {
 		if len(t) < 16 {
 			return errs.New(errs.InvalidArgument, "admin tokens must be at least 16 characters")
 		}
 	}
 	return nil
+}
+
+// egress parses DNS and EgressAllow. Errors are errs.InvalidArgument.
+func (c *Config) egress() (dns netip.Addr, allow []network.EgressRule, err error) {
+	if c.DNS != "" {
+		if dns, err = netip.ParseAddr(c.DNS); err != nil || !dns.Is4() {
+			return dns, nil, errs.New(errs.InvalidArgument, "dns %q: want an IPv4 address", c.DNS)
+		}
+	}
+	for _, s := range c.EgressAllow {
+		r, err := network.ParseEgressRule(s)
+		if err != nil {
+			return dns, nil, fmt.Errorf("egress_allow: %w", err)
+		}
+		allow = append(allow, r)
+	}
+	return dns, allow, nil
 }
 
 // LoadConfig reads a TOML config file strictly: unknown keys are errors. A

@@ -131,7 +131,15 @@ func doctor(ctx context.Context, paths Paths) []check {
 		add("default image", true, "%s (%s), now %s", ref, source, im.Ref())
 	}
 	if os.Geteuid() == 0 {
-		m, err := network.New(network.DefaultConfig(), nil)
+		// The network the config file asks for (as init and serve set it up).
+		ncfg := network.DefaultConfig()
+		if fc, err := LoadConfig(DefaultConfigFile, false); err == nil {
+			if fc.Defaults(); fc.Validate() == nil {
+				o := openOptions(fc, paths, nil)
+				ncfg.Subnet, ncfg.DNS, ncfg.EgressAllow = o.Subnet, o.DNS, o.EgressAllow
+			}
+		}
+		m, err := network.New(ncfg, nil)
 		if err == nil {
 			rep, err := m.Check(ctx)
 			if err != nil {

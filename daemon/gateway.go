@@ -103,7 +103,9 @@ func (f *frontend) Run(ctx context.Context, u gateway.User, args []string, stdin
 			Open: func(context.Context, *cli.Global) (cli.Backend, error) { return nil, err }}, args)
 	}
 	env := &cli.Env{Stdin: stdin, Stdout: stdout, Stderr: stderr, Remote: true, Interactive: interactive,
-		Open:  func(context.Context, *cli.Global) (cli.Backend, error) { return &cli.Local{Svc: f.svc, Caller: c}, nil },
+		Open: func(context.Context, *cli.Global) (cli.Backend, error) {
+			return &cli.Local{Svc: f.svc, Caller: c, SessionKey: u.Key}, nil
+		},
 		Extra: remoteCommands()}
 	return cli.Run(ctx, env, args)
 }

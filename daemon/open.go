@@ -67,6 +67,10 @@ type Options struct {
 	Bridge       string       // default network.DefaultBridge
 	Hypervisor   string       // "auto" (default), "qemu", "cloud-hypervisor"
 	DefaultImage string       // image create uses without one (default "minimal")
+	// DNS is the nameserver handed to guests (zero: none); EgressAllow
+	// opens private destinations to VMs (see network.Config).
+	DNS         netip.Addr
+	EgressAllow []network.EgressRule
 	// OnOperation receives each durable operation's duration (metrics).
 	OnOperation func(kind string, d time.Duration, err error)
 	Log         *slog.Logger
@@ -84,6 +88,13 @@ type Env struct {
 
 // Close releases the database.
 func (e *Env) Close() error { return e.DB.Close() }
+
+// openOptions are the Options cfg (validated) asks for.
+func openOptions(cfg Config, paths Paths, log *slog.Logger) Options {
+	subnet, _ := netip.ParsePrefix(cfg.Subnet)
+	dns, allow, _ := cfg.egress()
+	return Options{Paths: paths, Subnet: subnet, Hypervisor: cfg.Hypervisor, DefaultImage: cfg.DefaultImage, DNS: dns, EgressAllow: allow, Log: log}
+}
 
 // Open builds the service for an installation. It needs root (TAPs,
 // nftables, /dev/kvm); it does not change host networking (that is Init).
@@ -129,13 +140,18 @@ func Open(ctx context.Context, o Options) (*Env, error) {
 	if o.Bridge != "" {
 		ncfg.Bridge = o.Bridge
 	}
+	ncfg.DNS, ncfg.EgressAllow = o.DNS, o.EgressAllow
+	var dns string
+	if o.DNS.IsValid() {
+		dns = o.DNS.String()
+	}
 	if e.Network, err = network.New(ncfg, o.Log); err != nil {
 		return nil, err
 	}
 	if e.Driver, err = newDriver(ctx, o); err != nil {
 		return nil, err
 	}
-	e.Service, err = service.New(service.Config{StateDir: o.Paths.State, RunDir: o.Paths.Run, Subnet: o.Subnet, DefaultImage: o.DefaultImage, OnOperation: o.OnOperation, Log: o.Log}, service.Deps{
+	e.Service, err = service.New(service.Config{StateDir: o.Paths.State, RunDir: o.Paths.Run, Subnet: o.Subnet, DNS: dns, DefaultImage: o.DefaultImage, OnOperation: o.OnOperation, Log: o.Log}, service.Deps{
 		DB: db, Driver: e.Driver, Network: netAdapter{e.Network}, Images: imageAdapter{cat: e.Images}, Disks: diskAdapter{}, HostKey: key,
 	})
 	if err != nil {

@@ -9,10 +9,10 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
-	"net/netip"
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -41,6 +41,8 @@ func serveCmd() *cli.Command {
 			fs.String("hypervisor", "", "auto, qemu, qemu-kvm, qemu-tcg or cloud-hypervisor")
 			fs.String("policy", "", "SSH sign-up policy: open, invite or closed")
 			fs.String("invite-code", "", "invite code for policy invite")
+			fs.String("dns", "", "nameserver (IPv4) handed to vms; they may reach it on port 53")
+			fs.String("egress-allow", "", `private destinations vms may reach, comma-separated "PREFIX[ tcp|udp[/PORT]]" (replaces the file's list)`)
 			fs.String("log-format", "", "auto (text on a terminal, JSON otherwise; JSON with --json), text or json")
 		},
 		Run: func(ctx context.Context, x *cli.Ctx) error {
@@ -121,6 +123,15 @@ func effectiveConfig(x *cli.Ctx) (Config, error) {
 			cfg.Policy = v
 		case "invite-code":
 			cfg.InviteCode = v
+		case "dns":
+			cfg.DNS = v
+		case "egress-allow":
+			cfg.EgressAllow = nil
+			for _, r := range strings.Split(v, ",") {
+				if r = strings.TrimSpace(r); r != "" {
+					cfg.EgressAllow = append(cfg.EgressAllow, r)
+				}
+			}
 		case "log-format":
 			cfg.LogFormat = v
 		}
@@ -145,9 +156,10 @@ func Serve(ctx context.Context, cfg Config, logOut io.Writer) error {
 	if err != nil {
 		return err
 	}
-	subnet, _ := netip.ParsePrefix(cfg.Subnet)
 	ops := &opLatencies{}
-	e, err := Open(ctx, Options{Paths: paths, Subnet: subnet, Hypervisor: cfg.Hypervisor, DefaultImage: cfg.DefaultImage, OnOperation: ops.observe, Log: log})
+	o := openOptions(cfg, paths, log)
+	o.OnOperation = ops.observe
+	e, err := Open(ctx, o)
 	if err != nil {
 		return err
 	}

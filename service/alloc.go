@@ -40,7 +40,7 @@ func (s *Service) allocate(ctx context.Context, q store.Q, id string) (netip.Add
 // checkQuota fails with errs.ResourceExhausted when adding a VM of the given
 // size would take the user over a quota. It runs in the create transaction.
 func (s *Service) checkQuota(ctx context.Context, q store.Q, userID string, cpus, memMiB, diskGiB int) error {
-	u, err := store.GetUser(ctx, q, userID)
+	u, err := store.GetUserByID(ctx, q, userID)
 	if err != nil {
 		return err
 	}

@@ -300,7 +300,7 @@ func (s *Service) ownerKeys(ctx context.Context, userID string) []string {
 // snapshots and its row. It is idempotent and touches nothing that does not
 // hang off id.
 func (s *Service) purge(ctx context.Context, id string) {
-	if v, err := store.GetVM(ctx, s.DB, id); err == nil && v.ID == id {
+	if v, err := store.GetVMByID(ctx, s.DB, id); err == nil {
 		if h, _ := decodeHandle(v.Handle); h != nil {
 			s.Driver.Kill(ctx, h)
 		}

@@ -53,8 +53,8 @@ func (s *Service) withVM(ctx context.Context, c Caller, name, opName string, fn 
 		return err
 	}
 	defer unlock()
-	v, err = store.GetVM(ctx, s.DB, v.ID)
-	if err != nil {
+	v, err = s.reloadVM(ctx, v)
+	if err != nil || !c.canSee(v) {
 		return errs.New(errs.NotFound, "no vm named %q", name)
 	}
 	s.reconcileVM(ctx, &v)

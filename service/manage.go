@@ -161,7 +161,7 @@ func (s *Service) copySteps(ctx context.Context, c Caller, o *op, src, row store
 		if err != nil {
 			return row, err
 		}
-		cur, err := store.GetVM(ctx, s.DB, src.ID)
+		cur, err := s.reloadVM(ctx, src)
 		if err == nil {
 			s.reconcileVM(ctx, &cur)
 			err = vm.Allowed(cur.Name, cur.State, vm.OpCopy)
@@ -218,7 +218,7 @@ func machineID(id string) string {
 func (s *Service) freeName(ctx context.Context, base string) string {
 	name := base
 	for i := 2; i < 1000; i++ {
-		if _, err := store.GetVM(ctx, s.DB, name); err != nil {
+		if _, err := store.GetVMByName(ctx, s.DB, name); err != nil {
 			return name
 		}
 		name = fmt.Sprintf("%s-%d", base, i)

@@ -11,6 +11,7 @@ import (
 
 	"github.com/minionsdev/minions/internal/errs"
 	"github.com/minionsdev/minions/store"
+	"github.com/minionsdev/minions/vm"
 	"github.com/minionsdev/minions/vm/hypervisor"
 	"github.com/minionsdev/minions/vm/network"
 	"golang.org/x/crypto/ssh"
@@ -141,6 +142,8 @@ type Service struct {
 	Deps
 	log *slog.Logger
 	web webHolder // see SetWeb
+
+	challenges challenges // outstanding key proofs, see SSHKeyChallenge
 }
 
 // New returns a Service.
@@ -179,16 +182,39 @@ func (c Caller) String() string { return c.Name }
 // as not found, never as forbidden, so names do not leak.
 func (c Caller) canSee(v store.VM) bool { return c.Admin || (c.UserID != "" && v.OwnerID == c.UserID) }
 
-// getVM loads a VM the caller may act on.
+// getVM loads a VM the caller may act on, by ID or by name. The two
+// lookups are separate: a string of the form of an ID (vm.IsID) is first
+// looked up as an ID among the VMs the caller may see, and only then as a
+// name, so a VM named after another VM's ID (possible only for rows older
+// than vm.ValidName's rule) never stands in for that VM.
 func (s *Service) getVM(ctx context.Context, c Caller, name string) (store.VM, error) {
 	if name == "" {
 		return store.VM{}, errs.New(errs.InvalidArgument, "vm name is required")
 	}
-	v, err := store.GetVM(ctx, s.DB, name)
+	if vm.IsID(name) {
+		if v, err := store.GetVMByID(ctx, s.DB, name); err == nil && c.canSee(v) {
+			return v, nil
+		}
+	}
+	v, err := store.GetVMByName(ctx, s.DB, name)
 	if err != nil || !c.canSee(v) {
 		return store.VM{}, errs.New(errs.NotFound, "no vm named %q", name)
 	}
 	return v, nil
+}
+
+// reloadVM reads v again by its ID (after taking its lock, say) and checks
+// that it still belongs to the owner it had: errs.NotFound if it is gone or
+// is no longer the same owner's VM.
+func (s *Service) reloadVM(ctx context.Context, v store.VM) (store.VM, error) {
+	cur, err := store.GetVMByID(ctx, s.DB, v.ID)
+	if err != nil {
+		return store.VM{}, err
+	}
+	if cur.OwnerID != v.OwnerID {
+		return store.VM{}, errs.New(errs.NotFound, "vm %s changed owner", v.ID)
+	}
+	return cur, nil
 }
 
 // VM is the public view of a VM.
