@@ -22,7 +22,6 @@ import (
 	"github.com/minionsdev/minions/internal/errs"
 	"github.com/minionsdev/minions/service"
 	"github.com/minionsdev/minions/store"
-	"github.com/minionsdev/minions/vm/network"
 	"github.com/minionsdev/minions/vsockcli"
 )
 
@@ -38,6 +37,7 @@ func Commands() []*cli.Command {
 		serveCmd(),
 		configCmd(),
 		doctorCmd(),
+		unitsCmd(),
 	}
 }
 
@@ -166,29 +166,7 @@ func persist(paths Paths) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	args := ""
-	if paths.State != DefaultStateDir {
-		args = " --state-dir " + paths.State + " --run-dir " + paths.Run
-	}
-	units := map[string]string{
-		"minions-init.service": network.PersistUnit(exe + args),
-		"minions.service": `[Unit]
-Description=Minions daemon: API, SSH front door, HTTPS proxy
-Documentation=https://github.com/minionsdev/minions
-After=network-online.target minions-init.service
-Wants=network-online.target minions-init.service
-
-[Service]
-ExecStart=` + exe + args + ` serve
-Restart=on-failure
-RestartSec=2
-# VMs run in their own sessions and outlive the daemon: never kill them.
-KillMode=process
-
-[Install]
-WantedBy=multi-user.target
-`,
-	}
+	units := Units(exe, paths)
 	wants := "/etc/systemd/system/multi-user.target.wants"
 	if err := os.MkdirAll(wants, 0o755); err != nil {
 		return "", err

@@ -24,6 +24,7 @@ type Config struct {
 	RunDir       string `toml:"run_dir"`       // default /run/minions (or <state_dir>/run)
 	DefaultImage string `toml:"default_image"` // image create uses without --os (default minimal)
 	Hypervisor   string `toml:"hypervisor"`    // auto | qemu | qemu-kvm | qemu-tcg | cloud-hypervisor
+	LogFormat    string `toml:"log_format"`    // auto (text on a terminal, else JSON) | text | json
 	Subnet       string `toml:"subnet"`        // VM network, default 10.210.0.0/16
 	Bind         string `toml:"bind"`          // HTTP API on TCP, default 127.0.0.1:3000 ("" off)
 	AdminBind    string `toml:"admin_bind"`    // metrics, default 127.0.0.1:9090 ("" off)
@@ -105,6 +106,14 @@ func (c *Config) Validate() error {
 	}
 	if c.ProxyBind != "" && c.Domain == "" {
 		return errs.New(errs.InvalidArgument, "proxy_bind needs a domain (without one, use http_bind for http://<vm>.localhost)")
+	}
+	if c.PublicIP != "" {
+		if _, err := netip.ParseAddr(c.PublicIP); err != nil {
+			return errs.New(errs.InvalidArgument, "public_ip %q: want an IP address", c.PublicIP)
+		}
+	}
+	if _, err := logFormat(c.LogFormat, nil); err != nil {
+		return err
 	}
 	if c.ProxyBurst < 0 {
 		return errs.New(errs.InvalidArgument, "proxy_burst must not be negative")

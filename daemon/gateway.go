@@ -23,10 +23,11 @@ import (
 	"golang.org/x/sync/errgroup"
 )
 
-// startGateway runs the SSH front door (dashboard, commands, `ssh vm@host`).
-func startGateway(ctx context.Context, g *errgroup.Group, cfg Config, e *Env, log *slog.Logger, paths Paths) error {
+// startGateway runs the SSH front door (dashboard, commands, `ssh vm@host`)
+// and returns its bound address ("" when cfg.SSHBind is off).
+func startGateway(ctx context.Context, g *errgroup.Group, cfg Config, e *Env, log *slog.Logger, paths Paths) (string, error) {
 	if cfg.SSHBind == "" {
-		return nil
+		return "", nil
 	}
 	fe := &frontend{svc: e.Service, urls: vmURL(cfg),
 		agents: newAgentPool(e.Service, agentIdle, log.With("component", "gateway"))}
@@ -35,13 +36,13 @@ func startGateway(ctx context.Context, g *errgroup.Group, cfg Config, e *Env, lo
 		Policy: cfg.Policy, InviteCode: cfg.InviteCode, Log: log,
 	}, fe, fe, fe, fe.dashboard)
 	if err != nil {
-		return err
+		return "", err
 	}
 	g.Go(func() error {
 		defer fe.agents.closeAll()
 		return srv.Run(ctx)
 	})
-	return nil
+	return srv.Addr().String(), nil
 }
 
 // vmURL returns the URL a VM is served at, or "".

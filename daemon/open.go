@@ -264,14 +264,17 @@ func (a imageAdapter) Resolve(ctx context.Context, ref string) (service.Image, e
 }
 
 // AgentBinary finds the guest agent binary: $MINIONS_AGENT_BIN, then
-// minions-agent beside this executable, then /usr/local/lib/minions.
+// minions-agent beside this executable, then in ../lib/minions from it
+// (where install.sh and `make install` put it for any prefix), then
+// /usr/local/lib/minions.
 func AgentBinary() (string, error) {
 	var tried []string
 	if p := os.Getenv("MINIONS_AGENT_BIN"); p != "" {
 		tried = append(tried, p)
 	}
 	if exe, err := os.Executable(); err == nil {
-		tried = append(tried, filepath.Join(filepath.Dir(exe), "minions-agent"))
+		tried = append(tried, filepath.Join(filepath.Dir(exe), "minions-agent"),
+			filepath.Join(filepath.Dir(filepath.Dir(exe)), "lib", "minions", "minions-agent"))
 	}
 	tried = append(tried, "/usr/local/lib/minions/minions-agent")
 	for _, p := range tried {
