@@ -171,4 +171,3 @@ func TestDNSConfigValidate(t *testing.T) {
 		}
 	}
 }
-
