@@ -45,6 +45,7 @@ func serveCmd() *cli.Command {
 			fs.String("invite-code", "", "invite code for policy invite")
 			fs.String("dns", "", "nameserver (IPv4) handed to vms; they may reach it on port 53")
 			fs.String("egress-allow", "", `private destinations vms may reach, comma-separated "PREFIX[ tcp|udp[/PORT]]" (replaces the file's list)`)
+			dnsProviderFlags(fs)
 		},
 		Run: func(ctx context.Context, x *cli.Ctx) error {
 			cfg, err := effectiveConfig(x)
@@ -132,6 +133,7 @@ func effectiveConfig(x *cli.Ctx) (Config, error) {
 			}
 		}
 	})
+	x.FS.Visit(func(f *flag.Flag) { cfg.setDNSProviderFlag(f.Name, f.Value.String()) })
 	cfg.Defaults()
 	return cfg, cfg.Validate()
 }
