@@ -22,7 +22,6 @@ import (
 	"github.com/minionsdev/minions/internal/errs"
 	"github.com/minionsdev/minions/service"
 	"github.com/minionsdev/minions/store"
-	"github.com/minionsdev/minions/vm/network"
 	"github.com/minionsdev/minions/vsockcli"
 )
 
@@ -32,11 +31,13 @@ func Commands() []*cli.Command {
 		initCmd(),
 		imageCmd(),
 		relayCmd(),
+		consoleLogCmd(),
 		vsockCmd(),
 		tuiCmd(),
 		serveCmd(),
 		configCmd(),
 		doctorCmd(),
+		unitsCmd(),
 	}
 }
 
@@ -165,29 +166,7 @@ func persist(paths Paths) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	args := ""
-	if paths.State != DefaultStateDir {
-		args = " --state-dir " + paths.State + " --run-dir " + paths.Run
-	}
-	units := map[string]string{
-		"minions-init.service": network.PersistUnit(exe + args),
-		"minions.service": `[Unit]
-Description=Minions daemon: API, SSH front door, HTTPS proxy
-Documentation=https://github.com/minionsdev/minions
-After=network-online.target minions-init.service
-Wants=network-online.target minions-init.service
-
-[Service]
-ExecStart=` + exe + args + ` serve
-Restart=on-failure
-RestartSec=2
-# VMs run in their own sessions and outlive the daemon: never kill them.
-KillMode=process
-
-[Install]
-WantedBy=multi-user.target
-`,
-	}
+	units := Units(exe, paths)
 	wants := "/etc/systemd/system/multi-user.target.wants"
 	if err := os.MkdirAll(wants, 0o755); err != nil {
 		return "", err
@@ -220,6 +199,9 @@ func imageCmd() *cli.Command {
 				fs.String("nixos-config", "", "nixos: a NixOS module (configuration.nix) imported beside Minions' own: your packages, services, users")
 			},
 			Run: func(ctx context.Context, x *cli.Ctx) error {
+				if done, err := remoteImages(ctx, x, "build"); done {
+					return err
+				}
 				cat, err := catalog(x)
 				if err != nil {
 					return err
@@ -262,6 +244,9 @@ func imageCmd() *cli.Command {
 			}},
 		{Name: "rm", Usage: "IMAGE[@VERSION]", Summary: "Remove an image (all versions, or one); refuses while a VM uses it", MinArgs: 1, MaxArgs: 1,
 			Run: func(ctx context.Context, x *cli.Ctx) error {
+				if done, err := remoteImages(ctx, x, "rm"); done {
+					return err
+				}
 				cat, err := catalog(x)
 				if err != nil {
 					return err
@@ -291,6 +276,9 @@ func imageCmd() *cli.Command {
 			}},
 		{Name: "bake", Usage: "IMAGE[@VERSION]", Summary: "Put this minions-agent into a new version of an image (disks in use are untouched)", MinArgs: 1, MaxArgs: 1,
 			Run: func(ctx context.Context, x *cli.Ctx) error {
+				if done, err := remoteImages(ctx, x, "bake"); done {
+					return err
+				}
 				cat, err := catalog(x)
 				if err != nil {
 					return err
@@ -311,6 +299,9 @@ func imageCmd() *cli.Command {
 			},
 			Run: imageDefault},
 		{Name: "list", Summary: "List images", Run: func(ctx context.Context, x *cli.Ctx) error {
+			if done, err := remoteImages(ctx, x, "list"); done {
+				return err
+			}
 			cat, err := catalog(x)
 			if err != nil {
 				return err
@@ -442,6 +433,9 @@ func imagesInUse(ctx context.Context, x *cli.Ctx) (map[string]string, error) {
 // database, so a running daemon uses it for the next create. Setting needs
 // a built image; nothing changes otherwise.
 func imageDefault(ctx context.Context, x *cli.Ctx) error {
+	if done, err := remoteImages(ctx, x, "default"); done {
+		return err
+	}
 	cat, err := catalog(x)
 	if err != nil {
 		return err

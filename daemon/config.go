@@ -24,6 +24,7 @@ type Config struct {
 	RunDir       string `toml:"run_dir"`       // default /run/minions (or <state_dir>/run)
 	DefaultImage string `toml:"default_image"` // image create uses without --os (default minimal)
 	Hypervisor   string `toml:"hypervisor"`    // auto | qemu | qemu-kvm | qemu-tcg | cloud-hypervisor
+	LogFormat    string `toml:"log_format"`    // auto (text on a terminal, else JSON) | text | json
 	Subnet       string `toml:"subnet"`        // VM network, default 10.210.0.0/16
 	Bind         string `toml:"bind"`          // HTTP API on TCP, default 127.0.0.1:3000 ("" off)
 	AdminBind    string `toml:"admin_bind"`    // metrics, default 127.0.0.1:9090 ("" off)
@@ -61,6 +62,11 @@ type Config struct {
 	// all addresses together (default 4096; negative turns it off).
 	ProxyMaxConns int `toml:"proxy_max_conns"`
 
+	// Resources: see resources.go.
+	DefaultQuota       *QuotaConfig `toml:"default_quota"`         // quota of new non-admin users
+	MemoryOvercommit   float64      `toml:"memory_overcommit"`     // VM memory ≤ host memory × this (default 1.5)
+	ConsoleLogMaxBytes int64        `toml:"console_log_max_bytes"` // per VM, log + rotated log (default 4 MiB)
+
 	// DNSProvider obtains one wildcard certificate *.<domain> by DNS-01
 	// instead of a certificate per VM name on demand: "cloudflare" or
 	// "rfc2136" ("" none). Secrets come from the value, a _file key (the
@@ -96,6 +102,7 @@ func (c *Config) Defaults() {
 	if c.Subnet == "" {
 		c.Subnet = "10.210.0.0/16"
 	}
+	c.resourceDefaults()
 }
 
 // Validate checks the configuration.
@@ -114,6 +121,14 @@ func (c *Config) Validate() error {
 	if c.ProxyBind != "" && c.Domain == "" {
 		return errs.New(errs.InvalidArgument, "proxy_bind needs a domain (without one, use http_bind for http://<vm>.localhost)")
 	}
+	if c.PublicIP != "" {
+		if _, err := netip.ParseAddr(c.PublicIP); err != nil {
+			return errs.New(errs.InvalidArgument, "public_ip %q: want an IP address", c.PublicIP)
+		}
+	}
+	if _, err := logFormat(c.LogFormat, nil); err != nil {
+		return err
+	}
 	if c.ProxyBurst < 0 {
 		return errs.New(errs.InvalidArgument, "proxy_burst must not be negative")
 	}
@@ -123,6 +138,9 @@ func (c *Config) Validate() error {
 		}
 	}
 	if _, _, err := c.egress(); err != nil {
+		return err
+	}
+	if err := c.validateResources(); err != nil {
 		return err
 	}
 	if err := c.validateDNSProvider(); err != nil {

@@ -26,13 +26,18 @@ type check struct {
 }
 
 func doctorCmd() *cli.Command {
-	return &cli.Command{Name: "doctor", HostOnly: true, Summary: "Check this host: KVM, hypervisors, agent channel, kernel, images, network, disk",
+	return &cli.Command{Name: "doctor", HostOnly: true, Summary: "Check this host: KVM, hypervisors, agent channel, kernel, images, network, disk, DNS",
+		Usage: "[--config FILE] [--domain D] [--public-ip IP]", Flags: doctorFlags,
 		Run: func(ctx context.Context, x *cli.Ctx) error {
 			paths, err := ResolvePaths(x.G.StateDir, x.G.RunDir)
 			if err != nil {
 				return err
 			}
-			checks := doctor(ctx, paths)
+			cfg, err := doctorConfig(x)
+			if err != nil {
+				return err
+			}
+			checks := append(doctor(ctx, paths), dnsCheck(cfg))
 			bad := 0
 			for _, c := range checks {
 				if !c.OK {
