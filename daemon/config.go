@@ -66,6 +66,20 @@ type Config struct {
 	DefaultQuota       *QuotaConfig `toml:"default_quota"`         // quota of new non-admin users
 	MemoryOvercommit   float64      `toml:"memory_overcommit"`     // VM memory ≤ host memory × this (default 1.5)
 	ConsoleLogMaxBytes int64        `toml:"console_log_max_bytes"` // per VM, log + rotated log (default 4 MiB)
+
+	// DNSProvider obtains one wildcard certificate *.<domain> by DNS-01
+	// instead of a certificate per VM name on demand: "cloudflare" or
+	// "rfc2136" ("" none). Secrets come from the value, a _file key (the
+	// file's contents, trimmed) or, for Cloudflare, CLOUDFLARE_API_TOKEN
+	// in the environment; see dnsprovider.go.
+	DNSProvider            string `toml:"dns_provider"`
+	CloudflareAPIToken     secret `toml:"cloudflare_api_token"`      // Zone.DNS:Edit on the domain's zone
+	CloudflareAPITokenFile string `toml:"cloudflare_api_token_file"` //
+	RFC2136Server          string `toml:"rfc2136_server"`            // host:port of the primary nameserver (TCP)
+	RFC2136KeyName         string `toml:"rfc2136_key_name"`          // TSIG key name
+	RFC2136KeyAlg          string `toml:"rfc2136_key_alg"`           // default hmac-sha256
+	RFC2136Key             secret `toml:"rfc2136_key"`               // TSIG secret, base64
+	RFC2136KeyFile         string `toml:"rfc2136_key_file"`          //
 }
 
 // Defaults fills unset fields.
@@ -127,6 +141,9 @@ func (c *Config) Validate() error {
 		return err
 	}
 	if err := c.validateResources(); err != nil {
+		return err
+	}
+	if err := c.validateDNSProvider(); err != nil {
 		return err
 	}
 	for _, t := range c.AdminTokens {

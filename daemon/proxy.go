@@ -134,6 +134,18 @@ func newProxy(ctx context.Context, cfg Config, e *Env, log *slog.Logger, paths P
 		}
 		pc.CARoots = pool
 	}
+	dc, err := cfg.dnsConfig()
+	if err != nil {
+		return nil, err
+	}
+	if pc.DNSProvider, err = proxy.NewDNSProvider(dc); err != nil {
+		return nil, err
+	}
+	if pc.DNSProvider != nil && ep.DNSResolver != "" {
+		// Zone lookup and propagation checks of the DNS-01 record ask the
+		// configured resolver too (instead of the zone's nameservers).
+		pc.DNSResolvers = []string{ep.DNSResolver}
+	}
 	r, err := newRoutes(ctx, e.DB, cfg.Domain)
 	if err != nil {
 		return nil, err

@@ -44,6 +44,7 @@ func serveCmd() *cli.Command {
 			fs.String("dns", "", "nameserver (IPv4) handed to vms; they may reach it on port 53")
 			fs.String("egress-allow", "", `private destinations vms may reach, comma-separated "PREFIX[ tcp|udp[/PORT]]" (replaces the file's list)`)
 			fs.String("log-format", "", "auto (text on a terminal, JSON otherwise; JSON with --json), text or json")
+			dnsProviderFlags(fs)
 		},
 		Run: func(ctx context.Context, x *cli.Ctx) error {
 			cfg, err := effectiveConfig(x)
@@ -136,6 +137,7 @@ func effectiveConfig(x *cli.Ctx) (Config, error) {
 			cfg.LogFormat = v
 		}
 	})
+	x.FS.Visit(func(f *flag.Flag) { cfg.setDNSProviderFlag(f.Name, f.Value.String()) })
 	cfg.Defaults()
 	return cfg, cfg.Validate()
 }
