@@ -22,7 +22,6 @@ import (
 	"github.com/minionsdev/minions/vm/hypervisor/fake"
 )
 
-
 type noImages struct{}
 
 func (noImages) Resolve(context.Context, string) (service.Image, error) {
