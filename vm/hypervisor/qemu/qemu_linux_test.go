@@ -193,7 +193,7 @@ func vmFixture(t *testing.T) (*Driver, func(t *testing.T, extra ...string) hyper
 		return hypervisor.Spec{
 			ID: fmt.Sprintf("0123456789%02x", n%256), Name: "tiny", CPUs: 1, MemoryMiB: 256,
 			VsockCID: uint32(100 + n), // the jail's uid
-			Kernel: kernel, Initramfs: initramfsPath, Cmdline: tinyvm.Cmdline(extra...),
+			Kernel:   kernel, Initramfs: initramfsPath, Cmdline: tinyvm.Cmdline(extra...),
 			RunDir: run, ConsoleLog: filepath.Join(run, "console.log"),
 		}
 	}
