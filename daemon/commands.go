@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
@@ -22,6 +23,7 @@ import (
 	"github.com/minionsdev/minions/internal/errs"
 	"github.com/minionsdev/minions/service"
 	"github.com/minionsdev/minions/store"
+	"github.com/minionsdev/minions/vm/jail"
 	"github.com/minionsdev/minions/vm/network"
 	"github.com/minionsdev/minions/vsockcli"
 )
@@ -32,6 +34,7 @@ func Commands() []*cli.Command {
 		initCmd(),
 		imageCmd(),
 		relayCmd(),
+		jailExecCmd(),
 		vsockCmd(),
 		tuiCmd(),
 		serveCmd(),
@@ -74,7 +77,7 @@ func OpenLocal(ctx context.Context, g *cli.Global) (cli.Backend, error) {
 	if err != nil {
 		return nil, errs.New(errs.InvalidArgument, "config subnet %q: %v", cfg.Subnet, err)
 	}
-	e, err := Open(ctx, Options{Paths: paths, Subnet: subnet, Hypervisor: cfg.Hypervisor, DefaultImage: cfg.DefaultImage, Log: cliLogger()})
+	e, err := Open(ctx, Options{Paths: paths, Subnet: subnet, Hypervisor: cfg.Hypervisor, Jail: cfg.Jail, Sandbox: cfg.Sandbox, DefaultImage: cfg.DefaultImage, Log: cliLogger()})
 	if err != nil {
 		return nil, err
 	}
@@ -357,6 +360,18 @@ func relayCmd() *cli.Command {
 			signal.Ignore(syscall.SIGHUP, syscall.SIGPIPE)
 			log := slog.New(slog.NewTextHandler(os.Stderr, nil)).With("component", "relay")
 			return vsockcli.RunRelay(ctx, vsockcli.RelayConfig{SerialSocket: serial, Listen: listen, Log: log})
+		}}
+}
+
+func jailExecCmd() *cli.Command {
+	return &cli.Command{Name: "jail-exec", Hidden: true, HostOnly: true, Usage: "PLAN_JSON", MinArgs: 1, MaxArgs: 1,
+		Summary: "Start a VM process in its jail: cgroup, mount namespace, own uid (started by the QEMU driver)",
+		Run: func(ctx context.Context, x *cli.Ctx) error {
+			var p jail.Plan
+			if err := json.Unmarshal([]byte(x.Args[0]), &p); err != nil {
+				return errs.New(errs.InvalidArgument, "jail plan: %v", err)
+			}
+			return jail.Exec(p) // returns only on failure
 		}}
 }
 

@@ -46,6 +46,13 @@ type Config struct {
 	// admins; AdminTokens are API token secrets that are admins.
 	AdminKeys   []string `toml:"admin_keys"`
 	AdminTokens []string `toml:"admin_tokens"`
+
+	// Jail confines each VM's QEMU and relay (own uid, mount namespace,
+	// cgroup): "on" (default) or "off". Sandbox is QEMU's seccomp
+	// sandbox: "on" (default: required), "auto" (when this QEMU has it)
+	// or "off".
+	Jail    string `toml:"jail"`
+	Sandbox string `toml:"sandbox"`
 }
 
 // Defaults fills unset fields.
@@ -65,6 +72,12 @@ func (c *Config) Defaults() {
 	if c.Hypervisor == "" {
 		c.Hypervisor = "auto"
 	}
+	if c.Jail == "" {
+		c.Jail = "on"
+	}
+	if c.Sandbox == "" {
+		c.Sandbox = "on"
+	}
 	if c.Subnet == "" {
 		c.Subnet = "10.210.0.0/16"
 	}
@@ -74,6 +87,14 @@ func (c *Config) Defaults() {
 func (c *Config) Validate() error {
 	if _, err := netip.ParsePrefix(c.Subnet); err != nil {
 		return errs.New(errs.InvalidArgument, "subnet %q: %v", c.Subnet, err)
+	}
+	if c.Jail != "on" && c.Jail != "off" {
+		return errs.New(errs.InvalidArgument, "jail %q: want on or off", c.Jail)
+	}
+	switch c.Sandbox {
+	case "on", "auto", "off":
+	default:
+		return errs.New(errs.InvalidArgument, "sandbox %q: want on, auto or off", c.Sandbox)
 	}
 	switch c.Policy {
 	case "open", "invite", "closed":

@@ -12,6 +12,7 @@ import (
 	"github.com/minionsdev/minions/vm/hypervisor/cloudhypervisor"
 	"github.com/minionsdev/minions/vm/hypervisor/kvm"
 	"github.com/minionsdev/minions/vm/hypervisor/qemu"
+	"github.com/minionsdev/minions/vm/jail"
 )
 
 // probeKVM runs the KVM probe once per host boot and caches its result in
@@ -64,5 +65,17 @@ func newDriver(ctx context.Context, o Options) (hypervisor.Driver, error) {
 	if choice.Accel == kvm.AccelKVM {
 		accel = qemu.AccelKVM
 	}
-	return qemu.New(qemu.Config{Accel: accel, KVMUsable: res.Usable, RelayCommand: []string{exe, "agent-relay"}, Log: o.Log})
+	return qemu.New(qemu.Config{
+		Accel: accel, KVMUsable: res.Usable, RelayCommand: []string{exe, "agent-relay"}, Sandbox: o.Sandbox,
+		Jail: jailConfig(exe, o.Jail, o.Paths),
+		Log:  o.Log,
+	})
+}
+
+// jailConfig is the jail of this installation's VMs: the minions
+// executable is the launcher; the state dir (store, keys, images, every
+// VM's disks) and the run dir are hidden from each VM but for its own
+// files.
+func jailConfig(exe, mode string, paths Paths) jail.Config {
+	return jail.Config{Mode: mode, Command: []string{exe, "jail-exec"}, Hide: []string{paths.State, paths.Run}}
 }

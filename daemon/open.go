@@ -66,6 +66,8 @@ type Options struct {
 	Subnet       netip.Prefix // default network.DefaultSubnet
 	Bridge       string       // default network.DefaultBridge
 	Hypervisor   string       // "auto" (default), "qemu", "cloud-hypervisor"
+	Jail         string       // "on" (default) or "off": see Config.Jail
+	Sandbox      string       // "on" (default), "auto" or "off": see Config.Sandbox
 	DefaultImage string       // image create uses without one (default "minimal")
 	// OnOperation receives each durable operation's duration (metrics).
 	OnOperation func(kind string, d time.Duration, err error)

@@ -20,6 +20,7 @@ import (
 
 	"github.com/minionsdev/minions/api"
 	"github.com/minionsdev/minions/cli"
+	"github.com/minionsdev/minions/vm/hypervisor/qemu"
 	"golang.org/x/sync/errgroup"
 	"golang.org/x/term"
 )
@@ -143,12 +144,18 @@ func Serve(ctx context.Context, cfg Config, logOut io.Writer) error {
 	}
 	subnet, _ := netip.ParsePrefix(cfg.Subnet)
 	ops := &opLatencies{}
-	e, err := Open(ctx, Options{Paths: paths, Subnet: subnet, Hypervisor: cfg.Hypervisor, DefaultImage: cfg.DefaultImage, OnOperation: ops.observe, Log: log})
+	e, err := Open(ctx, Options{Paths: paths, Subnet: subnet, Hypervisor: cfg.Hypervisor, Jail: cfg.Jail, Sandbox: cfg.Sandbox, DefaultImage: cfg.DefaultImage, OnOperation: ops.observe, Log: log})
 	if err != nil {
 		return err
 	}
 	defer e.Close()
-	log.Info("minions starting", "version", cli.Version, "state_dir", paths.State, "driver", e.Driver.Name())
+	log.Info("minions starting", "version", cli.Version, "state_dir", paths.State, "driver", e.Driver.Name(), "jail", cfg.Jail, "sandbox", cfg.Sandbox)
+	if e.Driver.Name() == qemu.DriverName && !e.Driver.Caps().KVM {
+		log.Warn(qemu.TCGWarning)
+	}
+	if cfg.Jail == "off" {
+		log.Warn("the vm jail is off: QEMU and the agent relay run as root, unconfined")
+	}
 	if err := e.Network.Setup(ctx); err != nil {
 		return fmt.Errorf("network: %w", err)
 	}

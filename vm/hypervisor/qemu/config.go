@@ -37,6 +37,10 @@ const (
 	SandboxOff  = "off"  // never
 )
 
+// TCGWarning is said wherever VMs run under TCG: QEMU's security policy
+// treats TCG as no security boundary.
+const TCGWarning = "TCG is not a security boundary (QEMU's policy): run untrusted guests only with KVM"
+
 // SandboxArgs is the -sandbox value: seccomp with no obsolete system
 // calls, no privilege changes, no new processes (nothing QEMU does here
 // needs one: TAP without scripts, migration through passed descriptors)
