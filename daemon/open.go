@@ -14,6 +14,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/minionsdev/minions/images"
@@ -110,6 +111,9 @@ func Open(ctx context.Context, o Options) (*Env, error) {
 	if err := os.Chmod(o.Paths.Run, 0o711); err != nil {
 		return nil, err
 	}
+	if err := lockDownState(o.Paths); err != nil {
+		return nil, err
+	}
 	db, err := store.Open(ctx, filepath.Join(o.Paths.State, "minions.db"))
 	if err != nil {
 		return nil, err
@@ -146,6 +150,34 @@ func Open(ctx context.Context, o Options) (*Env, error) {
 	e.Service.SetWeb(storedWeb(db, o.Paths, o.Log)) // serve replaces it with its live proxy
 	ok = true
 	return e, nil
+}
+
+// lockDownState keeps the state dir (the store with users, tokens and the
+// proxy secret, the keys, every VM's disks) from the VMs' unprivileged
+// uids and other users: the dir is 0700 (0711 when the run dir is inside
+// it, so token users reach the daemon's socket) and the store's files are
+// 0600 (SQLite creates them 0644; an empty file is an empty database, and
+// SQLite gives its -wal and -shm files the database's mode).
+func lockDownState(p Paths) error {
+	mode := os.FileMode(0o700)
+	if rel, err := filepath.Rel(p.State, p.Run); err == nil && !strings.HasPrefix(rel, "..") {
+		mode = 0o711
+	}
+	if err := os.Chmod(p.State, mode); err != nil {
+		return err
+	}
+	db := filepath.Join(p.State, "minions.db")
+	f, err := os.OpenFile(db, os.O_RDONLY|os.O_CREATE|syscall.O_NOFOLLOW, 0o600)
+	if err != nil {
+		return err
+	}
+	f.Close()
+	for _, name := range []string{db, db + "-wal", db + "-shm"} {
+		if err := os.Chmod(name, 0o600); err != nil && !os.IsNotExist(err) {
+			return err
+		}
+	}
+	return nil
 }
 
 // LoadOrCreateKey loads an OpenSSH ed25519 private key, creating it (0600)
