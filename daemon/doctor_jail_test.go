@@ -1,0 +1,76 @@
+package daemon
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/minionsdev/minions/vm/jail"
+)
+
+// TestMain lets the test binary stand in for the minions binary as the jail
+// launcher (doctor runs "<executable> jail-exec PLAN").
+func TestMain(m *testing.M) {
+	if len(os.Args) == 3 && os.Args[1] == "jail-exec" {
+		os.Exit(jail.Main(os.Args[2:]))
+	}
+	os.Exit(m.Run())
+}
+
+// TestDoctorJailLines checks doctor's jail lines: the per-VM uid, a mount
+// namespace proved by running the real launcher, the cgroup version and
+// controllers; and one line saying so when the jail is off.
+func TestDoctorJailLines(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root")
+	}
+	dir := t.TempDir()
+	paths := Paths{State: filepath.Join(dir, "s"), Run: filepath.Join(dir, "run")}
+	for _, d := range []string{paths.State, paths.Run} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got := map[string]check{}
+	for _, c := range jailChecks("on", paths) {
+		got[c.What] = c
+	}
+	for what, want := range map[string]string{
+		"per-vm uid":      "2000000000",
+		"mount namespace": paths.State,
+		"cgroups":         "memory max = guest + 256 MiB",
+	} {
+		c, ok := got[what]
+		if !ok || !c.OK || !strings.Contains(c.Detail, want) {
+			t.Errorf("%s: %+v (present %v), want ok and %q", what, c, ok, want)
+		}
+	}
+	if c := got["cgroups"]; !strings.HasPrefix(c.Detail, "v1") && !strings.HasPrefix(c.Detail, "v2") {
+		t.Errorf("cgroups line names no version: %q", c.Detail)
+	}
+	off := jailChecks("off", paths)
+	if len(off) != 1 || off[0].OK || !strings.Contains(off[0].Detail, "unconfined") {
+		t.Errorf("jail off: %+v", off)
+	}
+}
+
+// TestConfigJailAndSandbox: both default to on; only known values pass.
+func TestConfigJailAndSandbox(t *testing.T) {
+	var c Config
+	c.Defaults()
+	if c.Jail != "on" || c.Sandbox != "on" || c.Validate() != nil {
+		t.Fatalf("defaults: jail %q sandbox %q: %v", c.Jail, c.Sandbox, c.Validate())
+	}
+	for _, bad := range []Config{{Jail: "auto"}, {Sandbox: "maybe"}} {
+		bad.Defaults()
+		if err := bad.Validate(); err == nil {
+			t.Errorf("%+v accepted", bad)
+		}
+	}
+	off := Config{Jail: "off", Sandbox: "off"}
+	off.Defaults()
+	if err := off.Validate(); err != nil {
+		t.Errorf("off: %v", err)
+	}
+}
