@@ -27,6 +27,10 @@ const (
 	relayLog    = "relay.log"
 )
 
+// jailTBSizeMiB is the TCG translation cache of a jailed QEMU, well inside
+// the jail's default memory overhead (256 MiB).
+const jailTBSizeMiB = 128
+
 // runFiles are removed by Shutdown, Kill and a failed Start.
 var runFiles = []string{qmpSock, consoleSock, agentSock, vsockSock, pidFile, machineFile}
 
@@ -93,7 +97,13 @@ func (m machine) args() []string {
 	if m.Accel == AccelKVM {
 		a = append(a, "-accel", "kvm", "-cpu", "host")
 	} else {
-		a = append(a, "-accel", "tcg", "-cpu", "max")
+		accel := "tcg"
+		if m.Cgroup != "" {
+			// Bound the translation cache (QEMU's default reserves up
+			// to 1 GiB) so the cgroup's memory overhead covers it.
+			accel += ",tb-size=" + strconv.Itoa(jailTBSizeMiB)
+		}
+		a = append(a, "-accel", accel, "-cpu", "max")
 	}
 	a = append(a,
 		"-m", strconv.Itoa(m.MemoryMiB)+"M",
