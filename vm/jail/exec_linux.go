@@ -34,6 +34,9 @@ func Main(args []string) int {
 	return 125
 }
 
+// CleanEnv is the whole environment of a jailed process.
+var CleanEnv = []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
+
 // Exec carries out p and execs p.Argv; it returns only on failure.
 func Exec(p Plan) error {
 	// no_new_privs is per thread: set it on the thread that execs.
@@ -67,8 +70,9 @@ func Exec(p Plan) error {
 	if err := checkAccess(p); err != nil {
 		return err
 	}
-	env := os.Environ()
-	if err := unix.Exec(p.Argv[0], p.Argv, env); err != nil {
+	// A fresh environment: the caller's may hold credentials (a DNS
+	// provider's token, say) that a VM's processes must not see.
+	if err := unix.Exec(p.Argv[0], p.Argv, CleanEnv); err != nil {
 		return fmt.Errorf("exec %s: %w", p.Argv[0], err)
 	}
 	return nil

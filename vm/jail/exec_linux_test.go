@@ -155,6 +155,7 @@ func TestExecJails(t *testing.T) {
 		"test -e " + disk + " && echo mine exists",
 		"echo x >> " + image + " 2>/dev/null || echo image read-only",
 		"cat /proc/self/cgroup",
+		"echo env: $(env | grep -c SECRET_TOKEN)",
 	}, "; ")
 	p, err := c.Plan(Request{UID: uid, Cgroup: name, Dir: run, Argv: []string{"/bin/sh", "-c", script},
 		ReadOnly: []string{image}, Writable: []string{run, disk}})
@@ -167,6 +168,7 @@ func TestExecJails(t *testing.T) {
 	}
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
+	cmd.Env = append(os.Environ(), "SECRET_TOKEN=hunter2")
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	go func() { <-ctx.Done(); cmd.Process.Kill() }()
@@ -177,7 +179,7 @@ func TestExecJails(t *testing.T) {
 	for _, want := range []string{
 		fmt.Sprintf("%d\n%d\n%d\n", uid, uid, uid),
 		"my disk\n", "base image\n", "wrote run\n", "no secret\n", "no other disk\n",
-		"vms not listable\n", "other absent\n", "mine exists\n", "image read-only\n", name,
+		"env: 0\n", "vms not listable\n", "other absent\n", "mine exists\n", "image read-only\n", name,
 	} {
 		if !strings.Contains(got, want) {
 			t.Errorf("output lacks %q:\n%s", want, got)
