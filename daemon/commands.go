@@ -77,7 +77,7 @@ func OpenLocal(ctx context.Context, g *cli.Global) (cli.Backend, error) {
 	if err != nil {
 		return nil, errs.New(errs.InvalidArgument, "config subnet %q: %v", cfg.Subnet, err)
 	}
-	e, err := Open(ctx, Options{Paths: paths, Subnet: subnet, Hypervisor: cfg.Hypervisor, Jail: cfg.Jail, Sandbox: cfg.Sandbox, DefaultImage: cfg.DefaultImage, Log: cliLogger()})
+	e, err := Open(ctx, Options{Paths: paths, Subnet: subnet, Hypervisor: cfg.Hypervisor, Jail: cfg.jail(), Sandbox: cfg.Sandbox, DefaultImage: cfg.DefaultImage, Log: cliLogger()})
 	if err != nil {
 		return nil, err
 	}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/BurntSushi/toml"
 	"github.com/minionsdev/minions/internal/errs"
+	"github.com/minionsdev/minions/vm/jail"
 )
 
 // DefaultConfigFile is read by `serve` and `config show` when present.
@@ -53,6 +54,17 @@ type Config struct {
 	// or "off".
 	Jail    string `toml:"jail"`
 	Sandbox string `toml:"sandbox"`
+	// JailUIDBase is the first per-VM uid (a VM runs as base + its vsock
+	// CID; default 2000000000); JailMemoryOverheadMiB is added to a VM's
+	// memory for its cgroup limit (default 256).
+	JailUIDBase           uint32 `toml:"jail_uid_base"`
+	JailMemoryOverheadMiB int    `toml:"jail_memory_overhead_mib"`
+}
+
+// jail is the configured VM jail, without its launcher and hidden dirs
+// (the composition root adds them).
+func (c *Config) jail() jail.Config {
+	return jail.Config{Mode: c.Jail, UIDBase: c.JailUIDBase, MemoryOverheadMiB: c.JailMemoryOverheadMiB}
 }
 
 // Defaults fills unset fields.
@@ -90,6 +102,11 @@ func (c *Config) Validate() error {
 	}
 	if c.Jail != "on" && c.Jail != "off" {
 		return errs.New(errs.InvalidArgument, "jail %q: want on or off", c.Jail)
+	}
+	j := c.jail()
+	j.Command = []string{"minions", "jail-exec"}
+	if err := j.Validate(); err != nil {
+		return err
 	}
 	switch c.Sandbox {
 	case "on", "auto", "off":

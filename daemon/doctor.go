@@ -103,7 +103,7 @@ func doctor(ctx context.Context, paths Paths) []check {
 			}
 		}
 	}
-	out = append(out, jailChecks(cfg.Jail, paths)...)
+	out = append(out, jailChecks(cfg.jail(), paths)...)
 	if _, err := os.Stat("/dev/vhost-vsock"); err == nil {
 		add("agent channel", true, "vhost-vsock (/dev/vhost-vsock)")
 	} else {

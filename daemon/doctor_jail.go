@@ -13,9 +13,9 @@ import (
 // jailChecks are doctor's lines about the VM jail: the per-VM uid, the
 // mount namespace (proved by running /bin/true through the real launcher
 // as an unprivileged uid with the state dir hidden), and the cgroups.
-func jailChecks(mode string, paths Paths) []check {
+func jailChecks(j jail.Config, paths Paths) []check {
 	exe, _ := os.Executable()
-	cfg := jailConfig(exe, mode, paths).WithDefaults()
+	cfg := jailConfig(exe, j, paths).WithDefaults()
 	var out []check
 	add := func(what string, ok bool, format string, args ...any) {
 		out = append(out, check{What: what, OK: ok, Detail: fmt.Sprintf(format, args...)})

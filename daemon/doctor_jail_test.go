@@ -33,7 +33,7 @@ func TestDoctorJailLines(t *testing.T) {
 		}
 	}
 	got := map[string]check{}
-	for _, c := range jailChecks("on", paths) {
+	for _, c := range jailChecks(jail.Config{Mode: "on"}, paths) {
 		got[c.What] = c
 	}
 	for what, want := range map[string]string{
@@ -49,7 +49,7 @@ func TestDoctorJailLines(t *testing.T) {
 	if c := got["cgroups"]; !strings.HasPrefix(c.Detail, "v1") && !strings.HasPrefix(c.Detail, "v2") {
 		t.Errorf("cgroups line names no version: %q", c.Detail)
 	}
-	off := jailChecks("off", paths)
+	off := jailChecks(jail.Config{Mode: "off"}, paths)
 	if len(off) != 1 || off[0].OK || !strings.Contains(off[0].Detail, "unconfined") {
 		t.Errorf("jail off: %+v", off)
 	}
@@ -72,6 +72,14 @@ func TestConfigJailAndSandbox(t *testing.T) {
 	off.Defaults()
 	if err := off.Validate(); err != nil {
 		t.Errorf("off: %v", err)
+	}
+	low := Config{JailUIDBase: 100}
+	low.Defaults()
+	if err := low.Validate(); err == nil {
+		t.Error("jail_uid_base 100 (system uids) accepted")
+	}
+	if j := (&Config{JailUIDBase: 500000, JailMemoryOverheadMiB: 64}).jail(); j.UIDBase != 500000 || j.MemoryOverheadMiB != 64 {
+		t.Errorf("jail config %+v", j)
 	}
 }
 

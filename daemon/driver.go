@@ -76,6 +76,8 @@ func newDriver(ctx context.Context, o Options) (hypervisor.Driver, error) {
 // executable is the launcher; the state dir (store, keys, images, every
 // VM's disks) and the run dir are hidden from each VM but for its own
 // files.
-func jailConfig(exe, mode string, paths Paths) jail.Config {
-	return jail.Config{Mode: mode, Command: []string{exe, "jail-exec"}, Hide: []string{paths.State, paths.Run}}
+func jailConfig(exe string, j jail.Config, paths Paths) jail.Config {
+	j.Command = []string{exe, "jail-exec"}
+	j.Hide = []string{paths.State, paths.Run}
+	return j
 }

@@ -23,6 +23,7 @@ import (
 	"github.com/minionsdev/minions/store"
 	"github.com/minionsdev/minions/vm/disk"
 	"github.com/minionsdev/minions/vm/hypervisor"
+	"github.com/minionsdev/minions/vm/jail"
 	"github.com/minionsdev/minions/vm/network"
 	"golang.org/x/crypto/ssh"
 )
@@ -67,7 +68,7 @@ type Options struct {
 	Subnet       netip.Prefix // default network.DefaultSubnet
 	Bridge       string       // default network.DefaultBridge
 	Hypervisor   string       // "auto" (default), "qemu", "cloud-hypervisor"
-	Jail         string       // "on" (default) or "off": see Config.Jail
+	Jail         jail.Config  // mode, uid base, overhead (see Config.Jail); Open adds the launcher and hidden dirs
 	Sandbox      string       // "on" (default), "auto" or "off": see Config.Sandbox
 	DefaultImage string       // image create uses without one (default "minimal")
 	// OnOperation receives each durable operation's duration (metrics).

@@ -144,7 +144,7 @@ func Serve(ctx context.Context, cfg Config, logOut io.Writer) error {
 	}
 	subnet, _ := netip.ParsePrefix(cfg.Subnet)
 	ops := &opLatencies{}
-	e, err := Open(ctx, Options{Paths: paths, Subnet: subnet, Hypervisor: cfg.Hypervisor, Jail: cfg.Jail, Sandbox: cfg.Sandbox, DefaultImage: cfg.DefaultImage, OnOperation: ops.observe, Log: log})
+	e, err := Open(ctx, Options{Paths: paths, Subnet: subnet, Hypervisor: cfg.Hypervisor, Jail: cfg.jail(), Sandbox: cfg.Sandbox, DefaultImage: cfg.DefaultImage, OnOperation: ops.observe, Log: log})
 	if err != nil {
 		return err
 	}
