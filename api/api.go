@@ -327,16 +327,15 @@ type RenameRequest struct {
 	Name string `json:"name"`
 }
 
-// SSHKeyRequest is the body of POST /v1/ssh-keys.
-type SSHKeyRequest struct {
-	PublicKey string `json:"public_key"`
-}
+// SSHKeyRequest is the body of POST /v1/ssh-keys: a key with proof of
+// possession (see service.KeyProof).
+type SSHKeyRequest = service.KeyProof
 
 // UserRequest is the body of POST /v1/users.
 type UserRequest struct {
-	Name   string `json:"name"`
-	Admin  bool   `json:"admin,omitempty"`
-	SSHKey string `json:"ssh_key,omitempty"`
+	Name   string            `json:"name"`
+	Admin  bool              `json:"admin,omitempty"`
+	SSHKey *service.KeyProof `json:"ssh_key,omitempty"` // proven by the calling admin
 }
 
 // TokenRequest is the body of POST /v1/tokens.
@@ -450,7 +449,10 @@ func (h *handler) table() []route {
 			if err := decode(r, &req); err != nil {
 				return nil, err
 			}
-			return s.AddSSHKey(ctx, c, req.PublicKey)
+			return s.AddSSHKey(ctx, c, req)
+		}),
+		call(http.MethodPost, "/v1/ssh-keys/challenge", func(ctx context.Context, c service.Caller, r *http.Request) (any, error) {
+			return s.SSHKeyChallenge(ctx, c)
 		}),
 		// Fingerprints contain '/': the ID is the rest of the path.
 		call(http.MethodDelete, "/v1/ssh-keys/{id...}", func(ctx context.Context, c service.Caller, r *http.Request) (any, error) {
@@ -462,7 +464,11 @@ func (h *handler) table() []route {
 			if err := decode(r, &req); err != nil {
 				return nil, err
 			}
-			return s.AddUser(ctx, c, req.Name, req.Admin, req.SSHKey)
+			var key service.KeyProof
+			if req.SSHKey != nil {
+				key = *req.SSHKey
+			}
+			return s.AddUser(ctx, c, req.Name, req.Admin, key)
 		}),
 		call(http.MethodDelete, "/v1/users/{name}", func(ctx context.Context, c service.Caller, r *http.Request) (any, error) {
 			return nil, s.RemoveUser(ctx, c, name(r))
@@ -491,6 +497,7 @@ func (h *handler) table() []route {
 			return nil, s.RevokeToken(ctx, c, r.PathValue("id"))
 		}),
 	}
+	rs = append(rs, h.imageRoutes()...) // api/images.go
 	return append(rs, h.webRoutes()...) // api/web.go
 }
 

@@ -32,7 +32,7 @@ func (fx *fixture) seed() (ids map[string]string) {
 	if _, err := fx.svc.CreateSnapshot(ctx, alice, "web", service.SnapshotRequest{Name: "s1"}, nil); err != nil {
 		fx.t.Fatal(err)
 	}
-	k, err := fx.svc.AddSSHKey(ctx, alice, authorizedKey(fx.t))
+	k, err := fx.svc.AddSSHKey(ctx, alice, proveKey(fx.t, callerBackend{fx.svc, alice}, newSigner(fx.t), ""))
 	if err != nil {
 		fx.t.Fatal(err)
 	}
@@ -40,7 +40,7 @@ func (fx *fixture) seed() (ids map[string]string) {
 	if err != nil {
 		fx.t.Fatal(err)
 	}
-	if _, err := fx.svc.AddUser(ctx, fx.callers["admin"], "carol", false, ""); err != nil {
+	if _, err := fx.svc.AddUser(ctx, fx.callers["admin"], "carol", false, service.KeyProof{}); err != nil {
 		fx.t.Fatal(err)
 	}
 	return map[string]string{"key": k.Fingerprint, "token": tok.ID}
@@ -105,6 +105,7 @@ func TestAuthorization(t *testing.T) {
 		conflict = http.StatusConflict
 	)
 	type want struct{ admin, owner, other, anon int }
+	var shared *fixture
 	routes := []struct {
 		method, path string
 		body         func(role string, ids map[string]string) any
@@ -138,8 +139,15 @@ func TestAuthorization(t *testing.T) {
 		{method: "POST", path: "/v1/vms/web/copy", body: func(role string, _ map[string]string) any { return service.CopyRequest{Name: "copy-" + role} },
 			want: want{ok, ok, nf, anon}},
 		{method: "GET", path: "/v1/ssh-keys", want: want{ok, ok, ok, anon}},
-		{method: "POST", path: "/v1/ssh-keys", body: func(string, map[string]string) any { return api.SSHKeyRequest{PublicKey: authorizedKey(t)} },
-			want: want{ok, ok, ok, anon}},
+		// Each caller proves a key of their own (the challenge is the
+		// caller's, on the shared fixture's service).
+		{method: "POST", path: "/v1/ssh-keys", body: func(role string, _ map[string]string) any {
+			if role == "anon" {
+				return api.SSHKeyRequest{PublicKey: authorizedKey(t)}
+			}
+			return proveKey(t, callerBackend{shared.svc, shared.callers[role]}, newSigner(t), "")
+		}, want: want{ok, ok, ok, anon}},
+		{method: "POST", path: "/v1/ssh-keys/challenge", want: want{ok, ok, ok, anon}},
 		// Keys are the caller's own: an admin removes their own keys only.
 		{method: "DELETE", path: "/v1/ssh-keys/{key}", want: want{nf, none, nf, anon}, fresh: true},
 		{method: "GET", path: "/v1/users", want: want{ok, deny, deny, anon}},
@@ -153,6 +161,17 @@ func TestAuthorization(t *testing.T) {
 			want: want{ok, ok, ok, anon}},
 		// Others' tokens are not found, as others' VMs are.
 		{method: "DELETE", path: "/v1/tokens/{token}", want: want{none, none, nf, anon}, fresh: true},
+		// Images (api/images.go): everyone signed in lists them and sees
+		// the default; only admins build, remove and set the default.
+		{method: "GET", path: "/v1/images", want: want{ok, ok, ok, anon}},
+		{method: "POST", path: "/v1/images", body: func(string, map[string]string) any { return service.ImageBuildRequest{OS: "debian"} },
+			want: want{ok, deny, deny, anon}, fresh: true},
+		{method: "GET", path: "/v1/images/default", want: want{ok, ok, ok, anon}},
+		{method: "PUT", path: "/v1/images/default", body: func(string, map[string]string) any { return api.DefaultImageRequest{Image: "debian"} },
+			want: want{ok, deny, deny, anon}, fresh: true},
+		{method: "DELETE", path: "/v1/images/{ref}", want: want{ok, deny, deny, anon}, fresh: true},
+		// The VMs' image stays.
+		{method: "DELETE", path: "/v1/images/minimal", want: want{conflict, deny, deny, anon}},
 		// Web routes (api/web.go). This fixture runs no proxy, so what
 		// needs one is a failed precondition (409) for those who may see
 		// the VM; web_test.go covers them with a proxy.
@@ -165,7 +184,7 @@ func TestAuthorization(t *testing.T) {
 		{method: "POST", path: "/v1/vms/web/domains/{domain}/verify", want: want{conflict, conflict, nf, anon}},
 		{method: "DELETE", path: "/v1/vms/web/domains/{domain}", want: want{nf, nf, nf, anon}},
 	}
-	shared := newFixture(t)
+	shared = newFixture(t)
 	sharedIDs := shared.seed()
 	covered := map[string]bool{}
 	for _, rt := range routes {
@@ -176,7 +195,7 @@ func TestAuthorization(t *testing.T) {
 					fx = newFixture(t)
 					ids = fx.seed()
 				}
-				path := strings.NewReplacer("{key}", ids["key"], "{token}", ids["token"]).Replace(rt.path)
+				path := strings.NewReplacer("{key}", ids["key"], "{token}", ids["token"], "{ref}", "debian@20261201-000000-dddd").Replace(rt.path)
 				var body any
 				if rt.body != nil {
 					body = rt.body(role, ids)

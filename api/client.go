@@ -290,9 +290,16 @@ func (c *Client) Copy(ctx context.Context, name string, req service.CopyRequest,
 	return v, c.long(ctx, vmPath(name, "copy"), req, p, &v)
 }
 
-func (c *Client) AddSSHKey(ctx context.Context, line string) (service.SSHKey, error) {
+// SSHKeyChallenge asks for a nonce to sign with a key to add.
+func (c *Client) SSHKeyChallenge(ctx context.Context) (service.KeyChallenge, error) {
+	var ch service.KeyChallenge
+	return ch, c.do(ctx, http.MethodPost, "/v1/ssh-keys/challenge", nil, &ch)
+}
+
+// AddSSHKey registers a key with its proof of possession.
+func (c *Client) AddSSHKey(ctx context.Context, p service.KeyProof) (service.SSHKey, error) {
 	var k service.SSHKey
-	return k, c.do(ctx, http.MethodPost, "/v1/ssh-keys", SSHKeyRequest{PublicKey: line}, &k)
+	return k, c.do(ctx, http.MethodPost, "/v1/ssh-keys", p, &k)
 }
 
 func (c *Client) ListSSHKeys(ctx context.Context) ([]service.SSHKey, error) {
@@ -305,9 +312,13 @@ func (c *Client) RemoveSSHKey(ctx context.Context, id string) error {
 }
 
 // AddUser creates a user (admins only).
-func (c *Client) AddUser(ctx context.Context, name string, admin bool, sshKey string) (service.User, error) {
+func (c *Client) AddUser(ctx context.Context, name string, admin bool, sshKey service.KeyProof) (service.User, error) {
+	req := UserRequest{Name: name, Admin: admin}
+	if sshKey.PublicKey != "" {
+		req.SSHKey = &sshKey
+	}
 	var u service.User
-	return u, c.do(ctx, http.MethodPost, "/v1/users", UserRequest{Name: name, Admin: admin, SSHKey: sshKey}, &u)
+	return u, c.do(ctx, http.MethodPost, "/v1/users", req, &u)
 }
 
 // ListUsers lists users (admins only).

@@ -18,7 +18,7 @@ func TestSameInBothModes(t *testing.T) {
 	if _, err := fx.svc.Create(ctx, fx.callers["owner"], service.CreateRequest{Name: "web"}, nil); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := fx.svc.AddSSHKey(ctx, fx.callers["owner"], authorizedKey(t)+" alice@laptop"); err != nil {
+	if _, err := fx.svc.AddSSHKey(ctx, fx.callers["owner"], proveKey(t, callerBackend{fx.svc, fx.callers["owner"]}, newSigner(t), "alice@laptop")); err != nil {
 		t.Fatal(err)
 	}
 	run := func(remote bool, args ...string) (string, string, int) {

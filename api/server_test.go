@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/crypto/ssh"
+
 	"github.com/minionsdev/minions/api"
 	"github.com/minionsdev/minions/internal/errs"
 	"github.com/minionsdev/minions/service"
@@ -154,18 +156,27 @@ func TestUsersAndQuotas(t *testing.T) {
 	fx := newFixture(t)
 	ctx := testCtx(t)
 	admin, alice := fx.client("admin"), fx.client("owner")
-	key := authorizedKey(t)
-	u, err := admin.AddUser(ctx, "carol", false, key+" carol@laptop")
+	key := newSigner(t)
+	u, err := admin.AddUser(ctx, "carol", false, proveKey(t, admin, key, "carol@laptop"))
 	if err != nil || u.Name != "carol" || u.SSHKeys != 1 {
 		t.Fatalf("add user %+v %v", u, err)
 	}
-	if _, err := admin.AddUser(ctx, "dave", false, key); !errors.Is(err, errs.AlreadyExists) {
+	if _, err := admin.AddUser(ctx, "dave", false, proveKey(t, admin, key, "")); !errors.Is(err, errs.AlreadyExists) {
 		t.Fatalf("a key registered to someone else: %v", err)
+	}
+	// A key without proof, or proven with another key, is refused.
+	if _, err := admin.AddUser(ctx, "erin", false, service.KeyProof{PublicKey: authorizedKey(t)}); !errors.Is(err, errs.InvalidArgument) {
+		t.Fatalf("a key without proof: %v", err)
+	}
+	forged := proveKey(t, admin, newSigner(t), "")
+	forged.PublicKey = authorizedKey(t)
+	if _, err := admin.AddUser(ctx, "erin", false, forged); !errors.Is(err, errs.PermissionDenied) {
+		t.Fatalf("a key proven with another key: %v", err)
 	}
 	if us, _ := admin.ListUsers(ctx); len(us) != 4 { // root alice bob carol; dave rolled back
 		t.Fatalf("users %+v", us)
 	}
-	if _, err := admin.AddUser(ctx, "Bad Name", false, ""); !errors.Is(err, errs.InvalidArgument) {
+	if _, err := admin.AddUser(ctx, "Bad Name", false, service.KeyProof{}); !errors.Is(err, errs.InvalidArgument) {
 		t.Fatalf("bad name: %v", err)
 	}
 	if _, err := admin.SetQuota(ctx, "alice", service.Quota{MaxVMs: 1, MaxCPUs: 2}); err != nil {
@@ -205,7 +216,7 @@ func TestUsersAndQuotas(t *testing.T) {
 		t.Fatal(err)
 	}
 	b, _ := os.ReadFile(filepath.Join(fx.dir, "guest/root/.ssh/authorized_keys"))
-	if !strings.Contains(string(b), strings.Fields(key)[1]) {
+	if !strings.Contains(string(b), strings.Fields(string(ssh.MarshalAuthorizedKey(key.PublicKey())))[1]) {
 		t.Fatalf("carol's key was not injected: %q", b)
 	}
 }

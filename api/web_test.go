@@ -72,7 +72,7 @@ func TestWebThroughAPI(t *testing.T) {
 	// Custom domains: unverified until the TXT record is published.
 	d, err := owner.AddDomain(ctx, "web", "WWW.Example.org.")
 	if err != nil || d.Name != "www.example.org" || d.Verified || d.TXTName != "_minions-verify.www.example.org" ||
-		d.TXTValue != p.DomainToken(mustID(t, fx, "web"), "www.example.org") || !strings.Contains(d.Problem, d.TXTValue) {
+		d.TXTValue != p.DomainToken(mustID(t, fx, "web"), fx.callers["owner"].UserID, "www.example.org") || !strings.Contains(d.Problem, d.TXTValue) {
 		t.Fatalf("add domain: %+v %v", d, err)
 	}
 	if _, err := owner.VerifyDomain(ctx, "web", "www.example.org"); !errors.Is(err, errs.FailedPrecondition) {

@@ -5,7 +5,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"os"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -19,7 +18,9 @@ import (
 // from Backend so the VM commands' interface stays lean. Local and
 // api.Client implement it; the commands below type-assert.
 type AdminBackend interface {
-	AddUser(ctx context.Context, name string, admin bool, sshKey string) (service.User, error)
+	// AddUser creates a user; a key (PublicKey != "") is proven by the
+	// calling admin (see service.AddUser).
+	AddUser(ctx context.Context, name string, admin bool, sshKey service.KeyProof) (service.User, error)
 	ListUsers(ctx context.Context) ([]service.User, error)
 	RemoveUser(ctx context.Context, name string) error
 	SetQuota(ctx context.Context, name string, q service.Quota) (service.User, error)
@@ -32,7 +33,7 @@ type AdminBackend interface {
 
 var _ AdminBackend = (*Local)(nil)
 
-func (l *Local) AddUser(ctx context.Context, name string, admin bool, sshKey string) (service.User, error) {
+func (l *Local) AddUser(ctx context.Context, name string, admin bool, sshKey service.KeyProof) (service.User, error) {
 	return l.Svc.AddUser(ctx, l.Caller, name, admin, sshKey)
 }
 func (l *Local) ListUsers(ctx context.Context) ([]service.User, error) {
@@ -96,37 +97,40 @@ func userCmd() *Command {
 	return &Command{Name: "user", Summary: "Manage users (admins)", Sub: []*Command{
 		{Name: "add", Usage: "NAME [--ssh-key FILE|-] [--admin]", Summary: "Add a user", MinArgs: 1, MaxArgs: 1,
 			Flags: func(fs *flag.FlagSet) {
-				fs.String("ssh-key", "", "the user's first SSH public key (a file, or - for stdin)")
+				fs.String("ssh-key", "", "the user's first SSH key: a public key file whose private key you hold (next to it, or in ssh-agent), or - for stdin")
 				fs.Bool("admin", false, "make the user an admin")
 			},
 			Run: func(ctx context.Context, x *Ctx) error {
-				var key string
-				switch f := strFlag(x.FS, "ssh-key"); {
-				case f == "-":
-					b, err := io.ReadAll(io.LimitReader(x.Stdin, 64<<10))
-					if err != nil {
-						return errs.New(errs.InvalidArgument, "read key: %v", err)
-					}
-					key = string(b)
-				case f != "" && x.Remote:
-					return errs.New(errs.InvalidArgument, "over ssh, pipe the key in: `--ssh-key - < key.pub`")
-				case f != "":
-					b, err := os.ReadFile(f)
-					if err != nil {
-						return errs.New(errs.InvalidArgument, "read key: %v", err)
-					}
-					key = string(b)
+				f := strFlag(x.FS, "ssh-key")
+				if f != "" && x.Remote {
+					return errs.New(errs.InvalidArgument, "over ssh, --ssh-key cannot prove that you hold the key: run `user add` with the minions CLI, "+
+						"or add the user without a key and give them a token (`token create --user NAME`) to add their own with `minions ssh-key add`")
 				}
-				if lines := nonEmptyLines(key); len(lines) > 1 {
-					return errs.New(errs.InvalidArgument, "--ssh-key holds %d keys: add one here, the rest with `ssh-key add`", len(lines))
-				} else if len(lines) == 1 {
-					key = lines[0]
+				var keys []keyToProve
+				if f != "" {
+					var err error
+					if keys, err = x.readKeysToProve(f); err != nil {
+						return err
+					}
+					if len(keys) > 1 {
+						return errs.New(errs.InvalidArgument, "--ssh-key holds %d keys: add one here, the rest with `ssh-key add`", len(keys))
+					}
 				}
 				ab, err := x.adminBackend(ctx)
 				if err != nil {
 					return err
 				}
-				u, err := ab.AddUser(ctx, x.Args[0], boolFlag(x.FS, "admin"), key)
+				var proof service.KeyProof
+				if len(keys) == 1 {
+					kp, ok := ab.(KeyProver)
+					if !ok {
+						return errs.New(errs.FailedPrecondition, "this backend cannot prove keys")
+					}
+					if proof, err = x.proveKey(ctx, kp, keys[0]); err != nil {
+						return err
+					}
+				}
+				u, err := ab.AddUser(ctx, x.Args[0], boolFlag(x.FS, "admin"), proof)
 				if err != nil {
 					return err
 				}

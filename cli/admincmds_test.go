@@ -6,6 +6,7 @@ import (
 	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"log/slog"
 	"net/netip"
@@ -82,6 +83,27 @@ func newService(t *testing.T) *service.Service {
 	return svc
 }
 
+// keyPair writes an unencrypted OpenSSH private key and its .pub next to
+// it, as ssh-keygen does, and returns the signer and the .pub path.
+func keyPair(t *testing.T, dir, comment string) (ssh.Signer, string) {
+	t.Helper()
+	_, priv, _ := ed25519.GenerateKey(rand.Reader)
+	s, _ := ssh.NewSignerFromKey(priv)
+	block, err := ssh.MarshalPrivateKey(priv, comment)
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "id_"+strings.ReplaceAll(comment, "@", "_"))
+	if err := os.WriteFile(path, pem.EncodeToMemory(block), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	line := strings.TrimSpace(string(ssh.MarshalAuthorizedKey(s.PublicKey()))) + " " + comment + "\n"
+	if err := os.WriteFile(path+".pub", []byte(line), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return s, path + ".pub"
+}
+
 func pubKey(t *testing.T) string {
 	_, priv, _ := ed25519.GenerateKey(rand.Reader)
 	s, _ := ssh.NewSignerFromKey(priv)
@@ -107,8 +129,7 @@ func TestAdminCommands(t *testing.T) {
 		code := cli.Run(ctx, env, args)
 		return out.String(), errb.String(), code
 	}
-	keyFile := filepath.Join(t.TempDir(), "k.pub")
-	os.WriteFile(keyFile, []byte(pubKey(t)+" carol@laptop\n"), 0o644)
+	_, keyFile := keyPair(t, t.TempDir(), "carol@laptop")
 
 	if out, errOut, code := run("", "user", "add", "carol", "--ssh-key", keyFile); code != 0 || !strings.Contains(out, "carol") {
 		t.Fatalf("user add: %d %q %q", code, out, errOut)

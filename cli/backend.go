@@ -40,7 +40,10 @@ type Backend interface {
 	Rename(ctx context.Context, name, newName string) (service.VM, error)
 	Copy(ctx context.Context, name string, req service.CopyRequest, progress service.Progress) (service.VM, error)
 
-	AddSSHKey(ctx context.Context, line string) (service.SSHKey, error)
+	// SSHKeyChallenge and AddSSHKey add a key with proof of possession
+	// (see service.KeyProof).
+	SSHKeyChallenge(ctx context.Context) (service.KeyChallenge, error)
+	AddSSHKey(ctx context.Context, proof service.KeyProof) (service.SSHKey, error)
 	ListSSHKeys(ctx context.Context) ([]service.SSHKey, error)
 	RemoveSSHKey(ctx context.Context, idOrFingerprint string) error
 

@@ -3,11 +3,11 @@ package cli
 import (
 	"context"
 	"io"
-	"os"
-	"path/filepath"
-	"time"
+
+	"golang.org/x/crypto/ssh"
 
 	"github.com/minionsdev/minions/guestagent/proto"
+	"github.com/minionsdev/minions/internal/errs"
 	"github.com/minionsdev/minions/service"
 	"github.com/minionsdev/minions/vsockcli"
 )
@@ -18,6 +18,10 @@ type Local struct {
 	Caller service.Caller
 	// OnClose runs on Close (closing the database the CLI opened).
 	OnClose func() error
+	// SessionKey is the key the caller's SSH session authenticated with
+	// (set only by the SSH gateway): `ssh-key add` without an argument
+	// registers it, the session being the proof of possession.
+	SessionKey ssh.PublicKey
 }
 
 var _ Backend = (*Local)(nil)
@@ -66,50 +70,7 @@ func (l *Local) Status(ctx context.Context, name string) (proto.Status, error) {
 }
 
 func (l *Local) Logs(ctx context.Context, name string, follow bool, w io.Writer) error {
-	path, err := l.Svc.ConsoleLog(ctx, l.Caller, name)
-	if err != nil {
-		return err
-	}
-	return tailFile(ctx, path, follow, w)
-}
-
-// tailFile copies path to w and, with follow, what is appended later.
-func tailFile(ctx context.Context, path string, follow bool, w io.Writer) error {
-	f, err := os.Open(path)
-	if os.IsNotExist(err) && follow {
-		for os.IsNotExist(err) {
-			select {
-			case <-ctx.Done():
-				return nil
-			case <-time.After(200 * time.Millisecond):
-			}
-			f, err = os.Open(path)
-		}
-	}
-	if os.IsNotExist(err) {
-		return nil
-	}
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	for {
-		if _, err := io.Copy(w, f); err != nil {
-			return err
-		}
-		if !follow {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-time.After(100 * time.Millisecond):
-		}
-		// A destroyed VM's log is gone: stop following.
-		if _, err := os.Stat(filepath.Dir(path)); err != nil {
-			return nil
-		}
-	}
+	return l.Svc.CopyConsole(ctx, l.Caller, name, follow, w)
 }
 
 func (l *Local) CreateSnapshot(ctx context.Context, name string, req service.SnapshotRequest, p service.Progress) (service.Snapshot, error) {
@@ -134,8 +95,20 @@ func (l *Local) Copy(ctx context.Context, name string, req service.CopyRequest, 
 	return l.Svc.Copy(ctx, l.Caller, name, req, p)
 }
 
-func (l *Local) AddSSHKey(ctx context.Context, line string) (service.SSHKey, error) {
-	return l.Svc.AddSSHKey(ctx, l.Caller, line)
+func (l *Local) SSHKeyChallenge(ctx context.Context) (service.KeyChallenge, error) {
+	return l.Svc.SSHKeyChallenge(ctx, l.Caller)
+}
+func (l *Local) AddSSHKey(ctx context.Context, p service.KeyProof) (service.SSHKey, error) {
+	return l.Svc.AddSSHKey(ctx, l.Caller, p)
+}
+
+// AddSessionKey registers SessionKey, the key the SSH session behind this
+// backend authenticated with (errs.FailedPrecondition without one).
+func (l *Local) AddSessionKey(ctx context.Context) (service.SSHKey, error) {
+	if l.SessionKey == nil {
+		return service.SSHKey{}, errs.New(errs.FailedPrecondition, "this session did not log in with an ssh key")
+	}
+	return l.Svc.AddSessionKey(ctx, l.Caller, l.SessionKey)
 }
 func (l *Local) ListSSHKeys(ctx context.Context) ([]service.SSHKey, error) {
 	return l.Svc.ListSSHKeys(ctx, l.Caller)

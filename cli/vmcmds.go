@@ -417,35 +417,7 @@ func runLogs(ctx context.Context, x *Ctx) error {
 
 func sshKeyCmd() *Command {
 	return &Command{Name: "ssh-key", Summary: "Manage your SSH public keys", Sub: []*Command{
-		{Name: "add", Usage: "FILE|-", Summary: "Register a public key", MinArgs: 1, MaxArgs: 1, Run: func(ctx context.Context, x *Ctx) error {
-			be, err := x.Backend(ctx)
-			if err != nil {
-				return err
-			}
-			var b []byte
-			if x.Args[0] == "-" {
-				b, err = io.ReadAll(io.LimitReader(x.Stdin, 64<<10))
-			} else if x.Remote {
-				return errs.New(errs.InvalidArgument, "over ssh, pipe the key in: `ssh host ssh-key add - < key.pub`")
-			} else {
-				b, err = os.ReadFile(x.Args[0])
-			}
-			if err != nil {
-				return errs.New(errs.InvalidArgument, "read key: %v", err)
-			}
-			var added []service.SSHKey
-			for _, line := range nonEmptyLines(string(b)) {
-				k, err := be.AddSSHKey(ctx, line)
-				if err != nil {
-					return err
-				}
-				added = append(added, k)
-			}
-			if len(added) == 0 {
-				return errs.New(errs.InvalidArgument, "no public key found")
-			}
-			return x.Print(added, func(w io.Writer) { printKeys(w, added) })
-		}},
+		{Name: "add", Usage: "[FILE|-]", Summary: "Register a key you hold (signs a challenge with it; over ssh: the key you logged in with)", MaxArgs: 1, Run: sshKeyAdd},
 		{Name: "list", Summary: "List your keys", Run: func(ctx context.Context, x *Ctx) error {
 			be, err := x.Backend(ctx)
 			if err != nil {
@@ -477,4 +449,53 @@ func printKeys(w io.Writer, keys []service.SSHKey) {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", k.ID, k.Type, k.Fingerprint, k.Comment)
 	}
 	tw.Flush()
+}
+
+// keyAddTwoWays names the two ways to prove that one holds a key.
+const keyAddTwoWays = "prove you hold the key: over ssh, `ssh-key add` with no argument registers the key this session logged in with; " +
+	"with the minions CLI, `minions ssh-key add KEY.pub` signs a challenge with its private key (the key file or ssh-agent)"
+
+// sshKeyAdd registers keys with proof of possession: over SSH the key the
+// session authenticated with, otherwise each key of FILE (or stdin) signed
+// with its private key file or through ssh-agent.
+func sshKeyAdd(ctx context.Context, x *Ctx) error {
+	if x.Remote && len(x.Args) > 0 {
+		return errs.New(errs.InvalidArgument, "over ssh, ssh-key add takes no argument: a public key alone proves nothing. To add a key, %s", keyAddTwoWays)
+	}
+	if !x.Remote && len(x.Args) == 0 {
+		return errs.New(errs.InvalidArgument, "name the key to add: `minions ssh-key add ~/.ssh/id_ed25519.pub` (its private key file or ssh-agent signs a challenge)")
+	}
+	be, err := x.Backend(ctx)
+	if err != nil {
+		return err
+	}
+	var added []service.SSHKey
+	if x.Remote {
+		sk, ok := be.(sessionKeyAdder)
+		if !ok {
+			return errs.New(errs.FailedPrecondition, "this backend cannot see the key of your session; %s", keyAddTwoWays)
+		}
+		k, err := sk.AddSessionKey(ctx)
+		if err != nil {
+			return err
+		}
+		added = append(added, k)
+	} else {
+		keys, err := x.readKeysToProve(x.Args[0])
+		if err != nil {
+			return err
+		}
+		for _, k := range keys {
+			proof, err := x.proveKey(ctx, be, k)
+			if err != nil {
+				return err
+			}
+			sk, err := be.AddSSHKey(ctx, proof)
+			if err != nil {
+				return err
+			}
+			added = append(added, sk)
+		}
+	}
+	return x.Print(added, func(w io.Writer) { printKeys(w, added) })
 }

@@ -67,6 +67,7 @@ func newDriver(ctx context.Context, o Options) (hypervisor.Driver, error) {
 	}
 	return qemu.New(qemu.Config{
 		Accel: accel, KVMUsable: res.Usable, RelayCommand: []string{exe, "agent-relay"}, Sandbox: o.Sandbox,
+		ConsoleCommand: []string{exe, "console-log"}, ConsoleMaxBytes: o.Resources.ConsoleLogMaxBytes,
 		Jail: jailConfig(exe, o.Jail, o.Paths),
 		Log:  o.Log,
 	})

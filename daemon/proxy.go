@@ -4,10 +4,8 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/x509"
-	"database/sql"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -30,8 +28,8 @@ import (
 // from that live proxy; a CLI running the service in-process (no daemon
 // socket) builds an identical, non-serving proxy from the two settings, so
 // `minions share` prints links the running daemon accepts, whoever mints
-// them. One-time login links are remembered as used by the proxy that
-// redeems them, which is always the daemon's.
+// them. One-time login links are remembered as used in the store
+// (used_links), so a restart of the daemon does not make them usable again.
 const (
 	settingProxySecret   = "proxy_secret"
 	settingProxyEndpoint = "proxy_endpoint"
@@ -44,6 +42,7 @@ type proxyEndpoint struct {
 	HTTPSPort   int    `json:"https_port,omitempty"`
 	HTTPPort    int    `json:"http_port,omitempty"`
 	DNSResolver string `json:"dns_resolver,omitempty"`
+	PublicIP    string `json:"public_ip,omitempty"` // --public-ip, the DNS target of a domain
 }
 
 // startProxy runs the HTTPS proxy (https://<vm>.<domain>) or, without a
@@ -64,7 +63,7 @@ func startProxy(ctx context.Context, g *errgroup.Group, cfg Config, e *Env, log 
 		}
 	}
 	var err error
-	ep := proxyEndpoint{Domain: cfg.Domain, DNSResolver: cfg.DNSResolver}
+	ep := proxyEndpoint{Domain: cfg.Domain, DNSResolver: cfg.DNSResolver, PublicIP: cfg.PublicIP}
 	if cfg.Domain != "" {
 		if cfg.ProxyBind == "" {
 			cfg.ProxyBind = proxy.DefaultHTTPSBind
@@ -92,7 +91,8 @@ func startProxy(ctx context.Context, g *errgroup.Group, cfg Config, e *Env, log 
 		closeAll()
 		return err
 	}
-	e.Service.SetWeb(func(context.Context) (service.Web, error) { return p, nil })
+	web := webOf(p, ep)
+	e.Service.SetWeb(func(context.Context) (service.Web, error) { return web, nil })
 	m.extra = append(m.extra, p.MetricsHandler())
 	g.Go(func() error { return p.Serve(ctx, httpsLn, httpLn) })
 	log.Info("proxy listening", "https", addrOf(httpsLn, ""), "http", addrOf(httpLn, ""), "domain", cfg.Domain)
@@ -116,7 +116,7 @@ func newProxy(ctx context.Context, cfg Config, e *Env, log *slog.Logger, paths P
 	pc := proxy.Config{Domain: cfg.Domain, HTTPSBind: cfg.ProxyBind, HTTPBind: cfg.HTTPBind, ACMECA: cfg.ACMECA,
 		PublicHTTPSPort: ep.HTTPSPort, PublicHTTPPort: ep.HTTPPort,
 		Staging: cfg.ACMEStaging, ACMEEmail: cfg.ACMEEmail, StorageDir: filepath.Join(paths.State, "certs"),
-		Secret: secret, Resolver: resolver(ep.DNSResolver), RatePerSecond: cfg.ProxyRate, Burst: cfg.ProxyBurst,
+		Secret: secret, Resolver: resolver(ep.DNSResolver), RatePerSecond: cfg.ProxyRate, Burst: cfg.ProxyBurst, MaxConns: cfg.ProxyMaxConns,
 		Log: log.With("component", "proxy"), AccessLog: log.With("component", "access")}
 	if pc.HTTPBind == "" {
 		// With a domain and no plain listener: no HTTP-01 and no
@@ -138,6 +138,7 @@ func newProxy(ctx context.Context, cfg Config, e *Env, log *slog.Logger, paths P
 	if err != nil {
 		return nil, err
 	}
+	pc.Links = usedLinks{e.DB}
 	return proxy.New(pc, r, r)
 }
 
@@ -159,7 +160,7 @@ func resolver(addr string) proxy.Resolver {
 // errs.FailedPrecondition.
 func storedWeb(db *store.DB, paths Paths, log *slog.Logger) service.WebSource {
 	var mu sync.Mutex
-	var built *proxy.Proxy
+	var built service.Web
 	return func(ctx context.Context) (service.Web, error) {
 		mu.Lock()
 		defer mu.Unlock()
@@ -185,8 +186,8 @@ func storedWeb(db *store.DB, paths Paths, log *slog.Logger) service.WebSource {
 		if err != nil {
 			return nil, err
 		}
-		built = p
-		return p, nil
+		built = webOf(p, ep)
+		return built, nil
 	}
 }
 
@@ -210,15 +211,26 @@ func proxySecret(ctx context.Context, db *store.DB) ([]byte, error) {
 	return secret, err
 }
 
+// usedLinks is the proxy's LinkLedger in the store, so a one-time link
+// used before a daemon restart stays used after it.
+type usedLinks struct{ db *store.DB }
+
+var _ proxy.LinkLedger = usedLinks{}
+
+func (u usedLinks) Use(ctx context.Context, id string, exp time.Time) (bool, error) {
+	return store.UseLink(ctx, u.db, id, exp, time.Now())
+}
+
 // routes maps a request's host to a VM from the store. Route owners are
-// user IDs, as the service passes them to LoginLink. Every request and TLS
-// handshake asks, so the queries are prepared once (an ad-hoc query costs
-// ~300 us with modernc SQLite here, a prepared one ~50 us) and nothing is
-// cached: a change (share --private, stop, destroy) applies to the very
-// next request. The statements live as long as the process.
+// user IDs, as the service passes them to LoginLink, and a route carries
+// the VM's revocation counter (store.WebGen), so links and sessions end
+// when the service bumps it. Every request and TLS handshake asks, so the
+// store's queries are prepared once (store.RouteQueries) and the answers
+// are cached only until the next commit: a change (share --private, stop,
+// destroy) applies to the very next request.
 type routes struct {
-	domain                  string
-	byName, byDomain, allow *sql.Stmt
+	domain string
+	q      *store.RouteQueries
 	// The lookups are cached until the database changes: any commit, by
 	// this or another process, grows or resets the write-ahead log, so a
 	// stat of it (about a microsecond) says whether the cache still holds.
@@ -251,25 +263,14 @@ var (
 	_ proxy.Domains = (*routes)(nil)
 )
 
-const routeCols = `v.id, v.name, v.owner_id, v.ip, v.port, v.public, v.state`
-
+// newRoutes prepares the route lookups; the statements live as long as the
+// process.
 func newRoutes(ctx context.Context, db *store.DB, domain string) (*routes, error) {
-	r := &routes{domain: domain, wal: db.Path + "-wal", cache: map[string]routeEntry{}}
-	for _, q := range []struct {
-		st  **sql.Stmt
-		sql string
-	}{
-		{&r.byName, `SELECT ` + routeCols + ` FROM vms v WHERE v.name = ?`},
-		{&r.byDomain, `SELECT ` + routeCols + ` FROM domains d JOIN vms v ON v.id = d.vm_id WHERE d.name = ? AND d.verified = 1`},
-		{&r.allow, `SELECT count(*) FROM domains WHERE name = ? AND verified = 1`},
-	} {
-		st, err := db.PrepareContext(ctx, q.sql)
-		if err != nil {
-			return nil, fmt.Errorf("proxy routes: %w", err)
-		}
-		*q.st = st
+	q, err := store.PrepareRoutes(ctx, db)
+	if err != nil {
+		return nil, fmt.Errorf("proxy routes: %w", err)
 	}
-	return r, nil
+	return &routes{domain: domain, q: q, wal: db.Path + "-wal", cache: map[string]routeEntry{}}, nil
 }
 
 func (r *routes) Route(ctx context.Context, host string) (proxy.Route, error) {
@@ -297,31 +298,29 @@ func (r *routes) Route(ctx context.Context, host string) (proxy.Route, error) {
 }
 
 func (r *routes) lookup(ctx context.Context, host string) (proxy.Route, error) {
-	st, key := r.byDomain, host
+	var sr store.Route
+	var err error
 	if name, ok := proxy.SplitHost(host, r.domain); ok {
-		st, key = r.byName, name
+		sr, err = r.q.ByName(ctx, name)
+	} else {
+		sr, err = r.q.ByDomain(ctx, host)
 	}
-	var rt proxy.Route
-	var ip, state string
-	var port int
-	err := st.QueryRowContext(ctx, key).Scan(&rt.VMID, &rt.VMName, &rt.Owner, &ip, &port, &rt.Public, &state)
-	if errors.Is(err, sql.ErrNoRows) {
+	if errs.ClassOf(err) == errs.NotFound {
 		return proxy.Route{}, errs.New(errs.NotFound, "no vm serves %s", host)
 	}
 	if err != nil {
 		return proxy.Route{}, fmt.Errorf("route %s: %w", host, err) // 503, not 404
 	}
-	rt.Upstream = net.JoinHostPort(ip, strconv.Itoa(port))
-	rt.Running = state == store.StateRunning
-	return rt, nil
+	return proxy.Route{VMID: sr.VMID, VMName: sr.VMName, Owner: sr.OwnerID, Gen: sr.WebGen,
+		Upstream: net.JoinHostPort(sr.IP, strconv.Itoa(sr.Port)), Public: sr.Public, Running: sr.State == store.StateRunning}, nil
 }
 
 func (r *routes) AllowCertificate(ctx context.Context, name string) error {
-	var n int
-	if err := r.allow.QueryRowContext(ctx, name).Scan(&n); err != nil {
+	ok, err := r.q.DomainVerified(ctx, name)
+	if err != nil {
 		return err
 	}
-	if n == 0 {
+	if !ok {
 		return errs.New(errs.PermissionDenied, "no verified custom domain %s", name)
 	}
 	return nil

@@ -447,6 +447,7 @@ acme_ca = %q
 acme_root = %q
 acme_email = "admin@example.test"
 dns_resolver = %q
+public_ip = "127.0.0.1"
 `, loopback(freeTCPPort(t)), loopback(freeTCPPort(t)), loopback(freeTCPPort(t)), e.httpsAddr, loopback(httpPort), proxyDomain,
 		pebble.DirectoryURL, acmeRoot, dns.Addr), e.httpsAddr)
 	host := "web." + proxyDomain
@@ -505,7 +506,8 @@ dns_resolver = %q
 		}
 		// A fresh sign-in link from plain `share` (text output).
 		out := must(t, "share", "web")
-		if !strings.Contains(out, "private") || !strings.Contains(out, "/__minions/login?token=") {
+		if !strings.Contains(out, "private") || !strings.Contains(out, "/__minions/login?token=") ||
+			!strings.Contains(out, "DNS: "+host+" must resolve to 127.0.0.1 (an A record") {
 			t.Fatalf("share output:\n%s", out)
 		}
 		// A shareable link admits anyone who opens it.
@@ -607,8 +609,9 @@ dns_resolver = %q
 		before := pebble.NewOrders()
 		var d domainJSON
 		mustJSON(t, &d, "domain", "add", "web", txtDomain)
-		if d.Verified || d.TXTName != "_minions-verify."+txtDomain || !strings.HasPrefix(d.TXTValue, "minions-verify=") ||
-			d.CNAMETarget != host || !strings.Contains(d.Problem, d.TXTValue) {
+		// Both records name the VM's immutable ID, not its recyclable name.
+		if d.Verified || d.TXTName != "_minions-verify."+txtDomain || !strings.HasPrefix(d.TXTValue, "minions-verify=vm:"+v.ID+",owner:") ||
+			d.CNAMETarget != v.ID+"."+proxyDomain || !strings.Contains(d.Problem, d.TXTValue) {
 			t.Fatalf("domain add without a record: %+v", d)
 		}
 		if r := minions(t, "", "domain", "add", "web", txtDomain, "--verify"); r.code != 5 {
@@ -630,11 +633,17 @@ dns_resolver = %q
 		if code, body := e.curl(t, txtDomain, "/"); code != 200 || strings.TrimSpace(body) != page {
 			t.Fatalf("https://%s/: %d %q", txtDomain, code, body)
 		}
-		// A CNAME to the VM's name verifies at once.
+		// A CNAME to the VM's name proves nothing (the next VM named web
+		// would inherit it); a CNAME to its ID host verifies at once.
 		dns.SetCNAME(cnameDomain, host)
 		mustJSON(t, &d, "domain", "add", "web", cnameDomain)
+		if d.Verified {
+			t.Fatalf("domain add with a CNAME to the vm name: %+v", d)
+		}
+		dns.SetCNAME(cnameDomain, v.ID+"."+proxyDomain)
+		mustJSON(t, &d, "domain", "add", "web", cnameDomain)
 		if !d.Verified {
-			t.Fatalf("domain add with a CNAME: %+v", d)
+			t.Fatalf("domain add with a CNAME to the vm id host: %+v", d)
 		}
 		if code, body := e.curl(t, cnameDomain, "/"); code != 200 || strings.TrimSpace(body) != page {
 			t.Fatalf("https://%s/: %d %q", cnameDomain, code, body)

@@ -442,11 +442,28 @@ func TestSSHFrontDoor(t *testing.T) {
 		term.waitText(20*time.Second, "Sign-up is closed", ssh.FingerprintSHA256(stranger.signer.PublicKey()))
 		term.keys("q")
 		term.waitFor("client exit", 10*time.Second, func(string) bool { return term.dead() })
-		// Keys over the command grammar: bob adds a second key from stdin.
+		// Keys over the command grammar. A public key piped in proves
+		// nothing (anyone can copy one): refused, naming the two ways.
 		second := newSSHKey(t, dir, "bob2")
 		pub, _ := os.ReadFile(second.pubFile)
-		if r := d.openssh(t, bob, string(pub), "ssh", "127.0.0.1", "ssh-key", "add", "-"); r.code != 0 {
+		if r := d.openssh(t, bob, string(pub), "ssh", "127.0.0.1", "ssh-key", "add", "-"); r.code != 2 ||
+			!strings.Contains(r.stderr, "with no argument registers the key this session logged in with") || !strings.Contains(r.stderr, "minions ssh-key add KEY.pub") {
 			t.Fatalf("ssh-key add - as bob: %s", r)
+		}
+		if r := d.openssh(t, second, "", "ssh", "127.0.0.1", "whoami"); r.code != 10 {
+			t.Fatalf("an unproven key logs in: %s", r)
+		}
+		// With no argument: the key the session logged in with.
+		if r := d.openssh(t, bob, "", "ssh", "127.0.0.1", "ssh-key", "add"); r.code != 0 || !strings.Contains(r.stdout, ssh.FingerprintSHA256(bob.signer.PublicKey())) {
+			t.Fatalf("ssh-key add as bob over ssh: %s", r)
+		}
+		// Bob adds his second key with the minions CLI and his token: it
+		// signs the daemon's challenge with the private key next to the .pub.
+		tok := strings.TrimSpace(must(t, "token", "create", "--user", "bob", "--name", "e2e-keys"))
+		add := exec.Command(filepath.Join(binDir, "minions"), "ssh-key", "add", second.pubFile)
+		add.Env = append(os.Environ(), "MINIONS_STATE_DIR="+stateDir, "MINIONS_API_KEY="+tok, "SSH_AUTH_SOCK=", "HOME="+t.TempDir())
+		if out, err := add.CombinedOutput(); err != nil {
+			t.Fatalf("minions ssh-key add as bob: %v\n%s", err, out)
 		}
 		if r := d.openssh(t, second, "", "ssh", "127.0.0.1", "whoami"); r.code != 0 || !strings.Contains(r.stdout, "bob") {
 			t.Fatalf("bob's second key: %s", r)

@@ -141,7 +141,7 @@ func identityFromConn(conn *gossh.ServerConn) identity {
 func (s *Server) unregisteredMessage(key gossh.PublicKey) string {
 	fp := gossh.FingerprintSHA256(key)
 	if s.cfg.Policy == PolicyClosed {
-		return fmt.Sprintf("minions: key %s is not registered and sign-up is closed; ask an admin to add it (ssh-key add)", fp)
+		return fmt.Sprintf("minions: key %s is not registered and sign-up is closed; ask an admin for an account, then add the key with `minions ssh-key add`", fp)
 	}
 	return fmt.Sprintf("minions: key %s is not registered; sign up interactively with `ssh -t <host>`", fp)
 }

@@ -44,6 +44,7 @@ func (s *Server) frontDoor(sess ssh.Session, w *windows) {
 	}
 
 	user := id.user
+	user.Key = id.key
 	if isPty && len(cmd) == 0 {
 		s.runTea(sess, newSessionInput(sess), w, s.dashboard(sess, user, newRenderer(sess)))
 		_ = sess.Exit(0)

@@ -152,8 +152,10 @@ func (m registerModel) View() string {
 	fmt.Fprintf(&b, "%s\n\n", m.dim.Render("Your key "+m.fingerprint+" is not registered yet."))
 	switch m.step {
 	case stepClosed:
-		b.WriteString("Sign-up is closed on this host. Ask an admin to add your key:\n\n")
-		b.WriteString("  ssh-key add <your public key>\n\n")
+		b.WriteString("Sign-up is closed on this host. Ask an admin for an account and an\n")
+		b.WriteString("API token, then register this key with the minions CLI (it signs a\n")
+		b.WriteString("challenge with the key, proving that you hold it):\n\n")
+		b.WriteString("  minions ssh-key add ~/.ssh/id_ed25519.pub\n\n")
 		b.WriteString(m.dim.Render("q quit") + "\n")
 		return b.String()
 	case stepDone:

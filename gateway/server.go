@@ -21,6 +21,9 @@ import (
 type User struct {
 	Name  string
 	Admin bool
+	// Key is the public key this session authenticated with (set for the
+	// sessions of registered users): proof that the user holds it.
+	Key gossh.PublicKey
 }
 
 // Users maps public keys to users. Implementations must be safe for

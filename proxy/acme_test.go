@@ -191,7 +191,7 @@ func TestACMEOnDemand(t *testing.T) {
 	if status, body, _ := get(t, c, e.url("priv."+testDomain, "/")); status != 401 {
 		t.Fatalf("anonymous to private vm: %d %q", status, body)
 	}
-	link := e.p.LoginLink("priv", "alice", time.Minute)
+	link := e.p.LoginLink("priv", "vm2", "alice", 0, time.Minute)
 	if want := e.url("priv."+testDomain, "/__minions/login?token="); !strings.HasPrefix(link, want) {
 		t.Fatalf("link %q, want prefix %q", link, want)
 	}
@@ -237,27 +237,35 @@ func TestCustomDomain(t *testing.T) {
 	if n := e.pebble.NewOrders(); n != 0 {
 		t.Fatalf("unverified custom domain caused %d orders", n)
 	}
-	err := e.p.VerifyDomain(ctx, custom, "web", "vm1")
-	if err == nil || !strings.Contains(err.Error(), "CNAME record www.custom.test -> web.example.test") {
+	err := e.p.VerifyDomain(ctx, custom, "vm1", "alice")
+	if err == nil || !strings.Contains(err.Error(), "CNAME record www.custom.test -> vm1.example.test") {
 		t.Fatalf("verify without records: %v", err)
 	}
+	// The CNAME target is the VM's immutable ID host, and the TXT value is
+	// bound to the VM ID and its owner: a CNAME to the (recyclable) VM name
+	// proves nothing.
 	for _, tc := range []struct {
 		name string
 		set  func()
 		ok   bool
 	}{
-		{"txt for another vm", func() { e.dns.SetTXT(proxy.VerifyPrefix+"."+custom, e.p.DomainToken("vm2", custom)) }, false},
+		{"txt for another vm", func() { e.dns.SetTXT(proxy.VerifyPrefix+"."+custom, e.p.DomainToken("vm2", "alice", custom)) }, false},
+		{"txt for another owner", func() { e.dns.SetTXT(proxy.VerifyPrefix+"."+custom, e.p.DomainToken("vm1", "bob", custom)) }, false},
 		{"cname elsewhere", func() { e.dns.SetCNAME(custom, "other."+testDomain) }, false},
-		{"txt", func() { e.dns.SetTXT(proxy.VerifyPrefix+"."+custom, "junk", e.p.DomainToken("vm1", custom)) }, true},
-		{"cname", func() { e.dns.SetTXT(proxy.VerifyPrefix + "." + custom); e.dns.SetCNAME(custom, "web."+testDomain) }, true},
+		{"cname to the vm name", func() { e.dns.SetCNAME(custom, "web."+testDomain) }, false},
+		{"txt", func() { e.dns.SetTXT(proxy.VerifyPrefix+"."+custom, "junk", e.p.DomainToken("vm1", "alice", custom)) }, true},
+		{"cname", func() { e.dns.SetTXT(proxy.VerifyPrefix + "." + custom); e.dns.SetCNAME(custom, "vm1."+testDomain) }, true},
 	} {
 		tc.set()
-		if err := e.p.VerifyDomain(ctx, custom, "web", "vm1"); (err == nil) != tc.ok {
+		if err := e.p.VerifyDomain(ctx, custom, "vm1", "alice"); (err == nil) != tc.ok {
 			t.Errorf("%s: verify = %v, want ok=%v", tc.name, err, tc.ok)
 		}
 	}
+	if tok := e.p.DomainToken("vm1", "alice", custom); !strings.HasPrefix(tok, "minions-verify=vm:vm1,owner:alice,") {
+		t.Errorf("txt value %q does not name the vm and owner", tok)
+	}
 	for _, bad := range []string{"web." + testDomain, "x.localhost", "nodots", "-bad-.test"} {
-		if err := e.p.VerifyDomain(ctx, bad, "web", "vm1"); err == nil {
+		if err := e.p.VerifyDomain(ctx, bad, "vm1", "alice"); err == nil {
 			t.Errorf("verify %q succeeded", bad)
 		}
 	}

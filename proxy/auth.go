@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"context"
 	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
@@ -32,14 +33,24 @@ const (
 	logoutPath = "/__minions/logout"
 )
 
-// claims is the signed payload of links and cookies.
+// claims is the signed payload of links and cookies. Every token names the
+// VM by its immutable ID, the owner and the VM's revocation counter when it
+// was minted; the proxy admits it only while the route still has all
+// three, so a link outlives neither its VM, nor a change of owner, nor a
+// `share --private`, rename or destroy (which bump the counter).
 type claims struct {
 	Kind  string `json:"k"`
 	ID    string `json:"i,omitempty"` // random; single-use bookkeeping for login links
 	Host  string `json:"h,omitempty"` // links: the host they were issued for
-	VMID  string `json:"v,omitempty"` // cookies: the VM they admit to
-	Owner string `json:"o,omitempty"` // login links and owner cookies
+	VMID  string `json:"v,omitempty"` // the VM they admit to
+	Owner string `json:"o,omitempty"` // the VM's owner when minted
+	Gen   int64  `json:"g,omitempty"` // the VM's revocation counter when minted
 	Exp   int64  `json:"e"`           // unix seconds
+}
+
+// valid reports whether c (a link or session) still holds for rt.
+func (c claims) valid(rt Route) bool {
+	return c.VMID != "" && c.VMID == rt.VMID && c.Owner == rt.Owner && c.Gen == rt.Gen
 }
 
 var errBadToken = errors.New("invalid or expired token")
@@ -87,19 +98,26 @@ func (s signer) verify(tok, kind string) (claims, error) {
 	return c, nil
 }
 
-// usedTokens remembers redeemed one-time token IDs until they expire.
-// It lives in memory: after a restart a login link that was already used
-// could be used once more within its (short) lifetime.
-type usedTokens struct {
+// LinkLedger remembers redeemed one-time sign-in links.
+type LinkLedger interface {
+	// Use records the link id as redeemed until exp and reports whether it
+	// was fresh. It must be atomic: of concurrent calls with one id, at
+	// most one sees true. An error refuses the link (answered with 503).
+	Use(ctx context.Context, id string, exp time.Time) (bool, error)
+}
+
+// memLedger is the default LinkLedger: in memory, so after a restart a
+// used link could be redeemed once more within its (short) lifetime.
+type memLedger struct {
 	mu   sync.Mutex
 	ids  map[string]int64 // id -> expiry (unix seconds)
 	next int64            // next sweep
 }
 
-// use marks id as used and reports whether it was fresh.
-func (u *usedTokens) use(id string, exp, now int64) bool {
+func (u *memLedger) Use(_ context.Context, id string, exp time.Time) (bool, error) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
+	now := time.Now().Unix()
 	if u.ids == nil {
 		u.ids = make(map[string]int64)
 	}
@@ -112,10 +130,10 @@ func (u *usedTokens) use(id string, exp, now int64) bool {
 		u.next = now + 60
 	}
 	if _, seen := u.ids[id]; seen {
-		return false
+		return false, nil
 	}
-	u.ids[id] = exp
-	return true
+	u.ids[id] = exp.Unix()
+	return true, nil
 }
 
 func randomID() string {
@@ -130,13 +148,9 @@ func (p *Proxy) admitted(r *http.Request, rt Route) bool {
 		if ck.Name != cookieName {
 			continue
 		}
-		c, err := p.signer.verify(ck.Value, kindSession)
-		if err != nil || c.VMID != rt.VMID {
-			continue
-		}
-		// An owner session admits the owner only while they still own the
-		// VM; a share session (no owner) admits whoever holds it.
-		if c.Owner == "" || c.Owner == rt.Owner {
+		// Owner and share sessions alike admit only while the VM keeps
+		// its ID, owner and revocation counter.
+		if c, err := p.signer.verify(ck.Value, kindSession); err == nil && c.valid(rt) {
 			return true
 		}
 	}
@@ -169,34 +183,39 @@ func stripSessionCookie(h http.Header) {
 	}
 }
 
-// LoginLink returns a one-time URL that signs owner in to the VM named
-// vmName: https://<vm>.<domain>/__minions/login?token=... (http and the
-// localhost form in local mode). The link is valid for ttl (capped at one
-// hour; zero means 10 minutes), works once, and only while owner still owns
-// the VM under that name. Redeeming it sets a session cookie scoped to that
-// host and bound to the VM's ID and owner, then redirects to "/".
-func (p *Proxy) LoginLink(vmName, owner string, ttl time.Duration) string {
+// LoginLink returns a one-time URL that signs owner in to the VM with ID
+// vmID, named vmName, whose revocation counter is gen:
+// https://<vm>.<domain>/__minions/login?token=... (http and the localhost
+// form in local mode). The link is valid for ttl (capped at one hour; zero
+// means 10 minutes), works once (the LinkLedger remembers it), and only
+// while the route of that host still has this VM ID, owner and counter.
+// Redeeming it sets a session cookie scoped to that host and bound to the
+// same three, then redirects to "/".
+func (p *Proxy) LoginLink(vmName, vmID, owner string, gen int64, ttl time.Duration) string {
 	if ttl <= 0 {
 		ttl = 10 * time.Minute
 	}
 	ttl = min(ttl, time.Hour)
 	host := p.VMHost(vmName)
-	tok := p.signer.sign(claims{Kind: kindLogin, ID: randomID(), Host: host, Owner: owner,
+	tok := p.signer.sign(claims{Kind: kindLogin, ID: randomID(), Host: host, VMID: vmID, Owner: owner, Gen: gen,
 		Exp: p.signer.now().Add(ttl).Unix()})
 	return p.baseURL(host) + loginPath + "?token=" + tok
 }
 
 // ShareLink returns a reusable URL that admits anyone who opens it to the
-// VM named vmName until ttl has passed (zero means 7 days); each visitor
-// gets a session cookie lasting at most until the link expires. Links are
-// bound to the VM's ID when redeemed: a new VM reusing the name is not
-// reachable through an old link. Rotating Config.Secret revokes all links.
-func (p *Proxy) ShareLink(vmName string, ttl time.Duration) string {
+// VM with ID vmID (named vmName, owned by owner, revocation counter gen)
+// until ttl has passed (zero means 7 days); each visitor gets a session
+// cookie lasting at most until the link expires. The link and its sessions
+// end when the VM is destroyed, renamed, changes owner or is made private
+// again (the counter moves): a new VM reusing the name is never reachable
+// through an old link. Rotating Config.Secret revokes all links.
+func (p *Proxy) ShareLink(vmName, vmID, owner string, gen int64, ttl time.Duration) string {
 	if ttl <= 0 {
 		ttl = 7 * 24 * time.Hour
 	}
 	host := p.VMHost(vmName)
-	tok := p.signer.sign(claims{Kind: kindShare, Host: host, Exp: p.signer.now().Add(ttl).Unix()})
+	tok := p.signer.sign(claims{Kind: kindShare, Host: host, VMID: vmID, Owner: owner, Gen: gen,
+		Exp: p.signer.now().Add(ttl).Unix()})
 	return p.baseURL(host) + loginPath + "?token=" + tok
 }
 
@@ -214,19 +233,28 @@ func (p *Proxy) handleLogin(w http.ResponseWriter, r *http.Request, host string,
 		p.page(w, r, http.StatusForbidden, "Sign-in link not valid",
 			"This sign-in link is invalid or has expired. Ask for a new one with `minions share "+rt.VMName+"`.")
 		return
-	case c.Kind == kindLogin && c.Owner != rt.Owner:
+	case !c.valid(rt):
 		p.metrics.loginFailed.Add(1)
 		p.page(w, r, http.StatusForbidden, "Sign-in link not valid",
-			"This sign-in link was issued to someone who no longer owns this VM.")
-		return
-	case c.Kind == kindLogin && !p.used.use(c.ID, c.Exp, now.Unix()):
-		p.metrics.loginFailed.Add(1)
-		p.page(w, r, http.StatusForbidden, "Sign-in link already used",
-			"Each sign-in link works once. Ask for a new one with `minions share "+rt.VMName+"`.")
+			"This link was issued for a VM that has since been destroyed, renamed, made private again or given to someone else. Ask for a new one with `minions share "+rt.VMName+"`.")
 		return
 	}
+	if c.Kind == kindLogin {
+		fresh, err := p.cfg.Links.Use(r.Context(), c.ID, time.Unix(c.Exp, 0))
+		if err != nil {
+			p.log.Warn("record used link", "vm_id", rt.VMID, "err", err)
+			p.page(w, r, http.StatusServiceUnavailable, "Temporarily unavailable", "The proxy cannot check this sign-in link right now. Try again shortly.")
+			return
+		}
+		if !fresh {
+			p.metrics.loginFailed.Add(1)
+			p.page(w, r, http.StatusForbidden, "Sign-in link already used",
+				"Each sign-in link works once. Ask for a new one with `minions share "+rt.VMName+"`.")
+			return
+		}
+	}
 	exp := now.Add(p.cfg.SessionTTL)
-	sess := claims{Kind: kindSession, VMID: rt.VMID, Owner: c.Owner}
+	sess := claims{Kind: kindSession, VMID: c.VMID, Owner: c.Owner, Gen: c.Gen}
 	if c.Kind == kindShare && time.Unix(c.Exp, 0).Before(exp) {
 		exp = time.Unix(c.Exp, 0)
 	}

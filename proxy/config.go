@@ -20,6 +20,7 @@ const (
 	DefaultRatePerSecond         = 50
 	DefaultBurst                 = 100
 	DefaultMaxConnsPerIP         = 64
+	DefaultMaxConns              = 4096
 	DefaultIdleTimeout           = 5 * time.Minute
 	DefaultUpstreamHeaderTimeout = 60 * time.Second
 	DefaultDialTimeout           = 5 * time.Second
@@ -90,6 +91,12 @@ type Config struct {
 	// 64); connections beyond it get one 429 answer and are closed.
 	// Negative disables the limit.
 	MaxConnsPerIP int
+	// MaxConns bounds concurrent client connections from all addresses
+	// together (default 4096), so many addresses each under MaxConnsPerIP
+	// cannot exhaust the host's file descriptors and memory. Connections
+	// beyond it get one 429 answer and are closed. Negative disables it;
+	// when both are on it must be at least MaxConnsPerIP.
+	MaxConns int
 
 	// IdleTimeout closes a proxied exchange (request, response, WebSocket)
 	// after this long with no bytes either way, and idle client keep-alive
@@ -106,6 +113,11 @@ type Config struct {
 	// Resolver looks up TXT and CNAME records for custom domain
 	// verification (default net.DefaultResolver).
 	Resolver Resolver
+
+	// Links remembers redeemed one-time sign-in links. The default keeps
+	// them in memory, so a used link works once more after a restart;
+	// the daemon passes one backed by the store.
+	Links LinkLedger
 
 	// Log receives operational logs (default slog.Default()); AccessLog
 	// receives one record per request (default Log). Use a handler that
@@ -141,6 +153,9 @@ func (c Config) withDefaults() Config {
 	if c.MaxConnsPerIP == 0 {
 		c.MaxConnsPerIP = DefaultMaxConnsPerIP
 	}
+	if c.MaxConns == 0 {
+		c.MaxConns = DefaultMaxConns
+	}
 	if c.IdleTimeout == 0 {
 		c.IdleTimeout = DefaultIdleTimeout
 	}
@@ -155,6 +170,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.Resolver == nil {
 		c.Resolver = net.DefaultResolver
+	}
+	if c.Links == nil {
+		c.Links = &memLedger{}
 	}
 	if c.Log == nil {
 		c.Log = slog.Default()
@@ -191,6 +209,9 @@ func (c Config) Validate() error {
 	}
 	if _, _, err := net.SplitHostPort(c.HTTPBind); err != nil {
 		return bad("http bind %q: %v", c.HTTPBind, err)
+	}
+	if c.MaxConns > 0 && c.MaxConnsPerIP > c.MaxConns {
+		return bad("max conns (%d) must be at least max conns per ip (%d)", c.MaxConns, c.MaxConnsPerIP)
 	}
 	if c.RatePerSecond > 0 && c.Burst < 1 {
 		return bad("burst must be at least 1")

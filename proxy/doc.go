@@ -5,12 +5,16 @@
 // when a DNS provider is configured, otherwise per-name certificates on
 // demand, allowed only for names that exist), the HTTP->HTTPS redirect and
 // HTTP-01 answers on the plain listener, sign-in for private VMs (one-time
-// login links that set a signed cookie scoped to the VM's host), per-client
-// rate and connection limits, an access log and Prometheus metrics.
+// login links and share links that set a signed cookie scoped to the VM's
+// host; links and cookies are bound to the VM's ID, owner and revocation
+// counter), host-only rewriting of the cookies VMs set, per-client rate and
+// connection limits with a global connection cap, an access log and
+// Prometheus metrics.
 //
 // The proxy knows nothing of the store: it asks a Routes for the VM behind a
-// host name and a Domains whether a custom name may get a certificate. The
-// daemon wires both to the store. Without a Domain the proxy serves plain
+// host name, a Domains whether a custom name may get a certificate and a
+// LinkLedger whether a one-time link was used. The daemon wires all three to
+// the store. Without a Domain the proxy serves plain
 // HTTP only, at http://<vm>.localhost:<port>, for local use.
 //
 // A Proxy is safe for concurrent use. Package proxytest holds reusable test

@@ -61,12 +61,15 @@ func (l *rateLimiter) allow(ip string) (bool, time.Duration) {
 	return true, 0
 }
 
-// connLimiter counts open connections per client IP. Connections over the
-// limit are still accepted (so the client gets a readable 429) but marked.
+// connLimiter counts open connections per client IP and in total.
+// Connections over either limit are still accepted (so the client gets a
+// readable 429) but marked.
 type connLimiter struct {
-	max    int // <= 0 disables
+	max    int // per IP; <= 0 disables
+	total  int // all IPs; <= 0 disables
 	mu     sync.Mutex
 	perIP  map[string]int
+	open   int
 	active *atomic.Int64
 }
 
@@ -84,17 +87,34 @@ func (l limitListener) Accept() (net.Conn, error) {
 	ip := hostOnly(c.RemoteAddr().String())
 	l.lim.mu.Lock()
 	l.lim.perIP[ip]++
-	n := l.lim.perIP[ip]
+	l.lim.open++
+	n, all := l.lim.perIP[ip], l.lim.open
 	l.lim.mu.Unlock()
 	l.lim.active.Add(1)
-	return &trackedConn{Conn: c, lim: l.lim, ip: ip, over: l.lim.max > 0 && n > l.lim.max}, nil
+	var over overLimit
+	switch {
+	case l.lim.total > 0 && all > l.lim.total:
+		over = overTotal
+	case l.lim.max > 0 && n > l.lim.max:
+		over = overPerIP
+	}
+	return &trackedConn{Conn: c, lim: l.lim, ip: ip, over: over}, nil
 }
+
+// overLimit says which connection limit a connection broke, if any.
+type overLimit int
+
+const (
+	underLimits overLimit = iota
+	overPerIP
+	overTotal
+)
 
 type trackedConn struct {
 	net.Conn
 	lim  *connLimiter
 	ip   string
-	over bool
+	over overLimit
 	once sync.Once
 }
 
@@ -104,6 +124,7 @@ func (c *trackedConn) Close() error {
 		if c.lim.perIP[c.ip]--; c.lim.perIP[c.ip] <= 0 {
 			delete(c.lim.perIP, c.ip)
 		}
+		c.lim.open--
 		c.lim.mu.Unlock()
 		c.lim.active.Add(-1)
 	})
@@ -124,9 +145,12 @@ func connContext(ctx context.Context, c net.Conn) context.Context {
 	return ctx
 }
 
-func overConnLimit(ctx context.Context) bool {
+func overConnLimit(ctx context.Context) overLimit {
 	t, _ := ctx.Value(connKey{}).(*trackedConn)
-	return t != nil && t.over
+	if t == nil {
+		return underLimits
+	}
+	return t.over
 }
 
 // idleConn extends its deadline on every read or write, so an exchange

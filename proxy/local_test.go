@@ -203,7 +203,7 @@ func TestLoginFlow(t *testing.T) {
 	l.table.Set("priv.localhost", proxy.Route{VMID: "vm4", VMName: "priv", Owner: "alice", Upstream: up.Addr, Running: true})
 	l.table.Set("other.localhost", proxy.Route{VMID: "vm5", VMName: "other", Owner: "alice", Upstream: up.Addr, Running: true})
 
-	link := l.p.LoginLink("priv", "alice", time.Minute)
+	link := l.p.LoginLink("priv", "vm4", "alice", 0, time.Minute)
 	if !strings.HasPrefix(link, l.url("priv", "/__minions/login?token=")) {
 		t.Fatalf("link %q", link)
 	}
@@ -241,11 +241,11 @@ func TestLoginFlow(t *testing.T) {
 		t.Fatalf("reused link: %d %q", status, body)
 	}
 	// A link for another owner (VM changed hands) is refused.
-	if status, _, _ := get(t, clientTo(l.addr, nil), l.p.LoginLink("priv", "mallory", time.Minute)); status != 403 {
+	if status, _, _ := get(t, clientTo(l.addr, nil), l.p.LoginLink("priv", "vm4", "mallory", 0, time.Minute)); status != 403 {
 		t.Fatalf("link for non-owner: %d", status)
 	}
 	// A link for one VM does not work on another host.
-	other := strings.Replace(l.p.LoginLink("priv", "alice", time.Minute), "priv.localhost", "other.localhost", 1)
+	other := strings.Replace(l.p.LoginLink("priv", "vm4", "alice", 0, time.Minute), "priv.localhost", "other.localhost", 1)
 	if status, _, _ := get(t, clientTo(l.addr, nil), other); status != 403 {
 		t.Fatalf("link moved to another host: %d", status)
 	}
@@ -264,7 +264,7 @@ func TestShareLink(t *testing.T) {
 	l := startLocal(t, nil)
 	up := proxytest.StartUpstream(t, "priv")
 	l.table.Set("priv.localhost", proxy.Route{VMID: "vm4", VMName: "priv", Owner: "alice", Upstream: up.Addr, Running: true})
-	link := l.p.ShareLink("priv", time.Hour)
+	link := l.p.ShareLink("priv", "vm4", "alice", 0, time.Hour)
 	for i := range 2 { // reusable, by different visitors
 		jar, _ := cookiejar.New(nil)
 		c := clientTo(l.addr, nil)

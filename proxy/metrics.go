@@ -19,6 +19,7 @@ type metrics struct {
 	durSumMicros   atomic.Int64
 	rateLimited    atomic.Int64
 	connLimited    atomic.Int64
+	connCapped     atomic.Int64
 	upstreamErrors atomic.Int64
 	notFound       atomic.Int64
 	denied         atomic.Int64 // private VM, no valid session
@@ -79,6 +80,7 @@ func (p *Proxy) MetricsHandler() http.Handler {
 		fmt.Fprintf(w, "minions_proxy_request_duration_seconds_count %d\n", cum)
 		counter("minions_proxy_rate_limited_total", "Requests refused with 429 by the per-IP rate limit.", m.rateLimited.Load())
 		counter("minions_proxy_conn_limited_total", "Requests refused with 429 by the per-IP connection limit.", m.connLimited.Load())
+		counter("minions_proxy_conn_capped_total", "Requests refused with 429 by the global connection cap.", m.connCapped.Load())
 		counter("minions_proxy_upstream_errors_total", "Requests whose VM did not answer.", m.upstreamErrors.Load())
 		counter("minions_proxy_not_found_total", "Requests for hosts with no VM.", m.notFound.Load())
 		counter("minions_proxy_denied_total", "Requests to private VMs without a valid session.", m.denied.Load())

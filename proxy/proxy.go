@@ -31,7 +31,6 @@ type Proxy struct {
 	routes  Routes
 	domains Domains
 	signer  signer
-	used    usedTokens
 	metrics *metrics
 	rate    *rateLimiter
 	conns   *connLimiter
@@ -72,7 +71,7 @@ func New(cfg Config, routes Routes, domains Domains) (*Proxy, error) {
 		metrics: newMetrics(),
 	}
 	p.rate = newRateLimiter(cfg.RatePerSecond, cfg.Burst, time.Now)
-	p.conns = &connLimiter{max: cfg.MaxConnsPerIP, perIP: make(map[string]int), active: &p.metrics.activeConns}
+	p.conns = &connLimiter{max: cfg.MaxConnsPerIP, total: cfg.MaxConns, perIP: make(map[string]int), active: &p.metrics.activeConns}
 	p.setPorts(0, 0)
 
 	dialer := &net.Dialer{Timeout: cfg.DialTimeout, KeepAlive: 30 * time.Second}
@@ -93,11 +92,12 @@ func New(cfg Config, routes Routes, domains Domains) (*Proxy, error) {
 		DisableCompression:    true,
 	}
 	p.rp = &httputil.ReverseProxy{
-		Rewrite:      p.rewrite,
-		Transport:    p.transport,
-		ErrorHandler: p.upstreamError,
-		BufferPool:   newBufferPool(),
-		ErrorLog:     slog.NewLogLogger(p.log.Handler(), slog.LevelDebug),
+		Rewrite:        p.rewrite,
+		ModifyResponse: rewriteSetCookies,
+		Transport:      p.transport,
+		ErrorHandler:   p.upstreamError,
+		BufferPool:     newBufferPool(),
+		ErrorLog:       slog.NewLogLogger(p.log.Handler(), slog.LevelDebug),
 	}
 	if cfg.Domain != "" {
 		if err := p.setupCertificates(); err != nil {
@@ -185,11 +185,19 @@ func (p *Proxy) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 	}()
 
-	if overConnLimit(r.Context()) {
+	switch overConnLimit(r.Context()) {
+	case overPerIP:
 		p.metrics.connLimited.Add(1)
 		w.Header().Set("Connection", "close")
 		p.page(sw, r, http.StatusTooManyRequests, "Too many connections",
 			fmt.Sprintf("Your address has more than %d connections open to this server. Close some and try again.", p.cfg.MaxConnsPerIP))
+		return
+	case overTotal:
+		p.metrics.connCapped.Add(1)
+		w.Header().Set("Connection", "close")
+		w.Header().Set("Retry-After", "5")
+		p.page(sw, r, http.StatusTooManyRequests, "Server busy",
+			fmt.Sprintf("This server has more than %d connections open. Try again in a moment.", p.cfg.MaxConns))
 		return
 	}
 	if ok, wait := p.rate.allow(hostOnly(r.RemoteAddr)); !ok {

@@ -11,6 +11,10 @@ type Route struct {
 	VMID   string // immutable VM ID; cookies are bound to it
 	VMName string // current name, for pages and logs
 	Owner  string // the owning user's identity, as passed to LoginLink
+	// Gen is the VM's revocation counter: links and sessions minted under
+	// another value are refused. The route table must change it whenever
+	// outstanding links must end (share --private, rename, destroy).
+	Gen int64
 	// Upstream is the VM's "ip:port" (the port chosen by `minions expose`,
 	// default 80).
 	Upstream string

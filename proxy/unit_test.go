@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"context"
 	"slices"
 	"strings"
 	"testing"
@@ -26,6 +27,8 @@ func TestConfigValidate(t *testing.T) {
 		{"bad bind", Config{Secret: key, HTTPBind: "80"}, "http bind"},
 		{"negative timeout", Config{Secret: key, IdleTimeout: -time.Second}, "idle timeout"},
 		{"bad port", Config{Secret: key, PublicHTTPPort: 70000}, "out of range"},
+		{"global cap under per-ip cap", Config{Secret: key, MaxConns: 10, MaxConnsPerIP: 20}, "max conns (10) must be at least"},
+		{"global cap off", Config{Secret: key, MaxConns: -1, MaxConnsPerIP: 20}, ""},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -42,7 +45,7 @@ func TestConfigValidate(t *testing.T) {
 		})
 	}
 	d := Config{Staging: true}.withDefaults()
-	if d.ACMECA != "https://acme-staging-v02.api.letsencrypt.org/directory" || d.HTTPSBind != DefaultHTTPSBind || d.RatePerSecond != DefaultRatePerSecond {
+	if d.ACMECA != "https://acme-staging-v02.api.letsencrypt.org/directory" || d.HTTPSBind != DefaultHTTPSBind || d.RatePerSecond != DefaultRatePerSecond || d.MaxConns != DefaultMaxConns {
 		t.Fatalf("defaults: %+v", d)
 	}
 }
@@ -100,21 +103,46 @@ func TestSigner(t *testing.T) {
 	}
 }
 
-func TestUsedTokens(t *testing.T) {
-	var u usedTokens
-	if !u.use("a", 100, 10) || u.use("a", 100, 11) {
-		t.Fatal("a token must be usable exactly once")
+func TestMemLedger(t *testing.T) {
+	var u memLedger
+	ctx := context.Background()
+	now := time.Now()
+	use := func(id string, exp time.Time) bool {
+		ok, err := u.Use(ctx, id, exp)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ok
 	}
-	if !u.use("b", 20, 12) {
+	if !use("b", now.Add(-time.Second)) {
 		t.Fatal("b fresh")
 	}
-	// After expiry the sweep forgets b (a is still remembered).
-	u.use("c", 200, 90)
+	if !use("a", now.Add(time.Hour)) || use("a", now.Add(time.Hour)) {
+		t.Fatal("a token must be usable exactly once")
+	}
+	// The next sweep forgets the expired b (a is still remembered).
+	u.next = 0
+	use("c", now.Add(time.Hour))
 	if _, ok := u.ids["b"]; ok {
 		t.Fatal("expired id not swept")
 	}
-	if u.use("a", 100, 91) {
+	if use("a", now.Add(time.Hour)) {
 		t.Fatal("unexpired id forgotten")
+	}
+}
+
+func TestHostOnlyCookie(t *testing.T) {
+	for _, tc := range []struct{ in, want string }{
+		{"a=1; Domain=.example.com; Path=/", "a=1; Path=/"},
+		{"a=1;domain=example.com;Secure", "a=1;Secure"},
+		{"a=1; DOMAIN = .x.example.com; HttpOnly; Domain=y", "a=1; HttpOnly"},
+		{"a=1; Path=/; SameSite=Lax", "a=1; Path=/; SameSite=Lax"},
+		{"minions_session=forged; Path=/", ""},
+	} {
+		got, ok := hostOnlyCookie(tc.in)
+		if got != tc.want || ok != (tc.want != "") {
+			t.Errorf("hostOnlyCookie(%q) = %q, %v; want %q", tc.in, got, ok, tc.want)
+		}
 	}
 }
 

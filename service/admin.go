@@ -34,6 +34,9 @@ type Usage struct {
 	CPUs      int `json:"cpus"`
 	MemoryMiB int `json:"memory_mib"`
 	DiskGiB   int `json:"disk_gib"`
+	// SnapshotBytes is what the VMs' snapshots take on disk; it counts
+	// against the disk quota with DiskGiB.
+	SnapshotBytes int64 `json:"snapshot_bytes"`
 }
 
 // User is the public view of a user.
@@ -56,9 +59,13 @@ func (s *Service) userView(ctx context.Context, q store.Q, u store.User) (User, 
 	if err != nil {
 		return User{}, err
 	}
+	snaps, err := store.UserSnapshotBytes(ctx, q, u.ID)
+	if err != nil {
+		return User{}, err
+	}
 	return User{ID: u.ID, Name: u.Name, Admin: u.Admin, CreatedAt: u.CreatedAt, SSHKeys: len(keys),
 		Quota: Quota{MaxVMs: u.MaxVMs, MaxCPUs: u.MaxCPUs, MaxMemoryMiB: u.MaxMemoryMiB, MaxDiskGiB: u.MaxDiskGiB},
-		Usage: Usage{VMs: use.VMs, CPUs: use.CPUs, MemoryMiB: use.MemoryMiB, DiskGiB: use.DiskGiB}}, nil
+		Usage: Usage{VMs: use.VMs, CPUs: use.CPUs, MemoryMiB: use.MemoryMiB, DiskGiB: use.DiskGiB, SnapshotBytes: snaps}}, nil
 }
 
 // requireAdmin fails unless c is an admin: errs.Unauthenticated for an
@@ -73,10 +80,14 @@ func requireAdmin(c Caller, what string) error {
 	return nil
 }
 
-// AddUser creates a user, optionally with a first SSH public key (an
-// authorized_keys line). Admins only. A taken name or a key registered to
-// someone else is errs.AlreadyExists; nothing is created then.
-func (s *Service) AddUser(ctx context.Context, c Caller, name string, admin bool, sshKey string) (User, error) {
+// AddUser creates a user, optionally with a first SSH public key. A key
+// needs the same proof of possession as AddSSHKey, made by the calling
+// admin (the nonce is the admin's, from SSHKeyChallenge): nobody may hand
+// a key they do not hold to an account. sshKey with an empty PublicKey
+// means no key. Non-admin users get the configured default quota.
+// Admins only. A taken name or a key registered to someone
+// else is errs.AlreadyExists; nothing is created then.
+func (s *Service) AddUser(ctx context.Context, c Caller, name string, admin bool, sshKey KeyProof) (User, error) {
 	if err := requireAdmin(c, "add users"); err != nil {
 		return User{}, err
 	}
@@ -84,11 +95,12 @@ func (s *Service) AddUser(ctx context.Context, c Caller, name string, admin bool
 		return User{}, err
 	}
 	u := store.User{ID: vm.NewID(), Name: name, Admin: admin, CreatedAt: time.Now().UTC()}
+	s.applyDefaultQuota(&u)
 	var key *store.SSHKey
-	if sshKey = strings.TrimSpace(sshKey); sshKey != "" {
-		pub, comment, _, _, err := ssh.ParseAuthorizedKey([]byte(sshKey))
+	if strings.TrimSpace(sshKey.PublicKey) != "" {
+		pub, comment, err := s.verifyKeyProof(c, sshKey)
 		if err != nil {
-			return User{}, errs.New(errs.InvalidArgument, "invalid ssh public key: %v", err)
+			return User{}, err
 		}
 		key = &store.SSHKey{ID: vm.NewID(), UserID: u.ID, Fingerprint: ssh.FingerprintSHA256(pub),
 			PublicKey: strings.TrimSpace(string(ssh.MarshalAuthorizedKey(pub))), Comment: comment, CreatedAt: u.CreatedAt}
@@ -142,7 +154,7 @@ func (s *Service) RemoveUser(ctx context.Context, c Caller, name string) error {
 		return err
 	}
 	return s.DB.Tx(ctx, func(q store.Q) error {
-		u, err := store.GetUser(ctx, q, name)
+		u, err := userByRef(ctx, q, name)
 		if err != nil {
 			return err
 		}
@@ -176,7 +188,7 @@ func (s *Service) SetQuota(ctx context.Context, c Caller, name string, quota Quo
 	}
 	var out User
 	err := s.DB.Tx(ctx, func(q store.Q) error {
-		u, err := store.GetUser(ctx, q, name)
+		u, err := userByRef(ctx, q, name)
 		if err != nil {
 			return err
 		}

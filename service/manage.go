@@ -53,9 +53,15 @@ func (s *Service) Resize(ctx context.Context, c Caller, name string, req ResizeR
 			return errs.New(errs.FailedPrecondition, "resize needs a stopped vm: run `minions stop %s` first", v.Name)
 		}
 		return s.DB.Tx(ctx, func(q store.Q) error {
-			// Quota counts the growth only.
-			if err := s.checkQuota(ctx, q, v.OwnerID, nv.CPUs-v.CPUs, nv.MemoryMiB-v.MemoryMiB, nv.DiskGiB-v.DiskGiB); err != nil {
+			// Quota counts the growth only; the VM is stopped, so it
+			// need only fit the host on its own (start checks the rest).
+			if err := s.checkQuotaN(ctx, q, v.OwnerID, 0, nv.CPUs-v.CPUs, nv.MemoryMiB-v.MemoryMiB, nv.DiskGiB-v.DiskGiB); err != nil {
 				return err
+			}
+			if nv.MemoryMiB > v.MemoryMiB {
+				if err := s.checkFitsHost(nv.MemoryMiB); err != nil {
+					return err
+				}
 			}
 			if nv.DiskGiB > v.DiskGiB {
 				if err := os.WriteFile(s.growMarker(v.ID), nil, 0o600); err != nil {
@@ -84,7 +90,15 @@ func (s *Service) Rename(ctx context.Context, c Caller, name, newName string) (V
 	var out VM
 	err := s.withVM(ctx, c, name, vm.OpRename, func(v store.VM) error {
 		v.Name = newName
-		if err := store.UpdateVM(ctx, s.DB, v); err != nil {
+		// The old name may go to another VM: links and proxy sessions for
+		// this one end with the rename.
+		err := s.DB.Tx(ctx, func(q store.Q) error {
+			if err := store.UpdateVM(ctx, q, v); err != nil {
+				return err
+			}
+			return store.BumpWebGen(ctx, q, v.ID)
+		})
+		if err != nil {
 			return err
 		}
 		out = view(v)
@@ -153,7 +167,7 @@ func (s *Service) copySteps(ctx context.Context, c Caller, o *op, src, row store
 		if err != nil {
 			return row, err
 		}
-		cur, err := store.GetVM(ctx, s.DB, src.ID)
+		cur, err := s.reloadVM(ctx, src)
 		if err == nil {
 			s.reconcileVM(ctx, &cur)
 			err = vm.Allowed(cur.Name, cur.State, vm.OpCopy)
@@ -210,7 +224,7 @@ func machineID(id string) string {
 func (s *Service) freeName(ctx context.Context, base string) string {
 	name := base
 	for i := 2; i < 1000; i++ {
-		if _, err := store.GetVM(ctx, s.DB, name); err != nil {
+		if _, err := store.GetVMByName(ctx, s.DB, name); err != nil {
 			return name
 		}
 		name = fmt.Sprintf("%s-%d", base, i)

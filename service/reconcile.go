@@ -49,7 +49,7 @@ func (s *Service) Reconcile(ctx context.Context) error {
 		if err != nil {
 			continue
 		}
-		if cur, err := store.GetVM(ctx, s.DB, v.ID); err == nil {
+		if cur, err := s.reloadVM(ctx, v); err == nil {
 			s.reconcileVM(ctx, &cur)
 		}
 		unlock()
@@ -89,13 +89,13 @@ func (s *Service) recoverOp(ctx context.Context, o store.Operation) {
 	switch o.Kind {
 	case "create", "copy":
 		// A half-made VM is removed: everything it had hangs off its ID.
-		if v, err := store.GetVM(ctx, s.DB, o.VMID); err == nil && v.State == store.StateCreating {
+		if v, err := store.GetVMByID(ctx, s.DB, o.VMID); err == nil && v.State == store.StateCreating {
 			s.purge(ctx, o.VMID)
 		} else if err != nil {
 			s.purge(ctx, o.VMID)
 		}
 	default:
-		if v, err := store.GetVM(ctx, s.DB, o.VMID); err == nil {
+		if v, err := store.GetVMByID(ctx, s.DB, o.VMID); err == nil {
 			s.reconcileVM(ctx, &v)
 		}
 		s.cleanupOpFiles(o)
@@ -159,7 +159,7 @@ func (s *Service) repair(ctx context.Context, id string, h *hypervisor.Handle) {
 		return
 	}
 	defer unlock()
-	v, err := store.GetVM(ctx, s.DB, id)
+	v, err := store.GetVMByID(ctx, s.DB, id)
 	if err != nil || v.Handle != encodeHandle(h) {
 		return // changed meanwhile
 	}

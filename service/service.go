@@ -11,6 +11,7 @@ import (
 
 	"github.com/minionsdev/minions/internal/errs"
 	"github.com/minionsdev/minions/store"
+	"github.com/minionsdev/minions/vm"
 	"github.com/minionsdev/minions/vm/hypervisor"
 	"github.com/minionsdev/minions/vm/network"
 	"golang.org/x/crypto/ssh"
@@ -33,6 +34,18 @@ type Config struct {
 	ReadyTimeout time.Duration // boot to agent ready; default 90s (TCG is slow when loaded)
 	StopTimeout  time.Duration // graceful power-off before a kill; default 15s
 	MaxSnapshots int           // per VM; default 20
+
+	// DefaultQuota is given to each new non-admin user (sign-up and
+	// AddUser); zero fields are unlimited. The daemon passes its
+	// [default_quota] (DefaultSignupQuota unless configured).
+	DefaultQuota Quota
+	// MemoryOvercommit bounds the memory of all VMs that are not stopped
+	// to host memory × this ratio (creates and starts beyond it are
+	// errs.ResourceExhausted). Default DefaultMemoryOvercommit (1.5).
+	MemoryOvercommit float64
+	// HostMemory returns the host's memory in bytes; default MemTotal
+	// (/proc/meminfo). Tests set it.
+	HostMemory func() (int64, error)
 
 	Log *slog.Logger
 	// OnOperation, if set, is told how long each durable operation took
@@ -71,6 +84,12 @@ func (c *Config) setDefaults() {
 	if c.MaxSnapshots == 0 {
 		c.MaxSnapshots = 20
 	}
+	if c.MemoryOvercommit == 0 {
+		c.MemoryOvercommit = DefaultMemoryOvercommit
+	}
+	if c.HostMemory == nil {
+		c.HostMemory = MemTotal
+	}
 	if c.Log == nil {
 		c.Log = slog.New(slog.DiscardHandler)
 	}
@@ -89,6 +108,12 @@ func (c *Config) Validate() error {
 	}
 	if !c.Subnet.Addr().Is4() || c.Subnet.Bits() > 28 {
 		return errs.New(errs.InvalidArgument, "subnet %s must be IPv4 and /28 or larger", c.Subnet)
+	}
+	if c.MemoryOvercommit < 0 || c.MemoryOvercommit > 100 {
+		return errs.New(errs.InvalidArgument, "memory overcommit %g: want a ratio above 0 (1 = no overcommit)", c.MemoryOvercommit)
+	}
+	if err := c.DefaultQuota.Validate(); err != nil {
+		return fmt.Errorf("default quota: %w", err)
 	}
 	return nil
 }
@@ -141,6 +166,8 @@ type Service struct {
 	Deps
 	log *slog.Logger
 	web webHolder // see SetWeb
+
+	challenges challenges // outstanding key proofs, see SSHKeyChallenge
 }
 
 // New returns a Service.
@@ -179,16 +206,39 @@ func (c Caller) String() string { return c.Name }
 // as not found, never as forbidden, so names do not leak.
 func (c Caller) canSee(v store.VM) bool { return c.Admin || (c.UserID != "" && v.OwnerID == c.UserID) }
 
-// getVM loads a VM the caller may act on.
+// getVM loads a VM the caller may act on, by ID or by name. The two
+// lookups are separate: a string of the form of an ID (vm.IsID) is first
+// looked up as an ID among the VMs the caller may see, and only then as a
+// name, so a VM named after another VM's ID (possible only for rows older
+// than vm.ValidName's rule) never stands in for that VM.
 func (s *Service) getVM(ctx context.Context, c Caller, name string) (store.VM, error) {
 	if name == "" {
 		return store.VM{}, errs.New(errs.InvalidArgument, "vm name is required")
 	}
-	v, err := store.GetVM(ctx, s.DB, name)
+	if vm.IsID(name) {
+		if v, err := store.GetVMByID(ctx, s.DB, name); err == nil && c.canSee(v) {
+			return v, nil
+		}
+	}
+	v, err := store.GetVMByName(ctx, s.DB, name)
 	if err != nil || !c.canSee(v) {
 		return store.VM{}, errs.New(errs.NotFound, "no vm named %q", name)
 	}
 	return v, nil
+}
+
+// reloadVM reads v again by its ID (after taking its lock, say) and checks
+// that it still belongs to the owner it had: errs.NotFound if it is gone or
+// is no longer the same owner's VM.
+func (s *Service) reloadVM(ctx context.Context, v store.VM) (store.VM, error) {
+	cur, err := store.GetVMByID(ctx, s.DB, v.ID)
+	if err != nil {
+		return store.VM{}, err
+	}
+	if cur.OwnerID != v.OwnerID {
+		return store.VM{}, errs.New(errs.NotFound, "vm %s changed owner", v.ID)
+	}
+	return cur, nil
 }
 
 // VM is the public view of a VM.

@@ -186,7 +186,7 @@ func TestCreateValidatesBeforeChangingAnything(t *testing.T) {
 func TestQuotaCheckedInTheCreateTransaction(t *testing.T) {
 	fx := newFixture(t)
 	ctx := context.Background()
-	u, _ := store.GetUser(ctx, fx.svc.DB, "alice")
+	u, _ := store.GetUserByName(ctx, fx.svc.DB, "alice")
 	u.MaxVMs = 1
 	store.UpdateUser(ctx, fx.svc.DB, u)
 	store.InsertVM(ctx, fx.svc.DB, store.VM{ID: "aaaaaaaaaaaa", Name: "old", OwnerID: u.ID, Image: "minimal@1", CPUs: 1, MemoryMiB: 256,
@@ -195,7 +195,7 @@ func TestQuotaCheckedInTheCreateTransaction(t *testing.T) {
 	if !errors.Is(err, errs.ResourceExhausted) || !strings.Contains(err.Error(), "at most 1 vms") {
 		t.Fatalf("create over quota = %v", err)
 	}
-	if _, err := store.GetVM(ctx, fx.svc.DB, "web"); !errors.Is(err, errs.NotFound) {
+	if _, err := store.GetVMByName(ctx, fx.svc.DB, "web"); !errors.Is(err, errs.NotFound) {
 		t.Fatal("a refused create left a row")
 	}
 }

@@ -65,7 +65,7 @@ func (s *Service) CreateToken(ctx context.Context, c Caller, forUser, name strin
 	if err := validTokenName(name); err != nil {
 		return NewToken{}, err
 	}
-	u, err := store.GetUser(ctx, s.DB, c.UserID)
+	u, err := store.GetUserByID(ctx, s.DB, c.UserID)
 	if err != nil {
 		return NewToken{}, err
 	}
@@ -73,7 +73,7 @@ func (s *Service) CreateToken(ctx context.Context, c Caller, forUser, name strin
 		if !c.Admin {
 			return NewToken{}, errs.New(errs.PermissionDenied, "only an admin may create tokens for another user")
 		}
-		if u, err = store.GetUser(ctx, s.DB, forUser); err != nil {
+		if u, err = userByRef(ctx, s.DB, forUser); err != nil {
 			return NewToken{}, err
 		}
 	}
@@ -117,7 +117,7 @@ func (s *Service) ListTokens(ctx context.Context, c Caller, user string) ([]Toke
 	case !c.Admin:
 		return nil, errs.New(errs.PermissionDenied, "only an admin may list another user's tokens")
 	default:
-		u, gerr := store.GetUser(ctx, s.DB, user)
+		u, gerr := userByRef(ctx, s.DB, user)
 		if gerr != nil {
 			return nil, gerr
 		}
@@ -172,7 +172,7 @@ func (s *Service) AuthenticateToken(ctx context.Context, secret string) (Caller,
 	if !t.ExpiresAt.IsZero() && !now.Before(t.ExpiresAt) {
 		return Caller{}, fail
 	}
-	u, err := store.GetUser(ctx, s.DB, t.UserID)
+	u, err := store.GetUserByID(ctx, s.DB, t.UserID)
 	if errors.Is(err, errs.NotFound) {
 		return Caller{}, fail
 	} else if err != nil {

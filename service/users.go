@@ -21,7 +21,7 @@ func (s *Service) EnsureUser(ctx context.Context, name string, admin bool) (Call
 	var u store.User
 	err := s.DB.Tx(ctx, func(q store.Q) error {
 		var err error
-		u, err = store.GetUser(ctx, q, name)
+		u, err = store.GetUserByName(ctx, q, name)
 		if err == nil {
 			return nil
 		}
@@ -43,22 +43,46 @@ type SSHKey struct {
 	CreatedAt   time.Time `json:"created_at"`
 }
 
-// AddSSHKey registers an authorized_keys line for the caller. Registering a
-// key the caller already has is not an error.
-func (s *Service) AddSSHKey(ctx context.Context, c Caller, line string) (SSHKey, error) {
+// AddSSHKey registers a public key for the caller with proof that the
+// caller holds its private key (see KeyProof; the nonce comes from
+// SSHKeyChallenge). Registering a key the caller already has is not an
+// error. Errors: errs.Unauthenticated for an anonymous caller, those of
+// the proof (errs.InvalidArgument, errs.PermissionDenied), and
+// errs.AlreadyExists for a key registered to another user.
+func (s *Service) AddSSHKey(ctx context.Context, c Caller, p KeyProof) (SSHKey, error) {
 	if c.UserID == "" {
 		return SSHKey{}, errs.New(errs.Unauthenticated, "sign in to add keys")
 	}
-	pub, comment, _, _, err := ssh.ParseAuthorizedKey([]byte(line))
+	pub, comment, err := s.verifyKeyProof(c, p)
 	if err != nil {
-		return SSHKey{}, errs.New(errs.InvalidArgument, "invalid ssh public key: %v", err)
+		return SSHKey{}, err
 	}
+	return s.addKey(ctx, c.UserID, pub, comment)
+}
+
+// AddSessionKey registers key for the caller on the word of a frontend
+// that saw the caller's current session authenticate with key (the SSH
+// gateway's `ssh-key add` without an argument): that is the proof of
+// possession. No other frontend may call it. Errors as AddSSHKey.
+func (s *Service) AddSessionKey(ctx context.Context, c Caller, key ssh.PublicKey) (SSHKey, error) {
+	if c.UserID == "" {
+		return SSHKey{}, errs.New(errs.Unauthenticated, "sign in to add keys")
+	}
+	if key == nil {
+		return SSHKey{}, errs.New(errs.InvalidArgument, "this session did not authenticate with an ssh key")
+	}
+	return s.addKey(ctx, c.UserID, key, "")
+}
+
+// addKey registers a proven key for userID; a key userID already has is
+// returned as it is.
+func (s *Service) addKey(ctx context.Context, userID string, pub ssh.PublicKey, comment string) (SSHKey, error) {
 	fp := ssh.FingerprintSHA256(pub)
-	k := store.SSHKey{ID: vm.NewID(), UserID: c.UserID, Fingerprint: fp,
+	k := store.SSHKey{ID: vm.NewID(), UserID: userID, Fingerprint: fp,
 		PublicKey: strings.TrimSpace(string(ssh.MarshalAuthorizedKey(pub))), Comment: comment, CreatedAt: time.Now().UTC()}
-	err = s.DB.Tx(ctx, func(q store.Q) error {
+	err := s.DB.Tx(ctx, func(q store.Q) error {
 		if old, err := store.SSHKeyByFingerprint(ctx, q, fp); err == nil {
-			if old.UserID != c.UserID {
+			if old.UserID != userID {
 				return errs.New(errs.AlreadyExists, "key %s belongs to another user", fp)
 			}
 			k = old
@@ -69,6 +93,7 @@ func (s *Service) AddSSHKey(ctx context.Context, c Caller, line string) (SSHKey,
 	if err != nil {
 		return SSHKey{}, err
 	}
+	s.log.Info("ssh key added", "user_id", userID, "fingerprint", fp)
 	return keyView(k), nil
 }
 
@@ -108,7 +133,7 @@ func (s *Service) UserByKey(ctx context.Context, key ssh.PublicKey) (Caller, err
 	if err != nil {
 		return Caller{}, err
 	}
-	u, err := store.GetUser(ctx, s.DB, k.UserID)
+	u, err := store.GetUserByID(ctx, s.DB, k.UserID)
 	if err != nil {
 		return Caller{}, err
 	}
@@ -121,7 +146,11 @@ func hashToken(secret string) string {
 }
 
 // EnsureAdminKeys registers each authorized_keys line (from the daemon's
-// config) to the admin user "root" unless the key is already registered.
+// config, which only the host's root writes: that is the proof) to the
+// admin user "root". A key already registered to root is fine; a key
+// registered to any other user is errs.FailedPrecondition naming the key
+// and the user, and serve must stop: whoever registered it would log in as
+// an admin, or the admin as them.
 func (s *Service) EnsureAdminKeys(ctx context.Context, lines []string) error {
 	if len(lines) == 0 {
 		return nil
@@ -131,8 +160,22 @@ func (s *Service) EnsureAdminKeys(ctx context.Context, lines []string) error {
 		return err
 	}
 	for _, l := range lines {
-		if _, err := s.AddSSHKey(ctx, root, l); err != nil && !errors.Is(err, errs.AlreadyExists) {
-			return fmt.Errorf("admin key: %w", err)
+		pub, comment, _, _, err := ssh.ParseAuthorizedKey([]byte(l))
+		if err != nil {
+			return errs.New(errs.InvalidArgument, "admin key %q: invalid ssh public key: %v", l, err)
+		}
+		fp := ssh.FingerprintSHA256(pub)
+		if k, err := store.SSHKeyByFingerprint(ctx, s.DB, fp); err == nil && k.UserID != root.UserID {
+			name := k.UserID
+			if u, err := store.GetUserByID(ctx, s.DB, k.UserID); err == nil {
+				name = u.Name
+			}
+			return errs.New(errs.FailedPrecondition, "admin key %s from the config is registered to user %q: remove it from that user (`ssh-key rm %s` as them, or `user rm %s`) or from the config", fp, name, fp, name)
+		} else if err != nil && !errors.Is(err, errs.NotFound) {
+			return fmt.Errorf("admin key %s: %w", fp, err)
+		}
+		if _, err := s.addKey(ctx, root.UserID, pub, comment); err != nil {
+			return fmt.Errorf("admin key %s: %w", fp, err)
 		}
 	}
 	return nil
@@ -154,6 +197,7 @@ func (s *Service) RegisterUser(ctx context.Context, name string, key ssh.PublicK
 		return Caller{}, err
 	}
 	u := store.User{ID: vm.NewID(), Name: name, CreatedAt: time.Now().UTC()}
+	s.applyDefaultQuota(&u) // sign-ups are never unlimited unless configured so
 	k := store.SSHKey{ID: vm.NewID(), UserID: u.ID, Fingerprint: ssh.FingerprintSHA256(key),
 		PublicKey: strings.TrimSpace(string(ssh.MarshalAuthorizedKey(key))), CreatedAt: time.Now().UTC()}
 	err := s.DB.Tx(ctx, func(q store.Q) error {
@@ -168,11 +212,25 @@ func (s *Service) RegisterUser(ctx context.Context, name string, key ssh.PublicK
 	return Caller{UserID: u.ID, Name: u.Name}, nil
 }
 
-// CallerByName returns the caller for a user name.
+// CallerByName returns the caller for a user name (never an ID).
 func (s *Service) CallerByName(ctx context.Context, name string) (Caller, error) {
-	u, err := store.GetUser(ctx, s.DB, name)
+	u, err := store.GetUserByName(ctx, s.DB, name)
 	if err != nil {
 		return Caller{}, err
 	}
 	return Caller{UserID: u.ID, Name: u.Name, Admin: u.Admin}, nil
+}
+
+// userByRef finds a user named by an admin or in a request: a string of
+// the form of an ID (vm.IsID) is looked up as an ID first, then as a name;
+// anything else only as a name.
+func userByRef(ctx context.Context, q store.Q, ref string) (store.User, error) {
+	if vm.IsID(ref) {
+		if u, err := store.GetUserByID(ctx, q, ref); err == nil {
+			return u, nil
+		} else if !errors.Is(err, errs.NotFound) {
+			return u, err
+		}
+	}
+	return store.GetUserByName(ctx, q, ref)
 }

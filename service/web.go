@@ -2,8 +2,6 @@ package service
 
 import (
 	"context"
-	"database/sql"
-	"errors"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -17,18 +15,30 @@ import (
 // sign-in links and custom domain checks. *proxy.Proxy implements it; the
 // daemon injects it with SetWeb, so the service never imports the proxy.
 //
-// Owner identities passed to LoginLink are user IDs (store.VM.OwnerID),
-// the same value the daemon's route table hands the proxy, so a link or a
-// session cookie stops admitting anyone once the VM changes hands, and a
-// user re-created under an old name inherits nothing.
+// Links name the VM by its immutable ID, its owner's user ID
+// (store.VM.OwnerID) and its revocation counter (store.WebGen), the same
+// values the daemon's route table hands the proxy: a link or a session
+// cookie stops admitting anyone once the VM is destroyed, renamed, made
+// private again or changes hands, and a VM or user re-created under an old
+// name inherits nothing.
 type Web interface {
 	URL(vmName string) string
 	VMHost(vmName string) string
-	LoginLink(vmName, owner string, ttl time.Duration) string
-	ShareLink(vmName string, ttl time.Duration) string
+	LoginLink(vmName, vmID, owner string, gen int64, ttl time.Duration) string
+	ShareLink(vmName, vmID, owner string, gen int64, ttl time.Duration) string
 	CheckCustomDomain(domain string) error
-	DomainToken(vmID, domain string) string
-	VerifyDomain(ctx context.Context, domain, vmName, vmID string) error
+	DomainToken(vmID, ownerID, domain string) string
+	CNAMETarget(vmID string) string
+	VerifyDomain(ctx context.Context, domain, vmID, ownerID string) error
+}
+
+// PublicIPWeb is a Web that knows the address its VMs' host names must
+// resolve to (a domain proxy started with --public-ip). The service asks
+// for it where a Web offers it, so a Web need not implement it.
+type PublicIPWeb interface {
+	Web
+	// PublicIP is the IP address DNS must give for <vm>.<domain>, or "".
+	PublicIP() string
 }
 
 // WebSource returns the Web to use, or an error (errs.FailedPrecondition
@@ -57,6 +67,8 @@ const (
 	MaxLoginTTL     = time.Hour
 	DefaultShareTTL = 7 * 24 * time.Hour
 	MaxShareTTL     = 365 * 24 * time.Hour
+	// DomainClaimTTL is how long an unverified custom domain claim lasts.
+	DomainClaimTTL = 72 * time.Hour
 )
 
 // WebInfo says how a VM is reached through the proxy.
@@ -71,6 +83,10 @@ type WebInfo struct {
 	LoginURL  string    `json:"login_url,omitempty"`
 	ShareURL  string    `json:"share_url,omitempty"`
 	ExpiresAt time.Time `json:"expires_at,omitzero"`
+	// PublicIP is where DNS must point the VM's host name (an A or AAAA
+	// record, usually the wildcard *.<domain>), when the proxy serves a
+	// domain and the daemon was told its public address.
+	PublicIP string `json:"public_ip,omitempty"`
 }
 
 // Expose sets the port of the VM the proxy forwards to (1-65535; default
@@ -79,7 +95,7 @@ func (s *Service) Expose(ctx context.Context, c Caller, name string, port int) (
 	if port < 1 || port > 65535 {
 		return WebInfo{}, errs.New(errs.InvalidArgument, "invalid port %d: want 1 to 65535", port)
 	}
-	return s.updateWeb(ctx, c, name, func(v *store.VM) { v.Port = port })
+	return s.updateWeb(ctx, c, name, false, func(v *store.VM) { v.Port = port })
 }
 
 // ShareRequest changes who may reach a VM through the proxy and asks for
@@ -98,7 +114,10 @@ type ShareRequest struct {
 
 // Share applies req to the VM and returns its web address with the links
 // asked for. A sign-in link is minted only for a private VM: a public one
-// needs none. Errors: errs.NotFound for a VM the caller cannot see,
+// needs none. Making a VM private (Public false, even when it already is)
+// also ends every link and proxy session issued for it before, in the same
+// transaction: `share --private` is how an owner revokes share links.
+// Errors: errs.NotFound for a VM the caller cannot see,
 // errs.InvalidArgument for a bad TTL, errs.FailedPrecondition when no proxy
 // is configured or when an admin asks for a sign-in link to a VM they do
 // not own (a link admits the owner only; use Link).
@@ -121,10 +140,22 @@ func (s *Service) Share(ctx context.Context, c Caller, name string, req ShareReq
 	}
 	var info WebInfo
 	if req.Public != nil {
-		info, err = s.updateWeb(ctx, c, name, func(v *store.VM) { v.Public = *req.Public })
+		revoke := !*req.Public
+		info, err = s.updateWeb(ctx, c, name, revoke, func(v *store.VM) { v.Public = *req.Public })
 	} else {
 		info, err = s.WebInfo(ctx, c, name)
 	}
+	if err != nil {
+		return WebInfo{}, err
+	}
+	if !req.Link && info.Public {
+		return info, nil
+	}
+	v, err := s.getVM(ctx, c, info.VM)
+	if err != nil {
+		return WebInfo{}, err
+	}
+	gen, err := store.WebGen(ctx, s.DB, v.ID)
 	if err != nil {
 		return WebInfo{}, err
 	}
@@ -134,13 +165,9 @@ func (s *Service) Share(ctx context.Context, c Caller, name string, req ShareReq
 		if ttl == 0 {
 			ttl = DefaultShareTTL
 		}
-		info.ShareURL = w.ShareLink(info.VM, ttl)
+		info.ShareURL = w.ShareLink(v.Name, v.ID, v.OwnerID, gen, ttl)
 		info.ExpiresAt = now.Add(ttl).Truncate(time.Second)
-	case !info.Public:
-		v, err := s.getVM(ctx, c, name)
-		if err != nil {
-			return WebInfo{}, err
-		}
+	default:
 		if v.OwnerID != c.UserID {
 			if req.Public != nil {
 				break // made private by an admin: no link for them
@@ -150,7 +177,7 @@ func (s *Service) Share(ctx context.Context, c Caller, name string, req ShareReq
 		if ttl == 0 {
 			ttl = DefaultLoginTTL
 		}
-		info.LoginURL = w.LoginLink(v.Name, v.OwnerID, ttl)
+		info.LoginURL = w.LoginLink(v.Name, v.ID, v.OwnerID, gen, ttl)
 		info.ExpiresAt = now.Add(ttl).Truncate(time.Second)
 	}
 	return info, nil
@@ -169,18 +196,35 @@ func (s *Service) webInfo(ctx context.Context, v store.VM) WebInfo {
 	info := WebInfo{VM: v.Name, Port: v.Port, Public: v.Public}
 	if w, err := s.webFor(ctx); err == nil {
 		info.URL = w.URL(v.Name)
+		if p, ok := w.(PublicIPWeb); ok {
+			info.PublicIP = p.PublicIP()
+		}
 	}
 	return info
 }
 
 // updateWeb changes a VM's web settings under its lock, so a concurrent
-// long operation cannot write back a stale row over the change.
-func (s *Service) updateWeb(ctx context.Context, c Caller, name string, change func(v *store.VM)) (WebInfo, error) {
+// long operation cannot write back a stale row over the change. With
+// revoke it also bumps the VM's revocation counter in the same
+// transaction, ending its outstanding links and proxy sessions.
+func (s *Service) updateWeb(ctx context.Context, c Caller, name string, revoke bool, change func(v *store.VM)) (WebInfo, error) {
 	var info WebInfo
 	err := s.withVM(ctx, c, name, vm.OpRename, func(v store.VM) error {
 		change(&v)
-		if err := store.UpdateVM(ctx, s.DB, v); err != nil {
+		err := s.DB.Tx(ctx, func(q store.Q) error {
+			if err := store.UpdateVM(ctx, q, v); err != nil {
+				return err
+			}
+			if revoke {
+				return store.BumpWebGen(ctx, q, v.ID)
+			}
+			return nil
+		})
+		if err != nil {
 			return err
+		}
+		if revoke {
+			s.log.Info("web links revoked", "vm_id", v.ID, "vm", v.Name)
 		}
 		info = s.webInfo(ctx, v)
 		return nil
@@ -194,11 +238,15 @@ type Domain struct {
 	VM       string `json:"vm"`
 	Verified bool   `json:"verified"`
 	// Either record proves ownership: a CNAME from the domain to
-	// CNAMETarget, or a TXT record named TXTName holding TXTValue.
-	CNAMETarget string    `json:"cname_target"`
+	// CNAMETarget (the VM's immutable "<vm-id>.<domain>", empty without a
+	// proxy domain), or a TXT record named TXTName holding TXTValue (which
+	// names the VM ID and owner).
+	CNAMETarget string    `json:"cname_target,omitempty"`
 	TXTName     string    `json:"txt_name"`
 	TXTValue    string    `json:"txt_value"`
 	CreatedAt   time.Time `json:"created_at"`
+	// ExpiresAt is when an unverified claim lapses (zero once verified).
+	ExpiresAt time.Time `json:"expires_at,omitzero"`
 	// Problem says why the last verification failed (AddDomain only).
 	Problem string `json:"problem,omitempty"`
 }
@@ -211,12 +259,15 @@ func normalizeDomain(d string) string {
 	return strings.TrimSuffix(strings.ToLower(strings.TrimSpace(d)), ".")
 }
 
-// AddDomain attaches a custom domain to a VM and tries to verify it at
-// once. An unverified domain is kept (with Problem set) so its owner can
-// publish the record and verify later; no certificate is requested for it
-// until then. Adding a domain the VM already has re-verifies it. Errors:
-// errs.InvalidArgument for a bad name, errs.AlreadyExists when another VM
-// has it, errs.NotFound for a VM the caller cannot see.
+// AddDomain claims a custom domain for a VM and tries to verify it at once.
+// A claim counts only once verified: until then other VMs may claim the
+// same name too, the first to verify wins (the other claims are dropped),
+// and an unverified claim lapses after DomainClaimTTL (adding it again
+// renews it). No certificate is requested and no traffic routed for a name
+// before it is verified. Adding a domain the VM already has re-verifies
+// it. Errors: errs.InvalidArgument for a bad name, errs.AlreadyExists when
+// another VM holds it verified, errs.NotFound for a VM the caller cannot
+// see.
 func (s *Service) AddDomain(ctx context.Context, c Caller, name, domain string) (Domain, error) {
 	v, err := s.getVM(ctx, c, name)
 	if err != nil {
@@ -230,20 +281,22 @@ func (s *Service) AddDomain(ctx context.Context, c Caller, name, domain string) 
 	if err := w.CheckCustomDomain(domain); err != nil {
 		return Domain{}, err
 	}
+	now := time.Now()
 	err = s.DB.Tx(ctx, func(q store.Q) error {
-		var owner string
-		err := q.QueryRowContext(ctx, `SELECT vm_id FROM domains WHERE name = ?`, domain).Scan(&owner)
-		switch {
-		case err == nil && owner != v.ID:
-			return errs.New(errs.AlreadyExists, "domain %s is attached to another vm", domain)
-		case err == nil:
-			return nil
-		case !errors.Is(err, sql.ErrNoRows):
+		if err := store.PruneDomainClaims(ctx, q, now); err != nil {
 			return err
 		}
-		_, err = q.ExecContext(ctx, `INSERT INTO domains (name, vm_id, verified, token, created_at) VALUES (?, ?, 0, ?, ?)`,
-			domain, v.ID, w.DomainToken(v.ID, domain), time.Now().UnixMilli())
-		return err
+		held, err := store.VerifiedDomain(ctx, q, domain)
+		switch {
+		case err == nil && held.VMID != v.ID:
+			return errs.New(errs.AlreadyExists, "domain %s is verified for another vm", domain)
+		case err == nil:
+			return nil
+		case errs.ClassOf(err) != errs.NotFound:
+			return err
+		}
+		return store.ClaimDomain(ctx, q, store.Domain{Name: domain, VMID: v.ID, Token: w.DomainToken(v.ID, v.OwnerID, domain),
+			CreatedAt: now, ExpiresAt: now.Add(DomainClaimTTL)})
 	})
 	if err != nil {
 		return Domain{}, err
@@ -258,9 +311,11 @@ func (s *Service) AddDomain(ctx context.Context, c Caller, name, domain string) 
 	return d, nil
 }
 
-// VerifyDomain checks the DNS records of a VM's custom domain and records
-// success. Errors: errs.FailedPrecondition (saying what to publish) while
-// neither record is in place, errs.NotFound when the VM has no such domain.
+// VerifyDomain checks the DNS records of a VM's custom domain claim and
+// records success. Errors: errs.FailedPrecondition (saying what to
+// publish) while neither record is in place, errs.NotFound when the VM has
+// no such claim (or it lapsed), errs.AlreadyExists when another VM
+// verified the name first.
 func (s *Service) VerifyDomain(ctx context.Context, c Caller, name, domain string) (Domain, error) {
 	v, err := s.getVM(ctx, c, name)
 	if err != nil {
@@ -279,36 +334,42 @@ func (s *Service) verifyDomain(ctx context.Context, w Web, v store.VM, domain st
 		return d, err
 	}
 	// No transaction across DNS lookups: look, then record.
-	if err := w.VerifyDomain(ctx, domain, v.Name, v.ID); err != nil {
+	if err := w.VerifyDomain(ctx, domain, v.ID, v.OwnerID); err != nil {
 		return d, err
 	}
-	if _, err := s.DB.ExecContext(ctx, `UPDATE domains SET verified = 1 WHERE name = ? AND vm_id = ?`, domain, v.ID); err != nil {
+	if err := s.DB.Tx(ctx, func(q store.Q) error { return store.VerifyDomainClaim(ctx, q, domain, v.ID) }); err != nil {
 		return d, err
 	}
-	d.Verified = true
+	d.Verified, d.ExpiresAt = true, time.Time{}
 	s.log.Info("custom domain verified", "vm_id", v.ID, "domain", domain)
 	return d, nil
 }
 
+// live reports whether a claim still counts at now (verified, or not yet
+// lapsed).
+func live(d store.Domain, now time.Time) bool { return d.Verified || d.ExpiresAt.After(now) }
+
 func (s *Service) getDomain(ctx context.Context, w Web, v store.VM, domain string) (Domain, error) {
-	var verified bool
-	var created int64
-	err := s.DB.QueryRowContext(ctx, `SELECT verified, created_at FROM domains WHERE name = ? AND vm_id = ?`, domain, v.ID).Scan(&verified, &created)
-	if errors.Is(err, sql.ErrNoRows) {
+	d, err := store.GetDomain(ctx, s.DB, domain, v.ID)
+	if err == nil && !live(d, time.Now()) {
+		err = errs.New(errs.NotFound, "the claim of vm %s on %s lapsed unverified: add it again", v.Name, domain)
+	}
+	if errs.ClassOf(err) == errs.NotFound {
 		return Domain{}, errs.New(errs.NotFound, "vm %s has no domain %s", v.Name, domain)
 	}
 	if err != nil {
 		return Domain{}, err
 	}
-	return s.domainView(w, v, domain, verified, created), nil
+	return s.domainView(w, v, d), nil
 }
 
-func (s *Service) domainView(w Web, v store.VM, domain string, verified bool, created int64) Domain {
-	return Domain{Name: domain, VM: v.Name, Verified: verified, CNAMETarget: w.VMHost(v.Name),
-		TXTName: txtPrefix + "." + domain, TXTValue: w.DomainToken(v.ID, domain), CreatedAt: time.UnixMilli(created).UTC()}
+func (s *Service) domainView(w Web, v store.VM, d store.Domain) Domain {
+	return Domain{Name: d.Name, VM: v.Name, Verified: d.Verified, CNAMETarget: w.CNAMETarget(v.ID),
+		TXTName: txtPrefix + "." + d.Name, TXTValue: w.DomainToken(v.ID, v.OwnerID, d.Name),
+		CreatedAt: d.CreatedAt, ExpiresAt: d.ExpiresAt}
 }
 
-// ListDomains lists a VM's custom domains, by name.
+// ListDomains lists a VM's custom domain claims that still count, by name.
 func (s *Service) ListDomains(ctx context.Context, c Caller, name string) ([]Domain, error) {
 	v, err := s.getVM(ctx, c, name)
 	if err != nil {
@@ -318,22 +379,18 @@ func (s *Service) ListDomains(ctx context.Context, c Caller, name string) ([]Dom
 	if err != nil {
 		return nil, err
 	}
-	rows, err := s.DB.QueryContext(ctx, `SELECT name, verified, created_at FROM domains WHERE vm_id = ? ORDER BY name`, v.ID)
+	ds, err := store.ListDomains(ctx, s.DB, v.ID)
 	if err != nil {
 		return nil, err
 	}
-	defer rows.Close()
+	now := time.Now()
 	out := []Domain{}
-	for rows.Next() {
-		var d string
-		var verified bool
-		var created int64
-		if err := rows.Scan(&d, &verified, &created); err != nil {
-			return nil, err
+	for _, d := range ds {
+		if live(d, now) {
+			out = append(out, s.domainView(w, v, d))
 		}
-		out = append(out, s.domainView(w, v, d, verified, created))
 	}
-	return out, rows.Err()
+	return out, nil
 }
 
 // RemoveDomain detaches a custom domain from a VM; the proxy stops serving
@@ -345,12 +402,11 @@ func (s *Service) RemoveDomain(ctx context.Context, c Caller, name, domain strin
 		return err
 	}
 	domain = normalizeDomain(domain)
-	res, err := s.DB.ExecContext(ctx, `DELETE FROM domains WHERE name = ? AND vm_id = ?`, domain, v.ID)
-	if err != nil {
+	if err := store.DeleteDomain(ctx, s.DB, domain, v.ID); err != nil {
+		if errs.ClassOf(err) == errs.NotFound {
+			return errs.New(errs.NotFound, "vm %s has no domain %s", v.Name, domain)
+		}
 		return err
-	}
-	if n, _ := res.RowsAffected(); n == 0 {
-		return errs.New(errs.NotFound, "vm %s has no domain %s", v.Name, domain)
 	}
 	return nil
 }

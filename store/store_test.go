@@ -31,8 +31,8 @@ func TestMigrateTwice(t *testing.T) {
 		}
 		var v int
 		db.QueryRow("PRAGMA user_version").Scan(&v)
-		if v != 1 {
-			t.Fatalf("user_version = %d, want 1", v)
+		if want := newestMigration(t); v != want {
+			t.Fatalf("user_version = %d, want %d", v, want)
 		}
 		db.Close()
 	}
@@ -58,20 +58,20 @@ func TestVMLifecycle(t *testing.T) {
 	if err := InsertVM(ctx, db, dup); !errors.Is(err, errs.AlreadyExists) {
 		t.Fatalf("duplicate name: %v", err)
 	}
-	for _, key := range []string{"web", "abc123"} {
-		got, err := GetVM(ctx, db, key)
-		if err != nil || got.ID != "abc123" || got.Owner != "alice" {
-			t.Fatalf("GetVM(%s) = %+v, %v", key, got, err)
-		}
+	if got, err := GetVMByName(ctx, db, "web"); err != nil || got.ID != "abc123" || got.Owner != "alice" {
+		t.Fatalf("GetVMByName(web) = %+v, %v", got, err)
 	}
-	if _, err := GetVM(ctx, db, "nope"); !errors.Is(err, errs.NotFound) {
+	if got, err := GetVMByID(ctx, db, "abc123"); err != nil || got.Name != "web" || got.Owner != "alice" {
+		t.Fatalf("GetVMByID(abc123) = %+v, %v", got, err)
+	}
+	if _, err := GetVMByName(ctx, db, "nope"); !errors.Is(err, errs.NotFound) {
 		t.Fatalf("missing vm: %v", err)
 	}
 	vm.Name = "prod"
 	if err := UpdateVM(ctx, db, vm); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := GetVM(ctx, db, "web"); !errors.Is(err, errs.NotFound) {
+	if _, err := GetVMByName(ctx, db, "web"); !errors.Is(err, errs.NotFound) {
 		t.Fatal("old name still resolves after rename")
 	}
 	if err := InsertSnapshot(ctx, db, Snapshot{ID: "s1", VMID: vm.ID, Name: "one", CreatedAt: time.Now()}); err != nil {
@@ -101,7 +101,7 @@ func TestTxRollsBack(t *testing.T) {
 	if !errors.Is(err, errs.InvalidArgument) {
 		t.Fatal(err)
 	}
-	if _, err := GetUser(ctx, db, "bob"); !errors.Is(err, errs.NotFound) {
+	if _, err := GetUserByName(ctx, db, "bob"); !errors.Is(err, errs.NotFound) {
 		t.Fatalf("user survived rollback: %v", err)
 	}
 }
@@ -134,5 +134,41 @@ func TestConcurrentWriters(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+	}
+}
+
+// A name that equals another row's ID never resolves to that row, and an
+// ID never resolves to a row named like it (issue 11, item 2).
+func TestLookupsKeepNamesAndIDsApart(t *testing.T) {
+	ctx := context.Background()
+	db := open(t)
+	victim := User{ID: "a1b2c3d4e5f6", Name: "victim", CreatedAt: time.Now()}
+	mallory := User{ID: "0f0f0f0f0f0f", Name: victim.ID, CreatedAt: time.Now()}
+	for _, u := range []User{victim, mallory} {
+		if err := InsertUser(ctx, db, u); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if u, err := GetUserByID(ctx, db, victim.ID); err != nil || u.Name != "victim" {
+		t.Fatalf("GetUserByID(victim id) = %+v, %v", u, err)
+	}
+	if u, err := GetUserByName(ctx, db, victim.ID); err != nil || u.ID != mallory.ID {
+		t.Fatalf("GetUserByName(victim id) = %+v, %v", u, err)
+	}
+	if _, err := GetUserByName(ctx, db, mallory.ID); !errors.Is(err, errs.NotFound) {
+		t.Fatalf("GetUserByName(an id) = %v, want not found", err)
+	}
+	v := VM{ID: "aaaaaaaaaaaa", Name: "web", OwnerID: victim.ID, IP: "10.0.0.2", MAC: "52:54:00:00:00:01", CID: 3, State: StateStopped}
+	m := VM{ID: "bbbbbbbbbbbb", Name: v.ID, OwnerID: mallory.ID, IP: "10.0.0.3", MAC: "52:54:00:00:00:02", CID: 4, State: StateStopped}
+	for _, x := range []VM{v, m} {
+		if err := InsertVM(ctx, db, x); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got, err := GetVMByID(ctx, db, v.ID); err != nil || got.OwnerID != victim.ID {
+		t.Fatalf("GetVMByID(victim vm id) = %+v, %v", got, err)
+	}
+	if got, err := GetVMByName(ctx, db, v.ID); err != nil || got.ID != m.ID {
+		t.Fatalf("GetVMByName(victim vm id) = %+v, %v", got, err)
 	}
 }

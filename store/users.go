@@ -44,11 +44,20 @@ func UpdateUser(ctx context.Context, q Q, u User) error {
 	return err
 }
 
-// GetUser finds a user by name or ID.
-func GetUser(ctx context.Context, q Q, nameOrID string) (User, error) {
-	u, err := scanUser(q.QueryRowContext(ctx, `SELECT `+userCols+` FROM users WHERE name = ? OR id = ? LIMIT 1`, nameOrID, nameOrID))
+// GetUserByID finds a user by ID only; a name never matches.
+func GetUserByID(ctx context.Context, q Q, id string) (User, error) {
+	u, err := scanUser(q.QueryRowContext(ctx, `SELECT `+userCols+` FROM users WHERE id = ?`, id))
 	if err != nil {
-		return u, notFound(err, "no user named %q", nameOrID)
+		return u, notFound(err, "no user with id %q", id)
+	}
+	return u, nil
+}
+
+// GetUserByName finds a user by name only; an ID never matches.
+func GetUserByName(ctx context.Context, q Q, name string) (User, error) {
+	u, err := scanUser(q.QueryRowContext(ctx, `SELECT `+userCols+` FROM users WHERE name = ?`, name))
+	if err != nil {
+		return u, notFound(err, "no user named %q", name)
 	}
 	return u, nil
 }

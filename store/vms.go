@@ -77,11 +77,20 @@ func InsertVM(ctx context.Context, q Q, v VM) error {
 	return nil
 }
 
-// GetVM finds a VM by name or ID.
-func GetVM(ctx context.Context, q Q, nameOrID string) (VM, error) {
-	v, err := scanVM(q.QueryRowContext(ctx, `SELECT `+vmCols+` FROM vms v JOIN users u ON u.id = v.owner_id WHERE v.name = ? OR v.id = ? ORDER BY v.name = ? DESC LIMIT 1`, nameOrID, nameOrID, nameOrID))
+// GetVMByID finds a VM by ID only; a name never matches.
+func GetVMByID(ctx context.Context, q Q, id string) (VM, error) {
+	v, err := scanVM(q.QueryRowContext(ctx, `SELECT `+vmCols+` FROM vms v JOIN users u ON u.id = v.owner_id WHERE v.id = ?`, id))
 	if err != nil {
-		return VM{}, notFound(err, "no vm named %q", nameOrID)
+		return VM{}, notFound(err, "no vm with id %q", id)
+	}
+	return v, nil
+}
+
+// GetVMByName finds a VM by name only; an ID never matches.
+func GetVMByName(ctx context.Context, q Q, name string) (VM, error) {
+	v, err := scanVM(q.QueryRowContext(ctx, `SELECT `+vmCols+` FROM vms v JOIN users u ON u.id = v.owner_id WHERE v.name = ?`, name))
+	if err != nil {
+		return VM{}, notFound(err, "no vm named %q", name)
 	}
 	return v, nil
 }

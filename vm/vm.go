@@ -77,11 +77,31 @@ var nameRE = regexp.MustCompile(`^[a-z]([a-z0-9-]{0,38}[a-z0-9])?$`)
 // ValidName checks a VM (or snapshot) name: a DNS label of 1 to 40
 // lowercase letters, digits and inner hyphens, starting with a letter, so it
 // can be a host name and a subdomain.
+//
+// A name that reads as an ID (see IsID) is refused, so that no name can be
+// taken for another object's ID.
 func ValidName(kind, name string) error {
 	if !nameRE.MatchString(name) {
 		return errs.New(errs.InvalidArgument, "invalid %s name %q: use 1-40 lowercase letters, digits and hyphens, starting with a letter and not ending with a hyphen", kind, name)
 	}
+	if IsID(name) {
+		return errs.New(errs.InvalidArgument, "invalid %s name %q: it reads as an id (12 hex digits); pick a name with a letter after f or a hyphen", kind, name)
+	}
 	return nil
+}
+
+// IsID reports whether s has the form of an ID from NewID: exactly 12
+// lowercase hex digits.
+func IsID(s string) bool {
+	if len(s) != 12 {
+		return false
+	}
+	for _, r := range s {
+		if !('0' <= r && r <= '9' || 'a' <= r && r <= 'f') {
+			return false
+		}
+	}
+	return true
 }
 
 var snapRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$`)

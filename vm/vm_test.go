@@ -17,6 +17,8 @@ func TestValidName(t *testing.T) {
 		{"", false}, {"Web", false}, {"1web", false}, {"web-", false}, {"-web", false},
 		{"we_b", false}, {"web.example", false}, {strings.Repeat("a", 40), true}, {strings.Repeat("a", 41), false},
 		{"../etc", false}, {"web\n", false},
+		// Names that read as IDs (issue 11): 12 hex digits starting with a letter.
+		{"abcdef012345", false}, {"deadbeefcafe", false}, {"abcdef01234", true}, {"abcdef0123456", true}, {"abcdef01234g", true},
 	} {
 		err := ValidName("vm", tc.name)
 		if (err == nil) != tc.ok {

@@ -30,6 +30,7 @@ type Upstream struct {
 //	/ws        a WebSocket echo
 //	/stream    writes n (query "n", default 3) chunks, flushing each
 //	/sleep     waits "ms" milliseconds (default 1), then answers "ok"
+//	/setcookie answers with one Set-Cookie header per query value "c"
 func StartUpstream(t testing.TB, name string) *Upstream {
 	t.Helper()
 	u := &Upstream{}
@@ -62,6 +63,12 @@ func StartUpstream(t testing.TB, name string) *Upstream {
 			fmt.Fprintf(w, "chunk %d\n", i)
 			http.NewResponseController(w).Flush()
 		}
+	})
+	mux.HandleFunc("/setcookie", func(w http.ResponseWriter, r *http.Request) {
+		for _, c := range r.URL.Query()["c"] {
+			w.Header().Add("Set-Cookie", c)
+		}
+		io.WriteString(w, "ok\n")
 	})
 	mux.HandleFunc("/sleep", func(w http.ResponseWriter, r *http.Request) {
 		ms := 1

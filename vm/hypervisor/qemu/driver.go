@@ -185,6 +185,9 @@ func (d *Driver) machineFor(spec hypervisor.Spec) (machine, error) {
 		RunDir:  spec.RunDir, ConsoleLog: spec.ConsoleLog,
 		VhostVsock: d.vhost,
 	}
+	if len(d.cfg.ConsoleCommand) > 0 {
+		m.ConsoleFIFO = m.path(consoleFIFO)
+	}
 	if d.accel == AccelTCG {
 		m.Cmdline = withTSC(spec.Cmdline, d.tscKHz)
 	}
@@ -225,7 +228,7 @@ func (d *Driver) launch(ctx context.Context, m machine) (*hypervisor.Handle, err
 	ctx, cancel := context.WithTimeout(ctx, d.cfg.StartTimeout)
 	defer cancel()
 	log := d.log.With("vm_id", m.ID)
-	var vm, relay *launch.Child
+	var vm, relay, logger *launch.Child
 	var files []*os.File // inherited by a jailed QEMU
 	defer func() { closeAll(files) }()
 	h := &hypervisor.Handle{Driver: DriverName, APISocket: m.path(qmpSock), RunDir: m.RunDir, UID: m.UID, Cgroup: m.Cgroup}
@@ -272,10 +275,27 @@ func (d *Driver) launch(ctx context.Context, m machine) (*hypervisor.Handle, err
 	}
 	steps = append(steps, []launch.Step{
 		{
+			Name: "start console logger",
+			Do: func(context.Context) error {
+				if m.ConsoleFIFO == "" {
+					return nil
+				}
+				var err error
+				logger, err = d.startConsoleLogger(m)
+				return err
+			},
+			Undo: func() { d.stopChild(context.Background(), logger) },
+		},
+		{
 			Name: "start qemu",
 			Do: func(context.Context) error {
 				var err error
 				if m.UID > 0 {
+					if m.ConsoleFIFO != "" {
+						if err := shareFIFO(m.ConsoleFIFO, m.UID); err != nil {
+							return err
+						}
+					}
 					var plan jail.Plan
 					if plan, err = d.qemuPlan(m); err == nil {
 						vm, err = d.spawnJailed(plan, m.path(qemuLog), files)
@@ -343,6 +363,9 @@ func (d *Driver) launch(ctx context.Context, m machine) (*hypervisor.Handle, err
 	} else {
 		h.Agent = hypervisor.AgentEndpoint{Kind: "hybrid-vsock", Path: m.path(vsockSock), Port: AgentPort}
 		h.Helpers = []hypervisor.Process{{Name: "agent-relay", PID: relay.PID, StartTime: relay.Start}}
+	}
+	if logger != nil {
+		h.Helpers = append(h.Helpers, hypervisor.Process{Name: consoleHelper, PID: logger.PID, StartTime: logger.Start})
 	}
 	return h, nil
 }

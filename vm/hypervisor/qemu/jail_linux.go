@@ -1,6 +1,7 @@
 package qemu
 
 import (
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -71,9 +72,12 @@ func (d *Driver) jailMachine(m *machine, spec hypervisor.Spec) error {
 	return nil
 }
 
-// prepareJail gives the VM's uid its own files (run dir 0700, console log
-// and writable disks 0600; read-only files are only read) and opens, as
-// root, what a jailed QEMU cannot open itself, in descriptor order from 3.
+// prepareJail gives the VM's uid its own files (run dir 0700, writable
+// disks 0600, and the console log when QEMU writes it itself; read-only
+// files are only read) and opens, as root, what a jailed QEMU cannot open
+// itself, in descriptor order from 3. With a console logger the log stays
+// root's: QEMU writes into the FIFO (see shareFIFO), the logger (root)
+// into the log.
 func (d *Driver) prepareJail(m machine) ([]*os.File, error) {
 	if err := os.Lchown(m.RunDir, m.UID, m.UID); err != nil {
 		return nil, err
@@ -81,8 +85,11 @@ func (d *Driver) prepareJail(m machine) ([]*os.File, error) {
 	if err := os.Chmod(m.RunDir, 0o700); err != nil {
 		return nil, err
 	}
-	if err := ownFile(m.ConsoleLog, m.UID, true); err != nil {
-		return nil, err
+	if m.ConsoleFIFO == "" {
+		// QEMU appends to the log itself (no console logger).
+		if err := ownFile(m.ConsoleLog, m.UID, true); err != nil {
+			return nil, err
+		}
 	}
 	for _, disk := range m.Disks {
 		if !disk.ReadOnly {
@@ -154,12 +161,66 @@ func openTAP(name string) (*os.File, error) {
 	return os.NewFile(uintptr(fd), "tap:"+name), nil
 }
 
+// shareFIFO lets the VM's gid write the console FIFO the driver (root) made
+// (root:gid, 0620). It stays root's, so a FIFO the jailed uid replaced is
+// told apart (see checkFIFO).
+func shareFIFO(path string, gid int) error {
+	f, err := os.OpenFile(path, os.O_RDONLY|unix.O_NONBLOCK|syscall.O_NOFOLLOW, 0)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if st, err := f.Stat(); err != nil || st.Mode()&os.ModeNamedPipe == 0 {
+		return errs.New(errs.FailedPrecondition, "console fifo %s is not a fifo", path)
+	}
+	if err := f.Chown(0, gid); err != nil {
+		return err
+	}
+	return f.Chmod(0o620)
+}
+
+// checkFIFO refuses a console FIFO that is not the root-owned FIFO the
+// driver made: in a jailed VM's run dir the uid could have put a link to
+// any file there for the (root) console logger to copy into the log.
+func checkFIFO(path string) error {
+	var st unix.Stat_t
+	if err := unix.Lstat(path, &st); err != nil {
+		return err
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFIFO || st.Uid != 0 {
+		return errs.New(errs.FailedPrecondition, "console fifo %s was replaced (not a root-owned fifo)", path)
+	}
+	return nil
+}
+
+// readMachine reads RunDir/machine.json, refusing one the driver (root)
+// did not write: a jailed VM's uid owns the run dir and could replace it.
+func readMachine(runDir string) (machine, error) {
+	var m machine
+	f, err := os.OpenFile(filepath.Join(runDir, machineFile), os.O_RDONLY|syscall.O_NOFOLLOW, 0)
+	if err != nil {
+		return m, err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return m, err
+	}
+	if sys, ok := st.Sys().(*syscall.Stat_t); !ok || sys.Uid != uint32(os.Geteuid()) {
+		return m, errs.New(errs.FailedPrecondition, "%s is not the driver's (owner changed)", machineFile)
+	}
+	if err := json.NewDecoder(f).Decode(&m); err != nil {
+		return m, fmt.Errorf("read %s: %w", machineFile, err)
+	}
+	return m, nil
+}
+
 // qemuPlan is the jail of m's QEMU: it reads the kernel, initramfs,
 // read-only disks and every disk's backing chain, and writes its run dir,
 // console log and own disks.
 func (d *Driver) qemuPlan(m machine) (jail.Plan, error) {
 	ro := []string{m.Kernel, m.Initramfs}
-	rw := []string{m.RunDir, m.ConsoleLog}
+	rw := []string{m.RunDir, m.consoleOut()}
 	for _, disk := range m.Disks {
 		if disk.ReadOnly {
 			ro = append(ro, disk.Path)
