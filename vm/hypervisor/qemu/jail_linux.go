@@ -220,7 +220,10 @@ func readMachine(runDir string) (machine, error) {
 // console log and own disks.
 func (d *Driver) qemuPlan(m machine) (jail.Plan, error) {
 	ro := []string{m.Kernel, m.Initramfs}
-	rw := []string{m.RunDir, m.consoleOut()}
+	rw := []string{m.RunDir}
+	if m.ConsoleFIFO == "" {
+		rw = append(rw, m.ConsoleLog)
+	} // else the FIFO, in the run dir, is write-only for the VM's gid
 	for _, disk := range m.Disks {
 		if disk.ReadOnly {
 			ro = append(ro, disk.Path)

@@ -5,9 +5,12 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/minionsdev/minions/vm/jail"
 )
@@ -96,5 +99,46 @@ func TestJailedVM(t *testing.T) {
 	}
 	if _, err := jail.CgroupMemoryMax(cg); err == nil {
 		t.Errorf("cgroup %s left after Kill", cg)
+	}
+}
+
+// TestRunDirFilesAreChecked: in a run dir the VM's uid owns, the driver
+// trusts only a machine.json and console FIFO that are still root's.
+func TestRunDirFilesAreChecked(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root")
+	}
+	dir := t.TempDir()
+	if err := writeFileAtomic(filepath.Join(dir, machineFile), []byte(`{"id":"x"}`)); err != nil {
+		t.Fatal(err)
+	}
+	if m, err := readMachine(dir); err != nil || m.ID != "x" {
+		t.Fatalf("readMachine = %+v, %v", m, err)
+	}
+	if err := os.Chown(filepath.Join(dir, machineFile), 2_000_000_099, 2_000_000_099); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := readMachine(dir); err == nil {
+		t.Error("a machine.json owned by the VM's uid was trusted")
+	}
+	fifo := filepath.Join(dir, "console.fifo")
+	if err := unix.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := shareFIFO(fifo, 2_000_000_099); err != nil {
+		t.Fatal(err)
+	}
+	if err := checkFIFO(fifo); err != nil {
+		t.Errorf("the driver's fifo: %v", err)
+	}
+	os.Remove(fifo)
+	if err := os.Symlink("/etc/shadow", fifo); err != nil {
+		t.Fatal(err)
+	}
+	if err := checkFIFO(fifo); err == nil {
+		t.Error("a symlink in place of the fifo was accepted")
+	}
+	if err := shareFIFO(fifo, 2_000_000_099); err == nil {
+		t.Error("shareFIFO followed a symlink")
 	}
 }
