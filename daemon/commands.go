@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
@@ -22,6 +23,7 @@ import (
 	"github.com/minionsdev/minions/internal/errs"
 	"github.com/minionsdev/minions/service"
 	"github.com/minionsdev/minions/store"
+	"github.com/minionsdev/minions/vm/jail"
 	"github.com/minionsdev/minions/vsockcli"
 )
 
@@ -31,6 +33,7 @@ func Commands() []*cli.Command {
 		initCmd(),
 		imageCmd(),
 		relayCmd(),
+		jailExecCmd(),
 		consoleLogCmd(),
 		vsockCmd(),
 		tuiCmd(),
@@ -371,6 +374,18 @@ func relayCmd() *cli.Command {
 			signal.Ignore(syscall.SIGHUP, syscall.SIGPIPE)
 			log := slog.New(slog.NewTextHandler(os.Stderr, nil)).With("component", "relay")
 			return vsockcli.RunRelay(ctx, vsockcli.RelayConfig{SerialSocket: serial, Listen: listen, Log: log})
+		}}
+}
+
+func jailExecCmd() *cli.Command {
+	return &cli.Command{Name: "jail-exec", Hidden: true, HostOnly: true, Usage: "PLAN_JSON", MinArgs: 1, MaxArgs: 1,
+		Summary: "Start a VM process in its jail: cgroup, mount namespace, own uid (started by the QEMU driver)",
+		Run: func(ctx context.Context, x *cli.Ctx) error {
+			var p jail.Plan
+			if err := json.Unmarshal([]byte(x.Args[0]), &p); err != nil {
+				return errs.New(errs.InvalidArgument, "jail plan: %v", err)
+			}
+			return jail.Exec(p) // returns only on failure
 		}}
 }
 

@@ -11,6 +11,7 @@ import (
 
 	"github.com/BurntSushi/toml"
 	"github.com/minionsdev/minions/internal/errs"
+	"github.com/minionsdev/minions/vm/jail"
 	"github.com/minionsdev/minions/vm/network"
 )
 
@@ -80,6 +81,24 @@ type Config struct {
 	RFC2136KeyAlg          string `toml:"rfc2136_key_alg"`           // default hmac-sha256
 	RFC2136Key             secret `toml:"rfc2136_key"`               // TSIG secret, base64
 	RFC2136KeyFile         string `toml:"rfc2136_key_file"`          //
+
+	// Jail confines each VM's QEMU and relay (own uid, mount namespace,
+	// cgroup): "on" (default) or "off". Sandbox is QEMU's seccomp
+	// sandbox: "on" (default: required), "auto" (when this QEMU has it)
+	// or "off".
+	Jail    string `toml:"jail"`
+	Sandbox string `toml:"sandbox"`
+	// JailUIDBase is the first per-VM uid (a VM runs as base + its vsock
+	// CID; default 2000000000); JailMemoryOverheadMiB is added to a VM's
+	// memory for its cgroup limit (default 256).
+	JailUIDBase           uint32 `toml:"jail_uid_base"`
+	JailMemoryOverheadMiB int    `toml:"jail_memory_overhead_mib"`
+}
+
+// jail is the configured VM jail, without its launcher and hidden dirs
+// (the composition root adds them).
+func (c *Config) jail() jail.Config {
+	return jail.Config{Mode: c.Jail, UIDBase: c.JailUIDBase, MemoryOverheadMiB: c.JailMemoryOverheadMiB}
 }
 
 // Defaults fills unset fields.
@@ -99,6 +118,12 @@ func (c *Config) Defaults() {
 	if c.Hypervisor == "" {
 		c.Hypervisor = "auto"
 	}
+	if c.Jail == "" {
+		c.Jail = "on"
+	}
+	if c.Sandbox == "" {
+		c.Sandbox = "on"
+	}
 	if c.Subnet == "" {
 		c.Subnet = "10.210.0.0/16"
 	}
@@ -109,6 +134,19 @@ func (c *Config) Defaults() {
 func (c *Config) Validate() error {
 	if _, err := netip.ParsePrefix(c.Subnet); err != nil {
 		return errs.New(errs.InvalidArgument, "subnet %q: %v", c.Subnet, err)
+	}
+	if c.Jail != "on" && c.Jail != "off" {
+		return errs.New(errs.InvalidArgument, "jail %q: want on or off", c.Jail)
+	}
+	j := c.jail()
+	j.Command = []string{"minions", "jail-exec"}
+	if err := j.Validate(); err != nil {
+		return err
+	}
+	switch c.Sandbox {
+	case "on", "auto", "off":
+	default:
+		return errs.New(errs.InvalidArgument, "sandbox %q: want on, auto or off", c.Sandbox)
 	}
 	switch c.Policy {
 	case "open", "invite", "closed":

@@ -14,6 +14,7 @@ import (
 	"github.com/minionsdev/minions/images"
 	"github.com/minionsdev/minions/internal/errs"
 	"github.com/minionsdev/minions/vm/disk"
+	"github.com/minionsdev/minions/vm/hypervisor/kvm"
 	"github.com/minionsdev/minions/vm/hypervisor/qemu"
 	"github.com/minionsdev/minions/vm/network"
 )
@@ -77,6 +78,14 @@ func doctor(ctx context.Context, paths Paths) []check {
 		add("hypervisor", false, "%v", err)
 	} else {
 		add("hypervisor", true, "%s with %s: %s", choice.Driver, choice.Accel, choice.Why)
+		if choice.Accel != kvm.AccelKVM {
+			add("security", false, "%s", qemu.TCGWarning)
+		}
+	}
+	cfg, cerr := LoadConfig(DefaultConfigFile, false)
+	cfg.Defaults()
+	if cerr != nil {
+		add("config", false, "%v", cerr)
 	}
 	for _, bin := range []string{"qemu-system-x86_64", "cloud-hypervisor", "qemu-img", "mkfs.ext4", "debootstrap", "busybox"} {
 		p, err := exec.LookPath(bin)
@@ -87,13 +96,19 @@ func doctor(ctx context.Context, paths Paths) []check {
 		}
 		add(bin, true, "%s %s", p, version(ctx, p))
 		if bin == "qemu-system-x86_64" {
-			if err := qemu.ProbeSandbox(ctx, p); err != nil {
+			switch err := qemu.ProbeSandbox(ctx, p); {
+			case cfg.Sandbox == "off":
+				add("qemu sandbox", false, "off in the config: QEMU runs without seccomp")
+			case err != nil && cfg.Sandbox == "on":
+				add("qemu sandbox", false, "required (sandbox = on) but unavailable, VMs cannot start: %v", err)
+			case err != nil:
 				add("qemu sandbox", false, "unavailable, VMs run without seccomp: %v", err)
-			} else {
-				add("qemu sandbox", true, "seccomp: %s", qemu.SandboxArgs)
+			default:
+				add("qemu sandbox", true, "on (sandbox = %s): %s", cfg.Sandbox, qemu.SandboxArgs)
 			}
 		}
 	}
+	out = append(out, jailChecks(cfg.jail(), paths)...)
 	if _, err := os.Stat("/dev/vhost-vsock"); err == nil {
 		add("agent channel", true, "vhost-vsock (/dev/vhost-vsock)")
 	} else {

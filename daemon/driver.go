@@ -12,6 +12,7 @@ import (
 	"github.com/minionsdev/minions/vm/hypervisor/cloudhypervisor"
 	"github.com/minionsdev/minions/vm/hypervisor/kvm"
 	"github.com/minionsdev/minions/vm/hypervisor/qemu"
+	"github.com/minionsdev/minions/vm/jail"
 )
 
 // probeKVM runs the KVM probe once per host boot and caches its result in
@@ -64,6 +65,20 @@ func newDriver(ctx context.Context, o Options) (hypervisor.Driver, error) {
 	if choice.Accel == kvm.AccelKVM {
 		accel = qemu.AccelKVM
 	}
-	return qemu.New(qemu.Config{Accel: accel, KVMUsable: res.Usable, RelayCommand: []string{exe, "agent-relay"},
-		ConsoleCommand: []string{exe, "console-log"}, ConsoleMaxBytes: o.Resources.ConsoleLogMaxBytes, Log: o.Log})
+	return qemu.New(qemu.Config{
+		Accel: accel, KVMUsable: res.Usable, RelayCommand: []string{exe, "agent-relay"}, Sandbox: o.Sandbox,
+		ConsoleCommand: []string{exe, "console-log"}, ConsoleMaxBytes: o.Resources.ConsoleLogMaxBytes,
+		Jail: jailConfig(exe, o.Jail, o.Paths),
+		Log:  o.Log,
+	})
+}
+
+// jailConfig is the jail of this installation's VMs: the minions
+// executable is the launcher; the state dir (store, keys, images, every
+// VM's disks) and the run dir are hidden from each VM but for its own
+// files.
+func jailConfig(exe string, j jail.Config, paths Paths) jail.Config {
+	j.Command = []string{exe, "jail-exec"}
+	j.Hide = []string{paths.State, paths.Run}
+	return j
 }

@@ -14,6 +14,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/minionsdev/minions/images"
@@ -22,6 +23,7 @@ import (
 	"github.com/minionsdev/minions/store"
 	"github.com/minionsdev/minions/vm/disk"
 	"github.com/minionsdev/minions/vm/hypervisor"
+	"github.com/minionsdev/minions/vm/jail"
 	"github.com/minionsdev/minions/vm/network"
 	"golang.org/x/crypto/ssh"
 )
@@ -66,6 +68,8 @@ type Options struct {
 	Subnet       netip.Prefix // default network.DefaultSubnet
 	Bridge       string       // default network.DefaultBridge
 	Hypervisor   string       // "auto" (default), "qemu", "cloud-hypervisor"
+	Jail         jail.Config  // mode, uid base, overhead (see Config.Jail); Open adds the launcher and hidden dirs
+	Sandbox      string       // "on" (default), "auto" or "off": see Config.Sandbox
 	DefaultImage string       // image create uses without one (default "minimal")
 	// DNS is the nameserver handed to guests (zero: none); EgressAllow
 	// opens private destinations to VMs (see network.Config).
@@ -94,7 +98,8 @@ func (e *Env) Close() error { return e.DB.Close() }
 func openOptions(cfg Config, paths Paths, log *slog.Logger) Options {
 	subnet, _ := netip.ParsePrefix(cfg.Subnet)
 	dns, allow, _ := cfg.egress()
-	return Options{Paths: paths, Subnet: subnet, Hypervisor: cfg.Hypervisor, DefaultImage: cfg.DefaultImage, DNS: dns, EgressAllow: allow, Resources: cfg.Resources(), Log: log}
+	return Options{Paths: paths, Subnet: subnet, Hypervisor: cfg.Hypervisor, Jail: cfg.jail(), Sandbox: cfg.Sandbox,
+		DefaultImage: cfg.DefaultImage, DNS: dns, EgressAllow: allow, Resources: cfg.Resources(), Log: log}
 }
 
 // Open builds the service for an installation. It needs root (TAPs,
@@ -118,6 +123,9 @@ func Open(ctx context.Context, o Options) (*Env, error) {
 	// they may pass through it (0711), not list it; every VM's own
 	// directory in it stays 0700.
 	if err := os.Chmod(o.Paths.Run, 0o711); err != nil {
+		return nil, err
+	}
+	if err := lockDownState(o.Paths); err != nil {
 		return nil, err
 	}
 	db, err := store.Open(ctx, filepath.Join(o.Paths.State, "minions.db"))
@@ -162,6 +170,34 @@ func Open(ctx context.Context, o Options) (*Env, error) {
 	e.Service.SetWeb(storedWeb(db, o.Paths, o.Log)) // serve replaces it with its live proxy
 	ok = true
 	return e, nil
+}
+
+// lockDownState keeps the state dir (the store with users, tokens and the
+// proxy secret, the keys, every VM's disks) from the VMs' unprivileged
+// uids and other users: the dir is 0700 (0711 when the run dir is inside
+// it, so token users reach the daemon's socket) and the store's files are
+// 0600 (SQLite creates them 0644; an empty file is an empty database, and
+// SQLite gives its -wal and -shm files the database's mode).
+func lockDownState(p Paths) error {
+	mode := os.FileMode(0o700)
+	if rel, err := filepath.Rel(p.State, p.Run); err == nil && !strings.HasPrefix(rel, "..") {
+		mode = 0o711
+	}
+	if err := os.Chmod(p.State, mode); err != nil {
+		return err
+	}
+	db := filepath.Join(p.State, "minions.db")
+	f, err := os.OpenFile(db, os.O_RDONLY|os.O_CREATE|syscall.O_NOFOLLOW, 0o600)
+	if err != nil {
+		return err
+	}
+	f.Close()
+	for _, name := range []string{db, db + "-wal", db + "-shm"} {
+		if err := os.Chmod(name, 0o600); err != nil && !os.IsNotExist(err) {
+			return err
+		}
+	}
+	return nil
 }
 
 // LoadOrCreateKey loads an OpenSSH ed25519 private key, creating it (0600)

@@ -19,6 +19,7 @@ import (
 
 	"github.com/minionsdev/minions/api"
 	"github.com/minionsdev/minions/cli"
+	"github.com/minionsdev/minions/vm/hypervisor/qemu"
 	"golang.org/x/sync/errgroup"
 )
 
@@ -166,7 +167,10 @@ func Serve(ctx context.Context, cfg Config, logOut io.Writer) error {
 		return err
 	}
 	defer e.Close()
-	log.Info("minions starting", "version", cli.Version, "state_dir", paths.State, "driver", e.Driver.Name())
+	log.Info("minions starting", "version", cli.Version, "state_dir", paths.State, "driver", e.Driver.Name(), "jail", cfg.Jail, "sandbox", cfg.Sandbox)
+	for _, w := range startupWarnings(e.Driver.Name(), e.Driver.Caps().KVM, cfg) {
+		log.Warn(w)
+	}
 	if err := e.Network.Setup(ctx); err != nil {
 		return fmt.Errorf("network: %w", err)
 	}
@@ -316,4 +320,20 @@ func (o *opLatencies) observe(kind string, d time.Duration, err error) {
 		kind += "_failed"
 	}
 	m.observe(kind, d)
+}
+
+// startupWarnings are what serve says at start about isolation: TCG is no
+// security boundary, and a jail or sandbox turned off.
+func startupWarnings(driver string, kvm bool, cfg Config) []string {
+	var out []string
+	if driver == qemu.DriverName && !kvm {
+		out = append(out, qemu.TCGWarning)
+	}
+	if cfg.Jail == "off" {
+		out = append(out, "the vm jail is off: QEMU and the agent relay run as root, unconfined")
+	}
+	if cfg.Sandbox == "off" {
+		out = append(out, "the qemu seccomp sandbox is off")
+	}
+	return out
 }

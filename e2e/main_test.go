@@ -41,6 +41,10 @@ func TestMain(m *testing.M) {
 	}
 	if os.Getenv(netnsEnv) != "" {
 		// Inside the namespace: the parent built everything.
+		if err := mirrorHostCgroups(); err != nil {
+			fmt.Fprintln(os.Stderr, "e2e: cgroups:", err)
+			os.Exit(1)
+		}
 		binDir = filepath.Join(os.Getenv(dirEnv), "bin")
 		stateDir = filepath.Join(os.Getenv(dirEnv), "s")
 		os.Exit(m.Run())
@@ -52,6 +56,12 @@ func TestMain(m *testing.M) {
 		}
 		defer os.RemoveAll(dir)
 		defer cleanupProcesses(dir)
+		// Jailed VM processes run as their own uid and exec the minions
+		// binary in bin/ (the agent relay): they must reach it. The state
+		// dir under it stays 0700.
+		if err := os.Chmod(dir, 0o755); err != nil {
+			panic(err)
+		}
 		binDir = filepath.Join(dir, "bin")
 		stateDir = filepath.Join(dir, "s")
 		if err := build(binDir); err != nil {

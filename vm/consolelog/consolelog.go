@@ -173,7 +173,8 @@ func Run(ctx context.Context, fifo, path string, maxBytes int64) error {
 	}
 	opened := make(chan *os.File, 1)
 	go func() {
-		f, err := os.OpenFile(fifo, os.O_RDONLY, 0)
+		// No symbolic link: the fifo may sit in a run dir a jailed uid owns.
+		f, err := os.OpenFile(fifo, os.O_RDONLY|unix.O_NOFOLLOW, 0)
 		if err != nil {
 			close(opened)
 			return

@@ -72,6 +72,12 @@ type Handle struct {
 	// stopped with the VM.
 	Helpers []Process `json:"helpers,omitempty"`
 	RunDir  string    `json:"run_dir"`
+	// UID is the unprivileged uid the hypervisor and helpers run as and
+	// Cgroup their cgroup (relative to the hierarchy root), when the
+	// driver jails them; 0 and "" otherwise. The cgroup is removed with
+	// the VM.
+	UID    int    `json:"uid,omitempty"`
+	Cgroup string `json:"cgroup,omitempty"`
 }
 
 // Process is a host process identified by PID and start time.

@@ -56,17 +56,28 @@ type Child struct {
 // stderr appended to logPath. A goroutine reaps it, so a long-lived caller
 // leaves no zombie; when the caller exits first, init reaps it.
 func Spawn(argv []string, dir, logPath string) (*Child, error) {
-	f, err := os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Dir = dir
+	return SpawnCmd(cmd, logPath)
+}
+
+// SpawnCmd is Spawn for a prepared command (its ExtraFiles, environment
+// and SysProcAttr are kept; Setsid is added). The log is opened without
+// following a symbolic link: it may live in a directory a jailed process
+// owns.
+func SpawnCmd(cmd *exec.Cmd, logPath string) (*Child, error) {
+	f, err := os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND|syscall.O_NOFOLLOW, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("open log: %w", err)
 	}
 	defer f.Close()
-	cmd := exec.Command(argv[0], argv[1:]...)
-	cmd.Dir = dir
 	cmd.Stdout, cmd.Stderr = f, f
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if cmd.SysProcAttr == nil {
+		cmd.SysProcAttr = &syscall.SysProcAttr{}
+	}
+	cmd.SysProcAttr.Setsid = true
 	if err := cmd.Start(); err != nil {
-		return nil, errs.New(errs.FailedPrecondition, "exec %s: %w", argv[0], err)
+		return nil, errs.New(errs.FailedPrecondition, "exec %s: %w", cmd.Path, err)
 	}
 	c := &Child{PID: cmd.Process.Pid, Exited: make(chan struct{})}
 	// Not reaped before this read: the /proc entry exists (at worst as a
@@ -75,7 +86,7 @@ func Spawn(argv []string, dir, logPath string) (*Child, error) {
 	if err != nil {
 		_ = cmd.Process.Kill()
 		_ = cmd.Wait()
-		return nil, fmt.Errorf("read start time of %s: %w", argv[0], err)
+		return nil, fmt.Errorf("read start time of %s: %w", cmd.Path, err)
 	}
 	c.Start = st
 	go func() {

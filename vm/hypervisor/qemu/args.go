@@ -28,6 +28,10 @@ const (
 	consoleFIFO = "console.fifo" // see console.go
 )
 
+// jailTBSizeMiB is the TCG translation cache of a jailed QEMU, well inside
+// the jail's default memory overhead (256 MiB).
+const jailTBSizeMiB = 128
+
 // runFiles are removed by Shutdown, Kill and a failed Start.
 var runFiles = []string{qmpSock, consoleSock, agentSock, vsockSock, pidFile, machineFile, consoleFIFO}
 
@@ -56,6 +60,14 @@ type machine struct {
 	Incoming string `json:"incoming,omitempty"`
 	// Sandbox runs QEMU under its seccomp sandbox (SandboxArgs).
 	Sandbox bool `json:"sandbox,omitempty"`
+	// UID and Cgroup are the jail of QEMU and the relay (0, "": none).
+	UID    int    `json:"uid,omitempty"`
+	Cgroup string `json:"cgroup,omitempty"`
+	// TapFD and VhostFD are the descriptors QEMU inherits its TAP and
+	// /dev/vhost-vsock at when jailed (it cannot open them itself); 0:
+	// QEMU opens them by name.
+	TapFD   int `json:"tap_fd,omitempty"`
+	VhostFD int `json:"vhost_fd,omitempty"`
 }
 
 func (m machine) path(name string) string { return filepath.Join(m.RunDir, name) }
@@ -97,7 +109,13 @@ func (m machine) args() []string {
 	if m.Accel == AccelKVM {
 		a = append(a, "-accel", "kvm", "-cpu", "host")
 	} else {
-		a = append(a, "-accel", "tcg", "-cpu", "max")
+		accel := "tcg"
+		if m.Cgroup != "" {
+			// Bound the translation cache (QEMU's default reserves up
+			// to 1 GiB) so the cgroup's memory overhead covers it.
+			accel += ",tb-size=" + strconv.Itoa(jailTBSizeMiB)
+		}
+		a = append(a, "-accel", accel, "-cpu", "max")
 	}
 	a = append(a,
 		"-m", strconv.Itoa(m.MemoryMiB)+"M",
@@ -123,13 +141,21 @@ func (m machine) args() []string {
 		a = append(a, "-drive", drive, "-device", fmt.Sprintf("virtio-blk-device,drive=disk%d", i))
 	}
 	if m.Net != nil {
+		netdev := "tap,id=net0,ifname=" + opt(m.Net.TAP) + ",script=no,downscript=no,vhost=off"
+		if m.TapFD > 0 {
+			netdev = "tap,id=net0,fd=" + strconv.Itoa(m.TapFD) + ",vhost=off"
+		}
 		a = append(a,
-			"-netdev", "tap,id=net0,ifname="+opt(m.Net.TAP)+",script=no,downscript=no,vhost=off",
+			"-netdev", netdev,
 			"-device", "virtio-net-device,netdev=net0,mac="+m.Net.MAC,
 		)
 	}
 	if m.VhostVsock {
-		a = append(a, "-device", "vhost-vsock-device,guest-cid="+strconv.FormatUint(uint64(m.VsockCID), 10))
+		dev := "vhost-vsock-device,guest-cid=" + strconv.FormatUint(uint64(m.VsockCID), 10)
+		if m.VhostFD > 0 {
+			dev += ",vhostfd=" + strconv.Itoa(m.VhostFD)
+		}
+		a = append(a, "-device", dev)
 	} else {
 		a = append(a,
 			"-device", "virtio-serial-device",

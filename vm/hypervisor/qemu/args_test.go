@@ -11,19 +11,28 @@ import (
 
 	"github.com/minionsdev/minions/internal/errs"
 	"github.com/minionsdev/minions/vm/hypervisor"
+	"github.com/minionsdev/minions/vm/jail"
 )
 
 var update = flag.Bool("update", false, "rewrite testdata/*.golden")
 
 // fakeHost makes a driver without looking at the host.
 func fakeHost(accel string, vhost bool) *Driver {
-	cfg := Config{Accel: accel, RelayCommand: []string{"/bin/minions", "agent-relay"}}.withDefaults()
+	cfg := Config{Accel: accel, RelayCommand: []string{"/bin/minions", "agent-relay"}, Jail: jail.Config{Mode: jail.ModeOff}}.withDefaults()
 	d := &Driver{cfg: cfg, binary: "/usr/bin/qemu-system-x86_64", accel: cfg.accel(), vhost: vhost, log: cfg.Log,
 		tapExists: func(name string) bool { return name != "missing0" }}
 	if d.accel == AccelTCG {
 		d.tscKHz = 2445426
 	}
 	d.sandboxOnce.Do(func() {}) // as if probed: this QEMU has the sandbox
+	return d
+}
+
+// jailedHost is fakeHost with the jail on, hiding root (the test's state
+// dir).
+func jailedHost(accel string, vhost bool, root string) *Driver {
+	d := fakeHost(accel, vhost)
+	d.cfg.Jail = jail.Config{Command: []string{"/bin/minions", "jail-exec"}, Hide: []string{root}}.WithDefaults()
 	return d
 }
 
@@ -105,6 +114,8 @@ func TestArgsGolden(t *testing.T) {
 		{"tcg_relay_disks_net", fakeHost(AccelTCG, false), full, ""},
 		{"kvm_vhost_vsock", fakeHost(AccelKVM, true), kvm, ""},
 		{"tcg_restore", fakeHost(AccelTCG, false), full, filepath.Join(root, "snap it's", StateMemoryFile)},
+		{"tcg_jailed", jailedHost(AccelTCG, false, root), full, ""},
+		{"kvm_vhost_vsock_jailed", jailedHost(AccelKVM, true, root), kvm, ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -113,7 +124,17 @@ func TestArgsGolden(t *testing.T) {
 				t.Fatal(err)
 			}
 			m.Incoming = tt.incoming
-			got := strings.ReplaceAll(strings.Join(m.args(), "\n")+"\n", root, "$ROOT")
+			got := strings.Join(m.args(), "\n") + "\n"
+			if m.UID > 0 && m.Accel == AccelTCG {
+				// The jail: the uid from the CID, what is hidden, what
+				// is bound back.
+				p, err := tt.d.qemuPlan(m)
+				if err != nil {
+					t.Fatal(err)
+				}
+				got += "# jail\n" + p.String()
+			}
+			got = strings.ReplaceAll(got, root, "$ROOT")
 			golden := filepath.Join("testdata", tt.name+".golden")
 			if *update {
 				if err := os.WriteFile(golden, []byte(got), 0o644); err != nil {
@@ -201,13 +222,17 @@ func TestWithTSC(t *testing.T) {
 }
 
 func TestConfig(t *testing.T) {
+	launcher := jail.Config{Command: []string{"/bin/minions", "jail-exec"}}
 	tests := []struct {
 		name string
 		cfg  Config
 		ok   bool
 	}{
-		{"defaults with relay", Config{RelayCommand: []string{"relay"}}, true},
-		{"auto vsock without relay", Config{}, true}, // New decides from the host
+		{"defaults with relay", Config{RelayCommand: []string{"relay"}, Jail: launcher}, true},
+		{"auto vsock without relay", Config{Jail: launcher}, true}, // New decides from the host
+		{"jail on without a launcher", Config{RelayCommand: []string{"relay"}}, false},
+		{"jail off", Config{RelayCommand: []string{"relay"}, Jail: jail.Config{Mode: jail.ModeOff}}, true},
+		{"bad jail mode", Config{RelayCommand: []string{"relay"}, Jail: jail.Config{Mode: "auto"}}, false},
 		{"off without relay", Config{VhostVsock: VsockOff}, false},
 		{"bad accel", Config{Accel: "hvf", RelayCommand: []string{"r"}}, false},
 		{"bad vsock", Config{VhostVsock: "maybe", RelayCommand: []string{"r"}}, false},
@@ -225,7 +250,7 @@ func TestConfig(t *testing.T) {
 	if (Config{Accel: AccelAuto, KVMUsable: true}).accel() != AccelKVM || (Config{Accel: AccelAuto}).accel() != AccelTCG {
 		t.Error("auto accel does not follow KVMUsable")
 	}
-	if _, err := New(Config{Binary: "/nonexistent/qemu", RelayCommand: []string{"r"}}); !errors.Is(err, errs.FailedPrecondition) {
+	if _, err := New(Config{Binary: "/nonexistent/qemu", RelayCommand: []string{"r"}, Jail: launcher}); !errors.Is(err, errs.FailedPrecondition) {
 		t.Errorf("missing binary: %v", err)
 	}
 }

@@ -14,6 +14,7 @@ import (
 
 	"github.com/minionsdev/minions/internal/errs"
 	"github.com/minionsdev/minions/vm/consolelog"
+	"github.com/minionsdev/minions/vm/jail"
 )
 
 // Accelerators accepted by Config.Accel.
@@ -32,10 +33,14 @@ const (
 
 // Sandbox modes accepted by Config.Sandbox.
 const (
-	SandboxAuto = "auto" // seccomp sandbox when this QEMU has it (default)
-	SandboxOn   = "on"   // require it: Start fails without it
+	SandboxAuto = "auto" // seccomp sandbox when this QEMU has it
+	SandboxOn   = "on"   // require it: Start fails without it (default)
 	SandboxOff  = "off"  // never
 )
+
+// TCGWarning is said wherever VMs run under TCG: QEMU's security policy
+// treats TCG as no security boundary.
+const TCGWarning = "TCG is not a security boundary (QEMU's policy): run untrusted guests only with KVM"
 
 // SandboxArgs is the -sandbox value: seccomp with no obsolete system
 // calls, no privilege changes, no new processes (nothing QEMU does here
@@ -87,9 +92,15 @@ type Config struct {
 	// ConsoleMaxBytes caps each VM's console log (the file and its
 	// rotated ".1" together). Default consolelog.DefaultMaxBytes.
 	ConsoleMaxBytes int64
-	// Sandbox is "auto" (default), "on" or "off": QEMU's seccomp sandbox
-	// (SandboxArgs), probed once per driver at the first start.
+	// Sandbox is "on" (default), "auto" or "off": QEMU's seccomp sandbox
+	// (SandboxArgs), probed once per driver at the first start. With "on"
+	// a QEMU without seccomp support cannot start VMs.
 	Sandbox string
+	// Jail confines QEMU and the relay of each VM (package jail): its own
+	// uid (Jail.UIDBase + Spec.VsockCID, so specs need a CID), mount
+	// namespace and cgroup. On by default; it needs root. Jail.Mode "off"
+	// runs them as the caller, unconfined.
+	Jail jail.Config
 	// TSCkHz is the host TSC frequency in kHz, passed to TCG guests as
 	// tsc_early_khz. 0 (default) reads it from /proc/cpuinfo at New.
 	TSCkHz int
@@ -117,8 +128,9 @@ func (c Config) withDefaults() Config {
 		c.VhostVsockDevice = "/dev/vhost-vsock"
 	}
 	if c.Sandbox == "" {
-		c.Sandbox = SandboxAuto
+		c.Sandbox = SandboxOn
 	}
+	c.Jail = c.Jail.WithDefaults()
 	if c.StartTimeout == 0 {
 		c.StartTimeout = 30 * time.Second
 	}
@@ -155,6 +167,9 @@ func (c Config) Validate() error {
 	case SandboxAuto, SandboxOn, SandboxOff:
 	default:
 		return errs.New(errs.InvalidArgument, "qemu config: sandbox %q: want auto, on or off", c.Sandbox)
+	}
+	if err := c.Jail.Validate(); err != nil {
+		return fmt.Errorf("qemu config: %w", err)
 	}
 	if c.TSCkHz < 0 {
 		return errs.New(errs.InvalidArgument, "qemu config: tsc khz %d is negative", c.TSCkHz)

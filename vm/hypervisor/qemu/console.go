@@ -1,10 +1,8 @@
 package qemu
 
 import (
-	"encoding/json"
 	"errors"
 	"os"
-	"path/filepath"
 	"slices"
 	"strconv"
 
@@ -57,16 +55,15 @@ func (d *Driver) repairConsoleLogger(h *hypervisor.Handle) (*hypervisor.Handle, 
 	if i < 0 || procfs.Alive(h.Helpers[i].PID, h.Helpers[i].StartTime) {
 		return h, false, nil
 	}
-	b, err := os.ReadFile(filepath.Join(h.RunDir, machineFile))
+	m, err := readMachine(h.RunDir)
 	if err != nil {
-		return h, false, err
-	}
-	var m machine
-	if err := json.Unmarshal(b, &m); err != nil {
 		return h, false, err
 	}
 	if m.ConsoleFIFO == "" {
 		return h, false, nil
+	}
+	if err := checkFIFO(m.ConsoleFIFO); err != nil {
+		return h, false, err
 	}
 	c, err := d.spawnConsoleLogger(m)
 	if err != nil {

@@ -11,6 +11,25 @@
 // later call identifies processes by PID and start time (see package procfs),
 // so a Handle loaded from JSON in another process works the same.
 //
+// # Jail
+//
+// With Config.Jail on (the default) QEMU and the relay are started through
+// the jail launcher (package jail): each VM's processes run as uid and gid
+// Jail.UIDBase + Spec.VsockCID, in a mount namespace where Jail.Hide (the
+// state and run dirs) is an empty tmpfs with only this VM's files bound
+// back (run dir, console log and disks read-write; kernel, initramfs,
+// read-only disks and the qcow2 backing chain read-only), and in the
+// cgroup <Jail.CgroupParent>/<vm id> (memory max = guest memory +
+// Jail.MemoryOverheadMiB, a CPU quota of its vCPUs, a pids limit). Start
+// gives the uid its run dir (0700), console log and writable disks (0600)
+// and opens what QEMU cannot open itself as that uid: the TAP (passed as
+// -netdev tap,fd=3) and /dev/vhost-vsock (vhostfd=). Memory states travel
+// through descriptors passed over QMP, as before. Kill and Shutdown remove
+// the cgroup once its processes are gone. QEMU's -runas is not used: it
+// cannot be combined with the sandbox's elevateprivileges=deny. TCG is not
+// a security boundary (QEMU's policy, TCGWarning): the jail limits what an
+// escape reaches, it does not make TCG safe for untrusted guests.
+//
 // # Agent channel
 //
 // Where /dev/vhost-vsock exists the guest gets a vhost-vsock-device and the

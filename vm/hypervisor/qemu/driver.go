@@ -20,6 +20,7 @@ import (
 	"github.com/minionsdev/minions/vm/hypervisor/launch"
 	"github.com/minionsdev/minions/vm/hypervisor/procfs"
 	"github.com/minionsdev/minions/vm/hypervisor/qemu/qmp"
+	"github.com/minionsdev/minions/vm/jail"
 )
 
 // DriverName is Handle.Driver for VMs started by this driver.
@@ -95,6 +96,11 @@ func New(cfg Config) (*Driver, error) {
 	}
 	if !d.vhost && len(cfg.RelayCommand) == 0 {
 		return nil, errs.New(errs.InvalidArgument, "qemu driver: no %s on this host, so a relay command is required", cfg.VhostVsockDevice)
+	}
+	if cfg.Jail.On() {
+		if err := checkJailHost(); err != nil {
+			return nil, fmt.Errorf("qemu driver: %w", err)
+		}
 	}
 	if d.accel == AccelTCG {
 		d.tscKHz = cfg.TSCkHz
@@ -196,6 +202,9 @@ func (d *Driver) machineFor(spec hypervisor.Spec) (machine, error) {
 	if d.vhost {
 		m.VsockCID = spec.VsockCID
 	}
+	if err := d.jailMachine(&m, spec); err != nil {
+		return machine{}, err
+	}
 	return m, nil
 }
 
@@ -220,7 +229,9 @@ func (d *Driver) launch(ctx context.Context, m machine) (*hypervisor.Handle, err
 	defer cancel()
 	log := d.log.With("vm_id", m.ID)
 	var vm, relay, logger *launch.Child
-	h := &hypervisor.Handle{Driver: DriverName, APISocket: m.path(qmpSock), RunDir: m.RunDir}
+	var files []*os.File // inherited by a jailed QEMU
+	defer func() { closeAll(files) }()
+	h := &hypervisor.Handle{Driver: DriverName, APISocket: m.path(qmpSock), RunDir: m.RunDir, UID: m.UID, Cgroup: m.Cgroup}
 	steps := []launch.Step{
 		{
 			Name: "prepare run dir",
@@ -234,6 +245,35 @@ func (d *Driver) launch(ctx context.Context, m machine) (*hypervisor.Handle, err
 			},
 			Undo: func() { removeRunFiles(m.RunDir) },
 		},
+	}
+	if m.UID > 0 {
+		steps = append(steps,
+			launch.Step{
+				Name: "prepare jail",
+				Do: func(context.Context) error {
+					var err error
+					files, err = d.prepareJail(m)
+					return err
+				},
+			},
+			launch.Step{
+				Name: "create cgroup",
+				Do: func(context.Context) error {
+					l, err := d.cfg.Jail.Limits(m.CPUs, m.MemoryMiB)
+					if err != nil {
+						return err
+					}
+					return jail.CreateCgroup(m.Cgroup, l)
+				},
+				Undo: func() {
+					if err := jail.DeleteCgroup(m.Cgroup); err != nil {
+						log.Warn("remove cgroup", "cgroup", m.Cgroup, "err", err)
+					}
+				},
+			},
+		)
+	}
+	steps = append(steps, []launch.Step{
 		{
 			Name: "start console logger",
 			Do: func(context.Context) error {
@@ -250,7 +290,19 @@ func (d *Driver) launch(ctx context.Context, m machine) (*hypervisor.Handle, err
 			Name: "start qemu",
 			Do: func(context.Context) error {
 				var err error
-				vm, err = launch.Spawn(append([]string{d.binary}, m.args()...), m.RunDir, m.path(qemuLog))
+				if m.UID > 0 {
+					if m.ConsoleFIFO != "" {
+						if err := shareFIFO(m.ConsoleFIFO, m.UID); err != nil {
+							return err
+						}
+					}
+					var plan jail.Plan
+					if plan, err = d.qemuPlan(m); err == nil {
+						vm, err = d.spawnJailed(plan, m.path(qemuLog), files)
+					}
+				} else {
+					vm, err = launch.Spawn(append([]string{d.binary}, m.args()...), m.RunDir, m.path(qemuLog))
+				}
 				if err == nil {
 					log.Info("qemu started", "pid", vm.PID, "accel", m.Accel, "restore", m.Incoming != "")
 				}
@@ -279,16 +331,14 @@ func (d *Driver) launch(ctx context.Context, m machine) (*hypervisor.Handle, err
 				return nil
 			},
 		},
-	}
+	}...)
 	if !m.VhostVsock {
 		steps = append(steps,
 			launch.Step{
 				Name: "start agent relay",
 				Do: func(context.Context) error {
-					argv := append(append([]string(nil), d.cfg.RelayCommand...),
-						"--serial", m.path(agentSock), "--listen", m.path(vsockSock))
 					var err error
-					relay, err = launch.Spawn(argv, m.RunDir, m.path(relayLog))
+					relay, err = d.startRelay(m.RunDir, m.UID, m.Cgroup)
 					if err == nil {
 						log.Debug("agent relay started", "pid", relay.PID)
 					}
@@ -472,6 +522,7 @@ func (d *Driver) Shutdown(ctx context.Context, h *hypervisor.Handle, timeout tim
 		return fmt.Errorf("shutdown vm: %w", err)
 	}
 	removeRunFiles(h.RunDir)
+	d.removeCgroup(h)
 	return nil
 }
 
@@ -488,6 +539,7 @@ func (d *Driver) Kill(ctx context.Context, h *hypervisor.Handle) error {
 		return fmt.Errorf("kill vm: %w", err)
 	}
 	removeRunFiles(h.RunDir)
+	d.removeCgroup(h)
 	return nil
 }
 

@@ -15,6 +15,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -24,12 +25,14 @@ import (
 	"github.com/minionsdev/minions/vm/hypervisor/conformance"
 	"github.com/minionsdev/minions/vm/hypervisor/conformance/tinyvm"
 	"github.com/minionsdev/minions/vm/hypervisor/procfs"
+	"github.com/minionsdev/minions/vm/jail"
 )
 
 // Environment between the test process, its re-exec inside a fresh network
 // namespace, and the test relay it starts.
 const (
 	envRelay  = "MINIONS_QEMU_TEST_RELAY"  // "1": act as the agent relay
+	envJail   = "MINIONS_QEMU_TEST_JAIL"   // "1": act as the jail launcher
 	envNetns  = "MINIONS_QEMU_TEST_NETNS"  // "1": already in the test netns
 	envKernel = "MINIONS_QEMU_TEST_KERNEL" // fixture kernel path
 	envSkip   = "MINIONS_QEMU_TEST_SKIP"   // why VM tests cannot run
@@ -41,8 +44,12 @@ var measure = flag.Bool("measure", false, "measure boot and snapshot times (5 bo
 // root with QEMU installed it fetches the fixture kernel (that needs the
 // network), then re-executes the test binary in a new netns.
 func TestMain(m *testing.M) {
+	// The relay first: a jailed relay inherits the launcher's environment.
 	if os.Getenv(envRelay) == "1" {
 		os.Exit(testRelay(os.Args[1:]))
+	}
+	if os.Getenv(envJail) == "1" {
+		os.Exit(jail.Main(os.Args[1:]))
 	}
 	flag.Parse()
 	if os.Getenv(envNetns) == "1" {
@@ -159,6 +166,7 @@ func vmFixture(t *testing.T) (*Driver, func(t *testing.T, extra ...string) hyper
 	d, err := New(Config{
 		VhostVsock:   VsockOff,
 		RelayCommand: []string{"/usr/bin/env", envRelay + "=1", self},
+		Jail:         testJail(t, self),
 		Log:          slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug})),
 	})
 	if err != nil {
@@ -181,13 +189,31 @@ func vmFixture(t *testing.T) (*Driver, func(t *testing.T, extra ...string) hyper
 			}
 			os.RemoveAll(run)
 		})
+		n := specSeq.Add(1)
 		return hypervisor.Spec{
-			ID: "0123456789ab", Name: "tiny", CPUs: 1, MemoryMiB: 256,
-			Kernel: kernel, Initramfs: initramfsPath, Cmdline: tinyvm.Cmdline(extra...),
+			ID: fmt.Sprintf("0123456789%02x", n%256), Name: "tiny", CPUs: 1, MemoryMiB: 256,
+			VsockCID: uint32(100 + n), // the jail's uid
+			Kernel:   kernel, Initramfs: initramfsPath, Cmdline: tinyvm.Cmdline(extra...),
 			RunDir: run, ConsoleLog: filepath.Join(run, "console.log"),
 		}
 	}
 	return d, newSpec
+}
+
+// specSeq numbers the specs of this test process: each VM gets its own
+// ID (its cgroup) and CID (its uid).
+var specSeq atomic.Uint32
+
+// testJail jails the test VMs like the daemon's: the test binary is the
+// launcher, and the directories holding the fixtures (the temporary
+// directory, the home with the cached kernel) are hidden, so every file a
+// VM uses is bound into its mount namespace.
+func testJail(t *testing.T, self string) jail.Config {
+	home, err := os.UserHomeDir()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return jail.Config{Command: []string{"/usr/bin/env", envJail + "=1", self}, CgroupParent: "minions-test", Hide: []string{os.TempDir(), home}}
 }
 
 type testWriter struct{ t *testing.T }

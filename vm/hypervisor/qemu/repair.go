@@ -5,7 +5,6 @@ import (
 	"path/filepath"
 
 	"github.com/minionsdev/minions/vm/hypervisor"
-	"github.com/minionsdev/minions/vm/hypervisor/launch"
 	"github.com/minionsdev/minions/vm/hypervisor/procfs"
 )
 
@@ -33,8 +32,7 @@ func (d *Driver) Repair(ctx context.Context, h *hypervisor.Handle) (*hypervisor.
 		return h, logged, nil
 	}
 	path := func(name string) string { return filepath.Join(h.RunDir, name) }
-	argv := append(append([]string(nil), d.cfg.RelayCommand...), "--serial", path(agentSock), "--listen", path(vsockSock))
-	relay, err := launch.Spawn(argv, h.RunDir, path(relayLog))
+	relay, err := d.startRelay(h.RunDir, h.UID, h.Cgroup)
 	if err != nil {
 		return h, logged, err
 	}

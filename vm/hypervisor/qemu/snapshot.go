@@ -51,13 +51,9 @@ func (d *Driver) saveState(ctx context.Context, h *hypervisor.Handle, dir string
 	if err := checkHandle(h); err != nil {
 		return err
 	}
-	b, err := os.ReadFile(filepath.Join(h.RunDir, machineFile))
+	m, err := readMachine(h.RunDir)
 	if err != nil {
 		return errs.New(errs.FailedPrecondition, "read machine config: %w", err)
-	}
-	var m machine
-	if err := json.Unmarshal(b, &m); err != nil {
-		return fmt.Errorf("read machine config: %w", err)
 	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err

@@ -1,0 +1,42 @@
+// Package jail confines the host processes of one VM (the hypervisor and
+// its helpers, such as QEMU's agent relay) so that a guest escape is not
+// host root:
+//
+//   - each VM's processes run as their own unprivileged uid and gid
+//     (Config.UIDBase + a per-VM index, the VM's vsock CID), with no
+//     supplementary groups beyond the ones a device needs (/dev/kvm);
+//   - each sees only its own files: it runs in a mount namespace of its
+//     own where the directories holding Minions' state (Config.Hide: the
+//     state dir with the store, keys and every VM's disks, and the run dir)
+//     are covered by an empty tmpfs, and only this VM's files (its run dir,
+//     console log, disks, kernel, initramfs and the base images its disks
+//     are backed by) are bind-mounted back at the same paths, read-only
+//     where they are not its own;
+//   - each runs in a cgroup of its own (Config.CgroupParent/<vm id>) with
+//     memory max = guest memory + Config.MemoryOverheadMiB, a CPU quota of
+//     its vCPU count and a pids limit, on cgroup v1 (and hybrid) hosts and
+//     pure v2 hosts alike (github.com/containerd/cgroups/v3).
+//
+// # Why a mount namespace and not a chroot
+//
+// Firecracker's jailer chroots into a directory holding the VMM binary and
+// the VM's files. QEMU is dynamically linked against dozens of libraries
+// and reads firmware from /usr/share, so a chroot would have to mirror a
+// large, distribution-specific part of the file system. Over-mounting only
+// the directories that hold secrets and other VMs' data hides exactly what
+// must be hidden, keeps every path in QEMU's argv (and in qcow2 backing
+// file names) valid, and leaves the system files QEMU needs in place.
+// Everything else on the host is protected by ordinary permissions against
+// a uid that owns nothing but its own VM's files.
+//
+// # How a process is started
+//
+// Go cannot run code between fork and exec, so the caller (root) starts
+// Config.Command (the minions binary's hidden "jail-exec" command) in a
+// new mount namespace with a Plan as its only argument. Main joins the
+// cgroup, builds the mounts, drops to the VM's uid and gid (setgroups,
+// setresgid, setresuid, no_new_privs) and execs the target, which keeps
+// the PID: the caller identifies the hypervisor by it as before. Files the
+// target needs and cannot open itself (a TAP, /dev/vhost-vsock, a
+// migration stream) are opened by root and passed as descriptors.
+package jail

@@ -1,0 +1,218 @@
+package jail
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+const envLauncher = "MINIONS_JAIL_TEST_LAUNCHER" // "1": act as the launcher
+
+func TestMain(m *testing.M) {
+	if os.Getenv(envLauncher) == "1" {
+		os.Exit(Main(os.Args[1:]))
+	}
+	os.Exit(m.Run())
+}
+
+func needRoot(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root")
+	}
+}
+
+func testLauncher(t *testing.T) []string {
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return []string{"/usr/bin/env", envLauncher + "=1", self}
+}
+
+// cgroupOf returns the cgroup path of pid in the hierarchy holding the
+// memory controller (v1) or the unified one (v2).
+func cgroupOf(t *testing.T, pid int) string {
+	t.Helper()
+	f, err := os.Open(fmt.Sprintf("/proc/%d/cgroup", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	v2, err := unified()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		parts := strings.SplitN(sc.Text(), ":", 3)
+		if len(parts) != 3 {
+			continue
+		}
+		if (v2 && parts[0] == "0") || (!v2 && strings.Contains(","+parts[1]+",", ",memory,")) {
+			return strings.TrimPrefix(parts[2], "/")
+		}
+	}
+	t.Fatalf("no memory cgroup for pid %d", pid)
+	return ""
+}
+
+func TestCgroupLifecycle(t *testing.T) {
+	needRoot(t)
+	name := fmt.Sprintf("minions-test/%d", os.Getpid())
+	l, _ := Config{MemoryOverheadMiB: 100, PidsMax: 64}.Limits(1, 156)
+	if err := CreateCgroup(name, l); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { DeleteCgroup(name); DeleteCgroup("minions-test") })
+	if got, err := CgroupMemoryMax(name); err != nil || got != 256<<20 {
+		t.Errorf("memory max = %d, %v; want %d", got, err, 256<<20)
+	}
+	cmd := exec.Command("sleep", "30")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	if err := JoinCgroup(name, cmd.Process.Pid); err != nil {
+		t.Fatal(err)
+	}
+	if got := cgroupOf(t, cmd.Process.Pid); got != name {
+		t.Errorf("sleep is in cgroup %q, want %q", got, name)
+	}
+	if err := DeleteCgroup(name); err == nil {
+		t.Error("deleted a cgroup with a process in it")
+	}
+	cmd.Process.Kill()
+	cmd.Wait()
+	if err := DeleteCgroup(name); err != nil {
+		t.Fatal(err)
+	}
+	if err := DeleteCgroup(name); err != nil {
+		t.Errorf("second delete: %v", err)
+	}
+	if _, err := CgroupMemoryMax(name); err == nil {
+		t.Error("cgroup still there after delete")
+	}
+}
+
+// TestExecJails runs a shell through the real launcher with a state
+// directory holding a secret, this VM's files and another VM's disk, and
+// checks what the shell sees and who it is.
+func TestExecJails(t *testing.T) {
+	needRoot(t)
+	tmp := t.TempDir()
+	// The uid must be able to reach the state dir (the daemon's is under
+	// /var/lib); the state dir itself stays 0700.
+	os.Chmod(tmp, 0o755)
+	os.Chmod(filepath.Dir(tmp), 0o755)
+	state := filepath.Join(tmp, "state")
+	mk := func(rel, content string, mode os.FileMode) string {
+		p := filepath.Join(state, rel)
+		if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, []byte(content), mode); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	const uid = 2_000_000_042
+	secret := mk("minions.db", "secret", 0o600)
+	other := mk("vms/other/disk.qcow2", "other disk", 0o600)
+	image := mk("images/base.raw", "base image", 0o444)
+	disk := mk("vms/mine/disk.qcow2", "my disk", 0o600)
+	run := filepath.Join(state, "run", "mine")
+	if err := os.MkdirAll(run, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{disk, run} {
+		if err := os.Chown(p, uid, uid); err != nil {
+			t.Fatal(err)
+		}
+	}
+	name := fmt.Sprintf("minions-test/exec-%d", os.Getpid())
+	c := Config{Command: testLauncher(t), Hide: []string{state}}
+	l, _ := c.Limits(1, 64)
+	if err := CreateCgroup(name, l); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { DeleteCgroup(name); DeleteCgroup("minions-test") })
+	script := strings.Join([]string{
+		"id -u; id -g; id -G",
+		"cat " + disk + "; echo",
+		"cat " + image + "; echo",
+		"echo written > " + run + "/out && echo wrote run",
+		"cat " + secret + " 2>/dev/null || echo no secret",
+		"cat " + other + " 2>/dev/null || echo no other disk",
+		"ls " + state + "/vms 2>/dev/null || echo vms not listable",
+		"test -e " + other + " && echo other exists || echo other absent",
+		"test -e " + disk + " && echo mine exists",
+		"echo x >> " + image + " 2>/dev/null || echo image read-only",
+		"cat /proc/self/cgroup",
+		"echo env: $(env | grep -c SECRET_TOKEN)",
+	}, "; ")
+	p, err := c.Plan(Request{UID: uid, Cgroup: name, Dir: run, Argv: []string{"/bin/sh", "-c", script},
+		ReadOnly: []string{image}, Writable: []string{run, disk}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd, err := c.Cmd(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	cmd.Env = append(os.Environ(), "SECRET_TOKEN=hunter2")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	go func() { <-ctx.Done(); cmd.Process.Kill() }()
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("%v: %s", err, out.String())
+	}
+	got := out.String()
+	for _, want := range []string{
+		fmt.Sprintf("%d\n%d\n%d\n", uid, uid, uid),
+		"my disk\n", "base image\n", "wrote run\n", "no secret\n", "no other disk\n",
+		"env: 0\n", "vms not listable\n", "other absent\n", "mine exists\n", "image read-only\n", name,
+	} {
+		if !strings.Contains(got, want) {
+			t.Errorf("output lacks %q:\n%s", want, got)
+		}
+	}
+	// Nothing leaked into the host's mount namespace.
+	if b, _ := os.ReadFile("/proc/self/mountinfo"); bytes.Contains(b, []byte(state)) {
+		t.Errorf("jail mounts visible on the host")
+	}
+	// The host's files are unchanged and the run dir write landed.
+	if b, _ := os.ReadFile(filepath.Join(run, "out")); string(b) != "written\n" {
+		t.Errorf("run dir write: %q", b)
+	}
+}
+
+// TestExecRefusesUnusableFiles: a file the VM's uid cannot read is a clear
+// error before exec.
+func TestExecRefusesUnusableFiles(t *testing.T) {
+	needRoot(t)
+	dir := t.TempDir()
+	os.Chmod(dir, 0o755)
+	private := filepath.Join(dir, "kernel")
+	if err := os.WriteFile(private, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c := Config{Command: testLauncher(t)}
+	p, err := c.Plan(Request{UID: 2_000_000_043, Dir: "/", Argv: []string{"/bin/true"}, ReadOnly: []string{private}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd, _ := c.Cmd(p)
+	out, err := cmd.CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "cannot use "+private) {
+		t.Errorf("err %v, output %s", err, out)
+	}
+}

@@ -1,0 +1,161 @@
+package jail
+
+import (
+	"fmt"
+	"path/filepath"
+	"slices"
+	"strings"
+
+	"github.com/minionsdev/minions/internal/errs"
+)
+
+// Bind is a path bound back into a hidden directory, at the same path.
+type Bind struct {
+	Path     string `json:"path"`
+	ReadOnly bool   `json:"ro,omitempty"`
+}
+
+// Access is a path the jailed process must be able to use, checked as its
+// uid before exec so that a permission problem is a clear error instead of
+// a hypervisor failing half-way. Mode is "r", "rw" or "x".
+type Access struct {
+	Path string `json:"path"`
+	Mode string `json:"mode"`
+}
+
+// Plan is everything Main does for one process. It is pure data, computed
+// by Config.Plan and passed to the launcher as JSON.
+type Plan struct {
+	UID    int      `json:"uid"`
+	GID    int      `json:"gid"`
+	Groups []int    `json:"groups,omitempty"` // supplementary groups (device access)
+	Cgroup string   `json:"cgroup,omitempty"` // joined before exec ("" none)
+	Hide   []string `json:"hide,omitempty"`   // covered with an empty tmpfs
+	Binds  []Bind   `json:"binds,omitempty"`  // bound back, in this order
+	Check  []Access `json:"check,omitempty"`
+	Dir    string   `json:"dir"`
+	Argv   []string `json:"argv"` // Argv[0] is an absolute path
+}
+
+// Request describes one process to jail.
+type Request struct {
+	UID    int   // from Config.UID
+	Groups []int // supplementary groups
+	Cgroup string
+	Dir    string   // working directory
+	Argv   []string // Argv[0] absolute
+	// ReadOnly are files the process reads (kernel, initramfs, backing
+	// images, the executable); Writable are its own files and
+	// directories (run dir, console log, disk overlay).
+	ReadOnly []string
+	Writable []string
+}
+
+// Plan computes the plan for r: the hidden directories (without those
+// inside another), and the binds of every requested path that lies in a
+// hidden directory, sorted, without paths inside another bind of the same
+// or a stronger kind. A path both read-only and writable is writable.
+func (c Config) Plan(r Request) (Plan, error) {
+	c = c.WithDefaults()
+	if len(r.Argv) == 0 || !filepath.IsAbs(r.Argv[0]) {
+		return Plan{}, errs.New(errs.InvalidArgument, "jail plan: argv must start with an absolute path")
+	}
+	if r.UID <= 0 {
+		return Plan{}, errs.New(errs.InvalidArgument, "jail plan: uid %d", r.UID)
+	}
+	if !filepath.IsAbs(r.Dir) {
+		return Plan{}, errs.New(errs.InvalidArgument, "jail plan: working directory %q is not absolute", r.Dir)
+	}
+	p := Plan{UID: r.UID, GID: r.UID, Groups: slices.Clone(r.Groups), Cgroup: r.Cgroup, Dir: r.Dir, Argv: slices.Clone(r.Argv)}
+
+	hide := make([]string, 0, len(c.Hide))
+	for _, h := range c.Hide {
+		hide = append(hide, filepath.Clean(h))
+	}
+	slices.Sort(hide)
+	hide = slices.Compact(hide)
+	for _, h := range hide {
+		if !slices.ContainsFunc(p.Hide, func(o string) bool { return under(h, o) }) {
+			p.Hide = append(p.Hide, h)
+		}
+	}
+
+	rw := map[string]bool{}
+	add := func(path string, write bool) error {
+		if path == "" {
+			return nil
+		}
+		if !filepath.IsAbs(path) {
+			return errs.New(errs.InvalidArgument, "jail plan: path %q is not absolute", path)
+		}
+		path = filepath.Clean(path)
+		rw[path] = rw[path] || write
+		return nil
+	}
+	if err := add(r.Argv[0], false); err != nil {
+		return Plan{}, err
+	}
+	for _, f := range r.ReadOnly {
+		if err := add(f, false); err != nil {
+			return Plan{}, err
+		}
+	}
+	for _, f := range r.Writable {
+		if err := add(f, true); err != nil {
+			return Plan{}, err
+		}
+	}
+	paths := make([]string, 0, len(rw))
+	for f := range rw {
+		paths = append(paths, f)
+	}
+	slices.Sort(paths)
+	for _, f := range paths {
+		mode := "r"
+		if rw[f] {
+			mode = "rw"
+		}
+		if f == filepath.Clean(r.Argv[0]) {
+			mode = "x"
+		}
+		p.Check = append(p.Check, Access{Path: f, Mode: mode})
+		if !slices.ContainsFunc(p.Hide, func(h string) bool { return under(f, h) }) {
+			continue // visible anyway
+		}
+		covered := slices.ContainsFunc(p.Binds, func(b Bind) bool {
+			return under(f, b.Path) && (!b.ReadOnly || !rw[f])
+		})
+		if !covered {
+			p.Binds = append(p.Binds, Bind{Path: f, ReadOnly: !rw[f]})
+		}
+	}
+	return p, nil
+}
+
+// under reports whether path is dir or inside it.
+func under(path, dir string) bool {
+	return path == dir || strings.HasPrefix(path, strings.TrimSuffix(dir, "/")+"/")
+}
+
+// String renders p one item a line, for golden tests and logs.
+func (p Plan) String() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "uid %d gid %d groups %v\n", p.UID, p.GID, p.Groups)
+	fmt.Fprintf(&b, "cgroup %s\n", p.Cgroup)
+	for _, h := range p.Hide {
+		fmt.Fprintf(&b, "hide %s\n", h)
+	}
+	for _, m := range p.Binds {
+		kind := "rw"
+		if m.ReadOnly {
+			kind = "ro"
+		}
+		fmt.Fprintf(&b, "bind %s %s\n", kind, m.Path)
+	}
+	for _, a := range p.Check {
+		fmt.Fprintf(&b, "check %s %s\n", a.Mode, a.Path)
+	}
+	fmt.Fprintf(&b, "dir %s\n", p.Dir)
+	fmt.Fprintf(&b, "exec %s\n", strings.Join(p.Argv, " "))
+	return b.String()
+}
