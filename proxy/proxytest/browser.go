@@ -5,8 +5,11 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"net"
+	"net/netip"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -19,9 +22,12 @@ import (
 // JSON), so no port is opened and no dependency is needed. It has one tab.
 // Not safe for concurrent use.
 //
-// Chromium is started with everything that phones home turned off and a
-// resolver rule that fails every name except *.localhost, which Chromium
-// resolves to loopback by itself: a test can reach only the proxy it runs.
+// Chromium is started with what phones home turned off as far as flags
+// go, and with a resolver rule that fails every name except *.localhost,
+// which Chromium resolves to loopback by itself: the Google services it
+// still asks for (sign-in, component updates) fail before any lookup. Its
+// network log is checked when it closes: a TCP connection to anything but
+// loopback, or any UDP datagram, fails the test.
 type Browser struct {
 	t       testing.TB
 	cmd     *exec.Cmd
@@ -29,6 +35,7 @@ type Browser struct {
 	out     *os.File // the browser's fd 4
 	rd      *bufio.Reader
 	stderr  *lockedBuffer
+	netlog  string // the browser's network log, written as it exits
 	next    int
 	session string
 	once    sync.Once
@@ -77,10 +84,11 @@ func StartBrowser(t testing.TB, profile string) *Browser {
 	if err != nil {
 		t.Fatal(err)
 	}
-	b := &Browser{t: t, in: in, out: out, rd: bufio.NewReader(out), stderr: &lockedBuffer{}}
+	b := &Browser{t: t, in: in, out: out, rd: bufio.NewReader(out), stderr: &lockedBuffer{},
+		netlog: filepath.Join(t.TempDir(), "netlog.json")}
 	b.cmd = exec.Command(bin,
 		"--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-		"--remote-debugging-pipe", "--user-data-dir="+profile,
+		"--remote-debugging-pipe", "--user-data-dir="+profile, "--log-net-log="+b.netlog,
 		// Nothing but the test's own pages: no Google services, no
 		// updates, no proxy from the environment, no DNS but *.localhost.
 		"--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -155,6 +163,7 @@ func (b *Browser) Close() {
 		_, _ = b.send("", "Browser.close", nil) // fails if it has exited already
 		select {
 		case <-done:
+			b.checkNetLog()
 		case <-time.After(20 * time.Second):
 			b.t.Errorf("chromium did not exit after Browser.close; killing it\n%s", b.stderr)
 			b.cmd.Process.Kill()
@@ -163,6 +172,50 @@ func (b *Browser) Close() {
 		b.in.Close()
 		b.out.Close()
 	})
+}
+
+// checkNetLog fails the test if the browser's network log shows a TCP
+// connection attempt to an address that is not loopback or any UDP
+// datagram sent. (Chromium's IPv6 reachability probe connects a UDP socket
+// to a public address without sending on it: that is a route lookup.)
+func (b *Browser) checkNetLog() {
+	data, err := os.ReadFile(b.netlog)
+	if err != nil {
+		b.t.Errorf("chromium: network log: %v", err)
+		return
+	}
+	var log struct {
+		Constants struct {
+			LogEventTypes map[string]int `json:"logEventTypes"`
+		} `json:"constants"`
+		Events []struct {
+			Type   int `json:"type"`
+			Params struct {
+				Address string `json:"address"`
+			} `json:"params"`
+		} `json:"events"`
+	}
+	if err := json.Unmarshal(data, &log); err != nil {
+		b.t.Errorf("chromium: network log %s: %v", b.netlog, err)
+		return
+	}
+	types := log.Constants.LogEventTypes
+	tcp, udpSent := types["TCP_CONNECT_ATTEMPT"], types["UDP_BYTES_SENT"]
+	if tcp == 0 || udpSent == 0 {
+		b.t.Errorf("chromium: network log %s lacks the event types it is checked for", b.netlog)
+		return
+	}
+	for _, e := range log.Events {
+		switch {
+		case e.Type == udpSent:
+			b.t.Errorf("chromium sent a UDP datagram (see %s)", b.netlog)
+		case e.Type == tcp && e.Params.Address != "":
+			host, _, err := net.SplitHostPort(e.Params.Address)
+			if ip, perr := netip.ParseAddr(host); err != nil || perr != nil || !ip.IsLoopback() {
+				b.t.Errorf("chromium connected to %s, which is not loopback", e.Params.Address)
+			}
+		}
+	}
 }
 
 // send writes one command and returns its id.
