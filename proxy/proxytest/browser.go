@@ -95,7 +95,7 @@ func StartBrowser(t testing.TB, profile string) *Browser {
 		"--disable-default-apps", "--disable-extensions", "--disable-domain-reliability",
 		"--disable-client-side-phishing-detection", "--disable-breakpad", "--no-pings",
 		"--disable-quic", "--no-first-run", "--no-default-browser-check", "--metrics-recording-only",
-		"--disable-features=HttpsUpgrades,HttpsFirstBalancedModeAutoEnable,OptimizationHints,MediaRouter,Translate,AutofillServerCommunication,CertificateTransparencyComponentUpdater",
+		"--disable-features=HttpsUpgrades,HttpsFirstBalancedModeAutoEnable,OptimizationHints,MediaRouter,Translate,AutofillServerCommunication,CertificateTransparencyComponentUpdater,NetworkTimeServiceQuerying",
 		"--no-proxy-server", "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE *.localhost",
 		"about:blank")
 	b.cmd.ExtraFiles = []*os.File{cmdIn, cmdOut}
@@ -127,6 +127,9 @@ func (b *Browser) Open(url string) Page {
 	var nav struct {
 		ErrorText string `json:"errorText"`
 	}
+	// Through about:blank, so that what is read below is never the
+	// document shown before (which may be at the same URL).
+	b.call(b.session, "Page.navigate", map[string]any{"url": "about:blank"}, nil)
 	b.call(b.session, "Page.navigate", map[string]any{"url": url}, &nav)
 	if nav.ErrorText != "" {
 		b.t.Fatalf("chromium: open %s: %s", url, nav.ErrorText)
