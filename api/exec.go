@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -182,8 +183,17 @@ func (h *handler) serveExec(w http.ResponseWriter, r *http.Request, c service.Ca
 		return
 	}
 	fw := &frameWriter{w: conn}
-	ctx, stop := context.WithCancel(context.WithoutCancel(r.Context()))
+	// The command outlives the request's context (the connection is
+	// hijacked) but not the credential it was started with.
+	ctx, stopCause := context.WithCancelCause(context.WithoutCancel(r.Context()))
+	stop := func() { stopCause(context.Canceled) }
 	defer stop()
+	unbind := context.AfterFunc(r.Context(), func() {
+		if cause := context.Cause(r.Context()); errors.Is(cause, errs.Unauthenticated) {
+			stopCause(cause)
+		}
+	})
+	defer unbind()
 
 	stdinR, stdinW := io.Pipe()
 	defer stdinR.Close()
@@ -197,6 +207,9 @@ func (h *handler) serveExec(w http.ResponseWriter, r *http.Request, c service.Ca
 		TTY: spec.TTY, Term: spec.Term, Width: spec.Width, Height: spec.Height,
 		Resize: resize, Signals: signals,
 	})
+	if cause := context.Cause(ctx); errors.Is(cause, errs.Unauthenticated) {
+		err = cause
+	}
 	if err != nil {
 		b, _ := json.Marshal(errorOf(err))
 		fw.write(frameError, b)
