@@ -33,7 +33,14 @@ const (
 // override and isolate characters are removed (they reorder what follows);
 // invalid UTF-8 becomes U+FFFD. Printable Unicode is kept as it is. Clean
 // is for single-line fields; it is idempotent and safe for concurrent use.
-func Clean(s string) string {
+func Clean(s string) string { return clean(s, false) }
+
+// CleanText is Clean for multi-line text (an error message that quotes a
+// guest's console): newlines and tabs are kept, a carriage return is
+// removed.
+func CleanText(s string) string { return clean(s, true) }
+
+func clean(s string, lines bool) string {
 	if isPlain(s) {
 		return s
 	}
@@ -51,7 +58,10 @@ func Clean(s string) string {
 			i = skipCSI(s, i+n)
 		case r == c1OSC || r == c1DCS || r == c1SOS || r == c1PM || r == c1APC:
 			i = skipString(s, i+n)
-		case r == '\t' || r == '\n' || r == '\r':
+		case lines && (r == '\t' || r == '\n'):
+			b.WriteRune(r)
+			i += n
+		case !lines && (r == '\t' || r == '\n' || r == '\r'):
 			b.WriteByte(' ')
 			i += n
 		case r < 0x20 || r == 0x7f || (r >= 0x80 && r < 0xa0) || isBidiControl(r):

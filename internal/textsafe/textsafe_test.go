@@ -40,6 +40,14 @@ func TestClean(t *testing.T) {
 	}
 }
 
+func TestCleanText(t *testing.T) {
+	in := "vm web did not start:\n\tkernel: \x1b]52;c;ZXZpbA==\x07panic\r\n\x1b[2Jdone"
+	want := "vm web did not start:\n\tkernel: panic\ndone"
+	if got := CleanText(in); got != want {
+		t.Fatalf("CleanText = %q, want %q", got, want)
+	}
+}
+
 func FuzzClean(f *testing.F) {
 	for _, s := range []string{"\x1b]52;c;ZXZpbA==\x07host", "\x1b[31mx", "\u009b1m", "a\tb", "\xff"} {
 		f.Add(s)
