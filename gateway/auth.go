@@ -50,6 +50,7 @@ func (s *Server) serverConfig(ctx ssh.Context) *gossh.ServerConfig {
 		// The returned Permissions are per key: x/crypto/ssh attaches those
 		// of the key that actually authenticated to the connection.
 		PublicKeyCallback: s.publicKey,
+		AuthLogCallback:   authLog(ctx), // ends the login grace (connlimit.go)
 	}
 }
 

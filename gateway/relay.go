@@ -40,6 +40,11 @@ func (s *Server) handleSession(srv *ssh.Server, conn *gossh.ServerConn, newChan 
 		return
 	}
 	defer s.bindConn(ctx, conn, id.user)()
+	slot, ok := s.sessionSlot(id.user, newChan)
+	if !ok {
+		return
+	}
+	defer slot()
 	vm := conn.User()
 	client, release, err := s.agent(ctx, id.user, vm)
 	switch {
@@ -250,6 +255,11 @@ func (s *Server) handleDirectTCPIP(srv *ssh.Server, conn *gossh.ServerConn, newC
 		return
 	}
 	defer s.bindConn(ctx, conn, id.user)()
+	slot, ok := s.sessionSlot(id.user, newChan)
+	if !ok {
+		return
+	}
+	defer slot()
 	vm := conn.User()
 	client, release, err := s.agent(ctx, id.user, vm)
 	if errors.Is(err, errs.NotFound) {

@@ -90,6 +90,7 @@ type Server struct {
 	cmds      Commands
 	dashboard Dashboard
 	limiter   *failureLimiter
+	conns     *connLimiter
 	signer    gossh.Signer
 	fwd       forwards // ssh -R and -A (forward.go)
 
@@ -124,6 +125,7 @@ func New(cfg Config, users Users, vms VMs, cmds Commands, dashboard Dashboard) (
 		cmds:      cmds,
 		dashboard: dashboard,
 		limiter:   newFailureLimiter(cfg.AuthRate, time.Minute, nil),
+		conns:     newConnLimiter(cfg),
 		signer:    signer,
 	}
 	s.baseCtx, s.cancel = context.WithCancel(context.Background())
@@ -143,6 +145,7 @@ func New(cfg Config, users Users, vms VMs, cmds Commands, dashboard Dashboard) (
 		func(srv *ssh.Server) error {
 			srv.AddHostKey(signer)
 			srv.ServerConfigCallback = s.serverConfig
+			srv.ConnCallback = s.admitConn // connection limits (connlimit.go)
 			// Sessions go through handleSession; this is a fallback only.
 			srv.Handler = func(sess ssh.Session) { s.frontDoor(sess, &windows{updates: make(chan ssh.Window, 1)}) }
 			srv.ChannelHandlers = map[string]ssh.ChannelHandler{
