@@ -48,6 +48,14 @@ const (
 	frameError    byte = '!'
 
 	maxFrame = 1 << 20
+
+	// stdinChunk and stdinQueue bound the client stdin the server holds
+	// for a command that is not reading it: stdinQueue chunks of up to
+	// stdinChunk bytes (256 KiB), plus the frame being queued. Beyond that
+	// the server stops reading the connection and TCP pushes back on the
+	// client.
+	stdinChunk = 32 << 10
+	stdinQueue = 8
 )
 
 // ExecSpec is the body of an exec request.
@@ -221,11 +229,13 @@ func (h *handler) serveExec(w http.ResponseWriter, r *http.Request, c service.Ca
 }
 
 // execInput reads the client's frames until its connection ends (which
-// cancels the command). Stdin is written from its own goroutine so a
-// command that does not read its input cannot hold up signals and resizes.
+// cancels the command). Stdin is written from its own goroutine through a
+// bounded queue (stdinQueue), so a command that does not read its input
+// holds up signals and resizes only once the client has sent more than the
+// queue holds, and a client cannot make the server buffer without bound.
 func (h *handler) execInput(ctx context.Context, stop func(), r *bufio.Reader, stdin *io.PipeWriter,
 	resize chan<- vsockcli.WindowSize, signals chan<- string) {
-	data := make(chan []byte, 64)
+	data := make(chan []byte, stdinQueue)
 	go func() {
 		for b := range data {
 			if _, err := stdin.Write(b); err != nil {
@@ -252,12 +262,14 @@ func (h *handler) execInput(ctx context.Context, stop func(), r *bufio.Reader, s
 		}
 		switch typ {
 		case frameStdin:
-			if !eof {
+			for !eof && len(p) > 0 {
+				n := min(len(p), stdinChunk)
 				select {
-				case data <- p:
+				case data <- p[:n:n]:
 				case <-ctx.Done():
 					return
 				}
+				p = p[n:]
 			}
 		case frameStdinEOF:
 			closeStdin()
