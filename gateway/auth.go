@@ -49,8 +49,11 @@ func (s *Server) serverConfig(ctx ssh.Context) *gossh.ServerConfig {
 	return &gossh.ServerConfig{
 		// The returned Permissions are per key: x/crypto/ssh attaches those
 		// of the key that actually authenticated to the connection.
-		PublicKeyCallback: s.publicKey,
-		AuthLogCallback:   authLog(ctx), // ends the login grace (connlimit.go)
+		PublicKeyCallback: func(meta gossh.ConnMetadata, key gossh.PublicKey) (*gossh.Permissions, error) {
+			perms, err := s.publicKey(meta, key)
+			return overLimit(ctx, perms), err // connection caps (connlimit.go)
+		},
+		AuthLogCallback: authLog(ctx), // ends the login grace (connlimit.go)
 	}
 }
 

@@ -5,11 +5,14 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"strconv"
 	"sync"
 	"time"
 
 	"github.com/charmbracelet/ssh"
 	gossh "golang.org/x/crypto/ssh"
+
+	"github.com/minionsdev/minions/internal/errs"
 )
 
 // sourceKey is what per-source limits count by: an IPv4 address, or the
@@ -54,32 +57,43 @@ func newConnLimiter(cfg Config) *connLimiter {
 type tracked struct {
 	l      *connLimiter
 	src    string
+	over   string // why it is over a connection cap ("" if within): it may log in only to be told
 	mu     sync.Mutex
 	authed bool
 	closed bool
 	timer  *time.Timer
 }
 
-// admit counts a new connection from src, or returns why it is refused.
+// admit counts a new connection from src, or returns why it is refused
+// outright (the caps on connections logging in: refusing those must cost
+// nothing, not even a key exchange). A connection over the caps on open
+// connections is admitted with tracked.over set and not counted as open:
+// it logs in only to be told why it cannot go on (a client shows that
+// message; it would show nothing for a connection closed before the SSH
+// handshake) and is closed soon after.
 func (l *connLimiter) admit(src string) (*tracked, string) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	c := l.cfg
 	switch {
-	case c.MaxConnections > 0 && l.conns >= c.MaxConnections:
-		return nil, fmt.Sprintf("minions: the server has too many connections (%d); try again later", c.MaxConnections)
 	case c.MaxUnauthenticated > 0 && l.unauth >= c.MaxUnauthenticated:
 		return nil, fmt.Sprintf("minions: the server has too many connections logging in (%d); try again later", c.MaxUnauthenticated)
-	case c.MaxConnectionsPerSource > 0 && l.bySource[src] >= c.MaxConnectionsPerSource:
-		return nil, fmt.Sprintf("minions: too many connections from %s (limit %d); close some and try again", src, c.MaxConnectionsPerSource)
 	case c.MaxUnauthenticatedPerSource > 0 && l.unauthBy[src] >= c.MaxUnauthenticatedPerSource:
 		return nil, fmt.Sprintf("minions: too many connections logging in from %s (limit %d); try again later", src, c.MaxUnauthenticatedPerSource)
 	}
-	l.conns++
-	l.bySource[src]++
+	t := &tracked{l: l, src: src}
+	switch {
+	case c.MaxConnections > 0 && l.conns >= c.MaxConnections:
+		t.over = fmt.Sprintf("minions: the server has too many connections (%d); try again later", c.MaxConnections)
+	case c.MaxConnectionsPerSource > 0 && l.bySource[src] >= c.MaxConnectionsPerSource:
+		t.over = fmt.Sprintf("minions: too many connections from %s (limit %d); close some and try again", src, c.MaxConnectionsPerSource)
+	default:
+		l.conns++
+		l.bySource[src]++
+	}
 	l.unauth++
 	l.unauthBy[src]++
-	return &tracked{l: l, src: src}, ""
+	return t, ""
 }
 
 // authenticated moves t from the unauthenticated count; idempotent.
@@ -112,8 +126,10 @@ func (t *tracked) release() {
 	}
 	t.l.mu.Lock()
 	defer t.l.mu.Unlock()
-	t.l.conns--
-	dec(t.l.bySource, t.src)
+	if t.over == "" {
+		t.l.conns--
+		dec(t.l.bySource, t.src)
+	}
 	if !t.authed {
 		t.l.unauth--
 		dec(t.l.unauthBy, t.src)
@@ -171,10 +187,10 @@ func (c *limitedConn) Close() error {
 }
 
 // admitConn is the server's ConnCallback: it refuses a connection over a
-// limit with a one-line message (sent before the SSH version exchange,
-// which RFC 4253 allows and clients print or log) and otherwise counts it
-// until it closes, closing it if it has not authenticated within
-// Config.LoginGrace.
+// cap on connections logging in with a one-line message (sent before the
+// SSH version exchange, which RFC 4253 allows; OpenSSH logs it with -v)
+// and otherwise counts it until it closes, closing it if it has not
+// authenticated within Config.LoginGrace.
 func (s *Server) admitConn(ctx ssh.Context, conn net.Conn) net.Conn {
 	src := sourceKey(remoteIP(conn.RemoteAddr()))
 	t, why := s.conns.admit(src)
@@ -186,6 +202,10 @@ func (s *Server) admitConn(ctx ssh.Context, conn net.Conn) net.Conn {
 	}
 	ctx.SetValue(trackedKey{}, t)
 	lc := &limitedConn{Conn: conn, t: t}
+	ctx.SetValue(connKey{}, net.Conn(lc))
+	if t.over != "" {
+		s.log.Warn("ssh connection over the limits: it may log in to be told", "remote", conn.RemoteAddr().String(), "source", src, "reason", t.over)
+	}
 	if grace := s.cfg.LoginGrace; grace > 0 {
 		t.mu.Lock()
 		t.timer = time.AfterFunc(grace, func() {
@@ -202,6 +222,10 @@ func (s *Server) admitConn(ctx ssh.Context, conn net.Conn) net.Conn {
 	return lc
 }
 
+// overGrace is how long a connection over a connection cap stays open
+// after logging in, to be told why (see connLimiter.admit).
+const overGrace = 5 * time.Second
+
 // authLog is gossh.ServerConfig.AuthLogCallback for the connection of ctx:
 // a successful authentication ends its unauthenticated stage.
 func authLog(ctx context.Context) func(gossh.ConnMetadata, string, error) {
@@ -209,10 +233,34 @@ func authLog(ctx context.Context) func(gossh.ConnMetadata, string, error) {
 		if err != nil {
 			return
 		}
-		if t, ok := ctx.Value(trackedKey{}).(*tracked); ok {
-			t.authenticated()
+		t, ok := ctx.Value(trackedKey{}).(*tracked)
+		if !ok {
+			return
+		}
+		t.authenticated()
+		if t.over != "" {
+			if conn, ok := ctx.Value(connKey{}).(net.Conn); ok {
+				time.AfterFunc(overGrace, func() { _ = conn.Close() })
+			}
 		}
 	}
+}
+
+type connKey struct{}
+
+// overLimit turns the permissions of a connection over a connection cap
+// into a refusal that tells the client why (stateDenied, exit status of
+// errs.ResourceExhausted).
+func overLimit(ctx context.Context, perms *gossh.Permissions) *gossh.Permissions {
+	t, ok := ctx.Value(trackedKey{}).(*tracked)
+	if !ok || t.over == "" || perms == nil {
+		return perms
+	}
+	ext := map[string]string{extState: stateDenied, extMsg: t.over, extCode: strconv.Itoa(errs.ExitCode(errs.ResourceExhausted))}
+	if k, ok := perms.Extensions[extKey]; ok {
+		ext[extKey] = k
+	}
+	return &gossh.Permissions{Extensions: ext}
 }
 
 // sessionSlot takes one of u's session slots for a channel, or rejects

@@ -106,11 +106,24 @@ func TestConnectionLimits(t *testing.T) {
 		if _, err := h.dialFrom("127.0.0.1", h.alice); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := h.dialFrom("127.0.0.1", h.alice); err == nil {
-			t.Fatal("a third connection from one source got in")
+		// A third logs in only to be told why it cannot go on, and is
+		// closed soon after.
+		c3, err := h.dialFrom("127.0.0.1", h.alice)
+		if err != nil {
+			t.Fatal(err)
 		}
-		if msg := h.refusal(t, "127.0.0.1"); !strings.Contains(msg, "too many connections from 127.0.0.1 (limit 2)") {
-			t.Fatalf("refusal: %q", msg)
+		if _, errOut, code := run(t, c3, "whoami", nil); code != 8 || !strings.Contains(errOut, "too many connections from 127.0.0.1 (limit 2)") {
+			t.Fatalf("third connection: exit %d, stderr %q", code, errOut)
+		}
+		if _, err := c3.Dial("tcp", "127.0.0.1:80"); err == nil || !strings.Contains(err.Error(), "too many connections") {
+			t.Fatalf("forward on the third connection: %v", err)
+		}
+		closed := make(chan error, 1)
+		go func() { closed <- c3.Wait() }()
+		select {
+		case <-closed:
+		case <-time.After(overGrace + 5*time.Second):
+			t.Fatal("the connection over the limit is still open")
 		}
 		// Another source is not affected.
 		if _, err := h.dialFrom("127.0.0.2", h.bob); err != nil {
@@ -132,9 +145,14 @@ func TestConnectionLimits(t *testing.T) {
 		if _, err := h.dialFrom("127.0.0.2", h.bob); err != nil {
 			t.Fatal(err)
 		}
-		if msg := h.refusal(t, "127.0.0.3"); !strings.Contains(msg, "the server has too many connections (2)") {
-			t.Fatalf("refusal from a third source: %q", msg)
+		c3, err := h.dialFrom("127.0.0.3", h.admin)
+		if err != nil {
+			t.Fatal(err)
 		}
+		if _, errOut, code := run(t, c3, "whoami", nil); code != 8 || !strings.Contains(errOut, "the server has too many connections (2)") {
+			t.Fatalf("a third source: exit %d, stderr %q", code, errOut)
+		}
+		waitCounts(t, h, 2, 0, 0)
 	})
 
 	t.Run("before authentication", func(t *testing.T) {
