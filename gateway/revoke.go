@@ -2,9 +2,14 @@ package gateway
 
 import (
 	"context"
+	"time"
 
 	gossh "golang.org/x/crypto/ssh"
 )
+
+// revokeGrace is how long a connection lives on after its credential is
+// revoked.
+const revokeGrace = 500 * time.Millisecond
 
 // bindConn ties conn to the credential u authenticated with: when
 // Users.Bind reports it revoked (the key removed, the user deleted), the
@@ -29,6 +34,15 @@ func (s *Server) bindConn(ctx context.Context, conn *gossh.ServerConn, u User) f
 		}
 		if ctx.Err() != nil {
 			return // the connection ended by itself
+		}
+		// A moment for what is in flight, such as the output and exit
+		// status of the `ssh-key rm` that removed this very key.
+		t := time.NewTimer(revokeGrace)
+		defer t.Stop()
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
 		}
 		s.log.Info("ssh connection closed: credential revoked", "user", u.Name, "remote", conn.RemoteAddr().String(),
 			"reason", context.Cause(bound).Error())
