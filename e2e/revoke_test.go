@@ -8,6 +8,7 @@ import (
 	"context"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -92,12 +93,13 @@ func TestRemovedKeyEndsOpenSSHSession(t *testing.T) {
 		minions(t, "", "destroy", vmName, "--yes")
 		minions(t, "", "user", "rm", "carol", "--yes")
 	})
-	pub, err := os.ReadFile(laptop.pubFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if r := d.openssh(t, carol, string(pub), "ssh", "127.0.0.1", "ssh-key", "add", "-"); r.code != 0 {
-		t.Fatalf("ssh-key add - as carol: %s", r)
+	// carol adds her laptop's key with the CLI and a token (it proves
+	// possession with the private key next to the .pub).
+	tok := tokenFor(t, "carol")
+	add := exec.Command(filepath.Join(binDir, "minions"), "ssh-key", "add", laptop.pubFile)
+	add.Env = append(os.Environ(), "MINIONS_STATE_DIR="+stateDir, "MINIONS_API_KEY="+tok, "SSH_AUTH_SOCK=", "HOME="+t.TempDir())
+	if out, err := add.CombinedOutput(); err != nil {
+		t.Fatalf("minions ssh-key add as carol: %v\n%s", err, out)
 	}
 	if r := d.openssh(t, carol, "", "ssh", "127.0.0.1", "create", vmName, "--memory", "256", "--json"); r.code != 0 {
 		t.Fatalf("create over ssh as carol: %s", r)

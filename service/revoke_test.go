@@ -5,7 +5,6 @@ import (
 	"crypto/ed25519"
 	"crypto/rand"
 	"errors"
-	"strings"
 	"testing"
 	"time"
 
@@ -13,7 +12,7 @@ import (
 	"golang.org/x/crypto/ssh"
 )
 
-func newPub(t *testing.T) (ssh.PublicKey, string) {
+func newPub(t *testing.T) ssh.PublicKey {
 	t.Helper()
 	pub, _, err := ed25519.GenerateKey(rand.Reader)
 	if err != nil {
@@ -23,7 +22,7 @@ func newPub(t *testing.T) (ssh.PublicKey, string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return k, strings.TrimSpace(string(ssh.MarshalAuthorizedKey(k)))
+	return k
 }
 
 // ended waits (bounded) for ctx to end with an Unauthenticated cause.
@@ -56,10 +55,10 @@ func TestRevocationEndsBoundContexts(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	k1, line1 := newPub(t)
-	k2, line2 := newPub(t)
-	for _, l := range []string{line1, line2} {
-		if _, err := fx.svc.AddSSHKey(ctx, fx.user, l); err != nil {
+	k1 := newPub(t)
+	k2 := newPub(t)
+	for _, k := range []ssh.PublicKey{k1, k2} {
+		if _, err := fx.svc.AddSessionKey(ctx, fx.user, k); err != nil {
 			t.Fatal(err)
 		}
 	}
