@@ -93,7 +93,9 @@ func (f *frontend) Bind(ctx context.Context, u gateway.User) (context.Context, f
 		bound, cancel := context.WithCancel(ctx)
 		return bound, cancel
 	}
-	c.Cred = service.Credential{Kind: service.CredSSHKey, ID: u.Credential}
+	if u.Credential != "" {
+		c.Cred = service.Credential{Kind: service.CredSSHKey, ID: u.Credential}
+	}
 	return f.svc.BindCredential(ctx, c)
 }
 

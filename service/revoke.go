@@ -150,6 +150,9 @@ func (s *Service) credentialValid(ctx context.Context, c Caller) (time.Time, err
 			return time.Time{}, err
 		}
 	}
+	if c.Cred.ID == "" {
+		return time.Time{}, nil
+	}
 	switch c.Cred.Kind {
 	case CredSSHKey:
 		keys, err := store.ListSSHKeys(ctx, s.DB, c.UserID)
