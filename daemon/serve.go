@@ -267,7 +267,7 @@ func Serve(ctx context.Context, cfg Config, logOut io.Writer) error {
 	in := bannerInput{Version: cli.Version, PublicIP: cfg.PublicIP, SSH: sshAddr, Socket: sock, Metrics: metricsAddr,
 		Paths: paths, KVM: e.Driver.Caps().KVM, Systemd: os.Getenv("INVOCATION_ID") != ""}
 	if tln != nil {
-		in.API = tln.Addr().String()
+		in.API, in.APITLS = tln.Addr().String(), cfg.TLSCert != ""
 	}
 	if in.Proxy, err = storedEndpoint(ctx, e.DB); err != nil {
 		return err
