@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"net"
 	"testing"
 	"time"
 
@@ -77,5 +78,38 @@ func TestRemovedKeyEndsItsConnections(t *testing.T) {
 	}
 	if n := h.users.bound(); n != 0 {
 		t.Fatalf("%d bindings left after every connection closed", n)
+	}
+}
+
+// TestRemovedKeyEndsRemoteForward: a connection that only holds a remote
+// forward (ssh -N -R) ends when its key is removed, and the guest's port
+// closes.
+func TestRemovedKeyEndsRemoteForward(t *testing.T) {
+	h := newHarnessWith(t, guestAgent, nil)
+	c := h.dial("web", h.alice)
+	ln, err := c.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("listen in the guest: %v", err)
+	}
+	addr := ln.Addr().String()
+	done := make(chan error, 1)
+	go func() { done <- c.Wait() }()
+	h.users.remove(h.alice.signer.PublicKey())
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the removed key's forwarding connection is still open after 5s")
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		conn, err := net.Dial("tcp", addr)
+		if err != nil {
+			break
+		}
+		conn.Close()
+		if time.Now().After(deadline) {
+			t.Fatalf("guest port %s still open after the key was removed", addr)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
