@@ -184,6 +184,13 @@ func (h *handler) wrap(rt route) http.Handler {
 		case stream:
 			h.serveStream(sw, r, c, rt.streamFn)
 		case raw:
+			// Streams end when the credential they were opened with is
+			// revoked (exec, logs --follow).
+			if !rt.public {
+				bctx, release := h.svc.BindCredential(ctx, c)
+				defer release()
+				r = r.WithContext(bctx)
+			}
 			rt.rawFn(sw, r, c)
 		}
 	})

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -47,6 +48,14 @@ const (
 	frameError    byte = '!'
 
 	maxFrame = 1 << 20
+
+	// stdinChunk and stdinQueue bound the client stdin the server holds
+	// for a command that is not reading it: stdinQueue chunks of up to
+	// stdinChunk bytes (256 KiB), plus the frame being queued. Beyond that
+	// the server stops reading the connection and TCP pushes back on the
+	// client.
+	stdinChunk = 32 << 10
+	stdinQueue = 8
 )
 
 // ExecSpec is the body of an exec request.
@@ -182,8 +191,17 @@ func (h *handler) serveExec(w http.ResponseWriter, r *http.Request, c service.Ca
 		return
 	}
 	fw := &frameWriter{w: conn}
-	ctx, stop := context.WithCancel(context.WithoutCancel(r.Context()))
+	// The command outlives the request's context (the connection is
+	// hijacked) but not the credential it was started with.
+	ctx, stopCause := context.WithCancelCause(context.WithoutCancel(r.Context()))
+	stop := func() { stopCause(context.Canceled) }
 	defer stop()
+	unbind := context.AfterFunc(r.Context(), func() {
+		if cause := context.Cause(r.Context()); errors.Is(cause, errs.Unauthenticated) {
+			stopCause(cause)
+		}
+	})
+	defer unbind()
 
 	stdinR, stdinW := io.Pipe()
 	defer stdinR.Close()
@@ -197,6 +215,9 @@ func (h *handler) serveExec(w http.ResponseWriter, r *http.Request, c service.Ca
 		TTY: spec.TTY, Term: spec.Term, Width: spec.Width, Height: spec.Height,
 		Resize: resize, Signals: signals,
 	})
+	if cause := context.Cause(ctx); errors.Is(cause, errs.Unauthenticated) {
+		err = cause
+	}
 	if err != nil {
 		b, _ := json.Marshal(errorOf(err))
 		fw.write(frameError, b)
@@ -208,11 +229,13 @@ func (h *handler) serveExec(w http.ResponseWriter, r *http.Request, c service.Ca
 }
 
 // execInput reads the client's frames until its connection ends (which
-// cancels the command). Stdin is written from its own goroutine so a
-// command that does not read its input cannot hold up signals and resizes.
+// cancels the command). Stdin is written from its own goroutine through a
+// bounded queue (stdinQueue), so a command that does not read its input
+// holds up signals and resizes only once the client has sent more than the
+// queue holds, and a client cannot make the server buffer without bound.
 func (h *handler) execInput(ctx context.Context, stop func(), r *bufio.Reader, stdin *io.PipeWriter,
 	resize chan<- vsockcli.WindowSize, signals chan<- string) {
-	data := make(chan []byte, 64)
+	data := make(chan []byte, stdinQueue)
 	go func() {
 		for b := range data {
 			if _, err := stdin.Write(b); err != nil {
@@ -239,12 +262,14 @@ func (h *handler) execInput(ctx context.Context, stop func(), r *bufio.Reader, s
 		}
 		switch typ {
 		case frameStdin:
-			if !eof {
+			for !eof && len(p) > 0 {
+				n := min(len(p), stdinChunk)
 				select {
-				case data <- p:
+				case data <- p[:n:n]:
 				case <-ctx.Done():
 					return
 				}
+				p = p[n:]
 			}
 		case frameStdinEOF:
 			closeStdin()

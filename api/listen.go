@@ -2,6 +2,7 @@ package api
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -89,6 +90,62 @@ func ListenUnix(path string) (net.Listener, error) {
 	if err := os.Chmod(path, 0o666); err != nil {
 		l.Close()
 		return nil, err
+	}
+	return l, nil
+}
+
+// CheckTransport refuses to serve the API in plain HTTP on an address
+// beyond loopback: tokens and everything they unlock would cross the
+// network in clear. tls says a certificate is configured; insecure is the
+// operator's explicit choice of plain HTTP (for instance behind a
+// TLS-terminating proxy), which the caller should log loudly. It returns
+// an errs.FailedPrecondition error that says what to pass.
+func CheckTransport(addr string, tls, insecure bool) error {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return errs.New(errs.InvalidArgument, "bind address %q: %v", addr, err)
+	}
+	if tls || insecure || isLoopback(host) {
+		return nil
+	}
+	return errs.New(errs.FailedPrecondition, "refusing to serve the api on %s in plain http: pass --tls-cert and --tls-key (tls_cert, tls_key), "+
+		"or --insecure-http (insecure_http) if something else encrypts the traffic, or bind to 127.0.0.1", addr)
+}
+
+func isLoopback(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+// ListenTCP listens for the API on addr: with certFile and keyFile (PEM)
+// as TLS (1.2 or newer) on any address; without them only on loopback
+// unless insecure (see CheckTransport). A certificate that cannot be
+// loaded is an errs.InvalidArgument error.
+func ListenTCP(addr, certFile, keyFile string, insecure bool) (net.Listener, error) {
+	if (certFile == "") != (keyFile == "") {
+		return nil, errs.New(errs.InvalidArgument, "api tls: a certificate needs its key and a key its certificate (--tls-cert and --tls-key)")
+	}
+	useTLS := certFile != ""
+	if err := CheckTransport(addr, useTLS, insecure); err != nil {
+		return nil, err
+	}
+	var cfg *tls.Config
+	if useTLS {
+		cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+		if err != nil {
+			return nil, errs.New(errs.InvalidArgument, "api tls: load %s and %s: %v", certFile, keyFile, err)
+		}
+		cfg = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12, NextProtos: []string{"http/1.1"}}
+	}
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("api: %w", err)
+	}
+	if cfg != nil {
+		return tls.NewListener(l, cfg), nil
 	}
 	return l, nil
 }

@@ -12,6 +12,7 @@ import (
 	"strings"
 
 	"github.com/minionsdev/minions/internal/errs"
+	"github.com/minionsdev/minions/internal/textsafe"
 )
 
 // Env is where a command runs: its streams and how it reaches Minions.
@@ -123,10 +124,13 @@ func Run(ctx context.Context, env *Env, args []string) int {
 	if errors.Is(err, flag.ErrHelp) {
 		return 0
 	}
+	// Messages may quote a guest (its console, its agent): no terminal
+	// control in them.
+	msg := textsafe.CleanText(err.Error())
 	if g.JSON {
-		json.NewEncoder(env.Stdout).Encode(map[string]any{"error": map[string]string{"code": errs.Code(err), "message": err.Error()}})
+		json.NewEncoder(env.Stdout).Encode(map[string]any{"error": map[string]string{"code": errs.Code(err), "message": msg}})
 	} else {
-		fmt.Fprintf(env.Stderr, "minions: %v\n", err)
+		fmt.Fprintf(env.Stderr, "minions: %s\n", msg)
 	}
 	return errs.ExitCode(err)
 }

@@ -370,6 +370,9 @@ func runStatus(ctx context.Context, x *Ctx) error {
 	if err != nil {
 		return err
 	}
+	// The guest wrote these strings (and a remote server may not have
+	// cleaned them): no terminal control reaches the screen.
+	st = vsockcli.CleanStatus(st)
 	return x.Print(st, func(w io.Writer) { printStatus(w, st) })
 }
 

@@ -41,6 +41,7 @@ type bannerInput struct {
 	PublicIP string
 	SSH      string // bound SSH front door
 	API      string // bound HTTP API (TCP)
+	APITLS   bool   // the API on TCP is served over TLS
 	Socket   string
 	Metrics  string
 	Proxy    proxyEndpoint
@@ -58,7 +59,11 @@ func newBanner(in bannerInput) banner {
 		b.VMShell = sshCommand("VM", b.Host, port)
 	}
 	if in.API != "" {
-		b.API = "http://" + reachable(in.API, b.Host)
+		scheme := "http://"
+		if in.APITLS {
+			scheme = "https://"
+		}
+		b.API = scheme + reachable(in.API, b.Host)
 	}
 	if in.Metrics != "" {
 		b.Metrics = "http://" + reachable(in.Metrics, b.Host) + "/metrics"

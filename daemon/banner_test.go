@@ -107,6 +107,11 @@ func TestBanner(t *testing.T) {
 		b.Logs != "journalctl -u minions" || b.API != "http://192.0.2.5:3000" {
 		t.Errorf("local banner: %+v", b)
 	}
+	// An API served over TLS is an https URL.
+	in.APITLS = true
+	if b = newBanner(in); b.API != "https://192.0.2.5:3000" {
+		t.Errorf("tls api in the banner: %q", b.API)
+	}
 	// A domain without --public-ip says where the records must point.
 	b = newBanner(bannerInput{SSH: "0.0.0.0:2222", Proxy: proxyEndpoint{Domain: "example.com", HTTPSPort: 8443}, Paths: paths})
 	if b.Proxy != "https://VM.example.com:8443" || !strings.Contains(b.DNS, "-> this host's public IP (pass --public-ip") {

@@ -93,6 +93,13 @@ type Config struct {
 	// memory for its cgroup limit (default 256).
 	JailUIDBase           uint32 `toml:"jail_uid_base"`
 	JailMemoryOverheadMiB int    `toml:"jail_memory_overhead_mib"`
+
+	// TLSCert and TLSKey (PEM files) serve the API on Bind over TLS. A
+	// Bind beyond loopback needs them, or InsecureHTTP: plain HTTP on
+	// purpose (e.g. behind a TLS-terminating proxy), logged as a warning.
+	TLSCert      string `toml:"tls_cert"`
+	TLSKey       string `toml:"tls_key"`
+	InsecureHTTP bool   `toml:"insecure_http"`
 }
 
 // jail is the configured VM jail, without its launcher and hidden dirs
@@ -166,6 +173,9 @@ func (c *Config) Validate() error {
 	}
 	if _, err := logFormat(c.LogFormat, nil); err != nil {
 		return err
+	}
+	if (c.TLSCert == "") != (c.TLSKey == "") {
+		return errs.New(errs.InvalidArgument, "tls_cert and tls_key go together (--tls-cert and --tls-key)")
 	}
 	if c.ProxyBurst < 0 {
 		return errs.New(errs.InvalidArgument, "proxy_burst must not be negative")

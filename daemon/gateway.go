@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -75,7 +76,27 @@ func (f *frontend) Authenticate(ctx context.Context, key gossh.PublicKey) (gatew
 	if err != nil {
 		return gateway.User{}, err
 	}
-	return gateway.User{Name: c.Name, Admin: c.Admin}, nil
+	return gateway.User{Name: c.Name, Admin: c.Admin, Credential: c.Cred.ID}, nil
+}
+
+// Bind ends the returned context when the key behind u is removed or its
+// user deleted (service.BindCredential).
+func (f *frontend) Bind(ctx context.Context, u gateway.User) (context.Context, func()) {
+	c, err := f.caller(ctx, u)
+	if err != nil {
+		if errors.Is(err, errs.NotFound) {
+			bound, cancel := context.WithCancelCause(ctx)
+			cancel(service.ErrCredentialRevoked)
+			return bound, func() {}
+		}
+		// Cannot tell now: keep the session unbound rather than cut it.
+		bound, cancel := context.WithCancel(ctx)
+		return bound, cancel
+	}
+	if u.Credential != "" {
+		c.Cred = service.Credential{Kind: service.CredSSHKey, ID: u.Credential}
+	}
+	return f.svc.BindCredential(ctx, c)
 }
 
 func (f *frontend) Register(ctx context.Context, name string, key gossh.PublicKey, invite string) (gateway.User, error) {
@@ -83,7 +104,11 @@ func (f *frontend) Register(ctx context.Context, name string, key gossh.PublicKe
 	if err != nil {
 		return gateway.User{}, err
 	}
-	return gateway.User{Name: c.Name, Admin: c.Admin}, nil
+	u := gateway.User{Name: c.Name, Admin: c.Admin}
+	if kc, err := f.svc.UserByKey(ctx, key); err == nil {
+		u.Credential = kc.Cred.ID
+	}
+	return u, nil
 }
 
 func (f *frontend) Agent(ctx context.Context, u gateway.User, vm string) (*gossh.Client, func(), error) {

@@ -8,7 +8,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/http/pprof"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -28,7 +27,10 @@ func serveCmd() *cli.Command {
 		Usage: "[--config FILE] [--bind ADDR] [--ssh-bind ADDR] [--proxy-bind ADDR --http-bind ADDR --domain D --acme-email E]",
 		Flags: func(fs *flag.FlagSet) {
 			fs.String("config", DefaultConfigFile, "config file (TOML; unknown keys are errors)")
-			fs.String("bind", "", "HTTP API on TCP (default 127.0.0.1:3000)")
+			fs.String("bind", "", "HTTP API on TCP (default 127.0.0.1:3000); beyond loopback it needs --tls-cert/--tls-key or --insecure-http")
+			fs.String("tls-cert", "", "PEM certificate (chain) for the API on --bind (clients may trust a private CA with SSL_CERT_FILE)")
+			fs.String("tls-key", "", "PEM private key for --tls-cert")
+			fs.Bool("insecure-http", false, "allow the API in plain HTTP beyond loopback (tokens cross the network in clear)")
 			fs.String("admin-bind", "", "metrics listener (default 127.0.0.1:9090)")
 			fs.String("ssh-bind", "", "SSH front door (default 0.0.0.0:2222)")
 			fs.String("proxy-bind", "", "HTTPS proxy, e.g. 0.0.0.0:443")
@@ -101,6 +103,12 @@ func effectiveConfig(x *cli.Ctx) (Config, error) {
 			cfg.Bind = v
 		case "admin-bind":
 			cfg.AdminBind = v
+		case "tls-cert":
+			cfg.TLSCert = v
+		case "tls-key":
+			cfg.TLSKey = v
+		case "insecure-http":
+			cfg.InsecureHTTP = v == "true"
 		case "ssh-bind":
 			cfg.SSHBind = v
 		case "proxy-bind":
@@ -212,14 +220,17 @@ func Serve(ctx context.Context, cfg Config, logOut io.Writer) error {
 		if err := api.CheckBind(cfg.Bind, authed || len(cfg.AdminTokens) > 0); err != nil {
 			return err
 		}
-		tln, err = net.Listen("tcp", cfg.Bind)
+		tln, err = api.ListenTCP(cfg.Bind, cfg.TLSCert, cfg.TLSKey, cfg.InsecureHTTP)
 		if err != nil {
-			return fmt.Errorf("api: %w", err)
+			return err
+		}
+		if cfg.TLSCert == "" && api.CheckTransport(cfg.Bind, false, false) != nil {
+			log.Warn("INSECURE: the api is served in plain http beyond loopback (--insecure-http): tokens cross the network in clear", "tcp", tln.Addr().String())
 		}
 		tsrv := api.NewServer(h)
 		shutdown(tsrv)
 		g.Go(func() error { return ignoreClosed(tsrv.Serve(tln)) })
-		log.Info("api listening", "unix", sock, "tcp", tln.Addr().String())
+		log.Info("api listening", "unix", sock, "tcp", tln.Addr().String(), "tls", cfg.TLSCert != "")
 	}
 
 	// Metrics on the admin listener only.
@@ -233,14 +244,16 @@ func Serve(ctx context.Context, cfg Config, logOut io.Writer) error {
 		}
 		mux := http.NewServeMux()
 		mux.Handle("/metrics", metrics)
-		// Profiles, on the loopback-only admin listener.
-		mux.HandleFunc("/debug/pprof/", pprof.Index)
-		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 		asrv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 		shutdown(asrv)
 		g.Go(func() error { return ignoreClosed(asrv.Serve(aln)) })
 		metricsAddr = aln.Addr().String()
 		log.Info("metrics listening", "addr", metricsAddr)
+	}
+
+	// Profiles, for root only (debug.go).
+	if err := startDebug(g, shutdown, paths, log); err != nil {
+		return err
 	}
 
 	// The SSH front door and the HTTPS proxy.
@@ -254,7 +267,7 @@ func Serve(ctx context.Context, cfg Config, logOut io.Writer) error {
 	in := bannerInput{Version: cli.Version, PublicIP: cfg.PublicIP, SSH: sshAddr, Socket: sock, Metrics: metricsAddr,
 		Paths: paths, KVM: e.Driver.Caps().KVM, Systemd: os.Getenv("INVOCATION_ID") != ""}
 	if tln != nil {
-		in.API = tln.Addr().String()
+		in.API, in.APITLS = tln.Addr().String(), cfg.TLSCert != ""
 	}
 	if in.Proxy, err = storedEndpoint(ctx, e.DB); err != nil {
 		return err

@@ -20,6 +20,7 @@ const (
 	extState = "minions-state" // one of the state* values
 	extKey   = "minions-key"   // the public key in wire format
 	extUser  = "minions-user"
+	extCred  = "minions-cred"  // User.Credential
 	extAdmin = "minions-admin" // "1" for admins
 	extMsg   = "minions-msg"   // stateDenied: what to tell the client
 	extCode  = "minions-code"  // stateDenied: exit status
@@ -48,7 +49,11 @@ func (s *Server) serverConfig(ctx ssh.Context) *gossh.ServerConfig {
 	return &gossh.ServerConfig{
 		// The returned Permissions are per key: x/crypto/ssh attaches those
 		// of the key that actually authenticated to the connection.
-		PublicKeyCallback: s.publicKey,
+		PublicKeyCallback: func(meta gossh.ConnMetadata, key gossh.PublicKey) (*gossh.Permissions, error) {
+			perms, err := s.publicKey(meta, key)
+			return overLimit(ctx, perms), err // connection caps (connlimit.go)
+		},
+		AuthLogCallback: authLog(ctx), // ends the login grace (connlimit.go)
 	}
 }
 
@@ -62,6 +67,7 @@ func (s *Server) publicKey(meta gossh.ConnMetadata, key gossh.PublicKey) (*gossh
 	case err == nil:
 		ext[extState] = stateUser
 		ext[extUser] = u.Name
+		ext[extCred] = u.Credential
 		if u.Admin {
 			ext[extAdmin] = "1"
 		}
@@ -121,7 +127,7 @@ func identityFromConn(conn *gossh.ServerConn) identity {
 	}
 	switch id.state {
 	case stateUser:
-		id.user = User{Name: ext[extUser], Admin: ext[extAdmin] == "1"}
+		id.user = User{Name: ext[extUser], Admin: ext[extAdmin] == "1", Credential: ext[extCred]}
 	case stateUnknown:
 	default:
 		id.state = stateDenied

@@ -23,6 +23,13 @@ const (
 	DefaultAuthRate      = 10
 	DefaultIdleTimeout   = time.Hour
 	DefaultShutdownGrace = 10 * time.Second
+
+	DefaultMaxConnections              = 1000
+	DefaultMaxConnectionsPerSource     = 50
+	DefaultMaxUnauthenticated          = 100
+	DefaultMaxUnauthenticatedPerSource = 10
+	DefaultLoginGrace                  = 30 * time.Second
+	DefaultMaxSessionsPerUser          = 50
 )
 
 // Config configures the gateway. The zero value of every field means its
@@ -50,6 +57,31 @@ type Config struct {
 	// ShutdownGrace is how long Run waits for open connections to finish
 	// after its context ends before closing them. Default 10s.
 	ShutdownGrace time.Duration
+
+	// Connection limits. A source is an IPv4 address or an IPv6 /64. A
+	// connection over a limit is closed at once with a one-line reason;
+	// a session or forward over MaxSessionsPerUser is refused with the
+	// reason ("resource shortage"). Zero means the default, a negative
+	// value means no limit.
+
+	// MaxConnections caps open connections. Default 1000.
+	MaxConnections int
+	// MaxConnectionsPerSource caps open connections per source. Default 50.
+	MaxConnectionsPerSource int
+	// MaxUnauthenticated caps connections that have not authenticated
+	// yet (handshakes, logins in progress). Default 100.
+	MaxUnauthenticated int
+	// MaxUnauthenticatedPerSource is MaxUnauthenticated per source.
+	// Default 10.
+	MaxUnauthenticatedPerSource int
+	// LoginGrace closes a connection that has not authenticated this long
+	// after it was accepted. Default 30s.
+	LoginGrace time.Duration
+	// MaxSessionsPerUser caps the concurrent sessions (shells, commands,
+	// `ssh vm@host`, dashboards) and port forwards of one user over all
+	// their connections. Default 50.
+	MaxSessionsPerUser int
+
 	// Log receives the gateway's logs (component=gateway). Default
 	// slog.Default().
 	Log *slog.Logger
@@ -70,6 +102,36 @@ func (c Config) withDefaults() Config {
 	}
 	if c.ShutdownGrace == 0 {
 		c.ShutdownGrace = DefaultShutdownGrace
+	}
+	// A defaulted per-source cap never exceeds an explicit global one.
+	if c.MaxConnectionsPerSource == 0 && c.MaxConnections > 0 && c.MaxConnections < DefaultMaxConnectionsPerSource {
+		c.MaxConnectionsPerSource = c.MaxConnections
+	}
+	if c.MaxUnauthenticatedPerSource == 0 && c.MaxUnauthenticated > 0 && c.MaxUnauthenticated < DefaultMaxUnauthenticatedPerSource {
+		c.MaxUnauthenticatedPerSource = c.MaxUnauthenticated
+	}
+	for _, f := range []struct {
+		v   *int
+		def int
+	}{
+		{&c.MaxConnections, DefaultMaxConnections},
+		{&c.MaxConnectionsPerSource, DefaultMaxConnectionsPerSource},
+		{&c.MaxUnauthenticated, DefaultMaxUnauthenticated},
+		{&c.MaxUnauthenticatedPerSource, DefaultMaxUnauthenticatedPerSource},
+		{&c.MaxSessionsPerUser, DefaultMaxSessionsPerUser},
+	} {
+		switch {
+		case *f.v == 0:
+			*f.v = f.def
+		case *f.v < 0:
+			*f.v = 0 // no limit
+		}
+	}
+	switch {
+	case c.LoginGrace == 0:
+		c.LoginGrace = DefaultLoginGrace
+	case c.LoginGrace < 0:
+		c.LoginGrace = 0 // no limit
 	}
 	if c.Log == nil {
 		c.Log = slog.Default()
@@ -102,6 +164,15 @@ func (c Config) Validate() error {
 	if c.AuthRate < 0 {
 		return errs.New(errs.InvalidArgument, "gateway config: auth rate %d: must not be negative", c.AuthRate)
 	}
+	if c.MaxConnectionsPerSource > 0 && c.MaxConnections > 0 && c.MaxConnectionsPerSource > c.MaxConnections {
+		return errs.New(errs.InvalidArgument, "gateway config: max connections per source %d exceeds max connections %d", c.MaxConnectionsPerSource, c.MaxConnections)
+	}
+	if c.MaxUnauthenticatedPerSource > 0 && c.MaxUnauthenticated > 0 && c.MaxUnauthenticatedPerSource > c.MaxUnauthenticated {
+		return errs.New(errs.InvalidArgument, "gateway config: max unauthenticated per source %d exceeds max unauthenticated %d", c.MaxUnauthenticatedPerSource, c.MaxUnauthenticated)
+	}
+	if c.LoginGrace > 0 && c.LoginGrace < time.Second {
+		return errs.New(errs.InvalidArgument, "gateway config: login grace %s: want at least 1s", c.LoginGrace)
+	}
 	if c.ShutdownGrace < 0 {
 		return errs.New(errs.InvalidArgument, "gateway config: shutdown grace %s: must not be negative", c.ShutdownGrace)
 	}
@@ -111,5 +182,7 @@ func (c Config) Validate() error {
 // String is for logs.
 func (c Config) String() string {
 	c = c.withDefaults()
-	return fmt.Sprintf("bind=%s policy=%s auth_rate=%d/min idle=%s", c.Bind, c.Policy, c.AuthRate, c.IdleTimeout)
+	return fmt.Sprintf("bind=%s policy=%s auth_rate=%d/min idle=%s max_conns=%d/%d per source max_unauth=%d/%d per source login_grace=%s max_sessions_per_user=%d",
+		c.Bind, c.Policy, c.AuthRate, c.IdleTimeout, c.MaxConnections, c.MaxConnectionsPerSource,
+		c.MaxUnauthenticated, c.MaxUnauthenticatedPerSource, c.LoginGrace, c.MaxSessionsPerUser)
 }

@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
@@ -280,6 +281,9 @@ func (s *Server) handleTCPIPForward(ctx ssh.Context, _ *ssh.Server, req *gossh.R
 		return false, nil
 	}
 	s.log.Info("remote forward", "user", u.Name, "vm", vm, "addr", key.Addr, "port", key.Port)
+	// A forward may be all a connection has (ssh -N -R): it too ends
+	// with the key it authenticated with (revoke.go).
+	context.AfterFunc(ctx, s.bindConn(ctx, conn, u))
 	return true, reply
 }
 

@@ -7,6 +7,7 @@ import (
 	"fmt"
 
 	"github.com/charmbracelet/ssh"
+	gossh "golang.org/x/crypto/ssh"
 
 	"github.com/minionsdev/minions/internal/errs"
 )
@@ -37,6 +38,9 @@ func (s *Server) frontDoor(sess ssh.Session, w *windows) {
 		if !ok {
 			_ = sess.Exit(ExitUnregistered)
 			return
+		}
+		if conn, ok := ctx.Value(ssh.ContextKeyConn).(*gossh.ServerConn); ok {
+			defer s.bindConn(ctx, conn, user)()
 		}
 		s.runTea(sess, in, w, s.dashboard(sess, user, newRenderer(sess)))
 		_ = sess.Exit(0)

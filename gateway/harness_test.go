@@ -63,17 +63,69 @@ func newTestKey(t testing.TB, dir, name string) testKey {
 	return testKey{signer: signer, file: file}
 }
 
-// fakeUsers is an in-memory Users.
+// fakeUsers is an in-memory Users. A user's Credential is its key's
+// fingerprint.
 type fakeUsers struct {
-	mu    sync.Mutex
-	byKey map[string]User
-	fail  error // returned by Authenticate when set
+	mu      sync.Mutex
+	byKey   map[string]User
+	fail    error // returned by Authenticate when set
+	watches map[string]map[*context.CancelCauseFunc]bool
 }
 
 func (f *fakeUsers) add(k gossh.PublicKey, u User) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	u.Credential = gossh.FingerprintSHA256(k)
 	f.byKey[string(k.Marshal())] = u
+}
+
+// remove unregisters k and ends what was bound to it.
+func (f *fakeUsers) remove(k gossh.PublicKey) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	delete(f.byKey, string(k.Marshal()))
+	for cancel := range f.watches[gossh.FingerprintSHA256(k)] {
+		(*cancel)(errs.New(errs.Unauthenticated, "key removed"))
+	}
+	delete(f.watches, gossh.FingerprintSHA256(k))
+}
+
+func (f *fakeUsers) Bind(ctx context.Context, u User) (context.Context, func()) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	bound, cancel := context.WithCancelCause(ctx)
+	known := false
+	for _, v := range f.byKey {
+		known = known || v.Credential == u.Credential
+	}
+	if !known {
+		cancel(errs.New(errs.Unauthenticated, "key removed"))
+		return bound, func() {}
+	}
+	if f.watches == nil {
+		f.watches = map[string]map[*context.CancelCauseFunc]bool{}
+	}
+	if f.watches[u.Credential] == nil {
+		f.watches[u.Credential] = map[*context.CancelCauseFunc]bool{}
+	}
+	f.watches[u.Credential][&cancel] = true
+	return bound, func() {
+		f.mu.Lock()
+		delete(f.watches[u.Credential], &cancel)
+		f.mu.Unlock()
+		cancel(context.Canceled)
+	}
+}
+
+// bound counts the live bindings (for leak checks).
+func (f *fakeUsers) bound() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	n := 0
+	for _, m := range f.watches {
+		n += len(m)
+	}
+	return n
 }
 
 func (f *fakeUsers) Authenticate(_ context.Context, k gossh.PublicKey) (User, error) {
@@ -97,7 +149,7 @@ func (f *fakeUsers) Register(_ context.Context, name string, k gossh.PublicKey, 
 			return User{}, errs.New(errs.AlreadyExists, "user %s already exists", name)
 		}
 	}
-	u := User{Name: name}
+	u := User{Name: name, Credential: gossh.FingerprintSHA256(k)}
 	f.byKey[string(k.Marshal())] = u
 	return u, nil
 }

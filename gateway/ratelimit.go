@@ -5,8 +5,8 @@ import (
 	"time"
 )
 
-// failureLimiter counts failed authentications per client IP over a sliding
-// window. It is safe for concurrent use. Memory is bounded by the number of
+// failureLimiter counts failed authentications per source (an IPv4 address
+// or an IPv6 /64, see sourceKey) over a sliding window. It is safe for concurrent use. Memory is bounded by the number of
 // IPs that failed within the last window.
 type failureLimiter struct {
 	limit  int           // failures allowed per window; <= 0 disables
@@ -30,6 +30,7 @@ func (l *failureLimiter) Fail(ip string) {
 	if l.limit <= 0 {
 		return
 	}
+	ip = sourceKey(ip)
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	now := l.now()
@@ -48,6 +49,7 @@ func (l *failureLimiter) Blocked(ip string) time.Duration {
 	if l.limit <= 0 {
 		return 0
 	}
+	ip = sourceKey(ip)
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	now := l.now()

@@ -39,6 +39,12 @@ func (s *Server) handleSession(srv *ssh.Server, conn *gossh.ServerConn, newChan 
 		s.frontDoorSession(conn, newChan, ctx)
 		return
 	}
+	defer s.bindConn(ctx, conn, id.user)()
+	slot, ok := s.sessionSlot(id.user, newChan)
+	if !ok {
+		return
+	}
+	defer slot()
 	vm := conn.User()
 	client, release, err := s.agent(ctx, id.user, vm)
 	switch {
@@ -248,6 +254,12 @@ func (s *Server) handleDirectTCPIP(srv *ssh.Server, conn *gossh.ServerConn, newC
 		_ = newChan.Reject(gossh.Prohibited, s.unregisteredMessage(id.key))
 		return
 	}
+	defer s.bindConn(ctx, conn, id.user)()
+	slot, ok := s.sessionSlot(id.user, newChan)
+	if !ok {
+		return
+	}
+	defer slot()
 	vm := conn.User()
 	client, release, err := s.agent(ctx, id.user, vm)
 	if errors.Is(err, errs.NotFound) {

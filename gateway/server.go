@@ -24,6 +24,9 @@ type User struct {
 	// Key is the public key this session authenticated with (set for the
 	// sessions of registered users): proof that the user holds it.
 	Key gossh.PublicKey
+	// Credential identifies the key the connection authenticated with
+	// (opaque to the gateway; Users.Bind uses it). Empty: not revocable.
+	Credential string
 }
 
 // Users maps public keys to users. Implementations must be safe for
@@ -38,6 +41,12 @@ type Users interface {
 	// Errors: errs.InvalidArgument for a bad name, errs.AlreadyExists for a
 	// taken name or key, errs.PermissionDenied to refuse the sign-up.
 	Register(ctx context.Context, name string, key gossh.PublicKey, invite string) (User, error)
+	// Bind returns a context derived from ctx that ends as soon as the
+	// credential u authenticated with is revoked (its key removed, its
+	// user deleted), or at once if it is already gone; release ends the
+	// watch. The gateway closes the connection when that context ends
+	// before release.
+	Bind(ctx context.Context, u User) (bound context.Context, release func())
 }
 
 // VMs gives the gateway the guest agent connection of a VM. Implementations
@@ -81,6 +90,7 @@ type Server struct {
 	cmds      Commands
 	dashboard Dashboard
 	limiter   *failureLimiter
+	conns     *connLimiter
 	signer    gossh.Signer
 	fwd       forwards // ssh -R and -A (forward.go)
 
@@ -115,6 +125,7 @@ func New(cfg Config, users Users, vms VMs, cmds Commands, dashboard Dashboard) (
 		cmds:      cmds,
 		dashboard: dashboard,
 		limiter:   newFailureLimiter(cfg.AuthRate, time.Minute, nil),
+		conns:     newConnLimiter(cfg),
 		signer:    signer,
 	}
 	s.baseCtx, s.cancel = context.WithCancel(context.Background())
@@ -134,6 +145,7 @@ func New(cfg Config, users Users, vms VMs, cmds Commands, dashboard Dashboard) (
 		func(srv *ssh.Server) error {
 			srv.AddHostKey(signer)
 			srv.ServerConfigCallback = s.serverConfig
+			srv.ConnCallback = s.admitConn // connection limits (connlimit.go)
 			// Sessions go through handleSession; this is a fallback only.
 			srv.Handler = func(sess ssh.Session) { s.frontDoor(sess, &windows{updates: make(chan ssh.Window, 1)}) }
 			srv.ChannelHandlers = map[string]ssh.ChannelHandler{

@@ -29,6 +29,12 @@ func TestConfigValidate(t *testing.T) {
 		{"negative rate", Config{HostKeyPath: "/k", AuthRate: -1}, "must not be negative"},
 		{"negative grace", Config{HostKeyPath: "/k", ShutdownGrace: -time.Second}, "must not be negative"},
 		{"idle disabled", Config{HostKeyPath: "/k", IdleTimeout: -1}, ""},
+		{"limits disabled", Config{HostKeyPath: "/k", MaxConnections: -1, MaxConnectionsPerSource: -1, MaxUnauthenticated: -1,
+			MaxUnauthenticatedPerSource: -1, MaxSessionsPerUser: -1, LoginGrace: -1}, ""},
+		{"per source over global", Config{HostKeyPath: "/k", MaxConnections: 10, MaxConnectionsPerSource: 20}, "exceeds max connections"},
+		{"unauth per source over global", Config{HostKeyPath: "/k", MaxUnauthenticated: 5, MaxUnauthenticatedPerSource: 6}, "exceeds max unauthenticated"},
+		{"defaulted per source follows a small global", Config{HostKeyPath: "/k", MaxUnauthenticated: 5, MaxConnections: 3}, ""},
+		{"tiny login grace", Config{HostKeyPath: "/k", LoginGrace: time.Millisecond}, "at least 1s"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -45,7 +51,9 @@ func TestConfigValidate(t *testing.T) {
 		})
 	}
 	d := Config{}.withDefaults()
-	if d.Bind != "0.0.0.0:2222" || d.Policy != PolicyClosed || d.AuthRate != 10 || d.IdleTimeout != time.Hour || d.Log == nil {
+	if d.Bind != "0.0.0.0:2222" || d.Policy != PolicyClosed || d.AuthRate != 10 || d.IdleTimeout != time.Hour || d.Log == nil ||
+		d.MaxConnections != 1000 || d.MaxConnectionsPerSource != 50 || d.MaxUnauthenticated != 100 ||
+		d.MaxUnauthenticatedPerSource != 10 || d.LoginGrace != 30*time.Second || d.MaxSessionsPerUser != 50 {
 		t.Fatalf("defaults %+v", d)
 	}
 }

@@ -153,7 +153,8 @@ func (s *Service) RemoveUser(ctx context.Context, c Caller, name string) error {
 	if err := requireAdmin(c, "remove users"); err != nil {
 		return err
 	}
-	return s.DB.Tx(ctx, func(q store.Q) error {
+	var removed string
+	err := s.DB.Tx(ctx, func(q store.Q) error {
 		u, err := userByRef(ctx, q, name)
 		if err != nil {
 			return err
@@ -172,8 +173,13 @@ func (s *Service) RemoveUser(ctx context.Context, c Caller, name string) error {
 			return err
 		}
 		s.log.Info("user removed", "user", u.Name, "by", c.Name)
+		removed = u.ID
 		return nil
 	})
+	if err == nil {
+		s.revokeUser(removed)
+	}
+	return err
 }
 
 // SetQuota replaces a user's quota. Admins only. Existing VMs are kept

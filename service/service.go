@@ -168,6 +168,8 @@ type Service struct {
 	web webHolder // see SetWeb
 
 	challenges challenges // outstanding key proofs, see SSHKeyChallenge
+
+	creds credWatch // see BindCredential
 }
 
 // New returns a Service.
@@ -198,6 +200,7 @@ type Caller struct {
 	UserID string
 	Name   string
 	Admin  bool
+	Cred   Credential // what authenticated the caller (see BindCredential)
 }
 
 func (c Caller) String() string { return c.Name }

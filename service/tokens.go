@@ -151,6 +151,7 @@ func (s *Service) RevokeToken(ctx context.Context, c Caller, id string) error {
 		return errs.New(errs.NotFound, "no token %q", id)
 	}
 	s.log.Info("token revoked", "token_id", id, "by", c.Name)
+	s.revokeCredentials(CredToken, id)
 	return nil
 }
 
@@ -183,5 +184,5 @@ func (s *Service) AuthenticateToken(ctx context.Context, secret string) (Caller,
 			s.log.Warn("record token use", "token_id", t.ID, "err", err)
 		}
 	}
-	return Caller{UserID: u.ID, Name: u.Name, Admin: u.Admin}, nil
+	return Caller{UserID: u.ID, Name: u.Name, Admin: u.Admin, Cred: Credential{Kind: CredToken, ID: t.ID}}, nil
 }

@@ -117,6 +117,7 @@ func (s *Service) ListSSHKeys(ctx context.Context, c Caller) ([]SSHKey, error) {
 
 // RemoveSSHKey removes one of the caller's keys by ID or fingerprint.
 func (s *Service) RemoveSSHKey(ctx context.Context, c Caller, idOrFP string) error {
+	ids := s.sshKeyIDs(ctx, c.UserID, idOrFP)
 	ok, err := store.DeleteSSHKey(ctx, s.DB, c.UserID, idOrFP)
 	if err != nil {
 		return err
@@ -124,6 +125,7 @@ func (s *Service) RemoveSSHKey(ctx context.Context, c Caller, idOrFP string) err
 	if !ok {
 		return errs.New(errs.NotFound, "no key %q", idOrFP)
 	}
+	s.revokeCredentials(CredSSHKey, ids...)
 	return nil
 }
 
@@ -137,7 +139,7 @@ func (s *Service) UserByKey(ctx context.Context, key ssh.PublicKey) (Caller, err
 	if err != nil {
 		return Caller{}, err
 	}
-	return Caller{UserID: u.ID, Name: u.Name, Admin: u.Admin}, nil
+	return Caller{UserID: u.ID, Name: u.Name, Admin: u.Admin, Cred: Credential{Kind: CredSSHKey, ID: k.ID}}, nil
 }
 
 func hashToken(secret string) string {

@@ -11,6 +11,7 @@ import (
 	tea "github.com/charmbracelet/bubbletea"
 	"github.com/charmbracelet/lipgloss"
 	"github.com/minionsdev/minions/internal/errs"
+	"github.com/minionsdev/minions/internal/textsafe"
 	"github.com/minionsdev/minions/tui/widget"
 )
 
@@ -91,6 +92,11 @@ func errorText(err error) string {
 	if err == nil {
 		return ""
 	}
+	return textsafe.Clean(errorClassText(err))
+}
+
+// errorClassText is errorText before cleaning (messages may quote a guest).
+func errorClassText(err error) string {
 	if errors.Is(err, context.Canceled) {
 		return "cancelled"
 	}

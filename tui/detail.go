@@ -7,6 +7,8 @@ import (
 	"github.com/charmbracelet/bubbles/key"
 	tea "github.com/charmbracelet/bubbletea"
 	"github.com/charmbracelet/x/ansi"
+
+	"github.com/minionsdev/minions/internal/textsafe"
 )
 
 // detailPage shows one VM: its settings, agent status, URL, snapshots and
@@ -132,12 +134,14 @@ func (p *detailPage) View() string {
 	a := d.Agent
 	switch {
 	case a.Connected:
+		// Version, kernel and errors come from the guest: no terminal
+		// control reaches the screen (textsafe).
 		lines = append(lines, "  "+fmt.Sprintf("connected · %s · kernel %s · up %s · load %.2f %.2f %.2f",
-			orDash(a.Version), orDash(a.Kernel), fmtDuration(a.Uptime), a.Load[0], a.Load[1], a.Load[2]))
+			orDash(textsafe.Clean(a.Version)), orDash(textsafe.Clean(a.Kernel)), fmtDuration(a.Uptime), a.Load[0], a.Load[1], a.Load[2]))
 		lines = append(lines, "  "+fmt.Sprintf("memory %s free of %s · disk %s free of %s",
 			fmtBytes(a.MemAvailable), fmtBytes(a.MemTotal), fmtBytes(a.DiskFree), fmtBytes(a.DiskTotal)))
 	case a.Error != "":
-		lines = append(lines, "  "+st.Dim.Render("not connected: "+a.Error))
+		lines = append(lines, "  "+st.Dim.Render("not connected: "+textsafe.Clean(a.Error)))
 	default:
 		lines = append(lines, "  "+st.Dim.Render("not connected"))
 	}
@@ -163,7 +167,7 @@ func (p *detailPage) View() string {
 		lines = append(lines, "  "+st.Dim.Render("(no output)"))
 	}
 	for _, l := range tail {
-		lines = append(lines, "  "+st.Console.Render(ansi.Truncate(ansi.Strip(l), max(p.width-2, 0), "…")))
+		lines = append(lines, "  "+st.Console.Render(ansi.Truncate(textsafe.Clean(l), max(p.width-2, 0), "…")))
 	}
 	return strings.Join(lines, "\n")
 }

@@ -19,6 +19,7 @@ import (
 
 	"github.com/minionsdev/minions/guestagent/proto"
 	"github.com/minionsdev/minions/internal/errs"
+	"github.com/minionsdev/minions/internal/textsafe"
 	"github.com/minionsdev/minions/vm/hypervisor"
 )
 
@@ -281,9 +282,23 @@ func (c *Client) Ping(ctx context.Context) (proto.PingReply, error) {
 }
 
 // Status returns the guest's status.
+// Every string in it comes from the guest and is cleaned of terminal
+// control (textsafe.Clean) before it leaves this package.
 func (c *Client) Status(ctx context.Context) (proto.Status, error) {
 	var r proto.Status
-	return r, c.call(ctx, proto.ReqStatus, struct{}{}, &r)
+	err := c.call(ctx, proto.ReqStatus, struct{}{}, &r)
+	return CleanStatus(r), err
+}
+
+// CleanStatus strips terminal control from every guest-supplied string of
+// st (hostname, kernel, addresses, agent version, machine ID).
+func CleanStatus(st proto.Status) proto.Status {
+	st.Hostname = textsafe.Clean(st.Hostname)
+	st.Kernel = textsafe.Clean(st.Kernel)
+	st.AgentVersion = textsafe.Clean(st.AgentVersion)
+	st.MachineID = textsafe.Clean(st.MachineID)
+	st.Addrs = textsafe.Strings(append([]string(nil), st.Addrs...))
+	return st
 }
 
 // Configure applies cfg in the guest.
