@@ -38,6 +38,7 @@ func Commands() []*cli.Command {
 		configCmd(),
 		doctorCmd(),
 		unitsCmd(),
+		backupCmd(),
 	}
 }
 

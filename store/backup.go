@@ -81,3 +81,21 @@ func SetVMNote(ctx context.Context, q Q, id, state, note string) error {
 	}
 	return nil
 }
+
+// SettleRestored makes a store copied from another host (a backup) true
+// here: no process of this host runs its VMs or its operations, so running
+// and paused VMs become stopped, a VM caught mid-create becomes error, and
+// operations left running are marked failed (never resumed or rolled back
+// against files that were never there).
+func SettleRestored(ctx context.Context, q Q) error {
+	for _, s := range []string{
+		`UPDATE vms SET state = 'stopped', handle = '', started_at = 0 WHERE state IN ('running', 'paused')`,
+		`UPDATE vms SET state = 'error', handle = '' WHERE state = 'creating'`,
+		`UPDATE operations SET state = 'failed', error = 'interrupted: restored from a backup' WHERE state = 'running'`,
+	} {
+		if _, err := q.ExecContext(ctx, s); err != nil {
+			return fmt.Errorf("settle restored store: %w", err)
+		}
+	}
+	return nil
+}
