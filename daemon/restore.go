@@ -89,6 +89,9 @@ func runRestore(ctx context.Context, x *cli.Ctx) error {
 // has VMs: a restore is for a fresh host.
 func restoreBackup(ctx context.Context, x *cli.Ctx, file string, paths Paths, configFile string) (restoreResult, error) {
 	res := restoreResult{StateDir: paths.State, Schema: store.SchemaVersion()}
+	if os.Geteuid() != 0 {
+		return res, errs.New(errs.PermissionDenied, "restoring an installation needs root (it writes the store, host keys and disks)")
+	}
 	dbPath := filepath.Join(paths.State, "minions.db")
 	if _, ok, err := store.FileSchema(ctx, dbPath); err != nil {
 		return res, err
