@@ -62,6 +62,10 @@ func TestBackupRestore(t *testing.T) {
 		}
 	}()
 	must(t, "exec", "bk1", "--", "sh", "-c", "echo hello-backup > /bk-marker")
+	// A disk snapshot travels too: it holds the marker but not what came
+	// after it.
+	must(t, "snapshot", "create", "bk1", "--name", "s1")
+	must(t, "exec", "bk1", "--", "sh", "-c", "echo post-snapshot > /bk-post-snap")
 
 	withDisks := filepath.Join(dir, "full.tar.gz")
 	var made struct {
@@ -77,9 +81,13 @@ func TestBackupRestore(t *testing.T) {
 	if !made.WithDisks || len(made.VMs) != 1 || !made.VMs[0].Disk || !made.VMs[0].Frozen {
 		t.Fatalf("backup with disks: %+v", made)
 	}
-	t.Logf("backup with disks of a running vm: %.1fs", made.Seconds)
 	noDisks := filepath.Join(dir, "meta.tar")
 	must(t, "backup", "create", noDisks)
+	for _, f := range []string{withDisks, noDisks} {
+		st, _ := os.Stat(f)
+		t.Logf("%s: %d KiB", filepath.Base(f), st.Size()>>10)
+	}
+	t.Logf("backup with disks of a running vm: %.1fs", made.Seconds)
 
 	// The VM ran on through both backups, thawed.
 	var after vmJSON
@@ -115,8 +123,19 @@ func TestBackupRestore(t *testing.T) {
 		if strings.TrimSpace(out) != "hello-backup" {
 			t.Fatalf("marker in restored vm = %q", out)
 		}
+		if out := mustAt(t, s2, nil, "exec", "bk1", "--", "cat", "/bk-post-snap"); strings.TrimSpace(out) != "post-snapshot" {
+			t.Fatalf("post-snapshot file in restored vm = %q", out)
+		}
 		if r := minionsAt(t, s2, "exec", "bk1", "--", "cat", "/bk-after"); r.code == 0 {
 			t.Fatalf("a file written after the backup is in the restore: %s", r)
+		}
+		// The snapshot came along, pointed at this state dir's base image.
+		mustAt(t, s2, nil, "snapshot", "restore", "bk1", "s1", "--yes")
+		if r := minionsAt(t, s2, "exec", "bk1", "--", "cat", "/bk-post-snap"); r.code == 0 {
+			t.Fatalf("after restoring snapshot s1 the later file is still there: %s", r)
+		}
+		if out := mustAt(t, s2, nil, "exec", "bk1", "--", "cat", "/bk-marker"); strings.TrimSpace(out) != "hello-backup" {
+			t.Fatalf("marker after snapshot restore = %q", out)
 		}
 		// Restoring again onto an installation with VMs is refused.
 		if r := minionsAt(t, s2, "backup", "restore", withDisks); r.code == 0 || !strings.Contains(r.stderr, "already has a store with 1 vms") {
