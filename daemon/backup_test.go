@@ -1,7 +1,11 @@
 package daemon
 
 import (
+	"archive/tar"
+	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"os"
 	"path/filepath"
@@ -144,5 +148,74 @@ func TestRestoreRefusesCorruptBackup(t *testing.T) {
 	os.WriteFile(bad, raw[:len(raw)/2], 0o600)
 	if code, _, errb := runCLI(t, "backup", "restore", "--state-dir", c, "--config", filepath.Join(dir, "restored.toml"), bad); code == 0 || !strings.Contains(errb, "not a minions backup") {
 		t.Fatalf("restore of a truncated backup: exit %d %s", code, errb)
+	}
+}
+
+// writeTestBackup writes a backup by hand: the given store file and a
+// manifest claiming schema.
+func writeTestBackup(t *testing.T, file string, db []byte, schema int) {
+	t.Helper()
+	sum := sha256.Sum256(db)
+	m := backupManifest{Format: backupFormat, MinionsVersion: "v0.1.0", Schema: schema, CreatedAt: time.Now().UTC(),
+		Files: []backupEntry{{Name: "store/minions.db", Size: int64(len(db)), SHA256: hex.EncodeToString(sum[:])}}}
+	mb, _ := json.Marshal(m)
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	tw.WriteHeader(&tar.Header{Name: "store/minions.db", Mode: 0o600, Size: int64(len(db)), Typeflag: tar.TypeReg})
+	tw.Write(db)
+	tw.WriteHeader(&tar.Header{Name: "manifest.json", Mode: 0o600, Size: int64(len(mb)), Typeflag: tar.TypeReg})
+	tw.Write(mb)
+	tw.Close()
+	if err := os.WriteFile(file, buf.Bytes(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A backup made by the first release (schema 1) restores and is migrated
+// forward; one from a newer schema than this binary's is refused.
+func TestRestoreOldSchemaBackup(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("restore needs root")
+	}
+	ctx := context.Background()
+	dir := t.TempDir()
+	v1, err := os.ReadFile(filepath.Join("..", "store", "testdata", "schema-v1.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := filepath.Join(dir, "v1.tar")
+	writeTestBackup(t, old, v1, 1)
+	state := filepath.Join(dir, "s")
+	code, out, errb := runCLI(t, "backup", "restore", "--json", "--state-dir", state, "--config", filepath.Join(dir, "c.toml"), old)
+	if code != 0 {
+		t.Fatalf("restore v1 backup: exit %d\n%s%s", code, out, errb)
+	}
+	var res restoreResult
+	json.Unmarshal([]byte(out), &res)
+	if res.FromSchema != 1 || res.Schema != store.SchemaVersion() || len(res.VMs) != 2 || len(res.DiskMissing) != 2 || res.Users != 2 || res.Tokens != 1 {
+		t.Fatalf("restore result %+v", res)
+	}
+	if v, ok, err := store.FileSchema(ctx, filepath.Join(state, "minions.db")); err != nil || !ok || v != store.SchemaVersion() {
+		t.Fatalf("restored store schema %d, %v, %v", v, ok, err)
+	}
+	db, err := store.Open(ctx, filepath.Join(state, "minions.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	// v2 was "running" on the old host: here it is settled, not running.
+	v, err := store.GetVMByName(ctx, db, "db")
+	if err != nil || v.State != store.StateError || v.Handle != "" || v.Note != store.NoteDiskMissing {
+		t.Fatalf("restored vm db = %+v, %v", v, err)
+	}
+
+	newer := filepath.Join(dir, "future.tar")
+	writeTestBackup(t, newer, v1, store.SchemaVersion()+1)
+	code, _, errb = runCLI(t, "backup", "restore", "--state-dir", filepath.Join(dir, "s2"), "--config", filepath.Join(dir, "c2.toml"), newer)
+	if code == 0 || !strings.Contains(errb, "upgrade minions first") {
+		t.Fatalf("restore of a newer backup: exit %d %s", code, errb)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "s2", "minions.db")); !os.IsNotExist(err) {
+		t.Fatal("a refused restore installed a store")
 	}
 }
