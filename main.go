@@ -23,6 +23,7 @@ func main() {
 		TTY:         term.IsTerminal(int(os.Stderr.Fd())),
 		Open:        daemon.OpenLocal,
 		Extra:       daemon.Commands(),
+		VersionInfo: daemon.VersionInfo,
 	}
 	os.Exit(cli.Run(ctx, env, os.Args[1:]))
 }

@@ -33,6 +33,9 @@ type Env struct {
 	Open func(ctx context.Context, g *Global) (Backend, error)
 	// Extra are commands the composition root adds to the tree.
 	Extra []*Command
+	// VersionInfo, when set, adds to `minions version` on the host (schema
+	// and agent versions); it must not create or change anything.
+	VersionInfo func(ctx context.Context, g *Global) map[string]any
 }
 
 // Global are the options every command accepts.

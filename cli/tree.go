@@ -18,8 +18,21 @@ func Tree(extra ...*Command) *Command {
 	root.Sub = append(root.Sub, webCommands()...)
 	root.Sub = append(root.Sub, extra...)
 	root.Sub = append(root.Sub,
-		&Command{Name: "version", Summary: "Print the version", Run: func(ctx context.Context, x *Ctx) error {
-			return x.Print(map[string]string{"version": Version}, func(w io.Writer) { fmt.Fprintln(w, "minions", Version) })
+		&Command{Name: "version", Summary: "Print the binary, schema and guest agent versions", Run: func(ctx context.Context, x *Ctx) error {
+			info := map[string]any{"version": Version}
+			if x.VersionInfo != nil && !x.Remote {
+				for k, v := range x.VersionInfo(ctx, x.G) {
+					info[k] = v
+				}
+			}
+			return x.Print(info, func(w io.Writer) {
+				fmt.Fprintln(w, "minions", Version)
+				for _, k := range []string{"schema", "store_schema", "agent"} {
+					if v, ok := info[k]; ok {
+						fmt.Fprintf(w, "%-13s%v\n", k, v)
+					}
+				}
+			})
 		}},
 		&Command{Name: "help", Usage: "[COMMAND]", Summary: "Show help", MaxArgs: -1, Run: func(ctx context.Context, x *Ctx) error {
 			cmd, path := root, "minions"

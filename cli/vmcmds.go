@@ -231,7 +231,11 @@ func printVMs(w io.Writer, vms []service.VM) {
 		if v.PID > 0 {
 			pid = fmt.Sprint(v.PID)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d MiB\t%d GiB\t%s\t%s\n", v.Name, v.Status, v.IP, v.CPUs, v.MemoryMiB, v.DiskGiB, shortImage(v.Image), pid)
+		status := v.Status
+		if v.Note != "" {
+			status += " (" + v.Note + ")"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d MiB\t%d GiB\t%s\t%s\n", v.Name, status, v.IP, v.CPUs, v.MemoryMiB, v.DiskGiB, shortImage(v.Image), pid)
 	}
 	tw.Flush()
 }
@@ -256,6 +260,9 @@ func runShow(ctx context.Context, x *Ctx) error {
 			v.Name, v.ID, v.Owner, v.Status, v.Image, v.IP, v.MAC, v.CPUs, v.MemoryMiB, v.DiskGiB, v.CreatedAt.Format(time.RFC3339))
 		if v.PID > 0 {
 			fmt.Fprintf(tw, "pid\t%d\nstarted\t%s\n", v.PID, v.StartedAt.Format(time.RFC3339))
+		}
+		if v.Note != "" {
+			fmt.Fprintf(tw, "note\t%s\n", v.Note)
 		}
 		tw.Flush()
 	})

@@ -41,6 +41,7 @@ func Commands() []*cli.Command {
 		configCmd(),
 		doctorCmd(),
 		unitsCmd(),
+		backupCmd(),
 	}
 }
 

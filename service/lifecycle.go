@@ -80,6 +80,9 @@ func (s *Service) Start(ctx context.Context, c Caller, name string, progress Pro
 // start boots a stopped VM as a durable operation; the caller holds its
 // lock.
 func (s *Service) start(ctx context.Context, v store.VM, verb string, progress Progress) (VM, error) {
+	if err := s.haveDisk(v); err != nil {
+		return VM{}, fmt.Errorf("%s vm %s: %w", verb, v.Name, err)
+	}
 	o, err := s.beginStartOp(ctx, v, "start")
 	if err != nil {
 		return VM{}, fmt.Errorf("%s vm %s: %w", verb, v.Name, err)

@@ -261,11 +261,13 @@ type VM struct {
 	Public    bool      `json:"public"`
 	CreatedAt time.Time `json:"created_at"`
 	StartedAt time.Time `json:"started_at,omitzero"`
+	// Note says what Status cannot, e.g. store.NoteDiskMissing.
+	Note string `json:"note,omitempty"`
 }
 
 func view(v store.VM) VM {
 	out := VM{ID: v.ID, Name: v.Name, Owner: v.Owner, Status: v.State, Image: v.Image, IP: v.IP, MAC: v.MAC,
-		CPUs: v.CPUs, MemoryMiB: v.MemoryMiB, DiskGiB: v.DiskGiB, Port: v.Port, Public: v.Public, CreatedAt: v.CreatedAt}
+		CPUs: v.CPUs, MemoryMiB: v.MemoryMiB, DiskGiB: v.DiskGiB, Port: v.Port, Public: v.Public, CreatedAt: v.CreatedAt, Note: v.Note}
 	if v.State == store.StateRunning || v.State == store.StatePaused {
 		if h, err := decodeHandle(v.Handle); err == nil && h != nil {
 			out.PID = h.PID

@@ -35,7 +35,11 @@ type DB struct {
 }
 
 // Open opens (creating if needed) the database at file and migrates it.
-func Open(ctx context.Context, file string) (*DB, error) {
+func Open(ctx context.Context, file string) (*DB, error) { return openAt(ctx, file, 0) }
+
+// openAt is Open migrating only up to migration number limit (0: all);
+// tests use it to build stores at every schema that has been released.
+func openAt(ctx context.Context, file string, limit int) (*DB, error) {
 	dsn := "file:" + file + "?_pragma=foreign_keys(1)&_pragma=journal_mode(WAL)&_pragma=busy_timeout(15000)&_pragma=synchronous(NORMAL)&_txlock=immediate"
 	db, err := sql.Open("sqlite", dsn)
 	if err != nil {
@@ -46,7 +50,7 @@ func Open(ctx context.Context, file string) (*DB, error) {
 		return nil, fmt.Errorf("open store %s: %w", file, err)
 	}
 	d := &DB{DB: db, Path: file}
-	if err := d.migrate(ctx); err != nil {
+	if err := d.migrateTo(ctx, limit); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("migrate store %s: %w", file, err)
 	}
@@ -70,12 +74,31 @@ func (d *DB) Tx(ctx context.Context, fn func(q Q) error) error {
 	return nil
 }
 
-func (d *DB) migrate(ctx context.Context) error {
+// migrationFiles lists the embedded migrations in order with their numbers.
+func migrationFiles() ([]string, []int, error) {
 	names, err := fs.Glob(migrations, "migrations/*.sql")
+	if err != nil {
+		return nil, nil, err
+	}
+	sort.Strings(names)
+	nums := make([]int, len(names))
+	for i, name := range names {
+		n, err := strconv.Atoi(strings.SplitN(path.Base(name), "_", 2)[0])
+		if err != nil {
+			return nil, nil, fmt.Errorf("migration %s: bad number", name)
+		}
+		nums[i] = n
+	}
+	return names, nums, nil
+}
+
+// migrateTo applies the migrations numbered up to limit (0: all) that the
+// database has not seen yet.
+func (d *DB) migrateTo(ctx context.Context, limit int) error {
+	names, _, err := migrationFiles()
 	if err != nil {
 		return err
 	}
-	sort.Strings(names)
 	var current int
 	if err := d.QueryRowContext(ctx, "PRAGMA user_version").Scan(&current); err != nil {
 		return err
@@ -85,7 +108,7 @@ func (d *DB) migrate(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("migration %s: bad number", name)
 		}
-		if n <= current {
+		if n <= current || (limit > 0 && n > limit) {
 			continue
 		}
 		body, err := migrations.ReadFile(name)

@@ -39,14 +39,16 @@ type VM struct {
 	Public    bool
 	CreatedAt time.Time
 	StartedAt time.Time
+	// Note says what the state cannot (see NoteDiskMissing); "" usually.
+	Note string
 }
 
-const vmCols = `v.id, v.name, v.owner_id, u.name, v.image, v.cpus, v.memory_mib, v.disk_gib, v.ip, v.mac, v.cid, v.state, v.handle, v.agent_key, v.port, v.public, v.created_at, v.started_at`
+const vmCols = `v.id, v.name, v.owner_id, u.name, v.image, v.cpus, v.memory_mib, v.disk_gib, v.ip, v.mac, v.cid, v.state, v.handle, v.agent_key, v.port, v.public, v.created_at, v.started_at, v.note`
 
 func scanVM(s interface{ Scan(...any) error }) (VM, error) {
 	var v VM
 	var created, started int64
-	err := s.Scan(&v.ID, &v.Name, &v.OwnerID, &v.Owner, &v.Image, &v.CPUs, &v.MemoryMiB, &v.DiskGiB, &v.IP, &v.MAC, &v.CID, &v.State, &v.Handle, &v.AgentKey, &v.Port, &v.Public, &created, &started)
+	err := s.Scan(&v.ID, &v.Name, &v.OwnerID, &v.Owner, &v.Image, &v.CPUs, &v.MemoryMiB, &v.DiskGiB, &v.IP, &v.MAC, &v.CID, &v.State, &v.Handle, &v.AgentKey, &v.Port, &v.Public, &created, &started, &v.Note)
 	v.CreatedAt = fromUnix(created)
 	v.StartedAt = fromUnix(started)
 	return v, err
