@@ -115,24 +115,8 @@ func stageMinimal(ctx context.Context, root, agent string) error {
 			return err
 		}
 	}
-	if err := copyFile(BusyboxPath, filepath.Join(root, "bin/busybox"), 0o755); err != nil {
+	if err := installBusybox(ctx, root); err != nil {
 		return err
-	}
-	out, err := exec.CommandContext(ctx, BusyboxPath, "--list-full").Output()
-	if err != nil {
-		return fmt.Errorf("busybox --list-full: %w", err)
-	}
-	for _, applet := range strings.Fields(string(out)) {
-		if applet == "sbin/init" || applet == "linuxrc" || applet == "bin/busybox" || strings.Contains(applet, "..") {
-			continue
-		}
-		p := filepath.Join(root, applet)
-		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-			return err
-		}
-		if err := os.Symlink("/bin/busybox", p); err != nil && !os.IsExist(err) {
-			return err
-		}
 	}
 	for name, content := range minimalFiles() {
 		mode := os.FileMode(0o644)
