@@ -1,6 +1,7 @@
 package images
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -11,6 +12,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/minionsdev/minions/internal/errs"
 )
 
 // busyboxShims are shell scripts standing in for commands people expect
@@ -41,54 +44,34 @@ exec "$@"
 `,
 }
 
-// busyboxReal is where the busybox binary goes when /bin/busybox is
-// busyboxWrapper.
-const busyboxReal = "/bin/busybox.real"
+// Debian 12's busybox builds (1.35) have FEATURE_WGET_TIMEOUT off, yet
+// wget's option string still declares -T as a number option; getopt32 then
+// writes the number through the NULL destination wget passes for it, and
+// "wget -T 5 URL" dies of SIGSEGV (busybox bug; the upstream fix parses -T
+// as a string, which getopt32 drops when the destination is NULL). The
+// image's busybox gets that fix as a same-length patch of the option
+// string: -T takes a string, and n's optional argument gains a third
+// colon, which getopt32 and getopt_long both read as "optional". Option
+// letters, their order and the destinations are unchanged. The string holds
+// a NUL (before its complementary part), so the compiler never shares its
+// bytes with another string.
+var (
+	wgetOptsCrashing = []byte("^cqSO:o:P:Y:U:T:+t:n::\x00")
+	wgetOptsFixed    = []byte("^cqSO:o:P:Y:U:T:t:n:::\x00")
+)
 
-// busyboxWrapper is /bin/busybox (and the wget command) when the busybox
-// build's wget crashes on -T. Everything but wget goes straight to the
-// binary.
-const busyboxWrapper = `#!/bin/sh
-# Minions: the static busybox is ` + busyboxReal + `; every applet links to it
-# except wget, which comes through here. That build's wget dies of SIGSEGV on
-# -T: built without FEATURE_WGET_TIMEOUT, it still parses -T SEC as a number
-# and writes it through a NULL pointer (a busybox bug). -T SEC, -TSEC,
-# --timeout SEC and --timeout=SEC are dropped here, which is what a build
-# without timeout support should do: a stalled transfer waits on TCP's own
-# timeouts. (-T inside a cluster of flags, like -qT 5, is not recognised.)
-real=` + busyboxReal + `
-case ${0##*/} in
-wget) ;;
-*)
-	if [ "$1" != wget ]; then
-		exec "$real" "$@"
-	fi
-	shift
-	;;
-esac
-n=$#
-end=
-while [ "$n" -gt 0 ]; do
-	a=$1
-	shift
-	n=$((n - 1))
-	if [ -z "$end" ]; then
-		case $a in
-		--) end=1 ;;
-		-T | --timeout)
-			if [ "$n" -gt 0 ]; then
-				shift
-				n=$((n - 1))
-			fi
-			continue
-			;;
-		-T* | --timeout=*) continue ;;
-		esac
-	fi
-	set -- "$@" "$a"
-done
-exec "$real" wget "$@"
-`
+// patchWgetTimeout returns a copy of the busybox binary b with wget's -T
+// fixed (see wgetOptsCrashing). It fails with FailedPrecondition unless
+// the crashing option string occurs exactly once.
+func patchWgetTimeout(b []byte) ([]byte, error) {
+	if n := bytes.Count(b, wgetOptsCrashing); n != 1 {
+		return nil, errs.New(errs.FailedPrecondition, "busybox wget option string %q found %d times, want once", wgetOptsCrashing[:len(wgetOptsCrashing)-1], n)
+	}
+	out := bytes.Clone(b)
+	i := bytes.Index(out, wgetOptsCrashing)
+	copy(out[i:], wgetOptsFixed)
+	return out, nil
+}
 
 // appletPlan turns busybox's --list-full output (one applet path a line,
 // relative to /: bin/ls, usr/bin/wget) into the links to busybox the
@@ -137,35 +120,43 @@ func wgetTimeoutCrashes(ctx context.Context, bb string) bool {
 
 // installBusybox puts BusyboxPath into root as /bin/busybox, links every
 // applet it has to it (see appletPlan) and adds busyboxShims for commands
-// it lacks. If its wget crashes on -T, the binary goes to busyboxReal
-// instead and /bin/busybox (and wget) is busyboxWrapper.
-func installBusybox(ctx context.Context, root string) error {
+// it lacks. If its wget crashes on -T, the copy gets patchWgetTimeout,
+// checked by running it; a binary the patch does not fit is copied as is
+// and said so through progress.
+func installBusybox(ctx context.Context, root string, progress func(string)) error {
 	out, err := exec.CommandContext(ctx, BusyboxPath, "--list-full").Output()
 	if err != nil {
 		return fmt.Errorf("busybox --list-full: %w", err)
 	}
 	links, shims := appletPlan(string(out))
-	wrap := wgetTimeoutCrashes(ctx, BusyboxPath)
-	target := "/bin/busybox"
-	if wrap {
-		target = busyboxReal
-		if err := os.WriteFile(filepath.Join(root, "bin/busybox"), []byte(busyboxWrapper), 0o755); err != nil {
-			return err
-		}
-	}
-	if err := copyFile(BusyboxPath, filepath.Join(root, target), 0o755); err != nil {
+	dst := filepath.Join(root, "bin/busybox")
+	if err := copyFile(BusyboxPath, dst, 0o755); err != nil {
 		return err
 	}
-	for _, applet := range links {
-		to := target
-		if wrap && filepath.Base(applet) == "wget" {
-			to = "/bin/busybox"
+	if wgetTimeoutCrashes(ctx, dst) {
+		b, err := os.ReadFile(dst)
+		if err != nil {
+			return err
 		}
+		fixed, err := patchWgetTimeout(b)
+		if err != nil {
+			progress(fmt.Sprintf("busybox wget -T crashes, left as is: %v", err))
+		} else {
+			if err := os.WriteFile(dst, fixed, 0o755); err != nil {
+				return err
+			}
+			if wgetTimeoutCrashes(ctx, dst) {
+				return fmt.Errorf("busybox: wget -T still crashes after the option string fix")
+			}
+			progress("busybox: fixed wget -T (busybox built without wget timeouts crashed on it)")
+		}
+	}
+	for _, applet := range links {
 		p := filepath.Join(root, applet)
 		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
 			return err
 		}
-		if err := os.Symlink(to, p); err != nil {
+		if err := os.Symlink("/bin/busybox", p); err != nil {
 			return fmt.Errorf("link busybox applet %s: %w", applet, err)
 		}
 	}

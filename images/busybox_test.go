@@ -1,13 +1,21 @@
 package images
 
 import (
+	"bytes"
 	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
+
+	"github.com/minionsdev/minions/internal/errs"
 )
 
 func TestAppletPlan(t *testing.T) {
@@ -30,15 +38,37 @@ func TestAppletPlan(t *testing.T) {
 	}
 }
 
+func TestPatchWgetTimeout(t *testing.T) {
+	bin := append([]byte("\x7fELF...usage: %s\x00"), wgetOptsCrashing...)
+	bin = append(bin, "-1:\xfe--\xfb\x00content-length\x00"...)
+	got, err := patchWgetTimeout(bin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := strings.Replace(string(bin), "U:T:+t:n::\x00", "U:T:t:n:::\x00", 1)
+	if string(got) != want || len(got) != len(bin) {
+		t.Errorf("patched\n got %q\nwant %q", got, want)
+	}
+	if !bytes.Contains(bin, wgetOptsCrashing) {
+		t.Error("the input was modified")
+	}
+	for _, bad := range [][]byte{[]byte("no wget here"), append(append([]byte{}, wgetOptsCrashing...), wgetOptsCrashing...), got} {
+		if _, err := patchWgetTimeout(bad); !errors.Is(err, errs.FailedPrecondition) {
+			t.Errorf("patch %q: %v, want FailedPrecondition", bad, err)
+		}
+	}
+}
+
 // fakeBusybox writes a shell script standing in for busybox: it lists
-// applets for --list-full and, if crash, dies of SIGSEGV on wget -T.
+// applets for --list-full and, while it holds wget's crashing option
+// string, dies of SIGSEGV on wget -T.
 func fakeBusybox(t *testing.T, dir, list string, crash bool) string {
 	t.Helper()
-	script := "#!/bin/sh\nif [ \"$1\" = --list-full ]; then printf '" + list + "'; exit 0; fi\n"
+	script := "#!/bin/sh\nif [ \"$1\" = --list-full ]; then printf '" + list + "'; exit 0; fi\n" +
+		"if [ \"$1\" = wget ] && grep -qF 'U:T:''+t' \"$0\"; then for a in \"$@\"; do [ \"$a\" = -T ] && kill -SEGV $$; done; fi\nexit 1\n"
 	if crash {
-		script += "if [ \"$1\" = wget ]; then for a in \"$@\"; do [ \"$a\" = -T ] && kill -SEGV $$; done; fi\n"
+		script += "# " + string(wgetOptsCrashing) + "\n"
 	}
-	script += "exit 1\n"
 	p := filepath.Join(dir, "busybox")
 	if err := os.WriteFile(p, []byte(script), 0o755); err != nil {
 		t.Fatal(err)
@@ -71,107 +101,83 @@ func tree(t *testing.T, root string) map[string]string {
 func TestInstallBusybox(t *testing.T) {
 	old := BusyboxPath
 	defer func() { BusyboxPath = old }()
-	list := `bin/sh\nusr/bin/wget\nsbin/init\nsbin/ip\n`
-	ctx := context.Background()
-
-	t.Run("wget-works", func(t *testing.T) {
-		dir := t.TempDir()
-		BusyboxPath = fakeBusybox(t, dir, list, false)
-		root := filepath.Join(dir, "root")
-		os.MkdirAll(filepath.Join(root, "bin"), 0o755)
-		if err := installBusybox(ctx, root); err != nil {
-			t.Fatal(err)
-		}
-		want := map[string]string{
-			"bin": "dir", "bin/busybox": "file", "bin/sh": "/bin/busybox",
-			"usr": "dir", "usr/bin": "dir", "usr/bin/wget": "/bin/busybox", "usr/bin/nohup": "file",
-			"sbin": "dir", "sbin/ip": "/bin/busybox",
-		}
-		if got := tree(t, root); !reflect.DeepEqual(got, want) {
-			t.Errorf("tree\n got %v\nwant %v", got, want)
-		}
-	})
-
-	t.Run("wget-crashes-on-T", func(t *testing.T) {
-		dir := t.TempDir()
-		BusyboxPath = fakeBusybox(t, dir, list, true)
-		root := filepath.Join(dir, "root")
-		os.MkdirAll(filepath.Join(root, "bin"), 0o755)
-		if err := installBusybox(ctx, root); err != nil {
-			t.Fatal(err)
-		}
-		want := map[string]string{
-			"bin": "dir", "bin/busybox": "file", "bin/busybox.real": "file", "bin/sh": "/bin/busybox.real",
-			"usr": "dir", "usr/bin": "dir", "usr/bin/wget": "/bin/busybox", "usr/bin/nohup": "file",
-			"sbin": "dir", "sbin/ip": "/bin/busybox.real",
-		}
-		if got := tree(t, root); !reflect.DeepEqual(got, want) {
-			t.Errorf("tree\n got %v\nwant %v", got, want)
-		}
-		if b, _ := os.ReadFile(filepath.Join(root, "bin/busybox")); string(b) != busyboxWrapper {
-			t.Error("/bin/busybox is not the wrapper")
-		}
-	})
-}
-
-// TestBusyboxWrapper runs the wrapper under busybox's own sh (the minimal
-// image's shell) with a stand-in for the real binary that prints its
-// arguments.
-func TestBusyboxWrapper(t *testing.T) {
-	if _, err := os.Stat(BusyboxPath); err != nil {
-		t.Skip("no busybox: ", err)
+	list := `bin/sh\nusr/bin/wget\nsbin/init\nsbin/ip\nbin/ls\n`
+	want := map[string]string{
+		"bin": "dir", "bin/busybox": "file", "bin/sh": "/bin/busybox", "bin/ls": "/bin/busybox",
+		"usr": "dir", "usr/bin": "dir", "usr/bin/wget": "/bin/busybox", "usr/bin/nohup": "file",
+		"sbin": "dir", "sbin/ip": "/bin/busybox",
 	}
-	dir := t.TempDir()
-	real := filepath.Join(dir, "real")
-	os.WriteFile(real, []byte("#!/bin/sh\nfor a in \"$@\"; do printf '[%s]' \"$a\"; done\n"), 0o755)
-	script := strings.Replace(busyboxWrapper, "real="+busyboxReal+"\n", "real="+real+"\n", 1)
-	if script == busyboxWrapper {
-		t.Fatal("wrapper does not set real=" + busyboxReal)
-	}
-	bb := filepath.Join(dir, "busybox")
-	os.WriteFile(bb, []byte(script), 0o755)
-	wget := filepath.Join(dir, "wget")
-	os.Symlink(bb, wget)
-	for _, c := range []struct {
-		as   string
-		args []string
-		want string
-	}{
-		{bb, []string{"wget", "-O", "-", "http://10.0.0.1/"}, "[wget][-O][-][http://10.0.0.1/]"},
-		{bb, []string{"wget", "-q", "-T", "5", "-O", "-", "http://h/a b"}, "[wget][-q][-O][-][http://h/a b]"},
-		{wget, []string{"-T5", "--timeout", "3", "--timeout=4", "-q", "u", "-T"}, "[wget][-q][u]"},
-		{wget, []string{"-q", "--", "-T", "x"}, "[wget][-q][--][-T][x]"},
-		{bb, []string{"ls", "-T", "4", "/"}, "[ls][-T][4][/]"},
-		{bb, []string{"--list"}, "[--list]"},
-		{bb, nil, ""},
-	} {
-		out, err := exec.Command(BusyboxPath, append([]string{"sh", c.as}, c.args...)...).CombinedOutput()
-		if err != nil || string(out) != c.want {
-			t.Errorf("%s %q: %v %q, want %q", filepath.Base(c.as), c.args, err, out, c.want)
-		}
+	for _, crash := range []bool{false, true} {
+		t.Run(fmt.Sprint("crash=", crash), func(t *testing.T) {
+			dir := t.TempDir()
+			BusyboxPath = fakeBusybox(t, dir, list, crash)
+			root := filepath.Join(dir, "root")
+			os.MkdirAll(filepath.Join(root, "bin"), 0o755)
+			var said []string
+			if err := installBusybox(context.Background(), root, func(s string) { said = append(said, s) }); err != nil {
+				t.Fatal(err)
+			}
+			if got := tree(t, root); !reflect.DeepEqual(got, want) {
+				t.Errorf("tree\n got %v\nwant %v", got, want)
+			}
+			b, _ := os.ReadFile(filepath.Join(root, "bin/busybox"))
+			if bytes.Contains(b, wgetOptsCrashing) {
+				t.Error("the image's busybox still has the crashing option string")
+			}
+			if crash != bytes.Contains(b, wgetOptsFixed) || len(said) != map[bool]int{false: 0, true: 1}[crash] {
+				t.Errorf("crash=%v: fixed string present %v, progress %q", crash, bytes.Contains(b, wgetOptsFixed), said)
+			}
+			nohup, _ := os.ReadFile(filepath.Join(root, "usr/bin/nohup"))
+			if string(nohup) != busyboxShims["usr/bin/nohup"] {
+				t.Errorf("nohup shim: %q", nohup)
+			}
+		})
 	}
 }
 
-// TestHostBusyboxWgetProbe checks the probe against the host's busybox:
-// Debian 12's busybox-static crashes on wget -T, and the wrapper (with the
-// real binary) then fetches nothing but also does not crash.
-func TestHostBusyboxWgetProbe(t *testing.T) {
+// TestHostBusyboxWgetFix patches the host's busybox (Debian 12's
+// busybox-static crashes on wget -T) and runs it against a local server:
+// -T no longer crashes and the options around it keep their meaning.
+func TestHostBusyboxWgetFix(t *testing.T) {
 	if err := checkStaticBusybox(BusyboxPath); err != nil {
 		t.Skip(err)
 	}
-	crash := wgetTimeoutCrashes(context.Background(), BusyboxPath)
-	t.Logf("%s: wget -T crashes: %v", BusyboxPath, crash)
-	if !crash {
-		return
+	ctx := context.Background()
+	if !wgetTimeoutCrashes(ctx, BusyboxPath) {
+		t.Skipf("%s: wget -T does not crash", BusyboxPath)
 	}
-	dir := t.TempDir()
-	script := strings.Replace(busyboxWrapper, "real="+busyboxReal+"\n", "real="+BusyboxPath+"\n", 1)
-	bb := filepath.Join(dir, "busybox")
-	os.WriteFile(bb, []byte(script), 0o755)
-	// Port 1 on loopback: refused at once.
-	cmd := exec.Command(BusyboxPath, "sh", bb, "wget", "-q", "-T", "1", "-O", "/dev/null", "http://127.0.0.1:1/")
-	out, err := cmd.CombinedOutput()
-	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 1 {
-		t.Fatalf("wrapped wget -T to a closed port: %v %s, want exit 1", err, out)
+	b, err := os.ReadFile(BusyboxPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fixed, err := patchWgetTimeout(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bb := filepath.Join(t.TempDir(), "busybox")
+	if err := os.WriteFile(bb, fixed, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if wgetTimeoutCrashes(ctx, bb) {
+		t.Fatal("patched busybox still crashes on wget -T")
+	}
+	var seen http.Header
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		seen = r.Header.Clone()
+		io.WriteString(w, "page "+r.URL.Path+"\n")
+	}))
+	defer srv.Close()
+	out, err := exec.Command(bb, "wget", "-q", "-T", "5", "-t", "2", "-U", "minions-test", "--header", "X-Test: yes",
+		"-O", "-", srv.URL+"/a").Output()
+	if err != nil || string(out) != "page /a\n" {
+		t.Fatalf("patched wget -T 5: %v %q", err, out)
+	}
+	if seen.Get("User-Agent") != "minions-test" || seen.Get("X-Test") != "yes" {
+		t.Errorf("server saw %v", seen)
+	}
+	// Options after the URL, -T glued to its value, the ignored -n and -t.
+	out, err = exec.Command(bb, "wget", srv.URL+"/b", "-T5", "-n", "-t", "3", "-q", "-O", "-").Output()
+	if err != nil || string(out) != "page /b\n" {
+		t.Fatalf("patched wget URL -T5: %v %q", err, out)
 	}
 }
