@@ -120,6 +120,10 @@ func TestMinimalImageTools(t *testing.T) {
 			t.Fatalf("busybox wget -O - %s: exit %d, want 0 and %q\n%s\nguest dmesg tail:\n%s", url, r.code, body, r,
 				minions(t, "", "exec", "mini", "--", "sh", "-c", "dmesg | tail -5").stdout)
 		}
+		// -T (a timeout; this busybox has none and used to crash on it).
+		if r := minions(t, "", "exec", "mini", "--", "busybox", "wget", "-q", "-T", "10", "-O", "-", url); r.code != 0 || r.stdout != body {
+			t.Fatalf("busybox wget -q -T 10 -O - %s: %s", url, r)
+		}
 		// The applet name too, as people type it, with a timeout.
 		if r := minions(t, "", "exec", "mini", "--", "wget", "-q", "-T", "10", "-O", "-", url); r.code != 0 || r.stdout != body {
 			t.Fatalf("wget -q -T 10 -O - %s: %s", url, r)
