@@ -3,8 +3,10 @@ GO      ?= go
 PREFIX  ?= /usr/local
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X github.com/minionsdev/minions/cli.Version=$(VERSION)
+DIST    ?= dist
+RELEASE := minions-$(VERSION)-linux-amd64
 
-.PHONY: help build install fmt lint test test-e2e bench clean
+.PHONY: help build install release fmt lint test test-e2e bench clean
 
 help: ## show this help
 	@awk 'BEGIN{FS=":.*## "} /^[a-z-]+:.*## /{printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -16,6 +18,17 @@ build: ## build bin/minions and the static guest agent bin/minions-agent
 install: build ## install to $(PREFIX)/bin and $(PREFIX)/lib/minions
 	install -D -m 0755 bin/minions $(PREFIX)/bin/minions
 	install -D -m 0755 bin/minions-agent $(PREFIX)/lib/minions/minions-agent
+
+release: ## dist/minions-VERSION-linux-amd64.tar.gz: static binaries, systemd units, install.sh
+	rm -rf $(DIST)/$(RELEASE) $(DIST)/$(RELEASE).tar.gz
+	mkdir -p $(DIST)/$(RELEASE)
+	CGO_ENABLED=0 GOOS=linux GOARCH=amd64 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(DIST)/$(RELEASE)/minions-agent ./guestagent/cmd/minions-agent
+	CGO_ENABLED=0 GOOS=linux GOARCH=amd64 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(DIST)/$(RELEASE)/minions .
+	$(DIST)/$(RELEASE)/minions units --exe @PREFIX@/bin/minions --dir $(DIST)/$(RELEASE)/systemd >/dev/null
+	install -m 0755 scripts/install.sh $(DIST)/$(RELEASE)/install.sh
+	tar -C $(DIST) -czf $(DIST)/$(RELEASE).tar.gz $(RELEASE)
+	rm -rf $(DIST)/$(RELEASE)
+	@echo $(DIST)/$(RELEASE).tar.gz
 
 fmt: ## gofmt everything
 	gofmt -w $$(git ls-files '*.go')
@@ -34,4 +47,4 @@ bench: build ## benchmarks (create, exec, memory per VM, snapshots, gateway, pro
 	$(GO) test -run '^$$' -bench . -benchtime 5x -timeout 30m ./e2e/... ./proxy/... ./gateway/...
 
 clean: ## remove build output
-	rm -rf bin
+	rm -rf bin $(DIST)

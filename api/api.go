@@ -497,6 +497,7 @@ func (h *handler) table() []route {
 			return nil, s.RevokeToken(ctx, c, r.PathValue("id"))
 		}),
 	}
+	rs = append(rs, h.imageRoutes()...) // api/images.go
 	return append(rs, h.webRoutes()...) // api/web.go
 }
 

@@ -161,6 +161,17 @@ func TestAuthorization(t *testing.T) {
 			want: want{ok, ok, ok, anon}},
 		// Others' tokens are not found, as others' VMs are.
 		{method: "DELETE", path: "/v1/tokens/{token}", want: want{none, none, nf, anon}, fresh: true},
+		// Images (api/images.go): everyone signed in lists them and sees
+		// the default; only admins build, remove and set the default.
+		{method: "GET", path: "/v1/images", want: want{ok, ok, ok, anon}},
+		{method: "POST", path: "/v1/images", body: func(string, map[string]string) any { return service.ImageBuildRequest{OS: "debian"} },
+			want: want{ok, deny, deny, anon}, fresh: true},
+		{method: "GET", path: "/v1/images/default", want: want{ok, ok, ok, anon}},
+		{method: "PUT", path: "/v1/images/default", body: func(string, map[string]string) any { return api.DefaultImageRequest{Image: "debian"} },
+			want: want{ok, deny, deny, anon}, fresh: true},
+		{method: "DELETE", path: "/v1/images/{ref}", want: want{ok, deny, deny, anon}, fresh: true},
+		// The VMs' image stays.
+		{method: "DELETE", path: "/v1/images/minimal", want: want{conflict, deny, deny, anon}},
 		// Web routes (api/web.go). This fixture runs no proxy, so what
 		// needs one is a failed precondition (409) for those who may see
 		// the VM; web_test.go covers them with a proxy.
@@ -184,7 +195,7 @@ func TestAuthorization(t *testing.T) {
 					fx = newFixture(t)
 					ids = fx.seed()
 				}
-				path := strings.NewReplacer("{key}", ids["key"], "{token}", ids["token"]).Replace(rt.path)
+				path := strings.NewReplacer("{key}", ids["key"], "{token}", ids["token"], "{ref}", "debian@20261201-000000-dddd").Replace(rt.path)
 				var body any
 				if rt.body != nil {
 					body = rt.body(role, ids)

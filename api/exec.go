@@ -8,8 +8,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -294,8 +292,7 @@ func (h *handler) serveLogs(w http.ResponseWriter, r *http.Request, c service.Ca
 		}
 	}
 	ctx := r.Context()
-	path, err := h.svc.ConsoleLog(ctx, c, r.PathValue("name"))
-	if err != nil {
+	if _, err := h.svc.ConsoleLog(ctx, c, r.PathValue("name")); err != nil {
 		writeError(w, err)
 		return
 	}
@@ -304,36 +301,21 @@ func (h *handler) serveLogs(w http.ResponseWriter, r *http.Request, c service.Ca
 	w.WriteHeader(http.StatusOK)
 	rc := http.NewResponseController(w)
 	rc.Flush()
-	var f *os.File
-	for {
-		f, err = os.Open(path)
-		if err == nil || !follow || !os.IsNotExist(err) {
-			break
-		}
-		if !sleepCtx(ctx, 200*time.Millisecond) {
-			return
-		}
+	h.svc.CopyConsole(ctx, c, r.PathValue("name"), follow, flushWriter{w, rc})
+}
+
+// flushWriter sends what is written at once (for following logs).
+type flushWriter struct {
+	w  io.Writer
+	rc *http.ResponseController
+}
+
+func (f flushWriter) Write(p []byte) (int, error) {
+	n, err := f.w.Write(p)
+	if err == nil {
+		err = f.rc.Flush()
 	}
-	if err != nil {
-		return
-	}
-	defer f.Close()
-	for {
-		n, err := io.Copy(w, f)
-		if err != nil || !follow {
-			return
-		}
-		if n > 0 {
-			rc.Flush()
-		}
-		if !sleepCtx(ctx, 100*time.Millisecond) {
-			return
-		}
-		// A destroyed VM's log is gone: stop following.
-		if _, err := os.Stat(filepath.Dir(path)); err != nil {
-			return
-		}
-	}
+	return n, err
 }
 
 func sleepCtx(ctx context.Context, d time.Duration) bool {

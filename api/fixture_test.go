@@ -24,6 +24,7 @@ import (
 	"github.com/minionsdev/minions/api"
 	"github.com/minionsdev/minions/cli"
 	agent "github.com/minionsdev/minions/guestagent"
+	"github.com/minionsdev/minions/internal/errs"
 	"github.com/minionsdev/minions/service"
 	"github.com/minionsdev/minions/store"
 	"github.com/minionsdev/minions/vm/disk"
@@ -184,14 +185,66 @@ func (n *testNetwork) RemovePort(_ context.Context, tap string) error {
 	return nil
 }
 
-// testImages serves one small raw image with a stand-in kernel file.
-type testImages struct{ img service.Image }
+// testImages serves one small raw image with a stand-in kernel file, and
+// a catalogue (service.ImageCatalog) listing it and a Debian version.
+type testImages struct {
+	img  service.Image
+	mu   sync.Mutex
+	list []service.ImageInfo
+}
 
-func (i testImages) Resolve(_ context.Context, ref string) (service.Image, error) {
+func newTestImages(img service.Image) *testImages {
+	return &testImages{img: img, list: []service.ImageInfo{
+		{Ref: "debian@20261201-000000-dddd", OS: "debian", Version: "20261201-000000-dddd", SizeBytes: 3 << 30},
+		{Ref: img.Ref, OS: img.OS, Version: "1", SizeBytes: img.SizeBytes},
+	}}
+}
+
+func (i *testImages) Resolve(_ context.Context, ref string) (service.Image, error) {
 	if ref != "minimal" && ref != i.img.Ref {
 		return service.Image{}, fmt.Errorf("no image %q", ref)
 	}
 	return i.img, nil
+}
+
+func (i *testImages) ListImages(context.Context) ([]service.ImageInfo, error) {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	return append([]service.ImageInfo(nil), i.list...), nil
+}
+
+// BuildImage adds a version at once (a real build is images/' business).
+func (i *testImages) BuildImage(_ context.Context, req service.ImageBuildRequest, p service.Progress) (service.ImageInfo, error) {
+	if p != nil {
+		p("rootfs")
+	}
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	v := fmt.Sprintf("20261202-000000-%04d", len(i.list))
+	im := service.ImageInfo{Ref: req.OS + "@" + v, OS: req.OS, Version: v}
+	i.list = append(i.list, im)
+	return im, nil
+}
+
+func (i *testImages) RemoveImage(_ context.Context, ref string, inUse func(string) bool) ([]service.ImageInfo, error) {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	var keep, gone []service.ImageInfo
+	for _, im := range i.list {
+		if im.Ref == ref || im.OS == ref {
+			if inUse(im.Ref) {
+				return nil, errs.New(errs.FailedPrecondition, "image %s in use", im.Ref)
+			}
+			gone = append(gone, im)
+		} else {
+			keep = append(keep, im)
+		}
+	}
+	if len(gone) == 0 {
+		return nil, errs.New(errs.NotFound, "no image %s", ref)
+	}
+	i.list = keep
+	return gone, nil
 }
 
 // realDisks is vm/disk: qcow2 overlays made by qemu-img.
@@ -277,7 +330,7 @@ func newFixture(t testing.TB) *fixture {
 
 	svc, err := service.New(service.Config{StateDir: dir, RunDir: filepath.Join(dir, "run"), ReadyTimeout: 20 * time.Second,
 		StopTimeout: time.Second, Log: slog.New(slog.DiscardHandler)},
-		service.Deps{DB: db, Driver: drv, Network: &testNetwork{ports: map[string]netip.Addr{}}, Images: testImages{img}, Disks: realDisks{}, HostKey: hostKey})
+		service.Deps{DB: db, Driver: drv, Network: &testNetwork{ports: map[string]netip.Addr{}}, Images: newTestImages(img), Disks: realDisks{}, HostKey: hostKey})
 	if err != nil {
 		t.Fatal(err)
 	}

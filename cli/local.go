@@ -3,9 +3,6 @@ package cli
 import (
 	"context"
 	"io"
-	"os"
-	"path/filepath"
-	"time"
 
 	"golang.org/x/crypto/ssh"
 
@@ -73,50 +70,7 @@ func (l *Local) Status(ctx context.Context, name string) (proto.Status, error) {
 }
 
 func (l *Local) Logs(ctx context.Context, name string, follow bool, w io.Writer) error {
-	path, err := l.Svc.ConsoleLog(ctx, l.Caller, name)
-	if err != nil {
-		return err
-	}
-	return tailFile(ctx, path, follow, w)
-}
-
-// tailFile copies path to w and, with follow, what is appended later.
-func tailFile(ctx context.Context, path string, follow bool, w io.Writer) error {
-	f, err := os.Open(path)
-	if os.IsNotExist(err) && follow {
-		for os.IsNotExist(err) {
-			select {
-			case <-ctx.Done():
-				return nil
-			case <-time.After(200 * time.Millisecond):
-			}
-			f, err = os.Open(path)
-		}
-	}
-	if os.IsNotExist(err) {
-		return nil
-	}
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	for {
-		if _, err := io.Copy(w, f); err != nil {
-			return err
-		}
-		if !follow {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-time.After(100 * time.Millisecond):
-		}
-		// A destroyed VM's log is gone: stop following.
-		if _, err := os.Stat(filepath.Dir(path)); err != nil {
-			return nil
-		}
-	}
+	return l.Svc.CopyConsole(ctx, l.Caller, name, follow, w)
 }
 
 func (l *Local) CreateSnapshot(ctx context.Context, name string, req service.SnapshotRequest, p service.Progress) (service.Snapshot, error) {

@@ -5,6 +5,8 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net/url"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -135,16 +137,29 @@ func runShare(ctx context.Context, x *Ctx) error {
 	if err != nil {
 		return err
 	}
-	return x.Print(info, func(w io.Writer) {
-		fmt.Fprintf(w, "%s is %s at %s\n", info.VM, access(info.Public), info.URL)
-		until := info.ExpiresAt.Local().Format("2006-01-02 15:04 MST")
-		if info.LoginURL != "" {
-			fmt.Fprintf(w, "Sign in (this link works once, until %s):\n  %s\n", until, info.LoginURL)
+	return x.Print(info, func(w io.Writer) { printShare(w, info) })
+}
+
+func printShare(w io.Writer, info service.WebInfo) {
+	fmt.Fprintf(w, "%s is %s at %s\n", info.VM, access(info.Public), info.URL)
+	if info.PublicIP != "" {
+		host := info.URL
+		if u, err := url.Parse(info.URL); err == nil && u.Hostname() != "" {
+			host = u.Hostname()
 		}
-		if info.ShareURL != "" {
-			fmt.Fprintf(w, "Anyone who opens this link gets in, until %s:\n  %s\n", until, info.ShareURL)
+		rec := "A"
+		if strings.Contains(info.PublicIP, ":") {
+			rec = "AAAA"
 		}
-	})
+		fmt.Fprintf(w, "DNS: %s must resolve to %s (an %s record for it or for the domain's wildcard)\n", host, info.PublicIP, rec)
+	}
+	until := info.ExpiresAt.Local().Format("2006-01-02 15:04 MST")
+	if info.LoginURL != "" {
+		fmt.Fprintf(w, "Sign in (this link works once, until %s):\n  %s\n", until, info.LoginURL)
+	}
+	if info.ShareURL != "" {
+		fmt.Fprintf(w, "Anyone who opens this link gets in, until %s:\n  %s\n", until, info.ShareURL)
+	}
 }
 
 func runDomainAdd(ctx context.Context, x *Ctx) error {

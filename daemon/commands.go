@@ -22,7 +22,6 @@ import (
 	"github.com/minionsdev/minions/internal/errs"
 	"github.com/minionsdev/minions/service"
 	"github.com/minionsdev/minions/store"
-	"github.com/minionsdev/minions/vm/network"
 	"github.com/minionsdev/minions/vsockcli"
 )
 
@@ -32,11 +31,13 @@ func Commands() []*cli.Command {
 		initCmd(),
 		imageCmd(),
 		relayCmd(),
+		consoleLogCmd(),
 		vsockCmd(),
 		tuiCmd(),
 		serveCmd(),
 		configCmd(),
 		doctorCmd(),
+		unitsCmd(),
 	}
 }
 
@@ -70,11 +71,13 @@ func OpenLocal(ctx context.Context, g *cli.Global) (cli.Backend, error) {
 	if err != nil {
 		return nil, err
 	}
-	subnet, err := netip.ParsePrefix(cfg.Subnet)
-	if err != nil {
+	if _, err := netip.ParsePrefix(cfg.Subnet); err != nil {
 		return nil, errs.New(errs.InvalidArgument, "config subnet %q: %v", cfg.Subnet, err)
 	}
-	e, err := Open(ctx, Options{Paths: paths, Subnet: subnet, Hypervisor: cfg.Hypervisor, DefaultImage: cfg.DefaultImage, Log: cliLogger()})
+	if _, _, err := cfg.egress(); err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	e, err := Open(ctx, openOptions(cfg, paths, cliLogger()))
 	if err != nil {
 		return nil, err
 	}
@@ -99,16 +102,21 @@ func cliLogger() *slog.Logger {
 }
 
 func initCmd() *cli.Command {
-	return &cli.Command{Name: "init", HostOnly: true, Usage: "[--persist]", Summary: "Set up the host: directories, keys, bridge and nftables (idempotent)",
+	return &cli.Command{Name: "init", HostOnly: true, Usage: "[--config FILE] [--persist]", Summary: "Set up the host: directories, keys, bridge and nftables (idempotent)",
 		Flags: func(fs *flag.FlagSet) {
+			fs.String("config", DefaultConfigFile, "config file (TOML): its subnet, dns and egress_allow shape the network")
 			fs.Bool("persist", false, "also install a systemd unit that redoes this at boot")
 		},
 		Run: func(ctx context.Context, x *cli.Ctx) error {
-			paths, err := ResolvePaths(x.G.StateDir, x.G.RunDir)
+			cfg, err := effectiveConfig(x)
 			if err != nil {
 				return err
 			}
-			e, err := Open(ctx, Options{Paths: paths, Log: cliLogger()})
+			paths, err := ResolvePaths(cfg.StateDir, cfg.RunDir)
+			if err != nil {
+				return err
+			}
+			e, err := Open(ctx, openOptions(cfg, paths, cliLogger()))
 			if err != nil {
 				return err
 			}
@@ -118,6 +126,14 @@ func initCmd() *cli.Command {
 			}
 			res := map[string]any{"state_dir": paths.State, "run_dir": paths.Run, "bridge": e.Network.Config().Bridge,
 				"subnet": e.Network.Config().Subnet.String(), "gateway": e.Network.Config().Gateway().String()}
+			var allow []string
+			for _, r := range e.Network.Config().EgressAllow {
+				allow = append(allow, r.String())
+			}
+			res["egress_allow"] = allow
+			if dns := e.Network.Config().DNS; dns.IsValid() {
+				res["dns"] = dns.String()
+			}
 			if x.FS.Lookup("persist").Value.String() == "true" {
 				unit, err := persist(paths)
 				if err != nil {
@@ -127,6 +143,14 @@ func initCmd() *cli.Command {
 			}
 			return x.Print(res, func(w io.Writer) {
 				fmt.Fprintf(w, "state   %s\nruntime %s\nbridge  %s (%s, gateway %s)\n", paths.State, paths.Run, res["bridge"], res["subnet"], res["gateway"])
+				if d, ok := res["dns"]; ok {
+					fmt.Fprintf(w, "dns     %s\n", d)
+				}
+				if len(allow) > 0 {
+					fmt.Fprintf(w, "egress  private destinations closed except %s\n", strings.Join(allow, ", "))
+				} else {
+					fmt.Fprintf(w, "egress  private destinations closed\n")
+				}
 				if u, ok := res["unit"]; ok {
 					fmt.Fprintf(w, "unit    %s (enabled at boot)\n", u)
 				}
@@ -142,29 +166,7 @@ func persist(paths Paths) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	args := ""
-	if paths.State != DefaultStateDir {
-		args = " --state-dir " + paths.State + " --run-dir " + paths.Run
-	}
-	units := map[string]string{
-		"minions-init.service": network.PersistUnit(exe + args),
-		"minions.service": `[Unit]
-Description=Minions daemon: API, SSH front door, HTTPS proxy
-Documentation=https://github.com/minionsdev/minions
-After=network-online.target minions-init.service
-Wants=network-online.target minions-init.service
-
-[Service]
-ExecStart=` + exe + args + ` serve
-Restart=on-failure
-RestartSec=2
-# VMs run in their own sessions and outlive the daemon: never kill them.
-KillMode=process
-
-[Install]
-WantedBy=multi-user.target
-`,
-	}
+	units := Units(exe, paths)
 	wants := "/etc/systemd/system/multi-user.target.wants"
 	if err := os.MkdirAll(wants, 0o755); err != nil {
 		return "", err
@@ -197,6 +199,9 @@ func imageCmd() *cli.Command {
 				fs.String("nixos-config", "", "nixos: a NixOS module (configuration.nix) imported beside Minions' own: your packages, services, users")
 			},
 			Run: func(ctx context.Context, x *cli.Ctx) error {
+				if done, err := remoteImages(ctx, x, "build"); done {
+					return err
+				}
 				cat, err := catalog(x)
 				if err != nil {
 					return err
@@ -239,6 +244,9 @@ func imageCmd() *cli.Command {
 			}},
 		{Name: "rm", Usage: "IMAGE[@VERSION]", Summary: "Remove an image (all versions, or one); refuses while a VM uses it", MinArgs: 1, MaxArgs: 1,
 			Run: func(ctx context.Context, x *cli.Ctx) error {
+				if done, err := remoteImages(ctx, x, "rm"); done {
+					return err
+				}
 				cat, err := catalog(x)
 				if err != nil {
 					return err
@@ -268,6 +276,9 @@ func imageCmd() *cli.Command {
 			}},
 		{Name: "bake", Usage: "IMAGE[@VERSION]", Summary: "Put this minions-agent into a new version of an image (disks in use are untouched)", MinArgs: 1, MaxArgs: 1,
 			Run: func(ctx context.Context, x *cli.Ctx) error {
+				if done, err := remoteImages(ctx, x, "bake"); done {
+					return err
+				}
 				cat, err := catalog(x)
 				if err != nil {
 					return err
@@ -288,6 +299,9 @@ func imageCmd() *cli.Command {
 			},
 			Run: imageDefault},
 		{Name: "list", Summary: "List images", Run: func(ctx context.Context, x *cli.Ctx) error {
+			if done, err := remoteImages(ctx, x, "list"); done {
+				return err
+			}
 			cat, err := catalog(x)
 			if err != nil {
 				return err
@@ -419,6 +433,9 @@ func imagesInUse(ctx context.Context, x *cli.Ctx) (map[string]string, error) {
 // database, so a running daemon uses it for the next create. Setting needs
 // a built image; nothing changes otherwise.
 func imageDefault(ctx context.Context, x *cli.Ctx) error {
+	if done, err := remoteImages(ctx, x, "default"); done {
+		return err
+	}
 	cat, err := catalog(x)
 	if err != nil {
 		return err

@@ -11,6 +11,7 @@ import (
 
 	"github.com/BurntSushi/toml"
 	"github.com/minionsdev/minions/internal/errs"
+	"github.com/minionsdev/minions/vm/network"
 )
 
 // DefaultConfigFile is read by `serve` and `config show` when present.
@@ -23,6 +24,7 @@ type Config struct {
 	RunDir       string `toml:"run_dir"`       // default /run/minions (or <state_dir>/run)
 	DefaultImage string `toml:"default_image"` // image create uses without --os (default minimal)
 	Hypervisor   string `toml:"hypervisor"`    // auto | qemu | qemu-kvm | qemu-tcg | cloud-hypervisor
+	LogFormat    string `toml:"log_format"`    // auto (text on a terminal, else JSON) | text | json
 	Subnet       string `toml:"subnet"`        // VM network, default 10.210.0.0/16
 	Bind         string `toml:"bind"`          // HTTP API on TCP, default 127.0.0.1:3000 ("" off)
 	AdminBind    string `toml:"admin_bind"`    // metrics, default 127.0.0.1:9090 ("" off)
@@ -46,10 +48,38 @@ type Config struct {
 	// admins; AdminTokens are API token secrets that are admins.
 	AdminKeys   []string `toml:"admin_keys"`
 	AdminTokens []string `toml:"admin_tokens"`
+	// DNS is the nameserver (IPv4) handed to guests; VMs may reach it on
+	// port 53 even when it is a private address or the gateway.
+	DNS string `toml:"dns"`
+	// EgressAllow opens destinations VMs may not reach by default
+	// (network.DeniedEgress: link-local and cloud metadata, RFC 1918,
+	// CGNAT, loopback, multicast, reserved), one "PREFIX[ tcp|udp[/PORT]]"
+	// each, e.g. "172.31.9.9" or "10.1.0.0/16 tcp/5432". The host's own
+	// addresses stay closed to VMs whatever this says.
+	EgressAllow []string `toml:"egress_allow"`
 
 	// ProxyMaxConns bounds the proxy's concurrent client connections from
 	// all addresses together (default 4096; negative turns it off).
 	ProxyMaxConns int `toml:"proxy_max_conns"`
+
+	// Resources: see resources.go.
+	DefaultQuota       *QuotaConfig `toml:"default_quota"`         // quota of new non-admin users
+	MemoryOvercommit   float64      `toml:"memory_overcommit"`     // VM memory ≤ host memory × this (default 1.5)
+	ConsoleLogMaxBytes int64        `toml:"console_log_max_bytes"` // per VM, log + rotated log (default 4 MiB)
+
+	// DNSProvider obtains one wildcard certificate *.<domain> by DNS-01
+	// instead of a certificate per VM name on demand: "cloudflare" or
+	// "rfc2136" ("" none). Secrets come from the value, a _file key (the
+	// file's contents, trimmed) or, for Cloudflare, CLOUDFLARE_API_TOKEN
+	// in the environment; see dnsprovider.go.
+	DNSProvider            string `toml:"dns_provider"`
+	CloudflareAPIToken     secret `toml:"cloudflare_api_token"`      // Zone.DNS:Edit on the domain's zone
+	CloudflareAPITokenFile string `toml:"cloudflare_api_token_file"` //
+	RFC2136Server          string `toml:"rfc2136_server"`            // host:port of the primary nameserver (TCP)
+	RFC2136KeyName         string `toml:"rfc2136_key_name"`          // TSIG key name
+	RFC2136KeyAlg          string `toml:"rfc2136_key_alg"`           // default hmac-sha256
+	RFC2136Key             secret `toml:"rfc2136_key"`               // TSIG secret, base64
+	RFC2136KeyFile         string `toml:"rfc2136_key_file"`          //
 }
 
 // Defaults fills unset fields.
@@ -72,6 +102,7 @@ func (c *Config) Defaults() {
 	if c.Subnet == "" {
 		c.Subnet = "10.210.0.0/16"
 	}
+	c.resourceDefaults()
 }
 
 // Validate checks the configuration.
@@ -90,6 +121,14 @@ func (c *Config) Validate() error {
 	if c.ProxyBind != "" && c.Domain == "" {
 		return errs.New(errs.InvalidArgument, "proxy_bind needs a domain (without one, use http_bind for http://<vm>.localhost)")
 	}
+	if c.PublicIP != "" {
+		if _, err := netip.ParseAddr(c.PublicIP); err != nil {
+			return errs.New(errs.InvalidArgument, "public_ip %q: want an IP address", c.PublicIP)
+		}
+	}
+	if _, err := logFormat(c.LogFormat, nil); err != nil {
+		return err
+	}
 	if c.ProxyBurst < 0 {
 		return errs.New(errs.InvalidArgument, "proxy_burst must not be negative")
 	}
@@ -98,12 +137,38 @@ func (c *Config) Validate() error {
 			return errs.New(errs.InvalidArgument, "dns_resolver %q: want host:port", c.DNSResolver)
 		}
 	}
+	if _, _, err := c.egress(); err != nil {
+		return err
+	}
+	if err := c.validateResources(); err != nil {
+		return err
+	}
+	if err := c.validateDNSProvider(); err != nil {
+		return err
+	}
 	for _, t := range c.AdminTokens {
 		if len(t) < 16 {
 			return errs.New(errs.InvalidArgument, "admin tokens must be at least 16 characters")
 		}
 	}
 	return nil
+}
+
+// egress parses DNS and EgressAllow. Errors are errs.InvalidArgument.
+func (c *Config) egress() (dns netip.Addr, allow []network.EgressRule, err error) {
+	if c.DNS != "" {
+		if dns, err = netip.ParseAddr(c.DNS); err != nil || !dns.Is4() {
+			return dns, nil, errs.New(errs.InvalidArgument, "dns %q: want an IPv4 address", c.DNS)
+		}
+	}
+	for _, s := range c.EgressAllow {
+		r, err := network.ParseEgressRule(s)
+		if err != nil {
+			return dns, nil, fmt.Errorf("egress_allow: %w", err)
+		}
+		allow = append(allow, r)
+	}
+	return dns, allow, nil
 }
 
 // LoadConfig reads a TOML config file strictly: unknown keys are errors. A

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/minionsdev/minions/cli"
+	"github.com/minionsdev/minions/internal/errs"
 	"github.com/minionsdev/minions/service"
 	"github.com/minionsdev/minions/tui"
 	"github.com/minionsdev/minions/vsockcli"
@@ -17,9 +18,8 @@ import (
 // dashboard's tui.Backend, so `minions tui`, `minions tui --host` and the
 // SSH dashboard share one implementation.
 type dashBackend struct {
-	be     cli.Backend
-	images func(ctx context.Context) []tui.Image
-	url    func(vm string) string
+	be  cli.Backend
+	url func(vm string) string
 }
 
 var _ tui.Backend = dashBackend{}
@@ -126,8 +126,8 @@ func (d dashBackend) Resize(ctx context.Context, name string, req tui.ResizeRequ
 	return err
 }
 
-func (d dashBackend) SnapshotCreate(ctx context.Context, name, snap string) (tui.Snapshot, error) {
-	s, err := d.be.CreateSnapshot(ctx, name, service.SnapshotRequest{Name: snap}, nil)
+func (d dashBackend) SnapshotCreate(ctx context.Context, name string, req tui.SnapshotRequest) (tui.Snapshot, error) {
+	s, err := d.be.CreateSnapshot(ctx, name, service.SnapshotRequest{Name: req.Name, Memory: req.Memory}, nil)
 	return tuiSnap(s), err
 }
 
@@ -162,13 +162,47 @@ func (d dashBackend) Copy(ctx context.Context, name, newName string) (tui.VM, er
 	return tuiVM(v), err
 }
 
+// Images offers one choice per OS built (its newest version), the default
+// preselected; a default pinned to an older version is offered as that
+// version.
 func (d dashBackend) Images(ctx context.Context) ([]tui.Image, error) {
-	if d.images != nil {
-		if ims := d.images(ctx); len(ims) > 0 {
-			return ims, nil
+	ib, ok := d.be.(cli.ImageBackend)
+	if !ok {
+		return nil, errs.New(errs.Unavailable, "this backend lists no images")
+	}
+	ims, err := ib.ListImages(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return dashImages(ims), nil
+}
+
+func dashImages(ims []service.ImageInfo) []tui.Image {
+	newest := map[string]service.ImageInfo{}
+	var order []string
+	for _, im := range ims { // oldest first per OS
+		if _, ok := newest[im.OS]; !ok {
+			order = append(order, im.OS)
+		}
+		newest[im.OS] = im
+	}
+	out := []tui.Image{}
+	for _, osName := range order {
+		out = append(out, tui.Image{Name: osName, Description: "newest " + newest[osName].Ref})
+	}
+	for _, im := range ims {
+		if !im.Default {
+			continue
+		}
+		if newest[im.OS].Ref == im.Ref {
+			for i := range out {
+				out[i].Default = out[i].Name == im.OS
+			}
+		} else {
+			out = append(out, tui.Image{Name: im.Ref, Description: "the default, pinned", Default: true})
 		}
 	}
-	return []tui.Image{{Name: "minimal", Description: "busybox + agent, boots in about a second", Default: true}}, nil
+	return out
 }
 
 func (d dashBackend) Console(ctx context.Context, name string, stdin io.Reader, stdout io.Writer, size <-chan tui.WindowSize) error {

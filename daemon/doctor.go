@@ -26,13 +26,18 @@ type check struct {
 }
 
 func doctorCmd() *cli.Command {
-	return &cli.Command{Name: "doctor", HostOnly: true, Summary: "Check this host: KVM, hypervisors, agent channel, kernel, images, network, disk",
+	return &cli.Command{Name: "doctor", HostOnly: true, Summary: "Check this host: KVM, hypervisors, agent channel, kernel, images, network, disk, DNS",
+		Usage: "[--config FILE] [--domain D] [--public-ip IP]", Flags: doctorFlags,
 		Run: func(ctx context.Context, x *cli.Ctx) error {
 			paths, err := ResolvePaths(x.G.StateDir, x.G.RunDir)
 			if err != nil {
 				return err
 			}
-			checks := doctor(ctx, paths)
+			cfg, err := doctorConfig(x)
+			if err != nil {
+				return err
+			}
+			checks := append(doctor(ctx, paths), dnsCheck(cfg))
 			bad := 0
 			for _, c := range checks {
 				if !c.OK {
@@ -126,7 +131,15 @@ func doctor(ctx context.Context, paths Paths) []check {
 		add("default image", true, "%s (%s), now %s", ref, source, im.Ref())
 	}
 	if os.Geteuid() == 0 {
-		m, err := network.New(network.DefaultConfig(), nil)
+		// The network the config file asks for (as init and serve set it up).
+		ncfg := network.DefaultConfig()
+		if fc, err := LoadConfig(DefaultConfigFile, false); err == nil {
+			if fc.Defaults(); fc.Validate() == nil {
+				o := openOptions(fc, paths, nil)
+				ncfg.Subnet, ncfg.DNS, ncfg.EgressAllow = o.Subnet, o.DNS, o.EgressAllow
+			}
+		}
+		m, err := network.New(ncfg, nil)
 		if err == nil {
 			rep, err := m.Check(ctx)
 			if err != nil {

@@ -64,5 +64,6 @@ func newDriver(ctx context.Context, o Options) (hypervisor.Driver, error) {
 	if choice.Accel == kvm.AccelKVM {
 		accel = qemu.AccelKVM
 	}
-	return qemu.New(qemu.Config{Accel: accel, KVMUsable: res.Usable, RelayCommand: []string{exe, "agent-relay"}, Log: o.Log})
+	return qemu.New(qemu.Config{Accel: accel, KVMUsable: res.Usable, RelayCommand: []string{exe, "agent-relay"},
+		ConsoleCommand: []string{exe, "console-log"}, ConsoleMaxBytes: o.Resources.ConsoleLogMaxBytes, Log: o.Log})
 }

@@ -14,7 +14,6 @@ import (
 	"github.com/charmbracelet/ssh"
 	"github.com/minionsdev/minions/cli"
 	"github.com/minionsdev/minions/gateway"
-	"github.com/minionsdev/minions/images"
 	"github.com/minionsdev/minions/internal/errs"
 	"github.com/minionsdev/minions/service"
 	"github.com/minionsdev/minions/store"
@@ -24,25 +23,26 @@ import (
 	"golang.org/x/sync/errgroup"
 )
 
-// startGateway runs the SSH front door (dashboard, commands, `ssh vm@host`).
-func startGateway(ctx context.Context, g *errgroup.Group, cfg Config, e *Env, log *slog.Logger, paths Paths) error {
+// startGateway runs the SSH front door (dashboard, commands, `ssh vm@host`)
+// and returns its bound address ("" when cfg.SSHBind is off).
+func startGateway(ctx context.Context, g *errgroup.Group, cfg Config, e *Env, log *slog.Logger, paths Paths) (string, error) {
 	if cfg.SSHBind == "" {
-		return nil
+		return "", nil
 	}
-	fe := &frontend{svc: e.Service, cat: e.Images, urls: vmURL(cfg),
+	fe := &frontend{svc: e.Service, urls: vmURL(cfg),
 		agents: newAgentPool(e.Service, agentIdle, log.With("component", "gateway"))}
 	srv, err := gateway.New(gateway.Config{
 		Bind: cfg.SSHBind, HostKeyPath: filepath.Join(paths.State, "keys", "ssh_host_ed25519"),
 		Policy: cfg.Policy, InviteCode: cfg.InviteCode, Log: log,
 	}, fe, fe, fe, fe.dashboard)
 	if err != nil {
-		return err
+		return "", err
 	}
 	g.Go(func() error {
 		defer fe.agents.closeAll()
 		return srv.Run(ctx)
 	})
-	return nil
+	return srv.Addr().String(), nil
 }
 
 // vmURL returns the URL a VM is served at, or "".
@@ -62,7 +62,6 @@ func vmURL(cfg Config) func(string) string {
 // frontend adapts the service to the gateway's interfaces.
 type frontend struct {
 	svc    *service.Service
-	cat    *images.Catalog
 	urls   func(string) string
 	agents *agentPool
 }
@@ -114,7 +113,7 @@ func (f *frontend) dashboard(sess ssh.Session, u gateway.User, r *lipgloss.Rende
 	if err != nil {
 		return errModel{err}
 	}
-	m, err := tui.New(tui.Options{Backend: dashBackend{be: &cli.Local{Svc: f.svc, Caller: c}, images: catalogImages(f.cat), url: f.urls},
+	m, err := tui.New(tui.Options{Backend: dashBackend{be: &cli.Local{Svc: f.svc, Caller: c}, url: f.urls},
 		Renderer: r, User: u.Name, Admin: u.Admin, Context: sess.Context()})
 	if err != nil {
 		return errModel{err}

@@ -67,6 +67,11 @@ type Options struct {
 	Bridge       string       // default network.DefaultBridge
 	Hypervisor   string       // "auto" (default), "qemu", "cloud-hypervisor"
 	DefaultImage string       // image create uses without one (default "minimal")
+	// DNS is the nameserver handed to guests (zero: none); EgressAllow
+	// opens private destinations to VMs (see network.Config).
+	DNS         netip.Addr
+	EgressAllow []network.EgressRule
+	Resources   Resources // quotas, overcommit, console cap (Config.Resources)
 	// OnOperation receives each durable operation's duration (metrics).
 	OnOperation func(kind string, d time.Duration, err error)
 	Log         *slog.Logger
@@ -84,6 +89,13 @@ type Env struct {
 
 // Close releases the database.
 func (e *Env) Close() error { return e.DB.Close() }
+
+// openOptions are the Options cfg (validated) asks for.
+func openOptions(cfg Config, paths Paths, log *slog.Logger) Options {
+	subnet, _ := netip.ParsePrefix(cfg.Subnet)
+	dns, allow, _ := cfg.egress()
+	return Options{Paths: paths, Subnet: subnet, Hypervisor: cfg.Hypervisor, DefaultImage: cfg.DefaultImage, DNS: dns, EgressAllow: allow, Resources: cfg.Resources(), Log: log}
+}
 
 // Open builds the service for an installation. It needs root (TAPs,
 // nftables, /dev/kvm); it does not change host networking (that is Init).
@@ -129,13 +141,19 @@ func Open(ctx context.Context, o Options) (*Env, error) {
 	if o.Bridge != "" {
 		ncfg.Bridge = o.Bridge
 	}
+	ncfg.DNS, ncfg.EgressAllow = o.DNS, o.EgressAllow
+	var dns string
+	if o.DNS.IsValid() {
+		dns = o.DNS.String()
+	}
 	if e.Network, err = network.New(ncfg, o.Log); err != nil {
 		return nil, err
 	}
 	if e.Driver, err = newDriver(ctx, o); err != nil {
 		return nil, err
 	}
-	e.Service, err = service.New(service.Config{StateDir: o.Paths.State, RunDir: o.Paths.Run, Subnet: o.Subnet, DefaultImage: o.DefaultImage, OnOperation: o.OnOperation, Log: o.Log}, service.Deps{
+	e.Service, err = service.New(service.Config{StateDir: o.Paths.State, RunDir: o.Paths.Run, Subnet: o.Subnet, DNS: dns, DefaultImage: o.DefaultImage,
+		DefaultQuota: o.Resources.DefaultQuota, MemoryOvercommit: o.Resources.MemoryOvercommit, OnOperation: o.OnOperation, Log: o.Log}, service.Deps{
 		DB: db, Driver: e.Driver, Network: netAdapter{e.Network}, Images: imageAdapter{cat: e.Images}, Disks: diskAdapter{}, HostKey: key,
 	})
 	if err != nil {
@@ -246,14 +264,17 @@ func (a imageAdapter) Resolve(ctx context.Context, ref string) (service.Image, e
 }
 
 // AgentBinary finds the guest agent binary: $MINIONS_AGENT_BIN, then
-// minions-agent beside this executable, then /usr/local/lib/minions.
+// minions-agent beside this executable, then in ../lib/minions from it
+// (where install.sh and `make install` put it for any prefix), then
+// /usr/local/lib/minions.
 func AgentBinary() (string, error) {
 	var tried []string
 	if p := os.Getenv("MINIONS_AGENT_BIN"); p != "" {
 		tried = append(tried, p)
 	}
 	if exe, err := os.Executable(); err == nil {
-		tried = append(tried, filepath.Join(filepath.Dir(exe), "minions-agent"))
+		tried = append(tried, filepath.Join(filepath.Dir(exe), "minions-agent"),
+			filepath.Join(filepath.Dir(filepath.Dir(exe)), "lib", "minions", "minions-agent"))
 	}
 	tried = append(tried, "/usr/local/lib/minions/minions-agent")
 	for _, p := range tried {

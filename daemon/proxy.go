@@ -42,6 +42,7 @@ type proxyEndpoint struct {
 	HTTPSPort   int    `json:"https_port,omitempty"`
 	HTTPPort    int    `json:"http_port,omitempty"`
 	DNSResolver string `json:"dns_resolver,omitempty"`
+	PublicIP    string `json:"public_ip,omitempty"` // --public-ip, the DNS target of a domain
 }
 
 // startProxy runs the HTTPS proxy (https://<vm>.<domain>) or, without a
@@ -62,7 +63,7 @@ func startProxy(ctx context.Context, g *errgroup.Group, cfg Config, e *Env, log 
 		}
 	}
 	var err error
-	ep := proxyEndpoint{Domain: cfg.Domain, DNSResolver: cfg.DNSResolver}
+	ep := proxyEndpoint{Domain: cfg.Domain, DNSResolver: cfg.DNSResolver, PublicIP: cfg.PublicIP}
 	if cfg.Domain != "" {
 		if cfg.ProxyBind == "" {
 			cfg.ProxyBind = proxy.DefaultHTTPSBind
@@ -90,7 +91,8 @@ func startProxy(ctx context.Context, g *errgroup.Group, cfg Config, e *Env, log 
 		closeAll()
 		return err
 	}
-	e.Service.SetWeb(func(context.Context) (service.Web, error) { return p, nil })
+	web := webOf(p, ep)
+	e.Service.SetWeb(func(context.Context) (service.Web, error) { return web, nil })
 	m.extra = append(m.extra, p.MetricsHandler())
 	g.Go(func() error { return p.Serve(ctx, httpsLn, httpLn) })
 	log.Info("proxy listening", "https", addrOf(httpsLn, ""), "http", addrOf(httpLn, ""), "domain", cfg.Domain)
@@ -132,6 +134,18 @@ func newProxy(ctx context.Context, cfg Config, e *Env, log *slog.Logger, paths P
 		}
 		pc.CARoots = pool
 	}
+	dc, err := cfg.dnsConfig()
+	if err != nil {
+		return nil, err
+	}
+	if pc.DNSProvider, err = proxy.NewDNSProvider(dc); err != nil {
+		return nil, err
+	}
+	if pc.DNSProvider != nil && ep.DNSResolver != "" {
+		// Zone lookup and propagation checks of the DNS-01 record ask the
+		// configured resolver too (instead of the zone's nameservers).
+		pc.DNSResolvers = []string{ep.DNSResolver}
+	}
 	r, err := newRoutes(ctx, e.DB, cfg.Domain)
 	if err != nil {
 		return nil, err
@@ -158,7 +172,7 @@ func resolver(addr string) proxy.Resolver {
 // errs.FailedPrecondition.
 func storedWeb(db *store.DB, paths Paths, log *slog.Logger) service.WebSource {
 	var mu sync.Mutex
-	var built *proxy.Proxy
+	var built service.Web
 	return func(ctx context.Context) (service.Web, error) {
 		mu.Lock()
 		defer mu.Unlock()
@@ -184,8 +198,8 @@ func storedWeb(db *store.DB, paths Paths, log *slog.Logger) service.WebSource {
 		if err != nil {
 			return nil, err
 		}
-		built = p
-		return p, nil
+		built = webOf(p, ep)
+		return built, nil
 	}
 }
 

@@ -6,14 +6,13 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
 	"net/http/pprof"
-	"net/netip"
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -21,7 +20,6 @@ import (
 	"github.com/minionsdev/minions/api"
 	"github.com/minionsdev/minions/cli"
 	"golang.org/x/sync/errgroup"
-	"golang.org/x/term"
 )
 
 func serveCmd() *cli.Command {
@@ -43,11 +41,18 @@ func serveCmd() *cli.Command {
 			fs.String("hypervisor", "", "auto, qemu, qemu-kvm, qemu-tcg or cloud-hypervisor")
 			fs.String("policy", "", "SSH sign-up policy: open, invite or closed")
 			fs.String("invite-code", "", "invite code for policy invite")
+			fs.String("dns", "", "nameserver (IPv4) handed to vms; they may reach it on port 53")
+			fs.String("egress-allow", "", `private destinations vms may reach, comma-separated "PREFIX[ tcp|udp[/PORT]]" (replaces the file's list)`)
+			fs.String("log-format", "", "auto (text on a terminal, JSON otherwise; JSON with --json), text or json")
+			dnsProviderFlags(fs)
 		},
 		Run: func(ctx context.Context, x *cli.Ctx) error {
 			cfg, err := effectiveConfig(x)
 			if err != nil {
 				return err
+			}
+			if x.G.JSON && (cfg.LogFormat == "" || cfg.LogFormat == LogAuto) {
+				cfg.LogFormat = LogJSON
 			}
 			return Serve(ctx, cfg, x.Stderr)
 		}}
@@ -119,8 +124,20 @@ func effectiveConfig(x *cli.Ctx) (Config, error) {
 			cfg.Policy = v
 		case "invite-code":
 			cfg.InviteCode = v
+		case "dns":
+			cfg.DNS = v
+		case "egress-allow":
+			cfg.EgressAllow = nil
+			for _, r := range strings.Split(v, ",") {
+				if r = strings.TrimSpace(r); r != "" {
+					cfg.EgressAllow = append(cfg.EgressAllow, r)
+				}
+			}
+		case "log-format":
+			cfg.LogFormat = v
 		}
 	})
+	x.FS.Visit(func(f *flag.Flag) { cfg.setDNSProviderFlag(f.Name, f.Value.String()) })
 	cfg.Defaults()
 	return cfg, cfg.Validate()
 }
@@ -131,19 +148,20 @@ func Serve(ctx context.Context, cfg Config, logOut io.Writer) error {
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	signal.Ignore(syscall.SIGHUP, syscall.SIGPIPE)
-	var handler slog.Handler = slog.NewJSONHandler(logOut, nil)
-	if f, ok := logOut.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
-		handler = slog.NewTextHandler(logOut, nil)
+	format, err := logFormat(cfg.LogFormat, logOut)
+	if err != nil {
+		return err
 	}
-	log := slog.New(handler)
+	log := newLogger(logOut, format)
 
 	paths, err := ResolvePaths(cfg.StateDir, cfg.RunDir)
 	if err != nil {
 		return err
 	}
-	subnet, _ := netip.ParsePrefix(cfg.Subnet)
 	ops := &opLatencies{}
-	e, err := Open(ctx, Options{Paths: paths, Subnet: subnet, Hypervisor: cfg.Hypervisor, DefaultImage: cfg.DefaultImage, OnOperation: ops.observe, Log: log})
+	o := openOptions(cfg, paths, log)
+	o.OnOperation = ops.observe
+	e, err := Open(ctx, o)
 	if err != nil {
 		return err
 	}
@@ -181,6 +199,7 @@ func Serve(ctx context.Context, cfg Config, logOut io.Writer) error {
 	usrv := api.NewServer(h)
 	shutdown(usrv)
 	g.Go(func() error { return ignoreClosed(usrv.Serve(uln)) })
+	var tln net.Listener
 	if cfg.Bind != "" {
 		authed, err := e.Service.AuthConfigured(ctx)
 		if err != nil {
@@ -189,7 +208,7 @@ func Serve(ctx context.Context, cfg Config, logOut io.Writer) error {
 		if err := api.CheckBind(cfg.Bind, authed || len(cfg.AdminTokens) > 0); err != nil {
 			return err
 		}
-		tln, err := net.Listen("tcp", cfg.Bind)
+		tln, err = net.Listen("tcp", cfg.Bind)
 		if err != nil {
 			return fmt.Errorf("api: %w", err)
 		}
@@ -202,6 +221,7 @@ func Serve(ctx context.Context, cfg Config, logOut io.Writer) error {
 	// Metrics on the admin listener only.
 	metrics := newMetrics(e)
 	ops.m = metrics
+	metricsAddr := ""
 	if cfg.AdminBind != "" {
 		aln, err := net.Listen("tcp", cfg.AdminBind)
 		if err != nil {
@@ -215,16 +235,27 @@ func Serve(ctx context.Context, cfg Config, logOut io.Writer) error {
 		asrv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 		shutdown(asrv)
 		g.Go(func() error { return ignoreClosed(asrv.Serve(aln)) })
-		log.Info("metrics listening", "addr", aln.Addr().String())
+		metricsAddr = aln.Addr().String()
+		log.Info("metrics listening", "addr", metricsAddr)
 	}
 
 	// The SSH front door and the HTTPS proxy.
-	if err := startGateway(gctx, g, cfg, e, log, paths); err != nil {
+	sshAddr, err := startGateway(gctx, g, cfg, e, log, paths)
+	if err != nil {
 		return err
 	}
 	if err := startProxy(gctx, g, cfg, e, log, paths, metrics); err != nil {
 		return err
 	}
+	in := bannerInput{Version: cli.Version, PublicIP: cfg.PublicIP, SSH: sshAddr, Socket: sock, Metrics: metricsAddr,
+		Paths: paths, KVM: e.Driver.Caps().KVM, Systemd: os.Getenv("INVOCATION_ID") != ""}
+	if tln != nil {
+		in.API = tln.Addr().String()
+	}
+	if in.Proxy, err = storedEndpoint(ctx, e.DB); err != nil {
+		return err
+	}
+	newBanner(in).announce(log, logOut, format)
 
 	// Reconcile: processes that died, operations that were interrupted.
 	g.Go(func() error {

@@ -7,7 +7,6 @@ import (
 	"crypto/rand"
 	"errors"
 	"log/slog"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -23,10 +22,6 @@ import (
 	"github.com/minionsdev/minions/vm/hypervisor/fake"
 )
 
-type nopNet struct{}
-
-func (nopNet) AddPort(context.Context, string, netip.Addr, string) error { return nil }
-func (nopNet) RemovePort(context.Context, string) error                  { return nil }
 
 type noImages struct{}
 

@@ -139,6 +139,8 @@ func TestDaemon(t *testing.T) {
 		t.Fatalf("whoami through the socket: %+v", who)
 	}
 	must(t, "user", "add", "ann")
+	// New users get the default quota; ann makes nine VMs below.
+	must(t, "quota", "set", "ann", "--vms", "0", "--cpus", "0")
 	must(t, "user", "add", "ben")
 	alice, bob := tokenFor(t, "ann"), tokenFor(t, "ben")
 	// Proof the plain CLI went through the daemon: pointed at an empty

@@ -447,6 +447,7 @@ acme_ca = %q
 acme_root = %q
 acme_email = "admin@example.test"
 dns_resolver = %q
+public_ip = "127.0.0.1"
 `, loopback(freeTCPPort(t)), loopback(freeTCPPort(t)), loopback(freeTCPPort(t)), e.httpsAddr, loopback(httpPort), proxyDomain,
 		pebble.DirectoryURL, acmeRoot, dns.Addr), e.httpsAddr)
 	host := "web." + proxyDomain
@@ -505,7 +506,8 @@ dns_resolver = %q
 		}
 		// A fresh sign-in link from plain `share` (text output).
 		out := must(t, "share", "web")
-		if !strings.Contains(out, "private") || !strings.Contains(out, "/__minions/login?token=") {
+		if !strings.Contains(out, "private") || !strings.Contains(out, "/__minions/login?token=") ||
+			!strings.Contains(out, "DNS: "+host+" must resolve to 127.0.0.1 (an A record") {
 			t.Fatalf("share output:\n%s", out)
 		}
 		// A shareable link admits anyone who opens it.

@@ -8,7 +8,12 @@
 //     agent's SSH connection (pty-req, env, window-change, shell, exec,
 //     subsystem, signal in one direction; data both ways; exit-status and
 //     exit-signal back after the output); direct-tcpip channels are opened
-//     on the agent, which dials inside the guest.
+//     on the agent, which dials inside the guest. `ssh -R` (tcpip-forward)
+//     makes the agent listen inside the guest and `ssh -A`
+//     (auth-agent-req@openssh.com) gives the session an SSH_AUTH_SOCK in
+//     the guest; the channels the agent opens back are routed to the
+//     connection that asked (forward.go). Neither is offered to a
+//     connection that does not name a VM the caller may reach.
 //   - the dashboard, for an interactive session (PTY, no command) that does
 //     not name a VM (`ssh host`).
 //   - the command grammar, for `ssh host <command>` (the CLI's command tree,

@@ -352,6 +352,42 @@ func TestDashboard(t *testing.T) {
 	}
 }
 
+// TestDashboardNoSize: a client that requests a PTY of 0x0 (script, some
+// CI runners, ssh -tt without a terminal) gets the dashboard at 80x24, not
+// a "too small" screen; a later real size applies.
+func TestDashboardNoSize(t *testing.T) {
+	h := newHarness(t, nil)
+	c := h.dial("alice", h.alice)
+	s, err := c.NewSession()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if err := s.RequestPty("xterm-256color", 0, 0, nil); err != nil {
+		t.Fatal(err)
+	}
+	out := newWaitBuffer()
+	s.Stdout = out
+	in, _ := s.StdinPipe()
+	if err := s.Shell(); err != nil {
+		t.Fatal(err)
+	}
+	out.waitFor(t, "dashboard for alice")
+	out.waitFor(t, "size 80x24")
+	if err := s.WindowChange(40, 100); err != nil {
+		t.Fatal(err)
+	}
+	out.waitFor(t, "size 100x40")
+	if err := s.WindowChange(0, 0); err != nil {
+		t.Fatal(err)
+	}
+	out.waitFor(t, "size 80x24")
+	fmt.Fprint(in, "q")
+	if code := exitCode(t, s.Wait()); code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+}
+
 func TestUnknownKeyNonInteractive(t *testing.T) {
 	h := newHarness(t, func(c *Config) { c.AuthRate = 3 })
 	for i := 0; i < 3; i++ {

@@ -198,8 +198,10 @@ type harness struct {
 	admin    testKey
 	stranger testKey // unregistered
 	users    *fakeUsers
-	vms      *fakeVMs
-	cmds     *fakeCommands
+	// dashboard, when set before a session starts, replaces dashModel.
+	dashboard Dashboard
+	vms       *fakeVMs
+	cmds      *fakeCommands
 }
 
 func newHarness(t testing.TB, tweak func(*Config)) *harness {
@@ -317,6 +319,9 @@ func newHarnessWith(t testing.TB, kind string, tweak func(*Config)) *harness {
 		tweak(&cfg)
 	}
 	dash := func(sess ssh.Session, u User, r *lipgloss.Renderer) tea.Model {
+		if h.dashboard != nil {
+			return h.dashboard(sess, u, r)
+		}
 		return dashModel{text: r.NewStyle().Bold(true).Render("dashboard for " + u.Name)}
 	}
 	h.srv, err = New(cfg, h.users, h.vms, h.cmds, dash)

@@ -59,6 +59,8 @@ func (s *Server) handleSession(srv *ssh.Server, conn *gossh.ServerConn, newChan 
 			a.Close()
 			return
 		}
+		ureqs, stopAgentFwd := s.agentForwarding(conn, client, a, ureqs) // forward.go
+		defer stopAgentFwd()
 		s.relay(id.user, vm, u, ureqs, a, areqs)
 	}
 }

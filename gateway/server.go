@@ -82,6 +82,7 @@ type Server struct {
 	dashboard Dashboard
 	limiter   *failureLimiter
 	signer    gossh.Signer
+	fwd       forwards // ssh -R and -A (forward.go)
 
 	srv *ssh.Server
 	ln  net.Listener
@@ -139,7 +140,10 @@ func New(cfg Config, users Users, vms VMs, cmds Commands, dashboard Dashboard) (
 				"session":      s.handleSession,
 				"direct-tcpip": s.handleDirectTCPIP,
 			}
-			srv.RequestHandlers = map[string]ssh.RequestHandler{}
+			srv.RequestHandlers = map[string]ssh.RequestHandler{
+				reqTCPIPForward:       s.handleTCPIPForward,
+				reqCancelTCPIPForward: s.handleCancelTCPIPForward,
+			}
 			srv.SubsystemHandlers = map[string]ssh.SubsystemHandler{}
 			srv.ConnectionFailedCallback = func(conn net.Conn, err error) {
 				s.log.Debug("ssh handshake failed", "remote", conn.RemoteAddr().String(), "err", err)

@@ -40,6 +40,18 @@ func (e sessEnv) Getenv(k string) string {
 	return ""
 }
 
+// InputOwner is a model that runs other programs on the session's
+// terminal (the dashboard's VM console under tea.Exec) and so must own the
+// session's input and window sizes: Bubble Tea cannot interrupt a read on
+// an SSH channel, so a released program would keep reading and swallow
+// the first keys typed into the console. runTea calls Attach once before
+// the program starts, runs the program on the reader it returns, and gives
+// every window size to resize instead of sending it to the program.
+// tui.Model implements it.
+type InputOwner interface {
+	Attach(in io.Reader, send func(tea.Msg)) (programInput io.Reader, resize func(width, height int))
+}
+
 // runTea runs a Bubble Tea program on the session until it quits or the
 // connection ends, and returns its final model.
 func (s *Server) runTea(sess ssh.Session, in *sessionInput, w *windows, m tea.Model) tea.Model {
@@ -48,8 +60,14 @@ func (s *Server) runTea(sess ssh.Session, in *sessionInput, w *windows, m tea.Mo
 	r := in.reader()
 	defer r.stop()
 	pty, _, _ := sess.Pty()
-	p := tea.NewProgram(m,
-		tea.WithInput(r),
+	var p *tea.Program
+	var input io.Reader = r
+	resize := func(width, height int) { p.Send(tea.WindowSizeMsg{Width: width, Height: height}) }
+	if o, ok := m.(InputOwner); ok {
+		input, resize = o.Attach(r, func(msg tea.Msg) { p.Send(msg) })
+	}
+	p = tea.NewProgram(m,
+		tea.WithInput(input),
 		tea.WithOutput(sess),
 		tea.WithAltScreen(),
 		tea.WithContext(ctx),
@@ -68,13 +86,13 @@ func (s *Server) runTea(sess ssh.Session, in *sessionInput, w *windows, m tea.Mo
 	defer close(done)
 	go func() {
 		cur := w.current()
-		p.Send(tea.WindowSizeMsg{Width: cur.Width, Height: cur.Height})
+		resize(cur.Width, cur.Height)
 		for {
 			select {
 			case <-done:
 				return
 			case win := <-w.updates:
-				p.Send(tea.WindowSizeMsg{Width: win.Width, Height: win.Height})
+				resize(win.Width, win.Height)
 			}
 		}
 	}()

@@ -25,7 +25,27 @@ type windows struct {
 	updates chan ssh.Window // capacity 1: the latest change not yet read
 }
 
+// Size of a terminal whose client reports none (a PTY of 0x0: script,
+// some CI runners, ssh -tt without a terminal).
+const (
+	defaultCols = 80
+	defaultRows = 24
+)
+
+// orDefault is win with each dimension the client did not report set to
+// 80x24's.
+func orDefault(win ssh.Window) ssh.Window {
+	if win.Width <= 0 {
+		win.Width = defaultCols
+	}
+	if win.Height <= 0 {
+		win.Height = defaultRows
+	}
+	return win
+}
+
 func (w *windows) set(win ssh.Window) {
+	win = orDefault(win)
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.cur = win
@@ -36,10 +56,11 @@ func (w *windows) set(win ssh.Window) {
 	w.updates <- win
 }
 
+// current is the latest size, 80x24 before the client sent one.
 func (w *windows) current() ssh.Window {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	return w.cur
+	return orDefault(w.cur)
 }
 
 type windowFilter struct {

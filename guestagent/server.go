@@ -146,13 +146,17 @@ func (s *Server) ServeConn(ctx context.Context, c net.Conn) {
 	stop := context.AfterFunc(ctx, func() { conn.Close() })
 	defer stop()
 	log := s.log.With("user", conn.User())
+	fwd := newRemoteForwards(conn, log)
+	defer fwd.closeAll()
 
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
 		for req := range reqs {
-			s.handleGlobal(conn, req)
+			if !fwd.handle(req) {
+				s.handleGlobal(conn, req)
+			}
 		}
 	}()
 	for nc := range chans {
@@ -165,7 +169,7 @@ func (s *Server) ServeConn(ctx context.Context, c net.Conn) {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				s.serveSession(ctx, conn.User(), ch, creqs, log)
+				s.serveSession(ctx, conn, ch, creqs, log)
 			}()
 		case "direct-tcpip":
 			wg.Add(1)

@@ -103,9 +103,12 @@ type winChange struct {
 
 type session struct {
 	srv  *Server
+	conn ssh.Conn
 	ch   ssh.Channel
 	user string
 	log  *slog.Logger
+
+	agentSock *agentSocket // set by auth-agent-req@openssh.com
 
 	env  []string
 	term string
@@ -118,8 +121,8 @@ type session struct {
 	replied chan struct{} // closed once the start request is answered
 }
 
-func (s *Server) serveSession(ctx context.Context, user string, ch ssh.Channel, reqs <-chan *ssh.Request, log *slog.Logger) {
-	sess := &session{srv: s, ch: ch, user: user, log: log, replied: make(chan struct{})}
+func (s *Server) serveSession(ctx context.Context, conn ssh.Conn, ch ssh.Channel, reqs <-chan *ssh.Request, log *slog.Logger) {
+	sess := &session{srv: s, conn: conn, ch: ch, user: conn.User(), log: log, replied: make(chan struct{})}
 	defer sess.cleanup()
 	var once sync.Once
 	for req := range reqs {
@@ -143,6 +146,9 @@ func (s *session) cleanup() {
 	}
 	if s.tty != nil {
 		s.tty.Close()
+	}
+	if s.agentSock != nil {
+		s.agentSock.close()
 	}
 }
 
@@ -190,6 +196,8 @@ func (s *session) handle(ctx context.Context, req *ssh.Request) bool {
 			return false
 		}
 		return true
+	case reqAuthAgent:
+		return s.forwardAgent(req.Payload)
 	case "subsystem":
 		var p struct{ Name string }
 		if ssh.Unmarshal(req.Payload, &p) != nil || p.Name != "sftp" {
@@ -216,6 +224,33 @@ func (s *session) handle(ctx context.Context, req *ssh.Request) bool {
 		return syscall.Kill(-proc.Pid, sig) == nil
 	}
 	return false
+}
+
+// forwardAgent serves auth-agent-req@openssh.com: once per session,
+// before the command starts (its environment gets SSH_AUTH_SOCK).
+func (s *session) forwardAgent(payload []byte) bool {
+	s.mu.Lock()
+	started := s.started
+	s.mu.Unlock()
+	if started || s.agentSock != nil {
+		return false
+	}
+	token, err := parseAgentReq(payload)
+	if err != nil {
+		return false
+	}
+	u, err := s.lookupUser()
+	if err != nil {
+		return false
+	}
+	a, err := startAgentForwarding(s.conn, s.srv.cfg.path("/tmp"), u, token)
+	if err != nil {
+		s.log.Warn("agent forwarding", "err", err)
+		return false
+	}
+	s.agentSock = a
+	s.env = append(s.env, "SSH_AUTH_SOCK="+a.path)
+	return true
 }
 
 func setSize(f *os.File, cols, rows, w, h uint32) {

@@ -33,9 +33,9 @@ type tlsEnv struct {
 	cancel     func()
 }
 
-func startTLS(t *testing.T, mutate func(*proxy.Config, *proxytest.DNS)) *tlsEnv {
+func startTLS(t *testing.T, mutate func(*proxy.Config, *proxytest.DNS), opts ...proxytest.DNSOption) *tlsEnv {
 	t.Helper()
-	dns := proxytest.StartDNS(t, testDomain)
+	dns := proxytest.StartDNS(t, testDomain, opts...)
 	httpsLn, httpLn := listen(t), listen(t)
 	port := func(ln net.Listener) int { return ln.Addr().(*net.TCPAddr).Port }
 	pebble := proxytest.StartPebble(t, proxytest.PebbleOptions{DNSAddr: dns.Addr, HTTPPort: port(httpLn), TLSPort: port(httpsLn)})

@@ -67,7 +67,8 @@ type Config struct {
 	// DNS-01. Nil means per-name certificates on demand (HTTP-01/TLS-ALPN-01).
 	// Custom domains always use on-demand certificates. Until the wildcard
 	// is issued, handshakes for VM names fail (no per-name fallback, so a
-	// slow DNS provider cannot burn the CA's rate limits).
+	// slow DNS provider cannot burn the CA's rate limits). NewDNSProvider
+	// builds one from a DNSConfig (Cloudflare, RFC 2136).
 	DNSProvider certmagic.DNSProvider
 	// DNSResolvers are "host:port" resolvers certmagic uses to find the zone
 	// and check propagation of DNS-01 records. Nil means the system's.

@@ -3,7 +3,8 @@
 # --test also scripts/test-packages.txt) on a fresh Debian 12 machine.
 # Idempotent; quiet when everything is present.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+self=$(readlink -f "$0")
+cd "$(dirname "$self")/.."
 lists=(scripts/packages.txt)
 [ "${1:-}" = --test ] && lists+=(scripts/test-packages.txt)
 mapfile -t pkgs < <(cat "${lists[@]}" | grep -v '^\s*#' | grep -v '^\s*$' | sort -u)
@@ -12,6 +13,8 @@ for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
 done
 if ((${#missing[@]})); then
+  . scripts/root.sh
+  need_root "$self" "$@"
   echo "installing: ${missing[*]}" >&2
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

@@ -1,10 +1,24 @@
 #!/usr/bin/env bash
 # Every test, as CI runs it (.ci/run): installs what the tests need, then
-# vet, unit tests, and the end-to-end tests with real QEMU VMs (as root,
-# each in a network namespace it creates).
+# vet, unit tests (among them the release tarball installed into a
+# temporary prefix, ./scripts), and the end-to-end tests with real QEMU VMs
+# (as root, each in a network namespace it creates). Runs as root; re-runs
+# itself with sudo when started by another user on a machine that has sudo.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+self=$(readlink -f "$0")
+cd "$(dirname "$self")/.."
 export PATH="$PATH:/usr/local/go/bin"
+case "${1:-}" in
+  -h | --help)
+    echo "usage: scripts/test.sh [--dry-run]   (as root: vet, unit, end-to-end tests and fuzzing)"
+    exit 0 ;;
+esac
+. scripts/root.sh
+need_root "$self" "$@"
+if [ "${1:-}" = --dry-run ]; then
+  printf '+ %s\n' "bash scripts/deps.sh --test" "make build" "go vet ./..." "go test -count=1 -timeout 35m -p 2 ./..." "go test -fuzz ... (brief fuzzing)"
+  exit 0
+fi
 export GOFLAGS="${GOFLAGS:-} -buildvcs=false"
 bash scripts/deps.sh --test
 start=$(date +%s)

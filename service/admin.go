@@ -34,6 +34,9 @@ type Usage struct {
 	CPUs      int `json:"cpus"`
 	MemoryMiB int `json:"memory_mib"`
 	DiskGiB   int `json:"disk_gib"`
+	// SnapshotBytes is what the VMs' snapshots take on disk; it counts
+	// against the disk quota with DiskGiB.
+	SnapshotBytes int64 `json:"snapshot_bytes"`
 }
 
 // User is the public view of a user.
@@ -56,9 +59,13 @@ func (s *Service) userView(ctx context.Context, q store.Q, u store.User) (User, 
 	if err != nil {
 		return User{}, err
 	}
+	snaps, err := store.UserSnapshotBytes(ctx, q, u.ID)
+	if err != nil {
+		return User{}, err
+	}
 	return User{ID: u.ID, Name: u.Name, Admin: u.Admin, CreatedAt: u.CreatedAt, SSHKeys: len(keys),
 		Quota: Quota{MaxVMs: u.MaxVMs, MaxCPUs: u.MaxCPUs, MaxMemoryMiB: u.MaxMemoryMiB, MaxDiskGiB: u.MaxDiskGiB},
-		Usage: Usage{VMs: use.VMs, CPUs: use.CPUs, MemoryMiB: use.MemoryMiB, DiskGiB: use.DiskGiB}}, nil
+		Usage: Usage{VMs: use.VMs, CPUs: use.CPUs, MemoryMiB: use.MemoryMiB, DiskGiB: use.DiskGiB, SnapshotBytes: snaps}}, nil
 }
 
 // requireAdmin fails unless c is an admin: errs.Unauthenticated for an
@@ -77,7 +84,8 @@ func requireAdmin(c Caller, what string) error {
 // needs the same proof of possession as AddSSHKey, made by the calling
 // admin (the nonce is the admin's, from SSHKeyChallenge): nobody may hand
 // a key they do not hold to an account. sshKey with an empty PublicKey
-// means no key. Admins only. A taken name or a key registered to someone
+// means no key. Non-admin users get the configured default quota.
+// Admins only. A taken name or a key registered to someone
 // else is errs.AlreadyExists; nothing is created then.
 func (s *Service) AddUser(ctx context.Context, c Caller, name string, admin bool, sshKey KeyProof) (User, error) {
 	if err := requireAdmin(c, "add users"); err != nil {
@@ -87,6 +95,7 @@ func (s *Service) AddUser(ctx context.Context, c Caller, name string, admin bool
 		return User{}, err
 	}
 	u := store.User{ID: vm.NewID(), Name: name, Admin: admin, CreatedAt: time.Now().UTC()}
+	s.applyDefaultQuota(&u)
 	var key *store.SSHKey
 	if strings.TrimSpace(sshKey.PublicKey) != "" {
 		pub, comment, err := s.verifyKeyProof(c, sshKey)

@@ -5,13 +5,12 @@ import (
 	"context"
 	"encoding/json"
 	"net"
-	"os"
-	"path/filepath"
 	"strings"
 
 	"github.com/minionsdev/minions/internal/errs"
 	"github.com/minionsdev/minions/store"
 	"github.com/minionsdev/minions/vm"
+	"github.com/minionsdev/minions/vm/consolelog"
 	"github.com/minionsdev/minions/vm/hypervisor"
 	"github.com/minionsdev/minions/vsockcli"
 	"golang.org/x/crypto/ssh"
@@ -87,13 +86,14 @@ func (s *Service) agentOf(ctx context.Context, v store.VM) (*vsockcli.Client, er
 	return cl, nil
 }
 
-// consoleTail returns the last n lines of a VM's console log.
+// consoleTail returns the last n lines of a VM's console log, reading at
+// most its last 64 KiB.
 func (s *Service) consoleTail(id string, n int) string {
-	b, err := os.ReadFile(filepath.Join(s.vmDir(id), "console.log"))
-	if err != nil {
+	b, err := consolelog.Tail(s.consolePath(id), 64<<10)
+	if err != nil || len(b) == 0 {
 		return ""
 	}
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	lines := strings.Split(strings.TrimRight(string(bytes.ToValidUTF8(b, nil)), "\n"), "\n")
 	if len(lines) > n {
 		lines = lines[len(lines)-n:]
 	}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"net/netip"
 
-	"github.com/minionsdev/minions/internal/errs"
 	"github.com/minionsdev/minions/store"
 	"github.com/minionsdev/minions/vm/network"
 )
@@ -35,28 +34,4 @@ func (s *Service) allocate(ctx context.Context, q store.Q, id string) (netip.Add
 		cid++
 	}
 	return ip, network.MAC(id).String(), cid, nil
-}
-
-// checkQuota fails with errs.ResourceExhausted when adding a VM of the given
-// size would take the user over a quota. It runs in the create transaction.
-func (s *Service) checkQuota(ctx context.Context, q store.Q, userID string, cpus, memMiB, diskGiB int) error {
-	u, err := store.GetUserByID(ctx, q, userID)
-	if err != nil {
-		return err
-	}
-	use, err := store.UserUsage(ctx, q, userID)
-	if err != nil {
-		return err
-	}
-	switch {
-	case u.MaxVMs > 0 && use.VMs+1 > u.MaxVMs:
-		return errs.New(errs.ResourceExhausted, "quota: user %s may have at most %d vms (has %d)", u.Name, u.MaxVMs, use.VMs)
-	case u.MaxCPUs > 0 && use.CPUs+cpus > u.MaxCPUs:
-		return errs.New(errs.ResourceExhausted, "quota: user %s may use at most %d vcpus (uses %d, asked for %d)", u.Name, u.MaxCPUs, use.CPUs, cpus)
-	case u.MaxMemoryMiB > 0 && use.MemoryMiB+memMiB > u.MaxMemoryMiB:
-		return errs.New(errs.ResourceExhausted, "quota: user %s may use at most %d MiB of memory (uses %d, asked for %d)", u.Name, u.MaxMemoryMiB, use.MemoryMiB, memMiB)
-	case u.MaxDiskGiB > 0 && use.DiskGiB+diskGiB > u.MaxDiskGiB:
-		return errs.New(errs.ResourceExhausted, "quota: user %s may use at most %d GiB of disk (uses %d, asked for %d)", u.Name, u.MaxDiskGiB, use.DiskGiB, diskGiB)
-	}
-	return nil
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/minionsdev/minions/internal/errs"
 	"github.com/minionsdev/minions/store"
 	"github.com/minionsdev/minions/vm"
+	"github.com/minionsdev/minions/vm/consolelog"
 	"github.com/minionsdev/minions/vm/hypervisor"
 	"github.com/minionsdev/minions/vsockcli"
 	"golang.org/x/crypto/ssh"
@@ -112,6 +113,9 @@ func (s *Service) newVM(ctx context.Context, c Caller, row store.VM, kind string
 	progress.say("allocate")
 	err := s.DB.Tx(ctx, func(q store.Q) error {
 		if err := s.checkQuota(ctx, q, c.UserID, row.CPUs, row.MemoryMiB, row.DiskGiB); err != nil {
+			return err
+		}
+		if err := s.checkHostMemory(ctx, q, row.ID, row.MemoryMiB); err != nil {
 			return err
 		}
 		ip, mac, cid, err := s.allocate(ctx, q, row.ID)
@@ -274,7 +278,7 @@ func (s *Service) spec(row store.VM, img Image, run string, ip netip.Addr) hyper
 		Disks:      []hypervisor.Disk{{Path: s.diskPath(row.ID), Format: "qcow2"}},
 		Net:        &hypervisor.NetIface{TAP: tapName(row.ID), MAC: row.MAC},
 		RunDir:     run,
-		ConsoleLog: filepath.Join(s.vmDir(row.ID), "console.log"),
+		ConsoleLog: s.consolePath(row.ID),
 		VsockCID:   row.CID,
 	}
 }
@@ -324,28 +328,27 @@ func fileExists(p string) bool {
 
 var errReadyTimeout = errors.New("timed out waiting for the guest agent")
 
-// watchConsole reads a booting VM's console log as it grows and calls stop
-// with an error when the guest kernel panics.
+// watchConsole reads a booting VM's console log as it grows (across
+// rotations) and calls stop with an error when the guest kernel panics.
 func watchConsole(ctx context.Context, path string, stop context.CancelCauseFunc) {
-	var off int64
 	var tail []byte
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(250 * time.Millisecond):
+	r := consolelog.NewFollower(path)
+	defer r.Close()
+	buf := make([]byte, 64<<10)
+	wait := true
+	for ctx.Err() == nil {
+		if wait {
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(250 * time.Millisecond):
+			}
 		}
-		f, err := os.Open(path)
-		if err != nil {
-			continue
-		}
-		buf := make([]byte, 64<<10)
-		n, _ := f.ReadAt(buf, off)
-		f.Close()
+		n, _ := r.Read(buf)
+		wait = n < len(buf) // a full buffer: more is there, read on
 		if n == 0 {
 			continue
 		}
-		off += int64(n)
 		chunk := append(tail, buf[:n]...)
 		if i := bytes.Index(chunk, []byte("Kernel panic - not syncing")); i >= 0 {
 			line, _, _ := bytes.Cut(chunk[i:], []byte("\n"))

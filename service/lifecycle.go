@@ -3,6 +3,7 @@ package service
 import (
 	"context"
 	"fmt"
+	"io"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -11,6 +12,7 @@ import (
 	"github.com/minionsdev/minions/internal/errs"
 	"github.com/minionsdev/minions/store"
 	"github.com/minionsdev/minions/vm"
+	"github.com/minionsdev/minions/vm/consolelog"
 )
 
 // List returns the VMs the caller may see (all of them for an admin).
@@ -78,9 +80,9 @@ func (s *Service) Start(ctx context.Context, c Caller, name string, progress Pro
 // start boots a stopped VM as a durable operation; the caller holds its
 // lock.
 func (s *Service) start(ctx context.Context, v store.VM, verb string, progress Progress) (VM, error) {
-	o, err := s.beginOp(ctx, v.ID, "start")
+	o, err := s.beginStartOp(ctx, v, "start")
 	if err != nil {
-		return VM{}, err
+		return VM{}, fmt.Errorf("%s vm %s: %w", verb, v.Name, err)
 	}
 	v, cl, err := s.boot(ctx, o, v, progress)
 	o.finish(ctx, err)
@@ -163,14 +165,31 @@ func (s *Service) Destroy(ctx context.Context, c Caller, name string) error {
 	})
 }
 
-// ConsoleLog returns the path of a VM's serial console log.
+// ConsoleLog returns the path of a VM's serial console log (read it with
+// consolelog.Copy or Tail: it is capped and rotated).
 func (s *Service) ConsoleLog(ctx context.Context, c Caller, name string) (string, error) {
 	v, err := s.getVM(ctx, c, name)
 	if err != nil {
 		return "", err
 	}
-	return filepath.Join(s.vmDir(v.ID), "console.log"), nil
+	return s.consolePath(v.ID), nil
 }
+
+// CopyConsole writes a VM's console log to w, older (rotated) output
+// first, reading no more than the log's cap. With follow it then keeps
+// writing what the guest prints, across rotations, until ctx ends (it
+// returns nil) or the VM is destroyed.
+func (s *Service) CopyConsole(ctx context.Context, c Caller, name string, follow bool, w io.Writer) error {
+	path, err := s.ConsoleLog(ctx, c, name)
+	if err != nil {
+		return err
+	}
+	return consolelog.Copy(ctx, path, follow, w)
+}
+
+// consolePath is a VM's console log; older output is in the same path
+// with ".1" appended (see package consolelog).
+func (s *Service) consolePath(id string) string { return filepath.Join(s.vmDir(id), "console.log") }
 
 // ReattachPorts makes sure every running VM's TAP is on the bridge with its
 // anti-spoofing entry (after the daemon or the firewall restarted).

@@ -53,9 +53,15 @@ func (s *Service) Resize(ctx context.Context, c Caller, name string, req ResizeR
 			return errs.New(errs.FailedPrecondition, "resize needs a stopped vm: run `minions stop %s` first", v.Name)
 		}
 		return s.DB.Tx(ctx, func(q store.Q) error {
-			// Quota counts the growth only.
-			if err := s.checkQuota(ctx, q, v.OwnerID, nv.CPUs-v.CPUs, nv.MemoryMiB-v.MemoryMiB, nv.DiskGiB-v.DiskGiB); err != nil {
+			// Quota counts the growth only; the VM is stopped, so it
+			// need only fit the host on its own (start checks the rest).
+			if err := s.checkQuotaN(ctx, q, v.OwnerID, 0, nv.CPUs-v.CPUs, nv.MemoryMiB-v.MemoryMiB, nv.DiskGiB-v.DiskGiB); err != nil {
 				return err
+			}
+			if nv.MemoryMiB > v.MemoryMiB {
+				if err := s.checkFitsHost(nv.MemoryMiB); err != nil {
+					return err
+				}
 			}
 			if nv.DiskGiB > v.DiskGiB {
 				if err := os.WriteFile(s.growMarker(v.ID), nil, 0o600); err != nil {

@@ -35,6 +35,18 @@ type Config struct {
 	StopTimeout  time.Duration // graceful power-off before a kill; default 15s
 	MaxSnapshots int           // per VM; default 20
 
+	// DefaultQuota is given to each new non-admin user (sign-up and
+	// AddUser); zero fields are unlimited. The daemon passes its
+	// [default_quota] (DefaultSignupQuota unless configured).
+	DefaultQuota Quota
+	// MemoryOvercommit bounds the memory of all VMs that are not stopped
+	// to host memory × this ratio (creates and starts beyond it are
+	// errs.ResourceExhausted). Default DefaultMemoryOvercommit (1.5).
+	MemoryOvercommit float64
+	// HostMemory returns the host's memory in bytes; default MemTotal
+	// (/proc/meminfo). Tests set it.
+	HostMemory func() (int64, error)
+
 	Log *slog.Logger
 	// OnOperation, if set, is told how long each durable operation took
 	// (create, start, snapshot...) and whether it failed (for metrics).
@@ -72,6 +84,12 @@ func (c *Config) setDefaults() {
 	if c.MaxSnapshots == 0 {
 		c.MaxSnapshots = 20
 	}
+	if c.MemoryOvercommit == 0 {
+		c.MemoryOvercommit = DefaultMemoryOvercommit
+	}
+	if c.HostMemory == nil {
+		c.HostMemory = MemTotal
+	}
 	if c.Log == nil {
 		c.Log = slog.New(slog.DiscardHandler)
 	}
@@ -90,6 +108,12 @@ func (c *Config) Validate() error {
 	}
 	if !c.Subnet.Addr().Is4() || c.Subnet.Bits() > 28 {
 		return errs.New(errs.InvalidArgument, "subnet %s must be IPv4 and /28 or larger", c.Subnet)
+	}
+	if c.MemoryOvercommit < 0 || c.MemoryOvercommit > 100 {
+		return errs.New(errs.InvalidArgument, "memory overcommit %g: want a ratio above 0 (1 = no overcommit)", c.MemoryOvercommit)
+	}
+	if err := c.DefaultQuota.Validate(); err != nil {
+		return fmt.Errorf("default quota: %w", err)
 	}
 	return nil
 }

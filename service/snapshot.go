@@ -75,7 +75,11 @@ func (s *Service) CreateSnapshot(ctx context.Context, c Caller, name string, req
 		if err != nil {
 			return err
 		}
-		need := info.ActualSize + int64(v.MemoryMiB)<<20*boolInt(req.Memory) + 64<<20
+		estimate := info.ActualSize + int64(v.MemoryMiB)<<20*boolInt(req.Memory)
+		if err := s.checkSnapshotQuota(ctx, s.DB, v.OwnerID, estimate); err != nil {
+			return err
+		}
+		need := estimate + 64<<20
 		if free, err := disk.FreeBytes(s.vmDir(v.ID)); err == nil && free < need {
 			return errs.New(errs.ResourceExhausted, "not enough free disk for a snapshot of %s: need about %d MiB, %d MiB free", v.Name, need>>20, free>>20)
 		}
@@ -90,7 +94,15 @@ func (s *Service) CreateSnapshot(ctx context.Context, c Caller, name string, req
 		if err == nil {
 			snap.SizeBytes = dirSize(tmp)
 			if err = os.Rename(tmp, final); err == nil {
-				if err = store.InsertSnapshot(ctx, s.DB, snap); err != nil {
+				// The real size is checked against the quota in the
+				// transaction that records it.
+				err = s.DB.Tx(ctx, func(q store.Q) error {
+					if err := s.checkSnapshotQuota(ctx, q, v.OwnerID, snap.SizeBytes); err != nil {
+						return err
+					}
+					return store.InsertSnapshot(ctx, q, snap)
+				})
+				if err != nil {
 					os.RemoveAll(final)
 				}
 			}
@@ -220,9 +232,14 @@ func (s *Service) RestoreSnapshot(ctx context.Context, c Caller, name, snapName 
 		if err != nil {
 			return errs.New(errs.NotFound, "vm %s has no snapshot named %q", v.Name, snapName)
 		}
-		o, err := s.beginOp(ctx, v.ID, "restore")
+		// Restoring memory starts a stopped VM: that claims host memory.
+		begin := s.beginOp
+		if snap.Memory {
+			begin = func(ctx context.Context, _, kind string) (*op, error) { return s.beginStartOp(ctx, v, kind) }
+		}
+		o, err := begin(ctx, v.ID, "restore")
 		if err != nil {
-			return err
+			return fmt.Errorf("restore vm %s to %s: %w", name, snapName, err)
 		}
 		v, err = s.restore(ctx, o, v, snap, progress)
 		o.finish(ctx, err)

@@ -197,6 +197,7 @@ func (s *Service) RegisterUser(ctx context.Context, name string, key ssh.PublicK
 		return Caller{}, err
 	}
 	u := store.User{ID: vm.NewID(), Name: name, CreatedAt: time.Now().UTC()}
+	s.applyDefaultQuota(&u) // sign-ups are never unlimited unless configured so
 	k := store.SSHKey{ID: vm.NewID(), UserID: u.ID, Fingerprint: ssh.FingerprintSHA256(key),
 		PublicKey: strings.TrimSpace(string(ssh.MarshalAuthorizedKey(key))), CreatedAt: time.Now().UTC()}
 	err := s.DB.Tx(ctx, func(q store.Q) error {

@@ -32,6 +32,15 @@ type Web interface {
 	VerifyDomain(ctx context.Context, domain, vmID, ownerID string) error
 }
 
+// PublicIPWeb is a Web that knows the address its VMs' host names must
+// resolve to (a domain proxy started with --public-ip). The service asks
+// for it where a Web offers it, so a Web need not implement it.
+type PublicIPWeb interface {
+	Web
+	// PublicIP is the IP address DNS must give for <vm>.<domain>, or "".
+	PublicIP() string
+}
+
 // WebSource returns the Web to use, or an error (errs.FailedPrecondition
 // when no proxy is configured on this installation). It is called on every
 // web operation, so it may build the Web lazily and must cache it.
@@ -74,6 +83,10 @@ type WebInfo struct {
 	LoginURL  string    `json:"login_url,omitempty"`
 	ShareURL  string    `json:"share_url,omitempty"`
 	ExpiresAt time.Time `json:"expires_at,omitzero"`
+	// PublicIP is where DNS must point the VM's host name (an A or AAAA
+	// record, usually the wildcard *.<domain>), when the proxy serves a
+	// domain and the daemon was told its public address.
+	PublicIP string `json:"public_ip,omitempty"`
 }
 
 // Expose sets the port of the VM the proxy forwards to (1-65535; default
@@ -183,6 +196,9 @@ func (s *Service) webInfo(ctx context.Context, v store.VM) WebInfo {
 	info := WebInfo{VM: v.Name, Port: v.Port, Public: v.Public}
 	if w, err := s.webFor(ctx); err == nil {
 		info.URL = w.URL(v.Name)
+		if p, ok := w.(PublicIPWeb); ok {
+			info.PublicIP = p.PublicIP()
+		}
 	}
 	return info
 }

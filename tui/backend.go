@@ -30,7 +30,9 @@ type Backend interface {
 	Destroy(ctx context.Context, name string) error
 	// Resize changes CPUs, memory and/or disk; zero fields stay unchanged.
 	Resize(ctx context.Context, name string, req ResizeRequest) error
-	SnapshotCreate(ctx context.Context, name, snapshot string) (Snapshot, error)
+	// SnapshotCreate saves the VM's disk, and with req.Memory its memory
+	// too (a running VM only; restoring it resumes where it was).
+	SnapshotCreate(ctx context.Context, name string, req SnapshotRequest) (Snapshot, error)
 	SnapshotList(ctx context.Context, name string) ([]Snapshot, error)
 	SnapshotRestore(ctx context.Context, name, snapshot string) error
 	SnapshotDelete(ctx context.Context, name, snapshot string) error
@@ -104,6 +106,20 @@ type Snapshot struct {
 	Created   time.Time
 	SizeBytes int64
 	Memory    bool // includes memory (restores a running VM)
+}
+
+// SnapshotRequest is the snapshot form.
+type SnapshotRequest struct {
+	Name   string
+	Memory bool // also save the memory of the running VM
+}
+
+// Kind is what a snapshot holds: "disk" or "disk+memory".
+func (s Snapshot) Kind() string {
+	if s.Memory {
+		return "disk+memory"
+	}
+	return "disk"
 }
 
 // Image is an operating system choice for Create.

@@ -75,6 +75,16 @@ func (c *common) op(verb, name string, fn func(ctx context.Context) error) tea.C
 	}
 }
 
+// opNote is op with a note for the status line on success.
+func (c *common) opNote(verb, name, note string, fn func(ctx context.Context) error) tea.Cmd {
+	cmd := c.op(verb, name, fn)
+	return func() tea.Msg {
+		msg := cmd().(opDoneMsg)
+		msg.note = note
+		return msg
+	}
+}
+
 // errorText is the one place that turns a backend error into the status
 // line text: the class decides the prefix a user sees.
 func errorText(err error) string {

@@ -16,11 +16,11 @@ import (
 )
 
 // consoleReadyMsg says the input has been handed over to a console (under
-// Run) and the tea.Exec may start.
+// Run or after Attach) and the tea.Exec may start.
 type consoleReadyMsg struct{ name string }
 
-// console opens a shell in VM name in this terminal. Under Run the input
-// is first taken from the program (so the program's reader stops cleanly
+// console opens a shell in VM name in this terminal. Under Run or after
+// Attach the input is first taken from the program (so the program's reader stops cleanly
 // and loses no keystroke), then the console runs with tea.Exec.
 func (c *common) console(name string) tea.Cmd {
 	if c.term != nil && c.term.mux != nil {

@@ -16,7 +16,9 @@
 //
 // Entry points: [New] builds the root tea.Model; [Run] runs it on any
 // terminal (an SSH session: input and output need not be files); [RunLocal]
-// runs it on the process's own terminal.
+// runs it on the process's own terminal. A caller that runs the tea.Program
+// itself on an input that is not a terminal file (the gateway) calls
+// [Model.Attach] first, so that a console gets every keystroke.
 //
 // The console (key t) runs a shell in the VM inside the same terminal via
 // tea.Exec; ctrl+] detaches back to the dashboard.

@@ -146,7 +146,10 @@ func (p *createPage) rebuild(images []Image) {
 		}
 	}
 	osField := widget.NewChoiceField("OS", choices, sel)
-	if images == nil {
+	switch {
+	case images == nil && p.imgErr != nil: // the backend cannot list them: type one
+		osField = widget.NewTextField("OS", "", "an image, e.g. minimal", 63, nil)
+	case images == nil:
 		osField = widget.NewTextField("OS", "", "loading…", 0, nil)
 	}
 	osField.Validate = func(s string) error {
@@ -194,6 +197,8 @@ func (p *createPage) Update(msg tea.Msg) tea.Cmd {
 			}
 			p.images = msg.images
 			p.rebuild(msg.images)
+		} else if p.images == nil {
+			p.rebuild(nil)
 		}
 		return nil
 	case createProgressMsg:

@@ -22,6 +22,7 @@ func TestGolden(t *testing.T) {
 		admin bool
 		keys  []string
 		wait  string // the frame is complete once the output shows this
+		setup func(*tuitest.Fake)
 	}{
 		{name: "list", w: 80, h: 20, wait: "worker"},
 		{name: "list_admin", w: 100, h: 12, admin: true, wait: "OWNER"},
@@ -31,7 +32,13 @@ func TestGolden(t *testing.T) {
 		{name: "create_form", w: 80, h: 20, keys: []string{"n", "type:api"}, wait: "ubuntu-24.04"},
 		{name: "create_invalid", w: 80, h: 20, keys: []string{"n", "type:9lives", "enter", "enter", "enter", "enter"}, wait: "starting with a letter"},
 		{name: "confirm_destroy", w: 80, h: 20, keys: []string{"j", "j", "d"}, wait: "cannot be undone"},
+		{name: "create_form_images", w: 80, h: 20, keys: []string{"n", "tab", "tab", "tab"}, wait: "debian",
+			setup: func(f *tuitest.Fake) {
+				f.SetImages([]tui.Image{{Name: "debian", Default: true}, {Name: "minimal"}, {Name: "nixos"}})
+			}},
 		{name: "snapshots", w: 80, h: 20, keys: []string{"j", "j", "p"}, wait: "nightly"},
+		{name: "snapshot_form", w: 80, h: 20, keys: []string{"j", "j", "p", "n", "tab", "space"}, wait: "space toggles"},
+		{name: "confirm_restore", w: 80, h: 20, keys: []string{"j", "j", "p", "wait:nightly", "enter"}, wait: "resumes running"},
 		{name: "resize_form", w: 80, h: 20, keys: []string{"j", "j", "z"}, wait: "Disk"},
 		{name: "help", w: 80, h: 24, keys: []string{"?"}, wait: "returns to the dashboard"},
 		{name: "small", w: 60, h: 15, keys: []string{"j"}, wait: "› db"},
@@ -41,6 +48,9 @@ func TestGolden(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			f := tuitest.NewSeeded()
+			if tt.setup != nil {
+				tt.setup(f)
+			}
 			opts := testOptions(f, tt.w, tt.h)
 			opts.Admin = tt.admin
 			m, err := tui.New(opts)
@@ -55,6 +65,11 @@ func TestGolden(t *testing.T) {
 					teatest.WithDuration(5*time.Second))
 			}
 			for _, k := range tt.keys {
+				if s, ok := strings.CutPrefix(k, "wait:"); ok { // until the page has loaded
+					teatest.WaitFor(t, tm.Output(), func(b []byte) bool { return bytes.Contains(b, []byte(s)) },
+						teatest.WithDuration(5*time.Second))
+					continue
+				}
 				if s, ok := strings.CutPrefix(k, "type:"); ok {
 					tm.Type(s)
 					continue

@@ -34,6 +34,8 @@ type (
 		// to is the new name after rename or copy.
 		to  string
 		err error
+		// note is added to the status line on success ("disk+memory").
+		note string
 		// open, when set, opens this VM's detail page afterwards.
 		open string
 	}

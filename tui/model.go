@@ -126,7 +126,7 @@ func (m *Model) applyNav() tea.Cmd {
 func (m *Model) update(msg tea.Msg) tea.Cmd {
 	switch msg := msg.(type) {
 	case tea.WindowSizeMsg:
-		m.c.width, m.c.height = msg.Width, msg.Height
+		m.c.width, m.c.height = sizeOr80x24(msg.Width, msg.Height)
 		m.resize()
 		return nil
 	case tea.KeyMsg:
@@ -195,10 +195,14 @@ func opStatus(msg opDoneMsg) statusMsg {
 	if msg.err != nil {
 		return statusMsg{text: msg.verb + " " + msg.name + ": " + errorText(msg.err), err: true}
 	}
+	text := pastTense(msg.verb) + " " + msg.name
 	if msg.to != "" {
-		return statusMsg{text: pastTense(msg.verb) + " " + msg.name + " to " + msg.to}
+		text += " to " + msg.to
 	}
-	return statusMsg{text: pastTense(msg.verb) + " " + msg.name}
+	if msg.note != "" {
+		text += " (" + msg.note + ")"
+	}
+	return statusMsg{text: text}
 }
 
 func pastTense(verb string) string {
@@ -251,6 +255,19 @@ func (m *Model) key(msg tea.KeyMsg) tea.Cmd {
 	// Any key clears an old message.
 	m.status = statusMsg{}
 	return top.Update(msg)
+}
+
+// sizeOr80x24 is w x h, each dimension a client does not report (0: the
+// SSH client of script, some CI runners, ssh -tt without a terminal) taken
+// as DefaultWidth x DefaultHeight.
+func sizeOr80x24(w, h int) (int, int) {
+	if w <= 0 {
+		w = DefaultWidth
+	}
+	if h <= 0 {
+		h = DefaultHeight
+	}
+	return w, h
 }
 
 func (m *Model) tooSmall() bool { return m.c.width < MinWidth || m.c.height < MinHeight }

@@ -77,6 +77,16 @@ func TestUpdate(t *testing.T) {
 		{name: "help closes", keys: []string{"?", "esc"}, want: []string{"NAME"}},
 		{name: "create", keys: []string{"n", "type:api", "enter", "ctrl+u", "type:2", "enter", "enter", "right", "enter"},
 			wantCalls: []string{"Create api"}, want: []string{"minions api", "created api", "ubuntu-24.04", "CPUs     2"}},
+		{name: "create form preselects the backend's default", setup: func(f *tuitest.Fake) {
+			f.SetImages([]tui.Image{{Name: "minimal"}, {Name: "debian", Default: true}})
+		}, keys: []string{"n"}, want: []string{"[debian]", "minimal"}, notWant: []string{"[minimal]"}},
+		{name: "create with the default image", setup: func(f *tuitest.Fake) {
+			f.SetImages([]tui.Image{{Name: "minimal"}, {Name: "debian", Default: true}})
+		}, keys: []string{"n", "type:api", "enter", "enter", "enter", "enter"},
+			wantCalls: []string{"Create api"}, want: []string{"created api", "debian"}},
+		{name: "create form when images cannot be listed", setup: func(f *tuitest.Fake) { f.Fail("Images", errs.New(errs.Unavailable, "old daemon")) },
+			keys:      []string{"n", "type:api", "enter", "enter", "enter", "type:nixos", "enter"},
+			wantCalls: []string{"Create api"}, want: []string{"created api", "nixos"}},
 		{name: "create rejects bad name", keys: []string{"n", "type:Bad_Name", "enter", "enter", "enter", "enter"},
 			want: []string{"lowercase letters, digits and -"}},
 		{name: "create rejects bad memory", keys: []string{"n", "type:ok", "tab", "tab", "ctrl+u", "type:12", "enter", "enter"},
@@ -91,10 +101,22 @@ func TestUpdate(t *testing.T) {
 			wantCalls: []string{"Resize web cpus=4 mem=0 disk=0"}, want: []string{"resized web"}},
 		{name: "resize nothing", keys: []string{"z", "enter", "enter", "enter"}, want: []string{"nothing to change"}},
 		{name: "snapshots list", keys: []string{"j", "j", "p"}, want: []string{"Snapshots of web", "before-upgrade", "disk+memory", "12.0MiB"}},
-		{name: "snapshot take", keys: []string{"j", "j", "p", "n", "ctrl+u", "type:pre-deploy", "enter"},
-			wantCalls: []string{"SnapshotCreate web pre-deploy"}, want: []string{"pre-deploy", "snapshot taken of web"}},
+		{name: "snapshot take", keys: []string{"j", "j", "p", "n", "ctrl+u", "type:pre-deploy", "enter", "enter"},
+			wantCalls: []string{"SnapshotCreate web pre-deploy"}, want: []string{"pre-deploy", "snapshot taken of web (disk pre-deploy)"}},
+		{name: "snapshot form offers memory", keys: []string{"j", "j", "p", "n", "tab"},
+			want: []string{"Kind", "[disk]", "disk+memory", "space toggles"}},
+		{name: "memory snapshot take", keys: []string{"j", "j", "p", "n", "ctrl+u", "type:warm", "tab", "space", "enter"},
+			wantCalls: []string{"SnapshotCreate web warm memory"}, want: []string{"snapshot taken of web (disk+memory warm)"}},
+		{name: "memory snapshot listed as disk+memory", keys: []string{"j", "j", "p", "n", "ctrl+u", "type:warm", "tab", "space", "enter", "G"},
+			wantCalls: []string{"SnapshotCreate web warm memory"}, want: []string{"warm", "8.0MiB disk+memory"}},
+		{name: "memory snapshot of a stopped vm", keys: []string{"G", "p", "n", "tab", "right", "enter"},
+			wantCalls: []string{"SnapshotCreate worker snap-20250301-130000 memory"}, want: []string{"snapshot worker: not now: a memory snapshot needs a running vm"}},
+		{name: "snapshot restore confirm says disk and memory", keys: []string{"j", "j", "p", "enter"},
+			want: []string{"Restore web from before-upgrade", "(disk+memory)?", "resumes running"}},
+		{name: "snapshot restore confirm says disk only", keys: []string{"j", "j", "p", "j", "enter"},
+			want: []string{"Restore web from nightly (disk)?", "disk only"}},
 		{name: "snapshot restore confirmed", keys: []string{"j", "j", "p", "enter", "y"},
-			wantCalls: []string{"SnapshotRestore web before-upgrade"}, want: []string{"restored web"}},
+			wantCalls: []string{"SnapshotRestore web before-upgrade"}, want: []string{"restored web (disk+memory snapshot before-upgrade)"}},
 		{name: "snapshot delete", keys: []string{"j", "j", "p", "j", "d", "y"},
 			wantCalls: []string{"SnapshotDelete web nightly"}, notWant: []string{"nightly"}},
 	}
@@ -143,10 +165,15 @@ func TestResize(t *testing.T) {
 		{50, 15, []string{"NAME", "STATUS", "IP", "UPTIME"}, []string{"MEMORY", "CPUS"}},
 		{45, 12, []string{"NAME", "STATUS"}, []string{"IP  "}},
 		{30, 8, []string{"Terminal too small (30x8)"}, []string{"NAME"}},
+		// A client that reports no size gets 80x24 (issue 12 item 6).
+		{0, 0, []string{"NAME", "STATUS", "IP", "CPUS", "MEMORY", "UPTIME"}, []string{"too small"}},
 	}
 	for _, tt := range tests {
 		d.send(tea.WindowSizeMsg{Width: tt.w, Height: tt.h})
 		v := d.view()
+		if tt.w == 0 && tt.h == 0 {
+			tt.w, tt.h = tui.DefaultWidth, tui.DefaultHeight
+		}
 		lines := strings.Split(v, "\n")
 		if len(lines) != tt.h {
 			t.Errorf("%dx%d: %d lines", tt.w, tt.h, len(lines))

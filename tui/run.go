@@ -29,7 +29,7 @@ type Terminal struct {
 }
 
 // Run runs the dashboard on t until the user quits, ctx is cancelled or
-// t.In ends. It is what the gateway calls for an SSH session with a PTY:
+// t.In ends. For an SSH session with a PTY:
 //
 //	pty, winCh, _ := s.Pty()
 //	tui.Run(s.Context(), tui.Options{Backend: b, Renderer: bubbletea.MakeRenderer(s), User: u},
@@ -56,19 +56,20 @@ func Run(ctx context.Context, opts Options, t Terminal) error {
 		return err
 	}
 	m := newModel(opts.withDefaults())
-	tt := &terminal{size: WindowSize{Width: m.c.width, Height: m.c.height}}
-	m.c.term = tt
+	var p *tea.Program
+	send := func(msg tea.Msg) { p.Send(msg) }
 
 	popts := []tea.ProgramOption{tea.WithOutput(t.Out), tea.WithAltScreen(), tea.WithContext(ctx)}
 	local := isTerminalFile(t.In)
 	if local {
+		m.c.term = &terminal{size: WindowSize{Width: m.c.width, Height: m.c.height}, send: send}
 		popts = append(popts, tea.WithInput(t.In))
 	} else {
-		tt.mux = newInputMux(t.In)
-		popts = append(popts, tea.WithInput(tt.mux.reader(modeProgram)), tea.WithoutSignalHandler())
+		in, _ := m.Attach(t.In, send)
+		popts = append(popts, tea.WithInput(in), tea.WithoutSignalHandler())
 	}
-	p := tea.NewProgram(m, popts...)
-	tt.prog = p
+	tt := m.c.term
+	p = tea.NewProgram(m, popts...)
 
 	done := make(chan struct{})
 	defer close(done)
@@ -140,6 +141,24 @@ func RunLocal(ctx context.Context, opts Options) error {
 	return Run(ctx, opts, Terminal{In: os.Stdin, Out: os.Stdout, Width: w, Height: h, Resize: sizes})
 }
 
+// Attach makes the dashboard own in, the input of a terminal that is not
+// a terminal file (an SSH channel), for a caller that runs the tea.Program
+// itself (the gateway): run the program on the returned reader
+// (tea.WithInput), pass the program's Send as send, and give every window
+// size to resize, which hands it to a running console or else to the
+// program. Call it once, before the program starts; Run does it itself.
+//
+// A console then takes the input over from the program (whose read loop
+// ends first) and gives it back on detach: without Attach, the program's
+// read loop, which nothing can interrupt on such an input, stays blocked
+// in a read when a console starts and swallows the first keys typed into
+// it, and window sizes wait until the console ends.
+func (m *Model) Attach(in io.Reader, send func(tea.Msg)) (programInput io.Reader, resize func(width, height int)) {
+	t := &terminal{size: WindowSize{Width: m.c.width, Height: m.c.height}, send: send, mux: newInputMux(in, m.c.ctx.Done())}
+	m.c.term = t
+	return t.mux.reader(modeProgram), func(w, h int) { t.resize(WindowSize{Width: w, Height: h}) }
+}
+
 func isTerminalFile(r io.Reader) bool {
 	f, ok := r.(*os.File)
 	return ok && term.IsTerminal(f.Fd())
@@ -149,7 +168,7 @@ func isTerminalFile(r io.Reader) bool {
 // (nil for a terminal file) and the routing of window sizes.
 type terminal struct {
 	mux  *inputMux
-	prog *tea.Program
+	send func(tea.Msg) // the program's Send
 
 	mu      sync.Mutex
 	size    WindowSize
@@ -158,6 +177,7 @@ type terminal struct {
 
 // resize routes a new size to the console if one runs, else to the program.
 func (t *terminal) resize(s WindowSize) {
+	s.Width, s.Height = sizeOr80x24(s.Width, s.Height)
 	t.mu.Lock()
 	t.size = s
 	ch := t.console
@@ -173,7 +193,7 @@ func (t *terminal) resize(s WindowSize) {
 		}
 		return
 	}
-	t.prog.Send(tea.WindowSizeMsg{Width: s.Width, Height: s.Height})
+	t.send(tea.WindowSizeMsg{Width: s.Width, Height: s.Height})
 }
 
 func (t *terminal) attachConsole(ch chan WindowSize) {
@@ -189,7 +209,7 @@ func (t *terminal) detachConsole() {
 	t.console = nil
 	s := t.size
 	t.mu.Unlock()
-	go t.prog.Send(tea.WindowSizeMsg{Width: s.Width, Height: s.Height})
+	go t.send(tea.WindowSizeMsg{Width: s.Width, Height: s.Height})
 }
 
 // Input modes of the mux.
@@ -212,23 +232,29 @@ type inputMux struct {
 	pending []byte
 }
 
-func newInputMux(src io.Reader) *inputMux {
+// newInputMux starts reading src; the reading goroutine ends when src
+// does, or when done is closed while it holds input nobody takes.
+func newInputMux(src io.Reader, done <-chan struct{}) *inputMux {
 	m := &inputMux{
 		chunks:  make(chan []byte),
 		ended:   make(chan struct{}),
 		changed: make(chan struct{}),
 	}
-	go m.pump(src)
+	go m.pump(src, done)
 	return m
 }
 
-func (m *inputMux) pump(src io.Reader) {
+func (m *inputMux) pump(src io.Reader, done <-chan struct{}) {
 	defer close(m.ended)
 	for {
 		buf := make([]byte, 4096)
 		n, err := src.Read(buf)
 		if n > 0 {
-			m.chunks <- buf[:n]
+			select {
+			case m.chunks <- buf[:n]:
+			case <-done:
+				return
+			}
 		}
 		if err != nil {
 			return

@@ -66,11 +66,7 @@ func (p *snapshotsPage) Update(msg tea.Msg) tea.Cmd {
 			p.snaps = msg.snaps
 			rows := make([][]string, len(p.snaps))
 			for i, s := range p.snaps {
-				kind := "disk"
-				if s.Memory {
-					kind = "disk+memory"
-				}
-				rows[i] = []string{s.Name, s.Created.UTC().Format("2006-01-02 15:04"), fmtBytes(uint64(max(s.SizeBytes, 0))), kind}
+				rows[i] = []string{s.Name, s.Created.UTC().Format("2006-01-02 15:04"), fmtBytes(uint64(max(s.SizeBytes, 0))), s.Kind()}
 			}
 			p.table.SetRows(rows)
 			p.table.EmptyText = "No snapshots. Press n to take one."
@@ -99,21 +95,15 @@ func (p *snapshotsPage) key(msg tea.KeyMsg) tea.Cmd {
 	case key.Matches(msg, k.Bottom):
 		p.table.Bottom()
 	case key.Matches(msg, k.SnapNew):
-		def := fmt.Sprintf("snap-%s", c.now().UTC().Format("20060102-150405"))
-		return c.open(newPromptPage(c, "new", "Snapshot "+name, "Name", def, func(sn string) tea.Cmd {
-			return tea.Batch(status("taking snapshot "+sn+" of "+name+"…"), c.op("snapshot", name, func(ctx context.Context) error {
-				_, err := c.backend.SnapshotCreate(ctx, name, sn)
-				return err
-			}))
-		}))
+		return c.open(newSnapshotForm(c, name))
 	case key.Matches(msg, k.SnapRestore):
 		if s := p.selected(); s != nil {
-			sn := s.Name
-			return c.open(newConfirmPage(c, "Restore "+name+" to "+sn+"?",
-				"The VM's current disk"+memNote(s)+" is replaced by the snapshot.",
-				tea.Batch(status("restoring "+name+" to "+sn+"…"), c.op("restore", name, func(ctx context.Context) error {
-					return c.backend.SnapshotRestore(ctx, name, sn)
-				}))))
+			sn, kind := s.Name, s.Kind()
+			return c.open(newConfirmPage(c, "Restore "+name+" from "+sn+" ("+kind+")?", restoreNote(s),
+				tea.Batch(status("restoring "+name+" from "+sn+" ("+kind+")…"),
+					c.opNote("restore", name, kind+" snapshot "+sn, func(ctx context.Context) error {
+						return c.backend.SnapshotRestore(ctx, name, sn)
+					}))))
 		}
 	case key.Matches(msg, k.SnapDelete):
 		if s := p.selected(); s != nil {
@@ -127,11 +117,37 @@ func (p *snapshotsPage) key(msg tea.KeyMsg) tea.Cmd {
 	return nil
 }
 
-func memNote(s *Snapshot) string {
+// restoreNote says what a restore from s replaces and how the VM comes
+// back.
+func restoreNote(s *Snapshot) string {
 	if s.Memory {
-		return " and memory"
+		return "Restores disk and memory: the VM resumes running where the snapshot was taken. Its current disk and memory are replaced."
 	}
-	return ""
+	return "Restores the disk only: the VM boots from the snapshot's disk. Its current disk is replaced."
+}
+
+// Snapshot kinds offered by the form; the first is the default.
+var snapshotKinds = []string{"disk", "disk+memory"}
+
+// newSnapshotForm asks for a snapshot's name and kind: disk only, or disk
+// and memory (space or ←/→ toggles).
+func newSnapshotForm(c *common, name string) *formPage {
+	p := &formPage{c: c, title: "new"}
+	def := fmt.Sprintf("snap-%s", c.now().UTC().Format("20060102-150405"))
+	kind := widget.NewChoiceField("Kind", snapshotKinds, 0)
+	kind.Hint = "space toggles; disk+memory also saves the running VM's memory, so a restore resumes it"
+	p.form = widget.NewForm("Snapshot "+name, c.styles.Form, c.formKeys(),
+		widget.NewTextField("Name", def, "", 63, validName), kind)
+	p.submit = func(f *widget.Form) tea.Cmd {
+		req := SnapshotRequest{Name: f.Fields[0].Value(), Memory: f.Fields[1].Value() == snapshotKinds[1]}
+		k := f.Fields[1].Value()
+		return tea.Batch(p.c.back(), status("taking "+k+" snapshot "+req.Name+" of "+name+"…"),
+			c.opNote("snapshot", name, k+" "+req.Name, func(ctx context.Context) error {
+				_, err := c.backend.SnapshotCreate(ctx, name, req)
+				return err
+			}))
+	}
+	return p
 }
 
 func (p *snapshotsPage) View() string {

@@ -4,9 +4,11 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/libdns/libdns"
 	"github.com/miekg/dns"
@@ -15,18 +17,49 @@ import (
 // DNS is an authoritative loopback DNS server (UDP and TCP on one port) for
 // Zone. Every A question is answered with 127.0.0.1, so ACME validation of
 // any name reaches the proxy on loopback. TXT and CNAME records are set by
-// the test or, as a libdns provider (certmagic.DNSProvider), by DNS-01.
+// the test, as a libdns provider (certmagic.DNSProvider) by DNS-01, or,
+// with WithUpdateKey, by TSIG-signed RFC 2136 dynamic updates.
 type DNS struct {
 	Addr string // "127.0.0.1:port"
 	Zone string // e.g. "example.test" (no trailing dot)
 
-	mu    sync.Mutex
-	txt   map[string][]string // fqdn -> values
-	cname map[string]string   // fqdn -> target fqdn
+	updateKey string // fqdn of the TSIG key updates must carry; "" refuses all
+
+	mu      sync.Mutex
+	txt     map[string][]string // fqdn -> values
+	cname   map[string]string   // fqdn -> target fqdn
+	updates int                 // accepted RFC 2136 updates
+	refused int                 // refused RFC 2136 updates
+}
+
+// DNSOption configures StartDNS.
+type DNSOption func(d *DNS, s *dns.Server)
+
+// WithUpdateKey makes the server accept RFC 2136 dynamic updates of TXT
+// records signed (TSIG) with the key name and base64 secret; the reply is
+// signed with the same key. Without it every update is refused.
+func WithUpdateKey(name, secret string) DNSOption {
+	return func(d *DNS, s *dns.Server) {
+		d.updateKey = fqdn(name)
+		s.TsigSecret = map[string]string{d.updateKey: secret}
+		s.MsgAcceptFunc = acceptUpdates
+	}
+}
+
+// acceptUpdates is miekg/dns's default filter, which refuses UPDATE, with
+// UPDATE let through to the handler (bounded: 64 records, one zone).
+func acceptUpdates(h dns.Header) dns.MsgAcceptAction {
+	if h.Bits&(1<<15) == 0 && int(h.Bits>>11)&0xF == dns.OpcodeUpdate {
+		if h.Qdcount != 1 || h.Nscount > 64 || h.Arcount > 2 {
+			return dns.MsgReject
+		}
+		return dns.MsgAccept
+	}
+	return dns.DefaultMsgAcceptFunc(h)
 }
 
 // StartDNS starts a server for zone; it stops when the test ends.
-func StartDNS(t testing.TB, zone string) *DNS {
+func StartDNS(t testing.TB, zone string, opts ...DNSOption) *DNS {
 	t.Helper()
 	d := &DNS{Zone: strings.TrimSuffix(zone, "."), txt: map[string][]string{}, cname: map[string]string{}}
 	var (
@@ -52,6 +85,10 @@ func StartDNS(t testing.TB, zone string) *DNS {
 	h := dns.HandlerFunc(d.serve)
 	ts := &dns.Server{Listener: tcp, Handler: h}
 	us := &dns.Server{PacketConn: udp, Handler: h}
+	for _, o := range opts {
+		o(d, ts)
+		o(d, us)
+	}
 	go func() { _ = ts.ActivateAndServe() }()
 	go func() { _ = us.ActivateAndServe() }()
 	t.Cleanup(func() { _ = ts.Shutdown(); _ = us.Shutdown() })
@@ -83,6 +120,10 @@ func (d *DNS) Resolver() *net.Resolver {
 }
 
 func (d *DNS) serve(w dns.ResponseWriter, req *dns.Msg) {
+	if req.Opcode == dns.OpcodeUpdate {
+		d.update(w, req)
+		return
+	}
 	m := new(dns.Msg)
 	m.SetReply(req)
 	m.Authoritative = true
@@ -119,6 +160,87 @@ func (d *DNS) serve(w dns.ResponseWriter, req *dns.Msg) {
 	}
 	d.mu.Unlock()
 	_ = w.WriteMsg(m)
+}
+
+// update applies an RFC 2136 UPDATE of TXT records in Zone if it carries a
+// valid TSIG signature by the update key; otherwise it answers NOTAUTH and
+// changes nothing.
+func (d *DNS) update(w dns.ResponseWriter, req *dns.Msg) {
+	m := new(dns.Msg)
+	m.SetReply(req)
+	tsig := req.IsTsig()
+	signed := d.updateKey != "" && tsig != nil && strings.EqualFold(tsig.Hdr.Name, d.updateKey) && w.TsigStatus() == nil
+	if signed {
+		// Sign the reply; the server computes the MAC with the same key.
+		m.SetTsig(tsig.Hdr.Name, tsig.Algorithm, 300, time.Now().Unix())
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	m.Rcode = d.applyUpdate(req, signed)
+	if m.Rcode == dns.RcodeSuccess {
+		d.updates++
+	} else {
+		d.refused++
+	}
+	_ = w.WriteMsg(m)
+}
+
+// applyUpdate checks the zone and prerequisites and applies the update
+// section (RFC 2136 3.4.2): class IN adds, ANY deletes an RRset or a name,
+// NONE deletes one record. It checks everything before changing anything.
+func (d *DNS) applyUpdate(req *dns.Msg, signed bool) int {
+	if !signed {
+		return dns.RcodeNotAuth
+	}
+	if len(req.Question) != 1 || fqdn(req.Question[0].Name) != fqdn(d.Zone) || len(req.Answer) != 0 {
+		return dns.RcodeNotZone
+	}
+	zone := fqdn(d.Zone)
+	for _, rr := range req.Ns {
+		h := rr.Header()
+		name := fqdn(h.Name)
+		if name != zone && !strings.HasSuffix(name, "."+zone) {
+			return dns.RcodeNotZone
+		}
+		if h.Rrtype != dns.TypeTXT && h.Rrtype != dns.TypeANY {
+			return dns.RcodeNotImplemented
+		}
+		switch h.Class {
+		case dns.ClassINET:
+			if _, ok := rr.(*dns.TXT); !ok {
+				return dns.RcodeFormatError
+			}
+		case dns.ClassANY, dns.ClassNONE:
+		default:
+			return dns.RcodeFormatError
+		}
+	}
+	for _, rr := range req.Ns {
+		h := rr.Header()
+		name := fqdn(h.Name)
+		switch h.Class {
+		case dns.ClassINET:
+			v := strings.Join(rr.(*dns.TXT).Txt, "") // checked above
+			if !slices.Contains(d.txt[name], v) {
+				d.txt[name] = append(d.txt[name], v)
+			}
+		case dns.ClassANY: // delete the TXT RRset or every RRset at name
+			delete(d.txt, name)
+		case dns.ClassNONE:
+			if t, ok := rr.(*dns.TXT); ok {
+				v := strings.Join(t.Txt, "")
+				d.txt[name] = slices.DeleteFunc(d.txt[name], func(s string) bool { return s == v })
+			}
+		}
+	}
+	return dns.RcodeSuccess
+}
+
+// Updates returns how many RFC 2136 updates were applied and refused.
+func (d *DNS) Updates() (applied, refused int) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.updates, d.refused
 }
 
 // AppendRecords implements libdns.RecordAppender (TXT records only).

@@ -2,6 +2,7 @@ package proxytest
 
 import (
 	"crypto/x509"
+	"encoding/pem"
 	"io"
 	"log"
 	"net/http"
@@ -25,8 +26,10 @@ import (
 type Pebble struct {
 	// DirectoryURL is the ACME directory (Config.ACMECA).
 	DirectoryURL string
-	// ServerRoots trusts Pebble's own HTTPS endpoint (Config.CARoots).
-	ServerRoots *x509.CertPool
+	// ServerRoots trusts Pebble's own HTTPS endpoint (Config.CARoots);
+	// ServerRootPEM is the same certificate in PEM (the daemon's acme_root).
+	ServerRoots   *x509.CertPool
+	ServerRootPEM []byte
 	// IssuerRoots trusts the certificates Pebble issues (for clients).
 	IssuerRoots *x509.CertPool
 	// IssuerRootPEM is the same root in PEM, for curl --cacert.
@@ -77,6 +80,7 @@ func StartPebble(t *testing.T, o PebbleOptions) *Pebble {
 	p.DirectoryURL = srv.URL + wfe.DirectoryPath
 	p.ServerRoots = x509.NewCertPool()
 	p.ServerRoots.AddCert(srv.Certificate())
+	p.ServerRootPEM = pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw})
 	root := authority.GetRootCert(0)
 	p.IssuerRoots = x509.NewCertPool()
 	p.IssuerRoots.AddCert(root.Cert)

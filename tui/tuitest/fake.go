@@ -33,6 +33,8 @@ type Fake struct {
 	seq   int
 	fails map[string]error
 	calls []string
+	// images replaces defaultImages when set.
+	images []tui.Image
 }
 
 type vmState struct {
@@ -228,6 +230,20 @@ func (f *Fake) Get(ctx context.Context, name string) (tui.Detail, error) {
 	return d, nil
 }
 
+// defaultImages are the images a Fake offers until SetImages.
+var defaultImages = []tui.Image{
+	{Name: "alpine-3.21", Description: "Alpine Linux"},
+	{Name: "debian-12", Description: "Debian bookworm", Default: true},
+	{Name: "ubuntu-24.04", Description: "Ubuntu noble"},
+}
+
+// SetImages replaces the images Images returns.
+func (f *Fake) SetImages(ims []tui.Image) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.images = append([]tui.Image{}, ims...)
+}
+
 // Images implements tui.Backend.
 func (f *Fake) Images(ctx context.Context) ([]tui.Image, error) {
 	f.mu.Lock()
@@ -235,11 +251,10 @@ func (f *Fake) Images(ctx context.Context) ([]tui.Image, error) {
 	if _, err := f.begin("Images", "", false); err != nil {
 		return nil, err
 	}
-	return []tui.Image{
-		{Name: "alpine-3.21", Description: "Alpine Linux"},
-		{Name: "debian-12", Description: "Debian bookworm", Default: true},
-		{Name: "ubuntu-24.04", Description: "Ubuntu noble"},
-	}, nil
+	if f.images != nil {
+		return append([]tui.Image{}, f.images...), nil
+	}
+	return append([]tui.Image{}, defaultImages...), nil
 }
 
 // Create implements tui.Backend. Steps: allocating address, creating
@@ -359,22 +374,30 @@ func (f *Fake) Resize(ctx context.Context, name string, req tui.ResizeRequest) e
 	return nil
 }
 
-// SnapshotCreate implements tui.Backend.
-func (f *Fake) SnapshotCreate(ctx context.Context, name, snap string) (tui.Snapshot, error) {
+// SnapshotCreate implements tui.Backend. The call is recorded as
+// "SnapshotCreate vm snap" with " memory" for a memory snapshot, which
+// needs a running VM.
+func (f *Fake) SnapshotCreate(ctx context.Context, name string, req tui.SnapshotRequest) (tui.Snapshot, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	s, err := f.begin("SnapshotCreate", name, true)
 	if err != nil {
 		return tui.Snapshot{}, err
 	}
-	f.calls[len(f.calls)-1] += " " + snap
+	f.calls[len(f.calls)-1] += " " + req.Name
+	if req.Memory {
+		f.calls[len(f.calls)-1] += " memory"
+		if !s.vm.Running() {
+			return tui.Snapshot{}, errs.New(errs.FailedPrecondition, "a memory snapshot needs a running vm; %s is %s", name, s.vm.Status)
+		}
+	}
 	for _, sn := range s.snaps {
-		if sn.Name == snap {
-			return tui.Snapshot{}, errs.New(errs.AlreadyExists, "snapshot %q of %q", snap, name)
+		if sn.Name == req.Name {
+			return tui.Snapshot{}, errs.New(errs.AlreadyExists, "snapshot %q of %q", req.Name, name)
 		}
 	}
 	f.seq++
-	sn := tui.Snapshot{ID: fmt.Sprintf("snap%04d", f.seq), Name: snap, Created: f.Now(), SizeBytes: 8 << 20, Memory: s.vm.Running()}
+	sn := tui.Snapshot{ID: fmt.Sprintf("snap%04d", f.seq), Name: req.Name, Created: f.Now(), SizeBytes: 8 << 20, Memory: req.Memory}
 	s.snaps = append(s.snaps, sn)
 	return sn, nil
 }

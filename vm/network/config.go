@@ -28,6 +28,15 @@ type Config struct {
 	// HostPorts are the host TCP ports VMs may reach on the gateway
 	// address. Default none.
 	HostPorts []uint16
+	// DNS is the nameserver handed to guests (zero: none). VMs may reach it
+	// on port 53 (UDP and TCP) even when it is in DeniedEgress or is an
+	// address of the host itself (a resolver on the gateway, say). It must
+	// be a unicast IPv4 address outside Subnet, or the gateway.
+	DNS netip.Addr
+	// EgressAllow opens destinations in DeniedEgress to VMs (forwarded
+	// traffic only: the host's own addresses stay closed). Default none;
+	// at most MaxEgressAllow rules.
+	EgressAllow []EgressRule
 }
 
 // Defaults.
@@ -57,6 +66,7 @@ func (c Config) withDefaults() Config {
 	}
 	c.HostPorts = slices.Clone(c.HostPorts)
 	slices.Sort(c.HostPorts)
+	c.EgressAllow = slices.Clone(c.EgressAllow)
 	return c
 }
 
@@ -80,6 +90,27 @@ func (c Config) Validate() error {
 			return errs.New(errs.InvalidArgument, "network config: host port %d listed twice", p)
 		}
 		seen[p] = true
+	}
+	if c.DNS.IsValid() {
+		if err := validDNS(c.DNS); err != nil {
+			return errs.New(errs.InvalidArgument, "network config: dns: %w", err)
+		}
+		if c.Subnet.Contains(c.DNS) && c.DNS != Gateway(c.Subnet) {
+			return errs.New(errs.InvalidArgument, "network config: dns %s is inside the vm subnet %s: only the gateway %s may serve vms there", c.DNS, c.Subnet, Gateway(c.Subnet))
+		}
+	}
+	if len(c.EgressAllow) > MaxEgressAllow {
+		return errs.New(errs.InvalidArgument, "network config: %d egress rules, at most %d", len(c.EgressAllow), MaxEgressAllow)
+	}
+	rules := map[EgressRule]bool{}
+	for _, r := range c.EgressAllow {
+		if err := r.Validate(); err != nil {
+			return errs.New(errs.InvalidArgument, "network config: %w", err)
+		}
+		if rules[r] {
+			return errs.New(errs.InvalidArgument, "network config: egress rule %q listed twice", r)
+		}
+		rules[r] = true
 	}
 	return nil
 }

@@ -21,11 +21,18 @@
 // Two tables named Config.Table are replaced together in one netlink batch:
 //
 //   - table inet: VM-to-VM traffic routed through the host is dropped; VMs may
-//     reach anything outside the bridge (masqueraded when Config.UplinkNAT);
-//     traffic from outside to a VM passes only when it belongs to a
-//     connection the VM or the host started, while the host itself reaches
-//     every VM on any port; from the bridge the host accepts only replies,
-//     ICMP echo to the gateway and Config.HostPorts (TCP) on the gateway.
+//     reach the public internet (masqueraded when Config.UplinkNAT) but no
+//     destination in DeniedEgress (link-local and cloud metadata, RFC 1918,
+//     CGNAT, loopback, multicast, reserved: refused with ICMP
+//     admin-prohibited) unless Config.EgressAllow opens it; Config.DNS is
+//     reachable on port 53 (UDP and TCP) wherever it is; traffic from
+//     outside to a VM passes only when it belongs to a connection the VM or
+//     the host started, while the host itself reaches every VM on any port;
+//     from the bridge the host accepts, on any of its addresses, only
+//     replies, ICMP echo to the gateway, Config.HostPorts (TCP) on the
+//     gateway and port 53 on Config.DNS; a TAP that is not in the bridge
+//     (mn*, as the inet family sees bridged packets under the bridge's
+//     name) reaches neither the host nor anything beyond it.
 //   - table bridge: every frame entering a bridge from a port named mn*
 //     (TAPPrefix) must carry the IPv4 address and MAC registered for that
 //     port (ARP included) and be IPv4 or ARP; everything else is dropped.

@@ -101,27 +101,47 @@ func inetTable(cfg Config) tableSpec {
 				name: "input", typ: nftables.ChainTypeFilter, hook: nftables.ChainHookInput, hookText: "input",
 				prio: *nftables.ChainPriorityFilter, prioText: "filter",
 				rules: []ruleSpec{
+					// A TAP outside the bridge (the bridge was recreated,
+					// say) reaches nothing: through the bridge, packets
+					// carry the bridge's name here.
+					rule(ifnamePrefix("iifname", TAPPrefix, true), counter(), drop()),
 					rule(ifname("iifname", br, true), ctState(expr.CtStateBitESTABLISHED|expr.CtStateBitRELATED, "established,related"), accept()),
 					rule(ifname("iifname", br, true), ipAddr("daddr", gw), l4proto(unix.IPPROTO_ICMP), icmpType(8, "echo-request"), accept()),
 					rule(ifname("iifname", br, true), ipAddr("daddr", gw), l4proto(unix.IPPROTO_TCP), tcpDportIn(setHostPorts), accept()),
-					rule(ifname("iifname", br, true), counter(), drop()),
 				},
 			},
 			{
 				name: "forward", typ: nftables.ChainTypeFilter, hook: nftables.ChainHookForward, hookText: "forward",
 				prio: *nftables.ChainPriorityFilter, prioText: "filter",
 				rules: []ruleSpec{
+					rule(ifnamePrefix("iifname", TAPPrefix, true), counter(), drop()),
 					// VM to VM, routed through the host or bridged and seen
 					// here because bridged frames pass the inet hooks.
 					rule(ifname("iifname", br, true), ifname("oifname", br, true), counter(), drop()),
-					rule(ifname("iifname", br, true), ipAddr("saddr", cfg.Subnet), accept()),
-					rule(ifname("iifname", br, true), counter(), drop()),
-					rule(ifname("oifname", br, true), ctState(expr.CtStateBitESTABLISHED|expr.CtStateBitRELATED, "established,related"), accept()),
-					rule(ifname("oifname", br, true), counter(), drop()),
 				},
 			},
 		},
 	}
+	// From the bridge the host itself accepts only the above and the
+	// nameserver; everything else, on any of its addresses, is dropped.
+	input, forward := &t.chains[0], &t.chains[1]
+	input.rules = append(input.rules, dnsRules(cfg)...)
+	input.rules = append(input.rules, rule(ifname("iifname", br, true), counter(), drop()))
+	// Forwarded: the nameserver and the allow-list, then DeniedEgress is
+	// refused, then the rest (the public internet) is accepted.
+	forward.rules = append(forward.rules, dnsRules(cfg)...)
+	for _, a := range cfg.EgressAllow {
+		forward.rules = append(forward.rules, rule(ifname("iifname", br, true), ipAddr("saddr", cfg.Subnet), ipAddr("daddr", a.Prefix), l4Match(a.Proto, a.Port), accept()))
+	}
+	for _, p := range DeniedEgress {
+		forward.rules = append(forward.rules, rule(ifname("iifname", br, true), ipAddr("daddr", p), counter(), reject()))
+	}
+	forward.rules = append(forward.rules,
+		rule(ifname("iifname", br, true), ipAddr("saddr", cfg.Subnet), accept()),
+		rule(ifname("iifname", br, true), counter(), drop()),
+		rule(ifname("oifname", br, true), ctState(expr.CtStateBitESTABLISHED|expr.CtStateBitRELATED, "established,related"), accept()),
+		rule(ifname("oifname", br, true), counter(), drop()),
+	)
 	if cfg.UplinkNAT {
 		t.chains = append(t.chains, chainSpec{
 			name: "postrouting", typ: nftables.ChainTypeNAT, hook: nftables.ChainHookPostrouting, hookText: "postrouting",
@@ -132,6 +152,19 @@ func inetTable(cfg Config) tableSpec {
 		})
 	}
 	return t
+}
+
+// dnsRules let VMs reach cfg.DNS on port 53, UDP and TCP (none without a
+// nameserver).
+func dnsRules(cfg Config) []ruleSpec {
+	if !cfg.DNS.IsValid() {
+		return nil
+	}
+	br, dns := cfg.Bridge, netip.PrefixFrom(cfg.DNS, 32)
+	return []ruleSpec{
+		rule(ifname("iifname", br, true), ipAddr("saddr", cfg.Subnet), ipAddr("daddr", dns), l4Match("udp", 53), accept()),
+		rule(ifname("iifname", br, true), ipAddr("saddr", cfg.Subnet), ipAddr("daddr", dns), l4Match("tcp", 53), accept()),
+	}
 }
 
 // Bridge family priority "filter" is -200.
@@ -343,6 +376,33 @@ func l4proto(proto byte) match {
 	}}
 }
 
+// l4Match matches a protocol ("tcp" or "udp"; "" matches anything) and,
+// when port is not 0, its destination port.
+func l4Match(proto string, port uint16) match {
+	var num byte
+	switch proto {
+	case "":
+		return match{}
+	case "tcp":
+		num = unix.IPPROTO_TCP
+	case "udp":
+		num = unix.IPPROTO_UDP
+	default:
+		panic("network: l4Match: protocol " + proto)
+	}
+	m := l4proto(num)
+	if port == 0 {
+		m.text = "meta l4proto " + proto
+		return m
+	}
+	m.text = fmt.Sprintf("%s dport %d", proto, port)
+	m.exprs = append(m.exprs,
+		payload(expr.PayloadBaseTransportHeader, 2, 2),
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.BigEndian.PutUint16(port)},
+	)
+	return m
+}
+
 func icmpType(typ byte, text string) match {
 	return match{
 		text: "icmp type " + text,
@@ -419,6 +479,14 @@ func accept() match {
 
 func drop() match {
 	return match{text: "drop", exprs: []expr.Any{&expr.Verdict{Kind: expr.VerdictDrop}}}
+}
+
+// reject answers with ICMP "administratively prohibited", so a refused
+// connection fails at once instead of timing out.
+func reject() match {
+	return match{text: "reject with icmpx admin-prohibited", exprs: []expr.Any{
+		&expr.Reject{Type: unix.NFT_REJECT_ICMPX_UNREACH, Code: unix.NFT_REJECT_ICMPX_ADMIN_PROHIBITED},
+	}}
 }
 
 func masquerade() match { return match{text: "masquerade", exprs: []expr.Any{&expr.Masq{}}} }

@@ -25,10 +25,11 @@ const (
 	machineFile = "machine.json"
 	qemuLog     = "qemu.log"
 	relayLog    = "relay.log"
+	consoleFIFO = "console.fifo" // see console.go
 )
 
 // runFiles are removed by Shutdown, Kill and a failed Start.
-var runFiles = []string{qmpSock, consoleSock, agentSock, vsockSock, pidFile, machineFile}
+var runFiles = []string{qmpSock, consoleSock, agentSock, vsockSock, pidFile, machineFile, consoleFIFO}
 
 // machine is the resolved launch configuration of one QEMU process. It is
 // pure data: argv is a function of it alone. It is written to
@@ -48,6 +49,9 @@ type machine struct {
 	VsockCID   uint32               `json:"vsock_cid,omitempty"`
 	RunDir     string               `json:"run_dir"`
 	ConsoleLog string               `json:"console_log"`
+	// ConsoleFIFO, when set, is where QEMU writes the console instead of
+	// ConsoleLog: the console logger copies it into the capped log.
+	ConsoleFIFO string `json:"console_fifo,omitempty"`
 	// Incoming is the memory state file to restore from ("" for a boot).
 	Incoming string `json:"incoming,omitempty"`
 	// Sandbox runs QEMU under its seccomp sandbox (SandboxArgs).
@@ -55,6 +59,14 @@ type machine struct {
 }
 
 func (m machine) path(name string) string { return filepath.Join(m.RunDir, name) }
+
+// consoleOut is the file QEMU writes the serial console to.
+func (m machine) consoleOut() string {
+	if m.ConsoleFIFO != "" {
+		return m.ConsoleFIFO
+	}
+	return m.ConsoleLog
+}
 
 // opt escapes a value for QEMU's comma-separated option syntax.
 func opt(s string) string { return strings.ReplaceAll(s, ",", ",,") }
@@ -98,7 +110,7 @@ func (m machine) args() []string {
 	}
 	a = append(a, "-append", m.Cmdline)
 	a = append(a,
-		"-chardev", "socket,id=con,path="+opt(m.path(consoleSock))+",server=on,wait=off,logfile="+opt(m.ConsoleLog)+",logappend=on",
+		"-chardev", "socket,id=con,path="+opt(m.path(consoleSock))+",server=on,wait=off,logfile="+opt(m.consoleOut())+",logappend=on",
 		"-serial", "chardev:con",
 		"-qmp", "unix:"+opt(m.path(qmpSock))+",server=on,wait=off",
 		"-pidfile", m.path(pidFile),

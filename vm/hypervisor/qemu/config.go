@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/minionsdev/minions/internal/errs"
+	"github.com/minionsdev/minions/vm/consolelog"
 )
 
 // Accelerators accepted by Config.Accel.
@@ -76,6 +77,16 @@ type Config struct {
 	// connection on its listen socket (it connects and closes without
 	// writing), so the relay must shrug off such a probe.
 	RelayCommand []string
+	// ConsoleCommand is the argv prefix of the console logger, e.g.
+	// [<minions executable>, "console-log"]; the driver appends "--fifo
+	// <RunDir/console.fifo> --log <Spec.ConsoleLog> --max-bytes
+	// <ConsoleMaxBytes>" and starts it before QEMU, which writes the
+	// console into the FIFO (see consolelog.Run). Empty: QEMU appends to
+	// Spec.ConsoleLog itself, without a cap.
+	ConsoleCommand []string
+	// ConsoleMaxBytes caps each VM's console log (the file and its
+	// rotated ".1" together). Default consolelog.DefaultMaxBytes.
+	ConsoleMaxBytes int64
 	// Sandbox is "auto" (default), "on" or "off": QEMU's seccomp sandbox
 	// (SandboxArgs), probed once per driver at the first start.
 	Sandbox string
@@ -114,6 +125,9 @@ func (c Config) withDefaults() Config {
 	if c.StopTimeout == 0 {
 		c.StopTimeout = 10 * time.Second
 	}
+	if c.ConsoleMaxBytes == 0 {
+		c.ConsoleMaxBytes = consolelog.DefaultMaxBytes
+	}
 	if c.Log == nil {
 		c.Log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
@@ -144,6 +158,9 @@ func (c Config) Validate() error {
 	}
 	if c.TSCkHz < 0 {
 		return errs.New(errs.InvalidArgument, "qemu config: tsc khz %d is negative", c.TSCkHz)
+	}
+	if err := consolelog.ValidMax(c.ConsoleMaxBytes); err != nil {
+		return fmt.Errorf("qemu config: %w", err)
 	}
 	if c.StartTimeout < 0 || c.StopTimeout < 0 {
 		return errs.New(errs.InvalidArgument, "qemu config: negative timeout")

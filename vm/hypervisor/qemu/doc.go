@@ -26,7 +26,10 @@
 //
 // The serial console (ttyS0) is a unix socket server at RunDir/console.sock
 // (one client at a time, for an interactive console) and is appended to
-// Spec.ConsoleLog whether or not a client is attached. QEMU runs without
+// Spec.ConsoleLog whether or not a client is attached; with
+// Config.ConsoleCommand, QEMU writes it into RunDir/console.fifo instead and
+// a console logger started before QEMU keeps Spec.ConsoleLog under
+// Config.ConsoleMaxBytes (package consolelog). QEMU runs without
 // -no-reboot: a guest reboot resets the machine in place (the process, PID
 // and sockets stay; the kernel reloads from -kernel). A guest power-off makes
 // QEMU exit, which callers see as Alive false / StateStopped.

@@ -179,6 +179,9 @@ func (d *Driver) machineFor(spec hypervisor.Spec) (machine, error) {
 		RunDir:  spec.RunDir, ConsoleLog: spec.ConsoleLog,
 		VhostVsock: d.vhost,
 	}
+	if len(d.cfg.ConsoleCommand) > 0 {
+		m.ConsoleFIFO = m.path(consoleFIFO)
+	}
 	if d.accel == AccelTCG {
 		m.Cmdline = withTSC(spec.Cmdline, d.tscKHz)
 	}
@@ -216,7 +219,7 @@ func (d *Driver) launch(ctx context.Context, m machine) (*hypervisor.Handle, err
 	ctx, cancel := context.WithTimeout(ctx, d.cfg.StartTimeout)
 	defer cancel()
 	log := d.log.With("vm_id", m.ID)
-	var vm, relay *launch.Child
+	var vm, relay, logger *launch.Child
 	h := &hypervisor.Handle{Driver: DriverName, APISocket: m.path(qmpSock), RunDir: m.RunDir}
 	steps := []launch.Step{
 		{
@@ -230,6 +233,18 @@ func (d *Driver) launch(ctx context.Context, m machine) (*hypervisor.Handle, err
 				return writeFileAtomic(m.path(machineFile), append(b, '\n'))
 			},
 			Undo: func() { removeRunFiles(m.RunDir) },
+		},
+		{
+			Name: "start console logger",
+			Do: func(context.Context) error {
+				if m.ConsoleFIFO == "" {
+					return nil
+				}
+				var err error
+				logger, err = d.startConsoleLogger(m)
+				return err
+			},
+			Undo: func() { d.stopChild(context.Background(), logger) },
 		},
 		{
 			Name: "start qemu",
@@ -298,6 +313,9 @@ func (d *Driver) launch(ctx context.Context, m machine) (*hypervisor.Handle, err
 	} else {
 		h.Agent = hypervisor.AgentEndpoint{Kind: "hybrid-vsock", Path: m.path(vsockSock), Port: AgentPort}
 		h.Helpers = []hypervisor.Process{{Name: "agent-relay", PID: relay.PID, StartTime: relay.Start}}
+	}
+	if logger != nil {
+		h.Helpers = append(h.Helpers, hypervisor.Process{Name: consoleHelper, PID: logger.PID, StartTime: logger.Start})
 	}
 	return h, nil
 }

@@ -13,10 +13,15 @@ var _ hypervisor.Repairer = (*Driver)(nil)
 
 // Repair restarts the agent relay of a running VM if it died (killed by
 // hand, or OOM): QEMU's agent.sock is still there and the guest link
-// redoes its handshake with the new relay.
+// redoes its handshake with the new relay. A dead console logger is
+// restarted too (see repairConsoleLogger).
 func (d *Driver) Repair(ctx context.Context, h *hypervisor.Handle) (*hypervisor.Handle, bool, error) {
 	if h == nil || !d.Alive(h) || len(h.Helpers) == 0 {
 		return h, false, nil
+	}
+	h, logged, err := d.repairConsoleLogger(h)
+	if err != nil {
+		return h, logged, err
 	}
 	dead := false
 	for _, p := range h.Helpers {
@@ -25,20 +30,25 @@ func (d *Driver) Repair(ctx context.Context, h *hypervisor.Handle) (*hypervisor.
 		}
 	}
 	if !dead {
-		return h, false, nil
+		return h, logged, nil
 	}
 	path := func(name string) string { return filepath.Join(h.RunDir, name) }
 	argv := append(append([]string(nil), d.cfg.RelayCommand...), "--serial", path(agentSock), "--listen", path(vsockSock))
 	relay, err := launch.Spawn(argv, h.RunDir, path(relayLog))
 	if err != nil {
-		return h, false, err
+		return h, logged, err
 	}
 	if err := waitSocket(ctx, relay, path(vsockSock), path(relayLog)); err != nil {
 		d.stopChild(context.Background(), relay)
-		return h, false, err
+		return h, logged, err
 	}
 	nh := *h
 	nh.Helpers = []hypervisor.Process{{Name: "agent-relay", PID: relay.PID, StartTime: relay.Start}}
+	for _, p := range h.Helpers {
+		if p.Name != "agent-relay" {
+			nh.Helpers = append(nh.Helpers, p)
+		}
+	}
 	d.cfg.Log.Info("agent relay restarted", "pid", relay.PID, "run_dir", h.RunDir)
 	return &nh, true, nil
 }

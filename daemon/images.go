@@ -1,0 +1,170 @@
+package daemon
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"text/tabwriter"
+	"time"
+
+	"github.com/minionsdev/minions/cli"
+	"github.com/minionsdev/minions/images"
+	"github.com/minionsdev/minions/internal/errs"
+	"github.com/minionsdev/minions/service"
+)
+
+// The image catalogue as the service manages it (service.ImageCatalog):
+// the service checks who asks, the catalogue does the work.
+
+var _ service.ImageCatalog = imageAdapter{}
+
+func imageInfo(im images.Image) service.ImageInfo {
+	return service.ImageInfo{Ref: im.Ref(), OS: im.OS, Version: im.Version, SizeBytes: im.SizeBytes, Created: im.Created,
+		KernelVersion: im.KernelVersion}
+}
+
+func (a imageAdapter) ListImages(context.Context) ([]service.ImageInfo, error) {
+	ims, err := a.cat.List()
+	if err != nil {
+		return nil, err
+	}
+	out := make([]service.ImageInfo, 0, len(ims))
+	for _, im := range ims {
+		out = append(out, imageInfo(im))
+	}
+	return out, nil
+}
+
+// BuildImage installs the guest kernel and its initramfs if needed, then
+// builds the image, as `minions image build` does.
+func (a imageAdapter) BuildImage(ctx context.Context, req service.ImageBuildRequest, progress service.Progress) (service.ImageInfo, error) {
+	say := func(s string) {
+		if progress != nil {
+			progress(s)
+		}
+	}
+	agent, err := AgentBinary()
+	if err != nil {
+		return service.ImageInfo{}, err
+	}
+	say("kernel")
+	k, err := a.cat.Kernel(ctx)
+	if err != nil {
+		return service.ImageInfo{}, err
+	}
+	say("initramfs")
+	if _, err := a.cat.Initramfs(ctx, k, agent); err != nil {
+		return service.ImageInfo{}, err
+	}
+	im, err := a.cat.Build(ctx, images.BuildOptions{OS: req.OS, SizeMiB: req.SizeMiB, Mirror: req.Mirror, AgentBinary: agent, Kernel: &k, Progress: say})
+	if err != nil {
+		return service.ImageInfo{}, err
+	}
+	return imageInfo(im), nil
+}
+
+func (a imageAdapter) RemoveImage(_ context.Context, ref string, inUse func(string) bool) ([]service.ImageInfo, error) {
+	removed, err := a.cat.Remove(ref, func(im images.Image) bool { return inUse(im.Ref()) })
+	out := make([]service.ImageInfo, 0, len(removed))
+	for _, im := range removed {
+		out = append(out, imageInfo(im))
+	}
+	return out, err
+}
+
+// remoteImages runs an image command against the daemon that --host names,
+// through its API (the service checks who asks), instead of against this
+// host's catalogue. done is false without --host: the caller then works
+// on the local catalogue as root.
+func remoteImages(ctx context.Context, x *cli.Ctx, verb string) (done bool, err error) {
+	if x.G.Host == "" {
+		return false, nil
+	}
+	be, err := x.Backend(ctx)
+	if err != nil {
+		return true, err
+	}
+	ib, ok := be.(cli.ImageBackend)
+	if !ok {
+		return true, errs.New(errs.Unavailable, "this backend manages no images")
+	}
+	switch verb {
+	case "list":
+		ims, err := ib.ListImages(ctx)
+		if err != nil {
+			return true, err
+		}
+		return true, x.Print(ims, func(w io.Writer) {
+			if len(ims) == 0 {
+				fmt.Fprintln(w, "no images yet: an admin builds one with `minions image build --os minimal`")
+				return
+			}
+			tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+			fmt.Fprintln(tw, "IMAGE\tSIZE\tCREATED\tDEFAULT")
+			for _, im := range ims {
+				mark := ""
+				if im.Default {
+					mark = "*"
+				}
+				fmt.Fprintf(tw, "%s\t%d MiB\t%s\t%s\n", im.Ref, im.SizeBytes>>20, im.Created.Format(time.RFC3339), mark)
+			}
+			tw.Flush()
+		})
+	case "default":
+		reset := x.FS.Lookup("reset").Value.(flag.Getter).Get().(bool)
+		var d service.ImageDefault
+		switch {
+		case reset && len(x.Args) > 0:
+			return true, errs.New(errs.InvalidArgument, "image default: give an image or --reset, not both")
+		case reset:
+			d, err = ib.SetDefaultImage(ctx, "")
+		case len(x.Args) > 0:
+			d, err = ib.SetDefaultImage(ctx, x.Args[0])
+		default:
+			d, err = ib.DefaultImage(ctx)
+		}
+		if err != nil {
+			return true, err
+		}
+		return true, x.Print(d, func(w io.Writer) {
+			fmt.Fprintf(w, "default image: %s (%s)", d.Image, d.Source)
+			if d.ResolvesTo != "" {
+				fmt.Fprintf(w, ", now %s\n", d.ResolvesTo)
+			} else {
+				fmt.Fprintln(w, ", not built")
+			}
+		})
+	case "rm":
+		removed, err := ib.RemoveImage(ctx, x.Args[0])
+		if err != nil {
+			return true, err
+		}
+		out := []string{}
+		for _, im := range removed {
+			out = append(out, im.Ref)
+		}
+		return true, x.Print(map[string]any{"removed": out}, func(w io.Writer) {
+			for _, r := range out {
+				fmt.Fprintf(w, "removed %s\n", r)
+			}
+		})
+	case "build":
+		for _, f := range []string{"rootfs-tarball", "nixos-config"} {
+			if x.FS.Lookup(f).Value.String() != "" {
+				return true, errs.New(errs.InvalidArgument, "--%s names a file on this machine: not with --host", f)
+			}
+		}
+		req := service.ImageBuildRequest{OS: x.FS.Lookup("os").Value.String(), SizeMiB: x.FS.Lookup("size").Value.(flag.Getter).Get().(int),
+			Mirror: x.FS.Lookup("mirror").Value.String()}
+		start := time.Now()
+		im, err := ib.BuildImage(ctx, req, func(s string) {
+			fmt.Fprintf(x.Stderr, "image %s: %s (%.1fs)\n", req.OS, s, time.Since(start).Seconds())
+		})
+		if err != nil {
+			return true, err
+		}
+		return true, x.Print(im, func(w io.Writer) { fmt.Fprintf(w, "built %s in %.1fs\n", im.Ref, time.Since(start).Seconds()) })
+	}
+	return true, errs.New(errs.InvalidArgument, "image %s: not with --host (it runs on the host)", verb)
+}

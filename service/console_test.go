@@ -1,0 +1,43 @@
+package service
+
+import (
+	"os"
+	"runtime"
+	"strings"
+	"testing"
+)
+
+// A failed boot's message shows the end of the console log without
+// reading the whole file: a 256 MiB log costs well under 1 MiB.
+func TestConsoleTailReadsOnlyTheEnd(t *testing.T) {
+	fx := newFixture(t)
+	id := "aaaaaaaaaaaa"
+	os.MkdirAll(fx.svc.vmDir(id), 0o700)
+	path := fx.svc.consolePath(id)
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Truncate(256 << 20) // sparse: costs no disk
+	f.Seek(0, 2)
+	f.WriteString("\nline one\nline two\nthe last line\n")
+	f.Close()
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	tail := fx.svc.consoleTail(id, 2)
+	runtime.ReadMemStats(&after)
+	if tail != "line two\nthe last line" {
+		t.Fatalf("tail = %q", tail)
+	}
+	if n := after.TotalAlloc - before.TotalAlloc; n > 1<<20 {
+		t.Fatalf("reading the tail allocated %d bytes", n)
+	}
+	// Output that was rotated away is shown too when the current file is
+	// short.
+	os.Rename(path, path+".1")
+	os.WriteFile(path, []byte("after rotation\n"), 0o600)
+	if tail := fx.svc.consoleTail(id, 2); !strings.HasSuffix(tail, "the last line\nafter rotation") {
+		t.Fatalf("tail across rotation = %q", tail)
+	}
+}
