@@ -6,83 +6,54 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
-	"runtime"
 	"strings"
 	"testing"
-
-	"golang.org/x/sys/unix"
 )
 
-// peerNet is a second network namespace joined to the test's namespace by
-// a veth pair: a stand-in for "somewhere past the host" that VMs reach
-// through the host's forwarding, as they would reach the internet.
-type peerNet struct {
-	ns       string // namespace name (ip netns)
-	hostIP   string // the test namespace's end
-	peerIP   string // the peer namespace's end
-	hostLink string
-}
-
-// newPeerNet creates the peer namespace and its veth pair and enables
-// forwarding in the test's namespace (created for this run: it changes
-// nothing outside). Everything is removed when t ends.
-func newPeerNet(t *testing.T) *peerNet {
+// uplinkServer serves body over HTTP on an "internet" address (TEST-NET-3)
+// in a second network namespace behind a veth pair: somewhere past the
+// host, reached through its forwarding as VMs reach the internet. It
+// returns the server's address (IP:port). Everything is removed when t
+// ends; every address exists only inside the test's namespaces.
+func uplinkServer(t *testing.T, body string) string {
 	t.Helper()
-	p := &peerNet{ns: fmt.Sprintf("mne2e-peer-%d", os.Getpid()), hostIP: "10.231.77.1", peerIP: "10.231.77.2", hostLink: "mnpeer0"}
-	run := func(args ...string) {
-		t.Helper()
-		if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
-			t.Fatalf("%s: %v: %s", strings.Join(args, " "), err, out)
-		}
-	}
-	run("ip", "netns", "add", p.ns)
-	t.Cleanup(func() {
-		exec.Command("ip", "link", "del", p.hostLink).Run()
-		exec.Command("ip", "netns", "del", p.ns).Run()
-	})
-	run("ip", "link", "add", p.hostLink, "type", "veth", "peer", "name", "eth0", "netns", p.ns)
-	run("ip", "addr", "add", p.hostIP+"/24", "dev", p.hostLink)
-	run("ip", "link", "set", p.hostLink, "up")
-	run("ip", "netns", "exec", p.ns, "ip", "link", "set", "lo", "up")
-	run("ip", "netns", "exec", p.ns, "ip", "addr", "add", p.peerIP+"/24", "dev", "eth0")
-	run("ip", "netns", "exec", p.ns, "ip", "link", "set", "eth0", "up")
-	run("ip", "netns", "exec", p.ns, "ip", "route", "add", "default", "via", p.hostIP)
+	const (
+		hostEnd  = "192.168.78.2"
+		routerIP = "192.168.78.1"
+		internet = "203.0.113.77"
+	)
+	ns := fmt.Sprintf("mnmini%d", os.Getpid())
+	ipcmd(t, "netns", "add", ns)
+	t.Cleanup(func() { exec.Command("ip", "netns", "del", ns).Run() })
+	ipcmd(t, "link", "add", "mnupl0", "type", "veth", "peer", "name", "eth0", "netns", ns)
+	t.Cleanup(func() { exec.Command("ip", "link", "del", "mnupl0").Run() })
+	ipcmd(t, "addr", "add", hostEnd+"/24", "dev", "mnupl0")
+	ipcmd(t, "link", "set", "mnupl0", "up")
+	ipcmd(t, "-n", ns, "link", "set", "lo", "up")
+	ipcmd(t, "-n", ns, "addr", "add", routerIP+"/24", "dev", "eth0")
+	ipcmd(t, "-n", ns, "link", "set", "eth0", "up")
+	ipcmd(t, "-n", ns, "addr", "add", internet+"/32", "dev", "lo")
+	ipcmd(t, "-n", ns, "route", "add", "default", "via", hostEnd)
+	ipcmd(t, "route", "add", internet+"/32", "via", routerIP)
+	// The test's own namespace routes for the VMs (it is this run's: this
+	// changes nothing outside).
 	if err := os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1\n"), 0o644); err != nil {
 		t.Fatalf("enable forwarding in the test namespace: %v", err)
 	}
-	return p
-}
-
-// listen opens a TCP listener on the peer's address inside the peer
-// namespace. The socket stays in that namespace; it is served from here.
-func (p *peerNet) listen(t *testing.T) net.Listener {
-	t.Helper()
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	self, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
+	var ln net.Listener
+	inNetns(t, ns, func() {
+		var err error
+		if ln, err = net.Listen("tcp4", internet+":0"); err != nil {
+			t.Errorf("listen in %s: %v", ns, err)
+		}
+	})
+	if ln == nil {
+		t.FailNow()
 	}
-	defer unix.Close(self)
-	peer, err := unix.Open("/run/netns/"+p.ns, unix.O_RDONLY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer unix.Close(peer)
-	if err := unix.Setns(peer, unix.CLONE_NEWNET); err != nil {
-		t.Fatalf("setns peer: %v", err)
-	}
-	ln, lerr := net.Listen("tcp4", p.peerIP+":0")
-	if err := unix.Setns(self, unix.CLONE_NEWNET); err != nil {
-		// This thread is in the wrong namespace: never let it run
-		// anything else (it exits with the goroutine, still locked).
-		runtime.Goexit()
-	}
-	if lerr != nil {
-		t.Fatalf("listen in peer namespace: %v", lerr)
-	}
-	t.Cleanup(func() { ln.Close() })
-	return ln
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { fmt.Fprint(w, body) })}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	return ln.Addr().String()
 }
 
 // TestMinimalImageTools is issue 12 item 7's proof for the minimal image:
@@ -108,13 +79,9 @@ func TestMinimalImageTools(t *testing.T) {
 	})
 
 	t.Run("wget-ip-literal", func(t *testing.T) {
-		p := newPeerNet(t)
-		ln := p.listen(t)
 		body := fmt.Sprintf("minions-e2e-%d\n", os.Getpid())
-		srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { fmt.Fprint(w, body) })}
-		go srv.Serve(ln)
-		t.Cleanup(func() { srv.Close() })
-		url := "http://" + ln.Addr().String() + "/"
+		addr := uplinkServer(t, body)
+		url := "http://" + addr + "/"
 		r := minions(t, "", "exec", "mini", "--", "busybox", "wget", "-O", "-", url)
 		if r.code != 0 || r.stdout != body {
 			t.Fatalf("busybox wget -O - %s: exit %d, want 0 and %q\n%s\nguest dmesg tail:\n%s", url, r.code, body, r,
@@ -130,9 +97,9 @@ func TestMinimalImageTools(t *testing.T) {
 		}
 		// By name through /etc/hosts (the resolver path of a static
 		// binary).
-		must(t, "exec", "mini", "--", "sh", "-c", "echo '"+p.peerIP+" peer.test' >> /etc/hosts")
-		port := ln.Addr().(*net.TCPAddr).Port
-		if r := minions(t, "", "exec", "mini", "--", "wget", "-q", "-O", "-", fmt.Sprintf("http://peer.test:%d/", port)); r.code != 0 || r.stdout != body {
+		host, port, _ := net.SplitHostPort(addr)
+		must(t, "exec", "mini", "--", "sh", "-c", "echo '"+host+" peer.test' >> /etc/hosts")
+		if r := minions(t, "", "exec", "mini", "--", "wget", "-q", "-O", "-", "http://peer.test:"+port+"/"); r.code != 0 || r.stdout != body {
 			t.Fatalf("wget by host name: %s", r)
 		}
 	})
