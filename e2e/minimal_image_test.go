@@ -22,13 +22,14 @@ func uplinkServer(t *testing.T, body string) string {
 		routerIP = "192.168.78.1"
 		internet = "203.0.113.77"
 	)
-	ns := fmt.Sprintf("mnmini%d", os.Getpid())
+	// Names apart from the VMs' TAPs (mn*), whose traffic the host drops.
+	ns := fmt.Sprintf("upmini%d", os.Getpid())
 	ipcmd(t, "netns", "add", ns)
 	t.Cleanup(func() { exec.Command("ip", "netns", "del", ns).Run() })
-	ipcmd(t, "link", "add", "mnupl0", "type", "veth", "peer", "name", "eth0", "netns", ns)
-	t.Cleanup(func() { exec.Command("ip", "link", "del", "mnupl0").Run() })
-	ipcmd(t, "addr", "add", hostEnd+"/24", "dev", "mnupl0")
-	ipcmd(t, "link", "set", "mnupl0", "up")
+	ipcmd(t, "link", "add", "upmini0", "type", "veth", "peer", "name", "eth0", "netns", ns)
+	t.Cleanup(func() { exec.Command("ip", "link", "del", "upmini0").Run() })
+	ipcmd(t, "addr", "add", hostEnd+"/24", "dev", "upmini0")
+	ipcmd(t, "link", "set", "upmini0", "up")
 	ipcmd(t, "-n", ns, "link", "set", "lo", "up")
 	ipcmd(t, "-n", ns, "addr", "add", routerIP+"/24", "dev", "eth0")
 	ipcmd(t, "-n", ns, "link", "set", "eth0", "up")
@@ -82,24 +83,30 @@ func TestMinimalImageTools(t *testing.T) {
 		body := fmt.Sprintf("minions-e2e-%d\n", os.Getpid())
 		addr := uplinkServer(t, body)
 		url := "http://" + addr + "/"
-		r := minions(t, "", "exec", "mini", "--", "busybox", "wget", "-O", "-", url)
+		// Each under busybox timeout (which execs the command itself: its
+		// exit status, 139 for a crash, is the command's): this wget has
+		// no timeout of its own.
+		fetch := func(args ...string) result {
+			return minions(t, "", append([]string{"exec", "mini", "--", "timeout", "60"}, args...)...)
+		}
+		r := fetch("busybox", "wget", "-O", "-", url)
 		if r.code != 0 || r.stdout != body {
 			t.Fatalf("busybox wget -O - %s: exit %d, want 0 and %q\n%s\nguest dmesg tail:\n%s", url, r.code, body, r,
 				minions(t, "", "exec", "mini", "--", "sh", "-c", "dmesg | tail -5").stdout)
 		}
 		// -T (a timeout; this busybox has none and used to crash on it).
-		if r := minions(t, "", "exec", "mini", "--", "busybox", "wget", "-q", "-T", "10", "-O", "-", url); r.code != 0 || r.stdout != body {
+		if r := fetch("busybox", "wget", "-q", "-T", "10", "-O", "-", url); r.code != 0 || r.stdout != body {
 			t.Fatalf("busybox wget -q -T 10 -O - %s: %s", url, r)
 		}
 		// The applet name too, as people type it, with a timeout.
-		if r := minions(t, "", "exec", "mini", "--", "wget", "-q", "-T", "10", "-O", "-", url); r.code != 0 || r.stdout != body {
+		if r := fetch("wget", "-q", "-T", "10", "-O", "-", url); r.code != 0 || r.stdout != body {
 			t.Fatalf("wget -q -T 10 -O - %s: %s", url, r)
 		}
 		// By name through /etc/hosts (the resolver path of a static
 		// binary).
 		host, port, _ := net.SplitHostPort(addr)
 		must(t, "exec", "mini", "--", "sh", "-c", "echo '"+host+" peer.test' >> /etc/hosts")
-		if r := minions(t, "", "exec", "mini", "--", "wget", "-q", "-O", "-", "http://peer.test:"+port+"/"); r.code != 0 || r.stdout != body {
+		if r := fetch("wget", "-q", "-O", "-", "http://peer.test:"+port+"/"); r.code != 0 || r.stdout != body {
 			t.Fatalf("wget by host name: %s", r)
 		}
 	})
