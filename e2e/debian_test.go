@@ -45,7 +45,9 @@ func buildDebian(stateDir string) error {
 
 // TestDebianImage is issue 7's proof: the full Debian image boots, its
 // agent answers, systemd reaches running (or degraded), and sshd accepts
-// the injected key from the host.
+// the injected key from the host. Issue 12 item 7: the everyday tools
+// (python3, rsync, jq, tmux, unzip, dig) run, and python3 -m http.server 80
+// in the VM answers the host.
 func TestDebianImage(t *testing.T) {
 	setup(t)
 	if os.Getenv("MINIONS_E2E_DEBIAN") == "0" {
@@ -89,6 +91,35 @@ func TestDebianImage(t *testing.T) {
 	}
 	if out := must(t, "exec", "deb", "--", "sh", "-c", "for c in git curl vim htop sudo gcc; do command -v $c; done"); strings.Count(out, "\n") != 6 {
 		t.Fatalf("dev tools missing: %q", out)
+	}
+	// The everyday tools of issue 12 item 7, each run, not just found.
+	for _, c := range []struct{ cmd, want string }{
+		{"python3 -c 'print(6*7)'", "42"},
+		{"rsync --version", "rsync  version"},
+		{"jq --version", "jq-"},
+		{"tmux -V", "tmux "},
+		{"unzip -v", "UnZip"},
+		{"dig -v 2>&1", "DiG "},
+	} {
+		if r := minions(t, "", "exec", "deb", "--", "sh", "-c", c.cmd); r.code != 0 || !strings.Contains(r.stdout, c.want) {
+			t.Errorf("%s: want exit 0 and %q in the output: %s", c.cmd, c.want, r)
+		}
+	}
+	// The first thing people try: a web server in the VM, fetched from the
+	// host.
+	must(t, "exec", "deb", "--", "sh", "-c", "mkdir -p /srv/www && echo deb-page > /srv/www/index.html && "+
+		"cd /srv/www && setsid python3 -m http.server 80 </dev/null >/var/log/http.log 2>&1 &")
+	var page []byte
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(500 * time.Millisecond) {
+		var err error
+		page, err = exec.Command("curl", "-sS", "-m", "5", "http://"+v.IP+"/").CombinedOutput()
+		if err == nil && string(page) == "deb-page\n" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("python3 -m http.server 80 in the VM: curl %s: %v %q\n%s", v.IP, err, page,
+				minions(t, "", "exec", "deb", "--", "cat", "/var/log/http.log"))
+		}
 	}
 	t.Logf("debian: create -> agent ready %s, create -> sshd accepting %s, system %s", ready.Round(time.Millisecond), sshd.Round(time.Millisecond), state)
 }

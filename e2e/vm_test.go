@@ -91,7 +91,7 @@ func TestTwoVMs(t *testing.T) {
 		if r := minions(t, "", "exec", "alpha", "--", "ping", "-c", "1", "-W", "2", b.IP); r.code == 0 {
 			t.Fatalf("alpha pinged beta: %s", r)
 		}
-		if r := minions(t, "", "exec", "alpha", "--", "wget", "-q", "-T", "3", "-O", "-", "http://"+b.IP+":8080/"); r.code == 0 || strings.Contains(r.stdout, "beta-page") {
+		if r := minions(t, "", "exec", "alpha", "--", "timeout", "5", "wget", "-q", "-O", "-", "http://"+b.IP+":8080/"); r.code == 0 || strings.Contains(r.stdout, "beta-page") {
 			t.Fatalf("alpha reached beta over TCP: %s", r)
 		}
 		// Spoofing: alpha's own address reaches the gateway; frames with

@@ -17,12 +17,21 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// DebianPackages are installed on top of debootstrap's minbase variant.
-var DebianPackages = []string{
+// DebianPackages are installed on top of debootstrap's minbase variant
+// (debootstrap installs dependencies, not recommendations). DevTools are
+// among them. The debootstrap cache key covers this list: changing it
+// rebuilds the tree.
+var DebianPackages = append([]string{
 	"systemd", "systemd-sysv", "dbus", "udev", "kmod",
 	"openssh-server", "iproute2", "iputils-ping", "netbase", "curl", "ca-certificates",
 	"sudo", "git", "vim", "htop", "less", "procps", "build-essential",
-}
+}, debianDevTools...)
+
+// debianDevTools are the everyday tools the Debian and Ubuntu images
+// promise besides the compiler: python3 (python3 -m http.server), rsync,
+// jq, tmux, unzip and dig (bind9-dnsutils; dnsutils is only its
+// transitional name).
+var debianDevTools = []string{"python3", "rsync", "jq", "tmux", "unzip", "bind9-dnsutils"}
 
 // agentUnit starts the agent before everything else systemd starts.
 const agentUnit = `[Unit]

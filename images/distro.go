@@ -39,11 +39,11 @@ var MirrorProbeTimeout = 10 * time.Second
 
 // UbuntuPackages are installed on top of debootstrap's minbase variant
 // (Ubuntu's names for the same set as DebianPackages).
-var UbuntuPackages = []string{
+var UbuntuPackages = append([]string{
 	"systemd", "systemd-sysv", "dbus", "udev", "kmod",
 	"openssh-server", "iproute2", "iputils-ping", "netbase", "curl", "ca-certificates",
 	"sudo", "git", "vim", "htop", "less", "procps", "build-essential",
-}
+}, debianDevTools...)
 
 // debootstrapDistro describes a distribution debootstrap installs.
 type debootstrapDistro struct {

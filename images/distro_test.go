@@ -2,6 +2,8 @@ package images
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net"
@@ -11,6 +13,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"reflect"
+	"slices"
+	"sort"
 	"strings"
 	"testing"
 	"time"
@@ -121,8 +125,29 @@ func TestDebianUnchanged(t *testing.T) {
 	}
 	// The original formula for the default mirror and packages, computed
 	// apart: sha256 of "debootstrap-v1\n<mirror>\nbookworm\nminbase\n<sorted,pkgs>".
-	if got := d.cacheKey(DefaultDebianMirror); got != "9b9d5db5b09ebb29" {
+	sorted := append([]string(nil), DebianPackages...)
+	sort.Strings(sorted)
+	sum := sha256.Sum256([]byte("debootstrap-v1\n" + DefaultDebianMirror + "\nbookworm\nminbase\n" + strings.Join(sorted, ",")))
+	if got := d.cacheKey(DefaultDebianMirror); got != hex.EncodeToString(sum[:8]) {
 		t.Errorf("debian cache key changed: %s", got)
+	}
+	// The package list is part of the key: a tree cached before the
+	// everyday tools joined the list (key 9b9d5db5b09ebb29, kept in CI's
+	// /var/cache/minions-e2e) is not reused, nor one for a shorter list.
+	if got := d.cacheKey(DefaultDebianMirror); got == "9b9d5db5b09ebb29" {
+		t.Error("debian cache key is the one of the list without python3, rsync, jq, tmux, unzip and dig")
+	}
+	short := d
+	short.Packages = DebianPackages[:len(DebianPackages)-1]
+	if short.cacheKey(DefaultDebianMirror) == d.cacheKey(DefaultDebianMirror) {
+		t.Error("dropping a package keeps the debian cache key")
+	}
+	for _, p := range []string{"python3", "rsync", "jq", "tmux", "unzip", "bind9-dnsutils"} {
+		for _, list := range [][]string{DebianPackages, UbuntuPackages} {
+			if !slices.Contains(list, p) {
+				t.Errorf("%s is not in %q", p, list)
+			}
+		}
 	}
 	if d.cacheKey(DefaultDebianMirror) != debootstrapKey(DefaultDebianMirror, "bookworm", DebianPackages) {
 		t.Error("debian key differs from debootstrapKey without extras")

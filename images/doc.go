@@ -13,7 +13,8 @@
 // a hash of their inputs and never rewritten.
 //
 // Root filesystems: Catalog builds ("minimal": busybox + agent, about half a
-// second; "debian": debootstrap bookworm with systemd and sshd, minutes the
+// second, every applet linked, shims for what busybox lacks (nohup), wget
+// -T fixed (busybox.go); "debian": debootstrap bookworm with systemd and sshd, minutes the
 // first time, cached after; "ubuntu": debootstrap noble the same way, with
 // Ubuntu's archive keyring; "fedora": dnf --installroot from a Fedora
 // mirror, or a Fedora root filesystem tarball plus dnf; "nixos": nix-build

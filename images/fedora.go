@@ -39,6 +39,7 @@ var FedoraPackages = []string{
 	"openssh-server", "openssh-clients", "iproute", "iputils", "curl", "ca-certificates",
 	"sudo", "git", "vim-enhanced", "htop", "less", "procps-ng",
 	"gcc", "gcc-c++", "make", "glibc-devel",
+	"python3", "rsync", "jq", "tmux", "unzip", "bind-utils",
 }
 
 // fedoraFiles are written into the Fedora image. sshd is sshd.service,

@@ -79,7 +79,7 @@ func (c *Catalog) buildMinimal(ctx context.Context, o BuildOptions, progress fun
 
 	progress("stage root filesystem")
 	root := filepath.Join(bd, "root")
-	if err := stageMinimal(ctx, root, o.AgentBinary); err != nil {
+	if err := stageMinimal(ctx, root, o.AgentBinary, progress); err != nil {
 		return Image{}, fmt.Errorf("build minimal image: %w", err)
 	}
 	out := filepath.Join(bd, "out")
@@ -99,7 +99,7 @@ func (c *Catalog) buildMinimal(ctx context.Context, o BuildOptions, progress fun
 }
 
 // stageMinimal lays out the minimal root filesystem in root.
-func stageMinimal(ctx context.Context, root, agent string) error {
+func stageMinimal(ctx context.Context, root, agent string, progress func(string)) error {
 	dirs := map[string]os.FileMode{
 		"bin": 0o755, "sbin": 0o755, "usr/bin": 0o755, "usr/sbin": 0o755, "usr/local/bin": 0o755,
 		"etc/minions": 0o755, "root": 0o700, "root/.ssh": 0o700, "tmp": os.ModeSticky | 0o777, "dev": 0o755,
@@ -115,24 +115,8 @@ func stageMinimal(ctx context.Context, root, agent string) error {
 			return err
 		}
 	}
-	if err := copyFile(BusyboxPath, filepath.Join(root, "bin/busybox"), 0o755); err != nil {
+	if err := installBusybox(ctx, root, progress); err != nil {
 		return err
-	}
-	out, err := exec.CommandContext(ctx, BusyboxPath, "--list-full").Output()
-	if err != nil {
-		return fmt.Errorf("busybox --list-full: %w", err)
-	}
-	for _, applet := range strings.Fields(string(out)) {
-		if applet == "sbin/init" || applet == "linuxrc" || applet == "bin/busybox" || strings.Contains(applet, "..") {
-			continue
-		}
-		p := filepath.Join(root, applet)
-		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-			return err
-		}
-		if err := os.Symlink("/bin/busybox", p); err != nil && !os.IsExist(err) {
-			return err
-		}
 	}
 	for name, content := range minimalFiles() {
 		mode := os.FileMode(0o644)
