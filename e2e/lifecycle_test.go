@@ -56,7 +56,9 @@ func TestSnapshotsResizeRenameCopy(t *testing.T) {
 	})
 
 	t.Run("memory-snapshot-resumes-processes", func(t *testing.T) {
-		must(t, "exec", "snappy", "--", "sh", "-c", "(i=0; while true; do i=$((i+1)); echo $i > /tmp/counter; sleep 0.2; done) >/dev/null 2>&1 &")
+		must(t, "exec", "snappy", "--", "sh", "-c", "(i=0; while true; do i=$((i+1)); echo $i > /tmp/counter.new; mv /tmp/counter.new /tmp/counter; sleep 0.2; done) >/dev/null 2>&1 &")
+		// The counter file is replaced by rename, never seen empty (not
+		// even by a snapshot taken mid-write).
 		pollUntil(t, "the counter runs", 30*time.Second, func() bool { return counterOr0(t, "snappy") >= 3 })
 		// The snapshot holds a value between these two readings.
 		before := counter(t, "snappy")

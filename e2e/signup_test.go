@@ -5,6 +5,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/minionsdev/minions/internal/testenv"
 )
 
 // TestSignUpThroughDaemon signs up over SSH through the real daemon (its
@@ -16,7 +18,7 @@ import (
 func TestSignUpThroughDaemon(t *testing.T) {
 	setup(t)
 	if _, err := exec.LookPath("ssh"); err != nil {
-		t.Skip("ssh is not installed")
+		testenv.SkipUnlessCI(t, "ssh is not installed")
 	}
 	for _, tc := range []struct{ policy, user, invite string }{
 		{"open", "signup-open", ""},

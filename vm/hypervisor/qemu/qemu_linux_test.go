@@ -20,9 +20,9 @@ import (
 	"time"
 
 	"github.com/minionsdev/minions/internal/errs"
+	"github.com/minionsdev/minions/internal/testenv"
 	"github.com/minionsdev/minions/vm/hypervisor"
 	"github.com/minionsdev/minions/vm/hypervisor/conformance"
-	"github.com/minionsdev/minions/internal/testenv"
 	"github.com/minionsdev/minions/vm/hypervisor/conformance/tinyvm"
 	"github.com/minionsdev/minions/vm/hypervisor/procfs"
 )
