@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -134,20 +135,20 @@ func TestHostCommands(t *testing.T) {
 		type imageJSON struct {
 			Ref         string `json:"ref"`
 			OS          string `json:"os"`
-			Version     int    `json:"version"`
+			Version     string `json:"version"` // a sortable timestamp
 			AgentSHA256 string `json:"agent_sha256"`
 			Path        string `json:"path"`
 			Default     bool   `json:"default"`
 		}
 		var before []imageJSON
 		mustJSON(t, &before, "image", "list")
-		src := -1
+		src := ""
 		for _, im := range before {
 			if im.OS == "minimal" && im.Version > src {
 				src = im.Version
 			}
 		}
-		if src < 0 {
+		if src == "" {
 			t.Fatalf("no minimal image: %+v", before)
 		}
 		var srcPath string
@@ -161,7 +162,7 @@ func TestHostCommands(t *testing.T) {
 		mustJSON(t, &b, "image", "bake", "minimal")
 		defer minions(t, "", "image", "rm", b.Ref)
 		if b.OS != "minimal" || b.Version <= src || b.AgentSHA256 != fileSum(t, filepath.Join(binDir, "minions-agent")) {
-			t.Fatalf("image bake: %+v (source minimal@%d)", b, src)
+			t.Fatalf("image bake: %+v (source minimal@%s)", b, src)
 		}
 		if fileSum(t, srcPath) != srcSum {
 			t.Fatal("bake changed the source image")
@@ -189,10 +190,14 @@ func TestHostCommands(t *testing.T) {
 
 func fileSum(t *testing.T, path string) string {
 	t.Helper()
-	b, err := os.ReadFile(path)
+	f, err := os.Open(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := sha256.Sum256(b)
-	return hex.EncodeToString(s[:])
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		t.Fatal(err)
+	}
+	return hex.EncodeToString(h.Sum(nil))
 }

@@ -76,7 +76,7 @@ func TestSignUpThroughDaemon(t *testing.T) {
 			term.typ("q")
 			term.waitFor("client exit", 30*time.Second, func(string) bool { return term.dead() })
 
-			if r := d.openssh(t, k, "", "ssh", "127.0.0.1", "whoami"); r.code != 0 || strings.TrimSpace(r.stdout) != tc.user {
+			if r := d.openssh(t, k, "", "ssh", "127.0.0.1", "whoami"); r.code != 0 || strings.TrimSpace(r.stdout) != tc.user+" (user)" {
 				t.Fatalf("whoami after sign-up: %s", r)
 			}
 			if users := userNames(t); !strings.Contains(users, `"`+tc.user+`"`) {
