@@ -162,7 +162,7 @@ func TestExec(t *testing.T) {
 		resize := make(chan vsockcli.WindowSize, 1)
 		done := make(chan int, 1)
 		go func() {
-			code, err := c.Exec(ctx, "web", vsockcli.ExecRequest{Command: "stty size; read x; stty size", TTY: true, Width: 80, Height: 24,
+			code, err := c.Exec(ctx, "web", vsockcli.ExecRequest{Command: "stty size; while read x; do stty size; done", TTY: true, Width: 80, Height: 24,
 				Stdin: pr, Stdout: out, Resize: resize})
 			if err != nil {
 				t.Error(err)
@@ -171,8 +171,14 @@ func TestExec(t *testing.T) {
 		}()
 		waitFor(t, func() bool { return strings.Contains(out.String(), "24 80") })
 		resize <- vsockcli.WindowSize{Width: 132, Height: 40}
-		time.Sleep(200 * time.Millisecond) // the window change travels apart from stdin
-		io.WriteString(pw, "go\n")
+		// The window change travels apart from stdin: ask until the
+		// command sees it, then end its input.
+		waitFor(t, func() bool {
+			io.WriteString(pw, "go\n")
+			return strings.Contains(out.String(), "40 132")
+		})
+		io.WriteString(pw, "\x04") // ^D: EOF on the terminal
+		pw.Close()
 		select {
 		case <-done:
 		case <-time.After(10 * time.Second):

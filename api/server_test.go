@@ -317,8 +317,10 @@ func TestLogsFollow(t *testing.T) {
 		t.Fatal("follow did not end with its context")
 	}
 	// Destroying the VM ends a follow.
-	go func() { done <- c.Logs(ctx, "web", true, io.Discard) }()
-	time.Sleep(200 * time.Millisecond)
+	// Destroy once the follow has started: it has written the log so far.
+	out2 := &syncBuffer{}
+	go func() { done <- c.Logs(ctx, "web", true, out2) }()
+	waitFor(t, func() bool { return out2.String() == "boot line\nlater line\n" })
 	if err := fx.client("admin").Destroy(ctx, "web"); err != nil {
 		t.Fatal(err)
 	}

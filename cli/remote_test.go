@@ -11,6 +11,7 @@ import (
 	"github.com/minionsdev/minions/api"
 	"github.com/minionsdev/minions/cli"
 	"github.com/minionsdev/minions/internal/errs"
+	"github.com/minionsdev/minions/internal/testenv"
 )
 
 func TestRunDir(t *testing.T) {
@@ -30,7 +31,7 @@ func TestRunDir(t *testing.T) {
 
 func TestOpenRemote(t *testing.T) {
 	if os.Geteuid() != 0 {
-		t.Skip("needs root: a uid-0 peer is the daemon's admin")
+		testenv.SkipUnlessCI(t, "needs root: a uid-0 peer is the daemon's admin")
 	}
 	ctx := context.Background()
 	svc := newService(t)

@@ -56,26 +56,32 @@ func TestSnapshotsResizeRenameCopy(t *testing.T) {
 	})
 
 	t.Run("memory-snapshot-resumes-processes", func(t *testing.T) {
-		must(t, "exec", "snappy", "--", "sh", "-c", "(i=0; while true; do i=$((i+1)); echo $i > /tmp/counter; sleep 0.2; done) >/dev/null 2>&1 &")
-		time.Sleep(1 * time.Second)
+		must(t, "exec", "snappy", "--", "sh", "-c", "(i=0; while true; do i=$((i+1)); echo $i > /tmp/counter.new; mv /tmp/counter.new /tmp/counter; sleep 0.2; done) >/dev/null 2>&1 &")
+		// The counter file is replaced by rename, never seen empty (not
+		// even by a snapshot taken mid-write).
+		pollUntil(t, "the counter runs", 30*time.Second, func() bool { return counterOr0(t, "snappy") >= 3 })
+		// The snapshot holds a value between these two readings.
+		before := counter(t, "snappy")
 		var s snapJSON
 		mustJSON(t, &s, "snapshot", "create", "snappy", "--name", "mem", "--memory")
 		if !s.Memory {
 			t.Fatalf("memory snapshot: %+v", s)
 		}
 		saved := counter(t, "snappy")
-		time.Sleep(2 * time.Second)
+		// Let it run well ahead of the snapshot.
+		ranTo := 0
+		pollUntil(t, "the counter runs ahead", 60*time.Second, func() bool {
+			ranTo = counter(t, "snappy")
+			return ranTo >= saved+20
+		})
 		must(t, "snapshot", "restore", "snappy", "mem", "--yes")
 		after := counter(t, "snappy")
 		// /tmp is in memory: the counter continues from where it was
 		// saved, not from where it ran to, and keeps counting.
-		if after < saved || after > saved+8 {
-			t.Fatalf("counter after restore = %d, saved around %d", after, saved)
+		if after < before || after >= ranTo {
+			t.Fatalf("counter after restore = %d, saved between %d and %d, ran to %d", after, before, saved, ranTo)
 		}
-		time.Sleep(1 * time.Second)
-		if again := counter(t, "snappy"); again <= after {
-			t.Fatalf("counter stopped after restore: %d then %d", after, again)
-		}
+		pollUntil(t, "the counter counts after restore", 30*time.Second, func() bool { return counter(t, "snappy") > after })
 	})
 
 	t.Run("resize-disk", func(t *testing.T) {
@@ -88,7 +94,25 @@ func TestSnapshotsResizeRenameCopy(t *testing.T) {
 		}
 		var v vmJSON
 		mustJSON(t, &v, "resize", "snappy", "--disk", "4", "--cpus", "2", "--memory", "384")
+		if v.CPUs != 2 || v.Memory != 384 {
+			t.Fatalf("resize answered %+v, want 2 cpus 384 MiB", v)
+		}
 		must(t, "start", "snappy")
+		// The guest sees the new memory: MemTotal is the size less what
+		// the kernel keeps (it was 256 MiB).
+		mem := must(t, "exec", "snappy", "--", "grep", "MemTotal", "/proc/meminfo")
+		var memKB int
+		if f := strings.Fields(mem); len(f) >= 2 {
+			memKB, _ = strconv.Atoi(f[1])
+		}
+		if memKB < 320*1024 || memKB > 384*1024 {
+			t.Fatalf("guest MemTotal after resize to 384 MiB: %q", mem)
+		}
+		var shown vmJSON
+		mustJSON(t, &shown, "show", "snappy")
+		if shown.CPUs != 2 || shown.Memory != 384 {
+			t.Fatalf("show after resize: %+v", shown)
+		}
 		out := must(t, "exec", "snappy", "--", "df", "-k", "/")
 		f := strings.Fields(strings.Split(strings.TrimSpace(out), "\n")[1])
 		kb, _ := strconv.Atoi(f[1])
@@ -142,14 +166,42 @@ func TestSnapshotsResizeRenameCopy(t *testing.T) {
 		if h := strings.TrimSpace(must(t, "exec", "twin", "hostname")); h != "twin" {
 			t.Fatalf("copy hostname = %q", h)
 		}
-		// A default name when none is given.
+		// From a snapshot: the copy holds the snapshot's data, not the
+		// source's current data. A default name when none is given.
+		must(t, "exec", "renamed", "--", "sh", "-c", "echo since-snapshot > /root/state && sync")
 		var d vmJSON
 		mustJSON(t, &d, "cp", "renamed", "--from-snapshot", "one")
 		defer minions(t, "", "destroy", d.Name, "--yes")
 		if d.Name != "renamed-copy" {
 			t.Fatalf("default copy name = %q", d.Name)
 		}
+		if out := must(t, "exec", d.Name, "cat", "/root/state"); out != "before\n" {
+			t.Fatalf("copy from snapshot one has %q in /root/state, want the snapshot's %q", out, "before\n")
+		}
+		if out := must(t, "exec", "renamed", "cat", "/root/state"); out != "since-snapshot\n" {
+			t.Fatalf("copying from a snapshot changed the source: %q", out)
+		}
 	})
+}
+
+// pollUntil calls cond until it is true, failing the test after timeout.
+func pollUntil(t *testing.T, what string, timeout time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within %s", what, timeout)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// counterOr0 is counter, with 0 while the counter file does not exist yet.
+func counterOr0(t *testing.T, vm string) int {
+	t.Helper()
+	r := minions(t, "", "exec", vm, "cat", "/tmp/counter")
+	n, _ := strconv.Atoi(strings.TrimSpace(r.stdout))
+	return n
 }
 
 func counter(t *testing.T, vm string) int {

@@ -666,10 +666,30 @@ public_ip = "127.0.0.1"
 		if code, body := e.curl(t, cnameDomain, "/"); code != http.StatusNotFound || strings.Contains(body, page) {
 			t.Fatalf("removed domain still served: %d %q", code, body)
 		}
-		// Another VM cannot take a domain that is attached.
+		// A missing VM gets no domain.
 		if r := minions(t, "", "domain", "add", "nonexistent", "x.custom.test"); r.code != 3 {
 			t.Fatalf("domain add to a missing vm: %s", r)
 		}
+		// Another (real) VM cannot take a domain verified for web, even
+		// with the DNS records still in place; web keeps serving it.
+		var other vmJSON
+		mustJSON(t, &other, "create", "web2", "--memory", "256")
+		defer minions(t, "", "destroy", "web2", "--yes")
+		if r := minions(t, "", "domain", "add", "web2", txtDomain); r.code != 4 || !strings.Contains(r.stderr, "another vm") {
+			t.Fatalf("domain add of a domain verified for another vm: %s", r)
+		}
+		if r := minions(t, "", "domain", "verify", "web2", txtDomain); r.code == 0 {
+			t.Fatalf("domain verify by another vm: %s", r)
+		}
+		var others []domainJSON
+		mustJSON(t, &others, "domain", "list", "web2")
+		if len(others) != 0 {
+			t.Fatalf("the other vm got domains: %+v", others)
+		}
+		if code, body := e.curl(t, txtDomain, "/"); code != 200 || strings.TrimSpace(body) != page {
+			t.Fatalf("https://%s/ after another vm tried it: %d %q", txtDomain, code, body)
+		}
+		must(t, "destroy", "web2", "--yes")
 	})
 
 	t.Run("stopped-vm-page", func(t *testing.T) {

@@ -12,6 +12,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/minionsdev/minions/internal/testenv"
 )
 
 // openSSH runs Debian's OpenSSH client tools against the harness.
@@ -24,7 +26,7 @@ func needOpenSSH(t *testing.T) {
 	t.Helper()
 	for _, bin := range []string{"ssh", "scp", "sftp"} {
 		if _, err := exec.LookPath(bin); err != nil {
-			t.Skipf("%s not installed (apt-get install openssh-client)", bin)
+			testenv.SkipUnlessCI(t, bin+" not installed (apt-get install openssh-client)")
 		}
 	}
 }
@@ -109,17 +111,10 @@ func testOpenSSHClients(t *testing.T, kind string) {
 
 	t.Run("scp 10 MiB both ways", func(t *testing.T) {
 		// scp (sftp mode) exits 1 when the session ends without an
-		// exit-status. The real agent (guestagent/session.go) closes the
-		// channel in sftp.Server.Close before sending it: a known agent bug
-		// for which this subtest checks the data and then skips.
-		agentExitBug := false
+		// exit-status: the agent must send one before closing.
 		check := func(what string, code int, errOut string) {
 			t.Helper()
 			if code != 0 {
-				if kind == guestAgent && code == 1 && errOut == "" {
-					agentExitBug = true
-					return
-				}
 				t.Fatalf("scp %s: %s (exit %d)", what, errOut, code)
 			}
 		}
@@ -135,9 +130,6 @@ func testOpenSSHClients(t *testing.T, kind string) {
 		got, err = os.ReadFile(back)
 		if err != nil || sha256.Sum256(got) != want {
 			t.Fatalf("downloaded file differs (err %v)", err)
-		}
-		if agentExitBug {
-			t.Skip("data intact both ways, but scp exited 1: guestagent's sftp subsystem sends no exit-status (it closes the channel first)")
 		}
 	})
 

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/minionsdev/minions/internal/errs"
+	"github.com/minionsdev/minions/internal/testenv"
 	"github.com/minionsdev/minions/vm/disk"
 )
 
@@ -31,7 +32,7 @@ var (
 func testKernel(t *testing.T) Kernel {
 	t.Helper()
 	if _, err := exec.LookPath("apt-get"); err != nil {
-		t.Skip("apt-get not available")
+		testenv.SkipUnlessCI(t, "apt-get not available")
 	}
 	kernelOnce.Do(func() {
 		kernelDir, kernelErr = os.MkdirTemp("", "minions-images-test-kernel-")
@@ -101,11 +102,11 @@ func boot(t *testing.T, kernel, initrd, rootDisk string) bootResult {
 	t.Helper()
 	for _, tool := range []string{"qemu-system-x86_64", "unshare"} {
 		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("%s not installed", tool)
+			testenv.SkipUnlessCI(t, tool+" not installed")
 		}
 	}
 	if os.Geteuid() != 0 {
-		t.Skip("needs root for a private network namespace")
+		testenv.SkipUnlessCI(t, "needs root for a private network namespace")
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
 	defer cancel()

@@ -22,6 +22,7 @@ fi
 export GOFLAGS="${GOFLAGS:-} -buildvcs=false"
 bash scripts/deps.sh --test
 start=$(date +%s)
+export MINIONS_TEST_KERNEL_DIR="${MINIONS_TEST_KERNEL_DIR:-$HOME/.cache/minions-test/kernels}" # vsockcli TestQEMUAgent
 make build
 go vet ./...
 # Unit, integration and end-to-end tests. -p 2: at most two packages (and so

@@ -89,11 +89,27 @@ func TestRunConsoleOverStream(t *testing.T) {
 	type_("stty size\r")
 	waitOutput(t, out, &off, "\r\n24 80\r\n")
 	sizes <- tui.WindowSize{Width: 100, Height: 30}
-	time.Sleep(50 * time.Millisecond) // the size travels asynchronously
-	type_("stty size\r")
-	waitOutput(t, out, &off, "\r\n30 100\r\n")
+	// The size travels asynchronously: ask again until the shell sees it.
+	for deadline := time.Now().Add(5 * time.Second); ; {
+		type_("stty size\r")
+		waitOutput(t, out, &off, "stty size")
+		at := off
+		waitOutput(t, out, &off, "root@web:~# ")
+		if s, _ := out.since(at); strings.Contains(s, "\r\n30 100\r\n") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the console never saw the new size 100x30")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 	type_("\x1d") // ctrl+]
 	waitOutput(t, out, &off, "detached from web")
+	// The dashboard redraws at the size set while the console ran: the
+	// footer has room for more keys than at 80 columns, and the cursor
+	// parks on row 30.
+	waitOutput(t, out, &off, "t console (ctrl+] back) • x stop • r restart")
+	waitOutput(t, out, &off, "\x1b[30;H")
 	// A second console in the same session, detached with a key after it.
 	type_("t")
 	waitOutput(t, out, &off, "root@web:~# ")
@@ -112,7 +128,6 @@ func TestRunConsoleOverStream(t *testing.T) {
 	if got := f.Calls(); strings.Join(got, "|") != "Console web|Console web" {
 		t.Fatalf("calls = %q", got)
 	}
-	// The dashboard saw the resize made while the console ran.
 	if s, _ := out.since(0); !strings.Contains(s, "alice") {
 		t.Fatalf("no dashboard output")
 	}

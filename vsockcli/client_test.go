@@ -24,6 +24,7 @@ import (
 	"github.com/minionsdev/minions/guestagent/link"
 	"github.com/minionsdev/minions/guestagent/proto"
 	"github.com/minionsdev/minions/internal/errs"
+	"github.com/minionsdev/minions/internal/testenv"
 	"github.com/minionsdev/minions/vm/hypervisor"
 )
 
@@ -78,7 +79,7 @@ type envOpts struct {
 func newEnv(t *testing.T, o envOpts) *env {
 	t.Helper()
 	if os.Geteuid() != 0 {
-		t.Skip("needs root (runs commands as other users)")
+		testenv.SkipUnlessCI(t, "needs root (runs commands as other users)")
 	}
 	dir, err := os.MkdirTemp("/tmp", "h1t")
 	if err != nil {
@@ -89,8 +90,11 @@ func newEnv(t *testing.T, o envOpts) *env {
 	home := filepath.Join(root, "root")
 	os.MkdirAll(filepath.Join(root, "etc"), 0o755)
 	os.MkdirAll(home, 0o700)
+	// nobody's home does not exist anywhere (a fixed path like /nonexistent
+	// may exist on the host, and the agent looks at the real filesystem).
+	nobodyHome := filepath.Join(dir, "nonexistent")
 	os.WriteFile(filepath.Join(root, "etc/passwd"), []byte(
-		"root:x:0:0:root:"+home+":/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/sh\n"), 0o644)
+		"root:x:0:0:root:"+home+":/bin/sh\nnobody:x:65534:65534:nobody:"+nobodyHome+":/bin/sh\n"), 0o644)
 	os.WriteFile(filepath.Join(root, "etc/group"), []byte("root:x:0:\nnogroup:x:65534:\n"), 0o644)
 
 	e := &env{t: t, root: root, signer: newSigner(t), rec: &recorder{power: make(chan bool, 4)},

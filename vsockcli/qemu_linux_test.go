@@ -21,6 +21,8 @@ import (
 
 	"golang.org/x/crypto/ssh"
 
+	"github.com/minionsdev/minions/images"
+	"github.com/minionsdev/minions/internal/testenv"
 	"github.com/minionsdev/minions/vm/hypervisor"
 )
 
@@ -30,7 +32,9 @@ import (
 //
 //	MINIONS_TEST_KERNEL_DIR=/tmp/h1kern/x go test -run TestQEMU -v ./vsockcli/
 //
-// (apt-get download linux-image-<abi>-cloud-amd64 && dpkg-deb -x *.deb x).
+// (apt-get download linux-image-<abi>-cloud-amd64 && dpkg-deb -x *.deb x),
+// or a kernel directory as the images package keeps it, where the current
+// kernel is installed on first use (scripts/test.sh sets one).
 
 var qemuModules = []string{
 	"drivers/virtio/virtio_ring", "drivers/virtio/virtio", "drivers/virtio/virtio_mmio",
@@ -59,6 +63,17 @@ func buildImages(t *testing.T, kdir, work string) qemuImages {
 	t.Helper()
 	kernels, _ := filepath.Glob(filepath.Join(kdir, "boot/vmlinuz-*"))
 	mods, _ := filepath.Glob(filepath.Join(kdir, "lib/modules/*"))
+	if len(kernels) == 0 && len(mods) == 0 {
+		// Not an unpacked package: a kernel directory as images keeps it
+		// (<dir>/<version>/{vmlinuz,modules}), installed on first use.
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+		k, err := images.EnsureKernel(ctx, kdir)
+		cancel()
+		if err != nil {
+			t.Fatalf("kernel in %s: %v", kdir, err)
+		}
+		kernels, mods = []string{k.BzImage}, []string{k.ModulesDir}
+	}
 	if len(kernels) != 1 || len(mods) != 1 {
 		t.Fatalf("no single kernel and module tree in %s", kdir)
 	}
@@ -131,12 +146,10 @@ func (c *console) String() string {
 
 func TestQEMUAgent(t *testing.T) {
 	kdir := os.Getenv("MINIONS_TEST_KERNEL_DIR")
-	if kdir == "" {
-		t.Skip("MINIONS_TEST_KERNEL_DIR not set")
-	}
-	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
-		t.Skip("no qemu-system-x86_64")
-	}
+	// scripts/test.sh sets it; CI has QEMU.
+	testenv.NeedOrFail(t, kdir != "", "MINIONS_TEST_KERNEL_DIR not set")
+	_, err := exec.LookPath("qemu-system-x86_64")
+	testenv.NeedOrFail(t, err == nil, "no qemu-system-x86_64")
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	work := t.TempDir()

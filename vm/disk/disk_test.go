@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/minionsdev/minions/internal/errs"
+	"github.com/minionsdev/minions/internal/testenv"
 )
 
 func needTool(t *testing.T, name string) {
@@ -294,7 +295,7 @@ func TestCloneSparseIndependent(t *testing.T) {
 // filesystem (needs root, mkfs.xfs and a loop device).
 func TestCloneReflinkXFS(t *testing.T) {
 	if os.Geteuid() != 0 {
-		t.Skip("needs root to mount a loop device")
+		testenv.SkipUnlessCI(t, "needs root to mount a loop device")
 	}
 	needTool(t, "mkfs.xfs")
 	ctx := testCtx(t)

@@ -18,6 +18,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/minionsdev/minions/internal/testenv"
 )
 
 const envNetnsChild = "MINIONS_NETWORK_TEST_NETNS"
@@ -32,10 +34,10 @@ func inNetns(t *testing.T) bool {
 		return true
 	}
 	if os.Geteuid() != 0 {
-		t.Skip("needs root (network namespaces, netlink, nftables)")
+		testenv.SkipUnlessCI(t, "needs root (network namespaces, netlink, nftables)")
 	}
 	if _, err := exec.LookPath("ip"); err != nil {
-		t.Skip("needs ip(8) for test scaffolding")
+		testenv.SkipUnlessCI(t, "needs ip(8) for test scaffolding")
 	}
 	ns := uniqueName("mnt")
 	run(t, "ip", "netns", "add", ns)

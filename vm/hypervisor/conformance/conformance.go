@@ -186,6 +186,15 @@ func (s *suite) lifecycle(t *testing.T, ctx context.Context) {
 	if !d.Caps().LiveResize && !errors.Is(err, hypervisor.ErrUnsupported) {
 		t.Fatalf("Resize without LiveResize: err = %v, want ErrUnsupported", err)
 	}
+	if d.Caps().LiveResize {
+		if err != nil {
+			t.Fatalf("Resize with LiveResize: %v", err)
+		}
+		resized := spec
+		resized.CPUs, resized.MemoryMiB = spec.CPUs+1, spec.MemoryMiB*2
+		s.wantInfo(t, ctx, h, resized, hypervisor.StateRunning)
+		s.guestRunning(t, ctx, spec, h)
+	}
 
 	for i := range 2 {
 		if err := d.Shutdown(ctx, h, s.f.ShutdownTimeout); err != nil {

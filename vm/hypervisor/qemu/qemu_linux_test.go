@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/minionsdev/minions/internal/errs"
+	"github.com/minionsdev/minions/internal/testenv"
 	"github.com/minionsdev/minions/vm/hypervisor"
 	"github.com/minionsdev/minions/vm/hypervisor/conformance"
 	"github.com/minionsdev/minions/vm/hypervisor/conformance/tinyvm"
@@ -142,8 +143,13 @@ var (
 // a spec factory for the tinyvm fixture.
 func vmFixture(t *testing.T) (*Driver, func(t *testing.T, extra ...string) hypervisor.Spec) {
 	t.Helper()
-	if r := os.Getenv(envSkip); r != "" {
-		t.Skip("VM tests skipped: " + r)
+	switch r := os.Getenv(envSkip); r {
+	case "":
+	case "-short":
+		t.Skip("VM tests skipped: -short")
+	default:
+		// Root, QEMU and the fixture kernel are what a CI machine has.
+		testenv.SkipUnlessCI(t, "VM tests skipped: "+r)
 	}
 	kernel := os.Getenv(envKernel)
 	initramfsOnce.Do(func() {
