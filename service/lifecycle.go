@@ -27,9 +27,18 @@ func (s *Service) List(ctx context.Context, c Caller) ([]VM, error) {
 	if err != nil {
 		return nil, err
 	}
+	rs, err := store.ListRestarts(ctx, s.DB)
+	if err != nil {
+		return nil, err
+	}
 	out := make([]VM, 0, len(rows))
+	now := time.Now()
 	for _, r := range rows {
-		out = append(out, view(r))
+		rr, ok := rs[r.ID]
+		if !ok {
+			rr = store.Restart{VMID: r.ID, Policy: store.RestartAlways}
+		}
+		out = append(out, applyRestart(view(r), rr, now))
 	}
 	return out, nil
 }
@@ -40,7 +49,7 @@ func (s *Service) Get(ctx context.Context, c Caller, name string) (VM, error) {
 	if err != nil {
 		return VM{}, err
 	}
-	return view(v), nil
+	return s.withRestart(ctx, view(v)), nil
 }
 
 // withVM loads name for c, takes its lock, reloads it under the lock and
@@ -72,6 +81,7 @@ func (s *Service) Start(ctx context.Context, c Caller, name string, progress Pro
 	err := s.withVM(ctx, c, name, vm.OpStart, func(v store.VM) error {
 		var err error
 		out, err = s.start(ctx, v, "start", progress)
+		s.recordIf(ctx, c, v, err, EventStart, "")
 		return err
 	})
 	return out, err
@@ -101,6 +111,7 @@ func (s *Service) Stop(ctx context.Context, c Caller, name string) (VM, error) {
 	err := s.withVM(ctx, c, name, vm.OpStop, func(v store.VM) error {
 		v, err := s.stop(ctx, v)
 		out = view(v)
+		s.recordIf(ctx, c, v, err, EventStop, "")
 		return err
 	})
 	return out, err
@@ -131,6 +142,7 @@ func (s *Service) markStopped(ctx context.Context, v store.VM) (store.VM, error)
 	v.State = store.StateStopped
 	v.Handle = ""
 	v.StartedAt = time.Time{}
+	s.cancelRestart(ctx, v.ID)
 	return v, store.UpdateVM(ctx, s.DB, v)
 }
 
@@ -146,6 +158,7 @@ func (s *Service) Restart(ctx context.Context, c Caller, name string, progress P
 		}
 		var err error
 		out, err = s.start(ctx, v, "restart", progress)
+		s.recordIf(ctx, c, v, err, EventRestart, "")
 		return err
 	})
 	return out, err
@@ -161,6 +174,7 @@ func (s *Service) Destroy(ctx context.Context, c Caller, name string) error {
 		}
 		s.purge(ctx, v.ID)
 		s.log.Info("vm destroyed", "vm_id", v.ID, "vm", v.Name)
+		s.record(ctx, c.Name, v, EventDestroy, "")
 		return nil
 	})
 }

@@ -261,6 +261,8 @@ type VM struct {
 	Public    bool      `json:"public"`
 	CreatedAt time.Time `json:"created_at"`
 	StartedAt time.Time `json:"started_at,omitzero"`
+	Restart   string    `json:"restart,omitempty"`  // restart policy (see SetRestartPolicy)
+	Restarts  int       `json:"restarts,omitempty"` // automatic restarts so far
 }
 
 func view(v store.VM) VM {
