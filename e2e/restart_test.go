@@ -143,6 +143,19 @@ func TestRestartPolicy(t *testing.T) {
 	if k := eventKinds(t, "rsn"); !strings.Contains(k, "host:host-reboot") || strings.Contains(k, "host:restarted") {
 		t.Fatalf("events of rsn after reboot: %s", k)
 	}
+
+	// on-failure: a guest that powers itself off stays stopped.
+	must(t, "update", "rsn", "--restart", "on-failure")
+	must(t, "start", "rsn")
+	minions(t, "", "exec", "rsn", "--", "poweroff", "-f")
+	waitStatus(t, "rsn", 2*time.Minute, func(v vmJSON) bool { return v.Status != "running" })
+	time.Sleep(3 * time.Second) // a restart would be due by now (backoff 1 s)
+	if v := showVM(t, "rsn"); v.Status != "stopped" {
+		t.Fatalf("rsn (on-failure) after guest poweroff: %s; events %s", v.Status, eventKinds(t, "rsn"))
+	}
+	if k := eventKinds(t, "rsn"); !strings.HasSuffix(k, "host:poweroff") {
+		t.Fatalf("events of rsn after poweroff: %s", k)
+	}
 	var raw json.RawMessage
 	mustJSON(t, &raw, "events")
 }
