@@ -31,10 +31,10 @@ const (
 	EventSnapshot      = "snapshot"
 	EventRestore       = "restore"
 	EventUpdate        = "update"
-	EventCrashed       = "crashed"      // the hypervisor died by itself
-	EventPoweroff      = "poweroff"     // the guest powered itself off cleanly
-	EventHostReboot    = "host-reboot"  // processes gone with the run dir: the host restarted
-	EventRestarted     = "restarted"    // the supervisor started the VM again
+	EventCrashed       = "crashed"     // the hypervisor died by itself
+	EventPoweroff      = "poweroff"    // the guest powered itself off cleanly
+	EventHostReboot    = "host-reboot" // processes gone with the run dir: the host restarted
+	EventRestarted     = "restarted"   // the supervisor started the VM again
 	EventRestartFailed = "restart-failed"
 )
 

@@ -105,8 +105,12 @@ func (s *Service) start(ctx context.Context, v store.VM, verb string, progress P
 
 // Stop powers a VM off: the agent is asked first, then the hypervisor, and
 // after StopTimeout the process is killed. The disk keeps what the guest
-// wrote.
+// wrote. A VM that is down waiting for an automatic restart (status
+// backoff or restarting) stays stopped: its restart is cancelled.
 func (s *Service) Stop(ctx context.Context, c Caller, name string) (VM, error) {
+	if out, ok, err := s.cancelPending(ctx, c, name); ok || err != nil {
+		return out, err
+	}
 	var out VM
 	err := s.withVM(ctx, c, name, vm.OpStop, func(v store.VM) error {
 		v, err := s.stop(ctx, v)

@@ -255,3 +255,23 @@ func (s *Service) cancelRestart(ctx context.Context, id string) {
 	r.RestartAt, r.Reason = time.Time{}, ""
 	store.PutRestart(ctx, s.DB, r)
 }
+
+// cancelPending is Stop for a VM that is down and waiting for an
+// automatic restart: it cancels the restart (ok true). For any other VM
+// it does nothing (ok false) and Stop goes on as usual.
+func (s *Service) cancelPending(ctx context.Context, c Caller, name string) (out VM, ok bool, err error) {
+	err = s.withVMAny(ctx, c, name, func(v store.VM) error {
+		r, err := store.GetRestart(ctx, s.DB, v.ID)
+		if err != nil || v.State != store.StateStopped || r.RestartAt.IsZero() {
+			return err
+		}
+		r.RestartAt, r.Reason = time.Time{}, ""
+		if err := store.PutRestart(ctx, s.DB, r); err != nil {
+			return err
+		}
+		s.record(ctx, c.Name, v, EventStop, "pending restart cancelled")
+		out, ok = s.withRestart(ctx, view(v)), true
+		return nil
+	})
+	return out, ok, err
+}

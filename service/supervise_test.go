@@ -87,7 +87,20 @@ func TestCrashIsRecordedAndScheduledPerPolicy(t *testing.T) {
 			t.Errorf("list shows web %q", v.Status)
 		}
 	}
-	// A stop on purpose (here: the user sets policy no) cancels the restart.
+	// stop cancels the pending restart; the policy stays.
+	if v, err := fx.svc.Stop(ctx, fx.user, "web"); err != nil || v.Status != store.StateStopped || v.Restart != "always" {
+		t.Fatalf("stop in backoff = %+v, %v", v, err)
+	}
+	if r, _ := store.GetRestart(ctx, fx.svc.DB, "aaaaaaaaaaaa"); !r.RestartAt.IsZero() {
+		t.Error("stop left the restart pending")
+	}
+	if _, err := fx.svc.Stop(ctx, fx.user, "web"); !errors.Is(err, errs.FailedPrecondition) {
+		t.Errorf("second stop = %v", err)
+	}
+	// Setting policy no also cancels a pending restart.
+	r, _ = store.GetRestart(ctx, fx.svc.DB, "aaaaaaaaaaaa")
+	r.RestartAt = time.Now().Add(time.Minute)
+	store.PutRestart(ctx, fx.svc.DB, r)
 	if _, err := fx.svc.SetRestartPolicy(ctx, fx.user, "web", "no"); err != nil {
 		t.Fatal(err)
 	}
