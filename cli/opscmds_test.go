@@ -45,7 +45,9 @@ func TestUpdateAndEventsCommands(t *testing.T) {
 	}
 	env := func(out *lineWriter) *cli.Env {
 		return &cli.Env{Stdin: strings.NewReader(""), Stdout: out, Stderr: &bytes.Buffer{}, Getenv: func(string) string { return "" },
-			Open: func(context.Context, *cli.Global) (cli.Backend, error) { return &cli.Local{Svc: svc, Caller: alice}, nil }}
+			Open: func(context.Context, *cli.Global) (cli.Backend, error) {
+				return &cli.Local{Svc: svc, Caller: alice}, nil
+			}}
 	}
 	run := func(args ...string) (string, int) {
 		out := &lineWriter{onLine: func(int) {}}
