@@ -505,6 +505,7 @@ func (h *handler) table() []route {
 		}),
 	}
 	rs = append(rs, h.imageRoutes()...) // api/images.go
+	rs = append(rs, h.opsRoutes()...)   // api/ops.go
 	return append(rs, h.webRoutes()...) // api/web.go
 }
 

@@ -138,6 +138,12 @@ func TestAuthorization(t *testing.T) {
 			want: want{ok, ok, nf, anon}, fresh: true},
 		{method: "POST", path: "/v1/vms/web/copy", body: func(role string, _ map[string]string) any { return service.CopyRequest{Name: "copy-" + role} },
 			want: want{ok, ok, nf, anon}},
+		// Operations (api/ops.go): the restart policy is the owner's; each
+		// caller reads only the events of VMs they may see.
+		{method: "PATCH", path: "/v1/vms/web", body: func(string, map[string]string) any { return api.UpdateRequest{Restart: "no"} },
+			want: want{ok, ok, nf, anon}},
+		{method: "GET", path: "/v1/events", want: want{ok, ok, ok, anon}},
+		{method: "GET", path: "/v1/events?vm=web", want: want{ok, ok, ok, anon}},
 		{method: "GET", path: "/v1/ssh-keys", want: want{ok, ok, ok, anon}},
 		// Each caller proves a key of their own (the challenge is the
 		// caller's, on the shared fixture's service).

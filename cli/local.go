@@ -144,3 +144,11 @@ func (l *Local) ListDomains(ctx context.Context, name string) ([]service.Domain,
 func (l *Local) RemoveDomain(ctx context.Context, name, domain string) error {
 	return l.Svc.RemoveDomain(ctx, l.Caller, name, domain)
 }
+
+func (l *Local) SetRestartPolicy(ctx context.Context, name, policy string) (service.VM, error) {
+	return l.Svc.SetRestartPolicy(ctx, l.Caller, name, policy)
+}
+
+func (l *Local) Events(ctx context.Context, f service.EventFilter) ([]service.Event, error) {
+	return l.Svc.Events(ctx, l.Caller, f)
+}

@@ -69,7 +69,7 @@ func vmCommands() []*Command {
 }
 
 func createCmd() *Command {
-	return &Command{Name: "create", Usage: "NAME [--cpus N] [--memory MiB] [--disk GiB] [--os IMAGE] [--ssh-key FILE]", Summary: "Create and boot a VM",
+	return &Command{Name: "create", Usage: "NAME [--cpus N] [--memory MiB] [--disk GiB] [--os IMAGE] [--ssh-key FILE] [--restart POLICY]", Summary: "Create and boot a VM",
 		MinArgs: 1, MaxArgs: 1,
 		Flags: func(fs *flag.FlagSet) {
 			fs.Int("cpus", 0, "vCPUs (default 1)")
@@ -78,13 +78,14 @@ func createCmd() *Command {
 			fs.String("os", "", "image: minimal, debian, or IMAGE@VERSION (default minimal)")
 			fs.String("image", "", "same as --os")
 			fs.String("ssh-key", "", "public key file to authorize for root (default: yours, from ~/.ssh)")
+			fs.String("restart", "", "restart policy: no, on-failure or always (default always)")
 		},
 		Run: func(ctx context.Context, x *Ctx) error {
 			if err := positiveFlags(x.FS, "cpus", "memory", "disk"); err != nil {
 				return err
 			}
 			req := service.CreateRequest{Name: x.Args[0], CPUs: intFlag(x.FS, "cpus"), MemoryMiB: intFlag(x.FS, "memory"), DiskGiB: intFlag(x.FS, "disk"),
-				Image: strFlag(x.FS, "os")}
+				Image: strFlag(x.FS, "os"), Restart: strFlag(x.FS, "restart")}
 			if req.Image == "" {
 				req.Image = strFlag(x.FS, "image")
 			}
@@ -264,6 +265,7 @@ func runShow(ctx context.Context, x *Ctx) error {
 		if v.Note != "" {
 			fmt.Fprintf(tw, "note\t%s\n", v.Note)
 		}
+		printRestart(tw, v)
 		tw.Flush()
 	})
 }

@@ -70,6 +70,14 @@ func (d dashBackend) Get(ctx context.Context, name string) (tui.Detail, error) {
 		}
 		det.ConsoleTail = lines
 	}
+	det.Restart, det.Restarts = v.Restart, v.Restarts
+	if ob, ok := d.be.(cli.OpsBackend); ok {
+		if evs, err := ob.Events(ctx, service.EventFilter{VM: v.ID, Limit: 5}); err == nil {
+			for _, e := range evs {
+				det.Events = append(det.Events, tui.Event{At: e.At, Actor: e.Actor, Kind: e.Kind, Message: e.Message})
+			}
+		}
+	}
 	if ss, err := d.be.ListSnapshots(ctx, name); err == nil {
 		for _, s := range ss {
 			det.Snapshots = append(det.Snapshots, tuiSnap(s))

@@ -275,8 +275,9 @@ func Serve(ctx context.Context, cfg Config, logOut io.Writer) error {
 	newBanner(in).announce(log, logOut, format)
 
 	// Reconcile: processes that died, operations that were interrupted.
+	// Every second, so a crash shows in the status within 2 s.
 	g.Go(func() error {
-		t := time.NewTicker(5 * time.Second)
+		t := time.NewTicker(time.Second)
 		defer t.Stop()
 		for {
 			select {
@@ -291,6 +292,10 @@ func Serve(ctx context.Context, cfg Config, logOut io.Writer) error {
 			}
 		}
 	})
+
+	// Supervise: VMs whose restart policy asks for it start again after
+	// a crash or a host reboot (see service.Supervise).
+	g.Go(func() error { return supervise(gctx, e.Service, log) })
 
 	g.Go(func() error {
 		<-gctx.Done()

@@ -38,6 +38,7 @@ type CreateRequest struct {
 	DiskGiB   int      `json:"disk_gib,omitempty"`
 	Image     string   `json:"image,omitempty"`
 	SSHKeys   []string `json:"ssh_keys,omitempty"` // extra authorized_keys lines for root
+	Restart   string   `json:"restart,omitempty"`  // restart policy: no, on-failure or always (default)
 }
 
 // undo is a stack of compensating actions run in reverse, once.
@@ -73,6 +74,12 @@ func (s *Service) Create(ctx context.Context, c Caller, req CreateRequest, progr
 	if err := vm.ValidName("vm", req.Name); err != nil {
 		return VM{}, err
 	}
+	if req.Restart == "" {
+		req.Restart = store.RestartAlways
+	}
+	if err := ValidRestartPolicy(req.Restart); err != nil {
+		return VM{}, err
+	}
 	for _, k := range req.SSHKeys {
 		if _, _, _, _, err := ssh.ParseAuthorizedKey([]byte(k)); err != nil {
 			return VM{}, errs.New(errs.InvalidArgument, "invalid ssh public key %.40q: %v", k, err)
@@ -97,6 +104,9 @@ func (s *Service) Create(ctx context.Context, c Caller, req CreateRequest, progr
 	row := store.VM{Name: req.Name, OwnerID: c.UserID, Owner: c.Name, Image: img.Ref, CPUs: req.CPUs,
 		MemoryMiB: req.MemoryMiB, DiskGiB: req.DiskGiB, Port: 80}
 	return s.newVM(ctx, c, row, "create", progress, func(o *op, row store.VM) (store.VM, error) {
+		if err := store.PutRestart(ctx, s.DB, store.Restart{VMID: row.ID, Policy: req.Restart}); err != nil {
+			return row, err
+		}
 		return s.createSteps(ctx, o, row, img, req, progress)
 	})
 }
@@ -146,7 +156,8 @@ func (s *Service) newVM(ctx context.Context, c Caller, row store.VM, kind string
 		return VM{}, fmt.Errorf("%s vm %s: %w", kind, row.Name, err)
 	}
 	o.finish(ctx, nil)
-	return view(v), nil
+	s.record(ctx, c.Name, v, kind, "")
+	return s.withRestart(ctx, view(v)), nil
 }
 
 func (s *Service) createSteps(ctx context.Context, o *op, row store.VM, img Image, req CreateRequest, progress Progress) (store.VM, error) {

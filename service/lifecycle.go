@@ -27,9 +27,18 @@ func (s *Service) List(ctx context.Context, c Caller) ([]VM, error) {
 	if err != nil {
 		return nil, err
 	}
+	rs, err := store.ListRestarts(ctx, s.DB)
+	if err != nil {
+		return nil, err
+	}
 	out := make([]VM, 0, len(rows))
+	now := time.Now()
 	for _, r := range rows {
-		out = append(out, view(r))
+		rr, ok := rs[r.ID]
+		if !ok {
+			rr = store.Restart{VMID: r.ID, Policy: store.RestartAlways}
+		}
+		out = append(out, applyRestart(view(r), rr, now))
 	}
 	return out, nil
 }
@@ -40,7 +49,7 @@ func (s *Service) Get(ctx context.Context, c Caller, name string) (VM, error) {
 	if err != nil {
 		return VM{}, err
 	}
-	return view(v), nil
+	return s.withRestart(ctx, view(v)), nil
 }
 
 // withVM loads name for c, takes its lock, reloads it under the lock and
@@ -72,6 +81,7 @@ func (s *Service) Start(ctx context.Context, c Caller, name string, progress Pro
 	err := s.withVM(ctx, c, name, vm.OpStart, func(v store.VM) error {
 		var err error
 		out, err = s.start(ctx, v, "start", progress)
+		s.recordIf(ctx, c, v, err, EventStart, "")
 		return err
 	})
 	return out, err
@@ -98,12 +108,17 @@ func (s *Service) start(ctx context.Context, v store.VM, verb string, progress P
 
 // Stop powers a VM off: the agent is asked first, then the hypervisor, and
 // after StopTimeout the process is killed. The disk keeps what the guest
-// wrote.
+// wrote. A VM that is down waiting for an automatic restart (status
+// backoff or restarting) stays stopped: its restart is cancelled.
 func (s *Service) Stop(ctx context.Context, c Caller, name string) (VM, error) {
+	if out, ok, err := s.cancelPending(ctx, c, name); ok || err != nil {
+		return out, err
+	}
 	var out VM
 	err := s.withVM(ctx, c, name, vm.OpStop, func(v store.VM) error {
 		v, err := s.stop(ctx, v)
 		out = view(v)
+		s.recordIf(ctx, c, v, err, EventStop, "")
 		return err
 	})
 	return out, err
@@ -134,6 +149,7 @@ func (s *Service) markStopped(ctx context.Context, v store.VM) (store.VM, error)
 	v.State = store.StateStopped
 	v.Handle = ""
 	v.StartedAt = time.Time{}
+	s.cancelRestart(ctx, v.ID)
 	return v, store.UpdateVM(ctx, s.DB, v)
 }
 
@@ -149,6 +165,7 @@ func (s *Service) Restart(ctx context.Context, c Caller, name string, progress P
 		}
 		var err error
 		out, err = s.start(ctx, v, "restart", progress)
+		s.recordIf(ctx, c, v, err, EventRestart, "")
 		return err
 	})
 	return out, err
@@ -164,6 +181,7 @@ func (s *Service) Destroy(ctx context.Context, c Caller, name string) error {
 		}
 		s.purge(ctx, v.ID)
 		s.log.Info("vm destroyed", "vm_id", v.ID, "vm", v.Name)
+		s.record(ctx, c.Name, v, EventDestroy, "")
 		return nil
 	})
 }

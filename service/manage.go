@@ -102,6 +102,7 @@ func (s *Service) Rename(ctx context.Context, c Caller, name, newName string) (V
 			return err
 		}
 		out = view(v)
+		s.record(ctx, c.Name, v, EventRename, "from "+name)
 		return nil
 	})
 	if err == nil {

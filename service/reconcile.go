@@ -67,8 +67,12 @@ func (s *Service) reconcileVM(ctx context.Context, v *store.VM) {
 		return
 	}
 	s.log.Info("vm hypervisor is gone; marking stopped", "vm_id", v.ID, "vm", v.Name)
+	r, ok := s.wentDown(ctx, *v)
 	if nv, err := s.markStopped(ctx, *v); err == nil {
 		*v = nv
+		if ok {
+			store.PutRestart(ctx, s.DB, r)
+		}
 	}
 }
 

@@ -262,7 +262,9 @@ type VM struct {
 	CreatedAt time.Time `json:"created_at"`
 	StartedAt time.Time `json:"started_at,omitzero"`
 	// Note says what Status cannot, e.g. store.NoteDiskMissing.
-	Note string `json:"note,omitempty"`
+	Note     string `json:"note,omitempty"`
+	Restart  string `json:"restart,omitempty"`  // restart policy (see SetRestartPolicy)
+	Restarts int    `json:"restarts,omitempty"` // automatic restarts so far
 }
 
 func view(v store.VM) VM {

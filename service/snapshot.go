@@ -114,6 +114,7 @@ func (s *Service) CreateSnapshot(ctx context.Context, c Caller, name string, req
 		}
 		o.finish(ctx, nil)
 		out = snapView(v.Name, snap)
+		s.record(ctx, c.Name, v, EventSnapshot, "snapshot "+snap.Name)
 		return nil
 	})
 	return out, err
@@ -247,6 +248,7 @@ func (s *Service) RestoreSnapshot(ctx context.Context, c Caller, name, snapName 
 			return fmt.Errorf("restore vm %s to %s: %w", name, snapName, err)
 		}
 		out = view(v)
+		s.record(ctx, c.Name, v, EventRestore, "to snapshot "+snapName)
 		return nil
 	})
 	return out, err

@@ -82,7 +82,19 @@ type Detail struct {
 	Agent       AgentStatus
 	ConsoleTail []string // last lines of the serial console, oldest first
 	Snapshots   []Snapshot
-	URL         string // the VM's HTTPS URL, empty when there is none
+	URL         string  // the VM's HTTPS URL, empty when there is none
+	Restart     string  // restart policy (no, on-failure, always); empty: not known
+	Restarts    int     // automatic restarts so far
+	Events      []Event // the VM's most recent events, oldest first
+}
+
+// Event is one entry of a VM's audit log: who did what, or what the host
+// did by itself (Actor "host").
+type Event struct {
+	At      time.Time
+	Actor   string
+	Kind    string
+	Message string
 }
 
 // AgentStatus is what the guest agent reports.

@@ -130,6 +130,9 @@ func (p *detailPage) View() string {
 	if p.c.admin {
 		kv("Owner", orDash(v.Owner))
 	}
+	if d.Restart != "" {
+		kv("Restart", d.Restart, "Restarts", fmt.Sprint(d.Restarts))
+	}
 	lines = append(lines, "", st.Section.Render("Agent"))
 	a := d.Agent
 	switch {
@@ -156,6 +159,13 @@ func (p *detailPage) View() string {
 			break
 		}
 		lines = append(lines, "  "+snapLine(p.c, s))
+	}
+	if len(d.Events) > 0 {
+		lines = append(lines, "", st.Section.Render("Recent events"))
+		for _, e := range d.Events {
+			lines = append(lines, "  "+ansi.Truncate(textsafe.Clean(fmt.Sprintf("%s · %s · %s %s",
+				e.At.UTC().Format("2006-01-02 15:04:05"), e.Actor, e.Kind, e.Message)), max(p.width-2, 0), "…"))
+		}
 	}
 	lines = append(lines, "", st.Section.Render("Console"))
 	room := p.height - len(lines)

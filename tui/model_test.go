@@ -3,6 +3,7 @@ package tui_test
 import (
 	"strings"
 	"testing"
+	"time"
 
 	tea "github.com/charmbracelet/bubbletea"
 	"github.com/minionsdev/minions/internal/errs"
@@ -54,6 +55,12 @@ func TestUpdate(t *testing.T) {
 		{name: "list shows vms", want: []string{"ci-runner", "db", "web", "worker", "10.77.0.2", "4h4m"}},
 		{name: "open detail", keys: []string{"j", "j", "enter"},
 			want: []string{"minions web", "https://web.minions.test", "before-upgrade", "minions-agent: ready", "connected"}},
+		{name: "detail shows restart policy and recent events", setup: func(f *tuitest.Fake) {
+			f.SetOps("web", "on-failure", 2, []tui.Event{
+				{At: time.Date(2026, 12, 5, 7, 0, 0, 0, time.UTC), Actor: "host", Kind: "crashed", Message: "hypervisor exited"},
+				{At: time.Date(2026, 12, 5, 7, 0, 1, 0, time.UTC), Actor: "host", Kind: "restarted"}})
+		}, keys: []string{"j", "j", "enter"},
+			want: []string{"Restart", "on-failure", "Recent events", "2026-12-05 07:00:00 · host · crashed hypervisor exited", "host · restarted"}},
 		{name: "esc back from detail", keys: []string{"j", "enter", "esc"}, want: []string{"NAME", "worker"}},
 		{name: "G goes to bottom, stop ignored on stopped", keys: []string{"G", "x"}, wantCalls: nil, want: []string{"s start"}},
 		{name: "start stopped vm", keys: []string{"G", "s"}, wantCalls: []string{"Start worker"}, want: []string{"started worker"}},

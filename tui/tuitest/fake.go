@@ -38,9 +38,24 @@ type Fake struct {
 }
 
 type vmState struct {
-	vm    tui.VM
-	snaps []tui.Snapshot
-	tail  []string
+	vm       tui.VM
+	snaps    []tui.Snapshot
+	tail     []string
+	restart  string
+	restarts int
+	events   []tui.Event
+}
+
+// SetOps sets what Get reports for VM name's restart policy, restart
+// count and recent events.
+func (f *Fake) SetOps(name, restart string, restarts int, events []tui.Event) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, s := range f.vms {
+		if s.vm.Name == name {
+			s.restart, s.restarts, s.events = restart, restarts, append([]tui.Event(nil), events...)
+		}
+	}
 }
 
 var _ tui.Backend = (*Fake)(nil)
@@ -216,6 +231,9 @@ func (f *Fake) Get(ctx context.Context, name string) (tui.Detail, error) {
 		ConsoleTail: append([]string(nil), s.tail...),
 		Snapshots:   append([]tui.Snapshot(nil), s.snaps...),
 		URL:         "https://" + s.vm.Name + ".minions.test",
+		Restart:     s.restart,
+		Restarts:    s.restarts,
+		Events:      append([]tui.Event(nil), s.events...),
 	}
 	if s.vm.Running() {
 		d.Agent = tui.AgentStatus{

@@ -1,0 +1,277 @@
+package service
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"time"
+
+	"github.com/minionsdev/minions/internal/errs"
+	"github.com/minionsdev/minions/store"
+)
+
+// Restart backoff: the n-th crash in a row waits RestartBackoffMin·2^(n-1),
+// at most RestartBackoffMax. A VM that ran longer than RestartStableAfter
+// before crashing starts a new streak.
+const (
+	RestartBackoffMin  = time.Second
+	RestartBackoffMax  = 60 * time.Second
+	RestartStableAfter = 2 * time.Minute
+)
+
+// Supervisor statuses shown for a stopped VM (VM.Status).
+const (
+	StatusCrashed    = "crashed"    // went down by itself and stays down (policy)
+	StatusBackoff    = "backoff"    // went down; waiting before the next restart
+	StatusRestarting = "restarting" // a restart is due or under way
+)
+
+// ValidRestartPolicy checks a restart policy name.
+func ValidRestartPolicy(p string) error {
+	switch p {
+	case store.RestartNo, store.RestartOnFailure, store.RestartAlways:
+		return nil
+	}
+	return errs.New(errs.InvalidArgument, "invalid restart policy %q: use no, on-failure or always", p)
+}
+
+func backoff(streak int) time.Duration {
+	d := RestartBackoffMin
+	for i := 1; i < streak && d < RestartBackoffMax; i++ {
+		d *= 2
+	}
+	return min(d, RestartBackoffMax)
+}
+
+// SetRestartPolicy sets a VM's restart policy. Setting "no" also cancels a
+// pending automatic restart.
+func (s *Service) SetRestartPolicy(ctx context.Context, c Caller, name, policy string) (VM, error) {
+	if err := ValidRestartPolicy(policy); err != nil {
+		return VM{}, err
+	}
+	var out VM
+	err := s.withVMAny(ctx, c, name, func(v store.VM) error {
+		r, err := store.GetRestart(ctx, s.DB, v.ID)
+		if err != nil {
+			return err
+		}
+		r.Policy = policy
+		if policy == store.RestartNo {
+			r.RestartAt = time.Time{}
+		}
+		if err := store.PutRestart(ctx, s.DB, r); err != nil {
+			return fmt.Errorf("set restart policy of vm %s: %w", v.Name, err)
+		}
+		s.record(ctx, c.Name, v, EventUpdate, "restart policy "+policy)
+		out = s.withRestart(ctx, view(v))
+		return nil
+	})
+	return out, err
+}
+
+// withVMAny is withVM without a state check.
+func (s *Service) withVMAny(ctx context.Context, c Caller, name string, fn func(v store.VM) error) error {
+	v, err := s.getVM(ctx, c, name)
+	if err != nil {
+		return err
+	}
+	unlock, err := s.lockVM(ctx, v.ID)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	v, err = s.reloadVM(ctx, v)
+	if err != nil || !c.canSee(v) {
+		return errs.New(errs.NotFound, "no vm named %q", name)
+	}
+	return fn(v)
+}
+
+// withRestart fills the restart fields of out and, for a stopped VM the
+// supervisor handles, its supervisor status.
+func (s *Service) withRestart(ctx context.Context, out VM) VM {
+	r, err := store.GetRestart(ctx, s.DB, out.ID)
+	if err != nil {
+		return out
+	}
+	return applyRestart(out, r, time.Now())
+}
+
+func applyRestart(out VM, r store.Restart, now time.Time) VM {
+	out.Restart, out.Restarts = r.Policy, r.Restarts
+	if out.Status != store.StateStopped {
+		return out
+	}
+	switch {
+	case !r.RestartAt.IsZero() && r.RestartAt.After(now):
+		out.Status = StatusBackoff
+	case !r.RestartAt.IsZero():
+		out.Status = StatusRestarting
+	case r.Reason == EventCrashed:
+		out.Status = StatusCrashed
+	}
+	return out
+}
+
+// wentDown is told by reconcile that v's hypervisor is gone although v was
+// recorded running; it runs before v is marked stopped (v's run dir still
+// tells whether the host rebooted). It records what happened and returns
+// the restart state to store once v is stopped.
+func (s *Service) wentDown(ctx context.Context, v store.VM) (store.Restart, bool) {
+	r, err := store.GetRestart(ctx, s.DB, v.ID)
+	if err != nil {
+		return r, false
+	}
+	now := time.Now()
+	kind, restart, delay := EventCrashed, r.Policy != store.RestartNo, time.Duration(0)
+	switch {
+	case !exists(s.runDir(v.ID)):
+		kind = EventHostReboot
+	case cleanPoweroff(s.consolePath(v.ID)):
+		kind, restart = EventPoweroff, r.Policy == store.RestartAlways
+		r.Streak = 0
+	default:
+		if !v.StartedAt.IsZero() && now.Sub(v.StartedAt) > RestartStableAfter {
+			r.Streak = 0
+		}
+		r.Streak++
+		delay = backoff(r.Streak)
+	}
+	msg := "hypervisor exited"
+	switch kind {
+	case EventHostReboot:
+		msg = "processes and run dir gone: host restarted"
+	case EventPoweroff:
+		msg = "guest powered off"
+	}
+	r.Reason, r.RestartAt = kind, time.Time{}
+	if restart {
+		r.RestartAt = now.Add(delay)
+		msg += fmt.Sprintf("; restart (policy %s) in %s", r.Policy, delay)
+	} else {
+		msg += fmt.Sprintf("; stays stopped (policy %s)", r.Policy)
+	}
+	s.log.Warn("vm went down", "vm_id", v.ID, "vm", v.Name, "kind", kind, "restart", restart, "delay", delay)
+	s.record(ctx, HostActor, v, kind, msg)
+	return r, true
+}
+
+// Supervise starts the VMs whose automatic restart is due, through the
+// normal start path, one at a time. A failed start is retried with the
+// next backoff. The daemon calls it periodically; it is safe to call
+// concurrently with any operation (a VM whose lock is held is skipped).
+func (s *Service) Supervise(ctx context.Context) error {
+	rs, err := store.ListRestarts(ctx, s.DB)
+	if err != nil {
+		return err
+	}
+	now := time.Now()
+	for _, r := range rs {
+		if r.RestartAt.IsZero() || r.RestartAt.After(now) || ctx.Err() != nil {
+			continue
+		}
+		s.superviseOne(ctx, r.VMID)
+	}
+	return nil
+}
+
+func (s *Service) superviseOne(ctx context.Context, id string) {
+	unlock, err := s.tryLock(id)
+	if err != nil {
+		return
+	}
+	defer unlock()
+	v, err := store.GetVMByID(ctx, s.DB, id)
+	if err != nil {
+		return
+	}
+	r, err := store.GetRestart(ctx, s.DB, id)
+	if err != nil || r.RestartAt.IsZero() || r.RestartAt.After(time.Now()) {
+		return
+	}
+	if v.State != store.StateStopped {
+		r.RestartAt = time.Time{} // started by someone meanwhile
+		store.PutRestart(ctx, s.DB, r)
+		return
+	}
+	_, err = s.start(ctx, v, "restart", nil)
+	// start may have stored a fresh row for v; keep our counters.
+	if err != nil {
+		r.Streak++
+		d := backoff(r.Streak)
+		r.RestartAt = time.Now().Add(d)
+		s.record(ctx, HostActor, v, EventRestartFailed, fmt.Sprintf("%v; next try in %s", err, d))
+	} else {
+		r.Restarts++
+		r.RestartAt, r.Reason = time.Time{}, ""
+		s.record(ctx, HostActor, v, EventRestarted, fmt.Sprintf("restart %d (policy %s, after %s)", r.Restarts, r.Policy, reasonWord(r)))
+	}
+	if err := store.PutRestart(context.WithoutCancel(ctx), s.DB, r); err != nil {
+		s.log.Warn("record restart", "vm_id", id, "err", err)
+	}
+}
+
+func reasonWord(r store.Restart) string {
+	if r.Streak == 0 {
+		return "host reboot or poweroff"
+	}
+	return fmt.Sprintf("crash %d in a row", r.Streak)
+}
+
+func exists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
+}
+
+// cleanPoweroff reports whether the guest's console log ends with the
+// kernel's clean power-off line: QEMU then exited because the guest
+// asked, not because it crashed or was killed.
+func cleanPoweroff(consoleLog string) bool {
+	f, err := os.Open(consoleLog)
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	if st, err := f.Stat(); err == nil && st.Size() > 4096 {
+		f.Seek(-4096, io.SeekEnd)
+	}
+	b, _ := io.ReadAll(f)
+	i := bytes.LastIndex(b, []byte("reboot: Power down"))
+	if i < 0 {
+		i = bytes.LastIndex(b, []byte("reboot: System halted"))
+	}
+	return i >= 0 && !bytes.Contains(b[i:], []byte("Linux version"))
+}
+
+// cancelRestart drops a pending automatic restart of VM id (it was stopped
+// on purpose, or is about to be marked down again).
+func (s *Service) cancelRestart(ctx context.Context, id string) {
+	r, err := store.GetRestart(ctx, s.DB, id)
+	if err != nil || (r.RestartAt.IsZero() && r.Reason == "") {
+		return
+	}
+	r.RestartAt, r.Reason = time.Time{}, ""
+	store.PutRestart(ctx, s.DB, r)
+}
+
+// cancelPending is Stop for a VM that is down and waiting for an
+// automatic restart: it cancels the restart (ok true). For any other VM
+// it does nothing (ok false) and Stop goes on as usual.
+func (s *Service) cancelPending(ctx context.Context, c Caller, name string) (out VM, ok bool, err error) {
+	err = s.withVMAny(ctx, c, name, func(v store.VM) error {
+		r, err := store.GetRestart(ctx, s.DB, v.ID)
+		if err != nil || v.State != store.StateStopped || r.RestartAt.IsZero() {
+			return err
+		}
+		r.RestartAt, r.Reason = time.Time{}, ""
+		if err := store.PutRestart(ctx, s.DB, r); err != nil {
+			return err
+		}
+		s.record(ctx, c.Name, v, EventStop, "pending restart cancelled")
+		out, ok = s.withRestart(ctx, view(v)), true
+		return nil
+	})
+	return out, ok, err
+}
