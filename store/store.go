@@ -11,6 +11,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/minionsdev/minions/internal/errs"
 	"modernc.org/sqlite"
@@ -40,12 +41,14 @@ func Open(ctx context.Context, file string) (*DB, error) { return openAt(ctx, fi
 // openAt is Open migrating only up to migration number limit (0: all);
 // tests use it to build stores at every schema that has been released.
 func openAt(ctx context.Context, file string, limit int) (*DB, error) {
-	dsn := "file:" + file + "?_pragma=foreign_keys(1)&_pragma=journal_mode(WAL)&_pragma=busy_timeout(15000)&_pragma=synchronous(NORMAL)&_txlock=immediate"
+	// busy_timeout comes first: journal_mode(WAL) takes a lock, and
+	// without a busy handler a second opener fails with SQLITE_BUSY.
+	dsn := "file:" + file + "?_pragma=busy_timeout(15000)&_pragma=foreign_keys(1)&_pragma=journal_mode(WAL)&_pragma=synchronous(NORMAL)&_txlock=immediate"
 	db, err := sql.Open("sqlite", dsn)
 	if err != nil {
 		return nil, fmt.Errorf("open store %s: %w", file, err)
 	}
-	if err := db.PingContext(ctx); err != nil {
+	if err := pingBusy(ctx, db); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("open store %s: %w", file, err)
 	}
@@ -55,6 +58,26 @@ func openAt(ctx context.Context, file string, limit int) (*DB, error) {
 		return nil, fmt.Errorf("migrate store %s: %w", file, err)
 	}
 	return d, nil
+}
+
+// pingBusy opens the first connection. Switching a new database to WAL
+// takes a lock that SQLite may refuse with SQLITE_BUSY without calling the
+// busy handler (two processes opening a fresh store at once), so that one
+// error is retried for up to 15 s, bounded by ctx.
+func pingBusy(ctx context.Context, db *sql.DB) error {
+	deadline := time.Now().Add(15 * time.Second)
+	for wait := 5 * time.Millisecond; ; wait = min(2*wait, 200*time.Millisecond) {
+		err := db.PingContext(ctx)
+		var se *sqlite.Error
+		if err == nil || !errors.As(err, &se) || se.Code()&0xff != sqlite3.SQLITE_BUSY || time.Now().After(deadline) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(wait):
+		}
+	}
 }
 
 // Tx runs fn in one immediate (write-locking) transaction and commits it
