@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -49,8 +50,10 @@ type proxyEndpoint struct {
 // domain, the local HTTP proxy (http://<vm>.localhost:<port>). It binds
 // before returning, so a busy port fails `serve` at once, and records the
 // bound endpoint for link minting. Without a proxy configured it clears
-// the endpoint, so links are not minted for a proxy nobody runs.
-func startProxy(ctx context.Context, g *errgroup.Group, cfg Config, e *Env, log *slog.Logger, paths Paths, m *metrics) error {
+// the endpoint, so links are not minted for a proxy nobody runs. The access
+// log (one record per request) goes to logOut in format through a
+// proxy.LogBuffer: a write every 100 ms instead of one per request.
+func startProxy(ctx context.Context, g *errgroup.Group, cfg Config, e *Env, log *slog.Logger, logOut io.Writer, format string, paths Paths, m *metrics) error {
 	if cfg.ProxyBind == "" && cfg.HTTPBind == "" {
 		return e.DB.Tx(ctx, func(q store.Q) error { return store.SetSetting(ctx, q, settingProxyEndpoint, "") })
 	}
@@ -81,8 +84,11 @@ func startProxy(ctx context.Context, g *errgroup.Group, cfg Config, e *Env, log 
 		ep.HTTPPort = httpLn.Addr().(*net.TCPAddr).Port
 	}
 	cfg.ProxyBind, cfg.HTTPBind = addrOf(httpsLn, cfg.ProxyBind), addrOf(httpLn, cfg.HTTPBind)
-	p, err := newProxy(ctx, cfg, e, log, paths, ep)
+	accessBuf := proxy.NewLogBuffer(logOut, 100*time.Millisecond)
+	access := newLogger(accessBuf, format).With("component", "access")
+	p, err := newProxyLogs(ctx, cfg, e, log, access, paths, ep)
 	if err != nil {
+		accessBuf.Close()
 		closeAll()
 		return err
 	}
@@ -94,7 +100,10 @@ func startProxy(ctx context.Context, g *errgroup.Group, cfg Config, e *Env, log 
 	web := webOf(p, ep)
 	e.Service.SetWeb(func(context.Context) (service.Web, error) { return web, nil })
 	m.extra = append(m.extra, p.MetricsHandler())
-	g.Go(func() error { return p.Serve(ctx, httpsLn, httpLn) })
+	g.Go(func() error {
+		defer accessBuf.Close()
+		return p.Serve(ctx, httpsLn, httpLn)
+	})
 	log.Info("proxy listening", "https", addrOf(httpsLn, ""), "http", addrOf(httpLn, ""), "domain", cfg.Domain)
 	return nil
 }
@@ -108,7 +117,16 @@ func addrOf(ln net.Listener, def string) string {
 
 // newProxy builds the proxy from the daemon's config; ep carries the public
 // ports (explicit, so a minter that never binds makes the same links).
+// Its access log goes to log.
 func newProxy(ctx context.Context, cfg Config, e *Env, log *slog.Logger, paths Paths, ep proxyEndpoint) (*proxy.Proxy, error) {
+	return newProxyLogs(ctx, cfg, e, log, nil, paths, ep)
+}
+
+// newProxyLogs is newProxy with the access log going to access (nil: log).
+func newProxyLogs(ctx context.Context, cfg Config, e *Env, log, access *slog.Logger, paths Paths, ep proxyEndpoint) (*proxy.Proxy, error) {
+	if access == nil {
+		access = log.With("component", "access")
+	}
 	secret, err := proxySecret(ctx, e.DB)
 	if err != nil {
 		return nil, err
@@ -117,7 +135,7 @@ func newProxy(ctx context.Context, cfg Config, e *Env, log *slog.Logger, paths P
 		PublicHTTPSPort: ep.HTTPSPort, PublicHTTPPort: ep.HTTPPort,
 		Staging: cfg.ACMEStaging, ACMEEmail: cfg.ACMEEmail, StorageDir: filepath.Join(paths.State, "certs"),
 		Secret: secret, Resolver: resolver(ep.DNSResolver), RatePerSecond: cfg.ProxyRate, Burst: cfg.ProxyBurst, MaxConns: cfg.ProxyMaxConns,
-		Log: log.With("component", "proxy"), AccessLog: log.With("component", "access")}
+		Log: log.With("component", "proxy"), AccessLog: access}
 	if pc.HTTPBind == "" {
 		// With a domain and no plain listener: no HTTP-01 and no
 		// redirects, TLS-ALPN-01 only. Validation still wants an address.

@@ -33,7 +33,7 @@ const (
 
 // TestProxyChild is the proxy process of BenchmarkProxyCPU: it serves the
 // proxy in local mode the way the daemon configures it (JSON access log to
-// a file, rate limiter and connection limits on), routes web.localhost
+// a file through a LogBuffer, rate limiter and connection limits on), routes web.localhost
 // (public) and priv.localhost (private) to the upstream, prints its
 // address and a share link for priv, and serves until stdin closes.
 func TestProxyChild(t *testing.T) {
@@ -57,10 +57,13 @@ func TestProxyChild(t *testing.T) {
 	}
 	defer logf.Close()
 	log := slog.New(slog.NewJSONHandler(logf, nil))
+	accessBuf := proxy.NewLogBuffer(logf, 100*time.Millisecond) // as the daemon does
+	defer accessBuf.Close()
+	access := slog.New(slog.NewJSONHandler(accessBuf, nil))
 	table := proxytest.NewTable()
 	ln := listen(t)
 	p, err := proxy.New(proxy.Config{HTTPBind: ln.Addr().String(), Secret: secret(t),
-		Log: log.With("component", "proxy"), AccessLog: log.With("component", "access"),
+		Log: log.With("component", "proxy"), AccessLog: access.With("component", "access"),
 		RatePerSecond: 1e9, Burst: 1e9, MaxConnsPerIP: 1000}, table, table)
 	if err != nil {
 		t.Fatal(err)
