@@ -257,18 +257,27 @@ func (u usedLinks) Use(ctx context.Context, id string, exp time.Time) (bool, err
 // when the service bumps it. Every request and TLS handshake asks, so the
 // store's queries are prepared once (store.RouteQueries) and the answers
 // are cached only until the next commit: a change (share --private, stop,
-// destroy) applies to the very next request.
+// destroy) applies to the very next request. The one case the write-ahead
+// log's size and mtime can miss (after a checkpoint the log is rewritten
+// from its start, so two commits within one tick of the file system's
+// coarse clock leave both unchanged) is bounded by routeCacheTTL: no
+// answer, and so no revoked session, outlives it.
 type routes struct {
 	domain string
 	q      *store.RouteQueries
 	// The lookups are cached until the database changes: any commit, by
 	// this or another process, grows or resets the write-ahead log, so a
 	// stat of it (about a microsecond) says whether the cache still holds.
-	wal   string
-	mu    sync.Mutex
-	stamp walStamp
-	cache map[string]routeEntry
+	wal    string
+	now    func() time.Time
+	mu     sync.Mutex
+	stamp  walStamp
+	filled time.Time // when the cache was last emptied
+	cache  map[string]routeEntry
 }
+
+// routeCacheTTL is the most a cached route may be behind the store.
+const routeCacheTTL = time.Second
 
 type walStamp struct {
 	size  int64
@@ -300,16 +309,19 @@ func newRoutes(ctx context.Context, db *store.DB, domain string) (*routes, error
 	if err != nil {
 		return nil, fmt.Errorf("proxy routes: %w", err)
 	}
-	return &routes{domain: domain, q: q, wal: db.Path + "-wal", cache: map[string]routeEntry{}}, nil
+	return &routes{domain: domain, q: q, wal: db.Path + "-wal", now: time.Now, cache: map[string]routeEntry{}}, nil
 }
 
 func (r *routes) Route(ctx context.Context, host string) (proxy.Route, error) {
 	stamp, ok := r.currentStamp()
+	var filled time.Time // the cache generation this lookup may fill
 	if ok {
+		now := r.now()
 		r.mu.Lock()
-		if stamp != r.stamp {
-			r.stamp, r.cache = stamp, map[string]routeEntry{}
+		if stamp != r.stamp || now.Sub(r.filled) >= routeCacheTTL || now.Before(r.filled) {
+			r.stamp, r.filled, r.cache = stamp, now, map[string]routeEntry{}
 		}
+		filled = r.filled
 		e, hit := r.cache[host]
 		r.mu.Unlock()
 		if hit {
@@ -319,7 +331,7 @@ func (r *routes) Route(ctx context.Context, host string) (proxy.Route, error) {
 	rt, err := r.lookup(ctx, host)
 	if ok && (err == nil || errs.ClassOf(err) == errs.NotFound) {
 		r.mu.Lock()
-		if r.stamp == stamp && len(r.cache) < 100000 {
+		if r.stamp == stamp && r.filled.Equal(filled) && len(r.cache) < 100000 {
 			r.cache[host] = routeEntry{rt, err}
 		}
 		r.mu.Unlock()
