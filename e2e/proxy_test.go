@@ -131,6 +131,17 @@ func (d *serveProc) cpuTime(t testing.TB) time.Duration {
 	return time.Duration(ut+st) * 10 * time.Millisecond
 }
 
+// sysTime is the kernel part of cpuTime.
+func (d *serveProc) sysTime(t testing.TB) time.Duration {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", d.cmd.Process.Pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+2:]))
+	st, _ := strconv.ParseInt(f[12], 10, 64) // field 15 of the whole line
+	return time.Duration(st) * 10 * time.Millisecond
+}
+
 func freeTCPPort(t testing.TB) int {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -729,11 +740,32 @@ func BenchmarkProxy(b *testing.B) {
 		b.Fatal(err)
 	}
 	installWSEcho(b, "pbench", v.IP, 8081, bin)
-	httpAddr := loopback(freeTCPPort(b))
+	httpAddr, adminAddr := loopback(freeTCPPort(b)), loopback(freeTCPPort(b))
 	d := startServe(b, fmt.Sprintf("bind = %q\nadmin_bind = %q\nssh_bind = %q\nhttp_bind = %q\nproxy_rate = -1\n",
-		loopback(freeTCPPort(b)), loopback(freeTCPPort(b)), loopback(freeTCPPort(b)), httpAddr), httpAddr)
+		loopback(freeTCPPort(b)), adminAddr, loopback(freeTCPPort(b)), httpAddr), httpAddr)
 	must(b, "expose", "pbench", "--port", "8081")
 	must(b, "share", "pbench", "--public")
+	if path := os.Getenv("MINIONS_E2E_PROXY_CPUPROFILE"); path != "" {
+		// The daemon's CPU profile over the first 10 s of the run.
+		done := make(chan struct{})
+		defer func() { <-done }()
+		go func() {
+			defer close(done)
+			resp, err := http.Get("http://" + adminAddr + "/debug/pprof/profile?seconds=10")
+			if err != nil {
+				b.Logf("profile: %v", err)
+				return
+			}
+			defer resp.Body.Close()
+			f, err := os.Create(path)
+			if err != nil {
+				b.Logf("profile: %v", err)
+				return
+			}
+			defer f.Close()
+			_, _ = io.Copy(f, resp.Body)
+		}()
+	}
 
 	direct := newLoad(b, "http://"+v.IP+":8081/", "", "")
 	proxied := newLoad(b, "http://pbench.localhost/", "pbench.localhost", httpAddr)
@@ -746,10 +778,14 @@ func BenchmarkProxy(b *testing.B) {
 	// its background work (reconcile, agents); the proxy's share is
 	// what it spends beyond that rate while proxied requests run.
 	var pCPU, idleCPU, pWall, idleWall time.Duration
+	var pSys time.Duration // kernel part of pCPU
 	measure := func(cpu, wall *time.Duration, f func()) {
-		c, t0 := d.cpuTime(b), time.Now()
+		c, s, t0 := d.cpuTime(b), d.sysTime(b), time.Now()
 		f()
 		*cpu += d.cpuTime(b) - c
+		if cpu == &pCPU {
+			pSys += d.sysTime(b) - s
+		}
 		*wall += time.Since(t0)
 	}
 	for range 5 {
@@ -779,6 +815,7 @@ func BenchmarkProxy(b *testing.B) {
 	b.ReportMetric(float64(perReq.Microseconds()), "daemon-cpu-us/req")
 	b.ReportMetric(float64(netPerReq.Microseconds()), "proxy-cpu-us/req")
 	b.ReportMetric(idleRate*1000, "daemon-idle-cpu-ms/s")
+	b.ReportMetric(float64(pSys)/float64(pCPU), "proxy-sys-share")
 	b.Logf("direct: p50 %s, %.0f req/s; proxy: p50 %s, %.0f req/s; ratio %.2f, added p50 %s; daemon CPU %s per proxied request, %s beyond its idle rate (%.0f ms/s)",
 		dp50, drps, pp50, prps, prps/drps, pp50-dp50, perReq, netPerReq, idleRate*1000)
 }
