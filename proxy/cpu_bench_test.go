@@ -120,7 +120,13 @@ func BenchmarkProxyCPU(b *testing.B) {
 	_, port, _ := strings.Cut(addr, ":")
 	go func() { _, _ = io.Copy(io.Discard, stdout) }()
 
-	for _, tc := range []struct{ name, host string }{{"public", "web"}, {"private", "priv"}} {
+	for _, tc := range []struct{ name, host, path string }{
+		{"public", "web", "/"},
+		{"private", "priv", "/"},
+		// An upstream taking 5 ms, like a VM under TCG: the proxy's
+		// goroutines sleep and wake for every request.
+		{"public-5ms", "web", "/sleep?ms=5"},
+	} {
 		b.Run(tc.name, func(b *testing.B) {
 			proxied := clientTo(addr, nil)
 			if tc.name == "private" {
@@ -131,8 +137,8 @@ func BenchmarkProxyCPU(b *testing.B) {
 				}
 			}
 			direct := clientTo(up.Addr, nil)
-			purl := "http://" + tc.host + ".localhost:" + port + "/"
-			durl := "http://" + up.Addr + "/"
+			purl := "http://" + tc.host + ".localhost:" + port + tc.path
+			durl := "http://" + up.Addr + tc.path
 			seq(b, direct, durl, 100) // warm up
 			seq(b, proxied, purl, 100)
 			var dLat, pLat []time.Duration
