@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -49,8 +50,10 @@ type proxyEndpoint struct {
 // domain, the local HTTP proxy (http://<vm>.localhost:<port>). It binds
 // before returning, so a busy port fails `serve` at once, and records the
 // bound endpoint for link minting. Without a proxy configured it clears
-// the endpoint, so links are not minted for a proxy nobody runs.
-func startProxy(ctx context.Context, g *errgroup.Group, cfg Config, e *Env, log *slog.Logger, paths Paths, m *metrics) error {
+// the endpoint, so links are not minted for a proxy nobody runs. The access
+// log (one record per request) goes to logOut in format through a
+// proxy.LogBuffer: a write every 100 ms instead of one per request.
+func startProxy(ctx context.Context, g *errgroup.Group, cfg Config, e *Env, log *slog.Logger, logOut io.Writer, format string, paths Paths, m *metrics) error {
 	if cfg.ProxyBind == "" && cfg.HTTPBind == "" {
 		return e.DB.Tx(ctx, func(q store.Q) error { return store.SetSetting(ctx, q, settingProxyEndpoint, "") })
 	}
@@ -81,8 +84,11 @@ func startProxy(ctx context.Context, g *errgroup.Group, cfg Config, e *Env, log 
 		ep.HTTPPort = httpLn.Addr().(*net.TCPAddr).Port
 	}
 	cfg.ProxyBind, cfg.HTTPBind = addrOf(httpsLn, cfg.ProxyBind), addrOf(httpLn, cfg.HTTPBind)
-	p, err := newProxy(ctx, cfg, e, log, paths, ep)
+	accessBuf := proxy.NewLogBuffer(logOut, 100*time.Millisecond)
+	access := newLogger(accessBuf, format).With("component", "access")
+	p, err := newProxyLogs(ctx, cfg, e, log, access, paths, ep)
 	if err != nil {
+		accessBuf.Close()
 		closeAll()
 		return err
 	}
@@ -94,7 +100,10 @@ func startProxy(ctx context.Context, g *errgroup.Group, cfg Config, e *Env, log 
 	web := webOf(p, ep)
 	e.Service.SetWeb(func(context.Context) (service.Web, error) { return web, nil })
 	m.extra = append(m.extra, p.MetricsHandler())
-	g.Go(func() error { return p.Serve(ctx, httpsLn, httpLn) })
+	g.Go(func() error {
+		defer accessBuf.Close()
+		return p.Serve(ctx, httpsLn, httpLn)
+	})
 	log.Info("proxy listening", "https", addrOf(httpsLn, ""), "http", addrOf(httpLn, ""), "domain", cfg.Domain)
 	return nil
 }
@@ -108,7 +117,16 @@ func addrOf(ln net.Listener, def string) string {
 
 // newProxy builds the proxy from the daemon's config; ep carries the public
 // ports (explicit, so a minter that never binds makes the same links).
+// Its access log goes to log.
 func newProxy(ctx context.Context, cfg Config, e *Env, log *slog.Logger, paths Paths, ep proxyEndpoint) (*proxy.Proxy, error) {
+	return newProxyLogs(ctx, cfg, e, log, nil, paths, ep)
+}
+
+// newProxyLogs is newProxy with the access log going to access (nil: log).
+func newProxyLogs(ctx context.Context, cfg Config, e *Env, log, access *slog.Logger, paths Paths, ep proxyEndpoint) (*proxy.Proxy, error) {
+	if access == nil {
+		access = log.With("component", "access")
+	}
 	secret, err := proxySecret(ctx, e.DB)
 	if err != nil {
 		return nil, err
@@ -117,7 +135,7 @@ func newProxy(ctx context.Context, cfg Config, e *Env, log *slog.Logger, paths P
 		PublicHTTPSPort: ep.HTTPSPort, PublicHTTPPort: ep.HTTPPort,
 		Staging: cfg.ACMEStaging, ACMEEmail: cfg.ACMEEmail, StorageDir: filepath.Join(paths.State, "certs"),
 		Secret: secret, Resolver: resolver(ep.DNSResolver), RatePerSecond: cfg.ProxyRate, Burst: cfg.ProxyBurst, MaxConns: cfg.ProxyMaxConns,
-		Log: log.With("component", "proxy"), AccessLog: log.With("component", "access")}
+		Log: log.With("component", "proxy"), AccessLog: access}
 	if pc.HTTPBind == "" {
 		// With a domain and no plain listener: no HTTP-01 and no
 		// redirects, TLS-ALPN-01 only. Validation still wants an address.
@@ -239,18 +257,27 @@ func (u usedLinks) Use(ctx context.Context, id string, exp time.Time) (bool, err
 // when the service bumps it. Every request and TLS handshake asks, so the
 // store's queries are prepared once (store.RouteQueries) and the answers
 // are cached only until the next commit: a change (share --private, stop,
-// destroy) applies to the very next request.
+// destroy) applies to the very next request. The one case the write-ahead
+// log's size and mtime can miss (after a checkpoint the log is rewritten
+// from its start, so two commits within one tick of the file system's
+// coarse clock leave both unchanged) is bounded by routeCacheTTL: no
+// answer, and so no revoked session, outlives it.
 type routes struct {
 	domain string
 	q      *store.RouteQueries
 	// The lookups are cached until the database changes: any commit, by
 	// this or another process, grows or resets the write-ahead log, so a
 	// stat of it (about a microsecond) says whether the cache still holds.
-	wal   string
-	mu    sync.Mutex
-	stamp walStamp
-	cache map[string]routeEntry
+	wal    string
+	now    func() time.Time
+	mu     sync.Mutex
+	stamp  walStamp
+	filled time.Time // when the cache was last emptied
+	cache  map[string]routeEntry
 }
+
+// routeCacheTTL is the most a cached route may be behind the store.
+const routeCacheTTL = time.Second
 
 type walStamp struct {
 	size  int64
@@ -282,16 +309,19 @@ func newRoutes(ctx context.Context, db *store.DB, domain string) (*routes, error
 	if err != nil {
 		return nil, fmt.Errorf("proxy routes: %w", err)
 	}
-	return &routes{domain: domain, q: q, wal: db.Path + "-wal", cache: map[string]routeEntry{}}, nil
+	return &routes{domain: domain, q: q, wal: db.Path + "-wal", now: time.Now, cache: map[string]routeEntry{}}, nil
 }
 
 func (r *routes) Route(ctx context.Context, host string) (proxy.Route, error) {
 	stamp, ok := r.currentStamp()
+	var filled time.Time // the cache generation this lookup may fill
 	if ok {
+		now := r.now()
 		r.mu.Lock()
-		if stamp != r.stamp {
-			r.stamp, r.cache = stamp, map[string]routeEntry{}
+		if stamp != r.stamp || now.Sub(r.filled) >= routeCacheTTL || now.Before(r.filled) {
+			r.stamp, r.filled, r.cache = stamp, now, map[string]routeEntry{}
 		}
+		filled = r.filled
 		e, hit := r.cache[host]
 		r.mu.Unlock()
 		if hit {
@@ -301,7 +331,7 @@ func (r *routes) Route(ctx context.Context, host string) (proxy.Route, error) {
 	rt, err := r.lookup(ctx, host)
 	if ok && (err == nil || errs.ClassOf(err) == errs.NotFound) {
 		r.mu.Lock()
-		if r.stamp == stamp && len(r.cache) < 100000 {
+		if r.stamp == stamp && r.filled.Equal(filled) && len(r.cache) < 100000 {
 			r.cache[host] = routeEntry{rt, err}
 		}
 		r.mu.Unlock()

@@ -261,7 +261,7 @@ func Serve(ctx context.Context, cfg Config, logOut io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if err := startProxy(gctx, g, cfg, e, log, paths, metrics); err != nil {
+	if err := startProxy(gctx, g, cfg, e, log, logOut, format, paths, metrics); err != nil {
 		return err
 	}
 	in := bannerInput{Version: cli.Version, PublicIP: cfg.PublicIP, SSH: sshAddr, Socket: sock, Metrics: metricsAddr,

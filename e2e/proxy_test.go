@@ -131,6 +131,17 @@ func (d *serveProc) cpuTime(t testing.TB) time.Duration {
 	return time.Duration(ut+st) * 10 * time.Millisecond
 }
 
+// sysTime is the kernel part of cpuTime.
+func (d *serveProc) sysTime(t testing.TB) time.Duration {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", d.cmd.Process.Pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+2:]))
+	st, _ := strconv.ParseInt(f[12], 10, 64) // field 15 of the whole line
+	return time.Duration(st) * 10 * time.Millisecond
+}
+
 func freeTCPPort(t testing.TB) int {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -733,7 +744,9 @@ func (zeros) Read(p []byte) (int, error) {
 // VM, rate limit off) with requests straight to the VM's address. It
 // reports p50 latency of sequential requests on one connection and
 // requests per second with 4 concurrent connections, for both paths, with
-// the ratio and the latency the proxy adds. Run with -benchtime=1x.
+// the ratio and the latency the proxy adds, and the daemon's CPU per
+// proxied request: all of it (daemon-cpu-us/req) and beyond its rate while
+// only direct requests run (proxy-cpu-us/req). Run with -benchtime=1x.
 func BenchmarkProxy(b *testing.B) {
 	if skipWhy != "" {
 		b.Skip(skipWhy)
@@ -747,11 +760,32 @@ func BenchmarkProxy(b *testing.B) {
 		b.Fatal(err)
 	}
 	installWSEcho(b, "pbench", v.IP, 8081, bin)
-	httpAddr := loopback(freeTCPPort(b))
+	httpAddr, adminAddr := loopback(freeTCPPort(b)), loopback(freeTCPPort(b))
 	d := startServe(b, fmt.Sprintf("bind = %q\nadmin_bind = %q\nssh_bind = %q\nhttp_bind = %q\nproxy_rate = -1\n",
-		loopback(freeTCPPort(b)), loopback(freeTCPPort(b)), loopback(freeTCPPort(b)), httpAddr), httpAddr)
+		loopback(freeTCPPort(b)), adminAddr, loopback(freeTCPPort(b)), httpAddr), httpAddr)
 	must(b, "expose", "pbench", "--port", "8081")
 	must(b, "share", "pbench", "--public")
+	if path := os.Getenv("MINIONS_E2E_PROXY_CPUPROFILE"); path != "" {
+		// The daemon's CPU profile over the first 10 s of the run.
+		done := make(chan struct{})
+		defer func() { <-done }()
+		go func() {
+			defer close(done)
+			resp, err := http.Get("http://" + adminAddr + "/debug/pprof/profile?seconds=10")
+			if err != nil {
+				b.Logf("profile: %v", err)
+				return
+			}
+			defer resp.Body.Close()
+			f, err := os.Create(path)
+			if err != nil {
+				b.Logf("profile: %v", err)
+				return
+			}
+			defer f.Close()
+			_, _ = io.Copy(f, resp.Body)
+		}()
+	}
 
 	direct := newLoad(b, "http://"+v.IP+":8081/", "", "")
 	proxied := newLoad(b, "http://pbench.localhost/", "pbench.localhost", httpAddr)
@@ -760,18 +794,31 @@ func BenchmarkProxy(b *testing.B) {
 	var dLat, pLat []time.Duration
 	var dN, pN int64
 	var dT, pT time.Duration
-	var pCPU time.Duration
+	// The daemon's CPU while direct requests run (they never touch it) is
+	// its background work (reconcile, agents); the proxy's share is
+	// what it spends beyond that rate while proxied requests run.
+	var pCPU, idleCPU, pWall, idleWall time.Duration
+	var pSys time.Duration // kernel part of pCPU
+	measure := func(cpu, wall *time.Duration, f func()) {
+		c, s, t0 := d.cpuTime(b), d.sysTime(b), time.Now()
+		f()
+		*cpu += d.cpuTime(b) - c
+		if cpu == &pCPU {
+			pSys += d.sysTime(b) - s
+		}
+		*wall += time.Since(t0)
+	}
 	for range 5 {
-		dLat = append(dLat, direct.sequential(200)...)
-		c := d.cpuTime(b)
-		pLat = append(pLat, proxied.sequential(200)...)
-		pCPU += d.cpuTime(b) - c
-		n, el := direct.concurrent(4, 600*time.Millisecond)
-		dN, dT = dN+n, dT+el
-		c = d.cpuTime(b)
-		n, el = proxied.concurrent(4, 600*time.Millisecond)
-		pCPU += d.cpuTime(b) - c
-		pN, pT = pN+n, pT+el
+		measure(&idleCPU, &idleWall, func() { dLat = append(dLat, direct.sequential(200)...) })
+		measure(&pCPU, &pWall, func() { pLat = append(pLat, proxied.sequential(200)...) })
+		measure(&idleCPU, &idleWall, func() {
+			n, el := direct.concurrent(4, 600*time.Millisecond)
+			dN, dT = dN+n, dT+el
+		})
+		measure(&pCPU, &pWall, func() {
+			n, el := proxied.concurrent(4, 600*time.Millisecond)
+			pN, pT = pN+n, pT+el
+		})
 	}
 	dp50, pp50 := p50(dLat), p50(pLat)
 	drps, prps := float64(dN)/dT.Seconds(), float64(pN)/pT.Seconds()
@@ -781,10 +828,16 @@ func BenchmarkProxy(b *testing.B) {
 	b.ReportMetric(drps, "direct-req/s")
 	b.ReportMetric(prps, "proxy-req/s")
 	b.ReportMetric(prps/drps, "rps-ratio")
-	perReq := pCPU / time.Duration(int64(len(pLat))+pN)
+	nreq := time.Duration(int64(len(pLat)) + pN)
+	perReq := pCPU / nreq
+	idleRate := float64(idleCPU) / float64(idleWall) // CPU seconds per second
+	netPerReq := (pCPU - time.Duration(idleRate*float64(pWall))) / nreq
 	b.ReportMetric(float64(perReq.Microseconds()), "daemon-cpu-us/req")
-	b.Logf("direct: p50 %s, %.0f req/s; proxy: p50 %s, %.0f req/s; ratio %.2f, added p50 %s; daemon CPU %s per proxied request",
-		dp50, drps, pp50, prps, prps/drps, pp50-dp50, perReq)
+	b.ReportMetric(float64(netPerReq.Microseconds()), "proxy-cpu-us/req")
+	b.ReportMetric(idleRate*1000, "daemon-idle-cpu-ms/s")
+	b.ReportMetric(float64(pSys)/float64(pCPU), "proxy-sys-share")
+	b.Logf("direct: p50 %s, %.0f req/s; proxy: p50 %s, %.0f req/s; ratio %.2f, added p50 %s; daemon CPU %s per proxied request, %s beyond its idle rate (%.0f ms/s)",
+		dp50, drps, pp50, prps, prps/drps, pp50-dp50, perReq, netPerReq, idleRate*1000)
 }
 
 func jsonUnmarshal(s string, v any) error { return json.Unmarshal([]byte(s), v) }

@@ -149,12 +149,51 @@ func (p *Proxy) admitted(r *http.Request, rt Route) bool {
 			continue
 		}
 		// Owner and share sessions alike admit only while the VM keeps
-		// its ID, owner and revocation counter.
-		if c, err := p.signer.verify(ck.Value, kindSession); err == nil && c.valid(rt) {
+		// its ID, owner and revocation counter: that check runs on every
+		// request against the route as it is now; only the signature
+		// check is remembered.
+		if c, err := p.sessions.verify(p.signer, ck.Value); err == nil && c.valid(rt) {
 			return true
 		}
 	}
 	return false
+}
+
+// sessionCache remembers session cookies whose signature verified, so a
+// browser's every request does not pay for HMAC and JSON again. It holds
+// only what the signature proved (the claims); expiry is checked on every
+// use, and revocation too, by the caller (claims.valid against the current
+// route), so a cached cookie is refused as soon as the route's counter,
+// owner or VM ID moves. The signing key never changes during a Proxy's
+// life. At most sessionCacheMax entries; when full it starts over.
+type sessionCache struct {
+	mu sync.Mutex
+	m  map[string]claims
+}
+
+const sessionCacheMax = 4096
+
+func (s *sessionCache) verify(sg signer, tok string) (claims, error) {
+	s.mu.Lock()
+	c, hit := s.m[tok]
+	s.mu.Unlock()
+	if hit {
+		if sg.now().Unix() >= c.Exp {
+			return claims{}, errBadToken
+		}
+		return c, nil
+	}
+	c, err := sg.verify(tok, kindSession)
+	if err != nil {
+		return claims{}, err
+	}
+	s.mu.Lock()
+	if s.m == nil || len(s.m) >= sessionCacheMax {
+		s.m = make(map[string]claims)
+	}
+	s.m[tok] = c
+	s.mu.Unlock()
+	return c, nil
 }
 
 // stripSessionCookie removes the proxy's own cookie before the request goes

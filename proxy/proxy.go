@@ -26,14 +26,15 @@ import (
 // serve with Run (or Serve with listeners of your own), or use Handler
 // directly. Safe for concurrent use.
 type Proxy struct {
-	cfg     Config
-	log     *slog.Logger
-	routes  Routes
-	domains Domains
-	signer  signer
-	metrics *metrics
-	rate    *rateLimiter
-	conns   *connLimiter
+	cfg      Config
+	log      *slog.Logger
+	routes   Routes
+	domains  Domains
+	signer   signer
+	sessions sessionCache // verified session cookies
+	metrics  *metrics
+	rate     *rateLimiter
+	conns    *connLimiter
 
 	rp        *httputil.ReverseProxy
 	transport *http.Transport

@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -177,5 +178,45 @@ func TestRateLimiter(t *testing.T) {
 		if ok, _ := off.allow("x"); !ok {
 			t.Fatal("disabled limiter limited")
 		}
+	}
+}
+
+// A remembered session cookie still expires on time and a forged or
+// mis-kinded one is never remembered as good.
+func TestSessionCache(t *testing.T) {
+	now := time.Unix(1_000_000, 0)
+	s := signer{key: []byte("0123456789abcdef0123456789abcdef"), now: func() time.Time { return now }}
+	tok := s.sign(claims{Kind: kindSession, VMID: "vm1", Owner: "alice", Exp: now.Add(time.Hour).Unix()})
+	var cache sessionCache
+	for range 2 { // the second answer comes from the cache
+		if c, err := cache.verify(s, tok); err != nil || c.VMID != "vm1" {
+			t.Fatalf("verify: %+v %v", c, err)
+		}
+	}
+	if len(cache.m) != 1 {
+		t.Fatalf("cache holds %d entries, want 1", len(cache.m))
+	}
+	now = now.Add(time.Hour)
+	if _, err := cache.verify(s, tok); err == nil {
+		t.Fatal("expired session admitted from the cache")
+	}
+	login := s.sign(claims{Kind: kindLogin, VMID: "vm1", Exp: now.Add(time.Hour).Unix()})
+	flip := []byte(tok)
+	flip[3] ^= 1
+	for _, bad := range []string{login, string(flip)} {
+		for range 2 {
+			if _, err := cache.verify(s, bad); err == nil {
+				t.Fatalf("bad token %q admitted", bad)
+			}
+		}
+	}
+	for i := range sessionCacheMax + 10 {
+		tok := s.sign(claims{Kind: kindSession, VMID: "vm1", ID: strconv.Itoa(i), Exp: now.Add(time.Hour).Unix()})
+		if _, err := cache.verify(s, tok); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if len(cache.m) > sessionCacheMax {
+		t.Fatalf("cache grew to %d entries", len(cache.m))
 	}
 }

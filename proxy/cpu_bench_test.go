@@ -1,0 +1,246 @@
+package proxy_test
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/cookiejar"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime/pprof"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/minionsdev/minions/proxy"
+	"github.com/minionsdev/minions/proxy/proxytest"
+)
+
+// childEnv names the upstream address for TestProxyChild; it is set only
+// in the subprocess BenchmarkProxyCPU starts.
+const (
+	childEnv        = "MINIONS_PROXY_BENCH_UPSTREAM"
+	childProfileEnv = "MINIONS_PROXY_BENCH_CPUPROFILE"
+)
+
+// TestProxyChild is the proxy process of BenchmarkProxyCPU: it serves the
+// proxy in local mode the way the daemon configures it (JSON access log to
+// a file through a LogBuffer, rate limiter and connection limits on), routes web.localhost
+// (public) and priv.localhost (private) to the upstream, prints its
+// address and a share link for priv, and serves until stdin closes.
+func TestProxyChild(t *testing.T) {
+	up := os.Getenv(childEnv)
+	if up == "" {
+		t.Skip("runs only as BenchmarkProxyCPU's subprocess")
+	}
+	if path := os.Getenv(childProfileEnv); path != "" {
+		f, err := os.Create(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			t.Fatal(err)
+		}
+		defer func() { pprof.StopCPUProfile(); f.Close() }()
+	}
+	logf, err := os.Create(filepath.Join(t.TempDir(), "access.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer logf.Close()
+	log := slog.New(slog.NewJSONHandler(logf, nil))
+	accessBuf := proxy.NewLogBuffer(logf, 100*time.Millisecond) // as the daemon does
+	defer accessBuf.Close()
+	access := slog.New(slog.NewJSONHandler(accessBuf, nil))
+	table := proxytest.NewTable()
+	ln := listen(t)
+	p, err := proxy.New(proxy.Config{HTTPBind: ln.Addr().String(), Secret: secret(t),
+		Log: log.With("component", "proxy"), AccessLog: access.With("component", "access"),
+		RatePerSecond: 1e9, Burst: 1e9, MaxConnsPerIP: 1000}, table, table)
+	if err != nil {
+		t.Fatal(err)
+	}
+	table.Set("web.localhost", proxy.Route{VMID: "vm1", VMName: "web", Owner: "u1", Upstream: up, Public: true, Running: true})
+	table.Set("priv.localhost", proxy.Route{VMID: "vm2", VMName: "priv", Owner: "u1", Gen: 3, Upstream: up, Running: true})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- p.Serve(ctx, nil, ln) }()
+	fmt.Printf("%s %s\n", ln.Addr(), p.ShareLink("priv", "vm2", "u1", 3, time.Hour))
+	_, _ = io.Copy(io.Discard, os.Stdin)
+	cancel()
+	if err := <-done; err != nil {
+		t.Error(err)
+	}
+}
+
+// BenchmarkProxyCPU measures what a proxied request costs the proxy's own
+// process: the proxy runs in a subprocess (this test binary re-executed as
+// TestProxyChild), so its CPU time (utime+stime from /proc/PID/stat) is
+// not mixed with the load generator's or the upstream's. For a public
+// route and a private one (session cookie) it reports proxy CPU per
+// request, requests/s with 4 concurrent keep-alive connections, direct
+// and proxied, their ratio, and the p50 latency the proxy adds to
+// sequential requests. Direct and proxied rounds alternate, because the
+// host is shared and its load drifts.
+//
+//	go test -run '^$' -bench ProxyCPU -benchtime 3x ./proxy/
+//
+// MINIONS_PROXY_BENCH_CPUPROFILE=/tmp/p.out writes the proxy process's CPU
+// profile.
+func BenchmarkProxyCPU(b *testing.B) {
+	up := proxytest.StartUpstream(b, "web")
+	cmd := exec.Command(os.Args[0], "-test.run=^TestProxyChild$", "-test.count=1")
+	cmd.Env = append(os.Environ(), childEnv+"="+up.Addr)
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { stdin.Close(); _ = cmd.Wait() })
+	line, err := bufio.NewReader(stdout).ReadString('\n')
+	if err != nil {
+		b.Fatalf("proxy child: %v", err)
+	}
+	addr, share, _ := strings.Cut(strings.TrimSpace(line), " ")
+	_, port, _ := strings.Cut(addr, ":")
+	go func() { _, _ = io.Copy(io.Discard, stdout) }()
+
+	for _, tc := range []struct{ name, host, path string }{
+		{"public", "web", "/"},
+		{"private", "priv", "/"},
+		// An upstream taking 5 ms, like a VM under TCG: the proxy's
+		// goroutines sleep and wake for every request.
+		{"public-5ms", "web", "/sleep?ms=5"},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			proxied := clientTo(addr, nil)
+			if tc.name == "private" {
+				jar, _ := cookiejar.New(nil)
+				proxied.Jar = jar
+				if code, _, _ := get(b, proxied, share); code != http.StatusSeeOther {
+					b.Fatalf("share link: status %d", code)
+				}
+			}
+			direct := clientTo(up.Addr, nil)
+			purl := "http://" + tc.host + ".localhost:" + port + tc.path
+			durl := "http://" + up.Addr + tc.path
+			seq(b, direct, durl, 100) // warm up
+			seq(b, proxied, purl, 100)
+			var dLat, pLat []time.Duration
+			var dN, pN int64
+			var dT, pT, pCPU time.Duration
+			for range b.N {
+				dLat = append(dLat, seq(b, direct, durl, 300)...)
+				c := procCPU(b, cmd.Process.Pid)
+				pLat = append(pLat, seq(b, proxied, purl, 300)...)
+				pCPU += procCPU(b, cmd.Process.Pid) - c
+				n, el := conc(b, direct, durl, 4, time.Second)
+				dN, dT = dN+n, dT+el
+				c = procCPU(b, cmd.Process.Pid)
+				n, el = conc(b, proxied, purl, 4, time.Second)
+				pCPU += procCPU(b, cmd.Process.Pid) - c
+				pN, pT = pN+n, pT+el
+			}
+			dp50, pp50 := median(dLat), median(pLat)
+			drps, prps := float64(dN)/dT.Seconds(), float64(pN)/pT.Seconds()
+			perReq := float64(pCPU.Microseconds()) / float64(int64(len(pLat))+pN)
+			b.ReportMetric(perReq, "cpu-us/req")
+			b.ReportMetric(drps, "direct-req/s")
+			b.ReportMetric(prps, "proxy-req/s")
+			b.ReportMetric(prps/drps, "rps-ratio")
+			b.ReportMetric(float64((pp50 - dp50).Microseconds()), "added-p50-us")
+			b.ReportMetric(0, "ns/op")
+		})
+	}
+}
+
+// seq sends n sequential GETs on one keep-alive connection and returns
+// their latencies.
+func seq(b *testing.B, c *http.Client, url string, n int) []time.Duration {
+	lat := make([]time.Duration, n)
+	for i := range lat {
+		t0 := time.Now()
+		if err := fetchOK(c, url); err != nil {
+			b.Fatal(err)
+		}
+		lat[i] = time.Since(t0)
+	}
+	return lat
+}
+
+// conc sends GETs from k goroutines for d and returns how many completed
+// and the time taken.
+func conc(b *testing.B, c *http.Client, url string, k int, d time.Duration) (int64, time.Duration) {
+	var n atomic.Int64
+	var wg sync.WaitGroup
+	var failed atomic.Pointer[error]
+	start := time.Now()
+	stop := start.Add(d)
+	for range k {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for time.Now().Before(stop) {
+				if err := fetchOK(c, url); err != nil {
+					failed.Store(&err)
+					return
+				}
+				n.Add(1)
+			}
+		}()
+	}
+	wg.Wait()
+	if err := failed.Load(); err != nil {
+		b.Fatal(*err)
+	}
+	return n.Load(), time.Since(start)
+}
+
+func fetchOK(c *http.Client, url string) error {
+	resp, err := c.Get(url)
+	if err != nil {
+		return err
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("GET %s: status %d", url, resp.StatusCode)
+	}
+	return nil
+}
+
+func median(d []time.Duration) time.Duration {
+	s := slices.Clone(d)
+	slices.Sort(s)
+	return s[len(s)/2]
+}
+
+// procCPU is the user+system CPU time of process pid (fields 14 and 15 of
+// /proc/PID/stat, in clock ticks of 10 ms).
+func procCPU(b *testing.B, pid int) time.Duration {
+	raw, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		b.Fatal(err)
+	}
+	// The command name (field 2) may hold spaces; fields after it do not.
+	rest := string(raw[strings.LastIndexByte(string(raw), ')')+2:])
+	f := strings.Fields(rest)
+	ut, _ := strconv.ParseInt(f[11], 10, 64)
+	st, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(ut+st) * 10 * time.Millisecond
+}
