@@ -192,7 +192,7 @@ func (s *Service) BuildImage(ctx context.Context, c Caller, req ImageBuildReques
 	start := time.Now()
 	im, err := cat.BuildImage(ctx, req, progress)
 	if err != nil {
-		return ImageInfo{}, err
+		return ImageInfo{}, s.diskFull(err)
 	}
 	s.log.Info("image built", "user", c.Name, "image", im.Ref, "ms", time.Since(start).Milliseconds())
 	return im, nil

@@ -108,7 +108,9 @@ func (s *Service) CreateSnapshot(ctx context.Context, c Caller, name string, req
 			}
 		}
 		if err != nil {
+			err = s.diskFull(err)
 			os.RemoveAll(tmp)
+			os.Remove(filepath.Dir(tmp)) // the snapshots directory, only if now empty
 			o.finish(ctx, err)
 			return fmt.Errorf("snapshot vm %s: %w", v.Name, err)
 		}
