@@ -226,6 +226,9 @@ func imageCmd() *cli.Command {
 				}
 				// A full state filesystem is exit 8 with a clear message.
 				full := func(err error) error { return errs.DiskFull(err, filepath.Dir(cat.Dir)) }
+				if err := checkImageSpace(filepath.Dir(cat.Dir), osName); err != nil {
+					return err
+				}
 				step("kernel")
 				k, err := cat.Kernel(ctx)
 				if err != nil {

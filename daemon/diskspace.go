@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/minionsdev/minions/internal/errs"
 )
 
 // defaultMinFreeSpaceMiB is the free space on the state filesystem below
@@ -51,4 +53,19 @@ func freeSpaceCheck(stateDir string, minMiB int, fs statfsFunc) check {
 		c.Detail += fmt.Sprintf(": below min_free_space_mib %d; VM creates, snapshots and image builds will fail when it fills", minMiB)
 	}
 	return c
+}
+
+// imageBuildReserve is the free space below which an image build on this
+// host is refused before it starts (running out later is still exit 8,
+// with the build's temporary directory removed).
+const imageBuildReserve = 64 << 20
+
+// checkImageSpace refuses an image build with ResourceExhausted when the
+// state filesystem at stateDir has less than imageBuildReserve free.
+func checkImageSpace(stateDir, osName string) error {
+	free, _, err := statfs(stateDir)
+	if err != nil || free >= imageBuildReserve {
+		return nil
+	}
+	return errs.New(errs.ResourceExhausted, "build image %s: no space left on the state filesystem (%s): %d MiB free: free space and retry", osName, stateDir, free>>20)
 }

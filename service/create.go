@@ -110,6 +110,9 @@ func (s *Service) newVM(ctx context.Context, c Caller, row store.VM, kind string
 	row.State = store.StateCreating
 	row.CreatedAt = time.Now().UTC()
 	oprow := newOpRow(row.ID, kind)
+	if err := s.checkFreeSpace(kind+" vm "+row.Name, reserveBytes); err != nil {
+		return VM{}, err
+	}
 	progress.say("allocate")
 	err := s.DB.Tx(ctx, func(q store.Q) error {
 		if err := s.checkQuota(ctx, q, c.UserID, row.CPUs, row.MemoryMiB, row.DiskGiB); err != nil {

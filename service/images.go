@@ -189,6 +189,9 @@ func (s *Service) BuildImage(ctx context.Context, c Caller, req ImageBuildReques
 	if err != nil {
 		return ImageInfo{}, err
 	}
+	if err := s.checkFreeSpace("build image "+req.OS, reserveBytes); err != nil {
+		return ImageInfo{}, err
+	}
 	start := time.Now()
 	im, err := cat.BuildImage(ctx, req, progress)
 	if err != nil {
