@@ -90,7 +90,7 @@ func ParseExpiry(s string) (time.Duration, error) {
 
 // adminCommands are user, token and quota management.
 func adminCommands() []*Command {
-	return []*Command{userCmd(), tokenCmd(), quotaCmd()}
+	return []*Command{userCmd(), tokenCmd(), quotaCmd(), shutdownCmd()}
 }
 
 func userCmd() *Command {

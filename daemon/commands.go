@@ -224,14 +224,19 @@ func imageCmd() *cli.Command {
 						fmt.Fprintf(x.Stderr, "image %s: %s (%.1fs)\n", osName, s, time.Since(start).Seconds())
 					}
 				}
+				// A full state filesystem is exit 8 with a clear message.
+				full := func(err error) error { return errs.DiskFull(err, filepath.Dir(cat.Dir)) }
+				if err := checkImageSpace(filepath.Dir(cat.Dir), osName); err != nil {
+					return err
+				}
 				step("kernel")
 				k, err := cat.Kernel(ctx)
 				if err != nil {
-					return err
+					return full(err)
 				}
 				step("initramfs")
 				if _, err := cat.Initramfs(ctx, k, agent); err != nil {
-					return err
+					return full(err)
 				}
 				size := x.FS.Lookup("size").Value.(flag.Getter).Get().(int)
 				im, err := cat.Build(ctx, images.BuildOptions{OS: osName, SizeMiB: size, Mirror: x.FS.Lookup("mirror").Value.String(),
@@ -240,7 +245,7 @@ func imageCmd() *cli.Command {
 					fmt.Fprint(x.Stderr, "\r\033[K")
 				}
 				if err != nil {
-					return err
+					return full(err)
 				}
 				return x.Print(imageView(im), func(w io.Writer) {
 					fmt.Fprintf(w, "built %s in %.1fs (kernel %s)\n", im.Ref(), time.Since(start).Seconds(), k.Version)

@@ -67,6 +67,7 @@ type Config struct {
 	DefaultQuota       *QuotaConfig `toml:"default_quota"`         // quota of new non-admin users
 	MemoryOvercommit   float64      `toml:"memory_overcommit"`     // VM memory ≤ host memory × this (default 1.5)
 	ConsoleLogMaxBytes int64        `toml:"console_log_max_bytes"` // per VM, log + rotated log (default 4 MiB)
+	MinFreeSpaceMiB    int          `toml:"min_free_space_mib"`    // doctor warns below this much free on the state filesystem (default 2048)
 
 	// DNSProvider obtains one wildcard certificate *.<domain> by DNS-01
 	// instead of a certificate per VM name on demand: "cloudflare" or
@@ -134,6 +135,9 @@ func (c *Config) Defaults() {
 	if c.Subnet == "" {
 		c.Subnet = "10.210.0.0/16"
 	}
+	if c.MinFreeSpaceMiB == 0 {
+		c.MinFreeSpaceMiB = defaultMinFreeSpaceMiB
+	}
 	c.resourceDefaults()
 }
 
@@ -141,6 +145,9 @@ func (c *Config) Defaults() {
 func (c *Config) Validate() error {
 	if _, err := netip.ParsePrefix(c.Subnet); err != nil {
 		return errs.New(errs.InvalidArgument, "subnet %q: %v", c.Subnet, err)
+	}
+	if c.MinFreeSpaceMiB < 0 {
+		return errs.New(errs.InvalidArgument, "min_free_space_mib %d: want 0 (default %d) or more", c.MinFreeSpaceMiB, defaultMinFreeSpaceMiB)
 	}
 	if c.Jail != "on" && c.Jail != "off" {
 		return errs.New(errs.InvalidArgument, "jail %q: want on or off", c.Jail)

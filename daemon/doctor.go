@@ -13,7 +13,6 @@ import (
 	"github.com/minionsdev/minions/cli"
 	"github.com/minionsdev/minions/images"
 	"github.com/minionsdev/minions/internal/errs"
-	"github.com/minionsdev/minions/vm/disk"
 	"github.com/minionsdev/minions/vm/hypervisor/kvm"
 	"github.com/minionsdev/minions/vm/hypervisor/qemu"
 	"github.com/minionsdev/minions/vm/network"
@@ -172,9 +171,7 @@ func doctor(ctx context.Context, paths Paths) []check {
 	} else {
 		add("network", false, "%v", errs.New(errs.PermissionDenied, "run as root to check the bridge and nftables"))
 	}
-	if free, err := disk.FreeBytes(filepath.Dir(paths.State)); err == nil {
-		add("free disk", free > 5<<30, "%d GiB free under %s", free>>30, filepath.Dir(paths.State))
-	}
+	out = append(out, freeSpaceCheck(paths.State, cfg.MinFreeSpaceMiB, statfs))
 	return out
 }
 

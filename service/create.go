@@ -120,6 +120,9 @@ func (s *Service) newVM(ctx context.Context, c Caller, row store.VM, kind string
 	row.State = store.StateCreating
 	row.CreatedAt = time.Now().UTC()
 	oprow := newOpRow(row.ID, kind)
+	if err := s.checkFreeSpace(kind+" vm "+row.Name, reserveBytes); err != nil {
+		return VM{}, err
+	}
 	progress.say("allocate")
 	err := s.DB.Tx(ctx, func(q store.Q) error {
 		if err := s.checkQuota(ctx, q, c.UserID, row.CPUs, row.MemoryMiB, row.DiskGiB); err != nil {
@@ -139,7 +142,7 @@ func (s *Service) newVM(ctx context.Context, c Caller, row store.VM, kind string
 		return store.InsertOperation(ctx, q, oprow)
 	})
 	if err != nil {
-		return VM{}, fmt.Errorf("%s vm %s: %w", kind, row.Name, err)
+		return VM{}, fmt.Errorf("%s vm %s: %w", kind, row.Name, s.diskFull(err))
 	}
 	o := &op{s: s, row: oprow}
 	unlock, err := s.lockVM(ctx, row.ID)
@@ -151,6 +154,7 @@ func (s *Service) newVM(ctx context.Context, c Caller, row store.VM, kind string
 	defer unlock()
 	v, err := steps(o, row)
 	if err != nil {
+		err = s.diskFull(err)
 		s.purge(context.WithoutCancel(ctx), row.ID)
 		o.finish(ctx, err)
 		return VM{}, fmt.Errorf("%s vm %s: %w", kind, row.Name, err)
@@ -185,6 +189,10 @@ func (s *Service) createSteps(ctx context.Context, o *op, row store.VM, img Imag
 	}
 	return v, nil
 }
+
+// diskFull classes err as ResourceExhausted when it says the state
+// filesystem is full (errs.DiskFull); other errors pass unchanged.
+func (s *Service) diskFull(err error) error { return errs.DiskFull(err, s.cfg.StateDir) }
 
 func (s *Service) diskPath(id string) string { return filepath.Join(s.vmDir(id), "disk.qcow2") }
 

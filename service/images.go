@@ -189,10 +189,13 @@ func (s *Service) BuildImage(ctx context.Context, c Caller, req ImageBuildReques
 	if err != nil {
 		return ImageInfo{}, err
 	}
+	if err := s.checkFreeSpace("build image "+req.OS, reserveBytes); err != nil {
+		return ImageInfo{}, err
+	}
 	start := time.Now()
 	im, err := cat.BuildImage(ctx, req, progress)
 	if err != nil {
-		return ImageInfo{}, err
+		return ImageInfo{}, s.diskFull(err)
 	}
 	s.log.Info("image built", "user", c.Name, "image", im.Ref, "ms", time.Since(start).Milliseconds())
 	return im, nil

@@ -81,7 +81,7 @@ func (s *Service) CreateSnapshot(ctx context.Context, c Caller, name string, req
 		}
 		need := estimate + 64<<20
 		if free, err := disk.FreeBytes(s.vmDir(v.ID)); err == nil && free < need {
-			return errs.New(errs.ResourceExhausted, "not enough free disk for a snapshot of %s: need about %d MiB, %d MiB free", v.Name, need>>20, free>>20)
+			return errs.New(errs.ResourceExhausted, "snapshot vm %s: no space left on the state filesystem (%s): %d MiB free, about %d MiB needed: free space and retry", v.Name, s.cfg.StateDir, free>>20, need>>20)
 		}
 		o, err := s.beginOp(ctx, v.ID, "snapshot")
 		if err != nil {
@@ -108,7 +108,9 @@ func (s *Service) CreateSnapshot(ctx context.Context, c Caller, name string, req
 			}
 		}
 		if err != nil {
+			err = s.diskFull(err)
 			os.RemoveAll(tmp)
+			os.Remove(filepath.Dir(tmp)) // the snapshots directory, only if now empty
 			o.finish(ctx, err)
 			return fmt.Errorf("snapshot vm %s: %w", v.Name, err)
 		}
