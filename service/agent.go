@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"net"
 	"strings"
 
@@ -87,23 +88,34 @@ func (s *Service) agentOf(ctx context.Context, v store.VM) (*vsockcli.Client, er
 }
 
 // consoleTail returns the last n lines of a VM's console log, reading at
-// most its last 64 KiB.
+// most its last 64 KiB ("" when it is empty or unreadable).
 func (s *Service) consoleTail(id string, n int) string {
+	tail, _ := s.readConsoleTail(id, n)
+	return tail
+}
+
+// readConsoleTail is consoleTail that reports why the log (written by
+// the hypervisor driver's console logger) could not be read.
+func (s *Service) readConsoleTail(id string, n int) (string, error) {
 	b, err := consolelog.Tail(s.consolePath(id), 64<<10)
 	if err != nil || len(b) == 0 {
-		return ""
+		return "", err
 	}
 	lines := strings.Split(strings.TrimRight(string(bytes.ToValidUTF8(b, nil)), "\n"), "\n")
 	if len(lines) > n {
 		lines = lines[len(lines)-n:]
 	}
-	return strings.Join(lines, "\n")
+	return strings.Join(lines, "\n"), nil
 }
 
-// notReady builds the error for a VM whose agent did not answer in time.
+// notReady builds the error for a VM whose agent did not answer in time,
+// with the end of its console (or why it cannot be shown).
 func (s *Service) notReady(name, id string, err error) error {
-	tail := s.consoleTail(id, 15)
-	if tail == "" {
+	tail, terr := s.readConsoleTail(id, 15)
+	switch {
+	case terr != nil:
+		tail = fmt.Sprintf("(the console log %s cannot be read: %v)", s.consolePath(id), terr)
+	case tail == "":
 		tail = "(the console is empty)"
 	}
 	return errs.New(errs.Unavailable, "vm %s did not become ready within %s: %v\nlast console lines:\n%s", name, s.cfg.ReadyTimeout, err, tail)

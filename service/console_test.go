@@ -1,6 +1,7 @@
 package service
 
 import (
+	"errors"
 	"os"
 	"runtime"
 	"strings"
@@ -39,5 +40,26 @@ func TestConsoleTailReadsOnlyTheEnd(t *testing.T) {
 	os.WriteFile(path, []byte("after rotation\n"), 0o600)
 	if tail := fx.svc.consoleTail(id, 2); !strings.HasSuffix(tail, "the last line\nafter rotation") {
 		t.Fatalf("tail across rotation = %q", tail)
+	}
+}
+
+// A console log that cannot be read is said so in a failed boot's
+// message, not passed off as an empty console.
+func TestNotReadySaysTheConsoleIsUnreadable(t *testing.T) {
+	fx := newFixture(t)
+	id := "bbbbbbbbbbbb"
+	// A directory where the log should be: opening works, reading fails.
+	if err := os.MkdirAll(fx.svc.consolePath(id), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	msg := fx.svc.notReady("vm1", id, errors.New("wait for agent: deadline")).Error()
+	if strings.Contains(msg, "the console is empty") || !strings.Contains(msg, "cannot be read") {
+		t.Fatalf("message = %q, want it to say the console log cannot be read", msg)
+	}
+	if err := os.Remove(fx.svc.consolePath(id)); err != nil {
+		t.Fatal(err)
+	}
+	if msg := fx.svc.notReady("vm1", id, errors.New("x")).Error(); !strings.Contains(msg, "(the console is empty)") {
+		t.Fatalf("message for a missing log = %q", msg)
 	}
 }

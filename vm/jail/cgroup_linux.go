@@ -109,8 +109,9 @@ func v1Subsystems() ([]cgroup1.Subsystem, error) {
 
 // CreateCgroup creates (or updates) the cgroup name (relative to the
 // hierarchy root, e.g. "minions/<vm id>") with limits l, on v1 in the cpu,
-// memory and pids hierarchies. A host lacking one of these controllers is an
-// errs.FailedPrecondition.
+// memory and pids hierarchies, and raises its ancestors' CPU weight to the
+// sum of their children's (see balanceAncestors). A host lacking one of
+// these controllers is an errs.FailedPrecondition.
 func CreateCgroup(name string, l Limits) error {
 	v2, err := unified()
 	if err != nil {
@@ -125,15 +126,20 @@ func CreateCgroup(name string, l Limits) error {
 		if m := info.Missing(); len(m) > 0 {
 			return errs.New(errs.FailedPrecondition, "create cgroup %s: cgroup v2 controllers missing: %s", name, strings.Join(m, ", "))
 		}
+		cpu := &cgroup2.CPU{Max: cgroup2.NewCPUMax(&quota, &period)}
+		if l.CPUShares > 0 {
+			weight := v2Weight(l.CPUShares)
+			cpu.Weight = &weight
+		}
 		_, err = cgroup2.NewManager(unifiedRoot, "/"+name, &cgroup2.Resources{
-			CPU:    &cgroup2.CPU{Max: cgroup2.NewCPUMax(&quota, &period)},
+			CPU:    cpu,
 			Memory: &cgroup2.Memory{Max: &mem},
 			Pids:   &cgroup2.Pids{Max: pids},
 		})
 		if err != nil {
 			return fmt.Errorf("create cgroup %s: %w", name, err)
 		}
-		return nil
+		return balanceAncestors(name)
 	}
 	subs, err := v1Subsystems()
 	if err != nil {
@@ -143,14 +149,22 @@ func CreateCgroup(name string, l Limits) error {
 		return errs.New(errs.FailedPrecondition, "create cgroup %s: cgroup v1 controllers missing (have %d of cpu, memory, pids)", name, len(subs))
 	}
 	_, err = cgroup1.New(cgroup1.StaticPath("/"+name), &specs.LinuxResources{
-		CPU:    &specs.LinuxCPU{Quota: &quota, Period: &period},
+		CPU:    v1CPU(quota, period, l.CPUShares),
 		Memory: &specs.LinuxMemory{Limit: &mem},
 		Pids:   &specs.LinuxPids{Limit: &pids},
 	}, cgroup1.WithHierarchy(v1Subsystems))
 	if err != nil {
 		return fmt.Errorf("create cgroup %s: %w", name, err)
 	}
-	return nil
+	return balanceAncestors(name)
+}
+
+func v1CPU(quota int64, period, shares uint64) *specs.LinuxCPU {
+	c := &specs.LinuxCPU{Quota: &quota, Period: &period}
+	if shares > 0 {
+		c.Shares = &shares
+	}
+	return c
 }
 
 // JoinCgroup moves process pid into cgroup name (every v1 hierarchy of
@@ -181,8 +195,9 @@ func JoinCgroup(name string, pid int) error {
 }
 
 // DeleteCgroup removes cgroup name once it is empty, waiting up to two
-// seconds for exiting processes to leave it. A missing cgroup is not an
-// error (idempotent).
+// seconds for exiting processes to leave it, and lowers its ancestors' CPU
+// weight (see balanceAncestors). A missing cgroup is not an error
+// (idempotent).
 func DeleteCgroup(name string) error {
 	v2, err := unified()
 	if err != nil {
@@ -212,7 +227,7 @@ func DeleteCgroup(name string) error {
 	for {
 		err := del()
 		if err == nil {
-			return nil
+			return balanceAncestors(name)
 		}
 		if time.Now().After(deadline) {
 			return fmt.Errorf("delete cgroup %s: %w", name, err)

@@ -135,7 +135,16 @@ type Limits struct {
 	CPUQuotaUs  int64  // CPU time per CPUPeriodUs (cpu.max / cfs_quota_us)
 	CPUPeriodUs uint64 // the CFS period
 	PidsMax     int64  // pids.max
+	// CPUShares is the VM's CPU weight against its sibling VMs in cgroup
+	// v1 units (cpu.shares; v2's cpu.weight is this * 100 / 1024):
+	// SharesPerCPU per vCPU, so a busy VM weighs what its busy vCPU
+	// threads would weigh outside any cgroup.
+	CPUShares uint64
 }
+
+// SharesPerCPU is the cgroup v1 cpu.shares of one busy thread (a nice 0
+// task; v2 weight 100).
+const SharesPerCPU = 1024
 
 // cpuPeriodUs is the CFS period used for the CPU quota (the kernel's
 // default).
@@ -143,7 +152,7 @@ const cpuPeriodUs = 100_000
 
 // Limits returns the cgroup limits of a VM with cpus vCPUs and memMiB of
 // guest memory: memory is guest memory plus MemoryOverheadMiB, CPU time is
-// cpus full CPUs, tasks are PidsMax.
+// cpus full CPUs, tasks are PidsMax, CPU weight is SharesPerCPU per vCPU.
 func (c Config) Limits(cpus, memMiB int) (Limits, error) {
 	c = c.WithDefaults()
 	if cpus < 1 || memMiB < 1 {
@@ -154,10 +163,11 @@ func (c Config) Limits(cpus, memMiB int) (Limits, error) {
 		CPUQuotaUs:  int64(cpus) * cpuPeriodUs,
 		CPUPeriodUs: cpuPeriodUs,
 		PidsMax:     int64(c.PidsMax),
+		CPUShares:   uint64(cpus) * SharesPerCPU,
 	}, nil
 }
 
 // String renders l for logs and doctor.
 func (l Limits) String() string {
-	return fmt.Sprintf("memory %d MiB, cpu %d/%d us, pids %d", l.MemoryBytes>>20, l.CPUQuotaUs, l.CPUPeriodUs, l.PidsMax)
+	return fmt.Sprintf("memory %d MiB, cpu %d/%d us, cpu shares %d, pids %d", l.MemoryBytes>>20, l.CPUQuotaUs, l.CPUPeriodUs, l.CPUShares, l.PidsMax)
 }

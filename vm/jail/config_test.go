@@ -18,9 +18,9 @@ func TestLimits(t *testing.T) {
 		cpus, mem int
 		want      Limits
 	}{
-		{Config{}, 1, 256, Limits{MemoryBytes: 512 << 20, CPUQuotaUs: 100_000, CPUPeriodUs: 100_000, PidsMax: 1024}},
-		{Config{}, 2, 1024, Limits{MemoryBytes: 1280 << 20, CPUQuotaUs: 200_000, CPUPeriodUs: 100_000, PidsMax: 1024}},
-		{Config{MemoryOverheadMiB: 64, PidsMax: 100}, 4, 512, Limits{MemoryBytes: 576 << 20, CPUQuotaUs: 400_000, CPUPeriodUs: 100_000, PidsMax: 100}},
+		{Config{}, 1, 256, Limits{MemoryBytes: 512 << 20, CPUQuotaUs: 100_000, CPUPeriodUs: 100_000, PidsMax: 1024, CPUShares: 1024}},
+		{Config{}, 2, 1024, Limits{MemoryBytes: 1280 << 20, CPUQuotaUs: 200_000, CPUPeriodUs: 100_000, PidsMax: 1024, CPUShares: 2048}},
+		{Config{MemoryOverheadMiB: 64, PidsMax: 100}, 4, 512, Limits{MemoryBytes: 576 << 20, CPUQuotaUs: 400_000, CPUPeriodUs: 100_000, PidsMax: 100, CPUShares: 4096}},
 	} {
 		got, err := tc.cfg.Limits(tc.cpus, tc.mem)
 		if err != nil || got != tc.want {

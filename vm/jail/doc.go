@@ -14,8 +14,11 @@
 //     where they are not its own;
 //   - each runs in a cgroup of its own (Config.CgroupParent/<vm id>) with
 //     memory max = guest memory + Config.MemoryOverheadMiB, a CPU quota of
-//     its vCPU count and a pids limit, on cgroup v1 (and hybrid) hosts and
-//     pure v2 hosts alike (github.com/containerd/cgroups/v3).
+//     its vCPU count, a CPU weight of SharesPerCPU per vCPU and a pids
+//     limit, on cgroup v1 (and hybrid) hosts and pure v2 hosts alike
+//     (github.com/containerd/cgroups/v3). The parent's CPU weight is kept
+//     at the sum of its VMs' (see balanceAncestors): at the kernel's
+//     default it would give all VMs together the share of one host process.
 //
 // # Why a mount namespace and not a chroot
 //

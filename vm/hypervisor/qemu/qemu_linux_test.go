@@ -188,7 +188,7 @@ func vmFixture(t *testing.T) (*Driver, func(t *testing.T, extra ...string) hyper
 		}
 		t.Cleanup(func() {
 			if t.Failed() {
-				for _, name := range []string{qemuLog, relayLog} {
+				for _, name := range []string{qemuLog, relayLog, "console.log"} {
 					b, _ := os.ReadFile(filepath.Join(run, name))
 					t.Logf("%s:\n%s", name, b)
 				}
