@@ -69,7 +69,7 @@ func TestEgress(t *testing.T) {
 	cfgPath := filepath.Join(t.TempDir(), "config.toml")
 	os.WriteFile(cfgPath, []byte(fmt.Sprintf("dns = %q\negress_allow = [%q]\nadmin_tokens = [%q]\n", lanRouter, allowed, token)), 0o600)
 	apiPort, sshPort, httpPort := port(freePort(t)), port(freePort(t)), port(freePort(t))
-	d := runDaemonForTest(t, "0.0.0.0:"+apiPort, "--config", cfgPath, "--ssh-bind", "0.0.0.0:"+sshPort, "--http-bind", "0.0.0.0:"+httpPort)
+	d := runDaemonForTest(t, "0.0.0.0:"+apiPort, "--config", cfgPath, "--ssh-bind", "0.0.0.0:"+sshPort, "--http-bind", "0.0.0.0:"+httpPort, "--insecure-http")
 	defer func() {
 		d.stop(t, syscall.SIGTERM)
 		// Leave the default ruleset to the tests after this one.
