@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/minionsdev/minions/images"
 	"github.com/minionsdev/minions/store"
 )
 
@@ -217,5 +218,89 @@ func TestRestoreOldSchemaBackup(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(dir, "s2", "minions.db")); !os.IsNotExist(err) {
 		t.Fatal("a refused restore installed a store")
+	}
+}
+
+// Restored catalogue files (base images, kernels, initramfs) and their
+// directories get the catalogue's modes, whatever the backup says: every
+// VM's jailed uid reads them. Keys, certs and disks stay root's alone.
+func TestRestoreGivesCatalogueModes(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("restore needs root")
+	}
+	dir := t.TempDir()
+	v1, err := os.ReadFile(filepath.Join("..", "store", "testdata", "schema-v1.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	files := []struct {
+		name string
+		mode int64
+	}{
+		{"store/minions.db", 0o644},
+		{"state/images/rootfs/minimal/20260101-000000-0000/rootfs.ext4", 0o444},
+		{"state/images/rootfs/minimal/20260101-000000-0000/image.json", 0o444},
+		{"state/images/kernels/6.1.0-57-cloud-amd64/vmlinuz", 0o644},
+		{"state/images/kernels/6.1.0-57-cloud-amd64/modules/kernel/virtio.ko", 0o644},
+		{"state/images/initramfs/initramfs-6.1.0-57-cloud-amd64-0011.cpio", 0o444},
+		{"state/keys/agent_ed25519", 0o644},
+		{"state/certs/example.com.key", 0o755},
+		{"state/vms/aaaaaaaaaaaa/disk.qcow2", 0o644},
+	}
+	m := backupManifest{Format: backupFormat, MinionsVersion: "v0.1.0", Schema: 1, CreatedAt: time.Now().UTC()}
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	for _, f := range files {
+		data := []byte("content of " + f.name)
+		if f.name == "store/minions.db" {
+			data = v1
+		}
+		sum := sha256.Sum256(data)
+		m.Files = append(m.Files, backupEntry{Name: f.name, Size: int64(len(data)), SHA256: hex.EncodeToString(sum[:])})
+		tw.WriteHeader(&tar.Header{Name: f.name, Mode: f.mode, Size: int64(len(data)), Typeflag: tar.TypeReg})
+		tw.Write(data)
+	}
+	mb, _ := json.Marshal(m)
+	tw.WriteHeader(&tar.Header{Name: "manifest.json", Mode: 0o600, Size: int64(len(mb)), Typeflag: tar.TypeReg})
+	tw.Write(mb)
+	tw.Close()
+	file := filepath.Join(dir, "b.tar")
+	if err := os.WriteFile(file, buf.Bytes(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	state := filepath.Join(dir, "s")
+	if code, out, errb := runCLI(t, "backup", "restore", "--state-dir", state, "--config", filepath.Join(dir, "c.toml"), file); code != 0 {
+		t.Fatalf("restore: exit %d\n%s%s", code, out, errb)
+	}
+	mode := func(rel string) os.FileMode {
+		t.Helper()
+		st, err := os.Stat(filepath.Join(state, rel))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return st.Mode().Perm()
+	}
+	for _, f := range files {
+		rel := strings.TrimPrefix(f.name, "state/")
+		want := os.FileMode(0o600)
+		if strings.HasPrefix(rel, "images/") {
+			want = images.FileMode
+			for d := filepath.Dir(rel); d != "."; d = filepath.Dir(d) {
+				if got := mode(d); got != images.DirMode {
+					t.Errorf("%s: mode %v, want %v (the catalogue's)", d, got, images.DirMode)
+				}
+			}
+		}
+		if f.name == "store/minions.db" {
+			rel = "minions.db"
+		}
+		if got := mode(rel); got != want {
+			t.Errorf("%s: mode %v, want %v", rel, got, want)
+		}
+	}
+	for _, d := range []string{"keys", "certs", "vms", "vms/aaaaaaaaaaaa"} {
+		if got := mode(d); got != 0o700 {
+			t.Errorf("%s: mode %v, want 0700", d, got)
+		}
 	}
 }

@@ -19,6 +19,7 @@ import (
 	"strings"
 
 	"github.com/minionsdev/minions/cli"
+	"github.com/minionsdev/minions/images"
 	"github.com/minionsdev/minions/internal/errs"
 	"github.com/minionsdev/minions/store"
 	"github.com/minionsdev/minions/vm/disk"
@@ -145,11 +146,17 @@ func restoreBackup(ctx context.Context, x *cli.Ctx, file string, paths Paths, co
 	}
 	for _, rel := range files {
 		dst := filepath.Join(paths.State, rel)
+		image := strings.HasPrefix(rel, "images"+string(filepath.Separator))
 		if err := os.MkdirAll(filepath.Dir(dst), 0o700); err != nil {
 			return res, err
 		}
+		if image {
+			if err := catalogueModes(paths.State, filepath.Dir(dst)); err != nil {
+				return res, err
+			}
+		}
 		if _, err := os.Lstat(dst); err == nil {
-			if strings.HasPrefix(rel, "images"+string(filepath.Separator)) {
+			if image {
 				continue // image versions are immutable: the one here is the same
 			}
 			if err := os.Rename(dst, dst+".pre-restore"); err != nil {
@@ -158,6 +165,16 @@ func restoreBackup(ctx context.Context, x *cli.Ctx, file string, paths Paths, co
 			res.Replaced = append(res.Replaced, dst+".pre-restore")
 		}
 		if err := os.Rename(filepath.Join(stateStage, rel), dst); err != nil {
+			return res, err
+		}
+		// Catalogue files are read by every VM's jailed uid; all else
+		// (keys, certs, VM disks, which the jail hands to its VM's uid
+		// at start) is root's alone.
+		mode := os.FileMode(0o600)
+		if image {
+			mode = images.FileMode
+		}
+		if err := os.Chmod(dst, mode); err != nil {
 			return res, err
 		}
 	}
@@ -251,6 +268,18 @@ func restoreBackup(ctx context.Context, x *cli.Ctx, file string, paths Paths, co
 	res.NextSteps = []string{"run `minions init` on this host (bridge and nftables for the restored addresses)",
 		"start the restored vms with `minions start NAME` (they come back stopped)"}
 	return res, nil
+}
+
+// catalogueModes gives dir and its parents up to (not including) state
+// the catalogue's directory mode, whatever the umask or an earlier run
+// left: a jailed uid must pass through them to its VM's images.
+func catalogueModes(state, dir string) error {
+	for d := dir; d != state && strings.HasPrefix(d, state+string(filepath.Separator)); d = filepath.Dir(d) {
+		if err := os.Chmod(d, images.DirMode); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // extractBackup writes every file of the backup under stage and returns

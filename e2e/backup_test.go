@@ -52,7 +52,16 @@ func mustAt(t *testing.T, state string, v any, args ...string) string {
 // they never do on a really fresh host).
 func TestBackupRestore(t *testing.T) {
 	setup(t)
-	dir := t.TempDir()
+	// Not t.TempDir() (0700): the restored installations' jailed VM
+	// processes must traverse every parent of their state dirs.
+	dir, err := os.MkdirTemp("", "mnbackup")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
 	var v vmJSON
 	mustJSON(t, &v, "create", "bk1", "--cpus", "1", "--memory", "256")
 	destroyed := false

@@ -308,7 +308,7 @@ func newVersion(t time.Time) string {
 // catalogue under a fresh version, writing image.json first.
 func (c *Catalog) publish(outDir string, im Image, started time.Time) (Image, error) {
 	img := filepath.Join(outDir, "rootfs.ext4")
-	if err := os.Chmod(img, 0o444); err != nil {
+	if err := os.Chmod(img, FileMode); err != nil {
 		return Image{}, err
 	}
 	st, err := os.Stat(img)
@@ -317,7 +317,7 @@ func (c *Catalog) publish(outDir string, im Image, started time.Time) (Image, er
 	}
 	im.SizeBytes = st.Size()
 	parent := filepath.Join(c.rootfsDir(), im.OS)
-	if err := os.MkdirAll(parent, 0o755); err != nil {
+	if err := os.MkdirAll(parent, DirMode); err != nil {
 		return Image{}, err
 	}
 	for attempt := 0; ; attempt++ {
@@ -326,7 +326,7 @@ func (c *Catalog) publish(outDir string, im Image, started time.Time) (Image, er
 		im.Version = newVersion(now)
 		im.BuildSeconds = now.Sub(started).Seconds()
 		meta, _ := json.MarshalIndent(im, "", "  ")
-		if err := os.WriteFile(filepath.Join(outDir, "image.json"), meta, 0o444); err != nil {
+		if err := os.WriteFile(filepath.Join(outDir, "image.json"), meta, FileMode); err != nil {
 			return Image{}, err
 		}
 		err := unix.Renameat2(unix.AT_FDCWD, outDir, unix.AT_FDCWD, filepath.Join(parent, im.Version), unix.RENAME_NOREPLACE)

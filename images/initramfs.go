@@ -74,7 +74,7 @@ func EnsureInitramfs(ctx context.Context, dir string, k Kernel, agentPath string
 	if _, err := os.Stat(out); err == nil {
 		return res, nil
 	}
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	if err := os.MkdirAll(dir, DirMode); err != nil {
 		return Initramfs{}, fmt.Errorf("initramfs: %w", err)
 	}
 	f, err := os.CreateTemp(dir, ".tmp-initramfs-")
@@ -92,7 +92,7 @@ func EnsureInitramfs(ctx context.Context, dir string, k Kernel, agentPath string
 		err = cerr
 	}
 	if err == nil {
-		err = os.Chmod(tmp, 0o444)
+		err = os.Chmod(tmp, FileMode)
 	}
 	if err != nil {
 		return Initramfs{}, fmt.Errorf("initramfs for kernel %s: %w", k.Version, err)

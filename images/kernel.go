@@ -58,7 +58,7 @@ func parseKernelDepends(out []byte) (string, bool) {
 // different processes, are safe: each installs into a private directory
 // and the first rename wins.
 func EnsureKernel(ctx context.Context, dir string) (Kernel, error) {
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	if err := os.MkdirAll(dir, DirMode); err != nil {
 		return Kernel{}, fmt.Errorf("ensure kernel: %w", err)
 	}
 	out, aptErr := run(ctx, "", "apt-cache", "depends", KernelMetaPackage)
@@ -105,7 +105,7 @@ func installKernel(ctx context.Context, dir, kver string) error {
 		return err
 	}
 	stage := filepath.Join(tmp, kver)
-	if err := os.Mkdir(stage, 0o755); err != nil {
+	if err := os.Mkdir(stage, DirMode); err != nil {
 		return err
 	}
 	if err := os.Rename(filepath.Join(root, "boot", "vmlinuz-"+kver), filepath.Join(stage, "vmlinuz")); err != nil {
