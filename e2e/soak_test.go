@@ -85,6 +85,7 @@ func BenchmarkSoak(b *testing.B) {
 
 	soakCycle(b, "soak-warm")
 	start := settleMetrics(b, pid, nil)
+	startFDs := fdTargets(pid)
 
 	// Sample while the cycles run: the peak column shows that each
 	// counter does see what a VM uses.
@@ -155,6 +156,9 @@ func BenchmarkSoak(b *testing.B) {
 	b.ReportMetric(float64(len(took)), "cycles")
 	b.ReportMetric(float64(end.RSSKiB-start.RSSKiB), "rss-delta-KiB")
 	if why := soakLeaks(start, end); why != "" {
+		if end.FDs != start.FDs {
+			b.Logf("fds at the start: %s\nfds at the end: %s", startFDs, fdTargets(pid))
+		}
 		b.Fatalf("resources not returned after %d cycles: %s", len(took), why)
 	}
 }
@@ -376,4 +380,17 @@ func TestSoakLeaks(t *testing.T) {
 			t.Errorf("%s: soakLeaks = %q, want %q", c.name, got, c.bad)
 		}
 	}
+}
+
+// fdTargets lists process pid's open fds as "fd->target", for telling
+// which one leaked.
+func fdTargets(pid int) string {
+	dir := fmt.Sprintf("/proc/%d/fd", pid)
+	ents, _ := os.ReadDir(dir)
+	var out []string
+	for _, e := range ents {
+		t, _ := os.Readlink(filepath.Join(dir, e.Name()))
+		out = append(out, e.Name()+"->"+t)
+	}
+	return strings.Join(out, " ")
 }
