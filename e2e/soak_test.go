@@ -23,7 +23,8 @@ import (
 // create/exec/destroy cycle uses and must give back.
 type soakMetrics struct {
 	RSSKiB     int64 // daemon resident set (VmRSS)
-	FDs        int64 // daemon open file descriptors
+	FDs        int64 // daemon open file descriptors, the store's excluded
+	DBFDs      int64 // daemon fds on the store's files (database/sql keeps up to 2 idle connections)
 	Goroutines int64 // daemon goroutines (pprof goroutine profile total)
 	Threads    int64 // daemon OS threads (informational)
 	TAPs       int64 // tun/tap links in the test's network namespace
@@ -38,7 +39,8 @@ type soakMetrics struct {
 func (m soakMetrics) rows() []soakRow {
 	return []soakRow{
 		{"daemon RSS (KiB)", m.RSSKiB, false},
-		{"daemon open fds", m.FDs, true},
+		{"daemon open fds (store excluded)", m.FDs, true},
+		{"daemon fds on the store", m.DBFDs, false},
 		{"daemon goroutines", m.Goroutines, true},
 		{"daemon threads", m.Threads, false},
 		{"TAP links", m.TAPs, true},
@@ -51,7 +53,7 @@ func (m soakMetrics) rows() []soakRow {
 
 // max is the per-metric maximum of m and o.
 func (m soakMetrics) max(o soakMetrics) soakMetrics {
-	return soakMetrics{max(m.RSSKiB, o.RSSKiB), max(m.FDs, o.FDs), max(m.Goroutines, o.Goroutines), max(m.Threads, o.Threads),
+	return soakMetrics{max(m.RSSKiB, o.RSSKiB), max(m.FDs, o.FDs), max(m.DBFDs, o.DBFDs), max(m.Goroutines, o.Goroutines), max(m.Threads, o.Threads),
 		max(m.TAPs, o.TAPs), max(m.NftElems, o.NftElems), max(m.IPs, o.IPs), max(m.StateFiles, o.StateFiles), max(m.RunFiles, o.RunFiles)}
 }
 
@@ -194,6 +196,11 @@ func soakLeaks(start, end soakMetrics) string {
 			bad = append(bad, fmt.Sprintf("%s %d -> %d", sr[i].name, sr[i].v, er[i].v))
 		}
 	}
+	// Two idle connections (database and WAL file each) plus the shared
+	// memory file: more is a leak.
+	if end.DBFDs > 5 {
+		bad = append(bad, fmt.Sprintf("%d fds on the store (at most 2 idle connections expected)", end.DBFDs))
+	}
 	if allow := max(start.RSSKiB/10, 8<<10); end.RSSKiB-start.RSSKiB > allow {
 		bad = append(bad, fmt.Sprintf("RSS grew %d KiB (allowed %d)", end.RSSKiB-start.RSSKiB, allow))
 	}
@@ -225,11 +232,19 @@ func measureSoak(pid int) (soakMetrics, error) {
 	if m.RSSKiB, m.Threads, err = procStatus(pid); err != nil {
 		return m, err
 	}
-	fds, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	dir := fmt.Sprintf("/proc/%d/fd", pid)
+	fds, err := os.ReadDir(dir)
 	if err != nil {
 		return m, err
 	}
-	m.FDs = int64(len(fds))
+	db := filepath.Join(stateDir, "minions.db")
+	for _, e := range fds {
+		if t, _ := os.Readlink(filepath.Join(dir, e.Name())); strings.HasPrefix(t, db) {
+			m.DBFDs++
+		} else {
+			m.FDs++
+		}
+	}
 	if m.Goroutines, err = daemonGoroutines(filepath.Join(stateDir, "run", "debug.sock")); err != nil {
 		return m, err
 	}
@@ -355,7 +370,7 @@ func countFiles(root, skip string) int64 {
 
 // TestSoakLeaks checks the soak benchmark's verdict on made-up numbers.
 func TestSoakLeaks(t *testing.T) {
-	start := soakMetrics{RSSKiB: 40 << 10, FDs: 15, Goroutines: 14, Threads: 10, TAPs: 0, NftElems: 0, IPs: 2, StateFiles: 100, RunFiles: 3}
+	start := soakMetrics{RSSKiB: 40 << 10, FDs: 12, DBFDs: 3, Goroutines: 14, Threads: 10, TAPs: 0, NftElems: 0, IPs: 2, StateFiles: 100, RunFiles: 3}
 	for _, c := range []struct {
 		name string
 		edit func(*soakMetrics)
@@ -365,7 +380,9 @@ func TestSoakLeaks(t *testing.T) {
 		{"rss within 10 %", func(m *soakMetrics) { m.RSSKiB += 4 << 10 }, ""},
 		{"more threads", func(m *soakMetrics) { m.Threads += 5 }, ""},
 		{"rss beyond", func(m *soakMetrics) { m.RSSKiB += 9 << 10 }, "RSS grew"},
-		{"fd", func(m *soakMetrics) { m.FDs++ }, "daemon open fds 15 -> 16"},
+		{"fd", func(m *soakMetrics) { m.FDs++ }, "daemon open fds (store excluded) 12 -> 13"},
+		{"second idle store connection", func(m *soakMetrics) { m.DBFDs += 2 }, ""},
+		{"store connections leak", func(m *soakMetrics) { m.DBFDs += 4 }, "fds on the store"},
 		{"goroutine", func(m *soakMetrics) { m.Goroutines++ }, "goroutines"},
 		{"tap", func(m *soakMetrics) { m.TAPs++ }, "TAP"},
 		{"nft", func(m *soakMetrics) { m.NftElems++ }, "nftables"},
