@@ -65,7 +65,9 @@ type soakRow struct {
 
 // BenchmarkSoak runs MINIONS_SOAK_CYCLES (default 200) create -> exec true
 // -> destroy cycles of the minimal image (256 MiB), two at a time, against
-// a real `minions serve`, and fails unless the daemon's fds and goroutines,
+// a real `minions serve`, and fails unless the daemon's fds (those on the
+// store counted apart: database/sql keeps up to 2 idle SQLite connections,
+// so they may end one connection higher, never beyond) and goroutines,
 // the TAPs, nftables elements, IPs in use and files under the state and
 // run directories return exactly to their starting values (polled for up
 // to 10 s) and RSS grows by at most 10 % or 8 MiB. One warm-up cycle runs
