@@ -26,6 +26,7 @@ type soakMetrics struct {
 	FDs        int64 // daemon open file descriptors, the store's excluded
 	DBFDs      int64 // daemon fds on the store's files (database/sql keeps up to 2 idle connections)
 	Goroutines int64 // daemon goroutines (pprof goroutine profile total)
+	HeapKiB    int64 // daemon Go heap in use after a forced GC (informational)
 	Threads    int64 // daemon OS threads (informational)
 	TAPs       int64 // tun/tap links in the test's network namespace
 	NftElems   int64 // set elements in every nftables table named "minions"
@@ -42,6 +43,7 @@ func (m soakMetrics) rows() []soakRow {
 		{"daemon open fds (store excluded)", m.FDs, true},
 		{"daemon fds on the store", m.DBFDs, false},
 		{"daemon goroutines", m.Goroutines, true},
+		{"daemon Go heap after GC (KiB)", m.HeapKiB, false},
 		{"daemon threads", m.Threads, false},
 		{"TAP links", m.TAPs, true},
 		{"nftables elements (minions)", m.NftElems, true},
@@ -53,7 +55,7 @@ func (m soakMetrics) rows() []soakRow {
 
 // max is the per-metric maximum of m and o.
 func (m soakMetrics) max(o soakMetrics) soakMetrics {
-	return soakMetrics{max(m.RSSKiB, o.RSSKiB), max(m.FDs, o.FDs), max(m.DBFDs, o.DBFDs), max(m.Goroutines, o.Goroutines), max(m.Threads, o.Threads),
+	return soakMetrics{max(m.RSSKiB, o.RSSKiB), max(m.FDs, o.FDs), max(m.DBFDs, o.DBFDs), max(m.Goroutines, o.Goroutines), max(m.HeapKiB, o.HeapKiB), max(m.Threads, o.Threads),
 		max(m.TAPs, o.TAPs), max(m.NftElems, o.NftElems), max(m.IPs, o.IPs), max(m.StateFiles, o.StateFiles), max(m.RunFiles, o.RunFiles)}
 }
 
@@ -250,6 +252,9 @@ func measureSoak(pid int) (soakMetrics, error) {
 	if m.Goroutines, err = daemonGoroutines(filepath.Join(stateDir, "run", "debug.sock")); err != nil {
 		return m, err
 	}
+	if m.HeapKiB, err = daemonHeap(filepath.Join(stateDir, "run", "debug.sock")); err != nil {
+		return m, err
+	}
 	links, err := exec.Command("ip", "-o", "link", "show", "type", "tun").Output()
 	if err != nil {
 		return m, fmt.Errorf("ip link: %v", err)
@@ -323,6 +328,29 @@ func daemonGoroutines(sock string) (int64, error) {
 		return 0, fmt.Errorf("goroutines: %q: %v", line, err)
 	}
 	return n, nil
+}
+
+// daemonHeap reads HeapInuse (KiB) after a forced GC from the daemon's
+// pprof heap profile.
+func daemonHeap(sock string) (int64, error) {
+	c := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "unix", sock)
+	}}, Timeout: 10 * time.Second}
+	defer c.CloseIdleConnections()
+	resp, err := c.Get("http://minions/debug/pprof/heap?debug=1&gc=1")
+	if err != nil {
+		return 0, fmt.Errorf("heap: %v", err)
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), "# HeapInuse = "); ok {
+			n, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+			return n >> 10, err
+		}
+	}
+	return 0, fmt.Errorf("heap: no HeapInuse line")
 }
 
 // nftMinionsElements counts the elements of every set and map in tables
