@@ -6,7 +6,7 @@ LDFLAGS := -s -w -X github.com/minionsdev/minions/cli.Version=$(VERSION)
 DIST    ?= dist
 RELEASE := minions-$(VERSION)-linux-amd64
 
-.PHONY: help build install release fmt lint test test-e2e bench clean
+.PHONY: help build install release fmt lint test test-e2e bench soak clean
 
 help: ## show this help
 	@awk 'BEGIN{FS=":.*## "} /^[a-z-]+:.*## /{printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -45,6 +45,9 @@ test-e2e: build ## only the end-to-end tests with real VMs
 
 bench: build ## benchmarks (create, exec, memory per VM, snapshots, gateway, proxy)
 	$(GO) test -run '^$$' -bench . -benchtime 5x -timeout 30m ./e2e/... ./proxy/... ./gateway/...
+
+soak: ## leak check: MINIONS_SOAK_CYCLES (200) create/exec/destroy cycles, resources must return
+	$(GO) test -count=1 -run '^$$' -bench Soak -benchtime 1x -timeout 6h -v ./e2e/
 
 clean: ## remove build output
 	rm -rf bin $(DIST)

@@ -403,12 +403,7 @@ func (h *handler) table() []route {
 		}),
 		{method: http.MethodPost, pattern: "/v1/vms/{name}/exec", kind: raw, rawFn: h.serveExec},
 		get("/v1/vms/{name}/status", func(ctx context.Context, c service.Caller, r *http.Request) (any, error) {
-			cl, err := s.Agent(ctx, c, name(r))
-			if err != nil {
-				return nil, err
-			}
-			defer cl.Close()
-			return cl.Status(ctx)
+			return s.AgentStatus(ctx, c, name(r))
 		}),
 		{method: http.MethodGet, pattern: "/v1/vms/{name}/logs", kind: raw, rawFn: h.serveLogs},
 		get("/v1/vms/{name}/snapshots", func(ctx context.Context, c service.Caller, r *http.Request) (any, error) {

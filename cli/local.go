@@ -61,12 +61,7 @@ func (l *Local) Exec(ctx context.Context, name string, req vsockcli.ExecRequest)
 }
 
 func (l *Local) Status(ctx context.Context, name string) (proto.Status, error) {
-	cl, err := l.Svc.Agent(ctx, l.Caller, name)
-	if err != nil {
-		return proto.Status{}, err
-	}
-	defer cl.Close()
-	return cl.Status(ctx)
+	return l.Svc.AgentStatus(ctx, l.Caller, name)
 }
 
 func (l *Local) Logs(ctx context.Context, name string, follow bool, w io.Writer) error {

@@ -390,6 +390,9 @@ func printStatus(w io.Writer, st proto.Status) {
 	fmt.Fprintf(tw, "hostname\t%s\nkernel\t%s\nuptime\t%s\nload\t%.2f %.2f %.2f\nmemory\t%s free of %s\ndisk\t%s free of %s\nprocesses\t%d\naddresses\t%s\nagent\t%s\n",
 		st.Hostname, st.Kernel, (time.Duration(st.UptimeS * float64(time.Second))).Round(time.Second), st.Load[0], st.Load[1], st.Load[2],
 		human(st.MemAvailable), human(st.MemTotal), human(st.DiskFree), human(st.DiskTotal), st.Procs, strings.Join(st.Addrs, ", "), st.AgentVersion)
+	if st.AgentWarning != "" {
+		fmt.Fprintf(tw, "warning\t%s\n", st.AgentWarning)
+	}
 	tw.Flush()
 }
 

@@ -168,6 +168,9 @@ func Open(ctx context.Context, o Options) (*Env, error) {
 		return nil, err
 	}
 	e.Service.SetWeb(storedWeb(db, o.Paths, o.Log)) // serve replaces it with its live proxy
+	if p, err := AgentBinary(); err == nil {
+		e.Service.SetHostAgentVersion(agentVersion(ctx, p))
+	}
 	ok = true
 	return e, nil
 }

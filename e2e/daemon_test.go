@@ -43,7 +43,7 @@ func (s *logBuffer) String() string {
 
 // runDaemonForTest starts the real daemon on free loopback ports and waits
 // until its API answers on the unix socket.
-func runDaemonForTest(t *testing.T, apiAddr string, extra ...string) *daemonProc {
+func runDaemonForTest(t testing.TB, apiAddr string, extra ...string) *daemonProc {
 	t.Helper()
 	args := append([]string{"serve", "--config", "/dev/null", "--bind", apiAddr, "--admin-bind", freePort(t), "--ssh-bind", freePort(t)}, extra...)
 	cmd := exec.Command(filepath.Join(binDir, "minions"), args...)
@@ -73,7 +73,7 @@ func runDaemonForTest(t *testing.T, apiAddr string, extra ...string) *daemonProc
 	return d
 }
 
-func (d *daemonProc) stop(t *testing.T, sig syscall.Signal) {
+func (d *daemonProc) stop(t testing.TB, sig syscall.Signal) {
 	t.Helper()
 	d.cmd.Process.Signal(sig)
 	select {

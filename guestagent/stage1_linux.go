@@ -56,6 +56,9 @@ func Stage1() error {
 			Console("minions-agent: stage 1: machine id: %v", err)
 		}
 	}
+	if err := bindCurrentAgent("/init", "/newroot"+rootAgentPath); err != nil {
+		Console("minions-agent: stage 1: %v", err)
+	}
 	// Free the initramfs memory we no longer need.
 	os.RemoveAll("/lib/modules")
 	for _, m := range []string{"/dev", "/proc", "/sys"} {
@@ -134,4 +137,27 @@ func waitFile(p string, d time.Duration) error {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
+}
+
+// rootAgentPath is where every root filesystem holds the agent
+// (images.AgentPath).
+const rootAgentPath = "/usr/sbin/minions-agent"
+
+// bindCurrentAgent binds this initramfs's agent (src: the host builds the
+// initramfs from its current agent binary) read-only over the root
+// filesystem's copy at dst, which was baked in when the image was built
+// and is older after a host upgrade: so a VM runs the host's agent from
+// its next boot on. A root filesystem without an agent at dst is left
+// alone.
+func bindCurrentAgent(src, dst string) error {
+	if fi, err := os.Stat(dst); err != nil || !fi.Mode().IsRegular() {
+		return nil
+	}
+	if err := unix.Mount(src, dst, "", unix.MS_BIND, ""); err != nil {
+		return fmt.Errorf("bind agent over %s: %w", dst, err)
+	}
+	if err := unix.Mount("", dst, "", unix.MS_BIND|unix.MS_REMOUNT|unix.MS_RDONLY, ""); err != nil {
+		return fmt.Errorf("agent %s read-only: %w", dst, err)
+	}
+	return nil
 }

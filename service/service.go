@@ -170,6 +170,8 @@ type Service struct {
 	challenges challenges // outstanding key proofs, see SSHKeyChallenge
 
 	creds credWatch // see BindCredential
+
+	hostAgent hostAgent // see SetHostAgentVersion
 }
 
 // New returns a Service.

@@ -297,6 +297,7 @@ func CleanStatus(st proto.Status) proto.Status {
 	st.Kernel = textsafe.Clean(st.Kernel)
 	st.AgentVersion = textsafe.Clean(st.AgentVersion)
 	st.MachineID = textsafe.Clean(st.MachineID)
+	st.AgentWarning = textsafe.Clean(st.AgentWarning)
 	st.Addrs = textsafe.Strings(append([]string(nil), st.Addrs...))
 	return st
 }

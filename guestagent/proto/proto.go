@@ -46,6 +46,12 @@ type Status struct {
 	Addrs        []string   `json:"addrs"`
 	AgentVersion string     `json:"agent_version"`
 	MachineID    string     `json:"machine_id"`
+	// AgentOutdated and AgentWarning are filled in by the host, never the
+	// guest: the agent's version differs from the agent binary the host
+	// gives VMs now (after an upgrade), which the VM gets on its next
+	// restart.
+	AgentOutdated bool   `json:"agent_outdated,omitempty"`
+	AgentWarning  string `json:"agent_warning,omitempty"`
 }
 
 // Configure is the payload of ReqConfigure; absent fields are left alone.
