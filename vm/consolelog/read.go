@@ -157,7 +157,14 @@ func (r *Follower) successor(old os.FileInfo) (*os.File, bool, error) {
 		if errors.Is(err, os.ErrNotExist) {
 			return nil, false, nil
 		}
-		return f, false, err
+		if err != nil {
+			return nil, false, err
+		}
+		// Still the previous file: f was current right after old.
+		if again, err := os.Stat(Rotated(r.path)); err == nil && os.SameFile(again, old) {
+			return f, false, nil
+		}
+		f.Close() // rotated again meanwhile
 	}
 	f, err := os.Open(Rotated(r.path))
 	if errors.Is(err, os.ErrNotExist) {
