@@ -7,6 +7,8 @@ import (
 	"os"
 	"path/filepath"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Tail returns up to n trailing bytes of the log at path, taken from the
@@ -49,29 +51,48 @@ func tailFile(path string, n int64) ([]byte, error) {
 	return b[:k], nil
 }
 
+// DroppedMarker is what a Follower inserts into its output where it fell
+// so far behind that the writer rotated away a file it had not read: the
+// cap then lost those lines before they could be followed.
+const DroppedMarker = "\n[minions: console output dropped: this reader fell behind the log's rotation]\n"
+
 // Follower reads what is appended to a log, across rotations. It is not
 // safe for concurrent use; Close it when done.
 type Follower struct {
-	path string
-	f    *os.File
-	off  int64
+	path     string
+	fromPrev bool // start with the previous file
+	f        *os.File
+	off      int64
+	pending  string // a DroppedMarker still to return
 }
 
 // NewFollower follows the log at path from the start of its current file
 // (which need not exist yet).
 func NewFollower(path string) *Follower { return &Follower{path: path} }
 
+// NewFollowerFromPrevious follows the log at path from the start of its
+// previous file (or of its current one when there is none), so that it
+// shows everything the log holds and then what is appended.
+func NewFollowerFromPrevious(path string) *Follower {
+	return &Follower{path: path, fromPrev: true}
+}
+
 // Read reads up to len(p) new bytes. At the end of what was written it
 // returns 0, nil (never io.EOF): call again later. When the writer has
 // rotated the file, Read finishes the old file and continues at the start
-// of the new one; a file truncated in place is read again from its start.
+// of the next one: the previous file if the writer rotated more than once
+// since, else the current one. If files were rotated away unread it
+// returns DroppedMarker there. A file truncated in place is read again
+// from its start.
 func (r *Follower) Read(p []byte) (int, error) {
+	if r.pending != "" {
+		n := copy(p, r.pending)
+		r.pending = r.pending[n:]
+		return n, nil
+	}
 	if r.f == nil {
-		f, err := os.Open(r.path)
-		if errors.Is(err, os.ErrNotExist) {
-			return 0, nil
-		}
-		if err != nil {
+		f, err := r.openFirst()
+		if f == nil || err != nil {
 			return 0, err
 		}
 		r.f, r.off = f, 0
@@ -97,9 +118,75 @@ func (r *Follower) Read(p []byte) (int, error) {
 	if n, err := r.read(p); n > 0 || err != nil {
 		return n, err
 	}
+	next, dropped, err := r.successor(have)
+	if next == nil || err != nil {
+		return 0, err // mid-rotation: next time
+	}
 	r.f.Close()
-	r.f = nil
+	r.f, r.off = next, 0
+	if dropped {
+		r.pending = DroppedMarker
+	}
 	return r.Read(p)
+}
+
+func (r *Follower) openFirst() (*os.File, error) {
+	if r.fromPrev {
+		f, err := os.Open(Rotated(r.path))
+		if err == nil || !errors.Is(err, os.ErrNotExist) {
+			return f, err
+		}
+	}
+	f, err := os.Open(r.path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	return f, err
+}
+
+// successor opens the file the writer wrote after old (which it no longer
+// writes). Rotated once since, old is the previous file and the current
+// one follows it. Rotated more often, old is gone: the previous file is
+// the oldest left, and files between them were dropped unless that one
+// was created before old was removed (it was renamed over old, so it is
+// old's successor). It returns nil, false, nil while the writer is
+// mid-rotation.
+func (r *Follower) successor(old os.FileInfo) (*os.File, bool, error) {
+	if prev, err := os.Stat(Rotated(r.path)); err == nil && os.SameFile(prev, old) {
+		f, err := os.Open(r.path)
+		if errors.Is(err, os.ErrNotExist) {
+			return nil, false, nil
+		}
+		if err != nil {
+			return nil, false, err
+		}
+		// Still the previous file: f was current right after old.
+		if again, err := os.Stat(Rotated(r.path)); err == nil && os.SameFile(again, old) {
+			return f, false, nil
+		}
+		f.Close() // rotated again meanwhile
+	}
+	f, err := os.Open(Rotated(r.path))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, false, nil
+	}
+	if err != nil {
+		return nil, false, err
+	}
+	return f, !createdBeforeRemoved(f, r.f), nil
+}
+
+// createdBeforeRemoved reports whether next was born before old's last
+// status change (its removal). Without birth times it reports false.
+func createdBeforeRemoved(next, old *os.File) bool {
+	var n, o unix.Statx_t
+	if unix.Statx(int(next.Fd()), "", unix.AT_EMPTY_PATH, unix.STATX_BTIME, &n) != nil ||
+		n.Mask&unix.STATX_BTIME == 0 ||
+		unix.Statx(int(old.Fd()), "", unix.AT_EMPTY_PATH, unix.STATX_CTIME, &o) != nil {
+		return false
+	}
+	nb, oc := n.Btime, o.Ctime
+	return nb.Sec < oc.Sec || (nb.Sec == oc.Sec && nb.Nsec < oc.Nsec)
 }
 
 func (r *Follower) read(p []byte) (int, error) {
@@ -124,14 +211,7 @@ func (r *Follower) Close() error {
 // rotations, until ctx ends (it returns nil) or the log's directory is
 // removed (the VM was destroyed).
 func Copy(ctx context.Context, path string, follow bool, w io.Writer) error {
-	if f, err := os.Open(Rotated(path)); err == nil {
-		_, err = io.Copy(w, f)
-		f.Close()
-		if err != nil {
-			return err
-		}
-	}
-	r := NewFollower(path)
+	r := NewFollowerFromPrevious(path)
 	defer r.Close()
 	buf := make([]byte, 32<<10)
 	flush, _ := w.(interface{ Flush() })
