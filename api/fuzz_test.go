@@ -3,6 +3,7 @@ package api
 import (
 	"bytes"
 	"encoding/json"
+	"strings"
 	"testing"
 
 	"github.com/minionsdev/minions/internal/errs"
@@ -51,7 +52,8 @@ func errorsIsInvalid(err error) bool { return errs.Code(err) == "invalid_argumen
 
 // FuzzValidName checks vm.ValidName against its documented rule: 1-40
 // lowercase letters, digits and hyphens, starting with a letter and not
-// ending with a hyphen; rejections are InvalidArgument.
+// ending with a hyphen, and not 12 hex digits (that reads as an ID);
+// rejections are InvalidArgument.
 func FuzzValidName(f *testing.F) {
 	for _, s := range []string{"web", "a", "web-1", "-web", "web-", "Web", "1web", "a--b", "", "ab\n", "é"} {
 		f.Add(s)
@@ -61,6 +63,9 @@ func FuzzValidName(f *testing.F) {
 		for i := 0; i < len(name) && want; i++ {
 			c := name[i]
 			want = (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-'
+		}
+		if want && len(name) == 12 && strings.Trim(name, "0123456789abcdef") == "" {
+			want = false // reads as an ID
 		}
 		err := vm.ValidName("vm", name)
 		if (err == nil) != want {

@@ -95,8 +95,15 @@ func TestFullDisk(t *testing.T) {
 	os.Mkdir(state, 0o755)
 	run(t, "mount", "-o", "loop", img, state)
 	defer exec.Command("umount", "-l", state).Run()
-	// The kernel and the minimal image of the shared installation.
-	run(t, "cp", "-a", "--sparse=always", filepath.Join(stateDir, "images"), filepath.Join(state, "images"))
+	// The kernels and the minimal image of the shared installation (not
+	// its other images: the Debian and NixOS ones alone would not fit).
+	for _, d := range []string{"kernels", "initramfs", filepath.Join("rootfs", "minimal")} {
+		dst := filepath.Join(state, "images", d)
+		if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		run(t, "cp", "-a", "--sparse=always", filepath.Join(stateDir, "images", d), dst)
+	}
 	mustAt(t, state, nil, "init")
 	mustAt(t, state, nil, "create", "fd1", "--memory", "256")
 	defer minionsAt(t, state, "destroy", "fd1", "--yes")
