@@ -55,24 +55,13 @@ func (s *Service) Get(ctx context.Context, c Caller, name string) (VM, error) {
 // withVM loads name for c, takes its lock, reloads it under the lock and
 // checks that op is allowed in its state.
 func (s *Service) withVM(ctx context.Context, c Caller, name, opName string, fn func(v store.VM) error) error {
-	v, err := s.getVM(ctx, c, name)
-	if err != nil {
-		return err
-	}
-	unlock, err := s.lockVM(ctx, v.ID)
-	if err != nil {
-		return err
-	}
-	defer unlock()
-	v, err = s.reloadVM(ctx, v)
-	if err != nil || !c.canSee(v) {
-		return errs.New(errs.NotFound, "no vm named %q", name)
-	}
-	s.reconcileVM(ctx, &v)
-	if err := vm.Allowed(v.Name, v.State, opName); err != nil {
-		return err
-	}
-	return fn(v)
+	return s.withVMAny(ctx, c, name, func(v store.VM) error {
+		s.reconcileVM(ctx, &v)
+		if err := vm.Allowed(v.Name, v.State, opName); err != nil {
+			return err
+		}
+		return fn(v)
+	})
 }
 
 // Start boots a stopped VM and waits for its agent.

@@ -71,7 +71,8 @@ func (s *Service) SetRestartPolicy(ctx context.Context, c Caller, name, policy s
 	return out, err
 }
 
-// withVMAny is withVM without a state check.
+// withVMAny loads name for c, takes its lock and reloads it under the
+// lock (by ID, re-checking the owner); withVM adds the state check.
 func (s *Service) withVMAny(ctx context.Context, c Caller, name string, fn func(v store.VM) error) error {
 	v, err := s.getVM(ctx, c, name)
 	if err != nil {
