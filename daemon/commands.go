@@ -15,7 +15,6 @@ import (
 	"sort"
 	"strings"
 	"syscall"
-	"text/tabwriter"
 	"time"
 
 	"github.com/minionsdev/minions/cli"
@@ -321,26 +320,15 @@ func imageCmd() *cli.Command {
 			}
 			def := defaultImageRef(ctx, x, cat)
 			out := []map[string]any{}
+			rows := make([]imageRow, 0, len(ims))
 			for _, im := range ims {
 				v := imageView(im)
 				v["default"] = im.Ref() == def
 				out = append(out, v)
+				rows = append(rows, imageRow{im.Ref(), im.SizeBytes, im.Created, im.Ref() == def})
 			}
 			return x.Print(out, func(w io.Writer) {
-				if len(ims) == 0 {
-					fmt.Fprintln(w, "no images yet: build one with `minions image build --os minimal`")
-					return
-				}
-				tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-				fmt.Fprintln(tw, "IMAGE\tSIZE\tCREATED\tDEFAULT")
-				for _, im := range ims {
-					mark := ""
-					if im.Ref() == def {
-						mark = "*"
-					}
-					fmt.Fprintf(tw, "%s\t%d MiB\t%s\t%s\n", im.Ref(), im.SizeBytes>>20, im.Created.Format(time.RFC3339), mark)
-				}
-				tw.Flush()
+				printImageTable(w, rows, "no images yet: build one with `minions image build --os minimal`")
 			})
 		}},
 	}}

@@ -95,21 +95,12 @@ func remoteImages(ctx context.Context, x *cli.Ctx, verb string) (done bool, err 
 		if err != nil {
 			return true, err
 		}
+		rows := make([]imageRow, 0, len(ims))
+		for _, im := range ims {
+			rows = append(rows, imageRow{im.Ref, im.SizeBytes, im.Created, im.Default})
+		}
 		return true, x.Print(ims, func(w io.Writer) {
-			if len(ims) == 0 {
-				fmt.Fprintln(w, "no images yet: an admin builds one with `minions image build --os minimal`")
-				return
-			}
-			tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-			fmt.Fprintln(tw, "IMAGE\tSIZE\tCREATED\tDEFAULT")
-			for _, im := range ims {
-				mark := ""
-				if im.Default {
-					mark = "*"
-				}
-				fmt.Fprintf(tw, "%s\t%d MiB\t%s\t%s\n", im.Ref, im.SizeBytes>>20, im.Created.Format(time.RFC3339), mark)
-			}
-			tw.Flush()
+			printImageTable(w, rows, "no images yet: an admin builds one with `minions image build --os minimal`")
 		})
 	case "default":
 		reset := x.FS.Lookup("reset").Value.(flag.Getter).Get().(bool)
@@ -167,4 +158,31 @@ func remoteImages(ctx context.Context, x *cli.Ctx, verb string) (done bool, err 
 		return true, x.Print(im, func(w io.Writer) { fmt.Fprintf(w, "built %s in %.1fs\n", im.Ref, time.Since(start).Seconds()) })
 	}
 	return true, errs.New(errs.InvalidArgument, "image %s: not with --host (it runs on the host)", verb)
+}
+
+// imageRow is one line of `image list`.
+type imageRow struct {
+	Ref       string
+	SizeBytes int64
+	Created   time.Time
+	Default   bool
+}
+
+// printImageTable prints `image list` as a table, or empty when there are
+// no images.
+func printImageTable(w io.Writer, rows []imageRow, empty string) {
+	if len(rows) == 0 {
+		fmt.Fprintln(w, empty)
+		return
+	}
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "IMAGE\tSIZE\tCREATED\tDEFAULT")
+	for _, r := range rows {
+		mark := ""
+		if r.Default {
+			mark = "*"
+		}
+		fmt.Fprintf(tw, "%s\t%d MiB\t%s\t%s\n", r.Ref, r.SizeBytes>>20, r.Created.Format(time.RFC3339), mark)
+	}
+	tw.Flush()
 }
