@@ -62,7 +62,7 @@ func lifeCommands() []*Command {
 					if err := x.confirm(fmt.Sprintf("restore vm %s to snapshot %s, losing its current state", x.Args[0], x.Args[1])); err != nil {
 						return err
 					}
-					return x.lifecycle(ctx, "restore", func(be Backend, p service.Progress) (service.VM, error) {
+					return x.lifecycle(ctx, "restore", func(be service.Backend, p service.Progress) (service.VM, error) {
 						return be.RestoreSnapshot(ctx, x.Args[0], x.Args[1], p)
 					})
 				}},
@@ -91,10 +91,14 @@ func lifeCommands() []*Command {
 					return err
 				}
 				req := service.ResizeRequest{CPUs: intFlag(x.FS, "cpus"), MemoryMiB: intFlag(x.FS, "memory"), DiskGiB: intFlag(x.FS, "disk")}
-				return x.lifecycle(ctx, "resize", func(be Backend, p service.Progress) (service.VM, error) { return be.Resize(ctx, x.Args[0], req) })
+				return x.lifecycle(ctx, "resize", func(be service.Backend, p service.Progress) (service.VM, error) {
+					return be.Resize(ctx, x.Args[0], req)
+				})
 			}},
 		{Name: "rename", Usage: "NAME NEW-NAME", Summary: "Rename a VM (in any state)", MinArgs: 2, MaxArgs: 2, Run: func(ctx context.Context, x *Ctx) error {
-			return x.lifecycle(ctx, "rename", func(be Backend, p service.Progress) (service.VM, error) { return be.Rename(ctx, x.Args[0], x.Args[1]) })
+			return x.lifecycle(ctx, "rename", func(be service.Backend, p service.Progress) (service.VM, error) {
+				return be.Rename(ctx, x.Args[0], x.Args[1])
+			})
 		}},
 		{Name: "cp", Usage: "NAME [NEW-NAME] [--from-snapshot SNAPSHOT]", Summary: "Copy a VM into a new, independent VM", MinArgs: 1, MaxArgs: 2,
 			Flags: func(fs *flag.FlagSet) {
@@ -105,7 +109,9 @@ func lifeCommands() []*Command {
 				if len(x.Args) > 1 {
 					req.Name = x.Args[1]
 				}
-				return x.lifecycle(ctx, "copy", func(be Backend, p service.Progress) (service.VM, error) { return be.Copy(ctx, x.Args[0], req, p) })
+				return x.lifecycle(ctx, "copy", func(be service.Backend, p service.Progress) (service.VM, error) {
+					return be.Copy(ctx, x.Args[0], req, p)
+				})
 			}},
 	}
 }

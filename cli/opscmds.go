@@ -13,14 +13,6 @@ import (
 	"github.com/minionsdev/minions/service"
 )
 
-// OpsBackend is the operations part of a backend: restart policy and the
-// event log. Local and api.Client implement it; the commands type-assert
-// (like WebBackend).
-type OpsBackend interface {
-	SetRestartPolicy(ctx context.Context, name, policy string) (service.VM, error)
-	Events(ctx context.Context, f service.EventFilter) ([]service.Event, error)
-}
-
 // EventPoll is how often `events --follow` asks for new events.
 var EventPoll = 500 * time.Millisecond
 
@@ -42,24 +34,12 @@ func opsCommands() []*Command {
 	}
 }
 
-func (x *Ctx) opsBackend(ctx context.Context) (OpsBackend, error) {
-	be, err := x.Backend(ctx)
-	if err != nil {
-		return nil, err
-	}
-	ob, ok := be.(OpsBackend)
-	if !ok {
-		return nil, errs.New(errs.FailedPrecondition, "this backend has no restart policies or events")
-	}
-	return ob, nil
-}
-
 func runUpdate(ctx context.Context, x *Ctx) error {
 	policy := strFlag(x.FS, "restart")
 	if policy == "" {
 		return errs.New(errs.InvalidArgument, "nothing to update: give --restart no|on-failure|always")
 	}
-	ob, err := x.opsBackend(ctx)
+	ob, err := x.Backend(ctx)
 	if err != nil {
 		return err
 	}
@@ -71,7 +51,7 @@ func runUpdate(ctx context.Context, x *Ctx) error {
 }
 
 func runEvents(ctx context.Context, x *Ctx) error {
-	ob, err := x.opsBackend(ctx)
+	ob, err := x.Backend(ctx)
 	if err != nil {
 		return err
 	}

@@ -25,13 +25,16 @@ func vmCommands() []*Command {
 		{Name: "list", Summary: "List VMs", MaxArgs: 0, Run: runList},
 		{Name: "show", Usage: "NAME", Summary: "Show one VM", MinArgs: 1, MaxArgs: 1, Run: runShow},
 		{Name: "start", Usage: "NAME", Summary: "Start a stopped VM", MinArgs: 1, MaxArgs: 1, Run: func(ctx context.Context, x *Ctx) error {
-			return x.lifecycle(ctx, "start", func(be Backend, p service.Progress) (service.VM, error) { return be.Start(ctx, x.Args[0], p) })
+			return x.lifecycle(ctx, "start", func(be service.Backend, p service.Progress) (service.VM, error) { return be.Start(ctx, x.Args[0], p) })
 		}},
 		{Name: "stop", Usage: "NAME", Summary: "Power a VM off (its disk is kept)", MinArgs: 1, MaxArgs: 1, Run: func(ctx context.Context, x *Ctx) error {
-			return x.lifecycle(ctx, "stop", func(be Backend, p service.Progress) (service.VM, error) { p("stop"); return be.Stop(ctx, x.Args[0]) })
+			return x.lifecycle(ctx, "stop", func(be service.Backend, p service.Progress) (service.VM, error) {
+				p("stop")
+				return be.Stop(ctx, x.Args[0])
+			})
 		}},
 		{Name: "restart", Usage: "NAME", Summary: "Stop and start a VM", MinArgs: 1, MaxArgs: 1, Run: func(ctx context.Context, x *Ctx) error {
-			return x.lifecycle(ctx, "restart", func(be Backend, p service.Progress) (service.VM, error) { return be.Restart(ctx, x.Args[0], p) })
+			return x.lifecycle(ctx, "restart", func(be service.Backend, p service.Progress) (service.VM, error) { return be.Restart(ctx, x.Args[0], p) })
 		}},
 		{Name: "destroy", Usage: "NAME [--yes]", Summary: "Delete a VM, its disk and snapshots", MinArgs: 1, MaxArgs: 1, Run: runDestroy},
 		{Name: "exec", Usage: "NAME [--tty] [--] COMMAND [ARGS...]", Summary: "Run a command in a VM", MinArgs: 2, MaxArgs: -1, LiteralAfter: 1,
@@ -94,7 +97,7 @@ func createCmd() *Command {
 				return err
 			}
 			req.SSHKeys = keys
-			return x.lifecycle(ctx, "create", func(be Backend, p service.Progress) (service.VM, error) { return be.Create(ctx, req, p) })
+			return x.lifecycle(ctx, "create", func(be service.Backend, p service.Progress) (service.VM, error) { return be.Create(ctx, req, p) })
 		}}
 }
 
@@ -188,7 +191,7 @@ func boolFlag(fs *flag.FlagSet, names ...string) bool {
 }
 
 // lifecycle runs a long VM operation with progress and prints the VM.
-func (x *Ctx) lifecycle(ctx context.Context, verb string, fn func(Backend, service.Progress) (service.VM, error)) error {
+func (x *Ctx) lifecycle(ctx context.Context, verb string, fn func(service.Backend, service.Progress) (service.VM, error)) error {
 	be, err := x.Backend(ctx)
 	if err != nil {
 		return err
@@ -294,7 +297,7 @@ func runExec(ctx context.Context, x *Ctx) error {
 		return err
 	}
 	tty := boolFlag(x.FS, "tty", "t")
-	req := vsockcli.ExecRequest{Argv: x.Args[1:], Stdin: x.Stdin, Stdout: x.Stdout, Stderr: x.Stderr, TTY: tty}
+	req := service.ExecRequest{Argv: x.Args[1:], Stdin: x.Stdin, Stdout: x.Stdout, Stderr: x.Stderr, TTY: tty}
 	if env := strFlag(x.FS, "env"); env != "" {
 		req.Env = map[string]string{}
 		for _, kv := range strings.Split(env, ",") {
@@ -313,13 +316,13 @@ func runShell(ctx context.Context, x *Ctx) error {
 	if err != nil {
 		return err
 	}
-	return x.runInGuest(ctx, be, x.Args[0], vsockcli.ExecRequest{Stdin: x.Stdin, Stdout: x.Stdout, Stderr: x.Stderr, TTY: true})
+	return x.runInGuest(ctx, be, x.Args[0], service.ExecRequest{Stdin: x.Stdin, Stdout: x.Stdout, Stderr: x.Stderr, TTY: true})
 }
 
 // runInGuest runs req with the local terminal in raw mode when it asks for
 // a TTY, forwarding window size changes and signals, and returns the
 // guest's exit status as ours.
-func (x *Ctx) runInGuest(ctx context.Context, be Backend, name string, req vsockcli.ExecRequest) error {
+func (x *Ctx) runInGuest(ctx context.Context, be service.Backend, name string, req service.ExecRequest) error {
 	if f, ok := x.Stdin.(*os.File); ok && req.TTY && term.IsTerminal(int(f.Fd())) {
 		old, err := term.MakeRaw(int(f.Fd()))
 		if err == nil {
@@ -329,7 +332,7 @@ func (x *Ctx) runInGuest(ctx context.Context, be Backend, name string, req vsock
 		if w, h, err := term.GetSize(int(f.Fd())); err == nil {
 			req.Width, req.Height = w, h
 		}
-		resize := make(chan vsockcli.WindowSize, 1)
+		resize := make(chan service.WindowSize, 1)
 		winch := make(chan os.Signal, 1)
 		signal.Notify(winch, syscall.SIGWINCH)
 		defer signal.Stop(winch)
@@ -337,7 +340,7 @@ func (x *Ctx) runInGuest(ctx context.Context, be Backend, name string, req vsock
 			for range winch {
 				if w, h, err := term.GetSize(int(f.Fd())); err == nil {
 					select {
-					case resize <- vsockcli.WindowSize{Width: w, Height: h}:
+					case resize <- service.WindowSize{Width: w, Height: h}:
 					default:
 					}
 				}

@@ -36,7 +36,7 @@ func webCommands() []*Command {
 				},
 				Run: runDomainAdd},
 			{Name: "verify", Usage: "NAME DOMAIN", Summary: "Re-check a domain's DNS record", MinArgs: 2, MaxArgs: 2, Run: func(ctx context.Context, x *Ctx) error {
-				wb, err := x.webBackend(ctx)
+				wb, err := x.Backend(ctx)
 				if err != nil {
 					return err
 				}
@@ -47,7 +47,7 @@ func webCommands() []*Command {
 				return x.Print(d, func(w io.Writer) { printDomain(w, d) })
 			}},
 			{Name: "list", Usage: "NAME", Summary: "List a VM's domains", MinArgs: 1, MaxArgs: 1, Run: func(ctx context.Context, x *Ctx) error {
-				wb, err := x.webBackend(ctx)
+				wb, err := x.Backend(ctx)
 				if err != nil {
 					return err
 				}
@@ -65,7 +65,7 @@ func webCommands() []*Command {
 				})
 			}},
 			{Name: "rm", Usage: "NAME DOMAIN", Summary: "Detach a domain from a VM", MinArgs: 2, MaxArgs: 2, Run: func(ctx context.Context, x *Ctx) error {
-				wb, err := x.webBackend(ctx)
+				wb, err := x.Backend(ctx)
 				if err != nil {
 					return err
 				}
@@ -80,25 +80,12 @@ func webCommands() []*Command {
 	}
 }
 
-// webBackend opens the backend and checks that it does web operations.
-func (x *Ctx) webBackend(ctx context.Context) (WebBackend, error) {
-	be, err := x.Backend(ctx)
-	if err != nil {
-		return nil, err
-	}
-	wb, ok := be.(WebBackend)
-	if !ok {
-		return nil, errs.New(errs.FailedPrecondition, "this backend does not manage web access")
-	}
-	return wb, nil
-}
-
 func runExpose(ctx context.Context, x *Ctx) error {
 	port := intFlag(x.FS, "port")
 	if port == 0 {
 		return errs.New(errs.InvalidArgument, "--port is required (1-65535)")
 	}
-	wb, err := x.webBackend(ctx)
+	wb, err := x.Backend(ctx)
 	if err != nil {
 		return err
 	}
@@ -129,7 +116,7 @@ func runShare(ctx context.Context, x *Ctx) error {
 		return err
 	}
 	req.TTLSeconds = int64(ttl / time.Second)
-	wb, err := x.webBackend(ctx)
+	wb, err := x.Backend(ctx)
 	if err != nil {
 		return err
 	}
@@ -163,7 +150,7 @@ func printShare(w io.Writer, info service.WebInfo) {
 }
 
 func runDomainAdd(ctx context.Context, x *Ctx) error {
-	wb, err := x.webBackend(ctx)
+	wb, err := x.Backend(ctx)
 	if err != nil {
 		return err
 	}

@@ -7,18 +7,15 @@ import (
 	"strings"
 	"time"
 
-	"github.com/minionsdev/minions/cli"
-	"github.com/minionsdev/minions/internal/errs"
 	"github.com/minionsdev/minions/service"
 	"github.com/minionsdev/minions/tui"
-	"github.com/minionsdev/minions/vsockcli"
 )
 
 // dashBackend adapts a cli.Backend (in-process or a remote daemon) to the
 // dashboard's tui.Backend, so `minions tui`, `minions tui --host` and the
 // SSH dashboard share one implementation.
 type dashBackend struct {
-	be  cli.Backend
+	be  service.Backend
 	url func(vm string) string
 }
 
@@ -71,8 +68,8 @@ func (d dashBackend) Get(ctx context.Context, name string) (tui.Detail, error) {
 		det.ConsoleTail = lines
 	}
 	det.Restart, det.Restarts = v.Restart, v.Restarts
-	if ob, ok := d.be.(cli.OpsBackend); ok {
-		if evs, err := ob.Events(ctx, service.EventFilter{VM: v.ID, Limit: 5}); err == nil {
+	{
+		if evs, err := d.be.Events(ctx, service.EventFilter{VM: v.ID, Limit: 5}); err == nil {
 			for _, e := range evs {
 				det.Events = append(det.Events, tui.Event{At: e.At, Actor: e.Actor, Kind: e.Kind, Message: e.Message})
 			}
@@ -174,11 +171,7 @@ func (d dashBackend) Copy(ctx context.Context, name, newName string) (tui.VM, er
 // preselected; a default pinned to an older version is offered as that
 // version.
 func (d dashBackend) Images(ctx context.Context) ([]tui.Image, error) {
-	ib, ok := d.be.(cli.ImageBackend)
-	if !ok {
-		return nil, errs.New(errs.Unavailable, "this backend lists no images")
-	}
-	ims, err := ib.ListImages(ctx)
+	ims, err := d.be.ListImages(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -214,8 +207,8 @@ func dashImages(ims []service.ImageInfo) []tui.Image {
 }
 
 func (d dashBackend) Console(ctx context.Context, name string, stdin io.Reader, stdout io.Writer, size <-chan tui.WindowSize) error {
-	req := vsockcli.ExecRequest{Stdin: stdin, Stdout: stdout, Stderr: stdout, TTY: true, Term: "xterm-256color"}
-	resize := make(chan vsockcli.WindowSize, 1)
+	req := service.ExecRequest{Stdin: stdin, Stdout: stdout, Stderr: stdout, TTY: true, Term: "xterm-256color"}
+	resize := make(chan service.WindowSize, 1)
 	// The first size is the initial one.
 	select {
 	case ws := <-size:
@@ -233,7 +226,7 @@ func (d dashBackend) Console(ctx context.Context, name string, stdin io.Reader, 
 					return
 				}
 				select {
-				case resize <- vsockcli.WindowSize{Width: ws.Width, Height: ws.Height}:
+				case resize <- service.WindowSize{Width: ws.Width, Height: ws.Height}:
 				default:
 				}
 			}

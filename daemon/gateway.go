@@ -123,11 +123,11 @@ func (f *frontend) Run(ctx context.Context, u gateway.User, args []string, stdin
 	c, err := f.caller(ctx, u)
 	if err != nil {
 		return cli.Run(ctx, &cli.Env{Stdin: stdin, Stdout: stdout, Stderr: stderr, Remote: true,
-			Open: func(context.Context, *cli.Global) (cli.Backend, error) { return nil, err }}, args)
+			Open: func(context.Context, *cli.Global) (service.Backend, error) { return nil, err }}, args)
 	}
 	env := &cli.Env{Stdin: stdin, Stdout: stdout, Stderr: stderr, Remote: true, Interactive: interactive,
-		Open: func(context.Context, *cli.Global) (cli.Backend, error) {
-			return &cli.Local{Svc: f.svc, Caller: c, SessionKey: u.Key}, nil
+		Open: func(context.Context, *cli.Global) (service.Backend, error) {
+			return f.svc.As(c).WithSessionKey(u.Key), nil
 		},
 		Extra: remoteCommands()}
 	return cli.Run(ctx, env, args)
@@ -138,7 +138,7 @@ func (f *frontend) dashboard(sess ssh.Session, u gateway.User, r *lipgloss.Rende
 	if err != nil {
 		return errModel{err}
 	}
-	m, err := tui.New(tui.Options{Backend: dashBackend{be: &cli.Local{Svc: f.svc, Caller: c}, url: f.urls},
+	m, err := tui.New(tui.Options{Backend: dashBackend{be: f.svc.As(c), url: f.urls},
 		Renderer: r, User: u.Name, Admin: u.Admin, Context: sess.Context()})
 	if err != nil {
 		return errModel{err}

@@ -137,7 +137,7 @@ func TestDashboardImages(t *testing.T) {
 	svc, root, bob := imageService(t)
 	form := func(c service.Caller) []tui.Image {
 		t.Helper()
-		ims, err := dashBackend{be: &cli.Local{Svc: svc, Caller: c}}.Images(ctx)
+		ims, err := dashBackend{be: svc.As(c)}.Images(ctx)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -1,0 +1,78 @@
+package service
+
+import (
+	"context"
+
+	"github.com/minionsdev/minions/vsockcli"
+)
+
+// agentClient dials VM name's guest agent for c (authorization: c must
+// see the VM; it must run). It is the one place frontend-facing streams
+// get an agent connection, so moving agent dialing (to the per-host
+// engine) changes only this function.
+func (s *Service) agentClient(ctx context.Context, c Caller, name string) (*vsockcli.Client, error) {
+	return s.Agent(ctx, c, name)
+}
+
+// Exec runs req in VM name's guest as c (see GuestBackend.Exec).
+func (s *Service) Exec(ctx context.Context, c Caller, name string, req ExecRequest) (int, error) {
+	g, err := s.OpenGuest(ctx, c, name)
+	if err != nil {
+		return -1, err
+	}
+	defer g.Close()
+	return g.Exec(ctx, req)
+}
+
+// GuestSession is an open connection to one VM's guest agent, opened
+// with the caller's authorization checked. It lets a frontend that must
+// answer before streaming (the API's exec upgrade) learn of a refusal
+// first. Close it once.
+type GuestSession struct {
+	cl *vsockcli.Client
+}
+
+// OpenGuest connects to VM name's guest agent for c: errs.NotFound when c
+// may not see it, errs.FailedPrecondition when it does not run,
+// errs.Unavailable when its agent does not answer.
+func (s *Service) OpenGuest(ctx context.Context, c Caller, name string) (*GuestSession, error) {
+	cl, err := s.agentClient(ctx, c, name)
+	if err != nil {
+		return nil, err
+	}
+	return &GuestSession{cl: cl}, nil
+}
+
+// Close closes the connection (ending what runs over it).
+func (g *GuestSession) Close() error { return g.cl.Close() }
+
+// Exec runs req (see GuestBackend.Exec). Several may run at once.
+func (g *GuestSession) Exec(ctx context.Context, req ExecRequest) (int, error) {
+	vreq := vsockcli.ExecRequest{Command: req.Command, Argv: req.Argv, Env: req.Env,
+		Stdin: req.Stdin, Stdout: req.Stdout, Stderr: req.Stderr,
+		TTY: req.TTY, Term: req.Term, Width: req.Width, Height: req.Height, Signals: req.Signals}
+	if req.Resize != nil {
+		resize := make(chan vsockcli.WindowSize, 1)
+		done := make(chan struct{})
+		defer close(done)
+		go func() {
+			for {
+				select {
+				case <-done:
+					return
+				case ws, ok := <-req.Resize:
+					if !ok {
+						return
+					}
+					select {
+					case resize <- vsockcli.WindowSize{Width: ws.Width, Height: ws.Height}:
+					case <-done:
+						return
+					}
+				}
+			}
+		}()
+		vreq.Resize = resize
+	}
+	return g.cl.Exec(ctx, vreq)
+}
