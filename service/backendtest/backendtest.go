@@ -174,13 +174,16 @@ func testAuthorization(t *testing.T, ctx context.Context, open Open) {
 		t.Fatalf("other's list %v %v", names(vms), err)
 	}
 	tries := map[string]func() error{
-		"get":     func() error { _, err := other.Get(ctx, "web"); return err },
-		"stop":    func() error { _, err := other.Stop(ctx, "web"); return err },
-		"start":   func() error { _, err := other.Start(ctx, "web", nil); return err },
-		"rename":  func() error { _, err := other.Rename(ctx, "web", "mine"); return err },
-		"resize":  func() error { _, err := other.Resize(ctx, "web", service.ResizeRequest{CPUs: 2}); return err },
-		"copy":    func() error { _, err := other.Copy(ctx, "web", service.CopyRequest{Name: "mine"}, nil); return err },
-		"snap":    func() error { _, err := other.CreateSnapshot(ctx, "web", service.SnapshotRequest{Name: "x"}, nil); return err },
+		"get":    func() error { _, err := other.Get(ctx, "web"); return err },
+		"stop":   func() error { _, err := other.Stop(ctx, "web"); return err },
+		"start":  func() error { _, err := other.Start(ctx, "web", nil); return err },
+		"rename": func() error { _, err := other.Rename(ctx, "web", "mine"); return err },
+		"resize": func() error { _, err := other.Resize(ctx, "web", service.ResizeRequest{CPUs: 2}); return err },
+		"copy":   func() error { _, err := other.Copy(ctx, "web", service.CopyRequest{Name: "mine"}, nil); return err },
+		"snap": func() error {
+			_, err := other.CreateSnapshot(ctx, "web", service.SnapshotRequest{Name: "x"}, nil)
+			return err
+		},
 		"snaps":   func() error { _, err := other.ListSnapshots(ctx, "web"); return err },
 		"exec":    func() error { _, err := other.Exec(ctx, "web", service.ExecRequest{Command: "true"}); return err },
 		"status":  func() error { _, err := other.Status(ctx, "web"); return err },
