@@ -138,7 +138,7 @@ func (f *frontend) dashboard(sess ssh.Session, u gateway.User, r *lipgloss.Rende
 	if err != nil {
 		return errModel{err}
 	}
-	m, err := tui.New(tui.Options{Backend: dashBackend{be: f.svc.As(c), url: f.urls},
+	m, err := tui.New(tui.Options{Backend: f.svc.As(c), URL: f.urls,
 		Renderer: r, User: u.Name, Admin: u.Admin, Context: sess.Context()})
 	if err != nil {
 		return errModel{err}
