@@ -366,7 +366,7 @@ func (c *Client) Close() error {
 }
 
 // Exec runs a command in the guest over the exec upgrade and returns its
-// exit status, as vsockcli.Client.Exec does.
+// exit status, as the in-process backend does.
 func (c *Client) Exec(ctx context.Context, name string, req service.ExecRequest) (int, error) {
 	spec := ExecSpec{Command: req.Command, Argv: req.Argv, Env: req.Env, TTY: req.TTY, Term: req.Term, Width: req.Width, Height: req.Height}
 	hreq, err := c.newRequest(ctx, http.MethodPost, vmPath(name, "exec"), spec)

@@ -15,7 +15,6 @@ import (
 	"github.com/minionsdev/minions/guestagent/proto"
 	"github.com/minionsdev/minions/internal/errs"
 	"github.com/minionsdev/minions/service"
-	"github.com/minionsdev/minions/vsockcli"
 	"golang.org/x/term"
 )
 
@@ -384,7 +383,7 @@ func runStatus(ctx context.Context, x *Ctx) error {
 	}
 	// The guest wrote these strings (and a remote server may not have
 	// cleaned them): no terminal control reaches the screen.
-	st = vsockcli.CleanStatus(st)
+	st = service.CleanGuestStatus(st)
 	return x.Print(st, func(w io.Writer) { printStatus(w, st) })
 }
 

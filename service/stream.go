@@ -2,6 +2,7 @@ package service
 
 import (
 	"context"
+	"time"
 
 	"github.com/minionsdev/minions/vsockcli"
 )
@@ -76,3 +77,23 @@ func (g *GuestSession) Exec(ctx context.Context, req ExecRequest) (int, error) {
 	}
 	return g.cl.Exec(ctx, vreq)
 }
+
+// PingGuest dials VM name's guest agent for c and returns the round trip
+// of one ping (the dial not included), for metrics.
+func (s *Service) PingGuest(ctx context.Context, c Caller, name string) (time.Duration, error) {
+	g, err := s.OpenGuest(ctx, c, name)
+	if err != nil {
+		return 0, err
+	}
+	defer g.Close()
+	start := time.Now()
+	if _, err := g.cl.Ping(ctx); err != nil {
+		return 0, err
+	}
+	return time.Since(start), nil
+}
+
+// CleanGuestStatus returns st without terminal control in the strings the
+// guest wrote (for frontends that print a status they did not clean
+// themselves, e.g. one from a remote server).
+func CleanGuestStatus(st GuestStatus) GuestStatus { return vsockcli.CleanStatus(st) }
