@@ -83,15 +83,7 @@ func userCmd() *Command {
 				return x.Print(u, func(w io.Writer) { printUsers(w, []service.User{u}) })
 			}},
 		{Name: "list", Summary: "List users with their quotas and usage", Run: func(ctx context.Context, x *Ctx) error {
-			ab, err := x.Backend(ctx)
-			if err != nil {
-				return err
-			}
-			us, err := ab.ListUsers(ctx)
-			if err != nil {
-				return err
-			}
-			return x.Print(us, func(w io.Writer) { printUsers(w, us) })
+			return call(ctx, x, func(be service.Backend) ([]service.User, error) { return be.ListUsers(ctx) }, func(w io.Writer, us []service.User) { printUsers(w, us) })
 		}},
 		{Name: "rm", Usage: "NAME [--yes]", Summary: "Remove a user who owns no VMs (and their keys and tokens)", MinArgs: 1, MaxArgs: 1,
 			Run: func(ctx context.Context, x *Ctx) error {
@@ -145,15 +137,9 @@ func tokenCmd() *Command {
 				if err != nil {
 					return err
 				}
-				ab, err := x.Backend(ctx)
-				if err != nil {
-					return err
-				}
-				t, err := ab.CreateToken(ctx, strFlag(x.FS, "user"), strFlag(x.FS, "name"), exp)
-				if err != nil {
-					return err
-				}
-				return x.Print(t, func(w io.Writer) {
+				return call(ctx, x, func(be service.Backend) (service.NewToken, error) {
+					return be.CreateToken(ctx, strFlag(x.FS, "user"), strFlag(x.FS, "name"), exp)
+				}, func(w io.Writer, t service.NewToken) {
 					fmt.Fprintf(w, "%s\n", t.Secret)
 					fmt.Fprintf(x.Stderr, "token %s for %s: shown once, keep it safe (MINIONS_API_KEY, --api-key or ~/.config/minions/token)\n", t.ID, t.User)
 				})
@@ -161,15 +147,7 @@ func tokenCmd() *Command {
 		{Name: "list", Usage: "[--user NAME]", Summary: "List tokens (yours; everyone's for an admin)",
 			Flags: func(fs *flag.FlagSet) { fs.String("user", "", "only this user's") },
 			Run: func(ctx context.Context, x *Ctx) error {
-				ab, err := x.Backend(ctx)
-				if err != nil {
-					return err
-				}
-				ts, err := ab.ListTokens(ctx, strFlag(x.FS, "user"))
-				if err != nil {
-					return err
-				}
-				return x.Print(ts, func(w io.Writer) {
+				return call(ctx, x, func(be service.Backend) ([]service.Token, error) { return be.ListTokens(ctx, strFlag(x.FS, "user")) }, func(w io.Writer, ts []service.Token) {
 					tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 					fmt.Fprintln(tw, "ID\tUSER\tNAME\tCREATED\tEXPIRES\tLAST USED")
 					for _, t := range ts {
@@ -179,14 +157,7 @@ func tokenCmd() *Command {
 				})
 			}},
 		{Name: "revoke", Usage: "ID", Summary: "Revoke a token", MinArgs: 1, MaxArgs: 1, Run: func(ctx context.Context, x *Ctx) error {
-			ab, err := x.Backend(ctx)
-			if err != nil {
-				return err
-			}
-			if err := ab.RevokeToken(ctx, x.Args[0]); err != nil {
-				return err
-			}
-			return x.Print(map[string]string{"revoked": x.Args[0]}, func(w io.Writer) { fmt.Fprintf(w, "revoked %s\n", x.Args[0]) })
+			return do(ctx, x, func(be service.Backend) error { return be.RevokeToken(ctx, x.Args[0]) }, map[string]string{"revoked": x.Args[0]}, fmt.Sprintf("revoked %s", x.Args[0]))
 		}},
 	}}
 }

@@ -34,15 +34,7 @@ func lifeCommands() []*Command {
 					return x.Print(s, func(w io.Writer) { printSnapshots(w, []service.Snapshot{s}) })
 				}},
 			{Name: "list", Usage: "NAME", Summary: "List a VM's snapshots", MinArgs: 1, MaxArgs: 1, Run: func(ctx context.Context, x *Ctx) error {
-				be, err := x.Backend(ctx)
-				if err != nil {
-					return err
-				}
-				ss, err := be.ListSnapshots(ctx, x.Args[0])
-				if err != nil {
-					return err
-				}
-				return x.Print(ss, func(w io.Writer) {
+				return call(ctx, x, func(be service.Backend) ([]service.Snapshot, error) { return be.ListSnapshots(ctx, x.Args[0]) }, func(w io.Writer, ss []service.Snapshot) {
 					if len(ss) == 0 {
 						fmt.Fprintf(w, "vm %s has no snapshots\n", x.Args[0])
 						return

@@ -39,15 +39,7 @@ func runUpdate(ctx context.Context, x *Ctx) error {
 	if policy == "" {
 		return errs.New(errs.InvalidArgument, "nothing to update: give --restart no|on-failure|always")
 	}
-	ob, err := x.Backend(ctx)
-	if err != nil {
-		return err
-	}
-	v, err := ob.SetRestartPolicy(ctx, x.Args[0], policy)
-	if err != nil {
-		return err
-	}
-	return x.Print(v, func(w io.Writer) { fmt.Fprintf(w, "%s: restart policy %s\n", v.Name, v.Restart) })
+	return call(ctx, x, func(be service.Backend) (service.VM, error) { return be.SetRestartPolicy(ctx, x.Args[0], policy) }, func(w io.Writer, v service.VM) { fmt.Fprintf(w, "%s: restart policy %s\n", v.Name, v.Restart) })
 }
 
 func runEvents(ctx context.Context, x *Ctx) error {

@@ -209,15 +209,7 @@ func (x *Ctx) lifecycle(ctx context.Context, verb string, fn func(service.Backen
 }
 
 func runList(ctx context.Context, x *Ctx) error {
-	be, err := x.Backend(ctx)
-	if err != nil {
-		return err
-	}
-	vms, err := be.List(ctx)
-	if err != nil {
-		return err
-	}
-	return x.Print(vms, func(w io.Writer) {
+	return call(ctx, x, func(be service.Backend) ([]service.VM, error) { return be.List(ctx) }, func(w io.Writer, vms []service.VM) {
 		if len(vms) == 0 {
 			fmt.Fprintln(w, "no vms yet: create one with `minions create NAME`")
 			return
@@ -249,15 +241,7 @@ func shortImage(ref string) string {
 }
 
 func runShow(ctx context.Context, x *Ctx) error {
-	be, err := x.Backend(ctx)
-	if err != nil {
-		return err
-	}
-	v, err := be.Get(ctx, x.Args[0])
-	if err != nil {
-		return err
-	}
-	return x.Print(v, func(w io.Writer) {
+	return call(ctx, x, func(be service.Backend) (service.VM, error) { return be.Get(ctx, x.Args[0]) }, func(w io.Writer, v service.VM) {
 		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 		fmt.Fprintf(tw, "name\t%s\nid\t%s\nowner\t%s\nstatus\t%s\nimage\t%s\nip\t%s\nmac\t%s\ncpus\t%d\nmemory\t%d MiB\ndisk\t%d GiB\ncreated\t%s\n",
 			v.Name, v.ID, v.Owner, v.Status, v.Image, v.IP, v.MAC, v.CPUs, v.MemoryMiB, v.DiskGiB, v.CreatedAt.Format(time.RFC3339))
@@ -436,25 +420,10 @@ func sshKeyCmd() *Command {
 	return &Command{Name: "ssh-key", Summary: "Manage your SSH public keys", Sub: []*Command{
 		{Name: "add", Usage: "[FILE|-]", Summary: "Register a key you hold (signs a challenge with it; over ssh: the key you logged in with)", MaxArgs: 1, Run: sshKeyAdd},
 		{Name: "list", Summary: "List your keys", Run: func(ctx context.Context, x *Ctx) error {
-			be, err := x.Backend(ctx)
-			if err != nil {
-				return err
-			}
-			keys, err := be.ListSSHKeys(ctx)
-			if err != nil {
-				return err
-			}
-			return x.Print(keys, func(w io.Writer) { printKeys(w, keys) })
+			return call(ctx, x, func(be service.Backend) ([]service.SSHKey, error) { return be.ListSSHKeys(ctx) }, func(w io.Writer, keys []service.SSHKey) { printKeys(w, keys) })
 		}},
 		{Name: "rm", Usage: "ID|FINGERPRINT", Summary: "Remove one of your keys", MinArgs: 1, MaxArgs: 1, Run: func(ctx context.Context, x *Ctx) error {
-			be, err := x.Backend(ctx)
-			if err != nil {
-				return err
-			}
-			if err := be.RemoveSSHKey(ctx, x.Args[0]); err != nil {
-				return err
-			}
-			return x.Print(map[string]string{"removed": x.Args[0]}, func(w io.Writer) { fmt.Fprintf(w, "removed %s\n", x.Args[0]) })
+			return do(ctx, x, func(be service.Backend) error { return be.RemoveSSHKey(ctx, x.Args[0]) }, map[string]string{"removed": x.Args[0]}, fmt.Sprintf("removed %s", x.Args[0]))
 		}},
 	}}
 }
