@@ -128,15 +128,10 @@ func (p *listPage) filterKey(msg tea.KeyMsg) tea.Cmd {
 
 func (p *listPage) key(msg tea.KeyMsg) tea.Cmd {
 	k := p.c.keys
+	if k.navigate(msg, &p.table) {
+		return nil
+	}
 	switch {
-	case key.Matches(msg, k.Up):
-		p.table.Move(-1)
-	case key.Matches(msg, k.Down):
-		p.table.Move(1)
-	case key.Matches(msg, k.Top):
-		p.table.Top()
-	case key.Matches(msg, k.Bottom):
-		p.table.Bottom()
 	case key.Matches(msg, k.Filter):
 		p.editing = true
 		p.filter.Focus()
@@ -249,7 +244,7 @@ func (p *listPage) ShortHelp() []key.Binding {
 func (p *listPage) FullHelp() [][]key.Binding {
 	k := p.c.keys
 	return [][]key.Binding{
-		{k.Up, k.Down, k.Top, k.Bottom, k.Open, k.Filter, k.Back},
+		k.help(k.Open, k.Filter, k.Back),
 		p.c.vmHelp(),
 		{k.Help, k.Quit, k.ForceQuit},
 	}

@@ -85,17 +85,12 @@ func (p *snapshotsPage) Update(msg tea.Msg) tea.Cmd {
 
 func (p *snapshotsPage) key(msg tea.KeyMsg) tea.Cmd {
 	k, c, name := p.c.keys, p.c, p.name
+	if k.navigate(msg, &p.table) {
+		return nil
+	}
 	switch {
 	case key.Matches(msg, k.Back):
 		return c.back()
-	case key.Matches(msg, k.Up):
-		p.table.Move(-1)
-	case key.Matches(msg, k.Down):
-		p.table.Move(1)
-	case key.Matches(msg, k.Top):
-		p.table.Top()
-	case key.Matches(msg, k.Bottom):
-		p.table.Bottom()
 	case key.Matches(msg, k.SnapNew):
 		return c.open(newSnapshotForm(c, name))
 	case key.Matches(msg, k.SnapRestore):
@@ -173,5 +168,5 @@ func (p *snapshotsPage) ShortHelp() []key.Binding {
 
 func (p *snapshotsPage) FullHelp() [][]key.Binding {
 	k := p.c.keys
-	return [][]key.Binding{{k.Up, k.Down, k.Top, k.Bottom, k.Back}, {k.SnapNew, k.SnapRestore, k.SnapDelete}, {k.Help, k.Quit}}
+	return [][]key.Binding{k.help(k.Back), {k.SnapNew, k.SnapRestore, k.SnapDelete}, {k.Help, k.Quit}}
 }
