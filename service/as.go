@@ -99,6 +99,10 @@ func (b *Bound) Logs(ctx context.Context, name string, follow bool, w io.Writer)
 	return b.s.CopyConsole(ctx, b.c, name, follow, w)
 }
 
+func (b *Bound) Forward(ctx context.Context, name string, port int) (io.ReadWriteCloser, error) {
+	return b.s.Forward(ctx, b.c, name, port)
+}
+
 // Agent connects to VM name's guest agent (the host-only `vsock`
 // debugging command and the gateway's relay; frontends use Exec).
 func (b *Bound) Agent(ctx context.Context, name string) (*vsockcli.Client, error) {

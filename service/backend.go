@@ -76,6 +76,10 @@ type GuestBackend interface {
 	// Logs copies the serial console log to w; with follow it keeps
 	// copying what the guest prints until ctx ends (then returns nil).
 	Logs(ctx context.Context, name string, follow bool, w io.Writer) error
+	// Forward opens a TCP connection to port on the guest's loopback (a
+	// port forward); close it when done. errs.InvalidArgument for a port
+	// outside 1-65535, errs.Unavailable when nothing accepts it.
+	Forward(ctx context.Context, name string, port int) (io.ReadWriteCloser, error)
 }
 
 // SnapshotBackend are a VM's saved states.

@@ -2,7 +2,13 @@ package service
 
 import (
 	"context"
+	"io"
+	"net"
+	"strconv"
+	"sync"
 	"time"
+
+	"github.com/minionsdev/minions/internal/errs"
 
 	"github.com/minionsdev/minions/vsockcli"
 )
@@ -97,3 +103,39 @@ func (s *Service) PingGuest(ctx context.Context, c Caller, name string) (time.Du
 // guest wrote (for frontends that print a status they did not clean
 // themselves, e.g. one from a remote server).
 func CleanGuestStatus(st GuestStatus) GuestStatus { return vsockcli.CleanStatus(st) }
+
+// Forward opens a TCP connection to port on VM name's own loopback
+// (127.0.0.1 in the guest), through its agent, for c: a port forward.
+// Closing the connection releases everything it holds. Errors:
+// errs.InvalidArgument for a port outside 1-65535, then those of
+// OpenGuest, and errs.Unavailable when nothing accepts the connection in
+// the guest.
+func (s *Service) Forward(ctx context.Context, c Caller, name string, port int) (io.ReadWriteCloser, error) {
+	if port < 1 || port > 65535 {
+		return nil, errs.New(errs.InvalidArgument, "port %d: want 1-65535", port)
+	}
+	g, err := s.OpenGuest(ctx, c, name)
+	if err != nil {
+		return nil, err
+	}
+	conn, err := g.cl.SSH().Dial("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+	if err != nil {
+		g.Close()
+		return nil, errs.New(errs.Unavailable, "forward to port %d of vm %s: %v", port, name, err)
+	}
+	return &forwardConn{Conn: conn, g: g}, nil
+}
+
+// forwardConn is a forwarded connection that closes its agent connection
+// with it.
+type forwardConn struct {
+	net.Conn
+	g    *GuestSession
+	once sync.Once
+}
+
+func (f *forwardConn) Close() error {
+	err := f.Conn.Close()
+	f.once.Do(func() { f.g.Close() })
+	return err
+}

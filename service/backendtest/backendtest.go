@@ -5,9 +5,13 @@
 package backendtest
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
+	"io"
+	"net"
 	"strings"
 	"sync"
 	"testing"
@@ -39,6 +43,7 @@ func Run(t *testing.T, newInstall func(t *testing.T) Open) {
 	}{
 		{"Lifecycle", testLifecycle},
 		{"Exec", testExec},
+		{"Forward", testForward},
 		{"Authorization", testAuthorization},
 		{"ErrorClasses", testErrorClasses},
 	}
@@ -235,5 +240,56 @@ func testErrorClasses(t *testing.T, ctx context.Context, open Open) {
 	}
 	if v, err := be.Get(ctx, "web"); err != nil || v.Status != "running" {
 		t.Fatalf("a refused call changed the vm: %+v %v", v, err)
+	}
+}
+
+// testForward: a port forward reaches a server on the guest's loopback
+// (the test agent's guest is this process's host, so a listener here is
+// "in the guest"), for the owner only.
+func testForward(t *testing.T, ctx context.Context, open Open) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				line, _ := bufio.NewReader(c).ReadString('\n')
+				fmt.Fprintf(c, "echo %s", line)
+			}()
+		}
+	}()
+	port := ln.Addr().(*net.TCPAddr).Port
+	owner, other := open(Owner), open(Other)
+	if _, err := owner.Create(ctx, service.CreateRequest{Name: "web"}, nil); err != nil {
+		t.Fatal(err)
+	}
+	conn, err := owner.Forward(ctx, "web", port)
+	if err != nil {
+		t.Fatalf("forward: %v", err)
+	}
+	if _, err := io.WriteString(conn, "hello\n"); err != nil {
+		t.Fatal(err)
+	}
+	got, err := io.ReadAll(conn)
+	conn.Close()
+	if err != nil || string(got) != "echo hello\n" {
+		t.Fatalf("through the forward: %q %v", got, err)
+	}
+	if _, err := other.Forward(ctx, "web", port); !errors.Is(err, errs.NotFound) {
+		t.Fatalf("forward to another user's vm: %v, want NotFound", err)
+	}
+	if _, err := owner.Forward(ctx, "web", 0); !errors.Is(err, errs.InvalidArgument) {
+		t.Fatalf("forward to port 0: %v, want InvalidArgument", err)
+	}
+	ln.Close()
+	if _, err := owner.Forward(ctx, "web", port); !errors.Is(err, errs.Unavailable) {
+		t.Fatalf("forward to a closed port: %v, want Unavailable", err)
 	}
 }
