@@ -22,7 +22,6 @@ import (
 	"github.com/minionsdev/minions/cli"
 	"github.com/minionsdev/minions/internal/errs"
 	"github.com/minionsdev/minions/proxy/proxytest"
-	"github.com/minionsdev/minions/store"
 )
 
 func writeFile(t *testing.T, name, content string) string {
@@ -136,13 +135,9 @@ rfc2136_key_file = %q
 		t.Fatal(err)
 	}
 	cfg.ProxyBind = httpsLn.Addr().String()
-	db, err := store.Open(ctx, filepath.Join(t.TempDir(), "m.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
+	svc := testService(t, t.TempDir())
 	ep := proxyEndpoint{Domain: cfg.Domain, HTTPSPort: httpsLn.Addr().(*net.TCPAddr).Port, DNSResolver: cfg.DNSResolver}
-	p, err := newProxy(ctx, cfg, &Env{DB: db}, slog.New(slog.NewTextHandler(io.Discard, nil)), Paths{State: t.TempDir()}, ep)
+	p, err := newProxy(ctx, cfg, &Env{Service: svc}, slog.New(slog.NewTextHandler(io.Discard, nil)), Paths{State: t.TempDir()}, ep)
 	if err != nil {
 		t.Fatal(err)
 	}

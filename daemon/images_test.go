@@ -3,12 +3,8 @@ package daemon
 import (
 	"bytes"
 	"context"
-	"crypto/ed25519"
-	"crypto/rand"
 	"encoding/json"
-	"log/slog"
 	"net/http/httptest"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -16,21 +12,12 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/crypto/ssh"
-
 	"github.com/minionsdev/minions/api"
 	"github.com/minionsdev/minions/cli"
 	"github.com/minionsdev/minions/images"
 	"github.com/minionsdev/minions/service"
-	"github.com/minionsdev/minions/store"
 	"github.com/minionsdev/minions/tui"
-	"github.com/minionsdev/minions/vm/hypervisor/fake"
 )
-
-type nopNet struct{}
-
-func (nopNet) AddPort(context.Context, string, netip.Addr, string) error { return nil }
-func (nopNet) RemovePort(context.Context, string) error                  { return nil }
 
 // putImage writes one catalogue entry as images/ publishes it.
 func putImage(t *testing.T, dir string, im images.Image) {
@@ -60,18 +47,8 @@ func imageService(t *testing.T) (svc *service.Service, root, bob service.Caller)
 	putImage(t, cat.Dir, images.Image{OS: "minimal", Version: "20261201-000000-aaaa", Created: now})
 	putImage(t, cat.Dir, images.Image{OS: "debian", Version: "20261201-000000-bbbb", Created: now})
 	putImage(t, cat.Dir, images.Image{OS: "debian", Version: "20261202-000000-cccc", Created: now})
-	db, err := store.Open(ctx, filepath.Join(dir, "minions.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close() })
-	_, priv, _ := ed25519.GenerateKey(rand.Reader)
-	key, _ := ssh.NewSignerFromKey(priv)
-	svc, err = service.New(service.Config{StateDir: dir, Log: slog.New(slog.DiscardHandler)},
-		service.Deps{DB: db, Driver: fake.New(fake.Config{}), Network: nopNet{}, Images: imageAdapter{cat: cat}, Disks: diskAdapter{}, HostKey: key})
-	if err != nil {
-		t.Fatal(err)
-	}
+	svc = testService(t, dir)
+	var err error
 	if root, err = svc.EnsureUser(ctx, "root", true); err != nil {
 		t.Fatal(err)
 	}

@@ -167,7 +167,7 @@ func Open(ctx context.Context, o Options) (*Env, error) {
 	if err != nil {
 		return nil, err
 	}
-	e.Service.SetWeb(storedWeb(db, o.Paths, o.Log)) // serve replaces it with its live proxy
+	e.Service.SetWeb(storedWeb(e.Service, o.Paths, o.Log)) // serve replaces it with its live proxy
 	if p, err := AgentBinary(); err == nil {
 		e.Service.SetHostAgentVersion(agentVersion(ctx, p))
 	}

@@ -12,7 +12,6 @@ import (
 
 	"github.com/minionsdev/minions/cli"
 	"github.com/minionsdev/minions/service"
-	"github.com/minionsdev/minions/store"
 )
 
 // runCLI runs the host CLI with the daemon's commands.
@@ -77,19 +76,15 @@ func TestDoctorDNS(t *testing.T) {
 func TestSharePublicIP(t *testing.T) {
 	dir := t.TempDir()
 	ctx := context.Background()
-	db, err := store.Open(ctx, filepath.Join(dir, "minions.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
+	svc := testService(t, dir)
 	paths := Paths{State: dir, Run: filepath.Join(dir, "run")}
 	web := func(ep proxyEndpoint) service.Web {
 		t.Helper()
 		b, _ := json.Marshal(ep)
-		if err := db.Tx(ctx, func(q store.Q) error { return store.SetSetting(ctx, q, settingProxyEndpoint, string(b)) }); err != nil {
+		if err := svc.SetWebEndpoint(ctx, string(b)); err != nil {
 			t.Fatal(err)
 		}
-		w, err := storedWeb(db, paths, slog.New(slog.DiscardHandler))(ctx)
+		w, err := storedWeb(svc, paths, slog.New(slog.DiscardHandler))(ctx)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -269,7 +269,7 @@ func Serve(ctx context.Context, cfg Config, logOut io.Writer) error {
 	if tln != nil {
 		in.API, in.APITLS = tln.Addr().String(), cfg.TLSCert != ""
 	}
-	if in.Proxy, err = storedEndpoint(ctx, e.DB); err != nil {
+	if in.Proxy, err = storedEndpoint(ctx, e.Service); err != nil {
 		return err
 	}
 	newBanner(in).announce(log, logOut, format)
