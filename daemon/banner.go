@@ -70,7 +70,7 @@ func newBanner(in bannerInput) banner {
 		if in.Proxy.HTTPSPort != 0 && in.Proxy.HTTPSPort != 443 {
 			b.Proxy += ":" + strconv.Itoa(in.Proxy.HTTPSPort)
 		}
-		b.DNS = dnsAdvice(in.Proxy.Domain, in.PublicIP)
+		b.DNS = DNSAdvice(in.Proxy.Domain, in.PublicIP)
 	case in.Proxy.HTTPPort != 0:
 		b.Proxy = "http://VM.localhost:" + strconv.Itoa(in.Proxy.HTTPPort)
 	}

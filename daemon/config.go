@@ -103,9 +103,9 @@ type Config struct {
 	InsecureHTTP bool   `toml:"insecure_http"`
 }
 
-// jail is the configured VM jail, without its launcher and hidden dirs
+// JailConfig is the configured VM jail, without its launcher and hidden dirs
 // (the composition root adds them).
-func (c *Config) jail() jail.Config {
+func (c *Config) JailConfig() jail.Config {
 	return jail.Config{Mode: c.Jail, UIDBase: c.JailUIDBase, MemoryOverheadMiB: c.JailMemoryOverheadMiB}
 }
 
@@ -152,7 +152,7 @@ func (c *Config) Validate() error {
 	if c.Jail != "on" && c.Jail != "off" {
 		return errs.New(errs.InvalidArgument, "jail %q: want on or off", c.Jail)
 	}
-	j := c.jail()
+	j := c.JailConfig()
 	j.Command = []string{"minions", "jail-exec"}
 	if err := j.Validate(); err != nil {
 		return err

@@ -33,7 +33,7 @@ egress_allow = ["172.31.9.9", "10.1.0.0/16 tcp/5432"]
 	if err != nil {
 		t.Fatal(err)
 	}
-	o := openOptions(c, Paths{}, nil)
+	o := OpenOptions(c, Paths{}, nil)
 	if o.DNS.String() != "192.168.1.53" || len(o.EgressAllow) != 2 ||
 		o.EgressAllow[0].String() != "172.31.9.9/32" || o.EgressAllow[1].String() != "10.1.0.0/16 tcp/5432" {
 		t.Fatalf("options: dns %v, egress %v", o.DNS, o.EgressAllow)

@@ -183,7 +183,7 @@ func TestServeFlagsDNSProvider(t *testing.T) {
 		"--rfc2136-key-name", "minions", "--rfc2136-key-alg", "hmac-sha512", "--rfc2136-key-file", keyFile}); err != nil {
 		t.Fatal(err)
 	}
-	cfg, err := effectiveConfig(&cli.Ctx{G: &cli.Global{}, FS: fs})
+	cfg, err := EffectiveConfig(&cli.Ctx{G: &cli.Global{}, FS: fs})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -195,7 +195,7 @@ func TestServeFlagsDNSProvider(t *testing.T) {
 	fs = flag.NewFlagSet("serve", flag.ContinueOnError)
 	serveCmd().Flags(fs)
 	_ = fs.Parse([]string{"--config", conf, "--dns-provider", "cloudflare"})
-	if _, err := effectiveConfig(&cli.Ctx{G: &cli.Global{}, FS: fs}); !errors.Is(err, errs.InvalidArgument) || !strings.Contains(err.Error(), "cloudflare_api_token") {
+	if _, err := EffectiveConfig(&cli.Ctx{G: &cli.Global{}, FS: fs}); !errors.Is(err, errs.InvalidArgument) || !strings.Contains(err.Error(), "cloudflare_api_token") {
 		t.Fatalf("cloudflare without a token: %v", err)
 	}
 }

@@ -94,11 +94,11 @@ type Env struct {
 // Close releases the database.
 func (e *Env) Close() error { return e.DB.Close() }
 
-// openOptions are the Options cfg (validated) asks for.
-func openOptions(cfg Config, paths Paths, log *slog.Logger) Options {
+// OpenOptions are the Options cfg (validated) asks for.
+func OpenOptions(cfg Config, paths Paths, log *slog.Logger) Options {
 	subnet, _ := netip.ParsePrefix(cfg.Subnet)
 	dns, allow, _ := cfg.egress()
-	return Options{Paths: paths, Subnet: subnet, Hypervisor: cfg.Hypervisor, Jail: cfg.jail(), Sandbox: cfg.Sandbox,
+	return Options{Paths: paths, Subnet: subnet, Hypervisor: cfg.Hypervisor, Jail: cfg.JailConfig(), Sandbox: cfg.Sandbox,
 		DefaultImage: cfg.DefaultImage, DNS: dns, EgressAllow: allow, Resources: cfg.Resources(), Log: log}
 }
 

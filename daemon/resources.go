@@ -8,6 +8,10 @@ import (
 	"github.com/minionsdev/minions/vm/consolelog"
 )
 
+// defaultMinFreeSpaceMiB is the free space on the state filesystem below
+// which `minions doctor` warns (config min_free_space_mib).
+const defaultMinFreeSpaceMiB = 2048
+
 // QuotaConfig is the [default_quota] table: the quota each new non-admin
 // user gets (sign-up over SSH, `minions user add`). 0 means unlimited; a
 // config without the table gives service.DefaultSignupQuota.

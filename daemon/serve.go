@@ -50,7 +50,7 @@ func serveCmd() *cli.Command {
 			dnsProviderFlags(fs)
 		},
 		Run: func(ctx context.Context, x *cli.Ctx) error {
-			cfg, err := effectiveConfig(x)
+			cfg, err := EffectiveConfig(x)
 			if err != nil {
 				return err
 			}
@@ -66,7 +66,7 @@ func configCmd() *cli.Command {
 		{Name: "show", Summary: "Print the effective configuration (file, then flags)",
 			Flags: func(fs *flag.FlagSet) { fs.String("config", DefaultConfigFile, "config file") },
 			Run: func(ctx context.Context, x *cli.Ctx) error {
-				cfg, err := effectiveConfig(x)
+				cfg, err := EffectiveConfig(x)
 				if err != nil {
 					return err
 				}
@@ -77,8 +77,8 @@ func configCmd() *cli.Command {
 	}}
 }
 
-// effectiveConfig is the config file overlaid with the flags given.
-func effectiveConfig(x *cli.Ctx) (Config, error) {
+// EffectiveConfig is the config file overlaid with the flags given.
+func EffectiveConfig(x *cli.Ctx) (Config, error) {
 	path := x.FS.Lookup("config").Value.String()
 	explicit := false
 	x.FS.Visit(func(f *flag.Flag) {
@@ -168,7 +168,7 @@ func Serve(ctx context.Context, cfg Config, logOut io.Writer) error {
 		return err
 	}
 	ops := &opLatencies{}
-	o := openOptions(cfg, paths, log)
+	o := OpenOptions(cfg, paths, log)
 	o.OnOperation = ops.observe
 	e, err := Open(ctx, o)
 	if err != nil {

@@ -2,7 +2,6 @@ package daemon
 
 import (
 	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 
@@ -16,43 +15,6 @@ func TestMain(m *testing.M) {
 		os.Exit(jail.Main(os.Args[2:]))
 	}
 	os.Exit(m.Run())
-}
-
-// TestDoctorJailLines checks doctor's jail lines: the per-VM uid, a mount
-// namespace proved by running the real launcher, the cgroup version and
-// controllers; and one line saying so when the jail is off.
-func TestDoctorJailLines(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root")
-	}
-	dir := t.TempDir()
-	paths := Paths{State: filepath.Join(dir, "s"), Run: filepath.Join(dir, "run")}
-	for _, d := range []string{paths.State, paths.Run} {
-		if err := os.MkdirAll(d, 0o700); err != nil {
-			t.Fatal(err)
-		}
-	}
-	got := map[string]check{}
-	for _, c := range jailChecks(jail.Config{Mode: "on"}, paths) {
-		got[c.What] = c
-	}
-	for what, want := range map[string]string{
-		"per-vm uid":      "2000000000",
-		"mount namespace": paths.State,
-		"cgroups":         "memory max = guest + 256 MiB",
-	} {
-		c, ok := got[what]
-		if !ok || !c.OK || !strings.Contains(c.Detail, want) {
-			t.Errorf("%s: %+v (present %v), want ok and %q", what, c, ok, want)
-		}
-	}
-	if c := got["cgroups"]; !strings.HasPrefix(c.Detail, "v1") && !strings.HasPrefix(c.Detail, "v2") {
-		t.Errorf("cgroups line names no version: %q", c.Detail)
-	}
-	off := jailChecks(jail.Config{Mode: "off"}, paths)
-	if len(off) != 1 || off[0].OK || !strings.Contains(off[0].Detail, "unconfined") {
-		t.Errorf("jail off: %+v", off)
-	}
 }
 
 // TestConfigJailAndSandbox: both default to on; only known values pass.
@@ -78,7 +40,7 @@ func TestConfigJailAndSandbox(t *testing.T) {
 	if err := low.Validate(); err == nil {
 		t.Error("jail_uid_base 100 (system uids) accepted")
 	}
-	if j := (&Config{JailUIDBase: 500000, JailMemoryOverheadMiB: 64}).jail(); j.UIDBase != 500000 || j.MemoryOverheadMiB != 64 {
+	if j := (&Config{JailUIDBase: 500000, JailMemoryOverheadMiB: 64}).JailConfig(); j.UIDBase != 500000 || j.MemoryOverheadMiB != 64 {
 		t.Errorf("jail config %+v", j)
 	}
 }
