@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/minionsdev/minions/cli"
+	"github.com/minionsdev/minions/config"
 	"github.com/minionsdev/minions/daemon"
 	"github.com/minionsdev/minions/internal/errs"
 	"github.com/minionsdev/minions/service"
@@ -84,7 +85,7 @@ func Command() *cli.Command {
 		{Name: "create", Usage: "FILE [--with-disks] [--config FILE]", Summary: "Write a consistent backup of the store, config and keys (and VM disks) while VMs run", MinArgs: 1, MaxArgs: 1,
 			Flags: func(fs *flag.FlagSet) {
 				fs.Bool("with-disks", false, "also copy every VM's disk and snapshots (running guests are frozen for the copy) and the base images they use")
-				fs.String("config", daemon.DefaultConfigFile, "the daemon's config file, included when it exists")
+				fs.String("config", config.DefaultFile, "the daemon's config file, included when it exists")
 			},
 			Run: runBackupCreate},
 		restoreCmd(),

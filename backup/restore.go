@@ -19,6 +19,7 @@ import (
 	"strings"
 
 	"github.com/minionsdev/minions/cli"
+	"github.com/minionsdev/minions/config"
 	"github.com/minionsdev/minions/daemon"
 	"github.com/minionsdev/minions/images"
 	"github.com/minionsdev/minions/internal/errs"
@@ -29,7 +30,7 @@ import (
 func restoreCmd() *cli.Command {
 	return &cli.Command{Name: "restore", Usage: "FILE [--config FILE]", Summary: "Restore a backup onto a fresh host (refuses a state dir that has VMs)", MinArgs: 1, MaxArgs: 1,
 		Flags: func(fs *flag.FlagSet) {
-			fs.String("config", daemon.DefaultConfigFile, "where the backup's config file goes (if that file exists it is kept and the backup's is written beside the store)")
+			fs.String("config", config.DefaultFile, "where the backup's config file goes (if that file exists it is kept and the backup's is written beside the store)")
 		},
 		Run: runRestore}
 }
@@ -55,7 +56,7 @@ func runRestore(ctx context.Context, x *cli.Ctx) error {
 	// state dir comes from --state-dir, else this host's config file.
 	state, run := x.G.StateDir, x.G.RunDir
 	if state == "" {
-		cfg, err := daemon.LoadConfig(daemon.DefaultConfigFile, false)
+		cfg, err := config.Load(config.DefaultFile, false)
 		if err != nil {
 			return err
 		}

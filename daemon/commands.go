@@ -13,6 +13,7 @@ import (
 	"syscall"
 
 	"github.com/minionsdev/minions/cli"
+	"github.com/minionsdev/minions/config"
 	"github.com/minionsdev/minions/internal/errs"
 	"github.com/minionsdev/minions/vm/jail"
 	"github.com/minionsdev/minions/vsockcli"
@@ -48,7 +49,7 @@ func OpenLocal(ctx context.Context, g *cli.Global) (cli.Backend, error) {
 	}
 	// In-process, the CLI follows the daemon's config file so both agree
 	// on the network, hypervisor and default image.
-	cfg, err := LoadConfig(DefaultConfigFile, false)
+	cfg, err := config.Load(config.DefaultFile, false)
 	if err != nil {
 		return nil, err
 	}
@@ -66,7 +67,7 @@ func OpenLocal(ctx context.Context, g *cli.Global) (cli.Backend, error) {
 	if _, err := netip.ParsePrefix(cfg.Subnet); err != nil {
 		return nil, errs.New(errs.InvalidArgument, "config subnet %q: %v", cfg.Subnet, err)
 	}
-	if _, _, err := cfg.egress(); err != nil {
+	if _, _, err := cfg.Egress(); err != nil {
 		return nil, fmt.Errorf("config: %w", err)
 	}
 	e, err := Open(ctx, OpenOptions(cfg, paths, CLILogger()))

@@ -14,6 +14,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/minionsdev/minions/config"
 	"github.com/minionsdev/minions/internal/errs"
 	"github.com/minionsdev/minions/proxy"
 	"github.com/minionsdev/minions/service"
@@ -45,7 +46,7 @@ type proxyEndpoint struct {
 // the endpoint, so links are not minted for a proxy nobody runs. The access
 // log (one record per request) goes to logOut in format through a
 // proxy.LogBuffer: a write every 100 ms instead of one per request.
-func startProxy(ctx context.Context, g *errgroup.Group, cfg Config, e *Env, log *slog.Logger, logOut io.Writer, format string, paths Paths, m *metrics) error {
+func startProxy(ctx context.Context, g *errgroup.Group, cfg config.Config, e *Env, log *slog.Logger, logOut io.Writer, format string, paths Paths, m *metrics) error {
 	if cfg.ProxyBind == "" && cfg.HTTPBind == "" {
 		return e.Service.SetWebEndpoint(ctx, "")
 	}
@@ -110,12 +111,12 @@ func addrOf(ln net.Listener, def string) string {
 // newProxy builds the proxy from the daemon's config; ep carries the public
 // ports (explicit, so a minter that never binds makes the same links).
 // Its access log goes to log.
-func newProxy(ctx context.Context, cfg Config, e *Env, log *slog.Logger, paths Paths, ep proxyEndpoint) (*proxy.Proxy, error) {
+func newProxy(ctx context.Context, cfg config.Config, e *Env, log *slog.Logger, paths Paths, ep proxyEndpoint) (*proxy.Proxy, error) {
 	return newProxyLogs(ctx, cfg, e, log, nil, paths, ep)
 }
 
 // newProxyLogs is newProxy with the access log going to access (nil: log).
-func newProxyLogs(ctx context.Context, cfg Config, e *Env, log, access *slog.Logger, paths Paths, ep proxyEndpoint) (*proxy.Proxy, error) {
+func newProxyLogs(ctx context.Context, cfg config.Config, e *Env, log, access *slog.Logger, paths Paths, ep proxyEndpoint) (*proxy.Proxy, error) {
 	if access == nil {
 		access = log.With("component", "access")
 	}
@@ -144,7 +145,7 @@ func newProxyLogs(ctx context.Context, cfg Config, e *Env, log, access *slog.Log
 		}
 		pc.CARoots = pool
 	}
-	dc, err := cfg.dnsConfig()
+	dc, err := cfg.DNSConfig()
 	if err != nil {
 		return nil, err
 	}
@@ -197,7 +198,7 @@ func storedWeb(svc *service.Service, paths Paths, log *slog.Logger) service.WebS
 		if ep == (proxyEndpoint{}) {
 			return nil, errs.New(errs.FailedPrecondition, "the web proxy is not running: start `minions serve` with --http-bind ADDR (http://<vm>.localhost) or --domain D")
 		}
-		cfg := Config{Domain: ep.Domain, HTTPBind: "127.0.0.1:" + strconv.Itoa(ep.HTTPPort)}
+		cfg := config.Config{Domain: ep.Domain, HTTPBind: "127.0.0.1:" + strconv.Itoa(ep.HTTPPort)}
 		if ep.Domain != "" {
 			cfg.ProxyBind = "127.0.0.1:" + strconv.Itoa(ep.HTTPSPort)
 		}

@@ -18,6 +18,7 @@ import (
 
 	"github.com/minionsdev/minions/api"
 	"github.com/minionsdev/minions/cli"
+	"github.com/minionsdev/minions/config"
 	"github.com/minionsdev/minions/vm/hypervisor/qemu"
 	"golang.org/x/sync/errgroup"
 )
@@ -26,7 +27,7 @@ func serveCmd() *cli.Command {
 	return &cli.Command{Name: "serve", HostOnly: true, Summary: "Run the daemon: HTTP API, SSH front door, HTTPS proxy, reconcile loop",
 		Usage: "[--config FILE] [--bind ADDR] [--ssh-bind ADDR] [--proxy-bind ADDR --http-bind ADDR --domain D --acme-email E]",
 		Flags: func(fs *flag.FlagSet) {
-			fs.String("config", DefaultConfigFile, "config file (TOML; unknown keys are errors)")
+			fs.String("config", config.DefaultFile, "config file (TOML; unknown keys are errors)")
 			fs.String("bind", "", "HTTP API on TCP (default 127.0.0.1:3000); beyond loopback it needs --tls-cert/--tls-key or --insecure-http")
 			fs.String("tls-cert", "", "PEM certificate (chain) for the API on --bind (clients may trust a private CA with SSL_CERT_FILE)")
 			fs.String("tls-key", "", "PEM private key for --tls-cert")
@@ -47,7 +48,7 @@ func serveCmd() *cli.Command {
 			fs.String("dns", "", "nameserver (IPv4) handed to vms; they may reach it on port 53")
 			fs.String("egress-allow", "", `private destinations vms may reach, comma-separated "PREFIX[ tcp|udp[/PORT]]" (replaces the file's list)`)
 			fs.String("log-format", "", "auto (text on a terminal, JSON otherwise; JSON with --json), text or json")
-			dnsProviderFlags(fs)
+			config.DNSProviderFlags(fs)
 		},
 		Run: func(ctx context.Context, x *cli.Ctx) error {
 			cfg, err := EffectiveConfig(x)
@@ -64,7 +65,7 @@ func serveCmd() *cli.Command {
 func configCmd() *cli.Command {
 	return &cli.Command{Name: "config", HostOnly: true, Summary: "Show the daemon configuration", Sub: []*cli.Command{
 		{Name: "show", Summary: "Print the effective configuration (file, then flags)",
-			Flags: func(fs *flag.FlagSet) { fs.String("config", DefaultConfigFile, "config file") },
+			Flags: func(fs *flag.FlagSet) { fs.String("config", config.DefaultFile, "config file") },
 			Run: func(ctx context.Context, x *cli.Ctx) error {
 				cfg, err := EffectiveConfig(x)
 				if err != nil {
@@ -78,7 +79,7 @@ func configCmd() *cli.Command {
 }
 
 // EffectiveConfig is the config file overlaid with the flags given.
-func EffectiveConfig(x *cli.Ctx) (Config, error) {
+func EffectiveConfig(x *cli.Ctx) (config.Config, error) {
 	path := x.FS.Lookup("config").Value.String()
 	explicit := false
 	x.FS.Visit(func(f *flag.Flag) {
@@ -86,7 +87,7 @@ func EffectiveConfig(x *cli.Ctx) (Config, error) {
 			explicit = true
 		}
 	})
-	cfg, err := LoadConfig(path, explicit)
+	cfg, err := config.Load(path, explicit)
 	if err != nil {
 		return cfg, err
 	}
@@ -146,14 +147,14 @@ func EffectiveConfig(x *cli.Ctx) (Config, error) {
 			cfg.LogFormat = v
 		}
 	})
-	x.FS.Visit(func(f *flag.Flag) { cfg.setDNSProviderFlag(f.Name, f.Value.String()) })
+	x.FS.Visit(func(f *flag.Flag) { cfg.SetDNSProviderFlag(f.Name, f.Value.String()) })
 	cfg.Defaults()
 	return cfg, cfg.Validate()
 }
 
 // Serve runs the daemon until ctx ends or SIGINT/SIGTERM. Shutting down
 // never stops VMs: they keep running and the next daemon re-adopts them.
-func Serve(ctx context.Context, cfg Config, logOut io.Writer) error {
+func Serve(ctx context.Context, cfg config.Config, logOut io.Writer) error {
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	signal.Ignore(syscall.SIGHUP, syscall.SIGPIPE)
@@ -342,7 +343,7 @@ func (o *opLatencies) observe(kind string, d time.Duration, err error) {
 
 // startupWarnings are what serve says at start about isolation: TCG is no
 // security boundary, and a jail or sandbox turned off.
-func startupWarnings(driver string, kvm bool, cfg Config) []string {
+func startupWarnings(driver string, kvm bool, cfg config.Config) []string {
 	var out []string
 	if driver == qemu.DriverName && !kvm {
 		out = append(out, qemu.TCGWarning)

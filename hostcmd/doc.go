@@ -3,7 +3,7 @@
 // keys, bridge, nftables, systemd units), `image` (build, bake, remove and
 // choose OS images in the local catalogue, or a daemon's with --host) and
 // `doctor` (what this host can run and what is missing). They build what
-// they need through the composition root (daemon.Open, daemon.Config) and
+// they need through the composition root (daemon.Open, config.Config) and
 // sit above it: main adds Commands to the CLI tree; daemon never imports
 // this package.
 package hostcmd

@@ -12,6 +12,7 @@ import (
 	"text/tabwriter"
 
 	"github.com/minionsdev/minions/cli"
+	"github.com/minionsdev/minions/config"
 	"github.com/minionsdev/minions/daemon"
 	"github.com/minionsdev/minions/images"
 	"github.com/minionsdev/minions/internal/errs"
@@ -83,7 +84,7 @@ func doctor(ctx context.Context, paths daemon.Paths) []check {
 			add("security", false, "%s", qemu.TCGWarning)
 		}
 	}
-	cfg, cerr := daemon.LoadConfig(daemon.DefaultConfigFile, false)
+	cfg, cerr := config.Load(config.DefaultFile, false)
 	cfg.Defaults()
 	if cerr != nil {
 		add("config", false, "%v", cerr)
@@ -149,7 +150,7 @@ func doctor(ctx context.Context, paths daemon.Paths) []check {
 	if os.Geteuid() == 0 {
 		// The network the config file asks for (as init and serve set it up).
 		ncfg := network.DefaultConfig()
-		if fc, err := daemon.LoadConfig(daemon.DefaultConfigFile, false); err == nil {
+		if fc, err := config.Load(config.DefaultFile, false); err == nil {
 			if fc.Defaults(); fc.Validate() == nil {
 				o := daemon.OpenOptions(fc, paths, nil)
 				ncfg.Subnet, ncfg.DNS, ncfg.EgressAllow = o.Subnet, o.DNS, o.EgressAllow
@@ -193,7 +194,7 @@ func exists(p string) bool {
 
 // dnsCheck is doctor's line about the DNS records the configured domain
 // needs; without --public-ip it cannot say where they point, so it asks.
-func dnsCheck(cfg daemon.Config) check {
+func dnsCheck(cfg config.Config) check {
 	if cfg.Domain == "" {
 		return check{What: "dns", OK: true, Detail: "no domain: VMs are served at http://<vm>.localhost (serve --http-bind); for https://<vm>.DOMAIN serve with --domain DOMAIN --public-ip IP"}
 	}
@@ -202,16 +203,16 @@ func dnsCheck(cfg daemon.Config) check {
 
 // doctorFlags are the serve settings doctor's advice depends on.
 func doctorFlags(fs *flag.FlagSet) {
-	fs.String("config", daemon.DefaultConfigFile, "the daemon's config file (domain, public_ip)")
+	fs.String("config", config.DefaultFile, "the daemon's config file (domain, public_ip)")
 	fs.String("domain", "", "the domain serve uses (default: from the config file)")
 	fs.String("public-ip", "", "this host's public address (default: from the config file)")
 }
 
 // doctorConfig is the config file overlaid with doctor's flags.
-func doctorConfig(x *cli.Ctx) (daemon.Config, error) {
+func doctorConfig(x *cli.Ctx) (config.Config, error) {
 	explicit := false
 	x.FS.Visit(func(f *flag.Flag) { explicit = explicit || f.Name == "config" })
-	cfg, err := daemon.LoadConfig(x.FS.Lookup("config").Value.String(), explicit)
+	cfg, err := config.Load(x.FS.Lookup("config").Value.String(), explicit)
 	if err != nil {
 		return cfg, err
 	}

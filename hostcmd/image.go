@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/minionsdev/minions/cli"
+	"github.com/minionsdev/minions/config"
 	"github.com/minionsdev/minions/daemon"
 	"github.com/minionsdev/minions/images"
 	"github.com/minionsdev/minions/internal/errs"
@@ -267,7 +268,7 @@ func setDefaultImage(ctx context.Context, state, ref string) error {
 // where that comes from (service.DefaultImageFor): the database in state,
 // if there is one yet, over the config file.
 func currentDefaultImage(ctx context.Context, state string) (ref, source string, err error) {
-	cfg, err := daemon.LoadConfig(daemon.DefaultConfigFile, false)
+	cfg, err := config.Load(config.DefaultFile, false)
 	if err != nil {
 		return "", "", err
 	}

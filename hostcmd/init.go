@@ -11,13 +11,14 @@ import (
 	"strings"
 
 	"github.com/minionsdev/minions/cli"
+	"github.com/minionsdev/minions/config"
 	"github.com/minionsdev/minions/daemon"
 )
 
 func initCmd() *cli.Command {
 	return &cli.Command{Name: "init", HostOnly: true, Usage: "[--config FILE] [--persist]", Summary: "Set up the host: directories, keys, bridge and nftables (idempotent)",
 		Flags: func(fs *flag.FlagSet) {
-			fs.String("config", daemon.DefaultConfigFile, "config file (TOML): its subnet, dns and egress_allow shape the network")
+			fs.String("config", config.DefaultFile, "config file (TOML): its subnet, dns and egress_allow shape the network")
 			fs.Bool("persist", false, "also install a systemd unit that redoes this at boot")
 		},
 		Run: func(ctx context.Context, x *cli.Ctx) error {
