@@ -108,7 +108,7 @@ func runBackupCreate(ctx context.Context, x *cli.Ctx) error {
 		return errs.New(errs.AlreadyExists, "backup %s already exists: choose another name", file)
 	}
 	withDisks := x.FS.Lookup("with-disks").Value.String() == "true"
-	cfg, err := daemon.EffectiveConfig(x)
+	cfg, err := config.Effective(x.FS, x.G.StateDir, x.G.RunDir)
 	if err != nil {
 		return err
 	}

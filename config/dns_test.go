@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"flag"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -95,5 +96,35 @@ cloudflare_api_token = "cf-token-in-file"
 		if !errors.Is(err, errs.InvalidArgument) || !strings.Contains(err.Error(), tc.key) {
 			t.Errorf("%s:\n  %v, want InvalidArgument naming %s", tc.toml, err, tc.key)
 		}
+	}
+}
+
+// serve's flags set the provider; a --*-file flag replaces a secret
+// from the config file.
+func TestServeFlagsDNSProvider(t *testing.T) {
+	t.Setenv("CLOUDFLARE_API_TOKEN", "")
+	key := tsigKey(t)
+	conf := writeFile(t, "config.toml", "domain = \"example.test\"\nrfc2136_key = \"in-file-not-base64\"\n")
+	keyFile := writeFile(t, "tsig", key)
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	ServeFlags(fs)
+	if err := fs.Parse([]string{"--config", conf, "--dns-provider", "rfc2136", "--rfc2136-server", "127.0.0.1:5353",
+		"--rfc2136-key-name", "minions", "--rfc2136-key-alg", "hmac-sha512", "--rfc2136-key-file", keyFile}); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := Effective(fs, "", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dc, err := cfg.DNSConfig()
+	if err != nil || dc.Provider != "rfc2136" || dc.RFC2136Server != "127.0.0.1:5353" || dc.RFC2136KeyName != "minions" ||
+		dc.RFC2136KeyAlg != "hmac-sha512" || dc.RFC2136Key != key {
+		t.Fatalf("from flags: %+v, %v", dc, err)
+	}
+	fs = flag.NewFlagSet("serve", flag.ContinueOnError)
+	ServeFlags(fs)
+	_ = fs.Parse([]string{"--config", conf, "--dns-provider", "cloudflare"})
+	if _, err := Effective(fs, "", ""); !errors.Is(err, errs.InvalidArgument) || !strings.Contains(err.Error(), "cloudflare_api_token") {
+		t.Fatalf("cloudflare without a token: %v", err)
 	}
 }

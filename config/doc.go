@@ -4,7 +4,6 @@
 // errs.InvalidArgument naming the key) and what it derives for the
 // subsystems (the VM jail, the guests' DNS and egress rules, resources,
 // the wildcard certificate's DNS provider). It reads the file and the
-// secret files it names; `serve`'s flags are overlaid by the daemon
-// (daemon.EffectiveConfig). The daemon and the host commands (hostcmd,
-// backup) use it.
+// secret files it names, and overlays `serve`'s flags (ServeFlags,
+// Effective). The daemon and the host commands (hostcmd, backup) use it.
 package config

@@ -5,8 +5,6 @@ import (
 	"crypto/rand"
 	"crypto/tls"
 	"encoding/base64"
-	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -14,13 +12,10 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"strings"
 	"testing"
 	"time"
 
-	"github.com/minionsdev/minions/cli"
 	"github.com/minionsdev/minions/config"
-	"github.com/minionsdev/minions/internal/errs"
 	"github.com/minionsdev/minions/proxy/proxytest"
 )
 
@@ -109,35 +104,5 @@ rfc2136_key_file = %q
 	}
 	if applied, refused := ns.Updates(); applied < 1 || refused != 0 {
 		t.Fatalf("dynamic updates: %d applied, %d refused", applied, refused)
-	}
-}
-
-// serve's flags set the provider; a --*-file flag replaces a secret
-// from the config file.
-func TestServeFlagsDNSProvider(t *testing.T) {
-	t.Setenv("CLOUDFLARE_API_TOKEN", "")
-	key := tsigKey(t)
-	conf := writeFile(t, "config.toml", "domain = \"example.test\"\nrfc2136_key = \"in-file-not-base64\"\n")
-	keyFile := writeFile(t, "tsig", key)
-	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
-	serveCmd().Flags(fs)
-	if err := fs.Parse([]string{"--config", conf, "--dns-provider", "rfc2136", "--rfc2136-server", "127.0.0.1:5353",
-		"--rfc2136-key-name", "minions", "--rfc2136-key-alg", "hmac-sha512", "--rfc2136-key-file", keyFile}); err != nil {
-		t.Fatal(err)
-	}
-	cfg, err := EffectiveConfig(&cli.Ctx{G: &cli.Global{}, FS: fs})
-	if err != nil {
-		t.Fatal(err)
-	}
-	dc, err := cfg.DNSConfig()
-	if err != nil || dc.Provider != "rfc2136" || dc.RFC2136Server != "127.0.0.1:5353" || dc.RFC2136KeyName != "minions" ||
-		dc.RFC2136KeyAlg != "hmac-sha512" || dc.RFC2136Key != key {
-		t.Fatalf("from flags: %+v, %v", dc, err)
-	}
-	fs = flag.NewFlagSet("serve", flag.ContinueOnError)
-	serveCmd().Flags(fs)
-	_ = fs.Parse([]string{"--config", conf, "--dns-provider", "cloudflare"})
-	if _, err := EffectiveConfig(&cli.Ctx{G: &cli.Global{}, FS: fs}); !errors.Is(err, errs.InvalidArgument) || !strings.Contains(err.Error(), "cloudflare_api_token") {
-		t.Fatalf("cloudflare without a token: %v", err)
 	}
 }

@@ -22,7 +22,7 @@ func initCmd() *cli.Command {
 			fs.Bool("persist", false, "also install a systemd unit that redoes this at boot")
 		},
 		Run: func(ctx context.Context, x *cli.Ctx) error {
-			cfg, err := daemon.EffectiveConfig(x)
+			cfg, err := config.Effective(x.FS, x.G.StateDir, x.G.RunDir)
 			if err != nil {
 				return err
 			}
