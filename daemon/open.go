@@ -17,6 +17,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/minionsdev/minions/config"
 	"github.com/minionsdev/minions/images"
 	"github.com/minionsdev/minions/internal/errs"
 	"github.com/minionsdev/minions/service"
@@ -68,14 +69,14 @@ type Options struct {
 	Subnet       netip.Prefix // default network.DefaultSubnet
 	Bridge       string       // default network.DefaultBridge
 	Hypervisor   string       // "auto" (default), "qemu", "cloud-hypervisor"
-	Jail         jail.Config  // mode, uid base, overhead (see Config.Jail); Open adds the launcher and hidden dirs
-	Sandbox      string       // "on" (default), "auto" or "off": see Config.Sandbox
+	Jail         jail.Config  // mode, uid base, overhead (see config.Config.Jail); Open adds the launcher and hidden dirs
+	Sandbox      string       // "on" (default), "auto" or "off": see config.Config.Sandbox
 	DefaultImage string       // image create uses without one (default "minimal")
 	// DNS is the nameserver handed to guests (zero: none); EgressAllow
 	// opens private destinations to VMs (see network.Config).
 	DNS         netip.Addr
 	EgressAllow []network.EgressRule
-	Resources   Resources // quotas, overcommit, console cap (Config.Resources)
+	Resources   config.Resources // quotas, overcommit, console cap (config.Config.Resources)
 	// OnOperation receives each durable operation's duration (metrics).
 	OnOperation func(kind string, d time.Duration, err error)
 	Log         *slog.Logger
@@ -94,11 +95,11 @@ type Env struct {
 // Close releases the database.
 func (e *Env) Close() error { return e.DB.Close() }
 
-// openOptions are the Options cfg (validated) asks for.
-func openOptions(cfg Config, paths Paths, log *slog.Logger) Options {
+// OpenOptions are the Options cfg (validated) asks for.
+func OpenOptions(cfg config.Config, paths Paths, log *slog.Logger) Options {
 	subnet, _ := netip.ParsePrefix(cfg.Subnet)
-	dns, allow, _ := cfg.egress()
-	return Options{Paths: paths, Subnet: subnet, Hypervisor: cfg.Hypervisor, Jail: cfg.jail(), Sandbox: cfg.Sandbox,
+	dns, allow, _ := cfg.Egress()
+	return Options{Paths: paths, Subnet: subnet, Hypervisor: cfg.Hypervisor, Jail: cfg.JailConfig(), Sandbox: cfg.Sandbox,
 		DefaultImage: cfg.DefaultImage, DNS: dns, EgressAllow: allow, Resources: cfg.Resources(), Log: log}
 }
 
@@ -167,7 +168,7 @@ func Open(ctx context.Context, o Options) (*Env, error) {
 	if err != nil {
 		return nil, err
 	}
-	e.Service.SetWeb(storedWeb(db, o.Paths, o.Log)) // serve replaces it with its live proxy
+	e.Service.SetWeb(storedWeb(e.Service, o.Paths, o.Log)) // serve replaces it with its live proxy
 	if p, err := AgentBinary(); err == nil {
 		e.Service.SetHostAgentVersion(agentVersion(ctx, p))
 	}

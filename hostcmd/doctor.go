@@ -1,7 +1,8 @@
-package daemon
+package hostcmd
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -11,6 +12,8 @@ import (
 	"text/tabwriter"
 
 	"github.com/minionsdev/minions/cli"
+	"github.com/minionsdev/minions/config"
+	"github.com/minionsdev/minions/daemon"
 	"github.com/minionsdev/minions/images"
 	"github.com/minionsdev/minions/internal/errs"
 	"github.com/minionsdev/minions/vm/hypervisor/kvm"
@@ -29,7 +32,7 @@ func doctorCmd() *cli.Command {
 	return &cli.Command{Name: "doctor", HostOnly: true, Summary: "Check this host: KVM, hypervisors, agent channel, kernel, images, network, disk, DNS",
 		Usage: "[--config FILE] [--domain D] [--public-ip IP]", Flags: doctorFlags,
 		Run: func(ctx context.Context, x *cli.Ctx) error {
-			paths, err := ResolvePaths(x.G.StateDir, x.G.RunDir)
+			paths, err := daemon.ResolvePaths(x.G.StateDir, x.G.RunDir)
 			if err != nil {
 				return err
 			}
@@ -65,13 +68,13 @@ func doctorCmd() *cli.Command {
 		}}
 }
 
-func doctor(ctx context.Context, paths Paths) []check {
+func doctor(ctx context.Context, paths daemon.Paths) []check {
 	var out []check
 	add := func(what string, ok bool, format string, args ...any) {
 		out = append(out, check{What: what, OK: ok, Detail: fmt.Sprintf(format, args...)})
 	}
 	os.MkdirAll(paths.Run, 0o700)
-	choice, res, err := chooseDriver(ctx, "auto", paths.Run)
+	choice, res, err := daemon.ChooseDriver(ctx, "auto", paths.Run)
 	add("kvm", res.Usable, "%s", res.Reason)
 	if err != nil {
 		add("hypervisor", false, "%v", err)
@@ -81,7 +84,7 @@ func doctor(ctx context.Context, paths Paths) []check {
 			add("security", false, "%s", qemu.TCGWarning)
 		}
 	}
-	cfg, cerr := LoadConfig(DefaultConfigFile, false)
+	cfg, cerr := config.Load(config.DefaultFile, false)
 	cfg.Defaults()
 	if cerr != nil {
 		add("config", false, "%v", cerr)
@@ -107,13 +110,13 @@ func doctor(ctx context.Context, paths Paths) []check {
 			}
 		}
 	}
-	out = append(out, jailChecks(cfg.jail(), paths)...)
+	out = append(out, jailChecks(cfg.JailConfig(), paths)...)
 	if _, err := os.Stat("/dev/vhost-vsock"); err == nil {
 		add("agent channel", true, "vhost-vsock (/dev/vhost-vsock)")
 	} else {
 		add("agent channel", true, "virtio-serial + relay (no /dev/vhost-vsock on this host)")
 	}
-	if agent, err := AgentBinary(); err != nil {
+	if agent, err := daemon.AgentBinary(); err != nil {
 		add("guest agent", false, "%v", err)
 	} else {
 		add("guest agent", true, "%s", agent)
@@ -147,9 +150,9 @@ func doctor(ctx context.Context, paths Paths) []check {
 	if os.Geteuid() == 0 {
 		// The network the config file asks for (as init and serve set it up).
 		ncfg := network.DefaultConfig()
-		if fc, err := LoadConfig(DefaultConfigFile, false); err == nil {
+		if fc, err := config.Load(config.DefaultFile, false); err == nil {
 			if fc.Defaults(); fc.Validate() == nil {
-				o := openOptions(fc, paths, nil)
+				o := daemon.OpenOptions(fc, paths, nil)
 				ncfg.Subnet, ncfg.DNS, ncfg.EgressAllow = o.Subnet, o.DNS, o.EgressAllow
 			}
 		}
@@ -187,4 +190,40 @@ func version(ctx context.Context, bin string) string {
 func exists(p string) bool {
 	_, err := os.Stat(p)
 	return err == nil
+}
+
+// dnsCheck is doctor's line about the DNS records the configured domain
+// needs; without --public-ip it cannot say where they point, so it asks.
+func dnsCheck(cfg config.Config) check {
+	if cfg.Domain == "" {
+		return check{What: "dns", OK: true, Detail: "no domain: VMs are served at http://<vm>.localhost (serve --http-bind); for https://<vm>.DOMAIN serve with --domain DOMAIN --public-ip IP"}
+	}
+	return check{What: "dns", OK: cfg.PublicIP != "", Detail: "create " + daemon.DNSAdvice(cfg.Domain, cfg.PublicIP)}
+}
+
+// doctorFlags are the serve settings doctor's advice depends on.
+func doctorFlags(fs *flag.FlagSet) {
+	fs.String("config", config.DefaultFile, "the daemon's config file (domain, public_ip)")
+	fs.String("domain", "", "the domain serve uses (default: from the config file)")
+	fs.String("public-ip", "", "this host's public address (default: from the config file)")
+}
+
+// doctorConfig is the config file overlaid with doctor's flags.
+func doctorConfig(x *cli.Ctx) (config.Config, error) {
+	explicit := false
+	x.FS.Visit(func(f *flag.Flag) { explicit = explicit || f.Name == "config" })
+	cfg, err := config.Load(x.FS.Lookup("config").Value.String(), explicit)
+	if err != nil {
+		return cfg, err
+	}
+	x.FS.Visit(func(f *flag.Flag) {
+		switch f.Name {
+		case "domain":
+			cfg.Domain = f.Value.String()
+		case "public-ip":
+			cfg.PublicIP = f.Value.String()
+		}
+	})
+	cfg.Defaults()
+	return cfg, cfg.Validate()
 }

@@ -1,4 +1,4 @@
-package daemon
+package backup
 
 import (
 	"archive/tar"
@@ -18,6 +18,8 @@ import (
 	"time"
 
 	"github.com/minionsdev/minions/cli"
+	"github.com/minionsdev/minions/config"
+	"github.com/minionsdev/minions/daemon"
 	"github.com/minionsdev/minions/internal/errs"
 	"github.com/minionsdev/minions/service"
 	"github.com/minionsdev/minions/store"
@@ -77,12 +79,13 @@ type backupEntry struct {
 	SHA256 string `json:"sha256"`
 }
 
-func backupCmd() *cli.Command {
+// Command is `minions backup` with its subcommands create and restore.
+func Command() *cli.Command {
 	return &cli.Command{Name: "backup", HostOnly: true, Summary: "Back up and restore the whole installation", Sub: []*cli.Command{
 		{Name: "create", Usage: "FILE [--with-disks] [--config FILE]", Summary: "Write a consistent backup of the store, config and keys (and VM disks) while VMs run", MinArgs: 1, MaxArgs: 1,
 			Flags: func(fs *flag.FlagSet) {
 				fs.Bool("with-disks", false, "also copy every VM's disk and snapshots (running guests are frozen for the copy) and the base images they use")
-				fs.String("config", DefaultConfigFile, "the daemon's config file, included when it exists")
+				fs.String("config", config.DefaultFile, "the daemon's config file, included when it exists")
 			},
 			Run: runBackupCreate},
 		restoreCmd(),
@@ -105,11 +108,11 @@ func runBackupCreate(ctx context.Context, x *cli.Ctx) error {
 		return errs.New(errs.AlreadyExists, "backup %s already exists: choose another name", file)
 	}
 	withDisks := x.FS.Lookup("with-disks").Value.String() == "true"
-	cfg, err := effectiveConfig(x)
+	cfg, err := config.Effective(x.FS, x.G.StateDir, x.G.RunDir)
 	if err != nil {
 		return err
 	}
-	paths, err := ResolvePaths(cfg.StateDir, cfg.RunDir)
+	paths, err := daemon.ResolvePaths(cfg.StateDir, cfg.RunDir)
 	if err != nil {
 		return err
 	}
@@ -118,7 +121,7 @@ func runBackupCreate(ctx context.Context, x *cli.Ctx) error {
 	} else if !ok {
 		return errs.New(errs.NotFound, "no installation in %s to back up", paths.State)
 	}
-	e, err := Open(ctx, openOptions(cfg, paths, cliLogger()))
+	e, err := daemon.Open(ctx, daemon.OpenOptions(cfg, paths, daemon.CLILogger()))
 	if err != nil {
 		return err
 	}
@@ -150,7 +153,7 @@ func runBackupCreate(ctx context.Context, x *cli.Ctx) error {
 }
 
 // writeBackup writes the backup to file via file.tmp, removed on failure.
-func writeBackup(ctx context.Context, x *cli.Ctx, e *Env, admin service.Caller, paths Paths, configFile, file string, withDisks bool) (backupManifest, error) {
+func writeBackup(ctx context.Context, x *cli.Ctx, e *daemon.Env, admin service.Caller, paths daemon.Paths, configFile, file string, withDisks bool) (backupManifest, error) {
 	m := backupManifest{Format: backupFormat, MinionsVersion: cli.Version, Schema: store.SchemaVersion(), CreatedAt: time.Now().UTC(),
 		StateDir: paths.State, WithDisks: withDisks}
 	stage, err := os.MkdirTemp(paths.State, ".backup-")

@@ -1,4 +1,4 @@
-package daemon
+package backup
 
 import (
 	"archive/tar"
@@ -19,6 +19,8 @@ import (
 	"strings"
 
 	"github.com/minionsdev/minions/cli"
+	"github.com/minionsdev/minions/config"
+	"github.com/minionsdev/minions/daemon"
 	"github.com/minionsdev/minions/images"
 	"github.com/minionsdev/minions/internal/errs"
 	"github.com/minionsdev/minions/store"
@@ -28,7 +30,7 @@ import (
 func restoreCmd() *cli.Command {
 	return &cli.Command{Name: "restore", Usage: "FILE [--config FILE]", Summary: "Restore a backup onto a fresh host (refuses a state dir that has VMs)", MinArgs: 1, MaxArgs: 1,
 		Flags: func(fs *flag.FlagSet) {
-			fs.String("config", DefaultConfigFile, "where the backup's config file goes (if that file exists it is kept and the backup's is written beside the store)")
+			fs.String("config", config.DefaultFile, "where the backup's config file goes (if that file exists it is kept and the backup's is written beside the store)")
 		},
 		Run: runRestore}
 }
@@ -54,7 +56,7 @@ func runRestore(ctx context.Context, x *cli.Ctx) error {
 	// state dir comes from --state-dir, else this host's config file.
 	state, run := x.G.StateDir, x.G.RunDir
 	if state == "" {
-		cfg, err := LoadConfig(DefaultConfigFile, false)
+		cfg, err := config.Load(config.DefaultFile, false)
 		if err != nil {
 			return err
 		}
@@ -63,7 +65,7 @@ func runRestore(ctx context.Context, x *cli.Ctx) error {
 			run = cfg.RunDir
 		}
 	}
-	paths, err := ResolvePaths(state, run)
+	paths, err := daemon.ResolvePaths(state, run)
 	if err != nil {
 		return err
 	}
@@ -88,7 +90,7 @@ func runRestore(ctx context.Context, x *cli.Ctx) error {
 // restoreBackup extracts file aside in the state dir, checks it against its
 // manifest and only then installs it. It refuses a state dir whose store
 // has VMs: a restore is for a fresh host.
-func restoreBackup(ctx context.Context, x *cli.Ctx, file string, paths Paths, configFile string) (restoreResult, error) {
+func restoreBackup(ctx context.Context, x *cli.Ctx, file string, paths daemon.Paths, configFile string) (restoreResult, error) {
 	res := restoreResult{StateDir: paths.State, Schema: store.SchemaVersion()}
 	if os.Geteuid() != 0 {
 		return res, errs.New(errs.PermissionDenied, "restoring an installation needs root (it writes the store, host keys and disks)")

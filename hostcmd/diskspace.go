@@ -1,4 +1,4 @@
-package daemon
+package hostcmd
 
 import (
 	"fmt"
@@ -9,10 +9,6 @@ import (
 
 	"github.com/minionsdev/minions/internal/errs"
 )
-
-// defaultMinFreeSpaceMiB is the free space on the state filesystem below
-// which `minions doctor` warns (config min_free_space_mib).
-const defaultMinFreeSpaceMiB = 2048
 
 // statfsFunc returns the bytes available to unprivileged users and the
 // size of the filesystem holding path.

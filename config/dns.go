@@ -1,4 +1,4 @@
-package daemon
+package config
 
 import (
 	"flag"
@@ -32,8 +32,8 @@ func (s *secret) UnmarshalText(b []byte) error {
 	return nil
 }
 
-// dnsProviderFlags registers the serve flags for the DNS provider.
-func dnsProviderFlags(fs *flag.FlagSet) {
+// DNSProviderFlags registers the serve flags for the DNS provider.
+func DNSProviderFlags(fs *flag.FlagSet) {
 	fs.String("dns-provider", "", "DNS provider for one wildcard certificate by DNS-01: cloudflare or rfc2136")
 	fs.String("cloudflare-api-token-file", "", "file holding the Cloudflare API token (or CLOUDFLARE_API_TOKEN)")
 	fs.String("rfc2136-server", "", "host:port of the nameserver taking RFC 2136 updates (TCP)")
@@ -42,9 +42,9 @@ func dnsProviderFlags(fs *flag.FlagSet) {
 	fs.String("rfc2136-key-file", "", "file holding the base64 TSIG secret for rfc2136")
 }
 
-// setDNSProviderFlag applies one serve flag, if it is one of
-// dnsProviderFlags; a _file flag replaces a secret from the config file.
-func (c *Config) setDNSProviderFlag(name, v string) {
+// SetDNSProviderFlag applies one serve flag, if it is one of
+// DNSProviderFlags; a _file flag replaces a secret from the config file.
+func (c *Config) SetDNSProviderFlag(name, v string) {
 	switch name {
 	case "dns-provider":
 		c.DNSProvider = v
@@ -64,7 +64,7 @@ func (c *Config) setDNSProviderFlag(name, v string) {
 // validateDNSProvider checks the provider keys, reading the secret files.
 // Errors are errs.InvalidArgument naming the key.
 func (c *Config) validateDNSProvider() error {
-	dc, err := c.dnsConfig()
+	dc, err := c.DNSConfig()
 	if err != nil {
 		return err
 	}
@@ -74,10 +74,10 @@ func (c *Config) validateDNSProvider() error {
 	return dc.Validate()
 }
 
-// dnsConfig resolves the provider's secrets: the value, else the _file
+// DNSConfig resolves the provider's secrets: the value, else the _file
 // key's file, else (Cloudflare) CLOUDFLARE_API_TOKEN. Setting both a value
 // and its _file is an error.
-func (c *Config) dnsConfig() (proxy.DNSConfig, error) {
+func (c *Config) DNSConfig() (proxy.DNSConfig, error) {
 	dc := proxy.DNSConfig{Provider: c.DNSProvider, RFC2136Server: c.RFC2136Server,
 		RFC2136KeyName: c.RFC2136KeyName, RFC2136KeyAlg: c.RFC2136KeyAlg}
 	if dc.Provider == "" {

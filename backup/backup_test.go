@@ -1,4 +1,4 @@
-package daemon
+package backup
 
 import (
 	"archive/tar"
@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/minionsdev/minions/cli"
+	"github.com/minionsdev/minions/daemon"
 	"github.com/minionsdev/minions/images"
 	"github.com/minionsdev/minions/store"
 )
@@ -40,7 +42,7 @@ func seedInstallation(t *testing.T, state string) {
 	must(store.InsertVM(ctx, db, store.VM{ID: "aaaaaaaaaaaa", Name: "web", OwnerID: "u-alice", Image: "minimal@1", CPUs: 1, MemoryMiB: 256, DiskGiB: 1,
 		IP: "10.77.0.5", MAC: "02:00:0a:4d:00:05", CID: 5, State: store.StateRunning, Handle: `{"pid":99999999}`, Port: 80, CreatedAt: now}))
 	must(store.SetSetting(ctx, db, "proxy_secret", "s3cret"))
-	if _, err := LoadOrCreateKey(filepath.Join(state, "keys", "agent_ed25519")); err != nil {
+	if _, err := daemon.LoadOrCreateKey(filepath.Join(state, "keys", "agent_ed25519")); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -78,7 +80,7 @@ func TestBackupRestoreWithoutDisks(t *testing.T) {
 		t.Fatalf("%v: %s", err, out)
 	}
 	if res.Users != 2 || res.Tokens != 1 || len(res.VMs) != 1 || len(res.DiskMissing) != 1 || res.Config != restoredConf {
-		// Users: alice and root (the backup's Open ensures root).
+		// Users: alice and root (the backup's daemon.Open ensures root).
 		t.Fatalf("restore result %+v", res)
 	}
 	db, err := store.Open(ctx, filepath.Join(b, "minions.db"))
@@ -303,4 +305,13 @@ func TestRestoreGivesCatalogueModes(t *testing.T) {
 			t.Errorf("%s: mode %v, want 0700", d, got)
 		}
 	}
+}
+
+// runCLI runs the host CLI with the backup command.
+func runCLI(t *testing.T, args ...string) (int, string, string) {
+	t.Helper()
+	var out, errb bytes.Buffer
+	env := &cli.Env{Stdout: &out, Stderr: &errb, Stdin: strings.NewReader(""), Getenv: func(string) string { return "" }, Extra: []*cli.Command{Command()}}
+	code := cli.Run(context.Background(), env, args)
+	return code, out.String(), errb.String()
 }

@@ -1,4 +1,4 @@
-package daemon
+package config
 
 import (
 	"fmt"
@@ -7,6 +7,10 @@ import (
 	"github.com/minionsdev/minions/service"
 	"github.com/minionsdev/minions/vm/consolelog"
 )
+
+// defaultMinFreeSpaceMiB is the free space on the state filesystem below
+// which `minions doctor` warns (config min_free_space_mib).
+const defaultMinFreeSpaceMiB = 2048
 
 // QuotaConfig is the [default_quota] table: the quota each new non-admin
 // user gets (sign-up over SSH, `minions user add`). 0 means unlimited; a

@@ -1,4 +1,4 @@
-package daemon
+package hostcmd
 
 import (
 	"context"
@@ -10,6 +10,7 @@ import (
 	"sort"
 
 	"github.com/minionsdev/minions/cli"
+	"github.com/minionsdev/minions/daemon"
 	"github.com/minionsdev/minions/internal/errs"
 	"github.com/minionsdev/minions/vm/network"
 )
@@ -20,9 +21,9 @@ import (
 // absolute path; a non-default state directory is passed on to both. This
 // is the one source of the unit text: `minions init --persist` writes it
 // and `make release` ships it (through the hidden `units` command).
-func Units(exe string, paths Paths) map[string]string {
+func Units(exe string, paths daemon.Paths) map[string]string {
 	args := ""
-	if paths.State != DefaultStateDir {
+	if paths.State != daemon.DefaultStateDir {
 		args = " --state-dir " + paths.State + " --run-dir " + paths.Run
 	}
 	return map[string]string{
@@ -59,7 +60,7 @@ func unitsCmd() *cli.Command {
 			if dir == "" {
 				return errs.New(errs.InvalidArgument, "--dir is required")
 			}
-			paths, err := ResolvePaths("", "")
+			paths, err := daemon.ResolvePaths("", "")
 			if err != nil {
 				return err
 			}

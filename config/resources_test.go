@@ -1,4 +1,4 @@
-package daemon
+package config
 
 import (
 	"os"
@@ -13,7 +13,7 @@ func loadConfigText(t *testing.T, text string) (Config, error) {
 	t.Helper()
 	p := filepath.Join(t.TempDir(), "config.toml")
 	os.WriteFile(p, []byte(text), 0o600)
-	c, err := LoadConfig(p, true)
+	c, err := Load(p, true)
 	if err != nil {
 		return c, err
 	}

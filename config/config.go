@@ -1,4 +1,4 @@
-package daemon
+package config
 
 import (
 	"bytes"
@@ -15,8 +15,8 @@ import (
 	"github.com/minionsdev/minions/vm/network"
 )
 
-// DefaultConfigFile is read by `serve` and `config show` when present.
-const DefaultConfigFile = "/etc/minions/config.toml"
+// DefaultFile is read by `serve` and `config show` when present.
+const DefaultFile = "/etc/minions/config.toml"
 
 // Config is the daemon's configuration: the config file, then flags.
 // Unknown keys in the file are errors.
@@ -103,9 +103,9 @@ type Config struct {
 	InsecureHTTP bool   `toml:"insecure_http"`
 }
 
-// jail is the configured VM jail, without its launcher and hidden dirs
+// JailConfig is the configured VM jail, without its launcher and hidden dirs
 // (the composition root adds them).
-func (c *Config) jail() jail.Config {
+func (c *Config) JailConfig() jail.Config {
 	return jail.Config{Mode: c.Jail, UIDBase: c.JailUIDBase, MemoryOverheadMiB: c.JailMemoryOverheadMiB}
 }
 
@@ -152,7 +152,7 @@ func (c *Config) Validate() error {
 	if c.Jail != "on" && c.Jail != "off" {
 		return errs.New(errs.InvalidArgument, "jail %q: want on or off", c.Jail)
 	}
-	j := c.jail()
+	j := c.JailConfig()
 	j.Command = []string{"minions", "jail-exec"}
 	if err := j.Validate(); err != nil {
 		return err
@@ -178,8 +178,10 @@ func (c *Config) Validate() error {
 			return errs.New(errs.InvalidArgument, "public_ip %q: want an IP address", c.PublicIP)
 		}
 	}
-	if _, err := logFormat(c.LogFormat, nil); err != nil {
-		return err
+	switch c.LogFormat {
+	case "", "auto", "text", "json":
+	default:
+		return errs.New(errs.InvalidArgument, "log format %q: want auto, text or json", c.LogFormat)
 	}
 	if (c.TLSCert == "") != (c.TLSKey == "") {
 		return errs.New(errs.InvalidArgument, "tls_cert and tls_key go together (--tls-cert and --tls-key)")
@@ -192,7 +194,7 @@ func (c *Config) Validate() error {
 			return errs.New(errs.InvalidArgument, "dns_resolver %q: want host:port", c.DNSResolver)
 		}
 	}
-	if _, _, err := c.egress(); err != nil {
+	if _, _, err := c.Egress(); err != nil {
 		return err
 	}
 	if err := c.validateResources(); err != nil {
@@ -209,8 +211,8 @@ func (c *Config) Validate() error {
 	return nil
 }
 
-// egress parses DNS and EgressAllow. Errors are errs.InvalidArgument.
-func (c *Config) egress() (dns netip.Addr, allow []network.EgressRule, err error) {
+// Egress parses DNS and EgressAllow. Errors are errs.InvalidArgument.
+func (c *Config) Egress() (dns netip.Addr, allow []network.EgressRule, err error) {
 	if c.DNS != "" {
 		if dns, err = netip.ParseAddr(c.DNS); err != nil || !dns.Is4() {
 			return dns, nil, errs.New(errs.InvalidArgument, "dns %q: want an IPv4 address", c.DNS)
@@ -226,9 +228,9 @@ func (c *Config) egress() (dns netip.Addr, allow []network.EgressRule, err error
 	return dns, allow, nil
 }
 
-// LoadConfig reads a TOML config file strictly: unknown keys are errors. A
+// Load reads a TOML config file strictly: unknown keys are errors. A
 // missing file is an empty config unless required.
-func LoadConfig(path string, required bool) (Config, error) {
+func Load(path string, required bool) (Config, error) {
 	var c Config
 	b, err := os.ReadFile(path)
 	if errors.Is(err, os.ErrNotExist) && !required {

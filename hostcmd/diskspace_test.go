@@ -1,9 +1,11 @@
-package daemon
+package hostcmd
 
 import (
 	"errors"
 	"strings"
 	"testing"
+
+	"github.com/minionsdev/minions/config"
 )
 
 func TestFreeSpaceCheck(t *testing.T) {
@@ -40,7 +42,7 @@ func TestFreeSpaceCheck(t *testing.T) {
 		t.Errorf("missing state dir: %+v", c)
 	}
 	// The configured threshold comes from min_free_space_mib (default 2048).
-	var cfg Config
+	var cfg config.Config
 	cfg.Defaults()
 	if cfg.MinFreeSpaceMiB != 2048 {
 		t.Errorf("default min_free_space_mib = %d", cfg.MinFreeSpaceMiB)
