@@ -15,6 +15,7 @@ import (
 	"github.com/minionsdev/minions/cli"
 	"github.com/minionsdev/minions/config"
 	"github.com/minionsdev/minions/internal/errs"
+	"github.com/minionsdev/minions/service"
 	"github.com/minionsdev/minions/vm/jail"
 	"github.com/minionsdev/minions/vsockcli"
 )
@@ -40,7 +41,7 @@ func Commands() []*cli.Command {
 // When a daemon runs (or --host names one), the CLI becomes its client
 // instead, so commands behave the same with or without `minions serve`.
 // MINIONS_IN_PROCESS=1 skips the daemon.
-func OpenLocal(ctx context.Context, g *cli.Global) (cli.Backend, error) {
+func OpenLocal(ctx context.Context, g *cli.Global) (service.Backend, error) {
 	if os.Getenv("MINIONS_IN_PROCESS") != "1" || g.Host != "" {
 		be, err := cli.OpenRemote(ctx, g, os.Getenv)
 		if err != nil || be != nil {
@@ -83,7 +84,7 @@ func OpenLocal(ctx context.Context, g *cli.Global) (cli.Backend, error) {
 		e.Close()
 		return nil, err
 	}
-	return &cli.Local{Svc: e.Service, Caller: caller, OnClose: e.Close}, nil
+	return e.Service.As(caller).OnClose(e.Close), nil
 }
 
 // CLILogger is the log of host commands on stderr: warnings, all with
@@ -136,7 +137,15 @@ func vsockCmd() *cli.Command {
 			if err != nil {
 				return err
 			}
-			cl, err := be.Agent(ctx, x.Args[0])
+			// Raw agent access is for debugging on the host only: the
+			// in-process backend has it, a daemon's API does not.
+			ab, ok := be.(interface {
+				Agent(ctx context.Context, name string) (*vsockcli.Client, error)
+			})
+			if !ok {
+				return errs.New(errs.FailedPrecondition, "raw agent access is only available on the host itself (run as root with MINIONS_IN_PROCESS=1, without --host)")
+			}
+			cl, err := ab.Agent(ctx, x.Args[0])
 			if err != nil {
 				return err
 			}

@@ -8,7 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/minionsdev/minions/cli"
 	"github.com/minionsdev/minions/images"
 	"github.com/minionsdev/minions/service"
 	"github.com/minionsdev/minions/tui"
@@ -60,17 +59,17 @@ func imageService(t *testing.T) (svc *service.Service, root, bob service.Caller)
 func TestDashboardImages(t *testing.T) {
 	ctx := context.Background()
 	svc, root, bob := imageService(t)
-	form := func(c service.Caller) []tui.Image {
+	form := func(c service.Caller) []tui.ImageChoice {
 		t.Helper()
-		ims, err := dashBackend{be: &cli.Local{Svc: svc, Caller: c}}.Images(ctx)
+		ims, err := svc.As(c).ListImages(ctx)
 		if err != nil {
 			t.Fatal(err)
 		}
-		return ims
+		return tui.ImageChoices(ims)
 	}
-	want := []tui.Image{
-		{Name: "debian", Description: "newest debian@20261202-000000-cccc"},
-		{Name: "minimal", Description: "newest minimal@20261201-000000-aaaa", Default: true},
+	want := []tui.ImageChoice{
+		{Name: "debian"},
+		{Name: "minimal", Default: true},
 	}
 	if got := form(bob); !equalImages(got, want) {
 		t.Fatalf("form images with the built-in default:\n got %+v\nwant %+v", got, want)
@@ -87,13 +86,13 @@ func TestDashboardImages(t *testing.T) {
 		t.Fatal(err)
 	}
 	want[0].Default = false
-	want = append(want, tui.Image{Name: "debian@20261201-000000-bbbb", Description: "the default, pinned", Default: true})
+	want = append(want, tui.ImageChoice{Name: "debian@20261201-000000-bbbb", Default: true})
 	if got := form(root); !equalImages(got, want) {
 		t.Fatalf("form images with a pinned default:\n got %+v\nwant %+v", got, want)
 	}
 }
 
-func equalImages(a, b []tui.Image) bool {
+func equalImages(a, b []tui.ImageChoice) bool {
 	if len(a) != len(b) {
 		return false
 	}

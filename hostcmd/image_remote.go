@@ -25,10 +25,7 @@ func remoteImages(ctx context.Context, x *cli.Ctx, verb string) (done bool, err 
 	if err != nil {
 		return true, err
 	}
-	ib, ok := be.(cli.ImageBackend)
-	if !ok {
-		return true, errs.New(errs.Unavailable, "this backend manages no images")
-	}
+	ib := be
 	switch verb {
 	case "list":
 		ims, err := ib.ListImages(ctx)

@@ -1,4 +1,4 @@
-package daemon
+package service
 
 import (
 	"context"
@@ -17,7 +17,6 @@ import (
 
 	agent "github.com/minionsdev/minions/guestagent"
 	"github.com/minionsdev/minions/internal/errs"
-	"github.com/minionsdev/minions/service"
 	"github.com/minionsdev/minions/store"
 	"github.com/minionsdev/minions/vsockcli"
 )
@@ -30,7 +29,7 @@ type poolSource struct {
 	cfg  vsockcli.Config
 
 	mu     sync.Mutex
-	vm     service.VM
+	vm     VM
 	getErr error
 	dials  int
 	conns  []net.Conn // agent side of every connection
@@ -65,7 +64,7 @@ func newPoolSource(t *testing.T) *poolSource {
 	}
 	src := &poolSource{t: t, sock: filepath.Join(dir, "agent.sock"),
 		cfg: vsockcli.Config{Signer: signer, HostKey: gossh.InsecureIgnoreHostKey()},
-		vm:  service.VM{ID: "0123456789ab", Name: "web", Status: store.StateRunning, PID: 100, StartedAt: time.Unix(1000, 0)}}
+		vm:  VM{ID: "0123456789ab", Name: "web", Status: store.StateRunning, PID: 100, StartedAt: time.Unix(1000, 0)}}
 	ln, err := net.Listen("unix", src.sock)
 	if err != nil {
 		t.Fatal(err)
@@ -87,19 +86,19 @@ func newPoolSource(t *testing.T) *poolSource {
 	return src
 }
 
-func (s *poolSource) Get(_ context.Context, _ service.Caller, name string) (service.VM, error) {
+func (s *poolSource) Get(_ context.Context, _ Caller, name string) (VM, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.getErr != nil {
-		return service.VM{}, s.getErr
+		return VM{}, s.getErr
 	}
 	if name != s.vm.Name {
-		return service.VM{}, errs.New(errs.NotFound, "no vm named %q", name)
+		return VM{}, errs.New(errs.NotFound, "no vm named %q", name)
 	}
 	return s.vm, nil
 }
 
-func (s *poolSource) Agent(ctx context.Context, c service.Caller, name string) (*vsockcli.Client, error) {
+func (s *poolSource) Agent(ctx context.Context, c Caller, name string) (*vsockcli.Client, error) {
 	v, err := s.Get(ctx, c, name)
 	if err != nil {
 		return nil, err
@@ -158,22 +157,22 @@ func closedSoon(c *gossh.Client) bool {
 	}
 }
 
-func newTestPool(src *poolSource, idle time.Duration) *agentPool {
-	return newAgentPool(src, idle, slog.New(slog.DiscardHandler))
+func newTestPool(src *poolSource, idle time.Duration) *GuestPool {
+	return newGuestPool(src, idle, slog.New(slog.DiscardHandler))
 }
 
-var anyCaller = service.Caller{Name: "alice"}
+var anyCaller = Caller{Name: "alice"}
 
 func TestAgentPoolReusesOneConnection(t *testing.T) {
 	src := newPoolSource(t)
 	p := newTestPool(src, time.Hour)
-	defer p.closeAll()
+	defer p.Close()
 	ctx := context.Background()
-	a, relA, err := p.get(ctx, anyCaller, "web")
+	a, relA, err := p.Channels(ctx, anyCaller, "web")
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, relB, err := p.get(ctx, anyCaller, "web")
+	b, relB, err := p.Channels(ctx, anyCaller, "web")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -184,7 +183,7 @@ func TestAgentPoolReusesOneConnection(t *testing.T) {
 	relA()
 	ping(t, b)
 	relB()
-	c, relC, err := p.get(ctx, anyCaller, "web")
+	c, relC, err := p.Channels(ctx, anyCaller, "web")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -197,13 +196,13 @@ func TestAgentPoolReusesOneConnection(t *testing.T) {
 func TestAgentPoolReleaseIsIdempotent(t *testing.T) {
 	src := newPoolSource(t)
 	p := newTestPool(src, 10*time.Millisecond)
-	defer p.closeAll()
+	defer p.Close()
 	ctx := context.Background()
-	_, relA, err := p.get(ctx, anyCaller, "web")
+	_, relA, err := p.Channels(ctx, anyCaller, "web")
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, relB, err := p.get(ctx, anyCaller, "web")
+	b, relB, err := p.Channels(ctx, anyCaller, "web")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -218,9 +217,9 @@ func TestAgentPoolReleaseIsIdempotent(t *testing.T) {
 func TestAgentPoolErrors(t *testing.T) {
 	src := newPoolSource(t)
 	p := newTestPool(src, time.Hour)
-	defer p.closeAll()
+	defer p.Close()
 	ctx := context.Background()
-	_, rel, err := p.get(ctx, anyCaller, "web")
+	_, rel, err := p.Channels(ctx, anyCaller, "web")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -240,7 +239,7 @@ func TestAgentPoolErrors(t *testing.T) {
 			saved := src.vm
 			src.set(tc.set)
 			defer src.set(func(s *poolSource) { s.vm, s.getErr = saved, nil })
-			c, rel, err := p.get(ctx, anyCaller, tc.vm)
+			c, rel, err := p.Channels(ctx, anyCaller, tc.vm)
 			if !errors.Is(err, tc.class) || c != nil || rel != nil {
 				t.Fatalf("get: %v, %v; want a %v error", c, err, tc.class)
 			}
@@ -254,14 +253,14 @@ func TestAgentPoolErrors(t *testing.T) {
 func TestAgentPoolNewProcessNewConnection(t *testing.T) {
 	src := newPoolSource(t)
 	p := newTestPool(src, 20*time.Millisecond)
-	defer p.closeAll()
+	defer p.Close()
 	ctx := context.Background()
-	old, relOld, err := p.get(ctx, anyCaller, "web")
+	old, relOld, err := p.Channels(ctx, anyCaller, "web")
 	if err != nil {
 		t.Fatal(err)
 	}
 	src.set(func(s *poolSource) { s.vm.PID, s.vm.StartedAt = 200, time.Unix(2000, 0) }) // restarted
-	cur, relCur, err := p.get(ctx, anyCaller, "web")
+	cur, relCur, err := p.Channels(ctx, anyCaller, "web")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -280,9 +279,9 @@ func TestAgentPoolNewProcessNewConnection(t *testing.T) {
 func TestAgentPoolIdleClose(t *testing.T) {
 	src := newPoolSource(t)
 	p := newTestPool(src, 20*time.Millisecond)
-	defer p.closeAll()
+	defer p.Close()
 	ctx := context.Background()
-	c, rel, err := p.get(ctx, anyCaller, "web")
+	c, rel, err := p.Channels(ctx, anyCaller, "web")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -290,7 +289,7 @@ func TestAgentPoolIdleClose(t *testing.T) {
 	if !closedSoon(c) {
 		t.Fatal("idle connection not closed")
 	}
-	c2, rel2, err := p.get(ctx, anyCaller, "web")
+	c2, rel2, err := p.Channels(ctx, anyCaller, "web")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -304,16 +303,16 @@ func TestAgentPoolIdleClose(t *testing.T) {
 func TestAgentPoolDeadConnection(t *testing.T) {
 	src := newPoolSource(t)
 	p := newTestPool(src, time.Hour)
-	defer p.closeAll()
+	defer p.Close()
 	ctx := context.Background()
-	c, rel, err := p.get(ctx, anyCaller, "web")
+	c, rel, err := p.Channels(ctx, anyCaller, "web")
 	if err != nil {
 		t.Fatal(err)
 	}
 	src.killAgents()
 	// Whether the pool saw the death (Wait) or finds it by the ping, the
 	// next session gets a working connection.
-	c2, rel2, err := p.get(ctx, anyCaller, "web")
+	c2, rel2, err := p.Channels(ctx, anyCaller, "web")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -329,17 +328,17 @@ func TestAgentPoolCloseAll(t *testing.T) {
 	src := newPoolSource(t)
 	p := newTestPool(src, time.Hour)
 	ctx := context.Background()
-	busy, relBusy, err := p.get(ctx, anyCaller, "web")
+	busy, relBusy, err := p.Channels(ctx, anyCaller, "web")
 	if err != nil {
 		t.Fatal(err)
 	}
-	p.closeAll()
+	p.Close()
 	ping(t, busy) // in use: closed on its last release, not before
 	relBusy()
 	if !closedSoon(busy) {
 		t.Fatal("connection open after closeAll and its release")
 	}
-	if _, _, err := p.get(ctx, anyCaller, "web"); !errors.Is(err, errs.Unavailable) {
+	if _, _, err := p.Channels(ctx, anyCaller, "web"); !errors.Is(err, errs.Unavailable) {
 		t.Fatalf("get after closeAll: %v", err)
 	}
 }
@@ -347,7 +346,7 @@ func TestAgentPoolCloseAll(t *testing.T) {
 func TestAgentPoolConcurrent(t *testing.T) {
 	src := newPoolSource(t)
 	p := newTestPool(src, time.Millisecond)
-	defer p.closeAll()
+	defer p.Close()
 	ctx := context.Background()
 	var wg sync.WaitGroup
 	for i := 0; i < 16; i++ {
@@ -355,7 +354,7 @@ func TestAgentPoolConcurrent(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			for j := 0; j < 10; j++ {
-				c, rel, err := p.get(ctx, anyCaller, "web")
+				c, rel, err := p.Channels(ctx, anyCaller, "web")
 				if err != nil {
 					t.Error(err)
 					return
