@@ -11,6 +11,10 @@ import (
 	"github.com/minionsdev/minions/internal/errs"
 )
 
+// State is the state of a VM, as the store records it and the engine
+// reports it.
+type State string
+
 // States a VM can be in, as the store records them.
 const (
 	Creating = "creating"
