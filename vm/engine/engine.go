@@ -141,9 +141,12 @@ type CreateSpec struct {
 	Image     string `json:"image,omitempty"`
 	CPUs      int    `json:"cpus"`
 	MemoryMiB int    `json:"memory_mib"`
-	// DiskGiB is the disk size; 0 takes the image's size rounded up to
-	// whole GiB (or the source's size with CopyFrom).
+	// DiskGiB is the disk size; 0 takes the larger of DefaultDiskGiB and
+	// the image's size rounded up to whole GiB (the source's size with
+	// CopyFrom).
 	DiskGiB int `json:"disk_gib,omitempty"`
+	// DefaultDiskGiB is the caller's default disk size (see DiskGiB).
+	DefaultDiskGiB int `json:"default_disk_gib,omitempty"`
 	// AuthorizedKeys are root's authorized_keys lines, written into the
 	// guest after its first boot.
 	AuthorizedKeys []string `json:"authorized_keys,omitempty"`
@@ -229,8 +232,8 @@ type Capacity struct {
 	// MemorySnapshot says Snapshot with Memory works on this host.
 	MemorySnapshot bool `json:"memory_snapshot"`
 	CPUs           int  `json:"cpus"` // host CPUs
-	// MemoryMiB is host memory × the overcommit ratio: what instances
-	// that are not stopped may allocate in all.
+	// MemoryMiB is the host's memory; the scheduler applies its own
+	// overcommit ratio.
 	MemoryMiB int64 `json:"memory_mib"`
 	// AllocatedMemoryMiB is what instances that are not stopped (or are
 	// being started) hold now.
