@@ -50,7 +50,7 @@ func (fx *fixture) putVM(t *testing.T, owner, name, state string, memMiB, diskGi
 	id := strings.Repeat(string(rune('a'+vmSeq)), 12)
 	err := store.InsertVM(context.Background(), fx.svc.DB, store.VM{ID: id, Name: name, OwnerID: owner, Image: "minimal@1", CPUs: 1,
 		MemoryMiB: memMiB, DiskGiB: diskGiB, IP: "10.210.0." + string(rune('0'+vmSeq)) + "0", MAC: "02:00:00:00:00:" + string(rune('0'+vmSeq)) + "0",
-		CID: uint32(10 + vmSeq), State: state, CreatedAt: time.Now()})
+		CID: uint32(10 + vmSeq), State: vm.State(state), CreatedAt: time.Now()})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -276,9 +276,9 @@ type VM struct {
 }
 
 func view(v store.VM) VM {
-	out := VM{ID: v.ID, Name: v.Name, Owner: v.Owner, Status: v.State, Image: v.Image, IP: v.IP, MAC: v.MAC,
+	out := VM{ID: v.ID, Name: v.Name, Owner: v.Owner, Status: string(v.State), Image: v.Image, IP: v.IP, MAC: v.MAC,
 		CPUs: v.CPUs, MemoryMiB: v.MemoryMiB, DiskGiB: v.DiskGiB, Port: v.Port, Public: v.Public, CreatedAt: v.CreatedAt, Note: v.Note}
-	if v.State == store.StateRunning || v.State == store.StatePaused {
+	if v.State == vm.Running || v.State == vm.Paused {
 		if h, err := engine.DecodeHandle(v.Handle); err == nil && h != nil {
 			out.PID = h.PID
 		}

@@ -7,6 +7,7 @@ import (
 
 	"github.com/minionsdev/minions/internal/errs"
 	"github.com/minionsdev/minions/store"
+	"github.com/minionsdev/minions/vm"
 	"github.com/minionsdev/minions/vm/engine"
 )
 
@@ -110,7 +111,7 @@ func (s *Service) withRestart(ctx context.Context, out VM) VM {
 
 func applyRestart(out VM, r store.Restart, now time.Time) VM {
 	out.Restart, out.Restarts = r.Policy, r.Restarts
-	if out.Status != store.StateStopped {
+	if out.Status != string(vm.Stopped) {
 		return out
 	}
 	switch {
@@ -198,14 +199,14 @@ func (s *Service) superviseOne(ctx context.Context, id string) {
 	if err != nil || r.RestartAt.IsZero() || r.RestartAt.After(time.Now()) {
 		return
 	}
-	if v.State != store.StateStopped {
+	if v.State != vm.Stopped {
 		r.RestartAt = time.Time{} // started by someone meanwhile
 		store.PutRestart(ctx, s.DB, r)
 		return
 	}
 	_, err = s.Engine.Start(ctx, id, nil)
 	if errs.ClassOf(err) == errs.FailedPrecondition {
-		if cur, gerr := store.GetVMByID(ctx, s.DB, id); gerr == nil && cur.State != store.StateStopped {
+		if cur, gerr := store.GetVMByID(ctx, s.DB, id); gerr == nil && cur.State != vm.Stopped {
 			r.RestartAt = time.Time{} // started by someone meanwhile
 			store.PutRestart(ctx, s.DB, r)
 			return
@@ -250,7 +251,7 @@ func (s *Service) cancelRestart(ctx context.Context, id string) {
 func (s *Service) cancelPending(ctx context.Context, c Caller, name string) (out VM, ok bool, err error) {
 	err = s.withVMAny(ctx, c, name, func(v store.VM) error {
 		r, err := store.GetRestart(ctx, s.DB, v.ID)
-		if err != nil || v.State != store.StateStopped || r.RestartAt.IsZero() {
+		if err != nil || v.State != vm.Stopped || r.RestartAt.IsZero() {
 			return err
 		}
 		r.RestartAt, r.Reason = time.Time{}, ""

@@ -52,7 +52,7 @@ func (l *Local) BackupDisk(ctx context.Context, id, dir string, progress Progres
 	}
 	l.reconcileVM(ctx, &v)
 	b := BackedUpDisk{VMID: v.ID, Name: v.Name}
-	if v.State == store.StateCreating {
+	if v.State == vm.Creating {
 		// Half made: its row restores as lacking a disk.
 		return b, nil
 	}
@@ -103,7 +103,7 @@ func (l *Local) BackupDisk(ctx context.Context, id, dir string, progress Progres
 // agent and paused for the copy, bounded by BackupFreezeTimeout, then
 // resumed and thawed.
 func (l *Local) copyDiskConsistent(ctx context.Context, v store.VM, dst string) (frozen bool, err error) {
-	if v.State != store.StateRunning {
+	if v.State != vm.Running {
 		// Stopped, or paused by its owner (QEMU flushed its caches when it
 		// paused): the file holds a crash-consistent disk.
 		return false, l.Disks.Clone(ctx, l.diskPath(v.ID), dst)

@@ -75,7 +75,7 @@ func (l *Local) Create(ctx context.Context, spec CreateSpec, progress Progress) 
 // policy, then runs steps under the VM's lock. If steps fail, everything
 // that hangs off the new ID is removed, and nothing else.
 func (l *Local) newVM(ctx context.Context, row store.VM, kind string, progress Progress, steps func(*op, store.VM) (store.VM, error)) (Instance, error) {
-	row.State = store.StateCreating
+	row.State = vm.Creating
 	row.CreatedAt = time.Now().UTC()
 	oprow := newOpRow(row.ID, kind)
 	if err := l.checkFreeSpace(kind+" vm "+row.Name, ReserveBytes); err != nil {
@@ -234,7 +234,7 @@ func (l *Local) boot(ctx context.Context, o *op, row store.VM, progress Progress
 	if row.AgentKey == "" {
 		row.AgentKey = learned
 	}
-	row.State = store.StateRunning
+	row.State = vm.Running
 	row.StartedAt = time.Now().UTC()
 	if err := store.UpdateVM(ctx, l.DB, row); err != nil {
 		cl.Close()

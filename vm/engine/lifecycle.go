@@ -49,7 +49,7 @@ func (l *Local) start(ctx context.Context, v store.VM, verb string, progress Pro
 func (l *Local) beginStartOp(ctx context.Context, v store.VM, kind string) (*op, error) {
 	row := newOpRow(v.ID, kind)
 	err := l.DB.Tx(ctx, func(q store.Q) error {
-		if v.State == store.StateStopped {
+		if v.State == vm.Stopped {
 			a := Admission{Kind: AdmitStart, ID: v.ID, Name: v.Name, Owner: v.OwnerID,
 				Was: Resources{CPUs: v.CPUs, MemoryMiB: v.MemoryMiB, DiskGiB: v.DiskGiB}, Want: Resources{CPUs: v.CPUs, MemoryMiB: v.MemoryMiB, DiskGiB: v.DiskGiB}}
 			if err := l.admitOK(ctx, q, a); err != nil {
@@ -97,7 +97,7 @@ func (l *Local) markStopped(ctx context.Context, v store.VM) (store.VM, error) {
 	killByRunDir(l.runDir(v.ID))
 	l.Network.RemovePort(ctx, tapName(v.ID))
 	os.RemoveAll(l.runDir(v.ID))
-	v.State = store.StateStopped
+	v.State = vm.Stopped
 	v.Handle = ""
 	v.StartedAt = time.Time{}
 	return v, store.UpdateVM(ctx, l.DB, v)
@@ -107,7 +107,7 @@ func (l *Local) markStopped(ctx context.Context, v store.VM) (store.VM, error) {
 func (l *Local) Restart(ctx context.Context, id string, progress Progress) (Instance, error) {
 	var out Instance
 	err := l.withOp(ctx, id, vm.OpRestart, func(v store.VM) error {
-		if v.State != store.StateStopped {
+		if v.State != vm.Stopped {
 			var err error
 			if v, err = l.stop(ctx, v); err != nil {
 				return err
@@ -158,7 +158,7 @@ func (l *Local) ReattachPorts(ctx context.Context) error {
 	}
 	var first error
 	for _, v := range vms {
-		if v.State != store.StateRunning && v.State != store.StatePaused {
+		if v.State != vm.Running && v.State != vm.Paused {
 			continue
 		}
 		ip, err := netip.ParseAddr(v.IP)

@@ -227,7 +227,7 @@ func tapName(id string) string {
 func InstanceOf(v store.VM) Instance {
 	out := Instance{ID: v.ID, Name: v.Name, Owner: v.OwnerID, State: vm.State(v.State), Image: v.Image, CPUs: v.CPUs,
 		MemoryMiB: v.MemoryMiB, DiskGiB: v.DiskGiB, IP: v.IP, MAC: v.MAC, CreatedAt: v.CreatedAt, Note: v.Note}
-	if v.State == store.StateRunning || v.State == store.StatePaused {
+	if v.State == vm.Running || v.State == vm.Paused {
 		if h, err := DecodeHandle(v.Handle); err == nil && h != nil {
 			out.PID = h.PID
 		}
@@ -277,7 +277,7 @@ func (l *Local) Get(ctx context.Context, id string) (Instance, error) {
 	if err != nil {
 		return Instance{}, err
 	}
-	if v.State == store.StateRunning || v.State == store.StatePaused {
+	if v.State == vm.Running || v.State == vm.Paused {
 		if h, _ := DecodeHandle(v.Handle); h == nil || !l.Driver.Alive(h) {
 			if unlock, err := l.tryLock(id); err == nil {
 				if cur, err := l.load(ctx, id); err == nil {

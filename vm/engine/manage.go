@@ -42,7 +42,7 @@ func (l *Local) Resize(ctx context.Context, id string, spec ResizeSpec) (Instanc
 			out = InstanceOf(v)
 			return nil
 		}
-		if v.State != store.StateStopped {
+		if v.State != vm.Stopped {
 			return errs.New(errs.FailedPrecondition, "resize needs a stopped vm: run `minions stop %s` first", v.Name)
 		}
 		return l.DB.Tx(ctx, func(q store.Q) error {
@@ -86,7 +86,7 @@ func (l *Local) Rename(ctx context.Context, id, newName string) (Instance, error
 		out, running = InstanceOf(v), v
 		return nil
 	})
-	if err == nil && running.State == store.StateRunning {
+	if err == nil && running.State == vm.Running {
 		if cl, aerr := l.agentOf(ctx, running); aerr == nil {
 			cl.Configure(ctx, proto.Configure{Hostname: &newName})
 			cl.Close()

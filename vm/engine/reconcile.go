@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/minionsdev/minions/store"
+	"github.com/minionsdev/minions/vm"
 	"github.com/minionsdev/minions/vm/hypervisor"
 	"github.com/minionsdev/minions/vm/hypervisor/procfs"
 )
@@ -36,7 +37,7 @@ func (l *Local) Reconcile(ctx context.Context) error {
 		return err
 	}
 	for _, v := range vms {
-		if v.State != store.StateRunning && v.State != store.StatePaused {
+		if v.State != vm.Running && v.State != vm.Paused {
 			continue
 		}
 		h, _ := DecodeHandle(v.Handle)
@@ -59,7 +60,7 @@ func (l *Local) Reconcile(ctx context.Context) error {
 
 // reconcileVM fixes one VM's recorded state; the caller holds its lock.
 func (l *Local) reconcileVM(ctx context.Context, v *store.VM) {
-	if v.State != store.StateRunning && v.State != store.StatePaused {
+	if v.State != vm.Running && v.State != vm.Paused {
 		return
 	}
 	h, _ := DecodeHandle(v.Handle)
@@ -129,7 +130,7 @@ func (l *Local) recoverOp(ctx context.Context, o store.Operation) {
 	switch o.Kind {
 	case "create", "copy":
 		// A half-made VM is removed: everything it had hangs off its ID.
-		if v, err := store.GetVMByID(ctx, l.DB, o.VMID); err == nil && v.State == store.StateCreating {
+		if v, err := store.GetVMByID(ctx, l.DB, o.VMID); err == nil && v.State == vm.Creating {
 			l.purge(ctx, o.VMID)
 		} else if err != nil {
 			l.purge(ctx, o.VMID)

@@ -32,7 +32,7 @@ func (l *Local) Snapshot(ctx context.Context, id string, spec SnapshotSpec, prog
 	}
 	var out SnapshotInfo
 	err := l.withOp(ctx, id, vm.OpSnapshot, func(v store.VM) error {
-		if spec.Memory && v.State != store.StateRunning {
+		if spec.Memory && v.State != vm.Running {
 			return errs.New(errs.FailedPrecondition, "a memory snapshot needs a running vm; %s is %s", v.Name, v.State)
 		}
 		if spec.Memory && !l.Driver.Caps().MemorySnapshot {
@@ -111,7 +111,7 @@ func (l *Local) captureSnapshot(ctx context.Context, o *op, v store.VM, dir stri
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
 	}
-	if v.State != store.StateRunning {
+	if v.State != vm.Running {
 		progress.Say("copy disk")
 		return l.Disks.Clone(ctx, l.diskPath(v.ID), filepath.Join(dir, "disk.qcow2"))
 	}
@@ -230,7 +230,7 @@ func (l *Local) RestoreSnapshot(ctx context.Context, id, snapName string, progre
 }
 
 func (l *Local) restore(ctx context.Context, o *op, v store.VM, snap store.Snapshot, progress Progress) (store.VM, error) {
-	wasRunning := v.State == store.StateRunning || v.State == store.StatePaused
+	wasRunning := v.State == vm.Running || v.State == vm.Paused
 	dir := l.snapDir(v.ID, snap.ID)
 	progress.Say("prepare disk")
 	o.step(ctx, "prepare disk", nil)
@@ -316,7 +316,7 @@ func (l *Local) resumeMemory(ctx context.Context, o *op, row store.VM, stateDir 
 		l.log.Warn("step guest clock after restore", "vm_id", row.ID, "err", err)
 	}
 	cl.Close()
-	row.State = store.StateRunning
+	row.State = vm.Running
 	row.StartedAt = time.Now().UTC()
 	if err := store.UpdateVM(ctx, l.DB, row); err != nil {
 		return row, err
