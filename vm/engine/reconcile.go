@@ -71,6 +71,13 @@ func (l *Local) reconcileVM(ctx context.Context, v *store.VM) {
 	// Classify before marking stopped: that removes the run directory,
 	// whose absence says the host restarted.
 	e := Exit{ID: v.ID, Name: v.Name, Owner: v.OwnerID, Reason: l.exitReason(*v), StartedAt: v.StartedAt, At: time.Now().UTC()}
+	if h != nil {
+		// The hypervisor is gone, its helpers (the agent relay) may not
+		// be: they would hold the next boot's agent channel.
+		if err := l.Driver.Kill(ctx, h); err != nil {
+			l.log.Warn("stop helpers of a dead vm", "vm_id", v.ID, "err", err)
+		}
+	}
 	if nv, err := l.markStopped(ctx, *v); err == nil {
 		*v = nv
 		l.exited(ctx, e)
