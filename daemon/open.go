@@ -23,6 +23,7 @@ import (
 	"github.com/minionsdev/minions/service"
 	"github.com/minionsdev/minions/store"
 	"github.com/minionsdev/minions/vm/disk"
+	"github.com/minionsdev/minions/vm/engine"
 	"github.com/minionsdev/minions/vm/hypervisor"
 	"github.com/minionsdev/minions/vm/jail"
 	"github.com/minionsdev/minions/vm/network"
@@ -89,6 +90,7 @@ type Env struct {
 	Images  *images.Catalog
 	Network *network.Manager
 	Driver  hypervisor.Driver
+	Engine  *engine.Local
 	Service *service.Service
 }
 
@@ -161,10 +163,15 @@ func Open(ctx context.Context, o Options) (*Env, error) {
 	if e.Driver, err = newDriver(ctx, o); err != nil {
 		return nil, err
 	}
-	e.Service, err = service.New(service.Config{StateDir: o.Paths.State, RunDir: o.Paths.Run, Subnet: o.Subnet, DNS: dns, DefaultImage: o.DefaultImage,
-		DefaultQuota: o.Resources.DefaultQuota, MemoryOvercommit: o.Resources.MemoryOvercommit, OnOperation: o.OnOperation, Log: o.Log}, service.Deps{
-		DB: db, Driver: e.Driver, Network: netAdapter{e.Network}, Images: imageAdapter{cat: e.Images}, Disks: diskAdapter{}, HostKey: key,
-	})
+	scfg := service.Config{StateDir: o.Paths.State, RunDir: o.Paths.Run, Subnet: o.Subnet, DNS: dns, DefaultImage: o.DefaultImage,
+		DefaultQuota: o.Resources.DefaultQuota, MemoryOvercommit: o.Resources.MemoryOvercommit, OnOperation: o.OnOperation, Log: o.Log}
+	images := imageAdapter{cat: e.Images}
+	if e.Engine, err = engine.NewLocal(scfg.EngineConfig(), engine.Deps{
+		DB: db, Driver: e.Driver, Network: netAdapter{e.Network}, Images: images, Disks: diskAdapter{}, HostKey: key,
+	}); err != nil {
+		return nil, err
+	}
+	e.Service, err = service.New(scfg, service.Deps{DB: db, Engine: e.Engine, Images: images, HostKey: key})
 	if err != nil {
 		return nil, err
 	}

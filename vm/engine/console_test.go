@@ -1,4 +1,4 @@
-package service
+package engine
 
 import (
 	"errors"
@@ -13,8 +13,8 @@ import (
 func TestConsoleTailReadsOnlyTheEnd(t *testing.T) {
 	fx := newFixture(t)
 	id := "aaaaaaaaaaaa"
-	os.MkdirAll(fx.svc.vmDir(id), 0o700)
-	path := fx.svc.consolePath(id)
+	os.MkdirAll(fx.eng.vmDir(id), 0o700)
+	path := fx.eng.consolePath(id)
 	f, err := os.Create(path)
 	if err != nil {
 		t.Fatal(err)
@@ -26,7 +26,7 @@ func TestConsoleTailReadsOnlyTheEnd(t *testing.T) {
 	var before, after runtime.MemStats
 	runtime.GC()
 	runtime.ReadMemStats(&before)
-	tail := fx.svc.consoleTail(id, 2)
+	tail := fx.eng.consoleTail(id, 2)
 	runtime.ReadMemStats(&after)
 	if tail != "line two\nthe last line" {
 		t.Fatalf("tail = %q", tail)
@@ -38,7 +38,7 @@ func TestConsoleTailReadsOnlyTheEnd(t *testing.T) {
 	// short.
 	os.Rename(path, path+".1")
 	os.WriteFile(path, []byte("after rotation\n"), 0o600)
-	if tail := fx.svc.consoleTail(id, 2); !strings.HasSuffix(tail, "the last line\nafter rotation") {
+	if tail := fx.eng.consoleTail(id, 2); !strings.HasSuffix(tail, "the last line\nafter rotation") {
 		t.Fatalf("tail across rotation = %q", tail)
 	}
 }
@@ -49,17 +49,17 @@ func TestNotReadySaysTheConsoleIsUnreadable(t *testing.T) {
 	fx := newFixture(t)
 	id := "bbbbbbbbbbbb"
 	// A directory where the log should be: opening works, reading fails.
-	if err := os.MkdirAll(fx.svc.consolePath(id), 0o700); err != nil {
+	if err := os.MkdirAll(fx.eng.consolePath(id), 0o700); err != nil {
 		t.Fatal(err)
 	}
-	msg := fx.svc.notReady("vm1", id, errors.New("wait for agent: deadline")).Error()
+	msg := fx.eng.notReady("vm1", id, errors.New("wait for agent: deadline")).Error()
 	if strings.Contains(msg, "the console is empty") || !strings.Contains(msg, "cannot be read") {
 		t.Fatalf("message = %q, want it to say the console log cannot be read", msg)
 	}
-	if err := os.Remove(fx.svc.consolePath(id)); err != nil {
+	if err := os.Remove(fx.eng.consolePath(id)); err != nil {
 		t.Fatal(err)
 	}
-	if msg := fx.svc.notReady("vm1", id, errors.New("x")).Error(); !strings.Contains(msg, "(the console is empty)") {
+	if msg := fx.eng.notReady("vm1", id, errors.New("x")).Error(); !strings.Contains(msg, "(the console is empty)") {
 		t.Fatalf("message for a missing log = %q", msg)
 	}
 }

@@ -2,18 +2,19 @@ package service
 
 import (
 	"context"
-	"fmt"
 	"io"
-	"net/netip"
-	"os"
-	"path/filepath"
 	"time"
 
 	"github.com/minionsdev/minions/internal/errs"
 	"github.com/minionsdev/minions/store"
 	"github.com/minionsdev/minions/vm"
 	"github.com/minionsdev/minions/vm/consolelog"
+	"github.com/minionsdev/minions/vm/engine"
+	"github.com/minionsdev/minions/vsockcli"
 )
+
+// Progress receives the name of each step of a long operation as it starts.
+type Progress = engine.Progress
 
 // List returns the VMs the caller may see (all of them for an admin).
 func (s *Service) List(ctx context.Context, c Caller) ([]VM, error) {
@@ -52,11 +53,21 @@ func (s *Service) Get(ctx context.Context, c Caller, name string) (VM, error) {
 	return s.withRestart(ctx, view(v)), nil
 }
 
+// current is the caller's view of VM id after an engine operation.
+func (s *Service) current(ctx context.Context, id string) VM {
+	v, err := store.GetVMByID(context.WithoutCancel(ctx), s.DB, id)
+	if err != nil {
+		return VM{ID: id}
+	}
+	return s.withRestart(ctx, view(v))
+}
+
 // withVM loads name for c, takes its lock, reloads it under the lock and
-// checks that op is allowed in its state.
+// checks that op is allowed in its recorded state. fn may change the
+// VM's record but must not call the engine on it (the lock is the
+// engine's own).
 func (s *Service) withVM(ctx context.Context, c Caller, name, opName string, fn func(v store.VM) error) error {
 	return s.withVMAny(ctx, c, name, func(v store.VM) error {
-		s.reconcileVM(ctx, &v)
 		if err := vm.Allowed(v.Name, v.State, opName); err != nil {
 			return err
 		}
@@ -66,33 +77,16 @@ func (s *Service) withVM(ctx context.Context, c Caller, name, opName string, fn 
 
 // Start boots a stopped VM and waits for its agent.
 func (s *Service) Start(ctx context.Context, c Caller, name string, progress Progress) (VM, error) {
-	var out VM
-	err := s.withVM(ctx, c, name, vm.OpStart, func(v store.VM) error {
-		var err error
-		out, err = s.start(ctx, v, "start", progress)
-		s.recordIf(ctx, c, v, err, EventStart, "")
-		return err
-	})
-	return out, err
-}
-
-// start boots a stopped VM as a durable operation; the caller holds its
-// lock.
-func (s *Service) start(ctx context.Context, v store.VM, verb string, progress Progress) (VM, error) {
-	if err := s.haveDisk(v); err != nil {
-		return VM{}, fmt.Errorf("%s vm %s: %w", verb, v.Name, err)
-	}
-	o, err := s.beginStartOp(ctx, v, "start")
+	v, err := s.getVM(ctx, c, name)
 	if err != nil {
-		return VM{}, fmt.Errorf("%s vm %s: %w", verb, v.Name, err)
+		return VM{}, err
 	}
-	v, cl, err := s.boot(ctx, o, v, progress)
-	o.finish(ctx, err)
+	_, err = s.Engine.Start(ctx, v.ID, progress)
+	s.recordIf(ctx, c, v, err, EventStart, "")
 	if err != nil {
-		return VM{}, fmt.Errorf("%s vm %s: %w", verb, v.Name, err)
+		return VM{}, err
 	}
-	cl.Close()
-	return view(v), nil
+	return s.current(ctx, v.ID), nil
 }
 
 // Stop powers a VM off: the agent is asked first, then the hypervisor, and
@@ -103,76 +97,54 @@ func (s *Service) Stop(ctx context.Context, c Caller, name string) (VM, error) {
 	if out, ok, err := s.cancelPending(ctx, c, name); ok || err != nil {
 		return out, err
 	}
-	var out VM
-	err := s.withVM(ctx, c, name, vm.OpStop, func(v store.VM) error {
-		v, err := s.stop(ctx, v)
-		out = view(v)
-		s.recordIf(ctx, c, v, err, EventStop, "")
-		return err
-	})
-	return out, err
-}
-
-func (s *Service) stop(ctx context.Context, v store.VM) (store.VM, error) {
-	h, _ := decodeHandle(v.Handle)
-	if h != nil && s.Driver.Alive(h) {
-		if cl, err := s.agentOf(ctx, v); err == nil {
-			sctx, cancel := context.WithTimeout(ctx, 3*time.Second)
-			cl.Shutdown(sctx, false)
-			cancel()
-			cl.Close()
-		}
-		if err := s.Driver.Shutdown(ctx, h, s.cfg.StopTimeout); err != nil {
-			return v, fmt.Errorf("stop vm %s: %w", v.Name, err)
-		}
+	v, err := s.getVM(ctx, c, name)
+	if err != nil {
+		return VM{}, err
 	}
-	return s.markStopped(ctx, v)
-}
-
-// markStopped records a VM whose hypervisor is gone as stopped and frees
-// its runtime resources (TAP, sockets); its IP stays reserved.
-func (s *Service) markStopped(ctx context.Context, v store.VM) (store.VM, error) {
-	killByRunDir(s.runDir(v.ID))
-	s.Network.RemovePort(ctx, tapName(v.ID))
-	os.RemoveAll(s.runDir(v.ID))
-	v.State = store.StateStopped
-	v.Handle = ""
-	v.StartedAt = time.Time{}
-	s.cancelRestart(ctx, v.ID)
-	return v, store.UpdateVM(ctx, s.DB, v)
+	_, err = s.Engine.Stop(ctx, v.ID)
+	if err == nil {
+		s.cancelRestart(ctx, v.ID)
+	}
+	s.recordIf(ctx, c, v, err, EventStop, "")
+	if err != nil {
+		return VM{}, err
+	}
+	return s.current(ctx, v.ID), nil
 }
 
 // Restart stops (if running) and starts a VM.
 func (s *Service) Restart(ctx context.Context, c Caller, name string, progress Progress) (VM, error) {
-	var out VM
-	err := s.withVM(ctx, c, name, vm.OpRestart, func(v store.VM) error {
-		if v.State != store.StateStopped {
-			var err error
-			if v, err = s.stop(ctx, v); err != nil {
-				return err
-			}
-		}
-		var err error
-		out, err = s.start(ctx, v, "restart", progress)
-		s.recordIf(ctx, c, v, err, EventRestart, "")
-		return err
-	})
-	return out, err
+	v, err := s.getVM(ctx, c, name)
+	if err != nil {
+		return VM{}, err
+	}
+	_, err = s.Engine.Restart(ctx, v.ID, progress)
+	if err == nil {
+		s.cancelRestart(ctx, v.ID)
+	}
+	s.recordIf(ctx, c, v, err, EventRestart, "")
+	if err != nil {
+		return VM{}, err
+	}
+	return s.current(ctx, v.ID), nil
 }
 
 // Destroy kills a VM and removes its disk, snapshots, TAP, sockets, address
 // and row.
 func (s *Service) Destroy(ctx context.Context, c Caller, name string) error {
-	return s.withVM(ctx, c, name, vm.OpDestroy, func(v store.VM) error {
-		// Links and proxy sessions end first, while the VM is torn down.
-		if err := store.BumpWebGen(ctx, s.DB, v.ID); err != nil {
-			return err
-		}
-		s.purge(ctx, v.ID)
-		s.log.Info("vm destroyed", "vm_id", v.ID, "vm", v.Name)
-		s.record(ctx, c.Name, v, EventDestroy, "")
-		return nil
-	})
+	v, err := s.getVM(ctx, c, name)
+	if err != nil {
+		return err
+	}
+	// Links and proxy sessions end first, while the VM is torn down.
+	if err := store.BumpWebGen(ctx, s.DB, v.ID); err != nil {
+		return err
+	}
+	if err := s.Engine.Destroy(ctx, v.ID); err != nil {
+		return err
+	}
+	s.record(ctx, c.Name, v, EventDestroy, "")
+	return nil
 }
 
 // ConsoleLog returns the path of a VM's serial console log (read it with
@@ -182,7 +154,7 @@ func (s *Service) ConsoleLog(ctx context.Context, c Caller, name string) (string
 	if err != nil {
 		return "", err
 	}
-	return s.consolePath(v.ID), nil
+	return s.Engine.ConsoleLog(ctx, v.ID)
 }
 
 // CopyConsole writes a VM's console log to w, older (rotated) output
@@ -197,32 +169,24 @@ func (s *Service) CopyConsole(ctx context.Context, c Caller, name string, follow
 	return consolelog.Copy(ctx, path, follow, w)
 }
 
-// consolePath is a VM's console log; older output is in the same path
-// with ".1" appended (see package consolelog).
-func (s *Service) consolePath(id string) string { return filepath.Join(s.vmDir(id), "console.log") }
+// Agent connects to the guest agent of a running VM the caller may use.
+// The caller closes the client.
+func (s *Service) Agent(ctx context.Context, c Caller, name string) (*vsockcli.Client, error) {
+	v, err := s.getVM(ctx, c, name)
+	if err != nil {
+		return nil, err
+	}
+	return s.Engine.Agent(ctx, v.ID)
+}
+
+// Reconcile makes the store agree with the processes that really run (see
+// engine.Engine.Reconcile). It is cheap and idempotent; the CLI runs it
+// before each command and the daemon periodically.
+func (s *Service) Reconcile(ctx context.Context) error { return s.Engine.Reconcile(ctx) }
 
 // ReattachPorts makes sure every running VM's TAP is on the bridge with its
 // anti-spoofing entry (after the daemon or the firewall restarted).
-func (s *Service) ReattachPorts(ctx context.Context) error {
-	vms, err := store.ListVMs(ctx, s.DB, "")
-	if err != nil {
-		return err
-	}
-	var first error
-	for _, v := range vms {
-		if v.State != store.StateRunning && v.State != store.StatePaused {
-			continue
-		}
-		ip, err := netip.ParseAddr(v.IP)
-		if err == nil {
-			err = s.Network.AddPort(ctx, tapName(v.ID), ip, v.MAC)
-		}
-		if err != nil && first == nil {
-			first = fmt.Errorf("vm %s: %w", v.Name, err)
-		}
-	}
-	return first
-}
+func (s *Service) ReattachPorts(ctx context.Context) error { return s.Engine.ReattachPorts(ctx) }
 
 // Counts returns how many VMs are in each state (for metrics).
 func (s *Service) Counts(ctx context.Context) (map[string]int, error) {

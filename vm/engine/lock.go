@@ -1,4 +1,4 @@
-package service
+package engine
 
 import (
 	"context"
@@ -15,8 +15,8 @@ import (
 // a flock(2) on a file under the state directory, so it serialises
 // operations across processes and is released by the kernel if the holder
 // dies.
-func (s *Service) lockVM(ctx context.Context, id string) (unlock func(), err error) {
-	dir := filepath.Join(s.cfg.StateDir, "locks")
+func (l *Local) lockVM(ctx context.Context, id string) (unlock func(), err error) {
+	dir := filepath.Join(l.cfg.StateDir, "locks")
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
@@ -45,6 +45,15 @@ func (s *Service) lockVM(ctx context.Context, id string) (unlock func(), err err
 	}
 }
 
-func (s *Service) removeLock(id string) {
-	os.Remove(filepath.Join(s.cfg.StateDir, "locks", id+".lock"))
+func (l *Local) removeLock(id string) {
+	os.Remove(filepath.Join(l.cfg.StateDir, "locks", id+".lock"))
+}
+
+// Lock takes instance id's lock, as every operation on it does, waiting
+// until ctx ends (errs.Unavailable "busy"). It is for host-side callers
+// that change an instance's record outside the engine (web settings, say)
+// and must not interleave with an operation. Do not call the engine on id
+// while holding it: the lock is not reentrant.
+func (l *Local) Lock(ctx context.Context, id string) (unlock func(), err error) {
+	return l.lockVM(ctx, id)
 }

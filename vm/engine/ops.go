@@ -1,4 +1,4 @@
-package service
+package engine
 
 import (
 	"context"
@@ -14,7 +14,7 @@ import (
 
 // op is a durable operation row owned by this process.
 type op struct {
-	s   *Service
+	l   *Local
 	row store.Operation
 }
 
@@ -31,12 +31,12 @@ func newOpRow(vmID, kind string) store.Operation {
 }
 
 // beginOp records a running operation outside any transaction.
-func (s *Service) beginOp(ctx context.Context, vmID, kind string) (*op, error) {
+func (l *Local) beginOp(ctx context.Context, vmID, kind string) (*op, error) {
 	row := newOpRow(vmID, kind)
-	if err := store.InsertOperation(ctx, s.DB, row); err != nil {
+	if err := store.InsertOperation(ctx, l.DB, row); err != nil {
 		return nil, err
 	}
-	return &op{s: s, row: row}, nil
+	return &op{l: l, row: row}, nil
 }
 
 // step records progress; data (if not nil) replaces the op's JSON data.
@@ -47,13 +47,13 @@ func (o *op) step(ctx context.Context, name string, data any) {
 		o.row.Data = string(b)
 	}
 	o.row.UpdatedAt = time.Now()
-	if err := store.UpdateOperation(context.WithoutCancel(ctx), o.s.DB, o.row); err != nil {
-		o.s.log.Warn("record operation step", "op", o.row.ID, "step", name, "err", err)
+	if err := store.UpdateOperation(context.WithoutCancel(ctx), o.l.DB, o.row); err != nil {
+		o.l.log.Warn("record operation step", "op", o.row.ID, "step", name, "err", err)
 	}
 }
 
 func (o *op) finish(ctx context.Context, err error) {
-	if f := o.s.cfg.OnOperation; f != nil {
+	if f := o.l.cfg.OnOperation; f != nil {
 		f(o.row.Kind, time.Since(o.row.CreatedAt), err)
 	}
 	o.row.State = store.OpDone
@@ -62,8 +62,8 @@ func (o *op) finish(ctx context.Context, err error) {
 		o.row.Error = err.Error()
 	}
 	o.row.UpdatedAt = time.Now()
-	if err := store.UpdateOperation(context.WithoutCancel(ctx), o.s.DB, o.row); err != nil {
-		o.s.log.Warn("record operation end", "op", o.row.ID, "err", err)
+	if err := store.UpdateOperation(context.WithoutCancel(ctx), o.l.DB, o.row); err != nil {
+		o.l.log.Warn("record operation end", "op", o.row.ID, "err", err)
 	}
 }
 

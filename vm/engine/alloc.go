@@ -1,4 +1,4 @@
-package service
+package engine
 
 import (
 	"context"
@@ -10,18 +10,18 @@ import (
 
 // allocate picks a free IP, a MAC and a vsock CID for VM id. It runs inside
 // the create transaction, so two creates never get the same address.
-func (s *Service) allocate(ctx context.Context, q store.Q, id string) (netip.Addr, string, uint32, error) {
+func (l *Local) allocate(ctx context.Context, q store.Q, id string) (netip.Addr, string, uint32, error) {
 	ips, _, cids, err := store.UsedAddresses(ctx, q)
 	if err != nil {
 		return netip.Addr{}, "", 0, err
 	}
-	used := []netip.Addr{s.cfg.Gateway}
+	used := []netip.Addr{l.cfg.Gateway}
 	for _, ip := range ips {
 		if a, err := netip.ParseAddr(ip); err == nil {
 			used = append(used, a)
 		}
 	}
-	ip, err := network.Allocate(s.cfg.Subnet, used)
+	ip, err := network.Allocate(l.cfg.Subnet, used)
 	if err != nil {
 		return netip.Addr{}, "", 0, err
 	}
