@@ -41,6 +41,7 @@ func Commands() []*cli.Command {
 		doctorCmd(),
 		unitsCmd(),
 		backupCmd(),
+		nodeCmd(), // nodecmd.go
 	}
 }
 

@@ -47,6 +47,7 @@ func serveCmd() *cli.Command {
 			fs.String("dns", "", "nameserver (IPv4) handed to vms; they may reach it on port 53")
 			fs.String("egress-allow", "", `private destinations vms may reach, comma-separated "PREFIX[ tcp|udp[/PORT]]" (replaces the file's list)`)
 			fs.String("log-format", "", "auto (text on a terminal, JSON otherwise; JSON with --json), text or json")
+			clusterFlags(fs) // cluster.go
 			dnsProviderFlags(fs)
 		},
 		Run: func(ctx context.Context, x *cli.Ctx) error {
@@ -147,6 +148,7 @@ func effectiveConfig(x *cli.Ctx) (Config, error) {
 		}
 	})
 	x.FS.Visit(func(f *flag.Flag) { cfg.setDNSProviderFlag(f.Name, f.Value.String()) })
+	x.FS.Visit(func(f *flag.Flag) { cfg.setClusterFlag(f.Name, f.Value.String()) })
 	cfg.Defaults()
 	return cfg, cfg.Validate()
 }
@@ -232,6 +234,17 @@ func Serve(ctx context.Context, cfg Config, logOut io.Writer) error {
 		g.Go(func() error { return ignoreClosed(tsrv.Serve(tln)) })
 		log.Info("api listening", "unix", sock, "tcp", tln.Addr().String(), "tls", cfg.TLSCert != "")
 	}
+
+	// The fabric, this host in the registry, its node agent (cluster.go).
+	var apiAddr net.Addr
+	if tln != nil {
+		apiAddr = tln.Addr()
+	}
+	cl, err := startCluster(gctx, g, cfg, e, log, paths, apiAddr)
+	if err != nil {
+		return err
+	}
+	defer cl.close()
 
 	// Metrics on the admin listener only.
 	metrics := newMetrics(e)

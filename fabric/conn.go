@@ -172,3 +172,12 @@ func WithSeed(seed string) (Option, error) {
 	}
 	return nats.Nkey(pub, kp.Sign), nil
 }
+
+// PublicKeyOf returns the public key of a seed.
+func PublicKeyOf(seed string) (string, error) {
+	kp, err := nkeys.FromSeed([]byte(strings.TrimSpace(seed)))
+	if err != nil {
+		return "", errs.New(errs.InvalidArgument, "nkey seed: %v", err)
+	}
+	return kp.PublicKey()
+}

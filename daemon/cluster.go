@@ -1,0 +1,260 @@
+package daemon
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/minionsdev/minions/cli"
+	"github.com/minionsdev/minions/fabric"
+	"github.com/minionsdev/minions/internal/errs"
+	"github.com/minionsdev/minions/nodeagent"
+	"github.com/minionsdev/minions/service"
+)
+
+// Several hosts (issue 14). `serve` embeds a NATS server (the fabric) by
+// default, on nats_bind (loopback: one host needs nothing), or joins an
+// external cluster at nats_url. Either way it registers this host and
+// runs its node agent in-process, and records every node's heartbeats.
+// `host add` prints a join command naming advertise (or public_ip, or the
+// API's bind address) and the API's port.
+
+// DefaultNATSBind is the embedded NATS server's listener.
+const DefaultNATSBind = "127.0.0.1:4222"
+
+// localSeedFile keeps the in-process node's NKey seed under the state
+// dir, so its key stays the same across restarts (an external cluster's
+// configuration names it).
+const localSeedFile = "node-local.seed"
+
+func (c *Config) clusterDefaults() {
+	if c.NATSBind == "" {
+		c.NATSBind = DefaultNATSBind
+	}
+}
+
+func (c *Config) validateCluster() error {
+	if c.NATSURL != "" {
+		u, err := url.Parse(strings.Split(c.NATSURL, ",")[0])
+		if err != nil || (u.Scheme != "nats" && u.Scheme != "tls") || u.Host == "" {
+			return errs.New(errs.InvalidArgument, "nats_url %q: want nats://host:port (comma-separated for a cluster)", c.NATSURL)
+		}
+	}
+	if _, _, err := net.SplitHostPort(c.NATSBind); c.NATSBind != "" && err != nil {
+		return errs.New(errs.InvalidArgument, "nats_bind %q: want host:port", c.NATSBind)
+	}
+	if c.Advertise != "" {
+		if strings.ContainsAny(c.Advertise, "/: ") && net.ParseIP(c.Advertise) == nil {
+			return errs.New(errs.InvalidArgument, "advertise %q: want a host name or IP address, no port", c.Advertise)
+		}
+	}
+	return nil
+}
+
+// advertiseHost is the address other hosts reach this one at.
+func (c *Config) advertiseHost() string {
+	switch {
+	case c.Advertise != "":
+		return c.Advertise
+	case c.PublicIP != "":
+		return c.PublicIP
+	}
+	if h, _, err := net.SplitHostPort(c.Bind); err == nil && h != "" && h != "0.0.0.0" && h != "::" {
+		return h
+	}
+	return "127.0.0.1"
+}
+
+// joinURL is the API URL a joining node calls ("" without a TCP API).
+func (c *Config) joinURL(api net.Addr) string {
+	if api == nil {
+		return ""
+	}
+	_, port, _ := net.SplitHostPort(api.String())
+	scheme := "http"
+	if c.TLSCert != "" {
+		scheme = "https"
+	}
+	return scheme + "://" + net.JoinHostPort(c.advertiseHost(), port)
+}
+
+// cluster is what startCluster started; close releases it after the
+// errgroup is done.
+type cluster struct {
+	srv     *fabric.Server
+	control *fabric.Conn
+	node    *fabric.Conn
+}
+
+func (cl *cluster) close() {
+	if cl.node != nil {
+		cl.node.Close()
+	}
+	if cl.control != nil {
+		cl.control.Close()
+	}
+	if cl.srv != nil {
+		cl.srv.Close()
+	}
+}
+
+// startCluster brings up the fabric, registers this host, starts its node
+// agent and the heartbeat receiver (under g), and tells the service the
+// join address. On error it undoes what it started.
+func startCluster(ctx context.Context, g *errgroup.Group, cfg Config, e *Env, log *slog.Logger, paths Paths, apiAddr net.Addr) (cl *cluster, err error) {
+	cl = &cluster{}
+	defer func() {
+		if err != nil {
+			cl.close()
+		}
+	}()
+	svc := e.Service
+	natsURLs := []string{cfg.NATSURL}
+	var nodeOpts []fabric.Option
+	if cfg.NATSURL == "" {
+		cl.srv, err = fabric.Start(fabric.Config{Listen: cfg.NATSBind, StoreDir: filepath.Join(paths.State, "nats"), Log: log.With("component", "fabric"),
+			NodeKey: func(pub string) (string, bool) {
+				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				defer cancel()
+				return svc.NodeKey(ctx, pub)
+			}})
+		if err != nil {
+			return nil, fmt.Errorf("nats: %w", err)
+		}
+		if cl.control, err = cl.srv.Control("minions-control"); err != nil {
+			return nil, err
+		}
+		port := strconv.Itoa(cl.srv.Addr().(*net.TCPAddr).Port)
+		natsURLs = []string{"nats://" + net.JoinHostPort(cfg.advertiseHost(), port)}
+		nodeOpts = append(nodeOpts, cl.srv.InProcess())
+		log.Info("nats listening", "addr", cl.srv.Addr().String(), "advertised", natsURLs[0])
+	} else {
+		var opts []fabric.Option
+		if cfg.NATSSeedFile != "" {
+			seed, err := os.ReadFile(cfg.NATSSeedFile)
+			if err != nil {
+				return nil, fmt.Errorf("nats_seed_file: %w", err)
+			}
+			o, err := fabric.WithSeed(string(seed))
+			if err != nil {
+				return nil, err
+			}
+			opts = append(opts, o)
+		}
+		if cl.control, err = fabric.ConnectControl(cfg.NATSURL, opts...); err != nil {
+			return nil, err
+		}
+		log.Info("nats connected", "url", cfg.NATSURL)
+	}
+
+	seed, pub, err := localNodeKey(paths.State)
+	if err != nil {
+		return nil, err
+	}
+	id, err := svc.EnsureLocalHost(ctx, localHostName(), pub, cli.Version)
+	if err != nil {
+		return nil, err
+	}
+	if cfg.NATSURL != "" {
+		log.Info("this host's node key (the external nats cluster must admit it with fabric.NodePermissions)", "host_id", id, "nkey", pub)
+	}
+
+	// Heartbeats of every node, the local one included.
+	stop, err := nodeagent.Listen(cl.control, func(id string, hb nodeagent.Heartbeat) {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		err := svc.RecordHeartbeat(ctx, id, service.Heartbeat{CPUs: hb.CPUs, MemoryMiB: hb.MemoryMiB, DiskMiB: hb.DiskMiB,
+			MemoryFreeMiB: hb.MemoryFreeMiB, DiskFreeMiB: hb.DiskFreeMiB, Version: hb.Version})
+		if err != nil {
+			log.Warn("heartbeat", "host_id", id, "err", err)
+		}
+	})
+	if err != nil {
+		return nil, err
+	}
+	if cl.node, err = fabric.ConnectNode(strings.Join(natsURLs, ","), id, seed, nodeOpts...); err != nil {
+		stop()
+		return nil, fmt.Errorf("local node: %w", err)
+	}
+	svc.SetHosts(service.HostsConfig{JoinURL: cfg.joinURL(apiAddr), NATSURLs: natsURLs})
+	g.Go(func() error {
+		defer stop()
+		return nodeagent.Run(ctx, nodeagent.Config{ID: id, Conn: cl.node, StateDir: paths.State, Version: cli.Version, Log: log})
+	})
+	return cl, nil
+}
+
+// localNodeKey reads (or makes, once) the in-process node's seed.
+func localNodeKey(stateDir string) (seed, pub string, err error) {
+	path := filepath.Join(stateDir, localSeedFile)
+	if b, err := os.ReadFile(path); err == nil {
+		s := strings.TrimSpace(string(b))
+		if p, err := fabric.PublicKeyOf(s); err == nil {
+			return s, p, nil
+		}
+	}
+	if seed, pub, err = fabric.NewNodeKey(); err != nil {
+		return "", "", err
+	}
+	if err := os.WriteFile(path, []byte(seed+"\n"), 0o600); err != nil {
+		return "", "", fmt.Errorf("write %s: %w", path, err)
+	}
+	return seed, pub, nil
+}
+
+// localHostName is this host's name as a valid host name: the system's
+// host name lower-cased, other characters as hyphens; "local" if that is
+// not usable.
+func localHostName() string {
+	h, _ := os.Hostname()
+	h = strings.ToLower(strings.Split(h, ".")[0])
+	b := []byte(h)
+	for i, c := range b {
+		if !('a' <= c && c <= 'z' || '0' <= c && c <= '9') {
+			b[i] = '-'
+		}
+	}
+	name := strings.Trim(string(b), "-")
+	if len(name) > 40 {
+		name = strings.Trim(name[:40], "-")
+	}
+	if name == "" || name[0] < 'a' || name[0] > 'z' || isHexID(name) {
+		return "local"
+	}
+	return name
+}
+
+func isHexID(s string) bool {
+	if len(s) != 12 {
+		return false
+	}
+	_, err := strconv.ParseUint(s, 16, 64)
+	return err == nil
+}
+
+func clusterFlags(fs *flag.FlagSet) {
+	fs.String("nats", "", "use the external NATS cluster at this URL instead of the embedded server (nats://host:port[,...])")
+	fs.String("nats-bind", "", "the embedded NATS server's listener (default "+DefaultNATSBind+"; other hosts need a reachable address)")
+	fs.String("advertise", "", "the address other hosts reach this one at, named in `host add`'s join command (default --public-ip)")
+}
+
+func (c *Config) setClusterFlag(name, v string) {
+	switch name {
+	case "nats":
+		c.NATSURL = v
+	case "nats-bind":
+		c.NATSBind = v
+	case "advertise":
+		c.Advertise = v
+	}
+}
