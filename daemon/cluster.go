@@ -110,12 +110,15 @@ func (cl *cluster) close() {
 
 // startCluster brings up the fabric, registers this host, starts its node
 // agent and the heartbeat receiver (under g), and tells the service the
-// join address. On error it undoes what it started.
+// join address. On error it undoes what it started and returns a nil
+// cluster.
 func startCluster(ctx context.Context, g *errgroup.Group, cfg Config, e *Env, log *slog.Logger, paths Paths, apiAddr net.Addr) (cl *cluster, err error) {
 	cl = &cluster{}
+	began := time.Now()
 	defer func() {
 		if err != nil {
 			cl.close()
+			cl = nil
 		}
 	}()
 	svc := e.Service
@@ -187,6 +190,7 @@ func startCluster(ctx context.Context, g *errgroup.Group, cfg Config, e *Env, lo
 		return nil, fmt.Errorf("local node: %w", err)
 	}
 	svc.SetHosts(service.HostsConfig{JoinURL: cfg.joinURL(apiAddr), NATSURLs: natsURLs})
+	log.Info("cluster ready", "host_id", id, "ms", time.Since(began).Milliseconds())
 	g.Go(func() error {
 		defer stop()
 		return nodeagent.Run(ctx, nodeagent.Config{ID: id, Conn: cl.node, StateDir: paths.State, Version: cli.Version, Log: log})
