@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/minionsdev/minions/internal/errs"
+	"github.com/minionsdev/minions/scheduler"
 	"github.com/minionsdev/minions/store"
 	"github.com/minionsdev/minions/vm"
 )
@@ -248,5 +249,62 @@ func TestHostAddNeedsAddress(t *testing.T) {
 	}
 	if hs, _ := fx.svc.HostList(context.Background(), root); len(hs) != 0 {
 		t.Fatalf("hosts: %+v", hs)
+	}
+}
+
+// TestPlaceVM: placement over the registry skips cordoned, joining and
+// unreachable hosts, counts the VMs already there, and honours a pin.
+func TestPlaceVM(t *testing.T) {
+	ctx := context.Background()
+	fx, clk, root := hostFixture(t)
+	s := fx.svc
+	join := func(name, key string, cpus int, mem int64) string {
+		inv, err := s.HostAdd(ctx, root, name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		res, err := s.JoinHost(ctx, JoinRequest{Token: inv.Token, NKey: key})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := s.RecordHeartbeat(ctx, res.HostID, Heartbeat{CPUs: cpus, MemoryMiB: mem, DiskFreeMiB: 100000}); err != nil {
+			t.Fatal(err)
+		}
+		return res.HostID
+	}
+	big := join("big", testNKey, 16, 65536)
+	join("small", "UAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", 2, 2048)
+	if _, err := s.HostAdd(ctx, root, "pending"); err != nil { // joining: never chosen
+		t.Fatal(err)
+	}
+	req := scheduler.Request{CPUs: 1, MemoryMiB: 1024, DiskMiB: 2048}
+	if h, err := s.PlaceVM(ctx, req, scheduler.Config{}); err != nil || h.Name != "big" {
+		t.Fatalf("spread: %+v %v", h, err)
+	}
+	if h, err := s.PlaceVM(ctx, req, scheduler.Config{Policy: scheduler.Binpack}); err != nil || h.Name != "small" {
+		t.Fatalf("binpack: %+v %v", h, err)
+	}
+	// 60,000 MiB of running VMs on big (ratio 1.5: 96 GiB) leave small's
+	// share larger: spread now picks small.
+	v := store.VM{ID: vm.NewID(), Name: "fat", OwnerID: fx.user.UserID, Image: "minimal", CPUs: 1, MemoryMiB: 60000, DiskGiB: 1,
+		IP: "10.210.0.9", MAC: "02:00:00:00:00:09", CID: 9, State: store.StateRunning, CreatedAt: time.Now()}
+	store.InsertVM(ctx, s.DB, v)
+	store.SetVMHost(ctx, s.DB, v.ID, big)
+	if h, err := s.PlaceVM(ctx, req, scheduler.Config{}); err != nil || h.Name != "small" {
+		t.Fatalf("spread with big full: %+v %v", h, err)
+	}
+	if _, err := s.HostCordon(ctx, root, "small"); err != nil {
+		t.Fatal(err)
+	}
+	if h, err := s.PlaceVM(ctx, req, scheduler.Config{}); err != nil || h.Name != "big" {
+		t.Fatalf("small cordoned: %+v %v", h, err)
+	}
+	if _, err := s.PlaceVM(ctx, scheduler.Request{CPUs: 1, MemoryMiB: 1024, Host: "small"}, scheduler.Config{}); !errors.Is(err, errs.FailedPrecondition) {
+		t.Fatalf("pinned on a cordoned host: %v", err)
+	}
+	clk.Add(11 * time.Second) // nobody heard from: nothing to place on
+	_, err := s.PlaceVM(ctx, req, scheduler.Config{})
+	if !errors.Is(err, errs.ResourceExhausted) || !strings.Contains(err.Error(), "big: unreachable") {
+		t.Fatalf("all unreachable: %v", err)
 	}
 }
