@@ -173,12 +173,18 @@ func startCluster(ctx context.Context, g *errgroup.Group, cfg Config, e *Env, lo
 	}
 
 	// Heartbeats of every node, the local one included.
+	srv := cl.srv
 	stop, err := nodeagent.Listen(cl.control, func(id string, hb nodeagent.Heartbeat) {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		err := svc.RecordHeartbeat(ctx, id, service.Heartbeat{CPUs: hb.CPUs, MemoryMiB: hb.MemoryMiB, DiskMiB: hb.DiskMiB,
 			MemoryFreeMiB: hb.MemoryFreeMiB, DiskFreeMiB: hb.DiskFreeMiB, Version: hb.Version})
-		if err != nil {
+		switch {
+		case errs.ClassOf(err) == errs.NotFound && srv != nil:
+			// A removed host still connected: its credential no longer
+			// admits it, and its connection goes now.
+			log.Info("disconnected a removed host", "host_id", id, "connections", srv.DisconnectNode(id))
+		case err != nil:
 			log.Warn("heartbeat", "host_id", id, "err", err)
 		}
 	})

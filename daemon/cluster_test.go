@@ -29,7 +29,8 @@ import (
 // host" (another state dir) exchanging the token over HTTP, that node's
 // agent heartbeating over NATS with its own credential until the control
 // plane shows it ready; then the node stops and the host shows
-// unreachable; its credential stops working once it is removed.
+// unreachable; removed, its connection is closed and its credential
+// refused.
 func TestClusterJoin(t *testing.T) {
 	dir, err := os.MkdirTemp("/tmp", "w8cl")
 	if err != nil {
@@ -146,9 +147,22 @@ func TestClusterJoin(t *testing.T) {
 	conn.Close()
 	waitHost("node1", service.HostUnreachable)
 
-	// Removed: the credential no longer connects.
+	// Back: ready again. Then removed while connected: its connection is
+	// closed at its next heartbeat and the credential no longer connects.
+	conn, err = fabric.ConnectNode(strings.Join(cred.NATS, ","), cred.HostID, cred.Seed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	go nodeagent.Run(ctx, nodeagent.Config{ID: cred.HostID, Conn: conn, StateDir: nodeDir, Version: "v-node", Interval: 100 * time.Millisecond})
+	waitHost("node1", "ready")
 	if err := svc.HostRemove(ctx, root, "node1"); err != nil {
 		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(10 * time.Second); conn.Connected(); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("a removed host stays connected")
+		}
 	}
 	if _, err := fabric.ConnectNode(strings.Join(cred.NATS, ","), cred.HostID, cred.Seed, fabric.NoReconnect()); err == nil {
 		t.Fatal("a removed host's credential still connects")

@@ -8,6 +8,7 @@ import (
 	"os"
 	"regexp"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -136,6 +137,7 @@ type Server struct {
 	ns      *server.Server
 	control nkeys.KeyPair
 	log     *slog.Logger
+	auth    *auth
 }
 
 // Start starts an embedded server with JetStream and waits until it
@@ -154,6 +156,7 @@ func Start(cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("nats store: %w", err)
 	}
 	controlPub, _ := control.PublicKey()
+	a := &auth{controlPub: controlPub, nodeKey: cfg.NodeKey, log: cfg.Log, conns: map[string][]uint64{}}
 	opts := &server.Options{
 		ServerName:                 "minions",
 		Host:                       host,
@@ -163,7 +166,7 @@ func Start(cfg Config) (*Server, error) {
 		NoLog:                      true,
 		NoSigs:                     true,
 		AlwaysEnableNonce:          true,
-		CustomClientAuthentication: &auth{controlPub: controlPub, nodeKey: cfg.NodeKey, log: cfg.Log},
+		CustomClientAuthentication: a,
 	}
 	ns, err := server.NewServer(opts)
 	if err != nil {
@@ -174,7 +177,7 @@ func Start(cfg Config) (*Server, error) {
 		ns.Shutdown()
 		return nil, errs.New(errs.Unavailable, "nats server on %s did not start within 10s (is the port taken?)", cfg.Listen)
 	}
-	return &Server{ns: ns, control: control, log: cfg.Log}, nil
+	return &Server{ns: ns, control: control, log: cfg.Log, auth: a}, nil
 }
 
 // ClientURL is the nats:// URL clients on this host reach the server at.
@@ -187,6 +190,23 @@ func (s *Server) Addr() net.Addr { return s.ns.Addr() }
 func (s *Server) Close() {
 	s.ns.Shutdown()
 	s.ns.WaitForShutdown()
+}
+
+// DisconnectNode closes every connection node id has open (after its
+// host was removed, NodeKey refuses it from then on) and reports how
+// many there were.
+func (s *Server) DisconnectNode(id string) int {
+	s.auth.mu.Lock()
+	ids := s.auth.conns[id]
+	delete(s.auth.conns, id)
+	s.auth.mu.Unlock()
+	n := 0
+	for _, cid := range ids {
+		if s.ns.DisconnectClientByID(cid) == nil {
+			n++
+		}
+	}
+	return n
 }
 
 // Control connects the control plane to this server in-process, with no
@@ -211,6 +231,9 @@ type auth struct {
 	controlPub string
 	nodeKey    func(string) (string, bool)
 	log        *slog.Logger
+
+	mu    sync.Mutex
+	conns map[string][]uint64 // node ID -> the last client IDs admitted (some may be gone)
 }
 
 func (a *auth) Check(c server.ClientAuthentication) bool {
@@ -232,6 +255,14 @@ func (a *auth) Check(c server.ClientAuthentication) bool {
 		return false
 	}
 	c.RegisterUser(&server.User{Username: "node-" + id, Permissions: NodePermissions(id)})
+	a.mu.Lock()
+	// A node has one connection; a few remembered cover reconnects.
+	ids := append(a.conns[id], c.GetID())
+	if len(ids) > 8 {
+		ids = ids[len(ids)-8:]
+	}
+	a.conns[id] = ids
+	a.mu.Unlock()
 	return true
 }
 
