@@ -1,6 +1,7 @@
 package fabric
 
 import (
+	"crypto/tls"
 	"encoding/base64"
 	"fmt"
 	"log/slog"
@@ -8,6 +9,7 @@ import (
 	"os"
 	"regexp"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -94,7 +96,10 @@ type Config struct {
 	// no such node, the connection is refused). It is asked on every
 	// connection, so a removed node cannot connect again. Required.
 	NodeKey func(pub string) (id string, ok bool)
-	Log     *slog.Logger
+	// TLS, if set, makes TCP clients use TLS (ServerTLS makes one);
+	// in-process connections need none.
+	TLS *tls.Config
+	Log *slog.Logger
 }
 
 func (c *Config) setDefaults() {
@@ -168,6 +173,9 @@ func Start(cfg Config) (*Server, error) {
 		AlwaysEnableNonce:          true,
 		CustomClientAuthentication: a,
 	}
+	if cfg.TLS != nil {
+		opts.TLS, opts.TLSConfig, opts.TLSTimeout = true, cfg.TLS, 5
+	}
 	ns, err := server.NewServer(opts)
 	if err != nil {
 		return nil, errs.New(errs.InvalidArgument, "nats server: %v", err)
@@ -213,7 +221,9 @@ func (s *Server) DisconnectNode(id string) int {
 // subject restrictions.
 func (s *Server) Control(name string) (*Conn, error) {
 	pub, _ := s.control.PublicKey()
-	nc, err := nats.Connect(s.ns.ClientURL(), nats.InProcessServer(s.ns), nats.Name(name),
+	// In-process needs no TLS: a nats:// URL keeps the client from asking.
+	url := "nats://" + strings.TrimPrefix(strings.TrimPrefix(s.ns.ClientURL(), "tls://"), "nats://")
+	nc, err := nats.Connect(url, nats.InProcessServer(s.ns), nats.Name(name),
 		nats.Nkey(pub, s.control.Sign), nats.MaxReconnects(-1))
 	if err != nil {
 		return nil, errs.New(errs.Unavailable, "connect to the embedded nats server: %v", err)
