@@ -124,8 +124,16 @@ func startCluster(ctx context.Context, g *errgroup.Group, cfg Config, e *Env, lo
 	svc := e.Service
 	natsURLs := []string{cfg.NATSURL}
 	var nodeOpts []fabric.Option
+	var caPEM []byte
 	if cfg.NATSURL == "" {
-		cl.srv, err = fabric.Start(fabric.Config{Listen: cfg.NATSBind, StoreDir: filepath.Join(paths.State, "nats"), Log: log.With("component", "fabric"),
+		// TLS with a CA of our own for the names nodes reach us by.
+		bindHost, _, _ := net.SplitHostPort(cfg.NATSBind)
+		tlsCfg, ca, err := fabric.ServerTLS(filepath.Join(paths.State, "nats-tls"), []string{cfg.advertiseHost(), bindHost, "127.0.0.1", "localhost"})
+		if err != nil {
+			return nil, fmt.Errorf("nats tls: %w", err)
+		}
+		caPEM = ca
+		cl.srv, err = fabric.Start(fabric.Config{Listen: cfg.NATSBind, StoreDir: filepath.Join(paths.State, "nats"), Log: log.With("component", "fabric"), TLS: tlsCfg,
 			NodeKey: func(pub string) (string, bool) {
 				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 				defer cancel()
@@ -195,7 +203,7 @@ func startCluster(ctx context.Context, g *errgroup.Group, cfg Config, e *Env, lo
 		stop()
 		return nil, fmt.Errorf("local node: %w", err)
 	}
-	svc.SetHosts(service.HostsConfig{JoinURL: cfg.joinURL(apiAddr), NATSURLs: natsURLs})
+	svc.SetHosts(service.HostsConfig{JoinURL: cfg.joinURL(apiAddr), NATSURLs: natsURLs, NATSCA: string(caPEM)})
 	log.Info("cluster ready", "host_id", id, "ms", time.Since(began).Milliseconds())
 	g.Go(func() error {
 		defer stop()

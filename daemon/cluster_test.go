@@ -127,7 +127,15 @@ func TestClusterJoin(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	conn, err := fabric.ConnectNode(strings.Join(cred.NATS, ","), cred.HostID, cred.Seed)
+	if !strings.Contains(cred.CA, "BEGIN CERTIFICATE") {
+		t.Fatalf("the join brought no fabric CA: %+v", cred)
+	}
+	// The fabric is TLS only: a plain connection is refused.
+	if c, err := fabric.ConnectNode(strings.Join(cred.NATS, ","), cred.HostID, cred.Seed, fabric.NoReconnect()); err == nil {
+		c.Close()
+		t.Fatal("a node connected without TLS")
+	}
+	conn, err := connectNode(cred)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -149,7 +157,7 @@ func TestClusterJoin(t *testing.T) {
 
 	// Back: ready again. Then removed while connected: its connection is
 	// closed at its next heartbeat and the credential no longer connects.
-	conn, err = fabric.ConnectNode(strings.Join(cred.NATS, ","), cred.HostID, cred.Seed)
+	conn, err = connectNode(cred)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -164,7 +172,7 @@ func TestClusterJoin(t *testing.T) {
 			t.Fatal("a removed host stays connected")
 		}
 	}
-	if _, err := fabric.ConnectNode(strings.Join(cred.NATS, ","), cred.HostID, cred.Seed, fabric.NoReconnect()); err == nil {
+	if _, err := connectNode(cred, fabric.NoReconnect()); err == nil {
 		t.Fatal("a removed host's credential still connects")
 	}
 }

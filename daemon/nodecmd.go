@@ -91,7 +91,7 @@ func joinCluster(ctx context.Context, control, token, address, stateDir string) 
 	if len(res.NATS) == 0 || !fabric.ValidID(res.HostID) {
 		return nodeagent.Credential{}, errs.New(errs.Unavailable, "the control plane sent no fabric address")
 	}
-	cred := nodeagent.Credential{HostID: res.HostID, Name: res.Name, Control: control, NATS: res.NATS, Seed: seed}
+	cred := nodeagent.Credential{HostID: res.HostID, Name: res.Name, Control: control, NATS: res.NATS, Seed: seed, CA: res.CA}
 	if err := nodeagent.SaveCredential(stateDir, cred); err != nil {
 		return nodeagent.Credential{}, fmt.Errorf("store the node credential: %w", err)
 	}
@@ -111,11 +111,24 @@ func runNode(ctx context.Context, x *cli.Ctx, paths Paths, cred nodeagent.Creden
 	if err := os.MkdirAll(paths.State, 0o700); err != nil {
 		return err
 	}
-	conn, err := fabric.ConnectNode(strings.Join(cred.NATS, ","), cred.HostID, cred.Seed)
+	conn, err := connectNode(cred)
 	if err != nil {
 		return err
 	}
 	defer conn.Close()
 	log.Info("node connected", "host", cred.Name, "host_id", cred.HostID, "nats", strings.Join(cred.NATS, ","))
 	return nodeagent.Run(ctx, nodeagent.Config{ID: cred.HostID, Conn: conn, StateDir: paths.State, Version: cli.Version, Log: log})
+}
+
+// connectNode connects with a node's credential (over TLS trusting only
+// the fabric's CA when it has one).
+func connectNode(cred nodeagent.Credential, opts ...fabric.Option) (*fabric.Conn, error) {
+	if cred.CA != "" {
+		o, err := fabric.WithCA([]byte(cred.CA))
+		if err != nil {
+			return nil, err
+		}
+		opts = append(opts, o)
+	}
+	return fabric.ConnectNode(strings.Join(cred.NATS, ","), cred.HostID, cred.Seed, opts...)
 }

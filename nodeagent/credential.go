@@ -20,7 +20,8 @@ type Credential struct {
 	Name    string   `json:"name"`
 	Control string   `json:"control"` // the control plane's API URL it joined
 	NATS    []string `json:"nats"`
-	Seed    string   `json:"seed"` // its NKey seed
+	Seed    string   `json:"seed"`         // its NKey seed
+	CA      string   `json:"ca,omitempty"` // PEM of the fabric's CA ("" : system roots or plain)
 }
 
 // SaveCredential writes c to dir/CredentialFile atomically, mode 0600.

@@ -30,6 +30,10 @@ type HostsConfig struct {
 	JoinURL string
 	// NATSURLs are the fabric addresses nodes connect to.
 	NATSURLs []string
+	// NATSCA is the PEM certificate of the CA nodes verify the fabric's
+	// TLS with ("" : the fabric's own configuration, e.g. an external
+	// cluster with a public CA).
+	NATSCA string
 	// JoinTTL is how long a join token is valid; default 1 h.
 	JoinTTL time.Duration
 	// Unreachable is how long without a heartbeat until a host shows
@@ -131,6 +135,7 @@ type JoinResult struct {
 	HostID string   `json:"host_id"`
 	Name   string   `json:"name"`
 	NATS   []string `json:"nats"`
+	CA     string   `json:"ca,omitempty"` // PEM: trust only this CA for NATS TLS
 }
 
 // Heartbeat is a node's report of its capacity.
@@ -365,7 +370,7 @@ func (s *Service) JoinHost(ctx context.Context, req JoinRequest) (JoinResult, er
 		if err := store.UpdateHost(ctx, q, h); err != nil {
 			return err
 		}
-		out = JoinResult{HostID: h.ID, Name: h.Name, NATS: cfg.NATSURLs}
+		out = JoinResult{HostID: h.ID, Name: h.Name, NATS: cfg.NATSURLs, CA: cfg.NATSCA}
 		return nil
 	})
 	if err != nil {
