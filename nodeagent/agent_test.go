@@ -24,9 +24,14 @@ import (
 func TestMain(m *testing.M) {
 	if url := os.Getenv("NODEAGENT_FLEET"); url != "" {
 		ctx, cancel := context.WithCancel(context.Background())
+		ca, err := fabric.WithCA([]byte(os.Getenv("NODEAGENT_FLEET_CA")))
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
 		for _, line := range strings.Split(strings.TrimSpace(os.Getenv("NODEAGENT_FLEET_KEYS")), "\n") {
 			id, seed, _ := strings.Cut(line, " ")
-			conn, err := fabric.ConnectNode(url, id, seed)
+			conn, err := fabric.ConnectNode(url, id, seed, ca)
 			if err != nil {
 				fmt.Fprintln(os.Stderr, err)
 				os.Exit(1)
@@ -142,7 +147,7 @@ func cpuTime() time.Duration {
 }
 
 // TestFleetCost measures what 100 simulated nodes (another process, 100
-// real NATS connections, a heartbeat per node per second) cost the
+// real NATS connections over TLS, a heartbeat per node per second) cost the
 // control plane: the embedded server, the listener and a SQLite write per
 // heartbeat, in this process. Set NODEAGENT_FLEET_SECONDS (e.g. 20) to
 // run it; the bar is 5% of a core.
@@ -167,7 +172,11 @@ func TestFleetCost(t *testing.T) {
 		}
 		keys = append(keys, id+" "+seed)
 	}
-	srv, err := fabric.Start(fabric.Config{Listen: "127.0.0.1:0", StoreDir: t.TempDir(), NodeKey: func(pub string) (string, bool) {
+	tlsCfg, caPEM, err := fabric.ServerTLS(t.TempDir(), []string{"127.0.0.1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := fabric.Start(fabric.Config{Listen: "127.0.0.1:0", StoreDir: t.TempDir(), TLS: tlsCfg, NodeKey: func(pub string) (string, bool) {
 		h, err := store.GetHostByNKey(ctx, db, pub)
 		return h.ID, err == nil
 	}})
@@ -191,7 +200,7 @@ func TestFleetCost(t *testing.T) {
 	defer stop()
 
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), "NODEAGENT_FLEET="+srv.ClientURL(), "NODEAGENT_FLEET_KEYS="+strings.Join(keys, "\n"))
+	cmd.Env = append(os.Environ(), "NODEAGENT_FLEET="+srv.ClientURL(), "NODEAGENT_FLEET_KEYS="+strings.Join(keys, "\n"), "NODEAGENT_FLEET_CA="+string(caPEM))
 	stdin, _ := cmd.StdinPipe()
 	out, _ := cmd.StdoutPipe()
 	cmd.Stderr = os.Stderr
