@@ -25,7 +25,9 @@ func TestHostCommands(t *testing.T) {
 	run := func(args ...string) (string, string, int) {
 		var out, errb bytes.Buffer
 		env := &cli.Env{Stdin: strings.NewReader(""), Stdout: &out, Stderr: &errb, Getenv: func(string) string { return "" },
-			Open: func(context.Context, *cli.Global) (cli.Backend, error) { return &cli.Local{Svc: svc, Caller: caller}, nil }}
+			Open: func(context.Context, *cli.Global) (cli.Backend, error) {
+				return &cli.Local{Svc: svc, Caller: caller}, nil
+			}}
 		code := cli.Run(ctx, env, args)
 		return out.String(), errb.String(), code
 	}
