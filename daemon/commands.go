@@ -32,6 +32,7 @@ func Commands() []*cli.Command {
 		tuiCmd(),
 		serveCmd(),
 		configCmd(),
+		nodeCmd(), // nodecmd.go
 	}
 }
 
