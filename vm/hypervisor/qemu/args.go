@@ -60,6 +60,11 @@ type machine struct {
 	Incoming string `json:"incoming,omitempty"`
 	// Sandbox runs QEMU under its seccomp sandbox (SandboxArgs).
 	Sandbox bool `json:"sandbox,omitempty"`
+	// MemFile, when set, is the file the guest RAM lives in (warm
+	// templates, template.go): mapped shared by a template, privately
+	// (copy-on-write) by its clones.
+	MemFile   string `json:"mem_file,omitempty"`
+	MemShared bool   `json:"mem_shared,omitempty"`
 	// UID and Cgroup are the jail of QEMU and the relay (0, "": none).
 	UID    int    `json:"uid,omitempty"`
 	Cgroup string `json:"cgroup,omitempty"`
@@ -104,7 +109,7 @@ func (m machine) args() []string {
 	}
 	a := []string{
 		"-name", "guest=" + opt(name) + ",process=minions-" + opt(m.ID),
-		"-M", "microvm",
+		"-M", "microvm" + m.memoryBackendOption(),
 	}
 	if m.Accel == AccelKVM {
 		a = append(a, "-accel", "kvm", "-cpu", "host")
@@ -119,6 +124,9 @@ func (m machine) args() []string {
 	}
 	a = append(a,
 		"-m", strconv.Itoa(m.MemoryMiB)+"M",
+	)
+	a = append(a, m.memoryBackendArgs()...)
+	a = append(a,
 		"-smp", strconv.Itoa(m.CPUs),
 		"-nodefaults", "-no-user-config", "-display", "none",
 		"-kernel", m.Kernel,
