@@ -212,7 +212,7 @@ func (s *Server) reidentify(r proto.Reidentify) (proto.ReidentifyReply, error) {
 	for _, done := range reloadServices(s.cfg.Root) {
 		step(done)
 	}
-	s.log.Info("re-identified", "hostname", id.hostname, "ip", id.ip, "mac", id.mac, "steps", len(reply.Steps))
+	s.log.Info("re-identified", "hostname", id.hostname, "ip", id.ip, "mac", id.mac.String(), "steps", len(reply.Steps))
 	return reply, nil
 }
 

@@ -168,7 +168,7 @@ func (m machine) args() []string {
 		a = append(a,
 			"-device", "virtio-serial-device",
 			"-chardev", "socket,id=agent,path="+opt(m.path(agentSock))+",server=on,wait=off",
-			"-device", "virtserialport,chardev=agent,name="+AgentPortName,
+			"-device", "virtserialport,chardev=agent,name="+AgentPortName+m.agentPortID(),
 		)
 	}
 	if m.Incoming != "" {

@@ -68,6 +68,78 @@ func (m machine) memoryBackendArgs() []string {
 	return []string{"-object", "memory-backend-file,id=mem,size=" + strconv.Itoa(m.MemoryMiB) + "M,mem-path=" + opt(m.MemFile) + ",share=" + share}
 }
 
+// agentPortQOMID names the agent's virtserialport in templates and clones,
+// so QEMU reports the guest opening and closing it (VSERPORT_CHANGE).
+const agentPortQOMID = "agentport"
+
+func (m machine) agentPortID() string {
+	if m.MemFile == "" {
+		return ""
+	}
+	return ",id=" + agentPortQOMID
+}
+
+// detachAgent stops the agent relay of a template VM and waits (at most
+// 3 s) until the guest agent has noticed: it closes its end of the port
+// and opens it again to wait for the next host. Saved in that state, a
+// clone's agent answers the first hello of the clone's relay, instead of
+// first reading it as data of the template's session.
+func (d *Driver) detachAgent(ctx context.Context, c *qmp.Client, h *hypervisor.Handle) {
+	var relays []hypervisor.Process
+	for _, p := range h.Helpers {
+		if p.Name == "agent-relay" {
+			relays = append(relays, p)
+		}
+	}
+	if len(relays) == 0 {
+		return
+	}
+	// Events already queued are from before.
+	for drained := false; !drained; {
+		select {
+		case _, ok := <-c.Events():
+			drained = !ok
+		default:
+			drained = true
+		}
+	}
+	if err := d.stopHelpers(ctx, &hypervisor.Handle{Helpers: relays}); err != nil {
+		d.log.Warn("template: stop agent relay", "err", err)
+	}
+	wait := time.NewTimer(3 * time.Second)
+	defer wait.Stop()
+	closed := false
+	for {
+		select {
+		case ev, ok := <-c.Events():
+			if !ok {
+				return
+			}
+			if ev.Name != "VSERPORT_CHANGE" {
+				continue
+			}
+			var p struct {
+				ID   string `json:"id"`
+				Open bool   `json:"open"`
+			}
+			if json.Unmarshal(ev.Data, &p) != nil || p.ID != agentPortQOMID {
+				continue
+			}
+			if !p.Open {
+				closed = true
+			} else if closed {
+				return
+			}
+		case <-wait.C:
+			// A guest agent that had no session is already waiting.
+			d.log.Debug("template: guest agent port did not cycle", "closed", closed)
+			return
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
 // setIgnoreShared turns on x-ignore-shared for a VM with file-backed RAM:
 // an incoming clone must have it set before migrate-incoming.
 func setIgnoreShared(ctx context.Context, c *qmp.Client, m machine) error {
@@ -176,6 +248,7 @@ func (d *Driver) saveTemplate(ctx context.Context, h *hypervisor.Handle, dir str
 		return err
 	}
 	defer c.Close()
+	d.detachAgent(ctx, c, h)
 	start := time.Now()
 	if err := c.Execute(ctx, "stop", nil, nil); err != nil {
 		return err
