@@ -381,6 +381,16 @@ func TestTemplateClones(t *testing.T) {
 			t.Errorf("neighbour %s: %q, want lladdr %s", addr, out, c.id.MAC)
 		}
 	}
+	// Both map the template file privately: the pages neither wrote are
+	// the page cache's, shared.
+	for i, c := range clones {
+		m := ramMapping(t, c.h.PID, filepath.Join(dir, TemplateMemoryFile))
+		t.Logf("clone %d: template mapping Rss %d KiB, Pss %d KiB, Shared_Clean %d KiB, Private_Dirty %d KiB",
+			i+1, m["Rss"], m["Pss"], m["Shared_Clean"], m["Private_Dirty"])
+		if m["Shared_Clean"] < 1024 || m["Pss"] >= m["Rss"] {
+			t.Errorf("clone %d shares no template pages: %v", i+1, m)
+		}
+	}
 	if out, err := exec.CommandContext(ctx, "ping", "-c", "1", "-W", "1", "10.77.0.10").CombinedOutput(); err == nil {
 		t.Errorf("the template's address still answers:\n%s", out)
 	}
@@ -392,6 +402,33 @@ func TestTemplateClones(t *testing.T) {
 	if fileSum(t, filepath.Join(dir, TemplateMemoryFile)) != memSum || fileSum(t, filepath.Join(dir, StateMemoryFile)) != stateSum || fileSum(t, tplDisk) != diskSum {
 		t.Fatal("the template changed while clones ran")
 	}
+}
+
+// ramMapping returns the smaps counters (KiB) of pid's mappings of file,
+// summed over its VMAs.
+func ramMapping(tb testing.TB, pid int, file string) map[string]int64 {
+	tb.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/smaps", pid))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	out := map[string]int64{}
+	in, found := false, false
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		switch {
+		case len(f) >= 5 && strings.Contains(f[0], "-") && !strings.HasSuffix(f[0], ":"):
+			in = len(f) >= 6 && f[5] == file
+			found = found || in
+		case in && len(f) == 3 && f[2] == "kB":
+			n, _ := strconv.ParseInt(f[1], 10, 64)
+			out[strings.TrimSuffix(f[0], ":")] += n
+		}
+	}
+	if !found {
+		tb.Fatalf("pid %d does not map %s", pid, file)
+	}
+	return out
 }
 
 func median(d []time.Duration) time.Duration {
