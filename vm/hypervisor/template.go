@@ -31,6 +31,16 @@ import "context"
 // errs.FailedPrecondition wrapping ErrUnsupported. A failed call leaves no
 // process behind; SaveTemplate leaves the VM paused on failure (the caller
 // kills it) and dir without a template.
+//
+// QEMU implements it with a file-backed RAM (share=on for the template,
+// share=off, a private copy-on-write mapping, for clones) and the
+// x-ignore-shared migration capability. Cloud Hypervisor could implement it
+// with vm.snapshot and a restore with memory_restore_mode=ondemand
+// (userfaultfd): restore time then does not grow with memory either, but
+// each clone copies every page it touches into memory of its own, so clones
+// share nothing; its snapshot offload (local send/receive-migration with
+// memfds from a daemon) hands out the memory itself, shared writable, not
+// copy-on-write. A clone's new TAP would go through vm.restore's net_fds.
 type Templater interface {
 	BootTemplate(ctx context.Context, spec Spec, dir string) (*Handle, error)
 	SaveTemplate(ctx context.Context, h *Handle, dir string) error
