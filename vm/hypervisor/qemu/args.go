@@ -65,6 +65,9 @@ type machine struct {
 	// (copy-on-write) by its clones.
 	MemFile   string `json:"mem_file,omitempty"`
 	MemShared bool   `json:"mem_shared,omitempty"`
+	// MemBackendRAM gives a VM restored from a snapshot of a clone the
+	// clone's RAM block name on anonymous memory (template.go).
+	MemBackendRAM bool `json:"mem_backend_ram,omitempty"`
 	// UID and Cgroup are the jail of QEMU and the relay (0, "": none).
 	UID    int    `json:"uid,omitempty"`
 	Cgroup string `json:"cgroup,omitempty"`

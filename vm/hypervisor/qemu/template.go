@@ -48,18 +48,28 @@ type savedTemplate struct {
 
 var _ hypervisor.Templater = (*Driver)(nil)
 
+// hasMemoryBackend reports whether the RAM is a memory backend object
+// ("mem") rather than -m's default: for templates and clones (a file), and
+// for VMs restored from a snapshot of a clone (anonymous), whose migration
+// stream names the RAM block after the backend.
+func (m machine) hasMemoryBackend() bool { return m.MemFile != "" || m.MemBackendRAM }
+
 // memoryBackendOption is the -M suboption naming the RAM backend.
 func (m machine) memoryBackendOption() string {
-	if m.MemFile == "" {
+	if !m.hasMemoryBackend() {
 		return ""
 	}
 	return ",memory-backend=mem"
 }
 
-// memoryBackendArgs declares the file-backed RAM of a template or clone.
+// memoryBackendArgs declares the RAM backend of a template, a clone or a
+// restored snapshot of a clone.
 func (m machine) memoryBackendArgs() []string {
-	if m.MemFile == "" {
+	if !m.hasMemoryBackend() {
 		return nil
+	}
+	if m.MemFile == "" {
+		return []string{"-object", "memory-backend-ram,id=mem,size=" + strconv.Itoa(m.MemoryMiB) + "M"}
 	}
 	share := "off"
 	if m.MemShared {
@@ -73,7 +83,7 @@ func (m machine) memoryBackendArgs() []string {
 const agentPortQOMID = "agentport"
 
 func (m machine) agentPortID() string {
-	if m.MemFile == "" {
+	if !m.hasMemoryBackend() {
 		return ""
 	}
 	return ",id=" + agentPortQOMID
@@ -140,10 +150,13 @@ func (d *Driver) detachAgent(ctx context.Context, c *qmp.Client, h *hypervisor.H
 	}
 }
 
-// setIgnoreShared turns on x-ignore-shared for a VM with file-backed RAM:
-// an incoming clone must have it set before migrate-incoming.
+// setIgnoreShared turns on x-ignore-shared for a VM with a memory backend
+// object, before it saves a template or receives a migration. The
+// capability only leaves out RAM that is mapped shared (a template's), but
+// it is part of the stream: a clone keeps it on, so its snapshots carry it
+// (with all its RAM, mapped privately) and their restores must set it too.
 func setIgnoreShared(ctx context.Context, c *qmp.Client, m machine) error {
-	if m.MemFile == "" {
+	if !m.hasMemoryBackend() {
 		return nil
 	}
 	caps := map[string]any{"capabilities": []map[string]any{{"capability": "x-ignore-shared", "state": true}}}

@@ -301,6 +301,7 @@ func TestTemplateClones(t *testing.T) {
 		h     *hypervisor.Handle
 		spec  hypervisor.Spec
 		id    vsockcli.Identity
+		key   ssh.PublicKey // the agent's, after re-identification
 		facts guestFacts
 	}
 	var clones []*clone
@@ -336,6 +337,7 @@ func TestTemplateClones(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		c.key = r.AgentHostKey
 		t.Logf("clone %d: StartClone returned after %v, agent ready after %v, re-identified in %v: %v", i, started, ready, time.Since(start)-ready, r.Steps)
 		if bytes.Equal(r.AgentHostKey.Marshal(), tplKey.Marshal()) {
 			t.Fatal("agent key not replaced")
@@ -394,6 +396,31 @@ func TestTemplateClones(t *testing.T) {
 	if out, err := exec.CommandContext(ctx, "ping", "-c", "1", "-W", "1", "10.77.0.10").CombinedOutput(); err == nil {
 		t.Errorf("the template's address still answers:\n%s", out)
 	}
+	// A clone is a VM like any other: a snapshot of it (its whole memory,
+	// private pages and template pages alike) restores without the
+	// template.
+	snap := filepath.Join(g.work, "snap1")
+	c1 := clones[0]
+	if err := g.d.SaveState(ctx, c1.h, snap); err != nil {
+		t.Fatal(err)
+	}
+	if err := g.d.Kill(ctx, c1.h); err != nil {
+		t.Fatal(err)
+	}
+	h1, err := g.d.Restore(ctx, c1.spec, snap)
+	if err != nil {
+		b, _ := os.ReadFile(filepath.Join(c1.spec.RunDir, qemuLog))
+		t.Fatalf("%v\nqemu.log:\n%s", err, b)
+	}
+	c1.h = h1
+	ac, err := vsockcli.WaitReady(ctx, c1.h.Agent, g.agentConfig(c1.key, nil))
+	if err != nil {
+		t.Fatalf("restored snapshot of a clone: %v", err)
+	}
+	if f := readFacts(t, ctx, ac); f.hostname != c1.id.Hostname || f.machineID != c1.id.MachineID {
+		t.Errorf("restored snapshot of clone 1 reports %+v", f)
+	}
+	ac.Close()
 	for _, c := range clones {
 		if err := g.d.Kill(ctx, c.h); err != nil {
 			t.Fatal(err)

@@ -29,6 +29,12 @@ func TestTemplateArgs(t *testing.T) {
 	if i := slices.Index(m.args(), "-object"); i < 0 || !strings.HasSuffix(m.args()[i+1], ",share=off") {
 		t.Errorf("clone memory is not private: %q", m.args())
 	}
+	// A restored snapshot of a clone: the same RAM block name, anonymous.
+	m.MemFile, m.MemBackendRAM = "", true
+	a = m.args()
+	if i := slices.Index(a, "-object"); i < 0 || a[i+1] != "memory-backend-ram,id=mem,size=512M" || !slices.Contains(a, "microvm,memory-backend=mem") {
+		t.Errorf("snapshot of a clone: %q", a)
+	}
 }
 
 func TestCloneCompatible(t *testing.T) {
