@@ -391,7 +391,9 @@ func (d *Driver) startClone(ctx context.Context, spec hypervisor.Spec, dir strin
 	if err := cloneCompatible(t.Machine, m); err != nil {
 		return nil, errs.New(errs.FailedPrecondition, "template does not fit the spec: %w", err)
 	}
-	m.Cmdline = t.Machine.Cmdline
+	// The clone's own command line: the guest booted long ago, but a
+	// reboot in this QEMU reads it (from fw_cfg, which is not migrated), and
+	// must come back as the clone (its name, ID, IP), not as the template.
 	m.MemFile = filepath.Join(dir, TemplateMemoryFile)
 	m.MemShared = false
 	m.Incoming = filepath.Join(dir, StateMemoryFile)

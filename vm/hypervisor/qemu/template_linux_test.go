@@ -396,6 +396,40 @@ func TestTemplateClones(t *testing.T) {
 	if out, err := exec.CommandContext(ctx, "ping", "-c", "1", "-W", "1", "10.77.0.10").CombinedOutput(); err == nil {
 		t.Errorf("the template's address still answers:\n%s", out)
 	}
+	// A reboot inside the clone's QEMU comes back as the clone: its
+	// command line, MAC, machine-id and agent key, not the template's.
+	{
+		c := clones[1]
+		ac, err := vsockcli.Dial(ctx, c.h.Agent, g.agentConfig(c.key, nil))
+		if err != nil {
+			t.Fatal(err)
+		}
+		before, err := ac.Ping(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := ac.Shutdown(ctx, true); err != nil {
+			t.Fatal(err)
+		}
+		ac.Close()
+		// Wait for the agent of the next boot (another boot_id).
+		for {
+			ac, err = vsockcli.WaitReady(ctx, c.h.Agent, g.agentConfig(c.key, nil))
+			if err != nil {
+				b, _ := os.ReadFile(c.spec.ConsoleLog)
+				t.Fatalf("clone 2 after reboot: %v\nconsole:\n%s", err, b)
+			}
+			if p, err := ac.Ping(ctx); err == nil && p.BootID != before.BootID {
+				break
+			}
+			ac.Close()
+		}
+		f := readFacts(t, ctx, ac)
+		ac.Close()
+		if f.hostname != c.id.Hostname || f.machineID != c.id.MachineID || f.mac != c.id.MAC || f.addrs != c.id.IP.String() {
+			t.Errorf("clone 2 after reboot reports %+v, want %s %s %s %s", f, c.id.Hostname, c.id.MachineID, c.id.MAC, c.id.IP)
+		}
+	}
 	// A clone is a VM like any other: a snapshot of it (its whole memory,
 	// private pages and template pages alike) restores without the
 	// template.
