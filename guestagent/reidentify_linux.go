@@ -217,7 +217,9 @@ func (s *Server) reidentify(r proto.Reidentify) (proto.ReidentifyReply, error) {
 }
 
 // swapSigner is the agent's host key, replaceable while the server runs:
-// connections already open keep the key they were made with.
+// connections already open keep the key they were made with. A handshake
+// that overlaps the swap may sign with the new key after announcing the old
+// one and fail; the host dials again (it re-pins after reidentify anyway).
 type swapSigner struct {
 	mu sync.RWMutex
 	s  ssh.Signer
