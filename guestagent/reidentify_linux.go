@@ -137,18 +137,18 @@ func (s *Server) reidentify(r proto.Reidentify) (proto.ReidentifyReply, error) {
 	if err := s.cfg.SetHostname(id.hostname); err != nil {
 		return reply, fmt.Errorf("set hostname: %w", err)
 	}
-	if err := writeFileAtomic(s.cfg.path("/etc/hostname"), []byte(id.hostname+"\n"), 0o644); err != nil {
+	if err := writeFileNoSync(s.cfg.path("/etc/hostname"), []byte(id.hostname+"\n"), 0o644); err != nil {
 		return reply, fmt.Errorf("write hostname: %w", err)
 	}
 	step("set hostname")
 
 	oldID := readTrim(s.cfg.path("/etc/machine-id"))
-	if err := writeFileAtomic(s.cfg.path("/etc/machine-id"), []byte(id.machineID+"\n"), 0o444); err != nil {
+	if err := writeFileNoSync(s.cfg.path("/etc/machine-id"), []byte(id.machineID+"\n"), 0o444); err != nil {
 		return reply, fmt.Errorf("write machine id: %w", err)
 	}
 	dbus := s.cfg.path("/var/lib/dbus/machine-id")
 	if st, err := os.Lstat(dbus); err == nil && st.Mode().IsRegular() {
-		if err := writeFileAtomic(dbus, []byte(id.machineID+"\n"), 0o444); err != nil {
+		if err := writeFileNoSync(dbus, []byte(id.machineID+"\n"), 0o444); err != nil {
 			return reply, fmt.Errorf("write dbus machine id: %w", err)
 		}
 	}
@@ -186,7 +186,7 @@ func (s *Server) reidentify(r proto.Reidentify) (proto.ReidentifyReply, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return reply, fmt.Errorf("write authorized keys: %w", err)
 	}
-	if err := writeFileAtomic(filepath.Join(dir, "authorized_keys"), []byte(id.keys), 0o600); err != nil {
+	if err := writeFileNoSync(filepath.Join(dir, "authorized_keys"), []byte(id.keys), 0o600); err != nil {
 		return reply, fmt.Errorf("write authorized keys: %w", err)
 	}
 	step("write authorized keys")
@@ -198,22 +198,58 @@ func (s *Server) reidentify(r proto.Reidentify) (proto.ReidentifyReply, error) {
 	reply.AgentHostKey = strings.TrimSpace(string(ssh.MarshalAuthorizedKey(key)))
 	step("regenerate agent host key")
 
+	if id.dns.IsValid() {
+		if err := writeFileNoSync(s.cfg.path("/etc/resolv.conf"), []byte("nameserver "+id.dns.String()+"\n"), 0o644); err != nil {
+			return reply, fmt.Errorf("write resolv.conf: %w", err)
+		}
+	}
+	// One flush for every file above, instead of two per file.
+	if err := syncFS(s.cfg.path("/etc")); err != nil {
+		return reply, fmt.Errorf("sync: %w", err)
+	}
+	step("sync")
+
 	if id.ip.IsValid() || id.mac != nil {
 		if err := reconfigureNet(id.mac, id.ip, id.gw); err != nil {
 			return reply, fmt.Errorf("network: %w", err)
 		}
 		step("move eth0 to its own mac and ip, announce it")
 	}
-	if id.dns.IsValid() {
-		if err := writeFileAtomic(s.cfg.path("/etc/resolv.conf"), []byte("nameserver "+id.dns.String()+"\n"), 0o644); err != nil {
-			return reply, fmt.Errorf("write resolv.conf: %w", err)
-		}
-	}
 	for _, done := range reloadServices(s.cfg.Root) {
 		step(done)
 	}
 	s.log.Info("re-identified", "hostname", id.hostname, "ip", id.ip, "mac", id.mac.String(), "steps", len(reply.Steps))
 	return reply, nil
+}
+
+// writeFileNoSync replaces path atomically (written aside, renamed) but
+// does not flush it: reidentify writes several files and flushes once
+// (syncFS). A file torn by a power cut before that is either the old one or
+// the new one; a torn agent key is replaced at the next start.
+func writeFileNoSync(path string, data []byte, mode os.FileMode) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return err
+	}
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, data, mode); err != nil {
+		os.Remove(tmp)
+		return err
+	}
+	if err := os.Chmod(tmp, mode); err != nil {
+		os.Remove(tmp)
+		return err
+	}
+	return os.Rename(tmp, path)
+}
+
+// syncFS flushes the filesystem holding dir (syncfs(2)).
+func syncFS(dir string) error {
+	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	return unix.Syncfs(fd)
 }
 
 // swapSigner is the agent's host key, replaceable while the server runs:
@@ -260,7 +296,7 @@ func (s *Server) newAgentHostKey() (ssh.PublicKey, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := writeFileAtomic(s.cfg.HostKeyPath, pem.EncodeToMemory(block), 0o600); err != nil {
+	if err := writeFileNoSync(s.cfg.HostKeyPath, pem.EncodeToMemory(block), 0o600); err != nil {
 		return nil, err
 	}
 	s.signer.set(signer)

@@ -216,7 +216,7 @@ func TestReidentifyOverSSH(t *testing.T) {
 		t.Fatalf("ping on the old connection: %v %v", ok, err)
 	}
 	want := []string{"reseed rng", "set clock", "set hostname", "set machine id", "remove template leftovers",
-		"regenerate sshd host keys", "write authorized keys", "regenerate agent host key", "move eth0 to its own mac and ip, announce it"}
+		"regenerate sshd host keys", "write authorized keys", "regenerate agent host key", "sync", "move eth0 to its own mac and ip, announce it"}
 	if !slices.Equal(reply.Steps, want) {
 		t.Errorf("steps %q", reply.Steps)
 	}
