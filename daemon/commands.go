@@ -10,11 +10,9 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"os/signal"
 	"path/filepath"
 	"sort"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/minionsdev/minions/cli"
@@ -31,9 +29,7 @@ func Commands() []*cli.Command {
 	return []*cli.Command{
 		initCmd(),
 		imageCmd(),
-		relayCmd(),
 		jailExecCmd(),
-		consoleLogCmd(),
 		vsockCmd(),
 		tuiCmd(),
 		serveCmd(),
@@ -349,26 +345,6 @@ func catalog(x *cli.Ctx) (*images.Catalog, error) {
 	}
 	c := &images.Catalog{Dir: filepath.Join(paths.State, "images"), Log: cliLogger()}
 	return c, c.Validate()
-}
-
-func relayCmd() *cli.Command {
-	return &cli.Command{Name: "agent-relay", Hidden: true, HostOnly: true, Usage: "--serial SOCKET --listen SOCKET",
-		Summary: "Relay a VM's virtio-serial agent channel to a hybrid-vsock socket (started by the QEMU driver)",
-		Flags: func(fs *flag.FlagSet) {
-			fs.String("serial", "", "QEMU's virtio-serial chardev socket")
-			fs.String("listen", "", "hybrid-vsock socket to offer")
-		},
-		Run: func(ctx context.Context, x *cli.Ctx) error {
-			serial, listen := x.FS.Lookup("serial").Value.String(), x.FS.Lookup("listen").Value.String()
-			if serial == "" || listen == "" {
-				return errs.New(errs.InvalidArgument, "--serial and --listen are required")
-			}
-			ctx, cancel := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
-			defer cancel()
-			signal.Ignore(syscall.SIGHUP, syscall.SIGPIPE)
-			log := slog.New(slog.NewTextHandler(os.Stderr, nil)).With("component", "relay")
-			return vsockcli.RunRelay(ctx, vsockcli.RelayConfig{SerialSocket: serial, Listen: listen, Log: log})
-		}}
 }
 
 func jailExecCmd() *cli.Command {

@@ -3,5 +3,7 @@
 // hypervisor driver, service) and, for `minions serve`, runs the listeners
 // under one errgroup with a graceful shutdown. Only this package knows the
 // concrete drivers. It also contributes the host-only commands (init,
-// image, serve, agent-relay, doctor, vsock) to the CLI tree.
+// image, serve, doctor, vsock) to the CLI tree. The QEMU driver's per-VM
+// helpers (agent relay, console logger) are the separate minions-relay
+// binary (vm/hypervisor/qemu/relay), found by RelayBinary.
 package daemon

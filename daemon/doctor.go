@@ -113,6 +113,11 @@ func doctor(ctx context.Context, paths Paths) []check {
 	} else {
 		add("agent channel", true, "virtio-serial + relay (no /dev/vhost-vsock on this host)")
 	}
+	if relay, err := RelayBinary(); err != nil {
+		add("agent relay", false, "%v", err)
+	} else {
+		add("agent relay", true, "%s", relay)
+	}
 	if agent, err := AgentBinary(); err != nil {
 		add("guest agent", false, "%v", err)
 	} else {

@@ -24,6 +24,7 @@ import (
 	"github.com/minionsdev/minions/images"
 	"github.com/minionsdev/minions/internal/testenv"
 	"github.com/minionsdev/minions/vm/hypervisor"
+	"github.com/minionsdev/minions/vm/hypervisor/qemu/relay"
 )
 
 // The real check: boot the agent in QEMU (microvm, TCG) from a hand-built
@@ -221,7 +222,7 @@ func TestQEMUAgent(t *testing.T) {
 		rctx, rcancel := context.WithCancel(ctx)
 		done := make(chan error, 1)
 		relayDone = done
-		go func() { done <- RunRelay(rctx, RelayConfig{SerialSocket: serial, Listen: listen, Log: testLog(t)}) }()
+		go func() { done <- relay.Run(rctx, relay.Config{SerialSocket: serial, Listen: listen, Log: testLog(t)}) }()
 		return func() error { rcancel(); return <-done }
 	}
 	stopRelay := startRelay()
