@@ -278,16 +278,27 @@ func BenchmarkExecRoundTrip(b *testing.B) {
 }
 
 // BenchmarkMemoryPerVM measures the host memory each VM costs with two VMs
-// running and no daemon: the proportional set size (PSS, so pages the two
-// share are split between them) of the VM's long-lived Minions helpers
-// (the agent relay and the console logger), and of QEMU apart. One
-// iteration samples both VMs; the metrics are medians per VM in KiB:
+// (or $MINIONS_BENCH_VMS) running and no daemon: the proportional set size
+// (PSS, so pages they share are split between them) of the VM's long-lived
+// Minions helpers (the agent relay and the console logger, both
+// minions-relay processes), and of QEMU apart. One
+// iteration samples every VM; the metrics are medians per VM in KiB:
 // relay-pss-KiB/vm (issue 16's "host memory per VM outside QEMU" target:
 // <= 2048), console-pss-KiB/vm, helpers-pss-KiB/vm (their sum) and
 // qemu-pss-KiB/vm.
 func BenchmarkMemoryPerVM(b *testing.B) {
 	benchSetup(b)
-	vms := []vmJSON{benchVM(b, "bench-mem-a"), benchVM(b, "bench-mem-b")}
+	n := 2
+	if s := os.Getenv("MINIONS_BENCH_VMS"); s != "" {
+		var err error
+		if n, err = strconv.Atoi(s); err != nil || n < 1 {
+			b.Fatalf("MINIONS_BENCH_VMS=%q: want a positive number", s)
+		}
+	}
+	var vms []vmJSON
+	for i := range n {
+		vms = append(vms, benchVM(b, fmt.Sprintf("bench-mem-%d", i)))
+	}
 	signer := hostSigner(b)
 	// Exercise each relay once (a connection and an exec), then let
 	// both guests settle.
@@ -350,7 +361,7 @@ func BenchmarkMemoryPerVM(b *testing.B) {
 	b.ReportMetric(float64(med(helpers)), "helpers-pss-KiB/vm")
 	b.ReportMetric(float64(med(qemuPSS)), "qemu-pss-KiB/vm")
 
-	t := &table{title: fmt.Sprintf("BenchmarkMemoryPerVM: host memory per VM, 2 VMs of %d MiB running, no daemon (median of %d samples)", vms[0].Memory, len(relayPSS)),
+	t := &table{title: fmt.Sprintf("BenchmarkMemoryPerVM: host memory per VM, %d VMs of %d MiB running, no daemon (median of %d samples)", n, vms[0].Memory, len(relayPSS)),
 		head: []string{"process", "PSS KiB/vm", "RSS KiB/vm"}}
 	t.add("agent relay ("+filepath.Base(relayArgv[0])+")", strconv.FormatInt(med(relayPSS), 10), strconv.FormatInt(med(relayRSS), 10))
 	t.add("console logger", strconv.FormatInt(med(conPSS), 10), strconv.FormatInt(med(conRSS), 10))

@@ -39,13 +39,14 @@ import (
 
 // gcPercent and memLimit bound the heap of a relay. Its live data is a
 // few hundred KiB (runtime, one yamux session); the heap grows with
-// garbage until the next GC, which the runtime starts only at 4 MiB times
-// GOGC/100, so a low GOGC keeps an idle relay's resident heap small (a GC
-// of so small a heap takes well under a millisecond). memLimit is only a
-// backstop against a runaway heap: a limit near what the runtime maps
-// anyway (4-5 MiB) makes the GC run back to back, burning CPU for nothing.
+// garbage until the next GC, which the runtime starts at 4 MiB times
+// GOGC/100, so a lower GOGC keeps a busy relay's heap smaller (a GC of so
+// small a heap takes well under a millisecond); an idle relay is trimmed
+// anyway (trimmer). memLimit is only a backstop against a runaway heap: a
+// limit near what the runtime maps anyway (4-5 MiB, measured) makes the GC
+// run back to back, burning CPU for nothing.
 const (
-	gcPercent = 25
+	gcPercent = 50
 	memLimit  = 32 << 20
 )
 
@@ -54,8 +55,9 @@ const (
 // would keep about a heap goal's worth resident, for every VM.
 const trimDelay = 500 * time.Millisecond
 
-// trimmer calls debug.FreeOSMemory once the relay has been idle for
-// trimDelay; each call of idle restarts the wait.
+// trimmer returns free memory to the OS once the relay has been idle for
+// trimDelay; each call of idle restarts the wait. It collects twice: the
+// first GC only moves pooled copy buffers to sync.Pool's victim cache.
 type trimmer struct {
 	mu sync.Mutex
 	t  *time.Timer
@@ -65,7 +67,7 @@ func (tr *trimmer) idle() {
 	tr.mu.Lock()
 	defer tr.mu.Unlock()
 	if tr.t == nil {
-		tr.t = time.AfterFunc(trimDelay, debug.FreeOSMemory)
+		tr.t = time.AfterFunc(trimDelay, func() { runtime.GC(); debug.FreeOSMemory() })
 		return
 	}
 	tr.t.Reset(trimDelay)
