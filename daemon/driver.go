@@ -71,16 +71,16 @@ func newDriver(ctx context.Context, o Options) (hypervisor.Driver, error) {
 		Jail: jailConfig(exe, o.Jail, o.Paths),
 		Log:  o.Log,
 	}
-	relayBin, relayErr := RelayBinary()
-	if relayErr == nil {
-		cfg.RelayCommand = []string{relayBin, "agent-relay"}
-		cfg.ConsoleCommand = []string{relayBin, "console-log"}
+	// Without minions-relay installed, commands that start no VM still
+	// work: the bare name is looked up in $PATH when a VM starts, and
+	// fails there (`minions doctor` says where it was looked for).
+	relayBin, err := RelayBinary()
+	if err != nil {
+		relayBin = "minions-relay"
 	}
-	d, err := qemu.New(cfg)
-	if err != nil && relayErr != nil {
-		return nil, relayErr // without the relay binary, no QEMU VM's agent is reachable
-	}
-	return d, err
+	cfg.RelayCommand = []string{relayBin, "agent-relay"}
+	cfg.ConsoleCommand = []string{relayBin, "console-log"}
+	return qemu.New(cfg)
 }
 
 // RelayBinary finds minions-relay, the QEMU driver's per-VM helper (agent
