@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -286,5 +287,35 @@ func TestConfigValidate(t *testing.T) {
 	}
 	if err := (&Config{SerialSocket: "a", Listen: "b"}).Validate(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestRelayIdleHook: Idle is called when the guest link comes up and when
+// the last client connection closes, never while one is open.
+func TestRelayIdleHook(t *testing.T) {
+	serial, listen := sockets(t)
+	startGuest(t, serial, 1)
+	var calls atomic.Int32
+	startRelay(t, Config{SerialSocket: serial, Listen: listen, Idle: func() { calls.Add(1) }})
+	a, abr := connect(t, listen, nil) // waits for the link: one call
+	b, bbr := connect(t, listen, nil)
+	for deadline := time.Now().Add(5 * time.Second); calls.Load() == 0 && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond) // the call may trail the link's first CONNECT
+	}
+	if n := calls.Load(); n != 1 {
+		t.Fatalf("idle called %d times with the link up and two connections open, want 1", n)
+	}
+	for _, c := range []struct {
+		c  *net.UnixConn
+		br *bufio.Reader
+	}{{a, abr}, {b, bbr}} {
+		c.c.CloseWrite()
+		io.ReadAll(c.br)
+		c.c.Close()
+	}
+	for deadline := time.Now().Add(5 * time.Second); calls.Load() != 2; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("idle called %d times after both connections closed, want 2", calls.Load())
+		}
 	}
 }
