@@ -402,6 +402,7 @@ func (h *handler) table() []route {
 			return s.Restart(ctx, c, name(r), p)
 		}),
 		{method: http.MethodPost, pattern: "/v1/vms/{name}/exec", kind: raw, rawFn: h.serveExec},
+		{method: http.MethodPost, pattern: "/v1/vms/{name}/forward/{port}", kind: raw, rawFn: h.serveForward},
 		get("/v1/vms/{name}/status", func(ctx context.Context, c service.Caller, r *http.Request) (any, error) {
 			return s.AgentStatus(ctx, c, name(r))
 		}),

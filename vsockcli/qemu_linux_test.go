@@ -28,7 +28,7 @@ import (
 )
 
 // The real check: boot the agent in QEMU (microvm, TCG) from a hand-built
-// initramfs and ext4 root, and drive it through RunRelay and Client. It
+// initramfs and ext4 root, and drive it through relay.Run and Client. It
 // needs an extracted Debian cloud kernel package:
 //
 //	MINIONS_TEST_KERNEL_DIR=/tmp/h1kern/x go test -run TestQEMU -v ./vsockcli/
