@@ -32,6 +32,7 @@ import (
 	"github.com/minionsdev/minions/internal/testenv"
 	"github.com/minionsdev/minions/vm/disk"
 	"github.com/minionsdev/minions/vm/hypervisor"
+	"github.com/minionsdev/minions/vm/hypervisor/qemu/relay"
 	"github.com/minionsdev/minions/vm/jail"
 	"github.com/minionsdev/minions/vsockcli"
 )
@@ -53,7 +54,7 @@ func init() {
 	serial := fs.String("serial", "", "")
 	listen := fs.String("listen", "", "")
 	_ = fs.Parse(os.Args[1:])
-	err := vsockcli.RunRelay(context.Background(), vsockcli.RelayConfig{SerialSocket: *serial, Listen: *listen,
+	err := relay.Run(context.Background(), relay.Config{SerialSocket: *serial, Listen: *listen,
 		Log: slog.New(slog.NewTextHandler(os.Stderr, nil))})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
