@@ -153,7 +153,7 @@ func runBackupCreate(ctx context.Context, x *cli.Ctx) error {
 }
 
 // writeBackup writes the backup to file via file.tmp, removed on failure.
-func writeBackup(ctx context.Context, x *cli.Ctx, e *daemon.Env, admin service.Caller, paths daemon.Paths, configFile, file string, withDisks bool) (backupManifest, error) {
+func writeBackup(ctx context.Context, x *cli.Ctx, e *daemon.Installation, admin service.Caller, paths daemon.Paths, configFile, file string, withDisks bool) (backupManifest, error) {
 	m := backupManifest{Format: backupFormat, MinionsVersion: cli.Version, Schema: store.SchemaVersion(), CreatedAt: time.Now().UTC(),
 		StateDir: paths.State, WithDisks: withDisks}
 	stage, err := os.MkdirTemp(paths.State, ".backup-")

@@ -23,7 +23,7 @@ import (
 
 // startGateway runs the SSH front door (dashboard, commands, `ssh vm@host`)
 // and returns its bound address ("" when cfg.SSHBind is off).
-func startGateway(ctx context.Context, g *errgroup.Group, cfg config.Config, e *Env, log *slog.Logger, paths Paths) (string, error) {
+func startGateway(ctx context.Context, g *errgroup.Group, cfg config.Config, e *Installation, log *slog.Logger, paths Paths) (string, error) {
 	if cfg.SSHBind == "" {
 		return "", nil
 	}
