@@ -125,8 +125,7 @@ func (f *frontend) Run(ctx context.Context, u gateway.User, args []string, stdin
 	env := &cli.Env{Stdin: stdin, Stdout: stdout, Stderr: stderr, Remote: true, Interactive: interactive,
 		Open: func(context.Context, *cli.Global) (service.Backend, error) {
 			return f.svc.As(c).WithSessionKey(u.Key), nil
-		},
-		Extra: remoteCommands()}
+		}}
 	return cli.Run(ctx, env, args)
 }
 
