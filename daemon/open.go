@@ -72,7 +72,7 @@ type Options struct {
 	Hypervisor   string       // "auto" (default), "qemu", "cloud-hypervisor"
 	Jail         jail.Config  // mode, uid base, overhead (see config.Config.Jail); Open adds the launcher and hidden dirs
 	Sandbox      string       // "on" (default), "auto" or "off": see config.Config.Sandbox
-	DefaultImage string       // image create uses without one (default "minimal")
+	DefaultImage string       // image create uses without one (default images.DefaultImage)
 	// DNS is the nameserver handed to guests (zero: none); EgressAllow
 	// opens private destinations to VMs (see network.Config).
 	DNS         netip.Addr
