@@ -55,16 +55,14 @@ type recorder struct {
 // with the guest end of the virtio-serial port played by a unix socket
 // the test serves.
 type env struct {
-	t       *testing.T
-	root    string
-	signer  ssh.Signer
-	rec     *recorder
-	srv     *guestagent.Server
-	serial  string
-	listen  string
-	ep      hypervisor.AgentEndpoint
-	mounts  []guestagent.Mount
-	growMnt string
+	t      *testing.T
+	root   string
+	signer ssh.Signer
+	rec    *recorder
+	srv    *guestagent.Server
+	serial string
+	listen string
+	ep     hypervisor.AgentEndpoint
 
 	guestStop func()
 	relayStop func() error
