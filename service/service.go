@@ -15,6 +15,7 @@ import (
 	"github.com/minionsdev/minions/vm"
 	"github.com/minionsdev/minions/vm/engine"
 	"github.com/minionsdev/minions/vm/hypervisor"
+	"github.com/minionsdev/minions/vm/network"
 	"golang.org/x/crypto/ssh"
 )
 
