@@ -14,7 +14,7 @@ import (
 // metrics serves Prometheus text format on the admin listener: VM counts by
 // state, operation latencies, and guest agent health (probed on scrape).
 type metrics struct {
-	e     *Env
+	e     *Installation
 	mu    sync.Mutex
 	ops   map[string]*latency
 	extra []http.Handler // more text-format sections (the proxy's)
@@ -25,7 +25,7 @@ type latency struct {
 	sum   float64
 }
 
-func newMetrics(e *Env) *metrics { return &metrics{e: e, ops: map[string]*latency{}} }
+func newMetrics(e *Installation) *metrics { return &metrics{e: e, ops: map[string]*latency{}} }
 
 func (m *metrics) observe(op string, d time.Duration) {
 	m.mu.Lock()

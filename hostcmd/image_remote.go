@@ -10,6 +10,7 @@ import (
 
 	"github.com/minionsdev/minions/cli"
 	"github.com/minionsdev/minions/internal/errs"
+	"github.com/minionsdev/minions/internal/units"
 	"github.com/minionsdev/minions/service"
 )
 
@@ -119,7 +120,7 @@ func printImageTable(w io.Writer, rows []imageRow, empty string) {
 		if r.Default {
 			mark = "*"
 		}
-		fmt.Fprintf(tw, "%s\t%d MiB\t%s\t%s\n", r.Ref, r.SizeBytes>>20, r.Created.Format(time.RFC3339), mark)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", r.Ref, units.Bytes(r.SizeBytes), r.Created.Format(time.RFC3339), mark)
 	}
 	tw.Flush()
 }

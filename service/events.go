@@ -106,16 +106,6 @@ func (s *Service) record(ctx context.Context, actor string, v store.VM, kind, me
 	}
 }
 
-// recordFor records an event by caller c about the VM named name (looked
-// up after the operation: for a successful operation it exists).
-func (s *Service) recordFor(ctx context.Context, c Caller, name, kind, message string) {
-	v, err := s.getVM(context.WithoutCancel(ctx), c, name)
-	if err != nil {
-		return
-	}
-	s.record(ctx, c.Name, v, kind, message)
-}
-
 // recordIf records an event by c about v when err is nil.
 func (s *Service) recordIf(ctx context.Context, c Caller, v store.VM, err error, kind, message string) {
 	if err == nil {

@@ -15,7 +15,7 @@ import (
 
 	gossh "golang.org/x/crypto/ssh"
 
-	agent "github.com/minionsdev/minions/guestagent"
+	"github.com/minionsdev/minions/guestagent"
 	"github.com/minionsdev/minions/internal/errs"
 	"github.com/minionsdev/minions/store"
 	"github.com/minionsdev/minions/vsockcli"
@@ -49,11 +49,11 @@ func newPoolSource(t *testing.T) *poolSource {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err := agent.NewServer(agent.Config{
+	srv, err := guestagent.NewServer(guestagent.Config{
 		AuthorizedKey: signer.PublicKey(),
 		HostKeyPath:   filepath.Join(root, "etc/minions/agent_host_key"),
 		Root:          root,
-		Mounts:        func() ([]agent.Mount, error) { return nil, nil },
+		Mounts:        func() ([]guestagent.Mount, error) { return nil, nil },
 		GrowMount:     root,
 		SetHostname:   func(string) error { return nil },
 		SetTime:       func(time.Time) error { return nil },
