@@ -1,15 +1,14 @@
 package service
 
 import (
-	"bytes"
 	"context"
 	"fmt"
-	"io"
 	"os"
 	"time"
 
 	"github.com/minionsdev/minions/internal/errs"
 	"github.com/minionsdev/minions/store"
+	"github.com/minionsdev/minions/vm/consolelog"
 )
 
 // Restart backoff: the n-th crash in a row waits RestartBackoffMin·2^(n-1),
@@ -127,13 +126,19 @@ func (s *Service) wentDown(ctx context.Context, v store.VM) (store.Restart, bool
 	}
 	now := time.Now()
 	kind, restart, delay := EventCrashed, r.Policy != store.RestartNo, time.Duration(0)
+	why, line := consolelog.ExitUnknown, ""
+	if exists(s.runDir(v.ID)) {
+		why, line = consolelog.LastExit(s.consolePath(v.ID))
+	}
 	switch {
 	case !exists(s.runDir(v.ID)):
 		kind = EventHostReboot
-	case cleanPoweroff(s.consolePath(v.ID)):
+	case why == consolelog.ExitPoweroff:
 		kind, restart = EventPoweroff, r.Policy == store.RestartAlways
 		r.Streak = 0
-	default:
+	case why == consolelog.ExitReboot: // like a real machine, unless policy no
+		kind, r.Streak = EventGuestReboot, 0
+	default: // killed, hypervisor crash, guest kernel panic
 		if !v.StartedAt.IsZero() && now.Sub(v.StartedAt) > RestartStableAfter {
 			r.Streak = 0
 		}
@@ -145,7 +150,12 @@ func (s *Service) wentDown(ctx context.Context, v store.VM) (store.Restart, bool
 	case EventHostReboot:
 		msg = "processes and run dir gone: host restarted"
 	case EventPoweroff:
-		msg = "guest powered off"
+		msg = "guest powered off (" + line + ")"
+	case EventGuestReboot:
+		msg = "guest rebooted (" + line + ")"
+	}
+	if why == consolelog.ExitPanic {
+		msg = "guest kernel panic (" + line + ")"
 	}
 	r.Reason, r.RestartAt = kind, time.Time{}
 	if restart {
@@ -216,7 +226,7 @@ func (s *Service) superviseOne(ctx context.Context, id string) {
 
 func reasonWord(r store.Restart) string {
 	if r.Streak == 0 {
-		return "host reboot or poweroff"
+		return "host reboot, poweroff or guest reboot"
 	}
 	return fmt.Sprintf("crash %d in a row", r.Streak)
 }
@@ -224,26 +234,6 @@ func reasonWord(r store.Restart) string {
 func exists(p string) bool {
 	_, err := os.Stat(p)
 	return err == nil
-}
-
-// cleanPoweroff reports whether the guest's console log ends with the
-// kernel's clean power-off line: QEMU then exited because the guest
-// asked, not because it crashed or was killed.
-func cleanPoweroff(consoleLog string) bool {
-	f, err := os.Open(consoleLog)
-	if err != nil {
-		return false
-	}
-	defer f.Close()
-	if st, err := f.Stat(); err == nil && st.Size() > 4096 {
-		f.Seek(-4096, io.SeekEnd)
-	}
-	b, _ := io.ReadAll(f)
-	i := bytes.LastIndex(b, []byte("reboot: Power down"))
-	if i < 0 {
-		i = bytes.LastIndex(b, []byte("reboot: System halted"))
-	}
-	return i >= 0 && !bytes.Contains(b[i:], []byte("Linux version"))
 }
 
 // cancelRestart drops a pending automatic restart of VM id (it was stopped

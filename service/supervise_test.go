@@ -151,16 +151,6 @@ func TestCleanPoweroffAndOnFailure(t *testing.T) {
 	if kinds(evs) != "host:poweroff" {
 		t.Errorf("events = %q", kinds(evs))
 	}
-	// A power-off line followed by a new boot is an older boot's.
-	if cleanPoweroff(writeTemp(t, "reboot: Power down\nLinux version 6.1\nKernel panic - not syncing\n")) {
-		t.Error("a panic after an older power-off counted as clean")
-	}
-}
-
-func writeTemp(t *testing.T, s string) string {
-	p := filepath.Join(t.TempDir(), "console.log")
-	os.WriteFile(p, []byte(s), 0o600)
-	return p
 }
 
 // Supervise starts a due VM through the normal start path; a failed start
