@@ -90,6 +90,14 @@ func TestGuestKernelPanic(t *testing.T) {
 	defer func() { d.stop(t, syscall.SIGTERM) }()
 	must(t, "create", "gp", "--restart", "on-failure")
 	defer minions(t, "", "destroy", "gp", "--yes")
+	defer func() {
+		if t.Failed() {
+			for _, n := range []string{"gp", "gpn"} {
+				t.Logf("events of %s:\n%s", n, minions(t, "", "events", "--vm", n).stdout)
+			}
+			t.Logf("daemon log:\n%s", tail(d.log.String(), 60))
+		}
+	}()
 	v := showVM(t, "gp")
 
 	// Panic with on-failure: crashed, then running again.

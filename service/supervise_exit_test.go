@@ -70,3 +70,21 @@ func TestGuestExitReasons(t *testing.T) {
 		})
 	}
 }
+
+// An earlier boot's panic in the console log does not fail the next start
+// of the VM: the boot watcher reads only this boot's output. (The fake
+// hypervisor has no agent, so the start ends at ReadyTimeout.)
+func TestStartAfterAPanicIgnoresTheOldPanic(t *testing.T) {
+	fx := newFixtureReady(t, 1500*time.Millisecond)
+	ctx := context.Background()
+	const id = "aaaaaaaaaaaa"
+	_, h := fx.runningVM(t, id, "web", store.RestartNo, 1)
+	os.WriteFile(fx.svc.diskPath(id), []byte("disk"), 0o600)
+	os.WriteFile(fx.svc.consolePath(id), []byte("[   41.2] Kernel panic - not syncing: sysrq triggered crash\n"), 0o600)
+	fx.drv.Crash(h)
+	fx.svc.Reconcile(ctx)
+	_, err := fx.svc.Start(ctx, fx.user, "web", nil)
+	if err == nil || strings.Contains(err.Error(), "panicked") || !strings.Contains(err.Error(), "did not become ready") {
+		t.Fatalf("start = %v, want a ready timeout", err)
+	}
+}

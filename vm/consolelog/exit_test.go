@@ -58,3 +58,32 @@ func TestLastExitReadsTheRotatedLog(t *testing.T) {
 		t.Fatalf("LastExit = %q, %q", r, line)
 	}
 }
+
+// A follower from the end sees only what is written after it was made:
+// an earlier boot's output (its panic) is not read again.
+func TestFollowerFromEnd(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "console.log")
+	fresh := NewFollowerFromEnd(path) // no log yet: from its start
+	defer fresh.Close()
+	if err := os.WriteFile(path, []byte(panicTail), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r := NewFollowerFromEnd(path)
+	defer r.Close()
+	buf := make([]byte, 4096)
+	if n, err := r.Read(buf); n != 0 || err != nil {
+		t.Fatalf("read %q, %v before anything new", buf[:n], err)
+	}
+	f, err := os.OpenFile(path, os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.WriteString("[    0.2] booting again\n")
+	f.Close()
+	if n, _ := r.Read(buf); string(buf[:n]) != "[    0.2] booting again\n" {
+		t.Fatalf("read %q", buf[:n])
+	}
+	if n, _ := fresh.Read(buf); !strings.HasPrefix(string(buf[:n]), "minions-agent: ready") {
+		t.Fatalf("a follower made before the log existed read %q", buf[:n])
+	}
+}
