@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"io/fs"
 	"net"
 	"net/http"
@@ -162,8 +163,9 @@ func BenchmarkSoak(b *testing.B) {
 	b.ReportMetric(float64(len(took)), "cycles")
 	b.ReportMetric(float64(end.RSSKiB-start.RSSKiB), "rss-delta-KiB")
 	if why := soakLeaks(start, end); why != "" {
-		if end.FDs != start.FDs {
+		if end.FDs != start.FDs || end.DBFDs != start.DBFDs {
 			b.Logf("fds at the start: %s\nfds at the end: %s", startFDs, fdTargets(pid))
+			b.Logf("daemon goroutines at the end:\n%s", daemonStacks(filepath.Join(stateDir, "run", "debug.sock")))
 		}
 		b.Fatalf("resources not returned after %d cycles: %s", len(took), why)
 	}
@@ -328,6 +330,22 @@ func daemonGoroutines(sock string) (int64, error) {
 		return 0, fmt.Errorf("goroutines: %q: %v", line, err)
 	}
 	return n, nil
+}
+
+// daemonStacks returns the daemon's goroutine stacks (for telling what
+// holds a resource the soak found not returned).
+func daemonStacks(sock string) string {
+	c := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "unix", sock)
+	}}, Timeout: 10 * time.Second}
+	defer c.CloseIdleConnections()
+	resp, err := c.Get("http://minions/debug/pprof/goroutine?debug=2")
+	if err != nil {
+		return err.Error()
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return string(b)
 }
 
 // daemonHeap reads HeapInuse (KiB) after a forced GC from the daemon's
