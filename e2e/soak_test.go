@@ -215,16 +215,28 @@ func soakLeaks(start, end soakMetrics) string {
 
 // settleMetrics measures; with a baseline it polls for up to 10 s until
 // the exact metrics are back (stragglers: relays exiting, goroutines
-// ending), and returns the last measurement either way.
+// ending), and returns the last measurement either way. Without one (the
+// start) it polls until the exact metrics hold still for a second, so the
+// warm-up cycle's stragglers (a request's goroutine and fds) are not taken
+// for the baseline.
 func settleMetrics(b *testing.B, pid int, base *soakMetrics) soakMetrics {
 	b.Helper()
 	deadline := time.Now().Add(10 * time.Second)
+	var prev soakMetrics
+	var since time.Time
 	for {
 		m, err := measureSoak(pid)
 		if err != nil {
 			b.Fatal(err)
 		}
-		if base == nil || soakLeaks(*base, m) == "" || time.Now().After(deadline) {
+		if base == nil {
+			if since.IsZero() || soakLeaks(prev, m) != "" {
+				prev, since = m, time.Now()
+			}
+			if time.Since(since) >= time.Second || time.Now().After(deadline) {
+				return m
+			}
+		} else if soakLeaks(*base, m) == "" || time.Now().After(deadline) {
 			return m
 		}
 		time.Sleep(200 * time.Millisecond)
