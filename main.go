@@ -1,14 +1,17 @@
 // Command minions runs micro-VMs on a Linux host. main only wires signals,
-// the root context and the process's streams to the command tree (cli) and
-// the composition root (daemon).
+// the root context and the process's streams to the command tree (cli),
+// the composition root (daemon) and the host-only commands (hostcmd,
+// backup).
 package main
 
 import (
 	"context"
 	"os"
 
+	"github.com/minionsdev/minions/backup"
 	"github.com/minionsdev/minions/cli"
 	"github.com/minionsdev/minions/daemon"
+	"github.com/minionsdev/minions/hostcmd"
 	"golang.org/x/term"
 )
 
@@ -22,8 +25,16 @@ func main() {
 		Interactive: term.IsTerminal(int(os.Stdin.Fd())),
 		TTY:         term.IsTerminal(int(os.Stderr.Fd())),
 		Open:        daemon.OpenLocal,
-		Extra:       daemon.Commands(),
+		Extra:       hostCommands(),
 		VersionInfo: daemon.VersionInfo,
 	}
 	os.Exit(cli.Run(ctx, env, os.Args[1:]))
+}
+
+// hostCommands are the commands only the host's own binary offers: the
+// installation's (init, image, doctor), the daemon's (serve and its
+// helpers) and backup.
+func hostCommands() []*cli.Command {
+	out := append(hostcmd.Commands(), daemon.Commands()...)
+	return append(out, backup.Command())
 }

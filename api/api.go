@@ -402,6 +402,7 @@ func (h *handler) table() []route {
 			return s.Restart(ctx, c, name(r), p)
 		}),
 		{method: http.MethodPost, pattern: "/v1/vms/{name}/exec", kind: raw, rawFn: h.serveExec},
+		{method: http.MethodPost, pattern: "/v1/vms/{name}/forward/{port}", kind: raw, rawFn: h.serveForward},
 		get("/v1/vms/{name}/status", func(ctx context.Context, c service.Caller, r *http.Request) (any, error) {
 			return s.AgentStatus(ctx, c, name(r))
 		}),
@@ -501,6 +502,7 @@ func (h *handler) table() []route {
 	}
 	rs = append(rs, h.imageRoutes()...) // api/images.go
 	rs = append(rs, h.opsRoutes()...)   // api/ops.go
+	rs = append(rs, h.hostRoutes()...)  // api/hosts.go
 	return append(rs, h.webRoutes()...) // api/web.go
 }
 

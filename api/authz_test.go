@@ -6,7 +6,9 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -65,7 +67,11 @@ func (fx *fixture) outcome(t *testing.T, role, method, path string, body any, up
 	req.Header.Set("Accept", "application/x-ndjson")
 	if upgrade {
 		req.Header.Set("Connection", "Upgrade")
-		req.Header.Set("Upgrade", api.UpgradeProto)
+		proto := api.UpgradeProto
+		if strings.Contains(path, "/forward/") {
+			proto = api.ForwardProto
+		}
+		req.Header.Set("Upgrade", proto)
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
@@ -125,6 +131,7 @@ func TestAuthorization(t *testing.T) {
 		{method: "POST", path: "/v1/vms/web/restart", want: want{ok, ok, nf, anon}},
 		{method: "POST", path: "/v1/vms/web/exec", body: func(string, map[string]string) any { return api.ExecSpec{Command: "true"} },
 			want: want{up, up, nf, anon}, upgrade: true},
+		{method: "POST", path: "/v1/vms/web/forward/{port}", want: want{up, up, nf, anon}, upgrade: true},
 		{method: "GET", path: "/v1/vms/web/status", want: want{ok, ok, nf, anon}},
 		{method: "GET", path: "/v1/vms/web/logs", want: want{ok, ok, nf, anon}},
 		{method: "GET", path: "/v1/vms/web/snapshots", want: want{ok, ok, nf, anon}},
@@ -189,7 +196,37 @@ func TestAuthorization(t *testing.T) {
 			want: want{conflict, conflict, nf, anon}},
 		{method: "POST", path: "/v1/vms/web/domains/{domain}/verify", want: want{conflict, conflict, nf, anon}},
 		{method: "DELETE", path: "/v1/vms/web/domains/{domain}", want: want{nf, nf, nf, anon}},
+		// Hosts (api/hosts.go): admins only; this fixture has no join
+		// address (add: 409) and no host "web" (404). hosts_test.go covers
+		// the rest. The join is authenticated by its token alone.
+		{method: "GET", path: "/v1/hosts", want: want{ok, deny, deny, anon}},
+		{method: "POST", path: "/v1/hosts", body: func(role string, _ map[string]string) any { return api.HostAddRequest{Name: "h-" + role} },
+			want: want{conflict, deny, deny, anon}},
+		{method: "GET", path: "/v1/hosts/web", want: want{nf, deny, deny, anon}},
+		{method: "DELETE", path: "/v1/hosts/web", want: want{nf, deny, deny, anon}},
+		{method: "POST", path: "/v1/hosts/web/cordon", want: want{nf, deny, deny, anon}},
+		{method: "POST", path: "/v1/hosts/web/uncordon", want: want{nf, deny, deny, anon}},
+		{method: "POST", path: "/v1/nodes/join", body: func(string, map[string]string) any {
+			return service.JoinRequest{Token: "mjt_guess", NKey: "UDXU4RCSJNZOIQHZNWXHXORDPRTGNJAHAHFRGZNEEJCPQTT2M7NLCNF4"}
+		}, want: want{anon, anon, anon, anon}},
 	}
+	// The forward's target: a port on the guest's (here the host's)
+	// loopback.
+	fwdLn, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fwdLn.Close()
+	go func() {
+		for {
+			c, err := fwdLn.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	fwdPort := strconv.Itoa(fwdLn.Addr().(*net.TCPAddr).Port)
 	shared = newFixture(t)
 	sharedIDs := shared.seed()
 	covered := map[string]bool{}
@@ -201,7 +238,7 @@ func TestAuthorization(t *testing.T) {
 					fx = newFixture(t)
 					ids = fx.seed()
 				}
-				path := strings.NewReplacer("{key}", ids["key"], "{token}", ids["token"], "{ref}", "debian@20261201-000000-dddd").Replace(rt.path)
+				path := strings.NewReplacer("{key}", ids["key"], "{token}", ids["token"], "{ref}", "debian@20261201-000000-dddd", "{port}", fwdPort).Replace(rt.path)
 				var body any
 				if rt.body != nil {
 					body = rt.body(role, ids)

@@ -15,20 +15,21 @@ import (
 	"strings"
 	"time"
 
-	"github.com/minionsdev/minions/guestagent/proto"
 	"github.com/minionsdev/minions/internal/errs"
 	"github.com/minionsdev/minions/service"
-	"github.com/minionsdev/minions/vsockcli"
 )
 
-// Client calls a daemon's API. It implements cli.Backend (and
-// cli.AdminBackend) with the same results and error classes as calling the
-// service in-process. It is safe for concurrent use.
+// Client calls a daemon's API. It is the HTTP service.Backend: the same
+// results and error classes as calling the service in-process
+// (Service.As), proven by service/backendtest. It is safe for concurrent
+// use.
 type Client struct {
 	base  string // scheme://host, no trailing slash
 	token string
 	hc    *http.Client
 }
+
+var _ service.Backend = (*Client)(nil)
 
 // NewClient returns a client for target: "unix:///run/minions/api.sock",
 // "http://host:3000" or "https://host". token may be empty (root on the
@@ -221,8 +222,8 @@ func (c *Client) Destroy(ctx context.Context, name string) error {
 	return c.do(ctx, http.MethodDelete, vmPath(name), nil, nil)
 }
 
-func (c *Client) Status(ctx context.Context, name string) (proto.Status, error) {
-	var st proto.Status
+func (c *Client) Status(ctx context.Context, name string) (service.GuestStatus, error) {
+	var st service.GuestStatus
 	return st, c.do(ctx, http.MethodGet, vmPath(name, "status"), nil, &st)
 }
 
@@ -249,11 +250,6 @@ func (c *Client) Logs(ctx context.Context, name string, follow bool, w io.Writer
 		return nil
 	}
 	return err
-}
-
-// Agent is not offered over the API.
-func (c *Client) Agent(ctx context.Context, name string) (*vsockcli.Client, error) {
-	return nil, errs.New(errs.FailedPrecondition, "raw agent access is only available on the host itself (run as root without --host)")
 }
 
 func (c *Client) CreateSnapshot(ctx context.Context, name string, req service.SnapshotRequest, p service.Progress) (service.Snapshot, error) {
@@ -370,8 +366,8 @@ func (c *Client) Close() error {
 }
 
 // Exec runs a command in the guest over the exec upgrade and returns its
-// exit status, as vsockcli.Client.Exec does.
-func (c *Client) Exec(ctx context.Context, name string, req vsockcli.ExecRequest) (int, error) {
+// exit status, as the in-process backend does.
+func (c *Client) Exec(ctx context.Context, name string, req service.ExecRequest) (int, error) {
 	spec := ExecSpec{Command: req.Command, Argv: req.Argv, Env: req.Env, TTY: req.TTY, Term: req.Term, Width: req.Width, Height: req.Height}
 	hreq, err := c.newRequest(ctx, http.MethodPost, vmPath(name, "exec"), spec)
 	if err != nil {
@@ -444,7 +440,7 @@ func (c *Client) Exec(ctx context.Context, name string, req vsockcli.ExecRequest
 }
 
 // sendInput forwards stdin, window changes and signals until done.
-func sendInput(fw *frameWriter, req vsockcli.ExecRequest, done <-chan struct{}) {
+func sendInput(fw *frameWriter, req service.ExecRequest, done <-chan struct{}) {
 	go func() {
 		if req.Stdin != nil {
 			buf := make([]byte, 32<<10)

@@ -13,7 +13,6 @@ import (
 	"github.com/minionsdev/minions/api"
 	"github.com/minionsdev/minions/internal/errs"
 	"github.com/minionsdev/minions/service"
-	"github.com/minionsdev/minions/vsockcli"
 )
 
 func testCtx(t testing.TB) context.Context {
@@ -112,9 +111,6 @@ func TestClientLifecycle(t *testing.T) {
 	if vs, err := c.List(ctx); err != nil || len(vs) != 0 {
 		t.Fatalf("list after destroy %+v %v", vs, err)
 	}
-	if _, err := c.Agent(ctx, "web"); !errors.Is(err, errs.FailedPrecondition) {
-		t.Fatalf("agent over the api: %v", err)
-	}
 }
 
 func TestExec(t *testing.T) {
@@ -126,17 +122,17 @@ func TestExec(t *testing.T) {
 	}
 	tests := []struct {
 		name           string
-		req            vsockcli.ExecRequest
+		req            service.ExecRequest
 		stdin          string
 		code           int
 		stdout, stderr string
 	}{
-		{name: "exit status and streams", req: vsockcli.ExecRequest{Command: "echo out; echo err >&2; exit 3"}, code: 3, stdout: "out\n", stderr: "err\n"},
-		{name: "argv quoting", req: vsockcli.ExecRequest{Argv: []string{"printf", "%s|", "a b", "c'd"}}, stdout: "a b|c'd|"},
-		{name: "stdin to eof", req: vsockcli.ExecRequest{Command: "tr a-z A-Z; echo done"}, stdin: "hello\nworld\n", stdout: "HELLO\nWORLD\ndone\n"},
-		{name: "env", req: vsockcli.ExecRequest{Command: "echo $FOO", Env: map[string]string{"FOO": "bar"}}, stdout: "bar\n"},
-		{name: "tty", req: vsockcli.ExecRequest{Command: "test -t 0 && echo tty; stty size", TTY: true, Width: 100, Height: 30}, stdout: "tty\r\n30 100\r\n"},
-		{name: "killed by signal", req: vsockcli.ExecRequest{Command: "kill -9 $$"}, code: 137},
+		{name: "exit status and streams", req: service.ExecRequest{Command: "echo out; echo err >&2; exit 3"}, code: 3, stdout: "out\n", stderr: "err\n"},
+		{name: "argv quoting", req: service.ExecRequest{Argv: []string{"printf", "%s|", "a b", "c'd"}}, stdout: "a b|c'd|"},
+		{name: "stdin to eof", req: service.ExecRequest{Command: "tr a-z A-Z; echo done"}, stdin: "hello\nworld\n", stdout: "HELLO\nWORLD\ndone\n"},
+		{name: "env", req: service.ExecRequest{Command: "echo $FOO", Env: map[string]string{"FOO": "bar"}}, stdout: "bar\n"},
+		{name: "tty", req: service.ExecRequest{Command: "test -t 0 && echo tty; stty size", TTY: true, Width: 100, Height: 30}, stdout: "tty\r\n30 100\r\n"},
+		{name: "killed by signal", req: service.ExecRequest{Command: "kill -9 $$"}, code: 137},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -159,10 +155,10 @@ func TestExec(t *testing.T) {
 	t.Run("resize", func(t *testing.T) {
 		pr, pw := io.Pipe()
 		out := &syncBuffer{}
-		resize := make(chan vsockcli.WindowSize, 1)
+		resize := make(chan service.WindowSize, 1)
 		done := make(chan int, 1)
 		go func() {
-			code, err := c.Exec(ctx, "web", vsockcli.ExecRequest{Command: "stty size; while read x; do stty size; done", TTY: true, Width: 80, Height: 24,
+			code, err := c.Exec(ctx, "web", service.ExecRequest{Command: "stty size; while read x; do stty size; done", TTY: true, Width: 80, Height: 24,
 				Stdin: pr, Stdout: out, Resize: resize})
 			if err != nil {
 				t.Error(err)
@@ -170,7 +166,7 @@ func TestExec(t *testing.T) {
 			done <- code
 		}()
 		waitFor(t, func() bool { return strings.Contains(out.String(), "24 80") })
-		resize <- vsockcli.WindowSize{Width: 132, Height: 40}
+		resize <- service.WindowSize{Width: 132, Height: 40}
 		// The window change travels apart from stdin: ask until the
 		// command sees it, then end its input.
 		waitFor(t, func() bool {
@@ -194,7 +190,7 @@ func TestExec(t *testing.T) {
 		sigs := make(chan string, 1)
 		done := make(chan int, 1)
 		go func() {
-			code, _ := c.Exec(ctx, "web", vsockcli.ExecRequest{Command: "trap 'echo got-term; exit 7' TERM; echo ready; while :; do sleep 0.05; done",
+			code, _ := c.Exec(ctx, "web", service.ExecRequest{Command: "trap 'echo got-term; exit 7' TERM; echo ready; while :; do sleep 0.05; done",
 				Stdout: out, Signals: sigs})
 			done <- code
 		}()
@@ -214,20 +210,20 @@ func TestExec(t *testing.T) {
 		cctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
 		defer cancel()
 		start := time.Now()
-		_, err := c.Exec(cctx, "web", vsockcli.ExecRequest{Command: "sleep 30"})
+		_, err := c.Exec(cctx, "web", service.ExecRequest{Command: "sleep 30"})
 		if !errors.Is(err, errs.Unavailable) || time.Since(start) > 5*time.Second {
 			t.Fatalf("err %v after %v", err, time.Since(start))
 		}
 	})
 
 	t.Run("errors before the upgrade", func(t *testing.T) {
-		if _, err := fx.client("other").Exec(ctx, "web", vsockcli.ExecRequest{Command: "true"}); !errors.Is(err, errs.NotFound) {
+		if _, err := fx.client("other").Exec(ctx, "web", service.ExecRequest{Command: "true"}); !errors.Is(err, errs.NotFound) {
 			t.Fatalf("other user: %v", err)
 		}
-		if _, err := fx.client("anon").Exec(ctx, "web", vsockcli.ExecRequest{Command: "true"}); !errors.Is(err, errs.Unauthenticated) {
+		if _, err := fx.client("anon").Exec(ctx, "web", service.ExecRequest{Command: "true"}); !errors.Is(err, errs.Unauthenticated) {
 			t.Fatalf("anonymous: %v", err)
 		}
-		if _, err := c.Exec(ctx, "web", vsockcli.ExecRequest{}); !errors.Is(err, errs.InvalidArgument) {
+		if _, err := c.Exec(ctx, "web", service.ExecRequest{}); !errors.Is(err, errs.InvalidArgument) {
 			t.Fatalf("no command: %v", err)
 		}
 	})

@@ -16,7 +16,6 @@ import (
 
 	"github.com/minionsdev/minions/internal/errs"
 	"github.com/minionsdev/minions/service"
-	"github.com/minionsdev/minions/vsockcli"
 )
 
 // Exec protocol.
@@ -172,13 +171,13 @@ func (h *handler) serveExec(w http.ResponseWriter, r *http.Request, c service.Ca
 		return
 	}
 	dctx, cancel := context.WithTimeout(r.Context(), h.cfg.RequestTimeout)
-	cl, err := h.svc.Agent(dctx, c, r.PathValue("name"))
+	guest, err := h.svc.OpenGuest(dctx, c, r.PathValue("name"))
 	cancel()
 	if err != nil {
 		writeError(w, err)
 		return
 	}
-	defer cl.Close()
+	defer guest.Close()
 	conn, brw, err := http.NewResponseController(w).Hijack()
 	if err != nil {
 		writeError(w, fmt.Errorf("exec: hijack connection: %w", err))
@@ -205,11 +204,11 @@ func (h *handler) serveExec(w http.ResponseWriter, r *http.Request, c service.Ca
 
 	stdinR, stdinW := io.Pipe()
 	defer stdinR.Close()
-	resize := make(chan vsockcli.WindowSize, 4)
+	resize := make(chan service.WindowSize, 4)
 	signals := make(chan string, 8)
 	go h.execInput(ctx, stop, brw.Reader, stdinW, resize, signals)
 
-	code, err := cl.Exec(ctx, vsockcli.ExecRequest{
+	code, err := guest.Exec(ctx, service.ExecRequest{
 		Command: spec.Command, Argv: spec.Argv, Env: spec.Env,
 		Stdin: stdinR, Stdout: frameStream{fw, frameStdout}, Stderr: frameStream{fw, frameStderr},
 		TTY: spec.TTY, Term: spec.Term, Width: spec.Width, Height: spec.Height,
@@ -234,7 +233,7 @@ func (h *handler) serveExec(w http.ResponseWriter, r *http.Request, c service.Ca
 // holds up signals and resizes only once the client has sent more than the
 // queue holds, and a client cannot make the server buffer without bound.
 func (h *handler) execInput(ctx context.Context, stop func(), r *bufio.Reader, stdin *io.PipeWriter,
-	resize chan<- vsockcli.WindowSize, signals chan<- string) {
+	resize chan<- service.WindowSize, signals chan<- string) {
 	data := make(chan []byte, stdinQueue)
 	go func() {
 		for b := range data {
@@ -275,7 +274,7 @@ func (h *handler) execInput(ctx context.Context, stop func(), r *bufio.Reader, s
 			closeStdin()
 		case frameResize:
 			if len(p) == 8 {
-				ws := vsockcli.WindowSize{Width: int(binary.BigEndian.Uint32(p)), Height: int(binary.BigEndian.Uint32(p[4:]))}
+				ws := service.WindowSize{Width: int(binary.BigEndian.Uint32(p)), Height: int(binary.BigEndian.Uint32(p[4:]))}
 				if ws.Width > 0 && ws.Height > 0 && ws.Width <= 10000 && ws.Height <= 10000 {
 					select {
 					case resize <- ws:

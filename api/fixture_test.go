@@ -22,7 +22,6 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/minionsdev/minions/api"
-	"github.com/minionsdev/minions/cli"
 	agent "github.com/minionsdev/minions/guestagent"
 	"github.com/minionsdev/minions/internal/errs"
 	"github.com/minionsdev/minions/internal/testenv"
@@ -33,11 +32,8 @@ import (
 	"github.com/minionsdev/minions/vm/hypervisor/fake"
 )
 
-// The client is a complete CLI backend.
-var (
-	_ cli.Backend      = (*api.Client)(nil)
-	_ cli.AdminBackend = (*api.Client)(nil)
-)
+// The client is a complete frontend backend.
+var _ service.Backend = (*api.Client)(nil)
 
 const adminToken = "admin-token-from-the-config-0123"
 

@@ -11,7 +11,7 @@ import (
 // Image endpoints: list and the default for everyone signed in; build,
 // remove and setting the default for admins (the service checks). The
 // handler registers them by appending h.imageRoutes() to its table; Client
-// implements cli.ImageBackend over them.
+// implements service.ImageBackend over them.
 
 // DefaultImageRequest is the body of PUT /v1/images/default; an empty
 // image goes back to the configured default.

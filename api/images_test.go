@@ -5,7 +5,6 @@ import (
 	"testing"
 
 	"github.com/minionsdev/minions/api"
-	"github.com/minionsdev/minions/cli"
 	"github.com/minionsdev/minions/internal/errs"
 	"github.com/minionsdev/minions/service"
 )
@@ -92,4 +91,4 @@ func TestClientImages(t *testing.T) {
 	}
 }
 
-var _ cli.ImageBackend = (*api.Client)(nil)
+var _ service.ImageBackend = (*api.Client)(nil)

@@ -24,11 +24,11 @@ func TestSameInBothModes(t *testing.T) {
 	run := func(remote bool, args ...string) (string, string, int) {
 		var out, errb bytes.Buffer
 		env := &cli.Env{Stdin: strings.NewReader("piped input\n"), Stdout: &out, Stderr: &errb, Getenv: func(string) string { return "" },
-			Open: func(ctx context.Context, g *cli.Global) (cli.Backend, error) {
+			Open: func(ctx context.Context, g *cli.Global) (service.Backend, error) {
 				if remote {
 					return fx.client("owner"), nil
 				}
-				return &cli.Local{Svc: fx.svc, Caller: fx.callers["owner"]}, nil
+				return fx.svc.As(fx.callers["owner"]), nil
 			}}
 		code := cli.Run(ctx, env, args)
 		return out.String(), errb.String(), code

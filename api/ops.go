@@ -12,7 +12,7 @@ import (
 
 // Operations endpoints: a VM's restart policy and the event log. The
 // handler registers them by appending h.opsRoutes() to its table; Client
-// implements cli.OpsBackend over them.
+// implements service.OpsBackend over them.
 
 // UpdateRequest is the body of PATCH /v1/vms/{name}: the settings to
 // change (empty fields stay as they are).

@@ -11,7 +11,6 @@ import (
 	"github.com/minionsdev/minions/api"
 	"github.com/minionsdev/minions/internal/errs"
 	"github.com/minionsdev/minions/service"
-	"github.com/minionsdev/minions/vsockcli"
 )
 
 // TestRevokedTokenEndsStreams: revoking a token ends the exec stream and
@@ -45,7 +44,7 @@ func TestRevokedTokenEndsStreams(t *testing.T) {
 		out, logs := &syncBuffer{}, &syncBuffer{}
 		execDone, logsDone := make(chan result, 1), make(chan error, 1)
 		go func() {
-			code, err := c.Exec(ctx, "web", vsockcli.ExecRequest{Command: "echo ready; sleep 600", Stdout: out})
+			code, err := c.Exec(ctx, "web", service.ExecRequest{Command: "echo ready; sleep 600", Stdout: out})
 			execDone <- result{code, err}
 		}()
 		go func() { logsDone <- c.Logs(ctx, "web", true, logs) }()
@@ -82,7 +81,7 @@ func TestRevokedTokenEndsStreams(t *testing.T) {
 	case <-time.After(300 * time.Millisecond):
 	}
 	// And the revoked token opens nothing new.
-	if _, err := doomed.Exec(ctx, "web", vsockcli.ExecRequest{Command: "true"}); !errors.Is(err, errs.Unauthenticated) {
+	if _, err := doomed.Exec(ctx, "web", service.ExecRequest{Command: "true"}); !errors.Is(err, errs.Unauthenticated) {
 		t.Fatalf("exec with a revoked token: %v", err)
 	}
 }

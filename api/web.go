@@ -10,7 +10,7 @@ import (
 
 // Web endpoints: the proxy's port, public/private and links, custom
 // domains. The handler registers them by appending h.webRoutes() to its
-// table; Client implements cli.WebBackend over them.
+// table; Client implements service.WebBackend over them.
 
 // ExposeRequest is the body of POST /v1/vms/{name}/expose.
 type ExposeRequest struct {

@@ -14,60 +14,6 @@ import (
 	"github.com/minionsdev/minions/service"
 )
 
-// AdminBackend is the users, quotas and tokens part of a backend, apart
-// from Backend so the VM commands' interface stays lean. Local and
-// api.Client implement it; the commands below type-assert.
-type AdminBackend interface {
-	// AddUser creates a user; a key (PublicKey != "") is proven by the
-	// calling admin (see service.AddUser).
-	AddUser(ctx context.Context, name string, admin bool, sshKey service.KeyProof) (service.User, error)
-	ListUsers(ctx context.Context) ([]service.User, error)
-	RemoveUser(ctx context.Context, name string) error
-	SetQuota(ctx context.Context, name string, q service.Quota) (service.User, error)
-	// CreateToken makes a token for user ("": the caller); expires 0: never.
-	CreateToken(ctx context.Context, user, name string, expires time.Duration) (service.NewToken, error)
-	// ListTokens lists user's tokens ("": the caller's, every user's for an admin).
-	ListTokens(ctx context.Context, user string) ([]service.Token, error)
-	RevokeToken(ctx context.Context, id string) error
-}
-
-var _ AdminBackend = (*Local)(nil)
-
-func (l *Local) AddUser(ctx context.Context, name string, admin bool, sshKey service.KeyProof) (service.User, error) {
-	return l.Svc.AddUser(ctx, l.Caller, name, admin, sshKey)
-}
-func (l *Local) ListUsers(ctx context.Context) ([]service.User, error) {
-	return l.Svc.ListUsers(ctx, l.Caller)
-}
-func (l *Local) RemoveUser(ctx context.Context, name string) error {
-	return l.Svc.RemoveUser(ctx, l.Caller, name)
-}
-func (l *Local) SetQuota(ctx context.Context, name string, q service.Quota) (service.User, error) {
-	return l.Svc.SetQuota(ctx, l.Caller, name, q)
-}
-func (l *Local) CreateToken(ctx context.Context, user, name string, expires time.Duration) (service.NewToken, error) {
-	return l.Svc.CreateToken(ctx, l.Caller, user, name, expires)
-}
-func (l *Local) ListTokens(ctx context.Context, user string) ([]service.Token, error) {
-	return l.Svc.ListTokens(ctx, l.Caller, user)
-}
-func (l *Local) RevokeToken(ctx context.Context, id string) error {
-	return l.Svc.RevokeToken(ctx, l.Caller, id)
-}
-
-// adminBackend opens the backend and checks that it manages users.
-func (x *Ctx) adminBackend(ctx context.Context) (AdminBackend, error) {
-	be, err := x.Backend(ctx)
-	if err != nil {
-		return nil, err
-	}
-	ab, ok := be.(AdminBackend)
-	if !ok {
-		return nil, errs.New(errs.FailedPrecondition, "this backend does not manage users and tokens")
-	}
-	return ab, nil
-}
-
 // ParseExpiry parses a token lifetime: a Go duration ("12h", "90m") or a
 // whole number of days ("30d"). "" and "0" mean never.
 func ParseExpiry(s string) (time.Duration, error) {
@@ -90,7 +36,7 @@ func ParseExpiry(s string) (time.Duration, error) {
 
 // adminCommands are user, token and quota management.
 func adminCommands() []*Command {
-	return []*Command{userCmd(), tokenCmd(), quotaCmd(), shutdownCmd()}
+	return []*Command{userCmd(), tokenCmd(), quotaCmd(), shutdownCmd(), hostCmd()}
 }
 
 func userCmd() *Command {
@@ -116,7 +62,7 @@ func userCmd() *Command {
 						return errs.New(errs.InvalidArgument, "--ssh-key holds %d keys: add one here, the rest with `ssh-key add`", len(keys))
 					}
 				}
-				ab, err := x.adminBackend(ctx)
+				ab, err := x.Backend(ctx)
 				if err != nil {
 					return err
 				}
@@ -137,19 +83,11 @@ func userCmd() *Command {
 				return x.Print(u, func(w io.Writer) { printUsers(w, []service.User{u}) })
 			}},
 		{Name: "list", Summary: "List users with their quotas and usage", Run: func(ctx context.Context, x *Ctx) error {
-			ab, err := x.adminBackend(ctx)
-			if err != nil {
-				return err
-			}
-			us, err := ab.ListUsers(ctx)
-			if err != nil {
-				return err
-			}
-			return x.Print(us, func(w io.Writer) { printUsers(w, us) })
+			return call(ctx, x, func(be service.Backend) ([]service.User, error) { return be.ListUsers(ctx) }, func(w io.Writer, us []service.User) { printUsers(w, us) })
 		}},
 		{Name: "rm", Usage: "NAME [--yes]", Summary: "Remove a user who owns no VMs (and their keys and tokens)", MinArgs: 1, MaxArgs: 1,
 			Run: func(ctx context.Context, x *Ctx) error {
-				ab, err := x.adminBackend(ctx)
+				ab, err := x.Backend(ctx)
 				if err != nil {
 					return err
 				}
@@ -199,15 +137,9 @@ func tokenCmd() *Command {
 				if err != nil {
 					return err
 				}
-				ab, err := x.adminBackend(ctx)
-				if err != nil {
-					return err
-				}
-				t, err := ab.CreateToken(ctx, strFlag(x.FS, "user"), strFlag(x.FS, "name"), exp)
-				if err != nil {
-					return err
-				}
-				return x.Print(t, func(w io.Writer) {
+				return call(ctx, x, func(be service.Backend) (service.NewToken, error) {
+					return be.CreateToken(ctx, strFlag(x.FS, "user"), strFlag(x.FS, "name"), exp)
+				}, func(w io.Writer, t service.NewToken) {
 					fmt.Fprintf(w, "%s\n", t.Secret)
 					fmt.Fprintf(x.Stderr, "token %s for %s: shown once, keep it safe (MINIONS_API_KEY, --api-key or ~/.config/minions/token)\n", t.ID, t.User)
 				})
@@ -215,15 +147,7 @@ func tokenCmd() *Command {
 		{Name: "list", Usage: "[--user NAME]", Summary: "List tokens (yours; everyone's for an admin)",
 			Flags: func(fs *flag.FlagSet) { fs.String("user", "", "only this user's") },
 			Run: func(ctx context.Context, x *Ctx) error {
-				ab, err := x.adminBackend(ctx)
-				if err != nil {
-					return err
-				}
-				ts, err := ab.ListTokens(ctx, strFlag(x.FS, "user"))
-				if err != nil {
-					return err
-				}
-				return x.Print(ts, func(w io.Writer) {
+				return call(ctx, x, func(be service.Backend) ([]service.Token, error) { return be.ListTokens(ctx, strFlag(x.FS, "user")) }, func(w io.Writer, ts []service.Token) {
 					tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 					fmt.Fprintln(tw, "ID\tUSER\tNAME\tCREATED\tEXPIRES\tLAST USED")
 					for _, t := range ts {
@@ -233,14 +157,7 @@ func tokenCmd() *Command {
 				})
 			}},
 		{Name: "revoke", Usage: "ID", Summary: "Revoke a token", MinArgs: 1, MaxArgs: 1, Run: func(ctx context.Context, x *Ctx) error {
-			ab, err := x.adminBackend(ctx)
-			if err != nil {
-				return err
-			}
-			if err := ab.RevokeToken(ctx, x.Args[0]); err != nil {
-				return err
-			}
-			return x.Print(map[string]string{"revoked": x.Args[0]}, func(w io.Writer) { fmt.Fprintf(w, "revoked %s\n", x.Args[0]) })
+			return do(ctx, x, func(be service.Backend) error { return be.RevokeToken(ctx, x.Args[0]) }, map[string]string{"revoked": x.Args[0]}, fmt.Sprintf("revoked %s", x.Args[0]))
 		}},
 	}}
 }
@@ -270,7 +187,7 @@ func quotaCmd() *Command {
 				fs.Int("disk", 0, "most disk over all VMs, GiB")
 			},
 			Run: func(ctx context.Context, x *Ctx) error {
-				ab, err := x.adminBackend(ctx)
+				ab, err := x.Backend(ctx)
 				if err != nil {
 					return err
 				}
@@ -307,7 +224,7 @@ func quotaCmd() *Command {
 
 // mustUsers lists users for reading current quotas; an error is left for
 // SetQuota to report.
-func mustUsers(ctx context.Context, ab AdminBackend) []service.User {
+func mustUsers(ctx context.Context, ab service.AdminBackend) []service.User {
 	us, _ := ab.ListUsers(ctx)
 	return us
 }

@@ -123,8 +123,8 @@ func TestAdminCommands(t *testing.T) {
 	run := func(stdin string, args ...string) (string, string, int) {
 		var out, errb bytes.Buffer
 		env := &cli.Env{Stdin: strings.NewReader(stdin), Stdout: &out, Stderr: &errb, Getenv: func(string) string { return "" },
-			Open: func(context.Context, *cli.Global) (cli.Backend, error) {
-				return &cli.Local{Svc: svc, Caller: caller}, nil
+			Open: func(context.Context, *cli.Global) (service.Backend, error) {
+				return svc.As(caller), nil
 			}}
 		code := cli.Run(ctx, env, args)
 		return out.String(), errb.String(), code

@@ -13,6 +13,7 @@ import (
 
 	"github.com/minionsdev/minions/internal/errs"
 	"github.com/minionsdev/minions/internal/textsafe"
+	"github.com/minionsdev/minions/service"
 )
 
 // Env is where a command runs: its streams and how it reaches Minions.
@@ -30,7 +31,7 @@ type Env struct {
 	Remote bool
 	// Open returns the backend for the global options. It is called at
 	// most once per command, only by commands that need it.
-	Open func(ctx context.Context, g *Global) (Backend, error)
+	Open func(ctx context.Context, g *Global) (service.Backend, error)
 	// Extra are commands the composition root adds to the tree.
 	Extra []*Command
 	// VersionInfo, when set, adds to `minions version` on the host (schema
@@ -73,11 +74,11 @@ type Ctx struct {
 	Args []string
 	cmd  *Command
 	path string
-	be   Backend
+	be   service.Backend
 }
 
 // Backend opens (once) and returns the backend.
-func (x *Ctx) Backend(ctx context.Context) (Backend, error) {
+func (x *Ctx) Backend(ctx context.Context) (service.Backend, error) {
 	if x.be != nil {
 		return x.be, nil
 	}

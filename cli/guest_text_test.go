@@ -17,7 +17,7 @@ const evil = "\x1b]52;c;ZXZpbA==\x07host\x1b[2J\u009b31m"
 
 // evilBackend is a backend whose guest reports terminal control in its
 // status, as a remote server that does not clean it would pass it on.
-type evilBackend struct{ *cli.Local }
+type evilBackend struct{ *service.Bound }
 
 func (evilBackend) Status(context.Context, string) (proto.Status, error) {
 	return proto.Status{Hostname: evil, Kernel: evil + "-k", AgentVersion: evil + "-v", Addrs: []string{evil}, MachineID: evil}, nil
@@ -40,8 +40,8 @@ func TestGuestTextIsCleaned(t *testing.T) {
 	run := func(args ...string) (string, string, int) {
 		var out, errb bytes.Buffer
 		env := &cli.Env{Stdin: strings.NewReader(""), Stdout: &out, Stderr: &errb, Getenv: func(string) string { return "" },
-			Open: func(context.Context, *cli.Global) (cli.Backend, error) {
-				return evilBackend{&cli.Local{Svc: svc, Caller: root}}, nil
+			Open: func(context.Context, *cli.Global) (service.Backend, error) {
+				return evilBackend{svc.As(root)}, nil
 			}}
 		code := cli.Run(ctx, env, args)
 		return out.String(), errb.String(), code

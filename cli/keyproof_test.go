@@ -68,7 +68,7 @@ func TestSSHKeyAddProvesPossession(t *testing.T) {
 		out, err string
 		code     int
 	}
-	run := func(be *cli.Local, remote bool, sock, stdin string, args ...string) res {
+	run := func(be *service.Bound, remote bool, sock, stdin string, args ...string) res {
 		var out, errb bytes.Buffer
 		env := &cli.Env{Stdin: strings.NewReader(stdin), Stdout: &out, Stderr: &errb, Remote: remote,
 			Getenv: func(k string) string {
@@ -77,11 +77,11 @@ func TestSSHKeyAddProvesPossession(t *testing.T) {
 				}
 				return ""
 			},
-			Open: func(context.Context, *cli.Global) (cli.Backend, error) { return be, nil }}
+			Open: func(context.Context, *cli.Global) (service.Backend, error) { return be, nil }}
 		code := cli.Run(ctx, env, args)
 		return res{out.String(), errb.String(), code}
 	}
-	local := &cli.Local{Svc: svc, Caller: alice}
+	local := svc.As(alice)
 	has := func(k ssh.PublicKey) bool {
 		keys, _ := svc.ListSSHKeys(ctx, alice)
 		for _, x := range keys {
@@ -149,7 +149,7 @@ func TestSSHKeyAddProvesPossession(t *testing.T) {
 	// registers the key the session logged in with.
 	_, sessPriv, _ := ed25519.GenerateKey(rand.Reader)
 	sess, _ := ssh.NewSignerFromKey(sessPriv)
-	remote := &cli.Local{Svc: svc, Caller: alice, SessionKey: sess.PublicKey()}
+	remote := svc.As(alice).WithSessionKey(sess.PublicKey())
 	_, otherPub := keyPair(t, dir, "other")
 	for _, args := range [][]string{{"ssh-key", "add", "-"}, {"ssh-key", "add", otherPub}} {
 		r := run(remote, true, "", string(ssh.MarshalAuthorizedKey(victim.PublicKey())), args...)
@@ -160,7 +160,7 @@ func TestSSHKeyAddProvesPossession(t *testing.T) {
 	if r := run(remote, true, "", "", "ssh-key", "add"); r.code != 0 || !strings.Contains(r.out, ssh.FingerprintSHA256(sess.PublicKey())) || !has(sess.PublicKey()) {
 		t.Fatalf("ssh-key add over ssh: %+v", r)
 	}
-	if r := run(&cli.Local{Svc: svc, Caller: alice}, true, "", "", "ssh-key", "add"); r.code == 0 {
+	if r := run(svc.As(alice), true, "", "", "ssh-key", "add"); r.code == 0 {
 		t.Fatalf("ssh-key add over ssh without a session key: %+v", r)
 	}
 	// Locally, no argument is a usage error.

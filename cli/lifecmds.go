@@ -34,15 +34,7 @@ func lifeCommands() []*Command {
 					return x.Print(s, func(w io.Writer) { printSnapshots(w, []service.Snapshot{s}) })
 				}},
 			{Name: "list", Usage: "NAME", Summary: "List a VM's snapshots", MinArgs: 1, MaxArgs: 1, Run: func(ctx context.Context, x *Ctx) error {
-				be, err := x.Backend(ctx)
-				if err != nil {
-					return err
-				}
-				ss, err := be.ListSnapshots(ctx, x.Args[0])
-				if err != nil {
-					return err
-				}
-				return x.Print(ss, func(w io.Writer) {
+				return call(ctx, x, func(be service.Backend) ([]service.Snapshot, error) { return be.ListSnapshots(ctx, x.Args[0]) }, func(w io.Writer, ss []service.Snapshot) {
 					if len(ss) == 0 {
 						fmt.Fprintf(w, "vm %s has no snapshots\n", x.Args[0])
 						return
@@ -62,7 +54,7 @@ func lifeCommands() []*Command {
 					if err := x.confirm(fmt.Sprintf("restore vm %s to snapshot %s, losing its current state", x.Args[0], x.Args[1])); err != nil {
 						return err
 					}
-					return x.lifecycle(ctx, "restore", func(be Backend, p service.Progress) (service.VM, error) {
+					return x.lifecycle(ctx, "restore", func(be service.Backend, p service.Progress) (service.VM, error) {
 						return be.RestoreSnapshot(ctx, x.Args[0], x.Args[1], p)
 					})
 				}},
@@ -91,10 +83,14 @@ func lifeCommands() []*Command {
 					return err
 				}
 				req := service.ResizeRequest{CPUs: intFlag(x.FS, "cpus"), MemoryMiB: intFlag(x.FS, "memory"), DiskGiB: intFlag(x.FS, "disk")}
-				return x.lifecycle(ctx, "resize", func(be Backend, p service.Progress) (service.VM, error) { return be.Resize(ctx, x.Args[0], req) })
+				return x.lifecycle(ctx, "resize", func(be service.Backend, p service.Progress) (service.VM, error) {
+					return be.Resize(ctx, x.Args[0], req)
+				})
 			}},
 		{Name: "rename", Usage: "NAME NEW-NAME", Summary: "Rename a VM (in any state)", MinArgs: 2, MaxArgs: 2, Run: func(ctx context.Context, x *Ctx) error {
-			return x.lifecycle(ctx, "rename", func(be Backend, p service.Progress) (service.VM, error) { return be.Rename(ctx, x.Args[0], x.Args[1]) })
+			return x.lifecycle(ctx, "rename", func(be service.Backend, p service.Progress) (service.VM, error) {
+				return be.Rename(ctx, x.Args[0], x.Args[1])
+			})
 		}},
 		{Name: "cp", Usage: "NAME [NEW-NAME] [--from-snapshot SNAPSHOT]", Summary: "Copy a VM into a new, independent VM", MinArgs: 1, MaxArgs: 2,
 			Flags: func(fs *flag.FlagSet) {
@@ -105,7 +101,9 @@ func lifeCommands() []*Command {
 				if len(x.Args) > 1 {
 					req.Name = x.Args[1]
 				}
-				return x.lifecycle(ctx, "copy", func(be Backend, p service.Progress) (service.VM, error) { return be.Copy(ctx, x.Args[0], req, p) })
+				return x.lifecycle(ctx, "copy", func(be service.Backend, p service.Progress) (service.VM, error) {
+					return be.Copy(ctx, x.Args[0], req, p)
+				})
 			}},
 	}
 }

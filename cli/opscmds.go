@@ -13,14 +13,6 @@ import (
 	"github.com/minionsdev/minions/service"
 )
 
-// OpsBackend is the operations part of a backend: restart policy and the
-// event log. Local and api.Client implement it; the commands type-assert
-// (like WebBackend).
-type OpsBackend interface {
-	SetRestartPolicy(ctx context.Context, name, policy string) (service.VM, error)
-	Events(ctx context.Context, f service.EventFilter) ([]service.Event, error)
-}
-
 // EventPoll is how often `events --follow` asks for new events.
 var EventPoll = 500 * time.Millisecond
 
@@ -42,36 +34,16 @@ func opsCommands() []*Command {
 	}
 }
 
-func (x *Ctx) opsBackend(ctx context.Context) (OpsBackend, error) {
-	be, err := x.Backend(ctx)
-	if err != nil {
-		return nil, err
-	}
-	ob, ok := be.(OpsBackend)
-	if !ok {
-		return nil, errs.New(errs.FailedPrecondition, "this backend has no restart policies or events")
-	}
-	return ob, nil
-}
-
 func runUpdate(ctx context.Context, x *Ctx) error {
 	policy := strFlag(x.FS, "restart")
 	if policy == "" {
 		return errs.New(errs.InvalidArgument, "nothing to update: give --restart no|on-failure|always")
 	}
-	ob, err := x.opsBackend(ctx)
-	if err != nil {
-		return err
-	}
-	v, err := ob.SetRestartPolicy(ctx, x.Args[0], policy)
-	if err != nil {
-		return err
-	}
-	return x.Print(v, func(w io.Writer) { fmt.Fprintf(w, "%s: restart policy %s\n", v.Name, v.Restart) })
+	return call(ctx, x, func(be service.Backend) (service.VM, error) { return be.SetRestartPolicy(ctx, x.Args[0], policy) }, func(w io.Writer, v service.VM) { fmt.Fprintf(w, "%s: restart policy %s\n", v.Name, v.Restart) })
 }
 
 func runEvents(ctx context.Context, x *Ctx) error {
-	ob, err := x.opsBackend(ctx)
+	ob, err := x.Backend(ctx)
 	if err != nil {
 		return err
 	}

@@ -45,8 +45,8 @@ func TestUpdateAndEventsCommands(t *testing.T) {
 	}
 	env := func(out *lineWriter) *cli.Env {
 		return &cli.Env{Stdin: strings.NewReader(""), Stdout: out, Stderr: &bytes.Buffer{}, Getenv: func(string) string { return "" },
-			Open: func(context.Context, *cli.Global) (cli.Backend, error) {
-				return &cli.Local{Svc: svc, Caller: alice}, nil
+			Open: func(context.Context, *cli.Global) (service.Backend, error) {
+				return svc.As(alice), nil
 			}}
 	}
 	run := func(args ...string) (string, int) {

@@ -10,6 +10,7 @@ import (
 
 	"github.com/minionsdev/minions/api"
 	"github.com/minionsdev/minions/internal/errs"
+	"github.com/minionsdev/minions/service"
 )
 
 // TokenFile is where `minions` looks for an API token when neither
@@ -62,7 +63,7 @@ func APIToken(g *Global, getenv func(string) string) string {
 // A socket that exists but does not answer (a stale file) is ignored. A
 // non-root user without a token gets errs.Unauthenticated with a hint,
 // instead of a fall-back that would need root.
-func OpenRemote(ctx context.Context, g *Global, getenv func(string) string) (Backend, error) {
+func OpenRemote(ctx context.Context, g *Global, getenv func(string) string) (service.Backend, error) {
 	if getenv == nil {
 		getenv = os.Getenv
 	}

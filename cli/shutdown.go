@@ -90,7 +90,7 @@ func runShutdown(ctx context.Context, x *Ctx) error {
 // timeout. done is called (from several goroutines, serialised) once per
 // VM it tried. A VM whose stop fails or is cut off by the deadline is in
 // Failed; the error is only for failing to list the VMs.
-func StopAll(ctx context.Context, be Backend, timeout time.Duration, concurrency int, done func(name string, err error)) (ShutdownResult, error) {
+func StopAll(ctx context.Context, be service.Backend, timeout time.Duration, concurrency int, done func(name string, err error)) (ShutdownResult, error) {
 	start := time.Now()
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()

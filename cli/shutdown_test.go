@@ -16,7 +16,7 @@ import (
 // stopRecorder is a backend whose Stop takes a while (or hangs until its
 // context ends, for "stuck") and records how many run at once.
 type stopRecorder struct {
-	cli.Backend
+	service.Backend
 	admin   bool
 	vms     []service.VM
 	mu      sync.Mutex
@@ -51,10 +51,10 @@ func (b *stopRecorder) Stop(ctx context.Context, name string) (service.VM, error
 	return service.VM{Name: name, Status: "stopped"}, nil
 }
 
-func runWith(be cli.Backend, args ...string) (string, string, int) {
+func runWith(be service.Backend, args ...string) (string, string, int) {
 	var out, errb bytes.Buffer
 	env := &cli.Env{Stdout: &out, Stderr: &errb, Getenv: func(string) string { return "" },
-		Open: func(context.Context, *cli.Global) (cli.Backend, error) { return be, nil }}
+		Open: func(context.Context, *cli.Global) (service.Backend, error) { return be, nil }}
 	code := cli.Run(context.Background(), env, args)
 	return out.String(), errb.String(), code
 }

@@ -17,6 +17,7 @@ func Tree(extra ...*Command) *Command {
 	root.Sub = append(root.Sub, adminCommands()...)
 	root.Sub = append(root.Sub, webCommands()...)
 	root.Sub = append(root.Sub, opsCommands()...)
+	root.Sub = append(root.Sub, forwardCmd())
 	root.Sub = append(root.Sub, extra...)
 	root.Sub = append(root.Sub,
 		&Command{Name: "version", Summary: "Print the binary, schema and guest agent versions", Run: func(ctx context.Context, x *Ctx) error {

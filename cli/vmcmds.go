@@ -15,7 +15,6 @@ import (
 	"github.com/minionsdev/minions/guestagent/proto"
 	"github.com/minionsdev/minions/internal/errs"
 	"github.com/minionsdev/minions/service"
-	"github.com/minionsdev/minions/vsockcli"
 	"golang.org/x/term"
 )
 
@@ -25,13 +24,16 @@ func vmCommands() []*Command {
 		{Name: "list", Summary: "List VMs", MaxArgs: 0, Run: runList},
 		{Name: "show", Usage: "NAME", Summary: "Show one VM", MinArgs: 1, MaxArgs: 1, Run: runShow},
 		{Name: "start", Usage: "NAME", Summary: "Start a stopped VM", MinArgs: 1, MaxArgs: 1, Run: func(ctx context.Context, x *Ctx) error {
-			return x.lifecycle(ctx, "start", func(be Backend, p service.Progress) (service.VM, error) { return be.Start(ctx, x.Args[0], p) })
+			return x.lifecycle(ctx, "start", func(be service.Backend, p service.Progress) (service.VM, error) { return be.Start(ctx, x.Args[0], p) })
 		}},
 		{Name: "stop", Usage: "NAME", Summary: "Power a VM off (its disk is kept)", MinArgs: 1, MaxArgs: 1, Run: func(ctx context.Context, x *Ctx) error {
-			return x.lifecycle(ctx, "stop", func(be Backend, p service.Progress) (service.VM, error) { p("stop"); return be.Stop(ctx, x.Args[0]) })
+			return x.lifecycle(ctx, "stop", func(be service.Backend, p service.Progress) (service.VM, error) {
+				p("stop")
+				return be.Stop(ctx, x.Args[0])
+			})
 		}},
 		{Name: "restart", Usage: "NAME", Summary: "Stop and start a VM", MinArgs: 1, MaxArgs: 1, Run: func(ctx context.Context, x *Ctx) error {
-			return x.lifecycle(ctx, "restart", func(be Backend, p service.Progress) (service.VM, error) { return be.Restart(ctx, x.Args[0], p) })
+			return x.lifecycle(ctx, "restart", func(be service.Backend, p service.Progress) (service.VM, error) { return be.Restart(ctx, x.Args[0], p) })
 		}},
 		{Name: "destroy", Usage: "NAME [--yes]", Summary: "Delete a VM, its disk and snapshots", MinArgs: 1, MaxArgs: 1, Run: runDestroy},
 		{Name: "exec", Usage: "NAME [--tty] [--] COMMAND [ARGS...]", Summary: "Run a command in a VM", MinArgs: 2, MaxArgs: -1, LiteralAfter: 1,
@@ -94,7 +96,7 @@ func createCmd() *Command {
 				return err
 			}
 			req.SSHKeys = keys
-			return x.lifecycle(ctx, "create", func(be Backend, p service.Progress) (service.VM, error) { return be.Create(ctx, req, p) })
+			return x.lifecycle(ctx, "create", func(be service.Backend, p service.Progress) (service.VM, error) { return be.Create(ctx, req, p) })
 		}}
 }
 
@@ -188,7 +190,7 @@ func boolFlag(fs *flag.FlagSet, names ...string) bool {
 }
 
 // lifecycle runs a long VM operation with progress and prints the VM.
-func (x *Ctx) lifecycle(ctx context.Context, verb string, fn func(Backend, service.Progress) (service.VM, error)) error {
+func (x *Ctx) lifecycle(ctx context.Context, verb string, fn func(service.Backend, service.Progress) (service.VM, error)) error {
 	be, err := x.Backend(ctx)
 	if err != nil {
 		return err
@@ -207,15 +209,7 @@ func (x *Ctx) lifecycle(ctx context.Context, verb string, fn func(Backend, servi
 }
 
 func runList(ctx context.Context, x *Ctx) error {
-	be, err := x.Backend(ctx)
-	if err != nil {
-		return err
-	}
-	vms, err := be.List(ctx)
-	if err != nil {
-		return err
-	}
-	return x.Print(vms, func(w io.Writer) {
+	return call(ctx, x, func(be service.Backend) ([]service.VM, error) { return be.List(ctx) }, func(w io.Writer, vms []service.VM) {
 		if len(vms) == 0 {
 			fmt.Fprintln(w, "no vms yet: create one with `minions create NAME`")
 			return
@@ -247,15 +241,7 @@ func shortImage(ref string) string {
 }
 
 func runShow(ctx context.Context, x *Ctx) error {
-	be, err := x.Backend(ctx)
-	if err != nil {
-		return err
-	}
-	v, err := be.Get(ctx, x.Args[0])
-	if err != nil {
-		return err
-	}
-	return x.Print(v, func(w io.Writer) {
+	return call(ctx, x, func(be service.Backend) (service.VM, error) { return be.Get(ctx, x.Args[0]) }, func(w io.Writer, v service.VM) {
 		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 		fmt.Fprintf(tw, "name\t%s\nid\t%s\nowner\t%s\nstatus\t%s\nimage\t%s\nip\t%s\nmac\t%s\ncpus\t%d\nmemory\t%d MiB\ndisk\t%d GiB\ncreated\t%s\n",
 			v.Name, v.ID, v.Owner, v.Status, v.Image, v.IP, v.MAC, v.CPUs, v.MemoryMiB, v.DiskGiB, v.CreatedAt.Format(time.RFC3339))
@@ -294,7 +280,7 @@ func runExec(ctx context.Context, x *Ctx) error {
 		return err
 	}
 	tty := boolFlag(x.FS, "tty", "t")
-	req := vsockcli.ExecRequest{Argv: x.Args[1:], Stdin: x.Stdin, Stdout: x.Stdout, Stderr: x.Stderr, TTY: tty}
+	req := service.ExecRequest{Argv: x.Args[1:], Stdin: x.Stdin, Stdout: x.Stdout, Stderr: x.Stderr, TTY: tty}
 	if env := strFlag(x.FS, "env"); env != "" {
 		req.Env = map[string]string{}
 		for _, kv := range strings.Split(env, ",") {
@@ -313,13 +299,13 @@ func runShell(ctx context.Context, x *Ctx) error {
 	if err != nil {
 		return err
 	}
-	return x.runInGuest(ctx, be, x.Args[0], vsockcli.ExecRequest{Stdin: x.Stdin, Stdout: x.Stdout, Stderr: x.Stderr, TTY: true})
+	return x.runInGuest(ctx, be, x.Args[0], service.ExecRequest{Stdin: x.Stdin, Stdout: x.Stdout, Stderr: x.Stderr, TTY: true})
 }
 
 // runInGuest runs req with the local terminal in raw mode when it asks for
 // a TTY, forwarding window size changes and signals, and returns the
 // guest's exit status as ours.
-func (x *Ctx) runInGuest(ctx context.Context, be Backend, name string, req vsockcli.ExecRequest) error {
+func (x *Ctx) runInGuest(ctx context.Context, be service.Backend, name string, req service.ExecRequest) error {
 	if f, ok := x.Stdin.(*os.File); ok && req.TTY && term.IsTerminal(int(f.Fd())) {
 		old, err := term.MakeRaw(int(f.Fd()))
 		if err == nil {
@@ -329,7 +315,7 @@ func (x *Ctx) runInGuest(ctx context.Context, be Backend, name string, req vsock
 		if w, h, err := term.GetSize(int(f.Fd())); err == nil {
 			req.Width, req.Height = w, h
 		}
-		resize := make(chan vsockcli.WindowSize, 1)
+		resize := make(chan service.WindowSize, 1)
 		winch := make(chan os.Signal, 1)
 		signal.Notify(winch, syscall.SIGWINCH)
 		defer signal.Stop(winch)
@@ -337,7 +323,7 @@ func (x *Ctx) runInGuest(ctx context.Context, be Backend, name string, req vsock
 			for range winch {
 				if w, h, err := term.GetSize(int(f.Fd())); err == nil {
 					select {
-					case resize <- vsockcli.WindowSize{Width: w, Height: h}:
+					case resize <- service.WindowSize{Width: w, Height: h}:
 					default:
 					}
 				}
@@ -381,7 +367,7 @@ func runStatus(ctx context.Context, x *Ctx) error {
 	}
 	// The guest wrote these strings (and a remote server may not have
 	// cleaned them): no terminal control reaches the screen.
-	st = vsockcli.CleanStatus(st)
+	st = service.CleanGuestStatus(st)
 	return x.Print(st, func(w io.Writer) { printStatus(w, st) })
 }
 
@@ -434,25 +420,10 @@ func sshKeyCmd() *Command {
 	return &Command{Name: "ssh-key", Summary: "Manage your SSH public keys", Sub: []*Command{
 		{Name: "add", Usage: "[FILE|-]", Summary: "Register a key you hold (signs a challenge with it; over ssh: the key you logged in with)", MaxArgs: 1, Run: sshKeyAdd},
 		{Name: "list", Summary: "List your keys", Run: func(ctx context.Context, x *Ctx) error {
-			be, err := x.Backend(ctx)
-			if err != nil {
-				return err
-			}
-			keys, err := be.ListSSHKeys(ctx)
-			if err != nil {
-				return err
-			}
-			return x.Print(keys, func(w io.Writer) { printKeys(w, keys) })
+			return call(ctx, x, func(be service.Backend) ([]service.SSHKey, error) { return be.ListSSHKeys(ctx) }, func(w io.Writer, keys []service.SSHKey) { printKeys(w, keys) })
 		}},
 		{Name: "rm", Usage: "ID|FINGERPRINT", Summary: "Remove one of your keys", MinArgs: 1, MaxArgs: 1, Run: func(ctx context.Context, x *Ctx) error {
-			be, err := x.Backend(ctx)
-			if err != nil {
-				return err
-			}
-			if err := be.RemoveSSHKey(ctx, x.Args[0]); err != nil {
-				return err
-			}
-			return x.Print(map[string]string{"removed": x.Args[0]}, func(w io.Writer) { fmt.Fprintf(w, "removed %s\n", x.Args[0]) })
+			return do(ctx, x, func(be service.Backend) error { return be.RemoveSSHKey(ctx, x.Args[0]) }, map[string]string{"removed": x.Args[0]}, fmt.Sprintf("removed %s", x.Args[0]))
 		}},
 	}}
 }

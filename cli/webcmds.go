@@ -36,26 +36,10 @@ func webCommands() []*Command {
 				},
 				Run: runDomainAdd},
 			{Name: "verify", Usage: "NAME DOMAIN", Summary: "Re-check a domain's DNS record", MinArgs: 2, MaxArgs: 2, Run: func(ctx context.Context, x *Ctx) error {
-				wb, err := x.webBackend(ctx)
-				if err != nil {
-					return err
-				}
-				d, err := wb.VerifyDomain(ctx, x.Args[0], x.Args[1])
-				if err != nil {
-					return err
-				}
-				return x.Print(d, func(w io.Writer) { printDomain(w, d) })
+				return call(ctx, x, func(be service.Backend) (service.Domain, error) { return be.VerifyDomain(ctx, x.Args[0], x.Args[1]) }, func(w io.Writer, d service.Domain) { printDomain(w, d) })
 			}},
 			{Name: "list", Usage: "NAME", Summary: "List a VM's domains", MinArgs: 1, MaxArgs: 1, Run: func(ctx context.Context, x *Ctx) error {
-				wb, err := x.webBackend(ctx)
-				if err != nil {
-					return err
-				}
-				ds, err := wb.ListDomains(ctx, x.Args[0])
-				if err != nil {
-					return err
-				}
-				return x.Print(ds, func(w io.Writer) {
+				return call(ctx, x, func(be service.Backend) ([]service.Domain, error) { return be.ListDomains(ctx, x.Args[0]) }, func(w io.Writer, ds []service.Domain) {
 					tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 					fmt.Fprintln(tw, "DOMAIN\tVM\tVERIFIED\tCNAME TARGET")
 					for _, d := range ds {
@@ -65,7 +49,7 @@ func webCommands() []*Command {
 				})
 			}},
 			{Name: "rm", Usage: "NAME DOMAIN", Summary: "Detach a domain from a VM", MinArgs: 2, MaxArgs: 2, Run: func(ctx context.Context, x *Ctx) error {
-				wb, err := x.webBackend(ctx)
+				wb, err := x.Backend(ctx)
 				if err != nil {
 					return err
 				}
@@ -80,33 +64,12 @@ func webCommands() []*Command {
 	}
 }
 
-// webBackend opens the backend and checks that it does web operations.
-func (x *Ctx) webBackend(ctx context.Context) (WebBackend, error) {
-	be, err := x.Backend(ctx)
-	if err != nil {
-		return nil, err
-	}
-	wb, ok := be.(WebBackend)
-	if !ok {
-		return nil, errs.New(errs.FailedPrecondition, "this backend does not manage web access")
-	}
-	return wb, nil
-}
-
 func runExpose(ctx context.Context, x *Ctx) error {
 	port := intFlag(x.FS, "port")
 	if port == 0 {
 		return errs.New(errs.InvalidArgument, "--port is required (1-65535)")
 	}
-	wb, err := x.webBackend(ctx)
-	if err != nil {
-		return err
-	}
-	info, err := wb.Expose(ctx, x.Args[0], port)
-	if err != nil {
-		return err
-	}
-	return x.Print(info, func(w io.Writer) {
+	return call(ctx, x, func(be service.Backend) (service.WebInfo, error) { return be.Expose(ctx, x.Args[0], port) }, func(w io.Writer, info service.WebInfo) {
 		fmt.Fprintf(w, "%s: port %d (%s)", info.VM, info.Port, access(info.Public))
 		if info.URL != "" {
 			fmt.Fprintf(w, " at %s", info.URL)
@@ -129,15 +92,7 @@ func runShare(ctx context.Context, x *Ctx) error {
 		return err
 	}
 	req.TTLSeconds = int64(ttl / time.Second)
-	wb, err := x.webBackend(ctx)
-	if err != nil {
-		return err
-	}
-	info, err := wb.Share(ctx, x.Args[0], req)
-	if err != nil {
-		return err
-	}
-	return x.Print(info, func(w io.Writer) { printShare(w, info) })
+	return call(ctx, x, func(be service.Backend) (service.WebInfo, error) { return be.Share(ctx, x.Args[0], req) }, func(w io.Writer, info service.WebInfo) { printShare(w, info) })
 }
 
 func printShare(w io.Writer, info service.WebInfo) {
@@ -163,7 +118,7 @@ func printShare(w io.Writer, info service.WebInfo) {
 }
 
 func runDomainAdd(ctx context.Context, x *Ctx) error {
-	wb, err := x.webBackend(ctx)
+	wb, err := x.Backend(ctx)
 	if err != nil {
 		return err
 	}

@@ -1,8 +1,6 @@
 package daemon
 
 import (
-	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
@@ -11,8 +9,6 @@ import (
 	"strconv"
 	"strings"
 	"text/tabwriter"
-
-	"github.com/minionsdev/minions/store"
 )
 
 // banner is what `serve` says once its listeners are up: how to reach each
@@ -74,7 +70,7 @@ func newBanner(in bannerInput) banner {
 		if in.Proxy.HTTPSPort != 0 && in.Proxy.HTTPSPort != 443 {
 			b.Proxy += ":" + strconv.Itoa(in.Proxy.HTTPSPort)
 		}
-		b.DNS = dnsAdvice(in.Proxy.Domain, in.PublicIP)
+		b.DNS = DNSAdvice(in.Proxy.Domain, in.PublicIP)
 	case in.Proxy.HTTPPort != 0:
 		b.Proxy = "http://VM.localhost:" + strconv.Itoa(in.Proxy.HTTPPort)
 	}
@@ -184,18 +180,4 @@ func (b banner) announce(log *slog.Logger, w io.Writer, format string) {
 		return
 	}
 	log.Info("minions ready", b.attrs()...)
-}
-
-// storedEndpoint is the proxy endpoint startProxy recorded (zero when the
-// proxy is off).
-func storedEndpoint(ctx context.Context, db *store.DB) (proxyEndpoint, error) {
-	var ep proxyEndpoint
-	v, err := store.Setting(ctx, db, settingProxyEndpoint)
-	if err != nil || v == "" {
-		return ep, err
-	}
-	if err := json.Unmarshal([]byte(v), &ep); err != nil {
-		return ep, fmt.Errorf("setting %s: %w", settingProxyEndpoint, err)
-	}
-	return ep, nil
 }

@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/creack/pty"
+	"github.com/minionsdev/minions/config"
 	"github.com/minionsdev/minions/internal/errs"
 )
 
@@ -53,7 +54,7 @@ func TestLogFormat(t *testing.T) {
 	if _, err := logFormat("xml", tty); !errors.Is(err, errs.InvalidArgument) {
 		t.Errorf("logFormat(xml) = %v, want InvalidArgument", err)
 	}
-	cfg := Config{LogFormat: "pretty"}
+	cfg := config.Config{LogFormat: "pretty"}
 	cfg.Defaults()
 	if err := cfg.Validate(); !errors.Is(err, errs.InvalidArgument) {
 		t.Errorf("config log_format pretty: %v, want InvalidArgument", err)
@@ -131,15 +132,5 @@ func TestBanner(t *testing.T) {
 	}
 	if rec["msg"] != "minions ready" || rec["host"] != "203.0.113.7" || rec["dashboard"] != "ssh -p 2222 203.0.113.7" || rec["state_dir"] != "/var/lib/minions" {
 		t.Errorf("banner record: %v", rec)
-	}
-}
-
-func TestConfigPublicIP(t *testing.T) {
-	for ip, ok := range map[string]bool{"": true, "203.0.113.7": true, "2001:db8::1": true, "example.com": false, "1.2.3": false} {
-		cfg := Config{PublicIP: ip}
-		cfg.Defaults()
-		if err := cfg.Validate(); (err == nil) != ok {
-			t.Errorf("public_ip %q: %v", ip, err)
-		}
 	}
 }

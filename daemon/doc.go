@@ -2,6 +2,8 @@
 // configuration with explicit arguments (store, images, network, disks,
 // hypervisor driver, service) and, for `minions serve`, runs the listeners
 // under one errgroup with a graceful shutdown. Only this package knows the
-// concrete drivers. It also contributes the host-only commands (init,
-// image, serve, agent-relay, doctor, vsock) to the CLI tree.
+// concrete drivers. It also contributes `serve` and the daemon's helper
+// commands (agent-relay, jail-exec, console-log, vsock, tui, config) to the
+// CLI tree; the commands that act on the installation directly (init,
+// image, doctor, backup) live in hostcmd and backup, above this package.
 package daemon

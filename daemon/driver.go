@@ -37,11 +37,11 @@ func probeKVM(ctx context.Context, runDir string) kvm.Result {
 	return res
 }
 
-// chooseDriver picks the hypervisor: Cloud Hypervisor where its binary is
+// ChooseDriver picks the hypervisor: Cloud Hypervisor where its binary is
 // present and KVM really works, else QEMU with KVM, else QEMU with TCG.
 // override ("auto", "qemu", "qemu-kvm", "qemu-tcg", "cloud-hypervisor")
 // forces one; a forced choice the host cannot run is an error.
-func chooseDriver(ctx context.Context, override, runDir string) (kvm.Choice, kvm.Result, error) {
+func ChooseDriver(ctx context.Context, override, runDir string) (kvm.Choice, kvm.Result, error) {
 	ch, _ := exec.LookPath("cloud-hypervisor")
 	qm, _ := exec.LookPath("qemu-system-x86_64")
 	res := probeKVM(ctx, runDir)
@@ -50,7 +50,7 @@ func chooseDriver(ctx context.Context, override, runDir string) (kvm.Choice, kvm
 }
 
 func newDriver(ctx context.Context, o Options) (hypervisor.Driver, error) {
-	choice, res, err := chooseDriver(ctx, o.Hypervisor, o.Paths.Run)
+	choice, res, err := ChooseDriver(ctx, o.Hypervisor, o.Paths.Run)
 	if err != nil {
 		return nil, err
 	}
@@ -68,16 +68,16 @@ func newDriver(ctx context.Context, o Options) (hypervisor.Driver, error) {
 	return qemu.New(qemu.Config{
 		Accel: accel, KVMUsable: res.Usable, RelayCommand: []string{exe, "agent-relay"}, Sandbox: o.Sandbox,
 		ConsoleCommand: []string{exe, "console-log"}, ConsoleMaxBytes: o.Resources.ConsoleLogMaxBytes,
-		Jail: jailConfig(exe, o.Jail, o.Paths),
+		Jail: VMJail(exe, o.Jail, o.Paths),
 		Log:  o.Log,
 	})
 }
 
-// jailConfig is the jail of this installation's VMs: the minions
+// VMJail is the jail of this installation's VMs: the minions
 // executable is the launcher; the state dir (store, keys, images, every
 // VM's disks) and the run dir are hidden from each VM but for its own
 // files.
-func jailConfig(exe string, j jail.Config, paths Paths) jail.Config {
+func VMJail(exe string, j jail.Config, paths Paths) jail.Config {
 	j.Command = []string{exe, "jail-exec"}
 	j.Hide = []string{paths.State, paths.Run}
 	return j

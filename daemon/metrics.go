@@ -84,14 +84,9 @@ func (m *metrics) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 func (m *metrics) ping(ctx context.Context, c service.Caller, v service.VM) (int, time.Duration) {
 	ctx, cancel := context.WithTimeout(ctx, time.Second)
 	defer cancel()
-	cl, err := m.e.Service.Agent(ctx, c, v.Name)
+	rtt, err := m.e.Service.PingGuest(ctx, c, v.Name)
 	if err != nil {
 		return 0, 0
 	}
-	defer cl.Close()
-	start := time.Now()
-	if _, err := cl.Ping(ctx); err != nil {
-		return 0, 0
-	}
-	return 1, time.Since(start)
+	return 1, rtt
 }

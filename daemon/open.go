@@ -17,11 +17,13 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/minionsdev/minions/config"
 	"github.com/minionsdev/minions/images"
 	"github.com/minionsdev/minions/internal/errs"
 	"github.com/minionsdev/minions/service"
 	"github.com/minionsdev/minions/store"
 	"github.com/minionsdev/minions/vm/disk"
+	"github.com/minionsdev/minions/vm/engine"
 	"github.com/minionsdev/minions/vm/hypervisor"
 	"github.com/minionsdev/minions/vm/jail"
 	"github.com/minionsdev/minions/vm/network"
@@ -68,14 +70,14 @@ type Options struct {
 	Subnet       netip.Prefix // default network.DefaultSubnet
 	Bridge       string       // default network.DefaultBridge
 	Hypervisor   string       // "auto" (default), "qemu", "cloud-hypervisor"
-	Jail         jail.Config  // mode, uid base, overhead (see Config.Jail); Open adds the launcher and hidden dirs
-	Sandbox      string       // "on" (default), "auto" or "off": see Config.Sandbox
+	Jail         jail.Config  // mode, uid base, overhead (see config.Config.Jail); Open adds the launcher and hidden dirs
+	Sandbox      string       // "on" (default), "auto" or "off": see config.Config.Sandbox
 	DefaultImage string       // image create uses without one (default "minimal")
 	// DNS is the nameserver handed to guests (zero: none); EgressAllow
 	// opens private destinations to VMs (see network.Config).
 	DNS         netip.Addr
 	EgressAllow []network.EgressRule
-	Resources   Resources // quotas, overcommit, console cap (Config.Resources)
+	Resources   config.Resources // quotas, overcommit, console cap (config.Config.Resources)
 	// OnOperation receives each durable operation's duration (metrics).
 	OnOperation func(kind string, d time.Duration, err error)
 	Log         *slog.Logger
@@ -88,17 +90,18 @@ type Env struct {
 	Images  *images.Catalog
 	Network *network.Manager
 	Driver  hypervisor.Driver
+	Engine  *engine.Local
 	Service *service.Service
 }
 
 // Close releases the database.
 func (e *Env) Close() error { return e.DB.Close() }
 
-// openOptions are the Options cfg (validated) asks for.
-func openOptions(cfg Config, paths Paths, log *slog.Logger) Options {
+// OpenOptions are the Options cfg (validated) asks for.
+func OpenOptions(cfg config.Config, paths Paths, log *slog.Logger) Options {
 	subnet, _ := netip.ParsePrefix(cfg.Subnet)
-	dns, allow, _ := cfg.egress()
-	return Options{Paths: paths, Subnet: subnet, Hypervisor: cfg.Hypervisor, Jail: cfg.jail(), Sandbox: cfg.Sandbox,
+	dns, allow, _ := cfg.Egress()
+	return Options{Paths: paths, Subnet: subnet, Hypervisor: cfg.Hypervisor, Jail: cfg.JailConfig(), Sandbox: cfg.Sandbox,
 		DefaultImage: cfg.DefaultImage, DNS: dns, EgressAllow: allow, Resources: cfg.Resources(), Log: log}
 }
 
@@ -160,14 +163,19 @@ func Open(ctx context.Context, o Options) (*Env, error) {
 	if e.Driver, err = newDriver(ctx, o); err != nil {
 		return nil, err
 	}
-	e.Service, err = service.New(service.Config{StateDir: o.Paths.State, RunDir: o.Paths.Run, Subnet: o.Subnet, DNS: dns, DefaultImage: o.DefaultImage,
-		DefaultQuota: o.Resources.DefaultQuota, MemoryOvercommit: o.Resources.MemoryOvercommit, OnOperation: o.OnOperation, Log: o.Log}, service.Deps{
-		DB: db, Driver: e.Driver, Network: netAdapter{e.Network}, Images: imageAdapter{cat: e.Images}, Disks: diskAdapter{}, HostKey: key,
-	})
+	scfg := service.Config{StateDir: o.Paths.State, RunDir: o.Paths.Run, Subnet: o.Subnet, DNS: dns, DefaultImage: o.DefaultImage,
+		DefaultQuota: o.Resources.DefaultQuota, MemoryOvercommit: o.Resources.MemoryOvercommit, OnOperation: o.OnOperation, Log: o.Log}
+	images := imageAdapter{cat: e.Images}
+	if e.Engine, err = engine.NewLocal(scfg.EngineConfig(), engine.Deps{
+		DB: db, Driver: e.Driver, Network: netAdapter{e.Network}, Images: images, Disks: diskAdapter{}, HostKey: key,
+	}); err != nil {
+		return nil, err
+	}
+	e.Service, err = service.New(scfg, service.Deps{DB: db, Engine: e.Engine, Images: images, HostKey: key})
 	if err != nil {
 		return nil, err
 	}
-	e.Service.SetWeb(storedWeb(db, o.Paths, o.Log)) // serve replaces it with its live proxy
+	e.Service.SetWeb(storedWeb(e.Service, o.Paths, o.Log)) // serve replaces it with its live proxy
 	if p, err := AgentBinary(); err == nil {
 		e.Service.SetHostAgentVersion(agentVersion(ctx, p))
 	}

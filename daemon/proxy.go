@@ -2,9 +2,7 @@ package daemon
 
 import (
 	"context"
-	"crypto/rand"
 	"crypto/x509"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -16,10 +14,10 @@ import (
 	"sync"
 	"time"
 
+	"github.com/minionsdev/minions/config"
 	"github.com/minionsdev/minions/internal/errs"
 	"github.com/minionsdev/minions/proxy"
 	"github.com/minionsdev/minions/service"
-	"github.com/minionsdev/minions/store"
 	"golang.org/x/sync/errgroup"
 )
 
@@ -31,11 +29,6 @@ import (
 // `minions share` prints links the running daemon accepts, whoever mints
 // them. One-time login links are remembered as used in the store
 // (used_links), so a restart of the daemon does not make them usable again.
-const (
-	settingProxySecret   = "proxy_secret"
-	settingProxyEndpoint = "proxy_endpoint"
-)
-
 // proxyEndpoint is what a link minter needs to know about the serving
 // proxy.
 type proxyEndpoint struct {
@@ -53,9 +46,9 @@ type proxyEndpoint struct {
 // the endpoint, so links are not minted for a proxy nobody runs. The access
 // log (one record per request) goes to logOut in format through a
 // proxy.LogBuffer: a write every 100 ms instead of one per request.
-func startProxy(ctx context.Context, g *errgroup.Group, cfg Config, e *Env, log *slog.Logger, logOut io.Writer, format string, paths Paths, m *metrics) error {
+func startProxy(ctx context.Context, g *errgroup.Group, cfg config.Config, e *Env, log *slog.Logger, logOut io.Writer, format string, paths Paths, m *metrics) error {
 	if cfg.ProxyBind == "" && cfg.HTTPBind == "" {
-		return e.DB.Tx(ctx, func(q store.Q) error { return store.SetSetting(ctx, q, settingProxyEndpoint, "") })
+		return e.Service.SetWebEndpoint(ctx, "")
 	}
 	var httpsLn, httpLn net.Listener
 	closeAll := func() {
@@ -93,7 +86,7 @@ func startProxy(ctx context.Context, g *errgroup.Group, cfg Config, e *Env, log 
 		return err
 	}
 	b, _ := json.Marshal(ep)
-	if err := e.DB.Tx(ctx, func(q store.Q) error { return store.SetSetting(ctx, q, settingProxyEndpoint, string(b)) }); err != nil {
+	if err := e.Service.SetWebEndpoint(ctx, string(b)); err != nil {
 		closeAll()
 		return err
 	}
@@ -118,16 +111,16 @@ func addrOf(ln net.Listener, def string) string {
 // newProxy builds the proxy from the daemon's config; ep carries the public
 // ports (explicit, so a minter that never binds makes the same links).
 // Its access log goes to log.
-func newProxy(ctx context.Context, cfg Config, e *Env, log *slog.Logger, paths Paths, ep proxyEndpoint) (*proxy.Proxy, error) {
+func newProxy(ctx context.Context, cfg config.Config, e *Env, log *slog.Logger, paths Paths, ep proxyEndpoint) (*proxy.Proxy, error) {
 	return newProxyLogs(ctx, cfg, e, log, nil, paths, ep)
 }
 
 // newProxyLogs is newProxy with the access log going to access (nil: log).
-func newProxyLogs(ctx context.Context, cfg Config, e *Env, log, access *slog.Logger, paths Paths, ep proxyEndpoint) (*proxy.Proxy, error) {
+func newProxyLogs(ctx context.Context, cfg config.Config, e *Env, log, access *slog.Logger, paths Paths, ep proxyEndpoint) (*proxy.Proxy, error) {
 	if access == nil {
 		access = log.With("component", "access")
 	}
-	secret, err := proxySecret(ctx, e.DB)
+	secret, err := e.Service.WebSecret(ctx, proxy.SecretSize)
 	if err != nil {
 		return nil, err
 	}
@@ -152,7 +145,7 @@ func newProxyLogs(ctx context.Context, cfg Config, e *Env, log, access *slog.Log
 		}
 		pc.CARoots = pool
 	}
-	dc, err := cfg.dnsConfig()
+	dc, err := cfg.DNSConfig()
 	if err != nil {
 		return nil, err
 	}
@@ -164,11 +157,12 @@ func newProxyLogs(ctx context.Context, cfg Config, e *Env, log, access *slog.Log
 		// configured resolver too (instead of the zone's nameservers).
 		pc.DNSResolvers = []string{ep.DNSResolver}
 	}
-	r, err := newRoutes(ctx, e.DB, cfg.Domain)
+	wr, err := e.Service.WebRoutes(ctx)
 	if err != nil {
 		return nil, err
 	}
-	pc.Links = usedLinks{e.DB}
+	r := routes{cfg.Domain, wr}
+	pc.Links = usedLinks{e.Service}
 	return proxy.New(pc, r, r)
 }
 
@@ -188,7 +182,7 @@ func resolver(addr string) proxy.Resolver {
 // (the CLI in-process): a non-serving proxy built once from the endpoint
 // the daemon recorded. Until a daemon has served the proxy it answers
 // errs.FailedPrecondition.
-func storedWeb(db *store.DB, paths Paths, log *slog.Logger) service.WebSource {
+func storedWeb(svc *service.Service, paths Paths, log *slog.Logger) service.WebSource {
 	var mu sync.Mutex
 	var built service.Web
 	return func(ctx context.Context) (service.Web, error) {
@@ -197,22 +191,18 @@ func storedWeb(db *store.DB, paths Paths, log *slog.Logger) service.WebSource {
 		if built != nil {
 			return built, nil
 		}
-		v, err := store.Setting(ctx, db, settingProxyEndpoint)
+		ep, err := storedEndpoint(ctx, svc)
 		if err != nil {
 			return nil, err
 		}
-		if v == "" {
+		if ep == (proxyEndpoint{}) {
 			return nil, errs.New(errs.FailedPrecondition, "the web proxy is not running: start `minions serve` with --http-bind ADDR (http://<vm>.localhost) or --domain D")
 		}
-		var ep proxyEndpoint
-		if err := json.Unmarshal([]byte(v), &ep); err != nil {
-			return nil, fmt.Errorf("setting %s: %w", settingProxyEndpoint, err)
-		}
-		cfg := Config{Domain: ep.Domain, HTTPBind: "127.0.0.1:" + strconv.Itoa(ep.HTTPPort)}
+		cfg := config.Config{Domain: ep.Domain, HTTPBind: "127.0.0.1:" + strconv.Itoa(ep.HTTPPort)}
 		if ep.Domain != "" {
 			cfg.ProxyBind = "127.0.0.1:" + strconv.Itoa(ep.HTTPSPort)
 		}
-		p, err := newProxy(ctx, cfg, &Env{DB: db}, log, paths, ep)
+		p, err := newProxy(ctx, cfg, &Env{Service: svc}, log, paths, ep)
 		if err != nil {
 			return nil, err
 		}
@@ -221,149 +211,55 @@ func storedWeb(db *store.DB, paths Paths, log *slog.Logger) service.WebSource {
 	}
 }
 
-// proxySecret is the proxy's signing key, created once and kept in the
-// store so sign-in cookies survive restarts.
-func proxySecret(ctx context.Context, db *store.DB) ([]byte, error) {
-	var secret []byte
-	err := db.Tx(ctx, func(q store.Q) error {
-		v, err := store.Setting(ctx, q, settingProxySecret)
-		if err != nil {
-			return err
-		}
-		if v != "" {
-			secret, err = hex.DecodeString(v)
-			return err
-		}
-		secret = make([]byte, proxy.SecretSize)
-		rand.Read(secret)
-		return store.SetSetting(ctx, q, settingProxySecret, hex.EncodeToString(secret))
-	})
-	return secret, err
-}
-
-// usedLinks is the proxy's LinkLedger in the store, so a one-time link
-// used before a daemon restart stays used after it.
-type usedLinks struct{ db *store.DB }
+// usedLinks is the proxy's LinkLedger: the service's, kept in the store.
+type usedLinks struct{ svc *service.Service }
 
 var _ proxy.LinkLedger = usedLinks{}
 
 func (u usedLinks) Use(ctx context.Context, id string, exp time.Time) (bool, error) {
-	return store.UseLink(ctx, u.db, id, exp, time.Now())
+	return u.svc.UseLink(ctx, id, exp)
 }
 
-// routes maps a request's host to a VM from the store. Route owners are
-// user IDs, as the service passes them to LoginLink, and a route carries
-// the VM's revocation counter (store.WebGen), so links and sessions end
-// when the service bumps it. Every request and TLS handshake asks, so the
-// store's queries are prepared once (store.RouteQueries) and the answers
-// are cached only until the next commit: a change (share --private, stop,
-// destroy) applies to the very next request. The one case the write-ahead
-// log's size and mtime can miss (after a checkpoint the log is rewritten
-// from its start, so two commits within one tick of the file system's
-// coarse clock leave both unchanged) is bounded by routeCacheTTL: no
-// answer, and so no revoked session, outlives it.
+// routes is the proxy's route table: the service's, reached by VM name
+// (<vm>.<domain>) or by a verified custom domain.
 type routes struct {
 	domain string
-	q      *store.RouteQueries
-	// The lookups are cached until the database changes: any commit, by
-	// this or another process, grows or resets the write-ahead log, so a
-	// stat of it (about a microsecond) says whether the cache still holds.
-	wal    string
-	now    func() time.Time
-	mu     sync.Mutex
-	stamp  walStamp
-	filled time.Time // when the cache was last emptied
-	cache  map[string]routeEntry
-}
-
-// routeCacheTTL is the most a cached route may be behind the store.
-const routeCacheTTL = time.Second
-
-type walStamp struct {
-	size  int64
-	mtime time.Time
-}
-
-type routeEntry struct {
-	rt  proxy.Route
-	err error
-}
-
-func (r *routes) currentStamp() (walStamp, bool) {
-	st, err := os.Stat(r.wal)
-	if err != nil {
-		return walStamp{}, false
-	}
-	return walStamp{st.Size(), st.ModTime()}, true
+	r      *service.WebRoutes
 }
 
 var (
-	_ proxy.Routes  = (*routes)(nil)
-	_ proxy.Domains = (*routes)(nil)
+	_ proxy.Routes  = routes{}
+	_ proxy.Domains = routes{}
 )
 
-// newRoutes prepares the route lookups; the statements live as long as the
-// process.
-func newRoutes(ctx context.Context, db *store.DB, domain string) (*routes, error) {
-	q, err := store.PrepareRoutes(ctx, db)
-	if err != nil {
-		return nil, fmt.Errorf("proxy routes: %w", err)
-	}
-	return &routes{domain: domain, q: q, wal: db.Path + "-wal", now: time.Now, cache: map[string]routeEntry{}}, nil
-}
-
-func (r *routes) Route(ctx context.Context, host string) (proxy.Route, error) {
-	stamp, ok := r.currentStamp()
-	var filled time.Time // the cache generation this lookup may fill
-	if ok {
-		now := r.now()
-		r.mu.Lock()
-		if stamp != r.stamp || now.Sub(r.filled) >= routeCacheTTL || now.Before(r.filled) {
-			r.stamp, r.filled, r.cache = stamp, now, map[string]routeEntry{}
-		}
-		filled = r.filled
-		e, hit := r.cache[host]
-		r.mu.Unlock()
-		if hit {
-			return e.rt, e.err
-		}
-	}
-	rt, err := r.lookup(ctx, host)
-	if ok && (err == nil || errs.ClassOf(err) == errs.NotFound) {
-		r.mu.Lock()
-		if r.stamp == stamp && r.filled.Equal(filled) && len(r.cache) < 100000 {
-			r.cache[host] = routeEntry{rt, err}
-		}
-		r.mu.Unlock()
-	}
-	return rt, err
-}
-
-func (r *routes) lookup(ctx context.Context, host string) (proxy.Route, error) {
-	var sr store.Route
+func (r routes) Route(ctx context.Context, host string) (proxy.Route, error) {
+	var wr service.WebRoute
 	var err error
 	if name, ok := proxy.SplitHost(host, r.domain); ok {
-		sr, err = r.q.ByName(ctx, name)
+		wr, err = r.r.ByName(ctx, name)
 	} else {
-		sr, err = r.q.ByDomain(ctx, host)
+		wr, err = r.r.ByDomain(ctx, host)
 	}
 	if errs.ClassOf(err) == errs.NotFound {
 		return proxy.Route{}, errs.New(errs.NotFound, "no vm serves %s", host)
 	}
-	if err != nil {
-		return proxy.Route{}, fmt.Errorf("route %s: %w", host, err) // 503, not 404
-	}
-	return proxy.Route{VMID: sr.VMID, VMName: sr.VMName, Owner: sr.OwnerID, Gen: sr.WebGen,
-		Upstream: net.JoinHostPort(sr.IP, strconv.Itoa(sr.Port)), Public: sr.Public, Running: sr.State == store.StateRunning}, nil
+	return proxy.Route(wr), err
 }
 
-func (r *routes) AllowCertificate(ctx context.Context, name string) error {
-	ok, err := r.q.DomainVerified(ctx, name)
-	if err != nil {
-		return err
+func (r routes) AllowCertificate(ctx context.Context, name string) error {
+	return r.r.AllowCertificate(ctx, name)
+}
+
+// storedEndpoint is the proxy endpoint startProxy recorded (zero when the
+// proxy is off).
+func storedEndpoint(ctx context.Context, svc *service.Service) (proxyEndpoint, error) {
+	var ep proxyEndpoint
+	v, err := svc.WebEndpoint(ctx)
+	if err != nil || v == "" {
+		return ep, err
 	}
-	if !ok {
-		return errs.New(errs.PermissionDenied, "no verified custom domain %s", name)
+	if err := json.Unmarshal([]byte(v), &ep); err != nil {
+		return ep, fmt.Errorf("proxy endpoint: %w", err)
 	}
-	return nil
+	return ep, nil
 }

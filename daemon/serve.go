@@ -11,13 +11,13 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
-	"strings"
 	"sync"
 	"syscall"
 	"time"
 
 	"github.com/minionsdev/minions/api"
 	"github.com/minionsdev/minions/cli"
+	"github.com/minionsdev/minions/config"
 	"github.com/minionsdev/minions/vm/hypervisor/qemu"
 	"golang.org/x/sync/errgroup"
 )
@@ -25,30 +25,7 @@ import (
 func serveCmd() *cli.Command {
 	return &cli.Command{Name: "serve", HostOnly: true, Summary: "Run the daemon: HTTP API, SSH front door, HTTPS proxy, reconcile loop",
 		Usage: "[--config FILE] [--bind ADDR] [--ssh-bind ADDR] [--proxy-bind ADDR --http-bind ADDR --domain D --acme-email E]",
-		Flags: func(fs *flag.FlagSet) {
-			fs.String("config", DefaultConfigFile, "config file (TOML; unknown keys are errors)")
-			fs.String("bind", "", "HTTP API on TCP (default 127.0.0.1:3000); beyond loopback it needs --tls-cert/--tls-key or --insecure-http")
-			fs.String("tls-cert", "", "PEM certificate (chain) for the API on --bind (clients may trust a private CA with SSL_CERT_FILE)")
-			fs.String("tls-key", "", "PEM private key for --tls-cert")
-			fs.Bool("insecure-http", false, "allow the API in plain HTTP beyond loopback (tokens cross the network in clear)")
-			fs.String("admin-bind", "", "metrics listener (default 127.0.0.1:9090)")
-			fs.String("ssh-bind", "", "SSH front door (default 0.0.0.0:2222)")
-			fs.String("proxy-bind", "", "HTTPS proxy, e.g. 0.0.0.0:443")
-			fs.String("http-bind", "", "HTTP (ACME HTTP-01 and redirects; the whole proxy without --domain)")
-			fs.String("domain", "", "serve VMs at https://<vm>.<domain>")
-			fs.String("public-ip", "", "this host's public address (for DNS instructions)")
-			fs.String("acme-email", "", "ACME account email")
-			fs.String("acme-ca", "", "ACME directory URL")
-			fs.Bool("acme-staging", false, "use Let's Encrypt's staging CA")
-			fs.String("acme-root", "", "PEM root of a private ACME CA")
-			fs.String("hypervisor", "", "auto, qemu, qemu-kvm, qemu-tcg or cloud-hypervisor")
-			fs.String("policy", "", "SSH sign-up policy: open, invite or closed")
-			fs.String("invite-code", "", "invite code for policy invite")
-			fs.String("dns", "", "nameserver (IPv4) handed to vms; they may reach it on port 53")
-			fs.String("egress-allow", "", `private destinations vms may reach, comma-separated "PREFIX[ tcp|udp[/PORT]]" (replaces the file's list)`)
-			fs.String("log-format", "", "auto (text on a terminal, JSON otherwise; JSON with --json), text or json")
-			dnsProviderFlags(fs)
-		},
+		Flags: config.ServeFlags,
 		Run: func(ctx context.Context, x *cli.Ctx) error {
 			cfg, err := effectiveConfig(x)
 			if err != nil {
@@ -64,7 +41,7 @@ func serveCmd() *cli.Command {
 func configCmd() *cli.Command {
 	return &cli.Command{Name: "config", HostOnly: true, Summary: "Show the daemon configuration", Sub: []*cli.Command{
 		{Name: "show", Summary: "Print the effective configuration (file, then flags)",
-			Flags: func(fs *flag.FlagSet) { fs.String("config", DefaultConfigFile, "config file") },
+			Flags: func(fs *flag.FlagSet) { fs.String("config", config.DefaultFile, "config file") },
 			Run: func(ctx context.Context, x *cli.Ctx) error {
 				cfg, err := effectiveConfig(x)
 				if err != nil {
@@ -77,83 +54,15 @@ func configCmd() *cli.Command {
 	}}
 }
 
-// effectiveConfig is the config file overlaid with the flags given.
-func effectiveConfig(x *cli.Ctx) (Config, error) {
-	path := x.FS.Lookup("config").Value.String()
-	explicit := false
-	x.FS.Visit(func(f *flag.Flag) {
-		if f.Name == "config" {
-			explicit = true
-		}
-	})
-	cfg, err := LoadConfig(path, explicit)
-	if err != nil {
-		return cfg, err
-	}
-	if x.G.StateDir != "" {
-		cfg.StateDir = x.G.StateDir
-	}
-	if x.G.RunDir != "" {
-		cfg.RunDir = x.G.RunDir
-	}
-	x.FS.Visit(func(f *flag.Flag) {
-		v := f.Value.String()
-		switch f.Name {
-		case "bind":
-			cfg.Bind = v
-		case "admin-bind":
-			cfg.AdminBind = v
-		case "tls-cert":
-			cfg.TLSCert = v
-		case "tls-key":
-			cfg.TLSKey = v
-		case "insecure-http":
-			cfg.InsecureHTTP = v == "true"
-		case "ssh-bind":
-			cfg.SSHBind = v
-		case "proxy-bind":
-			cfg.ProxyBind = v
-		case "http-bind":
-			cfg.HTTPBind = v
-		case "domain":
-			cfg.Domain = v
-		case "public-ip":
-			cfg.PublicIP = v
-		case "acme-email":
-			cfg.ACMEEmail = v
-		case "acme-ca":
-			cfg.ACMECA = v
-		case "acme-staging":
-			cfg.ACMEStaging = v == "true"
-		case "acme-root":
-			cfg.ACMERoot = v
-		case "hypervisor":
-			cfg.Hypervisor = v
-		case "policy":
-			cfg.Policy = v
-		case "invite-code":
-			cfg.InviteCode = v
-		case "dns":
-			cfg.DNS = v
-		case "egress-allow":
-			cfg.EgressAllow = nil
-			for _, r := range strings.Split(v, ",") {
-				if r = strings.TrimSpace(r); r != "" {
-					cfg.EgressAllow = append(cfg.EgressAllow, r)
-				}
-			}
-		case "log-format":
-			cfg.LogFormat = v
-		}
-	})
-	x.FS.Visit(func(f *flag.Flag) { cfg.setDNSProviderFlag(f.Name, f.Value.String()) })
-	cfg.Defaults()
-	return cfg, cfg.Validate()
+// effectiveConfig is the config file --config names overlaid with the
+// flags given (config.Effective).
+func effectiveConfig(x *cli.Ctx) (config.Config, error) {
+	return config.Effective(x.FS, x.G.StateDir, x.G.RunDir)
 }
 
 // Serve runs the daemon until ctx ends or SIGINT/SIGTERM. Shutting down
 // never stops VMs: they keep running and the next daemon re-adopts them.
-func Serve(ctx context.Context, cfg Config, logOut io.Writer) error {
+func Serve(ctx context.Context, cfg config.Config, logOut io.Writer) error {
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	signal.Ignore(syscall.SIGHUP, syscall.SIGPIPE)
@@ -168,7 +77,7 @@ func Serve(ctx context.Context, cfg Config, logOut io.Writer) error {
 		return err
 	}
 	ops := &opLatencies{}
-	o := openOptions(cfg, paths, log)
+	o := OpenOptions(cfg, paths, log)
 	o.OnOperation = ops.observe
 	e, err := Open(ctx, o)
 	if err != nil {
@@ -233,6 +142,25 @@ func Serve(ctx context.Context, cfg Config, logOut io.Writer) error {
 		log.Info("api listening", "unix", sock, "tcp", tln.Addr().String(), "tls", cfg.TLSCert != "")
 	}
 
+	// The fabric, this host in the registry, its node agent (cluster.go):
+	// beside the other listeners' start, not before it; a failure stops
+	// serve like a listener's.
+	var apiAddr net.Addr
+	if tln != nil {
+		apiAddr = tln.Addr()
+	}
+	clDone := make(chan *cluster, 1)
+	g.Go(func() error {
+		cl, err := startCluster(gctx, g, cfg, e, log, paths, apiAddr)
+		clDone <- cl
+		return err
+	})
+	defer func() {
+		if cl := <-clDone; cl != nil {
+			cl.close()
+		}
+	}()
+
 	// Metrics on the admin listener only.
 	metrics := newMetrics(e)
 	ops.m = metrics
@@ -269,7 +197,7 @@ func Serve(ctx context.Context, cfg Config, logOut io.Writer) error {
 	if tln != nil {
 		in.API, in.APITLS = tln.Addr().String(), cfg.TLSCert != ""
 	}
-	if in.Proxy, err = storedEndpoint(ctx, e.DB); err != nil {
+	if in.Proxy, err = storedEndpoint(ctx, e.Service); err != nil {
 		return err
 	}
 	newBanner(in).announce(log, logOut, format)
@@ -342,7 +270,7 @@ func (o *opLatencies) observe(kind string, d time.Duration, err error) {
 
 // startupWarnings are what serve says at start about isolation: TCG is no
 // security boundary, and a jail or sandbox turned off.
-func startupWarnings(driver string, kvm bool, cfg Config) []string {
+func startupWarnings(driver string, kvm bool, cfg config.Config) []string {
 	var out []string
 	if driver == qemu.DriverName && !kvm {
 		out = append(out, qemu.TCGWarning)

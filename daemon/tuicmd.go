@@ -24,7 +24,6 @@ func tuiCmd() *cli.Command {
 			if err != nil {
 				return err
 			}
-			db := dashBackend{be: be}
-			return tui.RunLocal(ctx, tui.Options{Backend: db, User: me.Name, Admin: me.Admin})
+			return tui.RunLocal(ctx, tui.Options{Backend: be, User: me.Name, Admin: me.Admin})
 		}}
 }

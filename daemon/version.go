@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/minionsdev/minions/cli"
+	"github.com/minionsdev/minions/config"
 	"github.com/minionsdev/minions/store"
 )
 
@@ -19,7 +20,7 @@ func VersionInfo(ctx context.Context, g *cli.Global) map[string]any {
 	info := map[string]any{"schema": store.SchemaVersion()}
 	state := g.StateDir
 	if state == "" {
-		if cfg, err := LoadConfig(DefaultConfigFile, false); err == nil {
+		if cfg, err := config.Load(config.DefaultFile, false); err == nil {
 			state = cfg.StateDir
 		}
 	}

@@ -37,7 +37,7 @@ func (s *Service) hostAgentVersion() string {
 // AgentOutdated and AgentWarning: the old agent keeps working and the VM
 // gets the host's agent on its next restart.
 func (s *Service) AgentStatus(ctx context.Context, c Caller, name string) (proto.Status, error) {
-	cl, err := s.Agent(ctx, c, name)
+	cl, err := s.agentClient(ctx, c, name)
 	if err != nil {
 		return proto.Status{}, err
 	}

@@ -22,8 +22,8 @@ func TestBackupDisksAndMissingDisk(t *testing.T) {
 	if err := store.InsertVM(ctx, fx.svc.DB, v); err != nil {
 		t.Fatal(err)
 	}
-	os.MkdirAll(fx.svc.vmDir(v.ID), 0o700)
-	if err := os.WriteFile(fx.svc.diskPath(v.ID), []byte("qcow2 bytes"), 0o600); err != nil {
+	os.MkdirAll(fx.eng().VMDir(v.ID), 0o700)
+	if err := os.WriteFile(fx.eng().DiskPath(v.ID), []byte("qcow2 bytes"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	out := t.TempDir()
@@ -42,7 +42,7 @@ func TestBackupDisksAndMissingDisk(t *testing.T) {
 	if len(got) != 1 || got[0].Name != "web" || len(got[0].Files) != 1 {
 		t.Fatalf("backed up %+v", got)
 	}
-	want, _ := os.ReadFile(fx.svc.diskPath(v.ID))
+	want, _ := os.ReadFile(fx.eng().DiskPath(v.ID))
 	b, err := os.ReadFile(filepath.Join(out, got[0].Files[0]))
 	if err != nil || string(b) != string(want) {
 		t.Fatalf("copy = %q, %v; want %q", b, err, want)
@@ -55,7 +55,7 @@ func TestBackupDisksAndMissingDisk(t *testing.T) {
 	if err := store.SetVMNote(ctx, fx.svc.DB, v.ID, store.StateError, store.NoteDiskMissing); err != nil {
 		t.Fatal(err)
 	}
-	os.Remove(fx.svc.diskPath(v.ID))
+	os.Remove(fx.eng().DiskPath(v.ID))
 	shown, err := fx.svc.Get(ctx, fx.user, "web")
 	if err != nil || shown.Note != store.NoteDiskMissing || shown.Status != store.StateError {
 		t.Fatalf("get = %+v, %v", shown, err)

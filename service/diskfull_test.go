@@ -52,7 +52,7 @@ func TestDiskFullRefusedCleanly(t *testing.T) {
 	ctx := context.Background()
 	id := fx.putVM(t, fx.user.UserID, "web", store.StateStopped, 256, 1)
 	before := stateFiles(t, fx)
-	fx.svc.Disks = fullDisks{}
+	fx.eng().Disks = fullDisks{}
 
 	check := func(what string, err error) {
 		t.Helper()
@@ -82,7 +82,7 @@ func TestDiskFullRefusedCleanly(t *testing.T) {
 
 	// Space freed: the snapshot works (create and copy then fail only
 	// because the fake hypervisor has no agent, not for space).
-	fx.svc.Disks = fileDisks{}
+	fx.eng().Disks = fileDisks{}
 	if _, err := fx.svc.CreateSnapshot(ctx, fx.user, "web", SnapshotRequest{Name: "s1"}, nil); err != nil {
 		t.Fatalf("snapshot after space was freed: %v", err)
 	}

@@ -9,6 +9,7 @@ import (
 
 	"github.com/minionsdev/minions/internal/errs"
 	"github.com/minionsdev/minions/store"
+	"github.com/minionsdev/minions/vm/engine"
 )
 
 // ImageInfo is the public view of one built image version.
@@ -189,13 +190,13 @@ func (s *Service) BuildImage(ctx context.Context, c Caller, req ImageBuildReques
 	if err != nil {
 		return ImageInfo{}, err
 	}
-	if err := s.checkFreeSpace("build image "+req.OS, reserveBytes); err != nil {
+	if err := engine.CheckFreeSpace(s.cfg.StateDir, "build image "+req.OS, engine.ReserveBytes); err != nil {
 		return ImageInfo{}, err
 	}
 	start := time.Now()
 	im, err := cat.BuildImage(ctx, req, progress)
 	if err != nil {
-		return ImageInfo{}, s.diskFull(err)
+		return ImageInfo{}, errs.DiskFull(err, s.cfg.StateDir)
 	}
 	s.log.Info("image built", "user", c.Name, "image", im.Ref, "ms", time.Since(start).Milliseconds())
 	return im, nil

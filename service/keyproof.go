@@ -73,7 +73,7 @@ type challenges struct {
 
 func (cs *challenges) issue(userID string, now time.Time) KeyChallenge {
 	b := make([]byte, 32)
-	randRead(b)
+	rand.Read(b)
 	ch := KeyChallenge{Nonce: base64.RawURLEncoding.EncodeToString(b), UserID: userID, ExpiresAt: now.Add(KeyChallengeTTL)}
 	cs.mu.Lock()
 	defer cs.mu.Unlock()

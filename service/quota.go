@@ -1,15 +1,13 @@
 package service
 
 import (
-	"bufio"
 	"context"
 	"fmt"
-	"os"
 	"strconv"
-	"strings"
 
 	"github.com/minionsdev/minions/internal/errs"
 	"github.com/minionsdev/minions/store"
+	"github.com/minionsdev/minions/vm/engine"
 )
 
 // Resource limits: per-user quotas and the host's memory capacity.
@@ -149,44 +147,5 @@ func (s *Service) checkFitsHost(memMiB int) error {
 	return nil
 }
 
-// beginStartOp records a running start (or restore) operation for a stopped
-// VM v in the same transaction that checks the host has memory for it, so
-// the memory is claimed from then on.
-func (s *Service) beginStartOp(ctx context.Context, v store.VM, kind string) (*op, error) {
-	row := newOpRow(v.ID, kind)
-	err := s.DB.Tx(ctx, func(q store.Q) error {
-		if v.State == store.StateStopped {
-			if err := s.checkHostMemory(ctx, q, v.ID, v.MemoryMiB); err != nil {
-				return err
-			}
-		}
-		return store.InsertOperation(ctx, q, row)
-	})
-	if err != nil {
-		return nil, err
-	}
-	return &op{s: s, row: row}, nil
-}
-
 // MemTotal reads the host's physical memory in bytes from /proc/meminfo.
-func MemTotal() (int64, error) {
-	f, err := os.Open("/proc/meminfo")
-	if err != nil {
-		return 0, err
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if rest, ok := strings.CutPrefix(sc.Text(), "MemTotal:"); ok {
-			f := strings.Fields(rest)
-			if len(f) == 2 && f[1] == "kB" {
-				kb, err := strconv.ParseInt(f[0], 10, 64)
-				if err == nil && kb > 0 {
-					return kb << 10, nil
-				}
-			}
-			return 0, fmt.Errorf("/proc/meminfo: bad MemTotal line %q", sc.Text())
-		}
-	}
-	return 0, fmt.Errorf("/proc/meminfo: no MemTotal")
-}
+func MemTotal() (int64, error) { return engine.MemTotal() }

@@ -13,6 +13,8 @@ import (
 
 	"github.com/minionsdev/minions/internal/errs"
 	"github.com/minionsdev/minions/store"
+	"github.com/minionsdev/minions/vm"
+	"github.com/minionsdev/minions/vm/hypervisor/procfs"
 	"golang.org/x/crypto/ssh"
 )
 
@@ -48,12 +50,12 @@ func (fx *fixture) putVM(t *testing.T, owner, name, state string, memMiB, diskGi
 	id := strings.Repeat(string(rune('a'+vmSeq)), 12)
 	err := store.InsertVM(context.Background(), fx.svc.DB, store.VM{ID: id, Name: name, OwnerID: owner, Image: "minimal@1", CPUs: 1,
 		MemoryMiB: memMiB, DiskGiB: diskGiB, IP: "10.210.0." + string(rune('0'+vmSeq)) + "0", MAC: "02:00:00:00:00:" + string(rune('0'+vmSeq)) + "0",
-		CID: uint32(10 + vmSeq), State: state, CreatedAt: time.Now()})
+		CID: uint32(10 + vmSeq), State: vm.State(state), CreatedAt: time.Now()})
 	if err != nil {
 		t.Fatal(err)
 	}
-	os.MkdirAll(fx.svc.vmDir(id), 0o700)
-	if err := os.WriteFile(fx.svc.diskPath(id), []byte("disk"), 0o600); err != nil {
+	os.MkdirAll(fx.eng().VMDir(id), 0o700)
+	if err := os.WriteFile(fx.eng().DiskPath(id), []byte("disk"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	return id
@@ -129,7 +131,7 @@ func TestSnapshotsCountAgainstDiskQuota(t *testing.T) {
 	if snaps, _ := store.ListSnapshots(ctx, fx.svc.DB, id); len(snaps) != 0 {
 		t.Fatalf("a refused snapshot left %+v", snaps)
 	}
-	if entries, _ := os.ReadDir(filepath.Join(fx.svc.vmDir(id), "snapshots")); len(entries) != 0 {
+	if entries, _ := os.ReadDir(filepath.Join(fx.eng().VMDir(id), "snapshots")); len(entries) != 0 {
 		t.Fatalf("a refused snapshot left files %v", entries)
 	}
 	// With room it works, and its bytes show in the usage.
@@ -176,7 +178,11 @@ func TestCreateRefusedBeyondHostMemory(t *testing.T) {
 	}
 	// A VM that another process is starting holds its memory already.
 	parked, _ := store.GetVMByName(ctx, fx.svc.DB, "parked")
-	store.InsertOperation(ctx, fx.svc.DB, newOpRow(parked.ID, "start"))
+	pid := os.Getpid()
+	pst, _ := procfs.StartTime(pid)
+	now := time.Now()
+	store.InsertOperation(ctx, fx.svc.DB, store.Operation{ID: vm.NewID(), VMID: parked.ID, Kind: "start", State: store.OpRunning,
+		PID: pid, PIDStart: pst, Data: "{}", CreatedAt: now, UpdatedAt: now})
 	_, err = fx.svc.Create(ctx, fx.user, CreateRequest{Name: "web", MemoryMiB: 256}, nil)
 	if !errors.Is(err, errs.ResourceExhausted) {
 		t.Fatalf("create while a 4 GiB vm starts = %v", err)

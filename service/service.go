@@ -12,8 +12,8 @@ import (
 	"github.com/minionsdev/minions/internal/errs"
 	"github.com/minionsdev/minions/store"
 	"github.com/minionsdev/minions/vm"
+	"github.com/minionsdev/minions/vm/engine"
 	"github.com/minionsdev/minions/vm/hypervisor"
-	"github.com/minionsdev/minions/vm/network"
 	"golang.org/x/crypto/ssh"
 )
 
@@ -118,46 +118,34 @@ func (c *Config) Validate() error {
 	return nil
 }
 
-// Network is the host networking the service needs (vm/network).
-type Network interface {
-	AddPort(ctx context.Context, tap string, ip netip.Addr, mac string) error
-	RemovePort(ctx context.Context, tap string) error
-}
+// Network is the host networking the local engine needs (vm/network).
+type Network = engine.Network
 
 // Image is a bootable root filesystem from the catalogue.
-type Image struct {
-	Ref       string // "minimal@20261127-001530-ab12"
-	OS        string
-	Path      string // raw ext4, never written
-	Format    string // "raw"
-	SizeBytes int64
-	Kernel    string // kernel to boot
-	Initramfs string
-}
+type Image = engine.Image
 
 // Images resolves image references (images/).
-type Images interface {
-	// Resolve finds "os" (newest version) or "os@version"; errs.NotFound
-	// names the images that exist.
-	Resolve(ctx context.Context, ref string) (Image, error)
-}
+type Images = engine.Images
 
 // Disks makes and changes VM disks (vm/disk).
-type Disks interface {
-	CreateOverlay(ctx context.Context, base, baseFormat, path string, sizeBytes int64) error
-	Clone(ctx context.Context, src, dst string) error
-	Grow(ctx context.Context, path string, sizeBytes int64) error
-}
+type Disks = engine.Disks
 
 // Deps are the subsystems a Service drives.
 type Deps struct {
-	DB      *store.DB
-	Driver  hypervisor.Driver
-	Network Network
-	Images  Images
-	Disks   Disks
+	DB *store.DB
+	// Engine runs the VMs. When nil, New builds the local engine of this
+	// host from Driver, Network, Images, Disks and HostKey (with the
+	// directories, subnet and timeouts of Config).
+	Engine engine.Engine
+	// Images is the image catalogue (defaults, listing, building).
+	Images Images
 	// HostKey is the key the host presents to every guest agent.
 	HostKey ssh.Signer
+
+	// For the local engine built by New when Engine is nil.
+	Driver  hypervisor.Driver
+	Network Network
+	Disks   Disks
 }
 
 // Service is the façade. See the package doc for its concurrency contract.
@@ -172,6 +160,8 @@ type Service struct {
 	creds credWatch // see BindCredential
 
 	hostAgent hostAgent // see SetHostAgentVersion
+
+	hosts hostsState // see SetHosts (hosts.go)
 }
 
 // New returns a Service.
@@ -180,22 +170,40 @@ func New(cfg Config, deps Deps) (*Service, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	if deps.DB == nil || deps.Driver == nil || deps.Network == nil || deps.Images == nil || deps.Disks == nil || deps.HostKey == nil {
+	if deps.DB == nil || deps.Images == nil {
 		return nil, fmt.Errorf("service: missing dependency")
 	}
-	for _, d := range []string{cfg.StateDir, cfg.RunDir, filepath.Join(cfg.StateDir, "vms")} {
+	if deps.Engine == nil {
+		l, err := engine.NewLocal(cfg.EngineConfig(), engine.Deps{DB: deps.DB, Driver: deps.Driver, Network: deps.Network,
+			Images: deps.Images, Disks: deps.Disks, HostKey: deps.HostKey})
+		if err != nil {
+			return nil, err
+		}
+		deps.Engine = l
+	}
+	for _, d := range []string{cfg.StateDir, cfg.RunDir} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
 			return nil, err
 		}
 	}
-	return &Service{cfg: cfg, Deps: deps, log: cfg.Log.With("component", "service")}, nil
+	s := &Service{cfg: cfg, Deps: deps, log: cfg.Log.With("component", "service")}
+	if a, ok := deps.Engine.(interface{ SetAdmit(engine.AdmitFunc) }); ok {
+		a.SetAdmit(s.admit)
+	}
+	deps.Engine.OnExit(s.wentDown)
+	return s, nil
+}
+
+// EngineConfig is the configuration of the local engine that matches c
+// (for the daemon, which builds the engine itself).
+func (c Config) EngineConfig() engine.Config {
+	c.setDefaults()
+	return engine.Config{StateDir: c.StateDir, RunDir: c.RunDir, Subnet: c.Subnet, Gateway: c.Gateway, DNS: c.DNS,
+		ReadyTimeout: c.ReadyTimeout, StopTimeout: c.StopTimeout, HostMemory: c.HostMemory, Log: c.Log, OnOperation: c.OnOperation}
 }
 
 // Config returns the effective configuration.
 func (s *Service) Config() Config { return s.cfg }
-
-func (s *Service) vmDir(id string) string  { return filepath.Join(s.cfg.StateDir, "vms", id) }
-func (s *Service) runDir(id string) string { return filepath.Join(s.cfg.RunDir, id) }
 
 // Caller is who is asking. Every method checks it.
 type Caller struct {
@@ -270,22 +278,13 @@ type VM struct {
 }
 
 func view(v store.VM) VM {
-	out := VM{ID: v.ID, Name: v.Name, Owner: v.Owner, Status: v.State, Image: v.Image, IP: v.IP, MAC: v.MAC,
+	out := VM{ID: v.ID, Name: v.Name, Owner: v.Owner, Status: string(v.State), Image: v.Image, IP: v.IP, MAC: v.MAC,
 		CPUs: v.CPUs, MemoryMiB: v.MemoryMiB, DiskGiB: v.DiskGiB, Port: v.Port, Public: v.Public, CreatedAt: v.CreatedAt, Note: v.Note}
-	if v.State == store.StateRunning || v.State == store.StatePaused {
-		if h, err := decodeHandle(v.Handle); err == nil && h != nil {
+	if v.State == vm.Running || v.State == vm.Paused {
+		if h, err := engine.DecodeHandle(v.Handle); err == nil && h != nil {
 			out.PID = h.PID
 		}
 		out.StartedAt = v.StartedAt
 	}
 	return out
-}
-
-// tapName is the TAP of VM id (IDs from vm.NewID always fit).
-func tapName(id string) string {
-	name, err := network.TAPName(id)
-	if err != nil {
-		return "mn-invalid"
-	}
-	return name
 }

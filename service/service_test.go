@@ -15,6 +15,7 @@ import (
 
 	"github.com/minionsdev/minions/internal/errs"
 	"github.com/minionsdev/minions/store"
+	"github.com/minionsdev/minions/vm/engine"
 	"github.com/minionsdev/minions/vm/hypervisor/fake"
 	"golang.org/x/crypto/ssh"
 )
@@ -289,3 +290,6 @@ func TestCreateFailsFastOnKernelPanic(t *testing.T) {
 	}
 	fx.assertEmpty(t)
 }
+
+// eng is the local engine the fixture's service runs on.
+func (fx *fixture) eng() *engine.Local { return fx.svc.Engine.(*engine.Local) }

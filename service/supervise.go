@@ -3,12 +3,12 @@ package service
 import (
 	"context"
 	"fmt"
-	"os"
 	"time"
 
 	"github.com/minionsdev/minions/internal/errs"
 	"github.com/minionsdev/minions/store"
-	"github.com/minionsdev/minions/vm/consolelog"
+	"github.com/minionsdev/minions/vm"
+	"github.com/minionsdev/minions/vm/engine"
 )
 
 // Restart backoff: the n-th crash in a row waits RestartBackoffMin·2^(n-1),
@@ -70,23 +70,33 @@ func (s *Service) SetRestartPolicy(ctx context.Context, c Caller, name, policy s
 	return out, err
 }
 
-// withVMAny loads name for c, takes its lock and reloads it under the
-// lock (by ID, re-checking the owner); withVM adds the state check.
+// withVMAny loads name for c, takes its lock (when the engine has locks
+// on this host) and reloads it under the lock (by ID, re-checking the
+// owner); withVM adds the state check. fn must not call the engine on
+// the VM.
 func (s *Service) withVMAny(ctx context.Context, c Caller, name string, fn func(v store.VM) error) error {
 	v, err := s.getVM(ctx, c, name)
 	if err != nil {
 		return err
 	}
-	unlock, err := s.lockVM(ctx, v.ID)
-	if err != nil {
-		return err
+	if l, ok := s.Engine.(locker); ok {
+		unlock, err := l.Lock(ctx, v.ID)
+		if err != nil {
+			return err
+		}
+		defer unlock()
 	}
-	defer unlock()
 	v, err = s.reloadVM(ctx, v)
 	if err != nil || !c.canSee(v) {
 		return errs.New(errs.NotFound, "no vm named %q", name)
 	}
 	return fn(v)
+}
+
+// locker is an engine whose per-VM locks the service may take around its
+// own changes to a VM's record (engine.Local).
+type locker interface {
+	Lock(ctx context.Context, id string) (unlock func(), err error)
 }
 
 // withRestart fills the restart fields of out and, for a stopped VM the
@@ -101,7 +111,7 @@ func (s *Service) withRestart(ctx context.Context, out VM) VM {
 
 func applyRestart(out VM, r store.Restart, now time.Time) VM {
 	out.Restart, out.Restarts = r.Policy, r.Restarts
-	if out.Status != store.StateStopped {
+	if out.Status != string(vm.Stopped) {
 		return out
 	}
 	switch {
@@ -115,31 +125,28 @@ func applyRestart(out VM, r store.Restart, now time.Time) VM {
 	return out
 }
 
-// wentDown is told by reconcile that v's hypervisor is gone although v was
-// recorded running; it runs before v is marked stopped (v's run dir still
-// tells whether the host rebooted). It records what happened and returns
-// the restart state to store once v is stopped.
-func (s *Service) wentDown(ctx context.Context, v store.VM) (store.Restart, bool) {
-	r, err := store.GetRestart(ctx, s.DB, v.ID)
+// wentDown is told by the engine that a VM's hypervisor is gone although
+// the VM was recorded running (e.Reason says why); the VM is recorded
+// stopped by then. It records what happened and schedules the restart
+// its policy asks for.
+func (s *Service) wentDown(ctx context.Context, e engine.Exit) {
+	r, err := store.GetRestart(ctx, s.DB, e.ID)
 	if err != nil {
-		return r, false
+		return
 	}
+	v := store.VM{ID: e.ID, Name: e.Name, OwnerID: e.Owner}
 	now := time.Now()
 	kind, restart, delay := EventCrashed, r.Policy != store.RestartNo, time.Duration(0)
-	why, line := consolelog.ExitUnknown, ""
-	if exists(s.runDir(v.ID)) {
-		why, line = consolelog.LastExit(s.consolePath(v.ID))
-	}
-	switch {
-	case !exists(s.runDir(v.ID)):
+	switch e.Reason {
+	case engine.ExitHostReboot:
 		kind = EventHostReboot
-	case why == consolelog.ExitPoweroff:
+	case engine.ExitPoweroff:
 		kind, restart = EventPoweroff, r.Policy == store.RestartAlways
 		r.Streak = 0
-	case why == consolelog.ExitReboot: // like a real machine, unless policy no
+	case engine.ExitReboot: // like a real machine, unless policy no
 		kind, r.Streak = EventGuestReboot, 0
 	default: // killed, hypervisor crash, guest kernel panic
-		if !v.StartedAt.IsZero() && now.Sub(v.StartedAt) > RestartStableAfter {
+		if !e.StartedAt.IsZero() && now.Sub(e.StartedAt) > RestartStableAfter {
 			r.Streak = 0
 		}
 		r.Streak++
@@ -150,12 +157,12 @@ func (s *Service) wentDown(ctx context.Context, v store.VM) (store.Restart, bool
 	case EventHostReboot:
 		msg = "processes and run dir gone: host restarted"
 	case EventPoweroff:
-		msg = "guest powered off (" + line + ")"
+		msg = "guest powered off (" + e.Detail + ")"
 	case EventGuestReboot:
-		msg = "guest rebooted (" + line + ")"
+		msg = "guest rebooted (" + e.Detail + ")"
 	}
-	if why == consolelog.ExitPanic {
-		msg = "guest kernel panic (" + line + ")"
+	if e.Reason == engine.ExitPanic {
+		msg = "guest kernel panic (" + e.Detail + ")"
 	}
 	r.Reason, r.RestartAt = kind, time.Time{}
 	if restart {
@@ -166,7 +173,9 @@ func (s *Service) wentDown(ctx context.Context, v store.VM) (store.Restart, bool
 	}
 	s.log.Warn("vm went down", "vm_id", v.ID, "vm", v.Name, "kind", kind, "restart", restart, "delay", delay)
 	s.record(ctx, HostActor, v, kind, msg)
-	return r, true
+	if err := store.PutRestart(ctx, s.DB, r); err != nil {
+		s.log.Warn("record restart", "vm_id", v.ID, "err", err)
+	}
 }
 
 // Supervise starts the VMs whose automatic restart is due, through the
@@ -189,11 +198,6 @@ func (s *Service) Supervise(ctx context.Context) error {
 }
 
 func (s *Service) superviseOne(ctx context.Context, id string) {
-	unlock, err := s.tryLock(id)
-	if err != nil {
-		return
-	}
-	defer unlock()
 	v, err := store.GetVMByID(ctx, s.DB, id)
 	if err != nil {
 		return
@@ -202,13 +206,19 @@ func (s *Service) superviseOne(ctx context.Context, id string) {
 	if err != nil || r.RestartAt.IsZero() || r.RestartAt.After(time.Now()) {
 		return
 	}
-	if v.State != store.StateStopped {
+	if v.State != vm.Stopped {
 		r.RestartAt = time.Time{} // started by someone meanwhile
 		store.PutRestart(ctx, s.DB, r)
 		return
 	}
-	_, err = s.start(ctx, v, "restart", nil)
-	// start may have stored a fresh row for v; keep our counters.
+	_, err = s.Engine.Start(ctx, id, nil)
+	if errs.ClassOf(err) == errs.FailedPrecondition {
+		if cur, gerr := store.GetVMByID(ctx, s.DB, id); gerr == nil && cur.State != vm.Stopped {
+			r.RestartAt = time.Time{} // started by someone meanwhile
+			store.PutRestart(ctx, s.DB, r)
+			return
+		}
+	}
 	if err != nil {
 		r.Streak++
 		d := backoff(r.Streak)
@@ -231,11 +241,6 @@ func reasonWord(r store.Restart) string {
 	return fmt.Sprintf("crash %d in a row", r.Streak)
 }
 
-func exists(p string) bool {
-	_, err := os.Stat(p)
-	return err == nil
-}
-
 // cancelRestart drops a pending automatic restart of VM id (it was stopped
 // on purpose, or is about to be marked down again).
 func (s *Service) cancelRestart(ctx context.Context, id string) {
@@ -253,7 +258,7 @@ func (s *Service) cancelRestart(ctx context.Context, id string) {
 func (s *Service) cancelPending(ctx context.Context, c Caller, name string) (out VM, ok bool, err error) {
 	err = s.withVMAny(ctx, c, name, func(v store.VM) error {
 		r, err := store.GetRestart(ctx, s.DB, v.ID)
-		if err != nil || v.State != store.StateStopped || r.RestartAt.IsZero() {
+		if err != nil || v.State != vm.Stopped || r.RestartAt.IsZero() {
 			return err
 		}
 		r.RestartAt, r.Reason = time.Time{}, ""

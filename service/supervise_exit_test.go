@@ -42,7 +42,7 @@ func TestGuestExitReasons(t *testing.T) {
 			ctx := context.Background()
 			const id = "aaaaaaaaaaaa"
 			_, h := fx.runningVM(t, id, "web", c.policy, 1)
-			if err := os.WriteFile(fx.svc.consolePath(id), []byte(c.console), 0o600); err != nil {
+			if err := os.WriteFile(fx.eng().ConsolePath(id), []byte(c.console), 0o600); err != nil {
 				t.Fatal(err)
 			}
 			fx.drv.Crash(h)
@@ -79,8 +79,8 @@ func TestStartAfterAPanicIgnoresTheOldPanic(t *testing.T) {
 	ctx := context.Background()
 	const id = "aaaaaaaaaaaa"
 	_, h := fx.runningVM(t, id, "web", store.RestartNo, 1)
-	os.WriteFile(fx.svc.diskPath(id), []byte("disk"), 0o600)
-	os.WriteFile(fx.svc.consolePath(id), []byte("[   41.2] Kernel panic - not syncing: sysrq triggered crash\n"), 0o600)
+	os.WriteFile(fx.eng().DiskPath(id), []byte("disk"), 0o600)
+	os.WriteFile(fx.eng().ConsolePath(id), []byte("[   41.2] Kernel panic - not syncing: sysrq triggered crash\n"), 0o600)
 	fx.drv.Crash(h)
 	fx.svc.Reconcile(ctx)
 	_, err := fx.svc.Start(ctx, fx.user, "web", nil)

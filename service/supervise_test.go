@@ -11,6 +11,7 @@ import (
 
 	"github.com/minionsdev/minions/internal/errs"
 	"github.com/minionsdev/minions/store"
+	"github.com/minionsdev/minions/vm/engine"
 	"github.com/minionsdev/minions/vm/hypervisor"
 )
 
@@ -19,18 +20,18 @@ import (
 func (fx *fixture) runningVM(t *testing.T, id, name, policy string, n int) (store.VM, *hypervisor.Handle) {
 	t.Helper()
 	ctx := context.Background()
-	run := fx.svc.runDir(id)
+	run := fx.eng().RunDir(id)
 	if err := os.MkdirAll(run, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	os.MkdirAll(fx.svc.vmDir(id), 0o700)
+	os.MkdirAll(fx.eng().VMDir(id), 0o700)
 	h, err := fx.drv.Start(ctx, hypervisor.Spec{ID: id, Name: name, CPUs: 1, MemoryMiB: 256, RunDir: run})
 	if err != nil {
 		t.Fatal(err)
 	}
 	v := store.VM{ID: id, Name: name, OwnerID: fx.user.UserID, Image: "minimal@1", CPUs: 1, MemoryMiB: 256, DiskGiB: 1,
 		IP: "10.210.0." + string(rune('0'+n)), MAC: "02:00:00:00:00:0" + string(rune('0'+n)), CID: uint32(10 + n),
-		State: store.StateRunning, Handle: encodeHandle(h), CreatedAt: time.Now(), StartedAt: time.Now()}
+		State: store.StateRunning, Handle: engine.EncodeHandle(h), CreatedAt: time.Now(), StartedAt: time.Now()}
 	if err := store.InsertVM(ctx, fx.svc.DB, v); err != nil {
 		t.Fatal(err)
 	}
@@ -118,7 +119,7 @@ func TestHostRebootRestartsAtOnce(t *testing.T) {
 	_, hn := fx.runningVM(t, "bbbbbbbbbbbb", "db", store.RestartNo, 2)
 	fx.drv.Crash(ha)
 	fx.drv.Crash(hn)
-	os.RemoveAll(filepath.Dir(fx.svc.runDir("x")))
+	os.RemoveAll(filepath.Dir(fx.eng().RunDir("x")))
 	fx.svc.Reconcile(ctx)
 	web, _ := fx.svc.Get(ctx, fx.user, "web")
 	db, _ := fx.svc.Get(ctx, fx.user, "db")
@@ -140,7 +141,7 @@ func TestCleanPoweroffAndOnFailure(t *testing.T) {
 	fx := newFixture(t)
 	ctx := context.Background()
 	_, h := fx.runningVM(t, "aaaaaaaaaaaa", "web", store.RestartOnFailure, 1)
-	os.WriteFile(fx.svc.consolePath("aaaaaaaaaaaa"), []byte("Linux version 6.1\n...\n[   9.1] reboot: Power down\n"), 0o600)
+	os.WriteFile(fx.eng().ConsolePath("aaaaaaaaaaaa"), []byte("Linux version 6.1\n...\n[   9.1] reboot: Power down\n"), 0o600)
 	fx.drv.Crash(h)
 	fx.svc.Reconcile(ctx)
 	web, _ := fx.svc.Get(ctx, fx.user, "web")
@@ -160,7 +161,7 @@ func TestSuperviseRetriesWithBackoff(t *testing.T) {
 	ctx := context.Background()
 	_, h := fx.runningVM(t, "aaaaaaaaaaaa", "web", store.RestartAlways, 1)
 	fx.drv.Crash(h)
-	os.RemoveAll(fx.svc.runDir("aaaaaaaaaaaa"))
+	os.RemoveAll(fx.eng().RunDir("aaaaaaaaaaaa"))
 	fx.svc.Reconcile(ctx) // host reboot: due now
 	// The fake hypervisor has no guest agent: the start fails after
 	// ReadyTimeout and is rolled back.

@@ -186,8 +186,7 @@ func (s *Service) EnsureAdminKeys(ctx context.Context, lines []string) error {
 // AuthConfigured reports whether any API token exists (a daemon may then
 // offer its API beyond loopback).
 func (s *Service) AuthConfigured(ctx context.Context) (bool, error) {
-	var n int
-	err := s.DB.QueryRowContext(ctx, `SELECT count(*) FROM tokens`).Scan(&n)
+	n, err := store.CountTokens(ctx, s.DB)
 	return n > 0, err
 }
 

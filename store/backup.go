@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"github.com/minionsdev/minions/vm"
 	"io/fs"
 	"net/url"
 	"os"
@@ -70,7 +71,7 @@ func CountVMs(ctx context.Context, q Q) (int, error) {
 
 // SetVMNote sets (or with "" clears) a VM's note and, when state is not
 // "", its state. A missing VM is errs.NotFound.
-func SetVMNote(ctx context.Context, q Q, id, state, note string) error {
+func SetVMNote(ctx context.Context, q Q, id string, state vm.State, note string) error {
 	res, err := q.ExecContext(ctx, `UPDATE vms SET note = ?, state = CASE WHEN ? = '' THEN state ELSE ? END, handle = CASE WHEN ? = '' THEN handle ELSE '' END WHERE id = ?`,
 		note, state, state, state, id)
 	if err != nil {

@@ -204,6 +204,13 @@ func TokenByHash(ctx context.Context, q Q, hash string) (Token, error) {
 	return ts[0], nil
 }
 
+// CountTokens is how many API tokens exist, of all users.
+func CountTokens(ctx context.Context, q Q) (int, error) {
+	var n int
+	err := q.QueryRowContext(ctx, `SELECT count(*) FROM tokens`).Scan(&n)
+	return n, err
+}
+
 // ListTokens lists a user's tokens.
 func ListTokens(ctx context.Context, q Q, userID string) ([]Token, error) {
 	return scanTokens(ctx, q, "user_id = ?", userID)

@@ -7,10 +7,15 @@ import (
 	"time"
 
 	"github.com/minionsdev/minions/internal/errs"
+	"github.com/minionsdev/minions/vm"
 )
 
 // VM states as stored. The store keeps what the engine decided; the
 // supervisor reconciles it with the processes that really run.
+//
+// They are untyped spellings of vm.Creating, vm.Running... (the one state
+// enum, vm.State, is VM.State's type), kept so that comparisons with plain
+// strings still compile; new code uses the vm constants.
 const (
 	StateCreating = "creating"
 	StateRunning  = "running"
@@ -32,7 +37,7 @@ type VM struct {
 	IP        string
 	MAC       string
 	CID       uint32
-	State     string
+	State     vm.State
 	Handle    string // JSON of hypervisor.Handle while running
 	AgentKey  string // pinned agent host key (authorized_keys format)
 	Port      int    // web port the proxy forwards to

@@ -5,10 +5,12 @@ import (
 
 	"github.com/charmbracelet/bubbles/key"
 	tea "github.com/charmbracelet/bubbletea"
+
+	"github.com/minionsdev/minions/service"
 )
 
 // vmKeys returns the action keys that apply to v, for footers.
-func (c *common) vmKeys(v *VM) []key.Binding {
+func (c *common) vmKeys(v *service.VM) []key.Binding {
 	k := c.keys
 	if v == nil {
 		return []key.Binding{k.Create}
@@ -31,7 +33,7 @@ func (c *common) vmHelp() []key.Binding {
 
 // vmAction maps an action key on v (nil: no VM selected) to its command.
 // It reports false when msg is not an action key or does not apply.
-func (c *common) vmAction(msg tea.KeyMsg, v *VM) (tea.Cmd, bool) {
+func (c *common) vmAction(msg tea.KeyMsg, v *service.VM) (tea.Cmd, bool) {
 	k := c.keys
 	if key.Matches(msg, k.Create) {
 		return c.open(newCreatePage(c)), true
@@ -49,11 +51,11 @@ func (c *common) vmAction(msg tea.KeyMsg, v *VM) (tea.Cmd, bool) {
 	running := v.Status == StatusRunning
 	switch {
 	case key.Matches(msg, k.Start) && !running:
-		return simple("start", "starting", b.Start), true
+		return simple("start", "starting", func(ctx context.Context, n string) error { _, err := b.Start(ctx, n, nil); return err }), true
 	case key.Matches(msg, k.Stop) && running:
-		return simple("stop", "stopping", b.Stop), true
+		return simple("stop", "stopping", func(ctx context.Context, n string) error { _, err := b.Stop(ctx, n); return err }), true
 	case key.Matches(msg, k.Restart) && running:
-		return simple("restart", "restarting", b.Restart), true
+		return simple("restart", "restarting", func(ctx context.Context, n string) error { _, err := b.Restart(ctx, n, nil); return err }), true
 	case key.Matches(msg, k.Console) && running:
 		return c.console(name), true
 	case key.Matches(msg, k.Resize):
@@ -63,14 +65,14 @@ func (c *common) vmAction(msg tea.KeyMsg, v *VM) (tea.Cmd, bool) {
 	case key.Matches(msg, k.Rename):
 		return c.open(newPromptPage(c, "rename", "Rename "+name, "New name", name, func(nn string) tea.Cmd {
 			return func() tea.Msg {
-				err := b.Rename(c.ctx, name, nn)
+				_, err := b.Rename(c.ctx, name, nn)
 				return opDoneMsg{verb: "rename", name: name, to: nn, err: err}
 			}
 		})), true
 	case key.Matches(msg, k.Copy):
 		return c.open(newPromptPage(c, "copy", "Copy "+name, "New name", name+"-copy", func(nn string) tea.Cmd {
 			return tea.Batch(status("copying "+name+" to "+nn+"…"), func() tea.Msg {
-				_, err := b.Copy(c.ctx, name, nn)
+				_, err := b.Copy(c.ctx, name, service.CopyRequest{Name: nn}, nil)
 				return opDoneMsg{verb: "copy", name: name, to: nn, err: err}
 			})
 		})), true

@@ -13,12 +13,15 @@ import (
 	"github.com/minionsdev/minions/internal/errs"
 	"github.com/minionsdev/minions/internal/textsafe"
 	"github.com/minionsdev/minions/tui/widget"
+
+	"github.com/minionsdev/minions/service"
 )
 
 // common is the state every page shares: one per session.
 type common struct {
 	ctx     context.Context
-	backend Backend
+	backend service.Backend
+	url     func(vm string) string
 	styles  *Styles
 	keys    KeyMap
 	now     func() time.Time
@@ -42,6 +45,7 @@ func newCommon(o Options) *common {
 	return &common{
 		ctx:     o.Context,
 		backend: o.Backend,
+		url:     o.URL,
 		styles:  st,
 		keys:    DefaultKeyMap(),
 		now:     o.Now,
@@ -166,8 +170,8 @@ func fmtDuration(d time.Duration) string {
 	return fmt.Sprintf("%dd%dh", int(d.Hours())/24, int(d.Hours())%24)
 }
 
-func (c *common) uptime(v VM) string {
-	if !v.Running() || v.StartedAt.IsZero() {
+func (c *common) uptime(v service.VM) string {
+	if v.Status != StatusRunning || v.StartedAt.IsZero() {
 		return "-"
 	}
 	return fmtDuration(c.now().Sub(v.StartedAt))

@@ -13,6 +13,8 @@ import (
 	tea "github.com/charmbracelet/bubbletea"
 	"github.com/charmbracelet/x/term"
 	"github.com/muesli/cancelreader"
+
+	"github.com/minionsdev/minions/service"
 )
 
 // consoleReadyMsg says the input has been handed over to a console (under
@@ -39,7 +41,7 @@ func (c *common) execConsole(name string) tea.Cmd {
 }
 
 // consoleCmd is a tea.ExecCommand that relays the program's terminal to
-// Backend.Console until the shell exits or the user types ctrl+].
+// runConsole until the shell exits or the user types ctrl+].
 type consoleCmd struct {
 	c      *common
 	name   string
@@ -76,8 +78,8 @@ func (x *consoleCmd) Run() error {
 		}
 	}
 
-	sizes := make(chan WindowSize, 1)
-	sizes <- WindowSize{Width: c.width, Height: c.height}
+	sizes := make(chan service.WindowSize, 1)
+	sizes <- service.WindowSize{Width: c.width, Height: c.height}
 	if c.term != nil {
 		c.term.attachConsole(sizes)
 		defer c.term.detachConsole()
@@ -120,7 +122,7 @@ func (x *consoleCmd) Run() error {
 		}
 	}()
 
-	err = c.backend.Console(ctx, x.name, pr, x.stdout, sizes)
+	err = runConsole(ctx, c.backend, x.name, pr, x.stdout, sizes)
 	detached := errors.Is(context.Cause(ctx), errDetached)
 	cancel(nil)
 	pr.Close()

@@ -3,12 +3,14 @@ package tui
 import (
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/charmbracelet/bubbles/key"
 	tea "github.com/charmbracelet/bubbletea"
 	"github.com/charmbracelet/x/ansi"
 
 	"github.com/minionsdev/minions/internal/textsafe"
+	"github.com/minionsdev/minions/service"
 )
 
 // detailPage shows one VM: its settings, agent status, URL, snapshots and
@@ -30,7 +32,7 @@ func (p *detailPage) Init() tea.Cmd { return p.refresh() }
 func (p *detailPage) refresh() tea.Cmd {
 	c, name := p.c, p.name
 	return func() tea.Msg {
-		d, err := c.backend.Get(c.ctx, name)
+		d, err := loadDetail(c.ctx, c.backend, c.url, name)
 		return detailMsg{name: name, detail: d, err: err}
 	}
 }
@@ -39,7 +41,7 @@ func (p *detailPage) Title() string    { return p.name }
 func (p *detailPage) Capturing() bool  { return false }
 func (p *detailPage) SetSize(w, h int) { p.width, p.height = w, h }
 
-func (p *detailPage) vm() *VM {
+func (p *detailPage) vm() *service.VM {
 	if p.d == nil {
 		return nil
 	}
@@ -123,28 +125,28 @@ func (p *detailPage) View() string {
 	kv("IP", orDash(v.IP), "URL", orDash(d.URL))
 	kv("CPUs", fmt.Sprint(v.CPUs), "Memory", fmtMemory(v.MemoryMiB), "Disk", fmtDisk(v.DiskGiB))
 	created := "-"
-	if !v.Created.IsZero() {
-		created = v.Created.UTC().Format("2006-01-02 15:04")
+	if !v.CreatedAt.IsZero() {
+		created = v.CreatedAt.UTC().Format("2006-01-02 15:04")
 	}
-	kv("Created", created, "Age", fmtDuration(p.c.now().Sub(v.Created)), "Uptime", p.c.uptime(v))
+	kv("Created", created, "Age", fmtDuration(p.c.now().Sub(v.CreatedAt)), "Uptime", p.c.uptime(v))
 	if p.c.admin {
 		kv("Owner", orDash(v.Owner))
 	}
-	if d.Restart != "" {
-		kv("Restart", d.Restart, "Restarts", fmt.Sprint(d.Restarts))
+	if v.Restart != "" {
+		kv("Restart", v.Restart, "Restarts", fmt.Sprint(v.Restarts))
 	}
 	lines = append(lines, "", st.Section.Render("Agent"))
-	a := d.Agent
-	switch {
-	case a.Connected:
+	switch a := d.Agent; {
+	case a != nil:
 		// Version, kernel and errors come from the guest: no terminal
 		// control reaches the screen (textsafe).
+		uptime := time.Duration(a.UptimeS * float64(time.Second))
 		lines = append(lines, "  "+fmt.Sprintf("connected · %s · kernel %s · up %s · load %.2f %.2f %.2f",
-			orDash(textsafe.Clean(a.Version)), orDash(textsafe.Clean(a.Kernel)), fmtDuration(a.Uptime), a.Load[0], a.Load[1], a.Load[2]))
+			orDash(textsafe.Clean(a.AgentVersion)), orDash(textsafe.Clean(a.Kernel)), fmtDuration(uptime), a.Load[0], a.Load[1], a.Load[2]))
 		lines = append(lines, "  "+fmt.Sprintf("memory %s free of %s · disk %s free of %s",
 			fmtBytes(a.MemAvailable), fmtBytes(a.MemTotal), fmtBytes(a.DiskFree), fmtBytes(a.DiskTotal)))
-	case a.Error != "":
-		lines = append(lines, "  "+st.Dim.Render("not connected: "+textsafe.Clean(a.Error)))
+	case d.AgentErr != "":
+		lines = append(lines, "  "+st.Dim.Render("not connected: "+textsafe.Clean(d.AgentErr)))
 	default:
 		lines = append(lines, "  "+st.Dim.Render("not connected"))
 	}
@@ -182,13 +184,9 @@ func (p *detailPage) View() string {
 	return strings.Join(lines, "\n")
 }
 
-func snapLine(c *common, s Snapshot) string {
-	kind := "disk"
-	if s.Memory {
-		kind = "disk+memory"
-	}
-	return fmt.Sprintf("%s · %s · %s · %s", s.Name, s.Created.UTC().Format("2006-01-02 15:04"),
-		fmtBytes(uint64(max(s.SizeBytes, 0))), kind)
+func snapLine(c *common, s service.Snapshot) string {
+	return fmt.Sprintf("%s · %s · %s · %s", s.Name, s.CreatedAt.UTC().Format("2006-01-02 15:04"),
+		fmtBytes(uint64(max(s.SizeBytes, 0))), snapKind(s))
 }
 
 func fmtDisk(gib int) string {

@@ -4,7 +4,8 @@
 //
 // The same program serves `ssh host` (through the gateway, one program per
 // SSH session) and `minions tui` on the host. It talks to Minions only
-// through [Backend], which the caller binds to one user; the package does no
+// through a service.Backend (in-process or over HTTP, the same interface
+// every frontend takes), which the caller binds to one user; the package does no
 // authorisation of its own.
 //
 // Layout, as in charmbracelet/soft-serve: a shared *common value (size,

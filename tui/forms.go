@@ -10,6 +10,8 @@ import (
 	"github.com/charmbracelet/bubbles/key"
 	tea "github.com/charmbracelet/bubbletea"
 	"github.com/minionsdev/minions/tui/widget"
+
+	"github.com/minionsdev/minions/service"
 )
 
 // Limits the forms check before calling the backend (which checks again).
@@ -118,7 +120,7 @@ func (p *formPage) FullHelp() [][]key.Binding {
 // progress of the creation.
 type createPage struct {
 	formPage
-	images []Image
+	images []ImageChoice
 	imgErr error
 	steps  []string
 	name   string
@@ -135,7 +137,7 @@ func newCreatePage(c *common) *createPage {
 }
 
 // rebuild makes the form; called again when the images arrive.
-func (p *createPage) rebuild(images []Image) {
+func (p *createPage) rebuild(images []ImageChoice) {
 	old := p.form
 	var choices []string
 	sel := 0
@@ -182,8 +184,11 @@ func (p *createPage) rebuild(images []Image) {
 func (p *createPage) Init() tea.Cmd {
 	c := p.c
 	return func() tea.Msg {
-		ims, err := c.backend.Images(c.ctx)
-		return imagesMsg{images: ims, err: err}
+		ims, err := c.backend.ListImages(c.ctx)
+		if err != nil {
+			return imagesMsg{err: err}
+		}
+		return imagesMsg{images: ImageChoices(ims)}
 	}
 }
 
@@ -193,7 +198,7 @@ func (p *createPage) Update(msg tea.Msg) tea.Cmd {
 		p.imgErr = msg.err
 		if msg.err == nil {
 			if msg.images == nil {
-				msg.images = []Image{}
+				msg.images = []ImageChoice{}
 			}
 			p.images = msg.images
 			p.rebuild(msg.images)
@@ -216,7 +221,7 @@ func (p *createPage) Update(msg tea.Msg) tea.Cmd {
 }
 
 func (p *createPage) start(f *widget.Form) tea.Cmd {
-	req := CreateRequest{
+	req := service.CreateRequest{
 		Name:      f.Fields[0].Value(),
 		CPUs:      atoi(f.Fields[1].Value()),
 		MemoryMiB: atoi(f.Fields[2].Value()),
@@ -268,7 +273,7 @@ func (p *createPage) progress() string {
 }
 
 // newResizePage edits CPUs, memory and disk of v.
-func newResizePage(c *common, v VM) *formPage {
+func newResizePage(c *common, v service.VM) *formPage {
 	p := &formPage{c: c, title: "resize"}
 	fields := []*widget.Field{
 		widget.NewTextField("CPUs", strconv.Itoa(v.CPUs), "", 3, intIn(1, maxCPUs, "")),
@@ -278,12 +283,12 @@ func newResizePage(c *common, v VM) *formPage {
 	fields[1].Hint = "MiB"
 	fields[2].Hint = "GiB; disks only grow"
 	title := "Resize " + v.Name
-	if v.Running() {
+	if v.Status == StatusRunning {
 		title += " (may need a restart to apply)"
 	}
 	p.form = widget.NewForm(title, c.styles.Form, c.formKeys(), fields...)
 	p.submit = func(f *widget.Form) tea.Cmd {
-		req := ResizeRequest{}
+		req := service.ResizeRequest{}
 		if n := atoi(f.Fields[0].Value()); n != v.CPUs {
 			req.CPUs = n
 		}
@@ -293,12 +298,13 @@ func newResizePage(c *common, v VM) *formPage {
 		if n := atoi(f.Fields[2].Value()); n != v.DiskGiB {
 			req.DiskGiB = n
 		}
-		if req == (ResizeRequest{}) {
+		if req == (service.ResizeRequest{}) {
 			return tea.Batch(p.c.back(), status("nothing to change"))
 		}
 		name := v.Name
 		return tea.Batch(p.c.back(), status("resizing "+name+"…"), c.op("resize", name, func(ctx context.Context) error {
-			return c.backend.Resize(ctx, name, req)
+			_, err := c.backend.Resize(ctx, name, req)
+			return err
 		}))
 	}
 	return p

@@ -8,6 +8,7 @@ import (
 
 	tea "github.com/charmbracelet/bubbletea"
 	"github.com/charmbracelet/x/exp/teatest"
+	"github.com/minionsdev/minions/service"
 	"github.com/minionsdev/minions/tui"
 	"github.com/minionsdev/minions/tui/tuitest"
 )
@@ -34,7 +35,7 @@ func TestGolden(t *testing.T) {
 		{name: "confirm_destroy", w: 80, h: 20, keys: []string{"j", "j", "d"}, wait: "cannot be undone"},
 		{name: "create_form_images", w: 80, h: 20, keys: []string{"n", "tab", "tab", "tab"}, wait: "debian",
 			setup: func(f *tuitest.Fake) {
-				f.SetImages([]tui.Image{{Name: "debian", Default: true}, {Name: "minimal"}, {Name: "nixos"}})
+				f.SetImages([]service.ImageInfo{tuitest.Image("debian", true), tuitest.Image("minimal", false), tuitest.Image("nixos", false)})
 			}},
 		{name: "snapshots", w: 80, h: 20, keys: []string{"j", "j", "p"}, wait: "nightly"},
 		{name: "snapshot_form", w: 80, h: 20, keys: []string{"j", "j", "p", "n", "tab", "space"}, wait: "space toggles"},

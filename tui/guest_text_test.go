@@ -2,10 +2,12 @@ package tui_test
 
 import (
 	"context"
+	"io"
 	"strings"
 	"testing"
 
 	"github.com/minionsdev/minions/internal/errs"
+	"github.com/minionsdev/minions/service"
 	"github.com/minionsdev/minions/tui"
 	"github.com/minionsdev/minions/tui/tuitest"
 )
@@ -15,14 +17,18 @@ const evil = "\x1b]52;c;ZXZpbA==\x07host\x1b[2J\u009b31m"
 
 type evilBackend struct{ *tuitest.Fake }
 
-func (b evilBackend) Get(ctx context.Context, name string) (tui.Detail, error) {
-	d, err := b.Fake.Get(ctx, name)
-	if err != nil {
-		return d, err
+func (b evilBackend) Status(ctx context.Context, name string) (service.GuestStatus, error) {
+	st, err := b.Fake.Status(ctx, name)
+	st.AgentVersion, st.Kernel = evil+"-v", evil+"-k"
+	return st, err
+}
+
+func (b evilBackend) Logs(ctx context.Context, name string, follow bool, w io.Writer) error {
+	if err := b.Fake.Logs(ctx, name, follow, w); err != nil {
+		return err
 	}
-	d.Agent.Version, d.Agent.Kernel = evil+"-v", evil+"-k"
-	d.ConsoleTail = append(d.ConsoleTail, evil+"-console")
-	return d, nil
+	_, err := io.WriteString(w, evil+"-console\n")
+	return err
 }
 
 // TestGuestTextIsCleaned: what a guest reports (agent version, kernel,

@@ -29,6 +29,7 @@ func testOptions(f *tuitest.Fake, w, h int) tui.Options {
 		Height:   h,
 		Refresh:  -1, // no live refresh during a test
 		Now:      f.Now,
+		URL:      f.URL,
 	}
 }
 

@@ -1,11 +1,16 @@
 package tui
 
-import "github.com/charmbracelet/bubbles/key"
+import (
+	"github.com/charmbracelet/bubbles/key"
+	tea "github.com/charmbracelet/bubbletea"
+
+	"github.com/minionsdev/minions/tui/widget"
+)
 
 // KeyMap is every key binding of the dashboard. Pages enable the ones that
 // apply to the current selection, so the footer shows only those.
 type KeyMap struct {
-	Up, Down, Top, Bottom key.Binding
+	TableKeys
 	Open, Back, Filter    key.Binding
 	Help, Quit, ForceQuit key.Binding
 
@@ -20,6 +25,35 @@ type KeyMap struct {
 	SnapNew, SnapRestore, SnapDelete key.Binding
 }
 
+// TableKeys move the cursor of a table: the one table-navigation keymap,
+// the same on every page that shows one.
+type TableKeys struct {
+	Up, Down, Top, Bottom key.Binding
+}
+
+// navigate moves t's cursor when msg is a table key and reports whether
+// it was one.
+func (k TableKeys) navigate(msg tea.KeyMsg, t *widget.Table) bool {
+	switch {
+	case key.Matches(msg, k.Up):
+		t.Move(-1)
+	case key.Matches(msg, k.Down):
+		t.Move(1)
+	case key.Matches(msg, k.Top):
+		t.Top()
+	case key.Matches(msg, k.Bottom):
+		t.Bottom()
+	default:
+		return false
+	}
+	return true
+}
+
+// help lists the table keys, then more, for a help group.
+func (k TableKeys) help(more ...key.Binding) []key.Binding {
+	return append([]key.Binding{k.Up, k.Down, k.Top, k.Bottom}, more...)
+}
+
 // ConsoleDetachKey is the byte that detaches a console (ctrl+]).
 const ConsoleDetachKey = 0x1d
 
@@ -29,10 +63,12 @@ func DefaultKeyMap() KeyMap {
 		return key.NewBinding(key.WithKeys(keys...), key.WithHelp(k, desc))
 	}
 	return KeyMap{
-		Up:        b([]string{"up", "k"}, "↑/k", "up"),
-		Down:      b([]string{"down", "j"}, "↓/j", "down"),
-		Top:       b([]string{"g", "home"}, "g", "top"),
-		Bottom:    b([]string{"G", "end"}, "G", "bottom"),
+		TableKeys: TableKeys{
+			Up:     b([]string{"up", "k"}, "↑/k", "up"),
+			Down:   b([]string{"down", "j"}, "↓/j", "down"),
+			Top:    b([]string{"g", "home"}, "g", "top"),
+			Bottom: b([]string{"G", "end"}, "G", "bottom"),
+		},
 		Open:      b([]string{"enter"}, "enter", "details"),
 		Back:      b([]string{"esc"}, "esc", "back"),
 		Filter:    b([]string{"/"}, "/", "filter"),

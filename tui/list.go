@@ -8,14 +8,16 @@ import (
 	"github.com/charmbracelet/bubbles/key"
 	tea "github.com/charmbracelet/bubbletea"
 	"github.com/minionsdev/minions/tui/widget"
+
+	"github.com/minionsdev/minions/service"
 )
 
 // listPage is the main screen: a live table of the caller's VMs.
 type listPage struct {
 	c       *common
 	table   widget.Table
-	vms     []VM // all, as loaded
-	shown   []VM // after the filter
+	vms     []service.VM // all, as loaded
+	shown   []service.VM // after the filter
 	filter  widget.Input
 	editing bool // the filter input has focus
 	loaded  bool
@@ -73,7 +75,7 @@ func (p *listPage) SetSize(w, h int) {
 func (p *listPage) filterShown() bool { return p.editing || p.filter.Value() != "" }
 
 // selected returns the VM under the cursor, or nil.
-func (p *listPage) selected() *VM {
+func (p *listPage) selected() *service.VM {
 	i := p.table.Cursor()
 	if i < 0 || i >= len(p.shown) {
 		return nil
@@ -126,15 +128,10 @@ func (p *listPage) filterKey(msg tea.KeyMsg) tea.Cmd {
 
 func (p *listPage) key(msg tea.KeyMsg) tea.Cmd {
 	k := p.c.keys
+	if k.navigate(msg, &p.table) {
+		return nil
+	}
 	switch {
-	case key.Matches(msg, k.Up):
-		p.table.Move(-1)
-	case key.Matches(msg, k.Down):
-		p.table.Move(1)
-	case key.Matches(msg, k.Top):
-		p.table.Top()
-	case key.Matches(msg, k.Bottom):
-		p.table.Bottom()
 	case key.Matches(msg, k.Filter):
 		p.editing = true
 		p.filter.Focus()
@@ -200,7 +197,7 @@ func (p *listPage) apply() {
 	}
 }
 
-func matches(v VM, q string) bool {
+func matches(v service.VM, q string) bool {
 	for _, f := range []string{v.Name, v.Status, v.IP, v.Image, v.Owner, v.ID} {
 		if strings.Contains(strings.ToLower(f), q) {
 			return true
@@ -247,7 +244,7 @@ func (p *listPage) ShortHelp() []key.Binding {
 func (p *listPage) FullHelp() [][]key.Binding {
 	k := p.c.keys
 	return [][]key.Binding{
-		{k.Up, k.Down, k.Top, k.Bottom, k.Open, k.Filter, k.Back},
+		k.help(k.Open, k.Filter, k.Back),
 		p.c.vmHelp(),
 		{k.Help, k.Quit, k.ForceQuit},
 	}

@@ -1,6 +1,10 @@
 package tui
 
-import tea "github.com/charmbracelet/bubbletea"
+import (
+	tea "github.com/charmbracelet/bubbletea"
+
+	"github.com/minionsdev/minions/service"
+)
 
 // Messages. Every backend call returns one of these from a tea.Cmd.
 type (
@@ -8,24 +12,24 @@ type (
 	tickMsg struct{}
 	// vmsMsg carries the result of Backend.List.
 	vmsMsg struct {
-		vms []VM
+		vms []service.VM
 		err error
 	}
-	// detailMsg carries the result of Backend.Get.
+	// detailMsg carries the result of loadDetail.
 	detailMsg struct {
 		name   string
 		detail Detail
 		err    error
 	}
-	// imagesMsg carries the result of Backend.Images.
+	// imagesMsg carries the result of Backend.ListImages.
 	imagesMsg struct {
-		images []Image
+		images []ImageChoice
 		err    error
 	}
-	// snapshotsMsg carries the result of Backend.SnapshotList.
+	// snapshotsMsg carries the result of Backend.ListSnapshots.
 	snapshotsMsg struct {
 		name  string
-		snaps []Snapshot
+		snaps []service.Snapshot
 		err   error
 	}
 	// opDoneMsg reports a finished action ("stop", "web", err).

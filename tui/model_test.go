@@ -7,6 +7,7 @@ import (
 
 	tea "github.com/charmbracelet/bubbletea"
 	"github.com/minionsdev/minions/internal/errs"
+	"github.com/minionsdev/minions/service"
 	"github.com/minionsdev/minions/tui"
 	"github.com/minionsdev/minions/tui/tuitest"
 )
@@ -56,7 +57,7 @@ func TestUpdate(t *testing.T) {
 		{name: "open detail", keys: []string{"j", "j", "enter"},
 			want: []string{"minions web", "https://web.minions.test", "before-upgrade", "minions-agent: ready", "connected"}},
 		{name: "detail shows restart policy and recent events", setup: func(f *tuitest.Fake) {
-			f.SetOps("web", "on-failure", 2, []tui.Event{
+			f.SetOps("web", "on-failure", 2, []service.Event{
 				{At: time.Date(2026, 12, 5, 7, 0, 0, 0, time.UTC), Actor: "host", Kind: "crashed", Message: "hypervisor exited"},
 				{At: time.Date(2026, 12, 5, 7, 0, 1, 0, time.UTC), Actor: "host", Kind: "restarted"}})
 		}, keys: []string{"j", "j", "enter"},
@@ -85,10 +86,10 @@ func TestUpdate(t *testing.T) {
 		{name: "create", keys: []string{"n", "type:api", "enter", "ctrl+u", "type:2", "enter", "enter", "right", "enter"},
 			wantCalls: []string{"Create api"}, want: []string{"minions api", "created api", "ubuntu-24.04", "CPUs     2"}},
 		{name: "create form preselects the backend's default", setup: func(f *tuitest.Fake) {
-			f.SetImages([]tui.Image{{Name: "minimal"}, {Name: "debian", Default: true}})
+			f.SetImages([]service.ImageInfo{tuitest.Image("minimal", false), tuitest.Image("debian", true)})
 		}, keys: []string{"n"}, want: []string{"[debian]", "minimal"}, notWant: []string{"[minimal]"}},
 		{name: "create with the default image", setup: func(f *tuitest.Fake) {
-			f.SetImages([]tui.Image{{Name: "minimal"}, {Name: "debian", Default: true}})
+			f.SetImages([]service.ImageInfo{tuitest.Image("minimal", false), tuitest.Image("debian", true)})
 		}, keys: []string{"n", "type:api", "enter", "enter", "enter", "enter"},
 			wantCalls: []string{"Create api"}, want: []string{"created api", "debian"}},
 		{name: "create form when images cannot be listed", setup: func(f *tuitest.Fake) { f.Fail("Images", errs.New(errs.Unavailable, "old daemon")) },

@@ -7,6 +7,8 @@ import (
 
 	"github.com/charmbracelet/lipgloss"
 	"github.com/minionsdev/minions/internal/errs"
+
+	"github.com/minionsdev/minions/service"
 )
 
 // Defaults.
@@ -21,8 +23,11 @@ const (
 
 // Options configure one dashboard (one per session).
 type Options struct {
-	// Backend is the caller-scoped API. Required.
-	Backend Backend
+	// Backend is Minions bound to the caller (service.Backend: in-process
+	// or over HTTP). Required.
+	Backend service.Backend
+	// URL, when set, returns a VM's HTTPS URL for the detail page.
+	URL func(vm string) string
 	// Renderer builds every style, so each SSH session uses its own colour
 	// profile. Default: a renderer on io.Discard (no colour); callers pass
 	// wish's bubbletea.MakeRenderer(session) or lipgloss.NewRenderer(os.Stdout).

@@ -12,6 +12,8 @@ import (
 	tea "github.com/charmbracelet/bubbletea"
 	"github.com/charmbracelet/lipgloss"
 	"github.com/charmbracelet/x/term"
+
+	"github.com/minionsdev/minions/service"
 )
 
 // Terminal is where a dashboard runs: an SSH session's channel and PTY
@@ -25,7 +27,7 @@ type Terminal struct {
 	Width, Height int
 	// Resize delivers later sizes (the SSH window-change requests). It
 	// may be nil. Under Run sizes reach a running console too.
-	Resize <-chan WindowSize
+	Resize <-chan service.WindowSize
 }
 
 // Run runs the dashboard on t until the user quits, ctx is cancelled or
@@ -62,7 +64,7 @@ func Run(ctx context.Context, opts Options, t Terminal) error {
 	popts := []tea.ProgramOption{tea.WithOutput(t.Out), tea.WithAltScreen(), tea.WithContext(ctx)}
 	local := isTerminalFile(t.In)
 	if local {
-		m.c.term = &terminal{size: WindowSize{Width: m.c.width, Height: m.c.height}, send: send}
+		m.c.term = &terminal{size: service.WindowSize{Width: m.c.width, Height: m.c.height}, send: send}
 		popts = append(popts, tea.WithInput(t.In))
 	} else {
 		in, _ := m.Attach(t.In, send)
@@ -117,7 +119,7 @@ func RunLocal(ctx context.Context, opts Options) error {
 	if opts.User == "" {
 		opts.User = os.Getenv("USER")
 	}
-	sizes := make(chan WindowSize, 1)
+	sizes := make(chan service.WindowSize, 1)
 	winch := make(chan os.Signal, 1)
 	signal.Notify(winch, syscall.SIGWINCH)
 	defer signal.Stop(winch)
@@ -129,7 +131,7 @@ func RunLocal(ctx context.Context, opts Options) error {
 			case <-winch:
 				if w, h, err := term.GetSize(os.Stdout.Fd()); err == nil {
 					select {
-					case sizes <- WindowSize{Width: w, Height: h}:
+					case sizes <- service.WindowSize{Width: w, Height: h}:
 					default:
 					}
 				}
@@ -154,9 +156,9 @@ func RunLocal(ctx context.Context, opts Options) error {
 // in a read when a console starts and swallows the first keys typed into
 // it, and window sizes wait until the console ends.
 func (m *Model) Attach(in io.Reader, send func(tea.Msg)) (programInput io.Reader, resize func(width, height int)) {
-	t := &terminal{size: WindowSize{Width: m.c.width, Height: m.c.height}, send: send, mux: newInputMux(in, m.c.ctx.Done())}
+	t := &terminal{size: service.WindowSize{Width: m.c.width, Height: m.c.height}, send: send, mux: newInputMux(in, m.c.ctx.Done())}
 	m.c.term = t
-	return t.mux.reader(modeProgram), func(w, h int) { t.resize(WindowSize{Width: w, Height: h}) }
+	return t.mux.reader(modeProgram), func(w, h int) { t.resize(service.WindowSize{Width: w, Height: h}) }
 }
 
 func isTerminalFile(r io.Reader) bool {
@@ -171,12 +173,12 @@ type terminal struct {
 	send func(tea.Msg) // the program's Send
 
 	mu      sync.Mutex
-	size    WindowSize
-	console chan WindowSize // set while a console runs
+	size    service.WindowSize
+	console chan service.WindowSize // set while a console runs
 }
 
 // resize routes a new size to the console if one runs, else to the program.
-func (t *terminal) resize(s WindowSize) {
+func (t *terminal) resize(s service.WindowSize) {
 	s.Width, s.Height = sizeOr80x24(s.Width, s.Height)
 	t.mu.Lock()
 	t.size = s
@@ -196,7 +198,7 @@ func (t *terminal) resize(s WindowSize) {
 	t.send(tea.WindowSizeMsg{Width: s.Width, Height: s.Height})
 }
 
-func (t *terminal) attachConsole(ch chan WindowSize) {
+func (t *terminal) attachConsole(ch chan service.WindowSize) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.console = ch

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/minionsdev/minions/service"
 	"github.com/minionsdev/minions/tui"
 	"github.com/minionsdev/minions/tui/tuitest"
 )
@@ -58,7 +59,7 @@ func TestRunConsoleOverStream(t *testing.T) {
 	f := tuitest.NewSeeded()
 	inR, inW := io.Pipe()
 	out := &syncBuffer{}
-	sizes := make(chan tui.WindowSize, 1)
+	sizes := make(chan service.WindowSize, 1)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 
@@ -88,7 +89,7 @@ func TestRunConsoleOverStream(t *testing.T) {
 	waitOutput(t, out, &off, "\r\nweb\r\nroot@web:~# ")
 	type_("stty size\r")
 	waitOutput(t, out, &off, "\r\n24 80\r\n")
-	sizes <- tui.WindowSize{Width: 100, Height: 30}
+	sizes <- service.WindowSize{Width: 100, Height: 30}
 	// The size travels asynchronously: ask again until the shell sees it.
 	for deadline := time.Now().Add(5 * time.Second); ; {
 		type_("stty size\r")

@@ -7,13 +7,15 @@ import (
 	"github.com/charmbracelet/bubbles/key"
 	tea "github.com/charmbracelet/bubbletea"
 	"github.com/minionsdev/minions/tui/widget"
+
+	"github.com/minionsdev/minions/service"
 )
 
 // snapshotsPage lists one VM's snapshots: take, restore, delete.
 type snapshotsPage struct {
 	c      *common
 	name   string
-	snaps  []Snapshot
+	snaps  []service.Snapshot
 	err    error
 	loaded bool
 	table  widget.Table
@@ -37,7 +39,7 @@ func (p *snapshotsPage) Init() tea.Cmd { return p.refresh() }
 func (p *snapshotsPage) refresh() tea.Cmd {
 	c, name := p.c, p.name
 	return func() tea.Msg {
-		s, err := c.backend.SnapshotList(c.ctx, name)
+		s, err := c.backend.ListSnapshots(c.ctx, name)
 		return snapshotsMsg{name: name, snaps: s, err: err}
 	}
 }
@@ -46,7 +48,7 @@ func (p *snapshotsPage) Title() string    { return "snapshots" }
 func (p *snapshotsPage) Capturing() bool  { return false }
 func (p *snapshotsPage) SetSize(w, h int) { p.table.SetSize(w, h-2) }
 
-func (p *snapshotsPage) selected() *Snapshot {
+func (p *snapshotsPage) selected() *service.Snapshot {
 	i := p.table.Cursor()
 	if i < 0 || i >= len(p.snaps) {
 		return nil
@@ -66,7 +68,7 @@ func (p *snapshotsPage) Update(msg tea.Msg) tea.Cmd {
 			p.snaps = msg.snaps
 			rows := make([][]string, len(p.snaps))
 			for i, s := range p.snaps {
-				rows[i] = []string{s.Name, s.Created.UTC().Format("2006-01-02 15:04"), fmtBytes(uint64(max(s.SizeBytes, 0))), s.Kind()}
+				rows[i] = []string{s.Name, s.CreatedAt.UTC().Format("2006-01-02 15:04"), fmtBytes(uint64(max(s.SizeBytes, 0))), snapKind(s)}
 			}
 			p.table.SetRows(rows)
 			p.table.EmptyText = "No snapshots. Press n to take one."
@@ -83,26 +85,22 @@ func (p *snapshotsPage) Update(msg tea.Msg) tea.Cmd {
 
 func (p *snapshotsPage) key(msg tea.KeyMsg) tea.Cmd {
 	k, c, name := p.c.keys, p.c, p.name
+	if k.navigate(msg, &p.table) {
+		return nil
+	}
 	switch {
 	case key.Matches(msg, k.Back):
 		return c.back()
-	case key.Matches(msg, k.Up):
-		p.table.Move(-1)
-	case key.Matches(msg, k.Down):
-		p.table.Move(1)
-	case key.Matches(msg, k.Top):
-		p.table.Top()
-	case key.Matches(msg, k.Bottom):
-		p.table.Bottom()
 	case key.Matches(msg, k.SnapNew):
 		return c.open(newSnapshotForm(c, name))
 	case key.Matches(msg, k.SnapRestore):
 		if s := p.selected(); s != nil {
-			sn, kind := s.Name, s.Kind()
+			sn, kind := s.Name, snapKind(*s)
 			return c.open(newConfirmPage(c, "Restore "+name+" from "+sn+" ("+kind+")?", restoreNote(s),
 				tea.Batch(status("restoring "+name+" from "+sn+" ("+kind+")…"),
 					c.opNote("restore", name, kind+" snapshot "+sn, func(ctx context.Context) error {
-						return c.backend.SnapshotRestore(ctx, name, sn)
+						_, err := c.backend.RestoreSnapshot(ctx, name, sn, nil)
+						return err
 					}))))
 		}
 	case key.Matches(msg, k.SnapDelete):
@@ -110,7 +108,7 @@ func (p *snapshotsPage) key(msg tea.KeyMsg) tea.Cmd {
 			sn := s.Name
 			return c.open(newConfirmPage(c, "Delete snapshot "+sn+"?", "It cannot be undone.",
 				c.op("delete snapshot", name, func(ctx context.Context) error {
-					return c.backend.SnapshotDelete(ctx, name, sn)
+					return c.backend.DeleteSnapshot(ctx, name, sn)
 				})))
 		}
 	}
@@ -119,7 +117,7 @@ func (p *snapshotsPage) key(msg tea.KeyMsg) tea.Cmd {
 
 // restoreNote says what a restore from s replaces and how the VM comes
 // back.
-func restoreNote(s *Snapshot) string {
+func restoreNote(s *service.Snapshot) string {
 	if s.Memory {
 		return "Restores disk and memory: the VM resumes running where the snapshot was taken. Its current disk and memory are replaced."
 	}
@@ -139,11 +137,11 @@ func newSnapshotForm(c *common, name string) *formPage {
 	p.form = widget.NewForm("Snapshot "+name, c.styles.Form, c.formKeys(),
 		widget.NewTextField("Name", def, "", 63, validName), kind)
 	p.submit = func(f *widget.Form) tea.Cmd {
-		req := SnapshotRequest{Name: f.Fields[0].Value(), Memory: f.Fields[1].Value() == snapshotKinds[1]}
+		req := service.SnapshotRequest{Name: f.Fields[0].Value(), Memory: f.Fields[1].Value() == snapshotKinds[1]}
 		k := f.Fields[1].Value()
 		return tea.Batch(p.c.back(), status("taking "+k+" snapshot "+req.Name+" of "+name+"…"),
 			c.opNote("snapshot", name, k+" "+req.Name, func(ctx context.Context) error {
-				_, err := c.backend.SnapshotCreate(ctx, name, req)
+				_, err := c.backend.CreateSnapshot(ctx, name, req, nil)
 				return err
 			}))
 	}
@@ -170,5 +168,5 @@ func (p *snapshotsPage) ShortHelp() []key.Binding {
 
 func (p *snapshotsPage) FullHelp() [][]key.Binding {
 	k := p.c.keys
-	return [][]key.Binding{{k.Up, k.Down, k.Top, k.Bottom, k.Back}, {k.SnapNew, k.SnapRestore, k.SnapDelete}, {k.Help, k.Quit}}
+	return [][]key.Binding{k.help(k.Back), {k.SnapNew, k.SnapRestore, k.SnapDelete}, {k.Help, k.Quit}}
 }

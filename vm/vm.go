@@ -11,13 +11,17 @@ import (
 	"github.com/minionsdev/minions/internal/errs"
 )
 
+// State is the state of a VM, as the store records it and the engine
+// reports it.
+type State string
+
 // States a VM can be in, as the store records them.
 const (
-	Creating = "creating"
-	Running  = "running"
-	Stopped  = "stopped"
-	Paused   = "paused"
-	Error    = "error"
+	Creating State = "creating"
+	Running  State = "running"
+	Stopped  State = "stopped"
+	Paused   State = "paused"
+	Error    State = "error"
 )
 
 // Operations checked by Allowed.
@@ -36,7 +40,7 @@ const (
 	OpResume   = "resume"
 )
 
-var allowed = map[string][]string{
+var allowed = map[string][]State{
 	OpStart:    {Stopped, Error},
 	OpStop:     {Running, Paused, Error},
 	OpRestart:  {Running, Paused, Stopped, Error},
@@ -53,7 +57,7 @@ var allowed = map[string][]string{
 
 // Allowed says whether op may run on a VM named name in state; the error is
 // errs.FailedPrecondition with a message a user can act on.
-func Allowed(name, state, op string) error {
+func Allowed(name string, state State, op string) error {
 	for _, s := range allowed[op] {
 		if s == state {
 			return nil
@@ -67,7 +71,10 @@ func Allowed(name, state, op string) error {
 	case state == Creating:
 		return errs.New(errs.FailedPrecondition, "vm %s is still being created", name)
 	}
-	want := append([]string(nil), allowed[op]...)
+	var want []string
+	for _, s := range allowed[op] {
+		want = append(want, string(s))
+	}
 	sort.Strings(want)
 	return errs.New(errs.FailedPrecondition, "cannot %s vm %s while it is %s (it must be %s)", op, name, state, strings.Join(want, " or "))
 }

@@ -32,9 +32,10 @@ func TestValidName(t *testing.T) {
 
 func TestAllowed(t *testing.T) {
 	for _, tc := range []struct {
-		state, op string
-		ok        bool
-		msg       string
+		state State
+		op    string
+		ok    bool
+		msg   string
 	}{
 		{Stopped, OpStart, true, ""},
 		{Running, OpStart, false, "already running"},

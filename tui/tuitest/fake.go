@@ -1,5 +1,7 @@
-// Package tuitest provides Fake, a deterministic in-memory tui.Backend for
-// tests and for running the dashboard by hand (tui/cmd/tuidemo).
+// Package tuitest provides Fake, a deterministic in-memory service.Backend
+// for the dashboard's tests and for running it by hand (tui/cmd/tuidemo).
+// It implements what the dashboard calls; the rest of service.Backend
+// (users, tokens, web, building images) is absent and panics if called.
 package tuitest
 
 import (
@@ -13,15 +15,19 @@ import (
 	"time"
 
 	"github.com/minionsdev/minions/internal/errs"
+	"github.com/minionsdev/minions/service"
 	"github.com/minionsdev/minions/tui"
 )
 
 // Epoch is the fixed time the seeded VMs are measured from.
 var Epoch = time.Date(2025, 3, 1, 12, 0, 0, 0, time.UTC)
 
-// Fake is an in-memory tui.Backend. It is safe for concurrent use. Its
+// Fake is an in-memory service.Backend. It is safe for concurrent use. Its
 // clock is Now (default: Epoch + 1h, fixed) so output is deterministic.
 type Fake struct {
+	// Backend is nil: the methods the dashboard never calls are absent.
+	service.Backend
+
 	// Now is the clock; set it before use.
 	Now func() time.Time
 	// StepDelay is slept between Create's progress steps and in
@@ -34,31 +40,29 @@ type Fake struct {
 	fails map[string]error
 	calls []string
 	// images replaces defaultImages when set.
-	images []tui.Image
+	images []service.ImageInfo
 }
 
 type vmState struct {
-	vm       tui.VM
-	snaps    []tui.Snapshot
-	tail     []string
-	restart  string
-	restarts int
-	events   []tui.Event
+	vm     service.VM
+	snaps  []service.Snapshot
+	tail   []string
+	events []service.Event
 }
 
-// SetOps sets what Get reports for VM name's restart policy, restart
-// count and recent events.
-func (f *Fake) SetOps(name, restart string, restarts int, events []tui.Event) {
+// SetOps sets VM name's restart policy and restart count, and the events
+// Events reports for it.
+func (f *Fake) SetOps(name, restart string, restarts int, events []service.Event) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	for _, s := range f.vms {
 		if s.vm.Name == name {
-			s.restart, s.restarts, s.events = restart, restarts, append([]tui.Event(nil), events...)
+			s.vm.Restart, s.vm.Restarts, s.events = restart, restarts, append([]service.Event(nil), events...)
 		}
 	}
 }
 
-var _ tui.Backend = (*Fake)(nil)
+var _ service.Backend = (*Fake)(nil)
 
 // New returns a Fake with no VMs.
 func New() *Fake {
@@ -77,20 +81,20 @@ func NewSeededAt(base time.Time) *Fake {
 	Epoch := base
 	f := New()
 	f.Now = func() time.Time { return base.Add(time.Hour) }
-	f.Add(tui.VM{Name: "web", Status: tui.StatusRunning, CPUs: 2, MemoryMiB: 1024, DiskGiB: 10, Image: "debian-12", Owner: "alice",
-		Created: Epoch.Add(-72 * time.Hour), StartedAt: Epoch.Add(-3*time.Hour - 4*time.Minute)})
-	f.Add(tui.VM{Name: "db", Status: tui.StatusRunning, CPUs: 4, MemoryMiB: 4096, DiskGiB: 40, Image: "debian-12", Owner: "alice",
-		Created: Epoch.Add(-240 * time.Hour), StartedAt: Epoch.Add(-49 * time.Hour)})
-	f.Add(tui.VM{Name: "worker", Status: tui.StatusStopped, CPUs: 1, MemoryMiB: 512, DiskGiB: 5, Image: "alpine-3.21", Owner: "alice",
-		Created: Epoch.Add(-5 * time.Hour)})
-	f.Add(tui.VM{Name: "ci-runner", Status: tui.StatusRunning, CPUs: 2, MemoryMiB: 2048, DiskGiB: 20, Image: "ubuntu-24.04", Owner: "bob",
-		Created: Epoch.Add(-30 * time.Minute), StartedAt: Epoch.Add(-25 * time.Minute)})
+	f.Add(service.VM{Name: "web", Status: tui.StatusRunning, CPUs: 2, MemoryMiB: 1024, DiskGiB: 10, Image: "debian-12", Owner: "alice",
+		CreatedAt: Epoch.Add(-72 * time.Hour), StartedAt: Epoch.Add(-3*time.Hour - 4*time.Minute)})
+	f.Add(service.VM{Name: "db", Status: tui.StatusRunning, CPUs: 4, MemoryMiB: 4096, DiskGiB: 40, Image: "debian-12", Owner: "alice",
+		CreatedAt: Epoch.Add(-240 * time.Hour), StartedAt: Epoch.Add(-49 * time.Hour)})
+	f.Add(service.VM{Name: "worker", Status: tui.StatusStopped, CPUs: 1, MemoryMiB: 512, DiskGiB: 5, Image: "alpine-3.21", Owner: "alice",
+		CreatedAt: Epoch.Add(-5 * time.Hour)})
+	f.Add(service.VM{Name: "ci-runner", Status: tui.StatusRunning, CPUs: 2, MemoryMiB: 2048, DiskGiB: 20, Image: "ubuntu-24.04", Owner: "bob",
+		CreatedAt: Epoch.Add(-30 * time.Minute), StartedAt: Epoch.Add(-25 * time.Minute)})
 	f.mu.Lock()
 	for _, s := range f.vms {
 		if s.vm.Name == "web" {
-			s.snaps = []tui.Snapshot{
-				{ID: "snap0001", Name: "before-upgrade", Created: Epoch.Add(-48 * time.Hour), SizeBytes: 69206016, Memory: true},
-				{ID: "snap0002", Name: "nightly", Created: Epoch.Add(-2 * time.Hour), SizeBytes: 12582912},
+			s.snaps = []service.Snapshot{
+				{Name: "before-upgrade", VM: "web", CreatedAt: Epoch.Add(-48 * time.Hour), SizeBytes: 69206016, Memory: true},
+				{Name: "nightly", VM: "web", CreatedAt: Epoch.Add(-2 * time.Hour), SizeBytes: 12582912},
 			}
 		}
 	}
@@ -99,13 +103,13 @@ func NewSeededAt(base time.Time) *Fake {
 }
 
 // Add inserts v, filling ID, IP and console tail when empty.
-func (f *Fake) Add(v tui.VM) tui.VM {
+func (f *Fake) Add(v service.VM) service.VM {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.addLocked(v)
 }
 
-func (f *Fake) addLocked(v tui.VM) tui.VM {
+func (f *Fake) addLocked(v service.VM) service.VM {
 	f.seq++
 	if v.ID == "" {
 		v.ID = fmt.Sprintf("%012x", 0xa1b2c3000000+f.seq)
@@ -113,8 +117,8 @@ func (f *Fake) addLocked(v tui.VM) tui.VM {
 	if v.IP == "" {
 		v.IP = fmt.Sprintf("10.77.0.%d", f.seq+1)
 	}
-	if v.Created.IsZero() {
-		v.Created = f.Now()
+	if v.CreatedAt.IsZero() {
+		v.CreatedAt = f.Now()
 	}
 	s := &vmState{vm: v}
 	if v.Status == tui.StatusRunning {
@@ -124,7 +128,7 @@ func (f *Fake) addLocked(v tui.VM) tui.VM {
 	return v
 }
 
-func bootLog(v tui.VM) []string {
+func bootLog(v service.VM) []string {
 	return []string{
 		"[    0.000000] Linux version 6.1.0-31-cloud-amd64",
 		"[    0.412345] virtio_blk virtio1: [vda] 20971520 512-byte logical blocks",
@@ -154,12 +158,12 @@ func (f *Fake) Calls() []string {
 }
 
 // VM returns the VM called name.
-func (f *Fake) VM(name string) (tui.VM, bool) {
+func (f *Fake) VM(name string) (service.VM, bool) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	s := f.byName(name)
 	if s == nil {
-		return tui.VM{}, false
+		return service.VM{}, false
 	}
 	return s.vm, true
 }
@@ -203,14 +207,25 @@ func (f *Fake) sleep(ctx context.Context) error {
 	}
 }
 
-// List implements tui.Backend; VMs are sorted by name.
-func (f *Fake) List(ctx context.Context) ([]tui.VM, error) {
+// Whoami returns alice, the owner of created VMs.
+func (f *Fake) Whoami(context.Context) (service.Caller, error) {
+	return service.Caller{Name: "alice"}, nil
+}
+
+// Close does nothing.
+func (f *Fake) Close() error { return nil }
+
+// URL is the VM's web address (for tui.Options.URL).
+func (f *Fake) URL(name string) string { return "https://" + name + ".minions.test" }
+
+// List implements service.Backend; VMs are sorted by name.
+func (f *Fake) List(ctx context.Context) ([]service.VM, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if _, err := f.begin("List", "", false); err != nil {
 		return nil, err
 	}
-	out := make([]tui.VM, 0, len(f.vms))
+	out := make([]service.VM, 0, len(f.vms))
 	for _, s := range f.vms {
 		out = append(out, s.vm)
 	}
@@ -218,66 +233,110 @@ func (f *Fake) List(ctx context.Context) ([]tui.VM, error) {
 	return out, nil
 }
 
-// Get implements tui.Backend.
-func (f *Fake) Get(ctx context.Context, name string) (tui.Detail, error) {
+// Get implements service.Backend.
+func (f *Fake) Get(ctx context.Context, name string) (service.VM, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	s, err := f.begin("Get", name, false)
 	if err != nil {
-		return tui.Detail{}, err
+		return service.VM{}, err
 	}
-	d := tui.Detail{
-		VM:          s.vm,
-		ConsoleTail: append([]string(nil), s.tail...),
-		Snapshots:   append([]tui.Snapshot(nil), s.snaps...),
-		URL:         "https://" + s.vm.Name + ".minions.test",
-		Restart:     s.restart,
-		Restarts:    s.restarts,
-		Events:      append([]tui.Event(nil), s.events...),
+	return s.vm, nil
+}
+
+// Status implements service.Backend: a running VM's agent answers.
+func (f *Fake) Status(ctx context.Context, name string) (service.GuestStatus, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	s, err := f.begin("Status", name, false)
+	if err != nil {
+		return service.GuestStatus{}, err
 	}
-	if s.vm.Running() {
-		d.Agent = tui.AgentStatus{
-			Connected: true, Version: "0.1.0", Kernel: "6.1.0-31-cloud-amd64",
-			Uptime: f.Now().Sub(s.vm.StartedAt), Load: [3]float64{0.12, 0.05, 0.01},
-			MemTotal: uint64(s.vm.MemoryMiB) << 20, MemAvailable: uint64(s.vm.MemoryMiB) << 19,
-			DiskTotal: uint64(s.vm.DiskGiB) << 30, DiskFree: uint64(s.vm.DiskGiB) << 29,
+	if s.vm.Status != tui.StatusRunning {
+		return service.GuestStatus{}, errs.New(errs.FailedPrecondition, "vm is %s", s.vm.Status)
+	}
+	return service.GuestStatus{
+		AgentVersion: "0.1.0", Hostname: s.vm.Name, Kernel: "6.1.0-31-cloud-amd64",
+		UptimeS: f.Now().Sub(s.vm.StartedAt).Seconds(), Load: [3]float64{0.12, 0.05, 0.01},
+		MemTotal: uint64(s.vm.MemoryMiB) << 20, MemAvailable: uint64(s.vm.MemoryMiB) << 19,
+		DiskTotal: uint64(s.vm.DiskGiB) << 30, DiskFree: uint64(s.vm.DiskGiB) << 29,
+	}, nil
+}
+
+// Logs implements service.Backend (follow is ignored: the log is what
+// it is).
+func (f *Fake) Logs(ctx context.Context, name string, follow bool, w io.Writer) error {
+	f.mu.Lock()
+	s, err := f.begin("Logs", name, false)
+	var tail []string
+	if err == nil {
+		tail = append(tail, s.tail...)
+	}
+	f.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	for _, l := range tail {
+		if _, err := io.WriteString(w, l+"\n"); err != nil {
+			return err
 		}
-	} else {
-		d.Agent.Error = "vm is " + s.vm.Status
 	}
-	return d, nil
+	return nil
+}
+
+// Events implements service.Backend: the events SetOps gave the VM with
+// ID filter.VM (every VM's without).
+func (f *Fake) Events(ctx context.Context, filter service.EventFilter) ([]service.Event, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if _, err := f.begin("Events", "", false); err != nil {
+		return nil, err
+	}
+	var out []service.Event
+	for _, s := range f.vms {
+		if filter.VM == "" || filter.VM == s.vm.ID {
+			out = append(out, s.events...)
+		}
+	}
+	return out, nil
 }
 
 // defaultImages are the images a Fake offers until SetImages.
-var defaultImages = []tui.Image{
-	{Name: "alpine-3.21", Description: "Alpine Linux"},
-	{Name: "debian-12", Description: "Debian bookworm", Default: true},
-	{Name: "ubuntu-24.04", Description: "Ubuntu noble"},
+var defaultImages = []service.ImageInfo{
+	{Ref: "alpine-3.21", OS: "alpine-3.21", Version: "1"},
+	{Ref: "debian-12", OS: "debian-12", Version: "1", Default: true},
+	{Ref: "ubuntu-24.04", OS: "ubuntu-24.04", Version: "1"},
 }
 
-// SetImages replaces the images Images returns.
-func (f *Fake) SetImages(ims []tui.Image) {
+// Image is an image of os, the default or not, for SetImages.
+func Image(os string, isDefault bool) service.ImageInfo {
+	return service.ImageInfo{Ref: os, OS: os, Version: "1", Default: isDefault}
+}
+
+// SetImages replaces the images ListImages returns.
+func (f *Fake) SetImages(ims []service.ImageInfo) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.images = append([]tui.Image{}, ims...)
+	f.images = append([]service.ImageInfo{}, ims...)
 }
 
-// Images implements tui.Backend.
-func (f *Fake) Images(ctx context.Context) ([]tui.Image, error) {
+// ListImages implements service.Backend. Its failure is injected as
+// "Images".
+func (f *Fake) ListImages(ctx context.Context) ([]service.ImageInfo, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if _, err := f.begin("Images", "", false); err != nil {
 		return nil, err
 	}
 	if f.images != nil {
-		return append([]tui.Image{}, f.images...), nil
+		return append([]service.ImageInfo{}, f.images...), nil
 	}
-	return append([]tui.Image{}, defaultImages...), nil
+	return append([]service.ImageInfo{}, defaultImages...), nil
 }
 
-// Create implements tui.Backend. Steps: allocating address, creating
+// Create implements service.Backend. Steps: allocating address, creating
 // disk, booting, waiting for agent.
-func (f *Fake) Create(ctx context.Context, req tui.CreateRequest, progress func(string)) (tui.VM, error) {
+func (f *Fake) Create(ctx context.Context, req service.CreateRequest, progress service.Progress) (service.VM, error) {
 	f.mu.Lock()
 	_, err := f.begin("Create", "", true)
 	if err == nil && f.byName(req.Name) != nil {
@@ -286,30 +345,30 @@ func (f *Fake) Create(ctx context.Context, req tui.CreateRequest, progress func(
 	f.calls[len(f.calls)-1] = "Create " + req.Name
 	f.mu.Unlock()
 	if err != nil {
-		return tui.VM{}, err
+		return service.VM{}, err
 	}
 	for _, step := range []string{"allocating address", "creating disk", "booting", "waiting for agent"} {
 		if progress != nil {
 			progress(step)
 		}
 		if err := f.sleep(ctx); err != nil {
-			return tui.VM{}, err
+			return service.VM{}, err
 		}
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.byName(req.Name) != nil {
-		return tui.VM{}, errs.New(errs.AlreadyExists, "vm %q", req.Name)
+		return service.VM{}, errs.New(errs.AlreadyExists, "vm %q", req.Name)
 	}
 	disk := req.DiskGiB
 	if disk == 0 {
 		disk = 10
 	}
-	return f.addLocked(tui.VM{Name: req.Name, Status: tui.StatusRunning, CPUs: req.CPUs, MemoryMiB: req.MemoryMiB,
+	return f.addLocked(service.VM{Name: req.Name, Status: tui.StatusRunning, CPUs: req.CPUs, MemoryMiB: req.MemoryMiB,
 		DiskGiB: disk, Image: req.Image, Owner: "alice", StartedAt: f.Now()}), nil
 }
 
-func (f *Fake) transition(ctx context.Context, method, name string, from []string, apply func(*vmState)) error {
+func (f *Fake) transition(ctx context.Context, method, name string, from []string, apply func(*vmState)) (service.VM, error) {
 	f.mu.Lock()
 	s, err := f.begin(method, name, true)
 	if err == nil {
@@ -323,40 +382,40 @@ func (f *Fake) transition(ctx context.Context, method, name string, from []strin
 	}
 	f.mu.Unlock()
 	if err != nil {
-		return err
+		return service.VM{}, err
 	}
 	if err := f.sleep(ctx); err != nil {
-		return err
+		return service.VM{}, err
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	apply(s)
-	return nil
+	return s.vm, nil
 }
 
-// Start implements tui.Backend.
-func (f *Fake) Start(ctx context.Context, name string) error {
+// Start implements service.Backend.
+func (f *Fake) Start(ctx context.Context, name string, _ service.Progress) (service.VM, error) {
 	return f.transition(ctx, "Start", name, []string{tui.StatusStopped, tui.StatusError}, func(s *vmState) {
 		s.vm.Status, s.vm.StartedAt, s.tail = tui.StatusRunning, f.Now(), bootLog(s.vm)
 	})
 }
 
-// Stop implements tui.Backend.
-func (f *Fake) Stop(ctx context.Context, name string) error {
+// Stop implements service.Backend.
+func (f *Fake) Stop(ctx context.Context, name string) (service.VM, error) {
 	return f.transition(ctx, "Stop", name, []string{tui.StatusRunning}, func(s *vmState) {
 		s.vm.Status, s.vm.StartedAt = tui.StatusStopped, time.Time{}
 		s.tail = append(s.tail, "reboot: Power down")
 	})
 }
 
-// Restart implements tui.Backend.
-func (f *Fake) Restart(ctx context.Context, name string) error {
+// Restart implements service.Backend.
+func (f *Fake) Restart(ctx context.Context, name string, _ service.Progress) (service.VM, error) {
 	return f.transition(ctx, "Restart", name, []string{tui.StatusRunning}, func(s *vmState) {
 		s.vm.StartedAt, s.tail = f.Now(), bootLog(s.vm)
 	})
 }
 
-// Destroy implements tui.Backend.
+// Destroy implements service.Backend.
 func (f *Fake) Destroy(ctx context.Context, name string) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -368,17 +427,17 @@ func (f *Fake) Destroy(ctx context.Context, name string) error {
 	return nil
 }
 
-// Resize implements tui.Backend.
-func (f *Fake) Resize(ctx context.Context, name string, req tui.ResizeRequest) error {
+// Resize implements service.Backend.
+func (f *Fake) Resize(ctx context.Context, name string, req service.ResizeRequest) (service.VM, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	s, err := f.begin("Resize", name, true)
 	if err != nil {
-		return err
+		return service.VM{}, err
 	}
 	f.calls[len(f.calls)-1] = fmt.Sprintf("Resize %s cpus=%d mem=%d disk=%d", name, req.CPUs, req.MemoryMiB, req.DiskGiB)
 	if req.DiskGiB != 0 && req.DiskGiB < s.vm.DiskGiB {
-		return errs.New(errs.InvalidArgument, "disk can only grow (%d GiB now)", s.vm.DiskGiB)
+		return service.VM{}, errs.New(errs.InvalidArgument, "disk can only grow (%d GiB now)", s.vm.DiskGiB)
 	}
 	if req.CPUs != 0 {
 		s.vm.CPUs = req.CPUs
@@ -389,46 +448,47 @@ func (f *Fake) Resize(ctx context.Context, name string, req tui.ResizeRequest) e
 	if req.DiskGiB != 0 {
 		s.vm.DiskGiB = req.DiskGiB
 	}
-	return nil
+	return s.vm, nil
 }
 
-// SnapshotCreate implements tui.Backend. The call is recorded as
+// CreateSnapshot implements service.Backend. The call is recorded as
 // "SnapshotCreate vm snap" with " memory" for a memory snapshot, which
 // needs a running VM.
-func (f *Fake) SnapshotCreate(ctx context.Context, name string, req tui.SnapshotRequest) (tui.Snapshot, error) {
+func (f *Fake) CreateSnapshot(ctx context.Context, name string, req service.SnapshotRequest, _ service.Progress) (service.Snapshot, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	s, err := f.begin("SnapshotCreate", name, true)
 	if err != nil {
-		return tui.Snapshot{}, err
+		return service.Snapshot{}, err
 	}
 	f.calls[len(f.calls)-1] += " " + req.Name
 	if req.Memory {
 		f.calls[len(f.calls)-1] += " memory"
-		if !s.vm.Running() {
-			return tui.Snapshot{}, errs.New(errs.FailedPrecondition, "a memory snapshot needs a running vm; %s is %s", name, s.vm.Status)
+		if s.vm.Status != tui.StatusRunning {
+			return service.Snapshot{}, errs.New(errs.FailedPrecondition, "a memory snapshot needs a running vm; %s is %s", name, s.vm.Status)
 		}
 	}
 	for _, sn := range s.snaps {
 		if sn.Name == req.Name {
-			return tui.Snapshot{}, errs.New(errs.AlreadyExists, "snapshot %q of %q", req.Name, name)
+			return service.Snapshot{}, errs.New(errs.AlreadyExists, "snapshot %q of %q", req.Name, name)
 		}
 	}
 	f.seq++
-	sn := tui.Snapshot{ID: fmt.Sprintf("snap%04d", f.seq), Name: req.Name, Created: f.Now(), SizeBytes: 8 << 20, Memory: req.Memory}
+	sn := service.Snapshot{Name: req.Name, VM: name, CreatedAt: f.Now(), SizeBytes: 8 << 20, Memory: req.Memory}
 	s.snaps = append(s.snaps, sn)
 	return sn, nil
 }
 
-// SnapshotList implements tui.Backend.
-func (f *Fake) SnapshotList(ctx context.Context, name string) ([]tui.Snapshot, error) {
+// ListSnapshots implements service.Backend (failures injected as
+// "SnapshotList").
+func (f *Fake) ListSnapshots(ctx context.Context, name string) ([]service.Snapshot, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	s, err := f.begin("SnapshotList", name, false)
 	if err != nil {
 		return nil, err
 	}
-	return append([]tui.Snapshot(nil), s.snaps...), nil
+	return append([]service.Snapshot(nil), s.snaps...), nil
 }
 
 func (f *Fake) snapIndex(s *vmState, name, snap string) (int, error) {
@@ -440,21 +500,25 @@ func (f *Fake) snapIndex(s *vmState, name, snap string) (int, error) {
 	return -1, errs.New(errs.NotFound, "snapshot %q of %q", snap, name)
 }
 
-// SnapshotRestore implements tui.Backend.
-func (f *Fake) SnapshotRestore(ctx context.Context, name, snap string) error {
+// RestoreSnapshot implements service.Backend (recorded as
+// "SnapshotRestore vm snap").
+func (f *Fake) RestoreSnapshot(ctx context.Context, name, snap string, _ service.Progress) (service.VM, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	s, err := f.begin("SnapshotRestore", name, true)
 	if err != nil {
-		return err
+		return service.VM{}, err
 	}
 	f.calls[len(f.calls)-1] += " " + snap
-	_, err = f.snapIndex(s, name, snap)
-	return err
+	if _, err = f.snapIndex(s, name, snap); err != nil {
+		return service.VM{}, err
+	}
+	return s.vm, nil
 }
 
-// SnapshotDelete implements tui.Backend.
-func (f *Fake) SnapshotDelete(ctx context.Context, name, snap string) error {
+// DeleteSnapshot implements service.Backend (recorded as
+// "SnapshotDelete vm snap").
+func (f *Fake) DeleteSnapshot(ctx context.Context, name, snap string) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	s, err := f.begin("SnapshotDelete", name, true)
@@ -470,54 +534,64 @@ func (f *Fake) SnapshotDelete(ctx context.Context, name, snap string) error {
 	return nil
 }
 
-// Rename implements tui.Backend.
-func (f *Fake) Rename(ctx context.Context, name, newName string) error {
+// Rename implements service.Backend.
+func (f *Fake) Rename(ctx context.Context, name, newName string) (service.VM, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	s, err := f.begin("Rename", name, true)
 	if err != nil {
-		return err
+		return service.VM{}, err
 	}
 	f.calls[len(f.calls)-1] += " " + newName
 	if f.byName(newName) != nil {
-		return errs.New(errs.AlreadyExists, "vm %q", newName)
+		return service.VM{}, errs.New(errs.AlreadyExists, "vm %q", newName)
 	}
 	s.vm.Name = newName
-	return nil
+	return s.vm, nil
 }
 
-// Copy implements tui.Backend; the copy is stopped.
-func (f *Fake) Copy(ctx context.Context, name, newName string) (tui.VM, error) {
+// Copy implements service.Backend; the copy is stopped.
+func (f *Fake) Copy(ctx context.Context, name string, req service.CopyRequest, _ service.Progress) (service.VM, error) {
+	newName := req.Name
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	s, err := f.begin("Copy", name, true)
 	if err != nil {
-		return tui.VM{}, err
+		return service.VM{}, err
 	}
 	f.calls[len(f.calls)-1] += " " + newName
 	if f.byName(newName) != nil {
-		return tui.VM{}, errs.New(errs.AlreadyExists, "vm %q", newName)
+		return service.VM{}, errs.New(errs.AlreadyExists, "vm %q", newName)
 	}
 	v := s.vm
-	v.ID, v.IP, v.Name, v.Status, v.StartedAt, v.Created = "", "", newName, tui.StatusStopped, time.Time{}, f.Now()
+	v.ID, v.IP, v.Name, v.Status, v.StartedAt, v.CreatedAt = "", "", newName, tui.StatusStopped, time.Time{}, f.Now()
 	return f.addLocked(v), nil
 }
 
-// Console implements tui.Backend with a tiny line-oriented shell that
-// echoes what is typed (the terminal is raw) and understands exit,
-// hostname, stty size (the latest window size) and echo.
-func (f *Fake) Console(ctx context.Context, name string, stdin io.Reader, stdout io.Writer, size <-chan tui.WindowSize) error {
+// Exec implements service.Backend for interactive shells only (the
+// dashboard's console; recorded as "Console vm"): a tiny line-oriented
+// shell that echoes what is typed (the terminal is raw) and understands
+// exit, hostname, stty size (the latest window size) and echo. It returns
+// exit status 0.
+func (f *Fake) Exec(ctx context.Context, name string, req service.ExecRequest) (int, error) {
 	f.mu.Lock()
 	s, err := f.begin("Console", name, true)
-	if err == nil && !s.vm.Running() {
+	if err == nil && s.vm.Status != tui.StatusRunning {
 		err = errs.New(errs.FailedPrecondition, "vm %q is %s", name, s.vm.Status)
+	}
+	if err == nil && (!req.TTY || req.Command != "" || len(req.Argv) > 0) {
+		err = errs.New(errs.InvalidArgument, "the fake runs interactive shells only")
 	}
 	f.mu.Unlock()
 	if err != nil {
-		return err
+		return -1, err
 	}
+	return 0, f.shell(ctx, name, req.Stdin, req.Stdout, req.Width, req.Height, req.Resize)
+}
+
+func (f *Fake) shell(ctx context.Context, name string, stdin io.Reader, stdout io.Writer, w, h int, size <-chan service.WindowSize) error {
 	var mu sync.Mutex
-	cur := tui.WindowSize{}
+	cur := service.WindowSize{Width: w, Height: h}
 	go func() {
 		for {
 			select {

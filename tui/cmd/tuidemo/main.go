@@ -28,7 +28,7 @@ func main() {
 	b := tuitest.NewSeededAt(time.Now().Add(-time.Hour))
 	b.Now = time.Now
 	b.StepDelay = *delay
-	err := tui.RunLocal(ctx, tui.Options{Backend: b, User: *user, Admin: *admin})
+	err := tui.RunLocal(ctx, tui.Options{Backend: b, URL: b.URL, User: *user, Admin: *admin})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "tuidemo:", err)
 		os.Exit(1)

@@ -1,0 +1,134 @@
+package hostcmd
+
+import (
+	"bytes"
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"encoding/json"
+	"log/slog"
+	"net/http/httptest"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/minionsdev/minions/api"
+	"github.com/minionsdev/minions/cli"
+	"github.com/minionsdev/minions/daemon"
+	"github.com/minionsdev/minions/images"
+	"github.com/minionsdev/minions/service"
+	"github.com/minionsdev/minions/store"
+	"github.com/minionsdev/minions/vm/hypervisor/fake"
+	"golang.org/x/crypto/ssh"
+)
+
+type nopNet struct{}
+
+func (nopNet) AddPort(context.Context, string, netip.Addr, string) error { return nil }
+func (nopNet) RemovePort(context.Context, string) error                  { return nil }
+
+type nopDisks struct{}
+
+func (nopDisks) CreateOverlay(context.Context, string, string, string, int64) error { return nil }
+func (nopDisks) Clone(context.Context, string, string) error                        { return nil }
+func (nopDisks) Grow(context.Context, string, int64) error                          { return nil }
+
+// putImage writes one catalogue entry as images/ publishes it.
+func putImage(t *testing.T, dir string, im images.Image) {
+	t.Helper()
+	d := filepath.Join(dir, "rootfs", im.OS, im.Version)
+	if err := os.MkdirAll(d, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	b, _ := json.Marshal(im)
+	if err := os.WriteFile(filepath.Join(d, "image.json"), b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(d, "rootfs.ext4"), nil, 0o444); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// imageService is a real service (SQLite) over a real catalogue holding
+// minimal@..aaaa, debian@..bbbb and debian@..cccc, with an admin and a
+// user.
+func imageService(t *testing.T) (svc *service.Service, root, bob service.Caller) {
+	t.Helper()
+	ctx := context.Background()
+	dir := t.TempDir()
+	cat := &images.Catalog{Dir: filepath.Join(dir, "images")}
+	now := time.Now().UTC()
+	putImage(t, cat.Dir, images.Image{OS: "minimal", Version: "20261201-000000-aaaa", Created: now})
+	putImage(t, cat.Dir, images.Image{OS: "debian", Version: "20261201-000000-bbbb", Created: now})
+	putImage(t, cat.Dir, images.Image{OS: "debian", Version: "20261202-000000-cccc", Created: now})
+	db, err := store.Open(ctx, filepath.Join(dir, "minions.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	_, priv, _ := ed25519.GenerateKey(rand.Reader)
+	key, _ := ssh.NewSignerFromKey(priv)
+	svc, err = service.New(service.Config{StateDir: dir, Log: slog.New(slog.DiscardHandler)},
+		service.Deps{DB: db, Driver: fake.New(fake.Config{}), Network: nopNet{}, Images: daemon.CatalogImages(cat), Disks: nopDisks{}, HostKey: key})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if root, err = svc.EnsureUser(ctx, "root", true); err != nil {
+		t.Fatal(err)
+	}
+	if bob, err = svc.EnsureUser(ctx, "bob", false); err != nil {
+		t.Fatal(err)
+	}
+	return svc, root, bob
+}
+
+// TestImageCommandsRemote: `minions --host URL image ...` manages the
+// images of that daemon through its API, as the caller the token names.
+func TestImageCommandsRemote(t *testing.T) {
+	ctx := context.Background()
+	svc, root, _ := imageService(t)
+	const adminToken = "admin-token-for-image-commands"
+	ts := httptest.NewServer(api.NewHandler(api.Config{Service: svc, AdminTokens: []string{adminToken}}))
+	defer ts.Close()
+	tok, err := svc.CreateToken(ctx, root, "bob", "t", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	run := func(token string, args ...string) (string, string, int) {
+		t.Helper()
+		var out, errOut bytes.Buffer
+		env := &cli.Env{Stdin: strings.NewReader(""), Stdout: &out, Stderr: &errOut, Getenv: func(string) string { return "" },
+			Open: daemon.OpenLocal, Extra: Commands()}
+		code := cli.Run(ctx, env, append([]string{"--host", ts.URL, "--api-key", token}, args...))
+		return out.String(), errOut.String(), code
+	}
+	out, errOut, code := run(tok.Secret, "image", "list", "--json")
+	var ims []service.ImageInfo
+	if code != 0 || json.Unmarshal([]byte(out), &ims) != nil || len(ims) != 3 || !ims[2].Default || ims[2].Ref != "minimal@20261201-000000-aaaa" {
+		t.Fatalf("image list as bob: %d %s %s", code, out, errOut)
+	}
+	if _, errOut, code := run(tok.Secret, "image", "default", "debian"); code != 6 || !strings.Contains(errOut, "admin") {
+		t.Fatalf("image default as bob: %d %s", code, errOut)
+	}
+	out, errOut, code = run(adminToken, "image", "default", "debian", "--json")
+	var d service.ImageDefault
+	if code != 0 || json.Unmarshal([]byte(out), &d) != nil || d != (service.ImageDefault{Image: "debian", Source: "setting", ResolvesTo: "debian@20261202-000000-cccc"}) {
+		t.Fatalf("image default debian as admin: %d %s %s", code, out, errOut)
+	}
+	if out, _, code := run(tok.Secret, "image", "list"); code != 0 || !regexp.MustCompile(`debian@20261202-000000-cccc .*\*`).MatchString(out) {
+		t.Fatalf("image list after the default changed: %d\n%s", code, out)
+	}
+	if out, errOut, code := run(adminToken, "image", "rm", "debian@20261201-000000-bbbb"); code != 0 || out != "removed debian@20261201-000000-bbbb\n" {
+		t.Fatalf("image rm as admin: %d %s %s", code, out, errOut)
+	}
+	if _, errOut, code := run(adminToken, "image", "build", "--os", "fedora", "--rootfs-tarball", "/tmp/x.tar"); code != 2 || !strings.Contains(errOut, "not with --host") {
+		t.Fatalf("image build with a local file over --host: %d %s", code, errOut)
+	}
+	if _, _, code := run(adminToken, "image", "bake", "minimal"); code != 2 {
+		t.Fatalf("image bake over --host: %d", code)
+	}
+}

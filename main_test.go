@@ -1,0 +1,23 @@
+package main
+
+import "testing"
+
+// The host-only commands moved out of daemon are still in the host's
+// command tree, each once.
+func TestHostCommands(t *testing.T) {
+	seen := map[string]int{}
+	for _, c := range hostCommands() {
+		seen[c.Name]++
+		if c.Name == "backup" {
+			for _, s := range c.Sub {
+				seen["backup "+s.Name]++
+			}
+		}
+	}
+	for _, name := range []string{"init", "image", "doctor", "units", "serve", "config", "agent-relay", "jail-exec", "vsock", "tui",
+		"backup", "backup create", "backup restore"} {
+		if seen[name] != 1 {
+			t.Errorf("command %q appears %d times", name, seen[name])
+		}
+	}
+}

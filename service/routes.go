@@ -1,0 +1,203 @@
+package service
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"net"
+	"os"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/minionsdev/minions/internal/errs"
+	"github.com/minionsdev/minions/store"
+)
+
+// The web proxy's questions (which VM serves a host name, may a name get a
+// certificate, is a one-time link fresh, what key signs cookies, where
+// does the proxy listen) are answered here, so the proxy's adapter in the
+// daemon never reads the store itself.
+
+// Settings the web proxy keeps in the store: its signing secret and its
+// public endpoint (see SetWebEndpoint).
+const (
+	settingWebSecret   = "proxy_secret"
+	settingWebEndpoint = "proxy_endpoint"
+)
+
+// WebRoute is what the web proxy needs about the VM behind a host name.
+type WebRoute struct {
+	VMID   string
+	VMName string
+	// Owner is the owner's user ID, as the service passes it to LoginLink.
+	Owner string
+	// Gen is the VM's revocation counter (store.WebGen): links and
+	// sessions minted under an older value are void.
+	Gen      int64
+	Upstream string // ip:port of the VM's web port
+	Public   bool
+	Running  bool
+}
+
+// WebRoutes maps host names to VM routes from the store. Every request and
+// TLS handshake asks, so the store's queries are prepared once
+// (store.RouteQueries) and the answers are cached only until the next
+// commit: a change (share --private, stop, destroy) applies to the very
+// next request. The one case the write-ahead log's size and mtime can miss
+// (after a checkpoint the log is rewritten from its start, so two commits
+// within one tick of the file system's coarse clock leave both unchanged)
+// is bounded by RouteCacheTTL: no answer, and so no revoked session,
+// outlives it. Safe for concurrent use.
+type WebRoutes struct {
+	q *store.RouteQueries
+	// The lookups are cached until the database changes: any commit, by
+	// this or another process, grows or resets the write-ahead log, so a
+	// stat of it (about a microsecond) says whether the cache still holds.
+	wal    string
+	now    func() time.Time
+	mu     sync.Mutex
+	stamp  walStamp
+	filled time.Time // when the cache was last emptied
+	cache  map[string]routeEntry
+}
+
+// RouteCacheTTL is the most a cached route may be behind the store.
+const RouteCacheTTL = time.Second
+
+type walStamp struct {
+	size  int64
+	mtime time.Time
+}
+
+type routeEntry struct {
+	rt  WebRoute
+	err error
+}
+
+// WebRoutes prepares the route lookups; Close releases them.
+func (s *Service) WebRoutes(ctx context.Context) (*WebRoutes, error) {
+	q, err := store.PrepareRoutes(ctx, s.DB)
+	if err != nil {
+		return nil, fmt.Errorf("web routes: %w", err)
+	}
+	return &WebRoutes{q: q, wal: s.DB.Path + "-wal", now: time.Now, cache: map[string]routeEntry{}}, nil
+}
+
+// Close releases the prepared statements.
+func (r *WebRoutes) Close() error { return r.q.Close() }
+
+// ByName is the route of the VM named name (a host <name>.<domain>):
+// errs.NotFound if there is none, another error (a 503, not a 404) if the
+// store cannot tell.
+func (r *WebRoutes) ByName(ctx context.Context, name string) (WebRoute, error) {
+	return r.cached(ctx, "name:"+name, name, r.q.ByName)
+}
+
+// ByDomain is the route of the VM holding host as a verified custom
+// domain; errors as ByName.
+func (r *WebRoutes) ByDomain(ctx context.Context, host string) (WebRoute, error) {
+	return r.cached(ctx, "domain:"+host, host, r.q.ByDomain)
+}
+
+// AllowCertificate is nil when name is a verified custom domain of some
+// VM, errs.PermissionDenied when not: the on-demand TLS decision.
+func (r *WebRoutes) AllowCertificate(ctx context.Context, name string) error {
+	ok, err := r.q.DomainVerified(ctx, name)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		return errs.New(errs.PermissionDenied, "no verified custom domain %s", name)
+	}
+	return nil
+}
+
+func (r *WebRoutes) currentStamp() (walStamp, bool) {
+	st, err := os.Stat(r.wal)
+	if err != nil {
+		return walStamp{}, false
+	}
+	return walStamp{st.Size(), st.ModTime()}, true
+}
+
+func (r *WebRoutes) cached(ctx context.Context, key, host string, look func(context.Context, string) (store.Route, error)) (WebRoute, error) {
+	stamp, ok := r.currentStamp()
+	var filled time.Time // the cache generation this lookup may fill
+	if ok {
+		now := r.now()
+		r.mu.Lock()
+		if stamp != r.stamp || now.Sub(r.filled) >= RouteCacheTTL || now.Before(r.filled) {
+			r.stamp, r.filled, r.cache = stamp, now, map[string]routeEntry{}
+		}
+		filled = r.filled
+		e, hit := r.cache[key]
+		r.mu.Unlock()
+		if hit {
+			return e.rt, e.err
+		}
+	}
+	rt, err := lookupRoute(ctx, host, look)
+	if ok && (err == nil || errs.ClassOf(err) == errs.NotFound) {
+		r.mu.Lock()
+		if r.stamp == stamp && r.filled.Equal(filled) && len(r.cache) < 100000 {
+			r.cache[key] = routeEntry{rt, err}
+		}
+		r.mu.Unlock()
+	}
+	return rt, err
+}
+
+func lookupRoute(ctx context.Context, host string, look func(context.Context, string) (store.Route, error)) (WebRoute, error) {
+	sr, err := look(ctx, host)
+	if errs.ClassOf(err) == errs.NotFound {
+		return WebRoute{}, errs.New(errs.NotFound, "no vm serves %s", host)
+	}
+	if err != nil {
+		return WebRoute{}, fmt.Errorf("route %s: %w", host, err)
+	}
+	return WebRoute{VMID: sr.VMID, VMName: sr.VMName, Owner: sr.OwnerID, Gen: sr.WebGen,
+		Upstream: net.JoinHostPort(sr.IP, strconv.Itoa(sr.Port)), Public: sr.Public, Running: sr.State == store.StateRunning}, nil
+}
+
+// WebSecret is the proxy's signing key of size bytes, created once and
+// kept in the store so sign-in cookies survive restarts.
+func (s *Service) WebSecret(ctx context.Context, size int) ([]byte, error) {
+	var secret []byte
+	err := s.DB.Tx(ctx, func(q store.Q) error {
+		v, err := store.Setting(ctx, q, settingWebSecret)
+		if err != nil {
+			return err
+		}
+		if v != "" {
+			secret, err = hex.DecodeString(v)
+			return err
+		}
+		secret = make([]byte, size)
+		if _, err := rand.Read(secret); err != nil {
+			return err
+		}
+		return store.SetSetting(ctx, q, settingWebSecret, hex.EncodeToString(secret))
+	})
+	return secret, err
+}
+
+// UseLink records the one-time link id as used until exp and reports
+// whether it was fresh. The ledger is the store, so a link used before a
+// daemon restart stays used after it.
+func (s *Service) UseLink(ctx context.Context, id string, exp time.Time) (bool, error) {
+	return store.UseLink(ctx, s.DB, id, exp, time.Now())
+}
+
+// SetWebEndpoint records where the serving proxy listens (an opaque
+// document of the daemon's; "" none runs), so link minters in other
+// processes make links it accepts.
+func (s *Service) SetWebEndpoint(ctx context.Context, doc string) error {
+	return s.DB.Tx(ctx, func(q store.Q) error { return store.SetSetting(ctx, q, settingWebEndpoint, doc) })
+}
+
+// WebEndpoint is what SetWebEndpoint recorded last ("" nothing).
+func (s *Service) WebEndpoint(ctx context.Context) (string, error) {
+	return store.Setting(ctx, s.DB, settingWebEndpoint)
+}

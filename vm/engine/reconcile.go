@@ -1,0 +1,214 @@
+package engine
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/minionsdev/minions/store"
+	"github.com/minionsdev/minions/vm"
+	"github.com/minionsdev/minions/vm/consolelog"
+	"github.com/minionsdev/minions/vm/hypervisor"
+	"github.com/minionsdev/minions/vm/hypervisor/procfs"
+)
+
+// Reconcile implements Engine: operations whose process died midway are
+// rolled back (a half-made VM is removed), and VMs recorded running whose
+// hypervisor is gone are marked stopped. The CLI runs it before each
+// command and the daemon periodically.
+func (l *Local) Reconcile(ctx context.Context) error {
+	ops, err := store.RunningOperations(ctx, l.DB)
+	if err != nil {
+		return err
+	}
+	for _, o := range ops {
+		if procfs.Alive(o.PID, o.PIDStart) {
+			continue
+		}
+		l.recoverOp(ctx, o)
+	}
+	vms, err := store.ListVMs(ctx, l.DB, "")
+	if err != nil {
+		return err
+	}
+	for _, v := range vms {
+		if v.State != vm.Running && v.State != vm.Paused {
+			continue
+		}
+		h, _ := DecodeHandle(v.Handle)
+		if h != nil && l.Driver.Alive(h) {
+			l.repair(ctx, v.ID, h)
+			continue
+		}
+		// Re-check under the VM's lock: an operation may own it right now.
+		unlock, err := l.tryLock(v.ID)
+		if err != nil {
+			continue
+		}
+		if cur, err := l.load(ctx, v.ID); err == nil {
+			l.reconcileVM(ctx, &cur)
+		}
+		unlock()
+	}
+	return nil
+}
+
+// reconcileVM fixes one VM's recorded state; the caller holds its lock.
+func (l *Local) reconcileVM(ctx context.Context, v *store.VM) {
+	if v.State != vm.Running && v.State != vm.Paused {
+		return
+	}
+	h, _ := DecodeHandle(v.Handle)
+	if h != nil && l.Driver.Alive(h) {
+		return
+	}
+	l.log.Info("vm hypervisor is gone; marking stopped", "vm_id", v.ID, "vm", v.Name)
+	// Classify before marking stopped: that removes the run directory,
+	// whose absence says the host restarted.
+	reason, detail := l.exitReason(*v)
+	e := Exit{ID: v.ID, Name: v.Name, Owner: v.OwnerID, Reason: reason, Detail: detail, StartedAt: v.StartedAt, At: time.Now().UTC()}
+	if h != nil {
+		// The hypervisor is gone, its helpers (the agent relay) may not
+		// be: they would hold the next boot's agent channel.
+		if err := l.Driver.Kill(ctx, h); err != nil {
+			l.log.Warn("stop helpers of a dead vm", "vm_id", v.ID, "err", err)
+		}
+	}
+	if nv, err := l.markStopped(ctx, *v); err == nil {
+		*v = nv
+		l.exited(ctx, e)
+	}
+}
+
+// exitReason says why v's hypervisor, recorded running, is gone, and
+// the guest's last kernel line that tells it (consolelog.ClassifyExit).
+func (l *Local) exitReason(v store.VM) (string, string) {
+	if !exists(l.runDir(v.ID)) {
+		return ExitHostReboot, ""
+	}
+	switch why, line := consolelog.LastExit(l.consolePath(v.ID)); why {
+	case consolelog.ExitPanic:
+		return ExitPanic, line
+	case consolelog.ExitPoweroff:
+		return ExitPoweroff, line
+	case consolelog.ExitReboot:
+		return ExitReboot, line
+	}
+	return ExitCrashed, ""
+}
+
+func exists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
+}
+
+func (l *Local) tryLock(id string) (func(), error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	return l.lockVM(ctx, id)
+}
+
+// recoverOp finishes the operation of a process that died midway.
+func (l *Local) recoverOp(ctx context.Context, o store.Operation) {
+	unlock, err := l.tryLock(o.VMID)
+	if err != nil {
+		return // someone holds it; they will finish it
+	}
+	defer unlock()
+	l.log.Warn("recovering interrupted operation", "op", o.ID, "kind", o.Kind, "step", o.Step, "vm_id", o.VMID)
+	switch o.Kind {
+	case "create", "copy":
+		// A half-made VM is removed: everything it had hangs off its ID.
+		if v, err := store.GetVMByID(ctx, l.DB, o.VMID); err == nil && v.State == vm.Creating {
+			l.purge(ctx, o.VMID)
+		} else if err != nil {
+			l.purge(ctx, o.VMID)
+		}
+	default:
+		if v, err := store.GetVMByID(ctx, l.DB, o.VMID); err == nil {
+			l.reconcileVM(ctx, &v)
+		}
+		l.cleanupOpFiles(o)
+	}
+	o.State = store.OpRecovered
+	o.UpdatedAt = time.Now()
+	store.UpdateOperation(ctx, l.DB, o)
+}
+
+// cleanupOpFiles removes temporary files an interrupted operation left
+// (names with a ".tmp-<op id>" suffix in the VM's directory tree).
+func (l *Local) cleanupOpFiles(o store.Operation) {
+	filepath.Walk(l.vmDir(o.VMID), func(p string, info os.FileInfo, err error) error {
+		if err == nil && strings.Contains(filepath.Base(p), ".tmp-"+o.ID) {
+			os.RemoveAll(p)
+			if info.IsDir() {
+				return filepath.SkipDir
+			}
+		}
+		return nil
+	})
+}
+
+// killByRunDir kills processes whose pid file lies in dir and whose command
+// line names dir: a hypervisor or helper started for this VM whose handle
+// was never recorded (a crash between spawn and record).
+func killByRunDir(dir string) {
+	files, _ := filepath.Glob(filepath.Join(dir, "*.pid"))
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+		if err != nil || pid <= 1 {
+			continue
+		}
+		cmd, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
+		if err != nil || !bytes.Contains(cmd, []byte(dir)) {
+			continue
+		}
+		syscall.Kill(pid, syscall.SIGKILL)
+		for i := 0; i < 100; i++ {
+			if _, err := procfs.StartTime(pid); err != nil {
+				break
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+}
+
+// repair restarts the dead helper processes of a running VM (the agent
+// relay), when the driver has any, and records the new handle.
+func (l *Local) repair(ctx context.Context, id string, h *hypervisor.Handle) {
+	r, ok := l.Driver.(hypervisor.Repairer)
+	if !ok {
+		return
+	}
+	unlock, err := l.tryLock(id)
+	if err != nil {
+		return
+	}
+	defer unlock()
+	v, err := store.GetVMByID(ctx, l.DB, id)
+	if err != nil || v.Handle != EncodeHandle(h) {
+		return // changed meanwhile
+	}
+	nh, changed, err := r.Repair(ctx, h)
+	if err != nil {
+		l.log.Warn("repair vm helpers", "vm_id", id, "err", err)
+		return
+	}
+	if changed {
+		v.Handle = EncodeHandle(nh)
+		if err := store.UpdateVM(ctx, l.DB, v); err != nil {
+			l.log.Warn("record repaired handle", "vm_id", id, "err", err)
+			return
+		}
+		l.log.Info("vm helpers restarted", "vm_id", id, "vm", v.Name)
+	}
+}
