@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"io/fs"
 	"net"
 	"net/http"
@@ -162,8 +163,9 @@ func BenchmarkSoak(b *testing.B) {
 	b.ReportMetric(float64(len(took)), "cycles")
 	b.ReportMetric(float64(end.RSSKiB-start.RSSKiB), "rss-delta-KiB")
 	if why := soakLeaks(start, end); why != "" {
-		if end.FDs != start.FDs {
+		if end.FDs != start.FDs || end.DBFDs != start.DBFDs {
 			b.Logf("fds at the start: %s\nfds at the end: %s", startFDs, fdTargets(pid))
+			b.Logf("daemon goroutines at the end:\n%s", daemonStacks(filepath.Join(stateDir, "run", "debug.sock")))
 		}
 		b.Fatalf("resources not returned after %d cycles: %s", len(took), why)
 	}
@@ -213,16 +215,28 @@ func soakLeaks(start, end soakMetrics) string {
 
 // settleMetrics measures; with a baseline it polls for up to 10 s until
 // the exact metrics are back (stragglers: relays exiting, goroutines
-// ending), and returns the last measurement either way.
+// ending), and returns the last measurement either way. Without one (the
+// start) it polls until the exact metrics hold still for a second, so the
+// warm-up cycle's stragglers (a request's goroutine and fds) are not taken
+// for the baseline.
 func settleMetrics(b *testing.B, pid int, base *soakMetrics) soakMetrics {
 	b.Helper()
 	deadline := time.Now().Add(10 * time.Second)
+	var prev soakMetrics
+	var since time.Time
 	for {
 		m, err := measureSoak(pid)
 		if err != nil {
 			b.Fatal(err)
 		}
-		if base == nil || soakLeaks(*base, m) == "" || time.Now().After(deadline) {
+		if base == nil {
+			if since.IsZero() || soakLeaks(prev, m) != "" {
+				prev, since = m, time.Now()
+			}
+			if time.Since(since) >= time.Second || time.Now().After(deadline) {
+				return m
+			}
+		} else if soakLeaks(*base, m) == "" || time.Now().After(deadline) {
 			return m
 		}
 		time.Sleep(200 * time.Millisecond)
@@ -328,6 +342,22 @@ func daemonGoroutines(sock string) (int64, error) {
 		return 0, fmt.Errorf("goroutines: %q: %v", line, err)
 	}
 	return n, nil
+}
+
+// daemonStacks returns the daemon's goroutine stacks (for telling what
+// holds a resource the soak found not returned).
+func daemonStacks(sock string) string {
+	c := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "unix", sock)
+	}}, Timeout: 10 * time.Second}
+	defer c.CloseIdleConnections()
+	resp, err := c.Get("http://minions/debug/pprof/goroutine?debug=2")
+	if err != nil {
+		return err.Error()
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return string(b)
 }
 
 // daemonHeap reads HeapInuse (KiB) after a forced GC from the daemon's

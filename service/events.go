@@ -33,6 +33,7 @@ const (
 	EventUpdate        = "update"
 	EventCrashed       = "crashed"     // the hypervisor died by itself
 	EventPoweroff      = "poweroff"    // the guest powered itself off cleanly
+	EventGuestReboot   = "reboot"      // the guest rebooted itself (the hypervisor exits; restarted unless policy no)
 	EventHostReboot    = "host-reboot" // processes gone with the run dir: the host restarted
 	EventRestarted     = "restarted"   // the supervisor started the VM again
 	EventRestartFailed = "restart-failed"
