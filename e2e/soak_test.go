@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -93,6 +94,7 @@ func BenchmarkSoak(b *testing.B) {
 	soakCycle(b, "soak-warm")
 	start := settleMetrics(b, pid, nil)
 	startFDs := fdTargets(pid)
+	startPaths := listFiles(stateDir, filepath.Join(stateDir, "run"))
 
 	// Sample while the cycles run: the peak column shows that each
 	// counter does see what a VM uses.
@@ -166,6 +168,9 @@ func BenchmarkSoak(b *testing.B) {
 		if end.FDs != start.FDs || end.DBFDs != start.DBFDs {
 			b.Logf("fds at the start: %s\nfds at the end: %s", startFDs, fdTargets(pid))
 			b.Logf("daemon goroutines at the end:\n%s", daemonStacks(filepath.Join(stateDir, "run", "debug.sock")))
+		}
+		if end.StateFiles != start.StateFiles {
+			b.Logf("state dir paths added and removed: %s", pathDiff(startPaths, listFiles(stateDir, filepath.Join(stateDir, "run"))))
 		}
 		b.Fatalf("resources not returned after %d cycles: %s", len(took), why)
 	}
@@ -408,6 +413,39 @@ func nftMinionsElements() (int64, error) {
 		}
 	}
 	return n, nil
+}
+
+// listFiles is the set of paths under root, skipping the subtree skip.
+func listFiles(root, skip string) map[string]bool {
+	paths := map[string]bool{}
+	filepath.WalkDir(root, func(p string, e fs.DirEntry, err error) error {
+		if err != nil {
+			return nil
+		}
+		if p == skip && e.IsDir() {
+			return filepath.SkipDir
+		}
+		paths[p] = true
+		return nil
+	})
+	return paths
+}
+
+// pathDiff lists the paths only in b ("+") and only in a ("-").
+func pathDiff(a, b map[string]bool) string {
+	var out []string
+	for p := range b {
+		if !a[p] {
+			out = append(out, "+"+p)
+		}
+	}
+	for p := range a {
+		if !b[p] {
+			out = append(out, "-"+p)
+		}
+	}
+	sort.Strings(out)
+	return strings.Join(out, " ")
 }
 
 // countFiles counts the entries under root, skipping the subtree skip.
