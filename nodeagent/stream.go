@@ -50,7 +50,7 @@ type stream struct {
 
 const (
 	streamWindow = 1 << 20  // bytes in flight per direction
-	streamFrame  = 64 << 10 // largest data frame
+	streamFrame  = 256 << 10 // largest data frame
 )
 
 // newStream subscribes in and returns a stream publishing on out.
