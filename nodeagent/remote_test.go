@@ -3,6 +3,8 @@ package nodeagent_test
 import (
 	"context"
 	"errors"
+	"os"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -11,6 +13,7 @@ import (
 	"github.com/minionsdev/minions/fabric"
 	"github.com/minionsdev/minions/internal/errs"
 	"github.com/minionsdev/minions/nodeagent"
+	"github.com/minionsdev/minions/vm"
 	"github.com/minionsdev/minions/vm/engine"
 	"github.com/minionsdev/minions/vm/engine/enginetest"
 )
@@ -221,5 +224,64 @@ func waitErr(t testing.TB, c *fabric.Conn, want string) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatalf("no %q error", want)
+	}
+}
+
+// TestAgentBench compares a guest agent reached through engine.Local
+// (a unix socket) with the same agent through Remote (over NATS): the
+// median time to open an authenticated client, the median ping round
+// trip, and the median SFTP write of 32 MiB. Set NODEAGENT_BENCH=1.
+func TestAgentBench(t *testing.T) {
+	if os.Getenv("NODEAGENT_BENCH") == "" {
+		t.Skip("set NODEAGENT_BENCH=1 to measure")
+	}
+	fl := newFakeLocal(t)
+	c := newCluster(t)
+	serve(t, "node-a", c.node(t, "node-a"), fl.eng)
+	r := c.remote(t, "node-a", fl)
+	waitServed(t, r)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	inst, err := r.Create(ctx, engine.CreateSpec{ID: vm.NewID(), Name: "bench", Image: "minimal", CPUs: 1, MemoryMiB: 256, Owner: fl.owner}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Destroy(context.Background(), inst.ID)
+	med := func(d []time.Duration) time.Duration { slices.Sort(d); return d[len(d)/2] }
+	data := make([]byte, 32<<20)
+	for _, e := range []struct {
+		name string
+		eng  engine.Engine
+	}{{"local (unix socket)", fl.eng}, {"remote (over NATS)", r}} {
+		var opens, pings, writes []time.Duration
+		for i := 0; i < 20; i++ {
+			t0 := time.Now()
+			cl, err := e.eng.Agent(ctx, inst.ID)
+			if err != nil {
+				t.Fatal(err)
+			}
+			opens = append(opens, time.Since(t0))
+			cl.Close()
+		}
+		cl, err := e.eng.Agent(ctx, inst.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := 0; i < 200; i++ {
+			t0 := time.Now()
+			if _, err := cl.Ping(ctx); err != nil {
+				t.Fatal(err)
+			}
+			pings = append(pings, time.Since(t0))
+		}
+		for i := 0; i < 3; i++ {
+			t0 := time.Now()
+			if err := cl.WriteFile(ctx, "/root/bench", data, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			writes = append(writes, time.Since(t0))
+		}
+		cl.Close()
+		t.Logf("%-20s open %v, ping %v, sftp 32 MiB %v = %.0f MiB/s (medians)", e.name, med(opens), med(pings), med(writes), 32/med(writes).Seconds())
 	}
 }

@@ -49,7 +49,7 @@ type stream struct {
 }
 
 const (
-	streamWindow = 1 << 20  // bytes in flight per direction
+	streamWindow = 1 << 20   // bytes in flight per direction
 	streamFrame  = 256 << 10 // largest data frame
 )
 

@@ -59,7 +59,7 @@ const (
 
 // callRequest is the body of every call; each method reads its fields.
 type callRequest struct {
-	Call     string    `json:"call"`               // the caller's ID of this call
+	Call     string    `json:"call"`              // the caller's ID of this call
 	Deadline time.Time `json:"deadline,omitzero"` // the caller's ctx deadline
 	ID       string    `json:"id,omitempty"`
 	Name     string    `json:"name,omitempty"`
