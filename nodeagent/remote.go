@@ -31,6 +31,11 @@ type RemoteConfig struct {
 	// it (not how long the call may run: that is the caller's ctx);
 	// default 10 s.
 	AcceptTimeout time.Duration
+	// CheckInterval is how often a call in flight asks the node whether
+	// it still runs it; a node that forgot it (restarted) or does not
+	// answer three times running fails the call with errs.Unavailable
+	// instead of leaving it to the caller's deadline. Default 5 s.
+	CheckInterval time.Duration
 	Log           *slog.Logger
 }
 
@@ -39,8 +44,8 @@ func (c *RemoteConfig) Validate() error {
 	if !fabric.ValidID(c.ID) || c.Conn == nil {
 		return errs.New(errs.InvalidArgument, "remote engine: a node id and a connection are required")
 	}
-	if c.AcceptTimeout < 0 {
-		return errs.New(errs.InvalidArgument, "remote engine: negative accept timeout")
+	if c.AcceptTimeout < 0 || c.CheckInterval < 0 {
+		return errs.New(errs.InvalidArgument, "remote engine: negative timeout")
 	}
 	return nil
 }
@@ -73,6 +78,9 @@ var _ engine.Engine = (*Remote)(nil)
 func NewRemote(cfg RemoteConfig) (*Remote, error) {
 	if cfg.AcceptTimeout == 0 {
 		cfg.AcceptTimeout = 10 * time.Second
+	}
+	if cfg.CheckInterval == 0 {
+		cfg.CheckInterval = 5 * time.Second
 	}
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
@@ -171,8 +179,29 @@ func (r *Remote) call(ctx context.Context, method string, req callRequest, progr
 	case string(ack) != "ok":
 		return errs.New(errs.Unavailable, "node %s refused %s: %s", r.cfg.ID, method, ack)
 	}
+	check := time.NewTicker(r.cfg.CheckInterval)
+	defer check.Stop()
+	misses := 0
+	var forgotten <-chan time.Time // set once the node says it does not run the call
 	for {
 		select {
+		case <-check.C:
+			if forgotten != nil {
+				continue
+			}
+			switch r.alive(ctx, req.Call) {
+			case "yes":
+				misses = 0
+			case "no":
+				// Its reply may still be on the way: give it a moment.
+				forgotten = time.After(r.cfg.CheckInterval)
+			default:
+				if misses++; misses >= 3 {
+					return errs.New(errs.Unavailable, "%s on node %s: the node stopped answering", method, r.cfg.ID)
+				}
+			}
+		case <-forgotten:
+			return errs.New(errs.Unavailable, "%s on node %s: the node no longer runs the call (did its agent restart?)", method, r.cfg.ID)
 		case f := <-p.ch:
 			if !f.Done {
 				progress.Say(f.Step)
@@ -193,6 +222,19 @@ func (r *Remote) call(ctx context.Context, method string, req callRequest, progr
 			return fmt.Errorf("%s on node %s: %w", method, r.cfg.ID, ctx.Err())
 		}
 	}
+}
+
+// alive asks the node whether it runs call: "yes", "no", or "" when it
+// does not answer.
+func (r *Remote) alive(ctx context.Context, call string) string {
+	b, _ := json.Marshal(callRequest{Call: call})
+	actx, cancel := context.WithTimeout(ctx, r.cfg.AcceptTimeout)
+	defer cancel()
+	ans, err := r.cfg.Conn.Request(actx, engineSubject(r.cfg.ID, mAlive), b)
+	if err != nil {
+		return ""
+	}
+	return string(ans)
 }
 
 func (r *Remote) instance(ctx context.Context, method string, req callRequest, progress engine.Progress) (engine.Instance, error) {

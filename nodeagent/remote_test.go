@@ -178,6 +178,39 @@ func TestLongCallAndCancel(t *testing.T) {
 	}
 }
 
+// TestNodeGoneMidCall: a node that dies during a call fails it with
+// errs.Unavailable soon, not at the caller's deadline.
+func TestNodeGoneMidCall(t *testing.T) {
+	c := newCluster(t)
+	conn := c.node(t, "node-a")
+	serve(t, "node-a", conn, slowEngine{d: time.Hour})
+	r, err := nodeagent.NewRemote(nodeagent.RemoteConfig{ID: "node-a", Conn: c.control, AcceptTimeout: time.Second, CheckInterval: 200 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	waitServed(t, r)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	got := make(chan error, 1)
+	steps := make(chan string, 8)
+	go func() {
+		_, err := r.Start(ctx, "x1", func(s string) { steps <- s })
+		got <- err
+	}()
+	<-steps // the call runs on the node
+	t0 := time.Now()
+	conn.Close()
+	select {
+	case err := <-got:
+		if !errors.Is(err, errs.Unavailable) || time.Since(t0) > 10*time.Second {
+			t.Fatalf("start on a node that died = %v after %v, want Unavailable within seconds", err, time.Since(t0))
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("a call to a dead node still waits after 30 s")
+	}
+}
+
 // TestNodeCannotServeAnother: node-b's credential cannot serve node-a's
 // engine, read its streams, or forge its replies and exits.
 func TestNodeCannotServeAnother(t *testing.T) {

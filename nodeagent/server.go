@@ -115,12 +115,19 @@ func (s *server) handle(m fabric.Msg) {
 		m.Respond([]byte("bad request"))
 		return
 	}
-	if method == mCancel {
+	switch method {
+	case mCancel:
 		s.mu.Lock()
 		if c := s.calls[req.Call]; c != nil {
 			c()
 		}
 		s.mu.Unlock()
+		return
+	case mAlive:
+		s.mu.Lock()
+		_, ok := s.calls[req.Call]
+		s.mu.Unlock()
+		m.Respond([]byte(map[bool]string{true: "yes", false: "no"}[ok]))
 		return
 	}
 	m.Respond([]byte("ok"))

@@ -17,6 +17,7 @@ import (
 //	minions.node.<id>.engine.<method>    a call (request: callRequest);
 //	                                     the node answers "accepted" at once
 //	minions.node.<id>.engine.cancel      the caller gave up on a call
+//	minions.node.<id>.engine.alive       is a call still running?
 //	minions.status.<id>.engine.reply.<c> progress steps, then the result
 //	                                     of call c (callFrame)
 //	minions.status.<id>.engine.exit      an engine.Exit (OnExit)
@@ -55,6 +56,7 @@ const (
 	mAgentKey        = "agent_key"
 	mConsoleLog      = "console_log"
 	mCancel          = "cancel"
+	mAlive           = "alive" // is call c still running? "yes" or "no"
 )
 
 // callRequest is the body of every call; each method reads its fields.
