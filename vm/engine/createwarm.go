@@ -96,9 +96,9 @@ func (l *Local) warmCreate(ctx context.Context, o *op, row store.VM, t Template,
 	start := time.Now()
 	hs := hypervisor.Spec{ID: row.ID, Name: row.Name, CPUs: row.CPUs, MemoryMiB: row.MemoryMiB,
 		Kernel: t.Kernel, Initramfs: t.Initramfs, Cmdline: t.Cmdline,
-		Disks:    []hypervisor.Disk{{Path: dp, Format: "qcow2"}},
-		Net:      &hypervisor.NetIface{TAP: tap, MAC: row.MAC},
-		RunDir:   run, ConsoleLog: l.consolePath(row.ID), VsockCID: row.CID}
+		Disks:  []hypervisor.Disk{{Path: dp, Format: "qcow2"}},
+		Net:    &hypervisor.NetIface{TAP: tap, MAC: row.MAC},
+		RunDir: run, ConsoleLog: l.consolePath(row.ID), VsockCID: row.CID}
 	h, err := tr.StartClone(ctx, hs, l.templateDir(t.Key))
 	if err != nil {
 		return row, fmt.Errorf("restore: %w", err)

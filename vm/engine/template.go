@@ -37,15 +37,15 @@ const (
 // directory without a manifest is an unfinished build: Reconcile removes
 // it, so a build killed midway leaves nothing behind.
 type Template struct {
-	Key       string    `json:"key"`
-	Image     string    `json:"image"` // resolved reference, "os@version"
-	ImagePath string    `json:"image_path"`
-	CPUs      int       `json:"cpus"`
-	MemoryMiB int       `json:"memory_mib"`
-	DiskGiB   int       `json:"disk_gib"`
-	Kernel    string    `json:"kernel"`
-	Initramfs string    `json:"initramfs,omitempty"`
-	Cmdline   string    `json:"cmdline"`
+	Key       string `json:"key"`
+	Image     string `json:"image"` // resolved reference, "os@version"
+	ImagePath string `json:"image_path"`
+	CPUs      int    `json:"cpus"`
+	MemoryMiB int    `json:"memory_mib"`
+	DiskGiB   int    `json:"disk_gib"`
+	Kernel    string `json:"kernel"`
+	Initramfs string `json:"initramfs,omitempty"`
+	Cmdline   string `json:"cmdline"`
 	// Disk is the template's disk, the backing file of every instance
 	// restored from it: outside the template's directory, kept when the
 	// template is dropped.
@@ -65,7 +65,7 @@ func templateKey(img Image, cpus, memMiB, diskGiB int) string {
 	return hex.EncodeToString(h[:])[:16]
 }
 
-func (l *Local) templatesDir() string        { return filepath.Join(l.cfg.StateDir, "templates") }
+func (l *Local) templatesDir() string          { return filepath.Join(l.cfg.StateDir, "templates") }
 func (l *Local) templateDir(key string) string { return filepath.Join(l.templatesDir(), key) }
 
 // templateID is the pseudo instance ID of a template's build VM (its TAP,
@@ -276,9 +276,9 @@ func (l *Local) buildTemplate(ctx context.Context, tr hypervisor.Templater, img 
 		Cmdline: vm.Cmdline(vm.BootParams{ID: id, Name: "template", HostKey: hostKeyParam(l.HostKey)})}
 	spec := hypervisor.Spec{ID: id, Name: "template", CPUs: cpus, MemoryMiB: memMiB,
 		Kernel: t.Kernel, Initramfs: t.Initramfs, Cmdline: t.Cmdline,
-		Disks:    []hypervisor.Disk{{Path: tdisk, Format: "qcow2"}},
-		Net:      &hypervisor.NetIface{TAP: tap, MAC: mac},
-		RunDir:   run, ConsoleLog: filepath.Join(dir, "console.log"),
+		Disks:  []hypervisor.Disk{{Path: tdisk, Format: "qcow2"}},
+		Net:    &hypervisor.NetIface{TAP: tap, MAC: mac},
+		RunDir: run, ConsoleLog: filepath.Join(dir, "console.log"),
 		VsockCID: templateCID}
 	h, err := tr.BootTemplate(ctx, spec, dir)
 	if err != nil {
