@@ -17,6 +17,22 @@ import (
 	"golang.org/x/crypto/ssh"
 )
 
+// Warmer is implemented by engines that keep warm templates (Local): the
+// control plane type-asserts its Engine to it.
+type Warmer interface {
+	// WarmTemplate builds the template of image ref and a shape now,
+	// unless it exists (see Local.WarmTemplate).
+	WarmTemplate(ctx context.Context, ref string, cpus, memMiB, diskGiB int) (Template, error)
+	// WarmLater does the same in the background; errors are logged.
+	WarmLater(ctx context.Context, ref string, cpus, memMiB, diskGiB int)
+	// Templates lists the complete templates.
+	Templates(ctx context.Context) ([]Template, error)
+	// DropTemplates removes the templates of image ref ("" for all).
+	DropTemplates(ctx context.Context, ref string) error
+}
+
+var _ Warmer = (*Local)(nil)
+
 // createResult is what createSteps tells Create beyond the record.
 type createResult struct {
 	boot     string
@@ -152,7 +168,7 @@ func (l *Local) warmCreate(ctx context.Context, o *op, row store.VM, t Template,
 // templates are on and none exists or is being built (after a cold create
 // of that shape, or when an image is built or becomes the default).
 func (l *Local) warmLater(img Image, cpus, memMiB, diskGiB int) {
-	if l.templater() == nil {
+	if l.templater() == nil || !l.cfg.BackgroundWarm {
 		return
 	}
 	if _, ok := l.findTemplate(img, cpus, memMiB, diskGiB); ok {

@@ -40,6 +40,11 @@ type Config struct {
 	// NoWarm turns warm templates off: every create boots from the image
 	// and no template is built (see Template).
 	NoWarm bool
+	// BackgroundWarm lets the engine build templates in the background
+	// (after the first cold create of a shape, WarmLater): set it in
+	// long-running processes (the daemon), not in a CLI that exits after
+	// one command.
+	BackgroundWarm bool
 
 	Log *slog.Logger
 	// OnOperation, if set, is told how long each durable operation took
