@@ -116,7 +116,15 @@ func readTemplate(dir string) (Template, error) {
 // Templates lists the complete templates of this host, by image then
 // shape.
 func (l *Local) Templates(ctx context.Context) ([]Template, error) {
-	ents, err := os.ReadDir(l.templatesDir())
+	return ReadTemplates(l.cfg.StateDir)
+}
+
+// ReadTemplates lists the complete templates kept under a state directory
+// (Config.StateDir), by image then shape, without an engine (e.g. for a
+// listing by a CLI that does not open one).
+func ReadTemplates(stateDir string) ([]Template, error) {
+	root := filepath.Join(stateDir, "templates")
+	ents, err := os.ReadDir(root)
 	if errors.Is(err, os.ErrNotExist) {
 		return []Template{}, nil
 	}
@@ -125,7 +133,7 @@ func (l *Local) Templates(ctx context.Context) ([]Template, error) {
 	}
 	out := []Template{}
 	for _, e := range ents {
-		if t, err := readTemplate(filepath.Join(l.templatesDir(), e.Name())); err == nil && t.Key == e.Name() {
+		if t, err := readTemplate(filepath.Join(root, e.Name())); err == nil && t.Key == e.Name() {
 			out = append(out, t)
 		}
 	}
