@@ -85,7 +85,7 @@ func (w *warmEngine) create(tb testing.TB, name string, cold bool) engine.Instan
 	tb.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
 	defer cancel()
-	_, pub, _ := ed25519.GenerateKey(rand.Reader)
+	pub, _, _ := ed25519.GenerateKey(rand.Reader)
 	sp, _ := ssh.NewPublicKey(pub)
 	inst, err := w.l.Create(ctx, engine.CreateSpec{ID: vm.NewID(), Name: name, Owner: w.owner, Image: "minimal",
 		CPUs: 1, MemoryMiB: 256, Cold: cold, AuthorizedKeys: []string{strings.TrimSpace(string(ssh.MarshalAuthorizedKey(sp)))}}, nil)
