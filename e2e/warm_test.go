@@ -185,7 +185,8 @@ func TestWarmCreate(t *testing.T) {
 	// at the template's.
 	for _, inst := range []engine.Instance{a, b} {
 		if !pingOnce(inst.IP) {
-			t.Errorf("%s does not answer ping at %s", inst.Name, inst.IP)
+			t.Errorf("%s does not answer ping at %s; guest: %s", inst.Name, inst.IP,
+				w.run(t, inst, "ip addr; ip route; ip neigh; cat /proc/net/dev | grep eth0"))
 		}
 		out, _ := exec.Command("ip", "neigh", "show", inst.IP, "dev", "mnwarm0").Output()
 		if !strings.Contains(string(out), inst.MAC) {
@@ -202,6 +203,9 @@ func TestWarmCreate(t *testing.T) {
 	}
 	if got := w.run(t, c, "hostname"); got != c.Name {
 		t.Errorf("cold vm hostname %q", got)
+	}
+	if !pingOnce(c.IP) {
+		t.Errorf("cold vm does not answer ping at %s either", c.IP)
 	}
 
 	// A corrupt template: the next create boots cold, says so, and the
