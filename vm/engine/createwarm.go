@@ -9,6 +9,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/minionsdev/minions/guestagent/proto"
 	"github.com/minionsdev/minions/internal/errs"
 	"github.com/minionsdev/minions/store"
 	"github.com/minionsdev/minions/vm"
@@ -152,6 +153,13 @@ func (l *Local) warmCreate(ctx context.Context, o *op, row store.VM, t Template,
 	}
 	if r.AgentHostKey == nil {
 		return row, errs.New(errs.Unavailable, "re-identify guest: no new agent host key")
+	}
+	// Reidentify set the clock to the host's time when it was sent; under
+	// load the guest may have taken seconds to get there. A second, small
+	// call brings it within a round trip.
+	now := time.Now().UnixNano()
+	if err := cl.Configure(pctx, proto.Configure{TimeUnixNano: &now}); err != nil {
+		return row, fmt.Errorf("set guest clock: %w", err)
 	}
 	row.AgentKey = string(bytes.TrimSpace(ssh.MarshalAuthorizedKey(r.AgentHostKey)))
 	row.State = vm.Running
