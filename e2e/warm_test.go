@@ -126,8 +126,12 @@ func (w *warmEngine) checkClock(t *testing.T, inst engine.Instance) {
 		t.Fatal(err)
 	}
 	g := time.Unix(secs, 0)
-	if g.Before(before.Add(-3*time.Second)) || g.After(after.Add(2*time.Second)) {
-		t.Errorf("%s (%s boot): guest clock %v, host %v..%v: off by more than 2 s", inst.Name, inst.Boot, g, before.Format(time.StampMilli), after.Format(time.StampMilli))
+	t.Logf("%s (%s boot): guest clock %v, host %v..%v", inst.Name, inst.Boot, g, before.Format(time.StampMilli), after.Format(time.StampMilli))
+	// A template's clock is hours old: a clone whose clock was not set is
+	// far off. Under TCG on a loaded host a guest clock also lags by
+	// seconds (cold VMs more: see logClock), so the bound here is 10 s.
+	if g.Before(before.Add(-10*time.Second)) || g.After(after.Add(2*time.Second)) {
+		t.Errorf("%s (%s boot): guest clock %v, host %v..%v: off by more than 10 s", inst.Name, inst.Boot, g, before.Format(time.StampMilli), after.Format(time.StampMilli))
 	}
 }
 
@@ -220,6 +224,10 @@ func TestWarmCreate(t *testing.T) {
 	// the gateway is answered and the host's neighbour entry for its IP is
 	// its MAC. Nothing holds the template's address.
 	for _, inst := range []engine.Instance{a, b} {
+		// The host's ping resolves the address (ARP); its echo goes
+		// unanswered in this namespace for cold VMs too, so only the
+		// resolution is checked.
+		exec.Command("ping", "-c", "1", "-W", "2", inst.IP).Run()
 		out, _ := exec.Command("ip", "neigh", "show", inst.IP, "dev", "mnwarm0").Output()
 		if !strings.Contains(string(out), inst.MAC) {
 			t.Errorf("%s: neighbour entry %q, want mac %s", inst.Name, out, inst.MAC)
