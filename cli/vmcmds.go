@@ -72,7 +72,7 @@ func vmCommands() []*Command {
 }
 
 func createCmd() *Command {
-	return &Command{Name: "create", Usage: "NAME [--cpus N] [--memory MiB] [--disk GiB] [--os IMAGE] [--ssh-key FILE] [--restart POLICY]", Summary: "Create and boot a VM",
+	return &Command{Name: "create", Usage: "NAME [--cpus N] [--memory MiB] [--disk GiB] [--os IMAGE] [--ssh-key FILE] [--restart POLICY] [--cold]", Summary: "Create and boot a VM (restored from a warm template when there is one)",
 		MinArgs: 1, MaxArgs: 1,
 		Flags: func(fs *flag.FlagSet) {
 			fs.Int("cpus", 0, "vCPUs (default 1)")
@@ -82,13 +82,14 @@ func createCmd() *Command {
 			fs.String("image", "", "same as --os")
 			fs.String("ssh-key", "", "public key file to authorize for root (default: yours, from ~/.ssh)")
 			fs.String("restart", "", "restart policy: no, on-failure or always (default always)")
+			fs.Bool("cold", false, "boot from the image even when a warm template exists")
 		},
 		Run: func(ctx context.Context, x *Ctx) error {
 			if err := positiveFlags(x.FS, "cpus", "memory", "disk"); err != nil {
 				return err
 			}
 			req := service.CreateRequest{Name: x.Args[0], CPUs: intFlag(x.FS, "cpus"), MemoryMiB: intFlag(x.FS, "memory"), DiskGiB: intFlag(x.FS, "disk"),
-				Image: strFlag(x.FS, "os"), Restart: strFlag(x.FS, "restart")}
+				Image: strFlag(x.FS, "os"), Restart: strFlag(x.FS, "restart"), Cold: boolFlag(x.FS, "cold")}
 			if req.Image == "" {
 				req.Image = strFlag(x.FS, "image")
 			}
@@ -206,7 +207,15 @@ func (x *Ctx) lifecycle(ctx context.Context, verb string, fn func(service.Backen
 	if err != nil {
 		return err
 	}
-	return x.Print(v, func(w io.Writer) { printVMs(w, []service.VM{v}) })
+	return x.Print(v, func(w io.Writer) {
+		printVMs(w, []service.VM{v})
+		if v.Boot != "" {
+			fmt.Fprintf(w, "boot: %s\n", v.Boot)
+		}
+		for _, m := range v.Warnings {
+			fmt.Fprintf(w, "warning: %s\n", m)
+		}
+	})
 }
 
 func runList(ctx context.Context, x *Ctx) error {

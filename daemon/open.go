@@ -78,6 +78,10 @@ type Options struct {
 	DNS         netip.Addr
 	EgressAllow []network.EgressRule
 	Resources   config.Resources // quotas, overcommit, console cap (config.Config.Resources)
+	// NoWarm turns warm templates off (config no_warm); they are off
+	// anyway while the jail is on. BackgroundWarm lets the engine build
+	// templates in the background (serve).
+	NoWarm, BackgroundWarm bool
 	// OnOperation receives each durable operation's duration (metrics).
 	OnOperation func(kind string, d time.Duration, err error)
 	Log         *slog.Logger
@@ -104,7 +108,7 @@ func OpenOptions(cfg config.Config, paths Paths, log *slog.Logger) Options {
 	subnet, _ := netip.ParsePrefix(cfg.Subnet)
 	dns, allow, _ := cfg.Egress()
 	return Options{Paths: paths, Subnet: subnet, Hypervisor: cfg.Hypervisor, Jail: cfg.JailConfig(), Sandbox: cfg.Sandbox,
-		DefaultImage: cfg.DefaultImage, DNS: dns, EgressAllow: allow, Resources: cfg.Resources(), Log: log}
+		DefaultImage: cfg.DefaultImage, DNS: dns, EgressAllow: allow, Resources: cfg.Resources(), NoWarm: cfg.NoWarm, Log: log}
 }
 
 // Open builds the service for an installation. It needs root (TAPs,
@@ -166,7 +170,10 @@ func Open(ctx context.Context, o Options) (*Installation, error) {
 		return nil, err
 	}
 	scfg := service.Config{StateDir: o.Paths.State, RunDir: o.Paths.Run, Subnet: o.Subnet, DNS: dns, DefaultImage: o.DefaultImage,
-		DefaultQuota: o.Resources.DefaultQuota, MemoryOvercommit: o.Resources.MemoryOvercommit, OnOperation: o.OnOperation, Log: o.Log}
+		DefaultQuota: o.Resources.DefaultQuota, MemoryOvercommit: o.Resources.MemoryOvercommit, OnOperation: o.OnOperation, Log: o.Log,
+		// A template's RAM file would be writable by every jailed clone
+		// (QEMU 7.2 opens it read-write): templates only without the jail.
+		NoWarm: o.NoWarm || o.Jail.Mode != "off", BackgroundWarm: o.BackgroundWarm}
 	images := imageAdapter{cat: e.Images}
 	if e.Engine, err = engine.NewLocal(scfg.EngineConfig(), engine.Deps{
 		DB: db, Driver: e.Driver, Network: netAdapter{e.Network}, Images: images, Disks: diskAdapter{}, HostKey: key,

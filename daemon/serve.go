@@ -79,6 +79,7 @@ func Serve(ctx context.Context, cfg config.Config, logOut io.Writer) error {
 	ops := &opLatencies{}
 	o := OpenOptions(cfg, paths, log)
 	o.OnOperation = ops.observe
+	o.BackgroundWarm = true
 	e, err := Open(ctx, o)
 	if err != nil {
 		return err
@@ -217,6 +218,22 @@ func Serve(ctx context.Context, cfg config.Config, logOut io.Writer) error {
 					log.Warn("reconcile", "err", err)
 				}
 				metrics.observe("reconcile", time.Since(start))
+			}
+		}
+	})
+
+	// Warm templates: drop those of removed or rebuilt images, build the
+	// default image's in the background (after a build or a change of the
+	// default).
+	g.Go(func() error {
+		t := time.NewTicker(30 * time.Second)
+		defer t.Stop()
+		for {
+			e.Service.KeepWarm(gctx)
+			select {
+			case <-gctx.Done():
+				return nil
+			case <-t.C:
 			}
 		}
 	})

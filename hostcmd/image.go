@@ -134,6 +134,7 @@ func imageCmd() *cli.Command {
 				fs.Bool("reset", false, "go back to the config file's default_image (else minimal)")
 			},
 			Run: imageDefault},
+		imageWarmCmd(),
 		{Name: "list", Summary: "List images", Run: func(ctx context.Context, x *cli.Ctx) error {
 			if done, err := remoteImages(ctx, x, "list"); done {
 				return err
@@ -147,16 +148,25 @@ func imageCmd() *cli.Command {
 				return err
 			}
 			def := defaultImageRef(ctx, x, cat)
+			ts := localTemplates(x)
 			out := []map[string]any{}
 			rows := make([]imageRow, 0, len(ims))
 			for _, im := range ims {
 				v := imageView(im)
 				v["default"] = im.Ref() == def
+				tv := []map[string]any{}
+				for _, t := range ts {
+					if t.Image == im.Ref() {
+						tv = append(tv, templateView(t))
+					}
+				}
+				v["templates"] = tv
 				out = append(out, v)
 				rows = append(rows, imageRow{im.Ref(), im.SizeBytes, im.Created, im.Ref() == def})
 			}
 			return x.Print(out, func(w io.Writer) {
 				printImageTable(w, rows, "no images yet: build one with `minions image build --os minimal`")
+				printTemplates(w, ts)
 			})
 		}},
 	}}

@@ -49,6 +49,13 @@ type Config struct {
 	// (/proc/meminfo). Tests set it.
 	HostMemory func() (int64, error)
 
+	// NoWarm turns warm templates off (engine.Config.NoWarm); the daemon
+	// sets it while the per-VM jail is on (see docs/templates.md).
+	NoWarm bool
+	// BackgroundWarm lets the engine build templates in the background
+	// (engine.Config.BackgroundWarm): the daemon, not the CLI.
+	BackgroundWarm bool
+
 	Log *slog.Logger
 	// OnOperation, if set, is told how long each durable operation took
 	// (create, start, snapshot...) and whether it failed (for metrics).
@@ -201,7 +208,8 @@ func New(cfg Config, deps Deps) (*Service, error) {
 func (c Config) EngineConfig() engine.Config {
 	c.setDefaults()
 	return engine.Config{StateDir: c.StateDir, RunDir: c.RunDir, Subnet: c.Subnet, Gateway: c.Gateway, DNS: c.DNS,
-		ReadyTimeout: c.ReadyTimeout, StopTimeout: c.StopTimeout, HostMemory: c.HostMemory, Log: c.Log, OnOperation: c.OnOperation}
+		ReadyTimeout: c.ReadyTimeout, StopTimeout: c.StopTimeout, HostMemory: c.HostMemory, Log: c.Log, OnOperation: c.OnOperation,
+		NoWarm: c.NoWarm, BackgroundWarm: c.BackgroundWarm}
 }
 
 // Config returns the effective configuration.
@@ -277,6 +285,12 @@ type VM struct {
 	Note     string `json:"note,omitempty"`
 	Restart  string `json:"restart,omitempty"`  // restart policy (see SetRestartPolicy)
 	Restarts int    `json:"restarts,omitempty"` // automatic restarts so far
+	// Boot says how create started the VM: "warm" (restored from a warm
+	// template) or "cold" (booted from the image). Create's result only.
+	Boot string `json:"boot,omitempty"`
+	// Warnings are what create wants the user to know (a warm template
+	// that failed, say). Create's result only.
+	Warnings []string `json:"warnings,omitempty"`
 }
 
 func view(v store.VM) VM {

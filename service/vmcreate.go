@@ -20,6 +20,9 @@ type CreateRequest struct {
 	Image     string   `json:"image,omitempty"`
 	SSHKeys   []string `json:"ssh_keys,omitempty"` // extra authorized_keys lines for root
 	Restart   string   `json:"restart,omitempty"`  // restart policy: no, on-failure or always (default)
+	// Cold boots from the image even when a warm template of the image
+	// version and shape exists.
+	Cold bool `json:"cold,omitempty"`
 }
 
 // Create makes and boots a VM owned by the caller. It returns once the
@@ -61,14 +64,15 @@ func (s *Service) Create(ctx context.Context, c Caller, req CreateRequest, progr
 	}
 	spec := engine.CreateSpec{ID: vm.NewID(), Name: req.Name, Owner: c.UserID, Image: req.Image, CPUs: req.CPUs,
 		MemoryMiB: req.MemoryMiB, DiskGiB: req.DiskGiB, DefaultDiskGiB: s.cfg.DefaultDiskGiB,
-		AuthorizedKeys: append(s.ownerKeys(ctx, c.UserID), req.SSHKeys...)}
+		AuthorizedKeys: append(s.ownerKeys(ctx, c.UserID), req.SSHKeys...), Cold: req.Cold}
 	return s.created(ctx, c, spec, "create", req.Restart, progress)
 }
 
 // created runs an engine create (or copy) and, once it succeeded, records
 // the restart policy and the event.
 func (s *Service) created(ctx context.Context, c Caller, spec engine.CreateSpec, kind, policy string, progress Progress) (VM, error) {
-	if _, err := s.Engine.Create(ctx, spec, progress); err != nil {
+	inst, err := s.Engine.Create(ctx, spec, progress)
+	if err != nil {
 		return VM{}, err
 	}
 	if err := store.PutRestart(ctx, s.DB, store.Restart{VMID: spec.ID, Policy: policy}); err != nil {
@@ -79,7 +83,9 @@ func (s *Service) created(ctx context.Context, c Caller, spec engine.CreateSpec,
 		return VM{}, fmt.Errorf("%s vm %s: %w", kind, spec.Name, err)
 	}
 	s.record(ctx, c.Name, v, kind, "")
-	return s.withRestart(ctx, view(v)), nil
+	out := s.withRestart(ctx, view(v))
+	out.Boot, out.Warnings = inst.Boot, inst.Warnings
+	return out, nil
 }
 
 // ownerKeys returns the authorized_keys lines of a user's registered keys.

@@ -15,7 +15,7 @@ func (l *Local) allocate(ctx context.Context, q store.Q, id string) (netip.Addr,
 	if err != nil {
 		return netip.Addr{}, "", 0, err
 	}
-	used := []netip.Addr{l.cfg.Gateway}
+	used := []netip.Addr{l.cfg.Gateway, l.templateIP()}
 	for _, ip := range ips {
 		if a, err := netip.ParseAddr(ip); err == nil {
 			used = append(used, a)

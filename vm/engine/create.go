@@ -65,9 +65,19 @@ func (l *Local) Create(ctx context.Context, spec CreateSpec, progress Progress) 
 	}
 	row := store.VM{ID: spec.ID, Name: spec.Name, OwnerID: spec.Owner, Image: img.Ref, CPUs: spec.CPUs,
 		MemoryMiB: spec.MemoryMiB, DiskGiB: spec.DiskGiB, Port: 80}
-	return l.newVM(ctx, row, "create", progress, func(o *op, row store.VM) (store.VM, error) {
-		return l.createSteps(ctx, o, row, img, spec, progress)
+	var res createResult
+	inst, err := l.newVM(ctx, row, "create", progress, func(o *op, row store.VM) (store.VM, error) {
+		return l.createSteps(ctx, o, row, img, spec, progress, &res)
 	})
+	if err != nil {
+		return inst, err
+	}
+	inst.Boot, inst.Warnings = res.boot, res.warnings
+	if res.boot == BootCold && !spec.Cold {
+		// The first cold create of a shape: make it warm next time.
+		l.warmLater(img, row.CPUs, row.MemoryMiB, inst.DiskGiB)
+	}
+	return inst, nil
 }
 
 // newVM records a new VM (state creating, fresh addresses) and its
@@ -123,7 +133,14 @@ func (l *Local) newVM(ctx context.Context, row store.VM, kind string, progress P
 	return InstanceOf(v), nil
 }
 
-func (l *Local) createSteps(ctx context.Context, o *op, row store.VM, img Image, spec CreateSpec, progress Progress) (store.VM, error) {
+func (l *Local) createSteps(ctx context.Context, o *op, row store.VM, img Image, spec CreateSpec, progress Progress, res *createResult) (store.VM, error) {
+	if l.tryWarm(ctx, o, &row, img, spec, progress, res) {
+		return row, nil
+	}
+	if err := ctx.Err(); err != nil {
+		return row, err
+	}
+	res.boot = BootCold
 	progress.Say("disk")
 	o.step(ctx, "disk", nil)
 	if err := os.MkdirAll(l.vmDir(row.ID), 0o700); err != nil {

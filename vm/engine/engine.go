@@ -155,6 +155,9 @@ type CreateSpec struct {
 	// an identity of its own (hostname, machine-id, SSH host keys,
 	// entropy, clock).
 	CopyFrom *CopySource `json:"copy_from,omitempty"`
+	// Cold boots from the image even when a warm template of the image
+	// version and shape exists (see Template).
+	Cold bool `json:"cold,omitempty"`
 }
 
 // CopySource names what a copy starts from.
@@ -203,6 +206,13 @@ type Instance struct {
 	StartedAt time.Time `json:"started_at,omitzero"`
 	// Note says what State cannot (e.g. store.NoteDiskMissing).
 	Note string `json:"note,omitempty"`
+	// Boot says how Create started the instance: BootWarm (restored from
+	// a template) or BootCold (booted from the image); set in Create's
+	// result only.
+	Boot string `json:"boot,omitempty"`
+	// Warnings are what Create wants the user to know (a template that
+	// failed and was dropped, say); Create's result only.
+	Warnings []string `json:"warnings,omitempty"`
 }
 
 // Exit reasons (Exit.Reason).

@@ -37,6 +37,15 @@ type Config struct {
 	// MemTotal (/proc/meminfo).
 	HostMemory func() (int64, error)
 
+	// NoWarm turns warm templates off: every create boots from the image
+	// and no template is built (see Template).
+	NoWarm bool
+	// BackgroundWarm lets the engine build templates in the background
+	// (after the first cold create of a shape, WarmLater): set it in
+	// long-running processes (the daemon), not in a CLI that exits after
+	// one command.
+	BackgroundWarm bool
+
 	Log *slog.Logger
 	// OnOperation, if set, is told how long each durable operation took
 	// (create, start, snapshot...) and whether it failed (for metrics).
@@ -141,6 +150,9 @@ type Local struct {
 	cfg Config
 	Deps
 	log *slog.Logger
+
+	bg      sync.WaitGroup // background template builds
+	warming sync.Map       // template keys being built in the background
 
 	mu     sync.Mutex
 	admit  AdmitFunc

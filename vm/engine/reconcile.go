@@ -22,6 +22,7 @@ import (
 // hypervisor is gone are marked stopped. The CLI runs it before each
 // command and the daemon periodically.
 func (l *Local) Reconcile(ctx context.Context) error {
+	l.reconcileTemplates(ctx)
 	ops, err := store.RunningOperations(ctx, l.DB)
 	if err != nil {
 		return err

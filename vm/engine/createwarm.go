@@ -1,0 +1,220 @@
+package engine
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"time"
+
+	"github.com/minionsdev/minions/guestagent/proto"
+	"github.com/minionsdev/minions/internal/errs"
+	"github.com/minionsdev/minions/store"
+	"github.com/minionsdev/minions/vm"
+	"github.com/minionsdev/minions/vm/hypervisor"
+	"github.com/minionsdev/minions/vsockcli"
+	"golang.org/x/crypto/ssh"
+)
+
+// Warmer is implemented by engines that keep warm templates (Local): the
+// control plane type-asserts its Engine to it.
+type Warmer interface {
+	// WarmTemplate builds the template of image ref and a shape now,
+	// unless it exists (see Local.WarmTemplate).
+	WarmTemplate(ctx context.Context, ref string, cpus, memMiB, diskGiB int) (Template, error)
+	// WarmLater does the same in the background; errors are logged.
+	WarmLater(ctx context.Context, ref string, cpus, memMiB, diskGiB int)
+	// Templates lists the complete templates.
+	Templates(ctx context.Context) ([]Template, error)
+	// DropTemplates removes the templates of image ref ("" for all).
+	DropTemplates(ctx context.Context, ref string) error
+}
+
+var _ Warmer = (*Local)(nil)
+
+// createResult is what createSteps tells Create beyond the record.
+type createResult struct {
+	boot     string
+	warnings []string
+}
+
+// tryWarm restores a new instance from the template of its image version
+// and shape, when there is one and spec does not ask for a cold boot. It
+// reports whether the instance runs. A failed restore is undone, the
+// template is dropped (it may be corrupt) and a warning recorded in res:
+// the caller then boots cold.
+func (l *Local) tryWarm(ctx context.Context, o *op, row *store.VM, img Image, spec CreateSpec, progress Progress, res *createResult) bool {
+	if spec.Cold || l.templater() == nil {
+		return false
+	}
+	t, ok := l.findTemplate(img, row.CPUs, row.MemoryMiB, row.DiskGiB)
+	if !ok {
+		return false
+	}
+	v, err := l.warmCreate(ctx, o, *row, t, spec, progress)
+	if err == nil {
+		*row = v
+		res.boot = BootWarm
+		return true
+	}
+	if ctx.Err() != nil {
+		return false
+	}
+	msg := fmt.Sprintf("restore from warm template %s failed, booted from the image instead (template dropped): %v", t.Key, err)
+	l.log.Warn("warm create failed, booting cold", "vm_id", row.ID, "template", t.Key, "err", err)
+	res.warnings = append(res.warnings, msg)
+	progress.Say("warning: " + msg)
+	if err := l.DropTemplate(context.WithoutCancel(ctx), t.Key); err != nil {
+		l.log.Warn("drop template", "template", t.Key, "err", err)
+	}
+	row.Handle = ""
+	return false
+}
+
+// warmCreate is the warm path of create: a disk child of the template's
+// disk, the clone started from the template, its agent awaited and the
+// guest re-identified (hostname, machine-id, MAC, IP, keys, entropy,
+// clock). On failure it removes what it made.
+func (l *Local) warmCreate(ctx context.Context, o *op, row store.VM, t Template, spec CreateSpec, progress Progress) (store.VM, error) {
+	tr := l.templater()
+	var u undo
+	defer u.run()
+	progress.Say("disk")
+	o.step(ctx, "disk", nil)
+	if err := os.MkdirAll(l.vmDir(row.ID), 0o700); err != nil {
+		return row, err
+	}
+	dp := l.diskPath(row.ID)
+	if err := l.Disks.CreateOverlay(ctx, t.Disk, "qcow2", dp, int64(row.DiskGiB)<<30); err != nil {
+		return row, fmt.Errorf("disk: %w", err)
+	}
+	u.push(func() { os.Remove(dp) })
+	ip, err := netip.ParseAddr(row.IP)
+	if err != nil {
+		return row, err
+	}
+	progress.Say("network")
+	o.step(ctx, "network", nil)
+	tap := tapName(row.ID)
+	if err := l.Network.AddPort(ctx, tap, ip, row.MAC); err != nil {
+		return row, fmt.Errorf("network: %w", err)
+	}
+	u.push(func() { l.Network.RemovePort(context.Background(), tap) })
+	progress.Say("restore (warm template)")
+	o.step(ctx, "boot", nil)
+	run := l.runDir(row.ID)
+	os.RemoveAll(run)
+	if err := os.MkdirAll(run, 0o700); err != nil {
+		return row, err
+	}
+	u.push(func() { os.RemoveAll(run) })
+	start := time.Now()
+	hs := hypervisor.Spec{ID: row.ID, Name: row.Name, CPUs: row.CPUs, MemoryMiB: row.MemoryMiB,
+		Kernel: t.Kernel, Initramfs: t.Initramfs, Cmdline: t.Cmdline,
+		Disks:  []hypervisor.Disk{{Path: dp, Format: "qcow2"}},
+		Net:    &hypervisor.NetIface{TAP: tap, MAC: row.MAC},
+		RunDir: run, ConsoleLog: l.consolePath(row.ID), VsockCID: row.CID}
+	h, err := tr.StartClone(ctx, hs, l.templateDir(t.Key))
+	if err != nil {
+		return row, fmt.Errorf("restore: %w", err)
+	}
+	u.push(func() { l.Driver.Kill(context.Background(), h) })
+	o.step(ctx, "agent", map[string]any{"handle": h})
+	row.Handle = EncodeHandle(h)
+	if err := store.UpdateVM(ctx, l.DB, row); err != nil {
+		return row, err
+	}
+	progress.Say("agent")
+	wctx, cancel := context.WithTimeoutCause(ctx, l.cfg.ReadyTimeout, errReadyTimeout)
+	defer cancel()
+	pctx, stop := context.WithCancelCause(wctx)
+	defer stop(nil)
+	go watchConsole(pctx, hs.ConsoleLog, stop)
+	cl, err := vsockcli.WaitReady(pctx, h.Agent, l.agentConfig("", nil))
+	if err != nil {
+		if cause := context.Cause(pctx); cause != nil && !errors.Is(cause, context.Canceled) {
+			err = cause
+		}
+		return row, l.notReady(row.Name, row.ID, err)
+	}
+	defer cl.Close()
+	progress.Say("reidentify")
+	o.step(ctx, "reidentify", nil)
+	id := vsockcli.Identity{Hostname: row.Name, MachineID: vsockcli.NewMachineID(), MAC: row.MAC,
+		IP: netip.PrefixFrom(ip, l.cfg.Subnet.Bits()), Gateway: l.cfg.Gateway, AuthorizedKeys: spec.AuthorizedKeys}
+	if dns, err := netip.ParseAddr(l.cfg.DNS); err == nil {
+		id.DNS = dns
+	}
+	r, err := cl.Reidentify(pctx, id)
+	if err != nil {
+		return row, fmt.Errorf("re-identify guest: %w", err)
+	}
+	if r.AgentHostKey == nil {
+		return row, errs.New(errs.Unavailable, "re-identify guest: no new agent host key")
+	}
+	// Reidentify set the clock to the host's time when it was sent; under
+	// load the guest may have taken seconds to get there. A second, small
+	// call brings it within a round trip.
+	now := time.Now().UnixNano()
+	if err := cl.Configure(pctx, proto.Configure{TimeUnixNano: &now}); err != nil {
+		return row, fmt.Errorf("set guest clock: %w", err)
+	}
+	row.AgentKey = string(bytes.TrimSpace(ssh.MarshalAuthorizedKey(r.AgentHostKey)))
+	row.State = vm.Running
+	row.StartedAt = time.Now().UTC()
+	if err := store.UpdateVM(ctx, l.DB, row); err != nil {
+		return row, err
+	}
+	l.log.Info("vm ready (warm)", "vm_id", row.ID, "vm", row.Name, "pid", h.PID, "template", t.Key, "ready_ms", time.Since(start).Milliseconds())
+	u = nil
+	return row, nil
+}
+
+// warmLater builds the template of img and a shape in the background, if
+// templates are on and none exists or is being built (after a cold create
+// of that shape, or when an image is built or becomes the default).
+func (l *Local) warmLater(img Image, cpus, memMiB, diskGiB int) {
+	if l.templater() == nil || !l.cfg.BackgroundWarm {
+		return
+	}
+	if _, ok := l.findTemplate(img, cpus, memMiB, diskGiB); ok {
+		return
+	}
+	key := templateKey(img, cpus, memMiB, diskGiB)
+	if _, busy := l.warming.LoadOrStore(key, true); busy {
+		return
+	}
+	l.bg.Add(1)
+	go func() {
+		defer l.bg.Done()
+		defer l.warming.Delete(key)
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+		defer cancel()
+		if _, err := l.WarmTemplate(ctx, img.Ref, cpus, memMiB, diskGiB); err != nil {
+			l.log.Warn("background template build failed", "image", img.Ref, "cpus", cpus, "memory_mib", memMiB, "err", err)
+		}
+	}()
+}
+
+// WarmLater builds, in the background, the template of image ref for a
+// shape (see WarmTemplate) unless it exists or templates are off. Errors
+// are logged.
+func (l *Local) WarmLater(ctx context.Context, ref string, cpus, memMiB, diskGiB int) {
+	if l.templater() == nil {
+		return
+	}
+	img, err := l.Images.Resolve(ctx, ref)
+	if err != nil {
+		l.log.Warn("warm template", "image", ref, "err", err)
+		return
+	}
+	if diskGiB == 0 {
+		diskGiB = max(1, int((img.SizeBytes+1<<30-1)>>30))
+	}
+	l.warmLater(img, cpus, memMiB, diskGiB)
+}
+
+// WaitBackground waits for the background template builds started so far.
+func (l *Local) WaitBackground() { l.bg.Wait() }
