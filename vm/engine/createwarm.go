@@ -13,6 +13,7 @@ import (
 	"github.com/minionsdev/minions/internal/errs"
 	"github.com/minionsdev/minions/store"
 	"github.com/minionsdev/minions/vm"
+	"github.com/minionsdev/minions/vm/consolelog"
 	"github.com/minionsdev/minions/vm/hypervisor"
 	"github.com/minionsdev/minions/vsockcli"
 	"golang.org/x/crypto/ssh"
@@ -116,6 +117,13 @@ func (l *Local) warmCreate(ctx context.Context, o *op, row store.VM, t Template,
 		Disks:  []hypervisor.Disk{{Path: dp, Format: "qcow2"}},
 		Net:    &hypervisor.NetIface{TAP: tap, MAC: row.MAC},
 		RunDir: run, ConsoleLog: l.consolePath(row.ID), VsockCID: row.CID}
+	console := consolelog.NewFollowerFromEnd(hs.ConsoleLog) // this run's output only
+	watching := false                                       // watchConsole closes console once it runs
+	defer func() {
+		if !watching {
+			console.Close()
+		}
+	}()
 	h, err := tr.StartClone(ctx, hs, l.templateDir(t.Key))
 	if err != nil {
 		return row, fmt.Errorf("restore: %w", err)
@@ -131,7 +139,8 @@ func (l *Local) warmCreate(ctx context.Context, o *op, row store.VM, t Template,
 	defer cancel()
 	pctx, stop := context.WithCancelCause(wctx)
 	defer stop(nil)
-	go watchConsole(pctx, hs.ConsoleLog, stop)
+	watching = true
+	go watchConsole(pctx, console, stop)
 	cl, err := vsockcli.WaitReady(pctx, h.Agent, l.agentConfig("", nil))
 	if err != nil {
 		if cause := context.Cause(pctx); cause != nil && !errors.Is(cause, context.Canceled) {

@@ -16,6 +16,7 @@ import (
 
 	"github.com/minionsdev/minions/internal/errs"
 	"github.com/minionsdev/minions/vm"
+	"github.com/minionsdev/minions/vm/consolelog"
 	"github.com/minionsdev/minions/vm/hypervisor"
 	"github.com/minionsdev/minions/vm/network"
 	"github.com/minionsdev/minions/vsockcli"
@@ -288,6 +289,13 @@ func (l *Local) buildTemplate(ctx context.Context, tr hypervisor.Templater, img 
 		Net:    &hypervisor.NetIface{TAP: tap, MAC: mac},
 		RunDir: run, ConsoleLog: filepath.Join(dir, "console.log"),
 		VsockCID: templateCID}
+	console := consolelog.NewFollowerFromEnd(spec.ConsoleLog) // this boot's output only
+	watching := false                                         // watchConsole closes console once it runs
+	defer func() {
+		if !watching {
+			console.Close()
+		}
+	}()
 	h, err := tr.BootTemplate(ctx, spec, dir)
 	if err != nil {
 		return t, err
@@ -302,7 +310,8 @@ func (l *Local) buildTemplate(ctx context.Context, tr hypervisor.Templater, img 
 	defer cancel()
 	pctx, stop := context.WithCancelCause(wctx)
 	defer stop(nil)
-	go watchConsole(pctx, spec.ConsoleLog, stop)
+	watching = true
+	go watchConsole(pctx, console, stop)
 	cl, err := vsockcli.WaitReady(pctx, h.Agent, l.agentConfig("", nil))
 	if err != nil {
 		if cause := context.Cause(pctx); cause != nil && !errors.Is(cause, context.Canceled) {
