@@ -94,8 +94,13 @@ type Env struct {
 	Service *service.Service
 }
 
-// Close releases the database.
-func (e *Env) Close() error { return e.DB.Close() }
+// Close closes the pooled agent connections and the database.
+func (e *Env) Close() error {
+	if e.Engine != nil {
+		e.Engine.Close()
+	}
+	return e.DB.Close()
+}
 
 // OpenOptions are the Options cfg (validated) asks for.
 func OpenOptions(cfg config.Config, paths Paths, log *slog.Logger) Options {

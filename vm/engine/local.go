@@ -18,6 +18,7 @@ import (
 	"github.com/minionsdev/minions/vm/disk"
 	"github.com/minionsdev/minions/vm/hypervisor"
 	"github.com/minionsdev/minions/vm/network"
+	"github.com/minionsdev/minions/vsockcli"
 	"golang.org/x/crypto/ssh"
 )
 
@@ -32,6 +33,12 @@ type Config struct {
 
 	ReadyTimeout time.Duration // boot to agent ready; default 90s (TCG is slow when loaded)
 	StopTimeout  time.Duration // graceful power-off before a kill; default 15s
+
+	// AgentIdle is how long a pooled guest agent connection nobody uses
+	// stays open; default 30s. AgentPoolMax bounds the pooled
+	// connections (one per running instance at most); default 256.
+	AgentIdle    time.Duration
+	AgentPoolMax int
 
 	// HostMemory returns the host's memory in bytes (Capacity); default
 	// MemTotal (/proc/meminfo).
@@ -59,6 +66,12 @@ func (c *Config) setDefaults() {
 	if c.StopTimeout == 0 {
 		c.StopTimeout = 15 * time.Second
 	}
+	if c.AgentIdle == 0 {
+		c.AgentIdle = 30 * time.Second
+	}
+	if c.AgentPoolMax == 0 {
+		c.AgentPoolMax = 256
+	}
 	if c.HostMemory == nil {
 		c.HostMemory = MemTotal
 	}
@@ -80,6 +93,9 @@ func (c *Config) Validate() error {
 	}
 	if !c.Subnet.Addr().Is4() || c.Subnet.Bits() > 28 {
 		return errs.New(errs.InvalidArgument, "subnet %s must be IPv4 and /28 or larger", c.Subnet)
+	}
+	if c.AgentIdle < 0 || c.AgentPoolMax < 0 {
+		return errs.New(errs.InvalidArgument, "agent pool idle time and size must not be negative")
 	}
 	return nil
 }
@@ -142,6 +158,9 @@ type Local struct {
 	Deps
 	log *slog.Logger
 
+	// agents pools the guest agent connections (see agentPool).
+	agents *agentPool
+
 	mu     sync.Mutex
 	admit  AdmitFunc
 	onExit ExitFunc
@@ -163,7 +182,16 @@ func NewLocal(cfg Config, deps Deps) (*Local, error) {
 			return nil, err
 		}
 	}
-	return &Local{cfg: cfg, Deps: deps, log: cfg.Log.With("component", "engine")}, nil
+	log := cfg.Log.With("component", "engine")
+	return &Local{cfg: cfg, Deps: deps, log: log,
+		agents: newAgentPool(vsockcli.Dial, cfg.AgentIdle, cfg.AgentPoolMax, log)}, nil
+}
+
+// Close closes the pooled guest agent connections (lent ones on their
+// last release). The instances keep running; Agent fails afterwards.
+func (l *Local) Close() error {
+	l.agents.close()
+	return nil
 }
 
 // Config returns the effective configuration.
