@@ -23,7 +23,7 @@ func CatalogImages(cat *images.Catalog) interface {
 
 func imageInfo(im images.Image) service.ImageInfo {
 	return service.ImageInfo{Ref: im.Ref(), OS: im.OS, Version: im.Version, SizeBytes: im.SizeBytes, Created: im.Created,
-		KernelVersion: im.KernelVersion}
+		KernelVersion: im.KernelVersion, AgentSHA256: im.AgentSHA256, BuildSeconds: im.BuildSeconds, Path: im.Path}
 }
 
 func (a imageAdapter) ListImages(context.Context) ([]service.ImageInfo, error) {
@@ -59,7 +59,8 @@ func (a imageAdapter) BuildImage(ctx context.Context, req service.ImageBuildRequ
 	if _, err := a.cat.Initramfs(ctx, k, agent); err != nil {
 		return service.ImageInfo{}, err
 	}
-	im, err := a.cat.Build(ctx, images.BuildOptions{OS: req.OS, SizeMiB: req.SizeMiB, Mirror: req.Mirror, AgentBinary: agent, Kernel: &k, Progress: say})
+	im, err := a.cat.Build(ctx, images.BuildOptions{OS: req.OS, SizeMiB: req.SizeMiB, Mirror: req.Mirror,
+		RootfsTarball: req.RootfsTarball, NixOSModule: req.NixOSModule, AgentBinary: agent, Kernel: &k, Progress: say})
 	if err != nil {
 		return service.ImageInfo{}, err
 	}

@@ -17,6 +17,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/minionsdev/minions/cli"
 	"github.com/minionsdev/minions/config"
 	"github.com/minionsdev/minions/images"
 	"github.com/minionsdev/minions/internal/errs"
@@ -351,4 +352,51 @@ func staticBinary(path string) error {
 		}
 	}
 	return nil
+}
+
+// OpenImages opens this host's installation for the image commands only
+// (list, build, rm, default): the store and the image catalogue behind
+// the service, bound to root, with no hypervisor, network or VM engine
+// (engine.Absent). It works before the host has a hypervisor and beside
+// a running daemon (the store is shared). Needs root.
+func OpenImages(ctx context.Context, g *cli.Global) (service.Backend, error) {
+	if os.Geteuid() != 0 {
+		return nil, errs.New(errs.PermissionDenied, "managing this host's images needs root: run with sudo, or point --host at a minions daemon")
+	}
+	cfg, err := config.Load(config.DefaultFile, false)
+	if err != nil {
+		return nil, err
+	}
+	if g.StateDir == "" {
+		g.StateDir = cfg.StateDir
+	}
+	if g.RunDir == "" {
+		g.RunDir = cfg.RunDir
+	}
+	cfg.Defaults()
+	paths, err := ResolvePaths(g.StateDir, g.RunDir)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(paths.State, 0o700); err != nil {
+		return nil, err
+	}
+	db, err := store.Open(ctx, filepath.Join(paths.State, "minions.db"))
+	if err != nil {
+		return nil, err
+	}
+	log := CLILogger()
+	cat := CatalogImages(&images.Catalog{Dir: filepath.Join(paths.State, "images"), Log: log})
+	svc, err := service.New(service.Config{StateDir: paths.State, RunDir: paths.Run, DefaultImage: cfg.DefaultImage, Log: log},
+		service.Deps{DB: db, Engine: engine.Absent{Reason: "image commands open only the store and the catalogue"}, Images: cat})
+	if err != nil {
+		db.Close()
+		return nil, err
+	}
+	root, err := svc.EnsureUser(ctx, "root", true)
+	if err != nil {
+		db.Close()
+		return nil, err
+	}
+	return svc.As(root).OnClose(db.Close), nil
 }
