@@ -196,6 +196,19 @@ func TestAuthorization(t *testing.T) {
 			want: want{conflict, conflict, nf, anon}},
 		{method: "POST", path: "/v1/vms/web/domains/{domain}/verify", want: want{conflict, conflict, nf, anon}},
 		{method: "DELETE", path: "/v1/vms/web/domains/{domain}", want: want{nf, nf, nf, anon}},
+		// Hosts (api/hosts.go): admins only; this fixture has no join
+		// address (add: 409) and no host "web" (404). hosts_test.go covers
+		// the rest. The join is authenticated by its token alone.
+		{method: "GET", path: "/v1/hosts", want: want{ok, deny, deny, anon}},
+		{method: "POST", path: "/v1/hosts", body: func(role string, _ map[string]string) any { return api.HostAddRequest{Name: "h-" + role} },
+			want: want{conflict, deny, deny, anon}},
+		{method: "GET", path: "/v1/hosts/web", want: want{nf, deny, deny, anon}},
+		{method: "DELETE", path: "/v1/hosts/web", want: want{nf, deny, deny, anon}},
+		{method: "POST", path: "/v1/hosts/web/cordon", want: want{nf, deny, deny, anon}},
+		{method: "POST", path: "/v1/hosts/web/uncordon", want: want{nf, deny, deny, anon}},
+		{method: "POST", path: "/v1/nodes/join", body: func(string, map[string]string) any {
+			return service.JoinRequest{Token: "mjt_guess", NKey: "UDXU4RCSJNZOIQHZNWXHXORDPRTGNJAHAHFRGZNEEJCPQTT2M7NLCNF4"}
+		}, want: want{anon, anon, anon, anon}},
 	}
 	// The forward's target: a port on the guest's (here the host's)
 	// loopback.

@@ -36,7 +36,7 @@ func ParseExpiry(s string) (time.Duration, error) {
 
 // adminCommands are user, token and quota management.
 func adminCommands() []*Command {
-	return []*Command{userCmd(), tokenCmd(), quotaCmd(), shutdownCmd()}
+	return []*Command{userCmd(), tokenCmd(), quotaCmd(), shutdownCmd(), hostCmd()}
 }
 
 func userCmd() *Command {

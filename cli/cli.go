@@ -27,7 +27,7 @@ type Env struct {
 	// TTY is true when Stdout is a terminal (progress display, colours).
 	TTY bool
 	// Remote marks a run on behalf of an SSH gateway user: host-only
-	// commands (init, serve, image build, agent-relay) are refused.
+	// commands (init, serve, image build, jail-exec) are refused.
 	Remote bool
 	// Open returns the backend for the global options. It is called at
 	// most once per command, only by commands that need it.

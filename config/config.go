@@ -101,6 +101,12 @@ type Config struct {
 	TLSCert      string `toml:"tls_cert"`
 	TLSKey       string `toml:"tls_key"`
 	InsecureHTTP bool   `toml:"insecure_http"`
+
+	// Several hosts: see cluster.go.
+	NATSURL      string `toml:"nats_url"`       // an external NATS cluster ("" : embed a server)
+	NATSBind     string `toml:"nats_bind"`      // the embedded server's listener, default 127.0.0.1:4222
+	NATSSeedFile string `toml:"nats_seed_file"` // the control plane's NKey seed for nats_url
+	Advertise    string `toml:"advertise"`      // the address other hosts reach this one at (default public_ip)
 }
 
 // JailConfig is the configured VM jail, without its launcher and hidden dirs
@@ -139,6 +145,7 @@ func (c *Config) Defaults() {
 		c.MinFreeSpaceMiB = defaultMinFreeSpaceMiB
 	}
 	c.resourceDefaults()
+	c.clusterDefaults()
 }
 
 // Validate checks the configuration.
@@ -198,6 +205,9 @@ func (c *Config) Validate() error {
 		return err
 	}
 	if err := c.validateResources(); err != nil {
+		return err
+	}
+	if err := c.validateCluster(); err != nil {
 		return err
 	}
 	if err := c.validateDNSProvider(); err != nil {

@@ -29,6 +29,7 @@ func ServeFlags(fs *flag.FlagSet) {
 	fs.String("dns", "", "nameserver (IPv4) handed to vms; they may reach it on port 53")
 	fs.String("egress-allow", "", `private destinations vms may reach, comma-separated "PREFIX[ tcp|udp[/PORT]]" (replaces the file's list)`)
 	fs.String("log-format", "", "auto (text on a terminal, JSON otherwise; JSON with --json), text or json")
+	ClusterFlags(fs)
 	DNSProviderFlags(fs)
 }
 
@@ -105,6 +106,7 @@ func Effective(fs *flag.FlagSet, stateDir, runDir string) (Config, error) {
 		}
 	})
 	fs.Visit(func(f *flag.Flag) { cfg.SetDNSProviderFlag(f.Name, f.Value.String()) })
+	fs.Visit(func(f *flag.Flag) { cfg.setClusterFlag(f.Name, f.Value.String()) })
 	cfg.Defaults()
 	return cfg, cfg.Validate()
 }

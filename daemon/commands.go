@@ -3,14 +3,11 @@ package daemon
 import (
 	"context"
 	"encoding/json"
-	"flag"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/netip"
 	"os"
-	"os/signal"
-	"syscall"
 
 	"github.com/minionsdev/minions/cli"
 	"github.com/minionsdev/minions/config"
@@ -25,13 +22,12 @@ import (
 // directly (init, image, doctor, backup) live in hostcmd and backup.
 func Commands() []*cli.Command {
 	return []*cli.Command{
-		relayCmd(),
 		jailExecCmd(),
-		consoleLogCmd(),
 		vsockCmd(),
 		tuiCmd(),
 		serveCmd(),
 		configCmd(),
+		nodeCmd(), // nodecmd.go
 	}
 }
 
@@ -95,26 +91,6 @@ func CLILogger() *slog.Logger {
 		lvl = slog.LevelDebug
 	}
 	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))
-}
-
-func relayCmd() *cli.Command {
-	return &cli.Command{Name: "agent-relay", Hidden: true, HostOnly: true, Usage: "--serial SOCKET --listen SOCKET",
-		Summary: "Relay a VM's virtio-serial agent channel to a hybrid-vsock socket (started by the QEMU driver)",
-		Flags: func(fs *flag.FlagSet) {
-			fs.String("serial", "", "QEMU's virtio-serial chardev socket")
-			fs.String("listen", "", "hybrid-vsock socket to offer")
-		},
-		Run: func(ctx context.Context, x *cli.Ctx) error {
-			serial, listen := x.FS.Lookup("serial").Value.String(), x.FS.Lookup("listen").Value.String()
-			if serial == "" || listen == "" {
-				return errs.New(errs.InvalidArgument, "--serial and --listen are required")
-			}
-			ctx, cancel := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
-			defer cancel()
-			signal.Ignore(syscall.SIGHUP, syscall.SIGPIPE)
-			log := slog.New(slog.NewTextHandler(os.Stderr, nil)).With("component", "relay")
-			return vsockcli.RunRelay(ctx, vsockcli.RelayConfig{SerialSocket: serial, Listen: listen, Log: log})
-		}}
 }
 
 func jailExecCmd() *cli.Command {

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/minionsdev/minions/internal/errs"
 	"github.com/minionsdev/minions/vm/hypervisor"
 	"github.com/minionsdev/minions/vm/hypervisor/cloudhypervisor"
 	"github.com/minionsdev/minions/vm/hypervisor/kvm"
@@ -65,12 +66,57 @@ func newDriver(ctx context.Context, o Options) (hypervisor.Driver, error) {
 	if choice.Accel == kvm.AccelKVM {
 		accel = qemu.AccelKVM
 	}
-	return qemu.New(qemu.Config{
-		Accel: accel, KVMUsable: res.Usable, RelayCommand: []string{exe, "agent-relay"}, Sandbox: o.Sandbox,
-		ConsoleCommand: []string{exe, "console-log"}, ConsoleMaxBytes: o.Resources.ConsoleLogMaxBytes,
+	cfg := qemu.Config{
+		Accel: accel, KVMUsable: res.Usable, Sandbox: o.Sandbox, ConsoleMaxBytes: o.Resources.ConsoleLogMaxBytes,
 		Jail: VMJail(exe, o.Jail, o.Paths),
 		Log:  o.Log,
-	})
+	}
+	// Without minions-relay installed, commands that start no VM still
+	// work: the bare name is looked up in $PATH when a VM starts, and
+	// fails there (`minions doctor` says where it was looked for).
+	relayBin, err := RelayBinary()
+	if err != nil {
+		relayBin = "minions-relay"
+	}
+	cfg.RelayCommand = []string{relayBin, "agent-relay"}
+	cfg.ConsoleCommand = []string{relayBin, "console-log"}
+	return qemu.New(cfg)
+}
+
+// RelayBinary finds minions-relay, the QEMU driver's per-VM helper (agent
+// relay and console logger, a separate small binary so that each VM pays
+// about 2 MiB for it instead of the whole minions binary's 6.4): in
+// $MINIONS_RELAY_BIN, beside this executable, in ../lib/minions from it,
+// then in /usr/local/lib/minions.
+func RelayBinary() (string, error) {
+	p, tried := findHelper("minions-relay", "MINIONS_RELAY_BIN")
+	if p == "" {
+		return "", errs.New(errs.FailedPrecondition, "agent relay binary not found (looked at %v): build it with `make` or set MINIONS_RELAY_BIN", tried)
+	}
+	return p, nil
+}
+
+// findHelper looks for the helper binary name where Minions installs its
+// helpers: $env, beside this executable, in ../lib/minions from it (where
+// install.sh and `make install` put them for any prefix), then in
+// /usr/local/lib/minions. It returns the first regular file, or "" and
+// the paths it tried.
+func findHelper(name, env string) (string, []string) {
+	var tried []string
+	if p := os.Getenv(env); p != "" {
+		tried = append(tried, p)
+	}
+	if exe, err := os.Executable(); err == nil {
+		tried = append(tried, filepath.Join(filepath.Dir(exe), name),
+			filepath.Join(filepath.Dir(filepath.Dir(exe)), "lib", "minions", name))
+	}
+	tried = append(tried, filepath.Join("/usr/local/lib/minions", name))
+	for _, p := range tried {
+		if st, err := os.Stat(p); err == nil && st.Mode().IsRegular() {
+			return p, tried
+		}
+	}
+	return "", tried
 }
 
 // VMJail is the jail of this installation's VMs: the minions

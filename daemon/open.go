@@ -321,21 +321,11 @@ func (a imageAdapter) Resolve(ctx context.Context, ref string) (service.Image, e
 // (where install.sh and `make install` put it for any prefix), then
 // /usr/local/lib/minions.
 func AgentBinary() (string, error) {
-	var tried []string
-	if p := os.Getenv("MINIONS_AGENT_BIN"); p != "" {
-		tried = append(tried, p)
+	p, tried := findHelper("minions-agent", "MINIONS_AGENT_BIN")
+	if p == "" {
+		return "", errs.New(errs.FailedPrecondition, "guest agent binary not found (looked at %v): build it with `make` or set MINIONS_AGENT_BIN", tried)
 	}
-	if exe, err := os.Executable(); err == nil {
-		tried = append(tried, filepath.Join(filepath.Dir(exe), "minions-agent"),
-			filepath.Join(filepath.Dir(filepath.Dir(exe)), "lib", "minions", "minions-agent"))
-	}
-	tried = append(tried, "/usr/local/lib/minions/minions-agent")
-	for _, p := range tried {
-		if st, err := os.Stat(p); err == nil && st.Mode().IsRegular() {
-			return p, staticBinary(p)
-		}
-	}
-	return "", errs.New(errs.FailedPrecondition, "guest agent binary not found (looked at %v): build it with `make` or set MINIONS_AGENT_BIN", tried)
+	return p, staticBinary(p)
 }
 
 // staticBinary checks that the agent can run as /init of an initramfs that

@@ -142,6 +142,25 @@ func Serve(ctx context.Context, cfg config.Config, logOut io.Writer) error {
 		log.Info("api listening", "unix", sock, "tcp", tln.Addr().String(), "tls", cfg.TLSCert != "")
 	}
 
+	// The fabric, this host in the registry, its node agent (cluster.go):
+	// beside the other listeners' start, not before it; a failure stops
+	// serve like a listener's.
+	var apiAddr net.Addr
+	if tln != nil {
+		apiAddr = tln.Addr()
+	}
+	clDone := make(chan *cluster, 1)
+	g.Go(func() error {
+		cl, err := startCluster(gctx, g, cfg, e, log, paths, apiAddr)
+		clDone <- cl
+		return err
+	})
+	defer func() {
+		if cl := <-clDone; cl != nil {
+			cl.close()
+		}
+	}()
+
 	// Metrics on the admin listener only.
 	metrics := newMetrics(e)
 	ops.m = metrics

@@ -137,7 +137,8 @@ func repoRoot() string {
 }
 
 func build(dir string) error {
-	for _, b := range [][2]string{{"minions-agent", "./guestagent/cmd/minions-agent"}, {"minions", "."}} {
+	for _, b := range [][2]string{{"minions-agent", "./guestagent/cmd/minions-agent"}, {"minions", "."},
+		{"minions-relay", "./vm/hypervisor/qemu/relay/cmd/minions-relay"}} {
 		cmd := exec.Command("go", "build", "-o", filepath.Join(dir, b[0]), b[1])
 		cmd.Dir = repoRoot()
 		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")

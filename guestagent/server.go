@@ -26,7 +26,7 @@ import (
 type Server struct {
 	cfg    Config
 	ssh    *ssh.ServerConfig
-	signer ssh.Signer
+	signer *swapSigner // the host key; reidentify replaces it
 	log    *slog.Logger
 
 	freezeMu sync.Mutex
@@ -46,7 +46,7 @@ func NewServer(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, log: cfg.Log, signer: signer}
+	s := &Server{cfg: cfg, log: cfg.Log, signer: &swapSigner{s: signer}}
 	want := cfg.AuthorizedKey.Marshal()
 	s.ssh = &ssh.ServerConfig{
 		PublicKeyCallback: func(meta ssh.ConnMetadata, key ssh.PublicKey) (*ssh.Permissions, error) {
@@ -57,7 +57,7 @@ func NewServer(cfg Config) (*Server, error) {
 		},
 		ServerVersion: "SSH-2.0-minions-agent",
 	}
-	s.ssh.AddHostKey(signer)
+	s.ssh.AddHostKey(s.signer)
 	return s, nil
 }
 
@@ -213,6 +213,11 @@ func (s *Server) handleGlobal(conn *ssh.ServerConn, req *ssh.Request) {
 		var size int64
 		size, err = GrowFS(s.cfg.GrowMount)
 		reply = proto.GrowReply{Size: size}
+	case proto.ReqReidentify: // reidentify_linux.go
+		var r proto.Reidentify
+		if err = unmarshal(req.Payload, &r); err == nil {
+			reply, err = s.reidentify(r)
+		}
 	case proto.ReqShutdown:
 		var sd proto.Shutdown
 		if err = unmarshal(req.Payload, &sd); err == nil {

@@ -116,6 +116,11 @@ func doctor(ctx context.Context, paths daemon.Paths) []check {
 	} else {
 		add("agent channel", true, "virtio-serial + relay (no /dev/vhost-vsock on this host)")
 	}
+	if relay, err := daemon.RelayBinary(); err != nil {
+		add("agent relay", false, "%v", err)
+	} else {
+		add("agent relay", true, "%s", relay)
+	}
 	if agent, err := daemon.AgentBinary(); err != nil {
 		add("guest agent", false, "%v", err)
 	} else {

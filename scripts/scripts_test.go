@@ -214,12 +214,12 @@ func TestReleaseInstall(t *testing.T) {
 		t.Fatalf("tar: %v\n%s", err, out)
 	}
 	rel := filepath.Join(unpacked, "minions-0.0.0-test-linux-amd64")
-	for _, f := range []string{"minions", "minions-agent", "install.sh", "systemd/minions.service", "systemd/minions-init.service"} {
+	for _, f := range []string{"minions", "minions-agent", "minions-relay", "install.sh", "systemd/minions.service", "systemd/minions-init.service"} {
 		if _, err := os.Stat(filepath.Join(rel, f)); err != nil {
 			t.Errorf("tarball lacks %s", f)
 		}
 	}
-	for _, bin := range []string{"minions", "minions-agent"} {
+	for _, bin := range []string{"minions", "minions-agent", "minions-relay"} {
 		f, err := elf.Open(filepath.Join(rel, bin))
 		if err != nil {
 			t.Fatal(err)
@@ -240,7 +240,7 @@ func TestReleaseInstall(t *testing.T) {
 "$1/install.sh" --prefix "$2" --systemd-dir "$3"
 "$2/bin/minions" doctor --json > "$4/doctor.json"`
 	cmd := exec.Command("unshare", "--net", "bash", "-c", script, "install", rel, prefix, units, tmp)
-	cmd.Env = append(os.Environ(), "MINIONS_STATE_DIR="+state, "MINIONS_RUN_DIR=", "MINIONS_AGENT_BIN=")
+	cmd.Env = append(os.Environ(), "MINIONS_STATE_DIR="+state, "MINIONS_RUN_DIR=", "MINIONS_AGENT_BIN=", "MINIONS_RELAY_BIN=")
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		t.Fatalf("install.sh and doctor: %v\n%s", err, out)
@@ -268,6 +268,9 @@ func TestReleaseInstall(t *testing.T) {
 	}
 	if d, ok := got["guest agent"]; !ok || d != filepath.Join(prefix, "lib", "minions", "minions-agent") {
 		t.Errorf("doctor does not find the installed guest agent under the prefix: %q\n%s", d, b)
+	}
+	if d, ok := got["agent relay"]; !ok || d != filepath.Join(prefix, "lib", "minions", "minions-relay") {
+		t.Errorf("doctor does not find the installed agent relay under the prefix: %q\n%s", d, b)
 	}
 	if _, ok := got["network"]; !ok {
 		t.Errorf("the bridge and nftables of minions init are not in place:\n%s", b)

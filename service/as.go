@@ -217,3 +217,20 @@ func (b *Bound) ListTokens(ctx context.Context, user string) ([]Token, error) {
 func (b *Bound) RevokeToken(ctx context.Context, id string) error {
 	return b.s.RevokeToken(ctx, b.c, id)
 }
+
+func (b *Bound) HostAdd(ctx context.Context, name string) (HostInvite, error) {
+	return b.s.HostAdd(ctx, b.c, name)
+}
+func (b *Bound) HostList(ctx context.Context) ([]Host, error) { return b.s.HostList(ctx, b.c) }
+func (b *Bound) HostStatus(ctx context.Context, name string) (Host, error) {
+	return b.s.HostStatus(ctx, b.c, name)
+}
+func (b *Bound) HostCordon(ctx context.Context, name string) (Host, error) {
+	return b.s.HostCordon(ctx, b.c, name)
+}
+func (b *Bound) HostUncordon(ctx context.Context, name string) (Host, error) {
+	return b.s.HostUncordon(ctx, b.c, name)
+}
+func (b *Bound) HostRemove(ctx context.Context, name string) error {
+	return b.s.HostRemove(ctx, b.c, name)
+}

@@ -36,6 +36,7 @@ type Backend interface {
 	ImageBackend
 	OpsBackend
 	AdminBackend
+	HostBackend
 
 	// Close releases what the backend holds (connections, the database a
 	// CLI opened). The backend is unusable afterwards.
@@ -143,6 +144,16 @@ type AdminBackend interface {
 	// ListTokens lists user's tokens ("": the caller's, every user's for an admin).
 	ListTokens(ctx context.Context, user string) ([]Token, error)
 	RevokeToken(ctx context.Context, id string) error
+}
+
+// HostBackend is the cluster's host registry (admins; see hosts.go).
+type HostBackend interface {
+	HostAdd(ctx context.Context, name string) (HostInvite, error)
+	HostList(ctx context.Context) ([]Host, error)
+	HostStatus(ctx context.Context, name string) (Host, error)
+	HostCordon(ctx context.Context, name string) (Host, error)
+	HostUncordon(ctx context.Context, name string) (Host, error)
+	HostRemove(ctx context.Context, name string) error
 }
 
 // GuestStatus is what a VM's guest agent reports (its own protocol type:

@@ -160,6 +160,8 @@ type Service struct {
 	creds credWatch // see BindCredential
 
 	hostAgent hostAgent // see SetHostAgentVersion
+
+	hosts hostsState // see SetHosts (hosts.go)
 }
 
 // New returns a Service.

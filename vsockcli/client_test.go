@@ -26,6 +26,7 @@ import (
 	"github.com/minionsdev/minions/internal/errs"
 	"github.com/minionsdev/minions/internal/testenv"
 	"github.com/minionsdev/minions/vm/hypervisor"
+	"github.com/minionsdev/minions/vm/hypervisor/qemu/relay"
 )
 
 func newSigner(t *testing.T) ssh.Signer {
@@ -178,7 +179,7 @@ func (e *env) startRelay(goneAfter time.Duration) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
-		done <- RunRelay(ctx, RelayConfig{SerialSocket: e.serial, Listen: e.listen, GoneAfter: goneAfter,
+		done <- relay.Run(ctx, relay.Config{SerialSocket: e.serial, Listen: e.listen, GoneAfter: goneAfter,
 			KeepAlive: 200 * time.Millisecond, Log: testLog(e.t)})
 	}()
 	e.relayDone = done
@@ -983,7 +984,7 @@ func TestConfigValidate(t *testing.T) {
 			t.Errorf("Validate(%+v) = %v", tt.cfg, err)
 		}
 	}
-	if err := (&RelayConfig{SerialSocket: "a"}).Validate(); !errors.Is(err, errs.InvalidArgument) {
+	if err := (&relay.Config{SerialSocket: "a"}).Validate(); !errors.Is(err, errs.InvalidArgument) {
 		t.Errorf("relay validate: %v", err)
 	}
 }

@@ -8,10 +8,9 @@
 // execution, sftp and TCP forwarding, and exposes the raw *ssh.Client for
 // the SSH gateway, which relays user channels to it one to one.
 //
-// RunRelay is the per-VM helper process for QEMU without vhost-vsock: it
-// holds the VM's virtio-serial socket, speaks the link protocol
-// (guestagent/link) on it and offers hybrid vsock on a unix socket, so the
-// host dials every agent the same way whatever the driver.
+// On QEMU without vhost-vsock the hybrid vsock socket is offered by the
+// VM's agent relay (vm/hypervisor/qemu/relay), so the host dials every agent
+// the same way whatever the driver.
 //
 // Errors are classed with internal/errs: Unavailable when the agent cannot
 // be reached, FailedPrecondition when the agent refused a call.

@@ -24,10 +24,11 @@ import (
 	"github.com/minionsdev/minions/images"
 	"github.com/minionsdev/minions/internal/testenv"
 	"github.com/minionsdev/minions/vm/hypervisor"
+	"github.com/minionsdev/minions/vm/hypervisor/qemu/relay"
 )
 
 // The real check: boot the agent in QEMU (microvm, TCG) from a hand-built
-// initramfs and ext4 root, and drive it through RunRelay and Client. It
+// initramfs and ext4 root, and drive it through relay.Run and Client. It
 // needs an extracted Debian cloud kernel package:
 //
 //	MINIONS_TEST_KERNEL_DIR=/tmp/h1kern/x go test -run TestQEMU -v ./vsockcli/
@@ -221,7 +222,7 @@ func TestQEMUAgent(t *testing.T) {
 		rctx, rcancel := context.WithCancel(ctx)
 		done := make(chan error, 1)
 		relayDone = done
-		go func() { done <- RunRelay(rctx, RelayConfig{SerialSocket: serial, Listen: listen, Log: testLog(t)}) }()
+		go func() { done <- relay.Run(rctx, relay.Config{SerialSocket: serial, Listen: listen, Log: testLog(t)}) }()
 		return func() error { rcancel(); return <-done }
 	}
 	stopRelay := startRelay()

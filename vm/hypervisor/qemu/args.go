@@ -60,6 +60,14 @@ type machine struct {
 	Incoming string `json:"incoming,omitempty"`
 	// Sandbox runs QEMU under its seccomp sandbox (SandboxArgs).
 	Sandbox bool `json:"sandbox,omitempty"`
+	// MemFile, when set, is the file the guest RAM lives in (warm
+	// templates, template.go): mapped shared by a template, privately
+	// (copy-on-write) by its clones.
+	MemFile   string `json:"mem_file,omitempty"`
+	MemShared bool   `json:"mem_shared,omitempty"`
+	// MemBackendRAM gives a VM restored from a snapshot of a clone the
+	// clone's RAM block name on anonymous memory (template.go).
+	MemBackendRAM bool `json:"mem_backend_ram,omitempty"`
 	// UID and Cgroup are the jail of QEMU and the relay (0, "": none).
 	UID    int    `json:"uid,omitempty"`
 	Cgroup string `json:"cgroup,omitempty"`
@@ -104,7 +112,7 @@ func (m machine) args() []string {
 	}
 	a := []string{
 		"-name", "guest=" + opt(name) + ",process=minions-" + opt(m.ID),
-		"-M", "microvm",
+		"-M", "microvm" + m.memoryBackendOption(),
 	}
 	if m.Accel == AccelKVM {
 		a = append(a, "-accel", "kvm", "-cpu", "host")
@@ -119,6 +127,9 @@ func (m machine) args() []string {
 	}
 	a = append(a,
 		"-m", strconv.Itoa(m.MemoryMiB)+"M",
+	)
+	a = append(a, m.memoryBackendArgs()...)
+	a = append(a,
 		"-smp", strconv.Itoa(m.CPUs),
 		"-nodefaults", "-no-user-config", "-display", "none",
 		"-kernel", m.Kernel,
@@ -160,7 +171,7 @@ func (m machine) args() []string {
 		a = append(a,
 			"-device", "virtio-serial-device",
 			"-chardev", "socket,id=agent,path="+opt(m.path(agentSock))+",server=on,wait=off",
-			"-device", "virtserialport,chardev=agent,name="+AgentPortName,
+			"-device", "virtserialport,chardev=agent,name="+AgentPortName+m.agentPortID(),
 		)
 	}
 	if m.Incoming != "" {

@@ -76,14 +76,14 @@ type Config struct {
 	// Default "/dev/vhost-vsock".
 	VhostVsockDevice string
 	// RelayCommand is the argv prefix of the agent relay, e.g.
-	// [<minions executable>, "agent-relay"]; the driver appends
+	// [<minions-relay>, "agent-relay"] (package relay); the driver appends
 	// "--serial <agent.sock> --listen <vsock.sock>". Required unless
 	// vhost-vsock is used. Start waits until the relay accepts a
 	// connection on its listen socket (it connects and closes without
 	// writing), so the relay must shrug off such a probe.
 	RelayCommand []string
 	// ConsoleCommand is the argv prefix of the console logger, e.g.
-	// [<minions executable>, "console-log"]; the driver appends "--fifo
+	// [<minions-relay>, "console-log"]; the driver appends "--fifo
 	// <RunDir/console.fifo> --log <Spec.ConsoleLog> --max-bytes
 	// <ConsoleMaxBytes>" and starts it before QEMU, which writes the
 	// console into the FIFO (see consolelog.Run). Empty: QEMU appends to

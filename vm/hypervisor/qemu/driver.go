@@ -404,6 +404,9 @@ func finishIncoming(ctx context.Context, vm *launch.Child, m machine, c *qmp.Cli
 		return fmt.Errorf("restore: %w", err)
 	}
 	defer f.Close()
+	if err := setIgnoreShared(ctx, c, m); err != nil { // template clones: template.go
+		return fmt.Errorf("restore: %w", err)
+	}
 	if err := c.SendFile(ctx, migrateFD, f); err != nil {
 		return fmt.Errorf("restore: %w", err)
 	}

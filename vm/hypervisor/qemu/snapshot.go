@@ -198,6 +198,7 @@ func (d *Driver) restore(ctx context.Context, spec hypervisor.Spec, dir string) 
 		return nil, errs.New(errs.FailedPrecondition, "saved state does not fit the spec: %w", err)
 	}
 	m.Cmdline = saved.Machine.Cmdline
+	m.MemBackendRAM = saved.Machine.MemFile != "" || saved.Machine.MemBackendRAM // a clone's RAM block name
 	m.Incoming = mem
 	start := time.Now()
 	h, err := d.launch(ctx, m)

@@ -1,4 +1,4 @@
-package vsockcli
+package relay
 
 import (
 	"bufio"
@@ -23,8 +23,8 @@ import (
 	"github.com/minionsdev/minions/internal/errs"
 )
 
-// RelayConfig configures RunRelay.
-type RelayConfig struct {
+// Config configures Run.
+type Config struct {
 	// SerialSocket is QEMU's virtio-serial chardev unix socket (a server).
 	SerialSocket string
 	// Listen is the hybrid vsock unix socket the relay creates (mode 0600).
@@ -41,10 +41,16 @@ type RelayConfig struct {
 	// KeepAlive is the link keepalive interval (default 2 s): a guest that
 	// does not answer within twice this is treated as gone (rebooted).
 	KeepAlive time.Duration
+	// Idle, if set, is called when the relay has nothing in flight: each
+	// time the guest link comes up and each time the last open client
+	// connection closes. It runs on the relay's goroutine and must not
+	// block; cmd/minions-relay uses it to hand freed memory back to the
+	// OS.
+	Idle func()
 }
 
 // Validate reports whether c is usable.
-func (c *RelayConfig) Validate() error {
+func (c *Config) Validate() error {
 	if c.SerialSocket == "" || c.Listen == "" {
 		return errs.New(errs.InvalidArgument, "relay config: serial socket and listen path are required")
 	}
@@ -54,7 +60,7 @@ func (c *RelayConfig) Validate() error {
 	return nil
 }
 
-func (c RelayConfig) withDefaults() RelayConfig {
+func (c Config) withDefaults() Config {
 	if c.Log == nil {
 		c.Log = slog.New(slog.DiscardHandler)
 	}
@@ -71,21 +77,28 @@ func (c RelayConfig) withDefaults() RelayConfig {
 }
 
 type relay struct {
-	cfg RelayConfig
+	cfg Config
 	log *slog.Logger
 
 	mu      sync.Mutex
 	sess    *yamux.Session
 	changed chan struct{} // closed and replaced whenever sess changes
 	nextID  atomic.Uint32
+	active  atomic.Int32 // open client connections
 }
 
-// RunRelay runs the agent relay of one QEMU VM until ctx ends (it returns
+func (r *relay) idle() {
+	if r.cfg.Idle != nil {
+		r.cfg.Idle()
+	}
+}
+
+// Run runs the agent relay of one QEMU VM until ctx ends (it returns
 // nil) or QEMU is gone (the serial socket refuses or vanishes for GoneAfter
 // after having been connected; it returns nil too). It removes the Listen
 // socket when it returns. Guest reboots and relay restarts are handled by
 // redoing the link handshake.
-func RunRelay(ctx context.Context, cfg RelayConfig) error {
+func Run(ctx context.Context, cfg Config) error {
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
@@ -179,6 +192,7 @@ func (r *relay) linkLoop(ctx context.Context) error {
 		}
 		r.log.Info("guest link up", "handshake_ms", time.Since(start).Milliseconds())
 		r.setSession(sess)
+		r.idle()
 		select {
 		case <-sess.CloseChan():
 			r.log.Info("guest link down")
@@ -205,7 +219,13 @@ func (r *relay) acceptLoop(ctx context.Context, l net.Listener) {
 
 // serveClient answers one hybrid vsock CONNECT with a new link stream.
 func (r *relay) serveClient(ctx context.Context, c net.Conn) {
-	defer c.Close()
+	r.active.Add(1)
+	defer func() {
+		c.Close()
+		if r.active.Add(-1) == 0 {
+			r.idle()
+		}
+	}()
 	c.SetReadDeadline(time.Now().Add(5 * time.Second))
 	br := bufio.NewReaderSize(c, 64)
 	line, err := br.ReadString('\n')
@@ -246,15 +266,30 @@ func (r *relay) serveClient(ctx context.Context, c net.Conn) {
 	buffered, _ := br.Peek(br.Buffered())
 	in := io.MultiReader(bytes.NewReader(append([]byte(nil), buffered...)), c)
 	go func() {
-		io.CopyBuffer(st, in, make([]byte, 64<<10))
+		copyBuf(st, in)
 		st.Close() // a yamux Close is a half-close: reads go on
 		close(done)
 	}()
-	io.Copy(c, st)
+	copyBuf(c, st)
 	if uc, ok := c.(*net.UnixConn); ok {
 		uc.CloseWrite()
 	}
 	<-done
+}
+
+// copyBufSize is the relay's copy buffer per direction of a connection:
+// big enough for full-speed bulk transfers, small enough that an idle host
+// of many relays holds little (they are pooled and freed by the GC).
+const copyBufSize = 32 << 10
+
+var bufPool = sync.Pool{New: func() any { return new([copyBufSize]byte) }}
+
+// copyBuf copies src to dst through a pooled buffer (io.Copy would
+// allocate one per call, or take a path that bypasses it).
+func copyBuf(dst io.Writer, src io.Reader) {
+	b := bufPool.Get().(*[copyBufSize]byte)
+	defer bufPool.Put(b)
+	io.CopyBuffer(struct{ io.Writer }{dst}, struct{ io.Reader }{src}, b[:])
 }
 
 func sleepCtx(ctx context.Context, d time.Duration) {

@@ -1,0 +1,46 @@
+package proto
+
+// ReqReidentify makes a guest restored from a warm template (or forked from
+// another VM) into a VM of its own. Payload Reidentify, reply
+// ReidentifyReply.
+const ReqReidentify = "reidentify@minions"
+
+// MinEntropy is the least host entropy a Reidentify carries (bytes).
+const MinEntropy = 32
+
+// Reidentify is the payload of ReqReidentify. Every field is required
+// except MAC, IP, Gateway and DNS (no network change when IP is empty) and
+// AuthorizedKeys (none: the owner's keys file is emptied). The agent checks
+// all of it before it changes anything.
+type Reidentify struct {
+	Hostname  string `json:"hostname"`
+	MachineID string `json:"machine_id"` // 32 lowercase hex digits
+	// MAC is eth0's new address ("52:54:00:..."): the hypervisor gave the
+	// clone's NIC this MAC, the guest driver still uses the template's.
+	MAC     string `json:"mac,omitempty"`
+	IP      string `json:"ip,omitempty"` // "a.b.c.d/len"
+	Gateway string `json:"gateway,omitempty"`
+	DNS     string `json:"dns,omitempty"`
+	// AuthorizedKeys are the owner's keys, one authorized_keys line each.
+	AuthorizedKeys []string `json:"authorized_keys"`
+	// Entropy is fresh host randomness (at least MinEntropy bytes) mixed
+	// into the kernel pool before anything random is made.
+	Entropy []byte `json:"entropy"`
+	// TimeUnixNano is the host's wall clock when it sent the request.
+	TimeUnixNano int64 `json:"time_unix_nano"`
+}
+
+// ReidentifyReply answers ReqReidentify.
+type ReidentifyReply struct {
+	// AgentHostKey is the agent's new host key (authorized_keys format):
+	// the host pins it in place of the template's.
+	AgentHostKey string `json:"agent_host_key"`
+	// SSHHostKeys are the new sshd host keys (.pub lines), if the guest
+	// has OpenSSH.
+	SSHHostKeys []string `json:"ssh_host_keys,omitempty"`
+	// Removed lists the template leftovers deleted (leases, seeds, the
+	// old journal), guest paths.
+	Removed []string `json:"removed,omitempty"`
+	// Steps lists what was done, in order, for logs and the note.
+	Steps []string `json:"steps"`
+}

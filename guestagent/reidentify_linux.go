@@ -1,0 +1,474 @@
+package agent
+
+import (
+	"crypto/ed25519"
+	"crypto/rand"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+	"golang.org/x/sys/unix"
+
+	"github.com/minionsdev/minions/guestagent/proto"
+)
+
+// Re-identification: a guest restored from a warm template (or forked)
+// wakes up as the template. reidentify makes it a VM of its own, in an
+// order that matters: the RNG is reseeded before any key is made, the clock
+// is set before files are written, the host key is swapped last among the
+// identity steps so a failure before it leaves the host's pin valid, and
+// the network moves last (the agent channel does not use it).
+
+// ioctlRNDRESEEDCRNG makes the kernel reseed its CRNG now (_IO('R', 7)),
+// so the output of every reader, vDSO getrandom states included, depends on
+// the entropy just added and no longer on the template's pool.
+const ioctlRNDRESEEDCRNG = 0x5207
+
+// maxEntropy bounds Reidentify.Entropy (RNDADDENTROPY takes a page).
+const maxEntropy = 512
+
+// The system edges of reidentify, replaced by the unit tests (which run
+// without a guest kernel of their own); hostname and clock are Config's.
+var (
+	reseedKernel   = reseedKernelRNG
+	reconfigureNet = reconfigureEth0
+	reloadServices = reloadGuestServices
+)
+
+// identity is a checked proto.Reidentify.
+type identity struct {
+	hostname, machineID string
+	mac                 net.HardwareAddr // nil: keep
+	ip                  netip.Prefix     // invalid: no network change
+	gw, dns             netip.Addr
+	keys                string // authorized_keys content
+	entropy             []byte
+	now                 time.Time
+}
+
+func parseIdentity(r proto.Reidentify) (identity, error) {
+	id := identity{hostname: r.Hostname, machineID: r.MachineID, entropy: r.Entropy}
+	if !hostnameRE.MatchString(r.Hostname) {
+		return id, fmt.Errorf("invalid hostname %q", r.Hostname)
+	}
+	if !machineIDRE.MatchString(r.MachineID) {
+		return id, fmt.Errorf("invalid machine id %q", r.MachineID)
+	}
+	if len(r.Entropy) < proto.MinEntropy || len(r.Entropy) > maxEntropy {
+		return id, fmt.Errorf("entropy is %d bytes, want %d to %d", len(r.Entropy), proto.MinEntropy, maxEntropy)
+	}
+	if r.TimeUnixNano <= 0 {
+		return id, errors.New("no wall clock time")
+	}
+	id.now = time.Unix(0, r.TimeUnixNano)
+	var err error
+	if r.MAC != "" {
+		if id.mac, err = net.ParseMAC(r.MAC); err != nil || len(id.mac) != 6 || id.mac[0]&1 != 0 {
+			return id, fmt.Errorf("invalid mac %q: want a unicast ethernet address", r.MAC)
+		}
+	}
+	if r.IP != "" {
+		if id.ip, err = netip.ParsePrefix(r.IP); err != nil || !id.ip.Addr().Is4() {
+			return id, fmt.Errorf("invalid ip %q: want an IPv4 address with prefix length", r.IP)
+		}
+	}
+	if r.Gateway != "" {
+		if id.gw, err = netip.ParseAddr(r.Gateway); err != nil || !id.gw.Is4() || !id.ip.IsValid() {
+			return id, fmt.Errorf("invalid gateway %q (needs an ip)", r.Gateway)
+		}
+	}
+	if r.DNS != "" {
+		if id.dns, err = netip.ParseAddr(r.DNS); err != nil {
+			return id, fmt.Errorf("invalid dns %q", r.DNS)
+		}
+	}
+	var b strings.Builder
+	for _, k := range r.AuthorizedKeys {
+		if _, _, _, _, err := ssh.ParseAuthorizedKey([]byte(k)); err != nil || strings.ContainsAny(strings.TrimSpace(k), "\n\r") {
+			return id, fmt.Errorf("invalid authorized key %q", k)
+		}
+		b.WriteString(strings.TrimSpace(k) + "\n")
+	}
+	id.keys = b.String()
+	return id, nil
+}
+
+// leftoverGlobs are template state that must not survive into a clone
+// (guest paths): DHCP leases, saved random seeds. The old machine's
+// journal directories are added at run time.
+var leftoverGlobs = []string{
+	"/var/lib/dhcp/*.leases", "/var/lib/dhcp/*.lease",
+	"/var/lib/dhclient/*.leases", "/var/lib/dhclient/*.lease",
+	"/var/lib/NetworkManager/*.lease",
+	"/var/lib/systemd/network/*.lease", "/run/systemd/netif/leases/*",
+	"/var/lib/udhcpc/*",
+	"/var/lib/systemd/random-seed", "/var/lib/urandom/random-seed", "/var/lib/random-seed",
+	"/var/lib/systemd/credential.secret",
+}
+
+// reidentify carries out r (see the comment at the top of the file).
+func (s *Server) reidentify(r proto.Reidentify) (proto.ReidentifyReply, error) {
+	id, err := parseIdentity(r)
+	if err != nil {
+		return proto.ReidentifyReply{}, err
+	}
+	reply := proto.ReidentifyReply{Steps: []string{}}
+	step := func(name string) { reply.Steps = append(reply.Steps, name) }
+
+	if err := reseedKernel(id.entropy); err != nil {
+		return reply, fmt.Errorf("reseed rng: %w", err)
+	}
+	step("reseed rng")
+	if err := s.cfg.SetTime(id.now); err != nil {
+		return reply, fmt.Errorf("set clock: %w", err)
+	}
+	step("set clock")
+	if err := s.cfg.SetHostname(id.hostname); err != nil {
+		return reply, fmt.Errorf("set hostname: %w", err)
+	}
+	if err := writeFileNoSync(s.cfg.path("/etc/hostname"), []byte(id.hostname+"\n"), 0o644); err != nil {
+		return reply, fmt.Errorf("write hostname: %w", err)
+	}
+	step("set hostname")
+
+	oldID := readTrim(s.cfg.path("/etc/machine-id"))
+	if err := writeFileNoSync(s.cfg.path("/etc/machine-id"), []byte(id.machineID+"\n"), 0o444); err != nil {
+		return reply, fmt.Errorf("write machine id: %w", err)
+	}
+	dbus := s.cfg.path("/var/lib/dbus/machine-id")
+	if st, err := os.Lstat(dbus); err == nil && st.Mode().IsRegular() {
+		if err := writeFileNoSync(dbus, []byte(id.machineID+"\n"), 0o444); err != nil {
+			return reply, fmt.Errorf("write dbus machine id: %w", err)
+		}
+	}
+	step("set machine id")
+
+	globs := leftoverGlobs
+	if machineIDRE.MatchString(oldID) && oldID != id.machineID {
+		globs = append(globs[:len(globs):len(globs)], "/var/log/journal/"+oldID, "/run/log/journal/"+oldID)
+	}
+	for _, g := range globs {
+		matches, _ := filepath.Glob(s.cfg.path(g))
+		for _, p := range matches {
+			if err := os.RemoveAll(p); err != nil {
+				return reply, fmt.Errorf("remove leftover: %w", err)
+			}
+			reply.Removed = append(reply.Removed, "/"+strings.TrimPrefix(strings.TrimPrefix(p, s.cfg.Root), "/"))
+		}
+	}
+	step("remove template leftovers")
+
+	if err := s.regenHostKeys(); err != nil {
+		return reply, fmt.Errorf("regenerate ssh host keys: %w", err)
+	}
+	pubs, _ := filepath.Glob(s.cfg.path("/etc/ssh/ssh_host_*_key.pub"))
+	for _, p := range pubs {
+		if b, err := os.ReadFile(p); err == nil {
+			reply.SSHHostKeys = append(reply.SSHHostKeys, strings.TrimSpace(string(b)))
+		}
+	}
+	if len(pubs) > 0 {
+		step("regenerate sshd host keys")
+	}
+
+	dir := s.cfg.path("/root/.ssh")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return reply, fmt.Errorf("write authorized keys: %w", err)
+	}
+	if err := writeFileNoSync(filepath.Join(dir, "authorized_keys"), []byte(id.keys), 0o600); err != nil {
+		return reply, fmt.Errorf("write authorized keys: %w", err)
+	}
+	step("write authorized keys")
+
+	key, err := s.newAgentHostKey()
+	if err != nil {
+		return reply, fmt.Errorf("regenerate agent host key: %w", err)
+	}
+	reply.AgentHostKey = strings.TrimSpace(string(ssh.MarshalAuthorizedKey(key)))
+	step("regenerate agent host key")
+
+	if id.dns.IsValid() {
+		if err := writeFileNoSync(s.cfg.path("/etc/resolv.conf"), []byte("nameserver "+id.dns.String()+"\n"), 0o644); err != nil {
+			return reply, fmt.Errorf("write resolv.conf: %w", err)
+		}
+	}
+	// One flush for every file above, instead of two per file.
+	if err := syncFS(s.cfg.path("/etc")); err != nil {
+		return reply, fmt.Errorf("sync: %w", err)
+	}
+	step("sync")
+
+	if id.ip.IsValid() || id.mac != nil {
+		if err := reconfigureNet(id.mac, id.ip, id.gw); err != nil {
+			return reply, fmt.Errorf("network: %w", err)
+		}
+		step("move eth0 to its own mac and ip, announce it")
+	}
+	for _, done := range reloadServices(s.cfg.Root) {
+		step(done)
+	}
+	s.log.Info("re-identified", "hostname", id.hostname, "ip", id.ip, "mac", id.mac.String(), "steps", len(reply.Steps))
+	return reply, nil
+}
+
+// writeFileNoSync replaces path atomically (written aside, renamed) but
+// does not flush it: reidentify writes several files and flushes once
+// (syncFS). A file torn by a power cut before that is either the old one or
+// the new one; a torn agent key is replaced at the next start.
+func writeFileNoSync(path string, data []byte, mode os.FileMode) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return err
+	}
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, data, mode); err != nil {
+		os.Remove(tmp)
+		return err
+	}
+	if err := os.Chmod(tmp, mode); err != nil {
+		os.Remove(tmp)
+		return err
+	}
+	return os.Rename(tmp, path)
+}
+
+// syncFS flushes the filesystem holding dir (syncfs(2)).
+func syncFS(dir string) error {
+	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	return unix.Syncfs(fd)
+}
+
+// swapSigner is the agent's host key, replaceable while the server runs:
+// connections already open keep the key they were made with. A handshake
+// that overlaps the swap may sign with the new key after announcing the old
+// one and fail; the host dials again (it re-pins after reidentify anyway).
+type swapSigner struct {
+	mu sync.RWMutex
+	s  ssh.Signer
+}
+
+func (w *swapSigner) get() ssh.Signer {
+	w.mu.RLock()
+	defer w.mu.RUnlock()
+	return w.s
+}
+
+func (w *swapSigner) set(s ssh.Signer) {
+	w.mu.Lock()
+	w.s = s
+	w.mu.Unlock()
+}
+
+// PublicKey implements ssh.Signer.
+func (w *swapSigner) PublicKey() ssh.PublicKey { return w.get().PublicKey() }
+
+// Sign implements ssh.Signer.
+func (w *swapSigner) Sign(r io.Reader, data []byte) (*ssh.Signature, error) {
+	return w.get().Sign(r, data)
+}
+
+// newAgentHostKey writes a new ed25519 host key to HostKeyPath and makes
+// the server offer it to new connections.
+func (s *Server) newAgentHostKey() (ssh.PublicKey, error) {
+	_, priv, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		return nil, err
+	}
+	block, err := ssh.MarshalPrivateKey(priv, "minions-agent")
+	if err != nil {
+		return nil, err
+	}
+	signer, err := ssh.NewSignerFromKey(priv)
+	if err != nil {
+		return nil, err
+	}
+	if err := writeFileNoSync(s.cfg.HostKeyPath, pem.EncodeToMemory(block), 0o600); err != nil {
+		return nil, err
+	}
+	s.signer.set(signer)
+	return signer.PublicKey(), nil
+}
+
+// reseedKernelRNG credits entropy to the kernel pool (RNDADDENTROPY, or
+// an uncredited write where that is refused) and forces a CRNG reseed.
+func reseedKernelRNG(entropy []byte) error {
+	if err := addEntropy(entropy); err != nil {
+		return err
+	}
+	f, err := os.OpenFile("/dev/urandom", os.O_WRONLY, 0)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if _, _, errno := unix.Syscall(unix.SYS_IOCTL, f.Fd(), ioctlRNDRESEEDCRNG, 0); errno != 0 {
+		return fmt.Errorf("RNDRESEEDCRNG: %w", errno)
+	}
+	return nil
+}
+
+// reconfigureEth0 gives eth0 mac (if not nil) and ip (if valid) as its
+// only IPv4 address, the default route via gw (if valid), and announces
+// the address with gratuitous ARP so neighbours (the host bridge) forget
+// the template's MAC for it.
+func reconfigureEth0(mac net.HardwareAddr, ip netip.Prefix, gw netip.Addr) error {
+	eth, err := net.InterfaceByName("eth0")
+	if err != nil {
+		return err
+	}
+	if mac != nil && eth.HardwareAddr.String() != mac.String() {
+		if err := SetLinkMAC(eth, mac); err != nil {
+			return err
+		}
+	} else {
+		mac = eth.HardwareAddr
+	}
+	if !ip.IsValid() {
+		return nil
+	}
+	// Old addresses go first: removing a subnet's primary address also
+	// removes the secondaries, which the new one would be.
+	addrs, err := eth.Addrs()
+	if err != nil {
+		return err
+	}
+	for _, a := range addrs {
+		n, ok := a.(*net.IPNet)
+		if !ok || n.IP.To4() == nil {
+			continue
+		}
+		old, _ := netip.AddrFromSlice(n.IP.To4())
+		bits, _ := n.Mask.Size()
+		if p := netip.PrefixFrom(old, bits); p != ip {
+			if err := DelAddr(eth, p); err != nil {
+				return err
+			}
+		}
+	}
+	if err := AddAddr(eth, ip); err != nil {
+		return err
+	}
+	if err := LinkUp(eth); err != nil {
+		return err
+	}
+	if gw.IsValid() {
+		if err := AddDefaultRoute(eth, gw); err != nil {
+			return err
+		}
+	}
+	// Twice: the first may be lost while the host side learns the port.
+	for range 2 {
+		if err := SendGratuitousARP(eth.Index, mac, ip.Addr()); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// SetLinkMAC changes the interface's MAC. virtio-net changes it live (and
+// tells the device, which then filters for the new one); a driver that
+// cannot is taken down for the change.
+func SetLinkMAC(ifc *net.Interface, mac net.HardwareAddr) error {
+	set := func() error {
+		msg := unix.IfInfomsg{Family: unix.AF_UNSPEC, Index: int32(ifc.Index)}
+		return nlRequest(unix.RTM_NEWLINK, 0, append(structBytes(&msg), nlAttr(unix.IFLA_ADDRESS, mac)...))
+	}
+	err := set()
+	if errors.Is(err, unix.EBUSY) {
+		down := unix.IfInfomsg{Family: unix.AF_UNSPEC, Index: int32(ifc.Index), Change: unix.IFF_UP}
+		if err = nlRequest(unix.RTM_NEWLINK, 0, structBytes(&down)); err == nil {
+			err = set()
+		}
+		if uerr := LinkUp(ifc); err == nil {
+			err = uerr
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("set %s mac %s: %w", ifc.Name, mac, err)
+	}
+	return nil
+}
+
+// DelAddr removes an IPv4 address from the interface (EADDRNOTAVAIL is
+// success).
+func DelAddr(ifc *net.Interface, p netip.Prefix) error {
+	msg := unix.IfAddrmsg{Family: unix.AF_INET, Prefixlen: uint8(p.Bits()), Index: uint32(ifc.Index)}
+	a := p.Addr().As4()
+	body := append(structBytes(&msg), nlAttr(unix.IFA_LOCAL, a[:])...)
+	if err := nlRequest(unix.RTM_DELADDR, 0, body); err != nil && !errors.Is(err, unix.EADDRNOTAVAIL) {
+		return fmt.Errorf("remove address %s from %s: %w", p, ifc.Name, err)
+	}
+	return nil
+}
+
+// garpPacket is the ARP body (without the Ethernet header) of a gratuitous
+// ARP request announcing that ip is at mac: sender and target IP are both
+// ip, target MAC zero.
+func garpPacket(mac net.HardwareAddr, ip netip.Addr) []byte {
+	a := ip.As4()
+	p := []byte{
+		0, 1, // hardware type: Ethernet
+		8, 0, // protocol: IPv4
+		6, 4, // address lengths
+		0, 1, // request
+	}
+	p = append(p, mac...)
+	p = append(p, a[:]...)
+	p = append(p, 0, 0, 0, 0, 0, 0)
+	return append(p, a[:]...)
+}
+
+// SendGratuitousARP broadcasts garpPacket on the interface with index
+// ifindex.
+func SendGratuitousARP(ifindex int, mac net.HardwareAddr, ip netip.Addr) error {
+	const ethPARP = 0x0806
+	proto := uint16(ethPARP<<8&0xff00 | ethPARP>>8) // network byte order
+	fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, int(proto))
+	if err != nil {
+		return fmt.Errorf("gratuitous arp: %w", err)
+	}
+	defer unix.Close(fd)
+	to := &unix.SockaddrLinklayer{Protocol: proto, Ifindex: ifindex, Halen: 6}
+	copy(to.Addr[:], []byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff})
+	if err := unix.Sendto(fd, garpPacket(mac, ip), 0, to); err != nil {
+		return fmt.Errorf("gratuitous arp: %w", err)
+	}
+	return nil
+}
+
+// reloadGuestServices makes running services pick up the new identity
+// where the guest has them (best effort, each reported when done): sshd
+// re-executes itself on SIGHUP and loads the new host keys; journald is
+// restarted to write under the new machine-id.
+func reloadGuestServices(root string) []string {
+	var done []string
+	if root != "" && root != "/" {
+		return nil
+	}
+	if b, err := os.ReadFile("/run/sshd.pid"); err == nil {
+		if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && pid > 1 {
+			if unix.Kill(pid, unix.SIGHUP) == nil {
+				done = append(done, "reload sshd")
+			}
+		}
+	}
+	if _, err := os.Stat("/run/systemd/system"); err == nil {
+		if exec.Command("systemctl", "restart", "systemd-journald.service").Run() == nil {
+			done = append(done, "restart journald")
+		}
+	}
+	return done
+}

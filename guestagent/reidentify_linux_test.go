@@ -1,0 +1,355 @@
+package agent
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+	"golang.org/x/sys/unix"
+
+	"github.com/minionsdev/minions/guestagent/proto"
+)
+
+// reidFixture is a guest root as a template leaves it: an identity, an
+// sshd with keys, leases, seeds and a journal of the old machine-id.
+type reidFixture struct {
+	root     string
+	srv      *Server
+	hostname []string
+	clock    []time.Time
+	reseeded [][]byte
+	net      []string
+}
+
+const templateMachineID = "0123456789abcdef0123456789abcdef"
+
+func newReidFixture(t *testing.T, host ssh.Signer) *reidFixture {
+	t.Helper()
+	f := &reidFixture{root: t.TempDir()}
+	files := map[string]string{
+		"etc/hostname":                      "template\n",
+		"etc/machine-id":                    templateMachineID + "\n",
+		"var/lib/dbus/machine-id":           templateMachineID + "\n",
+		"etc/ssh/sshd_config":               "HostKey /etc/ssh/ssh_host_ed25519_key\n",
+		"var/lib/dhcp/dhclient.eth0.leases": "lease { fixed-address 10.0.0.9; }\n",
+		"var/lib/systemd/random-seed":       "template seed",
+		"var/log/journal/" + templateMachineID + "/system.journal": "old journal",
+		"root/.ssh/authorized_keys":                                "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl template-owner\n",
+	}
+	for p, c := range files {
+		full := filepath.Join(f.root, p)
+		if err := os.MkdirAll(filepath.Dir(full), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(full, []byte(c), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := EnsureHostKeys(filepath.Join(f.root, "etc/ssh")); err != nil {
+		t.Fatal(err)
+	}
+	srv, err := NewServer(Config{
+		AuthorizedKey: host.PublicKey(),
+		HostKeyPath:   filepath.Join(f.root, "etc/minions/agent_host_key"),
+		Root:          f.root,
+		Power:         func(bool) error { return nil },
+		SetHostname:   func(n string) error { f.hostname = append(f.hostname, n); return nil },
+		SetTime:       func(tm time.Time) error { f.clock = append(f.clock, tm); return nil },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.srv = srv
+	oldReseed, oldNet, oldReload := reseedKernel, reconfigureNet, reloadServices
+	reseedKernel = func(b []byte) error { f.reseeded = append(f.reseeded, b); return nil }
+	reconfigureNet = func(mac net.HardwareAddr, ip netip.Prefix, gw netip.Addr) error {
+		f.net = append(f.net, mac.String()+" "+ip.String()+" "+gw.String())
+		return nil
+	}
+	reloadServices = func(string) []string { return nil }
+	t.Cleanup(func() { reseedKernel, reconfigureNet, reloadServices = oldReseed, oldNet, oldReload })
+	return f
+}
+
+func (f *reidFixture) read(t *testing.T, p string) string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(f.root, p))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+// snapshot is every file under the root with its content.
+func (f *reidFixture) snapshot(t *testing.T) map[string]string {
+	t.Helper()
+	out := map[string]string{}
+	filepath.Walk(f.root, func(p string, info os.FileInfo, err error) error {
+		if err == nil && info.Mode().IsRegular() {
+			b, _ := os.ReadFile(p)
+			out[strings.TrimPrefix(p, f.root)] = string(b)
+		}
+		return nil
+	})
+	return out
+}
+
+func goodReidentify(owner ssh.PublicKey) proto.Reidentify {
+	return proto.Reidentify{
+		Hostname: "clone-1", MachineID: "fedcba9876543210fedcba9876543210",
+		MAC: "52:54:00:12:34:56", IP: "10.9.0.5/24", Gateway: "10.9.0.1", DNS: "10.9.0.1",
+		AuthorizedKeys: []string{strings.TrimSpace(string(ssh.MarshalAuthorizedKey(owner))) + " owner@laptop"},
+		Entropy:        bytes.Repeat([]byte{7}, 64),
+		TimeUnixNano:   time.Date(2026, 12, 5, 10, 0, 0, 0, time.UTC).UnixNano(),
+	}
+}
+
+// TestReidentifyOverSSH sends reidentify@minions over a real SSH
+// connection and checks the whole guest root afterwards: new identity
+// files, new sshd and agent host keys (offered to the next connection),
+// the owner's key, template leftovers gone, RNG, clock and network steps
+// called with the request's values.
+func TestReidentifyOverSSH(t *testing.T) {
+	host, owner := signer(t), signer(t)
+	f := newReidFixture(t, host)
+	oldAgentKey := f.srv.HostKey()
+	oldSSHD := f.read(t, "etc/ssh/ssh_host_ed25519_key.pub")
+
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	dial := func(hostKey ssh.PublicKey) (*ssh.Client, error) {
+		a, b := socketpair(t)
+		go f.srv.ServeConn(ctx, b)
+		conn, chans, reqs, err := ssh.NewClientConn(a, "agent", &ssh.ClientConfig{
+			User: "root", Auth: []ssh.AuthMethod{ssh.PublicKeys(host)},
+			HostKeyCallback: ssh.FixedHostKey(hostKey),
+		})
+		if err != nil {
+			return nil, err
+		}
+		return ssh.NewClient(conn, chans, reqs), nil
+	}
+	c, err := dial(oldAgentKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	req := goodReidentify(owner.PublicKey())
+	payload, _ := json.Marshal(req)
+	ok, raw, err := c.SendRequest(proto.ReqReidentify, true, payload)
+	if err != nil || !ok {
+		t.Fatalf("reidentify: %v %s %v", ok, raw, err)
+	}
+	var reply proto.ReidentifyReply
+	if err := json.Unmarshal(raw, &reply); err != nil {
+		t.Fatal(err)
+	}
+
+	if got := f.read(t, "etc/hostname"); got != "clone-1\n" || !slices.Equal(f.hostname, []string{"clone-1"}) {
+		t.Errorf("hostname file %q, set %v", got, f.hostname)
+	}
+	for _, p := range []string{"etc/machine-id", "var/lib/dbus/machine-id"} {
+		if got := f.read(t, p); got != req.MachineID+"\n" {
+			t.Errorf("%s = %q", p, got)
+		}
+	}
+	if got := f.read(t, "root/.ssh/authorized_keys"); strings.Contains(got, "template-owner") || !strings.Contains(got, "owner@laptop") {
+		t.Errorf("authorized_keys = %q", got)
+	}
+	for _, p := range []string{"var/lib/dhcp/dhclient.eth0.leases", "var/lib/systemd/random-seed", "var/log/journal/" + templateMachineID} {
+		if _, err := os.Stat(filepath.Join(f.root, p)); err == nil {
+			t.Errorf("template leftover %s survived", p)
+		}
+	}
+	if len(reply.Removed) != 3 {
+		t.Errorf("removed %v", reply.Removed)
+	}
+	if newSSHD := f.read(t, "etc/ssh/ssh_host_ed25519_key.pub"); newSSHD == oldSSHD || len(reply.SSHHostKeys) != 2 {
+		t.Errorf("sshd host keys not regenerated (%d reported)", len(reply.SSHHostKeys))
+	}
+	if len(f.reseeded) != 1 || !bytes.Equal(f.reseeded[0], req.Entropy) {
+		t.Errorf("reseeded with %v", f.reseeded)
+	}
+	if len(f.clock) != 1 || f.clock[0].UnixNano() != req.TimeUnixNano {
+		t.Errorf("clock set to %v", f.clock)
+	}
+	if !slices.Equal(f.net, []string{"52:54:00:12:34:56 10.9.0.5/24 10.9.0.1"}) {
+		t.Errorf("network %v", f.net)
+	}
+	if got := f.read(t, "etc/resolv.conf"); got != "nameserver 10.9.0.1\n" {
+		t.Errorf("resolv.conf %q", got)
+	}
+	// The agent's key: new on disk, reported, and offered to the next
+	// connection; the old pin no longer matches.
+	newKey, _, _, _, err := ssh.ParseAuthorizedKey([]byte(reply.AgentHostKey))
+	if err != nil {
+		t.Fatalf("agent host key %q: %v", reply.AgentHostKey, err)
+	}
+	if bytes.Equal(newKey.Marshal(), oldAgentKey.Marshal()) || !bytes.Equal(f.srv.HostKey().Marshal(), newKey.Marshal()) {
+		t.Fatal("agent host key not replaced")
+	}
+	onDisk, err := LoadOrCreateHostKey(filepath.Join(f.root, "etc/minions/agent_host_key"))
+	if err != nil || !bytes.Equal(onDisk.PublicKey().Marshal(), newKey.Marshal()) {
+		t.Fatalf("agent host key on disk differs: %v", err)
+	}
+	if _, err := dial(oldAgentKey); err == nil {
+		t.Error("a new connection still offers the template's agent key")
+	}
+	c2, err := dial(newKey)
+	if err != nil {
+		t.Fatalf("dial with the new key: %v", err)
+	}
+	c2.Close()
+	// The first connection still works.
+	if ok, _, err := c.SendRequest(proto.ReqPing, true, []byte("{}")); !ok || err != nil {
+		t.Fatalf("ping on the old connection: %v %v", ok, err)
+	}
+	want := []string{"reseed rng", "set clock", "set hostname", "set machine id", "remove template leftovers",
+		"regenerate sshd host keys", "write authorized keys", "regenerate agent host key", "sync", "move eth0 to its own mac and ip, announce it"}
+	if !slices.Equal(reply.Steps, want) {
+		t.Errorf("steps %q", reply.Steps)
+	}
+}
+
+// TestReidentifyBadInputChangesNothing: each malformed request is refused
+// before any file or system setting changes.
+func TestReidentifyBadInputChangesNothing(t *testing.T) {
+	host, owner := signer(t), signer(t)
+	f := newReidFixture(t, host)
+	before := f.snapshot(t)
+	key := f.srv.HostKey()
+	for name, mut := range map[string]func(*proto.Reidentify){
+		"hostname":        func(r *proto.Reidentify) { r.Hostname = "bad_name;rm" },
+		"machine id":      func(r *proto.Reidentify) { r.MachineID = "xyz" },
+		"short entropy":   func(r *proto.Reidentify) { r.Entropy = r.Entropy[:16] },
+		"no clock":        func(r *proto.Reidentify) { r.TimeUnixNano = 0 },
+		"multicast mac":   func(r *proto.Reidentify) { r.MAC = "01:00:5e:00:00:01" },
+		"ip without len":  func(r *proto.Reidentify) { r.IP = "10.9.0.5" },
+		"ipv6":            func(r *proto.Reidentify) { r.IP = "fd00::5/64" },
+		"gateway no ip":   func(r *proto.Reidentify) { r.IP = ""; r.MAC = "" },
+		"bad key":         func(r *proto.Reidentify) { r.AuthorizedKeys = []string{"ssh-ed25519 nope"} },
+		"key with a line": func(r *proto.Reidentify) { r.AuthorizedKeys[0] += "\nssh-ed25519 AAAA evil" },
+	} {
+		r := goodReidentify(owner.PublicKey())
+		mut(&r)
+		if _, err := f.srv.reidentify(r); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+	if after := f.snapshot(t); !mapsEqual(before, after) {
+		t.Error("a refused request changed files")
+	}
+	if len(f.hostname)+len(f.clock)+len(f.reseeded)+len(f.net) != 0 || !bytes.Equal(key.Marshal(), f.srv.HostKey().Marshal()) {
+		t.Errorf("a refused request changed the system: %v %v %d %v", f.hostname, f.clock, len(f.reseeded), f.net)
+	}
+}
+
+func mapsEqual(a, b map[string]string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, v := range a {
+		if w, ok := b[k]; !ok || w != v {
+			return false
+		}
+	}
+	return true
+}
+
+func TestGARPPacket(t *testing.T) {
+	mac, _ := net.ParseMAC("52:54:00:aa:bb:cc")
+	got := garpPacket(mac, netip.MustParseAddr("10.9.0.5"))
+	want := []byte{0, 1, 8, 0, 6, 4, 0, 1, 0x52, 0x54, 0, 0xaa, 0xbb, 0xcc, 10, 9, 0, 5, 0, 0, 0, 0, 0, 0, 10, 9, 0, 5}
+	if !bytes.Equal(got, want) {
+		t.Fatalf("garp\n got %x\nwant %x", got, want)
+	}
+}
+
+// TestReconfigureEth0InNetns moves a real "eth0" (one end of a veth pair in
+// a fresh network namespace) to a new MAC and IP with the agent's own
+// netlink code and catches its gratuitous ARP on the other end.
+func TestReconfigureEth0InNetns(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root")
+	}
+	done := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread() // the thread stays in the namespace, never reused
+		done <- func() error {
+			if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
+				return err
+			}
+			for _, args := range [][]string{
+				{"link", "add", "eth0", "address", "52:54:00:00:00:01", "type", "veth", "peer", "name", "peer0"},
+				{"addr", "add", "10.9.0.99/24", "dev", "eth0"},
+				{"link", "set", "eth0", "up"}, {"link", "set", "peer0", "up"},
+			} {
+				// Forked from this locked thread: the child is in the namespace.
+				if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+					return &exec.Error{Name: "ip " + strings.Join(args, " ") + ": " + string(out), Err: err}
+				}
+			}
+			peer, err := net.InterfaceByName("peer0")
+			if err != nil {
+				return err
+			}
+			const ethPARP = 0x0608 // htons(0x0806)
+			fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_DGRAM, ethPARP)
+			if err != nil {
+				return err
+			}
+			defer unix.Close(fd)
+			if err := unix.Bind(fd, &unix.SockaddrLinklayer{Protocol: ethPARP, Ifindex: peer.Index}); err != nil {
+				return err
+			}
+			tv := unix.NsecToTimeval(int64(3 * time.Second))
+			unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv)
+
+			mac, _ := net.ParseMAC("52:54:00:12:34:56")
+			ip := netip.MustParsePrefix("10.9.0.5/24")
+			if err := reconfigureEth0(mac, ip, netip.MustParseAddr("10.9.0.1")); err != nil {
+				return err
+			}
+			eth, _ := net.InterfaceByName("eth0")
+			addrs, _ := eth.Addrs()
+			var got []string
+			for _, a := range addrs {
+				if n, ok := a.(*net.IPNet); ok && n.IP.To4() != nil {
+					got = append(got, a.String())
+				}
+			}
+			if eth.HardwareAddr.String() != mac.String() || !slices.Equal(got, []string{"10.9.0.5/24"}) {
+				t.Errorf("eth0 is %s %v", eth.HardwareAddr, got)
+			}
+			routes, _ := os.ReadFile("/proc/thread-self/net/route")
+			if !strings.Contains(string(routes), "eth0\t00000000\t0100090A") {
+				t.Errorf("no default route via 10.9.0.1:\n%s", routes)
+			}
+			want := garpPacket(mac, ip.Addr())
+			buf := make([]byte, 1500)
+			for {
+				n, _, err := unix.Recvfrom(fd, buf, 0)
+				if err != nil {
+					return &exec.Error{Name: "no gratuitous arp on peer0", Err: err}
+				}
+				if bytes.Equal(buf[:n][:min(n, len(want))], want) {
+					return nil
+				}
+			}
+		}()
+	}()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}

@@ -1,0 +1,441 @@
+package service
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/minionsdev/minions/internal/errs"
+	"github.com/minionsdev/minions/store"
+	"github.com/minionsdev/minions/vm"
+)
+
+// The host registry (issue 14): admins add hosts (a one-time join token),
+// nodes exchange the token for their fabric credential (JoinHost) and
+// report capacity by heartbeat (RecordHeartbeat); a host not heard from
+// within HostsConfig.Unreachable shows "unreachable". Every method but
+// JoinHost, NodeKey and RecordHeartbeat (called by the node side, which
+// authenticates otherwise) is for admins only.
+
+// HostsConfig is the cluster part of the configuration, set by the
+// composition root with SetHosts.
+type HostsConfig struct {
+	// JoinURL is the control plane's API as a new host reaches it
+	// (http(s)://advertise:port); "" makes `host add` fail with
+	// errs.FailedPrecondition.
+	JoinURL string
+	// NATSURLs are the fabric addresses nodes connect to.
+	NATSURLs []string
+	// NATSCA is the PEM certificate of the CA nodes verify the fabric's
+	// TLS with ("" : the fabric's own configuration, e.g. an external
+	// cluster with a public CA).
+	NATSCA string
+	// JoinTTL is how long a join token is valid; default 1 h.
+	JoinTTL time.Duration
+	// Unreachable is how long without a heartbeat until a host shows
+	// "unreachable"; default 10 s.
+	Unreachable time.Duration
+	// Now is the clock; default time.Now (tests set it).
+	Now func() time.Time
+}
+
+// HostUnreachable is the state shown for a host not heard from lately.
+const HostUnreachable = "unreachable"
+
+type hostsState struct {
+	mu  sync.RWMutex
+	cfg HostsConfig
+}
+
+// SetHosts sets the cluster configuration. Safe to call at any time.
+func (s *Service) SetHosts(cfg HostsConfig) {
+	if cfg.JoinTTL <= 0 {
+		cfg.JoinTTL = time.Hour
+	}
+	if cfg.Unreachable <= 0 {
+		cfg.Unreachable = 10 * time.Second
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	s.hosts.mu.Lock()
+	s.hosts.cfg = cfg
+	s.hosts.mu.Unlock()
+}
+
+func (s *Service) hostsConfig() HostsConfig {
+	s.hosts.mu.RLock()
+	cfg := s.hosts.cfg
+	s.hosts.mu.RUnlock()
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.Unreachable <= 0 {
+		cfg.Unreachable = 10 * time.Second
+	}
+	if cfg.JoinTTL <= 0 {
+		cfg.JoinTTL = time.Hour
+	}
+	return cfg
+}
+
+// Host is the public view of a host.
+type Host struct {
+	ID       string `json:"id"`
+	Name     string `json:"name"`
+	Local    bool   `json:"local"`
+	Address  string `json:"address"`
+	State    string `json:"state"`    // joining, ready, cordoned or unreachable
+	Cordoned bool   `json:"cordoned"` // also while unreachable
+	Version  string `json:"version"`
+
+	CPUs          int   `json:"cpus"`
+	MemoryMiB     int64 `json:"memory_mib"`
+	DiskMiB       int64 `json:"disk_mib"`
+	MemoryFreeMiB int64 `json:"memory_free_mib"`
+	DiskFreeMiB   int64 `json:"disk_free_mib"`
+
+	// What the VMs on the host have been given.
+	VMs           int   `json:"vms"`
+	UsedCPUs      int   `json:"used_cpus"`
+	UsedMemoryMiB int64 `json:"used_memory_mib"`
+	UsedDiskGiB   int64 `json:"used_disk_gib"`
+
+	LastHeartbeat time.Time `json:"last_heartbeat"`
+	CreatedAt     time.Time `json:"created_at"`
+}
+
+// HostInvite is what HostAdd returns: the token is shown once.
+type HostInvite struct {
+	Host      Host      `json:"host"`
+	Token     string    `json:"token"`
+	ExpiresAt time.Time `json:"expires_at"`
+	// Command is what to run on the new host.
+	Command string `json:"command"`
+}
+
+// JoinRequest is what a node sends to join: its one-time token and the
+// public half of the NKey it made (its credential; the seed never leaves
+// the node).
+type JoinRequest struct {
+	Token   string `json:"token"`
+	NKey    string `json:"nkey"`
+	Version string `json:"version,omitempty"`
+	// Address is how the control plane reaches the node (the API fills
+	// in the request's source address when empty).
+	Address string `json:"address,omitempty"`
+}
+
+// JoinResult tells a joined node who it is and where the fabric is.
+type JoinResult struct {
+	HostID string   `json:"host_id"`
+	Name   string   `json:"name"`
+	NATS   []string `json:"nats"`
+	CA     string   `json:"ca,omitempty"` // PEM: trust only this CA for NATS TLS
+}
+
+// Heartbeat is a node's report of its capacity.
+type Heartbeat struct {
+	CPUs          int
+	MemoryMiB     int64
+	DiskMiB       int64
+	MemoryFreeMiB int64
+	DiskFreeMiB   int64
+	Version       string
+}
+
+// ValidNodeKey reports whether s could be an NKey user public key
+// (the fabric checks it for real; this is input validation).
+func validNodeKey(s string) bool {
+	if len(s) != 56 || s[0] != 'U' {
+		return false
+	}
+	for _, r := range s {
+		if !('A' <= r && r <= 'Z' || '2' <= r && r <= '7') {
+			return false
+		}
+	}
+	return true
+}
+
+func (s *Service) hostView(ctx context.Context, q store.Q, h store.Host, cfg HostsConfig) (Host, error) {
+	use, err := store.HostUsage(ctx, q, h.ID, h.Local)
+	if err != nil {
+		return Host{}, err
+	}
+	out := Host{ID: h.ID, Name: h.Name, Local: h.Local, Address: h.Address, State: h.State, Cordoned: h.State == store.HostCordoned,
+		Version: h.Version, CPUs: h.CPUs, MemoryMiB: h.MemoryMiB, DiskMiB: h.DiskMiB, MemoryFreeMiB: h.MemoryFreeMiB,
+		DiskFreeMiB: h.DiskFreeMiB, VMs: use.VMs, UsedCPUs: use.CPUs, UsedMemoryMiB: use.MemoryMiB, UsedDiskGiB: use.DiskGiB,
+		LastHeartbeat: h.LastHeartbeat, CreatedAt: h.CreatedAt}
+	if h.State != store.HostJoining && cfg.Now().Sub(h.LastHeartbeat) > cfg.Unreachable {
+		out.State = HostUnreachable
+	}
+	return out, nil
+}
+
+func newJoinSecret() string {
+	b := make([]byte, 24)
+	if _, err := rand.Read(b); err != nil {
+		panic(err)
+	}
+	return "mjt_" + base64.RawURLEncoding.EncodeToString(b)
+}
+
+// HostAdd registers a new host in state joining and returns a one-time
+// join token (valid HostsConfig.JoinTTL) and the command that joins it.
+// A taken name is errs.AlreadyExists; no join URL configured is
+// errs.FailedPrecondition. Admins only.
+func (s *Service) HostAdd(ctx context.Context, c Caller, name string) (HostInvite, error) {
+	if err := requireAdmin(c, "add hosts"); err != nil {
+		return HostInvite{}, err
+	}
+	if err := vm.ValidName("host", name); err != nil {
+		return HostInvite{}, err
+	}
+	cfg := s.hostsConfig()
+	if cfg.JoinURL == "" {
+		return HostInvite{}, errs.New(errs.FailedPrecondition, "no address for new hosts to reach: set advertise (or public_ip) in the config, or --public-ip")
+	}
+	now := cfg.Now().UTC()
+	h := store.Host{ID: vm.NewID(), Name: name, State: store.HostJoining, CreatedAt: now}
+	secret := newJoinSecret()
+	inv := HostInvite{Token: secret, ExpiresAt: now.Add(cfg.JoinTTL)}
+	err := s.DB.Tx(ctx, func(q store.Q) error {
+		if err := store.InsertHost(ctx, q, h); err != nil {
+			return err
+		}
+		if err := store.InsertJoinToken(ctx, q, hashToken(secret), h.ID, inv.ExpiresAt, now); err != nil {
+			return err
+		}
+		var err error
+		inv.Host, err = s.hostView(ctx, q, h, cfg)
+		return err
+	})
+	if err != nil {
+		return HostInvite{}, fmt.Errorf("add host %s: %w", name, err)
+	}
+	inv.Command = fmt.Sprintf("minions node join %s --token %s", cfg.JoinURL, secret)
+	s.log.Info("host added", "host", name, "host_id", h.ID, "by", c.Name)
+	return inv, nil
+}
+
+// HostList lists every host with capacity, use and state. Admins only.
+func (s *Service) HostList(ctx context.Context, c Caller) ([]Host, error) {
+	if err := requireAdmin(c, "list hosts"); err != nil {
+		return nil, err
+	}
+	cfg := s.hostsConfig()
+	hs, err := store.ListHosts(ctx, s.DB)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]Host, 0, len(hs))
+	for _, h := range hs {
+		v, err := s.hostView(ctx, s.DB, h, cfg)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, v)
+	}
+	return out, nil
+}
+
+// HostStatus shows one host by name (or ID). Admins only.
+func (s *Service) HostStatus(ctx context.Context, c Caller, name string) (Host, error) {
+	if err := requireAdmin(c, "see hosts"); err != nil {
+		return Host{}, err
+	}
+	h, err := hostByRef(ctx, s.DB, name)
+	if err != nil {
+		return Host{}, err
+	}
+	return s.hostView(ctx, s.DB, h, s.hostsConfig())
+}
+
+func hostByRef(ctx context.Context, q store.Q, ref string) (store.Host, error) {
+	if ref == "" {
+		return store.Host{}, errs.New(errs.InvalidArgument, "host name is required")
+	}
+	if vm.IsID(ref) {
+		if h, err := store.GetHostByID(ctx, q, ref); err == nil {
+			return h, nil
+		}
+	}
+	return store.GetHostByName(ctx, q, ref)
+}
+
+// HostCordon keeps new VMs off a host (the scheduler skips it); its VMs
+// stay. Idempotent. A host still joining is errs.FailedPrecondition.
+// Admins only.
+func (s *Service) HostCordon(ctx context.Context, c Caller, name string) (Host, error) {
+	return s.setHostState(ctx, c, name, store.HostCordoned)
+}
+
+// HostUncordon undoes HostCordon. Idempotent. Admins only.
+func (s *Service) HostUncordon(ctx context.Context, c Caller, name string) (Host, error) {
+	return s.setHostState(ctx, c, name, store.HostReady)
+}
+
+func (s *Service) setHostState(ctx context.Context, c Caller, name, state string) (Host, error) {
+	if err := requireAdmin(c, "cordon hosts"); err != nil {
+		return Host{}, err
+	}
+	cfg := s.hostsConfig()
+	var out Host
+	err := s.DB.Tx(ctx, func(q store.Q) error {
+		h, err := hostByRef(ctx, q, name)
+		if err != nil {
+			return err
+		}
+		if h.State == store.HostJoining {
+			return errs.New(errs.FailedPrecondition, "host %s has not joined yet", h.Name)
+		}
+		h.State = state
+		if err := store.UpdateHost(ctx, q, h); err != nil {
+			return err
+		}
+		out, err = s.hostView(ctx, q, h, cfg)
+		return err
+	})
+	if err != nil {
+		verb := "uncordon"
+		if state == store.HostCordoned {
+			verb = "cordon"
+		}
+		return Host{}, fmt.Errorf("%s host %s: %w", verb, name, err)
+	}
+	s.log.Info("host state", "host", out.Name, "state", state, "by", c.Name)
+	return out, nil
+}
+
+// HostRemove forgets a host: its credential stops working at once (the
+// fabric asks NodeKey on every connection). Refused with
+// errs.FailedPrecondition while VMs are on it, and for the control
+// plane's own host. Admins only.
+func (s *Service) HostRemove(ctx context.Context, c Caller, name string) error {
+	if err := requireAdmin(c, "remove hosts"); err != nil {
+		return err
+	}
+	err := s.DB.Tx(ctx, func(q store.Q) error {
+		h, err := hostByRef(ctx, q, name)
+		if err != nil {
+			return err
+		}
+		if h.Local {
+			return errs.New(errs.FailedPrecondition, "host %s is the control plane's own host", h.Name)
+		}
+		use, err := store.HostUsage(ctx, q, h.ID, false)
+		if err != nil {
+			return err
+		}
+		if use.VMs > 0 {
+			return errs.New(errs.FailedPrecondition, "host %s still has %d vm(s): destroy or move them first", h.Name, use.VMs)
+		}
+		return store.DeleteHost(ctx, q, h.ID)
+	})
+	if err != nil {
+		return fmt.Errorf("remove host %s: %w", name, err)
+	}
+	s.log.Info("host removed", "host", name, "by", c.Name)
+	return nil
+}
+
+// JoinHost exchanges a join token (once) for the node's membership: the
+// node's public key becomes its credential on the fabric. A wrong, used or
+// expired token is errs.Unauthenticated; a malformed key
+// errs.InvalidArgument (and the token is not spent).
+func (s *Service) JoinHost(ctx context.Context, req JoinRequest) (JoinResult, error) {
+	if !validNodeKey(req.NKey) {
+		return JoinResult{}, errs.New(errs.InvalidArgument, "nkey must be an NKey user public key (56 characters starting with U)")
+	}
+	if len(req.Version) > 64 || len(req.Address) > 256 {
+		return JoinResult{}, errs.New(errs.InvalidArgument, "version or address too long")
+	}
+	cfg := s.hostsConfig()
+	var out JoinResult
+	err := s.DB.Tx(ctx, func(q store.Q) error {
+		id, err := store.TakeJoinToken(ctx, q, hashToken(strings.TrimSpace(req.Token)), cfg.Now())
+		if err != nil {
+			return err
+		}
+		h, err := store.GetHostByID(ctx, q, id)
+		if err != nil {
+			return err
+		}
+		h.NKey, h.Address, h.Version = req.NKey, req.Address, req.Version
+		if err := store.UpdateHost(ctx, q, h); err != nil {
+			return err
+		}
+		out = JoinResult{HostID: h.ID, Name: h.Name, NATS: cfg.NATSURLs, CA: cfg.NATSCA}
+		return nil
+	})
+	if err != nil {
+		// A spent token stays spent even when the rest fails: TakeJoinToken
+		// rolled back with the transaction, so commit its deletion alone.
+		if errs.ClassOf(err) != errs.Unauthenticated {
+			s.DB.Tx(ctx, func(q store.Q) error {
+				_, e := store.TakeJoinToken(ctx, q, hashToken(strings.TrimSpace(req.Token)), cfg.Now())
+				return e
+			})
+		}
+		return JoinResult{}, fmt.Errorf("join: %w", err)
+	}
+	s.log.Info("host joined", "host", out.Name, "host_id", out.HostID, "address", req.Address)
+	return out, nil
+}
+
+// NodeKey maps a node's public key to its host ID, for the fabric's
+// authenticator: false for a key no host has.
+func (s *Service) NodeKey(ctx context.Context, pub string) (string, bool) {
+	h, err := store.GetHostByNKey(ctx, s.DB, pub)
+	if err != nil {
+		return "", false
+	}
+	return h.ID, true
+}
+
+// RecordHeartbeat stores node id's report, marking a joining host ready.
+// The caller vouches for id (the fabric lets only that node publish its
+// status). errs.NotFound for a removed host.
+func (s *Service) RecordHeartbeat(ctx context.Context, id string, hb Heartbeat) error {
+	if hb.CPUs < 0 || hb.MemoryMiB < 0 || hb.DiskMiB < 0 || hb.MemoryFreeMiB < 0 || hb.DiskFreeMiB < 0 || len(hb.Version) > 64 {
+		return errs.New(errs.InvalidArgument, "heartbeat from %s: negative capacity or long version", id)
+	}
+	return store.RecordHeartbeat(ctx, s.DB, id, s.hostsConfig().Now(), hb.CPUs, hb.MemoryMiB, hb.DiskMiB, hb.MemoryFreeMiB, hb.DiskFreeMiB, hb.Version)
+}
+
+// EnsureLocalHost registers the control plane's own host (once; later
+// calls update its name, key and version) and returns its ID. Its VMs are
+// those with no host. pub is the key its in-process node connects with.
+func (s *Service) EnsureLocalHost(ctx context.Context, name, pub, version string) (string, error) {
+	if err := vm.ValidName("host", name); err != nil {
+		return "", err
+	}
+	var id string
+	err := s.DB.Tx(ctx, func(q store.Q) error {
+		h, err := store.GetLocalHost(ctx, q)
+		switch {
+		case errs.ClassOf(err) == errs.NotFound:
+			h = store.Host{ID: vm.NewID(), Name: name, Local: true, State: store.HostReady, NKey: pub, Version: version,
+				Address: "local", CreatedAt: s.hostsConfig().Now().UTC()}
+			id = h.ID
+			return store.InsertHost(ctx, q, h)
+		case err != nil:
+			return err
+		}
+		h.NKey, h.Version = pub, version
+		if h.State == store.HostJoining {
+			h.State = store.HostReady
+		}
+		id = h.ID
+		return store.UpdateHost(ctx, q, h)
+	})
+	if err != nil {
+		return "", fmt.Errorf("register the local host: %w", err)
+	}
+	return id, nil
+}

@@ -1,0 +1,149 @@
+// Command minions-relay is the QEMU driver's per-VM helper process. It is
+// kept apart from the minions binary so that each VM pays only for what it
+// runs: an agent relay takes 1.8-2.3 MiB of PSS (5 and 2 VMs on the host;
+// BenchmarkMemoryPerVM) instead of 6.4 MiB as `minions agent-relay`, whose
+// package initialisation and binary size were most of that. Its modes:
+//
+//	minions-relay agent-relay --serial SOCKET --listen SOCKET
+//	    relay the guest agent's virtio-serial socket to hybrid vsock
+//	    (package relay) until QEMU exits or SIGTERM;
+//	minions-relay console-log --fifo FIFO --log FILE --max-bytes N
+//	    copy the console FIFO into the VM's capped log (vm/consolelog)
+//	    until QEMU closes the FIFO or SIGTERM.
+//
+// Unless GOGC, GOMEMLIMIT or GOMAXPROCS are set in its environment it runs
+// with a small GC target, a soft memory limit and one P. The mode names
+// are those of the minions subcommands they replace (and the driver's
+// helper names), so `pgrep -f agent-relay` finds old and new relays
+// alike. Exit status: 0 when done, 1 on an error, 2 on a usage error.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"runtime"
+	"runtime/debug"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/minionsdev/minions/vm/consolelog"
+	"github.com/minionsdev/minions/vm/hypervisor/qemu/relay"
+)
+
+// gcPercent and memLimit bound the heap of a relay. Its live data is a
+// few hundred KiB (runtime, one yamux session); the heap grows with
+// garbage until the next GC, which the runtime starts at 4 MiB times
+// GOGC/100, so a lower GOGC keeps a busy relay's heap smaller (a GC of so
+// small a heap takes well under a millisecond); an idle relay is trimmed
+// anyway (trimmer). memLimit is only a backstop against a runaway heap: a
+// limit near what the runtime maps anyway (4-5 MiB, measured) makes the GC
+// run back to back, burning CPU for nothing.
+const (
+	gcPercent = 50
+	memLimit  = 32 << 20
+)
+
+// trimDelay is how long a relay stays idle (no client connection) before
+// it returns its free memory to the OS: the runtime's background scavenger
+// would keep about a heap goal's worth resident, for every VM.
+const trimDelay = 500 * time.Millisecond
+
+// trimmer returns free memory to the OS once the relay has been idle for
+// trimDelay; each call of idle restarts the wait. It collects twice: the
+// first GC only moves pooled copy buffers to sync.Pool's victim cache.
+type trimmer struct {
+	mu sync.Mutex
+	t  *time.Timer
+}
+
+func (tr *trimmer) idle() {
+	tr.mu.Lock()
+	defer tr.mu.Unlock()
+	if tr.t == nil {
+		tr.t = time.AfterFunc(trimDelay, func() { runtime.GC(); debug.FreeOSMemory() })
+		return
+	}
+	tr.t.Reset(trimDelay)
+}
+
+var errUsage = errors.New("usage")
+
+func main() {
+	// No allocation profiling from here on (nothing reads it).
+	runtime.MemProfileRate = 0
+	// One P: fewer OS threads, each with its own stacks and caches; a
+	// relay's work is copying between sockets, not computing.
+	if os.Getenv("GOMAXPROCS") == "" {
+		runtime.GOMAXPROCS(1)
+	}
+	if os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(gcPercent)
+	}
+	if os.Getenv("GOMEMLIMIT") == "" {
+		debug.SetMemoryLimit(memLimit)
+	}
+	ctx, cancel := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	signal.Ignore(syscall.SIGHUP, syscall.SIGPIPE)
+	err := run(ctx, os.Args[1:], os.Stderr)
+	cancel()
+	switch {
+	case errors.Is(err, errUsage):
+		os.Exit(2)
+	case err != nil:
+		fmt.Fprintln(os.Stderr, "minions-relay:", err)
+		os.Exit(1)
+	}
+}
+
+const usage = `usage: minions-relay agent-relay --serial SOCKET --listen SOCKET
+       minions-relay console-log --fifo FIFO --log FILE --max-bytes N`
+
+// run runs the mode named by args[0]; a usage error is reported on
+// stderr and returned as errUsage.
+func run(ctx context.Context, args []string, stderr io.Writer) error {
+	if len(args) == 0 {
+		fmt.Fprintln(stderr, usage)
+		return errUsage
+	}
+	fs := flag.NewFlagSet("minions-relay "+args[0], flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() { fmt.Fprintln(stderr, usage) }
+	bad := func(msg string) error {
+		fmt.Fprintf(stderr, "minions-relay %s: %s\n%s\n", args[0], msg, usage)
+		return errUsage
+	}
+	switch args[0] {
+	case "agent-relay":
+		serial := fs.String("serial", "", "QEMU's virtio-serial chardev socket")
+		listen := fs.String("listen", "", "hybrid vsock socket to offer")
+		if err := fs.Parse(args[1:]); err != nil {
+			return errUsage
+		}
+		if *serial == "" || *listen == "" || fs.NArg() > 0 {
+			return bad("--serial and --listen are required, and nothing else")
+		}
+		log := slog.New(slog.NewTextHandler(stderr, nil))
+		var tr trimmer
+		return relay.Run(ctx, relay.Config{SerialSocket: *serial, Listen: *listen, Log: log, Idle: tr.idle})
+	case "console-log":
+		fifo := fs.String("fifo", "", "FIFO the hypervisor writes the console to")
+		path := fs.String("log", "", "console log file (rotated to FILE.1)")
+		max := fs.Int64("max-bytes", consolelog.DefaultMaxBytes, "cap of the log and its rotated file together")
+		if err := fs.Parse(args[1:]); err != nil {
+			return errUsage
+		}
+		if *fifo == "" || *path == "" || fs.NArg() > 0 {
+			return bad("--fifo and --log are required, and nothing else")
+		}
+		return consolelog.Run(ctx, *fifo, *path, *max)
+	default:
+		return bad(fmt.Sprintf("unknown mode %q", args[0]))
+	}
+}

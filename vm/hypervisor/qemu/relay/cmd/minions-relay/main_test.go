@@ -1,0 +1,347 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/minionsdev/minions/guestagent/link"
+)
+
+// maxPSSKiB bounds the agent relay's PSS per VM with testVMs VMs on the
+// host (their relays and console loggers share the binary's pages, as on
+// a real host). Issue 16's target is 2 MiB, measured by
+// BenchmarkMemoryPerVM in e2e (1.8 MiB with 5 VMs); after this test's
+// 1 MiB transfers a relay holds about 1.95 MiB (1.6 MiB of it anonymous,
+// which is all that is left per VM at hundreds of VMs), so the bound keeps
+// some room for noise. The minions binary's agent-relay takes 6.4 MiB
+// here (run with MINIONS_RELAY_TEST_CMD to see it fail).
+const (
+	maxPSSKiB = 2304
+	testVMs   = 5
+)
+
+// relayCmdEnv names another agent relay command to hold to the same tests
+// (an argv prefix, split on spaces), e.g. "/old/minions agent-relay" to
+// see an older relay miss the memory budget.
+const relayCmdEnv = "MINIONS_RELAY_TEST_CMD"
+
+// buildRelay builds this command into a temporary directory, as `make`
+// does, and returns the argv prefix of its agent relay mode (or the one
+// in $MINIONS_RELAY_TEST_CMD).
+func buildRelay(t *testing.T) []string {
+	t.Helper()
+	if s := os.Getenv(relayCmdEnv); s != "" {
+		return strings.Fields(s)
+	}
+	bin := filepath.Join(t.TempDir(), "minions-relay")
+	cmd := exec.Command("go", "build", "-trimpath", "-ldflags=-s -w", "-o", bin, ".")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	return []string{bin, "agent-relay"}
+}
+
+// TestImportsLean: every package the relay binary links is paid for in
+// each VM's host memory (package init, runtime data), so it may depend on
+// nothing of this module but the relay, the link protocol, the console
+// log and errs, and on no third-party module but yamux and x/sys.
+func TestImportsLean(t *testing.T) {
+	cmd := exec.Command("go", "list", "-deps", ".")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0") // as it is built
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("go list: %v: %s", err, out)
+	}
+	const mod = "github.com/minionsdev/minions/"
+	allowed := map[string]bool{
+		mod + "vm/hypervisor/qemu/relay/cmd/minions-relay": true, mod + "vm/hypervisor/qemu/relay": true,
+		mod + "guestagent/link": true, mod + "vm/consolelog": true, mod + "internal/errs": true,
+		"github.com/hashicorp/yamux": true, "golang.org/x/sys/unix": true,
+	}
+	for _, p := range strings.Fields(string(out)) {
+		first, _, _ := strings.Cut(p, "/")
+		if strings.Contains(first, ".") && !allowed[p] {
+			t.Errorf("minions-relay depends on %s", p)
+		}
+		if p == "runtime/cgo" || p == "net/http" || p == "crypto/tls" {
+			t.Errorf("minions-relay depends on %s", p)
+		}
+	}
+}
+
+func TestUsage(t *testing.T) {
+	for _, args := range [][]string{nil, {"bogus"}, {"agent-relay"}, {"agent-relay", "--serial", "a"},
+		{"agent-relay", "--serial", "a", "--listen", "b", "extra"}, {"agent-relay", "--nope"},
+		{"console-log", "--fifo", "f"}, {"console-log", "--fifo", "f", "--log", "l", "--max-bytes", "x"}} {
+		var stderr bytes.Buffer
+		if err := run(context.Background(), args, &stderr); !errors.Is(err, errUsage) {
+			t.Errorf("%q: %v, want a usage error", args, err)
+		}
+		if !strings.Contains(stderr.String(), "usage") {
+			t.Errorf("%q: stderr %q has no usage", args, stderr.String())
+		}
+	}
+}
+
+// echoGuest serves the guest side of the link on a unix socket at path
+// and echoes every stream.
+func echoGuest(t *testing.T, path string) {
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		link.Serve(ctx, func(ctx context.Context) (io.ReadWriteCloser, error) {
+			c, err := l.Accept()
+			if err != nil {
+				<-ctx.Done()
+				return nil, ctx.Err()
+			}
+			return c, nil
+		}, func(c net.Conn) { defer c.Close(); io.Copy(c, c) }, nil)
+	}()
+	t.Cleanup(func() { cancel(); l.Close(); <-done })
+}
+
+// roundTrip sends data through the relay at listen and checks the echo.
+func roundTrip(t *testing.T, listen string, data []byte) {
+	t.Helper()
+	var c net.Conn
+	var err error
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if c, err = net.Dial("unix", listen); err == nil || time.Now().After(deadline) {
+			break
+		}
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(20 * time.Second))
+	fmt.Fprintf(c, "CONNECT 1024\n")
+	br := bufio.NewReader(c)
+	if line, err := br.ReadString('\n'); err != nil || !strings.HasPrefix(line, "OK ") {
+		t.Fatalf("relay answered %q, %v", line, err)
+	}
+	go func() { c.Write(data); c.(*net.UnixConn).CloseWrite() }()
+	got, err := io.ReadAll(br)
+	if err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("echo: %d bytes, %v; want %d", len(got), err, len(data))
+	}
+}
+
+// pssKiB reads the proportional set size of pid (field "Pss:", or
+// another of smaps_rollup's).
+func pssKiB(t *testing.T, pid int, field ...string) int64 {
+	name := "Pss:"
+	if len(field) > 0 {
+		name = field[0]
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/smaps_rollup", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) >= 2 && f[0] == name {
+			n, err := strconv.ParseInt(f[1], 10, 64)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return n
+		}
+	}
+	t.Fatalf("no %s in smaps_rollup of %d", name, pid)
+	return 0
+}
+
+// cpuTicks is the user plus system CPU time of pid, in clock ticks.
+func cpuTicks(t *testing.T, pid int) int64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The fields after the command name, which is in parentheses.
+	f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
+	ut, _ := strconv.ParseInt(f[11], 10, 64)
+	st, _ := strconv.ParseInt(f[12], 10, 64)
+	return ut + st
+}
+
+// helper is one running helper process.
+type helper struct {
+	cmd    *exec.Cmd
+	stderr bytes.Buffer
+}
+
+func startHelper(t *testing.T, argv ...string) *helper {
+	t.Helper()
+	h := &helper{cmd: exec.Command(argv[0], argv[1:]...)}
+	h.cmd.Stderr = &h.stderr
+	if err := h.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { h.cmd.Process.Kill(); h.cmd.Wait() })
+	return h
+}
+
+// stop sends SIGTERM and wants a clean exit.
+func (h *helper) stop(t *testing.T) {
+	t.Helper()
+	h.cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan error, 1)
+	go func() { done <- h.cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("%s exit after SIGTERM: %v\n%s", h.cmd.Args[1], err, h.stderr.String())
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatalf("%s did not exit on SIGTERM", h.cmd.Args[1])
+	}
+}
+
+// TestAgentRelayProcess runs testVMs VMs' helpers as the QEMU driver does
+// (per VM an agent relay in front of an echoing guest and a console logger
+// on a FIFO): 1 MiB goes both ways through each relay; then, idle, each relay
+// stays within issue 16's budget of 2 MiB PSS per VM and burns no CPU
+// (a GC running back to back would); SIGTERM ends each cleanly and the
+// relay removes its socket.
+func TestAgentRelayProcess(t *testing.T) {
+	if _, err := os.Stat("/proc/self/smaps_rollup"); err != nil {
+		t.Skip("no /proc/PID/smaps_rollup")
+	}
+	argv := buildRelay(t)
+	dir, err := os.MkdirTemp("", "relaycmd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	type vm struct {
+		relay, console *helper
+		listen         string
+	}
+	var vms []*vm
+	for i := range testVMs {
+		serial, listen := filepath.Join(dir, fmt.Sprintf("agent%d.sock", i)), filepath.Join(dir, fmt.Sprintf("vsock%d.sock", i))
+		fifo := filepath.Join(dir, fmt.Sprintf("console%d.fifo", i))
+		if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		echoGuest(t, serial)
+		v := &vm{listen: listen}
+		v.relay = startHelper(t, append(argv, "--serial", serial, "--listen", listen)...)
+		if os.Getenv(relayCmdEnv) == "" {
+			v.console = startHelper(t, argv[0], "console-log", "--fifo", fifo, "--log", fifo+".log")
+			w, err := os.OpenFile(fifo, os.O_WRONLY, 0) // QEMU's end
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer w.Close()
+			fmt.Fprintln(w, "guest console")
+		}
+		vms = append(vms, v)
+	}
+	data := make([]byte, 1<<20)
+	rand.Read(data)
+	for _, v := range vms {
+		roundTrip(t, v.listen, data)
+		roundTrip(t, v.listen, []byte("again"))
+	}
+	// Idle now: sample each relay's PSS for 3 s and take the median, as
+	// the benchmark does; count the CPU it used meanwhile.
+	time.Sleep(2 * time.Second)
+	ticks := make([]int64, len(vms))
+	pss := make([][]int64, len(vms))
+	for i, v := range vms {
+		ticks[i] = cpuTicks(t, v.relay.cmd.Process.Pid)
+	}
+	for range 10 {
+		for i, v := range vms {
+			pss[i] = append(pss[i], pssKiB(t, v.relay.cmd.Process.Pid))
+		}
+		time.Sleep(300 * time.Millisecond)
+	}
+	var total int64
+	for i, v := range vms {
+		slices.Sort(pss[i])
+		med := pss[i][len(pss[i])/2]
+		cpu := cpuTicks(t, v.relay.cmd.Process.Pid) - ticks[i]
+		t.Logf("%s: PSS %d KiB (min %d, max %d; anonymous %d KiB), %d CPU ticks in 3 s idle", argv[0], med, pss[i][0], pss[i][len(pss[i])-1],
+			pssKiB(t, v.relay.cmd.Process.Pid, "Pss_Anon:"), cpu)
+		if cpu > 15 { // 5 % of a core at 100 ticks/s
+			t.Errorf("idle relay used %d CPU ticks in 3 s", cpu)
+		}
+		total += med
+	}
+	if per := total / int64(len(vms)); per > maxPSSKiB {
+		t.Errorf("agent relay PSS %d KiB per VM, want <= %d", per, maxPSSKiB)
+	}
+	for _, v := range vms {
+		v.relay.stop(t)
+		if _, err := os.Stat(v.listen); !os.IsNotExist(err) {
+			t.Errorf("relay left %s behind: %v", v.listen, err)
+		}
+		if v.console != nil {
+			v.console.stop(t)
+		}
+	}
+}
+
+// TestConsoleLogMode: the console logger copies the FIFO into the log and
+// exits by itself when the writer (QEMU) closes it.
+func TestConsoleLogMode(t *testing.T) {
+	if os.Getenv(relayCmdEnv) != "" {
+		t.Skip("testing another relay command")
+	}
+	bin := buildRelay(t)[0]
+	dir := t.TempDir()
+	fifo, logPath := filepath.Join(dir, "console.fifo"), filepath.Join(dir, "console.log")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, "console-log", "--fifo", fifo, "--log", logPath, "--max-bytes", "65536")
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill()
+	w, err := os.OpenFile(fifo, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fmt.Fprintln(w, "boot: hello from the guest")
+	w.Close()
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("console logger: %v\n%s", err, stderr.String())
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("console logger did not exit after the writer closed the FIFO")
+	}
+	if b, _ := os.ReadFile(logPath); string(b) != "boot: hello from the guest\n" {
+		t.Fatalf("console log %q", b)
+	}
+}
