@@ -6,10 +6,8 @@ import (
 	"crypto/rand"
 	"debug/elf"
 	"encoding/pem"
-	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -23,7 +21,6 @@ import (
 	"github.com/minionsdev/minions/internal/errs"
 	"github.com/minionsdev/minions/service"
 	"github.com/minionsdev/minions/store"
-	"github.com/minionsdev/minions/vm/disk"
 	"github.com/minionsdev/minions/vm/engine"
 	"github.com/minionsdev/minions/vm/hypervisor"
 	"github.com/minionsdev/minions/vm/jail"
@@ -171,9 +168,9 @@ func Open(ctx context.Context, o Options) (*Env, error) {
 	}
 	scfg := service.Config{StateDir: o.Paths.State, RunDir: o.Paths.Run, Subnet: o.Subnet, DNS: dns, DefaultImage: o.DefaultImage,
 		DefaultQuota: o.Resources.DefaultQuota, MemoryOvercommit: o.Resources.MemoryOvercommit, OnOperation: o.OnOperation, Log: o.Log}
-	images := imageAdapter{cat: e.Images}
+	images := service.NewHostCatalog(e.Images, AgentBinary)
 	if e.Engine, err = engine.NewLocal(scfg.EngineConfig(), engine.Deps{
-		DB: db, Driver: e.Driver, Network: netAdapter{e.Network}, Images: images, Disks: diskAdapter{}, HostKey: key,
+		DB: db, Driver: e.Driver, Network: engine.HostNetwork{M: e.Network}, Images: images, Disks: engine.HostDisks{}, HostKey: key,
 	}); err != nil {
 		return nil, err
 	}
@@ -252,70 +249,6 @@ func LoadOrCreateKey(path string) (ssh.Signer, error) {
 	return ssh.ParsePrivateKey(b)
 }
 
-type netAdapter struct{ m *network.Manager }
-
-func (n netAdapter) AddPort(ctx context.Context, tap string, ip netip.Addr, mac string) error {
-	hw, err := net.ParseMAC(mac)
-	if err != nil {
-		return errs.New(errs.InvalidArgument, "mac %q: %v", mac, err)
-	}
-	return n.m.AddPort(ctx, network.Port{TAP: tap, IP: ip, MAC: hw})
-}
-
-func (n netAdapter) RemovePort(ctx context.Context, tap string) error {
-	return n.m.RemovePort(ctx, tap)
-}
-
-type diskAdapter struct{}
-
-func (diskAdapter) CreateOverlay(ctx context.Context, base, baseFormat, path string, size int64) error {
-	return disk.CreateOverlay(ctx, base, baseFormat, path, size)
-}
-func (diskAdapter) Clone(ctx context.Context, src, dst string) error {
-	_, err := disk.Clone(ctx, src, dst)
-	return err
-}
-func (diskAdapter) Grow(ctx context.Context, path string, size int64) error {
-	return disk.Grow(ctx, path, size)
-}
-
-type imageAdapter struct{ cat *images.Catalog }
-
-// Resolve finds an image and the kernel and initramfs to boot it with: the
-// newest installed kernel, and an initramfs built for it around the agent
-// binary that ships with this minions binary.
-func (a imageAdapter) Resolve(ctx context.Context, ref string) (service.Image, error) {
-	im, err := a.cat.Resolve(ref)
-	if err != nil {
-		if errors.Is(err, errs.NotFound) {
-			var refs []string
-			if all, lerr := a.cat.List(); lerr == nil {
-				for _, i := range all {
-					refs = append(refs, i.Ref())
-				}
-			}
-			if len(refs) == 0 {
-				return service.Image{}, errs.New(errs.NotFound, "%v; no image is built yet: run `minions image build --os minimal`", err)
-			}
-			return service.Image{}, errs.New(errs.NotFound, "%v; available: %s", err, strings.Join(refs, ", "))
-		}
-		return service.Image{}, err
-	}
-	k, err := images.NewestKernel(a.cat.KernelDir())
-	if err != nil {
-		return service.Image{}, errs.New(errs.FailedPrecondition, "no guest kernel installed: run `minions image build --os minimal` (it installs one): %w", err)
-	}
-	agent, err := AgentBinary()
-	if err != nil {
-		return service.Image{}, err
-	}
-	initrd, err := a.cat.Initramfs(ctx, k, agent)
-	if err != nil {
-		return service.Image{}, err
-	}
-	return service.Image{Ref: im.Ref(), OS: im.OS, Path: im.Path, Format: "raw", SizeBytes: im.SizeBytes, Kernel: k.Path, Initramfs: initrd.Path}, nil
-}
-
 // AgentBinary finds the guest agent binary: $MINIONS_AGENT_BIN, then
 // minions-agent beside this executable, then in ../lib/minions from it
 // (where install.sh and `make install` put it for any prefix), then
@@ -376,7 +309,7 @@ func OpenImages(ctx context.Context, g *cli.Global) (service.Backend, error) {
 		return nil, err
 	}
 	log := CLILogger()
-	cat := CatalogImages(&images.Catalog{Dir: filepath.Join(paths.State, "images"), Log: log})
+	cat := service.NewHostCatalog(&images.Catalog{Dir: filepath.Join(paths.State, "images"), Log: log}, AgentBinary)
 	svc, err := service.New(service.Config{StateDir: paths.State, RunDir: paths.Run, DefaultImage: cfg.DefaultImage, Log: log},
 		service.Deps{DB: db, Engine: engine.Absent{Reason: "image commands open only the store and the catalogue"}, Images: cat})
 	if err != nil {

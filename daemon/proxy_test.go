@@ -16,6 +16,7 @@ import (
 	"github.com/minionsdev/minions/internal/errs"
 	"github.com/minionsdev/minions/service"
 	"github.com/minionsdev/minions/store"
+	"github.com/minionsdev/minions/vm/engine"
 	"github.com/minionsdev/minions/vm/hypervisor/fake"
 )
 
@@ -38,7 +39,7 @@ func testService(t *testing.T, dir string) *service.Service {
 	key, _ := ssh.NewSignerFromKey(priv)
 	cat := &images.Catalog{Dir: filepath.Join(dir, "images")}
 	svc, err := service.New(service.Config{StateDir: dir, Log: slog.New(slog.DiscardHandler)},
-		service.Deps{DB: db, Driver: fake.New(fake.Config{}), Network: nopNet{}, Images: imageAdapter{cat: cat}, Disks: diskAdapter{}, HostKey: key})
+		service.Deps{DB: db, Driver: fake.New(fake.Config{}), Network: nopNet{}, Images: service.NewHostCatalog(cat, AgentBinary), Disks: engine.HostDisks{}, HostKey: key})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -73,7 +73,7 @@ func imageService(t *testing.T) (svc *service.Service, root, bob service.Caller)
 	_, priv, _ := ed25519.GenerateKey(rand.Reader)
 	key, _ := ssh.NewSignerFromKey(priv)
 	svc, err = service.New(service.Config{StateDir: dir, Log: slog.New(slog.DiscardHandler)},
-		service.Deps{DB: db, Driver: fake.New(fake.Config{}), Network: nopNet{}, Images: daemon.CatalogImages(cat), Disks: nopDisks{}, HostKey: key})
+		service.Deps{DB: db, Driver: fake.New(fake.Config{}), Network: nopNet{}, Images: service.NewHostCatalog(cat, daemon.AgentBinary), Disks: nopDisks{}, HostKey: key})
 	if err != nil {
 		t.Fatal(err)
 	}

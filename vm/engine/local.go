@@ -376,25 +376,3 @@ func EncodeHandle(h *hypervisor.Handle) string {
 	b, _ := json.Marshal(h)
 	return string(b)
 }
-
-// HostDisks is Disks on this host's filesystem (package vm/disk: qcow2
-// overlays, reflink or copied clones).
-type HostDisks struct{}
-
-var _ Disks = HostDisks{}
-
-// CreateOverlay implements Disks.
-func (HostDisks) CreateOverlay(ctx context.Context, base, baseFormat, path string, sizeBytes int64) error {
-	return disk.CreateOverlay(ctx, base, baseFormat, path, sizeBytes)
-}
-
-// Clone implements Disks.
-func (HostDisks) Clone(ctx context.Context, src, dst string) error {
-	_, err := disk.Clone(ctx, src, dst)
-	return err
-}
-
-// Grow implements Disks.
-func (HostDisks) Grow(ctx context.Context, path string, sizeBytes int64) error {
-	return disk.Grow(ctx, path, sizeBytes)
-}
