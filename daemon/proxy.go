@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/minionsdev/minions/config"
+	"github.com/minionsdev/minions/internal/announce"
 	"github.com/minionsdev/minions/internal/errs"
 	"github.com/minionsdev/minions/proxy"
 	"github.com/minionsdev/minions/service"
@@ -78,7 +79,7 @@ func startProxy(ctx context.Context, g *errgroup.Group, cfg config.Config, e *En
 	}
 	cfg.ProxyBind, cfg.HTTPBind = addrOf(httpsLn, cfg.ProxyBind), addrOf(httpLn, cfg.HTTPBind)
 	accessBuf := proxy.NewLogBuffer(logOut, 100*time.Millisecond)
-	access := newLogger(accessBuf, format).With("component", "access")
+	access := announce.NewLogger(accessBuf, format).With("component", "access")
 	p, err := newProxyLogs(ctx, cfg, e, log, access, paths, ep)
 	if err != nil {
 		accessBuf.Close()

@@ -18,6 +18,7 @@ import (
 	"github.com/minionsdev/minions/api"
 	"github.com/minionsdev/minions/cli"
 	"github.com/minionsdev/minions/config"
+	"github.com/minionsdev/minions/internal/announce"
 	"github.com/minionsdev/minions/vm/hypervisor/qemu"
 	"golang.org/x/sync/errgroup"
 )
@@ -31,8 +32,8 @@ func serveCmd() *cli.Command {
 			if err != nil {
 				return err
 			}
-			if x.G.JSON && (cfg.LogFormat == "" || cfg.LogFormat == LogAuto) {
-				cfg.LogFormat = LogJSON
+			if x.G.JSON && (cfg.LogFormat == "" || cfg.LogFormat == announce.LogAuto) {
+				cfg.LogFormat = announce.LogJSON
 			}
 			return Serve(ctx, cfg, x.Stderr)
 		}}
@@ -66,11 +67,11 @@ func Serve(ctx context.Context, cfg config.Config, logOut io.Writer) error {
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	signal.Ignore(syscall.SIGHUP, syscall.SIGPIPE)
-	format, err := logFormat(cfg.LogFormat, logOut)
+	format, err := announce.Format(cfg.LogFormat, logOut)
 	if err != nil {
 		return err
 	}
-	log := newLogger(logOut, format)
+	log := announce.NewLogger(logOut, format)
 
 	paths, err := ResolvePaths(cfg.StateDir, cfg.RunDir)
 	if err != nil {
@@ -192,15 +193,17 @@ func Serve(ctx context.Context, cfg config.Config, logOut io.Writer) error {
 	if err := startProxy(gctx, g, cfg, e, log, logOut, format, paths, metrics); err != nil {
 		return err
 	}
-	in := bannerInput{Version: cli.Version, PublicIP: cfg.PublicIP, SSH: sshAddr, Socket: sock, Metrics: metricsAddr,
-		Paths: paths, KVM: e.Driver.Caps().KVM, Systemd: os.Getenv("INVOCATION_ID") != ""}
+	in := announce.Input{Version: cli.Version, PublicIP: cfg.PublicIP, SSH: sshAddr, Socket: sock, Metrics: metricsAddr,
+		StateDir: paths.State, RunDir: paths.Run, KVM: e.Driver.Caps().KVM, Systemd: os.Getenv("INVOCATION_ID") != ""}
 	if tln != nil {
 		in.API, in.APITLS = tln.Addr().String(), cfg.TLSCert != ""
 	}
-	if in.Proxy, err = storedEndpoint(ctx, e.Service); err != nil {
+	ep, err := storedEndpoint(ctx, e.Service)
+	if err != nil {
 		return err
 	}
-	newBanner(in).announce(log, logOut, format)
+	in.Proxy = announce.Proxy{Domain: ep.Domain, HTTPSPort: ep.HTTPSPort, HTTPPort: ep.HTTPPort}
+	announce.NewBanner(in).Announce(log, logOut, format)
 
 	// Reconcile: processes that died, operations that were interrupted.
 	// Every second, so a crash shows in the status within 2 s.
