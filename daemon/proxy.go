@@ -17,6 +17,7 @@ import (
 	"github.com/minionsdev/minions/config"
 	"github.com/minionsdev/minions/internal/announce"
 	"github.com/minionsdev/minions/internal/errs"
+	"github.com/minionsdev/minions/metrics"
 	"github.com/minionsdev/minions/proxy"
 	"github.com/minionsdev/minions/service"
 	"golang.org/x/sync/errgroup"
@@ -47,7 +48,7 @@ type proxyEndpoint struct {
 // the endpoint, so links are not minted for a proxy nobody runs. The access
 // log (one record per request) goes to logOut in format through a
 // proxy.LogBuffer: a write every 100 ms instead of one per request.
-func startProxy(ctx context.Context, g *errgroup.Group, cfg config.Config, e *Env, log *slog.Logger, logOut io.Writer, format string, paths Paths, m *metrics) error {
+func startProxy(ctx context.Context, g *errgroup.Group, cfg config.Config, e *Env, log *slog.Logger, logOut io.Writer, format string, paths Paths, m *metrics.Registry) error {
 	if cfg.ProxyBind == "" && cfg.HTTPBind == "" {
 		return e.Service.SetWebEndpoint(ctx, "")
 	}
@@ -93,7 +94,7 @@ func startProxy(ctx context.Context, g *errgroup.Group, cfg config.Config, e *En
 	}
 	web := webOf(p, ep)
 	e.Service.SetWeb(func(context.Context) (service.Web, error) { return web, nil })
-	m.extra = append(m.extra, p.MetricsHandler())
+	m.Add(p.MetricsHandler())
 	g.Go(func() error {
 		defer accessBuf.Close()
 		return p.Serve(ctx, httpsLn, httpLn)

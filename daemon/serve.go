@@ -11,7 +11,6 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
-	"sync"
 	"syscall"
 	"time"
 
@@ -19,6 +18,7 @@ import (
 	"github.com/minionsdev/minions/cli"
 	"github.com/minionsdev/minions/config"
 	"github.com/minionsdev/minions/internal/announce"
+	"github.com/minionsdev/minions/metrics"
 	"github.com/minionsdev/minions/vm/hypervisor/qemu"
 	"golang.org/x/sync/errgroup"
 )
@@ -77,9 +77,9 @@ func Serve(ctx context.Context, cfg config.Config, logOut io.Writer) error {
 	if err != nil {
 		return err
 	}
-	ops := &opLatencies{}
+	reg := metrics.New()
 	o := OpenOptions(cfg, paths, log)
-	o.OnOperation = ops.observe
+	o.OnOperation = reg.ObserveOp
 	e, err := Open(ctx, o)
 	if err != nil {
 		return err
@@ -163,8 +163,7 @@ func Serve(ctx context.Context, cfg config.Config, logOut io.Writer) error {
 	}()
 
 	// Metrics on the admin listener only.
-	metrics := newMetrics(e)
-	ops.m = metrics
+	reg.SetSource(e.Service)
 	metricsAddr := ""
 	if cfg.AdminBind != "" {
 		aln, err := net.Listen("tcp", cfg.AdminBind)
@@ -172,7 +171,7 @@ func Serve(ctx context.Context, cfg config.Config, logOut io.Writer) error {
 			return fmt.Errorf("admin: %w", err)
 		}
 		mux := http.NewServeMux()
-		mux.Handle("/metrics", metrics)
+		mux.Handle("/metrics", reg)
 		asrv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 		shutdown(asrv)
 		g.Go(func() error { return ignoreClosed(asrv.Serve(aln)) })
@@ -190,7 +189,7 @@ func Serve(ctx context.Context, cfg config.Config, logOut io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if err := startProxy(gctx, g, cfg, e, log, logOut, format, paths, metrics); err != nil {
+	if err := startProxy(gctx, g, cfg, e, log, logOut, format, paths, reg); err != nil {
 		return err
 	}
 	in := announce.Input{Version: cli.Version, PublicIP: cfg.PublicIP, SSH: sshAddr, Socket: sock, Metrics: metricsAddr,
@@ -219,7 +218,7 @@ func Serve(ctx context.Context, cfg config.Config, logOut io.Writer) error {
 				if err := e.Service.Reconcile(gctx); err != nil && gctx.Err() == nil {
 					log.Warn("reconcile", "err", err)
 				}
-				metrics.observe("reconcile", time.Since(start))
+				reg.Observe("reconcile", time.Since(start))
 			}
 		}
 	})
@@ -250,25 +249,6 @@ func ignoreClosed(err error) error {
 		return nil
 	}
 	return err
-}
-
-// opLatencies forwards operation timings to the metrics once they exist.
-type opLatencies struct {
-	mu sync.Mutex
-	m  *metrics
-}
-
-func (o *opLatencies) observe(kind string, d time.Duration, err error) {
-	o.mu.Lock()
-	m := o.m
-	o.mu.Unlock()
-	if m == nil {
-		return
-	}
-	if err != nil {
-		kind += "_failed"
-	}
-	m.observe(kind, d)
 }
 
 // startupWarnings are what serve says at start about isolation: TCG is no
