@@ -92,7 +92,7 @@ func startProxy(ctx context.Context, g *errgroup.Group, cfg config.Config, e *En
 		closeAll()
 		return err
 	}
-	web := webOf(p, ep)
+	web := proxy.Web(p, ep.Domain, ep.PublicIP)
 	e.Service.SetWeb(func(context.Context) (service.Web, error) { return web, nil })
 	m.Add(p.MetricsHandler())
 	g.Go(func() error {
@@ -163,8 +163,8 @@ func newProxyLogs(ctx context.Context, cfg config.Config, e *Env, log, access *s
 	if err != nil {
 		return nil, err
 	}
-	r := routes{cfg.Domain, wr}
-	pc.Links = usedLinks{e.Service}
+	r := proxy.ServiceRoutes{Domain: cfg.Domain, R: wr}
+	pc.Links = proxy.ServiceLinks{Svc: e.Service}
 	return proxy.New(pc, r, r)
 }
 
@@ -208,48 +208,9 @@ func storedWeb(svc *service.Service, paths Paths, log *slog.Logger) service.WebS
 		if err != nil {
 			return nil, err
 		}
-		built = webOf(p, ep)
+		built = proxy.Web(p, ep.Domain, ep.PublicIP)
 		return built, nil
 	}
-}
-
-// usedLinks is the proxy's LinkLedger: the service's, kept in the store.
-type usedLinks struct{ svc *service.Service }
-
-var _ proxy.LinkLedger = usedLinks{}
-
-func (u usedLinks) Use(ctx context.Context, id string, exp time.Time) (bool, error) {
-	return u.svc.UseLink(ctx, id, exp)
-}
-
-// routes is the proxy's route table: the service's, reached by VM name
-// (<vm>.<domain>) or by a verified custom domain.
-type routes struct {
-	domain string
-	r      *service.WebRoutes
-}
-
-var (
-	_ proxy.Routes  = routes{}
-	_ proxy.Domains = routes{}
-)
-
-func (r routes) Route(ctx context.Context, host string) (proxy.Route, error) {
-	var wr service.WebRoute
-	var err error
-	if name, ok := proxy.SplitHost(host, r.domain); ok {
-		wr, err = r.r.ByName(ctx, name)
-	} else {
-		wr, err = r.r.ByDomain(ctx, host)
-	}
-	if errs.ClassOf(err) == errs.NotFound {
-		return proxy.Route{}, errs.New(errs.NotFound, "no vm serves %s", host)
-	}
-	return proxy.Route(wr), err
-}
-
-func (r routes) AllowCertificate(ctx context.Context, name string) error {
-	return r.r.AllowCertificate(ctx, name)
 }
 
 // storedEndpoint is the proxy endpoint startProxy recorded (zero when the

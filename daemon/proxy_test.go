@@ -14,6 +14,7 @@ import (
 
 	"github.com/minionsdev/minions/images"
 	"github.com/minionsdev/minions/internal/errs"
+	"github.com/minionsdev/minions/proxy"
 	"github.com/minionsdev/minions/service"
 	"github.com/minionsdev/minions/store"
 	"github.com/minionsdev/minions/vm/engine"
@@ -65,7 +66,7 @@ func TestProxyRoutesAskTheService(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer wr.Close()
-	r := routes{"example.test", wr}
+	r := proxy.ServiceRoutes{Domain: "example.test", R: wr}
 	rt, err := r.Route(ctx, "web.example.test")
 	if err != nil || rt.VMID != "aaa" || rt.Owner != "u1" || rt.Gen != 0 || rt.Upstream != "10.0.0.2:8080" || !rt.Running {
 		t.Fatalf("route = %+v, %v", rt, err)
@@ -84,7 +85,7 @@ func TestProxyRoutesAskTheService(t *testing.T) {
 	if err := r.AllowCertificate(ctx, "web.other.test"); errs.ClassOf(err) != errs.PermissionDenied {
 		t.Fatalf("certificate for an unclaimed domain: %v", err)
 	}
-	links := usedLinks{svc}
+	links := proxy.ServiceLinks{Svc: svc}
 	exp := time.Now().Add(time.Minute)
 	if fresh, err := links.Use(ctx, "l1", exp); !fresh || err != nil {
 		t.Fatalf("first use: %v %v", fresh, err)
