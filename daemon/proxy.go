@@ -19,6 +19,7 @@ import (
 	"github.com/minionsdev/minions/internal/errs"
 	"github.com/minionsdev/minions/metrics"
 	"github.com/minionsdev/minions/proxy"
+	"github.com/minionsdev/minions/proxy/serviceweb"
 	"github.com/minionsdev/minions/service"
 	"golang.org/x/sync/errgroup"
 )
@@ -92,7 +93,7 @@ func startProxy(ctx context.Context, g *errgroup.Group, cfg config.Config, e *En
 		closeAll()
 		return err
 	}
-	web := proxy.Web(p, ep.Domain, ep.PublicIP)
+	web := serviceweb.Web(p, ep.Domain, ep.PublicIP)
 	e.Service.SetWeb(func(context.Context) (service.Web, error) { return web, nil })
 	m.Add(p.MetricsHandler())
 	g.Go(func() error {
@@ -163,8 +164,8 @@ func newProxyLogs(ctx context.Context, cfg config.Config, e *Env, log, access *s
 	if err != nil {
 		return nil, err
 	}
-	r := proxy.ServiceRoutes{Domain: cfg.Domain, R: wr}
-	pc.Links = proxy.ServiceLinks{Svc: e.Service}
+	r := serviceweb.Routes{Domain: cfg.Domain, R: wr}
+	pc.Links = serviceweb.Links{Svc: e.Service}
 	return proxy.New(pc, r, r)
 }
 
@@ -208,7 +209,7 @@ func storedWeb(svc *service.Service, paths Paths, log *slog.Logger) service.WebS
 		if err != nil {
 			return nil, err
 		}
-		built = proxy.Web(p, ep.Domain, ep.PublicIP)
+		built = serviceweb.Web(p, ep.Domain, ep.PublicIP)
 		return built, nil
 	}
 }

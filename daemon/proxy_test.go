@@ -14,7 +14,7 @@ import (
 
 	"github.com/minionsdev/minions/images"
 	"github.com/minionsdev/minions/internal/errs"
-	"github.com/minionsdev/minions/proxy"
+	"github.com/minionsdev/minions/proxy/serviceweb"
 	"github.com/minionsdev/minions/service"
 	"github.com/minionsdev/minions/store"
 	"github.com/minionsdev/minions/vm/engine"
@@ -66,7 +66,7 @@ func TestProxyRoutesAskTheService(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer wr.Close()
-	r := proxy.ServiceRoutes{Domain: "example.test", R: wr}
+	r := serviceweb.Routes{Domain: "example.test", R: wr}
 	rt, err := r.Route(ctx, "web.example.test")
 	if err != nil || rt.VMID != "aaa" || rt.Owner != "u1" || rt.Gen != 0 || rt.Upstream != "10.0.0.2:8080" || !rt.Running {
 		t.Fatalf("route = %+v, %v", rt, err)
@@ -85,7 +85,7 @@ func TestProxyRoutesAskTheService(t *testing.T) {
 	if err := r.AllowCertificate(ctx, "web.other.test"); errs.ClassOf(err) != errs.PermissionDenied {
 		t.Fatalf("certificate for an unclaimed domain: %v", err)
 	}
-	links := proxy.ServiceLinks{Svc: svc}
+	links := serviceweb.Links{Svc: svc}
 	exp := time.Now().Add(time.Minute)
 	if fresh, err := links.Use(ctx, "l1", exp); !fresh || err != nil {
 		t.Fatalf("first use: %v %v", fresh, err)
