@@ -341,14 +341,3 @@ func (f flushWriter) Write(p []byte) (int, error) {
 	}
 	return n, err
 }
-
-func sleepCtx(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
-	}
-}

@@ -22,7 +22,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/minionsdev/minions/api"
-	agent "github.com/minionsdev/minions/guestagent"
+	"github.com/minionsdev/minions/guestagent"
 	"github.com/minionsdev/minions/internal/errs"
 	"github.com/minionsdev/minions/internal/testenv"
 	"github.com/minionsdev/minions/service"
@@ -90,7 +90,7 @@ func (b callerBackend) SSHKeyChallenge(ctx context.Context) (service.KeyChalleng
 // create, exec, status, snapshots and copies run their real agent paths.
 type agentDriver struct {
 	*fake.Driver
-	srv *agent.Server
+	srv *guestagent.Server
 
 	mu  sync.Mutex
 	lns map[int]net.Listener
@@ -297,11 +297,11 @@ func newFixture(t testing.TB) *fixture {
 	os.WriteFile(filepath.Join(root, "etc/passwd"), []byte("root:x:0:0:root:"+home+":/bin/sh\n"), 0o644)
 	os.WriteFile(filepath.Join(root, "etc/group"), []byte("root:x:0:\n"), 0o644)
 	hostKey := newSigner(t)
-	srv, err := agent.NewServer(agent.Config{
+	srv, err := guestagent.NewServer(guestagent.Config{
 		AuthorizedKey: hostKey.PublicKey(),
 		HostKeyPath:   filepath.Join(root, "etc/minions/agent_host_key"),
 		Root:          root,
-		Mounts:        func() ([]agent.Mount, error) { return []agent.Mount{}, nil },
+		Mounts:        func() ([]guestagent.Mount, error) { return []guestagent.Mount{}, nil },
 		GrowMount:     root,
 		SetHostname:   func(string) error { return nil },
 		SetTime:       func(time.Time) error { return nil },

@@ -21,6 +21,7 @@ import (
 	"github.com/minionsdev/minions/config"
 	"github.com/minionsdev/minions/daemon"
 	"github.com/minionsdev/minions/internal/errs"
+	"github.com/minionsdev/minions/internal/units"
 	"github.com/minionsdev/minions/service"
 	"github.com/minionsdev/minions/store"
 	"github.com/minionsdev/minions/vm/disk"
@@ -145,7 +146,7 @@ func runBackupCreate(ctx context.Context, x *cli.Ctx) error {
 	res := map[string]any{"file": file, "size_bytes": size, "format": m.Format, "schema": m.Schema, "minions_version": m.MinionsVersion,
 		"with_disks": m.WithDisks, "vms": m.VMs, "files": len(m.Files), "seconds": time.Since(start).Seconds()}
 	return x.Print(res, func(w io.Writer) {
-		fmt.Fprintf(w, "backup %s: %d vms, %d files, %d MiB, schema %d, %.1fs\n", file, len(m.VMs), len(m.Files), size>>20, m.Schema, time.Since(start).Seconds())
+		fmt.Fprintf(w, "backup %s: %d vms, %d files, %s, schema %d, %.1fs\n", file, len(m.VMs), len(m.Files), units.Bytes(size), m.Schema, time.Since(start).Seconds())
 		if !m.WithDisks && len(m.VMs) > 0 {
 			fmt.Fprintln(w, "without disks: restored vms will be marked \"disk missing\" (use --with-disks to keep them)")
 		}
@@ -153,7 +154,7 @@ func runBackupCreate(ctx context.Context, x *cli.Ctx) error {
 }
 
 // writeBackup writes the backup to file via file.tmp, removed on failure.
-func writeBackup(ctx context.Context, x *cli.Ctx, e *daemon.Env, admin service.Caller, paths daemon.Paths, configFile, file string, withDisks bool) (backupManifest, error) {
+func writeBackup(ctx context.Context, x *cli.Ctx, e *daemon.Installation, admin service.Caller, paths daemon.Paths, configFile, file string, withDisks bool) (backupManifest, error) {
 	m := backupManifest{Format: backupFormat, MinionsVersion: cli.Version, Schema: store.SchemaVersion(), CreatedAt: time.Now().UTC(),
 		StateDir: paths.State, WithDisks: withDisks}
 	stage, err := os.MkdirTemp(paths.State, ".backup-")

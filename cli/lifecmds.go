@@ -8,6 +8,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/minionsdev/minions/internal/units"
 	"github.com/minionsdev/minions/service"
 )
 
@@ -116,7 +117,7 @@ func printSnapshots(w io.Writer, ss []service.Snapshot) {
 		if s.Memory {
 			mem = "yes"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", s.VM, s.Name, mem, human(uint64(s.SizeBytes)), s.CreatedAt.Format(time.RFC3339))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", s.VM, s.Name, mem, units.Bytes(s.SizeBytes), s.CreatedAt.Format(time.RFC3339))
 	}
 	tw.Flush()
 }

@@ -14,6 +14,7 @@ import (
 
 	"github.com/minionsdev/minions/guestagent/proto"
 	"github.com/minionsdev/minions/internal/errs"
+	"github.com/minionsdev/minions/internal/units"
 	"github.com/minionsdev/minions/service"
 	"golang.org/x/term"
 )
@@ -375,24 +376,11 @@ func printStatus(w io.Writer, st proto.Status) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintf(tw, "hostname\t%s\nkernel\t%s\nuptime\t%s\nload\t%.2f %.2f %.2f\nmemory\t%s free of %s\ndisk\t%s free of %s\nprocesses\t%d\naddresses\t%s\nagent\t%s\n",
 		st.Hostname, st.Kernel, (time.Duration(st.UptimeS * float64(time.Second))).Round(time.Second), st.Load[0], st.Load[1], st.Load[2],
-		human(st.MemAvailable), human(st.MemTotal), human(st.DiskFree), human(st.DiskTotal), st.Procs, strings.Join(st.Addrs, ", "), st.AgentVersion)
+		units.Bytes(st.MemAvailable), units.Bytes(st.MemTotal), units.Bytes(st.DiskFree), units.Bytes(st.DiskTotal), st.Procs, strings.Join(st.Addrs, ", "), st.AgentVersion)
 	if st.AgentWarning != "" {
 		fmt.Fprintf(tw, "warning\t%s\n", st.AgentWarning)
 	}
 	tw.Flush()
-}
-
-func human(b uint64) string {
-	const unit = 1024
-	if b < unit {
-		return fmt.Sprintf("%d B", b)
-	}
-	div, exp := uint64(unit), 0
-	for n := b / unit; n >= unit; n /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(b)/float64(div), "KMGTPE"[exp])
 }
 
 func runLogs(ctx context.Context, x *Ctx) error {

@@ -23,10 +23,10 @@ const DefaultFile = "/etc/minions/config.toml"
 type Config struct {
 	StateDir     string `toml:"state_dir"`     // default /var/lib/minions
 	RunDir       string `toml:"run_dir"`       // default /run/minions (or <state_dir>/run)
-	DefaultImage string `toml:"default_image"` // image create uses without --os (default minimal)
+	DefaultImage string `toml:"default_image"` // image create uses without --os (default images.DefaultImage)
 	Hypervisor   string `toml:"hypervisor"`    // auto | qemu | qemu-kvm | qemu-tcg | cloud-hypervisor
 	LogFormat    string `toml:"log_format"`    // auto (text on a terminal, else JSON) | text | json
-	Subnet       string `toml:"subnet"`        // VM network, default 10.210.0.0/16
+	Subnet       string `toml:"subnet"`        // VM network, default network.DefaultSubnet
 	Bind         string `toml:"bind"`          // HTTP API on TCP, default 127.0.0.1:3000 ("" off)
 	AdminBind    string `toml:"admin_bind"`    // metrics, default 127.0.0.1:9090 ("" off)
 	SSHBind      string `toml:"ssh_bind"`      // SSH front door, default 0.0.0.0:2222 ("" off)
@@ -139,7 +139,7 @@ func (c *Config) Defaults() {
 		c.Sandbox = "on"
 	}
 	if c.Subnet == "" {
-		c.Subnet = "10.210.0.0/16"
+		c.Subnet = network.DefaultSubnet.String()
 	}
 	if c.MinFreeSpaceMiB == 0 {
 		c.MinFreeSpaceMiB = defaultMinFreeSpaceMiB

@@ -57,7 +57,7 @@ func (cl *cluster) close() {
 // agent and the heartbeat receiver (under g), and tells the service the
 // join address. On error it undoes what it started and returns a nil
 // cluster.
-func startCluster(ctx context.Context, g *errgroup.Group, cfg config.Config, e *Env, log *slog.Logger, paths Paths, apiAddr net.Addr) (cl *cluster, err error) {
+func startCluster(ctx context.Context, g *errgroup.Group, cfg config.Config, e *Installation, log *slog.Logger, paths Paths, apiAddr net.Addr) (cl *cluster, err error) {
 	cl = &cluster{}
 	began := time.Now()
 	defer func() {

@@ -66,7 +66,7 @@ func TestClusterJoin(t *testing.T) {
 	cfg := config.Config{Bind: ln.Addr().String(), NATSBind: "127.0.0.1:0"}
 	g, gctx := errgroup.WithContext(ctx)
 	start := time.Now()
-	cl, err := startCluster(gctx, g, cfg, &Env{DB: db, Service: svc}, log, Paths{State: dir, Run: dir}, ln.Addr())
+	cl, err := startCluster(gctx, g, cfg, &Installation{DB: db, Service: svc}, log, Paths{State: dir, Run: dir}, ln.Addr())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -130,18 +130,6 @@ func vsockCmd() *cli.Command {
 		}}
 }
 
-// remoteCommands are the composition root's commands offered over SSH
-// (none of the host-only ones).
-func remoteCommands() []*cli.Command {
-	var out []*cli.Command
-	for _, c := range Commands() {
-		if !c.HostOnly {
-			out = append(out, c)
-		}
-	}
-	return out
-}
-
 func splitPort(hostport string) (string, string, error) {
 	return net.SplitHostPort(hostport)
 }

@@ -22,7 +22,7 @@ import (
 
 // startGateway runs the SSH front door (dashboard, commands, `ssh vm@host`)
 // and returns its bound address ("" when cfg.SSHBind is off).
-func startGateway(ctx context.Context, g *errgroup.Group, cfg config.Config, e *Env, log *slog.Logger, paths Paths) (string, error) {
+func startGateway(ctx context.Context, g *errgroup.Group, cfg config.Config, e *Installation, log *slog.Logger, paths Paths) (string, error) {
 	if cfg.SSHBind == "" {
 		return "", nil
 	}
@@ -125,8 +125,7 @@ func (f *frontend) Run(ctx context.Context, u gateway.User, args []string, stdin
 	env := &cli.Env{Stdin: stdin, Stdout: stdout, Stderr: stderr, Remote: true, Interactive: interactive,
 		Open: func(context.Context, *cli.Global) (service.Backend, error) {
 			return f.svc.As(c).WithSessionKey(u.Key), nil
-		},
-		Extra: remoteCommands()}
+		}}
 	return cli.Run(ctx, env, args)
 }
 

@@ -70,7 +70,7 @@ type Options struct {
 	Hypervisor   string       // "auto" (default), "qemu", "cloud-hypervisor"
 	Jail         jail.Config  // mode, uid base, overhead (see config.Config.Jail); Open adds the launcher and hidden dirs
 	Sandbox      string       // "on" (default), "auto" or "off": see config.Config.Sandbox
-	DefaultImage string       // image create uses without one (default "minimal")
+	DefaultImage string       // image create uses without one (default images.DefaultImage)
 	// DNS is the nameserver handed to guests (zero: none); EgressAllow
 	// opens private destinations to VMs (see network.Config).
 	DNS         netip.Addr
@@ -81,8 +81,10 @@ type Options struct {
 	Log         *slog.Logger
 }
 
-// Env is an opened installation: the service and what it was built from.
-type Env struct {
+// Installation is an opened installation (state and run directories, database,
+// network, driver) and the service built on it. It is not cli.Env, which is
+// where one command runs (streams and how it reaches Minions).
+type Installation struct {
 	Opts    Options
 	DB      *store.DB
 	Images  *images.Catalog
@@ -93,7 +95,7 @@ type Env struct {
 }
 
 // Close closes the pooled agent connections and the database.
-func (e *Env) Close() error {
+func (e *Installation) Close() error {
 	if e.Engine != nil {
 		e.Engine.Close()
 	}
@@ -110,7 +112,7 @@ func OpenOptions(cfg config.Config, paths Paths, log *slog.Logger) Options {
 
 // Open builds the service for an installation. It needs root (TAPs,
 // nftables, /dev/kvm); it does not change host networking (that is Init).
-func Open(ctx context.Context, o Options) (*Env, error) {
+func Open(ctx context.Context, o Options) (*Installation, error) {
 	if o.Log == nil {
 		o.Log = slog.New(slog.DiscardHandler)
 	}
@@ -138,7 +140,7 @@ func Open(ctx context.Context, o Options) (*Env, error) {
 	if err != nil {
 		return nil, err
 	}
-	e := &Env{Opts: o, DB: db}
+	e := &Installation{Opts: o, DB: db}
 	ok := false
 	defer func() {
 		if !ok {

@@ -49,7 +49,7 @@ type proxyEndpoint struct {
 // the endpoint, so links are not minted for a proxy nobody runs. The access
 // log (one record per request) goes to logOut in format through a
 // proxy.LogBuffer: a write every 100 ms instead of one per request.
-func startProxy(ctx context.Context, g *errgroup.Group, cfg config.Config, e *Env, log *slog.Logger, logOut io.Writer, format string, paths Paths, m *metrics.Registry) error {
+func startProxy(ctx context.Context, g *errgroup.Group, cfg config.Config, e *Installation, log *slog.Logger, logOut io.Writer, format string, paths Paths, m *metrics.Registry) error {
 	if cfg.ProxyBind == "" && cfg.HTTPBind == "" {
 		return e.Service.SetWebEndpoint(ctx, "")
 	}
@@ -114,12 +114,12 @@ func addrOf(ln net.Listener, def string) string {
 // newProxy builds the proxy from the daemon's config; ep carries the public
 // ports (explicit, so a minter that never binds makes the same links).
 // Its access log goes to log.
-func newProxy(ctx context.Context, cfg config.Config, e *Env, log *slog.Logger, paths Paths, ep proxyEndpoint) (*proxy.Proxy, error) {
+func newProxy(ctx context.Context, cfg config.Config, e *Installation, log *slog.Logger, paths Paths, ep proxyEndpoint) (*proxy.Proxy, error) {
 	return newProxyLogs(ctx, cfg, e, log, nil, paths, ep)
 }
 
 // newProxyLogs is newProxy with the access log going to access (nil: log).
-func newProxyLogs(ctx context.Context, cfg config.Config, e *Env, log, access *slog.Logger, paths Paths, ep proxyEndpoint) (*proxy.Proxy, error) {
+func newProxyLogs(ctx context.Context, cfg config.Config, e *Installation, log, access *slog.Logger, paths Paths, ep proxyEndpoint) (*proxy.Proxy, error) {
 	if access == nil {
 		access = log.With("component", "access")
 	}
@@ -205,7 +205,7 @@ func storedWeb(svc *service.Service, paths Paths, log *slog.Logger) service.WebS
 		if ep.Domain != "" {
 			cfg.ProxyBind = "127.0.0.1:" + strconv.Itoa(ep.HTTPSPort)
 		}
-		p, err := newProxy(ctx, cfg, &Env{Service: svc}, log, paths, ep)
+		p, err := newProxy(ctx, cfg, &Installation{Service: svc}, log, paths, ep)
 		if err != nil {
 			return nil, err
 		}

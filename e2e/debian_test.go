@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	agent "github.com/minionsdev/minions/guestagent"
+	"github.com/minionsdev/minions/guestagent"
 )
 
 // debianCache keeps debootstrap's result between runs on one machine, so CI
@@ -85,7 +85,7 @@ func TestDebianImage(t *testing.T) {
 		t.Fatalf("systemctl is-system-running = %q\n%s", state, minions(t, "", "exec", "deb", "--", "systemctl", "--failed", "--no-pager").stdout)
 	}
 	// The VM's own machine ID, also for D-Bus (not one the image shares).
-	want := agent.MachineIDFor(v.ID) + "\n"
+	want := guestagent.MachineIDFor(v.ID) + "\n"
 	if got := must(t, "exec", "deb", "--", "sh", "-c", "cat /etc/machine-id /var/lib/dbus/machine-id"); got != want+want {
 		t.Errorf("machine ids %q, want %q twice", got, want)
 	}

@@ -5,12 +5,14 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"io/fs"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -92,6 +94,7 @@ func BenchmarkSoak(b *testing.B) {
 	soakCycle(b, "soak-warm")
 	start := settleMetrics(b, pid, nil)
 	startFDs := fdTargets(pid)
+	startPaths := listFiles(stateDir, filepath.Join(stateDir, "run"))
 
 	// Sample while the cycles run: the peak column shows that each
 	// counter does see what a VM uses.
@@ -162,8 +165,12 @@ func BenchmarkSoak(b *testing.B) {
 	b.ReportMetric(float64(len(took)), "cycles")
 	b.ReportMetric(float64(end.RSSKiB-start.RSSKiB), "rss-delta-KiB")
 	if why := soakLeaks(start, end); why != "" {
-		if end.FDs != start.FDs {
+		if end.FDs != start.FDs || end.DBFDs != start.DBFDs {
 			b.Logf("fds at the start: %s\nfds at the end: %s", startFDs, fdTargets(pid))
+			b.Logf("daemon goroutines at the end:\n%s", daemonStacks(filepath.Join(stateDir, "run", "debug.sock")))
+		}
+		if end.StateFiles != start.StateFiles {
+			b.Logf("state dir paths added and removed: %s", pathDiff(startPaths, listFiles(stateDir, filepath.Join(stateDir, "run"))))
 		}
 		b.Fatalf("resources not returned after %d cycles: %s", len(took), why)
 	}
@@ -213,16 +220,28 @@ func soakLeaks(start, end soakMetrics) string {
 
 // settleMetrics measures; with a baseline it polls for up to 10 s until
 // the exact metrics are back (stragglers: relays exiting, goroutines
-// ending), and returns the last measurement either way.
+// ending), and returns the last measurement either way. Without one (the
+// start) it polls until the exact metrics hold still for a second, so the
+// warm-up cycle's stragglers (a request's goroutine and fds) are not taken
+// for the baseline.
 func settleMetrics(b *testing.B, pid int, base *soakMetrics) soakMetrics {
 	b.Helper()
 	deadline := time.Now().Add(10 * time.Second)
+	var prev soakMetrics
+	var since time.Time
 	for {
 		m, err := measureSoak(pid)
 		if err != nil {
 			b.Fatal(err)
 		}
-		if base == nil || soakLeaks(*base, m) == "" || time.Now().After(deadline) {
+		if base == nil {
+			if since.IsZero() || soakLeaks(prev, m) != "" {
+				prev, since = m, time.Now()
+			}
+			if time.Since(since) >= time.Second || time.Now().After(deadline) {
+				return m
+			}
+		} else if soakLeaks(*base, m) == "" || time.Now().After(deadline) {
 			return m
 		}
 		time.Sleep(200 * time.Millisecond)
@@ -330,6 +349,22 @@ func daemonGoroutines(sock string) (int64, error) {
 	return n, nil
 }
 
+// daemonStacks returns the daemon's goroutine stacks (for telling what
+// holds a resource the soak found not returned).
+func daemonStacks(sock string) string {
+	c := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "unix", sock)
+	}}, Timeout: 10 * time.Second}
+	defer c.CloseIdleConnections()
+	resp, err := c.Get("http://minions/debug/pprof/goroutine?debug=2")
+	if err != nil {
+		return err.Error()
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return string(b)
+}
+
 // daemonHeap reads HeapInuse (KiB) after a forced GC from the daemon's
 // pprof heap profile.
 func daemonHeap(sock string) (int64, error) {
@@ -378,6 +413,39 @@ func nftMinionsElements() (int64, error) {
 		}
 	}
 	return n, nil
+}
+
+// listFiles is the set of paths under root, skipping the subtree skip.
+func listFiles(root, skip string) map[string]bool {
+	paths := map[string]bool{}
+	filepath.WalkDir(root, func(p string, e fs.DirEntry, err error) error {
+		if err != nil {
+			return nil
+		}
+		if p == skip && e.IsDir() {
+			return filepath.SkipDir
+		}
+		paths[p] = true
+		return nil
+	})
+	return paths
+}
+
+// pathDiff lists the paths only in b ("+") and only in a ("-").
+func pathDiff(a, b map[string]bool) string {
+	var out []string
+	for p := range b {
+		if !a[p] {
+			out = append(out, "+"+p)
+		}
+	}
+	for p := range a {
+		if !b[p] {
+			out = append(out, "-"+p)
+		}
+	}
+	sort.Strings(out)
+	return strings.Join(out, " ")
 }
 
 // countFiles counts the entries under root, skipping the subtree skip.

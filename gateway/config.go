@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"cmp"
 	"fmt"
 	"log/slog"
 	"net"
@@ -88,21 +89,11 @@ type Config struct {
 }
 
 func (c Config) withDefaults() Config {
-	if c.Bind == "" {
-		c.Bind = DefaultBind
-	}
-	if c.Policy == "" {
-		c.Policy = DefaultPolicy
-	}
-	if c.AuthRate == 0 {
-		c.AuthRate = DefaultAuthRate
-	}
-	if c.IdleTimeout == 0 {
-		c.IdleTimeout = DefaultIdleTimeout
-	}
-	if c.ShutdownGrace == 0 {
-		c.ShutdownGrace = DefaultShutdownGrace
-	}
+	c.Bind = cmp.Or(c.Bind, DefaultBind)
+	c.Policy = cmp.Or(c.Policy, DefaultPolicy)
+	c.AuthRate = cmp.Or(c.AuthRate, DefaultAuthRate)
+	c.IdleTimeout = cmp.Or(c.IdleTimeout, DefaultIdleTimeout)
+	c.ShutdownGrace = cmp.Or(c.ShutdownGrace, DefaultShutdownGrace)
 	// A defaulted per-source cap never exceeds an explicit global one.
 	if c.MaxConnectionsPerSource == 0 && c.MaxConnections > 0 && c.MaxConnections < DefaultMaxConnectionsPerSource {
 		c.MaxConnectionsPerSource = c.MaxConnections

@@ -24,7 +24,7 @@ import (
 	gossh "golang.org/x/crypto/ssh"
 
 	"github.com/minionsdev/minions/gateway/internal/agenttest"
-	agent "github.com/minionsdev/minions/guestagent"
+	"github.com/minionsdev/minions/guestagent"
 	"github.com/minionsdev/minions/internal/errs"
 )
 
@@ -273,7 +273,7 @@ func startGuestAgent(t testing.TB, ln net.Listener, hostKey gossh.PublicKey, dir
 	if err := os.WriteFile(filepath.Join(fsRoot, "etc", "passwd"), []byte(passwd), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	srv, err := agent.NewServer(agent.Config{
+	srv, err := guestagent.NewServer(guestagent.Config{
 		AuthorizedKey: hostKey,
 		HostKeyPath:   filepath.Join(dir, "agent_host_key"),
 		Root:          fsRoot,

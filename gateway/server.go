@@ -215,12 +215,3 @@ func (s *Server) run(ctx context.Context) error {
 	<-serveErr
 	return nil
 }
-
-// Close stops the server immediately (for a Server whose Run was never
-// called, or to cut connections short).
-func (s *Server) Close() error {
-	s.cancel()
-	err := s.srv.Close()
-	_ = s.ln.Close()
-	return err
-}

@@ -1,4 +1,4 @@
-// Package agent is the Minions guest agent: the small static program that
+// Package guestagent is the Minions guest agent: the small static program that
 // runs inside every VM (binary minions-agent, see cmd/minions-agent).
 //
 // It has three roles (docs/agent-protocol.md):
@@ -19,4 +19,4 @@
 // Known limits: the sftp subsystem runs inside the agent, so as root
 // whatever the SSH user; the network setup is IPv4 only; growfs handles
 // ext4 only.
-package agent
+package guestagent

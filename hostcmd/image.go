@@ -23,7 +23,7 @@ func imageCmd() *cli.Command {
 	return &cli.Command{Name: "image", Summary: "Build and manage OS images", HostOnly: true, Sub: []*cli.Command{
 		{Name: "build", Usage: "--os minimal|debian|ubuntu|fedora|nixos [--size MiB] [--mirror URL] [--rootfs-tarball FILE] [--nixos-config FILE]", Summary: "Build a new image version (installs the guest kernel if needed)",
 			Flags: func(fs *flag.FlagSet) {
-				fs.String("os", "minimal", "minimal, debian, ubuntu, fedora or nixos")
+				fs.String("os", images.OSMinimal, "minimal, debian, ubuntu, fedora or nixos")
 				fs.Int("size", 0, "image size in MiB (default: 1024 minimal, 8192 nixos, 5120 other full OSes)")
 				fs.String("mirror", "", "package mirror (default: the distribution's main archive); for nixos the nixpkgs to build from: a directory or a tarball URL (default: the host's <nixpkgs> channel, else "+images.DefaultNixpkgs+")")
 				fs.String("rootfs-tarball", "", "fedora: start from this Fedora root filesystem tar instead of dnf --installroot")

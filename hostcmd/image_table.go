@@ -5,6 +5,8 @@ import (
 	"io"
 	"text/tabwriter"
 	"time"
+
+	"github.com/minionsdev/minions/internal/units"
 )
 
 // imageRow is one line of `image list`.
@@ -29,7 +31,7 @@ func printImageTable(w io.Writer, rows []imageRow, empty string) {
 		if r.Default {
 			mark = "*"
 		}
-		fmt.Fprintf(tw, "%s\t%d MiB\t%s\t%s\n", r.Ref, r.SizeBytes>>20, r.Created.Format(time.RFC3339), mark)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", r.Ref, units.Bytes(r.SizeBytes), r.Created.Format(time.RFC3339), mark)
 	}
 	tw.Flush()
 }

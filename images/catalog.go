@@ -39,6 +39,10 @@ const (
 	DefaultDebianSuite    = "bookworm"
 )
 
+// DefaultImage is the image create uses when neither the default_image
+// setting nor the config names one: minimal, which builds without a network.
+const DefaultImage = OSMinimal
+
 // AgentPath is where the agent binary lives in every root filesystem.
 const AgentPath = "/usr/sbin/minions-agent"
 

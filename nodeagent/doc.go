@@ -2,11 +2,18 @@
 // runs (`minions node`, and in-process inside `minions serve` for the
 // control plane's own host) and its counterpart in the control plane.
 //
-// Today it registers the node and heartbeats its capacity (vCPUs, memory,
-// disk free) and version over the fabric (package fabric) every
-// Config.Interval; Listen is the control plane's receiver. It is the
-// package that will carry the per-host Engine over NATS: a server on each
-// node answering on fabric.NodeSubject(id), and a client in the control
-// plane implementing the same Engine interface as the local engine. No VM
-// operation is served yet.
+// Run registers the node and heartbeats its capacity (vCPUs, memory, disk
+// free) and version over the fabric (package fabric) every
+// Config.Interval; Listen is the control plane's receiver.
+//
+// ServeEngine carries a node's engine.Engine over NATS and Remote is the
+// control plane's engine.Engine that calls it: request/reply on the node's
+// own subjects (see wire.go for the subject scheme), the engine's JSON
+// types as bodies, errors with their errs class and message, progress
+// steps streamed before the result, the caller's ctx deadline applied on
+// the node (no request timeout cuts a long call), exits published on the
+// node's status subjects and handed to Remote's ExitFunc. DialAgent's
+// stream rides two subjects of the node with ordering checks and a byte
+// window (stream.go); the fabric's per-node permissions confine all of it
+// to the node it belongs to.
 package nodeagent

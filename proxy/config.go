@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"cmp"
 	"crypto/x509"
 	"fmt"
 	"log/slog"
@@ -130,45 +131,23 @@ type Config struct {
 // withDefaults returns a copy of c with defaults applied.
 func (c Config) withDefaults() Config {
 	c.Domain = strings.TrimSuffix(strings.ToLower(c.Domain), ".")
-	if c.HTTPSBind == "" {
-		c.HTTPSBind = DefaultHTTPSBind
-	}
-	if c.HTTPBind == "" {
-		c.HTTPBind = DefaultHTTPBind
-	}
+	c.HTTPSBind = cmp.Or(c.HTTPSBind, DefaultHTTPSBind)
+	c.HTTPBind = cmp.Or(c.HTTPBind, DefaultHTTPBind)
 	if c.ACMECA == "" {
 		c.ACMECA = certmagic.LetsEncryptProductionCA
 		if c.Staging {
 			c.ACMECA = certmagic.LetsEncryptStagingCA
 		}
 	}
-	if c.SessionTTL == 0 {
-		c.SessionTTL = DefaultSessionTTL
-	}
-	if c.RatePerSecond == 0 {
-		c.RatePerSecond = DefaultRatePerSecond
-	}
-	if c.Burst == 0 {
-		c.Burst = DefaultBurst
-	}
-	if c.MaxConnsPerIP == 0 {
-		c.MaxConnsPerIP = DefaultMaxConnsPerIP
-	}
-	if c.MaxConns == 0 {
-		c.MaxConns = DefaultMaxConns
-	}
-	if c.IdleTimeout == 0 {
-		c.IdleTimeout = DefaultIdleTimeout
-	}
-	if c.UpstreamHeaderTimeout == 0 {
-		c.UpstreamHeaderTimeout = DefaultUpstreamHeaderTimeout
-	}
-	if c.DialTimeout == 0 {
-		c.DialTimeout = DefaultDialTimeout
-	}
-	if c.ShutdownTimeout == 0 {
-		c.ShutdownTimeout = DefaultShutdownTimeout
-	}
+	c.SessionTTL = cmp.Or(c.SessionTTL, DefaultSessionTTL)
+	c.RatePerSecond = cmp.Or(c.RatePerSecond, DefaultRatePerSecond)
+	c.Burst = cmp.Or(c.Burst, DefaultBurst)
+	c.MaxConnsPerIP = cmp.Or(c.MaxConnsPerIP, DefaultMaxConnsPerIP)
+	c.MaxConns = cmp.Or(c.MaxConns, DefaultMaxConns)
+	c.IdleTimeout = cmp.Or(c.IdleTimeout, DefaultIdleTimeout)
+	c.UpstreamHeaderTimeout = cmp.Or(c.UpstreamHeaderTimeout, DefaultUpstreamHeaderTimeout)
+	c.DialTimeout = cmp.Or(c.DialTimeout, DefaultDialTimeout)
+	c.ShutdownTimeout = cmp.Or(c.ShutdownTimeout, DefaultShutdownTimeout)
 	if c.Resolver == nil {
 		c.Resolver = net.DefaultResolver
 	}

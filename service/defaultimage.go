@@ -3,6 +3,7 @@ package service
 import (
 	"context"
 
+	"github.com/minionsdev/minions/images"
 	"github.com/minionsdev/minions/store"
 )
 
@@ -23,7 +24,7 @@ func DefaultImageFor(ctx context.Context, q store.Q, configured string) (ref, so
 	if configured != "" {
 		return configured, "config", nil
 	}
-	return "minimal", "built-in", nil
+	return images.DefaultImage, "built-in", nil
 }
 
 // DefaultImage is the image create uses without one.

@@ -33,6 +33,7 @@ const (
 	EventUpdate        = "update"
 	EventCrashed       = "crashed"     // the hypervisor died by itself
 	EventPoweroff      = "poweroff"    // the guest powered itself off cleanly
+	EventGuestReboot   = "reboot"      // the guest rebooted itself (the hypervisor exits; restarted unless policy no)
 	EventHostReboot    = "host-reboot" // processes gone with the run dir: the host restarted
 	EventRestarted     = "restarted"   // the supervisor started the VM again
 	EventRestartFailed = "restart-failed"
@@ -104,16 +105,6 @@ func (s *Service) record(ctx context.Context, actor string, v store.VM, kind, me
 			s.log.Warn("prune events", "err", err)
 		}
 	}
-}
-
-// recordFor records an event by caller c about the VM named name (looked
-// up after the operation: for a successful operation it exists).
-func (s *Service) recordFor(ctx context.Context, c Caller, name, kind, message string) {
-	v, err := s.getVM(context.WithoutCancel(ctx), c, name)
-	if err != nil {
-		return
-	}
-	s.record(ctx, c.Name, v, kind, message)
 }
 
 // recordIf records an event by c about v when err is nil.

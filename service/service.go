@@ -9,11 +9,13 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/minionsdev/minions/images"
 	"github.com/minionsdev/minions/internal/errs"
 	"github.com/minionsdev/minions/store"
 	"github.com/minionsdev/minions/vm"
 	"github.com/minionsdev/minions/vm/engine"
 	"github.com/minionsdev/minions/vm/hypervisor"
+	"github.com/minionsdev/minions/vm/network"
 	"golang.org/x/crypto/ssh"
 )
 
@@ -22,11 +24,11 @@ type Config struct {
 	StateDir string // required: database, disks, images, keys
 	RunDir   string // sockets and pid files; default StateDir/run
 
-	Subnet  netip.Prefix // VM addresses; default 10.210.0.0/16
+	Subnet  netip.Prefix // VM addresses; default network.DefaultSubnet
 	Gateway netip.Addr   // default: first address of Subnet
 	DNS     string       // optional nameserver handed to guests
 
-	DefaultImage     string // default "minimal"
+	DefaultImage     string // default images.DefaultImage
 	DefaultCPUs      int    // default 1
 	DefaultMemoryMiB int    // default 512
 	DefaultDiskGiB   int    // default 2
@@ -58,13 +60,13 @@ func (c *Config) setDefaults() {
 		c.RunDir = filepath.Join(c.StateDir, "run")
 	}
 	if !c.Subnet.IsValid() {
-		c.Subnet = netip.MustParsePrefix("10.210.0.0/16")
+		c.Subnet = network.DefaultSubnet
 	}
 	if !c.Gateway.IsValid() {
 		c.Gateway = c.Subnet.Masked().Addr().Next()
 	}
 	if c.DefaultImage == "" {
-		c.DefaultImage = "minimal"
+		c.DefaultImage = images.DefaultImage
 	}
 	if c.DefaultCPUs == 0 {
 		c.DefaultCPUs = 1

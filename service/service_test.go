@@ -253,8 +253,9 @@ func TestRename(t *testing.T) {
 // line in the error, and the create is rolled back.
 func TestCreateFailsFastOnKernelPanic(t *testing.T) {
 	fx := newFixtureReady(t, 30*time.Second)
-	// The stand-in for QEMU writes a panic to each VM's console log once
-	// (then it stops, as QEMU is killed before the rollback removes files).
+	// The stand-in for QEMU writes a panic to each VM's console log once,
+	// after the hypervisor started (then it stops, as QEMU is killed
+	// before the rollback removes files).
 	done := make(chan struct{})
 	stopped := make(chan struct{})
 	go func() {
@@ -266,8 +267,9 @@ func TestCreateFailsFastOnKernelPanic(t *testing.T) {
 				return
 			case <-time.After(20 * time.Millisecond):
 			}
-			logs, _ := filepath.Glob(filepath.Join(fx.dir, "state", "vms", "*"))
-			for _, d := range logs {
+			socks, _ := filepath.Glob(filepath.Join(fx.svc.cfg.RunDir, "*", fake.SocketName))
+			for _, sock := range socks {
+				d := filepath.Join(fx.dir, "state", "vms", filepath.Base(filepath.Dir(sock)))
 				if written[d] {
 					continue // once: a write racing the rollback's removal would leave the dir
 				}

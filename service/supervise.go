@@ -143,7 +143,9 @@ func (s *Service) wentDown(ctx context.Context, e engine.Exit) {
 	case engine.ExitPoweroff:
 		kind, restart = EventPoweroff, r.Policy == store.RestartAlways
 		r.Streak = 0
-	default:
+	case engine.ExitReboot: // like a real machine, unless policy no
+		kind, r.Streak = EventGuestReboot, 0
+	default: // killed, hypervisor crash, guest kernel panic
 		if !e.StartedAt.IsZero() && now.Sub(e.StartedAt) > RestartStableAfter {
 			r.Streak = 0
 		}
@@ -155,7 +157,12 @@ func (s *Service) wentDown(ctx context.Context, e engine.Exit) {
 	case EventHostReboot:
 		msg = "processes and run dir gone: host restarted"
 	case EventPoweroff:
-		msg = "guest powered off"
+		msg = "guest powered off (" + e.Detail + ")"
+	case EventGuestReboot:
+		msg = "guest rebooted (" + e.Detail + ")"
+	}
+	if e.Reason == engine.ExitPanic {
+		msg = "guest kernel panic (" + e.Detail + ")"
 	}
 	r.Reason, r.RestartAt = kind, time.Time{}
 	if restart {
@@ -229,7 +236,7 @@ func (s *Service) superviseOne(ctx context.Context, id string) {
 
 func reasonWord(r store.Restart) string {
 	if r.Streak == 0 {
-		return "host reboot or poweroff"
+		return "host reboot, poweroff or guest reboot"
 	}
 	return fmt.Sprintf("crash %d in a row", r.Streak)
 }

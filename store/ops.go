@@ -65,9 +65,3 @@ func RunningOperations(ctx context.Context, q Q) ([]Operation, error) {
 	}
 	return out, rows.Err()
 }
-
-// PruneOperations deletes finished operations older than before.
-func PruneOperations(ctx context.Context, q Q, before time.Time) error {
-	_, err := q.ExecContext(ctx, `DELETE FROM operations WHERE state != ? AND updated_at < ?`, OpRunning, toUnix(before))
-	return err
-}

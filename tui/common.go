@@ -10,6 +10,7 @@ import (
 	"github.com/charmbracelet/bubbles/key"
 	tea "github.com/charmbracelet/bubbletea"
 	"github.com/charmbracelet/lipgloss"
+
 	"github.com/minionsdev/minions/internal/errs"
 	"github.com/minionsdev/minions/internal/textsafe"
 	"github.com/minionsdev/minions/tui/widget"
@@ -139,19 +140,6 @@ func fmtMemory(mib int) string {
 		return fmt.Sprintf("%.1fG", float64(mib)/1024)
 	}
 	return fmt.Sprintf("%dM", mib)
-}
-
-func fmtBytes(b uint64) string {
-	const unit = 1024
-	if b < unit {
-		return fmt.Sprintf("%dB", b)
-	}
-	div, exp := uint64(unit), 0
-	for n := b / unit; n >= unit; n /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f%ciB", float64(b)/float64(div), "KMGTPE"[exp])
 }
 
 // fmtDuration is a compact age: 45s, 12m, 3h4m, 2d5h.

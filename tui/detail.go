@@ -10,6 +10,7 @@ import (
 	"github.com/charmbracelet/x/ansi"
 
 	"github.com/minionsdev/minions/internal/textsafe"
+	"github.com/minionsdev/minions/internal/units"
 	"github.com/minionsdev/minions/service"
 )
 
@@ -144,7 +145,7 @@ func (p *detailPage) View() string {
 		lines = append(lines, "  "+fmt.Sprintf("connected · %s · kernel %s · up %s · load %.2f %.2f %.2f",
 			orDash(textsafe.Clean(a.AgentVersion)), orDash(textsafe.Clean(a.Kernel)), fmtDuration(uptime), a.Load[0], a.Load[1], a.Load[2]))
 		lines = append(lines, "  "+fmt.Sprintf("memory %s free of %s · disk %s free of %s",
-			fmtBytes(a.MemAvailable), fmtBytes(a.MemTotal), fmtBytes(a.DiskFree), fmtBytes(a.DiskTotal)))
+			units.Bytes(a.MemAvailable), units.Bytes(a.MemTotal), units.Bytes(a.DiskFree), units.Bytes(a.DiskTotal)))
 	case d.AgentErr != "":
 		lines = append(lines, "  "+st.Dim.Render("not connected: "+textsafe.Clean(d.AgentErr)))
 	default:
@@ -186,7 +187,7 @@ func (p *detailPage) View() string {
 
 func snapLine(c *common, s service.Snapshot) string {
 	return fmt.Sprintf("%s · %s · %s · %s", s.Name, s.CreatedAt.UTC().Format("2006-01-02 15:04"),
-		fmtBytes(uint64(max(s.SizeBytes, 0))), snapKind(s))
+		units.Bytes(s.SizeBytes), snapKind(s))
 }
 
 func fmtDisk(gib int) string {

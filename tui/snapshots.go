@@ -8,6 +8,7 @@ import (
 	tea "github.com/charmbracelet/bubbletea"
 	"github.com/minionsdev/minions/tui/widget"
 
+	"github.com/minionsdev/minions/internal/units"
 	"github.com/minionsdev/minions/service"
 )
 
@@ -68,7 +69,7 @@ func (p *snapshotsPage) Update(msg tea.Msg) tea.Cmd {
 			p.snaps = msg.snaps
 			rows := make([][]string, len(p.snaps))
 			for i, s := range p.snaps {
-				rows[i] = []string{s.Name, s.CreatedAt.UTC().Format("2006-01-02 15:04"), fmtBytes(uint64(max(s.SizeBytes, 0))), snapKind(s)}
+				rows[i] = []string{s.Name, s.CreatedAt.UTC().Format("2006-01-02 15:04"), units.Bytes(s.SizeBytes), snapKind(s)}
 			}
 			p.table.SetRows(rows)
 			p.table.EmptyText = "No snapshots. Press n to take one."

@@ -36,8 +36,6 @@ const (
 	OpRestore  = "restore"
 	OpRename   = "rename"
 	OpCopy     = "copy"
-	OpPause    = "pause"
-	OpResume   = "resume"
 )
 
 var allowed = map[string][]State{
@@ -51,8 +49,6 @@ var allowed = map[string][]State{
 	OpRestore:  {Running, Stopped, Error},
 	OpRename:   {Running, Paused, Stopped, Error},
 	OpCopy:     {Running, Stopped},
-	OpPause:    {Running},
-	OpResume:   {Paused},
 }
 
 // Allowed says whether op may run on a VM named name in state; the error is

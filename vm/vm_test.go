@@ -43,8 +43,8 @@ func TestAllowed(t *testing.T) {
 		{Running, OpExec, true, ""},
 		{Creating, OpStop, false, "still being created"},
 		{Creating, OpDestroy, true, ""},
-		{Paused, OpResume, true, ""},
-		{Running, OpResume, false, "it must be paused"},
+		{Paused, OpStop, true, ""},
+		{Paused, OpExec, false, "it must be running"},
 	} {
 		err := Allowed("web", tc.state, tc.op)
 		if (err == nil) != tc.ok {

@@ -20,7 +20,7 @@ import (
 	"github.com/pkg/sftp"
 	"golang.org/x/crypto/ssh"
 
-	agent "github.com/minionsdev/minions/guestagent"
+	"github.com/minionsdev/minions/guestagent"
 	"github.com/minionsdev/minions/guestagent/link"
 	"github.com/minionsdev/minions/guestagent/proto"
 	"github.com/minionsdev/minions/internal/errs"
@@ -55,16 +55,14 @@ type recorder struct {
 // with the guest end of the virtio-serial port played by a unix socket
 // the test serves.
 type env struct {
-	t       *testing.T
-	root    string
-	signer  ssh.Signer
-	rec     *recorder
-	srv     *agent.Server
-	serial  string
-	listen  string
-	ep      hypervisor.AgentEndpoint
-	mounts  []agent.Mount
-	growMnt string
+	t      *testing.T
+	root   string
+	signer ssh.Signer
+	rec    *recorder
+	srv    *guestagent.Server
+	serial string
+	listen string
+	ep     hypervisor.AgentEndpoint
 
 	guestStop func()
 	relayStop func() error
@@ -72,7 +70,7 @@ type env struct {
 }
 
 type envOpts struct {
-	mounts    []agent.Mount
+	mounts    []guestagent.Mount
 	growMount string
 	goneAfter time.Duration
 }
@@ -103,13 +101,13 @@ func newEnv(t *testing.T, o envOpts) *env {
 	e.ep = hypervisor.AgentEndpoint{Kind: KindHybrid, Path: e.listen, Port: proto.DefaultVsockPort}
 	mounts := o.mounts
 	if mounts == nil {
-		mounts = []agent.Mount{}
+		mounts = []guestagent.Mount{}
 	}
-	e.srv, err = agent.NewServer(agent.Config{
+	e.srv, err = guestagent.NewServer(guestagent.Config{
 		AuthorizedKey: e.signer.PublicKey(),
 		HostKeyPath:   filepath.Join(root, "etc/minions/agent_host_key"),
 		Root:          root,
-		Mounts:        func() ([]agent.Mount, error) { return mounts, nil },
+		Mounts:        func() ([]guestagent.Mount, error) { return mounts, nil },
 		GrowMount:     o.growMount,
 		FreezeTimeout: 2 * time.Second,
 		SetHostname: func(n string) error {
@@ -595,7 +593,7 @@ func TestHostKeyPersists(t *testing.T) {
 	if err != nil || st.Mode().Perm() != 0o600 {
 		t.Fatalf("host key file: %v %v", st, err)
 	}
-	s2, err := agent.LoadOrCreateHostKey(path)
+	s2, err := guestagent.LoadOrCreateHostKey(path)
 	if err != nil || !bytes.Equal(s2.PublicKey().Marshal(), e.srv.HostKey().Marshal()) {
 		t.Fatal("host key changed on reload")
 	}
@@ -616,7 +614,7 @@ func TestPingStatus(t *testing.T) {
 	}
 	host, _ := os.Hostname()
 	if st.Hostname != host || st.Kernel == "" || st.MemTotal == 0 || st.MemAvailable == 0 || st.DiskTotal == 0 ||
-		st.Procs == 0 || st.AgentVersion != agent.Version || st.MachineID != "0123456789abcdef0123456789abcdef" || st.UptimeS <= 0 {
+		st.Procs == 0 || st.AgentVersion != guestagent.Version || st.MachineID != "0123456789abcdef0123456789abcdef" || st.UptimeS <= 0 {
 		t.Fatalf("status %+v", st)
 	}
 	var out bytes.Buffer
@@ -710,7 +708,7 @@ func TestShutdown(t *testing.T) {
 
 // loopFS creates an ext4 filesystem of sizeMiB on a loop device mounted in
 // a temporary directory, and returns its mount and backing file.
-func loopFS(t *testing.T, sizeMiB int) (agent.Mount, string) {
+func loopFS(t *testing.T, sizeMiB int) (guestagent.Mount, string) {
 	t.Helper()
 	if _, err := exec.LookPath("losetup"); err != nil {
 		t.Skip("no losetup")
@@ -733,13 +731,13 @@ func loopFS(t *testing.T, sizeMiB int) (agent.Mount, string) {
 	t.Cleanup(func() { exec.Command("losetup", "-d", dev).Run() })
 	sh("mount", dev, mnt)
 	t.Cleanup(func() { exec.Command("umount", mnt).Run() })
-	return agent.Mount{Source: dev, Target: mnt, FSType: "ext4"}, img
+	return guestagent.Mount{Source: dev, Target: mnt, FSType: "ext4"}, img
 }
 
 func TestFreezeThaw(t *testing.T) {
 	ctx := testCtx(t)
 	m, _ := loopFS(t, 32)
-	e := newEnv(t, envOpts{mounts: []agent.Mount{m}})
+	e := newEnv(t, envOpts{mounts: []guestagent.Mount{m}})
 	c := e.client(ctx)
 
 	// writeBlocks reports whether a synced write to the filesystem is held

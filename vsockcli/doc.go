@@ -1,4 +1,12 @@
-// Package vsockcli is the host side of the guest agent channel.
+// Package vsockcli is the host side of the agent channel: the client a
+// host process uses to reach the guest agent (guestagent) inside a VM.
+//
+// The channel is one of three transports, and all of them look like vsock to
+// a caller, hence the name: AF_VSOCK (vhost-vsock), the hybrid-vsock unix
+// socket of Cloud Hypervisor, or, for QEMU without vhost-vsock, the VM's
+// virtio-serial port behind the per-VM relay (RunRelay), which offers the
+// same hybrid-vsock socket. Only the wire protocol shared with the guest
+// (guestagent/proto, guestagent/link) is imported from the guest side.
 //
 // Dial and WaitReady connect to a VM's agent (docs/agent-protocol.md) at a
 // hypervisor.AgentEndpoint: over AF_VSOCK, or over a unix socket speaking

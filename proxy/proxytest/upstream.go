@@ -18,8 +18,6 @@ type Upstream struct {
 	Addr string // "127.0.0.1:port", for Route.Upstream
 	// Received counts request body bytes read by /upload.
 	Received atomic.Int64
-	// LastHeaders are the headers of the most recent request to /headers.
-	lastHeaders atomic.Pointer[http.Header]
 }
 
 // StartUpstream starts an upstream server with these endpoints:
@@ -39,8 +37,6 @@ func StartUpstream(t testing.TB, name string) *Upstream {
 		fmt.Fprintf(w, "hello from %s\n", name)
 	})
 	mux.HandleFunc("/headers", func(w http.ResponseWriter, r *http.Request) {
-		h := r.Header.Clone()
-		u.lastHeaders.Store(&h)
 		fmt.Fprintf(w, "Host=%s\n", r.Host)
 		for _, k := range []string{"X-Forwarded-For", "X-Forwarded-Proto", "X-Forwarded-Host", "Cookie"} {
 			fmt.Fprintf(w, "%s=%s\n", k, strings.Join(r.Header.Values(k), ","))
@@ -80,12 +76,4 @@ func StartUpstream(t testing.TB, name string) *Upstream {
 	t.Cleanup(srv.Close)
 	u.Addr = srv.Listener.Addr().String()
 	return u
-}
-
-// LastHeaders returns the headers of the last /headers request.
-func (u *Upstream) LastHeaders() http.Header {
-	if h := u.lastHeaders.Load(); h != nil {
-		return *h
-	}
-	return nil
 }

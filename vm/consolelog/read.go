@@ -70,6 +70,21 @@ type Follower struct {
 // (which need not exist yet).
 func NewFollower(path string) *Follower { return &Follower{path: path} }
 
+// NewFollowerFromEnd follows the log at path from its current end: only
+// what is written after the call (a boot's output, not an earlier boot's).
+// A log that does not exist yet is followed from its start.
+func NewFollowerFromEnd(path string) *Follower {
+	r := &Follower{path: path}
+	if f, err := os.Open(path); err == nil {
+		if st, err := f.Stat(); err == nil {
+			r.f, r.off = f, st.Size()
+		} else {
+			f.Close()
+		}
+	}
+	return r
+}
+
 // NewFollowerFromPrevious follows the log at path from the start of its
 // previous file (or of its current one when there is none), so that it
 // shows everything the log holds and then what is appended.

@@ -190,8 +190,10 @@ func (l *Local) boot(ctx context.Context, o *op, row store.VM, progress Progress
 	u.push(func() { os.RemoveAll(run) })
 	spec := l.spec(row, img, run, ip)
 	start := time.Now()
+	console := consolelog.NewFollowerFromEnd(spec.ConsoleLog) // this boot's output only
 	h, err := l.Driver.Start(ctx, spec)
 	if err != nil {
+		console.Close()
 		return row, nil, fmt.Errorf("boot: %w", err)
 	}
 	u.push(func() { l.Driver.Kill(context.Background(), h) })
@@ -199,6 +201,7 @@ func (l *Local) boot(ctx context.Context, o *op, row store.VM, progress Progress
 	// Record the handle at once so a crash from here on is found.
 	row.Handle = EncodeHandle(h)
 	if err := store.UpdateVM(ctx, l.DB, row); err != nil {
+		console.Close()
 		return row, nil, err
 	}
 
@@ -208,7 +211,7 @@ func (l *Local) boot(ctx context.Context, o *op, row store.VM, progress Progress
 	// A guest that panics will never answer: stop waiting at once.
 	pctx, stop := context.WithCancelCause(wctx)
 	defer stop(nil)
-	go watchConsole(pctx, spec.ConsoleLog, stop)
+	go watchConsole(pctx, console, stop)
 	var learned string
 	cl, err := vsockcli.WaitReady(pctx, h.Agent, l.agentConfig(row.AgentKey, &learned))
 	if err != nil {
@@ -295,9 +298,10 @@ var errReadyTimeout = errors.New("timed out waiting for the guest agent")
 
 // watchConsole reads a booting VM's console log as it grows (across
 // rotations) and calls stop with an error when the guest kernel panics.
-func watchConsole(ctx context.Context, path string, stop context.CancelCauseFunc) {
+// r follows the log from where this boot began (an earlier boot's panic
+// does not count); watchConsole closes it.
+func watchConsole(ctx context.Context, r *consolelog.Follower, stop context.CancelCauseFunc) {
 	var tail []byte
-	r := consolelog.NewFollower(path)
 	defer r.Close()
 	buf := make([]byte, 64<<10)
 	wait := true

@@ -211,8 +211,10 @@ type Instance struct {
 
 // Exit reasons (Exit.Reason).
 const (
-	ExitCrashed    = "crashed"     // the hypervisor exited without a clean power-off
+	ExitCrashed    = "crashed"     // the hypervisor exited without a guest's last word (killed, OOM)
+	ExitPanic      = "panic"       // the guest kernel panicked (panic=-1 and -no-reboot end the hypervisor)
 	ExitPoweroff   = "poweroff"    // the guest powered itself off
+	ExitReboot     = "reboot"      // the guest rebooted itself (the hypervisor exits on it)
 	ExitHostReboot = "host-reboot" // the processes and run directory are gone
 )
 
@@ -222,6 +224,7 @@ type Exit struct {
 	Name      string    `json:"name"`
 	Owner     string    `json:"owner,omitempty"`
 	Reason    string    `json:"reason"`              // Exit* constants
+	Detail    string    `json:"detail,omitempty"`    // the guest's last kernel line that says why
 	StartedAt time.Time `json:"started_at,omitzero"` // when the run that ended began
 	At        time.Time `json:"at"`                  // when the exit was noticed
 }

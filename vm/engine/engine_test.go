@@ -17,7 +17,7 @@ import (
 
 	"golang.org/x/crypto/ssh"
 
-	agent "github.com/minionsdev/minions/guestagent"
+	"github.com/minionsdev/minions/guestagent"
 	"github.com/minionsdev/minions/internal/errs"
 	"github.com/minionsdev/minions/internal/testenv"
 	"github.com/minionsdev/minions/store"
@@ -32,7 +32,7 @@ import (
 // starts gets an in-process guestagent server on a hybrid-vsock socket.
 type agentDriver struct {
 	*fake.Driver
-	srv *agent.Server
+	srv *guestagent.Server
 
 	mu      sync.Mutex
 	lns     map[int]net.Listener
@@ -207,11 +207,11 @@ func fakeHarnessWith(t *testing.T, cfg engine.Config) (enginetest.Harness, *agen
 	os.WriteFile(filepath.Join(root, "etc/passwd"), []byte("root:x:0:0:root:"+home+":/bin/sh\n"), 0o644)
 	os.WriteFile(filepath.Join(root, "etc/group"), []byte("root:x:0:\n"), 0o644)
 	hostKey := newSigner(t)
-	srv, err := agent.NewServer(agent.Config{
+	srv, err := guestagent.NewServer(guestagent.Config{
 		AuthorizedKey: hostKey.PublicKey(),
 		HostKeyPath:   filepath.Join(root, "etc/minions/agent_host_key"),
 		Root:          root,
-		Mounts:        func() ([]agent.Mount, error) { return []agent.Mount{}, nil },
+		Mounts:        func() ([]guestagent.Mount, error) { return []guestagent.Mount{}, nil },
 		GrowMount:     root,
 		SetHostname:   func(string) error { return nil },
 		SetTime:       func(time.Time) error { return nil },

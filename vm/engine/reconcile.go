@@ -3,7 +3,6 @@ package engine
 import (
 	"bytes"
 	"context"
-	"io"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -13,6 +12,7 @@ import (
 
 	"github.com/minionsdev/minions/store"
 	"github.com/minionsdev/minions/vm"
+	"github.com/minionsdev/minions/vm/consolelog"
 	"github.com/minionsdev/minions/vm/hypervisor"
 	"github.com/minionsdev/minions/vm/hypervisor/procfs"
 )
@@ -70,7 +70,8 @@ func (l *Local) reconcileVM(ctx context.Context, v *store.VM) {
 	l.log.Info("vm hypervisor is gone; marking stopped", "vm_id", v.ID, "vm", v.Name)
 	// Classify before marking stopped: that removes the run directory,
 	// whose absence says the host restarted.
-	e := Exit{ID: v.ID, Name: v.Name, Owner: v.OwnerID, Reason: l.exitReason(*v), StartedAt: v.StartedAt, At: time.Now().UTC()}
+	reason, detail := l.exitReason(*v)
+	e := Exit{ID: v.ID, Name: v.Name, Owner: v.OwnerID, Reason: reason, Detail: detail, StartedAt: v.StartedAt, At: time.Now().UTC()}
 	if h != nil {
 		// The hypervisor is gone, its helpers (the agent relay) may not
 		// be: they would hold the next boot's agent channel.
@@ -84,40 +85,26 @@ func (l *Local) reconcileVM(ctx context.Context, v *store.VM) {
 	}
 }
 
-// exitReason says why v's hypervisor, recorded running, is gone.
-func (l *Local) exitReason(v store.VM) string {
-	switch {
-	case !exists(l.runDir(v.ID)):
-		return ExitHostReboot
-	case cleanPoweroff(l.consolePath(v.ID)):
-		return ExitPoweroff
+// exitReason says why v's hypervisor, recorded running, is gone, and
+// the guest's last kernel line that tells it (consolelog.ClassifyExit).
+func (l *Local) exitReason(v store.VM) (string, string) {
+	if !exists(l.runDir(v.ID)) {
+		return ExitHostReboot, ""
 	}
-	return ExitCrashed
+	switch why, line := consolelog.LastExit(l.consolePath(v.ID)); why {
+	case consolelog.ExitPanic:
+		return ExitPanic, line
+	case consolelog.ExitPoweroff:
+		return ExitPoweroff, line
+	case consolelog.ExitReboot:
+		return ExitReboot, line
+	}
+	return ExitCrashed, ""
 }
 
 func exists(p string) bool {
 	_, err := os.Stat(p)
 	return err == nil
-}
-
-// cleanPoweroff reports whether the guest's console log ends with the
-// kernel's clean power-off line: QEMU then exited because the guest
-// asked, not because it crashed or was killed.
-func cleanPoweroff(consoleLog string) bool {
-	f, err := os.Open(consoleLog)
-	if err != nil {
-		return false
-	}
-	defer f.Close()
-	if st, err := f.Stat(); err == nil && st.Size() > 4096 {
-		f.Seek(-4096, io.SeekEnd)
-	}
-	b, _ := io.ReadAll(f)
-	i := bytes.LastIndex(b, []byte("reboot: Power down"))
-	if i < 0 {
-		i = bytes.LastIndex(b, []byte("reboot: System halted"))
-	}
-	return i >= 0 && !bytes.Contains(b[i:], []byte("Linux version"))
 }
 
 func (l *Local) tryLock(id string) (func(), error) {

@@ -1,6 +1,7 @@
 package jail
 
 import (
+	"cmp"
 	"fmt"
 	"math"
 	"path/filepath"
@@ -53,21 +54,11 @@ type Config struct {
 
 // WithDefaults returns c with unset fields set to their defaults.
 func (c Config) WithDefaults() Config {
-	if c.Mode == "" {
-		c.Mode = ModeOn
-	}
-	if c.UIDBase == 0 {
-		c.UIDBase = DefaultUIDBase
-	}
-	if c.CgroupParent == "" {
-		c.CgroupParent = DefaultCgroupParent
-	}
-	if c.MemoryOverheadMiB == 0 {
-		c.MemoryOverheadMiB = DefaultMemoryOverheadMiB
-	}
-	if c.PidsMax == 0 {
-		c.PidsMax = DefaultPidsMax
-	}
+	c.Mode = cmp.Or(c.Mode, ModeOn)
+	c.UIDBase = cmp.Or(c.UIDBase, DefaultUIDBase)
+	c.CgroupParent = cmp.Or(c.CgroupParent, DefaultCgroupParent)
+	c.MemoryOverheadMiB = cmp.Or(c.MemoryOverheadMiB, DefaultMemoryOverheadMiB)
+	c.PidsMax = cmp.Or(c.PidsMax, DefaultPidsMax)
 	return c
 }
 

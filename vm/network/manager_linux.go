@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
@@ -230,7 +231,13 @@ func (m *Manager) AddPort(ctx context.Context, p Port) (err error) {
 			Owner:     0,
 			Group:     0,
 		}
-		if err := netlink.LinkAdd(tap); err != nil {
+		// No fork while netlink holds the new TAP's queue open: a child
+		// forked meanwhile would keep it attached until it execs, and the
+		// hypervisor's own attach would fail with EBUSY.
+		syscall.ForkLock.RLock()
+		err := netlink.LinkAdd(tap)
+		syscall.ForkLock.RUnlock()
+		if err != nil {
 			return fmt.Errorf("add port %s: create tap: %w", p.TAP, err)
 		}
 		undo = append(undo, func() { _ = netlink.LinkDel(tap) })

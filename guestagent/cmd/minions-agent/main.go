@@ -14,20 +14,20 @@ import (
 	"syscall"
 	"time"
 
-	agent "github.com/minionsdev/minions/guestagent"
+	"github.com/minionsdev/minions/guestagent"
 )
 
 func main() {
 	if len(os.Args) > 1 && (os.Args[1] == "--version" || os.Args[1] == "version") {
-		fmt.Println(agent.Version)
+		fmt.Println(guestagent.Version)
 		return
 	}
 	pid1 := os.Getpid() == 1
 	if pid1 {
 		if _, err := os.Stat("/etc/minions/modules"); err == nil {
-			err := agent.Stage1()
-			agent.Console("minions-agent: %v", err)
-			agent.PowerOff(false, 0)
+			err := guestagent.Stage1()
+			guestagent.Console("minions-agent: %v", err)
+			guestagent.PowerOff(false, 0)
 			select {}
 		}
 	}
@@ -43,11 +43,11 @@ func main() {
 		ctx, stop = signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
 		defer stop()
 	}
-	err := agent.Run(ctx, agent.Options{PID1: pid1, Log: log})
+	err := guestagent.Run(ctx, guestagent.Options{PID1: pid1, Log: log})
 	if pid1 {
 		// Run only returns as PID 1 when it cannot serve or powers off.
-		agent.Console("minions-agent: %v", err)
-		agent.PowerOff(false, 2*time.Second)
+		guestagent.Console("minions-agent: %v", err)
+		guestagent.PowerOff(false, 2*time.Second)
 		select {}
 	}
 	if err != nil {

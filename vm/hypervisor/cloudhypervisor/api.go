@@ -12,7 +12,6 @@ import (
 	"os"
 	"strings"
 	"syscall"
-	"time"
 
 	"github.com/minionsdev/minions/internal/errs"
 )
@@ -226,6 +225,3 @@ func isUnreachable(err error) bool {
 	return errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, os.ErrNotExist) ||
 		errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, io.EOF)
 }
-
-// callTimeout bounds a single API call that has no deadline of its own.
-const callTimeout = 10 * time.Second

@@ -1,6 +1,7 @@
 package cloudhypervisor
 
 import (
+	"cmp"
 	"io"
 	"log/slog"
 	"time"
@@ -48,27 +49,13 @@ const (
 )
 
 func (c Config) withDefaults() Config {
-	if c.Binary == "" {
-		c.Binary = "cloud-hypervisor"
-	}
-	if c.MemoryHotplugMiB == 0 {
-		c.MemoryHotplugMiB = DefaultMemoryHotplugMiB
-	}
-	if c.AgentPort == 0 {
-		c.AgentPort = DefaultAgentPort
-	}
-	if c.RNGSource == "" {
-		c.RNGSource = "/dev/urandom"
-	}
-	if c.StartTimeout == 0 {
-		c.StartTimeout = 10 * time.Second
-	}
-	if c.StopTimeout == 0 {
-		c.StopTimeout = 10 * time.Second
-	}
-	if c.PollInterval == 0 {
-		c.PollInterval = 20 * time.Millisecond
-	}
+	c.Binary = cmp.Or(c.Binary, "cloud-hypervisor")
+	c.MemoryHotplugMiB = cmp.Or(c.MemoryHotplugMiB, DefaultMemoryHotplugMiB)
+	c.AgentPort = cmp.Or(c.AgentPort, DefaultAgentPort)
+	c.RNGSource = cmp.Or(c.RNGSource, "/dev/urandom")
+	c.StartTimeout = cmp.Or(c.StartTimeout, 10*time.Second)
+	c.StopTimeout = cmp.Or(c.StopTimeout, 10*time.Second)
+	c.PollInterval = cmp.Or(c.PollInterval, 20*time.Millisecond)
 	if c.Log == nil {
 		c.Log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}

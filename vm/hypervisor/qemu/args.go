@@ -132,6 +132,9 @@ func (m machine) args() []string {
 	a = append(a,
 		"-smp", strconv.Itoa(m.CPUs),
 		"-nodefaults", "-no-user-config", "-display", "none",
+		// A guest reboot (and a panic: the kernel runs with panic=-1)
+		// ends QEMU; the supervisor reads why from the console log.
+		"-no-reboot",
 		"-kernel", m.Kernel,
 	)
 	if m.Initramfs != "" {

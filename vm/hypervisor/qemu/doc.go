@@ -48,10 +48,12 @@
 // Spec.ConsoleLog whether or not a client is attached; with
 // Config.ConsoleCommand, QEMU writes it into RunDir/console.fifo instead and
 // a console logger started before QEMU keeps Spec.ConsoleLog under
-// Config.ConsoleMaxBytes (package consolelog). QEMU runs without
-// -no-reboot: a guest reboot resets the machine in place (the process, PID
-// and sockets stay; the kernel reloads from -kernel). A guest power-off makes
-// QEMU exit, which callers see as Alive false / StateStopped.
+// Config.ConsoleMaxBytes (package consolelog). QEMU runs with -no-reboot:
+// a guest power-off, a guest reboot and a guest kernel panic (the guest
+// kernel runs with panic=-1, so a panic is a reboot) all make QEMU exit,
+// which callers see as Alive false / StateStopped. The console log's last
+// kernel line tells which (consolelog.ClassifyExit); the caller decides
+// whether to start the VM again (the service's restart policy).
 //
 // Under TCG the driver appends tsc_early_khz=<host TSC kHz> to the kernel
 // command line: microvm has no fallback timer and otherwise hangs in early

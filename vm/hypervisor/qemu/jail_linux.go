@@ -2,11 +2,13 @@ package qemu
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -143,8 +145,23 @@ func ownFile(path string, uid int, create bool) error {
 
 // openTAP attaches to the existing TAP name (as QEMU would: no packet
 // information, virtio-net headers) and returns its queue descriptor, which
-// QEMU inherits (libvirt does the same).
+// QEMU inherits (libvirt does the same). EBUSY (the single queue is still
+// held, e.g. by a child forked while the TAP was being created, until it
+// execs) is retried for up to tapBusyWait.
 func openTAP(name string) (*os.File, error) {
+	deadline := time.Now().Add(tapBusyWait)
+	for {
+		f, err := attachTAP(name)
+		if !errors.Is(err, unix.EBUSY) || time.Now().After(deadline) {
+			return f, err
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+const tapBusyWait = 3 * time.Second
+
+func attachTAP(name string) (*os.File, error) {
 	fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return nil, fmt.Errorf("open /dev/net/tun: %w", err)

@@ -22,6 +22,7 @@ import (
 
 	"github.com/minionsdev/minions/internal/errs"
 	"github.com/minionsdev/minions/internal/testenv"
+	"github.com/minionsdev/minions/vm/consolelog"
 	"github.com/minionsdev/minions/vm/hypervisor"
 	"github.com/minionsdev/minions/vm/hypervisor/conformance"
 	"github.com/minionsdev/minions/vm/hypervisor/conformance/tinyvm"
@@ -337,27 +338,26 @@ func TestGuestRebootAndPowerOff(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 
-	t.Run("reboot keeps the process", func(t *testing.T) {
+	t.Run("reboot ends the process", func(t *testing.T) {
 		spec := newSpec(t, "tinyvm.reboot")
 		h, err := d.Start(ctx, spec)
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer d.Kill(context.Background(), h)
-		if err := tinyvm.WaitFor(ctx, spec.ConsoleLog, tinyvm.ReadyMarker, 2); err != nil {
+		if err := procfs.WaitGone(ctx, h.PID, h.StartTime, 20*time.Millisecond); err != nil {
+			t.Fatalf("qemu still runs after guest reboot: %v", err)
+		}
+		if n := strings.Count(readFile(t, spec.ConsoleLog), tinyvm.ReadyMarker); n != 1 {
+			t.Fatalf("guest booted %d times, want once (-no-reboot)", n)
+		}
+		if r, line := consolelog.LastExit(spec.ConsoleLog); r != consolelog.ExitReboot {
+			t.Fatalf("exit reason %q (%q), want reboot; console:\n%s", r, line, readFile(t, spec.ConsoleLog))
+		}
+		if err := d.Shutdown(ctx, h, time.Second); err != nil {
 			t.Fatal(err)
 		}
-		if !d.Alive(h) {
-			t.Fatal("qemu exited on guest reboot")
-		}
-		// QEMU runs under its seccomp sandbox (filter mode), all threads.
-		status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", h.PID))
-		if err != nil || !strings.Contains(string(status), "\nSeccomp:\t2\n") {
-			t.Errorf("qemu is not in seccomp filter mode (%v):\n%s", err, status)
-		}
-		if info, err := d.Info(ctx, h); err != nil || info.State != hypervisor.StateRunning {
-			t.Fatalf("Info after reboot = %+v, %v", info, err)
-		}
+		wantNothingLeft(t, spec.RunDir)
 	})
 	t.Run("poweroff stops", func(t *testing.T) {
 		spec := newSpec(t, "tinyvm.poweroff")
@@ -372,12 +372,24 @@ func TestGuestRebootAndPowerOff(t *testing.T) {
 		if info, err := d.Info(ctx, h); err != nil || info.State != hypervisor.StateStopped {
 			t.Fatalf("Info = %+v, %v", info, err)
 		}
+		if r, _ := consolelog.LastExit(spec.ConsoleLog); r != consolelog.ExitPoweroff {
+			t.Fatalf("exit reason %q, want poweroff", r)
+		}
 		// The relay outlives QEMU until Shutdown stops it.
 		if err := d.Shutdown(ctx, h, time.Second); err != nil {
 			t.Fatal(err)
 		}
 		wantNothingLeft(t, spec.RunDir)
 	})
+}
+
+func readFile(t *testing.T, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
 }
 
 func TestAgentRelay(t *testing.T) {
@@ -392,6 +404,11 @@ func TestAgentRelay(t *testing.T) {
 	defer d.Kill(context.Background(), h)
 	if h.Agent.Kind != "hybrid-vsock" || h.Agent.Port != AgentPort || len(h.Helpers) != 1 {
 		t.Fatalf("handle = %+v", h)
+	}
+	// QEMU runs under its seccomp sandbox (filter mode), all threads.
+	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", h.PID))
+	if err != nil || !strings.Contains(string(status), "\nSeccomp:\t2\n") {
+		t.Errorf("qemu is not in seccomp filter mode (%v):\n%s", err, status)
 	}
 	c, err := net.Dial("unix", h.Agent.Path)
 	if err != nil {

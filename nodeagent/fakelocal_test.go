@@ -1,0 +1,215 @@
+package nodeagent_test
+
+import (
+	"bufio"
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+
+	agent "github.com/minionsdev/minions/guestagent"
+	"github.com/minionsdev/minions/internal/errs"
+	"github.com/minionsdev/minions/store"
+	"github.com/minionsdev/minions/vm/engine"
+	"github.com/minionsdev/minions/vm/hypervisor"
+	"github.com/minionsdev/minions/vm/hypervisor/fake"
+)
+
+// agentDriver is the fake hypervisor with a real guest agent: every VM it
+// starts gets an in-process guestagent server on a hybrid-vsock socket
+// (as in vm/engine's own conformance test).
+type agentDriver struct {
+	*fake.Driver
+	srv *agent.Server
+
+	mu      sync.Mutex
+	lns     map[int]net.Listener
+	handles map[string]*hypervisor.Handle
+}
+
+func (d *agentDriver) serve(id string, h *hypervisor.Handle) (*hypervisor.Handle, error) {
+	sock := filepath.Join(h.RunDir, "agent.sock")
+	os.Remove(sock)
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		return nil, err
+	}
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				br := bufio.NewReader(c)
+				line, err := br.ReadString('\n')
+				if err != nil || !strings.HasPrefix(line, "CONNECT ") || br.Buffered() > 0 {
+					c.Close()
+					return
+				}
+				io.WriteString(c, "OK 1\n")
+				d.srv.ServeConn(context.Background(), c)
+			}()
+		}
+	}()
+	d.mu.Lock()
+	d.lns[h.PID] = ln
+	d.handles[id] = h
+	d.mu.Unlock()
+	h.Agent = hypervisor.AgentEndpoint{Kind: "hybrid-vsock", Path: sock, Port: 1024}
+	return h, nil
+}
+
+func (d *agentDriver) unserve(h *hypervisor.Handle) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if h != nil && d.lns[h.PID] != nil {
+		d.lns[h.PID].Close()
+		delete(d.lns, h.PID)
+	}
+}
+
+func (d *agentDriver) Start(ctx context.Context, spec hypervisor.Spec) (*hypervisor.Handle, error) {
+	h, err := d.Driver.Start(ctx, spec)
+	if err != nil {
+		return nil, err
+	}
+	return d.serve(spec.ID, h)
+}
+
+func (d *agentDriver) Restore(ctx context.Context, spec hypervisor.Spec, dir string) (*hypervisor.Handle, error) {
+	h, err := d.Driver.Restore(ctx, spec, dir)
+	if err != nil {
+		return nil, err
+	}
+	return d.serve(spec.ID, h)
+}
+
+func (d *agentDriver) Shutdown(ctx context.Context, h *hypervisor.Handle, timeout time.Duration) error {
+	d.unserve(h)
+	return d.Driver.Shutdown(ctx, h, timeout)
+}
+
+func (d *agentDriver) Kill(ctx context.Context, h *hypervisor.Handle) error {
+	d.unserve(h)
+	return d.Driver.Kill(ctx, h)
+}
+
+func (d *agentDriver) crash(id string) {
+	d.mu.Lock()
+	h := d.handles[id]
+	d.mu.Unlock()
+	d.unserve(h)
+	d.Driver.Crash(h)
+}
+
+type ports struct {
+	mu  sync.Mutex
+	set map[string]netip.Addr
+}
+
+func (p *ports) AddPort(_ context.Context, tap string, ip netip.Addr, _ string) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.set[tap] = ip
+	return nil
+}
+
+func (p *ports) RemovePort(_ context.Context, tap string) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	delete(p.set, tap)
+	return nil
+}
+
+type oneImage struct{ img engine.Image }
+
+func (i oneImage) Resolve(_ context.Context, ref string) (engine.Image, error) {
+	if ref != i.img.OS && ref != i.img.Ref {
+		return engine.Image{}, errs.New(errs.NotFound, "no image %q", ref)
+	}
+	return i.img, nil
+}
+
+// fakeLocal is a local engine on the fake hypervisor with an in-process
+// guest agent, real qcow2 disks and a real store.
+type fakeLocal struct {
+	eng     *engine.Local
+	drv     *agentDriver
+	hostKey ssh.Signer
+	db      *store.DB
+	owner   string
+}
+
+func newFakeLocal(t testing.TB) *fakeLocal {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root (the guest agent runs commands as users)")
+	}
+	dir, err := os.MkdirTemp("/tmp", "nat")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	ctx := context.Background()
+	db, err := store.Open(ctx, filepath.Join(dir, "minions.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	owner := store.User{ID: "u1", Name: "alice", CreatedAt: time.Now()}
+	if err := store.InsertUser(ctx, db, owner); err != nil {
+		t.Fatal(err)
+	}
+	root := filepath.Join(dir, "guest")
+	home := filepath.Join(root, "root")
+	os.MkdirAll(filepath.Join(root, "etc"), 0o755)
+	os.MkdirAll(home, 0o700)
+	os.WriteFile(filepath.Join(root, "etc/passwd"), []byte("root:x:0:0:root:"+home+":/bin/sh\n"), 0o644)
+	os.WriteFile(filepath.Join(root, "etc/group"), []byte("root:x:0:\n"), 0o644)
+	_, priv, _ := ed25519.GenerateKey(rand.Reader)
+	hostKey, err := ssh.NewSignerFromKey(priv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := agent.NewServer(agent.Config{
+		AuthorizedKey: hostKey.PublicKey(),
+		HostKeyPath:   filepath.Join(root, "etc/minions/agent_host_key"),
+		Root:          root,
+		Mounts:        func() ([]agent.Mount, error) { return []agent.Mount{}, nil },
+		GrowMount:     root,
+		SetHostname:   func(string) error { return nil },
+		SetTime:       func(time.Time) error { return nil },
+		Power:         func(bool) error { return nil },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	drv := &agentDriver{Driver: fake.New(fake.Config{Caps: hypervisor.Caps{MemorySnapshot: true}}), srv: srv,
+		lns: map[int]net.Listener{}, handles: map[string]*hypervisor.Handle{}}
+	base := filepath.Join(dir, "base.raw")
+	f, err := os.Create(base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Truncate(64 << 20)
+	f.Close()
+	kernel := filepath.Join(dir, "vmlinux")
+	os.WriteFile(kernel, []byte("kernel"), 0o644)
+	img := engine.Image{Ref: "minimal@1", OS: "minimal", Path: base, Format: "raw", SizeBytes: 64 << 20, Kernel: kernel}
+	l, err := engine.NewLocal(engine.Config{StateDir: filepath.Join(dir, "state"), ReadyTimeout: 20 * time.Second, StopTimeout: time.Second},
+		engine.Deps{DB: db, Driver: drv, Network: &ports{set: map[string]netip.Addr{}}, Images: oneImage{img}, Disks: engine.HostDisks{}, HostKey: hostKey})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &fakeLocal{eng: l, drv: drv, hostKey: hostKey, db: db, owner: owner.ID}
+}

@@ -1,0 +1,388 @@
+package nodeagent
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+
+	"github.com/minionsdev/minions/fabric"
+	"github.com/minionsdev/minions/internal/errs"
+	"github.com/minionsdev/minions/vm/engine"
+	"github.com/minionsdev/minions/vsockcli"
+)
+
+// RemoteConfig configures a Remote.
+type RemoteConfig struct {
+	ID   string       // the node's host ID (required)
+	Conn *fabric.Conn // the control plane's connection (required)
+	// Signer is the key the node's guest agents trust (the node's engine
+	// HostKey); required for Agent.
+	Signer ssh.Signer
+	// AcceptTimeout bounds how long a call waits for the node to accept
+	// it (not how long the call may run: that is the caller's ctx);
+	// default 10 s.
+	AcceptTimeout time.Duration
+	// CheckInterval is how often a call in flight asks the node whether
+	// it still runs it; a node that forgot it (restarted) or does not
+	// answer three times running fails the call with errs.Unavailable
+	// instead of leaving it to the caller's deadline. Default 5 s.
+	CheckInterval time.Duration
+	Log           *slog.Logger
+}
+
+// Validate checks the configuration.
+func (c *RemoteConfig) Validate() error {
+	if !fabric.ValidID(c.ID) || c.Conn == nil {
+		return errs.New(errs.InvalidArgument, "remote engine: a node id and a connection are required")
+	}
+	if c.AcceptTimeout < 0 || c.CheckInterval < 0 {
+		return errs.New(errs.InvalidArgument, "remote engine: negative timeout")
+	}
+	return nil
+}
+
+// Remote is the engine of another host, reached over the fabric: every
+// method is a call to the node's ServeEngine, with the same contract as
+// engine.Engine (errors keep their errs class and message). A call runs
+// until the caller's ctx ends, however long; ctx ending cancels it on the
+// node. A node that does not serve its engine is errs.Unavailable.
+//
+// ConsoleLog returns a path on the node's host. Safe for concurrent use.
+type Remote struct {
+	cfg   RemoteConfig
+	log   *slog.Logger
+	unsub func() error
+
+	mu    sync.Mutex
+	calls map[string]*pending
+	exit  engine.ExitFunc
+}
+
+type pending struct {
+	ch   chan callFrame
+	gone chan struct{}
+}
+
+var _ engine.Engine = (*Remote)(nil)
+
+// NewRemote subscribes to the node's replies and exits. Close it.
+func NewRemote(cfg RemoteConfig) (*Remote, error) {
+	if cfg.AcceptTimeout == 0 {
+		cfg.AcceptTimeout = 10 * time.Second
+	}
+	if cfg.CheckInterval == 0 {
+		cfg.CheckInterval = 5 * time.Second
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	r := &Remote{cfg: cfg, log: cfg.Log.With("component", "nodeagent", "host_id", cfg.ID), calls: map[string]*pending{}}
+	// One subscription for replies and exits: an exit published before a
+	// call's reply reaches ExitFunc before the call returns.
+	unsub, err := cfg.Conn.Subscribe(engineEvents(cfg.ID), r.event)
+	if err != nil {
+		return nil, err
+	}
+	r.unsub = unsub
+	return r, nil
+}
+
+// Close stops receiving the node's replies and exits.
+func (r *Remote) Close() error { return r.unsub() }
+
+// Node is the node's host ID.
+func (r *Remote) Node() string { return r.cfg.ID }
+
+func (r *Remote) event(m fabric.Msg) {
+	if m.Subject == exitSubject(r.cfg.ID) {
+		var e engine.Exit
+		if json.Unmarshal(m.Data, &e) != nil {
+			return
+		}
+		r.mu.Lock()
+		fn := r.exit
+		r.mu.Unlock()
+		if fn != nil {
+			fn(context.Background(), e)
+		}
+		return
+	}
+	call, ok := strings.CutPrefix(m.Subject, replySubject(r.cfg.ID, ""))
+	if !ok {
+		return
+	}
+	var f callFrame
+	if json.Unmarshal(m.Data, &f) != nil {
+		return
+	}
+	r.mu.Lock()
+	p := r.calls[call]
+	r.mu.Unlock()
+	if p == nil {
+		return
+	}
+	if !f.Done {
+		select { // a progress line is worth less than a stuck fabric
+		case p.ch <- f:
+		default:
+		}
+		return
+	}
+	select {
+	case p.ch <- f:
+	case <-p.gone:
+	}
+}
+
+// call runs method on the node and decodes its result into out (if set).
+func (r *Remote) call(ctx context.Context, method string, req callRequest, progress engine.Progress, out any) error {
+	req.Call = newToken()
+	if dl, ok := ctx.Deadline(); ok {
+		req.Deadline = dl
+	}
+	body, err := json.Marshal(req)
+	if err != nil {
+		return err
+	}
+	p := &pending{ch: make(chan callFrame, 64), gone: make(chan struct{})}
+	r.mu.Lock()
+	r.calls[req.Call] = p
+	r.mu.Unlock()
+	defer func() {
+		r.mu.Lock()
+		delete(r.calls, req.Call)
+		r.mu.Unlock()
+		close(p.gone)
+	}()
+	actx, cancel := context.WithTimeout(ctx, r.cfg.AcceptTimeout)
+	ack, err := r.cfg.Conn.Request(actx, engineSubject(r.cfg.ID, method), body)
+	cancel()
+	switch {
+	case ctx.Err() != nil:
+		return fmt.Errorf("%s on node %s: %w", method, r.cfg.ID, ctx.Err())
+	case errors.Is(err, errs.Unavailable):
+		return errs.New(errs.Unavailable, "node %s does not serve its engine (is its agent running?)", r.cfg.ID)
+	case err != nil:
+		return errs.New(errs.Unavailable, "node %s did not accept %s: %v", r.cfg.ID, method, err)
+	case string(ack) != "ok":
+		return errs.New(errs.Unavailable, "node %s refused %s: %s", r.cfg.ID, method, ack)
+	}
+	check := time.NewTicker(r.cfg.CheckInterval)
+	defer check.Stop()
+	misses := 0
+	var forgotten <-chan time.Time // set once the node says it does not run the call
+	for {
+		select {
+		case <-check.C:
+			if forgotten != nil {
+				continue
+			}
+			switch r.alive(ctx, req.Call) {
+			case "yes":
+				misses = 0
+			case "no":
+				// Its reply may still be on the way: give it a moment.
+				forgotten = time.After(r.cfg.CheckInterval)
+			default:
+				if misses++; misses >= 3 {
+					return errs.New(errs.Unavailable, "%s on node %s: the node stopped answering", method, r.cfg.ID)
+				}
+			}
+		case <-forgotten:
+			return errs.New(errs.Unavailable, "%s on node %s: the node no longer runs the call (did its agent restart?)", method, r.cfg.ID)
+		case f := <-p.ch:
+			if !f.Done {
+				progress.Say(f.Step)
+				continue
+			}
+			if f.Error != nil {
+				return fromWire(f.Error)
+			}
+			if out != nil {
+				if err := json.Unmarshal(f.Result, out); err != nil {
+					return fmt.Errorf("%s on node %s: decode reply: %w", method, r.cfg.ID, err)
+				}
+			}
+			return nil
+		case <-ctx.Done():
+			b, _ := json.Marshal(callRequest{Call: req.Call})
+			r.cfg.Conn.Publish(engineSubject(r.cfg.ID, mCancel), b)
+			return fmt.Errorf("%s on node %s: %w", method, r.cfg.ID, ctx.Err())
+		}
+	}
+}
+
+// alive asks the node whether it runs call: "yes", "no", or "" when it
+// does not answer.
+func (r *Remote) alive(ctx context.Context, call string) string {
+	b, _ := json.Marshal(callRequest{Call: call})
+	actx, cancel := context.WithTimeout(ctx, r.cfg.AcceptTimeout)
+	defer cancel()
+	ans, err := r.cfg.Conn.Request(actx, engineSubject(r.cfg.ID, mAlive), b)
+	if err != nil {
+		return ""
+	}
+	return string(ans)
+}
+
+func (r *Remote) instance(ctx context.Context, method string, req callRequest, progress engine.Progress) (engine.Instance, error) {
+	var inst engine.Instance
+	err := r.call(ctx, method, req, progress, &inst)
+	return inst, err
+}
+
+// Create implements engine.Engine.
+func (r *Remote) Create(ctx context.Context, spec engine.CreateSpec, progress engine.Progress) (engine.Instance, error) {
+	return r.instance(ctx, mCreate, callRequest{Create: &spec}, progress)
+}
+
+// Start implements engine.Engine.
+func (r *Remote) Start(ctx context.Context, id string, progress engine.Progress) (engine.Instance, error) {
+	return r.instance(ctx, mStart, callRequest{ID: id}, progress)
+}
+
+// Stop implements engine.Engine.
+func (r *Remote) Stop(ctx context.Context, id string) (engine.Instance, error) {
+	return r.instance(ctx, mStop, callRequest{ID: id}, nil)
+}
+
+// Restart implements engine.Engine.
+func (r *Remote) Restart(ctx context.Context, id string, progress engine.Progress) (engine.Instance, error) {
+	return r.instance(ctx, mRestart, callRequest{ID: id}, progress)
+}
+
+// Destroy implements engine.Engine.
+func (r *Remote) Destroy(ctx context.Context, id string) error {
+	return r.call(ctx, mDestroy, callRequest{ID: id}, nil, nil)
+}
+
+// Rename implements engine.Engine.
+func (r *Remote) Rename(ctx context.Context, id, name string) (engine.Instance, error) {
+	return r.instance(ctx, mRename, callRequest{ID: id, Name: name}, nil)
+}
+
+// Resize implements engine.Engine.
+func (r *Remote) Resize(ctx context.Context, id string, spec engine.ResizeSpec) (engine.Instance, error) {
+	return r.instance(ctx, mResize, callRequest{ID: id, Resize: &spec}, nil)
+}
+
+// Snapshot implements engine.Engine.
+func (r *Remote) Snapshot(ctx context.Context, id string, spec engine.SnapshotSpec, progress engine.Progress) (engine.SnapshotInfo, error) {
+	var s engine.SnapshotInfo
+	err := r.call(ctx, mSnapshot, callRequest{ID: id, SnapshotSpec: &spec}, progress, &s)
+	return s, err
+}
+
+// Snapshots implements engine.Engine.
+func (r *Remote) Snapshots(ctx context.Context, id string) ([]engine.SnapshotInfo, error) {
+	var s []engine.SnapshotInfo
+	err := r.call(ctx, mSnapshots, callRequest{ID: id}, nil, &s)
+	return s, err
+}
+
+// RestoreSnapshot implements engine.Engine.
+func (r *Remote) RestoreSnapshot(ctx context.Context, id, snapshot string, progress engine.Progress) (engine.Instance, error) {
+	return r.instance(ctx, mRestoreSnapshot, callRequest{ID: id, Snapshot: snapshot}, progress)
+}
+
+// DeleteSnapshot implements engine.Engine.
+func (r *Remote) DeleteSnapshot(ctx context.Context, id, snapshot string) error {
+	return r.call(ctx, mDeleteSnapshot, callRequest{ID: id, Snapshot: snapshot}, nil, nil)
+}
+
+// Get implements engine.Engine.
+func (r *Remote) Get(ctx context.Context, id string) (engine.Instance, error) {
+	return r.instance(ctx, mGet, callRequest{ID: id}, nil)
+}
+
+// List implements engine.Engine.
+func (r *Remote) List(ctx context.Context) ([]engine.Instance, error) {
+	var l []engine.Instance
+	err := r.call(ctx, mList, callRequest{}, nil, &l)
+	return l, err
+}
+
+// Reconcile implements engine.Engine.
+func (r *Remote) Reconcile(ctx context.Context) error {
+	return r.call(ctx, mReconcile, callRequest{}, nil, nil)
+}
+
+// OnExit implements engine.Engine: fn hears the exits the node publishes
+// (while this Remote is open).
+func (r *Remote) OnExit(fn engine.ExitFunc) {
+	r.mu.Lock()
+	r.exit = fn
+	r.mu.Unlock()
+}
+
+// ReattachPorts implements engine.Engine.
+func (r *Remote) ReattachPorts(ctx context.Context) error {
+	return r.call(ctx, mReattachPorts, callRequest{}, nil, nil)
+}
+
+// Capacity implements engine.Engine.
+func (r *Remote) Capacity(ctx context.Context) (engine.Capacity, error) {
+	var c engine.Capacity
+	err := r.call(ctx, mCapacity, callRequest{}, nil, &c)
+	return c, err
+}
+
+// ConsoleLog implements engine.Engine: the path is on the node's host.
+func (r *Remote) ConsoleLog(ctx context.Context, id string) (string, error) {
+	var p string
+	err := r.call(ctx, mConsoleLog, callRequest{ID: id}, nil, &p)
+	return p, err
+}
+
+// DialAgent implements engine.Engine: the stream rides two NATS subjects
+// of the node (see stream).
+func (r *Remote) DialAgent(ctx context.Context, id string) (net.Conn, error) {
+	sid := newToken()
+	st, err := newStream(r.cfg.Conn, streamOut(r.cfg.ID, sid), streamIn(r.cfg.ID, sid), "control", "node:"+r.cfg.ID+"/"+id)
+	if err != nil {
+		return nil, err
+	}
+	if err := r.call(ctx, mDialAgent, callRequest{ID: id, Stream: sid}, nil, nil); err != nil {
+		st.Close()
+		return nil, err
+	}
+	return st, nil
+}
+
+// Agent implements engine.Engine: an SSH client over DialAgent's stream,
+// authenticated with cfg.Signer, checking the key the node pinned.
+func (r *Remote) Agent(ctx context.Context, id string) (*vsockcli.Client, error) {
+	if r.cfg.Signer == nil {
+		return nil, errs.New(errs.FailedPrecondition, "remote engine of node %s: no agent signer configured", r.cfg.ID)
+	}
+	var pin string
+	if err := r.call(ctx, mAgentKey, callRequest{ID: id}, nil, &pin); err != nil {
+		return nil, err
+	}
+	c, err := r.DialAgent(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	return vsockcli.NewClient(ctx, c, vsockcli.Config{Signer: r.cfg.Signer, User: "root",
+		HostKey: func(_ string, _ net.Addr, key ssh.PublicKey) error {
+			if pin == "" {
+				return nil // first contact: the node has not pinned one yet
+			}
+			if got := string(bytes.TrimSpace(ssh.MarshalAuthorizedKey(key))); got != pin {
+				return errs.New(errs.PermissionDenied, "guest agent presented key %s, not the pinned one", ssh.FingerprintSHA256(key))
+			}
+			return nil
+		}})
+}

@@ -1,0 +1,113 @@
+package nodeagent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"time"
+
+	"github.com/minionsdev/minions/fabric"
+	"github.com/minionsdev/minions/internal/errs"
+	"github.com/minionsdev/minions/vm/engine"
+)
+
+// The engine's subjects, under the node's own roots (so the fabric's
+// per-node permissions confine them):
+//
+//	minions.node.<id>.engine.<method>    a call (request: callRequest);
+//	                                     the node answers "accepted" at once
+//	minions.node.<id>.engine.cancel      the caller gave up on a call
+//	minions.node.<id>.engine.alive       is a call still running?
+//	minions.status.<id>.engine.reply.<c> progress steps, then the result
+//	                                     of call c (callFrame)
+//	minions.status.<id>.engine.exit      an engine.Exit (OnExit)
+//	minions.node.<id>.stream.<s>         agent stream s, control -> node
+//	minions.status.<id>.stream.<s>       agent stream s, node -> control
+//
+// Replies ride the node's status subjects, which only that node may
+// publish on: a reply is from the node it claims, and a long call is not
+// bound by the one-minute, one-message response permission of a request.
+func engineSubject(id, method string) string { return fabric.NodeSubject(id) + ".engine." + method }
+func engineEvents(id string) string          { return fabric.StatusSubject(id) + ".engine.>" }
+func replySubject(id, call string) string    { return fabric.StatusSubject(id) + ".engine.reply." + call }
+func exitSubject(id string) string           { return fabric.StatusSubject(id) + ".engine.exit" }
+func streamIn(id, s string) string           { return fabric.NodeSubject(id) + ".stream." + s }
+func streamOut(id, s string) string          { return fabric.StatusSubject(id) + ".stream." + s }
+
+// Method names (the last token of the call subject).
+const (
+	mCreate          = "create"
+	mStart           = "start"
+	mStop            = "stop"
+	mRestart         = "restart"
+	mDestroy         = "destroy"
+	mRename          = "rename"
+	mResize          = "resize"
+	mSnapshot        = "snapshot"
+	mSnapshots       = "snapshots"
+	mRestoreSnapshot = "restore_snapshot"
+	mDeleteSnapshot  = "delete_snapshot"
+	mGet             = "get"
+	mList            = "list"
+	mReconcile       = "reconcile"
+	mReattachPorts   = "reattach_ports"
+	mCapacity        = "capacity"
+	mDialAgent       = "dial_agent"
+	mAgentKey        = "agent_key"
+	mConsoleLog      = "console_log"
+	mCancel          = "cancel"
+	mAlive           = "alive" // is call c still running? "yes" or "no"
+)
+
+// callRequest is the body of every call; each method reads its fields.
+type callRequest struct {
+	Call     string    `json:"call"`              // the caller's ID of this call
+	Deadline time.Time `json:"deadline,omitzero"` // the caller's ctx deadline
+	ID       string    `json:"id,omitempty"`
+	Name     string    `json:"name,omitempty"`
+	Snapshot string    `json:"snapshot,omitempty"`
+	Stream   string    `json:"stream,omitempty"` // dial_agent: the stream's ID
+
+	Create       *engine.CreateSpec   `json:"create,omitempty"`
+	Resize       *engine.ResizeSpec   `json:"resize,omitempty"`
+	SnapshotSpec *engine.SnapshotSpec `json:"snapshot_spec,omitempty"`
+}
+
+// callFrame is a progress step (Step set) or the final answer (Done).
+type callFrame struct {
+	Step   string          `json:"step,omitempty"`
+	Done   bool            `json:"done,omitempty"`
+	Error  *wireError      `json:"error,omitempty"`
+	Result json.RawMessage `json:"result,omitempty"`
+}
+
+// wireError is an error with its errs class (errs.Code) and message.
+type wireError struct {
+	Code    string `json:"code"`
+	Message string `json:"message"`
+}
+
+func toWire(err error) *wireError {
+	if err == nil {
+		return nil
+	}
+	return &wireError{Code: errs.Code(err), Message: err.Error()}
+}
+
+// fromWire rebuilds an error of the same class and message; a deadline
+// or cancellation on the node maps back to the context errors.
+func fromWire(e *wireError) error {
+	if e == nil {
+		return nil
+	}
+	if c := errs.FromCode(e.Code); c != nil {
+		return errs.New(c, "%s", e.Message)
+	}
+	switch e.Message {
+	case context.DeadlineExceeded.Error():
+		return context.DeadlineExceeded
+	case context.Canceled.Error():
+		return context.Canceled
+	}
+	return errors.New(e.Message)
+}
