@@ -6,7 +6,6 @@ import (
 	"io"
 	"log/slog"
 	"path/filepath"
-	"time"
 
 	tea "github.com/charmbracelet/bubbletea"
 	"github.com/charmbracelet/lipgloss"
@@ -27,8 +26,7 @@ func startGateway(ctx context.Context, g *errgroup.Group, cfg config.Config, e *
 	if cfg.SSHBind == "" {
 		return "", nil
 	}
-	fe := &frontend{svc: e.Service, urls: vmURL(cfg),
-		agents: service.NewGuestPool(e.Service, agentIdle, log.With("component", "gateway"))}
+	fe := &frontend{svc: e.Service, urls: vmURL(cfg)}
 	srv, err := gateway.New(gateway.Config{
 		Bind: cfg.SSHBind, HostKeyPath: filepath.Join(paths.State, "keys", "ssh_host_ed25519"),
 		Policy: cfg.Policy, InviteCode: cfg.InviteCode, Log: log,
@@ -36,10 +34,7 @@ func startGateway(ctx context.Context, g *errgroup.Group, cfg config.Config, e *
 	if err != nil {
 		return "", err
 	}
-	g.Go(func() error {
-		defer fe.agents.Close()
-		return srv.Run(ctx)
-	})
+	g.Go(func() error { return srv.Run(ctx) })
 	return srv.Addr().String(), nil
 }
 
@@ -59,9 +54,8 @@ func vmURL(cfg config.Config) func(string) string {
 
 // frontend adapts the service to the gateway's interfaces.
 type frontend struct {
-	svc    *service.Service
-	urls   func(string) string
-	agents *service.GuestPool
+	svc  *service.Service
+	urls func(string) string
 }
 
 func (f *frontend) caller(ctx context.Context, u gateway.User) (service.Caller, error) {
@@ -108,12 +102,18 @@ func (f *frontend) Register(ctx context.Context, name string, key gossh.PublicKe
 	return u, nil
 }
 
+// Agent lends the VM's pooled agent connection (the engine keeps one per
+// running VM); release returns it.
 func (f *frontend) Agent(ctx context.Context, u gateway.User, vm string) (*gossh.Client, func(), error) {
 	c, err := f.caller(ctx, u)
 	if err != nil {
 		return nil, nil, err
 	}
-	return f.agents.Channels(ctx, c, vm)
+	cl, err := f.svc.Agent(ctx, c, vm)
+	if err != nil {
+		return nil, nil, err
+	}
+	return cl.SSH(), func() { cl.Close() }, nil
 }
 
 func (f *frontend) Run(ctx context.Context, u gateway.User, args []string, stdin io.Reader, stdout, stderr io.Writer, interactive bool) int {
@@ -148,6 +148,3 @@ type errModel struct{ err error }
 func (m errModel) Init() tea.Cmd                       { return tea.Quit }
 func (m errModel) Update(tea.Msg) (tea.Model, tea.Cmd) { return m, tea.Quit }
 func (m errModel) View() string                        { return "minions: " + m.err.Error() + "\n" }
-
-// agentIdle is how long an agent connection nobody uses stays open.
-const agentIdle = 30 * time.Second

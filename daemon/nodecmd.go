@@ -13,6 +13,7 @@ import (
 	"github.com/minionsdev/minions/api"
 	"github.com/minionsdev/minions/cli"
 	"github.com/minionsdev/minions/fabric"
+	"github.com/minionsdev/minions/internal/announce"
 	"github.com/minionsdev/minions/internal/errs"
 	"github.com/minionsdev/minions/nodeagent"
 	"github.com/minionsdev/minions/service"
@@ -103,11 +104,11 @@ func joinCluster(ctx context.Context, control, token, address, stateDir string) 
 func runNode(ctx context.Context, x *cli.Ctx, paths Paths, cred nodeagent.Credential) error {
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	format, err := logFormat(x.FS.Lookup("log-format").Value.String(), x.Stderr)
+	format, err := announce.Format(x.FS.Lookup("log-format").Value.String(), x.Stderr)
 	if err != nil {
 		return err
 	}
-	log := newLogger(x.Stderr, format)
+	log := announce.NewLogger(x.Stderr, format)
 	if err := os.MkdirAll(paths.State, 0o700); err != nil {
 		return err
 	}

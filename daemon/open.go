@@ -6,10 +6,8 @@ import (
 	"crypto/rand"
 	"debug/elf"
 	"encoding/pem"
-	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -17,12 +15,12 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/minionsdev/minions/cli"
 	"github.com/minionsdev/minions/config"
 	"github.com/minionsdev/minions/images"
 	"github.com/minionsdev/minions/internal/errs"
 	"github.com/minionsdev/minions/service"
 	"github.com/minionsdev/minions/store"
-	"github.com/minionsdev/minions/vm/disk"
 	"github.com/minionsdev/minions/vm/engine"
 	"github.com/minionsdev/minions/vm/hypervisor"
 	"github.com/minionsdev/minions/vm/jail"
@@ -100,8 +98,13 @@ type Installation struct {
 	Service *service.Service
 }
 
-// Close releases the database.
-func (e *Installation) Close() error { return e.DB.Close() }
+// Close closes the pooled agent connections and the database.
+func (e *Installation) Close() error {
+	if e.Engine != nil {
+		e.Engine.Close()
+	}
+	return e.DB.Close()
+}
 
 // OpenOptions are the Options cfg (validated) asks for.
 func OpenOptions(cfg config.Config, paths Paths, log *slog.Logger) Options {
@@ -174,9 +177,9 @@ func Open(ctx context.Context, o Options) (*Installation, error) {
 		// A template's RAM file would be writable by every jailed clone
 		// (QEMU 7.2 opens it read-write): templates only without the jail.
 		NoWarm: o.NoWarm || o.Jail.Mode != "off", BackgroundWarm: o.BackgroundWarm}
-	images := imageAdapter{cat: e.Images}
+	images := service.NewHostCatalog(e.Images, AgentBinary)
 	if e.Engine, err = engine.NewLocal(scfg.EngineConfig(), engine.Deps{
-		DB: db, Driver: e.Driver, Network: netAdapter{e.Network}, Images: images, Disks: diskAdapter{}, HostKey: key,
+		DB: db, Driver: e.Driver, Network: engine.HostNetwork{M: e.Network}, Images: images, Disks: engine.HostDisks{}, HostKey: key,
 	}); err != nil {
 		return nil, err
 	}
@@ -255,70 +258,6 @@ func LoadOrCreateKey(path string) (ssh.Signer, error) {
 	return ssh.ParsePrivateKey(b)
 }
 
-type netAdapter struct{ m *network.Manager }
-
-func (n netAdapter) AddPort(ctx context.Context, tap string, ip netip.Addr, mac string) error {
-	hw, err := net.ParseMAC(mac)
-	if err != nil {
-		return errs.New(errs.InvalidArgument, "mac %q: %v", mac, err)
-	}
-	return n.m.AddPort(ctx, network.Port{TAP: tap, IP: ip, MAC: hw})
-}
-
-func (n netAdapter) RemovePort(ctx context.Context, tap string) error {
-	return n.m.RemovePort(ctx, tap)
-}
-
-type diskAdapter struct{}
-
-func (diskAdapter) CreateOverlay(ctx context.Context, base, baseFormat, path string, size int64) error {
-	return disk.CreateOverlay(ctx, base, baseFormat, path, size)
-}
-func (diskAdapter) Clone(ctx context.Context, src, dst string) error {
-	_, err := disk.Clone(ctx, src, dst)
-	return err
-}
-func (diskAdapter) Grow(ctx context.Context, path string, size int64) error {
-	return disk.Grow(ctx, path, size)
-}
-
-type imageAdapter struct{ cat *images.Catalog }
-
-// Resolve finds an image and the kernel and initramfs to boot it with: the
-// newest installed kernel, and an initramfs built for it around the agent
-// binary that ships with this minions binary.
-func (a imageAdapter) Resolve(ctx context.Context, ref string) (service.Image, error) {
-	im, err := a.cat.Resolve(ref)
-	if err != nil {
-		if errors.Is(err, errs.NotFound) {
-			var refs []string
-			if all, lerr := a.cat.List(); lerr == nil {
-				for _, i := range all {
-					refs = append(refs, i.Ref())
-				}
-			}
-			if len(refs) == 0 {
-				return service.Image{}, errs.New(errs.NotFound, "%v; no image is built yet: run `minions image build --os minimal`", err)
-			}
-			return service.Image{}, errs.New(errs.NotFound, "%v; available: %s", err, strings.Join(refs, ", "))
-		}
-		return service.Image{}, err
-	}
-	k, err := images.NewestKernel(a.cat.KernelDir())
-	if err != nil {
-		return service.Image{}, errs.New(errs.FailedPrecondition, "no guest kernel installed: run `minions image build --os minimal` (it installs one): %w", err)
-	}
-	agent, err := AgentBinary()
-	if err != nil {
-		return service.Image{}, err
-	}
-	initrd, err := a.cat.Initramfs(ctx, k, agent)
-	if err != nil {
-		return service.Image{}, err
-	}
-	return service.Image{Ref: im.Ref(), OS: im.OS, Path: im.Path, Format: "raw", SizeBytes: im.SizeBytes, Kernel: k.Path, Initramfs: initrd.Path}, nil
-}
-
 // AgentBinary finds the guest agent binary: $MINIONS_AGENT_BIN, then
 // minions-agent beside this executable, then in ../lib/minions from it
 // (where install.sh and `make install` put it for any prefix), then
@@ -345,4 +284,51 @@ func staticBinary(path string) error {
 		}
 	}
 	return nil
+}
+
+// OpenImages opens this host's installation for the image commands only
+// (list, build, rm, default): the store and the image catalogue behind
+// the service, bound to root, with no hypervisor, network or VM engine
+// (engine.Absent). It works before the host has a hypervisor and beside
+// a running daemon (the store is shared). Needs root.
+func OpenImages(ctx context.Context, g *cli.Global) (service.Backend, error) {
+	if os.Geteuid() != 0 {
+		return nil, errs.New(errs.PermissionDenied, "managing this host's images needs root: run with sudo, or point --host at a minions daemon")
+	}
+	cfg, err := config.Load(config.DefaultFile, false)
+	if err != nil {
+		return nil, err
+	}
+	if g.StateDir == "" {
+		g.StateDir = cfg.StateDir
+	}
+	if g.RunDir == "" {
+		g.RunDir = cfg.RunDir
+	}
+	cfg.Defaults()
+	paths, err := ResolvePaths(g.StateDir, g.RunDir)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(paths.State, 0o700); err != nil {
+		return nil, err
+	}
+	db, err := store.Open(ctx, filepath.Join(paths.State, "minions.db"))
+	if err != nil {
+		return nil, err
+	}
+	log := CLILogger()
+	cat := service.NewHostCatalog(&images.Catalog{Dir: filepath.Join(paths.State, "images"), Log: log}, AgentBinary)
+	svc, err := service.New(service.Config{StateDir: paths.State, RunDir: paths.Run, DefaultImage: cfg.DefaultImage, Log: log},
+		service.Deps{DB: db, Engine: engine.Absent{Reason: "image commands open only the store and the catalogue"}, Images: cat})
+	if err != nil {
+		db.Close()
+		return nil, err
+	}
+	root, err := svc.EnsureUser(ctx, "root", true)
+	if err != nil {
+		db.Close()
+		return nil, err
+	}
+	return svc.As(root).OnClose(db.Close), nil
 }

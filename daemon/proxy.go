@@ -15,8 +15,11 @@ import (
 	"time"
 
 	"github.com/minionsdev/minions/config"
+	"github.com/minionsdev/minions/internal/announce"
 	"github.com/minionsdev/minions/internal/errs"
+	"github.com/minionsdev/minions/metrics"
 	"github.com/minionsdev/minions/proxy"
+	"github.com/minionsdev/minions/proxy/serviceweb"
 	"github.com/minionsdev/minions/service"
 	"golang.org/x/sync/errgroup"
 )
@@ -46,7 +49,7 @@ type proxyEndpoint struct {
 // the endpoint, so links are not minted for a proxy nobody runs. The access
 // log (one record per request) goes to logOut in format through a
 // proxy.LogBuffer: a write every 100 ms instead of one per request.
-func startProxy(ctx context.Context, g *errgroup.Group, cfg config.Config, e *Installation, log *slog.Logger, logOut io.Writer, format string, paths Paths, m *metrics) error {
+func startProxy(ctx context.Context, g *errgroup.Group, cfg config.Config, e *Installation, log *slog.Logger, logOut io.Writer, format string, paths Paths, m *metrics.Registry) error {
 	if cfg.ProxyBind == "" && cfg.HTTPBind == "" {
 		return e.Service.SetWebEndpoint(ctx, "")
 	}
@@ -78,7 +81,7 @@ func startProxy(ctx context.Context, g *errgroup.Group, cfg config.Config, e *In
 	}
 	cfg.ProxyBind, cfg.HTTPBind = addrOf(httpsLn, cfg.ProxyBind), addrOf(httpLn, cfg.HTTPBind)
 	accessBuf := proxy.NewLogBuffer(logOut, 100*time.Millisecond)
-	access := newLogger(accessBuf, format).With("component", "access")
+	access := announce.NewLogger(accessBuf, format).With("component", "access")
 	p, err := newProxyLogs(ctx, cfg, e, log, access, paths, ep)
 	if err != nil {
 		accessBuf.Close()
@@ -90,9 +93,9 @@ func startProxy(ctx context.Context, g *errgroup.Group, cfg config.Config, e *In
 		closeAll()
 		return err
 	}
-	web := webOf(p, ep)
+	web := serviceweb.Web(p, ep.Domain, ep.PublicIP)
 	e.Service.SetWeb(func(context.Context) (service.Web, error) { return web, nil })
-	m.extra = append(m.extra, p.MetricsHandler())
+	m.Add(p.MetricsHandler())
 	g.Go(func() error {
 		defer accessBuf.Close()
 		return p.Serve(ctx, httpsLn, httpLn)
@@ -161,8 +164,8 @@ func newProxyLogs(ctx context.Context, cfg config.Config, e *Installation, log, 
 	if err != nil {
 		return nil, err
 	}
-	r := routes{cfg.Domain, wr}
-	pc.Links = usedLinks{e.Service}
+	r := serviceweb.Routes{Domain: cfg.Domain, R: wr}
+	pc.Links = serviceweb.Links{Svc: e.Service}
 	return proxy.New(pc, r, r)
 }
 
@@ -206,48 +209,9 @@ func storedWeb(svc *service.Service, paths Paths, log *slog.Logger) service.WebS
 		if err != nil {
 			return nil, err
 		}
-		built = webOf(p, ep)
+		built = serviceweb.Web(p, ep.Domain, ep.PublicIP)
 		return built, nil
 	}
-}
-
-// usedLinks is the proxy's LinkLedger: the service's, kept in the store.
-type usedLinks struct{ svc *service.Service }
-
-var _ proxy.LinkLedger = usedLinks{}
-
-func (u usedLinks) Use(ctx context.Context, id string, exp time.Time) (bool, error) {
-	return u.svc.UseLink(ctx, id, exp)
-}
-
-// routes is the proxy's route table: the service's, reached by VM name
-// (<vm>.<domain>) or by a verified custom domain.
-type routes struct {
-	domain string
-	r      *service.WebRoutes
-}
-
-var (
-	_ proxy.Routes  = routes{}
-	_ proxy.Domains = routes{}
-)
-
-func (r routes) Route(ctx context.Context, host string) (proxy.Route, error) {
-	var wr service.WebRoute
-	var err error
-	if name, ok := proxy.SplitHost(host, r.domain); ok {
-		wr, err = r.r.ByName(ctx, name)
-	} else {
-		wr, err = r.r.ByDomain(ctx, host)
-	}
-	if errs.ClassOf(err) == errs.NotFound {
-		return proxy.Route{}, errs.New(errs.NotFound, "no vm serves %s", host)
-	}
-	return proxy.Route(wr), err
-}
-
-func (r routes) AllowCertificate(ctx context.Context, name string) error {
-	return r.r.AllowCertificate(ctx, name)
 }
 
 // storedEndpoint is the proxy endpoint startProxy recorded (zero when the

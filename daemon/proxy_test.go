@@ -14,8 +14,10 @@ import (
 
 	"github.com/minionsdev/minions/images"
 	"github.com/minionsdev/minions/internal/errs"
+	"github.com/minionsdev/minions/proxy/serviceweb"
 	"github.com/minionsdev/minions/service"
 	"github.com/minionsdev/minions/store"
+	"github.com/minionsdev/minions/vm/engine"
 	"github.com/minionsdev/minions/vm/hypervisor/fake"
 )
 
@@ -38,7 +40,7 @@ func testService(t *testing.T, dir string) *service.Service {
 	key, _ := ssh.NewSignerFromKey(priv)
 	cat := &images.Catalog{Dir: filepath.Join(dir, "images")}
 	svc, err := service.New(service.Config{StateDir: dir, Log: slog.New(slog.DiscardHandler)},
-		service.Deps{DB: db, Driver: fake.New(fake.Config{}), Network: nopNet{}, Images: imageAdapter{cat: cat}, Disks: diskAdapter{}, HostKey: key})
+		service.Deps{DB: db, Driver: fake.New(fake.Config{}), Network: nopNet{}, Images: service.NewHostCatalog(cat, AgentBinary), Disks: engine.HostDisks{}, HostKey: key})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -64,7 +66,7 @@ func TestProxyRoutesAskTheService(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer wr.Close()
-	r := routes{"example.test", wr}
+	r := serviceweb.Routes{Domain: "example.test", R: wr}
 	rt, err := r.Route(ctx, "web.example.test")
 	if err != nil || rt.VMID != "aaa" || rt.Owner != "u1" || rt.Gen != 0 || rt.Upstream != "10.0.0.2:8080" || !rt.Running {
 		t.Fatalf("route = %+v, %v", rt, err)
@@ -83,7 +85,7 @@ func TestProxyRoutesAskTheService(t *testing.T) {
 	if err := r.AllowCertificate(ctx, "web.other.test"); errs.ClassOf(err) != errs.PermissionDenied {
 		t.Fatalf("certificate for an unclaimed domain: %v", err)
 	}
-	links := usedLinks{svc}
+	links := serviceweb.Links{Svc: svc}
 	exp := time.Now().Add(time.Minute)
 	if fresh, err := links.Use(ctx, "l1", exp); !fresh || err != nil {
 		t.Fatalf("first use: %v %v", fresh, err)

@@ -11,13 +11,14 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
-	"sync"
 	"syscall"
 	"time"
 
 	"github.com/minionsdev/minions/api"
 	"github.com/minionsdev/minions/cli"
 	"github.com/minionsdev/minions/config"
+	"github.com/minionsdev/minions/internal/announce"
+	"github.com/minionsdev/minions/metrics"
 	"github.com/minionsdev/minions/vm/hypervisor/qemu"
 	"golang.org/x/sync/errgroup"
 )
@@ -31,8 +32,8 @@ func serveCmd() *cli.Command {
 			if err != nil {
 				return err
 			}
-			if x.G.JSON && (cfg.LogFormat == "" || cfg.LogFormat == LogAuto) {
-				cfg.LogFormat = LogJSON
+			if x.G.JSON && (cfg.LogFormat == "" || cfg.LogFormat == announce.LogAuto) {
+				cfg.LogFormat = announce.LogJSON
 			}
 			return Serve(ctx, cfg, x.Stderr)
 		}}
@@ -66,19 +67,19 @@ func Serve(ctx context.Context, cfg config.Config, logOut io.Writer) error {
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	signal.Ignore(syscall.SIGHUP, syscall.SIGPIPE)
-	format, err := logFormat(cfg.LogFormat, logOut)
+	format, err := announce.Format(cfg.LogFormat, logOut)
 	if err != nil {
 		return err
 	}
-	log := newLogger(logOut, format)
+	log := announce.NewLogger(logOut, format)
 
 	paths, err := ResolvePaths(cfg.StateDir, cfg.RunDir)
 	if err != nil {
 		return err
 	}
-	ops := &opLatencies{}
+	reg := metrics.New()
 	o := OpenOptions(cfg, paths, log)
-	o.OnOperation = ops.observe
+	o.OnOperation = reg.ObserveOp
 	o.BackgroundWarm = true
 	e, err := Open(ctx, o)
 	if err != nil {
@@ -163,8 +164,7 @@ func Serve(ctx context.Context, cfg config.Config, logOut io.Writer) error {
 	}()
 
 	// Metrics on the admin listener only.
-	metrics := newMetrics(e)
-	ops.m = metrics
+	reg.SetSource(e.Service)
 	metricsAddr := ""
 	if cfg.AdminBind != "" {
 		aln, err := net.Listen("tcp", cfg.AdminBind)
@@ -172,7 +172,7 @@ func Serve(ctx context.Context, cfg config.Config, logOut io.Writer) error {
 			return fmt.Errorf("admin: %w", err)
 		}
 		mux := http.NewServeMux()
-		mux.Handle("/metrics", metrics)
+		mux.Handle("/metrics", reg)
 		asrv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 		shutdown(asrv)
 		g.Go(func() error { return ignoreClosed(asrv.Serve(aln)) })
@@ -190,18 +190,20 @@ func Serve(ctx context.Context, cfg config.Config, logOut io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if err := startProxy(gctx, g, cfg, e, log, logOut, format, paths, metrics); err != nil {
+	if err := startProxy(gctx, g, cfg, e, log, logOut, format, paths, reg); err != nil {
 		return err
 	}
-	in := bannerInput{Version: cli.Version, PublicIP: cfg.PublicIP, SSH: sshAddr, Socket: sock, Metrics: metricsAddr,
-		Paths: paths, KVM: e.Driver.Caps().KVM, Systemd: os.Getenv("INVOCATION_ID") != ""}
+	in := announce.Input{Version: cli.Version, PublicIP: cfg.PublicIP, SSH: sshAddr, Socket: sock, Metrics: metricsAddr,
+		StateDir: paths.State, RunDir: paths.Run, KVM: e.Driver.Caps().KVM, Systemd: os.Getenv("INVOCATION_ID") != ""}
 	if tln != nil {
 		in.API, in.APITLS = tln.Addr().String(), cfg.TLSCert != ""
 	}
-	if in.Proxy, err = storedEndpoint(ctx, e.Service); err != nil {
+	ep, err := storedEndpoint(ctx, e.Service)
+	if err != nil {
 		return err
 	}
-	newBanner(in).announce(log, logOut, format)
+	in.Proxy = announce.Proxy{Domain: ep.Domain, HTTPSPort: ep.HTTPSPort, HTTPPort: ep.HTTPPort}
+	announce.NewBanner(in).Announce(log, logOut, format)
 
 	// Reconcile: processes that died, operations that were interrupted.
 	// Every second, so a crash shows in the status within 2 s.
@@ -217,7 +219,7 @@ func Serve(ctx context.Context, cfg config.Config, logOut io.Writer) error {
 				if err := e.Service.Reconcile(gctx); err != nil && gctx.Err() == nil {
 					log.Warn("reconcile", "err", err)
 				}
-				metrics.observe("reconcile", time.Since(start))
+				reg.Observe("reconcile", time.Since(start))
 			}
 		}
 	})
@@ -264,25 +266,6 @@ func ignoreClosed(err error) error {
 		return nil
 	}
 	return err
-}
-
-// opLatencies forwards operation timings to the metrics once they exist.
-type opLatencies struct {
-	mu sync.Mutex
-	m  *metrics
-}
-
-func (o *opLatencies) observe(kind string, d time.Duration, err error) {
-	o.mu.Lock()
-	m := o.m
-	o.mu.Unlock()
-	if m == nil {
-		return
-	}
-	if err != nil {
-		kind += "_failed"
-	}
-	m.observe(kind, d)
 }
 
 // startupWarnings are what serve says at start about isolation: TCG is no

@@ -68,7 +68,7 @@ func TestSSHKeyAddOverTheGateway(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	fe := &frontend{svc: svc, urls: func(string) string { return "" }, agents: service.NewGuestPool(svc, time.Second, log)}
+	fe := &frontend{svc: svc, urls: func(string) string { return "" }}
 	srv, err := gateway.New(gateway.Config{Bind: "127.0.0.1:0", HostKeyPath: filepath.Join(dir, "host_key"), Policy: gateway.PolicyClosed, Log: log},
 		fe, fe, fe, fe.dashboard)
 	if err != nil {

@@ -15,6 +15,7 @@ import (
 	"github.com/minionsdev/minions/config"
 	"github.com/minionsdev/minions/daemon"
 	"github.com/minionsdev/minions/images"
+	"github.com/minionsdev/minions/internal/announce"
 	"github.com/minionsdev/minions/internal/errs"
 	"github.com/minionsdev/minions/vm/hypervisor/kvm"
 	"github.com/minionsdev/minions/vm/hypervisor/qemu"
@@ -203,7 +204,7 @@ func dnsCheck(cfg config.Config) check {
 	if cfg.Domain == "" {
 		return check{What: "dns", OK: true, Detail: "no domain: VMs are served at http://<vm>.localhost (serve --http-bind); for https://<vm>.DOMAIN serve with --domain DOMAIN --public-ip IP"}
 	}
-	return check{What: "dns", OK: cfg.PublicIP != "", Detail: "create " + daemon.DNSAdvice(cfg.Domain, cfg.PublicIP)}
+	return check{What: "dns", OK: cfg.PublicIP != "", Detail: "create " + announce.DNSAdvice(cfg.Domain, cfg.PublicIP)}
 }
 
 // doctorFlags are the serve settings doctor's advice depends on.

@@ -17,6 +17,7 @@ import (
 	"github.com/minionsdev/minions/internal/errs"
 	"github.com/minionsdev/minions/service"
 	"github.com/minionsdev/minions/store"
+	"github.com/minionsdev/minions/vm/engine"
 )
 
 func imageCmd() *cli.Command {
@@ -29,91 +30,29 @@ func imageCmd() *cli.Command {
 				fs.String("rootfs-tarball", "", "fedora: start from this Fedora root filesystem tar instead of dnf --installroot")
 				fs.String("nixos-config", "", "nixos: a NixOS module (configuration.nix) imported beside Minions' own: your packages, services, users")
 			},
-			Run: func(ctx context.Context, x *cli.Ctx) error {
-				if done, err := remoteImages(ctx, x, "build"); done {
-					return err
-				}
-				cat, err := catalog(x)
-				if err != nil {
-					return err
-				}
-				agent, err := daemon.AgentBinary()
-				if err != nil {
-					return err
-				}
-				osName := x.FS.Lookup("os").Value.String()
-				tty := x.TTY && !x.G.JSON
-				start := time.Now()
-				step := func(s string) {
-					if tty {
-						fmt.Fprintf(x.Stderr, "\r\033[K%s: %s (%.1fs)", osName, s, time.Since(start).Seconds())
-					} else {
-						fmt.Fprintf(x.Stderr, "image %s: %s (%.1fs)\n", osName, s, time.Since(start).Seconds())
-					}
-				}
-				// A full state filesystem is exit 8 with a clear message.
-				full := func(err error) error { return errs.DiskFull(err, filepath.Dir(cat.Dir)) }
-				if err := checkImageSpace(filepath.Dir(cat.Dir), osName); err != nil {
-					return err
-				}
-				step("kernel")
-				k, err := cat.Kernel(ctx)
-				if err != nil {
-					return full(err)
-				}
-				step("initramfs")
-				if _, err := cat.Initramfs(ctx, k, agent); err != nil {
-					return full(err)
-				}
-				size := x.FS.Lookup("size").Value.(flag.Getter).Get().(int)
-				im, err := cat.Build(ctx, images.BuildOptions{OS: osName, SizeMiB: size, Mirror: x.FS.Lookup("mirror").Value.String(),
-					RootfsTarball: x.FS.Lookup("rootfs-tarball").Value.String(), NixOSModule: x.FS.Lookup("nixos-config").Value.String(), AgentBinary: agent, Kernel: &k, Progress: step})
-				if tty {
-					fmt.Fprint(x.Stderr, "\r\033[K")
-				}
-				if err != nil {
-					return full(err)
-				}
-				return x.Print(imageView(im), func(w io.Writer) {
-					fmt.Fprintf(w, "built %s in %.1fs (kernel %s)\n", im.Ref(), time.Since(start).Seconds(), k.Version)
-				})
-			}},
+			Run: imageBuild},
 		{Name: "rm", Usage: "IMAGE[@VERSION]", Summary: "Remove an image (all versions, or one); refuses while a VM uses it", MinArgs: 1, MaxArgs: 1,
 			Run: func(ctx context.Context, x *cli.Ctx) error {
-				if done, err := remoteImages(ctx, x, "rm"); done {
-					return err
-				}
-				cat, err := catalog(x)
-				if err != nil {
-					return err
-				}
-				used, err := imagesInUse(ctx, x)
-				if err != nil {
-					return err
-				}
-				removed, err := cat.Remove(x.Args[0], func(im images.Image) bool { return used[im.Ref()] != "" })
-				if err != nil {
-					for ref, vm := range used {
-						if strings.HasPrefix(ref, x.Args[0]) {
-							return errs.New(errs.FailedPrecondition, "%v (vm %s uses %s)", err, vm, ref)
+				return withImages(ctx, x, func(be service.Backend) error {
+					removed, err := be.RemoveImage(ctx, x.Args[0])
+					if err != nil {
+						return err
+					}
+					out := []string{}
+					for _, im := range removed {
+						out = append(out, im.Ref)
+					}
+					return x.Print(map[string]any{"removed": out}, func(w io.Writer) {
+						for _, r := range out {
+							fmt.Fprintf(w, "removed %s\n", r)
 						}
-					}
-					return err
-				}
-				out := []string{}
-				for _, im := range removed {
-					out = append(out, im.Ref())
-				}
-				return x.Print(map[string]any{"removed": out}, func(w io.Writer) {
-					for _, r := range out {
-						fmt.Fprintf(w, "removed %s\n", r)
-					}
+					})
 				})
 			}},
 		{Name: "bake", Usage: "IMAGE[@VERSION]", Summary: "Put this minions-agent into a new version of an image (disks in use are untouched)", MinArgs: 1, MaxArgs: 1,
 			Run: func(ctx context.Context, x *cli.Ctx) error {
-				if done, err := remoteImages(ctx, x, "bake"); done {
-					return err
+				if x.G.Host != "" {
+					return errs.New(errs.InvalidArgument, "image bake: not with --host (it runs on the host)")
 				}
 				cat, err := catalog(x)
 				if err != nil {
@@ -136,40 +75,101 @@ func imageCmd() *cli.Command {
 			Run: imageDefault},
 		imageWarmCmd(),
 		{Name: "list", Summary: "List images", Run: func(ctx context.Context, x *cli.Ctx) error {
-			if done, err := remoteImages(ctx, x, "list"); done {
-				return err
-			}
-			cat, err := catalog(x)
-			if err != nil {
-				return err
-			}
-			ims, err := cat.List()
-			if err != nil {
-				return err
-			}
-			def := defaultImageRef(ctx, x, cat)
-			ts := localTemplates(x)
-			out := []map[string]any{}
-			rows := make([]imageRow, 0, len(ims))
-			for _, im := range ims {
-				v := imageView(im)
-				v["default"] = im.Ref() == def
-				tv := []map[string]any{}
-				for _, t := range ts {
-					if t.Image == im.Ref() {
-						tv = append(tv, templateView(t))
-					}
+			return withImages(ctx, x, func(be service.Backend) error {
+				ims, err := be.ListImages(ctx)
+				if err != nil {
+					return err
 				}
-				v["templates"] = tv
-				out = append(out, v)
-				rows = append(rows, imageRow{im.Ref(), im.SizeBytes, im.Created, im.Ref() == def})
-			}
-			return x.Print(out, func(w io.Writer) {
-				printImageTable(w, rows, "no images yet: build one with `minions image build --os minimal`")
-				printTemplates(w, ts)
+				rows := make([]imageRow, 0, len(ims))
+				for _, im := range ims {
+					rows = append(rows, imageRow{im.Ref, im.SizeBytes, im.Created, im.Default})
+				}
+				empty := "no images yet: build one with `minions image build --os minimal`"
+				if x.G.Host != "" {
+					empty = "no images yet: an admin builds one with `minions image build --os minimal`"
+				}
+				var ts []engine.Template // this host's warm templates (text only)
+				if x.G.Host == "" {
+					ts = localTemplates(x)
+				}
+				return x.Print(ims, func(w io.Writer) {
+					printImageTable(w, rows, empty)
+					printTemplates(w, ts)
+				})
 			})
 		}},
 	}}
+}
+
+// withImages runs f on the backend the image commands use: the daemon
+// --host names (its API; the service checks who asks), else this host's
+// installation in-process as root (daemon.OpenImages: no daemon or
+// hypervisor needed). Both go through the service's image methods, so
+// local and remote commands share validation and output.
+func withImages(ctx context.Context, x *cli.Ctx, f func(be service.Backend) error) error {
+	if x.G.Host != "" {
+		be, err := x.Backend(ctx)
+		if err != nil {
+			return err
+		}
+		return f(be)
+	}
+	be, err := daemon.OpenImages(ctx, x.G)
+	if err != nil {
+		return err
+	}
+	defer be.Close()
+	return f(be)
+}
+
+// imageBuild builds an image version through the service, with the steps
+// on stderr (one line rewritten in place on a terminal).
+func imageBuild(ctx context.Context, x *cli.Ctx) error {
+	req := service.ImageBuildRequest{OS: x.FS.Lookup("os").Value.String(), SizeMiB: x.FS.Lookup("size").Value.(flag.Getter).Get().(int),
+		Mirror: x.FS.Lookup("mirror").Value.String(), RootfsTarball: x.FS.Lookup("rootfs-tarball").Value.String(),
+		NixOSModule: x.FS.Lookup("nixos-config").Value.String()}
+	if x.G.Host != "" && (req.RootfsTarball != "" || req.NixOSModule != "") {
+		f := "rootfs-tarball"
+		if req.NixOSModule != "" {
+			f = "nixos-config"
+		}
+		return errs.New(errs.InvalidArgument, "--%s names a file on this machine: not with --host", f)
+	}
+	return withImages(ctx, x, func(be service.Backend) error {
+		if x.G.Host == "" {
+			// OpenImages resolved the state directory: check its room.
+			paths, err := daemon.ResolvePaths(x.G.StateDir, x.G.RunDir)
+			if err != nil {
+				return err
+			}
+			if err := checkImageSpace(paths.State, req.OS); err != nil {
+				return err
+			}
+		}
+		tty := x.TTY && !x.G.JSON
+		start := time.Now()
+		step := func(s string) {
+			if tty {
+				fmt.Fprintf(x.Stderr, "\r\033[K%s: %s (%.1fs)", req.OS, s, time.Since(start).Seconds())
+			} else {
+				fmt.Fprintf(x.Stderr, "image %s: %s (%.1fs)\n", req.OS, s, time.Since(start).Seconds())
+			}
+		}
+		im, err := be.BuildImage(ctx, req, step)
+		if tty {
+			fmt.Fprint(x.Stderr, "\r\033[K")
+		}
+		if err != nil {
+			return err
+		}
+		return x.Print(im, func(w io.Writer) {
+			fmt.Fprintf(w, "built %s in %.1fs", im.Ref, time.Since(start).Seconds())
+			if im.KernelVersion != "" {
+				fmt.Fprintf(w, " (kernel %s)", im.KernelVersion)
+			}
+			fmt.Fprintln(w)
+		})
+	})
 }
 
 func imageView(im images.Image) map[string]any {
@@ -189,94 +189,43 @@ func catalog(x *cli.Ctx) (*images.Catalog, error) {
 	return c, c.Validate()
 }
 
-// imagesInUse maps image refs to a VM using each.
-func imagesInUse(ctx context.Context, x *cli.Ctx) (map[string]string, error) {
-	paths, err := daemon.ResolvePaths(x.G.StateDir, x.G.RunDir)
-	if err != nil {
-		return nil, err
-	}
-	db, err := store.Open(ctx, filepath.Join(paths.State, "minions.db"))
-	if err != nil {
-		return nil, err
-	}
-	defer db.Close()
-	vms, err := store.ListVMs(ctx, db, "")
-	if err != nil {
-		return nil, err
-	}
-	used := map[string]string{}
-	for _, v := range vms {
-		used[v.Image] = v.Name
-	}
-	return used, nil
-}
-
 // imageDefault shows or sets the default image: a setting in the
 // database, so a running daemon uses it for the next create. Setting needs
 // a built image; nothing changes otherwise.
 func imageDefault(ctx context.Context, x *cli.Ctx) error {
-	if done, err := remoteImages(ctx, x, "default"); done {
-		return err
-	}
-	cat, err := catalog(x)
-	if err != nil {
-		return err
-	}
 	reset := x.FS.Lookup("reset").Value.(flag.Getter).Get().(bool)
 	if reset && len(x.Args) > 0 {
 		return errs.New(errs.InvalidArgument, "image default: give an image or --reset, not both")
 	}
-	paths, err := daemon.ResolvePaths(x.G.StateDir, x.G.RunDir)
-	if err != nil {
-		return err
-	}
-	if len(x.Args) > 0 || reset {
-		ref := ""
-		if !reset {
-			ref = x.Args[0]
-			if _, err := cat.Resolve(ref); err != nil {
-				return err
-			}
+	return withImages(ctx, x, func(be service.Backend) error {
+		var d service.ImageDefault
+		var err error
+		switch {
+		case reset:
+			d, err = be.SetDefaultImage(ctx, "")
+		case len(x.Args) > 0:
+			d, err = be.SetDefaultImage(ctx, x.Args[0])
+		default:
+			d, err = be.DefaultImage(ctx)
 		}
-		if err := setDefaultImage(ctx, paths.State, ref); err != nil {
+		if err != nil {
 			return err
 		}
-	}
-	ref, source, err := currentDefaultImage(ctx, paths.State)
-	if err != nil {
-		return err
-	}
-	view := map[string]any{"image": ref, "source": source, "built": false}
-	if im, err := cat.Resolve(ref); err == nil {
-		view["built"], view["resolves_to"] = true, im.Ref()
-	}
-	return x.Print(view, func(w io.Writer) {
-		fmt.Fprintf(w, "default image: %s (%s)", ref, source)
-		if r, ok := view["resolves_to"]; ok {
-			fmt.Fprintf(w, ", now %s\n", r)
-		} else {
-			fmt.Fprintf(w, ", not built: run `minions image build --os %s`\n", strings.SplitN(ref, "@", 2)[0])
-		}
+		return x.Print(d, func(w io.Writer) {
+			fmt.Fprintf(w, "default image: %s (%s)", d.Image, d.Source)
+			if d.ResolvesTo != "" {
+				fmt.Fprintf(w, ", now %s\n", d.ResolvesTo)
+			} else {
+				fmt.Fprintf(w, ", not built: run `minions image build --os %s`\n", strings.SplitN(d.Image, "@", 2)[0])
+			}
+		})
 	})
-}
-
-// setDefaultImage writes the default image setting ("": none) into the
-// database in state.
-func setDefaultImage(ctx context.Context, state, ref string) error {
-	if err := os.MkdirAll(state, 0o700); err != nil {
-		return err
-	}
-	db, err := store.Open(ctx, filepath.Join(state, "minions.db"))
-	if err != nil {
-		return err
-	}
-	defer db.Close()
-	return db.Tx(ctx, func(q store.Q) error { return store.SetSetting(ctx, q, service.SettingDefaultImage, ref) })
 }
 
 // currentDefaultImage is the image create uses without --os now, and
 // where that comes from (service.DefaultImageFor): the database in state,
-// if there is one yet, over the config file.
+// if there is one yet, over the config file (for doctor, which must not
+// create a database).
 func currentDefaultImage(ctx context.Context, state string) (ref, source string, err error) {
 	cfg, err := config.Load(config.DefaultFile, false)
 	if err != nil {
@@ -292,22 +241,4 @@ func currentDefaultImage(ctx context.Context, state string) (ref, source string,
 		q = db
 	}
 	return service.DefaultImageFor(ctx, q, cfg.DefaultImage)
-}
-
-// defaultImageRef is the version a create without --os would use now, ""
-// if that cannot be told (no database yet, nothing built).
-func defaultImageRef(ctx context.Context, x *cli.Ctx, cat *images.Catalog) string {
-	paths, err := daemon.ResolvePaths(x.G.StateDir, x.G.RunDir)
-	if err != nil {
-		return ""
-	}
-	ref, _, err := currentDefaultImage(ctx, paths.State)
-	if err != nil {
-		return ""
-	}
-	im, err := cat.Resolve(ref)
-	if err != nil {
-		return ""
-	}
-	return im.Ref()
 }

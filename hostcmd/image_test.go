@@ -73,7 +73,7 @@ func imageService(t *testing.T) (svc *service.Service, root, bob service.Caller)
 	_, priv, _ := ed25519.GenerateKey(rand.Reader)
 	key, _ := ssh.NewSignerFromKey(priv)
 	svc, err = service.New(service.Config{StateDir: dir, Log: slog.New(slog.DiscardHandler)},
-		service.Deps{DB: db, Driver: fake.New(fake.Config{}), Network: nopNet{}, Images: daemon.CatalogImages(cat), Disks: nopDisks{}, HostKey: key})
+		service.Deps{DB: db, Driver: fake.New(fake.Config{}), Network: nopNet{}, Images: service.NewHostCatalog(cat, daemon.AgentBinary), Disks: nopDisks{}, HostKey: key})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -130,5 +130,61 @@ func TestImageCommandsRemote(t *testing.T) {
 	}
 	if _, _, code := run(adminToken, "image", "bake", "minimal"); code != 2 {
 		t.Fatalf("image bake over --host: %d", code)
+	}
+}
+
+// TestImageCommandsLocalMatchRemote: on the host, the image commands go
+// through the same service methods as over --host (in-process, as root),
+// so both print the same thing and see each other's changes.
+func TestImageCommandsLocalMatchRemote(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("the local image commands need root")
+	}
+	ctx := context.Background()
+	svc, _, _ := imageService(t)
+	dir := svc.Config().StateDir
+	const adminToken = "admin-token-for-image-commands"
+	ts := httptest.NewServer(api.NewHandler(api.Config{Service: svc, AdminTokens: []string{adminToken}}))
+	defer ts.Close()
+	run := func(remote bool, args ...string) (string, string, int) {
+		t.Helper()
+		var out, errOut bytes.Buffer
+		env := &cli.Env{Stdin: strings.NewReader(""), Stdout: &out, Stderr: &errOut, Getenv: func(string) string { return "" },
+			Open: daemon.OpenLocal, Extra: Commands()}
+		g := []string{"--state-dir", dir, "--run-dir", filepath.Join(dir, "run")}
+		if remote {
+			g = []string{"--host", ts.URL, "--api-key", adminToken}
+		}
+		code := cli.Run(ctx, env, append(g, args...))
+		return out.String(), errOut.String(), code
+	}
+	local, errOut, code := run(false, "image", "list", "--json")
+	if code != 0 {
+		t.Fatalf("local image list: %d %s", code, errOut)
+	}
+	remote, errOut, code := run(true, "image", "list", "--json")
+	if code != 0 || local != remote {
+		t.Fatalf("image list differs:\nlocal:\n%s\nremote (%d %s):\n%s", local, code, errOut, remote)
+	}
+	var ims []service.ImageInfo
+	if json.Unmarshal([]byte(local), &ims) != nil || len(ims) != 3 || ims[0].Path == "" || !ims[2].Default {
+		t.Fatalf("local image list: %s", local)
+	}
+
+	// A default set on the host is the daemon's default, and the other way.
+	if out, errOut, code := run(false, "image", "default", "debian"); code != 0 || out != "default image: debian (setting), now debian@20261202-000000-cccc\n" {
+		t.Fatalf("local image default debian: %d %q %s", code, out, errOut)
+	}
+	if out, _, _ := run(true, "image", "default"); out != "default image: debian (setting), now debian@20261202-000000-cccc\n" {
+		t.Fatalf("remote image default after the local change: %q", out)
+	}
+	if _, errOut, code := run(false, "image", "default", "fedora"); code != 3 || !strings.Contains(errOut, "no image fedora is built") {
+		t.Fatalf("local image default of an unbuilt image: %d %s", code, errOut)
+	}
+	if out, errOut, code := run(false, "image", "rm", "debian@20261201-000000-bbbb"); code != 0 || out != "removed debian@20261201-000000-bbbb\n" {
+		t.Fatalf("local image rm: %d %q %s", code, out, errOut)
+	}
+	if out, _, _ := run(true, "image", "list"); strings.Contains(out, "bbbb") {
+		t.Fatalf("remote list still shows the removed version:\n%s", out)
 	}
 }

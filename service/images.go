@@ -20,6 +20,12 @@ type ImageInfo struct {
 	SizeBytes     int64     `json:"size_bytes"`
 	Created       time.Time `json:"created"`
 	KernelVersion string    `json:"kernel_version,omitempty"`
+	// AgentSHA256 is the guest agent baked in; BuildSeconds how long the
+	// build took.
+	AgentSHA256  string  `json:"agent_sha256,omitempty"`
+	BuildSeconds float64 `json:"build_seconds,omitempty"`
+	// Path is the root filesystem on the host: shown to admins only.
+	Path string `json:"path,omitempty"`
 	// Default is set on the version a create without an image uses now.
 	Default bool `json:"default"`
 }
@@ -38,6 +44,13 @@ type ImageBuildRequest struct {
 	OS      string `json:"os"`                 // minimal, debian, ubuntu, fedora, nixos
 	SizeMiB int    `json:"size_mib,omitempty"` // 0: the builder's default
 	Mirror  string `json:"mirror,omitempty"`   // "": the distribution's archive
+	// RootfsTarball (fedora: start from this root filesystem tar) and
+	// NixOSModule (nixos: a configuration.nix imported beside Minions'
+	// own) name files on the host. They never travel over the API (a
+	// remote caller cannot make the daemon read host files): only an
+	// in-process caller on the host sets them.
+	RootfsTarball string `json:"-"`
+	NixOSModule   string `json:"-"`
 }
 
 // ImageCatalog is what Images implementations that manage a catalogue
@@ -96,9 +109,11 @@ func (s *Service) ListImages(ctx context.Context, c Caller) ([]ImageInfo, error)
 	if err != nil {
 		return nil, err
 	}
-	if def := resolveIn(ims, ref); def != "" {
-		for i := range ims {
-			ims[i].Default = ims[i].Ref == def
+	def := resolveIn(ims, ref)
+	for i := range ims {
+		ims[i].Default = def != "" && ims[i].Ref == def
+		if !c.Admin {
+			ims[i].Path = ""
 		}
 	}
 	if ims == nil {

@@ -11,6 +11,7 @@ import (
 	"os"
 	"path"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/mdlayher/vsock"
@@ -70,6 +71,9 @@ func (c Config) withDefaults() Config {
 // concurrent use; every call opens its own request or channel.
 type Client struct {
 	ssh *ssh.Client
+	// release, when set, makes Close hand the connection back to its
+	// owner instead of closing it (see Lease).
+	release func()
 }
 
 // DialStream connects to ep and returns the raw stream to the agent (for
@@ -231,8 +235,24 @@ func WaitReady(ctx context.Context, ep hypervisor.AgentEndpoint, cfg Config) (*C
 // channels to the agent one to one).
 func (c *Client) SSH() *ssh.Client { return c.ssh }
 
-// Close closes the connection.
-func (c *Client) Close() error { return c.ssh.Close() }
+// Close closes the connection; on a lease it calls the lease's release
+// function instead (once) and leaves the connection open.
+func (c *Client) Close() error {
+	if c.release != nil {
+		c.release()
+		return nil
+	}
+	return c.ssh.Close()
+}
+
+// Lease returns a client on c's connection whose Close calls release
+// (once, however often Close is called) instead of closing the
+// connection: a pool lends its connection out this way. Closing c itself
+// still closes the connection under every lease.
+func (c *Client) Lease(release func()) *Client {
+	var once sync.Once
+	return &Client{ssh: c.ssh, release: func() { once.Do(release) }}
+}
 
 // call sends a Minions global request and decodes its JSON reply.
 func (c *Client) call(ctx context.Context, name string, req, resp any) error {

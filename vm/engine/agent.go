@@ -39,13 +39,27 @@ func (l *Local) agentConfig(pin string, learned *string) vsockcli.Config {
 	}
 }
 
-// Agent implements Engine.
+// Agent implements Engine: the client is lent from the pool of one
+// connection per running instance (see agentPool); its Close returns it.
 func (l *Local) Agent(ctx context.Context, id string) (*vsockcli.Client, error) {
 	v, err := l.load(ctx, id)
 	if err != nil {
 		return nil, err
 	}
-	return l.agentOf(ctx, v)
+	return l.pooledAgent(ctx, v)
+}
+
+// pooledAgent lends v's pooled agent client (Close returns it).
+func (l *Local) pooledAgent(ctx context.Context, v store.VM) (*vsockcli.Client, error) {
+	h, err := l.runningHandle(v)
+	if err != nil {
+		return nil, err
+	}
+	cl, err := l.agents.lease(ctx, v.ID, h, l.agentConfig(v.AgentKey, nil))
+	if err != nil {
+		return nil, errs.New(errs.Unavailable, "connect to the agent of vm %s: %w", v.Name, err)
+	}
+	return cl, nil
 }
 
 // DialAgent implements Engine.

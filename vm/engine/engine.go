@@ -106,7 +106,11 @@ type Engine interface {
 	DialAgent(ctx context.Context, id string) (net.Conn, error)
 	// Agent returns an authenticated client of a running instance's guest
 	// agent (the host key presented, the agent's pinned key checked). The
-	// caller closes it.
+	// caller closes it. The engine may lend one pooled connection to many
+	// callers at once (each call then costs an SSH channel, not a dial):
+	// Close returns the loan and never ends another caller's channels. A
+	// stopped, restarted or restored instance's connection is dropped, so
+	// a new hypervisor process always gets a fresh one.
 	Agent(ctx context.Context, id string) (*vsockcli.Client, error)
 	// ConsoleLog returns the path of an instance's serial console log on
 	// this host (read it with package consolelog: capped and rotated).

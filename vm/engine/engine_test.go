@@ -37,6 +37,14 @@ type agentDriver struct {
 	mu      sync.Mutex
 	lns     map[int]net.Listener
 	handles map[string]*hypervisor.Handle // by VM ID
+	accepts int                           // agent connections accepted
+}
+
+// dials is how many agent connections the VMs accepted so far.
+func (d *agentDriver) dials() int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.accepts
 }
 
 func (d *agentDriver) serve(id string, h *hypervisor.Handle) (*hypervisor.Handle, error) {
@@ -52,6 +60,9 @@ func (d *agentDriver) serve(id string, h *hypervisor.Handle) (*hypervisor.Handle
 			if err != nil {
 				return
 			}
+			d.mu.Lock()
+			d.accepts++
+			d.mu.Unlock()
 			go func() {
 				br := bufio.NewReader(c)
 				line, err := br.ReadString('\n')
@@ -163,6 +174,13 @@ func newSigner(t *testing.T) ssh.Signer {
 // fakeHarness is the local engine on the fake hypervisor with an
 // in-process guest agent, real qcow2 disks and a real store.
 func fakeHarness(t *testing.T) enginetest.Harness {
+	h, _ := fakeHarnessWith(t, engine.Config{})
+	return h
+}
+
+// fakeHarnessWith is fakeHarness with cfg's agent pool settings, and its
+// driver.
+func fakeHarnessWith(t *testing.T, cfg engine.Config) (enginetest.Harness, *agentDriver) {
 	if os.Geteuid() != 0 {
 		testenv.SkipUnlessCI(t, "needs root (the guest agent runs commands as users)")
 	}
@@ -216,7 +234,8 @@ func fakeHarness(t *testing.T) enginetest.Harness {
 	img := engine.Image{Ref: "minimal@1", OS: "minimal", Path: base, Format: "raw", SizeBytes: 64 << 20, Kernel: kernel}
 	nw := &ports{set: map[string]netip.Addr{}}
 	state := filepath.Join(dir, "state")
-	l, err := engine.NewLocal(engine.Config{StateDir: state, ReadyTimeout: 20 * time.Second, StopTimeout: time.Second},
+	cfg.StateDir, cfg.ReadyTimeout, cfg.StopTimeout = state, 20*time.Second, time.Second
+	l, err := engine.NewLocal(cfg,
 		engine.Deps{DB: db, Driver: drv, Network: nw, Images: oneImage{img}, Disks: engine.HostDisks{}, HostKey: hostKey})
 	if err != nil {
 		t.Fatal(err)
@@ -243,7 +262,7 @@ func fakeHarness(t *testing.T) enginetest.Harness {
 			return left
 		},
 		Timeout: 2 * time.Minute,
-	}
+	}, drv
 }
 
 func TestConformanceFake(t *testing.T) {

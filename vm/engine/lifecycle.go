@@ -78,7 +78,7 @@ func (l *Local) Stop(ctx context.Context, id string) (Instance, error) {
 func (l *Local) stop(ctx context.Context, v store.VM) (store.VM, error) {
 	h, _ := DecodeHandle(v.Handle)
 	if h != nil && l.Driver.Alive(h) {
-		if cl, err := l.agentOf(ctx, v); err == nil {
+		if cl, err := l.pooledAgent(ctx, v); err == nil {
 			sctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 			cl.Shutdown(sctx, false)
 			cancel()
@@ -94,6 +94,7 @@ func (l *Local) stop(ctx context.Context, v store.VM) (store.VM, error) {
 // markStopped records a VM whose hypervisor is gone as stopped and frees
 // its runtime resources (TAP, sockets); its IP stays reserved.
 func (l *Local) markStopped(ctx context.Context, v store.VM) (store.VM, error) {
+	l.agents.forget(v.ID)
 	killByRunDir(l.runDir(v.ID))
 	l.Network.RemovePort(ctx, tapName(v.ID))
 	os.RemoveAll(l.runDir(v.ID))
@@ -127,6 +128,7 @@ func (l *Local) Destroy(ctx context.Context, id string) error {
 		return err
 	}
 	defer unlock()
+	l.agents.forget(id)
 	v, err := store.GetVMByID(ctx, l.DB, id)
 	if err != nil {
 		// Nothing recorded: remove what may hang off the ID anyway.

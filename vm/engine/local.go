@@ -18,6 +18,7 @@ import (
 	"github.com/minionsdev/minions/vm/disk"
 	"github.com/minionsdev/minions/vm/hypervisor"
 	"github.com/minionsdev/minions/vm/network"
+	"github.com/minionsdev/minions/vsockcli"
 	"golang.org/x/crypto/ssh"
 )
 
@@ -32,6 +33,12 @@ type Config struct {
 
 	ReadyTimeout time.Duration // boot to agent ready; default 90s (TCG is slow when loaded)
 	StopTimeout  time.Duration // graceful power-off before a kill; default 15s
+
+	// AgentIdle is how long a pooled guest agent connection nobody uses
+	// stays open; default 30s. AgentPoolMax bounds the pooled
+	// connections (one per running instance at most); default 256.
+	AgentIdle    time.Duration
+	AgentPoolMax int
 
 	// HostMemory returns the host's memory in bytes (Capacity); default
 	// MemTotal (/proc/meminfo).
@@ -68,6 +75,12 @@ func (c *Config) setDefaults() {
 	if c.StopTimeout == 0 {
 		c.StopTimeout = 15 * time.Second
 	}
+	if c.AgentIdle == 0 {
+		c.AgentIdle = 30 * time.Second
+	}
+	if c.AgentPoolMax == 0 {
+		c.AgentPoolMax = 256
+	}
 	if c.HostMemory == nil {
 		c.HostMemory = MemTotal
 	}
@@ -89,6 +102,9 @@ func (c *Config) Validate() error {
 	}
 	if !c.Subnet.Addr().Is4() || c.Subnet.Bits() > 28 {
 		return errs.New(errs.InvalidArgument, "subnet %s must be IPv4 and /28 or larger", c.Subnet)
+	}
+	if c.AgentIdle < 0 || c.AgentPoolMax < 0 {
+		return errs.New(errs.InvalidArgument, "agent pool idle time and size must not be negative")
 	}
 	return nil
 }
@@ -154,6 +170,9 @@ type Local struct {
 	bg      sync.WaitGroup // background template builds
 	warming sync.Map       // template keys being built in the background
 
+	// agents pools the guest agent connections (see agentPool).
+	agents *agentPool
+
 	mu     sync.Mutex
 	admit  AdmitFunc
 	onExit ExitFunc
@@ -175,7 +194,16 @@ func NewLocal(cfg Config, deps Deps) (*Local, error) {
 			return nil, err
 		}
 	}
-	return &Local{cfg: cfg, Deps: deps, log: cfg.Log.With("component", "engine")}, nil
+	log := cfg.Log.With("component", "engine")
+	return &Local{cfg: cfg, Deps: deps, log: log,
+		agents: newAgentPool(vsockcli.Dial, cfg.AgentIdle, cfg.AgentPoolMax, log)}, nil
+}
+
+// Close closes the pooled guest agent connections (lent ones on their
+// last release). The instances keep running; Agent fails afterwards.
+func (l *Local) Close() error {
+	l.agents.close()
+	return nil
 }
 
 // Config returns the effective configuration.
@@ -359,26 +387,4 @@ func EncodeHandle(h *hypervisor.Handle) string {
 	}
 	b, _ := json.Marshal(h)
 	return string(b)
-}
-
-// HostDisks is Disks on this host's filesystem (package vm/disk: qcow2
-// overlays, reflink or copied clones).
-type HostDisks struct{}
-
-var _ Disks = HostDisks{}
-
-// CreateOverlay implements Disks.
-func (HostDisks) CreateOverlay(ctx context.Context, base, baseFormat, path string, sizeBytes int64) error {
-	return disk.CreateOverlay(ctx, base, baseFormat, path, sizeBytes)
-}
-
-// Clone implements Disks.
-func (HostDisks) Clone(ctx context.Context, src, dst string) error {
-	_, err := disk.Clone(ctx, src, dst)
-	return err
-}
-
-// Grow implements Disks.
-func (HostDisks) Grow(ctx context.Context, path string, sizeBytes int64) error {
-	return disk.Grow(ctx, path, sizeBytes)
 }

@@ -1,4 +1,4 @@
-package daemon
+package announce
 
 import (
 	"fmt"
@@ -11,10 +11,10 @@ import (
 	"text/tabwriter"
 )
 
-// banner is what `serve` says once its listeners are up: how to reach each
+// Banner is what `serve` says once its listeners are up: how to reach each
 // front door and where its files are. Addresses are the bound ones (so a
 // port 0 shows the port chosen), with host names people can type.
-type banner struct {
+type Banner struct {
 	Version   string `json:"version"`
 	Host      string `json:"host"`                // --public-ip, else the SSH bind address or this host's name
 	Dashboard string `json:"dashboard,omitempty"` // ssh command for the dashboard
@@ -30,9 +30,9 @@ type banner struct {
 	Warning   string `json:"warning,omitempty"`
 }
 
-// bannerInput is what the banner is made of; empty addresses are
+// Input is what the banner is made of; empty addresses are
 // listeners that are off.
-type bannerInput struct {
+type Input struct {
 	Version  string
 	PublicIP string
 	SSH      string // bound SSH front door
@@ -40,14 +40,15 @@ type bannerInput struct {
 	APITLS   bool   // the API on TCP is served over TLS
 	Socket   string
 	Metrics  string
-	Proxy    proxyEndpoint
-	Paths    Paths
+	Proxy    Proxy
+	StateDir string
+	RunDir   string
 	KVM      bool
 	Systemd  bool // running as a systemd service (logs in the journal)
 }
 
-func newBanner(in bannerInput) banner {
-	b := banner{Version: in.Version, APISocket: in.Socket, StateDir: in.Paths.State, RunDir: in.Paths.Run}
+func NewBanner(in Input) Banner {
+	b := Banner{Version: in.Version, APISocket: in.Socket, StateDir: in.StateDir, RunDir: in.RunDir}
 	b.Host = publicHost(in.PublicIP, in.SSH)
 	if in.SSH != "" {
 		_, port, _ := net.SplitHostPort(in.SSH)
@@ -126,7 +127,7 @@ func sshCommand(user, host, port string) string {
 }
 
 // print writes the banner for people: one line per address.
-func (b banner) print(w io.Writer) {
+func (b Banner) print(w io.Writer) {
 	fmt.Fprintf(w, "\nMinions %s is ready.\n", b.Version)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	line := func(k, v string) {
@@ -160,7 +161,7 @@ func (b banner) print(w io.Writer) {
 }
 
 // attrs are the banner as one structured log record's attributes.
-func (b banner) attrs() []any {
+func (b Banner) attrs() []any {
 	kv := []any{"version", b.Version, "host", b.Host, "api_socket", b.APISocket, "state_dir", b.StateDir, "run_dir", b.RunDir, "logs", b.Logs}
 	for _, f := range []struct{ k, v string }{{"dashboard", b.Dashboard}, {"vm_shell", b.VMShell}, {"api", b.API},
 		{"proxy", b.Proxy}, {"dns", b.DNS}, {"metrics", b.Metrics}, {"warning", b.Warning}} {
@@ -171,8 +172,8 @@ func (b banner) attrs() []any {
 	return kv
 }
 
-// announce prints the banner on a text log, or logs it as one record.
-func (b banner) announce(log *slog.Logger, w io.Writer, format string) {
+// Announce prints the banner on a text log, or logs it as one record.
+func (b Banner) Announce(log *slog.Logger, w io.Writer, format string) {
 	if format == LogText {
 		var sb strings.Builder
 		b.print(&sb)
@@ -180,4 +181,24 @@ func (b banner) announce(log *slog.Logger, w io.Writer, format string) {
 		return
 	}
 	log.Info("minions ready", b.attrs()...)
+}
+
+// DNSAdvice says which DNS records make https://<vm>.<domain> reach this
+// host: A (or AAAA) records for the domain and its wildcard.
+func DNSAdvice(domain, publicIP string) string {
+	rec, target := "A", "this host's public IP (pass --public-ip to see it here)"
+	if publicIP != "" {
+		target = publicIP
+		if strings.Contains(publicIP, ":") {
+			rec = "AAAA"
+		}
+	}
+	return fmt.Sprintf("%s records %s and *.%s -> %s", rec, domain, domain, target)
+}
+
+// Proxy is the web proxy's public endpoint as the banner shows it.
+type Proxy struct {
+	Domain    string // "": local mode (<vm>.localhost)
+	HTTPSPort int
+	HTTPPort  int
 }

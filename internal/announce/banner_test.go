@@ -1,4 +1,4 @@
-package daemon
+package announce
 
 import (
 	"bytes"
@@ -43,16 +43,16 @@ func TestLogFormat(t *testing.T) {
 		var err error
 		switch w := c.w.(type) {
 		case *os.File:
-			got, err = logFormat(c.format, w)
+			got, err = Format(c.format, w)
 		case *bytes.Buffer:
-			got, err = logFormat(c.format, w)
+			got, err = Format(c.format, w)
 		}
 		if err != nil || got != c.want {
-			t.Errorf("%s: logFormat(%q) = %q, %v; want %q", c.name, c.format, got, err, c.want)
+			t.Errorf("%s: Format(%q) = %q, %v; want %q", c.name, c.format, got, err, c.want)
 		}
 	}
-	if _, err := logFormat("xml", tty); !errors.Is(err, errs.InvalidArgument) {
-		t.Errorf("logFormat(xml) = %v, want InvalidArgument", err)
+	if _, err := Format("xml", tty); !errors.Is(err, errs.InvalidArgument) {
+		t.Errorf("Format(xml) = %v, want InvalidArgument", err)
 	}
 	cfg := config.Config{LogFormat: "pretty"}
 	cfg.Defaults()
@@ -62,8 +62,8 @@ func TestLogFormat(t *testing.T) {
 
 	// The text logger writes key=value lines, the JSON one objects.
 	var text, js bytes.Buffer
-	newLogger(&text, LogText).Info("proxy listening", "http", "127.0.0.1:8080")
-	newLogger(&js, LogJSON).Info("proxy listening", "http", "127.0.0.1:8080")
+	NewLogger(&text, LogText).Info("proxy listening", "http", "127.0.0.1:8080")
+	NewLogger(&js, LogJSON).Info("proxy listening", "http", "127.0.0.1:8080")
 	if !strings.Contains(text.String(), `level=INFO msg="proxy listening" http=127.0.0.1:8080`) || strings.HasPrefix(text.String(), "{") {
 		t.Errorf("text log line: %q", text.String())
 	}
@@ -74,12 +74,12 @@ func TestLogFormat(t *testing.T) {
 }
 
 func TestBanner(t *testing.T) {
-	paths := Paths{State: "/var/lib/minions", Run: "/run/minions"}
-	in := bannerInput{Version: "v1", PublicIP: "203.0.113.7", SSH: "0.0.0.0:2222", API: "127.0.0.1:3000",
-		Socket: "/run/minions/minions.sock", Metrics: "127.0.0.1:9090", Paths: paths,
-		Proxy: proxyEndpoint{Domain: "example.com", HTTPSPort: 443, HTTPPort: 80}}
+	paths := struct{ State, Run string }{"/var/lib/minions", "/run/minions"}
+	in := Input{Version: "v1", PublicIP: "203.0.113.7", SSH: "0.0.0.0:2222", API: "127.0.0.1:3000",
+		Socket: "/run/minions/minions.sock", Metrics: "127.0.0.1:9090", StateDir: paths.State, RunDir: paths.Run,
+		Proxy: Proxy{Domain: "example.com", HTTPSPort: 443, HTTPPort: 80}}
 	var out bytes.Buffer
-	b := newBanner(in)
+	b := NewBanner(in)
 	b.print(&out)
 	for _, want := range []string{
 		"Minions v1 is ready.",
@@ -100,9 +100,9 @@ func TestBanner(t *testing.T) {
 	}
 
 	// Local mode, SSH on one address, KVM, under systemd, no public IP.
-	in = bannerInput{Version: "v1", SSH: "192.0.2.5:22", Socket: "/s", Paths: paths, KVM: true, Systemd: true,
-		Proxy: proxyEndpoint{HTTPPort: 8080}, API: "0.0.0.0:3000"}
-	b = newBanner(in)
+	in = Input{Version: "v1", SSH: "192.0.2.5:22", Socket: "/s", StateDir: paths.State, RunDir: paths.Run, KVM: true, Systemd: true,
+		Proxy: Proxy{HTTPPort: 8080}, API: "0.0.0.0:3000"}
+	b = NewBanner(in)
 	if b.Host != "192.0.2.5" || b.Dashboard != "ssh 192.0.2.5" || b.VMShell != "ssh VM@192.0.2.5" ||
 		b.Proxy != "http://VM.localhost:8080" || b.DNS != "" || b.Warning != "" ||
 		b.Logs != "journalctl -u minions" || b.API != "http://192.0.2.5:3000" {
@@ -110,11 +110,11 @@ func TestBanner(t *testing.T) {
 	}
 	// An API served over TLS is an https URL.
 	in.APITLS = true
-	if b = newBanner(in); b.API != "https://192.0.2.5:3000" {
+	if b = NewBanner(in); b.API != "https://192.0.2.5:3000" {
 		t.Errorf("tls api in the banner: %q", b.API)
 	}
 	// A domain without --public-ip says where the records must point.
-	b = newBanner(bannerInput{SSH: "0.0.0.0:2222", Proxy: proxyEndpoint{Domain: "example.com", HTTPSPort: 8443}, Paths: paths})
+	b = NewBanner(Input{SSH: "0.0.0.0:2222", Proxy: Proxy{Domain: "example.com", HTTPSPort: 8443}, StateDir: paths.State, RunDir: paths.Run})
 	if b.Proxy != "https://VM.example.com:8443" || !strings.Contains(b.DNS, "-> this host's public IP (pass --public-ip") {
 		t.Errorf("banner without public ip: %+v", b)
 	}
@@ -124,8 +124,8 @@ func TestBanner(t *testing.T) {
 
 	// Not on a terminal: one structured record.
 	var js bytes.Buffer
-	newBanner(bannerInput{Version: "v1", PublicIP: "203.0.113.7", SSH: "0.0.0.0:2222", Paths: paths}).
-		announce(newLogger(&js, LogJSON), &js, LogJSON)
+	NewBanner(Input{Version: "v1", PublicIP: "203.0.113.7", SSH: "0.0.0.0:2222", StateDir: paths.State, RunDir: paths.Run}).
+		Announce(NewLogger(&js, LogJSON), &js, LogJSON)
 	var rec map[string]any
 	if err := json.Unmarshal(js.Bytes(), &rec); err != nil {
 		t.Fatalf("banner as json %q: %v", js.String(), err)

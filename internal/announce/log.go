@@ -1,4 +1,4 @@
-package daemon
+package announce
 
 import (
 	"io"
@@ -17,10 +17,10 @@ const (
 	LogJSON = "json" // one JSON object per line
 )
 
-// logFormat resolves format for the writer w: auto (or "") is text when w
+// Format resolves format for the writer w: auto (or "") is text when w
 // is a terminal and JSON otherwise. Errors: errs.InvalidArgument for an
 // unknown format.
-func logFormat(format string, w io.Writer) (string, error) {
+func Format(format string, w io.Writer) (string, error) {
 	switch format {
 	case LogText, LogJSON:
 		return format, nil
@@ -38,9 +38,9 @@ func isTerminal(w io.Writer) bool {
 	return ok && term.IsTerminal(int(f.Fd()))
 }
 
-// newLogger returns the daemon's logger writing to w in a resolved format
+// NewLogger returns the daemon's logger writing to w in a resolved format
 // (LogText or LogJSON).
-func newLogger(w io.Writer, format string) *slog.Logger {
+func NewLogger(w io.Writer, format string) *slog.Logger {
 	if format == LogText {
 		return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{ReplaceAttr: shortTime}))
 	}
