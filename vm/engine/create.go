@@ -223,20 +223,11 @@ func (l *Local) boot(ctx context.Context, o *op, row store.VM, progress Progress
 	}
 
 	progress.Say("agent")
-	wctx, cancel := context.WithTimeoutCause(ctx, l.cfg.ReadyTimeout, errReadyTimeout)
-	defer cancel()
-	// A guest that panics will never answer: stop waiting at once.
-	pctx, stop := context.WithCancelCause(wctx)
-	defer stop(nil)
-	go watchConsole(pctx, console, stop)
 	var learned string
-	cl, err := vsockcli.WaitReady(pctx, h.Agent, l.agentConfig(row.AgentKey, &learned))
+	cl, err := l.waitReady(ctx, console, h.Agent, l.agentConfig(row.AgentKey, &learned))
 	if err != nil {
 		if ctx.Err() != nil {
 			return row, nil, ctx.Err()
-		}
-		if cause := context.Cause(pctx); cause != nil && cause != errReadyTimeout && !errors.Is(cause, context.Canceled) {
-			err = cause
 		}
 		return row, nil, l.notReady(row.Name, row.ID, err)
 	}
@@ -312,6 +303,26 @@ func fileExists(p string) bool {
 }
 
 var errReadyTimeout = errors.New("timed out waiting for the guest agent")
+
+// waitReady waits up to the ready timeout for the guest agent at ep. It
+// takes console over (watchConsole closes it): a guest whose kernel
+// panics will never answer, so the wait ends at once with the panic as
+// the error.
+func (l *Local) waitReady(ctx context.Context, console *consolelog.Follower, ep hypervisor.AgentEndpoint, cfg vsockcli.Config) (*vsockcli.Client, error) {
+	wctx, cancel := context.WithTimeoutCause(ctx, l.cfg.ReadyTimeout, errReadyTimeout)
+	defer cancel()
+	pctx, stop := context.WithCancelCause(wctx)
+	defer stop(nil)
+	go watchConsole(pctx, console, stop)
+	cl, err := vsockcli.WaitReady(pctx, ep, cfg)
+	if err != nil {
+		if cause := context.Cause(pctx); cause != nil && cause != errReadyTimeout && !errors.Is(cause, context.Canceled) && ctx.Err() == nil {
+			err = cause
+		}
+		return nil, err
+	}
+	return cl, nil
+}
 
 // watchConsole reads a booting VM's console log as it grows (across
 // rotations) and calls stop with an error when the guest kernel panics.

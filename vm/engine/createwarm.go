@@ -3,7 +3,6 @@ package engine
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"net/netip"
 	"os"
@@ -118,37 +117,26 @@ func (l *Local) warmCreate(ctx context.Context, o *op, row store.VM, t Template,
 		Net:    &hypervisor.NetIface{TAP: tap, MAC: row.MAC},
 		RunDir: run, ConsoleLog: l.consolePath(row.ID), VsockCID: row.CID}
 	console := consolelog.NewFollowerFromEnd(hs.ConsoleLog) // this run's output only
-	watching := false                                       // watchConsole closes console once it runs
-	defer func() {
-		if !watching {
-			console.Close()
-		}
-	}()
 	h, err := tr.StartClone(ctx, hs, l.templateDir(t.Key))
 	if err != nil {
+		console.Close()
 		return row, fmt.Errorf("restore: %w", err)
 	}
 	u.push(func() { l.Driver.Kill(context.Background(), h) })
 	o.step(ctx, "agent", map[string]any{"handle": h})
 	row.Handle = EncodeHandle(h)
 	if err := store.UpdateVM(ctx, l.DB, row); err != nil {
+		console.Close()
 		return row, err
 	}
 	progress.Say("agent")
-	wctx, cancel := context.WithTimeoutCause(ctx, l.cfg.ReadyTimeout, errReadyTimeout)
-	defer cancel()
-	pctx, stop := context.WithCancelCause(wctx)
-	defer stop(nil)
-	watching = true
-	go watchConsole(pctx, console, stop)
-	cl, err := vsockcli.WaitReady(pctx, h.Agent, l.agentConfig("", nil))
+	cl, err := l.waitReady(ctx, console, h.Agent, l.agentConfig("", nil))
 	if err != nil {
-		if cause := context.Cause(pctx); cause != nil && !errors.Is(cause, context.Canceled) {
-			err = cause
-		}
 		return row, l.notReady(row.Name, row.ID, err)
 	}
 	defer cl.Close()
+	pctx, cancel := context.WithTimeout(ctx, l.cfg.ReadyTimeout)
+	defer cancel()
 	progress.Say("reidentify")
 	o.step(ctx, "reidentify", nil)
 	id := vsockcli.Identity{Hostname: row.Name, MachineID: vsockcli.NewMachineID(), MAC: row.MAC,

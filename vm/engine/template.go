@@ -19,7 +19,6 @@ import (
 	"github.com/minionsdev/minions/vm/consolelog"
 	"github.com/minionsdev/minions/vm/hypervisor"
 	"github.com/minionsdev/minions/vm/network"
-	"github.com/minionsdev/minions/vsockcli"
 )
 
 // Boot paths (Instance.Boot).
@@ -290,14 +289,9 @@ func (l *Local) buildTemplate(ctx context.Context, tr hypervisor.Templater, img 
 		RunDir: run, ConsoleLog: filepath.Join(dir, "console.log"),
 		VsockCID: templateCID}
 	console := consolelog.NewFollowerFromEnd(spec.ConsoleLog) // this boot's output only
-	watching := false                                         // watchConsole closes console once it runs
-	defer func() {
-		if !watching {
-			console.Close()
-		}
-	}()
 	h, err := tr.BootTemplate(ctx, spec, dir)
 	if err != nil {
+		console.Close()
 		return t, err
 	}
 	saved := false
@@ -306,17 +300,8 @@ func (l *Local) buildTemplate(ctx context.Context, tr hypervisor.Templater, img 
 			l.Driver.Kill(context.Background(), h)
 		}
 	}()
-	wctx, cancel := context.WithTimeoutCause(ctx, l.cfg.ReadyTimeout, errReadyTimeout)
-	defer cancel()
-	pctx, stop := context.WithCancelCause(wctx)
-	defer stop(nil)
-	watching = true
-	go watchConsole(pctx, console, stop)
-	cl, err := vsockcli.WaitReady(pctx, h.Agent, l.agentConfig("", nil))
+	cl, err := l.waitReady(ctx, console, h.Agent, l.agentConfig("", nil))
 	if err != nil {
-		if cause := context.Cause(pctx); cause != nil && !errors.Is(cause, context.Canceled) {
-			err = cause
-		}
 		return t, fmt.Errorf("template agent: %w", err)
 	}
 	cl.Close()
