@@ -15,6 +15,7 @@ import (
 
 	"golang.org/x/crypto/ssh"
 
+	"github.com/minionsdev/minions/cli"
 	"github.com/minionsdev/minions/fabric"
 	agent "github.com/minionsdev/minions/guestagent"
 	"github.com/minionsdev/minions/internal/errs"
@@ -220,5 +221,34 @@ func TestNodeServesItsEngine(t *testing.T) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("the node did not stop")
+	}
+}
+
+// TestNodeCommand: `minions node` is a hostcmd command now; without a
+// credential it says how to join, a join needs --token, and a host that
+// has joined refuses a second join; none of it writes a credential.
+func TestNodeCommand(t *testing.T) {
+	dir := t.TempDir()
+	run := func(args ...string) (string, int) {
+		t.Helper()
+		var out, errOut strings.Builder
+		env := &cli.Env{Stdin: strings.NewReader(""), Stdout: &out, Stderr: &errOut, Getenv: func(string) string { return "" }, Extra: Commands()}
+		code := cli.Run(context.Background(), env, append(args, "--state-dir", dir))
+		return errOut.String(), code
+	}
+	if msg, code := run("node"); code == 0 || !strings.Contains(msg, "node join") {
+		t.Fatalf("node without a credential: %d %s", code, msg)
+	}
+	if msg, code := run("node", "join", "http://127.0.0.1:1"); code == 0 || !strings.Contains(msg, "--token is required") {
+		t.Fatalf("join without a token: %d %s", code, msg)
+	}
+	if _, err := os.Stat(filepath.Join(dir, nodeagent.CredentialFile)); err == nil {
+		t.Fatal("a failed join stored a credential")
+	}
+	if err := nodeagent.SaveCredential(dir, nodeagent.Credential{HostID: "node-one", Name: "one", NATS: []string{"nats://127.0.0.1:1"}, Seed: "x"}); err != nil {
+		t.Fatal(err)
+	}
+	if msg, code := run("node", "join", "http://127.0.0.1:1", "--token", "t"); code == 0 || !strings.Contains(msg, "already joined") {
+		t.Fatalf("second join: %d %s", code, msg)
 	}
 }
