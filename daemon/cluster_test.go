@@ -1,7 +1,6 @@
 package daemon
 
 import (
-	"bytes"
 	"context"
 	"log/slog"
 	"net"
@@ -15,7 +14,6 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/minionsdev/minions/api"
-	"github.com/minionsdev/minions/cli"
 	"github.com/minionsdev/minions/config"
 	"github.com/minionsdev/minions/fabric"
 	"github.com/minionsdev/minions/nodeagent"
@@ -105,19 +103,15 @@ func TestClusterJoin(t *testing.T) {
 	}
 	fields := strings.Fields(inv.Command) // minions node join URL --token T
 	nodeDir := filepath.Join(dir, "node1")
-	var out, errb bytes.Buffer
-	env := &cli.Env{Stdin: strings.NewReader(""), Stdout: &out, Stderr: &errb, Getenv: func(string) string { return "" }, Extra: Commands()}
-	if code := cli.Run(ctx, env, []string{"node", "join", fields[3], "--token", fields[5], "--no-start", "--state-dir", nodeDir}); code != 0 {
-		t.Fatalf("node join: %d %s %s", code, out.String(), errb.String())
-	}
-	if !strings.Contains(out.String(), "joined as host node1") {
-		t.Fatalf("node join said %q", out.String())
+	// (The `minions node join` command itself lives in hostcmd; this
+	// drives the same JoinCluster it calls.)
+	joined, err := JoinCluster(ctx, fields[3], fields[5], "", nodeDir)
+	if err != nil || joined.Name != "node1" {
+		t.Fatalf("node join: %+v %v", joined, err)
 	}
 	// The token was spent: a second join fails and stores nothing.
-	out.Reset()
-	errb.Reset()
-	if code := cli.Run(ctx, env, []string{"node", "join", fields[3], "--token", fields[5], "--no-start", "--state-dir", filepath.Join(dir, "node2")}); code != 6 {
-		t.Fatalf("second join: %d %s", code, errb.String())
+	if _, err := JoinCluster(ctx, fields[3], fields[5], "", filepath.Join(dir, "node2")); err == nil {
+		t.Fatal("second join with a spent token succeeded")
 	}
 	if _, err := os.Stat(filepath.Join(dir, "node2", nodeagent.CredentialFile)); err == nil {
 		t.Fatal("a refused join stored a credential")
@@ -136,7 +130,7 @@ func TestClusterJoin(t *testing.T) {
 		c.Close()
 		t.Fatal("a node connected without TLS")
 	}
-	conn, err := connectNode(cred)
+	conn, err := nodeagent.Connect(cred)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -158,7 +152,7 @@ func TestClusterJoin(t *testing.T) {
 
 	// Back: ready again. Then removed while connected: its connection is
 	// closed at its next heartbeat and the credential no longer connects.
-	conn, err = connectNode(cred)
+	conn, err = nodeagent.Connect(cred)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -173,7 +167,7 @@ func TestClusterJoin(t *testing.T) {
 			t.Fatal("a removed host stays connected")
 		}
 	}
-	if _, err := connectNode(cred, fabric.NoReconnect()); err == nil {
+	if _, err := nodeagent.Connect(cred, fabric.NoReconnect()); err == nil {
 		t.Fatal("a removed host's credential still connects")
 	}
 }

@@ -27,7 +27,6 @@ func Commands() []*cli.Command {
 		tuiCmd(),
 		serveCmd(),
 		configCmd(),
-		nodeCmd(), // nodecmd.go
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/minionsdev/minions/fabric"
 	"github.com/minionsdev/minions/internal/errs"
@@ -55,4 +56,17 @@ func LoadCredential(dir string) (Credential, error) {
 		return c, errs.New(errs.InvalidArgument, "node credential %s is incomplete", filepath.Join(dir, CredentialFile))
 	}
 	return c, nil
+}
+
+// Connect connects to the fabric with a node's credential (over TLS
+// trusting only the fabric's CA when the credential has one).
+func Connect(cred Credential, opts ...fabric.Option) (*fabric.Conn, error) {
+	if cred.CA != "" {
+		o, err := fabric.WithCA([]byte(cred.CA))
+		if err != nil {
+			return nil, err
+		}
+		opts = append(opts, o)
+	}
+	return fabric.ConnectNode(strings.Join(cred.NATS, ","), cred.HostID, cred.Seed, opts...)
 }

@@ -1,22 +1,24 @@
-package daemon
+package hostcmd
 
 import (
 	"context"
 	"flag"
 	"fmt"
 	"io"
-	"os"
+	"log/slog"
 	"os/signal"
 	"strings"
 	"syscall"
 
-	"github.com/minionsdev/minions/api"
+	"golang.org/x/sync/errgroup"
+
 	"github.com/minionsdev/minions/cli"
-	"github.com/minionsdev/minions/fabric"
+	"github.com/minionsdev/minions/config"
+	"github.com/minionsdev/minions/daemon"
 	"github.com/minionsdev/minions/internal/announce"
 	"github.com/minionsdev/minions/internal/errs"
 	"github.com/minionsdev/minions/nodeagent"
-	"github.com/minionsdev/minions/service"
+	"github.com/minionsdev/minions/vm/engine"
 )
 
 // nodeCmd is `minions node` (run this host's node agent) and `minions
@@ -25,7 +27,7 @@ func nodeCmd() *cli.Command {
 	return &cli.Command{Name: "node", HostOnly: true, Summary: "Run this host's node agent (after `node join`)",
 		Flags: func(fs *flag.FlagSet) { fs.String("log-format", "", "auto, text or json") },
 		Run: func(ctx context.Context, x *cli.Ctx) error {
-			paths, err := ResolvePaths(x.G.StateDir, x.G.RunDir)
+			paths, err := daemon.ResolvePaths(x.G.StateDir, x.G.RunDir)
 			if err != nil {
 				return err
 			}
@@ -48,14 +50,14 @@ func nodeCmd() *cli.Command {
 				if token == "" {
 					return errs.New(errs.InvalidArgument, "--token is required (from `minions host add NAME` on the control plane)")
 				}
-				paths, err := ResolvePaths(x.G.StateDir, x.G.RunDir)
+				paths, err := daemon.ResolvePaths(x.G.StateDir, x.G.RunDir)
 				if err != nil {
 					return err
 				}
 				if _, err := nodeagent.LoadCredential(paths.State); err == nil {
 					return errs.New(errs.AlreadyExists, "this host has already joined a cluster (%s/%s): run `minions node`", paths.State, nodeagent.CredentialFile)
 				}
-				cred, err := joinCluster(ctx, x.Args[0], token, x.FS.Lookup("address").Value.String(), paths.State)
+				cred, err := daemon.JoinCluster(ctx, x.Args[0], token, x.FS.Lookup("address").Value.String(), paths.State)
 				if err != nil {
 					return err
 				}
@@ -73,35 +75,11 @@ func nodeCmd() *cli.Command {
 	}
 }
 
-// joinCluster makes this node's key, exchanges the token for membership
-// at control and stores the credential. Nothing is stored on failure.
-func joinCluster(ctx context.Context, control, token, address, stateDir string) (nodeagent.Credential, error) {
-	seed, pub, err := fabric.NewNodeKey()
-	if err != nil {
-		return nodeagent.Credential{}, err
-	}
-	c, err := api.NewClient(control, "")
-	if err != nil {
-		return nodeagent.Credential{}, err
-	}
-	defer c.Close()
-	res, err := c.JoinHost(ctx, service.JoinRequest{Token: token, NKey: pub, Version: cli.Version, Address: address})
-	if err != nil {
-		return nodeagent.Credential{}, err
-	}
-	if len(res.NATS) == 0 || !fabric.ValidID(res.HostID) {
-		return nodeagent.Credential{}, errs.New(errs.Unavailable, "the control plane sent no fabric address")
-	}
-	cred := nodeagent.Credential{HostID: res.HostID, Name: res.Name, Control: control, NATS: res.NATS, Seed: seed, CA: res.CA}
-	if err := nodeagent.SaveCredential(stateDir, cred); err != nil {
-		return nodeagent.Credential{}, fmt.Errorf("store the node credential: %w", err)
-	}
-	return cred, nil
-}
-
-// runNode connects with the node's credential and heartbeats until
-// SIGINT/SIGTERM.
-func runNode(ctx context.Context, x *cli.Ctx, paths Paths, cred nodeagent.Credential) error {
+// runNode opens this host's engine (as daemon.Open builds it for serve:
+// the node's own state dir store, driver, network and images), connects
+// with the node's credential and serves the engine beside the heartbeats
+// until SIGINT/SIGTERM.
+func runNode(ctx context.Context, x *cli.Ctx, paths daemon.Paths, cred nodeagent.Credential) error {
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	format, err := announce.Format(x.FS.Lookup("log-format").Value.String(), x.Stderr)
@@ -109,27 +87,42 @@ func runNode(ctx context.Context, x *cli.Ctx, paths Paths, cred nodeagent.Creden
 		return err
 	}
 	log := announce.NewLogger(x.Stderr, format)
-	if err := os.MkdirAll(paths.State, 0o700); err != nil {
+	cfg, err := config.Load(config.DefaultFile, false)
+	if err != nil {
 		return err
 	}
-	conn, err := connectNode(cred)
+	cfg.Defaults()
+	if _, _, err := cfg.Egress(); err != nil {
+		return fmt.Errorf("config: %w", err)
+	}
+	inst, err := daemon.Open(ctx, daemon.OpenOptions(cfg, paths, log))
+	if err != nil {
+		return err
+	}
+	defer inst.Close()
+	if err := inst.Service.Reconcile(ctx); err != nil {
+		return fmt.Errorf("reconcile: %w", err)
+	}
+	conn, err := nodeagent.Connect(cred)
 	if err != nil {
 		return err
 	}
 	defer conn.Close()
 	log.Info("node connected", "host", cred.Name, "host_id", cred.HostID, "nats", strings.Join(cred.NATS, ","))
-	return nodeagent.Run(ctx, nodeagent.Config{ID: cred.HostID, Conn: conn, StateDir: paths.State, Version: cli.Version, Log: log})
+	return serveNode(ctx, nodeagent.Config{ID: cred.HostID, Conn: conn, StateDir: paths.State, Version: cli.Version, Log: log}, inst.Engine)
 }
 
-// connectNode connects with a node's credential (over TLS trusting only
-// the fabric's CA when it has one).
-func connectNode(cred nodeagent.Credential, opts ...fabric.Option) (*fabric.Conn, error) {
-	if cred.CA != "" {
-		o, err := fabric.WithCA([]byte(cred.CA))
-		if err != nil {
-			return nil, err
-		}
-		opts = append(opts, o)
+// serveNode heartbeats with hb and serves eng on the node's engine
+// subjects (hb.Conn, hb.ID) until ctx ends or either fails.
+func serveNode(ctx context.Context, hb nodeagent.Config, eng engine.Engine) error {
+	log := hb.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
 	}
-	return fabric.ConnectNode(strings.Join(cred.NATS, ","), cred.HostID, cred.Seed, opts...)
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return nodeagent.Run(gctx, hb) })
+	g.Go(func() error {
+		return nodeagent.ServeEngine(gctx, nodeagent.ServeConfig{ID: hb.ID, Conn: hb.Conn, Engine: eng, Log: log})
+	})
+	return g.Wait()
 }

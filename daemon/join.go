@@ -1,0 +1,40 @@
+package daemon
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/minionsdev/minions/api"
+	"github.com/minionsdev/minions/cli"
+	"github.com/minionsdev/minions/fabric"
+	"github.com/minionsdev/minions/internal/errs"
+	"github.com/minionsdev/minions/nodeagent"
+	"github.com/minionsdev/minions/service"
+)
+
+// JoinCluster makes this node's key, exchanges the token for membership
+// at control (the control plane's API URL) and stores the credential in
+// stateDir. Nothing is stored on failure.
+func JoinCluster(ctx context.Context, control, token, address, stateDir string) (nodeagent.Credential, error) {
+	seed, pub, err := fabric.NewNodeKey()
+	if err != nil {
+		return nodeagent.Credential{}, err
+	}
+	c, err := api.NewClient(control, "")
+	if err != nil {
+		return nodeagent.Credential{}, err
+	}
+	defer c.Close()
+	res, err := c.JoinHost(ctx, service.JoinRequest{Token: token, NKey: pub, Version: cli.Version, Address: address})
+	if err != nil {
+		return nodeagent.Credential{}, err
+	}
+	if len(res.NATS) == 0 || !fabric.ValidID(res.HostID) {
+		return nodeagent.Credential{}, errs.New(errs.Unavailable, "the control plane sent no fabric address")
+	}
+	cred := nodeagent.Credential{HostID: res.HostID, Name: res.Name, Control: control, NATS: res.NATS, Seed: seed, CA: res.CA}
+	if err := nodeagent.SaveCredential(stateDir, cred); err != nil {
+		return nodeagent.Credential{}, fmt.Errorf("store the node credential: %w", err)
+	}
+	return cred, nil
+}
