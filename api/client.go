@@ -86,6 +86,7 @@ func (c *Client) newRequest(ctx context.Context, method, path string, body any) 
 	return req, nil
 }
 
+// send sends req; an answer of 300 or above is its decoded error.
 func (c *Client) send(req *http.Request) (*http.Response, error) {
 	resp, err := c.hc.Do(req)
 	if err != nil {
@@ -93,6 +94,10 @@ func (c *Client) send(req *http.Request) (*http.Response, error) {
 			return nil, ctxErr
 		}
 		return nil, errs.New(errs.Unavailable, "minions api at %s: %w", c.base, err)
+	}
+	if resp.StatusCode >= 300 {
+		defer resp.Body.Close()
+		return nil, responseError(resp)
 	}
 	return resp, nil
 }
@@ -124,9 +129,6 @@ func (c *Client) do(ctx context.Context, method, path string, body, out any) err
 		return err
 	}
 	defer resp.Body.Close()
-	if resp.StatusCode >= 300 {
-		return responseError(resp)
-	}
 	if out == nil || resp.StatusCode == http.StatusNoContent {
 		return nil
 	}
@@ -148,9 +150,6 @@ func (c *Client) long(ctx context.Context, path string, body any, progress servi
 		return err
 	}
 	defer resp.Body.Close()
-	if resp.StatusCode >= 300 {
-		return responseError(resp)
-	}
 	if !strings.HasPrefix(resp.Header.Get("Content-Type"), ndjson) {
 		return json.NewDecoder(resp.Body).Decode(out)
 	}
@@ -244,9 +243,6 @@ func (c *Client) Logs(ctx context.Context, name string, follow bool, w io.Writer
 		return err
 	}
 	defer resp.Body.Close()
-	if resp.StatusCode >= 300 {
-		return responseError(resp)
-	}
 	_, err = io.Copy(w, resp.Body)
 	if ctx.Err() != nil {
 		return nil
