@@ -33,15 +33,16 @@ func (s *Server) agent(ctx context.Context, u User, vm string) (*gossh.Client, f
 
 // channelSlot binds a channel's life to u's standing (bindConn) and takes
 // one of u's session slots (sessionSlot rejects newChan when none is
-// free: ok is false and nothing is held); done gives both back.
-func (s *Server) channelSlot(ctx context.Context, conn *gossh.ServerConn, u User, newChan gossh.NewChannel) (done func(), ok bool) {
+// free: ok is false and nothing is held); done gives both back. vm is the
+// VM the channel is for (the login name).
+func (s *Server) channelSlot(ctx context.Context, conn *gossh.ServerConn, u User, newChan gossh.NewChannel) (vm string, done func(), ok bool) {
 	unbind := s.bindConn(ctx, conn, u)
 	slot, ok := s.sessionSlot(u, newChan)
 	if !ok {
 		unbind()
-		return nil, false
+		return "", nil, false
 	}
-	return func() { slot(); unbind() }, true
+	return conn.User(), func() { slot(); unbind() }, true
 }
 
 // handleSession routes a "session" channel: to the VM named by the login
@@ -52,12 +53,11 @@ func (s *Server) handleSession(srv *ssh.Server, conn *gossh.ServerConn, newChan 
 		s.frontDoorSession(conn, newChan, ctx)
 		return
 	}
-	done, ok := s.channelSlot(ctx, conn, id.user, newChan)
+	vm, done, ok := s.channelSlot(ctx, conn, id.user, newChan)
 	if !ok {
 		return
 	}
 	defer done()
-	vm := conn.User()
 	client, release, err := s.agent(ctx, id.user, vm)
 	switch {
 	case errors.Is(err, errs.NotFound):
@@ -266,12 +266,11 @@ func (s *Server) handleDirectTCPIP(srv *ssh.Server, conn *gossh.ServerConn, newC
 		_ = newChan.Reject(gossh.Prohibited, s.unregisteredMessage(id.key))
 		return
 	}
-	done, ok := s.channelSlot(ctx, conn, id.user, newChan)
+	vm, done, ok := s.channelSlot(ctx, conn, id.user, newChan)
 	if !ok {
 		return
 	}
 	defer done()
-	vm := conn.User()
 	client, release, err := s.agent(ctx, id.user, vm)
 	if errors.Is(err, errs.NotFound) {
 		_ = newChan.Reject(gossh.Prohibited, "port forwarding reaches VMs only: ssh -L ... <vm>@<host>")
