@@ -86,6 +86,7 @@ func (c *Client) newRequest(ctx context.Context, method, path string, body any) 
 	return req, nil
 }
 
+// send sends req; an answer of 300 or above is its decoded error.
 func (c *Client) send(req *http.Request) (*http.Response, error) {
 	resp, err := c.hc.Do(req)
 	if err != nil {
@@ -93,6 +94,10 @@ func (c *Client) send(req *http.Request) (*http.Response, error) {
 			return nil, ctxErr
 		}
 		return nil, errs.New(errs.Unavailable, "minions api at %s: %w", c.base, err)
+	}
+	if resp.StatusCode >= 300 {
+		defer resp.Body.Close()
+		return nil, responseError(resp)
 	}
 	return resp, nil
 }
@@ -108,6 +113,12 @@ func responseError(resp *http.Response) error {
 }
 
 // do sends a JSON request and decodes a JSON response into out (if not nil).
+// call is c.do decoding the answer into a new T.
+func call[T any](ctx context.Context, c *Client, method, path string, body any) (T, error) {
+	var v T
+	return v, c.do(ctx, method, path, body, &v)
+}
+
 func (c *Client) do(ctx context.Context, method, path string, body, out any) error {
 	req, err := c.newRequest(ctx, method, path, body)
 	if err != nil {
@@ -118,9 +129,6 @@ func (c *Client) do(ctx context.Context, method, path string, body, out any) err
 		return err
 	}
 	defer resp.Body.Close()
-	if resp.StatusCode >= 300 {
-		return responseError(resp)
-	}
 	if out == nil || resp.StatusCode == http.StatusNoContent {
 		return nil
 	}
@@ -142,9 +150,6 @@ func (c *Client) long(ctx context.Context, path string, body any, progress servi
 		return err
 	}
 	defer resp.Body.Close()
-	if resp.StatusCode >= 300 {
-		return responseError(resp)
-	}
 	if !strings.HasPrefix(resp.Header.Get("Content-Type"), ndjson) {
 		return json.NewDecoder(resp.Body).Decode(out)
 	}
@@ -194,13 +199,11 @@ func (c *Client) Create(ctx context.Context, req service.CreateRequest, p servic
 }
 
 func (c *Client) List(ctx context.Context) ([]service.VM, error) {
-	var vs []service.VM
-	return vs, c.do(ctx, http.MethodGet, "/v1/vms", nil, &vs)
+	return call[[]service.VM](ctx, c, http.MethodGet, "/v1/vms", nil)
 }
 
 func (c *Client) Get(ctx context.Context, name string) (service.VM, error) {
-	var v service.VM
-	return v, c.do(ctx, http.MethodGet, vmPath(name), nil, &v)
+	return call[service.VM](ctx, c, http.MethodGet, vmPath(name), nil)
 }
 
 func (c *Client) Start(ctx context.Context, name string, p service.Progress) (service.VM, error) {
@@ -209,8 +212,7 @@ func (c *Client) Start(ctx context.Context, name string, p service.Progress) (se
 }
 
 func (c *Client) Stop(ctx context.Context, name string) (service.VM, error) {
-	var v service.VM
-	return v, c.do(ctx, http.MethodPost, vmPath(name, "stop"), nil, &v)
+	return call[service.VM](ctx, c, http.MethodPost, vmPath(name, "stop"), nil)
 }
 
 func (c *Client) Restart(ctx context.Context, name string, p service.Progress) (service.VM, error) {
@@ -223,8 +225,7 @@ func (c *Client) Destroy(ctx context.Context, name string) error {
 }
 
 func (c *Client) Status(ctx context.Context, name string) (service.GuestStatus, error) {
-	var st service.GuestStatus
-	return st, c.do(ctx, http.MethodGet, vmPath(name, "status"), nil, &st)
+	return call[service.GuestStatus](ctx, c, http.MethodGet, vmPath(name, "status"), nil)
 }
 
 // Logs copies the console log to w; with follow it keeps copying until ctx
@@ -242,9 +243,6 @@ func (c *Client) Logs(ctx context.Context, name string, follow bool, w io.Writer
 		return err
 	}
 	defer resp.Body.Close()
-	if resp.StatusCode >= 300 {
-		return responseError(resp)
-	}
 	_, err = io.Copy(w, resp.Body)
 	if ctx.Err() != nil {
 		return nil
@@ -258,8 +256,7 @@ func (c *Client) CreateSnapshot(ctx context.Context, name string, req service.Sn
 }
 
 func (c *Client) ListSnapshots(ctx context.Context, name string) ([]service.Snapshot, error) {
-	var ss []service.Snapshot
-	return ss, c.do(ctx, http.MethodGet, vmPath(name, "snapshots"), nil, &ss)
+	return call[[]service.Snapshot](ctx, c, http.MethodGet, vmPath(name, "snapshots"), nil)
 }
 
 func (c *Client) RestoreSnapshot(ctx context.Context, name, snap string, p service.Progress) (service.VM, error) {
@@ -272,13 +269,11 @@ func (c *Client) DeleteSnapshot(ctx context.Context, name, snap string) error {
 }
 
 func (c *Client) Resize(ctx context.Context, name string, req service.ResizeRequest) (service.VM, error) {
-	var v service.VM
-	return v, c.do(ctx, http.MethodPost, vmPath(name, "resize"), req, &v)
+	return call[service.VM](ctx, c, http.MethodPost, vmPath(name, "resize"), req)
 }
 
 func (c *Client) Rename(ctx context.Context, name, newName string) (service.VM, error) {
-	var v service.VM
-	return v, c.do(ctx, http.MethodPost, vmPath(name, "rename"), RenameRequest{Name: newName}, &v)
+	return call[service.VM](ctx, c, http.MethodPost, vmPath(name, "rename"), RenameRequest{Name: newName})
 }
 
 func (c *Client) Copy(ctx context.Context, name string, req service.CopyRequest, p service.Progress) (service.VM, error) {
@@ -288,19 +283,16 @@ func (c *Client) Copy(ctx context.Context, name string, req service.CopyRequest,
 
 // SSHKeyChallenge asks for a nonce to sign with a key to add.
 func (c *Client) SSHKeyChallenge(ctx context.Context) (service.KeyChallenge, error) {
-	var ch service.KeyChallenge
-	return ch, c.do(ctx, http.MethodPost, "/v1/ssh-keys/challenge", nil, &ch)
+	return call[service.KeyChallenge](ctx, c, http.MethodPost, "/v1/ssh-keys/challenge", nil)
 }
 
 // AddSSHKey registers a key with its proof of possession.
 func (c *Client) AddSSHKey(ctx context.Context, p service.KeyProof) (service.SSHKey, error) {
-	var k service.SSHKey
-	return k, c.do(ctx, http.MethodPost, "/v1/ssh-keys", p, &k)
+	return call[service.SSHKey](ctx, c, http.MethodPost, "/v1/ssh-keys", p)
 }
 
 func (c *Client) ListSSHKeys(ctx context.Context) ([]service.SSHKey, error) {
-	var ks []service.SSHKey
-	return ks, c.do(ctx, http.MethodGet, "/v1/ssh-keys", nil, &ks)
+	return call[[]service.SSHKey](ctx, c, http.MethodGet, "/v1/ssh-keys", nil)
 }
 
 func (c *Client) RemoveSSHKey(ctx context.Context, id string) error {
@@ -313,14 +305,12 @@ func (c *Client) AddUser(ctx context.Context, name string, admin bool, sshKey se
 	if sshKey.PublicKey != "" {
 		req.SSHKey = &sshKey
 	}
-	var u service.User
-	return u, c.do(ctx, http.MethodPost, "/v1/users", req, &u)
+	return call[service.User](ctx, c, http.MethodPost, "/v1/users", req)
 }
 
 // ListUsers lists users (admins only).
 func (c *Client) ListUsers(ctx context.Context) ([]service.User, error) {
-	var us []service.User
-	return us, c.do(ctx, http.MethodGet, "/v1/users", nil, &us)
+	return call[[]service.User](ctx, c, http.MethodGet, "/v1/users", nil)
 }
 
 // RemoveUser deletes a user who owns no VMs (admins only).
@@ -330,8 +320,7 @@ func (c *Client) RemoveUser(ctx context.Context, name string) error {
 
 // SetQuota replaces a user's quota (admins only).
 func (c *Client) SetQuota(ctx context.Context, name string, q service.Quota) (service.User, error) {
-	var u service.User
-	return u, c.do(ctx, http.MethodPut, "/v1/users/"+url.PathEscape(name)+"/quota", q, &u)
+	return call[service.User](ctx, c, http.MethodPut, "/v1/users/"+url.PathEscape(name)+"/quota", q)
 }
 
 // CreateToken makes a token for user ("": the caller); expires 0: never.

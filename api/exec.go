@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"strconv"
 	"strings"
@@ -141,8 +142,27 @@ func (s frameStream) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-func upgradeRequested(r *http.Request) bool {
-	return headerHas(r.Header, "Connection", "upgrade") && strings.EqualFold(r.Header.Get("Upgrade"), UpgradeProto)
+func upgradeRequested(r *http.Request, proto string) bool {
+	return headerHas(r.Header, "Connection", "upgrade") && strings.EqualFold(r.Header.Get("Upgrade"), proto)
+}
+
+// switchProtocols hijacks w's connection, lifts its deadlines and answers
+// 101 Switching Protocols to proto. On failure it has answered with the
+// error (what names the route) or the connection is gone, and ok is false;
+// otherwise the caller owns conn and must close it.
+func switchProtocols(w http.ResponseWriter, what, proto string) (conn net.Conn, brw *bufio.ReadWriter, ok bool) {
+	conn, brw, err := http.NewResponseController(w).Hijack()
+	if err != nil {
+		writeError(w, fmt.Errorf("%s: hijack connection: %w", what, err))
+		return nil, nil, false
+	}
+	conn.SetDeadline(time.Time{})
+	fmt.Fprintf(brw, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: %s\r\n\r\n", proto)
+	if err := brw.Flush(); err != nil {
+		conn.Close()
+		return nil, nil, false
+	}
+	return conn, brw, true
 }
 
 func headerHas(h http.Header, key, token string) bool {
@@ -157,7 +177,7 @@ func headerHas(h http.Header, key, token string) bool {
 }
 
 func (h *handler) serveExec(w http.ResponseWriter, r *http.Request, c service.Caller) {
-	if !upgradeRequested(r) {
+	if !upgradeRequested(r, UpgradeProto) {
 		writeError(w, errs.New(errs.InvalidArgument, "exec needs `Connection: Upgrade` and `Upgrade: %s`", UpgradeProto))
 		return
 	}
@@ -178,17 +198,11 @@ func (h *handler) serveExec(w http.ResponseWriter, r *http.Request, c service.Ca
 		return
 	}
 	defer guest.Close()
-	conn, brw, err := http.NewResponseController(w).Hijack()
-	if err != nil {
-		writeError(w, fmt.Errorf("exec: hijack connection: %w", err))
+	conn, brw, ok := switchProtocols(w, "exec", UpgradeProto)
+	if !ok {
 		return
 	}
 	defer conn.Close()
-	conn.SetDeadline(time.Time{})
-	fmt.Fprintf(brw, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: %s\r\n\r\n", UpgradeProto)
-	if err := brw.Flush(); err != nil {
-		return
-	}
 	fw := &frameWriter{w: conn}
 	// The command outlives the request's context (the connection is
 	// hijacked) but not the credential it was started with.

@@ -7,9 +7,7 @@ import (
 	"io"
 	"net/http"
 	"strconv"
-	"strings"
 	"sync"
-	"time"
 
 	"github.com/minionsdev/minions/internal/errs"
 	"github.com/minionsdev/minions/service"
@@ -23,7 +21,7 @@ const ForwardProto = "minions-forward"
 // serveForward opens the forward before answering (so a refusal is an
 // ordinary error response), then splices the hijacked connection to it.
 func (h *handler) serveForward(w http.ResponseWriter, r *http.Request, c service.Caller) {
-	if !headerHas(r.Header, "Connection", "upgrade") || !strings.EqualFold(r.Header.Get("Upgrade"), ForwardProto) {
+	if !upgradeRequested(r, ForwardProto) {
 		writeError(w, errs.New(errs.InvalidArgument, "forward needs `Connection: Upgrade` and `Upgrade: %s`", ForwardProto))
 		return
 	}
@@ -40,17 +38,11 @@ func (h *handler) serveForward(w http.ResponseWriter, r *http.Request, c service
 		return
 	}
 	defer fwd.Close()
-	conn, brw, err := http.NewResponseController(w).Hijack()
-	if err != nil {
-		writeError(w, fmt.Errorf("forward: hijack connection: %w", err))
+	conn, brw, ok := switchProtocols(w, "forward", ForwardProto)
+	if !ok {
 		return
 	}
 	defer conn.Close()
-	conn.SetDeadline(time.Time{})
-	fmt.Fprintf(brw, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: %s\r\n\r\n", ForwardProto)
-	if err := brw.Flush(); err != nil {
-		return
-	}
 	// The forward outlives the request's context (the connection is
 	// hijacked) but not the credential it was opened with.
 	var once sync.Once

@@ -64,32 +64,27 @@ func (h *handler) webRoutes() []route {
 
 // Expose sets the VM port the proxy forwards to.
 func (c *Client) Expose(ctx context.Context, name string, port int) (service.WebInfo, error) {
-	var info service.WebInfo
-	return info, c.do(ctx, http.MethodPost, vmPath(name, "expose"), ExposeRequest{Port: port}, &info)
+	return call[service.WebInfo](ctx, c, http.MethodPost, vmPath(name, "expose"), ExposeRequest{Port: port})
 }
 
 // Share changes who may reach the VM and mints links.
 func (c *Client) Share(ctx context.Context, name string, req service.ShareRequest) (service.WebInfo, error) {
-	var info service.WebInfo
-	return info, c.do(ctx, http.MethodPost, vmPath(name, "share"), req, &info)
+	return call[service.WebInfo](ctx, c, http.MethodPost, vmPath(name, "share"), req)
 }
 
 // AddDomain attaches a custom domain and tries to verify it.
 func (c *Client) AddDomain(ctx context.Context, name, domain string) (service.Domain, error) {
-	var d service.Domain
-	return d, c.do(ctx, http.MethodPost, vmPath(name, "domains"), DomainRequest{Domain: domain}, &d)
+	return call[service.Domain](ctx, c, http.MethodPost, vmPath(name, "domains"), DomainRequest{Domain: domain})
 }
 
 // VerifyDomain re-checks a custom domain's DNS record.
 func (c *Client) VerifyDomain(ctx context.Context, name, domain string) (service.Domain, error) {
-	var d service.Domain
-	return d, c.do(ctx, http.MethodPost, vmPath(name, "domains", url.PathEscape(domain), "verify"), nil, &d)
+	return call[service.Domain](ctx, c, http.MethodPost, vmPath(name, "domains", url.PathEscape(domain), "verify"), nil)
 }
 
 // ListDomains lists a VM's custom domains.
 func (c *Client) ListDomains(ctx context.Context, name string) ([]service.Domain, error) {
-	var ds []service.Domain
-	return ds, c.do(ctx, http.MethodGet, vmPath(name, "domains"), nil, &ds)
+	return call[[]service.Domain](ctx, c, http.MethodGet, vmPath(name, "domains"), nil)
 }
 
 // RemoveDomain detaches a custom domain.

@@ -31,6 +31,20 @@ func (s *Server) agent(ctx context.Context, u User, vm string) (*gossh.Client, f
 	return c, release, nil
 }
 
+// channelSlot binds a channel's life to u's standing (bindConn) and takes
+// one of u's session slots (sessionSlot rejects newChan when none is
+// free: ok is false and nothing is held); done gives both back. vm is the
+// VM the channel is for (the login name).
+func (s *Server) channelSlot(ctx context.Context, conn *gossh.ServerConn, u User, newChan gossh.NewChannel) (vm string, done func(), ok bool) {
+	unbind := s.bindConn(ctx, conn, u)
+	slot, ok := s.sessionSlot(u, newChan)
+	if !ok {
+		unbind()
+		return "", nil, false
+	}
+	return conn.User(), func() { slot(); unbind() }, true
+}
+
 // handleSession routes a "session" channel: to the VM named by the login
 // name when the caller may reach it, otherwise to the front door.
 func (s *Server) handleSession(srv *ssh.Server, conn *gossh.ServerConn, newChan gossh.NewChannel, ctx ssh.Context) {
@@ -39,13 +53,11 @@ func (s *Server) handleSession(srv *ssh.Server, conn *gossh.ServerConn, newChan 
 		s.frontDoorSession(conn, newChan, ctx)
 		return
 	}
-	defer s.bindConn(ctx, conn, id.user)()
-	slot, ok := s.sessionSlot(id.user, newChan)
+	vm, done, ok := s.channelSlot(ctx, conn, id.user, newChan)
 	if !ok {
 		return
 	}
-	defer slot()
-	vm := conn.User()
+	defer done()
 	client, release, err := s.agent(ctx, id.user, vm)
 	switch {
 	case errors.Is(err, errs.NotFound):
@@ -254,13 +266,11 @@ func (s *Server) handleDirectTCPIP(srv *ssh.Server, conn *gossh.ServerConn, newC
 		_ = newChan.Reject(gossh.Prohibited, s.unregisteredMessage(id.key))
 		return
 	}
-	defer s.bindConn(ctx, conn, id.user)()
-	slot, ok := s.sessionSlot(id.user, newChan)
+	vm, done, ok := s.channelSlot(ctx, conn, id.user, newChan)
 	if !ok {
 		return
 	}
-	defer slot()
-	vm := conn.User()
+	defer done()
 	client, release, err := s.agent(ctx, id.user, vm)
 	if errors.Is(err, errs.NotFound) {
 		_ = newChan.Reject(gossh.Prohibited, "port forwarding reaches VMs only: ssh -L ... <vm>@<host>")

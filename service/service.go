@@ -15,7 +15,6 @@ import (
 	"github.com/minionsdev/minions/vm"
 	"github.com/minionsdev/minions/vm/engine"
 	"github.com/minionsdev/minions/vm/hypervisor"
-	"github.com/minionsdev/minions/vm/network"
 	"golang.org/x/crypto/ssh"
 )
 
@@ -66,12 +65,10 @@ func (c *Config) setDefaults() {
 	if c.RunDir == "" {
 		c.RunDir = filepath.Join(c.StateDir, "run")
 	}
-	if !c.Subnet.IsValid() {
-		c.Subnet = network.DefaultSubnet
-	}
-	if !c.Gateway.IsValid() {
-		c.Gateway = c.Subnet.Masked().Addr().Next()
-	}
+	// The engine-related defaults come from the engine's own Config.
+	e := c.engineConfig()
+	e.SetDefaults()
+	c.Subnet, c.Gateway, c.ReadyTimeout, c.StopTimeout, c.HostMemory, c.Log = e.Subnet, e.Gateway, e.ReadyTimeout, e.StopTimeout, e.HostMemory, e.Log
 	if c.DefaultImage == "" {
 		c.DefaultImage = images.DefaultImage
 	}
@@ -84,39 +81,20 @@ func (c *Config) setDefaults() {
 	if c.DefaultDiskGiB == 0 {
 		c.DefaultDiskGiB = 2
 	}
-	if c.ReadyTimeout == 0 {
-		c.ReadyTimeout = 90 * time.Second
-	}
-	if c.StopTimeout == 0 {
-		c.StopTimeout = 15 * time.Second
-	}
 	if c.MaxSnapshots == 0 {
 		c.MaxSnapshots = 20
 	}
 	if c.MemoryOvercommit == 0 {
 		c.MemoryOvercommit = DefaultMemoryOvercommit
 	}
-	if c.HostMemory == nil {
-		c.HostMemory = MemTotal
-	}
-	if c.Log == nil {
-		c.Log = slog.New(slog.DiscardHandler)
-	}
 }
 
-// Validate checks the configuration.
+// Validate checks the configuration (the engine's part by the engine's
+// Config.Validate).
 func (c *Config) Validate() error {
-	if c.StateDir == "" {
-		return errs.New(errs.InvalidArgument, "state directory is required")
-	}
-	if !filepath.IsAbs(c.StateDir) || (c.RunDir != "" && !filepath.IsAbs(c.RunDir)) {
-		return errs.New(errs.InvalidArgument, "state and run directories must be absolute paths")
-	}
-	if len(filepath.Join(c.RunDir, "0123456789ab", "console.sock")) > 100 {
-		return errs.New(errs.InvalidArgument, "run directory %s is too long for unix sockets", c.RunDir)
-	}
-	if !c.Subnet.Addr().Is4() || c.Subnet.Bits() > 28 {
-		return errs.New(errs.InvalidArgument, "subnet %s must be IPv4 and /28 or larger", c.Subnet)
+	e := c.engineConfig()
+	if err := e.Validate(); err != nil {
+		return err
 	}
 	if c.MemoryOvercommit < 0 || c.MemoryOvercommit > 100 {
 		return errs.New(errs.InvalidArgument, "memory overcommit %g: want a ratio above 0 (1 = no overcommit)", c.MemoryOvercommit)
@@ -207,6 +185,11 @@ func New(cfg Config, deps Deps) (*Service, error) {
 // (for the daemon, which builds the engine itself).
 func (c Config) EngineConfig() engine.Config {
 	c.setDefaults()
+	return c.engineConfig()
+}
+
+// engineConfig is c's engine part as it stands (no defaults filled in).
+func (c Config) engineConfig() engine.Config {
 	return engine.Config{StateDir: c.StateDir, RunDir: c.RunDir, Subnet: c.Subnet, Gateway: c.Gateway, DNS: c.DNS,
 		ReadyTimeout: c.ReadyTimeout, StopTimeout: c.StopTimeout, HostMemory: c.HostMemory, Log: c.Log, OnOperation: c.OnOperation,
 		NoWarm: c.NoWarm, BackgroundWarm: c.BackgroundWarm}

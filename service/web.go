@@ -61,6 +61,17 @@ func (s *Service) webFor(ctx context.Context) (Web, error) {
 	return nil, errs.New(errs.FailedPrecondition, "no web proxy is configured: run `minions serve --http-bind ADDR` (http://<vm>.localhost) or with --domain")
 }
 
+// vmWeb is the caller's VM name (errs.NotFound for others' VMs, proxy or
+// not) and the web proxy (errs.FailedPrecondition when there is none).
+func (s *Service) vmWeb(ctx context.Context, c Caller, name string) (store.VM, Web, error) {
+	v, err := s.getVM(ctx, c, name)
+	if err != nil {
+		return store.VM{}, nil, err
+	}
+	w, err := s.webFor(ctx)
+	return v, w, err
+}
+
 // Default and maximum lifetimes of links.
 const (
 	DefaultLoginTTL = 10 * time.Minute
@@ -131,10 +142,7 @@ func (s *Service) Share(ctx context.Context, c Caller, name string, req ShareReq
 	case !req.Link && ttl > MaxLoginTTL:
 		return WebInfo{}, errs.New(errs.InvalidArgument, "sign-in links last at most %s (use --link for a longer-lived share link)", MaxLoginTTL)
 	}
-	if _, err := s.getVM(ctx, c, name); err != nil {
-		return WebInfo{}, err // others' VMs are not found, proxy or not
-	}
-	w, err := s.webFor(ctx)
+	_, w, err := s.vmWeb(ctx, c, name)
 	if err != nil {
 		return WebInfo{}, err
 	}
@@ -269,11 +277,7 @@ func normalizeDomain(d string) string {
 // another VM holds it verified, errs.NotFound for a VM the caller cannot
 // see.
 func (s *Service) AddDomain(ctx context.Context, c Caller, name, domain string) (Domain, error) {
-	v, err := s.getVM(ctx, c, name)
-	if err != nil {
-		return Domain{}, err
-	}
-	w, err := s.webFor(ctx)
+	v, w, err := s.vmWeb(ctx, c, name)
 	if err != nil {
 		return Domain{}, err
 	}
@@ -317,11 +321,7 @@ func (s *Service) AddDomain(ctx context.Context, c Caller, name, domain string) 
 // no such claim (or it lapsed), errs.AlreadyExists when another VM
 // verified the name first.
 func (s *Service) VerifyDomain(ctx context.Context, c Caller, name, domain string) (Domain, error) {
-	v, err := s.getVM(ctx, c, name)
-	if err != nil {
-		return Domain{}, err
-	}
-	w, err := s.webFor(ctx)
+	v, w, err := s.vmWeb(ctx, c, name)
 	if err != nil {
 		return Domain{}, err
 	}
@@ -371,11 +371,7 @@ func (s *Service) domainView(w Web, v store.VM, d store.Domain) Domain {
 
 // ListDomains lists a VM's custom domain claims that still count, by name.
 func (s *Service) ListDomains(ctx context.Context, c Caller, name string) ([]Domain, error) {
-	v, err := s.getVM(ctx, c, name)
-	if err != nil {
-		return nil, err
-	}
-	w, err := s.webFor(ctx)
+	v, w, err := s.vmWeb(ctx, c, name)
 	if err != nil {
 		return nil, err
 	}

@@ -59,7 +59,9 @@ type Config struct {
 	OnOperation func(kind string, d time.Duration, err error)
 }
 
-func (c *Config) setDefaults() {
+// SetDefaults fills the zero fields with the defaults noted on Config
+// (the service takes its engine defaults from here too).
+func (c *Config) SetDefaults() {
 	if c.RunDir == "" && c.StateDir != "" {
 		c.RunDir = filepath.Join(c.StateDir, "run")
 	}
@@ -182,7 +184,7 @@ var _ Engine = (*Local)(nil)
 
 // NewLocal returns the engine of this host.
 func NewLocal(cfg Config, deps Deps) (*Local, error) {
-	cfg.setDefaults()
+	cfg.SetDefaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
