@@ -91,7 +91,7 @@ func TestEngineConformanceQEMU(t *testing.T) {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { nm.Teardown(context.Background()) })
-		exe := filepath.Join(binDir, "minions")
+		exe := filepath.Join(binDir, "minions-relay") // agent relay and console logger
 		drv, err := qemu.New(qemu.Config{Accel: qemu.AccelTCG, RelayCommand: []string{exe, "agent-relay"},
 			ConsoleCommand: []string{exe, "console-log"}, Jail: jail.Config{Mode: "off"}, Log: log})
 		if err != nil {

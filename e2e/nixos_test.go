@@ -56,7 +56,7 @@ func TestNixOSImage(t *testing.T) {
 			t.Errorf("image list: %s default=%v", l.Ref, l.Default)
 		}
 	}
-	if r := minions(t, "", "image", "default", "nosuch"); r.code == 0 || !strings.Contains(r.stderr, "no nosuch image") {
+	if r := minions(t, "", "image", "default", "nosuch"); r.code == 0 || !strings.Contains(r.stderr, "no image nosuch") {
 		t.Errorf("image default nosuch: %s", r)
 	}
 	start = time.Now()
