@@ -227,8 +227,16 @@ func TestWarmCreate(t *testing.T) {
 		// The host's ping resolves the address (ARP); its echo goes
 		// unanswered in this namespace for cold VMs too, so only the
 		// resolution is checked.
-		exec.Command("ping", "-c", "1", "-W", "2", inst.IP).Run()
-		out, _ := exec.Command("ip", "neigh", "show", inst.IP, "dev", "mnwarm0").Output()
+		// A clone moves eth0 to its new MAC as re-identification ends, so
+		// poll against a deadline rather than trust one probe.
+		var out []byte
+		for deadline := time.Now().Add(15 * time.Second); time.Now().Before(deadline); {
+			exec.Command("ping", "-c", "1", "-W", "2", inst.IP).Run()
+			out, _ = exec.Command("ip", "neigh", "show", inst.IP, "dev", "mnwarm0").Output()
+			if strings.Contains(string(out), inst.MAC) {
+				break
+			}
+		}
 		if !strings.Contains(string(out), inst.MAC) {
 			t.Errorf("%s: neighbour entry %q, want mac %s", inst.Name, out, inst.MAC)
 		}
