@@ -27,9 +27,17 @@ const (
 	ioctlExt4ResizeFS = 0x40086610 // _IOW('f', 16, __u64)
 )
 
-func sethostname(name string) error { return unix.Sethostname([]byte(name)) }
+func sethostname(name string) error {
+	if !inGuest() {
+		return errNotGuest("set hostname")
+	}
+	return unix.Sethostname([]byte(name))
+}
 
 func settime(t time.Time) error {
+	if !inGuest() {
+		return errNotGuest("set clock")
+	}
 	ts := unix.NsecToTimespec(t.UnixNano())
 	return unix.ClockSettime(unix.CLOCK_REALTIME, &ts)
 }

@@ -41,10 +41,25 @@ const maxEntropy = 512
 // The system edges of reidentify, replaced by the unit tests (which run
 // without a guest kernel of their own); hostname and clock are Config's.
 var (
-	reseedKernel   = reseedKernelRNG
-	reconfigureNet = reconfigureEth0
-	reloadServices = reloadGuestServices
+	reseedKernel   = func(b []byte) error { return guarded("reseed rng", func() error { return reseedKernelRNG(b) }) }
+	reconfigureNet = func(mac net.HardwareAddr, ip netip.Prefix, gw netip.Addr) error {
+		return guarded("reconfigure eth0", func() error { return reconfigureEth0(mac, ip, gw) })
+	}
+	reloadServices = func(root string) []string {
+		if !inGuest() {
+			return nil // nothing of this machine's is reloaded
+		}
+		return reloadGuestServices(root)
+	}
 )
+
+// guarded runs f only inside a Minions guest (guard.go).
+func guarded(what string, f func() error) error {
+	if !inGuest() {
+		return errNotGuest(what)
+	}
+	return f()
+}
 
 // identity is a checked proto.Reidentify.
 type identity struct {
