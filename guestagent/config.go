@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
+	"net/netip"
 	"os"
 	"time"
 
@@ -45,6 +47,11 @@ type Config struct {
 	SetHostname func(name string) error
 	// SetTime sets the system clock (default clock_settime(2)).
 	SetTime func(t time.Time) error
+	// ReseedRNG mixes entropy into the kernel RNG and SetNetwork gives
+	// eth0 a MAC and address, for reidentify (defaults: the kernel's, and
+	// only inside a Minions guest; see guard.go).
+	ReseedRNG  func(entropy []byte) error
+	SetNetwork func(mac net.HardwareAddr, ip netip.Prefix, gw netip.Addr) error
 	// Power powers the machine off or reboots it after a shutdown request
 	// (required: PowerOff for PID 1, SystemPower under an init system).
 	Power func(reboot bool) error

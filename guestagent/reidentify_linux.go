@@ -141,7 +141,11 @@ func (s *Server) reidentify(r proto.Reidentify) (proto.ReidentifyReply, error) {
 	reply := proto.ReidentifyReply{Steps: []string{}}
 	step := func(name string) { reply.Steps = append(reply.Steps, name) }
 
-	if err := reseedKernel(id.entropy); err != nil {
+	reseed := reseedKernel
+	if s.cfg.ReseedRNG != nil {
+		reseed = s.cfg.ReseedRNG
+	}
+	if err := reseed(id.entropy); err != nil {
 		return reply, fmt.Errorf("reseed rng: %w", err)
 	}
 	step("reseed rng")
@@ -225,7 +229,7 @@ func (s *Server) reidentify(r proto.Reidentify) (proto.ReidentifyReply, error) {
 	step("sync")
 
 	if id.ip.IsValid() || id.mac != nil {
-		if err := reconfigureNet(id.mac, id.ip, id.gw); err != nil {
+		if err := s.setNetwork(id.mac, id.ip, id.gw); err != nil {
 			return reply, fmt.Errorf("network: %w", err)
 		}
 		step("move eth0 to its own mac and ip, announce it")
@@ -486,4 +490,12 @@ func reloadGuestServices(root string) []string {
 		}
 	}
 	return done
+}
+
+// setNetwork is the config's SetNetwork, or the guarded default.
+func (s *Server) setNetwork(mac net.HardwareAddr, ip netip.Prefix, gw netip.Addr) error {
+	if s.cfg.SetNetwork != nil {
+		return s.cfg.SetNetwork(mac, ip, gw)
+	}
+	return reconfigureNet(mac, ip, gw)
 }

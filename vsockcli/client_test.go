@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -122,8 +123,11 @@ func newEnv(t *testing.T, o envOpts) *env {
 			e.rec.mu.Unlock()
 			return nil
 		},
-		Power: func(reboot bool) error { e.rec.power <- reboot; return nil },
-		Log:   testLog(t),
+		// Never the host's RNG or eth0 (the in-process agent runs on the host).
+		ReseedRNG:  func([]byte) error { return nil },
+		SetNetwork: func(net.HardwareAddr, netip.Prefix, netip.Addr) error { return nil },
+		Power:      func(reboot bool) error { e.rec.power <- reboot; return nil },
+		Log:        testLog(t),
 	})
 	if err != nil {
 		t.Fatal(err)
