@@ -160,7 +160,7 @@ func (p *hostsPage) key(msg tea.KeyMsg) tea.Cmd {
 		name, vms := h.Name, h.VMs
 		return c.open(newConfirmPage(c, "Cordon host "+textsafe.Clean(name)+"?",
 			fmt.Sprintf("No new VMs will be placed on it. Its %d VM(s) keep running.", vms),
-			tea.Batch(status("cordoning host "+textsafe.Clean(name)+"…"), c.op("cordon", "host "+textsafe.Clean(name), func(ctx context.Context) error {
+			tea.Sequence(status("cordoning host "+textsafe.Clean(name)+"…"), c.op("cordon", "host "+textsafe.Clean(name), func(ctx context.Context) error {
 				_, err := c.backend.HostCordon(ctx, name)
 				return err
 			}))))
@@ -168,7 +168,7 @@ func (p *hostsPage) key(msg tea.KeyMsg) tea.Cmd {
 		name := h.Name
 		return c.open(newConfirmPage(c, "Uncordon host "+textsafe.Clean(name)+"?",
 			"New VMs may be placed on it again.",
-			tea.Batch(status("uncordoning host "+textsafe.Clean(name)+"…"), c.op("uncordon", "host "+textsafe.Clean(name), func(ctx context.Context) error {
+			tea.Sequence(status("uncordoning host "+textsafe.Clean(name)+"…"), c.op("uncordon", "host "+textsafe.Clean(name), func(ctx context.Context) error {
 				_, err := c.backend.HostUncordon(ctx, name)
 				return err
 			}))))
