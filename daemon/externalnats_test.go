@@ -131,7 +131,8 @@ func (x *externalNATS) url() string { return "nats://127.0.0.1:" + strconv.Itoa(
 // fabric.NodePermissions): serve embeds no server, registers this host and
 // its in-process node heartbeats through the external server; a node that
 // joins is refused by that server until the operator admits its key, then
-// heartbeats until ready, and stays confined to its own subjects.
+// heartbeats until ready, answers the control plane's requests, and stays
+// confined to its own subjects.
 func TestServeExternalNATS(t *testing.T) {
 	bin := natsServerBinary(t)
 	dir, err := os.MkdirTemp("/tmp", "w5xn")
@@ -308,6 +309,14 @@ func TestServeExternalNATS(t *testing.T) {
 	go nodeagent.Run(ctx, nodeagent.Config{ID: cred.HostID, Conn: conn, StateDir: nodeDir, Version: "v-node", Interval: 100 * time.Millisecond})
 	if h := waitHost("node1", "ready"); h.Version != "v-node" {
 		t.Fatalf("node1 through the external server: %+v", h)
+	}
+	// Request/reply, the path of every engine call, through the external
+	// server: the node may answer the control plane's request.
+	rctx, rcancel := context.WithTimeout(ctx, 5*time.Second)
+	b, err := cl.control.Request(rctx, fabric.NodeSubject(cred.HostID)+".ping", nil)
+	rcancel()
+	if err != nil || !strings.Contains(string(b), `"v-node"`) {
+		t.Fatalf("ping node1 through the external server: %q %v", b, err)
 	}
 	// Confined there too: another node's status is not node1's to publish.
 	conn.Publish(fabric.StatusSubject(localID), []byte("{}"))
