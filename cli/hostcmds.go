@@ -122,6 +122,6 @@ func printHost(w io.Writer, h service.Host, now time.Time) {
 	fmt.Fprintf(tw, "name\t%s\nid\t%s\nstate\t%s\naddress\t%s\nlocal\t%v\nversion\t%s\n", h.Name, h.ID, hostState(h), dash(h.Address), h.Local, dash(h.Version))
 	fmt.Fprintf(tw, "vms\t%d\ncpus\t%d used of %d\nmemory\t%d MiB used of %d MiB (%d MiB available)\ndisk\t%d GiB given, %d MiB free of %d MiB\n",
 		h.VMs, h.UsedCPUs, h.CPUs, h.UsedMemoryMiB, h.MemoryMiB, h.MemoryFreeMiB, h.UsedDiskGiB, h.DiskFreeMiB, h.DiskMiB)
-	fmt.Fprintf(tw, "heartbeat\t%s\n", heartbeatAge(h.LastHeartbeat, now))
+	fmt.Fprintf(tw, "heartbeat\t%s\nnkey\t%s\n", heartbeatAge(h.LastHeartbeat, now), dash(h.NKey))
 	tw.Flush()
 }

@@ -151,7 +151,7 @@ func TestHostTablesAndRemoveRefused(t *testing.T) {
 	}
 	out, _, code = run("host", "status", "node1")
 	for _, w := range []string{"192.0.2.11", "vms        1", "2 used of 4", "512 MiB used of 8192 MiB (7000 MiB available)",
-		"3 GiB given, 90000 MiB free of 102400 MiB", "s ago", "v7"} {
+		"3 GiB given, 90000 MiB free of 102400 MiB", "s ago", "v7", "nkey       " + pub} {
 		if code != 0 || !strings.Contains(out, w) {
 			t.Errorf("host status lacks %q: %d\n%s", w, code, out)
 		}
@@ -159,7 +159,7 @@ func TestHostTablesAndRemoveRefused(t *testing.T) {
 	out, _, code = run("host", "status", "node1", "--json")
 	var h service.Host
 	if code != 0 || json.Unmarshal([]byte(out), &h) != nil || h.VMs != 1 || h.UsedCPUs != 2 || h.CPUs != 4 || h.Version != "v7" ||
-		h.LastHeartbeat.IsZero() {
+		h.LastHeartbeat.IsZero() || h.NKey != pub {
 		t.Fatalf("host status --json: %d %q", code, out)
 	}
 

@@ -286,13 +286,16 @@ func TestServeExternalNATS(t *testing.T) {
 		c.Close()
 		t.Fatal("the external server admitted a key its operator never added")
 	}
-	// The operator admits it (nats-server reloads its configuration on
-	// SIGHUP).
-	npub, err := fabric.PublicKeyOf(cred.Seed)
+	// The operator admits it with the key and host ID `host status` shows
+	// (nats-server reloads its configuration on SIGHUP).
+	joined, err := svc.HostStatus(ctx, root, "node1")
 	if err != nil {
 		t.Fatal(err)
 	}
-	x.writeConf(append(users, natsUser(npub, fabric.NodePermissions(cred.HostID))))
+	if npub, _ := fabric.PublicKeyOf(cred.Seed); joined.NKey != npub || joined.ID != cred.HostID {
+		t.Fatalf("host status of node1: nkey %q id %q; the node has %q %q", joined.NKey, joined.ID, npub, cred.HostID)
+	}
+	x.writeConf(append(users, natsUser(joined.NKey, fabric.NodePermissions(joined.ID))))
 	if err := x.cmd.Process.Signal(syscall.SIGHUP); err != nil {
 		t.Fatal(err)
 	}
