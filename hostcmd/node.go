@@ -109,7 +109,7 @@ func runNode(ctx context.Context, x *cli.Ctx, paths daemon.Paths, cred nodeagent
 	}
 	defer conn.Close()
 	log.Info("node connected", "host", cred.Name, "host_id", cred.HostID, "nats", strings.Join(cred.NATS, ","))
-	return serveNode(ctx, nodeagent.Config{ID: cred.HostID, Conn: conn, StateDir: paths.State, Version: cli.Version, Log: log}, inst.Engine)
+	return serveNode(ctx, nodeagent.Config{ID: cred.HostID, Conn: conn, StateDir: paths.State, Version: cli.Version, Log: log}, inst.Service.NodeEngine())
 }
 
 // serveNode heartbeats with hb and serves eng on the node's engine

@@ -263,11 +263,17 @@ func newTwoHosts(t *testing.T) *twoHosts {
 		})
 	}
 	t.Cleanup(th.stopServe)
-	th.remote, err = nodeagent.NewRemote(nodeagent.RemoteConfig{ID: th.nodeID, Conn: control, Signer: th.node.key})
+	th.remote, err = nodeagent.NewRemote(nodeagent.RemoteConfig{ID: th.nodeID, Conn: control}) // no key: the node signs agent logins
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { th.remote.Close() })
+	waitFor(t, "node-b to serve its engine", func() bool {
+		cctx, cancel := context.WithTimeout(ctx, time.Second)
+		defer cancel()
+		_, err := th.remote.Capacity(cctx)
+		return err == nil
+	})
 	svc.SetRemoteEngine(th.nodeID, th.remote)
 	return th
 }

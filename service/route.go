@@ -482,3 +482,19 @@ func (hx hostIndex) placed(out VM) VM {
 	}
 	return out
 }
+
+// RemoteHostIDs lists the hosts other than this one that have joined (a
+// node key recorded), for the composition root to connect their engines.
+func (s *Service) RemoteHostIDs(ctx context.Context) ([]string, error) {
+	hs, err := store.ListHosts(ctx, s.DB)
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, h := range hs {
+		if !h.Local && h.NKey != "" {
+			out = append(out, h.ID)
+		}
+	}
+	return out, nil
+}
