@@ -376,13 +376,17 @@ func TestCreateOnEachHostRoutesEveryOperation(t *testing.T) {
 			}
 			defer ln.Close()
 			go func() {
-				c, err := ln.Accept()
-				if err == nil {
+				for {
+					c, err := ln.Accept()
+					if err != nil {
+						return
+					}
 					io.WriteString(c, "forwarded")
 					c.Close()
 				}
 			}()
-			fc, err := svc.Forward(ctx, th.alice, name, ln.Addr().(*net.TCPAddr).Port)
+			port := ln.Addr().(*net.TCPAddr).Port
+			fc, err := svc.Forward(ctx, th.alice, name, port)
 			if err != nil {
 				t.Fatalf("forward: %v", err)
 			}
@@ -390,6 +394,18 @@ func TestCreateOnEachHostRoutesEveryOperation(t *testing.T) {
 			fc.Close()
 			if string(got) != "forwarded" {
 				t.Errorf("forward read %q", got)
+			}
+			if host == "node-b" {
+				// The proxy's way in to a VM on another host.
+				wc, err := svc.DialWeb(ctx, v.ID, port)
+				if err != nil {
+					t.Fatalf("dial web: %v", err)
+				}
+				got, _ := io.ReadAll(wc)
+				wc.Close()
+				if string(got) != "forwarded" {
+					t.Errorf("dial web read %q", got)
+				}
 			}
 
 			// Another user sees nothing of it.
@@ -664,6 +680,17 @@ func TestCreateInterruptedByCrashIsSettled(t *testing.T) {
 	svc := th.cp.svc
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
+	// "missed": went down on its host while nobody listened.
+	missed, err := svc.Create(ctx, th.alice, CreateRequest{Name: "missed", Image: "minimal", MemoryMiB: 256, Host: "node-b"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := th.node.svc.Engine.Stop(ctx, missed.ID); err != nil {
+		t.Fatal(err)
+	}
+	if v, _ := svc.Get(ctx, th.alice, "missed"); v.Status != "running" {
+		t.Fatalf("missed: %s before the host is heard from", v.Status)
+	}
 	// "made": the node finished it, the control plane never heard back.
 	made := store.VM{ID: vm.NewID(), Name: "made", OwnerID: th.alice.UserID, Image: "minimal", CPUs: 1, MemoryMiB: 256,
 		DiskGiB: 2, State: vm.Creating, Port: 80, HostID: th.nodeID, CreatedAt: time.Now()}
@@ -687,6 +714,11 @@ func TestCreateInterruptedByCrashIsSettled(t *testing.T) {
 		_, err := store.GetVMByID(ctx, svc.DB, lost.ID)
 		v, _ := store.GetVMByID(ctx, svc.DB, made.ID)
 		return errs.ClassOf(err) == errs.NotFound && v.State == vm.Running
+	})
+	waitFor(t, "the missed exit to reach the supervisor", func() bool {
+		r, err := store.GetRestart(ctx, svc.DB, missed.ID)
+		v, _ := store.GetVMByID(ctx, svc.DB, missed.ID)
+		return err == nil && !r.RestartAt.IsZero() && v.State == vm.Stopped
 	})
 	v, err := svc.Get(ctx, th.alice, "made")
 	if err != nil || v.Status != "running" || v.IP == "" || v.Host != "node-b" {

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
+	"strconv"
 	"sync"
 	"time"
 
@@ -386,7 +388,9 @@ func (s *Service) HostHeard(ctx context.Context, id string) {
 // dropped); a create left in state creating by a crash of this process is
 // adopted if the node made the VM, rolled back if it did not (one still
 // under way on the node is left for the next time); with full, every
-// other row takes the node's state (exits missed while it was away).
+// other row takes the node's state, and a VM found stopped that was
+// recorded running is reported to the supervisor as an exit (one missed
+// while the host or this process was away).
 func (s *Service) SettleHost(ctx context.Context, id string, full bool) error {
 	e, ok := s.remote(id)
 	if !ok {
@@ -431,6 +435,12 @@ func (s *Service) SettleHost(ctx context.Context, id string, full bool) error {
 			// Still under way on the node: next time.
 		default:
 			s.syncRow(ctx, id, inst)
+			if v.State == vm.Running && inst.State == vm.Stopped {
+				// It went down while we did not hear (its exit report
+				// was lost): the supervisor decides as for any crash.
+				s.wentDown(ctx, engine.Exit{ID: v.ID, Name: v.Name, Owner: v.OwnerID, Reason: engine.ExitCrashed,
+					Detail: "found stopped when its host was heard from again", StartedAt: v.StartedAt, At: time.Now()})
+			}
 			if v.State == vm.Creating {
 				if err := store.PutRestart(ctx, s.DB, store.Restart{VMID: v.ID, Policy: store.RestartAlways}); err != nil {
 					s.log.Warn("record restart policy", "vm_id", v.ID, "err", err)
@@ -497,4 +507,39 @@ func (s *Service) RemoteHostIDs(ctx context.Context) ([]string, error) {
 		}
 	}
 	return out, nil
+}
+
+// DialWeb connects to port of VM id for the web proxy, which has already
+// decided who may reach the VM (routes, sessions): a VM of this host at
+// its address on the bridge; a VM on another host through its guest agent
+// (the node carries the stream), to port on the guest's own loopback, so
+// a server there must listen on all addresses or 127.0.0.1. Closing the
+// connection releases the agent connection. errs.NotFound for no such VM,
+// errs.Unavailable for an unreachable host or nothing listening.
+func (s *Service) DialWeb(ctx context.Context, id string, port int) (net.Conn, error) {
+	if port < 1 || port > 65535 {
+		return nil, errs.New(errs.InvalidArgument, "port %d: want 1-65535", port)
+	}
+	v, err := store.GetVMByID(ctx, s.DB, id)
+	if err != nil {
+		return nil, err
+	}
+	eng, err := s.engineFor(ctx, v)
+	if err != nil {
+		return nil, err
+	}
+	if eng == s.Engine {
+		var d net.Dialer
+		return d.DialContext(ctx, "tcp", net.JoinHostPort(v.IP, strconv.Itoa(port)))
+	}
+	cl, err := eng.Agent(ctx, v.ID)
+	if err != nil {
+		return nil, err
+	}
+	conn, err := cl.SSH().Dial("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+	if err != nil {
+		cl.Close()
+		return nil, errs.New(errs.Unavailable, "port %d of vm %s: %v", port, v.Name, err)
+	}
+	return &forwardConn{Conn: conn, g: &GuestSession{cl: cl}}, nil
 }
