@@ -240,6 +240,8 @@ func (s *server) run(ctx context.Context, method string, req callRequest, progre
 		return s.agentPubKey()
 	case mAgentSign:
 		return s.agentSign(req)
+	case mConsole:
+		return nil, s.console(ctx, req)
 	}
 	return nil, errs.New(errs.InvalidArgument, "unknown engine method %q", method)
 }

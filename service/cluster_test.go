@@ -476,11 +476,38 @@ func TestCreateOnEachHostRoutesEveryOperation(t *testing.T) {
 				t.Fatalf("delete snapshot: %v", err)
 			}
 
-			// Console log: local VMs only for now.
-			_, err = svc.ConsoleLog(ctx, th.alice, name)
-			if host == "cp" && err != nil {
+			// Console log: the file is on the VM's host.
+			if _, err := svc.ConsoleLog(ctx, th.alice, name); err != nil {
 				t.Errorf("console log: %v", err)
 			}
+			path, _ := runsOn.svc.Engine.ConsoleLog(ctx, v.ID)
+			if err := os.WriteFile(path, []byte("console of "+host+"\n"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			var con bytes.Buffer
+			if err := svc.CopyConsole(ctx, th.alice, name, false, &con); err != nil || con.String() != "console of "+host+"\n" {
+				t.Errorf("console: %q, %v", con.String(), err)
+			}
+			fctx, fcancel := context.WithCancel(ctx)
+			pr, pw := io.Pipe()
+			go func() { pw.CloseWithError(svc.CopyConsole(fctx, th.alice, name, true, pw)) }()
+			br := bufio.NewReader(pr)
+			line, _ := br.ReadString('\n')
+			f, _ := os.OpenFile(path, os.O_APPEND|os.O_WRONLY, 0)
+			f.WriteString("more\n")
+			f.Close()
+			more := make(chan string, 1)
+			go func() { l, _ := br.ReadString('\n'); more <- l }()
+			select {
+			case l := <-more:
+				if line != "console of "+host+"\n" || l != "more\n" {
+					t.Errorf("console --follow: %q then %q", line, l)
+				}
+			case <-time.After(10 * time.Second):
+				t.Errorf("console --follow: nothing after %q", line)
+			}
+			fcancel()
+			pr.Close()
 
 			// A crash on the VM's host reaches the supervisor here, which
 			// restarts it there.

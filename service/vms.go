@@ -177,7 +177,8 @@ func (s *Service) Destroy(ctx context.Context, c Caller, name string) error {
 }
 
 // ConsoleLog returns the path of a VM's serial console log (read it with
-// consolelog.Copy or Tail: it is capped and rotated).
+// consolelog.Copy or Tail: it is capped and rotated). For a VM on another
+// host the path is on that host: read it with CopyConsole.
 func (s *Service) ConsoleLog(ctx context.Context, c Caller, name string) (string, error) {
 	v, err := s.getVM(ctx, c, name)
 	if err != nil {
@@ -187,9 +188,6 @@ func (s *Service) ConsoleLog(ctx context.Context, c Caller, name string) (string
 	if err != nil {
 		return "", err
 	}
-	if eng != s.Engine {
-		return "", errs.New(errs.FailedPrecondition, "vm %s runs on host %s: its console log is on that host (not yet readable from here)", v.Name, v.HostID)
-	}
 	return eng.ConsoleLog(ctx, v.ID)
 }
 
@@ -198,11 +196,32 @@ func (s *Service) ConsoleLog(ctx context.Context, c Caller, name string) (string
 // writing what the guest prints, across rotations, until ctx ends (it
 // returns nil) or the VM is destroyed.
 func (s *Service) CopyConsole(ctx context.Context, c Caller, name string, follow bool, w io.Writer) error {
-	path, err := s.ConsoleLog(ctx, c, name)
+	v, err := s.getVM(ctx, c, name)
+	if err != nil {
+		return err
+	}
+	eng, err := s.engineFor(ctx, v)
+	if err != nil {
+		return err
+	}
+	if r, ok := eng.(*remoteVMs); ok {
+		cc, ok := r.Engine.(ConsoleCopier)
+		if !ok {
+			return errs.New(errs.FailedPrecondition, "vm %s: its host's console log cannot be read from here", v.Name)
+		}
+		return cc.CopyConsole(ctx, v.ID, follow, w)
+	}
+	path, err := eng.ConsoleLog(ctx, v.ID)
 	if err != nil {
 		return err
 	}
 	return consolelog.Copy(ctx, path, follow, w)
+}
+
+// ConsoleCopier is implemented by the engine of another host that can copy
+// a VM's console log from there (nodeagent.Remote): see CopyConsole.
+type ConsoleCopier interface {
+	CopyConsole(ctx context.Context, id string, follow bool, w io.Writer) error
 }
 
 // Agent connects to the guest agent of a running VM the caller may use.
