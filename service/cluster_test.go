@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -337,6 +338,7 @@ func TestCreateOnEachHostRoutesEveryOperation(t *testing.T) {
 			}
 			// Create, pinned.
 			var steps []string
+			began := time.Now()
 			v, err := svc.Create(ctx, th.alice, CreateRequest{Name: name, Image: "minimal", Host: host, MemoryMiB: 256},
 				func(s string) { steps = append(steps, s) })
 			if err != nil {
@@ -366,10 +368,19 @@ func TestCreateOnEachHostRoutesEveryOperation(t *testing.T) {
 				t.Errorf("get: %+v, %v", g, err)
 			}
 
+			created := time.Since(began)
 			// Agent: exec, forward.
 			if out := execOut(t, svc, th.alice, name, "echo hello from $0"); !strings.Contains(out, "hello from") {
 				t.Errorf("exec output %q", out)
 			}
+			var execs []time.Duration
+			for range 5 {
+				t0 := time.Now()
+				execOut(t, svc, th.alice, name, "true")
+				execs = append(execs, time.Since(t0))
+			}
+			slices.Sort(execs)
+			t.Logf("%s: create %v, exec true (agent login + exec) median %v", host, created.Round(time.Millisecond), execs[2].Round(time.Millisecond))
 			ln, err := net.Listen("tcp", "127.0.0.1:0")
 			if err != nil {
 				t.Fatal(err)
