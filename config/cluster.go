@@ -3,10 +3,12 @@ package config
 import (
 	"flag"
 	"net"
+	"net/netip"
 	"net/url"
 	"strings"
 
 	"github.com/minionsdev/minions/internal/errs"
+	"github.com/minionsdev/minions/service"
 )
 
 // Several hosts (issue 14): `serve` embeds a NATS server (the fabric) on
@@ -21,9 +23,29 @@ func (c *Config) clusterDefaults() {
 	if c.NATSBind == "" {
 		c.NATSBind = DefaultNATSBind
 	}
+	if c.ClusterSubnet == "" {
+		c.ClusterSubnet = service.DefaultClusterSubnet.String()
+	}
+}
+
+// ClusterPrefix is cluster_subnet parsed (the zero prefix if invalid;
+// Validate says why).
+func (c *Config) ClusterPrefix() netip.Prefix {
+	p, _ := netip.ParsePrefix(c.ClusterSubnet)
+	return p
 }
 
 func (c *Config) validateCluster() error {
+	if c.ClusterSubnet != "" {
+		p, err := netip.ParsePrefix(c.ClusterSubnet)
+		if err != nil {
+			return errs.New(errs.InvalidArgument, "cluster_subnet %q: %v", c.ClusterSubnet, err)
+		}
+		local, _ := netip.ParsePrefix(c.Subnet)
+		if err := service.CheckClusterSubnet(p, local); err != nil {
+			return err
+		}
+	}
 	if c.NATSURL != "" {
 		u, err := url.Parse(strings.Split(c.NATSURL, ",")[0])
 		if err != nil || (u.Scheme != "nats" && u.Scheme != "tls") || u.Host == "" {
@@ -73,6 +95,7 @@ func (c *Config) JoinURL(api net.Addr) string {
 func ClusterFlags(fs *flag.FlagSet) {
 	fs.String("nats", "", "use the external NATS cluster at this URL instead of the embedded server (nats://host:port[,...])")
 	fs.String("nats-bind", "", "the embedded NATS server's listener (default "+DefaultNATSBind+"; other hosts need a reachable address)")
+	fs.String("cluster-subnet", "", "the range each joined host's /24 VM subnet is carved from (default "+service.DefaultClusterSubnet.String()+"; apart from --subnet)")
 	fs.String("advertise", "", "the address other hosts reach this one at, named in `host add`'s join command (default --public-ip)")
 }
 
@@ -84,5 +107,7 @@ func (c *Config) setClusterFlag(name, v string) {
 		c.NATSBind = v
 	case "advertise":
 		c.Advertise = v
+	case "cluster-subnet":
+		c.ClusterSubnet = v
 	}
 }

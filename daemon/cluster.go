@@ -148,7 +148,7 @@ func startCluster(ctx context.Context, g *errgroup.Group, cfg config.Config, e *
 		stop()
 		return nil, fmt.Errorf("local node: %w", err)
 	}
-	svc.SetHosts(service.HostsConfig{JoinURL: cfg.JoinURL(apiAddr), NATSURLs: natsURLs, NATSCA: string(caPEM)})
+	svc.SetHosts(service.HostsConfig{JoinURL: cfg.JoinURL(apiAddr), NATSURLs: natsURLs, NATSCA: string(caPEM), ClusterSubnet: cfg.ClusterPrefix()})
 	log.Info("cluster ready", "host_id", id, "ms", time.Since(began).Milliseconds())
 	g.Go(func() error {
 		defer stop()
