@@ -16,7 +16,6 @@ import (
 	"github.com/minionsdev/minions/cli"
 	"github.com/minionsdev/minions/config"
 	"github.com/minionsdev/minions/fabric"
-	"github.com/minionsdev/minions/internal/errs"
 	"github.com/minionsdev/minions/nodeagent"
 	"github.com/minionsdev/minions/service"
 )
@@ -125,20 +124,27 @@ func startCluster(ctx context.Context, g *errgroup.Group, cfg config.Config, e *
 		log.Info("this host's node key (the external nats cluster must admit it with fabric.NodePermissions)", "host_id", id, "nkey", pub)
 	}
 
-	// Heartbeats of every node, the local one included.
+	// Heartbeats of every node, the local one included: the latest of
+	// each, written once a second in one transaction.
 	srv := cl.srv
-	stop, err := nodeagent.Listen(cl.control, func(id string, hb nodeagent.Heartbeat) {
+	stop, err := nodeagent.ListenBatched(cl.control, time.Second, func(batch map[string]nodeagent.Heartbeat) {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		err := svc.RecordHeartbeat(ctx, id, service.Heartbeat{CPUs: hb.CPUs, MemoryMiB: hb.MemoryMiB, DiskMiB: hb.DiskMiB,
-			MemoryFreeMiB: hb.MemoryFreeMiB, DiskFreeMiB: hb.DiskFreeMiB, Version: hb.Version})
-		switch {
-		case errs.ClassOf(err) == errs.NotFound && srv != nil:
-			// A removed host still connected: its credential no longer
-			// admits it, and its connection goes now.
-			log.Info("disconnected a removed host", "host_id", id, "connections", srv.DisconnectNode(id))
-		case err != nil:
-			log.Warn("heartbeat", "host_id", id, "err", err)
+		beats := make(map[string]service.Heartbeat, len(batch))
+		for id, hb := range batch {
+			beats[id] = service.Heartbeat{CPUs: hb.CPUs, MemoryMiB: hb.MemoryMiB, DiskMiB: hb.DiskMiB,
+				MemoryFreeMiB: hb.MemoryFreeMiB, DiskFreeMiB: hb.DiskFreeMiB, Version: hb.Version, Address: hb.Address}
+		}
+		gone, err := svc.RecordHeartbeats(ctx, beats)
+		if err != nil {
+			log.Warn("heartbeats", "hosts", len(beats), "err", err)
+		}
+		for _, id := range gone {
+			if srv != nil {
+				// A removed host still connected: its credential no longer
+				// admits it, and its connection goes now.
+				log.Info("disconnected a removed host", "host_id", id, "connections", srv.DisconnectNode(id))
+			}
 		}
 	})
 	if err != nil {

@@ -105,9 +105,12 @@ func TestClusterJoin(t *testing.T) {
 	nodeDir := filepath.Join(dir, "node1")
 	// (The `minions node join` command itself lives in hostcmd; this
 	// drives the same JoinCluster it calls.)
-	joined, err := JoinCluster(ctx, fields[3], fields[5], "", nodeDir)
-	if err != nil || joined.Name != "node1" {
+	joined, err := JoinCluster(ctx, fields[3], fields[5], "198.51.100.77", nodeDir)
+	if err != nil || joined.Name != "node1" || joined.Subnet != "10.88.0.0/24" {
 		t.Fatalf("node join: %+v %v", joined, err)
+	}
+	if h, _ := svc.HostStatus(ctx, root, "node1"); h.Subnet != "10.88.0.0/24" || h.Address != "198.51.100.77" {
+		t.Fatalf("node1 after join: %+v", h)
 	}
 	// The token was spent: a second join fails and stores nothing.
 	if _, err := JoinCluster(ctx, fields[3], fields[5], "", filepath.Join(dir, "node2")); err == nil {
@@ -140,7 +143,9 @@ func TestClusterJoin(t *testing.T) {
 		done <- nodeagent.Run(nctx, nodeagent.Config{ID: cred.HostID, Conn: conn, StateDir: nodeDir, Version: "v-node", Interval: 100 * time.Millisecond})
 	}()
 	h := waitHost("node1", "ready")
-	if h.Version != "v-node" || h.CPUs < 1 {
+	// The heartbeat carries the address the node reaches the fabric
+	// from, which replaces the one given at join.
+	if h.Version != "v-node" || h.CPUs < 1 || h.Address != "127.0.0.1" || h.Subnet != "10.88.0.0/24" {
 		t.Fatalf("node1 after heartbeats: %+v", h)
 	}
 	// Silence: unreachable (1 s here instead of 10 s).
