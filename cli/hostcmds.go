@@ -92,13 +92,13 @@ func hostState(h service.Host) string {
 
 func printHosts(w io.Writer, hs []service.Host, now time.Time) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "NAME\tSTATE\tVMS\tCPUS\tMEMORY (MiB)\tDISK FREE (MiB)\tHEARTBEAT\tVERSION")
+	fmt.Fprintln(tw, "NAME\tSTATE\tSUBNET\tVMS\tCPUS\tMEMORY (MiB)\tDISK FREE (MiB)\tHEARTBEAT\tVERSION")
 	for _, h := range hs {
 		name := h.Name
 		if h.Local {
 			name += " (local)"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%d/%d\t%d/%d\t%d\t%s\t%s\n", name, hostState(h), h.VMs, h.UsedCPUs, h.CPUs,
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d/%d\t%d/%d\t%d\t%s\t%s\n", name, hostState(h), orDash(h.Subnet), h.VMs, h.UsedCPUs, h.CPUs,
 			h.UsedMemoryMiB, h.MemoryMiB, h.DiskFreeMiB, heartbeatAge(h.LastHeartbeat, now), h.Version)
 	}
 	tw.Flush()
@@ -106,9 +106,18 @@ func printHosts(w io.Writer, hs []service.Host, now time.Time) {
 
 func printHost(w io.Writer, h service.Host, now time.Time) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintf(tw, "name\t%s\nid\t%s\nstate\t%s\naddress\t%s\nlocal\t%v\nversion\t%s\n", h.Name, h.ID, hostState(h), h.Address, h.Local, h.Version)
+	fmt.Fprintf(tw, "name\t%s\nid\t%s\nstate\t%s\naddress\t%s\nsubnet\t%s\nlocal\t%v\nversion\t%s\n", h.Name, h.ID, hostState(h), h.Address,
+		orDash(h.Subnet), h.Local, h.Version)
 	fmt.Fprintf(tw, "vms\t%d\ncpus\t%d used of %d\nmemory\t%d MiB used of %d MiB (%d MiB available)\ndisk\t%d GiB given, %d MiB free of %d MiB\n",
 		h.VMs, h.UsedCPUs, h.CPUs, h.UsedMemoryMiB, h.MemoryMiB, h.MemoryFreeMiB, h.UsedDiskGiB, h.DiskFreeMiB, h.DiskMiB)
 	fmt.Fprintf(tw, "heartbeat\t%s\n", heartbeatAge(h.LastHeartbeat, now))
 	tw.Flush()
+}
+
+// orDash shows an empty value as "-".
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
 }

@@ -54,10 +54,15 @@ func TestHostCommands(t *testing.T) {
 	if code != 0 || json.Unmarshal([]byte(out), &hs) != nil || len(hs) != 2 {
 		t.Fatalf("host list --json: %d %q", code, out)
 	}
+	// The joined host's subnet, in JSON and in the table.
+	if hs[1].Name != "node2" || hs[1].Subnet != "10.88.0.0/24" || !strings.Contains(out, `"subnet": "10.88.0.0/24"`) {
+		t.Fatalf("host list --json subnet: %q", out)
+	}
 	if out, _, code = run("host", "cordon", "node2"); code != 0 || !strings.Contains(out, "cordoned") {
 		t.Fatalf("cordon: %d %q", code, out)
 	}
-	if out, _, code = run("host", "status", "node2"); code != 0 || !strings.Contains(out, "cordoned") || !strings.Contains(out, "v7") {
+	if out, _, code = run("host", "status", "node2"); code != 0 || !strings.Contains(out, "cordoned") || !strings.Contains(out, "v7") ||
+		!strings.Contains(out, "10.88.0.0/24") {
 		t.Fatalf("status: %d %q", code, out)
 	}
 	if _, errOut, code = run("host", "cordon", "node1"); code == 0 || !strings.Contains(errOut, "not joined") {

@@ -2,6 +2,7 @@ package config
 
 import (
 	"flag"
+	"fmt"
 	"net"
 	"net/netip"
 	"net/url"
@@ -89,6 +90,37 @@ func (c *Config) JoinURL(api net.Addr) string {
 		scheme = "https"
 	}
 	return scheme + "://" + net.JoinHostPort(c.AdvertiseHost(), port)
+}
+
+// JoinReach says why a node on another host could not use the join
+// command `host add` prints ("" when it can): the advertised address is
+// not loopback but the API (api) or the embedded fabric (nats; nil for an
+// external cluster) listens on loopback only.
+func (c *Config) JoinReach(api, nats net.Addr) string {
+	adv := c.AdvertiseHost()
+	if isLoopback(adv) || api == nil {
+		return "" // one machine (tests, a single host)
+	}
+	var probs []string
+	if h, port, err := net.SplitHostPort(api.String()); err == nil && isLoopback(h) {
+		probs = append(probs, fmt.Sprintf("the API listens on %s only: other hosts cannot reach %s; set bind = %q (with tls_cert and tls_key, or insecure_http)",
+			api, c.JoinURL(api), net.JoinHostPort("0.0.0.0", port)))
+	}
+	if nats != nil {
+		if h, port, err := net.SplitHostPort(nats.String()); err == nil && isLoopback(h) {
+			probs = append(probs, fmt.Sprintf("the fabric (NATS) listens on %s only: other hosts cannot reach %s; set nats_bind = %q",
+				nats, net.JoinHostPort(adv, port), net.JoinHostPort("0.0.0.0", port)))
+		}
+	}
+	return strings.Join(probs, "; and ")
+}
+
+func isLoopback(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	ip, err := netip.ParseAddr(host)
+	return err == nil && ip.IsLoopback()
 }
 
 // ClusterFlags registers serve's several-hosts flags.

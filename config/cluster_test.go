@@ -2,6 +2,7 @@ package config
 
 import (
 	"errors"
+	"net"
 	"strings"
 	"testing"
 
@@ -31,6 +32,34 @@ func TestClusterSubnet(t *testing.T) {
 		_, err := loadTOML(t, tc.toml)
 		if !errors.Is(err, errs.InvalidArgument) || !strings.Contains(err.Error(), tc.has) {
 			t.Errorf("%s: %v, want %q", tc.toml, err, tc.has)
+		}
+	}
+}
+
+// TestJoinReach: a join command naming an address other hosts reach is
+// refused while the API or the fabric listens on loopback only; a
+// loopback advertise address (one machine) is fine.
+func TestJoinReach(t *testing.T) {
+	tcp := func(s string) net.Addr { a, _ := net.ResolveTCPAddr("tcp", s); return a }
+	for _, tc := range []struct {
+		name      string
+		cfg       Config
+		api, nats net.Addr
+		has       string // "" : no problem
+	}{
+		{name: "one machine", cfg: Config{}, api: tcp("127.0.0.1:3000"), nats: tcp("127.0.0.1:4222")},
+		{name: "advertised, all listening", cfg: Config{Advertise: "203.0.113.7"}, api: tcp("0.0.0.0:3000"), nats: tcp("[::]:4222")},
+		{name: "public ip, listening there", cfg: Config{PublicIP: "203.0.113.7"}, api: tcp("203.0.113.7:3000"), nats: tcp("203.0.113.7:4222")},
+		{name: "api on loopback", cfg: Config{Advertise: "203.0.113.7"}, api: tcp("127.0.0.1:3000"), nats: tcp("0.0.0.0:4222"),
+			has: `the API listens on 127.0.0.1:3000 only: other hosts cannot reach http://203.0.113.7:3000; set bind = "0.0.0.0:3000"`},
+		{name: "nats on loopback", cfg: Config{PublicIP: "203.0.113.7"}, api: tcp("0.0.0.0:3000"), nats: tcp("127.0.0.1:4222"),
+			has: `set nats_bind = "0.0.0.0:4222"`},
+		{name: "external nats", cfg: Config{Advertise: "cp.example.com"}, api: tcp("0.0.0.0:3000"), nats: nil},
+		{name: "no api", cfg: Config{Advertise: "203.0.113.7"}, api: nil, nats: tcp("0.0.0.0:4222")},
+	} {
+		got := tc.cfg.JoinReach(tc.api, tc.nats)
+		if tc.has == "" && got != "" || tc.has != "" && !strings.Contains(got, tc.has) {
+			t.Errorf("%s: %q, want %q", tc.name, got, tc.has)
 		}
 	}
 }

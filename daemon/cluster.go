@@ -154,7 +154,12 @@ func startCluster(ctx context.Context, g *errgroup.Group, cfg config.Config, e *
 		stop()
 		return nil, fmt.Errorf("local node: %w", err)
 	}
-	svc.SetHosts(service.HostsConfig{JoinURL: cfg.JoinURL(apiAddr), NATSURLs: natsURLs, NATSCA: string(caPEM), ClusterSubnet: cfg.ClusterPrefix()})
+	var natsAddr net.Addr
+	if cl.srv != nil {
+		natsAddr = cl.srv.Addr()
+	}
+	svc.SetHosts(service.HostsConfig{JoinURL: cfg.JoinURL(apiAddr), NATSURLs: natsURLs, NATSCA: string(caPEM), ClusterSubnet: cfg.ClusterPrefix(),
+		JoinProblem: cfg.JoinReach(apiAddr, natsAddr)})
 	log.Info("cluster ready", "host_id", id, "ms", time.Since(began).Milliseconds())
 	g.Go(func() error {
 		defer stop()

@@ -176,3 +176,48 @@ func TestClusterJoin(t *testing.T) {
 		t.Fatal("a removed host's credential still connects")
 	}
 }
+
+// TestClusterJoinReach: a control plane that advertises an address other
+// hosts would use while its API and fabric listen on loopback only
+// refuses `host add`, naming the settings to change, rather than print a
+// join command that cannot work.
+func TestClusterJoinReach(t *testing.T) {
+	dir, err := os.MkdirTemp("/tmp", "w2cr")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	db, err := store.Open(ctx, filepath.Join(dir, "minions.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	log := slog.New(slog.DiscardHandler)
+	svc, err := service.New(service.Config{StateDir: dir, Log: log},
+		service.Deps{DB: db, Driver: fake.New(fake.Config{}), Network: nopNet{}, Images: noImages{}, Disks: noDisks{}, HostKey: newSigner(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	root, err := svc.EnsureUser(ctx, "root", true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	cfg := config.Config{Bind: ln.Addr().String(), NATSBind: "127.0.0.1:0", Advertise: "203.0.113.7"}
+	g, gctx := errgroup.WithContext(ctx)
+	cl, err := startCluster(gctx, g, cfg, &Installation{DB: db, Service: svc}, log, Paths{State: dir, Run: dir}, ln.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { cancel(); g.Wait(); cl.close() }()
+	_, err = svc.HostAdd(ctx, root, "node1")
+	if err == nil || !strings.Contains(err.Error(), "set bind = ") || !strings.Contains(err.Error(), "set nats_bind = ") {
+		t.Fatalf("host add with loopback listeners: %v", err)
+	}
+}

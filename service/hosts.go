@@ -47,6 +47,10 @@ type HostsConfig struct {
 	// plane's own subnet (Config.Subnet): a join is refused until it does
 	// not.
 	ClusterSubnet netip.Prefix
+	// JoinProblem, when set, is why a node on another host could not
+	// use JoinURL or NATSURLs (listeners on loopback only): HostAdd
+	// refuses with it (errs.FailedPrecondition).
+	JoinProblem string
 }
 
 // HostUnreachable is the state shown for a host not heard from lately.
@@ -221,6 +225,9 @@ func (s *Service) HostAdd(ctx context.Context, c Caller, name string) (HostInvit
 	cfg := s.hostsConfig()
 	if cfg.JoinURL == "" {
 		return HostInvite{}, errs.New(errs.FailedPrecondition, "no address for new hosts to reach: set advertise (or public_ip) in the config, or --public-ip")
+	}
+	if cfg.JoinProblem != "" {
+		return HostInvite{}, errs.New(errs.FailedPrecondition, "add host %s: %s", name, cfg.JoinProblem)
 	}
 	now := cfg.Now().UTC()
 	h := store.Host{ID: vm.NewID(), Name: name, State: store.HostJoining, CreatedAt: now}

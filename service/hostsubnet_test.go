@@ -232,3 +232,19 @@ func TestRecordHeartbeatsBatch(t *testing.T) {
 		t.Fatalf("a after an address-less beat: %+v", h)
 	}
 }
+
+// TestHostAddUnreachableJoin: while the composition root says the join
+// command could not work from another host, host add refuses with its
+// reason and registers nothing.
+func TestHostAddUnreachableJoin(t *testing.T) {
+	fx, _, root := hostFixture(t)
+	fx.svc.SetHosts(HostsConfig{JoinURL: "http://203.0.113.7:3000", NATSURLs: []string{"nats://203.0.113.7:4222"},
+		JoinProblem: `the API listens on 127.0.0.1:3000 only: set bind = "0.0.0.0:3000"`})
+	_, err := fx.svc.HostAdd(context.Background(), root, "node1")
+	if !errors.Is(err, errs.FailedPrecondition) || !strings.Contains(err.Error(), `set bind = "0.0.0.0:3000"`) {
+		t.Fatalf("add with an unreachable join address: %v", err)
+	}
+	if hs, _ := fx.svc.HostList(context.Background(), root); len(hs) != 0 {
+		t.Fatalf("hosts: %+v", hs)
+	}
+}
