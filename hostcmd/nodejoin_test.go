@@ -24,6 +24,7 @@ import (
 
 	"github.com/minionsdev/minions/api"
 	"github.com/minionsdev/minions/cli"
+	"github.com/minionsdev/minions/config"
 	"github.com/minionsdev/minions/daemon"
 	"github.com/minionsdev/minions/fabric"
 	"github.com/minionsdev/minions/images"
@@ -383,4 +384,19 @@ func (s *syncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+// TestNodeOptionsSubnet: a joined node's engine, bridge and nftables are
+// built on the subnet its join assigned, whatever the config file says;
+// without one (an old credential) the config's subnet stays.
+func TestNodeOptionsSubnet(t *testing.T) {
+	cfg := config.Config{Subnet: "10.210.0.0/16"}
+	cfg.Defaults()
+	paths := daemon.Paths{State: "/srv/m", Run: "/run/m"}
+	if o := nodeOptions(cfg, paths, nodeagent.Credential{Subnet: "10.88.3.0/24"}, nil); o.Subnet.String() != "10.88.3.0/24" {
+		t.Fatalf("with the join's subnet: %v", o.Subnet)
+	}
+	if o := nodeOptions(cfg, paths, nodeagent.Credential{}, nil); o.Subnet.String() != "10.210.0.0/16" {
+		t.Fatalf("without: %v", o.Subnet)
+	}
 }

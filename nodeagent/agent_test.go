@@ -94,7 +94,8 @@ func TestHeartbeatsReachControlPlane(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
-		done <- nodeagent.Run(ctx, nodeagent.Config{ID: "n1", Conn: conn, StateDir: t.TempDir(), Version: "v9", Interval: 50 * time.Millisecond})
+		done <- nodeagent.Run(ctx, nodeagent.Config{ID: "n1", Conn: conn, StateDir: t.TempDir(), Version: "v9", Interval: 50 * time.Millisecond,
+			Address: "192.0.2.5"})
 	}()
 	for i := 0; i < 3; i++ {
 		select {
@@ -109,7 +110,9 @@ func TestHeartbeatsReachControlPlane(t *testing.T) {
 	mu.Lock()
 	hb := beats[0]
 	mu.Unlock()
-	if hb.Version != "v9" || hb.CPUs < 1 || hb.MemoryMiB <= 0 || hb.MemoryFreeMiB <= 0 || hb.DiskMiB <= 0 || hb.DiskFreeMiB <= 0 {
+	// The address given (a node's --address at join) overrides the one
+	// it reaches the fabric from.
+	if hb.Version != "v9" || hb.Address != "192.0.2.5" || hb.CPUs < 1 || hb.MemoryMiB <= 0 || hb.MemoryFreeMiB <= 0 || hb.DiskMiB <= 0 || hb.DiskFreeMiB <= 0 {
 		t.Fatalf("heartbeat %+v", hb)
 	}
 	rctx, rcancel := context.WithTimeout(context.Background(), 5*time.Second)
