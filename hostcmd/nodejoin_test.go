@@ -203,67 +203,7 @@ func TestNodeJoinNoSystemdNetns(t *testing.T) {
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	log := slog.New(slog.DiscardHandler)
-
-	// The control plane.
-	cpDir := filepath.Join(dir, "cp")
-	os.MkdirAll(cpDir, 0o700)
-	db, err := store.Open(ctx, filepath.Join(cpDir, "minions.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
-	_, priv, _ := ed25519.GenerateKey(rand.Reader)
-	key, _ := ssh.NewSignerFromKey(priv)
-	cat := &images.Catalog{Dir: filepath.Join(cpDir, "images")}
-	svc, err := service.New(service.Config{StateDir: cpDir, Log: log},
-		service.Deps{DB: db, Driver: fake.New(fake.Config{}), Network: nopNet{}, Images: service.NewHostCatalog(cat, daemon.AgentBinary), Disks: nopDisks{}, HostKey: key})
-	if err != nil {
-		t.Fatal(err)
-	}
-	root, err := svc.EnsureUser(ctx, "root", true)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	hsrv := &http.Server{Handler: api.NewHandler(api.Config{Service: svc, Log: log})}
-	go hsrv.Serve(ln)
-	defer hsrv.Close()
-	tlsCfg, caPEM, err := fabric.ServerTLS(filepath.Join(cpDir, "nats-tls"), []string{"127.0.0.1"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	fsrv, err := fabric.Start(fabric.Config{Listen: "127.0.0.1:0", StoreDir: filepath.Join(cpDir, "nats"), TLS: tlsCfg,
-		NodeKey: func(pub string) (string, bool) { return svc.NodeKey(context.Background(), pub) }})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer fsrv.Close()
-	control, err := fsrv.Control("control")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer control.Close()
-	stopHB, err := nodeagent.ListenBatched(control, time.Second, func(b map[string]nodeagent.Heartbeat) {
-		beats := map[string]service.Heartbeat{}
-		for id, hb := range b {
-			beats[id] = service.Heartbeat{CPUs: hb.CPUs, MemoryMiB: hb.MemoryMiB, DiskMiB: hb.DiskMiB, MemoryFreeMiB: hb.MemoryFreeMiB,
-				DiskFreeMiB: hb.DiskFreeMiB, Version: hb.Version, Address: hb.Address}
-		}
-		svc.RecordHeartbeats(context.Background(), beats)
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer stopHB()
-	svc.SetHosts(service.HostsConfig{JoinURL: "http://" + ln.Addr().String(), NATSURLs: []string{fsrv.ClientURL()}, NATSCA: string(caPEM)})
-	inv, err := svc.HostAdd(ctx, root, "node1")
-	if err != nil {
-		t.Fatal(err)
-	}
+	svc, root, inv := testControlPlane(t, ctx, filepath.Join(dir, "cp"))
 	fields := strings.Fields(inv.Command) // minions node join URL --token T
 
 	// The new host: `minions node join ... --no-systemd`, in the
@@ -367,6 +307,154 @@ func mirrorHostCgroups() error {
 		}
 	}
 	return nil
+}
+
+// TestNodeJoinSystemdNetns is `minions node join` where systemd runs (a
+// fake systemctl): it joins, sets the host up inside the test's network
+// namespace, installs minions-node.service for this state dir and has
+// systemd enable and start it, then returns. What the unit runs, `minions
+// node`, then brings the host up on the control plane from the stored
+// credential.
+func TestNodeJoinSystemdNetns(t *testing.T) {
+	if !inNetns(t) {
+		return
+	}
+	dir, err := os.MkdirTemp("/tmp", "w2ns")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	svc, root, inv := testControlPlane(t, ctx, filepath.Join(dir, "cp"))
+	fields := strings.Fields(inv.Command)
+
+	f := &fakeSystemctl{}
+	old := systemd
+	t.Cleanup(func() { systemd = old })
+	systemd = systemdHost{UnitDir: filepath.Join(dir, "systemd"), Present: func() bool { return true }, Run: f.run}
+	nodeDir, runDir := filepath.Join(dir, "node"), filepath.Join(dir, "node", "run")
+	var out, errOut syncBuffer
+	env := &cli.Env{Stdin: strings.NewReader(""), Stdout: &out, Stderr: &errOut, Getenv: func(string) string { return "" }, Extra: Commands()}
+	jctx, jcancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer jcancel()
+	if code := cli.Run(jctx, env, []string{"node", "join", fields[3], "--token", fields[5], "--json", "--state-dir", nodeDir, "--run-dir", runDir}); code != 0 {
+		t.Fatalf("node join exited %d: %s", code, errOut.String())
+	}
+	var res map[string]any
+	unit := filepath.Join(dir, "systemd", NodeUnitName)
+	if err := json.Unmarshal([]byte(out.String()), &res); err != nil || res["unit"] != unit || res["subnet"] != "10.88.0.0/24" {
+		t.Fatalf("join --json: %v %v\n%s", res, err, out.String())
+	}
+	exe, _ := os.Executable()
+	b, err := os.ReadFile(unit)
+	if err != nil || !strings.Contains(string(b), "ExecStart="+exe+" --state-dir "+nodeDir+" --run-dir "+runDir+" node\n") {
+		t.Fatalf("unit: %v\n%s", err, b)
+	}
+	if strings.Join(f.calls, "|") != "daemon-reload|enable --now "+NodeUnitName {
+		t.Fatalf("systemctl calls %q", f.calls)
+	}
+	if addr, err := exec.Command("ip", "-o", "-4", "addr", "show", "dev", "minions0").CombinedOutput(); err != nil || !strings.Contains(string(addr), "inet 10.88.0.1/24") {
+		t.Fatalf("bridge after join: %s %v", addr, err)
+	}
+
+	// What the unit runs.
+	out, errOut = syncBuffer{}, syncBuffer{}
+	nctx, stopNode := context.WithCancel(ctx)
+	code := make(chan int, 1)
+	go func() { code <- cli.Run(nctx, env, []string{"node", "--state-dir", nodeDir, "--run-dir", runDir}) }()
+	for deadline := time.Now().Add(2 * time.Minute); ; time.Sleep(100 * time.Millisecond) {
+		h, err := svc.HostStatus(ctx, root, "node1")
+		if err == nil && h.State == "ready" && h.Address == "127.0.0.1" && h.Subnet == "10.88.0.0/24" {
+			break
+		}
+		select {
+		case c := <-code:
+			t.Fatalf("minions node exited %d: %s", c, errOut.String())
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("node1 never became ready: %+v %v\n%s", h, err, errOut.String())
+		}
+	}
+	stopNode()
+	select {
+	case c := <-code:
+		if c != 0 {
+			t.Fatalf("minions node exited %d: %s", c, errOut.String())
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("minions node did not stop")
+	}
+}
+
+// testControlPlane is a real control plane in this process (SQLite, the
+// HTTP API on loopback, an embedded NATS server with TLS and node keys,
+// the batched heartbeat receiver) with host node1 added; inv is its
+// invitation.
+func testControlPlane(t *testing.T, ctx context.Context, cpDir string) (*service.Service, service.Caller, service.HostInvite) {
+	t.Helper()
+	log := slog.New(slog.DiscardHandler)
+
+	// The control plane.
+	os.MkdirAll(cpDir, 0o700)
+	db, err := store.Open(ctx, filepath.Join(cpDir, "minions.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	_, priv, _ := ed25519.GenerateKey(rand.Reader)
+	key, _ := ssh.NewSignerFromKey(priv)
+	cat := &images.Catalog{Dir: filepath.Join(cpDir, "images")}
+	svc, err := service.New(service.Config{StateDir: cpDir, Log: log},
+		service.Deps{DB: db, Driver: fake.New(fake.Config{}), Network: nopNet{}, Images: service.NewHostCatalog(cat, daemon.AgentBinary), Disks: nopDisks{}, HostKey: key})
+	if err != nil {
+		t.Fatal(err)
+	}
+	root, err := svc.EnsureUser(ctx, "root", true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	hsrv := &http.Server{Handler: api.NewHandler(api.Config{Service: svc, Log: log})}
+	go hsrv.Serve(ln)
+	t.Cleanup(func() { hsrv.Close() })
+	tlsCfg, caPEM, err := fabric.ServerTLS(filepath.Join(cpDir, "nats-tls"), []string{"127.0.0.1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fsrv, err := fabric.Start(fabric.Config{Listen: "127.0.0.1:0", StoreDir: filepath.Join(cpDir, "nats"), TLS: tlsCfg,
+		NodeKey: func(pub string) (string, bool) { return svc.NodeKey(context.Background(), pub) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(fsrv.Close)
+	control, err := fsrv.Control("control")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(control.Close)
+	stopHB, err := nodeagent.ListenBatched(control, time.Second, func(b map[string]nodeagent.Heartbeat) {
+		beats := map[string]service.Heartbeat{}
+		for id, hb := range b {
+			beats[id] = service.Heartbeat{CPUs: hb.CPUs, MemoryMiB: hb.MemoryMiB, DiskMiB: hb.DiskMiB, MemoryFreeMiB: hb.MemoryFreeMiB,
+				DiskFreeMiB: hb.DiskFreeMiB, Version: hb.Version, Address: hb.Address}
+		}
+		svc.RecordHeartbeats(context.Background(), beats)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { stopHB() })
+	svc.SetHosts(service.HostsConfig{JoinURL: "http://" + ln.Addr().String(), NATSURLs: []string{fsrv.ClientURL()}, NATSCA: string(caPEM)})
+	inv, err := svc.HostAdd(ctx, root, "node1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return svc, root, inv
 }
 
 type syncBuffer struct {
