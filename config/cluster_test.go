@@ -2,6 +2,7 @@ package config
 
 import (
 	"errors"
+	"flag"
 	"net"
 	"strings"
 	"testing"
@@ -61,5 +62,25 @@ func TestJoinReach(t *testing.T) {
 		if tc.has == "" && got != "" || tc.has != "" && !strings.Contains(got, tc.has) {
 			t.Errorf("%s: %q, want %q", tc.name, got, tc.has)
 		}
+	}
+}
+
+// TestClusterSubnetFlag: serve's --cluster-subnet sets the range, and one
+// overlapping --subnet is refused.
+func TestClusterSubnetFlag(t *testing.T) {
+	conf := writeFile(t, "config.toml", "")
+	parse := func(args ...string) (Config, error) {
+		fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+		ServeFlags(fs)
+		if err := fs.Parse(append([]string{"--config", conf}, args...)); err != nil {
+			t.Fatal(err)
+		}
+		return Effective(fs, "", "")
+	}
+	if c, err := parse("--cluster-subnet", "10.99.0.0/18"); err != nil || c.ClusterPrefix().String() != "10.99.0.0/18" {
+		t.Fatalf("--cluster-subnet: %q %v", c.ClusterSubnet, err)
+	}
+	if _, err := parse("--cluster-subnet", "10.210.8.0/21"); !errors.Is(err, errs.InvalidArgument) || !strings.Contains(err.Error(), "overlaps subnet 10.210.0.0/16") {
+		t.Fatalf("overlapping the default subnet: %v", err)
 	}
 }
