@@ -394,6 +394,14 @@ func TestNodeJoinSystemdNetns(t *testing.T) {
 // invitation.
 func testControlPlane(t *testing.T, ctx context.Context, cpDir string) (*service.Service, service.Caller, service.HostInvite) {
 	t.Helper()
+	svc, root, invs := testControlPlaneOn(t, ctx, cpDir, "127.0.0.1", "node1")
+	return svc, root, invs[0]
+}
+
+// testControlPlaneOn is testControlPlane listening on host, with the
+// named hosts added.
+func testControlPlaneOn(t *testing.T, ctx context.Context, cpDir, host string, names ...string) (*service.Service, service.Caller, []service.HostInvite) {
+	t.Helper()
 	log := slog.New(slog.DiscardHandler)
 
 	// The control plane.
@@ -415,18 +423,18 @@ func testControlPlane(t *testing.T, ctx context.Context, cpDir string) (*service
 	if err != nil {
 		t.Fatal(err)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	ln, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	hsrv := &http.Server{Handler: api.NewHandler(api.Config{Service: svc, Log: log})}
 	go hsrv.Serve(ln)
 	t.Cleanup(func() { hsrv.Close() })
-	tlsCfg, caPEM, err := fabric.ServerTLS(filepath.Join(cpDir, "nats-tls"), []string{"127.0.0.1"})
+	tlsCfg, caPEM, err := fabric.ServerTLS(filepath.Join(cpDir, "nats-tls"), []string{host})
 	if err != nil {
 		t.Fatal(err)
 	}
-	fsrv, err := fabric.Start(fabric.Config{Listen: "127.0.0.1:0", StoreDir: filepath.Join(cpDir, "nats"), TLS: tlsCfg,
+	fsrv, err := fabric.Start(fabric.Config{Listen: net.JoinHostPort(host, "0"), StoreDir: filepath.Join(cpDir, "nats"), TLS: tlsCfg,
 		NodeKey: func(pub string) (string, bool) { return svc.NodeKey(context.Background(), pub) }})
 	if err != nil {
 		t.Fatal(err)
@@ -450,11 +458,15 @@ func testControlPlane(t *testing.T, ctx context.Context, cpDir string) (*service
 	}
 	t.Cleanup(func() { stopHB() })
 	svc.SetHosts(service.HostsConfig{JoinURL: "http://" + ln.Addr().String(), NATSURLs: []string{fsrv.ClientURL()}, NATSCA: string(caPEM)})
-	inv, err := svc.HostAdd(ctx, root, "node1")
-	if err != nil {
-		t.Fatal(err)
+	var invs []service.HostInvite
+	for _, name := range names {
+		inv, err := svc.HostAdd(ctx, root, name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		invs = append(invs, inv)
 	}
-	return svc, root, inv
+	return svc, root, invs
 }
 
 type syncBuffer struct {
