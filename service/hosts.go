@@ -384,6 +384,9 @@ func (s *Service) JoinHost(ctx context.Context, req JoinRequest) (JoinResult, er
 	if len(req.Version) > 64 || len(req.Address) > 256 {
 		return JoinResult{}, errs.New(errs.InvalidArgument, "version or address too long")
 	}
+	if req.Address != "" && !validHostAddress(req.Address) {
+		return JoinResult{}, errs.New(errs.InvalidArgument, "address %q: want an IP address or a host name", req.Address)
+	}
 	cfg := s.hostsConfig()
 	// The control plane's configuration is wrong, not the token: say so
 	// and leave the token for a retry once it is fixed.
@@ -468,23 +471,48 @@ func (hb Heartbeat) validate(id string) error {
 	if hb.CPUs < 0 || hb.MemoryMiB < 0 || hb.DiskMiB < 0 || hb.MemoryFreeMiB < 0 || hb.DiskFreeMiB < 0 || len(hb.Version) > 64 {
 		return errs.New(errs.InvalidArgument, "heartbeat from %s: negative capacity or long version", id)
 	}
-	if hb.Address != "" {
-		if _, err := netip.ParseAddr(hb.Address); err != nil {
-			return errs.New(errs.InvalidArgument, "heartbeat from %s: address %q is not an IP address", id, hb.Address)
-		}
+	if hb.Address != "" && !validHostAddress(hb.Address) {
+		return errs.New(errs.InvalidArgument, "heartbeat from %s: address %q is neither an IP address nor a host name", id, hb.Address)
 	}
 	return nil
+}
+
+// validHostAddress reports whether s is an IP address or a DNS host name
+// (what a node may give as the address the control plane reaches it at).
+func validHostAddress(s string) bool {
+	if _, err := netip.ParseAddr(s); err == nil {
+		return true
+	}
+	if len(s) == 0 || len(s) > 253 {
+		return false
+	}
+	for _, label := range strings.Split(s, ".") {
+		if label == "" || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
+			return false
+		}
+		for _, r := range label {
+			if !('a' <= r && r <= 'z' || 'A' <= r && r <= 'Z' || '0' <= r && r <= '9' || r == '-') {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 // RecordHeartbeats stores many nodes' reports (by host ID) in one
 // transaction, all at the same time, and returns the IDs of hosts that are
 // gone (removed: the caller may disconnect them). A malformed report is
-// left out (and logged); the others are recorded. The control plane's
+// left out (and logged), a malformed address left out of its report; the
+// others are recorded. The control plane's
 // receiver calls it once a second with what came in meanwhile.
 func (s *Service) RecordHeartbeats(ctx context.Context, beats map[string]Heartbeat) (gone []string, err error) {
 	now := s.hostsConfig().Now()
 	recs := make([]store.HeartbeatRecord, 0, len(beats))
 	for id, hb := range beats {
+		if hb.Address != "" && !validHostAddress(hb.Address) {
+			s.log.Warn("heartbeat address dropped", "host_id", id, "address", hb.Address)
+			hb.Address = ""
+		}
 		if err := hb.validate(id); err != nil {
 			s.log.Warn("heartbeat dropped", "host_id", id, "err", err)
 			continue

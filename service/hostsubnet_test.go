@@ -146,6 +146,10 @@ func TestHostSubnetOverlapRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 	pub := fakeNodeKey()
+	// A malformed address: refused, the token unspent.
+	if _, err := s.JoinHost(ctx, JoinRequest{Token: inv.Token, NKey: pub, Address: "not an/address"}); !errors.Is(err, errs.InvalidArgument) {
+		t.Fatalf("join with a malformed address: %v", err)
+	}
 	_, err = s.JoinHost(ctx, JoinRequest{Token: inv.Token, NKey: pub})
 	if !errors.Is(err, errs.FailedPrecondition) || !strings.Contains(err.Error(), "overlaps") {
 		t.Fatalf("join with an overlapping cluster_subnet: %v", err)
@@ -200,8 +204,9 @@ func fakeNodeKey() string {
 }
 
 // TestRecordHeartbeatsBatch: one call records many nodes in one
-// transaction, stores the address each node reaches the fabric from,
-// names removed hosts and leaves malformed reports out.
+// transaction, stores the address each node reaches the fabric from (or
+// the one it was given), names removed hosts, leaves malformed reports
+// out and a malformed address out of a report.
 func TestRecordHeartbeatsBatch(t *testing.T) {
 	ctx := context.Background()
 	fx, clk, root := hostFixture(t)
@@ -218,10 +223,25 @@ func TestRecordHeartbeatsBatch(t *testing.T) {
 	if h := hostState(t, s, root, "a"); h.State != store.HostReady || h.CPUs != 4 || h.Address != "10.1.2.3" || !h.LastHeartbeat.Equal(clk.Now()) {
 		t.Fatalf("a: %+v", h)
 	}
-	if h := hostState(t, s, root, "b"); h.State != store.HostJoining || h.CPUs != 0 || h.Address != "198.51.100.9" {
-		t.Fatalf("b's malformed report was recorded: %+v", h)
+	// A malformed address is left out, the rest of the report is not.
+	if h := hostState(t, s, root, "b"); h.State != store.HostReady || h.CPUs != 2 || h.Address != "198.51.100.9" {
+		t.Fatalf("b's report with a malformed address: %+v", h)
 	}
-	if err := s.RecordHeartbeat(ctx, b.HostID, Heartbeat{Address: "nope"}); !errors.Is(err, errs.InvalidArgument) {
+	// A host name (a node's --address) is an address too.
+	if _, err := s.RecordHeartbeats(ctx, map[string]Heartbeat{b.HostID: {CPUs: 3, Address: "node-b.example.com"}}); err != nil {
+		t.Fatal(err)
+	}
+	if h := hostState(t, s, root, "b"); h.CPUs != 3 || h.Address != "node-b.example.com" {
+		t.Fatalf("b with a host name: %+v", h)
+	}
+	// Negative capacity: the report is dropped.
+	if _, err := s.RecordHeartbeats(ctx, map[string]Heartbeat{b.HostID: {CPUs: -1}}); err != nil {
+		t.Fatal(err)
+	}
+	if h := hostState(t, s, root, "b"); h.CPUs != 3 {
+		t.Fatalf("b after a negative report: %+v", h)
+	}
+	if err := s.RecordHeartbeat(ctx, b.HostID, Heartbeat{Address: "no such/address"}); !errors.Is(err, errs.InvalidArgument) {
 		t.Fatalf("a bad address: %v", err)
 	}
 	// An empty address keeps the stored one.
