@@ -159,6 +159,12 @@ func nodeJoinCmd() *cli.Command {
 			if err != nil {
 				return err
 			}
+			// This host can run VMs (hypervisor, jail, store) before the
+			// token is spent; its network is set up once the subnet is
+			// known.
+			if err := preflightNode(ctx, cfg, paths); err != nil {
+				return fmt.Errorf("this host cannot run vms yet (nothing was joined): %w", err)
+			}
 			cred, err := daemon.JoinCluster(ctx, x.Args[0], token, x.FS.Lookup("address").Value.String(), paths.State)
 			if err != nil {
 				return err
@@ -220,6 +226,16 @@ func nodeOptions(cfg config.Config, paths daemon.Paths, cred nodeagent.Credentia
 		cfg.Subnet = cred.Subnet
 	}
 	return daemon.OpenOptions(cfg, paths, log)
+}
+
+// preflightNode opens the installation as the node will (without
+// touching the network) and closes it again.
+func preflightNode(ctx context.Context, cfg config.Config, paths daemon.Paths) error {
+	inst, err := daemon.Open(ctx, daemon.OpenOptions(cfg, paths, daemon.CLILogger()))
+	if err != nil {
+		return err
+	}
+	return inst.Close()
 }
 
 // setupNode does what `minions init` does, with the node's subnet: the

@@ -309,6 +309,56 @@ func mirrorHostCgroups() error {
 	return nil
 }
 
+// TestNodeJoinPreflightNetns: a host that cannot run VMs (here the VM
+// jail finds no cgroups: an empty tmpfs over /sys/fs/cgroup in the
+// test's own mount namespace) is refused before the token is spent: no
+// credential, the host still joining, and the same token joins once the
+// host is fixed.
+func TestNodeJoinPreflightNetns(t *testing.T) {
+	if !inNetns(t) {
+		return
+	}
+	dir, err := os.MkdirTemp("/tmp", "w2pf")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	svc, root, inv := testControlPlane(t, ctx, filepath.Join(dir, "cp"))
+	fields := strings.Fields(inv.Command)
+	nodeDir := filepath.Join(dir, "node")
+	join := func() (int, string) {
+		var out, errOut syncBuffer
+		env := &cli.Env{Stdin: strings.NewReader(""), Stdout: &out, Stderr: &errOut, Getenv: func(string) string { return "" }, Extra: Commands()}
+		code := cli.Run(ctx, env, []string{"node", "join", fields[3], "--token", fields[5], "--no-start", "--state-dir", nodeDir, "--run-dir", filepath.Join(nodeDir, "run")})
+		return code, errOut.String()
+	}
+
+	if err := unix.Mount("tmpfs", "/sys/fs/cgroup", "tmpfs", 0, ""); err != nil {
+		t.Fatal(err)
+	}
+	code, msg := join()
+	if err := unix.Unmount("/sys/fs/cgroup", 0); err != nil {
+		t.Fatal(err)
+	}
+	if code == 0 || !strings.Contains(msg, "nothing was joined") {
+		t.Fatalf("join on a host without cgroups: %d %s", code, msg)
+	}
+	if _, err := os.Stat(filepath.Join(nodeDir, nodeagent.CredentialFile)); err == nil {
+		t.Fatal("a refused join stored a credential")
+	}
+	if h, err := svc.HostStatus(ctx, root, "node1"); err != nil || h.State != "joining" || h.Subnet != "" {
+		t.Fatalf("node1 after a refused join: %+v %v", h, err)
+	}
+	if code, msg := join(); code != 0 {
+		t.Fatalf("the same token once the host is fixed: %d %s", code, msg)
+	}
+	if h, err := svc.HostStatus(ctx, root, "node1"); err != nil || h.Subnet != "10.88.0.0/24" {
+		t.Fatalf("node1 after joining: %+v %v", h, err)
+	}
+}
+
 // TestNodeJoinSystemdNetns is `minions node join` where systemd runs (a
 // fake systemctl): it joins, sets the host up inside the test's network
 // namespace, installs minions-node.service for this state dir and has
