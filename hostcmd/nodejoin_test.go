@@ -251,6 +251,26 @@ func TestNodeJoinNoSystemdNetns(t *testing.T) {
 	if nft, err := exec.Command("nft", "list", "ruleset").CombinedOutput(); err != nil || !strings.Contains(string(nft), "10.88.0.0/24") {
 		t.Fatalf("nftables: %v\n%s", err, nft)
 	}
+	// doctor checks the node's network against its own subnet.
+	var dout, derr strings.Builder
+	denv := &cli.Env{Stdin: strings.NewReader(""), Stdout: &dout, Stderr: &derr, Getenv: func(string) string { return "" }, Extra: Commands()}
+	cli.Run(ctx, denv, []string{"doctor", "--json", "--state-dir", nodeDir, "--run-dir", filepath.Join(nodeDir, "run")})
+	var checks []check
+	if err := json.Unmarshal([]byte(dout.String()), &checks); err != nil {
+		t.Fatalf("doctor --json: %v\n%s\n%s", err, dout.String(), derr.String())
+	}
+	netOK := false
+	for _, c := range checks {
+		if c.What == "network" {
+			netOK = c.OK
+			if !c.OK {
+				t.Errorf("doctor on the node: %s", c.Detail)
+			}
+		}
+	}
+	if !netOK {
+		t.Errorf("doctor on the node has no good network line: %+v", checks)
+	}
 
 	stopNode()
 	select {
