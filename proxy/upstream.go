@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -10,6 +11,7 @@ import (
 	"net/http"
 	"net/http/httptrace"
 	"net/textproto"
+	"os"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -42,6 +44,7 @@ type upstream struct {
 	maxIdle       int           // pooled connections in all
 	maxIdlePer    int           // pooled connections per upstream address
 	now           func() time.Time
+	sentPart      func() // tests: called when a request was sent in parts
 
 	mu        sync.Mutex
 	idle      map[string][]*upConn // by address; the most recently used last
@@ -60,8 +63,9 @@ type upConn struct {
 	conn  net.Conn        // what the dialer returned (an idleConn)
 	raw   syscall.RawConn // for the liveness check of an idle connection; may be nil
 	br    *bufio.Reader
-	bw    *bufio.Writer
-	limit int64 // bytes the header reader may still take; <0: no limit
+	ic    *idleConn    // conn as an idleConn, to extend its deadline; may be nil
+	out   bytes.Buffer // the request, until the first Read sends it
+	limit int64        // bytes the header reader may still take; <0: no limit
 	since time.Time
 	timer *time.Timer // the response header timeout; closes conn
 	// state: 0 idle or in use, 1 the header timer fired, 2 cancelled.
@@ -81,11 +85,88 @@ func (pc *upConn) Read(b []byte) (int, error) {
 	if pc.limit > 0 && int64(len(b)) > pc.limit {
 		b = b[:pc.limit]
 	}
-	n, err := pc.conn.Read(b)
+	var n int
+	var err error
+	if pc.out.Len() > 0 {
+		n, err = pc.sendAndRead(b)
+	} else {
+		n, err = pc.conn.Read(b)
+	}
 	if pc.limit > 0 {
 		pc.limit -= int64(n)
 	}
 	return n, err
+}
+
+// sendAndRead writes the request in pc.out and reads the start of the
+// answer into b in one turn of the poller: the write, then a wait for the
+// socket to become readable, then the read. A plain write and read would
+// first try the read, which cannot succeed that soon, and pay a system
+// call for the EAGAIN on every request. The wait cannot miss the answer:
+// it is armed before the request leaves. When the socket takes only part
+// of the request, the rest goes the ordinary way (the header timeout then
+// runs from the start of the send: a VM that does not read its request
+// gets a 504 no later than one that does not answer).
+func (pc *upConn) sendAndRead(b []byte) (int, error) {
+	out := pc.out.Bytes()
+	var n int
+	var rerr error
+	sent, partial := false, false
+	err := pc.raw.Read(func(fd uintptr) bool {
+		if !sent {
+			sent = true
+			for len(out) > 0 {
+				w, err := syscall.Write(int(fd), out)
+				switch {
+				case err == syscall.EINTR:
+					continue
+				case err == syscall.EAGAIN:
+					partial = true
+					return true
+				case err != nil:
+					rerr = os.NewSyscallError("write", err)
+					return true
+				}
+				out = out[w:]
+			}
+			return false // wait until the answer can be read
+		}
+		for {
+			n, rerr = syscall.Read(int(fd), b)
+			if rerr != syscall.EINTR {
+				break
+			}
+		}
+		return rerr != syscall.EAGAIN
+	})
+	pc.out.Reset()
+	if pc.ic != nil {
+		pc.ic.touch()
+	}
+	switch {
+	case err != nil:
+		return 0, err
+	case partial:
+		if pc.u.sentPart != nil {
+			pc.u.sentPart()
+		}
+		if _, err := pc.conn.Write(out); err != nil {
+			return 0, err
+		}
+		return pc.conn.Read(b)
+	case rerr != nil:
+		if n < 0 {
+			n = 0
+		}
+		op := "write"
+		if _, ok := rerr.(*os.SyscallError); !ok {
+			op, rerr = "read", os.NewSyscallError("read", rerr)
+		}
+		return n, &net.OpError{Op: op, Net: "tcp", Addr: pc.conn.RemoteAddr(), Err: rerr}
+	case n == 0 && len(b) > 0:
+		return 0, io.EOF
+	}
+	return n, nil
 }
 
 var errHeaderTooLarge = errors.New("upstream response headers exceed 1 MiB")
@@ -179,11 +260,15 @@ func (u *upstream) exchange(pc *upConn, req *http.Request) (*http.Response, erro
 		}
 		return nil, wrapped(err)
 	}
-	if err := req.Write(pc.bw); err != nil {
+	pc.out.Reset()
+	if err := req.Write(&pc.out); err != nil {
 		return fail(err, false)
 	}
-	if err := pc.bw.Flush(); err != nil {
-		return fail(err, false)
+	if pc.raw == nil {
+		if _, err := pc.conn.Write(pc.out.Bytes()); err != nil {
+			return fail(err, false)
+		}
+		pc.out.Reset()
 	}
 	if u.headerTimeout > 0 {
 		pc.timer.Reset(u.headerTimeout)
@@ -308,8 +393,8 @@ func (u *upstream) newConn(addr string, c net.Conn) *upConn {
 	if sc, ok := rawOf(c).(syscall.Conn); ok {
 		pc.raw, _ = sc.SyscallConn()
 	}
+	pc.ic, _ = c.(*idleConn)
 	pc.br = bufio.NewReaderSize(pc, 4<<10)
-	pc.bw = bufio.NewWriterSize(c, 4<<10)
 	pc.timer = time.AfterFunc(time.Hour, func() {
 		if pc.state.CompareAndSwap(0, 1) {
 			pc.conn.Close()

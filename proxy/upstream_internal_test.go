@@ -1,8 +1,13 @@
 package proxy
 
 import (
+	"bufio"
 	"context"
+	"io"
 	"net"
+	"net/http"
+	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -64,4 +69,52 @@ func TestUpstreamPoolBounded(t *testing.T) {
 func isTimeout(err error) bool {
 	ne, ok := err.(net.Error)
 	return ok && ne.Timeout()
+}
+
+// A request the socket takes only in part is finished by an ordinary
+// write, and its answer read whole.
+func TestUpstreamPartialSend(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	got := make(chan int, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		time.Sleep(200 * time.Millisecond) // let the proxy's send buffer fill
+		r, err := http.ReadRequest(bufio.NewReader(c))
+		if err != nil {
+			got <- -1
+			return
+		}
+		got <- len(r.Header.Get("X-Big"))
+		io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+	}()
+	var partial atomic.Bool
+	u := newUpstream(func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := (&net.Dialer{}).DialContext(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		c.(*net.TCPConn).SetWriteBuffer(4096)
+		return c, nil
+	}, nil, 5*time.Second)
+	u.sentPart = func() { partial.Store(true) }
+	req, _ := http.NewRequest(http.MethodGet, "http://"+ln.Addr().String()+"/", nil)
+	big := strings.Repeat("b", 2<<20)
+	req.Header.Set("X-Big", big)
+	resp, err := u.RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if n := <-got; n != len(big) || string(body) != "ok" || !partial.Load() {
+		t.Fatalf("upstream got %d header bytes of %d, answer %q, partial send %v", n, len(big), body, partial.Load())
+	}
 }

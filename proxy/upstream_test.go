@@ -221,3 +221,22 @@ func TestUpstreamEarlyHints(t *testing.T) {
 		t.Fatalf("got %d %q, hints %q", resp.StatusCode, body, hints)
 	}
 }
+
+// A request whose headers the socket does not take in one write still
+// reaches the VM whole.
+func TestUpstreamLargeRequestHeaders(t *testing.T) {
+	l := startLocal(t, nil)
+	addr, _ := scriptedUpstream(t, func(_, _ int, r *http.Request, w net.Conn) bool {
+		body := fmt.Sprint(len(r.Header.Get("X-Big")), " ", r.Header.Get("X-End"))
+		fmt.Fprintf(w, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s", len(body), body)
+		return true
+	})
+	l.table.Set("vm.localhost", publicRoute(addr))
+	big := strings.Repeat("b", 900<<10)
+	for range 2 {
+		status, body, _ := get(t, l.client, l.url("vm", "/"), "X-Big", big, "X-End", "end")
+		if status != 200 || body != fmt.Sprint(len(big), " end") {
+			t.Fatalf("got %d %.100q", status, body)
+		}
+	}
+}
