@@ -56,6 +56,9 @@ type upstream struct {
 // VM cannot make the proxy buffer without end.
 const maxHeaderBytes = 1 << 20
 
+// maxKeptRequest is the largest request buffer a pooled connection keeps.
+const maxKeptRequest = 64 << 10
+
 // upConn is one keep-alive connection to a VM.
 type upConn struct {
 	u     *upstream
@@ -139,7 +142,11 @@ func (pc *upConn) sendAndRead(b []byte) (int, error) {
 		}
 		return rerr != syscall.EAGAIN
 	})
-	pc.out.Reset()
+	if pc.out.Cap() > maxKeptRequest {
+		pc.out = bytes.Buffer{} // a rare huge request: do not pool its buffer
+	} else {
+		pc.out.Reset()
+	}
 	if pc.ic != nil {
 		pc.ic.touch()
 	}
@@ -171,7 +178,7 @@ func (pc *upConn) sendAndRead(b []byte) (int, error) {
 
 var errHeaderTooLarge = errors.New("upstream response headers exceed 1 MiB")
 
-// errHeaderTimeout is a net.Error that says it is a timeout, so the proxy
+// timeoutError is a net.Error that says it is a timeout, so the proxy
 // answers 504.
 type timeoutError struct{}
 

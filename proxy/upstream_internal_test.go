@@ -117,4 +117,15 @@ func TestUpstreamPartialSend(t *testing.T) {
 	if n := <-got; n != len(big) || string(body) != "ok" || !partial.Load() {
 		t.Fatalf("upstream got %d header bytes of %d, answer %q, partial send %v", n, len(big), body, partial.Load())
 	}
+	// The pooled connection does not keep a 2 MiB request buffer.
+	for _, l := range u.idle {
+		for _, pc := range l {
+			if pc.out.Cap() > maxKeptRequest {
+				t.Errorf("a pooled connection keeps a %d-byte request buffer", pc.out.Cap())
+			}
+		}
+	}
+	if u.nIdle != 1 {
+		t.Errorf("%d pooled connections after one exchange, want 1", u.nIdle)
+	}
 }
