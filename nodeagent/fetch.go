@@ -55,6 +55,9 @@ type Fetcher struct {
 
 // NewFetcher checks cfg and returns a Fetcher.
 func NewFetcher(cfg FetchConfig) (*Fetcher, error) {
+	if cfg.Control != "" && !strings.Contains(cfg.Control, "://") {
+		cfg.Control = "http://" + cfg.Control // as `node join` takes it
+	}
 	u, err := url.Parse(cfg.Control)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		return nil, errs.New(errs.InvalidArgument, "fetch: control plane URL %q: want http(s)://host:port", cfg.Control)
