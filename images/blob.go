@@ -15,6 +15,7 @@ import (
 	"strings"
 
 	"github.com/minionsdev/minions/internal/errs"
+	"golang.org/x/sync/singleflight"
 	"golang.org/x/sys/unix"
 )
 
@@ -87,22 +88,31 @@ func FileSHA256(p string) (string, int64, error) {
 			}
 		}
 	}
-	f, err := os.Open(p)
+	// Concurrent first requests for one file (several nodes fetching a
+	// new image) hash it once.
+	v, err, _ := sumGroup.Do(p+"\x00"+stamp, func() (any, error) {
+		f, err := os.Open(p)
+		if err != nil {
+			return "", err
+		}
+		defer f.Close()
+		h := sha256.New()
+		if _, err := hashSparse(h, f, st.Size()); err != nil {
+			return "", fmt.Errorf("checksum %s: %w", p, err)
+		}
+		sum := hex.EncodeToString(h.Sum(nil))
+		if cache {
+			_ = writeFileAtomic(side, []byte(sum+" "+stamp+"\n"), 0o644) // best effort
+		}
+		return sum, nil
+	})
 	if err != nil {
 		return "", 0, err
 	}
-	defer f.Close()
-	h := sha256.New()
-	n, err := hashSparse(h, f, st.Size())
-	if err != nil {
-		return "", 0, fmt.Errorf("checksum %s: %w", p, err)
-	}
-	sum := hex.EncodeToString(h.Sum(nil))
-	if cache {
-		_ = writeFileAtomic(side, []byte(sum+" "+stamp+"\n"), 0o644) // best effort
-	}
-	return sum, n, nil
+	return v.(string), st.Size(), nil
 }
+
+var sumGroup singleflight.Group
 
 // extents returns the data extents of f (size bytes) in order: [start,
 // end) pairs. A filesystem without SEEK_DATA yields the whole file.
