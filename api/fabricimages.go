@@ -35,8 +35,9 @@ import (
 // catalogue, immutable and named by version; an object store would keep a
 // second copy of every multi-GiB image (and hash and chunk it again on
 // every build), while HTTP serves the published file as it is, sends
-// only its data extents, resumes with Range, and needs no stream limits
-// sized to the largest image.
+// only its data extents, answers Range requests (a resume is possible;
+// the node does not resume yet), and needs no stream limits sized to the
+// largest image.
 
 // blobIndex maps checksums to the catalogue files that have them.
 type blobIndex struct {
