@@ -55,6 +55,8 @@ const (
 	mDialAgent       = "dial_agent"
 	mAgentKey        = "agent_key"
 	mConsoleLog      = "console_log"
+	mConsoleCopy     = "console_copy"  // stream a console log (console.go)
+	mDirectTicket    = "direct_ticket" // a one-time ticket for a direct stream (direct.go)
 	mCancel          = "cancel"
 	mAlive           = "alive" // is call c still running? "yes" or "no"
 )
@@ -67,6 +69,8 @@ type callRequest struct {
 	Name     string    `json:"name,omitempty"`
 	Snapshot string    `json:"snapshot,omitempty"`
 	Stream   string    `json:"stream,omitempty"` // dial_agent: the stream's ID
+	Kind     string    `json:"kind,omitempty"`   // direct_ticket: agent or tunnel
+	Follow   bool      `json:"follow,omitempty"` // console_copy
 
 	Create       *engine.CreateSpec   `json:"create,omitempty"`
 	Resize       *engine.ResizeSpec   `json:"resize,omitempty"`
