@@ -162,11 +162,25 @@ func (s *Service) ConsoleLog(ctx context.Context, c Caller, name string) (string
 // writing what the guest prints, across rotations, until ctx ends (it
 // returns nil) or the VM is destroyed.
 func (s *Service) CopyConsole(ctx context.Context, c Caller, name string, follow bool, w io.Writer) error {
+	if cc, ok := s.Engine.(ConsoleCopier); ok { // a VM on another host
+		v, err := s.getVM(ctx, c, name)
+		if err != nil {
+			return err
+		}
+		return cc.CopyConsole(ctx, v.ID, follow, w)
+	}
 	path, err := s.ConsoleLog(ctx, c, name)
 	if err != nil {
 		return err
 	}
 	return consolelog.Copy(ctx, path, follow, w)
+}
+
+// ConsoleCopier is an engine whose console logs are not files here (a
+// remote host's engine): it copies (and follows) them itself, with
+// consolelog.Copy's contract.
+type ConsoleCopier interface {
+	CopyConsole(ctx context.Context, id string, follow bool, w io.Writer) error
 }
 
 // Agent connects to the guest agent of a running VM the caller may use.

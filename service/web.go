@@ -2,6 +2,9 @@ package service
 
 import (
 	"context"
+	"errors"
+	"net"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -405,4 +408,39 @@ func (s *Service) RemoveDomain(ctx context.Context, c Caller, name, domain strin
 		return err
 	}
 	return nil
+}
+
+// PortDialer is an engine that reaches ports of its VMs itself (a remote
+// host's engine, through its port tunnel). An error wrapping
+// errors.ErrUnsupported means it cannot now (no tunnel): DialWeb falls
+// back to the guest agent.
+type PortDialer interface {
+	DialPort(ctx context.Context, id string, port int) (net.Conn, error)
+}
+
+// DialWeb connects to port of VM id for the HTTPS proxy (which has
+// authorized the request): through the engine's port tunnel where it
+// offers one (a VM on another host), otherwise through the VM's guest
+// agent (direct-tcpip to the guest's 127.0.0.1:port). Errors:
+// errs.InvalidArgument for a bad port, then the engine's.
+func (s *Service) DialWeb(ctx context.Context, id string, port int) (net.Conn, error) {
+	if port < 1 || port > 65535 {
+		return nil, errs.New(errs.InvalidArgument, "port %d: want 1-65535", port)
+	}
+	if pd, ok := s.Engine.(PortDialer); ok {
+		c, err := pd.DialPort(ctx, id, port)
+		if !errors.Is(err, errors.ErrUnsupported) {
+			return c, err
+		}
+	}
+	cl, err := s.Engine.Agent(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	conn, err := cl.SSH().Dial("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+	if err != nil {
+		cl.Close()
+		return nil, errs.New(errs.Unavailable, "port %d of vm %s: %v", port, id, err)
+	}
+	return &forwardConn{Conn: conn, g: &GuestSession{cl: cl}}, nil
 }
