@@ -9,11 +9,13 @@ import (
 	"errors"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -464,5 +466,65 @@ func TestConsoleOverFabric(t *testing.T) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("follow of a destroyed vm never ended")
+	}
+}
+
+// TestTunnelBench compares HTTP requests per second to a VM's port
+// reached directly (the proxy on the VM's own host) and through the
+// node's port tunnel (the proxy on the control plane), with pooled
+// connections and with a new connection per request. Set
+// NODEAGENT_BENCH=1.
+func TestTunnelBench(t *testing.T) {
+	if os.Getenv("NODEAGENT_BENCH") == "" {
+		t.Skip("set NODEAGENT_BENCH=1 to measure")
+	}
+	ip := "127.203." + strconv.Itoa(os.Getpid()%250) + ".2"
+	ln, err := net.Listen("tcp", net.JoinHostPort(ip, "0"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := bytes.Repeat([]byte("x"), 1024)
+	hs := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.Write(body) })}
+	go hs.Serve(ln)
+	defer hs.Close()
+	port := ln.Addr().(*net.TCPAddr).Port
+	e := newDirectEnv(t)
+	serveDirect(t, "node-a", e.node(t, "node-a"), stubEngine{ip: ip}, e.direct(t, "node-a"))
+	r := e.directRemote(t, "node-a", nil)
+	waitServed(t, r)
+	rate := func(dial func(ctx context.Context) (net.Conn, error), keepAlive bool) float64 {
+		tr := &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) { return dial(ctx) },
+			MaxIdleConnsPerHost: 16, DisableKeepAlives: !keepAlive}
+		defer tr.CloseIdleConnections()
+		cl := &http.Client{Transport: tr}
+		var n atomic.Int64
+		end := time.Now().Add(3 * time.Second)
+		var wg sync.WaitGroup
+		for w := 0; w < 8; w++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for time.Now().Before(end) {
+					res, err := cl.Get("http://vm/")
+					if err != nil {
+						t.Error(err)
+						return
+					}
+					io.Copy(io.Discard, res.Body)
+					res.Body.Close()
+					n.Add(1)
+				}
+			}()
+		}
+		wg.Wait()
+		return float64(n.Load()) / 3
+	}
+	direct := func(ctx context.Context) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "tcp", net.JoinHostPort(ip, strconv.Itoa(port)))
+	}
+	tunnel := func(ctx context.Context) (net.Conn, error) { return r.DialPort(ctx, "vmrun01", port) }
+	for _, ka := range []bool{true, false} {
+		d, tu := rate(direct, ka), rate(tunnel, ka)
+		t.Logf("keep-alive %-5v: VM port directly %6.0f req/s, through the tunnel %6.0f req/s, ratio %.2f", ka, d, tu, tu/d)
 	}
 }

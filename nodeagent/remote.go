@@ -411,11 +411,17 @@ func (r *Remote) Agent(ctx context.Context, id string) (*vsockcli.Client, error)
 	if r.cfg.Signer == nil {
 		return nil, errs.New(errs.FailedPrecondition, "remote engine of node %s: no agent signer configured", r.cfg.ID)
 	}
+	// The pinned key and the stream in parallel: one round trip less.
 	var pin string
-	if err := r.call(ctx, mAgentKey, callRequest{ID: id}, nil, &pin); err != nil {
-		return nil, err
-	}
+	keyErr := make(chan error, 1)
+	go func() { keyErr <- r.call(ctx, mAgentKey, callRequest{ID: id}, nil, &pin) }()
 	c, err := r.DialAgent(ctx, id)
+	if kerr := <-keyErr; kerr != nil {
+		if c != nil {
+			c.Close()
+		}
+		return nil, kerr
+	}
 	if err != nil {
 		return nil, err
 	}
