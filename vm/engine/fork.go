@@ -160,6 +160,14 @@ func (l *Local) saveForkSource(ctx context.Context, o *op, srcID string, row sto
 		err = fmt.Errorf("resume source vm %s: %w", src.Name, rerr)
 	}
 	so.finish(ctx, err)
+	if err == nil {
+		// In the background: the fork need not wait for it.
+		l.bg.Add(1)
+		go func() {
+			defer l.bg.Done()
+			l.stepClock(context.WithoutCancel(ctx), src)
+		}()
+	}
 	l.log.Info("fork source saved", "vm_id", src.ID, "fork_id", row.ID, "paused_ms", time.Since(paused).Milliseconds(), "err", err)
 	if err != nil {
 		return src, fmt.Errorf("save source vm %s: %w", src.Name, err)
@@ -272,5 +280,22 @@ func (l *Local) resumeForkSource(ctx context.Context, id string) {
 		if err := l.Driver.Resume(ctx, h); err != nil {
 			l.log.Warn("resume fork source", "vm_id", id, "err", err)
 		}
+	}
+}
+
+// stepClock sets a resumed VM's clock to the host's: a guest's clock stops
+// while its VM is paused (under TCG the guest's time is QEMU's virtual
+// clock). Best effort: a failure is logged.
+func (l *Local) stepClock(ctx context.Context, v store.VM) {
+	cctx, cancel := context.WithTimeout(ctx, min(l.cfg.ReadyTimeout, 10*time.Second))
+	defer cancel()
+	cl, err := l.pooledAgent(cctx, v)
+	if err == nil {
+		now := time.Now().UnixNano()
+		err = cl.Configure(cctx, proto.Configure{TimeUnixNano: &now})
+		cl.Close()
+	}
+	if err != nil {
+		l.log.Warn("step clock after pause", "vm_id", v.ID, "err", err)
 	}
 }
