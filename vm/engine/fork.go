@@ -105,7 +105,7 @@ func (l *Local) forkSteps(ctx context.Context, o *op, fk hypervisor.Forker, srcI
 	// The saved memory is as large as the guest's RAM and is not needed
 	// once the fork runs (or failed: purge removes the whole directory).
 	defer os.RemoveAll(state)
-	src, err := l.saveForkSource(ctx, o, srcID, row, state, progress)
+	src, err := l.saveForkSource(ctx, o, fk, srcID, row, state, progress)
 	if err != nil {
 		return row, err
 	}
@@ -115,7 +115,7 @@ func (l *Local) forkSteps(ctx context.Context, o *op, fk hypervisor.Forker, srcI
 // saveForkSource saves the running source's memory and a copy of its disk
 // at one paused instant, under the source's lock, and resumes it whatever
 // happened. It returns the source's record.
-func (l *Local) saveForkSource(ctx context.Context, o *op, srcID string, row store.VM, state string, progress Progress) (store.VM, error) {
+func (l *Local) saveForkSource(ctx context.Context, o *op, fk hypervisor.Forker, srcID string, row store.VM, state string, progress Progress) (store.VM, error) {
 	unlock, err := l.lockVM(ctx, srcID)
 	if err != nil {
 		return store.VM{}, err
@@ -148,7 +148,7 @@ func (l *Local) saveForkSource(ctx context.Context, o *op, srcID string, row sto
 	o.step(ctx, "save memory", nil)
 	so.step(ctx, "save memory", map[string]any{"fork": row.ID})
 	paused := time.Now()
-	err = l.Driver.SaveState(ctx, h, state)
+	err = fk.SaveCopy(ctx, h, state)
 	if err == nil {
 		progress.Say("copy disk")
 		o.step(ctx, "copy disk", nil)
@@ -214,6 +214,7 @@ func (l *Local) startFork(ctx context.Context, o *op, fk hypervisor.Forker, src,
 		return row, fmt.Errorf("restore: %w", err)
 	}
 	u.push(func() { l.Driver.Kill(context.Background(), h) })
+	restored := time.Now()
 	o.step(ctx, "agent", map[string]any{"handle": h})
 	row.Handle = EncodeHandle(h)
 	if err := store.UpdateVM(ctx, l.DB, row); err != nil {
@@ -235,6 +236,7 @@ func (l *Local) startFork(ctx context.Context, o *op, fk hypervisor.Forker, src,
 	defer cancel()
 	progress.Say("reidentify")
 	o.step(ctx, "reidentify", nil)
+	ready := time.Now()
 	id := vsockcli.Identity{Hostname: row.Name, MachineID: vsockcli.NewMachineID(), MAC: row.MAC,
 		IP: netip.PrefixFrom(ip, l.cfg.Subnet.Bits()), Gateway: l.cfg.Gateway, AuthorizedKeys: spec.AuthorizedKeys}
 	if dns, err := netip.ParseAddr(l.cfg.DNS); err == nil {
@@ -259,7 +261,8 @@ func (l *Local) startFork(ctx context.Context, o *op, fk hypervisor.Forker, src,
 	if err := store.UpdateVM(ctx, l.DB, row); err != nil {
 		return row, err
 	}
-	l.log.Info("vm forked", "vm_id", row.ID, "vm", row.Name, "source_id", src.ID, "pid", h.PID, "ready_ms", time.Since(start).Milliseconds())
+	l.log.Info("vm forked", "vm_id", row.ID, "vm", row.Name, "source_id", src.ID, "pid", h.PID, "ready_ms", time.Since(start).Milliseconds(),
+		"restore_ms", restored.Sub(start).Milliseconds(), "agent_ms", ready.Sub(restored).Milliseconds(), "reidentify_ms", time.Since(ready).Milliseconds())
 	u = nil
 	return row, nil
 }

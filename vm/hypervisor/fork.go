@@ -15,5 +15,8 @@ import "context"
 // hostname, keys, RNG state) until the caller re-identifies it through its
 // agent. dir is only read; on failure nothing is left running.
 type Forker interface {
+	// SaveCopy is SaveState (the VM is left paused) for a copy started at
+	// once from dir: the files need not reach stable storage.
+	SaveCopy(ctx context.Context, h *Handle, dir string) error
 	RestoreCopy(ctx context.Context, spec Spec, dir string) (*Handle, error)
 }

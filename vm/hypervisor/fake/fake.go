@@ -349,6 +349,11 @@ func (d *Driver) Restore(ctx context.Context, spec hypervisor.Spec, dir string) 
 
 var _ hypervisor.Forker = (*Driver)(nil)
 
+// SaveCopy is SaveState (recorded as OpSaveState).
+func (d *Driver) SaveCopy(ctx context.Context, h *hypervisor.Handle, dir string) error {
+	return d.SaveState(ctx, h, dir)
+}
+
 // RestoreCopy starts another running VM from dir (a fork); it is Restore
 // (the fake keeps no MAC or CID in its state), recorded as OpRestore.
 func (d *Driver) RestoreCopy(ctx context.Context, spec hypervisor.Spec, dir string) (*hypervisor.Handle, error) {

@@ -41,13 +41,23 @@ type savedState struct {
 // that was running is resumed. Disks are not copied: pair the state with a
 // copy of the VM's disks taken while it is paused.
 func (d *Driver) SaveState(ctx context.Context, h *hypervisor.Handle, dir string) error {
-	if err := d.saveState(ctx, h, dir); err != nil {
+	if err := d.saveState(ctx, h, dir, true); err != nil {
 		return fmt.Errorf("save vm state: %w", err)
 	}
 	return nil
 }
 
-func (d *Driver) saveState(ctx context.Context, h *hypervisor.Handle, dir string) (err error) {
+// SaveCopy is SaveState for a fork (see hypervisor.Forker): the same
+// files, not flushed to stable storage, since a copy is started from them
+// at once and they are removed after.
+func (d *Driver) SaveCopy(ctx context.Context, h *hypervisor.Handle, dir string) error {
+	if err := d.saveState(ctx, h, dir, false); err != nil {
+		return fmt.Errorf("save vm state for a copy: %w", err)
+	}
+	return nil
+}
+
+func (d *Driver) saveState(ctx context.Context, h *hypervisor.Handle, dir string, durable bool) (err error) {
 	if err := checkHandle(h); err != nil {
 		return err
 	}
@@ -104,8 +114,10 @@ func (d *Driver) saveState(ctx context.Context, h *hypervisor.Handle, dir string
 	if err := waitMigration(ctx, h, c); err != nil {
 		return err
 	}
-	if err := f.Sync(); err != nil {
-		return err
+	if durable {
+		if err := f.Sync(); err != nil {
+			return err
+		}
 	}
 	if err := os.Rename(tmp, mem); err != nil {
 		return err
