@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"cmp"
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
@@ -202,12 +203,15 @@ func BenchmarkFork(b *testing.B) {
 }
 
 // BenchmarkForkCLI times `minions fork SRC NEW` (the CLI, from exec to
-// exit, on the shared installation, jail as configured) of a running
-// minimal VM, with the time of each step, and reports the median.
+// exit, on the shared installation, jail as configured) of a running VM,
+// with the time of each step, and reports the median. The image is
+// minimal, or MINIONS_E2E_FORK_IMAGE (e.g. debian, which needs the Debian
+// image: MINIONS_E2E_DEBIAN unset).
 func BenchmarkForkCLI(b *testing.B) {
 	benchSetup(b)
 	name := "bench-fork"
-	v := benchVM(b, name)
+	image := cmp.Or(os.Getenv("MINIONS_E2E_FORK_IMAGE"), "minimal")
+	v := benchVM(b, name, "--image", image)
 	cliMust(b, "exec", name, "--", "sh", "-c", "echo before > /tmp/marker")
 	var took samples
 	var steps stepSamples
@@ -233,7 +237,7 @@ func BenchmarkForkCLI(b *testing.B) {
 		b.StartTimer()
 	}
 	took.report(b, "")
-	t := &table{title: fmt.Sprintf("BenchmarkForkCLI: minions fork of a running %d MiB minimal VM", v.Memory), head: sampleHead("operation")}
+	t := &table{title: fmt.Sprintf("BenchmarkForkCLI: minions fork of a running %d MiB %s VM", v.Memory, image), head: sampleHead("operation")}
 	t.addSamples("minions fork (exec to exit)", took)
 	for _, n := range steps.order {
 		t.addSamples("  step "+n, steps.by[n])
