@@ -43,6 +43,15 @@ func (s *Service) Fork(ctx context.Context, c Caller, srcName string, req ForkRe
 	if src.State != vm.Running {
 		return VM{}, errs.New(errs.FailedPrecondition, "fork needs a running vm; %s is %s", src.Name, src.State)
 	}
+	row, err := store.GetVMByID(ctx, s.DB, src.ID)
+	if err != nil {
+		return VM{}, err
+	}
+	if eng, err := s.engineFor(ctx, row); err != nil {
+		return VM{}, err
+	} else if eng != s.Engine {
+		return VM{}, errs.New(errs.FailedPrecondition, "fork vm %s: it runs on another host, and fork works on the control plane's own host only (for now)", src.Name)
+	}
 	fk, ok := s.Engine.(engine.Forker)
 	if !ok {
 		return VM{}, errs.New(errs.FailedPrecondition, "fork vm %s: the engine of its host cannot fork", src.Name)
