@@ -149,6 +149,7 @@ type fakeLocal struct {
 	hostKey ssh.Signer
 	db      *store.DB
 	owner   string
+	dir     string // its directory; the state directory is dir/state
 }
 
 func newFakeLocal(t testing.TB) *fakeLocal {
@@ -190,6 +191,8 @@ func newFakeLocal(t testing.TB) *fakeLocal {
 		SetHostname:   func(string) error { return nil },
 		SetTime:       func(time.Time) error { return nil },
 		Power:         func(bool) error { return nil },
+		ReseedRNG:     func([]byte) error { return nil },
+		SetNetwork:    func(net.HardwareAddr, netip.Prefix, netip.Addr) error { return nil },
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -211,5 +214,5 @@ func newFakeLocal(t testing.TB) *fakeLocal {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &fakeLocal{eng: l, drv: drv, hostKey: hostKey, db: db, owner: owner.ID}
+	return &fakeLocal{eng: l, drv: drv, hostKey: hostKey, db: db, owner: owner.ID, dir: dir}
 }

@@ -242,6 +242,10 @@ func (s *server) run(ctx context.Context, method string, req callRequest, progre
 		return s.agentSign(req)
 	case mConsole:
 		return nil, s.console(ctx, req)
+	case mExportDisk:
+		return nil, s.exportDisk(ctx, req)
+	case mImportDisk:
+		return s.importDisk(ctx, req, progress)
 	}
 	return nil, errs.New(errs.InvalidArgument, "unknown engine method %q", method)
 }

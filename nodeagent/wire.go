@@ -58,6 +58,8 @@ const (
 	mAgentPubKey     = "agent_pubkey" // the key the node's agents trust (sign.go)
 	mAgentSign       = "agent_sign"   // sign an agent login (sign.go)
 	mConsole         = "console"      // copy the console log into a stream (console.go)
+	mExportDisk      = "export_disk"  // write a disk stream into a stream (transfer.go)
+	mImportDisk      = "import_disk"  // make an instance from a stream (transfer.go)
 	mCancel          = "cancel"
 	mAlive           = "alive" // is call c still running? "yes" or "no"
 )
@@ -77,6 +79,7 @@ type callRequest struct {
 	Create       *engine.CreateSpec   `json:"create,omitempty"`
 	Resize       *engine.ResizeSpec   `json:"resize,omitempty"`
 	SnapshotSpec *engine.SnapshotSpec `json:"snapshot_spec,omitempty"`
+	Import       *engine.ImportSpec   `json:"import,omitempty"`
 }
 
 // callFrame is a progress step (Step set) or the final answer (Done).
