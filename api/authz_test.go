@@ -145,6 +145,11 @@ func TestAuthorization(t *testing.T) {
 			want: want{ok, ok, nf, anon}, fresh: true},
 		{method: "POST", path: "/v1/vms/web/copy", body: func(role string, _ map[string]string) any { return service.CopyRequest{Name: "copy-" + role} },
 			want: want{ok, ok, nf, anon}},
+		// No cluster here: the owner and an admin learn there is no such
+		// host, another user that there is no such VM (TestMoveRoute tells
+		// the two apart).
+		{method: "POST", path: "/v1/vms/web/move", body: func(string, map[string]string) any { return service.MoveRequest{Host: "nowhere"} },
+			want: want{nf, nf, nf, anon}},
 		// Operations (api/ops.go): the restart policy is the owner's; each
 		// caller reads only the events of VMs they may see.
 		{method: "PATCH", path: "/v1/vms/web", body: func(string, map[string]string) any { return api.UpdateRequest{Restart: "no"} },

@@ -37,6 +37,7 @@ type Backend interface {
 	OpsBackend
 	AdminBackend
 	HostBackend
+	MoveBackend
 
 	// Close releases what the backend holds (connections, the database a
 	// CLI opened). The backend is unusable afterwards.
@@ -187,4 +188,10 @@ type ExecRequest struct {
 // WindowSize is a terminal size in cells.
 type WindowSize struct {
 	Width, Height int
+}
+
+// MoveBackend moves VMs between the hosts of a cluster (issue 15).
+type MoveBackend interface {
+	// Move moves a VM to another host, cold (see Service.Move).
+	Move(ctx context.Context, name string, req MoveRequest, progress Progress) (VM, error)
 }

@@ -114,6 +114,9 @@ func unreachable(h store.Host, cfg HostsConfig) bool {
 // that each result updates the control plane's row. A host that is
 // unreachable, or whose engine is not connected, is errs.Unavailable.
 func (s *Service) engineFor(ctx context.Context, v store.VM) (engine.Engine, error) {
+	if s.moving.has(v.ID) {
+		return nil, errs.New(errs.FailedPrecondition, "vm %s is being moved to another host; try again when the move ends", v.Name)
+	}
 	if v.HostID == "" {
 		return s.Engine, nil
 	}

@@ -1,0 +1,191 @@
+package service
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/minionsdev/minions/internal/errs"
+	"github.com/minionsdev/minions/store"
+	"github.com/minionsdev/minions/vm"
+	"github.com/minionsdev/minions/vm/hypervisor/fake"
+)
+
+func diskOf(m *machine, id string) string {
+	return filepath.Join(m.dir, "state", "vms", id, "disk.qcow2")
+}
+
+// TestMoveToAnotherHost moves a running VM from the control plane's own
+// host to a second host reached over NATS: its disk (with what was
+// written to it) arrives, it runs there with an address of that host,
+// keeps its name, ID and owner, and the control plane's host has nothing
+// left of it. Failures at import and at start keep the source, running.
+func TestMoveToAnotherHost(t *testing.T) {
+	th := newTwoHosts(t)
+	svc := th.cp.svc
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	v, err := svc.Create(ctx, th.alice, CreateRequest{Name: "mover", Image: "minimal", Host: "cp", MemoryMiB: 256}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	src := diskOf(th.cp, v.ID)
+	f, err := os.OpenFile(src, os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	payload := bytes.Repeat([]byte("data the guest wrote;"), 50000)
+	f.Write(payload)
+	f.Close()
+	want, _ := os.ReadFile(src)
+
+	// Refusals change nothing.
+	for _, tc := range []struct {
+		who  Caller
+		host string
+		want *errs.Class
+	}{
+		{th.bob, "node-b", errs.NotFound},         // not bob's: he cannot learn of it
+		{th.alice, "", errs.InvalidArgument},      // no target
+		{th.alice, "no-such", errs.NotFound},      // no such host
+		{th.alice, "cp", errs.FailedPrecondition}, // already there
+		{th.alice, "bad name!", errs.InvalidArgument},
+	} {
+		if _, err := svc.Move(ctx, tc.who, "mover", MoveRequest{Host: tc.host}, nil); errs.ClassOf(err) != tc.want {
+			t.Errorf("move by %s to %q: %v, want %v", tc.who.Name, tc.host, err, tc.want)
+		}
+	}
+	// Operations on a VM being moved are refused.
+	svc.moving.add(v.ID)
+	if _, err := svc.Stop(ctx, th.alice, "mover"); errs.ClassOf(err) != errs.FailedPrecondition {
+		t.Errorf("stop during a move: %v", err)
+	}
+	if _, err := svc.Move(ctx, th.alice, "mover", MoveRequest{Host: "node-b"}, nil); errs.ClassOf(err) != errs.FailedPrecondition {
+		t.Errorf("second move during a move: %v", err)
+	}
+	svc.moving.done(v.ID)
+
+	// Failure at import (the target cannot make the VM's directory):
+	// the source runs on, the target has no record.
+	th.heartbeat(t)
+	block := filepath.Join(th.node.dir, "state", "vms", v.ID)
+	os.MkdirAll(filepath.Dir(block), 0o700)
+	os.WriteFile(block, []byte("in the way"), 0o600)
+	if _, err := svc.Move(ctx, th.alice, "mover", MoveRequest{Host: "node-b"}, nil); err == nil {
+		t.Fatal("move with a failing import succeeded")
+	}
+	os.Remove(block)
+	checkSource := func(what string) {
+		t.Helper()
+		g, err := svc.Get(ctx, th.alice, "mover")
+		if err != nil || g.Host != "cp" || g.Status != "running" {
+			t.Fatalf("after %s: %+v, %v; want running on cp", what, g, err)
+		}
+		if inst, err := th.cp.svc.Engine.Get(ctx, v.ID); err != nil || inst.State != vm.Running {
+			t.Fatalf("after %s: source %+v, %v", what, inst, err)
+		}
+		if _, err := th.node.svc.Engine.Get(ctx, v.ID); errs.ClassOf(err) != errs.NotFound {
+			t.Fatalf("after %s: target kept a copy: %v", what, err)
+		}
+		if got, _ := os.ReadFile(src); !bytes.Equal(got, want) {
+			t.Fatalf("after %s: source disk changed", what)
+		}
+	}
+	checkSource("failed import")
+
+	// Failure at start on the target.
+	th.heartbeat(t)
+	th.node.drv.Fail(fake.OpStart, errors.New("injected"), 1)
+	if _, err := svc.Move(ctx, th.alice, "mover", MoveRequest{Host: "node-b"}, nil); err == nil || !strings.Contains(err.Error(), "injected") {
+		t.Fatalf("move with a failing start: %v", err)
+	}
+	checkSource("failed start")
+	if _, err := os.Stat(filepath.Join(th.node.dir, "state", "vms", v.ID)); !os.IsNotExist(err) {
+		t.Errorf("target kept files: %v", err)
+	}
+
+	// The move.
+	th.heartbeat(t)
+	var steps []string
+	t0 := time.Now()
+	m, err := svc.Move(ctx, th.alice, "mover", MoveRequest{Host: "node-b"}, func(s string) { steps = append(steps, s) })
+	if err != nil {
+		t.Fatalf("move: %v", err)
+	}
+	t.Logf("move cp -> node-b (running, %d KiB disk): %v, steps %v", len(want)>>10, time.Since(t0).Round(time.Millisecond), steps)
+	if m.ID != v.ID || m.Name != "mover" || m.Owner != "alice" || m.Host != "node-b" || m.Status != "running" {
+		t.Fatalf("moved %+v", m)
+	}
+	for _, s := range []string{"stop", "transfer", "disk", "agent", "switch", "cleanup"} {
+		if !strings.Contains(","+strings.Join(steps, ",")+",", ","+s+",") {
+			t.Errorf("no step %q in %v", s, steps)
+		}
+	}
+	inst, err := th.node.svc.Engine.Get(ctx, v.ID)
+	if err != nil || inst.State != vm.Running {
+		t.Fatalf("on node-b: %+v, %v", inst, err)
+	}
+	if got, _ := os.ReadFile(diskOf(th.node, v.ID)); !bytes.Equal(got, want) {
+		t.Errorf("disk on node-b has %d bytes, want the %d of the source", len(got), len(want))
+	}
+	row, _ := store.GetVMByID(ctx, svc.DB, v.ID)
+	if row.HostID != th.nodeID || row.IP != "@"+v.ID || row.NodeIP != inst.IP || m.IP != inst.IP {
+		t.Errorf("control plane row %+v, view ip %s; node has %s", row, m.IP, inst.IP)
+	}
+	// Nothing of it left on the control plane's host; its row stays.
+	if _, err := th.cp.svc.Engine.Get(ctx, v.ID); errs.ClassOf(err) != errs.NotFound {
+		t.Errorf("source engine still has it: %v", err)
+	}
+	if _, err := os.Stat(filepath.Dir(src)); !os.IsNotExist(err) {
+		t.Errorf("source files left: %v", err)
+	}
+	// It works there: exec through the node.
+	if out := execOut(t, svc, th.alice, "mover", "echo moved"); !strings.Contains(out, "moved") {
+		t.Errorf("exec after move: %q", out)
+	}
+	// And it is still alice's only.
+	if _, err := svc.Get(ctx, th.bob, "mover"); errs.ClassOf(err) != errs.NotFound {
+		t.Errorf("bob sees it: %v", err)
+	}
+	// Back to the control plane's host: not yet.
+	if _, err := svc.Move(ctx, th.alice, "mover", MoveRequest{Host: "cp"}, nil); errs.ClassOf(err) != errs.FailedPrecondition {
+		t.Errorf("move onto the control plane's host: %v", err)
+	}
+	// A stopped VM moves and stays stopped... and destroy after a move
+	// removes it from the node.
+	if err := svc.Destroy(ctx, th.alice, "mover"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := th.node.svc.Engine.Get(ctx, v.ID); errs.ClassOf(err) != errs.NotFound {
+		t.Errorf("node-b kept the destroyed vm: %v", err)
+	}
+}
+
+// TestMoveRefusesSnapshots: a VM with snapshots is refused, untouched.
+func TestMoveRefusesSnapshots(t *testing.T) {
+	th := newTwoHosts(t)
+	svc := th.cp.svc
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if _, err := svc.Create(ctx, th.alice, CreateRequest{Name: "snappy", Image: "minimal", Host: "cp", MemoryMiB: 256}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := svc.Stop(ctx, th.alice, "snappy"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := svc.CreateSnapshot(ctx, th.alice, "snappy", SnapshotRequest{Name: "s1"}, nil); err != nil {
+		t.Fatal(err)
+	}
+	_, err := svc.Move(ctx, th.alice, "snappy", MoveRequest{Host: "node-b"}, nil)
+	if errs.ClassOf(err) != errs.FailedPrecondition || !strings.Contains(err.Error(), "snapshot") {
+		t.Fatalf("move with snapshots: %v", err)
+	}
+	if g, err := svc.Get(ctx, th.alice, "snappy"); err != nil || g.Host != "cp" || g.Status != "stopped" {
+		t.Errorf("after refusal: %+v, %v", g, err)
+	}
+}
