@@ -24,9 +24,15 @@ import (
 // the name, ID, owner, size, routes and shares. A failure before the
 // switch removes the target copy and starts the source again if it ran.
 //
+// A move is a durable record (store.Move) from the stop to the end, so a
+// crash of this process mid-move is settled (SettleMoves, run whenever a
+// host is settled): before the switch the target's copy is removed and the
+// source started again if it ran; after it the source's copy is removed.
+// Exactly one copy is left. Other operations on the VM are refused
+// (errs.FailedPrecondition) while the record exists.
+//
 // Not yet: moving onto the control plane's own host (its engine shares
-// the control plane's row), snapshots (a VM with snapshots is refused),
-// durability across a crash of this process mid-move.
+// the control plane's row), snapshots (a VM with snapshots is refused).
 
 // MoveRequest asks to move a VM.
 type MoveRequest struct {
@@ -39,6 +45,19 @@ type MoveRequest struct {
 type moveSet struct {
 	mu  sync.Mutex
 	ids map[string]bool
+	// crash, if set (tests only), is asked at each step whether this
+	// process "dies" there: Move then returns errMoveCrashed at once,
+	// undoing nothing, as after a kill -9.
+	crash func(step string) bool
+}
+
+var errMoveCrashed = errors.New("move: crashed (test)")
+
+func (m *moveSet) crashes(step string) bool {
+	m.mu.Lock()
+	f := m.crash
+	m.mu.Unlock()
+	return f != nil && f(step)
 }
 
 func (m *moveSet) add(id string) bool {
@@ -152,19 +171,27 @@ func (s *Service) Move(ctx context.Context, c Caller, name string, req MoveReque
 		return VM{}, errs.New(errs.FailedPrecondition, "vm %s is already being moved", v.Name)
 	}
 	defer s.moving.done(v.ID)
-	s.log.Info("move vm", "vm_id", v.ID, "vm", v.Name, "from", from.Name, "to", to.Name)
-
 	ran := v.State == vm.Running
+	fromID := from.ID
+	if from.Local {
+		fromID = ""
+	}
+	rec := store.Move{VMID: v.ID, FromHost: fromID, ToHost: to.ID, Step: store.MoveTransfer, WasRunning: ran, CreatedAt: time.Now().UTC()}
+	if err := s.DB.Tx(ctx, func(q store.Q) error { return store.InsertMove(ctx, q, rec) }); err != nil {
+		return VM{}, fmt.Errorf("move vm %s: %w", v.Name, err)
+	}
+	s.log.Info("move vm", "vm_id", v.ID, "vm", v.Name, "from", from.Name, "to", to.Name)
 	if ran {
 		progress.Say("stop")
 		inst, err := srcE.Stop(ctx, v.ID)
 		if err != nil {
+			s.DB.Tx(context.WithoutCancel(ctx), func(q store.Q) error { return store.DeleteMove(ctx, q, v.ID) })
 			return VM{}, fmt.Errorf("move vm %s: stop: %w", v.Name, err)
 		}
 		s.syncMoved(ctx, from, inst)
 	}
 	// From here a failure before the switch starts the source again.
-	restore := func(cause error) error {
+	restore := func(cause error, targetClean bool) error {
 		if ran {
 			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
 			inst, err := srcE.Start(rctx, v.ID, nil)
@@ -175,9 +202,15 @@ func (s *Service) Move(ctx context.Context, c Caller, name string, req MoveReque
 				s.syncMoved(ctx, from, inst)
 			}
 		}
+		if targetClean {
+			s.DB.Tx(context.WithoutCancel(ctx), func(q store.Q) error { return store.DeleteMove(ctx, q, v.ID) })
+		} // else SettleMoves finishes the undo
 		return fmt.Errorf("move vm %s to %s: %w", v.Name, to.Name, cause)
 	}
 
+	if s.moving.crashes("transfer") {
+		return VM{}, errMoveCrashed
+	}
 	progress.Say("transfer")
 	pr, pw := io.Pipe()
 	exported := make(chan error, 1)
@@ -189,36 +222,42 @@ func (s *Service) Move(ctx context.Context, c Caller, name string, req MoveReque
 	inst, err := dst.ImportDisk(ctx, engine.ImportSpec{ID: v.ID, Name: v.Name, Owner: v.OwnerID, Start: ran}, pr, progress)
 	pr.CloseWithError(errors.New("import ended"))
 	eerr := <-exported
+	if s.moving.crashes("switch") {
+		return VM{}, errMoveCrashed
+	}
 	if err != nil {
 		if eerr != nil && errs.ClassOf(err) == errs.InvalidArgument {
 			err = eerr // the stream broke because the export failed
 		}
+		clean := true
 		if errs.ClassOf(err) != errs.AlreadyExists { // not ours to remove
-			s.undoImport(ctx, dstE, v.ID, err)
+			clean = s.undoImport(ctx, dstE, v.ID, err)
 		}
-		return VM{}, restore(err)
+		return VM{}, restore(err, clean)
 	}
 	if eerr != nil {
 		// The target verified the whole stream, so this is the export's
 		// own late failure; the copy is good, yet be safe and undo it.
-		s.undoImport(ctx, dstE, v.ID, eerr)
-		return VM{}, restore(eerr)
+		return VM{}, restore(eerr, s.undoImport(ctx, dstE, v.ID, eerr))
 	}
 
 	progress.Say("switch")
 	err = s.DB.Tx(ctx, func(q store.Q) error {
-		return store.SwitchVMHost(ctx, q, v.ID, to.ID, inst.IP, inst.MAC, inst.State)
+		if err := store.SwitchVMHost(ctx, q, v.ID, to.ID, inst.IP, inst.MAC, inst.State); err != nil {
+			return err
+		}
+		return store.SetMoveStep(ctx, q, v.ID, store.MoveCleanup)
 	})
 	if err != nil {
-		s.undoImport(ctx, dstE, v.ID, err)
-		return VM{}, restore(err)
+		return VM{}, restore(err, s.undoImport(ctx, dstE, v.ID, err))
+	}
+	if s.moving.crashes("cleanup") {
+		return VM{}, errMoveCrashed
 	}
 	progress.Say("cleanup")
-	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
-	if err := srcE.Destroy(dctx, v.ID); err != nil {
-		s.log.Warn("move: destroy the source copy", "vm_id", v.ID, "host", from.Name, "err", err)
+	if err := s.destroySource(ctx, srcE, v.ID); err != nil {
+		s.log.Warn("move: destroy the source copy (settled later)", "vm_id", v.ID, "host", from.Name, "err", err)
 	}
-	cancel()
 	s.log.Info("vm moved", "vm_id", v.ID, "vm", v.Name, "from", from.Name, "to", to.Name)
 	return s.current(ctx, v.ID), nil
 }
@@ -234,12 +273,91 @@ func (s *Service) syncMoved(ctx context.Context, h store.Host, inst engine.Insta
 // undoImport removes the target's copy of a failed move when the target
 // may hold one (its import undoes its own failures; an unknown outcome or
 // a failure after the import leaves a copy).
-func (s *Service) undoImport(ctx context.Context, e engine.Engine, id string, cause error) {
+// It reports whether the target is known clean.
+func (s *Service) undoImport(ctx context.Context, e engine.Engine, id string, cause error) bool {
 	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
 	defer cancel()
 	if err := e.Destroy(dctx, id); err != nil {
 		s.log.Warn("move: remove the target copy", "vm_id", id, "err", err, "cause", cause)
+		return false
 	}
+	return true
+}
+
+// destroySource removes the source's copy of a switched move and then the
+// move's record.
+func (s *Service) destroySource(ctx context.Context, e engine.Engine, id string) error {
+	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+	defer cancel()
+	if err := e.Destroy(dctx, id); err != nil {
+		return err
+	}
+	return s.DB.Tx(dctx, func(q store.Q) error { return store.DeleteMove(dctx, q, id) })
+}
+
+// moveHost is the host a move record names ("" the local one).
+func (s *Service) moveHost(ctx context.Context, id string) (store.Host, error) {
+	if id == "" {
+		return s.vmHost(ctx, store.VM{})
+	}
+	return store.GetHostByID(ctx, s.DB, id)
+}
+
+// SettleMoves finishes the moves a crash of this process interrupted
+// (those not running in this process): before the switch, the target's
+// copy is destroyed and the source started again if it ran; after it,
+// the source's copy is destroyed. A move whose host is not connected is
+// left for the next time. Idempotent.
+func (s *Service) SettleMoves(ctx context.Context) error {
+	moves, err := store.ListMoves(ctx, s.DB)
+	if err != nil {
+		return err
+	}
+	var errList []error
+	for _, m := range moves {
+		if s.moving.has(m.VMID) {
+			continue
+		}
+		from, err1 := s.moveHost(ctx, m.FromHost)
+		to, err2 := s.moveHost(ctx, m.ToHost)
+		if err := errors.Join(err1, err2); err != nil {
+			errList = append(errList, err)
+			continue
+		}
+		srcE, err1 := s.hostEngine(from)
+		dstE, err2 := s.hostEngine(to)
+		if err := errors.Join(err1, err2); err != nil {
+			errList = append(errList, err)
+			continue
+		}
+		if m.Step == store.MoveCleanup {
+			if err := s.destroySource(ctx, srcE, m.VMID); err != nil {
+				errList = append(errList, fmt.Errorf("settle move of vm %s: destroy the source copy: %w", m.VMID, err))
+				continue
+			}
+			s.log.Info("interrupted move settled: the source copy removed", "vm_id", m.VMID, "from", from.Name)
+			continue
+		}
+		if !s.undoImport(ctx, dstE, m.VMID, errors.New("move interrupted")) {
+			errList = append(errList, fmt.Errorf("settle move of vm %s: the target copy is not removed yet", m.VMID))
+			continue
+		}
+		if m.WasRunning {
+			if inst, err := srcE.Get(ctx, m.VMID); err == nil && inst.State == vm.Stopped {
+				if inst, err = srcE.Start(ctx, m.VMID, nil); err != nil {
+					s.log.Warn("settle move: start the source", "vm_id", m.VMID, "err", err)
+				} else {
+					s.syncMoved(ctx, from, inst)
+				}
+			}
+		}
+		if err := s.DB.Tx(ctx, func(q store.Q) error { return store.DeleteMove(ctx, q, m.VMID) }); err != nil {
+			errList = append(errList, err)
+			continue
+		}
+		s.log.Info("interrupted move rolled back", "vm_id", m.VMID, "from", from.Name, "to", to.Name)
+	}
+	return errors.Join(errList...)
 }
 
 // Move implements MoveBackend.
@@ -267,4 +385,11 @@ func (n *nodeEngine) ImportDisk(ctx context.Context, spec engine.ImportSpec, r i
 		return engine.Instance{}, err
 	}
 	return t.ImportDisk(ctx, spec, r, progress)
+}
+
+// moveRecorded reports whether a move of VM id is recorded (under way,
+// or interrupted and not settled yet).
+func (s *Service) moveRecorded(ctx context.Context, id string) bool {
+	_, err := store.GetMove(ctx, s.DB, id)
+	return err == nil
 }

@@ -189,3 +189,60 @@ func TestMoveRefusesSnapshots(t *testing.T) {
 		t.Errorf("after refusal: %+v, %v", g, err)
 	}
 }
+
+// TestMoveCrashSettles "kills" the control plane at each step of a move
+// (the move returns at once, undoing nothing) and settles it as a restart
+// would: exactly one copy is left, running, where the switch says; until
+// then every operation on the VM is refused.
+func TestMoveCrashSettles(t *testing.T) {
+	for _, step := range []string{"transfer", "switch", "cleanup"} {
+		t.Run(step, func(t *testing.T) {
+			th := newTwoHosts(t)
+			svc := th.cp.svc
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+			defer cancel()
+			v, err := svc.Create(ctx, th.alice, CreateRequest{Name: "crashy", Image: "minimal", Host: "cp", MemoryMiB: 256}, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			svc.moving.crash = func(s string) bool { return s == step }
+			if _, err := svc.Move(ctx, th.alice, "crashy", MoveRequest{Host: "node-b"}, nil); !errors.Is(err, errMoveCrashed) {
+				t.Fatalf("move: %v, want the crash", err)
+			}
+			svc.moving.crash = nil
+			if _, err := svc.Restart(ctx, th.alice, "crashy", nil); errs.ClassOf(err) != errs.FailedPrecondition {
+				t.Errorf("restart of an interrupted move: %v", err)
+			}
+			if err := svc.SettleMoves(ctx); err != nil {
+				t.Fatalf("settle: %v", err)
+			}
+			if err := svc.SettleMoves(ctx); err != nil { // idempotent
+				t.Fatalf("settle again: %v", err)
+			}
+			wantHost, on, off := "cp", th.cp, th.node
+			if step == "cleanup" {
+				wantHost, on, off = "node-b", th.node, th.cp
+			}
+			g, err := svc.Get(ctx, th.alice, "crashy")
+			if err != nil || g.Host != wantHost || g.Status != "running" {
+				t.Fatalf("after settling: %+v, %v; want running on %s", g, err, wantHost)
+			}
+			if inst, err := on.svc.Engine.Get(ctx, v.ID); err != nil || inst.State != vm.Running {
+				t.Errorf("on %s: %+v, %v", wantHost, inst, err)
+			}
+			if _, err := off.svc.Engine.Get(ctx, v.ID); errs.ClassOf(err) != errs.NotFound {
+				t.Errorf("a second copy is left: %v", err)
+			}
+			if _, err := os.Stat(filepath.Join(off.dir, "state", "vms", v.ID)); !os.IsNotExist(err) {
+				t.Errorf("files of a second copy are left: %v", err)
+			}
+			if moves, _ := store.ListMoves(ctx, svc.DB); len(moves) != 0 {
+				t.Errorf("move records left: %+v", moves)
+			}
+			// Usable again.
+			if _, err := svc.Stop(ctx, th.alice, "crashy"); err != nil {
+				t.Errorf("stop after settling: %v", err)
+			}
+		})
+	}
+}
