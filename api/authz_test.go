@@ -211,6 +211,7 @@ func TestAuthorization(t *testing.T) {
 		{method: "DELETE", path: "/v1/hosts/web", want: want{nf, deny, deny, anon}},
 		{method: "POST", path: "/v1/hosts/web/cordon", want: want{nf, deny, deny, anon}},
 		{method: "POST", path: "/v1/hosts/web/uncordon", want: want{nf, deny, deny, anon}},
+		{method: "POST", path: "/v1/hosts/web/drain", want: want{nf, deny, deny, anon}},
 		{method: "POST", path: "/v1/nodes/join", body: func(string, map[string]string) any {
 			return service.JoinRequest{Token: "mjt_guess", NKey: "UDXU4RCSJNZOIQHZNWXHXORDPRTGNJAHAHFRGZNEEJCPQTT2M7NLCNF4"}
 		}, want: want{anon, anon, anon, anon}},

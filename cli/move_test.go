@@ -63,3 +63,37 @@ func TestMoveCommand(t *testing.T) {
 		t.Errorf("move without --host: exit %d, %q", code, errOut)
 	}
 }
+
+// drainBackend records drain's request.
+type drainBackend struct {
+	service.Backend
+	got *service.DrainRequest
+}
+
+func (b drainBackend) HostDrain(_ context.Context, name string, req service.DrainRequest, p service.Progress) (service.DrainResult, error) {
+	*b.got = req
+	p.Say("web: transfer")
+	return service.DrainResult{Host: name, Moved: []service.DrainedVM{{Name: "web", To: "node2"}}, Failed: []service.DrainedVM{}}, nil
+}
+
+func (drainBackend) Close() error { return nil }
+
+// TestHostDrainCommand: host drain NAME --parallel N --json.
+func TestHostDrainCommand(t *testing.T) {
+	var req service.DrainRequest
+	var out, errb bytes.Buffer
+	env := &cli.Env{Stdin: strings.NewReader(""), Stdout: &out, Stderr: &errb, Getenv: func(string) string { return "" },
+		Open: func(context.Context, *cli.Global) (service.Backend, error) { return drainBackend{got: &req}, nil }}
+	if code := cli.Run(context.Background(), env, []string{"host", "drain", "node1", "--parallel", "3", "--json"}); code != 0 {
+		t.Fatalf("exit %d: %s", code, errb.String())
+	}
+	var res service.DrainResult
+	if err := json.Unmarshal(out.Bytes(), &res); err != nil || req.Parallel != 3 || res.Host != "node1" || len(res.Moved) != 1 || res.Moved[0].To != "node2" {
+		t.Errorf("parallel %d, --json %q", req.Parallel, out.String())
+	}
+	out.Reset()
+	if code := cli.Run(context.Background(), env, []string{"host", "drain", "node1"}); code != 0 || req.Parallel != 2 ||
+		!strings.Contains(out.String(), "web\tmoved to node2") {
+		t.Errorf("exit %d, parallel %d, output %q", code, req.Parallel, out.String())
+	}
+}

@@ -194,4 +194,7 @@ type WindowSize struct {
 type MoveBackend interface {
 	// Move moves a VM to another host, cold (see Service.Move).
 	Move(ctx context.Context, name string, req MoveRequest, progress Progress) (VM, error)
+	// HostDrain cordons a host and moves every VM off it (admins; see
+	// Service.HostDrain).
+	HostDrain(ctx context.Context, name string, req DrainRequest, progress Progress) (DrainResult, error)
 }

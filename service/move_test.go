@@ -7,10 +7,13 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/minionsdev/minions/fabric"
 	"github.com/minionsdev/minions/internal/errs"
+	"github.com/minionsdev/minions/nodeagent"
 	"github.com/minionsdev/minions/store"
 	"github.com/minionsdev/minions/vm"
 	"github.com/minionsdev/minions/vm/hypervisor/fake"
@@ -244,5 +247,132 @@ func TestMoveCrashSettles(t *testing.T) {
 				t.Errorf("stop after settling: %v", err)
 			}
 		})
+	}
+}
+
+// addNode joins a third host (name) to th's cluster, serving its engine
+// over th's fabric like node-b's, and returns it.
+func (th *twoHosts) addNode(t *testing.T, name, addr string) *machine {
+	t.Helper()
+	ctx := context.Background()
+	m := newMachine(t)
+	svc := th.cp.svc
+	inv, err := svc.HostAdd(ctx, th.admin, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seed, pub, _ := fabric.NewNodeKey()
+	res, err := svc.JoinHost(ctx, JoinRequest{Token: inv.Token, NKey: pub, Address: addr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	th.heartbeat(t)
+	conn, err := fabric.ConnectNode(th.srv.ClientURL(), res.HostID, seed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(conn.Close)
+	sctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() {
+		done <- nodeagent.ServeEngine(sctx, nodeagent.ServeConfig{ID: res.HostID, Conn: conn, Engine: m.svc.NodeEngine()})
+	}()
+	t.Cleanup(func() { cancel(); <-done })
+	control, err := th.srv.Control("control-" + name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(control.Close)
+	r, err := nodeagent.NewRemote(nodeagent.RemoteConfig{ID: res.HostID, Conn: control})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Close() })
+	waitFor(t, name+" to serve its engine", func() bool {
+		cctx, cancel := context.WithTimeout(ctx, time.Second)
+		defer cancel()
+		_, err := r.Capacity(cctx)
+		return err == nil
+	})
+	svc.SetRemoteEngine(res.HostID, r)
+	return m
+}
+
+// TestDrainMovesEveryVMOff: a VM moves node to node (node-b -> node-c);
+// drain of node-b (admins only) moves all its VMs, running and stopped,
+// to node-c (the control plane's own host is no target), two at a time,
+// their disks with them; then node-b can be removed.
+func TestDrainMovesEveryVMOff(t *testing.T) {
+	th := newTwoHosts(t)
+	nodeC := th.addNode(t, "node-c", "127.209.0.3")
+	svc := th.cp.svc
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	// Node to node first.
+	if _, err := svc.Create(ctx, th.alice, CreateRequest{Name: "hop", Image: "minimal", Host: "node-b", MemoryMiB: 256}, nil); err != nil {
+		t.Fatal(err)
+	}
+	m, err := svc.Move(ctx, th.alice, "hop", MoveRequest{Host: "node-c"}, nil)
+	if err != nil || m.Host != "node-c" || m.Status != "running" {
+		t.Fatalf("move node-b -> node-c: %+v, %v", m, err)
+	}
+	if _, err := th.node.svc.Engine.Get(ctx, m.ID); errs.ClassOf(err) != errs.NotFound {
+		t.Errorf("node-b kept a copy: %v", err)
+	}
+	if out := execOut(t, svc, th.alice, "hop", "echo hopped"); !strings.Contains(out, "hopped") {
+		t.Errorf("exec after node-to-node move: %q", out)
+	}
+
+	disks := map[string][]byte{}
+	for i, name := range []string{"d1", "d2", "d3"} {
+		th.heartbeat(t)
+		v, err := svc.Create(ctx, th.alice, CreateRequest{Name: name, Image: "minimal", Host: "node-b", MemoryMiB: 256}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := diskOf(th.node, v.ID)
+		os.WriteFile(p, append([]byte("disk of "+name+";"), bytes.Repeat([]byte{byte(i)}, 1<<16)...), 0o600)
+		disks[v.ID], _ = os.ReadFile(p)
+		if name == "d3" {
+			if _, err := svc.Stop(ctx, th.alice, name); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	th.heartbeat(t)
+	if _, err := svc.HostDrain(ctx, th.alice, "node-b", DrainRequest{}, nil); errs.ClassOf(err) != errs.PermissionDenied {
+		t.Fatalf("drain by a user: %v", err)
+	}
+	var mu sync.Mutex
+	var lines []string
+	res, err := svc.HostDrain(ctx, th.admin, "node-b", DrainRequest{}, func(s string) { mu.Lock(); lines = append(lines, s); mu.Unlock() })
+	if err != nil {
+		t.Fatalf("drain: %v (%+v)", err, res)
+	}
+	if len(res.Moved) != 3 || len(res.Failed) != 0 {
+		t.Fatalf("drain result %+v", res)
+	}
+	if !strings.Contains(strings.Join(lines, "\n"), "d2: moved to node-c") {
+		t.Errorf("progress %q", lines)
+	}
+	for id, want := range disks {
+		row, _ := store.GetVMByID(ctx, svc.DB, id)
+		wantState := vm.Running
+		if row.Name == "d3" {
+			wantState = vm.Stopped
+		}
+		inst, err := nodeC.svc.Engine.Get(ctx, id)
+		if err != nil || inst.State != wantState || row.State != wantState {
+			t.Errorf("%s on node-c: %+v, %v; row %s", row.Name, inst, err, row.State)
+		}
+		if got, _ := os.ReadFile(diskOf(nodeC, id)); !bytes.Equal(got, want) {
+			t.Errorf("%s: disk on node-c differs", row.Name)
+		}
+	}
+	if l, _ := th.node.svc.Engine.List(ctx); len(l) != 0 {
+		t.Errorf("node-b still runs %+v", l)
+	}
+	if err := svc.HostRemove(ctx, th.admin, "node-b"); err != nil {
+		t.Errorf("remove the drained host: %v", err)
 	}
 }

@@ -696,3 +696,11 @@ func (f *Fake) Move(ctx context.Context, name string, req service.MoveRequest, _
 	}
 	return service.VM{}, errs.New(errs.FailedPrecondition, "move vm %s: the fake has no other host", name)
 }
+
+// HostDrain implements service.MoveBackend: the fake has no cluster.
+func (f *Fake) HostDrain(ctx context.Context, name string, req service.DrainRequest, _ service.Progress) (service.DrainResult, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.calls = append(f.calls, "HostDrain "+name)
+	return service.DrainResult{}, errs.New(errs.NotFound, "no host named %q: the fake has no cluster", name)
+}
