@@ -101,12 +101,13 @@ func lifeCommands() []*Command {
 					return be.Move(ctx, x.Args[0], req, p)
 				})
 			}},
-		{Name: "cp", Usage: "NAME [NEW-NAME] [--from-snapshot SNAPSHOT]", Summary: "Copy a VM into a new, independent VM", MinArgs: 1, MaxArgs: 2,
+		{Name: "cp", Usage: "NAME [NEW-NAME] [--from-snapshot SNAPSHOT] [--host HOST]", Summary: "Copy a VM into a new, independent VM (--host: on another cluster host)", MinArgs: 1, MaxArgs: 2,
 			Flags: func(fs *flag.FlagSet) {
 				fs.String("from-snapshot", "", "start the copy from this snapshot of NAME")
 			},
 			Run: func(ctx context.Context, x *Ctx) error {
-				req := service.CopyRequest{FromSnapshot: strFlag(x.FS, "from-snapshot")}
+				// --host HOST: a bare name is the cluster host to copy onto, as for create.
+				req := service.CopyRequest{FromSnapshot: strFlag(x.FS, "from-snapshot"), Host: x.clusterHostPin()}
 				if len(x.Args) > 1 {
 					req.Name = x.Args[1]
 				}

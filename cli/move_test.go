@@ -97,3 +97,36 @@ func TestHostDrainCommand(t *testing.T) {
 		t.Errorf("exit %d, parallel %d, output %q", code, req.Parallel, out.String())
 	}
 }
+
+// copyBackend records cp's request.
+type copyBackend struct {
+	service.Backend
+	got *service.CopyRequest
+}
+
+func (b copyBackend) Copy(_ context.Context, name string, req service.CopyRequest, _ service.Progress) (service.VM, error) {
+	*b.got = req
+	return service.VM{Name: req.Name, Status: "running", Host: req.Host}, nil
+}
+
+func (copyBackend) Close() error { return nil }
+
+// TestCopyHostPin: cp NAME NEW --host NODE copies onto that cluster host.
+func TestCopyHostPin(t *testing.T) {
+	var req service.CopyRequest
+	var out, errb bytes.Buffer
+	env := &cli.Env{Stdin: strings.NewReader(""), Stdout: &out, Stderr: &errb, Getenv: func(string) string { return "" },
+		Open: func(_ context.Context, g *cli.Global) (service.Backend, error) {
+			if g.Host != "" {
+				t.Errorf("--host node2 taken for a daemon: %q", g.Host)
+			}
+			return copyBackend{got: &req}, nil
+		}}
+	if code := cli.Run(context.Background(), env, []string{"cp", "web", "web2", "--host", "node2", "--json"}); code != 0 {
+		t.Fatalf("exit %d: %s", code, errb.String())
+	}
+	var v service.VM
+	if err := json.Unmarshal(out.Bytes(), &v); err != nil || req.Host != "node2" || req.Name != "web2" || v.Host != "node2" {
+		t.Errorf("request %+v, --json %q", req, out.String())
+	}
+}

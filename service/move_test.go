@@ -376,3 +376,59 @@ func TestDrainMovesEveryVMOff(t *testing.T) {
 		t.Errorf("remove the drained host: %v", err)
 	}
 }
+
+// TestCopyToAnotherHost: cp VM NEW --host H ships the stopped source's
+// disk to H (and back to the control plane's own host): a new VM with its
+// own ID and address runs there with the source's data; the source stays
+// as it was. A running source is refused.
+func TestCopyToAnotherHost(t *testing.T) {
+	th := newTwoHosts(t)
+	svc := th.cp.svc
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	src, err := svc.Create(ctx, th.alice, CreateRequest{Name: "orig", Image: "minimal", Host: "cp", MemoryMiB: 256}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := svc.Copy(ctx, th.alice, "orig", CopyRequest{Name: "far", Host: "node-b"}, nil); errs.ClassOf(err) != errs.FailedPrecondition {
+		t.Fatalf("copy of a running vm to another host: %v", err)
+	}
+	if _, err := svc.Copy(ctx, th.bob, "orig", CopyRequest{Name: "bobs", Host: "node-b"}, nil); errs.ClassOf(err) != errs.NotFound {
+		t.Fatalf("copy by bob: %v", err)
+	}
+	if _, err := svc.Stop(ctx, th.alice, "orig"); err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(diskOf(th.cp, src.ID), []byte("the original's data"), 0o600)
+	var steps []string
+	far, err := svc.Copy(ctx, th.alice, "orig", CopyRequest{Name: "far", Host: "node-b"}, func(s string) { steps = append(steps, s) })
+	if err != nil {
+		t.Fatalf("copy to node-b: %v", err)
+	}
+	if far.ID == src.ID || far.Host != "node-b" || far.Status != "running" || far.Owner != "alice" {
+		t.Fatalf("copy %+v", far)
+	}
+	if !strings.Contains(strings.Join(steps, ","), "identity") {
+		t.Errorf("the copy got no identity of its own: %v", steps)
+	}
+	if got, _ := os.ReadFile(diskOf(th.node, far.ID)); string(got) != "the original's data" {
+		t.Errorf("copy's disk %q", got)
+	}
+	if g, err := svc.Get(ctx, th.alice, "orig"); err != nil || g.Host != "cp" || g.Status != "stopped" {
+		t.Errorf("source after the copy: %+v, %v", g, err)
+	}
+	// And back onto the control plane's own host.
+	if _, err := svc.Stop(ctx, th.alice, "far"); err != nil {
+		t.Fatal(err)
+	}
+	back, err := svc.Copy(ctx, th.alice, "far", CopyRequest{Name: "back", Host: "cp"}, nil)
+	if err != nil || back.Host != "cp" || back.Status != "running" {
+		t.Fatalf("copy to cp: %+v, %v", back, err)
+	}
+	if got, _ := os.ReadFile(diskOf(th.cp, back.ID)); string(got) != "the original's data" {
+		t.Errorf("copy back's disk %q", got)
+	}
+	if out := execOut(t, svc, th.alice, "back", "echo back"); !strings.Contains(out, "back") {
+		t.Errorf("exec in the copy: %q", out)
+	}
+}

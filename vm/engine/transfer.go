@@ -129,6 +129,11 @@ type ImportSpec struct {
 	Name  string `json:"name"`
 	Owner string `json:"owner,omitempty"`
 	Start bool   `json:"start,omitempty"`
+	// CopyOf makes a copy of the stream's instance (whose ID is CopyOf)
+	// rather than the instance itself: it boots (Start is implied) with an
+	// identity of its own, as Create with CopyFrom, and AuthorizedKeys.
+	CopyOf         string   `json:"copy_of,omitempty"`
+	AuthorizedKeys []string `json:"authorized_keys,omitempty"`
 }
 
 // Rebaser is Disks that can point a qcow2 disk at another backing file
@@ -182,7 +187,7 @@ func (l *Local) ImportDisk(ctx context.Context, spec ImportSpec, r io.Reader, pr
 	if err != nil {
 		return Instance{}, err
 	}
-	if h.ID != spec.ID {
+	if h.ID != spec.ID && (spec.CopyOf == "" || h.ID != spec.CopyOf) {
 		return Instance{}, errs.New(errs.InvalidArgument, "import vm %s: the stream carries vm %s", spec.ID, h.ID)
 	}
 	if err := vm.ValidResources(h.CPUs, h.MemoryMiB, h.DiskGiB); err != nil {
@@ -221,12 +226,15 @@ func (l *Local) ImportDisk(ctx context.Context, spec ImportSpec, r io.Reader, pr
 		if err != nil {
 			return row, err
 		}
-		if spec.Start {
+		if spec.Start || spec.CopyOf != "" {
 			v, cl, err := l.boot(ctx, o, row, progress)
 			if err != nil {
 				return v, err
 			}
 			cl.Close()
+			if spec.CopyOf != "" {
+				return l.newIdentity(ctx, v, spec.AuthorizedKeys, progress)
+			}
 			return v, nil
 		}
 		row.State = vm.Stopped
