@@ -39,8 +39,7 @@ type DrainResult struct {
 // "VM: step" lines. The result lists what moved and what did not; the
 // error is set only when the drain could not begin (then nothing moved)
 // or some VM stayed (errs.FailedPrecondition, with the result filled in).
-// Admins only. The control plane's own host is never a target (moving
-// onto it is not supported yet).
+// Admins only.
 func (s *Service) HostDrain(ctx context.Context, c Caller, name string, req DrainRequest, progress Progress) (DrainResult, error) {
 	if err := requireAdmin(c, "drain hosts"); err != nil {
 		return DrainResult{}, err
@@ -104,11 +103,8 @@ func (s *Service) drainOne(ctx context.Context, c Caller, from Host, v store.VM,
 	cfg := s.cfg.Placement
 	to, err := s.placeExcept(ctx, scheduler.Request{CPUs: v.CPUs, MemoryMiB: int64(v.MemoryMiB), DiskMiB: int64(v.DiskGiB) << 10}, cfg, true,
 		func(h Host) string {
-			switch {
-			case h.ID == from.ID:
+			if h.ID == from.ID {
 				return "draining"
-			case h.Local:
-				return "the control plane's own host (moving onto it is not supported yet)"
 			}
 			return ""
 		})

@@ -31,8 +31,11 @@ import (
 // Exactly one copy is left. Other operations on the VM are refused
 // (errs.FailedPrecondition) while the record exists.
 //
-// Not yet: moving onto the control plane's own host (its engine shares
-// the control plane's row), snapshots (a VM with snapshots is refused).
+// Onto the control plane's own host (whose engine shares the control
+// plane's row) the disk is staged, the switch makes the row this host's,
+// and the VM starts after the switch; a failed start switches back.
+//
+// Not yet: snapshots (a VM with snapshots is refused).
 
 // MoveRequest asks to move a VM.
 type MoveRequest struct {
@@ -137,8 +140,6 @@ func (s *Service) Move(ctx context.Context, c Caller, name string, req MoveReque
 	switch {
 	case to.ID == from.ID || to.Local && from.Local:
 		return VM{}, errs.New(errs.FailedPrecondition, "move vm %s: it is already on host %s", v.Name, to.Name)
-	case to.Local:
-		return VM{}, errs.New(errs.FailedPrecondition, "move vm %s: moving onto the control plane's own host %s is not supported yet", v.Name, to.Name)
 	case to.State != store.HostReady:
 		return VM{}, errs.New(errs.FailedPrecondition, "move vm %s: host %s is %s", v.Name, to.Name, to.State)
 	case unreachable(to, s.hostsConfig()):
@@ -159,6 +160,12 @@ func (s *Service) Move(ctx context.Context, c Caller, name string, req MoveReque
 	}
 	src, ok1 := srcE.(engine.Transferer)
 	dst, ok2 := dstE.(engine.Transferer)
+	ad, isAd := dstE.(adopter)
+	if to.Local {
+		// This host's engine shares the control plane's row: the disk is
+		// staged, and the switch makes the row this host's (AdoptVM).
+		ok2 = isAd
+	}
 	if !ok1 || !ok2 {
 		return VM{}, errs.New(errs.FailedPrecondition, "move vm %s: the engines of %s and %s cannot ship disks", v.Name, from.Name, to.Name)
 	}
@@ -219,7 +226,12 @@ func (s *Service) Move(ctx context.Context, c Caller, name string, req MoveReque
 		pw.CloseWithError(err)
 		exported <- err
 	}()
-	inst, err := dst.ImportDisk(ctx, engine.ImportSpec{ID: v.ID, Name: v.Name, Owner: v.OwnerID, Start: ran}, pr, progress)
+	var inst engine.Instance
+	if to.Local {
+		err = ad.StageDisk(ctx, engine.ImportSpec{ID: v.ID, Name: v.Name, Owner: v.OwnerID}, pr, progress)
+	} else {
+		inst, err = dst.ImportDisk(ctx, engine.ImportSpec{ID: v.ID, Name: v.Name, Owner: v.OwnerID, Start: ran}, pr, progress)
+	}
 	pr.CloseWithError(errors.New("import ended"))
 	eerr := <-exported
 	if s.moving.crashes("switch") {
@@ -243,13 +255,35 @@ func (s *Service) Move(ctx context.Context, c Caller, name string, req MoveReque
 
 	progress.Say("switch")
 	err = s.DB.Tx(ctx, func(q store.Q) error {
-		if err := store.SwitchVMHost(ctx, q, v.ID, to.ID, inst.IP, inst.MAC, inst.State); err != nil {
+		if to.Local {
+			if err := ad.AdoptVM(ctx, q, v.ID); err != nil {
+				return err
+			}
+		} else if err := store.SwitchVMHost(ctx, q, v.ID, to.ID, inst.IP, inst.MAC, inst.State); err != nil {
 			return err
 		}
 		return store.SetMoveStep(ctx, q, v.ID, store.MoveCleanup)
 	})
 	if err != nil {
 		return VM{}, restore(err, s.undoImport(ctx, dstE, v.ID, err))
+	}
+	if to.Local && ran {
+		// Here the start comes after the switch; a failed start switches
+		// back (the source's copy is still there).
+		progress.Say("start")
+		if _, err := s.Engine.Start(ctx, v.ID, progress); err != nil {
+			back := s.DB.Tx(context.WithoutCancel(ctx), func(q store.Q) error {
+				if err := store.SwitchVMHost(ctx, q, v.ID, from.ID, v.NodeIP, v.NodeMAC, vm.Stopped); err != nil {
+					return err
+				}
+				return store.SetMoveStep(ctx, q, v.ID, store.MoveTransfer)
+			})
+			if back != nil {
+				s.log.Error("move: switch back after a failed start", "vm_id", v.ID, "err", back)
+				return VM{}, fmt.Errorf("move vm %s to %s: start: %w (and switching back failed: %v; it is settled later)", v.Name, to.Name, err, back)
+			}
+			return VM{}, restore(err, s.undoImport(ctx, dstE, v.ID, err))
+		}
 	}
 	if s.moving.crashes("cleanup") {
 		return VM{}, errMoveCrashed
@@ -260,6 +294,13 @@ func (s *Service) Move(ctx context.Context, c Caller, name string, req MoveReque
 	}
 	s.log.Info("vm moved", "vm_id", v.ID, "vm", v.Name, "from", from.Name, "to", to.Name)
 	return s.current(ctx, v.ID), nil
+}
+
+// adopter is this host's engine when it shares the control plane's store
+// (engine.Local): a move onto it stages the disk, then adopts the row.
+type adopter interface {
+	StageDisk(ctx context.Context, spec engine.ImportSpec, r io.Reader, progress engine.Progress) error
+	AdoptVM(ctx context.Context, q store.Q, id string) error
 }
 
 // syncMoved copies inst into v's row when h is another host (a local
@@ -334,6 +375,15 @@ func (s *Service) SettleMoves(ctx context.Context) error {
 			if err := s.destroySource(ctx, srcE, m.VMID); err != nil {
 				errList = append(errList, fmt.Errorf("settle move of vm %s: destroy the source copy: %w", m.VMID, err))
 				continue
+			}
+			if m.WasRunning {
+				if inst, err := dstE.Get(ctx, m.VMID); err == nil && inst.State == vm.Stopped {
+					if inst, err = dstE.Start(ctx, m.VMID, nil); err != nil {
+						s.log.Warn("settle move: start the moved vm", "vm_id", m.VMID, "err", err)
+					} else {
+						s.syncMoved(ctx, to, inst)
+					}
+				}
 			}
 			s.log.Info("interrupted move settled: the source copy removed", "vm_id", m.VMID, "from", from.Name)
 			continue

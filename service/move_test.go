@@ -155,12 +155,54 @@ func TestMoveToAnotherHost(t *testing.T) {
 	if _, err := svc.Get(ctx, th.bob, "mover"); errs.ClassOf(err) != errs.NotFound {
 		t.Errorf("bob sees it: %v", err)
 	}
-	// Back to the control plane's host: not yet.
-	if _, err := svc.Move(ctx, th.alice, "mover", MoveRequest{Host: "cp"}, nil); errs.ClassOf(err) != errs.FailedPrecondition {
-		t.Errorf("move onto the control plane's host: %v", err)
+
+	// Back onto the control plane's own host (its engine shares the row).
+	th.heartbeat(t)
+	steps = nil
+	back, err := svc.Move(ctx, th.alice, "mover", MoveRequest{Host: "cp"}, func(s string) { steps = append(steps, s) })
+	if err != nil {
+		t.Fatalf("move back: %v", err)
 	}
-	// A stopped VM moves and stays stopped... and destroy after a move
-	// removes it from the node.
+	t.Logf("move node-b -> cp: steps %v", steps)
+	if back.ID != v.ID || back.Host != "cp" || back.Status != "running" || back.Owner != "alice" {
+		t.Fatalf("moved back %+v", back)
+	}
+	local, err := th.cp.svc.Engine.Get(ctx, v.ID)
+	if err != nil || local.State != vm.Running || back.IP != local.IP || strings.HasPrefix(local.IP, "@") {
+		t.Fatalf("on cp: %+v, %v (view ip %s)", local, err, back.IP)
+	}
+	if got, _ := os.ReadFile(src); !bytes.Equal(got, want) {
+		t.Errorf("disk back on cp has %d bytes, want %d", len(got), len(want))
+	}
+	if _, err := th.node.svc.Engine.Get(ctx, v.ID); errs.ClassOf(err) != errs.NotFound {
+		t.Errorf("node-b kept a copy: %v", err)
+	}
+	if _, err := os.Stat(filepath.Dir(diskOf(th.node, v.ID))); !os.IsNotExist(err) {
+		t.Errorf("node-b kept files: %v", err)
+	}
+	if out := execOut(t, svc, th.alice, "mover", "echo home"); !strings.Contains(out, "home") {
+		t.Errorf("exec after the move back: %q", out)
+	}
+	// A failed start on the way back switches back: it runs on node-b.
+	th.heartbeat(t)
+	if _, err := svc.Move(ctx, th.alice, "mover", MoveRequest{Host: "node-b"}, nil); err != nil {
+		t.Fatal(err)
+	}
+	th.heartbeat(t)
+	th.cp.drv.Fail(fake.OpStart, errors.New("injected at home"), 1)
+	if _, err := svc.Move(ctx, th.alice, "mover", MoveRequest{Host: "cp"}, nil); err == nil || !strings.Contains(err.Error(), "injected at home") {
+		t.Fatalf("move back with a failing start: %v", err)
+	}
+	if g, err := svc.Get(ctx, th.alice, "mover"); err != nil || g.Host != "node-b" || g.Status != "running" {
+		t.Fatalf("after a failed move back: %+v, %v", g, err)
+	}
+	if _, err := th.cp.svc.Engine.Get(ctx, v.ID); errs.ClassOf(err) != errs.NotFound {
+		t.Errorf("cp kept a copy: %v", err)
+	}
+	if _, err := os.Stat(filepath.Dir(src)); !os.IsNotExist(err) {
+		t.Errorf("cp kept files: %v", err)
+	}
+	// Destroy after moves removes it from the node.
 	if err := svc.Destroy(ctx, th.alice, "mover"); err != nil {
 		t.Fatal(err)
 	}
@@ -198,18 +240,22 @@ func TestMoveRefusesSnapshots(t *testing.T) {
 // would: exactly one copy is left, running, where the switch says; until
 // then every operation on the VM is refused.
 func TestMoveCrashSettles(t *testing.T) {
-	for _, step := range []string{"transfer", "switch", "cleanup"} {
-		t.Run(step, func(t *testing.T) {
+	for _, c := range []struct{ step, from, to string }{
+		{"transfer", "cp", "node-b"}, {"switch", "cp", "node-b"}, {"cleanup", "cp", "node-b"},
+		{"transfer", "node-b", "cp"}, {"switch", "node-b", "cp"}, {"cleanup", "node-b", "cp"},
+	} {
+		step := c.step
+		t.Run(c.from+"-to-"+c.to+"-"+step, func(t *testing.T) {
 			th := newTwoHosts(t)
 			svc := th.cp.svc
 			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 			defer cancel()
-			v, err := svc.Create(ctx, th.alice, CreateRequest{Name: "crashy", Image: "minimal", Host: "cp", MemoryMiB: 256}, nil)
+			v, err := svc.Create(ctx, th.alice, CreateRequest{Name: "crashy", Image: "minimal", Host: c.from, MemoryMiB: 256}, nil)
 			if err != nil {
 				t.Fatal(err)
 			}
 			svc.moving.crash = func(s string) bool { return s == step }
-			if _, err := svc.Move(ctx, th.alice, "crashy", MoveRequest{Host: "node-b"}, nil); !errors.Is(err, errMoveCrashed) {
+			if _, err := svc.Move(ctx, th.alice, "crashy", MoveRequest{Host: c.to}, nil); !errors.Is(err, errMoveCrashed) {
 				t.Fatalf("move: %v, want the crash", err)
 			}
 			svc.moving.crash = nil
@@ -222,9 +268,10 @@ func TestMoveCrashSettles(t *testing.T) {
 			if err := svc.SettleMoves(ctx); err != nil { // idempotent
 				t.Fatalf("settle again: %v", err)
 			}
-			wantHost, on, off := "cp", th.cp, th.node
+			machines := map[string]*machine{"cp": th.cp, "node-b": th.node}
+			wantHost, on, off := c.from, machines[c.from], machines[c.to]
 			if step == "cleanup" {
-				wantHost, on, off = "node-b", th.node, th.cp
+				wantHost, on, off = c.to, machines[c.to], machines[c.from]
 			}
 			g, err := svc.Get(ctx, th.alice, "crashy")
 			if err != nil || g.Host != wantHost || g.Status != "running" {
@@ -308,6 +355,10 @@ func TestDrainMovesEveryVMOff(t *testing.T) {
 	svc := th.cp.svc
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
+	// Only node-c takes the drained VMs.
+	if _, err := svc.HostCordon(ctx, th.admin, "cp"); err != nil {
+		t.Fatal(err)
+	}
 	// Node to node first.
 	if _, err := svc.Create(ctx, th.alice, CreateRequest{Name: "hop", Image: "minimal", Host: "node-b", MemoryMiB: 256}, nil); err != nil {
 		t.Fatal(err)

@@ -104,3 +104,17 @@ func ListMoves(ctx context.Context, q Q) ([]Move, error) {
 	}
 	return out, rows.Err()
 }
+
+// AdoptVM records VM id, another host's until now, as this host's own
+// (host_id NULL), stopped, at address ip, mac and cid of this host.
+func AdoptVM(ctx context.Context, q Q, id, ip, mac string, cid uint32) error {
+	res, err := q.ExecContext(ctx, `UPDATE vms SET host_id=NULL, ip=?, mac=?, cid=?, node_ip='', node_mac='', state=?, handle='', started_at=0 WHERE id=?`,
+		ip, mac, cid, vm.Stopped, id)
+	if err != nil {
+		return err
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		return errs.New(errs.NotFound, "no vm with id %s", id)
+	}
+	return nil
+}

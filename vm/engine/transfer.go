@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 
 	"github.com/minionsdev/minions/internal/errs"
 	"github.com/minionsdev/minions/store"
@@ -240,4 +241,89 @@ func (l *Local) ImportDisk(ctx context.Context, spec ImportSpec, r io.Reader, pr
 		row.State = vm.Stopped
 		return row, store.UpdateVM(ctx, l.DB, row)
 	})
+}
+
+// StageDisk writes the disk stream r into place as instance spec.ID's disk
+// (rebased onto this host's copy of its image) without recording an
+// instance: for a move onto the host whose store also holds the control
+// plane's row of the instance, which AdoptVM then makes this host's. An
+// instance of this host with that ID, or files already there, is
+// errs.AlreadyExists; on any failure what StageDisk wrote is removed.
+// Destroy removes a staged disk.
+func (l *Local) StageDisk(ctx context.Context, spec ImportSpec, r io.Reader, progress Progress) error {
+	if !vm.IsID(spec.ID) {
+		return errs.New(errs.InvalidArgument, "invalid vm id %q", spec.ID)
+	}
+	br := bufio.NewReaderSize(r, maxDiskHeader)
+	h, err := ReadDiskHeader(br)
+	if err != nil {
+		return err
+	}
+	if h.ID != spec.ID {
+		return errs.New(errs.InvalidArgument, "import vm %s: the stream carries vm %s", spec.ID, h.ID)
+	}
+	progress.Say("image")
+	img, err := l.Images.Resolve(ctx, h.Image)
+	if err != nil {
+		return errs.New(errs.FailedPrecondition, "import vm %s: image %s is not on this host (fetch it first): %v", spec.Name, h.Image, err)
+	}
+	unlock, err := l.lockVM(ctx, spec.ID)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	if _, err := store.GetLocalVMByID(ctx, l.DB, spec.ID); err == nil {
+		return errs.New(errs.AlreadyExists, "vm %s is already on this host", spec.ID)
+	}
+	if err := os.Mkdir(l.vmDir(spec.ID), 0o700); err != nil {
+		if os.IsExist(err) {
+			return errs.New(errs.AlreadyExists, "import vm %s: files of it are already on this host", spec.ID)
+		}
+		if err := os.MkdirAll(filepath.Dir(l.vmDir(spec.ID)), 0o700); err != nil {
+			return err
+		}
+		if err := os.Mkdir(l.vmDir(spec.ID), 0o700); err != nil {
+			return err
+		}
+	}
+	progress.Say("disk")
+	err = func() error {
+		part := l.diskPath(spec.ID) + ".part"
+		f, err := os.OpenFile(part, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+		if err != nil {
+			return err
+		}
+		err = ReadDiskBody(br, h, f)
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+		if err == nil {
+			if rb, ok := l.Disks.(Rebaser); ok {
+				err = rb.SetBacking(ctx, part, img.Path, img.Format)
+			}
+		}
+		if err == nil {
+			err = os.Rename(part, l.diskPath(spec.ID))
+		}
+		return err
+	}()
+	if err != nil {
+		os.RemoveAll(l.vmDir(spec.ID))
+		return l.diskFull(err)
+	}
+	return nil
+}
+
+// AdoptVM makes row id of this store, recorded as another host's, this
+// host's stopped instance with a fresh address of this host, inside the
+// caller's transaction q; its disk must have been staged (StageDisk).
+func (l *Local) AdoptVM(ctx context.Context, q store.Q, id string) error {
+	if !fileExists(l.diskPath(id)) {
+		return errs.New(errs.FailedPrecondition, "adopt vm %s: no staged disk", id)
+	}
+	ip, mac, cid, err := l.allocate(ctx, q, id)
+	if err != nil {
+		return err
+	}
+	return store.AdoptVM(ctx, q, id, ip.String(), mac, cid)
 }
