@@ -3,9 +3,14 @@ package engine
 import (
 	"bufio"
 	"bytes"
+	"context"
+	"os"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/minionsdev/minions/internal/errs"
+	"github.com/minionsdev/minions/store"
 	"github.com/minionsdev/minions/vm"
 )
 
@@ -50,5 +55,71 @@ func TestDiskStreamRoundTripAndRefusals(t *testing.T) {
 	h2.Size++
 	if err := WriteDiskStream(&bytes.Buffer{}, h2, bytes.NewReader(disk)); err == nil {
 		t.Error("short disk written")
+	}
+}
+
+// TestStageAndAdopt: a disk staged for the row of a VM recorded on another
+// host (in this shared store) becomes this host's stopped instance when
+// adopted, with an address of this host; a corrupt stream leaves nothing,
+// and an instance of this host is never overwritten.
+func TestStageAndAdopt(t *testing.T) {
+	fx := newFixture(t)
+	ctx := context.Background()
+	db := fx.eng.DB
+	if err := store.InsertUser(ctx, db, store.User{ID: "u1", Name: "alice", CreatedAt: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	if err := store.InsertHost(ctx, db, store.Host{ID: vm.NewID(), Name: "node-b", State: store.HostReady, CreatedAt: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	hb, _ := store.GetHostByName(ctx, db, "node-b")
+	row := store.VM{ID: vm.NewID(), Name: "away", OwnerID: "u1", Image: "minimal@1", CPUs: 1, MemoryMiB: 256, DiskGiB: 1,
+		State: vm.Stopped, Port: 80, HostID: hb.ID, NodeIP: "10.9.0.5", CreatedAt: time.Now()}
+	if err := store.RemotePlaceholders(ctx, db, &row); err != nil {
+		t.Fatal(err)
+	}
+	if err := store.InsertVM(ctx, db, row); err != nil {
+		t.Fatal(err)
+	}
+	disk := []byte("the disk of away")
+	stream := func(id string) []byte {
+		var b bytes.Buffer
+		h := DiskHeader{ID: id, Name: "away", Image: "minimal@1", CPUs: 1, MemoryMiB: 256, DiskGiB: 1, Size: int64(len(disk))}
+		if err := WriteDiskStream(&b, h, bytes.NewReader(disk)); err != nil {
+			t.Fatal(err)
+		}
+		return b.Bytes()
+	}
+	spec := ImportSpec{ID: row.ID, Name: "away", Owner: "u1"}
+	bad := stream(row.ID)
+	bad[len(bad)-40] ^= 1
+	if err := fx.eng.StageDisk(ctx, spec, bytes.NewReader(bad), nil); errs.ClassOf(err) != errs.InvalidArgument {
+		t.Fatalf("stage a corrupt stream: %v", err)
+	}
+	if _, err := os.Stat(fx.eng.vmDir(row.ID)); !os.IsNotExist(err) {
+		t.Fatalf("a corrupt stage left files: %v", err)
+	}
+	if err := fx.eng.StageDisk(ctx, spec, bytes.NewReader(stream(row.ID)), nil); err != nil {
+		t.Fatalf("stage: %v", err)
+	}
+	if _, err := fx.eng.Get(ctx, row.ID); errs.ClassOf(err) != errs.NotFound {
+		t.Fatalf("a staged disk is an instance already: %v", err)
+	}
+	if err := db.Tx(ctx, func(q store.Q) error { return fx.eng.AdoptVM(ctx, q, row.ID) }); err != nil {
+		t.Fatalf("adopt: %v", err)
+	}
+	inst, err := fx.eng.Get(ctx, row.ID)
+	if err != nil || inst.State != vm.Stopped || strings.HasPrefix(inst.IP, "@") || inst.IP == "" || inst.Name != "away" {
+		t.Fatalf("adopted %+v, %v", inst, err)
+	}
+	if got, _ := os.ReadFile(fx.eng.diskPath(row.ID)); !bytes.Equal(got, disk) {
+		t.Errorf("adopted disk %q", got)
+	}
+	// This host's own instance is never overwritten.
+	if err := fx.eng.StageDisk(ctx, spec, bytes.NewReader(stream(row.ID)), nil); errs.ClassOf(err) != errs.AlreadyExists {
+		t.Fatalf("stage over this host's instance: %v", err)
+	}
+	if got, _ := os.ReadFile(fx.eng.diskPath(row.ID)); !bytes.Equal(got, disk) {
+		t.Errorf("disk changed by a refused stage")
 	}
 }
