@@ -437,6 +437,13 @@ func (h *handler) table() []route {
 			}
 			return s.Rename(ctx, c, name(r), req.Name)
 		}),
+		long("/v1/vms/{name}/move", func(ctx context.Context, c service.Caller, r *http.Request, p service.Progress) (any, error) {
+			var req service.MoveRequest
+			if err := decode(r, &req); err != nil {
+				return nil, err
+			}
+			return s.Move(ctx, c, name(r), req, p)
+		}),
 		long("/v1/vms/{name}/copy", func(ctx context.Context, c service.Caller, r *http.Request, p service.Progress) (any, error) {
 			var req service.CopyRequest
 			if err := decode(r, &req); err != nil {

@@ -149,6 +149,11 @@ func TestAuthorization(t *testing.T) {
 		// key): a fresh fixture each time.
 		{method: "POST", path: "/v1/vms/web/fork", body: func(role string, _ map[string]string) any { return service.ForkRequest{Name: "fork-" + role} },
 			want: want{ok, ok, nf, anon}, fresh: true},
+		// No cluster here: the owner and an admin learn there is no such
+		// host, another user that there is no such VM (TestMoveRoute tells
+		// the two apart).
+		{method: "POST", path: "/v1/vms/web/move", body: func(string, map[string]string) any { return service.MoveRequest{Host: "nowhere"} },
+			want: want{nf, nf, nf, anon}},
 		// Operations (api/ops.go): the restart policy is the owner's; each
 		// caller reads only the events of VMs they may see.
 		{method: "PATCH", path: "/v1/vms/web", body: func(string, map[string]string) any { return api.UpdateRequest{Restart: "no"} },
@@ -210,6 +215,7 @@ func TestAuthorization(t *testing.T) {
 		{method: "DELETE", path: "/v1/hosts/web", want: want{nf, deny, deny, anon}},
 		{method: "POST", path: "/v1/hosts/web/cordon", want: want{nf, deny, deny, anon}},
 		{method: "POST", path: "/v1/hosts/web/uncordon", want: want{nf, deny, deny, anon}},
+		{method: "POST", path: "/v1/hosts/web/drain", want: want{nf, deny, deny, anon}},
 		{method: "POST", path: "/v1/nodes/join", body: func(string, map[string]string) any {
 			return service.JoinRequest{Token: "mjt_guess", NKey: "UDXU4RCSJNZOIQHZNWXHXORDPRTGNJAHAHFRGZNEEJCPQTT2M7NLCNF4"}
 		}, want: want{anon, anon, anon, anon}},

@@ -287,6 +287,12 @@ func (c *Client) Fork(ctx context.Context, name string, req service.ForkRequest,
 	return v, c.long(ctx, vmPath(name, "fork"), req, p, &v)
 }
 
+// Move moves a VM to another host (POST /v1/vms/{name}/move).
+func (c *Client) Move(ctx context.Context, name string, req service.MoveRequest, p service.Progress) (service.VM, error) {
+	var v service.VM
+	return v, c.long(ctx, vmPath(name, "move"), req, p, &v)
+}
+
 // SSHKeyChallenge asks for a nonce to sign with a key to add.
 func (c *Client) SSHKeyChallenge(ctx context.Context) (service.KeyChallenge, error) {
 	return call[service.KeyChallenge](ctx, c, http.MethodPost, "/v1/ssh-keys/challenge", nil)

@@ -46,6 +46,13 @@ func (h *handler) hostRoutes() []route {
 		call(http.MethodPost, "/v1/hosts/{name}/cordon", func(ctx context.Context, c service.Caller, r *http.Request) (any, error) {
 			return s.HostCordon(ctx, c, name(r))
 		}),
+		{method: http.MethodPost, pattern: "/v1/hosts/{name}/drain", kind: stream, streamFn: func(ctx context.Context, c service.Caller, r *http.Request, p service.Progress) (any, error) {
+			var req service.DrainRequest
+			if err := decode(r, &req); err != nil {
+				return nil, err
+			}
+			return s.HostDrain(ctx, c, name(r), req, p)
+		}},
 		call(http.MethodPost, "/v1/hosts/{name}/uncordon", func(ctx context.Context, c service.Caller, r *http.Request) (any, error) {
 			return s.HostUncordon(ctx, c, name(r))
 		}),
@@ -99,6 +106,13 @@ func (c *Client) HostCordon(ctx context.Context, name string) (service.Host, err
 	var out service.Host
 	err := c.do(ctx, http.MethodPost, hostPath(name, "cordon"), nil, &out)
 	return out, err
+}
+
+// HostDrain cordons a host and moves every VM off it
+// (POST /v1/hosts/{name}/drain).
+func (c *Client) HostDrain(ctx context.Context, name string, req service.DrainRequest, p service.Progress) (service.DrainResult, error) {
+	var out service.DrainResult
+	return out, c.long(ctx, hostPath(name, "drain"), req, p, &out)
 }
 
 // HostUncordon lets new VMs on a host again.

@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"io"
 	"text/tabwriter"
@@ -59,6 +60,11 @@ func hostCmd() *Command {
 		one("status", "Show one host", service.HostBackend.HostStatus),
 		one("cordon", "Keep new VMs off a host (its VMs stay)", service.HostBackend.HostCordon),
 		one("uncordon", "Let new VMs on a host again", service.HostBackend.HostUncordon),
+		{Name: "drain", Usage: "NAME [--parallel N]", Summary: "Cordon a host and move every VM off it (cold), then it can be removed", MinArgs: 1, MaxArgs: 1,
+			Flags: func(fs *flag.FlagSet) {
+				fs.Int("parallel", service.DefaultDrainParallel, "how many VMs move at once")
+			},
+			Run: runDrain},
 		{Name: "remove", Usage: "NAME [--yes]", Summary: "Forget a host with no VMs (its credential stops working)", MinArgs: 1, MaxArgs: 1,
 			Run: func(ctx context.Context, x *Ctx) error {
 				hb, err := x.hostBackend(ctx)
@@ -125,4 +131,23 @@ func printHost(w io.Writer, h service.Host, now time.Time) {
 		h.VMs, h.UsedCPUs, h.CPUs, h.UsedMemoryMiB, h.MemoryMiB, h.MemoryFreeMiB, h.UsedDiskGiB, h.DiskFreeMiB, h.DiskMiB)
 	fmt.Fprintf(tw, "heartbeat\t%s\nnkey\t%s\n", heartbeatAge(h.LastHeartbeat, now), dash(h.NKey))
 	tw.Flush()
+}
+
+func runDrain(ctx context.Context, x *Ctx) error {
+	be, err := x.Backend(ctx)
+	if err != nil {
+		return err
+	}
+	pr := newProgress(x.Stderr, x.TTY && !x.G.JSON, "drain "+x.Args[0])
+	res, err := be.HostDrain(ctx, x.Args[0], service.DrainRequest{Parallel: intFlag(x.FS, "parallel")}, pr.step)
+	pr.done(err)
+	if err != nil {
+		return err
+	}
+	return x.Print(res, func(w io.Writer) {
+		for _, m := range res.Moved {
+			fmt.Fprintf(w, "%s\tmoved to %s\n", m.Name, m.To)
+		}
+		fmt.Fprintf(w, "host %s drained: %d vm(s) moved\n", res.Host, len(res.Moved))
+	})
 }

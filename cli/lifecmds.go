@@ -93,12 +93,21 @@ func lifeCommands() []*Command {
 				return be.Rename(ctx, x.Args[0], x.Args[1])
 			})
 		}},
-		{Name: "cp", Usage: "NAME [NEW-NAME] [--from-snapshot SNAPSHOT]", Summary: "Copy a VM into a new, independent VM", MinArgs: 1, MaxArgs: 2,
+		{Name: "move", Usage: "NAME --host HOST", Summary: "Move a VM to another host of the cluster (stopped for the move)", MinArgs: 1, MaxArgs: 1,
+			Run: func(ctx context.Context, x *Ctx) error {
+				// --host HOST: a bare name is the target cluster host, as for create.
+				req := service.MoveRequest{Host: x.clusterHostPin()}
+				return x.lifecycle(ctx, "move", func(be service.Backend, p service.Progress) (service.VM, error) {
+					return be.Move(ctx, x.Args[0], req, p)
+				})
+			}},
+		{Name: "cp", Usage: "NAME [NEW-NAME] [--from-snapshot SNAPSHOT] [--host HOST]", Summary: "Copy a VM into a new, independent VM (--host: on another cluster host)", MinArgs: 1, MaxArgs: 2,
 			Flags: func(fs *flag.FlagSet) {
 				fs.String("from-snapshot", "", "start the copy from this snapshot of NAME")
 			},
 			Run: func(ctx context.Context, x *Ctx) error {
-				req := service.CopyRequest{FromSnapshot: strFlag(x.FS, "from-snapshot")}
+				// --host HOST: a bare name is the cluster host to copy onto, as for create.
+				req := service.CopyRequest{FromSnapshot: strFlag(x.FS, "from-snapshot"), Host: x.clusterHostPin()}
 				if len(x.Args) > 1 {
 					req.Name = x.Args[1]
 				}

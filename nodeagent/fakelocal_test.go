@@ -149,6 +149,7 @@ type fakeLocal struct {
 	hostKey ssh.Signer
 	db      *store.DB
 	owner   string
+	dir     string // its directory; the state directory is dir/state
 }
 
 func newFakeLocal(t testing.TB) *fakeLocal {
@@ -213,5 +214,5 @@ func newFakeLocal(t testing.TB) *fakeLocal {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &fakeLocal{eng: l, drv: drv, hostKey: hostKey, db: db, owner: owner.ID}
+	return &fakeLocal{eng: l, drv: drv, hostKey: hostKey, db: db, owner: owner.ID, dir: dir}
 }

@@ -261,6 +261,10 @@ func (s *server) run(ctx context.Context, method string, req callRequest, progre
 			return nil, errs.New(errs.InvalidArgument, "direct ticket: bad kind %q or vm %q", req.Kind, req.ID)
 		}
 		return s.cfg.Direct.issue(req.Kind, req.ID)
+	case mExportDisk:
+		return nil, s.exportDisk(ctx, req)
+	case mImportDisk:
+		return s.importDisk(ctx, req, progress)
 	}
 	return nil, errs.New(errs.InvalidArgument, "unknown engine method %q", method)
 }

@@ -55,10 +55,12 @@ const (
 	mDialAgent       = "dial_agent"
 	mAgentKey        = "agent_key"
 	mConsoleLog      = "console_log"
-	mAgentPubKey     = "agent_pubkey" // the key the node's agents trust (sign.go)
-	mAgentSign       = "agent_sign"   // sign an agent login (sign.go)
-	mConsole         = "console"      // copy the console log into a stream (console.go)
+	mAgentPubKey     = "agent_pubkey"  // the key the node's agents trust (sign.go)
+	mAgentSign       = "agent_sign"    // sign an agent login (sign.go)
+	mConsole         = "console"       // copy the console log into a stream (console.go)
 	mDirectTicket    = "direct_ticket" // a one-time ticket for a direct stream (direct.go)
+	mExportDisk      = "export_disk"   // write a disk stream into a stream (transfer.go)
+	mImportDisk      = "import_disk"   // make an instance from a stream (transfer.go)
 	mCancel          = "cancel"
 	mAlive           = "alive" // is call c still running? "yes" or "no"
 )
@@ -79,6 +81,7 @@ type callRequest struct {
 	Create       *engine.CreateSpec   `json:"create,omitempty"`
 	Resize       *engine.ResizeSpec   `json:"resize,omitempty"`
 	SnapshotSpec *engine.SnapshotSpec `json:"snapshot_spec,omitempty"`
+	Import       *engine.ImportSpec   `json:"import,omitempty"`
 }
 
 // callFrame is a progress step (Step set) or the final answer (Done).

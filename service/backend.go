@@ -37,6 +37,7 @@ type Backend interface {
 	OpsBackend
 	AdminBackend
 	HostBackend
+	MoveBackend
 
 	// Close releases what the backend holds (connections, the database a
 	// CLI opened). The backend is unusable afterwards.
@@ -189,4 +190,13 @@ type ExecRequest struct {
 // WindowSize is a terminal size in cells.
 type WindowSize struct {
 	Width, Height int
+}
+
+// MoveBackend moves VMs between the hosts of a cluster (issue 15).
+type MoveBackend interface {
+	// Move moves a VM to another host, cold (see Service.Move).
+	Move(ctx context.Context, name string, req MoveRequest, progress Progress) (VM, error)
+	// HostDrain cordons a host and moves every VM off it (admins; see
+	// Service.HostDrain).
+	HostDrain(ctx context.Context, name string, req DrainRequest, progress Progress) (DrainResult, error)
 }

@@ -30,6 +30,11 @@ func (s *Service) PlaceVM(ctx context.Context, req scheduler.Request, cfg schedu
 // place is PlaceVM; with connected, another host takes VMs only while its
 // engine is connected (SetRemoteEngine), as create needs.
 func (s *Service) place(ctx context.Context, req scheduler.Request, cfg scheduler.Config, connected bool) (Host, error) {
+	return s.placeExcept(ctx, req, cfg, connected, nil)
+}
+
+// placeExcept is place with hosts that skip names a reason for left out.
+func (s *Service) placeExcept(ctx context.Context, req scheduler.Request, cfg scheduler.Config, connected bool, skip func(Host) string) (Host, error) {
 	if cfg.MemoryOvercommit == 0 {
 		cfg.MemoryOvercommit = s.cfg.MemoryOvercommit
 	}
@@ -63,6 +68,11 @@ func (s *Service) place(ctx context.Context, req scheduler.Request, cfg schedule
 		}
 		if _, ok := s.remote(v.ID); connected && !v.Local && v.State == store.HostReady && !ok {
 			v.State = "not connected"
+		}
+		if why := ""; skip != nil {
+			if why = skip(v); why != "" {
+				v.State = why
+			}
 		}
 		views = append(views, v)
 		cands = append(cands, scheduler.Host{ID: v.ID, Name: v.Name, Schedulable: v.State == store.HostReady, Why: v.State,

@@ -114,6 +114,9 @@ func unreachable(h store.Host, cfg HostsConfig) bool {
 // that each result updates the control plane's row. A host that is
 // unreachable, or whose engine is not connected, is errs.Unavailable.
 func (s *Service) engineFor(ctx context.Context, v store.VM) (engine.Engine, error) {
+	if s.moving.has(v.ID) || s.moveRecorded(ctx, v.ID) {
+		return nil, errs.New(errs.FailedPrecondition, "vm %s is being moved to another host; try again when the move ends", v.Name)
+	}
 	if v.HostID == "" {
 		return s.Engine, nil
 	}
@@ -395,6 +398,9 @@ func (s *Service) SettleHost(ctx context.Context, id string, full bool) error {
 	e, ok := s.remote(id)
 	if !ok {
 		return errs.New(errs.Unavailable, "host %s is not connected", id)
+	}
+	if err := s.SettleMoves(ctx); err != nil { // moves a crash interrupted (move.go)
+		s.log.Warn("settle moves", "err", err)
 	}
 	ts, err := store.ListTombstones(ctx, s.DB, id)
 	if err != nil {

@@ -160,6 +160,8 @@ type Service struct {
 	hosts hostsState // see SetHosts (hosts.go)
 
 	remotes remoteHosts // other hosts' engines, see SetRemoteEngine (route.go)
+
+	moving moveSet // VMs being moved now (move.go)
 }
 
 // New returns a Service.

@@ -181,6 +181,9 @@ func (s *Service) Rename(ctx context.Context, c Caller, name, newName string) (V
 type CopyRequest struct {
 	Name         string `json:"name,omitempty"`          // default: <source>-copy[-N]
 	FromSnapshot string `json:"from_snapshot,omitempty"` // start from this snapshot
+	// Host makes the copy on another cluster host (name or ID; the
+	// source must be stopped, see copyToHost); "" on the source's host.
+	Host string `json:"host,omitempty"`
 }
 
 // Copy makes an independent VM from a VM (consistently, when it runs) or
@@ -203,6 +206,11 @@ func (s *Service) Copy(ctx context.Context, c Caller, srcName string, req CopyRe
 	spec := engine.CreateSpec{ID: vm.NewID(), Name: req.Name, Owner: c.UserID, CPUs: src.CPUs, MemoryMiB: src.MemoryMiB,
 		DiskGiB: src.DiskGiB, AuthorizedKeys: s.ownerKeys(ctx, c.UserID),
 		CopyFrom: &engine.CopySource{ID: src.ID, Snapshot: req.FromSnapshot}}
+	if req.Host != "" {
+		if done, out, err := s.copyToHost(ctx, c, src, spec, req, progress); done {
+			return out, err
+		}
+	}
 	// A copy is made where its source is (the engine copies its disk).
 	var to target
 	if eng, err := s.engineFor(ctx, src); err != nil {

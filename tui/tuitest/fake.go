@@ -707,3 +707,22 @@ func (f *Fake) shell(ctx context.Context, name string, stdin io.Reader, stdout i
 		}
 	}
 }
+
+// Move implements service.MoveBackend: a fake has one host, so every move
+// is refused.
+func (f *Fake) Move(ctx context.Context, name string, req service.MoveRequest, _ service.Progress) (service.VM, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if _, err := f.begin("Move", name, true); err != nil {
+		return service.VM{}, err
+	}
+	return service.VM{}, errs.New(errs.FailedPrecondition, "move vm %s: the fake has no other host", name)
+}
+
+// HostDrain implements service.MoveBackend: the fake has no cluster.
+func (f *Fake) HostDrain(ctx context.Context, name string, req service.DrainRequest, _ service.Progress) (service.DrainResult, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.calls = append(f.calls, "HostDrain "+name)
+	return service.DrainResult{}, errs.New(errs.NotFound, "no host named %q: the fake has no cluster", name)
+}

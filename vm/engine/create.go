@@ -280,7 +280,8 @@ func hostKeyParam(k ssh.Signer) string {
 // snapshots and its row. It is idempotent and touches nothing that does not
 // hang off id.
 func (l *Local) purge(ctx context.Context, id string) {
-	if v, err := store.GetLocalVMByID(ctx, l.DB, id); err == nil {
+	v, err := store.GetLocalVMByID(ctx, l.DB, id)
+	if err == nil {
 		if h, _ := DecodeHandle(v.Handle); h != nil {
 			l.Driver.Kill(ctx, h)
 		}
@@ -289,7 +290,11 @@ func (l *Local) purge(ctx context.Context, id string) {
 	l.Network.RemovePort(ctx, tapName(id))
 	os.RemoveAll(l.runDir(id))
 	os.RemoveAll(l.vmDir(id))
-	store.DeleteVM(ctx, l.DB, id)
+	if err == nil {
+		// Only this host's record: the control plane's row of a VM that
+		// moved to another host shares the ID (issue 15).
+		store.DeleteVM(ctx, l.DB, id)
+	}
 	l.removeLock(id)
 }
 

@@ -102,3 +102,8 @@ func (c CatalogImages) Resolve(ctx context.Context, ref string) (Image, error) {
 	}
 	return Image{Ref: im.Ref(), OS: im.OS, Path: im.Path, Format: "raw", SizeBytes: im.SizeBytes, Kernel: k.Path, Initramfs: initrd.Path}, nil
 }
+
+// SetBacking implements Rebaser.
+func (HostDisks) SetBacking(ctx context.Context, path, backing, backingFormat string) error {
+	return disk.SetBacking(ctx, path, backing, backingFormat)
+}

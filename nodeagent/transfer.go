@@ -1,0 +1,126 @@
+package nodeagent
+
+import (
+	"context"
+	"io"
+	"sync"
+	"time"
+
+	"github.com/minionsdev/minions/internal/errs"
+	"github.com/minionsdev/minions/vm/engine"
+)
+
+// Disk streams (engine.Transferer) ride a stream like the agent's (see
+// stream): export_disk has the node write an instance's disk stream into
+// it and close it; import_disk has the node read one from it, the caller
+// writing only once the node said streamReady (a progress step), so no
+// frame goes out before the node subscribed.
+
+// streamReady is the progress step by which import_disk tells the caller
+// to start writing. It never reaches the caller's progress.
+const streamReady = "\x00stream-ready"
+
+var _ engine.Transferer = (*Remote)(nil)
+
+// ExportDisk implements engine.Transferer: the node's disk stream is
+// copied into w as it arrives.
+func (r *Remote) ExportDisk(ctx context.Context, id string, w io.Writer) error {
+	sid := newToken()
+	st, err := newStream(r.cfg.Conn, streamOut(r.cfg.ID, sid), streamIn(r.cfg.ID, sid), "control", "node:"+r.cfg.ID+"/"+id)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	copied := make(chan error, 1)
+	go func() {
+		_, err := io.Copy(w, st)
+		if err != nil {
+			st.Close() // the node's writes fail at once
+		}
+		copied <- err
+	}()
+	if err := r.call(ctx, mExportDisk, callRequest{ID: id, Stream: sid}, nil, nil); err != nil {
+		st.Close()
+		return err
+	}
+	select {
+	case err := <-copied:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// ImportDisk implements engine.Transferer: rd is copied to the node while
+// it imports.
+func (r *Remote) ImportDisk(ctx context.Context, spec engine.ImportSpec, rd io.Reader, progress engine.Progress) (engine.Instance, error) {
+	sid := newToken()
+	st, err := newStream(r.cfg.Conn, streamOut(r.cfg.ID, sid), streamIn(r.cfg.ID, sid), "control", "node:"+r.cfg.ID+"/"+spec.ID)
+	if err != nil {
+		return engine.Instance{}, err
+	}
+	defer st.Close()
+	var once sync.Once
+	p := func(step string) {
+		if step == streamReady {
+			once.Do(func() { go io.Copy(st, rd) })
+			return
+		}
+		progress.Say(step)
+	}
+	return r.instance(ctx, mImportDisk, callRequest{ID: spec.ID, Stream: sid, Import: &spec}, p)
+}
+
+// transferStream opens the node's end of stream req.Stream.
+func (s *server) transferStream(ctx context.Context, req callRequest) (engine.Transferer, *stream, error) {
+	t, ok := s.cfg.Engine.(engine.Transferer)
+	if !ok {
+		return nil, nil, errs.New(errs.FailedPrecondition, "this node's engine does not ship disks")
+	}
+	if !tokenRE.MatchString(req.Stream) {
+		return nil, nil, errs.New(errs.InvalidArgument, "disk stream: bad stream id")
+	}
+	st, err := newStream(s.cfg.Conn, streamIn(s.cfg.ID, req.Stream), streamOut(s.cfg.ID, req.Stream), "node:"+req.ID, "control")
+	if err != nil {
+		return nil, nil, err
+	}
+	s.mu.Lock()
+	s.streams[st] = true
+	s.mu.Unlock()
+	return t, st, nil
+}
+
+func (s *server) endStream(st *stream) {
+	st.Close()
+	s.mu.Lock()
+	delete(s.streams, st)
+	s.mu.Unlock()
+}
+
+func (s *server) exportDisk(ctx context.Context, req callRequest) error {
+	t, st, err := s.transferStream(ctx, req)
+	if err != nil {
+		return err
+	}
+	defer s.endStream(st)
+	return t.ExportDisk(ctx, req.ID, st)
+}
+
+func (s *server) importDisk(ctx context.Context, req callRequest, progress engine.Progress) (engine.Instance, error) {
+	if req.Import == nil {
+		return engine.Instance{}, errs.New(errs.InvalidArgument, "import_disk: missing argument")
+	}
+	t, st, err := s.transferStream(ctx, req)
+	if err != nil {
+		return engine.Instance{}, err
+	}
+	defer s.endStream(st)
+	fctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	err = s.cfg.Conn.Flush(fctx)
+	cancel()
+	if err != nil {
+		return engine.Instance{}, errs.New(errs.Unavailable, "import disk: %v", err)
+	}
+	progress(streamReady)
+	return t.ImportDisk(ctx, *req.Import, st, progress)
+}

@@ -1,0 +1,329 @@
+package engine
+
+import (
+	"bufio"
+	"context"
+	"crypto/sha256"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+
+	"github.com/minionsdev/minions/internal/errs"
+	"github.com/minionsdev/minions/store"
+	"github.com/minionsdev/minions/vm"
+)
+
+// Moving an instance to another host (issue 15) ships its disk as a disk
+// stream: one line of JSON (DiskHeader), then exactly Size bytes of the
+// disk file (a qcow2 overlay whose backing file is the image, referenced
+// by Image and never shipped), then the 32-byte SHA-256 of those bytes.
+// A stream whose bytes do not match its trailer, or that ends early, is
+// refused (errs.InvalidArgument) and nothing of it is kept.
+
+// DiskHeader opens a disk stream: what the instance is, for the importer.
+type DiskHeader struct {
+	Version   int    `json:"version"` // DiskStreamVersion
+	ID        string `json:"id"`
+	Name      string `json:"name"`
+	Image     string `json:"image"` // resolved reference, "os@version"
+	CPUs      int    `json:"cpus"`
+	MemoryMiB int    `json:"memory_mib"`
+	DiskGiB   int    `json:"disk_gib"`
+	Size      int64  `json:"size"` // bytes of the disk file that follow
+}
+
+// DiskStreamVersion is the disk stream format this engine writes and reads.
+const DiskStreamVersion = 1
+
+const maxDiskHeader = 64 << 10
+
+// WriteDiskStream writes h, then h.Size bytes of disk, then their SHA-256.
+func WriteDiskStream(w io.Writer, h DiskHeader, disk io.Reader) error {
+	h.Version = DiskStreamVersion
+	b, err := json.Marshal(h)
+	if err != nil {
+		return err
+	}
+	if _, err := w.Write(append(b, '\n')); err != nil {
+		return fmt.Errorf("disk stream header: %w", err)
+	}
+	sum := sha256.New()
+	n, err := io.Copy(io.MultiWriter(w, sum), io.LimitReader(disk, h.Size))
+	if err != nil {
+		return fmt.Errorf("disk stream: %w", err)
+	}
+	if n != h.Size {
+		return fmt.Errorf("disk stream: the disk has %d bytes, not %d", n, h.Size)
+	}
+	if _, err := w.Write(sum.Sum(nil)); err != nil {
+		return fmt.Errorf("disk stream trailer: %w", err)
+	}
+	return nil
+}
+
+// ReadDiskHeader reads a disk stream's header from br.
+func ReadDiskHeader(br *bufio.Reader) (DiskHeader, error) {
+	var h DiskHeader
+	line, err := br.ReadSlice('\n')
+	if err != nil {
+		if errors.Is(err, bufio.ErrBufferFull) {
+			return h, errs.New(errs.InvalidArgument, "disk stream: header too long")
+		}
+		return h, errs.New(errs.InvalidArgument, "disk stream: no header: %v", err)
+	}
+	if err := json.Unmarshal(line, &h); err != nil {
+		return h, errs.New(errs.InvalidArgument, "disk stream: bad header: %v", err)
+	}
+	if h.Version != DiskStreamVersion {
+		return h, errs.New(errs.InvalidArgument, "disk stream: version %d, this host reads %d", h.Version, DiskStreamVersion)
+	}
+	if h.Size < 0 || !vm.IsID(h.ID) {
+		return h, errs.New(errs.InvalidArgument, "disk stream: bad header %+v", h)
+	}
+	return h, nil
+}
+
+// ReadDiskBody copies h.Size bytes of br into dst and checks the trailer;
+// a mismatch or a short stream is errs.InvalidArgument.
+func ReadDiskBody(br *bufio.Reader, h DiskHeader, dst io.Writer) error {
+	sum := sha256.New()
+	n, err := io.Copy(io.MultiWriter(dst, sum), io.LimitReader(br, h.Size))
+	if err != nil {
+		return fmt.Errorf("disk stream: %w", err)
+	}
+	if n != h.Size {
+		return errs.New(errs.InvalidArgument, "disk stream ended after %d of %d bytes", n, h.Size)
+	}
+	var trailer [sha256.Size]byte
+	if _, err := io.ReadFull(br, trailer[:]); err != nil {
+		return errs.New(errs.InvalidArgument, "disk stream: no checksum trailer: %v", err)
+	}
+	if got := sum.Sum(nil); string(got) != string(trailer[:]) {
+		return errs.New(errs.InvalidArgument, "disk stream: checksum mismatch (sent %x, received %x)", trailer[:8], got[:8])
+	}
+	return nil
+}
+
+// Transferer is an Engine that ships instances' disks between hosts: both
+// Local and nodeagent.Remote implement it.
+type Transferer interface {
+	// ExportDisk writes a stopped instance's disk stream to w (the
+	// instance is locked meanwhile and left as it was). A running
+	// instance is errs.FailedPrecondition; one with snapshots too (they
+	// are not shipped yet).
+	ExportDisk(ctx context.Context, id string, w io.Writer) error
+	// ImportDisk makes instance spec.ID from the disk stream r: the disk
+	// rebased onto this host's copy of the stream's image, a fresh
+	// address of this host, stopped, or booted with spec.Start. An image
+	// this host lacks is errs.FailedPrecondition. A failure (a corrupt
+	// stream included) removes everything that hangs off spec.ID.
+	ImportDisk(ctx context.Context, spec ImportSpec, r io.Reader, progress Progress) (Instance, error)
+}
+
+// ImportSpec names the instance an import makes; the rest comes from the
+// stream's header, whose ID must be spec.ID.
+type ImportSpec struct {
+	ID    string `json:"id"`
+	Name  string `json:"name"`
+	Owner string `json:"owner,omitempty"`
+	Start bool   `json:"start,omitempty"`
+	// CopyOf makes a copy of the stream's instance (whose ID is CopyOf)
+	// rather than the instance itself: it boots (Start is implied) with an
+	// identity of its own, as Create with CopyFrom, and AuthorizedKeys.
+	CopyOf         string   `json:"copy_of,omitempty"`
+	AuthorizedKeys []string `json:"authorized_keys,omitempty"`
+}
+
+// Rebaser is Disks that can point a qcow2 disk at another backing file
+// without touching its data (HostDisks). Imports use it when Disks has it.
+type Rebaser interface {
+	SetBacking(ctx context.Context, path, backing, backingFormat string) error
+}
+
+var _ Transferer = (*Local)(nil)
+
+// ExportDisk implements Transferer.
+func (l *Local) ExportDisk(ctx context.Context, id string, w io.Writer) error {
+	return l.withLock(ctx, id, func(v store.VM) error {
+		if v.State != vm.Stopped {
+			return errs.New(errs.FailedPrecondition, "export vm %s: it is %s; stop it first", v.Name, v.State)
+		}
+		snaps, err := store.ListSnapshots(ctx, l.DB, v.ID)
+		if err != nil {
+			return err
+		}
+		if len(snaps) > 0 {
+			return errs.New(errs.FailedPrecondition, "export vm %s: it has %d snapshots; moving snapshots is not supported yet (delete them first)", v.Name, len(snaps))
+		}
+		f, err := os.Open(l.diskPath(v.ID))
+		if err != nil {
+			return fmt.Errorf("export vm %s: %w", v.Name, err)
+		}
+		defer f.Close()
+		st, err := f.Stat()
+		if err != nil {
+			return err
+		}
+		h := DiskHeader{ID: v.ID, Name: v.Name, Image: v.Image, CPUs: v.CPUs, MemoryMiB: v.MemoryMiB, DiskGiB: v.DiskGiB, Size: st.Size()}
+		if err := WriteDiskStream(w, h, f); err != nil {
+			return fmt.Errorf("export vm %s: %w", v.Name, err)
+		}
+		return nil
+	})
+}
+
+// ImportDisk implements Transferer.
+func (l *Local) ImportDisk(ctx context.Context, spec ImportSpec, r io.Reader, progress Progress) (Instance, error) {
+	if !vm.IsID(spec.ID) {
+		return Instance{}, errs.New(errs.InvalidArgument, "invalid vm id %q", spec.ID)
+	}
+	if err := vm.ValidName("vm", spec.Name); err != nil {
+		return Instance{}, err
+	}
+	br := bufio.NewReaderSize(r, maxDiskHeader)
+	h, err := ReadDiskHeader(br)
+	if err != nil {
+		return Instance{}, err
+	}
+	if h.ID != spec.ID && (spec.CopyOf == "" || h.ID != spec.CopyOf) {
+		return Instance{}, errs.New(errs.InvalidArgument, "import vm %s: the stream carries vm %s", spec.ID, h.ID)
+	}
+	if err := vm.ValidResources(h.CPUs, h.MemoryMiB, h.DiskGiB); err != nil {
+		return Instance{}, err
+	}
+	progress.Say("image")
+	img, err := l.Images.Resolve(ctx, h.Image)
+	if err != nil {
+		return Instance{}, errs.New(errs.FailedPrecondition, "import vm %s: image %s is not on this host (fetch it first): %v", spec.Name, h.Image, err)
+	}
+	row := store.VM{ID: spec.ID, Name: spec.Name, OwnerID: spec.Owner, Image: img.Ref, CPUs: h.CPUs,
+		MemoryMiB: h.MemoryMiB, DiskGiB: h.DiskGiB, Port: 80}
+	return l.newVM(ctx, row, "import", progress, func(o *op, row store.VM) (store.VM, error) {
+		progress.Say("disk")
+		o.step(ctx, "disk", nil)
+		if err := os.MkdirAll(l.vmDir(row.ID), 0o700); err != nil {
+			return row, err
+		}
+		part := l.diskPath(row.ID) + ".part"
+		f, err := os.OpenFile(part, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+		if err != nil {
+			return row, err
+		}
+		err = ReadDiskBody(br, h, f)
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+		if err == nil {
+			if rb, ok := l.Disks.(Rebaser); ok {
+				err = rb.SetBacking(ctx, part, img.Path, img.Format)
+			}
+		}
+		if err == nil {
+			err = os.Rename(part, l.diskPath(row.ID))
+		}
+		if err != nil {
+			return row, err
+		}
+		if spec.Start || spec.CopyOf != "" {
+			v, cl, err := l.boot(ctx, o, row, progress)
+			if err != nil {
+				return v, err
+			}
+			cl.Close()
+			if spec.CopyOf != "" {
+				return l.newIdentity(ctx, v, spec.AuthorizedKeys, progress)
+			}
+			return v, nil
+		}
+		row.State = vm.Stopped
+		return row, store.UpdateVM(ctx, l.DB, row)
+	})
+}
+
+// StageDisk writes the disk stream r into place as instance spec.ID's disk
+// (rebased onto this host's copy of its image) without recording an
+// instance: for a move onto the host whose store also holds the control
+// plane's row of the instance, which AdoptVM then makes this host's. An
+// instance of this host with that ID, or files already there, is
+// errs.AlreadyExists; on any failure what StageDisk wrote is removed.
+// Destroy removes a staged disk.
+func (l *Local) StageDisk(ctx context.Context, spec ImportSpec, r io.Reader, progress Progress) error {
+	if !vm.IsID(spec.ID) {
+		return errs.New(errs.InvalidArgument, "invalid vm id %q", spec.ID)
+	}
+	br := bufio.NewReaderSize(r, maxDiskHeader)
+	h, err := ReadDiskHeader(br)
+	if err != nil {
+		return err
+	}
+	if h.ID != spec.ID {
+		return errs.New(errs.InvalidArgument, "import vm %s: the stream carries vm %s", spec.ID, h.ID)
+	}
+	progress.Say("image")
+	img, err := l.Images.Resolve(ctx, h.Image)
+	if err != nil {
+		return errs.New(errs.FailedPrecondition, "import vm %s: image %s is not on this host (fetch it first): %v", spec.Name, h.Image, err)
+	}
+	unlock, err := l.lockVM(ctx, spec.ID)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	if _, err := store.GetLocalVMByID(ctx, l.DB, spec.ID); err == nil {
+		return errs.New(errs.AlreadyExists, "vm %s is already on this host", spec.ID)
+	}
+	if err := os.Mkdir(l.vmDir(spec.ID), 0o700); err != nil {
+		if os.IsExist(err) {
+			return errs.New(errs.AlreadyExists, "import vm %s: files of it are already on this host", spec.ID)
+		}
+		if err := os.MkdirAll(filepath.Dir(l.vmDir(spec.ID)), 0o700); err != nil {
+			return err
+		}
+		if err := os.Mkdir(l.vmDir(spec.ID), 0o700); err != nil {
+			return err
+		}
+	}
+	progress.Say("disk")
+	err = func() error {
+		part := l.diskPath(spec.ID) + ".part"
+		f, err := os.OpenFile(part, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+		if err != nil {
+			return err
+		}
+		err = ReadDiskBody(br, h, f)
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+		if err == nil {
+			if rb, ok := l.Disks.(Rebaser); ok {
+				err = rb.SetBacking(ctx, part, img.Path, img.Format)
+			}
+		}
+		if err == nil {
+			err = os.Rename(part, l.diskPath(spec.ID))
+		}
+		return err
+	}()
+	if err != nil {
+		os.RemoveAll(l.vmDir(spec.ID))
+		return l.diskFull(err)
+	}
+	return nil
+}
+
+// AdoptVM makes row id of this store, recorded as another host's, this
+// host's stopped instance with a fresh address of this host, inside the
+// caller's transaction q; its disk must have been staged (StageDisk).
+func (l *Local) AdoptVM(ctx context.Context, q store.Q, id string) error {
+	if !fileExists(l.diskPath(id)) {
+		return errs.New(errs.FailedPrecondition, "adopt vm %s: no staged disk", id)
+	}
+	ip, mac, cid, err := l.allocate(ctx, q, id)
+	if err != nil {
+		return err
+	}
+	return store.AdoptVM(ctx, q, id, ip.String(), mac, cid)
+}
