@@ -306,6 +306,8 @@ func newFixture(t testing.TB) *fixture {
 		SetHostname:   func(string) error { return nil },
 		SetTime:       func(time.Time) error { return nil },
 		Power:         func(bool) error { return nil },
+		ReseedRNG:     func([]byte) error { return nil },
+		SetNetwork:    func(net.HardwareAddr, netip.Prefix, netip.Addr) error { return nil },
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -192,7 +192,7 @@ func resolve(env *Env, root *Command, g *Global, args []string) (*Ctx, error) {
 	fs.BoolVar(&g.JSON, "json", false, "print JSON")
 	fs.StringVar(&g.StateDir, "state-dir", "", "state directory (default $MINIONS_STATE_DIR or /var/lib/minions)")
 	fs.StringVar(&g.RunDir, "run-dir", "", "runtime directory (default $MINIONS_RUN_DIR or <state-dir>/run)")
-	fs.StringVar(&g.Host, "host", "", "URL of a remote minions daemon (default $MINIONS_HOST)")
+	fs.StringVar(&g.Host, "host", "", "URL of a remote minions daemon (default $MINIONS_HOST); for create, a bare NAME (no :, / or .) pins the VM to that cluster host")
 	fs.StringVar(&g.APIKey, "api-key", "", "API token for --host (default $MINIONS_API_KEY)")
 	fs.BoolVar(&g.Yes, "yes", false, "do not ask for confirmation")
 	help := fs.Bool("help", false, "show help")

@@ -91,24 +91,37 @@ func hostState(h service.Host) string {
 }
 
 func printHosts(w io.Writer, hs []service.Host, now time.Time) {
+	if len(hs) == 0 {
+		fmt.Fprintln(w, "no hosts (add one with: minions host add NAME)")
+		return
+	}
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "NAME\tSTATE\tVMS\tCPUS\tMEMORY (MiB)\tDISK FREE (MiB)\tHEARTBEAT\tVERSION")
+	fmt.Fprintln(tw, "NAME\tSTATE\tADDRESS\tVMS\tCPUS\tMEMORY (MiB)\tDISK (GiB)\tHEARTBEAT\tVERSION")
 	for _, h := range hs {
 		name := h.Name
 		if h.Local {
 			name += " (local)"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%d/%d\t%d/%d\t%d\t%s\t%s\n", name, hostState(h), h.VMs, h.UsedCPUs, h.CPUs,
-			h.UsedMemoryMiB, h.MemoryMiB, h.DiskFreeMiB, heartbeatAge(h.LastHeartbeat, now), h.Version)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\n", name, hostState(h), dash(h.Address), h.VMs,
+			usedOf(int64(h.UsedCPUs), int64(h.CPUs)), usedOf(h.UsedMemoryMiB, h.MemoryMiB), usedOf(h.UsedDiskGiB, h.DiskMiB/1024),
+			heartbeatAge(h.LastHeartbeat, now), dash(h.Version))
 	}
 	tw.Flush()
 }
 
+// usedOf is "used/total", or "-" before the host reported its capacity.
+func usedOf(used, total int64) string {
+	if used == 0 && total == 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%d/%d", used, total)
+}
+
 func printHost(w io.Writer, h service.Host, now time.Time) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintf(tw, "name\t%s\nid\t%s\nstate\t%s\naddress\t%s\nlocal\t%v\nversion\t%s\n", h.Name, h.ID, hostState(h), h.Address, h.Local, h.Version)
+	fmt.Fprintf(tw, "name\t%s\nid\t%s\nstate\t%s\naddress\t%s\nlocal\t%v\nversion\t%s\n", h.Name, h.ID, hostState(h), dash(h.Address), h.Local, dash(h.Version))
 	fmt.Fprintf(tw, "vms\t%d\ncpus\t%d used of %d\nmemory\t%d MiB used of %d MiB (%d MiB available)\ndisk\t%d GiB given, %d MiB free of %d MiB\n",
 		h.VMs, h.UsedCPUs, h.CPUs, h.UsedMemoryMiB, h.MemoryMiB, h.MemoryFreeMiB, h.UsedDiskGiB, h.DiskFreeMiB, h.DiskMiB)
-	fmt.Fprintf(tw, "heartbeat\t%s\n", heartbeatAge(h.LastHeartbeat, now))
+	fmt.Fprintf(tw, "heartbeat\t%s\nnkey\t%s\n", heartbeatAge(h.LastHeartbeat, now), dash(h.NKey))
 	tw.Flush()
 }

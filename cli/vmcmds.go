@@ -1,12 +1,14 @@
 package cli
 
 import (
+	"cmp"
 	"context"
 	"flag"
 	"fmt"
 	"io"
 	"os"
 	"os/signal"
+	"slices"
 	"strings"
 	"syscall"
 	"text/tabwriter"
@@ -72,7 +74,7 @@ func vmCommands() []*Command {
 }
 
 func createCmd() *Command {
-	return &Command{Name: "create", Usage: "NAME [--cpus N] [--memory MiB] [--disk GiB] [--os IMAGE] [--ssh-key FILE] [--restart POLICY] [--cold]", Summary: "Create and boot a VM (restored from a warm template when there is one)",
+	return &Command{Name: "create", Usage: "NAME [--cpus N] [--memory MiB] [--disk GiB] [--os IMAGE] [--ssh-key FILE] [--restart POLICY] [--cold] [--host HOST]", Summary: "Create and boot a VM (restored from a warm template when there is one; --host NAME pins it to a cluster host)",
 		MinArgs: 1, MaxArgs: 1,
 		Flags: func(fs *flag.FlagSet) {
 			fs.Int("cpus", 0, "vCPUs (default 1)")
@@ -88,7 +90,8 @@ func createCmd() *Command {
 			if err := positiveFlags(x.FS, "cpus", "memory", "disk"); err != nil {
 				return err
 			}
-			req := service.CreateRequest{Name: x.Args[0], CPUs: intFlag(x.FS, "cpus"), MemoryMiB: intFlag(x.FS, "memory"), DiskGiB: intFlag(x.FS, "disk"),
+			pin := x.clusterHostPin()
+			req := service.CreateRequest{Host: pin, Name: x.Args[0], CPUs: intFlag(x.FS, "cpus"), MemoryMiB: intFlag(x.FS, "memory"), DiskGiB: intFlag(x.FS, "disk"),
 				Image: strFlag(x.FS, "os"), Restart: strFlag(x.FS, "restart"), Cold: boolFlag(x.FS, "cold")}
 			if req.Image == "" {
 				req.Image = strFlag(x.FS, "image")
@@ -230,8 +233,15 @@ func runList(ctx context.Context, x *Ctx) error {
 
 func printVMs(w io.Writer, vms []service.VM) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	hosts := slices.ContainsFunc(vms, func(v service.VM) bool { return v.Host != "" })
+	if hosts {
+		fmt.Fprint(tw, "HOST\t")
+	}
 	fmt.Fprintln(tw, "NAME\tSTATUS\tIP\tCPUS\tMEMORY\tDISK\tIMAGE\tPID")
 	for _, v := range vms {
+		if hosts {
+			fmt.Fprintf(tw, "%s\t", cmp.Or(v.Host, "-"))
+		}
 		pid := "-"
 		if v.PID > 0 {
 			pid = fmt.Sprint(v.PID)
@@ -255,6 +265,9 @@ func runShow(ctx context.Context, x *Ctx) error {
 		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 		fmt.Fprintf(tw, "name\t%s\nid\t%s\nowner\t%s\nstatus\t%s\nimage\t%s\nip\t%s\nmac\t%s\ncpus\t%d\nmemory\t%d MiB\ndisk\t%d GiB\ncreated\t%s\n",
 			v.Name, v.ID, v.Owner, v.Status, v.Image, v.IP, v.MAC, v.CPUs, v.MemoryMiB, v.DiskGiB, v.CreatedAt.Format(time.RFC3339))
+		if v.Host != "" {
+			fmt.Fprintf(tw, "host\t%s\n", v.Host)
+		}
 		if v.PID > 0 {
 			fmt.Fprintf(tw, "pid\t%d\nstarted\t%s\n", v.PID, v.StartedAt.Format(time.RFC3339))
 		}
@@ -481,4 +494,28 @@ func sshKeyAdd(ctx context.Context, x *Ctx) error {
 		}
 	}
 	return x.Print(added, func(w io.Writer) { printKeys(w, added) })
+}
+
+// clusterHostPin is create's --host: the global --host names a remote
+// daemon by URL, but a bare name (no ':', '/' or '.') names a host of the
+// cluster to pin the VM to. The pin is taken out of the global flag (the
+// daemon is then $MINIONS_HOST's, if that is a URL, or the local one).
+func (x *Ctx) clusterHostPin() string {
+	given := false // on the command line: $MINIONS_HOST names daemons only
+	x.FS.Visit(func(f *flag.Flag) { given = given || f.Name == "host" })
+	h := x.G.Host
+	if !given || !isClusterHostName(h) {
+		return ""
+	}
+	x.G.Host = x.Getenv("MINIONS_HOST")
+	if isClusterHostName(x.G.Host) {
+		x.G.Host = ""
+	}
+	return h
+}
+
+// isClusterHostName reports whether --host's value is a cluster host's
+// name rather than a daemon's URL.
+func isClusterHostName(s string) bool {
+	return s != "" && !strings.ContainsAny(s, ":/.")
 }

@@ -68,6 +68,8 @@ type Config struct {
 	MemoryOvercommit   float64      `toml:"memory_overcommit"`     // VM memory ≤ host memory × this (default 1.5)
 	ConsoleLogMaxBytes int64        `toml:"console_log_max_bytes"` // per VM, log + rotated log (default 4 MiB)
 	MinFreeSpaceMiB    int          `toml:"min_free_space_mib"`    // doctor warns below this much free on the state filesystem (default 2048)
+	Placement          string       `toml:"placement"`             // where create puts VMs among the cluster's hosts: spread (default) or binpack
+	CPUOvercommit      float64      `toml:"cpu_overcommit"`        // vCPUs per host CPU the scheduler allows (default 4)
 
 	// DNSProvider obtains one wildcard certificate *.<domain> by DNS-01
 	// instead of a certificate per VM name on demand: "cloudflare" or

@@ -4,6 +4,7 @@ import (
 	"fmt"
 
 	"github.com/minionsdev/minions/internal/errs"
+	"github.com/minionsdev/minions/scheduler"
 	"github.com/minionsdev/minions/service"
 	"github.com/minionsdev/minions/vm/consolelog"
 )
@@ -27,6 +28,9 @@ type Resources struct {
 	DefaultQuota       service.Quota
 	MemoryOvercommit   float64
 	ConsoleLogMaxBytes int64
+	// Placement is how create places VMs on the cluster's hosts
+	// (placement, cpu_overcommit; the memory ratio is MemoryOvercommit).
+	Placement scheduler.Config
 }
 
 func (c *Config) resourceDefaults() {
@@ -51,6 +55,9 @@ func (c *Config) validateResources() error {
 	if c.MemoryOvercommit < 0 || c.MemoryOvercommit > 100 {
 		return errs.New(errs.InvalidArgument, "memory_overcommit %g: want a ratio above 0 (1 = no overcommit)", c.MemoryOvercommit)
 	}
+	if err := c.Resources().Placement.Validate(); err != nil {
+		return fmt.Errorf("placement: %w", err)
+	}
 	if c.ConsoleLogMaxBytes != 0 {
 		if err := consolelog.ValidMax(c.ConsoleLogMaxBytes); err != nil {
 			return fmt.Errorf("console_log_max_bytes: %w", err)
@@ -61,7 +68,8 @@ func (c *Config) validateResources() error {
 
 // Resources returns the resource settings (call Defaults first).
 func (c Config) Resources() Resources {
-	r := Resources{MemoryOvercommit: c.MemoryOvercommit, ConsoleLogMaxBytes: c.ConsoleLogMaxBytes}
+	r := Resources{MemoryOvercommit: c.MemoryOvercommit, ConsoleLogMaxBytes: c.ConsoleLogMaxBytes,
+		Placement: scheduler.Config{Policy: scheduler.Policy(c.Placement), CPUOvercommit: c.CPUOvercommit, MemoryOvercommit: c.MemoryOvercommit}}
 	if q := c.DefaultQuota; q != nil {
 		r.DefaultQuota = service.Quota{MaxVMs: q.MaxVMs, MaxCPUs: q.MaxCPUs, MaxMemoryMiB: q.MaxMemoryMiB, MaxDiskGiB: q.MaxDiskGiB}
 	}

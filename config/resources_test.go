@@ -37,7 +37,14 @@ func TestResourceConfig(t *testing.T) {
 	if r := c.Resources(); r.DefaultQuota != (service.Quota{MaxVMs: 2, MaxMemoryMiB: 2048}) || r.MemoryOvercommit != 1 || r.ConsoleLogMaxBytes != 1<<20 {
 		t.Fatalf("configured = %+v", r)
 	}
-	for _, bad := range []string{"memory_overcommit = -1\n", "console_log_max_bytes = 100\n", "[default_quota]\nmax_vms = -1\n"} {
+	c, err = loadConfigText(t, "placement = \"binpack\"\ncpu_overcommit = 2\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p := c.Resources().Placement; p.Policy != "binpack" || p.CPUOvercommit != 2 || p.MemoryOvercommit != 1.5 {
+		t.Fatalf("placement = %+v", p)
+	}
+	for _, bad := range []string{"placement = \"random\"\n", "cpu_overcommit = -2\n", "memory_overcommit = -1\n", "console_log_max_bytes = 100\n", "[default_quota]\nmax_vms = -1\n"} {
 		if _, err := loadConfigText(t, bad); err == nil {
 			t.Errorf("accepted %q", bad)
 		}

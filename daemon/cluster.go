@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"golang.org/x/sync/errgroup"
@@ -39,9 +40,13 @@ type cluster struct {
 	srv     *fabric.Server
 	control *fabric.Conn
 	node    *fabric.Conn
+	remotes *remotes
 }
 
 func (cl *cluster) close() {
+	if cl.remotes != nil {
+		cl.remotes.closeAll()
+	}
 	if cl.node != nil {
 		cl.node.Close()
 	}
@@ -125,6 +130,17 @@ func startCluster(ctx context.Context, g *errgroup.Group, cfg config.Config, e *
 		log.Info("this host's node key (the external nats cluster must admit it with fabric.NodePermissions)", "host_id", id, "nkey", pub)
 	}
 
+	// The engines of the other hosts, each a nodeagent.Remote: those
+	// registered now, and each host that joins at its first heartbeat.
+	cl.remotes = &remotes{conn: cl.control, svc: svc, local: id, log: log, m: map[string]*nodeagent.Remote{}}
+	others, err := svc.RemoteHostIDs(ctx)
+	if err != nil {
+		return nil, err
+	}
+	for _, h := range others {
+		cl.remotes.ensure(h)
+	}
+
 	// Heartbeats of every node, the local one included.
 	srv := cl.srv
 	stop, err := nodeagent.Listen(cl.control, func(id string, hb nodeagent.Heartbeat) {
@@ -137,8 +153,16 @@ func startCluster(ctx context.Context, g *errgroup.Group, cfg config.Config, e *
 			// A removed host still connected: its credential no longer
 			// admits it, and its connection goes now.
 			log.Info("disconnected a removed host", "host_id", id, "connections", srv.DisconnectNode(id))
+			cl.remotes.drop(id)
 		case err != nil:
 			log.Warn("heartbeat", "host_id", id, "err", err)
+		default:
+			// A host that joined since: its engine now; then whatever
+			// waits for it to be heard from (tombstones, interrupted
+			// creates, exits missed while it was away).
+			if cl.remotes.ensure(id) {
+				svc.HostHeard(ctx, id)
+			}
 		}
 	})
 	if err != nil {
@@ -148,7 +172,7 @@ func startCluster(ctx context.Context, g *errgroup.Group, cfg config.Config, e *
 		stop()
 		return nil, fmt.Errorf("local node: %w", err)
 	}
-	svc.SetHosts(service.HostsConfig{JoinURL: cfg.JoinURL(apiAddr), NATSURLs: natsURLs, NATSCA: string(caPEM)})
+	svc.SetHosts(service.HostsConfig{JoinURL: cfg.JoinURL(apiAddr), NATSURLs: natsURLs, NATSCA: string(caPEM), Unreachable: HostUnreachableAfter})
 	log.Info("cluster ready", "host_id", id, "ms", time.Since(began).Milliseconds())
 	g.Go(func() error {
 		defer stop()
@@ -203,4 +227,72 @@ func isHexID(s string) bool {
 	}
 	_, err := strconv.ParseUint(s, 16, 64)
 	return err == nil
+}
+
+// HostUnreachableAfter is how long without a heartbeat (every 2 s) until
+// a host, and the VMs on it, show unreachable.
+const HostUnreachableAfter = 7 * time.Second
+
+// remotes keeps one nodeagent.Remote per registered host other than this
+// one and hands each to the service (service.SetRemoteEngine). The
+// guest agents of a node's VMs trust that node's key, which never leaves
+// the node: a Remote has no signer of its own, and the node signs each
+// agent login for it (nodeagent.RemoteConfig.Signer nil).
+type remotes struct {
+	conn  *fabric.Conn
+	svc   *service.Service
+	local string // this host's ID: never remote
+	log   *slog.Logger
+
+	mu sync.Mutex
+	m  map[string]*nodeagent.Remote
+}
+
+// ensure makes host id's Remote if it has none; false for this host, or
+// when it cannot (logged).
+func (rs *remotes) ensure(id string) bool {
+	if id == rs.local {
+		return false
+	}
+	rs.mu.Lock()
+	defer rs.mu.Unlock()
+	if rs.m == nil {
+		return false // closed
+	}
+	if _, ok := rs.m[id]; ok {
+		return true
+	}
+	r, err := nodeagent.NewRemote(nodeagent.RemoteConfig{ID: id, Conn: rs.conn, Log: rs.log})
+	if err != nil {
+		rs.log.Warn("remote engine", "host_id", id, "err", err)
+		return false
+	}
+	rs.m[id] = r
+	rs.svc.SetRemoteEngine(id, r)
+	rs.log.Info("remote engine ready", "host_id", id)
+	return true
+}
+
+// drop forgets host id's Remote (a removed host).
+func (rs *remotes) drop(id string) {
+	rs.mu.Lock()
+	r := rs.m[id]
+	delete(rs.m, id)
+	rs.mu.Unlock()
+	if r != nil {
+		rs.svc.SetRemoteEngine(id, nil)
+		r.Close()
+	}
+}
+
+// closeAll takes every Remote from the service and closes it.
+func (rs *remotes) closeAll() {
+	rs.mu.Lock()
+	m := rs.m
+	rs.m = nil
+	rs.mu.Unlock()
+	for id, r := range m {
+		rs.svc.SetRemoteEngine(id, nil)
+		r.Close()
+	}
 }

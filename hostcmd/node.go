@@ -9,6 +9,7 @@ import (
 	"os/signal"
 	"strings"
 	"syscall"
+	"time"
 
 	"golang.org/x/sync/errgroup"
 
@@ -109,8 +110,11 @@ func runNode(ctx context.Context, x *cli.Ctx, paths daemon.Paths, cred nodeagent
 	}
 	defer conn.Close()
 	log.Info("node connected", "host", cred.Name, "host_id", cred.HostID, "nats", strings.Join(cred.NATS, ","))
-	return serveNode(ctx, nodeagent.Config{ID: cred.HostID, Conn: conn, StateDir: paths.State, Version: cli.Version, Log: log}, inst.Engine)
+	return serveNode(ctx, nodeagent.Config{ID: cred.HostID, Conn: conn, StateDir: paths.State, Version: cli.Version, Log: log}, inst.Service.NodeEngine())
 }
+
+// NodeReconcileEvery is how often a node reconciles its engine.
+var NodeReconcileEvery = time.Second
 
 // serveNode heartbeats with hb and serves eng on the node's engine
 // subjects (hb.Conn, hb.ID) until ctx ends or either fails.
@@ -123,6 +127,22 @@ func serveNode(ctx context.Context, hb nodeagent.Config, eng engine.Engine) erro
 	g.Go(func() error { return nodeagent.Run(gctx, hb) })
 	g.Go(func() error {
 		return nodeagent.ServeEngine(gctx, nodeagent.ServeConfig{ID: hb.ID, Conn: hb.Conn, Engine: eng, Log: log})
+	})
+	g.Go(func() error {
+		// As `serve` does: every second, so an exit (reported to the
+		// control plane by ServeEngine) shows within 2 s.
+		t := time.NewTicker(NodeReconcileEvery)
+		defer t.Stop()
+		for {
+			select {
+			case <-gctx.Done():
+				return nil
+			case <-t.C:
+				if err := eng.Reconcile(gctx); err != nil && gctx.Err() == nil {
+					log.Warn("reconcile", "err", err)
+				}
+			}
+		}
 	})
 	return g.Wait()
 }

@@ -25,7 +25,9 @@ type RemoteConfig struct {
 	ID   string       // the node's host ID (required)
 	Conn *fabric.Conn // the control plane's connection (required)
 	// Signer is the key the node's guest agents trust (the node's engine
-	// HostKey); required for Agent.
+	// HostKey), if the control plane holds it; nil (the usual case: the
+	// key stays on the node) has the node sign each agent login (see
+	// sign.go).
 	Signer ssh.Signer
 	// AcceptTimeout bounds how long a call waits for the node to accept
 	// it (not how long the call may run: that is the caller's ctx);
@@ -362,10 +364,12 @@ func (r *Remote) DialAgent(ctx context.Context, id string) (net.Conn, error) {
 }
 
 // Agent implements engine.Engine: an SSH client over DialAgent's stream,
-// authenticated with cfg.Signer, checking the key the node pinned.
+// authenticated with cfg.Signer (or signed by the node), checking the key
+// the node pinned.
 func (r *Remote) Agent(ctx context.Context, id string) (*vsockcli.Client, error) {
-	if r.cfg.Signer == nil {
-		return nil, errs.New(errs.FailedPrecondition, "remote engine of node %s: no agent signer configured", r.cfg.ID)
+	signer, err := r.agentSigner(ctx)
+	if err != nil {
+		return nil, err
 	}
 	var pin string
 	if err := r.call(ctx, mAgentKey, callRequest{ID: id}, nil, &pin); err != nil {
@@ -375,7 +379,7 @@ func (r *Remote) Agent(ctx context.Context, id string) (*vsockcli.Client, error)
 	if err != nil {
 		return nil, err
 	}
-	return vsockcli.NewClient(ctx, c, vsockcli.Config{Signer: r.cfg.Signer, User: "root",
+	return vsockcli.NewClient(ctx, c, vsockcli.Config{Signer: signer, User: "root",
 		HostKey: func(_ string, _ net.Addr, key ssh.PublicKey) error {
 			if pin == "" {
 				return nil // first contact: the node has not pinned one yet

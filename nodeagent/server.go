@@ -12,6 +12,8 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/crypto/ssh"
+
 	"github.com/minionsdev/minions/fabric"
 	"github.com/minionsdev/minions/internal/errs"
 	"github.com/minionsdev/minions/vm/engine"
@@ -22,6 +24,10 @@ type ServeConfig struct {
 	ID     string        // the node's host ID (required)
 	Conn   *fabric.Conn  // connected with the node's credential (required)
 	Engine engine.Engine // this host's engine (required)
+	// Signer is the key this host's guest agents trust, with which the
+	// node signs agent logins for the control plane (sign.go); nil takes
+	// the engine's (AgentSigner), if it has one.
+	Signer ssh.Signer
 	Log    *slog.Logger
 }
 
@@ -230,6 +236,12 @@ func (s *server) run(ctx context.Context, method string, req callRequest, progre
 		return k.AgentKey(ctx, req.ID)
 	case mDialAgent:
 		return nil, s.dialAgent(ctx, req)
+	case mAgentPubKey:
+		return s.agentPubKey()
+	case mAgentSign:
+		return s.agentSign(req)
+	case mConsole:
+		return nil, s.console(ctx, req)
 	}
 	return nil, errs.New(errs.InvalidArgument, "unknown engine method %q", method)
 }

@@ -55,6 +55,9 @@ const (
 	mDialAgent       = "dial_agent"
 	mAgentKey        = "agent_key"
 	mConsoleLog      = "console_log"
+	mAgentPubKey     = "agent_pubkey" // the key the node's agents trust (sign.go)
+	mAgentSign       = "agent_sign"   // sign an agent login (sign.go)
+	mConsole         = "console"      // copy the console log into a stream (console.go)
 	mCancel          = "cancel"
 	mAlive           = "alive" // is call c still running? "yes" or "no"
 )
@@ -67,6 +70,9 @@ type callRequest struct {
 	Name     string    `json:"name,omitempty"`
 	Snapshot string    `json:"snapshot,omitempty"`
 	Stream   string    `json:"stream,omitempty"` // dial_agent: the stream's ID
+	Data     []byte    `json:"data,omitempty"`   // agent_sign: what to sign
+	Algo     string    `json:"algo,omitempty"`   // agent_sign: the signature algorithm ("" the key's default)
+	Follow   bool      `json:"follow,omitempty"` // console: keep copying what the guest prints
 
 	Create       *engine.CreateSpec   `json:"create,omitempty"`
 	Resize       *engine.ResizeSpec   `json:"resize,omitempty"`

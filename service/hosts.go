@@ -107,6 +107,10 @@ type Host struct {
 
 	LastHeartbeat time.Time `json:"last_heartbeat"`
 	CreatedAt     time.Time `json:"created_at"`
+
+	// NKey is the public key the host's node connects to the fabric with
+	// ("" until it joins): what an external NATS cluster must admit.
+	NKey string `json:"nkey,omitempty"`
 }
 
 // HostInvite is what HostAdd returns: the token is shown once.
@@ -171,6 +175,7 @@ func (s *Service) hostView(ctx context.Context, q store.Q, h store.Host, cfg Hos
 		Version: h.Version, CPUs: h.CPUs, MemoryMiB: h.MemoryMiB, DiskMiB: h.DiskMiB, MemoryFreeMiB: h.MemoryFreeMiB,
 		DiskFreeMiB: h.DiskFreeMiB, VMs: use.VMs, UsedCPUs: use.CPUs, UsedMemoryMiB: use.MemoryMiB, UsedDiskGiB: use.DiskGiB,
 		LastHeartbeat: h.LastHeartbeat, CreatedAt: h.CreatedAt}
+	out.NKey = h.NKey
 	if h.State != store.HostJoining && cfg.Now().Sub(h.LastHeartbeat) > cfg.Unreachable {
 		out.State = HostUnreachable
 	}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/minionsdev/minions/images"
 	"github.com/minionsdev/minions/internal/errs"
+	"github.com/minionsdev/minions/scheduler"
 	"github.com/minionsdev/minions/store"
 	"github.com/minionsdev/minions/vm"
 	"github.com/minionsdev/minions/vm/engine"
@@ -56,6 +57,11 @@ type Config struct {
 	BackgroundWarm bool
 
 	Log *slog.Logger
+	// Placement tunes where create puts a VM when several hosts are
+	// registered (policy spread or binpack, vCPU overcommit); its memory
+	// ratio defaults to MemoryOvercommit. See PlaceVM.
+	Placement scheduler.Config
+
 	// OnOperation, if set, is told how long each durable operation took
 	// (create, start, snapshot...) and whether it failed (for metrics).
 	OnOperation func(kind string, d time.Duration, err error)
@@ -98,6 +104,9 @@ func (c *Config) Validate() error {
 	}
 	if c.MemoryOvercommit < 0 || c.MemoryOvercommit > 100 {
 		return errs.New(errs.InvalidArgument, "memory overcommit %g: want a ratio above 0 (1 = no overcommit)", c.MemoryOvercommit)
+	}
+	if err := c.Placement.Validate(); err != nil {
+		return fmt.Errorf("placement: %w", err)
 	}
 	if err := c.DefaultQuota.Validate(); err != nil {
 		return fmt.Errorf("default quota: %w", err)
@@ -149,6 +158,8 @@ type Service struct {
 	hostAgent hostAgent // see SetHostAgentVersion
 
 	hosts hostsState // see SetHosts (hosts.go)
+
+	remotes remoteHosts // other hosts' engines, see SetRemoteEngine (route.go)
 }
 
 // New returns a Service.
@@ -274,11 +285,21 @@ type VM struct {
 	// Warnings are what create wants the user to know (a warm template
 	// that failed, say). Create's result only.
 	Warnings []string `json:"warnings,omitempty"`
+	// Host is the name of the host the VM runs on ("" when no host is
+	// registered: a single host without the cluster).
+	Host   string `json:"host,omitempty"`
+	hostID string // vms.host_id ("" : this host)
 }
 
 func view(v store.VM) VM {
 	out := VM{ID: v.ID, Name: v.Name, Owner: v.Owner, Status: string(v.State), Image: v.Image, IP: v.IP, MAC: v.MAC,
-		CPUs: v.CPUs, MemoryMiB: v.MemoryMiB, DiskGiB: v.DiskGiB, Port: v.Port, Public: v.Public, CreatedAt: v.CreatedAt, Note: v.Note}
+		CPUs: v.CPUs, MemoryMiB: v.MemoryMiB, DiskGiB: v.DiskGiB, Port: v.Port, Public: v.Public, CreatedAt: v.CreatedAt, Note: v.Note,
+		hostID: v.HostID}
+	if v.HostID != "" && v.IP == "@"+v.ID {
+		// On another host: its address is the node's (the unique columns
+		// hold placeholders, see store.RemotePlaceholders).
+		out.IP, out.MAC = v.NodeIP, v.NodeMAC
+	}
 	if v.State == vm.Running || v.State == vm.Paused {
 		if h, err := engine.DecodeHandle(v.Handle); err == nil && h != nil {
 			out.PID = h.PID

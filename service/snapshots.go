@@ -43,7 +43,11 @@ func (s *Service) CreateSnapshot(ctx context.Context, c Caller, name string, req
 	if err != nil {
 		return Snapshot{}, err
 	}
-	existing, err := s.Engine.Snapshots(ctx, v.ID)
+	eng, err := s.engineFor(ctx, v)
+	if err != nil {
+		return Snapshot{}, err
+	}
+	existing, err := eng.Snapshots(ctx, v.ID)
 	if err != nil {
 		return Snapshot{}, err
 	}
@@ -55,7 +59,7 @@ func (s *Service) CreateSnapshot(ctx context.Context, c Caller, name string, req
 	if len(existing) >= s.cfg.MaxSnapshots {
 		return Snapshot{}, errs.New(errs.ResourceExhausted, "vm %s has %d snapshots, the most allowed: delete one first", v.Name, len(existing))
 	}
-	snap, err := s.Engine.Snapshot(ctx, v.ID, engine.SnapshotSpec{Name: req.Name, Memory: req.Memory}, progress)
+	snap, err := eng.Snapshot(ctx, v.ID, engine.SnapshotSpec{Name: req.Name, Memory: req.Memory}, progress)
 	if err != nil {
 		return Snapshot{}, err
 	}
@@ -69,7 +73,11 @@ func (s *Service) ListSnapshots(ctx context.Context, c Caller, name string) ([]S
 	if err != nil {
 		return nil, err
 	}
-	snaps, err := s.Engine.Snapshots(ctx, v.ID)
+	eng, err := s.engineFor(ctx, v)
+	if err != nil {
+		return nil, err
+	}
+	snaps, err := eng.Snapshots(ctx, v.ID)
 	if err != nil {
 		return nil, err
 	}
@@ -86,7 +94,11 @@ func (s *Service) DeleteSnapshot(ctx context.Context, c Caller, name, snapName s
 	if err != nil {
 		return err
 	}
-	return s.Engine.DeleteSnapshot(ctx, v.ID, snapName)
+	eng, err := s.engineFor(ctx, v)
+	if err != nil {
+		return err
+	}
+	return eng.DeleteSnapshot(ctx, v.ID, snapName)
 }
 
 // RestoreSnapshot puts a VM back to a snapshot, destroying what it has
@@ -98,7 +110,11 @@ func (s *Service) RestoreSnapshot(ctx context.Context, c Caller, name, snapName 
 	if err != nil {
 		return VM{}, err
 	}
-	if _, err := s.Engine.RestoreSnapshot(ctx, v.ID, snapName, progress); err != nil {
+	eng, err := s.engineFor(ctx, v)
+	if err != nil {
+		return VM{}, err
+	}
+	if _, err := eng.RestoreSnapshot(ctx, v.ID, snapName, progress); err != nil {
 		return VM{}, err
 	}
 	s.cancelRestart(ctx, v.ID)

@@ -102,11 +102,10 @@ type locker interface {
 // withRestart fills the restart fields of out and, for a stopped VM the
 // supervisor handles, its supervisor status.
 func (s *Service) withRestart(ctx context.Context, out VM) VM {
-	r, err := store.GetRestart(ctx, s.DB, out.ID)
-	if err != nil {
-		return out
+	if r, err := store.GetRestart(ctx, s.DB, out.ID); err == nil {
+		out = applyRestart(out, r, time.Now())
 	}
-	return applyRestart(out, r, time.Now())
+	return s.hostIndex(ctx).placed(out)
 }
 
 func applyRestart(out VM, r store.Restart, now time.Time) VM {
@@ -211,7 +210,10 @@ func (s *Service) superviseOne(ctx context.Context, id string) {
 		store.PutRestart(ctx, s.DB, r)
 		return
 	}
-	_, err = s.Engine.Start(ctx, id, nil)
+	eng, err := s.engineFor(ctx, v)
+	if err == nil {
+		_, err = eng.Start(ctx, id, nil)
+	}
 	if errs.ClassOf(err) == errs.FailedPrecondition {
 		if cur, gerr := store.GetVMByID(ctx, s.DB, id); gerr == nil && cur.State != vm.Stopped {
 			r.RestartAt = time.Time{} // started by someone meanwhile

@@ -23,6 +23,11 @@ type CreateRequest struct {
 	// Cold boots from the image even when a warm template of the image
 	// version and shape exists.
 	Cold bool `json:"cold,omitempty"`
+	// Host pins the VM to a host of the cluster (name or ID); "" lets the
+	// scheduler place it (see PlaceVM). An unknown host is errs.NotFound,
+	// one that takes no VMs now (cordoned, joining, unreachable)
+	// errs.FailedPrecondition.
+	Host string `json:"host,omitempty"`
 }
 
 // Create makes and boots a VM owned by the caller. It returns once the
@@ -62,16 +67,34 @@ func (s *Service) Create(ctx context.Context, c Caller, req CreateRequest, progr
 	if err := vm.ValidResources(req.CPUs, req.MemoryMiB, max(req.DiskGiB, 1)); err != nil {
 		return VM{}, err
 	}
+	if req.Host != "" && !vm.IsID(req.Host) {
+		if err := vm.ValidName("host", req.Host); err != nil {
+			return VM{}, err
+		}
+	}
+	if _, err := store.GetVMByName(ctx, s.DB, req.Name); err == nil {
+		return VM{}, errs.New(errs.AlreadyExists, "a vm named %q already exists", req.Name)
+	}
+	to, err := s.placeCreate(ctx, req.Host, req.CPUs, req.MemoryMiB, max(req.DiskGiB, s.cfg.DefaultDiskGiB))
+	if err != nil {
+		return VM{}, err
+	}
 	spec := engine.CreateSpec{ID: vm.NewID(), Name: req.Name, Owner: c.UserID, Image: req.Image, CPUs: req.CPUs,
 		MemoryMiB: req.MemoryMiB, DiskGiB: req.DiskGiB, DefaultDiskGiB: s.cfg.DefaultDiskGiB,
 		AuthorizedKeys: append(s.ownerKeys(ctx, c.UserID), req.SSHKeys...), Cold: req.Cold}
-	return s.created(ctx, c, spec, "create", req.Restart, progress)
+	return s.created(ctx, c, spec, "create", req.Restart, progress, to)
 }
 
 // created runs an engine create (or copy) and, once it succeeded, records
 // the restart policy and the event.
-func (s *Service) created(ctx context.Context, c Caller, spec engine.CreateSpec, kind, policy string, progress Progress) (VM, error) {
-	inst, err := s.Engine.Create(ctx, spec, progress)
+func (s *Service) created(ctx context.Context, c Caller, spec engine.CreateSpec, kind, policy string, progress Progress, to target) (VM, error) {
+	var inst engine.Instance
+	var err error
+	if to.eng == nil {
+		inst, err = s.Engine.Create(ctx, spec, progress)
+	} else {
+		inst, err = s.createRemote(ctx, spec, to.host, to.eng, progress)
+	}
 	if err != nil {
 		return VM{}, err
 	}
@@ -117,7 +140,11 @@ func (s *Service) Resize(ctx context.Context, c Caller, name string, req ResizeR
 	if err != nil {
 		return VM{}, err
 	}
-	if _, err := s.Engine.Resize(ctx, v.ID, engine.ResizeSpec(req)); err != nil {
+	eng, err := s.engineFor(ctx, v)
+	if err != nil {
+		return VM{}, err
+	}
+	if _, err := eng.Resize(ctx, v.ID, engine.ResizeSpec(req)); err != nil {
 		return VM{}, err
 	}
 	return s.current(ctx, v.ID), nil
@@ -133,7 +160,11 @@ func (s *Service) Rename(ctx context.Context, c Caller, name, newName string) (V
 	if err != nil {
 		return VM{}, err
 	}
-	if _, err := s.Engine.Rename(ctx, v.ID, newName); err != nil {
+	eng, err := s.engineFor(ctx, v)
+	if err != nil {
+		return VM{}, err
+	}
+	if _, err := eng.Rename(ctx, v.ID, newName); err != nil {
 		return VM{}, err
 	}
 	// The old name may go to another VM: links and proxy sessions for
@@ -172,7 +203,14 @@ func (s *Service) Copy(ctx context.Context, c Caller, srcName string, req CopyRe
 	spec := engine.CreateSpec{ID: vm.NewID(), Name: req.Name, Owner: c.UserID, CPUs: src.CPUs, MemoryMiB: src.MemoryMiB,
 		DiskGiB: src.DiskGiB, AuthorizedKeys: s.ownerKeys(ctx, c.UserID),
 		CopyFrom: &engine.CopySource{ID: src.ID, Snapshot: req.FromSnapshot}}
-	return s.created(ctx, c, spec, "copy", store.RestartAlways, progress)
+	// A copy is made where its source is (the engine copies its disk).
+	var to target
+	if eng, err := s.engineFor(ctx, src); err != nil {
+		return VM{}, err
+	} else if r, ok := eng.(*remoteVMs); ok {
+		to = target{host: r.host, eng: r.Engine}
+	}
+	return s.created(ctx, c, spec, "copy", store.RestartAlways, progress, to)
 }
 
 // freeName returns base, or base-2, base-3... whichever is free.

@@ -34,12 +34,13 @@ func (s *Service) List(ctx context.Context, c Caller) ([]VM, error) {
 	}
 	out := make([]VM, 0, len(rows))
 	now := time.Now()
+	hx := s.hostIndex(ctx)
 	for _, r := range rows {
 		rr, ok := rs[r.ID]
 		if !ok {
 			rr = store.Restart{VMID: r.ID, Policy: store.RestartAlways}
 		}
-		out = append(out, applyRestart(view(r), rr, now))
+		out = append(out, hx.placed(applyRestart(view(r), rr, now)))
 	}
 	return out, nil
 }
@@ -81,7 +82,11 @@ func (s *Service) Start(ctx context.Context, c Caller, name string, progress Pro
 	if err != nil {
 		return VM{}, err
 	}
-	_, err = s.Engine.Start(ctx, v.ID, progress)
+	eng, err := s.engineFor(ctx, v)
+	if err != nil {
+		return VM{}, err
+	}
+	_, err = eng.Start(ctx, v.ID, progress)
 	s.recordIf(ctx, c, v, err, EventStart, "")
 	if err != nil {
 		return VM{}, err
@@ -101,7 +106,11 @@ func (s *Service) Stop(ctx context.Context, c Caller, name string) (VM, error) {
 	if err != nil {
 		return VM{}, err
 	}
-	_, err = s.Engine.Stop(ctx, v.ID)
+	eng, err := s.engineFor(ctx, v)
+	if err != nil {
+		return VM{}, err
+	}
+	_, err = eng.Stop(ctx, v.ID)
 	if err == nil {
 		s.cancelRestart(ctx, v.ID)
 	}
@@ -118,7 +127,11 @@ func (s *Service) Restart(ctx context.Context, c Caller, name string, progress P
 	if err != nil {
 		return VM{}, err
 	}
-	_, err = s.Engine.Restart(ctx, v.ID, progress)
+	eng, err := s.engineFor(ctx, v)
+	if err != nil {
+		return VM{}, err
+	}
+	_, err = eng.Restart(ctx, v.ID, progress)
 	if err == nil {
 		s.cancelRestart(ctx, v.ID)
 	}
@@ -140,21 +153,42 @@ func (s *Service) Destroy(ctx context.Context, c Caller, name string) error {
 	if err := store.BumpWebGen(ctx, s.DB, v.ID); err != nil {
 		return err
 	}
-	if err := s.Engine.Destroy(ctx, v.ID); err != nil {
+	eng, err := s.engineFor(ctx, v)
+	switch {
+	case errs.ClassOf(err) == errs.Unavailable && v.HostID != "":
+		// Its host is away: gone from every view now, destroyed on the
+		// node when it is next heard from.
+		if err := s.bury(ctx, v); err != nil {
+			return err
+		}
+	case err != nil:
 		return err
+	default:
+		err = eng.Destroy(ctx, v.ID)
+		if errs.ClassOf(err) == errs.Unavailable && v.HostID != "" {
+			err = s.bury(ctx, v) // the node stopped answering midway
+		}
+		if err != nil {
+			return err
+		}
 	}
 	s.record(ctx, c.Name, v, EventDestroy, "")
 	return nil
 }
 
 // ConsoleLog returns the path of a VM's serial console log (read it with
-// consolelog.Copy or Tail: it is capped and rotated).
+// consolelog.Copy or Tail: it is capped and rotated). For a VM on another
+// host the path is on that host: read it with CopyConsole.
 func (s *Service) ConsoleLog(ctx context.Context, c Caller, name string) (string, error) {
 	v, err := s.getVM(ctx, c, name)
 	if err != nil {
 		return "", err
 	}
-	return s.Engine.ConsoleLog(ctx, v.ID)
+	eng, err := s.engineFor(ctx, v)
+	if err != nil {
+		return "", err
+	}
+	return eng.ConsoleLog(ctx, v.ID)
 }
 
 // CopyConsole writes a VM's console log to w, older (rotated) output
@@ -162,11 +196,32 @@ func (s *Service) ConsoleLog(ctx context.Context, c Caller, name string) (string
 // writing what the guest prints, across rotations, until ctx ends (it
 // returns nil) or the VM is destroyed.
 func (s *Service) CopyConsole(ctx context.Context, c Caller, name string, follow bool, w io.Writer) error {
-	path, err := s.ConsoleLog(ctx, c, name)
+	v, err := s.getVM(ctx, c, name)
+	if err != nil {
+		return err
+	}
+	eng, err := s.engineFor(ctx, v)
+	if err != nil {
+		return err
+	}
+	if r, ok := eng.(*remoteVMs); ok {
+		cc, ok := r.Engine.(ConsoleCopier)
+		if !ok {
+			return errs.New(errs.FailedPrecondition, "vm %s: its host's console log cannot be read from here", v.Name)
+		}
+		return cc.CopyConsole(ctx, v.ID, follow, w)
+	}
+	path, err := eng.ConsoleLog(ctx, v.ID)
 	if err != nil {
 		return err
 	}
 	return consolelog.Copy(ctx, path, follow, w)
+}
+
+// ConsoleCopier is implemented by the engine of another host that can copy
+// a VM's console log from there (nodeagent.Remote): see CopyConsole.
+type ConsoleCopier interface {
+	CopyConsole(ctx context.Context, id string, follow bool, w io.Writer) error
 }
 
 // Agent connects to the guest agent of a running VM the caller may use.
@@ -176,7 +231,11 @@ func (s *Service) Agent(ctx context.Context, c Caller, name string) (*vsockcli.C
 	if err != nil {
 		return nil, err
 	}
-	return s.Engine.Agent(ctx, v.ID)
+	eng, err := s.engineFor(ctx, v)
+	if err != nil {
+		return nil, err
+	}
+	return eng.Agent(ctx, v.ID)
 }
 
 // Reconcile makes the store agree with the processes that really run (see

@@ -16,7 +16,7 @@ func UserSnapshotBytes(ctx context.Context, q Q, userID string) (int64, error) {
 // out, so a caller can add its own size.
 func AllocatedMemoryMiB(ctx context.Context, q Q, except string) (int64, error) {
 	var n int64
-	err := q.QueryRowContext(ctx, `SELECT coalesce(sum(memory_mib),0) FROM vms WHERE id != ? AND (state != ? OR id IN (SELECT vm_id FROM operations WHERE state = ? AND kind IN ('start','restore')))`,
+	err := q.QueryRowContext(ctx, `SELECT coalesce(sum(memory_mib),0) FROM vms v WHERE id != ? AND `+LocalVM+` AND (state != ? OR id IN (SELECT vm_id FROM operations WHERE state = ? AND kind IN ('start','restore')))`,
 		except, StateStopped, OpRunning).Scan(&n)
 	return n, err
 }

@@ -46,14 +46,22 @@ type VM struct {
 	StartedAt time.Time
 	// Note says what the state cannot (see NoteDiskMissing); "" usually.
 	Note string
+	// HostID is the host the VM runs on; "" for the control plane's own
+	// host (host_id NULL).
+	HostID string
+	// NodeIP and NodeMAC are the address a VM on another host got from
+	// its node (IP, MAC and CID then hold placeholders: see
+	// RemotePlaceholders); "" for a local VM.
+	NodeIP  string
+	NodeMAC string
 }
 
-const vmCols = `v.id, v.name, v.owner_id, u.name, v.image, v.cpus, v.memory_mib, v.disk_gib, v.ip, v.mac, v.cid, v.state, v.handle, v.agent_key, v.port, v.public, v.created_at, v.started_at, v.note`
+const vmCols = `v.id, v.name, v.owner_id, u.name, v.image, v.cpus, v.memory_mib, v.disk_gib, v.ip, v.mac, v.cid, v.state, v.handle, v.agent_key, v.port, v.public, v.created_at, v.started_at, v.note, coalesce(v.host_id, ''), v.node_ip, v.node_mac`
 
 func scanVM(s interface{ Scan(...any) error }) (VM, error) {
 	var v VM
 	var created, started int64
-	err := s.Scan(&v.ID, &v.Name, &v.OwnerID, &v.Owner, &v.Image, &v.CPUs, &v.MemoryMiB, &v.DiskGiB, &v.IP, &v.MAC, &v.CID, &v.State, &v.Handle, &v.AgentKey, &v.Port, &v.Public, &created, &started, &v.Note)
+	err := s.Scan(&v.ID, &v.Name, &v.OwnerID, &v.Owner, &v.Image, &v.CPUs, &v.MemoryMiB, &v.DiskGiB, &v.IP, &v.MAC, &v.CID, &v.State, &v.Handle, &v.AgentKey, &v.Port, &v.Public, &created, &started, &v.Note, &v.HostID, &v.NodeIP, &v.NodeMAC)
 	v.CreatedAt = fromUnix(created)
 	v.StartedAt = fromUnix(started)
 	return v, err
@@ -75,9 +83,14 @@ func toUnix(t time.Time) int64 {
 
 // InsertVM adds a VM. A taken name, IP, MAC or CID is errs.AlreadyExists.
 func InsertVM(ctx context.Context, q Q, v VM) error {
-	_, err := q.ExecContext(ctx, `INSERT INTO vms (id, name, owner_id, image, cpus, memory_mib, disk_gib, ip, mac, cid, state, handle, agent_key, port, public, created_at, started_at)
-		VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`,
-		v.ID, v.Name, v.OwnerID, v.Image, v.CPUs, v.MemoryMiB, v.DiskGiB, v.IP, v.MAC, v.CID, v.State, v.Handle, v.AgentKey, v.Port, v.Public, toUnix(v.CreatedAt), toUnix(v.StartedAt))
+	var host any
+	if v.HostID != "" {
+		host = v.HostID
+	}
+	_, err := q.ExecContext(ctx, `INSERT INTO vms (id, name, owner_id, image, cpus, memory_mib, disk_gib, ip, mac, cid, state, handle, agent_key, port, public, created_at, started_at, host_id, node_ip, node_mac)
+		VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`,
+		v.ID, v.Name, v.OwnerID, v.Image, v.CPUs, v.MemoryMiB, v.DiskGiB, v.IP, v.MAC, v.CID, v.State, v.Handle, v.AgentKey, v.Port, v.Public, toUnix(v.CreatedAt), toUnix(v.StartedAt),
+		host, v.NodeIP, v.NodeMAC)
 	if err != nil {
 		return uniqueErr(err, "a vm named %q already exists", v.Name)
 	}
@@ -87,6 +100,17 @@ func InsertVM(ctx context.Context, q Q, v VM) error {
 // GetVMByID finds a VM by ID only; a name never matches.
 func GetVMByID(ctx context.Context, q Q, id string) (VM, error) {
 	v, err := scanVM(q.QueryRowContext(ctx, `SELECT `+vmCols+` FROM vms v JOIN users u ON u.id = v.owner_id WHERE v.id = ?`, id))
+	if err != nil {
+		return VM{}, notFound(err, "no vm with id %q", id)
+	}
+	return v, nil
+}
+
+// GetLocalVMByID is GetVMByID for the VMs of this host only (see
+// LocalVM): the local engine's lookup, which never finds the control
+// plane's row of a VM on another host (errs.NotFound).
+func GetLocalVMByID(ctx context.Context, q Q, id string) (VM, error) {
+	v, err := scanVM(q.QueryRowContext(ctx, `SELECT `+vmCols+` FROM vms v JOIN users u ON u.id = v.owner_id WHERE v.id = ? AND `+LocalVM, id))
 	if err != nil {
 		return VM{}, notFound(err, "no vm with id %q", id)
 	}
@@ -127,10 +151,34 @@ func ListVMs(ctx context.Context, q Q, ownerID string) ([]VM, error) {
 	return out, rows.Err()
 }
 
+// LocalVM is the SQL condition (on vms aliased v) for a VM of the control
+// plane's own host: no host, or the host marked local.
+const LocalVM = `(v.host_id IS NULL OR v.host_id IN (SELECT id FROM hosts WHERE local = 1))`
+
+// ListLocalVMs lists the VMs of this host only (see LocalVM), by name:
+// what this host's engine runs. The rows of VMs on other hosts are the
+// control plane's, never the local engine's.
+func ListLocalVMs(ctx context.Context, q Q) ([]VM, error) {
+	rows, err := q.QueryContext(ctx, `SELECT `+vmCols+` FROM vms v JOIN users u ON u.id = v.owner_id WHERE `+LocalVM+` ORDER BY v.name`)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []VM
+	for rows.Next() {
+		v, err := scanVM(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, v)
+	}
+	return out, rows.Err()
+}
+
 // UpdateVM writes every mutable column of v (by ID).
 func UpdateVM(ctx context.Context, q Q, v VM) error {
-	res, err := q.ExecContext(ctx, `UPDATE vms SET name=?, owner_id=?, image=?, cpus=?, memory_mib=?, disk_gib=?, state=?, handle=?, agent_key=?, port=?, public=?, started_at=? WHERE id=?`,
-		v.Name, v.OwnerID, v.Image, v.CPUs, v.MemoryMiB, v.DiskGiB, v.State, v.Handle, v.AgentKey, v.Port, v.Public, toUnix(v.StartedAt), v.ID)
+	res, err := q.ExecContext(ctx, `UPDATE vms SET name=?, owner_id=?, image=?, cpus=?, memory_mib=?, disk_gib=?, state=?, handle=?, agent_key=?, port=?, public=?, started_at=?, node_ip=?, node_mac=? WHERE id=?`,
+		v.Name, v.OwnerID, v.Image, v.CPUs, v.MemoryMiB, v.DiskGiB, v.State, v.Handle, v.AgentKey, v.Port, v.Public, toUnix(v.StartedAt), v.NodeIP, v.NodeMAC, v.ID)
 	if err != nil {
 		return uniqueErr(err, "a vm named %q already exists", v.Name)
 	}

@@ -44,7 +44,7 @@ func (c *common) vmAction(msg tea.KeyMsg, v *service.VM) (tea.Cmd, bool) {
 	name := v.Name
 	b := c.backend
 	simple := func(verb, doing string, fn func(context.Context, string) error) tea.Cmd {
-		return tea.Batch(status(doing+" "+name+"…"), c.op(verb, name, func(ctx context.Context) error {
+		return tea.Sequence(status(doing+" "+name+"…"), c.op(verb, name, func(ctx context.Context) error {
 			return fn(ctx, name)
 		}))
 	}
@@ -71,7 +71,7 @@ func (c *common) vmAction(msg tea.KeyMsg, v *service.VM) (tea.Cmd, bool) {
 		})), true
 	case key.Matches(msg, k.Copy):
 		return c.open(newPromptPage(c, "copy", "Copy "+name, "New name", name+"-copy", func(nn string) tea.Cmd {
-			return tea.Batch(status("copying "+name+" to "+nn+"…"), func() tea.Msg {
+			return tea.Sequence(status("copying "+name+" to "+nn+"…"), func() tea.Msg {
 				_, err := b.Copy(c.ctx, name, service.CopyRequest{Name: nn}, nil)
 				return opDoneMsg{verb: "copy", name: name, to: nn, err: err}
 			})

@@ -21,6 +21,10 @@
 // itself on an input that is not a terminal file (the gateway) calls
 // [Model.Attach] first, so that a console gets every keystroke.
 //
+// Admins open the cluster's hosts (key h on the list): state, address,
+// subnet, use against capacity, VMs, heartbeat age and version; c and u
+// cordon and uncordon the selected host after a confirmation.
+//
 // The console (key t) runs a shell in the VM inside the same terminal via
 // tea.Exec; ctrl+] detaches back to the dashboard.
 package tui

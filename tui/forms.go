@@ -242,7 +242,7 @@ func (p *createPage) start(f *widget.Form) tea.Cmd {
 		ch <- opDoneMsg{verb: "create", name: req.Name, err: err, open: req.Name}
 		close(ch)
 	}()
-	return tea.Batch(status("creating "+req.Name+"…"), listen(ch))
+	return tea.Sequence(status("creating "+req.Name+"…"), listen(ch))
 }
 
 // listen returns the next message from ch (nil once ch is closed).
@@ -302,7 +302,7 @@ func newResizePage(c *common, v service.VM) *formPage {
 			return tea.Batch(p.c.back(), status("nothing to change"))
 		}
 		name := v.Name
-		return tea.Batch(p.c.back(), status("resizing "+name+"…"), c.op("resize", name, func(ctx context.Context) error {
+		return tea.Sequence(p.c.back(), status("resizing "+name+"…"), c.op("resize", name, func(ctx context.Context) error {
 			_, err := c.backend.Resize(ctx, name, req)
 			return err
 		}))

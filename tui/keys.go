@@ -23,6 +23,8 @@ type KeyMap struct {
 	Yes, No                      key.Binding
 	// Snapshots page.
 	SnapNew, SnapRestore, SnapDelete key.Binding
+	// Hosts page (admins): open it from the list, cordon, uncordon.
+	Hosts, HostCordon, HostUncordon key.Binding
 }
 
 // TableKeys move the cursor of a table: the one table-navigation keymap,
@@ -96,5 +98,9 @@ func DefaultKeyMap() KeyMap {
 		SnapNew:     b([]string{"n"}, "n", "new snapshot"),
 		SnapRestore: b([]string{"enter", "r"}, "enter/r", "restore"),
 		SnapDelete:  b([]string{"d"}, "d", "delete"),
+
+		Hosts:        b([]string{"h"}, "h", "hosts"),
+		HostCordon:   b([]string{"c"}, "c", "cordon"),
+		HostUncordon: b([]string{"u"}, "u", "uncordon"),
 	}
 }

@@ -146,6 +146,8 @@ func (p *listPage) key(msg tea.KeyMsg) tea.Cmd {
 		if v := p.selected(); v != nil {
 			return p.c.open(newDetailPage(p.c, v.Name))
 		}
+	case key.Matches(msg, k.Hosts):
+		return p.c.openHosts()
 	default:
 		if cmd, ok := p.c.vmAction(msg, p.selected()); ok {
 			return cmd
@@ -238,14 +240,21 @@ func (p *listPage) ShortHelp() []key.Binding {
 	if p.filter.Value() != "" {
 		out = append(out, key.NewBinding(key.WithKeys("esc"), key.WithHelp("esc", "clear filter")))
 	}
+	if p.c.admin {
+		out = append(out, k.Hosts)
+	}
 	return append(out, p.c.vmKeys(p.selected())...)
 }
 
 func (p *listPage) FullHelp() [][]key.Binding {
 	k := p.c.keys
+	more := []key.Binding{k.Help, k.Quit, k.ForceQuit}
+	if p.c.admin {
+		more = append([]key.Binding{k.Hosts}, more...)
+	}
 	return [][]key.Binding{
 		k.help(k.Open, k.Filter, k.Back),
 		p.c.vmHelp(),
-		{k.Help, k.Quit, k.ForceQuit},
+		more,
 	}
 }

@@ -34,7 +34,9 @@ type Options struct {
 	Renderer *lipgloss.Renderer
 	// User is the caller's name, shown in the header.
 	User string
-	// Admin shows the owner column (admins see every VM).
+	// Admin shows the owner column (admins see every VM) and offers the
+	// hosts view (key h). The backend still decides: a non-admin's backend
+	// refuses the host calls whatever this says.
 	Admin bool
 	// Width and Height are the initial terminal size in cells until the
 	// first tea.WindowSizeMsg. Default 80x24.

@@ -98,7 +98,7 @@ func (p *snapshotsPage) key(msg tea.KeyMsg) tea.Cmd {
 		if s := p.selected(); s != nil {
 			sn, kind := s.Name, snapKind(*s)
 			return c.open(newConfirmPage(c, "Restore "+name+" from "+sn+" ("+kind+")?", restoreNote(s),
-				tea.Batch(status("restoring "+name+" from "+sn+" ("+kind+")…"),
+				tea.Sequence(status("restoring "+name+" from "+sn+" ("+kind+")…"),
 					c.opNote("restore", name, kind+" snapshot "+sn, func(ctx context.Context) error {
 						_, err := c.backend.RestoreSnapshot(ctx, name, sn, nil)
 						return err
@@ -140,7 +140,7 @@ func newSnapshotForm(c *common, name string) *formPage {
 	p.submit = func(f *widget.Form) tea.Cmd {
 		req := service.SnapshotRequest{Name: f.Fields[0].Value(), Memory: f.Fields[1].Value() == snapshotKinds[1]}
 		k := f.Fields[1].Value()
-		return tea.Batch(p.c.back(), status("taking "+k+" snapshot "+req.Name+" of "+name+"…"),
+		return tea.Sequence(p.c.back(), status("taking "+k+" snapshot "+req.Name+" of "+name+"…"),
 			c.opNote("snapshot", name, k+" "+req.Name, func(ctx context.Context) error {
 				_, err := c.backend.CreateSnapshot(ctx, name, req, nil)
 				return err

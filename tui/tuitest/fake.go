@@ -41,6 +41,8 @@ type Fake struct {
 	calls []string
 	// images replaces defaultImages when set.
 	images []service.ImageInfo
+	// hosts is the host registry (hosts.go).
+	hosts []service.Host
 }
 
 type vmState struct {

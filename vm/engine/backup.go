@@ -38,7 +38,7 @@ type BackedUpDisk struct {
 // error, what was copied stays in dir for the caller to remove. It is a
 // host-side operation, not part of Engine.
 func (l *Local) BackupDisk(ctx context.Context, id, dir string, progress Progress) (BackedUpDisk, error) {
-	v, err := store.GetVMByID(ctx, l.DB, id)
+	v, err := store.GetLocalVMByID(ctx, l.DB, id)
 	if err != nil {
 		return BackedUpDisk{}, err
 	}

@@ -280,7 +280,7 @@ func hostKeyParam(k ssh.Signer) string {
 // snapshots and its row. It is idempotent and touches nothing that does not
 // hang off id.
 func (l *Local) purge(ctx context.Context, id string) {
-	if v, err := store.GetVMByID(ctx, l.DB, id); err == nil {
+	if v, err := store.GetLocalVMByID(ctx, l.DB, id); err == nil {
 		if h, _ := DecodeHandle(v.Handle); h != nil {
 			l.Driver.Kill(ctx, h)
 		}

@@ -129,7 +129,7 @@ func (l *Local) Destroy(ctx context.Context, id string) error {
 	}
 	defer unlock()
 	l.agents.forget(id)
-	v, err := store.GetVMByID(ctx, l.DB, id)
+	v, err := store.GetLocalVMByID(ctx, l.DB, id)
 	if err != nil {
 		// Nothing recorded: remove what may hang off the ID anyway.
 		l.purge(ctx, id)
@@ -154,7 +154,7 @@ func (l *Local) consolePath(id string) string { return filepath.Join(l.vmDir(id)
 
 // ReattachPorts implements Engine.
 func (l *Local) ReattachPorts(ctx context.Context) error {
-	vms, err := store.ListVMs(ctx, l.DB, "")
+	vms, err := store.ListLocalVMs(ctx, l.DB)
 	if err != nil {
 		return err
 	}

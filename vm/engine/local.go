@@ -280,7 +280,7 @@ func InstanceOf(v store.VM) Instance {
 
 // load reads instance id: errs.NotFound if it does not exist.
 func (l *Local) load(ctx context.Context, id string) (store.VM, error) {
-	v, err := store.GetVMByID(ctx, l.DB, id)
+	v, err := store.GetLocalVMByID(ctx, l.DB, id)
 	if err != nil {
 		return store.VM{}, errs.New(errs.NotFound, "no vm with id %q", id)
 	}
@@ -335,7 +335,7 @@ func (l *Local) Get(ctx context.Context, id string) (Instance, error) {
 
 // List implements Engine.
 func (l *Local) List(ctx context.Context) ([]Instance, error) {
-	rows, err := store.ListVMs(ctx, l.DB, "")
+	rows, err := store.ListLocalVMs(ctx, l.DB)
 	if err != nil {
 		return nil, err
 	}
@@ -361,7 +361,7 @@ func (l *Local) Capacity(ctx context.Context) (Capacity, error) {
 	if free, err := disk.FreeBytes(l.cfg.StateDir); err == nil {
 		out.DiskFreeBytes = free
 	}
-	rows, err := store.ListVMs(ctx, l.DB, "")
+	rows, err := store.ListLocalVMs(ctx, l.DB)
 	if err != nil {
 		return out, err
 	}

@@ -33,7 +33,7 @@ func (l *Local) Reconcile(ctx context.Context) error {
 		}
 		l.recoverOp(ctx, o)
 	}
-	vms, err := store.ListVMs(ctx, l.DB, "")
+	vms, err := store.ListLocalVMs(ctx, l.DB)
 	if err != nil {
 		return err
 	}
@@ -125,13 +125,13 @@ func (l *Local) recoverOp(ctx context.Context, o store.Operation) {
 	switch o.Kind {
 	case "create", "copy":
 		// A half-made VM is removed: everything it had hangs off its ID.
-		if v, err := store.GetVMByID(ctx, l.DB, o.VMID); err == nil && v.State == vm.Creating {
+		if v, err := store.GetLocalVMByID(ctx, l.DB, o.VMID); err == nil && v.State == vm.Creating {
 			l.purge(ctx, o.VMID)
 		} else if err != nil {
 			l.purge(ctx, o.VMID)
 		}
 	default:
-		if v, err := store.GetVMByID(ctx, l.DB, o.VMID); err == nil {
+		if v, err := store.GetLocalVMByID(ctx, l.DB, o.VMID); err == nil {
 			l.reconcileVM(ctx, &v)
 		}
 		l.cleanupOpFiles(o)
@@ -195,7 +195,7 @@ func (l *Local) repair(ctx context.Context, id string, h *hypervisor.Handle) {
 		return
 	}
 	defer unlock()
-	v, err := store.GetVMByID(ctx, l.DB, id)
+	v, err := store.GetLocalVMByID(ctx, l.DB, id)
 	if err != nil || v.Handle != EncodeHandle(h) {
 		return // changed meanwhile
 	}

@@ -18,7 +18,7 @@ import (
 )
 
 func main() {
-	admin := flag.Bool("admin", false, "show every owner's VMs with an owner column")
+	admin := flag.Bool("admin", false, "show every owner's VMs with an owner column, and the hosts view (h)")
 	delay := flag.Duration("delay", 300*time.Millisecond, "fake delay per backend step")
 	user := flag.String("user", "alice", "user name in the header")
 	flag.Parse()
@@ -27,6 +27,7 @@ func main() {
 	defer stop()
 	b := tuitest.NewSeededAt(time.Now().Add(-time.Hour))
 	b.Now = time.Now
+	b.SetHosts(tuitest.HostsAt(time.Now().Add(-time.Hour)))
 	b.StepDelay = *delay
 	err := tui.RunLocal(ctx, tui.Options{Backend: b, URL: b.URL, User: *user, Admin: *admin})
 	if err != nil {
