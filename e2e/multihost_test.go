@@ -179,6 +179,9 @@ func TestMultiHost(t *testing.T) {
 		}
 		t.Logf("a1 on n1 and a2 on n2 created (two boots at once) in %s", time.Since(start).Round(time.Millisecond))
 		l := c.hostList(t)
+		if l["n1"].VMs != 1 || l["n2"].VMs != 1 || l["cp"].VMs != 0 {
+			t.Errorf("host list counts VMs cp %d, n1 %d, n2 %d: want 0, 1, 1", l["cp"].VMs, l["n1"].VMs, l["n2"].VMs)
+		}
 		for name, h := range vms {
 			v, r := c.show(t, ann, name)
 			if r.code != 0 {
