@@ -96,13 +96,13 @@ func printHosts(w io.Writer, hs []service.Host, now time.Time) {
 		return
 	}
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "NAME\tSTATE\tADDRESS\tVMS\tCPUS\tMEMORY (MiB)\tDISK (GiB)\tHEARTBEAT\tVERSION")
+	fmt.Fprintln(tw, "NAME\tSTATE\tADDRESS\tSUBNET\tVMS\tCPUS\tMEMORY (MiB)\tDISK (GiB)\tHEARTBEAT\tVERSION")
 	for _, h := range hs {
 		name := h.Name
 		if h.Local {
 			name += " (local)"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\n", name, hostState(h), dash(h.Address), h.VMs,
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\n", name, hostState(h), dash(h.Address), dash(h.Subnet), h.VMs,
 			usedOf(int64(h.UsedCPUs), int64(h.CPUs)), usedOf(h.UsedMemoryMiB, h.MemoryMiB), usedOf(h.UsedDiskGiB, h.DiskMiB/1024),
 			heartbeatAge(h.LastHeartbeat, now), dash(h.Version))
 	}
@@ -119,7 +119,8 @@ func usedOf(used, total int64) string {
 
 func printHost(w io.Writer, h service.Host, now time.Time) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintf(tw, "name\t%s\nid\t%s\nstate\t%s\naddress\t%s\nlocal\t%v\nversion\t%s\n", h.Name, h.ID, hostState(h), dash(h.Address), h.Local, dash(h.Version))
+	fmt.Fprintf(tw, "name\t%s\nid\t%s\nstate\t%s\naddress\t%s\nsubnet\t%s\nlocal\t%v\nversion\t%s\n", h.Name, h.ID, hostState(h), dash(h.Address),
+		dash(h.Subnet), h.Local, dash(h.Version))
 	fmt.Fprintf(tw, "vms\t%d\ncpus\t%d used of %d\nmemory\t%d MiB used of %d MiB (%d MiB available)\ndisk\t%d GiB given, %d MiB free of %d MiB\n",
 		h.VMs, h.UsedCPUs, h.CPUs, h.UsedMemoryMiB, h.MemoryMiB, h.MemoryFreeMiB, h.UsedDiskGiB, h.DiskFreeMiB, h.DiskMiB)
 	fmt.Fprintf(tw, "heartbeat\t%s\nnkey\t%s\n", heartbeatAge(h.LastHeartbeat, now), dash(h.NKey))

@@ -57,10 +57,15 @@ func TestHostCommands(t *testing.T) {
 	if code != 0 || json.Unmarshal([]byte(out), &hs) != nil || len(hs) != 2 {
 		t.Fatalf("host list --json: %d %q", code, out)
 	}
+	// The joined host's subnet, in JSON and in the table.
+	if hs[1].Name != "node2" || hs[1].Subnet != "10.88.0.0/24" || !strings.Contains(out, `"subnet": "10.88.0.0/24"`) {
+		t.Fatalf("host list --json subnet: %q", out)
+	}
 	if out, _, code = run("host", "cordon", "node2"); code != 0 || !strings.Contains(out, "cordoned") {
 		t.Fatalf("cordon: %d %q", code, out)
 	}
-	if out, _, code = run("host", "status", "node2"); code != 0 || !strings.Contains(out, "cordoned") || !strings.Contains(out, "v7") {
+	if out, _, code = run("host", "status", "node2"); code != 0 || !strings.Contains(out, "cordoned") || !strings.Contains(out, "v7") ||
+		!strings.Contains(out, "10.88.0.0/24") {
 		t.Fatalf("status: %d %q", code, out)
 	}
 	if _, errOut, code = run("host", "cordon", "node1"); code == 0 || !strings.Contains(errOut, "not joined") {
@@ -142,11 +147,11 @@ func TestHostTablesAndRemoveRefused(t *testing.T) {
 			t.Errorf("header lacks %s: %q", col, lines[0])
 		}
 	}
-	if f := strings.Fields(lines[1]); len(f) != 10 || f[0] != "node1" || f[1] != "ready" || f[2] != "192.0.2.11" || f[3] != "1" ||
-		f[4] != "2/4" || f[5] != "512/8192" || f[6] != "3/100" || !strings.HasSuffix(f[7], "s") || f[8] != "ago" || f[9] != "v7" {
+	if f := strings.Fields(lines[1]); len(f) != 11 || f[0] != "node1" || f[1] != "ready" || f[2] != "192.0.2.11" || f[3] != "10.88.0.0/24" || f[4] != "1" ||
+		f[5] != "2/4" || f[6] != "512/8192" || f[7] != "3/100" || !strings.HasSuffix(f[8], "s") || f[9] != "ago" || f[10] != "v7" {
 		t.Errorf("node1 row: %q", lines[1])
 	}
-	if f := strings.Fields(lines[2]); len(f) != 9 || f[0] != "node2" || f[1] != "joining" || f[2] != "-" || f[4] != "-" || f[7] != "never" {
+	if f := strings.Fields(lines[2]); len(f) != 10 || f[0] != "node2" || f[1] != "joining" || f[2] != "-" || f[3] != "-" || f[5] != "-" || f[8] != "never" {
 		t.Errorf("node2 row: %q", lines[2])
 	}
 	out, _, code = run("host", "status", "node1")

@@ -112,6 +112,9 @@ type Config struct {
 	NATSBind     string `toml:"nats_bind"`      // the embedded server's listener, default 127.0.0.1:4222
 	NATSSeedFile string `toml:"nats_seed_file"` // the control plane's NKey seed for nats_url
 	Advertise    string `toml:"advertise"`      // the address other hosts reach this one at (default public_ip)
+	// ClusterSubnet is the range joined hosts' /24 subnets are carved
+	// from (default 10.88.0.0/16); it must not overlap Subnet.
+	ClusterSubnet string `toml:"cluster_subnet"`
 }
 
 // JailConfig is the configured VM jail, without its launcher and hidden dirs

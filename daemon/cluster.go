@@ -17,7 +17,6 @@ import (
 	"github.com/minionsdev/minions/cli"
 	"github.com/minionsdev/minions/config"
 	"github.com/minionsdev/minions/fabric"
-	"github.com/minionsdev/minions/internal/errs"
 	"github.com/minionsdev/minions/nodeagent"
 	"github.com/minionsdev/minions/service"
 )
@@ -141,26 +140,39 @@ func startCluster(ctx context.Context, g *errgroup.Group, cfg config.Config, e *
 		cl.remotes.ensure(h)
 	}
 
-	// Heartbeats of every node, the local one included.
+	// Heartbeats of every node, the local one included: the latest of
+	// each, written once a second in one transaction.
 	srv := cl.srv
-	stop, err := nodeagent.Listen(cl.control, func(id string, hb nodeagent.Heartbeat) {
+	stop, err := nodeagent.ListenBatched(cl.control, time.Second, func(batch map[string]nodeagent.Heartbeat) {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		err := svc.RecordHeartbeat(ctx, id, service.Heartbeat{CPUs: hb.CPUs, MemoryMiB: hb.MemoryMiB, DiskMiB: hb.DiskMiB,
-			MemoryFreeMiB: hb.MemoryFreeMiB, DiskFreeMiB: hb.DiskFreeMiB, Version: hb.Version})
-		switch {
-		case errs.ClassOf(err) == errs.NotFound && srv != nil:
-			// A removed host still connected: its credential no longer
-			// admits it, and its connection goes now.
-			log.Info("disconnected a removed host", "host_id", id, "connections", srv.DisconnectNode(id))
+		beats := make(map[string]service.Heartbeat, len(batch))
+		for id, hb := range batch {
+			beats[id] = service.Heartbeat{CPUs: hb.CPUs, MemoryMiB: hb.MemoryMiB, DiskMiB: hb.DiskMiB,
+				MemoryFreeMiB: hb.MemoryFreeMiB, DiskFreeMiB: hb.DiskFreeMiB, Version: hb.Version, Address: hb.Address}
+		}
+		gone, err := svc.RecordHeartbeats(ctx, beats)
+		if err != nil {
+			log.Warn("heartbeats", "hosts", len(beats), "err", err)
+		}
+		removed := map[string]bool{}
+		for _, id := range gone {
+			removed[id] = true
+			if srv != nil {
+				// A removed host still connected: its credential no longer
+				// admits it, and its connection goes now.
+				log.Info("disconnected a removed host", "host_id", id, "connections", srv.DisconnectNode(id))
+			}
 			cl.remotes.drop(id)
-		case err != nil:
-			log.Warn("heartbeat", "host_id", id, "err", err)
-		default:
+		}
+		if err != nil {
+			return
+		}
+		for id := range beats {
 			// A host that joined since: its engine now; then whatever
 			// waits for it to be heard from (tombstones, interrupted
 			// creates, exits missed while it was away).
-			if cl.remotes.ensure(id) {
+			if !removed[id] && cl.remotes.ensure(id) {
 				svc.HostHeard(ctx, id)
 			}
 		}
@@ -172,7 +184,12 @@ func startCluster(ctx context.Context, g *errgroup.Group, cfg config.Config, e *
 		stop()
 		return nil, fmt.Errorf("local node: %w", err)
 	}
-	svc.SetHosts(service.HostsConfig{JoinURL: cfg.JoinURL(apiAddr), NATSURLs: natsURLs, NATSCA: string(caPEM), Unreachable: HostUnreachableAfter})
+	var natsAddr net.Addr
+	if cl.srv != nil {
+		natsAddr = cl.srv.Addr()
+	}
+	svc.SetHosts(service.HostsConfig{JoinURL: cfg.JoinURL(apiAddr), NATSURLs: natsURLs, NATSCA: string(caPEM), Unreachable: HostUnreachableAfter,
+		ClusterSubnet: cfg.ClusterPrefix(), JoinProblem: cfg.JoinReach(apiAddr, natsAddr)})
 	log.Info("cluster ready", "host_id", id, "ms", time.Since(began).Milliseconds())
 	g.Go(func() error {
 		defer stop()

@@ -105,9 +105,12 @@ func TestClusterJoin(t *testing.T) {
 	nodeDir := filepath.Join(dir, "node1")
 	// (The `minions node join` command itself lives in hostcmd; this
 	// drives the same JoinCluster it calls.)
-	joined, err := JoinCluster(ctx, fields[3], fields[5], "", nodeDir)
-	if err != nil || joined.Name != "node1" {
+	joined, err := JoinCluster(ctx, fields[3], fields[5], "198.51.100.77", nodeDir)
+	if err != nil || joined.Name != "node1" || joined.Subnet != "10.88.0.0/24" {
 		t.Fatalf("node join: %+v %v", joined, err)
+	}
+	if h, _ := svc.HostStatus(ctx, root, "node1"); h.Subnet != "10.88.0.0/24" || h.Address != "198.51.100.77" {
+		t.Fatalf("node1 after join: %+v", h)
 	}
 	// The token was spent: a second join fails and stores nothing.
 	if _, err := JoinCluster(ctx, fields[3], fields[5], "", filepath.Join(dir, "node2")); err == nil {
@@ -140,7 +143,9 @@ func TestClusterJoin(t *testing.T) {
 		done <- nodeagent.Run(nctx, nodeagent.Config{ID: cred.HostID, Conn: conn, StateDir: nodeDir, Version: "v-node", Interval: 100 * time.Millisecond})
 	}()
 	h := waitHost("node1", "ready")
-	if h.Version != "v-node" || h.CPUs < 1 {
+	// The heartbeat carries the address the node reaches the fabric
+	// from, which replaces the one given at join.
+	if h.Version != "v-node" || h.CPUs < 1 || h.Address != "127.0.0.1" || h.Subnet != "10.88.0.0/24" {
 		t.Fatalf("node1 after heartbeats: %+v", h)
 	}
 	// Silence: unreachable (1 s here instead of 10 s).
@@ -169,5 +174,50 @@ func TestClusterJoin(t *testing.T) {
 	}
 	if _, err := nodeagent.Connect(cred, fabric.NoReconnect()); err == nil {
 		t.Fatal("a removed host's credential still connects")
+	}
+}
+
+// TestClusterJoinReach: a control plane that advertises an address other
+// hosts would use while its API and fabric listen on loopback only
+// refuses `host add`, naming the settings to change, rather than print a
+// join command that cannot work.
+func TestClusterJoinReach(t *testing.T) {
+	dir, err := os.MkdirTemp("/tmp", "w2cr")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	db, err := store.Open(ctx, filepath.Join(dir, "minions.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	log := slog.New(slog.DiscardHandler)
+	svc, err := service.New(service.Config{StateDir: dir, Log: log},
+		service.Deps{DB: db, Driver: fake.New(fake.Config{}), Network: nopNet{}, Images: noImages{}, Disks: noDisks{}, HostKey: newSigner(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	root, err := svc.EnsureUser(ctx, "root", true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	cfg := config.Config{Bind: ln.Addr().String(), NATSBind: "127.0.0.1:0", Advertise: "203.0.113.7"}
+	g, gctx := errgroup.WithContext(ctx)
+	cl, err := startCluster(gctx, g, cfg, &Installation{DB: db, Service: svc}, log, Paths{State: dir, Run: dir}, ln.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { cancel(); g.Wait(); cl.close() }()
+	_, err = svc.HostAdd(ctx, root, "node1")
+	if err == nil || !strings.Contains(err.Error(), "set bind = ") || !strings.Contains(err.Error(), "set nats_bind = ") {
+		t.Fatalf("host add with loopback listeners: %v", err)
 	}
 }

@@ -3,6 +3,7 @@ package daemon
 import (
 	"context"
 	"fmt"
+	"net/netip"
 
 	"github.com/minionsdev/minions/api"
 	"github.com/minionsdev/minions/cli"
@@ -14,7 +15,8 @@ import (
 
 // JoinCluster makes this node's key, exchanges the token for membership
 // at control (the control plane's API URL) and stores the credential in
-// stateDir. Nothing is stored on failure.
+// stateDir with the subnet the control plane gave this host. Nothing is
+// stored on failure.
 func JoinCluster(ctx context.Context, control, token, address, stateDir string) (nodeagent.Credential, error) {
 	seed, pub, err := fabric.NewNodeKey()
 	if err != nil {
@@ -32,7 +34,11 @@ func JoinCluster(ctx context.Context, control, token, address, stateDir string) 
 	if len(res.NATS) == 0 || !fabric.ValidID(res.HostID) {
 		return nodeagent.Credential{}, errs.New(errs.Unavailable, "the control plane sent no fabric address")
 	}
-	cred := nodeagent.Credential{HostID: res.HostID, Name: res.Name, Control: control, NATS: res.NATS, Seed: seed, CA: res.CA}
+	if _, err := netip.ParsePrefix(res.Subnet); err != nil {
+		return nodeagent.Credential{}, errs.New(errs.Unavailable, "the control plane sent no subnet for this host (is it older than this node?)")
+	}
+	cred := nodeagent.Credential{HostID: res.HostID, Name: res.Name, Control: control, NATS: res.NATS, Seed: seed, CA: res.CA,
+		Subnet: res.Subnet, Address: address}
 	if err := nodeagent.SaveCredential(stateDir, cred); err != nil {
 		return nodeagent.Credential{}, fmt.Errorf("store the node credential: %w", err)
 	}

@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -36,6 +38,7 @@ func ValidPublicKey(pub string) bool { return nkeys.IsValidPublicUserKey(pub) }
 type Conn struct {
 	nc     *nats.Conn
 	asyncE chan error
+	local  atomic.Value // string: the local IP of the latest TCP connection
 }
 
 // Msg is a received message; Respond answers a request.
@@ -93,6 +96,7 @@ func newConn(nc *nats.Conn) *Conn {
 func connect(url string, opts ...Option) (*Conn, error) {
 	c := &Conn{asyncE: make(chan error, 16)}
 	opts = append([]Option{
+		nats.SetCustomDialer(localAddrDialer{c: c, d: &net.Dialer{Timeout: nats.DefaultTimeout}}),
 		nats.MaxReconnects(-1),
 		nats.ReconnectWait(500 * time.Millisecond),
 		nats.PingInterval(5 * time.Second),
@@ -113,6 +117,32 @@ func connect(url string, opts ...Option) (*Conn, error) {
 	}
 	c.nc = nc
 	return c, nil
+}
+
+// localAddrDialer dials the fabric and records the local address of each
+// connection it makes (LocalAddr).
+type localAddrDialer struct {
+	c *Conn
+	d *net.Dialer
+}
+
+func (l localAddrDialer) Dial(network, address string) (net.Conn, error) {
+	nc, err := l.d.Dial(network, address)
+	if err == nil {
+		if a, ok := nc.LocalAddr().(*net.TCPAddr); ok {
+			l.c.local.Store(a.IP.String())
+		}
+	}
+	return nc, err
+}
+
+// LocalAddr is the IP address this connection reaches the fabric from
+// (the local end of its latest TCP connection: after a reconnect, the
+// new one's), "" for an in-process connection. It is where another host
+// on the fabric's network can reach this one.
+func (c *Conn) LocalAddr() string {
+	s, _ := c.local.Load().(string)
+	return s
 }
 
 // Errors delivers asynchronous errors the server sent (a permission

@@ -152,7 +152,9 @@ func testOpenSSHClients(t *testing.T, kind string) {
 		defer func() { _ = c.Process.Kill(); _ = c.Wait() }()
 		deadline := time.Now().Add(10 * time.Second)
 		for {
-			if _, err := os.Stat(sock); err == nil {
+			// The file appears at bind, before ssh listens: dial it.
+			if c, err := net.Dial("unix", sock); err == nil {
+				c.Close()
 				break
 			}
 			if time.Now().After(deadline) {

@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -17,6 +18,7 @@ import (
 	"github.com/minionsdev/minions/images"
 	"github.com/minionsdev/minions/internal/announce"
 	"github.com/minionsdev/minions/internal/errs"
+	"github.com/minionsdev/minions/nodeagent"
 	"github.com/minionsdev/minions/vm/hypervisor/kvm"
 	"github.com/minionsdev/minions/vm/hypervisor/qemu"
 	"github.com/minionsdev/minions/vm/network"
@@ -160,6 +162,12 @@ func doctor(ctx context.Context, paths daemon.Paths) []check {
 			if fc.Defaults(); fc.Validate() == nil {
 				o := daemon.OpenOptions(fc, paths, nil)
 				ncfg.Subnet, ncfg.DNS, ncfg.EgressAllow = o.Subnet, o.DNS, o.EgressAllow
+			}
+		}
+		// A joined node's network is on the subnet its join assigned.
+		if cred, err := nodeagent.LoadCredential(paths.State); err == nil && cred.Subnet != "" {
+			if p, err := netip.ParsePrefix(cred.Subnet); err == nil {
+				ncfg.Subnet = p
 			}
 		}
 		m, err := network.New(ncfg, nil)

@@ -4,7 +4,6 @@ import (
 	"context"
 	"flag"
 	"fmt"
-	"io"
 	"log/slog"
 	"os/signal"
 	"strings"
@@ -14,10 +13,8 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/minionsdev/minions/cli"
-	"github.com/minionsdev/minions/config"
 	"github.com/minionsdev/minions/daemon"
 	"github.com/minionsdev/minions/internal/announce"
-	"github.com/minionsdev/minions/internal/errs"
 	"github.com/minionsdev/minions/nodeagent"
 	"github.com/minionsdev/minions/vm/engine"
 )
@@ -38,41 +35,7 @@ func nodeCmd() *cli.Command {
 			}
 			return runNode(ctx, x, paths, cred)
 		},
-		Sub: []*cli.Command{{Name: "join", HostOnly: true, Usage: "CONTROL --token T [--address A] [--no-start]", MinArgs: 1, MaxArgs: 1,
-			Summary: "Join the cluster whose control plane's API is CONTROL (http(s)://host:port) with a token from `minions host add`",
-			Flags: func(fs *flag.FlagSet) {
-				fs.String("token", "", "the one-time join token (required)")
-				fs.String("address", "", "how the control plane reaches this host (default: the address it sees)")
-				fs.Bool("no-start", false, "only join: store the credential and exit (start later with `minions node`)")
-				fs.String("log-format", "", "auto, text or json")
-			},
-			Run: func(ctx context.Context, x *cli.Ctx) error {
-				token := x.FS.Lookup("token").Value.String()
-				if token == "" {
-					return errs.New(errs.InvalidArgument, "--token is required (from `minions host add NAME` on the control plane)")
-				}
-				paths, err := daemon.ResolvePaths(x.G.StateDir, x.G.RunDir)
-				if err != nil {
-					return err
-				}
-				if _, err := nodeagent.LoadCredential(paths.State); err == nil {
-					return errs.New(errs.AlreadyExists, "this host has already joined a cluster (%s/%s): run `minions node`", paths.State, nodeagent.CredentialFile)
-				}
-				cred, err := daemon.JoinCluster(ctx, x.Args[0], token, x.FS.Lookup("address").Value.String(), paths.State)
-				if err != nil {
-					return err
-				}
-				out := map[string]any{"host_id": cred.HostID, "name": cred.Name, "nats": cred.NATS}
-				if err := x.Print(out, func(w io.Writer) {
-					fmt.Fprintf(w, "joined as host %s (%s); fabric %s\n", cred.Name, cred.HostID, strings.Join(cred.NATS, ","))
-				}); err != nil {
-					return err
-				}
-				if x.FS.Lookup("no-start").Value.String() == "true" {
-					return nil
-				}
-				return runNode(ctx, x, paths, cred)
-			}}},
+		Sub: []*cli.Command{nodeJoinCmd()},
 	}
 }
 
@@ -88,19 +51,20 @@ func runNode(ctx context.Context, x *cli.Ctx, paths daemon.Paths, cred nodeagent
 		return err
 	}
 	log := announce.NewLogger(x.Stderr, format)
-	cfg, err := config.Load(config.DefaultFile, false)
+	cfg, err := nodeConfig()
 	if err != nil {
 		return err
 	}
-	cfg.Defaults()
-	if _, _, err := cfg.Egress(); err != nil {
-		return fmt.Errorf("config: %w", err)
-	}
-	inst, err := daemon.Open(ctx, daemon.OpenOptions(cfg, paths, log))
+	// The node's own subnet (from its join) for its engine, bridge and
+	// nftables, re-checked at every start as serve does.
+	inst, err := daemon.Open(ctx, nodeOptions(cfg, paths, cred, log))
 	if err != nil {
 		return err
 	}
 	defer inst.Close()
+	if err := inst.Network.Setup(ctx); err != nil {
+		return fmt.Errorf("network: %w", err)
+	}
 	if err := inst.Service.Reconcile(ctx); err != nil {
 		return fmt.Errorf("reconcile: %w", err)
 	}
@@ -109,8 +73,9 @@ func runNode(ctx context.Context, x *cli.Ctx, paths daemon.Paths, cred nodeagent
 		return err
 	}
 	defer conn.Close()
-	log.Info("node connected", "host", cred.Name, "host_id", cred.HostID, "nats", strings.Join(cred.NATS, ","))
-	return serveNode(ctx, nodeagent.Config{ID: cred.HostID, Conn: conn, StateDir: paths.State, Version: cli.Version, Log: log}, inst.Service.NodeEngine())
+	log.Info("node connected", "host", cred.Name, "host_id", cred.HostID, "nats", strings.Join(cred.NATS, ","), "subnet", inst.Network.Config().Subnet.String(),
+		"address", conn.LocalAddr())
+	return serveNode(ctx, nodeagent.Config{ID: cred.HostID, Conn: conn, StateDir: paths.State, Version: cli.Version, Address: cred.Address, Log: log}, inst.Service.NodeEngine())
 }
 
 // NodeReconcileEvery is how often a node reconciles its engine.

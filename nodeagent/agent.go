@@ -10,6 +10,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -27,6 +28,10 @@ type Heartbeat struct {
 	DiskMiB       int64     `json:"disk_mib"`
 	DiskFreeMiB   int64     `json:"disk_free_mib"`
 	At            time.Time `json:"at"`
+	// Address is the IP address the node reaches the fabric from (the
+	// local end of its connection): where the control plane can reach it
+	// directly. "" when unknown (an in-process node).
+	Address string `json:"address,omitempty"`
 }
 
 // Capacity is what a node has: the fields of Heartbeat it measures.
@@ -43,6 +48,9 @@ type Config struct {
 	// StateDir is the filesystem whose space is reported (required).
 	StateDir string
 	Version  string
+	// Address is reported as where the control plane reaches this node;
+	// "" : the address Conn reaches the fabric from (Conn.LocalAddr).
+	Address string
 	// Interval between heartbeats; default 2 s (the control plane calls a
 	// host unreachable after 10 s of silence).
 	Interval time.Duration
@@ -62,6 +70,13 @@ func (c *Config) setDefaults() {
 	if c.Log == nil {
 		c.Log = slog.New(slog.DiscardHandler)
 	}
+}
+
+func (c *Config) address() string {
+	if c.Address != "" {
+		return c.Address
+	}
+	return c.Conn.LocalAddr()
 }
 
 // Validate checks the configuration.
@@ -93,7 +108,7 @@ func Run(ctx context.Context, cfg Config) error {
 			return
 		}
 		b, _ := json.Marshal(Heartbeat{Version: cfg.Version, CPUs: c.CPUs, MemoryMiB: c.MemoryMiB, MemoryFreeMiB: c.MemoryFreeMiB,
-			DiskMiB: c.DiskMiB, DiskFreeMiB: c.DiskFreeMiB, At: time.Now().UTC()})
+			DiskMiB: c.DiskMiB, DiskFreeMiB: c.DiskFreeMiB, At: time.Now().UTC(), Address: cfg.address()})
 		last = b
 		if err := cfg.Conn.Publish(fabric.StatusSubject(cfg.ID), b); err != nil {
 			log.Warn("heartbeat", "err", err)
@@ -139,6 +154,64 @@ func Listen(conn *fabric.Conn, fn func(id string, hb Heartbeat)) (stop func() er
 		}
 		fn(id, hb)
 	})
+}
+
+// ListenBatched is Listen for a store: it keeps the latest heartbeat of
+// each node and calls fn with them once per interval (default 1 s; not
+// at all when none came), so the control plane writes its store once a
+// second however many nodes there are. fn runs on one goroutine, one call
+// at a time, and owns the map it gets. stop unsubscribes, delivers what
+// is pending and returns once fn has returned for the last time.
+func ListenBatched(conn *fabric.Conn, interval time.Duration, fn func(map[string]Heartbeat)) (stop func() error, err error) {
+	if interval <= 0 {
+		interval = time.Second
+	}
+	var mu sync.Mutex
+	pending := map[string]Heartbeat{}
+	unsub, err := Listen(conn, func(id string, hb Heartbeat) {
+		mu.Lock()
+		pending[id] = hb
+		mu.Unlock()
+	})
+	if err != nil {
+		return nil, err
+	}
+	flush := func() {
+		mu.Lock()
+		b := pending
+		if len(b) > 0 {
+			pending = map[string]Heartbeat{}
+		}
+		mu.Unlock()
+		if len(b) > 0 {
+			fn(b)
+		}
+	}
+	quit, done := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(done)
+		t := time.NewTicker(interval)
+		defer t.Stop()
+		for {
+			select {
+			case <-quit:
+				flush()
+				return
+			case <-t.C:
+				flush()
+			}
+		}
+	}()
+	var once sync.Once
+	return func() error {
+		var err error
+		once.Do(func() {
+			err = unsub()
+			close(quit)
+			<-done
+		})
+		return err
+	}, nil
 }
 
 // MeasureHost reports this host's vCPUs, memory (/proc/meminfo MemTotal

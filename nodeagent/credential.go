@@ -3,6 +3,7 @@ package nodeagent
 import (
 	"encoding/json"
 	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -23,6 +24,12 @@ type Credential struct {
 	NATS    []string `json:"nats"`
 	Seed    string   `json:"seed"`         // its NKey seed
 	CA      string   `json:"ca,omitempty"` // PEM of the fabric's CA ("" : system roots or plain)
+	// Subnet is the node's VM network, assigned by the control plane at
+	// join (its bridge, gateway and VM addresses), e.g. 10.88.3.0/24.
+	Subnet string `json:"subnet,omitempty"`
+	// Address is how the control plane reaches this node when given at
+	// join (--address); "" : the address the node reaches the fabric from.
+	Address string `json:"address,omitempty"`
 }
 
 // SaveCredential writes c to dir/CredentialFile atomically, mode 0600.
@@ -54,6 +61,11 @@ func LoadCredential(dir string) (Credential, error) {
 	}
 	if !fabric.ValidID(c.HostID) || c.Seed == "" || len(c.NATS) == 0 {
 		return c, errs.New(errs.InvalidArgument, "node credential %s is incomplete", filepath.Join(dir, CredentialFile))
+	}
+	if c.Subnet != "" {
+		if p, err := netip.ParsePrefix(c.Subnet); err != nil || !p.Addr().Is4() {
+			return c, errs.New(errs.InvalidArgument, "node credential %s: subnet %q is not an IPv4 prefix", filepath.Join(dir, CredentialFile), c.Subnet)
+		}
 	}
 	return c, nil
 }

@@ -37,7 +37,8 @@ type Proxy struct {
 	conns    *connLimiter
 
 	rp        *httputil.ReverseProxy
-	transport *http.Transport
+	transport *http.Transport // bodies and upgrades
+	up        *upstream       // the rest, and the reverse proxy's transport
 
 	// TLS mode only.
 	magic    *certmagic.Config // on-demand; its TLS config serves every name
@@ -76,15 +77,16 @@ func New(cfg Config, routes Routes, domains Domains) (*Proxy, error) {
 	p.setPorts(0, 0)
 
 	dialer := &net.Dialer{Timeout: cfg.DialTimeout, KeepAlive: 30 * time.Second}
+	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := dialer.DialContext(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		return newIdleConn(c, cfg.IdleTimeout), nil
+	}
 	p.transport = &http.Transport{
-		Proxy: nil, // never via environment proxies: VMs are local
-		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-			c, err := dialer.DialContext(ctx, network, addr)
-			if err != nil {
-				return nil, err
-			}
-			return newIdleConn(c, cfg.IdleTimeout), nil
-		},
+		Proxy:                 nil, // never via environment proxies: VMs are local
+		DialContext:           dial,
 		MaxIdleConns:          4096,
 		MaxIdleConnsPerHost:   128,
 		IdleConnTimeout:       90 * time.Second,
@@ -92,10 +94,12 @@ func New(cfg Config, routes Routes, domains Domains) (*Proxy, error) {
 		ExpectContinueTimeout: time.Second,
 		DisableCompression:    true,
 	}
+	p.up = newUpstream(dial, p.transport, cfg.UpstreamHeaderTimeout)
+	p.up.idleTimeout = min(p.up.idleTimeout, cfg.IdleTimeout)
 	p.rp = &httputil.ReverseProxy{
 		Rewrite:        p.rewrite,
 		ModifyResponse: rewriteSetCookies,
-		Transport:      p.transport,
+		Transport:      p.up,
 		ErrorHandler:   p.upstreamError,
 		BufferPool:     newBufferPool(),
 		ErrorLog:       slog.NewLogLogger(p.log.Handler(), slog.LevelDebug),

@@ -126,8 +126,8 @@ func (p *Proxy) Serve(ctx context.Context, httpsLn, httpLn net.Listener) error {
 			sg.Go(func() error { return srv.Shutdown(sctx) })
 		}
 		err := sg.Wait()
-		p.upgraded.closeAll() // Shutdown does not track hijacked connections
-		p.transport.CloseIdleConnections()
+		p.upgraded.closeAll()       // Shutdown does not track hijacked connections
+		p.up.CloseIdleConnections() // and the fallback transport's
 		if p.cache != nil {
 			p.cache.Stop()
 		}

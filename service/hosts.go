@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/base64"
 	"fmt"
+	"net/netip"
 	"strings"
 	"sync"
 	"time"
@@ -41,6 +42,15 @@ type HostsConfig struct {
 	Unreachable time.Duration
 	// Now is the clock; default time.Now (tests set it).
 	Now func() time.Time
+	// ClusterSubnet is the range joined hosts' /24 subnets are carved
+	// from; default DefaultClusterSubnet. It must not overlap the control
+	// plane's own subnet (Config.Subnet): a join is refused until it does
+	// not.
+	ClusterSubnet netip.Prefix
+	// JoinProblem, when set, is why a node on another host could not
+	// use JoinURL or NATSURLs (listeners on loopback only): HostAdd
+	// refuses with it (errs.FailedPrecondition).
+	JoinProblem string
 }
 
 // HostUnreachable is the state shown for a host not heard from lately.
@@ -80,15 +90,22 @@ func (s *Service) hostsConfig() HostsConfig {
 	if cfg.JoinTTL <= 0 {
 		cfg.JoinTTL = time.Hour
 	}
+	if !cfg.ClusterSubnet.IsValid() {
+		cfg.ClusterSubnet = DefaultClusterSubnet
+	}
 	return cfg
 }
 
 // Host is the public view of a host.
 type Host struct {
-	ID       string `json:"id"`
-	Name     string `json:"name"`
-	Local    bool   `json:"local"`
-	Address  string `json:"address"`
+	ID      string `json:"id"`
+	Name    string `json:"name"`
+	Local   bool   `json:"local"`
+	Address string `json:"address"`
+	// Subnet is the host's VM network: assigned at join from the cluster
+	// range, the configured subnet for the control plane's own host, ""
+	// while joining.
+	Subnet   string `json:"subnet"`
 	State    string `json:"state"`    // joining, ready, cordoned or unreachable
 	Cordoned bool   `json:"cordoned"` // also while unreachable
 	Version  string `json:"version"`
@@ -140,6 +157,9 @@ type JoinResult struct {
 	Name   string   `json:"name"`
 	NATS   []string `json:"nats"`
 	CA     string   `json:"ca,omitempty"` // PEM: trust only this CA for NATS TLS
+	// Subnet is the node's VM network (its bridge, gateway and VM
+	// addresses), e.g. 10.88.3.0/24.
+	Subnet string `json:"subnet"`
 }
 
 // Heartbeat is a node's report of its capacity.
@@ -150,6 +170,9 @@ type Heartbeat struct {
 	MemoryFreeMiB int64
 	DiskFreeMiB   int64
 	Version       string
+	// Address is the node's address as it reaches the fabric (where the
+	// control plane reaches it directly); "" keeps the stored one.
+	Address string
 }
 
 // ValidNodeKey reports whether s could be an NKey user public key
@@ -171,11 +194,14 @@ func (s *Service) hostView(ctx context.Context, q store.Q, h store.Host, cfg Hos
 	if err != nil {
 		return Host{}, err
 	}
-	out := Host{ID: h.ID, Name: h.Name, Local: h.Local, Address: h.Address, State: h.State, Cordoned: h.State == store.HostCordoned,
+	out := Host{ID: h.ID, Name: h.Name, Local: h.Local, Address: h.Address, Subnet: h.Subnet, State: h.State, Cordoned: h.State == store.HostCordoned,
 		Version: h.Version, CPUs: h.CPUs, MemoryMiB: h.MemoryMiB, DiskMiB: h.DiskMiB, MemoryFreeMiB: h.MemoryFreeMiB,
 		DiskFreeMiB: h.DiskFreeMiB, VMs: use.VMs, UsedCPUs: use.CPUs, UsedMemoryMiB: use.MemoryMiB, UsedDiskGiB: use.DiskGiB,
 		LastHeartbeat: h.LastHeartbeat, CreatedAt: h.CreatedAt}
 	out.NKey = h.NKey
+	if h.Local && s.cfg.Subnet.IsValid() {
+		out.Subnet = s.cfg.Subnet.String()
+	}
 	if h.State != store.HostJoining && cfg.Now().Sub(h.LastHeartbeat) > cfg.Unreachable {
 		out.State = HostUnreachable
 	}
@@ -204,6 +230,9 @@ func (s *Service) HostAdd(ctx context.Context, c Caller, name string) (HostInvit
 	cfg := s.hostsConfig()
 	if cfg.JoinURL == "" {
 		return HostInvite{}, errs.New(errs.FailedPrecondition, "no address for new hosts to reach: set advertise (or public_ip) in the config, or --public-ip")
+	}
+	if cfg.JoinProblem != "" {
+		return HostInvite{}, errs.New(errs.FailedPrecondition, "add host %s: %s", name, cfg.JoinProblem)
 	}
 	now := cfg.Now().UTC()
 	h := store.Host{ID: vm.NewID(), Name: name, State: store.HostJoining, CreatedAt: now}
@@ -360,7 +389,15 @@ func (s *Service) JoinHost(ctx context.Context, req JoinRequest) (JoinResult, er
 	if len(req.Version) > 64 || len(req.Address) > 256 {
 		return JoinResult{}, errs.New(errs.InvalidArgument, "version or address too long")
 	}
+	if req.Address != "" && !validHostAddress(req.Address) {
+		return JoinResult{}, errs.New(errs.InvalidArgument, "address %q: want an IP address or a host name", req.Address)
+	}
 	cfg := s.hostsConfig()
+	// The control plane's configuration is wrong, not the token: say so
+	// and leave the token for a retry once it is fixed.
+	if err := CheckClusterSubnet(cfg.ClusterSubnet, s.cfg.Subnet); err != nil {
+		return JoinResult{}, fmt.Errorf("join: %w", errs.New(errs.FailedPrecondition, "%s", err.Error()))
+	}
 	var out JoinResult
 	err := s.DB.Tx(ctx, func(q store.Q) error {
 		id, err := store.TakeJoinToken(ctx, q, hashToken(strings.TrimSpace(req.Token)), cfg.Now())
@@ -371,17 +408,32 @@ func (s *Service) JoinHost(ctx context.Context, req JoinRequest) (JoinResult, er
 		if err != nil {
 			return err
 		}
+		// The host's subnet, in the same transaction (the unique index
+		// on hosts.subnet backs it up).
+		if h.Subnet == "" {
+			used, err := store.HostSubnets(ctx, q)
+			if err != nil {
+				return err
+			}
+			sub, err := nextHostSubnet(cfg.ClusterSubnet, s.cfg.Subnet, used)
+			if err != nil {
+				return err
+			}
+			h.Subnet = sub.String()
+		}
 		h.NKey, h.Address, h.Version = req.NKey, req.Address, req.Version
 		if err := store.UpdateHost(ctx, q, h); err != nil {
 			return err
 		}
-		out = JoinResult{HostID: h.ID, Name: h.Name, NATS: cfg.NATSURLs, CA: cfg.NATSCA}
+		out = JoinResult{HostID: h.ID, Name: h.Name, NATS: cfg.NATSURLs, CA: cfg.NATSCA, Subnet: h.Subnet}
 		return nil
 	})
 	if err != nil {
 		// A spent token stays spent even when the rest fails: TakeJoinToken
 		// rolled back with the transaction, so commit its deletion alone.
-		if errs.ClassOf(err) != errs.Unauthenticated {
+		// A full cluster range is the control plane's to fix: the token
+		// stays for a retry.
+		if c := errs.ClassOf(err); c != errs.Unauthenticated && c != errs.FailedPrecondition {
 			s.DB.Tx(ctx, func(q store.Q) error {
 				_, e := store.TakeJoinToken(ctx, q, hashToken(strings.TrimSpace(req.Token)), cfg.Now())
 				return e
@@ -389,7 +441,7 @@ func (s *Service) JoinHost(ctx context.Context, req JoinRequest) (JoinResult, er
 		}
 		return JoinResult{}, fmt.Errorf("join: %w", err)
 	}
-	s.log.Info("host joined", "host", out.Name, "host_id", out.HostID, "address", req.Address)
+	s.log.Info("host joined", "host", out.Name, "host_id", out.HostID, "address", req.Address, "subnet", out.Subnet)
 	return out, nil
 }
 
@@ -407,10 +459,84 @@ func (s *Service) NodeKey(ctx context.Context, pub string) (string, bool) {
 // The caller vouches for id (the fabric lets only that node publish its
 // status). errs.NotFound for a removed host.
 func (s *Service) RecordHeartbeat(ctx context.Context, id string, hb Heartbeat) error {
+	if err := hb.validate(id); err != nil {
+		return err
+	}
+	gone, err := s.RecordHeartbeats(ctx, map[string]Heartbeat{id: hb})
+	if err != nil {
+		return err
+	}
+	if len(gone) > 0 {
+		return errs.New(errs.NotFound, "no host with id %q", id)
+	}
+	return nil
+}
+
+func (hb Heartbeat) validate(id string) error {
 	if hb.CPUs < 0 || hb.MemoryMiB < 0 || hb.DiskMiB < 0 || hb.MemoryFreeMiB < 0 || hb.DiskFreeMiB < 0 || len(hb.Version) > 64 {
 		return errs.New(errs.InvalidArgument, "heartbeat from %s: negative capacity or long version", id)
 	}
-	return store.RecordHeartbeat(ctx, s.DB, id, s.hostsConfig().Now(), hb.CPUs, hb.MemoryMiB, hb.DiskMiB, hb.MemoryFreeMiB, hb.DiskFreeMiB, hb.Version)
+	if hb.Address != "" && !validHostAddress(hb.Address) {
+		return errs.New(errs.InvalidArgument, "heartbeat from %s: address %q is neither an IP address nor a host name", id, hb.Address)
+	}
+	return nil
+}
+
+// validHostAddress reports whether s is an IP address or a DNS host name
+// (what a node may give as the address the control plane reaches it at).
+func validHostAddress(s string) bool {
+	if _, err := netip.ParseAddr(s); err == nil {
+		return true
+	}
+	if len(s) == 0 || len(s) > 253 {
+		return false
+	}
+	for _, label := range strings.Split(s, ".") {
+		if label == "" || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
+			return false
+		}
+		for _, r := range label {
+			if !('a' <= r && r <= 'z' || 'A' <= r && r <= 'Z' || '0' <= r && r <= '9' || r == '-') {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// RecordHeartbeats stores many nodes' reports (by host ID) in one
+// transaction, all at the same time, and returns the IDs of hosts that are
+// gone (removed: the caller may disconnect them). A malformed report is
+// left out (and logged), a malformed address left out of its report; the
+// others are recorded. The control plane's
+// receiver calls it once a second with what came in meanwhile.
+func (s *Service) RecordHeartbeats(ctx context.Context, beats map[string]Heartbeat) (gone []string, err error) {
+	now := s.hostsConfig().Now()
+	recs := make([]store.HeartbeatRecord, 0, len(beats))
+	for id, hb := range beats {
+		if hb.Address != "" && !validHostAddress(hb.Address) {
+			s.log.Warn("heartbeat address dropped", "host_id", id, "address", hb.Address)
+			hb.Address = ""
+		}
+		if err := hb.validate(id); err != nil {
+			s.log.Warn("heartbeat dropped", "host_id", id, "err", err)
+			continue
+		}
+		recs = append(recs, store.HeartbeatRecord{ID: id, At: now, CPUs: hb.CPUs, MemoryMiB: hb.MemoryMiB, DiskMiB: hb.DiskMiB,
+			MemoryFreeMiB: hb.MemoryFreeMiB, DiskFreeMiB: hb.DiskFreeMiB, Version: hb.Version, Address: hb.Address})
+	}
+	if len(recs) == 0 {
+		return nil, nil
+	}
+	err = s.DB.Tx(ctx, func(q store.Q) error {
+		var err error
+		gone, err = store.RecordHeartbeats(ctx, q, recs)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("record %d heartbeats: %w", len(recs), err)
+	}
+	return gone, nil
 }
 
 // EnsureLocalHost registers the control plane's own host (once; later

@@ -18,10 +18,13 @@ const (
 
 // Host is one row of hosts.
 type Host struct {
-	ID            string
-	Name          string
-	Local         bool // the control plane's own host
-	Address       string
+	ID      string
+	Name    string
+	Local   bool // the control plane's own host
+	Address string
+	// Subnet is the host's bridge subnet (a prefix, e.g. 10.88.3.0/24),
+	// assigned at join; "" for the local host and before the join.
+	Subnet        string
 	State         string
 	NKey          string
 	CPUs          int
@@ -34,23 +37,23 @@ type Host struct {
 	CreatedAt     time.Time
 }
 
-const hostCols = `id, name, local, address, state, nkey, cpus, memory_mib, disk_mib, memory_free_mib, disk_free_mib, version, last_heartbeat, created_at`
+const hostCols = `id, name, local, address, state, nkey, cpus, memory_mib, disk_mib, memory_free_mib, disk_free_mib, version, last_heartbeat, created_at, subnet`
 
 func scanHost(s interface{ Scan(...any) error }) (Host, error) {
 	var h Host
 	var hb, created int64
 	err := s.Scan(&h.ID, &h.Name, &h.Local, &h.Address, &h.State, &h.NKey, &h.CPUs, &h.MemoryMiB, &h.DiskMiB,
-		&h.MemoryFreeMiB, &h.DiskFreeMiB, &h.Version, &hb, &created)
+		&h.MemoryFreeMiB, &h.DiskFreeMiB, &h.Version, &hb, &created, &h.Subnet)
 	h.LastHeartbeat, h.CreatedAt = fromUnix(hb), fromUnix(created)
 	return h, err
 }
 
 // InsertHost adds a host; a taken name (or a second local host, or a
-// node key already in use) is errs.AlreadyExists.
+// node key or subnet already in use) is errs.AlreadyExists.
 func InsertHost(ctx context.Context, q Q, h Host) error {
-	_, err := q.ExecContext(ctx, `INSERT INTO hosts (`+hostCols+`) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)`,
+	_, err := q.ExecContext(ctx, `INSERT INTO hosts (`+hostCols+`) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`,
 		h.ID, h.Name, h.Local, h.Address, h.State, h.NKey, h.CPUs, h.MemoryMiB, h.DiskMiB, h.MemoryFreeMiB,
-		h.DiskFreeMiB, h.Version, toUnix(h.LastHeartbeat), toUnix(h.CreatedAt))
+		h.DiskFreeMiB, h.Version, toUnix(h.LastHeartbeat), toUnix(h.CreatedAt), h.Subnet)
 	if err != nil {
 		return uniqueErr(err, "a host named %q already exists", h.Name)
 	}
@@ -117,14 +120,15 @@ func ListHosts(ctx context.Context, q Q) ([]Host, error) {
 }
 
 // UpdateHost writes a host's mutable columns (all but id, local and
-// created_at); errs.NotFound if it is gone.
+// created_at); errs.NotFound if it is gone, errs.AlreadyExists for a name
+// or subnet another host has.
 func UpdateHost(ctx context.Context, q Q, h Host) error {
 	res, err := q.ExecContext(ctx, `UPDATE hosts SET name=?, address=?, state=?, nkey=?, cpus=?, memory_mib=?, disk_mib=?,
-		memory_free_mib=?, disk_free_mib=?, version=?, last_heartbeat=? WHERE id=?`,
+		memory_free_mib=?, disk_free_mib=?, version=?, last_heartbeat=?, subnet=? WHERE id=?`,
 		h.Name, h.Address, h.State, h.NKey, h.CPUs, h.MemoryMiB, h.DiskMiB, h.MemoryFreeMiB, h.DiskFreeMiB,
-		h.Version, toUnix(h.LastHeartbeat), h.ID)
+		h.Version, toUnix(h.LastHeartbeat), h.Subnet, h.ID)
 	if err != nil {
-		return uniqueErr(err, "a host named %q already exists", h.Name)
+		return uniqueErr(err, "a host named %q (or one with subnet %q) already exists", h.Name, h.Subnet)
 	}
 	return rowsOrNotFound(res, "no host with id %q", h.ID)
 }
@@ -139,6 +143,59 @@ func RecordHeartbeat(ctx context.Context, q Q, id string, at time.Time, cpus int
 		return err
 	}
 	return rowsOrNotFound(res, "no host with id %q", id)
+}
+
+// HostSubnets lists the subnets assigned to hosts (the empty ones left
+// out), in no particular order.
+func HostSubnets(ctx context.Context, q Q) ([]string, error) {
+	rows, err := q.QueryContext(ctx, `SELECT subnet FROM hosts WHERE subnet != ''`)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []string
+	for rows.Next() {
+		var s string
+		if err := rows.Scan(&s); err != nil {
+			return nil, err
+		}
+		out = append(out, s)
+	}
+	return out, rows.Err()
+}
+
+// HeartbeatRecord is one node's report for RecordHeartbeats.
+type HeartbeatRecord struct {
+	ID                 string
+	At                 time.Time
+	CPUs               int
+	MemoryMiB, DiskMiB int64
+	MemoryFreeMiB      int64
+	DiskFreeMiB        int64
+	Version            string
+	Address            string // "" keeps the stored address
+}
+
+// RecordHeartbeats stores many nodes' reports (call it in a transaction:
+// one write for the lot); a joining host becomes ready, and a non-empty
+// Address replaces a remote host's address. It returns the IDs of the
+// hosts that are gone; the others are recorded regardless.
+func RecordHeartbeats(ctx context.Context, q Q, recs []HeartbeatRecord) (gone []string, err error) {
+	for _, r := range recs {
+		res, err := q.ExecContext(ctx, `UPDATE hosts SET cpus=?, memory_mib=?, disk_mib=?, memory_free_mib=?, disk_free_mib=?,
+		version=?, last_heartbeat=?, address = CASE WHEN ? != '' AND local = 0 THEN ? ELSE address END,
+		state = CASE state WHEN 'joining' THEN 'ready' ELSE state END WHERE id=?`, r.CPUs, r.MemoryMiB, r.DiskMiB, r.MemoryFreeMiB, r.DiskFreeMiB, r.Version, toUnix(r.At),
+			r.Address, r.Address, r.ID)
+		if err != nil {
+			return gone, err
+		}
+		if n, err := res.RowsAffected(); err != nil {
+			return gone, err
+		} else if n == 0 {
+			gone = append(gone, r.ID)
+		}
+	}
+	return gone, nil
 }
 
 // DeleteHost removes a host and its join tokens; errs.NotFound if it is

@@ -3,7 +3,6 @@ package tui
 import (
 	"context"
 	"fmt"
-	"reflect"
 	"strconv"
 	"strings"
 
@@ -284,11 +283,7 @@ func fmtFree(freeMiB, totalMiB int64) string {
 // until then this reads it by name and returns "" without it. Once the
 // field exists, replace the body by `return h.Subnet`.
 func hostSubnet(h service.Host) string {
-	f := reflect.ValueOf(h).FieldByName("Subnet")
-	if f.IsValid() && f.Kind() == reflect.String {
-		return f.String()
-	}
-	return ""
+	return h.Subnet
 }
 
 func (p *hostsPage) ShortHelp() []key.Binding {

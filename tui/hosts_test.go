@@ -35,7 +35,7 @@ func TestHostsView(t *testing.T) {
 		{name: "admin opens hosts", keys: []string{"h"}, wantCalls: []string{"HostList"},
 			want: []string{"minions hosts", "Hosts  (5)", "HEARTBEAT", "cp", "local", "7/8", "5.5G/16G", "55G/500G", "2s ago",
 				"192.0.2.11", "2/16", "cordoned", "0.8.2", "unreachable", "3m ago", "joining", "never",
-				"cp · ready · local · 3 vm(s) · cpu 7/8 · memory 5.5G/16G (9G free) · disk 55G/500G (400G free) · heartbeat 2s ago · version 0.9.0",
+				"cp · ready · local · subnet 10.77.0.0/24 · 3 vm(s) · cpu 7/8 · memory 5.5G/16G (9G free) · disk 55G/500G (400G free) · heartbeat 2s ago · version 0.9.0",
 				"c cordon", "esc back"}},
 		{name: "a user gets a message and no data", user: true, keys: []string{"h"}, wantCalls: nil,
 			want: []string{"hosts: only admins see the cluster's hosts", "ci-runner"}, notWant: []string{"node1", "HEARTBEAT"}},

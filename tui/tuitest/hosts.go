@@ -24,16 +24,16 @@ func Hosts() []service.Host { return HostsAt(Epoch) }
 func HostsAt(base time.Time) []service.Host {
 	now := base.Add(time.Hour)
 	return []service.Host{
-		{ID: "0000000000c1", Name: "cp", Local: true, Address: "local", State: "ready", Version: "0.9.0",
+		{ID: "0000000000c1", Name: "cp", Local: true, Address: "local", Subnet: "10.77.0.0/24", State: "ready", Version: "0.9.0",
 			CPUs: 8, MemoryMiB: 16384, DiskMiB: 512000, MemoryFreeMiB: 9216, DiskFreeMiB: 409600,
 			VMs: 3, UsedCPUs: 7, UsedMemoryMiB: 5632, UsedDiskGiB: 55, LastHeartbeat: now.Add(-2 * time.Second)},
-		{ID: "0000000000c2", Name: "node1", Address: "192.0.2.11", State: "ready", Version: "0.9.0",
+		{ID: "0000000000c2", Name: "node1", Address: "192.0.2.11", Subnet: "10.88.1.0/24", State: "ready", Version: "0.9.0",
 			CPUs: 16, MemoryMiB: 65536, DiskMiB: 1024000, MemoryFreeMiB: 61440, DiskFreeMiB: 1000000,
 			VMs: 1, UsedCPUs: 2, UsedMemoryMiB: 2048, UsedDiskGiB: 20, LastHeartbeat: now.Add(-4 * time.Second)},
-		{ID: "0000000000c3", Name: "node2", Address: "192.0.2.12", State: "cordoned", Cordoned: true, Version: "0.8.2",
+		{ID: "0000000000c3", Name: "node2", Address: "192.0.2.12", Subnet: "10.88.2.0/24", State: "cordoned", Cordoned: true, Version: "0.8.2",
 			CPUs: 4, MemoryMiB: 8192, DiskMiB: 204800, MemoryFreeMiB: 8000, DiskFreeMiB: 200000,
 			LastHeartbeat: now.Add(-1 * time.Second)},
-		{ID: "0000000000c4", Name: "node3", Address: "192.0.2.13", State: "unreachable", Version: "0.9.0",
+		{ID: "0000000000c4", Name: "node3", Address: "192.0.2.13", Subnet: "10.88.3.0/24", State: "unreachable", Version: "0.9.0",
 			CPUs: 4, MemoryMiB: 8192, DiskMiB: 204800, VMs: 2, UsedCPUs: 2, UsedMemoryMiB: 1024, UsedDiskGiB: 10,
 			LastHeartbeat: now.Add(-3 * time.Minute)},
 		{ID: "0000000000c5", Name: "node4", State: "joining"},

@@ -230,7 +230,9 @@ func TestGrowDiskInUse(t *testing.T) {
 	}
 	t.Cleanup(func() { holder.Process.Kill(); holder.Wait() })
 	var err error
-	for i := 0; i < 50; i++ {
+	// qemu-io may take seconds to start on a loaded machine: retry until
+	// its lock is seen (a grow before that is harmless here).
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); {
 		time.Sleep(50 * time.Millisecond)
 		if err = Grow(ctx, ov, 64<<20); errors.Is(err, errs.FailedPrecondition) {
 			break

@@ -20,6 +20,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/minionsdev/minions/images"
 	"github.com/minionsdev/minions/internal/errs"
 	"github.com/minionsdev/minions/internal/testenv"
 	"github.com/minionsdev/minions/vm/consolelog"
@@ -80,6 +81,14 @@ func TestMain(m *testing.M) {
 		os.Setenv(envSkip, "no fixture kernel: "+err.Error())
 		os.Exit(m.Run())
 	}
+	// The Debian kernel the agent-guest tests boot (newAgentGuest) comes
+	// from apt: fetch it here, before the netns, where the network is
+	// (inside, only a cache another package filled first would do).
+	ctx, cancel = context.WithTimeout(context.Background(), 10*time.Minute)
+	if _, err := images.EnsureKernel(ctx, filepath.Join(cache, "minions-test", "kernels")); err != nil {
+		fmt.Fprintln(os.Stderr, "qemu tests: guest kernel:", err)
+	}
+	cancel()
 	cmd := exec.Command(os.Args[0], os.Args[1:]...)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
 	cmd.Env = append(os.Environ(), envNetns+"=1", envKernel+"="+kernel)
