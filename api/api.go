@@ -503,6 +503,7 @@ func (h *handler) table() []route {
 	rs = append(rs, h.imageRoutes()...) // api/images.go
 	rs = append(rs, h.opsRoutes()...)   // api/ops.go
 	rs = append(rs, h.hostRoutes()...)  // api/hosts.go
+	rs = append(rs, h.fabricRoutes()...)
 	return append(rs, h.webRoutes()...) // api/web.go
 }
 

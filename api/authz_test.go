@@ -209,6 +209,10 @@ func TestAuthorization(t *testing.T) {
 		{method: "POST", path: "/v1/nodes/join", body: func(string, map[string]string) any {
 			return service.JoinRequest{Token: "mjt_guess", NKey: "UDXU4RCSJNZOIQHZNWXHXORDPRTGNJAHAHFRGZNEEJCPQTT2M7NLCNF4"}
 		}, want: want{anon, anon, anon, anon}},
+		// Nodes (signed, see nodeagent's TestFetchAuth) and admins only;
+		// this fixture's images are no catalogue, hence 503 for the admin.
+		{method: "GET", path: "/v1/fabric/images/{ref}", want: want{http.StatusServiceUnavailable, deny, deny, deny}},
+		{method: "GET", path: "/v1/fabric/blobs/{sha256}", want: want{http.StatusServiceUnavailable, deny, deny, deny}},
 	}
 	// The forward's target: a port on the guest's (here the host's)
 	// loopback.
@@ -238,7 +242,7 @@ func TestAuthorization(t *testing.T) {
 					fx = newFixture(t)
 					ids = fx.seed()
 				}
-				path := strings.NewReplacer("{key}", ids["key"], "{token}", ids["token"], "{ref}", "debian@20261201-000000-dddd", "{port}", fwdPort).Replace(rt.path)
+				path := strings.NewReplacer("{key}", ids["key"], "{token}", ids["token"], "{ref}", "debian@20261201-000000-dddd", "{port}", fwdPort, "{sha256}", strings.Repeat("a", 64)).Replace(rt.path)
 				var body any
 				if rt.body != nil {
 					body = rt.body(role, ids)

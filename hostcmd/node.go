@@ -62,6 +62,9 @@ func runNode(ctx context.Context, x *cli.Ctx, paths daemon.Paths, cred nodeagent
 		return err
 	}
 	defer inst.Close()
+	if err := fetchImages(inst, cred, log); err != nil { // hostcmd/node_images.go
+		return err
+	}
 	if err := inst.Network.Setup(ctx); err != nil {
 		return fmt.Errorf("network: %w", err)
 	}

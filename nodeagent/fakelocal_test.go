@@ -190,6 +190,8 @@ func newFakeLocal(t testing.TB) *fakeLocal {
 		SetHostname:   func(string) error { return nil },
 		SetTime:       func(time.Time) error { return nil },
 		Power:         func(bool) error { return nil },
+		ReseedRNG:     func([]byte) error { return nil },
+		SetNetwork:    func(net.HardwareAddr, netip.Prefix, netip.Addr) error { return nil },
 	})
 	if err != nil {
 		t.Fatal(err)
