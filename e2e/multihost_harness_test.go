@@ -189,8 +189,9 @@ func newCluster(t testing.TB) *mhCluster {
 	ipCmd(t, "-n", clientNS, "link", "set", "mhc0", "up")
 
 	// Each host's installation: its own state (0700 under a 0755 root so
-	// jailed VM processes reach their files) with the images TestMain
-	// built, hard-linked (base images are immutable files).
+	// jailed VM processes reach their files). The cp gets the images
+	// TestMain built, hard-linked (base images are immutable files); the
+	// nodes start with none and fetch them from the cp by checksum.
 	for _, h := range c.hosts {
 		if err := os.MkdirAll(h.runDir, 0o755); err != nil {
 			t.Fatal(err)
@@ -200,6 +201,9 @@ func newCluster(t testing.TB) *mhCluster {
 		}
 		if err := os.MkdirAll(filepath.Join(h.state, "images"), 0o700); err != nil {
 			t.Fatal(err)
+		}
+		if h != c.cp {
+			continue
 		}
 		for _, sub := range []string{"kernels", "initramfs", "rootfs"} {
 			src := filepath.Join(stateDir, "images", sub)
@@ -564,4 +568,11 @@ func (h *mhHost) vmProcs(id string) []int {
 // on cluster hosts yet: engineer w1's routing).
 func hostIsDaemonURL(r result, name string) bool {
 	return r.code != 0 && strings.Contains(r.stdout+r.stderr, "minions api at http://"+name)
+}
+
+// images lists the root filesystem images and kernels in h's catalogue.
+func (h *mhHost) images() (rootfs, kernels []string) {
+	rootfs, _ = filepath.Glob(filepath.Join(h.state, "images", "rootfs", "*", "*", "rootfs.ext4"))
+	kernels, _ = filepath.Glob(filepath.Join(h.state, "images", "kernels", "*", "kernel.json"))
+	return rootfs, kernels
 }

@@ -154,6 +154,11 @@ func TestMultiHost(t *testing.T) {
 		}
 	})
 	created := t.Run("create-on-each-node", func(t *testing.T) {
+		for _, h := range []*mhHost{c.n1, c.n2} {
+			if r, k := h.images(); len(r)+len(k) != 0 {
+				t.Fatalf("%s has images before its first create: %v %v", h.name, r, k)
+			}
+		}
 		start := time.Now()
 		var wg sync.WaitGroup
 		res := map[string]result{}
@@ -177,7 +182,18 @@ func TestMultiHost(t *testing.T) {
 				t.Fatalf("create %s --host %s: %s", name, vms[name].name, r)
 			}
 		}
-		t.Logf("a1 on n1 and a2 on n2 created (two boots at once) in %s", time.Since(start).Round(time.Millisecond))
+		t.Logf("a1 on n1 and a2 on n2 created (two boots at once, images fetched from the cp) in %s", time.Since(start).Round(time.Millisecond))
+		cpRootfs, _ := c.cp.images()
+		for _, h := range []*mhHost{c.n1, c.n2} {
+			r, k := h.images()
+			if len(r) == 0 || len(k) == 0 {
+				t.Errorf("%s's catalogue after create: rootfs %v, kernels %v: want the image and kernel fetched from the cp", h.name, r, k)
+				continue
+			}
+			if filepath.Base(filepath.Dir(r[0])) != filepath.Base(filepath.Dir(cpRootfs[0])) {
+				t.Errorf("%s has image version %s, the cp %s", h.name, r[0], cpRootfs[0])
+			}
+		}
 		l := c.hostList(t)
 		if l["n1"].VMs != 1 || l["n2"].VMs != 1 || l["cp"].VMs != 0 {
 			t.Errorf("host list counts VMs cp %d, n1 %d, n2 %d: want 0, 1, 1", l["cp"].VMs, l["n1"].VMs, l["n2"].VMs)
