@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"log/slog"
 	"net"
@@ -132,6 +133,16 @@ func startCluster(ctx context.Context, g *errgroup.Group, cfg config.Config, e *
 	// The engines of the other hosts, each a nodeagent.Remote: those
 	// registered now, and each host that joins at its first heartbeat.
 	cl.remotes = &remotes{conn: cl.control, svc: svc, local: id, log: log, m: map[string]*nodeagent.Remote{}}
+	if cfg.NATSURL == "" {
+		// The embedded fabric's CA signs the control plane's client
+		// certificate for direct streams to nodes (their tickets come
+		// over NATS).
+		dt, err := DirectTLS(paths)
+		if err != nil {
+			return nil, fmt.Errorf("direct streams: %w", err)
+		}
+		cl.remotes.direct = dt
+	}
 	others, err := svc.RemoteHostIDs(ctx)
 	if err != nil {
 		return nil, err
@@ -260,6 +271,9 @@ type remotes struct {
 	svc   *service.Service
 	local string // this host's ID: never remote
 	log   *slog.Logger
+	// direct is the client TLS for direct streams to nodes (DirectTLS);
+	// nil: agent streams over NATS only.
+	direct *tls.Config
 
 	mu sync.Mutex
 	m  map[string]*nodeagent.Remote
@@ -279,7 +293,7 @@ func (rs *remotes) ensure(id string) bool {
 	if _, ok := rs.m[id]; ok {
 		return true
 	}
-	r, err := nodeagent.NewRemote(nodeagent.RemoteConfig{ID: id, Conn: rs.conn, Log: rs.log})
+	r, err := nodeagent.NewRemote(nodeagent.RemoteConfig{ID: id, Conn: rs.conn, Log: rs.log, DirectTLS: rs.direct})
 	if err != nil {
 		rs.log.Warn("remote engine", "host_id", id, "err", err)
 		return false

@@ -35,6 +35,7 @@ type warmEngine struct {
 	l     *engine.Local
 	db    *store.DB
 	owner string
+	key   ssh.Signer // the host key its guest agents trust
 }
 
 func newWarmEngine(tb testing.TB, bridge, subnet string) *warmEngine {
@@ -78,7 +79,7 @@ func newWarmEngine(tb testing.TB, bridge, subnet string) *warmEngine {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	return &warmEngine{l: l, db: db, owner: owner.ID}
+	return &warmEngine{l: l, db: db, owner: owner.ID, key: key}
 }
 
 func (w *warmEngine) create(tb testing.TB, name string, cold bool) engine.Instance {

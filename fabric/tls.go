@@ -4,9 +4,11 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/hex"
 	"encoding/pem"
 	"fmt"
 	"math/big"
@@ -129,4 +131,82 @@ func loadOrMakeCA(dir string) (*x509.Certificate, *ecdsa.PrivateKey, []byte, err
 		return nil, nil, nil, err
 	}
 	return cert, key, certPEM, nil
+}
+
+// Direct streams (package nodeagent) are TLS connections from the control
+// plane straight to a node, brokered over the fabric: the control plane
+// presents a client certificate the fabric CA signed (ControlCertificate;
+// only the control plane holds the CA key, so no node can make one), and
+// the node presents an ephemeral self-signed certificate (NodeCertificate)
+// whose fingerprint it sends over its own fabric subjects, where only it
+// may publish: the control plane pins that fingerprint.
+
+// ControlCertificate loads (or creates) the CA in dir and issues the
+// control plane's client certificate (CommonName "minions control",
+// client auth only, valid a year) for direct streams to nodes.
+func ControlCertificate(dir string) (tls.Certificate, error) {
+	caCert, caKey, _, err := loadOrMakeCA(dir)
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: serial(),
+		Subject:      pkix.Name{CommonName: ControlCommonName},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().AddDate(1, 0, 0),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, caCert, &key.PublicKey, caKey)
+	if err != nil {
+		return tls.Certificate{}, fmt.Errorf("control client certificate: %w", err)
+	}
+	leaf, _ := x509.ParseCertificate(der)
+	return tls.Certificate{Certificate: [][]byte{der, caCert.Raw}, PrivateKey: key, Leaf: leaf}, nil
+}
+
+// ControlCommonName is the subject of ControlCertificate's certificates.
+const ControlCommonName = "minions control"
+
+// NodeCertificate makes an ephemeral self-signed server certificate for
+// a node's direct listener, and its fingerprint (CertFingerprint).
+func NodeCertificate(id string) (tls.Certificate, string, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return tls.Certificate{}, "", err
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: serial(),
+		Subject:      pkix.Name{CommonName: "minions node " + id},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().AddDate(1, 0, 0),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		return tls.Certificate{}, "", err
+	}
+	leaf, _ := x509.ParseCertificate(der)
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf}, CertFingerprint(der), nil
+}
+
+// CertFingerprint is the hex SHA-256 of a DER certificate.
+func CertFingerprint(der []byte) string {
+	sum := sha256.Sum256(der)
+	return hex.EncodeToString(sum[:])
+}
+
+// ClientCAs is a pool holding the CA certificate caPEM, for a node that
+// accepts only the control plane's client certificates.
+func ClientCAs(caPEM []byte) (*x509.CertPool, error) {
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(caPEM) {
+		return nil, errs.New(errs.InvalidArgument, "fabric ca: no certificate in PEM")
+	}
+	return pool, nil
 }

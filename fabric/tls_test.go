@@ -2,6 +2,8 @@ package fabric_test
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"os"
 	"path/filepath"
 	"testing"
@@ -74,5 +76,48 @@ func TestTLS(t *testing.T) {
 		}
 	case <-ctx.Done():
 		t.Fatal("nothing arrived over TLS")
+	}
+}
+
+// TestControlCertificate: the control plane's client certificate chains
+// to the fabric CA for client auth (and not for server auth); one from
+// another CA does not; a node certificate's fingerprint is its leaf's.
+func TestControlCertificate(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "tls")
+	_, caPEM, err := fabric.ServerTLS(dir, []string{"127.0.0.1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := fabric.ControlCertificate(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool, err := fabric.ClientCAs(caPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	verify := func(c tls.Certificate, usage x509.ExtKeyUsage) error {
+		_, err := c.Leaf.Verify(x509.VerifyOptions{Roots: pool, KeyUsages: []x509.ExtKeyUsage{usage}})
+		return err
+	}
+	if err := verify(cert, x509.ExtKeyUsageClientAuth); err != nil || cert.Leaf.Subject.CommonName != fabric.ControlCommonName {
+		t.Fatalf("control certificate does not verify for client auth: %v", err)
+	}
+	if verify(cert, x509.ExtKeyUsageServerAuth) == nil {
+		t.Fatal("control certificate verifies for server auth")
+	}
+	other, err := fabric.ControlCertificate(filepath.Join(t.TempDir(), "other"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if verify(other, x509.ExtKeyUsageClientAuth) == nil {
+		t.Fatal("another CA's certificate verifies against the fabric CA")
+	}
+	node, fp, err := fabric.NodeCertificate("n1")
+	if err != nil || fp != fabric.CertFingerprint(node.Certificate[0]) || len(fp) != 64 {
+		t.Fatalf("node certificate %q: %v", fp, err)
+	}
+	if _, err := fabric.ClientCAs([]byte("junk")); err == nil {
+		t.Fatal("junk accepted as a CA")
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"net"
 	"os/signal"
 	"strings"
 	"syscall"
@@ -23,7 +24,7 @@ import (
 // node join CONTROL --token T` (join a cluster, then run it).
 func nodeCmd() *cli.Command {
 	return &cli.Command{Name: "node", HostOnly: true, Summary: "Run this host's node agent (after `node join`)",
-		Flags: func(fs *flag.FlagSet) { fs.String("log-format", "", "auto, text or json") },
+		Flags: func(fs *flag.FlagSet) { fs.String("log-format", "", "auto, text or json"); directFlag(fs) },
 		Run: func(ctx context.Context, x *cli.Ctx) error {
 			paths, err := daemon.ResolvePaths(x.G.StateDir, x.G.RunDir)
 			if err != nil {
@@ -78,15 +79,48 @@ func runNode(ctx context.Context, x *cli.Ctx, paths daemon.Paths, cred nodeagent
 	defer conn.Close()
 	log.Info("node connected", "host", cred.Name, "host_id", cred.HostID, "nats", strings.Join(cred.NATS, ","), "subnet", inst.Network.Config().Subnet.String(),
 		"address", conn.LocalAddr())
-	return serveNode(ctx, nodeagent.Config{ID: cred.HostID, Conn: conn, StateDir: paths.State, Version: cli.Version, Address: cred.Address, Log: log}, inst.Service.NodeEngine())
+	direct, err := startDirect(x.FS.Lookup("direct").Value.String(), cred, log)
+	if err != nil {
+		return err
+	}
+	if direct != nil {
+		defer direct.Close()
+	}
+	return serveNode(ctx, nodeagent.Config{ID: cred.HostID, Conn: conn, StateDir: paths.State, Version: cli.Version, Address: cred.Address, Log: log}, inst.Service.NodeEngine(), direct)
+}
+
+func directFlag(fs *flag.FlagSet) {
+	fs.String("direct", "", `host:port of the listener for direct streams from the control plane (default: the address this host reaches the fabric from, a free port; "off": agent streams over NATS only)`)
+}
+
+// startDirect opens the node's direct listener on addr (see directFlag);
+// nil when it is off or the fabric has no CA of its own to check the
+// control plane's certificate with.
+func startDirect(addr string, cred nodeagent.Credential, log *slog.Logger) (*nodeagent.Direct, error) {
+	if addr == "off" {
+		return nil, nil
+	}
+	if cred.CA == "" {
+		log.Warn("no fabric CA in the node credential: agent streams go over NATS only")
+		return nil, nil
+	}
+	if addr == "" {
+		ip, err := nodeagent.DirectAddress(cred.NATS)
+		if err != nil {
+			return nil, err
+		}
+		addr = net.JoinHostPort(ip, "0")
+	}
+	return nodeagent.NewDirect(nodeagent.DirectConfig{ID: cred.HostID, Listen: addr, CA: []byte(cred.CA), Log: log})
 }
 
 // NodeReconcileEvery is how often a node reconciles its engine.
 var NodeReconcileEvery = time.Second
 
 // serveNode heartbeats with hb and serves eng on the node's engine
-// subjects (hb.Conn, hb.ID) until ctx ends or either fails.
-func serveNode(ctx context.Context, hb nodeagent.Config, eng engine.Engine) error {
+// subjects (hb.Conn, hb.ID), and direct streams on direct if it is not
+// nil, until ctx ends or either fails.
+func serveNode(ctx context.Context, hb nodeagent.Config, eng engine.Engine, direct *nodeagent.Direct) error {
 	log := hb.Log
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -94,7 +128,7 @@ func serveNode(ctx context.Context, hb nodeagent.Config, eng engine.Engine) erro
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return nodeagent.Run(gctx, hb) })
 	g.Go(func() error {
-		return nodeagent.ServeEngine(gctx, nodeagent.ServeConfig{ID: hb.ID, Conn: hb.Conn, Engine: eng, Log: log})
+		return nodeagent.ServeEngine(gctx, nodeagent.ServeConfig{ID: hb.ID, Conn: hb.Conn, Engine: eng, Log: log, Direct: direct})
 	})
 	g.Go(func() error {
 		// As `serve` does: every second, so an exit (reported to the

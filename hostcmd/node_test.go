@@ -5,8 +5,11 @@ import (
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
+	"crypto/tls"
 	"io"
+	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -121,7 +124,9 @@ func TestNodeServesItsEngine(t *testing.T) {
 	hostKey, _ := ssh.NewSignerFromKey(priv)
 	srv, err := agent.NewServer(agent.Config{AuthorizedKey: hostKey.PublicKey(), HostKeyPath: filepath.Join(root, "etc/minions/agent_host_key"),
 		Root: root, Mounts: func() ([]agent.Mount, error) { return []agent.Mount{}, nil }, GrowMount: root,
-		SetHostname: func(string) error { return nil }, SetTime: func(time.Time) error { return nil }, Power: func(bool) error { return nil }})
+		SetHostname: func(string) error { return nil }, SetTime: func(time.Time) error { return nil }, Power: func(bool) error { return nil },
+		// Never the host's RNG or eth0 (the in-process agent runs on the host).
+		ReseedRNG: func([]byte) error { return nil }, SetNetwork: func(net.HardwareAddr, netip.Prefix, netip.Addr) error { return nil }})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -160,19 +165,35 @@ func TestNodeServesItsEngine(t *testing.T) {
 	}
 	defer control.Close()
 
-	// The node: its credential, connected as `minions node` does.
+	// The node: its credential, connected as `minions node` does, with
+	// its direct listener where it reaches the fabric from.
+	_, caPEM, err := fabric.ServerTLS(filepath.Join(dir, "tls"), []string{"127.0.0.1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cred := nodeagent.Credential{HostID: hostID, Name: "one", NATS: []string{fsrv.ClientURL()}, Seed: seed, CA: string(caPEM)}
 	conn, err := nodeagent.Connect(nodeagent.Credential{HostID: hostID, Name: "one", NATS: []string{fsrv.ClientURL()}, Seed: seed})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer conn.Close()
+	direct, err := startDirect("", cred, slog.New(slog.DiscardHandler))
+	if err != nil || direct == nil || !strings.HasPrefix(direct.Addr(), "127.0.0.1:") {
+		t.Fatalf("direct listener: %v", err)
+	}
+	defer direct.Close()
+	ccert, err := fabric.ControlCertificate(filepath.Join(dir, "tls"))
+	if err != nil {
+		t.Fatal(err)
+	}
 	nctx, stopNode := context.WithCancel(ctx)
 	done := make(chan error, 1)
 	go func() {
-		done <- serveNode(nctx, nodeagent.Config{ID: hostID, Conn: conn, StateDir: dir, Version: "v-test", Interval: 100 * time.Millisecond}, eng)
+		done <- serveNode(nctx, nodeagent.Config{ID: hostID, Conn: conn, StateDir: dir, Version: "v-test", Interval: 100 * time.Millisecond}, eng, direct)
 	}()
 
-	r, err := nodeagent.NewRemote(nodeagent.RemoteConfig{ID: hostID, Conn: control, Signer: hostKey})
+	r, err := nodeagent.NewRemote(nodeagent.RemoteConfig{ID: hostID, Conn: control, Signer: hostKey,
+		DirectTLS: &tls.Config{Certificates: []tls.Certificate{ccert}}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -197,6 +218,18 @@ func TestNodeServesItsEngine(t *testing.T) {
 	}
 	if inst.Name != "web" || inst.State != vm.Running {
 		t.Fatalf("created %+v", inst)
+	}
+	// Its agent over the direct listener.
+	cl, err := r.Agent(cctx, inst.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cl.Ping(cctx); err != nil {
+		t.Fatal(err)
+	}
+	cl.Close()
+	if d, n := r.StreamCounts(); d != 1 || n != 0 {
+		t.Fatalf("agent streams: %d direct, %d nats; want 1 direct", d, n)
 	}
 	list, err := r.List(cctx)
 	if err != nil || len(list) != 1 || list[0].ID != inst.ID {
@@ -250,5 +283,17 @@ func TestNodeCommand(t *testing.T) {
 	}
 	if msg, code := run("node", "join", "http://127.0.0.1:1", "--token", "t"); code == 0 || !strings.Contains(msg, "already joined") {
 		t.Fatalf("second join: %d %s", code, msg)
+	}
+	// Direct streams: off, or no fabric CA to check the control plane by,
+	// mean none; a bad address is an error.
+	log := slog.New(slog.DiscardHandler)
+	if d, err := startDirect("off", nodeagent.Credential{CA: "x"}, log); d != nil || err != nil {
+		t.Fatalf("--direct off = %v, %v", d, err)
+	}
+	if d, err := startDirect("", nodeagent.Credential{HostID: "node-one", NATS: []string{"nats://127.0.0.1:1"}}, log); d != nil || err != nil {
+		t.Fatalf("no CA = %v, %v", d, err)
+	}
+	if _, err := startDirect("nonsense", nodeagent.Credential{HostID: "node-one", NATS: []string{"nats://127.0.0.1:1"}, CA: "x"}, log); err == nil {
+		t.Fatal("--direct nonsense accepted")
 	}
 }

@@ -129,6 +129,7 @@ func nodeJoinCmd() *cli.Command {
 			fs.Bool("no-systemd", false, "run the node agent in the foreground instead of installing "+NodeUnitName)
 			fs.Bool("no-start", false, "only join and set the host up: start later with `minions node`")
 			fs.String("log-format", "", "auto, text or json")
+			directFlag(fs)
 		},
 		Run: func(ctx context.Context, x *cli.Ctx) error {
 			token := x.FS.Lookup("token").Value.String()

@@ -3,6 +3,7 @@ package nodeagent
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -10,6 +11,7 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/crypto/ssh"
@@ -38,7 +40,14 @@ type RemoteConfig struct {
 	// answer three times running fails the call with errs.Unavailable
 	// instead of leaving it to the caller's deadline. Default 5 s.
 	CheckInterval time.Duration
-	Log           *slog.Logger
+	// DirectTLS, if set, carries agent streams and the port tunnel
+	// (DialPort) over direct TLS connections to the node, brokered over
+	// the fabric (direct.go), with this config's client certificate
+	// (fabric.ControlCertificate). A node without a direct listener, or
+	// one the control plane cannot reach, is reached over NATS instead.
+	// Nil: NATS only.
+	DirectTLS *tls.Config
+	Log       *slog.Logger
 }
 
 // Validate checks the configuration.
@@ -67,6 +76,11 @@ type Remote struct {
 	mu    sync.Mutex
 	calls map[string]*pending
 	exit  engine.ExitFunc
+
+	tmu    sync.Mutex
+	tunnel *ssh.Client // the port tunnel (tunnel.go), nil until used
+
+	directStreams, natsStreams atomic.Int64
 }
 
 type pending struct {
@@ -101,8 +115,23 @@ func NewRemote(cfg RemoteConfig) (*Remote, error) {
 	return r, nil
 }
 
-// Close stops receiving the node's replies and exits.
-func (r *Remote) Close() error { return r.unsub() }
+// Close stops receiving the node's replies and exits, and closes the
+// port tunnel.
+func (r *Remote) Close() error {
+	r.tmu.Lock()
+	if r.tunnel != nil {
+		r.tunnel.Close()
+		r.tunnel = nil
+	}
+	r.tmu.Unlock()
+	return r.unsub()
+}
+
+// StreamCounts reports how many agent streams were opened directly and
+// how many over NATS (for tests and metrics).
+func (r *Remote) StreamCounts() (direct, nats int64) {
+	return r.directStreams.Load(), r.natsStreams.Load()
+}
 
 // Node is the node's host ID.
 func (r *Remote) Node() string { return r.cfg.ID }
@@ -348,9 +377,24 @@ func (r *Remote) ConsoleLog(ctx context.Context, id string) (string, error) {
 	return p, err
 }
 
-// DialAgent implements engine.Engine: the stream rides two NATS subjects
-// of the node (see stream).
+// DialAgent implements engine.Engine: a direct TLS connection to the
+// node when RemoteConfig.DirectTLS is set and the node has a direct
+// listener (direct.go), otherwise a stream over two NATS subjects of the
+// node (see stream).
 func (r *Remote) DialAgent(ctx context.Context, id string) (net.Conn, error) {
+	if r.cfg.DirectTLS != nil {
+		c, err := r.dialDirect(ctx, kindAgent, id)
+		var nd *errNoDirect
+		switch {
+		case err == nil:
+			r.directStreams.Add(1)
+			return c, nil
+		case !errors.As(err, &nd):
+			return nil, err
+		}
+		r.log.Debug("agent stream over nats", "vm_id", id, "err", err)
+	}
+	r.natsStreams.Add(1)
 	sid := newToken()
 	st, err := newStream(r.cfg.Conn, streamOut(r.cfg.ID, sid), streamIn(r.cfg.ID, sid), "control", "node:"+r.cfg.ID+"/"+id)
 	if err != nil {
@@ -371,11 +415,17 @@ func (r *Remote) Agent(ctx context.Context, id string) (*vsockcli.Client, error)
 	if err != nil {
 		return nil, err
 	}
+	// The pinned key and the stream in parallel: one round trip less.
 	var pin string
-	if err := r.call(ctx, mAgentKey, callRequest{ID: id}, nil, &pin); err != nil {
-		return nil, err
-	}
+	keyErr := make(chan error, 1)
+	go func() { keyErr <- r.call(ctx, mAgentKey, callRequest{ID: id}, nil, &pin) }()
 	c, err := r.DialAgent(ctx, id)
+	if kerr := <-keyErr; kerr != nil {
+		if c != nil {
+			c.Close()
+		}
+		return nil, kerr
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -2,11 +2,13 @@ package nodeagent_test
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"os"
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -16,6 +18,7 @@ import (
 	"github.com/minionsdev/minions/vm"
 	"github.com/minionsdev/minions/vm/engine"
 	"github.com/minionsdev/minions/vm/engine/enginetest"
+	"github.com/minionsdev/minions/vsockcli"
 )
 
 // cluster is a real embedded fabric with two registered nodes, "node-a"
@@ -261,32 +264,42 @@ func waitErr(t testing.TB, c *fabric.Conn, want string) {
 }
 
 // TestAgentBench compares a guest agent reached through engine.Local
-// (a unix socket) with the same agent through Remote (over NATS): the
-// median time to open an authenticated client, the median ping round
-// trip, and the median SFTP write of 32 MiB. Set NODEAGENT_BENCH=1.
+// (a unix socket), through Remote over NATS, and through Remote over a
+// direct TLS connection brokered over NATS: medians of opening an
+// authenticated client, a ping round trip, exec `true`, SFTP write and
+// read of 32 MiB, and the CPU the whole process (client, fabric, node
+// and agent: all in this process) spends per 32 MiB moved. Set
+// NODEAGENT_BENCH=1.
 func TestAgentBench(t *testing.T) {
 	if os.Getenv("NODEAGENT_BENCH") == "" {
 		t.Skip("set NODEAGENT_BENCH=1 to measure")
 	}
 	fl := newFakeLocal(t)
-	c := newCluster(t)
-	serve(t, "node-a", c.node(t, "node-a"), fl.eng)
-	r := c.remote(t, "node-a", fl)
-	waitServed(t, r)
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	e := newDirectEnv(t)
+	serveDirect(t, "node-a", e.node(t, "node-a"), fl.eng, e.direct(t, "node-a"))
+	viaNATS := e.remote(t, "node-a", fl)
+	direct := e.directRemote(t, "node-a", fl)
+	waitServed(t, viaNATS)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	inst, err := r.Create(ctx, engine.CreateSpec{ID: vm.NewID(), Name: "bench", Image: "minimal", CPUs: 1, MemoryMiB: 256, Owner: fl.owner}, nil)
+	inst, err := viaNATS.Create(ctx, engine.CreateSpec{ID: vm.NewID(), Name: "bench", Image: "minimal", CPUs: 1, MemoryMiB: 256, Owner: fl.owner}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer r.Destroy(context.Background(), inst.ID)
+	defer viaNATS.Destroy(context.Background(), inst.ID)
 	med := func(d []time.Duration) time.Duration { slices.Sort(d); return d[len(d)/2] }
+	cpu := func() time.Duration {
+		var ru syscall.Rusage
+		syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+		return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	}
 	data := make([]byte, 32<<20)
+	rand.Read(data)
 	for _, e := range []struct {
 		name string
 		eng  engine.Engine
-	}{{"local (unix socket)", fl.eng}, {"remote (over NATS)", r}} {
-		var opens, pings, writes []time.Duration
+	}{{"local (unix socket)", fl.eng}, {"remote over NATS", viaNATS}, {"remote direct TLS", direct}} {
+		var opens, pings, execs, writes, reads, cpus []time.Duration
 		for i := 0; i < 20; i++ {
 			t0 := time.Now()
 			cl, err := e.eng.Agent(ctx, inst.ID)
@@ -307,14 +320,32 @@ func TestAgentBench(t *testing.T) {
 			}
 			pings = append(pings, time.Since(t0))
 		}
-		for i := 0; i < 3; i++ {
+		for i := 0; i < 30; i++ {
 			t0 := time.Now()
+			if code, err := cl.Exec(ctx, vsockcli.ExecRequest{Command: "true"}); err != nil || code != 0 {
+				t.Fatalf("exec true = %d, %v", code, err)
+			}
+			execs = append(execs, time.Since(t0))
+		}
+		for i := 0; i < 5; i++ {
+			c0, t0 := cpu(), time.Now()
 			if err := cl.WriteFile(ctx, "/root/bench", data, 0o644); err != nil {
 				t.Fatal(err)
 			}
-			writes = append(writes, time.Since(t0))
+			t1 := time.Now()
+			got, err := cl.ReadFile(ctx, "/root/bench")
+			if err != nil || len(got) != len(data) {
+				t.Fatalf("read back %d bytes: %v", len(got), err)
+			}
+			writes, reads = append(writes, t1.Sub(t0)), append(reads, time.Since(t1))
+			cpus = append(cpus, (cpu()-c0)/2)
 		}
 		cl.Close()
-		t.Logf("%-20s open %v, ping %v, sftp 32 MiB %v = %.0f MiB/s (medians)", e.name, med(opens), med(pings), med(writes), 32/med(writes).Seconds())
+		t.Logf("%-20s open %7v  ping %7v  exec true %7v  sftp 32 MiB write %4.0f MiB/s read %4.0f MiB/s  cpu/32 MiB %v (medians)",
+			e.name, med(opens).Round(time.Microsecond), med(pings).Round(time.Microsecond), med(execs).Round(time.Microsecond),
+			32/med(writes).Seconds(), 32/med(reads).Seconds(), med(cpus).Round(time.Millisecond))
+	}
+	if d, n := direct.StreamCounts(); d == 0 || n != 0 {
+		t.Fatalf("the direct remote opened %d direct and %d nats streams", d, n)
 	}
 }

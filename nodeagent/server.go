@@ -28,6 +28,10 @@ type ServeConfig struct {
 	// node signs agent logins for the control plane (sign.go); nil takes
 	// the engine's (AgentSigner), if it has one.
 	Signer ssh.Signer
+	// Direct, if set, is the node's direct listener: ServeEngine issues
+	// its tickets and serves it (closing it when ServeEngine returns).
+	// Nil: the control plane reaches agents over NATS only.
+	Direct *Direct
 	Log    *slog.Logger
 }
 
@@ -90,6 +94,11 @@ func ServeEngine(ctx context.Context, cfg ServeConfig) error {
 	if err != nil {
 		unsub()
 		return errs.New(errs.Unavailable, "engine server: %w", err)
+	}
+	if cfg.Direct != nil {
+		s.wg.Add(1)
+		go func() { defer s.wg.Done(); cfg.Direct.serve(ctx, cfg.Engine) }()
+		s.log.Info("direct listener", "addr", cfg.Direct.Addr())
 	}
 	s.log.Info("engine served")
 	<-ctx.Done()
@@ -242,6 +251,16 @@ func (s *server) run(ctx context.Context, method string, req callRequest, progre
 		return s.agentSign(req)
 	case mConsole:
 		return nil, s.console(ctx, req)
+	case mDirectTicket:
+		if s.cfg.Direct == nil {
+			return nil, errs.New(errs.FailedPrecondition, "node %s has no direct listener", s.cfg.ID)
+		}
+		switch {
+		case req.Kind == kindAgent && vmIDRE.MatchString(req.ID), req.Kind == kindTunnel && req.ID == "":
+		default:
+			return nil, errs.New(errs.InvalidArgument, "direct ticket: bad kind %q or vm %q", req.Kind, req.ID)
+		}
+		return s.cfg.Direct.issue(req.Kind, req.ID)
 	}
 	return nil, errs.New(errs.InvalidArgument, "unknown engine method %q", method)
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"errors"
 	"io"
 	"net"
@@ -188,11 +189,34 @@ func TestStreamBench(t *testing.T) {
 		}
 		return c, s
 	}
+	// A direct stream: TLS 1.3 with the fabric's certificates, as
+	// dialDirect and the node's listener use them.
+	caDir := filepath.Join(t.TempDir(), "tls")
+	ccert, err := fabric.ControlCertificate(caDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ncert, _, err := fabric.NodeCertificate("n1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	overTLS := func() (net.Conn, net.Conn) {
+		c, s := tcp()
+		tc := tls.Client(c, &tls.Config{MinVersion: tls.VersionTLS13, InsecureSkipVerify: true, Certificates: []tls.Certificate{ccert}})
+		ts := tls.Server(s, &tls.Config{MinVersion: tls.VersionTLS13, Certificates: []tls.Certificate{ncert}, ClientAuth: tls.RequireAnyClientCert})
+		go ts.Handshake()
+		if err := tc.Handshake(); err != nil {
+			t.Fatal(err)
+		}
+		return tc, ts
+	}
 	overNATS := func() (net.Conn, net.Conn) { c, s := streamPair(t); return c, s }
 	lr, lt := measure(t, unix)
 	tr, tt := measure(t, tcp)
+	sr, st := measure(t, overTLS)
 	nr, nt := measure(t, overNATS)
 	t.Logf("unix socket (local DialAgent):        rtt median %v, throughput median %.0f MiB/s", lr, lt)
 	t.Logf("loopback TCP (a brokered direct conn): rtt median %v, throughput median %.0f MiB/s", tr, tt)
+	t.Logf("loopback TLS 1.3 (direct stream):      rtt median %v, throughput median %.0f MiB/s", sr, st)
 	t.Logf("over NATS (Remote.DialAgent):         rtt median %v, throughput median %.0f MiB/s", nr, nt)
 }

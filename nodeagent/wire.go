@@ -58,6 +58,7 @@ const (
 	mAgentPubKey     = "agent_pubkey" // the key the node's agents trust (sign.go)
 	mAgentSign       = "agent_sign"   // sign an agent login (sign.go)
 	mConsole         = "console"      // copy the console log into a stream (console.go)
+	mDirectTicket    = "direct_ticket" // a one-time ticket for a direct stream (direct.go)
 	mCancel          = "cancel"
 	mAlive           = "alive" // is call c still running? "yes" or "no"
 )
@@ -73,6 +74,7 @@ type callRequest struct {
 	Data     []byte    `json:"data,omitempty"`   // agent_sign: what to sign
 	Algo     string    `json:"algo,omitempty"`   // agent_sign: the signature algorithm ("" the key's default)
 	Follow   bool      `json:"follow,omitempty"` // console: keep copying what the guest prints
+	Kind     string    `json:"kind,omitempty"`   // direct_ticket: agent or tunnel
 
 	Create       *engine.CreateSpec   `json:"create,omitempty"`
 	Resize       *engine.ResizeSpec   `json:"resize,omitempty"`

@@ -511,9 +511,10 @@ func (s *Service) RemoteHostIDs(ctx context.Context) ([]string, error) {
 
 // DialWeb connects to port of VM id for the web proxy, which has already
 // decided who may reach the VM (routes, sessions): a VM of this host at
-// its address on the bridge; a VM on another host through its guest agent
-// (the node carries the stream), to port on the guest's own loopback, so
-// a server there must listen on all addresses or 127.0.0.1. Closing the
+// its address on the bridge; a VM on another host through its node's
+// tunnel (PortDialer: the node dials the VM's address on its bridge), or,
+// without one, through its guest agent to port on the guest's own
+// loopback (a server there must listen on all addresses or 127.0.0.1). Closing the
 // connection releases the agent connection. errs.NotFound for no such VM,
 // errs.Unavailable for an unreachable host or nothing listening.
 func (s *Service) DialWeb(ctx context.Context, id string, port int) (net.Conn, error) {
@@ -527,6 +528,19 @@ func (s *Service) DialWeb(ctx context.Context, id string, port int) (net.Conn, e
 	eng, err := s.engineFor(ctx, v)
 	if err != nil {
 		return nil, err
+	}
+	// A remote host's engine reaches its VMs' ports itself, over its
+	// node's tunnel (nodeagent.Remote.DialPort): the node dials the VM's
+	// address on its own bridge. Without a tunnel, the guest agent.
+	target := engine.Engine(eng)
+	if r, ok := eng.(*remoteVMs); ok {
+		target = r.Engine
+	}
+	if pd, ok := target.(PortDialer); ok {
+		c, err := pd.DialPort(ctx, v.ID, port)
+		if !errors.Is(err, errors.ErrUnsupported) {
+			return c, err
+		}
 	}
 	if eng == s.Engine {
 		var d net.Dialer

@@ -2,6 +2,7 @@ package service
 
 import (
 	"context"
+	"net"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -405,4 +406,12 @@ func (s *Service) RemoveDomain(ctx context.Context, c Caller, name, domain strin
 		return err
 	}
 	return nil
+}
+
+// PortDialer is an engine that reaches ports of its VMs itself (a remote
+// host's engine, through its port tunnel). An error wrapping
+// errors.ErrUnsupported means it cannot now (no tunnel): DialWeb falls
+// back to the guest agent.
+type PortDialer interface {
+	DialPort(ctx context.Context, id string, port int) (net.Conn, error)
 }
