@@ -16,7 +16,8 @@ import (
 // BenchmarkMultiHost compares a VM on the control plane's own host with a
 // VM on a node, both reached through the control plane as a user does
 // (from the users' machine: the test's namespace on the hosts' link):
-// `ssh vm@cp true` (median of 9), scp of 32 MiB each way (median of 3)
+// `ssh vm@cp true` (median of 9; `minions exec vm true` through the API
+// beside it, for information), scp of 32 MiB each way (median of 3)
 // and proxied keep-alive requests per second with 4 connections (median
 // of 3 one-second rounds). The paths alternate round by round: this host
 // is shared and its load drifts. It prints a table with the ratios
@@ -67,7 +68,7 @@ func BenchmarkMultiHost(b *testing.B) {
 	if err := os.WriteFile(src, data, 0o644); err != nil {
 		b.Fatal(err)
 	}
-	type sample struct{ ssh, up, down, rps []float64 }
+	type sample struct{ ssh, exec, up, down, rps []float64 }
 	got := map[string]*sample{"local": {}, "remote": {}}
 	sshTrue := func(vm string) float64 {
 		start := time.Now()
@@ -75,6 +76,13 @@ func BenchmarkMultiHost(b *testing.B) {
 			b.Fatalf("ssh %s@cp true: %s", vm, r)
 		}
 		return float64(time.Since(start).Microseconds()) / 1000
+	}
+	execTrue := func(vm string) float64 {
+		r := c.as(b, u, "", "exec", vm, "true")
+		if r.code != 0 {
+			b.Fatalf("exec %s true: %s", vm, r)
+		}
+		return float64(r.took.Microseconds()) / 1000
 	}
 	scp := func(vm string, args ...string) float64 {
 		start := time.Now()
@@ -104,6 +112,7 @@ func BenchmarkMultiHost(b *testing.B) {
 		for i := 0; i < 9; i++ {
 			for _, v := range vms {
 				got[v.name].ssh = append(got[v.name].ssh, sshTrue(v.name))
+				got[v.name].exec = append(got[v.name].exec, execTrue(v.name))
 			}
 		}
 		for i := 0; i < 3; i++ {
@@ -130,6 +139,7 @@ func BenchmarkMultiHost(b *testing.B) {
 		ok                         func(ratio float64) bool
 	}{
 		{"ssh vm@cp true (median of 9)", "ms", "≤ 1.3", "ssh-ratio", medF(lo.ssh), medF(re.ssh), func(x float64) bool { return x <= 1.3 }},
+		{"minions exec vm true (median of 9)", "ms", "(info)", "exec-ratio", medF(lo.exec), medF(re.exec), func(float64) bool { return true }},
 		{"scp 32 MiB up (median of 3)", "MiB/s", "≥ 0.8", "scp-up-ratio", medF(lo.up), medF(re.up), func(x float64) bool { return x >= 0.8 }},
 		{"scp 32 MiB down (median of 3)", "MiB/s", "≥ 0.8", "scp-down-ratio", medF(lo.down), medF(re.down), func(x float64) bool { return x >= 0.8 }},
 		{"proxied req/s, 4 conns (median of 3)", "req/s", "≥ 0.8", "proxy-ratio", medF(lo.rps), medF(re.rps), func(x float64) bool { return x >= 0.8 }},
