@@ -21,7 +21,9 @@ import (
 // and proxied keep-alive requests per second with 4 connections (median
 // of 3 one-second rounds). The paths alternate round by round: this host
 // is shared and its load drifts. It prints a table with the ratios
-// remote/local (targets: ssh ≤ 1.3, scp ≥ 0.8, proxy ≥ 0.8).
+// remote/local (targets: ssh ≤ 1.3, scp ≥ 0.8, proxy ≥ 0.8). Where nodes
+// have direct streams, a third VM on n2 (joined with --direct off) gives
+// the same figures over NATS only, for comparison.
 //
 //	go test -count=1 -run '^$' -bench MultiHost -benchtime 1x -v ./e2e/
 func BenchmarkMultiHost(b *testing.B) {
@@ -33,13 +35,39 @@ func BenchmarkMultiHost(b *testing.B) {
 		c.n1.must(b, "init")
 	}
 	c.join(b, c.n1, noSystemd)
-	l, took, ok := c.waitHosts(b, 60*time.Second, allReady("cp", "n1"))
+	ready := []string{"cp", "n1"}
+	// With direct streams (engineer w3) n2's node agent runs with them
+	// off: its column is the same paths over NATS only.
+	joinHelp := c.n2.run(b, "node", "join", "--help")
+	withNATS := strings.Contains(joinHelp.stdout+joinHelp.stderr, "--no-start")
+	if withNATS {
+		c.join(b, c.n2, noSystemd, "--no-start")
+		select {
+		case <-c.n2.agent.done:
+			if !c.n2.agent.cmd.ProcessState.Success() {
+				b.Fatalf("n2: node join --no-start: %v\n%s", c.n2.agent.cmd.ProcessState, lastLines(c.n2.agent.log.String(), 30))
+			}
+		case <-time.After(2 * time.Minute):
+			b.Fatalf("n2: node join --no-start did not finish:\n%s", lastLines(c.n2.agent.log.String(), 30))
+		}
+		c.startNode(b, c.n2, "node", "--direct", "off")
+		time.Sleep(2 * time.Second)
+		if !c.n2.agent.running() && strings.Contains(c.n2.agent.log.String(), "flag provided but not defined") {
+			withNATS = false // no direct streams to turn off
+		} else {
+			ready = append(ready, "n2")
+		}
+	}
+	l, took, ok := c.waitHosts(b, 60*time.Second, allReady(ready...))
 	if !ok {
 		b.Fatalf("hosts not ready after %s: %+v", took, l)
 	}
 	u := c.addUser(b, "ann")
 	bin := buildWSEcho(b)
 	vms := []struct{ name, host string }{{"local", l["cp"].Name}, {"remote", "n1"}}
+	if withNATS {
+		vms = append(vms, struct{ name, host string }{"nats", "n2"})
+	}
 	for _, v := range vms {
 		if r := c.as(b, u, "", "create", v.name, "--memory", "256", "--host", v.host, "--json"); r.code != 0 {
 			if hostIsDaemonURL(r, v.host) {
@@ -69,7 +97,7 @@ func BenchmarkMultiHost(b *testing.B) {
 		b.Fatal(err)
 	}
 	type sample struct{ ssh, exec, up, down, rps []float64 }
-	got := map[string]*sample{"local": {}, "remote": {}}
+	got := map[string]*sample{"local": {}, "remote": {}, "nats": {}}
 	sshTrue := func(vm string) float64 {
 		start := time.Now()
 		if r := c.openssh(b, u, "ssh", vm+"@"+c.cp.addr, "true"); r.code != 0 {
@@ -132,20 +160,24 @@ func BenchmarkMultiHost(b *testing.B) {
 		}
 	}
 	b.StopTimer()
-	lo, re := got["local"], got["remote"]
+	lo, re, na := got["local"], got["remote"], got["nats"]
 	rows := []struct {
 		what, unit, target, metric string
-		l, r                       float64
+		l, r, n                    float64
 		ok                         func(ratio float64) bool
 	}{
-		{"ssh vm@cp true (median of 9)", "ms", "≤ 1.3", "ssh-ratio", medF(lo.ssh), medF(re.ssh), func(x float64) bool { return x <= 1.3 }},
-		{"minions exec vm true (median of 9)", "ms", "(info)", "exec-ratio", medF(lo.exec), medF(re.exec), func(float64) bool { return true }},
-		{"scp 32 MiB up (median of 3)", "MiB/s", "≥ 0.8", "scp-up-ratio", medF(lo.up), medF(re.up), func(x float64) bool { return x >= 0.8 }},
-		{"scp 32 MiB down (median of 3)", "MiB/s", "≥ 0.8", "scp-down-ratio", medF(lo.down), medF(re.down), func(x float64) bool { return x >= 0.8 }},
-		{"proxied req/s, 4 conns (median of 3)", "req/s", "≥ 0.8", "proxy-ratio", medF(lo.rps), medF(re.rps), func(x float64) bool { return x >= 0.8 }},
+		{"ssh vm@cp true (median of 9)", "ms", "≤ 1.3", "ssh-ratio", medF(lo.ssh), medF(re.ssh), medF(na.ssh), func(x float64) bool { return x <= 1.3 }},
+		{"minions exec vm true (median of 9)", "ms", "(info)", "exec-ratio", medF(lo.exec), medF(re.exec), medF(na.exec), func(float64) bool { return true }},
+		{"scp 32 MiB up (median of 3)", "MiB/s", "≥ 0.8", "scp-up-ratio", medF(lo.up), medF(re.up), medF(na.up), func(x float64) bool { return x >= 0.8 }},
+		{"scp 32 MiB down (median of 3)", "MiB/s", "≥ 0.8", "scp-down-ratio", medF(lo.down), medF(re.down), medF(na.down), func(x float64) bool { return x >= 0.8 }},
+		{"proxied req/s, 4 conns (median of 3)", "req/s", "≥ 0.8", "proxy-ratio", medF(lo.rps), medF(re.rps), medF(na.rps), func(x float64) bool { return x >= 0.8 }},
 	}
 	var tb strings.Builder
-	fmt.Fprintf(&tb, "\n%-38s %12s %12s %8s %8s  %s\n", "BenchmarkMultiHost", "local (cp)", "remote (n1)", "ratio", "target", "")
+	fmt.Fprintf(&tb, "\n%-38s %12s %12s %8s %8s  %-6s", "BenchmarkMultiHost", "local (cp)", "remote (n1)", "ratio", "target", "")
+	if withNATS {
+		fmt.Fprintf(&tb, " %12s %8s", "n2 NATS only", "ratio")
+	}
+	fmt.Fprintln(&tb)
 	for _, row := range rows {
 		if row.l == 0 {
 			fmt.Fprintf(&tb, "%-38s %s\n", row.what, "not measured: "+noProxy)
@@ -156,7 +188,12 @@ func BenchmarkMultiHost(b *testing.B) {
 		if !row.ok(ratio) {
 			verdict = "MISSED"
 		}
-		fmt.Fprintf(&tb, "%-38s %8.1f %-5s %8.1f %-5s %6.2f %8s  %s\n", row.what, row.l, row.unit, row.r, row.unit, ratio, row.target, verdict)
+		fmt.Fprintf(&tb, "%-38s %8.1f %-5s %8.1f %-5s %6.2f %8s  %-6s", row.what, row.l, row.unit, row.r, row.unit, ratio, row.target, verdict)
+		if withNATS {
+			fmt.Fprintf(&tb, " %8.1f %-5s %6.2f", row.n, row.unit, row.n/row.l)
+			b.ReportMetric(row.n/row.l, "nats-"+row.metric)
+		}
+		fmt.Fprintln(&tb)
 		b.ReportMetric(ratio, row.metric)
 	}
 	fmt.Fprint(os.Stderr, tb.String())

@@ -399,7 +399,7 @@ func (c *mhCluster) joinSupportsNoSystemd(t testing.TB) bool {
 
 // join adds node h on the cp and runs the printed join command on h in
 // the background; it returns the join command as printed.
-func (c *mhCluster) join(t testing.TB, h *mhHost, noSystemd bool) string {
+func (c *mhCluster) join(t testing.TB, h *mhHost, noSystemd bool, extra ...string) string {
 	t.Helper()
 	var inv struct {
 		Token   string `json:"token"`
@@ -414,7 +414,7 @@ func (c *mhCluster) join(t testing.TB, h *mhHost, noSystemd bool) string {
 	if noSystemd {
 		args = append(args, "--no-systemd")
 	}
-	c.startNode(t, h, args...)
+	c.startNode(t, h, append(args, extra...)...)
 	return inv.Command
 }
 
