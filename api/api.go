@@ -444,6 +444,13 @@ func (h *handler) table() []route {
 			}
 			return s.Copy(ctx, c, name(r), req, p)
 		}),
+		long("/v1/vms/{name}/fork", func(ctx context.Context, c service.Caller, r *http.Request, p service.Progress) (any, error) {
+			var req service.ForkRequest
+			if err := decode(r, &req); err != nil {
+				return nil, err
+			}
+			return s.Fork(ctx, c, name(r), req, p)
+		}),
 		get("/v1/ssh-keys", func(ctx context.Context, c service.Caller, r *http.Request) (any, error) {
 			return s.ListSSHKeys(ctx, c)
 		}),

@@ -145,6 +145,10 @@ func TestAuthorization(t *testing.T) {
 			want: want{ok, ok, nf, anon}, fresh: true},
 		{method: "POST", path: "/v1/vms/web/copy", body: func(role string, _ map[string]string) any { return service.CopyRequest{Name: "copy-" + role} },
 			want: want{ok, ok, nf, anon}},
+		// A fork re-identifies the fixture's one shared agent (a new agent
+		// key): a fresh fixture each time.
+		{method: "POST", path: "/v1/vms/web/fork", body: func(role string, _ map[string]string) any { return service.ForkRequest{Name: "fork-" + role} },
+			want: want{ok, ok, nf, anon}, fresh: true},
 		// Operations (api/ops.go): the restart policy is the owner's; each
 		// caller reads only the events of VMs they may see.
 		{method: "PATCH", path: "/v1/vms/web", body: func(string, map[string]string) any { return api.UpdateRequest{Restart: "no"} },

@@ -281,6 +281,12 @@ func (c *Client) Copy(ctx context.Context, name string, req service.CopyRequest,
 	return v, c.long(ctx, vmPath(name, "copy"), req, p, &v)
 }
 
+// Fork clones a running VM with its memory (POST /v1/vms/{name}/fork).
+func (c *Client) Fork(ctx context.Context, name string, req service.ForkRequest, p service.Progress) (service.VM, error) {
+	var v service.VM
+	return v, c.long(ctx, vmPath(name, "fork"), req, p, &v)
+}
+
 // SSHKeyChallenge asks for a nonce to sign with a key to add.
 func (c *Client) SSHKeyChallenge(ctx context.Context) (service.KeyChallenge, error) {
 	return call[service.KeyChallenge](ctx, c, http.MethodPost, "/v1/ssh-keys/challenge", nil)

@@ -153,6 +153,15 @@ func (d *agentDriver) Restore(ctx context.Context, spec hypervisor.Spec, dir str
 	return d.serve(h)
 }
 
+// RestoreCopy starts a fork with the (shared) agent, like Restore.
+func (d *agentDriver) RestoreCopy(ctx context.Context, spec hypervisor.Spec, dir string) (*hypervisor.Handle, error) {
+	h, err := d.Driver.RestoreCopy(ctx, spec, dir)
+	if err != nil {
+		return nil, err
+	}
+	return d.serve(h)
+}
+
 func (d *agentDriver) Shutdown(ctx context.Context, h *hypervisor.Handle, timeout time.Duration) error {
 	d.unserve(h)
 	return d.Driver.Shutdown(ctx, h, timeout)

@@ -22,7 +22,7 @@ func FuzzDecode(f *testing.F) {
 	f.Fuzz(func(t *testing.T, b []byte) {
 		for _, newV := range []func() any{
 			func() any { return &service.CreateRequest{} }, func() any { return &service.ResizeRequest{} },
-			func() any { return &service.CopyRequest{} }, func() any { return &service.SnapshotRequest{} },
+			func() any { return &service.CopyRequest{} }, func() any { return &service.SnapshotRequest{} }, func() any { return &service.ForkRequest{} },
 			func() any { return &service.Quota{} }, func() any { return &RenameRequest{} }, func() any { return &SSHKeyRequest{} },
 			func() any { return &UserRequest{} }, func() any { return &TokenRequest{} }, func() any { return &ExecSpec{} },
 		} {

@@ -106,6 +106,16 @@ func lifeCommands() []*Command {
 					return be.Copy(ctx, x.Args[0], req, p)
 				})
 			}},
+		{Name: "fork", Usage: "NAME [NEW-NAME]", Summary: "Clone a running VM with its memory: the copy runs the same processes with its own identity", MinArgs: 1, MaxArgs: 2,
+			Run: func(ctx context.Context, x *Ctx) error {
+				var req service.ForkRequest
+				if len(x.Args) > 1 {
+					req.Name = x.Args[1]
+				}
+				return x.lifecycle(ctx, "fork", func(be service.Backend, p service.Progress) (service.VM, error) {
+					return be.Fork(ctx, x.Args[0], req, p)
+				})
+			}},
 	}
 }
 

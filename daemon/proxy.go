@@ -131,7 +131,7 @@ func newProxyLogs(ctx context.Context, cfg config.Config, e *Installation, log, 
 		PublicHTTPSPort: ep.HTTPSPort, PublicHTTPPort: ep.HTTPPort,
 		Staging: cfg.ACMEStaging, ACMEEmail: cfg.ACMEEmail, StorageDir: filepath.Join(paths.State, "certs"),
 		Secret: secret, Resolver: resolver(ep.DNSResolver), RatePerSecond: cfg.ProxyRate, Burst: cfg.ProxyBurst, MaxConns: cfg.ProxyMaxConns,
-		Log: log.With("component", "proxy"), AccessLog: access}
+		Log: log.With("component", "proxy"), AccessLog: access, DialVM: e.Service.DialWeb}
 	if pc.HTTPBind == "" {
 		// With a domain and no plain listener: no HTTP-01 and no
 		// redirects, TLS-ALPN-01 only. Validation still wants an address.

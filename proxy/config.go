@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"cmp"
+	"context"
 	"crypto/x509"
 	"fmt"
 	"log/slog"
@@ -109,6 +110,12 @@ type Config struct {
 	UpstreamHeaderTimeout time.Duration
 	// DialTimeout bounds connecting to a VM (default 5s).
 	DialTimeout time.Duration
+
+	// DialVM connects to port of VM id for an upstream named
+	// "<id>.vm.minions.invalid:<port>" (VMUpstreamHost): a VM on another
+	// host, reached through its node (service.DialWeb). Nil: such
+	// upstreams fail.
+	DialVM func(ctx context.Context, id string, port int) (net.Conn, error)
 	// ShutdownTimeout bounds graceful shutdown in Run (default 10s).
 	ShutdownTimeout time.Duration
 

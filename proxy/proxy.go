@@ -78,7 +78,18 @@ func New(cfg Config, routes Routes, domains Domains) (*Proxy, error) {
 
 	dialer := &net.Dialer{Timeout: cfg.DialTimeout, KeepAlive: 30 * time.Second}
 	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
-		c, err := dialer.DialContext(ctx, network, addr)
+		var c net.Conn
+		var err error
+		if id, port, ok := ParseVMUpstream(addr); ok {
+			if cfg.DialVM == nil {
+				return nil, fmt.Errorf("upstream %s: a vm on another host, and this proxy cannot reach one", addr)
+			}
+			dctx, cancel := context.WithTimeout(ctx, cfg.DialTimeout)
+			c, err = cfg.DialVM(dctx, id, port)
+			cancel()
+		} else {
+			c, err = dialer.DialContext(ctx, network, addr)
+		}
 		if err != nil {
 			return nil, err
 		}
@@ -410,4 +421,25 @@ func (s *connSet) closeAll() {
 	for _, c := range conns {
 		_ = c.Close()
 	}
+}
+
+// vmUpstreamSuffix names an upstream that is not an address here: a VM
+// on another host (see Config.DialVM).
+const vmUpstreamSuffix = ".vm.minions.invalid"
+
+// VMUpstreamHost is the upstream host name of VM id on another host.
+func VMUpstreamHost(id string) string { return id + vmUpstreamSuffix }
+
+// ParseVMUpstream reads "<id>.vm.minions.invalid:<port>".
+func ParseVMUpstream(addr string) (id string, port int, ok bool) {
+	host, p, err := net.SplitHostPort(addr)
+	if err != nil || !strings.HasSuffix(host, vmUpstreamSuffix) {
+		return "", 0, false
+	}
+	id = strings.TrimSuffix(host, vmUpstreamSuffix)
+	port, err = strconv.Atoi(p)
+	if err != nil || id == "" || port < 1 || port > 65535 {
+		return "", 0, false
+	}
+	return id, port, true
 }

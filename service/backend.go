@@ -60,6 +60,8 @@ type VMBackend interface {
 	Resize(ctx context.Context, name string, req ResizeRequest) (VM, error)
 	Rename(ctx context.Context, name, newName string) (VM, error)
 	Copy(ctx context.Context, name string, req CopyRequest, progress Progress) (VM, error)
+	// Fork clones a running VM with its memory (see Service.Fork).
+	Fork(ctx context.Context, name string, req ForkRequest, progress Progress) (VM, error)
 }
 
 // GuestBackend are the streams into a running VM: commands (and interactive

@@ -22,13 +22,17 @@ func (c *common) vmKeys(v *service.VM) []key.Binding {
 	case StatusStopped, StatusError:
 		out = append(out, k.Start)
 	}
-	return append(out, k.Resize, k.Snapshots, k.Rename, k.Copy, k.Destroy)
+	out = append(out, k.Resize, k.Snapshots, k.Rename, k.Copy)
+	if v.Status == StatusRunning {
+		out = append(out, k.Fork)
+	}
+	return append(out, k.Destroy)
 }
 
 // vmHelp groups every VM action for the help page.
 func (c *common) vmHelp() []key.Binding {
 	k := c.keys
-	return []key.Binding{k.Create, k.Start, k.Stop, k.Restart, k.Console, k.Resize, k.Snapshots, k.Rename, k.Copy, k.Destroy}
+	return []key.Binding{k.Create, k.Start, k.Stop, k.Restart, k.Console, k.Resize, k.Snapshots, k.Rename, k.Copy, k.Fork, k.Destroy}
 }
 
 // vmAction maps an action key on v (nil: no VM selected) to its command.
@@ -74,6 +78,13 @@ func (c *common) vmAction(msg tea.KeyMsg, v *service.VM) (tea.Cmd, bool) {
 			return tea.Sequence(status("copying "+name+" to "+nn+"…"), func() tea.Msg {
 				_, err := b.Copy(c.ctx, name, service.CopyRequest{Name: nn}, nil)
 				return opDoneMsg{verb: "copy", name: name, to: nn, err: err}
+			})
+		})), true
+	case key.Matches(msg, k.Fork) && running:
+		return c.open(newPromptPage(c, "fork", "Fork "+name+" (a running copy with its own identity)", "New name", name+"-fork", func(nn string) tea.Cmd {
+			return tea.Batch(status("forking "+name+" to "+nn+"…"), func() tea.Msg {
+				_, err := b.Fork(c.ctx, name, service.ForkRequest{Name: nn}, nil)
+				return opDoneMsg{verb: "fork", name: name, to: nn, err: err}
 			})
 		})), true
 	case key.Matches(msg, k.Destroy):

@@ -17,6 +17,7 @@ type KeyMap struct {
 	Create, Start, Stop, Restart key.Binding
 	Resize, Snapshots, Rename    key.Binding
 	Copy, Destroy, Console       key.Binding
+	Fork                         key.Binding // running VMs only
 
 	// Forms and dialogs.
 	NextField, PrevField, Submit key.Binding
@@ -86,6 +87,7 @@ func DefaultKeyMap() KeyMap {
 		Snapshots: b([]string{"p"}, "p", "snapshots"),
 		Rename:    b([]string{"e"}, "e", "rename"),
 		Copy:      b([]string{"y"}, "y", "copy"),
+		Fork:      b([]string{"f"}, "f", "fork"),
 		Destroy:   b([]string{"d"}, "d", "destroy"),
 		Console:   b([]string{"t"}, "t", "console (ctrl+] back)"),
 

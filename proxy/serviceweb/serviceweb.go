@@ -6,6 +6,8 @@ package serviceweb
 
 import (
 	"context"
+	"net"
+	"strings"
 	"time"
 
 	"github.com/minionsdev/minions/internal/errs"
@@ -37,7 +39,13 @@ func (r Routes) Route(ctx context.Context, host string) (proxy.Route, error) {
 	if errs.ClassOf(err) == errs.NotFound {
 		return proxy.Route{}, errs.New(errs.NotFound, "no vm serves %s", host)
 	}
-	return proxy.Route(wr), err
+	rt := proxy.Route(wr)
+	// A VM on another host has no address here ("@"+id in the control
+	// plane's row): the proxy reaches it through its node (Config.DialVM).
+	if h, port, e := net.SplitHostPort(rt.Upstream); e == nil && strings.HasPrefix(h, "@") {
+		rt.Upstream = net.JoinHostPort(proxy.VMUpstreamHost(rt.VMID), port)
+	}
+	return rt, err
 }
 
 // AllowCertificate implements proxy.Domains.

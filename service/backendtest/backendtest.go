@@ -185,6 +185,7 @@ func testAuthorization(t *testing.T, ctx context.Context, open Open) {
 		"rename": func() error { _, err := other.Rename(ctx, "web", "mine"); return err },
 		"resize": func() error { _, err := other.Resize(ctx, "web", service.ResizeRequest{CPUs: 2}); return err },
 		"copy":   func() error { _, err := other.Copy(ctx, "web", service.CopyRequest{Name: "mine"}, nil); return err },
+		"fork":   func() error { _, err := other.Fork(ctx, "web", service.ForkRequest{Name: "mine"}, nil); return err },
 		"snap": func() error {
 			_, err := other.CreateSnapshot(ctx, "web", service.SnapshotRequest{Name: "x"}, nil)
 			return err

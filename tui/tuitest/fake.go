@@ -570,6 +570,28 @@ func (f *Fake) Copy(ctx context.Context, name string, req service.CopyRequest, _
 	return f.addLocked(v), nil
 }
 
+// Fork implements service.Backend: a running copy of a running VM
+// (recorded as "Fork vm new-name").
+func (f *Fake) Fork(ctx context.Context, name string, req service.ForkRequest, _ service.Progress) (service.VM, error) {
+	newName := req.Name
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	s, err := f.begin("Fork", name, true)
+	if err != nil {
+		return service.VM{}, err
+	}
+	f.calls[len(f.calls)-1] += " " + newName
+	if s.vm.Status != tui.StatusRunning {
+		return service.VM{}, errs.New(errs.FailedPrecondition, "fork needs a running vm; %s is %s", name, s.vm.Status)
+	}
+	if f.byName(newName) != nil {
+		return service.VM{}, errs.New(errs.AlreadyExists, "vm %q", newName)
+	}
+	v := s.vm
+	v.ID, v.IP, v.Name, v.StartedAt, v.CreatedAt = "", "", newName, f.Now(), f.Now()
+	return f.addLocked(v), nil
+}
+
 // Exec implements service.Backend for interactive shells only (the
 // dashboard's console; recorded as "Console vm"): a tiny line-oriented
 // shell that echoes what is typed (the terminal is raw) and understands

@@ -123,13 +123,15 @@ func (l *Local) recoverOp(ctx context.Context, o store.Operation) {
 	defer unlock()
 	l.log.Warn("recovering interrupted operation", "op", o.ID, "kind", o.Kind, "step", o.Step, "vm_id", o.VMID)
 	switch o.Kind {
-	case "create", "copy":
+	case "create", "copy", "fork":
 		// A half-made VM is removed: everything it had hangs off its ID.
 		if v, err := store.GetLocalVMByID(ctx, l.DB, o.VMID); err == nil && v.State == vm.Creating {
 			l.purge(ctx, o.VMID)
 		} else if err != nil {
 			l.purge(ctx, o.VMID)
 		}
+	case opForkSource:
+		l.resumeForkSource(ctx, o.VMID)
 	default:
 		if v, err := store.GetLocalVMByID(ctx, l.DB, o.VMID); err == nil {
 			l.reconcileVM(ctx, &v)

@@ -50,6 +50,7 @@ func Run(t *testing.T, f Fixture) {
 		{"FailedStartLeavesNothing", s.failedStart},
 		{"HandleReload", s.handleReload},
 		{"SaveRestore", s.saveRestore},
+		{"Fork", s.fork},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), f.Timeout)
@@ -339,4 +340,64 @@ func (s *suite) saveRestore(t *testing.T, ctx context.Context) {
 		t.Fatal("Restore with twice the memory succeeded")
 	}
 	wantClean(t, spec.RunDir)
+}
+
+// fork: a running VM saved for a copy (hypervisor.Forker) is paused, runs
+// on when resumed, and a copy with another ID, run dir and MAC starts from
+// the saved state while the source runs; a copy of another shape is
+// refused and leaves nothing.
+func (s *suite) fork(t *testing.T, ctx context.Context) {
+	d := s.d()
+	fk, ok := d.(hypervisor.Forker)
+	if !ok || !d.Caps().MemorySnapshot {
+		t.Skip("driver cannot fork on this host")
+	}
+	spec := s.f.NewSpec(t)
+	h := s.start(t, ctx, spec)
+	s.guestRunning(t, ctx, spec, h)
+	dir := t.TempDir()
+	if err := fk.SaveCopy(ctx, h, dir); err != nil {
+		t.Fatalf("SaveCopy: %v", err)
+	}
+	s.wantInfo(t, ctx, h, spec, hypervisor.StatePaused)
+	if err := d.Resume(ctx, h); err != nil {
+		t.Fatal(err)
+	}
+	s.wantInfo(t, ctx, h, spec, hypervisor.StateRunning)
+
+	cp := s.f.NewSpec(t)
+	cp.ID = "f0" + spec.ID[2:]
+	if cp.Net != nil {
+		n := *cp.Net
+		n.MAC = "02:00:00:0f:0f:0f"
+		cp.Net = &n
+	}
+	bad := cp
+	bad.CPUs++
+	if r, err := fk.RestoreCopy(ctx, bad, dir); err == nil {
+		s.cleanup(t, r)
+		t.Fatal("RestoreCopy with another cpu count succeeded")
+	}
+	wantClean(t, cp.RunDir)
+	// The copy's console starts as the source's did (guest checks that
+	// read the console look for what the source printed before the save).
+	if b, err := os.ReadFile(spec.ConsoleLog); err == nil {
+		os.WriteFile(cp.ConsoleLog, b, 0o600)
+	}
+	r, err := fk.RestoreCopy(ctx, cp, dir)
+	if err != nil {
+		t.Fatalf("RestoreCopy: %v", err)
+	}
+	s.cleanup(t, r)
+	if !d.Alive(r) || !d.Alive(h) {
+		t.Fatalf("alive: copy %v, source %v", d.Alive(r), d.Alive(h))
+	}
+	s.wantInfo(t, ctx, r, cp, hypervisor.StateRunning)
+	s.guestRunning(t, ctx, cp, r)
+	s.guestRunning(t, ctx, spec, h)
+	if err := d.Kill(ctx, r); err != nil {
+		t.Fatal(err)
+	}
+	wantClean(t, cp.RunDir)
+	s.wantInfo(t, ctx, h, spec, hypervisor.StateRunning)
 }

@@ -347,6 +347,19 @@ func (d *Driver) Restore(ctx context.Context, spec hypervisor.Spec, dir string) 
 	return h, d.record(OpRestore, pidOf(h), err)
 }
 
+var _ hypervisor.Forker = (*Driver)(nil)
+
+// SaveCopy is SaveState (recorded as OpSaveState).
+func (d *Driver) SaveCopy(ctx context.Context, h *hypervisor.Handle, dir string) error {
+	return d.SaveState(ctx, h, dir)
+}
+
+// RestoreCopy starts another running VM from dir (a fork); it is Restore
+// (the fake keeps no MAC or CID in its state), recorded as OpRestore.
+func (d *Driver) RestoreCopy(ctx context.Context, spec hypervisor.Spec, dir string) (*hypervisor.Handle, error) {
+	return d.Restore(ctx, spec, dir)
+}
+
 func (d *Driver) restore(spec hypervisor.Spec, dir string) (*hypervisor.Handle, error) {
 	b, err := os.ReadFile(filepath.Join(dir, StateFile))
 	if errors.Is(err, os.ErrNotExist) {

@@ -41,13 +41,23 @@ type savedState struct {
 // that was running is resumed. Disks are not copied: pair the state with a
 // copy of the VM's disks taken while it is paused.
 func (d *Driver) SaveState(ctx context.Context, h *hypervisor.Handle, dir string) error {
-	if err := d.saveState(ctx, h, dir); err != nil {
+	if err := d.saveState(ctx, h, dir, true); err != nil {
 		return fmt.Errorf("save vm state: %w", err)
 	}
 	return nil
 }
 
-func (d *Driver) saveState(ctx context.Context, h *hypervisor.Handle, dir string) (err error) {
+// SaveCopy is SaveState for a fork (see hypervisor.Forker): the same
+// files, not flushed to stable storage, since a copy is started from them
+// at once and they are removed after.
+func (d *Driver) SaveCopy(ctx context.Context, h *hypervisor.Handle, dir string) error {
+	if err := d.saveState(ctx, h, dir, false); err != nil {
+		return fmt.Errorf("save vm state for a copy: %w", err)
+	}
+	return nil
+}
+
+func (d *Driver) saveState(ctx context.Context, h *hypervisor.Handle, dir string, durable bool) (err error) {
 	if err := checkHandle(h); err != nil {
 		return err
 	}
@@ -104,8 +114,10 @@ func (d *Driver) saveState(ctx context.Context, h *hypervisor.Handle, dir string
 	if err := waitMigration(ctx, h, c); err != nil {
 		return err
 	}
-	if err := f.Sync(); err != nil {
-		return err
+	if durable {
+		if err := f.Sync(); err != nil {
+			return err
+		}
 	}
 	if err := os.Rename(tmp, mem); err != nil {
 		return err
@@ -164,14 +176,29 @@ func waitMigration(ctx context.Context, h *hypervisor.Handle, c *qmp.Client) err
 // agent channel kind, else errs.FailedPrecondition. A missing state is an
 // errs.NotFound. On failure nothing is left running.
 func (d *Driver) Restore(ctx context.Context, spec hypervisor.Spec, dir string) (*hypervisor.Handle, error) {
-	h, err := d.restore(ctx, spec, dir)
+	h, err := d.restore(ctx, spec, dir, false)
 	if err != nil {
 		return nil, fmt.Errorf("restore vm %s: %w", spec.ID, err)
 	}
 	return h, nil
 }
 
-func (d *Driver) restore(ctx context.Context, spec hypervisor.Spec, dir string) (*hypervisor.Handle, error) {
+var _ hypervisor.Forker = (*Driver)(nil)
+
+// RestoreCopy starts another VM from dir (written by SaveState of a
+// running VM, the fork's source) and resumes it (see hypervisor.Forker).
+// Unlike Restore, the spec's MAC and vsock CID may differ from the saved
+// machine's, and the spec's kernel command line is the copy's own (a
+// reboot of the copy reads it from fw_cfg, which is not migrated).
+func (d *Driver) RestoreCopy(ctx context.Context, spec hypervisor.Spec, dir string) (*hypervisor.Handle, error) {
+	h, err := d.restore(ctx, spec, dir, true)
+	if err != nil {
+		return nil, fmt.Errorf("restore copy vm %s: %w", spec.ID, err)
+	}
+	return h, nil
+}
+
+func (d *Driver) restore(ctx context.Context, spec hypervisor.Spec, dir string, asCopy bool) (*hypervisor.Handle, error) {
 	b, err := os.ReadFile(filepath.Join(dir, StateConfigFile))
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, errs.New(errs.NotFound, "no saved state in %s", dir)
@@ -194,10 +221,16 @@ func (d *Driver) restore(ctx context.Context, spec hypervisor.Spec, dir string) 
 	if err != nil {
 		return nil, err
 	}
-	if err := compatible(saved.Machine, m); err != nil {
+	check := compatible
+	if asCopy {
+		check = copyCompatible
+	}
+	if err := check(saved.Machine, m); err != nil {
 		return nil, errs.New(errs.FailedPrecondition, "saved state does not fit the spec: %w", err)
 	}
-	m.Cmdline = saved.Machine.Cmdline
+	if !asCopy {
+		m.Cmdline = saved.Machine.Cmdline
+	}
 	m.MemBackendRAM = saved.Machine.MemFile != "" || saved.Machine.MemBackendRAM // a clone's RAM block name
 	m.Incoming = mem
 	start := time.Now()
@@ -236,4 +269,17 @@ func compatible(old, m machine) error {
 		}
 	}
 	return nil
+}
+
+// copyCompatible is compatible without what a copy of the saved VM has of
+// its own: its MAC (the guest agent moves the guest to the new one) and its
+// vsock CID.
+func copyCompatible(old, m machine) error {
+	if old.Net != nil && m.Net != nil {
+		n := *old.Net
+		n.MAC = m.Net.MAC
+		old.Net = &n
+	}
+	old.VsockCID = m.VsockCID
+	return compatible(old, m)
 }

@@ -1,0 +1,304 @@
+package engine
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/minionsdev/minions/guestagent/proto"
+	"github.com/minionsdev/minions/internal/errs"
+	"github.com/minionsdev/minions/store"
+	"github.com/minionsdev/minions/vm"
+	"github.com/minionsdev/minions/vm/consolelog"
+	"github.com/minionsdev/minions/vm/hypervisor"
+	"github.com/minionsdev/minions/vsockcli"
+	"golang.org/x/crypto/ssh"
+)
+
+// Forker is implemented by engines that can fork a running instance
+// (Local). It is not part of Engine yet: nodeagent.Remote does not carry
+// it, so the control plane type-asserts its engine to it.
+type Forker interface {
+	// Fork makes a new instance that runs the same processes as the
+	// running instance srcID, from its memory saved at one paused instant,
+	// with a copy-on-write copy of its disk taken at that instant, and an
+	// identity of its own (see ForkSpec). The source is paused while its
+	// memory and disk are saved and then runs on. spec.ID must be unused.
+	// A failure removes everything that hangs off spec.ID and leaves the
+	// source running.
+	Fork(ctx context.Context, srcID string, spec ForkSpec, progress Progress) (Instance, error)
+}
+
+var _ Forker = (*Local)(nil)
+
+// ForkSpec asks for a fork. The fork has the source's image, size and
+// port; everything else is its own.
+type ForkSpec struct {
+	// ID is the fork's ID (vm.NewID).
+	ID string `json:"id"`
+	// Name is the fork's unique, mutable label (vm.ValidName).
+	Name string `json:"name"`
+	// Owner is the opaque owner tag stored with the fork (see CreateSpec).
+	Owner string `json:"owner,omitempty"`
+	// AuthorizedKeys replace root's authorized_keys in the fork.
+	AuthorizedKeys []string `json:"authorized_keys,omitempty"`
+}
+
+// forkStateDir is where the source's saved state lives during a fork: in
+// the fork's own directory, so a failed fork's purge removes it.
+func (l *Local) forkStateDir(forkID string) string {
+	return filepath.Join(l.vmDir(forkID), "fork-state")
+}
+
+// Fork implements Forker. The steps (also the progress lines): allocate
+// (the fork's record, address, MAC, admission), "save memory" (the source
+// paused, its RAM and device state written), "copy disk" (a copy of the
+// source's qcow2 overlay on the same backing image, taken while paused),
+// "resume source", "network", "restore" (the fork's hypervisor from the
+// saved state, with its own TAP, MAC and kernel command line), "agent",
+// "reidentify" (RNG reseed, clock, hostname, machine-id, host keys, the
+// owner's keys, a new agent key, MAC, address and route, as for a warm
+// clone).
+//
+// The source's memory is saved stop-and-copy (QMP stop, then migrate to a
+// file), not by a live pre-copy: under TCG a live pre-copy that converges
+// while the guest runs gave forks that crashed.
+func (l *Local) Fork(ctx context.Context, srcID string, spec ForkSpec, progress Progress) (Instance, error) {
+	if !vm.IsID(spec.ID) {
+		return Instance{}, errs.New(errs.InvalidArgument, "invalid vm id %q", spec.ID)
+	}
+	if err := vm.ValidName("vm", spec.Name); err != nil {
+		return Instance{}, err
+	}
+	for _, k := range spec.AuthorizedKeys {
+		if _, _, _, _, err := ssh.ParseAuthorizedKey([]byte(k)); err != nil {
+			return Instance{}, errs.New(errs.InvalidArgument, "invalid ssh public key %.40q: %v", k, err)
+		}
+	}
+	fk, ok := l.Driver.(hypervisor.Forker)
+	if !ok || !l.Driver.Caps().MemorySnapshot {
+		return Instance{}, errs.New(errs.FailedPrecondition, "the %s driver cannot fork a running vm", l.Driver.Name())
+	}
+	src, err := l.load(ctx, srcID)
+	if err != nil {
+		return Instance{}, err
+	}
+	if src.State != vm.Running {
+		return Instance{}, errs.New(errs.FailedPrecondition, "fork needs a running vm; %s is %s", src.Name, src.State)
+	}
+	row := store.VM{ID: spec.ID, Name: spec.Name, OwnerID: spec.Owner, Image: src.Image, CPUs: src.CPUs,
+		MemoryMiB: src.MemoryMiB, DiskGiB: src.DiskGiB, Port: src.Port}
+	return l.newVM(ctx, row, "fork", progress, func(o *op, row store.VM) (store.VM, error) {
+		return l.forkSteps(ctx, o, fk, src.ID, row, spec, progress)
+	})
+}
+
+func (l *Local) forkSteps(ctx context.Context, o *op, fk hypervisor.Forker, srcID string, row store.VM, spec ForkSpec, progress Progress) (store.VM, error) {
+	if err := os.MkdirAll(l.vmDir(row.ID), 0o700); err != nil {
+		return row, err
+	}
+	state := l.forkStateDir(row.ID)
+	// The saved memory is as large as the guest's RAM and is not needed
+	// once the fork runs (or failed: purge removes the whole directory).
+	defer os.RemoveAll(state)
+	src, err := l.saveForkSource(ctx, o, fk, srcID, row, state, progress)
+	if err != nil {
+		return row, err
+	}
+	return l.startFork(ctx, o, fk, src, row, spec, state, progress)
+}
+
+// saveForkSource saves the running source's memory and a copy of its disk
+// at one paused instant, under the source's lock, and resumes it whatever
+// happened. It returns the source's record.
+func (l *Local) saveForkSource(ctx context.Context, o *op, fk hypervisor.Forker, srcID string, row store.VM, state string, progress Progress) (store.VM, error) {
+	unlock, err := l.lockVM(ctx, srcID)
+	if err != nil {
+		return store.VM{}, err
+	}
+	defer unlock()
+	src, err := l.load(ctx, srcID)
+	if err != nil {
+		return src, err
+	}
+	l.reconcileVM(ctx, &src)
+	if src.State != vm.Running {
+		return src, errs.New(errs.FailedPrecondition, "fork needs a running vm; %s is %s", src.Name, src.State)
+	}
+	h, _ := DecodeHandle(src.Handle)
+	if h == nil {
+		return src, errs.New(errs.FailedPrecondition, "vm %s has no hypervisor handle", src.Name)
+	}
+	if info, err := os.Stat(l.diskPath(src.ID)); err == nil {
+		if err := l.checkFreeSpace("fork vm "+src.Name, int64(src.MemoryMiB)<<20+info.Size()+ReserveBytes); err != nil {
+			return src, err
+		}
+	}
+	// The source's own durable record: a fork that dies with the source
+	// paused is found by Reconcile, which resumes it.
+	so, err := l.beginOp(ctx, src.ID, opForkSource)
+	if err != nil {
+		return src, err
+	}
+	progress.Say("save memory")
+	o.step(ctx, "save memory", nil)
+	so.step(ctx, "save memory", map[string]any{"fork": row.ID})
+	paused := time.Now()
+	err = fk.SaveCopy(ctx, h, state)
+	if err == nil {
+		progress.Say("copy disk")
+		o.step(ctx, "copy disk", nil)
+		err = l.Disks.Clone(ctx, l.diskPath(src.ID), l.diskPath(row.ID))
+	}
+	progress.Say("resume source")
+	o.step(ctx, "resume source", nil)
+	if rerr := l.Driver.Resume(context.WithoutCancel(ctx), h); rerr != nil && err == nil {
+		err = fmt.Errorf("resume source vm %s: %w", src.Name, rerr)
+	}
+	so.finish(ctx, err)
+	if err == nil {
+		// In the background: the fork need not wait for it.
+		l.bg.Add(1)
+		go func() {
+			defer l.bg.Done()
+			l.stepClock(context.WithoutCancel(ctx), src)
+		}()
+	}
+	l.log.Info("fork source saved", "vm_id", src.ID, "fork_id", row.ID, "paused_ms", time.Since(paused).Milliseconds(), "err", err)
+	if err != nil {
+		return src, fmt.Errorf("save source vm %s: %w", src.Name, err)
+	}
+	return src, nil
+}
+
+// opForkSource is the kind of the source's operation during a fork.
+const opForkSource = "fork-source"
+
+// startFork starts the fork from the saved state and re-identifies it.
+func (l *Local) startFork(ctx context.Context, o *op, fk hypervisor.Forker, src, row store.VM, spec ForkSpec, state string, progress Progress) (store.VM, error) {
+	var u undo
+	defer u.run()
+	img, err := l.Images.Resolve(ctx, row.Image)
+	if err != nil {
+		return row, fmt.Errorf("image of vm %s: %w", src.Name, err)
+	}
+	ip, err := netip.ParseAddr(row.IP)
+	if err != nil {
+		return row, err
+	}
+	progress.Say("network")
+	o.step(ctx, "network", nil)
+	tap := tapName(row.ID)
+	if err := l.Network.AddPort(ctx, tap, ip, row.MAC); err != nil {
+		return row, fmt.Errorf("network: %w", err)
+	}
+	u.push(func() { l.Network.RemovePort(context.Background(), tap) })
+	progress.Say("restore")
+	o.step(ctx, "boot", nil)
+	run := l.runDir(row.ID)
+	os.RemoveAll(run)
+	if err := os.MkdirAll(run, 0o700); err != nil {
+		return row, err
+	}
+	u.push(func() { os.RemoveAll(run) })
+	start := time.Now()
+	hs := l.spec(row, img, run, ip)
+	console := consolelog.NewFollowerFromEnd(hs.ConsoleLog)
+	h, err := fk.RestoreCopy(ctx, hs, state)
+	if err != nil {
+		console.Close()
+		return row, fmt.Errorf("restore: %w", err)
+	}
+	u.push(func() { l.Driver.Kill(context.Background(), h) })
+	restored := time.Now()
+	o.step(ctx, "agent", map[string]any{"handle": h})
+	row.Handle = EncodeHandle(h)
+	if err := store.UpdateVM(ctx, l.DB, row); err != nil {
+		console.Close()
+		return row, err
+	}
+	progress.Say("agent")
+	// The fork's agent is the source's until re-identified: its key is
+	// the source's pinned one.
+	cl, err := l.waitReady(ctx, console, h.Agent, l.agentConfig(src.AgentKey, nil))
+	if err != nil {
+		if ctx.Err() != nil {
+			return row, ctx.Err()
+		}
+		return row, l.notReady(row.Name, row.ID, err)
+	}
+	defer cl.Close()
+	pctx, cancel := context.WithTimeout(ctx, l.cfg.ReadyTimeout)
+	defer cancel()
+	progress.Say("reidentify")
+	o.step(ctx, "reidentify", nil)
+	ready := time.Now()
+	id := vsockcli.Identity{Hostname: row.Name, MachineID: vsockcli.NewMachineID(), MAC: row.MAC,
+		IP: netip.PrefixFrom(ip, l.cfg.Subnet.Bits()), Gateway: l.cfg.Gateway, AuthorizedKeys: spec.AuthorizedKeys}
+	if dns, err := netip.ParseAddr(l.cfg.DNS); err == nil {
+		id.DNS = dns
+	}
+	r, err := cl.Reidentify(pctx, id)
+	if err != nil {
+		return row, fmt.Errorf("re-identify guest: %w", err)
+	}
+	if r.AgentHostKey == nil {
+		return row, errs.New(errs.Unavailable, "re-identify guest: no new agent host key")
+	}
+	// As for a warm clone: a second, small call brings the clock within a
+	// round trip of the host's.
+	now := time.Now().UnixNano()
+	if err := cl.Configure(pctx, proto.Configure{TimeUnixNano: &now}); err != nil {
+		return row, fmt.Errorf("set guest clock: %w", err)
+	}
+	row.AgentKey = string(bytes.TrimSpace(ssh.MarshalAuthorizedKey(r.AgentHostKey)))
+	row.State = vm.Running
+	row.StartedAt = time.Now().UTC()
+	if err := store.UpdateVM(ctx, l.DB, row); err != nil {
+		return row, err
+	}
+	l.log.Info("vm forked", "vm_id", row.ID, "vm", row.Name, "source_id", src.ID, "pid", h.PID, "ready_ms", time.Since(start).Milliseconds(),
+		"restore_ms", restored.Sub(start).Milliseconds(), "agent_ms", ready.Sub(restored).Milliseconds(), "reidentify_ms", time.Since(ready).Milliseconds())
+	u = nil
+	return row, nil
+}
+
+// resumeForkSource resumes the source of a fork whose process died while
+// the source was paused for the save (see Reconcile).
+func (l *Local) resumeForkSource(ctx context.Context, id string) {
+	v, err := store.GetVMByID(ctx, l.DB, id)
+	if err != nil {
+		return
+	}
+	l.reconcileVM(ctx, &v)
+	h, _ := DecodeHandle(v.Handle)
+	if v.State != vm.Running || h == nil {
+		return
+	}
+	if info, err := l.Driver.Info(ctx, h); err == nil && info.State == hypervisor.StatePaused {
+		if err := l.Driver.Resume(ctx, h); err != nil {
+			l.log.Warn("resume fork source", "vm_id", id, "err", err)
+		}
+	}
+}
+
+// stepClock sets a resumed VM's clock to the host's: a guest's clock stops
+// while its VM is paused (under TCG the guest's time is QEMU's virtual
+// clock). Best effort: a failure is logged.
+func (l *Local) stepClock(ctx context.Context, v store.VM) {
+	cctx, cancel := context.WithTimeout(ctx, min(l.cfg.ReadyTimeout, 10*time.Second))
+	defer cancel()
+	cl, err := l.pooledAgent(cctx, v)
+	if err == nil {
+		now := time.Now().UnixNano()
+		err = cl.Configure(cctx, proto.Configure{TimeUnixNano: &now})
+		cl.Close()
+	}
+	if err != nil {
+		l.log.Warn("step clock after pause", "vm_id", v.ID, "err", err)
+	}
+}
