@@ -93,8 +93,8 @@ func testMove(t *testing.T, c *mhCluster, ann, ben mhUser, haveVMs bool) {
 
 	t.Run("second-user", func(t *testing.T) {
 		for _, host := range []string{"n1", "n2"} {
-			if r := c.as(t, ben, "", "move", "a1", "--host", host, "--json"); r.code != 3 {
-				t.Errorf("ben's move a1 --host %s: want not found (3), got %s", host, r)
+			if r := c.as(t, ben, "", "move", "a1", "--host", host, "--json"); r.code != 3 || strings.Contains(r.stdout+r.stderr, id) {
+				t.Errorf("ben's move a1 --host %s: want not found (3), telling nothing of a1: %s", host, r)
 			}
 		}
 		if v, r := c.show(t, ann, "a1"); r.code != 0 || v.Status != "running" || v.hostOf() != cpName {
