@@ -102,7 +102,7 @@ func TestEngineBootsFetchedImage(t *testing.T) {
 	if err := store.InsertUser(ctx, db, owner); err != nil {
 		t.Fatal(err)
 	}
-	nm, err := network.New(network.Config{Bridge: "mnfet0", Subnet: netip.MustParsePrefix("10.216.0.0/24"), Table: "mnfet"}, log)
+	nm, err := network.New(network.Config{Bridge: "mnfet0", Subnet: netip.MustParsePrefix("10.218.0.0/24"), Table: "mnfet"}, log)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -42,7 +42,7 @@ func (l *followBuf) String() string { l.mu.Lock(); defer l.mu.Unlock(); return l
 // direct.
 func TestRemoteStreamsQEMU(t *testing.T) {
 	needVMs(t)
-	w := newWarmEngine(t, "mnw3d0", "10.231.0.0/24")
+	w := newWarmEngine(t, "mnw3d0", "10.232.0.0/24")
 	ctx, cancel := context.WithTimeout(context.Background(), 25*time.Minute)
 	defer cancel()
 
@@ -159,7 +159,7 @@ func TestRemoteStreamsQEMU(t *testing.T) {
 	// guest's port through it is proven on loopback in nodeagent's
 	// TestTunnel: in this package's network namespace the warm engine's
 	// guests do not answer the host over the bridge, see pingGateway.)
-	if _, err := viaDirect.DialPort(ctx, "10.231.0.1", 80); !errors.Is(err, errs.NotFound) {
+	if _, err := viaDirect.DialPort(ctx, "10.232.0.1", 80); !errors.Is(err, errs.NotFound) {
 		t.Fatalf("tunnel to the bridge address = %v, want NotFound", err)
 	}
 

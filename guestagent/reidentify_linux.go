@@ -388,6 +388,13 @@ func reconfigureEth0(mac net.HardwareAddr, ip netip.Prefix, gw netip.Addr) error
 			return err
 		}
 	}
+	// A link just brought up drops what is sent before its carrier is on
+	// (the kernel turns it on a little later): wait for that, briefly.
+	for deadline := time.Now().Add(2 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		if ifc, err := net.InterfaceByIndex(eth.Index); err != nil || ifc.Flags&net.FlagRunning != 0 {
+			break
+		}
+	}
 	// Twice: the first may be lost while the host side learns the port.
 	for range 2 {
 		if err := SendGratuitousARP(eth.Index, mac, ip.Addr()); err != nil {

@@ -148,10 +148,10 @@ func better(p Policy, mem, cpu float64, name string, bMem, bCPU float64, bName s
 func room(h *Host, req Request, cfg Config) string {
 	var why []string
 	if cpuCap := int(float64(h.CPUs) * cfg.CPUOvercommit); h.UsedCPUs+req.CPUs > cpuCap {
-		why = append(why, fmt.Sprintf("%d of %d vCPUs free", max(cpuCap-h.UsedCPUs, 0), cpuCap))
+		why = append(why, fmt.Sprintf("%d of %d vCPUs free (cpu_overcommit %g)", max(cpuCap-h.UsedCPUs, 0), cpuCap, cfg.CPUOvercommit))
 	}
 	if memCap := int64(float64(h.MemoryMiB) * cfg.MemoryOvercommit); h.UsedMemoryMiB+req.MemoryMiB > memCap {
-		why = append(why, fmt.Sprintf("%d MiB of %d MiB memory free", max(memCap-h.UsedMemoryMiB, 0), memCap))
+		why = append(why, fmt.Sprintf("not enough host memory: %d MiB of %d MiB free (memory_overcommit %g)", max(memCap-h.UsedMemoryMiB, 0), memCap, cfg.MemoryOvercommit))
 	}
 	if req.DiskMiB > h.DiskFreeMiB {
 		why = append(why, fmt.Sprintf("%d MiB disk free", h.DiskFreeMiB))

@@ -83,6 +83,14 @@ func (m *Manager) Setup(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("network setup: %w", err)
 	}
+	// TAPs made before ports had a group (PortGroup) get it now.
+	for _, p := range ports {
+		if l, err := netlink.LinkByName(p.TAP); err == nil && uint32(l.Attrs().Group) != PortGroup(m.cfg.Table) {
+			if err := netlink.LinkSetGroup(l, int(PortGroup(m.cfg.Table))); err != nil {
+				return fmt.Errorf("network setup: group of %s: %w", p.TAP, err)
+			}
+		}
+	}
 	want := desiredTables(m.cfg, ports)
 	drift, err := tableDrift(c, want)
 	if err != nil {
@@ -276,6 +284,11 @@ func (m *Manager) AddPort(ctx context.Context, p Port) (err error) {
 	// registration after the tables were flushed (nftables.service restart).
 	if err := netlink.LinkSetAlias(link, portAlias(p)); err != nil {
 		return fmt.Errorf("add port %s: alias: %w", p.TAP, err)
+	}
+	// The group scopes the bridge table's drop rules to this bridge's TAPs
+	// (PortGroup); set before the port joins the bridge.
+	if err := netlink.LinkSetGroup(link, int(PortGroup(m.cfg.Table))); err != nil {
+		return fmt.Errorf("add port %s: group: %w", p.TAP, err)
 	}
 	if err := netlink.LinkSetMaster(link, br); err != nil {
 		return fmt.Errorf("add port %s: join bridge %s: %w", p.TAP, m.cfg.Bridge, err)

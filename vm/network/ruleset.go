@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"fmt"
+	"hash/fnv"
 	"net"
 	"net/netip"
 	"slices"
@@ -198,14 +199,14 @@ func bridgeTable(cfg Config, ports []Port) tableSpec {
 						portLookup("iifname . ether saddr . arp saddr ip", payload(expr.PayloadBaseLLHeader, 6, 6), payload(expr.PayloadBaseNetworkHeader, 14, 4)),
 						portLookup("iifname . arp saddr ether . arp saddr ip", payload(expr.PayloadBaseNetworkHeader, 8, 6), payload(expr.PayloadBaseNetworkHeader, 14, 4)),
 						accept()),
-					rule(ifnamePrefix("iifname", TAPPrefix, true), counter(), drop()),
+					rule(ifGroup(PortGroup(cfg.Table)), ifnamePrefix("iifname", TAPPrefix, true), counter(), drop()),
 				},
 			},
 			{
 				name: "forward", typ: nftables.ChainTypeFilter, hook: nftables.ChainHookForward, hookText: "forward",
 				prio: bridgeFilterPriority, prioText: "filter",
 				rules: []ruleSpec{
-					rule(ifnamePrefix("iifname", TAPPrefix, true), counter(), drop()),
+					rule(ifGroup(PortGroup(cfg.Table)), ifnamePrefix("iifname", TAPPrefix, true), counter(), drop()),
 				},
 			},
 		},
@@ -329,6 +330,30 @@ func ifnamePrefix(word, prefix string, eq bool) match {
 	m.text = fmt.Sprintf("%s %s%q", word, map[bool]string{true: "", false: "!= "}[eq], prefix+"*")
 	m.exprs[1].(*expr.Cmp).Data = []byte(prefix)
 	return m
+}
+
+// PortGroup is the interface group (IFLA_GROUP) of this table's TAPs: a
+// bridge-family table sees the frames of every bridge in the network
+// namespace, so its drop rules match only TAPs of its own group and leave
+// another installation's VMs (a second bridge, a test's engine) alone.
+// (meta ibrname would say "this bridge" directly, but needs
+// CONFIG_NFT_BRIDGE_META, which not every kernel has; iifgroup is core.)
+// Derived from the table name: never 0 (the default group).
+func PortGroup(table string) uint32 {
+	h := fnv.New32a()
+	h.Write([]byte(table))
+	return h.Sum32()&0x7fff0000 | 0x4d4e // "MN"; the high bits from the name
+}
+
+// ifGroup matches the input interface's group.
+func ifGroup(g uint32) match {
+	return match{
+		text: fmt.Sprintf("iifgroup %d", g),
+		exprs: []expr.Any{
+			&expr.Meta{Key: expr.MetaKeyIIFGROUP, Register: 1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.NativeEndian.PutUint32(g)},
+		},
+	}
 }
 
 func ctState(bits uint32, text string) match {
