@@ -26,16 +26,14 @@ import (
 // has been unused for RemoteConfig.AgentIdle, and when the pool is full
 // (the least recently used idle entry goes; with none idle, the caller
 // gets a connection of its own, closed on release). A forgotten
-// connection still lent out closes on its last release. A reuse after
-// more than agentPingAfter unused pings the agent first and dials again
-// if it does not answer.
+// connection still lent out closes on its last release. Reusing a
+// connection nobody was using pings the agent first (one round trip, a
+// fraction of a millisecond) and dials again if it does not answer: the
+// path to a node can break (a node restart, a closed direct listener)
+// between two sessions, and its death may not have been noticed yet.
 
-// agentPingAfter is how long a pooled connection may sit unused before a
-// reuse pings it first; agentPingTimeout bounds that ping.
-const (
-	agentPingAfter   = time.Second
-	agentPingTimeout = 3 * time.Second
-)
+// agentPingTimeout bounds that ping.
+const agentPingTimeout = 3 * time.Second
 
 type agentPool struct {
 	idle time.Duration
@@ -62,7 +60,7 @@ func newAgentPool(idle time.Duration, max int) *agentPool {
 // none (or the pooled one does not answer). Errors are dial's.
 func (p *agentPool) lease(ctx context.Context, id string, dial func(context.Context) (*vsockcli.Client, error)) (*vsockcli.Client, error) {
 	if pa, idle := p.take(id); pa != nil {
-		if idle < agentPingAfter || answers(ctx, pa.cl) {
+		if !idle || answers(ctx, pa.cl) {
 			return p.lent(id, pa), nil
 		}
 		p.mu.Lock()
@@ -107,19 +105,16 @@ func answers(ctx context.Context, cl *vsockcli.Client) bool {
 	return err == nil
 }
 
-// take returns id's live entry with a reference taken and how long it
-// was unused (0 while others use it), or nil.
-func (p *agentPool) take(id string) (*pooledAgent, time.Duration) {
+// take returns id's live entry with a reference taken and whether
+// nobody was using it, or nil.
+func (p *agentPool) take(id string) (*pooledAgent, bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	pa := p.conns[id]
 	if pa == nil || p.closed {
-		return nil, 0
+		return nil, false
 	}
-	var idle time.Duration
-	if pa.refs == 0 {
-		idle = time.Since(pa.lastUsed)
-	}
+	idle := pa.refs == 0
 	pa.refs++
 	p.stopTimer(pa)
 	return pa, idle
