@@ -31,4 +31,11 @@
 // ports of the node's own running VMs through one direct connection per
 // node carrying SSH direct-tcpip channels; CopyConsole (console.go)
 // copies and follows a console log over a stream of the node's subjects.
+//
+// Remote.Agent lends one pooled, authenticated agent connection per VM of
+// the node (agentpool.go), as engine.Local does for its own VMs: a new
+// session to a VM on another host costs an SSH channel, not a ticket, a
+// TLS handshake, a node-signed login and a guest SSH handshake (see
+// TestAgentSessionBench). The service still authorizes every call before
+// Agent.
 package nodeagent

@@ -47,7 +47,13 @@ type RemoteConfig struct {
 	// one the control plane cannot reach, is reached over NATS instead.
 	// Nil: NATS only.
 	DirectTLS *tls.Config
-	Log       *slog.Logger
+	// AgentIdle is how long a pooled agent connection of one of the
+	// node's VMs nobody uses stays open (agentpool.go); default 30 s.
+	// AgentPoolMax bounds the pooled connections (default 256; negative:
+	// no pool, every Agent call dials).
+	AgentIdle    time.Duration
+	AgentPoolMax int
+	Log          *slog.Logger
 }
 
 // Validate checks the configuration.
@@ -55,7 +61,7 @@ func (c *RemoteConfig) Validate() error {
 	if !fabric.ValidID(c.ID) || c.Conn == nil {
 		return errs.New(errs.InvalidArgument, "remote engine: a node id and a connection are required")
 	}
-	if c.AcceptTimeout < 0 || c.CheckInterval < 0 {
+	if c.AcceptTimeout < 0 || c.CheckInterval < 0 || c.AgentIdle < 0 {
 		return errs.New(errs.InvalidArgument, "remote engine: negative timeout")
 	}
 	return nil
@@ -80,6 +86,11 @@ type Remote struct {
 	tmu    sync.Mutex
 	tunnel *ssh.Client // the port tunnel (tunnel.go), nil until used
 
+	agents *agentPool // pooled agent clients of the node's VMs
+
+	smu    sync.Mutex
+	signer ssh.Signer // the node-backed signer, once its key is known
+
 	directStreams, natsStreams atomic.Int64
 }
 
@@ -98,13 +109,20 @@ func NewRemote(cfg RemoteConfig) (*Remote, error) {
 	if cfg.CheckInterval == 0 {
 		cfg.CheckInterval = 5 * time.Second
 	}
+	if cfg.AgentIdle == 0 {
+		cfg.AgentIdle = 30 * time.Second
+	}
+	if cfg.AgentPoolMax == 0 {
+		cfg.AgentPoolMax = 256
+	}
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	r := &Remote{cfg: cfg, log: cfg.Log.With("component", "nodeagent", "host_id", cfg.ID), calls: map[string]*pending{}}
+	r := &Remote{cfg: cfg, log: cfg.Log.With("component", "nodeagent", "host_id", cfg.ID), calls: map[string]*pending{},
+		agents: newAgentPool(cfg.AgentIdle, cfg.AgentPoolMax)}
 	// One subscription for replies and exits: an exit published before a
 	// call's reply reaches ExitFunc before the call returns.
 	unsub, err := cfg.Conn.Subscribe(engineEvents(cfg.ID), r.event)
@@ -116,8 +134,10 @@ func NewRemote(cfg RemoteConfig) (*Remote, error) {
 }
 
 // Close stops receiving the node's replies and exits, and closes the
-// port tunnel.
+// port tunnel and the pooled agent connections (lent ones on their last
+// release).
 func (r *Remote) Close() error {
+	r.agents.close()
 	r.tmu.Lock()
 	if r.tunnel != nil {
 		r.tunnel.Close()
@@ -142,6 +162,7 @@ func (r *Remote) event(m fabric.Msg) {
 		if json.Unmarshal(m.Data, &e) != nil {
 			return
 		}
+		r.agents.forget(e.ID)
 		r.mu.Lock()
 		fn := r.exit
 		r.mu.Unlock()
@@ -281,21 +302,25 @@ func (r *Remote) Create(ctx context.Context, spec engine.CreateSpec, progress en
 
 // Start implements engine.Engine.
 func (r *Remote) Start(ctx context.Context, id string, progress engine.Progress) (engine.Instance, error) {
+	defer r.agents.forget(id)
 	return r.instance(ctx, mStart, callRequest{ID: id}, progress)
 }
 
 // Stop implements engine.Engine.
 func (r *Remote) Stop(ctx context.Context, id string) (engine.Instance, error) {
+	defer r.agents.forget(id)
 	return r.instance(ctx, mStop, callRequest{ID: id}, nil)
 }
 
 // Restart implements engine.Engine.
 func (r *Remote) Restart(ctx context.Context, id string, progress engine.Progress) (engine.Instance, error) {
+	defer r.agents.forget(id)
 	return r.instance(ctx, mRestart, callRequest{ID: id}, progress)
 }
 
 // Destroy implements engine.Engine.
 func (r *Remote) Destroy(ctx context.Context, id string) error {
+	defer r.agents.forget(id)
 	return r.call(ctx, mDestroy, callRequest{ID: id}, nil, nil)
 }
 
@@ -325,6 +350,7 @@ func (r *Remote) Snapshots(ctx context.Context, id string) ([]engine.SnapshotInf
 
 // RestoreSnapshot implements engine.Engine.
 func (r *Remote) RestoreSnapshot(ctx context.Context, id, snapshot string, progress engine.Progress) (engine.Instance, error) {
+	defer r.agents.forget(id)
 	return r.instance(ctx, mRestoreSnapshot, callRequest{ID: id, Snapshot: snapshot}, progress)
 }
 
@@ -407,10 +433,22 @@ func (r *Remote) DialAgent(ctx context.Context, id string) (net.Conn, error) {
 	return st, nil
 }
 
-// Agent implements engine.Engine: an SSH client over DialAgent's stream,
-// authenticated with cfg.Signer (or signed by the node), checking the key
-// the node pinned.
+// Agent implements engine.Engine: the client is lent from the pool of
+// one connection per VM of the node (agentpool.go); its Close returns it.
 func (r *Remote) Agent(ctx context.Context, id string) (*vsockcli.Client, error) {
+	return r.agents.lease(ctx, id, func(ctx context.Context) (*vsockcli.Client, error) {
+		return r.dialAgentClient(ctx, id)
+	})
+}
+
+// AgentPoolSize is the number of pooled agent connections (for tests and
+// metrics).
+func (r *Remote) AgentPoolSize() int { return r.agents.size() }
+
+// dialAgentClient is an SSH client over DialAgent's stream, authenticated
+// with cfg.Signer (or signed by the node), checking the key the node
+// pinned.
+func (r *Remote) dialAgentClient(ctx context.Context, id string) (*vsockcli.Client, error) {
 	signer, err := r.agentSigner(ctx)
 	if err != nil {
 		return nil, err
@@ -429,7 +467,7 @@ func (r *Remote) Agent(ctx context.Context, id string) (*vsockcli.Client, error)
 	if err != nil {
 		return nil, err
 	}
-	return vsockcli.NewClient(ctx, c, vsockcli.Config{Signer: signer, User: "root",
+	cl, err := vsockcli.NewClient(ctx, c, vsockcli.Config{Signer: signer, User: "root",
 		HostKey: func(_ string, _ net.Addr, key ssh.PublicKey) error {
 			if pin == "" {
 				return nil // first contact: the node has not pinned one yet
@@ -439,4 +477,9 @@ func (r *Remote) Agent(ctx context.Context, id string) (*vsockcli.Client, error)
 			}
 			return nil
 		}})
+	if err != nil {
+		r.dropSigner()
+		return nil, err
+	}
+	return cl, nil
 }

@@ -113,6 +113,12 @@ func (r *Remote) agentSigner(ctx context.Context) (ssh.Signer, error) {
 	if r.cfg.Signer != nil {
 		return r.cfg.Signer, nil
 	}
+	r.smu.Lock()
+	cached := r.signer
+	r.smu.Unlock()
+	if cached != nil {
+		return cached, nil // the node's key; a login it refuses drops it
+	}
 	var line string
 	if err := r.call(ctx, mAgentPubKey, callRequest{}, nil, &line); err != nil {
 		return nil, err
@@ -121,7 +127,19 @@ func (r *Remote) agentSigner(ctx context.Context) (ssh.Signer, error) {
 	if err != nil {
 		return nil, errs.New(errs.Unavailable, "node %s sent a bad agent key: %v", r.cfg.ID, err)
 	}
-	return &nodeSigner{r: r, pub: pub}, nil
+	ns := &nodeSigner{r: r, pub: pub}
+	r.smu.Lock()
+	r.signer = ns
+	r.smu.Unlock()
+	return ns, nil
+}
+
+// dropSigner forgets the cached node-backed signer (a login failed: the
+// node's key may have changed).
+func (r *Remote) dropSigner() {
+	r.smu.Lock()
+	r.signer = nil
+	r.smu.Unlock()
 }
 
 func (n *nodeSigner) PublicKey() ssh.PublicKey { return n.pub }
