@@ -190,8 +190,20 @@ func TestMultiHost(t *testing.T) {
 				t.Errorf("%s's catalogue after create: rootfs %v, kernels %v: want the image and kernel fetched from the cp", h.name, r, k)
 				continue
 			}
-			if filepath.Base(filepath.Dir(r[0])) != filepath.Base(filepath.Dir(cpRootfs[0])) {
-				t.Errorf("%s has image version %s, the cp %s", h.name, r[0], cpRootfs[0])
+			// images/rootfs/<os>/<version>/rootfs.ext4: the node's version
+			// of an OS is one the cp has (the cp may have more OSes).
+			osVersion := func(p string) (string, string) {
+				return filepath.Base(filepath.Dir(filepath.Dir(p))), filepath.Base(filepath.Dir(p))
+			}
+			nodeOS, nodeVer := osVersion(r[0])
+			found := false
+			for _, cr := range cpRootfs {
+				if o, v := osVersion(cr); o == nodeOS && v == nodeVer {
+					found = true
+				}
+			}
+			if !found {
+				t.Errorf("%s has image %s, which the cp has not: %v", h.name, r[0], cpRootfs)
 			}
 		}
 		l := c.hostList(t)
