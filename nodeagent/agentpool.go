@@ -2,7 +2,6 @@ package nodeagent
 
 import (
 	"context"
-	"sync"
 	"time"
 
 	"github.com/minionsdev/minions/vsockcli"
@@ -32,182 +31,27 @@ import (
 // path to a node can break (a node restart, a closed direct listener)
 // between two sessions, and its death may not have been noticed yet.
 
-// agentPingTimeout bounds that ping.
-const agentPingTimeout = 3 * time.Second
-
-type agentPool struct {
-	idle time.Duration
-	max  int
-
-	mu     sync.Mutex
-	conns  map[string]*pooledAgent // by VM ID
-	closed bool
-}
-
-type pooledAgent struct {
-	cl       *vsockcli.Client
-	refs     int
-	dead     bool // forgotten: close on the last release
-	lastUsed time.Time
-	timer    *time.Timer
-}
+// agentPool is that pool: a vsockcli.Pool keyed by VM ID (one
+// generation: a lifecycle change forgets the entry), pinging an entry
+// nobody was using before it is lent again; after close, leases get
+// clients of their own.
+type agentPool struct{ pool *vsockcli.Pool }
 
 func newAgentPool(idle time.Duration, max int) *agentPool {
-	return &agentPool{idle: idle, max: max, conns: map[string]*pooledAgent{}}
+	return &agentPool{pool: vsockcli.NewPool(vsockcli.PoolConfig{Idle: idle, Max: max})}
 }
 
 // lease lends id's pooled client, dialing one with dial when there is
 // none (or the pooled one does not answer). Errors are dial's.
 func (p *agentPool) lease(ctx context.Context, id string, dial func(context.Context) (*vsockcli.Client, error)) (*vsockcli.Client, error) {
-	if pa, idle := p.take(id); pa != nil {
-		if !idle || answers(ctx, pa.cl) {
-			return p.lent(id, pa), nil
-		}
-		p.mu.Lock()
-		p.forgetLocked(id, pa)
-		p.mu.Unlock()
-		p.release(id, pa)
-	}
-	cl, err := dial(ctx)
-	if err != nil {
-		return nil, err
-	}
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.closed || p.max <= 0 {
-		return cl, nil // the caller's alone: Close closes it
-	}
-	if pa := p.conns[id]; pa != nil {
-		// Another caller dialed at the same time: share theirs.
-		cl.Close()
-		pa.refs++
-		p.stopTimer(pa)
-		return p.lent(id, pa), nil
-	}
-	if len(p.conns) >= p.max && !p.evictLocked() {
-		return cl, nil
-	}
-	pa := &pooledAgent{cl: cl, refs: 1, lastUsed: time.Now()}
-	p.conns[id] = pa
-	go func() {
-		cl.SSH().Wait()
-		p.mu.Lock()
-		p.forgetLocked(id, pa)
-		p.mu.Unlock()
-	}()
-	return p.lent(id, pa), nil
-}
-
-func answers(ctx context.Context, cl *vsockcli.Client) bool {
-	ctx, cancel := context.WithTimeout(ctx, agentPingTimeout)
-	defer cancel()
-	_, err := cl.Ping(ctx)
-	return err == nil
-}
-
-// take returns id's live entry with a reference taken and whether
-// nobody was using it, or nil.
-func (p *agentPool) take(id string) (*pooledAgent, bool) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	pa := p.conns[id]
-	if pa == nil || p.closed {
-		return nil, false
-	}
-	idle := pa.refs == 0
-	pa.refs++
-	p.stopTimer(pa)
-	return pa, idle
-}
-
-func (p *agentPool) lent(id string, pa *pooledAgent) *vsockcli.Client {
-	return pa.cl.Lease(func() { p.release(id, pa) })
-}
-
-// release gives back one reference to pa.
-func (p *agentPool) release(id string, pa *pooledAgent) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	pa.refs--
-	pa.lastUsed = time.Now()
-	if pa.refs > 0 {
-		return
-	}
-	if pa.dead || p.closed {
-		pa.cl.Close()
-		return
-	}
-	var t *time.Timer
-	t = time.AfterFunc(p.idle, func() {
-		p.mu.Lock()
-		defer p.mu.Unlock()
-		if pa.refs == 0 && pa.timer == t {
-			p.forgetLocked(id, pa)
-		}
-	})
-	pa.timer = t
+	return p.pool.Lease(ctx, id, "", dial)
 }
 
 // forget drops id's connection (its VM stopped, restarted or went away).
-func (p *agentPool) forget(id string) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if pa := p.conns[id]; pa != nil {
-		p.forgetLocked(id, pa)
-	}
-}
-
-func (p *agentPool) forgetLocked(id string, pa *pooledAgent) {
-	if p.conns[id] == pa {
-		delete(p.conns, id)
-	}
-	if pa.dead {
-		return
-	}
-	pa.dead = true
-	p.stopTimer(pa)
-	if pa.refs == 0 {
-		pa.cl.Close()
-	}
-}
-
-// evictLocked forgets the least recently used idle entry; false when
-// every entry is in use.
-func (p *agentPool) evictLocked() bool {
-	var oldID string
-	var old *pooledAgent
-	for id, pa := range p.conns {
-		if pa.refs == 0 && (old == nil || pa.lastUsed.Before(old.lastUsed)) {
-			oldID, old = id, pa
-		}
-	}
-	if old == nil {
-		return false
-	}
-	p.forgetLocked(oldID, old)
-	return true
-}
-
-func (p *agentPool) stopTimer(pa *pooledAgent) {
-	if pa.timer != nil {
-		pa.timer.Stop()
-		pa.timer = nil
-	}
-}
+func (p *agentPool) forget(id string) { p.pool.Forget(id) }
 
 // size is the number of pooled connections.
-func (p *agentPool) size() int {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return len(p.conns)
-}
+func (p *agentPool) size() int { return p.pool.Size() }
 
 // close forgets every connection; later leases get unpooled ones.
-func (p *agentPool) close() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.closed = true
-	for id, pa := range p.conns {
-		p.forgetLocked(id, pa)
-	}
-}
+func (p *agentPool) close() { p.pool.Close() }
