@@ -139,26 +139,11 @@ func (l *Local) warmCreate(ctx context.Context, o *op, row store.VM, t Template,
 	defer cancel()
 	progress.Say("reidentify")
 	o.step(ctx, "reidentify", nil)
-	id := vsockcli.Identity{Hostname: row.Name, MachineID: vsockcli.NewMachineID(), MAC: row.MAC,
-		IP: netip.PrefixFrom(ip, l.cfg.Subnet.Bits()), Gateway: l.cfg.Gateway, AuthorizedKeys: spec.AuthorizedKeys}
-	if dns, err := netip.ParseAddr(l.cfg.DNS); err == nil {
-		id.DNS = dns
-	}
-	r, err := cl.Reidentify(pctx, id)
+	key, err := l.reidentifyGuest(pctx, cl, row, ip, spec.AuthorizedKeys)
 	if err != nil {
-		return row, fmt.Errorf("re-identify guest: %w", err)
+		return row, err
 	}
-	if r.AgentHostKey == nil {
-		return row, errs.New(errs.Unavailable, "re-identify guest: no new agent host key")
-	}
-	// Reidentify set the clock to the host's time when it was sent; under
-	// load the guest may have taken seconds to get there. A second, small
-	// call brings it within a round trip.
-	now := time.Now().UnixNano()
-	if err := cl.Configure(pctx, proto.Configure{TimeUnixNano: &now}); err != nil {
-		return row, fmt.Errorf("set guest clock: %w", err)
-	}
-	row.AgentKey = string(bytes.TrimSpace(ssh.MarshalAuthorizedKey(r.AgentHostKey)))
+	row.AgentKey = key
 	row.State = vm.Running
 	row.StartedAt = time.Now().UTC()
 	if err := store.UpdateVM(ctx, l.DB, row); err != nil {
@@ -215,3 +200,30 @@ func (l *Local) WarmLater(ctx context.Context, ref string, cpus, memMiB, diskGiB
 
 // WaitBackground waits for the background template builds started so far.
 func (l *Local) WaitBackground() { l.bg.Wait() }
+
+// reidentifyGuest gives a restored guest (a warm clone, a fork) row's
+// identity: hostname, a new machine-id, row's MAC and ip on this host's
+// subnet, keys, a reseeded RNG and the clock; it returns the agent's new
+// host key in authorized_keys form.
+func (l *Local) reidentifyGuest(ctx context.Context, cl *vsockcli.Client, row store.VM, ip netip.Addr, keys []string) (string, error) {
+	id := vsockcli.Identity{Hostname: row.Name, MachineID: vsockcli.NewMachineID(), MAC: row.MAC,
+		IP: netip.PrefixFrom(ip, l.cfg.Subnet.Bits()), Gateway: l.cfg.Gateway, AuthorizedKeys: keys}
+	if dns, err := netip.ParseAddr(l.cfg.DNS); err == nil {
+		id.DNS = dns
+	}
+	r, err := cl.Reidentify(ctx, id)
+	if err != nil {
+		return "", fmt.Errorf("re-identify guest: %w", err)
+	}
+	if r.AgentHostKey == nil {
+		return "", errs.New(errs.Unavailable, "re-identify guest: no new agent host key")
+	}
+	// Reidentify set the clock to the host's time when it was sent; under
+	// load the guest may have taken seconds to get there. A second, small
+	// call brings it within a round trip.
+	now := time.Now().UnixNano()
+	if err := cl.Configure(ctx, proto.Configure{TimeUnixNano: &now}); err != nil {
+		return "", fmt.Errorf("set guest clock: %w", err)
+	}
+	return string(bytes.TrimSpace(ssh.MarshalAuthorizedKey(r.AgentHostKey))), nil
+}

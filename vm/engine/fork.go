@@ -1,7 +1,6 @@
 package engine
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"net/netip"
@@ -15,7 +14,6 @@ import (
 	"github.com/minionsdev/minions/vm"
 	"github.com/minionsdev/minions/vm/consolelog"
 	"github.com/minionsdev/minions/vm/hypervisor"
-	"github.com/minionsdev/minions/vsockcli"
 	"golang.org/x/crypto/ssh"
 )
 
@@ -237,25 +235,11 @@ func (l *Local) startFork(ctx context.Context, o *op, fk hypervisor.Forker, src,
 	progress.Say("reidentify")
 	o.step(ctx, "reidentify", nil)
 	ready := time.Now()
-	id := vsockcli.Identity{Hostname: row.Name, MachineID: vsockcli.NewMachineID(), MAC: row.MAC,
-		IP: netip.PrefixFrom(ip, l.cfg.Subnet.Bits()), Gateway: l.cfg.Gateway, AuthorizedKeys: spec.AuthorizedKeys}
-	if dns, err := netip.ParseAddr(l.cfg.DNS); err == nil {
-		id.DNS = dns
-	}
-	r, err := cl.Reidentify(pctx, id)
+	key, err := l.reidentifyGuest(pctx, cl, row, ip, spec.AuthorizedKeys)
 	if err != nil {
-		return row, fmt.Errorf("re-identify guest: %w", err)
+		return row, err
 	}
-	if r.AgentHostKey == nil {
-		return row, errs.New(errs.Unavailable, "re-identify guest: no new agent host key")
-	}
-	// As for a warm clone: a second, small call brings the clock within a
-	// round trip of the host's.
-	now := time.Now().UnixNano()
-	if err := cl.Configure(pctx, proto.Configure{TimeUnixNano: &now}); err != nil {
-		return row, fmt.Errorf("set guest clock: %w", err)
-	}
-	row.AgentKey = string(bytes.TrimSpace(ssh.MarshalAuthorizedKey(r.AgentHostKey)))
+	row.AgentKey = key
 	row.State = vm.Running
 	row.StartedAt = time.Now().UTC()
 	if err := store.UpdateVM(ctx, l.DB, row); err != nil {
