@@ -1,16 +1,13 @@
 package engine_test
 
 import (
-	"bufio"
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
-	"io"
 	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -49,32 +46,10 @@ func (d *agentDriver) dials() int {
 
 func (d *agentDriver) serve(id string, h *hypervisor.Handle) (*hypervisor.Handle, error) {
 	sock := filepath.Join(h.RunDir, "agent.sock")
-	os.Remove(sock)
-	ln, err := net.Listen("unix", sock)
+	ln, err := enginetest.ServeAgent(sock, d.srv, func() { d.mu.Lock(); d.accepts++; d.mu.Unlock() })
 	if err != nil {
 		return nil, err
 	}
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			d.mu.Lock()
-			d.accepts++
-			d.mu.Unlock()
-			go func() {
-				br := bufio.NewReader(c)
-				line, err := br.ReadString('\n')
-				if err != nil || !strings.HasPrefix(line, "CONNECT ") || br.Buffered() > 0 {
-					c.Close()
-					return
-				}
-				io.WriteString(c, "OK 1\n")
-				d.srv.ServeConn(context.Background(), c)
-			}()
-		}
-	}()
 	d.mu.Lock()
 	d.lns[h.PID] = ln
 	d.handles[id] = h

@@ -1,11 +1,9 @@
 package engine_test
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
-	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -22,6 +20,7 @@ import (
 	"github.com/minionsdev/minions/store"
 	"github.com/minionsdev/minions/vm"
 	"github.com/minionsdev/minions/vm/engine"
+	"github.com/minionsdev/minions/vm/engine/enginetest"
 	"github.com/minionsdev/minions/vm/hypervisor"
 	"github.com/minionsdev/minions/vm/hypervisor/fake"
 	"golang.org/x/crypto/ssh"
@@ -86,29 +85,10 @@ func (d *forkDriver) serve(id string, h *hypervisor.Handle) (*hypervisor.Handle,
 		return nil, err
 	}
 	sock := filepath.Join(h.RunDir, "agent.sock")
-	os.Remove(sock)
-	ln, err := net.Listen("unix", sock)
+	ln, err := enginetest.ServeAgent(sock, srv, nil)
 	if err != nil {
 		return nil, err
 	}
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				br := bufio.NewReader(c)
-				line, err := br.ReadString('\n')
-				if err != nil || !strings.HasPrefix(line, "CONNECT ") || br.Buffered() > 0 {
-					c.Close()
-					return
-				}
-				io.WriteString(c, "OK 1\n")
-				srv.ServeConn(context.Background(), c)
-			}()
-		}
-	}()
 	d.mu.Lock()
 	d.lns[h.PID] = ln
 	d.guests[id] = rec
