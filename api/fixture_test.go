@@ -1,12 +1,10 @@
 package api_test
 
 import (
-	"bufio"
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 
@@ -28,6 +26,7 @@ import (
 	"github.com/minionsdev/minions/service"
 	"github.com/minionsdev/minions/store"
 	"github.com/minionsdev/minions/vm/disk"
+	"github.com/minionsdev/minions/vm/engine/enginetest"
 	"github.com/minionsdev/minions/vm/hypervisor"
 	"github.com/minionsdev/minions/vm/hypervisor/fake"
 )
@@ -98,29 +97,10 @@ type agentDriver struct {
 
 func (d *agentDriver) serve(h *hypervisor.Handle) (*hypervisor.Handle, error) {
 	sock := filepath.Join(h.RunDir, "agent.sock")
-	os.Remove(sock)
-	ln, err := net.Listen("unix", sock)
+	ln, err := enginetest.ServeAgent(sock, d.srv, nil)
 	if err != nil {
 		return nil, err
 	}
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				br := bufio.NewReader(c)
-				line, err := br.ReadString('\n')
-				if err != nil || !strings.HasPrefix(line, "CONNECT ") || br.Buffered() > 0 {
-					c.Close()
-					return
-				}
-				io.WriteString(c, "OK 1\n")
-				d.srv.ServeConn(context.Background(), c)
-			}()
-		}
-	}()
 	d.mu.Lock()
 	d.lns[h.PID] = ln
 	d.mu.Unlock()

@@ -1,12 +1,10 @@
 package hostcmd
 
 import (
-	"bufio"
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
 	"crypto/tls"
-	"io"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -26,6 +24,7 @@ import (
 	"github.com/minionsdev/minions/store"
 	"github.com/minionsdev/minions/vm"
 	"github.com/minionsdev/minions/vm/engine"
+	"github.com/minionsdev/minions/vm/engine/enginetest"
 	"github.com/minionsdev/minions/vm/hypervisor"
 	"github.com/minionsdev/minions/vm/hypervisor/fake"
 )
@@ -43,29 +42,10 @@ func (d agentFake) Start(ctx context.Context, spec hypervisor.Spec) (*hypervisor
 		return nil, err
 	}
 	sock := filepath.Join(h.RunDir, "agent.sock")
-	os.Remove(sock)
-	ln, err := net.Listen("unix", sock)
+	ln, err := enginetest.ServeAgent(sock, d.srv, nil)
 	if err != nil {
 		return nil, err
 	}
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				br := bufio.NewReader(c)
-				line, err := br.ReadString('\n')
-				if err != nil || !strings.HasPrefix(line, "CONNECT ") || br.Buffered() > 0 {
-					c.Close()
-					return
-				}
-				io.WriteString(c, "OK 1\n")
-				d.srv.ServeConn(context.Background(), c)
-			}()
-		}
-	}()
 	go func() { // the listener goes with the VM
 		for {
 			time.Sleep(50 * time.Millisecond)
