@@ -26,9 +26,9 @@ import (
 	"github.com/minionsdev/minions/service"
 	"github.com/minionsdev/minions/store"
 	"github.com/minionsdev/minions/vm/disk"
-	"github.com/minionsdev/minions/vm/engine/enginetest"
 	"github.com/minionsdev/minions/vm/hypervisor"
 	"github.com/minionsdev/minions/vm/hypervisor/fake"
+	"github.com/minionsdev/minions/vm/hypervisor/fake/fakeagent"
 )
 
 // The client is a complete frontend backend.
@@ -97,7 +97,7 @@ type agentDriver struct {
 
 func (d *agentDriver) serve(h *hypervisor.Handle) (*hypervisor.Handle, error) {
 	sock := filepath.Join(h.RunDir, "agent.sock")
-	ln, err := enginetest.ServeAgent(sock, d.srv, nil)
+	ln, err := fakeagent.ServeAgent(sock, d.srv, nil)
 	if err != nil {
 		return nil, err
 	}

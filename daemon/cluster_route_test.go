@@ -26,9 +26,9 @@ import (
 	"github.com/minionsdev/minions/service"
 	"github.com/minionsdev/minions/store"
 	"github.com/minionsdev/minions/vm/engine"
-	"github.com/minionsdev/minions/vm/engine/enginetest"
 	"github.com/minionsdev/minions/vm/hypervisor"
 	"github.com/minionsdev/minions/vm/hypervisor/fake"
+	"github.com/minionsdev/minions/vm/hypervisor/fake/fakeagent"
 )
 
 // guestFake is the fake hypervisor whose VMs answer with an in-process
@@ -44,7 +44,7 @@ func (d guestFake) Start(ctx context.Context, spec hypervisor.Spec) (*hypervisor
 		return nil, err
 	}
 	sock := filepath.Join(h.RunDir, "agent.sock")
-	ln, err := enginetest.ServeAgent(sock, d.srv, nil)
+	ln, err := fakeagent.ServeAgent(sock, d.srv, nil)
 	if err != nil {
 		return nil, err
 	}

@@ -135,7 +135,7 @@ func TestRemoteAgentPool(t *testing.T) {
 
 	// A crash on the node (not through this Remote) reaches the pool as
 	// the node's exit event.
-	fl.drv.crash(inst.ID)
+	fl.drv.Crash(inst.ID)
 	waitFor(t, "the crashed vm's connection to leave the pool", func() bool {
 		// The fake hypervisor has no process to watch: the node's
 		// engine sees the crash when it reconciles.

@@ -108,7 +108,7 @@ func TestConformanceDirect(t *testing.T) {
 		mu.Unlock()
 		return enginetest.Harness{
 			Engine: r, Image: "minimal", Owner: fl.owner,
-			Kill:    func(t *testing.T, inst engine.Instance) { fl.drv.crash(inst.ID) },
+			Kill:    func(t *testing.T, inst engine.Instance) { fl.drv.Crash(inst.ID) },
 			Timeout: 2 * time.Minute,
 		}
 	})

@@ -18,79 +18,10 @@ import (
 	"github.com/minionsdev/minions/internal/errs"
 	"github.com/minionsdev/minions/store"
 	"github.com/minionsdev/minions/vm/engine"
-	"github.com/minionsdev/minions/vm/engine/enginetest"
 	"github.com/minionsdev/minions/vm/hypervisor"
 	"github.com/minionsdev/minions/vm/hypervisor/fake"
+	"github.com/minionsdev/minions/vm/hypervisor/fake/fakeagent"
 )
-
-// agentDriver is the fake hypervisor with a real guest agent: every VM it
-// starts gets an in-process guestagent server on a hybrid-vsock socket
-// (as in vm/engine's own conformance test).
-type agentDriver struct {
-	*fake.Driver
-	srv *agent.Server
-
-	mu      sync.Mutex
-	lns     map[int]net.Listener
-	handles map[string]*hypervisor.Handle
-}
-
-func (d *agentDriver) serve(id string, h *hypervisor.Handle) (*hypervisor.Handle, error) {
-	sock := filepath.Join(h.RunDir, "agent.sock")
-	ln, err := enginetest.ServeAgent(sock, d.srv, nil)
-	if err != nil {
-		return nil, err
-	}
-	d.mu.Lock()
-	d.lns[h.PID] = ln
-	d.handles[id] = h
-	d.mu.Unlock()
-	h.Agent = hypervisor.AgentEndpoint{Kind: "hybrid-vsock", Path: sock, Port: 1024}
-	return h, nil
-}
-
-func (d *agentDriver) unserve(h *hypervisor.Handle) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if h != nil && d.lns[h.PID] != nil {
-		d.lns[h.PID].Close()
-		delete(d.lns, h.PID)
-	}
-}
-
-func (d *agentDriver) Start(ctx context.Context, spec hypervisor.Spec) (*hypervisor.Handle, error) {
-	h, err := d.Driver.Start(ctx, spec)
-	if err != nil {
-		return nil, err
-	}
-	return d.serve(spec.ID, h)
-}
-
-func (d *agentDriver) Restore(ctx context.Context, spec hypervisor.Spec, dir string) (*hypervisor.Handle, error) {
-	h, err := d.Driver.Restore(ctx, spec, dir)
-	if err != nil {
-		return nil, err
-	}
-	return d.serve(spec.ID, h)
-}
-
-func (d *agentDriver) Shutdown(ctx context.Context, h *hypervisor.Handle, timeout time.Duration) error {
-	d.unserve(h)
-	return d.Driver.Shutdown(ctx, h, timeout)
-}
-
-func (d *agentDriver) Kill(ctx context.Context, h *hypervisor.Handle) error {
-	d.unserve(h)
-	return d.Driver.Kill(ctx, h)
-}
-
-func (d *agentDriver) crash(id string) {
-	d.mu.Lock()
-	h := d.handles[id]
-	d.mu.Unlock()
-	d.unserve(h)
-	d.Driver.Crash(h)
-}
 
 type ports struct {
 	mu  sync.Mutex
@@ -124,7 +55,7 @@ func (i oneImage) Resolve(_ context.Context, ref string) (engine.Image, error) {
 // guest agent, real qcow2 disks and a real store.
 type fakeLocal struct {
 	eng     *engine.Local
-	drv     *agentDriver
+	drv     *fakeagent.AgentDriver
 	hostKey ssh.Signer
 	db      *store.DB
 	owner   string
@@ -176,8 +107,7 @@ func newFakeLocal(t testing.TB) *fakeLocal {
 	if err != nil {
 		t.Fatal(err)
 	}
-	drv := &agentDriver{Driver: fake.New(fake.Config{Caps: hypervisor.Caps{MemorySnapshot: true}}), srv: srv,
-		lns: map[int]net.Listener{}, handles: map[string]*hypervisor.Handle{}}
+	drv := fakeagent.NewAgentDriver(fake.New(fake.Config{Caps: hypervisor.Caps{MemorySnapshot: true}}), srv)
 	base := filepath.Join(dir, "base.raw")
 	f, err := os.Create(base)
 	if err != nil {

@@ -104,7 +104,7 @@ func remoteHarness(t *testing.T) enginetest.Harness {
 	waitServed(t, r)
 	return enginetest.Harness{
 		Engine: r, Image: "minimal", Owner: fl.owner,
-		Kill:    func(t *testing.T, inst engine.Instance) { fl.drv.crash(inst.ID) },
+		Kill:    func(t *testing.T, inst engine.Instance) { fl.drv.Crash(inst.ID) },
 		Timeout: 2 * time.Minute,
 	}
 }

@@ -26,84 +26,16 @@ import (
 	"github.com/minionsdev/minions/store"
 	"github.com/minionsdev/minions/vm"
 	"github.com/minionsdev/minions/vm/engine"
-	"github.com/minionsdev/minions/vm/engine/enginetest"
 	"github.com/minionsdev/minions/vm/hypervisor"
 	"github.com/minionsdev/minions/vm/hypervisor/fake"
+	"github.com/minionsdev/minions/vm/hypervisor/fake/fakeagent"
 )
-
-// agentDriver is the fake hypervisor with a real, in-process guest agent
-// behind every VM it starts (on the hybrid-vsock socket of its run dir).
-type agentDriver struct {
-	*fake.Driver
-	srv *guestagent.Server
-
-	mu      sync.Mutex
-	lns     map[int]net.Listener
-	handles map[string]*hypervisor.Handle
-}
-
-func (d *agentDriver) serve(id string, h *hypervisor.Handle) (*hypervisor.Handle, error) {
-	sock := filepath.Join(h.RunDir, "agent.sock")
-	ln, err := enginetest.ServeAgent(sock, d.srv, nil)
-	if err != nil {
-		return nil, err
-	}
-	d.mu.Lock()
-	d.lns[h.PID], d.handles[id] = ln, h
-	d.mu.Unlock()
-	h.Agent = hypervisor.AgentEndpoint{Kind: "hybrid-vsock", Path: sock, Port: 1024}
-	return h, nil
-}
-
-func (d *agentDriver) unserve(h *hypervisor.Handle) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if h != nil && d.lns[h.PID] != nil {
-		d.lns[h.PID].Close()
-		delete(d.lns, h.PID)
-	}
-}
-
-func (d *agentDriver) Start(ctx context.Context, spec hypervisor.Spec) (*hypervisor.Handle, error) {
-	h, err := d.Driver.Start(ctx, spec)
-	if err != nil {
-		return nil, err
-	}
-	return d.serve(spec.ID, h)
-}
-
-func (d *agentDriver) Restore(ctx context.Context, spec hypervisor.Spec, dir string) (*hypervisor.Handle, error) {
-	h, err := d.Driver.Restore(ctx, spec, dir)
-	if err != nil {
-		return nil, err
-	}
-	return d.serve(spec.ID, h)
-}
-
-func (d *agentDriver) Shutdown(ctx context.Context, h *hypervisor.Handle, timeout time.Duration) error {
-	d.unserve(h)
-	return d.Driver.Shutdown(ctx, h, timeout)
-}
-
-func (d *agentDriver) Kill(ctx context.Context, h *hypervisor.Handle) error {
-	d.unserve(h)
-	return d.Driver.Kill(ctx, h)
-}
-
-// crash kills VM id's hypervisor behind the engine's back.
-func (d *agentDriver) crash(id string) {
-	d.mu.Lock()
-	h := d.handles[id]
-	d.mu.Unlock()
-	d.unserve(h)
-	d.Driver.Crash(h)
-}
 
 // machine is one host: a full service on the fake hypervisor with a
 // real guest agent per VM, its own store and state directory.
 type machine struct {
 	svc *Service
-	drv *agentDriver
+	drv *fakeagent.AgentDriver
 	key ssh.Signer
 	dir string
 }
@@ -148,8 +80,7 @@ func newMachine(t *testing.T) *machine {
 	if err != nil {
 		t.Fatal(err)
 	}
-	drv := &agentDriver{Driver: fake.New(fake.Config{Caps: hypervisor.Caps{MemorySnapshot: true}}), srv: srv,
-		lns: map[int]net.Listener{}, handles: map[string]*hypervisor.Handle{}}
+	drv := fakeagent.NewAgentDriver(fake.New(fake.Config{Caps: hypervisor.Caps{MemorySnapshot: true}}), srv)
 	base := filepath.Join(dir, "base.raw")
 	os.WriteFile(base, []byte("base"), 0o444)
 	svc, err := New(Config{StateDir: filepath.Join(dir, "state"), ReadyTimeout: 20 * time.Second, StopTimeout: time.Second},
@@ -504,7 +435,7 @@ func TestCreateOnEachHostRoutesEveryOperation(t *testing.T) {
 
 			// A crash on the VM's host reaches the supervisor here, which
 			// restarts it there.
-			runsOn.drv.crash(v.ID)
+			runsOn.drv.Crash(v.ID)
 			if err := runsOn.svc.Reconcile(ctx); err != nil {
 				t.Fatal(err)
 			}

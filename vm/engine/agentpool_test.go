@@ -56,7 +56,7 @@ func TestAgentPoolReusesOneConnection(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	a := poolCreate(t, ctx, h, "web")
-	before := drv.dials()
+	before := drv.Dials()
 	for i := 0; i < 20; i++ {
 		if err := execOnce(ctx, h.Engine, a.ID); err != nil {
 			t.Fatal(err)
@@ -71,7 +71,7 @@ func TestAgentPoolReusesOneConnection(t *testing.T) {
 		cl.Close()
 		cl.Close() // a second Close of a loan is harmless
 	}
-	if got := drv.dials() - before; got != 1 {
+	if got := drv.Dials() - before; got != 1 {
 		t.Fatalf("40 agent calls dialed %d connections, want 1", got)
 	}
 
@@ -80,13 +80,13 @@ func TestAgentPoolReusesOneConnection(t *testing.T) {
 	if _, err := h.Engine.Restart(ctx, a.ID, nil); err != nil {
 		t.Fatal(err)
 	}
-	before = drv.dials()
+	before = drv.Dials()
 	for i := 0; i < 5; i++ {
 		if err := execOnce(ctx, h.Engine, a.ID); err != nil {
 			t.Fatalf("exec after restart: %v", err)
 		}
 	}
-	if got := drv.dials() - before; got != 1 {
+	if got := drv.Dials() - before; got != 1 {
 		t.Fatalf("after restart 5 execs dialed %d connections, want 1", got)
 	}
 
@@ -110,7 +110,7 @@ func TestAgentPoolReplacesADeadConnection(t *testing.T) {
 	}
 	cl.SSH().Close() // the connection under every loan dies
 	cl.Close()
-	before := drv.dials()
+	before := drv.Dials()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		err := execOnce(ctx, h.Engine, a.ID)
@@ -122,7 +122,7 @@ func TestAgentPoolReplacesADeadConnection(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	if got := drv.dials() - before; got != 1 {
+	if got := drv.Dials() - before; got != 1 {
 		t.Fatalf("dialed %d connections after one died, want 1", got)
 	}
 }
@@ -138,7 +138,7 @@ func TestAgentPoolConcurrentAndBounded(t *testing.T) {
 	if err := execOnce(ctx, h.Engine, a.ID); err != nil {
 		t.Fatal(err)
 	}
-	before := drv.dials()
+	before := drv.Dials()
 	var wg sync.WaitGroup
 	errc := make(chan error, 64)
 	for g := 0; g < 8; g++ {
@@ -158,7 +158,7 @@ func TestAgentPoolConcurrentAndBounded(t *testing.T) {
 	for err := range errc {
 		t.Fatal(err)
 	}
-	if got := drv.dials() - before; got != 0 {
+	if got := drv.Dials() - before; got != 0 {
 		t.Fatalf("40 concurrent execs on a pooled connection dialed %d more, want 0", got)
 	}
 
@@ -166,14 +166,14 @@ func TestAgentPoolConcurrentAndBounded(t *testing.T) {
 	if err := execOnce(ctx, h.Engine, b.ID); err != nil {
 		t.Fatal(err)
 	}
-	before = drv.dials()
+	before = drv.Dials()
 	if err := execOnce(ctx, h.Engine, a.ID); err != nil {
 		t.Fatal(err)
 	}
 	if err := execOnce(ctx, h.Engine, a.ID); err != nil {
 		t.Fatal(err)
 	}
-	if got := drv.dials() - before; got != 1 {
+	if got := drv.Dials() - before; got != 1 {
 		t.Fatalf("a evicted from a pool of one: %d dials for two execs, want 1", got)
 	}
 
@@ -183,13 +183,13 @@ func TestAgentPoolConcurrentAndBounded(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	before = drv.dials()
+	before = drv.Dials()
 	for i := 0; i < 2; i++ {
 		if err := execOnce(ctx, h.Engine, b.ID); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if got := drv.dials() - before; got != 2 {
+	if got := drv.Dials() - before; got != 2 {
 		t.Fatalf("b with the pool full of busy connections dialed %d times for 2 execs, want 2", got)
 	}
 	if _, err := held.Ping(ctx); err != nil {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
-	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -22,85 +21,9 @@ import (
 	"github.com/minionsdev/minions/vm/engine/enginetest"
 	"github.com/minionsdev/minions/vm/hypervisor"
 	"github.com/minionsdev/minions/vm/hypervisor/fake"
+	"github.com/minionsdev/minions/vm/hypervisor/fake/fakeagent"
 	"github.com/minionsdev/minions/vm/network"
 )
-
-// agentDriver is the fake hypervisor with a real guest agent: every VM it
-// starts gets an in-process guestagent server on a hybrid-vsock socket.
-type agentDriver struct {
-	*fake.Driver
-	srv *guestagent.Server
-
-	mu      sync.Mutex
-	lns     map[int]net.Listener
-	handles map[string]*hypervisor.Handle // by VM ID
-	accepts int                           // agent connections accepted
-}
-
-// dials is how many agent connections the VMs accepted so far.
-func (d *agentDriver) dials() int {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return d.accepts
-}
-
-func (d *agentDriver) serve(id string, h *hypervisor.Handle) (*hypervisor.Handle, error) {
-	sock := filepath.Join(h.RunDir, "agent.sock")
-	ln, err := enginetest.ServeAgent(sock, d.srv, func() { d.mu.Lock(); d.accepts++; d.mu.Unlock() })
-	if err != nil {
-		return nil, err
-	}
-	d.mu.Lock()
-	d.lns[h.PID] = ln
-	d.handles[id] = h
-	d.mu.Unlock()
-	h.Agent = hypervisor.AgentEndpoint{Kind: "hybrid-vsock", Path: sock, Port: 1024}
-	return h, nil
-}
-
-func (d *agentDriver) unserve(h *hypervisor.Handle) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if h != nil && d.lns[h.PID] != nil {
-		d.lns[h.PID].Close()
-		delete(d.lns, h.PID)
-	}
-}
-
-func (d *agentDriver) Start(ctx context.Context, spec hypervisor.Spec) (*hypervisor.Handle, error) {
-	h, err := d.Driver.Start(ctx, spec)
-	if err != nil {
-		return nil, err
-	}
-	return d.serve(spec.ID, h)
-}
-
-func (d *agentDriver) Restore(ctx context.Context, spec hypervisor.Spec, dir string) (*hypervisor.Handle, error) {
-	h, err := d.Driver.Restore(ctx, spec, dir)
-	if err != nil {
-		return nil, err
-	}
-	return d.serve(spec.ID, h)
-}
-
-func (d *agentDriver) Shutdown(ctx context.Context, h *hypervisor.Handle, timeout time.Duration) error {
-	d.unserve(h)
-	return d.Driver.Shutdown(ctx, h, timeout)
-}
-
-func (d *agentDriver) Kill(ctx context.Context, h *hypervisor.Handle) error {
-	d.unserve(h)
-	return d.Driver.Kill(ctx, h)
-}
-
-// crash makes VM id's fake process die (its agent with it).
-func (d *agentDriver) crash(id string) {
-	d.mu.Lock()
-	h := d.handles[id]
-	d.mu.Unlock()
-	d.unserve(h)
-	d.Driver.Crash(h)
-}
 
 type ports struct {
 	mu  sync.Mutex
@@ -155,7 +78,7 @@ func fakeHarness(t *testing.T) enginetest.Harness {
 
 // fakeHarnessWith is fakeHarness with cfg's agent pool settings, and its
 // driver.
-func fakeHarnessWith(t *testing.T, cfg engine.Config) (enginetest.Harness, *agentDriver) {
+func fakeHarnessWith(t *testing.T, cfg engine.Config) (enginetest.Harness, *fakeagent.AgentDriver) {
 	if os.Geteuid() != 0 {
 		testenv.SkipUnlessCI(t, "needs root (the guest agent runs commands as users)")
 	}
@@ -195,8 +118,7 @@ func fakeHarnessWith(t *testing.T, cfg engine.Config) (enginetest.Harness, *agen
 	if err != nil {
 		t.Fatal(err)
 	}
-	drv := &agentDriver{Driver: fake.New(fake.Config{Caps: hypervisor.Caps{MemorySnapshot: true}}), srv: srv,
-		lns: map[int]net.Listener{}, handles: map[string]*hypervisor.Handle{}}
+	drv := fakeagent.NewAgentDriver(fake.New(fake.Config{Caps: hypervisor.Caps{MemorySnapshot: true}}), srv)
 	base := filepath.Join(dir, "base.raw")
 	f, err := os.Create(base)
 	if err != nil {
@@ -217,7 +139,7 @@ func fakeHarnessWith(t *testing.T, cfg engine.Config) (enginetest.Harness, *agen
 	}
 	return enginetest.Harness{
 		Engine: l, Image: "minimal", Owner: owner.ID,
-		Kill: func(t *testing.T, inst engine.Instance) { drv.crash(inst.ID) },
+		Kill: func(t *testing.T, inst engine.Instance) { drv.Crash(inst.ID) },
 		Leaks: func(t *testing.T, id string) []string {
 			var left []string
 			for _, p := range []string{l.VMDir(id), l.RunDir(id)} {

@@ -20,9 +20,9 @@ import (
 	"github.com/minionsdev/minions/store"
 	"github.com/minionsdev/minions/vm"
 	"github.com/minionsdev/minions/vm/engine"
-	"github.com/minionsdev/minions/vm/engine/enginetest"
 	"github.com/minionsdev/minions/vm/hypervisor"
 	"github.com/minionsdev/minions/vm/hypervisor/fake"
+	"github.com/minionsdev/minions/vm/hypervisor/fake/fakeagent"
 	"golang.org/x/crypto/ssh"
 )
 
@@ -85,7 +85,7 @@ func (d *forkDriver) serve(id string, h *hypervisor.Handle) (*hypervisor.Handle,
 		return nil, err
 	}
 	sock := filepath.Join(h.RunDir, "agent.sock")
-	ln, err := enginetest.ServeAgent(sock, srv, nil)
+	ln, err := fakeagent.ServeAgent(sock, srv, nil)
 	if err != nil {
 		return nil, err
 	}

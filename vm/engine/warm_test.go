@@ -3,7 +3,6 @@ package engine_test
 import (
 	"context"
 	"errors"
-	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -19,15 +18,16 @@ import (
 	"github.com/minionsdev/minions/vm/engine"
 	"github.com/minionsdev/minions/vm/hypervisor"
 	"github.com/minionsdev/minions/vm/hypervisor/fake"
+	"github.com/minionsdev/minions/vm/hypervisor/fake/fakeagent"
 )
 
-// templDriver is agentDriver as a hypervisor.Templater: a template is a
+// templDriver is fakeagent.AgentDriver as a hypervisor.Templater: a template is a
 // fake VM whose "RAM" is a file; a clone whose template file is corrupt
 // fails like QEMU's incoming migration does. Clones never get as far as
 // re-identification here (that runs netlink in the guest: see
 // e2e TestWarmCreate for the real thing).
 type templDriver struct {
-	*agentDriver
+	*fakeagent.AgentDriver
 	mu     sync.Mutex
 	clones int
 }
@@ -100,8 +100,7 @@ func warmFixture(t *testing.T) (*engine.Local, *templDriver, string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	drv := &templDriver{agentDriver: &agentDriver{Driver: fake.New(fake.Config{}), srv: srv,
-		lns: map[int]net.Listener{}, handles: map[string]*hypervisor.Handle{}}}
+	drv := &templDriver{AgentDriver: fakeagent.NewAgentDriver(fake.New(fake.Config{}), srv)}
 	base := filepath.Join(dir, "base.raw")
 	f, _ := os.Create(base)
 	f.Truncate(64 << 20)
