@@ -181,30 +181,14 @@ func (l *Local) boot(ctx context.Context, o *op, row store.VM, progress Progress
 	if err != nil {
 		return row, nil, fmt.Errorf("image of vm %s: %w", row.Name, err)
 	}
-	progress.Say("network")
-	o.step(ctx, "network", nil)
-	ip, err := netip.ParseAddr(row.IP)
+	bootMsg := "boot"
+	if !l.Driver.Caps().KVM {
+		bootMsg = "boot (no usable KVM: TCG software emulation, slower)"
+	}
+	ip, run, err := l.attach(ctx, o, &u, row, progress, bootMsg)
 	if err != nil {
 		return row, nil, err
 	}
-	tap := tapName(row.ID)
-	if err := l.Network.AddPort(ctx, tap, ip, row.MAC); err != nil {
-		return row, nil, fmt.Errorf("network: %w", err)
-	}
-	u.push(func() { l.Network.RemovePort(context.Background(), tap) })
-
-	if l.Driver.Caps().KVM {
-		progress.Say("boot")
-	} else {
-		progress.Say("boot (no usable KVM: TCG software emulation, slower)")
-	}
-	o.step(ctx, "boot", nil)
-	run := l.runDir(row.ID)
-	os.RemoveAll(run)
-	if err := os.MkdirAll(run, 0o700); err != nil {
-		return row, nil, err
-	}
-	u.push(func() { os.RemoveAll(run) })
 	spec := l.spec(row, img, run, ip)
 	start := time.Now()
 	console := consolelog.NewFollowerFromEnd(spec.ConsoleLog) // this boot's output only
@@ -363,4 +347,30 @@ func watchConsole(ctx context.Context, r *consolelog.Follower, stop context.Canc
 			tail = chunk
 		}
 	}
+}
+
+// attach gives row's VM its port on the bridge and a fresh run dir: the
+// "network" and "boot" steps (bootMsg is the boot's progress line) of a
+// cold boot, a warm clone and a fork. It pushes their removal onto u.
+func (l *Local) attach(ctx context.Context, o *op, u *undo, row store.VM, progress Progress, bootMsg string) (netip.Addr, string, error) {
+	ip, err := netip.ParseAddr(row.IP)
+	if err != nil {
+		return netip.Addr{}, "", err
+	}
+	progress.Say("network")
+	o.step(ctx, "network", nil)
+	tap := tapName(row.ID)
+	if err := l.Network.AddPort(ctx, tap, ip, row.MAC); err != nil {
+		return ip, "", fmt.Errorf("network: %w", err)
+	}
+	u.push(func() { l.Network.RemovePort(context.Background(), tap) })
+	progress.Say(bootMsg)
+	o.step(ctx, "boot", nil)
+	run := l.runDir(row.ID)
+	os.RemoveAll(run)
+	if err := os.MkdirAll(run, 0o700); err != nil {
+		return ip, "", err
+	}
+	u.push(func() { os.RemoveAll(run) })
+	return ip, run, nil
 }

@@ -91,30 +91,15 @@ func (l *Local) warmCreate(ctx context.Context, o *op, row store.VM, t Template,
 		return row, fmt.Errorf("disk: %w", err)
 	}
 	u.push(func() { os.Remove(dp) })
-	ip, err := netip.ParseAddr(row.IP)
+	ip, run, err := l.attach(ctx, o, &u, row, progress, "restore (warm template)")
 	if err != nil {
 		return row, err
 	}
-	progress.Say("network")
-	o.step(ctx, "network", nil)
-	tap := tapName(row.ID)
-	if err := l.Network.AddPort(ctx, tap, ip, row.MAC); err != nil {
-		return row, fmt.Errorf("network: %w", err)
-	}
-	u.push(func() { l.Network.RemovePort(context.Background(), tap) })
-	progress.Say("restore (warm template)")
-	o.step(ctx, "boot", nil)
-	run := l.runDir(row.ID)
-	os.RemoveAll(run)
-	if err := os.MkdirAll(run, 0o700); err != nil {
-		return row, err
-	}
-	u.push(func() { os.RemoveAll(run) })
 	start := time.Now()
 	hs := hypervisor.Spec{ID: row.ID, Name: row.Name, CPUs: row.CPUs, MemoryMiB: row.MemoryMiB,
 		Kernel: t.Kernel, Initramfs: t.Initramfs, Cmdline: t.Cmdline,
 		Disks:  []hypervisor.Disk{{Path: dp, Format: "qcow2"}},
-		Net:    &hypervisor.NetIface{TAP: tap, MAC: row.MAC},
+		Net:    &hypervisor.NetIface{TAP: tapName(row.ID), MAC: row.MAC},
 		RunDir: run, ConsoleLog: l.consolePath(row.ID), VsockCID: row.CID}
 	console := consolelog.NewFollowerFromEnd(hs.ConsoleLog) // this run's output only
 	h, err := tr.StartClone(ctx, hs, l.templateDir(t.Key))

@@ -3,7 +3,6 @@ package engine
 import (
 	"context"
 	"fmt"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"time"
@@ -184,25 +183,10 @@ func (l *Local) startFork(ctx context.Context, o *op, fk hypervisor.Forker, src,
 	if err != nil {
 		return row, fmt.Errorf("image of vm %s: %w", src.Name, err)
 	}
-	ip, err := netip.ParseAddr(row.IP)
+	ip, run, err := l.attach(ctx, o, &u, row, progress, "restore")
 	if err != nil {
 		return row, err
 	}
-	progress.Say("network")
-	o.step(ctx, "network", nil)
-	tap := tapName(row.ID)
-	if err := l.Network.AddPort(ctx, tap, ip, row.MAC); err != nil {
-		return row, fmt.Errorf("network: %w", err)
-	}
-	u.push(func() { l.Network.RemovePort(context.Background(), tap) })
-	progress.Say("restore")
-	o.step(ctx, "boot", nil)
-	run := l.runDir(row.ID)
-	os.RemoveAll(run)
-	if err := os.MkdirAll(run, 0o700); err != nil {
-		return row, err
-	}
-	u.push(func() { os.RemoveAll(run) })
 	start := time.Now()
 	hs := l.spec(row, img, run, ip)
 	console := consolelog.NewFollowerFromEnd(hs.ConsoleLog)
