@@ -60,9 +60,10 @@ func hostCmd() *Command {
 		one("status", "Show one host", service.HostBackend.HostStatus),
 		one("cordon", "Keep new VMs off a host (its VMs stay)", service.HostBackend.HostCordon),
 		one("uncordon", "Let new VMs on a host again", service.HostBackend.HostUncordon),
-		{Name: "drain", Usage: "NAME [--parallel N]", Summary: "Cordon a host and move every VM off it (cold), then it can be removed", MinArgs: 1, MaxArgs: 1,
+		{Name: "drain", Usage: "NAME [--parallel N] [--mode cold|memory|live]", Summary: "Cordon a host and move every VM off it, then it can be removed", MinArgs: 1, MaxArgs: 1,
 			Flags: func(fs *flag.FlagSet) {
 				fs.Int("parallel", service.DefaultDrainParallel, "how many VMs move at once")
+				fs.String("mode", "", "how each VM moves: cold, memory or live (see move)")
 			},
 			Run: runDrain},
 		{Name: "remove", Usage: "NAME [--yes]", Summary: "Forget a host with no VMs (its credential stops working)", MinArgs: 1, MaxArgs: 1,
@@ -139,7 +140,7 @@ func runDrain(ctx context.Context, x *Ctx) error {
 		return err
 	}
 	pr := newProgress(x.Stderr, x.TTY && !x.G.JSON, "drain "+x.Args[0])
-	res, err := be.HostDrain(ctx, x.Args[0], service.DrainRequest{Parallel: intFlag(x.FS, "parallel")}, pr.step)
+	res, err := be.HostDrain(ctx, x.Args[0], service.DrainRequest{Parallel: intFlag(x.FS, "parallel"), Mode: strFlag(x.FS, "mode")}, pr.step)
 	pr.done(err)
 	if err != nil {
 		return err

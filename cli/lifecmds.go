@@ -8,6 +8,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/minionsdev/minions/internal/errs"
 	"github.com/minionsdev/minions/internal/units"
 	"github.com/minionsdev/minions/service"
 )
@@ -93,10 +94,22 @@ func lifeCommands() []*Command {
 				return be.Rename(ctx, x.Args[0], x.Args[1])
 			})
 		}},
-		{Name: "move", Usage: "NAME --host HOST", Summary: "Move a VM to another host of the cluster (stopped for the move)", MinArgs: 1, MaxArgs: 1,
+		{Name: "move", Usage: "NAME --host HOST [--memory | --live]", Summary: "Move a VM to another host of the cluster (cold: stopped for the move)", MinArgs: 1, MaxArgs: 1,
+			Flags: func(fs *flag.FlagSet) {
+				fs.Bool("memory", false, "suspend it with its memory and resume it on HOST (its processes keep running)")
+				fs.Bool("live", false, "migrate it while it runs (live migration)")
+			},
 			Run: func(ctx context.Context, x *Ctx) error {
 				// --host HOST: a bare name is the target cluster host, as for create.
 				req := service.MoveRequest{Host: x.clusterHostPin()}
+				switch mem, live := boolFlag(x.FS, "memory"), boolFlag(x.FS, "live"); {
+				case mem && live:
+					return errs.New(errs.InvalidArgument, "move: --memory and --live exclude each other")
+				case mem:
+					req.Mode = "memory"
+				case live:
+					req.Mode = "live"
+				}
 				return x.lifecycle(ctx, "move", func(be service.Backend, p service.Progress) (service.VM, error) {
 					return be.Move(ctx, x.Args[0], req, p)
 				})

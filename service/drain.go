@@ -17,6 +17,8 @@ const DefaultDrainParallel = 2
 type DrainRequest struct {
 	// Parallel is how many VMs move at once (default DefaultDrainParallel).
 	Parallel int `json:"parallel,omitempty"`
+	// Mode is the kind of each move (MoveRequest.Mode); empty is cold.
+	Mode string `json:"mode,omitempty"`
 }
 
 // DrainedVM is what became of one VM of a drained host.
@@ -50,6 +52,9 @@ func (s *Service) HostDrain(ctx context.Context, c Caller, name string, req Drai
 	if req.Parallel == 0 {
 		req.Parallel = DefaultDrainParallel
 	}
+	if _, err := moveMode(req.Mode); err != nil {
+		return DrainResult{}, fmt.Errorf("drain: %w", err)
+	}
 	h, err := s.HostCordon(ctx, c, name)
 	if err != nil {
 		return DrainResult{}, fmt.Errorf("drain host %s: %w", name, err)
@@ -77,7 +82,7 @@ func (s *Service) HostDrain(ctx context.Context, c Caller, name string, req Drai
 		sem <- struct{}{}
 		go func() {
 			defer func() { <-sem; wg.Done() }()
-			to, err := s.drainOne(ctx, c, h, v, func(step string) { say(v.Name + ": " + step) })
+			to, err := s.drainOne(ctx, c, h, v, req.Mode, func(step string) { say(v.Name + ": " + step) })
 			mu.Lock()
 			defer mu.Unlock()
 			if err != nil {
@@ -98,7 +103,7 @@ func (s *Service) HostDrain(ctx context.Context, c Caller, name string, req Drai
 }
 
 // drainOne places v elsewhere and moves it there.
-func (s *Service) drainOne(ctx context.Context, c Caller, from Host, v store.VM, progress Progress) (string, error) {
+func (s *Service) drainOne(ctx context.Context, c Caller, from Host, v store.VM, mode string, progress Progress) (string, error) {
 	progress.Say("place")
 	cfg := s.cfg.Placement
 	to, err := s.placeExcept(ctx, scheduler.Request{CPUs: v.CPUs, MemoryMiB: int64(v.MemoryMiB), DiskMiB: int64(v.DiskGiB) << 10}, cfg, true,
@@ -111,7 +116,7 @@ func (s *Service) drainOne(ctx context.Context, c Caller, from Host, v store.VM,
 	if err != nil {
 		return "", err
 	}
-	if _, err := s.Move(ctx, c, v.ID, MoveRequest{Host: to.ID}, progress); err != nil {
+	if _, err := s.Move(ctx, c, v.ID, MoveRequest{Host: to.ID, Mode: mode}, progress); err != nil {
 		return "", err
 	}
 	return to.Name, nil

@@ -41,6 +41,21 @@ import (
 type MoveRequest struct {
 	// Host is the target: a cluster host's name or ID.
 	Host string `json:"host"`
+	// Mode is the kind of move: "cold" (the default: stopped, its disk
+	// shipped, started on the target), "memory" (suspended with its
+	// memory, resumed on the target) or "live" (migrated while it runs).
+	Mode string `json:"mode,omitempty"`
+}
+
+// moveMode checks a move mode and returns it, "" being cold.
+func moveMode(mode string) (string, error) {
+	switch mode {
+	case "", store.MoveCold:
+		return store.MoveCold, nil
+	case store.MoveMemory, store.MoveLive:
+		return mode, nil
+	}
+	return "", errs.New(errs.InvalidArgument, "move: mode must be cold, memory or live, not %q", mode)
 }
 
 // moveSet is the VMs being moved by this process; every other operation
@@ -120,6 +135,10 @@ func (s *Service) Move(ctx context.Context, c Caller, name string, req MoveReque
 	if req.Host == "" {
 		return VM{}, errs.New(errs.InvalidArgument, "move: the target host is required (--host)")
 	}
+	mode, err := moveMode(req.Mode)
+	if err != nil {
+		return VM{}, err
+	}
 	if !vm.IsID(req.Host) {
 		if err := vm.ValidName("host", req.Host); err != nil {
 			return VM{}, err
@@ -168,6 +187,12 @@ func (s *Service) Move(ctx context.Context, c Caller, name string, req MoveReque
 	}
 	if !ok1 || !ok2 {
 		return VM{}, errs.New(errs.FailedPrecondition, "move vm %s: the engines of %s and %s cannot ship disks", v.Name, from.Name, to.Name)
+	}
+	switch mode {
+	case store.MoveMemory:
+		return s.moveMemory(ctx, v, from, to, srcE, dstE, progress)
+	case store.MoveLive:
+		return s.moveLive(ctx, v, from, to, srcE, dstE, progress)
 	}
 	if snaps, err := srcE.Snapshots(ctx, v.ID); err != nil {
 		return VM{}, fmt.Errorf("move vm %s: %w", v.Name, err)

@@ -516,3 +516,29 @@ func TestCopyToAnotherHost(t *testing.T) {
 		t.Errorf("exec in the copy: %q", out)
 	}
 }
+
+// TestMoveModeChecked: an unknown mode is refused before anything is
+// looked up or changed, and a drain checks it before it cordons.
+func TestMoveModeChecked(t *testing.T) {
+	th := newTwoHosts(t)
+	svc := th.cp.svc
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if _, err := svc.Create(ctx, th.alice, CreateRequest{Name: "moded", Image: "minimal", Host: "cp", MemoryMiB: 256}, nil); err != nil {
+		t.Fatal(err)
+	}
+	_, err := svc.Move(ctx, th.alice, "moded", MoveRequest{Host: "node-b", Mode: "teleport"}, nil)
+	if errs.ClassOf(err) != errs.InvalidArgument || !strings.Contains(err.Error(), "teleport") {
+		t.Fatalf("move --mode teleport: %v", err)
+	}
+	if g, err := svc.Get(ctx, th.alice, "moded"); err != nil || g.Host != "cp" || g.Status != "running" {
+		t.Errorf("after refusal: %+v, %v", g, err)
+	}
+	_, err = svc.HostDrain(ctx, th.admin, "node-b", DrainRequest{Mode: "teleport"}, nil)
+	if errs.ClassOf(err) != errs.InvalidArgument {
+		t.Fatalf("drain --mode teleport: %v", err)
+	}
+	if h, err := svc.HostStatus(ctx, th.admin, "node-b"); err != nil || h.State != store.HostReady {
+		t.Errorf("node-b after refused drain: %+v, %v", h, err)
+	}
+}

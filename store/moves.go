@@ -39,12 +39,20 @@ const (
 	MoveCleanup  = "cleanup"  // after the switch: the target's copy is the VM
 )
 
+// Move modes (vm_moves.mode).
+const (
+	MoveCold   = "cold"   // stopped, its disk shipped, started on the target
+	MoveMemory = "memory" // suspended with its memory, resumed on the target
+	MoveLive   = "live"   // QEMU live migration
+)
+
 // Move is a move of a VM to another host under way.
 type Move struct {
 	VMID       string
 	FromHost   string // "" for the control plane's own host
 	ToHost     string
-	Step       string // Move* constants
+	Step       string // MoveTransfer or MoveCleanup
+	Mode       string // MoveCold (when empty), MoveMemory or MoveLive
 	WasRunning bool
 	CreatedAt  time.Time
 }
@@ -52,8 +60,11 @@ type Move struct {
 // InsertMove records a move; a VM already being moved is
 // errs.FailedPrecondition.
 func InsertMove(ctx context.Context, q Q, m Move) error {
-	_, err := q.ExecContext(ctx, `INSERT INTO vm_moves (vm_id, from_host, to_host, step, was_running, created_at) VALUES (?,?,?,?,?,?)`,
-		m.VMID, m.FromHost, m.ToHost, m.Step, m.WasRunning, toUnix(m.CreatedAt))
+	if m.Mode == "" {
+		m.Mode = MoveCold
+	}
+	_, err := q.ExecContext(ctx, `INSERT INTO vm_moves (vm_id, from_host, to_host, step, mode, was_running, created_at) VALUES (?,?,?,?,?,?,?)`,
+		m.VMID, m.FromHost, m.ToHost, m.Step, m.Mode, m.WasRunning, toUnix(m.CreatedAt))
 	if err != nil && strings.Contains(err.Error(), "UNIQUE") {
 		return errs.New(errs.FailedPrecondition, "vm %s is already being moved", m.VMID)
 	}
@@ -76,8 +87,8 @@ func DeleteMove(ctx context.Context, q Q, vmID string) error {
 func GetMove(ctx context.Context, q Q, vmID string) (Move, error) {
 	var m Move
 	var at int64
-	err := q.QueryRowContext(ctx, `SELECT vm_id, from_host, to_host, step, was_running, created_at FROM vm_moves WHERE vm_id=?`, vmID).
-		Scan(&m.VMID, &m.FromHost, &m.ToHost, &m.Step, &m.WasRunning, &at)
+	err := q.QueryRowContext(ctx, `SELECT vm_id, from_host, to_host, step, mode, was_running, created_at FROM vm_moves WHERE vm_id=?`, vmID).
+		Scan(&m.VMID, &m.FromHost, &m.ToHost, &m.Step, &m.Mode, &m.WasRunning, &at)
 	if err != nil {
 		return Move{}, notFound(err, "vm %s is not being moved", vmID)
 	}
@@ -87,7 +98,7 @@ func GetMove(ctx context.Context, q Q, vmID string) (Move, error) {
 
 // ListMoves lists the moves under way, oldest first.
 func ListMoves(ctx context.Context, q Q) ([]Move, error) {
-	rows, err := q.QueryContext(ctx, `SELECT vm_id, from_host, to_host, step, was_running, created_at FROM vm_moves ORDER BY created_at, vm_id`)
+	rows, err := q.QueryContext(ctx, `SELECT vm_id, from_host, to_host, step, mode, was_running, created_at FROM vm_moves ORDER BY created_at, vm_id`)
 	if err != nil {
 		return nil, err
 	}
@@ -96,7 +107,7 @@ func ListMoves(ctx context.Context, q Q) ([]Move, error) {
 	for rows.Next() {
 		var m Move
 		var at int64
-		if err := rows.Scan(&m.VMID, &m.FromHost, &m.ToHost, &m.Step, &m.WasRunning, &at); err != nil {
+		if err := rows.Scan(&m.VMID, &m.FromHost, &m.ToHost, &m.Step, &m.Mode, &m.WasRunning, &at); err != nil {
 			return nil, err
 		}
 		m.CreatedAt = fromUnix(at)
