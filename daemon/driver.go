@@ -68,8 +68,9 @@ func newDriver(ctx context.Context, o Options) (hypervisor.Driver, error) {
 	}
 	cfg := qemu.Config{
 		Accel: accel, KVMUsable: res.Usable, Sandbox: o.Sandbox, ConsoleMaxBytes: o.Resources.ConsoleLogMaxBytes,
-		Jail: VMJail(exe, o.Jail, o.Paths),
-		Log:  o.Log,
+		ProbeSandbox: cachedSandboxProbe(o.Paths.Run, qemu.ProbeSandbox),
+		Jail:         VMJail(exe, o.Jail, o.Paths),
+		Log:          o.Log,
 	}
 	// Without minions-relay installed, commands that start no VM still
 	// work: the bare name is looked up in $PATH when a VM starts, and
