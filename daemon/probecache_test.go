@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/minionsdev/minions/vm/jail"
 )
 
 // TestSandboxProbeCached: the sandbox verdict is kept in the run dir, so
@@ -67,5 +69,29 @@ func TestSandboxProbeCached(t *testing.T) {
 	}
 	if calls != 5 {
 		t.Fatalf("probed %d times with a missing binary, want 5", calls)
+	}
+}
+
+// TestVMJailLauncher: the jail launcher is minions-relay where it is
+// found (a small binary), else the minions executable.
+func TestVMJailLauncher(t *testing.T) {
+	relay := filepath.Join(t.TempDir(), "minions-relay")
+	if err := os.WriteFile(relay, []byte("#!/bin/sh\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	paths := Paths{State: "/var/lib/minions", Run: "/run/minions"}
+	t.Setenv("MINIONS_RELAY_BIN", relay)
+	if got := VMJail("/usr/bin/minions", jail.Config{}, paths).Command; len(got) != 2 || got[0] != relay || got[1] != "jail-exec" {
+		t.Errorf("launcher %q, want %s jail-exec", got, relay)
+	}
+	if _, err := RelayBinary(); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("MINIONS_RELAY_BIN", filepath.Join(t.TempDir(), "absent"))
+	if _, err := RelayBinary(); err == nil {
+		t.Skip("a minions-relay is installed on this host")
+	}
+	if got := VMJail("/usr/bin/minions", jail.Config{}, paths).Command; len(got) != 2 || got[0] != "/usr/bin/minions" {
+		t.Errorf("launcher without minions-relay %q, want /usr/bin/minions jail-exec", got)
 	}
 }
