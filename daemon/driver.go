@@ -68,8 +68,9 @@ func newDriver(ctx context.Context, o Options) (hypervisor.Driver, error) {
 	}
 	cfg := qemu.Config{
 		Accel: accel, KVMUsable: res.Usable, Sandbox: o.Sandbox, ConsoleMaxBytes: o.Resources.ConsoleLogMaxBytes,
-		Jail: VMJail(exe, o.Jail, o.Paths),
-		Log:  o.Log,
+		ProbeSandbox: cachedSandboxProbe(o.Paths.Run, qemu.ProbeSandbox),
+		Jail:         VMJail(exe, o.Jail, o.Paths),
+		Log:          o.Log,
 	}
 	// Without minions-relay installed, commands that start no VM still
 	// work: the bare name is looked up in $PATH when a VM starts, and
@@ -119,12 +120,18 @@ func findHelper(name, env string) (string, []string) {
 	return "", tried
 }
 
-// VMJail is the jail of this installation's VMs: the minions
-// executable is the launcher; the state dir (store, keys, images, every
-// VM's disks) and the run dir are hidden from each VM but for its own
-// files.
+// VMJail is the jail of this installation's VMs: the launcher is
+// minions-relay where it is installed (RelayBinary: a small binary, so
+// the launch before each QEMU and relay costs a few milliseconds, not the
+// start of the whole minions binary), else the minions executable exe;
+// the state dir (store, keys, images, every VM's disks) and the run dir
+// are hidden from each VM but for its own files.
 func VMJail(exe string, j jail.Config, paths Paths) jail.Config {
-	j.Command = []string{exe, "jail-exec"}
+	launcher := exe
+	if p, err := RelayBinary(); err == nil {
+		launcher = p
+	}
+	j.Command = []string{launcher, "jail-exec"}
 	j.Hide = []string{paths.State, paths.Run}
 	return j
 }

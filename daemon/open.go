@@ -188,9 +188,15 @@ func Open(ctx context.Context, o Options) (*Installation, error) {
 		return nil, err
 	}
 	e.Service.SetWeb(storedWeb(e.Service, o.Paths, o.Log)) // serve replaces it with its live proxy
-	if p, err := AgentBinary(); err == nil {
-		e.Service.SetHostAgentVersion(agentVersion(ctx, p))
-	}
+	// Found when first needed (agent status): running the agent binary
+	// costs every CLI command an exec.
+	e.Service.SetHostAgentVersionFunc(func() string {
+		p, err := AgentBinary()
+		if err != nil {
+			return ""
+		}
+		return agentVersion(context.WithoutCancel(ctx), p)
+	})
 	ok = true
 	return e, nil
 }

@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -481,9 +482,17 @@ func (bv *bareVM) rewrite(t bareTemplate, argv []string) []string {
 	out := make([]string, len(argv))
 	for i, a := range argv {
 		out[i] = r.Replace(a)
+		// A jailed QEMU gets its TAP as an inherited descriptor
+		// (tap,fd=N); the bare QEMU, root, opens the bare TAP by name.
+		if strings.HasPrefix(out[i], "tap,") {
+			out[i] = tapFD.ReplaceAllString(out[i], "ifname="+bv.tap+",script=no,downscript=no")
+		}
 	}
 	return out
 }
+
+// tapFD is the descriptor option of a -netdev tap.
+var tapFD = regexp.MustCompile(`\bfd=[0-9]+`)
 
 // start launches QEMU and then the relay, as the driver does but without
 // waiting for QMP in between (the relay retries the serial socket itself).

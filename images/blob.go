@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
 
 	"github.com/minionsdev/minions/internal/errs"
 	"golang.org/x/sync/singleflight"
@@ -140,13 +141,16 @@ func extents(f *os.File, size int64) ([][2]int64, error) {
 	return out, nil
 }
 
-var zeros = make([]byte, 1<<20)
+// zeros is a read-only buffer of zero bytes, made on first use (not at
+// package init: every CLI command would pay for it).
+var zeros = sync.OnceValue(func() []byte { return make([]byte, 1<<20) })
 
 // writeZeros writes n zero bytes to w.
 func writeZeros(w io.Writer, n int64) error {
+	z := zeros()
 	for n > 0 {
-		k := min(n, int64(len(zeros)))
-		if _, err := w.Write(zeros[:k]); err != nil {
+		k := min(n, int64(len(z)))
+		if _, err := w.Write(z[:k]); err != nil {
 			return err
 		}
 		n -= k

@@ -93,6 +93,7 @@ type BuildOptions struct {
 //
 //	Dir/kernels/<kver>/             EnsureKernel
 //	Dir/initramfs/initramfs-*.cpio  EnsureInitramfs
+//	Dir/initramfs/agent-sha256.json agent binaries' sums by identity (agentSum)
 //	Dir/rootfs/<os>/<version>/      rootfs.ext4 (0444) + image.json
 //	Dir/cache/                      build caches (debootstrap)
 //	Dir/tmp/                        builds in progress

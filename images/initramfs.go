@@ -47,7 +47,10 @@ type Initramfs struct {
 // it). The archive is uncompressed: unpacking is faster than decompressing
 // under TCG.
 func EnsureInitramfs(ctx context.Context, dir string, k Kernel, agentPath string) (Initramfs, error) {
-	agent, err := os.ReadFile(agentPath)
+	// The agent's sum names the file; it is kept by the binary's identity
+	// (agentSum), so an existing initramfs is found without reading the
+	// agent.
+	agentSum, err := agentSum(dir, agentPath)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
 			return Initramfs{}, errs.New(errs.NotFound, "initramfs: agent binary %s does not exist", agentPath)
@@ -62,17 +65,31 @@ func EnsureInitramfs(ctx context.Context, dir string, k Kernel, agentPath string
 	if err != nil {
 		return Initramfs{}, fmt.Errorf("initramfs for kernel %s: %w", k.Version, err)
 	}
-	sum := sha256.Sum256(agent)
-	agentSum := hex.EncodeToString(sum[:])
 	inPaths := make([]string, len(mods))
 	for i, m := range mods {
 		inPaths[i] = path.Join("lib/modules", k.Version, m)
 	}
-	key := sha256.Sum256([]byte(initramfsFormat + "\n" + agentSum + "\n" + k.Version + "\n" + strings.Join(inPaths, "\n")))
-	out := filepath.Join(dir, fmt.Sprintf("initramfs-%s-%s.cpio", k.Version, hex.EncodeToString(key[:8])))
-	res := Initramfs{Path: out, AgentSHA256: agentSum, KernelVersion: k.Version, Modules: inPaths}
+	name := func(agentSum string) (string, Initramfs) {
+		key := sha256.Sum256([]byte(initramfsFormat + "\n" + agentSum + "\n" + k.Version + "\n" + strings.Join(inPaths, "\n")))
+		out := filepath.Join(dir, fmt.Sprintf("initramfs-%s-%s.cpio", k.Version, hex.EncodeToString(key[:8])))
+		return out, Initramfs{Path: out, AgentSHA256: agentSum, KernelVersion: k.Version, Modules: inPaths}
+	}
+	out, res := name(agentSum)
 	if _, err := os.Stat(out); err == nil {
 		return res, nil
+	}
+	agent, err := os.ReadFile(agentPath)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return Initramfs{}, errs.New(errs.NotFound, "initramfs: agent binary %s does not exist", agentPath)
+		}
+		return Initramfs{}, fmt.Errorf("initramfs: %w", err)
+	}
+	if sum := sha256.Sum256(agent); hex.EncodeToString(sum[:]) != agentSum {
+		// Replaced since it was stat'ed: name the file by what is built.
+		if out, res = name(hex.EncodeToString(sum[:])); fileExistsNow(out) {
+			return res, nil
+		}
 	}
 	if err := os.MkdirAll(dir, DirMode); err != nil {
 		return Initramfs{}, fmt.Errorf("initramfs: %w", err)
@@ -171,4 +188,9 @@ func addFile(w *CpioWriter, name, src string) error {
 		return err
 	}
 	return w.File(name, uint32(st.Mode().Perm()), io.Reader(f), st.Size())
+}
+
+func fileExistsNow(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
 }

@@ -10,10 +10,12 @@ import (
 )
 
 // hostAgent is the version of the guest agent binary this host gives VMs
-// when they boot.
+// when they boot: set, or found on first use by a function (it runs the
+// binary, which most commands never need).
 type hostAgent struct {
-	mu sync.Mutex
-	v  string
+	mu   sync.Mutex
+	v    string
+	find func() string
 }
 
 // SetHostAgentVersion records the version of the host's guest agent
@@ -22,12 +24,23 @@ type hostAgent struct {
 func (s *Service) SetHostAgentVersion(v string) {
 	s.hostAgent.mu.Lock()
 	defer s.hostAgent.mu.Unlock()
-	s.hostAgent.v = v
+	s.hostAgent.v, s.hostAgent.find = v, nil
+}
+
+// SetHostAgentVersionFunc is SetHostAgentVersion with the version found
+// by find when it is first needed (at most once), not now.
+func (s *Service) SetHostAgentVersionFunc(find func() string) {
+	s.hostAgent.mu.Lock()
+	defer s.hostAgent.mu.Unlock()
+	s.hostAgent.v, s.hostAgent.find = "", find
 }
 
 func (s *Service) hostAgentVersion() string {
 	s.hostAgent.mu.Lock()
 	defer s.hostAgent.mu.Unlock()
+	if f := s.hostAgent.find; f != nil {
+		s.hostAgent.v, s.hostAgent.find = f(), nil
+	}
 	return s.hostAgent.v
 }
 

@@ -19,3 +19,27 @@ func TestAgentWarning(t *testing.T) {
 		}
 	}
 }
+
+// TestHostAgentVersionLazy: the version function runs only when a version
+// is needed, and once; SetHostAgentVersion replaces it.
+func TestHostAgentVersionLazy(t *testing.T) {
+	var s Service
+	calls := 0
+	s.SetHostAgentVersionFunc(func() string { calls++; return "v2" })
+	if calls != 0 {
+		t.Fatalf("version found at once (%d calls)", calls)
+	}
+	for range 2 {
+		if v := s.hostAgentVersion(); v != "v2" {
+			t.Fatalf("version %q, want v2", v)
+		}
+	}
+	if calls != 1 {
+		t.Fatalf("version function ran %d times, want 1", calls)
+	}
+	s.SetHostAgentVersionFunc(func() string { t.Error("replaced function ran"); return "" })
+	s.SetHostAgentVersion("v3")
+	if v := s.hostAgentVersion(); v != "v3" {
+		t.Fatalf("version %q, want v3", v)
+	}
+}

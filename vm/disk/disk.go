@@ -66,7 +66,11 @@ func CreateOverlay(ctx context.Context, base, baseFormat, path string, sizeBytes
 		return fmt.Errorf("create overlay: %w", err)
 	}
 	tmp := tempName(path)
-	_, err = qemuImg(ctx, "create", "-q", "-f", FormatQcow2, "-b", absBase, "-F", baseFormat, tmp, strconv.FormatInt(sizeBytes, 10))
+	if nativeOverlayOK(absBase, baseFormat, sizeBytes) {
+		err = createNative(tmp, absBase, baseFormat, sizeBytes)
+	} else {
+		_, err = qemuImg(ctx, "create", "-q", "-f", FormatQcow2, "-b", absBase, "-F", baseFormat, tmp, strconv.FormatInt(sizeBytes, 10))
+	}
 	if err != nil {
 		os.Remove(tmp)
 		return fmt.Errorf("create overlay %s: %w", path, err)
@@ -76,6 +80,20 @@ func CreateOverlay(ctx context.Context, base, baseFormat, path string, sizeBytes
 		return fmt.Errorf("create overlay: %w", err)
 	}
 	return nil
+}
+
+// createNative writes the overlay at tmp itself (writeOverlay), as
+// qemu-img create would.
+func createNative(tmp, base, baseFormat string, size int64) error {
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+	if err != nil {
+		return err
+	}
+	err = writeOverlay(f, base, baseFormat, size)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err
 }
 
 // baseInfo is Info, made cheap for raw bases (a stat and a look at the

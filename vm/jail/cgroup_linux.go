@@ -15,13 +15,14 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/minionsdev/minions/internal/errs"
+	"github.com/minionsdev/minions/vm/jail/jailexec"
 )
 
 // unifiedRoot is where a pure cgroup v2 host mounts its hierarchy.
 const unifiedRoot = "/sys/fs/cgroup"
 
 // controllers are the ones a VM's cgroup is limited by.
-var controllers = []string{"cpu", "memory", "pids"}
+var controllers = jailexec.Controllers
 
 // CgroupInfo describes the host's cgroups for doctor.
 type CgroupInfo struct {

@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/minionsdev/minions/vm/jail/jailexec"
 )
 
 const envLauncher = "MINIONS_JAIL_TEST_LAUNCHER" // "1": act as the launcher
@@ -98,6 +100,53 @@ func TestCgroupLifecycle(t *testing.T) {
 	}
 	if _, err := CgroupMemoryMax(name); err == nil {
 		t.Error("cgroup still there after delete")
+	}
+}
+
+// TestLauncherJoinsCgroup: the launcher's own cgroup join (jailexec, no
+// cgroup library) puts a process where JoinCgroup does, in every
+// controller's hierarchy the cgroup was created in; a missing cgroup is
+// an error.
+func TestLauncherJoinsCgroup(t *testing.T) {
+	needRoot(t)
+	name := fmt.Sprintf("minions-test/%d-lean", os.Getpid())
+	l, _ := Config{MemoryOverheadMiB: 100, PidsMax: 64}.Limits(1, 156)
+	if err := CreateCgroup(name, l); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { DeleteCgroup(name); DeleteCgroup("minions-test") })
+	var pids []int
+	for _, join := range []func(string, int) error{JoinCgroup, jailexec.JoinCgroup} {
+		cmd := exec.Command("sleep", "30")
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+		if err := join(name, cmd.Process.Pid); err != nil {
+			t.Fatal(err)
+		}
+		pids = append(pids, cmd.Process.Pid)
+	}
+	// /proc/PID/cgroup of both, with the hierarchy ids: the same lines.
+	read := func(pid int) string {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", pid))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(b)
+	}
+	want, got := read(pids[0]), read(pids[1])
+	if got != want {
+		t.Errorf("lean join: /proc/PID/cgroup\n%s\nwant (JoinCgroup)\n%s", got, want)
+	}
+	if n := strings.Count(got, "/"+name+"\n"); n == 0 {
+		t.Errorf("not in %s:\n%s", name, got)
+	}
+	if c := cgroupOf(t, pids[1]); c != name {
+		t.Errorf("memory cgroup %q, want %q", c, name)
+	}
+	if err := jailexec.JoinCgroup(name+"-missing", pids[1]); err == nil {
+		t.Error("joined a cgroup that does not exist")
 	}
 }
 

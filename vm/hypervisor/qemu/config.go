@@ -96,6 +96,11 @@ type Config struct {
 	// (SandboxArgs), probed once per driver at the first start. With "on"
 	// a QEMU without seccomp support cannot start VMs.
 	Sandbox string
+	// ProbeSandbox says whether the QEMU at binary has the seccomp sandbox
+	// (nil: the package's ProbeSandbox, which runs QEMU). The daemon
+	// passes one that keeps the verdict per host boot and binary, so a
+	// CLI create does not pay for an extra QEMU exec.
+	ProbeSandbox func(ctx context.Context, binary string) error
 	// Jail confines QEMU and the relay of each VM (package jail): its own
 	// uid (Jail.UIDBase + Spec.VsockCID, so specs need a CID), mount
 	// namespace and cgroup. On by default; it needs root. Jail.Mode "off"
@@ -129,6 +134,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.Sandbox == "" {
 		c.Sandbox = SandboxOn
+	}
+	if c.ProbeSandbox == nil {
+		c.ProbeSandbox = ProbeSandbox
 	}
 	c.Jail = c.Jail.WithDefaults()
 	if c.StartTimeout == 0 {

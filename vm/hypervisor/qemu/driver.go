@@ -53,7 +53,11 @@ func (d *Driver) sandbox() (bool, error) {
 		return false, nil
 	}
 	d.sandboxOnce.Do(func() {
-		d.sandboxErr = ProbeSandbox(context.Background(), d.binary)
+		probe := d.cfg.ProbeSandbox
+		if probe == nil {
+			probe = ProbeSandbox
+		}
+		d.sandboxErr = probe(context.Background(), d.binary)
 		if d.sandboxErr != nil && d.cfg.Sandbox == SandboxAuto {
 			d.log.Warn("qemu runs without its seccomp sandbox", "err", d.sandboxErr)
 		}

@@ -9,7 +9,14 @@
 //	    (package relay) until QEMU exits or SIGTERM;
 //	minions-relay console-log --fifo FIFO --log FILE --max-bytes N
 //	    copy the console FIFO into the VM's capped log (vm/consolelog)
-//	    until QEMU closes the FIFO or SIGTERM.
+//	    until QEMU closes the FIFO or SIGTERM;
+//	minions-relay jail-exec PLAN_JSON
+//	    the jail launcher (vm/jail/jailexec): join the VM's cgroup, hide
+//	    the state, drop to the VM's uid and exec the plan's argv (QEMU or
+//	    the agent relay). The minions binary has the same command, but
+//	    starting it costs each VM start tens of milliseconds of package
+//	    initialisation and page faults; this binary is small. Exit status
+//	    125 when the launch fails.
 //
 // Unless GOGC, GOMEMLIMIT or GOMAXPROCS are set in its environment it runs
 // with a small GC target, a soft memory limit and one P. The mode names
@@ -35,6 +42,7 @@ import (
 
 	"github.com/minionsdev/minions/vm/consolelog"
 	"github.com/minionsdev/minions/vm/hypervisor/qemu/relay"
+	"github.com/minionsdev/minions/vm/jail/jailexec"
 )
 
 // gcPercent and memLimit bound the heap of a relay. Its live data is a
@@ -76,6 +84,10 @@ func (tr *trimmer) idle() {
 var errUsage = errors.New("usage")
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == "jail-exec" {
+		// Before anything else: the launcher becomes the jailed process.
+		os.Exit(jailexec.Main(os.Args[2:]))
+	}
 	// No allocation profiling from here on (nothing reads it).
 	runtime.MemProfileRate = 0
 	// One P: fewer OS threads, each with its own stacks and caches; a
@@ -103,7 +115,8 @@ func main() {
 }
 
 const usage = `usage: minions-relay agent-relay --serial SOCKET --listen SOCKET
-       minions-relay console-log --fifo FIFO --log FILE --max-bytes N`
+       minions-relay console-log --fifo FIFO --log FILE --max-bytes N
+       minions-relay jail-exec PLAN_JSON`
 
 // run runs the mode named by args[0]; a usage error is reported on
 // stderr and returned as errUsage.

@@ -60,7 +60,7 @@ func buildRelay(t *testing.T) []string {
 // TestImportsLean: every package the relay binary links is paid for in
 // each VM's host memory (package init, runtime data), so it may depend on
 // nothing of this module but the relay, the link protocol, the console
-// log and errs, and on no third-party module but yamux and x/sys.
+// log, the jail launcher and errs, and on no third-party module but yamux and x/sys.
 func TestImportsLean(t *testing.T) {
 	cmd := exec.Command("go", "list", "-deps", ".")
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0") // as it is built
@@ -72,6 +72,7 @@ func TestImportsLean(t *testing.T) {
 	allowed := map[string]bool{
 		mod + "vm/hypervisor/qemu/relay/cmd/minions-relay": true, mod + "vm/hypervisor/qemu/relay": true,
 		mod + "guestagent/link": true, mod + "vm/consolelog": true, mod + "internal/errs": true,
+		mod + "vm/jail/jailexec":     true,
 		"github.com/hashicorp/yamux": true, "golang.org/x/sys/unix": true,
 	}
 	for _, p := range strings.Fields(string(out)) {
@@ -343,5 +344,34 @@ func TestConsoleLogMode(t *testing.T) {
 	}
 	if b, _ := os.ReadFile(logPath); string(b) != "boot: hello from the guest\n" {
 		t.Fatalf("console log %q", b)
+	}
+}
+
+// TestJailExecMode: minions-relay is the jail launcher too: a bad plan is
+// exit status 125 with the reason; a good one becomes the plan's argv as
+// the plan's uid, with the clean environment.
+func TestJailExecMode(t *testing.T) {
+	if os.Getuid() != 0 {
+		t.Skip("the jail launcher needs root")
+	}
+	if os.Getenv(relayCmdEnv) != "" {
+		t.Skip("testing another relay command")
+	}
+	bin := buildRelay(t)[0]
+	out, err := exec.Command(bin, "jail-exec", "{not json").CombinedOutput()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 125 || !strings.Contains(string(out), "bad plan") {
+		t.Fatalf("bad plan: %v: %s", err, out)
+	}
+	const uid = 2_000_000_043
+	plan := fmt.Sprintf(`{"uid":%d,"gid":%d,"dir":"/","argv":["/bin/sh","-c","id -u; id -g; echo $SECRET"]}`, uid, uid)
+	cmd := exec.Command(bin, "jail-exec", plan)
+	cmd.Env = append(os.Environ(), "SECRET=leaked")
+	out, err = cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("jail-exec: %v: %s", err, out)
+	}
+	if got, want := string(out), fmt.Sprintf("%d\n%d\n\n", uid, uid); got != want {
+		t.Fatalf("jailed shell printed %q, want %q", got, want)
 	}
 }

@@ -1,4 +1,4 @@
-package jail
+package jailexec
 
 import (
 	"encoding/json"
