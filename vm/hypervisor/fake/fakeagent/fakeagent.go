@@ -119,6 +119,16 @@ func (d *AgentDriver) Restore(ctx context.Context, spec hypervisor.Spec, dir str
 	return d.serve(spec.ID, h)
 }
 
+// RestoreCopy implements hypervisor.Forker: a copy restored from dir
+// answers with srv too.
+func (d *AgentDriver) RestoreCopy(ctx context.Context, spec hypervisor.Spec, dir string) (*hypervisor.Handle, error) {
+	h, err := d.Driver.RestoreCopy(ctx, spec, dir)
+	if err != nil {
+		return nil, err
+	}
+	return d.serve(spec.ID, h)
+}
+
 // Shutdown implements hypervisor.Driver.
 func (d *AgentDriver) Shutdown(ctx context.Context, h *hypervisor.Handle, timeout time.Duration) error {
 	d.unserve(h)
