@@ -61,6 +61,10 @@ const (
 	mDirectTicket    = "direct_ticket" // a one-time ticket for a direct stream (direct.go)
 	mExportDisk      = "export_disk"   // write a disk stream into a stream (transfer.go)
 	mImportDisk      = "import_disk"   // make an instance from a stream (transfer.go)
+	mSuspend         = "suspend"       // suspend with memory for a move (transfer_memory.go)
+	mResume          = "resume"        // resume a suspended instance (transfer_memory.go)
+	mExportBundle    = "export_bundle" // write a bundle into a stream (transfer_memory.go)
+	mImportBundle    = "import_bundle" // make an instance from a bundle (transfer_memory.go)
 	mCancel          = "cancel"
 	mAlive           = "alive" // is call c still running? "yes" or "no"
 )
@@ -72,11 +76,12 @@ type callRequest struct {
 	ID       string    `json:"id,omitempty"`
 	Name     string    `json:"name,omitempty"`
 	Snapshot string    `json:"snapshot,omitempty"`
-	Stream   string    `json:"stream,omitempty"` // dial_agent: the stream's ID
-	Data     []byte    `json:"data,omitempty"`   // agent_sign: what to sign
-	Algo     string    `json:"algo,omitempty"`   // agent_sign: the signature algorithm ("" the key's default)
-	Follow   bool      `json:"follow,omitempty"` // console: keep copying what the guest prints
-	Kind     string    `json:"kind,omitempty"`   // direct_ticket: agent or tunnel
+	Stream   string    `json:"stream,omitempty"`    // dial_agent: the stream's ID
+	Data     []byte    `json:"data,omitempty"`      // agent_sign: what to sign
+	Algo     string    `json:"algo,omitempty"`      // agent_sign: the signature algorithm ("" the key's default)
+	Follow   bool      `json:"follow,omitempty"`    // console: keep copying what the guest prints
+	Kind     string    `json:"kind,omitempty"`      // direct_ticket: agent or tunnel
+	TrustKey string    `json:"trust_key,omitempty"` // suspend: the key the agent also accepts
 
 	Create       *engine.CreateSpec   `json:"create,omitempty"`
 	Resize       *engine.ResizeSpec   `json:"resize,omitempty"`

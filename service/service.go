@@ -287,6 +287,8 @@ type VM struct {
 	// Warnings are what create wants the user to know (a warm template
 	// that failed, say). Create's result only.
 	Warnings []string `json:"warnings,omitempty"`
+	// Move is a move's figures (Move's result only).
+	Move *MoveStats `json:"move,omitempty"`
 	// Host is the name of the host the VM runs on ("" when no host is
 	// registered: a single host without the cluster).
 	Host   string `json:"host,omitempty"`

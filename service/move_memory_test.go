@@ -1,0 +1,278 @@
+package service
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+
+	"github.com/minionsdev/minions/guestagent/proto"
+	"github.com/minionsdev/minions/internal/errs"
+	"github.com/minionsdev/minions/store"
+	"github.com/minionsdev/minions/vm"
+	"github.com/minionsdev/minions/vm/hypervisor/fake"
+)
+
+// ops counts driver operations of kind op recorded by m's fake hypervisor.
+func ops(m *machine, op fake.Op) int {
+	n := 0
+	for _, c := range m.drv.Calls() {
+		if c.Op == op && c.Err == nil {
+			n++
+		}
+	}
+	return n
+}
+
+// oneGuest makes node-b's VMs answer with the control plane host's guest
+// agent: a VM moved with its memory is the same guest on both hosts (its
+// agent key, and the host keys it trusts, go with it).
+func oneGuest(th *twoHosts) { th.node.drv.SetServer(th.cp.drv.Server()) }
+
+func keyLine(k ssh.Signer) string {
+	return strings.TrimSpace(string(ssh.MarshalAuthorizedKey(k.PublicKey())))
+}
+
+func steps(got []string, want ...string) error {
+	all := "," + strings.Join(got, ",") + ","
+	for _, s := range want {
+		if !strings.Contains(all, ","+s+",") {
+			return errors.New("no step " + s + " in " + all)
+		}
+	}
+	return nil
+}
+
+// TestMoveMemoryToAnotherHost moves a running VM with its memory from the
+// control plane's host to a second host over NATS: it resumes there from
+// its saved memory (a restore, not a boot), with an address of that host,
+// its snapshot with its name and time, the same agent key; the source has
+// nothing left. A failed import resumes the source from its memory and
+// leaves nothing on the target; another user cannot move it; a move onto
+// the control plane's own host with memory is refused.
+func TestMoveMemoryToAnotherHost(t *testing.T) {
+	th := newTwoHosts(t)
+	oneGuest(th)
+	svc := th.cp.svc
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	v, err := svc.Create(ctx, th.alice, CreateRequest{Name: "warm", Image: "minimal", Host: "cp", MemoryMiB: 256}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	snap, err := svc.CreateSnapshot(ctx, th.alice, "warm", SnapshotRequest{Name: "s1"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	before, _ := store.GetVMByID(ctx, svc.DB, v.ID)
+
+	if _, err := svc.Move(ctx, th.bob, "warm", MoveRequest{Host: "node-b", Mode: "memory"}, nil); errs.ClassOf(err) != errs.NotFound {
+		t.Fatalf("bob moves alice's vm: %v", err)
+	}
+
+	// A failing import on the target: the source resumes from its memory.
+	th.heartbeat(t)
+	restores := ops(th.cp, fake.OpRestore)
+	block := filepath.Join(th.node.dir, "state", "vms", v.ID)
+	os.MkdirAll(filepath.Dir(block), 0o700)
+	os.WriteFile(block, []byte("in the way"), 0o600)
+	if _, err := svc.Move(ctx, th.alice, "warm", MoveRequest{Host: "node-b", Mode: "memory"}, nil); err == nil {
+		t.Fatal("move with a failing import succeeded")
+	}
+	os.Remove(block)
+	g, err := svc.Get(ctx, th.alice, "warm")
+	if err != nil || g.Host != "cp" || g.Status != "running" || g.Note != "" {
+		t.Fatalf("after a failed move: %+v, %v", g, err)
+	}
+	if ops(th.cp, fake.OpRestore) != restores+1 {
+		t.Errorf("the source was not resumed from its memory (%d restores, had %d)", ops(th.cp, fake.OpRestore), restores)
+	}
+	if _, err := th.node.svc.Engine.Get(ctx, v.ID); errs.ClassOf(err) != errs.NotFound {
+		t.Fatalf("the target kept a copy: %v", err)
+	}
+	if moves, _ := store.ListMoves(ctx, svc.DB); len(moves) != 0 {
+		t.Fatalf("move records left: %+v", moves)
+	}
+
+	// The move.
+	th.heartbeat(t)
+	var got []string
+	starts, restores := ops(th.node, fake.OpStart), ops(th.node, fake.OpRestore)
+	m, err := svc.Move(ctx, th.alice, "warm", MoveRequest{Host: "node-b", Mode: "memory"}, func(s string) { got = append(got, s) })
+	if err != nil {
+		t.Fatalf("move: %v (steps %v)", err, got)
+	}
+	t.Logf("move --memory cp -> node-b: %+v, steps %v", *m.Move, got)
+	if m.ID != v.ID || m.Host != "node-b" || m.Status != "running" || m.Owner != "alice" || m.Move == nil || m.Move.Mode != "memory" {
+		t.Fatalf("moved %+v", m)
+	}
+	if err := steps(got, "prepare", "suspend", "transfer", "snapshots", "restore memory", "agent", "network", "switch", "cleanup"); err != nil {
+		t.Error(err)
+	}
+	if ops(th.node, fake.OpStart) != starts || ops(th.node, fake.OpRestore) != restores+1 {
+		t.Errorf("the target booted (%d starts) instead of resuming from memory (%d restores)", ops(th.node, fake.OpStart)-starts, ops(th.node, fake.OpRestore)-restores)
+	}
+	inst, err := th.node.svc.Engine.Get(ctx, v.ID)
+	if err != nil || inst.State != vm.Running || inst.IP != m.IP {
+		t.Fatalf("on node-b: %+v, %v (result %s)", inst, err, m.IP)
+	}
+	nodeRow, _ := store.GetVMByID(ctx, th.node.svc.DB, v.ID)
+	if nodeRow.AgentKey != before.AgentKey || nodeRow.AgentKey == "" {
+		t.Errorf("agent key %q, want the source's %q", nodeRow.AgentKey, before.AgentKey)
+	}
+	snaps, err := svc.ListSnapshots(ctx, th.alice, "warm")
+	if err != nil || len(snaps) != 1 || snaps[0].Name != "s1" || snaps[0].CreatedAt.Sub(snap.CreatedAt).Abs() >= time.Millisecond {
+		t.Fatalf("snapshots on node-b: %+v, %v (had %+v)", snaps, err, snap)
+	}
+	if _, err := th.cp.svc.Engine.Get(ctx, v.ID); errs.ClassOf(err) != errs.NotFound {
+		t.Errorf("cp's engine still has a copy: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(th.cp.dir, "state", "vms", v.ID)); !os.IsNotExist(err) {
+		t.Errorf("files left on cp: %v", err)
+	}
+	if cpSnaps, _ := store.ListSnapshots(ctx, svc.DB, v.ID); len(cpSnaps) != 0 {
+		t.Errorf("snapshot rows left on cp: %+v", cpSnaps)
+	}
+	if out := execOut(t, svc, th.alice, "warm", "echo hi"); strings.TrimSpace(out) != "hi" {
+		t.Errorf("exec after the move: %q", out)
+	}
+	// A moved snapshot restores on the target.
+	if _, err := svc.RestoreSnapshot(ctx, th.alice, "warm", "s1", nil); err != nil {
+		t.Fatalf("restore the moved snapshot: %v", err)
+	}
+	// Back onto the control plane's own host: not with memory, yet.
+	th.heartbeat(t)
+	if _, err := svc.Move(ctx, th.alice, "warm", MoveRequest{Host: "cp", Mode: "memory"}, nil); errs.ClassOf(err) != errs.FailedPrecondition {
+		t.Fatalf("move --memory onto cp: %v", err)
+	}
+	if g, _ := svc.Get(ctx, th.alice, "warm"); g.Host != "node-b" || g.Status != "running" {
+		t.Fatalf("after a refused move: %+v", g)
+	}
+}
+
+// TestMoveWithSnapshotsCold moves a stopped VM with a snapshot cold: the
+// snapshot comes along and restores there. A stopped VM asked to move with
+// memory moves cold.
+func TestMoveWithSnapshotsCold(t *testing.T) {
+	th := newTwoHosts(t)
+	svc := th.cp.svc
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	v, err := svc.Create(ctx, th.alice, CreateRequest{Name: "snappy", Image: "minimal", Host: "cp", MemoryMiB: 256}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := svc.Stop(ctx, th.alice, "snappy"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := svc.CreateSnapshot(ctx, th.alice, "snappy", SnapshotRequest{Name: "s1"}, nil); err != nil {
+		t.Fatal(err)
+	}
+	th.heartbeat(t)
+	m, err := svc.Move(ctx, th.alice, "snappy", MoveRequest{Host: "node-b", Mode: "memory"}, nil)
+	if err != nil {
+		t.Fatalf("move: %v", err)
+	}
+	if m.Host != "node-b" || m.Status != "stopped" || m.Move == nil || m.Move.Mode != "cold" {
+		t.Fatalf("moved %+v", m)
+	}
+	snaps, err := svc.ListSnapshots(ctx, th.alice, "snappy")
+	if err != nil || len(snaps) != 1 || snaps[0].Name != "s1" {
+		t.Fatalf("snapshots on node-b: %+v, %v", snaps, err)
+	}
+	if _, err := svc.RestoreSnapshot(ctx, th.alice, "snappy", "s1", nil); err != nil {
+		t.Fatalf("restore the moved snapshot: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(th.cp.dir, "state", "vms", v.ID)); !os.IsNotExist(err) {
+		t.Errorf("files left on cp: %v", err)
+	}
+	// Back onto the control plane's own host: with snapshots, refused
+	// and untouched.
+	th.heartbeat(t)
+	if _, err := svc.Move(ctx, th.alice, "snappy", MoveRequest{Host: "cp"}, nil); errs.ClassOf(err) != errs.FailedPrecondition || !strings.Contains(err.Error(), "snapshots") {
+		t.Fatalf("move with snapshots onto cp: %v", err)
+	}
+	if g, _ := svc.Get(ctx, th.alice, "snappy"); g.Host != "node-b" || g.Status != "stopped" {
+		t.Fatalf("after a refused move: %+v", g)
+	}
+}
+
+// TestMoveMemoryCrashSettles "kills" the control plane at each step of a
+// move with memory and settles it as a restart would: exactly one copy is
+// left, running, where the switch says; before the switch the source is
+// resumed from its memory (a restore, not a boot).
+func TestMoveMemoryCrashSettles(t *testing.T) {
+	for _, step := range []string{"transfer", "switch", "cleanup"} {
+		t.Run(step, func(t *testing.T) {
+			th := newTwoHosts(t)
+			oneGuest(th)
+			svc := th.cp.svc
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+			defer cancel()
+			v, err := svc.Create(ctx, th.alice, CreateRequest{Name: "crashy", Image: "minimal", Host: "cp", MemoryMiB: 256}, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			svc.moving.crash = func(s string) bool { return s == step }
+			if _, err := svc.Move(ctx, th.alice, "crashy", MoveRequest{Host: "node-b", Mode: "memory"}, nil); !errors.Is(err, errMoveCrashed) {
+				t.Fatalf("move: %v, want the crash", err)
+			}
+			svc.moving.crash = nil
+			if _, err := svc.Restart(ctx, th.alice, "crashy", nil); errs.ClassOf(err) != errs.FailedPrecondition {
+				t.Errorf("restart of an interrupted move: %v", err)
+			}
+			if step == "switch" {
+				// The target's copy runs and told the agent to trust only
+				// node-b. A real source resumes with its own saved agent,
+				// which trusts both hosts; the in-process agent is one for
+				// both copies, so put that trust back as the saved one has.
+				cl, err := th.node.svc.Engine.Agent(ctx, v.ID)
+				if err != nil {
+					t.Fatal(err)
+				}
+				err = cl.Configure(ctx, proto.Configure{HostKeys: []string{keyLine(th.cp.key), keyLine(th.node.key)}})
+				cl.Close()
+				if err != nil {
+					t.Fatal(err)
+				}
+			}
+			starts, restores := ops(th.cp, fake.OpStart), ops(th.cp, fake.OpRestore)
+			if err := svc.SettleMoves(ctx); err != nil {
+				t.Fatalf("settle: %v", err)
+			}
+			if err := svc.SettleMoves(ctx); err != nil {
+				t.Fatalf("settle again: %v", err)
+			}
+			wantHost, on, off := "cp", th.cp, th.node
+			if step == "cleanup" {
+				wantHost, on, off = "node-b", th.node, th.cp
+			} else if ops(th.cp, fake.OpStart) != starts || ops(th.cp, fake.OpRestore) != restores+1 {
+				t.Errorf("the source was not resumed from its memory: %d boots, %d restores", ops(th.cp, fake.OpStart)-starts, ops(th.cp, fake.OpRestore)-restores)
+			}
+			g, err := svc.Get(ctx, th.alice, "crashy")
+			if err != nil || g.Host != wantHost || g.Status != "running" {
+				t.Fatalf("after settling: %+v, %v; want running on %s", g, err, wantHost)
+			}
+			if inst, err := on.svc.Engine.Get(ctx, v.ID); err != nil || inst.State != vm.Running {
+				t.Errorf("on %s: %+v, %v", wantHost, inst, err)
+			}
+			if _, err := off.svc.Engine.Get(ctx, v.ID); errs.ClassOf(err) != errs.NotFound {
+				t.Errorf("a second copy is left: %v", err)
+			}
+			if _, err := os.Stat(filepath.Join(off.dir, "state", "vms", v.ID)); !os.IsNotExist(err) {
+				t.Errorf("files of a second copy are left: %v", err)
+			}
+			if moves, _ := store.ListMoves(ctx, svc.DB); len(moves) != 0 {
+				t.Errorf("move records left: %+v", moves)
+			}
+			if _, err := svc.Stop(ctx, th.alice, "crashy"); err != nil {
+				t.Errorf("stop after settling: %v", err)
+			}
+		})
+	}
+}
