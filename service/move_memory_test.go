@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -111,7 +112,7 @@ func TestMoveMemoryToAnotherHost(t *testing.T) {
 	if m.ID != v.ID || m.Host != "node-b" || m.Status != "running" || m.Owner != "alice" || m.Move == nil || m.Move.Mode != "memory" {
 		t.Fatalf("moved %+v", m)
 	}
-	if err := steps(got, "prepare", "suspend", "transfer", "snapshots", "restore memory", "agent", "network", "switch", "cleanup"); err != nil {
+	if err := steps(got, "prepare", "suspend", "transfer", "snapshots", "restore memory", "agent", "move network", "switch", "cleanup"); err != nil {
 		t.Error(err)
 	}
 	if ops(th.node, fake.OpStart) != starts || ops(th.node, fake.OpRestore) != restores+1 {
@@ -274,5 +275,51 @@ func TestMoveMemoryCrashSettles(t *testing.T) {
 				t.Errorf("stop after settling: %v", err)
 			}
 		})
+	}
+}
+
+// TestDrainMovesWithMemoryByDefault drains the control plane's host with
+// no mode asked: its running VM moves with its memory (resumed on node-b,
+// not booted), its stopped VM moves cold; the result says so. An unknown
+// mode is refused and changes nothing.
+func TestDrainMovesWithMemoryByDefault(t *testing.T) {
+	th := newTwoHosts(t)
+	oneGuest(th)
+	svc := th.cp.svc
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	for _, name := range []string{"runs", "rests"} {
+		if _, err := svc.Create(ctx, th.alice, CreateRequest{Name: name, Image: "minimal", Host: "cp", MemoryMiB: 256}, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := svc.Stop(ctx, th.alice, "rests"); err != nil {
+		t.Fatal(err)
+	}
+	th.heartbeat(t)
+	if _, err := svc.HostDrain(ctx, th.admin, "cp", DrainRequest{Mode: "warp"}, nil); errs.ClassOf(err) != errs.InvalidArgument {
+		t.Fatalf("drain with a bad mode: %v", err)
+	}
+	if h, _ := store.GetHostByName(ctx, svc.DB, "cp"); h.State != store.HostReady {
+		t.Fatalf("a refused drain cordoned the host: %s", h.State)
+	}
+	starts, restores := ops(th.node, fake.OpStart), ops(th.node, fake.OpRestore)
+	var mu sync.Mutex
+	var lines []string
+	res, err := svc.HostDrain(ctx, th.admin, "cp", DrainRequest{}, func(s string) { mu.Lock(); lines = append(lines, s); mu.Unlock() })
+	if err != nil || len(res.Moved) != 2 {
+		t.Fatalf("drain: %+v, %v (%q)", res, err, lines)
+	}
+	if ops(th.node, fake.OpStart) != starts || ops(th.node, fake.OpRestore) != restores+1 {
+		t.Errorf("node-b booted %d and restored %d vms; want the running one restored from memory", ops(th.node, fake.OpStart)-starts, ops(th.node, fake.OpRestore)-restores)
+	}
+	all := strings.Join(lines, "\n")
+	if !strings.Contains(all, "runs: suspend") || strings.Contains(all, "rests: suspend") || !strings.Contains(all, "rests: transfer") {
+		t.Errorf("progress %q", lines)
+	}
+	for name, want := range map[string]string{"runs": "running", "rests": "stopped"} {
+		if g, err := svc.Get(ctx, th.alice, name); err != nil || g.Host != "node-b" || g.Status != want {
+			t.Errorf("%s after the drain: %+v, %v", name, g, err)
+		}
 	}
 }

@@ -562,8 +562,8 @@ func (l *Local) resumeMoved(ctx context.Context, o *op, fk hypervisor.Forker, ro
 		return row, l.notReady(row.Name, row.ID, err)
 	}
 	defer cl.Close()
-	progress.Say("network")
-	o.step(ctx, "reidentify network", nil)
+	progress.Say("move network")
+	o.step(ctx, "move network", nil)
 	n := proto.Network{MAC: row.MAC, IP: netip.PrefixFrom(ip, l.cfg.Subnet.Bits()).String()}
 	if l.cfg.Gateway.IsValid() {
 		n.Gateway = l.cfg.Gateway.String()
