@@ -286,6 +286,9 @@ func (l *Local) Suspend(ctx context.Context, id, trustKey string) error {
 				return fmt.Errorf("suspend vm %s: %w", v.Name, err)
 			}
 		}
+		// A running VM's saved state from an earlier, interrupted suspend is
+		// stale.
+		os.RemoveAll(l.moveState(v.ID))
 		tmp := l.moveState(v.ID) + ".part"
 		os.RemoveAll(tmp)
 		t0 := time.Now()
@@ -339,6 +342,8 @@ func (l *Local) Resume(ctx context.Context, id string) (Instance, error) {
 		state := l.moveState(v.ID)
 		switch {
 		case v.State == vm.Running || v.State == vm.Paused:
+			// Its process is the VM (a suspend cut short before it stopped
+			// it): a state saved meanwhile is stale.
 			if h, _ := DecodeHandle(v.Handle); h != nil {
 				if info, err := l.Driver.Info(ctx, h); err == nil && info.State == hypervisor.StatePaused {
 					if err := l.Driver.Resume(ctx, h); err != nil {
@@ -346,6 +351,8 @@ func (l *Local) Resume(ctx context.Context, id string) (Instance, error) {
 					}
 				}
 			}
+			os.RemoveAll(state)
+			os.RemoveAll(state + ".part")
 		case v.State == vm.Stopped && exists(state):
 			o, err := l.beginStartOp(ctx, v, "resume")
 			if err != nil {

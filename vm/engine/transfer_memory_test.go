@@ -229,6 +229,30 @@ func TestMoveWithMemoryBetweenEngines(t *testing.T) {
 		t.Errorf("saved state kept after resume: %v", err)
 	}
 
+	// Start of a suspended instance resumes it from its memory too (never
+	// a cold boot that would lose it).
+	if err := src.eng.Suspend(ctx, id, trust); err != nil {
+		t.Fatalf("suspend: %v", err)
+	}
+	restores := 0
+	for _, c := range src.drv.Calls() {
+		if c.Op == fake.OpRestore && c.Err == nil {
+			restores++
+		}
+	}
+	if got, err := src.eng.Start(ctx, id, nil); err != nil || got.State != vm.Running {
+		t.Fatalf("start a suspended vm: %+v, %v", got, err)
+	}
+	n := 0
+	for _, c := range src.drv.Calls() {
+		if c.Op == fake.OpRestore && c.Err == nil {
+			n++
+		}
+	}
+	if n != restores+1 {
+		t.Errorf("start of a suspended vm did not restore its memory (%d restores, had %d)", n, restores)
+	}
+
 	// The move.
 	if err := src.eng.Suspend(ctx, id, trust); err != nil {
 		t.Fatalf("suspend: %v", err)
