@@ -17,11 +17,11 @@ import (
 
 var _ engine.MemoryMover = (*Remote)(nil)
 
-// AgentTrustKey implements engine.MemoryMover: the key the node's agents
-// trust (agent_pubkey).
+// AgentTrustKey implements engine.MemoryMover: the key the node's
+// engine has its agents trust.
 func (r *Remote) AgentTrustKey(ctx context.Context) (string, error) {
 	var line string
-	err := r.call(ctx, mAgentPubKey, callRequest{}, nil, &line)
+	err := r.call(ctx, mAgentTrustKey, callRequest{}, nil, &line)
 	return line, err
 }
 
@@ -94,6 +94,8 @@ func (s *server) runMemory(ctx context.Context, method string, req callRequest, 
 		return nil, errs.New(errs.FailedPrecondition, "this node's engine does not move vms with memory")
 	}
 	switch method {
+	case mAgentTrustKey:
+		return m.AgentTrustKey(ctx)
 	case mSuspend:
 		return nil, m.Suspend(ctx, req.ID, req.TrustKey)
 	case mResume:

@@ -55,16 +55,17 @@ const (
 	mDialAgent       = "dial_agent"
 	mAgentKey        = "agent_key"
 	mConsoleLog      = "console_log"
-	mAgentPubKey     = "agent_pubkey"  // the key the node's agents trust (sign.go)
-	mAgentSign       = "agent_sign"    // sign an agent login (sign.go)
-	mConsole         = "console"       // copy the console log into a stream (console.go)
-	mDirectTicket    = "direct_ticket" // a one-time ticket for a direct stream (direct.go)
-	mExportDisk      = "export_disk"   // write a disk stream into a stream (transfer.go)
-	mImportDisk      = "import_disk"   // make an instance from a stream (transfer.go)
-	mSuspend         = "suspend"       // suspend with memory for a move (transfer_memory.go)
-	mResume          = "resume"        // resume a suspended instance (transfer_memory.go)
-	mExportBundle    = "export_bundle" // write a bundle into a stream (transfer_memory.go)
-	mImportBundle    = "import_bundle" // make an instance from a bundle (transfer_memory.go)
+	mAgentPubKey     = "agent_pubkey"    // the key the node's agents trust (sign.go)
+	mAgentSign       = "agent_sign"      // sign an agent login (sign.go)
+	mConsole         = "console"         // copy the console log into a stream (console.go)
+	mDirectTicket    = "direct_ticket"   // a one-time ticket for a direct stream (direct.go)
+	mExportDisk      = "export_disk"     // write a disk stream into a stream (transfer.go)
+	mImportDisk      = "import_disk"     // make an instance from a stream (transfer.go)
+	mSuspend         = "suspend"         // suspend with memory for a move (transfer_memory.go)
+	mResume          = "resume"          // resume a suspended instance (transfer_memory.go)
+	mExportBundle    = "export_bundle"   // write a bundle into a stream (transfer_memory.go)
+	mImportBundle    = "import_bundle"   // make an instance from a bundle (transfer_memory.go)
+	mAgentTrustKey   = "agent_trust_key" // the key the node's agents trust, from its engine (transfer_memory.go)
 	mCancel          = "cancel"
 	mAlive           = "alive" // is call c still running? "yes" or "no"
 )
