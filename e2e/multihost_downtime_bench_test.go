@@ -14,7 +14,9 @@ import (
 // QEMU under TCG), max(b.N, 3) times, and prints a table: each move's
 // wall time as the user sees it, the downtime the move reports (the
 // engine's suspend to resume) and the largest gap between the guest's
-// counter ticks during it, then their medians.
+// counter ticks during it (whole seconds where the guest's date has no
+// %N), then their medians. The testing package runs it once with b.N = 1
+// before the timed run: each prints its table.
 //
 //	MINIONS_E2E_DEBIAN=0 go test -count=1 -run '^$' -bench 'MoveDowntime/memory' -benchtime 3x -v ./e2e/
 func BenchmarkMoveDowntime(b *testing.B) {
@@ -65,11 +67,12 @@ func benchMoveDowntime(b *testing.B, mode string) {
 	b.StopTimer()
 	var out strings.Builder
 	w := tabwriter.NewWriter(&out, 0, 4, 2, ' ', 0)
-	fmt.Fprintf(w, "move --%s, 512 MiB, TCG\tmove\twall\tdowntime (engine)\tlargest tick gap (guest)\n", mode)
+	fmt.Fprintf(&out, "move --%s of a 512 MiB VM (TCG), %d moves:\n", mode, rounds)
+	fmt.Fprintln(w, "#\tmove\twall\tdowntime (engine)\tlargest tick gap (guest)")
 	for _, r := range rows {
-		fmt.Fprintln(w, "\t"+r)
+		fmt.Fprintln(w, r)
 	}
-	fmt.Fprintf(w, "median of %d\t\t%s\t%s\t%s\n", rounds, downtimeMS(moveMedian(walls)), downtimeMS(moveMedian(downs)), downtimeMS(moveMedian(gaps)))
+	fmt.Fprintf(w, "median\t\t%s\t%s\t%s\n", downtimeMS(moveMedian(walls)), downtimeMS(moveMedian(downs)), downtimeMS(moveMedian(gaps)))
 	w.Flush()
 	fmt.Fprint(os.Stdout, out.String())
 	b.Log("\n" + out.String())
