@@ -323,3 +323,83 @@ func TestDrainMovesWithMemoryByDefault(t *testing.T) {
 		}
 	}
 }
+
+// TestMoveMemoryNodeToNodeCrashSettles moves a running VM with its memory
+// between two hosts reached over NATS (node-b to node-c) and "kills" the
+// control plane at each step: settled, exactly one copy runs, where the
+// switch says; before the switch node-b resumes it from its memory.
+func TestMoveMemoryNodeToNodeCrashSettles(t *testing.T) {
+	for _, step := range []string{"", "transfer", "switch", "cleanup"} {
+		name := step
+		if name == "" {
+			name = "no-crash"
+		}
+		t.Run(name, func(t *testing.T) {
+			th := newTwoHosts(t)
+			nodeC := th.addNode(t, "node-c", "127.209.0.3")
+			// One guest: it boots on node-b, trusting node-b's key.
+			th.cp.drv.SetServer(th.node.drv.Server())
+			nodeC.drv.SetServer(th.node.drv.Server())
+			svc := th.cp.svc
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+			defer cancel()
+			v, err := svc.Create(ctx, th.alice, CreateRequest{Name: "hopper", Image: "minimal", Host: "node-b", MemoryMiB: 256}, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			th.heartbeat(t)
+			svc.moving.crash = func(s string) bool { return s == step }
+			m, err := svc.Move(ctx, th.alice, "hopper", MoveRequest{Host: "node-c", Mode: "memory"}, nil)
+			svc.moving.crash = nil
+			if step == "" {
+				if err != nil || m.Host != "node-c" || m.Status != "running" || m.Move == nil || m.Move.DowntimeMS <= 0 {
+					t.Fatalf("move: %+v, %v", m, err)
+				}
+			} else if !errors.Is(err, errMoveCrashed) {
+				t.Fatalf("move: %v, want the crash", err)
+			}
+			if step == "switch" {
+				// As in TestMoveMemoryCrashSettles: the saved agent on
+				// node-b trusts both hosts.
+				cl, err := nodeC.svc.Engine.Agent(ctx, v.ID)
+				if err != nil {
+					t.Fatal(err)
+				}
+				err = cl.Configure(ctx, proto.Configure{HostKeys: []string{keyLine(th.node.key), keyLine(nodeC.key)}})
+				cl.Close()
+				if err != nil {
+					t.Fatal(err)
+				}
+			}
+			starts, restores := ops(th.node, fake.OpStart), ops(th.node, fake.OpRestore)
+			if err := svc.SettleMoves(ctx); err != nil {
+				t.Fatalf("settle: %v", err)
+			}
+			wantHost, on, off := "node-b", th.node, nodeC
+			if step == "" || step == "cleanup" {
+				wantHost, on, off = "node-c", nodeC, th.node
+			} else if ops(th.node, fake.OpStart) != starts || ops(th.node, fake.OpRestore) != restores+1 {
+				t.Errorf("node-b did not resume it from its memory: %d boots, %d restores", ops(th.node, fake.OpStart)-starts, ops(th.node, fake.OpRestore)-restores)
+			}
+			g, err := svc.Get(ctx, th.alice, "hopper")
+			if err != nil || g.Host != wantHost || g.Status != "running" || g.Note != "" {
+				t.Fatalf("after settling: %+v, %v; want running on %s", g, err, wantHost)
+			}
+			if inst, err := on.svc.Engine.Get(ctx, v.ID); err != nil || inst.State != vm.Running {
+				t.Errorf("on %s: %+v, %v", wantHost, inst, err)
+			}
+			if _, err := off.svc.Engine.Get(ctx, v.ID); errs.ClassOf(err) != errs.NotFound {
+				t.Errorf("a second copy is left: %v", err)
+			}
+			if _, err := os.Stat(filepath.Join(off.dir, "state", "vms", v.ID)); !os.IsNotExist(err) {
+				t.Errorf("files of a second copy are left: %v", err)
+			}
+			if moves, _ := store.ListMoves(ctx, svc.DB); len(moves) != 0 {
+				t.Errorf("move records left: %+v", moves)
+			}
+			if out := execOut(t, svc, th.alice, "hopper", "echo here"); strings.TrimSpace(out) != "here" {
+				t.Errorf("exec after settling: %q", out)
+			}
+		})
+	}
+}
