@@ -8,7 +8,6 @@ import (
 	"github.com/minionsdev/minions/internal/errs"
 	"github.com/minionsdev/minions/scheduler"
 	"github.com/minionsdev/minions/store"
-	"github.com/minionsdev/minions/vm"
 )
 
 // DefaultDrainParallel is how many moves a drain runs at once by default.
@@ -126,12 +125,6 @@ func (s *Service) drainOne(ctx context.Context, c Caller, from Host, v store.VM,
 		})
 	if err != nil {
 		return "", err
-	}
-	if mode == store.MoveMemory && to.Local && v.State == vm.Running {
-		// Not available onto the control plane's own host yet (see
-		// moveMemory): that one VM moves cold.
-		progress.Say("cold (a move with memory onto " + to.Name + " is not available yet)")
-		mode = store.MoveCold
 	}
 	if _, err := s.Move(ctx, c, v.ID, MoveRequest{Host: to.ID, Mode: mode}, progress); err != nil {
 		return "", err

@@ -36,8 +36,7 @@ import (
 // and the VM starts after the switch; a failed start switches back.
 //
 // Snapshots move with the VM: a VM with snapshots ships a bundle (its
-// disk and its snapshots' disks, see moveMemory); onto the control plane's
-// own host that is not available yet.
+// disk and its snapshots' disks, see moveMemory).
 
 // MoveRequest asks to move a VM.
 type MoveRequest struct {
@@ -254,9 +253,16 @@ func (s *Service) Move(ctx context.Context, c Caller, name string, req MoveReque
 	progress.Say("transfer")
 	var inst engine.Instance
 	var eerr error
-	if bsrc != nil {
-		inst, err = s.shipBundle(ctx, bsrc, bdst, engine.ImportSpec{ID: v.ID, Name: v.Name, Owner: v.OwnerID, Start: ran}, progress)
-	} else {
+	switch {
+	case bsrc != nil && to.Local:
+		_, err = s.shipBundle(ctx, bsrc, v.ID, func(r io.Reader) (engine.Instance, error) {
+			return engine.Instance{}, dstE.(bundleAdopter).StageBundle(ctx, engine.ImportSpec{ID: v.ID, Name: v.Name, Owner: v.OwnerID}, r, progress)
+		})
+	case bsrc != nil:
+		inst, err = s.shipBundle(ctx, bsrc, v.ID, func(r io.Reader) (engine.Instance, error) {
+			return bdst.ImportBundle(ctx, engine.ImportSpec{ID: v.ID, Name: v.Name, Owner: v.OwnerID, Start: ran}, r, progress)
+		})
+	default:
 		pr, pw := io.Pipe()
 		exported := make(chan error, 1)
 		go func() {
@@ -294,7 +300,11 @@ func (s *Service) Move(ctx context.Context, c Caller, name string, req MoveReque
 
 	progress.Say("switch")
 	err = s.DB.Tx(ctx, func(q store.Q) error {
-		if to.Local {
+		if to.Local && bsrc != nil {
+			if err := dstE.(bundleAdopter).AdoptBundle(ctx, q, v.ID); err != nil {
+				return err
+			}
+		} else if to.Local {
 			if err := ad.AdoptVM(ctx, q, v.ID); err != nil {
 				return err
 			}

@@ -29,8 +29,10 @@ import (
 // or a failed one destroys the target's copy and resumes the source from
 // its memory; after it the source's copy is destroyed.
 //
-// A stopped VM moves cold. Onto the control plane's own host a move with
-// memory is not available yet (errs.FailedPrecondition): move it cold.
+// A stopped VM moves cold. Onto the control plane's own host (whose
+// engine shares the control plane's row) the bundle is staged, the switch
+// makes the row this host's (engine.Local's AdoptBundle), and the VM
+// resumes after the switch; a failed resume switches back.
 
 // MoveStats are a move's figures (Move's result only).
 type MoveStats struct {
@@ -43,12 +45,21 @@ type MoveStats struct {
 	DowntimeMS int64 `json:"downtime_ms,omitempty"`
 }
 
+// bundleAdopter is this host's engine when it shares the control plane's
+// store (engine.Local): a move onto it stages the bundle, then adopts the
+// row.
+type bundleAdopter interface {
+	StageBundle(ctx context.Context, spec engine.ImportSpec, r io.Reader, progress engine.Progress) error
+	AdoptBundle(ctx context.Context, q store.Q, id string) error
+	ResumeAdopted(ctx context.Context, id string, start bool, progress engine.Progress) (engine.Instance, error)
+}
+
 // memoryMovers returns the engines of a move as MemoryMovers.
 func memoryMovers(v store.VM, from, to store.Host, srcE, dstE engine.Engine, what string) (engine.MemoryMover, engine.MemoryMover, error) {
 	src, ok1 := srcE.(engine.MemoryMover)
 	dst, ok2 := dstE.(engine.MemoryMover)
-	if to.Local {
-		return nil, nil, errs.New(errs.FailedPrecondition, "move vm %s: %s onto the control plane's own host is not available yet; move it cold", v.Name, what)
+	if _, ok := dstE.(bundleAdopter); to.Local && !ok {
+		ok2 = false
 	}
 	if !ok1 || !ok2 {
 		return nil, nil, errs.New(errs.FailedPrecondition, "move vm %s: the engines of %s and %s cannot move %s", v.Name, from.Name, to.Name, what)
@@ -109,7 +120,18 @@ func (s *Service) moveMemory(ctx context.Context, v store.VM, from, to store.Hos
 		return VM{}, errMoveCrashed
 	}
 	progress.Say("transfer")
-	inst, err := s.shipBundle(ctx, src, dst, engine.ImportSpec{ID: v.ID, Name: v.Name, Owner: v.OwnerID}, progress)
+	spec := engine.ImportSpec{ID: v.ID, Name: v.Name, Owner: v.OwnerID}
+	ad, _ := dstE.(bundleAdopter)
+	var inst engine.Instance
+	if to.Local {
+		_, err = s.shipBundle(ctx, src, v.ID, func(r io.Reader) (engine.Instance, error) {
+			return engine.Instance{}, ad.StageBundle(ctx, spec, r, progress)
+		})
+	} else {
+		inst, err = s.shipBundle(ctx, src, v.ID, func(r io.Reader) (engine.Instance, error) {
+			return dst.ImportBundle(ctx, spec, r, progress)
+		})
+	}
 	resumed := time.Now()
 	if s.moving.crashes("switch") {
 		return VM{}, errMoveCrashed
@@ -123,7 +145,11 @@ func (s *Service) moveMemory(ctx context.Context, v store.VM, from, to store.Hos
 	}
 	progress.Say("switch")
 	err = s.DB.Tx(ctx, func(q store.Q) error {
-		if err := store.SwitchVMHost(ctx, q, v.ID, to.ID, inst.IP, inst.MAC, inst.State); err != nil {
+		if to.Local {
+			if err := ad.AdoptBundle(ctx, q, v.ID); err != nil {
+				return err
+			}
+		} else if err := store.SwitchVMHost(ctx, q, v.ID, to.ID, inst.IP, inst.MAC, inst.State); err != nil {
 			return err
 		}
 		return store.SetMoveStep(ctx, q, v.ID, store.MoveCleanup)
@@ -131,7 +157,27 @@ func (s *Service) moveMemory(ctx context.Context, v store.VM, from, to store.Hos
 	if err != nil {
 		return VM{}, restore(err, s.undoImport(ctx, dstE, v.ID, err))
 	}
-	s.syncRow(ctx, to.ID, inst)
+	if to.Local {
+		// Here the resume comes after the switch; a failed one switches
+		// back (the source's saved state is still there).
+		progress.Say("resume")
+		if _, err := ad.ResumeAdopted(ctx, v.ID, false, progress); err != nil {
+			back := s.DB.Tx(context.WithoutCancel(ctx), func(q store.Q) error {
+				if err := store.SwitchVMHost(ctx, q, v.ID, from.ID, v.NodeIP, v.NodeMAC, vm.Stopped); err != nil {
+					return err
+				}
+				return store.SetMoveStep(ctx, q, v.ID, store.MoveTransfer)
+			})
+			if back != nil {
+				s.log.Error("move: switch back after a failed resume", "vm_id", v.ID, "err", back)
+				return VM{}, fmt.Errorf("move vm %s to %s: resume: %w (and switching back failed: %v; it is settled later)", v.Name, to.Name, err, back)
+			}
+			return VM{}, restore(err, s.undoImport(ctx, dstE, v.ID, err))
+		}
+		resumed = time.Now()
+	} else {
+		s.syncRow(ctx, to.ID, inst)
+	}
 	if s.moving.crashes("cleanup") {
 		return VM{}, errMoveCrashed
 	}
@@ -147,18 +193,18 @@ func (s *Service) moveMemory(ctx context.Context, v store.VM, from, to store.Hos
 	return out, nil
 }
 
-// shipBundle pipes the source's bundle of spec.ID into the target's import.
-// An import that failed because the export did is reported as the export's
-// error.
-func (s *Service) shipBundle(ctx context.Context, src, dst engine.MemoryMover, spec engine.ImportSpec, progress Progress) (engine.Instance, error) {
+// shipBundle pipes the source's bundle of VM id into the target's import
+// imp. An import that failed because the export did is reported as the
+// export's error.
+func (s *Service) shipBundle(ctx context.Context, src engine.MemoryMover, id string, imp func(io.Reader) (engine.Instance, error)) (engine.Instance, error) {
 	pr, pw := io.Pipe()
 	exported := make(chan error, 1)
 	go func() {
-		err := src.ExportBundle(ctx, spec.ID, pw)
+		err := src.ExportBundle(ctx, id, pw)
 		pw.CloseWithError(err)
 		exported <- err
 	}()
-	inst, err := dst.ImportBundle(ctx, spec, pr, progress)
+	inst, err := imp(pr)
 	pr.CloseWithError(errors.New("import ended"))
 	eerr := <-exported
 	if err != nil {

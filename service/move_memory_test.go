@@ -146,13 +146,39 @@ func TestMoveMemoryToAnotherHost(t *testing.T) {
 	if _, err := svc.RestoreSnapshot(ctx, th.alice, "warm", "s1", nil); err != nil {
 		t.Fatalf("restore the moved snapshot: %v", err)
 	}
-	// Back onto the control plane's own host: not with memory, yet.
+	// Back onto the control plane's own host (staged, adopted, resumed
+	// after the switch).
 	th.heartbeat(t)
-	if _, err := svc.Move(ctx, th.alice, "warm", MoveRequest{Host: "cp", Mode: "memory"}, nil); errs.ClassOf(err) != errs.FailedPrecondition {
-		t.Fatalf("move --memory onto cp: %v", err)
+	got = nil
+	starts, restores = ops(th.cp, fake.OpStart), ops(th.cp, fake.OpRestore)
+	m, err = svc.Move(ctx, th.alice, "warm", MoveRequest{Host: "cp", Mode: "memory"}, func(s string) { got = append(got, s) })
+	if err != nil {
+		t.Fatalf("move --memory onto cp: %v (steps %v)", err, got)
 	}
-	if g, _ := svc.Get(ctx, th.alice, "warm"); g.Host != "node-b" || g.Status != "running" {
-		t.Fatalf("after a refused move: %+v", g)
+	t.Logf("move --memory node-b -> cp: %+v, steps %v", *m.Move, got)
+	if m.Host != "cp" || m.Status != "running" || m.Move.DowntimeMS <= 0 {
+		t.Fatalf("moved back %+v", m)
+	}
+	if err := steps(got, "suspend", "transfer", "switch", "resume", "restore memory", "move network", "cleanup"); err != nil {
+		t.Error(err)
+	}
+	if ops(th.cp, fake.OpStart) != starts || ops(th.cp, fake.OpRestore) != restores+1 {
+		t.Errorf("cp booted (%d starts) instead of resuming from memory (%d restores)", ops(th.cp, fake.OpStart)-starts, ops(th.cp, fake.OpRestore)-restores)
+	}
+	if inst, err := th.cp.svc.Engine.Get(ctx, v.ID); err != nil || inst.State != vm.Running || inst.IP != m.IP {
+		t.Fatalf("on cp: %+v, %v", inst, err)
+	}
+	if _, err := th.node.svc.Engine.Get(ctx, v.ID); errs.ClassOf(err) != errs.NotFound {
+		t.Errorf("node-b kept a copy: %v", err)
+	}
+	if snaps, err := svc.ListSnapshots(ctx, th.alice, "warm"); err != nil || len(snaps) != 1 || snaps[0].Name != "s1" {
+		t.Errorf("snapshots on cp: %+v, %v", snaps, err)
+	}
+	if out := execOut(t, svc, th.alice, "warm", "echo back"); strings.TrimSpace(out) != "back" {
+		t.Errorf("exec after the move back: %q", out)
+	}
+	if _, err := os.Stat(filepath.Join(th.cp.dir, "state", "vms", v.ID, "move-state")); !os.IsNotExist(err) {
+		t.Errorf("the saved state is kept on cp: %v", err)
 	}
 }
 
@@ -192,14 +218,22 @@ func TestMoveWithSnapshotsCold(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(th.cp.dir, "state", "vms", v.ID)); !os.IsNotExist(err) {
 		t.Errorf("files left on cp: %v", err)
 	}
-	// Back onto the control plane's own host: with snapshots, refused
-	// and untouched.
+	// Back onto the control plane's own host, its snapshot with it.
 	th.heartbeat(t)
-	if _, err := svc.Move(ctx, th.alice, "snappy", MoveRequest{Host: "cp"}, nil); errs.ClassOf(err) != errs.FailedPrecondition || !strings.Contains(err.Error(), "snapshots") {
-		t.Fatalf("move with snapshots onto cp: %v", err)
+	if m, err := svc.Move(ctx, th.alice, "snappy", MoveRequest{Host: "cp"}, nil); err != nil || m.Host != "cp" || m.Status != "stopped" {
+		t.Fatalf("move with snapshots onto cp: %+v, %v", m, err)
 	}
-	if g, _ := svc.Get(ctx, th.alice, "snappy"); g.Host != "node-b" || g.Status != "stopped" {
-		t.Fatalf("after a refused move: %+v", g)
+	if snaps, err := svc.ListSnapshots(ctx, th.alice, "snappy"); err != nil || len(snaps) != 1 || snaps[0].Name != "s1" {
+		t.Fatalf("snapshots on cp: %+v, %v", snaps, err)
+	}
+	if _, err := svc.RestoreSnapshot(ctx, th.alice, "snappy", "s1", nil); err != nil {
+		t.Fatalf("restore the snapshot moved back: %v", err)
+	}
+	if _, err := svc.Start(ctx, th.alice, "snappy", nil); err != nil {
+		t.Fatalf("start on cp: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(th.node.dir, "state", "vms", v.ID)); !os.IsNotExist(err) {
+		t.Errorf("files left on node-b: %v", err)
 	}
 }
 
@@ -325,14 +359,19 @@ func TestDrainMovesWithMemoryByDefault(t *testing.T) {
 }
 
 // TestMoveMemoryNodeToNodeCrashSettles moves a running VM with its memory
-// between two hosts reached over NATS (node-b to node-c) and "kills" the
-// control plane at each step: settled, exactly one copy runs, where the
-// switch says; before the switch node-b resumes it from its memory.
+// from a host reached over NATS (node-b) to another (node-c) and to the
+// control plane's own host, and "kills" the control plane at each step:
+// settled, exactly one copy runs, where the switch says; before the
+// switch node-b resumes it from its memory.
 func TestMoveMemoryNodeToNodeCrashSettles(t *testing.T) {
-	for _, step := range []string{"", "transfer", "switch", "cleanup"} {
-		name := step
-		if name == "" {
-			name = "no-crash"
+	for _, c := range []struct{ target, step string }{
+		{"node-c", ""}, {"node-c", "transfer"}, {"node-c", "switch"}, {"node-c", "cleanup"},
+		{"cp", ""}, {"cp", "transfer"}, {"cp", "switch"}, {"cp", "cleanup"},
+	} {
+		step, target := c.step, c.target
+		name := "to-" + target + "-" + step
+		if step == "" {
+			name = "to-" + target + "-no-crash"
 		}
 		t.Run(name, func(t *testing.T) {
 			th := newTwoHosts(t)
@@ -340,6 +379,7 @@ func TestMoveMemoryNodeToNodeCrashSettles(t *testing.T) {
 			// One guest: it boots on node-b, trusting node-b's key.
 			th.cp.drv.SetServer(th.node.drv.Server())
 			nodeC.drv.SetServer(th.node.drv.Server())
+			dest := map[string]*machine{"node-c": nodeC, "cp": th.cp}[target]
 			svc := th.cp.svc
 			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 			defer cancel()
@@ -349,18 +389,19 @@ func TestMoveMemoryNodeToNodeCrashSettles(t *testing.T) {
 			}
 			th.heartbeat(t)
 			svc.moving.crash = func(s string) bool { return s == step }
-			m, err := svc.Move(ctx, th.alice, "hopper", MoveRequest{Host: "node-c", Mode: "memory"}, nil)
+			m, err := svc.Move(ctx, th.alice, "hopper", MoveRequest{Host: target, Mode: "memory"}, nil)
 			svc.moving.crash = nil
 			if step == "" {
-				if err != nil || m.Host != "node-c" || m.Status != "running" || m.Move == nil || m.Move.DowntimeMS <= 0 {
+				if err != nil || m.Host != target || m.Status != "running" || m.Move == nil || m.Move.DowntimeMS <= 0 {
 					t.Fatalf("move: %+v, %v", m, err)
 				}
 			} else if !errors.Is(err, errMoveCrashed) {
 				t.Fatalf("move: %v, want the crash", err)
 			}
-			if step == "switch" {
+			if step == "switch" && target == "node-c" {
 				// As in TestMoveMemoryCrashSettles: the saved agent on
-				// node-b trusts both hosts.
+				// node-b trusts both hosts. (Onto cp the bundle is only
+				// staged at this step: nothing runs there.)
 				cl, err := nodeC.svc.Engine.Agent(ctx, v.ID)
 				if err != nil {
 					t.Fatal(err)
@@ -375,9 +416,9 @@ func TestMoveMemoryNodeToNodeCrashSettles(t *testing.T) {
 			if err := svc.SettleMoves(ctx); err != nil {
 				t.Fatalf("settle: %v", err)
 			}
-			wantHost, on, off := "node-b", th.node, nodeC
+			wantHost, on, off := "node-b", th.node, dest
 			if step == "" || step == "cleanup" {
-				wantHost, on, off = "node-c", nodeC, th.node
+				wantHost, on, off = target, dest, th.node
 			} else if ops(th.node, fake.OpStart) != starts || ops(th.node, fake.OpRestore) != restores+1 {
 				t.Errorf("node-b did not resume it from its memory: %d boots, %d restores", ops(th.node, fake.OpStart)-starts, ops(th.node, fake.OpRestore)-restores)
 			}

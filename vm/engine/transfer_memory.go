@@ -595,3 +595,164 @@ func (l *Local) resumeMoved(ctx context.Context, o *op, fk hypervisor.Forker, ro
 	u = nil
 	return row, nil
 }
+
+// Onto the host whose store also holds the control plane's row of the
+// instance (see StageDisk and AdoptVM for the cold move): StageBundle
+// writes the bundle into place without recording an instance,
+// AdoptBundle makes the row this host's inside the caller's transaction
+// (an address of this host, the agent key, the snapshots' records), and
+// ResumeAdopted then resumes it from the memory it brought.
+
+// bundleFile keeps a staged bundle's header until the instance resumes.
+const bundleFile = "bundle.json"
+
+// StageBundle writes bundle r into place as instance spec.ID's files
+// (rebased onto this host's copy of its image) without recording an
+// instance. An instance of this host with that ID, or files already
+// there, is errs.AlreadyExists; on any failure what it wrote is removed.
+// Destroy removes a staged bundle.
+func (l *Local) StageBundle(ctx context.Context, spec ImportSpec, r io.Reader, progress Progress) error {
+	if !vm.IsID(spec.ID) {
+		return errs.New(errs.InvalidArgument, "invalid vm id %q", spec.ID)
+	}
+	br := bufio.NewReaderSize(r, maxDiskHeader)
+	h, err := ReadBundleHeader(br)
+	if err != nil {
+		return err
+	}
+	if h.ID != spec.ID {
+		return errs.New(errs.InvalidArgument, "import vm %s: the bundle carries vm %s", spec.ID, h.ID)
+	}
+	if h.Memory {
+		if _, ok := l.Driver.(hypervisor.Forker); !ok || !l.Driver.Caps().MemorySnapshot {
+			return errs.New(errs.FailedPrecondition, "import vm %s: the %s driver cannot resume a vm from its memory", spec.Name, l.Driver.Name())
+		}
+	}
+	progress.Say("image")
+	img, err := l.Images.Resolve(ctx, h.Image)
+	if err != nil {
+		return errs.New(errs.FailedPrecondition, "import vm %s: image %s is not on this host (fetch it first): %v", spec.Name, h.Image, err)
+	}
+	unlock, err := l.lockVM(ctx, spec.ID)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	if _, err := store.GetLocalVMByID(ctx, l.DB, spec.ID); err == nil {
+		return errs.New(errs.AlreadyExists, "vm %s is already on this host", spec.ID)
+	}
+	dir := l.vmDir(spec.ID)
+	if err := os.MkdirAll(filepath.Dir(dir), 0o700); err != nil {
+		return err
+	}
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		if os.IsExist(err) {
+			return errs.New(errs.AlreadyExists, "import vm %s: files of it are already on this host", spec.ID)
+		}
+		return err
+	}
+	progress.Say("disk")
+	err = func() error {
+		if err := ReadBundleFiles(br, h, dir); err != nil {
+			return err
+		}
+		if rb, ok := l.Disks.(Rebaser); ok {
+			for _, f := range h.Files {
+				if strings.HasSuffix(f.Path, ".qcow2") {
+					if err := rb.SetBacking(ctx, filepath.Join(dir, filepath.FromSlash(f.Path)), img.Path, img.Format); err != nil {
+						return err
+					}
+				}
+			}
+		}
+		b, err := json.Marshal(h)
+		if err != nil {
+			return err
+		}
+		return os.WriteFile(filepath.Join(dir, bundleFile), b, 0o600)
+	}()
+	if err != nil {
+		os.RemoveAll(dir)
+		return l.diskFull(err)
+	}
+	return nil
+}
+
+// AdoptBundle makes row id of this store, recorded as another host's,
+// this host's stopped instance with a fresh address of this host, the
+// staged bundle's agent key and snapshots, inside the caller's
+// transaction q; its bundle must have been staged (StageBundle).
+func (l *Local) AdoptBundle(ctx context.Context, q store.Q, id string) error {
+	b, err := os.ReadFile(filepath.Join(l.vmDir(id), bundleFile))
+	if err != nil {
+		return errs.New(errs.FailedPrecondition, "adopt vm %s: no staged bundle", id)
+	}
+	var h BundleHeader
+	if err := json.Unmarshal(b, &h); err != nil {
+		return fmt.Errorf("adopt vm %s: %w", id, err)
+	}
+	if err := l.AdoptVM(ctx, q, id); err != nil {
+		return err
+	}
+	if h.Memory {
+		v, err := store.GetVMByID(ctx, q, id)
+		if err != nil {
+			return err
+		}
+		v.AgentKey = h.AgentKey
+		if err := store.UpdateVM(ctx, q, v); err != nil {
+			return err
+		}
+	}
+	for _, s := range h.Snapshots {
+		snap := store.Snapshot{ID: s.ID, VMID: id, Name: s.Name, CreatedAt: s.CreatedAt, SizeBytes: dirSize(l.snapDir(id, s.ID))}
+		if err := store.InsertSnapshot(ctx, q, snap); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// ResumeAdopted resumes an adopted instance from the memory its bundle
+// brought (see resumeMoved), or boots it when it brought none and start
+// is set. A failure leaves it stopped with its saved state, to try again.
+func (l *Local) ResumeAdopted(ctx context.Context, id string, start bool, progress Progress) (Instance, error) {
+	var out Instance
+	err := l.withLock(ctx, id, func(v store.VM) error {
+		if v.State != vm.Stopped {
+			return errs.New(errs.FailedPrecondition, "resume vm %s: it is %s", v.Name, v.State)
+		}
+		if !exists(l.moveState(v.ID)) {
+			os.Remove(filepath.Join(l.vmDir(v.ID), bundleFile))
+			if !start {
+				out = InstanceOf(v)
+				return nil
+			}
+			var err error
+			out, err = l.start(ctx, v, "start", progress)
+			return err
+		}
+		fk, ok := l.Driver.(hypervisor.Forker)
+		if !ok {
+			return errs.New(errs.FailedPrecondition, "the %s driver cannot resume a vm from its memory", l.Driver.Name())
+		}
+		img, err := l.Images.Resolve(ctx, v.Image)
+		if err != nil {
+			return err
+		}
+		o, err := l.beginStartOp(ctx, v, "resume")
+		if err != nil {
+			return err
+		}
+		nv, err := l.resumeMoved(ctx, o, fk, v, img, progress)
+		o.finish(ctx, err)
+		if err != nil {
+			l.markStopped(context.WithoutCancel(ctx), nv)
+			return fmt.Errorf("resume vm %s: %w", v.Name, err)
+		}
+		os.Remove(filepath.Join(l.vmDir(v.ID), bundleFile))
+		out = InstanceOf(nv)
+		return nil
+	})
+	return out, err
+}
