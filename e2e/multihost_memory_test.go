@@ -18,8 +18,9 @@ import (
 // the snapshot is listed on n2, and nothing of m1 is left on n1. It
 // prints the move's wall time and the downtime (the engine's suspend to
 // resume, and the largest gap between the guest's counter ticks by its
-// own clock, which the move steps to the host's). m1 is destroyed after,
-// so the later subtests see the cluster as before.
+// own clock, which the move steps to the host's). Then m1 moves on, with
+// its memory, to the control plane's own host. m1 is destroyed after, so
+// the later subtests see the cluster as before.
 func testMoveMemory(t *testing.T, c *mhCluster, ann, ben mhUser, haveVMs bool) {
 	if !haveVMs {
 		t.Skip("no VMs on the nodes (see create-on-each-node)")
@@ -78,6 +79,37 @@ func testMoveMemory(t *testing.T, c *mhCluster, ann, ben mhUser, haveVMs bool) {
 	gap, ticks := tickGap(t, c, ann, "m1", before)
 	t.Logf("move --memory m1 n1 -> n2 (256 MiB, TCG): wall %s, downtime %s by the engine's suspend -> resume, largest gap between the guest's counter ticks %s (%d ticks); count %d -> %d",
 		wall.Round(time.Millisecond), down.Round(time.Millisecond), gap.Round(time.Millisecond), ticks, before, after)
+
+	// On to the control plane's own host (staged there, adopted, resumed).
+	cpName := hosts["cp"].Name
+	before = guestCount(t, c, ann, "m1")
+	wall, down, moved = moveDowntime(t, c, ann, "m1", cpName, "memory")
+	if moved.ID != id || moved.Status != "running" || moved.hostOf() != cpName {
+		t.Fatalf("move m1 --memory --host %s answered: %+v", cpName, moved.Raw)
+	}
+	r = c.as(t, ann, "", "exec", "m1", "--", "sh", "-c", "cat /proc/"+pid+"/cmdline | tr '\\0' ' '; echo; cat /run/count")
+	lines = strings.Split(strings.TrimSpace(r.stdout), "\n")
+	if r.code != 0 || len(lines) != 2 || !strings.Contains(lines[0], "while") {
+		t.Fatalf("the counter (pid %s) after the move to the cp: %s", pid, r)
+	}
+	if n, _ := strconv.Atoi(lines[1]); n < before {
+		t.Errorf("the count went back on the cp: %d before the move, %d after", before, n)
+	}
+	if v, r := c.show(t, ann, "m1"); r.code != 0 || v.hostOf() != cpName {
+		t.Errorf("show m1 after the move to the cp: %s", r)
+	} else if s := hosts["cp"].Subnet; s != nil && !netip.MustParsePrefix(*s).Contains(netip.MustParseAddr(v.IP)) {
+		t.Errorf("m1's address %s on the cp is not in its subnet %s", v.IP, *s)
+	}
+	if r := c.as(t, ann, "", "snapshot", "list", "m1", "--json"); r.code != 0 || !strings.Contains(r.stdout, `"before-move"`) {
+		t.Errorf("m1's snapshots on the cp: %s", r)
+	}
+	if got := c.cp.vmProcs(id); len(got) != 1 {
+		t.Errorf("m1's QEMU on the cp: %v, want one", got)
+	}
+	checkNothingLeft(t, c.n2, id)
+	gap, _ = tickGap(t, c, ann, "m1", before)
+	t.Logf("move --memory m1 n2 -> cp: wall %s, downtime %s (engine), largest tick gap %s (guest)",
+		wall.Round(time.Millisecond), down.Round(time.Millisecond), gap.Round(time.Millisecond))
 }
 
 // startTicker starts a counter in VM name, detached from the exec session
