@@ -213,6 +213,9 @@ func moveDowntime(t testing.TB, c *mhCluster, u mhUser, name, host, mode string)
 	if stats.Move == nil {
 		t.Fatalf("move %s --json has no move figures: %s", name, r.stdout)
 	}
+	if b, err := json.Marshal(v.Raw["move"]); err == nil {
+		t.Logf("move %s --%s --host %s: %s", name, mode, host, b)
+	}
 	if mode != "" && stats.Move.Mode != mode {
 		t.Errorf("move %s --%s reports mode %q", name, mode, stats.Move.Mode)
 	}

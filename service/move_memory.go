@@ -43,6 +43,9 @@ type MoveStats struct {
 	// suspend to the resume on the target; cold: from the stop to the
 	// start there).
 	DowntimeMS int64 `json:"downtime_ms,omitempty"`
+	// SuspendMS is the part of the downtime spent saving the memory on
+	// the source (memory only); the rest is shipping and resuming.
+	SuspendMS int64 `json:"suspend_ms,omitempty"`
 }
 
 // bundleAdopter is this host's engine when it shares the control plane's
@@ -98,7 +101,9 @@ func (s *Service) moveMemory(ctx context.Context, v store.VM, from, to store.Hos
 	}
 	progress.Say("suspend")
 	suspended := time.Now()
-	if err := src.Suspend(ctx, v.ID, trust); err != nil {
+	err = src.Suspend(ctx, v.ID, trust)
+	suspendTook := time.Since(suspended)
+	if err != nil {
 		// A failed suspend leaves it running; one that did not answer may
 		// not have: resume it in any case.
 		s.resumeSource(ctx, src, from, v.ID)
@@ -185,9 +190,10 @@ func (s *Service) moveMemory(ctx context.Context, v store.VM, from, to store.Hos
 	if err := s.destroySource(ctx, srcE, v.ID); err != nil {
 		s.log.Warn("move: destroy the source copy (settled later)", "vm_id", v.ID, "host", from.Name, "err", err)
 	}
-	stats := &MoveStats{Mode: store.MoveMemory, WallMS: time.Since(t0).Milliseconds(), DowntimeMS: resumed.Sub(suspended).Milliseconds()}
+	stats := &MoveStats{Mode: store.MoveMemory, WallMS: time.Since(t0).Milliseconds(), DowntimeMS: resumed.Sub(suspended).Milliseconds(),
+		SuspendMS: suspendTook.Milliseconds()}
 	s.log.Info("vm moved with memory", "vm_id", v.ID, "vm", v.Name, "from", from.Name, "to", to.Name,
-		"wall_ms", stats.WallMS, "downtime_ms", stats.DowntimeMS)
+		"wall_ms", stats.WallMS, "downtime_ms", stats.DowntimeMS, "suspend_ms", stats.SuspendMS)
 	out := s.current(ctx, v.ID)
 	out.Move = stats
 	return out, nil
