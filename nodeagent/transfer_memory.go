@@ -15,6 +15,15 @@ import (
 // export_bundle has the node write one into it, import_bundle has the node
 // read one from it once it said streamReady.
 
+// Method names of moves with memory (see wire.go).
+const (
+	mSuspend       = "suspend"         // suspend with memory for a move
+	mResume        = "resume"          // resume a suspended instance
+	mExportBundle  = "export_bundle"   // write a bundle into a stream
+	mImportBundle  = "import_bundle"   // make an instance from a bundle
+	mAgentTrustKey = "agent_trust_key" // the key the node's agents trust, from its engine
+)
+
 var _ engine.MemoryMover = (*Remote)(nil)
 
 // AgentTrustKey implements engine.MemoryMover: the key the node's

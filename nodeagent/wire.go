@@ -55,17 +55,12 @@ const (
 	mDialAgent       = "dial_agent"
 	mAgentKey        = "agent_key"
 	mConsoleLog      = "console_log"
-	mAgentPubKey     = "agent_pubkey"    // the key the node's agents trust (sign.go)
-	mAgentSign       = "agent_sign"      // sign an agent login (sign.go)
-	mConsole         = "console"         // copy the console log into a stream (console.go)
-	mDirectTicket    = "direct_ticket"   // a one-time ticket for a direct stream (direct.go)
-	mExportDisk      = "export_disk"     // write a disk stream into a stream (transfer.go)
-	mImportDisk      = "import_disk"     // make an instance from a stream (transfer.go)
-	mSuspend         = "suspend"         // suspend with memory for a move (transfer_memory.go)
-	mResume          = "resume"          // resume a suspended instance (transfer_memory.go)
-	mExportBundle    = "export_bundle"   // write a bundle into a stream (transfer_memory.go)
-	mImportBundle    = "import_bundle"   // make an instance from a bundle (transfer_memory.go)
-	mAgentTrustKey   = "agent_trust_key" // the key the node's agents trust, from its engine (transfer_memory.go)
+	mAgentPubKey     = "agent_pubkey"  // the key the node's agents trust (sign.go)
+	mAgentSign       = "agent_sign"    // sign an agent login (sign.go)
+	mConsole         = "console"       // copy the console log into a stream (console.go)
+	mDirectTicket    = "direct_ticket" // a one-time ticket for a direct stream (direct.go)
+	mExportDisk      = "export_disk"   // write a disk stream into a stream (transfer.go)
+	mImportDisk      = "import_disk"   // make an instance from a stream (transfer.go)
 	mCancel          = "cancel"
 	mAlive           = "alive" // is call c still running? "yes" or "no"
 )
@@ -77,17 +72,20 @@ type callRequest struct {
 	ID       string    `json:"id,omitempty"`
 	Name     string    `json:"name,omitempty"`
 	Snapshot string    `json:"snapshot,omitempty"`
-	Stream   string    `json:"stream,omitempty"`    // dial_agent: the stream's ID
-	Data     []byte    `json:"data,omitempty"`      // agent_sign: what to sign
-	Algo     string    `json:"algo,omitempty"`      // agent_sign: the signature algorithm ("" the key's default)
-	Follow   bool      `json:"follow,omitempty"`    // console: keep copying what the guest prints
-	Kind     string    `json:"kind,omitempty"`      // direct_ticket: agent or tunnel
-	TrustKey string    `json:"trust_key,omitempty"` // suspend: the key the agent also accepts
+	Stream   string    `json:"stream,omitempty"` // dial_agent: the stream's ID
+	Data     []byte    `json:"data,omitempty"`   // agent_sign: what to sign
+	Algo     string    `json:"algo,omitempty"`   // agent_sign: the signature algorithm ("" the key's default)
+	Follow   bool      `json:"follow,omitempty"` // console: keep copying what the guest prints
+	Kind     string    `json:"kind,omitempty"`   // direct_ticket: agent or tunnel
 
 	Create       *engine.CreateSpec   `json:"create,omitempty"`
 	Resize       *engine.ResizeSpec   `json:"resize,omitempty"`
 	SnapshotSpec *engine.SnapshotSpec `json:"snapshot_spec,omitempty"`
 	Import       *engine.ImportSpec   `json:"import,omitempty"`
+
+	// TrustKey (suspend, transfer_memory.go) is the key the instance's
+	// guest agent is told to accept too.
+	TrustKey string `json:"trust_key,omitempty"`
 }
 
 // callFrame is a progress step (Step set) or the final answer (Done).
