@@ -22,6 +22,7 @@ const (
 	mExportBundle  = "export_bundle"   // write a bundle into a stream
 	mImportBundle  = "import_bundle"   // make an instance from a bundle
 	mAgentTrustKey = "agent_trust_key" // the key the node's agents trust, from its engine
+	mPrepareImage  = "prepare_image"   // make an image ready (fetched) on the node
 )
 
 var _ engine.MemoryMover = (*Remote)(nil)
@@ -32,6 +33,11 @@ func (r *Remote) AgentTrustKey(ctx context.Context) (string, error) {
 	var line string
 	err := r.call(ctx, mAgentTrustKey, callRequest{}, nil, &line)
 	return line, err
+}
+
+// PrepareImage implements engine.MemoryMover.
+func (r *Remote) PrepareImage(ctx context.Context, ref string) error {
+	return r.call(ctx, mPrepareImage, callRequest{Name: ref}, nil, nil)
 }
 
 // Suspend implements engine.MemoryMover.
@@ -105,6 +111,8 @@ func (s *server) runMemory(ctx context.Context, method string, req callRequest, 
 	switch method {
 	case mAgentTrustKey:
 		return m.AgentTrustKey(ctx)
+	case mPrepareImage:
+		return nil, m.PrepareImage(ctx, req.Name)
 	case mSuspend:
 		return nil, m.Suspend(ctx, req.ID, req.TrustKey)
 	case mResume:

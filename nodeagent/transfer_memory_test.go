@@ -45,6 +45,12 @@ func TestMemoryMoveBetweenNodesOverNATS(t *testing.T) {
 	if err != nil || !strings.HasPrefix(trust, "ssh-ed25519 ") {
 		t.Fatalf("node-b's agent key: %q, %v", trust, err)
 	}
+	if err := rb.PrepareImage(ctx, inst.Image); err != nil {
+		t.Fatalf("prepare image %s on node-b: %v", inst.Image, err)
+	}
+	if err := rb.PrepareImage(ctx, "nope@1"); errs.ClassOf(err) != errs.NotFound {
+		t.Fatalf("prepare a missing image on node-b: %v, want NotFound", err)
+	}
 	if err := ra.Suspend(ctx, inst.ID, trust); err != nil {
 		t.Fatalf("suspend: %v", err)
 	}

@@ -99,6 +99,11 @@ func (s *Service) moveMemory(ctx context.Context, v store.VM, from, to store.Hos
 		forget()
 		return VM{}, fmt.Errorf("move vm %s: the agent key of %s: %w", v.Name, to.Name, err)
 	}
+	// The image, fetched by the target while the VM still runs.
+	if err := dst.PrepareImage(ctx, v.Image); err != nil {
+		forget()
+		return VM{}, fmt.Errorf("move vm %s: image %s on %s: %w", v.Name, v.Image, to.Name, err)
+	}
 	progress.Say("suspend")
 	suspended := time.Now()
 	err = src.Suspend(ctx, v.ID, trust)
@@ -294,6 +299,15 @@ func (n *nodeEngine) AgentTrustKey(ctx context.Context) (string, error) {
 		return "", err
 	}
 	return m.AgentTrustKey(ctx)
+}
+
+// PrepareImage implements engine.MemoryMover.
+func (n *nodeEngine) PrepareImage(ctx context.Context, ref string) error {
+	m, err := n.memoryMover()
+	if err != nil {
+		return err
+	}
+	return m.PrepareImage(ctx, ref)
 }
 
 // Suspend implements engine.MemoryMover.

@@ -216,6 +216,10 @@ type MemoryMover interface {
 	// AgentTrustKey is the authorized_keys line of the key this host's
 	// guest agents accept logins from.
 	AgentTrustKey(ctx context.Context) (string, error)
+	// PrepareImage makes image ref ready on this host (fetched, where
+	// the host's catalogue fetches), so an import that follows does not
+	// wait for it while the guest is suspended.
+	PrepareImage(ctx context.Context, ref string) error
 	// Suspend pauses running instance id, saves its memory and device
 	// state on this host and stops its hypervisor: the instance is
 	// recorded stopped with NoteSuspended until Resume, ExportBundle
@@ -254,6 +258,12 @@ func (l *Local) hostKeyLine() string {
 
 // AgentTrustKey implements MemoryMover.
 func (l *Local) AgentTrustKey(ctx context.Context) (string, error) { return l.hostKeyLine(), nil }
+
+// PrepareImage implements MemoryMover.
+func (l *Local) PrepareImage(ctx context.Context, ref string) error {
+	_, err := l.Images.Resolve(ctx, ref)
+	return err
+}
 
 // Suspend implements MemoryMover.
 func (l *Local) Suspend(ctx context.Context, id, trustKey string) error {
