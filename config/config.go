@@ -70,6 +70,7 @@ type Config struct {
 	MinFreeSpaceMiB    int          `toml:"min_free_space_mib"`    // doctor warns below this much free on the state filesystem (default 2048)
 	Placement          string       `toml:"placement"`             // where create puts VMs among the cluster's hosts: spread (default) or binpack
 	CPUOvercommit      float64      `toml:"cpu_overcommit"`        // vCPUs per host CPU the scheduler allows (default 4)
+	DrainMode          string       `toml:"drain_mode"`            // how `host drain` moves VMs: memory (default), cold or live; a stopped VM moves cold
 
 	// DNSProvider obtains one wildcard certificate *.<domain> by DNS-01
 	// instead of a certificate per VM name on demand: "cloudflare" or

@@ -31,6 +31,9 @@ type Resources struct {
 	// Placement is how create places VMs on the cluster's hosts
 	// (placement, cpu_overcommit; the memory ratio is MemoryOvercommit).
 	Placement scheduler.Config
+	// DrainMode is how `host drain` moves VMs (drain_mode: memory, the
+	// default, cold or live).
+	DrainMode string
 }
 
 func (c *Config) resourceDefaults() {
@@ -43,6 +46,9 @@ func (c *Config) resourceDefaults() {
 	}
 	if c.ConsoleLogMaxBytes == 0 {
 		c.ConsoleLogMaxBytes = consolelog.DefaultMaxBytes
+	}
+	if c.DrainMode == "" {
+		c.DrainMode = service.DefaultDrainMode
 	}
 }
 
@@ -58,6 +64,11 @@ func (c *Config) validateResources() error {
 	if err := c.Resources().Placement.Validate(); err != nil {
 		return fmt.Errorf("placement: %w", err)
 	}
+	switch c.DrainMode {
+	case "", "cold", "memory", "live":
+	default:
+		return errs.New(errs.InvalidArgument, "drain_mode %q: want memory, cold or live", c.DrainMode)
+	}
 	if c.ConsoleLogMaxBytes != 0 {
 		if err := consolelog.ValidMax(c.ConsoleLogMaxBytes); err != nil {
 			return fmt.Errorf("console_log_max_bytes: %w", err)
@@ -68,7 +79,7 @@ func (c *Config) validateResources() error {
 
 // Resources returns the resource settings (call Defaults first).
 func (c Config) Resources() Resources {
-	r := Resources{MemoryOvercommit: c.MemoryOvercommit, ConsoleLogMaxBytes: c.ConsoleLogMaxBytes,
+	r := Resources{MemoryOvercommit: c.MemoryOvercommit, ConsoleLogMaxBytes: c.ConsoleLogMaxBytes, DrainMode: c.DrainMode,
 		Placement: scheduler.Config{Policy: scheduler.Policy(c.Placement), CPUOvercommit: c.CPUOvercommit, MemoryOvercommit: c.MemoryOvercommit}}
 	if q := c.DefaultQuota; q != nil {
 		r.DefaultQuota = service.Quota{MaxVMs: q.MaxVMs, MaxCPUs: q.MaxCPUs, MaxMemoryMiB: q.MaxMemoryMiB, MaxDiskGiB: q.MaxDiskGiB}

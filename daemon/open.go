@@ -173,7 +173,7 @@ func Open(ctx context.Context, o Options) (*Installation, error) {
 		return nil, err
 	}
 	scfg := service.Config{StateDir: o.Paths.State, RunDir: o.Paths.Run, Subnet: o.Subnet, DNS: dns, DefaultImage: o.DefaultImage,
-		DefaultQuota: o.Resources.DefaultQuota, MemoryOvercommit: o.Resources.MemoryOvercommit, Placement: o.Resources.Placement, OnOperation: o.OnOperation, Log: o.Log,
+		DefaultQuota: o.Resources.DefaultQuota, MemoryOvercommit: o.Resources.MemoryOvercommit, Placement: o.Resources.Placement, DrainMode: o.Resources.DrainMode, OnOperation: o.OnOperation, Log: o.Log,
 		// A template's RAM file would be writable by every jailed clone
 		// (QEMU 7.2 opens it read-write): templates only without the jail.
 		NoWarm: o.NoWarm || o.Jail.Mode != "off", BackgroundWarm: o.BackgroundWarm}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -175,6 +176,53 @@ func (s *Server) configure(c proto.Configure) error {
 			return fmt.Errorf("regenerate host keys: %w", err)
 		}
 	}
+	if c.Network != nil {
+		if err := s.configureNetwork(*c.Network); err != nil {
+			return err
+		}
+	}
+	if len(c.HostKeys) > 0 {
+		if err := s.setHostKeys(c.HostKeys); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// configureNetwork moves eth0 to n's MAC and address (see proto.Network).
+func (s *Server) configureNetwork(n proto.Network) error {
+	var (
+		mac net.HardwareAddr
+		err error
+	)
+	if n.MAC != "" {
+		if mac, err = net.ParseMAC(n.MAC); err != nil || len(mac) != 6 || mac[0]&1 != 0 {
+			return fmt.Errorf("invalid mac %q: want a unicast ethernet address", n.MAC)
+		}
+	}
+	ip, err := netip.ParsePrefix(n.IP)
+	if err != nil || !ip.Addr().Is4() {
+		return fmt.Errorf("invalid ip %q: want an IPv4 address with prefix length", n.IP)
+	}
+	var gw netip.Addr
+	if n.Gateway != "" {
+		if gw, err = netip.ParseAddr(n.Gateway); err != nil || !gw.Is4() {
+			return fmt.Errorf("invalid gateway %q", n.Gateway)
+		}
+	}
+	if n.DNS != "" {
+		dns, err := netip.ParseAddr(n.DNS)
+		if err != nil {
+			return fmt.Errorf("invalid dns %q", n.DNS)
+		}
+		if err := writeFileAtomic(s.cfg.path("/etc/resolv.conf"), []byte("nameserver "+dns.String()+"\n"), 0o644); err != nil {
+			return fmt.Errorf("write resolv.conf: %w", err)
+		}
+	}
+	if err := s.setNetwork(mac, ip, gw); err != nil {
+		return fmt.Errorf("network: %w", err)
+	}
+	s.log.Info("network moved", "ip", ip, "mac", n.MAC)
 	return nil
 }
 

@@ -29,6 +29,9 @@ type Server struct {
 	signer *swapSigner // the host key; reidentify replaces it
 	log    *slog.Logger
 
+	keyMu    sync.Mutex
+	hostKeys [][]byte // the client keys accepted (wire form); configure replaces them
+
 	freezeMu sync.Mutex
 	frozen   []string        // mount points, in freeze order
 	freezer  *ssh.ServerConn // the connection that froze them
@@ -46,11 +49,10 @@ func NewServer(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, log: cfg.Log, signer: &swapSigner{s: signer}}
-	want := cfg.AuthorizedKey.Marshal()
+	s := &Server{cfg: cfg, log: cfg.Log, signer: &swapSigner{s: signer}, hostKeys: [][]byte{cfg.AuthorizedKey.Marshal()}}
 	s.ssh = &ssh.ServerConfig{
 		PublicKeyCallback: func(meta ssh.ConnMetadata, key ssh.PublicKey) (*ssh.Permissions, error) {
-			if !bytes.Equal(key.Marshal(), want) {
+			if !s.accepts(key) {
 				return nil, errors.New("key not accepted")
 			}
 			return &ssh.Permissions{}, nil
@@ -59,6 +61,39 @@ func NewServer(cfg Config) (*Server, error) {
 	}
 	s.ssh.AddHostKey(s.signer)
 	return s, nil
+}
+
+// accepts reports whether key may log in.
+func (s *Server) accepts(key ssh.PublicKey) bool {
+	b := key.Marshal()
+	s.keyMu.Lock()
+	defer s.keyMu.Unlock()
+	for _, k := range s.hostKeys {
+		if bytes.Equal(k, b) {
+			return true
+		}
+	}
+	return false
+}
+
+// setHostKeys replaces the client keys accepted (authorized_keys lines;
+// at least one). Connections already in are not affected.
+func (s *Server) setHostKeys(lines []string) error {
+	var keys [][]byte
+	for _, l := range lines {
+		k, _, _, _, err := ssh.ParseAuthorizedKey([]byte(l))
+		if err != nil {
+			return fmt.Errorf("host key %q: %w", l, err)
+		}
+		keys = append(keys, k.Marshal())
+	}
+	if len(keys) == 0 {
+		return errors.New("no host keys")
+	}
+	s.keyMu.Lock()
+	s.hostKeys = keys
+	s.keyMu.Unlock()
+	return nil
 }
 
 // HostKey returns the public half of the agent's host key.

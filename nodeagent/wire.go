@@ -82,6 +82,10 @@ type callRequest struct {
 	Resize       *engine.ResizeSpec   `json:"resize,omitempty"`
 	SnapshotSpec *engine.SnapshotSpec `json:"snapshot_spec,omitempty"`
 	Import       *engine.ImportSpec   `json:"import,omitempty"`
+
+	// TrustKey (suspend, transfer_memory.go) is the key the instance's
+	// guest agent is told to accept too.
+	TrustKey string `json:"trust_key,omitempty"`
 }
 
 // callFrame is a progress step (Step set) or the final answer (Done).

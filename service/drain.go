@@ -13,11 +13,17 @@ import (
 // DefaultDrainParallel is how many moves a drain runs at once by default.
 const DefaultDrainParallel = 2
 
+// DefaultDrainMode is how a drain moves VMs unless configured (Config.
+// DrainMode) or asked (DrainRequest.Mode): with their memory.
+const DefaultDrainMode = store.MoveMemory
+
 // DrainRequest asks to drain a host.
 type DrainRequest struct {
 	// Parallel is how many VMs move at once (default DefaultDrainParallel).
 	Parallel int `json:"parallel,omitempty"`
-	// Mode is the kind of each move (MoveRequest.Mode); empty is cold.
+	// Mode is the kind of each move (MoveRequest.Mode); empty is the
+	// configured drain mode (Config.DrainMode, memory by default). A
+	// stopped VM moves cold whatever the mode.
 	Mode string `json:"mode,omitempty"`
 }
 
@@ -36,7 +42,8 @@ type DrainResult struct {
 	Failed []DrainedVM `json:"failed"`
 }
 
-// HostDrain cordons host name and moves every VM off it (cold, see Move)
+// HostDrain cordons host name and moves every VM off it (see Move; with
+// the request's mode, else the configured one)
 // to hosts the scheduler picks, Parallel at a time. progress hears
 // "VM: step" lines. The result lists what moved and what did not; the
 // error is set only when the drain could not begin (then nothing moved)
@@ -51,6 +58,9 @@ func (s *Service) HostDrain(ctx context.Context, c Caller, name string, req Drai
 	}
 	if req.Parallel == 0 {
 		req.Parallel = DefaultDrainParallel
+	}
+	if req.Mode == "" {
+		req.Mode = s.cfg.DrainMode
 	}
 	if _, err := moveMode(req.Mode); err != nil {
 		return DrainResult{}, fmt.Errorf("drain: %w", err)

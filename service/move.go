@@ -35,7 +35,8 @@ import (
 // plane's row) the disk is staged, the switch makes the row this host's,
 // and the VM starts after the switch; a failed start switches back.
 //
-// Not yet: snapshots (a VM with snapshots is refused).
+// Snapshots move with the VM: a VM with snapshots ships a bundle (its
+// disk and its snapshots' disks, see moveMemory).
 
 // MoveRequest asks to move a VM.
 type MoveRequest struct {
@@ -188,22 +189,28 @@ func (s *Service) Move(ctx context.Context, c Caller, name string, req MoveReque
 	if !ok1 || !ok2 {
 		return VM{}, errs.New(errs.FailedPrecondition, "move vm %s: the engines of %s and %s cannot ship disks", v.Name, from.Name, to.Name)
 	}
-	switch mode {
-	case store.MoveMemory:
+	switch {
+	case mode == store.MoveMemory && v.State == vm.Running:
 		return s.moveMemory(ctx, v, from, to, srcE, dstE, progress)
-	case store.MoveLive:
+	case mode == store.MoveLive:
 		return s.moveLive(ctx, v, from, to, srcE, dstE, progress)
 	}
+	// A stopped vm moves cold whatever the mode. Its snapshots go with it
+	// in a bundle (see moveMemory).
+	var bsrc, bdst engine.MemoryMover
 	if snaps, err := srcE.Snapshots(ctx, v.ID); err != nil {
 		return VM{}, fmt.Errorf("move vm %s: %w", v.Name, err)
 	} else if len(snaps) > 0 {
-		return VM{}, errs.New(errs.FailedPrecondition, "move vm %s: it has %d snapshots; moving snapshots is not supported yet (delete them first)", v.Name, len(snaps))
+		if bsrc, bdst, err = memoryMovers(v, from, to, srcE, dstE, "a vm with snapshots"); err != nil {
+			return VM{}, err
+		}
 	}
 	if !s.moving.add(v.ID) {
 		return VM{}, errs.New(errs.FailedPrecondition, "vm %s is already being moved", v.Name)
 	}
 	defer s.moving.done(v.ID)
 	ran := v.State == vm.Running
+	t0 := time.Now()
 	fromID := from.ID
 	if from.Local {
 		fromID = ""
@@ -244,21 +251,34 @@ func (s *Service) Move(ctx context.Context, c Caller, name string, req MoveReque
 		return VM{}, errMoveCrashed
 	}
 	progress.Say("transfer")
-	pr, pw := io.Pipe()
-	exported := make(chan error, 1)
-	go func() {
-		err := src.ExportDisk(ctx, v.ID, pw)
-		pw.CloseWithError(err)
-		exported <- err
-	}()
 	var inst engine.Instance
-	if to.Local {
-		err = ad.StageDisk(ctx, engine.ImportSpec{ID: v.ID, Name: v.Name, Owner: v.OwnerID}, pr, progress)
-	} else {
-		inst, err = dst.ImportDisk(ctx, engine.ImportSpec{ID: v.ID, Name: v.Name, Owner: v.OwnerID, Start: ran}, pr, progress)
+	var eerr error
+	switch {
+	case bsrc != nil && to.Local:
+		_, err = s.shipBundle(ctx, bsrc, v.ID, func(r io.Reader) (engine.Instance, error) {
+			return engine.Instance{}, dstE.(bundleAdopter).StageBundle(ctx, engine.ImportSpec{ID: v.ID, Name: v.Name, Owner: v.OwnerID}, r, progress)
+		})
+	case bsrc != nil:
+		inst, err = s.shipBundle(ctx, bsrc, v.ID, func(r io.Reader) (engine.Instance, error) {
+			return bdst.ImportBundle(ctx, engine.ImportSpec{ID: v.ID, Name: v.Name, Owner: v.OwnerID, Start: ran}, r, progress)
+		})
+	default:
+		pr, pw := io.Pipe()
+		exported := make(chan error, 1)
+		go func() {
+			err := src.ExportDisk(ctx, v.ID, pw)
+			pw.CloseWithError(err)
+			exported <- err
+		}()
+		if to.Local {
+			err = ad.StageDisk(ctx, engine.ImportSpec{ID: v.ID, Name: v.Name, Owner: v.OwnerID}, pr, progress)
+		} else {
+			inst, err = dst.ImportDisk(ctx, engine.ImportSpec{ID: v.ID, Name: v.Name, Owner: v.OwnerID, Start: ran}, pr, progress)
+		}
+		pr.CloseWithError(errors.New("import ended"))
+		eerr = <-exported
 	}
-	pr.CloseWithError(errors.New("import ended"))
-	eerr := <-exported
+	started := time.Now()
 	if s.moving.crashes("switch") {
 		return VM{}, errMoveCrashed
 	}
@@ -280,7 +300,11 @@ func (s *Service) Move(ctx context.Context, c Caller, name string, req MoveReque
 
 	progress.Say("switch")
 	err = s.DB.Tx(ctx, func(q store.Q) error {
-		if to.Local {
+		if to.Local && bsrc != nil {
+			if err := dstE.(bundleAdopter).AdoptBundle(ctx, q, v.ID); err != nil {
+				return err
+			}
+		} else if to.Local {
 			if err := ad.AdoptVM(ctx, q, v.ID); err != nil {
 				return err
 			}
@@ -317,8 +341,14 @@ func (s *Service) Move(ctx context.Context, c Caller, name string, req MoveReque
 	if err := s.destroySource(ctx, srcE, v.ID); err != nil {
 		s.log.Warn("move: destroy the source copy (settled later)", "vm_id", v.ID, "host", from.Name, "err", err)
 	}
-	s.log.Info("vm moved", "vm_id", v.ID, "vm", v.Name, "from", from.Name, "to", to.Name)
-	return s.current(ctx, v.ID), nil
+	stats := &MoveStats{Mode: store.MoveCold, WallMS: time.Since(t0).Milliseconds()}
+	if ran {
+		stats.DowntimeMS = started.Sub(t0).Milliseconds()
+	}
+	s.log.Info("vm moved", "vm_id", v.ID, "vm", v.Name, "from", from.Name, "to", to.Name, "wall_ms", stats.WallMS)
+	out := s.current(ctx, v.ID)
+	out.Move = stats
+	return out, nil
 }
 
 // adopter is this host's engine when it shares the control plane's store
@@ -413,11 +443,16 @@ func (s *Service) SettleMoves(ctx context.Context) error {
 			s.log.Info("interrupted move settled: the source copy removed", "vm_id", m.VMID, "from", from.Name)
 			continue
 		}
-		if !s.undoImport(ctx, dstE, m.VMID, errors.New("move interrupted")) {
+		if m.Mode == store.MoveMemory {
+			if err := s.settleMemoryMove(ctx, m, from, srcE, dstE); err != nil {
+				errList = append(errList, err)
+				continue
+			}
+		} else if !s.undoImport(ctx, dstE, m.VMID, errors.New("move interrupted")) {
 			errList = append(errList, fmt.Errorf("settle move of vm %s: the target copy is not removed yet", m.VMID))
 			continue
 		}
-		if m.WasRunning {
+		if m.WasRunning && m.Mode != store.MoveMemory {
 			if inst, err := srcE.Get(ctx, m.VMID); err == nil && inst.State == vm.Stopped {
 				if inst, err = srcE.Start(ctx, m.VMID, nil); err != nil {
 					s.log.Warn("settle move: start the source", "vm_id", m.VMID, "err", err)

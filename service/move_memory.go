@@ -2,14 +2,350 @@ package service
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"io"
+	"time"
 
 	"github.com/minionsdev/minions/internal/errs"
 	"github.com/minionsdev/minions/store"
+	"github.com/minionsdev/minions/vm"
 	"github.com/minionsdev/minions/vm/engine"
 )
 
-// moveMemory moves VM v from host from to host to with its memory: it is
-// suspended with its memory, shipped and resumed on the target.
+// Moving a VM with its memory (issue 15, `move --memory`): the target's
+// agent key is asked for, the source suspends the VM (its guest agent told
+// to accept the target's key too; its memory and device state saved on
+// the source, its hypervisor stopped), the source's bundle (disk, saved
+// state, snapshots) is shipped to the target, which resumes it from its
+// memory with an address of its own subnet (the guest's eth0 moved to it,
+// its clock stepped; hostname, machine-id and keys unchanged: it is the
+// same VM), then the control plane's row switches to the target and the
+// source's copy is destroyed. Processes keep running; the guest is not
+// running from the suspend to the resume on the target (the downtime).
+//
+// Durable as a cold move (store.Move with Mode memory): before the switch
+// the source's saved state is the VM, so an interrupted move (SettleMoves)
+// or a failed one destroys the target's copy and resumes the source from
+// its memory; after it the source's copy is destroyed.
+//
+// A stopped VM moves cold. Onto the control plane's own host (whose
+// engine shares the control plane's row) the bundle is staged, the switch
+// makes the row this host's (engine.Local's AdoptBundle), and the VM
+// resumes after the switch; a failed resume switches back.
+
+// MoveStats are a move's figures (Move's result only).
+type MoveStats struct {
+	Mode string `json:"mode"`
+	// WallMS is the whole move, from the first step to the last.
+	WallMS int64 `json:"wall_ms"`
+	// DowntimeMS is how long the guest did not run (memory: from the
+	// suspend to the resume on the target; cold: from the stop to the
+	// start there).
+	DowntimeMS int64 `json:"downtime_ms,omitempty"`
+	// SuspendMS is the part of the downtime spent saving the memory on
+	// the source (memory only); the rest is shipping and resuming.
+	SuspendMS int64 `json:"suspend_ms,omitempty"`
+}
+
+// bundleAdopter is this host's engine when it shares the control plane's
+// store (engine.Local): a move onto it stages the bundle, then adopts the
+// row.
+type bundleAdopter interface {
+	StageBundle(ctx context.Context, spec engine.ImportSpec, r io.Reader, progress engine.Progress) error
+	AdoptBundle(ctx context.Context, q store.Q, id string) error
+	ResumeAdopted(ctx context.Context, id string, start bool, progress engine.Progress) (engine.Instance, error)
+}
+
+// memoryMovers returns the engines of a move as MemoryMovers.
+func memoryMovers(v store.VM, from, to store.Host, srcE, dstE engine.Engine, what string) (engine.MemoryMover, engine.MemoryMover, error) {
+	src, ok1 := srcE.(engine.MemoryMover)
+	dst, ok2 := dstE.(engine.MemoryMover)
+	if _, ok := dstE.(bundleAdopter); to.Local && !ok {
+		ok2 = false
+	}
+	if !ok1 || !ok2 {
+		return nil, nil, errs.New(errs.FailedPrecondition, "move vm %s: the engines of %s and %s cannot move %s", v.Name, from.Name, to.Name, what)
+	}
+	return src, dst, nil
+}
+
+// moveMemory moves running VM v from host from to host to with its memory.
 func (s *Service) moveMemory(ctx context.Context, v store.VM, from, to store.Host, srcE, dstE engine.Engine, progress Progress) (VM, error) {
-	return VM{}, errs.New(errs.FailedPrecondition, "move vm %s: --memory is not available yet", v.Name)
+	src, dst, err := memoryMovers(v, from, to, srcE, dstE, "a vm with its memory")
+	if err != nil {
+		return VM{}, err
+	}
+	if !s.moving.add(v.ID) {
+		return VM{}, errs.New(errs.FailedPrecondition, "vm %s is already being moved", v.Name)
+	}
+	defer s.moving.done(v.ID)
+	t0 := time.Now()
+	fromID := from.ID
+	if from.Local {
+		fromID = ""
+	}
+	rec := store.Move{VMID: v.ID, FromHost: fromID, ToHost: to.ID, Step: store.MoveTransfer, Mode: store.MoveMemory, WasRunning: true, CreatedAt: t0.UTC()}
+	if err := s.DB.Tx(ctx, func(q store.Q) error { return store.InsertMove(ctx, q, rec) }); err != nil {
+		return VM{}, fmt.Errorf("move vm %s: %w", v.Name, err)
+	}
+	forget := func() {
+		s.DB.Tx(context.WithoutCancel(ctx), func(q store.Q) error { return store.DeleteMove(ctx, q, v.ID) })
+	}
+	s.log.Info("move vm with memory", "vm_id", v.ID, "vm", v.Name, "from", from.Name, "to", to.Name)
+	progress.Say("prepare")
+	trust, err := dst.AgentTrustKey(ctx)
+	if err != nil {
+		forget()
+		return VM{}, fmt.Errorf("move vm %s: the agent key of %s: %w", v.Name, to.Name, err)
+	}
+	// The image, fetched by the target while the VM still runs.
+	if err := dst.PrepareImage(ctx, v.Image); err != nil {
+		forget()
+		return VM{}, fmt.Errorf("move vm %s: image %s on %s: %w", v.Name, v.Image, to.Name, err)
+	}
+	progress.Say("suspend")
+	suspended := time.Now()
+	err = src.Suspend(ctx, v.ID, trust)
+	suspendTook := time.Since(suspended)
+	if err != nil {
+		// A failed suspend leaves it running; one that did not answer may
+		// not have: resume it in any case.
+		s.resumeSource(ctx, src, from, v.ID)
+		forget()
+		return VM{}, fmt.Errorf("move vm %s: suspend: %w", v.Name, err)
+	}
+	if inst, err := srcE.Get(ctx, v.ID); err == nil {
+		s.syncMoved(ctx, from, inst)
+	}
+	// From here a failure before the switch resumes the source.
+	restore := func(cause error, targetClean bool) error {
+		s.resumeSource(ctx, src, from, v.ID)
+		if targetClean {
+			forget()
+		} // else SettleMoves finishes the undo
+		return fmt.Errorf("move vm %s to %s: %w", v.Name, to.Name, cause)
+	}
+	if s.moving.crashes("transfer") {
+		return VM{}, errMoveCrashed
+	}
+	progress.Say("transfer")
+	spec := engine.ImportSpec{ID: v.ID, Name: v.Name, Owner: v.OwnerID}
+	ad, _ := dstE.(bundleAdopter)
+	var inst engine.Instance
+	if to.Local {
+		_, err = s.shipBundle(ctx, src, v.ID, func(r io.Reader) (engine.Instance, error) {
+			return engine.Instance{}, ad.StageBundle(ctx, spec, r, progress)
+		})
+	} else {
+		inst, err = s.shipBundle(ctx, src, v.ID, func(r io.Reader) (engine.Instance, error) {
+			return dst.ImportBundle(ctx, spec, r, progress)
+		})
+	}
+	resumed := time.Now()
+	if s.moving.crashes("switch") {
+		return VM{}, errMoveCrashed
+	}
+	if err != nil {
+		clean := true
+		if errs.ClassOf(err) != errs.AlreadyExists {
+			clean = s.undoImport(ctx, dstE, v.ID, err)
+		}
+		return VM{}, restore(err, clean)
+	}
+	progress.Say("switch")
+	err = s.DB.Tx(ctx, func(q store.Q) error {
+		if to.Local {
+			if err := ad.AdoptBundle(ctx, q, v.ID); err != nil {
+				return err
+			}
+		} else if err := store.SwitchVMHost(ctx, q, v.ID, to.ID, inst.IP, inst.MAC, inst.State); err != nil {
+			return err
+		}
+		return store.SetMoveStep(ctx, q, v.ID, store.MoveCleanup)
+	})
+	if err != nil {
+		return VM{}, restore(err, s.undoImport(ctx, dstE, v.ID, err))
+	}
+	if to.Local {
+		// Here the resume comes after the switch; a failed one switches
+		// back (the source's saved state is still there).
+		progress.Say("resume")
+		if _, err := ad.ResumeAdopted(ctx, v.ID, false, progress); err != nil {
+			back := s.DB.Tx(context.WithoutCancel(ctx), func(q store.Q) error {
+				if err := store.SwitchVMHost(ctx, q, v.ID, from.ID, v.NodeIP, v.NodeMAC, vm.Stopped); err != nil {
+					return err
+				}
+				return store.SetMoveStep(ctx, q, v.ID, store.MoveTransfer)
+			})
+			if back != nil {
+				s.log.Error("move: switch back after a failed resume", "vm_id", v.ID, "err", back)
+				return VM{}, fmt.Errorf("move vm %s to %s: resume: %w (and switching back failed: %v; it is settled later)", v.Name, to.Name, err, back)
+			}
+			return VM{}, restore(err, s.undoImport(ctx, dstE, v.ID, err))
+		}
+		resumed = time.Now()
+	} else {
+		s.syncRow(ctx, to.ID, inst)
+	}
+	if s.moving.crashes("cleanup") {
+		return VM{}, errMoveCrashed
+	}
+	progress.Say("cleanup")
+	if err := s.destroySource(ctx, srcE, v.ID); err != nil {
+		s.log.Warn("move: destroy the source copy (settled later)", "vm_id", v.ID, "host", from.Name, "err", err)
+	}
+	stats := &MoveStats{Mode: store.MoveMemory, WallMS: time.Since(t0).Milliseconds(), DowntimeMS: resumed.Sub(suspended).Milliseconds(),
+		SuspendMS: suspendTook.Milliseconds()}
+	s.log.Info("vm moved with memory", "vm_id", v.ID, "vm", v.Name, "from", from.Name, "to", to.Name,
+		"wall_ms", stats.WallMS, "downtime_ms", stats.DowntimeMS, "suspend_ms", stats.SuspendMS)
+	out := s.current(ctx, v.ID)
+	out.Move = stats
+	return out, nil
+}
+
+// shipBundle pipes the source's bundle of VM id into the target's import
+// imp. An import that failed because the export did is reported as the
+// export's error.
+func (s *Service) shipBundle(ctx context.Context, src engine.MemoryMover, id string, imp func(io.Reader) (engine.Instance, error)) (engine.Instance, error) {
+	pr, pw := io.Pipe()
+	exported := make(chan error, 1)
+	go func() {
+		err := src.ExportBundle(ctx, id, pw)
+		pw.CloseWithError(err)
+		exported <- err
+	}()
+	inst, err := imp(pr)
+	pr.CloseWithError(errors.New("import ended"))
+	eerr := <-exported
+	if err != nil {
+		if eerr != nil && errs.ClassOf(err) == errs.InvalidArgument {
+			err = eerr
+		}
+		return inst, err
+	}
+	if eerr != nil {
+		// The target verified the whole bundle, so this is the export's own
+		// late failure; the copy is good, yet be safe and undo it.
+		return inst, eerr
+	}
+	return inst, nil
+}
+
+// resumeSource runs the source's copy again after a failed or interrupted
+// move with memory: from its saved memory if it was suspended; a source
+// that was not suspended and is stopped is started (its memory was never
+// saved, so there is none to lose).
+func (s *Service) resumeSource(ctx context.Context, src engine.MemoryMover, from store.Host, id string) {
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
+	defer cancel()
+	inst, err := src.Resume(rctx, id)
+	if errs.ClassOf(err) == errs.FailedPrecondition {
+		if e, ok := src.(engine.Engine); ok {
+			inst, err = e.Start(rctx, id, nil)
+		}
+	}
+	if err != nil {
+		s.log.Warn("move: resume the source", "vm_id", id, "err", err)
+		return
+	}
+	s.syncMoved(ctx, from, inst)
+}
+
+// settleMemoryMove settles an interrupted move with memory before its
+// switch: the target's copy is destroyed, the source resumed from its
+// memory. It reports whether the move's record may go.
+func (s *Service) settleMemoryMove(ctx context.Context, m store.Move, from store.Host, srcE, dstE engine.Engine) error {
+	if !s.undoImport(ctx, dstE, m.VMID, errors.New("move interrupted")) {
+		return fmt.Errorf("settle move of vm %s: the target copy is not removed yet", m.VMID)
+	}
+	src, ok := srcE.(engine.MemoryMover)
+	if !ok {
+		return fmt.Errorf("settle move of vm %s: the source's engine cannot resume it", m.VMID)
+	}
+	rctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	inst, err := src.Resume(rctx, m.VMID)
+	if errs.ClassOf(err) == errs.FailedPrecondition {
+		// Never suspended (the move stopped before its suspend): it may
+		// be running already, or stopped.
+		if inst, err = srcE.Get(rctx, m.VMID); err == nil && inst.State == vm.Stopped {
+			inst, err = srcE.Start(rctx, m.VMID, nil)
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("settle move of vm %s: resume the source: %w", m.VMID, err)
+	}
+	s.syncMoved(ctx, from, inst)
+	return nil
+}
+
+// NodeEngine's MemoryMover: the node's engine, with owners as stand-ins.
+
+var _ engine.MemoryMover = (*nodeEngine)(nil)
+
+func (n *nodeEngine) memoryMover() (engine.MemoryMover, error) {
+	m, ok := n.Engine.(engine.MemoryMover)
+	if !ok {
+		return nil, errs.New(errs.FailedPrecondition, "this host's engine does not move vms with memory")
+	}
+	return m, nil
+}
+
+// AgentTrustKey implements engine.MemoryMover.
+func (n *nodeEngine) AgentTrustKey(ctx context.Context) (string, error) {
+	m, err := n.memoryMover()
+	if err != nil {
+		return "", err
+	}
+	return m.AgentTrustKey(ctx)
+}
+
+// PrepareImage implements engine.MemoryMover.
+func (n *nodeEngine) PrepareImage(ctx context.Context, ref string) error {
+	m, err := n.memoryMover()
+	if err != nil {
+		return err
+	}
+	return m.PrepareImage(ctx, ref)
+}
+
+// Suspend implements engine.MemoryMover.
+func (n *nodeEngine) Suspend(ctx context.Context, id, trustKey string) error {
+	m, err := n.memoryMover()
+	if err != nil {
+		return err
+	}
+	return m.Suspend(ctx, id, trustKey)
+}
+
+// Resume implements engine.MemoryMover.
+func (n *nodeEngine) Resume(ctx context.Context, id string) (engine.Instance, error) {
+	m, err := n.memoryMover()
+	if err != nil {
+		return engine.Instance{}, err
+	}
+	return m.Resume(ctx, id)
+}
+
+// ExportBundle implements engine.MemoryMover.
+func (n *nodeEngine) ExportBundle(ctx context.Context, id string, w io.Writer) error {
+	m, err := n.memoryMover()
+	if err != nil {
+		return err
+	}
+	return m.ExportBundle(ctx, id, w)
+}
+
+// ImportBundle implements engine.MemoryMover: the owner tag is recorded
+// as a stand-in user, as for ImportDisk.
+func (n *nodeEngine) ImportBundle(ctx context.Context, spec engine.ImportSpec, r io.Reader, progress engine.Progress) (engine.Instance, error) {
+	m, err := n.memoryMover()
+	if err != nil {
+		return engine.Instance{}, err
+	}
+	if err := n.s.standIn(ctx, spec.Owner); err != nil {
+		return engine.Instance{}, err
+	}
+	return m.ImportBundle(ctx, spec, r, progress)
 }

@@ -61,6 +61,10 @@ type Config struct {
 	// registered (policy spread or binpack, vCPU overcommit); its memory
 	// ratio defaults to MemoryOvercommit. See PlaceVM.
 	Placement scheduler.Config
+	// DrainMode is how `host drain` moves VMs when the request names no
+	// mode: "memory" (the default), "cold" or "live" (see Move). A
+	// stopped VM moves cold whatever the mode.
+	DrainMode string
 
 	// OnOperation, if set, is told how long each durable operation took
 	// (create, start, snapshot...) and whether it failed (for metrics).
@@ -93,6 +97,9 @@ func (c *Config) setDefaults() {
 	if c.MemoryOvercommit == 0 {
 		c.MemoryOvercommit = DefaultMemoryOvercommit
 	}
+	if c.DrainMode == "" {
+		c.DrainMode = DefaultDrainMode
+	}
 }
 
 // Validate checks the configuration (the engine's part by the engine's
@@ -107,6 +114,11 @@ func (c *Config) Validate() error {
 	}
 	if err := c.Placement.Validate(); err != nil {
 		return fmt.Errorf("placement: %w", err)
+	}
+	if c.DrainMode != "" {
+		if _, err := moveMode(c.DrainMode); err != nil {
+			return fmt.Errorf("drain mode: %w", err)
+		}
 	}
 	if err := c.DefaultQuota.Validate(); err != nil {
 		return fmt.Errorf("default quota: %w", err)
@@ -287,6 +299,8 @@ type VM struct {
 	// Warnings are what create wants the user to know (a warm template
 	// that failed, say). Create's result only.
 	Warnings []string `json:"warnings,omitempty"`
+	// Move is a move's figures (Move's result only).
+	Move *MoveStats `json:"move,omitempty"`
 	// Host is the name of the host the VM runs on ("" when no host is
 	// registered: a single host without the cluster).
 	Host   string `json:"host,omitempty"`

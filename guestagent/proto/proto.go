@@ -64,6 +64,22 @@ type Configure struct {
 	// Reseed is mixed into the guest's entropy pool (base64 in JSON).
 	Reseed        []byte `json:"reseed,omitempty"`
 	RegenHostKeys bool   `json:"regen_host_keys,omitempty"`
+	// HostKeys, if not empty, replace the host keys (authorized_keys
+	// lines) the agent accepts logins from until the guest reboots: a VM
+	// moved with its memory to another host trusts that host's key (the
+	// kernel command line names the key of the host it booted on).
+	HostKeys []string `json:"host_keys,omitempty"`
+	// Network moves eth0 to another MAC and address (a VM moved with its
+	// memory to another host) and announces it; nothing else changes.
+	Network *Network `json:"network,omitempty"`
+}
+
+// Network is eth0's configuration (Configure.Network).
+type Network struct {
+	MAC     string `json:"mac,omitempty"` // "52:54:00:..."; "" keeps it
+	IP      string `json:"ip"`            // "a.b.c.d/len"
+	Gateway string `json:"gateway,omitempty"`
+	DNS     string `json:"dns,omitempty"`
 }
 
 // FreezeReply answers ReqFSFreeze: the mount points frozen.

@@ -278,6 +278,11 @@ func (l *Local) purge(ctx context.Context, id string) {
 		// Only this host's record: the control plane's row of a VM that
 		// moved to another host shares the ID (issue 15).
 		store.DeleteVM(ctx, l.DB, id)
+	} else if snaps, err := store.ListSnapshots(ctx, l.DB, id); err == nil {
+		// That row's snapshots were this host's, and moved with it.
+		for _, s := range snaps {
+			store.DeleteSnapshot(ctx, l.DB, s.ID)
+		}
 	}
 	l.removeLock(id)
 }

@@ -15,6 +15,14 @@ import (
 
 // Start implements Engine.
 func (l *Local) Start(ctx context.Context, id string, progress Progress) (Instance, error) {
+	if vm.IsID(id) && exists(l.moveState(id)) {
+		// Suspended for a move, or moved here (transfer_memory.go): its
+		// memory is the VM.
+		if exists(filepath.Join(l.vmDir(id), bundleFile)) {
+			return l.ResumeAdopted(ctx, id, true, progress)
+		}
+		return l.Resume(ctx, id)
+	}
 	var out Instance
 	err := l.withOp(ctx, id, vm.OpStart, func(v store.VM) error {
 		var err error

@@ -72,6 +72,21 @@ func NewAgentDriver(drv *fake.Driver, srv *guestagent.Server) *AgentDriver {
 	return &AgentDriver{Driver: drv, srv: srv, lns: map[int]net.Listener{}, handles: map[string]*hypervisor.Handle{}}
 }
 
+// Server is the guest agent the VMs answer with.
+func (d *AgentDriver) Server() *guestagent.Server {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.srv
+}
+
+// SetServer makes the VMs started from now on answer with srv: a test
+// whose hosts share srv models one guest moving between them.
+func (d *AgentDriver) SetServer(srv *guestagent.Server) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.srv = srv
+}
+
 // Dials is how many agent connections the VMs accepted so far.
 func (d *AgentDriver) Dials() int {
 	d.mu.Lock()
@@ -81,7 +96,7 @@ func (d *AgentDriver) Dials() int {
 
 func (d *AgentDriver) serve(id string, h *hypervisor.Handle) (*hypervisor.Handle, error) {
 	sock := filepath.Join(h.RunDir, "agent.sock")
-	ln, err := ServeAgent(sock, d.srv, func() { d.mu.Lock(); d.accepts++; d.mu.Unlock() })
+	ln, err := ServeAgent(sock, d.Server(), func() { d.mu.Lock(); d.accepts++; d.mu.Unlock() })
 	if err != nil {
 		return nil, err
 	}
@@ -113,6 +128,16 @@ func (d *AgentDriver) Start(ctx context.Context, spec hypervisor.Spec) (*hypervi
 // Restore implements hypervisor.Driver.
 func (d *AgentDriver) Restore(ctx context.Context, spec hypervisor.Spec, dir string) (*hypervisor.Handle, error) {
 	h, err := d.Driver.Restore(ctx, spec, dir)
+	if err != nil {
+		return nil, err
+	}
+	return d.serve(spec.ID, h)
+}
+
+// RestoreCopy implements hypervisor.Forker: a copy restored from dir
+// answers with srv too.
+func (d *AgentDriver) RestoreCopy(ctx context.Context, spec hypervisor.Spec, dir string) (*hypervisor.Handle, error) {
+	h, err := d.Driver.RestoreCopy(ctx, spec, dir)
 	if err != nil {
 		return nil, err
 	}

@@ -1,0 +1,146 @@
+package nodeagent
+
+import (
+	"context"
+	"io"
+	"sync"
+	"time"
+
+	"github.com/minionsdev/minions/internal/errs"
+	"github.com/minionsdev/minions/vm/engine"
+)
+
+// Moves with memory (engine.MemoryMover) over the fabric: suspend and
+// resume are calls; bundles ride a stream as disk streams do (transfer.go):
+// export_bundle has the node write one into it, import_bundle has the node
+// read one from it once it said streamReady.
+
+// Method names of moves with memory (see wire.go).
+const (
+	mSuspend       = "suspend"         // suspend with memory for a move
+	mResume        = "resume"          // resume a suspended instance
+	mExportBundle  = "export_bundle"   // write a bundle into a stream
+	mImportBundle  = "import_bundle"   // make an instance from a bundle
+	mAgentTrustKey = "agent_trust_key" // the key the node's agents trust, from its engine
+	mPrepareImage  = "prepare_image"   // make an image ready (fetched) on the node
+)
+
+var _ engine.MemoryMover = (*Remote)(nil)
+
+// AgentTrustKey implements engine.MemoryMover: the key the node's
+// engine has its agents trust.
+func (r *Remote) AgentTrustKey(ctx context.Context) (string, error) {
+	var line string
+	err := r.call(ctx, mAgentTrustKey, callRequest{}, nil, &line)
+	return line, err
+}
+
+// PrepareImage implements engine.MemoryMover.
+func (r *Remote) PrepareImage(ctx context.Context, ref string) error {
+	return r.call(ctx, mPrepareImage, callRequest{Name: ref}, nil, nil)
+}
+
+// Suspend implements engine.MemoryMover.
+func (r *Remote) Suspend(ctx context.Context, id, trustKey string) error {
+	defer r.agents.forget(id)
+	return r.call(ctx, mSuspend, callRequest{ID: id, TrustKey: trustKey}, nil, nil)
+}
+
+// Resume implements engine.MemoryMover.
+func (r *Remote) Resume(ctx context.Context, id string) (engine.Instance, error) {
+	defer r.agents.forget(id)
+	return r.instance(ctx, mResume, callRequest{ID: id}, nil)
+}
+
+// ExportBundle implements engine.MemoryMover: the node's bundle is copied
+// into w as it arrives.
+func (r *Remote) ExportBundle(ctx context.Context, id string, w io.Writer) error {
+	sid := newToken()
+	st, err := newStream(r.cfg.Conn, streamOut(r.cfg.ID, sid), streamIn(r.cfg.ID, sid), "control", "node:"+r.cfg.ID+"/"+id)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	copied := make(chan error, 1)
+	go func() {
+		_, err := io.Copy(w, st)
+		if err != nil {
+			st.Close()
+		}
+		copied <- err
+	}()
+	if err := r.call(ctx, mExportBundle, callRequest{ID: id, Stream: sid}, nil, nil); err != nil {
+		st.Close()
+		return err
+	}
+	select {
+	case err := <-copied:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// ImportBundle implements engine.MemoryMover: rd is copied to the node
+// while it imports.
+func (r *Remote) ImportBundle(ctx context.Context, spec engine.ImportSpec, rd io.Reader, progress engine.Progress) (engine.Instance, error) {
+	sid := newToken()
+	st, err := newStream(r.cfg.Conn, streamOut(r.cfg.ID, sid), streamIn(r.cfg.ID, sid), "control", "node:"+r.cfg.ID+"/"+spec.ID)
+	if err != nil {
+		return engine.Instance{}, err
+	}
+	defer st.Close()
+	var once sync.Once
+	p := func(step string) {
+		if step == streamReady {
+			once.Do(func() { go io.Copy(st, rd) })
+			return
+		}
+		progress.Say(step)
+	}
+	defer r.agents.forget(spec.ID)
+	return r.instance(ctx, mImportBundle, callRequest{ID: spec.ID, Stream: sid, Import: &spec}, p)
+}
+
+// runMemory serves the calls above on the node.
+func (s *server) runMemory(ctx context.Context, method string, req callRequest, progress engine.Progress) (any, error) {
+	m, ok := s.cfg.Engine.(engine.MemoryMover)
+	if !ok {
+		return nil, errs.New(errs.FailedPrecondition, "this node's engine does not move vms with memory")
+	}
+	switch method {
+	case mAgentTrustKey:
+		return m.AgentTrustKey(ctx)
+	case mPrepareImage:
+		return nil, m.PrepareImage(ctx, req.Name)
+	case mSuspend:
+		return nil, m.Suspend(ctx, req.ID, req.TrustKey)
+	case mResume:
+		return m.Resume(ctx, req.ID)
+	case mExportBundle:
+		_, st, err := s.transferStream(ctx, req)
+		if err != nil {
+			return nil, err
+		}
+		defer s.endStream(st)
+		return nil, m.ExportBundle(ctx, req.ID, st)
+	case mImportBundle:
+		if req.Import == nil {
+			return nil, errs.New(errs.InvalidArgument, "import_bundle: missing argument")
+		}
+		_, st, err := s.transferStream(ctx, req)
+		if err != nil {
+			return nil, err
+		}
+		defer s.endStream(st)
+		fctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		err = s.cfg.Conn.Flush(fctx)
+		cancel()
+		if err != nil {
+			return nil, errs.New(errs.Unavailable, "import bundle: %v", err)
+		}
+		progress(streamReady)
+		return m.ImportBundle(ctx, *req.Import, st, progress)
+	}
+	return nil, errs.New(errs.InvalidArgument, "unknown engine method %q", method)
+}
