@@ -193,18 +193,37 @@ func (u *upstream) RoundTrip(req *http.Request) (*http.Response, error) {
 	if !inline(req) {
 		return u.fallback.RoundTrip(req)
 	}
-	pc, reused, err := u.get(req.Context(), req.URL.Host)
+	write := func(b *bytes.Buffer) error { return req.Write(b) }
+	var got1xx func(int, textproto.MIMEHeader) error
+	if trace := httptrace.ContextClientTrace(req.Context()); trace != nil {
+		got1xx = trace.Got1xxResponse
+	}
+	return u.do(req.Context(), req.URL.Host, outReq{req: req, write: write, got1xx: got1xx, close: req.Close})
+}
+
+// outReq is a request without a body as do sends it.
+type outReq struct {
+	req    *http.Request                         // what the response answers (its Method counts)
+	write  func(*bytes.Buffer) error             // puts the request in the buffer; may be called twice
+	got1xx func(int, textproto.MIMEHeader) error // sees informational answers; may be nil
+	close  bool                                  // the request asked to close the connection
+}
+
+// do sends a request without a body to addr over a pooled connection and
+// reads the response headers.
+func (u *upstream) do(ctx context.Context, addr string, out outReq) (*http.Response, error) {
+	pc, reused, err := u.get(ctx, addr)
 	if err != nil {
 		return nil, err
 	}
-	resp, err := u.exchange(pc, req)
-	if err != nil && reused && errors.Is(err, errNoAnswer) && idempotent(req.Method) && req.Context().Err() == nil {
+	resp, err := u.exchange(ctx, pc, out)
+	if err != nil && reused && errors.Is(err, errNoAnswer) && idempotent(out.req.Method) && ctx.Err() == nil {
 		// The VM closed the connection while we reused it: what
 		// http.Transport does too, once, on a new connection.
-		if pc, err = u.dialConn(req.Context(), req.URL.Host); err != nil {
+		if pc, err = u.dialConn(ctx, addr); err != nil {
 			return nil, err
 		}
-		resp, err = u.exchange(pc, req)
+		resp, err = u.exchange(ctx, pc, out)
 	}
 	if err != nil {
 		return nil, errors.Unwrap(err) // errNoAnswer wraps the cause
@@ -242,8 +261,8 @@ func wrapped(err error) error { return fmt.Errorf("%w", err) }
 
 // exchange writes req on pc and reads the response headers. On error pc
 // is closed. Errors are wrapped once (noAnswer when nothing was read).
-func (u *upstream) exchange(pc *upConn, req *http.Request) (*http.Response, error) {
-	ctx := req.Context()
+func (u *upstream) exchange(ctx context.Context, pc *upConn, out outReq) (*http.Response, error) {
+	req := out.req
 	pc.state.Store(0)
 	stop := context.AfterFunc(ctx, func() {
 		if pc.state.CompareAndSwap(0, 2) {
@@ -268,7 +287,7 @@ func (u *upstream) exchange(pc *upConn, req *http.Request) (*http.Response, erro
 		return nil, wrapped(err)
 	}
 	pc.out.Reset()
-	if err := req.Write(&pc.out); err != nil {
+	if err := out.write(&pc.out); err != nil {
 		return fail(err, false)
 	}
 	if pc.raw == nil {
@@ -300,8 +319,8 @@ func (u *upstream) exchange(pc *upConn, req *http.Request) (*http.Response, erro
 			pc.timer.Stop()
 			return fail(fmt.Errorf("unexpected %s from upstream", resp.Status), true)
 		}
-		if trace := httptrace.ContextClientTrace(ctx); trace != nil && trace.Got1xxResponse != nil {
-			if err := trace.Got1xxResponse(resp.StatusCode, textproto.MIMEHeader(resp.Header)); err != nil {
+		if out.got1xx != nil {
+			if err := out.got1xx(resp.StatusCode, textproto.MIMEHeader(resp.Header)); err != nil {
 				pc.timer.Stop()
 				return fail(err, true)
 			}
@@ -311,7 +330,7 @@ func (u *upstream) exchange(pc *upConn, req *http.Request) (*http.Response, erro
 		return fail(timeoutError{}, true)
 	}
 	pc.limit = -1
-	keep := !resp.Close && !req.Close
+	keep := !resp.Close && !out.close
 	resp.Body = &upBody{rc: resp.Body, pc: pc, stop: stop, keep: keep}
 	return resp, nil
 }
