@@ -27,17 +27,7 @@ import (
 // response. Requests it cannot send this way (see forwardable) take
 // ReverseProxy. Every check of who is asking happens before, in serveHTTP.
 func (p *Proxy) forward(w *statusWriter, r *http.Request, rt Route) {
-	write := func(b *bytes.Buffer) error { writeRequest(b, r); return nil }
-	got1xx := func(code int, h textproto.MIMEHeader) error {
-		wh := w.Header()
-		for k, vv := range h {
-			wh[k] = vv
-		}
-		w.WriteHeader(code)
-		clear(wh) // WriteHeader keeps them for 1xx answers
-		return nil
-	}
-	resp, err := p.up.do(r.Context(), rt.Upstream, outReq{req: r, write: write, got1xx: got1xx})
+	resp, err := p.up.do(r.Context(), rt.Upstream, outReq{req: r, to: w})
 	if err != nil {
 		p.upstreamFailed(w, r, rt, err)
 		return

@@ -73,6 +73,11 @@ type upConn struct {
 	timer *time.Timer // the response header timeout; closes conn
 	// state: 0 idle or in use, 1 the header timer fired, 2 cancelled.
 	state atomic.Int32
+	// The callbacks of raw.Read and their state, made once per connection.
+	send      sendState
+	sendStep  func(fd uintptr) bool
+	open      bool
+	quietStep func(fd uintptr) bool
 }
 
 func newUpstream(dial func(ctx context.Context, network, addr string) (net.Conn, error), fallback http.RoundTripper, headerTimeout time.Duration) *upstream {
@@ -111,37 +116,11 @@ func (pc *upConn) Read(b []byte) (int, error) {
 // runs from the start of the send: a VM that does not read its request
 // gets a 504 no later than one that does not answer).
 func (pc *upConn) sendAndRead(b []byte) (int, error) {
-	out := pc.out.Bytes()
-	var n int
-	var rerr error
-	sent, partial := false, false
-	err := pc.raw.Read(func(fd uintptr) bool {
-		if !sent {
-			sent = true
-			for len(out) > 0 {
-				w, err := syscall.Write(int(fd), out)
-				switch {
-				case err == syscall.EINTR:
-					continue
-				case err == syscall.EAGAIN:
-					partial = true
-					return true
-				case err != nil:
-					rerr = os.NewSyscallError("write", err)
-					return true
-				}
-				out = out[w:]
-			}
-			return false // wait until the answer can be read
-		}
-		for {
-			n, rerr = syscall.Read(int(fd), b)
-			if rerr != syscall.EINTR {
-				break
-			}
-		}
-		return rerr != syscall.EAGAIN
-	})
+	st := &pc.send
+	*st = sendState{out: pc.out.Bytes(), b: b}
+	err := pc.raw.Read(pc.sendStep)
+	out, n, rerr, partial := st.out, st.n, st.err, st.partial
+	*st = sendState{}
 	if pc.out.Cap() > maxKeptRequest {
 		pc.out = bytes.Buffer{} // a rare huge request: do not pool its buffer
 	} else {
@@ -176,6 +155,54 @@ func (pc *upConn) sendAndRead(b []byte) (int, error) {
 	return n, nil
 }
 
+// sendState is what sendStep works on, kept in the connection so that a
+// request allocates no closure.
+type sendState struct {
+	out, b        []byte
+	n             int
+	err           error
+	sent, partial bool
+}
+
+// sendStepFn is sendAndRead's callback for RawConn.Read.
+func (pc *upConn) sendStepFn(fd uintptr) bool {
+	st := &pc.send
+	if !st.sent {
+		st.sent = true
+		for len(st.out) > 0 {
+			w, err := syscall.Write(int(fd), st.out)
+			switch {
+			case err == syscall.EINTR:
+				continue
+			case err == syscall.EAGAIN:
+				st.partial = true
+				return true
+			case err != nil:
+				st.err = os.NewSyscallError("write", err)
+				return true
+			}
+			st.out = st.out[w:]
+		}
+		return false // wait until the answer can be read
+	}
+	for {
+		st.n, st.err = syscall.Read(int(fd), st.b)
+		if st.err != syscall.EINTR {
+			break
+		}
+	}
+	return st.err != syscall.EAGAIN
+}
+
+// quietStepFn is quiet's callback for RawConn.Read: a peek that does not
+// block.
+func (pc *upConn) quietStepFn(fd uintptr) bool {
+	var b [1]byte
+	n, _, err := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+	pc.open = n < 0 && (err == syscall.EAGAIN || err == syscall.EWOULDBLOCK)
+	return true
+}
+
 var errHeaderTooLarge = errors.New("upstream response headers exceed 1 MiB")
 
 // timeoutError is a net.Error that says it is a timeout, so the proxy
@@ -193,20 +220,41 @@ func (u *upstream) RoundTrip(req *http.Request) (*http.Response, error) {
 	if !inline(req) {
 		return u.fallback.RoundTrip(req)
 	}
-	write := func(b *bytes.Buffer) error { return req.Write(b) }
-	var got1xx func(int, textproto.MIMEHeader) error
-	if trace := httptrace.ContextClientTrace(req.Context()); trace != nil {
-		got1xx = trace.Got1xxResponse
-	}
-	return u.do(req.Context(), req.URL.Host, outReq{req: req, write: write, got1xx: got1xx, close: req.Close})
+	return u.do(req.Context(), req.URL.Host, outReq{req: req, close: req.Close})
 }
 
-// outReq is a request without a body as do sends it.
+// outReq is a request without a body as do sends it: req itself
+// (Request.Write; informational answers go to its client trace), or, with
+// to set, the incoming request req as forward sends it (writeRequest;
+// informational answers go to the client through to).
 type outReq struct {
-	req    *http.Request                         // what the response answers (its Method counts)
-	write  func(*bytes.Buffer) error             // puts the request in the buffer; may be called twice
-	got1xx func(int, textproto.MIMEHeader) error // sees informational answers; may be nil
-	close  bool                                  // the request asked to close the connection
+	req   *http.Request
+	to    *statusWriter
+	close bool // the request asked to close the connection
+}
+
+func (o outReq) write(b *bytes.Buffer) error {
+	if o.to != nil {
+		writeRequest(b, o.req)
+		return nil
+	}
+	return o.req.Write(b)
+}
+
+func (o outReq) got1xx(code int, h textproto.MIMEHeader) error {
+	if o.to != nil {
+		wh := o.to.Header()
+		for k, vv := range h {
+			wh[k] = vv
+		}
+		o.to.WriteHeader(code)
+		clear(wh) // WriteHeader keeps them for 1xx answers
+		return nil
+	}
+	if trace := httptrace.ContextClientTrace(o.req.Context()); trace != nil && trace.Got1xxResponse != nil {
+		return trace.Got1xxResponse(code, h)
+	}
+	return nil
 }
 
 // do sends a request without a body to addr over a pooled connection and
@@ -319,11 +367,9 @@ func (u *upstream) exchange(ctx context.Context, pc *upConn, out outReq) (*http.
 			pc.timer.Stop()
 			return fail(fmt.Errorf("unexpected %s from upstream", resp.Status), true)
 		}
-		if out.got1xx != nil {
-			if err := out.got1xx(resp.StatusCode, textproto.MIMEHeader(resp.Header)); err != nil {
-				pc.timer.Stop()
-				return fail(err, true)
-			}
+		if err := out.got1xx(resp.StatusCode, textproto.MIMEHeader(resp.Header)); err != nil {
+			pc.timer.Stop()
+			return fail(err, true)
 		}
 	}
 	if !pc.timer.Stop() && u.headerTimeout > 0 {
@@ -420,6 +466,7 @@ func (u *upstream) newConn(addr string, c net.Conn) *upConn {
 		pc.raw, _ = sc.SyscallConn()
 	}
 	pc.ic, _ = c.(*idleConn)
+	pc.sendStep, pc.quietStep = pc.sendStepFn, pc.quietStepFn
 	pc.br = bufio.NewReaderSize(pc, 4<<10)
 	pc.timer = time.AfterFunc(time.Hour, func() {
 		if pc.state.CompareAndSwap(0, 1) {
@@ -447,14 +494,9 @@ func (pc *upConn) quiet() bool {
 	if pc.raw == nil {
 		return true
 	}
-	open := false
-	err := pc.raw.Read(func(fd uintptr) bool {
-		var b [1]byte
-		n, _, err := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
-		open = n < 0 && (err == syscall.EAGAIN || err == syscall.EWOULDBLOCK)
-		return true
-	})
-	return err == nil && open
+	pc.open = false
+	err := pc.raw.Read(pc.quietStep)
+	return err == nil && pc.open
 }
 
 // put pools pc for reuse, or closes it when the pool is full.
