@@ -112,7 +112,13 @@ func forwardable(r *http.Request) bool {
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
 		return false
 	}
-	if (r.Body != nil && r.Body != http.NoBody) || r.ContentLength != 0 || len(r.TransferEncoding) != 0 {
+	if r.ContentLength != 0 || len(r.TransferEncoding) != 0 {
+		return false
+	}
+	// HTTP/2 gives every request a Body, empty when the stream ended
+	// with the headers (ContentLength 0 then; a declared length of 0 the
+	// server enforces).
+	if r.Body != nil && r.Body != http.NoBody && r.ProtoMajor != 2 {
 		return false
 	}
 	if r.URL.Opaque != "" || r.URL.Host != "" || r.URL.User != nil || r.URL.Path == "" || r.URL.Path[0] != '/' {

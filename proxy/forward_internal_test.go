@@ -114,50 +114,56 @@ func TestForwardSameAsReverseProxy(t *testing.T) {
 		{"GET", "/missing", nil},
 		{"GET", "/a%2Fb/%7Ec", nil},
 	} {
-		t.Run(tc.method+" "+tc.target, func(t *testing.T) {
-			newReq := func() *http.Request {
-				r := httptest.NewRequest(tc.method, tc.target, nil)
-				r.Host = "web.localhost:8080"
-				r.RemoteAddr = "192.0.2.7:41000"
-				for i := 0; i < len(tc.header); i += 2 {
-					r.Header.Add(tc.header[i], tc.header[i+1])
+		for _, h2 := range []bool{false, true} {
+			t.Run(tc.method+" "+tc.target+map[bool]string{true: " h2"}[h2], func(t *testing.T) {
+				newReq := func() *http.Request {
+					r := httptest.NewRequest(tc.method, tc.target, nil)
+					r.Host = "web.localhost:8080"
+					if h2 { // as the HTTP/2 server hands over a request without a body
+						r.Proto, r.ProtoMajor, r.ProtoMinor = "HTTP/2.0", 2, 0
+						r.Body = io.NopCloser(strings.NewReader(""))
+					}
+					r.RemoteAddr = "192.0.2.7:41000"
+					for i := 0; i < len(tc.header); i += 2 {
+						r.Header.Add(tc.header[i], tc.header[i+1])
+					}
+					return r
 				}
-				return r
-			}
-			type result struct {
-				seen    seenRequest
-				code    int
-				header  http.Header
-				body    string
-				trailer http.Header
-			}
-			run := func(viaForward bool) result {
-				r := newReq()
-				if !forwardable(r) {
-					t.Fatalf("%s %s is not forwardable", tc.method, tc.target)
+				type result struct {
+					seen    seenRequest
+					code    int
+					header  http.Header
+					body    string
+					trailer http.Header
 				}
-				rec := httptest.NewRecorder()
-				sw := &statusWriter{ResponseWriter: rec, p: p}
-				if viaForward {
-					p.forward(sw, r, rt)
-				} else {
-					p.rp.ServeHTTP(sw, r.WithContext(context.WithValue(r.Context(), routeKey{}, rt)))
+				run := func(viaForward bool) result {
+					r := newReq()
+					if !forwardable(r) {
+						t.Fatalf("%s %s is not forwardable", tc.method, tc.target)
+					}
+					rec := httptest.NewRecorder()
+					sw := &statusWriter{ResponseWriter: rec, p: p}
+					if viaForward {
+						p.forward(sw, r, rt)
+					} else {
+						p.rp.ServeHTTP(sw, r.WithContext(context.WithValue(r.Context(), routeKey{}, rt)))
+					}
+					res := rec.Result()
+					body, _ := io.ReadAll(res.Body)
+					if res.StatusCode == http.StatusGatewayTimeout {
+						t.Fatal("the upstream did not answer")
+					}
+					return result{<-seen, res.StatusCode, res.Header, string(body), res.Trailer}
 				}
-				res := rec.Result()
-				body, _ := io.ReadAll(res.Body)
-				if res.StatusCode == http.StatusGatewayTimeout {
-					t.Fatal("the upstream did not answer")
+				want, got := run(false), run(true)
+				if !reflect.DeepEqual(got, want) {
+					t.Errorf("forward:\n%+v\nreverse proxy:\n%+v", got, want)
 				}
-				return result{<-seen, res.StatusCode, res.Header, string(body), res.Trailer}
-			}
-			want, got := run(false), run(true)
-			if !reflect.DeepEqual(got, want) {
-				t.Errorf("forward:\n%+v\nreverse proxy:\n%+v", got, want)
-			}
-			if strings.Contains(strings.Join(got.seen.Header["Cookie"], ";"), cookieName) {
-				t.Errorf("the VM saw the session cookie: %q", got.seen.Header["Cookie"])
-			}
-		})
+				if strings.Contains(strings.Join(got.seen.Header["Cookie"], ";"), cookieName) {
+					t.Errorf("the VM saw the session cookie: %q", got.seen.Header["Cookie"])
+				}
+			})
+		}
 	}
 }
 
@@ -201,6 +207,15 @@ func TestForwardable(t *testing.T) {
 	r = httptest.NewRequest("GET", "http://other.test/", nil) // absolute form
 	if forwardable(r) {
 		t.Error("an absolute-form target is forwardable")
+	}
+	r = httptest.NewRequest("GET", "/", nil)
+	r.Host, r.ProtoMajor, r.ProtoMinor, r.Body = "web.localhost", 2, 0, io.NopCloser(strings.NewReader(""))
+	if !forwardable(r) {
+		t.Error("an HTTP/2 GET whose stream ended with its headers is not forwardable")
+	}
+	r.ContentLength = -1
+	if forwardable(r) {
+		t.Error("an HTTP/2 GET with a body of unknown length is forwardable")
 	}
 	r = httptest.NewRequest("OPTIONS", "*", nil)
 	if forwardable(r) {
