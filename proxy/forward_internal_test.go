@@ -222,3 +222,46 @@ func TestForwardable(t *testing.T) {
 		t.Error("OPTIONS * is forwardable")
 	}
 }
+
+// A body that breaks off cuts the client's response short (the server
+// then drops the connection) instead of ending it as if it were whole, and
+// its connection is not pooled.
+func TestForwardAbortsBrokenBody(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			br := bufio.NewReader(c)
+			if _, err := http.ReadRequest(br); err == nil {
+				io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
+			}
+			c.Close()
+		}
+	}()
+	rt := Route{VMID: "vm1", VMName: "web", Upstream: ln.Addr().String(), Public: true, Running: true}
+	p, err := New(Config{HTTPBind: "127.0.0.1:0", Secret: make([]byte, SecretSize), Log: slog.New(slog.DiscardHandler)}, fixedRoutes{rt}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := httptest.NewRequest("GET", "/", nil)
+	r.Host = "web.localhost"
+	rec := httptest.NewRecorder()
+	func() {
+		defer func() {
+			if v := recover(); v != http.ErrAbortHandler {
+				t.Errorf("forward ended with %v, want a panic with http.ErrAbortHandler", v)
+			}
+		}()
+		p.forward(&statusWriter{ResponseWriter: rec, p: p}, r, rt)
+	}()
+	if p.up.nIdle != 0 {
+		t.Errorf("%d connections pooled after a broken body", p.up.nIdle)
+	}
+}
