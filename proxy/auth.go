@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
+	"net/textproto"
 	"strings"
 	"sync"
 	"time"
@@ -144,16 +145,24 @@ func randomID() string {
 
 // admitted reports whether r carries a session cookie valid for rt.
 func (p *Proxy) admitted(r *http.Request, rt Route) bool {
-	for _, ck := range r.Cookies() {
-		if ck.Name != cookieName {
-			continue
-		}
-		// Owner and share sessions alike admit only while the VM keeps
-		// its ID, owner and revocation counter: that check runs on every
-		// request against the route as it is now; only the signature
-		// check is remembered.
-		if c, err := p.sessions.verify(p.signer, ck.Value); err == nil && c.valid(rt) {
-			return true
+	// The Cookie lines are scanned in place (r.Cookies would parse and
+	// allocate every cookie of the VM's own app on every request).
+	for _, line := range r.Header["Cookie"] {
+		for part := range strings.SplitSeq(line, ";") {
+			name, val, ok := strings.Cut(textproto.TrimString(part), "=")
+			if !ok || name != cookieName {
+				continue
+			}
+			if len(val) > 1 && val[0] == '"' && val[len(val)-1] == '"' {
+				val = val[1 : len(val)-1] // as net/http reads a quoted value
+			}
+			// Owner and share sessions alike admit only while the VM keeps
+			// its ID, owner and revocation counter: that check runs on every
+			// request against the route as it is now; only the signature
+			// check is remembered.
+			if c, err := p.sessions.verify(p.signer, val); err == nil && c.valid(rt) {
+				return true
+			}
 		}
 	}
 	return false

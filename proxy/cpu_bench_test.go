@@ -3,9 +3,12 @@ package proxy_test
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/cookiejar"
 	"os"
@@ -29,13 +32,18 @@ import (
 const (
 	childEnv        = "MINIONS_PROXY_BENCH_UPSTREAM"
 	childProfileEnv = "MINIONS_PROXY_BENCH_CPUPROFILE"
+	childTLSEnv     = "MINIONS_PROXY_BENCH_TLS" // "1": TLS mode, certificates from Pebble
 )
 
 // TestProxyChild is the proxy process of BenchmarkProxyCPU: it serves the
-// proxy in local mode the way the daemon configures it (JSON access log to
-// a file through a LogBuffer, rate limiter and connection limits on), routes web.localhost
-// (public) and priv.localhost (private) to the upstream, prints its
-// address and a share link for priv, and serves until stdin closes.
+// proxy the way the daemon configures it (JSON access log to a file
+// through a LogBuffer, rate limiter and connection limits on), in local
+// mode, or with MINIONS_PROXY_BENCH_TLS=1 in TLS mode (domain
+// example.test, on-demand certificates from an in-process Pebble, HTTP/2
+// and HTTP/1.1 by ALPN, as users get it). It routes web.<domain> (public)
+// and priv.<domain> (private) to the upstream, prints its address, a
+// share link for priv and (TLS mode) the file with the CA root, and
+// serves until stdin closes.
 func TestProxyChild(t *testing.T) {
 	up := os.Getenv(childEnv)
 	if up == "" {
@@ -62,18 +70,33 @@ func TestProxyChild(t *testing.T) {
 	access := slog.New(slog.NewJSONHandler(accessBuf, nil))
 	table := proxytest.NewTable()
 	ln := listen(t)
-	p, err := proxy.New(proxy.Config{HTTPBind: ln.Addr().String(), Secret: secret(t),
+	cfg := proxy.Config{HTTPBind: ln.Addr().String(), Secret: secret(t),
 		Log: log.With("component", "proxy"), AccessLog: access.With("component", "access"),
-		RatePerSecond: 1e9, Burst: 1e9, MaxConnsPerIP: 1000}, table, table)
+		RatePerSecond: 1e9, Burst: 1e9, MaxConnsPerIP: 1000}
+	domain, httpsLn, roots := "localhost", net.Listener(nil), "-"
+	if os.Getenv(childTLSEnv) == "1" {
+		domain, httpsLn = testDomain, listen(t)
+		dns := proxytest.StartDNS(t, testDomain)
+		port := func(ln net.Listener) int { return ln.Addr().(*net.TCPAddr).Port }
+		pebble := proxytest.StartPebble(t, proxytest.PebbleOptions{DNSAddr: dns.Addr, HTTPPort: port(ln), TLSPort: port(httpsLn)})
+		cfg.Domain, cfg.HTTPSBind, cfg.ACMECA, cfg.CARoots = testDomain, httpsLn.Addr().String(), pebble.DirectoryURL, pebble.ServerRoots
+		cfg.ACMEEmail, cfg.StorageDir, cfg.Resolver = "admin@example.test", t.TempDir(), dns.Resolver()
+		roots = pebble.WriteRoot(t, t.TempDir())
+	}
+	p, err := proxy.New(cfg, table, table)
 	if err != nil {
 		t.Fatal(err)
 	}
-	table.Set("web.localhost", proxy.Route{VMID: "vm1", VMName: "web", Owner: "u1", Upstream: up, Public: true, Running: true})
-	table.Set("priv.localhost", proxy.Route{VMID: "vm2", VMName: "priv", Owner: "u1", Gen: 3, Upstream: up, Running: true})
+	table.Set("web."+domain, proxy.Route{VMID: "vm1", VMName: "web", Owner: "u1", Upstream: up, Public: true, Running: true})
+	table.Set("priv."+domain, proxy.Route{VMID: "vm2", VMName: "priv", Owner: "u1", Gen: 3, Upstream: up, Running: true})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- p.Serve(ctx, nil, ln) }()
-	fmt.Printf("%s %s\n", ln.Addr(), p.ShareLink("priv", "vm2", "u1", 3, time.Hour))
+	go func() { done <- p.Serve(ctx, httpsLn, ln) }()
+	addr := ln.Addr()
+	if httpsLn != nil {
+		addr = httpsLn.Addr()
+	}
+	fmt.Printf("%s %s %s\n", addr, p.ShareLink("priv", "vm2", "u1", 3, time.Hour), roots)
 	_, _ = io.Copy(io.Discard, os.Stdin)
 	cancel()
 	if err := <-done; err != nil {
@@ -98,66 +121,79 @@ func TestProxyChild(t *testing.T) {
 // profile.
 func BenchmarkProxyCPU(b *testing.B) {
 	up := proxytest.StartUpstream(b, "web")
-	cmd := exec.Command(os.Args[0], "-test.run=^TestProxyChild$", "-test.count=1")
-	cmd.Env = append(os.Environ(), childEnv+"="+up.Addr)
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		b.Fatal(err)
-	}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		b.Fatal(err)
-	}
-	cmd.Stderr = os.Stderr
-	if err := cmd.Start(); err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { stdin.Close(); _ = cmd.Wait() })
-	line, err := bufio.NewReader(stdout).ReadString('\n')
-	if err != nil {
-		b.Fatalf("proxy child: %v", err)
-	}
-	addr, share, _ := strings.Cut(strings.TrimSpace(line), " ")
-	_, port, _ := strings.Cut(addr, ":")
-	go func() { _, _ = io.Copy(io.Discard, stdout) }()
-
-	for _, tc := range []struct{ name, host, path string }{
-		{"public", "web", "/"},
-		{"private", "priv", "/"},
+	var plain, withTLS *proxyChild
+	for _, tc := range []struct {
+		name, host, path string
+		tls, h2          bool
+	}{
+		{name: "public", host: "web", path: "/"},
+		{name: "private", host: "priv", path: "/"},
 		// An upstream taking 5 ms, like a VM under TCG: the proxy's
 		// goroutines sleep and wake for every request.
-		{"public-5ms", "web", "/sleep?ms=5"},
+		{name: "public-5ms", host: "web", path: "/sleep?ms=5"},
+		// HTTPS as users with a domain get it: HTTP/1.1 (curl, most API
+		// clients) and HTTP/2 (browsers), keep-alive, TLS 1.3.
+		{name: "public-tls", host: "web", path: "/", tls: true},
+		{name: "private-tls", host: "priv", path: "/", tls: true},
+		{name: "public-h2", host: "web", path: "/", tls: true, h2: true},
+		{name: "public-5ms-h2", host: "web", path: "/sleep?ms=5", tls: true, h2: true},
 	} {
+		parent := b
 		b.Run(tc.name, func(b *testing.B) {
-			proxied := clientTo(addr, nil)
-			if tc.name == "private" {
+			child := plain
+			if tc.tls {
+				if withTLS == nil {
+					withTLS = startProxyChild(b, parent, up.Addr, true)
+				}
+				child = withTLS
+			} else if plain == nil {
+				plain = startProxyChild(b, parent, up.Addr, false)
+				child = plain
+			}
+			domain, scheme := "localhost", "http"
+			proxied := clientTo(child.addr, nil)
+			if tc.tls {
+				domain, scheme = testDomain, "https"
+				proxied = clientTo(child.addr, func(tr *http.Transport) {
+					tr.TLSClientConfig = &tls.Config{RootCAs: child.roots}
+					tr.ForceAttemptHTTP2 = tc.h2
+				})
+			}
+			if tc.host == "priv" {
 				jar, _ := cookiejar.New(nil)
 				proxied.Jar = jar
-				if code, _, _ := get(b, proxied, share); code != http.StatusSeeOther {
+				if code, _, _ := get(b, proxied, child.share); code != http.StatusSeeOther {
 					b.Fatalf("share link: status %d", code)
 				}
 			}
 			direct := clientTo(up.Addr, nil)
-			purl := "http://" + tc.host + ".localhost:" + port + tc.path
+			purl := scheme + "://" + tc.host + "." + domain + ":" + child.port + tc.path
 			durl := "http://" + up.Addr + tc.path
-			seq(b, direct, durl, 100) // warm up
+			seq(b, direct, durl, 100) // warm up (and, with TLS, get the certificate)
 			seq(b, proxied, purl, 100)
+			if resp, err := proxied.Get(purl); err != nil || resp.ProtoMajor != map[bool]int{false: 1, true: 2}[tc.h2] {
+				b.Fatalf("GET %s: %v %v", purl, err, resp)
+			} else {
+				_, _ = io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+			}
+			pid := child.cmd.Process.Pid
 			var dLat, pLat []time.Duration
 			var dN, pN int64
 			var dT, pT, pCPU time.Duration
 			var ratios []float64
 			for range b.N {
 				dLat = append(dLat, seq(b, direct, durl, 300)...)
-				c := procCPU(b, cmd.Process.Pid)
+				c := procCPU(b, pid)
 				pLat = append(pLat, seq(b, proxied, purl, 300)...)
-				pCPU += procCPU(b, cmd.Process.Pid) - c
+				pCPU += procCPU(b, pid) - c
 				// Short alternating rounds, so that both sides see the
 				// same drift of the shared host's load.
 				for range 4 {
 					dn, del := conc(b, direct, durl, 4, time.Second/4)
-					c = procCPU(b, cmd.Process.Pid)
+					c = procCPU(b, pid)
 					pn, pel := conc(b, proxied, purl, 4, time.Second/4)
-					pCPU += procCPU(b, cmd.Process.Pid) - c
+					pCPU += procCPU(b, pid) - c
 					dN, dT, pN, pT = dN+dn, dT+del, pN+pn, pT+pel
 					ratios = append(ratios, (float64(pn)/pel.Seconds())/(float64(dn)/del.Seconds()))
 				}
@@ -174,6 +210,58 @@ func BenchmarkProxyCPU(b *testing.B) {
 			b.ReportMetric(0, "ns/op")
 		})
 	}
+}
+
+// proxyChild is a TestProxyChild process.
+type proxyChild struct {
+	cmd        *exec.Cmd
+	addr, port string
+	share      string
+	roots      *x509.CertPool // TLS mode: the CA of the proxy's certificates
+}
+
+// startProxyChild starts a proxy child that lives until parent ends.
+func startProxyChild(b, parent *testing.B, upstream string, withTLS bool) *proxyChild {
+	cmd := exec.Command(os.Args[0], "-test.run=^TestProxyChild$", "-test.count=1")
+	cmd.Env = append(os.Environ(), childEnv+"="+upstream)
+	if withTLS {
+		cmd.Env = append(cmd.Env, childTLSEnv+"=1")
+	}
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	parent.Cleanup(func() { stdin.Close(); _ = cmd.Wait() })
+	line, err := bufio.NewReader(stdout).ReadString('\n')
+	if err != nil {
+		b.Fatalf("proxy child: %v", err)
+	}
+	go func() { _, _ = io.Copy(io.Discard, stdout) }()
+	f := strings.Fields(line)
+	if len(f) != 3 {
+		b.Fatalf("proxy child said %q", line)
+	}
+	c := &proxyChild{cmd: cmd, addr: f[0], share: f[1]}
+	_, c.port, _ = strings.Cut(c.addr, ":")
+	if withTLS {
+		pem, err := os.ReadFile(f[2])
+		if err != nil {
+			b.Fatal(err)
+		}
+		c.roots = x509.NewCertPool()
+		if !c.roots.AppendCertsFromPEM(pem) {
+			b.Fatal("no CA root from the proxy child")
+		}
+	}
+	return c
 }
 
 // seq sends n sequential GETs on one keep-alive connection and returns

@@ -36,7 +36,8 @@ type Proxy struct {
 	rate     *rateLimiter
 	conns    *connLimiter
 
-	rp        *httputil.ReverseProxy
+	rp        *httputil.ReverseProxy // requests forward does not take
+	buffers   *bufferPool
 	transport *http.Transport // bodies and upgrades
 	up        *upstream       // the rest, and the reverse proxy's transport
 
@@ -71,6 +72,7 @@ func New(cfg Config, routes Routes, domains Domains) (*Proxy, error) {
 		domains: domains,
 		signer:  signer{key: append([]byte(nil), cfg.Secret...), now: time.Now},
 		metrics: newMetrics(),
+		buffers: newBufferPool(),
 	}
 	p.rate = newRateLimiter(cfg.RatePerSecond, cfg.Burst, time.Now)
 	p.conns = &connLimiter{max: cfg.MaxConnsPerIP, total: cfg.MaxConns, perIP: make(map[string]int), active: &p.metrics.activeConns}
@@ -112,7 +114,7 @@ func New(cfg Config, routes Routes, domains Domains) (*Proxy, error) {
 		ModifyResponse: rewriteSetCookies,
 		Transport:      p.up,
 		ErrorHandler:   p.upstreamError,
-		BufferPool:     newBufferPool(),
+		BufferPool:     p.buffers,
 		ErrorLog:       slog.NewLogLogger(p.log.Handler(), slog.LevelDebug),
 	}
 	if cfg.Domain != "" {
@@ -257,6 +259,10 @@ func (p *Proxy) serveHTTP(w http.ResponseWriter, r *http.Request) {
 			"The VM "+rt.VMName+" is stopped. Start it with `minions start "+rt.VMName+"`.")
 		return
 	}
+	if forwardable(r) {
+		p.forward(sw, r, rt)
+		return
+	}
 	ctx := context.WithValue(r.Context(), routeKey{}, rt)
 	p.rp.ServeHTTP(sw, r.WithContext(ctx))
 }
@@ -271,6 +277,11 @@ func (p *Proxy) rewrite(pr *httputil.ProxyRequest) {
 
 func (p *Proxy) upstreamError(w http.ResponseWriter, r *http.Request, err error) {
 	rt, _ := r.Context().Value(routeKey{}).(Route)
+	p.upstreamFailed(w, r, rt, err)
+}
+
+// upstreamFailed answers a request whose VM did not answer.
+func (p *Proxy) upstreamFailed(w http.ResponseWriter, r *http.Request, rt Route, err error) {
 	if r.Context().Err() != nil {
 		// The client went away; nobody reads an answer.
 		p.log.Debug("client gone", "vm_id", rt.VMID, "err", err)

@@ -73,6 +73,11 @@ type upConn struct {
 	timer *time.Timer // the response header timeout; closes conn
 	// state: 0 idle or in use, 1 the header timer fired, 2 cancelled.
 	state atomic.Int32
+	// The callbacks of raw.Read and their state, made once per connection.
+	send      sendState
+	sendStep  func(fd uintptr) bool
+	open      bool
+	quietStep func(fd uintptr) bool
 }
 
 func newUpstream(dial func(ctx context.Context, network, addr string) (net.Conn, error), fallback http.RoundTripper, headerTimeout time.Duration) *upstream {
@@ -111,37 +116,11 @@ func (pc *upConn) Read(b []byte) (int, error) {
 // runs from the start of the send: a VM that does not read its request
 // gets a 504 no later than one that does not answer).
 func (pc *upConn) sendAndRead(b []byte) (int, error) {
-	out := pc.out.Bytes()
-	var n int
-	var rerr error
-	sent, partial := false, false
-	err := pc.raw.Read(func(fd uintptr) bool {
-		if !sent {
-			sent = true
-			for len(out) > 0 {
-				w, err := syscall.Write(int(fd), out)
-				switch {
-				case err == syscall.EINTR:
-					continue
-				case err == syscall.EAGAIN:
-					partial = true
-					return true
-				case err != nil:
-					rerr = os.NewSyscallError("write", err)
-					return true
-				}
-				out = out[w:]
-			}
-			return false // wait until the answer can be read
-		}
-		for {
-			n, rerr = syscall.Read(int(fd), b)
-			if rerr != syscall.EINTR {
-				break
-			}
-		}
-		return rerr != syscall.EAGAIN
-	})
+	st := &pc.send
+	*st = sendState{out: pc.out.Bytes(), b: b}
+	err := pc.raw.Read(pc.sendStep)
+	out, n, rerr, partial := st.out, st.n, st.err, st.partial
+	*st = sendState{}
 	if pc.out.Cap() > maxKeptRequest {
 		pc.out = bytes.Buffer{} // a rare huge request: do not pool its buffer
 	} else {
@@ -176,6 +155,54 @@ func (pc *upConn) sendAndRead(b []byte) (int, error) {
 	return n, nil
 }
 
+// sendState is what sendStep works on, kept in the connection so that a
+// request allocates no closure.
+type sendState struct {
+	out, b        []byte
+	n             int
+	err           error
+	sent, partial bool
+}
+
+// sendStepFn is sendAndRead's callback for RawConn.Read.
+func (pc *upConn) sendStepFn(fd uintptr) bool {
+	st := &pc.send
+	if !st.sent {
+		st.sent = true
+		for len(st.out) > 0 {
+			w, err := syscall.Write(int(fd), st.out)
+			switch {
+			case err == syscall.EINTR:
+				continue
+			case err == syscall.EAGAIN:
+				st.partial = true
+				return true
+			case err != nil:
+				st.err = os.NewSyscallError("write", err)
+				return true
+			}
+			st.out = st.out[w:]
+		}
+		return false // wait until the answer can be read
+	}
+	for {
+		st.n, st.err = syscall.Read(int(fd), st.b)
+		if st.err != syscall.EINTR {
+			break
+		}
+	}
+	return st.err != syscall.EAGAIN
+}
+
+// quietStepFn is quiet's callback for RawConn.Read: a peek that does not
+// block.
+func (pc *upConn) quietStepFn(fd uintptr) bool {
+	var b [1]byte
+	n, _, err := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+	pc.open = n < 0 && (err == syscall.EAGAIN || err == syscall.EWOULDBLOCK)
+	return true
+}
+
 var errHeaderTooLarge = errors.New("upstream response headers exceed 1 MiB")
 
 // timeoutError is a net.Error that says it is a timeout, so the proxy
@@ -193,18 +220,58 @@ func (u *upstream) RoundTrip(req *http.Request) (*http.Response, error) {
 	if !inline(req) {
 		return u.fallback.RoundTrip(req)
 	}
-	pc, reused, err := u.get(req.Context(), req.URL.Host)
+	return u.do(req.Context(), req.URL.Host, outReq{req: req, close: req.Close})
+}
+
+// outReq is a request without a body as do sends it: req itself
+// (Request.Write; informational answers go to its client trace), or, with
+// to set, the incoming request req as forward sends it (writeRequest;
+// informational answers go to the client through to).
+type outReq struct {
+	req   *http.Request
+	to    *statusWriter
+	close bool // the request asked to close the connection
+}
+
+func (o outReq) write(b *bytes.Buffer) error {
+	if o.to != nil {
+		writeRequest(b, o.req)
+		return nil
+	}
+	return o.req.Write(b)
+}
+
+func (o outReq) got1xx(code int, h textproto.MIMEHeader) error {
+	if o.to != nil {
+		wh := o.to.Header()
+		for k, vv := range h {
+			wh[k] = vv
+		}
+		o.to.WriteHeader(code)
+		clear(wh) // WriteHeader keeps them for 1xx answers
+		return nil
+	}
+	if trace := httptrace.ContextClientTrace(o.req.Context()); trace != nil && trace.Got1xxResponse != nil {
+		return trace.Got1xxResponse(code, h)
+	}
+	return nil
+}
+
+// do sends a request without a body to addr over a pooled connection and
+// reads the response headers.
+func (u *upstream) do(ctx context.Context, addr string, out outReq) (*http.Response, error) {
+	pc, reused, err := u.get(ctx, addr)
 	if err != nil {
 		return nil, err
 	}
-	resp, err := u.exchange(pc, req)
-	if err != nil && reused && errors.Is(err, errNoAnswer) && idempotent(req.Method) && req.Context().Err() == nil {
+	resp, err := u.exchange(ctx, pc, out)
+	if err != nil && reused && errors.Is(err, errNoAnswer) && idempotent(out.req.Method) && ctx.Err() == nil {
 		// The VM closed the connection while we reused it: what
 		// http.Transport does too, once, on a new connection.
-		if pc, err = u.dialConn(req.Context(), req.URL.Host); err != nil {
+		if pc, err = u.dialConn(ctx, addr); err != nil {
 			return nil, err
 		}
-		resp, err = u.exchange(pc, req)
+		resp, err = u.exchange(ctx, pc, out)
 	}
 	if err != nil {
 		return nil, errors.Unwrap(err) // errNoAnswer wraps the cause
@@ -242,8 +309,8 @@ func wrapped(err error) error { return fmt.Errorf("%w", err) }
 
 // exchange writes req on pc and reads the response headers. On error pc
 // is closed. Errors are wrapped once (noAnswer when nothing was read).
-func (u *upstream) exchange(pc *upConn, req *http.Request) (*http.Response, error) {
-	ctx := req.Context()
+func (u *upstream) exchange(ctx context.Context, pc *upConn, out outReq) (*http.Response, error) {
+	req := out.req
 	pc.state.Store(0)
 	stop := context.AfterFunc(ctx, func() {
 		if pc.state.CompareAndSwap(0, 2) {
@@ -268,7 +335,7 @@ func (u *upstream) exchange(pc *upConn, req *http.Request) (*http.Response, erro
 		return nil, wrapped(err)
 	}
 	pc.out.Reset()
-	if err := req.Write(&pc.out); err != nil {
+	if err := out.write(&pc.out); err != nil {
 		return fail(err, false)
 	}
 	if pc.raw == nil {
@@ -300,18 +367,16 @@ func (u *upstream) exchange(pc *upConn, req *http.Request) (*http.Response, erro
 			pc.timer.Stop()
 			return fail(fmt.Errorf("unexpected %s from upstream", resp.Status), true)
 		}
-		if trace := httptrace.ContextClientTrace(ctx); trace != nil && trace.Got1xxResponse != nil {
-			if err := trace.Got1xxResponse(resp.StatusCode, textproto.MIMEHeader(resp.Header)); err != nil {
-				pc.timer.Stop()
-				return fail(err, true)
-			}
+		if err := out.got1xx(resp.StatusCode, textproto.MIMEHeader(resp.Header)); err != nil {
+			pc.timer.Stop()
+			return fail(err, true)
 		}
 	}
 	if !pc.timer.Stop() && u.headerTimeout > 0 {
 		return fail(timeoutError{}, true)
 	}
 	pc.limit = -1
-	keep := !resp.Close && !req.Close
+	keep := !resp.Close && !out.close
 	resp.Body = &upBody{rc: resp.Body, pc: pc, stop: stop, keep: keep}
 	return resp, nil
 }
@@ -401,6 +466,7 @@ func (u *upstream) newConn(addr string, c net.Conn) *upConn {
 		pc.raw, _ = sc.SyscallConn()
 	}
 	pc.ic, _ = c.(*idleConn)
+	pc.sendStep, pc.quietStep = pc.sendStepFn, pc.quietStepFn
 	pc.br = bufio.NewReaderSize(pc, 4<<10)
 	pc.timer = time.AfterFunc(time.Hour, func() {
 		if pc.state.CompareAndSwap(0, 1) {
@@ -428,14 +494,9 @@ func (pc *upConn) quiet() bool {
 	if pc.raw == nil {
 		return true
 	}
-	open := false
-	err := pc.raw.Read(func(fd uintptr) bool {
-		var b [1]byte
-		n, _, err := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
-		open = n < 0 && (err == syscall.EAGAIN || err == syscall.EWOULDBLOCK)
-		return true
-	})
-	return err == nil && open
+	pc.open = false
+	err := pc.raw.Read(pc.quietStep)
+	return err == nil && pc.open
 }
 
 // put pools pc for reuse, or closes it when the pool is full.
