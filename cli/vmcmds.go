@@ -215,6 +215,9 @@ func (x *Ctx) lifecycle(ctx context.Context, verb string, fn func(service.Backen
 		if v.Boot != "" {
 			fmt.Fprintf(w, "boot: %s\n", v.Boot)
 		}
+		if m := v.Move; m != nil {
+			fmt.Fprintf(w, "moved (%s): downtime %d ms (guest paused about %d ms), whole move %.1f s\n", m.Mode, m.DowntimeMS, m.PauseMS, float64(m.TotalMS)/1000)
+		}
 		for _, m := range v.Warnings {
 			fmt.Fprintf(w, "warning: %s\n", m)
 		}

@@ -265,6 +265,8 @@ func (s *server) run(ctx context.Context, method string, req callRequest, progre
 		return nil, s.exportDisk(ctx, req)
 	case mImportDisk:
 		return s.importDisk(ctx, req, progress)
+	case mLiveDescribe, mLivePrepare, mLiveDial, mLiveMigrate, mLiveFinish, mLiveAbort, mLiveResume:
+		return s.runLive(ctx, method, req, progress)
 	}
 	return nil, errs.New(errs.InvalidArgument, "unknown engine method %q", method)
 }

@@ -289,8 +289,10 @@ type VM struct {
 	Warnings []string `json:"warnings,omitempty"`
 	// Host is the name of the host the VM runs on ("" when no host is
 	// registered: a single host without the cluster).
-	Host   string `json:"host,omitempty"`
-	hostID string // vms.host_id ("" : this host)
+	Host string `json:"host,omitempty"`
+	// Move is what a move measured (Move's result only).
+	Move   *MoveResult `json:"move,omitempty"`
+	hostID string      // vms.host_id ("" : this host)
 }
 
 func view(v store.VM) VM {

@@ -28,8 +28,13 @@ import (
 // running (mirror and migration cancelled, vCPUs resumed); the caller
 // kills the target (Kill), whose disks it removes itself.
 type LiveMigrator interface {
-	// StartIncoming starts spec paused, waiting for a live migration.
-	StartIncoming(ctx context.Context, spec Spec) (*Handle, error)
+	// DescribeOut describes the running VM h's machine for StartIncoming
+	// on the target (opaque bytes, carried by the caller).
+	DescribeOut(h *Handle) ([]byte, error)
+	// StartIncoming starts spec paused, waiting for a live migration of
+	// the machine source describes (DescribeOut): a spec of another shape
+	// is errs.FailedPrecondition.
+	StartIncoming(ctx context.Context, spec Spec, source []byte) (*Handle, error)
 	// IncomingSocket is the path of channel ChannelNBD or
 	// ChannelMigration of a VM started by StartIncoming.
 	IncomingSocket(h *Handle, channel string) (string, error)

@@ -2,6 +2,7 @@ package qemu
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -72,14 +73,35 @@ func liveDisk(disks []hypervisor.Disk) (string, error) {
 	return id, nil
 }
 
+// DescribeOut implements hypervisor.LiveMigrator: the machine's JSON.
+func (d *Driver) DescribeOut(h *hypervisor.Handle) ([]byte, error) {
+	if err := checkHandle(h); err != nil {
+		return nil, err
+	}
+	m, err := readMachine(h.RunDir)
+	if err != nil {
+		return nil, errs.New(errs.FailedPrecondition, "describe vm: read machine config: %w", err)
+	}
+	return json.Marshal(m)
+}
+
 // StartIncoming implements hypervisor.LiveMigrator. The spec's MAC and
 // vsock CID may differ from the source's (the guest keeps the source's
-// MAC until told otherwise); everything else must match.
-func (d *Driver) StartIncoming(ctx context.Context, spec hypervisor.Spec) (*hypervisor.Handle, error) {
+// MAC until told otherwise); everything else must match. The RAM is
+// declared as the source's is named (a warm clone's is a memory backend).
+func (d *Driver) StartIncoming(ctx context.Context, spec hypervisor.Spec, source []byte) (*hypervisor.Handle, error) {
+	var old machine
+	if err := json.Unmarshal(source, &old); err != nil || old.ID == "" {
+		return nil, errs.New(errs.InvalidArgument, "start incoming vm %s: bad source machine description", spec.ID)
+	}
 	m, err := d.machineFor(spec)
 	if err != nil {
 		return nil, fmt.Errorf("start incoming vm %s: %w", spec.ID, err)
 	}
+	if err := copyCompatible(old, m); err != nil {
+		return nil, errs.New(errs.FailedPrecondition, "start incoming vm %s: the source does not fit the spec: %v", spec.ID, err)
+	}
+	m.MemBackendRAM = old.hasMemoryBackend()
 	if _, err := liveDisk(m.Disks); err != nil {
 		return nil, fmt.Errorf("start incoming vm %s: %w", spec.ID, err)
 	}

@@ -18,6 +18,7 @@ import (
 
 	"golang.org/x/crypto/ssh"
 
+	"github.com/minionsdev/minions/internal/errs"
 	"github.com/minionsdev/minions/vm/disk"
 	"github.com/minionsdev/minions/vm/hypervisor"
 	"github.com/minionsdev/minions/vsockcli"
@@ -214,7 +215,16 @@ func TestLiveMigration(t *testing.T) {
 
 	dst := g.spec(t, "ldst", 256, g.rootfs, disk.FormatRaw, "mql2", "52:54:00:77:01:02", "10.77.0.52/24")
 	// Same shape; the target's argv carries its own MAC and command line.
-	hd, err := g.d.StartIncoming(ctx, dst)
+	desc, err := g.d.DescribeOut(hs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bad := dst
+	bad.MemoryMiB = 512
+	if _, err := g.d.StartIncoming(ctx, bad, desc); !errors.Is(err, errs.FailedPrecondition) {
+		t.Fatalf("StartIncoming(512 MiB for a 256 MiB source) = %v, want FailedPrecondition", err)
+	}
+	hd, err := g.d.StartIncoming(ctx, dst, desc)
 	if err != nil {
 		t.Fatal(err)
 	}
