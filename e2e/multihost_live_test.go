@@ -185,7 +185,8 @@ func testMoveLive(t *testing.T, c *mhCluster, ann, ben mhUser, haveVMs bool) {
 	r = c.as(t, ann, "", "move", name, "--host", "n2", "--live", "--json")
 	took := time.Since(start)
 	if r.code != 0 {
-		t.Fatalf("move %s --host n2 --live: %s", name, r)
+		t.Fatalf("move %s --host n2 --live: %s\nn1's agent:\n%s\nn2's agent:\n%s", name, r,
+			lastLines(c.n1.agent.log.String(), 40), lastLines(c.n2.agent.log.String(), 40))
 	}
 	var res liveMoveJSON
 	if err := json.Unmarshal([]byte(r.stdout), &res); err != nil || res.Move == nil {

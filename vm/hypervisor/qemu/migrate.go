@@ -17,6 +17,7 @@ import (
 	"github.com/minionsdev/minions/vm/hypervisor"
 	"github.com/minionsdev/minions/vm/hypervisor/procfs"
 	"github.com/minionsdev/minions/vm/hypervisor/qemu/qmp"
+	"github.com/minionsdev/minions/vm/jail"
 )
 
 // Live migration with non-shared storage (hypervisor.LiveMigrator), the
@@ -114,6 +115,10 @@ func (d *Driver) StartIncoming(ctx context.Context, spec hypervisor.Spec, source
 	if err != nil {
 		return nil, fmt.Errorf("start incoming vm %s: %w", spec.ID, err)
 	}
+	if err := d.memoryHeadroom(h, m, liveHeadroomMiB); err != nil {
+		d.Kill(context.WithoutCancel(ctx), h)
+		return nil, fmt.Errorf("start incoming vm %s: %w", spec.ID, err)
+	}
 	d.log.Info("vm waits for a live migration", "vm_id", m.ID, "pid", h.PID, "duration_ms", time.Since(start).Milliseconds())
 	return h, nil
 }
@@ -186,6 +191,9 @@ func (d *Driver) MigrateOut(ctx context.Context, h *hypervisor.Handle, nbd, mig 
 	}
 	defer c.Close()
 	log := d.log.With("vm_id", m.ID, "pid", h.PID)
+	if err := d.memoryHeadroom(h, m, liveHeadroomMiB); err != nil {
+		return st, fmt.Errorf("migrate vm %s: %w", m.ID, err)
+	}
 	start := time.Now()
 	var relays []*fdRelay
 	defer func() {
@@ -197,6 +205,9 @@ func (d *Driver) MigrateOut(ctx context.Context, h *hypervisor.Handle, nbd, mig 
 	defer func() {
 		if err == nil {
 			return
+		}
+		if !procfs.Alive(h.PID, h.StartTime) {
+			err = fmt.Errorf("%w (%v)", err, exitedError("qemu", filepath.Join(h.RunDir, qemuLog)))
 		}
 		// Undo: the source runs on as before.
 		uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
@@ -320,6 +331,7 @@ func (d *Driver) FinishIncoming(ctx context.Context, h *hypervisor.Handle) error
 	if err := c.Execute(ctx, "cont", nil, nil); err != nil {
 		return fmt.Errorf("finish incoming migration: %w", err)
 	}
+
 	st, err := queryStatus(ctx, c)
 	if err != nil {
 		return fmt.Errorf("finish incoming migration: %w", err)
@@ -382,8 +394,9 @@ const (
 func waitConverged(ctx context.Context, c *qmp.Client, h *hypervisor.Handle, log interface{ Warn(string, ...any) }) (migrateInfo, error) {
 	wctx, cancel := context.WithTimeout(ctx, liveConverge)
 	q, err := waitMigrated(wctx, c, h)
+	timedOut := wctx.Err() != nil
 	cancel()
-	if err == nil || ctx.Err() != nil || wctx.Err() == nil {
+	if err == nil || ctx.Err() != nil || !timedOut {
 		return q, err
 	}
 	log.Warn("live migration does not converge; allowing a longer pause", "downtime_limit_ms", liveDowntimeMax.Milliseconds())
@@ -391,6 +404,28 @@ func waitConverged(ctx context.Context, c *qmp.Client, h *hypervisor.Handle, log
 		return q, err
 	}
 	return waitMigrated(ctx, c, h)
+}
+
+// liveHeadroomMiB is added to the memory limit of a jailed VM's cgroup
+// while it migrates, on both ends: the migration's buffers, the socket
+// buffers (charged to the cgroup) and the disk's page cache come on top
+// of the guest's RAM and the translation cache; without it the kernel
+// killed a 256 MiB guest's QEMU mid-migration (memory cgroup OOM). The
+// headroom stays until the VM's next start: lowering a limit below the
+// usage can OOM-kill the VM (cgroup v2).
+const liveHeadroomMiB = 256
+
+// memoryHeadroom sets the memory limit of h's cgroup (if jailed) to the
+// machine's usual one plus extraMiB.
+func (d *Driver) memoryHeadroom(h *hypervisor.Handle, m machine, extraMiB int) error {
+	if h.Cgroup == "" {
+		return nil
+	}
+	l, err := d.cfg.Jail.Limits(m.CPUs, m.MemoryMiB+extraMiB)
+	if err != nil {
+		return err
+	}
+	return jail.CreateCgroup(h.Cgroup, l)
 }
 
 // waitMigrateEnd waits (bounded by ctx) until a cancelled migration ends.
