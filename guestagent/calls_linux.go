@@ -125,6 +125,14 @@ var (
 )
 
 func (s *Server) configure(c proto.Configure) error {
+	var trust [][]byte
+	for _, k := range c.TrustKeys {
+		pub, _, _, _, err := ssh.ParseAuthorizedKey([]byte(k))
+		if err != nil {
+			return fmt.Errorf("trust key %q: %w", k, err)
+		}
+		trust = append(trust, pub.Marshal())
+	}
 	if c.Hostname != nil {
 		if !hostnameRE.MatchString(*c.Hostname) {
 			return fmt.Errorf("invalid hostname %q", *c.Hostname)
@@ -174,6 +182,9 @@ func (s *Server) configure(c proto.Configure) error {
 		if err := s.regenHostKeys(); err != nil {
 			return fmt.Errorf("regenerate host keys: %w", err)
 		}
+	}
+	if len(trust) > 0 {
+		s.trusted.Store(&trust)
 	}
 	return nil
 }

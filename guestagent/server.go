@@ -14,6 +14,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/crypto/ssh"
@@ -28,6 +29,10 @@ type Server struct {
 	ssh    *ssh.ServerConfig
 	signer *swapSigner // the host key; reidentify replaces it
 	log    *slog.Logger
+	// trusted are the client keys accepted (wire form): Config's
+	// AuthorizedKey until a configure call replaces them (a live move
+	// adds the target host's key, then drops the source's).
+	trusted atomic.Pointer[[][]byte]
 
 	freezeMu sync.Mutex
 	frozen   []string        // mount points, in freeze order
@@ -47,13 +52,16 @@ func NewServer(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{cfg: cfg, log: cfg.Log, signer: &swapSigner{s: signer}}
-	want := cfg.AuthorizedKey.Marshal()
+	s.trusted.Store(&[][]byte{cfg.AuthorizedKey.Marshal()})
 	s.ssh = &ssh.ServerConfig{
 		PublicKeyCallback: func(meta ssh.ConnMetadata, key ssh.PublicKey) (*ssh.Permissions, error) {
-			if !bytes.Equal(key.Marshal(), want) {
-				return nil, errors.New("key not accepted")
+			got := key.Marshal()
+			for _, want := range *s.trusted.Load() {
+				if bytes.Equal(got, want) {
+					return &ssh.Permissions{}, nil
+				}
 			}
-			return &ssh.Permissions{}, nil
+			return nil, errors.New("key not accepted")
 		},
 		ServerVersion: "SSH-2.0-minions-agent",
 	}

@@ -60,7 +60,7 @@ func (r *Remote) DialIncoming(ctx context.Context, id, channel string) (net.Conn
 
 // MigrateOut implements engine.LiveMigrator: nbd and mig are copied to
 // and from the node's two streams.
-func (r *Remote) MigrateOut(ctx context.Context, id string, nbd, mig io.ReadWriteCloser, progress engine.Progress) (hypervisor.MigrationStats, error) {
+func (r *Remote) MigrateOut(ctx context.Context, id, trustKey string, nbd, mig io.ReadWriteCloser, progress engine.Progress) (hypervisor.MigrationStats, error) {
 	var stats hypervisor.MigrationStats
 	defer nbd.Close()
 	defer mig.Close()
@@ -89,7 +89,7 @@ func (r *Remote) MigrateOut(ctx context.Context, id string, nbd, mig io.ReadWrit
 		}
 		progress.Say(step)
 	}
-	err := r.call(ctx, mLiveMigrate, callRequest{ID: id, Stream: sids[0], Stream2: sids[1]}, p, &stats)
+	err := r.call(ctx, mLiveMigrate, callRequest{ID: id, Stream: sids[0], Stream2: sids[1], TrustKey: trustKey}, p, &stats)
 	if err != nil {
 		nbd.Close()
 		mig.Close()
@@ -97,6 +97,14 @@ func (r *Remote) MigrateOut(ctx context.Context, id string, nbd, mig io.ReadWrit
 		sts[1].Close()
 	}
 	return stats, err
+}
+
+// AgentTrustKey implements engine.LiveMigrator: the key the node's
+// agents trust (agent_pubkey, sign.go).
+func (r *Remote) AgentTrustKey(ctx context.Context) (string, error) {
+	var line string
+	err := r.call(ctx, mAgentPubKey, callRequest{}, nil, &line)
+	return line, err
 }
 
 // FinishIncoming implements engine.LiveMigrator.
@@ -229,5 +237,5 @@ func (s *server) liveMigrate(ctx context.Context, lm engine.LiveMigrator, req ca
 		return stats, errs.New(errs.Unavailable, "live migrate: %v", err)
 	}
 	progress(streamReady)
-	return lm.MigrateOut(ctx, req.ID, sts[0], sts[1], progress)
+	return lm.MigrateOut(ctx, req.ID, req.TrustKey, sts[0], sts[1], progress)
 }

@@ -26,6 +26,7 @@ type liveEngine struct {
 	data  []byte
 	got   chan string // channel + hash, from the target side
 	prep  engine.IncomingSpec
+	trust string
 	fails bool
 }
 
@@ -55,9 +56,11 @@ func (e *liveEngine) DialIncoming(ctx context.Context, id, ch string) (net.Conn,
 	}()
 	return a, nil
 }
-func (e *liveEngine) MigrateOut(ctx context.Context, id string, nbd, mig io.ReadWriteCloser, p engine.Progress) (hypervisor.MigrationStats, error) {
+func (e *liveEngine) AgentTrustKey(ctx context.Context) (string, error) { return "", nil }
+func (e *liveEngine) MigrateOut(ctx context.Context, id, trustKey string, nbd, mig io.ReadWriteCloser, p engine.Progress) (hypervisor.MigrationStats, error) {
 	defer nbd.Close()
 	defer mig.Close()
+	e.trust = trustKey
 	if e.fails {
 		return hypervisor.MigrationStats{}, errs.New(errs.Unavailable, "mirror: target gone")
 	}
@@ -121,9 +124,9 @@ func TestLiveMoveOverNATS(t *testing.T) {
 		t.Fatal(err)
 	}
 	start := time.Now()
-	st, err := ra.MigrateOut(ctx, id, nbd, mig, func(s string) { steps = append(steps, s) })
-	if err != nil || st.Downtime != 42*time.Millisecond || st.RAMBytes != int64(len(data)) {
-		t.Fatalf("MigrateOut = %+v %v", st, err)
+	st, err := ra.MigrateOut(ctx, id, "ssh-ed25519 AAAA target", nbd, mig, func(s string) { steps = append(steps, s) })
+	if err != nil || st.Downtime != 42*time.Millisecond || st.RAMBytes != int64(len(data)) || ea.trust != "ssh-ed25519 AAAA target" {
+		t.Fatalf("MigrateOut = %+v %v (trust key %q)", st, err, ea.trust)
 	}
 	t.Logf("2 x %d MiB through node-a -> control -> node-b in %v", len(data)>>20, time.Since(start))
 	want := sha256.Sum256(data)
@@ -146,7 +149,7 @@ func TestLiveMoveOverNATS(t *testing.T) {
 	ea.fails = true
 	nbd, _ = rb.DialIncoming(ctx, id, hypervisor.ChannelNBD)
 	mig, _ = rb.DialIncoming(ctx, id, hypervisor.ChannelMigration)
-	if _, err := ra.MigrateOut(ctx, id, nbd, mig, nil); errs.ClassOf(err) != errs.Unavailable {
+	if _, err := ra.MigrateOut(ctx, id, "", nbd, mig, nil); errs.ClassOf(err) != errs.Unavailable {
 		t.Fatalf("failing MigrateOut = %v, want Unavailable", err)
 	}
 	if err := rb.AbortIncoming(ctx, id); err != nil {

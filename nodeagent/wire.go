@@ -89,8 +89,9 @@ type callRequest struct {
 	Resize       *engine.ResizeSpec   `json:"resize,omitempty"`
 	SnapshotSpec *engine.SnapshotSpec `json:"snapshot_spec,omitempty"`
 	Import       *engine.ImportSpec   `json:"import,omitempty"`
-	Incoming     *engine.IncomingSpec `json:"incoming,omitempty"` // live_prepare
-	Stream2      string               `json:"stream2,omitempty"`  // live_migrate: the memory's stream
+	Incoming     *engine.IncomingSpec `json:"incoming,omitempty"`  // live_prepare
+	Stream2      string               `json:"stream2,omitempty"`   // live_migrate: the memory's stream
+	TrustKey     string               `json:"trust_key,omitempty"` // live_migrate: the target's agent key
 }
 
 // callFrame is a progress step (Step set) or the final answer (Done).

@@ -128,7 +128,13 @@ func (s *Service) moveLive(ctx context.Context, v store.VM, from, to store.Host,
 		}
 		conns = append(conns, c)
 	}
-	st, err := src.MigrateOut(ctx, v.ID, conns[0], conns[1], progress)
+	trust, err := dst.AgentTrustKey(ctx)
+	if err != nil {
+		conns[0].Close()
+		conns[1].Close()
+		return fail(err, true)
+	}
+	st, err := src.MigrateOut(ctx, v.ID, trust, conns[0], conns[1], progress)
 	migrated := time.Now()
 	if err != nil {
 		return fail(err, true)
@@ -298,15 +304,24 @@ func (n *nodeEngine) DialIncoming(ctx context.Context, id, channel string) (net.
 	return lm.DialIncoming(ctx, id, channel)
 }
 
+// AgentTrustKey implements engine.LiveMigrator for the node's engine.
+func (n *nodeEngine) AgentTrustKey(ctx context.Context) (string, error) {
+	lm, err := n.live()
+	if err != nil {
+		return "", err
+	}
+	return lm.AgentTrustKey(ctx)
+}
+
 // MigrateOut implements engine.LiveMigrator for the node's engine.
-func (n *nodeEngine) MigrateOut(ctx context.Context, id string, nbd, mig io.ReadWriteCloser, progress engine.Progress) (hypervisor.MigrationStats, error) {
+func (n *nodeEngine) MigrateOut(ctx context.Context, id, trustKey string, nbd, mig io.ReadWriteCloser, progress engine.Progress) (hypervisor.MigrationStats, error) {
 	lm, err := n.live()
 	if err != nil {
 		nbd.Close()
 		mig.Close()
 		return hypervisor.MigrationStats{}, err
 	}
-	return lm.MigrateOut(ctx, id, nbd, mig, progress)
+	return lm.MigrateOut(ctx, id, trustKey, nbd, mig, progress)
 }
 
 // FinishIncoming implements engine.LiveMigrator for the node's engine.

@@ -64,6 +64,11 @@ type Configure struct {
 	// Reseed is mixed into the guest's entropy pool (base64 in JSON).
 	Reseed        []byte `json:"reseed,omitempty"`
 	RegenHostKeys bool   `json:"regen_host_keys,omitempty"`
+	// TrustKeys, when set, replace the host keys the agent accepts logins
+	// from (authorized_keys lines; at boot, minions.hostkey's alone) until
+	// the next boot: a live move adds the target host's key before the
+	// move and drops the source's after it. At least one.
+	TrustKeys []string `json:"trust_keys,omitempty"`
 }
 
 // FreezeReply answers ReqFSFreeze: the mount points frozen.

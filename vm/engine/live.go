@@ -19,6 +19,7 @@ import (
 	"github.com/minionsdev/minions/vm/consolelog"
 	"github.com/minionsdev/minions/vm/hypervisor"
 	"github.com/minionsdev/minions/vsockcli"
+	"golang.org/x/crypto/ssh"
 )
 
 // LiveMigrator is an engine that moves running instances to another
@@ -30,7 +31,9 @@ import (
 //     creating), a disk on this host's copy of the image, an address and
 //     TAP of this host, the hypervisor started paused and waiting.
 //  3. target.DialIncoming(id, "nbd") and (id, "migration") give streams
-//     that the caller passes to source.MigrateOut (across hosts, relayed).
+//     that the caller passes to source.MigrateOut (across hosts, relayed),
+//     with target.AgentTrustKey (the guest's agent then accepts the
+//     target's logins too).
 //     MigrateOut mirrors the disk, migrates the memory and leaves the
 //     source paused; it fails with the source running again.
 //  4. target.FinishIncoming(id): resumed, its clock set, its network
@@ -47,7 +50,13 @@ type LiveMigrator interface {
 	DescribeOut(ctx context.Context, id string) ([]byte, error)
 	PrepareIncoming(ctx context.Context, spec IncomingSpec, progress Progress) (Instance, error)
 	DialIncoming(ctx context.Context, id, channel string) (net.Conn, error)
-	MigrateOut(ctx context.Context, id string, nbd, mig io.ReadWriteCloser, progress Progress) (hypervisor.MigrationStats, error)
+	// AgentTrustKey is the key this engine logs in to guest agents with
+	// (authorized_keys form): the source's guest must trust it before
+	// its memory moves here.
+	AgentTrustKey(ctx context.Context) (string, error)
+	// MigrateOut first makes the guest's agent trust trustKey (the
+	// target's AgentTrustKey) beside this engine's key.
+	MigrateOut(ctx context.Context, id, trustKey string, nbd, mig io.ReadWriteCloser, progress Progress) (hypervisor.MigrationStats, error)
 	// FinishIncoming returns the instance and how long the call took
 	// until the guest ran again.
 	FinishIncoming(ctx context.Context, id string, progress Progress) (Instance, time.Duration, error)
@@ -219,8 +228,27 @@ func (l *Local) DialIncoming(ctx context.Context, id, channel string) (net.Conn,
 	return c, nil
 }
 
+// AgentTrustKey implements LiveMigrator.
+func (l *Local) AgentTrustKey(ctx context.Context) (string, error) {
+	return l.ownKey(), nil
+}
+
+func (l *Local) ownKey() string {
+	return strings.TrimSpace(string(ssh.MarshalAuthorizedKey(l.HostKey.PublicKey())))
+}
+
+// trustKeys makes v's guest agent accept logins from keys only.
+func (l *Local) trustKeys(ctx context.Context, v store.VM, keys ...string) error {
+	cl, err := l.agentOf(ctx, v)
+	if err != nil {
+		return err
+	}
+	defer cl.Close()
+	return cl.Configure(ctx, proto.Configure{TrustKeys: keys})
+}
+
 // MigrateOut implements LiveMigrator. The instance is locked meanwhile.
-func (l *Local) MigrateOut(ctx context.Context, id string, nbd, mig io.ReadWriteCloser, progress Progress) (hypervisor.MigrationStats, error) {
+func (l *Local) MigrateOut(ctx context.Context, id, trustKey string, nbd, mig io.ReadWriteCloser, progress Progress) (hypervisor.MigrationStats, error) {
 	var st hypervisor.MigrationStats
 	lm, err := l.liveDriver()
 	if err != nil {
@@ -240,6 +268,19 @@ func (l *Local) MigrateOut(ctx context.Context, id string, nbd, mig io.ReadWrite
 			mig.Close()
 			return err
 		}
+		if trustKey != "" {
+			if _, _, _, _, err := ssh.ParseAuthorizedKey([]byte(trustKey)); err != nil {
+				nbd.Close()
+				mig.Close()
+				return errs.New(errs.InvalidArgument, "live move of vm %s: bad target key: %v", v.Name, err)
+			}
+			progress.Say("trust the target")
+			if err := l.trustKeys(ctx, v, l.ownKey(), trustKey); err != nil {
+				nbd.Close()
+				mig.Close()
+				return fmt.Errorf("live move of vm %s: make its agent trust the target: %w", v.Name, err)
+			}
+		}
 		o, err := l.beginOp(ctx, v.ID, opLiveOut)
 		if err != nil {
 			nbd.Close()
@@ -252,6 +293,11 @@ func (l *Local) MigrateOut(ctx context.Context, id string, nbd, mig io.ReadWrite
 			o.step(ctx, s, nil)
 		})
 		o.finish(ctx, err)
+		if err != nil && trustKey != "" {
+			if terr := l.trustKeys(context.WithoutCancel(ctx), v, l.ownKey()); terr != nil {
+				l.log.Warn("live move failed: drop the target's key from the guest's agent", "vm_id", v.ID, "err", terr)
+			}
+		}
 		return err
 	})
 	return st, err
@@ -369,6 +415,10 @@ func (l *Local) moveGuestNetwork(ctx context.Context, console *consolelog.Follow
 	}
 	if code != 0 {
 		return errs.New(errs.FailedPrecondition, "move the guest's network: exit %d: %s", code, strings.TrimSpace(out.String()))
+	}
+	// The source's key was trusted for the move; only this host's now.
+	if err := cl.Configure(ctx, proto.Configure{TrustKeys: []string{l.ownKey()}}); err != nil {
+		return fmt.Errorf("drop the source's key from the guest's agent: %w", err)
 	}
 	return nil
 }

@@ -78,7 +78,7 @@ func TestLiveMoveEngine(t *testing.T) {
 		if _, err := fx.eng.PrepareIncoming(ctx, spec, nil); !errors.Is(err, errs.FailedPrecondition) || !errors.Is(err, hypervisor.ErrUnsupported) {
 			t.Fatalf("PrepareIncoming on the fake driver = %v, want FailedPrecondition (unsupported)", err)
 		}
-		if _, err := fx.eng.MigrateOut(ctx, vm.NewID(), nopConn{}, nopConn{}, nil); !errors.Is(err, errs.FailedPrecondition) {
+		if _, err := fx.eng.MigrateOut(ctx, vm.NewID(), "", nopConn{}, nopConn{}, nil); !errors.Is(err, errs.FailedPrecondition) {
 			t.Fatalf("MigrateOut on the fake driver = %v", err)
 		}
 	})
