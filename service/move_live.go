@@ -244,17 +244,28 @@ func (s *Service) settleLive(ctx context.Context, m store.Move, from, to store.H
 		s.log.Info("interrupted live move rolled back", "vm_id", m.VMID, "from", from.Name, "to", to.Name)
 		return s.DB.Tx(ctx, func(q store.Q) error { return store.DeleteMove(ctx, q, m.VMID) })
 	}
-	if inst, err := dstE.Get(ctx, m.VMID); err == nil && inst.State == vm.Creating {
-		inst, _, err := dst.FinishIncoming(ctx, m.VMID, nil)
-		if err != nil {
-			v, gerr := store.GetVMByID(ctx, s.DB, m.VMID)
-			old, serr := srcE.Get(ctx, m.VMID)
-			if err := errors.Join(gerr, serr); err != nil {
-				return err
-			}
-			return s.switchBack(ctx, v, from, old.IP, old.MAC, src, dst, err)
+	inst, err := dstE.Get(ctx, m.VMID)
+	if err == nil && inst.State == vm.Creating {
+		inst, _, err = dst.FinishIncoming(ctx, m.VMID, nil)
+		if err == nil {
+			s.syncMoved(ctx, to, inst)
 		}
+	} else if err == nil {
 		s.syncMoved(ctx, to, inst)
+	}
+	if err != nil {
+		if errs.ClassOf(err) == errs.Unavailable {
+			return fmt.Errorf("settle move of vm %s: %w", m.VMID, err) // next time
+		}
+		// The target's copy is gone (its node agent restarted before it
+		// resumed, and removed it) or cannot resume: the source, paused
+		// with the state it handed over, is the VM.
+		v, gerr := store.GetVMByID(ctx, s.DB, m.VMID)
+		old, serr := srcE.Get(ctx, m.VMID)
+		if jerr := errors.Join(gerr, serr); jerr != nil {
+			return jerr
+		}
+		return s.switchBack(ctx, v, from, old.IP, old.MAC, src, dst, err)
 	}
 	if err := s.destroySource(ctx, srcE, m.VMID); err != nil {
 		return fmt.Errorf("settle move of vm %s: destroy the source copy: %w", m.VMID, err)
