@@ -58,7 +58,8 @@ func BenchmarkMoveDowntimeLive(b *testing.B) {
 		took := time.Since(start)
 		var res liveMoveJSON
 		if r.code != 0 || json.Unmarshal([]byte(r.stdout), &res) != nil || res.Move == nil {
-			b.Fatalf("move %d big %s -> %s --live: %s", i+1, at, to, r)
+			b.Fatalf("move %d big %s -> %s --live: %s\nn1's agent:\n%s\nn2's agent:\n%s", i+1, at, to, r,
+				lastLines(c.n1.agent.log.String(), 30), lastLines(c.n2.agent.log.String(), 30))
 		}
 		m := res.Move
 		rows = append(rows, row{at, to, time.Duration(m.DowntimeMS) * time.Millisecond, time.Duration(m.PauseMS) * time.Millisecond,

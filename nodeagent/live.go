@@ -2,7 +2,6 @@ package nodeagent
 
 import (
 	"context"
-	"encoding/json"
 	"io"
 	"net"
 	"sync"
@@ -141,11 +140,7 @@ func (s *server) runLive(ctx context.Context, method string, req callRequest, pr
 	}
 	switch method {
 	case mLiveDescribe:
-		b, err := lm.DescribeOut(ctx, req.ID)
-		if err != nil {
-			return nil, err
-		}
-		return json.RawMessage(mustJSON(b)), nil
+		return lm.DescribeOut(ctx, req.ID) // []byte: base64 in JSON
 	case mLivePrepare:
 		if req.Incoming == nil || req.Incoming.ID != req.ID {
 			return nil, errs.New(errs.InvalidArgument, "%s: missing or mismatched argument", method)
@@ -167,11 +162,6 @@ func (s *server) runLive(ctx context.Context, method string, req callRequest, pr
 		return nil, lm.ResumeOut(ctx, req.ID)
 	}
 	return nil, errs.New(errs.InvalidArgument, "unknown engine method %q", method)
-}
-
-func mustJSON(b []byte) []byte {
-	out, _ := json.Marshal(b)
-	return out
 }
 
 // liveDial connects to a channel of the incoming instance and splices it

@@ -115,7 +115,7 @@ func (d *Driver) StartIncoming(ctx context.Context, spec hypervisor.Spec, source
 	if err != nil {
 		return nil, fmt.Errorf("start incoming vm %s: %w", spec.ID, err)
 	}
-	if err := d.memoryHeadroom(h, m, liveHeadroomMiB); err != nil {
+	if err := d.memoryHeadroom(h, m, liveHeadroom(m.MemoryMiB)); err != nil {
 		d.Kill(context.WithoutCancel(ctx), h)
 		return nil, fmt.Errorf("start incoming vm %s: %w", spec.ID, err)
 	}
@@ -191,7 +191,7 @@ func (d *Driver) MigrateOut(ctx context.Context, h *hypervisor.Handle, nbd, mig 
 	}
 	defer c.Close()
 	log := d.log.With("vm_id", m.ID, "pid", h.PID)
-	if err := d.memoryHeadroom(h, m, liveHeadroomMiB); err != nil {
+	if err := d.memoryHeadroom(h, m, liveHeadroom(m.MemoryMiB)); err != nil {
 		return st, fmt.Errorf("migrate vm %s: %w", m.ID, err)
 	}
 	start := time.Now()
@@ -406,11 +406,13 @@ func waitConverged(ctx context.Context, c *qmp.Client, h *hypervisor.Handle, log
 	return waitMigrated(ctx, c, h)
 }
 
-// liveHeadroomMiB is added to the memory limit of a jailed VM's cgroup
-// while it migrates, on both ends: the migration's buffers, the socket
+// liveHeadroomMiB (plus half the guest's memory, liveHeadroom) is added
+// to the memory limit of a jailed VM's cgroup while it migrates, on both
+// ends: the migration's buffers, the socket
 // buffers (charged to the cgroup) and the disk's page cache come on top
 // of the guest's RAM and the translation cache; without it the kernel
-// killed a 256 MiB guest's QEMU mid-migration (memory cgroup OOM). The
+// killed a 256 MiB guest's QEMU mid-migration (memory cgroup OOM), and
+// a 512 MiB guest's with 256 MiB of headroom. The
 // headroom stays until the VM's next start: lowering a limit below the
 // usage can OOM-kill the VM (cgroup v2).
 const liveHeadroomMiB = 256
@@ -425,8 +427,17 @@ func (d *Driver) memoryHeadroom(h *hypervisor.Handle, m machine, extraMiB int) e
 	if err != nil {
 		return err
 	}
-	return jail.CreateCgroup(h.Cgroup, l)
+	if err := jail.CreateCgroup(h.Cgroup, l); err != nil {
+		return err
+	}
+	got, err := jail.CgroupMemoryMax(h.Cgroup)
+	d.log.Info("memory limit for the migration", "vm_id", m.ID, "cgroup", h.Cgroup, "limit_bytes", got, "err", err)
+	return nil
 }
+
+// liveHeadroom is the extra memory (MiB) a VM of memMiB gets while it
+// migrates: liveHeadroomMiB, and half its memory more for large guests.
+func liveHeadroom(memMiB int) int { return liveHeadroomMiB + memMiB/2 }
 
 // waitMigrateEnd waits (bounded by ctx) until a cancelled migration ends.
 func waitMigrateEnd(ctx context.Context, c *qmp.Client) {
