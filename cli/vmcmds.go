@@ -215,6 +215,13 @@ func (x *Ctx) lifecycle(ctx context.Context, verb string, fn func(service.Backen
 		if v.Boot != "" {
 			fmt.Fprintf(w, "boot: %s\n", v.Boot)
 		}
+		if m := v.Move; m != nil {
+			paused := ""
+			if m.PauseMS > 0 {
+				paused = fmt.Sprintf(" (guest paused about %d ms)", m.PauseMS)
+			}
+			fmt.Fprintf(w, "moved (%s): downtime %d ms%s, whole move %.1f s\n", m.Mode, m.DowntimeMS, paused, float64(m.WallMS)/1000)
+		}
 		for _, m := range v.Warnings {
 			fmt.Fprintf(w, "warning: %s\n", m)
 		}

@@ -267,6 +267,8 @@ func (s *server) run(ctx context.Context, method string, req callRequest, progre
 		return s.importDisk(ctx, req, progress)
 	case mSuspend, mResume, mExportBundle, mImportBundle, mAgentTrustKey, mPrepareImage:
 		return s.runMemory(ctx, method, req, progress)
+	case mLiveDescribe, mLivePrepare, mLiveDial, mLiveMigrate, mLiveFinish, mLiveAbort, mLiveResume:
+		return s.runLive(ctx, method, req, progress)
 	}
 	return nil, errs.New(errs.InvalidArgument, "unknown engine method %q", method)
 }

@@ -61,6 +61,13 @@ const (
 	mDirectTicket    = "direct_ticket" // a one-time ticket for a direct stream (direct.go)
 	mExportDisk      = "export_disk"   // write a disk stream into a stream (transfer.go)
 	mImportDisk      = "import_disk"   // make an instance from a stream (transfer.go)
+	mLiveDescribe    = "live_describe" // engine.LiveMigrator (live.go)
+	mLivePrepare     = "live_prepare"
+	mLiveDial        = "live_dial"
+	mLiveMigrate     = "live_migrate"
+	mLiveFinish      = "live_finish"
+	mLiveAbort       = "live_abort"
+	mLiveResume      = "live_resume"
 	mCancel          = "cancel"
 	mAlive           = "alive" // is call c still running? "yes" or "no"
 )
@@ -82,10 +89,9 @@ type callRequest struct {
 	Resize       *engine.ResizeSpec   `json:"resize,omitempty"`
 	SnapshotSpec *engine.SnapshotSpec `json:"snapshot_spec,omitempty"`
 	Import       *engine.ImportSpec   `json:"import,omitempty"`
-
-	// TrustKey (suspend, transfer_memory.go) is the key the instance's
-	// guest agent is told to accept too.
-	TrustKey string `json:"trust_key,omitempty"`
+	Incoming     *engine.IncomingSpec `json:"incoming,omitempty"`  // live_prepare
+	Stream2      string               `json:"stream2,omitempty"`   // live_migrate: the memory's stream
+	TrustKey     string               `json:"trust_key,omitempty"` // suspend, live_migrate: the key the guest agent is told to accept too
 }
 
 // callFrame is a progress step (Step set) or the final answer (Done).

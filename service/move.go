@@ -426,6 +426,10 @@ func (s *Service) SettleMoves(ctx context.Context) error {
 			errList = append(errList, err)
 			continue
 		}
+		if m.Mode == store.MoveLive {
+			errList = append(errList, s.settleLive(ctx, m, from, to, srcE, dstE))
+			continue
+		}
 		if m.Step == store.MoveCleanup {
 			if err := s.destroySource(ctx, srcE, m.VMID); err != nil {
 				errList = append(errList, fmt.Errorf("settle move of vm %s: destroy the source copy: %w", m.VMID, err))

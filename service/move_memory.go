@@ -46,6 +46,15 @@ type MoveStats struct {
 	// SuspendMS is the part of the downtime spent saving the memory on
 	// the source (memory only); the rest is shipping and resuming.
 	SuspendMS int64 `json:"suspend_ms,omitempty"`
+	// PauseMS (live) bounds how long the guest did not run: DowntimeMS
+	// (the hypervisor's own figure: source paused to the end of the
+	// memory stream), the disk mirror's last writes and the target's
+	// resume. MirrorMS is the disk mirror until in sync; RAMBytes and
+	// DiskBytes what was sent.
+	PauseMS   int64 `json:"pause_ms,omitempty"`
+	MirrorMS  int64 `json:"mirror_ms,omitempty"`
+	RAMBytes  int64 `json:"ram_bytes,omitempty"`
+	DiskBytes int64 `json:"disk_bytes,omitempty"`
 }
 
 // bundleAdopter is this host's engine when it shares the control plane's

@@ -123,14 +123,14 @@ func (l *Local) recoverOp(ctx context.Context, o store.Operation) {
 	defer unlock()
 	l.log.Warn("recovering interrupted operation", "op", o.ID, "kind", o.Kind, "step", o.Step, "vm_id", o.VMID)
 	switch o.Kind {
-	case "create", "copy", "fork":
+	case "create", "copy", "fork", opLiveIn:
 		// A half-made VM is removed: everything it had hangs off its ID.
 		if v, err := store.GetLocalVMByID(ctx, l.DB, o.VMID); err == nil && v.State == vm.Creating {
 			l.purge(ctx, o.VMID)
 		} else if err != nil {
 			l.purge(ctx, o.VMID)
 		}
-	case opForkSource:
+	case opForkSource, opLiveOut:
 		l.resumeForkSource(ctx, o.VMID)
 	default:
 		if v, err := store.GetLocalVMByID(ctx, l.DB, o.VMID); err == nil {

@@ -33,7 +33,7 @@ const (
 const jailTBSizeMiB = 128
 
 // runFiles are removed by Shutdown, Kill and a failed Start.
-var runFiles = []string{qmpSock, consoleSock, agentSock, vsockSock, pidFile, machineFile, consoleFIFO}
+var runFiles = []string{qmpSock, consoleSock, agentSock, vsockSock, pidFile, machineFile, consoleFIFO, liveNBDSock, liveMigSock}
 
 // machine is the resolved launch configuration of one QEMU process. It is
 // pure data: argv is a function of it alone. It is written to
@@ -58,6 +58,9 @@ type machine struct {
 	ConsoleFIFO string `json:"console_fifo,omitempty"`
 	// Incoming is the memory state file to restore from ("" for a boot).
 	Incoming string `json:"incoming,omitempty"`
+	// LiveIncoming starts the VM paused, waiting for a live migration
+	// (migrate.go).
+	LiveIncoming bool `json:"live_incoming,omitempty"`
 	// Sandbox runs QEMU under its seccomp sandbox (SandboxArgs).
 	Sandbox bool `json:"sandbox,omitempty"`
 	// MemFile, when set, is the file the guest RAM lives in (warm
@@ -177,10 +180,15 @@ func (m machine) args() []string {
 			"-device", "virtserialport,chardev=agent,name="+AgentPortName+m.agentPortID(),
 		)
 	}
-	if m.Incoming != "" {
+	if m.Incoming != "" || m.LiveIncoming {
 		// The state arrives over QMP (migrate-incoming on a passed
-		// descriptor) once QEMU is up: see finishIncoming.
+		// descriptor or a socket) once QEMU is up: see finishIncoming
+		// and migrate.go.
 		a = append(a, "-incoming", "defer")
+	}
+	if m.LiveIncoming {
+		// Paused after the migration until the disk mirror has ended.
+		a = append(a, "-S")
 	}
 	if m.Sandbox {
 		a = append(a, "-sandbox", SandboxArgs)

@@ -322,6 +322,9 @@ func (d *Driver) launch(ctx context.Context, m machine) (*hypervisor.Handle, err
 					return err
 				}
 				defer c.Close()
+				if m.LiveIncoming {
+					return prepareLiveIncoming(ctx, c, m)
+				}
 				if m.Incoming != "" {
 					return finishIncoming(ctx, vm, m, c)
 				}
