@@ -272,6 +272,7 @@ func (l *Local) purge(ctx context.Context, id string) {
 	}
 	killByRunDir(l.runDir(id))
 	l.Network.RemovePort(ctx, tapName(id))
+	l.discardForkState(id) // a fork's RAM copy outside its dir
 	os.RemoveAll(l.runDir(id))
 	os.RemoveAll(l.vmDir(id))
 	if err == nil {

@@ -99,9 +99,9 @@ func (l *Local) forkSteps(ctx context.Context, o *op, fk hypervisor.Forker, srcI
 		return row, err
 	}
 	state := l.forkStateDir(row.ID)
-	// The saved memory is as large as the guest's RAM and is not needed
-	// once the fork runs (or failed: purge removes the whole directory).
-	defer os.RemoveAll(state)
+	// The saved state is not needed once the fork runs (or failed: purge
+	// removes it too).
+	defer l.discardForkState(row.ID)
 	src, err := l.saveForkSource(ctx, o, fk, srcID, row, state, progress)
 	if err != nil {
 		return row, err
@@ -170,6 +170,25 @@ func (l *Local) saveForkSource(ctx context.Context, o *op, fk hypervisor.Forker,
 		return src, fmt.Errorf("save source vm %s: %w", src.Name, err)
 	}
 	return src, nil
+}
+
+// copyDiscarder is a hypervisor.Forker whose SaveCopy keeps files
+// outside the state directory (the qemu driver's RAM copy on a tmpfs) until
+// RestoreCopy adopts them.
+type copyDiscarder interface {
+	DiscardCopy(dir string) error
+}
+
+// discardForkState removes the saved state of fork id, and what the
+// driver keeps of it elsewhere. Idempotent.
+func (l *Local) discardForkState(id string) {
+	dir := l.forkStateDir(id)
+	if d, ok := l.Driver.(copyDiscarder); ok {
+		if err := d.DiscardCopy(dir); err != nil {
+			l.log.Warn("discard fork state", "vm_id", id, "err", err)
+		}
+	}
+	os.RemoveAll(dir)
 }
 
 // opForkSource is the kind of the source's operation during a fork.
