@@ -75,12 +75,46 @@ func (d *Driver) initMemoryDir() string {
 func (d *Driver) memPath(id string) string { return filepath.Join(d.memDir, id+memFileSuffix) }
 
 // ownMemory gives m (a VM about to boot or restore) a RAM file of its own,
-// when the driver keeps them.
+// when the driver keeps them and the tmpfs has room for all of the VM's
+// RAM besides what the other RAM files there may still grow by: a guest
+// that touches a page the full tmpfs cannot give gets QEMU killed by
+// SIGBUS, so a VM that may not fit keeps anonymous RAM (and forks the slow
+// way).
 func (d *Driver) ownMemory(m *machine) {
 	if d.memDir == "" {
 		return
 	}
+	free, err := memDirRoom(d.memDir)
+	if err != nil || free < int64(m.MemoryMiB)<<20 {
+		d.log.Warn("vm ram stays anonymous: no room in the memory dir", "vm_id", m.ID, "dir", d.memDir,
+			"room_mib", free>>20, "memory_mib", m.MemoryMiB, "err", err)
+		return
+	}
 	m.MemOwn, m.MemShared, m.MemFile = true, true, d.memPath(m.ID)
+}
+
+// memDirRoom is the free space of the tmpfs at dir less what the RAM
+// files in dir may still allocate (their size less their pages).
+func memDirRoom(dir string) (int64, error) {
+	var fs unix.Statfs_t
+	if err := unix.Statfs(dir, &fs); err != nil {
+		return 0, err
+	}
+	room := int64(fs.Bavail) * fs.Bsize
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return 0, err
+	}
+	for _, e := range entries {
+		var st unix.Stat_t
+		if filepath.Ext(e.Name()) != memFileSuffix || unix.Lstat(filepath.Join(dir, e.Name()), &st) != nil {
+			continue
+		}
+		if grow := st.Size - st.Blocks*512; grow > 0 {
+			room -= grow
+		}
+	}
+	return room, nil
 }
 
 // createMemFile makes m's RAM file, empty and of the guest's size (tmpfs
@@ -305,7 +339,7 @@ func (d *Driver) restoreForkCopy(ctx context.Context, m machine, dir string) (*h
 		os.Remove(cp)
 		return nil, errs.New(errs.FailedPrecondition, "ram copy %s is not in this driver's memory dir", cp)
 	}
-	d.ownMemory(&m)
+	m.MemOwn, m.MemShared, m.MemFile = true, true, d.memPath(m.ID)
 	if err := os.Rename(cp, m.MemFile); err != nil {
 		os.Remove(cp)
 		return nil, err

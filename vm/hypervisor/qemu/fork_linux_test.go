@@ -194,3 +194,29 @@ func TestForkRAMFile(t *testing.T) {
 		t.Fatalf("ram files left: %v", got)
 	}
 }
+
+// TestMemDirRoom: a sparse RAM file in the directory counts against the
+// room by what it may still allocate; other files do not.
+func TestMemDirRoom(t *testing.T) {
+	dir := t.TempDir()
+	before, err := memDirRoom(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, size := range map[string]int64{"a" + memFileSuffix: 1 << 30, "other.bin": 1 << 30} {
+		f, err := os.Create(filepath.Join(dir, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.Truncate(size)
+		f.Close()
+	}
+	after, err := memDirRoom(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Other writers on the filesystem move the free space a little.
+	if d := before - after; d < 1<<30-(64<<20) || d > 1<<30+(64<<20) {
+		t.Fatalf("room %d, then %d with a 1 GiB sparse ram file: want 1 GiB less", before, after)
+	}
+}
