@@ -37,6 +37,7 @@ type Reidentified struct {
 	SSHHostKeys  []string // the guest sshd's new public keys, if any
 	Removed      []string // template leftovers deleted in the guest
 	Steps        []string
+	StepMillis   []int64 // the guest's time for each of Steps
 }
 
 // NewMachineID returns a random machine-id (systemd's format).
@@ -124,5 +125,6 @@ func (c *Client) Reidentify(ctx context.Context, id Identity) (Reidentified, err
 	for _, s := range r.Steps {
 		out.Steps = append(out.Steps, textsafe.Clean(s))
 	}
+	out.StepMillis = r.StepMillis
 	return out, nil
 }

@@ -43,4 +43,7 @@ type ReidentifyReply struct {
 	Removed []string `json:"removed,omitempty"`
 	// Steps lists what was done, in order, for logs and the note.
 	Steps []string `json:"steps"`
+	// StepMillis is how long each of Steps took in the guest, in ms
+	// (the profile of re-identification).
+	StepMillis []int64 `json:"step_ms,omitempty"`
 }
