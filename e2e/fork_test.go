@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -87,6 +88,10 @@ func TestFork(t *testing.T) {
 	time.Sleep(time.Second)
 	fk, took := w.fork(t, src, "fork-copy")
 	t.Logf("fork took %s", took.Round(time.Millisecond))
+	// The fork's agent relay says how long the guest link took to come up.
+	if b, err := os.ReadFile(filepath.Join(w.l.Config().RunDir, fk.ID, "relay.log")); err == nil {
+		t.Logf("fork's relay.log:\n%s", b)
+	}
 	if fk.IP == src.IP || fk.MAC == src.MAC {
 		t.Fatalf("fork shares an address: %s/%s and %s/%s", fk.IP, fk.MAC, src.IP, src.MAC)
 	}
