@@ -149,7 +149,12 @@ func (l *Local) saveForkSource(ctx context.Context, o *op, fk hypervisor.Forker,
 	if err == nil {
 		progress.Say("copy disk")
 		o.step(ctx, "copy disk", nil)
-		err = l.Disks.Clone(ctx, l.diskPath(src.ID), l.diskPath(row.ID))
+		if uc, ok := l.Disks.(unsyncedCloner); ok {
+			// Flushed after the source runs again (startFork).
+			err = uc.CloneUnsynced(ctx, l.diskPath(src.ID), l.diskPath(row.ID))
+		} else {
+			err = l.Disks.Clone(ctx, l.diskPath(src.ID), l.diskPath(row.ID))
+		}
 	}
 	progress.Say("resume source")
 	o.step(ctx, "resume source", nil)
@@ -170,6 +175,14 @@ func (l *Local) saveForkSource(ctx context.Context, o *op, fk hypervisor.Forker,
 		return src, fmt.Errorf("save source vm %s: %w", src.Name, err)
 	}
 	return src, nil
+}
+
+// unsyncedCloner is a Disks that can copy a disk without flushing it, so
+// the source of a fork is paused only for the copy into the page cache;
+// the copy is flushed while the fork starts.
+type unsyncedCloner interface {
+	CloneUnsynced(ctx context.Context, src, dst string) error
+	SyncFile(path string) error
 }
 
 // copyDiscarder is a hypervisor.Forker whose SaveCopy keeps files
@@ -206,6 +219,14 @@ func (l *Local) startFork(ctx context.Context, o *op, fk hypervisor.Forker, src,
 	if err != nil {
 		return row, err
 	}
+	// The disk copy reaches stable storage while the fork starts; the fork
+	// is not done before it has.
+	synced := make(chan error, 1)
+	if uc, ok := l.Disks.(unsyncedCloner); ok {
+		go func() { synced <- uc.SyncFile(l.diskPath(row.ID)) }()
+	} else {
+		synced <- nil
+	}
 	start := time.Now()
 	hs := l.spec(row, img, run, ip)
 	console := consolelog.NewFollowerFromEnd(hs.ConsoleLog)
@@ -241,6 +262,9 @@ func (l *Local) startFork(ctx context.Context, o *op, fk hypervisor.Forker, src,
 	key, err := l.reidentifyGuest(pctx, cl, row, ip, spec.AuthorizedKeys)
 	if err != nil {
 		return row, err
+	}
+	if err := <-synced; err != nil {
+		return row, fmt.Errorf("flush disk copy: %w", err)
 	}
 	row.AgentKey = key
 	row.State = vm.Running
