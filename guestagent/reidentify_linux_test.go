@@ -217,6 +217,9 @@ func TestReidentifyOverSSH(t *testing.T) {
 	}
 	want := []string{"reseed rng", "set clock", "set hostname", "set machine id", "remove template leftovers",
 		"regenerate sshd host keys", "write authorized keys", "regenerate agent host key", "sync", "move eth0 to its own mac and ip, announce it"}
+	if len(reply.StepMillis) != len(reply.Steps) {
+		t.Errorf("step times %v for steps %q", reply.StepMillis, reply.Steps)
+	}
 	if !slices.Equal(reply.Steps, want) {
 		t.Errorf("steps %q", reply.Steps)
 	}
