@@ -70,3 +70,22 @@ func makeHostKeys(dir string) ([]string, error) {
 	}
 	return made, nil
 }
+
+// writeHostKeys writes the given private keys (OpenSSH PEM, by type, as
+// checked by the caller) as ssh_host_<type>_key (0600) and .pub.
+func writeHostKeys(dir string, given map[string][]byte) error {
+	for t, data := range given {
+		signer, err := ssh.ParsePrivateKey(data)
+		if err != nil {
+			return fmt.Errorf("host key %s: %w", t, err)
+		}
+		p := filepath.Join(dir, "ssh_host_"+t+"_key")
+		if err := writeFileAtomic(p+".pub", ssh.MarshalAuthorizedKey(signer.PublicKey()), 0o644); err != nil {
+			return fmt.Errorf("host key %s: %w", t, err)
+		}
+		if err := writeFileAtomic(p, data, 0o600); err != nil {
+			return fmt.Errorf("host key %s: %w", t, err)
+		}
+	}
+	return nil
+}
