@@ -136,11 +136,17 @@ func (l *Local) forkSteps(ctx context.Context, o *op, fk hypervisor.Forker, srcI
 	// The saved state is not needed once the fork runs (or failed: purge
 	// removes it too).
 	defer l.discardForkState(row.ID)
+	// Before the source pauses: resolving the image (its kernel and
+	// initramfs) is not the source's business.
+	img, err := l.Images.Resolve(ctx, row.Image)
+	if err != nil {
+		return row, fmt.Errorf("image of vm %s: %w", row.Name, err)
+	}
 	src, err := l.saveForkSource(ctx, o, fk, srcID, row, state, progress)
 	if err != nil {
 		return row, err
 	}
-	return l.startFork(ctx, o, fk, src, row, spec, state, progress)
+	return l.startFork(ctx, o, fk, src, row, img, spec, state, progress)
 }
 
 // saveForkSource saves the running source's memory and a copy of its disk
@@ -242,13 +248,9 @@ func (l *Local) discardForkState(id string) {
 const opForkSource = "fork-source"
 
 // startFork starts the fork from the saved state and re-identifies it.
-func (l *Local) startFork(ctx context.Context, o *op, fk hypervisor.Forker, src, row store.VM, spec ForkSpec, state string, progress Progress) (store.VM, error) {
+func (l *Local) startFork(ctx context.Context, o *op, fk hypervisor.Forker, src, row store.VM, img Image, spec ForkSpec, state string, progress Progress) (store.VM, error) {
 	var u undo
 	defer u.run()
-	img, err := l.Images.Resolve(ctx, row.Image)
-	if err != nil {
-		return row, fmt.Errorf("image of vm %s: %w", src.Name, err)
-	}
 	ip, run, err := l.attach(ctx, o, &u, row, progress, "restore")
 	if err != nil {
 		return row, err
