@@ -547,23 +547,34 @@ func SendGratuitousARP(ifindex int, mac net.HardwareAddr, ip netip.Addr) error {
 	return nil
 }
 
+// sshdSession is the per-connection binary of OpenSSH >= 9.8, whose
+// listener loads the host keys once and hands them to it.
+const sshdSession = "/usr/lib/openssh/sshd-session"
+
 // reloadGuestServices makes running services pick up the new identity
-// where the guest has them (best effort, each reported when done): sshd
-// re-executes itself on SIGHUP and loads the new host keys (its listening
-// socket is back within a few ms; users reach a VM through the agent, not
-// through it); journald is restarted to write under the new machine-id,
-// queued (systemctl --no-block): waiting for the restart took seconds of
-// a Debian clone's re-identification under TCG and nothing needs it done
-// before create returns, so systemctl is started and not waited for.
+// where the guest has them (best effort, each reported when done).
+//
+// sshd: OpenSSH before 9.8 (Debian 12 has 9.2) re-executes itself for each
+// connection and that child loads the host keys from /etc/ssh: the new
+// keys serve the next connection with no reload. A SIGHUP (sshd re-execs,
+// its listening socket closed meanwhile) left a Debian clone's sshd not
+// listening for seconds under TCG. Only where the listener holds the keys
+// (OpenSSH >= 9.8, sshd-session installed) is it sent SIGHUP.
+//
+// journald is restarted to write under the new machine-id, queued
+// (systemctl --no-block) and not waited for: waiting took seconds of a
+// Debian clone's re-identification under TCG.
 func reloadGuestServices(root string) []string {
 	var done []string
 	if root != "" && root != "/" {
 		return nil
 	}
-	if b, err := os.ReadFile("/run/sshd.pid"); err == nil {
-		if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && pid > 1 {
-			if unix.Kill(pid, unix.SIGHUP) == nil {
-				done = append(done, "reload sshd")
+	if _, err := os.Stat(sshdSession); err == nil {
+		if b, err := os.ReadFile("/run/sshd.pid"); err == nil {
+			if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && pid > 1 {
+				if unix.Kill(pid, unix.SIGHUP) == nil {
+					done = append(done, "reload sshd")
+				}
 			}
 		}
 	}
