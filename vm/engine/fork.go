@@ -232,6 +232,13 @@ type copyDiscarder interface {
 	DiscardCopy(dir string) error
 }
 
+// runDirForgetter is a driver that keeps files of a VM outside its run
+// dir (the qemu driver's RAM file on a tmpfs) and can remove them given
+// the run dir alone, for a VM whose handle was never recorded.
+type runDirForgetter interface {
+	ForgetRunDir(runDir string)
+}
+
 // discardForkState removes the saved state of fork id, and what the
 // driver keeps of it elsewhere. Idempotent.
 func (l *Local) discardForkState(id string) {

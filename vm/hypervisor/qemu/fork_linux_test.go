@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"testing"
@@ -219,4 +220,30 @@ func TestMemDirRoom(t *testing.T) {
 	if d := before - after; d < 1<<30-(64<<20) || d > 1<<30+(64<<20) {
 		t.Fatalf("room %d, then %d with a 1 GiB sparse ram file: want 1 GiB less", before, after)
 	}
+}
+
+// TestForgetRunDir: the RAM file named by a run dir's machine.json is
+// removed without a handle (a VM whose start a crash cut short); a run
+// dir without one is left alone.
+func TestForgetRunDir(t *testing.T) {
+	mem := t.TempDir()
+	d := &Driver{memDir: mem, log: slog.New(slog.DiscardHandler)}
+	run := t.TempDir()
+	m := machine{ID: "0123456789ab", MemOwn: true, MemShared: true, MemFile: d.memPath("0123456789ab")}
+	if err := os.WriteFile(m.MemFile, []byte("ram"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	b, _ := json.Marshal(m)
+	if err := os.WriteFile(filepath.Join(run, machineFile), b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	d.ForgetRunDir(t.TempDir()) // no machine.json: nothing
+	if _, err := os.Stat(m.MemFile); err != nil {
+		t.Fatal("ForgetRunDir of another run dir removed the ram file")
+	}
+	d.ForgetRunDir(run)
+	if _, err := os.Stat(m.MemFile); err == nil {
+		t.Fatal("ram file left")
+	}
+	d.ForgetRunDir(run) // idempotent
 }
