@@ -73,9 +73,11 @@ func (l *Local) forkStateDir(forkID string) string {
 // extents to a new file in the kernel (copy_file_range, ~0.5 ms per MiB
 // here), resume. The fork maps that copy shared as its own RAM file and
 // loads only the device state: its restore reads no RAM, and it can be
-// forked in turn the same way. Measured on TestFork (minimal, 256 MiB,
-// load ~10): the source paused 130-320 ms (it was 280 ms for the stream
-// alone), restore 300-500 ms (was 1.6 s).
+// forked in turn the same way. Measured on TestFork (minimal, 256 MiB):
+// at load ~10 the source paused 130-320 ms (it was 280 ms for the stream
+// alone) and the restore took 300-500 ms (was 1.6 s); at load 5, paused
+// 94 ms, restore 166 ms, the whole fork 1.04 s (docs/templates.md has
+// the benchmarks, Debian included).
 //
 // Weighed and not chosen:
 //   - map one frozen file copy-on-write from both the fork and the source
