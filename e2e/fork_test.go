@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -87,6 +88,10 @@ func TestFork(t *testing.T) {
 	time.Sleep(time.Second)
 	fk, took := w.fork(t, src, "fork-copy")
 	t.Logf("fork took %s", took.Round(time.Millisecond))
+	// The fork's agent relay says how long the guest link took to come up.
+	if b, err := os.ReadFile(filepath.Join(w.l.Config().RunDir, fk.ID, "relay.log")); err == nil {
+		t.Logf("fork's relay.log:\n%s", b)
+	}
 	if fk.IP == src.IP || fk.MAC == src.MAC {
 		t.Fatalf("fork shares an address: %s/%s and %s/%s", fk.IP, fk.MAC, src.IP, src.MAC)
 	}
@@ -217,6 +222,7 @@ func BenchmarkForkCLI(b *testing.B) {
 	cliMust(b, "exec", name, "--", "sh", "-c", "if command -v systemctl >/dev/null; then systemctl is-system-running --wait; fi; echo before > /tmp/marker")
 	var took samples
 	var steps stepSamples
+	var profile []string
 	i := 0
 	for b.Loop() {
 		fname := fmt.Sprintf("bench-fork-%d", i)
@@ -229,6 +235,13 @@ func BenchmarkForkCLI(b *testing.B) {
 		took = append(took, r.took)
 		if st, err := parseSteps(r.stderr, "fork "+name); err == nil {
 			steps.add(st)
+		}
+		// With MINIONS_DEBUG set the CLI logs the engine's profile of the
+		// fork: the guest's re-identification steps.
+		for _, line := range strings.Split(r.stderr, "\n") {
+			if strings.Contains(line, "guest re-identified") || strings.Contains(line, "vm forked") || strings.Contains(line, "saved for a fork") {
+				profile = append(profile, line)
+			}
 		}
 		// A copy of the running machine, not a boot: the tmpfs file
 		// written before the fork is there.
@@ -248,4 +261,7 @@ func BenchmarkForkCLI(b *testing.B) {
 		t.addSamples("  step "+n, steps.by[n])
 	}
 	t.print()
+	for _, line := range profile {
+		fmt.Fprintln(os.Stderr, line)
+	}
 }

@@ -172,7 +172,7 @@ func (s *Server) configure(c proto.Configure) error {
 		}
 	}
 	if c.RegenHostKeys {
-		if err := s.regenHostKeys(); err != nil {
+		if err := s.regenHostKeys(nil); err != nil {
 			return fmt.Errorf("regenerate host keys: %w", err)
 		}
 	}
@@ -245,8 +245,9 @@ func addEntropy(seed []byte) error {
 	return err
 }
 
-func (s *Server) regenHostKeys() error {
-	// A guest that had host keys or has OpenSSH gets new ones.
+func (s *Server) regenHostKeys(given map[string][]byte) error {
+	// A guest that had host keys or has OpenSSH gets new ones: those
+	// given (made by the host), then the missing types made here.
 	dir := s.cfg.path("/etc/ssh")
 	keys, _ := filepath.Glob(filepath.Join(dir, "ssh_host_*"))
 	for _, k := range keys {
@@ -255,7 +256,11 @@ func (s *Server) regenHostKeys() error {
 		}
 	}
 	if len(keys) == 0 {
-		_, err := EnsureHostKeys(dir)
+		if _, err := os.Stat(filepath.Join(dir, "sshd_config")); err != nil {
+			return nil // no OpenSSH
+		}
+	}
+	if err := writeHostKeys(dir, given); err != nil {
 		return err
 	}
 	_, err := makeHostKeys(dir)

@@ -1,7 +1,9 @@
 package guestagent
 
 import (
+	"crypto/ecdsa"
 	"crypto/ed25519"
+	"crypto/elliptic"
 	"crypto/rand"
 	"encoding/pem"
 	"errors"
@@ -12,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -70,6 +73,9 @@ type identity struct {
 	keys                string // authorized_keys content
 	entropy             []byte
 	now                 time.Time
+	sshKeys             map[string][]byte // host-made sshd keys (PEM) by type
+	agentKey            ssh.Signer        // host-made agent key; nil: make one
+	agentKeyPEM         []byte
 }
 
 func parseIdentity(r proto.Reidentify) (identity, error) {
@@ -116,7 +122,48 @@ func parseIdentity(r proto.Reidentify) (identity, error) {
 		b.WriteString(strings.TrimSpace(k) + "\n")
 	}
 	id.keys = b.String()
+	for t, pemKey := range r.SSHHostKeys {
+		if !slices.Contains(hostKeyTypes, t) {
+			return id, fmt.Errorf("ssh host key type %q: want one of %v", t, hostKeyTypes)
+		}
+		k, err := ssh.ParseRawPrivateKey([]byte(pemKey))
+		if err != nil {
+			return id, fmt.Errorf("ssh host key %s: %v", t, err)
+		}
+		if keyType(k) != t {
+			return id, fmt.Errorf("ssh host key %s is a %s key", t, keyType(k))
+		}
+		if id.sshKeys == nil {
+			id.sshKeys = map[string][]byte{}
+		}
+		id.sshKeys[t] = []byte(pemKey)
+	}
+	if r.AgentHostKey != "" {
+		k, err := ssh.ParseRawPrivateKey([]byte(r.AgentHostKey))
+		if err != nil || keyType(k) != "ed25519" {
+			return id, fmt.Errorf("agent host key: want an ed25519 private key (%v)", err)
+		}
+		if id.agentKey, err = ssh.NewSignerFromKey(k); err != nil {
+			return id, fmt.Errorf("agent host key: %v", err)
+		}
+		id.agentKeyPEM = []byte(r.AgentHostKey)
+	}
 	return id, nil
+}
+
+// keyType names a parsed private key as hostKeyTypes do ("" for others).
+func keyType(k any) string {
+	switch k := k.(type) {
+	case *ed25519.PrivateKey:
+		return "ed25519"
+	case ed25519.PrivateKey:
+		return "ed25519"
+	case *ecdsa.PrivateKey:
+		if k.Curve == elliptic.P256() {
+			return "ecdsa"
+		}
+	}
+	return ""
 }
 
 // leftoverGlobs are template state that must not survive into a clone
@@ -139,7 +186,12 @@ func (s *Server) reidentify(r proto.Reidentify) (proto.ReidentifyReply, error) {
 		return proto.ReidentifyReply{}, err
 	}
 	reply := proto.ReidentifyReply{Steps: []string{}}
-	step := func(name string) { reply.Steps = append(reply.Steps, name) }
+	last := time.Now()
+	step := func(name string) {
+		reply.Steps = append(reply.Steps, name)
+		reply.StepMillis = append(reply.StepMillis, time.Since(last).Milliseconds())
+		last = time.Now()
+	}
 
 	reseed := reseedKernel
 	if s.cfg.ReseedRNG != nil {
@@ -188,7 +240,7 @@ func (s *Server) reidentify(r proto.Reidentify) (proto.ReidentifyReply, error) {
 	}
 	step("remove template leftovers")
 
-	if err := s.regenHostKeys(); err != nil {
+	if err := s.regenHostKeys(id.sshKeys); err != nil {
 		return reply, fmt.Errorf("regenerate ssh host keys: %w", err)
 	}
 	pubs, _ := filepath.Glob(s.cfg.path("/etc/ssh/ssh_host_*_key.pub"))
@@ -210,7 +262,7 @@ func (s *Server) reidentify(r proto.Reidentify) (proto.ReidentifyReply, error) {
 	}
 	step("write authorized keys")
 
-	key, err := s.newAgentHostKey()
+	key, err := s.newAgentHostKey(id.agentKey, id.agentKeyPEM)
 	if err != nil {
 		return reply, fmt.Errorf("regenerate agent host key: %w", err)
 	}
@@ -222,23 +274,39 @@ func (s *Server) reidentify(r proto.Reidentify) (proto.ReidentifyReply, error) {
 			return reply, fmt.Errorf("write resolv.conf: %w", err)
 		}
 	}
-	// One flush for every file above, instead of two per file.
-	if err := syncFS(s.cfg.path("/etc")); err != nil {
+	// One flush for every file above, instead of two per file, while
+	// the network moves (the flush waits on the disk, the move on the
+	// CPU): both are done before the reply.
+	synced := make(chan error, 1)
+	go func() { synced <- syncFS(s.cfg.path("/etc")) }()
+	var netErr error
+	if id.ip.IsValid() || id.mac != nil {
+		netErr = s.setNetwork(id.mac, id.ip, id.gw)
+	}
+	if err := <-synced; err != nil {
 		return reply, fmt.Errorf("sync: %w", err)
 	}
 	step("sync")
-
-	if id.ip.IsValid() || id.mac != nil {
-		if err := s.setNetwork(id.mac, id.ip, id.gw); err != nil {
-			return reply, fmt.Errorf("network: %w", err)
-		}
-		step("move eth0 to its own mac and ip, announce it")
+	if netErr != nil {
+		return reply, fmt.Errorf("network: %w", netErr)
 	}
-	for _, done := range reloadServices(s.cfg.Root) {
-		step(done)
+	if id.ip.IsValid() || id.mac != nil {
+		step("move eth0 to its own mac and ip, announce it")
 	}
 	s.log.Info("re-identified", "hostname", id.hostname, "ip", id.ip, "mac", id.mac.String(), "steps", len(reply.Steps))
 	return reply, nil
+}
+
+// afterReidentify makes running services pick up the new identity once
+// the reply is on its way (reloadServices: sshd re-reads its host keys,
+// journald restarts under the new machine-id): their reload competes with
+// the host's next calls for the guest's vCPU, and nothing of the VM's
+// identity depends on it.
+func (s *Server) afterReidentify() {
+	done := reloadServices(s.cfg.Root)
+	if len(done) > 0 {
+		s.log.Info("services reloaded after re-identification", "done", strings.Join(done, ", "))
+	}
 }
 
 // writeFileNoSync replaces path atomically (written aside, renamed) but
@@ -300,22 +368,26 @@ func (w *swapSigner) Sign(r io.Reader, data []byte) (*ssh.Signature, error) {
 	return w.get().Sign(r, data)
 }
 
-// newAgentHostKey writes a new ed25519 host key to HostKeyPath and makes
-// the server offer it to new connections.
-func (s *Server) newAgentHostKey() (ssh.PublicKey, error) {
-	_, priv, err := ed25519.GenerateKey(rand.Reader)
-	if err != nil {
-		return nil, err
+// newAgentHostKey writes a new ed25519 host key to HostKeyPath (given,
+// with its PEM, or made here) and makes the server offer it to new
+// connections.
+func (s *Server) newAgentHostKey(given ssh.Signer, givenPEM []byte) (ssh.PublicKey, error) {
+	signer, data := given, givenPEM
+	if signer == nil {
+		_, priv, err := ed25519.GenerateKey(rand.Reader)
+		if err != nil {
+			return nil, err
+		}
+		block, err := ssh.MarshalPrivateKey(priv, "minions-agent")
+		if err != nil {
+			return nil, err
+		}
+		if signer, err = ssh.NewSignerFromKey(priv); err != nil {
+			return nil, err
+		}
+		data = pem.EncodeToMemory(block)
 	}
-	block, err := ssh.MarshalPrivateKey(priv, "minions-agent")
-	if err != nil {
-		return nil, err
-	}
-	signer, err := ssh.NewSignerFromKey(priv)
-	if err != nil {
-		return nil, err
-	}
-	if err := writeFileNoSync(s.cfg.HostKeyPath, pem.EncodeToMemory(block), 0o600); err != nil {
+	if err := writeFileNoSync(s.cfg.HostKeyPath, data, 0o600); err != nil {
 		return nil, err
 	}
 	s.signer.set(signer)
@@ -475,25 +547,42 @@ func SendGratuitousARP(ifindex int, mac net.HardwareAddr, ip netip.Addr) error {
 	return nil
 }
 
+// sshdSession is the per-connection binary of OpenSSH >= 9.8, whose
+// listener loads the host keys once and hands them to it.
+const sshdSession = "/usr/lib/openssh/sshd-session"
+
 // reloadGuestServices makes running services pick up the new identity
-// where the guest has them (best effort, each reported when done): sshd
-// re-executes itself on SIGHUP and loads the new host keys; journald is
-// restarted to write under the new machine-id.
+// where the guest has them (best effort, each reported when done).
+//
+// sshd: OpenSSH before 9.8 (Debian 12 has 9.2) re-executes itself for each
+// connection and that child loads the host keys from /etc/ssh: the new
+// keys serve the next connection with no reload. A SIGHUP (sshd re-execs,
+// its listening socket closed meanwhile) left a Debian clone's sshd not
+// listening for seconds under TCG. Only where the listener holds the keys
+// (OpenSSH >= 9.8, sshd-session installed) is it sent SIGHUP.
+//
+// journald is restarted to write under the new machine-id, queued
+// (systemctl --no-block) and not waited for: waiting took seconds of a
+// Debian clone's re-identification under TCG.
 func reloadGuestServices(root string) []string {
 	var done []string
 	if root != "" && root != "/" {
 		return nil
 	}
-	if b, err := os.ReadFile("/run/sshd.pid"); err == nil {
-		if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && pid > 1 {
-			if unix.Kill(pid, unix.SIGHUP) == nil {
-				done = append(done, "reload sshd")
+	if _, err := os.Stat(sshdSession); err == nil {
+		if b, err := os.ReadFile("/run/sshd.pid"); err == nil {
+			if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && pid > 1 {
+				if unix.Kill(pid, unix.SIGHUP) == nil {
+					done = append(done, "reload sshd")
+				}
 			}
 		}
 	}
 	if _, err := os.Stat("/run/systemd/system"); err == nil {
-		if exec.Command("systemctl", "restart", "systemd-journald.service").Run() == nil {
-			done = append(done, "restart journald")
+		cmd := exec.Command("systemctl", "--no-block", "restart", "systemd-journald.service")
+		if cmd.Start() == nil {
+			go cmd.Wait()
+			done = append(done, "restart journald (started)")
 		}
 	}
 	return done

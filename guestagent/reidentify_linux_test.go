@@ -3,7 +3,13 @@ package guestagent
 import (
 	"bytes"
 	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/elliptic"
+	"crypto/rand"
 	"encoding/json"
+	"encoding/pem"
 	"net"
 	"net/netip"
 	"os"
@@ -217,6 +223,9 @@ func TestReidentifyOverSSH(t *testing.T) {
 	}
 	want := []string{"reseed rng", "set clock", "set hostname", "set machine id", "remove template leftovers",
 		"regenerate sshd host keys", "write authorized keys", "regenerate agent host key", "sync", "move eth0 to its own mac and ip, announce it"}
+	if len(reply.StepMillis) != len(reply.Steps) {
+		t.Errorf("step times %v for steps %q", reply.StepMillis, reply.Steps)
+	}
 	if !slices.Equal(reply.Steps, want) {
 		t.Errorf("steps %q", reply.Steps)
 	}
@@ -240,6 +249,10 @@ func TestReidentifyBadInputChangesNothing(t *testing.T) {
 		"gateway no ip":   func(r *proto.Reidentify) { r.IP = ""; r.MAC = "" },
 		"bad key":         func(r *proto.Reidentify) { r.AuthorizedKeys = []string{"ssh-ed25519 nope"} },
 		"key with a line": func(r *proto.Reidentify) { r.AuthorizedKeys[0] += "\nssh-ed25519 AAAA evil" },
+		"sshd key type":   func(r *proto.Reidentify) { r.SSHHostKeys = map[string]string{"rsa": pemKey(t, "ed25519")} },
+		"sshd key kind":   func(r *proto.Reidentify) { r.SSHHostKeys = map[string]string{"ecdsa": pemKey(t, "ed25519")} },
+		"sshd key junk":   func(r *proto.Reidentify) { r.SSHHostKeys = map[string]string{"ed25519": "junk"} },
+		"agent key kind":  func(r *proto.Reidentify) { r.AgentHostKey = pemKey(t, "ecdsa") },
 	} {
 		r := goodReidentify(owner.PublicKey())
 		mut(&r)
@@ -351,5 +364,56 @@ func TestReconfigureEth0InNetns(t *testing.T) {
 	}()
 	if err := <-done; err != nil {
 		t.Fatal(err)
+	}
+}
+
+// pemKey makes an OpenSSH PEM private key of type t (ed25519 or ecdsa).
+func pemKey(t *testing.T, typ string) string {
+	t.Helper()
+	var k crypto.Signer
+	var err error
+	if typ == "ecdsa" {
+		k, err = ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	} else {
+		_, k, err = ed25519.GenerateKey(rand.Reader)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	block, err := ssh.MarshalPrivateKey(k, "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(pem.EncodeToMemory(block))
+}
+
+// TestReidentifyHostMadeKeys: keys made by the host are the ones written
+// (sshd's, as given) and offered (the agent's); a type the host did not
+// send is made in the guest.
+func TestReidentifyHostMadeKeys(t *testing.T) {
+	host, owner := signer(t), signer(t)
+	f := newReidFixture(t, host)
+	r := goodReidentify(owner.PublicKey())
+	ed := pemKey(t, "ed25519")
+	r.SSHHostKeys = map[string]string{"ed25519": ed}
+	r.AgentHostKey = pemKey(t, "ed25519")
+	reply, err := f.srv.reidentify(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := f.read(t, "etc/ssh/ssh_host_ed25519_key"); got != ed {
+		t.Errorf("sshd ed25519 key is not the host's")
+	}
+	given, _ := ssh.ParsePrivateKey([]byte(ed))
+	if got := f.read(t, "etc/ssh/ssh_host_ed25519_key.pub"); got != string(ssh.MarshalAuthorizedKey(given.PublicKey())) {
+		t.Errorf("sshd ed25519 .pub %q", got)
+	}
+	if f.read(t, "etc/ssh/ssh_host_ecdsa_key") == "" || len(reply.SSHHostKeys) != 2 {
+		t.Errorf("ecdsa key not made in the guest (%d reported)", len(reply.SSHHostKeys))
+	}
+	agent, _ := ssh.ParsePrivateKey([]byte(r.AgentHostKey))
+	if !bytes.Equal(f.srv.HostKey().Marshal(), agent.PublicKey().Marshal()) ||
+		reply.AgentHostKey != strings.TrimSpace(string(ssh.MarshalAuthorizedKey(agent.PublicKey()))) {
+		t.Errorf("agent key is not the host's")
 	}
 }

@@ -251,7 +251,9 @@ func (s *Server) handleGlobal(conn *ssh.ServerConn, req *ssh.Request) {
 	case proto.ReqReidentify: // reidentify_linux.go
 		var r proto.Reidentify
 		if err = unmarshal(req.Payload, &r); err == nil {
-			reply, err = s.reidentify(r)
+			if reply, err = s.reidentify(r); err == nil {
+				defer s.afterReidentify() // after the reply
+			}
 		}
 	case proto.ReqShutdown:
 		var sd proto.Shutdown

@@ -2,8 +2,13 @@ package vsockcli
 
 import (
 	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/elliptic"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/pem"
 	"fmt"
 	"net"
 	"net/netip"
@@ -37,6 +42,7 @@ type Reidentified struct {
 	SSHHostKeys  []string // the guest sshd's new public keys, if any
 	Removed      []string // template leftovers deleted in the guest
 	Steps        []string
+	StepMillis   []int64 // the guest's time for each of Steps
 }
 
 // NewMachineID returns a random machine-id (systemd's format).
@@ -105,6 +111,12 @@ func (c *Client) Reidentify(ctx context.Context, id Identity) (Reidentified, err
 	if _, err := rand.Read(req.Entropy); err != nil {
 		return Reidentified{}, fmt.Errorf("reidentify: entropy: %w", err)
 	}
+	// The guest's new keys are made here, on the host's CPU: made under
+	// TCG in a guest just restored they took hundreds of ms.
+	var err error
+	if req.SSHHostKeys, req.AgentHostKey, err = newGuestKeys(); err != nil {
+		return Reidentified{}, fmt.Errorf("reidentify: %w", err)
+	}
 	req.TimeUnixNano = time.Now().UnixNano()
 	var r proto.ReidentifyReply
 	if err := c.call(ctx, proto.ReqReidentify, req, &r); err != nil {
@@ -124,5 +136,42 @@ func (c *Client) Reidentify(ctx context.Context, id Identity) (Reidentified, err
 	for _, s := range r.Steps {
 		out.Steps = append(out.Steps, textsafe.Clean(s))
 	}
+	out.StepMillis = r.StepMillis
 	return out, nil
+}
+
+// newGuestKeys makes a guest's new sshd host keys (ed25519 and ECDSA
+// P-256, by type) and agent host key (ed25519), as OpenSSH PEM private
+// keys.
+func newGuestKeys() (sshd map[string]string, agent string, err error) {
+	encode := func(k crypto.Signer, comment string) (string, error) {
+		block, err := ssh.MarshalPrivateKey(k, comment)
+		if err != nil {
+			return "", err
+		}
+		return string(pem.EncodeToMemory(block)), nil
+	}
+	_, ed, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		return nil, "", err
+	}
+	ec, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, "", err
+	}
+	_, ag, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		return nil, "", err
+	}
+	sshd = map[string]string{}
+	if sshd["ed25519"], err = encode(ed, "root@minion"); err != nil {
+		return nil, "", err
+	}
+	if sshd["ecdsa"], err = encode(ec, "root@minion"); err != nil {
+		return nil, "", err
+	}
+	if agent, err = encode(ag, "minions-agent"); err != nil {
+		return nil, "", err
+	}
+	return sshd, agent, nil
 }

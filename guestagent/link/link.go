@@ -188,7 +188,9 @@ func Accept(ctx context.Context, rwc io.ReadWriteCloser) (io.ReadWriteCloser, st
 
 // Handshake runs the host side of the handshake on rwc: it writes HELLO with
 // a fresh nonce and discards input up to the matching OK line. If none comes
-// within retry (doubling up to 1 s) it sends a new HELLO with a new nonce;
+// within retry it sends a new HELLO with a new nonce, every retry for the
+// first second (a restored or forked guest drops the HELLO its old session
+// read, then answers the next one at once), then doubling up to 1 s;
 // only the OK of the latest HELLO counts. It returns a stream positioned
 // just after the OK line. On ctx end rwc is closed.
 func Handshake(ctx context.Context, rwc io.ReadWriteCloser, retry time.Duration) (io.ReadWriteCloser, error) {
@@ -242,6 +244,7 @@ func Handshake(ctx context.Context, rwc io.ReadWriteCloser, retry time.Duration)
 	}
 	timer := time.NewTimer(retry)
 	defer timer.Stop()
+	steady := time.Now().Add(time.Second)
 	for {
 		select {
 		case <-ctx.Done():
@@ -250,7 +253,9 @@ func Handshake(ctx context.Context, rwc io.ReadWriteCloser, retry time.Duration)
 			if err := send(); err != nil {
 				return nil, fmt.Errorf("link handshake: write hello: %w", err)
 			}
-			retry = min(retry*2, time.Second)
+			if time.Now().After(steady) {
+				retry = min(retry*2, time.Second)
+			}
 			timer.Reset(retry)
 		case r := <-lines:
 			if r.err != nil {

@@ -28,6 +28,28 @@ const (
 // (AlreadyExists); it appears atomically, and nothing is left behind on
 // failure or cancellation. The mode of src is kept.
 func Clone(ctx context.Context, src, dst string) (CloneMethod, error) {
+	return clone(ctx, src, dst, true)
+}
+
+// CloneUnsynced is Clone without flushing dst to stable storage: the copy
+// takes what writing to the page cache takes (a fork copies its source's
+// disk while the source is paused). Call SyncFile(dst) before relying on
+// dst surviving a host crash.
+func CloneUnsynced(ctx context.Context, src, dst string) (CloneMethod, error) {
+	return clone(ctx, src, dst, false)
+}
+
+// SyncFile flushes the file at path to stable storage.
+func SyncFile(path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return f.Sync()
+}
+
+func clone(ctx context.Context, src, dst string, sync bool) (CloneMethod, error) {
 	in, err := os.Open(src)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
@@ -52,7 +74,7 @@ func Clone(ctx context.Context, src, dst string) (CloneMethod, error) {
 		return "", fmt.Errorf("clone %s: %w", dst, err)
 	}
 	method, err := cloneInto(ctx, in, out, st.Size())
-	if err == nil {
+	if err == nil && sync {
 		err = out.Sync()
 	}
 	if cerr := out.Close(); err == nil {

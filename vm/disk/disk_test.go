@@ -367,3 +367,31 @@ func TestParseInfo(t *testing.T) {
 		t.Fatal("want error for bad json")
 	}
 }
+
+// TestCloneUnsynced: the unflushed copy is the same copy (content, size,
+// holes, no replacing), and SyncFile flushes it.
+func TestCloneUnsynced(t *testing.T) {
+	ctx := testCtx(t)
+	dir := t.TempDir()
+	src := makeBase(t, dir, 64<<20)
+	dst := filepath.Join(dir, "clone.raw")
+	if _, err := CloneUnsynced(ctx, src, dst); err != nil {
+		t.Fatal(err)
+	}
+	if fileHash(t, dst) != fileHash(t, src) {
+		t.Fatal("unsynced clone differs from source")
+	}
+	var st syscall.Stat_t
+	if err := syscall.Stat(dst, &st); err != nil || st.Size != 64<<20 || st.Blocks*512 > 8<<20 {
+		t.Fatalf("unsynced clone: size %d, allocated %d, %v", st.Size, st.Blocks*512, err)
+	}
+	if _, err := CloneUnsynced(ctx, src, dst); !errors.Is(err, errs.AlreadyExists) {
+		t.Fatalf("clone over an existing file: %v, want AlreadyExists", err)
+	}
+	if err := SyncFile(dst); err != nil {
+		t.Fatal(err)
+	}
+	if err := SyncFile(filepath.Join(dir, "none")); err == nil {
+		t.Fatal("SyncFile of a missing file succeeded")
+	}
+}

@@ -271,7 +271,11 @@ func (l *Local) purge(ctx context.Context, id string) {
 		}
 	}
 	killByRunDir(l.runDir(id))
+	if f, ok := l.Driver.(runDirForgetter); ok {
+		f.ForgetRunDir(l.runDir(id)) // a RAM file outside the run dir
+	}
 	l.Network.RemovePort(ctx, tapName(id))
+	l.discardForkState(id) // a fork's RAM copy outside its dir
 	os.RemoveAll(l.runDir(id))
 	os.RemoveAll(l.vmDir(id))
 	if err == nil {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/minionsdev/minions/guestagent/proto"
@@ -196,10 +197,12 @@ func (l *Local) reidentifyGuest(ctx context.Context, cl *vsockcli.Client, row st
 	if dns, err := netip.ParseAddr(l.cfg.DNS); err == nil {
 		id.DNS = dns
 	}
+	start := time.Now()
 	r, err := cl.Reidentify(ctx, id)
 	if err != nil {
 		return "", fmt.Errorf("re-identify guest: %w", err)
 	}
+	l.log.Info("guest re-identified", "vm_id", row.ID, "duration_ms", time.Since(start).Milliseconds(), "steps", stepProfile(r.Steps, r.StepMillis))
 	if r.AgentHostKey == nil {
 		return "", errs.New(errs.Unavailable, "re-identify guest: no new agent host key")
 	}
@@ -211,4 +214,20 @@ func (l *Local) reidentifyGuest(ctx context.Context, cl *vsockcli.Client, row st
 		return "", fmt.Errorf("set guest clock: %w", err)
 	}
 	return string(bytes.TrimSpace(ssh.MarshalAuthorizedKey(r.AgentHostKey))), nil
+}
+
+// stepProfile renders the guest's re-identification steps with their
+// times: "reseed rng=1ms, set clock=0ms, ...".
+func stepProfile(steps []string, ms []int64) string {
+	var b strings.Builder
+	for i, s := range steps {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		b.WriteString(s)
+		if i < len(ms) {
+			fmt.Fprintf(&b, "=%dms", ms[i])
+		}
+	}
+	return b.String()
 }

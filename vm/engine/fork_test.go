@@ -47,9 +47,19 @@ type forkDriver struct {
 	hostKey ssh.PublicKey
 	dir     string
 
-	mu     sync.Mutex
-	lns    map[int]net.Listener
-	guests map[string]*guestRec // by VM ID
+	mu        sync.Mutex
+	lns       map[int]net.Listener
+	guests    map[string]*guestRec // by VM ID
+	discarded []string             // DiscardCopy's dirs
+}
+
+// DiscardCopy records dir: the qemu driver keeps a fork's RAM copy
+// outside it until RestoreCopy adopts it.
+func (d *forkDriver) DiscardCopy(dir string) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.discarded = append(d.discarded, dir)
+	return nil
 }
 
 func (d *forkDriver) root(id string) string { return filepath.Join(d.dir, "guests", id) }
@@ -415,5 +425,13 @@ func TestForkInterruptedRecovers(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(state, "vms", forkID)); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("half-made fork dir left: %v", err)
+	}
+	// What the driver keeps of the fork's saved state outside its dir
+	// (the qemu driver's RAM copy on a tmpfs) is discarded too.
+	drv.mu.Lock()
+	discarded := drv.discarded
+	drv.mu.Unlock()
+	if !slices.Contains(discarded, filepath.Join(state, "vms", forkID, "fork-state")) {
+		t.Errorf("the driver's copy of the half-made fork was not discarded: %v", discarded)
 	}
 }

@@ -53,6 +53,15 @@ func (HostDisks) Clone(ctx context.Context, src, dst string) error {
 	return err
 }
 
+// CloneUnsynced implements unsyncedCloner (fork.go).
+func (HostDisks) CloneUnsynced(ctx context.Context, src, dst string) error {
+	_, err := disk.CloneUnsynced(ctx, src, dst)
+	return err
+}
+
+// SyncFile implements unsyncedCloner.
+func (HostDisks) SyncFile(path string) error { return disk.SyncFile(path) }
+
 // Grow implements Disks.
 func (HostDisks) Grow(ctx context.Context, path string, sizeBytes int64) error {
 	return disk.Grow(ctx, path, sizeBytes)

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -19,6 +20,7 @@ import (
 	"github.com/minionsdev/minions/vm/consolelog"
 	"github.com/minionsdev/minions/vm/hypervisor"
 	"github.com/minionsdev/minions/vm/network"
+	"github.com/minionsdev/minions/vsockcli"
 )
 
 // Boot paths (Instance.Boot).
@@ -304,6 +306,7 @@ func (l *Local) buildTemplate(ctx context.Context, tr hypervisor.Templater, img 
 	if err != nil {
 		return t, fmt.Errorf("template agent: %w", err)
 	}
+	settleTemplate(ctx, cl, l.log.With("vm_id", id))
 	cl.Close()
 	if err := tr.SaveTemplate(ctx, h, dir); err != nil {
 		return t, err
@@ -379,4 +382,30 @@ func (l *Local) reconcileTemplates(ctx context.Context) {
 		}
 		unlock()
 	}
+}
+
+// templateSettleCmd waits, in a Minions guest with systemd, until its
+// boot is over (every unit started: sshd listening, journald, timers), at
+// most 3 minutes; a guest without systemd (the agent is init) is done at
+// once, and so is anything that is not a Minions guest (the engine tests'
+// in-process agents run commands on the test host).
+const templateSettleCmd = `if grep -q minions.id= /proc/cmdline && [ -d /run/systemd/system ] && command -v systemctl >/dev/null; then ` +
+	`timeout 180 systemctl is-system-running --wait >/dev/null 2>&1; fi; true`
+
+// settleTemplate waits until the template guest has finished booting, so
+// a clone wakes up with sshd listening and nothing left of the boot to run
+// (under TCG a clone still booting competes with its first user for its
+// vCPU). Best effort: a guest that never settles is saved as it is, with a
+// warning.
+func settleTemplate(ctx context.Context, cl interface {
+	Exec(context.Context, vsockcli.ExecRequest) (int, error)
+}, log *slog.Logger) {
+	start := time.Now()
+	var out strings.Builder
+	code, err := cl.Exec(ctx, vsockcli.ExecRequest{Command: templateSettleCmd, Stdout: &out, Stderr: &out})
+	if err != nil || code != 0 {
+		log.Warn("template guest did not settle; saved as it is", "code", code, "err", err, "output", out.String())
+		return
+	}
+	log.Info("template guest settled", "duration_ms", time.Since(start).Milliseconds())
 }

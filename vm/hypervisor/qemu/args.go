@@ -71,6 +71,14 @@ type machine struct {
 	// MemBackendRAM gives a VM restored from a snapshot of a clone the
 	// clone's RAM block name on anonymous memory (template.go).
 	MemBackendRAM bool `json:"mem_backend_ram,omitempty"`
+	// MemOwn: MemFile is this VM's own RAM file in Config.MemoryDir,
+	// mapped shared, removed with the VM (fork.go).
+	MemOwn bool `json:"mem_own,omitempty"`
+	// PlainIncoming: the Incoming stream was saved without x-ignore-shared
+	// (it carries all RAM) although the VM has a memory backend object.
+	PlainIncoming bool `json:"plain_incoming,omitempty"`
+	// memReady: the MemOwn file already holds the RAM (a fork's copy).
+	memReady bool
 	// UID and Cgroup are the jail of QEMU and the relay (0, "": none).
 	UID    int    `json:"uid,omitempty"`
 	Cgroup string `json:"cgroup,omitempty"`

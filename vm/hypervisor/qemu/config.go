@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -115,9 +116,19 @@ type Config struct {
 	// StopTimeout bounds how long Kill (and Shutdown's final kill) waits for
 	// a killed process to vanish. Default 10 s.
 	StopTimeout time.Duration
+	// MemoryDir is a directory on a tmpfs where each booted VM keeps its
+	// RAM in a file of its own (memory-backend-file, share=on), so a fork
+	// copies that file instead of streaming the RAM through a migration
+	// (see fork.go). "off" keeps RAM anonymous. Default "/dev/shm/minions";
+	// a directory that is not on a tmpfs (RAM written back to a disk) is
+	// treated as "off", with a warning, by New.
+	MemoryDir string
 	// Log receives driver events (component=qemu). Default: discard.
 	Log *slog.Logger
 }
+
+// MemoryDirOff is the Config.MemoryDir that keeps guest RAM anonymous.
+const MemoryDirOff = "off"
 
 func (c Config) withDefaults() Config {
 	if c.Binary == "" {
@@ -147,6 +158,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.ConsoleMaxBytes == 0 {
 		c.ConsoleMaxBytes = consolelog.DefaultMaxBytes
+	}
+	if c.MemoryDir == "" {
+		c.MemoryDir = "/dev/shm/minions"
 	}
 	if c.Log == nil {
 		c.Log = slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -184,6 +198,9 @@ func (c Config) Validate() error {
 	}
 	if err := consolelog.ValidMax(c.ConsoleMaxBytes); err != nil {
 		return fmt.Errorf("qemu config: %w", err)
+	}
+	if c.MemoryDir != MemoryDirOff && !filepath.IsAbs(c.MemoryDir) {
+		return errs.New(errs.InvalidArgument, "qemu config: memory dir %q: want an absolute path or %q", c.MemoryDir, MemoryDirOff)
 	}
 	if c.StartTimeout < 0 || c.StopTimeout < 0 {
 		return errs.New(errs.InvalidArgument, "qemu config: negative timeout")

@@ -37,6 +37,7 @@ type Driver struct {
 	accel  string // resolved: kvm or tcg
 	vhost  bool   // vhost-vsock instead of virtio-serial + relay
 	tscKHz int    // appended under TCG; 0 under KVM
+	memDir string // resolved Config.MemoryDir; "": anonymous RAM
 	log    *slog.Logger
 	// tapExists reports whether a network interface exists in the
 	// caller's network namespace.
@@ -101,6 +102,7 @@ func New(cfg Config) (*Driver, error) {
 	if !d.vhost && len(cfg.RelayCommand) == 0 {
 		return nil, errs.New(errs.InvalidArgument, "qemu driver: no %s on this host, so a relay command is required", cfg.VhostVsockDevice)
 	}
+	d.memDir = d.initMemoryDir()
 	if cfg.Jail.On() {
 		if err := checkJailHost(); err != nil {
 			return nil, fmt.Errorf("qemu driver: %w", err)
@@ -220,6 +222,7 @@ func (d *Driver) Start(ctx context.Context, spec hypervisor.Spec) (*hypervisor.H
 	if err != nil {
 		return nil, fmt.Errorf("start vm %s: %w", spec.ID, err)
 	}
+	d.ownMemory(&m)
 	h, err := d.launch(ctx, m)
 	if err != nil {
 		return nil, fmt.Errorf("start vm %s: %w", spec.ID, err)
@@ -248,6 +251,20 @@ func (d *Driver) launch(ctx context.Context, m machine) (*hypervisor.Handle, err
 				return writeFileAtomic(m.path(machineFile), append(b, '\n'))
 			},
 			Undo: func() { removeRunFiles(m.RunDir) },
+		},
+		{
+			Name: "create ram file",
+			Do: func(context.Context) error {
+				if !m.MemOwn || m.memReady {
+					return nil
+				}
+				return createMemFile(m)
+			},
+			Undo: func() {
+				if m.MemOwn {
+					os.Remove(m.MemFile)
+				}
+			},
 		},
 	}
 	if m.UID > 0 {
@@ -411,8 +428,11 @@ func finishIncoming(ctx context.Context, vm *launch.Child, m machine, c *qmp.Cli
 		return fmt.Errorf("restore: %w", err)
 	}
 	defer f.Close()
-	if err := setIgnoreShared(ctx, c, m); err != nil { // template clones: template.go
-		return fmt.Errorf("restore: %w", err)
+	ignoreShared := m.incomingIgnoreShared() // template clones and forks: template.go, fork.go
+	if ignoreShared {
+		if err := setCapIgnoreShared(ctx, c, true); err != nil {
+			return fmt.Errorf("restore: %w", err)
+		}
 	}
 	if err := c.SendFile(ctx, migrateFD, f); err != nil {
 		return fmt.Errorf("restore: %w", err)
@@ -434,9 +454,16 @@ func finishIncoming(ctx context.Context, vm *launch.Child, m machine, c *qmp.Cli
 		}
 		switch st {
 		case "inmigrate":
-		case "running":
-			return nil
-		case "paused", "postmigrate", "prelaunch":
+		case "running", "paused", "postmigrate", "prelaunch":
+			if ignoreShared && m.MemOwn {
+				// Its later migrations must carry its RAM (fork.go).
+				if err := setCapIgnoreShared(ctx, c, false); err != nil {
+					return fmt.Errorf("restore: %w", err)
+				}
+			}
+			if st == "running" {
+				return nil
+			}
 			return c.Execute(ctx, "cont", nil, nil)
 		default:
 			return fmt.Errorf("restore ended in qemu status %q", st)
@@ -531,6 +558,7 @@ func (d *Driver) Shutdown(ctx context.Context, h *hypervisor.Handle, timeout tim
 	if err := d.stopHelpers(ctx, h); err != nil {
 		return fmt.Errorf("shutdown vm: %w", err)
 	}
+	d.removeOwnMemory(h.RunDir)
 	removeRunFiles(h.RunDir)
 	d.removeCgroup(h)
 	return nil
@@ -548,6 +576,7 @@ func (d *Driver) Kill(ctx context.Context, h *hypervisor.Handle) error {
 	if err := d.stopHelpers(ctx, h); err != nil {
 		return fmt.Errorf("kill vm: %w", err)
 	}
+	d.removeOwnMemory(h.RunDir)
 	removeRunFiles(h.RunDir)
 	d.removeCgroup(h)
 	return nil

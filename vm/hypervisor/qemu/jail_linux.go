@@ -93,6 +93,11 @@ func (d *Driver) prepareJail(m machine) ([]*os.File, error) {
 			return nil, err
 		}
 	}
+	if m.MemOwn {
+		if err := ownFile(m.MemFile, m.UID, false); err != nil {
+			return nil, err
+		}
+	}
 	for _, disk := range m.Disks {
 		if !disk.ReadOnly {
 			if err := ownFile(disk.Path, m.UID, false); err != nil {
@@ -238,6 +243,9 @@ func readMachine(runDir string) (machine, error) {
 func (d *Driver) qemuPlan(m machine) (jail.Plan, error) {
 	ro := []string{m.Kernel, m.Initramfs}
 	rw := []string{m.RunDir}
+	if m.MemOwn {
+		rw = append(rw, m.MemFile)
+	}
 	if m.ConsoleFIFO == "" {
 		rw = append(rw, m.ConsoleLog)
 	} // else the FIFO, in the run dir, is write-only for the VM's gid

@@ -32,6 +32,12 @@ type savedState struct {
 	QEMUVersion string    `json:"qemu_version"`
 	SavedAt     time.Time `json:"saved_at"`
 	Machine     machine   `json:"machine"`
+	// RAMCopy: the RAM is not in the stream but in a copy of the VM's RAM
+	// file (a fork's state, fork.go).
+	RAMCopy bool `json:"ram_copy,omitempty"`
+	// PlainRAM: the stream carries all RAM, saved without x-ignore-shared,
+	// from a VM with a memory backend object (its own RAM file).
+	PlainRAM bool `json:"plain_ram,omitempty"`
 }
 
 // SaveState pauses the VM and writes its memory and device state to
@@ -51,6 +57,15 @@ func (d *Driver) SaveState(ctx context.Context, h *hypervisor.Handle, dir string
 // files, not flushed to stable storage, since a copy is started from them
 // at once and they are removed after.
 func (d *Driver) SaveCopy(ctx context.Context, h *hypervisor.Handle, dir string) error {
+	if err := checkHandle(h); err != nil {
+		return fmt.Errorf("save vm state for a copy: %w", err)
+	}
+	if m, err := readMachine(h.RunDir); err == nil && m.MemOwn && d.memDir != "" && filepath.Dir(m.MemFile) == d.memDir {
+		if err := d.saveForkCopy(ctx, h, m, dir); err != nil {
+			return fmt.Errorf("save vm state for a copy: %w", err)
+		}
+		return nil
+	}
 	if err := d.saveState(ctx, h, dir, false); err != nil {
 		return fmt.Errorf("save vm state for a copy: %w", err)
 	}
@@ -88,6 +103,12 @@ func (d *Driver) saveState(ctx context.Context, h *hypervisor.Handle, dir string
 		}
 	}()
 	start := time.Now()
+	if m.MemOwn {
+		// Its RAM file is mapped shared: the stream must carry it.
+		if err := setCapIgnoreShared(ctx, c, false); err != nil {
+			return err
+		}
+	}
 	// The default bandwidth cap (32 MiB/s) would make saving slow; the
 	// destination is a local file.
 	if err := c.Execute(ctx, "migrate-set-parameters", map[string]any{"max-bandwidth": int64(8) << 30}, nil); err != nil {
@@ -123,7 +144,7 @@ func (d *Driver) saveState(ctx context.Context, h *hypervisor.Handle, dir string
 		return err
 	}
 	m.Incoming = ""
-	st := savedState{Format: stateFormat, QEMUVersion: c.Greeting().VersionString(), SavedAt: time.Now().UTC(), Machine: m}
+	st := savedState{Format: stateFormat, QEMUVersion: c.Greeting().VersionString(), SavedAt: time.Now().UTC(), Machine: m, PlainRAM: m.MemOwn}
 	out, err := json.MarshalIndent(st, "", "  ")
 	if err != nil {
 		return err
@@ -217,6 +238,9 @@ func (d *Driver) restore(ctx context.Context, spec hypervisor.Spec, dir string, 
 	if _, err := os.Stat(mem); err != nil {
 		return nil, errs.New(errs.NotFound, "saved memory: %w", err)
 	}
+	if saved.RAMCopy && !asCopy {
+		return nil, errs.New(errs.FailedPrecondition, "the state in %s is a fork's, not a snapshot", dir)
+	}
 	m, err := d.machineFor(spec)
 	if err != nil {
 		return nil, err
@@ -228,10 +252,19 @@ func (d *Driver) restore(ctx context.Context, spec hypervisor.Spec, dir string, 
 	if err := check(saved.Machine, m); err != nil {
 		return nil, errs.New(errs.FailedPrecondition, "saved state does not fit the spec: %w", err)
 	}
+	if saved.RAMCopy {
+		return d.restoreForkCopy(ctx, m, dir)
+	}
 	if !asCopy {
 		m.Cmdline = saved.Machine.Cmdline
 	}
 	m.MemBackendRAM = saved.Machine.MemFile != "" || saved.Machine.MemBackendRAM // a clone's RAM block name
+	m.PlainIncoming = saved.PlainRAM
+	if saved.PlainRAM && !asCopy {
+		// RAM that streams in whole can stream into a file of its own.
+		d.ownMemory(&m)
+		m.MemBackendRAM = !m.MemOwn
+	}
 	m.Incoming = mem
 	start := time.Now()
 	h, err := d.launch(ctx, m)

@@ -212,6 +212,16 @@ func (d *Driver) bootTemplate(ctx context.Context, spec hypervisor.Spec, dir str
 	// A fresh file: clones of an older template may still map the old
 	// one, which must not change under them.
 	_ = os.Remove(m.MemFile)
+	if d.memDir != "" {
+		if room, err := memDirRoom(d.memDir); err == nil && room >= int64(m.MemoryMiB)<<20 {
+			// The template boots with its RAM on the tmpfs, where the
+			// guest's writes cost no disk writeback (a Debian boot
+			// into a RAM file on the state disk timed out under
+			// load); SaveTemplate copies it into dir.
+			m.MemFile, m.MemOwn = d.memPath(m.ID), true
+			_ = os.Remove(m.MemFile)
+		}
+	}
 	f, err := os.OpenFile(m.MemFile, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
 		return nil, err
@@ -253,7 +263,7 @@ func (d *Driver) saveTemplate(ctx context.Context, h *hypervisor.Handle, dir str
 		return errs.New(errs.FailedPrecondition, "read machine config: %w", err)
 	}
 	mem := filepath.Join(dir, TemplateMemoryFile)
-	if !m.MemShared || m.MemFile != mem {
+	if !m.MemShared || (m.MemFile != mem && !(m.MemOwn && m.MemFile == d.memPath(m.ID))) {
 		return errs.New(errs.FailedPrecondition, "vm %s was not booted as a template in %s", m.ID, dir)
 	}
 	c, err := d.dial(ctx, h)
@@ -299,6 +309,20 @@ func (d *Driver) saveTemplate(ctx context.Context, h *hypervisor.Handle, dir str
 	saved := time.Since(start)
 	version := c.Greeting().VersionString()
 	c.Close()
+	if m.MemFile != mem {
+		// RAM booted on the tmpfs: into dir, while the VM is stopped
+		// (Kill removes the tmpfs file).
+		tmp := mem + ".tmp"
+		_ = os.Remove(tmp)
+		if _, err := copyRAM(m.MemFile, tmp); err != nil {
+			return fmt.Errorf("copy template ram: %w", err)
+		}
+		if err := os.Rename(tmp, mem); err != nil {
+			os.Remove(tmp)
+			return err
+		}
+		m.MemFile, m.MemOwn = mem, false
+	}
 	// The template VM must never run again: its RAM is the template.
 	if err := d.Kill(ctx, h); err != nil {
 		return err

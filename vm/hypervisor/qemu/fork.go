@@ -1,0 +1,386 @@
+package qemu
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/minionsdev/minions/internal/errs"
+	"github.com/minionsdev/minions/vm/hypervisor"
+	"github.com/minionsdev/minions/vm/hypervisor/qemu/qmp"
+)
+
+// Per-VM RAM files and fast forks.
+//
+// With Config.MemoryDir on a tmpfs, Start gives each VM its RAM as a file
+// of its own there, MemoryDir/<id>.ram, mapped shared (memory-backend-file,
+// share=on): the same pages as anonymous RAM, counted as shmem instead of
+// anon, and the same boot. What it buys is the fork: SaveCopy pauses the
+// VM, migrates only its device state (x-ignore-shared: the RAM is the
+// file; tens of KB, tens of ms) and copies the RAM file's written extents
+// into a new file of the copy's (a memory copy in the kernel, no stream to
+// encode and decode); RestoreCopy starts the copy on that file, mapped
+// shared too, so the copy can be forked in turn, and its restore reads no
+// RAM at all.
+//
+// Each RAM file is mapped by one QEMU only: the VM's file is removed by
+// Kill, Shutdown and a failed start; a copy not yet started is removed by
+// DiscardCopy (the engine calls it when the fork ends, failed or not, and
+// when it purges a fork left by a crash).
+//
+// The migration capability x-ignore-shared is on only while a fork's
+// device state is saved or loaded: every other migration of such a VM
+// (SaveState, a move) carries its RAM, and its restore (Restore) knows so
+// from the saved state (savedState.PlainRAM).
+
+// memFileSuffix names a VM's RAM file in MemoryDir.
+const memFileSuffix = ".ram"
+
+// copyRAMFile is the symbolic link, in a fork's state directory, to the
+// RAM copy in MemoryDir that RestoreCopy adopts.
+const copyRAMFile = "memory.ram"
+
+// tmpfsMagic is statfs(2)'s f_type of a tmpfs.
+const tmpfsMagic = 0x01021994
+
+// initMemoryDir resolves Config.MemoryDir: "" (off) unless it is, or can
+// be created, on a tmpfs.
+func (d *Driver) initMemoryDir() string {
+	dir := d.cfg.MemoryDir
+	if dir == MemoryDirOff || dir == "" {
+		return ""
+	}
+	if err := os.MkdirAll(dir, 0o711); err != nil {
+		d.log.Warn("per-vm ram files off: memory dir", "dir", dir, "err", err)
+		return ""
+	}
+	var st unix.Statfs_t
+	if err := unix.Statfs(dir, &st); err != nil || st.Type != tmpfsMagic {
+		d.log.Warn("per-vm ram files off: memory dir is not on a tmpfs", "dir", dir, "err", err)
+		return ""
+	}
+	return dir
+}
+
+// memPath is the RAM file of VM id.
+func (d *Driver) memPath(id string) string { return filepath.Join(d.memDir, id+memFileSuffix) }
+
+// ownMemory gives m (a VM about to boot or restore) a RAM file of its own,
+// when the driver keeps them and the tmpfs has room for all of the VM's
+// RAM besides what the other RAM files there may still grow by: a guest
+// that touches a page the full tmpfs cannot give gets QEMU killed by
+// SIGBUS, so a VM that may not fit keeps anonymous RAM (and forks the slow
+// way).
+func (d *Driver) ownMemory(m *machine) {
+	if d.memDir == "" {
+		return
+	}
+	free, err := memDirRoom(d.memDir)
+	if err != nil || free < int64(m.MemoryMiB)<<20 {
+		d.log.Warn("vm ram stays anonymous: no room in the memory dir", "vm_id", m.ID, "dir", d.memDir,
+			"room_mib", free>>20, "memory_mib", m.MemoryMiB, "err", err)
+		return
+	}
+	m.MemOwn, m.MemShared, m.MemFile = true, true, d.memPath(m.ID)
+}
+
+// memDirRoom is the free space of the tmpfs at dir less what the RAM
+// files in dir may still allocate (their size less their pages).
+func memDirRoom(dir string) (int64, error) {
+	var fs unix.Statfs_t
+	if err := unix.Statfs(dir, &fs); err != nil {
+		return 0, err
+	}
+	room := int64(fs.Bavail) * fs.Bsize
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return 0, err
+	}
+	for _, e := range entries {
+		var st unix.Stat_t
+		if filepath.Ext(e.Name()) != memFileSuffix || unix.Lstat(filepath.Join(dir, e.Name()), &st) != nil {
+			continue
+		}
+		if grow := st.Size - st.Blocks*512; grow > 0 {
+			room -= grow
+		}
+	}
+	return room, nil
+}
+
+// createMemFile makes m's RAM file, empty and of the guest's size (tmpfs
+// allocates pages as the guest touches them), replacing a stale one.
+func createMemFile(m machine) error {
+	_ = os.Remove(m.MemFile)
+	f, err := os.OpenFile(m.MemFile, os.O_RDWR|os.O_CREATE|os.O_EXCL|unix.O_NOFOLLOW, 0o600)
+	if err != nil {
+		return err
+	}
+	err = f.Truncate(int64(m.MemoryMiB) << 20)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		os.Remove(m.MemFile)
+	}
+	return err
+}
+
+// removeOwnMemory removes the RAM file of the VM whose run dir is runDir,
+// if it has one of its own. Called before the run files go.
+func (d *Driver) removeOwnMemory(runDir string) {
+	if runDir == "" {
+		return
+	}
+	m, err := readMachine(runDir)
+	if err != nil || !m.MemOwn || m.MemFile == "" {
+		return
+	}
+	if err := os.Remove(m.MemFile); err != nil && !errors.Is(err, os.ErrNotExist) {
+		d.log.Warn("remove ram file", "vm_id", m.ID, "path", m.MemFile, "err", err)
+	}
+}
+
+// ForgetRunDir removes what a VM whose processes are gone (killed without
+// its handle, say by a daemon that died mid-start) kept outside runDir:
+// its own RAM file. The caller removes runDir. Idempotent.
+func (d *Driver) ForgetRunDir(runDir string) { d.removeOwnMemory(runDir) }
+
+// incomingIgnoreShared is the x-ignore-shared setting the incoming stream
+// of m was saved with: on for template clones and forks (their RAM is
+// shared and not in the stream) and snapshots of clones, off for a plain
+// stream (PlainIncoming).
+func (m machine) incomingIgnoreShared() bool { return !m.PlainIncoming && m.hasMemoryBackend() }
+
+// setCapIgnoreShared sets x-ignore-shared on or off.
+func setCapIgnoreShared(ctx context.Context, c *qmp.Client, on bool) error {
+	caps := map[string]any{"capabilities": []map[string]any{{"capability": "x-ignore-shared", "state": on}}}
+	if err := c.Execute(ctx, "migrate-set-capabilities", caps, nil); err != nil {
+		return fmt.Errorf("set x-ignore-shared %v: %w", on, err)
+	}
+	return nil
+}
+
+// saveForkCopy is SaveCopy of a VM with a RAM file of its own (see the top
+// of this file). The VM is left paused; on failure a running VM is resumed
+// and nothing is left in dir or MemoryDir.
+func (d *Driver) saveForkCopy(ctx context.Context, h *hypervisor.Handle, m machine, dir string) (err error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	c, err := d.dial(ctx, h)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	before, err := queryStatus(ctx, c)
+	if err != nil {
+		return err
+	}
+	start := time.Now()
+	if err := c.Execute(ctx, "stop", nil, nil); err != nil {
+		return err
+	}
+	defer func() {
+		if err != nil && before == "running" {
+			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+			defer cancel()
+			_ = c.Execute(rctx, "cont", nil, nil)
+		}
+	}()
+	if err := setCapIgnoreShared(ctx, c, true); err != nil {
+		return err
+	}
+	// Whatever happens, the VM's later migrations carry its RAM.
+	defer func() {
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		if cerr := setCapIgnoreShared(rctx, c, false); cerr != nil && err == nil {
+			err = cerr
+		}
+	}()
+	if err := c.Execute(ctx, "migrate-set-parameters", map[string]any{"max-bandwidth": int64(8) << 30}, nil); err != nil {
+		return err
+	}
+	state := filepath.Join(dir, StateMemoryFile)
+	_ = os.Remove(state)
+	f, err := os.OpenFile(state, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	defer func() {
+		if err != nil {
+			os.Remove(state)
+		}
+	}()
+	if err := c.SendFile(ctx, migrateFD, f); err != nil {
+		return err
+	}
+	if err := c.Execute(ctx, "migrate", map[string]any{"uri": "fd:" + migrateFD}, nil); err != nil {
+		return err
+	}
+	if err := waitMigration(ctx, h, c); err != nil {
+		return err
+	}
+	saved := time.Since(start)
+	// The copy of the RAM, taken while the VM is paused.
+	var rnd [8]byte
+	rand.Read(rnd[:])
+	cp := filepath.Join(d.memDir, "copy-"+hex.EncodeToString(rnd[:])+memFileSuffix)
+	link := filepath.Join(dir, copyRAMFile)
+	_ = os.Remove(link)
+	if err := os.Symlink(cp, link); err != nil {
+		return err
+	}
+	defer func() {
+		if err != nil {
+			os.Remove(cp)
+			os.Remove(link)
+		}
+	}()
+	copied, err := copyRAM(m.MemFile, cp)
+	if err != nil {
+		return fmt.Errorf("copy ram: %w", err)
+	}
+	st := savedState{Format: stateFormat, QEMUVersion: c.Greeting().VersionString(), SavedAt: time.Now().UTC(), Machine: m, RAMCopy: true}
+	st.Machine.Incoming = ""
+	out, err := json.MarshalIndent(st, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := writeFileAtomic(filepath.Join(dir, StateConfigFile), append(out, '\n')); err != nil {
+		return err
+	}
+	d.log.Info("vm state saved for a fork", "vm_id", m.ID, "pid", h.PID, "dir", dir, "device_state_ms", saved.Milliseconds(),
+		"ram_copied_mib", copied>>20, "duration_ms", time.Since(start).Milliseconds())
+	return nil
+}
+
+// copyRAM copies the written extents of the RAM file src into a new file
+// dst of the same size (holes stay holes: tmpfs allocates nothing for
+// them) and returns the bytes copied. On failure dst is removed.
+func copyRAM(src, dst string) (n int64, err error) {
+	in, err := os.Open(src)
+	if err != nil {
+		return 0, err
+	}
+	defer in.Close()
+	st, err := in.Stat()
+	if err != nil {
+		return 0, err
+	}
+	out, err := os.OpenFile(dst, os.O_RDWR|os.O_CREATE|os.O_EXCL|unix.O_NOFOLLOW, 0o600)
+	if err != nil {
+		return 0, err
+	}
+	defer func() {
+		if cerr := out.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			os.Remove(dst)
+		}
+	}()
+	size := st.Size()
+	if err := out.Truncate(size); err != nil {
+		return 0, err
+	}
+	for off := int64(0); off < size; {
+		data, err := unix.Seek(int(in.Fd()), off, unix.SEEK_DATA)
+		if errors.Is(err, unix.ENXIO) {
+			break // only holes from off on
+		}
+		if err != nil {
+			return n, err
+		}
+		hole, err := unix.Seek(int(in.Fd()), data, unix.SEEK_HOLE)
+		if err != nil {
+			return n, err
+		}
+		for pos := data; pos < hole; {
+			roff, woff := pos, pos
+			c, err := unix.CopyFileRange(int(in.Fd()), &roff, int(out.Fd()), &woff, int(hole-pos), 0)
+			if err != nil {
+				// Fall back to a plain copy (older kernels refuse
+				// copy_file_range on some filesystems).
+				w, err := io.Copy(io.NewOffsetWriter(out, pos), io.NewSectionReader(in, pos, hole-pos))
+				n += w
+				if err != nil {
+					return n, err
+				}
+				break
+			}
+			if c == 0 {
+				return n, io.ErrUnexpectedEOF
+			}
+			pos += int64(c)
+			n += int64(c)
+		}
+		off = hole
+	}
+	return n, nil
+}
+
+// restoreForkCopy is RestoreCopy from a state saved by saveForkCopy: the
+// RAM copy becomes the copy's own RAM file and QEMU loads only the device
+// state. On failure the RAM copy is gone.
+func (d *Driver) restoreForkCopy(ctx context.Context, m machine, dir string) (*hypervisor.Handle, error) {
+	link := filepath.Join(dir, copyRAMFile)
+	cp, err := os.Readlink(link)
+	if err != nil {
+		return nil, errs.New(errs.NotFound, "ram copy: %w", err)
+	}
+	if d.memDir == "" || filepath.Dir(cp) != d.memDir {
+		os.Remove(cp)
+		return nil, errs.New(errs.FailedPrecondition, "ram copy %s is not in this driver's memory dir", cp)
+	}
+	m.MemOwn, m.MemShared, m.MemFile = true, true, d.memPath(m.ID)
+	if err := os.Rename(cp, m.MemFile); err != nil {
+		os.Remove(cp)
+		return nil, err
+	}
+	os.Remove(link)
+	if st, err := os.Stat(m.MemFile); err != nil || st.Size() != int64(m.MemoryMiB)<<20 {
+		os.Remove(m.MemFile)
+		return nil, errs.New(errs.FailedPrecondition, "ram copy is not %d MiB (%v)", m.MemoryMiB, err)
+	}
+	m.memReady = true
+	m.Incoming = filepath.Join(dir, StateMemoryFile)
+	start := time.Now()
+	h, err := d.launch(ctx, m)
+	if err != nil {
+		return nil, err // launch's undo removed the RAM file
+	}
+	d.log.Info("vm restored from a fork copy", "vm_id", m.ID, "pid", h.PID, "dir", dir, "duration_ms", time.Since(start).Milliseconds())
+	return h, nil
+}
+
+// DiscardCopy removes what SaveCopy left in dir that RestoreCopy did not
+// adopt: the RAM copy in MemoryDir. It is idempotent; the caller removes
+// dir itself.
+func (d *Driver) DiscardCopy(dir string) error {
+	link := filepath.Join(dir, copyRAMFile)
+	cp, err := os.Readlink(link)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if d.memDir != "" && filepath.Dir(cp) == d.memDir {
+		if err := os.Remove(cp); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return err
+		}
+	}
+	return os.Remove(link)
+}
