@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/minionsdev/minions/internal/errs"
+	"github.com/minionsdev/minions/internal/movepause"
 	"github.com/minionsdev/minions/vm/engine"
 )
 
@@ -103,7 +104,7 @@ func (s *server) exportDisk(ctx context.Context, req callRequest) error {
 		return err
 	}
 	defer s.endStream(st)
-	return t.ExportDisk(ctx, req.ID, st)
+	return t.ExportDisk(ctx, req.ID, &idleStream{ctx: ctx, st: st, pauseAfter: pauseAfter})
 }
 
 func (s *server) importDisk(ctx context.Context, req callRequest, progress engine.Progress) (engine.Instance, error) {
@@ -122,5 +123,49 @@ func (s *server) importDisk(ctx context.Context, req callRequest, progress engin
 		return engine.Instance{}, errs.New(errs.Unavailable, "import disk: %v", err)
 	}
 	progress(streamReady)
-	return t.ImportDisk(ctx, *req.Import, st, progress)
+	disk := false
+	p := func(step string) {
+		if disk && step != "disk" {
+			disk = false
+			movepause.At(ctx, movepause.Imported) // test only: the disk is in place
+		}
+		disk = disk || step == "disk"
+		progress(step)
+	}
+	return t.ImportDisk(ctx, *req.Import, &idleStream{ctx: ctx, st: st}, p)
+}
+
+// transferIdle is how long a disk stream may carry nothing before the
+// node gives up on it: its peer (the control plane, relaying the other
+// node's end) died, and the import or export must end and undo itself
+// rather than hold the instance's lock for ever.
+const transferIdle = 30 * time.Second
+
+// pauseAfter is the number of bytes an export writes before the test-only
+// movepause.Transfer step (mid-transfer).
+const pauseAfter = 64 << 10
+
+// idleStream is a node's end of a disk stream with an idle deadline on
+// each read and write.
+type idleStream struct {
+	ctx        context.Context
+	st         *stream
+	pauseAfter int64 // > 0: pause (test only) once this many bytes are written
+	written    int64
+}
+
+func (i *idleStream) Read(p []byte) (int, error) {
+	i.st.SetReadDeadline(time.Now().Add(transferIdle))
+	return i.st.Read(p)
+}
+
+func (i *idleStream) Write(p []byte) (int, error) {
+	if i.pauseAfter > 0 && i.written >= i.pauseAfter {
+		i.pauseAfter = 0
+		movepause.At(i.ctx, movepause.Transfer)
+	}
+	i.st.SetWriteDeadline(time.Now().Add(transferIdle))
+	n, err := i.st.Write(p)
+	i.written += int64(n)
+	return n, err
 }

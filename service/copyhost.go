@@ -68,11 +68,16 @@ func (s *Service) copyToHost(ctx context.Context, c Caller, src store.VM, spec e
 		if err != nil {
 			return true, VM{}, fmt.Errorf("copy vm %s to host %s: %w", src.Name, to.Name, err)
 		}
-		return true, s.copied(ctx, c, inst), nil
+		out := s.copied(ctx, c, inst)
+		out.Transfer = imp.meter.stats()
+		return true, out, nil
 	}
 	out, err := s.created(ctx, c, spec, "copy", store.RestartAlways, progress, target{host: to, eng: imp})
 	if err != nil {
 		return true, VM{}, fmt.Errorf("copy vm %s to host %s: %w", src.Name, to.Name, err)
+	}
+	if imp.meter != nil {
+		out.Transfer = imp.meter.stats()
 	}
 	return true, out, nil
 }
@@ -97,11 +102,13 @@ type importer struct {
 	src   engine.Transferer
 	dst   engine.Transferer
 	srcID string
+	meter *meter // the last Create's transfer
 }
 
 func (i *importer) Create(ctx context.Context, spec engine.CreateSpec, progress engine.Progress) (engine.Instance, error) {
 	progress.Say("transfer")
 	pr, pw := io.Pipe()
+	i.meter = newMeter(pr, progress)
 	exported := make(chan error, 1)
 	go func() {
 		err := i.src.ExportDisk(ctx, i.srcID, pw)
@@ -109,7 +116,10 @@ func (i *importer) Create(ctx context.Context, spec engine.CreateSpec, progress 
 		exported <- err
 	}()
 	inst, err := i.dst.ImportDisk(ctx, engine.ImportSpec{ID: spec.ID, Name: spec.Name, Owner: spec.Owner, Start: true,
-		CopyOf: i.srcID, AuthorizedKeys: spec.AuthorizedKeys}, pr, progress)
+		CopyOf: i.srcID, AuthorizedKeys: spec.AuthorizedKeys}, i.meter, progress)
+	if err == nil {
+		i.meter.done()
+	}
 	pr.CloseWithError(errors.New("import ended"))
 	eerr := <-exported
 	if err != nil && eerr != nil {

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/minionsdev/minions/internal/errs"
+	"github.com/minionsdev/minions/internal/movepause"
 	"github.com/minionsdev/minions/store"
 	"github.com/minionsdev/minions/vm"
 	"github.com/minionsdev/minions/vm/engine"
@@ -240,6 +241,7 @@ func (s *Service) Move(ctx context.Context, c Caller, name string, req MoveReque
 		return fmt.Errorf("move vm %s to %s: %w", v.Name, to.Name, cause)
 	}
 
+	movepause.At(ctx, movepause.Stopped) // test only (internal/movepause)
 	if s.moving.crashes("transfer") {
 		return VM{}, errMoveCrashed
 	}
@@ -252,10 +254,14 @@ func (s *Service) Move(ctx context.Context, c Caller, name string, req MoveReque
 		exported <- err
 	}()
 	var inst engine.Instance
+	meter := newMeter(pr, progress)
 	if to.Local {
-		err = ad.StageDisk(ctx, engine.ImportSpec{ID: v.ID, Name: v.Name, Owner: v.OwnerID}, pr, progress)
+		err = ad.StageDisk(ctx, engine.ImportSpec{ID: v.ID, Name: v.Name, Owner: v.OwnerID}, meter, progress)
 	} else {
-		inst, err = dst.ImportDisk(ctx, engine.ImportSpec{ID: v.ID, Name: v.Name, Owner: v.OwnerID, Start: ran}, pr, progress)
+		inst, err = dst.ImportDisk(ctx, engine.ImportSpec{ID: v.ID, Name: v.Name, Owner: v.OwnerID, Start: ran}, meter, progress)
+	}
+	if err == nil {
+		meter.done()
 	}
 	pr.CloseWithError(errors.New("import ended"))
 	eerr := <-exported
@@ -278,6 +284,7 @@ func (s *Service) Move(ctx context.Context, c Caller, name string, req MoveReque
 		return VM{}, restore(eerr, s.undoImport(ctx, dstE, v.ID, eerr))
 	}
 
+	movepause.At(ctx, movepause.Started) // test only
 	progress.Say("switch")
 	err = s.DB.Tx(ctx, func(q store.Q) error {
 		if to.Local {
@@ -310,6 +317,7 @@ func (s *Service) Move(ctx context.Context, c Caller, name string, req MoveReque
 			return VM{}, restore(err, s.undoImport(ctx, dstE, v.ID, err))
 		}
 	}
+	movepause.At(ctx, movepause.Switched) // test only
 	if s.moving.crashes("cleanup") {
 		return VM{}, errMoveCrashed
 	}
@@ -317,8 +325,11 @@ func (s *Service) Move(ctx context.Context, c Caller, name string, req MoveReque
 	if err := s.destroySource(ctx, srcE, v.ID); err != nil {
 		s.log.Warn("move: destroy the source copy (settled later)", "vm_id", v.ID, "host", from.Name, "err", err)
 	}
-	s.log.Info("vm moved", "vm_id", v.ID, "vm", v.Name, "from", from.Name, "to", to.Name)
-	return s.current(ctx, v.ID), nil
+	stats := meter.stats()
+	s.log.Info("vm moved", "vm_id", v.ID, "vm", v.Name, "from", from.Name, "to", to.Name, "bytes", stats.Bytes, "transfer_seconds", stats.Seconds)
+	out := s.current(ctx, v.ID)
+	out.Transfer = stats
+	return out, nil
 }
 
 // adopter is this host's engine when it shares the control plane's store

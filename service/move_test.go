@@ -4,10 +4,12 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -130,6 +132,13 @@ func TestMoveToAnotherHost(t *testing.T) {
 		if !strings.Contains(","+strings.Join(steps, ",")+",", ","+s+",") {
 			t.Errorf("no step %q in %v", s, steps)
 		}
+	}
+	// The transfer's bytes: the result has them, and a progress line.
+	if m.Transfer == nil || m.Transfer.Bytes < int64(len(want)) || m.Transfer.Bytes > int64(len(want))+64<<10 || m.Transfer.Seconds <= 0 {
+		t.Errorf("move's transfer %+v, want about the %d bytes of the disk", m.Transfer, len(want))
+	}
+	if last := steps[slices.IndexFunc(steps, func(s string) bool { return strings.HasPrefix(s, "transfer ") })]; !strings.Contains(last, fmt.Sprintf("/%d MiB, ", len(want)>>20)) {
+		t.Errorf("transfer progress line %q, want the disk's %d MiB", last, len(want)>>20)
 	}
 	inst, err := th.node.svc.Engine.Get(ctx, v.ID)
 	if err != nil || inst.State != vm.Running {
