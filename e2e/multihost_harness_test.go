@@ -46,7 +46,7 @@ type mhHost struct {
 	addr          string // on the hosts' link
 	dir           string // root of its state; everything of the host mentions it
 	state, runDir string
-	agent         *mhProc // serve on the cp, the node agent on a node
+	agent         *mhProc  // serve on the cp, the node agent on a node
 	extraEnv      []string // more environment for its processes (test hooks)
 }
 

@@ -92,6 +92,7 @@ type Remote struct {
 	signer ssh.Signer // the node-backed signer, once its key is known
 
 	directStreams, natsStreams atomic.Int64
+	diskDirect, diskNATS       atomic.Int64 // disk streams (transfer_direct.go)
 }
 
 type pending struct {

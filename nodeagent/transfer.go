@@ -2,7 +2,9 @@ package nodeagent
 
 import (
 	"context"
+	"errors"
 	"io"
+	"net"
 	"sync"
 	"time"
 
@@ -11,7 +13,8 @@ import (
 	"github.com/minionsdev/minions/vm/engine"
 )
 
-// Disk streams (engine.Transferer) ride a stream like the agent's (see
+// Disk streams (engine.Transferer) ride the direct path where there is
+// one (transfer_direct.go), a stream like the agent's otherwise (see
 // stream): export_disk has the node write an instance's disk stream into
 // it and close it; import_disk has the node read one from it, the caller
 // writing only once the node said streamReady (a progress step), so no
@@ -27,7 +30,7 @@ var _ engine.Transferer = (*Remote)(nil)
 // copied into w as it arrives.
 func (r *Remote) ExportDisk(ctx context.Context, id string, w io.Writer) error {
 	sid := newToken()
-	st, err := newStream(r.cfg.Conn, streamOut(r.cfg.ID, sid), streamIn(r.cfg.ID, sid), "control", "node:"+r.cfg.ID+"/"+id)
+	st, direct, err := r.openDisk(ctx, sid, id)
 	if err != nil {
 		return err
 	}
@@ -40,7 +43,7 @@ func (r *Remote) ExportDisk(ctx context.Context, id string, w io.Writer) error {
 		}
 		copied <- err
 	}()
-	if err := r.call(ctx, mExportDisk, callRequest{ID: id, Stream: sid}, nil, nil); err != nil {
+	if err := r.call(ctx, mExportDisk, callRequest{ID: id, Stream: sid, Direct: direct}, nil, nil); err != nil {
 		st.Close()
 		return err
 	}
@@ -56,7 +59,7 @@ func (r *Remote) ExportDisk(ctx context.Context, id string, w io.Writer) error {
 // it imports.
 func (r *Remote) ImportDisk(ctx context.Context, spec engine.ImportSpec, rd io.Reader, progress engine.Progress) (engine.Instance, error) {
 	sid := newToken()
-	st, err := newStream(r.cfg.Conn, streamOut(r.cfg.ID, sid), streamIn(r.cfg.ID, sid), "control", "node:"+r.cfg.ID+"/"+spec.ID)
+	st, direct, err := r.openDisk(ctx, sid, spec.ID)
 	if err != nil {
 		return engine.Instance{}, err
 	}
@@ -69,26 +72,58 @@ func (r *Remote) ImportDisk(ctx context.Context, spec engine.ImportSpec, rd io.R
 		}
 		progress.Say(step)
 	}
-	return r.instance(ctx, mImportDisk, callRequest{ID: spec.ID, Stream: sid, Import: &spec}, p)
+	return r.instance(ctx, mImportDisk, callRequest{ID: spec.ID, Stream: sid, Import: &spec, Direct: direct}, p)
 }
 
-// transferStream opens the node's end of stream req.Stream.
-func (s *server) transferStream(ctx context.Context, req callRequest) (engine.Transferer, *stream, error) {
+// openDisk opens the caller's end of disk stream sid (of instance id): a
+// direct connection when the node has the direct path (direct reports
+// it), a fabric stream otherwise.
+func (r *Remote) openDisk(ctx context.Context, sid, id string) (c net.Conn, direct bool, err error) {
+	c, err = r.dialDirect(ctx, kindDisk, sid)
+	if err == nil {
+		r.diskDirect.Add(1)
+		return c, true, nil
+	}
+	var nd *errNoDirect
+	if !errors.As(err, &nd) {
+		return nil, false, err
+	}
+	st, err := newStream(r.cfg.Conn, streamOut(r.cfg.ID, sid), streamIn(r.cfg.ID, sid), "control", "node:"+r.cfg.ID+"/"+id)
+	if err != nil {
+		return nil, false, err
+	}
+	r.diskNATS.Add(1)
+	return st, false, nil
+}
+
+// transferStream opens the node's end of stream req.Stream: the parked
+// direct connection (req.Direct) or a fabric stream. end closes it.
+func (s *server) transferStream(ctx context.Context, req callRequest) (t engine.Transferer, c net.Conn, end func(), err error) {
 	t, ok := s.cfg.Engine.(engine.Transferer)
 	if !ok {
-		return nil, nil, errs.New(errs.FailedPrecondition, "this node's engine does not ship disks")
+		return nil, nil, nil, errs.New(errs.FailedPrecondition, "this node's engine does not ship disks")
 	}
 	if !tokenRE.MatchString(req.Stream) {
-		return nil, nil, errs.New(errs.InvalidArgument, "disk stream: bad stream id")
+		return nil, nil, nil, errs.New(errs.InvalidArgument, "disk stream: bad stream id")
+	}
+	if req.Direct {
+		if s.cfg.Direct == nil {
+			return nil, nil, nil, errs.New(errs.FailedPrecondition, "node %s has no direct listener", s.cfg.ID)
+		}
+		c, done, err := s.cfg.Direct.takeDisk(ctx, req.Stream)
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		return t, c, done, nil
 	}
 	st, err := newStream(s.cfg.Conn, streamIn(s.cfg.ID, req.Stream), streamOut(s.cfg.ID, req.Stream), "node:"+req.ID, "control")
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	s.mu.Lock()
 	s.streams[st] = true
 	s.mu.Unlock()
-	return t, st, nil
+	return t, st, func() { s.endStream(st) }, nil
 }
 
 func (s *server) endStream(st *stream) {
@@ -99,11 +134,11 @@ func (s *server) endStream(st *stream) {
 }
 
 func (s *server) exportDisk(ctx context.Context, req callRequest) error {
-	t, st, err := s.transferStream(ctx, req)
+	t, st, end, err := s.transferStream(ctx, req)
 	if err != nil {
 		return err
 	}
-	defer s.endStream(st)
+	defer end()
 	return t.ExportDisk(ctx, req.ID, &idleStream{ctx: ctx, st: st, pauseAfter: pauseAfter})
 }
 
@@ -111,11 +146,11 @@ func (s *server) importDisk(ctx context.Context, req callRequest, progress engin
 	if req.Import == nil {
 		return engine.Instance{}, errs.New(errs.InvalidArgument, "import_disk: missing argument")
 	}
-	t, st, err := s.transferStream(ctx, req)
+	t, st, end, err := s.transferStream(ctx, req)
 	if err != nil {
 		return engine.Instance{}, err
 	}
-	defer s.endStream(st)
+	defer end()
 	fctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	err = s.cfg.Conn.Flush(fctx)
 	cancel()
@@ -149,7 +184,7 @@ const pauseAfter = 64 << 10
 // each read and write.
 type idleStream struct {
 	ctx        context.Context
-	st         *stream
+	st         net.Conn
 	pauseAfter int64 // > 0: pause (test only) once this many bytes are written
 	written    int64
 }
