@@ -225,19 +225,21 @@ func (s *Service) Move(ctx context.Context, c Caller, name string, req MoveReque
 	}
 	// From here a failure before the switch starts the source again.
 	restore := func(cause error, targetClean bool) error {
+		restarted := !ran
 		if ran {
 			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
 			inst, err := srcE.Start(rctx, v.ID, nil)
 			cancel()
 			if err != nil {
-				s.log.Warn("move: restart the source", "vm_id", v.ID, "err", err)
+				s.log.Warn("move: restart the source (settled later)", "vm_id", v.ID, "err", err)
 			} else {
+				restarted = true
 				s.syncMoved(ctx, from, inst)
 			}
 		}
-		if targetClean {
+		if targetClean && restarted {
 			s.DB.Tx(context.WithoutCancel(ctx), func(q store.Q) error { return store.DeleteMove(ctx, q, v.ID) })
-		} // else SettleMoves finishes the undo
+		} // else SettleMoves finishes the undo: the target's copy removed, the source started
 		return fmt.Errorf("move vm %s to %s: %w", v.Name, to.Name, cause)
 	}
 

@@ -551,3 +551,42 @@ func TestMoveModeChecked(t *testing.T) {
 		t.Errorf("node-b after refused drain: %+v, %v", h, err)
 	}
 }
+
+// TestMoveSourceRestartFailsSettlesLater: a move whose import fails and
+// whose source then cannot be started again (its host away, say) keeps
+// its record, so settling starts the source later: never no copy running.
+func TestMoveSourceRestartFailsSettlesLater(t *testing.T) {
+	th := newTwoHosts(t)
+	svc := th.cp.svc
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	v, err := svc.Create(ctx, th.alice, CreateRequest{Name: "stuck", Image: "minimal", Host: "cp", MemoryMiB: 256}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	th.heartbeat(t)
+	block := filepath.Join(th.node.dir, "state", "vms", v.ID)
+	os.MkdirAll(filepath.Dir(block), 0o700)
+	os.WriteFile(block, []byte("in the way"), 0o600)
+	th.cp.drv.Fail(fake.OpStart, errors.New("injected restart"), 1)
+	if _, err := svc.Move(ctx, th.alice, "stuck", MoveRequest{Host: "node-b"}, nil); err == nil {
+		t.Fatal("move with a failing import succeeded")
+	}
+	os.Remove(block)
+	if moves, _ := store.ListMoves(ctx, svc.DB); len(moves) != 1 {
+		t.Fatalf("move records after a failed restart of the source: %+v, want the move kept for settling", moves)
+	}
+	if inst, err := th.cp.svc.Engine.Get(ctx, v.ID); err != nil || inst.State != vm.Stopped {
+		t.Fatalf("source before settling: %+v, %v", inst, err)
+	}
+	if err := svc.SettleMoves(ctx); err != nil {
+		t.Fatalf("settle: %v", err)
+	}
+	g, err := svc.Get(ctx, th.alice, "stuck")
+	if err != nil || g.Host != "cp" || g.Status != "running" {
+		t.Fatalf("after settling: %+v, %v; want running on cp", g, err)
+	}
+	if moves, _ := store.ListMoves(ctx, svc.DB); len(moves) != 0 {
+		t.Errorf("move records left: %+v", moves)
+	}
+}
