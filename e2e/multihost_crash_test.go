@@ -72,28 +72,7 @@ func TestMultiHostMoveCrash(t *testing.T) {
 		}
 		h.extraEnv = append(h.extraEnv, movepause.Env+"="+dir)
 	}
-	c.initControlPlane(t)
-	c.startControlPlane(t)
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("cp log:\n%s", lastLines(c.cp.agent.log.String(), 80))
-		}
-	})
-	if !c.joinSupportsNoSystemd(t) {
-		for _, h := range []*mhHost{c.n1, c.n2} {
-			h.must(t, "init")
-		}
-		for _, h := range []*mhHost{c.n1, c.n2} {
-			c.join(t, h, false)
-		}
-	} else {
-		for _, h := range []*mhHost{c.n1, c.n2} {
-			c.join(t, h, true)
-		}
-	}
-	if l, took, ok := c.waitHosts(t, 60*time.Second, allReady("cp", "n1", "n2")); !ok {
-		t.Fatalf("hosts not ready after %s: %+v", took, l)
-	}
+	c.startJoined(t)
 	ann := c.addUser(t, "ann")
 	r := c.as(t, ann, "", "create", "crash", "--memory", "256", "--host", "n1", "--json")
 	if r.code != 0 {
@@ -209,7 +188,7 @@ func crashCase(t *testing.T, c *mhCluster, u mhUser, id, marker string, at *mhHo
 		}
 		on, why := settledOn(t, c, u, id, marker, q1, q2)
 		if on != nil {
-			t.Logf("settled on %s %s after the restart", on.name, time.Since(restart).Round(time.Millisecond))
+			t.Logf("settled on %s %s after the restart; the cp said:\n%s", on.name, time.Since(restart).Round(time.Millisecond), moveLines(c.cp.agent.log.String(), 6))
 			return on
 		}
 		last = why
@@ -269,4 +248,39 @@ func nodeRow(h *mhHost, id string) (string, bool) {
 		return "", false
 	}
 	return v.IP, true
+}
+
+// startJoined starts the control plane and joins both nodes, ready.
+func (c *mhCluster) startJoined(t testing.TB) {
+	t.Helper()
+	c.initControlPlane(t)
+	c.startControlPlane(t)
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("cp log:\n%s", lastLines(c.cp.agent.log.String(), 80))
+		}
+	})
+	noSystemd := c.joinSupportsNoSystemd(t)
+	if !noSystemd {
+		for _, h := range []*mhHost{c.n1, c.n2} {
+			h.must(t, "init")
+		}
+	}
+	for _, h := range []*mhHost{c.n1, c.n2} {
+		c.join(t, h, noSystemd)
+	}
+	if l, took, ok := c.waitHosts(t, 60*time.Second, allReady("cp", "n1", "n2")); !ok {
+		t.Fatalf("hosts not ready after %s: %+v", took, l)
+	}
+}
+
+// moveLines is the last n lines of log about moves.
+func moveLines(log string, n int) string {
+	var out []string
+	for _, l := range strings.Split(log, "\n") {
+		if strings.Contains(l, "move") {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out[max(0, len(out)-n):], "\n")
 }
