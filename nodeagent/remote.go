@@ -93,6 +93,7 @@ type Remote struct {
 
 	directStreams, natsStreams atomic.Int64
 	diskDirect, diskNATS       atomic.Int64 // disk streams (transfer_direct.go)
+	cutExport                  atomic.Int64 // tests: drop the next export's stream after this many bytes
 }
 
 type pending struct {

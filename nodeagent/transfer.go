@@ -29,22 +29,40 @@ var _ engine.Transferer = (*Remote)(nil)
 // ExportDisk implements engine.Transferer: the node's disk stream is
 // copied into w as it arrives.
 func (r *Remote) ExportDisk(ctx context.Context, id string, w io.Writer) error {
+	return r.ExportDiskFrom(ctx, id, 0, w)
+}
+
+var _ engine.DiskResumer = (*Remote)(nil)
+
+// ExportDiskFrom implements engine.DiskResumer.
+func (r *Remote) ExportDiskFrom(ctx context.Context, id string, off int64, w io.Writer) error {
 	sid := newToken()
 	st, direct, err := r.openDisk(ctx, sid, id)
 	if err != nil {
 		return err
 	}
 	defer st.Close()
+	var src io.Reader = st
+	if n := r.cutExport.Swap(0); n > 0 {
+		src = &cutReader{c: st, left: n}
+	}
 	copied := make(chan error, 1)
 	go func() {
-		_, err := io.Copy(w, st)
+		_, err := io.Copy(w, src)
 		if err != nil {
 			st.Close() // the node's writes fail at once
 		}
 		copied <- err
 	}()
-	if err := r.call(ctx, mExportDisk, callRequest{ID: id, Stream: sid, Direct: direct}, nil, nil); err != nil {
+	if err := r.call(ctx, mExportDisk, callRequest{ID: id, Stream: sid, Direct: direct, Offset: off}, nil, nil); err != nil {
 		st.Close()
+		select {
+		case cerr := <-copied:
+			if cerr != nil && errs.ClassOf(err) == nil {
+				return cerr // the stream broke here first
+			}
+		case <-time.After(time.Second): // w blocks: its side's error is its own
+		}
 		return err
 	}
 	select {
@@ -139,7 +157,35 @@ func (s *server) exportDisk(ctx context.Context, req callRequest) error {
 		return err
 	}
 	defer end()
-	return t.ExportDisk(ctx, req.ID, &idleStream{ctx: ctx, st: st, pauseAfter: pauseAfter})
+	w := &idleStream{ctx: ctx, st: st, pauseAfter: pauseAfter}
+	if req.Offset != 0 {
+		r, ok := t.(engine.DiskResumer)
+		if !ok {
+			return errs.New(errs.FailedPrecondition, "this node's engine does not resume disk streams")
+		}
+		return r.ExportDiskFrom(ctx, req.ID, req.Offset, w)
+	}
+	return t.ExportDisk(ctx, req.ID, w)
+}
+
+// cutReader reads from c until left bytes went, then closes c and fails:
+// a dropped stream, for tests (Remote.cutExport).
+type cutReader struct {
+	c    io.ReadCloser
+	left int64
+}
+
+func (c *cutReader) Read(p []byte) (int, error) {
+	if c.left <= 0 {
+		c.c.Close()
+		return 0, errs.New(errs.Unavailable, "disk stream dropped (test)")
+	}
+	if int64(len(p)) > c.left {
+		p = p[:c.left]
+	}
+	n, err := c.c.Read(p)
+	c.left -= int64(n)
+	return n, err
 }
 
 func (s *server) importDisk(ctx context.Context, req callRequest, progress engine.Progress) (engine.Instance, error) {

@@ -143,6 +143,34 @@ func testDiskMove(t *testing.T, direct bool) {
 		t.Errorf("node-a lost its copy: %v", err)
 	}
 
+	// A dropped stream resumes: node-a's export stream is cut after 100
+	// MiB; the export resumes from the last byte delivered and node-b's
+	// import still gets every byte, checked end to end.
+	if err := rb.Destroy(ctx, inst.ID); err != nil {
+		t.Fatal(err)
+	}
+	ra.CutExport(100 << 20)
+	pr, pw = io.Pipe()
+	var resumed []int64
+	exported := make(chan error, 1)
+	go func() {
+		err := engine.ExportResuming(ctx, ra, inst.ID, pw, engine.ResumePolicy{Backoff: 10 * time.Millisecond,
+			Resumed: func(_ int, at int64, _ error) { resumed = append(resumed, at) }})
+		pw.CloseWithError(err)
+		exported <- err
+	}()
+	if _, err := rb.ImportDisk(ctx, engine.ImportSpec{ID: inst.ID, Name: "mover", Owner: b.owner}, pr, nil); err != nil {
+		t.Fatalf("import of a resumed export: %v", err)
+	}
+	pr.Close()
+	if err := <-exported; err != nil {
+		t.Fatalf("resumed export: %v", err)
+	}
+	if len(resumed) != 1 || resumed[0] != 100<<20 {
+		t.Errorf("resumed at %v, want once at %d", resumed, 100<<20)
+	}
+	qemuIO(t, dstDisk, "read -P 0x5a 0 256M")
+
 	// The fabric alone: node-a's export into nothing, twice (warm cache).
 	var discard time.Duration
 	for range 2 {

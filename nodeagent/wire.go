@@ -80,6 +80,9 @@ type callRequest struct {
 	// Direct: export_disk and import_disk: Stream is a direct connection
 	// (transfer_direct.go), not a fabric stream.
 	Direct bool `json:"direct,omitempty"`
+	// Offset: export_disk: resume the disk stream at this byte of the disk
+	// (engine.DiskResumer).
+	Offset int64 `json:"offset,omitempty"`
 
 	Create       *engine.CreateSpec   `json:"create,omitempty"`
 	Resize       *engine.ResizeSpec   `json:"resize,omitempty"`

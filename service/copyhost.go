@@ -61,7 +61,7 @@ func (s *Service) copyToHost(ctx context.Context, c Caller, src store.VM, spec e
 	if !ok1 || !ok2 {
 		return true, VM{}, errs.New(errs.FailedPrecondition, "copy vm %s: the engines of %s and %s cannot ship disks", src.Name, from.Name, to.Name)
 	}
-	imp := &importer{Engine: dstE, src: srcT, dst: dstT, srcID: src.ID}
+	imp := &importer{Engine: dstE, s: s, src: srcT, dst: dstT, srcID: src.ID}
 	if to.Local {
 		// created would call this host's engine's own Create: import here.
 		inst, err := imp.Create(ctx, spec, progress)
@@ -99,6 +99,7 @@ func (s *Service) copied(ctx context.Context, c Caller, inst engine.Instance) VM
 // of the source's disk stream (for Copy onto another host).
 type importer struct {
 	engine.Engine
+	s     *Service
 	src   engine.Transferer
 	dst   engine.Transferer
 	srcID string
@@ -106,12 +107,13 @@ type importer struct {
 }
 
 func (i *importer) Create(ctx context.Context, spec engine.CreateSpec, progress engine.Progress) (engine.Instance, error) {
+	progress = serialProgress(progress)
 	progress.Say("transfer")
 	pr, pw := io.Pipe()
 	i.meter = newMeter(pr, progress)
 	exported := make(chan error, 1)
 	go func() {
-		err := i.src.ExportDisk(ctx, i.srcID, pw)
+		err := i.s.exportResuming(ctx, i.src, i.srcID, pw, progress)
 		pw.CloseWithError(err)
 		exported <- err
 	}()

@@ -247,11 +247,12 @@ func (s *Service) Move(ctx context.Context, c Caller, name string, req MoveReque
 	if s.moving.crashes("transfer") {
 		return VM{}, errMoveCrashed
 	}
+	progress = serialProgress(progress)
 	progress.Say("transfer")
 	pr, pw := io.Pipe()
 	exported := make(chan error, 1)
 	go func() {
-		err := src.ExportDisk(ctx, v.ID, pw)
+		err := s.exportResuming(ctx, src, v.ID, pw, progress)
 		pw.CloseWithError(err)
 		exported <- err
 	}()
@@ -460,6 +461,15 @@ func (n *nodeEngine) ExportDisk(ctx context.Context, id string, w io.Writer) err
 		return errs.New(errs.FailedPrecondition, "this host's engine does not ship disks")
 	}
 	return t.ExportDisk(ctx, id, w)
+}
+
+// ExportDiskFrom implements engine.DiskResumer for the node's engine.
+func (n *nodeEngine) ExportDiskFrom(ctx context.Context, id string, off int64, w io.Writer) error {
+	t, ok := n.Engine.(engine.DiskResumer)
+	if !ok {
+		return errs.New(errs.FailedPrecondition, "this host's engine does not resume disk streams")
+	}
+	return t.ExportDiskFrom(ctx, id, off, w)
 }
 
 // ImportDisk implements engine.Transferer for the node's engine: the

@@ -2,6 +2,7 @@ package service
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -123,4 +124,33 @@ func (m *meter) stats() *Transfer {
 		t.MiBps = float64(t.Bytes) / (1 << 20) / t.Seconds
 	}
 	return t
+}
+
+// resumePolicy is how a dropped disk export is resumed (tests shorten it).
+var resumePolicy = engine.ResumePolicy{Tries: 4, Backoff: 500 * time.Millisecond}
+
+// exportResuming is src's export of instance id into w, resumed from the
+// last byte w took when its stream drops (engine.ExportResuming); each
+// resumption is a progress line and a log line.
+func (s *Service) exportResuming(ctx context.Context, src engine.Transferer, id string, w io.Writer, progress Progress) error {
+	p := resumePolicy
+	p.Resumed = func(attempt int, at int64, err error) {
+		s.log.Warn("disk stream dropped: resuming", "vm_id", id, "attempt", attempt, "bytes", at, "err", err)
+		progress.Say(fmt.Sprintf("transfer resumed at %d MiB (attempt %d of %d: %v)", at>>20, attempt, p.Tries, err))
+	}
+	return engine.ExportResuming(ctx, src, id, w, p)
+}
+
+// serialProgress is p safe for the concurrent callers of a transfer (the
+// meter and the export in their goroutines, the import's steps).
+func serialProgress(p Progress) Progress {
+	if p == nil {
+		return nil
+	}
+	var mu sync.Mutex
+	return func(step string) {
+		mu.Lock()
+		defer mu.Unlock()
+		p(step)
+	}
 }
