@@ -17,11 +17,11 @@ import (
 // (returns err after writing) at each of cuts in turn: the stream
 // offsets at which its connection "breaks".
 type cutExporter struct {
-	h       DiskHeader
-	disk    []byte
-	cuts    []int64 // in the whole stream's bytes
-	err     error
-	calls   []int64 // the offset of each export
+	h     DiskHeader
+	disk  []byte
+	cuts  []int64 // in the whole stream's bytes
+	err   error
+	calls []int64 // the offset of each export
 }
 
 type cutWriter struct {
