@@ -501,6 +501,9 @@ func TestCopyToAnotherHost(t *testing.T) {
 	if far.ID == src.ID || far.Host != "node-b" || far.Status != "running" || far.Owner != "alice" {
 		t.Fatalf("copy %+v", far)
 	}
+	if far.Transfer == nil || far.Transfer.Bytes <= 0 || !strings.Contains(strings.Join(steps, ","), " MiB/s") {
+		t.Errorf("copy's transfer %+v, steps %q: want its bytes and a progress line", far.Transfer, steps)
+	}
 	if !strings.Contains(strings.Join(steps, ","), "identity") {
 		t.Errorf("the copy got no identity of its own: %v", steps)
 	}
