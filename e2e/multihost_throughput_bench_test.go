@@ -111,7 +111,7 @@ func rawTCPCopy(b *testing.B, c *mhCluster, src string, size int64) float64 {
 	for i := range 3 {
 		port := strconv.Itoa(freeTCPPort(b))
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-		recv := exec.CommandContext(ctx, "nsenter", "--net=/run/netns/"+c.n2.ns, "socat", "-u", "TCP-LISTEN:"+port+",reuseaddr", "OPEN:/dev/null")
+		recv := exec.CommandContext(ctx, "nsenter", "--net=/run/netns/"+c.n2.ns, "socat", "-u", "-b", "1048576", "TCP-LISTEN:"+port+",reuseaddr", "OPEN:/dev/null")
 		if err := recv.Start(); err != nil {
 			cancel()
 			b.Fatal(err)
@@ -128,7 +128,7 @@ func rawTCPCopy(b *testing.B, c *mhCluster, src string, size int64) float64 {
 			time.Sleep(10 * time.Millisecond)
 		}
 		start := time.Now()
-		out, err := exec.CommandContext(ctx, "nsenter", "--net=/run/netns/"+c.n1.ns, "socat", "-u", src, "TCP:"+c.n2.addr+":"+port).CombinedOutput()
+		out, err := exec.CommandContext(ctx, "nsenter", "--net=/run/netns/"+c.n1.ns, "socat", "-u", "-b", "1048576", src, "TCP:"+c.n2.addr+":"+port).CombinedOutput()
 		if err != nil {
 			cancel()
 			b.Fatalf("socat send: %v\n%s", err, out)
