@@ -48,7 +48,7 @@ func (r *Remote) ExportDiskFrom(ctx context.Context, id string, off int64, w io.
 	}
 	copied := make(chan error, 1)
 	go func() {
-		_, err := io.Copy(w, src)
+		_, err := io.CopyBuffer(w, fill{src}, make([]byte, engine.DiskStreamBuffer))
 		if err != nil {
 			st.Close() // the node's writes fail at once
 		}
@@ -85,7 +85,7 @@ func (r *Remote) ImportDisk(ctx context.Context, spec engine.ImportSpec, rd io.R
 	var once sync.Once
 	p := func(step string) {
 		if step == streamReady {
-			once.Do(func() { go io.Copy(st, rd) })
+			once.Do(func() { go io.CopyBuffer(st, rd, make([]byte, engine.DiskStreamBuffer)) })
 			return
 		}
 		progress.Say(step)
@@ -238,6 +238,27 @@ type idleStream struct {
 func (i *idleStream) Read(p []byte) (int, error) {
 	i.st.SetReadDeadline(time.Now().Add(transferIdle))
 	return i.st.Read(p)
+}
+
+// fill reads until p is full or the reader ends: a TLS connection gives
+// one 16 KiB record per Read, and a disk stream is best moved in large
+// chunks. Only for a reader whose writer closes at the stream's end (the
+// node closes an export's connection).
+type fill struct{ r io.Reader }
+
+func (f fill) Read(p []byte) (int, error) {
+	n := 0
+	for n < len(p) {
+		m, err := f.r.Read(p[n:])
+		n += m
+		if err != nil {
+			if n > 0 && err == io.EOF {
+				return n, nil // EOF again on the next Read
+			}
+			return n, err
+		}
+	}
+	return n, nil
 }
 
 func (i *idleStream) Write(p []byte) (int, error) {

@@ -48,6 +48,10 @@ const DiskStreamVersion = 1
 
 const maxDiskHeader = 64 << 10
 
+// DiskStreamBuffer is the size of the chunks disk streams are read,
+// hashed and written in: large, so a GiB costs few system calls.
+const DiskStreamBuffer = 1 << 20
+
 // WriteDiskStream writes h, then h.Size bytes of disk, then their SHA-256.
 func WriteDiskStream(w io.Writer, h DiskHeader, disk io.Reader) error {
 	h.Version = DiskStreamVersion
@@ -59,7 +63,7 @@ func WriteDiskStream(w io.Writer, h DiskHeader, disk io.Reader) error {
 		return fmt.Errorf("disk stream header: %w", err)
 	}
 	sum := sha256.New()
-	n, err := io.Copy(io.MultiWriter(w, sum), io.LimitReader(disk, h.Size))
+	n, err := io.CopyBuffer(io.MultiWriter(w, sum), io.LimitReader(disk, h.Size), make([]byte, DiskStreamBuffer))
 	if err != nil {
 		return fmt.Errorf("disk stream: %w", err)
 	}
@@ -85,13 +89,13 @@ func WriteDiskStreamFrom(w io.Writer, h DiskHeader, disk io.ReaderAt, off int64)
 		return err
 	}
 	sum := sha256.New()
-	if n, err := io.Copy(sum, io.NewSectionReader(disk, 0, off)); err != nil || n != off {
+	if n, err := io.CopyBuffer(sum, io.NewSectionReader(disk, 0, off), make([]byte, DiskStreamBuffer)); err != nil || n != off {
 		return fmt.Errorf("disk stream: hash the first %d bytes: %d, %v", off, n, err)
 	}
 	if _, err := w.Write(append(b, '\n')); err != nil {
 		return fmt.Errorf("disk stream header: %w", err)
 	}
-	n, err := io.Copy(io.MultiWriter(w, sum), io.NewSectionReader(disk, off, h.Size-off))
+	n, err := io.CopyBuffer(io.MultiWriter(w, sum), io.NewSectionReader(disk, off, h.Size-off), make([]byte, DiskStreamBuffer))
 	if err != nil {
 		return fmt.Errorf("disk stream: %w", err)
 	}
@@ -133,12 +137,25 @@ func ReadDiskBody(br *bufio.Reader, h DiskHeader, dst io.Writer) error {
 		return errs.New(errs.InvalidArgument, "disk stream: a resumed stream (offset %d) cannot be imported on its own", h.Offset)
 	}
 	sum := sha256.New()
-	n, err := io.Copy(io.MultiWriter(dst, sum), io.LimitReader(br, h.Size))
-	if err != nil {
-		return fmt.Errorf("disk stream: %w", err)
-	}
-	if n != h.Size {
-		return errs.New(errs.InvalidArgument, "disk stream ended after %d of %d bytes", n, h.Size)
+	// Whole buffers (never past the disk's end): a connection's reads
+	// are small, and writes and hashing are cheaper in large chunks.
+	buf := make([]byte, DiskStreamBuffer)
+	var n int64
+	for n < h.Size {
+		m, err := io.ReadFull(br, buf[:min(int64(len(buf)), h.Size-n)])
+		if m > 0 {
+			sum.Write(buf[:m])
+			if _, werr := dst.Write(buf[:m]); werr != nil {
+				return fmt.Errorf("disk stream: %w", werr)
+			}
+			n += int64(m)
+		}
+		if err == io.EOF || err == io.ErrUnexpectedEOF {
+			return errs.New(errs.InvalidArgument, "disk stream ended after %d of %d bytes", n, h.Size)
+		}
+		if err != nil {
+			return fmt.Errorf("disk stream: %w", err)
+		}
 	}
 	var trailer [sha256.Size]byte
 	if _, err := io.ReadFull(br, trailer[:]); err != nil {
