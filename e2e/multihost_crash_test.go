@@ -91,6 +91,7 @@ func TestMultiHostMoveCrash(t *testing.T) {
 	full := os.Getenv("MINIONS_E2E_FULL") == "1"
 	at := c.n1
 	var table []string
+cases:
 	for _, st := range crashSteps {
 		for _, victim := range crashVictims {
 			name := st.mode + "/" + st.step + "/" + victim
@@ -106,7 +107,7 @@ func TestMultiHostMoveCrash(t *testing.T) {
 			table = append(table, fmt.Sprintf("%-24s %-5s -> on %s after %s", name, map[bool]string{true: "ok", false: "FAIL"}[ok], where, time.Since(start).Round(time.Second)))
 			if !ok {
 				t.Logf("stopping after the failed case %s", name)
-				break
+				break cases
 			}
 		}
 	}

@@ -411,18 +411,16 @@ func (s *Service) SettleMoves(ctx context.Context) error {
 			continue
 		}
 		if m.Step == store.MoveCleanup {
+			// The target's copy is the VM: it runs before the source's goes.
+			if m.WasRunning {
+				if err := s.settleRunning(ctx, dstE, to, m.VMID); err != nil {
+					errList = append(errList, fmt.Errorf("settle move of vm %s: %w", m.VMID, err))
+					continue
+				}
+			}
 			if err := s.destroySource(ctx, srcE, m.VMID); err != nil {
 				errList = append(errList, fmt.Errorf("settle move of vm %s: destroy the source copy: %w", m.VMID, err))
 				continue
-			}
-			if m.WasRunning {
-				if inst, err := dstE.Get(ctx, m.VMID); err == nil && inst.State == vm.Stopped {
-					if inst, err = dstE.Start(ctx, m.VMID, nil); err != nil {
-						s.log.Warn("settle move: start the moved vm", "vm_id", m.VMID, "err", err)
-					} else {
-						s.syncMoved(ctx, to, inst)
-					}
-				}
 			}
 			s.log.Info("interrupted move settled: the source copy removed", "vm_id", m.VMID, "from", from.Name)
 			continue
@@ -431,13 +429,12 @@ func (s *Service) SettleMoves(ctx context.Context) error {
 			errList = append(errList, fmt.Errorf("settle move of vm %s: the target copy is not removed yet", m.VMID))
 			continue
 		}
+		// The record goes only once the source runs again (if it ran):
+		// never no copy running.
 		if m.WasRunning {
-			if inst, err := srcE.Get(ctx, m.VMID); err == nil && inst.State == vm.Stopped {
-				if inst, err = srcE.Start(ctx, m.VMID, nil); err != nil {
-					s.log.Warn("settle move: start the source", "vm_id", m.VMID, "err", err)
-				} else {
-					s.syncMoved(ctx, from, inst)
-				}
+			if err := s.settleRunning(ctx, srcE, from, m.VMID); err != nil {
+				errList = append(errList, fmt.Errorf("settle move of vm %s: %w", m.VMID, err))
+				continue
 			}
 		}
 		if err := s.DB.Tx(ctx, func(q store.Q) error { return store.DeleteMove(ctx, q, m.VMID) }); err != nil {
@@ -447,6 +444,27 @@ func (s *Service) SettleMoves(ctx context.Context) error {
 		s.log.Info("interrupted move rolled back", "vm_id", m.VMID, "from", from.Name, "to", to.Name)
 	}
 	return errors.Join(errList...)
+}
+
+// settleRunning makes sure VM id runs on host h (engine e): started if
+// stopped; an error (the record is then kept and settled again) while it
+// is not known to run.
+func (s *Service) settleRunning(ctx context.Context, e engine.Engine, h store.Host, id string) error {
+	inst, err := e.Get(ctx, id)
+	if err != nil {
+		return fmt.Errorf("its copy on %s: %w", h.Name, err)
+	}
+	switch inst.State {
+	case vm.Running:
+		return nil
+	case vm.Stopped:
+		if inst, err = e.Start(ctx, id, nil); err != nil {
+			return fmt.Errorf("start it on %s: %w", h.Name, err)
+		}
+		s.syncMoved(ctx, h, inst)
+		return nil
+	}
+	return fmt.Errorf("its copy on %s is %s; settled later", h.Name, inst.State)
 }
 
 // Move implements MoveBackend.

@@ -593,3 +593,60 @@ func TestMoveSourceRestartFailsSettlesLater(t *testing.T) {
 		t.Errorf("move records left: %+v", moves)
 	}
 }
+
+// TestSettleKeepsMoveUntilACopyRuns: settling an interrupted move drops
+// its record only once a copy runs: a source that cannot start yet (or
+// a target, after the switch) keeps the record for the next settle.
+func TestSettleKeepsMoveUntilACopyRuns(t *testing.T) {
+	for _, step := range []string{"transfer", "cleanup"} {
+		t.Run(step, func(t *testing.T) {
+			th := newTwoHosts(t)
+			svc := th.cp.svc
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+			defer cancel()
+			if _, err := svc.Create(ctx, th.alice, CreateRequest{Name: "held", Image: "minimal", Host: "cp", MemoryMiB: 256}, nil); err != nil {
+				t.Fatal(err)
+			}
+			th.heartbeat(t)
+			svc.moving.crash = func(s string) bool { return s == step }
+			if _, err := svc.Move(ctx, th.alice, "held", MoveRequest{Host: "node-b"}, nil); !errors.Is(err, errMoveCrashed) {
+				t.Fatalf("move: %v, want the crash", err)
+			}
+			svc.moving.crash = nil
+			wantHost, drv := "cp", th.cp.drv
+			if step == "cleanup" {
+				wantHost, drv = "node-b", th.node.drv
+				// The crash came after the switch but before the start
+				// on node-b? Stop it there, so settling must start it.
+				if _, err := th.node.svc.Engine.Stop(ctx, mustID(t, svc, th.alice, "held")); err != nil {
+					t.Fatal(err)
+				}
+			}
+			drv.Fail(fake.OpStart, errors.New("injected: not yet"), 1)
+			if err := svc.SettleMoves(ctx); err == nil {
+				t.Fatal("settle with a copy that cannot start: no error")
+			}
+			if moves, _ := store.ListMoves(ctx, svc.DB); len(moves) != 1 {
+				t.Fatalf("records after a failed settle: %+v, want the move kept", moves)
+			}
+			if err := svc.SettleMoves(ctx); err != nil {
+				t.Fatalf("settle again: %v", err)
+			}
+			if g, err := svc.Get(ctx, th.alice, "held"); err != nil || g.Host != wantHost || g.Status != "running" {
+				t.Fatalf("after settling: %+v, %v; want running on %s", g, err, wantHost)
+			}
+			if moves, _ := store.ListMoves(ctx, svc.DB); len(moves) != 0 {
+				t.Errorf("move records left: %+v", moves)
+			}
+		})
+	}
+}
+
+func mustID(t *testing.T, svc *Service, c Caller, name string) string {
+	t.Helper()
+	v, err := svc.Get(context.Background(), c, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v.ID
+}
