@@ -46,7 +46,8 @@ type mhHost struct {
 	addr          string // on the hosts' link
 	dir           string // root of its state; everything of the host mentions it
 	state, runDir string
-	agent         *mhProc // serve on the cp, the node agent on a node
+	agent         *mhProc  // serve on the cp, the node agent on a node
+	extraEnv      []string // more environment for its processes (test hooks)
 }
 
 // mhProc is a long-running minions process of a host.
@@ -270,8 +271,9 @@ func (c *mhCluster) teardown() {
 
 // env is the environment of host h's minions processes.
 func (h *mhHost) env() []string {
-	return append(os.Environ(), "MINIONS_STATE_DIR="+h.state, "MINIONS_RUN_DIR="+h.runDir,
+	env := append(os.Environ(), "MINIONS_STATE_DIR="+h.state, "MINIONS_RUN_DIR="+h.runDir,
 		"MINIONS_AGENT_BIN="+filepath.Join(binDir, "minions-agent"), "MINIONS_HOST=", "MINIONS_API_KEY=")
+	return append(env, h.extraEnv...)
 }
 
 // command is `minions args...` in h's network namespace with h's dirs.

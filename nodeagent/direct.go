@@ -49,6 +49,7 @@ import (
 const (
 	kindAgent  = "agent"
 	kindTunnel = "tunnel"
+	kindDisk   = "disk" // a disk stream (transfer_direct.go); VM is the stream's ID
 )
 
 // DirectConfig configures a node's direct listener.
@@ -98,6 +99,7 @@ type Direct struct {
 	mu      sync.Mutex
 	tickets map[string]ticket
 	conns   map[net.Conn]bool
+	disks   map[string]*parkedDisk // transfer_direct.go
 	closed  bool
 }
 
@@ -318,6 +320,12 @@ func (d *Direct) handle(ctx context.Context, raw net.Conn, eng engine.Engine) er
 		}
 		raw.SetDeadline(time.Time{})
 		return d.serveTunnel(ctx, c, eng)
+	case kindDisk:
+		if err := writeHello(c, nil); err != nil {
+			return err
+		}
+		raw.SetDeadline(time.Time{})
+		return d.parkDisk(ctx, h.VM, c) // transfer_direct.go
 	}
 	return writeHello(c, errs.New(errs.InvalidArgument, "unknown direct kind %q", h.Kind))
 }

@@ -16,3 +16,6 @@ func (d *Direct) Issue(kind, vm string) (addr, ticket, cert string, err error) {
 
 // SetClock replaces the clock tickets expire by.
 func (d *Direct) SetClock(now func() time.Time) { d.now = now }
+
+// CutExport makes r's next disk export drop its stream after n bytes.
+func (r *Remote) CutExport(n int64) { r.cutExport.Store(n) }

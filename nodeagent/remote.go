@@ -92,6 +92,8 @@ type Remote struct {
 	signer ssh.Signer // the node-backed signer, once its key is known
 
 	directStreams, natsStreams atomic.Int64
+	diskDirect, diskNATS       atomic.Int64 // disk streams (transfer_direct.go)
+	cutExport                  atomic.Int64 // tests: drop the next export's stream after this many bytes
 }
 
 type pending struct {

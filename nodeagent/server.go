@@ -256,7 +256,8 @@ func (s *server) run(ctx context.Context, method string, req callRequest, progre
 			return nil, errs.New(errs.FailedPrecondition, "node %s has no direct listener", s.cfg.ID)
 		}
 		switch {
-		case req.Kind == kindAgent && vmIDRE.MatchString(req.ID), req.Kind == kindTunnel && req.ID == "":
+		case req.Kind == kindAgent && vmIDRE.MatchString(req.ID), req.Kind == kindTunnel && req.ID == "",
+			req.Kind == kindDisk && tokenRE.MatchString(req.ID):
 		default:
 			return nil, errs.New(errs.InvalidArgument, "direct ticket: bad kind %q or vm %q", req.Kind, req.ID)
 		}

@@ -2,15 +2,19 @@ package nodeagent
 
 import (
 	"context"
+	"errors"
 	"io"
+	"net"
 	"sync"
 	"time"
 
 	"github.com/minionsdev/minions/internal/errs"
+	"github.com/minionsdev/minions/internal/movepause"
 	"github.com/minionsdev/minions/vm/engine"
 )
 
-// Disk streams (engine.Transferer) ride a stream like the agent's (see
+// Disk streams (engine.Transferer) ride the direct path where there is
+// one (transfer_direct.go), a stream like the agent's otherwise (see
 // stream): export_disk has the node write an instance's disk stream into
 // it and close it; import_disk has the node read one from it, the caller
 // writing only once the node said streamReady (a progress step), so no
@@ -25,22 +29,40 @@ var _ engine.Transferer = (*Remote)(nil)
 // ExportDisk implements engine.Transferer: the node's disk stream is
 // copied into w as it arrives.
 func (r *Remote) ExportDisk(ctx context.Context, id string, w io.Writer) error {
+	return r.ExportDiskFrom(ctx, id, 0, w)
+}
+
+var _ engine.DiskResumer = (*Remote)(nil)
+
+// ExportDiskFrom implements engine.DiskResumer.
+func (r *Remote) ExportDiskFrom(ctx context.Context, id string, off int64, w io.Writer) error {
 	sid := newToken()
-	st, err := newStream(r.cfg.Conn, streamOut(r.cfg.ID, sid), streamIn(r.cfg.ID, sid), "control", "node:"+r.cfg.ID+"/"+id)
+	st, direct, err := r.openDisk(ctx, sid, id)
 	if err != nil {
 		return err
 	}
 	defer st.Close()
+	var src io.Reader = st
+	if n := r.cutExport.Swap(0); n > 0 {
+		src = &cutReader{c: st, left: n}
+	}
 	copied := make(chan error, 1)
 	go func() {
-		_, err := io.Copy(w, st)
+		_, err := io.CopyBuffer(w, fill{src}, make([]byte, engine.DiskStreamBuffer))
 		if err != nil {
 			st.Close() // the node's writes fail at once
 		}
 		copied <- err
 	}()
-	if err := r.call(ctx, mExportDisk, callRequest{ID: id, Stream: sid}, nil, nil); err != nil {
+	if err := r.call(ctx, mExportDisk, callRequest{ID: id, Stream: sid, Direct: direct, Offset: off}, nil, nil); err != nil {
 		st.Close()
+		select {
+		case cerr := <-copied:
+			if cerr != nil && errs.ClassOf(err) == nil {
+				return cerr // the stream broke here first
+			}
+		case <-time.After(time.Second): // w blocks: its side's error is its own
+		}
 		return err
 	}
 	select {
@@ -55,7 +77,7 @@ func (r *Remote) ExportDisk(ctx context.Context, id string, w io.Writer) error {
 // it imports.
 func (r *Remote) ImportDisk(ctx context.Context, spec engine.ImportSpec, rd io.Reader, progress engine.Progress) (engine.Instance, error) {
 	sid := newToken()
-	st, err := newStream(r.cfg.Conn, streamOut(r.cfg.ID, sid), streamIn(r.cfg.ID, sid), "control", "node:"+r.cfg.ID+"/"+spec.ID)
+	st, direct, err := r.openDisk(ctx, sid, spec.ID)
 	if err != nil {
 		return engine.Instance{}, err
 	}
@@ -63,31 +85,63 @@ func (r *Remote) ImportDisk(ctx context.Context, spec engine.ImportSpec, rd io.R
 	var once sync.Once
 	p := func(step string) {
 		if step == streamReady {
-			once.Do(func() { go io.Copy(st, rd) })
+			once.Do(func() { go io.CopyBuffer(st, rd, make([]byte, engine.DiskStreamBuffer)) })
 			return
 		}
 		progress.Say(step)
 	}
-	return r.instance(ctx, mImportDisk, callRequest{ID: spec.ID, Stream: sid, Import: &spec}, p)
+	return r.instance(ctx, mImportDisk, callRequest{ID: spec.ID, Stream: sid, Import: &spec, Direct: direct}, p)
 }
 
-// transferStream opens the node's end of stream req.Stream.
-func (s *server) transferStream(ctx context.Context, req callRequest) (engine.Transferer, *stream, error) {
+// openDisk opens the caller's end of disk stream sid (of instance id): a
+// direct connection when the node has the direct path (direct reports
+// it), a fabric stream otherwise.
+func (r *Remote) openDisk(ctx context.Context, sid, id string) (c net.Conn, direct bool, err error) {
+	c, err = r.dialDirect(ctx, kindDisk, sid)
+	if err == nil {
+		r.diskDirect.Add(1)
+		return c, true, nil
+	}
+	var nd *errNoDirect
+	if !errors.As(err, &nd) {
+		return nil, false, err
+	}
+	st, err := newStream(r.cfg.Conn, streamOut(r.cfg.ID, sid), streamIn(r.cfg.ID, sid), "control", "node:"+r.cfg.ID+"/"+id)
+	if err != nil {
+		return nil, false, err
+	}
+	r.diskNATS.Add(1)
+	return st, false, nil
+}
+
+// transferStream opens the node's end of stream req.Stream: the parked
+// direct connection (req.Direct) or a fabric stream. end closes it.
+func (s *server) transferStream(ctx context.Context, req callRequest) (t engine.Transferer, c net.Conn, end func(), err error) {
 	t, ok := s.cfg.Engine.(engine.Transferer)
 	if !ok {
-		return nil, nil, errs.New(errs.FailedPrecondition, "this node's engine does not ship disks")
+		return nil, nil, nil, errs.New(errs.FailedPrecondition, "this node's engine does not ship disks")
 	}
 	if !tokenRE.MatchString(req.Stream) {
-		return nil, nil, errs.New(errs.InvalidArgument, "disk stream: bad stream id")
+		return nil, nil, nil, errs.New(errs.InvalidArgument, "disk stream: bad stream id")
+	}
+	if req.Direct {
+		if s.cfg.Direct == nil {
+			return nil, nil, nil, errs.New(errs.FailedPrecondition, "node %s has no direct listener", s.cfg.ID)
+		}
+		c, done, err := s.cfg.Direct.takeDisk(ctx, req.Stream)
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		return t, c, done, nil
 	}
 	st, err := newStream(s.cfg.Conn, streamIn(s.cfg.ID, req.Stream), streamOut(s.cfg.ID, req.Stream), "node:"+req.ID, "control")
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	s.mu.Lock()
 	s.streams[st] = true
 	s.mu.Unlock()
-	return t, st, nil
+	return t, st, func() { s.endStream(st) }, nil
 }
 
 func (s *server) endStream(st *stream) {
@@ -98,23 +152,51 @@ func (s *server) endStream(st *stream) {
 }
 
 func (s *server) exportDisk(ctx context.Context, req callRequest) error {
-	t, st, err := s.transferStream(ctx, req)
+	t, st, end, err := s.transferStream(ctx, req)
 	if err != nil {
 		return err
 	}
-	defer s.endStream(st)
-	return t.ExportDisk(ctx, req.ID, st)
+	defer end()
+	w := &idleStream{ctx: ctx, st: st, pauseAfter: pauseAfter}
+	if req.Offset != 0 {
+		r, ok := t.(engine.DiskResumer)
+		if !ok {
+			return errs.New(errs.FailedPrecondition, "this node's engine does not resume disk streams")
+		}
+		return r.ExportDiskFrom(ctx, req.ID, req.Offset, w)
+	}
+	return t.ExportDisk(ctx, req.ID, w)
+}
+
+// cutReader reads from c until left bytes went, then closes c and fails:
+// a dropped stream, for tests (Remote.cutExport).
+type cutReader struct {
+	c    io.ReadCloser
+	left int64
+}
+
+func (c *cutReader) Read(p []byte) (int, error) {
+	if c.left <= 0 {
+		c.c.Close()
+		return 0, errs.New(errs.Unavailable, "disk stream dropped (test)")
+	}
+	if int64(len(p)) > c.left {
+		p = p[:c.left]
+	}
+	n, err := c.c.Read(p)
+	c.left -= int64(n)
+	return n, err
 }
 
 func (s *server) importDisk(ctx context.Context, req callRequest, progress engine.Progress) (engine.Instance, error) {
 	if req.Import == nil {
 		return engine.Instance{}, errs.New(errs.InvalidArgument, "import_disk: missing argument")
 	}
-	t, st, err := s.transferStream(ctx, req)
+	t, st, end, err := s.transferStream(ctx, req)
 	if err != nil {
 		return engine.Instance{}, err
 	}
-	defer s.endStream(st)
+	defer end()
 	fctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	err = s.cfg.Conn.Flush(fctx)
 	cancel()
@@ -122,5 +204,70 @@ func (s *server) importDisk(ctx context.Context, req callRequest, progress engin
 		return engine.Instance{}, errs.New(errs.Unavailable, "import disk: %v", err)
 	}
 	progress(streamReady)
-	return t.ImportDisk(ctx, *req.Import, st, progress)
+	disk := false
+	p := func(step string) {
+		if disk && step != "disk" {
+			disk = false
+			movepause.At(ctx, movepause.Imported) // test only: the disk is in place
+		}
+		disk = disk || step == "disk"
+		progress(step)
+	}
+	return t.ImportDisk(ctx, *req.Import, &idleStream{ctx: ctx, st: st}, p)
+}
+
+// transferIdle is how long a disk stream may carry nothing before the
+// node gives up on it: its peer (the control plane, relaying the other
+// node's end) died, and the import or export must end and undo itself
+// rather than hold the instance's lock for ever.
+const transferIdle = 30 * time.Second
+
+// pauseAfter is the number of bytes an export writes before the test-only
+// movepause.Transfer step (mid-transfer).
+const pauseAfter = 64 << 10
+
+// idleStream is a node's end of a disk stream with an idle deadline on
+// each read and write.
+type idleStream struct {
+	ctx        context.Context
+	st         net.Conn
+	pauseAfter int64 // > 0: pause (test only) once this many bytes are written
+	written    int64
+}
+
+func (i *idleStream) Read(p []byte) (int, error) {
+	i.st.SetReadDeadline(time.Now().Add(transferIdle))
+	return i.st.Read(p)
+}
+
+// fill reads until p is full or the reader ends: a TLS connection gives
+// one 16 KiB record per Read, and a disk stream is best moved in large
+// chunks. Only for a reader whose writer closes at the stream's end (the
+// node closes an export's connection).
+type fill struct{ r io.Reader }
+
+func (f fill) Read(p []byte) (int, error) {
+	n := 0
+	for n < len(p) {
+		m, err := f.r.Read(p[n:])
+		n += m
+		if err != nil {
+			if n > 0 && err == io.EOF {
+				return n, nil // EOF again on the next Read
+			}
+			return n, err
+		}
+	}
+	return n, nil
+}
+
+func (i *idleStream) Write(p []byte) (int, error) {
+	if i.pauseAfter > 0 && i.written >= i.pauseAfter {
+		i.pauseAfter = 0
+		movepause.At(i.ctx, movepause.Transfer)
+	}
+	i.st.SetWriteDeadline(time.Now().Add(transferIdle))
+	n, err := i.st.Write(p)
+	i.written += int64(n)
+	return n, err
 }

@@ -118,21 +118,21 @@ func (s *server) runMemory(ctx context.Context, method string, req callRequest, 
 	case mResume:
 		return m.Resume(ctx, req.ID)
 	case mExportBundle:
-		_, st, err := s.transferStream(ctx, req)
+		_, st, end, err := s.transferStream(ctx, req)
 		if err != nil {
 			return nil, err
 		}
-		defer s.endStream(st)
+		defer end()
 		return nil, m.ExportBundle(ctx, req.ID, st)
 	case mImportBundle:
 		if req.Import == nil {
 			return nil, errs.New(errs.InvalidArgument, "import_bundle: missing argument")
 		}
-		_, st, err := s.transferStream(ctx, req)
+		_, st, end, err := s.transferStream(ctx, req)
 		if err != nil {
 			return nil, err
 		}
-		defer s.endStream(st)
+		defer end()
 		fctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		err = s.cfg.Conn.Flush(fctx)
 		cancel()

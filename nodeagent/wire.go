@@ -83,7 +83,13 @@ type callRequest struct {
 	Data     []byte    `json:"data,omitempty"`   // agent_sign: what to sign
 	Algo     string    `json:"algo,omitempty"`   // agent_sign: the signature algorithm ("" the key's default)
 	Follow   bool      `json:"follow,omitempty"` // console: keep copying what the guest prints
-	Kind     string    `json:"kind,omitempty"`   // direct_ticket: agent or tunnel
+	Kind     string    `json:"kind,omitempty"`   // direct_ticket: agent, tunnel or disk
+	// Direct: export_disk and import_disk: Stream is a direct connection
+	// (transfer_direct.go), not a fabric stream.
+	Direct bool `json:"direct,omitempty"`
+	// Offset: export_disk: resume the disk stream at this byte of the disk
+	// (engine.DiskResumer).
+	Offset int64 `json:"offset,omitempty"`
 
 	Create       *engine.CreateSpec   `json:"create,omitempty"`
 	Resize       *engine.ResizeSpec   `json:"resize,omitempty"`

@@ -61,18 +61,23 @@ func (s *Service) copyToHost(ctx context.Context, c Caller, src store.VM, spec e
 	if !ok1 || !ok2 {
 		return true, VM{}, errs.New(errs.FailedPrecondition, "copy vm %s: the engines of %s and %s cannot ship disks", src.Name, from.Name, to.Name)
 	}
-	imp := &importer{Engine: dstE, src: srcT, dst: dstT, srcID: src.ID}
+	imp := &importer{Engine: dstE, s: s, src: srcT, dst: dstT, srcID: src.ID}
 	if to.Local {
 		// created would call this host's engine's own Create: import here.
 		inst, err := imp.Create(ctx, spec, progress)
 		if err != nil {
 			return true, VM{}, fmt.Errorf("copy vm %s to host %s: %w", src.Name, to.Name, err)
 		}
-		return true, s.copied(ctx, c, inst), nil
+		out := s.copied(ctx, c, inst)
+		out.Transfer = imp.meter.stats()
+		return true, out, nil
 	}
 	out, err := s.created(ctx, c, spec, "copy", store.RestartAlways, progress, target{host: to, eng: imp})
 	if err != nil {
 		return true, VM{}, fmt.Errorf("copy vm %s to host %s: %w", src.Name, to.Name, err)
+	}
+	if imp.meter != nil {
+		out.Transfer = imp.meter.stats()
 	}
 	return true, out, nil
 }
@@ -94,22 +99,29 @@ func (s *Service) copied(ctx context.Context, c Caller, inst engine.Instance) VM
 // of the source's disk stream (for Copy onto another host).
 type importer struct {
 	engine.Engine
+	s     *Service
 	src   engine.Transferer
 	dst   engine.Transferer
 	srcID string
+	meter *meter // the last Create's transfer
 }
 
 func (i *importer) Create(ctx context.Context, spec engine.CreateSpec, progress engine.Progress) (engine.Instance, error) {
+	progress = serialProgress(progress)
 	progress.Say("transfer")
 	pr, pw := io.Pipe()
+	i.meter = newMeter(pr, progress)
 	exported := make(chan error, 1)
 	go func() {
-		err := i.src.ExportDisk(ctx, i.srcID, pw)
+		err := i.s.exportResuming(ctx, i.src, i.srcID, pw, progress)
 		pw.CloseWithError(err)
 		exported <- err
 	}()
 	inst, err := i.dst.ImportDisk(ctx, engine.ImportSpec{ID: spec.ID, Name: spec.Name, Owner: spec.Owner, Start: true,
-		CopyOf: i.srcID, AuthorizedKeys: spec.AuthorizedKeys}, pr, progress)
+		CopyOf: i.srcID, AuthorizedKeys: spec.AuthorizedKeys}, i.meter, progress)
+	if err == nil {
+		i.meter.done()
+	}
 	pr.CloseWithError(errors.New("import ended"))
 	eerr := <-exported
 	if err != nil && eerr != nil {

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/minionsdev/minions/internal/errs"
+	"github.com/minionsdev/minions/internal/movepause"
 	"github.com/minionsdev/minions/store"
 	"github.com/minionsdev/minions/vm"
 	"github.com/minionsdev/minions/vm/engine"
@@ -231,28 +232,33 @@ func (s *Service) Move(ctx context.Context, c Caller, name string, req MoveReque
 	}
 	// From here a failure before the switch starts the source again.
 	restore := func(cause error, targetClean bool) error {
+		restarted := !ran
 		if ran {
 			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
 			inst, err := srcE.Start(rctx, v.ID, nil)
 			cancel()
 			if err != nil {
-				s.log.Warn("move: restart the source", "vm_id", v.ID, "err", err)
+				s.log.Warn("move: restart the source (settled later)", "vm_id", v.ID, "err", err)
 			} else {
+				restarted = true
 				s.syncMoved(ctx, from, inst)
 			}
 		}
-		if targetClean {
+		if targetClean && restarted {
 			s.DB.Tx(context.WithoutCancel(ctx), func(q store.Q) error { return store.DeleteMove(ctx, q, v.ID) })
-		} // else SettleMoves finishes the undo
+		} // else SettleMoves finishes the undo: the target's copy removed, the source started
 		return fmt.Errorf("move vm %s to %s: %w", v.Name, to.Name, cause)
 	}
 
+	movepause.At(ctx, movepause.Stopped) // test only (internal/movepause)
 	if s.moving.crashes("transfer") {
 		return VM{}, errMoveCrashed
 	}
+	progress = serialProgress(progress)
 	progress.Say("transfer")
 	var inst engine.Instance
 	var eerr error
+	var mt *meter // the disk stream's (cold moves)
 	switch {
 	case bsrc != nil && to.Local:
 		_, err = s.shipBundle(ctx, bsrc, v.ID, func(r io.Reader) (engine.Instance, error) {
@@ -266,14 +272,18 @@ func (s *Service) Move(ctx context.Context, c Caller, name string, req MoveReque
 		pr, pw := io.Pipe()
 		exported := make(chan error, 1)
 		go func() {
-			err := src.ExportDisk(ctx, v.ID, pw)
+			err := s.exportResuming(ctx, src, v.ID, pw, progress)
 			pw.CloseWithError(err)
 			exported <- err
 		}()
+		mt = newMeter(pr, progress)
 		if to.Local {
-			err = ad.StageDisk(ctx, engine.ImportSpec{ID: v.ID, Name: v.Name, Owner: v.OwnerID}, pr, progress)
+			err = ad.StageDisk(ctx, engine.ImportSpec{ID: v.ID, Name: v.Name, Owner: v.OwnerID}, mt, progress)
 		} else {
-			inst, err = dst.ImportDisk(ctx, engine.ImportSpec{ID: v.ID, Name: v.Name, Owner: v.OwnerID, Start: ran}, pr, progress)
+			inst, err = dst.ImportDisk(ctx, engine.ImportSpec{ID: v.ID, Name: v.Name, Owner: v.OwnerID, Start: ran}, mt, progress)
+		}
+		if err == nil {
+			mt.done()
 		}
 		pr.CloseWithError(errors.New("import ended"))
 		eerr = <-exported
@@ -298,6 +308,7 @@ func (s *Service) Move(ctx context.Context, c Caller, name string, req MoveReque
 		return VM{}, restore(eerr, s.undoImport(ctx, dstE, v.ID, eerr))
 	}
 
+	movepause.At(ctx, movepause.Started) // test only
 	progress.Say("switch")
 	err = s.DB.Tx(ctx, func(q store.Q) error {
 		if to.Local && bsrc != nil {
@@ -334,6 +345,7 @@ func (s *Service) Move(ctx context.Context, c Caller, name string, req MoveReque
 			return VM{}, restore(err, s.undoImport(ctx, dstE, v.ID, err))
 		}
 	}
+	movepause.At(ctx, movepause.Switched) // test only
 	if s.moving.crashes("cleanup") {
 		return VM{}, errMoveCrashed
 	}
@@ -345,9 +357,14 @@ func (s *Service) Move(ctx context.Context, c Caller, name string, req MoveReque
 	if ran {
 		stats.DowntimeMS = started.Sub(t0).Milliseconds()
 	}
-	s.log.Info("vm moved", "vm_id", v.ID, "vm", v.Name, "from", from.Name, "to", to.Name, "wall_ms", stats.WallMS)
 	out := s.current(ctx, v.ID)
 	out.Move = stats
+	if mt != nil {
+		out.Transfer = mt.stats()
+		s.log.Info("vm moved", "vm_id", v.ID, "vm", v.Name, "from", from.Name, "to", to.Name, "wall_ms", stats.WallMS, "bytes", out.Transfer.Bytes, "transfer_seconds", out.Transfer.Seconds)
+	} else {
+		s.log.Info("vm moved", "vm_id", v.ID, "vm", v.Name, "from", from.Name, "to", to.Name, "wall_ms", stats.WallMS)
+	}
 	return out, nil
 }
 
@@ -431,18 +448,16 @@ func (s *Service) SettleMoves(ctx context.Context) error {
 			continue
 		}
 		if m.Step == store.MoveCleanup {
+			// The target's copy is the VM: it runs before the source's goes.
+			if m.WasRunning {
+				if err := s.settleRunning(ctx, dstE, to, m.VMID); err != nil {
+					errList = append(errList, fmt.Errorf("settle move of vm %s: %w", m.VMID, err))
+					continue
+				}
+			}
 			if err := s.destroySource(ctx, srcE, m.VMID); err != nil {
 				errList = append(errList, fmt.Errorf("settle move of vm %s: destroy the source copy: %w", m.VMID, err))
 				continue
-			}
-			if m.WasRunning {
-				if inst, err := dstE.Get(ctx, m.VMID); err == nil && inst.State == vm.Stopped {
-					if inst, err = dstE.Start(ctx, m.VMID, nil); err != nil {
-						s.log.Warn("settle move: start the moved vm", "vm_id", m.VMID, "err", err)
-					} else {
-						s.syncMoved(ctx, to, inst)
-					}
-				}
 			}
 			s.log.Info("interrupted move settled: the source copy removed", "vm_id", m.VMID, "from", from.Name)
 			continue
@@ -456,13 +471,13 @@ func (s *Service) SettleMoves(ctx context.Context) error {
 			errList = append(errList, fmt.Errorf("settle move of vm %s: the target copy is not removed yet", m.VMID))
 			continue
 		}
+		// The record goes only once the source runs again (if it ran):
+		// never no copy running. (A memory move's source was resumed
+		// from its memory above.)
 		if m.WasRunning && m.Mode != store.MoveMemory {
-			if inst, err := srcE.Get(ctx, m.VMID); err == nil && inst.State == vm.Stopped {
-				if inst, err = srcE.Start(ctx, m.VMID, nil); err != nil {
-					s.log.Warn("settle move: start the source", "vm_id", m.VMID, "err", err)
-				} else {
-					s.syncMoved(ctx, from, inst)
-				}
+			if err := s.settleRunning(ctx, srcE, from, m.VMID); err != nil {
+				errList = append(errList, fmt.Errorf("settle move of vm %s: %w", m.VMID, err))
+				continue
 			}
 		}
 		if err := s.DB.Tx(ctx, func(q store.Q) error { return store.DeleteMove(ctx, q, m.VMID) }); err != nil {
@@ -472,6 +487,27 @@ func (s *Service) SettleMoves(ctx context.Context) error {
 		s.log.Info("interrupted move rolled back", "vm_id", m.VMID, "from", from.Name, "to", to.Name)
 	}
 	return errors.Join(errList...)
+}
+
+// settleRunning makes sure VM id runs on host h (engine e): started if
+// stopped; an error (the record is then kept and settled again) while it
+// is not known to run.
+func (s *Service) settleRunning(ctx context.Context, e engine.Engine, h store.Host, id string) error {
+	inst, err := e.Get(ctx, id)
+	if err != nil {
+		return fmt.Errorf("its copy on %s: %w", h.Name, err)
+	}
+	switch inst.State {
+	case vm.Running:
+		return nil
+	case vm.Stopped:
+		if inst, err = e.Start(ctx, id, nil); err != nil {
+			return fmt.Errorf("start it on %s: %w", h.Name, err)
+		}
+		s.syncMoved(ctx, h, inst)
+		return nil
+	}
+	return fmt.Errorf("its copy on %s is %s; settled later", h.Name, inst.State)
 }
 
 // Move implements MoveBackend.
@@ -486,6 +522,15 @@ func (n *nodeEngine) ExportDisk(ctx context.Context, id string, w io.Writer) err
 		return errs.New(errs.FailedPrecondition, "this host's engine does not ship disks")
 	}
 	return t.ExportDisk(ctx, id, w)
+}
+
+// ExportDiskFrom implements engine.DiskResumer for the node's engine.
+func (n *nodeEngine) ExportDiskFrom(ctx context.Context, id string, off int64, w io.Writer) error {
+	t, ok := n.Engine.(engine.DiskResumer)
+	if !ok {
+		return errs.New(errs.FailedPrecondition, "this host's engine does not resume disk streams")
+	}
+	return t.ExportDiskFrom(ctx, id, off, w)
 }
 
 // ImportDisk implements engine.Transferer for the node's engine: the

@@ -4,10 +4,12 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -130,6 +132,13 @@ func TestMoveToAnotherHost(t *testing.T) {
 		if !strings.Contains(","+strings.Join(steps, ",")+",", ","+s+",") {
 			t.Errorf("no step %q in %v", s, steps)
 		}
+	}
+	// The transfer's bytes: the result has them, and a progress line.
+	if m.Transfer == nil || m.Transfer.Bytes < int64(len(want)) || m.Transfer.Bytes > int64(len(want))+64<<10 || m.Transfer.Seconds <= 0 {
+		t.Errorf("move's transfer %+v, want about the %d bytes of the disk", m.Transfer, len(want))
+	}
+	if last := steps[slices.IndexFunc(steps, func(s string) bool { return strings.HasPrefix(s, "transfer ") })]; !strings.Contains(last, fmt.Sprintf("/%d MiB, ", len(want)>>20)) {
+		t.Errorf("transfer progress line %q, want the disk's %d MiB", last, len(want)>>20)
 	}
 	inst, err := th.node.svc.Engine.Get(ctx, v.ID)
 	if err != nil || inst.State != vm.Running {
@@ -471,6 +480,9 @@ func TestCopyToAnotherHost(t *testing.T) {
 	if far.ID == src.ID || far.Host != "node-b" || far.Status != "running" || far.Owner != "alice" {
 		t.Fatalf("copy %+v", far)
 	}
+	if far.Transfer == nil || far.Transfer.Bytes <= 0 || !strings.Contains(strings.Join(steps, ","), " MiB/s") {
+		t.Errorf("copy's transfer %+v, steps %q: want its bytes and a progress line", far.Transfer, steps)
+	}
 	if !strings.Contains(strings.Join(steps, ","), "identity") {
 		t.Errorf("the copy got no identity of its own: %v", steps)
 	}
@@ -520,4 +532,100 @@ func TestMoveModeChecked(t *testing.T) {
 	if h, err := svc.HostStatus(ctx, th.admin, "node-b"); err != nil || h.State != store.HostReady {
 		t.Errorf("node-b after refused drain: %+v, %v", h, err)
 	}
+}
+
+// TestMoveSourceRestartFailsSettlesLater: a move whose import fails and
+// whose source then cannot be started again (its host away, say) keeps
+// its record, so settling starts the source later: never no copy running.
+func TestMoveSourceRestartFailsSettlesLater(t *testing.T) {
+	th := newTwoHosts(t)
+	svc := th.cp.svc
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	v, err := svc.Create(ctx, th.alice, CreateRequest{Name: "stuck", Image: "minimal", Host: "cp", MemoryMiB: 256}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	th.heartbeat(t)
+	block := filepath.Join(th.node.dir, "state", "vms", v.ID)
+	os.MkdirAll(filepath.Dir(block), 0o700)
+	os.WriteFile(block, []byte("in the way"), 0o600)
+	th.cp.drv.Fail(fake.OpStart, errors.New("injected restart"), 1)
+	if _, err := svc.Move(ctx, th.alice, "stuck", MoveRequest{Host: "node-b"}, nil); err == nil {
+		t.Fatal("move with a failing import succeeded")
+	}
+	os.Remove(block)
+	if moves, _ := store.ListMoves(ctx, svc.DB); len(moves) != 1 {
+		t.Fatalf("move records after a failed restart of the source: %+v, want the move kept for settling", moves)
+	}
+	if inst, err := th.cp.svc.Engine.Get(ctx, v.ID); err != nil || inst.State != vm.Stopped {
+		t.Fatalf("source before settling: %+v, %v", inst, err)
+	}
+	if err := svc.SettleMoves(ctx); err != nil {
+		t.Fatalf("settle: %v", err)
+	}
+	g, err := svc.Get(ctx, th.alice, "stuck")
+	if err != nil || g.Host != "cp" || g.Status != "running" {
+		t.Fatalf("after settling: %+v, %v; want running on cp", g, err)
+	}
+	if moves, _ := store.ListMoves(ctx, svc.DB); len(moves) != 0 {
+		t.Errorf("move records left: %+v", moves)
+	}
+}
+
+// TestSettleKeepsMoveUntilACopyRuns: settling an interrupted move drops
+// its record only once a copy runs: a source that cannot start yet (or
+// a target, after the switch) keeps the record for the next settle.
+func TestSettleKeepsMoveUntilACopyRuns(t *testing.T) {
+	for _, step := range []string{"transfer", "cleanup"} {
+		t.Run(step, func(t *testing.T) {
+			th := newTwoHosts(t)
+			svc := th.cp.svc
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+			defer cancel()
+			if _, err := svc.Create(ctx, th.alice, CreateRequest{Name: "held", Image: "minimal", Host: "cp", MemoryMiB: 256}, nil); err != nil {
+				t.Fatal(err)
+			}
+			th.heartbeat(t)
+			svc.moving.crash = func(s string) bool { return s == step }
+			if _, err := svc.Move(ctx, th.alice, "held", MoveRequest{Host: "node-b"}, nil); !errors.Is(err, errMoveCrashed) {
+				t.Fatalf("move: %v, want the crash", err)
+			}
+			svc.moving.crash = nil
+			wantHost, drv := "cp", th.cp.drv
+			if step == "cleanup" {
+				wantHost, drv = "node-b", th.node.drv
+				// The crash came after the switch but before the start
+				// on node-b? Stop it there, so settling must start it.
+				if _, err := th.node.svc.Engine.Stop(ctx, mustID(t, svc, th.alice, "held")); err != nil {
+					t.Fatal(err)
+				}
+			}
+			drv.Fail(fake.OpStart, errors.New("injected: not yet"), 1)
+			if err := svc.SettleMoves(ctx); err == nil {
+				t.Fatal("settle with a copy that cannot start: no error")
+			}
+			if moves, _ := store.ListMoves(ctx, svc.DB); len(moves) != 1 {
+				t.Fatalf("records after a failed settle: %+v, want the move kept", moves)
+			}
+			if err := svc.SettleMoves(ctx); err != nil {
+				t.Fatalf("settle again: %v", err)
+			}
+			if g, err := svc.Get(ctx, th.alice, "held"); err != nil || g.Host != wantHost || g.Status != "running" {
+				t.Fatalf("after settling: %+v, %v; want running on %s", g, err, wantHost)
+			}
+			if moves, _ := store.ListMoves(ctx, svc.DB); len(moves) != 0 {
+				t.Errorf("move records left: %+v", moves)
+			}
+		})
+	}
+}
+
+func mustID(t *testing.T, svc *Service, c Caller, name string) string {
+	t.Helper()
+	v, err := svc.Get(context.Background(), c, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v.ID
 }

@@ -303,8 +303,11 @@ type VM struct {
 	Move *MoveStats `json:"move,omitempty"`
 	// Host is the name of the host the VM runs on ("" when no host is
 	// registered: a single host without the cluster).
-	Host   string `json:"host,omitempty"`
-	hostID string // vms.host_id ("" : this host)
+	Host string `json:"host,omitempty"`
+	// Transfer is what a move or a copy onto another host shipped. Their
+	// results only.
+	Transfer *Transfer `json:"transfer,omitempty"`
+	hostID   string    // vms.host_id ("" : this host)
 }
 
 func view(v store.VM) VM {

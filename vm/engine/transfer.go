@@ -2,6 +2,7 @@ package engine
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/json"
@@ -10,6 +11,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/minionsdev/minions/internal/errs"
 	"github.com/minionsdev/minions/store"
@@ -32,13 +34,23 @@ type DiskHeader struct {
 	CPUs      int    `json:"cpus"`
 	MemoryMiB int    `json:"memory_mib"`
 	DiskGiB   int    `json:"disk_gib"`
-	Size      int64  `json:"size"` // bytes of the disk file that follow
+	Size      int64  `json:"size"` // bytes of the disk file
+	// Offset, in a resumed export (ExportDiskFrom) only, is where in the
+	// disk the stream's bytes start: Size-Offset bytes follow, and the
+	// trailer is still the SHA-256 of all Size bytes. Importers read
+	// only whole streams (Offset 0); ExportResuming splices a resumed
+	// one into the stream it continues.
+	Offset int64 `json:"offset,omitempty"`
 }
 
 // DiskStreamVersion is the disk stream format this engine writes and reads.
 const DiskStreamVersion = 1
 
 const maxDiskHeader = 64 << 10
+
+// DiskStreamBuffer is the size of the chunks disk streams are read,
+// hashed and written in: large, so a GiB costs few system calls.
+const DiskStreamBuffer = 1 << 20
 
 // WriteDiskStream writes h, then h.Size bytes of disk, then their SHA-256.
 func WriteDiskStream(w io.Writer, h DiskHeader, disk io.Reader) error {
@@ -51,12 +63,44 @@ func WriteDiskStream(w io.Writer, h DiskHeader, disk io.Reader) error {
 		return fmt.Errorf("disk stream header: %w", err)
 	}
 	sum := sha256.New()
-	n, err := io.Copy(io.MultiWriter(w, sum), io.LimitReader(disk, h.Size))
+	n, err := io.CopyBuffer(io.MultiWriter(w, sum), io.LimitReader(disk, h.Size), make([]byte, DiskStreamBuffer))
 	if err != nil {
 		return fmt.Errorf("disk stream: %w", err)
 	}
 	if n != h.Size {
 		return fmt.Errorf("disk stream: the disk has %d bytes, not %d", n, h.Size)
+	}
+	if _, err := w.Write(sum.Sum(nil)); err != nil {
+		return fmt.Errorf("disk stream trailer: %w", err)
+	}
+	return nil
+}
+
+// WriteDiskStreamFrom writes h (with Offset off), then the bytes of disk
+// from off to h.Size, then the SHA-256 of all h.Size bytes (the first off
+// are read and hashed, not written): a resumed stream.
+func WriteDiskStreamFrom(w io.Writer, h DiskHeader, disk io.ReaderAt, off int64) error {
+	if off < 0 || off > h.Size {
+		return errs.New(errs.InvalidArgument, "disk stream: offset %d outside the disk's %d bytes", off, h.Size)
+	}
+	h.Version, h.Offset = DiskStreamVersion, off
+	b, err := json.Marshal(h)
+	if err != nil {
+		return err
+	}
+	sum := sha256.New()
+	if n, err := io.CopyBuffer(sum, io.NewSectionReader(disk, 0, off), make([]byte, DiskStreamBuffer)); err != nil || n != off {
+		return fmt.Errorf("disk stream: hash the first %d bytes: %d, %v", off, n, err)
+	}
+	if _, err := w.Write(append(b, '\n')); err != nil {
+		return fmt.Errorf("disk stream header: %w", err)
+	}
+	n, err := io.CopyBuffer(io.MultiWriter(w, sum), io.NewSectionReader(disk, off, h.Size-off), make([]byte, DiskStreamBuffer))
+	if err != nil {
+		return fmt.Errorf("disk stream: %w", err)
+	}
+	if n != h.Size-off {
+		return fmt.Errorf("disk stream: the disk has %d bytes, not %d", off+n, h.Size)
 	}
 	if _, err := w.Write(sum.Sum(nil)); err != nil {
 		return fmt.Errorf("disk stream trailer: %w", err)
@@ -80,7 +124,7 @@ func ReadDiskHeader(br *bufio.Reader) (DiskHeader, error) {
 	if h.Version != DiskStreamVersion {
 		return h, errs.New(errs.InvalidArgument, "disk stream: version %d, this host reads %d", h.Version, DiskStreamVersion)
 	}
-	if h.Size < 0 || !vm.IsID(h.ID) {
+	if h.Size < 0 || h.Offset < 0 || h.Offset > h.Size || !vm.IsID(h.ID) {
 		return h, errs.New(errs.InvalidArgument, "disk stream: bad header %+v", h)
 	}
 	return h, nil
@@ -89,13 +133,29 @@ func ReadDiskHeader(br *bufio.Reader) (DiskHeader, error) {
 // ReadDiskBody copies h.Size bytes of br into dst and checks the trailer;
 // a mismatch or a short stream is errs.InvalidArgument.
 func ReadDiskBody(br *bufio.Reader, h DiskHeader, dst io.Writer) error {
-	sum := sha256.New()
-	n, err := io.Copy(io.MultiWriter(dst, sum), io.LimitReader(br, h.Size))
-	if err != nil {
-		return fmt.Errorf("disk stream: %w", err)
+	if h.Offset != 0 {
+		return errs.New(errs.InvalidArgument, "disk stream: a resumed stream (offset %d) cannot be imported on its own", h.Offset)
 	}
-	if n != h.Size {
-		return errs.New(errs.InvalidArgument, "disk stream ended after %d of %d bytes", n, h.Size)
+	sum := sha256.New()
+	// Whole buffers (never past the disk's end): a connection's reads
+	// are small, and writes and hashing are cheaper in large chunks.
+	buf := make([]byte, DiskStreamBuffer)
+	var n int64
+	for n < h.Size {
+		m, err := io.ReadFull(br, buf[:min(int64(len(buf)), h.Size-n)])
+		if m > 0 {
+			sum.Write(buf[:m])
+			if _, werr := dst.Write(buf[:m]); werr != nil {
+				return fmt.Errorf("disk stream: %w", werr)
+			}
+			n += int64(m)
+		}
+		if err == io.EOF || err == io.ErrUnexpectedEOF {
+			return errs.New(errs.InvalidArgument, "disk stream ended after %d of %d bytes", n, h.Size)
+		}
+		if err != nil {
+			return fmt.Errorf("disk stream: %w", err)
+		}
 	}
 	var trailer [sha256.Size]byte
 	if _, err := io.ReadFull(br, trailer[:]); err != nil {
@@ -143,10 +203,18 @@ type Rebaser interface {
 	SetBacking(ctx context.Context, path, backing, backingFormat string) error
 }
 
-var _ Transferer = (*Local)(nil)
+var (
+	_ Transferer  = (*Local)(nil)
+	_ DiskResumer = (*Local)(nil)
+)
 
 // ExportDisk implements Transferer.
 func (l *Local) ExportDisk(ctx context.Context, id string, w io.Writer) error {
+	return l.ExportDiskFrom(ctx, id, 0, w)
+}
+
+// ExportDiskFrom implements DiskResumer.
+func (l *Local) ExportDiskFrom(ctx context.Context, id string, off int64, w io.Writer) error {
 	return l.withLock(ctx, id, func(v store.VM) error {
 		if v.State != vm.Stopped {
 			return errs.New(errs.FailedPrecondition, "export vm %s: it is %s; stop it first", v.Name, v.State)
@@ -168,7 +236,12 @@ func (l *Local) ExportDisk(ctx context.Context, id string, w io.Writer) error {
 			return err
 		}
 		h := DiskHeader{ID: v.ID, Name: v.Name, Image: v.Image, CPUs: v.CPUs, MemoryMiB: v.MemoryMiB, DiskGiB: v.DiskGiB, Size: st.Size()}
-		if err := WriteDiskStream(w, h, f); err != nil {
+		if off == 0 {
+			err = WriteDiskStream(w, h, f)
+		} else {
+			err = WriteDiskStreamFrom(w, h, f, off)
+		}
+		if err != nil {
 			return fmt.Errorf("export vm %s: %w", v.Name, err)
 		}
 		return nil
@@ -326,4 +399,154 @@ func (l *Local) AdoptVM(ctx context.Context, q store.Q, id string) error {
 		return err
 	}
 	return store.AdoptVM(ctx, q, id, ip.String(), mac, cid)
+}
+
+// DiskResumer is a Transferer whose export can start part-way: Local,
+// nodeagent.Remote.
+type DiskResumer interface {
+	// ExportDiskFrom is ExportDisk from byte off of the disk: a stream
+	// with header Offset off (see WriteDiskStreamFrom).
+	ExportDiskFrom(ctx context.Context, id string, off int64, w io.Writer) error
+}
+
+// ResumePolicy is how often, and after how long, ExportResuming tries
+// again after a dropped export stream.
+type ResumePolicy struct {
+	Tries   int           // resumed exports after the first (default 4)
+	Backoff time.Duration // before the first; doubled each time (default 500 ms)
+	// Resumed, if set, hears each resumption: the attempt (from 1), the
+	// stream bytes already delivered and the error that ended the last.
+	Resumed func(attempt int, delivered int64, err error)
+}
+
+// ExportResuming copies instance id's disk stream from src into w, as
+// src.ExportDisk does, and when the export fails part-way for a reason
+// other than the instance itself or w (a dropped stream: an Unavailable
+// or an unclassified error) it resumes it with ExportDiskFrom at the last
+// byte w took, so w receives one unbroken stream whose trailer (the
+// SHA-256 of the whole disk) the importer checks as usual. After
+// p.Tries resumptions, or when src cannot resume, the last error is
+// returned.
+func ExportResuming(ctx context.Context, src Transferer, id string, w io.Writer, p ResumePolicy) error {
+	if p.Tries == 0 {
+		p.Tries = 4
+	}
+	if p.Backoff == 0 {
+		p.Backoff = 500 * time.Millisecond
+	}
+	d := &delivered{w: w}
+	err := src.ExportDisk(ctx, id, d)
+	r, ok := src.(DiskResumer)
+	wait := p.Backoff
+	for attempt := 1; err != nil && ok && attempt <= p.Tries && resumable(ctx, d, err); attempt++ {
+		if p.Resumed != nil {
+			p.Resumed(attempt, d.n, err)
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(wait):
+		}
+		wait *= 2
+		// Before the whole header went: the stream again from its start,
+		// less what went. After it: from the disk's next byte (or the
+		// trailer's), less the new header.
+		off, skip, headed := int64(0), d.n, d.headLen > 0
+		if headed {
+			body := d.n - d.headLen
+			off = min(body, d.head.Size)
+			skip = body - off // into the trailer
+		}
+		err = r.ExportDiskFrom(ctx, id, off, &splice{d: d, off: off, size: d.head.Size, headed: headed, inBody: !headed, skip: skip})
+	}
+	return err
+}
+
+// resumable reports whether an export that ended with err may be resumed.
+func resumable(ctx context.Context, d *delivered, err error) bool {
+	if ctx.Err() != nil || d.werr != nil {
+		return false // cancelled, or the importer's side ended
+	}
+	switch errs.ClassOf(err) {
+	case nil, errs.Unavailable:
+		return true
+	}
+	return false
+}
+
+// delivered is w counting the bytes it took, reading the stream's header
+// on the way.
+type delivered struct {
+	w       io.Writer
+	n       int64
+	werr    error
+	line    []byte
+	headLen int64 // the header line's length, once seen
+	head    DiskHeader
+}
+
+func (d *delivered) Write(b []byte) (int, error) {
+	if d.headLen == 0 && len(d.line) < maxDiskHeader {
+		d.line = append(d.line, b...)
+		if i := bytes.IndexByte(d.line, '\n'); i >= 0 {
+			if err := json.Unmarshal(d.line[:i], &d.head); err == nil {
+				d.headLen = int64(i + 1)
+			}
+			d.line = nil
+		}
+	}
+	n, err := d.w.Write(b)
+	d.n += int64(n)
+	if err != nil {
+		d.werr = err
+	}
+	return n, err
+}
+
+// splice takes a resumed stream (from off) and passes on only what d has
+// not had: its header is checked against the first one and dropped, then
+// skip more bytes (of the trailer) are dropped.
+type splice struct {
+	d      *delivered
+	off    int64
+	size   int64
+	headed bool  // d has had the whole first header: the new one is dropped
+	inBody bool  // past the new header (or keeping it: !headed)
+	skip   int64 // bytes to drop after that
+	line   []byte
+}
+
+func (s *splice) Write(b []byte) (int, error) {
+	n := len(b)
+	if !s.inBody {
+		s.line = append(s.line, b...)
+		i := bytes.IndexByte(s.line, '\n')
+		if i < 0 {
+			if len(s.line) > maxDiskHeader {
+				return 0, errs.New(errs.InvalidArgument, "resumed disk stream: header too long")
+			}
+			return n, nil
+		}
+		var h DiskHeader
+		if err := json.Unmarshal(s.line[:i], &h); err != nil {
+			return 0, errs.New(errs.InvalidArgument, "resumed disk stream: bad header: %v", err)
+		}
+		if s.headed && (h.Offset != s.off || h.Size != s.size) {
+			return 0, errs.New(errs.InvalidArgument, "resumed disk stream: from %d of %d bytes, want from %d of %d (the disk changed)", h.Offset, h.Size, s.off, s.size)
+		}
+		s.inBody = true
+		b = s.line[i+1:]
+		s.line = nil
+	}
+	if s.skip > 0 {
+		k := min(s.skip, int64(len(b)))
+		s.skip -= k
+		b = b[k:]
+	}
+	if len(b) > 0 {
+		if _, err := s.d.Write(b); err != nil {
+			return 0, err
+		}
+	}
+	return n, nil
 }

@@ -1,0 +1,57 @@
+// Package movepause is a test-only hook that stops a process taking part
+// in a VM move at a named step, so an end-to-end test can kill -9 a
+// process exactly there (issue 15: e2e/multihost_crash_test.go).
+//
+// It is inert unless the environment variable MINIONS_TEST_MOVE_PAUSE
+// names a directory DIR. Then, at step S, a process finding the file
+// DIR/move-pause-S (the test "arms" S) renames it to DIR/move-paused-S
+// (one shot: a restarted process does not pause again) and blocks until
+// that file is removed (the test "releases" it), the process dies, or ctx
+// ends. Never set it in production.
+package movepause
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strconv"
+	"time"
+)
+
+// Env is the environment variable that enables the hook (test only).
+const Env = "MINIONS_TEST_MOVE_PAUSE"
+
+// Steps named by the processes of a cold move.
+const (
+	Stopped  = "stopped"  // control plane: the source is stopped, nothing shipped yet
+	Transfer = "transfer" // source node agent: part of the disk stream written
+	Imported = "imported" // target node agent: the disk in place, before the boot
+	Started  = "started"  // control plane: the target's copy runs, before the switch
+	Switched = "switched" // control plane: switched, before the source's copy is destroyed
+)
+
+// At pauses at step if a test armed it (see the package comment); it
+// returns at once otherwise. It reports whether it paused.
+func At(ctx context.Context, step string) bool {
+	dir := os.Getenv(Env)
+	if dir == "" {
+		return false
+	}
+	paused := filepath.Join(dir, "move-paused-"+step)
+	if os.Rename(filepath.Join(dir, "move-pause-"+step), paused) != nil {
+		return false
+	}
+	os.WriteFile(paused, []byte(strconv.Itoa(os.Getpid())+"\n"), 0o600)
+	t := time.NewTicker(20 * time.Millisecond)
+	defer t.Stop()
+	for {
+		if _, err := os.Stat(paused); os.IsNotExist(err) {
+			return true
+		}
+		select {
+		case <-ctx.Done():
+			return true
+		case <-t.C:
+		}
+	}
+}
