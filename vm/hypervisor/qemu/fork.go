@@ -170,6 +170,25 @@ func setCapIgnoreShared(ctx context.Context, c *qmp.Client, on bool) error {
 	return nil
 }
 
+// capIgnoreShared reports whether x-ignore-shared is on: a stream saved
+// with it on has a different layout (each RAM block's address follows its
+// name), so the restore must set it the same way.
+func capIgnoreShared(ctx context.Context, c *qmp.Client) (bool, error) {
+	var caps []struct {
+		Capability string `json:"capability"`
+		State      bool   `json:"state"`
+	}
+	if err := c.Execute(ctx, "query-migrate-capabilities", nil, &caps); err != nil {
+		return false, fmt.Errorf("query migrate capabilities: %w", err)
+	}
+	for _, cp := range caps {
+		if cp.Capability == "x-ignore-shared" {
+			return cp.State, nil
+		}
+	}
+	return false, nil
+}
+
 // saveForkCopy is SaveCopy of a VM with a RAM file of its own (see the top
 // of this file). The VM is left paused; on failure a running VM is resumed
 // and nothing is left in dir or MemoryDir.

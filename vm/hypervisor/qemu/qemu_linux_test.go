@@ -501,3 +501,64 @@ func TestMeasure(t *testing.T) {
 		}
 	}
 }
+
+// TestRestoreCopyTwice: a VM restored as a copy (a move with memory) is
+// saved and restored as a copy again (moved on), and runs. The second
+// stream must be loaded with x-ignore-shared as it was saved: the
+// restored copy runs on a RAM backend that is not its own file, and
+// its state was once recorded as needing x-ignore-shared, which made the
+// second restore's QEMU exit at once.
+func TestRestoreCopyTwice(t *testing.T) {
+	d, newSpec := vmFixture(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	spec := newSpec(t)
+	h, err := d.Start(ctx, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := guestRunning(ctx, spec, h); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 2 {
+		dir := t.TempDir()
+		if err := d.SaveState(ctx, h, dir); err != nil {
+			t.Fatalf("save %d: %v", i, err)
+		}
+		if err := d.Kill(ctx, h); err != nil {
+			t.Fatal(err)
+		}
+		spec = newSpec(t)
+		if h, err = d.RestoreCopy(ctx, spec, dir); err != nil {
+			t.Fatalf("restore copy %d: %v", i, err)
+		}
+		if err := ticksAgain(ctx, spec); err != nil {
+			t.Fatalf("after restore copy %d: %v", i, err)
+		}
+	}
+	if err := d.Kill(ctx, h); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// ticksAgain waits until a restored guest's console (a new file: it does
+// not print its ready marker again) shows its tick counter going on.
+func ticksAgain(ctx context.Context, spec hypervisor.Spec) error {
+	t := time.NewTicker(20 * time.Millisecond)
+	defer t.Stop()
+	first := int64(-1)
+	for {
+		if n := int64(tinyvm.LastTick(spec.ConsoleLog)); n > 0 {
+			if first < 0 {
+				first = n
+			} else if n > first {
+				return nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("console ticks did not go on (first seen %d): %w", first, ctx.Err())
+		case <-t.C:
+		}
+	}
+}

@@ -36,7 +36,10 @@ type savedState struct {
 	// file (a fork's state, fork.go).
 	RAMCopy bool `json:"ram_copy,omitempty"`
 	// PlainRAM: the stream carries all RAM, saved without x-ignore-shared,
-	// from a VM with a memory backend object (its own RAM file).
+	// from a VM with a memory backend object (its own RAM file, or a RAM
+	// backend after a restore from such a stream). A VM restored from a
+	// plain stream and saved again must be plain again: a stream saved
+	// with x-ignore-shared off does not load with it on.
 	PlainRAM bool `json:"plain_ram,omitempty"`
 }
 
@@ -109,6 +112,13 @@ func (d *Driver) saveState(ctx context.Context, h *hypervisor.Handle, dir string
 			return err
 		}
 	}
+	// The stream's layout follows x-ignore-shared as it stands (on for a
+	// template clone, off for a VM restored from a plain stream, say): the
+	// restore must use the same (savedState.PlainRAM).
+	ignoring, err := capIgnoreShared(ctx, c)
+	if err != nil {
+		return err
+	}
 	// The default bandwidth cap (32 MiB/s) would make saving slow; the
 	// destination is a local file.
 	if err := c.Execute(ctx, "migrate-set-parameters", map[string]any{"max-bandwidth": int64(8) << 30}, nil); err != nil {
@@ -144,7 +154,7 @@ func (d *Driver) saveState(ctx context.Context, h *hypervisor.Handle, dir string
 		return err
 	}
 	m.Incoming = ""
-	st := savedState{Format: stateFormat, QEMUVersion: c.Greeting().VersionString(), SavedAt: time.Now().UTC(), Machine: m, PlainRAM: m.MemOwn}
+	st := savedState{Format: stateFormat, QEMUVersion: c.Greeting().VersionString(), SavedAt: time.Now().UTC(), Machine: m, PlainRAM: !ignoring && m.hasMemoryBackend()}
 	out, err := json.MarshalIndent(st, "", "  ")
 	if err != nil {
 		return err
