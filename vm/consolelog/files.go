@@ -71,12 +71,12 @@ func (w *Writer) rotateFiles() error {
 	return nil
 }
 
-// RunFile copies the console pipe fifo into w until ctx ends, then keeps
+// RunFile copies the console pipe fifo into w (a Writer) until ctx ends, then keeps
 // reading what the pipe still holds for up to drain. fifo must be
 // pollable (non-blocking) so that the end of ctx interrupts a read; it
 // may be a FIFO opened read-write, which never reports end of file (its
 // holder decides when the hypervisor is gone). Run it on a goroutine.
-func RunFile(ctx context.Context, fifo *os.File, w *Writer, drain time.Duration) error {
+func RunFile(ctx context.Context, fifo *os.File, w io.Writer, drain time.Duration) error {
 	stop := context.AfterFunc(ctx, func() { fifo.SetReadDeadline(time.Now().Add(drain)) })
 	defer stop()
 	buf := make([]byte, 4<<10)
