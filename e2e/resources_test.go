@@ -221,13 +221,16 @@ func TestResources(t *testing.T) {
 	})
 }
 
-// consoleLoggerPIDs returns the console logger processes of VM id.
+// consoleLoggerPIDs returns the console logger processes of VM id: a
+// console-log helper, or the agent relay when it logs the console
+// (--console-fd: one helper per VM).
 func consoleLoggerPIDs(id string) []int {
 	var out []int
 	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
 	for _, p := range procs {
 		b, err := os.ReadFile(p)
-		if err != nil || !bytes.Contains(b, []byte("console-log\x00")) || !bytes.Contains(b, []byte("/"+id+"/")) {
+		logs := bytes.Contains(b, []byte("console-log\x00")) || bytes.Contains(b, []byte("--console-fd\x00"))
+		if err != nil || !logs || !bytes.Contains(b, []byte("/"+id+"/")) {
 			continue
 		}
 		var pid int

@@ -13,8 +13,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/minionsdev/minions/vm/hypervisor/procfs"
 	"github.com/minionsdev/minions/vm/hypervisor/conformance/tinyvm"
+	"github.com/minionsdev/minions/vm/hypervisor/procfs"
 )
 
 // TestRelayLogsConsole boots a jailed VM with the real minions-relay as
