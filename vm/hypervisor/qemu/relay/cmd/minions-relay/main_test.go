@@ -26,13 +26,15 @@ import (
 // host (their relays share the binary's pages, as on a real host; each
 // relay logs its VM's console too, so this is all the VM costs outside
 // QEMU). Issue 16's target is 2 MiB, measured by
-// BenchmarkMemoryPerVM in e2e (1.8 MiB with 5 VMs); after this test's
-// 1 MiB transfers a relay holds about 1.95 MiB (1.6 MiB of it anonymous,
-// which is all that is left per VM at hundreds of VMs), so the bound keeps
-// some room for noise. The minions binary's agent-relay takes 6.4 MiB
-// here (run with MINIONS_RELAY_TEST_CMD to see it fail).
+// BenchmarkMemoryPerVM in e2e; after this test's 1 MiB transfers a relay
+// that logs the console holds 2.2-2.4 MiB on a loaded host (1.5-1.7 MiB
+// of it anonymous, which is all that is left per VM at hundreds of VMs:
+// the binary's pages are shared), against 2.2 MiB for the relay and
+// 1.5 MiB for a separate console logger before; the bound keeps some
+// room for noise. The minions binary's agent-relay takes 6.4 MiB here
+// (run with MINIONS_RELAY_TEST_CMD to see it fail).
 const (
-	maxPSSKiB = 2304
+	maxPSSKiB = 2560
 	testVMs   = 5
 )
 
