@@ -69,7 +69,8 @@ const (
 const trimDelay = 500 * time.Millisecond
 
 // trimmer returns free memory to the OS once the relay has been idle for
-// trimDelay; each call of idle restarts the wait. It collects twice: the
+// trimDelay, and lets go of the code pages the busy spell touched
+// (dropText); each call of idle restarts the wait. It collects twice: the
 // first GC only moves pooled copy buffers to sync.Pool's victim cache.
 type trimmer struct {
 	mu sync.Mutex
@@ -80,7 +81,7 @@ func (tr *trimmer) idle() {
 	tr.mu.Lock()
 	defer tr.mu.Unlock()
 	if tr.t == nil {
-		tr.t = time.AfterFunc(trimDelay, func() { runtime.GC(); debug.FreeOSMemory() })
+		tr.t = time.AfterFunc(trimDelay, func() { runtime.GC(); debug.FreeOSMemory(); dropText() })
 		return
 	}
 	tr.t.Reset(trimDelay)
@@ -161,6 +162,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 			}
 		}
 		var tr trimmer
+		tr.idle() // start-up is done: trim it even before the guest link is up
 		err := relay.Run(ctx, relay.Config{SerialSocket: *serial, Listen: *listen, Log: log, Idle: tr.idle})
 		if stopConsole != nil {
 			stopConsole()
