@@ -36,6 +36,7 @@ type Writer struct {
 	path string
 	half int64
 	f    *os.File
+	prev *os.File // NewFileWriter: the rotated file, held open
 	size int64
 }
 
@@ -107,6 +108,9 @@ func (w *Writer) open(truncate bool) error {
 
 // rotate moves the current file to path.1 and starts an empty one.
 func (w *Writer) rotate() error {
+	if w.prev != nil {
+		return w.rotateFiles()
+	}
 	w.f.Close()
 	w.f = nil
 	if err := os.Rename(w.path, Rotated(w.path)); err != nil && !errors.Is(err, os.ErrNotExist) {
@@ -150,6 +154,10 @@ func (w *Writer) Write(p []byte) (int, error) {
 
 // Close closes the current file.
 func (w *Writer) Close() error {
+	if w.prev != nil {
+		w.prev.Close()
+		w.prev = nil
+	}
 	if w.f == nil {
 		return nil
 	}

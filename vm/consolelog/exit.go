@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"regexp"
 	"strconv"
+	"sync"
 )
 
 // ExitReason is why a guest's hypervisor exited, as the end of its serial
@@ -43,7 +44,9 @@ var exitMarkers = []struct {
 var bootMarkers = [][]byte{[]byte("Linux version "), []byte("minions-agent: ready")}
 
 // kernelStamp is a printk timestamp at the start of a line ("[   12.345678]").
-var kernelStamp = regexp.MustCompile(`(?m)^\[ *(\d+\.\d+)\]`)
+// Compiled on first use: the per-VM agent relay links this package to
+// write the log and should not pay for it at start (BenchmarkMemoryPerVM).
+var kernelStamp = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`(?m)^\[ *(\d+\.\d+)\]`) })
 
 // ClassifyExit tells why the guest whose console log ends with tail
 // stopped, and returns the line that says so (without its timestamp; ""
@@ -73,9 +76,9 @@ func ClassifyExit(tail []byte) (ExitReason, string) {
 			return ExitUnknown, ""
 		}
 	}
-	if m := kernelStamp.FindSubmatch(line); m != nil {
+	if m := kernelStamp().FindSubmatch(line); m != nil {
 		exitAt, _ := strconv.ParseFloat(string(m[1]), 64)
-		for _, s := range kernelStamp.FindAllSubmatch(after, -1) {
+		for _, s := range kernelStamp().FindAllSubmatch(after, -1) {
 			if t, _ := strconv.ParseFloat(string(s[1]), 64); t < exitAt {
 				return ExitUnknown, ""
 			}

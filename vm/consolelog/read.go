@@ -97,8 +97,9 @@ func NewFollowerFromPrevious(path string) *Follower {
 // rotated the file, Read finishes the old file and continues at the start
 // of the next one: the previous file if the writer rotated more than once
 // since, else the current one. If files were rotated away unread it
-// returns DroppedMarker there. A file truncated in place is read again
-// from its start.
+// returns DroppedMarker there. A file truncated in place is read on in
+// the previous file from the same offset when that file is long enough
+// (rotation by copy: NewFileWriter), else again from its start.
 func (r *Follower) Read(p []byte) (int, error) {
 	if r.pending != "" {
 		n := copy(p, r.pending)
@@ -122,6 +123,16 @@ func (r *Follower) Read(p []byte) (int, error) {
 		return 0, err
 	}
 	if have.Size() < r.off {
+		// Rotated by copy and truncation (NewFileWriter): what came after
+		// r.off is in the previous file, at the same offsets.
+		if f, err := os.Open(Rotated(r.path)); err == nil {
+			if st, err := f.Stat(); err == nil && st.Size() >= r.off && !os.SameFile(st, have) {
+				r.f.Close()
+				r.f = f
+				return r.Read(p)
+			}
+			f.Close()
+		}
 		r.off = 0
 		return r.read(p)
 	}

@@ -88,7 +88,10 @@ type Config struct {
 	// <RunDir/console.fifo> --log <Spec.ConsoleLog> --max-bytes
 	// <ConsoleMaxBytes>" and starts it before QEMU, which writes the
 	// console into the FIFO (see consolelog.Run). Empty: QEMU appends to
-	// Spec.ConsoleLog itself, without a cap.
+	// Spec.ConsoleLog itself, without a cap. Where the agent relay runs
+	// (no vhost-vsock) this command is not started: the relay logs the
+	// console itself (RelayCommand must then accept "--console-fd 3
+	// --max-bytes N", as minions-relay agent-relay does; see doc.go).
 	ConsoleCommand []string
 	// ConsoleMaxBytes caps each VM's console log (the file and its
 	// rotated ".1" together). Default consolelog.DefaultMaxBytes.

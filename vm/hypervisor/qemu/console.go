@@ -8,6 +8,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/minionsdev/minions/internal/errs"
+	"github.com/minionsdev/minions/vm/consolelog"
 	"github.com/minionsdev/minions/vm/hypervisor"
 	"github.com/minionsdev/minions/vm/hypervisor/launch"
 	"github.com/minionsdev/minions/vm/hypervisor/procfs"
@@ -74,4 +76,60 @@ func (d *Driver) repairConsoleLogger(h *hypervisor.Handle) (*hypervisor.Handle, 
 	nh.Helpers[i] = hypervisor.Process{Name: consoleHelper, PID: c.PID, StartTime: c.Start}
 	d.log.Info("console logger restarted", "vm_id", m.ID, "pid", c.PID)
 	return &nh, true, nil
+}
+
+// relayLogsConsole reports whether m's agent relay logs its console too
+// (one helper process per VM instead of two): when there is a relay
+// (no vhost-vsock) and a capped console log.
+func relayLogsConsole(m machine) bool {
+	return m.ConsoleFIFO != "" && !m.VhostVsock
+}
+
+// makeConsoleFIFO (re)creates m's console FIFO and opens what the relay
+// logs the console with (openConsoleFiles). Holding the FIFO open for
+// reading before QEMU starts keeps QEMU's open of it from waiting.
+func makeConsoleFIFO(m machine) ([]*os.File, error) {
+	_ = os.Remove(m.ConsoleFIFO)
+	if err := unix.Mkfifo(m.ConsoleFIFO, 0o600); err != nil && !errors.Is(err, unix.EEXIST) {
+		return nil, err
+	}
+	return openConsoleFiles(m)
+}
+
+// openConsoleFiles opens, as the driver (root), the descriptors a relay
+// logs m's console with (minions-relay agent-relay --console-fd 3): the
+// FIFO read-write (the relay then never reads end of file while QEMU
+// restarts its end, and a FIFO opened so never waits), the log and its
+// rotated file, which the jailed relay could not open or rename itself.
+// The FIFO must be the root-owned FIFO the driver made (see checkFIFO),
+// the logs regular files; no path is followed through a symbolic link.
+func openConsoleFiles(m machine) ([]*os.File, error) {
+	fifo, err := os.OpenFile(m.ConsoleFIFO, os.O_RDWR|unix.O_NONBLOCK|unix.O_NOFOLLOW, 0)
+	if err != nil {
+		return nil, err
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(int(fifo.Fd()), &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFIFO || int(st.Uid) != os.Geteuid() {
+		fifo.Close()
+		return nil, errs.New(errs.FailedPrecondition, "console fifo %s was replaced (not the driver's fifo)", m.ConsoleFIFO)
+	}
+	files := []*os.File{fifo}
+	for _, p := range []struct {
+		path string
+		flag int
+	}{{m.ConsoleLog, os.O_RDWR | os.O_APPEND}, {consolelog.Rotated(m.ConsoleLog), os.O_RDWR}} {
+		f, err := os.OpenFile(p.path, p.flag|os.O_CREATE|unix.O_NOFOLLOW, 0o600)
+		if err == nil {
+			if fst, serr := f.Stat(); serr != nil || !fst.Mode().IsRegular() {
+				f.Close()
+				f, err = nil, errs.New(errs.FailedPrecondition, "console log %s is not a regular file", p.path)
+			}
+		}
+		if err != nil {
+			closeAll(files)
+			return nil, err
+		}
+		files = append(files, f)
+	}
+	return files, nil
 }

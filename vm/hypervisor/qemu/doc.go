@@ -47,8 +47,17 @@
 // (one client at a time, for an interactive console) and is appended to
 // Spec.ConsoleLog whether or not a client is attached; with
 // Config.ConsoleCommand, QEMU writes it into RunDir/console.fifo instead and
-// a console logger started before QEMU keeps Spec.ConsoleLog under
-// Config.ConsoleMaxBytes (package consolelog). QEMU runs with -no-reboot:
+// Spec.ConsoleLog is kept under Config.ConsoleMaxBytes (package
+// consolelog). Where there is an agent relay, the relay does that too (one
+// helper process per VM): the driver, as root, opens the FIFO read-write
+// (so QEMU's open never waits and the relay never reads end of file), the
+// log and its rotated file, and hands them to the jailed relay as
+// descriptors 3-5 ("--console-fd 3"); the relay rotates by copy and
+// truncation (consolelog.NewFileWriter), since it may not rename in the
+// log's directory. A restarted relay (Repair) gets them again. With
+// vhost-vsock there is no relay, and the console logger
+// (Config.ConsoleCommand) runs as its own process, started before QEMU.
+// QEMU runs with -no-reboot:
 // a guest power-off, a guest reboot and a guest kernel panic (the guest
 // kernel runs with panic=-1, so a panic is a reboot) all make QEMU exit,
 // which callers see as Alive false / StateStopped. The console log's last

@@ -236,8 +236,9 @@ func (d *Driver) launch(ctx context.Context, m machine) (*hypervisor.Handle, err
 	defer cancel()
 	log := d.log.With("vm_id", m.ID)
 	var vm, relay, logger *launch.Child
-	var files []*os.File // inherited by a jailed QEMU
-	defer func() { closeAll(files) }()
+	var files []*os.File   // inherited by a jailed QEMU
+	var console []*os.File // inherited by the relay, which logs the console
+	defer func() { closeAll(files); closeAll(console) }()
 	h := &hypervisor.Handle{Driver: DriverName, APISocket: m.path(qmpSock), RunDir: m.RunDir, UID: m.UID, Cgroup: m.Cgroup}
 	steps := []launch.Step{
 		{
@@ -302,6 +303,11 @@ func (d *Driver) launch(ctx context.Context, m machine) (*hypervisor.Handle, err
 					return nil
 				}
 				var err error
+				if relayLogsConsole(m) {
+					// No logger process: the agent relay logs it.
+					console, err = makeConsoleFIFO(m)
+					return err
+				}
 				logger, err = d.startConsoleLogger(m)
 				return err
 			},
@@ -362,7 +368,7 @@ func (d *Driver) launch(ctx context.Context, m machine) (*hypervisor.Handle, err
 				Name: "start agent relay",
 				Do: func(context.Context) error {
 					var err error
-					relay, err = d.startRelay(m.RunDir, m.UID, m.Cgroup)
+					relay, err = d.startRelay(m.RunDir, m.UID, m.Cgroup, console)
 					if err == nil {
 						log.Debug("agent relay started", "pid", relay.PID)
 					}

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"syscall"
 	"time"
 
@@ -267,20 +268,29 @@ func (d *Driver) qemuPlan(m machine) (jail.Plan, error) {
 	})
 }
 
-// relayArgv is the agent relay's command line for runDir.
-func (d *Driver) relayArgv(runDir string) []string {
-	return append(append([]string(nil), d.cfg.RelayCommand...),
+// relayArgv is the agent relay's command line for runDir; with console
+// it logs the console from descriptors 3-5 (openConsoleFiles).
+func (d *Driver) relayArgv(runDir string, console bool) []string {
+	argv := append(append([]string(nil), d.cfg.RelayCommand...),
 		"--serial", filepath.Join(runDir, agentSock), "--listen", filepath.Join(runDir, vsockSock))
+	if console {
+		argv = append(argv, "--console-fd", "3", "--max-bytes", strconv.FormatInt(d.cfg.ConsoleMaxBytes, 10))
+	}
+	return argv
 }
 
 // startRelay starts the agent relay of the VM in runDir, jailed as uid in
 // cgroup when uid > 0. The relay command's absolute paths (its executable)
-// are bound into the jail read-only.
-func (d *Driver) startRelay(runDir string, uid int, cgroup string) (*launch.Child, error) {
-	argv := d.relayArgv(runDir)
+// are bound into the jail read-only. Given console (openConsoleFiles), the
+// relay inherits them and logs the console too; the caller still closes
+// its own copies.
+func (d *Driver) startRelay(runDir string, uid int, cgroup string, console []*os.File) (*launch.Child, error) {
+	argv := d.relayArgv(runDir, len(console) > 0)
 	logPath := filepath.Join(runDir, relayLog)
 	if uid == 0 {
-		return launch.Spawn(argv, runDir, logPath)
+		cmd := exec.Command(argv[0], argv[1:]...)
+		cmd.Dir, cmd.ExtraFiles = runDir, console
+		return launch.SpawnCmd(cmd, logPath)
 	}
 	if !filepath.IsAbs(argv[0]) {
 		p, err := exec.LookPath(argv[0])
@@ -299,7 +309,7 @@ func (d *Driver) startRelay(runDir string, uid int, cgroup string) (*launch.Chil
 	if err != nil {
 		return nil, err
 	}
-	return d.spawnJailed(plan, logPath, nil)
+	return d.spawnJailed(plan, logPath, console)
 }
 
 // spawnJailed starts plan through the jail launcher with files inherited

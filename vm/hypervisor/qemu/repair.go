@@ -2,7 +2,9 @@ package qemu
 
 import (
 	"context"
+	"os"
 	"path/filepath"
+	"slices"
 
 	"github.com/minionsdev/minions/vm/hypervisor"
 	"github.com/minionsdev/minions/vm/hypervisor/procfs"
@@ -32,7 +34,12 @@ func (d *Driver) Repair(ctx context.Context, h *hypervisor.Handle) (*hypervisor.
 		return h, logged, nil
 	}
 	path := func(name string) string { return filepath.Join(h.RunDir, name) }
-	relay, err := d.startRelay(h.RunDir, h.UID, h.Cgroup)
+	console, err := d.relayConsole(h)
+	if err != nil {
+		return h, logged, err
+	}
+	relay, err := d.startRelay(h.RunDir, h.UID, h.Cgroup, console)
+	closeAll(console)
 	if err != nil {
 		return h, logged, err
 	}
@@ -49,4 +56,18 @@ func (d *Driver) Repair(ctx context.Context, h *hypervisor.Handle) (*hypervisor.
 	}
 	d.cfg.Log.Info("agent relay restarted", "pid", relay.PID, "run_dir", h.RunDir)
 	return &nh, true, nil
+}
+
+// relayConsole opens the console descriptors for a restarted relay of h
+// when that relay logged the console (no console-log helper of its own:
+// VMs started before relays logged consoles keep their logger).
+func (d *Driver) relayConsole(h *hypervisor.Handle) ([]*os.File, error) {
+	if slices.ContainsFunc(h.Helpers, func(p hypervisor.Process) bool { return p.Name == consoleHelper }) {
+		return nil, nil
+	}
+	m, err := readMachine(h.RunDir)
+	if err != nil || !relayLogsConsole(m) {
+		return nil, err
+	}
+	return openConsoleFiles(m)
 }

@@ -8,8 +8,9 @@
 //
 // Run executes in its own small process, cmd/minions-relay, started by the
 // QEMU driver next to each VM (jailed as the VM's uid) and living as long as
-// QEMU does, so VMs outlive the daemon. That process also hosts the VM's
-// console logger (vm/consolelog). It is per VM, not per host, so a crash
+// QEMU does, so VMs outlive the daemon. That process also logs the VM's
+// console (vm/consolelog, through descriptors the driver opened), so a VM
+// has one helper process, not two. It is per VM, not per host, so a crash
 // or a kill touches one VM only, and the jail keeps each VM's sockets
 // reachable only by its own uid. Its imports are kept to the standard
 // library, yamux and the link protocol: every package initialised there is

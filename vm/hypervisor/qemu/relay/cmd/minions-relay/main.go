@@ -4,9 +4,14 @@
 // BenchmarkMemoryPerVM) instead of 6.4 MiB as `minions agent-relay`, whose
 // package initialisation and binary size were most of that. Its modes:
 //
-//	minions-relay agent-relay --serial SOCKET --listen SOCKET
+//	minions-relay agent-relay --serial SOCKET --listen SOCKET [--console-fd N --max-bytes N]
 //	    relay the guest agent's virtio-serial socket to hybrid vsock
-//	    (package relay) until QEMU exits or SIGTERM;
+//	    (package relay) until QEMU exits or SIGTERM; with --console-fd it
+//	    also logs the VM's console: descriptor N is the console FIFO
+//	    (opened read-write by the driver, so it never reads end of file),
+//	    N+1 the log and N+2 its rotated file (opened by the driver, which
+//	    may write where the jailed relay may not; consolelog.NewFileWriter
+//	    rotates them by copy). One process per VM then does both jobs;
 //	minions-relay console-log --fifo FIFO --log FILE --max-bytes N
 //	    copy the console FIFO into the VM's capped log (vm/consolelog)
 //	    until QEMU closes the FIFO or SIGTERM;
@@ -64,7 +69,8 @@ const (
 const trimDelay = 500 * time.Millisecond
 
 // trimmer returns free memory to the OS once the relay has been idle for
-// trimDelay; each call of idle restarts the wait. It collects twice: the
+// trimDelay, and lets go of the code pages the busy spell touched
+// (dropText); each call of idle restarts the wait. It collects twice: the
 // first GC only moves pooled copy buffers to sync.Pool's victim cache.
 type trimmer struct {
 	mu sync.Mutex
@@ -75,7 +81,7 @@ func (tr *trimmer) idle() {
 	tr.mu.Lock()
 	defer tr.mu.Unlock()
 	if tr.t == nil {
-		tr.t = time.AfterFunc(trimDelay, func() { runtime.GC(); debug.FreeOSMemory() })
+		tr.t = time.AfterFunc(trimDelay, func() { runtime.GC(); debug.FreeOSMemory(); dropText() })
 		return
 	}
 	tr.t.Reset(trimDelay)
@@ -114,7 +120,7 @@ func main() {
 	}
 }
 
-const usage = `usage: minions-relay agent-relay --serial SOCKET --listen SOCKET
+const usage = `usage: minions-relay agent-relay --serial SOCKET --listen SOCKET [--console-fd N --max-bytes N]
        minions-relay console-log --fifo FIFO --log FILE --max-bytes N
        minions-relay jail-exec PLAN_JSON`
 
@@ -136,15 +142,32 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	case "agent-relay":
 		serial := fs.String("serial", "", "QEMU's virtio-serial chardev socket")
 		listen := fs.String("listen", "", "hybrid vsock socket to offer")
+		conFD := fs.Int("console-fd", 0, "console FIFO descriptor (the log and its rotated file follow it)")
+		max := fs.Int64("max-bytes", consolelog.DefaultMaxBytes, "cap of the console log and its rotated file together")
 		if err := fs.Parse(args[1:]); err != nil {
 			return errUsage
 		}
 		if *serial == "" || *listen == "" || fs.NArg() > 0 {
 			return bad("--serial and --listen are required, and nothing else")
 		}
+		if *conFD != 0 && *conFD < 3 {
+			return bad("--console-fd: want a descriptor of 3 or more")
+		}
 		log := slog.New(slog.NewTextHandler(stderr, nil))
+		var stopConsole func()
+		if *conFD > 0 {
+			var err error
+			if stopConsole, err = startConsole(*conFD, *max, log); err != nil {
+				return err
+			}
+		}
 		var tr trimmer
-		return relay.Run(ctx, relay.Config{SerialSocket: *serial, Listen: *listen, Log: log, Idle: tr.idle})
+		tr.idle() // start-up is done: trim it even before the guest link is up
+		err := relay.Run(ctx, relay.Config{SerialSocket: *serial, Listen: *listen, Log: log, Idle: tr.idle})
+		if stopConsole != nil {
+			stopConsole()
+		}
+		return err
 	case "console-log":
 		fifo := fs.String("fifo", "", "FIFO the hypervisor writes the console to")
 		path := fs.String("log", "", "console log file (rotated to FILE.1)")
@@ -159,4 +182,75 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	default:
 		return bad(fmt.Sprintf("unknown mode %q", args[0]))
 	}
+}
+
+// consoleDrain is how long a stopping relay keeps copying what the console
+// pipe still holds.
+const consoleDrain = 200 * time.Millisecond
+
+// startConsole logs the console from descriptors fd (the FIFO), fd+1 (the
+// log) and fd+2 (its rotated file) on a goroutine; the returned stop
+// drains the pipe and closes them. A write error of the log (a full disk)
+// is logged once and the output dropped while it lasts: the pipe is
+// always read, since a full one would block QEMU (this relay holds a
+// write end, so QEMU never sees the reader gone).
+func startConsole(fd int, maxBytes int64, log *slog.Logger) (stop func(), err error) {
+	var st syscall.Stat_t
+	for i := range 3 {
+		if err := syscall.Fstat(fd+i, &st); err != nil {
+			return nil, fmt.Errorf("console descriptor %d: %w", fd+i, err)
+		}
+		if want := uint32(syscall.S_IFREG); i == 0 {
+			want = syscall.S_IFIFO
+			if st.Mode&syscall.S_IFMT != want {
+				return nil, fmt.Errorf("console descriptor %d is not a fifo", fd)
+			}
+		} else if st.Mode&syscall.S_IFMT != want {
+			return nil, fmt.Errorf("console descriptor %d is not a regular file", fd+i)
+		}
+	}
+	// Pollable, so that stopping interrupts a pending read.
+	if err := syscall.SetNonblock(fd, true); err != nil {
+		return nil, fmt.Errorf("console fifo: %w", err)
+	}
+	fifo := os.NewFile(uintptr(fd), "console.fifo")
+	w, err := consolelog.NewFileWriter(os.NewFile(uintptr(fd+1), "console.log"), os.NewFile(uintptr(fd+2), "console.log.1"), maxBytes)
+	if err != nil {
+		fifo.Close()
+		return nil, fmt.Errorf("console log: %w", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := consolelog.RunFile(ctx, fifo, &dropErrs{w: w, log: log}, consoleDrain); err != nil {
+			log.Warn("console log stopped", "err", err)
+		}
+	}()
+	return func() {
+		cancel()
+		<-done
+		fifo.Close()
+		w.Close()
+	}, nil
+}
+
+// dropErrs writes to w, dropping what w refuses (logging the first error
+// of each run of errors).
+type dropErrs struct {
+	w      io.Writer
+	log    *slog.Logger
+	failed bool
+}
+
+func (d *dropErrs) Write(p []byte) (int, error) {
+	if _, err := d.w.Write(p); err != nil {
+		if !d.failed {
+			d.log.Warn("console log write: output dropped", "err", err)
+		}
+		d.failed = true
+	} else {
+		d.failed = false
+	}
+	return len(p), nil
 }
