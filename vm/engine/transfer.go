@@ -167,6 +167,21 @@ func ReadDiskBody(br *bufio.Reader, h DiskHeader, dst io.Writer) error {
 	return nil
 }
 
+// ErrNoPeerPath is a PeerImporter's answer when there is no direct path
+// between the two hosts: nothing was made on either, and the caller
+// relays the disk stream itself instead.
+var ErrNoPeerPath = errors.New("no direct host-to-host path")
+
+// PeerImporter is a Transferer that imports a disk stream written
+// straight from another host's engine, the bytes not crossing the caller
+// (nodeagent.Remote, node to node).
+type PeerImporter interface {
+	// ImportDiskFromPeer is ImportDisk of the stream from's ExportDisk
+	// of instance spec.ID writes, with the stream's size in bytes. An
+	// error wrapping ErrNoPeerPath left nothing on either host.
+	ImportDiskFromPeer(ctx context.Context, spec ImportSpec, from Engine, progress Progress) (Instance, int64, error)
+}
+
 // Transferer is an Engine that ships instances' disks between hosts: both
 // Local and nodeagent.Remote implement it.
 type Transferer interface {
