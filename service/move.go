@@ -524,8 +524,8 @@ func (b *Bound) Move(ctx context.Context, name string, req MoveRequest, p Progre
 // transferPeer ships v's disk from one node straight to another
 // (engine.PeerImporter): the meter of the finished transfer, or nil and
 // no error when there is no such path (nothing was made; relay it). A
-// stream that broke on the way (the target undid its import) is relayed
-// again, where a dropped export resumes.
+// stream that broke on the way fails the move as a relayed one does (it
+// is not resumed: only relayed exports resume).
 func (s *Service) transferPeer(ctx context.Context, v store.VM, from, to store.Host, srcE, dstE engine.Engine, ran bool, progress Progress) (engine.Instance, *meter, error) {
 	pi, ok := dstE.(engine.PeerImporter)
 	if !ok || from.Local || to.Local {
@@ -540,9 +540,6 @@ func (s *Service) transferPeer(ctx context.Context, v store.VM, from, to store.H
 		return inst, mt, nil
 	case errors.Is(err, engine.ErrNoPeerPath):
 		s.log.Info("move: no node-to-node path, relaying the disk", "vm_id", v.ID, "err", err)
-		return engine.Instance{}, nil, nil
-	case ctx.Err() == nil && (errs.ClassOf(err) == nil || errs.ClassOf(err) == errs.Unavailable):
-		s.log.Warn("move: node-to-node disk stream broke, relaying it", "vm_id", v.ID, "err", err)
 		return engine.Instance{}, nil, nil
 	}
 	return engine.Instance{}, nil, err
