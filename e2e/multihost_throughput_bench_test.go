@@ -21,8 +21,10 @@ import (
 // namespace to n2's over the same bridge. It prints the medians: the
 // transfer step (the move's own --json bytes and seconds), the whole
 // move, raw TCP (from /dev/zero; from the overlay file for reference), and
-// the ratio transfer/raw (the target: >= 0.5). Disk streams take
-// the direct mTLS path (source node -> control plane -> target node).
+// the ratio transfer/raw (the target: >= 0.5). Disk streams go
+// node to node over one direct mTLS connection the control plane brokers
+// with a ticket (nodeagent/transfer_peer.go); the control plane relays
+// them only when there is no such path.
 // Run it with -benchtime 1x (it moves 3 times anyway; a larger b.N moves
 // b.N times, after a first run of the whole set-up with b.N = 1):
 //

@@ -5,6 +5,7 @@ import (
 	"crypto/ed25519"
 	"crypto/rand"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -50,6 +51,9 @@ const (
 	kindAgent  = "agent"
 	kindTunnel = "tunnel"
 	kindDisk   = "disk" // a disk stream (transfer_direct.go); VM is the stream's ID
+	// kindPeerDisk is a disk stream another node dials (transfer_peer.go):
+	// its ticket names the certificate that node must present.
+	kindPeerDisk = "peerdisk"
 )
 
 // DirectConfig configures a node's direct listener.
@@ -91,6 +95,7 @@ type Direct struct {
 	log    *slog.Logger
 	ln     net.Listener
 	tls    *tls.Config
+	pool   *x509.CertPool // the fabric CA: the control plane's certificate
 	fp     string
 	addr   string
 	sshCfg *ssh.ServerConfig
@@ -105,7 +110,10 @@ type Direct struct {
 
 type ticket struct {
 	kind, vm string
-	expires  time.Time
+	// peer is the hex SHA-256 of the certificate the connection must
+	// present (a kindPeerDisk ticket); "" is the control plane's.
+	peer    string
+	expires time.Time
 }
 
 // ticketReply answers direct_ticket.
@@ -171,14 +179,18 @@ func NewDirect(cfg DirectConfig) (*Direct, error) {
 	}
 	d := &Direct{cfg: cfg, log: cfg.Log.With("component", "nodeagent", "host_id", cfg.ID), ln: ln, fp: fp, addr: addr, sshCfg: sshCfg, now: time.Now,
 		tickets: map[string]ticket{}, conns: map[net.Conn]bool{},
+		pool: pool,
+		// The control plane's client certificate (the fabric CA's), or
+		// another node's self-signed one while a peer disk ticket names
+		// its fingerprint (transfer_peer.go; redeem checks the ticket's).
 		tls: &tls.Config{MinVersion: tls.VersionTLS13, Certificates: []tls.Certificate{cert},
-			ClientAuth: tls.RequireAndVerifyClientCert, ClientCAs: pool,
-			VerifyConnection: func(cs tls.ConnectionState) error {
-				if len(cs.PeerCertificates) == 0 || cs.PeerCertificates[0].Subject.CommonName != fabric.ControlCommonName {
-					return errs.New(errs.PermissionDenied, "direct listener: not the control plane's certificate")
-				}
-				return nil
-			}}}
+			ClientAuth: tls.RequireAnyClientCert}}
+	d.tls.VerifyConnection = func(cs tls.ConnectionState) error {
+		if p := d.peerOf(cs); p != "" && !d.expects(p) {
+			return errs.New(errs.PermissionDenied, "direct listener: not the control plane's certificate, nor one a ticket names")
+		}
+		return nil
+	}
 	return d, nil
 }
 
@@ -200,8 +212,13 @@ func (d *Direct) Close() error {
 	return d.ln.Close()
 }
 
-// issue makes a ticket for kind (and vm); expired ones are dropped.
-func (d *Direct) issue(kind, vm string) (ticketReply, error) {
+// issue makes a ticket for kind (and vm) that the control plane redeems;
+// expired ones are dropped.
+func (d *Direct) issue(kind, vm string) (ticketReply, error) { return d.issueFor(kind, vm, "") }
+
+// issueFor makes a ticket that only a connection presenting the
+// certificate of fingerprint peer redeems ("" the control plane's).
+func (d *Direct) issueFor(kind, vm, peer string) (ticketReply, error) {
 	var b [16]byte
 	rand.Read(b[:])
 	tok := hex.EncodeToString(b[:])
@@ -219,14 +236,15 @@ func (d *Direct) issue(kind, vm string) (ticketReply, error) {
 	if len(d.tickets) >= 4096 {
 		return ticketReply{}, errs.New(errs.Unavailable, "too many direct tickets outstanding")
 	}
-	d.tickets[tok] = ticket{kind: kind, vm: vm, expires: now.Add(d.cfg.TicketTTL)}
+	d.tickets[tok] = ticket{kind: kind, vm: vm, peer: peer, expires: now.Add(d.cfg.TicketTTL)}
 	return ticketReply{Addr: d.addr, Ticket: tok, Cert: d.fp}, nil
 }
 
-// redeem spends ticket tok for kind and vm: errs.PermissionDenied when
-// it is unknown, spent, expired or for something else (then it is spent
-// too).
-func (d *Direct) redeem(tok, kind, vm string) error {
+// redeem spends ticket tok for kind and vm, presented by peer (the
+// client certificate's fingerprint, "" for the control plane's):
+// errs.PermissionDenied when it is unknown, spent, expired, for something
+// else or for someone else (then it is spent too).
+func (d *Direct) redeem(tok, kind, vm, peer string) error {
 	d.mu.Lock()
 	t, ok := d.tickets[tok]
 	delete(d.tickets, tok)
@@ -238,8 +256,41 @@ func (d *Direct) redeem(tok, kind, vm string) error {
 		return errs.New(errs.PermissionDenied, "direct ticket expired")
 	case t.kind != kind || t.vm != vm:
 		return errs.New(errs.PermissionDenied, "direct ticket is for another %s", map[bool]string{true: "vm", false: "use"}[t.kind == kind])
+	case t.peer != peer:
+		return errs.New(errs.PermissionDenied, "direct ticket is for another peer")
 	}
 	return nil
+}
+
+// expects reports whether an unexpired ticket names peer.
+func (d *Direct) expects(peer string) bool {
+	now := d.now()
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, t := range d.tickets {
+		if t.peer == peer && !now.After(t.expires) {
+			return true
+		}
+	}
+	return false
+}
+
+// peerOf is who presented cs's client certificate: "" for the control
+// plane (a certificate the fabric CA signed for it), else the
+// certificate's fingerprint (another node).
+func (d *Direct) peerOf(cs tls.ConnectionState) string {
+	if len(cs.PeerCertificates) == 0 {
+		return "none"
+	}
+	leaf := cs.PeerCertificates[0]
+	opts := x509.VerifyOptions{Roots: d.pool, Intermediates: x509.NewCertPool(), KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}
+	for _, c := range cs.PeerCertificates[1:] {
+		opts.Intermediates.AddCert(c)
+	}
+	if _, err := leaf.Verify(opts); err == nil && leaf.Subject.CommonName == fabric.ControlCommonName {
+		return ""
+	}
+	return fabric.CertFingerprint(leaf.Raw)
 }
 
 // serve accepts direct connections for eng until ctx ends (then it
@@ -298,7 +349,7 @@ func (d *Direct) handle(ctx context.Context, raw net.Conn, eng engine.Engine) er
 	if err := json.Unmarshal(line, &h); err != nil {
 		return writeHello(c, errs.New(errs.InvalidArgument, "bad hello"))
 	}
-	if err := d.redeem(h.Ticket, h.Kind, h.VM); err != nil {
+	if err := d.redeem(h.Ticket, h.Kind, h.VM, d.peerOf(c.ConnectionState())); err != nil {
 		return writeHello(c, err)
 	}
 	switch h.Kind {
@@ -320,7 +371,7 @@ func (d *Direct) handle(ctx context.Context, raw net.Conn, eng engine.Engine) er
 		}
 		raw.SetDeadline(time.Time{})
 		return d.serveTunnel(ctx, c, eng)
-	case kindDisk:
+	case kindDisk, kindPeerDisk:
 		if err := writeHello(c, nil); err != nil {
 			return err
 		}

@@ -1,12 +1,27 @@
 package nodeagent
 
-import "time"
+import (
+	"crypto/tls"
+	"time"
+)
 
 // Kinds of direct tickets, for tests.
 const (
-	KindAgent  = kindAgent
-	KindTunnel = kindTunnel
+	KindAgent    = kindAgent
+	KindTunnel   = kindTunnel
+	KindDisk     = kindDisk
+	KindPeerDisk = kindPeerDisk
 )
+
+// IssueFor makes a ticket as direct_ticket does for a peer's certificate
+// of fingerprint peer.
+func (d *Direct) IssueFor(kind, vm, peer string) (addr, ticket, cert string, err error) {
+	t, err := d.issueFor(kind, vm, peer)
+	return t.Addr, t.Ticket, t.Cert, err
+}
+
+// ClientCert is the certificate d presents, as a server and to peers.
+func (d *Direct) ClientCert() tls.Certificate { return d.tls.Certificates[0] }
 
 // Issue makes a ticket as direct_ticket does.
 func (d *Direct) Issue(kind, vm string) (addr, ticket, cert string, err error) {

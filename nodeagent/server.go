@@ -257,12 +257,21 @@ func (s *server) run(ctx context.Context, method string, req callRequest, progre
 		}
 		switch {
 		case req.Kind == kindAgent && vmIDRE.MatchString(req.ID), req.Kind == kindTunnel && req.ID == "",
-			req.Kind == kindDisk && tokenRE.MatchString(req.ID):
+			req.Kind == kindDisk && tokenRE.MatchString(req.ID),
+			req.Kind == kindPeerDisk && tokenRE.MatchString(req.ID) && fingerprintRE.MatchString(req.Peer):
 		default:
 			return nil, errs.New(errs.InvalidArgument, "direct ticket: bad kind %q or vm %q", req.Kind, req.ID)
 		}
-		return s.cfg.Direct.issue(req.Kind, req.ID)
+		return s.cfg.Direct.issueFor(req.Kind, req.ID, req.Peer)
+	case mDirectCert:
+		if s.cfg.Direct == nil {
+			return nil, errs.New(errs.FailedPrecondition, "node %s has no direct listener", s.cfg.ID)
+		}
+		return ticketReply{Addr: s.cfg.Direct.addr, Cert: s.cfg.Direct.fp}, nil
 	case mExportDisk:
+		if req.To != nil {
+			return s.exportToPeer(ctx, req) // transfer_peer.go
+		}
 		return nil, s.exportDisk(ctx, req)
 	case mImportDisk:
 		return s.importDisk(ctx, req, progress)

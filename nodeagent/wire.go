@@ -59,6 +59,7 @@ const (
 	mAgentSign       = "agent_sign"    // sign an agent login (sign.go)
 	mConsole         = "console"       // copy the console log into a stream (console.go)
 	mDirectTicket    = "direct_ticket" // a one-time ticket for a direct stream (direct.go)
+	mDirectCert      = "direct_cert"   // the node's direct certificate's fingerprint (transfer_peer.go)
 	mExportDisk      = "export_disk"   // write a disk stream into a stream (transfer.go)
 	mImportDisk      = "import_disk"   // make an instance from a stream (transfer.go)
 	mLiveDescribe    = "live_describe" // engine.LiveMigrator (live.go)
@@ -90,6 +91,12 @@ type callRequest struct {
 	// Offset: export_disk: resume the disk stream at this byte of the disk
 	// (engine.DiskResumer).
 	Offset int64 `json:"offset,omitempty"`
+	// Peer: direct_ticket of kind peerdisk: the fingerprint of the
+	// certificate the dialing node presents (transfer_peer.go).
+	Peer string `json:"peer,omitempty"`
+	// To: export_disk: write the stream to this node's direct listener
+	// instead (transfer_peer.go).
+	To *peerDial `json:"to,omitempty"`
 
 	Create       *engine.CreateSpec   `json:"create,omitempty"`
 	Resize       *engine.ResizeSpec   `json:"resize,omitempty"`

@@ -269,6 +269,12 @@ func (s *Service) Move(ctx context.Context, c Caller, name string, req MoveReque
 			return bdst.ImportBundle(ctx, engine.ImportSpec{ID: v.ID, Name: v.Name, Owner: v.OwnerID, Start: ran}, r, progress)
 		})
 	default:
+		// Node to node where both have the direct path (the bytes do
+		// not cross the control plane); relayed otherwise.
+		inst, mt, err = s.transferPeer(ctx, v, from, to, srcE, dstE, ran, progress)
+		if mt != nil || err != nil {
+			break
+		}
 		pr, pw := io.Pipe()
 		exported := make(chan error, 1)
 		go func() {
@@ -513,6 +519,30 @@ func (s *Service) settleRunning(ctx context.Context, e engine.Engine, h store.Ho
 // Move implements MoveBackend.
 func (b *Bound) Move(ctx context.Context, name string, req MoveRequest, p Progress) (VM, error) {
 	return b.s.Move(ctx, b.c, name, req, p)
+}
+
+// transferPeer ships v's disk from one node straight to another
+// (engine.PeerImporter): the meter of the finished transfer, or nil and
+// no error when there is no such path (nothing was made; relay it). A
+// stream that broke on the way fails the move as a relayed one does (it
+// is not resumed: only relayed exports resume).
+func (s *Service) transferPeer(ctx context.Context, v store.VM, from, to store.Host, srcE, dstE engine.Engine, ran bool, progress Progress) (engine.Instance, *meter, error) {
+	pi, ok := dstE.(engine.PeerImporter)
+	if !ok || from.Local || to.Local {
+		return engine.Instance{}, nil, nil
+	}
+	t0 := time.Now()
+	inst, n, err := pi.ImportDiskFromPeer(ctx, engine.ImportSpec{ID: v.ID, Name: v.Name, Owner: v.OwnerID, Start: ran}, srcE, progress)
+	switch {
+	case err == nil:
+		mt := &meter{progress: progress, start: t0, n: n, total: n, last: time.Now()}
+		mt.done()
+		return inst, mt, nil
+	case errors.Is(err, engine.ErrNoPeerPath):
+		s.log.Info("move: no node-to-node path, relaying the disk", "vm_id", v.ID, "err", err)
+		return engine.Instance{}, nil, nil
+	}
+	return engine.Instance{}, nil, err
 }
 
 // ExportDisk implements engine.Transferer for the node's engine.

@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 	"os"
 	"path/filepath"
@@ -52,6 +53,69 @@ const maxDiskHeader = 64 << 10
 // hashed and written in: large, so a GiB costs few system calls.
 const DiskStreamBuffer = 1 << 20
 
+// hashCopy copies exactly n bytes (fewer if src ends first) from src to
+// dst, hashing them into sum, in DiskStreamBuffer chunks through a
+// pipeline: the next chunk is read while this one is hashed and written
+// at once, so reading (a TLS connection's decryption, a file), hashing
+// and writing (a connection's encryption, the page cache) use the cores
+// there are rather than one after another. rerr is src's error (io.EOF
+// or io.ErrUnexpectedEOF when it ended early), werr dst's.
+func hashCopy(dst io.Writer, src io.Reader, n int64, sum hash.Hash) (copied int64, rerr, werr error) {
+	type chunk struct {
+		b   []byte
+		err error
+	}
+	const depth = 3
+	free := make(chan []byte, depth)
+	for range depth {
+		free <- make([]byte, DiskStreamBuffer)
+	}
+	chunks := make(chan chunk, depth)
+	stop := make(chan struct{})
+	read := make(chan struct{})
+	go func() {
+		defer close(read)
+		defer close(chunks)
+		for left := n; left > 0; {
+			var b []byte
+			select {
+			case b = <-free:
+			case <-stop:
+				return
+			}
+			m, err := io.ReadFull(src, b[:min(int64(len(b)), left)])
+			left -= int64(m)
+			chunks <- chunk{b[:m], err}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	defer func() {
+		close(stop)
+		for range chunks { // let the reader end
+		}
+		<-read
+	}()
+	hashed := make(chan struct{})
+	for c := range chunks {
+		if len(c.b) > 0 {
+			go func() { sum.Write(c.b); hashed <- struct{}{} }()
+			_, err := dst.Write(c.b)
+			<-hashed
+			if err != nil {
+				return copied, nil, err
+			}
+			copied += int64(len(c.b))
+		}
+		if c.err != nil {
+			return copied, c.err, nil
+		}
+		free <- c.b[:cap(c.b)]
+	}
+	return copied, nil, nil
+}
+
 // WriteDiskStream writes h, then h.Size bytes of disk, then their SHA-256.
 func WriteDiskStream(w io.Writer, h DiskHeader, disk io.Reader) error {
 	h.Version = DiskStreamVersion
@@ -63,9 +127,12 @@ func WriteDiskStream(w io.Writer, h DiskHeader, disk io.Reader) error {
 		return fmt.Errorf("disk stream header: %w", err)
 	}
 	sum := sha256.New()
-	n, err := io.CopyBuffer(io.MultiWriter(w, sum), io.LimitReader(disk, h.Size), make([]byte, DiskStreamBuffer))
-	if err != nil {
-		return fmt.Errorf("disk stream: %w", err)
+	n, rerr, werr := hashCopy(w, disk, h.Size, sum)
+	if werr != nil {
+		return fmt.Errorf("disk stream: %w", werr)
+	}
+	if rerr != nil && rerr != io.EOF && rerr != io.ErrUnexpectedEOF {
+		return fmt.Errorf("disk stream: %w", rerr)
 	}
 	if n != h.Size {
 		return fmt.Errorf("disk stream: the disk has %d bytes, not %d", n, h.Size)
@@ -95,9 +162,12 @@ func WriteDiskStreamFrom(w io.Writer, h DiskHeader, disk io.ReaderAt, off int64)
 	if _, err := w.Write(append(b, '\n')); err != nil {
 		return fmt.Errorf("disk stream header: %w", err)
 	}
-	n, err := io.CopyBuffer(io.MultiWriter(w, sum), io.NewSectionReader(disk, off, h.Size-off), make([]byte, DiskStreamBuffer))
-	if err != nil {
-		return fmt.Errorf("disk stream: %w", err)
+	n, rerr, werr := hashCopy(w, io.NewSectionReader(disk, off, h.Size-off), h.Size-off, sum)
+	if werr != nil {
+		return fmt.Errorf("disk stream: %w", werr)
+	}
+	if rerr != nil && rerr != io.EOF && rerr != io.ErrUnexpectedEOF {
+		return fmt.Errorf("disk stream: %w", rerr)
 	}
 	if n != h.Size-off {
 		return fmt.Errorf("disk stream: the disk has %d bytes, not %d", off+n, h.Size)
@@ -139,23 +209,15 @@ func ReadDiskBody(br *bufio.Reader, h DiskHeader, dst io.Writer) error {
 	sum := sha256.New()
 	// Whole buffers (never past the disk's end): a connection's reads
 	// are small, and writes and hashing are cheaper in large chunks.
-	buf := make([]byte, DiskStreamBuffer)
-	var n int64
-	for n < h.Size {
-		m, err := io.ReadFull(br, buf[:min(int64(len(buf)), h.Size-n)])
-		if m > 0 {
-			sum.Write(buf[:m])
-			if _, werr := dst.Write(buf[:m]); werr != nil {
-				return fmt.Errorf("disk stream: %w", werr)
-			}
-			n += int64(m)
-		}
-		if err == io.EOF || err == io.ErrUnexpectedEOF {
-			return errs.New(errs.InvalidArgument, "disk stream ended after %d of %d bytes", n, h.Size)
-		}
-		if err != nil {
-			return fmt.Errorf("disk stream: %w", err)
-		}
+	n, rerr, werr := hashCopy(dst, br, h.Size, sum)
+	if werr != nil {
+		return fmt.Errorf("disk stream: %w", werr)
+	}
+	if rerr == io.EOF || rerr == io.ErrUnexpectedEOF {
+		return errs.New(errs.InvalidArgument, "disk stream ended after %d of %d bytes", n, h.Size)
+	}
+	if rerr != nil {
+		return fmt.Errorf("disk stream: %w", rerr)
 	}
 	var trailer [sha256.Size]byte
 	if _, err := io.ReadFull(br, trailer[:]); err != nil {
@@ -165,6 +227,21 @@ func ReadDiskBody(br *bufio.Reader, h DiskHeader, dst io.Writer) error {
 		return errs.New(errs.InvalidArgument, "disk stream: checksum mismatch (sent %x, received %x)", trailer[:8], got[:8])
 	}
 	return nil
+}
+
+// ErrNoPeerPath is a PeerImporter's answer when there is no direct path
+// between the two hosts: nothing was made on either, and the caller
+// relays the disk stream itself instead.
+var ErrNoPeerPath = errors.New("no direct host-to-host path")
+
+// PeerImporter is a Transferer that imports a disk stream written
+// straight from another host's engine, the bytes not crossing the caller
+// (nodeagent.Remote, node to node).
+type PeerImporter interface {
+	// ImportDiskFromPeer is ImportDisk of the stream from's ExportDisk
+	// of instance spec.ID writes, with the stream's size in bytes. An
+	// error wrapping ErrNoPeerPath left nothing on either host.
+	ImportDiskFromPeer(ctx context.Context, spec ImportSpec, from Engine, progress Progress) (Instance, int64, error)
 }
 
 // Transferer is an Engine that ships instances' disks between hosts: both

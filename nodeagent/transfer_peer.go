@@ -1,0 +1,212 @@
+package nodeagent
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"fmt"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/minionsdev/minions/fabric"
+	"github.com/minionsdev/minions/internal/errs"
+	"github.com/minionsdev/minions/vm/engine"
+)
+
+// Disk streams node to node: when both nodes have direct listeners, the
+// control plane brokers one TLS connection from the source node straight
+// to the target's listener, and sees only the calls' answers (not the
+// bytes, which crossed it twice on the relayed path: decrypted and
+// encrypted again, copied through a pipe).
+//
+//  1. direct_cert on the source: the fingerprint of the certificate its
+//     direct listener presents, which it also presents as a client.
+//  2. direct_ticket of kind peerdisk on the target, naming that
+//     fingerprint: a one-time ticket only a connection presenting that
+//     certificate redeems (redeem), bound to a fresh stream ID.
+//  3. import_disk on the target with Direct set: it takes the connection
+//     parked for that stream ID (transfer_direct.go), as for the control
+//     plane's own.
+//  4. export_disk on the source with To (the target's address, its
+//     certificate's fingerprint, the ticket): it dials the target, pins
+//     its certificate, sends the hello and writes the disk stream.
+//
+// The stream is the same (header, bytes, SHA-256 trailer), verified by
+// the importer. A failure before any byte went (no direct listener on
+// either end, no route between the nodes) reports ErrNoPeerPath and
+// leaves nothing; the caller then relays the stream as before.
+
+// ErrNoPeerPath is ImportDiskFromPeer's answer when there is no direct
+// node-to-node path: nothing was made, relay the stream instead.
+var ErrNoPeerPath = engine.ErrNoPeerPath
+
+var _ engine.PeerImporter = (*Remote)(nil)
+
+// peerDial tells export_disk where to write the stream.
+type peerDial struct {
+	Addr   string `json:"addr"`
+	Cert   string `json:"cert"` // hex SHA-256 of the target's certificate
+	Ticket string `json:"ticket"`
+}
+
+// exportResult answers a peer export: the stream's bytes.
+type exportResult struct {
+	Bytes int64 `json:"bytes"`
+}
+
+var fingerprintRE = regexp.MustCompile(`^[0-9a-f]{64}$`)
+
+// ImportDiskFromPeer makes instance spec.ID on r's node from the disk
+// stream of the same instance on from's node, written node to node.
+// It returns the instance and the stream's size in bytes. from must be a
+// *Remote (another node of this control plane); else, or when either
+// node has no direct listener or the source cannot reach the target, it
+// is ErrNoPeerPath (wrapped) and nothing was made on either node. Any
+// other failure is the import's or the export's (the import has undone
+// itself, as ImportDisk does).
+func (r *Remote) ImportDiskFromPeer(ctx context.Context, spec engine.ImportSpec, from engine.Engine, progress engine.Progress) (engine.Instance, int64, error) {
+	src, ok := from.(*Remote)
+	if !ok || src == r || r.cfg.DirectTLS == nil {
+		return engine.Instance{}, 0, ErrNoPeerPath
+	}
+	var sc ticketReply
+	if err := src.call(ctx, mDirectCert, callRequest{}, nil, &sc); err != nil {
+		return engine.Instance{}, 0, fmt.Errorf("%w: source node %s: %v", ErrNoPeerPath, src.cfg.ID, err)
+	}
+	if !fingerprintRE.MatchString(sc.Cert) {
+		return engine.Instance{}, 0, fmt.Errorf("%w: source node %s: bad certificate fingerprint", ErrNoPeerPath, src.cfg.ID)
+	}
+	sid := newToken()
+	var t ticketReply
+	if err := r.call(ctx, mDirectTicket, callRequest{ID: sid, Kind: kindPeerDisk, Peer: sc.Cert}, nil, &t); err != nil {
+		return engine.Instance{}, 0, fmt.Errorf("%w: target node %s: %v", ErrNoPeerPath, r.cfg.ID, err)
+	}
+	ictx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	type imported struct {
+		inst engine.Instance
+		err  error
+	}
+	done := make(chan imported, 1)
+	go func() {
+		p := func(step string) {
+			if step != streamReady {
+				progress.Say(step)
+			}
+		}
+		inst, err := r.instance(ictx, mImportDisk, callRequest{ID: spec.ID, Stream: sid, Import: &spec, Direct: true}, p)
+		done <- imported{inst, err}
+	}()
+	var res exportResult
+	eerr := src.call(ctx, mExportDisk, callRequest{ID: spec.ID, Stream: sid, To: &peerDial{Addr: t.Addr, Cert: t.Cert, Ticket: t.Ticket}}, nil, &res)
+	if eerr != nil && errs.ClassOf(eerr) == errs.Unavailable && isNoRoute(eerr) {
+		cancel() // the import waits for a connection that will not come
+		<-done
+		r.diskPeerFailed.Add(1)
+		return engine.Instance{}, 0, fmt.Errorf("%w: %v", ErrNoPeerPath, eerr)
+	}
+	if eerr != nil {
+		// The target's import sees the stream end early and undoes
+		// itself; wait for that.
+		im := <-done
+		if im.err == nil {
+			return engine.Instance{}, 0, fmt.Errorf("export to node %s: %w (yet the import succeeded)", r.cfg.ID, eerr)
+		}
+		return engine.Instance{}, 0, eerr
+	}
+	im := <-done
+	if im.err != nil {
+		return engine.Instance{}, 0, im.err
+	}
+	r.diskPeer.Add(1)
+	return im.inst, res.Bytes, nil
+}
+
+// errPeerDialPrefix starts the errors of a source that could not reach
+// the target (or was refused there): nothing went, and the caller
+// relays instead.
+const errPeerDialPrefix = "peer dial: "
+
+func isNoRoute(err error) bool { return strings.Contains(err.Error(), errPeerDialPrefix) }
+
+// exportToPeer is export_disk with To: the disk stream written straight
+// to another node's direct listener.
+func (s *server) exportToPeer(ctx context.Context, req callRequest) (exportResult, error) {
+	t, ok := s.cfg.Engine.(engine.Transferer)
+	if !ok {
+		return exportResult{}, errs.New(errs.FailedPrecondition, "this node's engine does not ship disks")
+	}
+	if !tokenRE.MatchString(req.Stream) || !fingerprintRE.MatchString(req.To.Cert) || req.To.Addr == "" {
+		return exportResult{}, errs.New(errs.InvalidArgument, "export to a peer: bad stream id, address or certificate")
+	}
+	if s.cfg.Direct == nil {
+		return exportResult{}, errs.New(errs.Unavailable, errPeerDialPrefix+"node %s has no direct listener", s.cfg.ID)
+	}
+	c, err := s.cfg.Direct.dialPeer(ctx, *req.To, req.Stream)
+	if err != nil {
+		return exportResult{}, err
+	}
+	defer c.Close()
+	w := &idleStream{ctx: ctx, st: c, pauseAfter: pauseAfter}
+	if err := t.ExportDisk(ctx, req.ID, w); err != nil {
+		return exportResult{Bytes: w.written}, err
+	}
+	// The importer reads up to the trailer: a clean close after it.
+	if err := c.CloseWrite(); err != nil {
+		return exportResult{Bytes: w.written}, errs.New(errs.Unavailable, "export to a peer: %v", err)
+	}
+	return exportResult{Bytes: w.written}, nil
+}
+
+// dialPeer opens a disk stream connection to another node's direct
+// listener: TLS with this listener's certificate as the client's, the
+// target's pinned to to.Cert, then the hello with to.Ticket. Errors
+// before the hello went through are errs.Unavailable starting with
+// errPeerDialPrefix (no route: the caller relays instead).
+func (d *Direct) dialPeer(ctx context.Context, to peerDial, sid string) (*tls.Conn, error) {
+	cfg := &tls.Config{MinVersion: tls.VersionTLS13, Certificates: d.tls.Certificates,
+		// The target's certificate is self-signed: pinned to the
+		// fingerprint its own fabric subjects announced.
+		InsecureSkipVerify: true,
+		VerifyConnection: func(cs tls.ConnectionState) error {
+			if len(cs.PeerCertificates) == 0 || fabric.CertFingerprint(cs.PeerCertificates[0].Raw) != to.Cert {
+				return errs.New(errs.PermissionDenied, "the target node presented a certificate other than the one it announced")
+			}
+			return nil
+		}}
+	dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	c, err := (&tls.Dialer{Config: cfg}).DialContext(dctx, "tcp", to.Addr)
+	if err != nil {
+		return nil, errs.New(errs.Unavailable, errPeerDialPrefix+"%s: %v", to.Addr, err)
+	}
+	tc := c.(*tls.Conn)
+	tc.SetDeadline(time.Now().Add(10 * time.Second))
+	b, _ := json.Marshal(hello{Ticket: to.Ticket, Kind: kindPeerDisk, VM: sid})
+	if _, err := tc.Write(append(b, '\n')); err != nil {
+		tc.Close()
+		return nil, errs.New(errs.Unavailable, errPeerDialPrefix+"hello: %v", err)
+	}
+	line, err := readLine(tc, 4096)
+	if err != nil {
+		tc.Close()
+		return nil, errs.New(errs.Unavailable, errPeerDialPrefix+"hello: %v", err)
+	}
+	var rep helloReply
+	if err := json.Unmarshal(line, &rep); err != nil || !rep.OK {
+		tc.Close()
+		if rep.Error != nil {
+			return nil, errs.New(errs.Unavailable, errPeerDialPrefix+"refused by the target: %v", fromWire(rep.Error))
+		}
+		return nil, errs.New(errs.Unavailable, errPeerDialPrefix+"bad hello reply %q", line)
+	}
+	tc.SetDeadline(time.Time{})
+	return tc, nil
+}
+
+// PeerStreamCounts reports how many disk streams this Remote imported
+// node to node, and how many such attempts found no path.
+func (r *Remote) PeerStreamCounts() (peer, failed int64) {
+	return r.diskPeer.Load(), r.diskPeerFailed.Load()
+}
