@@ -1,8 +1,11 @@
 package nodeagent
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"sync"
@@ -213,7 +216,61 @@ func (s *server) importDisk(ctx context.Context, req callRequest, progress engin
 		disk = disk || step == "disk"
 		progress(step)
 	}
-	return t.ImportDisk(ctx, *req.Import, &idleStream{ctx: ctx, st: st}, p)
+	var r io.Reader = &idleStream{ctx: ctx, st: st}
+	if !req.Meter {
+		return t.ImportDisk(ctx, *req.Import, r, p)
+	}
+	m := &byteMeter{r: r, say: progress, start: time.Now()}
+	inst, err := t.ImportDisk(ctx, *req.Import, m, p)
+	if err == nil {
+		m.line(time.Now())
+	}
+	return inst, err
+}
+
+// byteMeter says "transfer N/M MiB, R MiB/s" on say at most once a second
+// while a disk stream is read (M from the stream's header line, when it
+// is one).
+type byteMeter struct {
+	r      io.Reader
+	say    engine.Progress
+	start  time.Time
+	said   time.Time // of the last line
+	n      int64
+	total  int64
+	head   []byte
+	headOK bool
+}
+
+func (m *byteMeter) Read(p []byte) (int, error) {
+	n, err := m.r.Read(p)
+	m.n += int64(n)
+	if !m.headOK && n > 0 {
+		m.head = append(m.head, p[:n]...)
+		if i := bytes.IndexByte(m.head, '\n'); i >= 0 || len(m.head) > 64<<10 {
+			var h engine.DiskHeader
+			if i >= 0 && json.Unmarshal(m.head[:i], &h) == nil {
+				m.total = h.Size
+			}
+			m.head, m.headOK = nil, true
+		}
+	}
+	if now := time.Now(); now.Sub(m.said) >= time.Second {
+		m.line(now)
+	}
+	return n, err
+}
+
+// line says how far the stream got at now.
+func (m *byteMeter) line(now time.Time) {
+	m.said = now
+	const mib = 1 << 20
+	rate := float64(m.n) / mib / max(now.Sub(m.start).Seconds(), 1e-3)
+	if m.total > 0 {
+		m.say(fmt.Sprintf("transfer %d/%d MiB, %.0f MiB/s", min(m.n, m.total)/mib, m.total/mib, rate))
+	} else {
+		m.say(fmt.Sprintf("transfer %d MiB, %.0f MiB/s", m.n/mib, rate))
+	}
 }
 
 // transferIdle is how long a disk stream may carry nothing before the

@@ -95,7 +95,7 @@ func (r *Remote) ImportDiskFromPeer(ctx context.Context, spec engine.ImportSpec,
 				progress.Say(step)
 			}
 		}
-		inst, err := r.instance(ictx, mImportDisk, callRequest{ID: spec.ID, Stream: sid, Import: &spec, Direct: true}, p)
+		inst, err := r.instance(ictx, mImportDisk, callRequest{ID: spec.ID, Stream: sid, Import: &spec, Direct: true, Meter: true}, p)
 		done <- imported{inst, err}
 	}()
 	var res exportResult

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -88,6 +89,11 @@ func TestDiskMovesNodeToNode(t *testing.T) {
 	if !strings.Contains(strings.Join(steps, ","), "disk") || strings.Contains(strings.Join(steps, ","), "\x00") {
 		t.Errorf("progress %q", steps)
 	}
+	// The control plane does not see the bytes: the target says how far
+	// the stream got, ending with the whole of it.
+	if last := lastWithPrefix(steps, "transfer "); !strings.HasPrefix(last, fmt.Sprintf("transfer %d/%d MiB", n>>20, n>>20)) {
+		t.Errorf("byte progress: last transfer line %q in %q", last, steps)
+	}
 	qemuIO(t, filepath.Join(b.dir, "state", "vms", got.ID, "disk.qcow2"), "read -P 0x5a 0 64M")
 	if p, f := rb.PeerStreamCounts(); p != 1 || f != 0 {
 		t.Errorf("node-to-node streams %d (no path %d), want 1 (0)", p, f)
@@ -170,4 +176,13 @@ func TestPeerDiskTickets(t *testing.T) {
 		t.Fatalf("valid peer ticket: %q, %v", line, err)
 	}
 	c.Close()
+}
+
+func lastWithPrefix(lines []string, prefix string) string {
+	for i := len(lines) - 1; i >= 0; i-- {
+		if strings.HasPrefix(lines[i], prefix) {
+			return lines[i]
+		}
+	}
+	return ""
 }

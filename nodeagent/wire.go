@@ -88,6 +88,10 @@ type callRequest struct {
 	// Direct: export_disk and import_disk: Stream is a direct connection
 	// (transfer_direct.go), not a fabric stream.
 	Direct bool `json:"direct,omitempty"`
+	// Meter (import_disk of a node-to-node stream, which the control
+	// plane does not see): the importer says "transfer N/M MiB, R MiB/s"
+	// on progress once a second.
+	Meter bool `json:"meter,omitempty"`
 	// Offset: export_disk: resume the disk stream at this byte of the disk
 	// (engine.DiskResumer).
 	Offset int64 `json:"offset,omitempty"`
