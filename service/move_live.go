@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/minionsdev/minions/internal/errs"
+	"github.com/minionsdev/minions/internal/movepause"
 	"github.com/minionsdev/minions/store"
 	"github.com/minionsdev/minions/vm"
 	"github.com/minionsdev/minions/vm/engine"
@@ -96,6 +97,7 @@ func (s *Service) moveLive(ctx context.Context, v store.VM, from, to store.Host,
 	if err != nil {
 		return fail(err, errs.ClassOf(err) != errs.AlreadyExists)
 	}
+	movepause.At(ctx, movepause.Prepared) // test only (internal/movepause)
 	if s.moving.crashes("transfer") {
 		return VM{}, errMoveCrashed
 	}
@@ -122,6 +124,7 @@ func (s *Service) moveLive(ctx context.Context, v store.VM, from, to store.Host,
 	if err != nil {
 		return fail(err, true)
 	}
+	movepause.At(ctx, movepause.Migrated) // test only
 	if s.moving.crashes("switch") {
 		return VM{}, errMoveCrashed
 	}
@@ -145,6 +148,7 @@ func (s *Service) moveLive(ctx context.Context, v store.VM, from, to store.Host,
 	if s.moving.crashes("cleanup") {
 		return VM{}, errMoveCrashed
 	}
+	movepause.At(ctx, movepause.Switched) // test only
 	progress.Say("cleanup")
 	if err := s.destroySource(ctx, srcE, v.ID); err != nil {
 		s.log.Warn("move: destroy the source copy (settled later)", "vm_id", v.ID, "host", from.Name, "err", err)

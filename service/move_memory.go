@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/minionsdev/minions/internal/errs"
+	"github.com/minionsdev/minions/internal/movepause"
 	"github.com/minionsdev/minions/store"
 	"github.com/minionsdev/minions/vm"
 	"github.com/minionsdev/minions/vm/engine"
@@ -127,6 +128,7 @@ func (s *Service) moveMemory(ctx context.Context, v store.VM, from, to store.Hos
 	if inst, err := srcE.Get(ctx, v.ID); err == nil {
 		s.syncMoved(ctx, from, inst)
 	}
+	movepause.At(ctx, movepause.Suspended) // test only (internal/movepause)
 	// From here a failure before the switch resumes the source.
 	restore := func(cause error, targetClean bool) error {
 		s.resumeSource(ctx, src, from, v.ID)
@@ -200,6 +202,7 @@ func (s *Service) moveMemory(ctx context.Context, v store.VM, from, to store.Hos
 	if s.moving.crashes("cleanup") {
 		return VM{}, errMoveCrashed
 	}
+	movepause.At(ctx, movepause.Switched) // test only
 	progress.Say("cleanup")
 	if err := s.destroySource(ctx, srcE, v.ID); err != nil {
 		s.log.Warn("move: destroy the source copy (settled later)", "vm_id", v.ID, "host", from.Name, "err", err)
