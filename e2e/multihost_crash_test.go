@@ -128,7 +128,9 @@ cases:
 			}
 			start := time.Now()
 			var where string
+			ran := false
 			ok := t.Run(name, func(t *testing.T) {
+				ran = true
 				pid := counterPID(t, c, ann)
 				at = crashCase(t, c, ann, v.ID, marker, at, st, victim)
 				where = at.name
@@ -136,6 +138,9 @@ cases:
 					checkCounter(t, c, ann, pid)
 				}
 			})
+			if !ran {
+				continue // not matched by -run
+			}
 			table = append(table, fmt.Sprintf("%-24s %-5s -> on %s after %s", name, map[bool]string{true: "ok", false: "FAIL"}[ok], where, time.Since(start).Round(time.Second)))
 			if !ok {
 				t.Logf("stopping after the failed case %s", name)

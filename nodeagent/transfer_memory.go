@@ -94,7 +94,16 @@ func (r *Remote) ImportBundle(ctx context.Context, spec engine.ImportSpec, rd io
 	var once sync.Once
 	p := func(step string) {
 		if step == streamReady {
-			once.Do(func() { go io.Copy(st, rd) })
+			// A bundle that stops coming (the export failed) closes the
+			// stream, so the node's import ends now rather than at its
+			// idle deadline.
+			once.Do(func() {
+				go func() {
+					if _, err := io.Copy(st, rd); err != nil {
+						st.Close()
+					}
+				}()
+			})
 			return
 		}
 		progress.Say(step)
