@@ -87,7 +87,12 @@ func keepsMemory(mode string) bool { return mode == "memory" || mode == "live" }
 // until it settled. One VM is reused, moving between n1 and n2 from case to case.
 //
 // The quick cases (crashQuick) run by default; MINIONS_E2E_FULL=1 runs
-// every step against every victim.
+// every step against every victim. Known open (full matrix, 2026-12-05):
+// memory/imported/dst after memory/imported/src does not settle: the
+// source's resume from its saved memory fails over and over ("Capability
+// x-ignore-shared is on, but received capability is off"); settling seems
+// to resume twice at once, and both nodes of this cluster share
+// /dev/shm/minions, where a VM's RAM file is named by its id only.
 //
 //	MINIONS_E2E_DEBIAN=0 go test -count=1 -run 'TestMultiHostMoveCrash$' -v ./e2e/
 func TestMultiHostMoveCrash(t *testing.T) {
