@@ -32,6 +32,14 @@ var crashSteps = []crashStep{
 	{"cold", movepause.Imported, "dst", "the target's disk in place, before its boot"},
 	{"cold", movepause.Started, "cp", "the target's copy runs, before the switch"},
 	{"cold", movepause.Switched, "cp", "switched, before the source's copy is destroyed"},
+	{"memory", movepause.Suspended, "cp", "the source suspended (memory saved), nothing shipped"},
+	{"memory", movepause.Transfer, "src", "mid-transfer: part of the bundle sent"},
+	{"memory", movepause.Imported, "dst", "the target imported the bundle, before its resume"},
+	{"memory", movepause.Switched, "cp", "switched, before the source's copy is destroyed"},
+	{"live", movepause.Prepared, "cp", "the target's copy prepared, nothing sent"},
+	{"live", movepause.Mirrored, "src", "mid-mirror: the disk mirror in sync, before the memory"},
+	{"live", movepause.Migrated, "cp", "the migration completed, before the switch"},
+	{"live", movepause.Switched, "cp", "switched and resumed, before the source's copy is destroyed"},
 }
 
 // crashVictims are the processes killed at each step.
@@ -45,7 +53,24 @@ var crashQuick = map[string]bool{
 	"cold/imported/cp":  true,
 	"cold/started/src":  true,
 	"cold/switched/cp":  true,
+
+	"memory/suspended/src": true,
+	"memory/transfer/cp":   true,
+	"memory/imported/dst":  true,
+	"memory/switched/cp":   true,
+
+	"live/prepared/dst": true,
+	"live/mirrored/src": true,
+	"live/migrated/cp":  true,
+	"live/switched/src": true,
 }
+
+// keepsMemory reports whether the guest's memory must survive a crash
+// case of mode: a memory move resumes the source from its saved memory
+// (before the switch) or runs on at the target resumed from it (after);
+// a live move resumes the source (before) or the target runs on (after).
+// Only a cold move reboots the guest.
+func keepsMemory(mode string) bool { return mode == "memory" || mode == "live" }
 
 // TestMultiHostMoveCrash is issue 15's durability proof on real QEMU VMs
 // and a cluster of its own (a control plane and two nodes in netns, see
@@ -54,12 +79,20 @@ var crashQuick = map[string]bool{
 // brought to the step, the victim killed with SIGKILL and restarted, and
 // once settled exactly one copy of the VM runs: one QEMU across both
 // nodes, on the host `show --json` names, answering exec, with its disk's
-// marker file; the other node has nothing of it (QEMU, state or run dir,
-// TAP, row and address in its store). No moment with two QEMUs is
-// tolerated. One VM is reused, moving between n1 and n2 from case to case.
+// marker file, and for memory and live moves the same counter process
+// (keepsMemory); the other node has nothing of it (QEMU, state or run
+// dir, TAP, RAM file, row and address in its store). No moment with two
+// QEMUs is tolerated, but in a live move (whose target waits paused for
+// the migration before the switch and whose source is paused after it)
+// until it settled. One VM is reused, moving between n1 and n2 from case to case.
 //
 // The quick cases (crashQuick) run by default; MINIONS_E2E_FULL=1 runs
-// every step against every victim.
+// every step against every victim. Known open (full matrix, 2026-12-05):
+// memory/imported/dst after memory/imported/src does not settle: the
+// source's resume from its saved memory fails over and over ("Capability
+// x-ignore-shared is on, but received capability is off"); settling seems
+// to resume twice at once, and both nodes of this cluster share
+// /dev/shm/minions, where a VM's RAM file is named by its id only.
 //
 //	MINIONS_E2E_DEBIAN=0 go test -count=1 -run 'TestMultiHostMoveCrash$' -v ./e2e/
 func TestMultiHostMoveCrash(t *testing.T) {
@@ -100,10 +133,19 @@ cases:
 			}
 			start := time.Now()
 			var where string
+			ran := false
 			ok := t.Run(name, func(t *testing.T) {
+				ran = true
+				pid := counterPID(t, c, ann)
 				at = crashCase(t, c, ann, v.ID, marker, at, st, victim)
 				where = at.name
+				if keepsMemory(st.mode) {
+					checkCounter(t, c, ann, pid)
+				}
 			})
+			if !ran {
+				continue // not matched by -run
+			}
 			table = append(table, fmt.Sprintf("%-24s %-5s -> on %s after %s", name, map[bool]string{true: "ok", false: "FAIL"}[ok], where, time.Since(start).Round(time.Second)))
 			if !ok {
 				t.Logf("stopping after the failed case %s", name)
@@ -184,7 +226,10 @@ func crashCase(t *testing.T, c *mhCluster, u mhUser, id, marker string, at *mhHo
 	deadline = time.Now().Add(2 * time.Minute)
 	for {
 		q1, q2 := c.n1.vmProcs(id), c.n2.vmProcs(id)
-		if len(q1)+len(q2) > 1 {
+		// A live move has two QEMUs by design until it settles: the
+		// target's waits paused for the migration (before the switch), the
+		// source's is paused once it handed over (after it).
+		if len(q1)+len(q2) > 1 && st.mode != "live" {
 			t.Fatalf("two copies run: n1 %v, n2 %v", q1, q2)
 		}
 		on, why := settledOn(t, c, u, id, marker, q1, q2)
@@ -224,6 +269,10 @@ func settledOn(t *testing.T, c *mhCluster, u mhUser, id, marker string, q1, q2 [
 	}
 	if left := vmTraces(off, id); len(left) != 0 {
 		return nil, fmt.Sprintf("%s keeps %v", off.name, left)
+	}
+	q := append(q1, q2...)[0]
+	if left := ramLeaks(id, q); len(left) != 0 {
+		return nil, fmt.Sprintf("RAM files of the vm not mapped by its QEMU %d: %v", q, left)
 	}
 	if row, ok := nodeRow(off, id); ok {
 		return nil, fmt.Sprintf("%s's store keeps the vm (address %s)", off.name, row)
@@ -284,4 +333,88 @@ func moveLines(log string, n int) string {
 		}
 	}
 	return strings.Join(out[max(0, len(out)-n):], "\n")
+}
+
+// counterFile is where the guest's counter loop writes (its tmpfs).
+const counterFile = "/tmp/crash-counter"
+
+// counterPID returns the PID of the counter loop in the crash VM,
+// starting one if none runs (a cold move reboots the guest).
+func counterPID(t *testing.T, c *mhCluster, u mhUser) string {
+	t.Helper()
+	r := c.as(t, u, "", "exec", "crash", "--", "sh", "-c", "cat "+counterFile+".pid 2>/dev/null")
+	if pid := strings.TrimSpace(r.stdout); r.code == 0 && pid != "" {
+		if c.as(t, u, "", "exec", "crash", "--", "kill", "-0", pid).code == 0 {
+			return pid
+		}
+	}
+	r = c.as(t, u, "", "exec", "crash", "--", "sh", "-c",
+		`setsid sh -c 'i=0; while :; do i=$((i+1)); echo $i > `+counterFile+`; sleep 0.2; done' </dev/null >/dev/null 2>&1 & echo $! | tee `+counterFile+`.pid`)
+	pid := strings.TrimSpace(r.stdout)
+	if r.code != 0 || pid == "" {
+		t.Fatalf("start the counter: %s", r)
+	}
+	return pid
+}
+
+// checkCounter fails unless the counter loop pid still runs in the crash
+// VM (its memory survived) and counts on.
+func checkCounter(t *testing.T, c *mhCluster, u mhUser, pid string) {
+	t.Helper()
+	read := func() (string, int) {
+		r := c.as(t, u, "", "exec", "crash", "--", "sh", "-c", "tr '\\0' ' ' </proc/"+pid+"/cmdline; echo; cat "+counterFile)
+		lines := strings.Split(strings.TrimSpace(r.stdout), "\n")
+		n := 0
+		if r.code == 0 && len(lines) == 2 {
+			fmt.Sscan(lines[1], &n)
+			return lines[0], n
+		}
+		return strings.TrimSpace(r.stdout + r.stderr), -1
+	}
+	cmd1, n1 := read()
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		cmd2, n2 := read()
+		if n1 > 0 && n2 > n1 && strings.Contains(cmd2, counterFile) {
+			t.Logf("the guest's memory survived: counter pid %s counts on (%d, then %d)", pid, n1, n2)
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the guest's memory did not survive: counter pid %s: %q %d, then %q %d", pid, cmd1, n1, cmd2, n2)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+}
+
+// ramFilesDir is the QEMU driver's default RAM file directory, one for
+// both nodes of the test cluster (they share the machine's /dev/shm).
+const ramFilesDir = "/dev/shm/minions"
+
+// ramLeaks lists the RAM files of VM id that QEMU pid qemu does not map:
+// left behind by a copy that is gone.
+func ramLeaks(id string, qemu int) []string {
+	files, _ := filepath.Glob(filepath.Join(ramFilesDir, "*"+id+"*"))
+	if len(files) == 0 {
+		return nil
+	}
+	maps, err := os.ReadFile(fmt.Sprintf("/proc/%d/maps", qemu))
+	if err != nil {
+		return []string{err.Error()}
+	}
+	mapped := map[uint64]bool{}
+	for _, l := range strings.Split(string(maps), "\n") {
+		if f := strings.Fields(l); len(f) >= 5 {
+			var ino uint64
+			fmt.Sscan(f[4], &ino)
+			mapped[ino] = ino != 0
+		}
+	}
+	var out []string
+	for _, f := range files {
+		var st syscall.Stat_t
+		if syscall.Stat(f, &st) == nil && !mapped[st.Ino] {
+			out = append(out, f)
+		}
+	}
+	return out
 }

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/minionsdev/minions/internal/errs"
+	"github.com/minionsdev/minions/internal/movepause"
 	"github.com/minionsdev/minions/vm/engine"
 	"github.com/minionsdev/minions/vm/hypervisor"
 )
@@ -219,5 +220,11 @@ func (s *server) liveMigrate(ctx context.Context, lm engine.LiveMigrator, req ca
 		return stats, errs.New(errs.Unavailable, "live migrate: %v", err)
 	}
 	progress(streamReady)
-	return lm.MigrateOut(ctx, req.ID, req.TrustKey, sts[0], sts[1], progress)
+	p := func(step string) {
+		if step == "migrate memory" { // the qemu driver's step after the mirror is in sync
+			movepause.At(ctx, movepause.Mirrored) // test only: the disk mirror in sync
+		}
+		progress(step)
+	}
+	return lm.MigrateOut(ctx, req.ID, req.TrustKey, sts[0], sts[1], p)
 }

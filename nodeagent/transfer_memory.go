@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/minionsdev/minions/internal/errs"
+	"github.com/minionsdev/minions/internal/movepause"
 	"github.com/minionsdev/minions/vm/engine"
 )
 
@@ -93,7 +94,16 @@ func (r *Remote) ImportBundle(ctx context.Context, spec engine.ImportSpec, rd io
 	var once sync.Once
 	p := func(step string) {
 		if step == streamReady {
-			once.Do(func() { go io.Copy(st, rd) })
+			// A bundle that stops coming (the export failed) closes the
+			// stream, so the node's import ends now rather than at its
+			// idle deadline.
+			once.Do(func() {
+				go func() {
+					if _, err := io.Copy(st, rd); err != nil {
+						st.Close()
+					}
+				}()
+			})
 			return
 		}
 		progress.Say(step)
@@ -123,7 +133,10 @@ func (s *server) runMemory(ctx context.Context, method string, req callRequest, 
 			return nil, err
 		}
 		defer end()
-		return nil, m.ExportBundle(ctx, req.ID, st)
+		// Idle deadlines as for disk streams: a bundle stream whose relay
+		// (the control plane) died must end the export, which holds the
+		// instance's lock, rather than block it for ever.
+		return nil, m.ExportBundle(ctx, req.ID, &idleStream{ctx: ctx, st: st, pauseAfter: pauseAfter})
 	case mImportBundle:
 		if req.Import == nil {
 			return nil, errs.New(errs.InvalidArgument, "import_bundle: missing argument")
@@ -140,7 +153,22 @@ func (s *server) runMemory(ctx context.Context, method string, req callRequest, 
 			return nil, errs.New(errs.Unavailable, "import bundle: %v", err)
 		}
 		progress(streamReady)
-		return m.ImportBundle(ctx, *req.Import, st, progress)
+		return m.ImportBundle(ctx, *req.Import, &idleStream{ctx: ctx, st: st}, pauseImported(ctx, progress))
 	}
 	return nil, errs.New(errs.InvalidArgument, "unknown engine method %q", method)
+}
+
+// pauseImported wraps an import's progress with the test-only
+// movepause.Imported step: after the disk (and snapshots) are in place,
+// before the next step (the boot or the resume).
+func pauseImported(ctx context.Context, progress engine.Progress) engine.Progress {
+	disk := false
+	return func(step string) {
+		if disk && step != "disk" && step != "snapshots" {
+			disk = false
+			movepause.At(ctx, movepause.Imported) // test only: the disk is in place
+		}
+		disk = disk || step == "disk"
+		progress(step)
+	}
 }

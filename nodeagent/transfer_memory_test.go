@@ -70,6 +70,18 @@ func TestMemoryMoveBetweenNodesOverNATS(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(b.dir, "state", "vms", inst.ID)); !os.IsNotExist(err) {
 		t.Fatalf("node-b kept files of the corrupt import: %v", err)
 	}
+	// A bundle that stops coming (the export failed half-way: its node
+	// agent killed) ends node-b's import at once, not at its idle
+	// deadline, with nothing left (e2e TestMultiHostMoveCrash
+	// memory/suspended/src waited 30 s for it).
+	half := io.MultiReader(bytes.NewReader(bundle.Bytes()[:bundle.Len()/2]), iotestErr{})
+	t1 := time.Now()
+	if _, err := rb.ImportBundle(ctx, spec, half, nil); err == nil || time.Since(t1) > 10*time.Second {
+		t.Fatalf("import of a bundle cut half-way: %v after %v, want an error within 10 s", err, time.Since(t1))
+	}
+	if _, err := os.Stat(filepath.Join(b.dir, "state", "vms", inst.ID)); !os.IsNotExist(err) {
+		t.Fatalf("node-b kept files of the cut import: %v", err)
+	}
 	// A failed move's undo: node-a resumes from its memory.
 	if got, err := ra.Resume(ctx, inst.ID); err != nil || got.State != vm.Running {
 		t.Fatalf("resume on node-a: %+v, %v", got, err)
@@ -106,4 +118,11 @@ func TestMemoryMoveBetweenNodesOverNATS(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(a.dir, "state", "vms", inst.ID)); !os.IsNotExist(err) {
 		t.Errorf("node-a kept files: %v", err)
 	}
+}
+
+// iotestErr is a reader that fails: a bundle's export that broke.
+type iotestErr struct{}
+
+func (iotestErr) Read([]byte) (int, error) {
+	return 0, errs.New(errs.Unavailable, "export broke (test)")
 }

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/minionsdev/minions/internal/errs"
+	"github.com/minionsdev/minions/internal/movepause"
 	"github.com/minionsdev/minions/store"
 	"github.com/minionsdev/minions/vm"
 	"github.com/minionsdev/minions/vm/engine"
@@ -78,10 +79,9 @@ func (s *Service) moveLive(ctx context.Context, v store.VM, from, to store.Host,
 		if target {
 			clean = s.abortIncoming(ctx, dst, v.ID, cause)
 		}
-		s.resumeOut(ctx, src, v.ID)
-		if clean {
+		if s.resumeOut(ctx, src, v.ID) && clean {
 			dropRec()
-		} // else SettleMoves finishes the undo
+		} // else SettleMoves finishes the undo (the source may be restarting)
 		return VM{}, fmt.Errorf("move vm %s to %s: %w", v.Name, to.Name, cause)
 	}
 
@@ -96,6 +96,7 @@ func (s *Service) moveLive(ctx context.Context, v store.VM, from, to store.Host,
 	if err != nil {
 		return fail(err, errs.ClassOf(err) != errs.AlreadyExists)
 	}
+	movepause.At(ctx, movepause.Prepared) // test only (internal/movepause)
 	if s.moving.crashes("transfer") {
 		return VM{}, errMoveCrashed
 	}
@@ -122,6 +123,7 @@ func (s *Service) moveLive(ctx context.Context, v store.VM, from, to store.Host,
 	if err != nil {
 		return fail(err, true)
 	}
+	movepause.At(ctx, movepause.Migrated) // test only
 	if s.moving.crashes("switch") {
 		return VM{}, errMoveCrashed
 	}
@@ -145,6 +147,7 @@ func (s *Service) moveLive(ctx context.Context, v store.VM, from, to store.Host,
 	if s.moving.crashes("cleanup") {
 		return VM{}, errMoveCrashed
 	}
+	movepause.At(ctx, movepause.Switched) // test only
 	progress.Say("cleanup")
 	if err := s.destroySource(ctx, srcE, v.ID); err != nil {
 		s.log.Warn("move: destroy the source copy (settled later)", "vm_id", v.ID, "host", from.Name, "err", err)
@@ -180,8 +183,7 @@ func (s *Service) switchBack(ctx context.Context, v store.VM, from store.Host, i
 		return fmt.Errorf("move vm %s: resume on the target: %w (and switching back failed: %v; it is settled later)", v.Name, cause, back)
 	}
 	clean := s.abortIncoming(ctx, dst, v.ID, cause)
-	s.resumeOut(ctx, src, v.ID)
-	if clean {
+	if s.resumeOut(ctx, src, v.ID) && clean {
 		s.DB.Tx(context.WithoutCancel(ctx), func(q store.Q) error { return store.DeleteMove(ctx, q, v.ID) })
 	}
 	return fmt.Errorf("move vm %s: resume on the target: %w (the vm runs on at its source)", v.Name, cause)
@@ -200,13 +202,16 @@ func (s *Service) abortIncoming(ctx context.Context, dst engine.LiveMigrator, id
 }
 
 // resumeOut makes sure the source of a live move that did not switch
-// runs (it is paused after a completed migration).
-func (s *Service) resumeOut(ctx context.Context, src engine.LiveMigrator, id string) {
+// runs (it is paused after a completed migration). It reports whether it
+// does.
+func (s *Service) resumeOut(ctx context.Context, src engine.LiveMigrator, id string) bool {
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
 	defer cancel()
 	if err := src.ResumeOut(rctx, id); err != nil {
-		s.log.Warn("move: resume the source", "vm_id", id, "err", err)
+		s.log.Warn("move: resume the source (settled later)", "vm_id", id, "err", err)
+		return false
 	}
+	return true
 }
 
 // settleLive finishes an interrupted live move m (SettleMoves): before the
@@ -223,7 +228,9 @@ func (s *Service) settleLive(ctx context.Context, m store.Move, from, to store.H
 		if !s.abortIncoming(ctx, dst, m.VMID, errors.New("move interrupted")) {
 			return fmt.Errorf("settle move of vm %s: the target copy is not removed yet", m.VMID)
 		}
-		s.resumeOut(ctx, src, m.VMID)
+		if !s.resumeOut(ctx, src, m.VMID) {
+			return fmt.Errorf("settle move of vm %s: the source does not run yet", m.VMID)
+		}
 		s.log.Info("interrupted live move rolled back", "vm_id", m.VMID, "from", from.Name, "to", to.Name)
 		return s.DB.Tx(ctx, func(q store.Q) error { return store.DeleteMove(ctx, q, m.VMID) })
 	}

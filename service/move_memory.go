@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/minionsdev/minions/internal/errs"
+	"github.com/minionsdev/minions/internal/movepause"
 	"github.com/minionsdev/minions/store"
 	"github.com/minionsdev/minions/vm"
 	"github.com/minionsdev/minions/vm/engine"
@@ -119,20 +120,22 @@ func (s *Service) moveMemory(ctx context.Context, v store.VM, from, to store.Hos
 	suspendTook := time.Since(suspended)
 	if err != nil {
 		// A failed suspend leaves it running; one that did not answer may
-		// not have: resume it in any case.
-		s.resumeSource(ctx, src, from, v.ID)
-		forget()
+		// not have: resume it in any case (if that fails too, the record
+		// stays and SettleMoves resumes it).
+		if s.resumeSource(ctx, src, from, v.ID) {
+			forget()
+		}
 		return VM{}, fmt.Errorf("move vm %s: suspend: %w", v.Name, err)
 	}
 	if inst, err := srcE.Get(ctx, v.ID); err == nil {
 		s.syncMoved(ctx, from, inst)
 	}
+	movepause.At(ctx, movepause.Suspended) // test only (internal/movepause)
 	// From here a failure before the switch resumes the source.
 	restore := func(cause error, targetClean bool) error {
-		s.resumeSource(ctx, src, from, v.ID)
-		if targetClean {
+		if s.resumeSource(ctx, src, from, v.ID) && targetClean {
 			forget()
-		} // else SettleMoves finishes the undo
+		} // else SettleMoves finishes the undo (the source may be restarting)
 		return fmt.Errorf("move vm %s to %s: %w", v.Name, to.Name, cause)
 	}
 	if s.moving.crashes("transfer") {
@@ -200,6 +203,7 @@ func (s *Service) moveMemory(ctx context.Context, v store.VM, from, to store.Hos
 	if s.moving.crashes("cleanup") {
 		return VM{}, errMoveCrashed
 	}
+	movepause.At(ctx, movepause.Switched) // test only
 	progress.Say("cleanup")
 	if err := s.destroySource(ctx, srcE, v.ID); err != nil {
 		s.log.Warn("move: destroy the source copy (settled later)", "vm_id", v.ID, "host", from.Name, "err", err)
@@ -244,8 +248,8 @@ func (s *Service) shipBundle(ctx context.Context, src engine.MemoryMover, id str
 // resumeSource runs the source's copy again after a failed or interrupted
 // move with memory: from its saved memory if it was suspended; a source
 // that was not suspended and is stopped is started (its memory was never
-// saved, so there is none to lose).
-func (s *Service) resumeSource(ctx context.Context, src engine.MemoryMover, from store.Host, id string) {
+// saved, so there is none to lose). It reports whether the source runs.
+func (s *Service) resumeSource(ctx context.Context, src engine.MemoryMover, from store.Host, id string) bool {
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
 	defer cancel()
 	inst, err := src.Resume(rctx, id)
@@ -255,10 +259,11 @@ func (s *Service) resumeSource(ctx context.Context, src engine.MemoryMover, from
 		}
 	}
 	if err != nil {
-		s.log.Warn("move: resume the source", "vm_id", id, "err", err)
-		return
+		s.log.Warn("move: resume the source (settled later)", "vm_id", id, "err", err)
+		return false
 	}
 	s.syncMoved(ctx, from, inst)
+	return true
 }
 
 // settleMemoryMove settles an interrupted move with memory before its

@@ -444,3 +444,48 @@ func TestMoveMemoryNodeToNodeCrashSettles(t *testing.T) {
 		})
 	}
 }
+
+// TestMoveMemoryFailedResumeKeepsRecord: a move with memory that fails
+// after the suspend, and whose resume of the source fails too (its node
+// agent restarting: found by e2e TestMultiHostMoveCrash
+// memory/suspended/src), keeps its record, so SettleMoves resumes the
+// source from its memory later instead of leaving it suspended for good.
+func TestMoveMemoryFailedResumeKeepsRecord(t *testing.T) {
+	th := newTwoHosts(t)
+	nodeC := th.addNode(t, "node-c", "127.209.0.3")
+	th.cp.drv.SetServer(th.node.drv.Server())
+	nodeC.drv.SetServer(th.node.drv.Server())
+	svc := th.cp.svc
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	v, err := svc.Create(ctx, th.alice, CreateRequest{Name: "hopper", Image: "minimal", Host: "node-b", MemoryMiB: 256}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	th.heartbeat(t)
+	nodeC.drv.Fail(fake.OpRestore, errors.New("injected: the target cannot resume"), 1)
+	th.node.drv.Fail(fake.OpRestore, errors.New("injected: the source's agent is restarting"), 1)
+	if _, err := svc.Move(ctx, th.alice, "hopper", MoveRequest{Host: "node-c", Mode: "memory"}, nil); err == nil {
+		t.Fatal("move succeeded, want the injected failure")
+	}
+	if moves, _ := store.ListMoves(ctx, svc.DB); len(moves) != 1 {
+		t.Fatalf("move records after a failed move whose source did not resume: %+v, want one", moves)
+	}
+	restores := ops(th.node, fake.OpRestore)
+	if err := svc.SettleMoves(ctx); err != nil {
+		t.Fatalf("settle: %v", err)
+	}
+	if ops(th.node, fake.OpRestore) != restores+1 {
+		t.Errorf("node-b did not resume it from its memory")
+	}
+	g, err := svc.Get(ctx, th.alice, "hopper")
+	if err != nil || g.Host != "node-b" || g.Status != "running" {
+		t.Fatalf("after settling: %+v, %v; want running on node-b", g, err)
+	}
+	if _, err := nodeC.svc.Engine.Get(ctx, v.ID); errs.ClassOf(err) != errs.NotFound {
+		t.Errorf("a second copy is left: %v", err)
+	}
+	if moves, _ := store.ListMoves(ctx, svc.DB); len(moves) != 0 {
+		t.Errorf("move records left: %+v", moves)
+	}
+}

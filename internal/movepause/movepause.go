@@ -30,6 +30,22 @@ const (
 	Switched = "switched" // control plane: switched, before the source's copy is destroyed
 )
 
+// Steps named by the processes of a move with memory (`move --memory`),
+// besides Transfer (the source's node agent, part of the bundle written),
+// Imported (the target's node agent: the bundle in place, before the
+// resume) and Switched (as for a cold move).
+const (
+	Suspended = "suspended" // control plane: the source suspended, nothing shipped
+)
+
+// Steps named by the processes of a live move (`move --live`), besides
+// Switched (the target resumed, before the source's copy is destroyed).
+const (
+	Prepared = "prepared" // control plane: the target's copy waits, nothing sent
+	Mirrored = "mirrored" // source node agent: the disk mirror in sync, before the memory
+	Migrated = "migrated" // control plane: the migration completed, before the switch
+)
+
 // At pauses at step if a test armed it (see the package comment); it
 // returns at once otherwise. It reports whether it paused.
 func At(ctx context.Context, step string) bool {

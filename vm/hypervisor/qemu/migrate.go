@@ -232,6 +232,7 @@ func (d *Driver) MigrateOut(ctx context.Context, h *hypervisor.Handle, nbd, mig 
 
 	if disk != "" {
 		progress("mirror disk")
+		clearLiveLeftovers(ctx, c)
 		r, err := relayFD(ctx, c, liveNBDFD, nbd)
 		if err != nil {
 			return st, fmt.Errorf("migrate vm %s: nbd: %w", m.ID, err)
@@ -503,6 +504,20 @@ func waitJobReady(ctx context.Context, c *qmp.Client, h *hypervisor.Handle, id s
 }
 
 // waitJobGone waits until block job id no longer exists.
+// clearLiveLeftovers removes what an earlier MigrateOut of this QEMU left
+// when its process died before its undo ran (kill -9 of the node agent
+// mid-mirror): its mirror job and its NBD node, whose name would make
+// this migration's blockdev-add fail. Best effort: usually there is none.
+func clearLiveLeftovers(ctx context.Context, c *qmp.Client) {
+	if _, ok, err := queryJob(ctx, c, liveMirrorJob); err == nil && ok {
+		if c.Execute(ctx, "block-job-cancel", map[string]any{"device": liveMirrorJob, "force": true}, nil) != nil {
+			_ = c.Execute(ctx, "job-dismiss", map[string]any{"id": liveMirrorJob}, nil)
+		}
+		_ = waitJobGone(ctx, c, liveMirrorJob)
+	}
+	_ = c.Execute(ctx, "blockdev-del", map[string]any{"node-name": liveNBDNode}, nil)
+}
+
 func waitJobGone(ctx context.Context, c *qmp.Client, id string) error {
 	t := time.NewTicker(5 * time.Millisecond)
 	defer t.Stop()

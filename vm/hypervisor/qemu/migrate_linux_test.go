@@ -246,6 +246,20 @@ func TestLiveMigration(t *testing.T) {
 	if _, err := g.d.IncomingSocket(hd, "bogus"); err == nil {
 		t.Fatal("IncomingSocket(bogus) succeeded")
 	}
+	// What a migration whose process died mid-mirror leaves in the
+	// source's QEMU (its NBD node; kill -9 of the node agent, found by
+	// e2e TestMultiHostMoveCrash live/mirrored/src): the next migration
+	// clears it instead of failing on a duplicate node name.
+	func() {
+		c, err := g.d.dial(ctx, hs)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if err := c.Execute(ctx, "blockdev-add", map[string]any{"driver": "null-co", "node-name": liveNBDNode}, nil); err != nil {
+			t.Fatalf("a stale nbd node: %v", err)
+		}
+	}()
 	// The counter's own jitter (a fork of sleep per tick under TCG), over
 	// 2 s before the move.
 	time.Sleep(2 * time.Second)
