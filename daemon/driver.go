@@ -2,6 +2,8 @@ package daemon
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"os"
 	"os/exec"
@@ -70,6 +72,7 @@ func newDriver(ctx context.Context, o Options) (hypervisor.Driver, error) {
 		Accel: accel, KVMUsable: res.Usable, Sandbox: o.Sandbox, ConsoleMaxBytes: o.Resources.ConsoleLogMaxBytes,
 		ProbeSandbox: cachedSandboxProbe(o.Paths.Run, qemu.ProbeSandbox),
 		Jail:         VMJail(exe, o.Jail, o.Paths),
+		MemoryDir:    MemoryDir(o.Paths.State),
 		Log:          o.Log,
 	}
 	// Without minions-relay installed, commands that start no VM still
@@ -134,4 +137,18 @@ func VMJail(exe string, j jail.Config, paths Paths) jail.Config {
 	j.Command = []string{launcher, "jail-exec"}
 	j.Hide = []string{paths.State, paths.Run}
 	return j
+}
+
+// MemoryDir is the tmpfs directory where an installation's VMs keep their
+// RAM files (qemu.Config.MemoryDir): one per installation, named by its
+// state directory. A VM keeps its ID when it moves, and several
+// installations (a control plane and its nodes in network namespaces of
+// one test machine) can share the machine's /dev/shm: a shared directory
+// would give a moving VM's source and target the same file.
+func MemoryDir(stateDir string) string {
+	if abs, err := filepath.Abs(stateDir); err == nil {
+		stateDir = abs
+	}
+	sum := sha256.Sum256([]byte(stateDir))
+	return filepath.Join("/dev/shm/minions", hex.EncodeToString(sum[:6]))
 }

@@ -87,12 +87,12 @@ func keepsMemory(mode string) bool { return mode == "memory" || mode == "live" }
 // until it settled. One VM is reused, moving between n1 and n2 from case to case.
 //
 // The quick cases (crashQuick) run by default; MINIONS_E2E_FULL=1 runs
-// every step against every victim. Known open (full matrix, 2026-12-05):
-// memory/imported/dst after memory/imported/src does not settle: the
-// source's resume from its saved memory fails over and over ("Capability
-// x-ignore-shared is on, but received capability is off"); settling seems
-// to resume twice at once, and both nodes of this cluster share
-// /dev/shm/minions, where a VM's RAM file is named by its id only.
+// every step against every victim. (Seen in the full matrix before two
+// fixes: memory/imported/dst after memory/imported/src did not settle,
+// "Capability x-ignore-shared is on, but received capability is off", a
+// saved state recording the wrong x-ignore-shared setting, fixed with
+// TestRestoreCopyTwice; and the nodes of this cluster shared one RAM file
+// directory, now one per installation: daemon.MemoryDir.)
 //
 //	MINIONS_E2E_DEBIAN=0 go test -count=1 -run 'TestMultiHostMoveCrash$' -v ./e2e/
 func TestMultiHostMoveCrash(t *testing.T) {
@@ -386,14 +386,15 @@ func checkCounter(t *testing.T, c *mhCluster, u mhUser, pid string) {
 	}
 }
 
-// ramFilesDir is the QEMU driver's default RAM file directory, one for
-// both nodes of the test cluster (they share the machine's /dev/shm).
+// ramFilesDir holds every installation's RAM file directory
+// (daemon.MemoryDir: one per state directory, so the nodes of the test
+// cluster, which share the machine's /dev/shm, do not share files).
 const ramFilesDir = "/dev/shm/minions"
 
 // ramLeaks lists the RAM files of VM id that QEMU pid qemu does not map:
 // left behind by a copy that is gone.
 func ramLeaks(id string, qemu int) []string {
-	files, _ := filepath.Glob(filepath.Join(ramFilesDir, "*"+id+"*"))
+	files, _ := filepath.Glob(filepath.Join(ramFilesDir, "*", "*"+id+"*"))
 	if len(files) == 0 {
 		return nil
 	}
