@@ -13,6 +13,7 @@ import (
 	"github.com/minionsdev/minions/vm"
 	"github.com/minionsdev/minions/vm/consolelog"
 	"github.com/minionsdev/minions/vm/hypervisor"
+	"github.com/minionsdev/minions/vsockcli"
 	"golang.org/x/crypto/ssh"
 )
 
@@ -273,30 +274,11 @@ func (l *Local) startFork(ctx context.Context, o *op, fk hypervisor.Forker, src,
 		synced <- nil
 	}
 	start := time.Now()
-	hs := l.spec(row, img, run, ip)
-	console := consolelog.NewFollowerFromEnd(hs.ConsoleLog)
-	h, err := fk.RestoreCopy(ctx, hs, state)
-	if err != nil {
-		console.Close()
-		return row, fmt.Errorf("restore: %w", err)
-	}
-	u.push(func() { l.Driver.Kill(context.Background(), h) })
-	restored := time.Now()
-	o.step(ctx, "agent", map[string]any{"handle": h})
-	row.Handle = EncodeHandle(h)
-	if err := store.UpdateVM(ctx, l.DB, row); err != nil {
-		console.Close()
-		return row, err
-	}
-	progress.Say("agent")
 	// The fork's agent is the source's until re-identified: its key is
 	// the source's pinned one.
-	cl, err := l.waitReady(ctx, console, h.Agent, l.agentConfig(src.AgentKey, nil))
+	row, h, cl, restored, err := l.restoreCopyReady(ctx, o, &u, fk, row, l.spec(row, img, run, ip), state, src.AgentKey, "restore", progress)
 	if err != nil {
-		if ctx.Err() != nil {
-			return row, ctx.Err()
-		}
-		return row, l.notReady(row.Name, row.ID, err)
+		return row, err
 	}
 	defer cl.Close()
 	pctx, cancel := context.WithTimeout(ctx, l.cfg.ReadyTimeout)
@@ -357,4 +339,36 @@ func (l *Local) stepClock(ctx context.Context, v store.VM) {
 	if err != nil {
 		l.log.Warn("step clock after pause", "vm_id", v.ID, "err", err)
 	}
+}
+
+// restoreCopyReady restores the saved state in dir as a copy running as
+// row (spec hs: this host's MAC and CID, not the saved machine's), records
+// its handle and waits for its guest agent, which still trusts key (the
+// saved guest's). u kills the copy on undo. what names the restore in
+// errors. It returns the row, the handle, the agent and when the restore
+// returned.
+func (l *Local) restoreCopyReady(ctx context.Context, o *op, u *undo, fk hypervisor.Forker, row store.VM, hs hypervisor.Spec, dir, key, what string, progress Progress) (store.VM, *hypervisor.Handle, *vsockcli.Client, time.Time, error) {
+	console := consolelog.NewFollowerFromEnd(hs.ConsoleLog)
+	h, err := fk.RestoreCopy(ctx, hs, dir)
+	if err != nil {
+		console.Close()
+		return row, nil, nil, time.Time{}, fmt.Errorf("%s: %w", what, err)
+	}
+	u.push(func() { l.Driver.Kill(context.Background(), h) })
+	restored := time.Now()
+	o.step(ctx, "agent", map[string]any{"handle": h})
+	row.Handle = EncodeHandle(h)
+	if err := store.UpdateVM(ctx, l.DB, row); err != nil {
+		console.Close()
+		return row, nil, nil, time.Time{}, err
+	}
+	progress.Say("agent")
+	cl, err := l.waitReady(ctx, console, h.Agent, l.agentConfig(key, nil))
+	if err != nil {
+		if ctx.Err() != nil {
+			return row, nil, nil, time.Time{}, ctx.Err()
+		}
+		return row, nil, nil, time.Time{}, l.notReady(row.Name, row.ID, err)
+	}
+	return row, h, cl, restored, nil
 }

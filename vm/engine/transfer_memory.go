@@ -22,7 +22,6 @@ import (
 	"github.com/minionsdev/minions/internal/errs"
 	"github.com/minionsdev/minions/store"
 	"github.com/minionsdev/minions/vm"
-	"github.com/minionsdev/minions/vm/consolelog"
 	"github.com/minionsdev/minions/vm/hypervisor"
 )
 
@@ -553,30 +552,11 @@ func (l *Local) resumeMoved(ctx context.Context, o *op, fk hypervisor.Forker, ro
 		return row, err
 	}
 	start := time.Now()
-	hs := l.spec(row, img, run, ip)
-	console := consolelog.NewFollowerFromEnd(hs.ConsoleLog)
 	// A copy's restore: the MAC (and vsock CID) are this host's, not the
 	// saved machine's; the guest is moved to them below.
-	h, err := fk.RestoreCopy(ctx, hs, state)
+	row, h, cl, restored, err := l.restoreCopyReady(ctx, o, &u, fk, row, l.spec(row, img, run, ip), state, row.AgentKey, "restore memory", progress)
 	if err != nil {
-		console.Close()
-		return row, fmt.Errorf("restore memory: %w", err)
-	}
-	u.push(func() { l.Driver.Kill(context.Background(), h) })
-	restored := time.Now()
-	o.step(ctx, "agent", map[string]any{"handle": h})
-	row.Handle = EncodeHandle(h)
-	if err := store.UpdateVM(ctx, l.DB, row); err != nil {
-		console.Close()
 		return row, err
-	}
-	progress.Say("agent")
-	cl, err := l.waitReady(ctx, console, h.Agent, l.agentConfig(row.AgentKey, nil))
-	if err != nil {
-		if ctx.Err() != nil {
-			return row, ctx.Err()
-		}
-		return row, l.notReady(row.Name, row.ID, err)
 	}
 	defer cl.Close()
 	progress.Say("move network")
