@@ -126,19 +126,41 @@ func WriteDiskStream(w io.Writer, h DiskHeader, disk io.Reader) error {
 	if _, err := w.Write(append(b, '\n')); err != nil {
 		return fmt.Errorf("disk stream header: %w", err)
 	}
-	sum := sha256.New()
-	n, rerr, werr := hashCopy(w, disk, h.Size, sum)
+	return writeBody(w, disk, h.Size, sha256.New(), "disk stream")
+}
+
+// writeBody sends size bytes of r to w through sum (which may already
+// hold bytes hashed but not sent: a resumed stream), then sum as the
+// trailer. what names the stream in errors.
+func writeBody(w io.Writer, r io.Reader, size int64, sum hash.Hash, what string) error {
+	n, rerr, werr := hashCopy(w, r, size, sum)
 	if werr != nil {
-		return fmt.Errorf("disk stream: %w", werr)
+		return fmt.Errorf("%s: %w", what, werr)
 	}
 	if rerr != nil && rerr != io.EOF && rerr != io.ErrUnexpectedEOF {
-		return fmt.Errorf("disk stream: %w", rerr)
+		return fmt.Errorf("%s: %w", what, rerr)
 	}
-	if n != h.Size {
-		return fmt.Errorf("disk stream: the disk has %d bytes, not %d", n, h.Size)
+	if n != size {
+		return fmt.Errorf("%s: %d bytes to send, not %d", what, n, size)
 	}
 	if _, err := w.Write(sum.Sum(nil)); err != nil {
-		return fmt.Errorf("disk stream trailer: %w", err)
+		return fmt.Errorf("%s trailer: %w", what, err)
+	}
+	return nil
+}
+
+// readHeader reads a stream's JSON header line from br into v; what
+// names the stream in errors.
+func readHeader(br *bufio.Reader, what string, v any) error {
+	line, err := br.ReadSlice('\n')
+	if err != nil {
+		if errors.Is(err, bufio.ErrBufferFull) {
+			return errs.New(errs.InvalidArgument, "%s: header too long", what)
+		}
+		return errs.New(errs.InvalidArgument, "%s: no header: %v", what, err)
+	}
+	if err := json.Unmarshal(line, v); err != nil {
+		return errs.New(errs.InvalidArgument, "%s: bad header: %v", what, err)
 	}
 	return nil
 }
@@ -162,34 +184,14 @@ func WriteDiskStreamFrom(w io.Writer, h DiskHeader, disk io.ReaderAt, off int64)
 	if _, err := w.Write(append(b, '\n')); err != nil {
 		return fmt.Errorf("disk stream header: %w", err)
 	}
-	n, rerr, werr := hashCopy(w, io.NewSectionReader(disk, off, h.Size-off), h.Size-off, sum)
-	if werr != nil {
-		return fmt.Errorf("disk stream: %w", werr)
-	}
-	if rerr != nil && rerr != io.EOF && rerr != io.ErrUnexpectedEOF {
-		return fmt.Errorf("disk stream: %w", rerr)
-	}
-	if n != h.Size-off {
-		return fmt.Errorf("disk stream: the disk has %d bytes, not %d", off+n, h.Size)
-	}
-	if _, err := w.Write(sum.Sum(nil)); err != nil {
-		return fmt.Errorf("disk stream trailer: %w", err)
-	}
-	return nil
+	return writeBody(w, io.NewSectionReader(disk, off, h.Size-off), h.Size-off, sum, "disk stream")
 }
 
 // ReadDiskHeader reads a disk stream's header from br.
 func ReadDiskHeader(br *bufio.Reader) (DiskHeader, error) {
 	var h DiskHeader
-	line, err := br.ReadSlice('\n')
-	if err != nil {
-		if errors.Is(err, bufio.ErrBufferFull) {
-			return h, errs.New(errs.InvalidArgument, "disk stream: header too long")
-		}
-		return h, errs.New(errs.InvalidArgument, "disk stream: no header: %v", err)
-	}
-	if err := json.Unmarshal(line, &h); err != nil {
-		return h, errs.New(errs.InvalidArgument, "disk stream: bad header: %v", err)
+	if err := readHeader(br, "disk stream", &h); err != nil {
+		return h, err
 	}
 	if h.Version != DiskStreamVersion {
 		return h, errs.New(errs.InvalidArgument, "disk stream: version %d, this host reads %d", h.Version, DiskStreamVersion)

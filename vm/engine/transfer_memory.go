@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net/netip"
@@ -145,17 +144,10 @@ func WriteBundle(w io.Writer, h BundleHeader, open func(path string) (io.ReadClo
 		if err != nil {
 			return fmt.Errorf("bundle %s: %w", f.Path, err)
 		}
-		sum := sha256.New()
-		n, err := io.Copy(io.MultiWriter(w, sum), io.LimitReader(r, f.Size))
+		err = writeBody(w, r, f.Size, sha256.New(), "bundle "+f.Path)
 		r.Close()
 		if err != nil {
-			return fmt.Errorf("bundle %s: %w", f.Path, err)
-		}
-		if n != f.Size {
-			return fmt.Errorf("bundle %s: the file has %d bytes, not %d", f.Path, n, f.Size)
-		}
-		if _, err := w.Write(sum.Sum(nil)); err != nil {
-			return fmt.Errorf("bundle trailer: %w", err)
+			return err
 		}
 	}
 	return nil
@@ -164,15 +156,8 @@ func WriteBundle(w io.Writer, h BundleHeader, open func(path string) (io.ReadClo
 // ReadBundleHeader reads and checks a bundle's header from br.
 func ReadBundleHeader(br *bufio.Reader) (BundleHeader, error) {
 	var h BundleHeader
-	line, err := br.ReadSlice('\n')
-	if err != nil {
-		if errors.Is(err, bufio.ErrBufferFull) {
-			return h, errs.New(errs.InvalidArgument, "bundle: header too long")
-		}
-		return h, errs.New(errs.InvalidArgument, "bundle: no header: %v", err)
-	}
-	if err := json.Unmarshal(line, &h); err != nil {
-		return h, errs.New(errs.InvalidArgument, "bundle: bad header: %v", err)
+	if err := readHeader(br, "bundle", &h); err != nil {
+		return h, err
 	}
 	return h, checkBundle(h)
 }
