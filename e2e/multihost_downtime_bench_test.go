@@ -25,18 +25,7 @@ func BenchmarkMoveDowntime(b *testing.B) {
 
 func benchMoveDowntime(b *testing.B, mode string) {
 	c := newCluster(b)
-	c.initControlPlane(b)
-	c.startControlPlane(b)
-	noSystemd := c.joinSupportsNoSystemd(b)
-	for _, h := range []*mhHost{c.n1, c.n2} {
-		if !noSystemd {
-			h.must(b, "init")
-		}
-		c.join(b, h, noSystemd)
-	}
-	if l, took, ok := c.waitHosts(b, 60*time.Second, allReady("cp", "n1", "n2")); !ok {
-		b.Fatalf("hosts not ready after %s: %+v", took, l)
-	}
+	c.startJoined(b)
 	u := c.addUser(b, "ann")
 	if r := c.as(b, u, "", "create", "mover", "--memory", "512", "--host", "n1", "--json"); r.code != 0 {
 		b.Fatalf("create mover on n1: %s", r)

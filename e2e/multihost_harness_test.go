@@ -578,3 +578,27 @@ func (h *mhHost) images() (rootfs, kernels []string) {
 	kernels, _ = filepath.Glob(filepath.Join(h.state, "images", "kernels", "*", "kernel.json"))
 	return rootfs, kernels
 }
+
+// startJoined starts the control plane and joins both nodes, ready.
+func (c *mhCluster) startJoined(t testing.TB) {
+	t.Helper()
+	c.initControlPlane(t)
+	c.startControlPlane(t)
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("cp log:\n%s", lastLines(c.cp.agent.log.String(), 80))
+		}
+	})
+	noSystemd := c.joinSupportsNoSystemd(t)
+	if !noSystemd {
+		for _, h := range []*mhHost{c.n1, c.n2} {
+			h.must(t, "init")
+		}
+	}
+	for _, h := range []*mhHost{c.n1, c.n2} {
+		c.join(t, h, noSystemd)
+	}
+	if l, took, ok := c.waitHosts(t, 60*time.Second, allReady("cp", "n1", "n2")); !ok {
+		t.Fatalf("hosts not ready after %s: %+v", took, l)
+	}
+}

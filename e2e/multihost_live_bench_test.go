@@ -20,18 +20,7 @@ import (
 //	MINIONS_E2E_DEBIAN=0 go test -count=1 -run '^$' -bench MoveDowntimeLive -benchtime 1x -v ./e2e/
 func BenchmarkMoveDowntimeLive(b *testing.B) {
 	c := newCluster(b)
-	c.initControlPlane(b)
-	c.startControlPlane(b)
-	noSystemd := c.joinSupportsNoSystemd(b)
-	for _, h := range []*mhHost{c.n1, c.n2} {
-		if !noSystemd {
-			h.must(b, "init")
-		}
-		c.join(b, h, noSystemd)
-	}
-	if l, took, ok := c.waitHosts(b, 60*time.Second, allReady("cp", "n1", "n2")); !ok {
-		b.Fatalf("hosts not ready after %s: %+v", took, l)
-	}
+	c.startJoined(b)
 	u := c.addUser(b, "ann")
 	if r := c.as(b, u, "", "create", "big", "--memory", "512", "--host", "n1", "--json"); r.code != 0 {
 		b.Fatalf("create big --memory 512 --host n1: %s", r)
