@@ -139,6 +139,9 @@ func connContext(ctx context.Context, c net.Conn) context.Context {
 	if tc, ok := c.(*tls.Conn); ok {
 		c = tc.NetConn()
 	}
+	if rc, ok := c.(*replayConn); ok { // handed over by the loop
+		c = rc.Conn
+	}
 	if t, ok := c.(*trackedConn); ok {
 		return context.WithValue(ctx, connKey{}, t)
 	}

@@ -102,10 +102,18 @@ func (p *Proxy) Serve(ctx context.Context, httpsLn, httpLn net.Listener) error {
 			}
 		}
 	}
+	var loops []*h1Listener
 	if httpLn != nil {
 		h := p.Handler()
+		var ln net.Listener = limitListener{Listener: httpLn, lim: p.conns}
 		if p.cfg.Domain != "" {
 			h = p.issuer.HTTPChallengeHandler(http.HandlerFunc(p.redirect))
+		} else {
+			// The proxy itself: plain HTTP/1.x requests are answered in
+			// a loop per connection, the rest by the server.
+			loop := newH1Listener(ln, p)
+			loops = append(loops, loop)
+			ln = loop
 		}
 		serve(&http.Server{
 			Handler:           h,
@@ -113,7 +121,7 @@ func (p *Proxy) Serve(ctx context.Context, httpsLn, httpLn net.Listener) error {
 			IdleTimeout:       p.cfg.IdleTimeout,
 			ConnContext:       connContext,
 			ErrorLog:          errLog,
-		}, limitListener{Listener: httpLn, lim: p.conns}, false)
+		}, ln, false)
 	}
 	p.log.Info("proxy serving", "domain", p.cfg.Domain, "https", addrOf(httpsLn), "http", addrOf(httpLn))
 
@@ -124,6 +132,9 @@ func (p *Proxy) Serve(ctx context.Context, httpsLn, httpLn net.Listener) error {
 		sg := new(errgroup.Group)
 		for _, srv := range servers {
 			sg.Go(func() error { return srv.Shutdown(sctx) })
+		}
+		for _, loop := range loops {
+			sg.Go(func() error { return loop.shutdown(sctx) })
 		}
 		err := sg.Wait()
 		p.upgraded.closeAll()       // Shutdown does not track hijacked connections

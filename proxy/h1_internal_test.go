@@ -1,0 +1,265 @@
+package proxy
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"reflect"
+	"regexp"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+)
+
+// rawUpstream answers each request with answers[path] (a short 200 for
+// other paths); an answer starting with "CLOSE:" is written and the
+// connection closed after it. Each request it read (a body is read and
+// kept in Header["X-Seen-Body"]) goes to the returned channel.
+func rawUpstream(t *testing.T, answers map[string]string) (string, chan seenRequest) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	seen := make(chan seenRequest, 100)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				br := bufio.NewReader(c)
+				for {
+					r, err := http.ReadRequest(br)
+					if err != nil {
+						return
+					}
+					body, _ := io.ReadAll(r.Body)
+					if len(body) > 0 {
+						r.Header["X-Seen-Body"] = []string{string(body)}
+					}
+					seen <- seenRequest{r.Method, r.RequestURI, r.Host, r.Header}
+					answer, ok := answers[r.URL.Path]
+					if !ok {
+						answer = "HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\ndefault"
+					}
+					answer, closeAfter := strings.CutPrefix(answer, "CLOSE:")
+					if _, err := io.WriteString(c, answer); err != nil || closeAfter {
+						return
+					}
+				}
+			}()
+		}
+	}()
+	return ln.Addr().String(), seen
+}
+
+// exchange sends raw to addr and returns every byte that came back until
+// the server closed the connection or went quiet, whether it closed it,
+// and the bodies of the n answers it expects (read as a client would).
+func exchange(t *testing.T, addr, raw string, methods []string) (string, bool) {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := io.WriteString(c, raw); err != nil {
+		t.Fatal(err)
+	}
+	var got bytes.Buffer
+	br := bufio.NewReader(io.TeeReader(c, &got))
+	_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	for _, m := range methods {
+		for {
+			resp, err := http.ReadResponse(br, &http.Request{Method: m})
+			if err != nil {
+				break
+			}
+			_, _ = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode >= 200 {
+				break
+			}
+		}
+	}
+	// Whatever else comes, and whether the connection stays open.
+	_ = c.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+	_, err = io.Copy(io.Discard, br)
+	var ne net.Error
+	closed := !(errors.As(err, &ne) && ne.Timeout())
+	return got.String(), closed
+}
+
+var dateLine = regexp.MustCompile(`(?m)^Date: [^\r]*\r$`)
+
+// The loop (h1Listener) answers byte for byte what net/http's server
+// answers, for requests it takes itself and for the ones it hands over:
+// compared with net/http serving ReverseProxy (the reference) and
+// net/http serving the proxy's own handler (the path before the loop),
+// for a table of raw requests: HTTP/1.0 and 1.1, keep-alive and
+// Connection: close, chunked answers with trailers, HEAD, 204, 304, 1xx,
+// sniffed types, long bodies, bodies that break off, a VM that does not
+// answer, bodies and upgrades (handed over), pipelined requests and
+// malformed ones. The VM sees the same requests either way.
+func TestLoopSameAsReverseProxy(t *testing.T) {
+	big := strings.Repeat("x", 5000)
+	answers := map[string]string{
+		"/plain": "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: X-Hop, keep-alive\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\n" +
+			"Content-Type: text/plain\r\nX-App: a\r\nX-App: b\r\nSet-Cookie: a=1; Domain=.example.test; Path=/\r\n\r\nok",
+		"/chunked":      "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Sum\r\n\r\n2\r\nhi\r\n3\r\n yo\r\n0\r\nX-Sum: 9\r\n\r\n",
+		"/undeclared":   "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\nX-Late: 1\r\n\r\n",
+		"/head":         "HTTP/1.1 200 OK\r\nContent-Length: 10\r\nContent-Type: text/plain\r\n\r\n",
+		"/nothing":      "HTTP/1.1 204 No Content\r\nX-A: 1\r\n\r\n",
+		"/notmod":       "HTTP/1.1 304 Not Modified\r\nEtag: \"v1\"\r\nContent-Type: text/html\r\nCache-Control: max-age=5\r\n\r\n",
+		"/sniff":        "HTTP/1.1 200 OK\r\nContent-Length: 20\r\n\r\n<html><b>hi</b></htm",
+		"/big":          "HTTP/1.1 200 OK\r\nContent-Length: 5000\r\nContent-Type: text/plain\r\n\r\n" + big,
+		"/bigchunked":   "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1388\r\n" + big + "\r\n0\r\n\r\n",
+		"/untilclose":   "CLOSE:HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nto the end",
+		"/broken":       "CLOSE:HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc",
+		"/brokenchunks": "CLOSE:HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n5\r\nab",
+		"/silent":       "CLOSE:",
+		"/hints":        "HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+		"/missing":      "HTTP/1.1 404 Not Found\r\nContent-Length: 4\r\n\r\nnope",
+		"/closing":      "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+	}
+	upAddr, seen := rawUpstream(t, answers)
+	rt := Route{VMID: "vm1", VMName: "web", Owner: "u1", Upstream: upAddr, Public: true, Running: true}
+	p, err := New(Config{HTTPBind: "127.0.0.1:0", Secret: make([]byte, SecretSize),
+		Log: slog.New(slog.DiscardHandler), UpstreamHeaderTimeout: 5 * time.Second, RatePerSecond: -1}, fixedRoutes{rt}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// The loop, as Serve runs it in local mode.
+	loopLn, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() { served <- p.Serve(ctx, nil, loopLn) }()
+	defer func() {
+		cancel()
+		if err := <-served; err != nil {
+			t.Error(err)
+		}
+	}()
+	// The references: net/http serving ReverseProxy, and net/http
+	// serving the proxy's handler.
+	server := func(h http.HandlerFunc) string {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		srv := &http.Server{Handler: h, ReadHeaderTimeout: readHeaderTimeout, IdleTimeout: p.cfg.IdleTimeout,
+			ConnContext: connContext, ErrorLog: slog.NewLogLogger(slog.DiscardHandler, slog.LevelDebug)}
+		go srv.Serve(limitListener{Listener: ln, lim: p.conns})
+		t.Cleanup(func() { srv.Close() })
+		return ln.Addr().String()
+	}
+	rpAddr := server(func(w http.ResponseWriter, r *http.Request) {
+		p.rp.ServeHTTP(&statusWriter{ResponseWriter: w, p: p}, r.WithContext(context.WithValue(r.Context(), routeKey{}, rt)))
+	})
+	handlerAddr := server(p.serveHTTP)
+
+	get := func(path string, extra ...string) string {
+		return "GET " + path + " HTTP/1.1\r\nHost: web.localhost\r\n" + strings.Join(extra, "") + "\r\n"
+	}
+	for _, tc := range []struct {
+		name    string
+		raw     string
+		methods []string // of the answers expected
+		notRP   bool     // answered by the proxy itself: compare with its handler only
+	}{
+		{"plain", get("/plain", "User-Agent: curl/8\r\nCookie: a=1; minions_session=x\r\n"), []string{"GET"}, false},
+		{"hop-by-hop", get("/plain", "Connection: X-Drop, keep-alive\r\nX-Drop: 1\r\nTe: trailers, deflate\r\nForwarded: for=6.6.6.6\r\nX-Forwarded-For: 6.6.6.6\r\nProxy-Authorization: Basic eA==\r\n"), []string{"GET"}, false},
+		{"http/1.0", "GET /plain HTTP/1.0\r\nHost: web.localhost\r\n\r\n", []string{"GET"}, false},
+		{"http/1.0 keep-alive", "GET /plain HTTP/1.0\r\nHost: web.localhost\r\nConnection: keep-alive\r\n\r\n", []string{"GET"}, false},
+		{"http/1.0 keep-alive chunked", "GET /chunked HTTP/1.0\r\nHost: web.localhost\r\nConnection: keep-alive\r\n\r\n", []string{"GET"}, false},
+		{"http/1.0 no host", "GET /plain HTTP/1.0\r\n\r\n", []string{"GET"}, false},
+		{"connection close", get("/plain", "Connection: close\r\n"), []string{"GET"}, false},
+		{"upstream says close", get("/closing"), []string{"GET"}, false},
+		{"chunked with trailers", get("/chunked", "Te: trailers\r\n"), []string{"GET"}, false},
+		{"undeclared trailer", get("/undeclared"), []string{"GET"}, false},
+		{"head", "HEAD /head HTTP/1.1\r\nHost: web.localhost\r\n\r\n", []string{"HEAD"}, false},
+		{"head of chunked", "HEAD /chunked HTTP/1.1\r\nHost: web.localhost\r\n\r\n", []string{"HEAD"}, false},
+		{"204", get("/nothing"), []string{"GET"}, false},
+		{"304", get("/notmod", "If-None-Match: \"v1\"\r\n"), []string{"GET"}, false},
+		{"103 early hints", get("/hints"), []string{"GET"}, false},
+		{"sniffed type", get("/sniff"), []string{"GET"}, false},
+		{"long body", get("/big"), []string{"GET"}, false},
+		{"long chunked body", get("/bigchunked"), []string{"GET"}, false},
+		{"body until close", get("/untilclose"), []string{"GET"}, false},
+		{"body breaks off", get("/broken"), []string{"GET"}, false},
+		{"chunks break off", get("/brokenchunks"), []string{"GET"}, false},
+		{"404", get("/missing"), []string{"GET"}, false},
+		{"pipelined", get("/plain") + get("/chunked") + "HEAD /head HTTP/1.1\r\nHost: web.localhost\r\n\r\n" + get("/big"), []string{"GET", "GET", "HEAD", "GET"}, false},
+		{"post (handed over)", "POST /plain HTTP/1.1\r\nHost: web.localhost\r\nContent-Length: 5\r\n\r\nhello" + get("/chunked"), []string{"POST", "GET"}, false},
+		{"get then post", get("/plain") + "POST /plain HTTP/1.1\r\nHost: web.localhost\r\nContent-Length: 5\r\n\r\nhello", []string{"GET", "POST"}, false},
+		{"upgrade (handed over)", get("/plain", "Upgrade: websocket\r\nConnection: Upgrade\r\n"), []string{"GET"}, false},
+		{"no answer", get("/silent"), []string{"GET"}, true},
+		{"no host", "GET /plain HTTP/1.1\r\n\r\n", []string{"GET"}, true},
+		{"two hosts", "GET /plain HTTP/1.1\r\nHost: web.localhost\r\nHost: b\r\n\r\n", []string{"GET"}, true},
+		{"bad header", "GET /plain HTTP/1.1\r\nHost: web.localhost\r\nX Y: 1\r\n\r\n", []string{"GET"}, true},
+		{"garbage", "HELLO\r\n\r\n", []string{"GET"}, true},
+		{"login link", get(loginPath + "?token=bad"), []string{"GET"}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			run := func(addr string) (string, bool, []seenRequest) {
+				p.up.CloseIdleConnections() // each run starts alike (no retries on stale connections)
+				out, closed := exchange(t, addr, tc.raw, tc.methods)
+				var ups []seenRequest
+				for {
+					select {
+					case s := <-seen:
+						ups = append(ups, s)
+						continue
+					case <-time.After(50 * time.Millisecond):
+					}
+					break
+				}
+				return dateLine.ReplaceAllString(out, "Date: (now)\r"), closed, ups
+			}
+			loop, loopClosed, loopUp := run(loopLn.Addr().String())
+			refs := []string{handlerAddr}
+			if !tc.notRP {
+				refs = append(refs, rpAddr)
+			}
+			for _, ref := range refs {
+				want, wantClosed, wantUp := run(ref)
+				name := map[bool]string{true: "net/http + ReverseProxy", false: "net/http + the proxy's handler"}[ref == rpAddr]
+				if loop != want || loopClosed != wantClosed {
+					i := 0
+					for i < min(len(loop), len(want)) && loop[i] == want[i] {
+						i++
+					}
+					t.Errorf("loop answered (closed %v):\n%q\n%s answered (closed %v):\n%q\n(they differ from byte %d on: %q, %q)",
+						loopClosed, short(loop), name, wantClosed, short(want), i, short(loop[i:]), short(want[i:]))
+				}
+				if !reflect.DeepEqual(loopUp, wantUp) {
+					t.Errorf("the VM saw from the loop:\n%+v\nand from %s:\n%+v", loopUp, name, wantUp)
+				}
+			}
+			if len(loop) == 0 && !slices.Contains([]string{"body breaks off"}, tc.name) {
+				t.Errorf("no answer at all")
+			}
+		})
+	}
+}
+
+func short(s string) string {
+	if len(s) > 600 {
+		return s[:600] + "..."
+	}
+	return s
+}
