@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/tls"
 	"errors"
 	"io"
 	"net"
@@ -39,6 +40,7 @@ import (
 type h1Listener struct {
 	net.Listener // the connections' source; Close closes it
 	p            *Proxy
+	tls          *tls.Config // nil: plain HTTP
 	handoff      chan net.Conn
 	errc         chan error
 	done         chan struct{}
@@ -50,8 +52,8 @@ type h1Listener struct {
 	wg      sync.WaitGroup
 }
 
-func newH1Listener(ln net.Listener, p *Proxy) *h1Listener {
-	l := &h1Listener{Listener: ln, p: p, handoff: make(chan net.Conn), errc: make(chan error, 1),
+func newH1Listener(ln net.Listener, p *Proxy, tc *tls.Config) *h1Listener {
+	l := &h1Listener{Listener: ln, p: p, tls: tc, handoff: make(chan net.Conn), errc: make(chan error, 1),
 		done: make(chan struct{}), conns: make(map[*h1Conn]bool)}
 	go l.acceptLoop()
 	return l
@@ -149,7 +151,8 @@ func (l *h1Listener) shuttingDown() bool {
 // after their answer, as http.Server.Shutdown does; when ctx ends first
 // it closes them all.
 func (l *h1Listener) shutdown(ctx context.Context) error {
-	l.Close()
+	// The listener is the server's to close (http.Server.Shutdown):
+	// closed here first, its Serve would return an error.
 	l.mu.Lock()
 	l.closing = true
 	for hc, active := range l.conns {
@@ -166,6 +169,7 @@ func (l *h1Listener) shutdown(ctx context.Context) error {
 	case <-ctx.Done():
 		l.mu.Lock()
 		for hc := range l.conns {
+			hc.cancel() // ends the request to the VM too
 			hc.c.Close()
 		}
 		l.mu.Unlock()
@@ -180,25 +184,94 @@ const maxRequestHeader = http.DefaultMaxHeaderBytes + 4096
 
 // h1Conn is one client connection served by the loop.
 type h1Conn struct {
-	l      *h1Listener
-	c      net.Conn
-	ctx    context.Context
-	remote string
-	br     *bufio.Reader // reads through rec
-	bw     *bufio.Writer // net/http's conn.bufw (4 KiB), through werr
-	body   *bufio.Writer // net/http's response.w (2 KiB), over chunks
-	chunks chunkWriter
-	werr   error // the first write error on c
+	l        *h1Listener
+	c        net.Conn // as accepted
+	rw       net.Conn // c, or the TLS connection over it
+	tlsState *tls.ConnectionState
+	ctx      context.Context // the requests' context; cancelled when the client is gone
+	cancel   context.CancelFunc
+	remote   string
+	br       *bufio.Reader // reads through rec
+	bw       *bufio.Writer // net/http's conn.bufw (4 KiB), through werr
+	body     *bufio.Writer // net/http's response.w (2 KiB), over chunks
+	chunks   chunkWriter
+	werr     error // the first write error on c
 
 	// The bytes of the request being read, kept to hand it over.
 	recording bool
 	rec       []byte
+
+	// Watching the client while a slow request is answered: whether it
+	// went away (see startWatch).
+	watchTimer *time.Timer
+	watchMu    sync.Mutex
+	inRequest  bool
+	watchDone  chan struct{} // non-nil while a watch runs
+	peeked     bool          // the watch read a byte of the next request:
+	peekedByte byte          // it is read first
+}
+
+// watchAfter is how long a request runs before the loop watches its
+// client's connection for a close (net/http watches every request from
+// the start, at the cost of a goroutine and its wake-ups per request).
+const watchAfter = 25 * time.Millisecond
+
+// startWatch runs on the watch timer: unless the request is already
+// answered, a goroutine reads one byte from the client. EOF or an error
+// means the client went away: the connection's context is cancelled,
+// which ends the request to the VM. A byte is the start of the next
+// request, kept for the loop. stopWatch ends the read with a deadline.
+func (hc *h1Conn) startWatch() {
+	hc.watchMu.Lock()
+	defer hc.watchMu.Unlock()
+	if !hc.inRequest || hc.watchDone != nil || hc.br.Buffered() > 0 {
+		return
+	}
+	done := make(chan struct{})
+	hc.watchDone = done
+	go func() {
+		defer close(done)
+		var b [1]byte
+		n, err := hc.rw.Read(b[:])
+		if n == 1 {
+			hc.peeked, hc.peekedByte = true, b[0]
+			return
+		}
+		var ne net.Error
+		if err != nil && !(errors.As(err, &ne) && ne.Timeout()) {
+			hc.cancel()
+		}
+	}()
+}
+
+// beginRequest arms the watch timer.
+func (hc *h1Conn) beginRequest() {
+	hc.watchMu.Lock()
+	hc.inRequest = true
+	hc.watchMu.Unlock()
+	hc.watchTimer.Reset(watchAfter)
+}
+
+// endRequest stops the watch (and waits for its read to end).
+func (hc *h1Conn) endRequest() {
+	hc.watchTimer.Stop()
+	hc.watchMu.Lock()
+	hc.inRequest = false
+	done := hc.watchDone
+	hc.watchDone = nil
+	hc.watchMu.Unlock()
+	if done != nil {
+		_ = hc.rw.SetReadDeadline(time.Unix(1, 0))
+		<-done
+	}
 }
 
 func newH1Conn(l *h1Listener, c net.Conn) *h1Conn {
-	hc := &h1Conn{l: l, c: c, remote: c.RemoteAddr().String()}
+	hc := &h1Conn{l: l, c: c, rw: c, remote: c.RemoteAddr().String()}
 	ctx := context.WithValue(context.Background(), http.LocalAddrContextKey, c.LocalAddr())
-	hc.ctx = connContext(ctx, c)
+	hc.ctx, hc.cancel = context.WithCancel(connContext(ctx, c))
+	hc.watchTimer = time.AfterFunc(time.Hour, hc.startWatch)
+	hc.watchTimer.Stop()
 	hc.br = bufio.NewReaderSize(recReader{hc}, 4<<10)
 	hc.bw = bufio.NewWriterSize(errWriter{hc}, 4<<10)
 	hc.chunks.hc = hc
@@ -217,7 +290,14 @@ func (r recReader) Read(b []byte) (int, error) {
 	if hc.recording && len(hc.rec) >= maxRequestHeader {
 		return 0, errRequestTooLarge
 	}
-	n, err := hc.c.Read(b)
+	var n int
+	var err error
+	if hc.peeked && len(b) > 0 {
+		b[0], hc.peeked = hc.peekedByte, false
+		n = 1
+	} else {
+		n, err = hc.rw.Read(b)
+	}
 	if hc.recording && n > 0 {
 		hc.rec = append(hc.rec, b[:n]...)
 	}
@@ -228,7 +308,7 @@ func (r recReader) Read(b []byte) (int, error) {
 type errWriter struct{ hc *h1Conn }
 
 func (w errWriter) Write(b []byte) (int, error) {
-	n, err := w.hc.c.Write(b)
+	n, err := w.hc.rw.Write(b)
 	if err != nil && w.hc.werr == nil {
 		w.hc.werr = err
 	}
@@ -238,28 +318,41 @@ func (w errWriter) Write(b []byte) (int, error) {
 func (hc *h1Conn) serve() {
 	handedOver := false
 	defer func() {
+		hc.watchTimer.Stop()
 		if !handedOver {
+			hc.cancel()
 			hc.c.Close()
 		}
 		hc.l.untrack(hc)
 	}()
+	if hc.l.tls != nil {
+		tc, ok := hc.handshake()
+		if !ok {
+			return
+		}
+		if proto := hc.tlsState.NegotiatedProtocol; proto != "" && proto != "http/1.1" {
+			// HTTP/2 (and ACME's tls-alpn-01): the server's.
+			handedOver = hc.give(tc)
+			return
+		}
+	}
 	idle := hc.l.p.cfg.IdleTimeout
 	first := true
 	for {
 		now := time.Now()
 		switch {
 		case first:
-			_ = hc.c.SetReadDeadline(now.Add(readHeaderTimeout))
+			_ = hc.rw.SetReadDeadline(now.Add(readHeaderTimeout))
 		case idle > 0:
-			_ = hc.c.SetReadDeadline(now.Add(idle))
+			_ = hc.rw.SetReadDeadline(now.Add(idle))
 		default:
-			_ = hc.c.SetReadDeadline(time.Time{})
+			_ = hc.rw.SetReadDeadline(time.Time{})
 		}
 		if _, err := hc.br.Peek(1); err != nil {
 			return
 		}
 		if !first && !headerBuffered(hc.br) {
-			_ = hc.c.SetReadDeadline(time.Now().Add(readHeaderTimeout))
+			_ = hc.rw.SetReadDeadline(time.Now().Add(readHeaderTimeout))
 		}
 		first = false
 		buffered, _ := hc.br.Peek(hc.br.Buffered())
@@ -285,6 +378,7 @@ func (hc *h1Conn) serve() {
 			hc.rec = nil
 		}
 		r.RemoteAddr = hc.remote
+		r.TLS = hc.tlsState
 		r = r.WithContext(hc.ctx)
 		if !hc.l.setActive(hc, true) {
 			return
@@ -303,6 +397,8 @@ func (hc *h1Conn) serve() {
 
 // answer serves one request; false when the handler gave up (panicked).
 func (hc *h1Conn) answer(w *h1Response) (ok bool) {
+	hc.beginRequest()
+	defer hc.endRequest()
 	defer func() {
 		if v := recover(); v != nil {
 			if v != http.ErrAbortHandler {
@@ -324,14 +420,52 @@ func (hc *h1Conn) answer(w *h1Response) (ok bool) {
 // handOver gives the connection, from the request just read on, to the
 // http.Server; false when it no longer accepts.
 func (hc *h1Conn) handOver() bool {
-	_ = hc.c.SetReadDeadline(time.Time{})
-	c := &replayConn{Conn: hc.c, replay: hc.rec}
+	_ = hc.rw.SetReadDeadline(time.Time{})
+	var c net.Conn = &replayConn{Conn: hc.rw, replay: hc.rec}
+	if hc.tlsState != nil {
+		c = &replayTLSConn{replayConn: c.(*replayConn), state: *hc.tlsState}
+	}
+	return hc.give(c)
+}
+
+// give hands c to the http.Server; false when it no longer accepts.
+func (hc *h1Conn) give(c net.Conn) bool {
 	select {
 	case hc.l.handoff <- c:
 		return true
 	case <-hc.l.done:
 		return false
 	}
+}
+
+// handshake runs the TLS handshake as net/http's server does (bounded
+// by readHeaderTimeout; a plain HTTP request gets net/http's 400).
+func (hc *h1Conn) handshake() (*tls.Conn, bool) {
+	tc := tls.Server(hc.c, hc.l.tls)
+	dl := time.Now().Add(readHeaderTimeout)
+	_ = hc.c.SetReadDeadline(dl)
+	_ = hc.c.SetWriteDeadline(dl)
+	if err := tc.HandshakeContext(hc.ctx); err != nil {
+		var re tls.RecordHeaderError
+		if errors.As(err, &re) && re.Conn != nil && recordLooksLikeHTTP(re.RecordHeader) {
+			_, _ = io.WriteString(re.Conn, "HTTP/1.0 400 Bad Request\r\n\r\nClient sent an HTTP request to an HTTPS server.\n")
+		}
+		hc.l.p.log.Debug("tls handshake", "remote_ip", hostOnly(hc.remote), "err", err)
+		return nil, false
+	}
+	_ = hc.c.SetReadDeadline(time.Time{})
+	_ = hc.c.SetWriteDeadline(time.Time{})
+	st := tc.ConnectionState()
+	hc.tlsState, hc.rw = &st, tc
+	return tc, true
+}
+
+func recordLooksLikeHTTP(h [5]byte) bool {
+	switch string(h[:]) {
+	case "GET /", "HEAD ", "POST ", "PUT /", "OPTIO":
+		return true
+	}
+	return false
 }
 
 // replayConn is a client connection handed to http.Server: it reads the
@@ -349,6 +483,15 @@ func (c *replayConn) Read(b []byte) (int, error) {
 	}
 	return c.Conn.Read(b)
 }
+
+// replayTLSConn is a replayConn over TLS: http.Server takes the
+// connection's TLS state from ConnectionState (Request.TLS).
+type replayTLSConn struct {
+	*replayConn
+	state tls.ConnectionState
+}
+
+func (c *replayTLSConn) ConnectionState() tls.ConnectionState { return c.state }
 
 // headerBuffered reports whether a whole request header is in br.
 func headerBuffered(br *bufio.Reader) bool {

@@ -4,11 +4,13 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/tls"
 	"errors"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"reflect"
 	"regexp"
 	"slices"
@@ -72,6 +74,11 @@ func exchange(t *testing.T, addr, raw string, methods []string) (string, bool) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return exchangeOn(t, c, raw, methods)
+}
+
+func exchangeOn(t *testing.T, c net.Conn, raw string, methods []string) (string, bool) {
+	t.Helper()
 	defer c.Close()
 	if _, err := io.WriteString(c, raw); err != nil {
 		t.Fatal(err)
@@ -94,7 +101,7 @@ func exchange(t *testing.T, addr, raw string, methods []string) (string, bool) {
 	}
 	// Whatever else comes, and whether the connection stays open.
 	_ = c.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
-	_, err = io.Copy(io.Discard, br)
+	_, err := io.Copy(io.Discard, br)
 	var ne net.Error
 	closed := !(errors.As(err, &ne) && ne.Timeout())
 	return got.String(), closed
@@ -116,14 +123,16 @@ func TestLoopSameAsReverseProxy(t *testing.T) {
 	answers := map[string]string{
 		"/plain": "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: X-Hop, keep-alive\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\n" +
 			"Content-Type: text/plain\r\nX-App: a\r\nX-App: b\r\nSet-Cookie: a=1; Domain=.example.test; Path=/\r\n\r\nok",
-		"/chunked":      "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Sum\r\n\r\n2\r\nhi\r\n3\r\n yo\r\n0\r\nX-Sum: 9\r\n\r\n",
-		"/undeclared":   "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\nX-Late: 1\r\n\r\n",
-		"/head":         "HTTP/1.1 200 OK\r\nContent-Length: 10\r\nContent-Type: text/plain\r\n\r\n",
-		"/nothing":      "HTTP/1.1 204 No Content\r\nX-A: 1\r\n\r\n",
-		"/notmod":       "HTTP/1.1 304 Not Modified\r\nEtag: \"v1\"\r\nContent-Type: text/html\r\nCache-Control: max-age=5\r\n\r\n",
-		"/sniff":        "HTTP/1.1 200 OK\r\nContent-Length: 20\r\n\r\n<html><b>hi</b></htm",
-		"/big":          "HTTP/1.1 200 OK\r\nContent-Length: 5000\r\nContent-Type: text/plain\r\n\r\n" + big,
-		"/bigchunked":   "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1388\r\n" + big + "\r\n0\r\n\r\n",
+		"/chunked":    "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Sum\r\n\r\n2\r\nhi\r\n3\r\n yo\r\n0\r\nX-Sum: 9\r\n\r\n",
+		"/undeclared": "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\nX-Late: 1\r\n\r\n",
+		"/head":       "HTTP/1.1 200 OK\r\nContent-Length: 10\r\nContent-Type: text/plain\r\n\r\n",
+		"/nothing":    "HTTP/1.1 204 No Content\r\nX-A: 1\r\n\r\n",
+		"/notmod":     "HTTP/1.1 304 Not Modified\r\nEtag: \"v1\"\r\nContent-Type: text/html\r\nCache-Control: max-age=5\r\n\r\n",
+		"/sniff":      "HTTP/1.1 200 OK\r\nContent-Length: 20\r\n\r\n<html><b>hi</b></htm",
+		"/big":        "HTTP/1.1 200 OK\r\nContent-Length: 5000\r\nContent-Type: text/plain\r\n\r\n" + big,
+		// Longer than net/http's 2 KiB before chunking, shorter than
+		// one read, so that both paths pass it on in one chunk.
+		"/bigchunked":   "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nbb8\r\n" + big[:3000] + "\r\n0\r\n\r\n",
 		"/untilclose":   "CLOSE:HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nto the end",
 		"/broken":       "CLOSE:HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc",
 		"/brokenchunks": "CLOSE:HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n5\r\nab",
@@ -212,6 +221,7 @@ func TestLoopSameAsReverseProxy(t *testing.T) {
 		{"two hosts", "GET /plain HTTP/1.1\r\nHost: web.localhost\r\nHost: b\r\n\r\n", []string{"GET"}, true},
 		{"bad header", "GET /plain HTTP/1.1\r\nHost: web.localhost\r\nX Y: 1\r\n\r\n", []string{"GET"}, true},
 		{"garbage", "HELLO\r\n\r\n", []string{"GET"}, true},
+		{"header too large", get("/plain", "X-Big: "+strings.Repeat("a", http.DefaultMaxHeaderBytes+8192)+"\r\n"), []string{"GET"}, true},
 		{"login link", get(loginPath + "?token=bad"), []string{"GET"}, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -262,4 +272,130 @@ func short(s string) string {
 		return s[:600] + "..."
 	}
 	return s
+}
+
+// Over TLS the loop does the handshake, answers HTTP/1.1 as net/http's
+// TLS server does (Request.TLS set: the VM sees X-Forwarded-Proto: https,
+// also on a connection handed over for a body), hands HTTP/2 connections
+// to the server, and answers plain HTTP on the TLS port as net/http does.
+func TestLoopOverTLS(t *testing.T) {
+	upAddr, seen := rawUpstream(t, map[string]string{})
+	rt := Route{VMID: "vm1", VMName: "web", Owner: "u1", Upstream: upAddr, Public: true, Running: true}
+	p, err := New(Config{HTTPBind: "127.0.0.1:0", Secret: make([]byte, SecretSize),
+		Log: slog.New(slog.DiscardHandler), UpstreamHeaderTimeout: 5 * time.Second, RatePerSecond: -1}, fixedRoutes{rt}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts := httptest.NewUnstartedServer(nil)
+	ts.StartTLS()
+	certs, roots := ts.TLS.Certificates, ts.Client().Transport.(*http.Transport).TLSClientConfig.RootCAs
+	ts.Close()
+	tc := &tls.Config{Certificates: certs, NextProtos: []string{"h2", "http/1.1"}, MinVersion: tls.VersionTLS12}
+	newServer := func() *http.Server {
+		return &http.Server{Handler: p.Handler(), TLSConfig: tc, ReadHeaderTimeout: readHeaderTimeout,
+			ConnContext: connContext, ErrorLog: slog.NewLogLogger(slog.DiscardHandler, slog.LevelDebug)}
+	}
+	listen := func() net.Listener {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return limitListener{Listener: ln, lim: p.conns}
+	}
+	loop := newH1Listener(listen(), p, tc)
+	loopSrv := newServer()
+	go loopSrv.Serve(loop)
+	defer func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		loopSrv.Shutdown(ctx)
+		if err := loop.shutdown(ctx); err != nil {
+			t.Error(err)
+		}
+	}()
+	refLn := listen()
+	refSrv := newServer()
+	go refSrv.ServeTLS(refLn, "", "")
+	defer refSrv.Close()
+
+	upstreamSaw := func() []seenRequest {
+		var ups []seenRequest
+		for {
+			select {
+			case s := <-seen:
+				ups = append(ups, s)
+				continue
+			case <-time.After(50 * time.Millisecond):
+			}
+			return ups
+		}
+	}
+	dialTLS := func(addr string) net.Conn {
+		c, err := tls.Dial("tcp", addr, &tls.Config{RootCAs: roots, ServerName: "example.com", NextProtos: []string{"http/1.1"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	for _, tc := range []struct {
+		name, raw string
+		methods   []string
+	}{
+		{"get", "GET /a HTTP/1.1\r\nHost: web.localhost\r\n\r\n", []string{"GET"}},
+		{"http/1.0", "GET /a HTTP/1.0\r\nHost: web.localhost\r\n\r\n", []string{"GET"}},
+		{"post then get", "POST /a HTTP/1.1\r\nHost: web.localhost\r\nContent-Length: 2\r\n\r\nhiGET /b HTTP/1.1\r\nHost: web.localhost\r\n\r\n", []string{"POST", "GET"}},
+	} {
+		got, gotClosed := exchangeOn(t, dialTLS(loop.Addr().String()), tc.raw, tc.methods)
+		gotUp := upstreamSaw()
+		want, wantClosed := exchangeOn(t, dialTLS(refLn.Addr().String()), tc.raw, tc.methods)
+		wantUp := upstreamSaw()
+		got, want = dateLine.ReplaceAllString(got, "Date: (now)\r"), dateLine.ReplaceAllString(want, "Date: (now)\r")
+		if got != want || gotClosed != wantClosed {
+			t.Errorf("%s: loop answered (closed %v):\n%q\nnet/http answered (closed %v):\n%q", tc.name, gotClosed, got, wantClosed, want)
+		}
+		if !reflect.DeepEqual(gotUp, wantUp) || len(gotUp) != len(tc.methods) {
+			t.Errorf("%s: the VM saw from the loop:\n%+v\nfrom net/http:\n%+v", tc.name, gotUp, wantUp)
+		}
+		for _, s := range gotUp {
+			if s.Header.Get("X-Forwarded-Proto") != "https" {
+				t.Errorf("%s: the VM saw X-Forwarded-Proto %q", tc.name, s.Header.Get("X-Forwarded-Proto"))
+			}
+		}
+	}
+
+	// HTTP/2 goes to the server.
+	c := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots, ServerName: "example.com"}, ForceAttemptHTTP2: true,
+		DialTLSContext: nil}}
+	defer c.CloseIdleConnections()
+	req, _ := http.NewRequest("GET", "https://"+loop.Addr().String()+"/h2", nil)
+	req.Host = "web.localhost"
+	c.Transport.(*http.Transport).TLSClientConfig.ServerName = "example.com"
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || resp.ProtoMajor != 2 || string(body) != "default" {
+		t.Errorf("HTTP/2: %s %s %q", resp.Proto, resp.Status, body)
+	}
+	if ups := upstreamSaw(); len(ups) != 1 || ups[0].Header.Get("X-Forwarded-Proto") != "https" {
+		t.Errorf("HTTP/2: the VM saw %+v", ups)
+	}
+
+	// Plain HTTP on the TLS port.
+	raw := "GET / HTTP/1.1\r\nHost: web.localhost\r\n\r\n"
+	pc, err := net.Dial("tcp", loop.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc, err := net.Dial("tcp", refLn.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, _ := exchangeOn(t, pc, raw, nil)
+	want, _ := exchangeOn(t, rc, raw, nil)
+	if got != want || !strings.Contains(got, "400 Bad Request") {
+		t.Errorf("plain HTTP to the TLS port: loop %q, net/http %q", got, want)
+	}
 }

@@ -180,7 +180,7 @@ func (cw *chunkWriter) Write(p []byte) (n int, err error) {
 		b := strconv.AppendInt(buf[:0], int64(len(p)), 16)
 		b = append(b, '\r', '\n')
 		if _, err = bw.Write(b); err != nil {
-			cw.hc.c.Close()
+			cw.hc.rw.Close()
 			return 0, err
 		}
 	}
@@ -189,7 +189,7 @@ func (cw *chunkWriter) Write(p []byte) (n int, err error) {
 		_, err = bw.WriteString("\r\n")
 	}
 	if err != nil {
-		cw.hc.c.Close()
+		cw.hc.rw.Close()
 	}
 	return n, err
 }

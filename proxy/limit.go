@@ -136,11 +136,16 @@ type connKey struct{}
 // connContext stores the accepted connection for the handler (http.Server
 // ConnContext).
 func connContext(ctx context.Context, c net.Conn) context.Context {
+	// Handed over by the loop: replayTLSConn or replayConn, over a
+	// tls.Conn or not.
+	if rc, ok := c.(*replayTLSConn); ok {
+		c = rc.replayConn
+	}
+	if rc, ok := c.(*replayConn); ok {
+		c = rc.Conn
+	}
 	if tc, ok := c.(*tls.Conn); ok {
 		c = tc.NetConn()
-	}
-	if rc, ok := c.(*replayConn); ok { // handed over by the loop
-		c = rc.Conn
 	}
 	if t, ok := c.(*trackedConn); ok {
 		return context.WithValue(ctx, connKey{}, t)
