@@ -85,7 +85,9 @@ func (p *Proxy) Serve(ctx context.Context, httpsLn, httpLn net.Listener) error {
 		tc.MinVersion = tls.VersionTLS12
 		// The loop does the TLS handshakes and answers HTTP/1.x
 		// requests; HTTP/2 and the rest go to the server.
-		loop := newH1Listener(limitListener{Listener: httpsLn, lim: p.conns}, p, tc)
+		// (Its own copy of the config: Serve configures HTTP/2 in the
+		// server's while the loop may already be shaking hands.)
+		loop := newH1Listener(limitListener{Listener: httpsLn, lim: p.conns}, p, tc.Clone())
 		loops = append(loops, loop)
 		serve(&http.Server{
 			Handler:           p.Handler(),
