@@ -403,3 +403,99 @@ func TestLoopOverTLS(t *testing.T) {
 		t.Errorf("plain HTTP to the TLS port: loop %q, net/http %q", got, want)
 	}
 }
+
+// Shutdown closes the loop's idle connections at once, lets a request in
+// flight run until ShutdownTimeout, and then ends it, its request to the
+// VM included; Serve returns.
+func TestLoopShutdown(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	asked, vmGone := make(chan struct{}, 10), make(chan struct{}, 10)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				br := bufio.NewReader(c)
+				r, err := http.ReadRequest(br)
+				if err != nil {
+					return
+				}
+				if r.URL.Path == "/quick" {
+					io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+					_, _ = br.ReadByte() // until the proxy closes its pooled connection
+					return
+				}
+				asked <- struct{}{}
+				_, _ = br.ReadByte() // never answer; returns when the proxy closes
+				vmGone <- struct{}{}
+			}()
+		}
+	}()
+	rt := Route{VMID: "vm1", VMName: "web", Upstream: ln.Addr().String(), Public: true, Running: true}
+	p, err := New(Config{HTTPBind: "127.0.0.1:0", Secret: make([]byte, SecretSize), Log: slog.New(slog.DiscardHandler),
+		UpstreamHeaderTimeout: time.Minute, ShutdownTimeout: 500 * time.Millisecond}, fixedRoutes{rt}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pl, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() { served <- p.Serve(ctx, nil, pl) }()
+
+	idle, err := net.Dial("tcp", pl.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer idle.Close()
+	io.WriteString(idle, "GET /quick HTTP/1.1\r\nHost: web.localhost\r\n\r\n")
+	ibr := bufio.NewReader(idle)
+	if resp, err := http.ReadResponse(ibr, nil); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("quick request: %v %v", resp, err)
+	} else {
+		io.Copy(io.Discard, resp.Body)
+	}
+	busy, err := net.Dial("tcp", pl.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	io.WriteString(busy, "GET /slow HTTP/1.1\r\nHost: web.localhost\r\n\r\n")
+	select {
+	case <-asked:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the VM was not asked")
+	}
+
+	start := time.Now()
+	cancel()
+	idle.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+	if _, err := ibr.ReadByte(); err != io.EOF {
+		t.Errorf("idle connection at shutdown: %v, want it closed at once", err)
+	}
+	select {
+	case err := <-served:
+		if err != nil {
+			t.Errorf("serve: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("serve did not return after its shutdown timeout")
+	}
+	if d := time.Since(start); d < 400*time.Millisecond {
+		t.Errorf("serve returned after %s, before the request in flight had its %s", d, p.cfg.ShutdownTimeout)
+	}
+	select {
+	case <-vmGone:
+	case <-time.After(3 * time.Second):
+		t.Error("the request to the VM stayed open after the shutdown")
+	}
+}
