@@ -19,11 +19,17 @@
 // request (forward.go, upstream.go); other requests without a body take
 // ReverseProxy over the same pool; verified session cookies are
 // remembered and found without parsing the app's cookies; the access log
-// is written in batches (LogBuffer). BenchmarkProxyCPU measures it over
-// plain HTTP and HTTPS (HTTP/1.1 and HTTP/2); BenchmarkProxyCPUAB compares
-// two builds side by side. What is left is mostly net/http's server (a
-// goroutine per request for its background read, and the wake-ups it
-// costs) and the system calls of the two hops.
+// is written in batches (LogBuffer). HTTP/1.x connections (plain, and
+// HTTPS after the handshake when ALPN did not pick HTTP/2) are served by
+// a loop of their own, one goroutine per connection, which answers those
+// GETs and HEADs without net/http's per-request goroutine and wake-ups,
+// byte for byte as net/http would, and hands the connection to the
+// http.Server at the first request it does not take (a body, an upgrade,
+// anything malformed) (h1.go, h1response.go). BenchmarkProxyCPU measures
+// it over plain HTTP and HTTPS (HTTP/1.1 and HTTP/2); BenchmarkProxyCPUAB
+// compares two builds side by side. What is left is mostly the system
+// calls of the two hops and the scheduler's wake-ups while the loop waits
+// for the client and for the VM.
 //
 // The proxy knows nothing of the store: it asks a Routes for the VM behind a
 // host name, a Domains whether a custom name may get a certificate and a

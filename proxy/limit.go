@@ -136,6 +136,14 @@ type connKey struct{}
 // connContext stores the accepted connection for the handler (http.Server
 // ConnContext).
 func connContext(ctx context.Context, c net.Conn) context.Context {
+	// Handed over by the loop: replayTLSConn or replayConn, over a
+	// tls.Conn or not.
+	if rc, ok := c.(*replayTLSConn); ok {
+		c = rc.replayConn
+	}
+	if rc, ok := c.(*replayConn); ok {
+		c = rc.Conn
+	}
 	if tc, ok := c.(*tls.Conn); ok {
 		c = tc.NetConn()
 	}

@@ -66,17 +66,13 @@ func (p *Proxy) Serve(ctx context.Context, httpsLn, httpLn net.Listener) error {
 	p.rebindChallengePorts(httpsLn, httpLn)
 
 	errLog := slog.NewLogLogger(p.log.Handler(), slog.LevelDebug)
+	var loops []*h1Listener
 	var servers []*http.Server
 	g, gctx := errgroup.WithContext(ctx)
-	serve := func(srv *http.Server, ln net.Listener, tlsOn bool) {
+	serve := func(srv *http.Server, ln net.Listener) {
 		servers = append(servers, srv)
 		g.Go(func() error {
-			var err error
-			if tlsOn {
-				err = srv.ServeTLS(ln, "", "")
-			} else {
-				err = srv.Serve(ln)
-			}
+			err := srv.Serve(ln)
 			if errors.Is(err, http.ErrServerClosed) {
 				return nil
 			}
@@ -87,6 +83,12 @@ func (p *Proxy) Serve(ctx context.Context, httpsLn, httpLn net.Listener) error {
 		tc := p.magic.TLSConfig()
 		tc.NextProtos = append([]string{"h2", "http/1.1"}, tc.NextProtos...)
 		tc.MinVersion = tls.VersionTLS12
+		// The loop does the TLS handshakes and answers HTTP/1.x
+		// requests; HTTP/2 and the rest go to the server.
+		// (Its own copy of the config: Serve configures HTTP/2 in the
+		// server's while the loop may already be shaking hands.)
+		loop := newH1Listener(limitListener{Listener: httpsLn, lim: p.conns}, p, tc.Clone())
+		loops = append(loops, loop)
 		serve(&http.Server{
 			Handler:           p.Handler(),
 			TLSConfig:         tc,
@@ -94,7 +96,7 @@ func (p *Proxy) Serve(ctx context.Context, httpsLn, httpLn net.Listener) error {
 			IdleTimeout:       p.cfg.IdleTimeout,
 			ConnContext:       connContext,
 			ErrorLog:          errLog,
-		}, limitListener{Listener: httpsLn, lim: p.conns}, true)
+		}, loop)
 		if p.cfg.DNSProvider != nil {
 			wildcard := "*." + p.cfg.Domain
 			if err := p.wildcard.ManageAsync(ctx, []string{wildcard}); err != nil {
@@ -104,8 +106,15 @@ func (p *Proxy) Serve(ctx context.Context, httpsLn, httpLn net.Listener) error {
 	}
 	if httpLn != nil {
 		h := p.Handler()
+		var ln net.Listener = limitListener{Listener: httpLn, lim: p.conns}
 		if p.cfg.Domain != "" {
 			h = p.issuer.HTTPChallengeHandler(http.HandlerFunc(p.redirect))
+		} else {
+			// The proxy itself: plain HTTP/1.x requests are answered in
+			// a loop per connection, the rest by the server.
+			loop := newH1Listener(ln, p, nil)
+			loops = append(loops, loop)
+			ln = loop
 		}
 		serve(&http.Server{
 			Handler:           h,
@@ -113,7 +122,7 @@ func (p *Proxy) Serve(ctx context.Context, httpsLn, httpLn net.Listener) error {
 			IdleTimeout:       p.cfg.IdleTimeout,
 			ConnContext:       connContext,
 			ErrorLog:          errLog,
-		}, limitListener{Listener: httpLn, lim: p.conns}, false)
+		}, ln)
 	}
 	p.log.Info("proxy serving", "domain", p.cfg.Domain, "https", addrOf(httpsLn), "http", addrOf(httpLn))
 
@@ -124,6 +133,9 @@ func (p *Proxy) Serve(ctx context.Context, httpsLn, httpLn net.Listener) error {
 		sg := new(errgroup.Group)
 		for _, srv := range servers {
 			sg.Go(func() error { return srv.Shutdown(sctx) })
+		}
+		for _, loop := range loops {
+			sg.Go(func() error { return loop.shutdown(sctx) })
 		}
 		err := sg.Wait()
 		p.upgraded.closeAll()       // Shutdown does not track hijacked connections
