@@ -392,19 +392,36 @@ func (l *Local) restoreCopyReady(ctx context.Context, o *op, u *undo, fk hypervi
 	}
 	u.push(func() { l.Driver.Kill(context.Background(), h) })
 	restored := time.Now()
+	// The agent is dialled while the handle is recorded (two store
+	// writes, each a flush): the copy is running either way, and nothing
+	// is done with the agent before the handle is on record.
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	type ready struct {
+		cl  *vsockcli.Client
+		err error
+	}
+	agent := make(chan ready, 1)
+	go func() {
+		cl, err := l.waitReady(wctx, console, h.Agent, l.agentConfig(key, nil))
+		agent <- ready{cl, err}
+	}()
 	o.step(ctx, "agent", map[string]any{"handle": h})
 	row.Handle = EncodeHandle(h)
 	if err := store.UpdateVM(ctx, l.DB, row); err != nil {
-		console.Close()
+		cancel()
+		if r := <-agent; r.cl != nil {
+			r.cl.Close()
+		}
 		return row, nil, nil, time.Time{}, err
 	}
 	progress.Say("agent")
-	cl, err := l.waitReady(ctx, console, h.Agent, l.agentConfig(key, nil))
-	if err != nil {
+	r := <-agent
+	if r.err != nil {
 		if ctx.Err() != nil {
 			return row, nil, nil, time.Time{}, ctx.Err()
 		}
-		return row, nil, nil, time.Time{}, l.notReady(row.Name, row.ID, err)
+		return row, nil, nil, time.Time{}, l.notReady(row.Name, row.ID, r.err)
 	}
-	return row, h, cl, restored, nil
+	return row, h, r.cl, restored, nil
 }
