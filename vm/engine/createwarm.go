@@ -109,16 +109,10 @@ func (l *Local) warmCreate(ctx context.Context, o *op, row store.VM, t Template,
 		return row, fmt.Errorf("restore: %w", err)
 	}
 	u.push(func() { l.Driver.Kill(context.Background(), h) })
-	o.step(ctx, "agent", map[string]any{"handle": h})
-	row.Handle = EncodeHandle(h)
-	if err := store.UpdateVM(ctx, l.DB, row); err != nil {
-		console.Close()
-		return row, err
-	}
 	progress.Say("agent")
-	cl, err := l.waitReady(ctx, console, h.Agent, l.agentConfig("", nil))
+	row, cl, err := l.recordAndWaitReady(ctx, o, row, h, console, l.agentConfig("", nil))
 	if err != nil {
-		return row, l.notReady(row.Name, row.ID, err)
+		return row, err
 	}
 	defer cl.Close()
 	pctx, cancel := context.WithTimeout(ctx, l.cfg.ReadyTimeout)

@@ -392,9 +392,20 @@ func (l *Local) restoreCopyReady(ctx context.Context, o *op, u *undo, fk hypervi
 	}
 	u.push(func() { l.Driver.Kill(context.Background(), h) })
 	restored := time.Now()
-	// The agent is dialled while the handle is recorded (two store
-	// writes, each a flush): the copy is running either way, and nothing
-	// is done with the agent before the handle is on record.
+	progress.Say("agent")
+	row, cl, err := l.recordAndWaitReady(ctx, o, row, h, console, l.agentConfig(key, nil))
+	if err != nil {
+		return row, nil, nil, time.Time{}, err
+	}
+	return row, h, cl, restored, nil
+}
+
+// recordAndWaitReady records h as row's handle (the op's "agent" step and
+// the row: a crash from here on is found) and waits for the guest agent
+// at h (cfg) meanwhile: the two store writes, each a flush, overlap the
+// agent's dial, and nothing is done with the agent before the handle is
+// on record. console follows this run's output (waitReady closes it).
+func (l *Local) recordAndWaitReady(ctx context.Context, o *op, row store.VM, h *hypervisor.Handle, console *consolelog.Follower, cfg vsockcli.Config) (store.VM, *vsockcli.Client, error) {
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	type ready struct {
@@ -403,7 +414,7 @@ func (l *Local) restoreCopyReady(ctx context.Context, o *op, u *undo, fk hypervi
 	}
 	agent := make(chan ready, 1)
 	go func() {
-		cl, err := l.waitReady(wctx, console, h.Agent, l.agentConfig(key, nil))
+		cl, err := l.waitReady(wctx, console, h.Agent, cfg)
 		agent <- ready{cl, err}
 	}()
 	o.step(ctx, "agent", map[string]any{"handle": h})
@@ -413,15 +424,14 @@ func (l *Local) restoreCopyReady(ctx context.Context, o *op, u *undo, fk hypervi
 		if r := <-agent; r.cl != nil {
 			r.cl.Close()
 		}
-		return row, nil, nil, time.Time{}, err
+		return row, nil, err
 	}
-	progress.Say("agent")
 	r := <-agent
 	if r.err != nil {
 		if ctx.Err() != nil {
-			return row, nil, nil, time.Time{}, ctx.Err()
+			return row, nil, ctx.Err()
 		}
-		return row, nil, nil, time.Time{}, l.notReady(row.Name, row.ID, r.err)
+		return row, nil, l.notReady(row.Name, row.ID, r.err)
 	}
-	return row, h, r.cl, restored, nil
+	return row, r.cl, nil
 }
