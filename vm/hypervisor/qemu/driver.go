@@ -236,7 +236,6 @@ func (d *Driver) launch(ctx context.Context, m machine) (*hypervisor.Handle, err
 	defer cancel()
 	log := d.log.With("vm_id", m.ID)
 	var vm, relay, logger *launch.Child
-	var qc *qmp.Client     // from "connect qmp" to "load state"
 	var files []*os.File   // inherited by a jailed QEMU
 	var console []*os.File // inherited by the relay, which logs the console
 	defer func() { closeAll(files); closeAll(console) }()
@@ -341,52 +340,42 @@ func (d *Driver) launch(ctx context.Context, m machine) (*hypervisor.Handle, err
 		{
 			Name: "connect qmp",
 			Do: func(ctx context.Context) error {
-				var err error
-				qc, err = waitQMP(ctx, vm, m)
-				return err
+				c, err := waitQMP(ctx, vm, m)
+				if err != nil {
+					return err
+				}
+				defer c.Close()
+				if m.LiveIncoming {
+					return prepareLiveIncoming(ctx, c, m)
+				}
+				if m.Incoming != "" {
+					return finishIncoming(ctx, vm, m, c)
+				}
+				st, err := queryStatus(ctx, c)
+				if err != nil {
+					return err
+				}
+				if st != "running" {
+					return fmt.Errorf("qemu status is %q, want running", st)
+				}
+				return nil
 			},
-			Undo: func() { qc.Close() },
 		},
 	}...)
-	// The relay starts before the VM's state is loaded (QEMU's agent
-	// chardev listens from its start, as for a live move's target): its
-	// start-up, tens of ms, overlaps the load.
-	if !m.VhostVsock {
-		steps = append(steps, launch.Step{
-			Name: "start agent relay",
-			Do: func(context.Context) error {
-				var err error
-				relay, err = d.startRelay(m.RunDir, m.UID, m.Cgroup, console)
-				if err == nil {
-					log.Debug("agent relay started", "pid", relay.PID)
-				}
-				return err
-			},
-			Undo: func() { d.stopChild(context.Background(), relay) },
-		})
-	}
-	steps = append(steps, launch.Step{
-		Name: "load state",
-		Do: func(ctx context.Context) error {
-			defer qc.Close()
-			if m.LiveIncoming {
-				return prepareLiveIncoming(ctx, qc, m)
-			}
-			if m.Incoming != "" {
-				return finishIncoming(ctx, vm, m, qc)
-			}
-			st, err := queryStatus(ctx, qc)
-			if err != nil {
-				return err
-			}
-			if st != "running" {
-				return fmt.Errorf("qemu status is %q, want running", st)
-			}
-			return nil
-		},
-	})
 	if !m.VhostVsock {
 		steps = append(steps,
+			launch.Step{
+				Name: "start agent relay",
+				Do: func(context.Context) error {
+					var err error
+					relay, err = d.startRelay(m.RunDir, m.UID, m.Cgroup, console)
+					if err == nil {
+						log.Debug("agent relay started", "pid", relay.PID)
+					}
+					return err
+				},
+				Undo: func() { d.stopChild(context.Background(), relay) },
+			},
 			launch.Step{
 				Name: "wait for agent relay",
 				Do: func(ctx context.Context) error {
