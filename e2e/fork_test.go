@@ -239,7 +239,8 @@ func BenchmarkForkCLI(b *testing.B) {
 		// With MINIONS_DEBUG set the CLI logs the engine's profile of the
 		// fork: the guest's re-identification steps.
 		for _, line := range strings.Split(r.stderr, "\n") {
-			if strings.Contains(line, "guest re-identified") || strings.Contains(line, "vm forked") || strings.Contains(line, "saved for a fork") {
+			if strings.Contains(line, "guest re-identified") || strings.Contains(line, "vm forked") || strings.Contains(line, "saved for a fork") ||
+				strings.Contains(line, "fork source resumed") || (strings.Contains(line, "component=qemu") && strings.Contains(line, "start step")) {
 				profile = append(profile, line)
 			}
 		}

@@ -71,6 +71,19 @@ func TestMain(m *testing.M) {
 		// The guest kernel comes from Debian's archive: fetch it (and build
 		// the minimal image) here, outside the namespace, which has no
 		// route out.
+		// MINIONS_E2E_KERNELS (a directory of installed kernels, as
+		// images/kernels holds them) seeds the kernel store, so a run
+		// needs no Debian mirror for the kernel.
+		if k := os.Getenv("MINIONS_E2E_KERNELS"); k != "" {
+			kd := filepath.Join(stateDir, "images", "kernels")
+			if err := os.MkdirAll(filepath.Dir(kd), 0o700); err != nil {
+				panic(err)
+			}
+			if out, err := exec.Command("cp", "-a", k, kd).CombinedOutput(); err != nil {
+				fmt.Fprintf(os.Stderr, "e2e: seed kernels from %s: %v %s\n", k, err, out)
+				return 1
+			}
+		}
 		start := time.Now()
 		cmd := exec.Command(filepath.Join(binDir, "minions"), "image", "build", "--os", "minimal")
 		cmd.Env = append(os.Environ(), "MINIONS_STATE_DIR="+stateDir, "MINIONS_AGENT_BIN="+filepath.Join(binDir, "minions-agent"))

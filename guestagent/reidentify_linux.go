@@ -1,6 +1,7 @@
 package guestagent
 
 import (
+	"context"
 	"crypto/ecdsa"
 	"crypto/ed25519"
 	"crypto/elliptic"
@@ -31,7 +32,9 @@ import (
 // order that matters: the RNG is reseeded before any key is made, the clock
 // is set before files are written, the host key is swapped last among the
 // identity steps so a failure before it leaves the host's pin valid, and
-// the network moves last (the agent channel does not use it).
+// the network moves while the files are written (the agent channel does
+// not use it). The reply comes when all of it is in place in the guest;
+// the flush of the files to the guest's disk follows (flushLater).
 
 // ioctlRNDRESEEDCRNG makes the kernel reseed its CRNG now (_IO('R', 7)),
 // so the output of every reader, vDSO getrandom states included, depends on
@@ -208,10 +211,23 @@ func (s *Server) reidentify(r proto.Reidentify) (proto.ReidentifyReply, error) {
 	if err := s.cfg.SetHostname(id.hostname); err != nil {
 		return reply, fmt.Errorf("set hostname: %w", err)
 	}
+	step("set hostname")
+	// The network moves while the files are written: the move waits on
+	// the guest's CPU, the first write after a restore on its disk (a
+	// journal commit the saved machine had in flight). Both are done
+	// before the reply.
+	netDone := make(chan error, 1)
+	if id.ip.IsValid() || id.mac != nil {
+		go func() { netDone <- s.setNetwork(id.mac, id.ip, id.gw) }()
+	} else {
+		netDone <- nil
+	}
+	waitNet := sync.OnceValue(func() error { return <-netDone })
+	defer waitNet() // a failed write returns only once the move is over
 	if err := writeFileNoSync(s.cfg.path("/etc/hostname"), []byte(id.hostname+"\n"), 0o644); err != nil {
 		return reply, fmt.Errorf("write hostname: %w", err)
 	}
-	step("set hostname")
+	step("write hostname")
 
 	oldID := readTrim(s.cfg.path("/etc/machine-id"))
 	if err := writeFileNoSync(s.cfg.path("/etc/machine-id"), []byte(id.machineID+"\n"), 0o444); err != nil {
@@ -274,25 +290,15 @@ func (s *Server) reidentify(r proto.Reidentify) (proto.ReidentifyReply, error) {
 			return reply, fmt.Errorf("write resolv.conf: %w", err)
 		}
 	}
-	// One flush for every file above, instead of two per file, while
-	// the network moves (the flush waits on the disk, the move on the
-	// CPU): both are done before the reply.
-	synced := make(chan error, 1)
-	go func() { synced <- syncFS(s.cfg.path("/etc")) }()
-	var netErr error
-	if id.ip.IsValid() || id.mac != nil {
-		netErr = s.setNetwork(id.mac, id.ip, id.gw)
-	}
-	if err := <-synced; err != nil {
-		return reply, fmt.Errorf("sync: %w", err)
-	}
-	step("sync")
-	if netErr != nil {
-		return reply, fmt.Errorf("network: %w", netErr)
+	if err := waitNet(); err != nil {
+		return reply, fmt.Errorf("network: %w", err)
 	}
 	if id.ip.IsValid() || id.mac != nil {
 		step("move eth0 to its own mac and ip, announce it")
 	}
+	// One flush for every file above, after the reply (see flushLater).
+	s.flushLater(s.cfg.path("/etc"))
+	reply.FlushPending = true
 	s.log.Info("re-identified", "hostname", id.hostname, "ip", id.ip, "mac", id.mac.String(), "steps", len(reply.Steps))
 	return reply, nil
 }
@@ -327,6 +333,61 @@ func writeFileNoSync(path string, data []byte, mode os.FileMode) error {
 		return err
 	}
 	return os.Rename(tmp, path)
+}
+
+// flushFS flushes the filesystem holding a directory; replaced by tests.
+var flushFS = syncFS
+
+// flushLater flushes the filesystem holding dir in the background: the
+// identity files reidentify wrote are in the guest's page cache when it
+// replies, and from there every reader in the guest (sshd, a login, exec)
+// sees them; the flush only makes them survive a crash of the guest. It
+// runs in the agent whether or not anybody waits for it (the host's
+// connection may be gone); WaitFlushed waits for it, and shutdown does.
+//
+// What a crash of the guest (or a kill -9 of its hypervisor) before the
+// flush completes means: the disk may still hold the earlier identity's
+// files (each file is either the old or the new one: written aside and
+// renamed), so a later boot of that VM comes up with the template's or the
+// fork source's hostname file, machine-id, sshd keys and owner keys, and
+// an agent key the host no longer pins (the start then fails as "agent not
+// ready": destroy it and fork or create again). The window is the flush
+// itself, a few hundred ms after the reply.
+func (s *Server) flushLater(dir string) {
+	done := make(chan struct{})
+	s.flushMu.Lock()
+	prev := s.flushing
+	s.flushing = done
+	s.flushMu.Unlock()
+	go func() {
+		defer close(done)
+		if prev != nil {
+			<-prev
+		}
+		start := time.Now()
+		if err := flushFS(dir); err != nil {
+			s.log.Warn("flush after re-identification", "dir", dir, "err", err)
+			return
+		}
+		s.log.Info("identity flushed", "dir", dir, "duration_ms", time.Since(start).Milliseconds())
+	}()
+}
+
+// WaitFlushed waits until the flushes started by re-identification so far
+// are done, or ctx ends.
+func (s *Server) WaitFlushed(ctx context.Context) error {
+	s.flushMu.Lock()
+	done := s.flushing
+	s.flushMu.Unlock()
+	if done == nil {
+		return nil
+	}
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 // syncFS flushes the filesystem holding dir (syncfs(2)).

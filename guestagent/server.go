@@ -36,6 +36,9 @@ type Server struct {
 	frozen   []string        // mount points, in freeze order
 	freezer  *ssh.ServerConn // the connection that froze them
 	thawT    *time.Timer
+
+	flushMu  sync.Mutex
+	flushing chan struct{} // closed when the last flush after reidentify is done (nil: none)
 }
 
 // NewServer validates cfg, loads or creates the host key and returns a
@@ -291,6 +294,10 @@ func (s *Server) shutdown(reboot bool) {
 	go func() {
 		// Let the reply reach the host first.
 		time.Sleep(50 * time.Millisecond)
+		// A re-identification's flush finishes first (bounded).
+		wctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		s.WaitFlushed(wctx)
+		cancel()
 		s.log.Info("shutdown requested", "reboot", reboot)
 		if err := s.cfg.Power(reboot); err != nil {
 			s.log.Error("shutdown", "err", err)

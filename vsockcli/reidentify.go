@@ -43,6 +43,9 @@ type Reidentified struct {
 	Removed      []string // template leftovers deleted in the guest
 	Steps        []string
 	StepMillis   []int64 // the guest's time for each of Steps
+	// FlushPending: the guest flushes the new identity files to its disk
+	// after the reply (proto.ReidentifyReply.FlushPending).
+	FlushPending bool
 }
 
 // NewMachineID returns a random machine-id (systemd's format).
@@ -137,6 +140,7 @@ func (c *Client) Reidentify(ctx context.Context, id Identity) (Reidentified, err
 		out.Steps = append(out.Steps, textsafe.Clean(s))
 	}
 	out.StepMillis = r.StepMillis
+	out.FlushPending = r.FlushPending
 	return out, nil
 }
 

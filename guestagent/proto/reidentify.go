@@ -54,4 +54,8 @@ type ReidentifyReply struct {
 	// StepMillis is how long each of Steps took in the guest, in ms
 	// (the profile of re-identification).
 	StepMillis []int64 `json:"step_ms,omitempty"`
+	// FlushPending says the guest's flush of the new identity files to its
+	// disk runs after this reply (the files are in place in the guest; a
+	// guest crash before the flush ends may lose them on its disk).
+	FlushPending bool `json:"flush_pending,omitempty"`
 }

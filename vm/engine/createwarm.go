@@ -109,16 +109,10 @@ func (l *Local) warmCreate(ctx context.Context, o *op, row store.VM, t Template,
 		return row, fmt.Errorf("restore: %w", err)
 	}
 	u.push(func() { l.Driver.Kill(context.Background(), h) })
-	o.step(ctx, "agent", map[string]any{"handle": h})
-	row.Handle = EncodeHandle(h)
-	if err := store.UpdateVM(ctx, l.DB, row); err != nil {
-		console.Close()
-		return row, err
-	}
 	progress.Say("agent")
-	cl, err := l.waitReady(ctx, console, h.Agent, l.agentConfig("", nil))
+	row, cl, err := l.recordAndWaitReady(ctx, o, row, h, console, l.agentConfig("", nil))
 	if err != nil {
-		return row, l.notReady(row.Name, row.ID, err)
+		return row, err
 	}
 	defer cl.Close()
 	pctx, cancel := context.WithTimeout(ctx, l.cfg.ReadyTimeout)
@@ -202,18 +196,49 @@ func (l *Local) reidentifyGuest(ctx context.Context, cl *vsockcli.Client, row st
 	if err != nil {
 		return "", fmt.Errorf("re-identify guest: %w", err)
 	}
-	l.log.Info("guest re-identified", "vm_id", row.ID, "duration_ms", time.Since(start).Milliseconds(), "steps", stepProfile(r.Steps, r.StepMillis))
+	took := time.Since(start)
+	lag := clockLag(took, r.StepMillis)
+	l.log.Info("guest re-identified", "vm_id", row.ID, "duration_ms", took.Milliseconds(), "clock_lag_bound_ms", lag.Milliseconds(),
+		"flush_pending", r.FlushPending, "steps", stepProfile(r.Steps, r.StepMillis))
 	if r.AgentHostKey == nil {
 		return "", errs.New(errs.Unavailable, "re-identify guest: no new agent host key")
 	}
 	// Reidentify set the clock to the host's time when it was sent; under
-	// load the guest may have taken seconds to get there. A second, small
-	// call brings it within a round trip.
-	now := time.Now().UnixNano()
-	if err := cl.Configure(ctx, proto.Configure{TimeUnixNano: &now}); err != nil {
-		return "", fmt.Errorf("set guest clock: %w", err)
+	// load the guest may have taken seconds to get there. When it may
+	// have, a second, small call brings it within a round trip.
+	if lag > maxClockLag {
+		now := time.Now().UnixNano()
+		if err := cl.Configure(ctx, proto.Configure{TimeUnixNano: &now}); err != nil {
+			return "", fmt.Errorf("set guest clock: %w", err)
+		}
 	}
 	return string(bytes.TrimSpace(ssh.MarshalAuthorizedKey(r.AgentHostKey))), nil
+}
+
+// maxClockLag is how far behind the host's a re-identified guest's clock
+// may be left without a second call to set it (the checks allow 2 s).
+const maxClockLag = 250 * time.Millisecond
+
+// clockLag bounds how far behind the host's the guest's clock is after a
+// re-identification that took took (host wall time, from before the
+// request was made to its reply) with the guest's step times ms: the
+// guest set its clock to the request's send time in its second step
+// ("set clock"), so it lags by the request's transit to the guest plus
+// its first two steps. The transit is at most took less the guest's
+// steps (both transits together). Without step times the bound is took.
+func clockLag(took time.Duration, ms []int64) time.Duration {
+	if len(ms) < 2 {
+		return took
+	}
+	var guest, before int64
+	for i, m := range ms {
+		guest += m
+		if i < 2 {
+			before += m
+		}
+	}
+	transit := took - time.Duration(guest)*time.Millisecond
+	return max(0, transit) + time.Duration(before)*time.Millisecond
 }
 
 // stepProfile renders the guest's re-identification steps with their

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/minionsdev/minions/guestagent/proto"
@@ -145,44 +146,55 @@ func (l *Local) forkSteps(ctx context.Context, o *op, fk hypervisor.Forker, srcI
 	if err != nil {
 		return row, fmt.Errorf("image of vm %s: %w", row.Name, err)
 	}
-	src, err := l.saveForkSource(ctx, o, fk, srcID, row, state, progress)
+	src, resumed, err := l.saveForkSource(ctx, o, fk, srcID, row, state, progress)
 	if err != nil {
 		return row, err
 	}
-	return l.startFork(ctx, o, fk, src, row, img, spec, state, progress)
+	// The source resumes while the fork starts; the fork does not return
+	// before it has, and fails if it could not.
+	defer resumed()
+	return l.startFork(ctx, o, fk, src, row, img, spec, state, resumed, progress)
 }
 
 // saveForkSource saves the running source's memory and a copy of its disk
 // at one paused instant, under the source's lock, and resumes it whatever
-// happened. It returns the source's record.
-func (l *Local) saveForkSource(ctx context.Context, o *op, fk hypervisor.Forker, srcID string, row store.VM, state string, progress Progress) (store.VM, error) {
+// happened. It returns the source's record and, when the save worked, a
+// function that waits for the source's resume (which runs on while the
+// fork starts) and returns its error; the lock is held until the resume
+// is over. Calling it again returns the same result.
+func (l *Local) saveForkSource(ctx context.Context, o *op, fk hypervisor.Forker, srcID string, row store.VM, state string, progress Progress) (store.VM, func() error, error) {
 	unlock, err := l.lockVM(ctx, srcID)
 	if err != nil {
-		return store.VM{}, err
+		return store.VM{}, nil, err
 	}
-	defer unlock()
+	locked := true
+	defer func() {
+		if locked {
+			unlock()
+		}
+	}()
 	src, err := l.load(ctx, srcID)
 	if err != nil {
-		return src, err
+		return src, nil, err
 	}
 	l.reconcileVM(ctx, &src)
 	if src.State != vm.Running {
-		return src, errs.New(errs.FailedPrecondition, "fork needs a running vm; %s is %s", src.Name, src.State)
+		return src, nil, errs.New(errs.FailedPrecondition, "fork needs a running vm; %s is %s", src.Name, src.State)
 	}
 	h, _ := DecodeHandle(src.Handle)
 	if h == nil {
-		return src, errs.New(errs.FailedPrecondition, "vm %s has no hypervisor handle", src.Name)
+		return src, nil, errs.New(errs.FailedPrecondition, "vm %s has no hypervisor handle", src.Name)
 	}
 	if info, err := os.Stat(l.diskPath(src.ID)); err == nil {
 		if err := l.checkFreeSpace("fork vm "+src.Name, int64(src.MemoryMiB)<<20+info.Size()+ReserveBytes); err != nil {
-			return src, err
+			return src, nil, err
 		}
 	}
 	// The source's own durable record: a fork that dies with the source
 	// paused is found by Reconcile, which resumes it.
 	so, err := l.beginOp(ctx, src.ID, opForkSource)
 	if err != nil {
-		return src, err
+		return src, nil, err
 	}
 	progress.Say("save memory")
 	o.step(ctx, "save memory", nil)
@@ -199,25 +211,46 @@ func (l *Local) saveForkSource(ctx context.Context, o *op, fk hypervisor.Forker,
 			err = l.Disks.Clone(ctx, l.diskPath(src.ID), l.diskPath(row.ID))
 		}
 	}
+	// resume resumes the source, ends its record (failed if saveErr or
+	// the resume failed) and, after a good save, steps its clock (in the
+	// background: nobody waits for that).
+	resume := func(saveErr error) error {
+		var err error
+		if rerr := l.Driver.Resume(context.WithoutCancel(ctx), h); rerr != nil {
+			err = fmt.Errorf("resume source vm %s: %w", src.Name, rerr)
+		}
+		if saveErr != nil {
+			so.finish(context.WithoutCancel(ctx), saveErr)
+			return err
+		}
+		so.finish(context.WithoutCancel(ctx), err)
+		if err == nil {
+			l.bg.Add(1)
+			go func() {
+				defer l.bg.Done()
+				l.stepClock(context.WithoutCancel(ctx), src)
+			}()
+		}
+		l.log.Info("fork source resumed", "vm_id", src.ID, "fork_id", row.ID, "paused_ms", time.Since(paused).Milliseconds(), "err", err)
+		return err
+	}
 	progress.Say("resume source")
 	o.step(ctx, "resume source", nil)
-	if rerr := l.Driver.Resume(context.WithoutCancel(ctx), h); rerr != nil && err == nil {
-		err = fmt.Errorf("resume source vm %s: %w", src.Name, rerr)
-	}
-	so.finish(ctx, err)
-	if err == nil {
-		// In the background: the fork need not wait for it.
-		l.bg.Add(1)
-		go func() {
-			defer l.bg.Done()
-			l.stepClock(context.WithoutCancel(ctx), src)
-		}()
-	}
-	l.log.Info("fork source saved", "vm_id", src.ID, "fork_id", row.ID, "paused_ms", time.Since(paused).Milliseconds(), "err", err)
 	if err != nil {
-		return src, fmt.Errorf("save source vm %s: %w", src.Name, err)
+		// The save failed: resume now, under the lock, and fail.
+		if rerr := resume(err); rerr != nil {
+			l.log.Warn("resume fork source after a failed save", "vm_id", src.ID, "err", rerr)
+		}
+		return src, nil, fmt.Errorf("save source vm %s: %w", src.Name, err)
 	}
-	return src, nil
+	// The copy is taken: the source resumes while the fork starts.
+	done := make(chan error, 1)
+	locked = false
+	go func() {
+		defer unlock()
+		done <- resume(nil)
+	}()
+	return src, sync.OnceValue(func() error { return <-done }), nil
 }
 
 // unsyncedCloner is a Disks that can copy a disk without flushing it, so
@@ -258,7 +291,7 @@ func (l *Local) discardForkState(id string) {
 const opForkSource = "fork-source"
 
 // startFork starts the fork from the saved state and re-identifies it.
-func (l *Local) startFork(ctx context.Context, o *op, fk hypervisor.Forker, src, row store.VM, img Image, spec ForkSpec, state string, progress Progress) (store.VM, error) {
+func (l *Local) startFork(ctx context.Context, o *op, fk hypervisor.Forker, src, row store.VM, img Image, spec ForkSpec, state string, resumed func() error, progress Progress) (store.VM, error) {
 	var u undo
 	defer u.run()
 	ip, run, err := l.attach(ctx, o, &u, row, progress, "restore")
@@ -292,6 +325,9 @@ func (l *Local) startFork(ctx context.Context, o *op, fk hypervisor.Forker, src,
 	}
 	if err := <-synced; err != nil {
 		return row, fmt.Errorf("flush disk copy: %w", err)
+	}
+	if err := resumed(); err != nil {
+		return row, fmt.Errorf("save source vm %s: %w", src.Name, err)
 	}
 	row.AgentKey = key
 	row.State = vm.Running
@@ -356,19 +392,46 @@ func (l *Local) restoreCopyReady(ctx context.Context, o *op, u *undo, fk hypervi
 	}
 	u.push(func() { l.Driver.Kill(context.Background(), h) })
 	restored := time.Now()
+	progress.Say("agent")
+	row, cl, err := l.recordAndWaitReady(ctx, o, row, h, console, l.agentConfig(key, nil))
+	if err != nil {
+		return row, nil, nil, time.Time{}, err
+	}
+	return row, h, cl, restored, nil
+}
+
+// recordAndWaitReady records h as row's handle (the op's "agent" step and
+// the row: a crash from here on is found) and waits for the guest agent
+// at h (cfg) meanwhile: the two store writes, each a flush, overlap the
+// agent's dial, and nothing is done with the agent before the handle is
+// on record. console follows this run's output (waitReady closes it).
+func (l *Local) recordAndWaitReady(ctx context.Context, o *op, row store.VM, h *hypervisor.Handle, console *consolelog.Follower, cfg vsockcli.Config) (store.VM, *vsockcli.Client, error) {
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	type ready struct {
+		cl  *vsockcli.Client
+		err error
+	}
+	agent := make(chan ready, 1)
+	go func() {
+		cl, err := l.waitReady(wctx, console, h.Agent, cfg)
+		agent <- ready{cl, err}
+	}()
 	o.step(ctx, "agent", map[string]any{"handle": h})
 	row.Handle = EncodeHandle(h)
 	if err := store.UpdateVM(ctx, l.DB, row); err != nil {
-		console.Close()
-		return row, nil, nil, time.Time{}, err
-	}
-	progress.Say("agent")
-	cl, err := l.waitReady(ctx, console, h.Agent, l.agentConfig(key, nil))
-	if err != nil {
-		if ctx.Err() != nil {
-			return row, nil, nil, time.Time{}, ctx.Err()
+		cancel()
+		if r := <-agent; r.cl != nil {
+			r.cl.Close()
 		}
-		return row, nil, nil, time.Time{}, l.notReady(row.Name, row.ID, err)
+		return row, nil, err
 	}
-	return row, h, cl, restored, nil
+	r := <-agent
+	if r.err != nil {
+		if ctx.Err() != nil {
+			return row, nil, ctx.Err()
+		}
+		return row, nil, l.notReady(row.Name, row.ID, r.err)
+	}
+	return row, r.cl, nil
 }

@@ -340,6 +340,9 @@ func TestForkFailures(t *testing.T) {
 		{"no source", vm.NewID(), engine.ForkSpec{ID: vm.NewID(), Owner: "u1", Name: "f2"}, "", errs.NotFound},
 		{"save fails", src.ID, engine.ForkSpec{ID: vm.NewID(), Owner: "u1", Name: "f3"}, fake.OpSaveState, nil},
 		{"restore fails", src.ID, engine.ForkSpec{ID: vm.NewID(), Owner: "u1", Name: "f4"}, fake.OpRestore, nil},
+		// The source resumes while the fork starts: its failure still
+		// fails the fork (and the source is resumed again below).
+		{"resume fails", src.ID, engine.ForkSpec{ID: vm.NewID(), Owner: "u1", Name: "f7"}, fake.OpResume, nil},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -355,6 +358,11 @@ func TestForkFailures(t *testing.T) {
 			}
 			if c.class != nil && !errors.Is(err, c.class) {
 				t.Fatalf("error %v: class %v, want %v", err, errs.ClassOf(err), c.class)
+			}
+			if c.fail == fake.OpResume {
+				if err := drv.Resume(ctx, h); err != nil {
+					t.Fatal(err)
+				}
 			}
 			nothingLeft(t, c.spec.ID)
 		})

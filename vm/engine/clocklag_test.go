@@ -1,0 +1,39 @@
+package engine
+
+import (
+	"testing"
+	"time"
+)
+
+// TestClockLag: the bound on a re-identified guest's clock lag decides
+// whether a second call sets the clock again.
+func TestClockLag(t *testing.T) {
+	for _, c := range []struct {
+		took time.Duration
+		ms   []int64
+		want time.Duration
+	}{
+		// Quick guest, quick transit: 45 ms of transit + 5 ms before
+		// the clock was set.
+		{500 * time.Millisecond, []int64{3, 2, 150, 300}, 50 * time.Millisecond},
+		// The request sat 2 s before the guest took it.
+		{2500 * time.Millisecond, []int64{3, 2, 150, 300}, 2050 * time.Millisecond},
+		// A slow reseed counts, slow later steps do not.
+		{1200 * time.Millisecond, []int64{400, 10, 600, 150}, 450 * time.Millisecond},
+		// No step times (an old agent): the whole call.
+		{300 * time.Millisecond, nil, 300 * time.Millisecond},
+		// Step times above the wall time (clock granularity): no
+		// negative transit.
+		{100 * time.Millisecond, []int64{1, 1, 99, 2}, 2 * time.Millisecond},
+	} {
+		if got := clockLag(c.took, c.ms); got != c.want {
+			t.Errorf("clockLag(%v, %v) = %v, want %v", c.took, c.ms, got, c.want)
+		}
+	}
+	if clockLag(500*time.Millisecond, []int64{3, 2, 150, 300}) > maxClockLag {
+		t.Error("a quick re-identification would set the clock twice")
+	}
+	if clockLag(2500*time.Millisecond, []int64{3, 2, 150, 300}) <= maxClockLag {
+		t.Error("a slow transit would leave the clock behind")
+	}
+}
