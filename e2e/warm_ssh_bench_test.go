@@ -46,7 +46,10 @@ func BenchmarkWarmSSH(b *testing.B) {
 	key := newSSHKey(b, dir, "warmssh")
 	cliMust(b, "ssh-key", "add", key.pubFile)
 
-	type run struct{ create, ssh, total time.Duration }
+	type run struct {
+		create, ssh, total time.Duration
+		client             sshTimeline // of the ssh that succeeded
+	}
 	// one creates a VM (cold or warm), sshes into it until `true`
 	// succeeds, checks its boot path, and destroys it.
 	one := func(name string, cold bool) (run, string) {
@@ -65,10 +68,13 @@ func BenchmarkWarmSSH(b *testing.B) {
 			boot, _, _ = strings.Cut(r.stdout[i+len(`"boot": "`):], `"`)
 		}
 		var last sshRun
+		var tl sshTimeline
 		tries := 0
 		for deadline := time.Now().Add(3 * time.Minute); ; tries++ {
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-			res, err := runClient(d.opensshCmd(ctx, key, "ssh", name+"@127.0.0.1", "true"), "")
+			var res sshRun
+			var err error
+			res, tl, err = runTimedSSH(d.opensshCmd(ctx, key, "ssh", "-v", name+"@127.0.0.1", "true"))
 			cancel()
 			if err != nil {
 				b.Fatal(err)
@@ -103,7 +109,7 @@ func BenchmarkWarmSSH(b *testing.B) {
 			b.Logf("%s: ssh succeeded after %d failed tries (last: %s)", name, tries, strings.TrimSpace(last.stderr))
 		}
 		destroyVM(b, name)
-		return run{create: created, ssh: total - created, total: total}, boot
+		return run{create: created, ssh: total - created, total: total, client: tl}, boot
 	}
 
 	// A cold create of the shape makes the daemon build its template in
@@ -146,6 +152,7 @@ func BenchmarkWarmSSH(b *testing.B) {
 	}
 
 	var warm, cold [3]samples
+	warmClient := make([]samples, len(sshMilestones))
 	i := 0
 	for b.Loop() {
 		for _, c := range []bool{false, true} {
@@ -160,6 +167,11 @@ func BenchmarkWarmSSH(b *testing.B) {
 			s[0] = append(s[0], r.create)
 			s[1] = append(s[1], r.ssh)
 			s[2] = append(s[2], r.total)
+			if !c {
+				for j, d := range r.client.steps() {
+					warmClient[j] = append(warmClient[j], d)
+				}
+			}
 		}
 		i++
 	}
@@ -173,6 +185,12 @@ func BenchmarkWarmSSH(b *testing.B) {
 		t.addSamples(x.name+": create (exec to exit)", x.s[0])
 		t.addSamples(x.name+": then ssh true", x.s[1])
 		t.addSamples(x.name+": create -> ssh true", x.s[2])
+	}
+	for j, m := range sshMilestones {
+		t.addSamples("warm ssh (client): "+m.label, warmClient[j])
+	}
+	for _, st := range gatewaySteps(d.logs(), "wssh-", "-false") {
+		t.addSamples("warm ssh (gateway): "+st.name, st.s)
 	}
 	t.print()
 	// The profile of the warm path, from the daemon's log: the engine's
