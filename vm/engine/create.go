@@ -236,6 +236,7 @@ func (l *Local) boot(ctx context.Context, o *op, row store.VM, progress Progress
 		return row, nil, err
 	}
 	u = nil // success: keep everything
+	l.agents.adopt(row.ID, h, cl) // the first `ssh vm@host` dials nothing
 	return row, cl, nil
 }
 
