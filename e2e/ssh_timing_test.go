@@ -116,15 +116,15 @@ type gatewayStep struct {
 
 // gatewaySteps returns, from a daemon's JSON log, the step durations of
 // the gateway's "vm session ended" lines (gateway.sessionTimes): of the
-// first session that exited 0 of each VM whose name has prefix and
+// nth (from 0) session that exited 0 of each VM whose name has prefix and
 // suffix.
-func gatewaySteps(log, prefix, suffix string) []gatewayStep {
+func gatewaySteps(log, prefix, suffix string, nth int) []gatewayStep {
 	names := []string{"login", "channel", "agent", "open", "start", "run", "close"}
 	steps := make([]gatewayStep, len(names))
 	for i, n := range names {
 		steps[i].name = n
 	}
-	seen := map[string]bool{}
+	seen := map[string]int{}
 	sc := bufio.NewScanner(strings.NewReader(log))
 	sc.Buffer(nil, 1<<20)
 	for sc.Scan() {
@@ -135,10 +135,13 @@ func gatewaySteps(log, prefix, suffix string) []gatewayStep {
 			MS   map[string]float64 `json:"ms"`
 		}
 		if json.Unmarshal(sc.Bytes(), &l) != nil || l.Msg != "vm session ended" || l.Exit != "0" ||
-			!strings.HasPrefix(l.VM, prefix) || !strings.HasSuffix(l.VM, suffix) || seen[l.VM] {
+			!strings.HasPrefix(l.VM, prefix) || !strings.HasSuffix(l.VM, suffix) {
 			continue
 		}
-		seen[l.VM] = true
+		seen[l.VM]++
+		if seen[l.VM] != nth+1 {
+			continue
+		}
 		for i, n := range names {
 			if v, ok := l.MS[n]; ok {
 				steps[i].s = append(steps[i].s, time.Duration(v*float64(time.Millisecond)))
