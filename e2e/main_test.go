@@ -85,6 +85,7 @@ func TestMain(m *testing.M) {
 			}
 		}
 		start := time.Now()
+		seedKernels(filepath.Join(stateDir, "images", "kernels"))
 		cmd := exec.Command(filepath.Join(binDir, "minions"), "image", "build", "--os", "minimal")
 		cmd.Env = append(os.Environ(), "MINIONS_STATE_DIR="+stateDir, "MINIONS_AGENT_BIN="+filepath.Join(binDir, "minions-agent"))
 		if out, err := cmd.CombinedOutput(); err != nil {
@@ -99,6 +100,30 @@ func TestMain(m *testing.M) {
 		return reexecInNetns(dir)
 	}()
 	os.Exit(code)
+}
+
+// seedKernels copies the guest kernels the package tests keep in the
+// user's cache (see the qemu package's tests) into dir, so that a run
+// needs Debian's mirror only for a kernel it has not seen (image build
+// installs the current one; it finds it there).
+func seedKernels(dir string) {
+	cache, err := os.UserCacheDir()
+	if err != nil {
+		return
+	}
+	kernels, _ := filepath.Glob(filepath.Join(cache, "minions-test", "kernels", "*", "kernel.json"))
+	if len(kernels) == 0 {
+		return
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return
+	}
+	for _, k := range kernels {
+		src := filepath.Dir(k)
+		if out, err := exec.Command("cp", "-a", src, filepath.Join(dir, filepath.Base(src))).CombinedOutput(); err != nil {
+			fmt.Fprintf(os.Stderr, "e2e: seed kernel %s: %v %s\n", src, err, out)
+		}
+	}
 }
 
 // removeStaleNetns deletes the namespaces of earlier runs that were killed

@@ -22,7 +22,14 @@ import (
 // background after the first cold create of the shape. It also checks that
 // a warm clone's sshd is listening the moment create returns (the template
 // was saved after the guest's boot was over). MINIONS_E2E_WARM_IMAGE picks
-// another image (default debian, which needs MINIONS_E2E_DEBIAN unset).
+// another image (default debian, which needs MINIONS_E2E_DEBIAN unset);
+// MINIONS_E2E_WARMSSH_COLD=0 skips the cold samples.
+//
+// The table splits the warm ssh into steps: the OpenSSH client's (from
+// its -v log: connect, key exchange, authentication, session channel,
+// exit status) and the gateway's (its "vm session ended" log line: login,
+// agent connection, agent channel, exec start, run, close), for the first
+// ssh after create and for a second one right after it.
 //
 // The e2e package runs in a network namespace of its own; the shared
 // installation's subnet is private to it (this benchmark's reserved
@@ -46,7 +53,10 @@ func BenchmarkWarmSSH(b *testing.B) {
 	key := newSSHKey(b, dir, "warmssh")
 	cliMust(b, "ssh-key", "add", key.pubFile)
 
-	type run struct{ create, ssh, total time.Duration }
+	type run struct {
+		create, ssh, total time.Duration
+		client, again      sshTimeline // of the ssh that succeeded, and of one more
+	}
 	// one creates a VM (cold or warm), sshes into it until `true`
 	// succeeds, checks its boot path, and destroys it.
 	one := func(name string, cold bool) (run, string) {
@@ -65,10 +75,13 @@ func BenchmarkWarmSSH(b *testing.B) {
 			boot, _, _ = strings.Cut(r.stdout[i+len(`"boot": "`):], `"`)
 		}
 		var last sshRun
+		var tl sshTimeline
 		tries := 0
 		for deadline := time.Now().Add(3 * time.Minute); ; tries++ {
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-			res, err := runClient(d.opensshCmd(ctx, key, "ssh", name+"@127.0.0.1", "true"), "")
+			var res sshRun
+			var err error
+			res, tl, err = runTimedSSH(d.opensshCmd(ctx, key, "ssh", "-v", name+"@127.0.0.1", "true"))
 			cancel()
 			if err != nil {
 				b.Fatal(err)
@@ -83,6 +96,29 @@ func BenchmarkWarmSSH(b *testing.B) {
 			time.Sleep(20 * time.Millisecond)
 		}
 		total := time.Since(start)
+		var again sshTimeline
+		if !cold {
+			// A second `ssh true` right after: what the first one
+			// pays on top of steady state.
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			res, tl, err := runTimedSSH(d.opensshCmd(ctx, key, "ssh", "-v", name+"@127.0.0.1", "true"))
+			cancel()
+			if err != nil || res.code != 0 {
+				b.Fatalf("second ssh %s true: %v %s", name, err, res)
+			}
+			again = tl
+			if name == "wssh-0-false" {
+				// What the guest spent its CPU on since create: the
+				// processes by CPU ticks (10 ms), with their start
+				// (ticks since boot) against the uptime now.
+				ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+				res, _ := runClient(d.opensshCmd(ctx, key, "ssh", name+"@127.0.0.1",
+					`awk '{print $14+$15, $22, $2, $1}' /proc/[0-9]*/stat 2>/dev/null | sort -rn | head -25; `+
+						`echo uptime $(cat /proc/uptime); systemctl list-jobs --no-pager 2>&1 | head`), "")
+				cancel()
+				b.Logf("%s after the first ssh (exit %d): cpu_ticks start_ticks comm pid\n%s%s", name, res.code, res.stdout, res.stderr)
+			}
+		}
 		if !cold && boot == "warm" {
 			// The template was saved with the boot over: sshd
 			// listens in the clone at once, and serves the clone's
@@ -103,7 +139,7 @@ func BenchmarkWarmSSH(b *testing.B) {
 			b.Logf("%s: ssh succeeded after %d failed tries (last: %s)", name, tries, strings.TrimSpace(last.stderr))
 		}
 		destroyVM(b, name)
-		return run{create: created, ssh: total - created, total: total}, boot
+		return run{create: created, ssh: total - created, total: total, client: tl, again: again}, boot
 	}
 
 	// A cold create of the shape makes the daemon build its template in
@@ -145,10 +181,18 @@ func BenchmarkWarmSSH(b *testing.B) {
 		time.Sleep(500 * time.Millisecond)
 	}
 
+	// MINIONS_E2E_WARMSSH_COLD=0 measures the warm path only (a loaded
+	// host may not cold-boot Debian within the ready timeout).
+	paths := []bool{false, true}
+	if os.Getenv("MINIONS_E2E_WARMSSH_COLD") == "0" {
+		paths = paths[:1]
+	}
 	var warm, cold [3]samples
+	warmClient := make([]samples, len(sshMilestones))
+	warmAgain := make([]samples, len(sshMilestones))
 	i := 0
 	for b.Loop() {
-		for _, c := range []bool{false, true} {
+		for _, c := range paths {
 			r, boot := one(fmt.Sprintf("wssh-%d-%v", i, c), c)
 			if want := map[bool]string{false: "warm", true: "cold"}[c]; boot != want {
 				b.Fatalf("create boot %q, want %q:\n%s", boot, want, d.logs())
@@ -160,6 +204,14 @@ func BenchmarkWarmSSH(b *testing.B) {
 			s[0] = append(s[0], r.create)
 			s[1] = append(s[1], r.ssh)
 			s[2] = append(s[2], r.total)
+			if !c {
+				for j, d := range r.client.steps() {
+					warmClient[j] = append(warmClient[j], d)
+				}
+				for j, d := range r.again.steps() {
+					warmAgain[j] = append(warmAgain[j], d)
+				}
+			}
 		}
 		i++
 	}
@@ -173,6 +225,18 @@ func BenchmarkWarmSSH(b *testing.B) {
 		t.addSamples(x.name+": create (exec to exit)", x.s[0])
 		t.addSamples(x.name+": then ssh true", x.s[1])
 		t.addSamples(x.name+": create -> ssh true", x.s[2])
+	}
+	for j, m := range sshMilestones {
+		t.addSamples("warm ssh (client): "+m.label, warmClient[j])
+	}
+	for j, m := range sshMilestones {
+		t.addSamples("warm, 2nd ssh (client): "+m.label, warmAgain[j])
+	}
+	for _, st := range gatewaySteps(d.logs(), "wssh-", "-false", 0) {
+		t.addSamples("warm ssh (gateway): "+st.name, st.s)
+	}
+	for _, st := range gatewaySteps(d.logs(), "wssh-", "-false", 1) {
+		t.addSamples("warm, 2nd ssh (gateway): "+st.name, st.s)
 	}
 	t.print()
 	// The profile of the warm path, from the daemon's log: the engine's

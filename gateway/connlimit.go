@@ -192,6 +192,7 @@ func (c *limitedConn) Close() error {
 // and otherwise counts it until it closes, closing it if it has not
 // authenticated within Config.LoginGrace.
 func (s *Server) admitConn(ctx ssh.Context, conn net.Conn) net.Conn {
+	ctx.SetValue(acceptedKey{}, time.Now())
 	src := sourceKey(remoteIP(conn.RemoteAddr()))
 	t, why := s.conns.admit(src)
 	if t == nil {
@@ -232,6 +233,9 @@ func authLog(ctx context.Context) func(gossh.ConnMetadata, string, error) {
 	return func(_ gossh.ConnMetadata, _ string, err error) {
 		if err != nil {
 			return
+		}
+		if sc, ok := ctx.(interface{ SetValue(key, value any) }); ok {
+			sc.SetValue(authedKey{}, time.Now())
 		}
 		t, ok := ctx.Value(trackedKey{}).(*tracked)
 		if !ok {

@@ -11,6 +11,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -277,8 +278,15 @@ func startGuestAgent(t testing.TB, ln net.Listener, hostKey gossh.PublicKey, dir
 		AuthorizedKey: hostKey,
 		HostKeyPath:   filepath.Join(dir, "agent_host_key"),
 		Root:          fsRoot,
-		Power:         func(bool) error { return errors.New("not in tests") },
-		Log:           slog.New(slog.NewTextHandler(io.Discard, nil)),
+		// Every machine hook is set: a test must never change the host.
+		Power:       func(bool) error { return errors.New("not in tests") },
+		SetHostname: func(string) error { return errors.New("not in tests") },
+		SetTime:     func(time.Time) error { return errors.New("not in tests") },
+		ReseedRNG:   func([]byte) error { return errors.New("not in tests") },
+		SetNetwork: func(net.HardwareAddr, netip.Prefix, netip.Addr) error {
+			return errors.New("not in tests")
+		},
+		Log: slog.New(slog.NewTextHandler(io.Discard, nil)),
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -48,6 +48,7 @@ func (s *Server) channelSlot(ctx context.Context, conn *gossh.ServerConn, u User
 // handleSession routes a "session" channel: to the VM named by the login
 // name when the caller may reach it, otherwise to the front door.
 func (s *Server) handleSession(srv *ssh.Server, conn *gossh.ServerConn, newChan gossh.NewChannel, ctx ssh.Context) {
+	times := newSessionTimes(ctx)
 	id := identityFromConn(conn)
 	if id.state != stateUser {
 		s.frontDoorSession(conn, newChan, ctx)
@@ -59,6 +60,7 @@ func (s *Server) handleSession(srv *ssh.Server, conn *gossh.ServerConn, newChan 
 	}
 	defer done()
 	client, release, err := s.agent(ctx, id.user, vm)
+	times.mark(func(t *sessionTimes) *time.Time { return &t.agent })
 	switch {
 	case errors.Is(err, errs.NotFound):
 		s.frontDoorSession(conn, newChan, ctx)
@@ -67,6 +69,7 @@ func (s *Server) handleSession(srv *ssh.Server, conn *gossh.ServerConn, newChan 
 	default:
 		defer release()
 		a, areqs, err := client.OpenChannel("session", nil)
+		times.mark(func(t *sessionTimes) *time.Time { return &t.opened })
 		if err != nil {
 			s.log.Warn("open agent session", "user", id.user.Name, "vm", vm, "err", err)
 			_ = newChan.Reject(gossh.ConnectionFailed, fmt.Sprintf("vm %s: agent: %v", vm, err))
@@ -79,15 +82,16 @@ func (s *Server) handleSession(srv *ssh.Server, conn *gossh.ServerConn, newChan 
 		}
 		ureqs, stopAgentFwd := s.agentForwarding(conn, client, a, ureqs) // forward.go
 		defer stopAgentFwd()
-		s.relay(id.user, vm, u, ureqs, a, areqs)
+		s.relay(id.user, vm, u, ureqs, a, areqs, times)
 	}
 }
 
 // relay joins the user's session channel u to the agent's session channel a
 // until both are done. Requests go both ways with their replies; the
 // agent's exit-status/exit-signal reach the user after all of its output,
-// followed by EOF and close, the order OpenSSH's sshd uses.
-func (s *Server) relay(u User, vm string, uc gossh.Channel, ureqs <-chan *gossh.Request, ac gossh.Channel, areqs <-chan *gossh.Request) {
+// followed by EOF and close, the order OpenSSH's sshd uses. times (may be
+// nil) records the session's steps for the log.
+func (s *Server) relay(u User, vm string, uc gossh.Channel, ureqs <-chan *gossh.Request, ac gossh.Channel, areqs <-chan *gossh.Request, times *sessionTimes) {
 	start := time.Now()
 	var out sync.WaitGroup
 	out.Add(2)
@@ -105,6 +109,10 @@ func (s *Server) relay(u User, vm string, uc gossh.Channel, ureqs <-chan *gossh.
 		for r := range ureqs {
 			reqMu.Lock()
 			ok, err := ac.SendRequest(r.Type, r.WantReply, r.Payload)
+			switch r.Type {
+			case "shell", "exec", "subsystem":
+				times.mark(func(t *sessionTimes) *time.Time { return &t.started })
+			}
 			if r.WantReply {
 				_ = r.Reply(ok && err == nil, nil)
 			}
@@ -117,6 +125,7 @@ func (s *Server) relay(u User, vm string, uc gossh.Channel, ureqs <-chan *gossh.
 	var exits []*gossh.Request
 	for r := range areqs {
 		if r.Type == "exit-status" || r.Type == "exit-signal" {
+			times.mark(func(t *sessionTimes) *time.Time { return &t.exited })
 			exits = append(exits, r)
 			if r.WantReply {
 				_ = r.Reply(true, nil)
@@ -139,7 +148,8 @@ func (s *Server) relay(u User, vm string, uc gossh.Channel, ureqs <-chan *gossh.
 	_ = uc.Close()
 	reqMu.Unlock()
 	_ = ac.Close()
-	s.log.Info("vm session ended", "user", u.Name, "vm", vm, "exit", status, "duration", time.Since(start).Round(time.Millisecond).String())
+	s.log.Info("vm session ended", "user", u.Name, "vm", vm, "exit", status, "duration", time.Since(start).Round(time.Millisecond).String(),
+		times.attrs(time.Now()))
 }
 
 func describeExit(r *gossh.Request) string {
@@ -203,7 +213,7 @@ func (s *Server) unavailableSession(ctx ssh.Context, newChan gossh.NewChannel, u
 						sendExit(uc, 1)
 						return
 					}
-					s.relay(u, vm, uc, ureqs, a, areqs)
+					s.relay(u, vm, uc, ureqs, a, areqs, nil)
 					return
 				}
 			}

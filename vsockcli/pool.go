@@ -95,11 +95,22 @@ func (p *Pool) Lease(ctx context.Context, key, gen string, dial func(context.Con
 		p.stopTimer(pa)
 		return p.lent(key, pa), nil
 	}
+	pa := p.addLocked(key, gen, cl)
+	if pa == nil {
+		return cl, nil // full of busy connections: the caller's alone
+	}
+	return p.lent(key, pa), nil
+}
+
+// addLocked makes cl key's entry of generation gen with one reference
+// taken (forgetting an entry of another generation), or returns nil when
+// the pool pools nothing or is full of busy entries.
+func (p *Pool) addLocked(key, gen string, cl *Client) *pooled {
 	if old := p.conns[key]; old != nil {
 		p.forgetLocked(key, old)
 	}
 	if p.cfg.Max <= 0 || (len(p.conns) >= p.cfg.Max && !p.evictLocked()) {
-		return cl, nil // full of busy connections: the caller's alone
+		return nil
 	}
 	pa := &pooled{gen: gen, cl: cl, refs: 1, lastUsed: time.Now()}
 	p.conns[key] = pa
@@ -110,7 +121,36 @@ func (p *Pool) Lease(ctx context.Context, key, gen string, dial func(context.Con
 		p.mu.Unlock()
 		p.cfg.Log.Debug("agent connection closed", "vm_id", key, "err", err)
 	}()
-	return p.lent(key, pa), nil
+	return pa
+}
+
+// Put hands cl, a client of key's generation gen that the caller dialed
+// and still uses, to the pool: cl becomes a loan of the pooled entry (its
+// Close returns it instead of closing the connection), so the next Lease
+// of key needs no dial. An engine puts the connection it waited for a
+// VM's agent on, so the first `ssh vm@host` after create starts at once.
+// Put does nothing when key already has an entry of gen (cl stays the
+// caller's: its Close closes it), when the pool pools nothing, is full of
+// busy entries or closed. An entry of another generation is replaced.
+// The caller must not Close cl concurrently with Put.
+func (p *Pool) Put(key, gen string, cl *Client) {
+	if cl == nil || cl.release != nil {
+		return // nil, or already a loan
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return
+	}
+	if pa := p.conns[key]; pa != nil && pa.gen == gen && !pa.dead {
+		return
+	}
+	pa := p.addLocked(key, gen, &Client{ssh: cl.ssh})
+	if pa == nil {
+		return
+	}
+	var once sync.Once
+	cl.release = func() { once.Do(func() { p.release(key, pa) }) }
 }
 
 // take returns key's live entry of generation gen with a reference taken

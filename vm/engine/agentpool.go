@@ -42,9 +42,16 @@ func newAgentPool(dial agentDialer, idle time.Duration, max int, log *slog.Logge
 // it to the pool (never closing a connection others use). cfg
 // authenticates a fresh dial. Errors are the dial's.
 func (p *agentPool) lease(ctx context.Context, id string, h *hypervisor.Handle, cfg vsockcli.Config) (*vsockcli.Client, error) {
-	return p.pool.Lease(ctx, id, fmt.Sprintf("%d/%d", h.PID, h.StartTime), func(ctx context.Context) (*vsockcli.Client, error) {
+	return p.pool.Lease(ctx, id, poolGen(h), func(ctx context.Context) (*vsockcli.Client, error) {
 		return p.dial(ctx, h.Agent, cfg)
 	})
+}
+
+// adopt hands cl, the client an operation waited for instance id's agent
+// on (h's), to the pool: cl's Close then returns it, and the next lease
+// (the first `ssh vm@host`) needs no dial and handshake with the guest.
+func (p *agentPool) adopt(id string, h *hypervisor.Handle, cl *vsockcli.Client) {
+	p.pool.Put(id, poolGen(h), cl)
 }
 
 // forget drops instance id's connection (it stopped or went away).
@@ -55,3 +62,6 @@ func (p *agentPool) size() int { return p.pool.Size() }
 
 // close forgets every connection; later leases fail.
 func (p *agentPool) close() { p.pool.Close() }
+
+// poolGen is the pool generation of h: the hypervisor process reached.
+func poolGen(h *hypervisor.Handle) string { return fmt.Sprintf("%d/%d", h.PID, h.StartTime) }

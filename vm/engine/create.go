@@ -236,6 +236,8 @@ func (l *Local) boot(ctx context.Context, o *op, row store.VM, progress Progress
 		return row, nil, err
 	}
 	u = nil // success: keep everything
+	// The first `ssh vm@host` (any agent call) dials nothing.
+	l.agents.adopt(row.ID, h, cl)
 	return row, cl, nil
 }
 

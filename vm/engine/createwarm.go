@@ -131,6 +131,7 @@ func (l *Local) warmCreate(ctx context.Context, o *op, row store.VM, t Template,
 	}
 	l.log.Info("vm ready (warm)", "vm_id", row.ID, "vm", row.Name, "pid", h.PID, "template", t.Key, "ready_ms", time.Since(start).Milliseconds())
 	u = nil
+	l.agents.adopt(row.ID, h, cl) // the first `ssh vm@host` dials nothing
 	return row, nil
 }
 

@@ -338,6 +338,7 @@ func (l *Local) startFork(ctx context.Context, o *op, fk hypervisor.Forker, src,
 	l.log.Info("vm forked", "vm_id", row.ID, "vm", row.Name, "source_id", src.ID, "pid", h.PID, "ready_ms", time.Since(start).Milliseconds(),
 		"restore_ms", restored.Sub(start).Milliseconds(), "agent_ms", ready.Sub(restored).Milliseconds(), "reidentify_ms", time.Since(ready).Milliseconds())
 	u = nil
+	l.agents.adopt(row.ID, h, cl) // the first `ssh fork@host` dials nothing
 	return row, nil
 }
 

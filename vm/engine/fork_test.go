@@ -51,6 +51,7 @@ type forkDriver struct {
 	lns       map[int]net.Listener
 	guests    map[string]*guestRec // by VM ID
 	discarded []string             // DiscardCopy's dirs
+	accepts   int                  // agent connections accepted
 }
 
 // DiscardCopy records dir: the qemu driver keeps a fork's RAM copy
@@ -95,7 +96,7 @@ func (d *forkDriver) serve(id string, h *hypervisor.Handle) (*hypervisor.Handle,
 		return nil, err
 	}
 	sock := filepath.Join(h.RunDir, "agent.sock")
-	ln, err := fakeagent.ServeAgent(sock, srv, nil)
+	ln, err := fakeagent.ServeAgent(sock, srv, func() { d.mu.Lock(); d.accepts++; d.mu.Unlock() })
 	if err != nil {
 		return nil, err
 	}
@@ -263,7 +264,11 @@ func TestForkRunningVM(t *testing.T) {
 	if fkRow.AgentKey == "" || fkRow.AgentKey == srcRow.AgentKey {
 		t.Errorf("fork agent key %q, source %q", fkRow.AgentKey, srcRow.AgentKey)
 	}
-	// Both agents answer, each with its own pinned key.
+	// Both agents answer, each with its own pinned key, over the
+	// connection create and fork waited for them on (no dial).
+	drv.mu.Lock()
+	accepts := drv.accepts
+	drv.mu.Unlock()
 	for _, id := range []string{src.ID, fk.ID} {
 		cl, err := l.Agent(ctx, id)
 		if err != nil {
@@ -274,6 +279,11 @@ func TestForkRunningVM(t *testing.T) {
 		}
 		cl.Close()
 	}
+	drv.mu.Lock()
+	if drv.accepts != accepts {
+		t.Errorf("the first agent calls after create and fork dialed %d connections, want 0", drv.accepts-accepts)
+	}
+	drv.mu.Unlock()
 	// Its disk is a child of the image like the source's, and its saved
 	// memory is gone.
 	if _, err := os.Stat(filepath.Join(state, "vms", fk.ID, "disk.qcow2")); err != nil {
