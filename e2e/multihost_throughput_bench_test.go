@@ -3,12 +3,14 @@ package e2e
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -29,6 +31,10 @@ import (
 // b.N times, after a first run of the whole set-up with b.N = 1):
 //
 //	MINIONS_E2E_DEBIAN=0 go test -count=1 -run '^$' -bench 'BenchmarkMoveThroughput$' -benchtime 1x -v ./e2e/
+//
+// With MINIONS_BENCH_PERF set to a directory, each move's source and
+// target node agents are sampled with perf record -g (move<i>-<host>.data
+// there; read with perf report -i).
 func BenchmarkMoveThroughput(b *testing.B) {
 	if _, err := exec.LookPath("qemu-io"); err != nil {
 		b.Skip("needs qemu-io")
@@ -68,9 +74,11 @@ func BenchmarkMoveThroughput(b *testing.B) {
 	b.ResetTimer()
 	at, to := c.n1, c.n2
 	for i := range n {
+		stopPerf := perfAgents(b, i, at, to)
 		start := time.Now()
 		r := c.as(b, ann, "", "move", "big", "--host", to.name, "--json")
 		took := time.Since(start)
+		stopPerf()
 		if r.code != 0 {
 			b.Fatalf("move %d big --host %s: %s", i, to.name, r)
 		}
@@ -100,6 +108,34 @@ func BenchmarkMoveThroughput(b *testing.B) {
 	b.Logf("\n1 GiB cold move n1 <-> n2 (%d moves, medians)\n  %-34s %8.0f MiB/s\n  %-34s %8.0f MiB/s\n  %-34s %8.0f MiB/s\n  %-34s %8.0f MiB/s\n  %-34s %8.2f (target >= 0.5)\n  %-34s %8.2f",
 		n, "transfer step", mt, "whole move", mw, "raw TCP n1 -> n2 (socat, /dev/zero)", rawTCP, "raw TCP n1 -> n2 (socat, the file)", rawFile,
 		"ratio transfer / raw TCP", mt/rawTCP, "ratio whole move / raw TCP", mw/rawTCP)
+}
+
+// perfAgents starts perf record on hosts' node agents when
+// MINIONS_BENCH_PERF names a directory; the returned func stops it.
+func perfAgents(b *testing.B, i int, hosts ...*mhHost) func() {
+	dir := os.Getenv("MINIONS_BENCH_PERF")
+	if dir == "" {
+		return func() {}
+	}
+	if _, err := exec.LookPath("perf"); err != nil {
+		b.Fatalf("MINIONS_BENCH_PERF: %v", err)
+	}
+	var cmds []*exec.Cmd
+	for _, h := range hosts {
+		out := filepath.Join(dir, fmt.Sprintf("move%d-%s.data", i, h.name))
+		cmd := exec.Command("perf", "record", "-q", "-g", "-F", "999", "-o", out, "-p", strconv.Itoa(h.agent.cmd.Process.Pid))
+		if err := cmd.Start(); err != nil {
+			b.Fatal(err)
+		}
+		cmds = append(cmds, cmd)
+	}
+	time.Sleep(300 * time.Millisecond) // perf attached
+	return func() {
+		for _, cmd := range cmds {
+			cmd.Process.Signal(syscall.SIGINT)
+			cmd.Wait()
+		}
+	}
 }
 
 // rawTCPCopy copies size bytes from socat address src (/dev/zero, or the

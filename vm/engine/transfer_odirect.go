@@ -1,0 +1,114 @@
+package engine
+
+import (
+	"errors"
+	"os"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// An imported disk is written past the page cache (O_DIRECT): the
+// kernel then moves the stream's bytes to the device without copying
+// them into cached pages first. That copy (and the page allocation behind
+// it) was the largest cost of a disk import, more than TLS and the
+// checksum together, and it only filled the cache with a disk the
+// hypervisor reads later anyway. O_DIRECT needs buffers, offsets and
+// lengths aligned to the device's logical block: hashCopy's buffers are
+// (alignedBuffer), every chunk but a stream's last is a whole number of
+// blocks, and the writer falls back to cached writes for the rest of the
+// file on the first write that is not aligned or that the file system
+// refuses (tmpfs, some FUSE file systems).
+
+// directAlign is the alignment O_DIRECT writes keep to: the largest
+// logical block size in common use.
+const directAlign = 4096
+
+// DirectChunk is the chunk size of disk imports written with O_DIRECT:
+// each write waits for the device, and larger writes keep it busier
+// (on the test machines' virtio disk 1 MiB writes ran at ~350 MiB/s,
+// 4 MiB ones at ~500 MiB/s).
+const DirectChunk = 4 << 20
+
+// alignedBuffer returns n bytes whose first is directAlign-aligned.
+func alignedBuffer(n int) []byte {
+	b := make([]byte, n+directAlign)
+	k := int(uintptr(unsafe.Pointer(unsafe.SliceData(b))) & (directAlign - 1))
+	if k != 0 {
+		k = directAlign - k
+	}
+	return b[k : k+n : k+n]
+}
+
+func isAligned(b []byte) bool {
+	return len(b)%directAlign == 0 && uintptr(unsafe.Pointer(unsafe.SliceData(b)))&(directAlign-1) == 0
+}
+
+// directWriter writes to a file with O_DIRECT while it can (see above).
+type directWriter struct {
+	f  *os.File
+	on bool
+}
+
+// newDirectWriter turns O_DIRECT on for f (left off where f's file
+// system does not take it) and writes to f.
+func newDirectWriter(f *os.File) *directWriter {
+	d := &directWriter{f: f}
+	d.on = d.set(true) == nil
+	return d
+}
+
+// set turns O_DIRECT on or off on the open file.
+func (d *directWriter) set(on bool) error {
+	rc, err := d.f.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var serr error
+	if err := rc.Control(func(fd uintptr) {
+		fl, err := unix.FcntlInt(fd, unix.F_GETFL, 0)
+		if err != nil {
+			serr = err
+			return
+		}
+		if on {
+			fl |= unix.O_DIRECT
+		} else {
+			fl &^= unix.O_DIRECT
+		}
+		_, serr = unix.FcntlInt(fd, unix.F_SETFL, fl)
+	}); err != nil {
+		return err
+	}
+	return serr
+}
+
+func (d *directWriter) off() {
+	if d.set(false) == nil {
+		d.on = false
+	}
+}
+
+// Write implements io.Writer: b goes with O_DIRECT if it is aligned, and
+// through the page cache (from then on) if not.
+func (d *directWriter) Write(b []byte) (int, error) {
+	if d.on && !isAligned(b) {
+		d.off()
+	}
+	if !d.on {
+		return d.f.Write(b)
+	}
+	n, err := d.f.Write(b)
+	if n == 0 && errors.Is(err, unix.EINVAL) {
+		// The file system takes the flag but not these writes (a
+		// larger logical block): cached writes, as any other file.
+		d.off()
+		if !d.on {
+			return d.f.Write(b)
+		}
+	}
+	return n, err
+}
+
+// Direct reports whether the writes so far went with O_DIRECT.
+func (d *directWriter) Direct() bool { return d.on }
