@@ -33,7 +33,7 @@ import (
 //     certificate's fingerprint, the ticket): it dials the target, pins
 //     its certificate, sends the hello and writes the disk stream.
 //
-// The stream is the same (header, bytes, SHA-256 trailer), verified by
+// The stream is the same (header, bytes, checksum trailer), verified by
 // the importer. A failure before any byte went (no direct listener on
 // either end, no route between the nodes) reports ErrNoPeerPath and
 // leaves nothing; the caller then relays the stream as before.

@@ -54,7 +54,7 @@ type DiskHeader struct {
 	Checksum string `json:"checksum,omitempty"`
 	// Offset, in a resumed export (ExportDiskFrom) only, is where in the
 	// disk the stream's bytes start: Size-Offset bytes follow, and the
-	// trailer is still the SHA-256 of all Size bytes. Importers read
+	// trailer is still the checksum of all Size bytes. Importers read
 	// only whole streams (Offset 0); ExportResuming splices a resumed
 	// one into the stream it continues.
 	Offset int64 `json:"offset,omitempty"`
@@ -183,6 +183,11 @@ func hashCopySize(dst io.Writer, src io.Reader, n int64, sum hash.Hash, size int
 // WriteDiskStream writes h, then h.Size bytes of disk, then their
 // checksum: h.Checksum's algorithm, StreamChecksum if it is "".
 func WriteDiskStream(w io.Writer, h DiskHeader, disk io.Reader) error {
+	return writeDiskStream(w, h, disk, DiskStreamBuffer)
+}
+
+// writeDiskStream is WriteDiskStream reading disk in chunks of size.
+func writeDiskStream(w io.Writer, h DiskHeader, disk io.Reader, size int) error {
 	h.Version = DiskStreamVersion
 	if h.Checksum == "" {
 		h.Checksum = StreamChecksum
@@ -198,14 +203,19 @@ func WriteDiskStream(w io.Writer, h DiskHeader, disk io.Reader) error {
 	if _, err := w.Write(append(b, '\n')); err != nil {
 		return fmt.Errorf("disk stream header: %w", err)
 	}
-	return writeBody(w, disk, h.Size, sum, "disk stream")
+	return writeBodySize(w, disk, h.Size, sum, "disk stream", size)
 }
 
 // writeBody sends size bytes of r to w through sum (which may already
 // hold bytes hashed but not sent: a resumed stream), then sum as the
 // trailer. what names the stream in errors.
 func writeBody(w io.Writer, r io.Reader, size int64, sum hash.Hash, what string) error {
-	n, rerr, werr := hashCopy(w, r, size, sum)
+	return writeBodySize(w, r, size, sum, what, DiskStreamBuffer)
+}
+
+// writeBodySize is writeBody in chunks of chunk bytes.
+func writeBodySize(w io.Writer, r io.Reader, size int64, sum hash.Hash, what string, chunk int) error {
+	n, rerr, werr := hashCopySize(w, r, size, sum, chunk)
 	if werr != nil {
 		return fmt.Errorf("%s: %w", what, werr)
 	}
@@ -414,7 +424,7 @@ func (l *Local) ExportDiskFrom(ctx context.Context, id string, off int64, w io.W
 		}
 		h := DiskHeader{ID: v.ID, Name: v.Name, Image: v.Image, CPUs: v.CPUs, MemoryMiB: v.MemoryMiB, DiskGiB: v.DiskGiB, Size: st.Size()}
 		if off == 0 {
-			err = WriteDiskStream(w, h, f)
+			err = writeDiskStream(w, h, newDirectReader(f), DirectChunk)
 		} else {
 			err = WriteDiskStreamFrom(w, h, f, off)
 		}

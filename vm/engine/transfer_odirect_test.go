@@ -123,3 +123,47 @@ func TestAlignedBuffer(t *testing.T) {
 		t.Error("misaligned slices pass as aligned")
 	}
 }
+
+type readerFunc func([]byte) (int, error)
+
+func (f readerFunc) Read(b []byte) (int, error) { return f(b) }
+
+// TestExportReadsPastThePageCache: a disk just written through the page
+// cache (its pages still dirty) exports with O_DIRECT reads where the
+// file system takes them (the whole chunks; the short last one through
+// the cache), and the stream carries exactly the file's bytes.
+func TestExportReadsPastThePageCache(t *testing.T) {
+	disk := make([]byte, 2*DirectChunk+5000)
+	for i := range disk {
+		disk[i] = byte(i*17 + i>>14)
+	}
+	dir := t.TempDir()
+	can := odirectOK(t, dir)
+	p := filepath.Join(dir, "disk.qcow2")
+	if err := os.WriteFile(p, disk, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	d := newDirectReader(f)
+	var seen []bool
+	rec := readerFunc(func(b []byte) (int, error) {
+		n, err := d.Read(b)
+		seen = append(seen, fileFlags(t, f)&unix.O_DIRECT != 0)
+		return n, err
+	})
+	var s bytes.Buffer
+	if err := writeDiskStream(&s, DiskHeader{ID: vm.NewID(), Size: int64(len(disk))}, rec, DirectChunk); err != nil {
+		t.Fatal(err)
+	}
+	_, got, err := readStream(s.Bytes())
+	if err != nil || !bytes.Equal(got, disk) {
+		t.Fatalf("exported %d bytes (%v), not the file's %d", len(got), err, len(disk))
+	}
+	if want := []bool{can, can, false}; !slices.Equal(seen, want) {
+		t.Errorf("O_DIRECT after each read %v, want %v", seen, want)
+	}
+}
