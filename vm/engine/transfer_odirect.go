@@ -119,26 +119,65 @@ func readsOnce(f *os.File) {
 	}
 }
 
-// directReader reads a file with O_DIRECT while the reads are aligned,
-// as directWriter writes: an export reads its disk once, and the device
-// then fills the stream's buffers itself, where a read through the page
-// cache first fills cached pages and then copies them (on the test
-// machines that copy of a disk not in the cache cost more CPU than TLS
-// and the checksum together). Dirty cached pages of the file are written
-// out by the kernel before a direct read of them, so it reads what a
-// cached read would. Where O_DIRECT is refused it reads through the page
-// cache with a sequential read-ahead.
+// directReader reads a disk that is mostly not in the page cache with
+// O_DIRECT while the reads are aligned, as directWriter writes: an export
+// reads its disk once, and the device then fills the stream's buffers
+// itself, where a read through the page cache first fills cached pages
+// and then copies them (on the test machines that copy of a disk not in
+// the cache cost more CPU than TLS and the checksum together). A disk
+// mostly in the cache (just written, say) is read through it: copying
+// cached pages is cheap, and reading them again from the device would
+// compete with the target's writes where both hosts share a disk. Dirty
+// cached pages of the file are written out by the kernel before a direct
+// read of them, so it reads what a cached read would. Where O_DIRECT is
+// refused it reads through the page cache with a sequential read-ahead.
 type directReader struct {
 	f  *os.File
 	on bool
 }
 
 func newDirectReader(f *os.File) *directReader {
-	d := &directReader{f: f, on: setDirect(f, true) == nil}
+	d := &directReader{f: f}
+	if cached(f) < 0.5 {
+		d.on = setDirect(f, true) == nil
+	}
 	if !d.on {
 		readsOnce(f)
 	}
 	return d
+}
+
+// cached returns the fraction of f's pages in the page cache (0 when it
+// cannot tell).
+func cached(f *os.File) float64 {
+	st, err := f.Stat()
+	if err != nil || st.Size() == 0 || int64(int(st.Size())) != st.Size() {
+		return 0
+	}
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return 0
+	}
+	var frac float64
+	rc.Control(func(fd uintptr) {
+		m, err := unix.Mmap(int(fd), 0, int(st.Size()), unix.PROT_READ, unix.MAP_SHARED)
+		if err != nil {
+			return
+		}
+		defer unix.Munmap(m)
+		page := os.Getpagesize()
+		vec := make([]byte, (len(m)+page-1)/page)
+		if _, _, e := unix.Syscall(unix.SYS_MINCORE, uintptr(unsafe.Pointer(unsafe.SliceData(m))), uintptr(len(m)),
+			uintptr(unsafe.Pointer(unsafe.SliceData(vec)))); e != 0 {
+			return
+		}
+		in := 0
+		for _, v := range vec {
+			in += int(v & 1)
+		}
+		frac = float64(in) / float64(len(vec))
+	})
+	return frac
 }
 
 // Read implements io.Reader: into b with O_DIRECT if b is aligned, and
