@@ -166,16 +166,22 @@ func cached(f *os.File) float64 {
 		}
 		defer unix.Munmap(m)
 		page := os.Getpagesize()
-		vec := make([]byte, (len(m)+page-1)/page)
-		if _, _, e := unix.Syscall(unix.SYS_MINCORE, uintptr(unsafe.Pointer(unsafe.SliceData(m))), uintptr(len(m)),
-			uintptr(unsafe.Pointer(unsafe.SliceData(vec)))); e != 0 {
-			return
+		vec := make([]byte, min((len(m)+page-1)/page, 1<<18)) // a GiB of 4 KiB pages at a time
+		in, all := 0, 0
+		for off := 0; off < len(m); {
+			w := min(len(m)-off, len(vec)*page)
+			k := (w + page - 1) / page
+			if _, _, e := unix.Syscall(unix.SYS_MINCORE, uintptr(unsafe.Pointer(&m[off])), uintptr(w),
+				uintptr(unsafe.Pointer(unsafe.SliceData(vec)))); e != 0 {
+				return
+			}
+			for _, v := range vec[:k] {
+				in += int(v & 1)
+			}
+			all += k
+			off += w
 		}
-		in := 0
-		for _, v := range vec {
-			in += int(v & 1)
-		}
-		frac = float64(in) / float64(len(vec))
+		frac = float64(in) / float64(all)
 	})
 	return frac
 }
