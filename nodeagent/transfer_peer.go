@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"encoding/json"
 	"fmt"
+	"net"
 	"regexp"
 	"strings"
 	"time"
@@ -32,7 +33,7 @@ import (
 //     certificate's fingerprint, the ticket): it dials the target, pins
 //     its certificate, sends the hello and writes the disk stream.
 //
-// The stream is the same (header, bytes, SHA-256 trailer), verified by
+// The stream is the same (header, bytes, checksum trailer), verified by
 // the importer. A failure before any byte went (no direct listener on
 // either end, no route between the nodes) reports ErrNoPeerPath and
 // leaves nothing; the caller then relays the stream as before.
@@ -163,8 +164,9 @@ func (s *server) exportToPeer(ctx context.Context, req callRequest) (exportResul
 // listener: TLS with this listener's certificate as the client's, the
 // target's pinned to to.Cert, then the hello with to.Ticket. Errors
 // before the hello went through are errs.Unavailable starting with
-// errPeerDialPrefix (no route: the caller relays instead).
-func (d *Direct) dialPeer(ctx context.Context, to peerDial, sid string) (*tls.Conn, error) {
+// errPeerDialPrefix (no route: the caller relays instead). Each Write's
+// records go out together (batchedTLS).
+func (d *Direct) dialPeer(ctx context.Context, to peerDial, sid string) (*batchedTLS, error) {
 	cfg := &tls.Config{MinVersion: tls.VersionTLS13, Certificates: d.tls.Certificates,
 		// The target's certificate is self-signed: pinned to the
 		// fingerprint its own fabric subjects announced.
@@ -177,11 +179,16 @@ func (d *Direct) dialPeer(ctx context.Context, to peerDial, sid string) (*tls.Co
 		}}
 	dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	c, err := (&tls.Dialer{Config: cfg}).DialContext(dctx, "tcp", to.Addr)
+	raw, err := (&net.Dialer{}).DialContext(dctx, "tcp", to.Addr)
 	if err != nil {
 		return nil, errs.New(errs.Unavailable, errPeerDialPrefix+"%s: %v", to.Addr, err)
 	}
-	tc := c.(*tls.Conn)
+	bc := &batchConn{Conn: raw}
+	tc := tls.Client(bc, cfg)
+	if err := tc.HandshakeContext(dctx); err != nil {
+		raw.Close()
+		return nil, errs.New(errs.Unavailable, errPeerDialPrefix+"%s: %v", to.Addr, err)
+	}
 	tc.SetDeadline(time.Now().Add(10 * time.Second))
 	b, _ := json.Marshal(hello{Ticket: to.Ticket, Kind: kindPeerDisk, VM: sid})
 	if _, err := tc.Write(append(b, '\n')); err != nil {
@@ -202,7 +209,7 @@ func (d *Direct) dialPeer(ctx context.Context, to peerDial, sid string) (*tls.Co
 		return nil, errs.New(errs.Unavailable, errPeerDialPrefix+"bad hello reply %q", line)
 	}
 	tc.SetDeadline(time.Time{})
-	return tc, nil
+	return &batchedTLS{Conn: tc, raw: bc}, nil
 }
 
 // PeerStreamCounts reports how many disk streams this Remote imported

@@ -3,7 +3,6 @@ package engine
 import (
 	"bufio"
 	"context"
-	"crypto/sha256"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -25,9 +24,11 @@ import (
 )
 
 // Moving an instance with its memory and its snapshots (issue 15) ships a
-// bundle: version 2 of the disk stream (see transfer.go). One line of JSON
-// (BundleHeader) lists the files; then, for each file in that order,
-// exactly its Size bytes and their 32-byte SHA-256. The files are the
+// bundle: a disk stream of several files (see transfer.go). One line of
+// JSON (BundleHeader) lists the files; then, for each file in that order,
+// exactly its Size bytes and their checksum in the algorithm the header
+// names (CRC32C in what this engine writes; version 2 bundles carry
+// SHA-256, and are still read). The files are the
 // instance's disk, each snapshot's disk and, for an instance suspended
 // with its memory (Suspend), its saved memory and device state. A bundle
 // whose bytes do not match a trailer, that ends early or names a file it
@@ -38,8 +39,9 @@ import (
 // host it was taken on, so the target could not reach it; the move says so
 // (BundleHeader.Dropped).
 
-// BundleStreamVersion is the bundle format this engine writes and reads.
-const BundleStreamVersion = 2
+// BundleStreamVersion is the bundle format this engine writes; it reads
+// this one and version 2 (SHA-256 trailers, no Checksum).
+const BundleStreamVersion = 3
 
 // BundleHeader opens a bundle.
 type BundleHeader struct {
@@ -60,6 +62,9 @@ type BundleHeader struct {
 	// Dropped names the memory snapshots that move as disk snapshots.
 	Dropped []string     `json:"dropped,omitempty"`
 	Files   []BundleFile `json:"files"`
+	// Checksum names the files' trailers' algorithm (as
+	// DiskHeader.Checksum); version 2 bundles leave it out (SHA-256).
+	Checksum string `json:"checksum,omitempty"`
 }
 
 // BundleSnapshot is a snapshot carried by a bundle (its disk is the file
@@ -92,8 +97,11 @@ func checkBundle(h BundleHeader) error {
 	bad := func(format string, a ...any) error {
 		return errs.New(errs.InvalidArgument, "bundle: "+format, a...)
 	}
-	if h.Version != BundleStreamVersion {
-		return bad("version %d, this host reads %d", h.Version, BundleStreamVersion)
+	if h.Version != 2 && h.Version != BundleStreamVersion {
+		return bad("version %d, this host reads 2 to %d", h.Version, BundleStreamVersion)
+	}
+	if err := streamChecksum(h.Version, 3, h.Checksum); err != nil {
+		return fmt.Errorf("bundle: %w", err)
 	}
 	if !vm.IsID(h.ID) {
 		return bad("bad vm id %q", h.ID)
@@ -132,6 +140,12 @@ func checkBundle(h BundleHeader) error {
 // relative to the instance's directory), with its checksum.
 func WriteBundle(w io.Writer, h BundleHeader, open func(path string) (io.ReadCloser, error)) error {
 	h.Version = BundleStreamVersion
+	if h.Checksum == "" {
+		h.Checksum = StreamChecksum
+	}
+	if _, err := newChecksum(h.Checksum); err != nil {
+		return err
+	}
 	b, err := json.Marshal(h)
 	if err != nil {
 		return err
@@ -144,7 +158,8 @@ func WriteBundle(w io.Writer, h BundleHeader, open func(path string) (io.ReadClo
 		if err != nil {
 			return fmt.Errorf("bundle %s: %w", f.Path, err)
 		}
-		err = writeBody(w, r, f.Size, sha256.New(), "bundle "+f.Path)
+		sum, _ := newChecksum(h.Checksum)
+		err = writeBody(w, r, f.Size, sum, "bundle "+f.Path)
 		r.Close()
 		if err != nil {
 			return err
@@ -174,7 +189,7 @@ func ReadBundleFiles(br *bufio.Reader, h BundleHeader, dir string) error {
 		if err != nil {
 			return err
 		}
-		err = ReadDiskBody(br, DiskHeader{Size: f.Size}, out)
+		err = ReadDiskBody(br, DiskHeader{Size: f.Size, Checksum: h.Checksum}, out)
 		if cerr := out.Close(); err == nil {
 			err = cerr
 		}
