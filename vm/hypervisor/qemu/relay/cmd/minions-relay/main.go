@@ -36,7 +36,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"log/slog"
 	"os"
 	"os/signal"
 	"runtime"
@@ -153,7 +152,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		if *conFD != 0 && *conFD < 3 {
 			return bad("--console-fd: want a descriptor of 3 or more")
 		}
-		log := slog.New(slog.NewTextHandler(stderr, nil))
+		log := &textLog{w: stderr, attrs: []any{"component", "relay"}}
 		var stopConsole func()
 		if *conFD > 0 {
 			var err error
@@ -194,7 +193,7 @@ const consoleDrain = 200 * time.Millisecond
 // is logged once and the output dropped while it lasts: the pipe is
 // always read, since a full one would block QEMU (this relay holds a
 // write end, so QEMU never sees the reader gone).
-func startConsole(fd int, maxBytes int64, log *slog.Logger) (stop func(), err error) {
+func startConsole(fd int, maxBytes int64, log *textLog) (stop func(), err error) {
 	var st syscall.Stat_t
 	for i := range 3 {
 		if err := syscall.Fstat(fd+i, &st); err != nil {
@@ -239,7 +238,7 @@ func startConsole(fd int, maxBytes int64, log *slog.Logger) (stop func(), err er
 // of each run of errors).
 type dropErrs struct {
 	w      io.Writer
-	log    *slog.Logger
+	log    *textLog
 	failed bool
 }
 
