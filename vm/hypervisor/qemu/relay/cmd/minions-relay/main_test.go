@@ -306,8 +306,9 @@ func TestAgentRelayProcess(t *testing.T) {
 		slices.Sort(pss[i])
 		med := pss[i][len(pss[i])/2]
 		cpu := cpuTicks(t, v.relay.cmd.Process.Pid) - ticks[i]
-		t.Logf("%s: PSS %d KiB (min %d, max %d; anonymous %d KiB), %d CPU ticks in 3 s idle", argv[0], med, pss[i][0], pss[i][len(pss[i])-1],
-			pssKiB(t, v.relay.cmd.Process.Pid, "Pss_Anon:"), cpu)
+		threads, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", v.relay.cmd.Process.Pid))
+		t.Logf("%s: PSS %d KiB (min %d, max %d; anonymous %d KiB), %d CPU ticks in 3 s idle, %d threads", argv[0], med, pss[i][0], pss[i][len(pss[i])-1],
+			pssKiB(t, v.relay.cmd.Process.Pid, "Pss_Anon:"), cpu, len(threads))
 		if cpu > 15 { // 5 % of a core at 100 ticks/s
 			t.Errorf("idle relay used %d CPU ticks in 3 s", cpu)
 		}
