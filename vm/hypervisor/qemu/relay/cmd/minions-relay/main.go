@@ -1,8 +1,11 @@
 // Command minions-relay is the QEMU driver's per-VM helper process. It is
 // kept apart from the minions binary so that each VM pays only for what it
-// runs: an agent relay takes 1.8-2.3 MiB of PSS (5 and 2 VMs on the host;
-// BenchmarkMemoryPerVM) instead of 6.4 MiB as `minions agent-relay`, whose
-// package initialisation and binary size were most of that. Its modes:
+// runs: an agent relay that also logs the console takes 2.2 MiB of PSS
+// with 3 VMs on the host (BenchmarkMemoryPerVM; about 1.7 MiB of its own
+// plus a third of the 1.8 MiB of the binary's pages the three share)
+// instead of 6.4 MiB as `minions agent-relay`, whose package
+// initialisation and binary size were most of that. It links no
+// log/slog, encoding/json, regexp or crypto (TestImportsLean). Its modes:
 //
 //	minions-relay agent-relay --serial SOCKET --listen SOCKET [--console-fd N --max-bytes N]
 //	    relay the guest agent's virtio-serial socket to hybrid vsock
