@@ -267,6 +267,11 @@ func Handshake(ctx context.Context, rwc io.ReadWriteCloser, retry time.Duration)
 			return nil, ctx.Err()
 		case <-timer.C:
 			if err := send(); err != nil {
+				if ctx.Err() != nil {
+					// The end of ctx closed the connection under
+					// this write: the deadline is the reason.
+					return nil, ctx.Err()
+				}
 				return nil, fmt.Errorf("link handshake: write hello: %w", err)
 			}
 			if time.Now().After(steady) {
