@@ -442,6 +442,11 @@ type bareVM struct {
 	overlay      time.Duration // qemu-img create
 	started      time.Time     // QEMU exec'd
 	spawnedRelay time.Duration // from started to the relay exec'd
+	// conFiles are what the driver hands a relay that logs the console
+	// (--console-fd 3): the console FIFO read-write, the log and its
+	// rotated file.
+	conFiles []*os.File
+	ramFile  string // the bare QEMU's RAM file (memory-backend-file), removed by stop
 }
 
 // prepareBare makes a fresh overlay of the template's base and a TAP on
@@ -460,6 +465,26 @@ func prepareBare(tb testing.TB, t bareTemplate, dir, tap, bridge string) *bareVM
 		tb.Fatalf("qemu-img create: %v: %s", err, out)
 	}
 	bv.overlay = time.Since(start)
+	if slices.Contains(t.relay, "--console-fd") {
+		// The driver makes the FIFO and opens it before QEMU starts
+		// (QEMU's open of it would wait for a reader otherwise).
+		fifo := filepath.Join(dir, "run", "console.fifo")
+		os.Remove(fifo)
+		if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+			tb.Fatal(err)
+		}
+		logPath := filepath.Join(dir, "vm", "console.log")
+		for _, o := range []struct {
+			path string
+			flag int
+		}{{fifo, os.O_RDWR}, {logPath, os.O_RDWR | os.O_CREATE | os.O_APPEND}, {logPath + ".1", os.O_RDWR | os.O_CREATE}} {
+			f, err := os.OpenFile(o.path, o.flag, 0o600)
+			if err != nil {
+				tb.Fatal(err)
+			}
+			bv.conFiles = append(bv.conFiles, f)
+		}
+	}
 	if out, err := exec.Command("ip", "tuntap", "add", "dev", tap, "mode", "tap").CombinedOutput(); err != nil {
 		tb.Fatalf("ip tuntap add %s: %v: %s", tap, err, out)
 	}
@@ -487,9 +512,18 @@ func (bv *bareVM) rewrite(t bareTemplate, argv []string) []string {
 		if strings.HasPrefix(out[i], "tap,") {
 			out[i] = tapFD.ReplaceAllString(out[i], "ifname="+bv.tap+",script=no,downscript=no")
 		}
+		// The VM's RAM file (named after the template VM's ID) gets a
+		// name of the bare VM's own, which stop removes.
+		if m := memPath.FindStringSubmatch(out[i]); m != nil {
+			bv.ramFile = filepath.Join(filepath.Dir(m[1]), "bare-"+filepath.Base(m[1]))
+			out[i] = strings.Replace(out[i], "mem-path="+m[1], "mem-path="+bv.ramFile, 1)
+		}
 	}
 	return out
 }
+
+// memPath is the RAM file option of a memory-backend-file.
+var memPath = regexp.MustCompile(`\bmem-path=([^,]+)`)
 
 // tapFD is the descriptor option of a -netdev tap.
 var tapFD = regexp.MustCompile(`\bfd=[0-9]+`)
@@ -498,7 +532,7 @@ var tapFD = regexp.MustCompile(`\bfd=[0-9]+`)
 // waiting for QMP in between (the relay retries the serial socket itself).
 func (bv *bareVM) start(tb testing.TB, t bareTemplate) {
 	tb.Helper()
-	spawn := func(argv []string, log string) (*exec.Cmd, chan struct{}) {
+	spawn := func(argv []string, log string, files ...*os.File) (*exec.Cmd, chan struct{}) {
 		f, err := os.OpenFile(filepath.Join(bv.dir, "run", log), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
 		if err != nil {
 			tb.Fatal(err)
@@ -507,6 +541,7 @@ func (bv *bareVM) start(tb testing.TB, t bareTemplate) {
 		cmd := exec.Command(argv[0], argv[1:]...)
 		cmd.Dir = filepath.Join(bv.dir, "run")
 		cmd.Stdout, cmd.Stderr = f, f
+		cmd.ExtraFiles = files
 		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 		if err := cmd.Start(); err != nil {
 			tb.Fatalf("start %s: %v", argv[0], err)
@@ -517,7 +552,7 @@ func (bv *bareVM) start(tb testing.TB, t bareTemplate) {
 	}
 	bv.started = time.Now()
 	bv.qemu, bv.qemuDone = spawn(bv.rewrite(t, t.qemu), "qemu.log")
-	bv.relay, bv.relayDone = spawn(bv.rewrite(t, t.relay), "relay.log")
+	bv.relay, bv.relayDone = spawn(bv.rewrite(t, t.relay), "relay.log", bv.conFiles...)
 	bv.spawnedRelay = time.Since(bv.started)
 }
 
@@ -560,6 +595,12 @@ func (bv *bareVM) stop() {
 		case <-p.done:
 		case <-time.After(10 * time.Second):
 		}
+	}
+	for _, f := range bv.conFiles {
+		f.Close()
+	}
+	if bv.ramFile != "" {
+		os.Remove(bv.ramFile)
 	}
 	exec.Command("ip", "link", "del", bv.tap).Run()
 	os.RemoveAll(bv.dir)

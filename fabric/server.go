@@ -56,11 +56,11 @@ func NodeOfStatus(subject string) string {
 // another's replies).
 func inbox(id string) string { return inboxRoot + id }
 
-var idRE = regexp.MustCompile(`^[a-z0-9_-]{1,64}$`)
+var idRE = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[a-z0-9_-]{1,64}$`) })
 
 // ValidID reports whether id may name a node in subjects: 1-64 of
 // [a-z0-9_-] (no dots, no wildcards).
-func ValidID(id string) bool { return idRE.MatchString(id) }
+func ValidID(id string) bool { return idRE().MatchString(id) }
 
 // NodePermissions are what node id may do: subscribe to its own request
 // subjects and inbox, publish its own status, and answer the requests it

@@ -83,10 +83,10 @@ type identity struct {
 
 func parseIdentity(r proto.Reidentify) (identity, error) {
 	id := identity{hostname: r.Hostname, machineID: r.MachineID, entropy: r.Entropy}
-	if !hostnameRE.MatchString(r.Hostname) {
+	if !hostnameRE().MatchString(r.Hostname) {
 		return id, fmt.Errorf("invalid hostname %q", r.Hostname)
 	}
-	if !machineIDRE.MatchString(r.MachineID) {
+	if !machineIDRE().MatchString(r.MachineID) {
 		return id, fmt.Errorf("invalid machine id %q", r.MachineID)
 	}
 	if len(r.Entropy) < proto.MinEntropy || len(r.Entropy) > maxEntropy {
@@ -242,7 +242,7 @@ func (s *Server) reidentify(r proto.Reidentify) (proto.ReidentifyReply, error) {
 	step("set machine id")
 
 	globs := leftoverGlobs
-	if machineIDRE.MatchString(oldID) && oldID != id.machineID {
+	if machineIDRE().MatchString(oldID) && oldID != id.machineID {
 		globs = append(globs[:len(globs):len(globs)], "/var/log/journal/"+oldID, "/run/log/journal/"+oldID)
 	}
 	for _, g := range globs {

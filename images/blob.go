@@ -55,12 +55,12 @@ type Bundle struct {
 }
 
 var (
-	sha256Re     = regexp.MustCompile(`^[0-9a-f]{64}$`)
-	kernelNameRe = regexp.MustCompile(`^[0-9A-Za-z][0-9A-Za-z._+-]{0,127}$`)
+	sha256Re     = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[0-9a-f]{64}$`) })
+	kernelNameRe = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[0-9A-Za-z][0-9A-Za-z._+-]{0,127}$`) })
 )
 
 // ValidSHA256 reports whether s is a lowercase hex SHA-256.
-func ValidSHA256(s string) bool { return sha256Re.MatchString(s) }
+func ValidSHA256(s string) bool { return sha256Re().MatchString(s) }
 
 // FileSHA256 returns the SHA-256 (hex) and size of the file at p. The sum
 // of a file of 1 MiB or more is cached beside it in ".<name>.sha256"
@@ -379,7 +379,7 @@ func (m Manifest) Validate() error {
 		}
 		need["image.json"], need["rootfs.ext4"] = true, true
 	case KindKernel:
-		if !kernelNameRe.MatchString(m.Name) {
+		if !kernelNameRe().MatchString(m.Name) {
 			return bad("bad kernel version")
 		}
 		need["kernel.json"], need["vmlinuz"], need["modules/modules.dep"] = true, true, true

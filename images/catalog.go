@@ -15,6 +15,7 @@ import (
 	"regexp"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/minionsdev/minions/internal/errs"
@@ -137,16 +138,16 @@ func (c *Catalog) Initramfs(ctx context.Context, k Kernel, agentBinary string) (
 	return EnsureInitramfs(ctx, filepath.Join(c.Dir, "initramfs"), k, agentBinary)
 }
 
-var osRe = regexp.MustCompile(`^[a-z][a-z0-9-]{0,31}$`)
-var versionRe = regexp.MustCompile(`^[0-9]{8}-[0-9]{6}-[0-9a-f]{4}$`)
+var osRe = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[a-z][a-z0-9-]{0,31}$`) })
+var versionRe = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[0-9]{8}-[0-9]{6}-[0-9a-f]{4}$`) })
 
 // ParseRef splits "os" or "os@version".
 func ParseRef(ref string) (osName, version string, err error) {
 	osName, version, _ = strings.Cut(ref, "@")
-	if !osRe.MatchString(osName) {
+	if !osRe().MatchString(osName) {
 		return "", "", errs.New(errs.InvalidArgument, "image ref %q: bad os name", ref)
 	}
-	if strings.Contains(ref, "@") && !versionRe.MatchString(version) {
+	if strings.Contains(ref, "@") && !versionRe().MatchString(version) {
 		return "", "", errs.New(errs.InvalidArgument, "image ref %q: bad version (want YYYYMMDD-HHMMSS-xxxx)", ref)
 	}
 	return osName, version, nil
@@ -166,7 +167,7 @@ func (c *Catalog) List() ([]Image, error) {
 	}
 	var out []Image
 	for _, od := range osDirs {
-		if !od.IsDir() || !osRe.MatchString(od.Name()) {
+		if !od.IsDir() || !osRe().MatchString(od.Name()) {
 			continue
 		}
 		vdirs, err := os.ReadDir(filepath.Join(c.rootfsDir(), od.Name()))
@@ -174,7 +175,7 @@ func (c *Catalog) List() ([]Image, error) {
 			return nil, fmt.Errorf("list images: %w", err)
 		}
 		for _, vd := range vdirs {
-			if !vd.IsDir() || !versionRe.MatchString(vd.Name()) {
+			if !vd.IsDir() || !versionRe().MatchString(vd.Name()) {
 				continue
 			}
 			im, err := c.load(od.Name(), vd.Name())

@@ -224,7 +224,7 @@ func TestParseRefAndVersions(t *testing.T) {
 	prev := ""
 	for _, ns := range []int{0, 20_000, 500_000_000, 999_999_999} {
 		v := newVersion(t0.Add(time.Duration(ns)))
-		if !versionRe.MatchString(v) || v <= prev {
+		if !versionRe().MatchString(v) || v <= prev {
 			t.Fatalf("version %q after %q", v, prev)
 		}
 		prev = v

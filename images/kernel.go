@@ -13,6 +13,7 @@ import (
 	"regexp"
 	"sort"
 	"strings"
+	"sync"
 
 	"github.com/minionsdev/minions/internal/errs"
 	"golang.org/x/sys/unix"
@@ -32,12 +33,12 @@ type Kernel struct {
 	Package    string `json:"package"` // the Debian package it came from
 }
 
-var abiRe = regexp.MustCompile(`Depends:\s*linux-image-(\S+-cloud-amd64)\b`)
+var abiRe = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`Depends:\s*linux-image-(\S+-cloud-amd64)\b`) })
 
 // parseKernelDepends extracts the kernel release from the output of
 // "apt-cache depends linux-image-cloud-amd64".
 func parseKernelDepends(out []byte) (string, bool) {
-	m := abiRe.FindSubmatch(out)
+	m := abiRe().FindSubmatch(out)
 	if m == nil {
 		return "", false
 	}

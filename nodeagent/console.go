@@ -46,7 +46,7 @@ func (r *Remote) CopyConsole(ctx context.Context, id string, follow bool, w io.W
 // the copy does (not following: at the end of the log) or the caller
 // closes the stream.
 func (s *server) console(ctx context.Context, req callRequest) error {
-	if !tokenRE.MatchString(req.Stream) {
+	if !tokenRE().MatchString(req.Stream) {
 		return errs.New(errs.InvalidArgument, "console: bad stream id")
 	}
 	path, err := s.cfg.Engine.ConsoleLog(ctx, req.ID)

@@ -160,7 +160,7 @@ func (s *server) runLive(ctx context.Context, method string, req callRequest, pr
 // liveDial connects to a channel of the incoming instance and splices it
 // to a new stream (as dialAgent).
 func (s *server) liveDial(ctx context.Context, lm engine.LiveMigrator, req callRequest) error {
-	if !tokenRE.MatchString(req.Stream) {
+	if !tokenRE().MatchString(req.Stream) {
 		return errs.New(errs.InvalidArgument, "live dial: bad stream id")
 	}
 	c, err := lm.DialIncoming(ctx, req.ID, req.Kind)
@@ -194,7 +194,7 @@ func (s *server) liveDial(ctx context.Context, lm engine.LiveMigrator, req callR
 // them once the caller was told to start copying.
 func (s *server) liveMigrate(ctx context.Context, lm engine.LiveMigrator, req callRequest, progress engine.Progress) (hypervisor.MigrationStats, error) {
 	var stats hypervisor.MigrationStats
-	if !tokenRE.MatchString(req.Stream) || !tokenRE.MatchString(req.Stream2) || req.Stream == req.Stream2 {
+	if !tokenRE().MatchString(req.Stream) || !tokenRE().MatchString(req.Stream2) || req.Stream == req.Stream2 {
 		return stats, errs.New(errs.InvalidArgument, "live migrate: bad stream ids")
 	}
 	var sts []*stream

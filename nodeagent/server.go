@@ -50,7 +50,7 @@ type AgentKeyer interface {
 	AgentKey(ctx context.Context, id string) (string, error)
 }
 
-var tokenRE = regexp.MustCompile(`^[A-Za-z0-9]{8,64}$`)
+var tokenRE = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[A-Za-z0-9]{8,64}$`) })
 
 // newToken is a fresh call or stream ID.
 func newToken() string {
@@ -126,7 +126,7 @@ type server struct {
 func (s *server) handle(m fabric.Msg) {
 	method := m.Subject[strings.LastIndexByte(m.Subject, '.')+1:]
 	var req callRequest
-	if err := json.Unmarshal(m.Data, &req); err != nil || !tokenRE.MatchString(req.Call) {
+	if err := json.Unmarshal(m.Data, &req); err != nil || !tokenRE().MatchString(req.Call) {
 		m.Respond([]byte("bad request"))
 		return
 	}
@@ -256,9 +256,9 @@ func (s *server) run(ctx context.Context, method string, req callRequest, progre
 			return nil, errs.New(errs.FailedPrecondition, "node %s has no direct listener", s.cfg.ID)
 		}
 		switch {
-		case req.Kind == kindAgent && vmIDRE.MatchString(req.ID), req.Kind == kindTunnel && req.ID == "",
-			req.Kind == kindDisk && tokenRE.MatchString(req.ID),
-			req.Kind == kindPeerDisk && tokenRE.MatchString(req.ID) && fingerprintRE.MatchString(req.Peer):
+		case req.Kind == kindAgent && vmIDRE().MatchString(req.ID), req.Kind == kindTunnel && req.ID == "",
+			req.Kind == kindDisk && tokenRE().MatchString(req.ID),
+			req.Kind == kindPeerDisk && tokenRE().MatchString(req.ID) && fingerprintRE().MatchString(req.Peer):
 		default:
 			return nil, errs.New(errs.InvalidArgument, "direct ticket: bad kind %q or vm %q", req.Kind, req.ID)
 		}
@@ -285,7 +285,7 @@ func (s *server) run(ctx context.Context, method string, req callRequest, progre
 
 // dialAgent connects to the agent and splices it to a new stream.
 func (s *server) dialAgent(ctx context.Context, req callRequest) error {
-	if !tokenRE.MatchString(req.Stream) {
+	if !tokenRE().MatchString(req.Stream) {
 		return errs.New(errs.InvalidArgument, "dial agent: bad stream id")
 	}
 	c, err := s.cfg.Engine.DialAgent(ctx, req.ID)

@@ -124,7 +124,7 @@ func (s *server) transferStream(ctx context.Context, req callRequest) (t engine.
 	if !ok {
 		return nil, nil, nil, errs.New(errs.FailedPrecondition, "this node's engine does not ship disks")
 	}
-	if !tokenRE.MatchString(req.Stream) {
+	if !tokenRE().MatchString(req.Stream) {
 		return nil, nil, nil, errs.New(errs.InvalidArgument, "disk stream: bad stream id")
 	}
 	if req.Direct {

@@ -8,6 +8,7 @@ import (
 	"net"
 	"regexp"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/minionsdev/minions/fabric"
@@ -56,7 +57,7 @@ type exportResult struct {
 	Bytes int64 `json:"bytes"`
 }
 
-var fingerprintRE = regexp.MustCompile(`^[0-9a-f]{64}$`)
+var fingerprintRE = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[0-9a-f]{64}$`) })
 
 // ImportDiskFromPeer makes instance spec.ID on r's node from the disk
 // stream of the same instance on from's node, written node to node.
@@ -75,7 +76,7 @@ func (r *Remote) ImportDiskFromPeer(ctx context.Context, spec engine.ImportSpec,
 	if err := src.call(ctx, mDirectCert, callRequest{}, nil, &sc); err != nil {
 		return engine.Instance{}, 0, fmt.Errorf("%w: source node %s: %v", ErrNoPeerPath, src.cfg.ID, err)
 	}
-	if !fingerprintRE.MatchString(sc.Cert) {
+	if !fingerprintRE().MatchString(sc.Cert) {
 		return engine.Instance{}, 0, fmt.Errorf("%w: source node %s: bad certificate fingerprint", ErrNoPeerPath, src.cfg.ID)
 	}
 	sid := newToken()
@@ -138,7 +139,7 @@ func (s *server) exportToPeer(ctx context.Context, req callRequest) (exportResul
 	if !ok {
 		return exportResult{}, errs.New(errs.FailedPrecondition, "this node's engine does not ship disks")
 	}
-	if !tokenRE.MatchString(req.Stream) || !fingerprintRE.MatchString(req.To.Cert) || req.To.Addr == "" {
+	if !tokenRE().MatchString(req.Stream) || !fingerprintRE().MatchString(req.To.Cert) || req.To.Addr == "" {
 		return exportResult{}, errs.New(errs.InvalidArgument, "export to a peer: bad stream id, address or certificate")
 	}
 	if s.cfg.Direct == nil {

@@ -9,6 +9,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"golang.org/x/crypto/ssh"
@@ -82,7 +83,7 @@ func (d *Direct) tunnelChannel(ctx context.Context, nc ssh.NewChannel, eng engin
 // vmAddr is ip:port of VM id on this node: errs.NotFound unless id is
 // one of its VMs, errs.FailedPrecondition unless it runs with an address.
 func (d *Direct) vmAddr(ctx context.Context, eng engine.Engine, id string, port int) (string, error) {
-	if !vmIDRE.MatchString(id) {
+	if !vmIDRE().MatchString(id) {
 		return "", errs.New(errs.NotFound, "%q is not a vm of this node", id)
 	}
 	inst, err := eng.Get(ctx, id)
@@ -100,7 +101,7 @@ func (d *Direct) vmAddr(ctx context.Context, eng engine.Engine, id string, port 
 }
 
 // vmIDRE is what a VM ID may look like (vm.NewID makes 12 hex digits).
-var vmIDRE = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
+var vmIDRE = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`) })
 
 // instanceIP parses an Instance.IP (an address, or one with its prefix).
 func instanceIP(s string) (netip.Addr, error) {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"regexp"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/minionsdev/minions/internal/errs"
@@ -70,7 +71,7 @@ type ImageCatalog interface {
 	RemoveImage(ctx context.Context, ref string, inUse func(ref string) bool) ([]ImageInfo, error)
 }
 
-var imageOSRe = regexp.MustCompile(`^[a-z][a-z0-9-]{0,31}$`)
+var imageOSRe = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[a-z][a-z0-9-]{0,31}$`) })
 
 // maxImageMiB bounds a requested image size (1 TiB).
 const maxImageMiB = 1 << 20
@@ -170,7 +171,7 @@ func (s *Service) SetDefaultImage(ctx context.Context, c Caller, ref string) (Im
 			return ImageDefault{}, err
 		}
 		osName, _, _ := strings.Cut(ref, "@")
-		if !imageOSRe.MatchString(osName) {
+		if !imageOSRe().MatchString(osName) {
 			return ImageDefault{}, errs.New(errs.InvalidArgument, "image %q: bad name", ref)
 		}
 		ims, err := cat.ListImages(ctx)
@@ -195,7 +196,7 @@ func (s *Service) BuildImage(ctx context.Context, c Caller, req ImageBuildReques
 	if err := requireAdmin(c, "build images"); err != nil {
 		return ImageInfo{}, err
 	}
-	if !imageOSRe.MatchString(req.OS) {
+	if !imageOSRe().MatchString(req.OS) {
 		return ImageInfo{}, errs.New(errs.InvalidArgument, "image os %q: want minimal, debian, ubuntu, fedora or nixos", req.OS)
 	}
 	if req.SizeMiB < 0 || req.SizeMiB > maxImageMiB {
@@ -224,7 +225,7 @@ func (s *Service) RemoveImage(ctx context.Context, c Caller, ref string) ([]Imag
 	if err := requireAdmin(c, "remove images"); err != nil {
 		return nil, err
 	}
-	if osName, _, _ := strings.Cut(ref, "@"); !imageOSRe.MatchString(osName) {
+	if osName, _, _ := strings.Cut(ref, "@"); !imageOSRe().MatchString(osName) {
 		return nil, errs.New(errs.InvalidArgument, "image %q: bad name", ref)
 	}
 	cat, err := s.catalog()

@@ -6,6 +6,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/charmbracelet/bubbles/key"
 	tea "github.com/charmbracelet/bubbletea"
@@ -21,10 +22,10 @@ const (
 	maxDiskGiB   = 4096
 )
 
-var nameRE = regexp.MustCompile(`^[a-z][a-z0-9-]{0,62}$`)
+var nameRE = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[a-z][a-z0-9-]{0,62}$`) })
 
 func validName(s string) error {
-	if !nameRE.MatchString(s) || strings.HasSuffix(s, "-") {
+	if !nameRE().MatchString(s) || strings.HasSuffix(s, "-") {
 		return fmt.Errorf("lowercase letters, digits and -, starting with a letter")
 	}
 	return nil

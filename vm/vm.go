@@ -7,6 +7,7 @@ import (
 	"regexp"
 	"sort"
 	"strings"
+	"sync"
 
 	"github.com/minionsdev/minions/internal/errs"
 )
@@ -75,7 +76,7 @@ func Allowed(name string, state State, op string) error {
 	return errs.New(errs.FailedPrecondition, "cannot %s vm %s while it is %s (it must be %s)", op, name, state, strings.Join(want, " or "))
 }
 
-var nameRE = regexp.MustCompile(`^[a-z]([a-z0-9-]{0,38}[a-z0-9])?$`)
+var nameRE = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[a-z]([a-z0-9-]{0,38}[a-z0-9])?$`) })
 
 // ValidName checks a VM (or snapshot) name: a DNS label of 1 to 40
 // lowercase letters, digits and inner hyphens, starting with a letter, so it
@@ -84,7 +85,7 @@ var nameRE = regexp.MustCompile(`^[a-z]([a-z0-9-]{0,38}[a-z0-9])?$`)
 // A name that reads as an ID (see IsID) is refused, so that no name can be
 // taken for another object's ID.
 func ValidName(kind, name string) error {
-	if !nameRE.MatchString(name) {
+	if !nameRE().MatchString(name) {
 		return errs.New(errs.InvalidArgument, "invalid %s name %q: use 1-40 lowercase letters, digits and hyphens, starting with a letter and not ending with a hyphen", kind, name)
 	}
 	if IsID(name) {
@@ -107,12 +108,12 @@ func IsID(s string) bool {
 	return true
 }
 
-var snapRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$`)
+var snapRE = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$`) })
 
 // ValidSnapshotName checks a snapshot name: 1-63 letters, digits, dots,
 // underscores and hyphens, not starting with a punctuation mark.
 func ValidSnapshotName(name string) error {
-	if !snapRE.MatchString(name) {
+	if !snapRE().MatchString(name) {
 		return errs.New(errs.InvalidArgument, "invalid snapshot name %q: use 1-63 letters, digits, '.', '_' and '-', starting with a letter or digit", name)
 	}
 	return nil

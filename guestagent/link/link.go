@@ -4,12 +4,10 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
+	"math/rand/v2"
 	"net"
 	"time"
 
@@ -71,12 +69,30 @@ func validNonce(b []byte) bool {
 	return true
 }
 
-// NewNonce returns a fresh random nonce.
+// NewNonce returns a fresh random nonce. A nonce only tells the host's
+// latest HELLO from earlier ones (it is no secret), so it comes from
+// math/rand/v2, whose generator the runtime seeds from the kernel: the
+// host side of the link (each VM's relay process) links no crypto.
 func NewNonce() string {
-	var b [NonceLen / 2]byte
-	_, _ = rand.Read(b[:])
-	return hex.EncodeToString(b[:])
+	const digits = "0123456789abcdef"
+	var b [NonceLen]byte
+	for i, x := 0, rand.Uint64(); i < NonceLen; i, x = i+1, x>>4 {
+		b[i] = digits[x&15]
+	}
+	return string(b[:])
 }
+
+// Logger is what Serve logs to; *slog.Logger is one. The link package
+// does not import log/slog, so that the relay links none of it.
+type Logger interface {
+	Debug(msg string, args ...any)
+	Warn(msg string, args ...any)
+}
+
+type discardLog struct{}
+
+func (discardLog) Debug(string, ...any) {}
+func (discardLog) Warn(string, ...any)  {}
 
 // lineReader reads lines of at most maxLine bytes from a buffered reader,
 // discarding overlong ones.
@@ -251,6 +267,11 @@ func Handshake(ctx context.Context, rwc io.ReadWriteCloser, retry time.Duration)
 			return nil, ctx.Err()
 		case <-timer.C:
 			if err := send(); err != nil {
+				if ctx.Err() != nil {
+					// The end of ctx closed the connection under
+					// this write: the deadline is the reason.
+					return nil, ctx.Err()
+				}
 				return nil, fmt.Errorf("link handshake: write hello: %w", err)
 			}
 			if time.Now().After(steady) {
@@ -344,9 +365,9 @@ func Dial(ctx context.Context, rwc io.ReadWriteCloser, cfg DialConfig) (*yamux.S
 // openPort should block until a host may be present rather than fail fast;
 // its errors are logged and retried after a short pause. Serve returns
 // ctx.Err().
-func Serve(ctx context.Context, openPort func(context.Context) (io.ReadWriteCloser, error), handle func(net.Conn), log *slog.Logger) error {
+func Serve(ctx context.Context, openPort func(context.Context) (io.ReadWriteCloser, error), handle func(net.Conn), log Logger) error {
 	if log == nil {
-		log = slog.New(slog.DiscardHandler)
+		log = discardLog{}
 	}
 	for ctx.Err() == nil {
 		port, err := openPort(ctx)

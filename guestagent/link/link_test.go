@@ -303,3 +303,19 @@ func TestHandshakeContext(t *testing.T) {
 		t.Fatalf("err = %v, want deadline exceeded", err)
 	}
 }
+
+// TestNewNonce: nonces are well formed (ParseLine accepts them) and do not
+// repeat.
+func TestNewNonce(t *testing.T) {
+	seen := map[string]bool{}
+	for range 1000 {
+		n := NewNonce()
+		if k, got := ParseLine([]byte(okPrefix + n)); k != KindOK || got != n {
+			t.Fatalf("nonce %q does not parse: %v %q", n, k, got)
+		}
+		if seen[n] {
+			t.Fatalf("nonce %q repeated", n)
+		}
+		seen[n] = true
+	}
+}

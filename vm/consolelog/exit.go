@@ -2,9 +2,7 @@ package consolelog
 
 import (
 	"bytes"
-	"regexp"
 	"strconv"
-	"sync"
 )
 
 // ExitReason is why a guest's hypervisor exited, as the end of its serial
@@ -43,10 +41,36 @@ var exitMarkers = []struct {
 // earlier exit line belongs to an earlier boot.
 var bootMarkers = [][]byte{[]byte("Linux version "), []byte("minions-agent: ready")}
 
-// kernelStamp is a printk timestamp at the start of a line ("[   12.345678]").
-// Compiled on first use: the per-VM agent relay links this package to
-// write the log and should not pay for it at start (BenchmarkMemoryPerVM).
-var kernelStamp = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`(?m)^\[ *(\d+\.\d+)\]`) })
+// kernelStamp parses a printk timestamp at the start of line ("[   12.345678]",
+// as the regular expression `^\[ *(\d+\.\d+)\]`). It is hand-written: the
+// per-VM agent relay links this package to write the log, and regexp would
+// be paid for in each VM's host memory (BenchmarkMemoryPerVM).
+func kernelStamp(line []byte) (float64, bool) {
+	if len(line) == 0 || line[0] != '[' {
+		return 0, false
+	}
+	i := 1
+	for i < len(line) && line[i] == ' ' {
+		i++
+	}
+	start := i
+	digits := func() bool {
+		j := i
+		for i < len(line) && '0' <= line[i] && line[i] <= '9' {
+			i++
+		}
+		return i > j
+	}
+	if !digits() || i == len(line) || line[i] != '.' {
+		return 0, false
+	}
+	i++
+	if !digits() || i == len(line) || line[i] != ']' {
+		return 0, false
+	}
+	t, err := strconv.ParseFloat(string(line[start:i]), 64)
+	return t, err == nil
+}
 
 // ClassifyExit tells why the guest whose console log ends with tail
 // stopped, and returns the line that says so (without its timestamp; ""
@@ -76,12 +100,16 @@ func ClassifyExit(tail []byte) (ExitReason, string) {
 			return ExitUnknown, ""
 		}
 	}
-	if m := kernelStamp().FindSubmatch(line); m != nil {
-		exitAt, _ := strconv.ParseFloat(string(m[1]), 64)
-		for _, s := range kernelStamp().FindAllSubmatch(after, -1) {
-			if t, _ := strconv.ParseFloat(string(s[1]), 64); t < exitAt {
+	if exitAt, ok := kernelStamp(line); ok {
+		for rest := after; len(rest) > 0; {
+			if t, ok := kernelStamp(rest); ok && t < exitAt {
 				return ExitUnknown, ""
 			}
+			i := bytes.IndexByte(rest, '\n')
+			if i < 0 {
+				break
+			}
+			rest = rest[i+1:]
 		}
 	}
 	// The panic's closing line repeats it: "---[ end Kernel panic ... ]---".

@@ -3,6 +3,8 @@ package consolelog
 import (
 	"os"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -85,5 +87,24 @@ func TestFollowerFromEnd(t *testing.T) {
 	}
 	if n, _ := fresh.Read(buf); !strings.HasPrefix(string(buf[:n]), "minions-agent: ready") {
 		t.Fatalf("a follower made before the log existed read %q", buf[:n])
+	}
+}
+
+// TestKernelStampAsRegexp: the hand-written timestamp parser finds what
+// the regular expression it replaces finds, at the start of each line.
+func TestKernelStampAsRegexp(t *testing.T) {
+	re := regexp.MustCompile(`^\[ *(\d+\.\d+)\]`)
+	for _, line := range []string{"[   12.345678] x", "[0.1]", "[12.]", "[.5]", "[ 1.2", "[1.2.3]", " [1.2]", "[  ]", "", "[", "[007.50] y", "[1x.2]", "[1.2x]"} {
+		m := re.FindStringSubmatch(line)
+		got, ok := kernelStamp([]byte(line))
+		if (m != nil) != ok {
+			t.Errorf("%q: parsed %v, regexp matched %v", line, ok, m != nil)
+			continue
+		}
+		if ok {
+			if want, _ := strconv.ParseFloat(m[1], 64); got != want {
+				t.Errorf("%q: %v, want %v", line, got, want)
+			}
+		}
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
 	"time"
 
 	"golang.org/x/crypto/ssh"
@@ -90,7 +91,7 @@ const moveStateDir = "move-state"
 // recorded stopped, its memory saved; Resume runs it again.
 const NoteSuspended = "suspended for a move: its memory is saved (resume continues it)"
 
-var stateFileRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
+var stateFileRE = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`) })
 
 // checkBundle checks a header's fields and file names.
 func checkBundle(h BundleHeader) error {
@@ -124,7 +125,7 @@ func checkBundle(h BundleHeader) error {
 		switch {
 		case f.Path == "disk.qcow2":
 			disk = true
-		case len(parts) == 2 && parts[0] == moveStateDir && stateFileRE.MatchString(parts[1]) && h.Memory:
+		case len(parts) == 2 && parts[0] == moveStateDir && stateFileRE().MatchString(parts[1]) && h.Memory:
 		case len(parts) == 3 && parts[0] == "snapshots" && snaps[parts[1]] && parts[2] == "disk.qcow2":
 		default:
 			return bad("file %q may not be in a bundle", f.Path)
@@ -416,7 +417,7 @@ func (l *Local) ExportBundle(ctx context.Context, id string, w io.Writer) error 
 				return err
 			}
 			for _, e := range ents {
-				if e.Type().IsRegular() && stateFileRE.MatchString(e.Name()) {
+				if e.Type().IsRegular() && stateFileRE().MatchString(e.Name()) {
 					if err := add(path.Join(moveStateDir, e.Name())); err != nil {
 						return err
 					}

@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/minionsdev/minions/internal/errs"
 	"github.com/minionsdev/minions/vm/hypervisor/procfs"
@@ -27,11 +28,19 @@ type Step struct {
 
 // RunSteps runs steps in order. When one fails, the undo actions of the
 // steps that completed run in reverse order, each once, and the error names
-// the failed step. The failed step cleans up after itself.
+// the failed step. The failed step cleans up after itself. Each step's
+// time is logged at debug level ("start step done", step, us), which is
+// where a VM start spends its time before and after the hypervisor's exec
+// (issue 16's before-QEMU budget).
 func RunSteps(ctx context.Context, log *slog.Logger, steps []Step) error {
 	for i, s := range steps {
 		log.Debug("start step", "step", s.Name)
-		if err := s.Do(ctx); err != nil {
+		t0 := time.Now()
+		err := s.Do(ctx)
+		if err == nil {
+			log.Debug("start step done", "step", s.Name, "us", time.Since(t0).Microseconds())
+		}
+		if err != nil {
 			log.Warn("start step failed, undoing", "step", s.Name, "err", err)
 			for j := i - 1; j >= 0; j-- {
 				if steps[j].Undo != nil {

@@ -1,8 +1,10 @@
 package launch
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"path/filepath"
 	"reflect"
@@ -33,6 +35,30 @@ func TestRunStepsUndoesInReverseOnce(t *testing.T) {
 	want := []string{"do a", "do b", "do c", "undo b", "undo a"}
 	if !reflect.DeepEqual(log, want) {
 		t.Fatalf("log = %v, want %v", log, want)
+	}
+}
+
+// TestRunStepsLogsTimes: each completed step's time is logged, so a slow
+// start can be taken apart step by step.
+func TestRunStepsLogsTimes(t *testing.T) {
+	var buf bytes.Buffer
+	log := slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	err := RunSteps(context.Background(), log, []Step{
+		{Name: "quick", Do: func(context.Context) error { return nil }},
+		{Name: "slow", Do: func(context.Context) error { time.Sleep(20 * time.Millisecond); return nil }},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var slowUS int64 = -1
+	for _, line := range strings.Split(buf.String(), "\n") {
+		if strings.Contains(line, `msg="start step done" step=slow us=`) {
+			_, v, _ := strings.Cut(line, "us=")
+			fmt.Sscan(v, &slowUS)
+		}
+	}
+	if !strings.Contains(buf.String(), `msg="start step done" step=quick us=`) || slowUS < 20000 {
+		t.Fatalf("step times not logged (slow: %d us):\n%s", slowUS, buf.String())
 	}
 }
 

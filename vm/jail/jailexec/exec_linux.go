@@ -1,7 +1,6 @@
 package jailexec
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -24,12 +23,12 @@ func Main(args []string) int {
 		fmt.Fprintln(os.Stderr, "jail: usage: jail-exec PLAN_JSON")
 		return 125
 	}
-	var p Plan
-	if err := json.Unmarshal([]byte(args[0]), &p); err != nil {
+	p, err := ParsePlan(args[0])
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "jail: bad plan:", err)
 		return 125
 	}
-	err := Exec(p)
+	err = Exec(p)
 	fmt.Fprintln(os.Stderr, "jail:", err)
 	return 125
 }

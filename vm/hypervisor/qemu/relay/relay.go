@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"os"
 	"strconv"
@@ -29,8 +28,9 @@ type Config struct {
 	SerialSocket string
 	// Listen is the hybrid vsock unix socket the relay creates (mode 0600).
 	Listen string
-	// Log receives the relay's log (default: discard).
-	Log *slog.Logger
+	// Log receives the relay's log (default: discard); *slog.Logger is a
+	// Logger.
+	Log Logger
 	// GoneAfter is how long the serial socket must stay refused or absent,
 	// after having been connected once, before the relay decides QEMU has
 	// exited and returns (default 2 s).
@@ -49,6 +49,21 @@ type Config struct {
 	Idle func()
 }
 
+// Logger is where the relay logs: messages with key-value pairs, as
+// log/slog takes them. The relay does not import log/slog (each VM's relay
+// process would link it); cmd/minions-relay writes a small text log.
+type Logger interface {
+	Debug(msg string, args ...any)
+	Info(msg string, args ...any)
+	Warn(msg string, args ...any)
+}
+
+type discardLog struct{}
+
+func (discardLog) Debug(string, ...any) {}
+func (discardLog) Info(string, ...any)  {}
+func (discardLog) Warn(string, ...any)  {}
+
 // Validate reports whether c is usable.
 func (c *Config) Validate() error {
 	if c.SerialSocket == "" || c.Listen == "" {
@@ -62,7 +77,7 @@ func (c *Config) Validate() error {
 
 func (c Config) withDefaults() Config {
 	if c.Log == nil {
-		c.Log = slog.New(slog.DiscardHandler)
+		c.Log = discardLog{}
 	}
 	if c.GoneAfter == 0 {
 		c.GoneAfter = 2 * time.Second
@@ -78,7 +93,7 @@ func (c Config) withDefaults() Config {
 
 type relay struct {
 	cfg Config
-	log *slog.Logger
+	log Logger
 
 	mu      sync.Mutex
 	sess    *yamux.Session
@@ -103,7 +118,7 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	cfg = cfg.withDefaults()
-	r := &relay{cfg: cfg, log: cfg.Log.With("component", "relay"), changed: make(chan struct{})}
+	r := &relay{cfg: cfg, log: cfg.Log, changed: make(chan struct{})}
 
 	os.Remove(cfg.Listen)
 	l, err := net.Listen("unix", cfg.Listen)
