@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"regexp"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/minionsdev/minions/fabric"
@@ -89,38 +90,89 @@ func (r *Remote) ImportDiskFromPeer(ctx context.Context, spec engine.ImportSpec,
 		err  error
 	}
 	done := make(chan imported, 1)
+	resume := make(chan resumeReq, 1)
+	var took atomic.Int64 // the stream's bytes, as the target says at its end
 	go func() {
 		p := func(step string) {
-			if step != streamReady {
-				progress.Say(step)
+			if step == streamReady {
+				return
 			}
+			if n, ok := parseStreamBytes(step); ok {
+				took.Store(n)
+				return
+			}
+			if m, ok := parseResume(step); ok {
+				if m.To != nil {
+					resume <- m // one at a time: the node waits for it
+				}
+				return
+			}
+			progress.Say(step)
 		}
-		inst, err := r.instance(ictx, mImportDisk, callRequest{ID: spec.ID, Stream: sid, Import: &spec, Direct: true, Meter: true}, p)
+		inst, err := r.instance(ictx, mImportDisk, callRequest{ID: spec.ID, Stream: sid, Import: &spec, Direct: true, Meter: true, Resume: true, Peer: sc.Cert}, p)
 		done <- imported{inst, err}
 	}()
-	var res exportResult
-	eerr := src.call(ctx, mExportDisk, callRequest{ID: spec.ID, Stream: sid, To: &peerDial{Addr: t.Addr, Cert: t.Cert, Ticket: t.Ticket}}, nil, &res)
-	if eerr != nil && errs.ClassOf(eerr) == errs.Unavailable && isNoRoute(eerr) {
-		cancel() // the import waits for a connection that will not come
-		<-done
-		r.diskPeerFailed.Add(1)
-		return engine.Instance{}, 0, fmt.Errorf("%w: %v", ErrNoPeerPath, eerr)
+	type exported struct {
+		res exportResult
+		err error
 	}
-	if eerr != nil {
-		// The target's import sees the stream end early and undoes
-		// itself; wait for that.
-		im := <-done
-		if im.err == nil {
-			return engine.Instance{}, 0, fmt.Errorf("export to node %s: %w (yet the import succeeded)", r.cfg.ID, eerr)
+	export := func(id string, to peerDial, off int64) chan exported {
+		ch := make(chan exported, 1)
+		go func() {
+			var res exportResult
+			err := src.call(ictx, mExportDisk, callRequest{ID: spec.ID, Stream: id, To: &to, Offset: off}, nil, &res)
+			ch <- exported{res, err}
+		}()
+		return ch
+	}
+	// The source writes the stream to the target; when it drops, the
+	// target keeps what it took and asks (resume) for the rest from
+	// there, with a new ticket; the source exports from that offset.
+	exp := export(sid, peerDial{Addr: t.Addr, Cert: t.Cert, Ticket: t.Ticket}, 0)
+	var eerr error
+	var last exportResult
+	resumed := false
+	for {
+		select {
+		case e := <-exp:
+			exp = nil
+			eerr, last = e.err, e.res
+			if eerr != nil && !resumed && errs.ClassOf(eerr) == errs.Unavailable && isNoRoute(eerr) {
+				cancel() // the import waits for a connection that will not come
+				<-done
+				r.diskPeerFailed.Add(1)
+				return engine.Instance{}, 0, fmt.Errorf("%w: %v", ErrNoPeerPath, eerr)
+			}
+			if eerr != nil && !droppedStream(eerr) {
+				cancel() // the source cannot send it: no use resuming
+			}
+		case m := <-resume:
+			if exp != nil {
+				<-exp // the dropped export ends (the target closed its end)
+			}
+			resumed = true
+			r.diskResumed.Add(1)
+			progress.Say(resumedLine(m))
+			exp = export(m.Stream, *m.To, m.At.Offset)
+		case im := <-done:
+			if exp != nil {
+				e := <-exp
+				eerr, last = e.err, e.res
+			}
+			if im.err != nil {
+				if eerr != nil && !droppedStream(eerr) {
+					return engine.Instance{}, 0, eerr // the import ended because the export failed
+				}
+				return engine.Instance{}, 0, im.err
+			}
+			r.diskPeer.Add(1)
+			n := took.Load()
+			if n == 0 && !resumed {
+				n = last.Bytes // a node that does not say it: one whole stream
+			}
+			return im.inst, n, nil
 		}
-		return engine.Instance{}, 0, eerr
 	}
-	im := <-done
-	if im.err != nil {
-		return engine.Instance{}, 0, im.err
-	}
-	r.diskPeer.Add(1)
-	return im.inst, res.Bytes, nil
 }
 
 // errPeerDialPrefix starts the errors of a source that could not reach
@@ -149,7 +201,18 @@ func (s *server) exportToPeer(ctx context.Context, req callRequest) (exportResul
 	}
 	defer c.Close()
 	w := &idleStream{ctx: ctx, st: c, pauseAfter: pauseAfter}
-	if err := t.ExportDisk(ctx, req.ID, w); err != nil {
+	if req.Offset != 0 {
+		w.pauseAfter = 0 // the test-only pause is the first stream's
+		// The rest of a dropped stream, from the target's offset.
+		r, ok := t.(engine.DiskResumer)
+		if !ok {
+			return exportResult{}, errs.New(errs.FailedPrecondition, "this node's engine does not resume disk streams")
+		}
+		err = r.ExportDiskFrom(ctx, req.ID, req.Offset, w)
+	} else {
+		err = t.ExportDisk(ctx, req.ID, w)
+	}
+	if err != nil {
 		return exportResult{Bytes: w.written}, err
 	}
 	// The importer reads up to the trailer: a clean close after it.

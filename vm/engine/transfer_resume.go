@@ -198,3 +198,19 @@ func (s *resumedStream) Read(p []byte) (int, error) {
 	}
 	return s.br.Read(p)
 }
+
+// StreamSource writes a disk stream from at.Offset of the disk into w, as
+// ExportDiskFrom does: what a ResumingImporter asks again when its
+// connection to the target dropped.
+type StreamSource func(ctx context.Context, at ResumeAt, w io.Writer) error
+
+// ResumingImporter is a Transferer whose import reaches its host over a
+// connection that may drop (nodeagent.Remote): the target keeps what it
+// took and asks src for the rest (ResumingReader on its side).
+type ResumingImporter interface {
+	// ImportDiskResuming is ImportDisk of the stream src writes from
+	// ResumeAt{} (the whole stream), asking src again from the target's
+	// offset each time the connection drops (bounded; then the import
+	// fails and undoes itself as ImportDisk's does).
+	ImportDiskResuming(ctx context.Context, spec ImportSpec, src StreamSource, progress Progress) (Instance, error)
+}
