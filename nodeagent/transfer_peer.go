@@ -65,7 +65,10 @@ var fingerprintRE = regexp.MustCompile(`^[0-9a-f]{64}$`)
 // node has no direct listener or the source cannot reach the target, it
 // is ErrNoPeerPath (wrapped) and nothing was made on either node. Any
 // other failure is the import's or the export's (the import has undone
-// itself, as ImportDisk does).
+// itself, as ImportDisk does). A stream that drops on the way resumes
+// (transfer_resume.go): the target asks, with a new single-use ticket,
+// for the rest from the byte it has, and the source exports from there;
+// the byte count is the whole stream's, once.
 func (r *Remote) ImportDiskFromPeer(ctx context.Context, spec engine.ImportSpec, from engine.Engine, progress engine.Progress) (engine.Instance, int64, error) {
 	src, ok := from.(*Remote)
 	if !ok || src == r || r.cfg.DirectTLS == nil {
@@ -103,7 +106,10 @@ func (r *Remote) ImportDiskFromPeer(ctx context.Context, spec engine.ImportSpec,
 			}
 			if m, ok := parseResume(step); ok {
 				if m.To != nil {
-					resume <- m // one at a time: the node waits for it
+					select { // one at a time: the node waits for it
+					case resume <- m:
+					case <-ictx.Done():
+					}
 				}
 				return
 			}
@@ -155,6 +161,9 @@ func (r *Remote) ImportDiskFromPeer(ctx context.Context, spec engine.ImportSpec,
 			progress.Say(resumedLine(m))
 			exp = export(m.Stream, *m.To, m.At.Offset)
 		case im := <-done:
+			if im.err != nil {
+				cancel() // an export still under way has no one to write to
+			}
 			if exp != nil {
 				e := <-exp
 				eerr, last = e.err, e.res

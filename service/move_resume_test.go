@@ -147,4 +147,7 @@ func TestMoveResumesDroppedStream(t *testing.T) {
 
 type countingWriter int64
 
-func (c *countingWriter) Write(b []byte) (int, error) { *c += countingWriter(len(b)); return len(b), nil }
+func (c *countingWriter) Write(b []byte) (int, error) {
+	*c += countingWriter(len(b))
+	return len(b), nil
+}
