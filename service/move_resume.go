@@ -37,21 +37,20 @@ func (s *Service) transferResuming(ctx context.Context, v store.VM, src engine.T
 }
 
 // resumedWriter is w counting into m the bytes of the stream that starts
-// at (the whole stream for the zero ResumeAt) which the target keeps.
+// at (the whole stream for the zero ResumeAt) which the target keeps:
+// the count goes back to what the target holds.
 // Bytes of an earlier writer no longer count.
 func (m *meter) resumedWriter(w io.Writer, at engine.ResumeAt) io.Writer {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.gen++
 	mw := &meterWriter{m: m, w: w, gen: m.gen}
-	if at != (engine.ResumeAt{}) {
-		m.n = at.Taken
-		if at.Headed {
-			mw.dropLine = true
-			mw.skip = max(0, at.Taken-m.headLen-at.Offset) // of the trailer, which the target had
-		} else {
-			mw.skip = at.Taken // the target keeps the start it had
-		}
+	m.n = at.Taken // what the target has: the first stream's count from 0
+	if at.Headed {
+		mw.dropLine = true
+		mw.skip = max(0, at.Taken-m.headLen-at.Offset) // of the trailer, which the target had
+	} else {
+		mw.skip = at.Taken // the target keeps the start it had
 	}
 	return mw
 }
