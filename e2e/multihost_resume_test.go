@@ -14,11 +14,11 @@ import (
 )
 
 // testMoveResume is issue 15's resume proof on real QEMU hosts: a stopped
-// VM whose overlay holds 512 MiB (written on the host with qemu-io) moves
+// VM whose overlay holds 256 MiB (written on the host with qemu-io) moves
 // n1 -> n2 (node to node over direct mTLS), n2 -> the control plane's
 // host (relayed export) and back to n1 (the control plane's stream to
 // n1), and on each leg the test kills the disk stream's TCP connection
-// with `ss -K` (both ends get a reset) once 96 MiB went. Each move
+// with `ss -K` (both ends get a reset) once 64 MiB went. Each move
 // completes, answers transfer.resumed >= 1, the disk reads back with
 // the pattern (qemu-io) on the target, and nothing is left on the source.
 func testMoveResume(t *testing.T, c *mhCluster, ann mhUser) {
@@ -41,7 +41,7 @@ func testMoveResume(t *testing.T, c *mhCluster, ann mhUser) {
 		t.Fatalf("stop r1: %s", r)
 	}
 	// The VM is not started again (its file system is overwritten).
-	const pattern = "-P 0x5a 0 512M"
+	const pattern = "-P 0x5a 0 256M"
 	qemuIOOn(t, filepath.Join(c.n1.state, "vms", v.ID, "disk.qcow2"), "write "+pattern)
 	cpName := c.hostList(t)["cp"].Name
 	for _, leg := range []struct {
@@ -58,7 +58,7 @@ func testMoveResume(t *testing.T, c *mhCluster, ann mhUser) {
 	} {
 		ctx, cancel := context.WithCancel(context.Background())
 		cut := make(chan string, 1)
-		go func() { cut <- killStreamAfter(ctx, leg.cutNS, leg.cutPeer.addr, 96<<20) }()
+		go func() { cut <- killStreamAfter(ctx, leg.cutNS, leg.cutPeer.addr, 64<<20) }()
 		start := time.Now()
 		r := c.as(t, ann, "", "move", "r1", "--host", leg.to, "--json")
 		took := time.Since(start)
@@ -82,7 +82,7 @@ func testMoveResume(t *testing.T, c *mhCluster, ann mhUser) {
 		if out.Transfer == nil || out.Transfer.Resumed < 1 || out.Status != "stopped" {
 			t.Errorf("move r1 --host %s (%s): want a stopped VM and transfer.resumed >= 1: %s", leg.key, leg.what, r.stdout)
 		} else {
-			t.Logf("move r1 -> %s (%s, 512 MiB, killed %s): %s, %d bytes at %.0f MiB/s, resumed %d", leg.key, leg.what, killed,
+			t.Logf("move r1 -> %s (%s, 256 MiB, killed %s): %s, %d bytes at %.0f MiB/s, resumed %d", leg.key, leg.what, killed,
 				took.Round(time.Millisecond), out.Transfer.Bytes, out.Transfer.MiBps, out.Transfer.Resumed)
 		}
 		qemuIOOn(t, filepath.Join(leg.toH.state, "vms", v.ID, "disk.qcow2"), "read "+pattern)
@@ -104,12 +104,16 @@ var (
 )
 
 // killStreamAfter watches h's TCP connections to peer and, once one has
-// carried more than n bytes either way, kills it (ss -K: a reset to both
-// ends). It returns what it killed ("" if nothing, when ctx ends first).
+// carried more than n bytes either way since the watch began (so not a
+// long-lived connection such as a node's NATS link), kills it (ss -K: a
+// reset to both ends). It returns what it killed ("" if nothing, when
+// ctx ends first).
 func killStreamAfter(ctx context.Context, h *mhHost, peer string, n int64) string {
+	var base map[string]int64
 	for ctx.Err() == nil {
 		out, _ := exec.Command("ip", "netns", "exec", h.ns, "ss", "-tniH", "state", "established", "dst", peer).Output()
 		lines := strings.Split(string(out), "\n")
+		seen := map[string]int64{}
 		for i := 0; i+1 < len(lines); i++ {
 			m := ssConnRE.FindStringSubmatch(lines[i])
 			if m == nil {
@@ -121,10 +125,15 @@ func killStreamAfter(ctx context.Context, h *mhHost, peer string, n int64) strin
 					most = v
 				}
 			}
-			if most > n {
+			key := m[2] + ">" + m[3] + ":" + m[4]
+			seen[key] = most
+			if base != nil && most-base[key] > n {
 				exec.Command("ip", "netns", "exec", h.ns, "ss", "-K", "dst", m[3], "dport", "=", ":"+m[4], "sport", "=", ":"+m[2]).Run()
-				return fmt.Sprintf("%s:%s->%s:%s in %s after %d MiB", m[1], m[2], m[3], m[4], h.name, most>>20)
+				return fmt.Sprintf("%s:%s->%s:%s in %s after %d MiB", m[1], m[2], m[3], m[4], h.name, (most-base[key])>>20)
 			}
+		}
+		if base == nil {
+			base = seen
 		}
 		time.Sleep(30 * time.Millisecond)
 	}

@@ -40,7 +40,8 @@ type DiskHeader struct {
 	// disk the stream's bytes start: Size-Offset bytes follow, and the
 	// trailer is still the SHA-256 of all Size bytes. Importers read
 	// only whole streams (Offset 0); ExportResuming splices a resumed
-	// one into the stream it continues.
+	// one into the stream it continues on the sending side, and
+	// ResumingReader on the importing side (transfer_resume.go).
 	Offset int64 `json:"offset,omitempty"`
 }
 
