@@ -153,9 +153,10 @@ func (r *Remote) ImportDiskFromPeer(ctx context.Context, spec engine.ImportSpec,
 				cancel() // the source cannot send it: no use resuming
 			}
 		case m := <-resume:
-			if exp != nil {
-				<-exp // the dropped export ends (the target closed its end)
-			}
+			// The dropped export ends on its own (the target closed its
+			// end; its channel is buffered): the target waits for the
+			// new one now, so it goes at once. On the source it waits
+			// for the old one's lock of the instance.
 			resumed = true
 			r.diskResumed.Add(1)
 			progress.Say(resumedLine(m))
