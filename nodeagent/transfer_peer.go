@@ -160,7 +160,18 @@ func (r *Remote) ImportDiskFromPeer(ctx context.Context, spec engine.ImportSpec,
 			resumed = true
 			r.diskResumed.Add(1)
 			progress.Say(resumedLine(m))
-			exp = export(m.Stream, *m.To, m.At.Offset)
+			to := *m.To
+			// A source whose agent restarted presents a new certificate,
+			// which the target's own ticket does not name: a new ticket
+			// for the same stream that names it.
+			var nc ticketReply
+			if err := src.call(ictx, mDirectCert, callRequest{}, nil, &nc); err == nil && fingerprintRE.MatchString(nc.Cert) && nc.Cert != sc.Cert {
+				var nt ticketReply
+				if err := r.call(ictx, mDirectTicket, callRequest{ID: m.Stream, Kind: kindPeerDisk, Peer: nc.Cert}, nil, &nt); err == nil {
+					to, sc.Cert = peerDial{Addr: nt.Addr, Cert: nt.Cert, Ticket: nt.Ticket}, nc.Cert
+				}
+			}
+			exp = export(m.Stream, to, m.At.Offset)
 		case im := <-done:
 			if im.err != nil {
 				cancel() // an export still under way has no one to write to
