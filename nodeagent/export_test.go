@@ -34,3 +34,18 @@ func (d *Direct) SetClock(now func() time.Time) { d.now = now }
 
 // CutExport makes r's next disk export drop its stream after n bytes.
 func (r *Remote) CutExport(n int64) { r.cutExport.Store(n) }
+
+// CutImport makes the next disk import on any node of this process drop
+// its first stream after n bytes.
+func CutImport(n int64) { cutImport.Store(n) }
+
+// SetResumeTiming shortens how a node's import resumes (tries, the first
+// backoff, the wait for a new stream); the returned func restores it.
+func SetResumeTiming(tries int, backoff, wait time.Duration) func() {
+	p, w := importResume, resumeWait
+	importResume.Tries, importResume.Backoff, resumeWait = tries, backoff, wait
+	return func() { importResume, resumeWait = p, w }
+}
+
+// BoundAddr is the address d's listener is bound to.
+func (d *Direct) BoundAddr() string { return d.ln.Addr().String() }

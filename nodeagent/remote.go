@@ -94,6 +94,7 @@ type Remote struct {
 	directStreams, natsStreams atomic.Int64
 	diskDirect, diskNATS       atomic.Int64 // disk streams (transfer_direct.go)
 	diskPeer, diskPeerFailed   atomic.Int64 // node-to-node disk streams (transfer_peer.go)
+	diskResumed                atomic.Int64 // dropped import streams resumed (transfer_resume.go)
 	cutExport                  atomic.Int64 // tests: drop the next export's stream after this many bytes
 }
 

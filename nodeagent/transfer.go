@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"strconv"
 	"sync"
 	"time"
 
@@ -199,7 +200,7 @@ func (s *server) importDisk(ctx context.Context, req callRequest, progress engin
 	if err != nil {
 		return engine.Instance{}, err
 	}
-	defer end()
+	defer func() { end() }()
 	fctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	err = s.cfg.Conn.Flush(fctx)
 	cancel()
@@ -217,6 +218,15 @@ func (s *server) importDisk(ctx context.Context, req callRequest, progress engin
 		progress(step)
 	}
 	var r io.Reader = &idleStream{ctx: ctx, st: st}
+	if n := cutImport.Swap(0); n > 0 {
+		r = &cutReader{c: st, left: n} // test only: a dropped stream
+	}
+	if req.Resume {
+		end = sync.OnceFunc(end) // and when the stream drops
+		ri := &resumingImport{s: s, req: req, progress: progress, cur: end}
+		defer ri.close()
+		r = engine.NewResumingReader(ctx, r, ri.reopen, importResume)
+	}
 	if !req.Meter {
 		return t.ImportDisk(ctx, *req.Import, r, p)
 	}
@@ -224,6 +234,7 @@ func (s *server) importDisk(ctx context.Context, req callRequest, progress engin
 	inst, err := t.ImportDisk(ctx, *req.Import, m, p)
 	if err == nil {
 		m.line(time.Now())
+		progress(streamBytes + strconv.FormatInt(m.n, 10))
 	}
 	return inst, err
 }

@@ -77,7 +77,12 @@ func (d *Direct) parkDisk(ctx context.Context, sid string, c net.Conn) error {
 // takeDisk returns the direct connection parked for stream sid, waiting
 // up to parkWait for it; done must be called when the call is done with it.
 func (d *Direct) takeDisk(ctx context.Context, sid string) (net.Conn, func(), error) {
-	deadline := time.Now().Add(parkWait)
+	return d.takeDiskWithin(ctx, sid, parkWait)
+}
+
+// takeDiskWithin is takeDisk waiting up to wait.
+func (d *Direct) takeDiskWithin(ctx context.Context, sid string, wait time.Duration) (net.Conn, func(), error) {
+	deadline := time.Now().Add(wait)
 	for {
 		d.mu.Lock()
 		p := d.disks[sid]

@@ -9,6 +9,7 @@ import (
 	"regexp"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/minionsdev/minions/fabric"
@@ -66,7 +67,10 @@ var fingerprintRE = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCom
 // node has no direct listener or the source cannot reach the target, it
 // is ErrNoPeerPath (wrapped) and nothing was made on either node. Any
 // other failure is the import's or the export's (the import has undone
-// itself, as ImportDisk does).
+// itself, as ImportDisk does). A stream that drops on the way resumes
+// (transfer_resume.go): the target asks, with a new single-use ticket,
+// for the rest from the byte it has, and the source exports from there;
+// the byte count is the whole stream's, once.
 func (r *Remote) ImportDiskFromPeer(ctx context.Context, spec engine.ImportSpec, from engine.Engine, progress engine.Progress) (engine.Instance, int64, error) {
 	src, ok := from.(*Remote)
 	if !ok || src == r || r.cfg.DirectTLS == nil {
@@ -91,38 +95,107 @@ func (r *Remote) ImportDiskFromPeer(ctx context.Context, spec engine.ImportSpec,
 		err  error
 	}
 	done := make(chan imported, 1)
+	resume := make(chan resumeReq, 1)
+	var took atomic.Int64 // the stream's bytes, as the target says at its end
 	go func() {
 		p := func(step string) {
-			if step != streamReady {
-				progress.Say(step)
+			if step == streamReady {
+				return
 			}
+			if n, ok := parseStreamBytes(step); ok {
+				took.Store(n)
+				return
+			}
+			if m, ok := parseResume(step); ok {
+				if m.To != nil {
+					select { // one at a time: the node waits for it
+					case resume <- m:
+					case <-ictx.Done():
+					}
+				}
+				return
+			}
+			progress.Say(step)
 		}
-		inst, err := r.instance(ictx, mImportDisk, callRequest{ID: spec.ID, Stream: sid, Import: &spec, Direct: true, Meter: true}, p)
+		inst, err := r.instance(ictx, mImportDisk, callRequest{ID: spec.ID, Stream: sid, Import: &spec, Direct: true, Meter: true, Resume: true, Peer: sc.Cert}, p)
 		done <- imported{inst, err}
 	}()
-	var res exportResult
-	eerr := src.call(ctx, mExportDisk, callRequest{ID: spec.ID, Stream: sid, To: &peerDial{Addr: t.Addr, Cert: t.Cert, Ticket: t.Ticket}}, nil, &res)
-	if eerr != nil && errs.ClassOf(eerr) == errs.Unavailable && isNoRoute(eerr) {
-		cancel() // the import waits for a connection that will not come
-		<-done
-		r.diskPeerFailed.Add(1)
-		return engine.Instance{}, 0, fmt.Errorf("%w: %v", ErrNoPeerPath, eerr)
+	type exported struct {
+		res exportResult
+		err error
 	}
-	if eerr != nil {
-		// The target's import sees the stream end early and undoes
-		// itself; wait for that.
-		im := <-done
-		if im.err == nil {
-			return engine.Instance{}, 0, fmt.Errorf("export to node %s: %w (yet the import succeeded)", r.cfg.ID, eerr)
+	export := func(id string, to peerDial, off int64) chan exported {
+		ch := make(chan exported, 1)
+		go func() {
+			var res exportResult
+			err := src.call(ictx, mExportDisk, callRequest{ID: spec.ID, Stream: id, To: &to, Offset: off}, nil, &res)
+			ch <- exported{res, err}
+		}()
+		return ch
+	}
+	// The source writes the stream to the target; when it drops, the
+	// target keeps what it took and asks (resume) for the rest from
+	// there, with a new ticket; the source exports from that offset.
+	exp := export(sid, peerDial{Addr: t.Addr, Cert: t.Cert, Ticket: t.Ticket}, 0)
+	var eerr error
+	var last exportResult
+	resumed := false
+	for {
+		select {
+		case e := <-exp:
+			exp = nil
+			eerr, last = e.err, e.res
+			if eerr != nil && !resumed && errs.ClassOf(eerr) == errs.Unavailable && isNoRoute(eerr) {
+				cancel() // the import waits for a connection that will not come
+				<-done
+				r.diskPeerFailed.Add(1)
+				return engine.Instance{}, 0, fmt.Errorf("%w: %v", ErrNoPeerPath, eerr)
+			}
+			if eerr != nil && !droppedStream(eerr) {
+				cancel() // the source cannot send it: no use resuming
+			}
+		case m := <-resume:
+			// The dropped export ends on its own (the target closed its
+			// end; its channel is buffered): the target waits for the
+			// new one now, so it goes at once. On the source it waits
+			// for the old one's lock of the instance.
+			resumed = true
+			r.diskResumed.Add(1)
+			progress.Say(resumedLine(m))
+			to := *m.To
+			// A source whose agent restarted presents a new certificate,
+			// which the target's own ticket does not name: a new ticket
+			// for the same stream that names it.
+			var nc ticketReply
+			if err := src.call(ictx, mDirectCert, callRequest{}, nil, &nc); err == nil && fingerprintRE().MatchString(nc.Cert) && nc.Cert != sc.Cert {
+				var nt ticketReply
+				if err := r.call(ictx, mDirectTicket, callRequest{ID: m.Stream, Kind: kindPeerDisk, Peer: nc.Cert}, nil, &nt); err == nil {
+					to, sc.Cert = peerDial{Addr: nt.Addr, Cert: nt.Cert, Ticket: nt.Ticket}, nc.Cert
+				}
+			}
+			exp = export(m.Stream, to, m.At.Offset)
+		case im := <-done:
+			if im.err != nil {
+				cancel() // an export still under way has no one to write to
+			}
+			if exp != nil {
+				e := <-exp
+				eerr, last = e.err, e.res
+			}
+			if im.err != nil {
+				if eerr != nil && !droppedStream(eerr) {
+					return engine.Instance{}, 0, eerr // the import ended because the export failed
+				}
+				return engine.Instance{}, 0, im.err
+			}
+			r.diskPeer.Add(1)
+			n := took.Load()
+			if n == 0 && !resumed {
+				n = last.Bytes // a node that does not say it: one whole stream
+			}
+			return im.inst, n, nil
 		}
-		return engine.Instance{}, 0, eerr
 	}
-	im := <-done
-	if im.err != nil {
-		return engine.Instance{}, 0, im.err
-	}
-	r.diskPeer.Add(1)
-	return im.inst, res.Bytes, nil
 }
 
 // errPeerDialPrefix starts the errors of a source that could not reach
@@ -151,7 +224,18 @@ func (s *server) exportToPeer(ctx context.Context, req callRequest) (exportResul
 	}
 	defer c.Close()
 	w := &idleStream{ctx: ctx, st: c, pauseAfter: pauseAfter}
-	if err := t.ExportDisk(ctx, req.ID, w); err != nil {
+	if req.Offset != 0 {
+		w.pauseAfter = 0 // the test-only pause is the first stream's
+		// The rest of a dropped stream, from the target's offset.
+		r, ok := t.(engine.DiskResumer)
+		if !ok {
+			return exportResult{}, errs.New(errs.FailedPrecondition, "this node's engine does not resume disk streams")
+		}
+		err = r.ExportDiskFrom(ctx, req.ID, req.Offset, w)
+	} else {
+		err = t.ExportDisk(ctx, req.ID, w)
+	}
+	if err != nil {
 		return exportResult{Bytes: w.written}, err
 	}
 	// The importer reads up to the trailer: a clean close after it.

@@ -96,8 +96,13 @@ type callRequest struct {
 	// (engine.DiskResumer).
 	Offset int64 `json:"offset,omitempty"`
 	// Peer: direct_ticket of kind peerdisk: the fingerprint of the
-	// certificate the dialing node presents (transfer_peer.go).
+	// certificate the dialing node presents (transfer_peer.go); on
+	// import_disk with Resume, the node whose export it is (a resumed
+	// stream gets a new peerdisk ticket for it).
 	Peer string `json:"peer,omitempty"`
+	// Resume: import_disk: the caller resumes a dropped stream; the node
+	// asks it to with a streamResume progress step (transfer_resume.go).
+	Resume bool `json:"resume,omitempty"`
 	// To: export_disk: write the stream to this node's direct listener
 	// instead (transfer_peer.go).
 	To *peerDial `json:"to,omitempty"`

@@ -254,7 +254,7 @@ func (s *Service) Move(ctx context.Context, c Caller, name string, req MoveReque
 	if s.moving.crashes("transfer") {
 		return VM{}, errMoveCrashed
 	}
-	progress = serialProgress(progress)
+	progress, resumes := countResumes(serialProgress(progress))
 	progress.Say("transfer")
 	var inst engine.Instance
 	var eerr error
@@ -273,6 +273,11 @@ func (s *Service) Move(ctx context.Context, c Caller, name string, req MoveReque
 		// not cross the control plane); relayed otherwise.
 		inst, mt, err = s.transferPeer(ctx, v, from, to, srcE, dstE, ran, progress)
 		if mt != nil || err != nil {
+			break
+		}
+		if ri, ok := dst.(engine.ResumingImporter); ok && !to.Local {
+			// Both legs resume (move_resume.go).
+			inst, mt, err = s.transferResuming(ctx, v, src, ri, ran, progress)
 			break
 		}
 		pr, pw := io.Pipe()
@@ -367,7 +372,8 @@ func (s *Service) Move(ctx context.Context, c Caller, name string, req MoveReque
 	out.Move = stats
 	if mt != nil {
 		out.Transfer = mt.stats()
-		s.log.Info("vm moved", "vm_id", v.ID, "vm", v.Name, "from", from.Name, "to", to.Name, "wall_ms", stats.WallMS, "bytes", out.Transfer.Bytes, "transfer_seconds", out.Transfer.Seconds)
+		out.Transfer.Resumed = int(resumes.Load())
+		s.log.Info("vm moved", "vm_id", v.ID, "vm", v.Name, "from", from.Name, "to", to.Name, "wall_ms", stats.WallMS, "bytes", out.Transfer.Bytes, "transfer_seconds", out.Transfer.Seconds, "resumed", out.Transfer.Resumed)
 	} else {
 		s.log.Info("vm moved", "vm_id", v.ID, "vm", v.Name, "from", from.Name, "to", to.Name, "wall_ms", stats.WallMS)
 	}

@@ -20,6 +20,8 @@ type Transfer struct {
 	Seconds float64 `json:"seconds"`
 	// MiBps is Bytes/Seconds in MiB/s.
 	MiBps float64 `json:"mib_per_second"`
+	// Resumed is how often a dropped stream was resumed (either leg).
+	Resumed int `json:"resumed,omitempty"`
 }
 
 // meterEvery is how often a transfer says how far it is.
@@ -35,13 +37,15 @@ type meter struct {
 	progress Progress
 	start    time.Time
 
-	mu     sync.Mutex
-	n      int64
-	total  int64 // the header's Size; 0 until it is seen
-	head   []byte
-	headOK bool
-	said   time.Time
-	last   time.Time // of the last byte read: the transfer's end
+	mu      sync.Mutex
+	n       int64
+	total   int64 // the header's Size; 0 until it is seen
+	headLen int64 // the header line's length, once seen
+	gen     int   // of the current resumedWriter
+	head    []byte
+	headOK  bool
+	said    time.Time
+	last    time.Time // of the last byte read: the transfer's end
 }
 
 func newMeter(r io.Reader, progress Progress) *meter {
@@ -51,13 +55,24 @@ func newMeter(r io.Reader, progress Progress) *meter {
 
 func (m *meter) Read(p []byte) (int, error) {
 	n, err := m.r.Read(p)
+	m.count(p[:n], m.gen)
+	return n, err
+}
+
+// count adds b, of writer generation gen (stale ones count nothing),
+// and says a line when one is due.
+func (m *meter) count(b []byte, gen int) {
 	m.mu.Lock()
-	m.n += int64(n)
-	if !m.headOK && n > 0 {
-		m.sniff(p[:n])
+	if gen != m.gen {
+		m.mu.Unlock()
+		return
+	}
+	m.n += int64(len(b))
+	if !m.headOK && len(b) > 0 {
+		m.sniff(b)
 	}
 	now := time.Now()
-	if n > 0 {
+	if len(b) > 0 {
 		m.last = now
 	}
 	var line string
@@ -69,7 +84,6 @@ func (m *meter) Read(p []byte) (int, error) {
 	if line != "" {
 		m.progress.Say(line)
 	}
-	return n, err
 }
 
 // sniff reads the stream's header line for its size; m.mu is held.
@@ -87,6 +101,7 @@ func (m *meter) sniff(b []byte) {
 	if json.Unmarshal(m.head[:i], &h) == nil && h.Size > 0 {
 		m.total = h.Size
 	}
+	m.headLen = int64(len(m.head) - len(b) + i + 1)
 	m.head, m.headOK = nil, true
 }
 
@@ -133,12 +148,7 @@ var resumePolicy = engine.ResumePolicy{Tries: 4, Backoff: 500 * time.Millisecond
 // last byte w took when its stream drops (engine.ExportResuming); each
 // resumption is a progress line and a log line.
 func (s *Service) exportResuming(ctx context.Context, src engine.Transferer, id string, w io.Writer, progress Progress) error {
-	p := resumePolicy
-	p.Resumed = func(attempt int, at int64, err error) {
-		s.log.Warn("disk stream dropped: resuming", "vm_id", id, "attempt", attempt, "bytes", at, "err", err)
-		progress.Say(fmt.Sprintf("transfer resumed at %d MiB (attempt %d of %d: %v)", at>>20, attempt, p.Tries, err))
-	}
-	return engine.ExportResuming(ctx, src, id, w, p)
+	return s.exportResumingFrom(ctx, src, id, 0, w, progress)
 }
 
 // serialProgress is p safe for the concurrent callers of a transfer (the

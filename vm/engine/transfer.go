@@ -56,7 +56,8 @@ type DiskHeader struct {
 	// disk the stream's bytes start: Size-Offset bytes follow, and the
 	// trailer is still the checksum of all Size bytes. Importers read
 	// only whole streams (Offset 0); ExportResuming splices a resumed
-	// one into the stream it continues.
+	// one into the stream it continues on the sending side, and
+	// ResumingReader on the importing side (transfer_resume.go).
 	Offset int64 `json:"offset,omitempty"`
 }
 
@@ -611,10 +612,17 @@ type ResumePolicy struct {
 // other than the instance itself or w (a dropped stream: an Unavailable
 // or an unclassified error) it resumes it with ExportDiskFrom at the last
 // byte w took, so w receives one unbroken stream whose trailer (the
-// SHA-256 of the whole disk) the importer checks as usual. After
+// checksum of the whole disk) the importer checks as usual. After
 // p.Tries resumptions, or when src cannot resume, the last error is
 // returned.
 func ExportResuming(ctx context.Context, src Transferer, id string, w io.Writer, p ResumePolicy) error {
+	return ExportResumingFrom(ctx, src, id, 0, w, p)
+}
+
+// ExportResumingFrom is ExportResuming of the stream ExportDiskFrom(off)
+// writes (off 0: ExportDisk's): a target that took part of a stream
+// before its own connection dropped asks for the rest with it.
+func ExportResumingFrom(ctx context.Context, src Transferer, id string, off int64, w io.Writer, p ResumePolicy) error {
 	if p.Tries == 0 {
 		p.Tries = 4
 	}
@@ -622,8 +630,17 @@ func ExportResuming(ctx context.Context, src Transferer, id string, w io.Writer,
 		p.Backoff = 500 * time.Millisecond
 	}
 	d := &delivered{w: w}
-	err := src.ExportDisk(ctx, id, d)
 	r, ok := src.(DiskResumer)
+	var err error
+	switch {
+	case off == 0:
+		err = src.ExportDisk(ctx, id, d)
+	case ok:
+		err = r.ExportDiskFrom(ctx, id, off, d)
+	default:
+		return errs.New(errs.FailedPrecondition, "this host's engine does not resume disk streams")
+	}
+	start := off
 	wait := p.Backoff
 	for attempt := 1; err != nil && ok && attempt <= p.Tries && resumable(ctx, d, err); attempt++ {
 		if p.Resumed != nil {
@@ -638,11 +655,11 @@ func ExportResuming(ctx context.Context, src Transferer, id string, w io.Writer,
 		// Before the whole header went: the stream again from its start,
 		// less what went. After it: from the disk's next byte (or the
 		// trailer's), less the new header.
-		off, skip, headed := int64(0), d.n, d.headLen > 0
+		off, skip, headed := start, d.n, d.headLen > 0
 		if headed {
-			body := d.n - d.headLen
-			off = min(body, d.head.Size)
-			skip = body - off // into the trailer
+			pos := d.head.Offset + d.n - d.headLen
+			off = min(pos, d.head.Size)
+			skip = pos - off // into the trailer
 		}
 		err = r.ExportDiskFrom(ctx, id, off, &splice{d: d, off: off, size: d.head.Size, headed: headed, inBody: !headed, skip: skip})
 	}

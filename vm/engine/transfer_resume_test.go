@@ -73,7 +73,7 @@ func (e *cutExporter) ImportDisk(context.Context, ImportSpec, io.Reader, Progres
 
 // TestExportResuming: a disk stream dropped mid-header, mid-disk and in
 // the trailer, once or several times, reaches the importer as the one
-// unbroken stream (the SHA-256 trailer verifies); errors of the instance
+// unbroken stream (the checksum trailer verifies); errors of the instance
 // or of the importer's side are not retried, and the retries are
 // bounded.
 func TestExportResuming(t *testing.T) {
