@@ -148,6 +148,8 @@ func (s *server) exportToPeer(ctx context.Context, req callRequest) (exportResul
 		return exportResult{}, err
 	}
 	defer c.Close()
+	stop := context.AfterFunc(ctx, func() { c.Close() }) // a cancelled call ends at once
+	defer stop()
 	w := &idleStream{ctx: ctx, st: c, pauseAfter: pauseAfter}
 	if err := t.ExportDisk(ctx, req.ID, w); err != nil {
 		return exportResult{Bytes: w.written}, err
