@@ -72,6 +72,18 @@ func TestMain(m *testing.M) {
 		// the minimal image) here, outside the namespace, which has no
 		// route out.
 		start := time.Now()
+		if kd := os.Getenv("MINIONS_E2E_KERNELS"); kd != "" {
+			// Offline: kernels installed earlier (a copy of some
+			// state's images/kernels), which the build then finds.
+			dst := filepath.Join(stateDir, "images", "kernels")
+			if err := os.MkdirAll(dst, 0o755); err != nil {
+				panic(err)
+			}
+			if out, err := exec.Command("cp", "-a", kd+"/.", dst).CombinedOutput(); err != nil {
+				fmt.Fprintf(os.Stderr, "e2e: kernels from %s: %v\n%s", kd, err, out)
+				return 1
+			}
+		}
 		cmd := exec.Command(filepath.Join(binDir, "minions"), "image", "build", "--os", "minimal")
 		cmd.Env = append(os.Environ(), "MINIONS_STATE_DIR="+stateDir, "MINIONS_AGENT_BIN="+filepath.Join(binDir, "minions-agent"))
 		if out, err := cmd.CombinedOutput(); err != nil {

@@ -2,6 +2,7 @@ package nodeagent_test
 
 import (
 	"context"
+	"net"
 	"os"
 	"path/filepath"
 	"testing"
@@ -87,5 +88,48 @@ func TestCancelMovesEndsAStuckExport(t *testing.T) {
 	t.Logf("started %s after cancelling the stuck export", time.Since(t0).Round(time.Millisecond))
 	if _, err := fresh.CancelMoves(ctx, "not an id"); err == nil {
 		t.Error("cancel moves of a bad id: no error")
+	}
+}
+
+// TestCancelMovesEndsAStuckMigration: a live migration whose relay (the
+// control plane splicing its two channels) died holds the source's
+// instance for ever (e2e TestMultiHostMoveCrash live/mirrored/cp: the
+// source's QEMU kept writing into streams nobody read, the resume of
+// the restarted control plane's settling timed out, never settled).
+// CancelMoves ends it at once.
+func TestCancelMovesEndsAStuckMigration(t *testing.T) {
+	a := newFakeLocal(t)
+	data := make([]byte, 8<<20)
+	ea := &liveEngine{Engine: a.eng, want: len(data), data: data, got: make(chan string, 4), ended: make(chan error, 1)}
+	c := newCluster(t)
+	serve(t, "node-a", c.node(t, "node-a"), ea)
+	dead, fresh := c.remote(t, "node-a", a), c.remote(t, "node-a", a)
+	waitServed(t, dead)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	id := "0123456789ab"
+	// The relay's ends of both channels: never read (it died).
+	nbd, nbdPeer := net.Pipe()
+	mig, migPeer := net.Pipe()
+	defer nbdPeer.Close()
+	defer migPeer.Close()
+	go dead.MigrateOut(context.Background(), id, "", nbd, mig, nil)
+	time.Sleep(time.Second) // the node's writes now wait on the window
+	select {
+	case err := <-ea.ended:
+		t.Fatalf("the migration ended by itself: %v", err)
+	default:
+	}
+	n, err := fresh.CancelMoves(ctx, id)
+	if err != nil || n != 1 {
+		t.Fatalf("cancel moves: %d, %v; want 1 call cancelled", n, err)
+	}
+	select {
+	case err := <-ea.ended:
+		if err == nil {
+			t.Fatal("the cancelled migration succeeded")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the migration still runs 10 s after its call was cancelled")
 	}
 }
