@@ -217,7 +217,10 @@ func liveHop(t *testing.T, c *mhCluster, ann mhUser, name, id, pid string, w *co
 	deadline := time.Now().Add(30 * time.Second)
 	for n, host, _ := w.last(); n < before+20 || host != to.name; n, host, _ = w.last() {
 		if time.Now().After(deadline) {
-			t.Fatalf("the counter did not go on on %s (last %d on %s)", to.name, n, host)
+			cons, _ := os.ReadFile(filepath.Join(to.state, "vms", id, "console.log"))
+			qlog, _ := os.ReadFile(filepath.Join(to.runDir, id, "qemu.log"))
+			t.Fatalf("the counter did not go on on %s (last %d on %s)\n%s's log:\n%s\nconsole:\n%s\nqemu log:\n%s", to.name, n, host,
+				to.name, lastLines(to.agent.log.String(), 30), lastLines(string(cons), 15), lastLines(string(qlog), 15))
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
