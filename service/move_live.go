@@ -149,8 +149,13 @@ func (s *Service) moveLive(ctx context.Context, v store.VM, from, to store.Host,
 			progress.Say(step)
 		}
 	}
+	stopWatch := func() {}
+	if !to.Local {
+		stopWatch = s.watchIncoming(ctx, dstE, v.ID, conns)
+	}
 	st, err := src.MigrateOut(ctx, v.ID, trust, conns[0], conns[1], mp)
 	migrated := time.Now()
+	stopWatch()
 	if err != nil {
 		return fail(err, true)
 	}
@@ -238,6 +243,40 @@ func (s *Service) switchBack(ctx context.Context, v store.VM, from store.Host, i
 		s.DB.Tx(context.WithoutCancel(ctx), func(q store.Q) error { return store.DeleteMove(ctx, q, v.ID) })
 	}
 	return fmt.Errorf("move vm %s: resume on the target: %w (the vm runs on at its source)", v.Name, cause)
+}
+
+// incomingWatch is how often watchIncoming asks the target.
+var incomingWatch = 2 * time.Second
+
+// watchIncoming closes conns, the target's channels of a live migration
+// of VM id, once the target's copy is gone (its node agent restarted
+// meanwhile and removed the half-made copy): streams to a process that
+// died are never read again, so the source's migration would wait on
+// them for ever. The source then fails its migration and runs on. The
+// returned func stops the watch.
+func (s *Service) watchIncoming(ctx context.Context, dst engine.Engine, id string, conns []net.Conn) func() {
+	wctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		t := time.NewTicker(incomingWatch)
+		defer t.Stop()
+		for {
+			select {
+			case <-wctx.Done():
+				return
+			case <-t.C:
+			}
+			if _, err := dst.Get(wctx, id); errs.ClassOf(err) == errs.NotFound {
+				s.log.Warn("move: the target's copy is gone mid-migration; ending it", "vm_id", id)
+				for _, c := range conns {
+					c.Close()
+				}
+				return
+			}
+		}
+	}()
+	return func() { cancel(); <-done }
 }
 
 // switchFromLocal records VM id on host to after a live move from this

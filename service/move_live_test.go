@@ -3,6 +3,7 @@ package service
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"path/filepath"
@@ -78,6 +79,10 @@ func TestMoveLiveRefusals(t *testing.T) {
 // pretend live migration: an incoming VM drains its two channels.
 type liveAgentDriver struct {
 	*fakeagent.AgentDriver
+	// endless: MigrateOut sends until a channel breaks (a migration that
+	// does not end by itself); migrating hears its first bytes sent.
+	endless   bool
+	migrating chan struct{}
 	mu   sync.Mutex
 	lns  map[string][]net.Listener     // by run dir
 	runs map[string]*hypervisor.Handle // by run dir
@@ -154,6 +159,20 @@ func (d *liveAgentDriver) MigrateOut(ctx context.Context, h *hypervisor.Handle, 
 	defer nbd.Close()
 	defer mig.Close()
 	progress("mirror disk")
+	if d.endless {
+		buf := make([]byte, 64<<10)
+		for i := 0; ; i++ {
+			if _, err := nbd.Write(buf); err != nil {
+				return hypervisor.MigrationStats{}, fmt.Errorf("mirror: %w", err)
+			}
+			if i == 0 && d.migrating != nil {
+				close(d.migrating)
+			}
+			if err := ctx.Err(); err != nil {
+				return hypervisor.MigrationStats{}, err
+			}
+		}
+	}
 	// As QEMU: the source ends paused.
 	if err := d.Pause(ctx, h); err != nil {
 		return hypervisor.MigrationStats{}, err
@@ -364,5 +383,52 @@ func TestMoveLiveControlPlaneHost(t *testing.T) {
 				only(t, v.ID, name, want)
 			})
 		}
+	}
+}
+
+// TestMoveLiveTargetGone: the target's copy disappears mid-migration (its
+// node agent restarted and removed the half-made copy, as e2e
+// TestMultiHostMoveCrash live/mirrored/dst does), while the streams the
+// control plane relays to it stay open but nobody reads them: the move
+// fails soon (the control plane closes the target's channels once the
+// target no longer has the copy), the VM runs on at its source, no record
+// is left. Before, the migration waited on those streams for ever.
+func TestMoveLiveTargetGone(t *testing.T) {
+	th := newTwoHosts(t)
+	svc := th.cp.svc
+	c := th.addNode(t, "node-c", "10.0.0.3")
+	liveNode(t, th.node)
+	liveNode(t, c)
+	src := th.node.svc.Engine.(*engine.Local).Driver.(*liveAgentDriver)
+	src.endless, src.migrating = true, make(chan struct{})
+	defer func(d time.Duration) { incomingWatch = d }(incomingWatch)
+	incomingWatch = 100 * time.Millisecond
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	v, err := svc.Create(ctx, th.alice, CreateRequest{Name: "stray", Image: "minimal", Host: "node-b", MemoryMiB: 256}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		<-src.migrating
+		// node-c's agent restarted: its engine removed the copy.
+		c.svc.Engine.(*engine.Local).AbortIncoming(context.Background(), v.ID)
+	}()
+	mctx, mcancel := context.WithTimeout(ctx, 20*time.Second)
+	defer mcancel()
+	t0 := time.Now()
+	if _, err := svc.Move(mctx, th.alice, "stray", MoveRequest{Host: "node-c", Mode: store.MoveLive}, nil); err == nil || mctx.Err() != nil {
+		t.Fatalf("move with the target gone: %v after %s, want a failure within 20 s", err, time.Since(t0).Round(time.Millisecond))
+	}
+	t.Logf("the move failed %s after it began", time.Since(t0).Round(time.Millisecond))
+	g, err := svc.Get(ctx, th.alice, "stray")
+	if err != nil || g.Host != "node-b" || g.Status != "running" {
+		t.Fatalf("after the failed move: %+v, %v; want running on node-b", g, err)
+	}
+	if _, err := c.svc.Engine.Get(ctx, v.ID); errs.ClassOf(err) != errs.NotFound {
+		t.Errorf("a copy on node-c: %v", err)
+	}
+	if moves, _ := store.ListMoves(ctx, svc.DB); len(moves) != 0 {
+		t.Errorf("move records left: %+v", moves)
 	}
 }
