@@ -83,9 +83,9 @@ type liveAgentDriver struct {
 	// does not end by itself); migrating hears its first bytes sent.
 	endless   bool
 	migrating chan struct{}
-	mu   sync.Mutex
-	lns  map[string][]net.Listener     // by run dir
-	runs map[string]*hypervisor.Handle // by run dir
+	mu        sync.Mutex
+	lns       map[string][]net.Listener     // by run dir
+	runs      map[string]*hypervisor.Handle // by run dir
 }
 
 func (d *liveAgentDriver) Start(ctx context.Context, spec hypervisor.Spec) (*hypervisor.Handle, error) {
