@@ -40,6 +40,16 @@ var crashSteps = []crashStep{
 	{"live", movepause.Mirrored, "src", "mid-mirror: the disk mirror in sync, before the memory"},
 	{"live", movepause.Migrated, "cp", "the migration completed, before the switch"},
 	{"live", movepause.Switched, "cp", "switched and resumed, before the source's copy is destroyed"},
+	// Live moves onto the control plane's own host (from a node) and off
+	// it (to n1): there the control plane is the target or the source.
+	{"live-in", movepause.Prepared, "cp", "the control plane's staged copy waits, nothing sent"},
+	{"live-in", movepause.Mirrored, "src", "mid-mirror to the control plane's host, before the memory"},
+	{"live-in", movepause.Migrated, "cp", "migrated to the control plane's host, before the switch"},
+	{"live-in", movepause.Switched, "cp", "switched to the control plane's host and resumed, before the source's copy is destroyed"},
+	{"live-out", movepause.Prepared, "cp", "the target's copy prepared, nothing sent from the control plane's host"},
+	{"live-out", movepause.Mirrored, "src", "mid-mirror from the control plane's host, before the memory"},
+	{"live-out", movepause.Migrated, "cp", "migrated off the control plane's host, before the switch"},
+	{"live-out", movepause.Switched, "cp", "the target resumed, before the control plane's copy is destroyed"},
 }
 
 // crashVictims are the processes killed at each step.
@@ -63,6 +73,9 @@ var crashQuick = map[string]bool{
 	"live/mirrored/src": true,
 	"live/migrated/cp":  true,
 	"live/switched/src": true,
+
+	"live-in/migrated/cp":  true,
+	"live-out/mirrored/cp": true,
 }
 
 // keepsMemory reports whether the guest's memory must survive a crash
@@ -70,7 +83,7 @@ var crashQuick = map[string]bool{
 // (before the switch) or runs on at the target resumed from it (after);
 // a live move resumes the source (before) or the target runs on (after).
 // Only a cold move reboots the guest.
-func keepsMemory(mode string) bool { return mode == "memory" || mode == "live" }
+func keepsMemory(mode string) bool { return mode != "cold" }
 
 // TestMultiHostMoveCrash is issue 15's durability proof on real QEMU VMs
 // and a cluster of its own (a control plane and two nodes in netns, see
@@ -122,6 +135,7 @@ func TestMultiHostMoveCrash(t *testing.T) {
 	t.Logf("cluster and VM ready in %s", time.Since(began).Round(time.Millisecond))
 
 	full := os.Getenv("MINIONS_E2E_FULL") == "1"
+	c.cpHostName = c.hostList(t)["cp"].Name
 	at := c.n1
 	var table []string
 cases:
@@ -160,8 +174,21 @@ cases:
 // at st, kills victim, restarts it, and checks the settled state. It
 // returns the host the VM ends on.
 func crashCase(t *testing.T, c *mhCluster, u mhUser, id, marker string, at *mhHost, st crashStep, victim string) *mhHost {
+	// live-in moves from a node onto the control plane's host, live-out
+	// from it to n1: first bring the VM where the case starts.
+	switch {
+	case st.mode == "live-in" && at == c.cp:
+		at = placeLive(t, c, u, c.n1)
+	case st.mode == "live-out" && at != c.cp:
+		at = placeLive(t, c, u, c.cp)
+	case !strings.HasPrefix(st.mode, "live-") && at == c.cp:
+		at = placeLive(t, c, u, c.n1)
+	}
 	src, dst := at, c.n2
-	if at == c.n2 {
+	switch {
+	case st.mode == "live-in":
+		dst = c.cp
+	case at == c.n2:
 		dst = c.n1
 	}
 	role := map[string]*mhHost{"cp": c.cp, "src": src, "dst": dst}
@@ -175,11 +202,11 @@ func crashCase(t *testing.T, c *mhCluster, u mhUser, id, marker string, at *mhHo
 	defer os.Remove(paused)
 	t.Logf("move %s -> %s (%s), paused by %s at %s (%s), kill -9 %s (%s)", src.name, dst.name, st.mode, pauser.name, st.step, st.what, victim, killed.name)
 
-	args := []string{"move", "crash", "--host", dst.name, "--json"}
+	args := []string{"move", "crash", "--host", c.rowName(dst), "--json"}
 	switch st.mode {
 	case "memory":
 		args = append(args, "--memory")
-	case "live":
+	case "live", "live-in", "live-out":
 		args = append(args, "--live")
 	}
 	moved := make(chan result, 1)
@@ -225,14 +252,14 @@ func crashCase(t *testing.T, c *mhCluster, u mhUser, id, marker string, at *mhHo
 	var last string
 	deadline = time.Now().Add(2 * time.Minute)
 	for {
-		q1, q2 := c.n1.vmProcs(id), c.n2.vmProcs(id)
+		procs := map[*mhHost][]int{c.cp: c.cp.vmProcs(id), c.n1: c.n1.vmProcs(id), c.n2: c.n2.vmProcs(id)}
 		// A live move has two QEMUs by design until it settles: the
 		// target's waits paused for the migration (before the switch), the
 		// source's is paused once it handed over (after it).
-		if len(q1)+len(q2) > 1 && st.mode != "live" {
-			t.Fatalf("two copies run: n1 %v, n2 %v", q1, q2)
+		if len(procs[c.cp])+len(procs[c.n1])+len(procs[c.n2]) > 1 && !strings.HasPrefix(st.mode, "live") {
+			t.Fatalf("two copies run: cp %v, n1 %v, n2 %v", procs[c.cp], procs[c.n1], procs[c.n2])
 		}
-		on, why := settledOn(t, c, u, id, marker, q1, q2)
+		on, why := settledOn(t, c, u, id, marker, procs)
 		if on != nil {
 			t.Logf("settled on %s %s after the restart; the cp said:\n%s", on.name, time.Since(restart).Round(time.Millisecond), moveLines(c.cp.agent.log.String(), 6))
 			return on
@@ -246,18 +273,26 @@ func crashCase(t *testing.T, c *mhCluster, u mhUser, id, marker string, at *mhHo
 	}
 }
 
-// settledOn returns the node holding the one copy of VM id when the
-// cluster is settled, or nil and why not.
-func settledOn(t *testing.T, c *mhCluster, u mhUser, id, marker string, q1, q2 []int) (*mhHost, string) {
-	if len(q1)+len(q2) != 1 {
-		return nil, fmt.Sprintf("QEMUs n1 %v n2 %v", q1, q2)
+// settledOn returns the host holding the one copy of VM id when the
+// cluster is settled, or nil and why not. procs are the QEMUs of the VM on
+// each host.
+func settledOn(t *testing.T, c *mhCluster, u mhUser, id, marker string, procs map[*mhHost][]int) (*mhHost, string) {
+	var on *mhHost
+	var offs []*mhHost
+	var q []int
+	for _, h := range []*mhHost{c.cp, c.n1, c.n2} {
+		if len(procs[h]) > 0 {
+			on = h
+		} else {
+			offs = append(offs, h)
+		}
+		q = append(q, procs[h]...)
 	}
-	on, off := c.n1, c.n2
-	if len(q2) == 1 {
-		on, off = c.n2, c.n1
+	if len(q) != 1 {
+		return nil, fmt.Sprintf("QEMUs cp %v n1 %v n2 %v", procs[c.cp], procs[c.n1], procs[c.n2])
 	}
 	v, r := c.show(t, u, "crash")
-	if r.code != 0 || v.ID != id || v.Status != "running" || v.hostOf() != on.name {
+	if r.code != 0 || v.ID != id || v.Status != "running" || v.hostOf() != c.rowName(on) {
 		return nil, fmt.Sprintf("QEMU on %s; show: %s", on.name, r)
 	}
 	var list []json.RawMessage
@@ -267,20 +302,33 @@ func settledOn(t *testing.T, c *mhCluster, u mhUser, id, marker string, q1, q2 [
 	if r := c.as(t, u, "", "exec", "crash", "cat", "/root/marker"); r.code != 0 || strings.TrimSpace(r.stdout) != marker {
 		return nil, fmt.Sprintf("exec on %s: %s", on.name, r)
 	}
-	if left := vmTraces(off, id); len(left) != 0 {
-		return nil, fmt.Sprintf("%s keeps %v", off.name, left)
+	for _, off := range offs {
+		if left := vmTraces(off, id); len(left) != 0 {
+			return nil, fmt.Sprintf("%s keeps %v", off.name, left)
+		}
+		// The control plane's store keeps its row of the VM wherever it
+		// runs (show checked it names the host).
+		if row, ok := nodeRow(off, id); ok && off != c.cp {
+			return nil, fmt.Sprintf("%s's store keeps the vm (address %s)", off.name, row)
+		}
 	}
-	q := append(q1, q2...)[0]
-	if left := ramLeaks(id, q); len(left) != 0 {
-		return nil, fmt.Sprintf("RAM files of the vm not mapped by its QEMU %d: %v", q, left)
-	}
-	if row, ok := nodeRow(off, id); ok {
-		return nil, fmt.Sprintf("%s's store keeps the vm (address %s)", off.name, row)
+	if left := ramLeaks(id, q[0]); len(left) != 0 {
+		return nil, fmt.Sprintf("RAM files of the vm not mapped by its QEMU %d: %v", q[0], left)
 	}
 	if _, ok := nodeRow(on, id); !ok {
 		return nil, fmt.Sprintf("%s's store has no row of the vm", on.name)
 	}
 	return on, ""
+}
+
+// placeLive moves the crash VM live to host to (no pause, no kill) and
+// returns to.
+func placeLive(t *testing.T, c *mhCluster, u mhUser, to *mhHost) *mhHost {
+	t.Helper()
+	if r := c.as(t, u, "", "move", "crash", "--host", c.rowName(to), "--live", "--json"); r.code != 0 {
+		t.Fatalf("place the vm on %s: %s", to.name, r)
+	}
+	return to
 }
 
 // nodeRow reports whether host h's own store has a row (and so an

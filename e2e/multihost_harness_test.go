@@ -91,6 +91,9 @@ type mhCluster struct {
 	clientNS   string // the e2e namespace the test runs in
 	cp, n1, n2 *mhHost
 	hosts      []*mhHost
+	// cpHostName is the control plane's own host row's name (its
+	// hostname), once a test looked it up; see rowName.
+	cpHostName string
 
 	// The control plane's listeners, fixed for the life of the test so a
 	// restarted control plane is where the nodes left it.
@@ -601,4 +604,13 @@ func (c *mhCluster) startJoined(t testing.TB) {
 	if l, took, ok := c.waitHosts(t, 60*time.Second, allReady("cp", "n1", "n2")); !ok {
 		t.Fatalf("hosts not ready after %s: %+v", took, l)
 	}
+}
+
+// rowName is the name of host h's row: the harness's name for a node,
+// cpHostName for the control plane's host.
+func (c *mhCluster) rowName(h *mhHost) string {
+	if h == c.cp && c.cpHostName != "" {
+		return c.cpHostName
+	}
+	return h.name
 }

@@ -139,9 +139,11 @@ func (w *consoleTicks) handover(from, to string) (gap, jitter time.Duration, ok 
 // the guest's pause; the counter's silence between its last line on n1's
 // console and its first on n2's is at most the pause plus a tolerance;
 // its PID is the same after; the VM has an address of n2's subnet and
-// answers exec there; nothing of it is left on n1. A second user cannot
-// move it. The VM is destroyed at the end (the "move" subtest after this
-// one expects the cluster as it was).
+// answers exec there; nothing of it is left on n1. Then the same to the
+// control plane's own host and from it back to n1 (its engine shares the
+// control plane's store). A second user cannot move it. The VM is
+// destroyed at the end (the "move" subtest after this one expects the
+// cluster as it was).
 func testMoveLive(t *testing.T, c *mhCluster, ann, ben mhUser, haveVMs bool) {
 	if !haveVMs {
 		t.Skip("no VMs on the nodes (see create-on-each-node)")
@@ -164,7 +166,7 @@ func testMoveLive(t *testing.T, c *mhCluster, ann, ben mhUser, haveVMs bool) {
 		t.Fatalf("start the counter in %s: %s", name, r)
 	}
 	console := func(h *mhHost) string { return filepath.Join(h.state, "vms", id, "console.log") }
-	w := watchConsoles(map[string]string{"n1": console(c.n1), "n2": console(c.n2)})
+	w := watchConsoles(map[string]string{"n1": console(c.n1), "n2": console(c.n2), "cp": console(c.cp)})
 	defer w.close()
 	deadline := time.Now().Add(30 * time.Second)
 	for n, _, _ := w.last(); n < 20; n, _, _ = w.last() {
@@ -181,61 +183,76 @@ func testMoveLive(t *testing.T, c *mhCluster, ann, ben mhUser, haveVMs bool) {
 		}
 	})
 
+	hosts := c.hostList(t)
+	cpName := hosts["cp"].Name
+	liveHop(t, c, ann, name, id, pid, w, c.n1, c.n2, "n2")
+	liveHop(t, c, ann, name, id, pid, w, c.n2, c.cp, cpName)
+	liveHop(t, c, ann, name, id, pid, w, c.cp, c.n1, "n1")
+}
+
+// liveHop moves VM name (id, its counter process pid, its console ticks
+// watched by w) live from host from to host to (whose host row is named
+// toName) and checks the move (see testMoveLive).
+func liveHop(t *testing.T, c *mhCluster, ann mhUser, name, id, pid string, w *consoleTicks, from, to *mhHost, toName string) {
+	t.Helper()
 	start := time.Now()
-	r = c.as(t, ann, "", "move", name, "--host", "n2", "--live", "--json")
+	r := c.as(t, ann, "", "move", name, "--host", toName, "--live", "--json")
 	took := time.Since(start)
 	if r.code != 0 {
-		t.Fatalf("move %s --host n2 --live: %s\nn1's agent:\n%s\nn2's agent:\n%s", name, r,
-			lastLines(c.n1.agent.log.String(), 40), lastLines(c.n2.agent.log.String(), 40))
+		t.Fatalf("move %s --host %s --live: %s\ncp:\n%s\nn1's agent:\n%s\nn2's agent:\n%s", name, toName, r,
+			lastLines(c.cp.agent.log.String(), 40), lastLines(c.n1.agent.log.String(), 40), lastLines(c.n2.agent.log.String(), 40))
 	}
 	var res liveMoveJSON
 	if err := json.Unmarshal([]byte(r.stdout), &res); err != nil || res.Move == nil {
 		t.Fatalf("move --live --json (%v): %q", err, r.stdout)
 	}
 	m := res.Move
-	t.Logf("move %s n1 -> n2 --live (256 MiB): QEMU downtime %d ms, guest paused about %d ms, whole move %d ms (command %s), RAM %d bytes, disk %d bytes; warnings %q",
-		name, m.DowntimeMS, m.PauseMS, m.TotalMS, took.Round(time.Millisecond), m.RAMBytes, m.DiskBytes, res.Warnings)
-	if res.ID != id || res.Status != "running" || res.Host != "n2" || m.Mode != "live" || m.DowntimeMS <= 0 || m.PauseMS < m.DowntimeMS {
+	t.Logf("move %s %s -> %s --live (256 MiB): QEMU downtime %d ms, guest paused about %d ms, whole move %d ms (command %s), RAM %d bytes, disk %d bytes; warnings %q",
+		name, from.name, to.name, m.DowntimeMS, m.PauseMS, m.TotalMS, took.Round(time.Millisecond), m.RAMBytes, m.DiskBytes, res.Warnings)
+	if res.ID != id || res.Status != "running" || res.Host != toName || m.Mode != "live" || m.DowntimeMS <= 0 || m.PauseMS < m.DowntimeMS {
 		t.Errorf("move --live answered: %s", r.stdout)
 	}
-	// The counter goes on, now on n2's console.
+	// The counter goes on, now on the target's console.
 	before, _, _ := w.last()
-	deadline = time.Now().Add(30 * time.Second)
-	for n, host, _ := w.last(); n < before+20 || host != "n2"; n, host, _ = w.last() {
+	deadline := time.Now().Add(30 * time.Second)
+	for n, host, _ := w.last(); n < before+20 || host != to.name; n, host, _ = w.last() {
 		if time.Now().After(deadline) {
-			t.Fatalf("the counter did not go on on n2 (last %d on %s)", n, host)
+			cons, _ := os.ReadFile(filepath.Join(to.state, "vms", id, "console.log"))
+			qlog, _ := os.ReadFile(filepath.Join(to.runDir, id, "qemu.log"))
+			t.Fatalf("the counter did not go on on %s (last %d on %s)\n%s's log:\n%s\nconsole:\n%s\nqemu log:\n%s", to.name, n, host,
+				to.name, lastLines(to.agent.log.String(), 30), lastLines(string(cons), 15), lastLines(string(qlog), 15))
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	gap, jitter, ok := w.handover("n1", "n2")
-	// Tolerance: the counter's own longest silence on n1 before the move
-	// (a tick is a fork of sleep, slowed under TCG while the migration
-	// tracks dirty pages) plus 300 ms for the console path (QEMU's
-	// chardev, this watcher's 5 ms polls) and the scheduling of a shared
-	// two-core host.
+	gap, jitter, ok := w.handover(from.name, to.name)
+	// Tolerance: the counter's own longest silence on the source before
+	// the move (a tick is a fork of sleep, slowed under TCG while the
+	// migration tracks dirty pages) plus 300 ms for the console path
+	// (QEMU's chardev, this watcher's 5 ms polls) and the scheduling of a
+	// shared two-core host.
 	tol := jitter + 300*time.Millisecond
-	t.Logf("counter: silence from its last line on n1 to its first on n2 %s (pause %d ms + tolerance %s, its longest silence before %s)",
-		gap.Round(time.Millisecond), m.PauseMS, tol.Round(time.Millisecond), jitter.Round(time.Millisecond))
+	t.Logf("counter: silence from its last line on %s to its first on %s %s (pause %d ms + tolerance %s, its longest silence before %s)",
+		from.name, to.name, gap.Round(time.Millisecond), m.PauseMS, tol.Round(time.Millisecond), jitter.Round(time.Millisecond))
 	if !ok {
-		t.Errorf("no handover of the counter from n1's console to n2's seen")
+		t.Errorf("no handover of the counter from %s's console to %s's seen", from.name, to.name)
 	} else if gap > time.Duration(m.PauseMS)*time.Millisecond+tol {
 		t.Errorf("the counter stopped for %s, longer than the pause %d ms + %s", gap, m.PauseMS, tol)
 	}
 
-	v, r = c.show(t, ann, name)
-	if r.code != 0 || v.ID != id || v.Status != "running" || v.hostOf() != "n2" {
+	v, r := c.show(t, ann, name)
+	if r.code != 0 || v.ID != id || v.Status != "running" || v.hostOf() != toName {
 		t.Fatalf("show %s after the live move: %s", name, r)
 	}
 	hosts := c.hostList(t)
-	if s := hosts["n2"].Subnet; s == nil || !netip.MustParsePrefix(*s).Contains(netip.MustParseAddr(v.IP)) {
-		t.Errorf("%s's address %s after the move is not in n2's subnet %v", name, v.IP, hosts["n2"].Subnet)
+	if s := hosts[to.name].Subnet; s == nil || !netip.MustParsePrefix(*s).Contains(netip.MustParseAddr(v.IP)) {
+		t.Errorf("%s's address %s after the move is not in %s's subnet %v", name, v.IP, to.name, hosts[to.name].Subnet)
 	}
-	if got := c.n2.vmProcs(id); len(got) != 1 {
-		t.Errorf("%s's QEMU on n2: %v, want one", name, got)
+	if got := to.vmProcs(id); len(got) != 1 {
+		t.Errorf("%s's QEMU on %s: %v, want one", name, to.name, got)
 	}
 	r = c.as(t, ann, "", "exec", name, "--", "sh", "-c", "kill -0 "+pid+" && echo alive; ip -4 -o addr show dev eth0 | awk '{print $4}'")
 	if out := strings.Fields(r.stdout); r.code != 0 || len(out) != 2 || out[0] != "alive" || !strings.HasPrefix(out[1], v.IP+"/") {
 		t.Errorf("after the move, the counter (pid %s) and eth0's address (want %s): %s", pid, v.IP, r)
 	}
-	checkNothingLeft(t, c.n1, id)
+	checkNothingLeft(t, from, id)
 }

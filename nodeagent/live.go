@@ -212,6 +212,10 @@ func (s *server) liveMigrate(ctx context.Context, lm engine.LiveMigrator, req ca
 		s.streams[st] = true
 		s.mu.Unlock()
 		sts = append(sts, st)
+		// A cancelled call (mCancel, mCancelMoves) ends the migration's
+		// streams at once.
+		stop := context.AfterFunc(ctx, func() { st.Close() })
+		defer stop()
 	}
 	fctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	err := s.cfg.Conn.Flush(fctx)

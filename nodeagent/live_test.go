@@ -28,6 +28,7 @@ type liveEngine struct {
 	prep  engine.IncomingSpec
 	trust string
 	fails bool
+	ended chan error // if set, hears each MigrateOut's end
 }
 
 func (e *liveEngine) DescribeOut(ctx context.Context, id string) ([]byte, error) {
@@ -57,7 +58,10 @@ func (e *liveEngine) DialIncoming(ctx context.Context, id, ch string) (net.Conn,
 	return a, nil
 }
 func (e *liveEngine) AgentTrustKey(ctx context.Context) (string, error) { return "", nil }
-func (e *liveEngine) MigrateOut(ctx context.Context, id, trustKey string, nbd, mig io.ReadWriteCloser, p engine.Progress) (hypervisor.MigrationStats, error) {
+func (e *liveEngine) MigrateOut(ctx context.Context, id, trustKey string, nbd, mig io.ReadWriteCloser, p engine.Progress) (st hypervisor.MigrationStats, err error) {
+	if e.ended != nil {
+		defer func() { e.ended <- err }()
+	}
 	defer nbd.Close()
 	defer mig.Close()
 	e.trust = trustKey

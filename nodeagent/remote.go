@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -18,6 +19,7 @@ import (
 
 	"github.com/minionsdev/minions/fabric"
 	"github.com/minionsdev/minions/internal/errs"
+	"github.com/minionsdev/minions/vm"
 	"github.com/minionsdev/minions/vm/engine"
 	"github.com/minionsdev/minions/vsockcli"
 )
@@ -278,6 +280,28 @@ func (r *Remote) call(ctx context.Context, method string, req callRequest, progr
 			return fmt.Errorf("%s on node %s: %w", method, r.cfg.ID, ctx.Err())
 		}
 	}
+}
+
+// CancelMoves cancels the calls the node runs to move instance id (its
+// exports, imports and live migrations, see mCancelMoves): a restarted
+// control plane's first step in settling a move, whose streams broke
+// with the process that relayed them. It returns how many it cancelled.
+func (r *Remote) CancelMoves(ctx context.Context, id string) (int, error) {
+	if !vm.IsID(id) {
+		return 0, errs.New(errs.InvalidArgument, "invalid vm id %q", id)
+	}
+	b, _ := json.Marshal(callRequest{Call: newToken(), ID: id})
+	actx, cancel := context.WithTimeout(ctx, r.cfg.AcceptTimeout)
+	defer cancel()
+	ans, err := r.cfg.Conn.Request(actx, engineSubject(r.cfg.ID, mCancelMoves), b)
+	if err != nil {
+		return 0, errs.New(errs.Unavailable, "cancel the moves of vm %s on node %s: %v", id, r.cfg.ID, err)
+	}
+	n, err := strconv.Atoi(string(ans))
+	if err != nil {
+		return 0, fmt.Errorf("cancel the moves of vm %s on node %s: answer %q", id, r.cfg.ID, ans)
+	}
+	return n, nil
 }
 
 // alive asks the node whether it runs call: "yes", "no", or "" when it

@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -73,7 +74,7 @@ func ServeEngine(ctx context.Context, cfg ServeConfig) error {
 		return err
 	}
 	s := &server{cfg: cfg, log: cfg.Log.With("component", "nodeagent", "host_id", cfg.ID),
-		calls: map[string]context.CancelFunc{}, streams: map[*stream]bool{}}
+		calls: map[string]context.CancelFunc{}, moving: map[string]string{}, streams: map[*stream]bool{}}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	s.ctx = ctx
@@ -120,7 +121,14 @@ type server struct {
 
 	mu      sync.Mutex
 	calls   map[string]context.CancelFunc
+	moving  map[string]string // call -> instance, of the calls that move one (moveMethods)
 	streams map[*stream]bool
+}
+
+// moveMethods are the calls that carry a move's streams (mCancelMoves).
+var moveMethods = map[string]bool{
+	mExportDisk: true, mImportDisk: true, mExportBundle: true, mImportBundle: true,
+	mLiveMigrate: true, mLiveFinish: true,
 }
 
 func (s *server) handle(m fabric.Msg) {
@@ -144,6 +152,21 @@ func (s *server) handle(m fabric.Msg) {
 		s.mu.Unlock()
 		m.Respond([]byte(map[bool]string{true: "yes", false: "no"}[ok]))
 		return
+	case mCancelMoves:
+		n := 0
+		s.mu.Lock()
+		for call, id := range s.moving {
+			if id == req.ID && req.ID != "" {
+				s.calls[call]()
+				n++
+			}
+		}
+		s.mu.Unlock()
+		if n > 0 {
+			s.log.Info("cancelled the calls moving an instance", "vm_id", req.ID, "calls", n)
+		}
+		m.Respond([]byte(strconv.Itoa(n)))
+		return
 	}
 	m.Respond([]byte("ok"))
 	ctx, cancel := context.WithCancel(s.ctx)
@@ -152,6 +175,9 @@ func (s *server) handle(m fabric.Msg) {
 	}
 	s.mu.Lock()
 	s.calls[req.Call] = cancel
+	if moveMethods[method] {
+		s.moving[req.Call] = req.ID
+	}
 	s.mu.Unlock()
 	s.wg.Add(1)
 	go func() {
@@ -159,6 +185,7 @@ func (s *server) handle(m fabric.Msg) {
 		defer func() {
 			s.mu.Lock()
 			delete(s.calls, req.Call)
+			delete(s.moving, req.Call)
 			s.mu.Unlock()
 			cancel()
 		}()

@@ -136,7 +136,10 @@ func (s *server) transferStream(ctx context.Context, req callRequest) (t engine.
 		if err != nil {
 			return nil, nil, nil, err
 		}
-		return t, c, done, nil
+		// A cancelled call (mCancel, mCancelMoves) ends a transfer blocked
+		// on its stream at once.
+		stop := context.AfterFunc(ctx, func() { c.Close() })
+		return t, c, func() { stop(); done() }, nil
 	}
 	st, err := newStream(s.cfg.Conn, streamIn(s.cfg.ID, req.Stream), streamOut(s.cfg.ID, req.Stream), "node:"+req.ID, "control")
 	if err != nil {
@@ -145,7 +148,8 @@ func (s *server) transferStream(ctx context.Context, req callRequest) (t engine.
 	s.mu.Lock()
 	s.streams[st] = true
 	s.mu.Unlock()
-	return t, st, func() { s.endStream(st) }, nil
+	stop := context.AfterFunc(ctx, func() { st.Close() })
+	return t, st, func() { stop(); s.endStream(st) }, nil
 }
 
 func (s *server) endStream(st *stream) {

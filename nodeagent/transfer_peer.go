@@ -223,6 +223,8 @@ func (s *server) exportToPeer(ctx context.Context, req callRequest) (exportResul
 		return exportResult{}, err
 	}
 	defer c.Close()
+	stop := context.AfterFunc(ctx, func() { c.Close() }) // a cancelled call ends at once
+	defer stop()
 	w := &idleStream{ctx: ctx, st: c, pauseAfter: pauseAfter}
 	if req.Offset != 0 {
 		w.pauseAfter = 0 // the test-only pause is the first stream's

@@ -71,6 +71,10 @@ const (
 	mLiveResume      = "live_resume"
 	mCancel          = "cancel"
 	mAlive           = "alive" // is call c still running? "yes" or "no"
+	// cancel_moves: cancel the calls in flight that move instance ID
+	// (exports, imports, live migrations): a restarted control plane's,
+	// before it settles that move, whose streams died with it.
+	mCancelMoves = "cancel_moves"
 )
 
 // callRequest is the body of every call; each method reads its fields.

@@ -63,6 +63,22 @@ func newMachine(t *testing.T) *machine {
 	os.MkdirAll(home, 0o700)
 	os.WriteFile(filepath.Join(root, "etc/passwd"), []byte("root:x:0:0:root:"+home+":/bin/sh\n"), 0o644)
 	os.WriteFile(filepath.Join(root, "etc/group"), []byte("root:x:0:\n"), 0o644)
+	srv := newGuestAgent(t, root, key)
+	drv := fakeagent.NewAgentDriver(fake.New(fake.Config{Caps: hypervisor.Caps{MemorySnapshot: true}}), srv)
+	base := filepath.Join(dir, "base.raw")
+	os.WriteFile(base, []byte("base"), 0o444)
+	svc, err := New(Config{StateDir: filepath.Join(dir, "state"), ReadyTimeout: 20 * time.Second, StopTimeout: time.Second},
+		Deps{DB: db, Driver: drv, Network: &ports{set: map[string]netip.Addr{}}, Images: oneImage{base}, Disks: fileDisks{}, HostKey: key})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &machine{svc: svc, drv: drv, key: key, dir: dir}
+}
+
+// newGuestAgent is the in-process guest agent of a machine whose guest
+// files are under root, trusting key.
+func newGuestAgent(t *testing.T, root string, key ssh.Signer) *guestagent.Server {
+	t.Helper()
 	srv, err := guestagent.NewServer(guestagent.Config{
 		AuthorizedKey: key.PublicKey(),
 		HostKeyPath:   filepath.Join(root, "etc/minions/agent_host_key"),
@@ -80,15 +96,22 @@ func newMachine(t *testing.T) *machine {
 	if err != nil {
 		t.Fatal(err)
 	}
-	drv := fakeagent.NewAgentDriver(fake.New(fake.Config{Caps: hypervisor.Caps{MemorySnapshot: true}}), srv)
-	base := filepath.Join(dir, "base.raw")
-	os.WriteFile(base, []byte("base"), 0o444)
-	svc, err := New(Config{StateDir: filepath.Join(dir, "state"), ReadyTimeout: 20 * time.Second, StopTimeout: time.Second},
-		Deps{DB: db, Driver: drv, Network: &ports{set: map[string]netip.Addr{}}, Images: oneImage{base}, Disks: fileDisks{}, HostKey: key})
+	return srv
+}
+
+// shareAgentHostKey gives dst's guest agent src's agent host key, as one
+// guest migrated between the two would have.
+func shareAgentHostKey(t *testing.T, src, dst *machine) {
+	t.Helper()
+	rel := "guest/etc/minions/agent_host_key"
+	b, err := os.ReadFile(filepath.Join(src.dir, rel))
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &machine{svc: svc, drv: drv, key: key, dir: dir}
+	if err := os.WriteFile(filepath.Join(dst.dir, rel), b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	dst.drv.SetServer(newGuestAgent(t, filepath.Join(dst.dir, "guest"), dst.key))
 }
 
 // twoHosts is a control plane ("cp", its own host local) and a second

@@ -420,6 +420,34 @@ func (s *Service) destroySource(ctx context.Context, e engine.Engine, id string)
 	return s.DB.Tx(dctx, func(q store.Q) error { return store.DeleteMove(dctx, q, id) })
 }
 
+// moveCanceller is a node's engine (nodeagent.Remote) that can cancel
+// the calls it runs to move an instance.
+type moveCanceller interface {
+	CancelMoves(ctx context.Context, id string) (int, error)
+}
+
+// cancelMoveCalls ends what the nodes of an interrupted move still run
+// for it (an export or import whose streams this process relayed before
+// it died holds the instance until its idle deadline), so settling it
+// does not wait for them. Best effort: a node that does not answer is
+// settled later anyway.
+func (s *Service) cancelMoveCalls(ctx context.Context, id string, engines ...engine.Engine) {
+	for _, e := range engines {
+		if n, ok := e.(*nodeEngine); ok {
+			e = n.Engine
+		}
+		c, ok := e.(moveCanceller)
+		if !ok {
+			continue
+		}
+		if n, err := c.CancelMoves(ctx, id); err != nil {
+			s.log.Warn("move: cancel the calls of an interrupted move", "vm_id", id, "err", err)
+		} else if n > 0 {
+			s.log.Info("move: cancelled the calls of an interrupted move", "vm_id", id, "calls", n)
+		}
+	}
+}
+
 // moveHost is the host a move record names ("" the local one).
 func (s *Service) moveHost(ctx context.Context, id string) (store.Host, error) {
 	if id == "" {
@@ -455,6 +483,7 @@ func (s *Service) SettleMoves(ctx context.Context) error {
 			errList = append(errList, err)
 			continue
 		}
+		s.cancelMoveCalls(ctx, m.VMID, srcE, dstE)
 		if m.Mode == store.MoveLive {
 			errList = append(errList, s.settleLive(ctx, m, from, to, srcE, dstE))
 			continue

@@ -36,17 +36,33 @@ import (
 // crash of this process: before the switch, abort the target and resume
 // the source; after it, resume the target if it waits and destroy the
 // source.
+//
+// The control plane's own host (engine.Local, whose store is this one)
+// takes part as either end. As the target (liveAdopter) its copy is
+// staged without a record, and the switch makes the control plane's row
+// this host's (AdoptIncoming) in the same transaction as the move's step.
+// As the source, the row holds the running source's handle, so the switch
+// is the move's step alone (the decision: from here the target's copy is
+// the VM); the row goes to the target once the target runs (done again
+// by SettleMoves if this process died between the two).
+
+// liveAdopter is this host's engine when it shares the control plane's
+// store (engine.Local): a live move onto it stages the incoming copy and
+// the switch adopts the row.
+type liveAdopter interface {
+	StageIncoming(ctx context.Context, spec engine.IncomingSpec, progress engine.Progress) (engine.Instance, error)
+	AdoptIncoming(ctx context.Context, q store.Q, id string) error
+}
 
 // moveLive moves the running VM v from host from to host to while it
 // runs (see above).
 func (s *Service) moveLive(ctx context.Context, v store.VM, from, to store.Host, srcE, dstE engine.Engine, progress Progress) (VM, error) {
 	src, ok1 := srcE.(engine.LiveMigrator)
 	dst, ok2 := dstE.(engine.LiveMigrator)
+	ad, isAd := dstE.(liveAdopter)
 	switch {
-	case !ok1 || !ok2:
+	case !ok1 || !ok2 || to.Local && !isAd:
 		return VM{}, errs.New(errs.FailedPrecondition, "move vm %s: the engines of %s and %s cannot move vms live", v.Name, from.Name, to.Name)
-	case to.Local || from.Local:
-		return VM{}, errs.New(errs.FailedPrecondition, "move vm %s: a live move to or from the control plane's own host is not supported yet (move it without --live)", v.Name)
 	case v.State != vm.Running:
 		return VM{}, errs.New(errs.FailedPrecondition, "move vm %s: it is %s; only a running vm moves live (move a stopped vm without --live)", v.Name, v.State)
 	}
@@ -92,7 +108,12 @@ func (s *Service) moveLive(ctx context.Context, v store.VM, from, to store.Host,
 	}
 	spec := engine.IncomingSpec{ID: v.ID, Name: v.Name, Owner: v.OwnerID, Image: v.Image, CPUs: v.CPUs, MemoryMiB: v.MemoryMiB,
 		DiskGiB: v.DiskGiB, Port: v.Port, Source: desc}
-	inst, err := dst.PrepareIncoming(ctx, spec, progress)
+	var inst engine.Instance
+	if to.Local {
+		inst, err = ad.StageIncoming(ctx, spec, progress)
+	} else {
+		inst, err = dst.PrepareIncoming(ctx, spec, progress)
+	}
 	if err != nil {
 		return fail(err, errs.ClassOf(err) != errs.AlreadyExists)
 	}
@@ -118,8 +139,23 @@ func (s *Service) moveLive(ctx context.Context, v store.VM, from, to store.Host,
 		conns[1].Close()
 		return fail(err, true)
 	}
-	st, err := src.MigrateOut(ctx, v.ID, trust, conns[0], conns[1], progress)
+	mp := progress
+	if from.Local {
+		// As a source node's agent does (nodeagent): test only.
+		mp = func(step string) {
+			if step == "migrate memory" { // the qemu driver's step after the mirror is in sync
+				movepause.At(ctx, movepause.Mirrored)
+			}
+			progress.Say(step)
+		}
+	}
+	stopWatch := func() {}
+	if !to.Local {
+		stopWatch = s.watchIncoming(ctx, dstE, v.ID, conns)
+	}
+	st, err := src.MigrateOut(ctx, v.ID, trust, conns[0], conns[1], mp)
 	migrated := time.Now()
+	stopWatch()
 	if err != nil {
 		return fail(err, true)
 	}
@@ -130,8 +166,18 @@ func (s *Service) moveLive(ctx context.Context, v store.VM, from, to store.Host,
 
 	progress.Say("switch")
 	err = s.DB.Tx(ctx, func(q store.Q) error {
-		if err := store.SwitchVMHost(ctx, q, v.ID, to.ID, inst.IP, inst.MAC, vm.Running); err != nil {
-			return err
+		switch {
+		case to.Local:
+			if err := ad.AdoptIncoming(ctx, q, v.ID); err != nil {
+				return err
+			}
+		case from.Local:
+			// The row (the source's handle) goes to the target once it
+			// runs, below: this step is the decision.
+		default:
+			if err := store.SwitchVMHost(ctx, q, v.ID, to.ID, inst.IP, inst.MAC, vm.Running); err != nil {
+				return err
+			}
 		}
 		return store.SetMoveStep(ctx, q, v.ID, store.MoveCleanup)
 	})
@@ -142,6 +188,9 @@ func (s *Service) moveLive(ctx context.Context, v store.VM, from, to store.Host,
 	inst, resumed, err := dst.FinishIncoming(ctx, v.ID, progress)
 	if err != nil {
 		return VM{}, s.switchBack(ctx, v, from, v.NodeIP, v.NodeMAC, src, dst, err)
+	}
+	if err := s.switchFromLocal(ctx, v.ID, from, to, inst); err != nil {
+		return VM{}, fmt.Errorf("move vm %s: it runs on %s, but recording that failed (settled later): %w", v.Name, to.Name, err)
 	}
 	s.syncMoved(ctx, to, inst)
 	if s.moving.crashes("cleanup") {
@@ -170,10 +219,17 @@ func (s *Service) moveLive(ctx context.Context, v store.VM, from, to store.Host,
 // resumed (it is paused with the state it handed over, and its disk is
 // as it was).
 func (s *Service) switchBack(ctx context.Context, v store.VM, from store.Host, ip, mac string, src, dst engine.LiveMigrator, cause error) error {
-	// Live moves are between node hosts only (see moveLive): the row
-	// switches back to the source node and its address there.
+	// The row switches back to the source node and its address there; a
+	// source on this host kept the row (see moveLive): only the step goes
+	// back.
 	back := s.DB.Tx(context.WithoutCancel(ctx), func(q store.Q) error {
-		if err := store.SwitchVMHost(ctx, q, v.ID, from.ID, ip, mac, vm.Running); err != nil {
+		if from.Local {
+			if cur, err := store.GetVMByID(ctx, q, v.ID); err != nil {
+				return err
+			} else if cur.HostID != "" {
+				return errs.New(errs.FailedPrecondition, "vm %s was recorded on host %s already", v.Name, cur.HostID)
+			}
+		} else if err := store.SwitchVMHost(ctx, q, v.ID, from.ID, ip, mac, vm.Running); err != nil {
 			return err
 		}
 		return store.SetMoveStep(ctx, q, v.ID, store.MoveTransfer)
@@ -187,6 +243,55 @@ func (s *Service) switchBack(ctx context.Context, v store.VM, from store.Host, i
 		s.DB.Tx(context.WithoutCancel(ctx), func(q store.Q) error { return store.DeleteMove(ctx, q, v.ID) })
 	}
 	return fmt.Errorf("move vm %s: resume on the target: %w (the vm runs on at its source)", v.Name, cause)
+}
+
+// incomingWatch is how often watchIncoming asks the target.
+var incomingWatch = 2 * time.Second
+
+// watchIncoming closes conns, the target's channels of a live migration
+// of VM id, once the target's copy is gone (its node agent restarted
+// meanwhile and removed the half-made copy): streams to a process that
+// died are never read again, so the source's migration would wait on
+// them for ever. The source then fails its migration and runs on. The
+// returned func stops the watch.
+func (s *Service) watchIncoming(ctx context.Context, dst engine.Engine, id string, conns []net.Conn) func() {
+	wctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		t := time.NewTicker(incomingWatch)
+		defer t.Stop()
+		for {
+			select {
+			case <-wctx.Done():
+				return
+			case <-t.C:
+			}
+			if _, err := dst.Get(wctx, id); errs.ClassOf(err) == errs.NotFound {
+				s.log.Warn("move: the target's copy is gone mid-migration; ending it", "vm_id", id)
+				for _, c := range conns {
+					c.Close()
+				}
+				return
+			}
+		}
+	}()
+	return func() { cancel(); <-done }
+}
+
+// switchFromLocal records VM id on host to after a live move from this
+// host whose target runs (inst); a no-op for other moves or when done.
+func (s *Service) switchFromLocal(ctx context.Context, id string, from, to store.Host, inst engine.Instance) error {
+	if !from.Local {
+		return nil
+	}
+	return s.DB.Tx(context.WithoutCancel(ctx), func(q store.Q) error {
+		cur, err := store.GetVMByID(ctx, q, id)
+		if err != nil || cur.HostID == to.ID {
+			return err
+		}
+		return store.SwitchVMHost(ctx, q, id, to.ID, inst.IP, inst.MAC, inst.State)
+	})
 }
 
 // abortIncoming removes the target's copy of a live move; it reports
@@ -237,10 +342,11 @@ func (s *Service) settleLive(ctx context.Context, m store.Move, from, to store.H
 	inst, err := dstE.Get(ctx, m.VMID)
 	if err == nil && inst.State == vm.Creating {
 		inst, _, err = dst.FinishIncoming(ctx, m.VMID, nil)
-		if err == nil {
-			s.syncMoved(ctx, to, inst)
+	}
+	if err == nil {
+		if err := s.switchFromLocal(ctx, m.VMID, from, to, inst); err != nil {
+			return fmt.Errorf("settle move of vm %s: %w", m.VMID, err)
 		}
-	} else if err == nil {
 		s.syncMoved(ctx, to, inst)
 	}
 	if err != nil {

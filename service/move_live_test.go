@@ -3,6 +3,7 @@ package service
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"path/filepath"
@@ -21,10 +22,10 @@ import (
 
 // TestMoveLiveRefusals: a live move that cannot happen is refused with a
 // clear error before anything changes (no move record, the VM running
-// where it was): bob cannot learn of alice's VM; the control plane's own
-// host is no live source or target yet; a stopped VM moves only cold;
-// engines whose driver cannot migrate (the fake hypervisor, like Cloud
-// Hypervisor) say so.
+// where it was): bob cannot learn of alice's VM; a stopped VM moves only
+// cold; engines whose driver cannot migrate (the fake hypervisor, like
+// Cloud Hypervisor) say so, the control plane's own host's as the source
+// or the target too.
 func TestMoveLiveRefusals(t *testing.T) {
 	th := newTwoHosts(t)
 	svc := th.cp.svc
@@ -48,8 +49,9 @@ func TestMoveLiveRefusals(t *testing.T) {
 		says       string
 	}{
 		{th.bob, "onb", "node-c", errs.NotFound, ""},
-		{th.alice, "oncp", "node-b", errs.FailedPrecondition, "control plane's own host"},
-		{th.alice, "onb", "cp", errs.FailedPrecondition, "control plane's own host"},
+		{th.bob, "oncp", "node-b", errs.NotFound, ""},
+		{th.alice, "oncp", "node-b", errs.FailedPrecondition, "live move is not supported by the fake hypervisor driver"},
+		{th.alice, "onb", "cp", errs.FailedPrecondition, "live move is not supported by the fake hypervisor driver"},
 		{th.alice, "onb", "node-c", errs.FailedPrecondition, "live move is not supported by the fake hypervisor driver"},
 	} {
 		err := live(tc.who, tc.name, tc.host)
@@ -77,8 +79,35 @@ func TestMoveLiveRefusals(t *testing.T) {
 // pretend live migration: an incoming VM drains its two channels.
 type liveAgentDriver struct {
 	*fakeagent.AgentDriver
-	mu  sync.Mutex
-	lns map[string][]net.Listener // by run dir
+	// endless: MigrateOut sends until a channel breaks (a migration that
+	// does not end by itself); migrating hears its first bytes sent.
+	endless   bool
+	migrating chan struct{}
+	mu        sync.Mutex
+	lns       map[string][]net.Listener     // by run dir
+	runs      map[string]*hypervisor.Handle // by run dir
+}
+
+func (d *liveAgentDriver) Start(ctx context.Context, spec hypervisor.Spec) (*hypervisor.Handle, error) {
+	h, err := d.AgentDriver.Start(ctx, spec)
+	if err == nil {
+		d.mu.Lock()
+		d.runs[h.RunDir] = h
+		d.mu.Unlock()
+	}
+	return h, err
+}
+
+// ForgetRunDir stands for the engine's kill by run dir (the pid files a
+// QEMU leaves there) when no record holds the handle: it kills the fake
+// VM started with that run dir.
+func (d *liveAgentDriver) ForgetRunDir(dir string) {
+	d.mu.Lock()
+	h := d.runs[dir]
+	d.mu.Unlock()
+	if h != nil {
+		d.Kill(context.Background(), h)
+	}
 }
 
 func liveNode(t *testing.T, m *machine) {
@@ -87,7 +116,7 @@ func liveNode(t *testing.T, m *machine) {
 	if !ok {
 		t.Fatalf("engine %T", m.svc.Engine)
 	}
-	l.Driver = &liveAgentDriver{AgentDriver: m.drv, lns: map[string][]net.Listener{}}
+	l.Driver = &liveAgentDriver{AgentDriver: m.drv, lns: map[string][]net.Listener{}, runs: map[string]*hypervisor.Handle{}}
 }
 
 func (d *liveAgentDriver) DescribeOut(h *hypervisor.Handle) ([]byte, error) {
@@ -95,7 +124,7 @@ func (d *liveAgentDriver) DescribeOut(h *hypervisor.Handle) ([]byte, error) {
 }
 
 func (d *liveAgentDriver) StartIncoming(ctx context.Context, spec hypervisor.Spec, src []byte) (*hypervisor.Handle, error) {
-	h, err := d.AgentDriver.Start(ctx, spec)
+	h, err := d.Start(ctx, spec)
 	if err != nil {
 		return nil, err
 	}
@@ -130,6 +159,20 @@ func (d *liveAgentDriver) MigrateOut(ctx context.Context, h *hypervisor.Handle, 
 	defer nbd.Close()
 	defer mig.Close()
 	progress("mirror disk")
+	if d.endless {
+		buf := make([]byte, 64<<10)
+		for i := 0; ; i++ {
+			if _, err := nbd.Write(buf); err != nil {
+				return hypervisor.MigrationStats{}, fmt.Errorf("mirror: %w", err)
+			}
+			if i == 0 && d.migrating != nil {
+				close(d.migrating)
+			}
+			if err := ctx.Err(); err != nil {
+				return hypervisor.MigrationStats{}, err
+			}
+		}
+	}
 	// As QEMU: the source ends paused.
 	if err := d.Pause(ctx, h); err != nil {
 		return hypervisor.MigrationStats{}, err
@@ -151,6 +194,9 @@ func (d *liveAgentDriver) Kill(ctx context.Context, h *hypervisor.Handle) error 
 		ln.Close()
 	}
 	delete(d.lns, h.RunDir)
+	if d.runs[h.RunDir] == h {
+		delete(d.runs, h.RunDir)
+	}
 	d.mu.Unlock()
 	return d.AgentDriver.Kill(ctx, h)
 }
@@ -243,5 +289,146 @@ func TestMoveLiveCrashSettles(t *testing.T) {
 			}
 			only(t, v.ID, name, want)
 		})
+	}
+}
+
+// TestMoveLiveControlPlaneHost moves a VM live from a node to the control
+// plane's own host (whose engine shares the control plane's store: its
+// copy is staged and adopted at the switch) and back, over the fabric,
+// with drivers that pretend to migrate: each time it ends running on the
+// target with one copy, no move record, an address of the target's, the
+// source's copy gone. Then it "kills" the control plane at each step of
+// both directions and settles as a restart would: before the switch the
+// source runs on, after it the target, exactly one copy, no record.
+func TestMoveLiveControlPlaneHost(t *testing.T) {
+	th := newTwoHosts(t)
+	svc := th.cp.svc
+	liveNode(t, th.cp)
+	liveNode(t, th.node)
+	shareAgentHostKey(t, th.cp, th.node) // one guest agent moving between them
+	machines := map[string]*machine{"cp": th.cp, "node-b": th.node}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	only := func(t *testing.T, id, name, host string) {
+		t.Helper()
+		g, err := svc.Get(ctx, th.alice, name)
+		if err != nil || g.Host != host || g.Status != "running" {
+			t.Fatalf("%s: %+v, %v; want running on %s", name, g, err, host)
+		}
+		for h, m := range machines {
+			inst, err := m.svc.Engine.Get(ctx, id)
+			switch {
+			case h == host && (err != nil || inst.State != "running"):
+				t.Errorf("on %s: %+v, %v; want running", h, inst, err)
+			case h == host:
+				row, _ := store.GetVMByID(ctx, m.svc.DB, id)
+				hd, _ := engine.DecodeHandle(row.Handle)
+				if info, err := m.drv.Info(ctx, hd); err != nil || info.State != hypervisor.StateRunning {
+					t.Errorf("on %s: the hypervisor is %+v %v, want running (not paused)", h, info, err)
+				}
+			case h != host && errs.ClassOf(err) != errs.NotFound:
+				t.Errorf("a second copy on %s: %+v %v", h, inst, err)
+			}
+		}
+		if n := th.cp.drv.Running() + th.node.drv.Running(); n != 1 {
+			t.Errorf("%d hypervisors running across both hosts, want 1", n)
+		}
+		if moves, _ := store.ListMoves(ctx, svc.DB); len(moves) != 0 {
+			t.Errorf("move records left: %+v", moves)
+		}
+	}
+
+	v, err := svc.Create(ctx, th.alice, CreateRequest{Name: "boomer", Image: "minimal", Host: "node-b", MemoryMiB: 256}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, to := range []string{"cp", "node-b"} {
+		got, err := svc.Move(ctx, th.alice, "boomer", MoveRequest{Host: to, Mode: store.MoveLive}, nil)
+		if err != nil {
+			t.Fatalf("move --live to %s: %v", to, err)
+		}
+		if got.Move == nil || got.Move.Mode != store.MoveLive || got.Host != to {
+			t.Errorf("move --live to %s answered %+v (move %+v)", to, got, got.Move)
+		}
+		only(t, v.ID, "boomer", to)
+	}
+	if err := svc.Destroy(ctx, th.alice, "boomer"); err != nil {
+		t.Fatal(err)
+	}
+
+	for _, dir := range []struct{ from, to string }{{"node-b", "cp"}, {"cp", "node-b"}} {
+		for _, step := range []string{"transfer", "switch", "cleanup"} {
+			t.Run(dir.from+"-to-"+dir.to+"/"+step, func(t *testing.T) {
+				name := "c-" + dir.to + "-" + step
+				v, err := svc.Create(ctx, th.alice, CreateRequest{Name: name, Image: "minimal", Host: dir.from, MemoryMiB: 256}, nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer svc.Destroy(ctx, th.alice, name)
+				svc.moving.crash = func(s string) bool { return s == step }
+				if _, err := svc.Move(ctx, th.alice, name, MoveRequest{Host: dir.to, Mode: store.MoveLive}, nil); !errors.Is(err, errMoveCrashed) {
+					t.Fatalf("move: %v, want the crash", err)
+				}
+				svc.moving.crash = nil
+				if err := svc.SettleMoves(ctx); err != nil {
+					t.Fatalf("settle: %v", err)
+				}
+				if err := svc.SettleMoves(ctx); err != nil {
+					t.Fatalf("settle again: %v", err)
+				}
+				want := dir.from
+				if step == "cleanup" {
+					want = dir.to
+				}
+				only(t, v.ID, name, want)
+			})
+		}
+	}
+}
+
+// TestMoveLiveTargetGone: the target's copy disappears mid-migration (its
+// node agent restarted and removed the half-made copy, as e2e
+// TestMultiHostMoveCrash live/mirrored/dst does), while the streams the
+// control plane relays to it stay open but nobody reads them: the move
+// fails soon (the control plane closes the target's channels once the
+// target no longer has the copy), the VM runs on at its source, no record
+// is left. Before, the migration waited on those streams for ever.
+func TestMoveLiveTargetGone(t *testing.T) {
+	th := newTwoHosts(t)
+	svc := th.cp.svc
+	c := th.addNode(t, "node-c", "10.0.0.3")
+	liveNode(t, th.node)
+	liveNode(t, c)
+	src := th.node.svc.Engine.(*engine.Local).Driver.(*liveAgentDriver)
+	src.endless, src.migrating = true, make(chan struct{})
+	defer func(d time.Duration) { incomingWatch = d }(incomingWatch)
+	incomingWatch = 100 * time.Millisecond
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	v, err := svc.Create(ctx, th.alice, CreateRequest{Name: "stray", Image: "minimal", Host: "node-b", MemoryMiB: 256}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		<-src.migrating
+		// node-c's agent restarted: its engine removed the copy.
+		c.svc.Engine.(*engine.Local).AbortIncoming(context.Background(), v.ID)
+	}()
+	mctx, mcancel := context.WithTimeout(ctx, 20*time.Second)
+	defer mcancel()
+	t0 := time.Now()
+	if _, err := svc.Move(mctx, th.alice, "stray", MoveRequest{Host: "node-c", Mode: store.MoveLive}, nil); err == nil || mctx.Err() != nil {
+		t.Fatalf("move with the target gone: %v after %s, want a failure within 20 s", err, time.Since(t0).Round(time.Millisecond))
+	}
+	t.Logf("the move failed %s after it began", time.Since(t0).Round(time.Millisecond))
+	g, err := svc.Get(ctx, th.alice, "stray")
+	if err != nil || g.Host != "node-b" || g.Status != "running" {
+		t.Fatalf("after the failed move: %+v, %v; want running on node-b", g, err)
+	}
+	if _, err := c.svc.Engine.Get(ctx, v.ID); errs.ClassOf(err) != errs.NotFound {
+		t.Errorf("a copy on node-c: %v", err)
+	}
+	if moves, _ := store.ListMoves(ctx, svc.DB); len(moves) != 0 {
+		t.Errorf("move records left: %+v", moves)
 	}
 }

@@ -362,21 +362,26 @@ func watchConsole(ctx context.Context, r *consolelog.Follower, stop context.Canc
 
 // attach gives row's VM its port on the bridge and a fresh run dir: the
 // "network" and "boot" steps (bootMsg is the boot's progress line) of a
-// cold boot, a warm clone and a fork. It pushes their removal onto u.
+// cold boot, a warm clone and a fork (o, if not nil, records them). It
+// pushes their removal onto u.
 func (l *Local) attach(ctx context.Context, o *op, u *undo, row store.VM, progress Progress, bootMsg string) (netip.Addr, string, error) {
 	ip, err := netip.ParseAddr(row.IP)
 	if err != nil {
 		return netip.Addr{}, "", err
 	}
 	progress.Say("network")
-	o.step(ctx, "network", nil)
+	if o != nil {
+		o.step(ctx, "network", nil)
+	}
 	tap := tapName(row.ID)
 	if err := l.Network.AddPort(ctx, tap, ip, row.MAC); err != nil {
 		return ip, "", fmt.Errorf("network: %w", err)
 	}
 	u.push(func() { l.Network.RemovePort(context.Background(), tap) })
 	progress.Say(bootMsg)
-	o.step(ctx, "boot", nil)
+	if o != nil {
+		o.step(ctx, "boot", nil)
+	}
 	run := l.runDir(row.ID)
 	os.RemoveAll(run)
 	if err := os.MkdirAll(run, 0o700); err != nil {

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -213,6 +214,15 @@ func (l *Local) DialIncoming(ctx context.Context, id, channel string) (net.Conn,
 		return nil, err
 	}
 	_, h, err := l.incoming(ctx, id)
+	if errs.ClassOf(err) == errs.NotFound {
+		// Staged (StageIncoming), not recorded.
+		if st, serr := l.stagedIncoming(id); serr == nil {
+			h, err = DecodeHandle(st.Handle)
+		}
+	}
+	if err == nil && h == nil {
+		err = errs.New(errs.FailedPrecondition, "vm %s is not waiting for a live migration", id)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -348,6 +358,7 @@ func (l *Local) FinishIncoming(ctx context.Context, id string, progress Progress
 		l.log.Error("live move: record the running vm", "vm_id", row.ID, "err", err)
 	}
 	l.finishLiveIn(ctx, row.ID, nil)
+	os.Remove(filepath.Join(l.vmDir(row.ID), incomingFile)) // adopted (AdoptIncoming)
 	progress.Say("network")
 	if err := l.moveGuestNetwork(ctx, console, row, h); err != nil {
 		l.log.Warn("live move: the guest's network was not moved to this host's address", "vm_id", row.ID, "err", err)
@@ -373,6 +384,12 @@ func (l *Local) finishLiveIn(ctx context.Context, id string, cause error) {
 // AbortIncoming implements LiveMigrator: the instance and everything
 // that hangs off it are removed (Destroy). Idempotent.
 func (l *Local) AbortIncoming(ctx context.Context, id string) error {
+	if st, err := l.stagedIncoming(id); err == nil {
+		// Staged (StageIncoming): its handle is not in the store.
+		if h, _ := DecodeHandle(st.Handle); h != nil {
+			l.Driver.Kill(ctx, h)
+		}
+	}
 	if err := l.Destroy(ctx, id); err != nil {
 		return err
 	}

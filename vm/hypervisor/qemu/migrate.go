@@ -566,17 +566,29 @@ func relayFD(ctx context.Context, c *qmp.Client, name string, stream io.ReadWrit
 		conn.Close()
 		return nil, err
 	}
+	return startRelay(conn, stream), nil
+}
+
+// startRelay copies between conn (QEMU's socket) and stream both ways. A
+// stream that fails to take QEMU's bytes (the target or the relay
+// between the hosts is gone) closes conn: QEMU's writes then fail and its
+// migration or mirror ends, where they would block for ever once the
+// socket's buffer filled.
+func startRelay(conn net.Conn, stream io.ReadWriteCloser) *fdRelay {
 	r := &fdRelay{conn: conn, stream: stream, out: make(chan struct{})}
 	go func() {
 		defer close(r.out)
-		_, _ = io.Copy(stream, conn)
+		if _, err := io.Copy(stream, conn); err != nil {
+			conn.Close()
+			return
+		}
 		closeWrite(stream)
 	}()
 	go func() {
 		_, _ = io.Copy(conn, stream)
 		closeWrite(conn)
 	}()
-	return r, nil
+	return r
 }
 
 // drained waits until QEMU closed its end and everything it wrote went
