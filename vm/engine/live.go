@@ -130,24 +130,35 @@ func (l *Local) DescribeOut(ctx context.Context, id string) ([]byte, error) {
 	return out, err
 }
 
-// PrepareIncoming implements LiveMigrator.
-func (l *Local) PrepareIncoming(ctx context.Context, spec IncomingSpec, progress Progress) (Instance, error) {
+// checkIncoming checks an incoming live move's spec (PrepareIncoming,
+// StageIncoming) and returns this host's live driver and the source's
+// description; bad input is errs.InvalidArgument.
+func (l *Local) checkIncoming(spec IncomingSpec) (hypervisor.LiveMigrator, liveSource, error) {
+	var src liveSource
 	lm, err := l.liveDriver()
 	if err != nil {
-		return Instance{}, err
+		return nil, src, err
 	}
 	if !vm.IsID(spec.ID) {
-		return Instance{}, errs.New(errs.InvalidArgument, "invalid vm id %q", spec.ID)
+		return nil, src, errs.New(errs.InvalidArgument, "invalid vm id %q", spec.ID)
 	}
 	if err := vm.ValidName("vm", spec.Name); err != nil {
-		return Instance{}, err
+		return nil, src, err
 	}
 	if err := vm.ValidResources(spec.CPUs, spec.MemoryMiB, spec.DiskGiB); err != nil {
-		return Instance{}, err
+		return nil, src, err
 	}
-	var src liveSource
 	if err := json.Unmarshal(spec.Source, &src); err != nil || src.AgentKey == "" || len(src.Machine) == 0 {
-		return Instance{}, errs.New(errs.InvalidArgument, "live move of vm %s: no agent key or machine in the source's description", spec.Name)
+		return nil, src, errs.New(errs.InvalidArgument, "live move of vm %s: no agent key or machine in the source's description", spec.Name)
+	}
+	return lm, src, nil
+}
+
+// PrepareIncoming implements LiveMigrator.
+func (l *Local) PrepareIncoming(ctx context.Context, spec IncomingSpec, progress Progress) (Instance, error) {
+	lm, src, err := l.checkIncoming(spec)
+	if err != nil {
+		return Instance{}, err
 	}
 	progress.Say("image")
 	img, err := l.Images.Resolve(ctx, spec.Image)

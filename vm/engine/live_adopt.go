@@ -68,22 +68,9 @@ func (l *Local) stagedIncoming(id string) (stagedIn, error) {
 // files of it already here, is errs.AlreadyExists; on any failure what it
 // made is removed.
 func (l *Local) StageIncoming(ctx context.Context, spec IncomingSpec, progress Progress) (Instance, error) {
-	lm, err := l.liveDriver()
+	lm, src, err := l.checkIncoming(spec)
 	if err != nil {
 		return Instance{}, err
-	}
-	if !vm.IsID(spec.ID) {
-		return Instance{}, errs.New(errs.InvalidArgument, "invalid vm id %q", spec.ID)
-	}
-	if err := vm.ValidName("vm", spec.Name); err != nil {
-		return Instance{}, err
-	}
-	if err := vm.ValidResources(spec.CPUs, spec.MemoryMiB, spec.DiskGiB); err != nil {
-		return Instance{}, err
-	}
-	var src liveSource
-	if err := json.Unmarshal(spec.Source, &src); err != nil || src.AgentKey == "" || len(src.Machine) == 0 {
-		return Instance{}, errs.New(errs.InvalidArgument, "live move of vm %s: no agent key or machine in the source's description", spec.Name)
 	}
 	if err := l.checkFreeSpace("live move of vm "+spec.Name, ReserveBytes); err != nil {
 		return Instance{}, err
