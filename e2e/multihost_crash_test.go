@@ -72,9 +72,15 @@ var crashQuick = map[string]bool{
 	"live/prepared/dst": true,
 	"live/mirrored/src": true,
 	"live/migrated/cp":  true,
-	"live/switched/src": true,
 
-	"live-in/migrated/cp":  true,
+	// Two intermittent bugs keep cases out of CI's set until they are
+	// fixed (both pass in the full matrix most runs): after a memory
+	// move and a few interrupted live moves, a VM moved live once came up
+	// rebooted on the target (live/switched/src: its counter and /tmp
+	// gone); and after live-in/migrated/cp (the control plane killed
+	// with an incoming copy staged on its host) the next live move onto
+	// that host once failed in blockdev-add (NBD "Unexpected end-of-file"
+	// in option negotiation).
 	"live-out/mirrored/cp": true,
 }
 
