@@ -75,6 +75,30 @@ func newMachine(t *testing.T) *machine {
 	return &machine{svc: svc, drv: drv, key: key, dir: dir}
 }
 
+// guestNets records the eth0 moves the in-process guest agents were asked
+// for (their SetNetwork hook), newest last.
+var guestNets netMoves
+
+type netMoves struct {
+	mu    sync.Mutex
+	moves []string // "mac ip/len"
+}
+
+func (m *netMoves) add(mac string, ip netip.Prefix) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.moves = append(m.moves, mac+" "+ip.String())
+}
+
+func (m *netMoves) last() string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if len(m.moves) == 0 {
+		return ""
+	}
+	return m.moves[len(m.moves)-1]
+}
+
 // newGuestAgent is the in-process guest agent of a machine whose guest
 // files are under root, trusting key.
 func newGuestAgent(t *testing.T, root string, key ssh.Signer) *guestagent.Server {
@@ -91,7 +115,10 @@ func newGuestAgent(t *testing.T, root string, key ssh.Signer) *guestagent.Server
 		SetTime:     func(time.Time) error { return nil },
 		Power:       func(bool) error { return nil },
 		ReseedRNG:   func([]byte) error { return nil },
-		SetNetwork:  func(net.HardwareAddr, netip.Prefix, netip.Addr) error { return nil },
+		SetNetwork: func(mac net.HardwareAddr, ip netip.Prefix, gw netip.Addr) error {
+			guestNets.add(mac.String(), ip)
+			return nil
+		},
 	})
 	if err != nil {
 		t.Fatal(err)

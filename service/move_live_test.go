@@ -350,6 +350,13 @@ func TestMoveLiveControlPlaneHost(t *testing.T) {
 		if got.Move == nil || got.Move.Mode != store.MoveLive || got.Host != to {
 			t.Errorf("move --live to %s answered %+v (move %+v)", to, got, got.Move)
 		}
+		// The guest's eth0 moved through its agent's network hook to the
+		// new address (never by a command run in the guest, which the
+		// in-process agent would run on this machine).
+		row, _ := store.GetVMByID(ctx, machines[to].svc.DB, v.ID)
+		if moved := guestNets.last(); !strings.HasPrefix(moved, row.MAC+" "+got.IP+"/") {
+			t.Errorf("move --live to %s: the guest agent's last network move is %q, want %s %s/..", to, moved, row.MAC, got.IP)
+		}
 		only(t, v.ID, "boomer", to)
 	}
 	if err := svc.Destroy(ctx, th.alice, "boomer"); err != nil {

@@ -1,7 +1,6 @@
 package engine
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -10,7 +9,6 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"strings"
 	"time"
 
 	"github.com/minionsdev/minions/guestagent/proto"
@@ -19,7 +17,6 @@ import (
 	"github.com/minionsdev/minions/vm"
 	"github.com/minionsdev/minions/vm/consolelog"
 	"github.com/minionsdev/minions/vm/hypervisor"
-	"github.com/minionsdev/minions/vsockcli"
 	"golang.org/x/crypto/ssh"
 )
 
@@ -418,37 +415,31 @@ func (l *Local) moveGuestNetwork(ctx context.Context, console *consolelog.Follow
 		return err
 	}
 	defer cl.Close()
-	now := time.Now().UnixNano()
-	if err := cl.Configure(ctx, proto.Configure{TimeUnixNano: &now}); err != nil {
-		return fmt.Errorf("set guest clock: %w", err)
-	}
 	ip, err := netip.ParseAddr(row.IP)
 	if err != nil {
 		return err
 	}
-	script := guestNetworkScript(row.MAC, netip.PrefixFrom(ip, l.cfg.Subnet.Bits()), l.cfg.Gateway)
-	var out bytes.Buffer
-	code, err := cl.Exec(ctx, vsockcli.ExecRequest{Command: script, Stdout: &out, Stderr: &out})
-	if err != nil {
-		return err
-	}
-	if code != 0 {
-		return errs.New(errs.FailedPrecondition, "move the guest's network: exit %d: %s", code, strings.TrimSpace(out.String()))
-	}
-	// The source's key was trusted for the move; only this host's now.
-	if err := cl.Configure(ctx, proto.Configure{HostKeys: []string{l.hostKeyLine()}}); err != nil {
-		return fmt.Errorf("drop the source's key from the guest's agent: %w", err)
+	// One call, through the agent's own guarded path (never a shell
+	// command: an in-process test agent would run it on the host): the
+	// clock, eth0 to this host's MAC and address, and from now on only
+	// this host's key (the source's was trusted for the move).
+	n := l.guestNetwork(row.MAC, ip)
+	now := time.Now().UnixNano()
+	if err := cl.Configure(ctx, proto.Configure{TimeUnixNano: &now, Network: &n, HostKeys: []string{l.hostKeyLine()}}); err != nil {
+		return fmt.Errorf("move the guest's network: %w", err)
 	}
 	return nil
 }
 
-// guestNetworkScript is the shell (busybox or iproute2 ip) that moves eth0
-// to mac and ip with gateway gw, keeping the link up where the driver
-// allows a live MAC change.
-func guestNetworkScript(mac string, ip netip.Prefix, gw netip.Addr) string {
-	return "set -e; " +
-		"ip link set dev eth0 address " + mac + " 2>/dev/null || { ip link set dev eth0 down; ip link set dev eth0 address " + mac + "; ip link set dev eth0 up; }; " +
-		"ip -4 addr flush dev eth0 scope global; " +
-		"ip addr add " + ip.String() + " dev eth0; " +
-		"ip route replace default via " + gw.String() + " dev eth0"
+// guestNetwork is eth0's configuration for a guest of this host with mac
+// and ip (a VM moved here with its memory, or live).
+func (l *Local) guestNetwork(mac string, ip netip.Addr) proto.Network {
+	n := proto.Network{MAC: mac, IP: netip.PrefixFrom(ip, l.cfg.Subnet.Bits()).String()}
+	if l.cfg.Gateway.IsValid() {
+		n.Gateway = l.cfg.Gateway.String()
+	}
+	if dns, err := netip.ParseAddr(l.cfg.DNS); err == nil {
+		n.DNS = dns.String()
+	}
+	return n
 }

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"io"
 	"net"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"testing"
@@ -184,13 +183,3 @@ type nopConn struct{}
 func (nopConn) Read([]byte) (int, error)    { return 0, io.EOF }
 func (nopConn) Write(b []byte) (int, error) { return len(b), nil }
 func (nopConn) Close() error                { return nil }
-
-// TestGuestNetworkScript: the whole script a migrated guest runs.
-func TestGuestNetworkScript(t *testing.T) {
-	got := guestNetworkScript("52:54:00:aa:bb:cc", netip.MustParsePrefix("10.231.2.7/24"), netip.MustParseAddr("10.231.2.1"))
-	want := "set -e; ip link set dev eth0 address 52:54:00:aa:bb:cc 2>/dev/null || { ip link set dev eth0 down; ip link set dev eth0 address 52:54:00:aa:bb:cc; ip link set dev eth0 up; }; " +
-		"ip -4 addr flush dev eth0 scope global; ip addr add 10.231.2.7/24 dev eth0; ip route replace default via 10.231.2.1 dev eth0"
-	if got != want {
-		t.Fatalf("script:\n%s\nwant:\n%s", got, want)
-	}
-}

@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net/netip"
 	"os"
 	"path"
 	"path/filepath"
@@ -562,13 +561,7 @@ func (l *Local) resumeMoved(ctx context.Context, o *op, fk hypervisor.Forker, ro
 	defer cl.Close()
 	progress.Say("move network")
 	o.step(ctx, "move network", nil)
-	n := proto.Network{MAC: row.MAC, IP: netip.PrefixFrom(ip, l.cfg.Subnet.Bits()).String()}
-	if l.cfg.Gateway.IsValid() {
-		n.Gateway = l.cfg.Gateway.String()
-	}
-	if dns, err := netip.ParseAddr(l.cfg.DNS); err == nil {
-		n.DNS = dns.String()
-	}
+	n := l.guestNetwork(row.MAC, ip)
 	now := time.Now().UnixNano()
 	pctx, cancel := context.WithTimeout(ctx, l.cfg.ReadyTimeout)
 	defer cancel()
