@@ -82,13 +82,30 @@ type sshDaemon struct {
 
 func freePort(tb testing.TB) string {
 	tb.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		tb.Fatal(err)
+	givenPorts.Lock()
+	defer givenPorts.Unlock()
+	for {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			tb.Fatal(err)
+		}
+		addr := l.Addr().(*net.TCPAddr).AddrPort().String()
+		l.Close()
+		// The kernel may hand a port just closed out again: a test that
+		// asks for several (serve's api, ssh, http and admin ports) must
+		// not get one twice (TestServeBanner once did).
+		if !givenPorts.m[addr] {
+			givenPorts.m[addr] = true
+			return addr
+		}
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).AddrPort().String()
 }
+
+// givenPorts are the addresses freePort has returned in this process.
+var givenPorts = struct {
+	sync.Mutex
+	m map[string]bool
+}{m: map[string]bool{}}
 
 // startDaemon runs `minions serve` on loopback ports and waits until its
 // SSH front door answers. sshAddr "" picks a free port.
