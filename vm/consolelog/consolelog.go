@@ -217,7 +217,12 @@ func Run(ctx context.Context, fifo, path string, maxBytes int64) error {
 		case <-stop:
 		}
 	}()
-	buf := make([]byte, 32<<10)
+	return copyUntilEnd(f, w, make([]byte, 32<<10))
+}
+
+// copyUntilEnd copies f to w through buf until f ends (EOF) or its read
+// deadline passes; a write error ends it too.
+func copyUntilEnd(f *os.File, w io.Writer, buf []byte) error {
 	for {
 		n, err := f.Read(buf)
 		if n > 0 {

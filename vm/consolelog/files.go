@@ -2,7 +2,6 @@ package consolelog
 
 import (
 	"context"
-	"errors"
 	"io"
 	"os"
 	"time"
@@ -79,19 +78,5 @@ func (w *Writer) rotateFiles() error {
 func RunFile(ctx context.Context, fifo *os.File, w io.Writer, drain time.Duration) error {
 	stop := context.AfterFunc(ctx, func() { fifo.SetReadDeadline(time.Now().Add(drain)) })
 	defer stop()
-	buf := make([]byte, 4<<10)
-	for {
-		n, err := fifo.Read(buf)
-		if n > 0 {
-			if _, werr := w.Write(buf[:n]); werr != nil {
-				return werr
-			}
-		}
-		if err == io.EOF || errors.Is(err, os.ErrDeadlineExceeded) {
-			return nil
-		}
-		if err != nil {
-			return err
-		}
-	}
+	return copyUntilEnd(fifo, w, make([]byte, 4<<10))
 }
