@@ -243,3 +243,51 @@ func TestAgentSessionBench(t *testing.T) {
 		t.Logf("%-16s Agent+exec true+Close median %v", c.name, med(ds).Round(time.Microsecond))
 	}
 }
+
+// TestRemoteAgentWarm: a VM that create, start or restart through the
+// Remote left running has its agent connection dialed at once, before
+// anyone asks, so the first session dials nothing; a session that comes
+// while that dial is under way waits for it instead of dialing another;
+// a stop right after create leaves nothing pooled.
+func TestRemoteAgentWarm(t *testing.T) {
+	fl, _, r := poolEnv(t, nodeagent.RemoteConfig{})
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	inst, err := r.Create(ctx, engine.CreateSpec{ID: vm.NewID(), Name: "warm", Image: "minimal", CPUs: 1, MemoryMiB: 256, Owner: fl.owner}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the created vm's agent connection to be pooled", func() bool { return r.AgentPoolSize() == 1 })
+	if n := dials(r); n != 1 {
+		t.Fatalf("warm dialed %d streams; want 1", n)
+	}
+	execTrue(t, ctx, r, inst.ID)
+	if n := dials(r); n != 1 {
+		t.Fatalf("the first session after create dialed again: %d streams; want 1", n)
+	}
+
+	// Restart, then a session at once: it waits for the warm dial.
+	if _, err := r.Restart(ctx, inst.ID, nil); err != nil {
+		t.Fatal(err)
+	}
+	execTrue(t, ctx, r, inst.ID)
+	if n := dials(r); n != 2 {
+		t.Fatalf("restart and a session at once dialed %d streams in all; want 2", n)
+	}
+
+	// Stop right after start: the warm dial's client is not pooled.
+	if _, err := r.Stop(ctx, inst.ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Start(ctx, inst.ID, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Stop(ctx, inst.ID); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(200 * time.Millisecond)
+	waitFor(t, "nothing pooled for the stopped vm", func() bool { return r.AgentPoolSize() == 0 })
+	if _, err := r.Agent(ctx, inst.ID); err == nil {
+		t.Fatal("agent of a stopped vm: no error")
+	}
+}

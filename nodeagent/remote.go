@@ -325,13 +325,15 @@ func (r *Remote) instance(ctx context.Context, method string, req callRequest, p
 
 // Create implements engine.Engine.
 func (r *Remote) Create(ctx context.Context, spec engine.CreateSpec, progress engine.Progress) (engine.Instance, error) {
-	return r.instance(ctx, mCreate, callRequest{Create: &spec}, progress)
+	inst, err := r.instance(ctx, mCreate, callRequest{Create: &spec}, progress)
+	return r.warmAgent(inst, err)
 }
 
 // Start implements engine.Engine.
 func (r *Remote) Start(ctx context.Context, id string, progress engine.Progress) (engine.Instance, error) {
-	defer r.agents.forget(id)
-	return r.instance(ctx, mStart, callRequest{ID: id}, progress)
+	inst, err := r.instance(ctx, mStart, callRequest{ID: id}, progress)
+	r.agents.forget(id)
+	return r.warmAgent(inst, err)
 }
 
 // Stop implements engine.Engine.
@@ -342,8 +344,9 @@ func (r *Remote) Stop(ctx context.Context, id string) (engine.Instance, error) {
 
 // Restart implements engine.Engine.
 func (r *Remote) Restart(ctx context.Context, id string, progress engine.Progress) (engine.Instance, error) {
-	defer r.agents.forget(id)
-	return r.instance(ctx, mRestart, callRequest{ID: id}, progress)
+	inst, err := r.instance(ctx, mRestart, callRequest{ID: id}, progress)
+	r.agents.forget(id)
+	return r.warmAgent(inst, err)
 }
 
 // Destroy implements engine.Engine.
@@ -378,8 +381,9 @@ func (r *Remote) Snapshots(ctx context.Context, id string) ([]engine.SnapshotInf
 
 // RestoreSnapshot implements engine.Engine.
 func (r *Remote) RestoreSnapshot(ctx context.Context, id, snapshot string, progress engine.Progress) (engine.Instance, error) {
-	defer r.agents.forget(id)
-	return r.instance(ctx, mRestoreSnapshot, callRequest{ID: id, Snapshot: snapshot}, progress)
+	inst, err := r.instance(ctx, mRestoreSnapshot, callRequest{ID: id, Snapshot: snapshot}, progress)
+	r.agents.forget(id)
+	return r.warmAgent(inst, err)
 }
 
 // DeleteSnapshot implements engine.Engine.
@@ -467,6 +471,16 @@ func (r *Remote) Agent(ctx context.Context, id string) (*vsockcli.Client, error)
 	return r.agents.lease(ctx, id, func(ctx context.Context) (*vsockcli.Client, error) {
 		return r.dialAgentClient(ctx, id)
 	})
+}
+
+// warmAgent passes a call's result through, first dialing the agent of
+// the VM it left running in the background (agentpool.go).
+func (r *Remote) warmAgent(inst engine.Instance, err error) (engine.Instance, error) {
+	if err == nil && inst.State == vm.Running {
+		id := inst.ID
+		r.agents.warm(id, func(ctx context.Context) (*vsockcli.Client, error) { return r.dialAgentClient(ctx, id) })
+	}
+	return inst, err
 }
 
 // AgentPoolSize is the number of pooled agent connections (for tests and
