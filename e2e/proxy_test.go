@@ -144,6 +144,68 @@ func procCPU(t testing.TB, pid int) (user, sys time.Duration) {
 	return time.Duration(ut) * 10 * time.Millisecond, time.Duration(st) * 10 * time.Millisecond
 }
 
+// bridgePackets sums the packets the bridge's ports (the VMs' TAPs) sent
+// to their guests (tx) and received from them (rx).
+func bridgePackets(bridge string) (tx, rx int64) {
+	ports, _ := filepath.Glob(filepath.Join("/sys/class/net", bridge, "brif", "*"))
+	for _, p := range ports {
+		dev := filepath.Join("/sys/class/net", filepath.Base(p), "statistics")
+		for _, f := range []struct {
+			name string
+			n    *int64
+		}{{"tx_packets", &tx}, {"rx_packets", &rx}} {
+			b, _ := os.ReadFile(filepath.Join(dev, f.name))
+			n, _ := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
+			*f.n += n
+		}
+	}
+	return tx, rx
+}
+
+// ctxSwitches is the number of context switches of all of a process's
+// threads so far (voluntary and not; threads that ended are not counted).
+func ctxSwitches(pid int) int64 {
+	var n int64
+	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/status", pid))
+	for _, t := range tasks {
+		b, _ := os.ReadFile(t)
+		for _, line := range strings.Split(string(b), "\n") {
+			if rest, ok := strings.CutPrefix(line, "voluntary_ctxt_switches:"); ok {
+				v, _ := strconv.ParseInt(strings.TrimSpace(rest), 10, 64)
+				n += v
+			} else if rest, ok := strings.CutPrefix(line, "nonvoluntary_ctxt_switches:"); ok {
+				v, _ := strconv.ParseInt(strings.TrimSpace(rest), 10, 64)
+				n += v
+			}
+		}
+	}
+	return n
+}
+
+// activeOpens is the TCP connections this network namespace has opened
+// (Tcp ActiveOpens of /proc/net/snmp).
+func activeOpens() int64 {
+	b, _ := os.ReadFile("/proc/net/snmp")
+	var names []string
+	for _, line := range strings.Split(string(b), "\n") {
+		rest, ok := strings.CutPrefix(line, "Tcp: ")
+		if !ok {
+			continue
+		}
+		if names == nil {
+			names = strings.Fields(rest)
+			continue
+		}
+		for i, v := range strings.Fields(rest) {
+			if i < len(names) && names[i] == "ActiveOpens" {
+				n, _ := strconv.ParseInt(v, 10, 64)
+				return n
+			}
+		}
+	}
+	return -1
+}
+
 // loadAvg is the first three fields of /proc/loadavg.
 func loadAvg() string {
 	b, _ := os.ReadFile("/proc/loadavg")
@@ -814,6 +876,9 @@ func BenchmarkProxy(b *testing.B) {
 	qemuCPU := func() time.Duration { u, s := procCPU(b, v.PID); return u + s }
 	type round struct {
 		dp50, pp50, added          time.Duration
+		dPkt, pPkt                 [2]float64 // to and from the guest, per request
+		switches                   float64    // the daemon's context switches per proxied request
+		opens                      int64      // TCP connections opened while proxied requests ran
 		drps, prps, ratio          float64
 		cpuPerReq, netPerReq       time.Duration
 		sysShare, guestD, guestP   float64
@@ -841,20 +906,29 @@ func BenchmarkProxy(b *testing.B) {
 		var dLat, pLat []time.Duration
 		var dN, pN int64
 		var dT, pT, gD, gP time.Duration
+		var dTx, dRx, pTx, pRx, pSw, pOpens int64
 		seqD := func() { measure(false, func() { dLat = direct.sequential(200) }) }
 		seqP := func() { measure(true, func() { pLat = proxied.sequential(200) }) }
 		conD := func() {
 			measure(false, func() {
 				g := qemuCPU()
+				tx, rx := bridgePackets("minions0")
 				dN, dT = direct.concurrent(4, 600*time.Millisecond)
 				gD = qemuCPU() - g
+				tx2, rx2 := bridgePackets("minions0")
+				dTx, dRx = tx2-tx, rx2-rx
 			})
 		}
 		conP := func() {
 			measure(true, func() {
 				g := qemuCPU()
+				tx, rx := bridgePackets("minions0")
+				sw, opens := ctxSwitches(d.cmd.Process.Pid), activeOpens()
 				pN, pT = proxied.concurrent(4, 600*time.Millisecond)
+				pSw, pOpens = ctxSwitches(d.cmd.Process.Pid)-sw, activeOpens()-opens
 				gP = qemuCPU() - g
+				tx2, rx2 := bridgePackets("minions0")
+				pTx, pRx = tx2-tx, rx2-rx
 			})
 		}
 		if i%2 == 0 {
@@ -880,8 +954,12 @@ func BenchmarkProxy(b *testing.B) {
 		r.sysShare = float64(pSys) / float64(pCPU)
 		r.guestD, r.guestP = gD.Seconds()/dT.Seconds(), gP.Seconds()/pT.Seconds()
 		r.dGuestPerReq, r.pGuestPerReq = gD/time.Duration(dN), gP/time.Duration(pN)
-		b.Logf("round %d: direct p50 %s %.0f req/s guest %.2f cores (%s/req); proxy p50 %s %.0f req/s guest %.2f cores (%s/req); ratio %.2f; daemon CPU %s/req (%s beyond idle, sys %.2f); load %s",
-			i+1, r.dp50, r.drps, r.guestD, r.dGuestPerReq, r.pp50, r.prps, r.guestP, r.pGuestPerReq, r.ratio, r.cpuPerReq, r.netPerReq, r.sysShare, loadAvg())
+		r.dPkt = [2]float64{float64(dTx) / float64(dN), float64(dRx) / float64(dN)}
+		r.pPkt = [2]float64{float64(pTx) / float64(pN), float64(pRx) / float64(pN)}
+		r.switches = float64(pSw) / float64(pN)
+		r.opens = pOpens
+		b.Logf("round %d: direct p50 %s %.0f req/s guest %.2f cores (%s/req); proxy p50 %s %.0f req/s guest %.2f cores (%s/req); packets to/from the guest per request: direct %.2f/%.2f, proxy %.2f/%.2f; ratio %.2f; daemon CPU %s/req (%s beyond idle, sys %.2f), %.1f context switches/req, %d connections opened; load %s",
+			i+1, r.dp50, r.drps, r.guestD, r.dGuestPerReq, r.pp50, r.prps, r.guestP, r.pGuestPerReq, r.dPkt[0], r.dPkt[1], r.pPkt[0], r.pPkt[1], r.ratio, r.cpuPerReq, r.netPerReq, r.sysShare, r.switches, r.opens, loadAvg())
 		rs = append(rs, r)
 	}
 	med := func(f func(round) float64) float64 {
@@ -902,6 +980,7 @@ func BenchmarkProxy(b *testing.B) {
 	b.ReportMetric(med(func(r round) float64 { return us(r.cpuPerReq) }), "daemon-cpu-us/req")
 	b.ReportMetric(med(func(r round) float64 { return us(r.netPerReq) }), "proxy-cpu-us/req")
 	b.ReportMetric(med(func(r round) float64 { return r.sysShare }), "proxy-sys-share")
+	b.ReportMetric(med(func(r round) float64 { return r.switches }), "daemon-switches/req")
 	b.ReportMetric(med(func(r round) float64 { return r.guestD }), "guest-cores-direct")
 	b.ReportMetric(med(func(r round) float64 { return r.guestP }), "guest-cores-proxy")
 	b.Logf("medians of %d rounds: ratio %.2f, daemon CPU %.0f µs/req (%.0f beyond idle), added p50 %.0f µs, guest %.2f cores direct / %.2f proxied (%d vCPU); load average after: %s",
