@@ -4,6 +4,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"sync"
 	"syscall"
 	"unsafe"
 )
@@ -61,19 +62,21 @@ func rawWrite(fd uintptr, b []byte) (int, syscall.Errno) {
 // and semantics of net.Conn's: io.EOF at the end, *net.OpError with Op
 // "read" or "write" otherwise (timeouts included), a Write that returns
 // only when all of b is written or an error ends it. Everything else
-// (Close, deadlines, addresses) is the wrapped connection's. One Read and
-// one Write may run at the same time, as with net.Conn.
+// (Close, deadlines, addresses) is the wrapped connection's. Safe for
+// concurrent use, as net.Conn: Reads are serialized, and so are Writes.
 type sysConn struct {
 	net.Conn // the connection as accepted (trackedConn), for the rest
 	raw      syscall.RawConn
 
 	// Each direction's state and callback, made once per connection so
-	// that a call allocates nothing.
+	// that a call allocates nothing; rmu and wmu guard them.
+	rmu   sync.Mutex
 	rb    []byte
 	rn    int
 	rerr  syscall.Errno
 	readF func(fd uintptr) bool
 
+	wmu    sync.Mutex
 	wb     []byte
 	wn     int
 	werr   syscall.Errno
@@ -133,6 +136,8 @@ func (s *sysConn) Read(b []byte) (int, error) {
 	if len(b) == 0 {
 		return 0, nil
 	}
+	s.rmu.Lock()
+	defer s.rmu.Unlock()
 	s.rb, s.rn, s.rerr = b, 0, 0
 	err := s.raw.Read(s.readF)
 	n, e := s.rn, s.rerr
@@ -149,6 +154,8 @@ func (s *sysConn) Read(b []byte) (int, error) {
 }
 
 func (s *sysConn) Write(b []byte) (int, error) {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
 	s.wb, s.wn, s.werr = b, 0, 0
 	err := s.raw.Write(s.writeF)
 	n, e := s.wn, s.werr

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -164,5 +165,63 @@ func TestSysConnKeepsTracking(t *testing.T) {
 	defer p2.Close()
 	if c := sysConnFor(p1); c != p1 {
 		t.Fatalf("sysConnFor(pipe) = %T", c)
+	}
+}
+
+// TestSysConnConcurrent checks net.Conn's contract that several
+// goroutines may call Read and Write at once (run it with -race): every
+// write arrives whole, and concurrent reads share the stream.
+func TestSysConnConcurrent(t *testing.T) {
+	a, b := tcpPair(t)
+	s := sysConnFor(a)
+	const writers, each = 4, 200
+	msg := func(w int) []byte { return bytes.Repeat([]byte{byte('a' + w)}, 1000) }
+	var wg sync.WaitGroup
+	for w := range writers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range each {
+				if _, err := s.Write(msg(w)); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	got, err := io.ReadAll(io.LimitReader(b, writers*each*1000))
+	wg.Wait()
+	if err != nil || len(got) != writers*each*1000 {
+		t.Fatalf("read %d bytes, %v", len(got), err)
+	}
+	for i := 0; i < len(got); i += 1000 {
+		if !bytes.Equal(got[i:i+1000], msg(int(got[i]-'a'))) {
+			t.Fatalf("write at %d interleaved with another", i)
+		}
+	}
+
+	// Concurrent readers: together they read all of it.
+	go func() {
+		b.Write(bytes.Repeat([]byte("x"), 1<<20))
+		b.Close()
+	}()
+	var total atomic.Int64
+	for range 3 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			buf := make([]byte, 4096)
+			for {
+				n, err := s.Read(buf)
+				total.Add(int64(n))
+				if err != nil {
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if total.Load() != 1<<20 {
+		t.Fatalf("readers got %d bytes, want %d", total.Load(), 1<<20)
 	}
 }
