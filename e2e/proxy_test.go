@@ -121,25 +121,99 @@ func (d *serveProc) statusKiB(t testing.TB, field string) int {
 // cpuTime is the daemon's user+system CPU time so far (clock ticks of
 // 10 ms: use it over intervals of a second or more).
 func (d *serveProc) cpuTime(t testing.TB) time.Duration {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", d.cmd.Process.Pid))
+	u, s := procCPU(t, d.cmd.Process.Pid)
+	return u + s
+}
+
+// sysTime is the kernel part of cpuTime.
+func (d *serveProc) sysTime(t testing.TB) time.Duration {
+	_, s := procCPU(t, d.cmd.Process.Pid)
+	return s
+}
+
+// procCPU is a process's user and system CPU time so far, all its
+// threads (/proc/PID/stat utime and stime; 10 ms ticks).
+func procCPU(t testing.TB, pid int) (user, sys time.Duration) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
 		t.Fatal(err)
 	}
 	f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+2:]))
 	ut, _ := strconv.ParseInt(f[11], 10, 64) // field 14 of the whole line
-	st, _ := strconv.ParseInt(f[12], 10, 64)
-	return time.Duration(ut+st) * 10 * time.Millisecond
+	st, _ := strconv.ParseInt(f[12], 10, 64) // field 15
+	return time.Duration(ut) * 10 * time.Millisecond, time.Duration(st) * 10 * time.Millisecond
 }
 
-// sysTime is the kernel part of cpuTime.
-func (d *serveProc) sysTime(t testing.TB) time.Duration {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", d.cmd.Process.Pid))
-	if err != nil {
-		t.Fatal(err)
+// bridgePackets sums the packets the bridge's ports (the VMs' TAPs) sent
+// to their guests (tx) and received from them (rx).
+func bridgePackets(bridge string) (tx, rx int64) {
+	ports, _ := filepath.Glob(filepath.Join("/sys/class/net", bridge, "brif", "*"))
+	for _, p := range ports {
+		dev := filepath.Join("/sys/class/net", filepath.Base(p), "statistics")
+		for _, f := range []struct {
+			name string
+			n    *int64
+		}{{"tx_packets", &tx}, {"rx_packets", &rx}} {
+			b, _ := os.ReadFile(filepath.Join(dev, f.name))
+			n, _ := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
+			*f.n += n
+		}
 	}
-	f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+2:]))
-	st, _ := strconv.ParseInt(f[12], 10, 64) // field 15 of the whole line
-	return time.Duration(st) * 10 * time.Millisecond
+	return tx, rx
+}
+
+// ctxSwitches is the number of context switches of all of a process's
+// threads so far (voluntary and not; threads that ended are not counted).
+func ctxSwitches(pid int) int64 {
+	var n int64
+	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/status", pid))
+	for _, t := range tasks {
+		b, _ := os.ReadFile(t)
+		for _, line := range strings.Split(string(b), "\n") {
+			if rest, ok := strings.CutPrefix(line, "voluntary_ctxt_switches:"); ok {
+				v, _ := strconv.ParseInt(strings.TrimSpace(rest), 10, 64)
+				n += v
+			} else if rest, ok := strings.CutPrefix(line, "nonvoluntary_ctxt_switches:"); ok {
+				v, _ := strconv.ParseInt(strings.TrimSpace(rest), 10, 64)
+				n += v
+			}
+		}
+	}
+	return n
+}
+
+// activeOpens is the TCP connections this network namespace has opened
+// (Tcp ActiveOpens of /proc/net/snmp).
+func activeOpens() int64 {
+	b, _ := os.ReadFile("/proc/net/snmp")
+	var names []string
+	for _, line := range strings.Split(string(b), "\n") {
+		rest, ok := strings.CutPrefix(line, "Tcp: ")
+		if !ok {
+			continue
+		}
+		if names == nil {
+			names = strings.Fields(rest)
+			continue
+		}
+		for i, v := range strings.Fields(rest) {
+			if i < len(names) && names[i] == "ActiveOpens" {
+				n, _ := strconv.ParseInt(v, 10, 64)
+				return n
+			}
+		}
+	}
+	return -1
+}
+
+// loadAvg is the first three fields of /proc/loadavg.
+func loadAvg() string {
+	b, _ := os.ReadFile("/proc/loadavg")
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return "?"
+	}
+	return strings.Join(f[:3], " ")
 }
 
 func freeTCPPort(t testing.TB) int {
@@ -741,12 +815,17 @@ func (zeros) Read(p []byte) (int, error) {
 
 // BenchmarkProxy compares keep-alive HTTP requests to a VM's web server
 // through the daemon's proxy (local mode: http://<vm>.localhost, public
-// VM, rate limit off) with requests straight to the VM's address. It
-// reports p50 latency of sequential requests on one connection and
-// requests per second with 4 concurrent connections, for both paths, with
-// the ratio and the latency the proxy adds, and the daemon's CPU per
-// proxied request: all of it (daemon-cpu-us/req) and beyond its rate while
-// only direct requests run (proxy-cpu-us/req). Run with -benchtime=1x.
+// VM, rate limit off) with requests straight to the VM's address, in the
+// same run and alternating in rounds (MINIONS_E2E_PROXY_ROUNDS, default
+// 5; this host is shared and its load drifts). Each round measures, for
+// both paths, p50 latency of sequential requests on one connection and
+// requests per second with 4 concurrent connections, and the daemon's CPU
+// per proxied request from /proc (utime+stime of the daemon process only):
+// all of it (daemon-cpu-us/req) and beyond its rate while only direct
+// requests run (proxy-cpu-us/req). The metrics are the medians over the
+// rounds. The guest's share (the VM's QEMU process, in cores while the
+// concurrent requests run) shows whether the TCG guest is the limit.
+// Run with -benchtime=1x.
 func BenchmarkProxy(b *testing.B) {
 	if skipWhy != "" {
 		b.Skip(skipWhy)
@@ -789,55 +868,125 @@ func BenchmarkProxy(b *testing.B) {
 
 	direct := newLoad(b, "http://"+v.IP+":8081/", "", "")
 	proxied := newLoad(b, "http://pbench.localhost/", "pbench.localhost", httpAddr)
-	// Alternate the two paths in short rounds: this host is shared, and
-	// its load drifts over a run.
-	var dLat, pLat []time.Duration
-	var dN, pN int64
-	var dT, pT time.Duration
-	// The daemon's CPU while direct requests run (they never touch it) is
-	// its background work (reconcile, agents); the proxy's share is
-	// what it spends beyond that rate while proxied requests run.
-	var pCPU, idleCPU, pWall, idleWall time.Duration
-	var pSys time.Duration // kernel part of pCPU
-	measure := func(cpu, wall *time.Duration, f func()) {
-		c, s, t0 := d.cpuTime(b), d.sysTime(b), time.Now()
-		f()
-		*cpu += d.cpuTime(b) - c
-		if cpu == &pCPU {
-			pSys += d.sysTime(b) - s
+	rounds := 5
+	if n, err := strconv.Atoi(os.Getenv("MINIONS_E2E_PROXY_ROUNDS")); err == nil && n >= 3 {
+		rounds = n
+	}
+	b.Logf("load average before: %s", loadAvg())
+	qemuCPU := func() time.Duration { u, s := procCPU(b, v.PID); return u + s }
+	type round struct {
+		dp50, pp50, added          time.Duration
+		dPkt, pPkt                 [2]float64 // to and from the guest, per request
+		switches                   float64    // the daemon's context switches per proxied request
+		opens                      int64      // TCP connections opened while proxied requests ran
+		drps, prps, ratio          float64
+		cpuPerReq, netPerReq       time.Duration
+		sysShare, guestD, guestP   float64
+		dGuestPerReq, pGuestPerReq time.Duration
+	}
+	var rs []round
+	for i := range rounds {
+		// The daemon's CPU while direct requests run (they never touch
+		// it) is its background work (reconcile, agents); the proxy's
+		// share is what it spends beyond that rate while proxied
+		// requests run.
+		var pCPU, pSys, idleCPU, pWall, idleWall time.Duration
+		measure := func(proxy bool, f func()) {
+			c, s, t0 := d.cpuTime(b), d.sysTime(b), time.Now()
+			f()
+			if proxy {
+				pCPU += d.cpuTime(b) - c
+				pSys += d.sysTime(b) - s
+				pWall += time.Since(t0)
+			} else {
+				idleCPU += d.cpuTime(b) - c
+				idleWall += time.Since(t0)
+			}
 		}
-		*wall += time.Since(t0)
+		var dLat, pLat []time.Duration
+		var dN, pN int64
+		var dT, pT, gD, gP time.Duration
+		var dTx, dRx, pTx, pRx, pSw, pOpens int64
+		seqD := func() { measure(false, func() { dLat = direct.sequential(200) }) }
+		seqP := func() { measure(true, func() { pLat = proxied.sequential(200) }) }
+		conD := func() {
+			measure(false, func() {
+				g := qemuCPU()
+				tx, rx := bridgePackets("minions0")
+				dN, dT = direct.concurrent(4, 600*time.Millisecond)
+				gD = qemuCPU() - g
+				tx2, rx2 := bridgePackets("minions0")
+				dTx, dRx = tx2-tx, rx2-rx
+			})
+		}
+		conP := func() {
+			measure(true, func() {
+				g := qemuCPU()
+				tx, rx := bridgePackets("minions0")
+				sw, opens := ctxSwitches(d.cmd.Process.Pid), activeOpens()
+				pN, pT = proxied.concurrent(4, 600*time.Millisecond)
+				pSw, pOpens = ctxSwitches(d.cmd.Process.Pid)-sw, activeOpens()-opens
+				gP = qemuCPU() - g
+				tx2, rx2 := bridgePackets("minions0")
+				pTx, pRx = tx2-tx, rx2-rx
+			})
+		}
+		if i%2 == 0 {
+			seqD()
+			seqP()
+			conD()
+			conP()
+		} else {
+			seqP()
+			seqD()
+			conP()
+			conD()
+		}
+		var r round
+		r.dp50, r.pp50 = p50(dLat), p50(pLat)
+		r.added = r.pp50 - r.dp50
+		r.drps, r.prps = float64(dN)/dT.Seconds(), float64(pN)/pT.Seconds()
+		r.ratio = r.prps / r.drps
+		nreq := time.Duration(int64(len(pLat)) + pN)
+		r.cpuPerReq = pCPU / nreq
+		idleRate := float64(idleCPU) / float64(idleWall) // CPU seconds per second
+		r.netPerReq = (pCPU - time.Duration(idleRate*float64(pWall))) / nreq
+		r.sysShare = float64(pSys) / float64(pCPU)
+		r.guestD, r.guestP = gD.Seconds()/dT.Seconds(), gP.Seconds()/pT.Seconds()
+		r.dGuestPerReq, r.pGuestPerReq = gD/time.Duration(dN), gP/time.Duration(pN)
+		r.dPkt = [2]float64{float64(dTx) / float64(dN), float64(dRx) / float64(dN)}
+		r.pPkt = [2]float64{float64(pTx) / float64(pN), float64(pRx) / float64(pN)}
+		r.switches = float64(pSw) / float64(pN)
+		r.opens = pOpens
+		b.Logf("round %d: direct p50 %s %.0f req/s guest %.2f cores (%s/req); proxy p50 %s %.0f req/s guest %.2f cores (%s/req); packets to/from the guest per request: direct %.2f/%.2f, proxy %.2f/%.2f; ratio %.2f; daemon CPU %s/req (%s beyond idle, sys %.2f), %.1f context switches/req, %d connections opened; load %s",
+			i+1, r.dp50, r.drps, r.guestD, r.dGuestPerReq, r.pp50, r.prps, r.guestP, r.pGuestPerReq, r.dPkt[0], r.dPkt[1], r.pPkt[0], r.pPkt[1], r.ratio, r.cpuPerReq, r.netPerReq, r.sysShare, r.switches, r.opens, loadAvg())
+		rs = append(rs, r)
 	}
-	for range 5 {
-		measure(&idleCPU, &idleWall, func() { dLat = append(dLat, direct.sequential(200)...) })
-		measure(&pCPU, &pWall, func() { pLat = append(pLat, proxied.sequential(200)...) })
-		measure(&idleCPU, &idleWall, func() {
-			n, el := direct.concurrent(4, 600*time.Millisecond)
-			dN, dT = dN+n, dT+el
-		})
-		measure(&pCPU, &pWall, func() {
-			n, el := proxied.concurrent(4, 600*time.Millisecond)
-			pN, pT = pN+n, pT+el
-		})
+	med := func(f func(round) float64) float64 {
+		v := make([]float64, len(rs))
+		for i, r := range rs {
+			v[i] = f(r)
+		}
+		sort.Float64s(v)
+		return v[len(v)/2]
 	}
-	dp50, pp50 := p50(dLat), p50(pLat)
-	drps, prps := float64(dN)/dT.Seconds(), float64(pN)/pT.Seconds()
-	b.ReportMetric(float64(dp50.Microseconds()), "direct-p50-us")
-	b.ReportMetric(float64(pp50.Microseconds()), "proxy-p50-us")
-	b.ReportMetric(float64((pp50 - dp50).Microseconds()), "added-p50-us")
-	b.ReportMetric(drps, "direct-req/s")
-	b.ReportMetric(prps, "proxy-req/s")
-	b.ReportMetric(prps/drps, "rps-ratio")
-	nreq := time.Duration(int64(len(pLat)) + pN)
-	perReq := pCPU / nreq
-	idleRate := float64(idleCPU) / float64(idleWall) // CPU seconds per second
-	netPerReq := (pCPU - time.Duration(idleRate*float64(pWall))) / nreq
-	b.ReportMetric(float64(perReq.Microseconds()), "daemon-cpu-us/req")
-	b.ReportMetric(float64(netPerReq.Microseconds()), "proxy-cpu-us/req")
-	b.ReportMetric(idleRate*1000, "daemon-idle-cpu-ms/s")
-	b.ReportMetric(float64(pSys)/float64(pCPU), "proxy-sys-share")
-	b.Logf("direct: p50 %s, %.0f req/s; proxy: p50 %s, %.0f req/s; ratio %.2f, added p50 %s; daemon CPU %s per proxied request, %s beyond its idle rate (%.0f ms/s)",
-		dp50, drps, pp50, prps, prps/drps, pp50-dp50, perReq, netPerReq, idleRate*1000)
+	us := func(d time.Duration) float64 { return float64(d) / float64(time.Microsecond) }
+	b.ReportMetric(med(func(r round) float64 { return us(r.dp50) }), "direct-p50-us")
+	b.ReportMetric(med(func(r round) float64 { return us(r.pp50) }), "proxy-p50-us")
+	b.ReportMetric(med(func(r round) float64 { return us(r.added) }), "added-p50-us")
+	b.ReportMetric(med(func(r round) float64 { return r.drps }), "direct-req/s")
+	b.ReportMetric(med(func(r round) float64 { return r.prps }), "proxy-req/s")
+	b.ReportMetric(med(func(r round) float64 { return r.ratio }), "rps-ratio")
+	b.ReportMetric(med(func(r round) float64 { return us(r.cpuPerReq) }), "daemon-cpu-us/req")
+	b.ReportMetric(med(func(r round) float64 { return us(r.netPerReq) }), "proxy-cpu-us/req")
+	b.ReportMetric(med(func(r round) float64 { return r.sysShare }), "proxy-sys-share")
+	b.ReportMetric(med(func(r round) float64 { return r.switches }), "daemon-switches/req")
+	b.ReportMetric(med(func(r round) float64 { return r.guestD }), "guest-cores-direct")
+	b.ReportMetric(med(func(r round) float64 { return r.guestP }), "guest-cores-proxy")
+	b.Logf("medians of %d rounds: ratio %.2f, daemon CPU %.0f µs/req (%.0f beyond idle), added p50 %.0f µs, guest %.2f cores direct / %.2f proxied (%d vCPU); load average after: %s",
+		len(rs), med(func(r round) float64 { return r.ratio }), med(func(r round) float64 { return us(r.cpuPerReq) }),
+		med(func(r round) float64 { return us(r.netPerReq) }), med(func(r round) float64 { return us(r.added) }),
+		med(func(r round) float64 { return r.guestD }), med(func(r round) float64 { return r.guestP }), v.CPUs, loadAvg())
 }
 
 func jsonUnmarshal(s string, v any) error { return json.Unmarshal([]byte(s), v) }

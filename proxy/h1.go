@@ -186,7 +186,7 @@ const maxRequestHeader = http.DefaultMaxHeaderBytes + 4096
 type h1Conn struct {
 	l        *h1Listener
 	c        net.Conn // as accepted
-	rw       net.Conn // c, or the TLS connection over it
+	rw       net.Conn // c with raw reads and writes (sysConn), or the TLS connection over that
 	tlsState *tls.ConnectionState
 	ctx      context.Context // the requests' context; cancelled when the client is gone
 	cancel   context.CancelFunc
@@ -267,7 +267,7 @@ func (hc *h1Conn) endRequest() {
 }
 
 func newH1Conn(l *h1Listener, c net.Conn) *h1Conn {
-	hc := &h1Conn{l: l, c: c, rw: c, remote: c.RemoteAddr().String()}
+	hc := &h1Conn{l: l, c: c, rw: sysConnFor(c), remote: c.RemoteAddr().String()}
 	ctx := context.WithValue(context.Background(), http.LocalAddrContextKey, c.LocalAddr())
 	hc.ctx, hc.cancel = context.WithCancel(connContext(ctx, c))
 	hc.watchTimer = time.AfterFunc(time.Hour, hc.startWatch)
@@ -441,7 +441,7 @@ func (hc *h1Conn) give(c net.Conn) bool {
 // handshake runs the TLS handshake as net/http's server does (bounded
 // by readHeaderTimeout; a plain HTTP request gets net/http's 400).
 func (hc *h1Conn) handshake() (*tls.Conn, bool) {
-	tc := tls.Server(hc.c, hc.l.tls)
+	tc := tls.Server(hc.rw, hc.l.tls)
 	dl := time.Now().Add(readHeaderTimeout)
 	_ = hc.c.SetReadDeadline(dl)
 	_ = hc.c.SetWriteDeadline(dl)

@@ -16,6 +16,7 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+	"unsafe"
 )
 
 // upstream is the reverse proxy's transport to VMs. A request without a
@@ -170,14 +171,12 @@ func (pc *upConn) sendStepFn(fd uintptr) bool {
 	if !st.sent {
 		st.sent = true
 		for len(st.out) > 0 {
-			w, err := syscall.Write(int(fd), st.out)
+			w, err := rawWrite(fd, st.out)
 			switch {
-			case err == syscall.EINTR:
-				continue
 			case err == syscall.EAGAIN:
 				st.partial = true
 				return true
-			case err != nil:
+			case err != 0:
 				st.err = os.NewSyscallError("write", err)
 				return true
 			}
@@ -185,21 +184,22 @@ func (pc *upConn) sendStepFn(fd uintptr) bool {
 		}
 		return false // wait until the answer can be read
 	}
-	for {
-		st.n, st.err = syscall.Read(int(fd), st.b)
-		if st.err != syscall.EINTR {
-			break
-		}
+	n, err := rawRead(fd, st.b)
+	st.n = n
+	if err != 0 {
+		st.err = err
 	}
-	return st.err != syscall.EAGAIN
+	return err != syscall.EAGAIN
 }
 
 // quietStepFn is quiet's callback for RawConn.Read: a peek that does not
 // block.
 func (pc *upConn) quietStepFn(fd uintptr) bool {
 	var b [1]byte
-	n, _, err := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
-	pc.open = n < 0 && (err == syscall.EAGAIN || err == syscall.EWOULDBLOCK)
+	// recvfrom(fd, b, 1, MSG_PEEK|MSG_DONTWAIT, nil, nil), raw (see rawRead).
+	_, _, err := syscall.RawSyscall6(syscall.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&b[0])), 1,
+		syscall.MSG_PEEK|syscall.MSG_DONTWAIT, 0, 0)
+	pc.open = err == syscall.EAGAIN || err == syscall.EWOULDBLOCK
 	return true
 }
 
@@ -466,6 +466,12 @@ func (u *upstream) newConn(addr string, c net.Conn) *upConn {
 		pc.raw, _ = sc.SyscallConn()
 	}
 	pc.ic, _ = c.(*idleConn)
+	if tc, ok := rawOf(c).(*net.TCPConn); ok && pc.ic != nil {
+		// The rest of a body is read with raw system calls too.
+		if s := newSysConn(tc, tc); s != nil {
+			pc.ic.Conn = s
+		}
+	}
 	pc.sendStep, pc.quietStep = pc.sendStepFn, pc.quietStepFn
 	pc.br = bufio.NewReaderSize(pc, 4<<10)
 	pc.timer = time.AfterFunc(time.Hour, func() {
