@@ -65,6 +65,12 @@ type BundleHeader struct {
 	// Checksum names the files' trailers' algorithm (as
 	// DiskHeader.Checksum); version 2 bundles leave it out (SHA-256).
 	Checksum string `json:"checksum,omitempty"`
+	// Offset, in a resumed export (ExportBundleFrom) only, is where in
+	// the bundle's body (what follows this line in a whole bundle) the
+	// stream's bytes start. Importers read only whole bundles (Offset 0);
+	// a resumed one is spliced in by ResumingReader
+	// (transfer_memory_resume.go).
+	Offset int64 `json:"offset,omitempty"`
 }
 
 // BundleSnapshot is a snapshot carried by a bundle (its disk is the file
@@ -139,33 +145,7 @@ func checkBundle(h BundleHeader) error {
 // WriteBundle writes h and then each of h.Files, read from open (a path
 // relative to the instance's directory), with its checksum.
 func WriteBundle(w io.Writer, h BundleHeader, open func(path string) (io.ReadCloser, error)) error {
-	h.Version = BundleStreamVersion
-	if h.Checksum == "" {
-		h.Checksum = StreamChecksum
-	}
-	if _, err := newChecksum(h.Checksum); err != nil {
-		return err
-	}
-	b, err := json.Marshal(h)
-	if err != nil {
-		return err
-	}
-	if _, err := w.Write(append(b, '\n')); err != nil {
-		return fmt.Errorf("bundle header: %w", err)
-	}
-	for _, f := range h.Files {
-		r, err := open(f.Path)
-		if err != nil {
-			return fmt.Errorf("bundle %s: %w", f.Path, err)
-		}
-		sum, _ := newChecksum(h.Checksum)
-		err = writeBody(w, r, f.Size, sum, "bundle "+f.Path)
-		r.Close()
-		if err != nil {
-			return err
-		}
-	}
-	return nil
+	return WriteBundleFrom(w, h, 0, open)
 }
 
 // ReadBundleHeader reads and checks a bundle's header from br.
@@ -173,6 +153,9 @@ func ReadBundleHeader(br *bufio.Reader) (BundleHeader, error) {
 	var h BundleHeader
 	if err := readHeader(br, "bundle", &h); err != nil {
 		return h, err
+	}
+	if h.Offset != 0 {
+		return h, errs.New(errs.InvalidArgument, "bundle: a part from byte %d, not a whole bundle", h.Offset)
 	}
 	return h, checkBundle(h)
 }
@@ -392,6 +375,11 @@ func (l *Local) Resume(ctx context.Context, id string) (Instance, error) {
 
 // ExportBundle implements MemoryMover.
 func (l *Local) ExportBundle(ctx context.Context, id string, w io.Writer) error {
+	return l.ExportBundleFrom(ctx, id, 0, w)
+}
+
+// ExportBundleFrom implements BundleResumer.
+func (l *Local) ExportBundleFrom(ctx context.Context, id string, off int64, w io.Writer) error {
 	return l.withLock(ctx, id, func(v store.VM) error {
 		if v.State != vm.Stopped {
 			return errs.New(errs.FailedPrecondition, "export vm %s: it is %s; stop or suspend it first", v.Name, v.State)
@@ -436,7 +424,7 @@ func (l *Local) ExportBundle(ctx context.Context, id string, w io.Writer) error 
 				return fmt.Errorf("export vm %s: snapshot %s: %w", v.Name, s.Name, err)
 			}
 		}
-		err = WriteBundle(w, h, func(rel string) (io.ReadCloser, error) {
+		err = WriteBundleFrom(w, h, off, func(rel string) (io.ReadCloser, error) {
 			return os.Open(filepath.Join(dir, filepath.FromSlash(rel)))
 		})
 		if err != nil {
