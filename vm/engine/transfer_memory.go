@@ -147,6 +147,11 @@ func checkBundle(h BundleHeader) error {
 	if !disk {
 		return bad("no disk")
 	}
+	for id, mem := range memSnaps {
+		if mem && (!seen["snapshots/"+id+"/"+snapKeyFile] || !seen["snapshots/"+id+"/"+snapDiskFile]) {
+			return bad("memory snapshot %s without its disk or key", id)
+		}
+	}
 	return nil
 }
 
