@@ -267,7 +267,14 @@ func (l *Local) restore(ctx context.Context, o *op, v store.VM, snap store.Snaps
 		return l.resumeMovedSnapshot(ctx, o, v, dir, progress)
 	}
 	if snap.Memory {
-		return l.resumeMemory(ctx, o, v, filepath.Join(dir, snapMemDir), progress)
+		nv, err := l.resumeMemory(ctx, o, v, filepath.Join(dir, snapMemDir), progress)
+		if err == nil && fileExists(filepath.Join(dir, snapKeyFile)) {
+			// The saved agent trusts the snapshot's own key too: no more.
+			if kerr := l.setAgentKeys(ctx, nv, l.hostKeyLine()); kerr != nil {
+				l.log.Warn("restore: agent host keys", "vm_id", v.ID, "err", kerr)
+			}
+		}
+		return nv, err
 	}
 	nv, cl, err := l.boot(ctx, o, v, progress)
 	if err != nil {
