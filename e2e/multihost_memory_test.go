@@ -38,6 +38,11 @@ func testMoveMemory(t *testing.T, c *mhCluster, ann, ben mhUser, haveVMs bool) {
 	if r := c.as(t, ann, "", "snapshot", "create", "m1", "--name", "before-move", "--json"); r.code != 0 {
 		t.Fatalf("snapshot m1: %s", r)
 	}
+	// A memory snapshot, which moves with its memory.
+	snapFrom := guestCount(t, c, ann, "m1")
+	if r := c.as(t, ann, "", "snapshot", "create", "m1", "--name", "mem-before", "--memory", "--json"); r.code != 0 {
+		t.Fatalf("memory snapshot of m1: %s", r)
+	}
 	before := guestCount(t, c, ann, "m1")
 	if r := c.as(t, ben, "", "move", "m1", "--memory", "--host", "n2", "--json"); r.code != 3 || strings.Contains(r.stdout+r.stderr, id) {
 		t.Errorf("ben's move --memory of m1: want not found (3), telling nothing: %s", r)
@@ -79,6 +84,49 @@ func testMoveMemory(t *testing.T, c *mhCluster, ann, ben mhUser, haveVMs bool) {
 	gap, ticks := tickGap(t, c, ann, "m1", before)
 	t.Logf("move --memory m1 n1 -> n2 (256 MiB, TCG): wall %s, downtime %s by the engine's suspend -> resume, largest gap between the guest's counter ticks %s (%d ticks); count %d -> %d",
 		wall.Round(time.Millisecond), down.Round(time.Millisecond), gap.Round(time.Millisecond), ticks, before, after)
+
+	// The memory snapshot moved as one: restored on n2 the counter (the
+	// same process) goes back to the snapshot's count and counts on, at
+	// n2's address.
+	if r := c.as(t, ann, "", "snapshot", "list", "m1", "--json"); r.code != 0 || !strings.Contains(r.stdout, `"mem-before"`) {
+		t.Fatalf("m1's snapshots on n2: %s", r)
+	} else {
+		var snaps []struct {
+			Name   string `json:"name"`
+			Memory bool   `json:"memory"`
+		}
+		json.Unmarshal([]byte(r.stdout), &snaps)
+		for _, sn := range snaps {
+			if sn.Name == "mem-before" && !sn.Memory {
+				t.Errorf("the memory snapshot arrived on n2 without its memory: %s", r)
+			}
+		}
+	}
+	ahead := guestCount(t, c, ann, "m1")
+	t0 := time.Now()
+	if r := c.as(t, ann, "", "snapshot", "restore", "m1", "mem-before", "--yes"); r.code != 0 {
+		t.Fatalf("restore the moved memory snapshot on n2: %s", r)
+	}
+	restoreTook := time.Since(t0)
+	r = c.as(t, ann, "", "exec", "m1", "--", "sh", "-c", "cat /proc/"+pid+"/cmdline | tr '\\0' ' '; echo; cat /run/count")
+	lines = strings.Split(strings.TrimSpace(r.stdout), "\n")
+	if r.code != 0 || len(lines) != 2 || !strings.Contains(lines[0], "while") {
+		t.Fatalf("the counter (pid %s) after restoring the moved memory snapshot: %s", pid, r)
+	}
+	rewound, _ := strconv.Atoi(strings.TrimSpace(lines[1]))
+	if rewound < snapFrom || rewound >= ahead {
+		t.Errorf("after the restore the count is %d; want the snapshot's (from %d, below the %d before the restore)", rewound, snapFrom, ahead)
+	}
+	time.Sleep(time.Second)
+	if later := guestCount(t, c, ann, "m1"); later <= rewound {
+		t.Errorf("the counter stopped after the restore: %d, then %d", rewound, later)
+	}
+	if v, r := c.show(t, ann, "m1"); r.code != 0 || v.hostOf() != "n2" || v.Status != "running" {
+		t.Errorf("m1 after the restore on n2: %s", r)
+	} else if s := hosts["n2"].Subnet; s != nil && !netip.MustParsePrefix(*s).Contains(netip.MustParseAddr(v.IP)) {
+		t.Errorf("m1's address %s after the restore is not in n2's subnet %s", v.IP, *s)
+	}
+	t.Logf("moved memory snapshot restored on n2 in %s: count %d (snapshot from %d; %d before the restore)", restoreTook.Round(time.Millisecond), rewound, snapFrom, ahead)
 
 	// On to the control plane's own host (staged there, adopted, resumed).
 	cpName := hosts["cp"].Name

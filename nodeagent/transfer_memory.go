@@ -13,8 +13,12 @@ import (
 
 // Moves with memory (engine.MemoryMover) over the fabric: suspend and
 // resume are calls; bundles ride a stream as disk streams do (transfer.go):
-// export_bundle has the node write one into it, import_bundle has the node
-// read one from it once it said streamReady.
+// the direct path where there is one, a fabric stream otherwise;
+// export_bundle has the node write one into it (from Offset of its body,
+// engine.BundleResumer), import_bundle has the node read one from it once
+// it said streamReady. An import_bundle with Resume resumes a dropped
+// stream as import_disk does (transfer_resume.go), from a byte of the
+// bundle's body.
 
 // Method names of moves with memory (see wire.go).
 const (
@@ -56,21 +60,31 @@ func (r *Remote) Resume(ctx context.Context, id string) (engine.Instance, error)
 // ExportBundle implements engine.MemoryMover: the node's bundle is copied
 // into w as it arrives.
 func (r *Remote) ExportBundle(ctx context.Context, id string, w io.Writer) error {
+	return r.ExportBundleFrom(ctx, id, 0, w)
+}
+
+var (
+	_ engine.BundleResumer          = (*Remote)(nil)
+	_ engine.BundleResumingImporter = (*Remote)(nil)
+)
+
+// ExportBundleFrom implements engine.BundleResumer.
+func (r *Remote) ExportBundleFrom(ctx context.Context, id string, off int64, w io.Writer) error {
 	sid := newToken()
-	st, err := newStream(r.cfg.Conn, streamOut(r.cfg.ID, sid), streamIn(r.cfg.ID, sid), "control", "node:"+r.cfg.ID+"/"+id)
+	st, direct, err := r.openDisk(ctx, sid, id)
 	if err != nil {
 		return err
 	}
 	defer st.Close()
 	copied := make(chan error, 1)
 	go func() {
-		_, err := io.Copy(w, st)
+		_, err := io.CopyBuffer(w, st, make([]byte, engine.DiskStreamBuffer))
 		if err != nil {
 			st.Close()
 		}
 		copied <- err
 	}()
-	if err := r.call(ctx, mExportBundle, callRequest{ID: id, Stream: sid}, nil, nil); err != nil {
+	if err := r.call(ctx, mExportBundle, callRequest{ID: id, Stream: sid, Direct: direct, Offset: off}, nil, nil); err != nil {
 		st.Close()
 		return err
 	}
@@ -86,7 +100,7 @@ func (r *Remote) ExportBundle(ctx context.Context, id string, w io.Writer) error
 // while it imports.
 func (r *Remote) ImportBundle(ctx context.Context, spec engine.ImportSpec, rd io.Reader, progress engine.Progress) (engine.Instance, error) {
 	sid := newToken()
-	st, err := newStream(r.cfg.Conn, streamOut(r.cfg.ID, sid), streamIn(r.cfg.ID, sid), "control", "node:"+r.cfg.ID+"/"+spec.ID)
+	st, direct, err := r.openDisk(ctx, sid, spec.ID)
 	if err != nil {
 		return engine.Instance{}, err
 	}
@@ -99,7 +113,7 @@ func (r *Remote) ImportBundle(ctx context.Context, spec engine.ImportSpec, rd io
 			// idle deadline.
 			once.Do(func() {
 				go func() {
-					if _, err := io.Copy(st, rd); err != nil {
+					if _, err := io.CopyBuffer(st, rd, make([]byte, engine.DiskStreamBuffer)); err != nil {
 						st.Close()
 					}
 				}()
@@ -109,7 +123,16 @@ func (r *Remote) ImportBundle(ctx context.Context, spec engine.ImportSpec, rd io
 		progress.Say(step)
 	}
 	defer r.agents.forget(spec.ID)
-	return r.instance(ctx, mImportBundle, callRequest{ID: spec.ID, Stream: sid, Import: &spec}, p)
+	return r.instance(ctx, mImportBundle, callRequest{ID: spec.ID, Stream: sid, Import: &spec, Direct: direct}, p)
+}
+
+// ImportBundleResuming implements engine.BundleResumingImporter: src's
+// bundle is copied to the node while it imports, and written again from
+// the node's offset, into a new stream, each time the node says its
+// stream dropped (as ImportDiskResuming).
+func (r *Remote) ImportBundleResuming(ctx context.Context, spec engine.ImportSpec, src engine.StreamSource, progress engine.Progress) (engine.Instance, error) {
+	defer r.agents.forget(spec.ID)
+	return r.importResuming(ctx, mImportBundle, spec, src, progress)
 }
 
 // runMemory serves the calls above on the node.
@@ -136,7 +159,15 @@ func (s *server) runMemory(ctx context.Context, method string, req callRequest, 
 		// Idle deadlines as for disk streams: a bundle stream whose relay
 		// (the control plane) died must end the export, which holds the
 		// instance's lock, rather than block it for ever.
-		return nil, m.ExportBundle(ctx, req.ID, &idleStream{ctx: ctx, st: st, pauseAfter: pauseAfter})
+		w := &idleStream{ctx: ctx, st: st, pauseAfter: pauseAfter}
+		if req.Offset != 0 {
+			br, ok := m.(engine.BundleResumer)
+			if !ok {
+				return nil, errs.New(errs.FailedPrecondition, "this node's engine does not resume bundles")
+			}
+			return nil, br.ExportBundleFrom(ctx, req.ID, req.Offset, w)
+		}
+		return nil, m.ExportBundle(ctx, req.ID, w)
 	case mImportBundle:
 		if req.Import == nil {
 			return nil, errs.New(errs.InvalidArgument, "import_bundle: missing argument")
@@ -145,7 +176,7 @@ func (s *server) runMemory(ctx context.Context, method string, req callRequest, 
 		if err != nil {
 			return nil, err
 		}
-		defer end()
+		defer func() { end() }()
 		fctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		err = s.cfg.Conn.Flush(fctx)
 		cancel()
@@ -153,7 +184,17 @@ func (s *server) runMemory(ctx context.Context, method string, req callRequest, 
 			return nil, errs.New(errs.Unavailable, "import bundle: %v", err)
 		}
 		progress(streamReady)
-		return m.ImportBundle(ctx, *req.Import, &idleStream{ctx: ctx, st: st}, pauseImported(ctx, progress))
+		var r io.Reader = &idleStream{ctx: ctx, st: st}
+		if n := cutImport.Swap(0); n > 0 {
+			r = &cutReader{c: st, left: n} // test only: a dropped stream
+		}
+		if req.Resume {
+			end = sync.OnceFunc(end) // and when the stream drops
+			ri := &resumingImport{s: s, req: req, progress: progress, cur: end}
+			defer ri.close()
+			r = engine.NewBundleResumingReader(ctx, r, ri.reopen, importResume)
+		}
+		return m.ImportBundle(ctx, *req.Import, r, pauseImported(ctx, progress))
 	}
 	return nil, errs.New(errs.InvalidArgument, "unknown engine method %q", method)
 }

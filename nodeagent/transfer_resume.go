@@ -183,6 +183,12 @@ var _ engine.ResumingImporter = (*Remote)(nil)
 // node's offset, into a new stream, each time the node says its stream
 // dropped. A src error other than a dropped stream cancels the import.
 func (r *Remote) ImportDiskResuming(ctx context.Context, spec engine.ImportSpec, src engine.StreamSource, progress engine.Progress) (engine.Instance, error) {
+	return r.importResuming(ctx, mImportDisk, spec, src, progress)
+}
+
+// importResuming is ImportDiskResuming of import method (import_disk,
+// import_bundle).
+func (r *Remote) importResuming(ctx context.Context, method string, spec engine.ImportSpec, src engine.StreamSource, progress engine.Progress) (engine.Instance, error) {
 	sid := newToken()
 	st, direct, err := r.openDisk(ctx, sid, spec.ID)
 	if err != nil {
@@ -262,7 +268,7 @@ func (r *Remote) ImportDiskResuming(ctx context.Context, spec engine.ImportSpec,
 			feed(c, m.At)
 		}()
 	}
-	inst, err := r.instance(ictx, mImportDisk, callRequest{ID: spec.ID, Stream: sid, Import: &spec, Direct: direct, Resume: true}, p)
+	inst, err := r.instance(ictx, method, callRequest{ID: spec.ID, Stream: sid, Import: &spec, Direct: direct, Resume: true}, p)
 	mu.Lock()
 	serr := srcErr
 	mu.Unlock()

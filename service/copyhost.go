@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync/atomic"
 
 	"github.com/minionsdev/minions/internal/errs"
 	"github.com/minionsdev/minions/store"
@@ -70,6 +71,7 @@ func (s *Service) copyToHost(ctx context.Context, c Caller, src store.VM, spec e
 		}
 		out := s.copied(ctx, c, inst)
 		out.Transfer = imp.meter.stats()
+		out.Transfer.Resumed = int(imp.resumes.Load())
 		return true, out, nil
 	}
 	out, err := s.created(ctx, c, spec, "copy", store.RestartAlways, progress, target{host: to, eng: imp})
@@ -78,6 +80,7 @@ func (s *Service) copyToHost(ctx context.Context, c Caller, src store.VM, spec e
 	}
 	if imp.meter != nil {
 		out.Transfer = imp.meter.stats()
+		out.Transfer.Resumed = int(imp.resumes.Load())
 	}
 	return true, out, nil
 }
@@ -104,11 +107,22 @@ type importer struct {
 	dst   engine.Transferer
 	srcID string
 	meter *meter // the last Create's transfer
+	// resumes counts the last Create's resumed streams (either leg).
+	resumes *atomic.Int32
 }
 
+// Create imports the source's disk stream as the copy. Onto a node whose
+// import resumes (engine.ResumingImporter) both legs of a dropped stream
+// resume, as a move's do (move_resume.go); otherwise only the export.
 func (i *importer) Create(ctx context.Context, spec engine.CreateSpec, progress engine.Progress) (engine.Instance, error) {
-	progress = serialProgress(progress)
+	progress, i.resumes = countResumes(serialProgress(progress))
 	progress.Say("transfer")
+	ispec := engine.ImportSpec{ID: spec.ID, Name: spec.Name, Owner: spec.Owner, Start: true, CopyOf: i.srcID, AuthorizedKeys: spec.AuthorizedKeys}
+	if ri, ok := i.dst.(engine.ResumingImporter); ok {
+		inst, mt, err := i.s.importResuming(ctx, i.src, i.srcID, ri, ispec, progress)
+		i.meter = mt
+		return inst, err
+	}
 	pr, pw := io.Pipe()
 	i.meter = newMeter(pr, progress)
 	exported := make(chan error, 1)
@@ -117,8 +131,7 @@ func (i *importer) Create(ctx context.Context, spec engine.CreateSpec, progress 
 		pw.CloseWithError(err)
 		exported <- err
 	}()
-	inst, err := i.dst.ImportDisk(ctx, engine.ImportSpec{ID: spec.ID, Name: spec.Name, Owner: spec.Owner, Start: true,
-		CopyOf: i.srcID, AuthorizedKeys: spec.AuthorizedKeys}, i.meter, progress)
+	inst, err := i.dst.ImportDisk(ctx, ispec, i.meter, progress)
 	if err == nil {
 		i.meter.done()
 	}

@@ -265,9 +265,7 @@ func (s *Service) Move(ctx context.Context, c Caller, name string, req MoveReque
 			return engine.Instance{}, dstE.(bundleAdopter).StageBundle(ctx, engine.ImportSpec{ID: v.ID, Name: v.Name, Owner: v.OwnerID}, r, progress)
 		})
 	case bsrc != nil:
-		inst, err = s.shipBundle(ctx, bsrc, v.ID, func(r io.Reader) (engine.Instance, error) {
-			return bdst.ImportBundle(ctx, engine.ImportSpec{ID: v.ID, Name: v.Name, Owner: v.OwnerID, Start: ran}, r, progress)
-		})
+		inst, mt, err = s.importBundle(ctx, bsrc, bdst, engine.ImportSpec{ID: v.ID, Name: v.Name, Owner: v.OwnerID, Start: ran}, progress)
 	default:
 		// Node to node where both have the direct path (the bytes do
 		// not cross the control plane); relayed otherwise.

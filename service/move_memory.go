@@ -141,18 +141,18 @@ func (s *Service) moveMemory(ctx context.Context, v store.VM, from, to store.Hos
 	if s.moving.crashes("transfer") {
 		return VM{}, errMoveCrashed
 	}
+	progress, resumes := countResumes(serialProgress(progress))
 	progress.Say("transfer")
 	spec := engine.ImportSpec{ID: v.ID, Name: v.Name, Owner: v.OwnerID}
 	ad, _ := dstE.(bundleAdopter)
 	var inst engine.Instance
+	var mt *meter
 	if to.Local {
 		_, err = s.shipBundle(ctx, src, v.ID, func(r io.Reader) (engine.Instance, error) {
 			return engine.Instance{}, ad.StageBundle(ctx, spec, r, progress)
 		})
 	} else {
-		inst, err = s.shipBundle(ctx, src, v.ID, func(r io.Reader) (engine.Instance, error) {
-			return dst.ImportBundle(ctx, spec, r, progress)
-		})
+		inst, mt, err = s.importBundle(ctx, src, dst, spec, progress)
 	}
 	resumed := time.Now()
 	if s.moving.crashes("switch") {
@@ -214,7 +214,40 @@ func (s *Service) moveMemory(ctx context.Context, v store.VM, from, to store.Hos
 		"wall_ms", stats.WallMS, "downtime_ms", stats.DowntimeMS, "suspend_ms", stats.SuspendMS)
 	out := s.current(ctx, v.ID)
 	out.Move = stats
+	if mt != nil {
+		out.Transfer = mt.stats()
+		out.Transfer.Resumed = int(resumes.Load())
+	}
 	return out, nil
+}
+
+// importBundle ships the source's bundle of VM spec.ID into the target's
+// import (a node's: not the control plane's own host): where both ends
+// can, a stream that drops on the way to the target resumes from the
+// target's offset, the source exporting again from there
+// (engine.BundleResumingImporter); otherwise it is piped as by
+// shipBundle. The meter counts the bundle's bytes once.
+func (s *Service) importBundle(ctx context.Context, src, dst engine.MemoryMover, spec engine.ImportSpec, progress Progress) (engine.Instance, *meter, error) {
+	mt := newMeter(nil, progress)
+	ri, ok1 := dst.(engine.BundleResumingImporter)
+	br, ok2 := src.(engine.BundleResumer)
+	var inst engine.Instance
+	var err error
+	if ok1 && ok2 {
+		from := func(ctx context.Context, at engine.ResumeAt, w io.Writer) error {
+			return br.ExportBundleFrom(ctx, spec.ID, at.Offset, mt.resumedWriter(w, at))
+		}
+		inst, err = ri.ImportBundleResuming(ctx, spec, from, progress)
+	} else {
+		inst, err = s.shipBundle(ctx, src, spec.ID, func(r io.Reader) (engine.Instance, error) {
+			mt.r = r
+			return dst.ImportBundle(ctx, spec, mt, progress)
+		})
+	}
+	if err == nil {
+		mt.done()
+	}
+	return inst, mt, err
 }
 
 // shipBundle pipes the source's bundle of VM id into the target's import
@@ -340,6 +373,17 @@ func (n *nodeEngine) Resume(ctx context.Context, id string) (engine.Instance, er
 		return engine.Instance{}, err
 	}
 	return m.Resume(ctx, id)
+}
+
+var _ engine.BundleResumer = (*nodeEngine)(nil)
+
+// ExportBundleFrom implements engine.BundleResumer.
+func (n *nodeEngine) ExportBundleFrom(ctx context.Context, id string, off int64, w io.Writer) error {
+	m, ok := n.Engine.(engine.BundleResumer)
+	if !ok {
+		return errs.New(errs.FailedPrecondition, "this host's engine does not resume bundles")
+	}
+	return m.ExportBundleFrom(ctx, id, off, w)
 }
 
 // ExportBundle implements engine.MemoryMover.

@@ -13,7 +13,7 @@ import (
 )
 
 // Transfer is what a move or a copy onto another host shipped: the disk
-// stream's bytes (header, disk and trailer) and the seconds the transfer
+// stream's or bundle's bytes (header, files and trailers) and the seconds the transfer
 // step took. It is in Move's and Copy's results only.
 type Transfer struct {
 	Bytes   int64   `json:"bytes"`

@@ -25,11 +25,18 @@ import (
 // connection that may drop) with both legs resuming: the import and the
 // meter of the finished transfer.
 func (s *Service) transferResuming(ctx context.Context, v store.VM, src engine.Transferer, ri engine.ResumingImporter, ran bool, progress Progress) (engine.Instance, *meter, error) {
+	return s.importResuming(ctx, src, v.ID, ri, engine.ImportSpec{ID: v.ID, Name: v.Name, Owner: v.OwnerID, Start: ran}, progress)
+}
+
+// importResuming ships instance srcID's disk from src into ri's import
+// spec (a move's, or a copy's with CopyOf) with both legs resuming: the
+// import and the meter of the finished transfer.
+func (s *Service) importResuming(ctx context.Context, src engine.Transferer, srcID string, ri engine.ResumingImporter, spec engine.ImportSpec, progress Progress) (engine.Instance, *meter, error) {
 	mt := newMeter(nil, progress)
 	from := func(ctx context.Context, at engine.ResumeAt, w io.Writer) error {
-		return s.exportResumingFrom(ctx, src, v.ID, at.Offset, mt.resumedWriter(w, at), progress)
+		return s.exportResumingFrom(ctx, src, srcID, at.Offset, mt.resumedWriter(w, at), progress)
 	}
-	inst, err := ri.ImportDiskResuming(ctx, engine.ImportSpec{ID: v.ID, Name: v.Name, Owner: v.OwnerID, Start: ran}, from, progress)
+	inst, err := ri.ImportDiskResuming(ctx, spec, from, progress)
 	if err == nil {
 		mt.done()
 	}

@@ -13,10 +13,11 @@ func UserSnapshotBytes(ctx context.Context, q Q, userID string) (int64, error) {
 // AllocatedMemoryMiB sums the memory of the VMs that hold host memory or
 // are about to: every VM that is not stopped, and stopped VMs with a
 // running start or restore operation. The VM except (may be "") is left
-// out, so a caller can add its own size.
+// out, so a caller can add its own size. Reserved memory (ReserveAddress:
+// a staged incoming copy) counts too.
 func AllocatedMemoryMiB(ctx context.Context, q Q, except string) (int64, error) {
 	var n int64
-	err := q.QueryRowContext(ctx, `SELECT coalesce(sum(memory_mib),0) FROM vms v WHERE id != ? AND `+LocalVM+` AND (state != ? OR id IN (SELECT vm_id FROM operations WHERE state = ? AND kind IN ('start','restore')))`,
-		except, StateStopped, OpRunning).Scan(&n)
+	err := q.QueryRowContext(ctx, `SELECT coalesce(sum(memory_mib),0) + (SELECT coalesce(sum(memory_mib),0) FROM address_reservations WHERE vm_id != ?) FROM vms v WHERE id != ? AND `+LocalVM+` AND (state != ? OR id IN (SELECT vm_id FROM operations WHERE state = ? AND kind IN ('start','restore')))`,
+		except, except, StateStopped, OpRunning).Scan(&n)
 	return n, err
 }

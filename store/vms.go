@@ -194,9 +194,10 @@ func DeleteVM(ctx context.Context, q Q, id string) error {
 	return err
 }
 
-// UsedAddresses returns every IP, MAC and CID held by a VM.
+// UsedAddresses returns every IP, MAC and CID held by a VM or reserved
+// (ReserveAddress: its MAC is "").
 func UsedAddresses(ctx context.Context, q Q) (ips []string, macs []string, cids []uint32, err error) {
-	rows, err := q.QueryContext(ctx, `SELECT ip, mac, cid FROM vms`)
+	rows, err := q.QueryContext(ctx, `SELECT ip, mac, cid FROM vms UNION ALL SELECT ip, '', cid FROM address_reservations`)
 	if err != nil {
 		return nil, nil, nil, err
 	}

@@ -139,8 +139,12 @@ func (l *Local) Destroy(ctx context.Context, id string) error {
 	l.agents.forget(id)
 	v, err := store.GetLocalVMByID(ctx, l.DB, id)
 	if err != nil {
-		// Nothing recorded: remove what may hang off the ID anyway.
+		// Nothing recorded: remove what may hang off the ID anyway (a
+		// staged incoming copy's files and address reservation).
 		l.purge(ctx, id)
+		if err := store.ReleaseAddress(ctx, l.DB, id); err != nil {
+			return fmt.Errorf("destroy vm %s: release its address: %w", id, err)
+		}
 		return nil
 	}
 	l.purge(ctx, v.ID)

@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/minionsdev/minions/internal/errs"
 	"github.com/minionsdev/minions/store"
@@ -30,9 +31,13 @@ import (
 // No operation row is kept for a staged instance: the caller's move
 // record says what a crash leaves (before the switch the staged copy is
 // removed, Destroy; after it FinishIncoming is tried again). A staged
-// instance's address is not reserved in the store until AdoptIncoming,
-// which fails (errs.FailedPrecondition, nothing changed) if a VM took it
-// meanwhile.
+// instance must pass the admission a start does (the host's memory: the
+// user's quota already counts the VM), and its address, vsock CID and
+// memory are reserved in the store (store.ReserveAddress) in the same
+// transaction, so nothing else takes them; AdoptIncoming turns the
+// reservation into the row's in the switch's transaction, and every way
+// a staged copy goes (a failed StageIncoming, AbortIncoming, Destroy)
+// releases it.
 
 // incomingFile keeps a staged incoming instance's record until it is
 // adopted.
@@ -89,6 +94,16 @@ func (l *Local) StageIncoming(ctx context.Context, spec IncomingSpec, progress P
 		return Instance{}, errs.New(errs.AlreadyExists, "vm %s is already on this host", spec.ID)
 	}
 	dir := l.vmDir(spec.ID)
+	if exists(dir) {
+		return Instance{}, errs.New(errs.AlreadyExists, "live move of vm %s: files of it are already on this host", spec.Name)
+	}
+	var u undo
+	defer u.run()
+	ip, mac, cid, err := l.reserveIncoming(ctx, spec)
+	if err != nil {
+		return Instance{}, fmt.Errorf("live move of vm %s: %w", spec.Name, err)
+	}
+	u.push(func() { store.ReleaseAddress(context.WithoutCancel(ctx), l.DB, spec.ID) })
 	if err := os.MkdirAll(filepath.Dir(dir), 0o700); err != nil {
 		return Instance{}, err
 	}
@@ -98,13 +113,7 @@ func (l *Local) StageIncoming(ctx context.Context, spec IncomingSpec, progress P
 		}
 		return Instance{}, err
 	}
-	var u undo
-	defer u.run()
 	u.push(func() { os.RemoveAll(dir) })
-	ip, mac, cid, err := l.allocate(ctx, l.DB, spec.ID)
-	if err != nil {
-		return Instance{}, fmt.Errorf("live move of vm %s: %w", spec.Name, err)
-	}
 	port := spec.Port
 	if port == 0 {
 		port = 80
@@ -137,6 +146,24 @@ func (l *Local) StageIncoming(ctx context.Context, spec IncomingSpec, progress P
 	return InstanceOf(row), nil
 }
 
+// reserveIncoming admits a staged incoming instance (as a start: this
+// host's memory) and reserves an address, vsock CID and its memory for
+// it, in one transaction.
+func (l *Local) reserveIncoming(ctx context.Context, spec IncomingSpec) (ip netip.Addr, mac string, cid uint32, err error) {
+	err = l.DB.Tx(ctx, func(q store.Q) error {
+		res := Resources{CPUs: spec.CPUs, MemoryMiB: spec.MemoryMiB, DiskGiB: spec.DiskGiB}
+		if err := l.admitOK(ctx, q, Admission{Kind: AdmitStart, ID: spec.ID, Name: spec.Name, Owner: spec.Owner, Was: res, Want: res}); err != nil {
+			return err
+		}
+		var err error
+		if ip, mac, cid, err = l.allocate(ctx, q, spec.ID); err != nil {
+			return err
+		}
+		return store.ReserveAddress(ctx, q, store.Reservation{VMID: spec.ID, IP: ip.String(), CID: cid, MemoryMiB: spec.MemoryMiB, CreatedAt: time.Now().UTC()})
+	})
+	return ip, mac, cid, err
+}
+
 // AdoptIncoming makes row id of this store, recorded as another host's,
 // this host's instance waiting for FinishIncoming (state creating) with
 // its staged address and hypervisor (StageIncoming), inside the caller's
@@ -145,6 +172,11 @@ func (l *Local) AdoptIncoming(ctx context.Context, q store.Q, id string) error {
 	st, err := l.stagedIncoming(id)
 	if err != nil {
 		return errs.New(errs.FailedPrecondition, "adopt vm %s: %v", id, err)
+	}
+	// The reservation becomes the row's (a staged copy of an older
+	// engine has none: the check below is then what guards its address).
+	if err := store.ReleaseAddress(ctx, q, id); err != nil {
+		return err
 	}
 	ips, _, cids, err := store.UsedAddresses(ctx, q)
 	if err != nil {

@@ -124,7 +124,10 @@ func (l *Local) captureSnapshot(ctx context.Context, o *op, v store.VM, dir stri
 		// page cache travels in the memory image, so no freeze is needed.
 		progress.Say("save memory")
 		o.step(ctx, "save memory", nil)
-		if err := l.Driver.SaveState(ctx, h, filepath.Join(dir, "memory")); err != nil {
+		// The agent trusts the snapshot's own key too for the save, so
+		// the snapshot can move with its memory (snapshot_move.go).
+		defer l.keySnapshot(ctx, v, dir)()
+		if err := l.Driver.SaveState(ctx, h, filepath.Join(dir, snapMemDir)); err != nil {
 			l.Driver.Resume(context.WithoutCancel(ctx), h)
 			return err
 		}
@@ -260,8 +263,18 @@ func (l *Local) restore(ctx context.Context, o *op, v store.VM, snap store.Snaps
 	if !wasRunning && !snap.Memory {
 		return v, nil
 	}
+	if snap.Memory && l.snapshotMoved(dir) {
+		return l.resumeMovedSnapshot(ctx, o, v, dir, progress)
+	}
 	if snap.Memory {
-		return l.resumeMemory(ctx, o, v, filepath.Join(dir, "memory"), progress)
+		nv, err := l.resumeMemory(ctx, o, v, filepath.Join(dir, snapMemDir), progress)
+		if err == nil && fileExists(filepath.Join(dir, snapKeyFile)) {
+			// The saved agent trusts the snapshot's own key too: no more.
+			if kerr := l.setAgentKeys(ctx, nv, l.hostKeyLine()); kerr != nil {
+				l.log.Warn("restore: agent host keys", "vm_id", v.ID, "err", kerr)
+			}
+		}
+		return nv, err
 	}
 	nv, cl, err := l.boot(ctx, o, v, progress)
 	if err != nil {

@@ -35,9 +35,11 @@ import (
 // may not is refused (errs.InvalidArgument) and nothing of it is kept.
 //
 // A moved snapshot keeps its name and creation time. A memory snapshot
-// moves as its disk only: its saved guest agent trusts only the key of the
-// host it was taken on, so the target could not reach it; the move says so
-// (BundleHeader.Dropped).
+// moves with its memory and its own agent key (files "snapshots/<ID>/
+// memory/..." and "snapshots/<ID>/agent_key", BundleSnapshot.Memory; see
+// snapshot_move.go); one taken without such a key (by an older engine)
+// moves as its disk only, since its saved guest agent trusts only the key
+// of the host it was taken on: the move says so (BundleHeader.Dropped).
 
 // BundleStreamVersion is the bundle format this engine writes; it reads
 // this one and version 2 (SHA-256 trailers, no Checksum).
@@ -65,6 +67,12 @@ type BundleHeader struct {
 	// Checksum names the files' trailers' algorithm (as
 	// DiskHeader.Checksum); version 2 bundles leave it out (SHA-256).
 	Checksum string `json:"checksum,omitempty"`
+	// Offset, in a resumed export (ExportBundleFrom) only, is where in
+	// the bundle's body (what follows this line in a whole bundle) the
+	// stream's bytes start. Importers read only whole bundles (Offset 0);
+	// a resumed one is spliced in by ResumingReader
+	// (transfer_memory_resume.go).
+	Offset int64 `json:"offset,omitempty"`
 }
 
 // BundleSnapshot is a snapshot carried by a bundle (its disk is the file
@@ -73,6 +81,9 @@ type BundleSnapshot struct {
 	ID        string    `json:"id"`
 	Name      string    `json:"name"`
 	CreatedAt time.Time `json:"created_at"`
+	// Memory: the snapshot's memory and agent key come with it; it
+	// restores with its processes running on the target.
+	Memory bool `json:"memory,omitempty"`
 }
 
 // BundleFile is one file of a bundle, its path relative to the
@@ -106,12 +117,13 @@ func checkBundle(h BundleHeader) error {
 	if !vm.IsID(h.ID) {
 		return bad("bad vm id %q", h.ID)
 	}
-	snaps := map[string]bool{}
+	snaps, memSnaps := map[string]bool{}, map[string]bool{}
 	for _, s := range h.Snapshots {
 		if !vm.IsID(s.ID) || snaps[s.ID] || vm.ValidSnapshotName(s.Name) != nil {
 			return bad("bad snapshot %q (%q)", s.ID, s.Name)
 		}
 		snaps[s.ID] = true
+		memSnaps[s.ID] = s.Memory
 	}
 	seen := map[string]bool{}
 	disk := false
@@ -125,7 +137,9 @@ func checkBundle(h BundleHeader) error {
 		case f.Path == "disk.qcow2":
 			disk = true
 		case len(parts) == 2 && parts[0] == moveStateDir && stateFileRE().MatchString(parts[1]) && h.Memory:
-		case len(parts) == 3 && parts[0] == "snapshots" && snaps[parts[1]] && parts[2] == "disk.qcow2":
+		case len(parts) == 3 && parts[0] == "snapshots" && snaps[parts[1]] && parts[2] == snapDiskFile:
+		case len(parts) == 3 && parts[0] == "snapshots" && memSnaps[parts[1]] && parts[2] == snapKeyFile:
+		case len(parts) == 4 && parts[0] == "snapshots" && memSnaps[parts[1]] && parts[2] == snapMemDir && stateFileRE().MatchString(parts[3]):
 		default:
 			return bad("file %q may not be in a bundle", f.Path)
 		}
@@ -133,39 +147,18 @@ func checkBundle(h BundleHeader) error {
 	if !disk {
 		return bad("no disk")
 	}
+	for id, mem := range memSnaps {
+		if mem && (!seen["snapshots/"+id+"/"+snapKeyFile] || !seen["snapshots/"+id+"/"+snapDiskFile]) {
+			return bad("memory snapshot %s without its disk or key", id)
+		}
+	}
 	return nil
 }
 
 // WriteBundle writes h and then each of h.Files, read from open (a path
 // relative to the instance's directory), with its checksum.
 func WriteBundle(w io.Writer, h BundleHeader, open func(path string) (io.ReadCloser, error)) error {
-	h.Version = BundleStreamVersion
-	if h.Checksum == "" {
-		h.Checksum = StreamChecksum
-	}
-	if _, err := newChecksum(h.Checksum); err != nil {
-		return err
-	}
-	b, err := json.Marshal(h)
-	if err != nil {
-		return err
-	}
-	if _, err := w.Write(append(b, '\n')); err != nil {
-		return fmt.Errorf("bundle header: %w", err)
-	}
-	for _, f := range h.Files {
-		r, err := open(f.Path)
-		if err != nil {
-			return fmt.Errorf("bundle %s: %w", f.Path, err)
-		}
-		sum, _ := newChecksum(h.Checksum)
-		err = writeBody(w, r, f.Size, sum, "bundle "+f.Path)
-		r.Close()
-		if err != nil {
-			return err
-		}
-	}
-	return nil
+	return WriteBundleFrom(w, h, 0, open)
 }
 
 // ReadBundleHeader reads and checks a bundle's header from br.
@@ -173,6 +166,9 @@ func ReadBundleHeader(br *bufio.Reader) (BundleHeader, error) {
 	var h BundleHeader
 	if err := readHeader(br, "bundle", &h); err != nil {
 		return h, err
+	}
+	if h.Offset != 0 {
+		return h, errs.New(errs.InvalidArgument, "bundle: a part from byte %d, not a whole bundle", h.Offset)
 	}
 	return h, checkBundle(h)
 }
@@ -392,6 +388,11 @@ func (l *Local) Resume(ctx context.Context, id string) (Instance, error) {
 
 // ExportBundle implements MemoryMover.
 func (l *Local) ExportBundle(ctx context.Context, id string, w io.Writer) error {
+	return l.ExportBundleFrom(ctx, id, 0, w)
+}
+
+// ExportBundleFrom implements BundleResumer.
+func (l *Local) ExportBundleFrom(ctx context.Context, id string, off int64, w io.Writer) error {
 	return l.withLock(ctx, id, func(v store.VM) error {
 		if v.State != vm.Stopped {
 			return errs.New(errs.FailedPrecondition, "export vm %s: it is %s; stop or suspend it first", v.Name, v.State)
@@ -428,15 +429,21 @@ func (l *Local) ExportBundle(ctx context.Context, id string, w io.Writer) error 
 			return err
 		}
 		for _, s := range snaps {
-			h.Snapshots = append(h.Snapshots, BundleSnapshot{ID: s.ID, Name: s.Name, CreatedAt: s.CreatedAt})
-			if s.Memory {
-				h.Dropped = append(h.Dropped, s.Name)
-			}
-			if err := add(path.Join("snapshots", s.ID, "disk.qcow2")); err != nil {
+			bs := BundleSnapshot{ID: s.ID, Name: s.Name, CreatedAt: s.CreatedAt}
+			if err := add(path.Join("snapshots", s.ID, snapDiskFile)); err != nil {
 				return fmt.Errorf("export vm %s: snapshot %s: %w", v.Name, s.Name, err)
 			}
+			if s.Memory && movableSnapshot(l.snapDir(v.ID, s.ID)) {
+				bs.Memory = true
+				if err := l.addSnapshotMemory(v.ID, s.ID, add); err != nil {
+					return fmt.Errorf("export vm %s: snapshot %s: %w", v.Name, s.Name, err)
+				}
+			} else if s.Memory {
+				h.Dropped = append(h.Dropped, s.Name)
+			}
+			h.Snapshots = append(h.Snapshots, bs)
 		}
-		err = WriteBundle(w, h, func(rel string) (io.ReadCloser, error) {
+		err = WriteBundleFrom(w, h, off, func(rel string) (io.ReadCloser, error) {
 			return os.Open(filepath.Join(dir, filepath.FromSlash(rel)))
 		})
 		if err != nil {
@@ -511,7 +518,7 @@ func (l *Local) ImportBundle(ctx context.Context, spec ImportSpec, r io.Reader, 
 			progress.Say("snapshots")
 			err := l.DB.Tx(ctx, func(q store.Q) error {
 				for _, s := range h.Snapshots {
-					snap := store.Snapshot{ID: s.ID, VMID: row.ID, Name: s.Name, CreatedAt: s.CreatedAt,
+					snap := store.Snapshot{ID: s.ID, VMID: row.ID, Name: s.Name, CreatedAt: s.CreatedAt, Memory: s.Memory,
 						SizeBytes: dirSize(l.snapDir(row.ID, s.ID))}
 					if err := store.InsertSnapshot(ctx, q, snap); err != nil {
 						return err
@@ -689,7 +696,7 @@ func (l *Local) AdoptBundle(ctx context.Context, q store.Q, id string) error {
 		}
 	}
 	for _, s := range h.Snapshots {
-		snap := store.Snapshot{ID: s.ID, VMID: id, Name: s.Name, CreatedAt: s.CreatedAt, SizeBytes: dirSize(l.snapDir(id, s.ID))}
+		snap := store.Snapshot{ID: s.ID, VMID: id, Name: s.Name, CreatedAt: s.CreatedAt, Memory: s.Memory, SizeBytes: dirSize(l.snapDir(id, s.ID))}
 		if err := store.InsertSnapshot(ctx, q, snap); err != nil {
 			return err
 		}

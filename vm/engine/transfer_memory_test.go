@@ -18,6 +18,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/minionsdev/minions/guestagent"
+	"github.com/minionsdev/minions/guestagent/proto"
 	"github.com/minionsdev/minions/internal/errs"
 	"github.com/minionsdev/minions/internal/testenv"
 	"github.com/minionsdev/minions/store"
@@ -195,7 +196,7 @@ func TestMoveWithMemoryBetweenEngines(t *testing.T) {
 		t.Fatalf("export: %v", err)
 	}
 	h, err := engine.ReadBundleHeader(bufio.NewReader(bytes.NewReader(bundle.Bytes())))
-	if err != nil || !h.Memory || len(h.Snapshots) != 2 || !slices.Equal(h.Dropped, []string{"withmem"}) || h.AgentKey != srcRow.AgentKey {
+	if err != nil || !h.Memory || len(h.Snapshots) != 2 || len(h.Dropped) != 0 || !h.Snapshots[1].Memory || h.Snapshots[0].Memory || h.AgentKey != srcRow.AgentKey {
 		t.Fatalf("bundle header %+v, %v", h, err)
 	}
 
@@ -283,7 +284,7 @@ func TestMoveWithMemoryBetweenEngines(t *testing.T) {
 		t.Errorf("disk on the target: %q", b)
 	}
 	snaps, err := dst.eng.Snapshots(ctx, id)
-	if err != nil || len(snaps) != 2 || snaps[0].Name != "before" || snaps[0].CreatedAt.Sub(snap.CreatedAt).Abs() >= time.Millisecond || snaps[1].Memory {
+	if err != nil || len(snaps) != 2 || snaps[0].Name != "before" || snaps[0].CreatedAt.Sub(snap.CreatedAt).Abs() >= time.Millisecond || !snaps[1].Memory {
 		t.Fatalf("snapshots on the target %+v, %v", snaps, err)
 	}
 	// The guest answers the target (whose key it trusts now) ...
@@ -296,6 +297,56 @@ func TestMoveWithMemoryBetweenEngines(t *testing.T) {
 	if _, err := dst.eng.RestoreSnapshot(ctx, id, "before", nil); err != nil {
 		t.Fatalf("restore a moved snapshot: %v", err)
 	}
+	// So does the memory snapshot, from its memory. Its saved guest agent
+	// trusts the keys it trusted at the snapshot: the source host's
+	// (which never left it) and the snapshot's own; here the one guest
+	// is made to trust the snapshot's key only, so only a login with it
+	// gets in. The restored guest then moves to this host's address and
+	// trusts this host's key.
+	pk, err := os.ReadFile(filepath.Join(dst.eng.VMDir(id), "snapshots", snaps[1].ID, "agent_key"))
+	if err != nil {
+		t.Fatalf("the memory snapshot's key did not move: %v", err)
+	}
+	snapKey, err := ssh.ParsePrivateKey(pk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cl, err = dst.eng.Agent(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	if err := cl.Configure(ctx, proto.Configure{HostKeys: []string{keyLine(snapKey)}}); err != nil {
+		t.Fatal(err)
+	}
+	cl.Close()
+	restoresBefore, startsBefore := 0, 0
+	count := func() (r, s int) {
+		for _, c := range dst.drv.Calls() {
+			switch {
+			case c.Op == fake.OpRestore && c.Err == nil:
+				r++
+			case c.Op == fake.OpStart && c.Err == nil:
+				s++
+			}
+		}
+		return r, s
+	}
+	restoresBefore, startsBefore = count()
+	var rsteps []string
+	back, err = dst.eng.RestoreSnapshot(ctx, id, "withmem", func(s string) { rsteps = append(rsteps, s) })
+	if err != nil {
+		t.Fatalf("restore the moved memory snapshot: %v (steps %v)", err, rsteps)
+	}
+	if r, s := count(); r != restoresBefore+1 || s != startsBefore || back.State != vm.Running || back.IP != moved.IP {
+		t.Errorf("memory snapshot on the target: %d restores, %d boots, %+v; want a restore at %s (steps %v)", r-restoresBefore, s-startsBefore, back, moved.IP, rsteps)
+	}
+	if nets := gn.list(); len(nets) == 0 || !strings.HasPrefix(nets[len(nets)-1], moved.MAC+" "+moved.IP+"/24") {
+		t.Errorf("guest network moves %v, want the last to %s %s", nets, moved.MAC, moved.IP)
+	}
+	if cl, err = dst.eng.Agent(ctx, id); err != nil {
+		t.Fatalf("the restored guest does not trust the target's key: %v", err)
+	}
+	cl.Close()
+	t.Logf("moved memory snapshot restored: steps %v", rsteps)
 	// The source's copy goes.
 	if err := src.eng.Destroy(ctx, id); err != nil {
 		t.Fatal(err)

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math"
 	"time"
 
 	"github.com/minionsdev/minions/internal/errs"
@@ -54,19 +55,24 @@ type ResumingReader struct {
 	n       int64 // bytes of the whole stream given out
 	line    []byte
 	headLen int64
-	head    DiskHeader
+	format  streamFormat
+	body    int64 // bytes after the first stream's header, once seen
 	tries   int
 }
 
 // NewResumingReader reads r, resuming it with reopen (nil: never).
 func NewResumingReader(ctx context.Context, r io.Reader, reopen Reopen, p ResumePolicy) *ResumingReader {
+	return newResumingReader(ctx, r, reopen, p, &diskFormat{})
+}
+
+func newResumingReader(ctx context.Context, r io.Reader, reopen Reopen, p ResumePolicy, f streamFormat) *ResumingReader {
 	if p.Tries == 0 {
 		p.Tries = 4
 	}
 	if p.Backoff == 0 {
 		p.Backoff = 500 * time.Millisecond
 	}
-	return &ResumingReader{ctx: ctx, cur: r, reopen: reopen, policy: p}
+	return &ResumingReader{ctx: ctx, cur: r, reopen: reopen, policy: p, format: f}
 }
 
 // Resumes is how many times the stream was reopened.
@@ -77,14 +83,7 @@ func (r *ResumingReader) Taken() int64 { return r.n }
 
 // complete reports whether the whole stream was read.
 func (r *ResumingReader) complete() bool {
-	if r.headLen == 0 {
-		return false
-	}
-	sum, err := newChecksum(r.head.Checksum)
-	if err != nil {
-		return false
-	}
-	return r.n >= r.headLen+r.head.Size-r.head.Offset+int64(sum.Size())
+	return r.headLen > 0 && r.n >= r.headLen+r.body
 }
 
 func (r *ResumingReader) Read(p []byte) (int, error) {
@@ -115,9 +114,7 @@ func (r *ResumingReader) Read(p []byte) (int, error) {
 		at := ResumeAt{Taken: r.n, Headed: r.headLen > 0}
 		skip := r.n
 		if at.Headed {
-			pos := r.head.Offset + r.n - r.headLen
-			at.Offset = min(pos, r.head.Size)
-			skip = pos - at.Offset // into the trailer
+			at.Offset, skip = r.format.at(r.n - r.headLen)
 		}
 		nr, rerr := r.reopen(r.ctx, r.tries, at)
 		if rerr != nil {
@@ -126,7 +123,7 @@ func (r *ResumingReader) Read(p []byte) (int, error) {
 			r.cur = errReader{rerr}
 			continue
 		}
-		r.cur = &resumedStream{br: bufio.NewReaderSize(nr, maxDiskHeader), headed: at.Headed, at: at.Offset, want: r.head, skip: skip}
+		r.cur = &resumedStream{br: bufio.NewReaderSize(nr, maxDiskHeader), headed: at.Headed, at: at.Offset, format: r.format, skip: skip}
 	}
 }
 
@@ -135,8 +132,8 @@ func (r *ResumingReader) account(b []byte) {
 	if r.headLen == 0 && len(r.line) < maxDiskHeader {
 		r.line = append(r.line, b...)
 		if i := bytes.IndexByte(r.line, '\n'); i >= 0 {
-			if err := json.Unmarshal(r.line[:i], &r.head); err == nil {
-				r.headLen = int64(i + 1)
+			if body, ok := r.format.head(r.line[:i]); ok {
+				r.headLen, r.body = int64(i+1), body
 			}
 			r.line = nil
 		}
@@ -169,7 +166,7 @@ type resumedStream struct {
 	br     *bufio.Reader
 	headed bool
 	at     int64
-	want   DiskHeader
+	format streamFormat
 	skip   int64
 	ready  bool
 }
@@ -184,13 +181,8 @@ func (s *resumedStream) Read(p []byte) (int, error) {
 			if err != nil {
 				return 0, errs.New(errs.Unavailable, "resumed disk stream: no header: %v", err) // it dropped again
 			}
-			var h DiskHeader
-			if err := json.Unmarshal(line, &h); err != nil {
-				return 0, errs.New(errs.InvalidArgument, "resumed disk stream: bad header: %v", err)
-			}
-			if h.Version != DiskStreamVersion || h.Offset != s.at || h.Size != s.want.Size || h.ID != s.want.ID {
-				return 0, errs.New(errs.InvalidArgument, "resumed disk stream: vm %s from %d of %d bytes (version %d), want vm %s from %d of %d (the disk changed)",
-					h.ID, h.Offset, h.Size, h.Version, s.want.ID, s.at, s.want.Size)
+			if err := s.format.check(line, s.at); err != nil {
+				return 0, err
 			}
 		}
 		if s.skip > 0 {
@@ -203,6 +195,54 @@ func (s *resumedStream) Read(p []byte) (int, error) {
 		s.ready = true
 	}
 	return s.br.Read(p)
+}
+
+// streamFormat is what a ResumingReader knows of the kind of stream it
+// reads: a disk stream (diskFormat) or a bundle (bundleFormat).
+type streamFormat interface {
+	// head reads the first stream's header line (without its newline):
+	// how many bytes follow it in that stream; !ok if it is no header.
+	head(line []byte) (body int64, ok bool)
+	// at is where to reopen the stream after pos bytes that followed
+	// the first stream's header: the offset to ask for and how many
+	// bytes after the new stream's header to drop.
+	at(pos int64) (off, skip int64)
+	// check checks a reopened stream's header line: it continues the
+	// first stream from off (errs.InvalidArgument otherwise).
+	check(line []byte, off int64) error
+}
+
+// diskFormat is a disk stream's streamFormat: reopened from a byte of the
+// disk (ExportDiskFrom), or from its end when the trailer was cut.
+type diskFormat struct{ h DiskHeader }
+
+func (f *diskFormat) head(line []byte) (int64, bool) {
+	if err := json.Unmarshal(line, &f.h); err != nil {
+		return 0, false
+	}
+	sum, err := newChecksum(f.h.Checksum)
+	if err != nil {
+		return math.MaxInt64, true // never complete: the importer refuses it
+	}
+	return f.h.Size - f.h.Offset + int64(sum.Size()), true
+}
+
+func (f *diskFormat) at(pos int64) (int64, int64) {
+	p := f.h.Offset + pos
+	off := min(p, f.h.Size)
+	return off, p - off // into the trailer
+}
+
+func (f *diskFormat) check(line []byte, off int64) error {
+	var h DiskHeader
+	if err := json.Unmarshal(line, &h); err != nil {
+		return errs.New(errs.InvalidArgument, "resumed disk stream: bad header: %v", err)
+	}
+	if h.Version != DiskStreamVersion || h.Offset != off || h.Size != f.h.Size || h.ID != f.h.ID {
+		return errs.New(errs.InvalidArgument, "resumed disk stream: vm %s from %d of %d bytes (version %d), want vm %s from %d of %d (the disk changed)",
+			h.ID, h.Offset, h.Size, h.Version, f.h.ID, off, f.h.Size)
+	}
+	return nil
 }
 
 // StreamSource writes a disk stream from at.Offset of the disk into w, as
