@@ -107,14 +107,18 @@ func BenchmarkWarmSSH(b *testing.B) {
 				b.Fatalf("second ssh %s true: %v %s", name, err, res)
 			}
 			again = tl
-			if name == "wssh-0-false" {
+			if name == "wssh-0-false" || name == "wssh-1-false" {
 				// What the guest spent its CPU on since create: the
 				// processes by CPU ticks (10 ms), with their start
-				// (ticks since boot) against the uptime now.
+				// (ticks since boot) against the uptime now; what
+				// systemd did since the restore (the journal, with
+				// monotonic times), its queued jobs and timers.
 				ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 				res, _ := runClient(d.opensshCmd(ctx, key, "ssh", name+"@127.0.0.1",
 					`awk '{print $14+$15, $22, $2, $1}' /proc/[0-9]*/stat 2>/dev/null | sort -rn | head -25; `+
-						`echo uptime $(cat /proc/uptime); systemctl list-jobs --no-pager 2>&1 | head`), "")
+						`echo uptime $(cat /proc/uptime); systemctl list-jobs --no-pager 2>&1 | head; `+
+						`journalctl -o short-monotonic --no-pager 2>&1 | tail -30; `+
+						`systemctl list-timers --all --no-pager 2>&1 | head -12`), "")
 				cancel()
 				b.Logf("%s after the first ssh (exit %d): cpu_ticks start_ticks comm pid\n%s%s", name, res.code, res.stdout, res.stderr)
 			}
@@ -231,6 +235,9 @@ func BenchmarkWarmSSH(b *testing.B) {
 	}
 	for j, m := range sshMilestones {
 		t.addSamples("warm, 2nd ssh (client): "+m.label, warmAgain[j])
+	}
+	for _, st := range warmCreateSteps(d.logs(), "wssh-", "-false") {
+		t.addSamples("warm create ("+st.name+")", st.s)
 	}
 	for _, st := range gatewaySteps(d.logs(), "wssh-", "-false", 0) {
 		t.addSamples("warm ssh (gateway): "+st.name, st.s)
