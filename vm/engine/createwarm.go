@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
@@ -209,7 +210,7 @@ func (l *Local) reidentifyGuest(ctx context.Context, cl *vsockcli.Client, row st
 		return "", fmt.Errorf("re-identify guest: %w", err)
 	}
 	took := time.Since(start)
-	lag := clockLag(took, r.StepMillis)
+	lag := clockLag(took, r.Steps, r.StepMillis)
 	l.log.Info("guest re-identified", "vm_id", row.ID, "duration_ms", took.Milliseconds(), "clock_lag_bound_ms", lag.Milliseconds(),
 		"flush_pending", r.FlushPending, "steps", stepProfile(r.Steps, r.StepMillis))
 	if r.AgentHostKey == nil {
@@ -233,19 +234,24 @@ const maxClockLag = 250 * time.Millisecond
 
 // clockLag bounds how far behind the host's the guest's clock is after a
 // re-identification that took took (host wall time, from before the
-// request was made to its reply) with the guest's step times ms: the
-// guest set its clock to the request's send time in its second step
-// ("set clock"), so it lags by the request's transit to the guest plus
-// its first two steps. The transit is at most took less the guest's
-// steps (both transits together). Without step times the bound is took.
-func clockLag(took time.Duration, ms []int64) time.Duration {
+// request was made to its reply) with the guest's steps and their times
+// ms: the guest set its clock to the request's send time in its "set
+// clock" step, so it lags by the request's transit to the guest plus its
+// steps up to and including that one (the first two for agents that do
+// not name it). The transit is at most took less the guest's steps (both
+// transits together). Without step times the bound is took.
+func clockLag(took time.Duration, steps []string, ms []int64) time.Duration {
 	if len(ms) < 2 {
 		return took
+	}
+	upTo := 1
+	if i := slices.Index(steps, "set clock"); i >= 0 {
+		upTo = i
 	}
 	var guest, before int64
 	for i, m := range ms {
 		guest += m
-		if i < 2 {
+		if i <= upTo {
 			before += m
 		}
 	}
