@@ -129,14 +129,21 @@ func stopJournald() int {
 }
 
 // restartJournald has systemd start a new journald, which reads the new
-// machine-id: the stopped one (pid) is asked to exit (SIGTERM, then
-// SIGCONT) and systemd starts another (its unit says Restart=always);
-// without a stopped one, systemctl restarts it. It reports what it did.
+// machine-id: the stopped one (pid) is killed and systemd starts another
+// (its unit says Restart=always); without a stopped one, systemctl
+// restarts it. It reports what it did.
+//
+// SIGKILL, not SIGTERM: a journald asked to exit first writes what waits
+// in its sockets, here into the template's journal files, which
+// re-identification removed; killed, it leaves all of it in the sockets
+// (systemd holds them, and the stdout streams in journald's file
+// descriptor store) for the new journald, which writes it under the new
+// machine-id. systemd logs the kill as the unit's failure before the
+// restart.
 func restartJournald(pid int) string {
 	if pid > 0 && findJournald("/proc") == pid {
-		unix.Kill(pid, unix.SIGTERM)
-		unix.Kill(pid, unix.SIGCONT)
-		return "restart journald (stopped one ended)"
+		unix.Kill(pid, unix.SIGKILL)
+		return "restart journald (stopped one killed)"
 	}
 	if pid > 0 {
 		unix.Kill(pid, unix.SIGCONT) // not journald any more; never leave it stopped
@@ -188,4 +195,22 @@ func parseStat(b []byte) (comm string, ppid int, ok bool) {
 		return "", 0, false
 	}
 	return string(b[open+1 : end]), ppid, true
+}
+
+// resumeStoppedJournald kills a stopped (SIGSTOP) systemd-journald, which
+// systemd then starts again: an agent that ended while it re-identified
+// the guest leaves it so (stopJournald).
+func resumeStoppedJournald(log interface{ Info(string, ...any) }) {
+	pid := findJournald("/proc")
+	if pid == 0 {
+		return
+	}
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return
+	}
+	if i := bytes.LastIndexByte(b, ')'); i >= 0 && i+2 < len(b) && b[i+2] == 'T' {
+		unix.Kill(pid, unix.SIGKILL)
+		log.Info("restarted a journald left stopped", "pid", pid)
+	}
 }
