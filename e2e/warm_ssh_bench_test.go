@@ -132,7 +132,7 @@ func BenchmarkWarmSSH(b *testing.B) {
 			res, _ := runClient(d.opensshCmd(ctx, key, "ssh", name+"@127.0.0.1",
 				"PATH=$PATH:/usr/sbin; if command -v sshd >/dev/null; then "+
 					"ss -ltnH 'sport = :22' | grep -q . || { echo sshd not listening; exit 1; }; "+
-					"if command -v ssh-keyscan >/dev/null; then k=$(ssh-keyscan -t ed25519 127.0.0.1 2>/dev/null | cut -d' ' -f3); "+
+					"if command -v ssh-keyscan >/dev/null; then k=$(ssh-keyscan -T 30 -t ed25519 127.0.0.1 2>/dev/null | cut -d' ' -f3); "+
 					"grep -q \"$k\" /etc/ssh/ssh_host_ed25519_key.pub && [ -n \"$k\" ] || { echo sshd serves another host key: $k; exit 1; }; fi; fi"), "")
 			cancel()
 			if res.code != 0 {

@@ -192,8 +192,9 @@ func (s *Server) reidentify(r proto.Reidentify) (proto.ReidentifyReply, error) {
 	if err != nil {
 		return proto.ReidentifyReply{}, err
 	}
+	checked := time.Now()
 	paused := pauseJournal(s.cfg.Root)
-	reply, err := s.becomeIdentity(id, begin, paused > 0)
+	reply, err := s.becomeIdentity(id, begin, checked, paused > 0)
 	if paused > 0 || err == nil {
 		s.journalLater(paused)
 	}
@@ -201,19 +202,18 @@ func (s *Server) reidentify(r proto.Reidentify) (proto.ReidentifyReply, error) {
 }
 
 // becomeIdentity is reidentify's work once id is checked (begin: when the
-// request was taken; paused: journald was stopped).
-func (s *Server) becomeIdentity(id identity, begin time.Time, paused bool) (proto.ReidentifyReply, error) {
-	reply := proto.ReidentifyReply{Steps: []string{}}
-	last := begin
+// request was taken, checked: when it was checked; paused: journald was
+// stopped since).
+func (s *Server) becomeIdentity(id identity, begin, checked time.Time, paused bool) (proto.ReidentifyReply, error) {
+	reply := proto.ReidentifyReply{Steps: []string{"check request"}, StepMillis: []int64{checked.Sub(begin).Milliseconds()}}
+	last := checked
 	step := func(name string) {
 		reply.Steps = append(reply.Steps, name)
 		reply.StepMillis = append(reply.StepMillis, time.Since(last).Milliseconds())
 		last = time.Now()
 	}
 	if paused {
-		step("check request, stop journald")
-	} else {
-		step("check request")
+		step("stop journald")
 	}
 
 	reseed := reseedKernel
