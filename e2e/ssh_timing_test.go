@@ -150,3 +150,73 @@ func gatewaySteps(log, prefix, suffix string, nth int) []gatewayStep {
 	}
 	return steps
 }
+
+// warmCreateSteps returns, from a daemon's JSON log, the step durations
+// of the warm creates of each VM whose name has prefix and suffix: the
+// engine's ("vm ready (warm)": disk, network, restore, agent,
+// reidentify, record) and then the guest agent's re-identification steps
+// ("guest re-identified", by vm_id), in the order first seen.
+func warmCreateSteps(log, prefix, suffix string) []gatewayStep {
+	var steps []gatewayStep
+	index := map[string]int{}
+	add := func(name string, d time.Duration) {
+		i, ok := index[name]
+		if !ok {
+			i = len(steps)
+			index[name] = i
+			steps = append(steps, gatewayStep{name: name})
+		}
+		steps[i].s = append(steps[i].s, d)
+	}
+	type line struct {
+		Msg   string `json:"msg"`
+		VM    string `json:"vm"`
+		VMID  string `json:"vm_id"`
+		Steps string `json:"steps"`
+		Took  int64  `json:"duration_ms"`
+	}
+	var reid []line
+	ours := map[string]bool{} // vm ids
+	sc := bufio.NewScanner(strings.NewReader(log))
+	sc.Buffer(nil, 1<<20)
+	for sc.Scan() {
+		var l line
+		if json.Unmarshal(sc.Bytes(), &l) != nil {
+			continue
+		}
+		switch l.Msg {
+		case "guest re-identified":
+			reid = append(reid, l)
+		case "vm ready (warm)":
+			if !strings.HasPrefix(l.VM, prefix) || !strings.HasSuffix(l.VM, suffix) {
+				continue
+			}
+			ours[l.VMID] = true
+			var ms map[string]any
+			json.Unmarshal(sc.Bytes(), &ms)
+			for _, k := range []string{"disk", "network", "restore", "agent", "reidentify", "record", "ready"} {
+				if v, ok := ms[k+"_ms"].(float64); ok {
+					add("engine: "+k, time.Duration(v*float64(time.Millisecond)))
+				}
+			}
+		}
+	}
+	for _, l := range reid {
+		if !ours[l.VMID] {
+			continue
+		}
+		// "reseed rng=1ms, set clock=0ms, ...": names may hold ", ".
+		for _, part := range strings.Split(l.Steps, "ms, ") {
+			i := strings.LastIndex(part, "=")
+			if i < 0 {
+				continue
+			}
+			ms, err := time.ParseDuration(strings.TrimSuffix(part[i+1:], "ms") + "ms")
+			if err == nil {
+				add("guest: "+part[:i], ms)
+			}
+		}
+		add("guest: whole call (host side)", time.Duration(l.Took)*time.Millisecond)
+	}
+	return steps
+}

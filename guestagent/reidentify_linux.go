@@ -183,17 +183,37 @@ var leftoverGlobs = []string{
 }
 
 // reidentify carries out r (see the comment at the top of the file).
+// journald, which keeps the machine-id it started with, is stopped first
+// (what is logged from then on waits in its sockets) and restarted under
+// the new identity once the guest is quiet (journalLater).
 func (s *Server) reidentify(r proto.Reidentify) (proto.ReidentifyReply, error) {
+	begin := time.Now()
 	id, err := parseIdentity(r)
 	if err != nil {
 		return proto.ReidentifyReply{}, err
 	}
-	reply := proto.ReidentifyReply{Steps: []string{}}
-	last := time.Now()
+	checked := time.Now()
+	paused := pauseJournal(s.cfg.Root)
+	reply, err := s.becomeIdentity(id, begin, checked, paused > 0)
+	if paused > 0 || err == nil {
+		s.journalLater(paused)
+	}
+	return reply, err
+}
+
+// becomeIdentity is reidentify's work once id is checked (begin: when the
+// request was taken, checked: when it was checked; paused: journald was
+// stopped since).
+func (s *Server) becomeIdentity(id identity, begin, checked time.Time, paused bool) (proto.ReidentifyReply, error) {
+	reply := proto.ReidentifyReply{Steps: []string{"check request"}, StepMillis: []int64{checked.Sub(begin).Milliseconds()}}
+	last := checked
 	step := func(name string) {
 		reply.Steps = append(reply.Steps, name)
 		reply.StepMillis = append(reply.StepMillis, time.Since(last).Milliseconds())
 		last = time.Now()
+	}
+	if paused {
+		step("stop journald")
 	}
 
 	reseed := reseedKernel
@@ -304,15 +324,27 @@ func (s *Server) reidentify(r proto.Reidentify) (proto.ReidentifyReply, error) {
 }
 
 // afterReidentify makes running services pick up the new identity once
-// the reply is on its way (reloadServices: sshd re-reads its host keys,
-// journald restarts under the new machine-id): their reload competes with
-// the host's next calls for the guest's vCPU, and nothing of the VM's
-// identity depends on it.
+// the reply is on its way (reloadServices: sshd re-reads its host keys
+// where it must): their reload competes with the host's next calls for
+// the guest's vCPU, and nothing of the VM's identity depends on it.
 func (s *Server) afterReidentify() {
 	done := reloadServices(s.cfg.Root)
 	if len(done) > 0 {
 		s.log.Info("services reloaded after re-identification", "done", strings.Join(done, ", "))
 	}
+}
+
+// journalLater has journald restarted under the new machine-id once the
+// guest is quiet (at most journalWaitMax): pid is the journald that
+// reidentify stopped (0: none), which never stays stopped longer.
+func (s *Server) journalLater(pid int) {
+	go func() {
+		start := time.Now()
+		waitQuiet(quietFor, journalWaitMax, nil)
+		if done := restartJournal(s.cfg.Root, pid); done != "" {
+			s.log.Info("journald restarted under the new identity", "done", done, "waited_ms", time.Since(start).Milliseconds())
+		}
+	}()
 }
 
 // writeFileNoSync replaces path atomically (written aside, renamed) but
@@ -352,7 +384,9 @@ var flushFS = syncFS
 // fork source's hostname file, machine-id, sshd keys and owner keys, and
 // an agent key the host no longer pins (the start then fails as "agent not
 // ready": destroy it and fork or create again). The window is the flush
-// itself, a few hundred ms after the reply.
+// itself, which starts once the guest has been quiet for a second (the
+// user's first command goes first) and at most 2 s after the reply
+// (waitQuiet), and takes a few hundred ms.
 func (s *Server) flushLater(dir string) {
 	done := make(chan struct{})
 	s.flushMu.Lock()
@@ -364,6 +398,7 @@ func (s *Server) flushLater(dir string) {
 		if prev != nil {
 			<-prev
 		}
+		waitQuiet(quietFor, flushWaitMax, s.hurry)
 		start := time.Now()
 		if err := flushFS(dir); err != nil {
 			s.log.Warn("flush after re-identification", "dir", dir, "err", err)
@@ -376,6 +411,7 @@ func (s *Server) flushLater(dir string) {
 // WaitFlushed waits until the flushes started by re-identification so far
 // are done, or ctx ends.
 func (s *Server) WaitFlushed(ctx context.Context) error {
+	s.hurryOnce.Do(func() { close(s.hurry) }) // no more waiting for quiet
 	s.flushMu.Lock()
 	done := s.flushing
 	s.flushMu.Unlock()
@@ -622,9 +658,7 @@ const sshdSession = "/usr/lib/openssh/sshd-session"
 // listening for seconds under TCG. Only where the listener holds the keys
 // (OpenSSH >= 9.8, sshd-session installed) is it sent SIGHUP.
 //
-// journald is restarted to write under the new machine-id, queued
-// (systemctl --no-block) and not waited for: waiting took seconds of a
-// Debian clone's re-identification under TCG.
+// journald is restarted apart from these (journalLater).
 func reloadGuestServices(root string) []string {
 	var done []string
 	if root != "" && root != "/" {
@@ -639,14 +673,18 @@ func reloadGuestServices(root string) []string {
 			}
 		}
 	}
-	if _, err := os.Stat("/run/systemd/system"); err == nil {
-		cmd := exec.Command("systemctl", "--no-block", "restart", "systemd-journald.service")
-		if cmd.Start() == nil {
-			go cmd.Wait()
-			done = append(done, "restart journald (started)")
-		}
-	}
 	return done
+}
+
+// restartUnit queues a restart of a systemd unit (systemctl --no-block)
+// and does not wait for it.
+func restartUnit(unit string) error {
+	cmd := exec.Command("systemctl", "--no-block", "restart", unit)
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	go cmd.Wait()
+	return nil
 }
 
 // setNetwork is the config's SetNetwork, or the guarded default.

@@ -221,7 +221,7 @@ func TestReidentifyOverSSH(t *testing.T) {
 	if ok, _, err := c.SendRequest(proto.ReqPing, true, []byte("{}")); !ok || err != nil {
 		t.Fatalf("ping on the old connection: %v %v", ok, err)
 	}
-	want := []string{"reseed rng", "set clock", "set hostname", "write hostname", "set machine id", "remove template leftovers",
+	want := []string{"check request", "reseed rng", "set clock", "set hostname", "write hostname", "set machine id", "remove template leftovers",
 		"regenerate sshd host keys", "write authorized keys", "regenerate agent host key", "move eth0 to its own mac and ip, announce it"}
 	if len(reply.StepMillis) != len(reply.Steps) {
 		t.Errorf("step times %v for steps %q", reply.StepMillis, reply.Steps)

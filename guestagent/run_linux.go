@@ -90,6 +90,11 @@ func Run(ctx context.Context, opts Options) error {
 		}
 	}()
 	go growRoot(ctx, log)
+	if !opts.PID1 {
+		// An agent that ended while a re-identification had journald
+		// stopped (quiet_linux.go) restarts it now.
+		resumeStoppedJournald(log)
+	}
 
 	power := SystemPower
 	if opts.PID1 {

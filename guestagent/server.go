@@ -39,6 +39,9 @@ type Server struct {
 
 	flushMu  sync.Mutex
 	flushing chan struct{} // closed when the last flush after reidentify is done (nil: none)
+
+	hurry     chan struct{} // closed by WaitFlushed: flushes wait for quiet no longer
+	hurryOnce sync.Once
 }
 
 // NewServer validates cfg, loads or creates the host key and returns a
@@ -52,7 +55,8 @@ func NewServer(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, log: cfg.Log, signer: &swapSigner{s: signer}, hostKeys: [][]byte{cfg.AuthorizedKey.Marshal()}}
+	s := &Server{cfg: cfg, log: cfg.Log, signer: &swapSigner{s: signer}, hostKeys: [][]byte{cfg.AuthorizedKey.Marshal()},
+		hurry: make(chan struct{})}
 	s.ssh = &ssh.ServerConfig{
 		PublicKeyCallback: func(meta ssh.ConnMetadata, key ssh.PublicKey) (*ssh.Permissions, error) {
 			if !s.accepts(key) {

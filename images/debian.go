@@ -75,6 +75,12 @@ var debianFiles = map[string]string{
 	"etc/systemd/system/minions-agent.service": agentUnit,
 	"etc/resolv.conf":                          "# rewritten by minions-agent from minions.dns\nnameserver 1.1.1.1\n",
 	"etc/machine-id":                           "", // empty: set from the VM ID by the agent, else by systemd
+	// A clone of a warm template wakes with the template's clock, which
+	// re-identification moves on by hours or days: systemd then starts
+	// every calendar timer whose time passed meanwhile. Those without a
+	// random delay of their own (dpkg's daily database backup, at
+	// midnight) would all run in the clone's first seconds.
+	"etc/systemd/system/dpkg-db-backup.timer.d/minions.conf": "[Timer]\nRandomizedDelaySec=6h\n",
 }
 
 // debianLinks enable units the way systemctl enable would, and mask

@@ -386,11 +386,13 @@ func (l *Local) reconcileTemplates(ctx context.Context) {
 
 // templateSettleCmd waits, in a Minions guest with systemd, until its
 // boot is over (every unit started: sshd listening, journald, timers), at
-// most 3 minutes; a guest without systemd (the agent is init) is done at
-// once, and so is anything that is not a Minions guest (the engine tests'
-// in-process agents run commands on the test host).
+// most 3 minutes, and then writes what the boot left dirty to the disk
+// (else every clone writes the template's dirty pages again, on its vCPU,
+// in its first seconds); a guest without systemd (the agent is init) is
+// done at once, and so is anything that is not a Minions guest (the
+// engine tests' in-process agents run commands on the test host).
 const templateSettleCmd = `if grep -q minions.id= /proc/cmdline && [ -d /run/systemd/system ] && command -v systemctl >/dev/null; then ` +
-	`timeout 180 systemctl is-system-running --wait >/dev/null 2>&1; fi; true`
+	`timeout 180 systemctl is-system-running --wait >/dev/null 2>&1; sync; fi; true`
 
 // settleTemplate waits until the template guest has finished booting, so
 // a clone wakes up with sshd listening and nothing left of the boot to run
