@@ -121,7 +121,7 @@ func Run(ctx context.Context, cfg Config) error {
 	r := &relay{cfg: cfg, log: cfg.Log, changed: make(chan struct{})}
 
 	os.Remove(cfg.Listen)
-	l, err := net.Listen("unix", cfg.Listen)
+	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: cfg.Listen, Net: "unix"})
 	if err != nil {
 		return errs.New(errs.Unavailable, "relay: listen %s: %w", cfg.Listen, err)
 	}
@@ -178,8 +178,11 @@ func (r *relay) linkLoop(ctx context.Context) error {
 	connected := false
 	var goneSince time.Time
 	for ctx.Err() == nil {
+		// DialUnix, Dialer.DialUnix and ListenUnix, not Dial and Listen,
+		// whose address resolution links the DNS resolver: about 280 KB
+		// of the binary, whose pages each relay maps (TestNoResolver).
 		var d net.Dialer
-		conn, err := d.DialContext(ctx, "unix", r.cfg.SerialSocket)
+		conn, err := d.DialUnix(ctx, "unix", nil, &net.UnixAddr{Name: r.cfg.SerialSocket, Net: "unix"})
 		if err != nil {
 			if ctx.Err() != nil {
 				break
