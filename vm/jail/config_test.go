@@ -132,6 +132,8 @@ func TestPlanRefusesBadRequests(t *testing.T) {
 		"relative argv": {UID: 5, Dir: "/", Argv: []string{"qemu"}},
 		"root uid":      {UID: 0, Dir: "/", Argv: []string{"/qemu"}},
 		"relative file": {UID: 5, Dir: "/", Argv: []string{"/qemu"}, ReadOnly: []string{"k"}},
+		"bad env":       {UID: 5, Dir: "/", Argv: []string{"/qemu"}, Env: []string{"GOMAXPROCS"}},
+		"env sets PATH": {UID: 5, Dir: "/", Argv: []string{"/qemu"}, Env: []string{"PATH=/tmp"}},
 	} {
 		if _, err := c.Plan(r); !errors.Is(err, errs.InvalidArgument) {
 			t.Errorf("%s: %v", name, err)

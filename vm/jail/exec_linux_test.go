@@ -205,9 +205,10 @@ func TestExecJails(t *testing.T) {
 		"echo x >> " + image + " 2>/dev/null || echo image read-only",
 		"cat /proc/self/cgroup",
 		"echo env: $(env | grep -c SECRET_TOKEN)",
+		"echo plan env: $MINIONS_JAIL_TEST",
 	}, "; ")
 	p, err := c.Plan(Request{UID: uid, Cgroup: name, Dir: run, Argv: []string{"/bin/sh", "-c", script},
-		ReadOnly: []string{image}, Writable: []string{run, disk}})
+		ReadOnly: []string{image}, Writable: []string{run, disk}, Env: []string{"MINIONS_JAIL_TEST=plan=ok"}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -228,7 +229,7 @@ func TestExecJails(t *testing.T) {
 	for _, want := range []string{
 		fmt.Sprintf("%d\n%d\n%d\n", uid, uid, uid),
 		"my disk\n", "base image\n", "wrote run\n", "no secret\n", "no other disk\n",
-		"env: 0\n", "vms not listable\n", "other absent\n", "mine exists\n", "image read-only\n", name,
+		"env: 0\n", "plan env: plan=ok\n", "vms not listable\n", "other absent\n", "mine exists\n", "image read-only\n", name,
 	} {
 		if !strings.Contains(got, want) {
 			t.Errorf("output lacks %q:\n%s", want, got)

@@ -30,6 +30,9 @@ type Request struct {
 	// directories (run dir, console log, disk overlay).
 	ReadOnly []string
 	Writable []string
+	// Env is added to the launcher's clean environment (NAME=value each;
+	// jailexec.CheckEnv).
+	Env []string
 }
 
 // Plan computes the plan for r: the hidden directories (without those
@@ -47,7 +50,10 @@ func (c Config) Plan(r Request) (Plan, error) {
 	if !filepath.IsAbs(r.Dir) {
 		return Plan{}, errs.New(errs.InvalidArgument, "jail plan: working directory %q is not absolute", r.Dir)
 	}
-	p := Plan{UID: r.UID, GID: r.UID, Groups: slices.Clone(r.Groups), Cgroup: r.Cgroup, Dir: r.Dir, Argv: slices.Clone(r.Argv)}
+	if err := jailexec.CheckEnv(r.Env); err != nil {
+		return Plan{}, err
+	}
+	p := Plan{UID: r.UID, GID: r.UID, Groups: slices.Clone(r.Groups), Cgroup: r.Cgroup, Dir: r.Dir, Argv: slices.Clone(r.Argv), Env: slices.Clone(r.Env)}
 
 	hide := make([]string, 0, len(c.Hide))
 	for _, h := range c.Hide {

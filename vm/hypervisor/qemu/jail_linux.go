@@ -279,6 +279,12 @@ func (d *Driver) relayArgv(runDir string, console bool) []string {
 	return argv
 }
 
+// relayEnv is added to the agent relay's environment: a Go runtime that
+// starts with one P per core and then drops to one (as minions-relay does
+// by itself) keeps about 180 KiB more resident per relay than one that
+// starts with one P (measured with smaps, 6 relays; BenchmarkMemoryPerVM).
+var relayEnv = []string{"GOMAXPROCS=1"}
+
 // startRelay starts the agent relay of the VM in runDir, jailed as uid in
 // cgroup when uid > 0. The relay command's absolute paths (its executable)
 // are bound into the jail read-only. Given console (openConsoleFiles), the
@@ -290,6 +296,7 @@ func (d *Driver) startRelay(runDir string, uid int, cgroup string, console []*os
 	if uid == 0 {
 		cmd := exec.Command(argv[0], argv[1:]...)
 		cmd.Dir, cmd.ExtraFiles = runDir, console
+		cmd.Env = append(os.Environ(), relayEnv...)
 		return launch.SpawnCmd(cmd, logPath)
 	}
 	if !filepath.IsAbs(argv[0]) {
@@ -305,7 +312,7 @@ func (d *Driver) startRelay(runDir string, uid int, cgroup string, console []*os
 			ro = append(ro, a)
 		}
 	}
-	plan, err := d.cfg.Jail.Plan(jail.Request{UID: uid, Cgroup: cgroup, Dir: runDir, Argv: argv, ReadOnly: ro, Writable: []string{runDir}})
+	plan, err := d.cfg.Jail.Plan(jail.Request{UID: uid, Cgroup: cgroup, Dir: runDir, Argv: argv, ReadOnly: ro, Writable: []string{runDir}, Env: relayEnv})
 	if err != nil {
 		return nil, err
 	}

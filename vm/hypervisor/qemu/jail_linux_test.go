@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -13,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/minionsdev/minions/vm/jail"
+	"github.com/minionsdev/minions/vm/jail/jailexec"
 )
 
 // procUID returns the real uid of pid (/proc/PID/status).
@@ -87,6 +89,14 @@ func TestJailedVM(t *testing.T) {
 		if ns, _ := os.Readlink(fmt.Sprintf("/proc/%d/ns/mnt", pid)); ns == hostNS {
 			t.Errorf("%s shares the host's mount namespace", name)
 		}
+	}
+	// The relay's Go runtime starts with one P (relayEnv).
+	env, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", h.Helpers[0].PID))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Split(strings.TrimRight(string(env), "\x00"), "\x00"); !slices.Contains(got, "GOMAXPROCS=1") || !slices.Contains(got, jailexec.CleanEnv[0]) {
+		t.Errorf("relay environment %q, want the clean one with GOMAXPROCS=1", got)
 	}
 	if got, err := jail.CgroupMemoryMax(cg); err != nil || got != int64(spec.MemoryMiB+jail.DefaultMemoryOverheadMiB)<<20 {
 		t.Errorf("memory max = %d, %v; want %d MiB", got, err, spec.MemoryMiB+jail.DefaultMemoryOverheadMiB)

@@ -79,6 +79,8 @@ func ParsePlan(s string) (Plan, error) {
 			return d.string(&p.Dir)
 		case "argv":
 			return d.strings(&p.Argv)
+		case "env":
+			return d.strings(&p.Env)
 		}
 		return d.errorf("unknown key %q", key)
 	})

@@ -12,6 +12,7 @@ var testPlans = []Plan{
 		Hide: []string{"/var/lib/minions", "/run/minions"}, Binds: []Bind{{Path: "/var/lib/minions/vms/x"}, {Path: "/ro path", ReadOnly: true}},
 		Check: []Access{{Path: "/dev/kvm", Mode: "rw"}, {Path: "/usr/bin/qemu", Mode: "x"}},
 		Dir:   "/var/lib/minions/vms/x", Argv: []string{"/usr/bin/qemu-system-x86_64", "-name", "a<b>&c\"d\\e\n\t\x01", "é€😀", "\xff\xfe", ""}},
+	{UID: 7, GID: 7, Dir: "/run", Argv: []string{"/usr/lib/minions/minions-relay", "agent-relay"}, Env: []string{"GOMAXPROCS=1", "X=a=b"}},
 	{Groups: []int{}, Hide: []string{}, Binds: []Bind{}, Check: []Access{}, Argv: []string{}},
 }
 

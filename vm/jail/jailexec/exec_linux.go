@@ -70,8 +70,13 @@ func Exec(p Plan) error {
 		return err
 	}
 	// A fresh environment: the caller's may hold credentials (a DNS
-	// provider's token, say) that a VM's processes must not see.
-	if err := unix.Exec(p.Argv[0], p.Argv, CleanEnv); err != nil {
+	// provider's token, say) that a VM's processes must not see. Only
+	// the plan's own entries are added.
+	if err := CheckEnv(p.Env); err != nil {
+		return err
+	}
+	env := append(append([]string(nil), CleanEnv...), p.Env...)
+	if err := unix.Exec(p.Argv[0], p.Argv, env); err != nil {
 		return fmt.Errorf("exec %s: %w", p.Argv[0], err)
 	}
 	return nil

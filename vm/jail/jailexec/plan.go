@@ -3,6 +3,8 @@ package jailexec
 import (
 	"fmt"
 	"strings"
+
+	"github.com/minionsdev/minions/internal/errs"
 )
 
 // Bind is a path bound back into a hidden directory, at the same path.
@@ -31,6 +33,11 @@ type Plan struct {
 	Check  []Access `json:"check,omitempty"`
 	Dir    string   `json:"dir"`
 	Argv   []string `json:"argv"` // Argv[0] is an absolute path
+	// Env is added to CleanEnv for the exec'd process, NAME=value each
+	// (the agent relay's GOMAXPROCS=1: a Go runtime's start-up with one
+	// P per core leaves memory resident that a later GOMAXPROCS(1) does
+	// not give back).
+	Env []string `json:"env,omitempty"`
 }
 
 // String renders p one item a line, for golden tests and logs.
@@ -52,6 +59,26 @@ func (p Plan) String() string {
 		fmt.Fprintf(&b, "check %s %s\n", a.Mode, a.Path)
 	}
 	fmt.Fprintf(&b, "dir %s\n", p.Dir)
+	for _, e := range p.Env {
+		fmt.Fprintf(&b, "env %s\n", e)
+	}
 	fmt.Fprintf(&b, "exec %s\n", strings.Join(p.Argv, " "))
 	return b.String()
+}
+
+// CheckEnv reports whether every entry of env is NAME=value with a name
+// of letters, digits and underscores, and none sets PATH (CleanEnv's).
+func CheckEnv(env []string) error {
+	for _, e := range env {
+		name, _, ok := strings.Cut(e, "=")
+		valid := ok && name != "" && name != "PATH"
+		for i := 0; valid && i < len(name); i++ {
+			c := name[i]
+			valid = c == '_' || c >= 'A' && c <= 'Z' || c >= 'a' && c <= 'z' || c >= '0' && c <= '9' && i > 0
+		}
+		if !valid {
+			return errs.New(errs.InvalidArgument, "jail plan: environment entry %q is not NAME=value (or sets PATH)", e)
+		}
+	}
+	return nil
 }

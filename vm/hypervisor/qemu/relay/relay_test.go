@@ -319,3 +319,46 @@ func TestRelayIdleHook(t *testing.T) {
 		}
 	}
 }
+
+// TestReleaseBuffers: closed connections leave their copy buffers for the
+// next ones (at most maxFreeBufs), and ReleaseBuffers lets them all go at
+// once, so that one GC frees them (a sync.Pool needed two).
+func TestReleaseBuffers(t *testing.T) {
+	ReleaseBuffers()
+	serial, listen := sockets(t)
+	startGuest(t, serial, 1)
+	startRelay(t, Config{SerialSocket: serial, Listen: listen})
+	for i := range maxFreeBufs + 2 {
+		var wg sync.WaitGroup
+		for j := range 6 { // connections at once: a buffer each way
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				c, br := connect(t, listen, nil)
+				defer c.Close()
+				msg := fmt.Sprintf("hi %d.%d", i, j)
+				c.Write([]byte(msg))
+				c.CloseWrite()
+				if got, err := io.ReadAll(br); err != nil || string(got) != "guest1:"+msg {
+					t.Errorf("echo %q, %v", got, err)
+				}
+			}()
+		}
+		wg.Wait()
+	}
+	// Buffers go back after the client sees its echo end: wait for them.
+	for deadline := time.Now().Add(5 * time.Second); freeBuffers() != maxFreeBufs; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d buffers kept after 12 connections at once, want %d", freeBuffers(), maxFreeBufs)
+		}
+	}
+	b := getBuf()
+	putBuf(b)
+	if n := freeBuffers(); n != maxFreeBufs {
+		t.Fatalf("%d buffers kept after a get and a put, want %d", n, maxFreeBufs)
+	}
+	ReleaseBuffers()
+	if n := freeBuffers(); n != 0 {
+		t.Fatalf("%d buffers kept after ReleaseBuffers, want 0", n)
+	}
+}
