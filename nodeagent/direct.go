@@ -337,7 +337,8 @@ func (d *Direct) track(c net.Conn, add bool) bool {
 // handle authenticates one connection, redeems its ticket and serves it.
 func (d *Direct) handle(ctx context.Context, raw net.Conn, eng engine.Engine) error {
 	raw.SetDeadline(time.Now().Add(10 * time.Second))
-	ra := &readAhead{Conn: raw} // transfer_direct.go
+	sc := &stallConn{Conn: raw} // transfer_direct.go: armed for disk streams
+	ra := &readAhead{Conn: sc}  // transfer_direct.go
 	c := tls.Server(ra, d.tls)
 	if err := c.HandshakeContext(ctx); err != nil {
 		return fmt.Errorf("tls: %w", err)
@@ -377,6 +378,7 @@ func (d *Direct) handle(ctx context.Context, raw net.Conn, eng engine.Engine) er
 			return err
 		}
 		raw.SetDeadline(time.Time{})
+		sc.arm(diskStall)
 		ra.buffer(readAheadSize)
 		return d.parkDisk(ctx, h.VM, c) // transfer_direct.go
 	}

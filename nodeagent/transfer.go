@@ -104,7 +104,9 @@ func (r *Remote) openDisk(ctx context.Context, sid, id string) (c net.Conn, dire
 	c, err = r.dialDirect(ctx, kindDisk, sid)
 	if err == nil {
 		r.diskDirect.Add(1)
-		return c, true, nil
+		sc := &stallConn{Conn: c} // transfer_direct.go
+		sc.arm(diskStall)
+		return sc, true, nil
 	}
 	var nd *errNoDirect
 	if !errors.As(err, &nd) {

@@ -4,9 +4,14 @@ import (
 	"bufio"
 	"context"
 	"crypto/tls"
+	"errors"
 	"net"
+	"os"
 	"sync"
+	"sync/atomic"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/minionsdev/minions/internal/errs"
 	"github.com/minionsdev/minions/vm/engine"
@@ -211,4 +216,100 @@ func (c *batchedTLS) Write(p []byte) (int, error) {
 		return 0, ferr
 	}
 	return n, err
+}
+
+// A disk stream that stops moving without either end seeing a reset (a
+// link that silently drops everything, a middlebox that lost the flow, a
+// relay that stopped forwarding) is found by a progress deadline on its
+// connection (stallConn): once data has moved, a read that gets nothing
+// for diskStall, or a write that cannot hand diskWritePiece bytes to the
+// kernel within diskStall, fails as errs.Unavailable, and the stream
+// resumes (transfer_resume.go) instead of waiting out transferIdle. The
+// connection's TCP keepalive probes every second after a second of
+// silence, and TCP_USER_TIMEOUT is diskStall, so the kernel also gives
+// up on a peer that stopped answering while the stream waits (for its
+// first byte, say: a resumed export first waits for the instance's lock
+// and checksums the disk up to its offset, which may take longer than
+// diskStall). The cost: a live peer that does not read for diskStall (a
+// disk write that blocks that long) ends the stream, which then resumes.
+
+// diskStall is how long a disk stream may move nothing, once it moved
+// something, before it counts as dropped.
+var diskStall = 5 * time.Second
+
+// diskWritePiece is the most a disk connection hands the kernel per
+// deadline: the link must move at least this much per diskStall
+// (0.8 MiB/s) for a stream not to count as stalled.
+const diskWritePiece = 4 << 20
+
+// stallConn is a connection with a progress deadline (see above) once
+// arm was called. Reads wait without one until the first byte after
+// arm arrived. Not safe for concurrent Reads (or Writes).
+type stallConn struct {
+	net.Conn
+	stall atomic.Int64 // time.Duration; 0 until arm
+	seen  bool         // a byte was read since arm
+}
+
+// arm starts the progress deadline d on c, and the kernel's own probing
+// (keepalive, TCP_USER_TIMEOUT of d) where c is TCP.
+func (c *stallConn) arm(d time.Duration) {
+	c.stall.Store(int64(d))
+	tcpProbe(c.Conn, d)
+}
+
+func (c *stallConn) Read(p []byte) (int, error) {
+	d := time.Duration(c.stall.Load())
+	if d > 0 && c.seen {
+		c.Conn.SetReadDeadline(time.Now().Add(d))
+	}
+	n, err := c.Conn.Read(p)
+	if n > 0 && d > 0 {
+		c.seen = true
+	}
+	if err != nil && d > 0 && c.seen && errors.Is(err, os.ErrDeadlineExceeded) {
+		return n, errs.New(errs.Unavailable, "disk stream stalled: nothing arrived for %s", d)
+	}
+	return n, err
+}
+
+func (c *stallConn) Write(p []byte) (int, error) {
+	d := time.Duration(c.stall.Load())
+	if d <= 0 {
+		return c.Conn.Write(p)
+	}
+	n := 0
+	for n < len(p) {
+		k := min(len(p)-n, diskWritePiece)
+		c.Conn.SetWriteDeadline(time.Now().Add(d))
+		m, err := c.Conn.Write(p[n : n+k])
+		n += m
+		if err != nil {
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				return n, errs.New(errs.Unavailable, "disk stream stalled: the peer took nothing for %s", d)
+			}
+			return n, err
+		}
+	}
+	return n, nil
+}
+
+// tcpProbe makes the kernel find a dead peer of TCP connection c within
+// about d: keepalive probes every second after a second of silence (at
+// most d/1s of them), and TCP_USER_TIMEOUT d for data it sent that the
+// peer does not acknowledge. Best effort: c may be no TCP connection.
+func tcpProbe(c net.Conn, d time.Duration) {
+	if tc, ok := c.(interface{ NetConn() net.Conn }); ok {
+		c = tc.NetConn() // a TLS connection's TCP connection
+	}
+	tc, ok := c.(*net.TCPConn)
+	if !ok {
+		return
+	}
+	tc.SetKeepAliveConfig(net.KeepAliveConfig{Enable: true, Idle: time.Second, Interval: time.Second, Count: max(int(d/time.Second), 1)})
+	if rc, err := tc.SyscallConn(); err == nil {
+		rc.Control(func(fd uintptr) {
+			unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_USER_TIMEOUT, int(d/time.Millisecond))
+		})
+	}
 }

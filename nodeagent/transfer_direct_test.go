@@ -5,10 +5,13 @@ import (
 	"crypto/tls"
 	"io"
 	"net"
+	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/minionsdev/minions/fabric"
+	"github.com/minionsdev/minions/internal/errs"
 )
 
 // countConn counts a connection's Read and Write calls.
@@ -93,4 +96,79 @@ func TestDiskConnBatching(t *testing.T) {
 	if pw < 256 {
 		t.Errorf("plain TLS wrote %d times: the measure does not see records", pw)
 	}
+}
+
+// tcpPair is a connected pair of loopback TCP connections.
+func tcpPair(t *testing.T) (net.Conn, net.Conn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	acc := make(chan net.Conn, 1)
+	go func() { c, _ := ln.Accept(); acc <- c }()
+	a, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := <-acc
+	if b == nil {
+		t.Fatal("accept failed")
+	}
+	t.Cleanup(func() { a.Close(); b.Close() })
+	return a, b
+}
+
+// TestStallConn: an armed disk connection waits for its first byte as
+// long as it takes, then fails a read that gets nothing for the stall
+// deadline, and a write the peer does not take, as errs.Unavailable
+// ("stalled"); unarmed it never sets a deadline.
+func TestStallConn(t *testing.T) {
+	const d = 300 * time.Millisecond
+	t.Run("read", func(t *testing.T) {
+		a, b := tcpPair(t)
+		sc := &stallConn{Conn: b}
+		sc.arm(d)
+		go func() { time.Sleep(3 * d); a.Write([]byte("x")) }()
+		buf := make([]byte, 16)
+		start := time.Now()
+		if n, err := sc.Read(buf); n != 1 || err != nil {
+			t.Fatalf("first read after %s: %d, %v; want the byte (no deadline before it)", time.Since(start), n, err)
+		}
+		start = time.Now()
+		_, err := sc.Read(buf)
+		took := time.Since(start)
+		if errs.ClassOf(err) != errs.Unavailable || !strings.Contains(err.Error(), "stalled") {
+			t.Fatalf("read of a silent peer: %v, want Unavailable (stalled)", err)
+		}
+		if took < d || took > 10*d {
+			t.Errorf("the stall was found after %s, want about %s", took, d)
+		}
+	})
+	t.Run("write", func(t *testing.T) {
+		_, b := tcpPair(t) // the peer never reads
+		sc := &stallConn{Conn: b}
+		sc.arm(d)
+		start := time.Now()
+		chunk := make([]byte, 1<<20)
+		var err error
+		for i := 0; i < 256 && err == nil; i++ {
+			_, err = sc.Write(chunk)
+		}
+		if errs.ClassOf(err) != errs.Unavailable || !strings.Contains(err.Error(), "stalled") {
+			t.Fatalf("writes to a peer that reads nothing: %v after %s, want Unavailable (stalled)", err, time.Since(start))
+		}
+	})
+	t.Run("unarmed", func(t *testing.T) {
+		a, b := tcpPair(t)
+		sc := &stallConn{Conn: b}
+		go func() { time.Sleep(2 * d); a.Write([]byte("x")) }()
+		buf := make([]byte, 16)
+		sc.Read(buf)
+		go func() { time.Sleep(2 * d); a.Write([]byte("y")) }()
+		if n, err := sc.Read(buf); n != 1 || err != nil || buf[0] != 'y' {
+			t.Fatalf("unarmed read after a pause: %d %q, %v", n, buf[:n], err)
+		}
+	})
 }

@@ -270,7 +270,8 @@ func (d *Direct) dialPeer(ctx context.Context, to peerDial, sid string) (*batche
 	if err != nil {
 		return nil, errs.New(errs.Unavailable, errPeerDialPrefix+"%s: %v", to.Addr, err)
 	}
-	bc := &batchConn{Conn: raw}
+	sc := &stallConn{Conn: raw}
+	bc := &batchConn{Conn: sc}
 	tc := tls.Client(bc, cfg)
 	if err := tc.HandshakeContext(dctx); err != nil {
 		raw.Close()
@@ -296,6 +297,7 @@ func (d *Direct) dialPeer(ctx context.Context, to peerDial, sid string) (*batche
 		return nil, errs.New(errs.Unavailable, errPeerDialPrefix+"bad hello reply %q", line)
 	}
 	tc.SetDeadline(time.Time{})
+	sc.arm(diskStall)
 	return &batchedTLS{Conn: tc, raw: bc}, nil
 }
 

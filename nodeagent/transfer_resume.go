@@ -255,6 +255,9 @@ func (r *Remote) importResuming(ctx context.Context, method string, spec engine.
 			if m.Direct {
 				if c, err = r.dialDirect(ictx, kindDisk, m.Stream); err == nil {
 					r.diskDirect.Add(1)
+					sc := &stallConn{Conn: c}
+					sc.arm(diskStall)
+					c = sc
 				}
 			} else {
 				c, err = newStream(r.cfg.Conn, streamOut(r.cfg.ID, m.Stream), streamIn(r.cfg.ID, m.Stream), "control", "node:"+r.cfg.ID+"/"+spec.ID)

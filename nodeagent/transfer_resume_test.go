@@ -31,6 +31,11 @@ type cutProxy struct {
 	conns    atomic.Int64
 	cutDone  atomic.Int64
 	wg       sync.WaitGroup
+	// stall: a cut stops forwarding both ways and leaves both
+	// connections open (a silent drop) instead of resetting them.
+	stall   atomic.Bool
+	stalled atomic.Int64 // unix nanoseconds of the last stall
+	quit    chan struct{}
 }
 
 func newCutProxy(t *testing.T) *cutProxy {
@@ -39,8 +44,8 @@ func newCutProxy(t *testing.T) *cutProxy {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &cutProxy{ln: ln}
-	t.Cleanup(func() { ln.Close(); p.wg.Wait() })
+	p := &cutProxy{ln: ln, quit: make(chan struct{})}
+	t.Cleanup(func() { ln.Close(); close(p.quit); p.wg.Wait() })
 	p.wg.Add(1)
 	go func() {
 		defer p.wg.Done()
@@ -73,13 +78,40 @@ func (p *cutProxy) serve(c net.Conn) {
 	if p.every.Load() || p.cuts.Add(-1) >= 0 {
 		limit = p.after.Load()
 	}
-	go func() { io.Copy(c, u); c.Close() }()
+	var stalled atomic.Bool
+	go func() {
+		// Upstream to client, until the stall (if any).
+		b := make([]byte, 64<<10)
+		for {
+			n, err := u.Read(b)
+			if stalled.Load() {
+				<-p.quit
+				return
+			}
+			if n > 0 {
+				if _, err := c.Write(b[:n]); err != nil {
+					break
+				}
+			}
+			if err != nil {
+				break
+			}
+		}
+		c.Close()
+	}()
 	if limit < 0 {
 		io.Copy(u, c)
 		return
 	}
 	io.CopyN(u, c, limit)
 	p.cutDone.Add(1)
+	if p.stall.Load() {
+		// The silent drop: nothing moves either way, nothing closes.
+		stalled.Store(true)
+		p.stalled.Store(time.Now().UnixNano())
+		<-p.quit
+		return
+	}
 	// The cut: both ways, at once (a reset link).
 	if tc, ok := c.(*net.TCPConn); ok {
 		tc.SetLinger(0)
@@ -315,4 +347,71 @@ func (l *limitWriter) Write(b []byte) (int, error) {
 	n, err := l.w.Write(b)
 	l.left -= int64(n)
 	return n, err
+}
+
+// TestDiskResumesAfterSilentStall: a node-to-node disk stream whose link
+// silently stops moving anything after 20 MiB (a proxy that stops
+// forwarding both ways and closes nothing: no reset, no FIN) is found
+// stalled by the progress deadline on both ends and resumes, with the
+// real stall deadline and resume timing, within 10 s of the stall (it
+// took 30 s, the idle deadline, before); the disk arrives byte-identical
+// and the byte count is the stream's once.
+func TestDiskResumesAfterSilentStall(t *testing.T) {
+	if _, err := exec.LookPath("qemu-io"); err != nil {
+		t.Skip("needs qemu-io")
+	}
+	a, b := newFakeLocal(t), newFakeLocal(t)
+	e := newDirectEnv(t)
+	proxy := newCutProxy(t)
+	serveDirect(t, "node-a", e.node(t, "node-a"), a.eng, e.direct(t, "node-a"))
+	serveDirect(t, "node-b", e.node(t, "node-b"), b.eng, e.directVia(t, "node-b", proxy))
+	ra, rb := e.directRemote(t, "node-a", a), e.directRemote(t, "node-b", b)
+	waitServed(t, ra)
+	waitServed(t, rb)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	inst, size := stoppedWithData(t, ctx, ra, a, "mover")
+
+	proxy.stall.Store(true)
+	proxy.cut(1, 20<<20)
+	var steps []string
+	var resumedAt time.Time
+	var mu sync.Mutex
+	got, n, err := rb.ImportDiskFromPeer(ctx, engine.ImportSpec{ID: inst.ID, Name: "mover", Owner: b.owner}, ra,
+		func(s string) {
+			mu.Lock()
+			defer mu.Unlock()
+			steps = append(steps, s)
+			if strings.HasPrefix(s, "transfer resumed at ") && resumedAt.IsZero() {
+				resumedAt = time.Now()
+			}
+		})
+	done := time.Now()
+	if err != nil {
+		t.Fatalf("node-to-node import over a link that stalled once: %v (steps %q)", err, steps)
+	}
+	if proxy.cutDone.Load() != 1 || proxy.conns.Load() < 2 || proxy.stalled.Load() == 0 {
+		t.Fatalf("the proxy stalled %d of %d connections, want 1 stall and a new connection", proxy.cutDone.Load(), proxy.conns.Load())
+	}
+	stalled := time.Unix(0, proxy.stalled.Load())
+	mu.Lock()
+	if resumedAt.IsZero() {
+		t.Fatalf("no resumption said: %q", steps)
+	}
+	detect, finish := resumedAt.Sub(stalled), done.Sub(stalled)
+	mu.Unlock()
+	t.Logf("stall at 20 MiB: resumption asked %s after it, import done %s after it", detect.Round(time.Millisecond), finish.Round(time.Millisecond))
+	if detect > 10*time.Second {
+		t.Errorf("the stall was found and resumed %s after it happened, want < 10 s", detect)
+	}
+	if n != size {
+		t.Errorf("stream of %d bytes reported, want %d (counted once)", n, size)
+	}
+	if rb.ResumeCount() != 1 {
+		t.Errorf("resumed %d times, want once", rb.ResumeCount())
+	}
+	if got.ID != inst.ID || got.State != vm.Stopped {
+		t.Fatalf("imported %+v", got)
+	}
+	qemuIO(t, filepath.Join(b.dir, "state", "vms", got.ID, "disk.qcow2"), "read -P 0x5a 0 64M")
 }

@@ -15,6 +15,8 @@ import (
 	"path/filepath"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/minionsdev/minions/internal/errs"
 	"github.com/minionsdev/minions/store"
 	"github.com/minionsdev/minions/vm"
@@ -303,9 +305,33 @@ func ReadDiskBody(br *bufio.Reader, h DiskHeader, dst io.Writer) error {
 }
 
 // readDiskFile is ReadDiskBody into file f, written past the page cache
-// where f's file system allows it (directWriter).
+// where f's file system allows it (directWriter), then made durable
+// (datasync): an import says it is done only once the disk it wrote
+// would survive the target host's crash. O_DIRECT alone does not give
+// that: the device may still hold the writes in its volatile cache, and
+// the file's newly allocated blocks are not recorded yet.
 func readDiskFile(br *bufio.Reader, h DiskHeader, f *os.File) error {
-	return readBody(br, h, newDirectWriter(f), DirectChunk)
+	if err := readBody(br, h, newDirectWriter(f), DirectChunk); err != nil {
+		return err
+	}
+	if err := datasync(f); err != nil {
+		return fmt.Errorf("disk stream: sync %s: %w", filepath.Base(f.Name()), err)
+	}
+	return nil
+}
+
+// datasync flushes f's data (and what is needed to read it back) to its
+// device; tests replace it.
+var datasync = func(f *os.File) error { return unix.Fdatasync(int(f.Fd())) }
+
+// syncDir makes the entries of directory dir (a rename into it) durable.
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
 }
 
 // readBody is ReadDiskBody in chunks of size bytes.
@@ -485,6 +511,9 @@ func (l *Local) ImportDisk(ctx context.Context, spec ImportSpec, r io.Reader, pr
 		if err == nil {
 			err = os.Rename(part, l.diskPath(row.ID))
 		}
+		if err == nil {
+			err = syncDir(l.vmDir(row.ID))
+		}
 		if err != nil {
 			return row, err
 		}
@@ -565,6 +594,9 @@ func (l *Local) StageDisk(ctx context.Context, spec ImportSpec, r io.Reader, pro
 		}
 		if err == nil {
 			err = os.Rename(part, l.diskPath(spec.ID))
+		}
+		if err == nil {
+			err = syncDir(l.vmDir(spec.ID))
 		}
 		return err
 	}()

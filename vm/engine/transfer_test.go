@@ -7,6 +7,7 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"hash/crc32"
 	"io"
 	"os"
@@ -14,6 +15,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/minionsdev/minions/internal/errs"
 	"github.com/minionsdev/minions/store"
@@ -388,5 +391,74 @@ func TestBundleChecksums(t *testing.T) {
 	hb, _ = json.Marshal(bad)
 	if _, err := ReadBundleHeader(bufio.NewReader(bytes.NewReader(append(hb, '\n')))); errs.ClassOf(err) != errs.InvalidArgument {
 		t.Errorf("a version 2 bundle naming crc32c: %v", err)
+	}
+}
+
+// TestImportSyncsTheDisk: an import (ImportDisk, StageDisk) syncs the
+// disk it wrote once all of its bytes are in the file and before it puts
+// it in place; a failed sync fails the import and leaves nothing.
+func TestImportSyncsTheDisk(t *testing.T) {
+	fx := newFixture(t)
+	ctx := context.Background()
+	if err := store.InsertUser(ctx, fx.eng.DB, store.User{ID: "u1", Name: "alice", CreatedAt: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	disk := bytes.Repeat([]byte("durable "), 300000) // 2.3 MiB: an O_DIRECT chunk is 4 MiB
+	disk = append(disk, bytes.Repeat([]byte{7}, DirectChunk)...)
+	stream := func(id string) []byte {
+		var b bytes.Buffer
+		h := DiskHeader{ID: id, Name: "kept", Image: "minimal@1", CPUs: 1, MemoryMiB: 256, DiskGiB: 1, Size: int64(len(disk))}
+		if err := WriteDiskStream(&b, h, bytes.NewReader(disk)); err != nil {
+			t.Fatal(err)
+		}
+		return b.Bytes()
+	}
+	defer func(f func(*os.File) error) { datasync = f }(datasync)
+	var synced []int64
+	fail := false
+	datasync = func(f *os.File) error {
+		st, err := f.Stat()
+		if err != nil {
+			return err
+		}
+		synced = append(synced, st.Size())
+		if fail {
+			return errors.New("injected sync failure")
+		}
+		return unix.Fdatasync(int(f.Fd()))
+	}
+	for _, stage := range []bool{false, true} {
+		id := vm.NewID()
+		spec := ImportSpec{ID: id, Name: "kept", Owner: "u1"}
+		imp := func() error {
+			if stage {
+				return fx.eng.StageDisk(ctx, spec, bytes.NewReader(stream(id)), nil)
+			}
+			_, err := fx.eng.ImportDisk(ctx, spec, bytes.NewReader(stream(id)), nil)
+			return err
+		}
+		synced, fail = nil, false
+		if err := imp(); err != nil {
+			t.Fatalf("stage %v: import: %v", stage, err)
+		}
+		if len(synced) != 1 || synced[0] != int64(len(disk)) {
+			t.Fatalf("stage %v: synced at sizes %v, want once at %d (all of the disk)", stage, synced, len(disk))
+		}
+		if got, _ := os.ReadFile(fx.eng.diskPath(id)); !bytes.Equal(got, disk) {
+			t.Fatalf("stage %v: the disk in place is not the stream's", stage)
+		}
+		// A sync that fails: the import fails and keeps nothing.
+		id = vm.NewID()
+		spec = ImportSpec{ID: id, Name: "lost", Owner: "u1"}
+		fail = true
+		if err := imp(); err == nil || !strings.Contains(err.Error(), "injected sync failure") {
+			t.Fatalf("stage %v: import with a failing sync: %v", stage, err)
+		}
+		if _, err := os.Stat(fx.eng.vmDir(id)); !os.IsNotExist(err) {
+			t.Errorf("stage %v: a failed import left files: %v", stage, err)
+		}
+		if _, err := fx.eng.Get(ctx, id); errs.ClassOf(err) != errs.NotFound {
+			t.Errorf("stage %v: a failed import left an instance: %v", stage, err)
+		}
 	}
 }
