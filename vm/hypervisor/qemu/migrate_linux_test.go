@@ -293,7 +293,14 @@ func TestLiveMigration(t *testing.T) {
 	}
 	// The counter goes on from the target alone.
 	_, _, lastBefore := ticks.maxGap(start, finished)
-	waitFor("ticks from the target", func() bool { _, n, _ := ticks.maxGap(finished, time.Now()); return n > 10 })
+	for end := time.Now().Add(20 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if _, n, _ := ticks.maxGap(finished, time.Now()); n > 10 {
+			break
+		}
+		if time.Now().After(end) {
+			t.Fatalf("timed out waiting for ticks from the target\n%s", liveTargetDiag(g.d, hd, dst))
+		}
+	}
 	longest, _, last := ticks.maxGap(start, time.Now())
 	gap := ticks.gapAcross(out.Add(-st.Handover-st.Downtime), finished)
 	// Tolerance: the counter's own longest silence before the move (its
@@ -345,4 +352,26 @@ func TestLiveMigration(t *testing.T) {
 			}
 		}
 	}
+}
+
+// liveTargetDiag is what a failed check of a migrated guest shows: is
+// its QEMU alive, its run state, the end of its qemu.log and console.
+func liveTargetDiag(d *Driver, h *hypervisor.Handle, spec hypervisor.Spec) string {
+	var b strings.Builder
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	fmt.Fprintf(&b, "target qemu alive: %v\n", d.Alive(h))
+	if c, err := d.dial(ctx, h); err == nil {
+		st, err := queryStatus(ctx, c)
+		fmt.Fprintf(&b, "target query-status: %q %v\n", st, err)
+		c.Close()
+	}
+	q, _ := os.ReadFile(filepath.Join(spec.RunDir, qemuLog))
+	fmt.Fprintf(&b, "target qemu.log:\n%s\n", q)
+	con, _ := os.ReadFile(spec.ConsoleLog)
+	if len(con) > 6000 {
+		con = con[len(con)-6000:]
+	}
+	fmt.Fprintf(&b, "target console (end):\n%s", con)
+	return b.String()
 }
