@@ -193,6 +193,7 @@ func (d *Driver) machineFor(spec hypervisor.Spec) (machine, error) {
 		RunDir:  spec.RunDir, ConsoleLog: spec.ConsoleLog,
 		VhostVsock: d.vhost,
 	}
+	m.setRAMPad()
 	if len(d.cfg.ConsoleCommand) > 0 {
 		m.ConsoleFIFO = m.path(consoleFIFO)
 	}

@@ -104,6 +104,7 @@ func (d *Driver) StartIncoming(ctx context.Context, spec hypervisor.Spec, source
 		return nil, errs.New(errs.FailedPrecondition, "start incoming vm %s: the source does not fit the spec: %v", spec.ID, err)
 	}
 	m.MemBackendRAM = old.hasMemoryBackend()
+	m.adoptRAM(old)
 	if _, err := liveDisk(m.Disks); err != nil {
 		return nil, fmt.Errorf("start incoming vm %s: %w", spec.ID, err)
 	}

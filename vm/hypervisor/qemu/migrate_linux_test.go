@@ -364,6 +364,12 @@ func liveTargetDiag(d *Driver, h *hypervisor.Handle, spec hypervisor.Spec) strin
 	if c, err := d.dial(ctx, h); err == nil {
 		st, err := queryStatus(ctx, c)
 		fmt.Fprintf(&b, "target query-status: %q %v\n", st, err)
+		for _, cmd := range []string{"info registers", "info lapic", "info pic", "info irq", "info registers"} {
+			var out string
+			err := c.Execute(ctx, "human-monitor-command", map[string]any{"command-line": cmd}, &out)
+			fmt.Fprintf(&b, "target %s: %v\n%s\n", cmd, err, out)
+			time.Sleep(500 * time.Millisecond)
+		}
 		c.Close()
 	}
 	q, _ := os.ReadFile(filepath.Join(spec.RunDir, qemuLog))
