@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -243,7 +244,7 @@ func (d *Driver) MigrateOut(ctx context.Context, h *hypervisor.Handle, nbd, mig 
 			"driver": "nbd", "node-name": liveNBDNode, "export": disk,
 			"server": map[string]any{"type": "fd", "str": liveNBDFD},
 		}, nil); err != nil {
-			return st, fmt.Errorf("migrate vm %s: connect to the target's disk: %w", m.ID, err)
+			return st, fmt.Errorf("migrate vm %s: connect to the target's disk: %w (nbd channel: %v)", m.ID, err, r)
 		}
 		mirroring = true
 		if err := c.Execute(ctx, "blockdev-mirror", map[string]any{
@@ -544,6 +545,31 @@ type fdRelay struct {
 	conn   net.Conn
 	stream io.ReadWriteCloser
 	out    chan struct{} // closed when QEMU closed its end and all it wrote was sent
+	// Bytes carried each way, and whether the stream (the target's side)
+	// ended: what a failed negotiation reports (String).
+	sent, received atomic.Int64
+	streamEnded    atomic.Bool
+}
+
+// String says what went through the relay, for errors.
+func (r *fdRelay) String() string {
+	end := "open"
+	if r.streamEnded.Load() {
+		end = "ended by the target's side"
+	}
+	return fmt.Sprintf("%d bytes to the target, %d from it, stream %s", r.sent.Load(), r.received.Load(), end)
+}
+
+// countWriter counts what is written through it.
+type countWriter struct {
+	w io.Writer
+	n *atomic.Int64
+}
+
+func (c countWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n.Add(int64(n))
+	return n, err
 }
 
 // relayFD makes a socketpair, hands one end to QEMU as name and relays
@@ -579,14 +605,15 @@ func startRelay(conn net.Conn, stream io.ReadWriteCloser) *fdRelay {
 	r := &fdRelay{conn: conn, stream: stream, out: make(chan struct{})}
 	go func() {
 		defer close(r.out)
-		if _, err := io.Copy(stream, conn); err != nil {
+		if _, err := io.Copy(countWriter{stream, &r.sent}, conn); err != nil {
 			conn.Close()
 			return
 		}
 		closeWrite(stream)
 	}()
 	go func() {
-		_, _ = io.Copy(conn, stream)
+		_, _ = io.Copy(countWriter{conn, &r.received}, stream)
+		r.streamEnded.Store(true)
 		closeWrite(conn)
 	}()
 	return r

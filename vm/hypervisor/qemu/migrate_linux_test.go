@@ -201,6 +201,9 @@ func TestLiveMigration(t *testing.T) {
 		if err == nil {
 			t.Fatal("MigrateOut with a broken nbd channel succeeded")
 		}
+		if !strings.Contains(err.Error(), "stream ended by the target's side") {
+			t.Errorf("MigrateOut error does not say which side ended the nbd channel: %v", err)
+		}
 		info, ierr := g.d.Info(ctx, hs)
 		if ierr != nil || info.State != hypervisor.StateRunning {
 			t.Fatalf("source after a failed migration: %+v %v, want running", info, ierr)
