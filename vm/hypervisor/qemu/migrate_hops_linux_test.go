@@ -18,15 +18,21 @@ import (
 	"github.com/minionsdev/minions/vsockcli"
 )
 
-// TestLiveMigrationHops live-migrates one running guest back and forth
-// MINIONS_TEST_LIVE_HOPS times (skipped without it) and checks after
-// each hop that the guest on the target goes on: its QEMU stays up and
-// its counter keeps ticking for liveHopWatch. It is the loop that
-// reproduces a rare failure of TestLiveMigration in one process.
+// TestLiveMigrationHops live-migrates one running guest (a counter
+// writing to the host every 50 ms) from QEMU to QEMU liveHops times
+// (MINIONS_TEST_LIVE_HOPS to change it) and checks each hop: once the
+// migration completed, the target's RAM is the paused source's page for
+// page (sameRAM), and once resumed the guest goes on (its counter ticks
+// again within liveHopWatch).
+//
+// QEMU 7.2 under TCG lost guest writes in about one hop of three here
+// (pages differing, the target crashing in a timer or the idle loop or
+// hanging; see ramsize.go): 3 hops failed 4 runs of 4 before the fix,
+// 25 hops in a row passed after it.
 func TestLiveMigrationHops(t *testing.T) {
-	hops, _ := strconv.Atoi(os.Getenv("MINIONS_TEST_LIVE_HOPS"))
-	if hops <= 0 {
-		t.Skip("MINIONS_TEST_LIVE_HOPS not set")
+	hops := liveHops
+	if n, err := strconv.Atoi(os.Getenv("MINIONS_TEST_LIVE_HOPS")); err == nil && n > 0 {
+		hops = n
 	}
 	g := newAgentGuest(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
@@ -44,20 +50,11 @@ func TestLiveMigrationHops(t *testing.T) {
 		t.Fatalf("agent: %v\nconsole:\n%s", err, b)
 	}
 	ticks := listenTicks(t)
-	idle := os.Getenv("MINIONS_TEST_LIVE_IDLE") != ""
-	if !idle {
-		guestExec(t, ctx, ac, "setsid sh -c 'i=0; while :; do i=$((i+1)); echo $i; sleep 0.05; done | nc 10.77.0.1 "+
-			strconv.Itoa(ticks.port)+"' </dev/null >/dev/null 2>&1 & echo $!")
-	}
+	guestExec(t, ctx, ac, "setsid sh -c 'i=0; while :; do i=$((i+1)); echo $i; sleep 0.05; done | nc 10.77.0.1 "+
+		strconv.Itoa(ticks.port)+"' </dev/null >/dev/null 2>&1 & echo $!")
 	ac.Close()
-	alive := func(from time.Time, n int) bool {
-		if idle {
-			return time.Since(from) > 3*time.Second && g.d.Alive(h)
-		}
-		_, got, _ := ticks.maxGap(from, time.Now())
-		return got >= n
-	}
-	for end := time.Now().Add(30 * time.Second); !idle && !alive(time.Time{}, 5); time.Sleep(50 * time.Millisecond) {
+	alive := func(from time.Time, n int) bool { _, got, _ := ticks.maxGap(from, time.Now()); return got >= n }
+	for end := time.Now().Add(30 * time.Second); !alive(time.Time{}, 5); time.Sleep(50 * time.Millisecond) {
 		if time.Now().After(end) {
 			t.Fatal("no ticks from the guest")
 		}
@@ -107,6 +104,7 @@ func TestLiveMigrationHops(t *testing.T) {
 // After a hop the guest must send liveHopTicks counter lines within
 // liveHopWatch (a guest that crashed on the target sends none).
 const (
+	liveHops     = 3
 	liveHopTicks = 20
 	liveHopWatch = 20 * time.Second
 )

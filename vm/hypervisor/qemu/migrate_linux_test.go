@@ -53,6 +53,19 @@ func listenTicks(t *testing.T) *ticks {
 			mu.Lock()
 			conns = append(conns, c)
 			mu.Unlock()
+			// A byte to the guest every 50 ms: each carries the host's
+			// ACK of the counter's lines. The ACKs the host sent while
+			// the guest was paused went to the source and were lost; with
+			// Nagle the guest's next line waits for an ACK, which would
+			// otherwise only come after the guest's retransmission timeout
+			// (seconds under load, longer than the pause measured).
+			go func() {
+				for range time.Tick(50 * time.Millisecond) {
+					if _, err := c.Write([]byte("\n")); err != nil {
+						return
+					}
+				}
+			}()
 			go func() {
 				sc := bufio.NewScanner(c)
 				for sc.Scan() {
@@ -310,8 +323,10 @@ func TestLiveMigration(t *testing.T) {
 	// tick, the fork of sleep under TCG), plus 200 ms, Linux's minimum TCP
 	// retransmission timeout (the host's ACKs sent during the pause reach
 	// the paused source and are lost; with Nagle the guest's next line
-	// waits for the retransmission), plus 100 ms for this host's
-	// scheduling (two cores shared by several engineers).
+	// waits for an ACK: listenTicks sends one every 50 ms, else the
+	// guest's own retransmission timeout, seconds at load 30, made this
+	// fail), plus 100 ms for this host's scheduling (two cores shared by
+	// several engineers).
 	// Under load (CI runs two packages at once on two cores) the counter
 	// stalls while the guest runs too: the silence it shows during the
 	// migration before the pause counts like the one before the move. A
