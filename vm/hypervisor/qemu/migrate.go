@@ -398,7 +398,7 @@ const (
 func waitConverged(ctx context.Context, c *qmp.Client, h *hypervisor.Handle, log interface{ Warn(string, ...any) }) (migrateInfo, error) {
 	wctx, cancel := context.WithTimeout(ctx, liveConverge)
 	q, err := waitMigrated(wctx, c, h)
-	timedOut := wctx.Err() != nil
+	timedOut := convergeTimedOut(wctx, err)
 	cancel()
 	if err == nil || ctx.Err() != nil || !timedOut {
 		return q, err
@@ -408,6 +408,15 @@ func waitConverged(ctx context.Context, c *qmp.Client, h *hypervisor.Handle, log
 		return q, err
 	}
 	return waitMigrated(ctx, c, h)
+}
+
+// convergeTimedOut reports whether waitMigrated under wctx ended because
+// wctx's deadline passed: wctx says so, or the QMP socket's deadline (the
+// same instant) failed a write or read before wctx's own timer fired (a
+// live move in e2e failed "qmp query-migrate: write: ... i/o timeout"
+// instead of raising the downtime limit).
+func convergeTimedOut(wctx context.Context, err error) bool {
+	return wctx.Err() != nil || errors.Is(err, os.ErrDeadlineExceeded)
 }
 
 // liveHeadroomMiB (plus half the guest's memory, liveHeadroom) is added

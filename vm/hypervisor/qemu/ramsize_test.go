@@ -1,9 +1,15 @@
 package qemu
 
 import (
+	"context"
+	"errors"
+	"net"
+	"os"
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/minionsdev/minions/internal/errs"
 )
 
 // TestRAMSizeAvoidsSyncFastPath: under TCG the guest RAM is a few KiB
@@ -44,5 +50,25 @@ func TestRAMSizeAvoidsSyncFastPath(t *testing.T) {
 	m.adoptRAM(old)
 	if m.ramBytes() != 256<<20 {
 		t.Errorf("adopted ram %d bytes, want %d", m.ramBytes(), 256<<20)
+	}
+}
+
+// TestConvergeTimedOut: the QMP socket's deadline error counts as the
+// convergence wait's timeout even before the context's timer fired.
+func TestConvergeTimedOut(t *testing.T) {
+	live, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	sockErr := errs.New(errs.Unavailable, "qmp query-migrate: write: %w", &net.OpError{Op: "write", Net: "unix", Err: os.ErrDeadlineExceeded})
+	if !convergeTimedOut(live, sockErr) {
+		t.Error("a socket deadline error is not a timeout")
+	}
+	if convergeTimedOut(live, errors.New("migration failed: boom")) {
+		t.Error("another error is a timeout")
+	}
+	done, cancel2 := context.WithTimeout(context.Background(), 0)
+	defer cancel2()
+	<-done.Done()
+	if !convergeTimedOut(done, nil) {
+		t.Error("an expired context is not a timeout")
 	}
 }
