@@ -97,7 +97,8 @@ func TestLiveMigrationHops(t *testing.T) {
 			}
 			time.Sleep(50 * time.Millisecond)
 		}
-		t.Logf("hop %d: downtime %v, RAM %d bytes, mirror %d bytes; ticking after %v", i, st.Downtime, st.RAMBytes, st.DiskBytes, time.Since(resumed).Round(time.Millisecond))
+		t.Logf("hop %d: downtime %v, RAM %d bytes, mirror %d bytes, migration %v; ticking after %v",
+			i, st.Downtime, st.RAMBytes, st.DiskBytes, st.Total.Round(time.Millisecond), time.Since(resumed).Round(time.Millisecond))
 	}
 }
 

@@ -343,7 +343,12 @@ func TestLiveMigration(t *testing.T) {
 	if during, _, _ := ticks.maxGap(start, out.Add(-st.Handover-st.Downtime)); during > base {
 		base = during
 	}
-	tol := base + 300*time.Millisecond
+	// And TCG's warm-up on the target: its translation cache starts
+	// empty, so the guest's first ticks after the resume come slower
+	// than before the move (at load 20-35 the silence across the pause
+	// reached 1.6-3.4 s against a longest silence of 0.8-1.7 s before the
+	// move, with the guest running on): twice that silence more.
+	tol := 3*base + 300*time.Millisecond
 	t.Logf("silence of the counter across the pause: %v (allowed %v + %v; its longest before the move %v, during the whole migration %v); counter %d -> %d",
 		gap, pause, tol, base, longest, lastBefore, last)
 	t.Logf("pause window about %v..%v after start; gaps over 150 ms: %s", out.Add(-st.Handover-st.Downtime).Sub(start), finished.Sub(start), ticks.gapsOver(start, 150*time.Millisecond))
