@@ -78,7 +78,9 @@ var crashQuick = map[string]bool{
 	// in a live migration, fixed by the RAM size, qemu/ramsize.go) and
 	// live-in/migrated/cp (after it the next live move onto the control
 	// plane's host once failed in blockdev-add: NBD "Unexpected
-	// end-of-file" in option negotiation).
+	// end-of-file" in option negotiation; not seen again, and such an
+	// error now says what went through the channel and which side ended
+	// it).
 	"live/switched/src":    true,
 	"live-in/migrated/cp":  true,
 	"live-out/mirrored/cp": true,
