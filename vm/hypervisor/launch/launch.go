@@ -57,7 +57,11 @@ func RunSteps(ctx context.Context, log *slog.Logger, steps []Step) error {
 type Child struct {
 	PID    int
 	Start  uint64        // start time (procfs), which tells a reused PID apart
-	Exited chan struct{} // closed once reaped
+	Exited chan struct{} // closed once reaped and its exit logged
+	// Status is how it ended ("exit status 3", "signal: killed"), set
+	// before Exited is closed. The same line, "minions: pid N <status>
+	// at <time>", is appended to its log.
+	Status string
 }
 
 // Spawn starts argv in its own session (so it survives the caller's
@@ -99,10 +103,31 @@ func SpawnCmd(cmd *exec.Cmd, logPath string) (*Child, error) {
 	}
 	c.Start = st
 	go func() {
-		_ = cmd.Wait()
+		err := cmd.Wait()
+		c.Status = exitStatus(cmd.ProcessState, err)
+		appendLog(logPath, fmt.Sprintf("minions: pid %d %s at %s\n", c.PID, c.Status, time.Now().UTC().Format(time.RFC3339Nano)))
 		close(c.Exited)
 	}()
 	return c, nil
+}
+
+// exitStatus says how a reaped process ended.
+func exitStatus(ps *os.ProcessState, err error) string {
+	if ps == nil {
+		return fmt.Sprintf("unknown exit (%v)", err)
+	}
+	return ps.String()
+}
+
+// appendLog appends line to the log at path (best effort; no symbolic
+// link followed).
+func appendLog(path, line string) {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|syscall.O_NOFOLLOW, 0)
+	if err != nil {
+		return
+	}
+	_, _ = f.WriteString(line)
+	f.Close()
 }
 
 // LogTail returns up to n trailing bytes of a log file on one line, for

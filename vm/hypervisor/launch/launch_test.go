@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"path/filepath"
 	"reflect"
 	"strings"
@@ -80,5 +81,41 @@ func TestSpawnIdentifiesAndReaps(t *testing.T) {
 	}
 	if _, err := Spawn([]string{"/nonexistent/binary"}, t.TempDir(), filepath.Join(t.TempDir(), "log")); err == nil {
 		t.Fatal("spawning a missing binary succeeded")
+	}
+}
+
+// TestSpawnRecordsExit: once reaped, a child's exit status (a code or the
+// signal that ended it) is in Child.Status and appended to its log, so a
+// process that died on its own leaves why next to what it printed.
+func TestSpawnRecordsExit(t *testing.T) {
+	for _, tc := range []struct {
+		name, script, want string
+	}{
+		{"code", "echo bye; exit 3", "exit status 3"},
+		{"signal", "echo bye; kill -9 $$", "signal: killed"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			logPath := filepath.Join(t.TempDir(), "log")
+			c, err := Spawn([]string{"sh", "-c", tc.script}, t.TempDir(), logPath)
+			if err != nil {
+				t.Fatal(err)
+			}
+			select {
+			case <-c.Exited:
+			case <-time.After(10 * time.Second):
+				t.Fatal("not reaped")
+			}
+			if c.Status != tc.want {
+				t.Errorf("Status = %q, want %q", c.Status, tc.want)
+			}
+			b, err := os.ReadFile(logPath)
+			if err != nil {
+				t.Fatal(err)
+			}
+			lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+			if len(lines) != 2 || lines[0] != "bye" || !strings.HasPrefix(lines[1], "minions: pid ") || !strings.Contains(lines[1], " "+tc.want+" at ") {
+				t.Errorf("log:\n%s\nwant bye, then minions: pid N ... %s at TIME", b, tc.want)
+			}
+		})
 	}
 }

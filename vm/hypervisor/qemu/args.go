@@ -77,6 +77,8 @@ type machine struct {
 	// PlainIncoming: the Incoming stream was saved without x-ignore-shared
 	// (it carries all RAM) although the VM has a memory backend object.
 	PlainIncoming bool `json:"plain_incoming,omitempty"`
+	// RAMPadKiB is added to MemoryMiB for the guest RAM (ramsize.go).
+	RAMPadKiB int `json:"ram_pad_kib,omitempty"`
 	// memReady: the MemOwn file already holds the RAM (a fork's copy).
 	memReady bool
 	// UID and Cgroup are the jail of QEMU and the relay (0, "": none).
@@ -137,7 +139,7 @@ func (m machine) args() []string {
 		a = append(a, "-accel", accel, "-cpu", "max")
 	}
 	a = append(a,
-		"-m", strconv.Itoa(m.MemoryMiB)+"M",
+		"-m", m.ramSize(),
 	)
 	a = append(a, m.memoryBackendArgs()...)
 	a = append(a,

@@ -73,5 +73,10 @@
 // qmp.sock, console.sock, agent.sock, vsock.sock, qemu.pid and machine.json
 // (the resolved launch configuration, used by SaveState) are created by
 // Start and removed by Shutdown and Kill; qemu.log and relay.log are kept for
-// diagnosis. Disks are never touched.
+// diagnosis. Disks are never touched. qemu.log ends with how QEMU ended
+// ("minions: pid N signal: killed at <time>") when this process started
+// it. A Kill after QEMU exited on its own (a crash, a guest panic or
+// reboot) copies qemu.log and the end of the console next to the console
+// log as qemu.log.crashed-<time> and console.log.crashed-<time> (the
+// newest three of each are kept), since the caller removes the run dir.
 package qemu

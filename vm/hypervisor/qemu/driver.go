@@ -45,6 +45,8 @@ type Driver struct {
 
 	sandboxOnce sync.Once
 	sandboxErr  error // why the sandbox is unavailable; nil: available
+
+	children children // QEMUs this process started (crash.go)
 }
 
 // sandbox reports whether VMs run under QEMU's seccomp sandbox; with
@@ -191,6 +193,7 @@ func (d *Driver) machineFor(spec hypervisor.Spec) (machine, error) {
 		RunDir:  spec.RunDir, ConsoleLog: spec.ConsoleLog,
 		VhostVsock: d.vhost,
 	}
+	m.setRAMPad()
 	if len(d.cfg.ConsoleCommand) > 0 {
 		m.ConsoleFIFO = m.path(consoleFIFO)
 	}
@@ -332,10 +335,14 @@ func (d *Driver) launch(ctx context.Context, m machine) (*hypervisor.Handle, err
 				}
 				if err == nil {
 					log.Info("qemu started", "pid", vm.PID, "accel", m.Accel, "restore", m.Incoming != "")
+					d.watchExit(m.ID, vm)
 				}
 				return err
 			},
-			Undo: func() { d.stopChild(context.Background(), vm) },
+			Undo: func() {
+				d.children.take(vm.PID, vm.Start)
+				d.stopChild(context.Background(), vm)
+			},
 		},
 	}...)
 	startRelay := launch.Step{
@@ -551,7 +558,8 @@ func (d *Driver) Shutdown(ctx context.Context, h *hypervisor.Handle, timeout tim
 		return fmt.Errorf("shutdown vm: %w", err)
 	}
 	log := d.log.With("pid", h.PID)
-	if procfs.Alive(h.PID, h.StartTime) {
+	alive := procfs.Alive(h.PID, h.StartTime)
+	if alive {
 		pctx, cancel := context.WithTimeout(ctx, timeout)
 		if err := d.execute(pctx, h, "system_powerdown", nil, nil); err != nil {
 			log.Debug("system_powerdown", "err", err)
@@ -573,6 +581,7 @@ func (d *Driver) Shutdown(ctx context.Context, h *hypervisor.Handle, timeout tim
 			}
 		}
 	}
+	d.forget(h, alive, false)
 	if err := d.stopHelpers(ctx, h); err != nil {
 		return fmt.Errorf("shutdown vm: %w", err)
 	}
@@ -588,9 +597,11 @@ func (d *Driver) Kill(ctx context.Context, h *hypervisor.Handle) error {
 	if err := checkHandle(h); err != nil {
 		return fmt.Errorf("kill vm: %w", err)
 	}
+	alive := procfs.Alive(h.PID, h.StartTime)
 	if err := d.killWait(ctx, "qemu", h.PID, h.StartTime); err != nil {
 		return fmt.Errorf("kill vm: %w", err)
 	}
+	d.forget(h, alive, true)
 	if err := d.stopHelpers(ctx, h); err != nil {
 		return fmt.Errorf("kill vm: %w", err)
 	}

@@ -85,7 +85,7 @@ func (d *Driver) ownMemory(m *machine) {
 		return
 	}
 	free, err := memDirRoom(d.memDir)
-	if err != nil || free < int64(m.MemoryMiB)<<20 {
+	if err != nil || free < m.ramBytes() {
 		d.log.Warn("vm ram stays anonymous: no room in the memory dir", "vm_id", m.ID, "dir", d.memDir,
 			"room_mib", free>>20, "memory_mib", m.MemoryMiB, "err", err)
 		return
@@ -125,7 +125,7 @@ func createMemFile(m machine) error {
 	if err != nil {
 		return err
 	}
-	err = f.Truncate(int64(m.MemoryMiB) << 20)
+	err = f.Truncate(m.ramBytes())
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
@@ -369,7 +369,7 @@ func (d *Driver) restoreForkCopy(ctx context.Context, m machine, dir string) (*h
 		return nil, err
 	}
 	os.Remove(link)
-	if st, err := os.Stat(m.MemFile); err != nil || st.Size() != int64(m.MemoryMiB)<<20 {
+	if st, err := os.Stat(m.MemFile); err != nil || st.Size() != m.ramBytes() {
 		os.Remove(m.MemFile)
 		return nil, errs.New(errs.FailedPrecondition, "ram copy is not %d MiB (%v)", m.MemoryMiB, err)
 	}

@@ -91,7 +91,11 @@ func TestForkRAMFile(t *testing.T) {
 	if err := guestRunning(ctx, spec, h); err != nil {
 		t.Fatal(err)
 	}
-	if st, err := os.Stat(d.memPath(spec.ID)); err != nil || st.Size() != 256<<20 {
+	m, err := readMachine(spec.RunDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st, err := os.Stat(d.memPath(spec.ID)); err != nil || st.Size() != m.ramBytes() || m.ramBytes() < 256<<20 {
 		t.Fatalf("ram file of the vm: %v, %v", st, err)
 	}
 

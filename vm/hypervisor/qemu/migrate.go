@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -104,6 +105,7 @@ func (d *Driver) StartIncoming(ctx context.Context, spec hypervisor.Spec, source
 		return nil, errs.New(errs.FailedPrecondition, "start incoming vm %s: the source does not fit the spec: %v", spec.ID, err)
 	}
 	m.MemBackendRAM = old.hasMemoryBackend()
+	m.adoptRAM(old)
 	if _, err := liveDisk(m.Disks); err != nil {
 		return nil, fmt.Errorf("start incoming vm %s: %w", spec.ID, err)
 	}
@@ -242,7 +244,7 @@ func (d *Driver) MigrateOut(ctx context.Context, h *hypervisor.Handle, nbd, mig 
 			"driver": "nbd", "node-name": liveNBDNode, "export": disk,
 			"server": map[string]any{"type": "fd", "str": liveNBDFD},
 		}, nil); err != nil {
-			return st, fmt.Errorf("migrate vm %s: connect to the target's disk: %w", m.ID, err)
+			return st, fmt.Errorf("migrate vm %s: connect to the target's disk: %w (nbd channel: %v)", m.ID, err, r)
 		}
 		mirroring = true
 		if err := c.Execute(ctx, "blockdev-mirror", map[string]any{
@@ -396,7 +398,7 @@ const (
 func waitConverged(ctx context.Context, c *qmp.Client, h *hypervisor.Handle, log interface{ Warn(string, ...any) }) (migrateInfo, error) {
 	wctx, cancel := context.WithTimeout(ctx, liveConverge)
 	q, err := waitMigrated(wctx, c, h)
-	timedOut := wctx.Err() != nil
+	timedOut := convergeTimedOut(wctx, err)
 	cancel()
 	if err == nil || ctx.Err() != nil || !timedOut {
 		return q, err
@@ -406,6 +408,15 @@ func waitConverged(ctx context.Context, c *qmp.Client, h *hypervisor.Handle, log
 		return q, err
 	}
 	return waitMigrated(ctx, c, h)
+}
+
+// convergeTimedOut reports whether waitMigrated under wctx ended because
+// wctx's deadline passed: wctx says so, or the QMP socket's deadline (the
+// same instant) failed a write or read before wctx's own timer fired (a
+// live move in e2e failed "qmp query-migrate: write: ... i/o timeout"
+// instead of raising the downtime limit).
+func convergeTimedOut(wctx context.Context, err error) bool {
+	return wctx.Err() != nil || errors.Is(err, os.ErrDeadlineExceeded)
 }
 
 // liveHeadroomMiB (plus half the guest's memory, liveHeadroom) is added
@@ -543,6 +554,31 @@ type fdRelay struct {
 	conn   net.Conn
 	stream io.ReadWriteCloser
 	out    chan struct{} // closed when QEMU closed its end and all it wrote was sent
+	// Bytes carried each way, and whether the stream (the target's side)
+	// ended: what a failed negotiation reports (String).
+	sent, received atomic.Int64
+	streamEnded    atomic.Bool
+}
+
+// String says what went through the relay, for errors.
+func (r *fdRelay) String() string {
+	end := "open"
+	if r.streamEnded.Load() {
+		end = "ended by the target's side"
+	}
+	return fmt.Sprintf("%d bytes to the target, %d from it, stream %s", r.sent.Load(), r.received.Load(), end)
+}
+
+// countWriter counts what is written through it.
+type countWriter struct {
+	w io.Writer
+	n *atomic.Int64
+}
+
+func (c countWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n.Add(int64(n))
+	return n, err
 }
 
 // relayFD makes a socketpair, hands one end to QEMU as name and relays
@@ -578,14 +614,15 @@ func startRelay(conn net.Conn, stream io.ReadWriteCloser) *fdRelay {
 	r := &fdRelay{conn: conn, stream: stream, out: make(chan struct{})}
 	go func() {
 		defer close(r.out)
-		if _, err := io.Copy(stream, conn); err != nil {
+		if _, err := io.Copy(countWriter{stream, &r.sent}, conn); err != nil {
 			conn.Close()
 			return
 		}
 		closeWrite(stream)
 	}()
 	go func() {
-		_, _ = io.Copy(conn, stream)
+		_, _ = io.Copy(countWriter{conn, &r.received}, stream)
+		r.streamEnded.Store(true)
 		closeWrite(conn)
 	}()
 	return r

@@ -262,6 +262,7 @@ func (d *Driver) restore(ctx context.Context, spec hypervisor.Spec, dir string, 
 	if err := check(saved.Machine, m); err != nil {
 		return nil, errs.New(errs.FailedPrecondition, "saved state does not fit the spec: %w", err)
 	}
+	m.adoptRAM(saved.Machine)
 	if saved.RAMCopy {
 		return d.restoreForkCopy(ctx, m, dir)
 	}

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strconv"
 	"time"
 
 	"github.com/minionsdev/minions/internal/errs"
@@ -69,13 +68,13 @@ func (m machine) memoryBackendArgs() []string {
 		return nil
 	}
 	if m.MemFile == "" {
-		return []string{"-object", "memory-backend-ram,id=mem,size=" + strconv.Itoa(m.MemoryMiB) + "M"}
+		return []string{"-object", "memory-backend-ram,id=mem,size=" + m.ramSize()}
 	}
 	share := "off"
 	if m.MemShared {
 		share = "on"
 	}
-	return []string{"-object", "memory-backend-file,id=mem,size=" + strconv.Itoa(m.MemoryMiB) + "M,mem-path=" + opt(m.MemFile) + ",share=" + share}
+	return []string{"-object", "memory-backend-file,id=mem,size=" + m.ramSize() + ",mem-path=" + opt(m.MemFile) + ",share=" + share}
 }
 
 // agentPortQOMID names the agent's virtserialport in templates and clones,
@@ -213,7 +212,7 @@ func (d *Driver) bootTemplate(ctx context.Context, spec hypervisor.Spec, dir str
 	// one, which must not change under them.
 	_ = os.Remove(m.MemFile)
 	if d.memDir != "" {
-		if room, err := memDirRoom(d.memDir); err == nil && room >= int64(m.MemoryMiB)<<20 {
+		if room, err := memDirRoom(d.memDir); err == nil && room >= m.ramBytes() {
 			// The template boots with its RAM on the tmpfs, where the
 			// guest's writes cost no disk writeback (a Debian boot
 			// into a RAM file on the state disk timed out under
@@ -226,7 +225,7 @@ func (d *Driver) bootTemplate(ctx context.Context, spec hypervisor.Spec, dir str
 	if err != nil {
 		return nil, err
 	}
-	err = f.Truncate(int64(m.MemoryMiB) << 20)
+	err = f.Truncate(m.ramBytes())
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
@@ -397,7 +396,7 @@ func readTemplate(dir string) (savedTemplate, error) {
 	if err != nil {
 		return savedTemplate{}, errs.New(errs.NotFound, "template memory: %w", err)
 	}
-	if want := int64(t.Machine.MemoryMiB) << 20; st.Size() != want || t.MemoryBytes != want {
+	if want := t.Machine.ramBytes(); st.Size() != want || t.MemoryBytes != want {
 		return savedTemplate{}, errs.New(errs.FailedPrecondition, "template memory file is %d bytes, want %d", st.Size(), want)
 	}
 	return t, nil
@@ -415,6 +414,7 @@ func (d *Driver) startClone(ctx context.Context, spec hypervisor.Spec, dir strin
 	if err := cloneCompatible(t.Machine, m); err != nil {
 		return nil, errs.New(errs.FailedPrecondition, "template does not fit the spec: %w", err)
 	}
+	m.adoptRAM(t.Machine)
 	// The clone's own command line: the guest booted long ago, but a
 	// reboot in this QEMU reads it (from fw_cfg, which is not migrated), and
 	// must come back as the clone (its name, ID, IP), not as the template.
