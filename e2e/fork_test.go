@@ -6,11 +6,13 @@ import (
 	"crypto/ed25519"
 	"crypto/rand"
 	"fmt"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -179,32 +181,191 @@ func TestFork(t *testing.T) {
 	}
 }
 
-// BenchmarkFork times engine Fork of a running minimal VM (save, copy,
-// resume, restore, agent, re-identify) and reports the median.
+// BenchmarkFork times engine Fork of a running VM, step by step (from
+// the engine's "fork timing" log line, the driver's save and launch
+// steps), and prints a table of medians: once with a source booted cold
+// (its RAM in a file of its own), once with a source created warm from a
+// template. The image is debian (or MINIONS_E2E_FORK_IMAGE; minimal when
+// MINIONS_E2E_DEBIAN=0), 512 MiB (256 for minimal). Use -benchtime 5x.
 func BenchmarkFork(b *testing.B) {
 	if skipWhy != "" {
 		b.Skip(skipWhy)
 	}
-	w := newWarmEngine(b, "mnforkb0", "10.207.1.0/24")
-	src := w.create(b, "fork-bench", true)
-	var took samples
-	i := 0
-	for b.Loop() {
-		start := time.Now()
-		inst, err := w.l.Fork(context.Background(), src.ID, engine.ForkSpec{ID: vm.NewID(), Name: fmt.Sprintf("fork-b%d", i), Owner: w.owner}, nil)
-		d := time.Since(start)
-		if err != nil {
-			b.Fatal(err)
-		}
-		b.StopTimer()
-		w.l.Destroy(context.Background(), inst.ID)
-		b.StartTimer()
-		took = append(took, d)
-		i++
+	image, mem := forkBenchImage()
+	logs := &logCapture{next: slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}), mu: new(sync.Mutex), recs: new([]capturedLog)}
+	w := newWarmEngineLog(b, "mnforkb0", "10.207.1.0/24", logs)
+	for _, source := range []string{"cold", "warm"} {
+		b.Run(source+"-source", func(b *testing.B) {
+			if source == "warm" {
+				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+				defer cancel()
+				if _, err := w.l.WarmTemplate(ctx, image, 1, mem, 0); err != nil {
+					b.Fatalf("warm template: %v", err)
+				}
+			}
+			src := w.createImage(b, "fork-bench-"+source, image, mem, source == "cold")
+			if image != "minimal" {
+				// A full image is still booting when create returns.
+				w.run(b, src, "systemctl is-system-running --wait >/dev/null; true")
+			}
+			var took samples
+			var steps stepSamples
+			i := 0
+			for b.Loop() {
+				logs.reset()
+				start := time.Now()
+				inst, err := w.l.Fork(context.Background(), src.ID, engine.ForkSpec{ID: vm.NewID(), Name: fmt.Sprintf("fork-%s%d", source, i), Owner: w.owner}, nil)
+				d := time.Since(start)
+				if err != nil {
+					b.Fatal(err)
+				}
+				b.StopTimer()
+				took = append(took, d)
+				steps.add(logs.forkSteps(src.ID, inst.ID))
+				w.l.Destroy(context.Background(), inst.ID)
+				b.StartTimer()
+				i++
+			}
+			took.report(b, "fork")
+			load, _ := os.ReadFile("/proc/loadavg")
+			t := &table{title: fmt.Sprintf("BenchmarkFork: engine fork of a running %d MiB %s VM (source %s), load %s", mem, image, source, strings.Join(strings.Fields(string(load))[:3], " ")),
+				head: sampleHead("step")}
+			t.addSamples("fork (whole)", took)
+			for _, n := range steps.order {
+				t.addSamples(n, steps.by[n])
+			}
+			t.print()
+		})
 	}
-	took.report(b, "fork")
-	fmt.Fprintf(os.Stderr, "BenchmarkFork: engine fork of a running minimal vm (256 MiB), median of %d: %s ms (min %s, max %s)\n",
-		len(took), fmtMS(took.median()), fmtMS(took.min()), fmtMS(took.max()))
+}
+
+// forkBenchImage is the image and memory size BenchmarkFork forks.
+func forkBenchImage() (string, int) {
+	image := os.Getenv("MINIONS_E2E_FORK_IMAGE")
+	if image == "" {
+		image = "debian"
+		if os.Getenv("MINIONS_E2E_DEBIAN") == "0" {
+			image = "minimal"
+		}
+	}
+	if image == "minimal" {
+		return image, 256
+	}
+	return image, 512
+}
+
+// capturedLog is one log record: its message and attributes (those added
+// with With included; later keys win).
+type capturedLog struct {
+	msg   string
+	attrs map[string]any
+	order []string
+}
+
+// logCapture is a slog.Handler that passes records on to next (at next's
+// level) and keeps every record, debug ones too.
+type logCapture struct {
+	next  slog.Handler
+	mu    *sync.Mutex
+	recs  *[]capturedLog
+	attrs []slog.Attr
+}
+
+func (c *logCapture) Enabled(context.Context, slog.Level) bool { return true }
+
+func (c *logCapture) Handle(ctx context.Context, r slog.Record) error {
+	rec := capturedLog{msg: r.Message, attrs: map[string]any{}}
+	put := func(a slog.Attr) bool {
+		if _, ok := rec.attrs[a.Key]; !ok {
+			rec.order = append(rec.order, a.Key)
+		}
+		rec.attrs[a.Key] = a.Value.Any()
+		return true
+	}
+	for _, a := range c.attrs {
+		put(a)
+	}
+	r.Attrs(put)
+	c.mu.Lock()
+	*c.recs = append(*c.recs, rec)
+	c.mu.Unlock()
+	if c.next.Enabled(ctx, r.Level) {
+		return c.next.Handle(ctx, r)
+	}
+	return nil
+}
+
+func (c *logCapture) WithAttrs(as []slog.Attr) slog.Handler {
+	n := *c
+	n.next = c.next.WithAttrs(as)
+	n.attrs = append(append([]slog.Attr(nil), c.attrs...), as...)
+	return &n
+}
+
+func (c *logCapture) WithGroup(name string) slog.Handler {
+	n := *c
+	n.next = c.next.WithGroup(name)
+	return &n
+}
+
+func (c *logCapture) reset() {
+	c.mu.Lock()
+	*c.recs = nil
+	c.mu.Unlock()
+}
+
+// forkSteps reads the fork forkID of srcID from the records kept: the
+// engine's steps, with the driver's save steps (under "save memory") and
+// launch steps (under "restore") indented below them.
+func (c *logCapture) forkSteps(srcID, forkID string) []stepTime {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	msOf := func(v any) time.Duration {
+		switch n := v.(type) {
+		case int64:
+			return time.Duration(n) * time.Millisecond
+		case uint64:
+			return time.Duration(n) * time.Millisecond
+		}
+		return -1
+	}
+	var save, launch []stepTime
+	for _, r := range *c.recs {
+		switch {
+		case r.msg == "vm state saved for a fork" && r.attrs["vm_id"] == srcID:
+			for _, k := range []string{"stop_ms", "device_state_ms", "ram_copy_ms"} {
+				if d := msOf(r.attrs[k]); d >= 0 {
+					save = append(save, stepTime{"  " + strings.TrimSuffix(k, "_ms"), d})
+				}
+			}
+		case r.msg == "vm state saved" && r.attrs["vm_id"] == srcID:
+			save = append(save, stepTime{"  stream ram and devices", msOf(r.attrs["duration_ms"])})
+		case r.msg == "start step done" && r.attrs["vm_id"] == forkID:
+			if us, ok := r.attrs["us"].(int64); ok {
+				launch = append(launch, stepTime{"  qemu: " + fmt.Sprint(r.attrs["step"]), time.Duration(us) * time.Microsecond})
+			}
+		}
+	}
+	var out []stepTime
+	for _, r := range *c.recs {
+		if r.msg != "fork timing" || r.attrs["vm_id"] != forkID {
+			continue
+		}
+		for _, k := range r.order {
+			name, ok := strings.CutSuffix(k, "_ms")
+			if !ok {
+				continue
+			}
+			out = append(out, stepTime{name, msOf(r.attrs[k])})
+			switch name {
+			case "save memory":
+				out = append(out, save...)
+			case "restore":
+				out = append(out, launch...)
+			}
+		}
+	}
+	return out
 }
 
 // BenchmarkForkCLI times `minions fork SRC NEW` (the CLI, from exec to

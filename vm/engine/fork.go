@@ -127,12 +127,52 @@ func (l *Local) Fork(ctx context.Context, srcID string, spec ForkSpec, progress 
 	}
 	row := store.VM{ID: spec.ID, Name: spec.Name, OwnerID: spec.Owner, Image: src.Image, CPUs: src.CPUs,
 		MemoryMiB: src.MemoryMiB, DiskGiB: src.DiskGiB, Port: src.Port}
+	lap := newLaps()
 	return l.newVM(ctx, row, "fork", progress, func(o *op, row store.VM) (store.VM, error) {
-		return l.forkSteps(ctx, o, fk, src.ID, row, spec, progress)
+		lap.mark("allocate")
+		v, err := l.forkSteps(ctx, o, fk, src.ID, row, spec, lap, progress)
+		if err == nil {
+			l.log.Info("fork timing", append([]any{"vm_id", v.ID, "source_id", src.ID}, lap.attrs()...)...)
+		}
+		return v, err
 	})
 }
 
-func (l *Local) forkSteps(ctx context.Context, o *op, fk hypervisor.Forker, srcID string, row store.VM, spec ForkSpec, progress Progress) (store.VM, error) {
+// laps times the steps of one fork, for its "fork timing" log line (one
+// <step>_ms attribute per step, in order; BenchmarkFork tabulates them).
+// Safe for concurrent use.
+type laps struct {
+	mu   sync.Mutex
+	last time.Time
+	kv   []any
+}
+
+func newLaps() *laps { return &laps{last: time.Now()} }
+
+// mark records the time since the previous mark as step name.
+func (t *laps) mark(name string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	now := time.Now()
+	t.kv = append(t.kv, name+"_ms", now.Sub(t.last).Milliseconds())
+	t.last = now
+}
+
+// add records d as step name, without moving the mark (a step that ran
+// beside the others).
+func (t *laps) add(name string, d time.Duration) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.kv = append(t.kv, name+"_ms", d.Milliseconds())
+}
+
+func (t *laps) attrs() []any {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return append([]any(nil), t.kv...)
+}
+
+func (l *Local) forkSteps(ctx context.Context, o *op, fk hypervisor.Forker, srcID string, row store.VM, spec ForkSpec, lap *laps, progress Progress) (store.VM, error) {
 	if err := os.MkdirAll(l.vmDir(row.ID), 0o700); err != nil {
 		return row, err
 	}
@@ -146,14 +186,15 @@ func (l *Local) forkSteps(ctx context.Context, o *op, fk hypervisor.Forker, srcI
 	if err != nil {
 		return row, fmt.Errorf("image of vm %s: %w", row.Name, err)
 	}
-	src, resumed, err := l.saveForkSource(ctx, o, fk, srcID, row, state, progress)
+	lap.mark("resolve image")
+	src, resumed, err := l.saveForkSource(ctx, o, fk, srcID, row, state, lap, progress)
 	if err != nil {
 		return row, err
 	}
 	// The source resumes while the fork starts; the fork does not return
 	// before it has, and fails if it could not.
 	defer resumed()
-	return l.startFork(ctx, o, fk, src, row, img, spec, state, resumed, progress)
+	return l.startFork(ctx, o, fk, src, row, img, spec, state, resumed, lap, progress)
 }
 
 // saveForkSource saves the running source's memory and a copy of its disk
@@ -162,7 +203,7 @@ func (l *Local) forkSteps(ctx context.Context, o *op, fk hypervisor.Forker, srcI
 // function that waits for the source's resume (which runs on while the
 // fork starts) and returns its error; the lock is held until the resume
 // is over. Calling it again returns the same result.
-func (l *Local) saveForkSource(ctx context.Context, o *op, fk hypervisor.Forker, srcID string, row store.VM, state string, progress Progress) (store.VM, func() error, error) {
+func (l *Local) saveForkSource(ctx context.Context, o *op, fk hypervisor.Forker, srcID string, row store.VM, state string, lap *laps, progress Progress) (store.VM, func() error, error) {
 	unlock, err := l.lockVM(ctx, srcID)
 	if err != nil {
 		return store.VM{}, nil, err
@@ -199,8 +240,10 @@ func (l *Local) saveForkSource(ctx context.Context, o *op, fk hypervisor.Forker,
 	progress.Say("save memory")
 	o.step(ctx, "save memory", nil)
 	so.step(ctx, "save memory", map[string]any{"fork": row.ID})
+	lap.mark("lock source")
 	paused := time.Now()
 	err = fk.SaveCopy(ctx, h, state)
+	lap.mark("save memory")
 	if err == nil {
 		progress.Say("copy disk")
 		o.step(ctx, "copy disk", nil)
@@ -210,15 +253,19 @@ func (l *Local) saveForkSource(ctx context.Context, o *op, fk hypervisor.Forker,
 		} else {
 			err = l.Disks.Clone(ctx, l.diskPath(src.ID), l.diskPath(row.ID))
 		}
+		lap.mark("copy disk")
 	}
 	// resume resumes the source, ends its record (failed if saveErr or
 	// the resume failed) and, after a good save, steps its clock (in the
 	// background: nobody waits for that).
 	resume := func(saveErr error) error {
 		var err error
+		t0 := time.Now()
 		if rerr := l.Driver.Resume(context.WithoutCancel(ctx), h); rerr != nil {
 			err = fmt.Errorf("resume source vm %s: %w", src.Name, rerr)
 		}
+		lap.add("resume source", time.Since(t0))
+		lap.add("source paused", time.Since(paused))
 		if saveErr != nil {
 			so.finish(context.WithoutCancel(ctx), saveErr)
 			return err
@@ -291,13 +338,14 @@ func (l *Local) discardForkState(id string) {
 const opForkSource = "fork-source"
 
 // startFork starts the fork from the saved state and re-identifies it.
-func (l *Local) startFork(ctx context.Context, o *op, fk hypervisor.Forker, src, row store.VM, img Image, spec ForkSpec, state string, resumed func() error, progress Progress) (store.VM, error) {
+func (l *Local) startFork(ctx context.Context, o *op, fk hypervisor.Forker, src, row store.VM, img Image, spec ForkSpec, state string, resumed func() error, lap *laps, progress Progress) (store.VM, error) {
 	var u undo
 	defer u.run()
 	ip, run, err := l.attach(ctx, o, &u, row, progress, "restore")
 	if err != nil {
 		return row, err
 	}
+	lap.mark("network")
 	// The disk copy reaches stable storage while the fork starts; the fork
 	// is not done before it has.
 	synced := make(chan error, 1)
@@ -314,6 +362,9 @@ func (l *Local) startFork(ctx context.Context, o *op, fk hypervisor.Forker, src,
 		return row, err
 	}
 	defer cl.Close()
+	lap.add("restore", restored.Sub(start))
+	lap.add("agent", time.Since(restored))
+	lap.mark("restore and agent")
 	pctx, cancel := context.WithTimeout(ctx, l.cfg.ReadyTimeout)
 	defer cancel()
 	progress.Say("reidentify")
@@ -323,22 +374,28 @@ func (l *Local) startFork(ctx context.Context, o *op, fk hypervisor.Forker, src,
 	if err != nil {
 		return row, err
 	}
+	reidentified := time.Now()
+	lap.mark("reidentify")
 	if err := <-synced; err != nil {
 		return row, fmt.Errorf("flush disk copy: %w", err)
 	}
+	lap.mark("disk flush wait")
 	if err := resumed(); err != nil {
 		return row, fmt.Errorf("save source vm %s: %w", src.Name, err)
 	}
+	lap.mark("source resume wait")
 	row.AgentKey = key
 	row.State = vm.Running
 	row.StartedAt = time.Now().UTC()
 	if err := store.UpdateVM(ctx, l.DB, row); err != nil {
 		return row, err
 	}
+	lap.mark("store write")
 	l.log.Info("vm forked", "vm_id", row.ID, "vm", row.Name, "source_id", src.ID, "pid", h.PID, "ready_ms", time.Since(start).Milliseconds(),
-		"restore_ms", restored.Sub(start).Milliseconds(), "agent_ms", ready.Sub(restored).Milliseconds(), "reidentify_ms", time.Since(ready).Milliseconds())
+		"restore_ms", restored.Sub(start).Milliseconds(), "agent_ms", ready.Sub(restored).Milliseconds(), "reidentify_ms", reidentified.Sub(ready).Milliseconds())
 	u = nil
 	l.agents.adopt(row.ID, h, cl) // the first `ssh fork@host` dials nothing
+	lap.mark("pool put")
 	return row, nil
 }
 

@@ -209,6 +209,7 @@ func (d *Driver) saveForkCopy(ctx context.Context, h *hypervisor.Handle, m machi
 	if err := c.Execute(ctx, "stop", nil, nil); err != nil {
 		return err
 	}
+	stopped := time.Since(start)
 	defer func() {
 		if err != nil && before == "running" {
 			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
@@ -267,10 +268,12 @@ func (d *Driver) saveForkCopy(ctx context.Context, h *hypervisor.Handle, m machi
 			os.Remove(link)
 		}
 	}()
+	copyStart := time.Now()
 	copied, err := copyRAM(m.MemFile, cp)
 	if err != nil {
 		return fmt.Errorf("copy ram: %w", err)
 	}
+	copyTook := time.Since(copyStart)
 	st := savedState{Format: stateFormat, QEMUVersion: c.Greeting().VersionString(), SavedAt: time.Now().UTC(), Machine: m, RAMCopy: true}
 	st.Machine.Incoming = ""
 	out, err := json.MarshalIndent(st, "", "  ")
@@ -280,7 +283,8 @@ func (d *Driver) saveForkCopy(ctx context.Context, h *hypervisor.Handle, m machi
 	if err := writeFileAtomic(filepath.Join(dir, StateConfigFile), append(out, '\n')); err != nil {
 		return err
 	}
-	d.log.Info("vm state saved for a fork", "vm_id", m.ID, "pid", h.PID, "dir", dir, "device_state_ms", saved.Milliseconds(),
+	d.log.Info("vm state saved for a fork", "vm_id", m.ID, "pid", h.PID, "dir", dir, "stop_ms", stopped.Milliseconds(),
+		"device_state_ms", (saved - stopped).Milliseconds(), "ram_copy_ms", copyTook.Milliseconds(),
 		"ram_copied_mib", copied>>20, "duration_ms", time.Since(start).Milliseconds())
 	return nil
 }
