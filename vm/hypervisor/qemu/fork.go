@@ -336,7 +336,7 @@ func copyRAM(src, dst string) (n int64, err error) {
 			if err != nil {
 				// Fall back to a plain copy (older kernels refuse
 				// copy_file_range on some filesystems).
-				w, err := io.Copy(io.NewOffsetWriter(out, pos), io.NewSectionReader(in, pos, hole-pos))
+				w, err := io.CopyBuffer(io.NewOffsetWriter(out, pos), io.NewSectionReader(in, pos, hole-pos), make([]byte, 1<<20))
 				n += w
 				if err != nil {
 					return n, err
