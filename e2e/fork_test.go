@@ -75,12 +75,37 @@ func (w *warmEngine) logClockDrift(t *testing.T, inst engine.Instance) {
 // where the image has sshd, SSH) host keys and 32 bytes of /dev/urandom;
 // both clocks are within 2 s of the host's; each address is answered by
 // its own MAC only.
+//
+// It runs twice: with a source booted cold, and with one created warm from
+// a template (issue 16: forks of warm-created VMs take the fast way too).
+// Either way the fork runs on a RAM file of its own (the fast way; the
+// slow way streams its RAM into anonymous memory), and forks in turn.
 func TestFork(t *testing.T) {
 	needVMs(t)
 	const bridge = "mnfork0"
 	w := newWarmEngine(t, bridge, "10.207.0.0/24")
+	t.Run("cold-source", func(t *testing.T) { testFork(t, w, bridge, w.create(t, "fork-src", true)) })
+	t.Run("warm-source", func(t *testing.T) {
+		ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
+		defer cancel()
+		if _, err := w.l.WarmTemplate(ctx, "minimal", 1, 256, 0); err != nil {
+			t.Fatalf("warm template: %v", err)
+		}
+		src := w.create(t, "fork-wsrc", false)
+		if got, _ := os.Stat(ramFile(src.ID)); got != nil {
+			t.Fatalf("warm-created %s has a ram file of its own: it was not created warm", src.Name)
+		}
+		testFork(t, w, bridge, src)
+	})
+}
+
+// ramFile is the RAM file a VM of the warm engine keeps on the tmpfs
+// (the qemu driver's default memory dir).
+func ramFile(id string) string { return filepath.Join("/dev/shm/minions", id+".ram") }
+
+// testFork forks src (see TestFork).
+func testFork(t *testing.T, w *warmEngine, bridge string, src engine.Instance) {
 	ctx := context.Background()
-	src := w.create(t, "fork-src", true)
 	// A counter loop in the background, its output on the guest's tmpfs
 	// or disk, its PID printed.
 	pid := w.run(t, src, `setsid sh -c 'i=0; while :; do i=$((i+1)); echo $i > /tmp/counter; sleep 0.2; done' </dev/null >/dev/null 2>&1 & echo $!`)
@@ -88,8 +113,11 @@ func TestFork(t *testing.T) {
 		t.Fatalf("counter pid %q", pid)
 	}
 	time.Sleep(time.Second)
-	fk, took := w.fork(t, src, "fork-copy")
+	fk, took := w.fork(t, src, src.Name+"-copy")
 	t.Logf("fork took %s", took.Round(time.Millisecond))
+	if _, err := os.Stat(ramFile(fk.ID)); err != nil {
+		t.Errorf("the fork has no ram file of its own (it was forked the slow way): %v", err)
+	}
 	// The fork's agent relay says how long the guest link took to come up.
 	if b, err := os.ReadFile(filepath.Join(w.l.Config().RunDir, fk.ID, "relay.log")); err == nil {
 		t.Logf("fork's relay.log:\n%s", b)
@@ -172,6 +200,15 @@ func TestFork(t *testing.T) {
 			t.Errorf("%s: neighbour entry %q, want lladdr %s", inst.Name, strings.TrimSpace(string(out)), inst.MAC)
 		}
 	}
+	// The fork forks in turn.
+	ff, took := w.fork(t, fk, fk.Name+"-copy")
+	t.Logf("fork of the fork took %s", took.Round(time.Millisecond))
+	if got := w.run(t, ff, "hostname; cat /proc/"+pid+"/cmdline >/dev/null && echo counter"); got != ff.Name+"\ncounter" {
+		t.Errorf("fork of the fork: %q, want its hostname and the counter", got)
+	}
+	if err := w.l.Destroy(ctx, ff.ID); err != nil {
+		t.Fatal(err)
+	}
 	// The source is still the source: destroying the fork leaves it be.
 	if err := w.l.Destroy(ctx, fk.ID); err != nil {
 		t.Fatal(err)
@@ -206,7 +243,7 @@ func BenchmarkFork(b *testing.B) {
 			src := w.createImage(b, "fork-bench-"+source, image, mem, source == "cold")
 			if image != "minimal" {
 				// A full image is still booting when create returns.
-				w.run(b, src, "systemctl is-system-running --wait >/dev/null; true")
+				w.waitBooted(b, src)
 			}
 			var took samples
 			var steps stepSamples
@@ -237,6 +274,20 @@ func BenchmarkFork(b *testing.B) {
 			t.print()
 		})
 	}
+}
+
+// waitBooted waits (5 min at most) until systemd in inst says the system
+// is running (or degraded).
+func (w *warmEngine) waitBooted(tb testing.TB, inst engine.Instance) {
+	tb.Helper()
+	var st string
+	for deadline := time.Now().Add(5 * time.Minute); time.Now().Before(deadline); time.Sleep(2 * time.Second) {
+		st = w.run(tb, inst, "systemctl is-system-running 2>/dev/null; true")
+		if st == "running" || st == "degraded" {
+			return
+		}
+	}
+	tb.Fatalf("%s: systemd is %q after 5 min", inst.Name, st)
 }
 
 // forkBenchImage is the image and memory size BenchmarkFork forks.
