@@ -3,6 +3,7 @@ package engine
 import (
 	"context"
 	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"sync"
@@ -187,6 +188,16 @@ func (l *Local) forkSteps(ctx context.Context, o *op, fk hypervisor.Forker, srcI
 		return row, fmt.Errorf("image of vm %s: %w", row.Name, err)
 	}
 	lap.mark("resolve image")
+	var u undo
+	defer u.run()
+	ip, run, err := l.attach(ctx, o, &u, row, progress, "start")
+	if err != nil {
+		return row, err
+	}
+	lap.mark("network")
+	hs := l.spec(row, img, run, ip)
+	early := l.startCopyEarly(ctx, &u, hs, state)
+	lap.mark("start copy")
 	src, resumed, err := l.saveForkSource(ctx, o, fk, srcID, row, state, lap, progress)
 	if err != nil {
 		return row, err
@@ -194,7 +205,7 @@ func (l *Local) forkSteps(ctx context.Context, o *op, fk hypervisor.Forker, srcI
 	// The source resumes while the fork starts; the fork does not return
 	// before it has, and fails if it could not.
 	defer resumed()
-	return l.startFork(ctx, o, fk, src, row, img, spec, state, resumed, lap, progress)
+	return l.startFork(ctx, o, &u, fk, src, row, hs, ip, early, spec, state, resumed, lap, progress)
 }
 
 // saveForkSource saves the running source's memory and a copy of its disk
@@ -337,15 +348,50 @@ func (l *Local) discardForkState(id string) {
 // opForkSource is the kind of the source's operation during a fork.
 const opForkSource = "fork-source"
 
-// startFork starts the fork from the saved state and re-identifies it.
-func (l *Local) startFork(ctx context.Context, o *op, fk hypervisor.Forker, src, row store.VM, img Image, spec ForkSpec, state string, resumed func() error, lap *laps, progress Progress) (store.VM, error) {
-	var u undo
-	defer u.run()
-	ip, run, err := l.attach(ctx, o, &u, row, progress, "restore")
-	if err != nil {
-		return row, err
+// earlyCopier is a hypervisor.Forker that can start a copy's hypervisor
+// before the source's save and restore it after (the qemu driver,
+// fork_early.go): the fork's QEMU starts while the source is saved.
+type earlyCopier interface {
+	StartCopy(ctx context.Context, spec hypervisor.Spec, dir string) (wait func() (*hypervisor.Handle, error), err error)
+	FinishCopy(ctx context.Context, h *hypervisor.Handle, dir string) error
+}
+
+// earlyCopy is a fork's copy being started before the source's save.
+type earlyCopy struct {
+	ec      earlyCopier
+	wait    func() (*hypervisor.Handle, error)
+	console *consolelog.Follower // this run's console output
+}
+
+// startCopyEarly begins starting the fork's hypervisor (spec hs, restored
+// from state later) while the source is saved, when the driver can; u
+// ends it on undo. nil: the fork restores the usual way.
+func (l *Local) startCopyEarly(ctx context.Context, u *undo, hs hypervisor.Spec, state string) *earlyCopy {
+	ec, ok := l.Driver.(earlyCopier)
+	if !ok {
+		return nil
 	}
-	lap.mark("network")
+	console := consolelog.NewFollowerFromEnd(hs.ConsoleLog)
+	wait, err := ec.StartCopy(ctx, hs, state)
+	if err != nil {
+		console.Close()
+		l.log.Info("fork copy not started early", "vm_id", hs.ID, "err", err)
+		return nil
+	}
+	e := &earlyCopy{ec: ec, wait: sync.OnceValues(wait), console: console}
+	u.push(func() {
+		if h, err := e.wait(); err == nil {
+			l.Driver.Kill(context.Background(), h)
+		}
+		console.Close()
+	})
+	return e
+}
+
+// startFork starts the fork (spec hs, address ip) from the saved state,
+// or finishes the copy started early, and re-identifies it. u holds the
+// undo of what forkSteps made.
+func (l *Local) startFork(ctx context.Context, o *op, u *undo, fk hypervisor.Forker, src, row store.VM, hs hypervisor.Spec, ip netip.Addr, early *earlyCopy, spec ForkSpec, state string, resumed func() error, lap *laps, progress Progress) (store.VM, error) {
 	// The disk copy reaches stable storage while the fork starts; the fork
 	// is not done before it has.
 	synced := make(chan error, 1)
@@ -357,7 +403,16 @@ func (l *Local) startFork(ctx context.Context, o *op, fk hypervisor.Forker, src,
 	start := time.Now()
 	// The fork's agent is the source's until re-identified: its key is
 	// the source's pinned one.
-	row, h, cl, restored, err := l.restoreCopyReady(ctx, o, &u, fk, row, l.spec(row, img, run, ip), state, src.AgentKey, "restore", progress)
+	var h *hypervisor.Handle
+	var cl *vsockcli.Client
+	var restored time.Time
+	var err error
+	if early != nil {
+		row, h, cl, restored, err = l.finishEarlyCopy(ctx, o, early, row, state, src.AgentKey, lap, progress)
+	} else {
+		progress.Say("restore")
+		row, h, cl, restored, err = l.restoreCopyReady(ctx, o, u, fk, row, hs, state, src.AgentKey, "restore", progress)
+	}
 	if err != nil {
 		return row, err
 	}
@@ -393,10 +448,32 @@ func (l *Local) startFork(ctx context.Context, o *op, fk hypervisor.Forker, src,
 	lap.mark("store write")
 	l.log.Info("vm forked", "vm_id", row.ID, "vm", row.Name, "source_id", src.ID, "pid", h.PID, "ready_ms", time.Since(start).Milliseconds(),
 		"restore_ms", restored.Sub(start).Milliseconds(), "agent_ms", ready.Sub(restored).Milliseconds(), "reidentify_ms", reidentified.Sub(ready).Milliseconds())
-	u = nil
+	*u = nil
 	l.agents.adopt(row.ID, h, cl) // the first `ssh fork@host` dials nothing
 	lap.mark("pool put")
 	return row, nil
+}
+
+// finishEarlyCopy waits for the copy started early, restores it from the
+// state in dir, records its handle and waits for its agent (which trusts
+// key), as restoreCopyReady does for a copy started after the save.
+func (l *Local) finishEarlyCopy(ctx context.Context, o *op, e *earlyCopy, row store.VM, dir, key string, lap *laps, progress Progress) (store.VM, *hypervisor.Handle, *vsockcli.Client, time.Time, error) {
+	h, err := e.wait()
+	if err != nil {
+		return row, nil, nil, time.Time{}, fmt.Errorf("restore: %w", err)
+	}
+	lap.mark("copy started wait")
+	progress.Say("restore")
+	if err := e.ec.FinishCopy(ctx, h, dir); err != nil {
+		return row, nil, nil, time.Time{}, fmt.Errorf("restore: %w", err)
+	}
+	restored := time.Now()
+	progress.Say("agent")
+	row, cl, err := l.recordAndWaitReady(ctx, o, row, h, e.console, l.agentConfig(key, nil))
+	if err != nil {
+		return row, nil, nil, time.Time{}, err
+	}
+	return row, h, cl, restored, nil
 }
 
 // resumeForkSource resumes the source of a fork whose process died while

@@ -349,6 +349,9 @@ func (d *Driver) launch(ctx context.Context, m machine) (*hypervisor.Handle, err
 					return prepareLiveIncoming(ctx, c, m)
 				}
 				if m.Incoming != "" {
+					if m.deferIncoming {
+						return nil
+					}
 					return finishIncoming(ctx, vm, m, c)
 				}
 				st, err := queryStatus(ctx, c)

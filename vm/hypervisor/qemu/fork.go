@@ -253,23 +253,22 @@ func (d *Driver) saveForkCopy(ctx context.Context, h *hypervisor.Handle, m machi
 		return err
 	}
 	saved := time.Since(start)
-	// The copy of the RAM, taken while the VM is paused.
-	var rnd [8]byte
-	rand.Read(rnd[:])
-	cp := filepath.Join(d.memDir, "copy-"+hex.EncodeToString(rnd[:])+memFileSuffix)
-	link := filepath.Join(dir, copyRAMFile)
-	_ = os.Remove(link)
-	if err := os.Symlink(cp, link); err != nil {
+	// The copy of the RAM, taken while the VM is paused: into the RAM
+	// file of a copy started early, or a new one.
+	cp, isNew, err := d.copyTarget(dir, int64(m.MemoryMiB)<<20, newCopyPath(d.memDir))
+	if err != nil {
 		return err
 	}
-	defer func() {
-		if err != nil {
-			os.Remove(cp)
-			os.Remove(link)
-		}
-	}()
+	if isNew {
+		defer func() {
+			if err != nil {
+				os.Remove(cp)
+				os.Remove(filepath.Join(dir, copyRAMFile))
+			}
+		}()
+	}
 	copyStart := time.Now()
-	copied, err := copyRAM(m.MemFile, cp)
+	copied, err := copyRAMTo(m.MemFile, cp, isNew)
 	if err != nil {
 		return fmt.Errorf("copy ram: %w", err)
 	}
@@ -289,10 +288,22 @@ func (d *Driver) saveForkCopy(ctx context.Context, h *hypervisor.Handle, m machi
 	return nil
 }
 
+// newCopyPath is a new name for a RAM copy in memDir.
+func newCopyPath(memDir string) string {
+	var rnd [8]byte
+	rand.Read(rnd[:])
+	return filepath.Join(memDir, "copy-"+hex.EncodeToString(rnd[:])+memFileSuffix)
+}
+
 // copyRAM copies the written extents of the RAM file src into a new file
 // dst of the same size (holes stay holes: tmpfs allocates nothing for
 // them) and returns the bytes copied. On failure dst is removed.
-func copyRAM(src, dst string) (n int64, err error) {
+func copyRAM(src, dst string) (n int64, err error) { return copyRAMTo(src, dst, true) }
+
+// copyRAMTo is copyRAM into dst, a new file when create is set, else an
+// existing file of src's size whose extents are written over (the empty
+// RAM file of a copy started early), not removed on failure.
+func copyRAMTo(src, dst string, create bool) (n int64, err error) {
 	in, err := os.Open(src)
 	if err != nil {
 		return 0, err
@@ -302,7 +313,12 @@ func copyRAM(src, dst string) (n int64, err error) {
 	if err != nil {
 		return 0, err
 	}
-	out, err := os.OpenFile(dst, os.O_RDWR|os.O_CREATE|os.O_EXCL|unix.O_NOFOLLOW, 0o600)
+	size := st.Size()
+	flags := os.O_RDWR | unix.O_NOFOLLOW
+	if create {
+		flags |= os.O_CREATE | os.O_EXCL
+	}
+	out, err := os.OpenFile(dst, flags, 0o600)
 	if err != nil {
 		return 0, err
 	}
@@ -310,13 +326,16 @@ func copyRAM(src, dst string) (n int64, err error) {
 		if cerr := out.Close(); err == nil {
 			err = cerr
 		}
-		if err != nil {
+		if err != nil && create {
 			os.Remove(dst)
 		}
 	}()
-	size := st.Size()
-	if err := out.Truncate(size); err != nil {
-		return 0, err
+	if create {
+		if err := out.Truncate(size); err != nil {
+			return 0, err
+		}
+	} else if ost, err := out.Stat(); err != nil || ost.Size() != size {
+		return 0, fmt.Errorf("ram file %s is not %d bytes (%v)", dst, size, err)
 	}
 	for off := int64(0); off < size; {
 		data, err := unix.Seek(int(in.Fd()), off, unix.SEEK_DATA)

@@ -4,9 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/rand"
 	"encoding/binary"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -67,22 +65,21 @@ func (d *Driver) saveCloneForkCopy(ctx context.Context, h *hypervisor.Handle, m 
 		return err
 	}
 	start := time.Now()
-	// 1. The template's RAM, while the source runs.
-	var rnd [8]byte
-	rand.Read(rnd[:])
-	cp := filepath.Join(d.memDir, "copy-"+hex.EncodeToString(rnd[:])+memFileSuffix)
-	link := filepath.Join(dir, copyRAMFile)
-	_ = os.Remove(link)
-	if err := os.Symlink(cp, link); err != nil {
-		return err
+	// 1. The template's RAM, while the source runs: into the RAM file of
+	// a copy started early, or a new one.
+	cp, isNew, err := d.copyTarget(dir, size, newCopyPath(d.memDir))
+	if err != nil {
+		return fmt.Errorf("%w: %v", errCloneFallback, err)
 	}
-	defer func() {
-		if err != nil {
-			os.Remove(cp)
-			os.Remove(link)
-		}
-	}()
-	base, err := copyRAM(m.MemFile, cp)
+	if isNew {
+		defer func() {
+			if err != nil {
+				os.Remove(cp)
+				os.Remove(filepath.Join(dir, copyRAMFile))
+			}
+		}()
+	}
+	base, err := copyRAMTo(m.MemFile, cp, isNew)
 	if err != nil {
 		return fmt.Errorf("%w: copy template ram: %v", errCloneFallback, err)
 	}

@@ -146,15 +146,23 @@ func TestForkWarmClone(t *testing.T) {
 	ac.Close()
 	time.Sleep(500 * time.Millisecond)
 
-	forkOf := func(h *hypervisor.Handle, src hypervisor.Spec, name, tap, mac string) (*hypervisor.Handle, hypervisor.Spec) {
+	// forkOf forks h; early: with the fork's QEMU started before the save.
+	forkOf := func(h *hypervisor.Handle, src hypervisor.Spec, name, tap, mac string, early bool) (*hypervisor.Handle, hypervisor.Spec) {
 		t.Helper()
 		sd := t.TempDir()
+		c := g.spec(t, name, 256, tplDisk, disk.FormatQcow2, tap, mac, "10.77.0.99/24")
+		var wait func() (*hypervisor.Handle, error)
+		if early {
+			var err error
+			if wait, err = g.d.StartCopy(ctx, c, sd); err != nil {
+				t.Fatal(err)
+			}
+		}
 		start := time.Now()
 		if err := g.d.SaveCopy(ctx, h, sd); err != nil {
 			t.Fatal(err)
 		}
 		saved := time.Since(start)
-		c := g.spec(t, name, 256, tplDisk, disk.FormatQcow2, tap, mac, "10.77.0.99/24")
 		// The fork's disk is a copy of the source's taken while it is
 		// paused, as the engine makes it.
 		b, err := os.ReadFile(src.Disks[0].Path)
@@ -174,7 +182,16 @@ func TestForkWarmClone(t *testing.T) {
 		if cp, err := os.Readlink(filepath.Join(sd, copyRAMFile)); err != nil || filepath.Dir(cp) != g.d.memDir {
 			t.Fatalf("ram copy link: %q, %v", cp, err)
 		}
-		r, err := g.d.RestoreCopy(ctx, c, sd)
+		var r *hypervisor.Handle
+		if early {
+			if r, err = wait(); err == nil {
+				if err = g.d.FinishCopy(ctx, r, sd); err != nil {
+					g.d.Kill(context.Background(), r)
+				}
+			}
+		} else {
+			r, err = g.d.RestoreCopy(ctx, c, sd)
+		}
 		if err != nil {
 			b, _ := os.ReadFile(filepath.Join(c.RunDir, qemuLog))
 			t.Fatalf("restore fork of %s: %v\nqemu.log:\n%s", src.ID, err, b)
@@ -202,7 +219,7 @@ func TestForkWarmClone(t *testing.T) {
 			t.Errorf("%s: counter %d then %d: not running on", name, n1, n2)
 		}
 	}
-	f1, _ := forkOf(h, spec, "fwf1", "mqf2", "52:54:00:77:01:02")
+	f1, _ := forkOf(h, spec, "fwf1", "mqf2", "52:54:00:77:01:02", false)
 	defer g.d.Kill(context.Background(), f1)
 	check(f1, "fork of the clone")
 	check(h, "the clone after its fork")
@@ -211,10 +228,15 @@ func TestForkWarmClone(t *testing.T) {
 	if err != nil || !m.MemOwn || m.isClone() {
 		t.Fatalf("fork's machine: %+v, %v", m, err)
 	}
-	f2, _ := forkOf(f1, hypervisor.Spec{ID: "fwf1", Disks: []hypervisor.Disk{{Path: filepath.Join(g.work, "fwf1", "disk.qcow2")}}}, "fwf2", "mqf3", "52:54:00:77:01:03")
+	f2, _ := forkOf(f1, hypervisor.Spec{ID: "fwf1", Disks: []hypervisor.Disk{{Path: filepath.Join(g.work, "fwf1", "disk.qcow2")}}}, "fwf2", "mqf3", "52:54:00:77:01:03", false)
 	defer g.d.Kill(context.Background(), f2)
 	check(f2, "fork of the fork")
-	for _, x := range []*hypervisor.Handle{f2, f1, h} {
+	// A fork of the clone whose QEMU started before the save (StartCopy):
+	// the template's RAM and the written pages go into its RAM file.
+	f3, _ := forkOf(h, spec, "fwf3", "mqf4", "52:54:00:77:01:04", true)
+	defer g.d.Kill(context.Background(), f3)
+	check(f3, "early fork of the clone")
+	for _, x := range []*hypervisor.Handle{f3, f2, f1, h} {
 		if err := g.d.Kill(ctx, x); err != nil {
 			t.Fatal(err)
 		}
@@ -222,7 +244,7 @@ func TestForkWarmClone(t *testing.T) {
 	if fileSum(t, filepath.Join(dir, TemplateMemoryFile)) != memSum {
 		t.Fatal("the template's ram file changed")
 	}
-	for _, id := range []string{"fwc1", "fwf1", "fwf2"} {
+	for _, id := range []string{"fwc1", "fwf1", "fwf2", "fwf3"} {
 		if _, err := os.Stat(g.d.memPath(id)); err == nil {
 			t.Errorf("ram file of %s left after Kill", id)
 		}
