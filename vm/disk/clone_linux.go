@@ -39,6 +39,51 @@ func CloneUnsynced(ctx context.Context, src, dst string) (CloneMethod, error) {
 	return clone(ctx, src, dst, false)
 }
 
+// CloneOverUnsynced copies src over the existing file dst in place: dst
+// keeps its inode, so a process that holds it open (a fork's QEMU waiting
+// for its incoming state, which re-reads its images when it activates
+// them) reads the copy. Not flushed (see CloneUnsynced). On failure dst's
+// content is undefined.
+func CloneOverUnsynced(ctx context.Context, src, dst string) (CloneMethod, error) {
+	in, err := os.Open(src)
+	if err != nil {
+		return "", fmt.Errorf("clone over: %w", err)
+	}
+	defer in.Close()
+	st, err := in.Stat()
+	if err != nil {
+		return "", fmt.Errorf("clone over: %w", err)
+	}
+	if !st.Mode().IsRegular() {
+		return "", errs.New(errs.InvalidArgument, "clone over: %s is not a regular file", src)
+	}
+	out, err := os.OpenFile(dst, os.O_WRONLY|unix.O_NOFOLLOW, 0)
+	if err != nil {
+		return "", fmt.Errorf("clone over %s: %w", dst, err)
+	}
+	method, err := cloneOver(ctx, in, out, st.Size())
+	if cerr := out.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return "", fmt.Errorf("clone %s over %s: %w", src, dst, err)
+	}
+	return method, nil
+}
+
+func cloneOver(ctx context.Context, in, out *os.File, size int64) (CloneMethod, error) {
+	if err := unix.IoctlFileClone(int(out.Fd()), int(in.Fd())); err == nil {
+		return CloneReflink, nil
+	}
+	if err := out.Truncate(0); err != nil {
+		return "", err
+	}
+	if err := sparseCopy(ctx, in, out, size); err != nil {
+		return "", err
+	}
+	return CloneSparse, nil
+}
+
 // SyncFile flushes the file at path to stable storage.
 func SyncFile(path string) error {
 	f, err := os.Open(path)

@@ -2,6 +2,7 @@ package engine
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/netip"
 	"os"
@@ -55,14 +56,21 @@ func (l *Local) forkStateDir(forkID string) string {
 }
 
 // Fork implements Forker. The steps (also the progress lines): allocate
-// (the fork's record, address, MAC, admission), "save memory" (the source
-// paused, its RAM and device state written), "copy disk" (a copy of the
-// source's qcow2 overlay on the same backing image, taken while paused),
-// "resume source", "network", "restore" (the fork's hypervisor from the
+// (the fork's record, address, MAC, admission), "network" (its TAP),
+// "start" (with a driver that can, the fork's hypervisor starts now, before
+// the save, and waits for its state: see earlyCopier), "save memory" (the
+// source paused, its RAM and device state written), "copy disk" (a copy
+// of the source's qcow2 overlay on the same backing image, taken while
+// paused), "resume source", "restore" (the fork's hypervisor from the
 // saved state, with its own TAP, MAC and kernel command line), "agent",
 // "reidentify" (RNG reseed, clock, hostname, machine-id, host keys, the
 // owner's keys, a new agent key, MAC, address and route, as for a warm
-// clone).
+// clone). The time of each step is logged ("fork timing").
+//
+// A source created warm from a template maps the template's RAM file
+// privately; the qemu driver gives its fork a RAM file of its own (the
+// template's plus the pages the source wrote) and saves its device state
+// only, so it forks as fast as a VM booted cold (qemu/fork_clone.go).
 //
 // The source's memory is saved while it is paused, not by a live
 // pre-copy: under TCG a live pre-copy that converges while the guest runs
@@ -196,9 +204,9 @@ func (l *Local) forkSteps(ctx context.Context, o *op, fk hypervisor.Forker, srcI
 	}
 	lap.mark("network")
 	hs := l.spec(row, img, run, ip)
-	early := l.startCopyEarly(ctx, &u, hs, state)
+	early := l.startCopyEarly(ctx, &u, srcID, hs, state)
 	lap.mark("start copy")
-	src, resumed, err := l.saveForkSource(ctx, o, fk, srcID, row, state, lap, progress)
+	src, resumed, err := l.saveForkSource(ctx, o, fk, srcID, row, state, early != nil, lap, progress)
 	if err != nil {
 		return row, err
 	}
@@ -214,7 +222,7 @@ func (l *Local) forkSteps(ctx context.Context, o *op, fk hypervisor.Forker, srcI
 // function that waits for the source's resume (which runs on while the
 // fork starts) and returns its error; the lock is held until the resume
 // is over. Calling it again returns the same result.
-func (l *Local) saveForkSource(ctx context.Context, o *op, fk hypervisor.Forker, srcID string, row store.VM, state string, lap *laps, progress Progress) (store.VM, func() error, error) {
+func (l *Local) saveForkSource(ctx context.Context, o *op, fk hypervisor.Forker, srcID string, row store.VM, state string, over bool, lap *laps, progress Progress) (store.VM, func() error, error) {
 	unlock, err := l.lockVM(ctx, srcID)
 	if err != nil {
 		return store.VM{}, nil, err
@@ -258,7 +266,10 @@ func (l *Local) saveForkSource(ctx context.Context, o *op, fk hypervisor.Forker,
 	if err == nil {
 		progress.Say("copy disk")
 		o.step(ctx, "copy disk", nil)
-		if uc, ok := l.Disks.(unsyncedCloner); ok {
+		if oc, ok := l.Disks.(overCloner); ok && over {
+			// Over the placeholder the copy started early opened.
+			err = oc.CloneOverUnsynced(ctx, l.diskPath(src.ID), l.diskPath(row.ID))
+		} else if uc, ok := l.Disks.(unsyncedCloner); ok {
 			// Flushed after the source runs again (startFork).
 			err = uc.CloneUnsynced(ctx, l.diskPath(src.ID), l.diskPath(row.ID))
 		} else {
@@ -363,18 +374,36 @@ type earlyCopy struct {
 	console *consolelog.Follower // this run's console output
 }
 
+// overCloner is a Disks that copies a disk over an existing file in
+// place (the fork's disk, which its QEMU started early holds open and
+// re-reads when it activates its images after the incoming state).
+type overCloner interface {
+	CloneOverUnsynced(ctx context.Context, src, dst string) error
+}
+
 // startCopyEarly begins starting the fork's hypervisor (spec hs, restored
-// from state later) while the source is saved, when the driver can; u
-// ends it on undo. nil: the fork restores the usual way.
-func (l *Local) startCopyEarly(ctx context.Context, u *undo, hs hypervisor.Spec, state string) *earlyCopy {
+// from state later) while the source srcID is saved, when the driver and
+// the disks can: its disk is first a copy of the source's taken while the
+// source runs (a placeholder QEMU opens inactive, overwritten in place by
+// the copy taken while the source is paused). u ends it on undo. nil: the
+// fork restores the usual way.
+func (l *Local) startCopyEarly(ctx context.Context, u *undo, srcID string, hs hypervisor.Spec, state string) *earlyCopy {
 	ec, ok := l.Driver.(earlyCopier)
-	if !ok {
+	uc, ok2 := l.Disks.(unsyncedCloner)
+	_, ok3 := l.Disks.(overCloner)
+	if !ok || !ok2 || !ok3 || len(hs.Disks) != 1 || hs.Disks[0].Path != l.diskPath(hs.ID) {
+		return nil
+	}
+	dp := l.diskPath(hs.ID)
+	if err := uc.CloneUnsynced(ctx, l.diskPath(srcID), dp); err != nil {
+		l.log.Info("fork copy not started early: placeholder disk", "vm_id", hs.ID, "err", err)
 		return nil
 	}
 	console := consolelog.NewFollowerFromEnd(hs.ConsoleLog)
 	wait, err := ec.StartCopy(ctx, hs, state)
 	if err != nil {
 		console.Close()
+		os.Remove(dp) // the save copies the disk anew
 		l.log.Info("fork copy not started early", "vm_id", hs.ID, "err", err)
 		return nil
 	}
@@ -409,7 +438,14 @@ func (l *Local) startFork(ctx context.Context, o *op, u *undo, fk hypervisor.For
 	var err error
 	if early != nil {
 		row, h, cl, restored, err = l.finishEarlyCopy(ctx, o, early, row, state, src.AgentKey, lap, progress)
-	} else {
+		if errors.Is(err, errEarlyUnfit) {
+			// The source's save did not fit the copy started early (its
+			// RAM was streamed): restore the usual way.
+			l.log.Info("fork copy started early does not fit the saved state, restoring anew", "vm_id", row.ID, "err", err)
+			early, err = nil, nil
+		}
+	}
+	if early == nil {
 		progress.Say("restore")
 		row, h, cl, restored, err = l.restoreCopyReady(ctx, o, u, fk, row, hs, state, src.AgentKey, "restore", progress)
 	}
@@ -454,17 +490,26 @@ func (l *Local) startFork(ctx context.Context, o *op, u *undo, fk hypervisor.For
 	return row, nil
 }
 
+// errEarlyUnfit: the copy started early cannot take the saved state
+// (FinishCopy refused it as unfit); it was killed.
+var errEarlyUnfit = errors.New("copy started early does not fit the saved state")
+
 // finishEarlyCopy waits for the copy started early, restores it from the
 // state in dir, records its handle and waits for its agent (which trusts
 // key), as restoreCopyReady does for a copy started after the save.
 func (l *Local) finishEarlyCopy(ctx context.Context, o *op, e *earlyCopy, row store.VM, dir, key string, lap *laps, progress Progress) (store.VM, *hypervisor.Handle, *vsockcli.Client, time.Time, error) {
 	h, err := e.wait()
 	if err != nil {
-		return row, nil, nil, time.Time{}, fmt.Errorf("restore: %w", err)
+		// Its start failed (and was undone): the usual way may work.
+		return row, nil, nil, time.Time{}, fmt.Errorf("%w: %v", errEarlyUnfit, err)
 	}
 	lap.mark("copy started wait")
 	progress.Say("restore")
 	if err := e.ec.FinishCopy(ctx, h, dir); err != nil {
+		if errors.Is(err, errs.FailedPrecondition) {
+			l.Driver.Kill(context.Background(), h)
+			return row, nil, nil, time.Time{}, fmt.Errorf("%w: %v", errEarlyUnfit, err)
+		}
 		return row, nil, nil, time.Time{}, fmt.Errorf("restore: %w", err)
 	}
 	restored := time.Now()

@@ -112,7 +112,11 @@ func (d *Driver) finishCopy(ctx context.Context, h *hypervisor.Handle, dir strin
 		return fmt.Errorf("read %s: %w", StateConfigFile, err)
 	}
 	if saved.Format != stateFormat || !saved.RAMCopy {
-		return errs.New(errs.FailedPrecondition, "the state in %s is not a fork's (format %d, ram copy %v)", dir, saved.Format, saved.RAMCopy)
+		// A source without a RAM file of its own streamed its RAM: this
+		// copy cannot take it (RestoreCopy in a new QEMU can), and its
+		// RAM file is not the state's.
+		os.Remove(filepath.Join(dir, copyRAMFile))
+		return errs.New(errs.FailedPrecondition, "the state in %s is not a fork's with its ram in a file (format %d, ram copy %v)", dir, saved.Format, saved.RAMCopy)
 	}
 	if err := copyCompatible(saved.Machine, m); err != nil {
 		return errs.New(errs.FailedPrecondition, "saved state does not fit the copy: %w", err)
