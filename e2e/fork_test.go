@@ -384,7 +384,7 @@ func (c *logCapture) forkSteps(srcID, forkID string) []stepTime {
 	for _, r := range *c.recs {
 		switch {
 		case r.msg == "vm state saved for a fork" && r.attrs["vm_id"] == srcID:
-			for _, k := range []string{"stop_ms", "device_state_ms", "ram_copy_ms"} {
+			for _, k := range []string{"template_copy_ms", "stop_ms", "paused_ms", "device_state_ms", "ram_copy_ms"} {
 				if d := msOf(r.attrs[k]); d >= 0 {
 					save = append(save, stepTime{"  " + strings.TrimSuffix(k, "_ms"), d})
 				}
