@@ -71,14 +71,43 @@ func CloneOverUnsynced(ctx context.Context, src, dst string) (CloneMethod, error
 	return method, nil
 }
 
+// cloneOver never leaves dst empty or short while it copies (a reader
+// opening it meanwhile sees old or new blocks): the data extents of in are
+// written over dst, the holes of in punched into dst, then dst is sized.
 func cloneOver(ctx context.Context, in, out *os.File, size int64) (CloneMethod, error) {
 	if err := unix.IoctlFileClone(int(out.Fd()), int(in.Fd())); err == nil {
 		return CloneReflink, nil
 	}
-	if err := out.Truncate(0); err != nil {
-		return "", err
+	inFd := int(in.Fd())
+	var off int64
+	for off < size {
+		if err := ctx.Err(); err != nil {
+			return "", err
+		}
+		data, err := unix.Seek(inFd, off, unix.SEEK_DATA)
+		if errors.Is(err, unix.ENXIO) {
+			data = size // only a hole remains
+		} else if err != nil {
+			return "", fmt.Errorf("seek data: %w", err)
+		}
+		if data > off {
+			if err := unix.Fallocate(int(out.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, off, data-off); err != nil {
+				return "", fmt.Errorf("punch hole: %w", err)
+			}
+		}
+		if data >= size {
+			break
+		}
+		hole, err := unix.Seek(inFd, data, unix.SEEK_HOLE)
+		if err != nil {
+			return "", fmt.Errorf("seek hole: %w", err)
+		}
+		if err := copyRange(ctx, in, out, data, hole-data); err != nil {
+			return "", err
+		}
+		off = hole
 	}
-	if err := sparseCopy(ctx, in, out, size); err != nil {
+	if err := out.Truncate(size); err != nil {
 		return "", err
 	}
 	return CloneSparse, nil

@@ -407,6 +407,23 @@ func TestCloneOverUnsynced(t *testing.T) {
 	if err := os.WriteFile(dst, bytes.Repeat([]byte("old!"), 32<<20), 0o600); err != nil { // 128 MiB
 		t.Fatal(err)
 	}
+	// A reader never finds dst empty meanwhile (a QEMU opening its image).
+	stop := make(chan struct{})
+	shrunk := make(chan int64, 1)
+	go func() {
+		var min int64 = 1 << 62
+		for {
+			select {
+			case <-stop:
+				shrunk <- min
+				return
+			default:
+			}
+			if st, err := os.Stat(dst); err == nil && st.Size() < min {
+				min = st.Size()
+			}
+		}
+	}()
 	held, err := os.Open(dst)
 	if err != nil {
 		t.Fatal(err)
@@ -416,6 +433,10 @@ func TestCloneOverUnsynced(t *testing.T) {
 	syscall.Stat(dst, &before)
 	if _, err := CloneOverUnsynced(ctx, src, dst); err != nil {
 		t.Fatal(err)
+	}
+	close(stop)
+	if m := <-shrunk; m < 64<<20 {
+		t.Errorf("dst was %d bytes at some point during the copy", m)
 	}
 	syscall.Stat(dst, &after)
 	if before.Ino != after.Ino {

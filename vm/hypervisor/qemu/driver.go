@@ -262,7 +262,7 @@ func (d *Driver) launch(ctx context.Context, m machine) (*hypervisor.Handle, err
 				return createMemFile(m)
 			},
 			Undo: func() {
-				if m.MemOwn {
+				if m.MemOwn && !m.deferIncoming { // a copy started early: see StartCopy
 					os.Remove(m.MemFile)
 				}
 			},

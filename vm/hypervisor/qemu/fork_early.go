@@ -29,9 +29,10 @@ import (
 // StartCopy begins starting the hypervisor of a copy to be restored from
 // the state SaveCopy will write into dir. It returns once dir is ready for
 // SaveCopy (linked to the copy's RAM file); wait then returns the copy's
-// handle, up and waiting for FinishCopy, or why it did not start (nothing
-// is left of it then). A copy started and never finished is ended with
-// Kill, which removes its RAM file.
+// handle, up and waiting for FinishCopy, or why it did not start (its
+// processes are gone; its RAM file, linked from dir, is left for
+// RestoreCopy to adopt or DiscardCopy to remove). A copy started and never
+// finished is ended with Kill, which removes its RAM file.
 func (d *Driver) StartCopy(ctx context.Context, spec hypervisor.Spec, dir string) (wait func() (*hypervisor.Handle, error), err error) {
 	m, err := d.machineFor(spec)
 	if err != nil {
@@ -50,7 +51,7 @@ func (d *Driver) StartCopy(ctx context.Context, spec hypervisor.Spec, dir string
 		return nil, err
 	}
 	// The RAM file exists before SaveCopy may look for it: launch does
-	// not make it (memReady), its undo removes it.
+	// not make it (memReady), nor remove it on failure.
 	if err := createMemFile(m); err != nil {
 		return nil, err
 	}
@@ -70,8 +71,9 @@ func (d *Driver) StartCopy(ctx context.Context, spec hypervisor.Spec, dir string
 		start := time.Now()
 		h, err := d.launch(ctx, m)
 		if err != nil {
-			os.Remove(m.MemFile)
-			os.Remove(link)
+			// The RAM file and its link stay: SaveCopy may have copied
+			// the RAM into it already, for RestoreCopy to adopt (or
+			// DiscardCopy to remove).
 			done <- started{nil, fmt.Errorf("start copy vm %s: %w", m.ID, err)}
 			return
 		}
