@@ -6,11 +6,13 @@ import (
 	"crypto/ed25519"
 	"crypto/rand"
 	"fmt"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -73,12 +75,37 @@ func (w *warmEngine) logClockDrift(t *testing.T, inst engine.Instance) {
 // where the image has sshd, SSH) host keys and 32 bytes of /dev/urandom;
 // both clocks are within 2 s of the host's; each address is answered by
 // its own MAC only.
+//
+// It runs twice: with a source booted cold, and with one created warm from
+// a template (issue 16: forks of warm-created VMs take the fast way too).
+// Either way the fork runs on a RAM file of its own (the fast way; the
+// slow way streams its RAM into anonymous memory), and forks in turn.
 func TestFork(t *testing.T) {
 	needVMs(t)
 	const bridge = "mnfork0"
 	w := newWarmEngine(t, bridge, "10.207.0.0/24")
+	t.Run("cold-source", func(t *testing.T) { testFork(t, w, bridge, w.create(t, "fork-src", true)) })
+	t.Run("warm-source", func(t *testing.T) {
+		ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
+		defer cancel()
+		if _, err := w.l.WarmTemplate(ctx, "minimal", 1, 256, 0); err != nil {
+			t.Fatalf("warm template: %v", err)
+		}
+		src := w.create(t, "fork-wsrc", false)
+		if got, _ := os.Stat(ramFile(src.ID)); got != nil {
+			t.Fatalf("warm-created %s has a ram file of its own: it was not created warm", src.Name)
+		}
+		testFork(t, w, bridge, src)
+	})
+}
+
+// ramFile is the RAM file a VM of the warm engine keeps on the tmpfs
+// (the qemu driver's default memory dir).
+func ramFile(id string) string { return filepath.Join("/dev/shm/minions", id+".ram") }
+
+// testFork forks src (see TestFork).
+func testFork(t *testing.T, w *warmEngine, bridge string, src engine.Instance) {
 	ctx := context.Background()
-	src := w.create(t, "fork-src", true)
 	// A counter loop in the background, its output on the guest's tmpfs
 	// or disk, its PID printed.
 	pid := w.run(t, src, `setsid sh -c 'i=0; while :; do i=$((i+1)); echo $i > /tmp/counter; sleep 0.2; done' </dev/null >/dev/null 2>&1 & echo $!`)
@@ -86,8 +113,11 @@ func TestFork(t *testing.T) {
 		t.Fatalf("counter pid %q", pid)
 	}
 	time.Sleep(time.Second)
-	fk, took := w.fork(t, src, "fork-copy")
+	fk, took := w.fork(t, src, src.Name+"-copy")
 	t.Logf("fork took %s", took.Round(time.Millisecond))
+	if _, err := os.Stat(ramFile(fk.ID)); err != nil {
+		t.Errorf("the fork has no ram file of its own (it was forked the slow way): %v", err)
+	}
 	// The fork's agent relay says how long the guest link took to come up.
 	if b, err := os.ReadFile(filepath.Join(w.l.Config().RunDir, fk.ID, "relay.log")); err == nil {
 		t.Logf("fork's relay.log:\n%s", b)
@@ -170,6 +200,15 @@ func TestFork(t *testing.T) {
 			t.Errorf("%s: neighbour entry %q, want lladdr %s", inst.Name, strings.TrimSpace(string(out)), inst.MAC)
 		}
 	}
+	// The fork forks in turn.
+	ff, took := w.fork(t, fk, fk.Name+"-copy")
+	t.Logf("fork of the fork took %s", took.Round(time.Millisecond))
+	if got := w.run(t, ff, "hostname; cat /proc/"+pid+"/cmdline >/dev/null && echo counter"); got != ff.Name+"\ncounter" {
+		t.Errorf("fork of the fork: %q, want its hostname and the counter", got)
+	}
+	if err := w.l.Destroy(ctx, ff.ID); err != nil {
+		t.Fatal(err)
+	}
 	// The source is still the source: destroying the fork leaves it be.
 	if err := w.l.Destroy(ctx, fk.ID); err != nil {
 		t.Fatal(err)
@@ -179,32 +218,205 @@ func TestFork(t *testing.T) {
 	}
 }
 
-// BenchmarkFork times engine Fork of a running minimal VM (save, copy,
-// resume, restore, agent, re-identify) and reports the median.
+// BenchmarkFork times engine Fork of a running VM, step by step (from
+// the engine's "fork timing" log line, the driver's save and launch
+// steps), and prints a table of medians: once with a source booted cold
+// (its RAM in a file of its own), once with a source created warm from a
+// template. The image is debian (or MINIONS_E2E_FORK_IMAGE; minimal when
+// MINIONS_E2E_DEBIAN=0), 512 MiB (256 for minimal). Use -benchtime 5x.
 func BenchmarkFork(b *testing.B) {
 	if skipWhy != "" {
 		b.Skip(skipWhy)
 	}
-	w := newWarmEngine(b, "mnforkb0", "10.207.1.0/24")
-	src := w.create(b, "fork-bench", true)
-	var took samples
-	i := 0
-	for b.Loop() {
-		start := time.Now()
-		inst, err := w.l.Fork(context.Background(), src.ID, engine.ForkSpec{ID: vm.NewID(), Name: fmt.Sprintf("fork-b%d", i), Owner: w.owner}, nil)
-		d := time.Since(start)
-		if err != nil {
-			b.Fatal(err)
-		}
-		b.StopTimer()
-		w.l.Destroy(context.Background(), inst.ID)
-		b.StartTimer()
-		took = append(took, d)
-		i++
+	image, mem := forkBenchImage()
+	logs := &logCapture{next: slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}), mu: new(sync.Mutex), recs: new([]capturedLog)}
+	w := newWarmEngineLog(b, "mnforkb0", "10.207.1.0/24", logs)
+	for _, source := range []string{"cold", "warm"} {
+		b.Run(source+"-source", func(b *testing.B) {
+			if source == "warm" {
+				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+				defer cancel()
+				if _, err := w.l.WarmTemplate(ctx, image, 1, mem, 0); err != nil {
+					b.Fatalf("warm template: %v", err)
+				}
+			}
+			src := w.createImage(b, "fork-bench-"+source, image, mem, source == "cold")
+			if image != "minimal" {
+				// A full image is still booting when create returns.
+				w.waitBooted(b, src)
+			}
+			var took samples
+			var steps stepSamples
+			i := 0
+			for b.Loop() {
+				logs.reset()
+				start := time.Now()
+				inst, err := w.l.Fork(context.Background(), src.ID, engine.ForkSpec{ID: vm.NewID(), Name: fmt.Sprintf("fork-%s%d", source, i), Owner: w.owner}, nil)
+				d := time.Since(start)
+				if err != nil {
+					b.Fatal(err)
+				}
+				b.StopTimer()
+				took = append(took, d)
+				steps.add(logs.forkSteps(src.ID, inst.ID))
+				w.l.Destroy(context.Background(), inst.ID)
+				b.StartTimer()
+				i++
+			}
+			took.report(b, "fork")
+			load, _ := os.ReadFile("/proc/loadavg")
+			t := &table{title: fmt.Sprintf("BenchmarkFork: engine fork of a running %d MiB %s VM (source %s), load %s", mem, image, source, strings.Join(strings.Fields(string(load))[:3], " ")),
+				head: sampleHead("step")}
+			t.addSamples("fork (whole)", took)
+			for _, n := range steps.order {
+				t.addSamples(n, steps.by[n])
+			}
+			t.print()
+		})
 	}
-	took.report(b, "fork")
-	fmt.Fprintf(os.Stderr, "BenchmarkFork: engine fork of a running minimal vm (256 MiB), median of %d: %s ms (min %s, max %s)\n",
-		len(took), fmtMS(took.median()), fmtMS(took.min()), fmtMS(took.max()))
+}
+
+// waitBooted waits (5 min at most) until systemd in inst says the system
+// is running (or degraded).
+func (w *warmEngine) waitBooted(tb testing.TB, inst engine.Instance) {
+	tb.Helper()
+	var st string
+	for deadline := time.Now().Add(5 * time.Minute); time.Now().Before(deadline); time.Sleep(2 * time.Second) {
+		st = w.run(tb, inst, "systemctl is-system-running 2>/dev/null; true")
+		if st == "running" || st == "degraded" {
+			return
+		}
+	}
+	tb.Fatalf("%s: systemd is %q after 5 min", inst.Name, st)
+}
+
+// forkBenchImage is the image and memory size BenchmarkFork forks.
+func forkBenchImage() (string, int) {
+	image := os.Getenv("MINIONS_E2E_FORK_IMAGE")
+	if image == "" {
+		image = "debian"
+		if os.Getenv("MINIONS_E2E_DEBIAN") == "0" {
+			image = "minimal"
+		}
+	}
+	if image == "minimal" {
+		return image, 256
+	}
+	return image, 512
+}
+
+// capturedLog is one log record: its message and attributes (those added
+// with With included; later keys win).
+type capturedLog struct {
+	msg   string
+	attrs map[string]any
+	order []string
+}
+
+// logCapture is a slog.Handler that passes records on to next (at next's
+// level) and keeps every record, debug ones too.
+type logCapture struct {
+	next  slog.Handler
+	mu    *sync.Mutex
+	recs  *[]capturedLog
+	attrs []slog.Attr
+}
+
+func (c *logCapture) Enabled(context.Context, slog.Level) bool { return true }
+
+func (c *logCapture) Handle(ctx context.Context, r slog.Record) error {
+	rec := capturedLog{msg: r.Message, attrs: map[string]any{}}
+	put := func(a slog.Attr) bool {
+		if _, ok := rec.attrs[a.Key]; !ok {
+			rec.order = append(rec.order, a.Key)
+		}
+		rec.attrs[a.Key] = a.Value.Any()
+		return true
+	}
+	for _, a := range c.attrs {
+		put(a)
+	}
+	r.Attrs(put)
+	c.mu.Lock()
+	*c.recs = append(*c.recs, rec)
+	c.mu.Unlock()
+	if c.next.Enabled(ctx, r.Level) {
+		return c.next.Handle(ctx, r)
+	}
+	return nil
+}
+
+func (c *logCapture) WithAttrs(as []slog.Attr) slog.Handler {
+	n := *c
+	n.next = c.next.WithAttrs(as)
+	n.attrs = append(append([]slog.Attr(nil), c.attrs...), as...)
+	return &n
+}
+
+func (c *logCapture) WithGroup(name string) slog.Handler {
+	n := *c
+	n.next = c.next.WithGroup(name)
+	return &n
+}
+
+func (c *logCapture) reset() {
+	c.mu.Lock()
+	*c.recs = nil
+	c.mu.Unlock()
+}
+
+// forkSteps reads the fork forkID of srcID from the records kept: the
+// engine's steps, with the driver's save steps (under "save memory") and
+// launch steps (under "restore") indented below them.
+func (c *logCapture) forkSteps(srcID, forkID string) []stepTime {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	msOf := func(v any) time.Duration {
+		switch n := v.(type) {
+		case int64:
+			return time.Duration(n) * time.Millisecond
+		case uint64:
+			return time.Duration(n) * time.Millisecond
+		}
+		return -1
+	}
+	var save, launch []stepTime
+	for _, r := range *c.recs {
+		switch {
+		case r.msg == "vm state saved for a fork" && r.attrs["vm_id"] == srcID:
+			for _, k := range []string{"template_copy_ms", "stop_ms", "paused_ms", "device_state_ms", "ram_copy_ms"} {
+				if d := msOf(r.attrs[k]); d >= 0 {
+					save = append(save, stepTime{"  " + strings.TrimSuffix(k, "_ms"), d})
+				}
+			}
+		case r.msg == "vm state saved" && r.attrs["vm_id"] == srcID:
+			save = append(save, stepTime{"  stream ram and devices", msOf(r.attrs["duration_ms"])})
+		case r.msg == "start step done" && r.attrs["vm_id"] == forkID:
+			if us, ok := r.attrs["us"].(int64); ok {
+				launch = append(launch, stepTime{"  qemu: " + fmt.Sprint(r.attrs["step"]), time.Duration(us) * time.Microsecond})
+			}
+		}
+	}
+	var out []stepTime
+	for _, r := range *c.recs {
+		if r.msg != "fork timing" || r.attrs["vm_id"] != forkID {
+			continue
+		}
+		for _, k := range r.order {
+			name, ok := strings.CutSuffix(k, "_ms")
+			if !ok {
+				continue
+			}
+			out = append(out, stepTime{name, msOf(r.attrs[k])})
+			switch name {
+			case "save memory":
+				out = append(out, save...)
+			case "restore":
+				out = append(out, launch...)
+			}
+		}
+	}
+	return out
 }
 
 // BenchmarkForkCLI times `minions fork SRC NEW` (the CLI, from exec to

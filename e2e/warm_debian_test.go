@@ -2,34 +2,13 @@ package e2e
 
 import (
 	"context"
-	"crypto/ed25519"
-	"crypto/rand"
 	"os"
 	"strings"
 	"testing"
 	"time"
 
-	"golang.org/x/crypto/ssh"
-
-	"github.com/minionsdev/minions/vm"
 	"github.com/minionsdev/minions/vm/engine"
 )
-
-// createImage is create with an image and memory size of its own.
-func (w *warmEngine) createImage(tb testing.TB, name, image string, memMiB int) engine.Instance {
-	tb.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
-	defer cancel()
-	pub, _, _ := ed25519.GenerateKey(rand.Reader)
-	sp, _ := ssh.NewPublicKey(pub)
-	inst, err := w.l.Create(ctx, engine.CreateSpec{ID: vm.NewID(), Name: name, Owner: w.owner, Image: image,
-		CPUs: 1, MemoryMiB: memMiB, AuthorizedKeys: []string{strings.TrimSpace(string(ssh.MarshalAuthorizedKey(sp)))}}, nil)
-	if err != nil {
-		tb.Fatalf("create %s: %v", name, err)
-	}
-	tb.Cleanup(func() { w.l.Destroy(context.Background(), inst.ID) })
-	return inst
-}
 
 // TestWarmDebian is issue 16's re-identification proof on the full
 // Debian image (systemd, journald, sshd), which TestWarmCreate's minimal
@@ -52,8 +31,8 @@ func TestWarmDebian(t *testing.T) {
 		t.Fatalf("warm template: %v", err)
 	}
 	t.Logf("template %s of %s built in %d ms", tpl.Key, tpl.Image, tpl.BuildMillis)
-	a := w.createImage(t, "deb-a", "debian", 512)
-	b := w.createImage(t, "deb-b", "debian", 512)
+	a := w.createImage(t, "deb-a", "debian", 512, false)
+	b := w.createImage(t, "deb-b", "debian", 512, false)
 	type ident struct{ host, mid, sshKey, rnd, ip, mac string }
 	idents := map[string]ident{}
 	for _, inst := range []engine.Instance{a, b} {

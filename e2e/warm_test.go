@@ -41,13 +41,23 @@ type warmEngine struct {
 
 func newWarmEngine(tb testing.TB, bridge, subnet string) *warmEngine {
 	tb.Helper()
+	return newWarmEngineLog(tb, bridge, subnet, nil)
+}
+
+// newWarmEngineLog is newWarmEngine logging to h (nil: text on stderr,
+// info and above).
+func newWarmEngineLog(tb testing.TB, bridge, subnet string, h slog.Handler) *warmEngine {
+	tb.Helper()
 	ctx := context.Background()
 	dir, err := os.MkdirTemp(filepath.Dir(stateDir), "warm")
 	if err != nil {
 		tb.Fatal(err)
 	}
 	tb.Cleanup(func() { cleanupProcesses(dir); os.RemoveAll(dir) })
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	if h == nil {
+		h = slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo})
+	}
+	log := slog.New(h)
 	db, err := store.Open(ctx, filepath.Join(dir, "minions.db"))
 	if err != nil {
 		tb.Fatal(err)
@@ -85,12 +95,19 @@ func newWarmEngine(tb testing.TB, bridge, subnet string) *warmEngine {
 
 func (w *warmEngine) create(tb testing.TB, name string, cold bool) engine.Instance {
 	tb.Helper()
+	return w.createImage(tb, name, "minimal", 256, cold)
+}
+
+// createImage creates a 1-vCPU VM of image with memMiB of RAM, cold or
+// from a warm template when one exists.
+func (w *warmEngine) createImage(tb testing.TB, name, image string, memMiB int, cold bool) engine.Instance {
+	tb.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
 	defer cancel()
 	pub, _, _ := ed25519.GenerateKey(rand.Reader)
 	sp, _ := ssh.NewPublicKey(pub)
-	inst, err := w.l.Create(ctx, engine.CreateSpec{ID: vm.NewID(), Name: name, Owner: w.owner, Image: "minimal",
-		CPUs: 1, MemoryMiB: 256, Cold: cold, AuthorizedKeys: []string{strings.TrimSpace(string(ssh.MarshalAuthorizedKey(sp)))}}, nil)
+	inst, err := w.l.Create(ctx, engine.CreateSpec{ID: vm.NewID(), Name: name, Owner: w.owner, Image: image,
+		CPUs: 1, MemoryMiB: memMiB, Cold: cold, AuthorizedKeys: []string{strings.TrimSpace(string(ssh.MarshalAuthorizedKey(sp)))}}, nil)
 	if err != nil {
 		tb.Fatalf("create %s: %v", name, err)
 	}
@@ -99,7 +116,7 @@ func (w *warmEngine) create(tb testing.TB, name string, cold bool) engine.Instan
 }
 
 // run executes a shell command in inst's guest and returns its stdout.
-func (w *warmEngine) run(t *testing.T, inst engine.Instance, cmd string) string {
+func (w *warmEngine) run(t testing.TB, inst engine.Instance, cmd string) string {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()

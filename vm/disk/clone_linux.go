@@ -39,6 +39,80 @@ func CloneUnsynced(ctx context.Context, src, dst string) (CloneMethod, error) {
 	return clone(ctx, src, dst, false)
 }
 
+// CloneOverUnsynced copies src over the existing file dst in place: dst
+// keeps its inode, so a process that holds it open (a fork's QEMU waiting
+// for its incoming state, which re-reads its images when it activates
+// them) reads the copy. Not flushed (see CloneUnsynced). On failure dst's
+// content is undefined.
+func CloneOverUnsynced(ctx context.Context, src, dst string) (CloneMethod, error) {
+	in, err := os.Open(src)
+	if err != nil {
+		return "", fmt.Errorf("clone over: %w", err)
+	}
+	defer in.Close()
+	st, err := in.Stat()
+	if err != nil {
+		return "", fmt.Errorf("clone over: %w", err)
+	}
+	if !st.Mode().IsRegular() {
+		return "", errs.New(errs.InvalidArgument, "clone over: %s is not a regular file", src)
+	}
+	out, err := os.OpenFile(dst, os.O_WRONLY|unix.O_NOFOLLOW, 0)
+	if err != nil {
+		return "", fmt.Errorf("clone over %s: %w", dst, err)
+	}
+	method, err := cloneOver(ctx, in, out, st.Size())
+	if cerr := out.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return "", fmt.Errorf("clone %s over %s: %w", src, dst, err)
+	}
+	return method, nil
+}
+
+// cloneOver never leaves dst empty or short while it copies (a reader
+// opening it meanwhile sees old or new blocks): the data extents of in are
+// written over dst, the holes of in punched into dst, then dst is sized.
+func cloneOver(ctx context.Context, in, out *os.File, size int64) (CloneMethod, error) {
+	if err := unix.IoctlFileClone(int(out.Fd()), int(in.Fd())); err == nil {
+		return CloneReflink, nil
+	}
+	inFd := int(in.Fd())
+	var off int64
+	for off < size {
+		if err := ctx.Err(); err != nil {
+			return "", err
+		}
+		data, err := unix.Seek(inFd, off, unix.SEEK_DATA)
+		if errors.Is(err, unix.ENXIO) {
+			data = size // only a hole remains
+		} else if err != nil {
+			return "", fmt.Errorf("seek data: %w", err)
+		}
+		if data > off {
+			if err := unix.Fallocate(int(out.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, off, data-off); err != nil {
+				return "", fmt.Errorf("punch hole: %w", err)
+			}
+		}
+		if data >= size {
+			break
+		}
+		hole, err := unix.Seek(inFd, data, unix.SEEK_HOLE)
+		if err != nil {
+			return "", fmt.Errorf("seek hole: %w", err)
+		}
+		if err := copyRange(ctx, in, out, data, hole-data); err != nil {
+			return "", err
+		}
+		off = hole
+	}
+	if err := out.Truncate(size); err != nil {
+		return "", err
+	}
+	return CloneSparse, nil
+}
+
 // SyncFile flushes the file at path to stable storage.
 func SyncFile(path string) error {
 	f, err := os.Open(path)

@@ -395,3 +395,64 @@ func TestCloneUnsynced(t *testing.T) {
 		t.Fatal("SyncFile of a missing file succeeded")
 	}
 }
+
+// TestCloneOverUnsynced: the copy lands in dst's own inode (a descriptor
+// opened before reads it), longer or shorter than what dst held, holes
+// kept; a missing dst is an error, not a new file.
+func TestCloneOverUnsynced(t *testing.T) {
+	ctx := testCtx(t)
+	dir := t.TempDir()
+	src := makeBase(t, dir, 64<<20)
+	dst := filepath.Join(dir, "over.raw")
+	if err := os.WriteFile(dst, bytes.Repeat([]byte("old!"), 32<<20), 0o600); err != nil { // 128 MiB
+		t.Fatal(err)
+	}
+	// A reader never finds dst empty meanwhile (a QEMU opening its image).
+	stop := make(chan struct{})
+	shrunk := make(chan int64, 1)
+	go func() {
+		var min int64 = 1 << 62
+		for {
+			select {
+			case <-stop:
+				shrunk <- min
+				return
+			default:
+			}
+			if st, err := os.Stat(dst); err == nil && st.Size() < min {
+				min = st.Size()
+			}
+		}
+	}()
+	held, err := os.Open(dst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	var before, after syscall.Stat_t
+	syscall.Stat(dst, &before)
+	if _, err := CloneOverUnsynced(ctx, src, dst); err != nil {
+		t.Fatal(err)
+	}
+	close(stop)
+	if m := <-shrunk; m < 64<<20 {
+		t.Errorf("dst was %d bytes at some point during the copy", m)
+	}
+	syscall.Stat(dst, &after)
+	if before.Ino != after.Ino {
+		t.Fatal("dst got a new inode")
+	}
+	if fileHash(t, dst) != fileHash(t, src) || after.Size != 64<<20 || after.Blocks*512 > 8<<20 {
+		t.Fatalf("copy over: size %d, allocated %d, or content differs", after.Size, after.Blocks*512)
+	}
+	b := make([]byte, 4)
+	if _, err := held.ReadAt(b, 32<<20); err != nil || string(b) == "old!" {
+		t.Fatalf("the descriptor opened before reads %q, %v", b, err)
+	}
+	if _, err := CloneOverUnsynced(ctx, src, filepath.Join(dir, "none")); err == nil {
+		t.Fatal("clone over a missing file succeeded")
+	}
+	if _, err := os.Stat(filepath.Join(dir, "none")); err == nil {
+		t.Fatal("clone over a missing file made it")
+	}
+}

@@ -2,7 +2,9 @@ package engine
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"sync"
@@ -54,14 +56,21 @@ func (l *Local) forkStateDir(forkID string) string {
 }
 
 // Fork implements Forker. The steps (also the progress lines): allocate
-// (the fork's record, address, MAC, admission), "save memory" (the source
-// paused, its RAM and device state written), "copy disk" (a copy of the
-// source's qcow2 overlay on the same backing image, taken while paused),
-// "resume source", "network", "restore" (the fork's hypervisor from the
+// (the fork's record, address, MAC, admission), "network" (its TAP),
+// "start" (with a driver that can, the fork's hypervisor starts now, before
+// the save, and waits for its state: see earlyCopier), "save memory" (the
+// source paused, its RAM and device state written), "copy disk" (a copy
+// of the source's qcow2 overlay on the same backing image, taken while
+// paused), "resume source", "restore" (the fork's hypervisor from the
 // saved state, with its own TAP, MAC and kernel command line), "agent",
 // "reidentify" (RNG reseed, clock, hostname, machine-id, host keys, the
 // owner's keys, a new agent key, MAC, address and route, as for a warm
-// clone).
+// clone). The time of each step is logged ("fork timing").
+//
+// A source created warm from a template maps the template's RAM file
+// privately; the qemu driver gives its fork a RAM file of its own (the
+// template's plus the pages the source wrote) and saves its device state
+// only, so it forks as fast as a VM booted cold (qemu/fork_clone.go).
 //
 // The source's memory is saved while it is paused, not by a live
 // pre-copy: under TCG a live pre-copy that converges while the guest runs
@@ -127,12 +136,52 @@ func (l *Local) Fork(ctx context.Context, srcID string, spec ForkSpec, progress 
 	}
 	row := store.VM{ID: spec.ID, Name: spec.Name, OwnerID: spec.Owner, Image: src.Image, CPUs: src.CPUs,
 		MemoryMiB: src.MemoryMiB, DiskGiB: src.DiskGiB, Port: src.Port}
+	lap := newLaps()
 	return l.newVM(ctx, row, "fork", progress, func(o *op, row store.VM) (store.VM, error) {
-		return l.forkSteps(ctx, o, fk, src.ID, row, spec, progress)
+		lap.mark("allocate")
+		v, err := l.forkSteps(ctx, o, fk, src.ID, row, spec, lap, progress)
+		if err == nil {
+			l.log.Info("fork timing", append([]any{"vm_id", v.ID, "source_id", src.ID}, lap.attrs()...)...)
+		}
+		return v, err
 	})
 }
 
-func (l *Local) forkSteps(ctx context.Context, o *op, fk hypervisor.Forker, srcID string, row store.VM, spec ForkSpec, progress Progress) (store.VM, error) {
+// laps times the steps of one fork, for its "fork timing" log line (one
+// <step>_ms attribute per step, in order; BenchmarkFork tabulates them).
+// Safe for concurrent use.
+type laps struct {
+	mu   sync.Mutex
+	last time.Time
+	kv   []any
+}
+
+func newLaps() *laps { return &laps{last: time.Now()} }
+
+// mark records the time since the previous mark as step name.
+func (t *laps) mark(name string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	now := time.Now()
+	t.kv = append(t.kv, name+"_ms", now.Sub(t.last).Milliseconds())
+	t.last = now
+}
+
+// add records d as step name, without moving the mark (a step that ran
+// beside the others).
+func (t *laps) add(name string, d time.Duration) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.kv = append(t.kv, name+"_ms", d.Milliseconds())
+}
+
+func (t *laps) attrs() []any {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return append([]any(nil), t.kv...)
+}
+
+func (l *Local) forkSteps(ctx context.Context, o *op, fk hypervisor.Forker, srcID string, row store.VM, spec ForkSpec, lap *laps, progress Progress) (store.VM, error) {
 	if err := os.MkdirAll(l.vmDir(row.ID), 0o700); err != nil {
 		return row, err
 	}
@@ -146,14 +195,25 @@ func (l *Local) forkSteps(ctx context.Context, o *op, fk hypervisor.Forker, srcI
 	if err != nil {
 		return row, fmt.Errorf("image of vm %s: %w", row.Name, err)
 	}
-	src, resumed, err := l.saveForkSource(ctx, o, fk, srcID, row, state, progress)
+	lap.mark("resolve image")
+	var u undo
+	defer u.run()
+	ip, run, err := l.attach(ctx, o, &u, row, progress, "start")
+	if err != nil {
+		return row, err
+	}
+	lap.mark("network")
+	hs := l.spec(row, img, run, ip)
+	early := l.startCopyEarly(ctx, &u, srcID, hs, state)
+	lap.mark("start copy")
+	src, resumed, err := l.saveForkSource(ctx, o, fk, srcID, row, state, early != nil, lap, progress)
 	if err != nil {
 		return row, err
 	}
 	// The source resumes while the fork starts; the fork does not return
 	// before it has, and fails if it could not.
 	defer resumed()
-	return l.startFork(ctx, o, fk, src, row, img, spec, state, resumed, progress)
+	return l.startFork(ctx, o, &u, fk, src, row, hs, ip, early, spec, state, resumed, lap, progress)
 }
 
 // saveForkSource saves the running source's memory and a copy of its disk
@@ -162,7 +222,7 @@ func (l *Local) forkSteps(ctx context.Context, o *op, fk hypervisor.Forker, srcI
 // function that waits for the source's resume (which runs on while the
 // fork starts) and returns its error; the lock is held until the resume
 // is over. Calling it again returns the same result.
-func (l *Local) saveForkSource(ctx context.Context, o *op, fk hypervisor.Forker, srcID string, row store.VM, state string, progress Progress) (store.VM, func() error, error) {
+func (l *Local) saveForkSource(ctx context.Context, o *op, fk hypervisor.Forker, srcID string, row store.VM, state string, over bool, lap *laps, progress Progress) (store.VM, func() error, error) {
 	unlock, err := l.lockVM(ctx, srcID)
 	if err != nil {
 		return store.VM{}, nil, err
@@ -199,26 +259,35 @@ func (l *Local) saveForkSource(ctx context.Context, o *op, fk hypervisor.Forker,
 	progress.Say("save memory")
 	o.step(ctx, "save memory", nil)
 	so.step(ctx, "save memory", map[string]any{"fork": row.ID})
+	lap.mark("lock source")
 	paused := time.Now()
 	err = fk.SaveCopy(ctx, h, state)
+	lap.mark("save memory")
 	if err == nil {
 		progress.Say("copy disk")
 		o.step(ctx, "copy disk", nil)
-		if uc, ok := l.Disks.(unsyncedCloner); ok {
+		if oc, ok := l.Disks.(overCloner); ok && over {
+			// Over the placeholder the copy started early opened.
+			err = oc.CloneOverUnsynced(ctx, l.diskPath(src.ID), l.diskPath(row.ID))
+		} else if uc, ok := l.Disks.(unsyncedCloner); ok {
 			// Flushed after the source runs again (startFork).
 			err = uc.CloneUnsynced(ctx, l.diskPath(src.ID), l.diskPath(row.ID))
 		} else {
 			err = l.Disks.Clone(ctx, l.diskPath(src.ID), l.diskPath(row.ID))
 		}
+		lap.mark("copy disk")
 	}
 	// resume resumes the source, ends its record (failed if saveErr or
 	// the resume failed) and, after a good save, steps its clock (in the
 	// background: nobody waits for that).
 	resume := func(saveErr error) error {
 		var err error
+		t0 := time.Now()
 		if rerr := l.Driver.Resume(context.WithoutCancel(ctx), h); rerr != nil {
 			err = fmt.Errorf("resume source vm %s: %w", src.Name, rerr)
 		}
+		lap.add("resume source", time.Since(t0))
+		lap.add("source paused", time.Since(paused))
 		if saveErr != nil {
 			so.finish(context.WithoutCancel(ctx), saveErr)
 			return err
@@ -290,14 +359,68 @@ func (l *Local) discardForkState(id string) {
 // opForkSource is the kind of the source's operation during a fork.
 const opForkSource = "fork-source"
 
-// startFork starts the fork from the saved state and re-identifies it.
-func (l *Local) startFork(ctx context.Context, o *op, fk hypervisor.Forker, src, row store.VM, img Image, spec ForkSpec, state string, resumed func() error, progress Progress) (store.VM, error) {
-	var u undo
-	defer u.run()
-	ip, run, err := l.attach(ctx, o, &u, row, progress, "restore")
-	if err != nil {
-		return row, err
+// earlyCopier is a hypervisor.Forker that can start a copy's hypervisor
+// before the source's save and restore it after (the qemu driver,
+// fork_early.go): the fork's QEMU starts while the source is saved.
+type earlyCopier interface {
+	StartCopy(ctx context.Context, spec hypervisor.Spec, dir string) (wait func() (*hypervisor.Handle, error), err error)
+	FinishCopy(ctx context.Context, h *hypervisor.Handle, dir string) error
+}
+
+// earlyCopy is a fork's copy being started before the source's save.
+type earlyCopy struct {
+	ec      earlyCopier
+	wait    func() (*hypervisor.Handle, error)
+	console *consolelog.Follower // this run's console output
+}
+
+// overCloner is a Disks that copies a disk over an existing file in
+// place (the fork's disk, which its QEMU started early holds open and
+// re-reads when it activates its images after the incoming state).
+type overCloner interface {
+	CloneOverUnsynced(ctx context.Context, src, dst string) error
+}
+
+// startCopyEarly begins starting the fork's hypervisor (spec hs, restored
+// from state later) while the source srcID is saved, when the driver and
+// the disks can: its disk is first a copy of the source's taken while the
+// source runs (a placeholder QEMU opens inactive, overwritten in place by
+// the copy taken while the source is paused). u ends it on undo. nil: the
+// fork restores the usual way.
+func (l *Local) startCopyEarly(ctx context.Context, u *undo, srcID string, hs hypervisor.Spec, state string) *earlyCopy {
+	ec, ok := l.Driver.(earlyCopier)
+	uc, ok2 := l.Disks.(unsyncedCloner)
+	_, ok3 := l.Disks.(overCloner)
+	if !ok || !ok2 || !ok3 || len(hs.Disks) != 1 || hs.Disks[0].Path != l.diskPath(hs.ID) {
+		return nil
 	}
+	dp := l.diskPath(hs.ID)
+	if err := uc.CloneUnsynced(ctx, l.diskPath(srcID), dp); err != nil {
+		l.log.Info("fork copy not started early: placeholder disk", "vm_id", hs.ID, "err", err)
+		return nil
+	}
+	console := consolelog.NewFollowerFromEnd(hs.ConsoleLog)
+	wait, err := ec.StartCopy(ctx, hs, state)
+	if err != nil {
+		console.Close()
+		os.Remove(dp) // the save copies the disk anew
+		l.log.Info("fork copy not started early", "vm_id", hs.ID, "err", err)
+		return nil
+	}
+	e := &earlyCopy{ec: ec, wait: sync.OnceValues(wait), console: console}
+	u.push(func() {
+		if h, err := e.wait(); err == nil {
+			l.Driver.Kill(context.Background(), h)
+		}
+		console.Close()
+	})
+	return e
+}
+
+// startFork starts the fork (spec hs, address ip) from the saved state,
+// or finishes the copy started early, and re-identifies it. u holds the
+// undo of what forkSteps made.
+func (l *Local) startFork(ctx context.Context, o *op, u *undo, fk hypervisor.Forker, src, row store.VM, hs hypervisor.Spec, ip netip.Addr, early *earlyCopy, spec ForkSpec, state string, resumed func() error, lap *laps, progress Progress) (store.VM, error) {
 	// The disk copy reaches stable storage while the fork starts; the fork
 	// is not done before it has.
 	synced := make(chan error, 1)
@@ -309,11 +432,30 @@ func (l *Local) startFork(ctx context.Context, o *op, fk hypervisor.Forker, src,
 	start := time.Now()
 	// The fork's agent is the source's until re-identified: its key is
 	// the source's pinned one.
-	row, h, cl, restored, err := l.restoreCopyReady(ctx, o, &u, fk, row, l.spec(row, img, run, ip), state, src.AgentKey, "restore", progress)
+	var h *hypervisor.Handle
+	var cl *vsockcli.Client
+	var restored time.Time
+	var err error
+	if early != nil {
+		row, h, cl, restored, err = l.finishEarlyCopy(ctx, o, early, row, state, src.AgentKey, lap, progress)
+		if errors.Is(err, errEarlyUnfit) {
+			// The source's save did not fit the copy started early (its
+			// RAM was streamed): restore the usual way.
+			l.log.Info("fork copy started early does not fit the saved state, restoring anew", "vm_id", row.ID, "err", err)
+			early, err = nil, nil
+		}
+	}
+	if early == nil {
+		progress.Say("restore")
+		row, h, cl, restored, err = l.restoreCopyReady(ctx, o, u, fk, row, hs, state, src.AgentKey, "restore", progress)
+	}
 	if err != nil {
 		return row, err
 	}
 	defer cl.Close()
+	lap.add("restore", restored.Sub(start))
+	lap.add("agent", time.Since(restored))
+	lap.mark("restore and agent")
 	pctx, cancel := context.WithTimeout(ctx, l.cfg.ReadyTimeout)
 	defer cancel()
 	progress.Say("reidentify")
@@ -323,23 +465,60 @@ func (l *Local) startFork(ctx context.Context, o *op, fk hypervisor.Forker, src,
 	if err != nil {
 		return row, err
 	}
+	reidentified := time.Now()
+	lap.mark("reidentify")
 	if err := <-synced; err != nil {
 		return row, fmt.Errorf("flush disk copy: %w", err)
 	}
+	lap.mark("disk flush wait")
 	if err := resumed(); err != nil {
 		return row, fmt.Errorf("save source vm %s: %w", src.Name, err)
 	}
+	lap.mark("source resume wait")
 	row.AgentKey = key
 	row.State = vm.Running
 	row.StartedAt = time.Now().UTC()
 	if err := store.UpdateVM(ctx, l.DB, row); err != nil {
 		return row, err
 	}
+	lap.mark("store write")
 	l.log.Info("vm forked", "vm_id", row.ID, "vm", row.Name, "source_id", src.ID, "pid", h.PID, "ready_ms", time.Since(start).Milliseconds(),
-		"restore_ms", restored.Sub(start).Milliseconds(), "agent_ms", ready.Sub(restored).Milliseconds(), "reidentify_ms", time.Since(ready).Milliseconds())
-	u = nil
+		"restore_ms", restored.Sub(start).Milliseconds(), "agent_ms", ready.Sub(restored).Milliseconds(), "reidentify_ms", reidentified.Sub(ready).Milliseconds())
+	*u = nil
 	l.agents.adopt(row.ID, h, cl) // the first `ssh fork@host` dials nothing
+	lap.mark("pool put")
 	return row, nil
+}
+
+// errEarlyUnfit: the copy started early cannot take the saved state
+// (FinishCopy refused it as unfit); it was killed.
+var errEarlyUnfit = errors.New("copy started early does not fit the saved state")
+
+// finishEarlyCopy waits for the copy started early, restores it from the
+// state in dir, records its handle and waits for its agent (which trusts
+// key), as restoreCopyReady does for a copy started after the save.
+func (l *Local) finishEarlyCopy(ctx context.Context, o *op, e *earlyCopy, row store.VM, dir, key string, lap *laps, progress Progress) (store.VM, *hypervisor.Handle, *vsockcli.Client, time.Time, error) {
+	h, err := e.wait()
+	if err != nil {
+		// Its start failed (and was undone): the usual way may work.
+		return row, nil, nil, time.Time{}, fmt.Errorf("%w: %v", errEarlyUnfit, err)
+	}
+	lap.mark("copy started wait")
+	progress.Say("restore")
+	if err := e.ec.FinishCopy(ctx, h, dir); err != nil {
+		if errors.Is(err, errs.FailedPrecondition) {
+			l.Driver.Kill(context.Background(), h)
+			return row, nil, nil, time.Time{}, fmt.Errorf("%w: %v", errEarlyUnfit, err)
+		}
+		return row, nil, nil, time.Time{}, fmt.Errorf("restore: %w", err)
+	}
+	restored := time.Now()
+	progress.Say("agent")
+	row, cl, err := l.recordAndWaitReady(ctx, o, row, h, e.console, l.agentConfig(key, nil))
+	if err != nil {
+		return row, nil, nil, time.Time{}, err
+	}
+	return row, h, cl, restored, nil
 }
 
 // resumeForkSource resumes the source of a fork whose process died while

@@ -156,6 +156,13 @@ func (d *forkDriver) Kill(ctx context.Context, h *hypervisor.Handle) error {
 
 func forkFixture(t *testing.T) (*engine.Local, *forkDriver, *ports, string) {
 	t.Helper()
+	return forkFixtureWith(t, nil)
+}
+
+// forkFixtureWith is forkFixture whose engine drives wrap(the fork driver)
+// (nil: the fork driver itself).
+func forkFixtureWith(t *testing.T, wrap func(*forkDriver) hypervisor.Driver) (*engine.Local, *forkDriver, *ports, string) {
+	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("needs root (the guest agent runs commands as users)")
 	}
@@ -187,8 +194,12 @@ func forkFixture(t *testing.T) (*engine.Local, *forkDriver, *ports, string) {
 	img := engine.Image{Ref: "minimal@1", OS: "minimal", Path: base, Format: "raw", SizeBytes: 64 << 20, Kernel: kernel}
 	state := filepath.Join(dir, "state")
 	p := &ports{set: map[string]netip.Addr{}}
+	var d hypervisor.Driver = drv
+	if wrap != nil {
+		d = wrap(drv)
+	}
 	l, err := engine.NewLocal(engine.Config{StateDir: state, ReadyTimeout: 20 * time.Second, StopTimeout: time.Second, NoWarm: true},
-		engine.Deps{DB: db, Driver: drv, Network: p, Images: oneImage{img}, Disks: engine.HostDisks{}, HostKey: hostKey})
+		engine.Deps{DB: db, Driver: d, Network: p, Images: oneImage{img}, Disks: engine.HostDisks{}, HostKey: hostKey})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -452,4 +463,166 @@ func TestForkInterruptedRecovers(t *testing.T) {
 	if !slices.Contains(discarded, filepath.Join(state, "vms", forkID, "fork-state")) {
 		t.Errorf("the driver's copy of the half-made fork was not discarded: %v", discarded)
 	}
+}
+
+// earlyDriver is the fork driver with a fork's copy started before the
+// source's save (engine earlyCopier, as the qemu driver does it):
+// StartCopy boots a fake VM at once, FinishCopy gives it the source's
+// "memory" and its agent. unfit makes FinishCopy refuse the state.
+type earlyDriver struct {
+	*forkDriver
+	emu    sync.Mutex
+	events []string
+	ids    map[int]string // VM ID by the PID of copies started early
+	unfit  bool
+}
+
+func (d *earlyDriver) event(e string) {
+	d.emu.Lock()
+	d.events = append(d.events, e)
+	d.emu.Unlock()
+}
+
+func (d *earlyDriver) StartCopy(ctx context.Context, spec hypervisor.Spec, dir string) (func() (*hypervisor.Handle, error), error) {
+	d.event("start copy")
+	h, err := d.forkDriver.Driver.Start(ctx, spec)
+	if err == nil {
+		d.emu.Lock()
+		d.ids[h.PID] = spec.ID
+		d.emu.Unlock()
+	}
+	return func() (*hypervisor.Handle, error) { return h, err }, nil
+}
+
+func (d *earlyDriver) SaveCopy(ctx context.Context, h *hypervisor.Handle, dir string) error {
+	d.event("save copy")
+	return d.forkDriver.SaveCopy(ctx, h, dir)
+}
+
+func (d *earlyDriver) RestoreCopy(ctx context.Context, spec hypervisor.Spec, dir string) (*hypervisor.Handle, error) {
+	d.event("restore copy")
+	return d.forkDriver.RestoreCopy(ctx, spec, dir)
+}
+
+func (d *earlyDriver) FinishCopy(ctx context.Context, h *hypervisor.Handle, dir string) error {
+	d.event("finish copy")
+	if d.unfit {
+		return errs.New(errs.FailedPrecondition, "state does not fit")
+	}
+	b, err := os.ReadFile(filepath.Join(dir, fake.StateFile))
+	if err != nil {
+		return errs.New(errs.NotFound, "no saved state in %s", dir)
+	}
+	var st struct{ ID string }
+	json.Unmarshal(b, &st)
+	d.emu.Lock()
+	id := d.ids[h.PID]
+	d.emu.Unlock()
+	if out, err := exec.Command("cp", "-a", d.root(st.ID), d.root(id)).CombinedOutput(); err != nil {
+		return errors.New(string(out))
+	}
+	_, err = d.serve(id, h)
+	return err
+}
+
+func (d *earlyDriver) Kill(ctx context.Context, h *hypervisor.Handle) error {
+	d.event("kill")
+	return d.forkDriver.Kill(ctx, h)
+}
+
+// TestForkEarlyCopy: with a driver that can, the fork's hypervisor starts
+// before the source's save and is finished after it (its disk copied over
+// the placeholder it opened); a copy the saved state does not fit is
+// killed and the fork restored the usual way; a failed save kills the
+// copy started early and leaves nothing.
+func TestForkEarlyCopy(t *testing.T) {
+	var ed *earlyDriver
+	l, drv, p, state := forkFixtureWith(t, func(d *forkDriver) hypervisor.Driver {
+		ed = &earlyDriver{forkDriver: d, ids: map[int]string{}}
+		return ed
+	})
+	ctx := context.Background()
+	src, err := l.Create(ctx, engine.CreateSpec{ID: vm.NewID(), Name: "web", Owner: "u1", Image: "minimal", CPUs: 1, MemoryMiB: 256}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(drv.root(src.ID), "root/counter"), []byte("42"), 0o600)
+	fork := func(name string) (engine.Instance, []string, []string, error) {
+		ed.emu.Lock()
+		ed.events = nil
+		ed.emu.Unlock()
+		var steps []string
+		fk, err := l.Fork(ctx, src.ID, engine.ForkSpec{ID: vm.NewID(), Name: name, Owner: "u1", AuthorizedKeys: []string{forkKey}},
+			func(s string) { steps = append(steps, s) })
+		ed.emu.Lock()
+		defer ed.emu.Unlock()
+		return fk, steps, append([]string(nil), ed.events...), err
+	}
+
+	fk, steps, events, err := fork("web-f1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{"start copy", "save copy", "finish copy"}; !slices.Equal(events, want) {
+		t.Errorf("driver calls %q, want %q", events, want)
+	}
+	for _, want := range []string{"allocate", "network", "start", "save memory", "copy disk", "resume source", "restore", "agent", "reidentify"} {
+		if !slices.Contains(steps, want) {
+			t.Errorf("progress %q lacks %q", steps, want)
+		}
+	}
+	if b, _ := os.ReadFile(filepath.Join(drv.root(fk.ID), "root/counter")); string(b) != "42" {
+		t.Errorf("the early copy's memory: counter %q, want the source's", b)
+	}
+	if got, _ := l.Get(ctx, fk.ID); got.State != vm.Running || drv.guest(fk.ID).hostname != "web-f1" {
+		t.Errorf("fork %+v, guest hostname %q", got, drv.guest(fk.ID).hostname)
+	}
+	if a, b := fileBytes(t, filepath.Join(state, "vms", fk.ID, "disk.qcow2")), fileBytes(t, filepath.Join(state, "vms", src.ID, "disk.qcow2")); !slices.Equal(a, b) {
+		t.Error("the fork's disk is not the source's copy")
+	}
+
+	// The saved state does not fit the copy started early: killed, and
+	// the fork restored anew.
+	ed.unfit = true
+	fk2, _, events, err := fork("web-f2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{"start copy", "save copy", "finish copy", "kill", "restore copy"}; !slices.Equal(events, want) {
+		t.Errorf("driver calls %q, want %q", events, want)
+	}
+	if got, _ := l.Get(ctx, fk2.ID); got.State != vm.Running || drv.guest(fk2.ID).hostname != "web-f2" {
+		t.Errorf("fork 2 %+v", got)
+	}
+	ed.unfit = false
+
+	// A failed save: the early copy is killed, nothing of the fork is left.
+	running := drv.Running()
+	drv.Fail(fake.OpSaveState, errors.New("disk on fire"), 1)
+	_, _, events, err = fork("web-f3")
+	if err == nil {
+		t.Fatal("fork with a failing save succeeded")
+	}
+	if !slices.Contains(events, "kill") {
+		t.Errorf("driver calls %q: the early copy was not killed", events)
+	}
+	if n := drv.Running(); n != running {
+		t.Errorf("%d fake vms run, want %d", n, running)
+	}
+	if portCount(p) != 3 {
+		t.Errorf("%d ports, want 3", portCount(p))
+	}
+	vms, _ := os.ReadDir(filepath.Join(state, "vms"))
+	if len(vms) != 3 {
+		t.Errorf("vm dirs %v, want the source's and two forks'", vms)
+	}
+}
+
+func fileBytes(t *testing.T, path string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }

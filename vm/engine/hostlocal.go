@@ -59,6 +59,12 @@ func (HostDisks) CloneUnsynced(ctx context.Context, src, dst string) error {
 	return err
 }
 
+// CloneOverUnsynced implements overCloner (fork.go).
+func (HostDisks) CloneOverUnsynced(ctx context.Context, src, dst string) error {
+	_, err := disk.CloneOverUnsynced(ctx, src, dst)
+	return err
+}
+
 // SyncFile implements unsyncedCloner.
 func (HostDisks) SyncFile(path string) error { return disk.SyncFile(path) }
 

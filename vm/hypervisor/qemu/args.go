@@ -81,6 +81,9 @@ type machine struct {
 	RAMPadKiB int `json:"ram_pad_kib,omitempty"`
 	// memReady: the MemOwn file already holds the RAM (a fork's copy).
 	memReady bool
+	// deferIncoming: start waiting for Incoming, which FinishCopy loads
+	// later (a fork's copy started early, fork_early.go).
+	deferIncoming bool
 	// UID and Cgroup are the jail of QEMU and the relay (0, "": none).
 	UID    int    `json:"uid,omitempty"`
 	Cgroup string `json:"cgroup,omitempty"`

@@ -265,7 +265,7 @@ func (d *Driver) launch(ctx context.Context, m machine) (*hypervisor.Handle, err
 				return createMemFile(m)
 			},
 			Undo: func() {
-				if m.MemOwn {
+				if m.MemOwn && !m.deferIncoming { // a copy started early: see StartCopy
 					os.Remove(m.MemFile)
 				}
 			},
@@ -378,6 +378,9 @@ func (d *Driver) launch(ctx context.Context, m machine) (*hypervisor.Handle, err
 				return prepareLiveIncoming(ctx, c, m)
 			}
 			if m.Incoming != "" {
+				if m.deferIncoming {
+					return nil
+				}
 				return finishIncoming(ctx, vm, m, c)
 			}
 			st, err := queryStatus(ctx, c)

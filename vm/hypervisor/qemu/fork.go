@@ -209,6 +209,7 @@ func (d *Driver) saveForkCopy(ctx context.Context, h *hypervisor.Handle, m machi
 	if err := c.Execute(ctx, "stop", nil, nil); err != nil {
 		return err
 	}
+	stopped := time.Since(start)
 	defer func() {
 		if err != nil && before == "running" {
 			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
@@ -252,25 +253,26 @@ func (d *Driver) saveForkCopy(ctx context.Context, h *hypervisor.Handle, m machi
 		return err
 	}
 	saved := time.Since(start)
-	// The copy of the RAM, taken while the VM is paused.
-	var rnd [8]byte
-	rand.Read(rnd[:])
-	cp := filepath.Join(d.memDir, "copy-"+hex.EncodeToString(rnd[:])+memFileSuffix)
-	link := filepath.Join(dir, copyRAMFile)
-	_ = os.Remove(link)
-	if err := os.Symlink(cp, link); err != nil {
+	// The copy of the RAM, taken while the VM is paused: into the RAM
+	// file of a copy started early, or a new one.
+	cp, isNew, err := d.copyTarget(dir, m.ramBytes(), newCopyPath(d.memDir))
+	if err != nil {
 		return err
 	}
-	defer func() {
-		if err != nil {
-			os.Remove(cp)
-			os.Remove(link)
-		}
-	}()
-	copied, err := copyRAM(m.MemFile, cp)
+	if isNew {
+		defer func() {
+			if err != nil {
+				os.Remove(cp)
+				os.Remove(filepath.Join(dir, copyRAMFile))
+			}
+		}()
+	}
+	copyStart := time.Now()
+	copied, err := copyRAMTo(m.MemFile, cp, isNew)
 	if err != nil {
 		return fmt.Errorf("copy ram: %w", err)
 	}
+	copyTook := time.Since(copyStart)
 	st := savedState{Format: stateFormat, QEMUVersion: c.Greeting().VersionString(), SavedAt: time.Now().UTC(), Machine: m, RAMCopy: true}
 	st.Machine.Incoming = ""
 	out, err := json.MarshalIndent(st, "", "  ")
@@ -280,15 +282,28 @@ func (d *Driver) saveForkCopy(ctx context.Context, h *hypervisor.Handle, m machi
 	if err := writeFileAtomic(filepath.Join(dir, StateConfigFile), append(out, '\n')); err != nil {
 		return err
 	}
-	d.log.Info("vm state saved for a fork", "vm_id", m.ID, "pid", h.PID, "dir", dir, "device_state_ms", saved.Milliseconds(),
+	d.log.Info("vm state saved for a fork", "vm_id", m.ID, "pid", h.PID, "dir", dir, "stop_ms", stopped.Milliseconds(),
+		"device_state_ms", (saved - stopped).Milliseconds(), "ram_copy_ms", copyTook.Milliseconds(),
 		"ram_copied_mib", copied>>20, "duration_ms", time.Since(start).Milliseconds())
 	return nil
+}
+
+// newCopyPath is a new name for a RAM copy in memDir.
+func newCopyPath(memDir string) string {
+	var rnd [8]byte
+	rand.Read(rnd[:])
+	return filepath.Join(memDir, "copy-"+hex.EncodeToString(rnd[:])+memFileSuffix)
 }
 
 // copyRAM copies the written extents of the RAM file src into a new file
 // dst of the same size (holes stay holes: tmpfs allocates nothing for
 // them) and returns the bytes copied. On failure dst is removed.
-func copyRAM(src, dst string) (n int64, err error) {
+func copyRAM(src, dst string) (n int64, err error) { return copyRAMTo(src, dst, true) }
+
+// copyRAMTo is copyRAM into dst, a new file when create is set, else an
+// existing file of src's size whose extents are written over (the empty
+// RAM file of a copy started early), not removed on failure.
+func copyRAMTo(src, dst string, create bool) (n int64, err error) {
 	in, err := os.Open(src)
 	if err != nil {
 		return 0, err
@@ -298,7 +313,12 @@ func copyRAM(src, dst string) (n int64, err error) {
 	if err != nil {
 		return 0, err
 	}
-	out, err := os.OpenFile(dst, os.O_RDWR|os.O_CREATE|os.O_EXCL|unix.O_NOFOLLOW, 0o600)
+	size := st.Size()
+	flags := os.O_RDWR | unix.O_NOFOLLOW
+	if create {
+		flags |= os.O_CREATE | os.O_EXCL
+	}
+	out, err := os.OpenFile(dst, flags, 0o600)
 	if err != nil {
 		return 0, err
 	}
@@ -306,13 +326,16 @@ func copyRAM(src, dst string) (n int64, err error) {
 		if cerr := out.Close(); err == nil {
 			err = cerr
 		}
-		if err != nil {
+		if err != nil && create {
 			os.Remove(dst)
 		}
 	}()
-	size := st.Size()
-	if err := out.Truncate(size); err != nil {
-		return 0, err
+	if create {
+		if err := out.Truncate(size); err != nil {
+			return 0, err
+		}
+	} else if ost, err := out.Stat(); err != nil || ost.Size() != size {
+		return 0, fmt.Errorf("ram file %s is not %d bytes (%v)", dst, size, err)
 	}
 	for off := int64(0); off < size; {
 		data, err := unix.Seek(int(in.Fd()), off, unix.SEEK_DATA)
@@ -332,7 +355,7 @@ func copyRAM(src, dst string) (n int64, err error) {
 			if err != nil {
 				// Fall back to a plain copy (older kernels refuse
 				// copy_file_range on some filesystems).
-				w, err := io.Copy(io.NewOffsetWriter(out, pos), io.NewSectionReader(in, pos, hole-pos))
+				w, err := io.CopyBuffer(io.NewOffsetWriter(out, pos), io.NewSectionReader(in, pos, hole-pos), make([]byte, 1<<20))
 				n += w
 				if err != nil {
 					return n, err

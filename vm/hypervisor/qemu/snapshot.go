@@ -68,6 +68,15 @@ func (d *Driver) SaveCopy(ctx context.Context, h *hypervisor.Handle, dir string)
 			return fmt.Errorf("save vm state for a copy: %w", err)
 		}
 		return nil
+	} else if err == nil && m.isClone() {
+		err := d.saveCloneForkCopy(ctx, h, m, dir)
+		if err == nil {
+			return nil
+		}
+		if !errors.Is(err, errCloneFallback) {
+			return fmt.Errorf("save vm state for a copy: %w", err)
+		}
+		d.log.Warn("fork of a warm clone takes the slow way (its whole ram streamed)", "vm_id", m.ID, "err", err)
 	}
 	if err := d.saveState(ctx, h, dir, false); err != nil {
 		return fmt.Errorf("save vm state for a copy: %w", err)

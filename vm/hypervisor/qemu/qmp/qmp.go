@@ -221,6 +221,12 @@ func (c *Client) SendFile(ctx context.Context, name string, f *os.File) error {
 	return c.execute(ctx, "getfd", map[string]any{"fdname": name}, nil, f)
 }
 
+// ExecuteFile is Execute with a duplicate of f's descriptor passed along
+// (SCM_RIGHTS), for commands that take one, such as add-fd.
+func (c *Client) ExecuteFile(ctx context.Context, command string, args any, result any, f *os.File) error {
+	return c.execute(ctx, command, args, result, f)
+}
+
 func (c *Client) execute(ctx context.Context, command string, args any, result any, f *os.File) error {
 	id := "m" + strconv.FormatUint(c.nextID.Add(1), 10)
 	b, err := json.Marshal(request{Execute: command, Arguments: args, ID: id})
