@@ -17,6 +17,7 @@ import (
 	"github.com/minionsdev/minions/vm"
 	"github.com/minionsdev/minions/vm/consolelog"
 	"github.com/minionsdev/minions/vm/hypervisor"
+	"github.com/minionsdev/minions/vsockcli"
 	"golang.org/x/crypto/ssh"
 )
 
@@ -419,11 +420,17 @@ func (l *Local) moveGuestNetwork(ctx context.Context, console *consolelog.Follow
 	if err != nil {
 		return err
 	}
-	// One call, through the agent's own guarded path (never a shell
-	// command: an in-process test agent would run it on the host): the
-	// clock, eth0 to this host's MAC and address, and from now on only
-	// this host's key (the source's was trusted for the move).
-	n := l.guestNetwork(row.MAC, ip)
+	return l.configureMovedGuest(ctx, cl, row.MAC, ip)
+}
+
+// configureMovedGuest gives a guest that came to this host with its
+// memory (a move, a moved memory snapshot) this host's identity in one
+// call, through the agent's own guarded path (never a shell command: an
+// in-process test agent would run it on the host): the clock, eth0 to
+// mac and ip, and from now on only this host's key (the one it was
+// saved or moved with is no longer trusted).
+func (l *Local) configureMovedGuest(ctx context.Context, cl *vsockcli.Client, mac string, ip netip.Addr) error {
+	n := l.guestNetwork(mac, ip)
 	now := time.Now().UnixNano()
 	if err := cl.Configure(ctx, proto.Configure{TimeUnixNano: &now, Network: &n, HostKeys: []string{l.hostKeyLine()}}); err != nil {
 		return fmt.Errorf("move the guest's network: %w", err)

@@ -13,7 +13,6 @@ import (
 
 	"golang.org/x/crypto/ssh"
 
-	"github.com/minionsdev/minions/guestagent/proto"
 	"github.com/minionsdev/minions/internal/errs"
 	"github.com/minionsdev/minions/store"
 	"github.com/minionsdev/minions/vm"
@@ -155,12 +154,10 @@ func (l *Local) resumeMovedSnapshot(ctx context.Context, o *op, row store.VM, di
 	defer cl.Close()
 	progress.Say("move network")
 	o.step(ctx, "move network", nil)
-	n := l.guestNetwork(row.MAC, ip)
-	now := time.Now().UnixNano()
 	pctx, cancel := context.WithTimeout(ctx, l.cfg.ReadyTimeout)
 	defer cancel()
-	if err := cl.Configure(pctx, proto.Configure{TimeUnixNano: &now, Network: &n, HostKeys: []string{l.hostKeyLine()}}); err != nil {
-		return row, fmt.Errorf("move the guest's network: %w", err)
+	if err := l.configureMovedGuest(pctx, cl, row.MAC, ip); err != nil {
+		return row, err
 	}
 	row.State = vm.Running
 	row.StartedAt = time.Now().UTC()

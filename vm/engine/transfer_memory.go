@@ -568,12 +568,10 @@ func (l *Local) resumeMoved(ctx context.Context, o *op, fk hypervisor.Forker, ro
 	defer cl.Close()
 	progress.Say("move network")
 	o.step(ctx, "move network", nil)
-	n := l.guestNetwork(row.MAC, ip)
-	now := time.Now().UnixNano()
 	pctx, cancel := context.WithTimeout(ctx, l.cfg.ReadyTimeout)
 	defer cancel()
-	if err := cl.Configure(pctx, proto.Configure{TimeUnixNano: &now, Network: &n, HostKeys: []string{l.hostKeyLine()}}); err != nil {
-		return row, fmt.Errorf("move the guest's network: %w", err)
+	if err := l.configureMovedGuest(pctx, cl, row.MAC, ip); err != nil {
+		return row, err
 	}
 	row.State = vm.Running
 	row.StartedAt = time.Now().UTC()
