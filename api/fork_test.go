@@ -39,7 +39,7 @@ func TestClientFork(t *testing.T) {
 	if f.Name != "web-fork" || f.Owner != "alice" || f.Status != "running" || f.IP == src.IP || f.ID == src.ID {
 		t.Fatalf("fork %+v of %+v", f, src)
 	}
-	if got := strings.Join(steps, ","); !strings.Contains(got, "save memory,copy disk,resume source,network,restore,agent,reidentify") {
+	if got := strings.Join(steps, ","); !strings.Contains(got, "network,start,save memory,copy disk,resume source,restore,agent,reidentify") {
 		t.Fatalf("progress %q", got)
 	}
 	if v, err := c.Get(ctx, "web"); err != nil || v.Status != "running" {
