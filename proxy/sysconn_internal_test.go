@@ -89,13 +89,24 @@ func TestSysConnAsNetConn(t *testing.T) {
 	}
 	_ = s.SetReadDeadline(time.Time{})
 
-	// A write deadline on a full socket: a timeout, Op "write".
-	_ = s.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
-	n, err = s.Write(big)
+	// A write deadline on a full socket: a timeout, Op "write". A pair
+	// of its own with small fixed buffers: loopback autotuning (tcp_rmem
+	// up to 32 MiB here) can take all 8 MiB on a connection that already
+	// carried that much, and the write never blocks.
+	aw, bw := tcpPair(t)
+	if err := bw.SetReadBuffer(64 << 10); err != nil {
+		t.Fatal(err)
+	}
+	if err := aw.SetWriteBuffer(64 << 10); err != nil {
+		t.Fatal(err)
+	}
+	sw := sysConnFor(aw)
+	_ = sw.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
+	n, err = sw.Write(big)
 	if !errors.As(err, &ne) || !ne.Timeout() || !errors.As(err, &oe) || oe.Op != "write" || n >= len(big) {
 		t.Fatalf("write past deadline: %d, %v", n, err)
 	}
-	_ = s.SetWriteDeadline(time.Time{})
+	_ = sw.SetWriteDeadline(time.Time{})
 
 	// The peer closes: io.EOF once its bytes are read.
 	a2, b2 := tcpPair(t)
