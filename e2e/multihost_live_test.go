@@ -209,9 +209,11 @@ func liveHop(t *testing.T, c *mhCluster, ann mhUser, name, id, pid string, w *co
 	m := res.Move
 	t.Logf("move %s %s -> %s --live (256 MiB): QEMU downtime %d ms, guest paused about %d ms, whole move %d ms (command %s), RAM %d bytes, disk %d bytes; warnings %q",
 		name, from.name, to.name, m.DowntimeMS, m.PauseMS, m.TotalMS, took.Round(time.Millisecond), m.RAMBytes, m.DiskBytes, res.Warnings)
-	if res.ID != id || res.Status != "running" || res.Host != toName || m.Mode != "live" || m.DowntimeMS <= 0 || m.PauseMS < m.DowntimeMS {
+	if res.ID != id || res.Status != "running" || res.Host != toName || m.Mode != "live" || m.DowntimeMS < 0 || m.PauseMS <= 0 || m.PauseMS < m.DowntimeMS {
 		t.Errorf("move --live answered: %s", r.stdout)
 	}
+	// (QEMU's own downtime, in whole ms, can be 0 when the last pass had
+	// next to nothing to send: seen in CI; the guest's pause is ours.)
 	// The counter goes on, now on the target's console.
 	before, _, _ := w.last()
 	deadline := time.Now().Add(30 * time.Second)
