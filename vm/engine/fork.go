@@ -447,7 +447,7 @@ func (l *Local) startFork(ctx context.Context, o *op, u *undo, fk hypervisor.For
 	}
 	if early == nil {
 		progress.Say("restore")
-		row, h, cl, restored, err = l.restoreCopyReady(ctx, o, u, fk, row, hs, state, src.AgentKey, "restore", progress)
+		row, h, cl, restored, err = l.restoreCopyReady(ctx, o, u, fk, row, hs, state, l.agentConfig(src.AgentKey, nil), "restore", progress)
 	}
 	if err != nil {
 		return row, err
@@ -559,11 +559,11 @@ func (l *Local) stepClock(ctx context.Context, v store.VM) {
 
 // restoreCopyReady restores the saved state in dir as a copy running as
 // row (spec hs: this host's MAC and CID, not the saved machine's), records
-// its handle and waits for its guest agent, which still trusts key (the
-// saved guest's). u kills the copy on undo. what names the restore in
+// its handle and waits for its guest agent with cfg (a key the saved
+// guest trusts). u kills the copy on undo. what names the restore in
 // errors. It returns the row, the handle, the agent and when the restore
 // returned.
-func (l *Local) restoreCopyReady(ctx context.Context, o *op, u *undo, fk hypervisor.Forker, row store.VM, hs hypervisor.Spec, dir, key, what string, progress Progress) (store.VM, *hypervisor.Handle, *vsockcli.Client, time.Time, error) {
+func (l *Local) restoreCopyReady(ctx context.Context, o *op, u *undo, fk hypervisor.Forker, row store.VM, hs hypervisor.Spec, dir string, cfg vsockcli.Config, what string, progress Progress) (store.VM, *hypervisor.Handle, *vsockcli.Client, time.Time, error) {
 	console := consolelog.NewFollowerFromEnd(hs.ConsoleLog)
 	h, err := fk.RestoreCopy(ctx, hs, dir)
 	if err != nil {
@@ -573,7 +573,7 @@ func (l *Local) restoreCopyReady(ctx context.Context, o *op, u *undo, fk hypervi
 	u.push(func() { l.Driver.Kill(context.Background(), h) })
 	restored := time.Now()
 	progress.Say("agent")
-	row, cl, err := l.recordAndWaitReady(ctx, o, row, h, console, l.agentConfig(key, nil))
+	row, cl, err := l.recordAndWaitReady(ctx, o, row, h, console, cfg)
 	if err != nil {
 		return row, nil, nil, time.Time{}, err
 	}

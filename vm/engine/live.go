@@ -423,6 +423,26 @@ func (l *Local) moveGuestNetwork(ctx context.Context, console *consolelog.Follow
 	return l.configureMovedGuest(ctx, cl, row.MAC, ip)
 }
 
+// settleMovedGuest ends the restore of row, a guest that came to this
+// host with its memory (a memory move, a moved memory snapshot) and
+// answers at cl: it gets this host's identity (configureMovedGuest) and
+// row is recorded running.
+func (l *Local) settleMovedGuest(ctx context.Context, o *op, cl *vsockcli.Client, row store.VM, ip netip.Addr, progress Progress) (store.VM, error) {
+	progress.Say("move network")
+	o.step(ctx, "move network", nil)
+	pctx, cancel := context.WithTimeout(ctx, l.cfg.ReadyTimeout)
+	defer cancel()
+	if err := l.configureMovedGuest(pctx, cl, row.MAC, ip); err != nil {
+		return row, err
+	}
+	row.State = vm.Running
+	row.StartedAt = time.Now().UTC()
+	if err := store.UpdateVM(ctx, l.DB, row); err != nil {
+		return row, err
+	}
+	return row, nil
+}
+
 // configureMovedGuest gives a guest that came to this host with its
 // memory (a move, a moved memory snapshot) this host's identity in one
 // call, through the agent's own guarded path (never a shell command: an

@@ -15,8 +15,6 @@ import (
 
 	"github.com/minionsdev/minions/internal/errs"
 	"github.com/minionsdev/minions/store"
-	"github.com/minionsdev/minions/vm"
-	"github.com/minionsdev/minions/vm/consolelog"
 	"github.com/minionsdev/minions/vm/hypervisor"
 )
 
@@ -136,32 +134,14 @@ func (l *Local) resumeMovedSnapshot(ctx context.Context, o *op, row store.VM, di
 		return row, err
 	}
 	start := time.Now()
-	hs := l.spec(row, img, run, ip)
-	console := consolelog.NewFollowerFromEnd(hs.ConsoleLog)
-	h, err := fk.RestoreCopy(ctx, hs, filepath.Join(dir, snapMemDir))
-	if err != nil {
-		console.Close()
-		return row, fmt.Errorf("restore memory: %w", err)
-	}
-	u.push(func() { l.Driver.Kill(context.Background(), h) })
-	progress.Say("agent")
 	cfg := l.agentConfig(row.AgentKey, nil)
 	cfg.Signer = signer
-	row, cl, err := l.recordAndWaitReady(ctx, o, row, h, console, cfg)
+	row, h, cl, _, err := l.restoreCopyReady(ctx, o, &u, fk, row, l.spec(row, img, run, ip), filepath.Join(dir, snapMemDir), cfg, "restore memory", progress)
 	if err != nil {
 		return row, err
 	}
 	defer cl.Close()
-	progress.Say("move network")
-	o.step(ctx, "move network", nil)
-	pctx, cancel := context.WithTimeout(ctx, l.cfg.ReadyTimeout)
-	defer cancel()
-	if err := l.configureMovedGuest(pctx, cl, row.MAC, ip); err != nil {
-		return row, err
-	}
-	row.State = vm.Running
-	row.StartedAt = time.Now().UTC()
-	if err := store.UpdateVM(ctx, l.DB, row); err != nil {
+	if row, err = l.settleMovedGuest(ctx, o, cl, row, ip, progress); err != nil {
 		return row, err
 	}
 	l.log.Info("vm restored from a memory snapshot taken on another host", "vm_id", row.ID, "vm", row.Name, "pid", h.PID,

@@ -561,21 +561,12 @@ func (l *Local) resumeMoved(ctx context.Context, o *op, fk hypervisor.Forker, ro
 	start := time.Now()
 	// A copy's restore: the MAC (and vsock CID) are this host's, not the
 	// saved machine's; the guest is moved to them below.
-	row, h, cl, restored, err := l.restoreCopyReady(ctx, o, &u, fk, row, l.spec(row, img, run, ip), state, row.AgentKey, "restore memory", progress)
+	row, h, cl, restored, err := l.restoreCopyReady(ctx, o, &u, fk, row, l.spec(row, img, run, ip), state, l.agentConfig(row.AgentKey, nil), "restore memory", progress)
 	if err != nil {
 		return row, err
 	}
 	defer cl.Close()
-	progress.Say("move network")
-	o.step(ctx, "move network", nil)
-	pctx, cancel := context.WithTimeout(ctx, l.cfg.ReadyTimeout)
-	defer cancel()
-	if err := l.configureMovedGuest(pctx, cl, row.MAC, ip); err != nil {
-		return row, err
-	}
-	row.State = vm.Running
-	row.StartedAt = time.Now().UTC()
-	if err := store.UpdateVM(ctx, l.DB, row); err != nil {
+	if row, err = l.settleMovedGuest(ctx, o, cl, row, ip, progress); err != nil {
 		return row, err
 	}
 	os.RemoveAll(state)
