@@ -3,11 +3,9 @@ package e2e
 import (
 	"context"
 	"encoding/json"
-	"fmt"
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -109,33 +107,10 @@ var (
 // reset to both ends). It returns what it killed ("" if nothing, when
 // ctx ends first).
 func killStreamAfter(ctx context.Context, h *mhHost, peer string, n int64) string {
-	var base map[string]int64
-	for ctx.Err() == nil {
-		out, _ := exec.Command("ip", "netns", "exec", h.ns, "ss", "-tniH", "state", "established", "dst", peer).Output()
-		lines := strings.Split(string(out), "\n")
-		seen := map[string]int64{}
-		for i := 0; i+1 < len(lines); i++ {
-			m := ssConnRE.FindStringSubmatch(lines[i])
-			if m == nil {
-				continue
-			}
-			var most int64
-			for _, b := range ssBytesRE.FindAllStringSubmatch(lines[i+1], -1) {
-				if v, _ := strconv.ParseInt(b[1], 10, 64); v > most {
-					most = v
-				}
-			}
-			key := m[2] + ">" + m[3] + ":" + m[4]
-			seen[key] = most
-			if base != nil && most-base[key] > n {
-				exec.Command("ip", "netns", "exec", h.ns, "ss", "-K", "dst", m[3], "dport", "=", ":"+m[4], "sport", "=", ":"+m[2]).Run()
-				return fmt.Sprintf("%s:%s->%s:%s in %s after %d MiB", m[1], m[2], m[3], m[4], h.name, (most-base[key])>>20)
-			}
-		}
-		if base == nil {
-			base = seen
-		}
-		time.Sleep(30 * time.Millisecond)
+	peerPort, localPort, what := streamAfter(ctx, h, peer, n)
+	if what == "" {
+		return ""
 	}
-	return ""
+	exec.Command("ip", "netns", "exec", h.ns, "ss", "-K", "dst", peer, "dport", "=", ":"+peerPort, "sport", "=", ":"+localPort).Run()
+	return what
 }
