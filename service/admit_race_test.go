@@ -146,3 +146,84 @@ func TestPlacementClaimsSwept(t *testing.T) {
 		t.Fatalf("claims left: %+v", cl)
 	}
 }
+
+// TestMovesAndCopiesClaimTheirTarget: a move or a copy onto another host
+// is placed there like a create: the target's free vCPUs are checked and
+// claimed until it ends. node-b (16 vCPUs) has 12 given; two stopped
+// 4-vCPU VMs moved there at once: exactly one moves, the other fails
+// with errs.ResourceExhausted and stays where it was, with no move record
+// and no claim left. A copy onto the full host is refused the same way
+// and leaves no row.
+func TestMovesAndCopiesClaimTheirTarget(t *testing.T) {
+	th := newTwoHosts(t)
+	svc := th.cp.svc
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if _, err := svc.Create(ctx, th.admin, CreateRequest{Name: "fat", Image: "minimal", CPUs: 12, MemoryMiB: 256, Host: "node-b"}, nil); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range []string{"ma", "mb"} {
+		if _, err := svc.Create(ctx, th.admin, CreateRequest{Name: n, Image: "minimal", CPUs: 4, MemoryMiB: 256, Host: "cp"}, nil); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := svc.Stop(ctx, th.admin, n); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var wg sync.WaitGroup
+	moved := make([]error, 2)
+	for i, n := range []string{"ma", "mb"} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, moved[i] = svc.Move(ctx, th.admin, n, MoveRequest{Host: "node-b"}, nil)
+		}()
+	}
+	wg.Wait()
+	ok := 0
+	for i, err := range moved {
+		n := []string{"ma", "mb"}[i]
+		v, gerr := store.GetVMByName(ctx, svc.DB, n)
+		if gerr != nil {
+			t.Fatal(gerr)
+		}
+		switch {
+		case err == nil:
+			ok++
+			if v.HostID != th.nodeID {
+				t.Errorf("moved %s is on host %q", n, v.HostID)
+			}
+		case errs.ClassOf(err) != errs.ResourceExhausted || !strings.Contains(err.Error(), "vCPUs free"):
+			t.Errorf("move %s: %v; want success or ResourceExhausted (vCPUs)", n, err)
+		default:
+			if v.HostID == th.nodeID {
+				t.Errorf("refused move of %s left it on node-b", n)
+			}
+			if m, err := store.ListMoves(ctx, svc.DB); err != nil || len(m) != 0 {
+				t.Errorf("move records left: %+v, %v", m, err)
+			}
+		}
+	}
+	if ok != 1 {
+		t.Errorf("%d of 2 concurrent moves onto room for one succeeded (%v)", ok, moved)
+	}
+	use, _ := store.HostUsage(ctx, svc.DB, th.nodeID, false)
+	if use.CPUs > 16 {
+		t.Errorf("node-b was given %d vCPUs; it has 16", use.CPUs)
+	}
+	// node-b is full now: a copy onto it is refused and leaves nothing.
+	left := "ma"
+	if moved[0] == nil {
+		left = "mb"
+	}
+	_, err := svc.Copy(ctx, th.admin, left, CopyRequest{Name: "cpy", Host: "node-b"}, nil)
+	if errs.ClassOf(err) != errs.ResourceExhausted {
+		t.Errorf("copy onto a full host: %v, want ResourceExhausted", err)
+	}
+	if _, err := store.GetVMByName(ctx, svc.DB, "cpy"); errs.ClassOf(err) != errs.NotFound {
+		t.Errorf("refused copy left a row: %v", err)
+	}
+	if cl, err := store.ListClaims(ctx, svc.DB); err != nil || len(cl) != 0 {
+		t.Errorf("placement claims left: %+v, %v", cl, err)
+	}
+}

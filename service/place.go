@@ -56,10 +56,12 @@ const claimTTL = time.Hour
 // (store.Claim) for the chosen host in the transaction that read the
 // hosts' usage: placements serialise on the store's write lock, and each
 // sees what the ones before it admitted, so concurrent placements cannot
-// all take the same free vCPUs or memory. release drops the claim (it is
-// a no-op without cl); call it once the VM's row is on the host, or the
-// operation failed. The claim counts until then, and stops counting on
-// its own once the row is on the host.
+// all take the same free vCPUs or memory. Pinned (req.Host) on a host
+// where cl.vmID holds a claim already, that claim stands (see
+// claimTarget). release drops the claim (a no-op without cl, or when the
+// claim was there before); call it once the VM's row is on the host, or
+// the operation failed. The claim counts until then, and stops counting
+// on its own once the row is on the host.
 func (s *Service) placeClaim(ctx context.Context, req scheduler.Request, cfg scheduler.Config, connected bool, skip func(Host) string, cl *claim) (Host, func(), error) {
 	if cfg.MemoryOvercommit == 0 {
 		cfg.MemoryOvercommit = s.cfg.MemoryOvercommit
@@ -80,6 +82,7 @@ func (s *Service) placeClaim(ctx context.Context, req scheduler.Request, cfg sch
 		}
 	}
 	var chosen Host
+	held := false // cl's claim was there already
 	err := s.DB.Tx(ctx, func(q store.Q) error {
 		if cl != nil {
 			if err := sweepClaims(ctx, q, hcfg.Now()); err != nil {
@@ -123,6 +126,20 @@ func (s *Service) placeClaim(ctx context.Context, req scheduler.Request, cfg sch
 			cands = append(cands, scheduler.Host{ID: v.ID, Name: v.Name, Schedulable: v.State == store.HostReady, Why: v.State,
 				CPUs: v.CPUs, MemoryMiB: v.MemoryMiB, DiskFreeMiB: v.DiskFreeMiB, UsedCPUs: use.CPUs, UsedMemoryMiB: use.RunningMemoryMiB})
 		}
+		if cl != nil && req.Host != "" {
+			// Pinned on the host the VM holds a claim on already (a
+			// drain's move): that claim stands, counted in the usage.
+			if c, ok, err := store.GetClaim(ctx, q, cl.vmID); err != nil {
+				return err
+			} else if ok {
+				for _, v := range views {
+					if v.ID == c.HostID && (v.ID == req.Host || v.Name == req.Host) {
+						chosen, held = v, true
+						return nil
+					}
+				}
+			}
+		}
 		i, err := scheduler.Schedule(cands, req, cfg)
 		if err != nil {
 			return fmt.Errorf("place vm: %w", err)
@@ -138,10 +155,25 @@ func (s *Service) placeClaim(ctx context.Context, req scheduler.Request, cfg sch
 		return Host{}, nil, err
 	}
 	release := func() {}
-	if cl != nil {
+	if cl != nil && !held {
 		release = func() { s.releaseClaim(ctx, cl.vmID) }
 	}
 	return chosen, release, nil
+}
+
+// claimTarget holds room for VM id (cpus, memMiB, diskGiB) on host to,
+// which the caller chose (a move's or a copy's target): a placement
+// pinned there, with a claim, so the target's vCPUs, memory and disk are
+// checked and claimed as a create's are. A claim id holds on to already
+// (a drain placed the move) stands, and release is then a no-op.
+// Errors are placeClaim's (errs.ResourceExhausted when to has no room).
+func (s *Service) claimTarget(ctx context.Context, to store.Host, id, kind string, cpus, memMiB, diskGiB int) (release func(), err error) {
+	_, release, err = s.placeClaim(ctx, scheduler.Request{CPUs: cpus, MemoryMiB: int64(memMiB), DiskMiB: int64(diskGiB) << 10, Host: to.ID},
+		s.cfg.Placement, true, nil, &claim{vmID: id, kind: kind})
+	if err != nil {
+		return func() {}, err
+	}
+	return release, nil
 }
 
 // releaseClaim drops VM id's placement claim (logged, not returned: a

@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"database/sql"
 	"strings"
 	"time"
 
@@ -64,3 +65,15 @@ func ListClaims(ctx context.Context, q Q) ([]Claim, error) {
 // a claim whose VM's row is not on the claimed host yet; ? is whether
 // that host is the local one (whose VMs may have no host_id).
 const claimPending = `NOT EXISTS (SELECT 1 FROM vms cv WHERE cv.id = c.vm_id AND (cv.host_id = c.host_id OR (? AND cv.host_id IS NULL)))`
+
+// GetClaim returns VM vmID's claim; ok is false when it has none.
+func GetClaim(ctx context.Context, q Q, vmID string) (c Claim, ok bool, err error) {
+	var at int64
+	err = q.QueryRowContext(ctx, `SELECT vm_id, host_id, kind, cpus, memory_mib, disk_gib, pid, created_at FROM placement_claims WHERE vm_id = ?`, vmID).
+		Scan(&c.VMID, &c.HostID, &c.Kind, &c.CPUs, &c.MemoryMiB, &c.DiskGiB, &c.PID, &at)
+	if err == sql.ErrNoRows {
+		return Claim{}, false, nil
+	}
+	c.CreatedAt = fromUnix(at)
+	return c, err == nil, err
+}
