@@ -1,14 +1,19 @@
 package engine
 
 import (
+	"context"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/minionsdev/minions/vm"
+	"github.com/minionsdev/minions/vm/hypervisor/fake"
 )
 
 // TestKillByRunDir: a VM's processes whose handle was never recorded are
@@ -62,5 +67,40 @@ func TestKillByRunDir(t *testing.T) {
 	}
 	if exited(other) || syscall.Kill(other.Process.Pid, 0) != nil {
 		t.Error("the process of another run dir was killed")
+	}
+}
+
+// sweepDriver is the fake driver that records what Reconcile asks it to
+// sweep.
+type sweepDriver struct {
+	*fake.Driver
+	runDirs, forkDirs []string
+}
+
+func (d *sweepDriver) SweepMemory(runDirs, forkDirs []string) []string {
+	d.runDirs, d.forkDirs = runDirs, forkDirs
+	return nil
+}
+
+// TestReconcileSweepsMemory: Reconcile has the driver sweep its RAM
+// files, naming every run dir (whatever its VM's state) and every fork's
+// saved state of this installation, so that only files no VM owns go.
+func TestReconcileSweepsMemory(t *testing.T) {
+	fx := newFixture(t)
+	sd := &sweepDriver{Driver: fx.drv}
+	fx.eng.Driver = sd
+	ctx := context.Background()
+	id := vm.NewID()
+	os.MkdirAll(fx.eng.runDir(id), 0o700) // a vm's, whatever its state
+	fork := fx.eng.forkStateDir("0123456789ab")
+	os.MkdirAll(fork, 0o700)
+	if err := fx.eng.Reconcile(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Contains(sd.runDirs, fx.eng.runDir(id)) {
+		t.Errorf("run dirs %q lack the running vm's %s", sd.runDirs, fx.eng.runDir(id))
+	}
+	if !slices.Equal(sd.forkDirs, []string{fork}) {
+		t.Errorf("fork dirs %q, want %q", sd.forkDirs, fork)
 	}
 }
