@@ -62,6 +62,12 @@ func (s *Service) copyToHost(ctx context.Context, c Caller, src store.VM, spec e
 	if !ok1 || !ok2 {
 		return true, VM{}, errs.New(errs.FailedPrecondition, "copy vm %s: the engines of %s and %s cannot ship disks", src.Name, from.Name, to.Name)
 	}
+	// The target's room is claimed for the copy, as for a create.
+	release, err := s.claimTarget(ctx, to, spec.ID, "copy", spec.CPUs, spec.MemoryMiB, spec.DiskGiB)
+	if err != nil {
+		return true, VM{}, fmt.Errorf("copy vm %s to host %s: %w", src.Name, to.Name, err)
+	}
+	defer release()
 	imp := &importer{Engine: dstE, s: s, src: srcT, dst: dstT, srcID: src.ID}
 	if to.Local {
 		// created would call this host's engine's own Create: import here.

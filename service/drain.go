@@ -116,16 +116,19 @@ func (s *Service) HostDrain(ctx context.Context, c Caller, name string, req Drai
 func (s *Service) drainOne(ctx context.Context, c Caller, from Host, v store.VM, mode string, progress Progress) (string, error) {
 	progress.Say("place")
 	cfg := s.cfg.Placement
-	to, err := s.placeExcept(ctx, scheduler.Request{CPUs: v.CPUs, MemoryMiB: int64(v.MemoryMiB), DiskMiB: int64(v.DiskGiB) << 10}, cfg, true,
+	// The target's room is claimed until the move ends (drains move
+	// several VMs at once: each sees what the others were given).
+	to, release, err := s.placeClaim(ctx, scheduler.Request{CPUs: v.CPUs, MemoryMiB: int64(v.MemoryMiB), DiskMiB: int64(v.DiskGiB) << 10}, cfg, true,
 		func(h Host) string {
 			if h.ID == from.ID {
 				return "draining"
 			}
 			return ""
-		})
+		}, &claim{vmID: v.ID, kind: "move"})
 	if err != nil {
 		return "", err
 	}
+	defer release()
 	if _, err := s.Move(ctx, c, v.ID, MoveRequest{Host: to.ID, Mode: mode}, progress); err != nil {
 		return "", err
 	}

@@ -190,6 +190,14 @@ func (s *Service) Move(ctx context.Context, c Caller, name string, req MoveReque
 	if !ok1 || !ok2 {
 		return VM{}, errs.New(errs.FailedPrecondition, "move vm %s: the engines of %s and %s cannot ship disks", v.Name, from.Name, to.Name)
 	}
+	// The target's vCPUs, memory and disk are claimed until the move ends
+	// (concurrent moves and creates see them taken; a drain claimed them
+	// when it placed the VM).
+	release, err := s.claimTarget(ctx, to, v.ID, "move", v.CPUs, v.MemoryMiB, v.DiskGiB)
+	if err != nil {
+		return VM{}, fmt.Errorf("move vm %s: %w", v.Name, err)
+	}
+	defer release()
 	switch {
 	case mode == store.MoveMemory && v.State == vm.Running:
 		return s.moveMemory(ctx, v, from, to, srcE, dstE, progress)

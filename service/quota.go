@@ -29,6 +29,12 @@ import (
 // row, or the start operation's row), and transactions take the write lock
 // at once, so concurrent creates and starts, from this or another
 // process, cannot both take the last of it.
+//
+// In a cluster, placement (place.go) also checks each host's vCPUs
+// (cpu_overcommit) and memory as its heartbeat reports them, and claims
+// what it admits in the same transaction (store.Claim, counted by
+// HostUsage and AllocatedMemoryMiB until the VM's row is on the host):
+// creates, copies onto another host, moves and drains.
 
 // DefaultSignupQuota is the quota a new non-admin user gets when the
 // configuration does not say otherwise (daemon config [default_quota]).

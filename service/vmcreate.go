@@ -75,11 +75,13 @@ func (s *Service) Create(ctx context.Context, c Caller, req CreateRequest, progr
 	if _, err := store.GetVMByName(ctx, s.DB, req.Name); err == nil {
 		return VM{}, errs.New(errs.AlreadyExists, "a vm named %q already exists", req.Name)
 	}
-	to, err := s.placeCreate(ctx, req.Host, req.CPUs, req.MemoryMiB, max(req.DiskGiB, s.cfg.DefaultDiskGiB))
+	id := vm.NewID()
+	to, release, err := s.placeCreate(ctx, id, req.Host, req.CPUs, req.MemoryMiB, max(req.DiskGiB, s.cfg.DefaultDiskGiB))
+	defer release()
 	if err != nil {
 		return VM{}, err
 	}
-	spec := engine.CreateSpec{ID: vm.NewID(), Name: req.Name, Owner: c.UserID, Image: req.Image, CPUs: req.CPUs,
+	spec := engine.CreateSpec{ID: id, Name: req.Name, Owner: c.UserID, Image: req.Image, CPUs: req.CPUs,
 		MemoryMiB: req.MemoryMiB, DiskGiB: req.DiskGiB, DefaultDiskGiB: s.cfg.DefaultDiskGiB,
 		AuthorizedKeys: append(s.ownerKeys(ctx, c.UserID), req.SSHKeys...), Cold: req.Cold}
 	return s.created(ctx, c, spec, "create", req.Restart, progress, to)

@@ -218,16 +218,32 @@ type HostUse struct {
 	// RunningMemoryMiB is the memory of the VMs that are not stopped
 	// (what counts against the memory overcommit ratio).
 	RunningMemoryMiB int64
+	// Claims is the number of placement claims counted in the sums (VMs
+	// admitted whose rows are not on the host yet).
+	Claims int
 }
 
 // HostUsage sums the VMs on host id; for the local host that includes the
-// VMs with no host (host_id NULL).
+// VMs with no host (host_id NULL). Placement claims on the host whose VM's
+// row is not there yet count as VMs that run (see Claim); Claims says how
+// many.
 func HostUsage(ctx context.Context, q Q, id string, local bool) (HostUse, error) {
 	var u HostUse
 	err := q.QueryRowContext(ctx, `SELECT COUNT(*), COALESCE(SUM(cpus),0), COALESCE(SUM(memory_mib),0), COALESCE(SUM(disk_gib),0),
 		COALESCE(SUM(CASE WHEN state != 'stopped' THEN memory_mib ELSE 0 END),0)
 		FROM vms WHERE host_id = ? OR (? AND host_id IS NULL)`, id, local).
 		Scan(&u.VMs, &u.CPUs, &u.MemoryMiB, &u.DiskGiB, &u.RunningMemoryMiB)
+	if err != nil {
+		return u, err
+	}
+	var cpus int
+	var mem, disk int64
+	err = q.QueryRowContext(ctx, `SELECT COUNT(*), COALESCE(SUM(cpus),0), COALESCE(SUM(memory_mib),0), COALESCE(SUM(disk_gib),0)
+		FROM placement_claims c WHERE c.host_id = ? AND `+claimPending, id, local).Scan(&u.Claims, &cpus, &mem, &disk)
+	u.CPUs += cpus
+	u.MemoryMiB += mem
+	u.RunningMemoryMiB += mem
+	u.DiskGiB += disk
 	return u, err
 }
 

@@ -46,6 +46,12 @@ const (
 	Migrated = "migrated" // control plane: the migration completed, before the switch
 )
 
+// Steps named by the process that forks a VM (the engine's Fork; not a
+// move, but killed the same way to prove what Reconcile cleans up).
+const (
+	ForkSaved = "fork-saved" // the source paused and saved, its disk copied, the fork's copy started early; before the resume
+)
+
 // At pauses at step if a test armed it (see the package comment); it
 // returns at once otherwise. It reports whether it paused.
 func At(ctx context.Context, step string) bool {

@@ -12,6 +12,7 @@ import (
 
 	"github.com/minionsdev/minions/guestagent/proto"
 	"github.com/minionsdev/minions/internal/errs"
+	"github.com/minionsdev/minions/internal/movepause"
 	"github.com/minionsdev/minions/store"
 	"github.com/minionsdev/minions/vm"
 	"github.com/minionsdev/minions/vm/consolelog"
@@ -276,6 +277,7 @@ func (l *Local) saveForkSource(ctx context.Context, o *op, fk hypervisor.Forker,
 			err = l.Disks.Clone(ctx, l.diskPath(src.ID), l.diskPath(row.ID))
 		}
 		lap.mark("copy disk")
+		movepause.At(ctx, movepause.ForkSaved) // test only: kill -9 in the save window (e2e TestForkCrashCleansUp)
 	}
 	// resume resumes the source, ends its record (failed if saveErr or
 	// the resume failed) and, after a good save, steps its clock (in the

@@ -5,6 +5,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -56,7 +57,33 @@ func (l *Local) Reconcile(ctx context.Context) error {
 		}
 		unlock()
 	}
+	l.sweepMemory()
 	return nil
+}
+
+// memorySweeper is a driver that keeps VM files outside the state and run
+// dirs (the qemu driver's RAM files on a tmpfs) and can find the ones no
+// VM owns any more: see qemu.Driver.SweepMemory. runDirs and forkDirs are
+// every run dir and fork state dir of this installation.
+type memorySweeper interface {
+	SweepMemory(runDirs, forkDirs []string) []string
+}
+
+// sweepMemory has the driver remove the RAM files that belong to no VM
+// of this installation (a process killed between making one and
+// recording whose it is leaves it). Every run dir counts, whatever its
+// VM's state, and so does every fork's saved state: only files nothing
+// names or uses go.
+func (l *Local) sweepMemory() {
+	ms, ok := l.Driver.(memorySweeper)
+	if !ok {
+		return
+	}
+	runDirs, _ := filepath.Glob(filepath.Join(l.cfg.RunDir, "*"))
+	forkDirs, _ := filepath.Glob(l.forkStateDir("*"))
+	if gone := ms.SweepMemory(runDirs, forkDirs); len(gone) > 0 {
+		l.log.Info("removed stale ram files", "files", gone)
+	}
 }
 
 // reconcileVM fixes one VM's recorded state; the caller holds its lock.
@@ -157,10 +184,13 @@ func (l *Local) cleanupOpFiles(o store.Operation) {
 	})
 }
 
-// killByRunDir kills processes whose pid file lies in dir and whose command
-// line names dir: a hypervisor or helper started for this VM whose handle
-// was never recorded (a crash between spawn and record).
+// killByRunDir kills the processes of a VM whose handle was never
+// recorded (a crash between spawn and record): those whose pid file lies
+// in dir, and every process whose command line names dir or a file in it
+// (the hypervisor, its agent relay and console logger, which keep no pid
+// file). It waits up to a second for each to go.
 func killByRunDir(dir string) {
+	var pids []int
 	files, _ := filepath.Glob(filepath.Join(dir, "*.pid"))
 	for _, f := range files {
 		b, err := os.ReadFile(f)
@@ -171,8 +201,16 @@ func killByRunDir(dir string) {
 		if err != nil || pid <= 1 {
 			continue
 		}
-		cmd, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
-		if err != nil || !bytes.Contains(cmd, []byte(dir)) {
+		pids = append(pids, pid)
+	}
+	procs, _ := filepath.Glob("/proc/[0-9]*")
+	for _, p := range procs {
+		if pid, err := strconv.Atoi(filepath.Base(p)); err == nil && pid > 1 && pid != os.Getpid() && !slices.Contains(pids, pid) {
+			pids = append(pids, pid)
+		}
+	}
+	for _, pid := range pids {
+		if !namesDir(pid, dir) {
 			continue
 		}
 		syscall.Kill(pid, syscall.SIGKILL)
@@ -183,6 +221,24 @@ func killByRunDir(dir string) {
 			time.Sleep(10 * time.Millisecond)
 		}
 	}
+}
+
+// namesDir says whether process pid's command line names dir or a path
+// under it (as an argument of its own, or after a '=' or ':' as QEMU's
+// options do).
+func namesDir(pid int, dir string) bool {
+	cmd, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
+	if err != nil {
+		return false
+	}
+	for _, b := range bytes.Split(cmd, []byte{0}) {
+		a := string(b)
+		if a == dir || strings.HasPrefix(a, dir+"/") || strings.HasSuffix(a, "="+dir) ||
+			strings.Contains(a, "="+dir+"/") || strings.Contains(a, ":"+dir+"/") {
+			return true
+		}
+	}
+	return false
 }
 
 // repair restarts the dead helper processes of a running VM (the agent

@@ -152,8 +152,12 @@ func (d *Driver) removeOwnMemory(runDir string) {
 
 // ForgetRunDir removes what a VM whose processes are gone (killed without
 // its handle, say by a daemon that died mid-start) kept outside runDir:
-// its own RAM file. The caller removes runDir. Idempotent.
-func (d *Driver) ForgetRunDir(runDir string) { d.removeOwnMemory(runDir) }
+// its own RAM file and its cgroup (forgetCgroup). The caller removes
+// runDir. Idempotent.
+func (d *Driver) ForgetRunDir(runDir string) {
+	d.removeOwnMemory(runDir)
+	d.forgetCgroup(runDir)
+}
 
 // incomingIgnoreShared is the x-ignore-shared setting the incoming stream
 // of m was saved with: on for template clones and forks (their RAM is

@@ -1,0 +1,147 @@
+package qemu
+
+import (
+	"encoding/json"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// TestSweepMemory: of the RAM files in a memory dir (a tmpfs), SweepMemory
+// removes only the stale ones: old regular *.ram files that no run dir or
+// fork state names and that no process names, maps or holds open. A
+// running VM's file (mapped by its QEMU: here by this process; held open
+// or named on the command line by a child), one a run dir names, one a fork's state links, a fresh one,
+// other files, symbolic links and another installation's subdirectory
+// stay.
+func TestSweepMemory(t *testing.T) {
+	dir, err := os.MkdirTemp("/dev/shm", "sweep")
+	if err != nil {
+		t.Skip("no /dev/shm:", err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	d := &Driver{memDir: dir, log: slog.New(slog.DiscardHandler)}
+	old := time.Now().Add(-2 * memSweepGrace)
+	mk := func(name string, age time.Time) string {
+		t.Helper()
+		p := filepath.Join(dir, name)
+		if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, make([]byte, 8192), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chtimes(p, age, age); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	stale := mk("0123456789abc.ram", old)
+	staleCopy := mk("copy-00112233aabbccdd.ram", old)
+	mapped := mk("aaaaaaaaaaaaa.ram", old)
+	held := mk("bbbbbbbbbbbbb.ram", old)
+	named0 := mk("eeeeeeeeeeeee.ram", old)
+	named := mk("ccccccccccccc.ram", old)
+	linked := mk("copy-ffeeddccbbaa9988.ram", old)
+	fresh := mk("ddddddddddddd.ram", time.Now())
+	other := mk("notes.txt", old)
+	otherInst := mk("0a1b2c3d4e5f/eeeeeeeeeeeee.ram", old)
+	if err := os.Symlink(stale, filepath.Join(dir, "link.ram")); err != nil {
+		t.Fatal(err)
+	}
+
+	// A running VM's QEMU maps its file shared.
+	f, err := os.OpenFile(mapped, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mem, err := unix.Mmap(int(f.Fd()), 0, 8192, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	f.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Munmap(mem)
+	// Another process holds one open.
+	holder := exec.Command("sh", "-c", "exec sleep 60 3<"+held)
+	if err := holder.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { holder.Process.Kill(); holder.Wait() }()
+	waitFor := time.Now().Add(5 * time.Second)
+	for !slices.ContainsFunc(fdTargets(holder.Process.Pid), func(s string) bool { return s == held }) {
+		if time.Now().After(waitFor) {
+			t.Fatal("the holder never opened its file")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	// A process names one on its command line (as a QEMU whose maps
+	// cannot be read would: mem-path=).
+	namer := exec.Command("bash", "-c", "exec -a 'qemu mem-path="+named0+"' sleep 60")
+	if err := namer.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { namer.Process.Kill(); namer.Wait() }()
+	for {
+		if b, _ := os.ReadFile(filepath.Join("/proc", strconv.Itoa(namer.Process.Pid), "cmdline")); strings.Contains(string(b), named0) {
+			break
+		}
+		if time.Now().After(waitFor) {
+			t.Fatal("the namer never started")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	// A run dir names one (a VM whose QEMU is starting).
+	runDir := t.TempDir()
+	b, _ := json.Marshal(machine{ID: "ccccccccccccc", MemFile: named, MemOwn: true})
+	if err := os.WriteFile(filepath.Join(runDir, machineFile), b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// A fork's saved state links one.
+	forkDir := t.TempDir()
+	if err := os.Symlink(linked, filepath.Join(forkDir, copyRAMFile)); err != nil {
+		t.Fatal(err)
+	}
+
+	removed := d.SweepMemory([]string{runDir, filepath.Join(t.TempDir(), "gone")}, []string{forkDir})
+	slices.Sort(removed)
+	if want := []string{stale, staleCopy}; !slices.Equal(removed, slices.Sorted(slices.Values(want))) {
+		t.Errorf("removed %q, want %q", removed, want)
+	}
+	for _, p := range []string{mapped, held, named0, named, linked, fresh, other, otherInst, filepath.Join(dir, "link.ram")} {
+		if _, err := os.Lstat(p); err != nil {
+			t.Errorf("%s: %v (must stay)", strings.TrimPrefix(p, dir), err)
+		}
+	}
+	for _, p := range []string{stale, staleCopy} {
+		if _, err := os.Stat(p); err == nil {
+			t.Errorf("%s still there", p)
+		}
+	}
+	if again := d.SweepMemory(nil, nil); len(again) != 2 || !slices.Contains(again, named) || !slices.Contains(again, linked) {
+		// Without the run dir and fork state naming them, the unused two
+		// go; the mapped and held ones still stay.
+		t.Errorf("second sweep without run dirs removed %q, want the named and linked files", again)
+	}
+	if (&Driver{}).SweepMemory(nil, nil) != nil {
+		t.Error("a driver without a memory dir swept something")
+	}
+}
+
+func fdTargets(pid int) []string {
+	var out []string
+	fds, _ := filepath.Glob(filepath.Join("/proc", strconv.Itoa(pid), "fd", "*"))
+	for _, fd := range fds {
+		if t, err := os.Readlink(fd); err == nil {
+			out = append(out, t)
+		}
+	}
+	return out
+}
