@@ -13,6 +13,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -125,19 +126,36 @@ func hashCopy(dst io.Writer, src io.Reader, n int64, sum hash.Hash) (copied int6
 	return hashCopySize(dst, src, n, sum, DiskStreamBuffer)
 }
 
+// asyncWriter is a writer that keeps several writes in flight
+// (directWriter): writeAsync starts a write of b and calls done once b
+// may be reused; wait waits for them all and returns the first error.
+type asyncWriter interface {
+	writeAsync(b []byte, done func()) error
+	wait() error
+	inFlight() int
+}
+
 // hashCopySize is hashCopy in chunks of size bytes (directAlign-aligned
-// buffers: see directWriter).
+// buffers: see directWriter). Where dst is an asyncWriter its writes go
+// on behind the copy, up to its inFlight() at once, each chunk's buffer
+// reused once it is both hashed and written; the chunks are still hashed
+// in order, and hashCopySize returns only after every write ended.
 func hashCopySize(dst io.Writer, src io.Reader, n int64, sum hash.Hash, size int) (copied int64, rerr, werr error) {
 	type chunk struct {
 		b   []byte
 		err error
 	}
 	const depth = 3
-	free := make(chan []byte, depth)
-	for range depth {
+	aw, async := dst.(asyncWriter)
+	bufs := depth
+	if async {
+		bufs += aw.inFlight()
+	}
+	free := make(chan []byte, bufs)
+	for range bufs {
 		free <- alignedBuffer(size)
 	}
-	chunks := make(chan chunk, depth)
+	chunks := make(chan chunk, bufs)
 	stop := make(chan struct{})
 	read := make(chan struct{})
 	go func() {
@@ -164,9 +182,38 @@ func hashCopySize(dst io.Writer, src io.Reader, n int64, sum hash.Hash, size int
 		}
 		<-read
 	}()
+	if async {
+		defer func() {
+			if err := aw.wait(); err != nil && werr == nil && rerr == nil {
+				werr = err
+			}
+		}()
+	}
 	hashed := make(chan struct{})
 	for c := range chunks {
 		if len(c.b) > 0 {
+			if async {
+				// Free once written and hashed, whichever ends last.
+				var users atomic.Int32
+				users.Store(2)
+				b := c.b[:cap(c.b)]
+				release := func() {
+					if users.Add(-1) == 0 {
+						free <- b
+					}
+				}
+				err := aw.writeAsync(c.b, release)
+				sum.Write(c.b)
+				release()
+				if err != nil {
+					return copied, nil, err
+				}
+				copied += int64(len(c.b))
+				if c.err != nil {
+					return copied, c.err, nil
+				}
+				continue
+			}
 			go func() { sum.Write(c.b); hashed <- struct{}{} }()
 			_, err := dst.Write(c.b)
 			<-hashed
@@ -311,6 +358,9 @@ func ReadDiskBody(br *bufio.Reader, h DiskHeader, dst io.Writer) error {
 // that: the device may still hold the writes in its volatile cache, and
 // the file's newly allocated blocks are not recorded yet.
 func readDiskFile(br *bufio.Reader, h DiskHeader, f *os.File) error {
+	if err := preallocate(f, h.Size); err != nil {
+		return fmt.Errorf("disk stream: allocate %d bytes for %s: %w", h.Size, filepath.Base(f.Name()), err)
+	}
 	if err := readBody(br, h, newDirectWriter(f), DirectChunk); err != nil {
 		return err
 	}
