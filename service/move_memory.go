@@ -151,7 +151,7 @@ func (s *Service) moveMemory(ctx context.Context, v store.VM, from, to store.Hos
 		_, err = s.shipBundle(ctx, src, v.ID, func(r io.Reader) (engine.Instance, error) {
 			return engine.Instance{}, ad.StageBundle(ctx, spec, r, progress)
 		})
-	} else {
+	} else if inst, mt, err = s.bundlePeer(ctx, from, srcE, dstE, spec, progress); err == nil && mt == nil {
 		inst, mt, err = s.importBundle(ctx, src, dst, spec, progress)
 	}
 	resumed := time.Now()
@@ -219,6 +219,30 @@ func (s *Service) moveMemory(ctx context.Context, v store.VM, from, to store.Hos
 		out.Transfer.Resumed = int(resumes.Load())
 	}
 	return out, nil
+}
+
+// bundlePeer ships the bundle of VM spec.ID from one node straight to
+// another (engine.BundlePeerImporter: the control plane relays no byte;
+// a dropped stream resumes node to node): the meter of the finished
+// transfer, or nil and no error when there is no such path (nothing was
+// made on either node; the caller relays it).
+func (s *Service) bundlePeer(ctx context.Context, from store.Host, srcE, dstE engine.Engine, spec engine.ImportSpec, progress Progress) (engine.Instance, *meter, error) {
+	pi, ok := dstE.(engine.BundlePeerImporter)
+	if !ok || from.Local {
+		return engine.Instance{}, nil, nil
+	}
+	t0 := time.Now()
+	inst, n, err := pi.ImportBundleFromPeer(ctx, spec, srcE, progress)
+	switch {
+	case err == nil:
+		mt := &meter{progress: progress, start: t0, n: n, total: n, last: time.Now()}
+		mt.done()
+		return inst, mt, nil
+	case errors.Is(err, engine.ErrNoPeerPath):
+		s.log.Info("move: no node-to-node path, relaying the bundle", "vm_id", spec.ID, "err", err)
+		return engine.Instance{}, nil, nil
+	}
+	return engine.Instance{}, nil, err
 }
 
 // importBundle ships the source's bundle of VM spec.ID into the target's

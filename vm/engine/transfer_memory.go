@@ -243,6 +243,16 @@ type MemoryMover interface {
 	ImportBundle(ctx context.Context, spec ImportSpec, r io.Reader, progress Progress) (Instance, error)
 }
 
+// BundlePeerImporter is a MemoryMover that imports a bundle written to
+// its host straight from another host (node to node: the caller relays
+// no byte), as PeerImporter does for disk streams.
+type BundlePeerImporter interface {
+	// ImportBundleFromPeer is ImportBundle of from's ExportBundle of
+	// instance spec.ID, and the bundle's size in bytes. An error wrapping
+	// ErrNoPeerPath left nothing on either host (relay it instead).
+	ImportBundleFromPeer(ctx context.Context, spec ImportSpec, from Engine, progress Progress) (Instance, int64, error)
+}
+
 var _ MemoryMover = (*Local)(nil)
 
 func (l *Local) moveState(id string) string { return filepath.Join(l.vmDir(id), moveStateDir) }
