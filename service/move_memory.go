@@ -147,12 +147,15 @@ func (s *Service) moveMemory(ctx context.Context, v store.VM, from, to store.Hos
 	ad, _ := dstE.(bundleAdopter)
 	var inst engine.Instance
 	var mt *meter
+	peer := false // the bundle went node to node
 	if to.Local {
 		_, err = s.shipBundle(ctx, src, v.ID, func(r io.Reader) (engine.Instance, error) {
 			return engine.Instance{}, ad.StageBundle(ctx, spec, r, progress)
 		})
 	} else if inst, mt, err = s.bundlePeer(ctx, from, srcE, dstE, spec, progress); err == nil && mt == nil {
 		inst, mt, err = s.importBundle(ctx, src, dst, spec, progress)
+	} else {
+		peer = err == nil
 	}
 	resumed := time.Now()
 	if s.moving.crashes("switch") {
@@ -217,6 +220,7 @@ func (s *Service) moveMemory(ctx context.Context, v store.VM, from, to store.Hos
 	if mt != nil {
 		out.Transfer = mt.stats()
 		out.Transfer.Resumed = int(resumes.Load())
+		out.Transfer.NodeToNode = peer
 	}
 	return out, nil
 }
