@@ -49,8 +49,8 @@ func testMoveResumeMemory(t *testing.T, c *mhCluster, ann mhUser) {
 		Status   string `json:"status"`
 		Host     string `json:"host"`
 		Transfer *struct {
-			Bytes   int64   `json:"bytes"`
-			MiBps   float64 `json:"mib_per_second"`
+			Bytes      int64   `json:"bytes"`
+			MiBps      float64 `json:"mib_per_second"`
 			Resumed    int     `json:"resumed"`
 			NodeToNode bool    `json:"node_to_node"`
 		} `json:"transfer"`
