@@ -52,6 +52,10 @@ func testMoveMemory(t *testing.T, c *mhCluster, ann, ben mhUser, haveVMs bool) {
 	if moved.ID != id || moved.Status != "running" || moved.hostOf() != "n2" {
 		t.Fatalf("move m1 --memory --host n2 answered: %+v", moved.Raw)
 	}
+	// Node to node: the bundle went straight from n1 to n2 over mTLS.
+	if tr, _ := moved.Raw["transfer"].(map[string]any); tr == nil || tr["node_to_node"] != true {
+		t.Errorf("move m1 --memory n1 -> n2: the bundle did not go node to node: transfer %v", moved.Raw["transfer"])
+	}
 	hosts := c.hostList(t)
 	v, r = c.show(t, ann, "m1")
 	if r.code != 0 || v.hostOf() != "n2" || v.Status != "running" {

@@ -12,9 +12,9 @@ import (
 // testMoveResumeMemory is the resume proof for `move --memory` on real
 // QEMU hosts: r2 (512 MiB) on n1 holds 160 MiB of random bytes in its
 // /dev/shm, so its memory bundle is large; it moves with its memory
-// n1 -> n2 (n1's bundle relayed by the control plane to n2 over direct
-// mTLS), and the test kills the control plane's TCP connection to n2 with
-// `ss -K` once 64 MiB went. The move completes with transfer.resumed >= 1,
+// n1 -> n2 (n1's bundle written straight to n2 over direct mTLS), and the
+// test kills n1's TCP connection to n2 with `ss -K` once 64 MiB went. The
+// move completes node to node with transfer.resumed >= 1,
 // r2 runs on n2 with the same bytes in memory (md5), and nothing of it is
 // left on n1.
 func testMoveResumeMemory(t *testing.T, c *mhCluster, ann mhUser) {
@@ -36,7 +36,7 @@ func testMoveResumeMemory(t *testing.T, c *mhCluster, ann mhUser) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	cut := make(chan string, 1)
-	go func() { cut <- killStreamAfter(ctx, c.cp, c.n2.addr, 64<<20) }()
+	go func() { cut <- killStreamAfter(ctx, c.n1, c.n2.addr, 64<<20) }()
 	start := time.Now()
 	r = c.as(t, ann, "", "move", "r2", "--memory", "--host", "n2", "--json")
 	took := time.Since(start)
@@ -49,9 +49,10 @@ func testMoveResumeMemory(t *testing.T, c *mhCluster, ann mhUser) {
 		Status   string `json:"status"`
 		Host     string `json:"host"`
 		Transfer *struct {
-			Bytes   int64   `json:"bytes"`
-			MiBps   float64 `json:"mib_per_second"`
-			Resumed int     `json:"resumed"`
+			Bytes      int64   `json:"bytes"`
+			MiBps      float64 `json:"mib_per_second"`
+			Resumed    int     `json:"resumed"`
+			NodeToNode bool    `json:"node_to_node"`
 		} `json:"transfer"`
 		Move *struct {
 			DowntimeMS int64 `json:"downtime_ms"`
@@ -61,8 +62,8 @@ func testMoveResumeMemory(t *testing.T, c *mhCluster, ann mhUser) {
 	if killed == "" {
 		t.Errorf("the test found no stream to kill")
 	}
-	if out.Transfer == nil || out.Transfer.Resumed < 1 || out.Status != "running" || out.Transfer.Bytes < 160<<20 {
-		t.Errorf("move r2 --memory: want it running on n2 with transfer.resumed >= 1 and the bundle's bytes: %s", r.stdout)
+	if out.Transfer == nil || out.Transfer.Resumed < 1 || out.Status != "running" || out.Transfer.Bytes < 160<<20 || !out.Transfer.NodeToNode {
+		t.Errorf("move r2 --memory: want it running on n2 with transfer.resumed >= 1, node to node, and the bundle's bytes: %s", r.stdout)
 	} else {
 		t.Logf("move --memory r2 n1 -> n2 (512 MiB, 160 MiB in /dev/shm, killed %s): %s, downtime %d ms, %d bytes at %.0f MiB/s, resumed %d",
 			killed, took.Round(time.Millisecond), out.Move.DowntimeMS, out.Transfer.Bytes, out.Transfer.MiBps, out.Transfer.Resumed)

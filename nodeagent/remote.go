@@ -98,6 +98,9 @@ type Remote struct {
 	diskPeer, diskPeerFailed   atomic.Int64 // node-to-node disk streams (transfer_peer.go)
 	diskResumed                atomic.Int64 // dropped import streams resumed (transfer_resume.go)
 	cutExport                  atomic.Int64 // tests: drop the next export's stream after this many bytes
+
+	// node-to-node bundles (transfer_peer_bundle.go)
+	bundlePeer, bundlePeerFailed atomic.Int64
 }
 
 type pending struct {

@@ -297,7 +297,8 @@ func (s *server) run(ctx context.Context, method string, req callRequest, progre
 		return ticketReply{Addr: s.cfg.Direct.addr, Cert: s.cfg.Direct.fp}, nil
 	case mExportDisk:
 		if req.To != nil {
-			return s.exportToPeer(ctx, req) // transfer_peer.go
+			f, err := s.exportDiskFunc()
+			return s.exportToPeer(ctx, req, f, err) // transfer_peer.go
 		}
 		return nil, s.exportDisk(ctx, req)
 	case mImportDisk:

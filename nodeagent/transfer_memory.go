@@ -3,6 +3,7 @@ package nodeagent
 import (
 	"context"
 	"io"
+	"strconv"
 	"sync"
 	"time"
 
@@ -151,6 +152,9 @@ func (s *server) runMemory(ctx context.Context, method string, req callRequest, 
 	case mResume:
 		return m.Resume(ctx, req.ID)
 	case mExportBundle:
+		if req.To != nil {
+			return s.exportToPeer(ctx, req, s.exportBundleFunc(m), nil) // transfer_peer_bundle.go
+		}
 		_, st, end, err := s.transferStream(ctx, req)
 		if err != nil {
 			return nil, err
@@ -194,7 +198,18 @@ func (s *server) runMemory(ctx context.Context, method string, req callRequest, 
 			defer ri.close()
 			r = engine.NewBundleResumingReader(ctx, r, ri.reopen, importResume)
 		}
-		return m.ImportBundle(ctx, *req.Import, r, pauseImported(ctx, progress))
+		if !req.Meter {
+			return m.ImportBundle(ctx, *req.Import, r, pauseImported(ctx, progress))
+		}
+		// A node-to-node bundle (transfer_peer_bundle.go): the control
+		// plane sees no byte of it, so the node says how far it got.
+		mt := &byteMeter{r: r, say: progress, start: time.Now()}
+		inst, err := m.ImportBundle(ctx, *req.Import, mt, pauseImported(ctx, progress))
+		if err == nil {
+			mt.line(time.Now())
+			progress(streamBytes + strconv.FormatInt(mt.n, 10))
+		}
+		return inst, err
 	}
 	return nil, errs.New(errs.InvalidArgument, "unknown engine method %q", method)
 }

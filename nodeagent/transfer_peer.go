@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"regexp"
 	"strings"
@@ -72,6 +73,23 @@ var fingerprintRE = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCom
 // for the rest from the byte it has, and the source exports from there;
 // the byte count is the whole stream's, once.
 func (r *Remote) ImportDiskFromPeer(ctx context.Context, spec engine.ImportSpec, from engine.Engine, progress engine.Progress) (engine.Instance, int64, error) {
+	return r.importFromPeer(ctx, peerDisk, spec, from, progress)
+}
+
+// peerStream is a kind of stream that goes node to node: its import and
+// export methods and its counters on the target's Remote.
+type peerStream struct {
+	imp, exp     string
+	peer, failed func(r *Remote) *atomic.Int64
+}
+
+var peerDisk = peerStream{imp: mImportDisk, exp: mExportDisk,
+	peer:   func(r *Remote) *atomic.Int64 { return &r.diskPeer },
+	failed: func(r *Remote) *atomic.Int64 { return &r.diskPeerFailed }}
+
+// importFromPeer is ImportDiskFromPeer of stream kind k (a disk stream or
+// a bundle, transfer_peer_bundle.go).
+func (r *Remote) importFromPeer(ctx context.Context, k peerStream, spec engine.ImportSpec, from engine.Engine, progress engine.Progress) (engine.Instance, int64, error) {
 	src, ok := from.(*Remote)
 	if !ok || src == r || r.cfg.DirectTLS == nil {
 		return engine.Instance{}, 0, ErrNoPeerPath
@@ -117,7 +135,7 @@ func (r *Remote) ImportDiskFromPeer(ctx context.Context, spec engine.ImportSpec,
 			}
 			progress.Say(step)
 		}
-		inst, err := r.instance(ictx, mImportDisk, callRequest{ID: spec.ID, Stream: sid, Import: &spec, Direct: true, Meter: true, Resume: true, Peer: sc.Cert}, p)
+		inst, err := r.instance(ictx, k.imp, callRequest{ID: spec.ID, Stream: sid, Import: &spec, Direct: true, Meter: true, Resume: true, Peer: sc.Cert}, p)
 		done <- imported{inst, err}
 	}()
 	type exported struct {
@@ -128,7 +146,7 @@ func (r *Remote) ImportDiskFromPeer(ctx context.Context, spec engine.ImportSpec,
 		ch := make(chan exported, 1)
 		go func() {
 			var res exportResult
-			err := src.call(ictx, mExportDisk, callRequest{ID: spec.ID, Stream: id, To: &to, Offset: off}, nil, &res)
+			err := src.call(ictx, k.exp, callRequest{ID: spec.ID, Stream: id, To: &to, Offset: off}, nil, &res)
 			ch <- exported{res, err}
 		}()
 		return ch
@@ -148,7 +166,7 @@ func (r *Remote) ImportDiskFromPeer(ctx context.Context, spec engine.ImportSpec,
 			if eerr != nil && !resumed && errs.ClassOf(eerr) == errs.Unavailable && isNoRoute(eerr) {
 				cancel() // the import waits for a connection that will not come
 				<-done
-				r.diskPeerFailed.Add(1)
+				k.failed(r).Add(1)
 				return engine.Instance{}, 0, fmt.Errorf("%w: %v", ErrNoPeerPath, eerr)
 			}
 			if eerr != nil && !droppedStream(eerr) {
@@ -188,7 +206,7 @@ func (r *Remote) ImportDiskFromPeer(ctx context.Context, spec engine.ImportSpec,
 				}
 				return engine.Instance{}, 0, im.err
 			}
-			r.diskPeer.Add(1)
+			k.peer(r).Add(1)
 			n := took.Load()
 			if n == 0 && !resumed {
 				n = last.Bytes // a node that does not say it: one whole stream
@@ -205,12 +223,33 @@ const errPeerDialPrefix = "peer dial: "
 
 func isNoRoute(err error) bool { return strings.Contains(err.Error(), errPeerDialPrefix) }
 
-// exportToPeer is export_disk with To: the disk stream written straight
-// to another node's direct listener.
-func (s *server) exportToPeer(ctx context.Context, req callRequest) (exportResult, error) {
+// exportFunc writes instance id's stream into w from byte off of it.
+type exportFunc func(ctx context.Context, id string, off int64, w io.Writer) error
+
+// exportDiskFunc is the node's disk stream export.
+func (s *server) exportDiskFunc() (exportFunc, error) {
 	t, ok := s.cfg.Engine.(engine.Transferer)
 	if !ok {
-		return exportResult{}, errs.New(errs.FailedPrecondition, "this node's engine does not ship disks")
+		return nil, errs.New(errs.FailedPrecondition, "this node's engine does not ship disks")
+	}
+	return func(ctx context.Context, id string, off int64, w io.Writer) error {
+		if off == 0 {
+			return t.ExportDisk(ctx, id, w)
+		}
+		// The rest of a dropped stream, from the target's offset.
+		r, ok := t.(engine.DiskResumer)
+		if !ok {
+			return errs.New(errs.FailedPrecondition, "this node's engine does not resume disk streams")
+		}
+		return r.ExportDiskFrom(ctx, id, off, w)
+	}, nil
+}
+
+// exportToPeer is export_disk (or export_bundle) with To: the stream
+// written by export straight to another node's direct listener.
+func (s *server) exportToPeer(ctx context.Context, req callRequest, export exportFunc, err error) (exportResult, error) {
+	if err != nil {
+		return exportResult{}, err
 	}
 	if !tokenRE().MatchString(req.Stream) || !fingerprintRE().MatchString(req.To.Cert) || req.To.Addr == "" {
 		return exportResult{}, errs.New(errs.InvalidArgument, "export to a peer: bad stream id, address or certificate")
@@ -228,16 +267,8 @@ func (s *server) exportToPeer(ctx context.Context, req callRequest) (exportResul
 	w := &idleStream{ctx: ctx, st: c, pauseAfter: pauseAfter}
 	if req.Offset != 0 {
 		w.pauseAfter = 0 // the test-only pause is the first stream's
-		// The rest of a dropped stream, from the target's offset.
-		r, ok := t.(engine.DiskResumer)
-		if !ok {
-			return exportResult{}, errs.New(errs.FailedPrecondition, "this node's engine does not resume disk streams")
-		}
-		err = r.ExportDiskFrom(ctx, req.ID, req.Offset, w)
-	} else {
-		err = t.ExportDisk(ctx, req.ID, w)
 	}
-	if err != nil {
+	if err := export(ctx, req.ID, req.Offset, w); err != nil {
 		return exportResult{Bytes: w.written}, err
 	}
 	// The importer reads up to the trailer: a clean close after it.

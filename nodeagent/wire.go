@@ -92,7 +92,7 @@ type callRequest struct {
 	// Direct: export_disk and import_disk: Stream is a direct connection
 	// (transfer_direct.go), not a fabric stream.
 	Direct bool `json:"direct,omitempty"`
-	// Meter (import_disk of a node-to-node stream, which the control
+	// Meter (import_disk or import_bundle of a node-to-node stream, which the control
 	// plane does not see): the importer says "transfer N/M MiB, R MiB/s"
 	// on progress once a second.
 	Meter bool `json:"meter,omitempty"`

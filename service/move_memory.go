@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
+	"sync"
 	"time"
 
 	"github.com/minionsdev/minions/internal/errs"
@@ -47,6 +49,9 @@ type MoveStats struct {
 	// SuspendMS is the part of the downtime spent saving the memory on
 	// the source (memory only); the rest is shipping and resuming.
 	SuspendMS int64 `json:"suspend_ms,omitempty"`
+	// TransferMS (memory) is the part of the downtime after the suspend
+	// until the target had the bundle's files (the rest is its resume).
+	TransferMS int64 `json:"transfer_ms,omitempty"`
 	// PauseMS (live) bounds how long the guest did not run: DowntimeMS
 	// (the hypervisor's own figure: source paused to the end of the
 	// memory stream), the disk mirror's last writes and the target's
@@ -142,19 +147,25 @@ func (s *Service) moveMemory(ctx context.Context, v store.VM, from, to store.Hos
 		return VM{}, errMoveCrashed
 	}
 	progress, resumes := countResumes(serialProgress(progress))
+	var shipped shipClock
+	progress = shipped.wrap(progress)
 	progress.Say("transfer")
 	spec := engine.ImportSpec{ID: v.ID, Name: v.Name, Owner: v.OwnerID}
 	ad, _ := dstE.(bundleAdopter)
 	var inst engine.Instance
 	var mt *meter
+	peer := false // the bundle went node to node
 	if to.Local {
 		_, err = s.shipBundle(ctx, src, v.ID, func(r io.Reader) (engine.Instance, error) {
 			return engine.Instance{}, ad.StageBundle(ctx, spec, r, progress)
 		})
-	} else {
+	} else if inst, mt, err = s.bundlePeer(ctx, from, srcE, dstE, spec, progress); err == nil && mt == nil {
 		inst, mt, err = s.importBundle(ctx, src, dst, spec, progress)
+	} else {
+		peer = err == nil
 	}
 	resumed := time.Now()
+	shippedAt := shipped.when(resumed)
 	if s.moving.crashes("switch") {
 		return VM{}, errMoveCrashed
 	}
@@ -209,16 +220,75 @@ func (s *Service) moveMemory(ctx context.Context, v store.VM, from, to store.Hos
 		s.log.Warn("move: destroy the source copy (settled later)", "vm_id", v.ID, "host", from.Name, "err", err)
 	}
 	stats := &MoveStats{Mode: store.MoveMemory, WallMS: time.Since(t0).Milliseconds(), DowntimeMS: resumed.Sub(suspended).Milliseconds(),
-		SuspendMS: suspendTook.Milliseconds()}
+		SuspendMS: suspendTook.Milliseconds(), TransferMS: shippedAt.Sub(suspended.Add(suspendTook)).Milliseconds()}
 	s.log.Info("vm moved with memory", "vm_id", v.ID, "vm", v.Name, "from", from.Name, "to", to.Name,
-		"wall_ms", stats.WallMS, "downtime_ms", stats.DowntimeMS, "suspend_ms", stats.SuspendMS)
+		"wall_ms", stats.WallMS, "downtime_ms", stats.DowntimeMS, "suspend_ms", stats.SuspendMS, "transfer_ms", stats.TransferMS, "node_to_node", peer)
 	out := s.current(ctx, v.ID)
 	out.Move = stats
 	if mt != nil {
 		out.Transfer = mt.stats()
 		out.Transfer.Resumed = int(resumes.Load())
+		out.Transfer.NodeToNode = peer
 	}
 	return out, nil
+}
+
+// shipClock notes when the target of a move with memory has the
+// bundle's files: the first step it says after "disk" that is not a
+// transfer line ("snapshots", "network", ...).
+type shipClock struct {
+	mu   sync.Mutex
+	disk bool
+	at   time.Time
+}
+
+func (c *shipClock) wrap(p Progress) Progress {
+	return func(step string) {
+		c.mu.Lock()
+		if c.at.IsZero() {
+			if c.disk && step != "disk" && !strings.HasPrefix(step, "transfer") {
+				c.at = time.Now()
+			}
+			c.disk = c.disk || step == "disk"
+		}
+		c.mu.Unlock()
+		p.Say(step)
+	}
+}
+
+// when is the time noted, or end if none was (a staged bundle: its
+// files are in place when the staging returns).
+func (c *shipClock) when(end time.Time) time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.at.IsZero() {
+		return end
+	}
+	return c.at
+}
+
+// bundlePeer ships the bundle of VM spec.ID from one node straight to
+// another (engine.BundlePeerImporter: the control plane relays no byte;
+// a dropped stream resumes node to node): the meter of the finished
+// transfer, or nil and no error when there is no such path (nothing was
+// made on either node; the caller relays it).
+func (s *Service) bundlePeer(ctx context.Context, from store.Host, srcE, dstE engine.Engine, spec engine.ImportSpec, progress Progress) (engine.Instance, *meter, error) {
+	pi, ok := dstE.(engine.BundlePeerImporter)
+	if !ok || from.Local {
+		return engine.Instance{}, nil, nil
+	}
+	t0 := time.Now()
+	inst, n, err := pi.ImportBundleFromPeer(ctx, spec, srcE, progress)
+	switch {
+	case err == nil:
+		mt := &meter{progress: progress, start: t0, n: n, total: n, last: time.Now()}
+		mt.done()
+		return inst, mt, nil
+	case errors.Is(err, engine.ErrNoPeerPath):
+		s.log.Info("move: no node-to-node path, relaying the bundle", "vm_id", spec.ID, "err", err)
+		return engine.Instance{}, nil, nil
+	}
+	return engine.Instance{}, nil, err
 }
 
 // importBundle ships the source's bundle of VM spec.ID into the target's

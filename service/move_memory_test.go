@@ -395,6 +395,11 @@ func TestMoveMemoryNodeToNodeCrashSettles(t *testing.T) {
 				if err != nil || m.Host != target || m.Status != "running" || m.Move == nil || m.Move.DowntimeMS <= 0 {
 					t.Fatalf("move: %+v, %v", m, err)
 				}
+				// The transfer is part of the downtime after the suspend;
+				// node to node without direct listeners: relayed.
+				if tm := m.Move.TransferMS; tm < 0 || tm > m.Move.DowntimeMS-m.Move.SuspendMS || (m.Transfer != nil && m.Transfer.NodeToNode) {
+					t.Errorf("move figures %+v, transfer %+v", m.Move, m.Transfer)
+				}
 			} else if !errors.Is(err, errMoveCrashed) {
 				t.Fatalf("move: %v, want the crash", err)
 			}

@@ -22,6 +22,9 @@ type Transfer struct {
 	MiBps float64 `json:"mib_per_second"`
 	// Resumed is how often a dropped stream was resumed (either leg).
 	Resumed int `json:"resumed,omitempty"`
+	// NodeToNode: the bytes went from the source node straight to the
+	// target node; the control plane relayed none of them.
+	NodeToNode bool `json:"node_to_node,omitempty"`
 }
 
 // meterEvery is how often a transfer says how far it is.

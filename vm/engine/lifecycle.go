@@ -15,7 +15,7 @@ import (
 
 // Start implements Engine.
 func (l *Local) Start(ctx context.Context, id string, progress Progress) (Instance, error) {
-	if vm.IsID(id) && exists(l.moveState(id)) {
+	if vm.IsID(id) && l.suspended(ctx, id) {
 		// Suspended for a move, or moved here (transfer_memory.go): its
 		// memory is the VM.
 		if exists(filepath.Join(l.vmDir(id), bundleFile)) {

@@ -243,9 +243,103 @@ type MemoryMover interface {
 	ImportBundle(ctx context.Context, spec ImportSpec, r io.Reader, progress Progress) (Instance, error)
 }
 
+// BundlePeerImporter is a MemoryMover that imports a bundle written to
+// its host straight from another host (node to node: the caller relays
+// no byte), as PeerImporter does for disk streams.
+type BundlePeerImporter interface {
+	// ImportBundleFromPeer is ImportBundle of from's ExportBundle of
+	// instance spec.ID, and the bundle's size in bytes. An error wrapping
+	// ErrNoPeerPath left nothing on either host (relay it instead).
+	ImportBundleFromPeer(ctx context.Context, spec ImportSpec, from Engine, progress Progress) (Instance, int64, error)
+}
+
 var _ MemoryMover = (*Local)(nil)
 
 func (l *Local) moveState(id string) string { return filepath.Join(l.vmDir(id), moveStateDir) }
+
+// A suspend for a move saves the memory without flushing it to stable
+// storage first where the driver can (hypervisor.UnsyncedSaver): the
+// flush of a few hundred MiB would lengthen the guest's downtime, and the
+// saved files are read back (shipped, or resumed from) on this same boot
+// of the host, from the page cache. The boot it was saved on is recorded
+// beside it (moveBootSuffix), flushed before the save begins: after a
+// reboot the saved memory may be torn, so it is dropped and the instance
+// is stopped with its disk, as a running VM is after a power loss (it
+// starts cold). A state saved without that record was flushed.
+
+// moveBootSuffix names the file beside moveStateDir that holds the boot
+// ID of an unflushed save (outside the directory: it is not shipped).
+const moveBootSuffix = ".boot"
+
+// bootID is this boot of the host, "" if unknown (tests replace it).
+var bootID = func() string {
+	b, _ := os.ReadFile("/proc/sys/kernel/random/boot_id")
+	return strings.TrimSpace(string(b))
+}
+
+// suspended reports whether instance id has saved memory from a suspend
+// that may be used; an unflushed one from an earlier boot is removed
+// (and the instance's note with it).
+func (l *Local) suspended(ctx context.Context, id string) bool {
+	state := l.moveState(id)
+	if !exists(state) {
+		return false
+	}
+	b, err := os.ReadFile(state + moveBootSuffix)
+	if err != nil {
+		return true // no record: flushed when saved
+	}
+	if now := bootID(); now != "" && strings.TrimSpace(string(b)) == now {
+		return true
+	}
+	l.log.Warn("saved memory of a suspend dropped: the host restarted before it reached stable storage (the vm starts cold)", "vm_id", id)
+	os.RemoveAll(state)
+	os.Remove(state + moveBootSuffix)
+	store.SetVMNote(context.WithoutCancel(ctx), l.DB, id, "", "")
+	return false
+}
+
+// dropMoveState removes instance id's saved memory and its boot record.
+func (l *Local) dropMoveState(id string) {
+	os.RemoveAll(l.moveState(id))
+	os.RemoveAll(l.moveState(id) + ".part")
+	os.Remove(l.moveState(id) + moveBootSuffix)
+}
+
+// saveForMove is the suspend's save into dir: unflushed where the driver
+// can and this boot is known (its ID recorded, flushed, first), else
+// SaveState.
+func (l *Local) saveForMove(ctx context.Context, id string, h *hypervisor.Handle, dir string) error {
+	us, ok := l.Driver.(hypervisor.UnsyncedSaver)
+	boot := bootID()
+	if !ok || boot == "" {
+		return l.Driver.SaveState(ctx, h, dir)
+	}
+	if err := writeFileFlushed(l.moveState(id)+moveBootSuffix, []byte(boot+"\n")); err != nil {
+		return l.Driver.SaveState(ctx, h, dir)
+	}
+	return us.SaveStateUnsynced(ctx, h, dir)
+}
+
+// writeFileFlushed writes b to path and flushes it and its directory.
+func writeFileFlushed(path string, b []byte) error {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(b)
+	if serr := f.Sync(); err == nil {
+		err = serr
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		os.Remove(path)
+		return err
+	}
+	return syncDir(filepath.Dir(path))
+}
 
 func (l *Local) hostKeyLine() string {
 	return strings.TrimSpace(string(ssh.MarshalAuthorizedKey(l.HostKey.PublicKey())))
@@ -268,7 +362,7 @@ func (l *Local) Suspend(ctx context.Context, id, trustKey string) error {
 		}
 	}
 	return l.withLock(ctx, id, func(v store.VM) error {
-		if v.State == vm.Stopped && exists(l.moveState(v.ID)) {
+		if v.State == vm.Stopped && l.suspended(ctx, v.ID) {
 			return nil
 		}
 		if v.State != vm.Running {
@@ -293,14 +387,13 @@ func (l *Local) Suspend(ctx context.Context, id, trustKey string) error {
 		}
 		// A running VM's saved state from an earlier, interrupted suspend is
 		// stale.
-		os.RemoveAll(l.moveState(v.ID))
+		l.dropMoveState(v.ID)
 		tmp := l.moveState(v.ID) + ".part"
-		os.RemoveAll(tmp)
 		t0 := time.Now()
 		// The VM stays paused after the save (the driver resumes it if the
 		// save fails); its disk is flushed by then.
-		if err := l.Driver.SaveState(ctx, h, tmp); err != nil {
-			os.RemoveAll(tmp)
+		if err := l.saveForMove(ctx, v.ID, h, tmp); err != nil {
+			l.dropMoveState(v.ID)
 			l.Driver.Resume(context.WithoutCancel(ctx), h)
 			if trustKey != "" {
 				l.setAgentKeys(context.WithoutCancel(ctx), v, l.hostKeyLine())
@@ -308,7 +401,7 @@ func (l *Local) Suspend(ctx context.Context, id, trustKey string) error {
 			return fmt.Errorf("suspend vm %s: %w", v.Name, err)
 		}
 		if err := os.Rename(tmp, l.moveState(v.ID)); err != nil {
-			os.RemoveAll(tmp)
+			l.dropMoveState(v.ID)
 			l.Driver.Resume(context.WithoutCancel(ctx), h)
 			return fmt.Errorf("suspend vm %s: %w", v.Name, err)
 		}
@@ -356,9 +449,8 @@ func (l *Local) Resume(ctx context.Context, id string) (Instance, error) {
 					}
 				}
 			}
-			os.RemoveAll(state)
-			os.RemoveAll(state + ".part")
-		case v.State == vm.Stopped && exists(state):
+			l.dropMoveState(v.ID)
+		case v.State == vm.Stopped && l.suspended(ctx, v.ID):
 			o, err := l.beginStartOp(ctx, v, "resume")
 			if err != nil {
 				return fmt.Errorf("resume vm %s: %w", v.Name, err)
@@ -369,7 +461,7 @@ func (l *Local) Resume(ctx context.Context, id string) (Instance, error) {
 				return fmt.Errorf("resume vm %s: %w", v.Name, err)
 			}
 			v = nv
-			os.RemoveAll(state)
+			l.dropMoveState(v.ID)
 			v.Note = ""
 			if err := store.SetVMNote(ctx, l.DB, v.ID, "", ""); err != nil {
 				return fmt.Errorf("resume vm %s: %w", v.Name, err)
@@ -410,7 +502,7 @@ func (l *Local) ExportBundleFrom(ctx context.Context, id string, off int64, w io
 		if err := add("disk.qcow2"); err != nil {
 			return fmt.Errorf("export vm %s: %w", v.Name, err)
 		}
-		if exists(l.moveState(v.ID)) {
+		if l.suspended(ctx, v.ID) {
 			h.Memory, h.AgentKey = true, v.AgentKey
 			ents, err := os.ReadDir(l.moveState(v.ID))
 			if err != nil {

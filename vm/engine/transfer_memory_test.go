@@ -86,7 +86,7 @@ func moveGuest(t *testing.T, dir string, trusted ssh.PublicKey, gn *guestNet) *g
 	return srv
 }
 
-func newMoveHost(t *testing.T, dir, name string, key ssh.Signer, srv *guestagent.Server, subnet string) *moveHost {
+func newMoveHost(t *testing.T, dir, name string, key ssh.Signer, srv *guestagent.Server, subnet string, wrap ...func(*fakeagent.AgentDriver) hypervisor.Driver) *moveHost {
 	t.Helper()
 	ctx := context.Background()
 	db, err := store.Open(ctx, filepath.Join(dir, name+".db"))
@@ -102,9 +102,13 @@ func newMoveHost(t *testing.T, dir, name string, key ssh.Signer, srv *guestagent
 	img := engine.Image{Ref: "minimal@1", OS: "minimal", Path: base, Format: "raw", SizeBytes: 1 << 20, Kernel: base}
 	h := &moveHost{drv: fakeagent.NewAgentDriver(fake.New(fake.Config{Caps: hypervisor.Caps{MemorySnapshot: true}}), srv),
 		ports: &ports{set: map[string]netip.Addr{}}, db: db, key: key}
+	var drv hypervisor.Driver = h.drv
+	for _, w := range wrap {
+		drv = w(h.drv)
+	}
 	h.eng, err = engine.NewLocal(engine.Config{StateDir: filepath.Join(dir, name), ReadyTimeout: 10 * time.Second,
 		StopTimeout: time.Second, Subnet: netip.MustParsePrefix(subnet)},
-		engine.Deps{DB: db, Driver: h.drv, Network: h.ports, Images: oneImage{img}, Disks: copyDisks{}, HostKey: key})
+		engine.Deps{DB: db, Driver: drv, Network: h.ports, Images: oneImage{img}, Disks: copyDisks{}, HostKey: key})
 	if err != nil {
 		t.Fatal(err)
 	}

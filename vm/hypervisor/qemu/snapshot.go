@@ -56,6 +56,17 @@ func (d *Driver) SaveState(ctx context.Context, h *hypervisor.Handle, dir string
 	return nil
 }
 
+var _ hypervisor.UnsyncedSaver = (*Driver)(nil)
+
+// SaveStateUnsynced is SaveState without flushing the saved files to
+// stable storage (hypervisor.UnsyncedSaver).
+func (d *Driver) SaveStateUnsynced(ctx context.Context, h *hypervisor.Handle, dir string) error {
+	if err := d.saveState(ctx, h, dir, false); err != nil {
+		return fmt.Errorf("save vm state: %w", err)
+	}
+	return nil
+}
+
 // SaveCopy is SaveState for a fork (see hypervisor.Forker): the same
 // files, not flushed to stable storage, since a copy is started from them
 // at once and they are removed after.
