@@ -9,6 +9,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -317,5 +318,66 @@ func TestNewNonce(t *testing.T) {
 			t.Fatalf("nonce %q repeated", n)
 		}
 		seen[n] = true
+	}
+}
+
+// TestLinkKickRestoredGuest: a guest restored from a saved state (a fork)
+// first reads whatever the host sent with its old session, which drops it,
+// and then answers the next HELLO. By then the host's backoff has grown
+// (the relay started before the restore); a kick (a client waiting for
+// the link) makes the next HELLO come at once instead of up to a second
+// later.
+func TestLinkKickRestoredGuest(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	host, guest := socketpair(t)
+	var restored atomic.Bool
+	go func() {
+		// The old session: reads and drops everything up to and
+		// including the first read after the restore.
+		buf := make([]byte, 4096)
+		for {
+			if _, err := guest.Read(buf); err != nil {
+				return
+			}
+			if restored.Load() {
+				break
+			}
+		}
+		opened := false
+		Serve(ctx, func(ctx context.Context) (io.ReadWriteCloser, error) {
+			if opened {
+				<-ctx.Done()
+				return nil, ctx.Err()
+			}
+			opened = true
+			return noClose{guest}, nil
+		}, echo, nil)
+	}()
+	kick := make(chan struct{}, 1)
+	type result struct {
+		sess interface{ Close() error }
+		at   time.Time
+		err  error
+	}
+	done := make(chan result, 1)
+	go func() {
+		sess, err := Dial(ctx, host, DialConfig{Kick: kick})
+		done <- result{sess, time.Now(), err}
+	}()
+	// Past the first second: the host's retries are 200 ms and growing.
+	time.Sleep(1500 * time.Millisecond)
+	restored.Store(true)
+	kicked := time.Now()
+	kick <- struct{}{}
+	r := <-done
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	defer r.sess.Close()
+	took := r.at.Sub(kicked)
+	t.Logf("link up %v after the kick", took)
+	if took > 250*time.Millisecond {
+		t.Fatalf("link up %v after the kick, want < 250 ms", took)
 	}
 }
