@@ -41,6 +41,13 @@ type Config struct {
 	User string
 	// Timeout bounds connecting and the SSH handshake (default 10 s).
 	Timeout time.Duration
+	// Observe, if set, is told how long each phase of WaitReady took:
+	// "connect" (the stream to the agent: for hybrid vsock, until the
+	// relay's CONNECT was answered, so its link to the guest is up),
+	// "handshake" (SSH key exchange and authentication), "ping", and
+	// "retry" (a failed attempt and the pause after it). It is called on
+	// WaitReady's goroutine and must not block.
+	Observe func(phase string, took time.Duration)
 }
 
 // Validate reports whether c is usable.
@@ -203,19 +210,22 @@ func NewClient(ctx context.Context, c net.Conn, cfg Config) (*Client, error) {
 
 // WaitReady dials ep and pings the agent, retrying every 50 ms (temporary
 // failures only: not an authentication or host key failure) until it
-// answers or ctx ends. Each attempt is bounded by cfg.Timeout.
+// answers or ctx ends. Each attempt is bounded by cfg.Timeout. The
+// phases' times go to cfg.Observe.
 func WaitReady(ctx context.Context, ep hypervisor.AgentEndpoint, cfg Config) (*Client, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
+	observe := cfg.Observe
+	if observe == nil {
+		observe = func(string, time.Duration) {}
+	}
 	var last error
 	for {
-		c, err := Dial(ctx, ep, cfg)
+		t0 := time.Now()
+		c, err := waitAttempt(ctx, ep, cfg, observe)
 		if err == nil {
-			if _, err = c.Ping(ctx); err == nil {
-				return c, nil
-			}
-			c.Close()
+			return c, nil
 		}
 		if errors.Is(err, errs.Unauthenticated) || errors.Is(err, errs.InvalidArgument) {
 			return nil, err
@@ -228,7 +238,34 @@ func WaitReady(ctx context.Context, ep hypervisor.AgentEndpoint, cfg Config) (*C
 			return nil, errs.New(errs.Unavailable, "wait for agent: %w (last error: %v)", ctx.Err(), last)
 		case <-t.C:
 		}
+		observe("retry", time.Since(t0))
 	}
+}
+
+// waitAttempt is one attempt of WaitReady: dial, handshake, ping.
+func waitAttempt(ctx context.Context, ep hypervisor.AgentEndpoint, cfg Config, observe func(string, time.Duration)) (*Client, error) {
+	cfg = cfg.withDefaults()
+	dctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
+	defer cancel()
+	t0 := time.Now()
+	conn, err := DialStream(dctx, ep)
+	if err != nil {
+		return nil, err
+	}
+	t1 := time.Now()
+	c, err := NewClient(dctx, conn, cfg)
+	if err != nil {
+		return nil, err
+	}
+	t2 := time.Now()
+	if _, err := c.Ping(ctx); err != nil {
+		c.Close()
+		return nil, err
+	}
+	observe("connect", t1.Sub(t0))
+	observe("handshake", t2.Sub(t1))
+	observe("ping", time.Since(t2))
+	return c, nil
 }
 
 // SSH returns the underlying SSH client (for the gateway, which relays
