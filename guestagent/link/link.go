@@ -214,18 +214,21 @@ func Handshake(ctx context.Context, rwc io.ReadWriteCloser, retry time.Duration)
 }
 
 // Kick timing: after a kick (DialConfig.Kick) a HELLO goes out at once and
-// then every kickRetry for kickFor, whatever the backoff had reached.
+// then every kickRetry for kickFor, whatever the backoff had reached; then
+// the backoff starts over (every retry for a second, then doubling).
 const (
 	kickRetry = 10 * time.Millisecond
 	kickFor   = 300 * time.Millisecond
 )
 
 // handshake is Handshake with kicks: each receive from kick sends a HELLO
-// at once and retries every kickRetry for kickFor (nil: no kicks).
+// at once, retries every kickRetry for kickFor and starts the backoff over
+// (nil: no kicks).
 func handshake(ctx context.Context, rwc io.ReadWriteCloser, retry time.Duration, kick <-chan struct{}) (io.ReadWriteCloser, error) {
 	if retry <= 0 {
 		retry = 100 * time.Millisecond
 	}
+	base := retry
 	defer closeOnDone(ctx, rwc)()
 	br := bufio.NewReaderSize(rwc, 4096)
 	lr := lineReader{br: br}
@@ -294,7 +297,11 @@ func handshake(ctx context.Context, rwc io.ReadWriteCloser, retry time.Duration,
 			if err := resend(); err != nil {
 				return nil, err
 			}
+			// After the fast spell the backoff starts over: a guest
+			// slow to reopen its port (a loaded host) must not find it
+			// grown.
 			fastUntil = time.Now().Add(kickFor)
+			retry, steady = base, fastUntil.Add(time.Second)
 			timer.Reset(kickRetry)
 		case <-timer.C:
 			if err := resend(); err != nil {
@@ -362,7 +369,7 @@ type DialConfig struct {
 	KeepAlive time.Duration
 	// Kick, if set, hurries the handshake: each receive sends a HELLO at
 	// once and then one every 10 ms for 300 ms, whatever the backoff had
-	// reached. The relay kicks when a client is waiting for a link that
+	// reached, and then starts the backoff over. The relay kicks when a client is waiting for a link that
 	// is not up: a guest just restored (a fork) drops the HELLOs queued
 	// while it was paused, and answers the next one at once.
 	Kick <-chan struct{}
