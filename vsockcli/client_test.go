@@ -1024,12 +1024,24 @@ func TestWaitReadyObserves(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	mu.Lock()
-	defer mu.Unlock()
 	t.Logf("phases %v: %v", order, got)
 	for _, p := range []string{"connect", "handshake", "ping"} {
 		if d, ok := got[p]; !ok || d <= 0 {
 			t.Errorf("phase %s: %v, %v (want a positive time)", p, d, ok)
 		}
+	}
+	// NoPing: the handshake is the last phase.
+	clear(got)
+	cfg.NoPing = true
+	c2, err := WaitReady(ctx, e.ep, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c2.Close()
+	if _, ok := got["ping"]; ok || got["handshake"] <= 0 {
+		t.Errorf("with NoPing: phases %v, want a handshake and no ping", got)
+	}
+	if _, err := c2.Ping(ctx); err != nil {
+		t.Errorf("client from WaitReady with NoPing: %v", err)
 	}
 }

@@ -439,6 +439,10 @@ func (l *Local) startFork(ctx context.Context, o *op, u *undo, fk hypervisor.For
 	acfg := l.agentConfig(src.AgentKey, nil)
 	var phases agentPhases
 	acfg.Observe = phases.observe
+	// The re-identification right after is the ping: a round trip less
+	// to a guest whose every first round trip is slow (TCG translates its
+	// code anew).
+	acfg.NoPing = true
 	if early != nil {
 		row, h, cl, restored, err = l.finishEarlyCopy(ctx, o, early, row, state, acfg, lap, progress)
 		if errors.Is(err, errEarlyUnfit) {
