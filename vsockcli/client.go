@@ -41,6 +41,19 @@ type Config struct {
 	User string
 	// Timeout bounds connecting and the SSH handshake (default 10 s).
 	Timeout time.Duration
+	// NoPing makes WaitReady return once the SSH handshake is done,
+	// without pinging the agent: for a caller whose first request comes
+	// at once and may as well be the ping (a fork's re-identification).
+	// Each round trip to a guest just restored under TCG on a loaded
+	// host costs tens to hundreds of ms.
+	NoPing bool
+	// Observe, if set, is told how long each phase of WaitReady took:
+	// "connect" (the stream to the agent: for hybrid vsock, until the
+	// relay's CONNECT was answered, so its link to the guest is up),
+	// "handshake" (SSH key exchange and authentication), "ping", and
+	// "retry" (a failed attempt and the pause after it). It is called on
+	// WaitReady's goroutine and must not block.
+	Observe func(phase string, took time.Duration)
 }
 
 // Validate reports whether c is usable.
@@ -169,6 +182,15 @@ func Dial(ctx context.Context, ep hypervisor.AgentEndpoint, cfg Config) (*Client
 	return NewClient(ctx, c, cfg)
 }
 
+// agentKex is the key exchange of the agent connection: X25519 alone,
+// without the default's ML-KEM-768 hybrid. The agent's side of every
+// handshake runs in the guest, under TCG often, and right after a fork or
+// a warm restore on code TCG has not translated yet: its CPU time is the
+// wait. The connection never leaves the host (a unix socket to the
+// hypervisor's virtio-serial port or vsock), so a recorded-now,
+// broken-later attacker would have to record it on the host itself.
+var agentKex = []string{ssh.KeyExchangeCurve25519}
+
 // NewClient runs the SSH handshake on an established stream to an agent.
 // On error c is closed.
 func NewClient(ctx context.Context, c net.Conn, cfg Config) (*Client, error) {
@@ -184,6 +206,7 @@ func NewClient(ctx context.Context, c net.Conn, cfg Config) (*Client, error) {
 	c.SetDeadline(dl)
 	stop := context.AfterFunc(ctx, func() { c.SetDeadline(time.Unix(1, 0)) })
 	conn, chans, reqs, err := ssh.NewClientConn(c, "minions-agent", &ssh.ClientConfig{
+		Config:          ssh.Config{KeyExchanges: agentKex},
 		User:            cfg.User,
 		Auth:            []ssh.AuthMethod{ssh.PublicKeys(cfg.Signer)},
 		HostKeyCallback: cfg.HostKey,
@@ -201,21 +224,24 @@ func NewClient(ctx context.Context, c net.Conn, cfg Config) (*Client, error) {
 	return &Client{ssh: ssh.NewClient(conn, chans, reqs)}, nil
 }
 
-// WaitReady dials ep and pings the agent, retrying every 50 ms (temporary
-// failures only: not an authentication or host key failure) until it
-// answers or ctx ends. Each attempt is bounded by cfg.Timeout.
+// WaitReady dials ep and pings the agent (unless cfg.NoPing), retrying
+// every 50 ms (temporary failures only: not an authentication or host key
+// failure) until it answers or ctx ends. Each attempt is bounded by
+// cfg.Timeout. The phases' times go to cfg.Observe.
 func WaitReady(ctx context.Context, ep hypervisor.AgentEndpoint, cfg Config) (*Client, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
+	observe := cfg.Observe
+	if observe == nil {
+		observe = func(string, time.Duration) {}
+	}
 	var last error
 	for {
-		c, err := Dial(ctx, ep, cfg)
+		t0 := time.Now()
+		c, err := waitAttempt(ctx, ep, cfg, observe)
 		if err == nil {
-			if _, err = c.Ping(ctx); err == nil {
-				return c, nil
-			}
-			c.Close()
+			return c, nil
 		}
 		if errors.Is(err, errs.Unauthenticated) || errors.Is(err, errs.InvalidArgument) {
 			return nil, err
@@ -228,7 +254,37 @@ func WaitReady(ctx context.Context, ep hypervisor.AgentEndpoint, cfg Config) (*C
 			return nil, errs.New(errs.Unavailable, "wait for agent: %w (last error: %v)", ctx.Err(), last)
 		case <-t.C:
 		}
+		observe("retry", time.Since(t0))
 	}
+}
+
+// waitAttempt is one attempt of WaitReady: dial, handshake, ping.
+func waitAttempt(ctx context.Context, ep hypervisor.AgentEndpoint, cfg Config, observe func(string, time.Duration)) (*Client, error) {
+	cfg = cfg.withDefaults()
+	dctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
+	defer cancel()
+	t0 := time.Now()
+	conn, err := DialStream(dctx, ep)
+	if err != nil {
+		return nil, err
+	}
+	t1 := time.Now()
+	c, err := NewClient(dctx, conn, cfg)
+	if err != nil {
+		return nil, err
+	}
+	t2 := time.Now()
+	observe("connect", t1.Sub(t0))
+	observe("handshake", t2.Sub(t1))
+	if cfg.NoPing {
+		return c, nil
+	}
+	if _, err := c.Ping(ctx); err != nil {
+		c.Close()
+		return nil, err
+	}
+	observe("ping", time.Since(t2))
+	return c, nil
 }
 
 // SSH returns the underlying SSH client (for the gateway, which relays

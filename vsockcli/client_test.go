@@ -1003,3 +1003,45 @@ func TestExecFastExit(t *testing.T) {
 		}
 	}
 }
+
+// TestWaitReadyObserves: WaitReady tells Config.Observe how long it
+// connected, shook hands and pinged (the phases of a fork's "agent" step).
+func TestWaitReadyObserves(t *testing.T) {
+	ctx := testCtx(t)
+	e := newEnv(t, envOpts{})
+	cfg := e.config()
+	var mu sync.Mutex
+	got := map[string]time.Duration{}
+	var order []string
+	cfg.Observe = func(phase string, d time.Duration) {
+		mu.Lock()
+		defer mu.Unlock()
+		order = append(order, phase)
+		got[phase] += d
+	}
+	c, err := WaitReady(ctx, e.ep, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	t.Logf("phases %v: %v", order, got)
+	for _, p := range []string{"connect", "handshake", "ping"} {
+		if d, ok := got[p]; !ok || d <= 0 {
+			t.Errorf("phase %s: %v, %v (want a positive time)", p, d, ok)
+		}
+	}
+	// NoPing: the handshake is the last phase.
+	clear(got)
+	cfg.NoPing = true
+	c2, err := WaitReady(ctx, e.ep, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c2.Close()
+	if _, ok := got["ping"]; ok || got["handshake"] <= 0 {
+		t.Errorf("with NoPing: phases %v, want a handshake and no ping", got)
+	}
+	if _, err := c2.Ping(ctx); err != nil {
+		t.Errorf("client from WaitReady with NoPing: %v", err)
+	}
+}

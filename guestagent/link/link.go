@@ -210,9 +210,25 @@ func Accept(ctx context.Context, rwc io.ReadWriteCloser) (io.ReadWriteCloser, st
 // only the OK of the latest HELLO counts. It returns a stream positioned
 // just after the OK line. On ctx end rwc is closed.
 func Handshake(ctx context.Context, rwc io.ReadWriteCloser, retry time.Duration) (io.ReadWriteCloser, error) {
+	return handshake(ctx, rwc, retry, nil)
+}
+
+// Kick timing: after a kick (DialConfig.Kick) a HELLO goes out at once and
+// then every kickRetry for kickFor, whatever the backoff had reached; then
+// the backoff starts over (every retry for a second, then doubling).
+const (
+	kickRetry = 10 * time.Millisecond
+	kickFor   = 300 * time.Millisecond
+)
+
+// handshake is Handshake with kicks: each receive from kick sends a HELLO
+// at once, retries every kickRetry for kickFor and starts the backoff over
+// (nil: no kicks).
+func handshake(ctx context.Context, rwc io.ReadWriteCloser, retry time.Duration, kick <-chan struct{}) (io.ReadWriteCloser, error) {
 	if retry <= 0 {
 		retry = 100 * time.Millisecond
 	}
+	base := retry
 	defer closeOnDone(ctx, rwc)()
 	br := bufio.NewReaderSize(rwc, 4096)
 	lr := lineReader{br: br}
@@ -261,20 +277,42 @@ func Handshake(ctx context.Context, rwc io.ReadWriteCloser, retry time.Duration)
 	timer := time.NewTimer(retry)
 	defer timer.Stop()
 	steady := time.Now().Add(time.Second)
+	var fastUntil time.Time // kicked: retry every kickRetry until then
+	resend := func() error {
+		if err := send(); err != nil {
+			if ctx.Err() != nil {
+				// The end of ctx closed the connection under this
+				// write: the deadline is the reason.
+				return ctx.Err()
+			}
+			return fmt.Errorf("link handshake: write hello: %w", err)
+		}
+		return nil
+	}
 	for {
 		select {
 		case <-ctx.Done():
 			return nil, ctx.Err()
-		case <-timer.C:
-			if err := send(); err != nil {
-				if ctx.Err() != nil {
-					// The end of ctx closed the connection under
-					// this write: the deadline is the reason.
-					return nil, ctx.Err()
-				}
-				return nil, fmt.Errorf("link handshake: write hello: %w", err)
+		case <-kick:
+			if err := resend(); err != nil {
+				return nil, err
 			}
-			if time.Now().After(steady) {
+			// After the fast spell the backoff starts over: a guest
+			// slow to reopen its port (a loaded host) must not find it
+			// grown.
+			fastUntil = time.Now().Add(kickFor)
+			retry, steady = base, fastUntil.Add(time.Second)
+			timer.Reset(kickRetry)
+		case <-timer.C:
+			if err := resend(); err != nil {
+				return nil, err
+			}
+			now := time.Now()
+			if now.Before(fastUntil) {
+				timer.Reset(kickRetry)
+				continue
+			}
+			if now.After(steady) {
 				retry = min(retry*2, time.Second)
 			}
 			timer.Reset(retry)
@@ -329,6 +367,12 @@ type DialConfig struct {
 	// KeepAlive is the yamux keepalive interval (default 2 s); a session
 	// whose peer does not answer within twice this dies.
 	KeepAlive time.Duration
+	// Kick, if set, hurries the handshake: each receive sends a HELLO at
+	// once and then one every 10 ms for 300 ms, whatever the backoff had
+	// reached, and then starts the backoff over. The relay kicks when a client is waiting for a link that
+	// is not up: a guest just restored (a fork) drops the HELLOs queued
+	// while it was paused, and answers the next one at once.
+	Kick <-chan struct{}
 }
 
 func (c DialConfig) withDefaults() DialConfig {
@@ -345,7 +389,7 @@ func (c DialConfig) withDefaults() DialConfig {
 // session over it. Closing the session closes rwc. On error rwc is closed.
 func Dial(ctx context.Context, rwc io.ReadWriteCloser, cfg DialConfig) (*yamux.Session, error) {
 	cfg = cfg.withDefaults()
-	conn, err := Handshake(ctx, rwc, cfg.HelloRetry)
+	conn, err := handshake(ctx, rwc, cfg.HelloRetry, cfg.Kick)
 	if err != nil {
 		rwc.Close()
 		return nil, err

@@ -4,11 +4,13 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"net"
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -317,5 +319,75 @@ func TestNewNonce(t *testing.T) {
 			t.Fatalf("nonce %q repeated", n)
 		}
 		seen[n] = true
+	}
+}
+
+// TestLinkKickRestoredGuest: a guest restored from a saved state (a fork)
+// first reads whatever the host sent with its old session, which drops it,
+// and then answers the next HELLO. By then the host's backoff has grown
+// (the relay started before the restore); a kick (a client waiting for
+// the link) makes the next HELLO come at once instead of up to a second
+// later.
+func TestLinkKickRestoredGuest(t *testing.T) {
+	// late: how long after the kick the guest reopens its port (beyond
+	// the fast spell: a loaded host).
+	for _, late := range []time.Duration{0, 600 * time.Millisecond} {
+		t.Run(fmt.Sprint("reopen-after-", late), func(t *testing.T) { testLinkKick(t, late) })
+	}
+}
+
+func testLinkKick(t *testing.T, late time.Duration) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	host, guest := socketpair(t)
+	var reopenAt atomic.Int64 // unix nanos; 0: not restored yet
+	go func() {
+		// The old session: reads and drops everything up to and
+		// including the first read after the restore (and, when the
+		// guest is slow, until it reopens its port).
+		buf := make([]byte, 4096)
+		for {
+			if _, err := guest.Read(buf); err != nil {
+				return
+			}
+			if at := reopenAt.Load(); at != 0 && time.Now().UnixNano() >= at {
+				break
+			}
+		}
+		opened := false
+		Serve(ctx, func(ctx context.Context) (io.ReadWriteCloser, error) {
+			if opened {
+				<-ctx.Done()
+				return nil, ctx.Err()
+			}
+			opened = true
+			return noClose{guest}, nil
+		}, echo, nil)
+	}()
+	kick := make(chan struct{}, 1)
+	type result struct {
+		sess interface{ Close() error }
+		at   time.Time
+		err  error
+	}
+	done := make(chan result, 1)
+	go func() {
+		sess, err := Dial(ctx, host, DialConfig{Kick: kick})
+		done <- result{sess, time.Now(), err}
+	}()
+	// Past the first second: the host's retries are 200 ms and growing.
+	time.Sleep(1500 * time.Millisecond)
+	kicked := time.Now()
+	reopenAt.Store(kicked.Add(late).UnixNano())
+	kick <- struct{}{}
+	r := <-done
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	defer r.sess.Close()
+	took := r.at.Sub(kicked) - late
+	t.Logf("link up %v after the guest reopened its port", took)
+	if took > 250*time.Millisecond {
+		t.Fatalf("link up %v after the guest reopened its port, want < 250 ms", took)
 	}
 }

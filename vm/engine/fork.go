@@ -438,8 +438,15 @@ func (l *Local) startFork(ctx context.Context, o *op, u *undo, fk hypervisor.For
 	var cl *vsockcli.Client
 	var restored time.Time
 	var err error
+	acfg := l.agentConfig(src.AgentKey, nil)
+	var phases agentPhases
+	acfg.Observe = phases.observe
+	// The re-identification right after is the ping: a round trip less
+	// to a guest whose every first round trip is slow (TCG translates its
+	// code anew).
+	acfg.NoPing = true
 	if early != nil {
-		row, h, cl, restored, err = l.finishEarlyCopy(ctx, o, early, row, state, src.AgentKey, lap, progress)
+		row, h, cl, restored, err = l.finishEarlyCopy(ctx, o, early, row, state, acfg, lap, progress)
 		if errors.Is(err, errEarlyUnfit) {
 			// The source's save did not fit the copy started early (its
 			// RAM was streamed): restore the usual way.
@@ -449,7 +456,7 @@ func (l *Local) startFork(ctx context.Context, o *op, u *undo, fk hypervisor.For
 	}
 	if early == nil {
 		progress.Say("restore")
-		row, h, cl, restored, err = l.restoreCopyReady(ctx, o, u, fk, row, hs, state, l.agentConfig(src.AgentKey, nil), "restore", progress)
+		row, h, cl, restored, err = l.restoreCopyReady(ctx, o, u, fk, row, hs, state, acfg, "restore", progress)
 	}
 	if err != nil {
 		return row, err
@@ -457,6 +464,7 @@ func (l *Local) startFork(ctx context.Context, o *op, u *undo, fk hypervisor.For
 	defer cl.Close()
 	lap.add("restore", restored.Sub(start))
 	lap.add("agent", time.Since(restored))
+	phases.addTo(lap)
 	lap.mark("restore and agent")
 	pctx, cancel := context.WithTimeout(ctx, l.cfg.ReadyTimeout)
 	defer cancel()
@@ -492,14 +500,45 @@ func (l *Local) startFork(ctx context.Context, o *op, u *undo, fk hypervisor.For
 	return row, nil
 }
 
+// agentPhases sums the phases of waiting for an agent
+// (vsockcli.Config.Observe) for a fork's timing line. Safe for concurrent
+// use.
+type agentPhases struct {
+	mu    sync.Mutex
+	order []string
+	took  map[string]time.Duration
+}
+
+func (a *agentPhases) observe(phase string, d time.Duration) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.took == nil {
+		a.took = map[string]time.Duration{}
+	}
+	if _, ok := a.took[phase]; !ok {
+		a.order = append(a.order, phase)
+	}
+	a.took[phase] += d
+}
+
+// addTo adds each phase to t as "agent <phase>".
+func (a *agentPhases) addTo(t *laps) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, p := range a.order {
+		t.add("agent "+p, a.took[p])
+	}
+}
+
 // errEarlyUnfit: the copy started early cannot take the saved state
 // (FinishCopy refused it as unfit); it was killed.
 var errEarlyUnfit = errors.New("copy started early does not fit the saved state")
 
 // finishEarlyCopy waits for the copy started early, restores it from the
-// state in dir, records its handle and waits for its agent (which trusts
-// key), as restoreCopyReady does for a copy started after the save.
-func (l *Local) finishEarlyCopy(ctx context.Context, o *op, e *earlyCopy, row store.VM, dir, key string, lap *laps, progress Progress) (store.VM, *hypervisor.Handle, *vsockcli.Client, time.Time, error) {
+// state in dir, records its handle and waits for its agent (cfg: a key
+// the copy trusts), as restoreCopyReady does for a copy started after the
+// save.
+func (l *Local) finishEarlyCopy(ctx context.Context, o *op, e *earlyCopy, row store.VM, dir string, cfg vsockcli.Config, lap *laps, progress Progress) (store.VM, *hypervisor.Handle, *vsockcli.Client, time.Time, error) {
 	h, err := e.wait()
 	if err != nil {
 		// Its start failed (and was undone): the usual way may work.
@@ -516,7 +555,7 @@ func (l *Local) finishEarlyCopy(ctx context.Context, o *op, e *earlyCopy, row st
 	}
 	restored := time.Now()
 	progress.Say("agent")
-	row, cl, err := l.recordAndWaitReady(ctx, o, row, h, e.console, l.agentConfig(key, nil))
+	row, cl, err := l.recordAndWaitReady(ctx, o, row, h, e.console, cfg)
 	if err != nil {
 		return row, nil, nil, time.Time{}, err
 	}

@@ -98,6 +98,7 @@ type relay struct {
 	mu      sync.Mutex
 	sess    *yamux.Session
 	changed chan struct{} // closed and replaced whenever sess changes
+	kick    chan struct{} // a client waits for a link that is not up (link.DialConfig.Kick)
 	nextID  atomic.Uint32
 	active  atomic.Int32 // open client connections
 }
@@ -118,7 +119,7 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	cfg = cfg.withDefaults()
-	r := &relay{cfg: cfg, log: cfg.Log, changed: make(chan struct{})}
+	r := &relay{cfg: cfg, log: cfg.Log, changed: make(chan struct{}), kick: make(chan struct{}, 1)}
 
 	os.Remove(cfg.Listen)
 	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: cfg.Listen, Net: "unix"})
@@ -153,16 +154,27 @@ func (r *relay) setSession(s *yamux.Session) {
 	r.mu.Unlock()
 }
 
-// session waits up to SessionWait for a live link session.
+// session waits up to SessionWait for a live link session. While there
+// is none it kicks the link's handshake: a guest just restored (a fork,
+// whose relay started before the restore) answers the next HELLO at once,
+// and the backoff must not keep the client waiting for it.
 func (r *relay) session(ctx context.Context) (*yamux.Session, error) {
 	t := time.NewTimer(r.cfg.SessionWait)
 	defer t.Stop()
+	kicked := false
 	for {
 		r.mu.Lock()
 		s, changed := r.sess, r.changed
 		r.mu.Unlock()
 		if s != nil && !s.IsClosed() {
 			return s, nil
+		}
+		if !kicked {
+			kicked = true
+			select {
+			case r.kick <- struct{}{}:
+			default: // a kick is pending already
+			}
 		}
 		select {
 		case <-changed:
@@ -200,7 +212,7 @@ func (r *relay) linkLoop(ctx context.Context) error {
 		}
 		connected, goneSince = true, time.Time{}
 		start := time.Now()
-		sess, err := link.Dial(ctx, conn, link.DialConfig{KeepAlive: r.cfg.KeepAlive})
+		sess, err := link.Dial(ctx, conn, link.DialConfig{KeepAlive: r.cfg.KeepAlive, Kick: r.kick})
 		if err != nil {
 			if ctx.Err() == nil {
 				r.log.Debug("link handshake", "err", err)

@@ -362,3 +362,63 @@ func TestReleaseBuffers(t *testing.T) {
 		t.Fatalf("%d buffers kept after ReleaseBuffers, want 0", n)
 	}
 }
+
+// TestRelayConnectKicksRestoredGuest: the relay of a fork starts before
+// its guest is restored; the restored guest's old session drops what the
+// relay sent meanwhile, and then answers the next HELLO. A client's
+// CONNECT makes that HELLO come at once, not when the handshake's backoff
+// (grown while the guest was not there) says.
+func TestRelayConnectKicksRestoredGuest(t *testing.T) {
+	serial, listen := sockets(t)
+	l, err := net.Listen("unix", serial)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var restored atomic.Bool
+	go func() {
+		c, err := l.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		// The old session: reads and drops everything up to and
+		// including the first read after the restore.
+		buf := make([]byte, 4096)
+		for {
+			if _, err := c.Read(buf); err != nil {
+				return
+			}
+			if restored.Load() {
+				break
+			}
+		}
+		opened := false
+		link.Serve(ctx, func(ctx context.Context) (io.ReadWriteCloser, error) {
+			if opened {
+				<-ctx.Done()
+				return nil, ctx.Err()
+			}
+			opened = true
+			return c, nil
+		}, func(c net.Conn) {
+			defer c.Close()
+			io.Copy(c, c)
+		}, nil)
+	}()
+	startRelay(t, Config{SerialSocket: serial, Listen: listen})
+	// Past the handshake's first second: its retries are 200 ms and
+	// growing.
+	time.Sleep(1500 * time.Millisecond)
+	restored.Store(true)
+	start := time.Now()
+	c, _ := connect(t, listen, nil)
+	c.Close()
+	took := time.Since(start)
+	t.Logf("connected %v after the restore", took)
+	if took > 250*time.Millisecond {
+		t.Fatalf("connected %v after the restore, want < 250 ms", took)
+	}
+}
