@@ -83,10 +83,10 @@ type identity struct {
 
 func parseIdentity(r proto.Reidentify) (identity, error) {
 	id := identity{hostname: r.Hostname, machineID: r.MachineID, entropy: r.Entropy}
-	if !hostnameRE().MatchString(r.Hostname) {
+	if !validHostname(r.Hostname) {
 		return id, fmt.Errorf("invalid hostname %q", r.Hostname)
 	}
-	if !machineIDRE().MatchString(r.MachineID) {
+	if !validMachineID(r.MachineID) {
 		return id, fmt.Errorf("invalid machine id %q", r.MachineID)
 	}
 	if len(r.Entropy) < proto.MinEntropy || len(r.Entropy) > maxEntropy {
@@ -186,8 +186,12 @@ var leftoverGlobs = []string{
 // journald, which keeps the machine-id it started with, is stopped first
 // (what is logged from then on waits in its sockets) and restarted under
 // the new identity once the guest is quiet (journalLater).
-func (s *Server) reidentify(r proto.Reidentify) (proto.ReidentifyReply, error) {
-	begin := time.Now()
+//
+// received is when the request arrived (before it was decoded): the clock
+// is set to the request's time plus the time since (ClockFromReceipt), and
+// the first step's time counts from there.
+func (s *Server) reidentify(r proto.Reidentify, received time.Time) (proto.ReidentifyReply, error) {
+	begin := received
 	id, err := parseIdentity(r)
 	if err != nil {
 		return proto.ReidentifyReply{}, err
@@ -224,9 +228,12 @@ func (s *Server) becomeIdentity(id identity, begin, checked time.Time, paused bo
 		return reply, fmt.Errorf("reseed rng: %w", err)
 	}
 	step("reseed rng")
-	if err := s.cfg.SetTime(id.now); err != nil {
+	// The host's time when it sent the request, moved on by what the
+	// guest has spent since it received it (seconds under load).
+	if err := s.cfg.SetTime(id.now.Add(time.Since(begin))); err != nil {
 		return reply, fmt.Errorf("set clock: %w", err)
 	}
+	reply.ClockFromReceipt = true
 	step("set clock")
 	if err := s.cfg.SetHostname(id.hostname); err != nil {
 		return reply, fmt.Errorf("set hostname: %w", err)
@@ -262,7 +269,7 @@ func (s *Server) becomeIdentity(id identity, begin, checked time.Time, paused bo
 	step("set machine id")
 
 	globs := leftoverGlobs
-	if machineIDRE().MatchString(oldID) && oldID != id.machineID {
+	if validMachineID(oldID) && oldID != id.machineID {
 		globs = append(globs[:len(globs):len(globs)], "/var/log/journal/"+oldID, "/run/log/journal/"+oldID)
 	}
 	for _, g := range globs {

@@ -187,8 +187,10 @@ func TestReidentifyOverSSH(t *testing.T) {
 	if len(f.reseeded) != 1 || !bytes.Equal(f.reseeded[0], req.Entropy) {
 		t.Errorf("reseeded with %v", f.reseeded)
 	}
-	if len(f.clock) != 1 || f.clock[0].UnixNano() != req.TimeUnixNano {
-		t.Errorf("clock set to %v", f.clock)
+	// The request's time moved on by the guest's time since the receipt
+	// (TestReidentifyClockFromReceipt), well under the call's.
+	if sent := time.Unix(0, req.TimeUnixNano); len(f.clock) != 1 || f.clock[0].Before(sent) || f.clock[0].After(sent.Add(20*time.Second)) {
+		t.Errorf("clock set to %v, want %v moved on by at most the call's time", f.clock, sent)
 	}
 	if !slices.Equal(f.net, []string{"52:54:00:12:34:56 10.9.0.5/24 10.9.0.1"}) {
 		t.Errorf("network %v", f.net)
@@ -256,7 +258,7 @@ func TestReidentifyBadInputChangesNothing(t *testing.T) {
 	} {
 		r := goodReidentify(owner.PublicKey())
 		mut(&r)
-		if _, err := f.srv.reidentify(r); err == nil {
+		if _, err := f.srv.reidentify(r, time.Now()); err == nil {
 			t.Errorf("%s: accepted", name)
 		}
 	}
@@ -397,7 +399,7 @@ func TestReidentifyHostMadeKeys(t *testing.T) {
 	ed := pemKey(t, "ed25519")
 	r.SSHHostKeys = map[string]string{"ed25519": ed}
 	r.AgentHostKey = pemKey(t, "ed25519")
-	reply, err := f.srv.reidentify(r)
+	reply, err := f.srv.reidentify(r, time.Now())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -510,5 +512,41 @@ func TestReidentifyRepliesBeforeFlush(t *testing.T) {
 	defer wcancel()
 	if err := f.srv.WaitFlushed(wctx); err != nil {
 		t.Fatalf("WaitFlushed: %v", err)
+	}
+}
+
+// TestReidentifyClockFromReceipt: the guest sets its clock to the
+// request's time plus what it spent since it received the request (under
+// load that was up to seconds of checks before the clock step), and says
+// so, so the host counts only the transit as the clock's lag.
+func TestReidentifyClockFromReceipt(t *testing.T) {
+	host, owner := signer(t), signer(t)
+	f := newReidFixture(t, host)
+	r := goodReidentify(owner.PublicKey())
+	const waited = 700 * time.Millisecond
+	before := time.Now()
+	reply, err := f.srv.reidentify(r, time.Now().Add(-waited))
+	after := time.Now()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(f.clock) != 1 {
+		t.Fatalf("clock set %d times", len(f.clock))
+	}
+	sent := time.Unix(0, r.TimeUnixNano)
+	lo, hi := sent.Add(waited), sent.Add(waited+after.Sub(before))
+	if got := f.clock[0]; got.Before(lo) || got.After(hi) {
+		t.Errorf("clock set to %v, want the request's time + %v (+ the call's own time): between %v and %v", got, waited, lo, hi)
+	}
+	if !reply.ClockFromReceipt {
+		t.Error("reply does not say the clock counts from the receipt")
+	}
+	// The steps start at the receipt: they add up to at least the wait.
+	var sum int64
+	for _, ms := range reply.StepMillis {
+		sum += ms
+	}
+	if sum < waited.Milliseconds()-int64(len(reply.StepMillis)) {
+		t.Errorf("steps add up to %d ms, want at least the %v since the receipt: %v %v", sum, waited, reply.Steps, reply.StepMillis)
 	}
 }
