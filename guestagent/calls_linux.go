@@ -119,7 +119,6 @@ func (s *Server) status() (proto.Status, error) {
 	return st, nil
 }
 
-
 func (s *Server) configure(c proto.Configure) error {
 	if c.Hostname != nil {
 		if !validHostname(*c.Hostname) {
