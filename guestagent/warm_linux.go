@@ -1,0 +1,114 @@
+package guestagent
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"runtime"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// A guest restored from a template (or forked) runs under TCG with none
+// of its code translated yet: the first command a user sends (`ssh vm@host
+// true`: the shell, the dynamic loader, libc, the kernel's fork, exec and
+// exit) pays for translating all of it. The agent runs that shell once
+// itself right after re-identification's reply, in the idle scheduling
+// class, so it takes only CPU time nobody else wants (the host's next
+// call, the user's command, go first) and whatever it translated the
+// user's command finds done.
+
+// warmShell is the edge the unit tests replace: outside a guest it does
+// nothing (a test host's shell needs no warming).
+var warmShell = func(root string, r *Reaper) (time.Duration, error) {
+	if !inGuest() || (root != "" && root != "/") {
+		return 0, nil
+	}
+	return runWarmShell(root, r)
+}
+
+// runWarmShell runs root's login shell (from root's /etc/passwd) with
+// `-c true`, idle (startIdle), as a command session would, and returns
+// how long it took.
+func runWarmShell(root string, r *Reaper) (time.Duration, error) {
+	start := time.Now()
+	passwd := "/etc/passwd"
+	if root != "" && root != "/" {
+		passwd = root + passwd
+	}
+	u, err := LookupUser(passwd, "root")
+	if err != nil {
+		return 0, err
+	}
+	shell := u.Shell
+	if !fileExists(shell) {
+		shell = "/bin/sh"
+	}
+	cmd := exec.Command(shell, "-c", "true")
+	cmd.Dir = u.Home
+	if !fileExists(u.Home) {
+		cmd.Dir = "/"
+	}
+	cmd.Env = []string{"HOME=" + cmd.Dir, "USER=root", "LOGNAME=root", "SHELL=" + shell,
+		"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
+	wait, err := startIdle(r, cmd)
+	if err != nil {
+		return 0, err
+	}
+	if ws := wait(); !ws.Exited() || ws.ExitStatus() != 0 {
+		return time.Since(start), fmt.Errorf("warm %s: exit status %v", shell, ws)
+	}
+	return time.Since(start), nil
+}
+
+// Linux I/O priority (ioprio_set(2)): the idle class.
+const (
+	ioprioWhoProcess = 1
+	ioprioClassIdle  = 3
+	ioprioClassShift = 13
+)
+
+// startIdle starts cmd (through the reaper, if any) in the idle CPU
+// scheduling class (SCHED_IDLE) and I/O class: it forks on an OS thread of
+// its own put in those classes first (a child inherits its parent
+// thread's), a thread that ends with the call (locked, never unlocked).
+func startIdle(r *Reaper, cmd *exec.Cmd) (func() syscall.WaitStatus, error) {
+	type started struct {
+		wait func() syscall.WaitStatus
+		err  error
+	}
+	ch := make(chan started, 1)
+	go func() {
+		runtime.LockOSThread() // not unlocked: the thread exits with this goroutine
+		if err := unix.SchedSetAttr(0, &unix.SchedAttr{Policy: unix.SCHED_IDLE}, 0); err != nil {
+			ch <- started{err: fmt.Errorf("idle class: %w", err)}
+			return
+		}
+		// Best effort: the CPU class is what matters.
+		unix.Syscall(unix.SYS_IOPRIO_SET, ioprioWhoProcess, 0, ioprioClassIdle<<ioprioClassShift)
+		wait, err := startCmd(r, cmd)
+		ch <- started{wait, err}
+	}()
+	s := <-ch
+	if s.err != nil {
+		return nil, s.err
+	}
+	return s.wait, nil
+}
+
+// warmAfterReidentify warms the shell (warmShell) in the background and
+// logs how long it took.
+func (s *Server) warmAfterReidentify() {
+	go func() {
+		took, err := warmShell(s.cfg.Root, s.cfg.Reaper)
+		switch {
+		case err != nil && !errors.Is(err, os.ErrNotExist):
+			s.log.Info("shell not warmed after re-identification", "err", err)
+		case err == nil && took > 0:
+			s.log.Info("shell warmed after re-identification", "duration_ms", took.Milliseconds())
+		}
+	}()
+}
