@@ -72,9 +72,10 @@ const (
 )
 
 // startIdle starts cmd (through the reaper, if any) in the idle CPU
-// scheduling class (SCHED_IDLE) and I/O class: it forks on an OS thread of
-// its own put in those classes first (a child inherits its parent
-// thread's), a thread that ends with the call (locked, never unlocked).
+// scheduling class (SCHED_IDLE) and I/O class: it forks on an OS thread
+// put in those classes first (a child inherits its parent thread's),
+// which goes back to its classes before other goroutines may run on it (if
+// it cannot, it stays locked to this goroutine and ends with it).
 func startIdle(r *Reaper, cmd *exec.Cmd) (func() syscall.WaitStatus, error) {
 	type started struct {
 		wait func() syscall.WaitStatus
@@ -82,14 +83,25 @@ func startIdle(r *Reaper, cmd *exec.Cmd) (func() syscall.WaitStatus, error) {
 	}
 	ch := make(chan started, 1)
 	go func() {
-		runtime.LockOSThread() // not unlocked: the thread exits with this goroutine
+		runtime.LockOSThread()
+		was, err := unix.SchedGetAttr(0, 0)
+		if err != nil {
+			ch <- started{err: fmt.Errorf("idle class: %w", err)}
+			return
+		}
 		if err := unix.SchedSetAttr(0, &unix.SchedAttr{Policy: unix.SCHED_IDLE}, 0); err != nil {
+			runtime.UnlockOSThread()
 			ch <- started{err: fmt.Errorf("idle class: %w", err)}
 			return
 		}
 		// Best effort: the CPU class is what matters.
+		io, _, _ := unix.Syscall(unix.SYS_IOPRIO_GET, ioprioWhoProcess, 0, 0)
 		unix.Syscall(unix.SYS_IOPRIO_SET, ioprioWhoProcess, 0, ioprioClassIdle<<ioprioClassShift)
 		wait, err := startCmd(r, cmd)
+		unix.Syscall(unix.SYS_IOPRIO_SET, ioprioWhoProcess, 0, io)
+		if unix.SchedSetAttr(0, was, 0) == nil {
+			runtime.UnlockOSThread()
+		}
 		ch <- started{wait, err}
 	}()
 	s := <-ch
