@@ -244,8 +244,14 @@ func (s *Server) becomeIdentity(id identity, begin, checked time.Time, paused bo
 	// journal commit the saved machine had in flight). Both are done
 	// before the reply.
 	netDone := make(chan error, 1)
+	var netMillis int64 // written before netDone, read after it
 	if id.ip.IsValid() || id.mac != nil {
-		go func() { netDone <- s.setNetwork(id.mac, id.ip, id.gw) }()
+		go func() {
+			start := time.Now()
+			err := s.setNetwork(id.mac, id.ip, id.gw)
+			netMillis = max(1, time.Since(start).Milliseconds())
+			netDone <- err
+		}()
 	} else {
 		netDone <- nil
 	}
@@ -320,6 +326,7 @@ func (s *Server) becomeIdentity(id identity, begin, checked time.Time, paused bo
 	if err := waitNet(); err != nil {
 		return reply, fmt.Errorf("network: %w", err)
 	}
+	reply.NetworkMillis = netMillis
 	if id.ip.IsValid() || id.mac != nil {
 		step("move eth0 to its own mac and ip, announce it")
 	}
@@ -346,10 +353,11 @@ func (s *Server) afterReidentify() {
 // guest is quiet (at most journalWaitMax): pid is the journald that
 // reidentify stopped (0: none), which never stays stopped longer.
 func (s *Server) journalLater(pid int) {
+	wait, restart := waitQuiet, restartJournal // the hooks as they are now (tests swap them)
 	go func() {
 		start := time.Now()
-		waitQuiet(quietFor, journalWaitMax, nil)
-		if done := restartJournal(s.cfg.Root, pid); done != "" {
+		wait(quietFor, journalWaitMax, nil)
+		if done := restart(s.cfg.Root, pid); done != "" {
 			s.log.Info("journald restarted under the new identity", "done", done, "waited_ms", time.Since(start).Milliseconds())
 		}
 	}()
@@ -401,14 +409,15 @@ func (s *Server) flushLater(dir string) {
 	prev := s.flushing
 	s.flushing = done
 	s.flushMu.Unlock()
+	wait, flush := waitQuiet, flushFS // the hooks as they are now (tests swap them)
 	go func() {
 		defer close(done)
 		if prev != nil {
 			<-prev
 		}
-		waitQuiet(quietFor, flushWaitMax, s.hurry)
+		wait(quietFor, flushWaitMax, s.hurry)
 		start := time.Now()
-		if err := flushFS(dir); err != nil {
+		if err := flush(dir); err != nil {
 			s.log.Warn("flush after re-identification", "dir", dir, "err", err)
 			return
 		}

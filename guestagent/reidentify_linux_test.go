@@ -549,6 +549,9 @@ func TestReidentifyClockFromReceipt(t *testing.T) {
 	if got := f.clock[0]; got.Before(lo) || got.After(hi) {
 		t.Errorf("clock set to %v, want the request's time + %v (+ the call's own time): between %v and %v", got, waited, lo, hi)
 	}
+	if reply.NetworkMillis <= 0 {
+		t.Errorf("network move took %d ms, want its time (> 0)", reply.NetworkMillis)
+	}
 	if !reply.ClockFromReceipt {
 		t.Error("reply does not say the clock counts from the receipt")
 	}

@@ -114,8 +114,9 @@ func startIdle(r *Reaper, cmd *exec.Cmd) (func() syscall.WaitStatus, error) {
 // warmAfterReidentify warms the shell (warmShell) in the background and
 // logs how long it took.
 func (s *Server) warmAfterReidentify() {
+	warm := warmShell
 	go func() {
-		took, err := warmShell(s.cfg.Root, s.cfg.Reaper)
+		took, err := warm(s.cfg.Root, s.cfg.Reaper)
 		switch {
 		case err != nil && !errors.Is(err, os.ErrNotExist):
 			s.log.Info("shell not warmed after re-identification", "err", err)

@@ -63,4 +63,8 @@ type ReidentifyReply struct {
 	// lags the host's by the request's transit only, not by the steps
 	// before the clock's (older agents set TimeUnixNano as it was).
 	ClockFromReceipt bool `json:"clock_from_receipt,omitempty"`
+	// NetworkMillis is how long eth0's move took, in ms: it runs beside
+	// the steps from "write hostname" on (their times include its share
+	// of the guest's CPU); 0 when the network did not move.
+	NetworkMillis int64 `json:"network_ms,omitempty"`
 }

@@ -212,7 +212,7 @@ func (l *Local) reidentifyGuest(ctx context.Context, cl *vsockcli.Client, row st
 	took := time.Since(start)
 	lag := clockLag(took, r.Steps, r.StepMillis, r.ClockFromReceipt)
 	l.log.Info("guest re-identified", "vm_id", row.ID, "duration_ms", took.Milliseconds(), "clock_lag_bound_ms", lag.Milliseconds(),
-		"flush_pending", r.FlushPending, "steps", stepProfile(r.Steps, r.StepMillis))
+		"flush_pending", r.FlushPending, "steps", stepProfile(r.Steps, r.StepMillis), "network_ms", r.NetworkMillis)
 	if r.AgentHostKey == nil {
 		return "", errs.New(errs.Unavailable, "re-identify guest: no new agent host key")
 	}
