@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
 	"syscall"
 	"time"
@@ -52,8 +53,12 @@ func runWarmShell(root string, r *Reaper) (time.Duration, error) {
 	if !fileExists(u.Home) {
 		cmd.Dir = "/"
 	}
-	cmd.Env = []string{"HOME=" + cmd.Dir, "USER=root", "LOGNAME=root", "SHELL=" + shell,
+	cmd.Env = []string{"HOME=" + u.Home, "USER=root", "LOGNAME=root", "SHELL=" + shell,
 		"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
+	if os.Geteuid() == 0 { // as a session starts its command (session.start)
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{
+			Uid: u.UID, Gid: u.GID, Groups: groupsOf(filepath.Join(filepath.Dir(passwd), "group"), u.Name)}}
+	}
 	wait, err := startIdle(r, cmd)
 	if err != nil {
 		return 0, err
