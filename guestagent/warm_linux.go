@@ -6,7 +6,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"syscall"
 	"time"
 
@@ -76,44 +75,26 @@ const (
 	ioprioClassShift = 13
 )
 
-// startIdle starts cmd (through the reaper, if any) in the idle CPU
-// scheduling class (SCHED_IDLE) and I/O class: it forks on an OS thread
-// put in those classes first (a child inherits its parent thread's),
-// which goes back to its classes before other goroutines may run on it (if
-// it cannot, it stays locked to this goroutine and ends with it).
+// startIdle starts cmd (through the reaper, if any) and puts it in the
+// idle CPU scheduling class (SCHED_IDLE) and I/O class. The fork and exec
+// run in the agent's class; the class changes once the child runs its
+// own program (an idle child still sharing the agent's memory, as Go's
+// vfork-like start does until the exec, could hold up the agent while the
+// guest is busy). An error after the start kills the child.
 func startIdle(r *Reaper, cmd *exec.Cmd) (func() syscall.WaitStatus, error) {
-	type started struct {
-		wait func() syscall.WaitStatus
-		err  error
+	wait, err := startCmd(r, cmd)
+	if err != nil {
+		return nil, err
 	}
-	ch := make(chan started, 1)
-	go func() {
-		runtime.LockOSThread()
-		was, err := unix.SchedGetAttr(0, 0)
-		if err != nil {
-			ch <- started{err: fmt.Errorf("idle class: %w", err)}
-			return
-		}
-		if err := unix.SchedSetAttr(0, &unix.SchedAttr{Policy: unix.SCHED_IDLE}, 0); err != nil {
-			runtime.UnlockOSThread()
-			ch <- started{err: fmt.Errorf("idle class: %w", err)}
-			return
-		}
-		// Best effort: the CPU class is what matters.
-		io, _, _ := unix.Syscall(unix.SYS_IOPRIO_GET, ioprioWhoProcess, 0, 0)
-		unix.Syscall(unix.SYS_IOPRIO_SET, ioprioWhoProcess, 0, ioprioClassIdle<<ioprioClassShift)
-		wait, err := startCmd(r, cmd)
-		unix.Syscall(unix.SYS_IOPRIO_SET, ioprioWhoProcess, 0, io)
-		if unix.SchedSetAttr(0, was, 0) == nil {
-			runtime.UnlockOSThread()
-		}
-		ch <- started{wait, err}
-	}()
-	s := <-ch
-	if s.err != nil {
-		return nil, s.err
+	pid := cmd.Process.Pid
+	if err := unix.SchedSetAttr(pid, &unix.SchedAttr{Policy: unix.SCHED_IDLE}, 0); err != nil {
+		cmd.Process.Kill()
+		wait()
+		return nil, fmt.Errorf("idle class: %w", err)
 	}
-	return s.wait, nil
+	// Best effort: the CPU class is what matters.
+	unix.Syscall(unix.SYS_IOPRIO_SET, ioprioWhoProcess, uintptr(pid), ioprioClassIdle<<ioprioClassShift)
+	return wait, nil
 }
 
 // warmAfterReidentify warms the shell (warmShell) in the background and
