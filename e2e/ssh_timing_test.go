@@ -174,6 +174,7 @@ func warmCreateSteps(log, prefix, suffix string) []gatewayStep {
 		VMID  string `json:"vm_id"`
 		Steps string `json:"steps"`
 		Took  int64  `json:"duration_ms"`
+		Net   int64  `json:"network_ms"` // eth0's move, beside the steps
 	}
 	var reid []line
 	ours := map[string]bool{} // vm ids
@@ -215,6 +216,9 @@ func warmCreateSteps(log, prefix, suffix string) []gatewayStep {
 			if err == nil {
 				add("guest: "+part[:i], ms)
 			}
+		}
+		if l.Net > 0 {
+			add("guest: (eth0 move, beside the steps)", time.Duration(l.Net)*time.Millisecond)
 		}
 		add("guest: whole call (host side)", time.Duration(l.Took)*time.Millisecond)
 	}

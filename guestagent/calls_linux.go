@@ -8,7 +8,6 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -120,14 +119,9 @@ func (s *Server) status() (proto.Status, error) {
 	return st, nil
 }
 
-var (
-	hostnameRE  = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?$`) })
-	machineIDRE = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[0-9a-f]{32}$`) })
-)
-
 func (s *Server) configure(c proto.Configure) error {
 	if c.Hostname != nil {
-		if !hostnameRE().MatchString(*c.Hostname) {
+		if !validHostname(*c.Hostname) {
 			return fmt.Errorf("invalid hostname %q", *c.Hostname)
 		}
 		if err := s.cfg.SetHostname(*c.Hostname); err != nil {
@@ -154,7 +148,7 @@ func (s *Server) configure(c proto.Configure) error {
 		}
 	}
 	if c.MachineID != nil {
-		if !machineIDRE().MatchString(*c.MachineID) {
+		if !validMachineID(*c.MachineID) {
 			return fmt.Errorf("invalid machine id %q", *c.MachineID)
 		}
 		if err := writeFileAtomic(s.cfg.path("/etc/machine-id"), []byte(*c.MachineID+"\n"), 0o444); err != nil {

@@ -143,7 +143,7 @@ func hookJournal(t *testing.T, f *reidFixture, pid int) *journalHooks {
 func TestReidentifyStopsJournaldFirst(t *testing.T) {
 	f := newReidFixture(t, signer(t))
 	h := hookJournal(t, f, 4242)
-	reply, err := f.srv.reidentify(goodReidentify(signer(t).PublicKey()))
+	reply, err := f.srv.reidentify(goodReidentify(signer(t).PublicKey()), time.Now())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -177,7 +177,7 @@ func TestReidentifyFailedRestartsJournald(t *testing.T) {
 	h := hookJournal(t, f, 99)
 	close(h.release)
 	f.srv.cfg.SetHostname = func(string) error { return errors.New("no hostname for you") }
-	if _, err := f.srv.reidentify(goodReidentify(signer(t).PublicKey())); err == nil {
+	if _, err := f.srv.reidentify(goodReidentify(signer(t).PublicKey()), time.Now()); err == nil {
 		t.Fatal("reidentify succeeded with a failing hostname")
 	}
 	select {
@@ -190,7 +190,7 @@ func TestReidentifyFailedRestartsJournald(t *testing.T) {
 	}
 	bad := goodReidentify(signer(t).PublicKey())
 	bad.Hostname = "no spaces allowed"
-	if _, err := f.srv.reidentify(bad); err == nil {
+	if _, err := f.srv.reidentify(bad, time.Now()); err == nil {
 		t.Fatal("bad request accepted")
 	}
 	if len(h.paused) != 1 {

@@ -83,10 +83,10 @@ type identity struct {
 
 func parseIdentity(r proto.Reidentify) (identity, error) {
 	id := identity{hostname: r.Hostname, machineID: r.MachineID, entropy: r.Entropy}
-	if !hostnameRE().MatchString(r.Hostname) {
+	if !validHostname(r.Hostname) {
 		return id, fmt.Errorf("invalid hostname %q", r.Hostname)
 	}
-	if !machineIDRE().MatchString(r.MachineID) {
+	if !validMachineID(r.MachineID) {
 		return id, fmt.Errorf("invalid machine id %q", r.MachineID)
 	}
 	if len(r.Entropy) < proto.MinEntropy || len(r.Entropy) > maxEntropy {
@@ -186,8 +186,12 @@ var leftoverGlobs = []string{
 // journald, which keeps the machine-id it started with, is stopped first
 // (what is logged from then on waits in its sockets) and restarted under
 // the new identity once the guest is quiet (journalLater).
-func (s *Server) reidentify(r proto.Reidentify) (proto.ReidentifyReply, error) {
-	begin := time.Now()
+//
+// received is when the request arrived (before it was decoded): the clock
+// is set to the request's time plus the time since (ClockFromReceipt), and
+// the first step's time counts from there.
+func (s *Server) reidentify(r proto.Reidentify, received time.Time) (proto.ReidentifyReply, error) {
+	begin := received
 	id, err := parseIdentity(r)
 	if err != nil {
 		return proto.ReidentifyReply{}, err
@@ -224,9 +228,12 @@ func (s *Server) becomeIdentity(id identity, begin, checked time.Time, paused bo
 		return reply, fmt.Errorf("reseed rng: %w", err)
 	}
 	step("reseed rng")
-	if err := s.cfg.SetTime(id.now); err != nil {
+	// The host's time when it sent the request, moved on by what the
+	// guest has spent since it received it (seconds under load).
+	if err := s.cfg.SetTime(id.now.Add(time.Since(begin))); err != nil {
 		return reply, fmt.Errorf("set clock: %w", err)
 	}
+	reply.ClockFromReceipt = true
 	step("set clock")
 	if err := s.cfg.SetHostname(id.hostname); err != nil {
 		return reply, fmt.Errorf("set hostname: %w", err)
@@ -237,8 +244,14 @@ func (s *Server) becomeIdentity(id identity, begin, checked time.Time, paused bo
 	// journal commit the saved machine had in flight). Both are done
 	// before the reply.
 	netDone := make(chan error, 1)
+	var netMillis int64 // written before netDone, read after it
 	if id.ip.IsValid() || id.mac != nil {
-		go func() { netDone <- s.setNetwork(id.mac, id.ip, id.gw) }()
+		go func() {
+			start := time.Now()
+			err := s.setNetwork(id.mac, id.ip, id.gw)
+			netMillis = max(1, time.Since(start).Milliseconds())
+			netDone <- err
+		}()
 	} else {
 		netDone <- nil
 	}
@@ -262,7 +275,7 @@ func (s *Server) becomeIdentity(id identity, begin, checked time.Time, paused bo
 	step("set machine id")
 
 	globs := leftoverGlobs
-	if machineIDRE().MatchString(oldID) && oldID != id.machineID {
+	if validMachineID(oldID) && oldID != id.machineID {
 		globs = append(globs[:len(globs):len(globs)], "/var/log/journal/"+oldID, "/run/log/journal/"+oldID)
 	}
 	for _, g := range globs {
@@ -313,6 +326,7 @@ func (s *Server) becomeIdentity(id identity, begin, checked time.Time, paused bo
 	if err := waitNet(); err != nil {
 		return reply, fmt.Errorf("network: %w", err)
 	}
+	reply.NetworkMillis = netMillis
 	if id.ip.IsValid() || id.mac != nil {
 		step("move eth0 to its own mac and ip, announce it")
 	}
@@ -328,6 +342,7 @@ func (s *Server) becomeIdentity(id identity, begin, checked time.Time, paused bo
 // where it must): their reload competes with the host's next calls for
 // the guest's vCPU, and nothing of the VM's identity depends on it.
 func (s *Server) afterReidentify() {
+	s.warmAfterReidentify()
 	done := reloadServices(s.cfg.Root)
 	if len(done) > 0 {
 		s.log.Info("services reloaded after re-identification", "done", strings.Join(done, ", "))
@@ -338,10 +353,11 @@ func (s *Server) afterReidentify() {
 // guest is quiet (at most journalWaitMax): pid is the journald that
 // reidentify stopped (0: none), which never stays stopped longer.
 func (s *Server) journalLater(pid int) {
+	wait, restart := waitQuiet, restartJournal // the hooks as they are now (tests swap them)
 	go func() {
 		start := time.Now()
-		waitQuiet(quietFor, journalWaitMax, nil)
-		if done := restartJournal(s.cfg.Root, pid); done != "" {
+		wait(quietFor, journalWaitMax, nil)
+		if done := restart(s.cfg.Root, pid); done != "" {
 			s.log.Info("journald restarted under the new identity", "done", done, "waited_ms", time.Since(start).Milliseconds())
 		}
 	}()
@@ -393,14 +409,15 @@ func (s *Server) flushLater(dir string) {
 	prev := s.flushing
 	s.flushing = done
 	s.flushMu.Unlock()
+	wait, flush := waitQuiet, flushFS // the hooks as they are now (tests swap them)
 	go func() {
 		defer close(done)
 		if prev != nil {
 			<-prev
 		}
-		waitQuiet(quietFor, flushWaitMax, s.hurry)
+		wait(quietFor, flushWaitMax, s.hurry)
 		start := time.Now()
-		if err := flushFS(dir); err != nil {
+		if err := flush(dir); err != nil {
 			s.log.Warn("flush after re-identification", "dir", dir, "err", err)
 			return
 		}

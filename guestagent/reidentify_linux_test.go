@@ -36,6 +36,7 @@ type reidFixture struct {
 	clock    []time.Time
 	reseeded [][]byte
 	net      []string
+	warmed   chan string // roots whose shell was warmed
 }
 
 const templateMachineID = "0123456789abcdef0123456789abcdef"
@@ -77,6 +78,16 @@ func newReidFixture(t *testing.T, host ssh.Signer) *reidFixture {
 		t.Fatal(err)
 	}
 	f.srv = srv
+	f.warmed = make(chan string, 4)
+	oldWarm := warmShell
+	warmShell = func(root string, _ *Reaper) (time.Duration, error) {
+		select {
+		case f.warmed <- root:
+		default:
+		}
+		return time.Millisecond, nil
+	}
+	t.Cleanup(func() { warmShell = oldWarm })
 	oldReseed, oldNet, oldReload := reseedKernel, reconfigureNet, reloadServices
 	reseedKernel = func(b []byte) error { f.reseeded = append(f.reseeded, b); return nil }
 	reconfigureNet = func(mac net.HardwareAddr, ip netip.Prefix, gw netip.Addr) error {
@@ -187,8 +198,10 @@ func TestReidentifyOverSSH(t *testing.T) {
 	if len(f.reseeded) != 1 || !bytes.Equal(f.reseeded[0], req.Entropy) {
 		t.Errorf("reseeded with %v", f.reseeded)
 	}
-	if len(f.clock) != 1 || f.clock[0].UnixNano() != req.TimeUnixNano {
-		t.Errorf("clock set to %v", f.clock)
+	// The request's time moved on by the guest's time since the receipt
+	// (TestReidentifyClockFromReceipt), well under the call's.
+	if sent := time.Unix(0, req.TimeUnixNano); len(f.clock) != 1 || f.clock[0].Before(sent) || f.clock[0].After(sent.Add(20*time.Second)) {
+		t.Errorf("clock set to %v, want %v moved on by at most the call's time", f.clock, sent)
 	}
 	if !slices.Equal(f.net, []string{"52:54:00:12:34:56 10.9.0.5/24 10.9.0.1"}) {
 		t.Errorf("network %v", f.net)
@@ -256,7 +269,7 @@ func TestReidentifyBadInputChangesNothing(t *testing.T) {
 	} {
 		r := goodReidentify(owner.PublicKey())
 		mut(&r)
-		if _, err := f.srv.reidentify(r); err == nil {
+		if _, err := f.srv.reidentify(r, time.Now()); err == nil {
 			t.Errorf("%s: accepted", name)
 		}
 	}
@@ -397,7 +410,7 @@ func TestReidentifyHostMadeKeys(t *testing.T) {
 	ed := pemKey(t, "ed25519")
 	r.SSHHostKeys = map[string]string{"ed25519": ed}
 	r.AgentHostKey = pemKey(t, "ed25519")
-	reply, err := f.srv.reidentify(r)
+	reply, err := f.srv.reidentify(r, time.Now())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -510,5 +523,44 @@ func TestReidentifyRepliesBeforeFlush(t *testing.T) {
 	defer wcancel()
 	if err := f.srv.WaitFlushed(wctx); err != nil {
 		t.Fatalf("WaitFlushed: %v", err)
+	}
+}
+
+// TestReidentifyClockFromReceipt: the guest sets its clock to the
+// request's time plus what it spent since it received the request (under
+// load that was up to seconds of checks before the clock step), and says
+// so, so the host counts only the transit as the clock's lag.
+func TestReidentifyClockFromReceipt(t *testing.T) {
+	host, owner := signer(t), signer(t)
+	f := newReidFixture(t, host)
+	r := goodReidentify(owner.PublicKey())
+	const waited = 700 * time.Millisecond
+	before := time.Now()
+	reply, err := f.srv.reidentify(r, time.Now().Add(-waited))
+	after := time.Now()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(f.clock) != 1 {
+		t.Fatalf("clock set %d times", len(f.clock))
+	}
+	sent := time.Unix(0, r.TimeUnixNano)
+	lo, hi := sent.Add(waited), sent.Add(waited+after.Sub(before))
+	if got := f.clock[0]; got.Before(lo) || got.After(hi) {
+		t.Errorf("clock set to %v, want the request's time + %v (+ the call's own time): between %v and %v", got, waited, lo, hi)
+	}
+	if reply.NetworkMillis <= 0 {
+		t.Errorf("network move took %d ms, want its time (> 0)", reply.NetworkMillis)
+	}
+	if !reply.ClockFromReceipt {
+		t.Error("reply does not say the clock counts from the receipt")
+	}
+	// The steps start at the receipt: they add up to at least the wait.
+	var sum int64
+	for _, ms := range reply.StepMillis {
+		sum += ms
+	}
+	if sum < waited.Milliseconds()-int64(len(reply.StepMillis)) {
+		t.Errorf("steps add up to %d ms, want at least the %v since the receipt: %v %v", sum, waited, reply.Steps, reply.StepMillis)
 	}
 }

@@ -256,9 +256,10 @@ func (s *Server) handleGlobal(conn *ssh.ServerConn, req *ssh.Request) {
 		size, err = GrowFS(s.cfg.GrowMount)
 		reply = proto.GrowReply{Size: size}
 	case proto.ReqReidentify: // reidentify_linux.go
+		received := time.Now()
 		var r proto.Reidentify
 		if err = unmarshal(req.Payload, &r); err == nil {
-			if reply, err = s.reidentify(r); err == nil {
+			if reply, err = s.reidentify(r, received); err == nil {
 				defer s.afterReidentify() // after the reply
 			}
 		}

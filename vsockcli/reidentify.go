@@ -46,6 +46,12 @@ type Reidentified struct {
 	// FlushPending: the guest flushes the new identity files to its disk
 	// after the reply (proto.ReidentifyReply.FlushPending).
 	FlushPending bool
+	// ClockFromReceipt: the guest's clock lags by the request's transit
+	// only (proto.ReidentifyReply.ClockFromReceipt).
+	ClockFromReceipt bool
+	// NetworkMillis is the guest's time for eth0's move, which ran beside
+	// the steps (proto.ReidentifyReply.NetworkMillis).
+	NetworkMillis int64
 }
 
 // NewMachineID returns a random machine-id (systemd's format).
@@ -141,6 +147,8 @@ func (c *Client) Reidentify(ctx context.Context, id Identity) (Reidentified, err
 	}
 	out.StepMillis = r.StepMillis
 	out.FlushPending = r.FlushPending
+	out.ClockFromReceipt = r.ClockFromReceipt
+	out.NetworkMillis = r.NetworkMillis
 	return out, nil
 }
 

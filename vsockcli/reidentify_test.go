@@ -55,6 +55,9 @@ func TestReidentify(t *testing.T) {
 	if hostname != "clone-7" || time.Since(clock).Abs() > 2*time.Second {
 		t.Errorf("hostname %q, clock %v", hostname, clock)
 	}
+	if !got.ClockFromReceipt || len(got.StepMillis) != len(got.Steps) {
+		t.Errorf("reply: clock from receipt %v, %d step times for %d steps", got.ClockFromReceipt, len(got.StepMillis), len(got.Steps))
+	}
 	if b, _ := os.ReadFile(filepath.Join(e.root, "etc/machine-id")); string(b) != id.MachineID+"\n" {
 		t.Errorf("machine-id %q", b)
 	}

@@ -58,4 +58,13 @@ type ReidentifyReply struct {
 	// disk runs after this reply (the files are in place in the guest; a
 	// guest crash before the flush ends may lose them on its disk).
 	FlushPending bool `json:"flush_pending,omitempty"`
+	// ClockFromReceipt says the guest set its clock to TimeUnixNano plus
+	// the time it had spent since it received the request: the clock
+	// lags the host's by the request's transit only, not by the steps
+	// before the clock's (older agents set TimeUnixNano as it was).
+	ClockFromReceipt bool `json:"clock_from_receipt,omitempty"`
+	// NetworkMillis is how long eth0's move took, in ms: it runs beside
+	// the steps from "write hostname" on (their times include its share
+	// of the guest's CPU); 0 when the network did not move.
+	NetworkMillis int64 `json:"network_ms,omitempty"`
 }

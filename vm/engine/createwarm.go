@@ -210,9 +210,9 @@ func (l *Local) reidentifyGuest(ctx context.Context, cl *vsockcli.Client, row st
 		return "", fmt.Errorf("re-identify guest: %w", err)
 	}
 	took := time.Since(start)
-	lag := clockLag(took, r.Steps, r.StepMillis)
+	lag := clockLag(took, r.Steps, r.StepMillis, r.ClockFromReceipt)
 	l.log.Info("guest re-identified", "vm_id", row.ID, "duration_ms", took.Milliseconds(), "clock_lag_bound_ms", lag.Milliseconds(),
-		"flush_pending", r.FlushPending, "steps", stepProfile(r.Steps, r.StepMillis))
+		"flush_pending", r.FlushPending, "steps", stepProfile(r.Steps, r.StepMillis), "network_ms", r.NetworkMillis)
 	if r.AgentHostKey == nil {
 		return "", errs.New(errs.Unavailable, "re-identify guest: no new agent host key")
 	}
@@ -239,10 +239,19 @@ const maxClockLag = 250 * time.Millisecond
 // clock" step, so it lags by the request's transit to the guest plus its
 // steps up to and including that one (the first two for agents that do
 // not name it). The transit is at most took less the guest's steps (both
-// transits together). Without step times the bound is took.
-func clockLag(took time.Duration, steps []string, ms []int64) time.Duration {
+// transits together). An agent that set its clock to the send time plus
+// its own time since the receipt (fromReceipt) lags by the transit only.
+// Without step times the bound is took.
+func clockLag(took time.Duration, steps []string, ms []int64, fromReceipt bool) time.Duration {
 	if len(ms) < 2 {
 		return took
+	}
+	if fromReceipt {
+		var guest int64
+		for _, m := range ms {
+			guest += m
+		}
+		return max(0, took-time.Duration(guest)*time.Millisecond)
 	}
 	upTo := 1
 	if i := slices.Index(steps, "set clock"); i >= 0 {
