@@ -90,11 +90,13 @@ func TestLoopWatchesSlowRequests(t *testing.T) {
 			ask(c, br, "/quick")
 		}
 		if quick == 40 {
-			// A slow one, then one whose bytes arrive while it runs.
-			io.WriteString(c, "GET /sleep/80 HTTP/1.1\r\nHost: web.localhost\r\n\r\n")
-			time.Sleep(50 * time.Millisecond)
+			// A slow one (watched), then one whose bytes arrive while
+			// it runs.
+			slow := "/sleep/" + strconv.Itoa(int((watchAfter + 150*time.Millisecond).Milliseconds()))
+			io.WriteString(c, "GET "+slow+" HTTP/1.1\r\nHost: web.localhost\r\n\r\n")
+			time.Sleep(watchAfter + 50*time.Millisecond)
 			io.WriteString(c, "GET /after HTTP/1.1\r\nHost: web.localhost\r\n\r\n")
-			for _, want := range []string{"/sleep/80", "/after"} {
+			for _, want := range []string{slow, "/after"} {
 				resp, err := http.ReadResponse(br, nil)
 				if err != nil {
 					t.Fatalf("pipelined %s: %v", want, err)
