@@ -830,6 +830,11 @@ func BenchmarkProxy(b *testing.B) {
 	}
 	installWSEcho(b, "pbench", v.IP, 8081, bin)
 	httpAddr, adminAddr := loopback(freeTCPPort(b)), loopback(freeTCPPort(b))
+	if n := os.Getenv("MINIONS_E2E_PROXY_DAEMON_GOMAXPROCS"); n != "" {
+		// An experiment: the daemon (only) runs with GOMAXPROCS=n.
+		b.Setenv("GOMAXPROCS", n)
+		b.Logf("daemon GOMAXPROCS=%s", n)
+	}
 	d := startServe(b, fmt.Sprintf("bind = %q\nadmin_bind = %q\nssh_bind = %q\nhttp_bind = %q\nproxy_rate = -1\n",
 		loopback(freeTCPPort(b)), adminAddr, loopback(freeTCPPort(b)), httpAddr), httpAddr)
 	must(b, "expose", "pbench", "--port", "8081")

@@ -65,7 +65,7 @@ func TestProxyChild(t *testing.T) {
 	}
 	defer logf.Close()
 	log := slog.New(slog.NewJSONHandler(logf, nil))
-	accessBuf := proxy.NewLogBuffer(logf, 100*time.Millisecond) // as the daemon does
+	accessBuf := proxy.NewLogBuffer(logf, time.Second) // as the daemon does
 	defer accessBuf.Close()
 	access := slog.New(slog.NewJSONHandler(accessBuf, nil))
 	table := proxytest.NewTable()
@@ -224,6 +224,9 @@ type proxyChild struct {
 func startProxyChild(b, parent *testing.B, upstream string, withTLS bool) *proxyChild {
 	cmd := exec.Command(os.Args[0], "-test.run=^TestProxyChild$", "-test.count=1")
 	cmd.Env = append(os.Environ(), childEnv+"="+upstream)
+	if n := os.Getenv("MINIONS_PROXY_BENCH_GOMAXPROCS"); n != "" {
+		cmd.Env = append(cmd.Env, "GOMAXPROCS="+n) // the proxy process only
+	}
 	if withTLS {
 		cmd.Env = append(cmd.Env, childTLSEnv+"=1")
 	}

@@ -206,6 +206,8 @@ type h1Conn struct {
 	watchTimer *time.Timer
 	watchMu    sync.Mutex
 	inRequest  bool
+	reqStart   time.Time     // when the request in flight began
+	armed      bool          // watchTimer is set
 	watchDone  chan struct{} // non-nil while a watch runs
 	peeked     bool          // the watch read a byte of the next request:
 	peekedByte byte          // it is read first
@@ -214,17 +216,41 @@ type h1Conn struct {
 // watchAfter is how long a request runs before the loop watches its
 // client's connection for a close (net/http watches every request from
 // the start, at the cost of a goroutine and its wake-ups per request).
-const watchAfter = 25 * time.Millisecond
+// Each busy connection's watch timer fires about once per watchAfter,
+// and each firing wakes a thread (and the runtime's monitor): at 25 ms
+// that was 40 wake-ups a second per connection. A client that leaves
+// during a request slower than this has the request to the VM cancelled
+// within watchAfter.
+const watchAfter = 250 * time.Millisecond
 
-// startWatch runs on the watch timer: unless the request is already
-// answered, a goroutine reads one byte from the client. EOF or an error
-// means the client went away: the connection's context is cancelled,
-// which ends the request to the VM. A byte is the start of the next
-// request, kept for the loop. stopWatch ends the read with a deadline.
+// startWatch runs on the watch timer: unless the request in flight is
+// already answered, a goroutine reads one byte from the client. EOF or an
+// error means the client went away: the connection's context is
+// cancelled, which ends the request to the VM. A byte is the start of the
+// next request, kept for the loop. stopWatch ends the read with a
+// deadline.
+//
+// The timer is not set and stopped for every request (on a connection
+// with requests a millisecond apart that was two timer changes per
+// request, each able to wake a thread parked in the poller): it is set
+// when a request begins and none is set, and when it fires for a request
+// that has not run watchAfter yet (a later one than it was set for), it
+// is set again for the rest of that request's watchAfter. So a request is
+// watched from watchAfter after its start, as before, and a busy
+// connection changes its timer about once per watchAfter.
 func (hc *h1Conn) startWatch() {
 	hc.watchMu.Lock()
 	defer hc.watchMu.Unlock()
-	if !hc.inRequest || hc.watchDone != nil || hc.br.Buffered() > 0 {
+	hc.armed = false
+	if !hc.inRequest || hc.watchDone != nil {
+		return
+	}
+	if left := watchAfter - time.Since(hc.reqStart); left > 0 {
+		hc.armed = true
+		hc.watchTimer.Reset(left)
+		return
+	}
+	if hc.br.Buffered() > 0 {
 		return
 	}
 	done := make(chan struct{})
@@ -244,17 +270,24 @@ func (hc *h1Conn) startWatch() {
 	}()
 }
 
-// beginRequest arms the watch timer.
+// beginRequest notes the request's start and sets the watch timer unless
+// it is set.
 func (hc *h1Conn) beginRequest() {
+	now := time.Now()
 	hc.watchMu.Lock()
 	hc.inRequest = true
+	hc.reqStart = now
+	arm := !hc.armed
+	hc.armed = true
 	hc.watchMu.Unlock()
-	hc.watchTimer.Reset(watchAfter)
+	if arm {
+		hc.watchTimer.Reset(watchAfter)
+	}
 }
 
-// endRequest stops the watch (and waits for its read to end).
+// endRequest stops the watch (and waits for its read to end). The timer
+// stays set; firing with no request in flight, it does nothing.
 func (hc *h1Conn) endRequest() {
-	hc.watchTimer.Stop()
 	hc.watchMu.Lock()
 	hc.inRequest = false
 	done := hc.watchDone

@@ -515,6 +515,49 @@ func TestAccessLog(t *testing.T) {
 	}
 }
 
+// TestAccessLogRecordCheap: the access log's records carry no caller
+// (the daemon's handlers print none, and finding it walks the stack on
+// every request), and their time is when the answer was done.
+func TestAccessLogRecordCheap(t *testing.T) {
+	h := &recordHandler{}
+	l := startLocal(t, func(c *proxy.Config) { c.AccessLog = slog.New(h) })
+	up := proxytest.StartUpstream(t, "web")
+	l.table.Set("web.localhost", proxy.Route{VMID: "vm1", VMName: "web", Upstream: up.Addr, Public: true, Running: true})
+	before := time.Now()
+	get(t, l.client, l.url("web", "/"))
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if len(h.recs) != 1 {
+		t.Fatalf("%d access records, want 1", len(h.recs))
+	}
+	r := h.recs[0]
+	if r.PC != 0 {
+		t.Errorf("access record has a caller PC %#x: a stack walk per request", r.PC)
+	}
+	if r.Message != "request" || r.Level != slog.LevelInfo || r.Time.Before(before) || r.Time.After(time.Now()) {
+		t.Errorf("access record %q %v at %v (request at %v)", r.Message, r.Level, r.Time, before)
+	}
+	if r.NumAttrs() != 10 {
+		t.Errorf("access record has %d attributes, want 10", r.NumAttrs())
+	}
+}
+
+// recordHandler keeps the records it is given.
+type recordHandler struct {
+	mu   sync.Mutex
+	recs []slog.Record
+}
+
+func (h *recordHandler) Enabled(context.Context, slog.Level) bool { return true }
+func (h *recordHandler) Handle(_ context.Context, r slog.Record) error {
+	h.mu.Lock()
+	h.recs = append(h.recs, r.Clone())
+	h.mu.Unlock()
+	return nil
+}
+func (h *recordHandler) WithAttrs([]slog.Attr) slog.Handler { return h }
+func (h *recordHandler) WithGroup(string) slog.Handler      { return h }
+
 type syncBuffer struct {
 	mu sync.Mutex
 	b  strings.Builder
