@@ -60,8 +60,9 @@ var heavyAtStart = []string{
 // Start-up budget of the minions binary, from GODEBUG=inittrace=1: the
 // packages whose init does work and what those inits allocate. Measured
 // 2026-12-06 (this test binary: main's imports plus testing's): 191
-// packages, 655 KB (before vm/jail dropped containerd/cgroups: 220). Raise them only for a dependency worth its cost at
-// every command's start (docs/costs.md).
+// packages, 655 KB (before vm/jail dropped containerd/cgroups: 220).
+// Raise them only for a dependency worth its cost at every command's
+// start (docs/costs.md).
 const (
 	maxInitPackages = 195
 	maxInitBytes    = 680 << 10
