@@ -105,7 +105,10 @@ func Cgroups() (CgroupInfo, error) {
 }
 
 // v1Mounts maps each of controllers that is mounted (v1) to its
-// hierarchy's mount point.
+// hierarchy's mount point. A mount point must be a cgroup file system
+// where it is looked at: one hidden under another mount (a tmpfs over
+// /sys/fs/cgroup) is still listed in the mount table. None at all is an
+// errs.FailedPrecondition.
 func v1Mounts() (map[string]string, error) {
 	all, err := jailexec.V1Mounts()
 	if err != nil {
@@ -113,9 +116,13 @@ func v1Mounts() (map[string]string, error) {
 	}
 	out := map[string]string{}
 	for _, c := range controllers {
-		if m, ok := all[c]; ok {
+		var st unix.Statfs_t
+		if m, ok := all[c]; ok && unix.Statfs(m, &st) == nil && st.Type == unix.CGROUP_SUPER_MAGIC {
 			out[c] = m
 		}
+	}
+	if len(out) == 0 {
+		return nil, errs.New(errs.FailedPrecondition, "cgroup v1 hierarchy: none of the controllers %s is mounted", strings.Join(controllers, ", "))
 	}
 	return out, nil
 }
