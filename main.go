@@ -12,7 +12,6 @@ import (
 	"github.com/minionsdev/minions/cli"
 	"github.com/minionsdev/minions/daemon"
 	"github.com/minionsdev/minions/hostcmd"
-	_ "github.com/minionsdev/minions/internal/prefault"
 	"github.com/minionsdev/minions/internal/starttrace"
 	"golang.org/x/term"
 )
