@@ -12,10 +12,12 @@ import (
 	"github.com/minionsdev/minions/cli"
 	"github.com/minionsdev/minions/daemon"
 	"github.com/minionsdev/minions/hostcmd"
+	"github.com/minionsdev/minions/internal/starttrace"
 	"golang.org/x/term"
 )
 
 func main() {
+	starttrace.Enable(os.Getenv("MINIONS_TRACE"), os.Stderr)
 	ctx := context.Background()
 	env := &cli.Env{
 		Stdin:       os.Stdin,

@@ -5,6 +5,8 @@ import (
 	"io"
 	"sync"
 	"time"
+
+	"github.com/minionsdev/minions/internal/starttrace"
 )
 
 // progress shows the steps of a long operation: on a terminal one line that
@@ -57,6 +59,7 @@ func (p *progress) step(name string) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	now := time.Now()
+	starttrace.Markf("%s: %s", p.title, name)
 	if !p.tty {
 		fmt.Fprintf(p.w, "%s: %s (%.2fs)\n", p.title, name, now.Sub(p.start).Seconds())
 	} else if p.current != "" {

@@ -12,6 +12,7 @@ import (
 	"github.com/minionsdev/minions/cli"
 	"github.com/minionsdev/minions/config"
 	"github.com/minionsdev/minions/internal/errs"
+	"github.com/minionsdev/minions/internal/starttrace"
 	"github.com/minionsdev/minions/service"
 	"github.com/minionsdev/minions/vm/jail"
 	"github.com/minionsdev/minions/vsockcli"
@@ -37,11 +38,13 @@ func Commands() []*cli.Command {
 // instead, so commands behave the same with or without `minions serve`.
 // MINIONS_IN_PROCESS=1 skips the daemon.
 func OpenLocal(ctx context.Context, g *cli.Global) (service.Backend, error) {
+	starttrace.Mark("open")
 	if os.Getenv("MINIONS_IN_PROCESS") != "1" || g.Host != "" {
 		be, err := cli.OpenRemote(ctx, g, os.Getenv)
 		if err != nil || be != nil {
 			return be, err
 		}
+		starttrace.Mark("open: no daemon")
 	}
 	// In-process, the CLI follows the daemon's config file so both agree
 	// on the network, hypervisor and default image.
@@ -66,19 +69,23 @@ func OpenLocal(ctx context.Context, g *cli.Global) (service.Backend, error) {
 	if _, _, err := cfg.Egress(); err != nil {
 		return nil, fmt.Errorf("config: %w", err)
 	}
+	starttrace.Mark("open: config")
 	e, err := Open(ctx, OpenOptions(cfg, paths, CLILogger()))
 	if err != nil {
 		return nil, err
 	}
+	starttrace.Mark("open: installation")
 	if err := e.Service.Reconcile(ctx); err != nil {
 		e.Close()
 		return nil, fmt.Errorf("reconcile: %w", err)
 	}
+	starttrace.Mark("open: reconciled")
 	caller, err := e.Service.EnsureUser(ctx, "root", true)
 	if err != nil {
 		e.Close()
 		return nil, err
 	}
+	starttrace.Mark("open: caller")
 	return e.Service.As(caller).OnClose(e.Close), nil
 }
 

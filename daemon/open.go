@@ -19,6 +19,7 @@ import (
 	"github.com/minionsdev/minions/config"
 	"github.com/minionsdev/minions/images"
 	"github.com/minionsdev/minions/internal/errs"
+	"github.com/minionsdev/minions/internal/starttrace"
 	"github.com/minionsdev/minions/service"
 	"github.com/minionsdev/minions/store"
 	"github.com/minionsdev/minions/vm/engine"
@@ -140,10 +141,12 @@ func Open(ctx context.Context, o Options) (*Installation, error) {
 	if err := lockDownState(o.Paths); err != nil {
 		return nil, err
 	}
+	starttrace.Mark("open: state dirs")
 	db, err := store.Open(ctx, filepath.Join(o.Paths.State, "minions.db"))
 	if err != nil {
 		return nil, err
 	}
+	starttrace.Mark("open: store")
 	e := &Installation{Opts: o, DB: db}
 	ok := false
 	defer func() {
@@ -169,9 +172,11 @@ func Open(ctx context.Context, o Options) (*Installation, error) {
 	if e.Network, err = network.New(ncfg, o.Log); err != nil {
 		return nil, err
 	}
+	starttrace.Mark("open: key, network")
 	if e.Driver, err = newDriver(ctx, o); err != nil {
 		return nil, err
 	}
+	starttrace.Mark("open: driver")
 	scfg := service.Config{StateDir: o.Paths.State, RunDir: o.Paths.Run, Subnet: o.Subnet, DNS: dns, DefaultImage: o.DefaultImage,
 		DefaultQuota: o.Resources.DefaultQuota, MemoryOvercommit: o.Resources.MemoryOvercommit, Placement: o.Resources.Placement, DrainMode: o.Resources.DrainMode, OnOperation: o.OnOperation, Log: o.Log,
 		// A template's RAM file would be writable by every jailed clone

@@ -6,17 +6,21 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
-	"github.com/containerd/cgroups/v3"
-	"github.com/containerd/cgroups/v3/cgroup1"
-	"github.com/containerd/cgroups/v3/cgroup2"
-	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
 
 	"github.com/minionsdev/minions/internal/errs"
 	"github.com/minionsdev/minions/vm/jail/jailexec"
 )
+
+// The cgroup file system is written directly (mkdir, control files,
+// rmdir): a cgroup library (github.com/containerd/cgroups) brought 48
+// packages into the minions binary (protobuf, eBPF, D-Bus, logrus), whose
+// package init every command paid for at start, and its v1 set-up read the
+// mount table once per controller.
 
 // unifiedRoot is where a pure cgroup v2 host mounts its hierarchy.
 const unifiedRoot = "/sys/fs/cgroup"
@@ -46,16 +50,21 @@ func (i CgroupInfo) Missing() []string {
 	return out
 }
 
-// unified reports whether the host runs a pure cgroup v2 hierarchy.
+// unified reports whether the host runs a pure cgroup v2 hierarchy (the
+// file system type of /sys/fs/cgroup).
 func unified() (bool, error) {
-	switch cgroups.Mode() {
-	case cgroups.Unified:
-		return true, nil
-	case cgroups.Legacy, cgroups.Hybrid:
-		return false, nil
-	default:
-		return false, errs.New(errs.FailedPrecondition, "no cgroup hierarchy mounted under /sys/fs/cgroup")
+	var st unix.Statfs_t
+	if err := unix.Statfs(unifiedRoot, &st); err != nil {
+		return false, errs.New(errs.FailedPrecondition, "no cgroup hierarchy mounted under %s", unifiedRoot)
 	}
+	return st.Type == unix.CGROUP2_SUPER_MAGIC, nil
+}
+
+// hybrid reports whether a v1 host also mounts the v2 hierarchy (without
+// the controllers) at /sys/fs/cgroup/unified.
+func hybrid() bool {
+	var st unix.Statfs_t
+	return unix.Statfs(filepath.Join(unifiedRoot, "unified"), &st) == nil && st.Type == unix.CGROUP2_SUPER_MAGIC
 }
 
 // Cgroups inspects the host's cgroups.
@@ -78,34 +87,61 @@ func Cgroups() (CgroupInfo, error) {
 		}
 		return info, nil
 	}
-	subs, err := v1Subsystems()
+	mounts, err := v1Mounts()
 	if err != nil {
 		return CgroupInfo{}, err
 	}
 	info := CgroupInfo{Version: "v1", Detail: "v1 controllers"}
-	if cgroups.Mode() == cgroups.Hybrid {
+	if hybrid() {
 		info.Detail += " (hybrid: the v2 hierarchy is mounted without them)"
 	}
-	for _, s := range subs {
-		info.Controllers = append(info.Controllers, string(s.Name()))
+	for _, c := range controllers {
+		if _, ok := mounts[c]; ok {
+			info.Controllers = append(info.Controllers, c)
+		}
 	}
 	slices.Sort(info.Controllers)
 	return info, nil
 }
 
-// v1Subsystems returns the mounted v1 subsystems among controllers.
-func v1Subsystems() ([]cgroup1.Subsystem, error) {
-	all, err := cgroup1.Default()
+// v1Mounts maps each of controllers that is mounted (v1) to its
+// hierarchy's mount point. A mount point must be a cgroup file system
+// where it is looked at: one hidden under another mount (a tmpfs over
+// /sys/fs/cgroup) is still listed in the mount table. None at all is an
+// errs.FailedPrecondition.
+func v1Mounts() (map[string]string, error) {
+	all, err := jailexec.V1Mounts()
 	if err != nil {
 		return nil, fmt.Errorf("cgroup v1 hierarchy: %w", err)
 	}
-	var out []cgroup1.Subsystem
-	for _, s := range all {
-		if slices.Contains(controllers, string(s.Name())) {
-			out = append(out, s)
+	out := map[string]string{}
+	for _, c := range controllers {
+		var st unix.Statfs_t
+		if m, ok := all[c]; ok && unix.Statfs(m, &st) == nil && st.Type == unix.CGROUP_SUPER_MAGIC {
+			out[c] = m
 		}
 	}
+	if len(out) == 0 {
+		return nil, errs.New(errs.FailedPrecondition, "cgroup v1 hierarchy: none of the controllers %s is mounted", strings.Join(controllers, ", "))
+	}
 	return out, nil
+}
+
+// v1Dir is the directory of cgroup name in controller c's v1 hierarchy.
+func v1Dir(mounts map[string]string, c, name string) (string, error) {
+	m, ok := mounts[c]
+	if !ok {
+		return "", errs.New(errs.FailedPrecondition, "no cgroup v1 %s controller", c)
+	}
+	return filepath.Join(m, name), nil
+}
+
+// writeControl writes one control file of a cgroup directory.
+func writeControl(dir, file, value string) error {
+	if err := os.WriteFile(filepath.Join(dir, file), []byte(value), 0); err != nil {
+		return fmt.Errorf("write %s: %w", file, err)
+	}
+	return nil
 }
 
 // CreateCgroup creates (or updates) the cgroup name (relative to the
@@ -118,7 +154,6 @@ func CreateCgroup(name string, l Limits) error {
 	if err != nil {
 		return err
 	}
-	quota, period, mem, pids := l.CPUQuotaUs, l.CPUPeriodUs, l.MemoryBytes, l.PidsMax
 	if v2 {
 		info, err := Cgroups()
 		if err != nil {
@@ -127,72 +162,112 @@ func CreateCgroup(name string, l Limits) error {
 		if m := info.Missing(); len(m) > 0 {
 			return errs.New(errs.FailedPrecondition, "create cgroup %s: cgroup v2 controllers missing: %s", name, strings.Join(m, ", "))
 		}
-		cpu := &cgroup2.CPU{Max: cgroup2.NewCPUMax(&quota, &period)}
-		if l.CPUShares > 0 {
-			weight := v2Weight(l.CPUShares)
-			cpu.Weight = &weight
-		}
-		_, err = cgroup2.NewManager(unifiedRoot, "/"+name, &cgroup2.Resources{
-			CPU:    cpu,
-			Memory: &cgroup2.Memory{Max: &mem},
-			Pids:   &cgroup2.Pids{Max: pids},
-		})
-		if err != nil {
+		if err := createV2(name, l); err != nil {
 			return fmt.Errorf("create cgroup %s: %w", name, err)
 		}
 		return balanceAncestors(name)
 	}
-	subs, err := v1Subsystems()
+	mounts, err := v1Mounts()
 	if err != nil {
 		return err
 	}
-	if len(subs) < len(controllers) {
-		return errs.New(errs.FailedPrecondition, "create cgroup %s: cgroup v1 controllers missing (have %d of cpu, memory, pids)", name, len(subs))
+	if len(mounts) < len(controllers) {
+		return errs.New(errs.FailedPrecondition, "create cgroup %s: cgroup v1 controllers missing (have %d of cpu, memory, pids)", name, len(mounts))
 	}
-	_, err = cgroup1.New(cgroup1.StaticPath("/"+name), &specs.LinuxResources{
-		CPU:    v1CPU(quota, period, l.CPUShares),
-		Memory: &specs.LinuxMemory{Limit: &mem},
-		Pids:   &specs.LinuxPids{Limit: &pids},
-	}, cgroup1.WithHierarchy(v1Subsystems))
-	if err != nil {
+	if err := createV1(mounts, name, l); err != nil {
 		return fmt.Errorf("create cgroup %s: %w", name, err)
 	}
 	return balanceAncestors(name)
 }
 
-func v1CPU(quota int64, period, shares uint64) *specs.LinuxCPU {
-	c := &specs.LinuxCPU{Quota: &quota, Period: &period}
-	if shares > 0 {
-		c.Shares = &shares
+// createV2 makes the v2 group (and its ancestors), enables the
+// controllers for it in each ancestor's cgroup.subtree_control and writes
+// its limits. Only the immediate parent's subtree_control must take (an
+// ancestor may refuse a write that is already in effect); on an error the
+// group's own directory is removed again.
+func createV2(name string, l Limits) error {
+	dir := filepath.Join(unifiedRoot, name)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
 	}
-	return c
+	parts := strings.Split(strings.Trim(name, "/"), "/")
+	enable := "+" + strings.Join(controllers, " +")
+	var lastErr error
+	for i := range parts {
+		f := filepath.Join(append([]string{unifiedRoot}, parts[:i]...)...)
+		lastErr = writeControl(f, "cgroup.subtree_control", enable)
+	}
+	if lastErr != nil {
+		os.Remove(dir)
+		return lastErr
+	}
+	type kv struct{ file, value string }
+	var w []kv
+	if l.CPUShares > 0 {
+		w = append(w, kv{"cpu.weight", strconv.FormatUint(v2Weight(l.CPUShares), 10)})
+	}
+	w = append(w, kv{"cpu.max", strconv.FormatInt(l.CPUQuotaUs, 10) + " " + strconv.FormatUint(l.CPUPeriodUs, 10)},
+		kv{"memory.max", strconv.FormatInt(l.MemoryBytes, 10)})
+	if l.PidsMax != 0 {
+		w = append(w, kv{"pids.max", pidsMax(l.PidsMax)})
+	}
+	for _, x := range w {
+		if err := writeControl(dir, x.file, x.value); err != nil {
+			os.Remove(dir)
+			return err
+		}
+	}
+	return nil
+}
+
+// createV1 makes the group in the cpu, memory and pids hierarchies and
+// writes its limits: CPU shares, CFS period and quota; memory limit; pids.
+func createV1(mounts map[string]string, name string, l Limits) error {
+	for _, c := range controllers {
+		dir, err := v1Dir(mounts, c, name)
+		if err != nil {
+			return err
+		}
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return err
+		}
+		switch c {
+		case "cpu":
+			if l.CPUShares > 0 {
+				err = writeControl(dir, "cpu.shares", strconv.FormatUint(l.CPUShares, 10))
+			}
+			if err == nil {
+				err = writeControl(dir, "cpu.cfs_period_us", strconv.FormatUint(l.CPUPeriodUs, 10))
+			}
+			if err == nil {
+				err = writeControl(dir, "cpu.cfs_quota_us", strconv.FormatInt(l.CPUQuotaUs, 10))
+			}
+		case "memory":
+			err = writeControl(dir, "memory.limit_in_bytes", strconv.FormatInt(l.MemoryBytes, 10))
+		case "pids":
+			if l.PidsMax > 0 {
+				err = writeControl(dir, "pids.max", pidsMax(l.PidsMax))
+			}
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// pidsMax renders a pids limit: "max" for no limit (negative).
+func pidsMax(n int64) string {
+	if n < 0 {
+		return "max"
+	}
+	return strconv.FormatInt(n, 10)
 }
 
 // JoinCgroup moves process pid into cgroup name (every v1 hierarchy of
 // the jail's controllers, or the v2 group).
 func JoinCgroup(name string, pid int) error {
-	v2, err := unified()
-	if err != nil {
-		return err
-	}
-	if v2 {
-		m, err := cgroup2.Load("/" + name)
-		if err == nil {
-			err = m.AddProc(uint64(pid))
-		}
-		if err != nil {
-			return fmt.Errorf("join cgroup %s: %w", name, err)
-		}
-		return nil
-	}
-	cg, err := cgroup1.Load(cgroup1.StaticPath("/"+name), cgroup1.WithHierarchy(v1Subsystems))
-	if err == nil {
-		err = cg.AddProc(uint64(pid))
-	}
-	if err != nil {
-		return fmt.Errorf("join cgroup %s: %w", name, err)
-	}
-	return nil
+	return jailexec.JoinCgroup(name, pid)
 }
 
 // DeleteCgroup removes cgroup name once it is empty, waiting up to two
@@ -206,23 +281,21 @@ func DeleteCgroup(name string) error {
 	}
 	del := func() error {
 		if v2 {
-			if _, err := os.Stat(filepath.Join(unifiedRoot, name)); os.IsNotExist(err) {
-				return nil
-			}
-			m, err := cgroup2.Load("/" + name)
-			if err != nil {
-				return err
-			}
-			return m.Delete()
+			return removeGroup(filepath.Join(unifiedRoot, name))
 		}
-		cg, err := cgroup1.Load(cgroup1.StaticPath("/"+name), cgroup1.WithHierarchy(v1Subsystems))
-		if errors.Is(err, cgroup1.ErrCgroupDeleted) {
-			return nil
-		}
+		mounts, err := v1Mounts()
 		if err != nil {
 			return err
 		}
-		return cg.Delete()
+		var failed []error
+		for _, c := range controllers {
+			if m, ok := mounts[c]; ok {
+				if err := removeGroup(filepath.Join(m, name)); err != nil {
+					failed = append(failed, fmt.Errorf("%s: %w", c, err))
+				}
+			}
+		}
+		return errors.Join(failed...)
 	}
 	deadline := time.Now().Add(2 * time.Second)
 	for {
@@ -246,16 +319,15 @@ func CgroupMemoryMax(name string) (int64, error) {
 	}
 	file := filepath.Join(unifiedRoot, name, "memory.max")
 	if !v2 {
-		subs, err := v1Subsystems()
+		mounts, err := v1Mounts()
 		if err != nil {
 			return 0, err
 		}
-		i := slices.IndexFunc(subs, func(s cgroup1.Subsystem) bool { return s.Name() == cgroup1.Memory })
-		p, ok := subs[max(i, 0)].(interface{ Path(string) string })
-		if i < 0 || !ok {
-			return 0, errs.New(errs.FailedPrecondition, "no cgroup v1 memory controller")
+		dir, err := v1Dir(mounts, "memory", name)
+		if err != nil {
+			return 0, err
 		}
-		file = filepath.Join(p.Path("/"+name), "memory.limit_in_bytes")
+		file = filepath.Join(dir, "memory.limit_in_bytes")
 	}
 	b, err := os.ReadFile(file)
 	if err != nil {
@@ -270,4 +342,43 @@ func CgroupMemoryMax(name string) (int64, error) {
 		return 0, fmt.Errorf("parse %s: %w", file, err)
 	}
 	return n, nil
+}
+
+// removeGroup removes the cgroup directory dir and the groups below it,
+// deepest first, once no process is left in any of them. A missing dir is
+// not an error.
+func removeGroup(dir string) error {
+	if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	var dirs []string
+	err := filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if !d.IsDir() {
+			return nil
+		}
+		b, err := os.ReadFile(filepath.Join(p, "cgroup.procs"))
+		if err != nil {
+			return err
+		}
+		if len(strings.TrimSpace(string(b))) > 0 {
+			return fmt.Errorf("cgroup %s still holds processes", p)
+		}
+		dirs = append(dirs, p)
+		return nil
+	})
+	if errors.Is(err, os.ErrNotExist) {
+		return nil // removed meanwhile
+	}
+	if err != nil {
+		return err
+	}
+	for i := len(dirs) - 1; i >= 0; i-- {
+		if err := unix.Rmdir(dirs[i]); err != nil && !errors.Is(err, unix.ENOENT) {
+			return fmt.Errorf("remove cgroup %s: %w", dirs[i], err)
+		}
+	}
+	return nil
 }

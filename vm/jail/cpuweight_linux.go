@@ -5,15 +5,11 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
 
-	"github.com/containerd/cgroups/v3/cgroup1"
 	"golang.org/x/sys/unix"
-
-	"github.com/minionsdev/minions/internal/errs"
 )
 
 // The CPU weight of a cgroup is relative to its siblings only: a parent
@@ -41,19 +37,15 @@ func cpuWeights() (cpuWeightFile, error) {
 	if v2 {
 		return cpuWeightFile{root: unifiedRoot, name: "cpu.weight", def: 100, max: 10000}, nil
 	}
-	subs, err := v1Subsystems()
+	mounts, err := v1Mounts()
 	if err != nil {
 		return cpuWeightFile{}, err
 	}
-	i := slices.IndexFunc(subs, func(s cgroup1.Subsystem) bool { return s.Name() == cgroup1.Cpu })
-	if i < 0 {
-		return cpuWeightFile{}, errs.New(errs.FailedPrecondition, "no cgroup v1 cpu controller")
+	root, err := v1Dir(mounts, "cpu", "")
+	if err != nil {
+		return cpuWeightFile{}, err
 	}
-	p, ok := subs[i].(interface{ Path(string) string })
-	if !ok {
-		return cpuWeightFile{}, errs.New(errs.FailedPrecondition, "cgroup v1 cpu controller has no path")
-	}
-	return cpuWeightFile{root: p.Path("/"), name: "cpu.shares", def: SharesPerCPU, max: 262144}, nil
+	return cpuWeightFile{root: root, name: "cpu.shares", def: SharesPerCPU, max: 262144}, nil
 }
 
 // v2Weight converts cgroup v1 shares to a v2 cpu.weight (1024 -> 100).

@@ -16,7 +16,7 @@
 //     memory max = guest memory + Config.MemoryOverheadMiB, a CPU quota of
 //     its vCPU count, a CPU weight of SharesPerCPU per vCPU and a pids
 //     limit, on cgroup v1 (and hybrid) hosts and pure v2 hosts alike
-//     (github.com/containerd/cgroups/v3). The parent's CPU weight is kept
+//     (the cgroup file system, written directly). The parent's CPU weight is kept
 //     at the sum of its VMs' (see balanceAncestors): at the kernel's
 //     default it would give all VMs together the share of one host process.
 //

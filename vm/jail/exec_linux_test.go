@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -77,6 +78,7 @@ func TestCgroupLifecycle(t *testing.T) {
 	if got, err := CgroupMemoryMax(name); err != nil || got != 256<<20 {
 		t.Errorf("memory max = %d, %v; want %d", got, err, 256<<20)
 	}
+	checkLimits(t, name)
 	cmd := exec.Command("sleep", "30")
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -103,10 +105,40 @@ func TestCgroupLifecycle(t *testing.T) {
 	}
 }
 
-// TestLauncherJoinsCgroup: the launcher's own cgroup join (jailexec, no
-// cgroup library) puts a process where JoinCgroup does, in every
-// controller's hierarchy the cgroup was created in; a missing cgroup is
-// an error.
+// checkLimits reads the CPU and pids limits of the cgroup TestCgroupLifecycle
+// made (1 vCPU, 64 tasks) from its control files.
+func checkLimits(t *testing.T, name string) {
+	t.Helper()
+	v2, err := unified()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]string{"cpu.max": "100000 100000", "cpu.weight": "100", "pids.max": "64"}
+	dirs := map[string]string{"cpu.max": "", "cpu.weight": "", "pids.max": ""}
+	if !v2 {
+		want = map[string]string{"cpu.cfs_quota_us": "100000", "cpu.cfs_period_us": "100000", "cpu.shares": "1024", "pids.max": "64"}
+		dirs = map[string]string{"cpu.cfs_quota_us": "cpu", "cpu.cfs_period_us": "cpu", "cpu.shares": "cpu", "pids.max": "pids"}
+	}
+	mounts, err := v1Mounts()
+	if err != nil && !v2 {
+		t.Fatal(err)
+	}
+	for file, w := range want {
+		dir := filepath.Join(unifiedRoot, name)
+		if !v2 {
+			dir = filepath.Join(mounts[dirs[file]], name)
+		}
+		b, err := os.ReadFile(filepath.Join(dir, file))
+		if err != nil || strings.TrimSpace(string(b)) != w {
+			t.Errorf("%s = %q, %v; want %q", file, b, err, w)
+		}
+	}
+}
+
+// TestLauncherJoinsCgroup: the launcher's cgroup join (jailexec) puts a
+// process in the cgroup CreateCgroup made in every controller's hierarchy
+// (each of cpu, memory and pids on v1, the one group on v2); a missing
+// cgroup is an error.
 func TestLauncherJoinsCgroup(t *testing.T) {
 	needRoot(t)
 	name := fmt.Sprintf("minions-test/%d-lean", os.Getpid())
@@ -115,37 +147,39 @@ func TestLauncherJoinsCgroup(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { DeleteCgroup(name); DeleteCgroup("minions-test") })
-	var pids []int
-	for _, join := range []func(string, int) error{JoinCgroup, jailexec.JoinCgroup} {
-		cmd := exec.Command("sleep", "30")
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
+	cmd := exec.Command("sleep", "30")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	if err := jailexec.JoinCgroup(name, cmd.Process.Pid); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", cmd.Process.Pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	v2, err := unified()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"cpu", "memory", "pids"}
+	if v2 {
+		want = []string{""}
+	}
+	for _, c := range want {
+		found := false
+		for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+			parts := strings.SplitN(line, ":", 3)
+			if len(parts) == 3 && parts[2] == "/"+name && (v2 && parts[0] == "0" || !v2 && slices.Contains(strings.Split(parts[1], ","), c)) {
+				found = true
+			}
 		}
-		t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-		if err := join(name, cmd.Process.Pid); err != nil {
-			t.Fatal(err)
+		if !found {
+			t.Errorf("not in %s of controller %q:\n%s", name, c, b)
 		}
-		pids = append(pids, cmd.Process.Pid)
 	}
-	// /proc/PID/cgroup of both, with the hierarchy ids: the same lines.
-	read := func(pid int) string {
-		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", pid))
-		if err != nil {
-			t.Fatal(err)
-		}
-		return string(b)
-	}
-	want, got := read(pids[0]), read(pids[1])
-	if got != want {
-		t.Errorf("lean join: /proc/PID/cgroup\n%s\nwant (JoinCgroup)\n%s", got, want)
-	}
-	if n := strings.Count(got, "/"+name+"\n"); n == 0 {
-		t.Errorf("not in %s:\n%s", name, got)
-	}
-	if c := cgroupOf(t, pids[1]); c != name {
-		t.Errorf("memory cgroup %q, want %q", c, name)
-	}
-	if err := jailexec.JoinCgroup(name+"-missing", pids[1]); err == nil {
+	if err := jailexec.JoinCgroup(name+"-missing", cmd.Process.Pid); err == nil {
 		t.Error("joined a cgroup that does not exist")
 	}
 }

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/minionsdev/minions/internal/errs"
+	"github.com/minionsdev/minions/internal/starttrace"
 	"github.com/minionsdev/minions/vm/hypervisor/procfs"
 )
 
@@ -35,6 +36,7 @@ type Step struct {
 func RunSteps(ctx context.Context, log *slog.Logger, steps []Step) error {
 	for i, s := range steps {
 		log.Debug("start step", "step", s.Name)
+		starttrace.Markf("launch: %s", s.Name)
 		t0 := time.Now()
 		err := s.Do(ctx)
 		if err == nil {

@@ -23,8 +23,8 @@ var Controllers = []string{"cpu", "memory", "pids"}
 // JoinCgroup moves pid into cgroup name (relative to the hierarchy root,
 // as jail.CreateCgroup made it): on a pure v2 host the one directory, on
 // a v1 or hybrid host the directory of each of Controllers whose
-// hierarchy is mounted and holds it (as github.com/containerd/cgroups
-// does for jail.JoinCgroup). A cgroup that exists in none is an error.
+// hierarchy is mounted and holds it (jail.JoinCgroup is this function).
+// A cgroup that exists in none is an error.
 func JoinCgroup(name string, pid int) error {
 	var st unix.Statfs_t
 	if err := unix.Statfs(cgroupRoot, &st); err != nil {
@@ -34,7 +34,7 @@ func JoinCgroup(name string, pid int) error {
 	if st.Type == unix.CGROUP2_SUPER_MAGIC {
 		dirs = []string{filepath.Join(cgroupRoot, name)}
 	} else {
-		mounts, err := v1Mounts()
+		mounts, err := V1Mounts()
 		if err != nil {
 			return fmt.Errorf("join cgroup %s: %w", name, err)
 		}
@@ -60,9 +60,9 @@ func JoinCgroup(name string, pid int) error {
 	return nil
 }
 
-// v1Mounts maps each v1 controller to the mount point of its hierarchy,
+// V1Mounts maps each v1 controller to the mount point of its hierarchy,
 // from /proc/self/mountinfo ("... - cgroup cgroup rw,cpu,cpuacct").
-func v1Mounts() (map[string]string, error) {
+func V1Mounts() (map[string]string, error) {
 	f, err := os.Open("/proc/self/mountinfo")
 	if err != nil {
 		return nil, err
