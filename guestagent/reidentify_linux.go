@@ -342,7 +342,6 @@ func (s *Server) becomeIdentity(id identity, begin, checked time.Time, paused bo
 // where it must): their reload competes with the host's next calls for
 // the guest's vCPU, and nothing of the VM's identity depends on it.
 func (s *Server) afterReidentify() {
-	s.warmAfterReidentify()
 	done := reloadServices(s.cfg.Root)
 	if len(done) > 0 {
 		s.log.Info("services reloaded after re-identification", "done", strings.Join(done, ", "))

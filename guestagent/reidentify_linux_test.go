@@ -36,7 +36,6 @@ type reidFixture struct {
 	clock    []time.Time
 	reseeded [][]byte
 	net      []string
-	warmed   chan string // roots whose shell was warmed
 }
 
 const templateMachineID = "0123456789abcdef0123456789abcdef"
@@ -78,16 +77,6 @@ func newReidFixture(t *testing.T, host ssh.Signer) *reidFixture {
 		t.Fatal(err)
 	}
 	f.srv = srv
-	f.warmed = make(chan string, 4)
-	oldWarm := warmShell
-	warmShell = func(root string, _ *Reaper) (time.Duration, error) {
-		select {
-		case f.warmed <- root:
-		default:
-		}
-		return time.Millisecond, nil
-	}
-	t.Cleanup(func() { warmShell = oldWarm })
 	oldReseed, oldNet, oldReload := reseedKernel, reconfigureNet, reloadServices
 	reseedKernel = func(b []byte) error { f.reseeded = append(f.reseeded, b); return nil }
 	reconfigureNet = func(mac net.HardwareAddr, ip netip.Prefix, gw netip.Addr) error {
