@@ -165,11 +165,12 @@ func testMoveMemory(t *testing.T, c *mhCluster, ann, ben mhUser, haveVMs bool) {
 }
 
 // startTicker starts a counter in VM name, detached from the exec session
-// (setsid, as TestFork does): /run/count is its count, /run/ticks a line
+// (setsid, as TestFork does): /run/count is its count (replaced by a
+// rename, so a reader or a memory snapshot never sees it empty), /run/ticks a line
 // "COUNT UNIX-NANOSECONDS" per tick. It returns the counter's PID.
 func startTicker(t testing.TB, c *mhCluster, u mhUser, name string) string {
 	t.Helper()
-	loop := `i=0; while :; do i=$((i+1)); echo $i > /run/count; echo "$i $(date +%s%N)" >> /run/ticks; sleep 0.2; done`
+	loop := `i=0; while :; do i=$((i+1)); echo $i > /run/count.new; mv /run/count.new /run/count; echo "$i $(date +%s%N)" >> /run/ticks; sleep 0.2; done`
 	r := c.as(t, u, "", "exec", name, "--", "sh", "-c", "setsid sh -c '"+loop+"' </dev/null >/dev/null 2>&1 & echo $!")
 	pid := strings.TrimSpace(r.stdout)
 	if _, err := strconv.Atoi(pid); r.code != 0 || err != nil {
