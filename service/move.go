@@ -572,15 +572,25 @@ func (s *Service) transferPeer(ctx context.Context, v store.VM, from, to store.H
 	if !ok || from.Local || to.Local {
 		return engine.Instance{}, nil, nil
 	}
+	return s.viaPeer("disk", v.ID, progress, func() (engine.Instance, int64, error) {
+		return pi.ImportDiskFromPeer(ctx, engine.ImportSpec{ID: v.ID, Name: v.Name, Owner: v.OwnerID, Start: ran}, srcE, progress)
+	})
+}
+
+// viaPeer runs a node-to-node import (what: "disk" or "bundle" of VM id)
+// and meters it: the meter of the finished transfer, or nil and no error
+// when there is no such path (engine.ErrNoPeerPath: nothing was made on
+// either node; the caller relays it).
+func (s *Service) viaPeer(what, id string, progress Progress, imp func() (engine.Instance, int64, error)) (engine.Instance, *meter, error) {
 	t0 := time.Now()
-	inst, n, err := pi.ImportDiskFromPeer(ctx, engine.ImportSpec{ID: v.ID, Name: v.Name, Owner: v.OwnerID, Start: ran}, srcE, progress)
+	inst, n, err := imp()
 	switch {
 	case err == nil:
 		mt := &meter{progress: progress, start: t0, n: n, total: n, last: time.Now()}
 		mt.done()
 		return inst, mt, nil
 	case errors.Is(err, engine.ErrNoPeerPath):
-		s.log.Info("move: no node-to-node path, relaying the disk", "vm_id", v.ID, "err", err)
+		s.log.Info("move: no node-to-node path, relaying the "+what, "vm_id", id, "err", err)
 		return engine.Instance{}, nil, nil
 	}
 	return engine.Instance{}, nil, err

@@ -277,18 +277,9 @@ func (s *Service) bundlePeer(ctx context.Context, from store.Host, srcE, dstE en
 	if !ok || from.Local {
 		return engine.Instance{}, nil, nil
 	}
-	t0 := time.Now()
-	inst, n, err := pi.ImportBundleFromPeer(ctx, spec, srcE, progress)
-	switch {
-	case err == nil:
-		mt := &meter{progress: progress, start: t0, n: n, total: n, last: time.Now()}
-		mt.done()
-		return inst, mt, nil
-	case errors.Is(err, engine.ErrNoPeerPath):
-		s.log.Info("move: no node-to-node path, relaying the bundle", "vm_id", spec.ID, "err", err)
-		return engine.Instance{}, nil, nil
-	}
-	return engine.Instance{}, nil, err
+	return s.viaPeer("bundle", spec.ID, progress, func() (engine.Instance, int64, error) {
+		return pi.ImportBundleFromPeer(ctx, spec, srcE, progress)
+	})
 }
 
 // importBundle ships the source's bundle of VM spec.ID into the target's
