@@ -322,13 +322,19 @@ func (l *Local) buildTemplate(ctx context.Context, tr hypervisor.Templater, img 
 	return t, nil
 }
 
-// writeFileSync writes v as JSON to path atomically and durably (a
-// temporary file, fsync, rename, fsync of the directory).
+// writeFileSync writes v as JSON to path atomically and durably (see
+// writeBytesSync).
 func writeFileSync(path string, v any) error {
 	b, err := json.MarshalIndent(v, "", "  ")
 	if err != nil {
 		return err
 	}
+	return writeBytesSync(path, b)
+}
+
+// writeBytesSync writes b to path atomically and durably (a temporary
+// file, fsync, rename, fsync of the directory).
+func writeBytesSync(path string, b []byte) error {
 	tmp := path + ".tmp"
 	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
 	if err != nil {

@@ -315,30 +315,10 @@ func (l *Local) saveForMove(ctx context.Context, id string, h *hypervisor.Handle
 	if !ok || boot == "" {
 		return l.Driver.SaveState(ctx, h, dir)
 	}
-	if err := writeFileFlushed(l.moveState(id)+moveBootSuffix, []byte(boot+"\n")); err != nil {
+	if err := writeBytesSync(l.moveState(id)+moveBootSuffix, []byte(boot+"\n")); err != nil {
 		return l.Driver.SaveState(ctx, h, dir)
 	}
 	return us.SaveStateUnsynced(ctx, h, dir)
-}
-
-// writeFileFlushed writes b to path and flushes it and its directory.
-func writeFileFlushed(path string, b []byte) error {
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
-	if err != nil {
-		return err
-	}
-	_, err = f.Write(b)
-	if serr := f.Sync(); err == nil {
-		err = serr
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		os.Remove(path)
-		return err
-	}
-	return syncDir(filepath.Dir(path))
 }
 
 func (l *Local) hostKeyLine() string {
