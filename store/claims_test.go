@@ -92,3 +92,27 @@ func TestPlacementClaims(t *testing.T) {
 		t.Errorf("node after release: %+v", u)
 	}
 }
+
+// A live move onto the control plane's host holds both a placement claim
+// (the service's) and an address reservation (the engine's staging) for
+// the same VM: its memory counts once.
+func TestClaimAndReservationCountOnce(t *testing.T) {
+	ctx := context.Background()
+	db := open(t)
+	now := time.Now()
+	if err := InsertHost(ctx, db, Host{ID: "hl", Name: "cp", Local: true, State: HostReady, CreatedAt: now}); err != nil {
+		t.Fatal(err)
+	}
+	if err := InsertClaim(ctx, db, Claim{VMID: "mv1", HostID: "hl", Kind: "move", CPUs: 1, MemoryMiB: 512, DiskGiB: 1, PID: 1, CreatedAt: now}); err != nil {
+		t.Fatal(err)
+	}
+	if err := ReserveAddress(ctx, db, Reservation{VMID: "mv1", IP: "10.0.0.3", CID: 4, MemoryMiB: 512, CreatedAt: now}); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := AllocatedMemoryMiB(ctx, db, ""); err != nil || n != 512 {
+		t.Errorf("allocated %d MiB (%v), want 512: the staged move's memory once", n, err)
+	}
+	if n, err := AllocatedMemoryMiB(ctx, db, "mv1"); err != nil || n != 0 {
+		t.Errorf("allocated except mv1: %d MiB (%v), want 0", n, err)
+	}
+}
