@@ -88,13 +88,32 @@ func StartTime(pid int) (uint64, error) {
 }
 
 // Alive reports whether the process pid with the given start time exists
-// and is not a zombie. A zero pid or start time is never alive.
+// and runs: it is not a zombie, or its leader is but other threads still
+// run (after SIGKILL the leader can reach the zombie state before the
+// other threads have exited and closed the process's files, such as a
+// TAP). A zero pid or start time is never alive.
 func Alive(pid int, startTime uint64) bool {
 	if pid <= 0 || startTime == 0 {
 		return false
 	}
 	s, err := ReadStat(pid)
-	return err == nil && s.StartTime == startTime && !s.Zombie()
+	if err != nil || s.StartTime != startTime {
+		return false
+	}
+	return !s.Zombie() || otherThreads(pid)
+}
+
+// otherThreads reports whether the process pid has a thread besides its
+// leader: /proc/PID/task lists a thread until it is released, after it
+// has closed its files.
+func otherThreads(pid int) bool {
+	f, err := os.Open("/proc/" + strconv.Itoa(pid) + "/task")
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	names, _ := f.Readdirnames(2)
+	return len(names) > 1
 }
 
 // Signal sends sig to the process pid if, and only if, it still has the
@@ -130,7 +149,7 @@ func Signal(pid int, startTime uint64, sig unix.Signal) (bool, error) {
 }
 
 // WaitGone polls until the process pid with startTime is no longer alive
-// (gone, reaped, a zombie, or its PID reused), checking every interval
+// (gone, reaped, a zombie with no thread left, or its PID reused), checking every interval
 // (default 10 ms). It returns errs.Unavailable wrapping the context's error
 // when ctx ends first.
 func WaitGone(ctx context.Context, pid int, startTime uint64, interval time.Duration) error {
