@@ -265,3 +265,25 @@ func (s *Service) placeCreate(ctx context.Context, id, pin string, cpus, memMiB,
 	}
 	return target{host: row, eng: e}, rel, nil
 }
+
+// claimOnHostOf holds room for VM id (cpus, memMiB, diskGiB), made by an
+// operation of kind on the host of VM src (a copy or a fork on the
+// source's own host): the host's vCPUs, memory and disk are checked and
+// claimed as a create pinned there is (claimTarget), so concurrent
+// copies and forks cannot all take the same free room. Without a
+// cluster (no host registered) nothing is placed, as for a create.
+// release is never nil.
+func (s *Service) claimOnHostOf(ctx context.Context, src store.VM, id, kind string, cpus, memMiB, diskGiB int) (release func(), err error) {
+	hosts, err := store.ListHosts(ctx, s.DB)
+	if err != nil || len(hosts) == 0 {
+		return func() {}, err
+	}
+	h, err := s.vmHost(ctx, src)
+	if err != nil {
+		return func() {}, err
+	}
+	if h.ID == "" {
+		return func() {}, nil // the local host has no row: nothing to claim against
+	}
+	return s.claimTarget(ctx, h, id, kind, cpus, memMiB, diskGiB)
+}
