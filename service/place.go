@@ -187,14 +187,29 @@ func (s *Service) releaseClaim(ctx context.Context, id string) {
 }
 
 // sweepClaims drops the claims of processes that are gone (killed
-// mid-create) and those older than claimTTL.
+// mid-create) and those older than claimTTL. A move's claim stays while
+// its move is recorded (vm_moves), whatever became of its process: an
+// interrupted move's copy on the target (an import, a staged incoming
+// VM) holds that room until SettleMoves removes it or finishes the move,
+// and deleting the record (store.DeleteMove) drops the claim.
 func sweepClaims(ctx context.Context, q store.Q, now time.Time) error {
 	cls, err := store.ListClaims(ctx, q)
 	if err != nil {
 		return err
 	}
+	moves, err := store.ListMoves(ctx, q)
+	if err != nil {
+		return err
+	}
+	movingTo := make(map[string]string, len(moves))
+	for _, m := range moves {
+		movingTo[m.VMID] = m.ToHost
+	}
 	for _, c := range cls {
 		if now.Sub(c.CreatedAt) < claimTTL && processAlive(c.PID) {
+			continue
+		}
+		if to, ok := movingTo[c.VMID]; ok && c.Kind == store.ClaimMove && to == c.HostID {
 			continue
 		}
 		if err := store.ReleaseClaim(ctx, q, c.VMID); err != nil {
