@@ -17,7 +17,7 @@ import (
 // announce no capabilities (a version older than node-to-node bundles,
 // whose export_bundle ignores the target address) is not asked for a
 // node-to-node bundle: ErrNoPeerPath at once (the caller relays the
-// bundle), nothing made on the target, and the source's copy resumes.
+// bundle) and nothing made on the target; nor is an old target.
 // Before, the target waited for a stream that never came until the
 // move's deadline. Once the node announces the capability, the bundle
 // goes node to node.
@@ -56,7 +56,15 @@ func TestOldSourceNodeGetsTheRelayAtOnce(t *testing.T) {
 		t.Errorf("node-to-node bundles %d (no path %d), want 0 (1)", p, f)
 	}
 
+	// An old target is not asked either.
 	ra.SetCaps(nodeagent.Capabilities)
+	rb.SetCaps([]string{"something-else"})
+	if _, _, err := rb.ImportBundleFromPeer(ctx, engine.ImportSpec{ID: inst.ID, Name: "mover", Owner: b.owner}, ra, nil); !errors.Is(err, engine.ErrNoPeerPath) {
+		t.Fatalf("bundle to an old node: %v, want ErrNoPeerPath", err)
+	}
+	nothingOn(t, ctx, rb, b, inst.ID)
+
+	rb.SetCaps(nodeagent.Capabilities)
 	got, _, err := rb.ImportBundleFromPeer(ctx, engine.ImportSpec{ID: inst.ID, Name: "mover", Owner: b.owner}, ra, nil)
 	if err != nil || got.State != vm.Running {
 		t.Fatalf("bundle from a node with the capability: %+v, %v", got, err)

@@ -97,9 +97,11 @@ func (r *Remote) importFromPeer(ctx context.Context, k peerStream, spec engine.I
 	if !ok || src == r || r.cfg.DirectTLS == nil {
 		return engine.Instance{}, 0, ErrNoPeerPath
 	}
-	if k.cap != "" && src.lacks(k.cap) {
-		k.failed(r).Add(1)
-		return engine.Instance{}, 0, fmt.Errorf("%w: source node %s is of an older version (no %s)", ErrNoPeerPath, src.cfg.ID, k.cap)
+	for _, n := range []*Remote{src, r} {
+		if k.cap != "" && n.lacks(k.cap) {
+			k.failed(r).Add(1)
+			return engine.Instance{}, 0, fmt.Errorf("%w: node %s is of an older version (no %s)", ErrNoPeerPath, n.cfg.ID, k.cap)
+		}
 	}
 	var sc ticketReply
 	if err := src.call(ctx, mDirectCert, callRequest{}, nil, &sc); err != nil {
