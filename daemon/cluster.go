@@ -186,6 +186,9 @@ func startCluster(ctx context.Context, g *errgroup.Group, cfg config.Config, e *
 			if !removed[id] && cl.remotes.ensure(id) {
 				svc.HostHeard(ctx, id)
 			}
+			// What it can do: an older node is asked only what it
+			// understands (nodeagent.Capabilities).
+			cl.remotes.setCaps(id, batch[id].Caps)
 		}
 	})
 	if err != nil {
@@ -302,6 +305,17 @@ func (rs *remotes) ensure(id string) bool {
 	rs.svc.SetRemoteEngine(id, r)
 	rs.log.Info("remote engine ready", "host_id", id)
 	return true
+}
+
+// setCaps records the capabilities host id announced (its Remote's
+// SetCaps); a host without a Remote is skipped.
+func (rs *remotes) setCaps(id string, caps []string) {
+	rs.mu.Lock()
+	r := rs.m[id]
+	rs.mu.Unlock()
+	if r != nil {
+		r.SetCaps(caps)
+	}
 }
 
 // drop forgets host id's Remote (a removed host).

@@ -128,7 +128,8 @@ func findHelper(name, env string) (string, []string) {
 // the launch before each QEMU and relay costs a few milliseconds, not the
 // start of the whole minions binary), else the minions executable exe;
 // the state dir (store, keys, images, every VM's disks) and the run dir
-// are hidden from each VM but for its own files.
+// are hidden from each VM but for its own files. Its VMs' cgroups are
+// <parent>/<installationID(state)>/<vm id>.
 func VMJail(exe string, j jail.Config, paths Paths) jail.Config {
 	launcher := exe
 	if p, err := RelayBinary(); err == nil {
@@ -136,7 +137,23 @@ func VMJail(exe string, j jail.Config, paths Paths) jail.Config {
 	}
 	j.Command = []string{launcher, "jail-exec"}
 	j.Hide = []string{paths.State, paths.Run}
+	if j.Installation == "" {
+		// Its VMs' cgroups sit in a group of its own, which Reconcile
+		// sweeps (qemu.Driver.SweepCgroups): minions/<installation>/<vm id>.
+		j.Installation = installationID(paths.State)
+	}
 	return j
+}
+
+// installationID names an installation on this machine by its state
+// directory: its RAM file dir (MemoryDir) and its VMs' cgroup group
+// (jail.Config.Installation).
+func installationID(stateDir string) string {
+	if abs, err := filepath.Abs(stateDir); err == nil {
+		stateDir = abs
+	}
+	sum := sha256.Sum256([]byte(stateDir))
+	return hex.EncodeToString(sum[:6])
 }
 
 // MemoryDir is the tmpfs directory where an installation's VMs keep their
@@ -146,9 +163,5 @@ func VMJail(exe string, j jail.Config, paths Paths) jail.Config {
 // one test machine) can share the machine's /dev/shm: a shared directory
 // would give a moving VM's source and target the same file.
 func MemoryDir(stateDir string) string {
-	if abs, err := filepath.Abs(stateDir); err == nil {
-		stateDir = abs
-	}
-	sum := sha256.Sum256([]byte(stateDir))
-	return filepath.Join("/dev/shm/minions", hex.EncodeToString(sum[:6]))
+	return filepath.Join("/dev/shm/minions", installationID(stateDir))
 }

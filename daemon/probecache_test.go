@@ -95,3 +95,23 @@ func TestVMJailLauncher(t *testing.T) {
 		t.Errorf("launcher without minions-relay %q, want /usr/bin/minions jail-exec", got)
 	}
 }
+
+// TestVMJailInstallation: each installation's VMs get cgroups in a group
+// of their own, named like its RAM file dir, so that installations of one
+// machine never share one and each sweeps only its own.
+func TestVMJailInstallation(t *testing.T) {
+	a := VMJail("/usr/bin/minions", jail.Config{}, Paths{State: "/var/lib/minions", Run: "/run/minions"})
+	b := VMJail("/usr/bin/minions", jail.Config{}, Paths{State: "/tmp/other/s", Run: "/tmp/other/r"})
+	if a.Installation == "" || a.Installation == b.Installation {
+		t.Fatalf("installations %q and %q", a.Installation, b.Installation)
+	}
+	if filepath.Base(MemoryDir("/var/lib/minions")) != a.Installation {
+		t.Errorf("installation %q, ram dir %s", a.Installation, MemoryDir("/var/lib/minions"))
+	}
+	if g, err := a.Cgroup("0123456789ab"); err != nil || g != "minions/"+a.Installation+"/0123456789ab" {
+		t.Errorf("cgroup %q, %v", g, err)
+	}
+	if c := VMJail("/usr/bin/minions", jail.Config{Installation: "x"}, Paths{State: "/s", Run: "/r"}); c.Installation != "x" {
+		t.Errorf("a set installation was replaced: %q", c.Installation)
+	}
+}

@@ -50,8 +50,9 @@ func TestJail(t *testing.T) {
 
 	// The cgroup and its memory limit.
 	cgFile, limit := memoryCgroup(t, a.PID)
-	if !strings.HasSuffix(filepath.Dir(cgFile), "/minions/"+a.ID) {
-		t.Errorf("qemu's memory cgroup is %s, want .../minions/%s", filepath.Dir(cgFile), a.ID)
+	// In the installation's own group, named like its RAM file dir.
+	if want := "/minions/" + filepath.Base(memoryDir()) + "/" + a.ID; !strings.HasSuffix(filepath.Dir(cgFile), want) {
+		t.Errorf("qemu's memory cgroup is %s, want ...%s", filepath.Dir(cgFile), want)
 	}
 	if want := int64(256+256) << 20; limit != want {
 		t.Errorf("memory limit %d, want guest 256 MiB + 256 MiB overhead = %d", limit, want)

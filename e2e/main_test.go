@@ -195,6 +195,7 @@ func build(dir string) error {
 
 // cleanupProcesses kills whatever a failed test left running under dir.
 func cleanupProcesses(dir string) {
+	var cgroups []string
 	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
 	for _, p := range procs {
 		b, err := os.ReadFile(p)
@@ -202,10 +203,12 @@ func cleanupProcesses(dir string) {
 			var pid int
 			fmt.Sscanf(p, "/proc/%d/cmdline", &pid)
 			if pid != os.Getpid() {
+				cgroups = append(cgroups, vmCgroups(pid)...)
 				syscallKill(pid)
 			}
 		}
 	}
+	removeCgroupDirs(cgroups) // no driver ended those VMs
 }
 
 func needVMs(t *testing.T) {

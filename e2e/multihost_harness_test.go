@@ -247,6 +247,8 @@ func (c *mhCluster) teardown() {
 		}
 	}
 	// VM processes run in their own sessions: find them by their dirs.
+	// Their cgroups are removed once they are gone (no driver ends them).
+	var cgroups []string
 	for i := 0; i < 50; i++ {
 		left := 0
 		for _, h := range c.hosts {
@@ -254,6 +256,7 @@ func (c *mhCluster) teardown() {
 				var pid int
 				fmt.Sscanf(p, "/proc/%d/cmdline", &pid)
 				if pid != os.Getpid() && pid > 0 {
+					cgroups = append(cgroups, vmCgroups(pid)...)
 					syscall.Kill(pid, syscall.SIGKILL)
 					left++
 				}
@@ -264,6 +267,7 @@ func (c *mhCluster) teardown() {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+	removeCgroupDirs(cgroups)
 	exec.Command("ip", "-n", c.clientNS, "link", "del", "mhc0").Run()
 	for _, ns := range []string{c.cp.ns, c.n1.ns, c.n2.ns, c.brNS} {
 		if out, err := exec.Command("ip", "netns", "del", ns).CombinedOutput(); err != nil && !strings.Contains(string(out), "No such file") {

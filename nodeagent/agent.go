@@ -32,6 +32,9 @@ type Heartbeat struct {
 	// local end of its connection): where the control plane can reach it
 	// directly. "" when unknown (an in-process node).
 	Address string `json:"address,omitempty"`
+	// Caps are the node's capabilities (Capabilities); none from a node
+	// older than them.
+	Caps []string `json:"caps,omitempty"`
 }
 
 // Capacity is what a node has: the fields of Heartbeat it measures.
@@ -108,7 +111,7 @@ func Run(ctx context.Context, cfg Config) error {
 			return
 		}
 		b, _ := json.Marshal(Heartbeat{Version: cfg.Version, CPUs: c.CPUs, MemoryMiB: c.MemoryMiB, MemoryFreeMiB: c.MemoryFreeMiB,
-			DiskMiB: c.DiskMiB, DiskFreeMiB: c.DiskFreeMiB, At: time.Now().UTC(), Address: cfg.address()})
+			DiskMiB: c.DiskMiB, DiskFreeMiB: c.DiskFreeMiB, At: time.Now().UTC(), Address: cfg.address(), Caps: Capabilities})
 		last = b
 		if err := cfg.Conn.Publish(fabric.StatusSubject(cfg.ID), b); err != nil {
 			log.Warn("heartbeat", "err", err)

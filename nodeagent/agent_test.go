@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -114,6 +115,9 @@ func TestHeartbeatsReachControlPlane(t *testing.T) {
 	// it reaches the fabric from.
 	if hb.Version != "v9" || hb.Address != "192.0.2.5" || hb.CPUs < 1 || hb.MemoryMiB <= 0 || hb.MemoryFreeMiB <= 0 || hb.DiskMiB <= 0 || hb.DiskFreeMiB <= 0 {
 		t.Fatalf("heartbeat %+v", hb)
+	}
+	if !slices.Equal(hb.Caps, nodeagent.Capabilities) {
+		t.Errorf("heartbeat capabilities %q, want %q", hb.Caps, nodeagent.Capabilities)
 	}
 	rctx, rcancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer rcancel()

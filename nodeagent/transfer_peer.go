@@ -81,6 +81,9 @@ func (r *Remote) ImportDiskFromPeer(ctx context.Context, spec engine.ImportSpec,
 type peerStream struct {
 	imp, exp     string
 	peer, failed func(r *Remote) *atomic.Int64
+	// cap is the capability the source node needs ("": none); a source
+	// known to lack it is ErrNoPeerPath at once.
+	cap string
 }
 
 var peerDisk = peerStream{imp: mImportDisk, exp: mExportDisk,
@@ -93,6 +96,12 @@ func (r *Remote) importFromPeer(ctx context.Context, k peerStream, spec engine.I
 	src, ok := from.(*Remote)
 	if !ok || src == r || r.cfg.DirectTLS == nil {
 		return engine.Instance{}, 0, ErrNoPeerPath
+	}
+	for _, n := range []*Remote{src, r} {
+		if k.cap != "" && n.lacks(k.cap) {
+			k.failed(r).Add(1)
+			return engine.Instance{}, 0, fmt.Errorf("%w: node %s is of an older version (no %s)", ErrNoPeerPath, n.cfg.ID, k.cap)
+		}
 	}
 	var sc ticketReply
 	if err := src.call(ctx, mDirectCert, callRequest{}, nil, &sc); err != nil {

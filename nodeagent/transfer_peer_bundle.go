@@ -23,7 +23,8 @@ import (
 
 var peerBundle = peerStream{imp: mImportBundle, exp: mExportBundle,
 	peer:   func(r *Remote) *atomic.Int64 { return &r.bundlePeer },
-	failed: func(r *Remote) *atomic.Int64 { return &r.bundlePeerFailed }}
+	failed: func(r *Remote) *atomic.Int64 { return &r.bundlePeerFailed },
+	cap:    CapPeerBundle}
 
 var _ engine.BundlePeerImporter = (*Remote)(nil)
 

@@ -57,6 +57,12 @@ func (s *Service) Fork(ctx context.Context, c Caller, srcName string, req ForkRe
 		return VM{}, errs.New(errs.FailedPrecondition, "fork vm %s: the engine of its host cannot fork", src.Name)
 	}
 	spec := engine.ForkSpec{ID: vm.NewID(), Name: req.Name, Owner: c.UserID, AuthorizedKeys: s.ownerKeys(ctx, c.UserID)}
+	// The fork's room on the source's host is claimed as a create's is.
+	release, err := s.claimOnHostOf(ctx, row, spec.ID, "fork", row.CPUs, row.MemoryMiB, row.DiskGiB)
+	defer release()
+	if err != nil {
+		return VM{}, fmt.Errorf("fork vm %s: %w", src.Name, err)
+	}
 	if _, err := fk.Fork(ctx, src.ID, spec, progress); err != nil {
 		return VM{}, err
 	}

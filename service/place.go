@@ -187,14 +187,29 @@ func (s *Service) releaseClaim(ctx context.Context, id string) {
 }
 
 // sweepClaims drops the claims of processes that are gone (killed
-// mid-create) and those older than claimTTL.
+// mid-create) and those older than claimTTL. A move's claim stays while
+// its move is recorded (vm_moves), whatever became of its process: an
+// interrupted move's copy on the target (an import, a staged incoming
+// VM) holds that room until SettleMoves removes it or finishes the move,
+// and deleting the record (store.DeleteMove) drops the claim.
 func sweepClaims(ctx context.Context, q store.Q, now time.Time) error {
 	cls, err := store.ListClaims(ctx, q)
 	if err != nil {
 		return err
 	}
+	moves, err := store.ListMoves(ctx, q)
+	if err != nil {
+		return err
+	}
+	movingTo := make(map[string]string, len(moves))
+	for _, m := range moves {
+		movingTo[m.VMID] = m.ToHost
+	}
 	for _, c := range cls {
 		if now.Sub(c.CreatedAt) < claimTTL && processAlive(c.PID) {
+			continue
+		}
+		if to, ok := movingTo[c.VMID]; ok && c.Kind == store.ClaimMove && to == c.HostID {
 			continue
 		}
 		if err := store.ReleaseClaim(ctx, q, c.VMID); err != nil {
@@ -264,4 +279,26 @@ func (s *Service) placeCreate(ctx context.Context, id, pin string, cpus, memMiB,
 		return target{}, release, errs.New(errs.Unavailable, "host %s is not connected to this control plane", h.Name)
 	}
 	return target{host: row, eng: e}, rel, nil
+}
+
+// claimOnHostOf holds room for VM id (cpus, memMiB, diskGiB), made by an
+// operation of kind on the host of VM src (a copy or a fork on the
+// source's own host): the host's vCPUs, memory and disk are checked and
+// claimed as a create pinned there is (claimTarget), so concurrent
+// copies and forks cannot all take the same free room. Without a
+// cluster (no host registered) nothing is placed, as for a create.
+// release is never nil.
+func (s *Service) claimOnHostOf(ctx context.Context, src store.VM, id, kind string, cpus, memMiB, diskGiB int) (release func(), err error) {
+	hosts, err := store.ListHosts(ctx, s.DB)
+	if err != nil || len(hosts) == 0 {
+		return func() {}, err
+	}
+	h, err := s.vmHost(ctx, src)
+	if err != nil {
+		return func() {}, err
+	}
+	if h.ID == "" {
+		return func() {}, nil // the local host has no row: nothing to claim against
+	}
+	return s.claimTarget(ctx, h, id, kind, cpus, memMiB, diskGiB)
 }

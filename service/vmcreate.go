@@ -220,6 +220,12 @@ func (s *Service) Copy(ctx context.Context, c Caller, srcName string, req CopyRe
 	} else if r, ok := eng.(*remoteVMs); ok {
 		to = target{host: r.host, eng: r.Engine}
 	}
+	// Its room there is claimed as a create's is.
+	release, err := s.claimOnHostOf(ctx, src, spec.ID, "copy", spec.CPUs, spec.MemoryMiB, spec.DiskGiB)
+	defer release()
+	if err != nil {
+		return VM{}, fmt.Errorf("copy vm %s: %w", src.Name, err)
+	}
 	return s.created(ctx, c, spec, "copy", store.RestartAlways, progress, to)
 }
 

@@ -17,13 +17,21 @@ import (
 type Claim struct {
 	VMID      string
 	HostID    string
-	Kind      string // create, copy, move
+	Kind      string // ClaimCreate, ClaimCopy, ClaimFork or ClaimMove
 	CPUs      int
 	MemoryMiB int64
 	DiskGiB   int64
 	PID       int // the process that placed it
 	CreatedAt time.Time
 }
+
+// Claim kinds (Claim.Kind).
+const (
+	ClaimCreate = "create"
+	ClaimCopy   = "copy"
+	ClaimFork   = "fork"
+	ClaimMove   = "move" // dropped with its move's record (DeleteMove)
+)
 
 // InsertClaim records c. A second claim for one VM is errs.AlreadyExists.
 func InsertClaim(ctx context.Context, q Q, c Claim) error {
@@ -76,4 +84,12 @@ func GetClaim(ctx context.Context, q Q, vmID string) (c Claim, ok bool, err erro
 	}
 	c.CreatedAt = fromUnix(at)
 	return c, err == nil, err
+}
+
+// releaseMoveClaim drops VM vmID's move claim, if any: DeleteMove calls
+// it, so a move's claim lasts exactly as long as its record once its
+// process is gone (see service sweepClaims).
+func releaseMoveClaim(ctx context.Context, q Q, vmID string) error {
+	_, err := q.ExecContext(ctx, `DELETE FROM placement_claims WHERE vm_id = ? AND kind = ?`, vmID, ClaimMove)
+	return err
 }

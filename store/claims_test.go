@@ -116,3 +116,30 @@ func TestClaimAndReservationCountOnce(t *testing.T) {
 		t.Errorf("allocated except mv1: %d MiB (%v), want 0", n, err)
 	}
 }
+
+// TestDeleteMoveDropsItsClaim: a move's claim goes with its record; the
+// claim of another kind (a create's) on the same VM ID stays.
+func TestDeleteMoveDropsItsClaim(t *testing.T) {
+	ctx := context.Background()
+	db := open(t)
+	now := time.Now()
+	for _, c := range []Claim{
+		{VMID: "mv1", HostID: "hn", Kind: ClaimMove, CPUs: 1, MemoryMiB: 256, PID: 1, CreatedAt: now},
+		{VMID: "new1", HostID: "hn", Kind: ClaimCreate, CPUs: 1, MemoryMiB: 256, PID: 1, CreatedAt: now},
+	} {
+		if err := InsertClaim(ctx, db, c); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, id := range []string{"mv1", "new1"} {
+		if err := DeleteMove(ctx, db, id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, ok, _ := GetClaim(ctx, db, "mv1"); ok {
+		t.Error("the move's claim outlived its record")
+	}
+	if _, ok, _ := GetClaim(ctx, db, "new1"); !ok {
+		t.Error("a create's claim went with DeleteMove")
+	}
+}

@@ -77,10 +77,13 @@ func SetMoveStep(ctx context.Context, q Q, vmID, step string) error {
 	return err
 }
 
-// DeleteMove forgets a move (it ended).
+// DeleteMove forgets a move (it ended, or was rolled back) and drops its
+// placement claim on the target (ClaimMove), in the caller's transaction.
 func DeleteMove(ctx context.Context, q Q, vmID string) error {
-	_, err := q.ExecContext(ctx, `DELETE FROM vm_moves WHERE vm_id=?`, vmID)
-	return err
+	if _, err := q.ExecContext(ctx, `DELETE FROM vm_moves WHERE vm_id=?`, vmID); err != nil {
+		return err
+	}
+	return releaseMoveClaim(ctx, q, vmID)
 }
 
 // GetMove returns the move of VM vmID; errs.NotFound when none runs.

@@ -1,6 +1,9 @@
 package engine
 
 import (
+	"os"
+	"syscall"
+
 	"github.com/minionsdev/minions/internal/errs"
 	"github.com/minionsdev/minions/vm/disk"
 )
@@ -28,4 +31,17 @@ func CheckFreeSpace(dir, what string, need int64) error {
 	}
 	return errs.New(errs.ResourceExhausted, "%s: no space left on the state filesystem (%s): %d MiB free, about %d MiB needed: free space and retry",
 		what, dir, free>>20, (need+1<<20-1)>>20)
+}
+
+// allocatedBytes is the space file path takes on its filesystem (what a
+// full copy of it needs), 0 when it cannot be read.
+func allocatedBytes(path string) int64 {
+	st, err := os.Stat(path)
+	if err != nil {
+		return 0
+	}
+	if sys, ok := st.Sys().(*syscall.Stat_t); ok {
+		return sys.Blocks * 512
+	}
+	return st.Size()
 }

@@ -105,6 +105,19 @@ func (l *Local) copyVM(ctx context.Context, spec CreateSpec, progress Progress) 
 	}
 	row := store.VM{ID: spec.ID, Name: spec.Name, OwnerID: spec.Owner, Image: src.Image, CPUs: src.CPUs,
 		MemoryMiB: src.MemoryMiB, DiskGiB: src.DiskGiB, Port: src.Port}
+	// The copy's disk is a full copy of the source's (or its snapshot's)
+	// file: refused up front, before anything is made, when it cannot
+	// fit (running out part-way would also fill the filesystem the
+	// running VMs write to).
+	disk := l.diskPath(src.ID)
+	if name := spec.CopyFrom.Snapshot; name != "" {
+		if snap, err := store.GetSnapshot(ctx, l.DB, src.ID, name); err == nil {
+			disk = filepath.Join(l.snapDir(src.ID, snap.ID), "disk.qcow2")
+		}
+	}
+	if err := l.checkFreeSpace("copy vm "+src.Name+" to "+spec.Name, allocatedBytes(disk)+ReserveBytes); err != nil {
+		return Instance{}, err
+	}
 	return l.newVM(ctx, row, "copy", progress, func(o *op, row store.VM) (store.VM, error) {
 		return l.copySteps(ctx, o, src, row, spec, progress)
 	})

@@ -58,7 +58,52 @@ func (l *Local) Reconcile(ctx context.Context) error {
 		unlock()
 	}
 	l.sweepMemory()
+	l.sweepCgroups(ctx, vms, ops)
 	return nil
+}
+
+// cgroupSweeper is a driver whose VMs' cgroups sit in a group of this
+// installation's own, and that can remove the ones no VM owns any more:
+// see qemu.Driver.SweepCgroups. keep are the IDs of the VMs that may
+// have one.
+type cgroupSweeper interface {
+	SweepCgroups(keep []string) []string
+}
+
+// sweepCgroups has the driver remove this installation's empty cgroups
+// that belong to no VM: a process killed between making a VM's cgroup
+// and recording its handle, a removal that timed out, an installation
+// whose processes were killed. A VM keeps its cgroup while it has a run
+// dir (every VM with processes, or starting), is recorded in any state
+// but stopped, or has an operation running; vms and ops are what
+// Reconcile read.
+func (l *Local) sweepCgroups(ctx context.Context, vms []store.VM, ops []store.Operation) {
+	cs, ok := l.Driver.(cgroupSweeper)
+	if !ok {
+		return
+	}
+	var keep []string
+	runDirs, _ := filepath.Glob(filepath.Join(l.cfg.RunDir, "*"))
+	for _, d := range runDirs {
+		keep = append(keep, filepath.Base(d))
+	}
+	for _, v := range vms {
+		if v.State != vm.Stopped {
+			keep = append(keep, v.ID)
+		}
+	}
+	for _, o := range ops {
+		keep = append(keep, o.VMID)
+	}
+	// Operations started since Reconcile read them.
+	if now, err := store.RunningOperations(ctx, l.DB); err == nil {
+		for _, o := range now {
+			keep = append(keep, o.VMID)
+		}
+	}
+	if gone := cs.SweepCgroups(keep); len(gone) > 0 {
+		l.log.Info("removed stale cgroups", "vm_ids", gone)
+	}
 }
 
 // memorySweeper is a driver that keeps VM files outside the state and run

@@ -2,6 +2,7 @@ package engine
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -12,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/minionsdev/minions/store"
 	"github.com/minionsdev/minions/vm"
 	"github.com/minionsdev/minions/vm/hypervisor/fake"
 )
@@ -102,5 +104,64 @@ func TestReconcileSweepsMemory(t *testing.T) {
 	}
 	if !slices.Equal(sd.forkDirs, []string{fork}) {
 		t.Errorf("fork dirs %q, want %q", sd.forkDirs, fork)
+	}
+}
+
+// cgroupDriver is the fake driver that records what Reconcile keeps when
+// it sweeps the installation's cgroups.
+type cgroupDriver struct {
+	*fake.Driver
+	keep  []string
+	calls int
+}
+
+func (d *cgroupDriver) SweepCgroups(keep []string) []string {
+	d.keep, d.calls = keep, d.calls+1
+	return nil
+}
+
+// TestReconcileSweepsCgroups: Reconcile has the driver sweep the
+// installation's cgroups, keeping those of every VM that has a run dir,
+// is recorded in a state other than stopped, or has an operation
+// running; a stopped VM's (its processes are gone) is not kept.
+func TestReconcileSweepsCgroups(t *testing.T) {
+	fx := newFixture(t)
+	cd := &cgroupDriver{Driver: fx.drv}
+	fx.eng.Driver = cd
+	ctx := context.Background()
+	now := time.Now()
+	withRunDir, creating, stopped, busy := vm.NewID(), vm.NewID(), vm.NewID(), vm.NewID()
+	os.MkdirAll(fx.eng.runDir(withRunDir), 0o700)
+	if err := store.InsertUser(ctx, fx.eng.DB, store.User{ID: "u1", Name: "user-u1", CreatedAt: now}); err != nil {
+		t.Fatal(err)
+	}
+	for i, r := range []struct {
+		id    string
+		state vm.State
+	}{{creating, vm.Creating}, {stopped, vm.Stopped}, {busy, vm.Stopped}} {
+		v := store.VM{ID: r.id, Name: fmt.Sprintf("v%d", i), OwnerID: "u1", Image: "minimal@1", CPUs: 1, MemoryMiB: 256, DiskGiB: 1,
+			State: r.state, IP: fmt.Sprintf("10.99.0.%d", 70+i), MAC: fmt.Sprintf("52:54:00:00:00:%02x", 70+i), CID: uint32(970 + i), CreatedAt: now}
+		if err := store.InsertVM(ctx, fx.eng.DB, v); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// An operation of a live process (this one) on a stopped VM.
+	if err := store.InsertOperation(ctx, fx.eng.DB, store.Operation{ID: vm.NewID(), VMID: busy, Kind: "start", Step: "boot", State: store.OpRunning,
+		PID: os.Getpid(), Data: "{}", CreatedAt: now, UpdatedAt: now}); err != nil {
+		t.Fatal(err)
+	}
+	if err := fx.eng.Reconcile(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if cd.calls != 1 {
+		t.Fatalf("swept %d times", cd.calls)
+	}
+	for _, id := range []string{withRunDir, creating, busy} {
+		if !slices.Contains(cd.keep, id) {
+			t.Errorf("keep %q lacks %s", cd.keep, id)
+		}
+	}
+	if slices.Contains(cd.keep, stopped) {
+		t.Errorf("keep %q has the stopped vm %s", cd.keep, stopped)
 	}
 }

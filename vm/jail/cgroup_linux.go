@@ -162,7 +162,7 @@ func CreateCgroup(name string, l Limits) error {
 		if m := info.Missing(); len(m) > 0 {
 			return errs.New(errs.FailedPrecondition, "create cgroup %s: cgroup v2 controllers missing: %s", name, strings.Join(m, ", "))
 		}
-		if err := createV2(name, l); err != nil {
+		if err := retryPruned(func() error { return createV2(name, l) }); err != nil {
 			return fmt.Errorf("create cgroup %s: %w", name, err)
 		}
 		return balanceAncestors(name)
@@ -174,10 +174,23 @@ func CreateCgroup(name string, l Limits) error {
 	if len(mounts) < len(controllers) {
 		return errs.New(errs.FailedPrecondition, "create cgroup %s: cgroup v1 controllers missing (have %d of cpu, memory, pids)", name, len(mounts))
 	}
-	if err := createV1(mounts, name, l); err != nil {
+	if err := retryPruned(func() error { return createV1(mounts, name, l) }); err != nil {
 		return fmt.Errorf("create cgroup %s: %w", name, err)
 	}
 	return balanceAncestors(name)
+}
+
+// retryPruned runs create again when it failed on a missing directory: a
+// PruneCgroup of the parent (another VM of the installation stopping)
+// may remove it between its mkdirs.
+func retryPruned(create func() error) error {
+	var err error
+	for range 5 {
+		if err = create(); !errors.Is(err, os.ErrNotExist) {
+			return err
+		}
+	}
+	return err
 }
 
 // createV2 makes the v2 group (and its ancestors), enables the

@@ -39,6 +39,14 @@ type Config struct {
 	// CgroupParent is the cgroup (relative to the hierarchy's root) under
 	// which each VM gets <CgroupParent>/<vm id>. Default "minions".
 	CgroupParent string
+	// Installation, when set, names this installation's own group under
+	// CgroupParent: each VM gets <CgroupParent>/<Installation>/<vm id>
+	// (see InstallationCgroup). Several installations of one machine (a
+	// control plane and its nodes in network namespaces, test daemons)
+	// then never share a VM's cgroup, and SweepCgroups can tell this
+	// installation's groups from the others'. One path element; "" keeps
+	// the flat layout (no sweep).
+	Installation string
 	// MemoryOverheadMiB is added to the guest memory for the cgroup's
 	// memory limit: QEMU's own allocations (device emulation, the TCG
 	// translation cache), the relay and page cache. Default 256.
@@ -89,6 +97,9 @@ func (c Config) Validate() error {
 	if c.CgroupParent != filepath.Clean(c.CgroupParent) || strings.HasPrefix(c.CgroupParent, "/") || strings.HasPrefix(c.CgroupParent, "..") {
 		return bad("cgroup parent %q: want a clean relative path", c.CgroupParent)
 	}
+	if c.Installation != "" && (strings.ContainsAny(c.Installation, "/\x00") || c.Installation == "." || c.Installation == "..") {
+		return bad("installation %q: want one path element", c.Installation)
+	}
 	for _, h := range c.Hide {
 		if !filepath.IsAbs(h) || h != filepath.Clean(h) || h == "/" {
 			return bad("hide %q: want a clean absolute path other than /", h)
@@ -117,7 +128,20 @@ func (c Config) Cgroup(id string) (string, error) {
 	if id == "" || strings.ContainsAny(id, "/\x00") || id == "." || id == ".." {
 		return "", errs.New(errs.InvalidArgument, "jail: vm id %q cannot name a cgroup", id)
 	}
+	if g := c.InstallationCgroup(); g != "" {
+		return g + "/" + id, nil
+	}
 	return c.WithDefaults().CgroupParent + "/" + id, nil
+}
+
+// InstallationCgroup is the group holding this installation's VM
+// cgroups (<CgroupParent>/<Installation>), or "" when Installation is
+// unset (the VMs' cgroups are children of the shared CgroupParent).
+func (c Config) InstallationCgroup() string {
+	if c.Installation == "" {
+		return ""
+	}
+	return c.WithDefaults().CgroupParent + "/" + c.Installation
 }
 
 // Limits are the resource limits of one VM's cgroup.

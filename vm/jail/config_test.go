@@ -48,6 +48,16 @@ func TestUIDAndCgroupNames(t *testing.T) {
 	if g, err := c.Cgroup("0123456789ab"); err != nil || g != "minions/0123456789ab" {
 		t.Errorf("Cgroup = %q, %v", g, err)
 	}
+	inst := Config{Installation: "5e1f00aa7b3c"}
+	if g, err := inst.Cgroup("0123456789ab"); err != nil || g != "minions/5e1f00aa7b3c/0123456789ab" {
+		t.Errorf("Cgroup of an installation = %q, %v", g, err)
+	}
+	if g := inst.InstallationCgroup(); g != "minions/5e1f00aa7b3c" {
+		t.Errorf("InstallationCgroup = %q", g)
+	}
+	if g := c.InstallationCgroup(); g != "" {
+		t.Errorf("InstallationCgroup without an installation = %q", g)
+	}
 	for _, id := range []string{"", "..", "a/b"} {
 		if _, err := c.Cgroup(id); err == nil {
 			t.Errorf("Cgroup(%q) accepted", id)
@@ -70,6 +80,8 @@ func TestValidate(t *testing.T) {
 		"relative hide": {Command: good.Command, Hide: []string{"var"}},
 		"hide root":     {Command: good.Command, Hide: []string{"/"}},
 		"abs cgroup":    {Command: good.Command, CgroupParent: "/minions"},
+		"installation":  {Command: good.Command, Installation: "a/b"},
+		"dot dot":       {Command: good.Command, Installation: ".."},
 	} {
 		if err := c.Validate(); !errors.Is(err, errs.InvalidArgument) {
 			t.Errorf("%s: %v, want InvalidArgument", name, err)

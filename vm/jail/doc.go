@@ -12,7 +12,9 @@
 //     console log, disks, kernel, initramfs and the base images its disks
 //     are backed by) are bind-mounted back at the same paths, read-only
 //     where they are not its own;
-//   - each runs in a cgroup of its own (Config.CgroupParent/<vm id>) with
+//   - each runs in a cgroup of its own (Config.CgroupParent/<vm id>, or
+//     Config.CgroupParent/Config.Installation/<vm id>: a group per
+//     installation, whose empty leftovers SweepCgroups removes) with
 //     memory max = guest memory + Config.MemoryOverheadMiB, a CPU quota of
 //     its vCPU count, a CPU weight of SharesPerCPU per vCPU and a pids
 //     limit, on cgroup v1 (and hybrid) hosts and pure v2 hosts alike

@@ -19,13 +19,14 @@
 // state and run dirs) is an empty tmpfs with only this VM's files bound
 // back (run dir, console log and disks read-write; kernel, initramfs,
 // read-only disks and the qcow2 backing chain read-only), and in the
-// cgroup <Jail.CgroupParent>/<vm id> (memory max = guest memory +
+// cgroup <Jail.CgroupParent>/[<Jail.Installation>/]<vm id> (memory max = guest memory +
 // Jail.MemoryOverheadMiB, a CPU quota of its vCPUs, a pids limit). Start
 // gives the uid its run dir (0700), console log and writable disks (0600)
 // and opens what QEMU cannot open itself as that uid: the TAP (passed as
 // -netdev tap,fd=3) and /dev/vhost-vsock (vhostfd=). Memory states travel
 // through descriptors passed over QMP, as before. Kill and Shutdown remove
-// the cgroup once its processes are gone. QEMU's -runas is not used: it
+// the cgroup once its processes are gone (and the installation's group
+// with its last VM); SweepCgroups removes those nothing ended. QEMU's -runas is not used: it
 // cannot be combined with the sandbox's elevateprivileges=deny. TCG is not
 // a security boundary (QEMU's policy, TCGWarning): the jail limits what an
 // escape reaches, it does not make TCG safe for untrusted guests.

@@ -291,7 +291,7 @@ func (d *Driver) launch(ctx context.Context, m machine) (*hypervisor.Handle, err
 					return jail.CreateCgroup(m.Cgroup, l)
 				},
 				Undo: func() {
-					if err := jail.DeleteCgroup(m.Cgroup); err != nil {
+					if err := d.deleteCgroup(m.Cgroup); err != nil {
 						log.Warn("remove cgroup", "cgroup", m.Cgroup, "err", err)
 					}
 				},

@@ -1,9 +1,5 @@
 package qemu
 
-import (
-	"github.com/minionsdev/minions/vm/jail"
-)
-
 // forgetCgroup removes the cgroup of the jailed VM whose run dir is
 // runDir (its machine file names it), for a VM whose processes are gone
 // but whose handle was never recorded (a fork's copy started early whose
@@ -14,7 +10,7 @@ func (d *Driver) forgetCgroup(runDir string) {
 	if err != nil || m.Cgroup == "" {
 		return
 	}
-	if err := jail.DeleteCgroup(m.Cgroup); err != nil {
+	if err := d.deleteCgroup(m.Cgroup); err != nil {
 		d.log.Warn("cgroup of a vm without a handle left in place", "vm_id", m.ID, "cgroup", m.Cgroup, "err", err)
 	}
 }

@@ -337,7 +337,7 @@ func (d *Driver) removeCgroup(h *hypervisor.Handle) {
 	if h.Cgroup == "" {
 		return
 	}
-	if err := jail.DeleteCgroup(h.Cgroup); err != nil {
+	if err := d.deleteCgroup(h.Cgroup); err != nil {
 		d.log.Warn("cgroup left in place", "cgroup", h.Cgroup, "err", err)
 	}
 }
