@@ -11,15 +11,17 @@ RELEASE := minions-$(VERSION)-linux-amd64
 help: ## show this help
 	@awk 'BEGIN{FS=":.*## "} /^[a-z-]+:.*## /{printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-build: ## build bin/minions, the static guest agent bin/minions-agent and the per-VM helper bin/minions-relay
+build: ## build bin/minions (lean: the VM commands), bin/minions-daemon (serve, node, init, image, ...), the static guest agent bin/minions-agent and the per-VM helper bin/minions-relay
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o bin/minions-agent ./guestagent/cmd/minions-agent
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o bin/minions-relay ./vm/hypervisor/qemu/relay/cmd/minions-relay
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o bin/minions .
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o bin/minions-daemon ./cmd/minions-daemon
 
 install: build ## install to $(PREFIX)/bin and $(PREFIX)/lib/minions
 	install -D -m 0755 bin/minions $(PREFIX)/bin/minions
 	install -D -m 0755 bin/minions-agent $(PREFIX)/lib/minions/minions-agent
 	install -D -m 0755 bin/minions-relay $(PREFIX)/lib/minions/minions-relay
+	install -D -m 0755 bin/minions-daemon $(PREFIX)/lib/minions/minions-daemon
 
 release: ## dist/minions-VERSION-linux-amd64.tar.gz: static binaries, systemd units, install.sh
 	rm -rf $(DIST)/$(RELEASE) $(DIST)/$(RELEASE).tar.gz
@@ -27,7 +29,8 @@ release: ## dist/minions-VERSION-linux-amd64.tar.gz: static binaries, systemd un
 	CGO_ENABLED=0 GOOS=linux GOARCH=amd64 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(DIST)/$(RELEASE)/minions-agent ./guestagent/cmd/minions-agent
 	CGO_ENABLED=0 GOOS=linux GOARCH=amd64 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(DIST)/$(RELEASE)/minions-relay ./vm/hypervisor/qemu/relay/cmd/minions-relay
 	CGO_ENABLED=0 GOOS=linux GOARCH=amd64 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(DIST)/$(RELEASE)/minions .
-	$(DIST)/$(RELEASE)/minions units --exe @PREFIX@/bin/minions --dir $(DIST)/$(RELEASE)/systemd >/dev/null
+	CGO_ENABLED=0 GOOS=linux GOARCH=amd64 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(DIST)/$(RELEASE)/minions-daemon ./cmd/minions-daemon
+	$(DIST)/$(RELEASE)/minions-daemon units --exe @PREFIX@/bin/minions --dir $(DIST)/$(RELEASE)/systemd >/dev/null
 	install -m 0755 scripts/install.sh $(DIST)/$(RELEASE)/install.sh
 	tar -C $(DIST) -czf $(DIST)/$(RELEASE).tar.gz $(RELEASE)
 	rm -rf $(DIST)/$(RELEASE)

@@ -1,29 +1,24 @@
 package main
 
-import "testing"
+import (
+	"testing"
 
-// The host-only commands moved out of daemon are still in the host's
-// command tree, each once.
-func TestHostCommands(t *testing.T) {
-	seen := map[string]int{}
-	for _, c := range hostCommands() {
-		seen[c.Name]++
-		if c.Name == "backup" {
-			for _, s := range c.Sub {
-				seen["backup "+s.Name]++
-			}
+	"github.com/minionsdev/minions/cli"
+)
+
+// TestLeanHandsOver: the lean binary runs the VM commands and hands the
+// daemon's, the host's and the web commands to minions-daemon.
+func TestLeanHandsOver(t *testing.T) {
+	for _, name := range []string{"serve", "node", "init", "image", "doctor", "units", "config", "jail-exec", "vsock", "tui",
+		"backup", "help", "expose", "share", "domain"} {
+		if cli.Runs([]string{name}, daemonOnly...) {
+			t.Errorf("the lean binary runs %q itself", name)
 		}
 	}
-	for _, name := range []string{"init", "image", "doctor", "units", "serve", "config", "jail-exec", "vsock", "tui",
-		"backup", "backup create", "backup restore"} {
-		if seen[name] != 1 {
-			t.Errorf("command %q appears %d times", name, seen[name])
-		}
-	}
-	// The QEMU driver's per-VM helpers are the minions-relay binary.
-	for _, name := range []string{"agent-relay", "console-log"} {
-		if seen[name] != 0 {
-			t.Errorf("command %q is in the minions binary: it belongs to minions-relay", name)
+	for _, name := range []string{"create", "list", "show", "start", "stop", "destroy", "exec", "ssh", "status", "logs", "snapshot",
+		"move", "cp", "fork", "user", "token", "version", "forward"} {
+		if !cli.Runs([]string{"--json", name}, daemonOnly...) {
+			t.Errorf("the lean binary hands %q to minions-daemon", name)
 		}
 	}
 }

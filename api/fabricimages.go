@@ -8,7 +8,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/minionsdev/minions/fabric"
+	"github.com/minionsdev/minions/fabric/nodeauth"
 	"github.com/minionsdev/minions/images"
 	"github.com/minionsdev/minions/internal/errs"
 	"github.com/minionsdev/minions/service"
@@ -26,7 +26,7 @@ import (
 //	                                else plain bytes (Range works)
 //
 // Callers: a node signing its request with its NKey (the hosts registry
-// holds each node's public key; see fabric.SignRequest), or an admin
+// holds each node's public key; see nodeauth.SignRequest), or an admin
 // (token, or root on the unix socket). Anyone else gets 403, with or
 // without credentials: nothing here is for users. The handler registers
 // them by appending h.fabricRoutes() to its table.
@@ -120,8 +120,8 @@ func reindex(cat *images.Catalog, idx *blobIndex) error {
 // anyone else is errs.PermissionDenied.
 func (h *handler) fabricAllowed(ctx context.Context, r *http.Request) error {
 	a := r.Header.Get("Authorization")
-	if fabric.IsNodeAuth(a) {
-		pub, err := fabric.VerifyRequest(a, r.Method, r.URL.RequestURI(), time.Now())
+	if nodeauth.IsNodeAuth(a) {
+		pub, err := nodeauth.VerifyRequest(a, r.Method, r.URL.RequestURI(), time.Now())
 		if err != nil {
 			return err
 		}

@@ -4,9 +4,9 @@ import (
 	"flag"
 	"os"
 	"strings"
+	"sync/atomic"
 
 	"github.com/minionsdev/minions/internal/errs"
-	"github.com/minionsdev/minions/proxy"
 )
 
 // The DNS provider for the wildcard certificate: config keys dns_provider,
@@ -61,6 +61,28 @@ func (c *Config) SetDNSProviderFlag(name, v string) {
 	}
 }
 
+// DNSConfig is the DNS provider's configuration with its secrets read: the
+// fields of proxy.DNSConfig, in its order (the daemon converts it), so
+// that this package does not link the proxy and its ACME client into the
+// lean minions binary, which loads the config file at every command.
+type DNSConfig struct {
+	Provider           string
+	CloudflareAPIToken string
+	RFC2136Server      string
+	RFC2136KeyName     string
+	RFC2136KeyAlg      string
+	RFC2136Key         string
+}
+
+var dnsValidator atomic.Pointer[func(DNSConfig) error]
+
+// SetDNSValidator gives Validate the check of the provider's own keys
+// (proxy.DNSConfig.Validate). The composition root (daemon), which builds
+// the proxy, sets it when it is linked; without it (the lean minions
+// binary, whose commands use no DNS provider) Validate checks only what
+// this package knows: the secret files and that a provider needs a domain.
+func SetDNSValidator(f func(DNSConfig) error) { dnsValidator.Store(&f) }
+
 // validateDNSProvider checks the provider keys, reading the secret files.
 // Errors are errs.InvalidArgument naming the key.
 func (c *Config) validateDNSProvider() error {
@@ -71,14 +93,17 @@ func (c *Config) validateDNSProvider() error {
 	if dc.Provider != "" && c.Domain == "" {
 		return errs.New(errs.InvalidArgument, "dns_provider needs a domain (the wildcard is *.<domain>)")
 	}
-	return dc.Validate()
+	if f := dnsValidator.Load(); f != nil && *f != nil {
+		return (*f)(dc)
+	}
+	return nil
 }
 
 // DNSConfig resolves the provider's secrets: the value, else the _file
 // key's file, else (Cloudflare) CLOUDFLARE_API_TOKEN. Setting both a value
 // and its _file is an error.
-func (c *Config) DNSConfig() (proxy.DNSConfig, error) {
-	dc := proxy.DNSConfig{Provider: c.DNSProvider, RFC2136Server: c.RFC2136Server,
+func (c *Config) DNSConfig() (DNSConfig, error) {
+	dc := DNSConfig{Provider: c.DNSProvider, RFC2136Server: c.RFC2136Server,
 		RFC2136KeyName: c.RFC2136KeyName, RFC2136KeyAlg: c.RFC2136KeyAlg}
 	if dc.Provider == "" {
 		return dc, nil

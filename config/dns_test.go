@@ -13,7 +13,13 @@ import (
 	"testing"
 
 	"github.com/minionsdev/minions/internal/errs"
+	"github.com/minionsdev/minions/proxy"
 )
+
+// The daemon gives Validate the proxy's check of the provider's keys.
+func init() {
+	SetDNSValidator(func(dc DNSConfig) error { return proxy.DNSConfig(dc).Validate() })
+}
 
 func writeFile(t *testing.T, name, content string) string {
 	t.Helper()
@@ -126,5 +132,23 @@ func TestServeFlagsDNSProvider(t *testing.T) {
 	_ = fs.Parse([]string{"--config", conf, "--dns-provider", "cloudflare"})
 	if _, err := Effective(fs, "", ""); !errors.Is(err, errs.InvalidArgument) || !strings.Contains(err.Error(), "cloudflare_api_token") {
 		t.Fatalf("cloudflare without a token: %v", err)
+	}
+}
+
+// Without the proxy's check (the lean minions binary), Validate still
+// reads the secret files and wants a domain, but takes any provider.
+func TestDNSValidatorOptional(t *testing.T) {
+	t.Setenv("CLOUDFLARE_API_TOKEN", "")
+	f := dnsValidator.Load()
+	SetDNSValidator(nil)
+	defer dnsValidator.Store(f)
+	if _, err := loadTOML(t, "domain = \"example.test\"\ndns_provider = \"route53\"\n"); err != nil {
+		t.Errorf("without the proxy's check: %v", err)
+	}
+	if _, err := loadTOML(t, "dns_provider = \"rfc2136\"\n"); !errors.Is(err, errs.InvalidArgument) || !strings.Contains(err.Error(), "needs a domain") {
+		t.Errorf("provider without a domain: %v", err)
+	}
+	if _, err := loadTOML(t, "domain = \"example.test\"\ndns_provider = \"cloudflare\"\ncloudflare_api_token_file = \"/nonexistent/token\"\n"); !errors.Is(err, errs.InvalidArgument) {
+		t.Errorf("missing secret file: %v", err)
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -104,5 +105,19 @@ rfc2136_key_file = %q
 	}
 	if applied, refused := ns.Updates(); applied < 1 || refused != 0 {
 		t.Fatalf("dynamic updates: %d applied, %d refused", applied, refused)
+	}
+}
+
+// The daemon links the proxy, so the config file's provider keys are
+// checked when it loads (config.SetDNSValidator in this package's init).
+func TestConfigChecksDNSProvider(t *testing.T) {
+	path := writeFile(t, "config.toml", "domain = \"example.test\"\ndns_provider = \"route53\"\n")
+	c, err := config.Load(path, true)
+	if err == nil {
+		c.Defaults()
+		err = c.Validate()
+	}
+	if err == nil || !strings.Contains(err.Error(), "dns_provider") {
+		t.Fatalf("config with dns_provider route53: %v, want an error naming dns_provider", err)
 	}
 }

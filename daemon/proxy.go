@@ -154,7 +154,7 @@ func newProxyLogs(ctx context.Context, cfg config.Config, e *Installation, log, 
 	if err != nil {
 		return nil, err
 	}
-	if pc.DNSProvider, err = proxy.NewDNSProvider(dc); err != nil {
+	if pc.DNSProvider, err = proxy.NewDNSProvider(proxy.DNSConfig(dc)); err != nil {
 		return nil, err
 	}
 	if pc.DNSProvider != nil && ep.DNSResolver != "" {
@@ -181,6 +181,12 @@ func resolver(addr string) proxy.Resolver {
 		var d net.Dialer
 		return d.DialContext(ctx, network, addr)
 	}}
+}
+
+// The config file's DNS provider keys are checked by the proxy, which this
+// package links (the lean minions binary does not, nor checks them).
+func init() {
+	config.SetDNSValidator(func(dc config.DNSConfig) error { return proxy.DNSConfig(dc).Validate() })
 }
 
 // storedWeb is the service's WebSource when no proxy runs in this process

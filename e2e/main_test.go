@@ -21,7 +21,7 @@ const (
 )
 
 var (
-	binDir   string // minions and minions-agent, built once
+	binDir   string // minions, minions-daemon, minions-agent and minions-relay, built once
 	stateDir string // shared installation for the tests in this package
 	skipWhy  string
 )
@@ -175,7 +175,7 @@ func repoRoot() string {
 }
 
 func build(dir string) error {
-	for _, b := range [][2]string{{"minions-agent", "./guestagent/cmd/minions-agent"}, {"minions", "."},
+	for _, b := range [][2]string{{"minions-agent", "./guestagent/cmd/minions-agent"}, {"minions", "."}, {"minions-daemon", "./cmd/minions-daemon"},
 		{"minions-relay", "./vm/hypervisor/qemu/relay/cmd/minions-relay"}} {
 		args := []string{"build", "-o", filepath.Join(dir, b[0])}
 		if b[0] == "minions-relay" {

@@ -20,14 +20,17 @@ func TestUpgradeReadopt(t *testing.T) {
 	setup(t)
 	const next = "vNEXT-upgrade-test"
 	bin := filepath.Join(binDir, "minions")
+	daemonA := filepath.Join(binDir, "minions-daemon")
 	agentA := filepath.Join(binDir, "minions-agent")
 
 	// Build B before touching anything: the main binary and an agent with
 	// the new version, in a scratch directory next to the real ones.
 	scratch := t.TempDir()
 	newBin, newAgent := filepath.Join(scratch, "minions"), filepath.Join(scratch, "minions-agent")
+	newDaemon := filepath.Join(scratch, "minions-daemon")
 	for _, b := range [][3]string{
 		{newBin, ".", "-X github.com/minionsdev/minions/cli.Version=" + next},
+		{newDaemon, "./cmd/minions-daemon", "-X github.com/minionsdev/minions/cli.Version=" + next},
 		{newAgent, "./guestagent/cmd/minions-agent", "-X github.com/minionsdev/minions/guestagent.Version=" + next},
 	} {
 		cmd := exec.Command("go", "build", "-ldflags", b[2], "-o", b[0], b[1])
@@ -38,7 +41,7 @@ func TestUpgradeReadopt(t *testing.T) {
 		}
 	}
 	// Keep A's binaries to put back for the other tests in this run.
-	for _, p := range []string{bin, agentA} {
+	for _, p := range []string{bin, daemonA, agentA} {
 		saved := p + ".a"
 		if err := os.Link(p, saved); err != nil {
 			t.Fatal(err)
@@ -66,7 +69,7 @@ func TestUpgradeReadopt(t *testing.T) {
 	d.stop(t, syscall.SIGTERM)
 	// Replace the binaries the way a package manager does: new files
 	// renamed over the old paths (the relays still run the old inode).
-	for _, p := range [][2]string{{newBin, bin}, {newAgent, agentA}} {
+	for _, p := range [][2]string{{newBin, bin}, {newDaemon, daemonA}, {newAgent, agentA}} {
 		copyFile(t, p[0], p[1]+".new", 0o755)
 		if err := os.Rename(p[1]+".new", p[1]); err != nil {
 			t.Fatal(err)

@@ -12,6 +12,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nkeys"
 
+	"github.com/minionsdev/minions/fabric/nodeauth"
 	"github.com/minionsdev/minions/internal/errs"
 )
 
@@ -31,7 +32,7 @@ func NewNodeKey() (seed, pub string, err error) {
 }
 
 // ValidPublicKey reports whether pub is an NKey user public key.
-func ValidPublicKey(pub string) bool { return nkeys.IsValidPublicUserKey(pub) }
+func ValidPublicKey(pub string) bool { return nodeauth.ValidPublicKey(pub) }
 
 // Conn is a connection to the fabric. It reconnects by itself (forever)
 // and is safe for concurrent use.
@@ -204,10 +205,4 @@ func WithSeed(seed string) (Option, error) {
 }
 
 // PublicKeyOf returns the public key of a seed.
-func PublicKeyOf(seed string) (string, error) {
-	kp, err := nkeys.FromSeed([]byte(strings.TrimSpace(seed)))
-	if err != nil {
-		return "", errs.New(errs.InvalidArgument, "nkey seed: %v", err)
-	}
-	return kp.PublicKey()
-}
+func PublicKeyOf(seed string) (string, error) { return nodeauth.PublicKeyOf(seed) }

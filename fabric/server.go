@@ -2,7 +2,6 @@ package fabric
 
 import (
 	"crypto/tls"
-	"encoding/base64"
 	"fmt"
 	"log/slog"
 	"net"
@@ -17,6 +16,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nkeys"
 
+	"github.com/minionsdev/minions/fabric/nodeauth"
 	"github.com/minionsdev/minions/internal/errs"
 )
 
@@ -283,19 +283,4 @@ func addrString(a net.Addr) string {
 	return a.String()
 }
 
-func verifyNonce(pub, sig string, nonce []byte) bool {
-	if len(nonce) == 0 || sig == "" {
-		return false
-	}
-	raw, err := base64.RawURLEncoding.DecodeString(sig)
-	if err != nil {
-		if raw, err = base64.StdEncoding.DecodeString(sig); err != nil {
-			return false
-		}
-	}
-	kp, err := nkeys.FromPublicKey(pub)
-	if err != nil {
-		return false
-	}
-	return kp.Verify(nonce, raw) == nil
-}
+func verifyNonce(pub, sig string, nonce []byte) bool { return nodeauth.VerifyRaw(pub, sig, nonce) }

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs a Minions release (`make release` builds the tarball this script
-# ships in): the minions, minions-agent and minions-relay binaries into PREFIX, the
+# ships in): the minions, minions-daemon, minions-agent and minions-relay binaries into PREFIX, the
 # systemd units, and then runs `minions init` (directories, keys, bridge,
 # nftables). Idempotent: running it again upgrades in place.
 set -euo pipefail
@@ -9,8 +9,8 @@ usage() {
   cat <<'USAGE'
 usage: install.sh [--prefix DIR] [--systemd-dir DIR] [--no-init]
 
-  --prefix DIR       install DIR/bin/minions, DIR/lib/minions/minions-agent
-                     and DIR/lib/minions/minions-relay
+  --prefix DIR       install DIR/bin/minions, DIR/lib/minions/minions-daemon,
+                     DIR/lib/minions/minions-agent and DIR/lib/minions/minions-relay
                      (default /usr/local)
   --systemd-dir DIR  install the systemd units there (default /etc/systemd/system
                      when the prefix is /, /usr or /usr/local; otherwise none)
@@ -50,7 +50,8 @@ lib=${prefix%/}/lib/minions
 install -D -m 0755 "$here/minions" "$bin/minions"
 install -D -m 0755 "$here/minions-agent" "$lib/minions-agent"
 install -D -m 0755 "$here/minions-relay" "$lib/minions-relay"
-echo "installed $bin/minions, $lib/minions-agent and $lib/minions-relay"
+install -D -m 0755 "$here/minions-daemon" "$lib/minions-daemon"
+echo "installed $bin/minions, $lib/minions-daemon, $lib/minions-agent and $lib/minions-relay"
 if [ -n "$systemd_dir" ]; then
   mkdir -p "$systemd_dir"
   for unit in "$here"/systemd/*.service; do

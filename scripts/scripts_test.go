@@ -214,12 +214,12 @@ func TestReleaseInstall(t *testing.T) {
 		t.Fatalf("tar: %v\n%s", err, out)
 	}
 	rel := filepath.Join(unpacked, "minions-0.0.0-test-linux-amd64")
-	for _, f := range []string{"minions", "minions-agent", "minions-relay", "install.sh", "systemd/minions.service", "systemd/minions-init.service"} {
+	for _, f := range []string{"minions", "minions-daemon", "minions-agent", "minions-relay", "install.sh", "systemd/minions.service", "systemd/minions-init.service"} {
 		if _, err := os.Stat(filepath.Join(rel, f)); err != nil {
 			t.Errorf("tarball lacks %s", f)
 		}
 	}
-	for _, bin := range []string{"minions", "minions-agent", "minions-relay"} {
+	for _, bin := range []string{"minions", "minions-daemon", "minions-agent", "minions-relay"} {
 		f, err := elf.Open(filepath.Join(rel, bin))
 		if err != nil {
 			t.Fatal(err)

@@ -1,4 +1,4 @@
-package daemon
+package local
 
 import (
 	"context"
@@ -26,7 +26,7 @@ func TestVersionInfo(t *testing.T) {
 	}
 	// A state dir holding a store of the first schema reports it, unmigrated.
 	old := t.TempDir()
-	b, err := os.ReadFile(filepath.Join("..", "store", "testdata", "schema-v1.db"))
+	b, err := os.ReadFile(filepath.Join("..", "..", "store", "testdata", "schema-v1.db"))
 	if err != nil {
 		t.Fatal(err)
 	}

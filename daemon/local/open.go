@@ -1,4 +1,4 @@
-package daemon
+package local
 
 import (
 	"context"
@@ -81,10 +81,17 @@ type Options struct {
 	// anyway while the jail is on. BackgroundWarm lets the engine build
 	// templates in the background (serve).
 	NoWarm, BackgroundWarm bool
+	// Web, when set, is the service's web proxy (service.SetWeb); without
+	// it web links and domain checks answer errs.FailedPrecondition.
+	Web WebFunc
 	// OnOperation receives each durable operation's duration (metrics).
 	OnOperation func(kind string, d time.Duration, err error)
 	Log         *slog.Logger
 }
+
+// WebFunc builds the web proxy of an installation's service (the daemon's
+// storedWeb: the proxy `minions serve` recorded).
+type WebFunc func(svc *service.Service, paths Paths, log *slog.Logger) service.WebSource
 
 // Installation is an opened installation (state and run directories, database,
 // network, driver) and the service built on it. It is not cli.Env, which is
@@ -192,7 +199,9 @@ func Open(ctx context.Context, o Options) (*Installation, error) {
 	if err != nil {
 		return nil, err
 	}
-	e.Service.SetWeb(storedWeb(e.Service, o.Paths, o.Log)) // serve replaces it with its live proxy
+	if o.Web != nil {
+		e.Service.SetWeb(o.Web(e.Service, o.Paths, o.Log)) // serve replaces it with its live proxy
+	}
 	// Found when first needed (agent status): running the agent binary
 	// costs every CLI command an exec.
 	e.Service.SetHostAgentVersionFunc(func() string {
