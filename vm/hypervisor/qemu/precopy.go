@@ -194,3 +194,32 @@ func (d *Driver) SaveStateKeepRAM(ctx context.Context, h *hypervisor.Handle, dir
 	d.log.Info("vm device state saved, ram kept", "vm_id", m.ID, "pid", h.PID, "dir", dir, "duration_ms", time.Since(start).Milliseconds())
 	return nil
 }
+
+// restoreKept is Restore or RestoreCopy of a state saved by
+// SaveStateKeepRAM (or adopted by AdoptRAM): the VM runs on the kept RAM
+// file under the VM's own RAM file's name, a second link, so a failed
+// restore leaves the kept file for the next try (the engine removes it
+// with the state, DiscardCopy).
+func (d *Driver) restoreKept(ctx context.Context, m machine, dir string) (*hypervisor.Handle, error) {
+	cp := d.StateRAM(dir)
+	if cp == "" {
+		return nil, errs.New(errs.NotFound, "no kept ram file in %s", dir)
+	}
+	if st, err := os.Stat(cp); err != nil || st.Size() != m.ramBytes() {
+		return nil, errs.New(errs.FailedPrecondition, "kept ram file is not %d bytes (%v)", m.ramBytes(), err)
+	}
+	m.MemOwn, m.MemShared, m.MemFile = true, true, d.memPath(m.ID)
+	_ = os.Remove(m.MemFile)
+	if err := os.Link(cp, m.MemFile); err != nil {
+		return nil, err
+	}
+	m.memReady = true
+	m.Incoming = filepath.Join(dir, StateMemoryFile)
+	start := time.Now()
+	h, err := d.launch(ctx, m)
+	if err != nil {
+		return nil, err // launch's undo removed the VM's name of the file
+	}
+	d.log.Info("vm restored on its kept ram", "vm_id", m.ID, "pid", h.PID, "dir", dir, "duration_ms", time.Since(start).Milliseconds())
+	return h, nil
+}

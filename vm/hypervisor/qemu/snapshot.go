@@ -287,6 +287,9 @@ func (d *Driver) restore(ctx context.Context, spec hypervisor.Spec, dir string, 
 		return nil, errs.New(errs.FailedPrecondition, "saved state does not fit the spec: %w", err)
 	}
 	m.adoptRAM(saved.Machine)
+	if saved.KeptRAM {
+		return d.restoreKept(ctx, m, dir)
+	}
 	if saved.RAMCopy {
 		return d.restoreForkCopy(ctx, m, dir)
 	}
