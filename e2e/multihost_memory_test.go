@@ -302,7 +302,7 @@ func moveMedian(ds []time.Duration) time.Duration {
 func guestMemoryPattern(t testing.TB, c *mhCluster, u mhUser, name string) string {
 	t.Helper()
 	r := c.as(t, u, "", "exec", name, "--", "sh", "-c",
-		"dd if=/dev/urandom of=/dev/shm/pattern bs=1M count=32 2>/dev/null && sha256sum /dev/shm/pattern | cut -d' ' -f1 && "+
+		"dd if=/dev/urandom of=/dev/shm/pattern bs=1M count=32 2>/dev/null && sha256sum /dev/shm/pattern | cut -d' ' -f1; "+
 			"setsid sh -c 'while :; do dd if=/dev/urandom of=/dev/shm/churn bs=1M count=8 2>/dev/null; done' </dev/null >/dev/null 2>&1 &")
 	sum := strings.TrimSpace(r.stdout)
 	if r.code != 0 || len(sum) != 64 {

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/minionsdev/minions/internal/errs"
+	"github.com/minionsdev/minions/internal/movepause"
 	"github.com/minionsdev/minions/vm/engine"
 )
 
@@ -66,9 +67,9 @@ func (s *server) runPreCopy(ctx context.Context, method string, req callRequest,
 		if req.To == nil || req.Offset != 0 {
 			return nil, errs.New(errs.InvalidArgument, "export_precopy: only whole and node to node")
 		}
-		return s.exportToPeer(ctx, req, func(ctx context.Context, id string, off int64, w io.Writer) error {
+		return s.exportToPeerStep(ctx, req, func(ctx context.Context, id string, off int64, w io.Writer) error {
 			return pc.ExportPreCopy(ctx, id, w)
-		}, nil)
+		}, nil, movepause.PreCopy)
 	case mImportPreCopy:
 		if !req.Direct {
 			return nil, errs.New(errs.InvalidArgument, "import_precopy: only node to node")

@@ -91,7 +91,7 @@ func memoryMovers(v store.VM, from, to store.Host, srcE, dstE engine.Engine, wha
 }
 
 // moveMemory moves running VM v from host from to host to with its memory.
-func (s *Service) moveMemory(ctx context.Context, v store.VM, from, to store.Host, srcE, dstE engine.Engine, progress Progress) (VM, error) {
+func (s *Service) moveMemory(ctx context.Context, v store.VM, from, to store.Host, srcE, dstE engine.Engine, preCopy bool, progress Progress) (VM, error) {
 	src, dst, err := memoryMovers(v, from, to, srcE, dstE, "a vm with its memory")
 	if err != nil {
 		return VM{}, err
@@ -125,7 +125,11 @@ func (s *Service) moveMemory(ctx context.Context, v store.VM, from, to store.Hos
 		return VM{}, fmt.Errorf("move vm %s: image %s on %s: %w", v.Name, v.Image, to.Name, err)
 	}
 	// The RAM, pre-copied while the VM runs (move_precopy.go).
-	preMS, preBytes, pre := s.preCopy(ctx, v, from, to, srcE, dstE, progress)
+	var preMS, preBytes int64
+	pre := false
+	if preCopy {
+		preMS, preBytes, pre = s.preCopy(ctx, v, from, to, srcE, dstE, progress)
+	}
 	progress.Say("suspend")
 	suspended := time.Now()
 	err = src.Suspend(ctx, v.ID, trust)
