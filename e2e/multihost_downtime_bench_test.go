@@ -51,45 +51,69 @@ func benchMoveDowntime(b *testing.B, mode string, mib int) {
 		}
 	}
 	rounds := max(b.N, 3)
-	var walls, downs, gaps, suspends, ships, pres []time.Duration
-	var shipped []int64
+	// Each round moves it twice, without and with the pre-copy (in turn
+	// first), so both are measured side by side under the same load.
+	kinds := []string{mode + "-noprecopy", mode}
+	type series struct {
+		walls, downs, gaps, suspends, ships, pres []time.Duration
+		shipped                                   []int64
+	}
+	all := map[string]*series{kinds[0]: {}, kinds[1]: {}}
 	var rows []string
 	b.ResetTimer()
+	n := 0
 	for i := range rounds {
-		from, to := "n1", "n2"
+		order := kinds
 		if i%2 == 1 {
-			from, to = "n2", "n1"
+			order = []string{kinds[1], kinds[0]}
 		}
-		before := guestCount(b, c, u, "mover")
-		wall, down, moved := moveDowntime(b, c, u, "mover", to, mode)
-		if moved.hostOf() != to || moved.Status != "running" {
-			b.Fatalf("move %d to %s: %+v", i+1, to, moved.Raw)
+		for _, kind := range order {
+			from, to := "n1", "n2"
+			if n%2 == 1 {
+				from, to = "n2", "n1"
+			}
+			n++
+			before := guestCount(b, c, u, "mover")
+			wall, down, moved := moveDowntime(b, c, u, "mover", to, kind)
+			if moved.hostOf() != to || moved.Status != "running" {
+				b.Fatalf("move %d to %s: %+v", n, to, moved.Raw)
+			}
+			gap, _ := tickGap(b, c, u, "mover", before)
+			if after := guestCount(b, c, u, "mover"); after < before {
+				b.Fatalf("move %d: the count went back from %d to %d", n, before, after)
+			}
+			susp, ship, after := moveFigures(moved)
+			pre, preBytes := preCopyFigures(moved)
+			if kind == mode && preBytes == 0 {
+				b.Errorf("move %d (%s): no pre-copy was made", n, kind)
+			}
+			s := all[kind]
+			s.walls, s.downs, s.gaps = append(s.walls, wall), append(s.downs, down), append(s.gaps, gap)
+			s.suspends, s.ships, s.shipped, s.pres = append(s.suspends, susp), append(s.ships, ship), append(s.shipped, after), append(s.pres, pre)
+			rows = append(rows, fmt.Sprintf("%d\t%s\t%s -> %s\t%s\t%s\t%s\t%s\t%s\t%.1f\t%s, %.1f MiB", n, kind, from, to, downtimeMS(wall), downtimeMS(down), downtimeMS(susp), downtimeMS(ship), downtimeMS(gap), float64(after)/(1<<20), downtimeMS(pre), float64(preBytes)/(1<<20)))
 		}
-		gap, _ := tickGap(b, c, u, "mover", before)
-		if after := guestCount(b, c, u, "mover"); after < before {
-			b.Fatalf("move %d: the count went back from %d to %d", i+1, before, after)
-		}
-		susp, ship, after := moveFigures(moved)
-		pre, preBytes := preCopyFigures(moved)
-		walls, downs, gaps = append(walls, wall), append(downs, down), append(gaps, gap)
-		suspends, ships, shipped, pres = append(suspends, susp), append(ships, ship), append(shipped, after), append(pres, pre)
-		rows = append(rows, fmt.Sprintf("%d\t%s -> %s\t%s\t%s\t%s\t%s\t%s\t%.1f\t%s, %.1f MiB", i+1, from, to, downtimeMS(wall), downtimeMS(down), downtimeMS(susp), downtimeMS(ship), downtimeMS(gap), float64(after)/(1<<20), downtimeMS(pre), float64(preBytes)/(1<<20)))
 	}
 	b.StopTimer()
 	var out strings.Builder
 	w := tabwriter.NewWriter(&out, 0, 4, 2, ' ', 0)
-	fmt.Fprintf(&out, "move --%s of a %d MiB VM (TCG, %d MiB random in its /dev/shm), %d moves, load %s:\n", mode, mib, fill, rounds, loadAvg())
-	fmt.Fprintln(w, "#\tmove\twall\tdowntime (engine)\tsuspend\ttransfer\tlargest tick gap (guest)\tMiB shipped after the suspend\tpre-copy (before the suspend)")
+	fmt.Fprintf(&out, "move --%s of a %d MiB VM (TCG, %d MiB random in its /dev/shm), %d moves of each kind, load %s:\n", mode, mib, fill, rounds, loadAvg())
+	fmt.Fprintln(w, "#\tkind\tmove\twall\tdowntime (engine)\tsuspend\ttransfer\tlargest tick gap (guest)\tMiB shipped after the suspend\tpre-copy (before the suspend)")
 	for _, r := range rows {
 		fmt.Fprintln(w, r)
 	}
-	slices.Sort(shipped)
-	fmt.Fprintf(w, "median\t\t%s\t%s\t%s\t%s\t%s\t%.1f\n", downtimeMS(moveMedian(walls)), downtimeMS(moveMedian(downs)), downtimeMS(moveMedian(suspends)),
-		downtimeMS(moveMedian(ships)), downtimeMS(moveMedian(gaps)), float64(shipped[len(shipped)/2])/(1<<20))
-	fmt.Fprintf(w, "median pre-copy\t\t%s\n", downtimeMS(moveMedian(pres)))
+	for _, kind := range kinds {
+		s := all[kind]
+		slices.Sort(s.shipped)
+		fmt.Fprintf(w, "median\t%s\t\t%s\t%s\t%s\t%s\t%s\t%.1f\t%s\n", kind, downtimeMS(moveMedian(s.walls)), downtimeMS(moveMedian(s.downs)), downtimeMS(moveMedian(s.suspends)),
+			downtimeMS(moveMedian(s.ships)), downtimeMS(moveMedian(s.gaps)), float64(s.shipped[len(s.shipped)/2])/(1<<20), downtimeMS(moveMedian(s.pres)))
+	}
 	w.Flush()
+	base, pc := all[kinds[0]], all[kinds[1]]
+	fmt.Fprintf(&out, "downtime with the pre-copy / without: %.2f\n", float64(moveMedian(pc.downs))/float64(max(moveMedian(base.downs), 1)))
 	fmt.Fprint(os.Stdout, out.String())
 	b.Log("\n" + out.String())
+	downs, walls, shipped := pc.downs, pc.walls, pc.shipped
+	b.ReportMetric(float64(moveMedian(base.downs).Milliseconds()), "downtime-noprecopy-ms")
 	b.ReportMetric(float64(moveMedian(downs).Milliseconds()), "downtime-ms")
 	b.ReportMetric(float64(moveMedian(walls).Milliseconds()), "move-ms")
 	b.ReportMetric(float64(shipped[len(shipped)/2])/(1<<20), "MiB-after-suspend")

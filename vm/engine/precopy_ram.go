@@ -3,7 +3,7 @@ package engine
 import (
 	"bufio"
 	"crypto/sha256"
-	"encoding/hex"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -34,14 +34,26 @@ import (
 // (never touched by the guest) are neither read nor sent.
 //
 // Pre-copy stream: one line of JSON (PreCopyHeader), then for each chunk
-// one byte (0: a hole, nothing follows; 1: the chunk's bytes follow), then
-// the SHA-256 of every chunk as sent (a hole's: of zeros), 32 bytes each.
+// one byte (0: a hole, nothing follows; 1: the chunk's bytes follow);
+// then, for the chunks that changed while the first pass went (hashed
+// again, up to preCopyPasses times), one byte 2, the chunk's index (4
+// bytes, big-endian) and its bytes; then one byte 3 and the SHA-256 of
+// every chunk as last sent (a hole's: of zeros), 32 bytes each.
 //
-// ram.delta: one line of JSON (RAMDeltaHeader), then the bytes of each
-// chunk it lists in Send, in that order.
+// ram.delta: one line of JSON (RAMDeltaHeader), the SHA-256 of every
+// chunk of the saved RAM (32 bytes each), then the bytes of each chunk it
+// lists in Send, in that order.
 
-// preCopyChunk is the unit of the pre-copy's sums and of the delta.
-const preCopyChunk = 2 << 20
+// preCopyChunk is the unit of the pre-copy's sums and of the delta: small
+// enough that scattered guest writes dirty little besides themselves.
+const preCopyChunk = 128 << 10
+
+// preCopyPasses bounds the passes over the chunks that changed while the
+// pre-copy went; it stops early once a pass sends under preCopyEnough.
+const (
+	preCopyPasses = 3
+	preCopyEnough = 4 << 20
+)
 
 // PreCopyStreamVersion is the pre-copy stream format this engine writes
 // and reads.
@@ -66,9 +78,7 @@ type RAMDeltaHeader struct {
 	Token   string `json:"token"`   // the pre-copy's
 	Size    int64  `json:"size"`
 	Chunk   int64  `json:"chunk"`
-	// Sums are the hex SHA-256 of every chunk of the saved RAM.
-	Sums []string `json:"sums"`
-	// Send lists the chunks whose bytes follow, ascending.
+	// Send lists the chunks whose bytes follow the sums, ascending.
 	Send []int `json:"send"`
 }
 
@@ -133,6 +143,40 @@ func writePreCopy(w io.Writer, h PreCopyHeader, f *os.File) ([]chunkSum, error) 
 			return nil, err
 		}
 	}
+	// The chunks the running guest changed meanwhile, again.
+	for pass := 0; pass < preCopyPasses; pass++ {
+		now, err := sumRAM(f, h.Size, h.Chunk)
+		if err != nil {
+			return nil, err
+		}
+		sent := int64(0)
+		for i := range now {
+			if now[i] == sums[i] {
+				continue
+			}
+			off, l := int64(i)*h.Chunk, chunkLen(i, h.Size, h.Chunk)
+			if _, err := f.ReadAt(buf[:l], off); err != nil {
+				return nil, err
+			}
+			sums[i] = sha256.Sum256(buf[:l])
+			var rec [5]byte
+			rec[0] = 2
+			binary.BigEndian.PutUint32(rec[1:], uint32(i))
+			if _, err := bw.Write(rec[:]); err != nil {
+				return nil, err
+			}
+			if _, err := bw.Write(buf[:l]); err != nil {
+				return nil, err
+			}
+			sent += l
+		}
+		if sent < preCopyEnough {
+			break
+		}
+	}
+	if err := bw.WriteByte(3); err != nil {
+		return nil, err
+	}
 	for _, s := range sums {
 		if _, err := bw.Write(s[:]); err != nil {
 			return nil, err
@@ -179,6 +223,31 @@ func readPreCopyBody(br *bufio.Reader, h PreCopyHeader, out *os.File) ([]chunkSu
 			}
 		default:
 			return nil, errs.New(errs.InvalidArgument, "pre-copy: bad chunk kind %d", kind)
+		}
+	}
+	for {
+		kind, err := br.ReadByte()
+		if err != nil {
+			return nil, unexpected(err)
+		}
+		if kind == 3 {
+			break
+		}
+		var idx [4]byte
+		if _, err := io.ReadFull(br, idx[:]); kind != 2 || err != nil {
+			return nil, errs.New(errs.InvalidArgument, "pre-copy: bad record %d (%v)", kind, err)
+		}
+		i := int(binary.BigEndian.Uint32(idx[:]))
+		if i >= n {
+			return nil, errs.New(errs.InvalidArgument, "pre-copy: chunk %d of %d", i, n)
+		}
+		off, l := int64(i)*h.Chunk, chunkLen(i, h.Size, h.Chunk)
+		if _, err := io.ReadFull(br, buf[:l]); err != nil {
+			return nil, unexpected(err)
+		}
+		sums[i] = sha256.Sum256(buf[:l])
+		if _, err := out.WriteAt(buf[:l], off); err != nil {
+			return nil, err
 		}
 	}
 	var s chunkSum
@@ -253,9 +322,8 @@ func writeRAMDelta(ram, dst, token string, pre []chunkSum) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	h := RAMDeltaHeader{Version: PreCopyStreamVersion, Token: token, Size: size, Chunk: preCopyChunk, Sums: make([]string, len(sums))}
+	h := RAMDeltaHeader{Version: PreCopyStreamVersion, Token: token, Size: size, Chunk: preCopyChunk}
 	for i, s := range sums {
-		h.Sums[i] = hex.EncodeToString(s[:])
 		if len(pre) != len(sums) || pre[i] != s {
 			h.Send = append(h.Send, i)
 		}
@@ -272,6 +340,11 @@ func writeRAMDelta(ram, dst, token string, pre []chunkSum) (int, error) {
 		bw := bufio.NewWriterSize(out, 1<<20)
 		if _, err := bw.Write(append(b, '\n')); err != nil {
 			return err
+		}
+		for _, s := range sums {
+			if _, err := bw.Write(s[:]); err != nil {
+				return err
+			}
 		}
 		for _, i := range h.Send {
 			if _, err := io.Copy(bw, io.NewSectionReader(f, int64(i)*preCopyChunk, chunkLen(i, size, preCopyChunk))); err != nil {
@@ -314,8 +387,14 @@ func applyRAMDelta(delta, ram, token string, pre []chunkSum) error {
 		return bad("version %d, chunk %d", h.Version, h.Chunk)
 	case h.Token != token:
 		return errs.New(errs.FailedPrecondition, "ram delta: it follows pre-copy %q, this host holds %q", h.Token, token)
-	case len(pre) != n || len(h.Sums) != n:
-		return bad("%d sums for %d chunks (pre-copy %d)", len(h.Sums), n, len(pre))
+	case len(pre) != n:
+		return bad("%d chunks, the pre-copy has %d", n, len(pre))
+	}
+	want := make([]chunkSum, n)
+	for i := range want {
+		if _, err := io.ReadFull(br, want[i][:]); err != nil {
+			return bad("sums: %v", unexpected(err))
+		}
 	}
 	out, err := os.OpenFile(ram, os.O_RDWR, 0)
 	if err != nil {
@@ -346,7 +425,7 @@ func applyRAMDelta(delta, ram, token string, pre []chunkSum) error {
 		return bad("bytes after the last chunk")
 	}
 	for i := range got {
-		if hex.EncodeToString(got[i][:]) != h.Sums[i] {
+		if got[i] != want[i] {
 			return bad("chunk %d of the ram differs from the source's after the delta", i)
 		}
 	}

@@ -10,6 +10,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -71,6 +72,7 @@ func (r *ramFixture) preCopy(t *testing.T, dst, token string, write func(n int))
 		defer wg.Done()
 		for n := 0; !stop.Load(); n++ {
 			write(n)
+			time.Sleep(10 * time.Microsecond)
 		}
 	}()
 	pr, pw := io.Pipe()
