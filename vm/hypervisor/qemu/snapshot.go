@@ -298,8 +298,10 @@ func (d *Driver) restore(ctx context.Context, spec hypervisor.Spec, dir string, 
 	}
 	m.MemBackendRAM = saved.Machine.MemFile != "" || saved.Machine.MemBackendRAM // a clone's RAM block name
 	m.PlainIncoming = saved.PlainRAM
-	if saved.PlainRAM && !asCopy {
-		// RAM that streams in whole can stream into a file of its own.
+	if saved.PlainRAM {
+		// RAM that streams in whole can stream into a file of its own
+		// (a copy's too: a VM moved with its memory keeps a RAM file, so
+		// its next move can pre-copy it).
 		d.ownMemory(&m)
 		m.MemBackendRAM = !m.MemOwn
 	}
