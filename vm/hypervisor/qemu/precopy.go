@@ -196,11 +196,15 @@ func (d *Driver) SaveStateKeepRAM(ctx context.Context, h *hypervisor.Handle, dir
 }
 
 // restoreKept is Restore or RestoreCopy of a state saved by
-// SaveStateKeepRAM (or adopted by AdoptRAM): the VM runs on the kept RAM
-// file under the VM's own RAM file's name, a second link, so a failed
-// restore leaves the kept file for the next try (the engine removes it
-// with the state, DiscardCopy).
-func (d *Driver) restoreKept(ctx context.Context, m machine, dir string) (*hypervisor.Handle, error) {
+// SaveStateKeepRAM (or adopted by AdoptRAM). RestoreCopy (the target of a
+// move, whose failure is undone whole) runs the VM on the kept RAM file
+// itself, under the VM's own RAM file's name (a second link). Restore
+// (the source's resume after a failed move) runs it on a copy of the kept
+// file (in-kernel, holes kept): the restored guest writes its RAM at
+// once, and a resume that fails after that must be tried again from the
+// RAM as saved, not as that guest left it. The kept file stays until the
+// engine removes it with the state (DiscardCopy).
+func (d *Driver) restoreKept(ctx context.Context, m machine, dir string, asCopy bool) (*hypervisor.Handle, error) {
 	cp := d.StateRAM(dir)
 	if cp == "" {
 		return nil, errs.New(errs.NotFound, "no kept ram file in %s", dir)
@@ -210,8 +214,12 @@ func (d *Driver) restoreKept(ctx context.Context, m machine, dir string) (*hyper
 	}
 	m.MemOwn, m.MemShared, m.MemFile = true, true, d.memPath(m.ID)
 	_ = os.Remove(m.MemFile)
-	if err := os.Link(cp, m.MemFile); err != nil {
-		return nil, err
+	if asCopy {
+		if err := os.Link(cp, m.MemFile); err != nil {
+			return nil, err
+		}
+	} else if _, err := copyRAM(cp, m.MemFile); err != nil {
+		return nil, fmt.Errorf("copy kept ram: %w", err)
 	}
 	m.memReady = true
 	m.Incoming = filepath.Join(dir, StateMemoryFile)

@@ -14,7 +14,8 @@ import (
 // TestSaveStateKeepRAM: a move's suspend after a pre-copy saves the
 // device state only and keeps the VM's RAM file past its Kill; Restore
 // runs the same VM again on it (the console counter counts on from where
-// it was), twice if need be (a failed resume can be tried again), and
+// it was), twice if need be (a resume that failed after its guest ran
+// can be tried again from the RAM as saved), and
 // DiscardCopy removes it. A copy of the kept RAM in a new RAM file,
 // adopted by another state dir (the target of a move), runs as a copy.
 func TestSaveStateKeepRAM(t *testing.T) {
@@ -80,8 +81,10 @@ func TestSaveStateKeepRAM(t *testing.T) {
 		if now := tinyvm.LastTick(spec.ConsoleLog); now <= saved {
 			t.Fatalf("restore %d: the counter is at %d, it was at %d when saved", try, now, saved)
 		}
-		if _, err := os.Stat(kept); err != nil {
+		if st, err := os.Stat(kept); err != nil || st.Size() != size {
 			t.Fatalf("restore %d removed the kept ram: %v", try, err)
+		} else if now, err := os.Stat(ram); err != nil || os.SameFile(st, now) {
+			t.Fatalf("restore %d runs on the kept ram itself (%v): a retry would start from what this run wrote", try, err)
 		}
 		d.Kill(ctx, h)
 	}

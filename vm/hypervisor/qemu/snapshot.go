@@ -288,7 +288,7 @@ func (d *Driver) restore(ctx context.Context, spec hypervisor.Spec, dir string, 
 	}
 	m.adoptRAM(saved.Machine)
 	if saved.KeptRAM {
-		return d.restoreKept(ctx, m, dir)
+		return d.restoreKept(ctx, m, dir, asCopy)
 	}
 	if saved.RAMCopy {
 		return d.restoreForkCopy(ctx, m, dir)
