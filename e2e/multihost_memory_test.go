@@ -318,7 +318,7 @@ func guestMemoryPattern(t testing.TB, c *mhCluster, u mhUser, name string) strin
 // sum, and that the churn loop still runs.
 func checkGuestMemoryPattern(t testing.TB, c *mhCluster, u mhUser, name, sum string) {
 	t.Helper()
-	r := c.as(t, u, "", "exec", name, "--", "sh", "-c", "sha256sum /dev/shm/pattern | cut -d' ' -f1; grep -l 'shm/chur[n]' /proc/[0-9]*/cmdline >/dev/null 2>&1 && echo churning")
+	r := c.as(t, u, "", "exec", name, "--", "sh", "-c", "sha256sum /dev/shm/pattern | cut -d' ' -f1; grep -qs 'shm/chur[n]' /proc/[0-9]*/cmdline && echo churning")
 	lines := strings.Split(strings.TrimSpace(r.stdout), "\n")
 	if r.code != 0 || len(lines) != 2 || lines[0] != sum || lines[1] != "churning" {
 		t.Errorf("the guest's memory after the move: %q, want pattern %s and the churn loop running (%s)", lines, sum, r)
