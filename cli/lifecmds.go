@@ -98,6 +98,7 @@ func lifeCommands() []*Command {
 			Flags: func(fs *flag.FlagSet) {
 				fs.Bool("memory", false, "suspend it with its memory and resume it on HOST (its processes keep running)")
 				fs.Bool("live", false, "migrate it while it runs (live migration)")
+				fs.Bool("no-precopy", false, "with --memory: no pre-copy of its memory while it runs (all of it ships after the suspend)")
 			},
 			Run: func(ctx context.Context, x *Ctx) error {
 				// --host HOST: a bare name is the target cluster host, as for create.
@@ -107,6 +108,7 @@ func lifeCommands() []*Command {
 					return errs.New(errs.InvalidArgument, "move: --memory and --live exclude each other")
 				case mem:
 					req.Mode = "memory"
+					req.NoPreCopy = boolFlag(x.FS, "no-precopy")
 				case live:
 					req.Mode = "live"
 				}

@@ -32,6 +32,7 @@ var crashSteps = []crashStep{
 	{"cold", movepause.Imported, "dst", "the target's disk in place, before its boot"},
 	{"cold", movepause.Started, "cp", "the target's copy runs, before the switch"},
 	{"cold", movepause.Switched, "cp", "switched, before the source's copy is destroyed"},
+	{"memory", movepause.PreCopy, "src", "mid-pre-copy: part of the RAM sent while the VM runs, nothing suspended"},
 	{"memory", movepause.Suspended, "cp", "the source suspended (memory saved), nothing shipped"},
 	{"memory", movepause.Transfer, "src", "mid-transfer: part of the bundle sent"},
 	{"memory", movepause.Imported, "dst", "the target imported the bundle, before its resume"},
@@ -64,6 +65,7 @@ var crashQuick = map[string]bool{
 	"cold/started/src":  true,
 	"cold/switched/cp":  true,
 
+	"memory/precopy/cp":    true,
 	"memory/suspended/src": true,
 	"memory/transfer/cp":   true,
 	"memory/imported/dst":  true,

@@ -43,6 +43,10 @@ func testMoveMemory(t *testing.T, c *mhCluster, ann, ben mhUser, haveVMs bool) {
 	if r := c.as(t, ann, "", "snapshot", "create", "m1", "--name", "mem-before", "--memory", "--json"); r.code != 0 {
 		t.Fatalf("memory snapshot of m1: %s", r)
 	}
+	// Guest memory the pre-copy must follow (move_precopy.go): a file of
+	// random bytes in the guest's tmpfs, and a loop that rewrites another
+	// all through the move (pages dirtied during the pre-copy).
+	memSum := guestMemoryPattern(t, c, ann, "m1")
 	before := guestCount(t, c, ann, "m1")
 	if r := c.as(t, ben, "", "move", "m1", "--memory", "--host", "n2", "--json"); r.code != 3 || strings.Contains(r.stdout+r.stderr, id) {
 		t.Errorf("ben's move --memory of m1: want not found (3), telling nothing: %s", r)
@@ -56,6 +60,13 @@ func testMoveMemory(t *testing.T, c *mhCluster, ann, ben mhUser, haveVMs bool) {
 	if tr, _ := moved.Raw["transfer"].(map[string]any); tr == nil || tr["node_to_node"] != true {
 		t.Errorf("move m1 --memory n1 -> n2: the bundle did not go node to node: transfer %v", moved.Raw["transfer"])
 	}
+	// The RAM went ahead while the guest ran; the guest's memory is intact.
+	if mv, _ := moved.Raw["move"].(map[string]any); mv == nil || mv["precopy_bytes"] == nil {
+		t.Errorf("move m1 --memory n1 -> n2 made no pre-copy: move %v", moved.Raw["move"])
+	} else {
+		t.Logf("pre-copy n1 -> n2: %v ms, %v bytes", mv["precopy_ms"], mv["precopy_bytes"])
+	}
+	checkGuestMemoryPattern(t, c, ann, "m1", memSum)
 	hosts := c.hostList(t)
 	v, r = c.show(t, ann, "m1")
 	if r.code != 0 || v.hostOf() != "n2" || v.Status != "running" {
@@ -241,7 +252,10 @@ func tickGap(t testing.TB, c *mhCluster, u mhUser, name string, from int) (time.
 func moveDowntime(t testing.TB, c *mhCluster, u mhUser, name, host, mode string) (time.Duration, time.Duration, mhVM) {
 	t.Helper()
 	args := []string{"move", name, "--host", host, "--json"}
-	if mode != "" && mode != "cold" {
+	if m, ok := strings.CutSuffix(mode, "-noprecopy"); ok {
+		// A memory move without its pre-copy (benchmarks: side by side).
+		args, mode = append(args, "--"+m, "--no-precopy"), m
+	} else if mode != "" && mode != "cold" {
 		args = append(args, "--"+mode)
 	}
 	start := time.Now()
@@ -283,4 +297,30 @@ func moveMedian(ds []time.Duration) time.Duration {
 	s := append([]time.Duration(nil), ds...)
 	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
 	return s[len(s)/2]
+}
+
+// guestMemoryPattern writes 32 MiB of random bytes into VM name's
+// /dev/shm/pattern and starts a loop that rewrites /dev/shm/churn (8 MiB)
+// without end, and returns the pattern's SHA-256 (as sha256sum prints).
+func guestMemoryPattern(t testing.TB, c *mhCluster, u mhUser, name string) string {
+	t.Helper()
+	r := c.as(t, u, "", "exec", name, "--", "sh", "-c",
+		"dd if=/dev/urandom of=/dev/shm/pattern bs=1M count=32 2>/dev/null && sha256sum /dev/shm/pattern | cut -d' ' -f1; "+
+			"setsid sh -c 'while :; do dd if=/dev/urandom of=/dev/shm/churn bs=1M count=8 2>/dev/null; done' </dev/null >/dev/null 2>&1 &")
+	sum := strings.TrimSpace(r.stdout)
+	if r.code != 0 || len(sum) != 64 {
+		t.Fatalf("write the memory pattern in %s: %s", name, r)
+	}
+	return sum
+}
+
+// checkGuestMemoryPattern checks /dev/shm/pattern in VM name against
+// sum, and that the churn loop still runs.
+func checkGuestMemoryPattern(t testing.TB, c *mhCluster, u mhUser, name, sum string) {
+	t.Helper()
+	r := c.as(t, u, "", "exec", name, "--", "sh", "-c", "sha256sum /dev/shm/pattern | cut -d' ' -f1; grep -qs 'shm/chur[n]' /proc/[0-9]*/cmdline && echo churning")
+	lines := strings.Split(strings.TrimSpace(r.stdout), "\n")
+	if r.code != 0 || len(lines) != 2 || lines[0] != sum || lines[1] != "churning" {
+		t.Errorf("the guest's memory after the move: %q, want pattern %s and the churn loop running (%s)", lines, sum, r)
+	}
 }

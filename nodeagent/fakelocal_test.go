@@ -62,7 +62,11 @@ type fakeLocal struct {
 	dir     string // its directory; the state directory is dir/state
 }
 
-func newFakeLocal(t testing.TB) *fakeLocal {
+func newFakeLocal(t testing.TB) *fakeLocal { return newFakeLocalWith(t, nil) }
+
+// newFakeLocalWith is newFakeLocal whose engine's driver is wrap(the
+// fake driver) (nil: the fake driver itself).
+func newFakeLocalWith(t testing.TB, wrap func(*fakeagent.AgentDriver) hypervisor.Driver) *fakeLocal {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root (the guest agent runs commands as users)")
 	}
@@ -119,9 +123,16 @@ func newFakeLocal(t testing.TB) *fakeLocal {
 	os.WriteFile(kernel, []byte("kernel"), 0o644)
 	img := engine.Image{Ref: "minimal@1", OS: "minimal", Path: base, Format: "raw", SizeBytes: 64 << 20, Kernel: kernel}
 	l, err := engine.NewLocal(engine.Config{StateDir: filepath.Join(dir, "state"), ReadyTimeout: 20 * time.Second, StopTimeout: time.Second},
-		engine.Deps{DB: db, Driver: drv, Network: &ports{set: map[string]netip.Addr{}}, Images: oneImage{img}, Disks: engine.HostDisks{}, HostKey: hostKey})
+		engine.Deps{DB: db, Driver: wrapDriver(drv, wrap), Network: &ports{set: map[string]netip.Addr{}}, Images: oneImage{img}, Disks: engine.HostDisks{}, HostKey: hostKey})
 	if err != nil {
 		t.Fatal(err)
 	}
 	return &fakeLocal{eng: l, drv: drv, hostKey: hostKey, db: db, owner: owner.ID, dir: dir}
+}
+
+func wrapDriver(drv *fakeagent.AgentDriver, wrap func(*fakeagent.AgentDriver) hypervisor.Driver) hypervisor.Driver {
+	if wrap == nil {
+		return drv
+	}
+	return wrap(drv)
 }

@@ -101,6 +101,8 @@ type Remote struct {
 
 	// node-to-node bundles (transfer_peer_bundle.go)
 	bundlePeer, bundlePeerFailed atomic.Int64
+	// node-to-node pre-copies (transfer_memory_precopy.go)
+	preCopyPeer, preCopyPeerFailed atomic.Int64
 
 	caps atomic.Pointer[[]string] // the node's capabilities (SetCaps); nil: not heard yet
 }

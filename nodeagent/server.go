@@ -128,7 +128,7 @@ type server struct {
 // moveMethods are the calls that carry a move's streams (mCancelMoves).
 var moveMethods = map[string]bool{
 	mExportDisk: true, mImportDisk: true, mExportBundle: true, mImportBundle: true,
-	mLiveMigrate: true, mLiveFinish: true,
+	mLiveMigrate: true, mLiveFinish: true, mExportPreCopy: true, mImportPreCopy: true,
 }
 
 func (s *server) handle(m fabric.Msg) {
@@ -305,6 +305,8 @@ func (s *server) run(ctx context.Context, method string, req callRequest, progre
 		return s.importDisk(ctx, req, progress)
 	case mSuspend, mResume, mExportBundle, mImportBundle, mAgentTrustKey, mPrepareImage:
 		return s.runMemory(ctx, method, req, progress)
+	case mExportPreCopy, mImportPreCopy, mDropPreCopy:
+		return s.runPreCopy(ctx, method, req, progress) // transfer_memory_precopy.go
 	case mLiveDescribe, mLivePrepare, mLiveDial, mLiveMigrate, mLiveFinish, mLiveAbort, mLiveResume:
 		return s.runLive(ctx, method, req, progress)
 	}

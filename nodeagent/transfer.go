@@ -305,7 +305,8 @@ const pauseAfter = 64 << 10
 type idleStream struct {
 	ctx        context.Context
 	st         net.Conn
-	pauseAfter int64 // > 0: pause (test only) once this many bytes are written
+	pauseAfter int64  // > 0: pause (test only) once this many bytes are written
+	pauseStep  string // the movepause step there; "" is movepause.Transfer
 	written    int64
 
 	readSet, writeSet time.Time // when the deadlines were last moved
@@ -345,7 +346,11 @@ func (f fill) Read(p []byte) (int, error) {
 func (i *idleStream) Write(p []byte) (int, error) {
 	if i.pauseAfter > 0 && i.written >= i.pauseAfter {
 		i.pauseAfter = 0
-		movepause.At(i.ctx, movepause.Transfer)
+		step := i.pauseStep
+		if step == "" {
+			step = movepause.Transfer
+		}
+		movepause.At(i.ctx, step)
 	}
 	if now := time.Now(); now.Sub(i.writeSet) > time.Second {
 		i.st.SetWriteDeadline(now.Add(transferIdle))

@@ -257,6 +257,12 @@ func (s *server) exportDiskFunc() (exportFunc, error) {
 // exportToPeer is export_disk (or export_bundle) with To: the stream
 // written by export straight to another node's direct listener.
 func (s *server) exportToPeer(ctx context.Context, req callRequest, export exportFunc, err error) (exportResult, error) {
+	return s.exportToPeerStep(ctx, req, export, err, "")
+}
+
+// exportToPeerStep is exportToPeer whose test-only mid-stream pause is
+// movepause step pause ("": movepause.Transfer).
+func (s *server) exportToPeerStep(ctx context.Context, req callRequest, export exportFunc, err error, pause string) (exportResult, error) {
 	if err != nil {
 		return exportResult{}, err
 	}
@@ -273,7 +279,7 @@ func (s *server) exportToPeer(ctx context.Context, req callRequest, export expor
 	defer c.Close()
 	stop := context.AfterFunc(ctx, func() { c.Close() }) // a cancelled call ends at once
 	defer stop()
-	w := &idleStream{ctx: ctx, st: c, pauseAfter: pauseAfter}
+	w := &idleStream{ctx: ctx, st: c, pauseAfter: pauseAfter, pauseStep: pause}
 	if req.Offset != 0 {
 		w.pauseAfter = 0 // the test-only pause is the first stream's
 	}

@@ -47,6 +47,9 @@ type MoveRequest struct {
 	// shipped, started on the target), "memory" (suspended with its
 	// memory, resumed on the target) or "live" (migrated while it runs).
 	Mode string `json:"mode,omitempty"`
+	// NoPreCopy (memory): ship all of the memory after the suspend, with
+	// no pre-copy of it while the VM runs (move_precopy.go).
+	NoPreCopy bool `json:"no_precopy,omitempty"`
 }
 
 // moveMode checks a move mode and returns it, "" being cold.
@@ -200,7 +203,7 @@ func (s *Service) Move(ctx context.Context, c Caller, name string, req MoveReque
 	defer release()
 	switch {
 	case mode == store.MoveMemory && v.State == vm.Running:
-		return s.moveMemory(ctx, v, from, to, srcE, dstE, progress)
+		return s.moveMemory(ctx, v, from, to, srcE, dstE, !req.NoPreCopy, progress)
 	case mode == store.MoveLive:
 		return s.moveLive(ctx, v, from, to, srcE, dstE, progress)
 	}

@@ -52,6 +52,11 @@ type MoveStats struct {
 	// TransferMS (memory) is the part of the downtime after the suspend
 	// until the target had the bundle's files (the rest is its resume).
 	TransferMS int64 `json:"transfer_ms,omitempty"`
+	// PreCopyMS and PreCopyBytes (memory) are the pre-copy of the RAM
+	// to the target while the VM still ran (move_precopy.go), before the
+	// downtime; absent when the move made none.
+	PreCopyMS    int64 `json:"precopy_ms,omitempty"`
+	PreCopyBytes int64 `json:"precopy_bytes,omitempty"`
 	// PauseMS (live) bounds how long the guest did not run: DowntimeMS
 	// (the hypervisor's own figure: source paused to the end of the
 	// memory stream), the disk mirror's last writes and the target's
@@ -86,7 +91,7 @@ func memoryMovers(v store.VM, from, to store.Host, srcE, dstE engine.Engine, wha
 }
 
 // moveMemory moves running VM v from host from to host to with its memory.
-func (s *Service) moveMemory(ctx context.Context, v store.VM, from, to store.Host, srcE, dstE engine.Engine, progress Progress) (VM, error) {
+func (s *Service) moveMemory(ctx context.Context, v store.VM, from, to store.Host, srcE, dstE engine.Engine, preCopy bool, progress Progress) (VM, error) {
 	src, dst, err := memoryMovers(v, from, to, srcE, dstE, "a vm with its memory")
 	if err != nil {
 		return VM{}, err
@@ -119,11 +124,20 @@ func (s *Service) moveMemory(ctx context.Context, v store.VM, from, to store.Hos
 		forget()
 		return VM{}, fmt.Errorf("move vm %s: image %s on %s: %w", v.Name, v.Image, to.Name, err)
 	}
+	// The RAM, pre-copied while the VM runs (move_precopy.go).
+	var preMS, preBytes int64
+	pre := false
+	if preCopy {
+		preMS, preBytes, pre = s.preCopy(ctx, v, from, to, srcE, dstE, progress)
+	}
 	progress.Say("suspend")
 	suspended := time.Now()
 	err = src.Suspend(ctx, v.ID, trust)
 	suspendTook := time.Since(suspended)
 	if err != nil {
+		if pre {
+			s.dropPreCopy(ctx, v.ID, srcE.(engine.PreCopyPeer), dstE.(engine.PreCopyPeer))
+		}
 		// A failed suspend leaves it running; one that did not answer may
 		// not have: resume it in any case (if that fails too, the record
 		// stays and SettleMoves resumes it).
@@ -220,9 +234,11 @@ func (s *Service) moveMemory(ctx context.Context, v store.VM, from, to store.Hos
 		s.log.Warn("move: destroy the source copy (settled later)", "vm_id", v.ID, "host", from.Name, "err", err)
 	}
 	stats := &MoveStats{Mode: store.MoveMemory, WallMS: time.Since(t0).Milliseconds(), DowntimeMS: resumed.Sub(suspended).Milliseconds(),
-		SuspendMS: suspendTook.Milliseconds(), TransferMS: shippedAt.Sub(suspended.Add(suspendTook)).Milliseconds()}
+		SuspendMS: suspendTook.Milliseconds(), TransferMS: shippedAt.Sub(suspended.Add(suspendTook)).Milliseconds(),
+		PreCopyMS: preMS, PreCopyBytes: preBytes}
 	s.log.Info("vm moved with memory", "vm_id", v.ID, "vm", v.Name, "from", from.Name, "to", to.Name,
-		"wall_ms", stats.WallMS, "downtime_ms", stats.DowntimeMS, "suspend_ms", stats.SuspendMS, "transfer_ms", stats.TransferMS, "node_to_node", peer)
+		"wall_ms", stats.WallMS, "downtime_ms", stats.DowntimeMS, "suspend_ms", stats.SuspendMS, "transfer_ms", stats.TransferMS, "node_to_node", peer,
+		"precopy_ms", stats.PreCopyMS, "precopy_bytes", stats.PreCopyBytes)
 	out := s.current(ctx, v.ID)
 	out.Move = stats
 	if mt != nil {

@@ -36,6 +36,9 @@ const (
 // resume) and Switched (as for a cold move).
 const (
 	Suspended = "suspended" // control plane: the source suspended, nothing shipped
+	// PreCopy: source node agent, part of the pre-copy of the RAM written
+	// (the VM still runs; nothing suspended).
+	PreCopy = "precopy"
 )
 
 // Steps named by the processes of a live move (`move --live`), besides

@@ -278,6 +278,8 @@ func (l *Local) purge(ctx context.Context, id string) {
 	}
 	l.Network.RemovePort(ctx, tapName(id))
 	l.discardForkState(id) // a fork's RAM copy outside its dir
+	l.dropMoveState(id)    // a suspend's kept RAM file outside its dir
+	l.precopy.dropIn(id, nil)
 	os.RemoveAll(l.runDir(id))
 	os.RemoveAll(l.vmDir(id))
 	if err == nil {

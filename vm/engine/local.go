@@ -175,6 +175,9 @@ type Local struct {
 	// agents pools the guest agent connections (see agentPool).
 	agents *agentPool
 
+	// precopy holds the pre-copies of moves (transfer_memory_precopy.go).
+	precopy preCopies
+
 	mu     sync.Mutex
 	admit  AdmitFunc
 	onExit ExitFunc

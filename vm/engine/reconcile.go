@@ -126,6 +126,9 @@ func (l *Local) sweepMemory() {
 	}
 	runDirs, _ := filepath.Glob(filepath.Join(l.cfg.RunDir, "*"))
 	forkDirs, _ := filepath.Glob(l.forkStateDir("*"))
+	// A suspend's state keeps its RAM file as a fork's does.
+	kept, _ := filepath.Glob(filepath.Join(l.vmDir("*"), moveStateDir+"*"))
+	forkDirs = append(forkDirs, kept...)
 	if gone := ms.SweepMemory(runDirs, forkDirs); len(gone) > 0 {
 		l.log.Info("removed stale ram files", "files", gone)
 	}

@@ -301,6 +301,8 @@ func (l *Local) suspended(ctx context.Context, id string) bool {
 
 // dropMoveState removes instance id's saved memory and its boot record.
 func (l *Local) dropMoveState(id string) {
+	l.discardKeptRAM(l.moveState(id))
+	l.discardKeptRAM(l.moveState(id) + ".part")
 	os.RemoveAll(l.moveState(id))
 	os.RemoveAll(l.moveState(id) + ".part")
 	os.Remove(l.moveState(id) + moveBootSuffix)
@@ -371,8 +373,16 @@ func (l *Local) Suspend(ctx context.Context, id, trustKey string) error {
 		tmp := l.moveState(v.ID) + ".part"
 		t0 := time.Now()
 		// The VM stays paused after the save (the driver resumes it if the
-		// save fails); its disk is flushed by then.
-		if err := l.saveForMove(ctx, v.ID, h, tmp); err != nil {
+		// save fails); its disk is flushed by then. After a pre-copy the
+		// save keeps the RAM file and notes what changed since
+		// (transfer_memory_precopy.go).
+		save := l.saveForMove
+		if pre, ok := l.precopy.takeOut(v.ID); ok {
+			save = func(ctx context.Context, id string, h *hypervisor.Handle, dir string) error {
+				return l.saveKeepRAM(ctx, id, h, dir, pre)
+			}
+		}
+		if err := save(ctx, v.ID, h, tmp); err != nil {
 			l.dropMoveState(v.ID)
 			l.Driver.Resume(context.WithoutCancel(ctx), h)
 			if trustKey != "" {
@@ -547,6 +557,8 @@ func (l *Local) ImportBundle(ctx context.Context, spec ImportSpec, r io.Reader, 
 	if err := vm.ValidResources(h.CPUs, h.MemoryMiB, h.DiskGiB); err != nil {
 		return Instance{}, err
 	}
+	// A pre-copy not used by this bundle is of no more use.
+	defer l.precopy.dropIn(spec.ID, nil)
 	var fk hypervisor.Forker
 	if h.Memory {
 		var ok bool
@@ -576,6 +588,11 @@ func (l *Local) ImportBundle(ctx context.Context, spec ImportSpec, r io.Reader, 
 		}
 		if err := ReadBundleFiles(br, h, dir); err != nil {
 			return row, err
+		}
+		if h.Memory && bundleHasDelta(h) {
+			if err := l.adoptPreCopy(row.ID, l.moveState(row.ID)); err != nil {
+				return row, err
+			}
 		}
 		if rb, ok := l.Disks.(Rebaser); ok {
 			for _, f := range h.Files {
@@ -679,6 +696,9 @@ func (l *Local) StageBundle(ctx context.Context, spec ImportSpec, r io.Reader, p
 		if _, ok := l.Driver.(hypervisor.Forker); !ok || !l.Driver.Caps().MemorySnapshot {
 			return errs.New(errs.FailedPrecondition, "import vm %s: the %s driver cannot resume a vm from its memory", spec.Name, l.Driver.Name())
 		}
+	}
+	if bundleHasDelta(h) {
+		return errs.New(errs.FailedPrecondition, "import vm %s: a bundle that follows a pre-copy is imported, not staged", spec.Name)
 	}
 	progress.Say("image")
 	img, err := l.Images.Resolve(ctx, h.Image)

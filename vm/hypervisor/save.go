@@ -11,3 +11,28 @@ type UnsyncedSaver interface {
 	// SaveStateUnsynced is SaveState without the flush.
 	SaveStateUnsynced(ctx context.Context, h *Handle, dir string) error
 }
+
+// RAMKeeper is implemented by drivers that can give a VM its RAM as a
+// file of its own (the qemu driver with a memory dir): a move with memory
+// copies that file to the target while the VM runs (a pre-copy), and its
+// suspend then saves the device state only and keeps the RAM file, so
+// only what changed since the pre-copy ships during the downtime.
+type RAMKeeper interface {
+	// RAMFile is the path and size of running VM h's own RAM file;
+	// errs.FailedPrecondition when it has none (anonymous RAM).
+	RAMFile(h *Handle) (string, int64, error)
+	// SaveStateKeepRAM pauses the VM and saves its device state only
+	// into dir, unflushed, keeping its RAM file (linked from dir, so it
+	// outlives the VM's process) as the state's RAM: Restore and
+	// RestoreCopy of dir run on that file. The VM stays paused; a failure
+	// resumes a VM that was running and leaves nothing.
+	SaveStateKeepRAM(ctx context.Context, h *Handle, dir string) error
+	// StateRAM is the RAM file kept with the state in dir ("" none).
+	StateRAM(dir string) string
+	// NewRAMFile makes an empty RAM file of size bytes where the driver
+	// keeps them, for a pre-copy to write into.
+	NewRAMFile(size int64) (string, error)
+	// AdoptRAM makes the RAM file at path (NewRAMFile's) the RAM of the
+	// device state in dir (saved by SaveStateKeepRAM on another host).
+	AdoptRAM(dir, path string) error
+}

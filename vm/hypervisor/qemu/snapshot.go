@@ -35,6 +35,10 @@ type savedState struct {
 	// RAMCopy: the RAM is not in the stream but in a copy of the VM's RAM
 	// file (a fork's state, fork.go).
 	RAMCopy bool `json:"ram_copy,omitempty"`
+	// KeptRAM (with RAMCopy): the RAM copy is the VM's own RAM file kept
+	// by a move's suspend (SaveStateKeepRAM, precopy.go); Restore runs
+	// the same VM on it again.
+	KeptRAM bool `json:"kept_ram,omitempty"`
 	// PlainRAM: the stream carries all RAM, saved without x-ignore-shared,
 	// from a VM with a memory backend object (its own RAM file, or a RAM
 	// backend after a restore from such a stream). A VM restored from a
@@ -268,7 +272,7 @@ func (d *Driver) restore(ctx context.Context, spec hypervisor.Spec, dir string, 
 	if _, err := os.Stat(mem); err != nil {
 		return nil, errs.New(errs.NotFound, "saved memory: %w", err)
 	}
-	if saved.RAMCopy && !asCopy {
+	if saved.RAMCopy && !asCopy && !saved.KeptRAM {
 		return nil, errs.New(errs.FailedPrecondition, "the state in %s is a fork's, not a snapshot", dir)
 	}
 	m, err := d.machineFor(spec)
@@ -283,6 +287,9 @@ func (d *Driver) restore(ctx context.Context, spec hypervisor.Spec, dir string, 
 		return nil, errs.New(errs.FailedPrecondition, "saved state does not fit the spec: %w", err)
 	}
 	m.adoptRAM(saved.Machine)
+	if saved.KeptRAM {
+		return d.restoreKept(ctx, m, dir, asCopy)
+	}
 	if saved.RAMCopy {
 		return d.restoreForkCopy(ctx, m, dir)
 	}
@@ -291,8 +298,10 @@ func (d *Driver) restore(ctx context.Context, spec hypervisor.Spec, dir string, 
 	}
 	m.MemBackendRAM = saved.Machine.MemFile != "" || saved.Machine.MemBackendRAM // a clone's RAM block name
 	m.PlainIncoming = saved.PlainRAM
-	if saved.PlainRAM && !asCopy {
-		// RAM that streams in whole can stream into a file of its own.
+	if saved.PlainRAM {
+		// RAM that streams in whole can stream into a file of its own
+		// (a copy's too: a VM moved with its memory keeps a RAM file, so
+		// its next move can pre-copy it).
 		d.ownMemory(&m)
 		m.MemBackendRAM = !m.MemOwn
 	}

@@ -1,0 +1,92 @@
+package nodeagent
+
+import (
+	"context"
+	"io"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	"github.com/minionsdev/minions/internal/errs"
+	"github.com/minionsdev/minions/internal/movepause"
+	"github.com/minionsdev/minions/vm/engine"
+)
+
+// Pre-copies of moves with memory (engine.PreCopier) node to node: the
+// running VM's RAM goes from the source node straight to the target's
+// direct listener, as a bundle does (transfer_peer_bundle.go: a
+// single-use peerdisk ticket, import_precopy takes the parked connection,
+// export_precopy with To dials it). The control plane relays no byte. A
+// pre-copy is a shortcut, not a step a move needs: a stream that drops
+// is not resumed, and any failure (an old node that does not know the
+// calls included) leaves the move to ship the whole bundle.
+
+// Method names of pre-copies (see wire.go).
+const (
+	mExportPreCopy = "export_precopy" // write a running instance's pre-copy into a stream
+	mImportPreCopy = "import_precopy" // keep a pre-copy read from a stream
+	mDropPreCopy   = "drop_precopy"   // forget an instance's pre-copy
+)
+
+var peerPreCopy = peerStream{imp: mImportPreCopy, exp: mExportPreCopy,
+	peer:   func(r *Remote) *atomic.Int64 { return &r.preCopyPeer },
+	failed: func(r *Remote) *atomic.Int64 { return &r.preCopyPeerFailed }}
+
+// PreCopyPeer is a Remote's pre-copy node to node (service: moveMemory).
+var _ engine.PreCopyPeer = (*Remote)(nil)
+
+// PreCopyFromPeer implements engine.PreCopyPeer: the pre-copy of running
+// instance id on from's node, kept on r's node, and its size in bytes.
+// ErrNoPeerPath (wrapped): there is no direct path, nothing was made.
+func (r *Remote) PreCopyFromPeer(ctx context.Context, id string, from engine.Engine, progress engine.Progress) (int64, error) {
+	_, n, err := r.importFromPeer(ctx, peerPreCopy, engine.ImportSpec{ID: id}, from, progress)
+	return n, err
+}
+
+// DropPreCopy implements engine.PreCopyPeer.
+func (r *Remote) DropPreCopy(ctx context.Context, id string) error {
+	return r.call(ctx, mDropPreCopy, callRequest{ID: id}, nil, nil)
+}
+
+// PeerPreCopyCounts reports how many pre-copies this Remote took node to
+// node, and how many such attempts found no path.
+func (r *Remote) PeerPreCopyCounts() (peer, failed int64) {
+	return r.preCopyPeer.Load(), r.preCopyPeerFailed.Load()
+}
+
+// runPreCopy serves the calls above on the node.
+func (s *server) runPreCopy(ctx context.Context, method string, req callRequest, progress engine.Progress) (any, error) {
+	pc, ok := s.cfg.Engine.(engine.PreCopier)
+	if !ok {
+		return nil, errs.New(errs.FailedPrecondition, "this node's engine does not pre-copy")
+	}
+	switch method {
+	case mDropPreCopy:
+		return nil, pc.DropPreCopy(ctx, req.ID)
+	case mExportPreCopy:
+		if req.To == nil || req.Offset != 0 {
+			return nil, errs.New(errs.InvalidArgument, "export_precopy: only whole and node to node")
+		}
+		return s.exportToPeerStep(ctx, req, func(ctx context.Context, id string, off int64, w io.Writer) error {
+			return pc.ExportPreCopy(ctx, id, w)
+		}, nil, movepause.PreCopy)
+	case mImportPreCopy:
+		if !req.Direct {
+			return nil, errs.New(errs.InvalidArgument, "import_precopy: only node to node")
+		}
+		_, st, end, err := s.transferStream(ctx, req)
+		if err != nil {
+			return nil, err
+		}
+		defer end()
+		progress(streamReady)
+		mt := &byteMeter{r: &idleStream{ctx: ctx, st: st}, say: progress, start: time.Now()}
+		if err := pc.ImportPreCopy(ctx, req.ID, mt); err != nil {
+			return nil, err
+		}
+		mt.line(time.Now())
+		progress(streamBytes + strconv.FormatInt(mt.n, 10))
+		return engine.Instance{ID: req.ID}, nil
+	}
+	return nil, errs.New(errs.InvalidArgument, "unknown engine method %q", method)
+}

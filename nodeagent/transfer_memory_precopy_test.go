@@ -1,0 +1,264 @@
+package nodeagent_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/minionsdev/minions/internal/errs"
+	"github.com/minionsdev/minions/vm"
+	"github.com/minionsdev/minions/vm/engine"
+	"github.com/minionsdev/minions/vm/hypervisor"
+	"github.com/minionsdev/minions/vm/hypervisor/fake/fakeagent"
+)
+
+// ramDriver is the fake driver with a RAM file per VM in dir
+// (hypervisor.RAMKeeper), kept as the qemu driver keeps it: a second
+// link named from the state dir (memory.ram), adopted on restore.
+type ramDriver struct {
+	*fakeagent.AgentDriver
+	dir  string
+	size int64
+	mu   sync.Mutex
+	ids  map[int]string // pid -> vm id
+}
+
+var _ hypervisor.RAMKeeper = (*ramDriver)(nil)
+
+func (d *ramDriver) ramOf(id string) string { return filepath.Join(d.dir, id+".ram") }
+
+func (d *ramDriver) note(id string, h *hypervisor.Handle, err error) (*hypervisor.Handle, error) {
+	if err == nil {
+		d.mu.Lock()
+		d.ids[h.PID] = id
+		d.mu.Unlock()
+	}
+	return h, err
+}
+
+func (d *ramDriver) id(h *hypervisor.Handle) string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.ids[h.PID]
+}
+
+// Start gives the VM a RAM file of random bytes.
+func (d *ramDriver) Start(ctx context.Context, spec hypervisor.Spec) (*hypervisor.Handle, error) {
+	b := make([]byte, d.size)
+	rand.Read(b[:d.size/2]) // the rest: never touched
+	if err := os.WriteFile(d.ramOf(spec.ID), b, 0o600); err != nil {
+		return nil, err
+	}
+	h, err := d.AgentDriver.Start(ctx, spec)
+	return d.note(spec.ID, h, err)
+}
+
+func (d *ramDriver) adopt(id, dir string) error {
+	cp := d.StateRAM(dir)
+	if cp == "" {
+		return nil // a state that carries its RAM
+	}
+	os.Remove(d.ramOf(id))
+	return os.Link(cp, d.ramOf(id))
+}
+
+func (d *ramDriver) Restore(ctx context.Context, spec hypervisor.Spec, dir string) (*hypervisor.Handle, error) {
+	if err := d.adopt(spec.ID, dir); err != nil {
+		return nil, err
+	}
+	h, err := d.AgentDriver.Restore(ctx, spec, dir)
+	return d.note(spec.ID, h, err)
+}
+
+func (d *ramDriver) RestoreCopy(ctx context.Context, spec hypervisor.Spec, dir string) (*hypervisor.Handle, error) {
+	if err := d.adopt(spec.ID, dir); err != nil {
+		return nil, err
+	}
+	h, err := d.AgentDriver.RestoreCopy(ctx, spec, dir)
+	return d.note(spec.ID, h, err)
+}
+
+func (d *ramDriver) Kill(ctx context.Context, h *hypervisor.Handle) error {
+	os.Remove(d.ramOf(d.id(h)))
+	return d.AgentDriver.Kill(ctx, h)
+}
+
+func (d *ramDriver) RAMFile(h *hypervisor.Handle) (string, int64, error) {
+	return d.ramOf(d.id(h)), d.size, nil
+}
+
+// pausedRAM is set by SaveStateKeepRAM: the RAM as the guest left it.
+var pausedRAM atomic.Pointer[[]byte]
+
+func (d *ramDriver) SaveStateKeepRAM(ctx context.Context, h *hypervisor.Handle, dir string) error {
+	if err := d.AgentDriver.SaveState(ctx, h, dir); err != nil {
+		return err
+	}
+	ram := d.ramOf(d.id(h))
+	b, _ := os.ReadFile(ram)
+	pausedRAM.Store(&b)
+	cp := filepath.Join(d.dir, "kept-"+filepath.Base(dir)+"-"+d.id(h)+".ram")
+	if err := os.Link(ram, cp); err != nil {
+		return err
+	}
+	return os.Symlink(cp, filepath.Join(dir, "memory.ram"))
+}
+
+func (d *ramDriver) StateRAM(dir string) string {
+	cp, _ := os.Readlink(filepath.Join(dir, "memory.ram"))
+	return cp
+}
+
+func (d *ramDriver) NewRAMFile(size int64) (string, error) {
+	f, err := os.CreateTemp(d.dir, "copy-*.ram")
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	return f.Name(), f.Truncate(size)
+}
+
+func (d *ramDriver) AdoptRAM(dir, path string) error {
+	return os.Symlink(path, filepath.Join(dir, "memory.ram"))
+}
+
+func (d *ramDriver) DiscardCopy(dir string) error {
+	if cp := d.StateRAM(dir); cp != "" {
+		os.Remove(cp)
+	}
+	return os.Remove(filepath.Join(dir, "memory.ram"))
+}
+
+func newRAMLocal(t *testing.T) (*fakeLocal, *ramDriver) {
+	var rd *ramDriver
+	fl := newFakeLocalWith(t, func(d *fakeagent.AgentDriver) hypervisor.Driver {
+		rd = &ramDriver{AgentDriver: d, dir: t.TempDir(), size: 16 << 20, ids: map[int]string{}}
+		return rd
+	})
+	return fl, rd
+}
+
+// TestPreCopyMovesNodeToNode: the RAM of a running instance on node-a,
+// written by its "guest" all through the pre-copy, goes to node-b node to
+// node (the control plane opens no stream); after the suspend only what
+// changed ships in the bundle, and the instance resumes on node-b on a RAM
+// file byte for byte the source's at its pause. A bundle whose pre-copy
+// node-b no longer holds (dropped) fails its import and leaves nothing,
+// and the source resumes on its kept RAM.
+func TestPreCopyMovesNodeToNode(t *testing.T) {
+	a, ra0 := newRAMLocal(t)
+	b, rb0 := newRAMLocal(t)
+	b.drv.SetServer(a.drv.Server())
+	e := newDirectEnv(t)
+	serveDirect(t, "node-a", e.node(t, "node-a"), a.eng, e.direct(t, "node-a"))
+	serveDirect(t, "node-b", e.node(t, "node-b"), b.eng, e.direct(t, "node-b"))
+	ra, rb := e.directRemote(t, "node-a", a), e.directRemote(t, "node-b", b)
+	waitServed(t, ra)
+	waitServed(t, rb)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	trust, err := rb.AgentTrustKey(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	move := func(name string, drop bool) (engine.Instance, engine.Instance, int64, error) {
+		inst, err := ra.Create(ctx, engine.CreateSpec{ID: vm.NewID(), Name: name, Owner: a.owner, Image: "minimal", CPUs: 1, MemoryMiB: 256}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// The guest writes while the pre-copy runs.
+		ram := ra0.ramOf(inst.ID)
+		stop := make(chan struct{})
+		var wg sync.WaitGroup
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			f, _ := os.OpenFile(ram, os.O_WRONLY, 0)
+			defer f.Close()
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				f.WriteAt([]byte{byte(i), byte(i >> 8)}, int64(i*7919*4096)%ra0.size)
+				time.Sleep(50 * time.Microsecond)
+			}
+		}()
+		n, err := rb.PreCopyFromPeer(ctx, inst.ID, ra, nil)
+		close(stop)
+		wg.Wait()
+		if err != nil || n < ra0.size/2 {
+			t.Fatalf("pre-copy: %d bytes, %v", n, err)
+		}
+		if drop {
+			rb.DropPreCopy(ctx, inst.ID)
+		}
+		if err := ra.Suspend(ctx, inst.ID, trust); err != nil {
+			t.Fatalf("suspend: %v", err)
+		}
+		got, bn, err := rb.ImportBundleFromPeer(ctx, engine.ImportSpec{ID: inst.ID, Name: name, Owner: b.owner}, ra, nil)
+		return inst, got, bn, err
+	}
+
+	// The target dropped its pre-copy: the import fails, nothing is left
+	// on node-b, and node-a resumes on its kept RAM.
+	inst, _, _, err := move("dropped", true)
+	if err == nil || errors.Is(err, engine.ErrNoPeerPath) || errs.ClassOf(err) != errs.FailedPrecondition || !strings.Contains(err.Error(), "pre-copy") {
+		t.Fatalf("bundle whose pre-copy was dropped: %v, want the import's FailedPrecondition", err)
+	}
+	nothingOn(t, ctx, rb, b, inst.ID)
+	if back, err := ra.Resume(ctx, inst.ID); err != nil || back.State != vm.Running {
+		t.Fatalf("resume on node-a: %+v, %v", back, err)
+	}
+	if have, err := os.ReadFile(ra0.ramOf(inst.ID)); err != nil || !bytes.Equal(have, *pausedRAM.Load()) {
+		t.Errorf("node-a resumed on other ram than it paused with (%v)", err)
+	}
+	if ents, _ := os.ReadDir(rb0.dir); len(ents) != 0 {
+		t.Errorf("node-b keeps %d ram files after the failed import: %v", len(ents), ents)
+	}
+	if err := ra.Destroy(ctx, inst.ID); err != nil {
+		t.Fatal(err)
+	}
+
+	var got engine.Instance
+	var n int64
+	inst, got, n, err = move("mover", false)
+	if err != nil {
+		t.Fatalf("bundle after the pre-copy: %v", err)
+	}
+	if got.State != vm.Running {
+		t.Fatalf("imported %+v", got)
+	}
+	want := *pausedRAM.Load()
+	if have, err := os.ReadFile(rb0.ramOf(inst.ID)); err != nil || !bytes.Equal(have, want) {
+		t.Fatalf("node-b's ram differs from node-a's at its pause (%v)", err)
+	}
+	if n >= rb0.size/2 {
+		t.Errorf("the bundle after the pre-copy is %d bytes: the ram went again", n)
+	}
+	if p, f := rb.PeerPreCopyCounts(); p != 2 || f != 0 {
+		t.Errorf("node-to-node pre-copies %d (no path %d), want 2 (0)", p, f)
+	}
+	for _, r := range []interface{ DiskStreamCounts() (int64, int64) }{ra, rb} {
+		if d, nn := r.DiskStreamCounts(); d != 0 || nn != 0 {
+			t.Errorf("the control plane relayed streams: %d direct, %d over NATS", d, nn)
+		}
+	}
+	if err := ra.Destroy(ctx, inst.ID); err != nil {
+		t.Fatal(err)
+	}
+	// Only node-b's RAM file is left of it; nothing kept on node-a.
+	if ents, _ := os.ReadDir(ra0.dir); len(ents) != 0 {
+		t.Errorf("node-a keeps %d ram files after the move: %v", len(ents), ents)
+	}
+
+}

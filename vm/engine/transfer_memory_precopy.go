@@ -1,0 +1,326 @@
+package engine
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"os"
+	"path"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/minionsdev/minions/internal/errs"
+	"github.com/minionsdev/minions/store"
+	"github.com/minionsdev/minions/vm"
+	"github.com/minionsdev/minions/vm/hypervisor"
+)
+
+// A move with memory, pre-copied (see precopy_ram.go for the formats):
+// before the suspend the source's ExportPreCopy writes the running VM's
+// RAM file into the target's ImportPreCopy, which keeps it as a RAM file
+// of the driver's (hypervisor.RAMKeeper). The source remembers the sums
+// of what it sent; its next Suspend of that VM (within preCopyTTL) saves
+// the device state only, keeps the RAM file, and writes the chunks that
+// changed since into the saved state (move-state/ram.delta), so the
+// bundle carries those instead of all of the RAM. The target's
+// ImportBundle applies the delta to the pre-copied file, checks the whole
+// RAM against the source's sums, and resumes on it.
+//
+// Nothing is durable about a pre-copy: both ends keep it in memory. A
+// pre-copy that fails, is dropped (DropPreCopy, Destroy) or lost (a
+// restart; a file left so is swept with the other stale RAM files) only
+// costs the move its shortcut: a bundle whose delta follows a pre-copy
+// the target does not hold fails its import, and the move rolls back.
+// While suspended, the source's state is its device state and its kept
+// RAM file: Resume runs it again on that file.
+
+// PreCopier is a MemoryMover that pre-copies a running instance's RAM
+// to the target before the suspend (Local; nodeagent.Remote node to node).
+type PreCopier interface {
+	// ExportPreCopy writes running instance id's RAM to w while it runs,
+	// and remembers what it sent: the instance's next Suspend (within ten
+	// minutes) ships only what changed since. errs.FailedPrecondition:
+	// the instance's RAM is not a file of its own (move without).
+	ExportPreCopy(ctx context.Context, id string, w io.Writer) error
+	// ImportPreCopy keeps pre-copy r of instance id on this host for the
+	// bundle that follows (ImportBundle); an instance id of this host is
+	// errs.AlreadyExists. It is dropped by that import, DropPreCopy,
+	// Destroy of id, or after ten minutes.
+	ImportPreCopy(ctx context.Context, id string, r io.Reader) error
+	// DropPreCopy forgets instance id's pre-copy on this host, either
+	// end's. Idempotent.
+	DropPreCopy(ctx context.Context, id string) error
+}
+
+var _ PreCopier = (*Local)(nil)
+
+// preCopyTTL bounds how long either end keeps a pre-copy.
+const preCopyTTL = 10 * time.Minute
+
+// preCopies are a Local's pre-copies, sent (out) and received (in).
+type preCopies struct {
+	mu  sync.Mutex
+	out map[string]preOut
+	in  map[string]*preIn
+}
+
+// preOut is what a pre-copy sent.
+type preOut struct {
+	token string
+	sums  []chunkSum
+	at    time.Time
+}
+
+// preIn is a pre-copy received: a RAM file of the driver's, kept open
+// (so no sweep of stale RAM files takes it).
+type preIn struct {
+	token, path string
+	f           *os.File
+	sums        []chunkSum
+	timer       *time.Timer
+}
+
+func (p *preIn) discard() {
+	p.timer.Stop()
+	p.f.Close()
+	os.Remove(p.path)
+}
+
+func (pc *preCopies) putOut(id string, o preOut) {
+	pc.mu.Lock()
+	defer pc.mu.Unlock()
+	if pc.out == nil {
+		pc.out = map[string]preOut{}
+	}
+	pc.out[id] = o
+}
+
+// takeOut returns and forgets the pre-copy sent of instance id, if one
+// younger than preCopyTTL is there.
+func (pc *preCopies) takeOut(id string) (preOut, bool) {
+	pc.mu.Lock()
+	defer pc.mu.Unlock()
+	o, ok := pc.out[id]
+	delete(pc.out, id)
+	return o, ok && time.Since(o.at) < preCopyTTL
+}
+
+func (pc *preCopies) putIn(id string, p *preIn) {
+	pc.mu.Lock()
+	defer pc.mu.Unlock()
+	if pc.in == nil {
+		pc.in = map[string]*preIn{}
+	}
+	if old := pc.in[id]; old != nil {
+		old.discard()
+	}
+	pc.in[id] = p
+	p.timer = time.AfterFunc(preCopyTTL, func() { pc.dropIn(id, p) })
+}
+
+// takeIn returns and forgets the pre-copy received of instance id.
+func (pc *preCopies) takeIn(id string) *preIn {
+	pc.mu.Lock()
+	defer pc.mu.Unlock()
+	p := pc.in[id]
+	delete(pc.in, id)
+	if p != nil {
+		p.timer.Stop()
+	}
+	return p
+}
+
+// dropIn discards the pre-copy received of instance id (only p, if p is
+// not nil).
+func (pc *preCopies) dropIn(id string, p *preIn) {
+	pc.mu.Lock()
+	cur := pc.in[id]
+	if cur == nil || (p != nil && cur != p) {
+		pc.mu.Unlock()
+		return
+	}
+	delete(pc.in, id)
+	pc.mu.Unlock()
+	cur.discard()
+}
+
+// ExportPreCopy implements PreCopier.
+func (l *Local) ExportPreCopy(ctx context.Context, id string, w io.Writer) error {
+	rk, ok := l.Driver.(hypervisor.RAMKeeper)
+	if !ok {
+		return errs.New(errs.FailedPrecondition, "the %s driver keeps no ram files to pre-copy", l.Driver.Name())
+	}
+	return l.withLock(ctx, id, func(v store.VM) error {
+		if v.State != vm.Running {
+			return errs.New(errs.FailedPrecondition, "pre-copy vm %s: it is %s", v.Name, v.State)
+		}
+		h, _ := DecodeHandle(v.Handle)
+		if h == nil {
+			return errs.New(errs.FailedPrecondition, "vm %s has no hypervisor handle", v.Name)
+		}
+		p, size, err := rk.RAMFile(h)
+		if err != nil {
+			return fmt.Errorf("pre-copy vm %s: %w", v.Name, err)
+		}
+		f, err := os.Open(p)
+		if err != nil {
+			return fmt.Errorf("pre-copy vm %s: %w", v.Name, err)
+		}
+		defer f.Close()
+		var rnd [12]byte
+		rand.Read(rnd[:])
+		hd := PreCopyHeader{Version: PreCopyStreamVersion, ID: v.ID, Size: size, Chunk: preCopyChunk, Token: hex.EncodeToString(rnd[:])}
+		t0 := time.Now()
+		sums, err := writePreCopy(w, hd, f)
+		if err != nil {
+			return fmt.Errorf("pre-copy vm %s: %w", v.Name, err)
+		}
+		l.precopy.putOut(v.ID, preOut{token: hd.Token, sums: sums, at: time.Now()})
+		l.log.Info("vm ram pre-copied", "vm_id", v.ID, "vm", v.Name, "mib", size>>20, "duration_ms", time.Since(t0).Milliseconds())
+		return nil
+	})
+}
+
+// ImportPreCopy implements PreCopier.
+func (l *Local) ImportPreCopy(ctx context.Context, id string, r io.Reader) error {
+	if !vm.IsID(id) {
+		return errs.New(errs.InvalidArgument, "invalid vm id %q", id)
+	}
+	rk, ok := l.Driver.(hypervisor.RAMKeeper)
+	if !ok {
+		return errs.New(errs.FailedPrecondition, "the %s driver keeps no ram files to pre-copy into", l.Driver.Name())
+	}
+	if _, err := store.GetLocalVMByID(ctx, l.DB, id); err == nil {
+		return errs.New(errs.AlreadyExists, "vm %s is already on this host", id)
+	}
+	br := bufio.NewReaderSize(r, 1<<20)
+	h, err := readPreCopyHeader(br)
+	if err != nil {
+		return err
+	}
+	if h.ID != id {
+		return errs.New(errs.InvalidArgument, "pre-copy of vm %s: the stream carries vm %s", id, h.ID)
+	}
+	p, err := rk.NewRAMFile(h.Size)
+	if err != nil {
+		return fmt.Errorf("pre-copy of vm %s: %w", id, err)
+	}
+	f, err := os.OpenFile(p, os.O_RDWR, 0)
+	if err != nil {
+		os.Remove(p)
+		return err
+	}
+	sums, err := readPreCopyBody(br, h, f)
+	if err != nil {
+		f.Close()
+		os.Remove(p)
+		return fmt.Errorf("pre-copy of vm %s: %w", id, err)
+	}
+	l.precopy.putIn(id, &preIn{token: h.Token, path: p, f: f, sums: sums})
+	return nil
+}
+
+// DropPreCopy implements PreCopier.
+func (l *Local) DropPreCopy(ctx context.Context, id string) error {
+	l.precopy.takeOut(id)
+	l.precopy.dropIn(id, nil)
+	return nil
+}
+
+// saveKeepRAM is the suspend's save after a pre-copy: the device state
+// and the kept RAM file (hypervisor.RAMKeeper) into dir, and the RAM's
+// delta against what the pre-copy sent. On failure the VM is paused or
+// running as the driver left it, and dir may hold part of the state (the
+// caller drops it).
+func (l *Local) saveKeepRAM(ctx context.Context, id string, h *hypervisor.Handle, dir string, pre preOut) error {
+	rk, ok := l.Driver.(hypervisor.RAMKeeper)
+	if !ok {
+		return errs.New(errs.FailedPrecondition, "the %s driver keeps no ram files", l.Driver.Name())
+	}
+	if boot := bootID(); boot != "" {
+		if err := writeBytesSync(l.moveState(id)+moveBootSuffix, []byte(boot+"\n")); err != nil {
+			return err
+		}
+	}
+	t0 := time.Now()
+	if err := rk.SaveStateKeepRAM(ctx, h, dir); err != nil {
+		return err
+	}
+	saved := time.Now()
+	ram := rk.StateRAM(dir)
+	if ram == "" {
+		return fmt.Errorf("the saved state in %s keeps no ram file", dir)
+	}
+	sent, err := writeRAMDelta(ram, filepath.Join(dir, ramDeltaFile), pre.token, pre.sums)
+	if err != nil {
+		return fmt.Errorf("ram delta: %w", err)
+	}
+	l.log.Info("vm saved after a pre-copy", "vm_id", id, "save_ms", saved.Sub(t0).Milliseconds(),
+		"delta_ms", time.Since(saved).Milliseconds(), "delta_chunks", sent, "chunks", len(pre.sums))
+	return nil
+}
+
+// discardKeptRAM removes the RAM file the state in dir keeps outside it
+// (a kept RAM file, a fork's copy). Idempotent.
+func (l *Local) discardKeptRAM(dir string) {
+	if d, ok := l.Driver.(copyDiscarder); ok {
+		if err := d.DiscardCopy(dir); err != nil {
+			l.log.Warn("discard kept ram", "dir", dir, "err", err)
+		}
+	}
+}
+
+// bundleHasDelta reports whether bundle h carries a RAM delta.
+func bundleHasDelta(h BundleHeader) bool {
+	for _, f := range h.Files {
+		if f.Path == path.Join(moveStateDir, ramDeltaFile) {
+			return true
+		}
+	}
+	return false
+}
+
+// adoptPreCopy brings the pre-copy of instance id up to date with the
+// delta in its imported state dir, checks the whole RAM, and makes it the
+// state's RAM. On failure the pre-copy's file is gone.
+func (l *Local) adoptPreCopy(id, dir string) error {
+	p := l.precopy.takeIn(id)
+	if p == nil {
+		return errs.New(errs.FailedPrecondition, "import vm %s: its bundle follows a pre-copy this host does not hold", id)
+	}
+	defer p.f.Close()
+	rk, ok := l.Driver.(hypervisor.RAMKeeper)
+	if !ok {
+		os.Remove(p.path)
+		return errs.New(errs.FailedPrecondition, "the %s driver keeps no ram files", l.Driver.Name())
+	}
+	t0 := time.Now()
+	delta := filepath.Join(dir, ramDeltaFile)
+	err := applyRAMDelta(delta, p.path, p.token, p.sums)
+	if err == nil {
+		err = rk.AdoptRAM(dir, p.path)
+	}
+	if err != nil {
+		os.Remove(p.path)
+		return fmt.Errorf("import vm %s: %w", id, err)
+	}
+	os.Remove(delta)
+	l.log.Info("pre-copied ram brought up to date", "vm_id", id, "duration_ms", time.Since(t0).Milliseconds())
+	return nil
+}
+
+// PreCopyPeer is an engine of another host (nodeagent.Remote) that takes
+// a pre-copy straight from a third host, node to node: the caller relays
+// no byte.
+type PreCopyPeer interface {
+	// PreCopyFromPeer has this engine's host keep the pre-copy of running
+	// instance id written by from's host (ExportPreCopy), and returns its
+	// size in bytes. An error wrapping ErrNoPeerPath made nothing.
+	PreCopyFromPeer(ctx context.Context, id string, from Engine, progress Progress) (int64, error)
+	// DropPreCopy is PreCopier's, on that host.
+	DropPreCopy(ctx context.Context, id string) error
+}

@@ -1,0 +1,233 @@
+package qemu
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/minionsdev/minions/internal/errs"
+	"github.com/minionsdev/minions/vm/hypervisor"
+)
+
+// A move's pre-copy (hypervisor.RAMKeeper): the engine copies a running
+// VM's own RAM file (see fork.go) to the target, then the suspend saves
+// the device state only (x-ignore-shared, as a fork's) and keeps the RAM
+// file under a second name (a hard link in the memory dir, linked from
+// the state dir as a fork's RAM copy is), so it outlives the QEMU that
+// Kill stops. Restore of such a state (savedState.KeptRAM) runs the same
+// VM again on that file (the source's undo); RestoreCopy runs it on the
+// target on the pre-copied file, brought up to date (AdoptRAM).
+
+var _ hypervisor.RAMKeeper = (*Driver)(nil)
+
+// RAMFile implements hypervisor.RAMKeeper.
+func (d *Driver) RAMFile(h *hypervisor.Handle) (string, int64, error) {
+	if err := checkHandle(h); err != nil {
+		return "", 0, err
+	}
+	m, err := readMachine(h.RunDir)
+	if err != nil {
+		return "", 0, errs.New(errs.FailedPrecondition, "read machine config: %v", err)
+	}
+	if !m.MemOwn || d.memDir == "" || filepath.Dir(m.MemFile) != d.memDir {
+		return "", 0, errs.New(errs.FailedPrecondition, "vm %s has no ram file of its own", m.ID)
+	}
+	st, err := os.Stat(m.MemFile)
+	if err != nil {
+		return "", 0, err
+	}
+	if st.Size() != m.ramBytes() {
+		return "", 0, fmt.Errorf("ram file %s is %d bytes, not %d", m.MemFile, st.Size(), m.ramBytes())
+	}
+	return m.MemFile, st.Size(), nil
+}
+
+// StateRAM implements hypervisor.RAMKeeper.
+func (d *Driver) StateRAM(dir string) string {
+	cp, err := os.Readlink(filepath.Join(dir, copyRAMFile))
+	if err != nil || d.memDir == "" || filepath.Dir(cp) != d.memDir {
+		return ""
+	}
+	return cp
+}
+
+// NewRAMFile implements hypervisor.RAMKeeper.
+func (d *Driver) NewRAMFile(size int64) (string, error) {
+	if d.memDir == "" {
+		return "", errs.New(errs.FailedPrecondition, "this driver keeps no ram files")
+	}
+	if room, err := memDirRoom(d.memDir); err != nil || room < size {
+		return "", errs.New(errs.FailedPrecondition, "no room for %d MiB of ram in %s (%v)", size>>20, d.memDir, err)
+	}
+	p := newCopyPath(d.memDir)
+	f, err := os.OpenFile(p, os.O_RDWR|os.O_CREATE|os.O_EXCL|unix.O_NOFOLLOW, 0o600)
+	if err != nil {
+		return "", err
+	}
+	err = f.Truncate(size)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		os.Remove(p)
+		return "", err
+	}
+	return p, nil
+}
+
+// AdoptRAM implements hypervisor.RAMKeeper.
+func (d *Driver) AdoptRAM(dir, path string) error {
+	if d.memDir == "" || filepath.Dir(path) != d.memDir {
+		return errs.New(errs.FailedPrecondition, "ram file %s is not in this driver's memory dir", path)
+	}
+	b, err := os.ReadFile(filepath.Join(dir, StateConfigFile))
+	if err != nil {
+		return err
+	}
+	var saved savedState
+	if err := json.Unmarshal(b, &saved); err != nil {
+		return fmt.Errorf("read %s: %w", StateConfigFile, err)
+	}
+	if !saved.KeptRAM {
+		return errs.New(errs.FailedPrecondition, "the state in %s carries its ram", dir)
+	}
+	if st, err := os.Stat(path); err != nil || st.Size() != saved.Machine.ramBytes() {
+		return errs.New(errs.FailedPrecondition, "ram file %s is not %d bytes (%v)", path, saved.Machine.ramBytes(), err)
+	}
+	link := filepath.Join(dir, copyRAMFile)
+	os.Remove(link)
+	return os.Symlink(path, link)
+}
+
+// SaveStateKeepRAM implements hypervisor.RAMKeeper.
+func (d *Driver) SaveStateKeepRAM(ctx context.Context, h *hypervisor.Handle, dir string) (err error) {
+	if err := checkHandle(h); err != nil {
+		return err
+	}
+	m, err := readMachine(h.RunDir)
+	if err != nil {
+		return errs.New(errs.FailedPrecondition, "read machine config: %v", err)
+	}
+	if !m.MemOwn || d.memDir == "" || filepath.Dir(m.MemFile) != d.memDir {
+		return errs.New(errs.FailedPrecondition, "vm %s has no ram file of its own", m.ID)
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	c, err := d.dial(ctx, h)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	before, err := queryStatus(ctx, c)
+	if err != nil {
+		return err
+	}
+	start := time.Now()
+	if err := c.Execute(ctx, "stop", nil, nil); err != nil {
+		return err
+	}
+	state := filepath.Join(dir, StateMemoryFile)
+	link := filepath.Join(dir, copyRAMFile)
+	cp := newCopyPath(d.memDir)
+	defer func() {
+		if err != nil {
+			os.Remove(state)
+			os.Remove(link)
+			os.Remove(cp)
+			if before == "running" {
+				rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+				defer cancel()
+				_ = c.Execute(rctx, "cont", nil, nil)
+			}
+		}
+	}()
+	if err := setCapIgnoreShared(ctx, c, true); err != nil {
+		return err
+	}
+	defer func() {
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		if cerr := setCapIgnoreShared(rctx, c, false); cerr != nil && err == nil {
+			err = cerr
+		}
+	}()
+	if err := c.Execute(ctx, "migrate-set-parameters", map[string]any{"max-bandwidth": int64(8) << 30}, nil); err != nil {
+		return err
+	}
+	_ = os.Remove(state)
+	f, err := os.OpenFile(state, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if err := c.SendFile(ctx, migrateFD, f); err != nil {
+		return err
+	}
+	if err := c.Execute(ctx, "migrate", map[string]any{"uri": "fd:" + migrateFD}, nil); err != nil {
+		return err
+	}
+	if err := waitMigration(ctx, h, c); err != nil {
+		return err
+	}
+	// The RAM file under a second name: Kill removes the first.
+	if err := os.Link(m.MemFile, cp); err != nil {
+		return fmt.Errorf("keep ram file: %w", err)
+	}
+	if err := os.Symlink(cp, link); err != nil {
+		return err
+	}
+	st := savedState{Format: stateFormat, QEMUVersion: c.Greeting().VersionString(), SavedAt: time.Now().UTC(), Machine: m, RAMCopy: true, KeptRAM: true}
+	st.Machine.Incoming = ""
+	out, err := json.MarshalIndent(st, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := writeFileAtomic(filepath.Join(dir, StateConfigFile), append(out, '\n')); err != nil {
+		return err
+	}
+	d.log.Info("vm device state saved, ram kept", "vm_id", m.ID, "pid", h.PID, "dir", dir, "duration_ms", time.Since(start).Milliseconds())
+	return nil
+}
+
+// restoreKept is Restore or RestoreCopy of a state saved by
+// SaveStateKeepRAM (or adopted by AdoptRAM). RestoreCopy (the target of a
+// move, whose failure is undone whole) runs the VM on the kept RAM file
+// itself, under the VM's own RAM file's name (a second link). Restore
+// (the source's resume after a failed move) runs it on a copy of the kept
+// file (in-kernel, holes kept): the restored guest writes its RAM at
+// once, and a resume that fails after that must be tried again from the
+// RAM as saved, not as that guest left it. The kept file stays until the
+// engine removes it with the state (DiscardCopy).
+func (d *Driver) restoreKept(ctx context.Context, m machine, dir string, asCopy bool) (*hypervisor.Handle, error) {
+	cp := d.StateRAM(dir)
+	if cp == "" {
+		return nil, errs.New(errs.NotFound, "no kept ram file in %s", dir)
+	}
+	if st, err := os.Stat(cp); err != nil || st.Size() != m.ramBytes() {
+		return nil, errs.New(errs.FailedPrecondition, "kept ram file is not %d bytes (%v)", m.ramBytes(), err)
+	}
+	m.MemOwn, m.MemShared, m.MemFile = true, true, d.memPath(m.ID)
+	_ = os.Remove(m.MemFile)
+	if asCopy {
+		if err := os.Link(cp, m.MemFile); err != nil {
+			return nil, err
+		}
+	} else if _, err := copyRAM(cp, m.MemFile); err != nil {
+		return nil, fmt.Errorf("copy kept ram: %w", err)
+	}
+	m.memReady = true
+	m.Incoming = filepath.Join(dir, StateMemoryFile)
+	start := time.Now()
+	h, err := d.launch(ctx, m)
+	if err != nil {
+		return nil, err // launch's undo removed the VM's name of the file
+	}
+	d.log.Info("vm restored on its kept ram", "vm_id", m.ID, "pid", h.PID, "dir", dir, "duration_ms", time.Since(start).Milliseconds())
+	return h, nil
+}
