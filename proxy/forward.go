@@ -46,7 +46,9 @@ func (p *Proxy) forward(w *statusWriter, r *http.Request, rt Route) {
 		}
 		h.Add("Trailer", strings.Join(keys, ", "))
 	}
-	w.WriteHeader(resp.StatusCode)
+	// The header map is not touched again until it is written: the
+	// trailers below are set only after a flush.
+	w.writeHeaderKept(resp.StatusCode)
 	if err := p.copyBody(w, resp); err != nil {
 		resp.Body.Close()
 		// The status line is out: all that is left is to cut the

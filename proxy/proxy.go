@@ -51,6 +51,8 @@ type Proxy struct {
 
 	httpsPort atomic.Int32 // public ports, set when serving
 	httpPort  atomic.Int32
+
+	deadlineSets atomic.Int64 // read deadlines the loop set on client connections (tests)
 }
 
 // New builds a Proxy. routes is required; domains may be nil (no custom
@@ -350,6 +352,16 @@ func (w *statusWriter) WriteHeader(code int) {
 		w.status = code
 	}
 	w.ResponseWriter.WriteHeader(code)
+}
+
+// writeHeaderKept is WriteHeader for a handler that does not change the
+// header map again before the answer's header is written (see
+// h1Response.keepHeader).
+func (w *statusWriter) writeHeaderKept(code int) {
+	if hr, ok := w.ResponseWriter.(*h1Response); ok {
+		hr.keepHeader()
+	}
+	w.WriteHeader(code)
 }
 
 func (w *statusWriter) Write(b []byte) (int, error) {
