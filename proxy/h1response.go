@@ -402,8 +402,11 @@ func writeStatusLine(bw *bufio.Writer, is11 bool, code int) {
 		_, _ = bw.WriteString("HTTP/1.0 ")
 	}
 	if text := http.StatusText(code); text != "" {
-		var buf [8]byte
-		_, _ = bw.Write(strconv.AppendInt(buf[:0], int64(code), 10))
+		// Three digits (StatusText knows only 100-599), byte by byte: a
+		// formatted buffer would escape through bw, an allocation.
+		_ = bw.WriteByte(byte('0' + code/100))
+		_ = bw.WriteByte(byte('0' + code/10%10))
+		_ = bw.WriteByte(byte('0' + code%10))
 		_ = bw.WriteByte(' ')
 		_, _ = bw.WriteString(text)
 		_, _ = bw.WriteString("\r\n")

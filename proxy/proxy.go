@@ -398,6 +398,10 @@ func newBufferPool() *bufferPool {
 func (b *bufferPool) Get() []byte  { return *(b.p.Get().(*[]byte)) }
 func (b *bufferPool) Put(x []byte) { b.p.Put(&x) }
 
+// get and put are Get and Put without an allocation per Put.
+func (b *bufferPool) get() *[]byte  { return b.p.Get().(*[]byte) }
+func (b *bufferPool) put(x *[]byte) { b.p.Put(x) }
+
 // connSet tracks hijacked connections, which http.Server.Shutdown does not
 // see, so shutdown can close them.
 type connSet struct {

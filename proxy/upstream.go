@@ -467,10 +467,9 @@ func (u *upstream) get(ctx context.Context, addr string) (*upConn, bool, error) 
 		}
 		pc := l[len(l)-1]
 		l[len(l)-1] = nil
+		// An emptied list stays, so that put reuses its array (put's
+		// sweep removes empty lists).
 		u.idle[addr] = l[:len(l)-1]
-		if len(l) == 1 {
-			delete(u.idle, addr)
-		}
 		u.nIdle--
 		u.mu.Unlock()
 		if now.Sub(pc.since) < u.idleTimeout && pc.quiet() {
