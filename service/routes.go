@@ -67,10 +67,13 @@ type WebRoutes struct {
 	logFD     int
 	logOpen   bool
 	pathStats atomic.Int64 // stamps taken by path (tests)
-	mu        sync.Mutex
-	stamp     walStamp
-	filled    time.Time // when the cache was last emptied
-	cache     map[string]routeEntry
+	logStats  atomic.Int64 // stamps taken from the log's fstat (tests)
+	// The -shm file's header, mapped: a stamp without a system call.
+	index  walIndex
+	mu     sync.Mutex
+	stamp  walStamp
+	filled time.Time // when the cache was last emptied
+	cache  map[string]routeEntry
 }
 
 // RouteCacheTTL is the most a cached route may be behind the store.
@@ -79,6 +82,10 @@ const RouteCacheTTL = time.Second
 type walStamp struct {
 	size  int64
 	mtime time.Time
+	// index: the wal-index header's changing words, when the stamp comes
+	// from the mapped -shm file (then size and mtime are zero).
+	index     [len(shmWords)]uint32
+	fromIndex bool
 }
 
 type routeEntry struct {
@@ -98,6 +105,7 @@ func (s *Service) WebRoutes(ctx context.Context) (*WebRoutes, error) {
 // Close releases the prepared statements and the log.
 func (r *WebRoutes) Close() error {
 	r.closeLog()
+	r.index.close()
 	return r.q.Close()
 }
 
@@ -148,13 +156,21 @@ func (r *WebRoutes) AllowCertificate(ctx context.Context, name string) error {
 // last connection closed) the open file has no link left, and the name
 // is looked up again.
 func (r *WebRoutes) currentStamp() (walStamp, bool) {
+	now := time.Now
+	if r.now != nil {
+		now = r.now
+	}
+	if words, ok := r.index.stamp(r.wal, now()); ok {
+		return walStamp{index: words, fromIndex: true}, true
+	}
+	r.logStats.Add(1)
 	r.logMu.RLock()
 	if r.logOpen {
 		var st syscall.Stat_t
 		_, _, e := syscall.RawSyscall(syscall.SYS_FSTAT, uintptr(r.logFD), uintptr(unsafe.Pointer(&st)), 0)
 		if e == 0 && st.Nlink > 0 {
 			r.logMu.RUnlock()
-			return walStamp{st.Size, time.Unix(st.Mtim.Sec, st.Mtim.Nsec)}, true
+			return walStamp{size: st.Size, mtime: time.Unix(st.Mtim.Sec, st.Mtim.Nsec)}, true
 		}
 	}
 	r.logMu.RUnlock()
@@ -193,7 +209,7 @@ func (r *WebRoutes) pathStamp() (walStamp, bool) {
 		if err != nil {
 			return walStamp{}, false
 		}
-		return walStamp{fi.Size(), fi.ModTime()}, true
+		return walStamp{size: fi.Size(), mtime: fi.ModTime()}, true
 	}
 	copy(name[:], r.wal)
 	var st syscall.Stat_t
@@ -202,7 +218,7 @@ func (r *WebRoutes) pathStamp() (walStamp, bool) {
 	if e != 0 {
 		return walStamp{}, false
 	}
-	return walStamp{st.Size, time.Unix(st.Mtim.Sec, st.Mtim.Nsec)}, true
+	return walStamp{size: st.Size, mtime: time.Unix(st.Mtim.Sec, st.Mtim.Nsec)}, true
 }
 
 // atFDCWD is AT_FDCWD (-100) as a system call argument: paths are
