@@ -93,3 +93,31 @@ func TestStampFromWalIndex(t *testing.T) {
 		t.Fatalf("commit on the reopened store not seen: %+v", s2)
 	}
 }
+
+// TestWebRouteHitAllocatesNothing: a lookup answered from the cache (here
+// a cached "no such VM") costs no allocation and no system call.
+func TestWebRouteHitAllocatesNothing(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "m.db")
+	db, err := store.Open(ctx, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	q, err := store.PrepareRoutes(ctx, db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &WebRoutes{q: q, wal: path + "-wal", now: time.Now, cache: map[routeKey]routeEntry{}}
+	defer r.Close()
+	if _, err := r.ByName(ctx, "nosuch"); err == nil {
+		t.Fatal("a route for a VM that does not exist")
+	}
+	fstats := r.logStats.Load()
+	if n := testing.AllocsPerRun(100, func() { _, _ = r.ByName(ctx, "nosuch") }); n != 0 {
+		t.Errorf("a cached lookup allocates %.0f times, want 0", n)
+	}
+	if n := r.logStats.Load() - fstats; n != 0 {
+		t.Errorf("%d fstats of the log for cached lookups, want 0", n)
+	}
+}
