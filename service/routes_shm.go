@@ -39,6 +39,7 @@ type walIndex struct {
 	fd      int
 	checked atomic.Int64 // unix nanos of the last link count check or map attempt
 	maps    atomic.Int64 // mappings made (tests)
+	kept    []int        // descriptors not closed while their file has a name (see remap)
 }
 
 // shmPath is the -shm file of the database whose log is wal.
@@ -99,6 +100,15 @@ func readIndex(mem []byte) ([len(shmWords)]uint32, bool) {
 
 // remap maps path's header, replacing a mapping of a deleted file; it
 // tries at most once per shmRecheck when there is no file to map.
+//
+// Its descriptor of the file is never closed while the file has a name.
+// SQLite holds POSIX record locks on the -shm file through its own
+// descriptor (the dead-man switch, read marks, the write lock), and those
+// belong to the process and the file: closing any descriptor of the file
+// releases all of them. A deleted file is safe to close: SQLite deletes it
+// only when no connection uses it any more. So a descriptor is opened
+// only for a file that looks mappable, kept with its mapping, and closed
+// only once its file has no link left; one whose mapping fails is kept.
 func (x *walIndex) remap(path string, now time.Time) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
@@ -110,35 +120,54 @@ func (x *walIndex) remap(path string, now time.Time) {
 		}
 		x.unmapLocked()
 	}
+	var st syscall.Stat_t
+	// SQLite grows the file in 32 KiB regions; a header needs 136 bytes.
+	if syscall.Stat(path, &st) != nil || st.Size < 4096 {
+		return
+	}
 	fd, err := syscall.Open(path, syscall.O_RDONLY|syscall.O_CLOEXEC, 0)
 	if err != nil {
 		return
 	}
-	var st syscall.Stat_t
-	// SQLite grows the file in 32 KiB regions; a header needs 136 bytes.
-	if syscall.Fstat(fd, &st) != nil || st.Size < 4096 {
-		syscall.Close(fd)
-		return
-	}
 	mem, err := syscall.Mmap(fd, 0, 4096, syscall.PROT_READ, syscall.MAP_SHARED)
 	if err != nil {
-		syscall.Close(fd)
+		x.kept = append(x.kept, fd) // not closed: see above
 		return
 	}
 	x.mem, x.fd = mem, fd
 	x.maps.Add(1)
 }
 
+// unmapLocked drops the mapping; its descriptor is closed only when the
+// file has no link left (see remap), else kept.
 func (x *walIndex) unmapLocked() {
-	if x.mem != nil {
-		_ = syscall.Munmap(x.mem)
-		syscall.Close(x.fd)
-		x.mem = nil
+	if x.mem == nil {
+		return
 	}
+	_ = syscall.Munmap(x.mem)
+	x.mem = nil
+	var st syscall.Stat_t
+	if syscall.Fstat(x.fd, &st) == nil && st.Nlink == 0 {
+		syscall.Close(x.fd)
+		return
+	}
+	x.kept = append(x.kept, x.fd)
 }
 
+// close drops the mapping. Descriptors of files that still have a name
+// stay open for the life of the process (see remap).
 func (x *walIndex) close() {
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	x.unmapLocked()
+	live := x.kept[:0]
+	for _, fd := range x.kept {
+		var st syscall.Stat_t
+		if syscall.Fstat(fd, &st) == nil && st.Nlink == 0 {
+			syscall.Close(fd)
+			continue
+		}
+		live = append(live, fd)
+	}
+	x.kept = live
 }

@@ -5,8 +5,10 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"syscall"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/minionsdev/minions/store"
 )
@@ -119,5 +121,58 @@ func TestWebRouteHitAllocatesNothing(t *testing.T) {
 	}
 	if n := r.logStats.Load() - fstats; n != 0 {
 		t.Errorf("%d fstats of the log for cached lookups, want 0", n)
+	}
+}
+
+// TestWalIndexKeepsSQLiteLocks: the route cache's own descriptor of the
+// -shm file must not drop this process's SQLite locks on it. POSIX record
+// locks belong to the process and the file: closing any descriptor of the
+// file releases all of them, the ones SQLite holds through its own
+// descriptor included (its dead-man switch, read marks, the write lock).
+// After the cache maps the file and is closed, the lock SQLite holds on
+// the dead-man-switch byte is still there.
+func TestWalIndexKeepsSQLiteLocks(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "m.db")
+	db, err := store.Open(ctx, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := store.SetSetting(ctx, db, "lock_test", "1"); err != nil {
+		t.Fatal(err)
+	}
+	// An open file description lock query conflicts with the process's
+	// POSIX locks, so it sees SQLite's. Its descriptor is closed only
+	// after the store: closing it would release them too.
+	f, err := os.Open(path + "-shm")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { db.Close(); f.Close() }()
+	dmsLocked := func() bool {
+		t.Helper()
+		const fOFDGetlk = 36 // F_OFD_GETLK
+		lk := syscall.Flock_t{Type: syscall.F_WRLCK, Whence: 0, Start: 128, Len: 1}
+		if _, _, e := syscall.Syscall(syscall.SYS_FCNTL, f.Fd(), fOFDGetlk, uintptr(unsafe.Pointer(&lk))); e != 0 {
+			t.Fatalf("F_OFD_GETLK: %v", e)
+		}
+		return lk.Type != syscall.F_UNLCK
+	}
+	if !dmsLocked() {
+		t.Skip("SQLite holds no lock on the dead-man-switch byte here")
+	}
+	for range 3 {
+		r := &WebRoutes{wal: path + "-wal", now: time.Now}
+		if s, ok := r.currentStamp(); !ok || !s.fromIndex {
+			t.Fatalf("stamp %+v, %v: not from the wal index", s, ok)
+		}
+		r.index.close()
+		r.closeLog()
+		if !dmsLocked() {
+			t.Fatal("closing the route cache's index released SQLite's lock on the -shm file")
+		}
+	}
+	if err := store.SetSetting(ctx, db, "lock_test", "2"); err != nil {
+		t.Fatal(err)
 	}
 }
