@@ -22,7 +22,9 @@ import (
 // shared host's drifting load falls on both alike (separate benchmark runs
 // minutes apart differed by more than the changes being measured).
 // MINIONS_AB_HOST=priv measures the private route, MINIONS_AB_PATH the
-// path (e.g. /sleep?ms=5).
+// path (e.g. /sleep?ms=5). MINIONS_AB_OTHER_GOMAXPROCS sets GOMAXPROCS in
+// the other side's process only (MINIONS_AB_OTHER may then be this test
+// binary: the same build with and without the setting).
 //
 //	go test -c -o /tmp/old.test ./proxy/   # at the old commit
 //	MINIONS_AB_OTHER=/tmp/old.test go test -run '^$' -bench ProxyCPUAB -benchtime 1x ./proxy/
@@ -32,9 +34,9 @@ func BenchmarkProxyCPUAB(b *testing.B) {
 		b.Skip("set MINIONS_AB_OTHER to the test binary of the other build")
 	}
 	up := proxytest.StartUpstream(b, "web")
-	start := func(bin string) (int, string, string) {
+	start := func(bin string, env ...string) (int, string, string) {
 		cmd := exec.Command(bin, "-test.run=^TestProxyChild$", "-test.count=1")
-		cmd.Env = append(os.Environ(), childEnv+"="+up.Addr)
+		cmd.Env = append(append(os.Environ(), childEnv+"="+up.Addr), env...)
 		stdin, _ := cmd.StdinPipe()
 		stdout, _ := cmd.StdoutPipe()
 		cmd.Stderr = os.Stderr
@@ -71,7 +73,11 @@ func BenchmarkProxyCPUAB(b *testing.B) {
 	var sides [2]*side
 	var clients [2]*http.Client
 	for i, bin := range []string{os.Args[0], other} {
-		pid, addr, share := start(bin)
+		var env []string
+		if n := os.Getenv("MINIONS_AB_OTHER_GOMAXPROCS"); n != "" && i == 1 {
+			env = append(env, "GOMAXPROCS="+n) // the other side only
+		}
+		pid, addr, share := start(bin, env...)
 		_, port, _ := strings.Cut(addr, ":")
 		c := clientTo(addr, nil)
 		if host == "priv" {

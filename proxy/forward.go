@@ -46,7 +46,9 @@ func (p *Proxy) forward(w *statusWriter, r *http.Request, rt Route) {
 		}
 		h.Add("Trailer", strings.Join(keys, ", "))
 	}
-	w.WriteHeader(resp.StatusCode)
+	// The header map is not touched again until it is written: the
+	// trailers below are set only after a flush.
+	w.writeHeaderKept(resp.StatusCode)
 	if err := p.copyBody(w, resp); err != nil {
 		resp.Body.Close()
 		// The status line is out: all that is left is to cut the
@@ -74,8 +76,9 @@ func (p *Proxy) forward(w *statusWriter, r *http.Request, rt Route) {
 // every write when the answer is a stream.
 func (p *Proxy) copyBody(w *statusWriter, resp *http.Response) error {
 	flush := resp.ContentLength == -1 || isEventStream(resp.Header.Get("Content-Type"))
-	buf := p.buffers.Get()
-	defer p.buffers.Put(buf)
+	bp := p.buffers.get()
+	defer p.buffers.put(bp)
+	buf := *bp
 	for {
 		n, rerr := resp.Body.Read(buf)
 		if n > 0 {

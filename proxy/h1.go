@@ -169,7 +169,7 @@ func (l *h1Listener) shutdown(ctx context.Context) error {
 	case <-ctx.Done():
 		l.mu.Lock()
 		for hc := range l.conns {
-			hc.cancel() // ends the request to the VM too
+			hc.abort() // ends the request to the VM too
 			hc.c.Close()
 		}
 		l.mu.Unlock()
@@ -211,6 +211,16 @@ type h1Conn struct {
 	watchDone  chan struct{} // non-nil while a watch runs
 	peeked     bool          // the watch read a byte of the next request:
 	peekedByte byte          // it is read first
+
+	// The upstream connection a request is using, closed by abort.
+	upMu    sync.Mutex
+	up      *upConn
+	aborted bool
+
+	// The client connection's read deadline as last set by the loop,
+	// and whether it is an idle wait's (see idleDeadline).
+	readDeadline time.Time
+	idleSet      bool
 }
 
 // watchAfter is how long a request runs before the loop watches its
@@ -265,7 +275,7 @@ func (hc *h1Conn) startWatch() {
 		}
 		var ne net.Error
 		if err != nil && !(errors.As(err, &ne) && ne.Timeout()) {
-			hc.cancel()
+			hc.abort()
 		}
 	}()
 }
@@ -294,7 +304,7 @@ func (hc *h1Conn) endRequest() {
 	hc.watchDone = nil
 	hc.watchMu.Unlock()
 	if done != nil {
-		_ = hc.rw.SetReadDeadline(time.Unix(1, 0))
+		hc.setReadDeadline(time.Unix(1, 0))
 		<-done
 	}
 }
@@ -302,7 +312,8 @@ func (hc *h1Conn) endRequest() {
 func newH1Conn(l *h1Listener, c net.Conn) *h1Conn {
 	hc := &h1Conn{l: l, c: c, rw: sysConnFor(c), remote: c.RemoteAddr().String()}
 	ctx := context.WithValue(context.Background(), http.LocalAddrContextKey, c.LocalAddr())
-	hc.ctx, hc.cancel = context.WithCancel(connContext(ctx, c))
+	ctx = context.WithValue(connContext(ctx, c), connAbortKey{}, hc)
+	hc.ctx, hc.cancel = context.WithCancel(ctx)
 	hc.watchTimer = time.AfterFunc(time.Hour, hc.startWatch)
 	hc.watchTimer.Stop()
 	hc.br = bufio.NewReaderSize(recReader{hc}, 4<<10)
@@ -310,6 +321,50 @@ func newH1Conn(l *h1Listener, c net.Conn) *h1Conn {
 	hc.chunks.hc = hc
 	hc.body = bufio.NewWriterSize(&hc.chunks, 2<<10)
 	return hc
+}
+
+// connAbortKey is the context key of a loop connection's requests: the
+// *h1Conn, whose abort also closes the upstream connection in use (see
+// watchUp).
+type connAbortKey struct{}
+
+// abort cancels the connection's requests and closes the upstream
+// connection one of them is using (as a context.AfterFunc would).
+func (hc *h1Conn) abort() {
+	hc.cancel()
+	hc.upMu.Lock()
+	hc.aborted = true
+	pc := hc.up
+	hc.up = nil
+	hc.upMu.Unlock()
+	if pc != nil {
+		pc.abort()
+	}
+}
+
+// watchUp has abort close pc until unwatchUp; when the requests were
+// already cancelled, it closes pc at once.
+func (hc *h1Conn) watchUp(pc *upConn) {
+	hc.upMu.Lock()
+	if hc.aborted {
+		hc.upMu.Unlock()
+		pc.abort()
+		return
+	}
+	hc.up = pc
+	hc.upMu.Unlock()
+}
+
+// unwatchUp ends watchUp; false when abort came first (as the stop
+// function of context.AfterFunc).
+func (hc *h1Conn) unwatchUp(pc *upConn) bool {
+	hc.upMu.Lock()
+	defer hc.upMu.Unlock()
+	if hc.up != pc {
+		return false
+	}
+	hc.up = nil
+	return true
 }
 
 // recReader reads from the client's connection and, while a request is
@@ -353,7 +408,7 @@ func (hc *h1Conn) serve() {
 	defer func() {
 		hc.watchTimer.Stop()
 		if !handedOver {
-			hc.cancel()
+			hc.abort()
 			hc.c.Close()
 		}
 		hc.l.untrack(hc)
@@ -375,17 +430,17 @@ func (hc *h1Conn) serve() {
 		now := time.Now()
 		switch {
 		case first:
-			_ = hc.rw.SetReadDeadline(now.Add(readHeaderTimeout))
+			hc.setReadDeadline(now.Add(readHeaderTimeout))
 		case idle > 0:
-			_ = hc.rw.SetReadDeadline(now.Add(idle))
+			hc.idleDeadline(now, idle)
 		default:
-			_ = hc.rw.SetReadDeadline(time.Time{})
+			hc.setReadDeadline(time.Time{})
 		}
 		if _, err := hc.br.Peek(1); err != nil {
 			return
 		}
 		if !first && !headerBuffered(hc.br) {
-			_ = hc.rw.SetReadDeadline(time.Now().Add(readHeaderTimeout))
+			hc.setReadDeadline(time.Now().Add(readHeaderTimeout))
 		}
 		first = false
 		buffered, _ := hc.br.Peek(hc.br.Buffered())
@@ -426,6 +481,34 @@ func (hc *h1Conn) serve() {
 			return
 		}
 	}
+}
+
+// setReadDeadline sets the client connection's read deadline and notes
+// it (see idleDeadline).
+func (hc *h1Conn) setReadDeadline(t time.Time) {
+	hc.idleSet = false
+	if t.Equal(hc.readDeadline) {
+		return
+	}
+	hc.readDeadline = t
+	hc.l.p.deadlineSets.Add(1)
+	_ = hc.rw.SetReadDeadline(t)
+}
+
+// idleDeadline sets the deadline for the next request's first byte: idle
+// after now. A deadline is a runtime timer, and moving it for every
+// request (two timer-heap changes and a lock per request) was a
+// measurable share of a proxied request's CPU, so a deadline already set
+// for the idle wait is moved only when it is more than idle/8 behind:
+// a connection with no request for idle is closed after between 7/8 of
+// idle and idle (the upstream side's idleConn does the same).
+func (hc *h1Conn) idleDeadline(now time.Time, idle time.Duration) {
+	want := now.Add(idle)
+	if hc.idleSet && !hc.readDeadline.After(want) && hc.readDeadline.Add(idle/8).After(want) {
+		return
+	}
+	hc.setReadDeadline(want)
+	hc.idleSet = true
 }
 
 // answer serves one request; false when the handler gave up (panicked).

@@ -38,7 +38,16 @@ type h1Response struct {
 	closeAfterReply  bool
 	handlerDone      bool
 	trailers         []string
+	// headerKept: the handler leaves the header map alone from
+	// WriteHeader until the header is written (forward), so WriteHeader
+	// needs no snapshot of it (see keepHeader).
+	headerKept bool
 }
+
+// keepHeader promises that the handler does not change the header map
+// between WriteHeader and the first flush of the answer, which spares
+// WriteHeader its copy of the map (three allocations per request).
+func (w *h1Response) keepHeader() { w.headerKept = true }
 
 // chunkWriter is what the body buffer flushes into: it writes the header
 // on the first flush and frames chunks.
@@ -75,7 +84,11 @@ func (w *h1Response) WriteHeader(code int) {
 	w.wroteHeader = true
 	w.status = code
 	if w.calledHeader && w.header == nil {
-		w.header = w.handlerHeader.Clone()
+		if w.headerKept {
+			w.header = w.handlerHeader
+		} else {
+			w.header = w.handlerHeader.Clone()
+		}
 	}
 	if cl := headerGet(w.handlerHeader, "Content-Length"); cl != "" {
 		v, err := strconv.ParseInt(cl, 10, 64)
@@ -389,8 +402,11 @@ func writeStatusLine(bw *bufio.Writer, is11 bool, code int) {
 		_, _ = bw.WriteString("HTTP/1.0 ")
 	}
 	if text := http.StatusText(code); text != "" {
-		var buf [8]byte
-		_, _ = bw.Write(strconv.AppendInt(buf[:0], int64(code), 10))
+		// Three digits (StatusText knows only 100-599), byte by byte: a
+		// formatted buffer would escape through bw, an allocation.
+		_ = bw.WriteByte(byte('0' + code/100))
+		_ = bw.WriteByte(byte('0' + code/10%10))
+		_ = bw.WriteByte(byte('0' + code%10))
 		_ = bw.WriteByte(' ')
 		_, _ = bw.WriteString(text)
 		_, _ = bw.WriteString("\r\n")

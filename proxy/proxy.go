@@ -51,6 +51,8 @@ type Proxy struct {
 
 	httpsPort atomic.Int32 // public ports, set when serving
 	httpPort  atomic.Int32
+
+	deadlineSets atomic.Int64 // read deadlines the loop set on client connections (tests)
 }
 
 // New builds a Proxy. routes is required; domains may be nil (no custom
@@ -352,6 +354,16 @@ func (w *statusWriter) WriteHeader(code int) {
 	w.ResponseWriter.WriteHeader(code)
 }
 
+// writeHeaderKept is WriteHeader for a handler that does not change the
+// header map again before the answer's header is written (see
+// h1Response.keepHeader).
+func (w *statusWriter) writeHeaderKept(code int) {
+	if hr, ok := w.ResponseWriter.(*h1Response); ok {
+		hr.keepHeader()
+	}
+	w.WriteHeader(code)
+}
+
 func (w *statusWriter) Write(b []byte) (int, error) {
 	if w.status == 0 {
 		w.status = http.StatusOK
@@ -385,6 +397,10 @@ func newBufferPool() *bufferPool {
 }
 func (b *bufferPool) Get() []byte  { return *(b.p.Get().(*[]byte)) }
 func (b *bufferPool) Put(x []byte) { b.p.Put(&x) }
+
+// get and put are Get and Put without an allocation per Put.
+func (b *bufferPool) get() *[]byte  { return b.p.Get().(*[]byte) }
+func (b *bufferPool) put(x *[]byte) { b.p.Put(x) }
 
 // connSet tracks hijacked connections, which http.Server.Shutdown does not
 // see, so shutdown can close them.

@@ -56,6 +56,11 @@ var _ Resolver = (*net.Resolver)(nil)
 
 // normalizeHost lowercases host and strips a port and a trailing dot.
 func normalizeHost(host string) string {
+	// Without a colon there is no port (and SplitHostPort's error for
+	// that is an allocation per request).
+	if strings.IndexByte(host, ':') < 0 {
+		return strings.TrimSuffix(strings.ToLower(host), ".")
+	}
 	if h, _, err := net.SplitHostPort(host); err == nil {
 		host = h
 	}

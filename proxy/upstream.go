@@ -312,13 +312,18 @@ func wrapped(err error) error { return fmt.Errorf("%w", err) }
 func (u *upstream) exchange(ctx context.Context, pc *upConn, out outReq) (*http.Response, error) {
 	req := out.req
 	pc.state.Store(0)
-	stop := context.AfterFunc(ctx, func() {
-		if pc.state.CompareAndSwap(0, 2) {
-			pc.conn.Close()
-		}
-	})
+	w := upWatch{pc: pc}
+	if hc, _ := ctx.Value(connAbortKey{}).(*h1Conn); hc != nil && hc.ctx == ctx {
+		// The loop's request: its connection closes pc when the request
+		// ends, without a context.AfterFunc (two allocations and a
+		// registration in the context per request).
+		w.hc = hc
+		hc.watchUp(pc)
+	} else {
+		w.stopF = context.AfterFunc(ctx, pc.abort)
+	}
 	fail := func(err error, answered bool) (*http.Response, error) {
-		stop()
+		w.stop()
 		pc.conn.Close()
 		switch {
 		case pc.state.Load() == 2 || ctx.Err() != nil:
@@ -377,8 +382,33 @@ func (u *upstream) exchange(ctx context.Context, pc *upConn, out outReq) (*http.
 	}
 	pc.limit = -1
 	keep := !resp.Close && !out.close
-	resp.Body = &upBody{rc: resp.Body, pc: pc, stop: stop, keep: keep}
+	resp.Body = &upBody{rc: resp.Body, pc: pc, w: w, keep: keep}
 	return resp, nil
+}
+
+// abort closes pc for a request that ended while pc was in use (the
+// client went away, or the proxy shuts down).
+func (pc *upConn) abort() {
+	if pc.state.CompareAndSwap(0, 2) {
+		pc.conn.Close()
+	}
+}
+
+// upWatch ends an exchange on pc when its request's context ends: through
+// the loop's client connection (hc), or a context.AfterFunc.
+type upWatch struct {
+	pc    *upConn
+	hc    *h1Conn
+	stopF func() bool
+}
+
+// stop stops the watch, as the AfterFunc's stop: false when the request
+// already ended (pc is then closed, or being closed).
+func (w upWatch) stop() bool {
+	if w.hc != nil {
+		return w.hc.unwatchUp(w.pc)
+	}
+	return w.stopF()
 }
 
 // upBody returns its connection to the pool when the response was read to
@@ -386,7 +416,7 @@ func (u *upstream) exchange(ctx context.Context, pc *upConn, out outReq) (*http.
 type upBody struct {
 	rc   io.ReadCloser
 	pc   *upConn
-	stop func() bool
+	w    upWatch
 	keep bool
 	done bool
 }
@@ -416,11 +446,11 @@ func (b *upBody) Close() error {
 
 func (b *upBody) finish(eof bool) {
 	b.done = true
-	if eof && b.stop() && b.keep {
+	if eof && b.w.stop() && b.keep {
 		b.pc.u.put(b.pc)
 		return
 	}
-	b.stop()
+	b.w.stop()
 	b.pc.conn.Close()
 }
 
@@ -437,10 +467,9 @@ func (u *upstream) get(ctx context.Context, addr string) (*upConn, bool, error) 
 		}
 		pc := l[len(l)-1]
 		l[len(l)-1] = nil
+		// An emptied list stays, so that put reuses its array (put's
+		// sweep removes empty lists).
 		u.idle[addr] = l[:len(l)-1]
-		if len(l) == 1 {
-			delete(u.idle, addr)
-		}
 		u.nIdle--
 		u.mu.Unlock()
 		if now.Sub(pc.since) < u.idleTimeout && pc.quiet() {

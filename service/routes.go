@@ -57,8 +57,10 @@ type WebRoute struct {
 type WebRoutes struct {
 	q *store.RouteQueries
 	// The lookups are cached until the database changes: any commit, by
-	// this or another process, grows or resets the write-ahead log, so a
-	// stat of it (about a microsecond) says whether the cache still holds.
+	// this or another process, updates the wal-index header in the -shm
+	// file, which is mapped (routes_shm.go), so reading it says whether
+	// the cache still holds; without a -shm file, a stat of the
+	// write-ahead log (which every commit grows or resets) says it.
 	wal string
 	now func() time.Time
 	// The log, held open once it exists, so that a request's stamp is an
@@ -67,10 +69,13 @@ type WebRoutes struct {
 	logFD     int
 	logOpen   bool
 	pathStats atomic.Int64 // stamps taken by path (tests)
-	mu        sync.Mutex
-	stamp     walStamp
-	filled    time.Time // when the cache was last emptied
-	cache     map[string]routeEntry
+	logStats  atomic.Int64 // stamps taken from the log's fstat (tests)
+	// The -shm file's header, mapped: a stamp without a system call.
+	index  walIndex
+	mu     sync.Mutex
+	stamp  walStamp
+	filled time.Time // when the cache was last emptied
+	cache  map[routeKey]routeEntry
 }
 
 // RouteCacheTTL is the most a cached route may be behind the store.
@@ -79,6 +84,17 @@ const RouteCacheTTL = time.Second
 type walStamp struct {
 	size  int64
 	mtime time.Time
+	// index: the wal-index header's changing words, when the stamp comes
+	// from the mapped -shm file (then size and mtime are zero).
+	index     [len(shmWords)]uint32
+	fromIndex bool
+}
+
+// routeKey is a cached lookup: a VM name, or a custom domain. (A struct,
+// not a joined string: joining allocated on every request.)
+type routeKey struct {
+	domain bool
+	host   string
 }
 
 type routeEntry struct {
@@ -92,12 +108,13 @@ func (s *Service) WebRoutes(ctx context.Context) (*WebRoutes, error) {
 	if err != nil {
 		return nil, fmt.Errorf("web routes: %w", err)
 	}
-	return &WebRoutes{q: q, wal: s.DB.Path + "-wal", now: time.Now, cache: map[string]routeEntry{}}, nil
+	return &WebRoutes{q: q, wal: s.DB.Path + "-wal", now: time.Now, cache: map[routeKey]routeEntry{}}, nil
 }
 
 // Close releases the prepared statements and the log.
 func (r *WebRoutes) Close() error {
 	r.closeLog()
+	r.index.close()
 	return r.q.Close()
 }
 
@@ -114,13 +131,13 @@ func (r *WebRoutes) closeLog() {
 // errs.NotFound if there is none, another error (a 503, not a 404) if the
 // store cannot tell.
 func (r *WebRoutes) ByName(ctx context.Context, name string) (WebRoute, error) {
-	return r.cached(ctx, "name:"+name, name, r.q.ByName)
+	return r.cached(ctx, routeKey{host: name}, name, r.q.ByName)
 }
 
 // ByDomain is the route of the VM holding host as a verified custom
 // domain; errors as ByName.
 func (r *WebRoutes) ByDomain(ctx context.Context, host string) (WebRoute, error) {
-	return r.cached(ctx, "domain:"+host, host, r.q.ByDomain)
+	return r.cached(ctx, routeKey{domain: true, host: host}, host, r.q.ByDomain)
 }
 
 // AllowCertificate is nil when name is a verified custom domain of some
@@ -136,7 +153,9 @@ func (r *WebRoutes) AllowCertificate(ctx context.Context, name string) error {
 	return nil
 }
 
-// currentStamp stats the write-ahead log with raw system calls: an
+// currentStamp reads the mapped wal-index header when there is one (no
+// system call: routes_shm.go). Without one it stats the write-ahead log
+// with raw system calls: an
 // ordinary one (os.Stat) enters the Go scheduler's syscall state, which
 // wakes the runtime's monitor thread whenever the daemon was idle, as it
 // is between the requests to a slow VM. That wake-up and the monitor's
@@ -148,13 +167,21 @@ func (r *WebRoutes) AllowCertificate(ctx context.Context, name string) error {
 // last connection closed) the open file has no link left, and the name
 // is looked up again.
 func (r *WebRoutes) currentStamp() (walStamp, bool) {
+	now := time.Now
+	if r.now != nil {
+		now = r.now
+	}
+	if words, ok := r.index.stamp(r.wal, now()); ok {
+		return walStamp{index: words, fromIndex: true}, true
+	}
+	r.logStats.Add(1)
 	r.logMu.RLock()
 	if r.logOpen {
 		var st syscall.Stat_t
 		_, _, e := syscall.RawSyscall(syscall.SYS_FSTAT, uintptr(r.logFD), uintptr(unsafe.Pointer(&st)), 0)
 		if e == 0 && st.Nlink > 0 {
 			r.logMu.RUnlock()
-			return walStamp{st.Size, time.Unix(st.Mtim.Sec, st.Mtim.Nsec)}, true
+			return walStamp{size: st.Size, mtime: time.Unix(st.Mtim.Sec, st.Mtim.Nsec)}, true
 		}
 	}
 	r.logMu.RUnlock()
@@ -193,7 +220,7 @@ func (r *WebRoutes) pathStamp() (walStamp, bool) {
 		if err != nil {
 			return walStamp{}, false
 		}
-		return walStamp{fi.Size(), fi.ModTime()}, true
+		return walStamp{size: fi.Size(), mtime: fi.ModTime()}, true
 	}
 	copy(name[:], r.wal)
 	var st syscall.Stat_t
@@ -202,21 +229,21 @@ func (r *WebRoutes) pathStamp() (walStamp, bool) {
 	if e != 0 {
 		return walStamp{}, false
 	}
-	return walStamp{st.Size, time.Unix(st.Mtim.Sec, st.Mtim.Nsec)}, true
+	return walStamp{size: st.Size, mtime: time.Unix(st.Mtim.Sec, st.Mtim.Nsec)}, true
 }
 
 // atFDCWD is AT_FDCWD (-100) as a system call argument: paths are
 // relative to the working directory.
 const atFDCWD = ^uintptr(99)
 
-func (r *WebRoutes) cached(ctx context.Context, key, host string, look func(context.Context, string) (store.Route, error)) (WebRoute, error) {
+func (r *WebRoutes) cached(ctx context.Context, key routeKey, host string, look func(context.Context, string) (store.Route, error)) (WebRoute, error) {
 	stamp, ok := r.currentStamp()
 	var filled time.Time // the cache generation this lookup may fill
 	if ok {
 		now := r.now()
 		r.mu.Lock()
 		if stamp != r.stamp || now.Sub(r.filled) >= RouteCacheTTL || now.Before(r.filled) {
-			r.stamp, r.filled, r.cache = stamp, now, map[string]routeEntry{}
+			r.stamp, r.filled, r.cache = stamp, now, map[routeKey]routeEntry{}
 		}
 		filled = r.filled
 		e, hit := r.cache[key]

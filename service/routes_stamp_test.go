@@ -33,7 +33,7 @@ func TestCurrentStampIsStat(t *testing.T) {
 			if err != nil || !ok {
 				t.Fatalf("stamp %v, stat %v", ok, err)
 			}
-			if want := (walStamp{fi.Size(), fi.ModTime()}); got != want {
+			if want := (walStamp{size: fi.Size(), mtime: fi.ModTime()}); got != want {
 				t.Fatalf("stamp %+v, os.Stat %+v", got, want)
 			}
 			return got
@@ -69,7 +69,7 @@ func TestCurrentStampKeepsTheLogOpen(t *testing.T) {
 		if err != nil || !ok {
 			t.Fatalf("stamp %v, stat %v", ok, err)
 		}
-		if want := (walStamp{fi.Size(), fi.ModTime()}); got != want {
+		if want := (walStamp{size: fi.Size(), mtime: fi.ModTime()}); got != want {
 			t.Fatalf("stamp %+v, os.Stat %+v", got, want)
 		}
 		return got
