@@ -19,7 +19,7 @@ import (
 
 // The RAM of a move with memory, pre-copied (issue 15): while the VM
 // runs, its RAM file goes to the target as a pre-copy stream; after the
-// suspend, only the 2 MiB chunks whose SHA-256 differs from what the
+// suspend, only the 128 KiB chunks (preCopyChunk) whose SHA-256 differs from what the
 // pre-copy sent go, as the bundle's file move-state/ram.delta, with the
 // sums of every chunk of the whole RAM as it was saved. The target
 // applies the delta to its pre-copied file and checks every chunk's sum
