@@ -36,42 +36,41 @@ func sampleCPU(procStat string) cpuSample {
 	if err != nil {
 		return s
 	}
-	busy, iowait, ok := parseProcStatCPU(b)
+	busy, _, iowait, ok := parseProcStat(b)
 	if ok {
-		s.busy = busy * time.Second / userHZ
-		s.iowait = iowait * time.Second / userHZ
+		s.busy = time.Duration(busy) * time.Second / userHZ
+		s.iowait = time.Duration(iowait) * time.Second / userHZ
 		s.statTicksRead = true
 	}
 	return s
 }
 
-// parseProcStatCPU reads the first ("cpu", all CPUs) line of /proc/stat:
-// user nice system idle iowait irq softirq steal ... in USER_HZ ticks. Busy
-// is everything but idle and iowait (guest and guest_nice are already in
-// user and nice).
-func parseProcStatCPU(b []byte) (busy, iowait time.Duration, ok bool) {
+// parseProcStat reads the first ("cpu", all CPUs) line of /proc/stat:
+// user nice system idle iowait irq softirq steal guest guest_nice, in
+// USER_HZ ticks. Busy is everything but idle and iowait (guest and
+// guest_nice are already counted in user and nice).
+func parseProcStat(b []byte) (busy, idle, iowait uint64, ok bool) {
 	line, _, _ := bytes.Cut(b, []byte("\n"))
 	f := bytes.Fields(line)
 	if len(f) < 8 || string(f[0]) != "cpu" { // Linux has had 7 fields since 2.6
-		return 0, 0, false
+		return 0, 0, 0, false
 	}
 	for i, v := range f[1:] {
-		if i >= 8 { // guest, guest_nice: counted in user, nice
-			break
-		}
-		n, err := strconv.ParseInt(string(v), 10, 64)
+		n, err := strconv.ParseUint(string(v), 10, 64)
 		if err != nil {
-			return 0, 0, false
+			return 0, 0, 0, false
 		}
-		switch i {
-		case 3: // idle
-		case 4:
-			iowait = time.Duration(n)
+		switch {
+		case i >= 8: // guest, guest_nice: in user, nice
+		case i == 3:
+			idle = n
+		case i == 4:
+			iowait = n
 		default:
-			busy += time.Duration(n)
+			busy += n
 		}
 	}
-	return busy, iowait, true
+	return busy, idle, iowait, true
 }
 
 // cpuSince is what the guest's CPUs did between s and now, for the reply.

@@ -7,10 +7,10 @@ import (
 	"time"
 )
 
-func TestParseProcStatCPU(t *testing.T) {
+func TestParseProcStat(t *testing.T) {
 	for _, c := range []struct {
 		in           string
-		busy, iowait time.Duration
+		busy, iowait uint64
 		ok           bool
 	}{
 		// user nice system idle iowait irq softirq steal guest guest_nice
@@ -21,7 +21,7 @@ func TestParseProcStatCPU(t *testing.T) {
 		{"cpu 1 2 3 4 5 6 7\n", 1 + 2 + 3 + 6 + 7, 5, true},
 		{"", 0, 0, false},
 	} {
-		busy, iowait, ok := parseProcStatCPU([]byte(c.in))
+		busy, _, iowait, ok := parseProcStat([]byte(c.in))
 		if busy != c.busy || iowait != c.iowait || ok != c.ok {
 			t.Errorf("%q: busy %d iowait %d ok %v, want %d %d %v", c.in, busy, iowait, ok, c.busy, c.iowait, c.ok)
 		}
