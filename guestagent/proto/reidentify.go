@@ -80,10 +80,14 @@ type ReidentifyCPU struct {
 	// the reply.
 	WallMillis int64 `json:"wall_ms"`
 	// AgentMillis is the agent's own CPU time (every thread, user and
-	// system) over WallMillis.
+	// system) over WallMillis, from getrusage: the scheduler's clock, which
+	// also runs while a TCG guest's vCPU thread waits for a host CPU, so on
+	// a loaded host it can exceed BusyMillis.
 	AgentMillis int64 `json:"agent_ms"`
 	// BusyMillis is every guest CPU's busy time (the agent's included;
-	// not idle, not iowait) summed over the CPUs.
+	// not idle, not iowait) summed over the CPUs, from /proc/stat's
+	// sampled ticks. BusyMillis - AgentMillis is what other processes and
+	// the kernel took: a lower bound, meaningful on a quiet host.
 	BusyMillis int64 `json:"busy_ms"`
 	// IOWaitMillis is the guest CPUs' time idle with disk I/O pending.
 	IOWaitMillis int64 `json:"iowait_ms"`
