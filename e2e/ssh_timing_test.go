@@ -175,6 +175,12 @@ func warmCreateSteps(log, prefix, suffix string) []gatewayStep {
 		Steps string `json:"steps"`
 		Took  int64  `json:"duration_ms"`
 		Net   int64  `json:"network_ms"` // eth0's move, beside the steps
+		// The guest's time during the call: its wall, the agent's CPU,
+		// every process's CPU (the agent's included), iowait.
+		Wall   *int64 `json:"guest_wall_ms"`
+		Agent  int64  `json:"guest_agent_cpu_ms"`
+		Busy   int64  `json:"guest_busy_ms"`
+		IOWait int64  `json:"guest_iowait_ms"`
 	}
 	var reid []line
 	ours := map[string]bool{} // vm ids
@@ -195,7 +201,7 @@ func warmCreateSteps(log, prefix, suffix string) []gatewayStep {
 			ours[l.VMID] = true
 			var ms map[string]any
 			json.Unmarshal(sc.Bytes(), &ms)
-			for _, k := range []string{"disk", "network", "restore", "agent", "reidentify", "record", "ready"} {
+			for _, k := range []string{"disk", "network", "restore", "agent", "agent_connect", "agent_handshake", "agent_retry", "reidentify", "record", "ready"} {
 				if v, ok := ms[k+"_ms"].(float64); ok {
 					add("engine: "+k, time.Duration(v*float64(time.Millisecond)))
 				}
@@ -221,6 +227,12 @@ func warmCreateSteps(log, prefix, suffix string) []gatewayStep {
 			add("guest: (eth0 move, beside the steps)", time.Duration(l.Net)*time.Millisecond)
 		}
 		add("guest: whole call (host side)", time.Duration(l.Took)*time.Millisecond)
+		if l.Wall != nil {
+			add("guest cpu: wall", time.Duration(*l.Wall)*time.Millisecond)
+			add("guest cpu: agent", time.Duration(l.Agent)*time.Millisecond)
+			add("guest cpu: others", time.Duration(max(0, l.Busy-l.Agent))*time.Millisecond)
+			add("guest cpu: iowait", time.Duration(l.IOWait)*time.Millisecond)
+		}
 	}
 	return steps
 }

@@ -264,7 +264,7 @@ func BenchmarkWarmSSH(b *testing.B) {
 	// ready time and the guest's re-identification steps.
 	d.logMu.Lock()
 	for _, line := range strings.Split(d.log.String(), "\n") {
-		if strings.Contains(line, "guest re-identified") || strings.Contains(line, "vm ready (warm)") || strings.Contains(line, "template guest settled") {
+		if strings.Contains(line, "guest re-identified") || strings.Contains(line, "vm ready (warm)") || strings.Contains(line, "template guest settled") || strings.Contains(line, "template guest quiet") {
 			fmt.Fprintln(os.Stderr, line)
 		}
 	}

@@ -93,24 +93,11 @@ func cpuTimes() (busy, total uint64, ok bool) {
 	return parseCPUTimes(b)
 }
 
-// parseCPUTimes reads the first ("cpu ") line of /proc/stat.
+// parseCPUTimes reads the first ("cpu ") line of /proc/stat: busy and
+// total ticks (see parseProcStat).
 func parseCPUTimes(b []byte) (busy, total uint64, ok bool) {
-	line, _, _ := bytes.Cut(b, []byte("\n"))
-	f := strings.Fields(string(line))
-	if len(f) < 5 || f[0] != "cpu" {
-		return 0, 0, false
-	}
-	for i, s := range f[1:] {
-		v, err := strconv.ParseUint(s, 10, 64)
-		if err != nil {
-			return 0, 0, false
-		}
-		total += v
-		if i != 3 && i != 4 { // idle, iowait
-			busy += v
-		}
-	}
-	return busy, total, true
+	busy, idle, iowait, ok := parseProcStat(b)
+	return busy, busy + idle + iowait, ok
 }
 
 // journaldComm is systemd-journald's name in /proc/PID/stat (15 bytes).

@@ -192,6 +192,7 @@ var leftoverGlobs = []string{
 // the first step's time counts from there.
 func (s *Server) reidentify(r proto.Reidentify, received time.Time) (proto.ReidentifyReply, error) {
 	begin := received
+	cpu := sampleCPU("/proc/stat")
 	id, err := parseIdentity(r)
 	if err != nil {
 		return proto.ReidentifyReply{}, err
@@ -201,6 +202,9 @@ func (s *Server) reidentify(r proto.Reidentify, received time.Time) (proto.Reide
 	reply, err := s.becomeIdentity(id, begin, checked, paused > 0)
 	if paused > 0 || err == nil {
 		s.journalLater(paused)
+	}
+	if err == nil {
+		reply.CPU = cpu.cpuSince("/proc/stat")
 	}
 	return reply, err
 }

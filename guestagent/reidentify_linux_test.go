@@ -544,6 +544,9 @@ func TestReidentifyClockFromReceipt(t *testing.T) {
 	if !reply.ClockFromReceipt {
 		t.Error("reply does not say the clock counts from the receipt")
 	}
+	if reply.CPU == nil || reply.CPU.WallMillis <= 0 {
+		t.Errorf("reply's CPU split %+v, want the call's (TestCPUSince checks its figures)", reply.CPU)
+	}
 	// The steps start at the receipt: they add up to at least the wait.
 	var sum int64
 	for _, ms := range reply.StepMillis {

@@ -52,6 +52,9 @@ type Reidentified struct {
 	// NetworkMillis is the guest's time for eth0's move, which ran beside
 	// the steps (proto.ReidentifyReply.NetworkMillis).
 	NetworkMillis int64
+	// CPU splits the guest's time during the call (nil from older
+	// agents; proto.ReidentifyReply.CPU).
+	CPU *proto.ReidentifyCPU
 }
 
 // NewMachineID returns a random machine-id (systemd's format).
@@ -149,6 +152,7 @@ func (c *Client) Reidentify(ctx context.Context, id Identity) (Reidentified, err
 	out.FlushPending = r.FlushPending
 	out.ClockFromReceipt = r.ClockFromReceipt
 	out.NetworkMillis = r.NetworkMillis
+	out.CPU = r.CPU
 	return out, nil
 }
 

@@ -67,4 +67,28 @@ type ReidentifyReply struct {
 	// the steps from "write hostname" on (their times include its share
 	// of the guest's CPU); 0 when the network did not move.
 	NetworkMillis int64 `json:"network_ms,omitempty"`
+	// CPU is what the guest's CPUs did during the re-identification
+	// (absent from older agents): how much of its time was the agent's
+	// own work, other processes' or waiting for the disk.
+	CPU *ReidentifyCPU `json:"cpu,omitempty"`
+}
+
+// ReidentifyCPU splits the guest's time during a re-identification, in
+// ms (10 ms resolution for the whole guest's figures).
+type ReidentifyCPU struct {
+	// WallMillis is the guest's wall time from the handler's start to
+	// the reply.
+	WallMillis int64 `json:"wall_ms"`
+	// AgentMillis is the agent's own CPU time (every thread, user and
+	// system) over WallMillis, from getrusage: the scheduler's clock, which
+	// also runs while a TCG guest's vCPU thread waits for a host CPU, so on
+	// a loaded host it can exceed BusyMillis.
+	AgentMillis int64 `json:"agent_ms"`
+	// BusyMillis is every guest CPU's busy time (the agent's included;
+	// not idle, not iowait) summed over the CPUs, from /proc/stat's
+	// sampled ticks. BusyMillis - AgentMillis is what other processes and
+	// the kernel took: a lower bound, meaningful on a quiet host.
+	BusyMillis int64 `json:"busy_ms"`
+	// IOWaitMillis is the guest CPUs' time idle with disk I/O pending.
+	IOWaitMillis int64 `json:"iowait_ms"`
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"log/slog"
 	"net/netip"
 	"os"
 	"slices"
@@ -114,7 +115,14 @@ func (l *Local) warmCreate(ctx context.Context, o *op, row store.VM, t Template,
 	u.push(func() { l.Driver.Kill(context.Background(), h) })
 	restored := time.Now()
 	progress.Say("agent")
-	row, cl, err := l.recordAndWaitReady(ctx, o, row, h, console, l.agentConfig("", nil))
+	// As for a fork: the re-identification right after is the ping (a
+	// round trip less to a guest whose every first round trip is slow
+	// under TCG), and the phases go to the timing line.
+	acfg := l.agentConfig("", nil)
+	var phases agentPhases
+	acfg.Observe = phases.observe
+	acfg.NoPing = true
+	row, cl, err := l.recordAndWaitReady(ctx, o, row, h, console, acfg)
 	if err != nil {
 		return row, err
 	}
@@ -141,7 +149,8 @@ func (l *Local) warmCreate(ctx context.Context, o *op, row store.VM, t Template,
 	l.log.Info("vm ready (warm)", "vm_id", row.ID, "vm", row.Name, "pid", h.PID, "template", t.Key, "ready_ms", time.Since(start).Milliseconds(),
 		"disk_ms", disked.Sub(begin).Milliseconds(), "network_ms", start.Sub(disked).Milliseconds(),
 		"restore_ms", restored.Sub(start).Milliseconds(), "agent_ms", ready.Sub(restored).Milliseconds(),
-		"reidentify_ms", reidentified.Sub(ready).Milliseconds(), "record_ms", time.Since(reidentified).Milliseconds())
+		"reidentify_ms", reidentified.Sub(ready).Milliseconds(), "record_ms", time.Since(reidentified).Milliseconds(),
+		slog.Group("", phases.attrs()...))
 	u = nil
 	l.agents.adopt(row.ID, h, cl) // the first `ssh vm@host` dials nothing
 	return row, nil
@@ -212,7 +221,8 @@ func (l *Local) reidentifyGuest(ctx context.Context, cl *vsockcli.Client, row st
 	took := time.Since(start)
 	lag := clockLag(took, r.Steps, r.StepMillis, r.ClockFromReceipt)
 	l.log.Info("guest re-identified", "vm_id", row.ID, "duration_ms", took.Milliseconds(), "clock_lag_bound_ms", lag.Milliseconds(),
-		"flush_pending", r.FlushPending, "steps", stepProfile(r.Steps, r.StepMillis), "network_ms", r.NetworkMillis)
+		"flush_pending", r.FlushPending, "steps", stepProfile(r.Steps, r.StepMillis), "network_ms", r.NetworkMillis,
+		slog.Group("", guestCPUAttrs(r.CPU)...))
 	if r.AgentHostKey == nil {
 		return "", errs.New(errs.Unavailable, "re-identify guest: no new agent host key")
 	}
@@ -282,4 +292,14 @@ func stepProfile(steps []string, ms []int64) string {
 		}
 	}
 	return b.String()
+}
+
+// guestCPUAttrs are the log attributes of a re-identification's CPU split
+// (none from an agent that does not report it).
+func guestCPUAttrs(c *proto.ReidentifyCPU) []any {
+	if c == nil {
+		return nil
+	}
+	return []any{"guest_wall_ms", c.WallMillis, "guest_agent_cpu_ms", c.AgentMillis,
+		"guest_busy_ms", c.BusyMillis, "guest_iowait_ms", c.IOWaitMillis}
 }

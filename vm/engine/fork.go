@@ -521,6 +521,17 @@ func (a *agentPhases) observe(phase string, d time.Duration) {
 	a.took[phase] += d
 }
 
+// attrs are the phases as log attributes: agent_<phase>_ms.
+func (a *agentPhases) attrs() []any {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	var out []any
+	for _, p := range a.order {
+		out = append(out, "agent_"+p+"_ms", a.took[p].Milliseconds())
+	}
+	return out
+}
+
 // addTo adds each phase to t as "agent <phase>".
 func (a *agentPhases) addTo(t *laps) {
 	a.mu.Lock()

@@ -307,6 +307,7 @@ func (l *Local) buildTemplate(ctx context.Context, tr hypervisor.Templater, img 
 		return t, fmt.Errorf("template agent: %w", err)
 	}
 	settleTemplate(ctx, cl, l.log.With("vm_id", id))
+	quietTemplate(ctx, h.PID, cl, l.log.With("vm_id", id))
 	cl.Close()
 	if err := tr.SaveTemplate(ctx, h, dir); err != nil {
 		return t, err
