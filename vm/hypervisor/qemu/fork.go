@@ -221,41 +221,15 @@ func (d *Driver) saveForkCopy(ctx context.Context, h *hypervisor.Handle, m machi
 			_ = c.Execute(rctx, "cont", nil, nil)
 		}
 	}()
-	if err := setCapIgnoreShared(ctx, c, true); err != nil {
-		return err
-	}
-	// Whatever happens, the VM's later migrations carry its RAM.
-	defer func() {
-		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-		defer cancel()
-		if cerr := setCapIgnoreShared(rctx, c, false); cerr != nil && err == nil {
-			err = cerr
-		}
-	}()
-	if err := c.Execute(ctx, "migrate-set-parameters", map[string]any{"max-bandwidth": int64(8) << 30}, nil); err != nil {
-		return err
-	}
 	state := filepath.Join(dir, StateMemoryFile)
-	_ = os.Remove(state)
-	f, err := os.OpenFile(state, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
+	if err := saveDevices(ctx, h, c, state); err != nil {
 		return err
 	}
-	defer f.Close()
 	defer func() {
 		if err != nil {
 			os.Remove(state)
 		}
 	}()
-	if err := c.SendFile(ctx, migrateFD, f); err != nil {
-		return err
-	}
-	if err := c.Execute(ctx, "migrate", map[string]any{"uri": "fd:" + migrateFD}, nil); err != nil {
-		return err
-	}
-	if err := waitMigration(ctx, h, c); err != nil {
-		return err
-	}
 	saved := time.Since(start)
 	// The copy of the RAM, taken while the VM is paused: into the RAM
 	// file of a copy started early, or a new one.
@@ -429,4 +403,42 @@ func (d *Driver) DiscardCopy(dir string) error {
 		}
 	}
 	return os.Remove(link)
+}
+
+// saveDevices saves the device state of the paused VM h (QMP connection
+// c) into a new file state: x-ignore-shared leaves its RAM, a file of its
+// own, out (the capability is reset whatever happens, so the VM's later
+// migrations carry its RAM). On failure nothing is left at state.
+func saveDevices(ctx context.Context, h *hypervisor.Handle, c *qmp.Client, state string) (err error) {
+	if err := setCapIgnoreShared(ctx, c, true); err != nil {
+		return err
+	}
+	defer func() {
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		if cerr := setCapIgnoreShared(rctx, c, false); cerr != nil && err == nil {
+			err = cerr
+		}
+	}()
+	if err := c.Execute(ctx, "migrate-set-parameters", map[string]any{"max-bandwidth": int64(8) << 30}, nil); err != nil {
+		return err
+	}
+	_ = os.Remove(state)
+	f, err := os.OpenFile(state, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	defer func() {
+		if err != nil {
+			os.Remove(state)
+		}
+	}()
+	if err := c.SendFile(ctx, migrateFD, f); err != nil {
+		return err
+	}
+	if err := c.Execute(ctx, "migrate", map[string]any{"uri": "fd:" + migrateFD}, nil); err != nil {
+		return err
+	}
+	return waitMigration(ctx, h, c)
 }

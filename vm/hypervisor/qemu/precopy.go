@@ -147,32 +147,7 @@ func (d *Driver) SaveStateKeepRAM(ctx context.Context, h *hypervisor.Handle, dir
 			}
 		}
 	}()
-	if err := setCapIgnoreShared(ctx, c, true); err != nil {
-		return err
-	}
-	defer func() {
-		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-		defer cancel()
-		if cerr := setCapIgnoreShared(rctx, c, false); cerr != nil && err == nil {
-			err = cerr
-		}
-	}()
-	if err := c.Execute(ctx, "migrate-set-parameters", map[string]any{"max-bandwidth": int64(8) << 30}, nil); err != nil {
-		return err
-	}
-	_ = os.Remove(state)
-	f, err := os.OpenFile(state, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	if err := c.SendFile(ctx, migrateFD, f); err != nil {
-		return err
-	}
-	if err := c.Execute(ctx, "migrate", map[string]any{"uri": "fd:" + migrateFD}, nil); err != nil {
-		return err
-	}
-	if err := waitMigration(ctx, h, c); err != nil {
+	if err := saveDevices(ctx, h, c, state); err != nil {
 		return err
 	}
 	// The RAM file under a second name: Kill removes the first.
