@@ -315,18 +315,7 @@ func OpenImages(ctx context.Context, g *cli.Global) (service.Backend, error) {
 	if os.Geteuid() != 0 {
 		return nil, errs.New(errs.PermissionDenied, "managing this host's images needs root: run with sudo, or point --host at a minions daemon")
 	}
-	cfg, err := config.Load(config.DefaultFile, false)
-	if err != nil {
-		return nil, err
-	}
-	if g.StateDir == "" {
-		g.StateDir = cfg.StateDir
-	}
-	if g.RunDir == "" {
-		g.RunDir = cfg.RunDir
-	}
-	cfg.Defaults()
-	paths, err := ResolvePaths(g.StateDir, g.RunDir)
+	cfg, paths, err := loadConfig(g)
 	if err != nil {
 		return nil, err
 	}

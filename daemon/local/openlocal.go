@@ -44,18 +44,7 @@ func (op Opener) OpenLocal(ctx context.Context, g *cli.Global) (service.Backend,
 	}
 	// In-process, the CLI follows the daemon's config file so both agree
 	// on the network, hypervisor and default image.
-	cfg, err := config.Load(config.DefaultFile, false)
-	if err != nil {
-		return nil, err
-	}
-	if g.StateDir == "" {
-		g.StateDir = cfg.StateDir
-	}
-	if g.RunDir == "" {
-		g.RunDir = cfg.RunDir
-	}
-	cfg.Defaults()
-	paths, err := ResolvePaths(g.StateDir, g.RunDir)
+	cfg, paths, err := loadConfig(g)
 	if err != nil {
 		return nil, err
 	}
@@ -95,4 +84,26 @@ func CLILogger() *slog.Logger {
 		lvl = slog.LevelDebug
 	}
 	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))
+}
+
+// loadConfig reads the daemon's config file (the host CLI follows it so
+// both agree on the network, hypervisor and default image) and resolves
+// the installation's paths: --state-dir and --run-dir win over it.
+func loadConfig(g *cli.Global) (config.Config, Paths, error) {
+	cfg, err := config.Load(config.DefaultFile, false)
+	if err != nil {
+		return config.Config{}, Paths{}, err
+	}
+	if g.StateDir == "" {
+		g.StateDir = cfg.StateDir
+	}
+	if g.RunDir == "" {
+		g.RunDir = cfg.RunDir
+	}
+	cfg.Defaults()
+	paths, err := ResolvePaths(g.StateDir, g.RunDir)
+	if err != nil {
+		return config.Config{}, Paths{}, err
+	}
+	return cfg, paths, nil
 }
