@@ -267,8 +267,8 @@ func (c *stallConn) Read(p []byte) (int, error) {
 	if n > 0 && d > 0 {
 		c.seen = true
 	}
-	if err != nil && d > 0 && c.seen && errors.Is(err, os.ErrDeadlineExceeded) {
-		return n, errs.New(errs.Unavailable, "disk stream stalled: nothing arrived for %s", d)
+	if err != nil && d > 0 && c.seen && stalled(err) {
+		return n, errs.New(errs.Unavailable, "disk stream stalled: nothing arrived for %s (%v)", d, err)
 	}
 	return n, err
 }
@@ -285,13 +285,20 @@ func (c *stallConn) Write(p []byte) (int, error) {
 		m, err := c.Conn.Write(p[n : n+k])
 		n += m
 		if err != nil {
-			if errors.Is(err, os.ErrDeadlineExceeded) {
-				return n, errs.New(errs.Unavailable, "disk stream stalled: the peer took nothing for %s", d)
+			if stalled(err) {
+				return n, errs.New(errs.Unavailable, "disk stream stalled: the peer took nothing for %s (%v)", d, err)
 			}
 			return n, err
 		}
 	}
 	return n, nil
+}
+
+// stalled reports whether err is a stall found by the progress deadline
+// or by the kernel's own probing (tcpProbe: TCP_USER_TIMEOUT and
+// keepalive end the connection with ETIMEDOUT, whichever comes first).
+func stalled(err error) bool {
+	return errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, unix.ETIMEDOUT)
 }
 
 // tcpProbe makes the kernel find a dead peer of TCP connection c within

@@ -5,10 +5,13 @@ import (
 	"crypto/tls"
 	"io"
 	"net"
+	"os"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/minionsdev/minions/fabric"
 	"github.com/minionsdev/minions/internal/errs"
@@ -118,6 +121,25 @@ func tcpPair(t *testing.T) (net.Conn, net.Conn) {
 	}
 	t.Cleanup(func() { a.Close(); b.Close() })
 	return a, b
+}
+
+// TestStalledByTheKernel: a write or read the kernel's own probing ended
+// (TCP_USER_TIMEOUT, keepalive: ETIMEDOUT, "connection timed out") is a
+// stall like one the progress deadline found, whichever fired first.
+func TestStalledByTheKernel(t *testing.T) {
+	for _, err := range []error{
+		&net.OpError{Op: "write", Net: "tcp", Err: os.NewSyscallError("write", unix.ETIMEDOUT)},
+		&net.OpError{Op: "read", Net: "tcp", Err: os.ErrDeadlineExceeded},
+	} {
+		if !stalled(err) {
+			t.Errorf("stalled(%v) = false", err)
+		}
+	}
+	for _, err := range []error{io.EOF, &net.OpError{Op: "read", Net: "tcp", Err: os.NewSyscallError("read", unix.ECONNRESET)}} {
+		if stalled(err) {
+			t.Errorf("stalled(%v) = true", err)
+		}
+	}
 }
 
 // TestStallConn: an armed disk connection waits for its first byte as
