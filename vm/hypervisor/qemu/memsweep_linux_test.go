@@ -90,7 +90,9 @@ func TestSweepMemory(t *testing.T) {
 	}
 	defer func() { namer.Process.Kill(); namer.Wait() }()
 	for {
-		if b, _ := os.ReadFile(filepath.Join("/proc", strconv.Itoa(namer.Process.Pid), "cmdline")); strings.Contains(string(b), named0) {
+		// The exec'd sleep's, not bash's (whose -c names it too): while
+		// bash execs, its command line reads empty.
+		if b, _ := os.ReadFile(filepath.Join("/proc", strconv.Itoa(namer.Process.Pid), "cmdline")); strings.HasPrefix(string(b), "qemu mem-path="+named0) {
 			break
 		}
 		if time.Now().After(waitFor) {

@@ -329,13 +329,25 @@ func TestReleaseBuffers(t *testing.T) {
 	startGuest(t, serial, 1)
 	startRelay(t, Config{SerialSocket: serial, Listen: listen})
 	for i := range maxFreeBufs + 2 {
-		var wg sync.WaitGroup
+		var wg, open sync.WaitGroup
+		open.Add(6)
 		for j := range 6 { // connections at once: a buffer each way
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
+				opened := false
+				defer func() {
+					if !opened {
+						open.Done() // connect failed: do not hold the others
+					}
+				}()
 				c, br := connect(t, listen, nil)
 				defer c.Close()
+				// All six are open before any ends (on a busy host they
+				// could otherwise run one after another and share buffers).
+				opened = true
+				open.Done()
+				open.Wait()
 				msg := fmt.Sprintf("hi %d.%d", i, j)
 				c.Write([]byte(msg))
 				c.CloseWrite()
