@@ -20,6 +20,7 @@ import (
 	"github.com/minionsdev/minions/cli"
 	"github.com/minionsdev/minions/config"
 	"github.com/minionsdev/minions/daemon"
+	"github.com/minionsdev/minions/daemon/local"
 	"github.com/minionsdev/minions/internal/errs"
 	"github.com/minionsdev/minions/internal/units"
 	"github.com/minionsdev/minions/service"
@@ -113,7 +114,7 @@ func runBackupCreate(ctx context.Context, x *cli.Ctx) error {
 	if err != nil {
 		return err
 	}
-	paths, err := daemon.ResolvePaths(cfg.StateDir, cfg.RunDir)
+	paths, err := local.ResolvePaths(cfg.StateDir, cfg.RunDir)
 	if err != nil {
 		return err
 	}
@@ -122,7 +123,7 @@ func runBackupCreate(ctx context.Context, x *cli.Ctx) error {
 	} else if !ok {
 		return errs.New(errs.NotFound, "no installation in %s to back up", paths.State)
 	}
-	e, err := daemon.Open(ctx, daemon.OpenOptions(cfg, paths, daemon.CLILogger()))
+	e, err := daemon.Open(ctx, local.OpenOptions(cfg, paths, local.CLILogger()))
 	if err != nil {
 		return err
 	}
@@ -154,7 +155,7 @@ func runBackupCreate(ctx context.Context, x *cli.Ctx) error {
 }
 
 // writeBackup writes the backup to file via file.tmp, removed on failure.
-func writeBackup(ctx context.Context, x *cli.Ctx, e *daemon.Installation, admin service.Caller, paths daemon.Paths, configFile, file string, withDisks bool) (backupManifest, error) {
+func writeBackup(ctx context.Context, x *cli.Ctx, e *local.Installation, admin service.Caller, paths local.Paths, configFile, file string, withDisks bool) (backupManifest, error) {
 	m := backupManifest{Format: backupFormat, MinionsVersion: cli.Version, Schema: store.SchemaVersion(), CreatedAt: time.Now().UTC(),
 		StateDir: paths.State, WithDisks: withDisks}
 	stage, err := os.MkdirTemp(paths.State, ".backup-")

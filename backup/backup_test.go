@@ -14,7 +14,7 @@ import (
 	"time"
 
 	"github.com/minionsdev/minions/cli"
-	"github.com/minionsdev/minions/daemon"
+	"github.com/minionsdev/minions/daemon/local"
 	"github.com/minionsdev/minions/images"
 	"github.com/minionsdev/minions/store"
 )
@@ -42,7 +42,7 @@ func seedInstallation(t *testing.T, state string) {
 	must(store.InsertVM(ctx, db, store.VM{ID: "aaaaaaaaaaaa", Name: "web", OwnerID: "u-alice", Image: "minimal@1", CPUs: 1, MemoryMiB: 256, DiskGiB: 1,
 		IP: "10.77.0.5", MAC: "02:00:0a:4d:00:05", CID: 5, State: store.StateRunning, Handle: `{"pid":99999999}`, Port: 80, CreatedAt: now}))
 	must(store.SetSetting(ctx, db, "proxy_secret", "s3cret"))
-	if _, err := daemon.LoadOrCreateKey(filepath.Join(state, "keys", "agent_ed25519")); err != nil {
+	if _, err := local.LoadOrCreateKey(filepath.Join(state, "keys", "agent_ed25519")); err != nil {
 		t.Fatal(err)
 	}
 }

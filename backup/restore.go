@@ -20,7 +20,7 @@ import (
 
 	"github.com/minionsdev/minions/cli"
 	"github.com/minionsdev/minions/config"
-	"github.com/minionsdev/minions/daemon"
+	"github.com/minionsdev/minions/daemon/local"
 	"github.com/minionsdev/minions/images"
 	"github.com/minionsdev/minions/internal/errs"
 	"github.com/minionsdev/minions/store"
@@ -65,7 +65,7 @@ func runRestore(ctx context.Context, x *cli.Ctx) error {
 			run = cfg.RunDir
 		}
 	}
-	paths, err := daemon.ResolvePaths(state, run)
+	paths, err := local.ResolvePaths(state, run)
 	if err != nil {
 		return err
 	}
@@ -90,7 +90,7 @@ func runRestore(ctx context.Context, x *cli.Ctx) error {
 // restoreBackup extracts file aside in the state dir, checks it against its
 // manifest and only then installs it. It refuses a state dir whose store
 // has VMs: a restore is for a fresh host.
-func restoreBackup(ctx context.Context, x *cli.Ctx, file string, paths daemon.Paths, configFile string) (restoreResult, error) {
+func restoreBackup(ctx context.Context, x *cli.Ctx, file string, paths local.Paths, configFile string) (restoreResult, error) {
 	res := restoreResult{StateDir: paths.State, Schema: store.SchemaVersion()}
 	if os.Geteuid() != 0 {
 		return res, errs.New(errs.PermissionDenied, "restoring an installation needs root (it writes the store, host keys and disks)")

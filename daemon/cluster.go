@@ -17,6 +17,7 @@ import (
 
 	"github.com/minionsdev/minions/cli"
 	"github.com/minionsdev/minions/config"
+	"github.com/minionsdev/minions/daemon/local"
 	"github.com/minionsdev/minions/fabric"
 	"github.com/minionsdev/minions/nodeagent"
 	"github.com/minionsdev/minions/service"
@@ -62,7 +63,7 @@ func (cl *cluster) close() {
 // agent and the heartbeat receiver (under g), and tells the service the
 // join address. On error it undoes what it started and returns a nil
 // cluster.
-func startCluster(ctx context.Context, g *errgroup.Group, cfg config.Config, e *Installation, log *slog.Logger, paths Paths, apiAddr net.Addr) (cl *cluster, err error) {
+func startCluster(ctx context.Context, g *errgroup.Group, cfg config.Config, e *local.Installation, log *slog.Logger, paths local.Paths, apiAddr net.Addr) (cl *cluster, err error) {
 	cl = &cluster{}
 	began := time.Now()
 	defer func() {

@@ -20,6 +20,7 @@ import (
 
 	"github.com/minionsdev/minions/api"
 	"github.com/minionsdev/minions/config"
+	"github.com/minionsdev/minions/daemon/local"
 	"github.com/minionsdev/minions/guestagent"
 	"github.com/minionsdev/minions/internal/errs"
 	"github.com/minionsdev/minions/nodeagent"
@@ -161,8 +162,8 @@ func TestClusterRoutesVMsToNodes(t *testing.T) {
 	go hsrv.Serve(ln)
 	defer hsrv.Close()
 	g, gctx := errgroup.WithContext(ctx)
-	cl, err := startCluster(gctx, g, config.Config{Bind: ln.Addr().String(), NATSBind: "127.0.0.1:0"}, &Installation{Service: svc}, log,
-		Paths{State: filepath.Join(dir, "cp"), Run: filepath.Join(dir, "cp")}, ln.Addr())
+	cl, err := startCluster(gctx, g, config.Config{Bind: ln.Addr().String(), NATSBind: "127.0.0.1:0"}, &local.Installation{Service: svc}, log,
+		local.Paths{State: filepath.Join(dir, "cp"), Run: filepath.Join(dir, "cp")}, ln.Addr())
 	if err != nil {
 		t.Fatal(err)
 	}

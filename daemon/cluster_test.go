@@ -15,6 +15,7 @@ import (
 
 	"github.com/minionsdev/minions/api"
 	"github.com/minionsdev/minions/config"
+	"github.com/minionsdev/minions/daemon/local"
 	"github.com/minionsdev/minions/fabric"
 	"github.com/minionsdev/minions/nodeagent"
 	"github.com/minionsdev/minions/service"
@@ -64,7 +65,7 @@ func TestClusterJoin(t *testing.T) {
 	cfg := config.Config{Bind: ln.Addr().String(), NATSBind: "127.0.0.1:0"}
 	g, gctx := errgroup.WithContext(ctx)
 	start := time.Now()
-	cl, err := startCluster(gctx, g, cfg, &Installation{DB: db, Service: svc}, log, Paths{State: dir, Run: dir}, ln.Addr())
+	cl, err := startCluster(gctx, g, cfg, &local.Installation{DB: db, Service: svc}, log, local.Paths{State: dir, Run: dir}, ln.Addr())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -211,7 +212,7 @@ func TestClusterJoinReach(t *testing.T) {
 	defer ln.Close()
 	cfg := config.Config{Bind: ln.Addr().String(), NATSBind: "127.0.0.1:0", Advertise: "203.0.113.7"}
 	g, gctx := errgroup.WithContext(ctx)
-	cl, err := startCluster(gctx, g, cfg, &Installation{DB: db, Service: svc}, log, Paths{State: dir, Run: dir}, ln.Addr())
+	cl, err := startCluster(gctx, g, cfg, &local.Installation{DB: db, Service: svc}, log, local.Paths{State: dir, Run: dir}, ln.Addr())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/minionsdev/minions/api"
+	"github.com/minionsdev/minions/daemon/local"
 	"golang.org/x/sync/errgroup"
 )
 
@@ -56,7 +57,7 @@ func listenDebug(path string) (net.Listener, error) {
 }
 
 // startDebug serves the profiles on the run directory's debug socket.
-func startDebug(g *errgroup.Group, shutdown func(*http.Server), paths Paths, log *slog.Logger) error {
+func startDebug(g *errgroup.Group, shutdown func(*http.Server), paths local.Paths, log *slog.Logger) error {
 	path := filepath.Join(paths.Run, DebugSocketName)
 	l, err := listenDebug(path)
 	if err != nil {

@@ -4,6 +4,7 @@ import (
 	"crypto/tls"
 	"path/filepath"
 
+	"github.com/minionsdev/minions/daemon/local"
 	"github.com/minionsdev/minions/fabric"
 )
 
@@ -13,7 +14,7 @@ import (
 // sends to nodes at join). A node whose credential has no CA (joined
 // through an external NATS) has no direct listener, and its streams go
 // over NATS.
-func DirectTLS(paths Paths) (*tls.Config, error) {
+func DirectTLS(paths local.Paths) (*tls.Config, error) {
 	cert, err := fabric.ControlCertificate(filepath.Join(paths.State, "nats-tls"))
 	if err != nil {
 		return nil, err

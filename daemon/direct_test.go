@@ -5,13 +5,14 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/minionsdev/minions/daemon/local"
 	"github.com/minionsdev/minions/fabric"
 )
 
 // TestDirectTLS: the control plane's direct-stream certificate chains to
 // the CA the embedded fabric hands to nodes (same state directory).
 func TestDirectTLS(t *testing.T) {
-	paths := Paths{State: t.TempDir()}
+	paths := local.Paths{State: t.TempDir()}
 	_, caPEM, err := fabric.ServerTLS(filepath.Join(paths.State, "nats-tls"), []string{"127.0.0.1"})
 	if err != nil {
 		t.Fatal(err)

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/minionsdev/minions/config"
+	"github.com/minionsdev/minions/daemon/local"
 	"github.com/minionsdev/minions/proxy/proxytest"
 )
 
@@ -75,7 +76,7 @@ rfc2136_key_file = %q
 	cfg.ProxyBind = httpsLn.Addr().String()
 	svc := testService(t, t.TempDir())
 	ep := proxyEndpoint{Domain: cfg.Domain, HTTPSPort: httpsLn.Addr().(*net.TCPAddr).Port, DNSResolver: cfg.DNSResolver}
-	p, err := newProxy(ctx, cfg, &Installation{Service: svc}, slog.New(slog.NewTextHandler(io.Discard, nil)), Paths{State: t.TempDir()}, ep)
+	p, err := newProxy(ctx, cfg, &local.Installation{Service: svc}, slog.New(slog.NewTextHandler(io.Discard, nil)), local.Paths{State: t.TempDir()}, ep)
 	if err != nil {
 		t.Fatal(err)
 	}

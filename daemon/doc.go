@@ -7,5 +7,5 @@
 // that act on the installation directly (init, image, doctor, backup) live
 // in hostcmd and backup, above this package. The QEMU driver's per-VM
 // helpers (agent relay, console logger) are the separate minions-relay
-// binary (vm/hypervisor/qemu/relay), found by RelayBinary.
+// binary (vm/hypervisor/qemu/relay), found by local.RelayBinary.
 package daemon

@@ -25,6 +25,7 @@ import (
 	"github.com/minionsdev/minions/api"
 	"github.com/minionsdev/minions/cli"
 	"github.com/minionsdev/minions/config"
+	"github.com/minionsdev/minions/daemon/local"
 	"github.com/minionsdev/minions/fabric"
 	"github.com/minionsdev/minions/nodeagent"
 	"github.com/minionsdev/minions/service"
@@ -236,7 +237,7 @@ func TestServeExternalNATS(t *testing.T) {
 		t.Fatalf("nats_url %q", cfg.NATSURL)
 	}
 	g, gctx := errgroup.WithContext(ctx)
-	cl, err := startCluster(gctx, g, cfg, &Installation{DB: db, Service: svc}, log, Paths{State: dir, Run: dir}, ln.Addr())
+	cl, err := startCluster(gctx, g, cfg, &local.Installation{DB: db, Service: svc}, log, local.Paths{State: dir, Run: dir}, ln.Addr())
 	if err != nil {
 		t.Fatalf("start against the external server: %v\n%s", err, natsLog.String())
 	}

@@ -12,6 +12,7 @@ import (
 	"github.com/charmbracelet/ssh"
 	"github.com/minionsdev/minions/cli"
 	"github.com/minionsdev/minions/config"
+	"github.com/minionsdev/minions/daemon/local"
 	"github.com/minionsdev/minions/gateway"
 	"github.com/minionsdev/minions/internal/errs"
 	"github.com/minionsdev/minions/service"
@@ -22,7 +23,7 @@ import (
 
 // startGateway runs the SSH front door (dashboard, commands, `ssh vm@host`)
 // and returns its bound address ("" when cfg.SSHBind is off).
-func startGateway(ctx context.Context, g *errgroup.Group, cfg config.Config, e *Installation, log *slog.Logger, paths Paths) (string, error) {
+func startGateway(ctx context.Context, g *errgroup.Group, cfg config.Config, e *local.Installation, log *slog.Logger, paths local.Paths) (string, error) {
 	if cfg.SSHBind == "" {
 		return "", nil
 	}

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/minionsdev/minions/config"
+	"github.com/minionsdev/minions/daemon/local"
 	"github.com/minionsdev/minions/internal/announce"
 	"github.com/minionsdev/minions/internal/errs"
 	"github.com/minionsdev/minions/metrics"
@@ -51,7 +52,7 @@ type proxyEndpoint struct {
 // proxy.LogBuffer: a write every second instead of one per request (each
 // write also wakes the Go runtime's monitor thread; at 100 ms the proxy
 // paid about 5-10 % more CPU per request, BenchmarkProxyCPUAB).
-func startProxy(ctx context.Context, g *errgroup.Group, cfg config.Config, e *Installation, log *slog.Logger, logOut io.Writer, format string, paths Paths, m *metrics.Registry) error {
+func startProxy(ctx context.Context, g *errgroup.Group, cfg config.Config, e *local.Installation, log *slog.Logger, logOut io.Writer, format string, paths local.Paths, m *metrics.Registry) error {
 	if cfg.ProxyBind == "" && cfg.HTTPBind == "" {
 		return e.Service.SetWebEndpoint(ctx, "")
 	}
@@ -116,12 +117,12 @@ func addrOf(ln net.Listener, def string) string {
 // newProxy builds the proxy from the daemon's config; ep carries the public
 // ports (explicit, so a minter that never binds makes the same links).
 // Its access log goes to log.
-func newProxy(ctx context.Context, cfg config.Config, e *Installation, log *slog.Logger, paths Paths, ep proxyEndpoint) (*proxy.Proxy, error) {
+func newProxy(ctx context.Context, cfg config.Config, e *local.Installation, log *slog.Logger, paths local.Paths, ep proxyEndpoint) (*proxy.Proxy, error) {
 	return newProxyLogs(ctx, cfg, e, log, nil, paths, ep)
 }
 
 // newProxyLogs is newProxy with the access log going to access (nil: log).
-func newProxyLogs(ctx context.Context, cfg config.Config, e *Installation, log, access *slog.Logger, paths Paths, ep proxyEndpoint) (*proxy.Proxy, error) {
+func newProxyLogs(ctx context.Context, cfg config.Config, e *local.Installation, log, access *slog.Logger, paths local.Paths, ep proxyEndpoint) (*proxy.Proxy, error) {
 	if access == nil {
 		access = log.With("component", "access")
 	}
@@ -193,7 +194,7 @@ func init() {
 // (the CLI in-process): a non-serving proxy built once from the endpoint
 // the daemon recorded. Until a daemon has served the proxy it answers
 // errs.FailedPrecondition.
-func storedWeb(svc *service.Service, paths Paths, log *slog.Logger) service.WebSource {
+func storedWeb(svc *service.Service, paths local.Paths, log *slog.Logger) service.WebSource {
 	var mu sync.Mutex
 	var built service.Web
 	return func(ctx context.Context) (service.Web, error) {
@@ -213,7 +214,7 @@ func storedWeb(svc *service.Service, paths Paths, log *slog.Logger) service.WebS
 		if ep.Domain != "" {
 			cfg.ProxyBind = "127.0.0.1:" + strconv.Itoa(ep.HTTPSPort)
 		}
-		p, err := newProxy(ctx, cfg, &Installation{Service: svc}, log, paths, ep)
+		p, err := newProxy(ctx, cfg, &local.Installation{Service: svc}, log, paths, ep)
 		if err != nil {
 			return nil, err
 		}

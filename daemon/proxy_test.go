@@ -12,6 +12,7 @@ import (
 
 	"golang.org/x/crypto/ssh"
 
+	"github.com/minionsdev/minions/daemon/local"
 	"github.com/minionsdev/minions/images"
 	"github.com/minionsdev/minions/internal/errs"
 	"github.com/minionsdev/minions/proxy/serviceweb"
@@ -40,7 +41,7 @@ func testService(t *testing.T, dir string) *service.Service {
 	key, _ := ssh.NewSignerFromKey(priv)
 	cat := &images.Catalog{Dir: filepath.Join(dir, "images")}
 	svc, err := service.New(service.Config{StateDir: dir, Log: slog.New(slog.DiscardHandler)},
-		service.Deps{DB: db, Driver: fake.New(fake.Config{}), Network: nopNet{}, Images: service.NewHostCatalog(cat, AgentBinary), Disks: engine.HostDisks{}, HostKey: key})
+		service.Deps{DB: db, Driver: fake.New(fake.Config{}), Network: nopNet{}, Images: service.NewHostCatalog(cat, local.AgentBinary), Disks: engine.HostDisks{}, HostKey: key})
 	if err != nil {
 		t.Fatal(err)
 	}

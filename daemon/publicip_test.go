@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/minionsdev/minions/daemon/local"
 	"github.com/minionsdev/minions/service"
 )
 
@@ -17,7 +18,7 @@ func TestSharePublicIP(t *testing.T) {
 	dir := t.TempDir()
 	ctx := context.Background()
 	svc := testService(t, dir)
-	paths := Paths{State: dir, Run: filepath.Join(dir, "run")}
+	paths := local.Paths{State: dir, Run: filepath.Join(dir, "run")}
 	web := func(ep proxyEndpoint) service.Web {
 		t.Helper()
 		b, _ := json.Marshal(ep)

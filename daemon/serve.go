@@ -17,6 +17,7 @@ import (
 	"github.com/minionsdev/minions/api"
 	"github.com/minionsdev/minions/cli"
 	"github.com/minionsdev/minions/config"
+	"github.com/minionsdev/minions/daemon/local"
 	"github.com/minionsdev/minions/internal/announce"
 	"github.com/minionsdev/minions/metrics"
 	"github.com/minionsdev/minions/vm/hypervisor/qemu"
@@ -73,12 +74,12 @@ func Serve(ctx context.Context, cfg config.Config, logOut io.Writer) error {
 	}
 	log := announce.NewLogger(logOut, format)
 
-	paths, err := ResolvePaths(cfg.StateDir, cfg.RunDir)
+	paths, err := local.ResolvePaths(cfg.StateDir, cfg.RunDir)
 	if err != nil {
 		return err
 	}
 	reg := metrics.New()
-	o := OpenOptions(cfg, paths, log)
+	o := local.OpenOptions(cfg, paths, log)
 	o.OnOperation = reg.ObserveOp
 	o.BackgroundWarm = true
 	e, err := Open(ctx, o)

@@ -17,7 +17,7 @@ import (
 	"github.com/minionsdev/minions/vm/network"
 )
 
-// memoryDir is daemon.MemoryDir of the test installation: where its VMs
+// memoryDir is local.MemoryDir of the test installation: where its VMs
 // keep their RAM files.
 func memoryDir() string {
 	sum := sha256.Sum256([]byte(stateDir))

@@ -115,7 +115,7 @@ func keepsMemory(mode string) bool { return mode != "cold" }
 // "Capability x-ignore-shared is on, but received capability is off", a
 // saved state recording the wrong x-ignore-shared setting, fixed with
 // TestRestoreCopyTwice; and the nodes of this cluster shared one RAM file
-// directory, now one per installation: daemon.MemoryDir.)
+// directory, now one per installation: local.MemoryDir.)
 //
 //	MINIONS_E2E_DEBIAN=0 go test -count=1 -run 'TestMultiHostMoveCrash$' -v ./e2e/
 func TestMultiHostMoveCrash(t *testing.T) {
@@ -421,7 +421,7 @@ func checkCounter(t *testing.T, c *mhCluster, u mhUser, pid string) {
 }
 
 // ramFilesDir holds every installation's RAM file directory
-// (daemon.MemoryDir: one per state directory, so the nodes of the test
+// (local.MemoryDir: one per state directory, so the nodes of the test
 // cluster, which share the machine's /dev/shm, do not share files).
 const ramFilesDir = "/dev/shm/minions"
 

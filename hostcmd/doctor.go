@@ -14,7 +14,7 @@ import (
 
 	"github.com/minionsdev/minions/cli"
 	"github.com/minionsdev/minions/config"
-	"github.com/minionsdev/minions/daemon"
+	"github.com/minionsdev/minions/daemon/local"
 	"github.com/minionsdev/minions/images"
 	"github.com/minionsdev/minions/internal/announce"
 	"github.com/minionsdev/minions/internal/errs"
@@ -35,7 +35,7 @@ func doctorCmd() *cli.Command {
 	return &cli.Command{Name: "doctor", HostOnly: true, Summary: "Check this host: KVM, hypervisors, agent channel, kernel, images, network, disk, DNS",
 		Usage: "[--config FILE] [--domain D] [--public-ip IP]", Flags: doctorFlags,
 		Run: func(ctx context.Context, x *cli.Ctx) error {
-			paths, err := daemon.ResolvePaths(x.G.StateDir, x.G.RunDir)
+			paths, err := local.ResolvePaths(x.G.StateDir, x.G.RunDir)
 			if err != nil {
 				return err
 			}
@@ -71,13 +71,13 @@ func doctorCmd() *cli.Command {
 		}}
 }
 
-func doctor(ctx context.Context, paths daemon.Paths) []check {
+func doctor(ctx context.Context, paths local.Paths) []check {
 	var out []check
 	add := func(what string, ok bool, format string, args ...any) {
 		out = append(out, check{What: what, OK: ok, Detail: fmt.Sprintf(format, args...)})
 	}
 	os.MkdirAll(paths.Run, 0o700)
-	choice, res, err := daemon.ChooseDriver(ctx, "auto", paths.Run)
+	choice, res, err := local.ChooseDriver(ctx, "auto", paths.Run)
 	add("kvm", res.Usable, "%s", res.Reason)
 	if err != nil {
 		add("hypervisor", false, "%v", err)
@@ -119,12 +119,12 @@ func doctor(ctx context.Context, paths daemon.Paths) []check {
 	} else {
 		add("agent channel", true, "virtio-serial + relay (no /dev/vhost-vsock on this host)")
 	}
-	if relay, err := daemon.RelayBinary(); err != nil {
+	if relay, err := local.RelayBinary(); err != nil {
 		add("agent relay", false, "%v", err)
 	} else {
 		add("agent relay", true, "%s", relay)
 	}
-	if agent, err := daemon.AgentBinary(); err != nil {
+	if agent, err := local.AgentBinary(); err != nil {
 		add("guest agent", false, "%v", err)
 	} else {
 		add("guest agent", true, "%s", agent)
@@ -160,7 +160,7 @@ func doctor(ctx context.Context, paths daemon.Paths) []check {
 		ncfg := network.DefaultConfig()
 		if fc, err := config.Load(config.DefaultFile, false); err == nil {
 			if fc.Defaults(); fc.Validate() == nil {
-				o := daemon.OpenOptions(fc, paths, nil)
+				o := local.OpenOptions(fc, paths, nil)
 				ncfg.Subnet, ncfg.DNS, ncfg.EgressAllow = o.Subnet, o.DNS, o.EgressAllow
 			}
 		}

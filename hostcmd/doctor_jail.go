@@ -7,16 +7,16 @@ import (
 	"strings"
 	"time"
 
-	"github.com/minionsdev/minions/daemon"
+	"github.com/minionsdev/minions/daemon/local"
 	"github.com/minionsdev/minions/vm/jail"
 )
 
 // jailChecks are doctor's lines about the VM jail: the per-VM uid, the
 // mount namespace (proved by running /bin/true through the real launcher
 // as an unprivileged uid with the state dir hidden), and the cgroups.
-func jailChecks(j jail.Config, paths daemon.Paths) []check {
+func jailChecks(j jail.Config, paths local.Paths) []check {
 	exe, _ := os.Executable()
-	cfg := daemon.VMJail(exe, j, paths).WithDefaults()
+	cfg := local.VMJail(exe, j, paths).WithDefaults()
 	var out []check
 	add := func(what string, ok bool, format string, args ...any) {
 		out = append(out, check{What: what, OK: ok, Detail: fmt.Sprintf(format, args...)})

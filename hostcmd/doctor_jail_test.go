@@ -6,7 +6,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/minionsdev/minions/daemon"
+	"github.com/minionsdev/minions/daemon/local"
 	"github.com/minionsdev/minions/vm/jail"
 )
 
@@ -27,7 +27,7 @@ func TestDoctorJailLines(t *testing.T) {
 		t.Skip("needs root")
 	}
 	dir := t.TempDir()
-	paths := daemon.Paths{State: filepath.Join(dir, "s"), Run: filepath.Join(dir, "run")}
+	paths := local.Paths{State: filepath.Join(dir, "s"), Run: filepath.Join(dir, "run")}
 	for _, d := range []string{paths.State, paths.Run} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
 			t.Fatal(err)

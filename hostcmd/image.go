@@ -12,7 +12,7 @@ import (
 
 	"github.com/minionsdev/minions/cli"
 	"github.com/minionsdev/minions/config"
-	"github.com/minionsdev/minions/daemon"
+	"github.com/minionsdev/minions/daemon/local"
 	"github.com/minionsdev/minions/images"
 	"github.com/minionsdev/minions/internal/errs"
 	"github.com/minionsdev/minions/service"
@@ -58,7 +58,7 @@ func imageCmd() *cli.Command {
 				if err != nil {
 					return err
 				}
-				agent, err := daemon.AgentBinary()
+				agent, err := local.AgentBinary()
 				if err != nil {
 					return err
 				}
@@ -103,7 +103,7 @@ func imageCmd() *cli.Command {
 
 // withImages runs f on the backend the image commands use: the daemon
 // --host names (its API; the service checks who asks), else this host's
-// installation in-process as root (daemon.OpenImages: no daemon or
+// installation in-process as root (local.OpenImages: no daemon or
 // hypervisor needed). Both go through the service's image methods, so
 // local and remote commands share validation and output.
 func withImages(ctx context.Context, x *cli.Ctx, f func(be service.Backend) error) error {
@@ -114,7 +114,7 @@ func withImages(ctx context.Context, x *cli.Ctx, f func(be service.Backend) erro
 		}
 		return f(be)
 	}
-	be, err := daemon.OpenImages(ctx, x.G)
+	be, err := local.OpenImages(ctx, x.G)
 	if err != nil {
 		return err
 	}
@@ -138,7 +138,7 @@ func imageBuild(ctx context.Context, x *cli.Ctx) error {
 	return withImages(ctx, x, func(be service.Backend) error {
 		if x.G.Host == "" {
 			// OpenImages resolved the state directory: check its room.
-			paths, err := daemon.ResolvePaths(x.G.StateDir, x.G.RunDir)
+			paths, err := local.ResolvePaths(x.G.StateDir, x.G.RunDir)
 			if err != nil {
 				return err
 			}
@@ -181,11 +181,11 @@ func catalog(x *cli.Ctx) (*images.Catalog, error) {
 	if os.Geteuid() != 0 {
 		return nil, errs.New(errs.PermissionDenied, "building images needs root: run with sudo")
 	}
-	paths, err := daemon.ResolvePaths(x.G.StateDir, x.G.RunDir)
+	paths, err := local.ResolvePaths(x.G.StateDir, x.G.RunDir)
 	if err != nil {
 		return nil, err
 	}
-	c := &images.Catalog{Dir: filepath.Join(paths.State, "images"), Log: daemon.CLILogger()}
+	c := &images.Catalog{Dir: filepath.Join(paths.State, "images"), Log: local.CLILogger()}
 	return c, c.Validate()
 }
 

@@ -19,6 +19,7 @@ import (
 	"github.com/minionsdev/minions/api"
 	"github.com/minionsdev/minions/cli"
 	"github.com/minionsdev/minions/daemon"
+	"github.com/minionsdev/minions/daemon/local"
 	"github.com/minionsdev/minions/images"
 	"github.com/minionsdev/minions/service"
 	"github.com/minionsdev/minions/store"
@@ -73,7 +74,7 @@ func imageService(t *testing.T) (svc *service.Service, root, bob service.Caller)
 	_, priv, _ := ed25519.GenerateKey(rand.Reader)
 	key, _ := ssh.NewSignerFromKey(priv)
 	svc, err = service.New(service.Config{StateDir: dir, Log: slog.New(slog.DiscardHandler)},
-		service.Deps{DB: db, Driver: fake.New(fake.Config{}), Network: nopNet{}, Images: service.NewHostCatalog(cat, daemon.AgentBinary), Disks: nopDisks{}, HostKey: key})
+		service.Deps{DB: db, Driver: fake.New(fake.Config{}), Network: nopNet{}, Images: service.NewHostCatalog(cat, local.AgentBinary), Disks: nopDisks{}, HostKey: key})
 	if err != nil {
 		t.Fatal(err)
 	}

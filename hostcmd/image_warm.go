@@ -9,7 +9,7 @@ import (
 	"time"
 
 	"github.com/minionsdev/minions/cli"
-	"github.com/minionsdev/minions/daemon"
+	"github.com/minionsdev/minions/daemon/local"
 	"github.com/minionsdev/minions/internal/errs"
 	"github.com/minionsdev/minions/service"
 	"github.com/minionsdev/minions/vm/engine"
@@ -67,7 +67,7 @@ func getInt(fs *flag.FlagSet, name string) int {
 // localTemplates lists this host's warm templates (none when the state
 // directory cannot be found).
 func localTemplates(x *cli.Ctx) []engine.Template {
-	paths, err := daemon.ResolvePaths(x.G.StateDir, x.G.RunDir)
+	paths, err := local.ResolvePaths(x.G.StateDir, x.G.RunDir)
 	if err != nil {
 		return []engine.Template{}
 	}

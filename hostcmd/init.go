@@ -13,6 +13,7 @@ import (
 	"github.com/minionsdev/minions/cli"
 	"github.com/minionsdev/minions/config"
 	"github.com/minionsdev/minions/daemon"
+	"github.com/minionsdev/minions/daemon/local"
 )
 
 func initCmd() *cli.Command {
@@ -26,11 +27,11 @@ func initCmd() *cli.Command {
 			if err != nil {
 				return err
 			}
-			paths, err := daemon.ResolvePaths(cfg.StateDir, cfg.RunDir)
+			paths, err := local.ResolvePaths(cfg.StateDir, cfg.RunDir)
 			if err != nil {
 				return err
 			}
-			e, err := daemon.Open(ctx, daemon.OpenOptions(cfg, paths, daemon.CLILogger()))
+			e, err := daemon.Open(ctx, local.OpenOptions(cfg, paths, local.CLILogger()))
 			if err != nil {
 				return err
 			}
@@ -75,7 +76,7 @@ func initCmd() *cli.Command {
 // persist installs and enables two systemd units: minions-init (redoes
 // `minions init` at boot: bridge, nftables) and minions (runs `minions
 // serve`), with the same state directory.
-func persist(paths daemon.Paths) (string, error) {
+func persist(paths local.Paths) (string, error) {
 	exe, err := os.Executable()
 	if err != nil {
 		return "", err

@@ -15,6 +15,7 @@ import (
 
 	"github.com/minionsdev/minions/cli"
 	"github.com/minionsdev/minions/daemon"
+	"github.com/minionsdev/minions/daemon/local"
 	"github.com/minionsdev/minions/internal/announce"
 	"github.com/minionsdev/minions/nodeagent"
 	"github.com/minionsdev/minions/vm/engine"
@@ -26,7 +27,7 @@ func nodeCmd() *cli.Command {
 	return &cli.Command{Name: "node", HostOnly: true, Summary: "Run this host's node agent (after `node join`)",
 		Flags: func(fs *flag.FlagSet) { fs.String("log-format", "", "auto, text or json"); directFlag(fs) },
 		Run: func(ctx context.Context, x *cli.Ctx) error {
-			paths, err := daemon.ResolvePaths(x.G.StateDir, x.G.RunDir)
+			paths, err := local.ResolvePaths(x.G.StateDir, x.G.RunDir)
 			if err != nil {
 				return err
 			}
@@ -44,7 +45,7 @@ func nodeCmd() *cli.Command {
 // the node's own state dir store, driver, network and images), connects
 // with the node's credential and serves the engine beside the heartbeats
 // until SIGINT/SIGTERM.
-func runNode(ctx context.Context, x *cli.Ctx, paths daemon.Paths, cred nodeagent.Credential) error {
+func runNode(ctx context.Context, x *cli.Ctx, paths local.Paths, cred nodeagent.Credential) error {
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	format, err := announce.Format(x.FS.Lookup("log-format").Value.String(), x.Stderr)

@@ -3,7 +3,7 @@ package hostcmd
 import (
 	"log/slog"
 
-	"github.com/minionsdev/minions/daemon"
+	"github.com/minionsdev/minions/daemon/local"
 	"github.com/minionsdev/minions/nodeagent"
 	"github.com/minionsdev/minions/vm/engine"
 )
@@ -14,7 +14,7 @@ import (
 // control plane. Call it before the engine serves anything.
 // A credential that names no control plane URL (none to fetch from)
 // leaves the engine on the local catalogue alone.
-func fetchImages(inst *daemon.Installation, cred nodeagent.Credential, log *slog.Logger) error {
+func fetchImages(inst *local.Installation, cred nodeagent.Credential, log *slog.Logger) error {
 	if cred.Control == "" {
 		if log != nil {
 			log.Warn("the node credential names no control plane URL: images are not fetched, only those built here are used")

@@ -16,7 +16,7 @@ import (
 
 	"golang.org/x/crypto/ssh"
 
-	"github.com/minionsdev/minions/daemon"
+	"github.com/minionsdev/minions/daemon/local"
 	"github.com/minionsdev/minions/fabric"
 	"github.com/minionsdev/minions/images"
 	"github.com/minionsdev/minions/internal/errs"
@@ -54,15 +54,15 @@ func TestNodeEngineFetchesImages(t *testing.T) {
 	_, priv, _ := ed25519.GenerateKey(rand.Reader)
 	hostKey, _ := ssh.NewSignerFromKey(priv)
 	cat := &images.Catalog{Dir: filepath.Join(dir, "images")}
-	local := engine.CatalogImages{Cat: cat, Agent: func() (string, error) { return "/nonexistent", nil }}
-	open := func() *daemon.Installation {
+	catImages := engine.CatalogImages{Cat: cat, Agent: func() (string, error) { return "/nonexistent", nil }}
+	open := func() *local.Installation {
 		eng, err := engine.NewLocal(engine.Config{StateDir: filepath.Join(dir, "state"), ReadyTimeout: time.Second, StopTimeout: time.Second},
-			engine.Deps{DB: db, Driver: fake.New(fake.Config{}), Network: nopNet{}, Images: local, Disks: engine.HostDisks{}, HostKey: hostKey})
+			engine.Deps{DB: db, Driver: fake.New(fake.Config{}), Network: nopNet{}, Images: catImages, Disks: engine.HostDisks{}, HostKey: hostKey})
 		if err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { eng.Close() })
-		return &daemon.Installation{Images: cat, Engine: eng}
+		return &local.Installation{Images: cat, Engine: eng}
 	}
 	seed, _, err := fabric.NewNodeKey()
 	if err != nil {

@@ -16,6 +16,7 @@ import (
 	"github.com/minionsdev/minions/cli"
 	"github.com/minionsdev/minions/config"
 	"github.com/minionsdev/minions/daemon"
+	"github.com/minionsdev/minions/daemon/local"
 	"github.com/minionsdev/minions/images"
 	"github.com/minionsdev/minions/internal/errs"
 	"github.com/minionsdev/minions/nodeagent"
@@ -33,9 +34,9 @@ const NodeUnitName = "minions-node.service"
 
 // NodeUnit is the text of minions-node.service for the minions binary at
 // exe (absolute); a non-default state directory is passed on.
-func NodeUnit(exe string, paths daemon.Paths) string {
+func NodeUnit(exe string, paths local.Paths) string {
 	args := ""
-	if paths.State != daemon.DefaultStateDir {
+	if paths.State != local.DefaultStateDir {
 		args = " --state-dir " + paths.State + " --run-dir " + paths.Run
 	}
 	return `[Unit]
@@ -81,7 +82,7 @@ type systemdHost struct {
 // and enables and starts it. On failure it puts back what was there
 // before (the previous unit file, or none) and reloads again; it returns
 // the unit file's path.
-func installNodeUnit(ctx context.Context, sd systemdHost, exe string, paths daemon.Paths) (string, error) {
+func installNodeUnit(ctx context.Context, sd systemdHost, exe string, paths local.Paths) (string, error) {
 	path := filepath.Join(sd.UnitDir, NodeUnitName)
 	old, readErr := os.ReadFile(path)
 	existed := readErr == nil
@@ -138,7 +139,7 @@ func nodeJoinCmd() *cli.Command {
 			}
 			noSystemd := x.FS.Lookup("no-systemd").Value.String() == "true"
 			noStart := x.FS.Lookup("no-start").Value.String() == "true"
-			paths, err := daemon.ResolvePaths(x.G.StateDir, x.G.RunDir)
+			paths, err := local.ResolvePaths(x.G.StateDir, x.G.RunDir)
 			if err != nil {
 				return err
 			}
@@ -222,17 +223,17 @@ func nodeConfig() (config.Config, error) {
 // nodeOptions are daemon.Open's options for a joined node: the config
 // file's, with the subnet the control plane assigned (its bridge,
 // gateway, VM addresses and nftables rules follow it).
-func nodeOptions(cfg config.Config, paths daemon.Paths, cred nodeagent.Credential, log *slog.Logger) daemon.Options {
+func nodeOptions(cfg config.Config, paths local.Paths, cred nodeagent.Credential, log *slog.Logger) local.Options {
 	if cred.Subnet != "" {
 		cfg.Subnet = cred.Subnet
 	}
-	return daemon.OpenOptions(cfg, paths, log)
+	return local.OpenOptions(cfg, paths, log)
 }
 
 // preflightNode opens the installation as the node will (without
 // touching the network) and closes it again.
-func preflightNode(ctx context.Context, cfg config.Config, paths daemon.Paths) error {
-	inst, err := daemon.Open(ctx, daemon.OpenOptions(cfg, paths, daemon.CLILogger()))
+func preflightNode(ctx context.Context, cfg config.Config, paths local.Paths) error {
+	inst, err := daemon.Open(ctx, local.OpenOptions(cfg, paths, local.CLILogger()))
 	if err != nil {
 		return err
 	}
@@ -243,8 +244,8 @@ func preflightNode(ctx context.Context, cfg config.Config, paths daemon.Paths) e
 // bridge and nftables (idempotent), and reports the guest kernel and the
 // default image (missing ones are not fatal: images reach nodes from the
 // control plane).
-func setupNode(ctx context.Context, cfg config.Config, paths daemon.Paths, cred nodeagent.Credential) (map[string]any, error) {
-	inst, err := daemon.Open(ctx, nodeOptions(cfg, paths, cred, daemon.CLILogger()))
+func setupNode(ctx context.Context, cfg config.Config, paths local.Paths, cred nodeagent.Credential) (map[string]any, error) {
+	inst, err := daemon.Open(ctx, nodeOptions(cfg, paths, cred, local.CLILogger()))
 	if err != nil {
 		return nil, err
 	}

@@ -25,7 +25,7 @@ import (
 	"github.com/minionsdev/minions/api"
 	"github.com/minionsdev/minions/cli"
 	"github.com/minionsdev/minions/config"
-	"github.com/minionsdev/minions/daemon"
+	"github.com/minionsdev/minions/daemon/local"
 	"github.com/minionsdev/minions/fabric"
 	"github.com/minionsdev/minions/images"
 	"github.com/minionsdev/minions/nodeagent"
@@ -35,13 +35,13 @@ import (
 )
 
 func TestNodeUnit(t *testing.T) {
-	def := NodeUnit("/usr/local/bin/minions", daemon.Paths{State: daemon.DefaultStateDir, Run: "/run/minions"})
+	def := NodeUnit("/usr/local/bin/minions", local.Paths{State: local.DefaultStateDir, Run: "/run/minions"})
 	for _, want := range []string{"ExecStart=/usr/local/bin/minions node\n", "Restart=always", "KillMode=process", "WantedBy=multi-user.target", "After=network-online.target"} {
 		if !strings.Contains(def, want) {
 			t.Errorf("unit lacks %q:\n%s", want, def)
 		}
 	}
-	other := NodeUnit("/opt/minions", daemon.Paths{State: "/srv/m", Run: "/run/m"})
+	other := NodeUnit("/opt/minions", local.Paths{State: "/srv/m", Run: "/run/m"})
 	if !strings.Contains(other, "ExecStart=/opt/minions --state-dir /srv/m --run-dir /run/m node\n") {
 		t.Errorf("unit for another state dir:\n%s", other)
 	}
@@ -70,7 +70,7 @@ func (f *fakeSystemctl) run(_ context.Context, args ...string) error {
 // previous state is back (no unit, or the old unit's text).
 func TestInstallNodeUnit(t *testing.T) {
 	ctx := context.Background()
-	paths := daemon.Paths{State: "/srv/m", Run: "/run/m"}
+	paths := local.Paths{State: "/srv/m", Run: "/run/m"}
 	dir := filepath.Join(t.TempDir(), "system")
 	f := &fakeSystemctl{}
 	sd := systemdHost{UnitDir: dir, Present: func() bool { return true }, Run: f.run}
@@ -485,7 +485,7 @@ func testControlPlaneOn(t *testing.T, ctx context.Context, cpDir, host string, n
 	key, _ := ssh.NewSignerFromKey(priv)
 	cat := &images.Catalog{Dir: filepath.Join(cpDir, "images")}
 	svc, err := service.New(service.Config{StateDir: cpDir, Log: log},
-		service.Deps{DB: db, Driver: fake.New(fake.Config{}), Network: nopNet{}, Images: service.NewHostCatalog(cat, daemon.AgentBinary), Disks: nopDisks{}, HostKey: key})
+		service.Deps{DB: db, Driver: fake.New(fake.Config{}), Network: nopNet{}, Images: service.NewHostCatalog(cat, local.AgentBinary), Disks: nopDisks{}, HostKey: key})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -562,7 +562,7 @@ func (s *syncBuffer) String() string {
 func TestNodeOptionsSubnet(t *testing.T) {
 	cfg := config.Config{Subnet: "10.210.0.0/16"}
 	cfg.Defaults()
-	paths := daemon.Paths{State: "/srv/m", Run: "/run/m"}
+	paths := local.Paths{State: "/srv/m", Run: "/run/m"}
 	if o := nodeOptions(cfg, paths, nodeagent.Credential{Subnet: "10.88.3.0/24"}, nil); o.Subnet.String() != "10.88.3.0/24" {
 		t.Fatalf("with the join's subnet: %v", o.Subnet)
 	}

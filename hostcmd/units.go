@@ -10,7 +10,7 @@ import (
 	"sort"
 
 	"github.com/minionsdev/minions/cli"
-	"github.com/minionsdev/minions/daemon"
+	"github.com/minionsdev/minions/daemon/local"
 	"github.com/minionsdev/minions/internal/errs"
 	"github.com/minionsdev/minions/vm/network"
 )
@@ -21,9 +21,9 @@ import (
 // absolute path; a non-default state directory is passed on to both. This
 // is the one source of the unit text: `minions init --persist` writes it
 // and `make release` ships it (through the hidden `units` command).
-func Units(exe string, paths daemon.Paths) map[string]string {
+func Units(exe string, paths local.Paths) map[string]string {
 	args := ""
-	if paths.State != daemon.DefaultStateDir {
+	if paths.State != local.DefaultStateDir {
 		args = " --state-dir " + paths.State + " --run-dir " + paths.Run
 	}
 	return map[string]string{
@@ -60,7 +60,7 @@ func unitsCmd() *cli.Command {
 			if dir == "" {
 				return errs.New(errs.InvalidArgument, "--dir is required")
 			}
-			paths, err := daemon.ResolvePaths("", "")
+			paths, err := local.ResolvePaths("", "")
 			if err != nil {
 				return err
 			}

@@ -4,7 +4,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/minionsdev/minions/daemon"
+	"github.com/minionsdev/minions/daemon/local"
 )
 
 // `systemctl stop minions` must stop only the daemon: VMs outlive it. On
@@ -12,8 +12,8 @@ import (
 // hierarchy (they were forked from the service), so only KillMode=process
 // keeps it from signalling them on stop or restart.
 func TestUnitLeavesVMsRunningOnStop(t *testing.T) {
-	for _, state := range []string{daemon.DefaultStateDir, "/srv/minions"} {
-		u := Units("/usr/local/bin/minions", daemon.Paths{State: state, Run: "/run/m"})["minions.service"]
+	for _, state := range []string{local.DefaultStateDir, "/srv/minions"} {
+		u := Units("/usr/local/bin/minions", local.Paths{State: state, Run: "/run/m"})["minions.service"]
 		if strings.Count(u, "KillMode=") != 1 || !strings.Contains(u, "\nKillMode=process\n") {
 			t.Errorf("minions.service for %s must have exactly KillMode=process:\n%s", state, u)
 		}

@@ -12,6 +12,7 @@ import (
 	"github.com/minionsdev/minions/backup"
 	"github.com/minionsdev/minions/cli"
 	"github.com/minionsdev/minions/daemon"
+	"github.com/minionsdev/minions/daemon/local"
 	"github.com/minionsdev/minions/hostcmd"
 	"github.com/minionsdev/minions/internal/starttrace"
 	"golang.org/x/term"
@@ -29,7 +30,7 @@ func main() {
 		TTY:         term.IsTerminal(int(os.Stderr.Fd())),
 		Open:        daemon.OpenLocal,
 		Extra:       hostCommands(),
-		VersionInfo: daemon.VersionInfo,
+		VersionInfo: local.VersionInfo,
 	}
 	os.Exit(cli.Run(ctx, env, os.Args[1:]))
 }
