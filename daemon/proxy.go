@@ -84,7 +84,12 @@ func startProxy(ctx context.Context, g *errgroup.Group, cfg config.Config, e *lo
 	}
 	cfg.ProxyBind, cfg.HTTPBind = addrOf(httpsLn, cfg.ProxyBind), addrOf(httpLn, cfg.HTTPBind)
 	accessBuf := proxy.NewLogBuffer(logOut, time.Second)
-	access := announce.NewLogger(accessBuf, format).With("component", "access")
+	// JSON access logs are written by the proxy's own writer (the same
+	// lines as slog's JSON handler, at a sixth of its cost per request).
+	access := proxy.NewJSONAccessLog(accessBuf, slog.String("component", "access"))
+	if format == announce.LogText {
+		access = announce.NewLogger(accessBuf, format).With("component", "access")
+	}
 	p, err := newProxyLogs(ctx, cfg, e, log, access, paths, ep)
 	if err != nil {
 		accessBuf.Close()
