@@ -67,11 +67,11 @@ func TestProxyChild(t *testing.T) {
 	log := slog.New(slog.NewJSONHandler(logf, nil))
 	accessBuf := proxy.NewLogBuffer(logf, time.Second) // as the daemon does
 	defer accessBuf.Close()
-	access := slog.New(slog.NewJSONHandler(accessBuf, nil))
+	access := proxy.NewJSONAccessLog(accessBuf, slog.String("component", "access")) // as the daemon does
 	table := proxytest.NewTable()
 	ln := listen(t)
 	cfg := proxy.Config{HTTPBind: ln.Addr().String(), Secret: secret(t),
-		Log: log.With("component", "proxy"), AccessLog: access.With("component", "access"),
+		Log: log.With("component", "proxy"), AccessLog: access,
 		RatePerSecond: 1e9, Burst: 1e9, MaxConnsPerIP: 1000}
 	domain, httpsLn, roots := "localhost", net.Listener(nil), "-"
 	if os.Getenv(childTLSEnv) == "1" {

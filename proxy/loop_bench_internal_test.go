@@ -68,7 +68,7 @@ func fixedUpstream(tb testing.TB) string {
 func BenchmarkLoopRequest(b *testing.B) {
 	rt := Route{VMID: "vm1", VMName: "web", Owner: "u1", Upstream: fixedUpstream(b), Public: true, Running: true}
 	p, err := New(Config{HTTPBind: "127.0.0.1:0", Secret: make([]byte, SecretSize),
-		Log: slog.New(slog.DiscardHandler), AccessLog: slog.New(slog.NewJSONHandler(io.Discard, nil)),
+		Log: slog.New(slog.DiscardHandler), AccessLog: NewJSONAccessLog(io.Discard, slog.String("component", "access")),
 		UpstreamHeaderTimeout: 5 * time.Second, RatePerSecond: -1}, fixedRoutes{rt}, nil)
 	if err != nil {
 		b.Fatal(err)
