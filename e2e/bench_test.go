@@ -23,13 +23,16 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/minionsdev/minions/guestagent/proto"
+	"github.com/minionsdev/minions/vm/jail"
 )
 
 // readyTimeout bounds one boot to agent-ready in the benchmarks.
@@ -93,8 +96,22 @@ func BenchmarkBareBoot(b *testing.B) {
 		cliJSON(b, &v, "create", "bench-bare-tpl")
 		tpl = captureTemplate(b, v)
 		benchBridge = bridgeOf(b, tpl.tap)
+		bareCG = bareCgroup(b, v)
 		destroyVM(b, "bench-bare-tpl")
-		b.Logf("bare template: bridge %s, base %s (%s), argv: %q", benchBridge, tpl.base, tpl.baseFormat, tpl.qemu)
+		b.Logf("bare template: bridge %s, base %s (%s), cgroup %q, argv: %q", benchBridge, tpl.base, tpl.baseFormat, bareCG, tpl.qemu)
+	}
+	// The bare QEMU and relay run in a cgroup like a VM's (a sibling of
+	// the VMs', same CPU weight and quota): on a loaded host a created VM's
+	// cgroup (whose ancestors weigh the sum of their VMs) and a bare QEMU
+	// left in the test's own cgroup get very different shares of the CPU,
+	// and the pairs would time the scheduler, not Minions.
+	// MINIONS_E2E_BAREBOOT_CGROUP=0 leaves them where the test runs.
+	var bareLimits jail.Limits
+	if bareCG != "" {
+		var err error
+		if bareLimits, err = (jail.Config{}).Limits(tplCPUs(b, tpl), 512); err != nil {
+			b.Fatal(err)
+		}
 	}
 	signer := hostSigner(b)
 	dir := filepath.Join(filepath.Dir(stateDir), "bare")
@@ -130,8 +147,21 @@ func BenchmarkBareBoot(b *testing.B) {
 		stopTimer()
 		cur = prepareBare(b, tpl, dir, "mnbare0", benchBridge)
 		overlay = append(overlay, cur.overlay)
+		if bareCG != "" {
+			if err := jail.CreateCgroup(bareCG, bareLimits); err != nil {
+				b.Fatal(err)
+			}
+		}
 		startTimer()
 		cur.start(b, tpl)
+		if bareCG != "" {
+			// Within a millisecond of the exec, counted against bare.
+			for _, c := range []*exec.Cmd{cur.qemu, cur.relay} {
+				if err := jail.JoinCgroup(bareCG, c.Process.Pid); err != nil {
+					b.Fatal(err)
+				}
+			}
+		}
 		d, cl := cur.waitReady(b, signer, readyTimeout)
 		stopTimer()
 		up, err := pidfileTime(filepath.Join(cur.dir, "run"))
@@ -157,6 +187,11 @@ func BenchmarkBareBoot(b *testing.B) {
 		cl.Close()
 		cur.stop()
 		cur = nil
+		if bareCG != "" {
+			if err := jail.DeleteCgroup(bareCG); err != nil {
+				b.Error(err)
+			}
+		}
 
 		name := fmt.Sprintf("bench-pair-%d", i)
 		i++
@@ -247,6 +282,45 @@ func BenchmarkBareBoot(b *testing.B) {
 			fmtMS(createReady.median()), fmtMS(createReady.median()-bare.median()), ms(createReady.median())/ms(bare.median()))
 	}
 	fmt.Fprintln(os.Stderr, sum)
+}
+
+// bareCG is the cgroup BenchmarkBareBoot runs bare QEMUs in ("": none).
+var bareCG string
+
+// bareCgroup names a cgroup beside VM v's (in its installation's group),
+// unless MINIONS_E2E_BAREBOOT_CGROUP=0 or v runs in none.
+func bareCgroup(b *testing.B, v vmJSON) string {
+	if os.Getenv("MINIONS_E2E_BAREBOOT_CGROUP") == "0" {
+		return ""
+	}
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", v.PID))
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, line := range strings.Split(string(raw), "\n") {
+		parts := strings.SplitN(line, ":", 3)
+		if len(parts) != 3 || !strings.HasSuffix(parts[2], "/"+v.ID) {
+			continue
+		}
+		if parts[0] == "0" || slices.Contains(strings.Split(parts[1], ","), "cpu") {
+			return path.Join(strings.TrimPrefix(path.Dir(parts[2]), "/"), "bench-bare")
+		}
+	}
+	return ""
+}
+
+// tplCPUs is the template QEMU's vCPU count (its -smp).
+func tplCPUs(b *testing.B, t bareTemplate) int {
+	for i, a := range t.qemu {
+		if a == "-smp" && i+1 < len(t.qemu) {
+			n, err := strconv.Atoi(strings.SplitN(t.qemu[i+1], ",", 2)[0])
+			if err == nil {
+				return n
+			}
+		}
+	}
+	b.Fatalf("no -smp in %q", t.qemu)
+	return 0
 }
 
 // bareBootPairs is how many bare/create pairs BenchmarkBareBoot runs in
