@@ -125,7 +125,7 @@ func BenchmarkBareBoot(b *testing.B) {
 	var bare, bareBefore, bareAfter, overlay, growfs, configure samples
 	var create, createBefore, createAfter, over, overBefore, overAfter samples
 	var toMain, toMainCPU, toQEMU, toQEMUCPU samples // the create's own MINIONS_TRACE
-	var marks stepSamples                            // every trace mark, wall from exec
+	var marks, markCPU stepSamples                   // every trace mark: wall from exec, CPU
 	var readyExit samples                            // the create's agent ready -> exit
 	pairs := bareBootPairs(b)
 	i := 0
@@ -207,7 +207,8 @@ func BenchmarkBareBoot(b *testing.B) {
 		if w, cpu, ok := traceMark(c.stderr, "launch: start qemu"); ok {
 			toQEMU, toQEMUCPU = append(toQEMU, w), append(toQEMUCPU, cpu)
 		}
-		marks.add(traceMarks(c.stderr))
+		marks.add(traceMarks(c.stderr, false))
+		markCPU.add(traceMarks(c.stderr, true))
 		if w, _, ok := traceMark(c.stderr, "engine: agent ready"); ok {
 			readyExit = append(readyExit, c.took-w)
 		}
@@ -264,9 +265,10 @@ func BenchmarkBareBoot(b *testing.B) {
 		t.addSamples("BenchmarkCreateReady (unpaired)", createReady)
 	}
 	t.print()
-	mt := &table{title: "BenchmarkBareBoot: create's MINIONS_TRACE marks, wall from exec", head: sampleHead("mark")}
+	mt := &table{title: "BenchmarkBareBoot: create's MINIONS_TRACE marks, wall from exec (and the process's CPU time, median)", head: append(sampleHead("mark"), "cpu ms")}
 	for _, name := range marks.order {
-		mt.addSamples(name, marks.by[name])
+		s := marks.by[name]
+		mt.add(name, strconv.Itoa(len(s)), fmtMS(s.median()), fmtMS(s.p90()), fmtMS(s.min()), fmtMS(s.max()), fmtMS(markCPU.by[name].median()))
 	}
 	mt.print()
 	if len(toQEMU) > 0 {
@@ -357,8 +359,9 @@ func straceCreate(b *testing.B, path, name string) {
 }
 
 // traceMarks is every MINIONS_TRACE line in a command's stderr, in order,
-// as step samples (wall time from exec; CPU time apart as "<mark> (cpu)").
-func traceMarks(stderr string) []stepTime {
+// as step samples: the wall time from exec, or with cpu the process's CPU
+// time.
+func traceMarks(stderr string, cpu bool) []stepTime {
 	var out []stepTime
 	for _, line := range strings.Split(stderr, "\n") {
 		rest, found := strings.CutPrefix(line, "trace +")
@@ -378,6 +381,9 @@ func traceMarks(stderr string) []stepTime {
 			if _, step, ok := strings.Cut(what[len("create "):], ": "); ok {
 				what = "create: " + step
 			}
+		}
+		if cpu {
+			w = c
 		}
 		out = append(out, stepTime{name: what, took: time.Duration(w * float64(time.Millisecond))})
 	}
