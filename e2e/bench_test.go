@@ -127,6 +127,7 @@ func BenchmarkBareBoot(b *testing.B) {
 	var toMain, toMainCPU, toQEMU, toQEMUCPU samples // the create's own MINIONS_TRACE
 	var marks, markCPU stepSamples                   // every trace mark: wall from exec, CPU
 	var readyExit samples                            // the create's agent ready -> exit
+	var qemuStep, overQEMUStep samples               // start qemu step -> pidfile; minus bare's
 	pairs := bareBootPairs(b)
 	i := 0
 	// One pair per b.Loop iteration (timed: the bare boot); the pairs
@@ -206,6 +207,10 @@ func BenchmarkBareBoot(b *testing.B) {
 		}
 		if w, cpu, ok := traceMark(c.stderr, "launch: start qemu"); ok {
 			toQEMU, toQEMUCPU = append(toQEMU, w), append(toQEMUCPU, cpu)
+			// The driver's start of QEMU (jail and exec) to QEMU's
+			// pidfile, against the bare exec to pidfile.
+			qemuStep = append(qemuStep, c.beforeQEMU-w)
+			overQEMUStep = append(overQEMUStep, c.beforeQEMU-w-bb)
 		}
 		marks.add(traceMarks(c.stderr, false))
 		markCPU.add(traceMarks(c.stderr, true))
@@ -248,8 +253,10 @@ func BenchmarkBareBoot(b *testing.B) {
 	t.addSamples("  trace: exec -> main, cpu", toMainCPU)
 	t.addSamples("  trace: exec -> qemu exec, wall", toQEMU)
 	t.addSamples("  trace: exec -> qemu exec, cpu", toQEMUCPU)
+	t.addSamples("  start qemu step -> qemu up (jail + exec)", qemuStep)
 	t.addSamples("overhead, pairwise: create - bare", over)
 	t.addSamples("  before qemu is up", overBefore)
+	t.addSamples("    of which: start qemu step -> up, minus bare's exec -> up", overQEMUStep)
 	t.addSamples("  after qemu is up", overAfter)
 	// The guest's boot under TCG swings by hundreds of ms from one boot
 	// to the next, in both halves of a pair; what Minions adds outside
