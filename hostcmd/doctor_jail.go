@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"os"
+	"os/exec"
 	"strings"
 	"time"
 
@@ -30,6 +31,8 @@ func jailChecks(j jail.Config, paths local.Paths) []check {
 		add("mount namespace", false, "run as root to check")
 	} else if err := probeJail(cfg); err != nil {
 		add("mount namespace", false, "the jail launcher failed: %v", err)
+	} else if err := probeJailStart(cfg); err != nil {
+		add("mount namespace", false, "the in-process jail (how the QEMU driver starts VMs) failed: %v", err)
 	} else {
 		add("mount namespace", true, "each VM sees %s only through its own files (empty tmpfs over them, its files bound back)", strings.Join(cfg.Hide, " and "))
 	}
@@ -61,6 +64,27 @@ func probeJail(cfg jail.Config) error {
 	var buf bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &buf, &buf
 	if err := cmd.Start(); err != nil {
+		return err
+	}
+	t := time.AfterFunc(10*time.Second, func() { cmd.Process.Kill() })
+	defer t.Stop()
+	if err := cmd.Wait(); err != nil {
+		return fmt.Errorf("%v: %s", err, strings.TrimSpace(buf.String()))
+	}
+	return nil
+}
+
+// probeJailStart runs /bin/true jailed as probeJail does, but the way the
+// QEMU driver starts QEMU and the relay: jail.Start, from a thread of
+// this process, with no launcher exec.
+func probeJailStart(cfg jail.Config) error {
+	p, err := cfg.Plan(jail.Request{UID: int(cfg.UIDBase), Dir: "/", Argv: []string{"/bin/true"}})
+	if err != nil {
+		return err
+	}
+	var buf bytes.Buffer
+	cmd := &exec.Cmd{Stdout: &buf, Stderr: &buf}
+	if err := jail.Start(p, cmd, cmd.Start); err != nil {
 		return err
 	}
 	t := time.AfterFunc(10*time.Second, func() { cmd.Process.Kill() })

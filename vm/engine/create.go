@@ -13,6 +13,7 @@ import (
 
 	"github.com/minionsdev/minions/guestagent/proto"
 	"github.com/minionsdev/minions/internal/errs"
+	"github.com/minionsdev/minions/internal/starttrace"
 	"github.com/minionsdev/minions/store"
 	"github.com/minionsdev/minions/vm"
 	"github.com/minionsdev/minions/vm/consolelog"
@@ -225,6 +226,7 @@ func (l *Local) boot(ctx context.Context, o *op, row store.VM, progress Progress
 			os.Remove(grow)
 		}
 	}
+	starttrace.Mark("engine: agent ready")
 	l.log.Info("vm ready", "vm_id", row.ID, "vm", row.Name, "pid", h.PID, "ready_ms", time.Since(start).Milliseconds())
 	if row.AgentKey == "" {
 		row.AgentKey = learned

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -184,11 +185,17 @@ func TestLauncherJoinsCgroup(t *testing.T) {
 	}
 }
 
-// TestExecJails runs a shell through the real launcher with a state
-// directory holding a secret, this VM's files and another VM's disk, and
-// checks what the shell sees and who it is.
+// TestExecJails runs a shell through the real launcher, and jailed in
+// process (Start), with a state directory holding a secret, this VM's
+// files and another VM's disk, and checks what the shell sees and who it
+// is, and that nothing of the jail is left in the caller.
 func TestExecJails(t *testing.T) {
 	needRoot(t)
+	t.Run("launcher", func(t *testing.T) { testJails(t, false) })
+	t.Run("in-process", func(t *testing.T) { testJails(t, true) })
+}
+
+func testJails(t *testing.T, inProcess bool) {
 	tmp := t.TempDir()
 	// The uid must be able to reach the state dir (the daemon's is under
 	// /var/lib); the state dir itself stays 0700.
@@ -219,7 +226,7 @@ func TestExecJails(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	name := fmt.Sprintf("minions-test/exec-%d", os.Getpid())
+	name := fmt.Sprintf("minions-test/exec-%d-%t", os.Getpid(), inProcess)
 	c := Config{Command: testLauncher(t), Hide: []string{state}}
 	l, _ := c.Limits(1, 64)
 	if err := CreateCgroup(name, l); err != nil {
@@ -240,23 +247,35 @@ func TestExecJails(t *testing.T) {
 		"cat /proc/self/cgroup",
 		"echo env: $(env | grep -c SECRET_TOKEN)",
 		"echo plan env: $MINIONS_JAIL_TEST",
+		"grep NoNewPrivs /proc/self/status",
+		"pwd",
 	}, "; ")
 	p, err := c.Plan(Request{UID: uid, Cgroup: name, Dir: run, Argv: []string{"/bin/sh", "-c", script},
 		ReadOnly: []string{image}, Writable: []string{run, disk}, Env: []string{"MINIONS_JAIL_TEST=plan=ok"}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd, err := c.Cmd(p)
-	if err != nil {
-		t.Fatal(err)
-	}
 	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	cmd.Env = append(os.Environ(), "SECRET_TOKEN=hunter2")
+	cmd := &exec.Cmd{Stdout: &out, Stderr: &out}
+	if inProcess {
+		t.Setenv("SECRET_TOKEN", "hunter2")
+		if err := Start(p, cmd, cmd.Start); err != nil {
+			t.Fatal(err)
+		}
+	} else {
+		if cmd, err = c.Cmd(p); err != nil {
+			t.Fatal(err)
+		}
+		cmd.Stdout, cmd.Stderr = &out, &out
+		cmd.Env = append(os.Environ(), "SECRET_TOKEN=hunter2")
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	go func() { <-ctx.Done(); cmd.Process.Kill() }()
-	if err := cmd.Run(); err != nil {
+	if err := cmd.Wait(); err != nil {
 		t.Fatalf("%v: %s", err, out.String())
 	}
 	got := out.String()
@@ -264,6 +283,7 @@ func TestExecJails(t *testing.T) {
 		fmt.Sprintf("%d\n%d\n%d\n", uid, uid, uid),
 		"my disk\n", "base image\n", "wrote run\n", "no secret\n", "no other disk\n",
 		"env: 0\n", "plan env: plan=ok\n", "vms not listable\n", "other absent\n", "mine exists\n", "image read-only\n", name,
+		"NoNewPrivs:\t1\n", run + "\n",
 	} {
 		if !strings.Contains(got, want) {
 			t.Errorf("output lacks %q:\n%s", want, got)
@@ -276,6 +296,45 @@ func TestExecJails(t *testing.T) {
 	// The host's files are unchanged and the run dir write landed.
 	if b, _ := os.ReadFile(filepath.Join(run, "out")); string(b) != "written\n" {
 		t.Errorf("run dir write: %q", b)
+	}
+	// No thread of this process is left in the jail: its own mount
+	// namespace, the VM's cgroup or no_new_privs (the thread that built
+	// it exits once the child is forked).
+	if err := noJailedThread(name); err != nil {
+		t.Error(err)
+	}
+}
+
+// noJailedThread waits up to 5 s until every thread of this process is in
+// the process's mount namespace, outside cgroup name and without
+// no_new_privs.
+func noJailedThread(name string) error {
+	self, err := os.Readlink("/proc/self/ns/mnt")
+	if err != nil {
+		return err
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		var bad []string
+		tasks, _ := filepath.Glob("/proc/self/task/*")
+		for _, task := range tasks {
+			ns, err := os.Readlink(task + "/ns/mnt")
+			if err != nil {
+				continue // exited
+			}
+			cg, _ := os.ReadFile(task + "/cgroup")
+			st, _ := os.ReadFile(task + "/status")
+			if ns != self || bytes.Contains(cg, []byte("/"+name+"\n")) || bytes.Contains(st, []byte("NoNewPrivs:\t1")) {
+				bad = append(bad, filepath.Base(task))
+			}
+		}
+		if len(bad) == 0 {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("threads %v are still jailed (mount namespace, cgroup %s or no_new_privs)", bad, name)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
 
@@ -299,4 +358,105 @@ func TestExecRefusesUnusableFiles(t *testing.T) {
 	if err == nil || !strings.Contains(string(out), "cannot use "+private) {
 		t.Errorf("err %v, output %s", err, out)
 	}
+	// In process: the same check, as the VM's uid, before any fork.
+	started := false
+	cmd = &exec.Cmd{}
+	err = Start(p, cmd, func() error { started = true; return cmd.Start() })
+	if err == nil || !strings.Contains(err.Error(), "cannot use "+private) || started {
+		t.Errorf("in process: err %v, started %t", err, started)
+	}
+	// A file it may read passes the same check.
+	os.Chmod(private, 0o644)
+	os.Chmod(filepath.Dir(dir), 0o755)
+	cmd = &exec.Cmd{}
+	if err := Start(p, cmd, cmd.Start); err != nil {
+		t.Errorf("in process, readable file: %v", err)
+	} else {
+		cmd.Wait()
+	}
+	if err := noJailedThread("-"); err != nil {
+		t.Error(err)
+	}
+}
+
+// BenchmarkJailedTrue times starting /bin/true jailed (a state dir hidden,
+// a file bound back read-only, a cgroup) until it exits: through the
+// launcher (an exec of a Go binary: the test binary, or the minions-relay
+// at $MINIONS_JAIL_BENCH_LAUNCHER) and in process (Start). The difference
+// is what each VM process's start saves.
+func BenchmarkJailedTrue(b *testing.B) {
+	if os.Geteuid() != 0 {
+		b.Skip("needs root")
+	}
+	tmp := b.TempDir()
+	os.Chmod(tmp, 0o755)
+	os.Chmod(filepath.Dir(tmp), 0o755)
+	state := filepath.Join(tmp, "state")
+	kernel := filepath.Join(state, "images", "vmlinux")
+	if err := os.MkdirAll(filepath.Dir(kernel), 0o700); err != nil {
+		b.Fatal(err)
+	}
+	if err := os.WriteFile(kernel, []byte("k"), 0o444); err != nil {
+		b.Fatal(err)
+	}
+	name := fmt.Sprintf("minions-test/bench-%d", os.Getpid())
+	self, err := os.Executable()
+	if err != nil {
+		b.Fatal(err)
+	}
+	c := Config{Command: []string{"/usr/bin/env", envLauncher + "=1", self}, Hide: []string{state}}
+	if relay := os.Getenv("MINIONS_JAIL_BENCH_LAUNCHER"); relay != "" {
+		c.Command = []string{relay, "jail-exec"} // a built minions-relay
+	}
+	l, _ := c.Limits(1, 64)
+	if err := CreateCgroup(name, l); err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { DeleteCgroup(name); DeleteCgroup("minions-test") })
+	p, err := c.Plan(Request{UID: 2_000_000_044, Cgroup: name, Dir: "/", Argv: []string{"/bin/true"}, ReadOnly: []string{kernel}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	// cpuPerOp reports the CPU time of this process and its children
+	// (the launcher, /bin/true) per start.
+	cpuPerOp := func(b *testing.B, loop func()) {
+		before := selfAndChildrenCPU()
+		loop()
+		b.ReportMetric(float64((selfAndChildrenCPU()-before).Microseconds())/1000/float64(b.N), "cpu-ms/op")
+	}
+	b.Run("launcher", func(b *testing.B) {
+		cpuPerOp(b, func() {
+			for b.Loop() {
+				cmd, err := c.Cmd(p)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if out, err := cmd.CombinedOutput(); err != nil {
+					b.Fatalf("%v: %s", err, out)
+				}
+			}
+		})
+	})
+	b.Run("in-process", func(b *testing.B) {
+		cpuPerOp(b, func() {
+			for b.Loop() {
+				cmd := &exec.Cmd{}
+				if err := Start(p, cmd, cmd.Start); err != nil {
+					b.Fatal(err)
+				}
+				if err := cmd.Wait(); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	})
+}
+
+// selfAndChildrenCPU is the user + system time of this process and its
+// reaped children.
+func selfAndChildrenCPU() time.Duration {
+	var self, kids syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &self)
+	syscall.Getrusage(syscall.RUSAGE_CHILDREN, &kids)
+	return time.Duration(self.Utime.Nano() + self.Stime.Nano() + kids.Utime.Nano() + kids.Stime.Nano())
 }

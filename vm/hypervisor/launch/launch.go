@@ -81,6 +81,12 @@ func Spawn(argv []string, dir, logPath string) (*Child, error) {
 // following a symbolic link: it may live in a directory a jailed process
 // owns.
 func SpawnCmd(cmd *exec.Cmd, logPath string) (*Child, error) {
+	return SpawnCmdWith(cmd, logPath, cmd.Start)
+}
+
+// SpawnCmdWith is SpawnCmd with start in place of cmd.Start (a jail that
+// starts cmd on a thread of its own, say); start must start cmd.
+func SpawnCmdWith(cmd *exec.Cmd, logPath string, start func() error) (*Child, error) {
 	f, err := os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND|syscall.O_NOFOLLOW, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("open log: %w", err)
@@ -91,7 +97,7 @@ func SpawnCmd(cmd *exec.Cmd, logPath string) (*Child, error) {
 		cmd.SysProcAttr = &syscall.SysProcAttr{}
 	}
 	cmd.SysProcAttr.Setsid = true
-	if err := cmd.Start(); err != nil {
+	if err := start(); err != nil {
 		return nil, errs.New(errs.FailedPrecondition, "exec %s: %w", cmd.Path, err)
 	}
 	c := &Child{PID: cmd.Process.Pid, Exited: make(chan struct{})}

@@ -7,4 +7,10 @@
 // the small minions-relay binary can be the launcher: starting the
 // minions binary for it cost every VM start an exec of tens of MiB and
 // the package initialisation of all of Minions.
+//
+// Start does the same work without a launcher process, on a thread of the
+// caller that is thrown away afterwards, and forks the VM process from it
+// (v1: the thread joins the cgroup's tasks; v2: the child is cloned into
+// the cgroup). The QEMU driver uses Start; Main and Exec remain the
+// launcher for `minions doctor` and any caller that cannot use Start.
 package jailexec

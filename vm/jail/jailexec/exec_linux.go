@@ -195,17 +195,21 @@ func dropPrivileges(p Plan) error {
 // usable.
 func checkAccess(p Plan) error {
 	for _, a := range p.Check {
-		mode := uint32(unix.R_OK)
-		switch a.Mode {
-		case "rw":
-			mode |= unix.W_OK
-		case "x":
-			mode = unix.X_OK
-		}
-		if err := unix.Access(a.Path, mode); err != nil {
+		if err := unix.Access(a.Path, accessMode(a.Mode)); err != nil {
 			return errs.New(errs.FailedPrecondition, "uid %d cannot use %s (%s): %v: the file and its directories must be open to it",
 				p.UID, a.Path, a.Mode, err)
 		}
 	}
 	return nil
+}
+
+// accessMode is the access(2) mode of an Access mode.
+func accessMode(m string) uint32 {
+	switch m {
+	case "rw":
+		return unix.R_OK | unix.W_OK
+	case "x":
+		return unix.X_OK
+	}
+	return unix.R_OK
 }

@@ -22,9 +22,12 @@
 //	    the jail launcher (vm/jail/jailexec): join the VM's cgroup, hide
 //	    the state, drop to the VM's uid and exec the plan's argv (QEMU or
 //	    the agent relay). The minions binary has the same command, but
-//	    starting it costs each VM start tens of milliseconds of package
-//	    initialisation and page faults; this binary is small. Exit status
-//	    125 when the launch fails.
+//	    starting it costs tens of milliseconds of package initialisation
+//	    and page faults; this binary is small. The QEMU driver itself no
+//	    longer execs a launcher (jail.Start builds the jail on a thread
+//	    of its own process); the command stays the configured launcher
+//	    (jail.Config.Command) for `minions doctor` and other callers.
+//	    Exit status 125 when the launch fails.
 //
 // Unless GOGC, GOMEMLIMIT or GOMAXPROCS are set in its environment it runs
 // with a small GC target, a soft memory limit and one P. The QEMU driver
