@@ -3,6 +3,8 @@ package qemu
 import (
 	"bufio"
 	"bytes"
+	"errors"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -87,6 +89,59 @@ func (d *Driver) SweepMemory(runDirs, forkDirs []string) []string {
 		removed = append(removed, p)
 	}
 	return removed
+}
+
+// UnownedRAMFiles lists the RAM files in memDir (regular *.ram files
+// directly in it; a subdirectory is another installation's) that nothing
+// under roots names: neither a VM's machine file in a run dir (its
+// MemFile) nor a saved state's link to its RAM (memory.ram: a fork's
+// copy, a suspend's kept RAM, an adopted pre-copy). roots are walked
+// whole (symbolic links are not followed): pass an installation's state
+// and run dirs. It removes nothing and looks at no process, so it is
+// for an installation at rest: the end of a test (a file it lists was
+// leaked by whatever made it) or a report (minions doctor). A memDir
+// that does not exist holds nothing.
+func UnownedRAMFiles(memDir string, roots ...string) ([]string, error) {
+	entries, err := os.ReadDir(memDir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	named := map[string]bool{}
+	for _, root := range roots {
+		err := filepath.WalkDir(root, func(p string, e fs.DirEntry, err error) error {
+			if err != nil {
+				if errors.Is(err, fs.ErrNotExist) {
+					return nil
+				}
+				return err
+			}
+			switch {
+			case e.Name() == machineFile && e.Type().IsRegular():
+				if m, err := readMachine(filepath.Dir(p)); err == nil && m.MemFile != "" {
+					named[m.MemFile] = true
+				}
+			case e.Name() == copyRAMFile && e.Type()&fs.ModeSymlink != 0:
+				if cp, err := os.Readlink(p); err == nil {
+					named[cp] = true
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return nil, err
+		}
+	}
+	var out []string
+	for _, e := range entries {
+		p := filepath.Join(memDir, e.Name())
+		if e.Type().IsRegular() && filepath.Ext(e.Name()) == memFileSuffix && !named[p] {
+			out = append(out, p)
+		}
+	}
+	return out, nil
 }
 
 // filesInUse says which of paths some process on the host names on its

@@ -147,3 +147,65 @@ func fdTargets(pid int) []string {
 	}
 	return out
 }
+
+// TestUnownedRAMFiles: of the RAM files in an installation's memory dir,
+// UnownedRAMFiles lists the ones nothing in its state and run dirs names:
+// a VM's file named by its machine file, a fork's copy and a suspend's
+// kept RAM linked from their saved states are owned; a copy whose link
+// went with its state (the pre-copy leak) and a VM's file without a run
+// dir are not. Other files, another installation's subdirectory and a
+// memory dir that does not exist list nothing.
+func TestUnownedRAMFiles(t *testing.T) {
+	mem, err := os.MkdirTemp("/dev/shm", "unowned")
+	if err != nil {
+		t.Skip("no /dev/shm:", err)
+	}
+	t.Cleanup(func() { os.RemoveAll(mem) })
+	state, run := t.TempDir(), t.TempDir()
+	mk := func(name string) string {
+		t.Helper()
+		p := filepath.Join(mem, name)
+		if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, make([]byte, 4096), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	runVM := mk("0123456789ab.ram")
+	forkCopy := mk("copy-0011223344556677.ram")
+	kept := mk("copy-8899aabbccddeeff.ram")
+	leaked := mk("copy-ffeeddccbbaa9988.ram")
+	orphan := mk("0123456789cd.ram")
+	mk("notes.txt")
+	mk("0a1b2c3d4e5f/copy-0000000000000000.ram")
+	vmRun := filepath.Join(run, "vms", "0123456789ab")
+	if err := os.MkdirAll(vmRun, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	b, _ := json.Marshal(machine{ID: "0123456789ab", MemFile: runVM, MemOwn: true})
+	if err := os.WriteFile(filepath.Join(vmRun, machineFile), b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for link, target := range map[string]string{
+		"forks/0123456789ef/memory.ram":          forkCopy,
+		"vms/0123456789ab/move-state/memory.ram": kept,
+	} {
+		p := filepath.Join(state, link)
+		if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Symlink(target, p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got, err := UnownedRAMFiles(mem, state, run, filepath.Join(state, "absent"))
+	slices.Sort(got)
+	if want := []string{orphan, leaked}; err != nil || !slices.Equal(got, want) {
+		t.Errorf("UnownedRAMFiles = %v, %v; want %v", got, err, want)
+	}
+	if got, err := UnownedRAMFiles(filepath.Join(mem, "absent"), state); err != nil || len(got) != 0 {
+		t.Errorf("absent memory dir: %v, %v", got, err)
+	}
+}
