@@ -15,6 +15,7 @@ import (
 
 	"golang.org/x/crypto/ssh"
 
+	"github.com/minionsdev/minions/daemon/local"
 	"github.com/minionsdev/minions/images"
 	"github.com/minionsdev/minions/store"
 	"github.com/minionsdev/minions/vm/engine"
@@ -93,7 +94,9 @@ func TestEngineConformanceQEMU(t *testing.T) {
 		t.Cleanup(func() { nm.Teardown(context.Background()) })
 		exe := filepath.Join(binDir, "minions-relay") // agent relay and console logger
 		drv, err := qemu.New(qemu.Config{Accel: qemu.AccelTCG, RelayCommand: []string{exe, "agent-relay"},
-			ConsoleCommand: []string{exe, "console-log"}, Jail: jail.Config{Mode: "off"}, Log: log})
+			ConsoleCommand: []string{exe, "console-log"}, Jail: jail.Config{Mode: "off"}, Log: log,
+			MemoryDir: local.MemoryDir(dir)})
+		noteInstallation(dir, "") // its ram files are checked at the end (ramdir_test.go)
 		if err != nil {
 			t.Fatal(err)
 		}

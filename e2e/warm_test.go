@@ -19,6 +19,7 @@ import (
 
 	"golang.org/x/crypto/ssh"
 
+	"github.com/minionsdev/minions/daemon/local"
 	"github.com/minionsdev/minions/images"
 	"github.com/minionsdev/minions/store"
 	"github.com/minionsdev/minions/vm"
@@ -77,7 +78,9 @@ func newWarmEngineLog(tb testing.TB, bridge, subnet string, h slog.Handler) *war
 	tb.Cleanup(func() { nm.Teardown(context.Background()) })
 	exe := filepath.Join(binDir, "minions-relay") // agent relay and console logger
 	drv, err := qemu.New(qemu.Config{Accel: qemu.AccelTCG, RelayCommand: []string{exe, "agent-relay"},
-		ConsoleCommand: []string{exe, "console-log"}, Jail: jail.Config{Mode: "off"}, Log: log})
+		ConsoleCommand: []string{exe, "console-log"}, Jail: jail.Config{Mode: "off"}, Log: log,
+		MemoryDir: local.MemoryDir(dir)})
+	noteInstallation(dir, "") // its ram files are checked at the end (ramdir_test.go)
 	if err != nil {
 		tb.Fatal(err)
 	}

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"errors"
+	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -36,11 +37,14 @@ var memSweepGrace = time.Minute
 // paused VM's QEMU maps its file and names it on its command line,
 // whichever installation it is of: see filesInUse). The caller
 // passes every run dir and fork state dir of its installation. Safe to
-// call at any time; without a memory dir it does nothing.
+// call at any time; without a memory dir it does nothing. The memory
+// dirs of installations that are gone go too (sweepGoneInstallations),
+// among the paths returned.
 func (d *Driver) SweepMemory(runDirs, forkDirs []string) []string {
 	if d.memDir == "" {
 		return nil
 	}
+	gone := d.sweepGoneInstallations()
 	keep := map[string]bool{}
 	for _, rd := range runDirs {
 		if m, err := readMachine(rd); err == nil && m.MemFile != "" {
@@ -54,7 +58,7 @@ func (d *Driver) SweepMemory(runDirs, forkDirs []string) []string {
 	}
 	entries, err := os.ReadDir(d.memDir)
 	if err != nil {
-		return nil
+		return gone
 	}
 	var cands []string
 	now := time.Now()
@@ -73,10 +77,10 @@ func (d *Driver) SweepMemory(runDirs, forkDirs []string) []string {
 		cands = append(cands, p)
 	}
 	if len(cands) == 0 {
-		return nil
+		return gone
 	}
 	used := filesInUse(cands)
-	var removed []string
+	removed := gone
 	for _, p := range cands {
 		if used[p] {
 			continue
@@ -189,4 +193,152 @@ func filesInUse(paths []string) map[string]bool {
 		}
 	}
 	return used
+}
+
+// The memory dirs of installations that are gone.
+//
+// Each installation has its memory dir (one per state dir, beside the
+// others in the parent of MemoryDir: /dev/shm/minions/<hash>), and
+// nothing removed it when its state dir went (an uninstall, a test's
+// temporary installation): its RAM files held host memory until the
+// host rebooted. The dir's name is a hash of the state dir, which cannot
+// be turned back into it, so New records the state dir in the memory dir
+// (memOwnerFile); a memory dir whose record names a state dir that no
+// longer exists belongs to no installation, and once no process uses
+// any of its files SweepMemory removes it whole. A dir without a record
+// (made before there were records, or by a driver with no MemoryOwner)
+// is never removed: it cannot be told from a live installation's.
+
+// memOwnerFile, in a memory dir, holds the state dir of its installation.
+const memOwnerFile = "installation"
+
+// writeMemOwner records state as the installation of memory dir dir
+// (nothing when state is "").
+func writeMemOwner(dir, state string) error {
+	if state == "" {
+		return nil
+	}
+	abs, err := filepath.Abs(state)
+	if err != nil {
+		return err
+	}
+	if have, err := readMemOwner(dir); err == nil && have == abs {
+		return nil
+	}
+	return writeFileAtomic(filepath.Join(dir, memOwnerFile), []byte(abs+"\n"))
+}
+
+// readMemOwner is the state dir recorded in memory dir dir, refusing a
+// record this process's user (root) did not write.
+func readMemOwner(dir string) (string, error) {
+	f, err := os.OpenFile(filepath.Join(dir, memOwnerFile), os.O_RDONLY|unix.O_NOFOLLOW, 0)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	var st unix.Stat_t
+	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
+		return "", err
+	}
+	if st.Uid != uint32(os.Geteuid()) || st.Mode&unix.S_IFMT != unix.S_IFREG {
+		return "", fmt.Errorf("%s is not a record this user wrote", memOwnerFile)
+	}
+	b := make([]byte, 4096)
+	n, err := f.Read(b)
+	if err != nil {
+		return "", err
+	}
+	s := strings.TrimSpace(string(b[:n]))
+	if !filepath.IsAbs(s) {
+		return "", fmt.Errorf("%s holds no absolute path", memOwnerFile)
+	}
+	return s, nil
+}
+
+// MemoryDirInfo describes one installation's memory dir on this host.
+type MemoryDirInfo struct {
+	Path  string `json:"path"`
+	State string `json:"state,omitempty"` // its installation's state dir, "" when not recorded
+	// Gone: the recorded state dir no longer exists.
+	Gone  bool  `json:"gone"`
+	Files int   `json:"files"`
+	Bytes int64 `json:"bytes"` // allocated on the tmpfs
+	InUse int   `json:"in_use"`
+}
+
+// MemoryDirs describes the installations' memory dirs in root (the
+// parent of every installation's MemoryDir, /dev/shm/minions), with
+// which of their files a process on the host names, maps or holds open.
+// It changes nothing.
+func MemoryDirs(root string) []MemoryDirInfo {
+	ents, _ := os.ReadDir(root)
+	var out []MemoryDirInfo
+	for _, e := range ents {
+		if !e.IsDir() {
+			continue
+		}
+		info := MemoryDirInfo{Path: filepath.Join(root, e.Name())}
+		if s, err := readMemOwner(info.Path); err == nil {
+			info.State = s
+			_, err := os.Lstat(s)
+			info.Gone = errors.Is(err, fs.ErrNotExist)
+		}
+		files := ramFilesIn(info.Path)
+		info.Files = len(files)
+		for _, p := range files {
+			var st unix.Stat_t
+			if unix.Lstat(p, &st) == nil {
+				info.Bytes += st.Blocks * 512
+			}
+		}
+		info.InUse = len(filesInUse(files))
+		out = append(out, info)
+	}
+	return out
+}
+
+// ramFilesIn lists the regular files in dir but its record.
+func ramFilesIn(dir string) []string {
+	ents, _ := os.ReadDir(dir)
+	var out []string
+	for _, e := range ents {
+		if e.Type().IsRegular() && e.Name() != memOwnerFile {
+			out = append(out, filepath.Join(dir, e.Name()))
+		}
+	}
+	return out
+}
+
+// sweepGoneInstallations removes the memory dirs beside this driver's
+// whose installation is gone (see above): a record naming a state dir
+// that does not exist, no file younger than memSweepGrace, none in use.
+// Only a driver that records its own installation (MemoryOwner) sweeps.
+// It returns the dirs removed.
+func (d *Driver) sweepGoneInstallations() []string {
+	if d.memDir == "" || d.cfg.MemoryOwner == "" {
+		return nil
+	}
+	var removed []string
+	for _, info := range MemoryDirs(filepath.Dir(d.memDir)) {
+		if !info.Gone || info.InUse > 0 || info.Path == d.memDir {
+			continue
+		}
+		young := false
+		for _, p := range ramFilesIn(info.Path) {
+			if st, err := os.Lstat(p); err != nil || time.Since(st.ModTime()) < memSweepGrace {
+				young = true
+			}
+		}
+		if young {
+			continue
+		}
+		if err := os.RemoveAll(info.Path); err != nil {
+			d.log.Warn("remove the memory dir of a gone installation", "dir", info.Path, "err", err)
+			continue
+		}
+		d.log.Info("removed the memory dir of an installation that is gone", "dir", info.Path, "state", info.State,
+			"files", info.Files, "mib", info.Bytes>>20)
+		removed = append(removed, info.Path)
+	}
+	return removed
 }

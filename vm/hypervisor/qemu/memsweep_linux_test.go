@@ -209,3 +209,96 @@ func TestUnownedRAMFiles(t *testing.T) {
 		t.Errorf("absent memory dir: %v, %v", got, err)
 	}
 }
+
+// TestSweepGoneInstallations: a memory dir records its installation's
+// state dir (New), and SweepMemory removes the memory dirs beside its own
+// whose state dir is gone, once none of their files is young or in use.
+// A live installation's, an unrecorded one's (it cannot be told from a
+// live one) and its own stay; a driver that records no installation
+// sweeps none.
+func TestSweepGoneInstallations(t *testing.T) {
+	root, err := os.MkdirTemp("/dev/shm", "gone")
+	if err != nil {
+		t.Skip("no /dev/shm:", err)
+	}
+	t.Cleanup(func() { os.RemoveAll(root) })
+	live, goneState := t.TempDir(), filepath.Join(t.TempDir(), "s")
+	old := time.Now().Add(-2 * memSweepGrace)
+	inst := func(name, state string, files ...string) string {
+		t.Helper()
+		dir := filepath.Join(root, name)
+		if err := os.MkdirAll(dir, 0o711); err != nil {
+			t.Fatal(err)
+		}
+		if err := writeMemOwner(dir, state); err != nil {
+			t.Fatal(err)
+		}
+		for _, f := range files {
+			p := filepath.Join(dir, f)
+			if err := os.WriteFile(p, make([]byte, 8192), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			if f != "young.ram" {
+				os.Chtimes(p, old, old)
+			}
+		}
+		return dir
+	}
+	d := &Driver{memDir: filepath.Join(root, "own"), cfg: Config{MemoryDir: filepath.Join(root, "own"), MemoryOwner: live},
+		log: slog.New(slog.DiscardHandler)}
+	if d.initMemoryDir() != d.memDir {
+		t.Fatal("memory dir not on a tmpfs")
+	}
+	if s, err := readMemOwner(d.memDir); err != nil || s != live {
+		t.Fatalf("recorded installation %q, %v; want %s", s, err, live)
+	}
+	gone := inst("gone", goneState, "copy-0011223344556677.ram", "0123456789ab.ram")
+	goneEmpty := inst("gone-empty", goneState+"2")
+	liveDir := inst("live", live, "0123456789ab.ram")
+	unrecorded := inst("unrecorded", "", "0123456789ab.ram")
+	young := inst("young", goneState+"3", "young.ram")
+	held := inst("held", goneState+"4", "0123456789ab.ram")
+	f, err := os.Open(filepath.Join(held, "0123456789ab.ram"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+
+	infos := MemoryDirs(root)
+	byPath := map[string]MemoryDirInfo{}
+	for _, i := range infos {
+		byPath[i.Path] = i
+	}
+	if i := byPath[gone]; !i.Gone || i.State != goneState || i.Files != 2 || i.Bytes < 16384 || i.InUse != 0 {
+		t.Errorf("MemoryDirs: gone dir %+v", i)
+	}
+	if i := byPath[held]; !i.Gone || i.InUse != 1 {
+		t.Errorf("MemoryDirs: held dir %+v", i)
+	}
+	if i := byPath[liveDir]; i.Gone || i.State != live {
+		t.Errorf("MemoryDirs: live dir %+v", i)
+	}
+	if i := byPath[unrecorded]; i.Gone || i.State != "" {
+		t.Errorf("MemoryDirs: unrecorded dir %+v", i)
+	}
+
+	none := &Driver{memDir: d.memDir, cfg: Config{MemoryDir: d.memDir}, log: d.log}
+	if got := none.SweepMemory(nil, nil); len(got) != 0 {
+		t.Errorf("a driver with no installation swept %v", got)
+	}
+	got := d.SweepMemory(nil, nil)
+	slices.Sort(got)
+	if want := []string{gone, goneEmpty}; !slices.Equal(got, want) {
+		t.Errorf("swept %v, want %v", got, want)
+	}
+	for _, dir := range []string{d.memDir, liveDir, unrecorded, young, held} {
+		if _, err := os.Stat(dir); err != nil {
+			t.Errorf("%s was removed", filepath.Base(dir))
+		}
+	}
+	for _, dir := range []string{gone, goneEmpty} {
+		if _, err := os.Stat(dir); err == nil {
+			t.Errorf("%s is left", filepath.Base(dir))
+		}
+	}
+}
