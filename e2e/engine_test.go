@@ -132,6 +132,11 @@ func TestEngineConformanceQEMU(t *testing.T) {
 				if _, err := store.GetVMByID(ctx, db, id); err == nil {
 					left = append(left, "vm row")
 				}
+				// Its RAM file on the tmpfs (a second name of it is
+				// found at the end of the run: ramdir_test.go).
+				if p := filepath.Join(local.MemoryDir(dir), id+".ram"); pathExists(p) {
+					left = append(left, p)
+				}
 				return left
 			},
 		}

@@ -154,3 +154,9 @@ func TestEndInstallation(t *testing.T) {
 		t.Error("the ended installation is still noted")
 	}
 }
+
+// pathExists reports whether p exists (without following a last link).
+func pathExists(p string) bool {
+	_, err := os.Lstat(p)
+	return err == nil
+}

@@ -38,6 +38,7 @@ type warmEngine struct {
 	db    *store.DB
 	owner string
 	key   ssh.Signer // the host key its guest agents trust
+	mem   string     // its memory dir (local.MemoryDir of its state dir)
 }
 
 func newWarmEngine(tb testing.TB, bridge, subnet string) *warmEngine {
@@ -93,7 +94,7 @@ func newWarmEngineLog(tb testing.TB, bridge, subnet string, h slog.Handler) *war
 	if err != nil {
 		tb.Fatal(err)
 	}
-	return &warmEngine{l: l, db: db, owner: owner.ID, key: key}
+	return &warmEngine{l: l, db: db, owner: owner.ID, key: key, mem: local.MemoryDir(dir)}
 }
 
 func (w *warmEngine) create(tb testing.TB, name string, cold bool) engine.Instance {
