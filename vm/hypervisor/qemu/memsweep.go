@@ -273,6 +273,7 @@ type MemoryDirInfo struct {
 func MemoryDirs(root string) []MemoryDirInfo {
 	ents, _ := os.ReadDir(root)
 	var out []MemoryDirInfo
+	var all []string // every dir's files: one look at the processes
 	for _, e := range ents {
 		if !e.IsDir() {
 			continue
@@ -291,8 +292,15 @@ func MemoryDirs(root string) []MemoryDirInfo {
 				info.Bytes += st.Blocks * 512
 			}
 		}
-		info.InUse = len(filesInUse(files))
+		all = append(all, files...)
 		out = append(out, info)
+	}
+	for p := range filesInUse(all) {
+		for i := range out {
+			if filepath.Dir(p) == out[i].Path {
+				out[i].InUse++
+			}
+		}
 	}
 	return out
 }
