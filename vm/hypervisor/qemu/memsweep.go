@@ -317,36 +317,58 @@ func ramFilesIn(dir string) []string {
 	return out
 }
 
+// goneSweepEvery is how often SweepMemory (every second, from the
+// engine's reconcile) looks for the memory dirs of gone installations.
+const goneSweepEvery = 5 * time.Minute
+
 // sweepGoneInstallations removes the memory dirs beside this driver's
 // whose installation is gone (see above): a record naming a state dir
 // that does not exist, no file younger than memSweepGrace, none in use.
-// Only a driver that records its own installation (MemoryOwner) sweeps.
-// It returns the dirs removed.
+// Only a driver that records its own installation (MemoryOwner) sweeps,
+// at most once per goneSweepEvery, and it looks at the processes only
+// for the files of gone installations (a look at every process's maps
+// each second cost the host enough CPU to stall moves). It returns the
+// dirs removed.
 func (d *Driver) sweepGoneInstallations() []string {
 	if d.memDir == "" || d.cfg.MemoryOwner == "" {
 		return nil
 	}
+	now := time.Now()
+	if last := d.goneSwept.Load(); last != 0 && now.Sub(time.Unix(0, last)) < goneSweepEvery {
+		return nil
+	}
+	d.goneSwept.Store(now.UnixNano())
+	root := filepath.Dir(d.memDir)
+	ents, _ := os.ReadDir(root)
 	var removed []string
-	for _, info := range MemoryDirs(filepath.Dir(d.memDir)) {
-		if !info.Gone || info.InUse > 0 || info.Path == d.memDir {
+	for _, e := range ents {
+		dir := filepath.Join(root, e.Name())
+		if !e.IsDir() || dir == d.memDir {
 			continue
 		}
+		state, err := readMemOwner(dir)
+		if err != nil {
+			continue // no record: maybe a live installation's
+		}
+		if _, err := os.Lstat(state); !errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
+		files := ramFilesIn(dir)
 		young := false
-		for _, p := range ramFilesIn(info.Path) {
-			if st, err := os.Lstat(p); err != nil || time.Since(st.ModTime()) < memSweepGrace {
+		for _, p := range files {
+			if st, err := os.Lstat(p); err != nil || now.Sub(st.ModTime()) < memSweepGrace {
 				young = true
 			}
 		}
-		if young {
+		if young || len(filesInUse(files)) > 0 {
 			continue
 		}
-		if err := os.RemoveAll(info.Path); err != nil {
-			d.log.Warn("remove the memory dir of a gone installation", "dir", info.Path, "err", err)
+		if err := os.RemoveAll(dir); err != nil {
+			d.log.Warn("remove the memory dir of a gone installation", "dir", dir, "err", err)
 			continue
 		}
-		d.log.Info("removed the memory dir of an installation that is gone", "dir", info.Path, "state", info.State,
-			"files", info.Files, "mib", info.Bytes>>20)
-		removed = append(removed, info.Path)
+		d.log.Info("removed the memory dir of an installation that is gone", "dir", dir, "state", state, "files", len(files))
+		removed = append(removed, dir)
 	}
 	return removed
 }

@@ -301,4 +301,14 @@ func TestSweepGoneInstallations(t *testing.T) {
 			t.Errorf("%s is left", filepath.Base(dir))
 		}
 	}
+	// SweepMemory runs every second: the gone installations are looked
+	// for once per goneSweepEvery only.
+	later := inst("gone-later", goneState+"5", "0123456789ab.ram")
+	if got := d.SweepMemory(nil, nil); len(got) != 0 {
+		t.Errorf("a second sweep right after removed %v", got)
+	}
+	d.goneSwept.Store(time.Now().Add(-goneSweepEvery).UnixNano())
+	if got := d.SweepMemory(nil, nil); !slices.Equal(got, []string{later}) {
+		t.Errorf("a sweep %s later removed %v, want %s", goneSweepEvery, got, later)
+	}
 }
