@@ -17,6 +17,7 @@ func minionsAt(t *testing.T, state string, args ...string) result {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
 	defer cancel()
+	noteTestInstallation(t, state)
 	cmd := exec.CommandContext(ctx, filepath.Join(binDir, "minions"), args...)
 	cmd.Env = append(os.Environ(), "MINIONS_STATE_DIR="+state, "MINIONS_AGENT_BIN="+filepath.Join(binDir, "minions-agent"))
 	var out, errb bytes.Buffer

@@ -15,6 +15,7 @@ import (
 
 	"golang.org/x/crypto/ssh"
 
+	"github.com/minionsdev/minions/daemon/local"
 	"github.com/minionsdev/minions/images"
 	"github.com/minionsdev/minions/store"
 	"github.com/minionsdev/minions/vm/engine"
@@ -93,7 +94,9 @@ func TestEngineConformanceQEMU(t *testing.T) {
 		t.Cleanup(func() { nm.Teardown(context.Background()) })
 		exe := filepath.Join(binDir, "minions-relay") // agent relay and console logger
 		drv, err := qemu.New(qemu.Config{Accel: qemu.AccelTCG, RelayCommand: []string{exe, "agent-relay"},
-			ConsoleCommand: []string{exe, "console-log"}, Jail: jail.Config{Mode: "off"}, Log: log})
+			ConsoleCommand: []string{exe, "console-log"}, Jail: jail.Config{Mode: "off"}, Log: log,
+			MemoryDir: local.MemoryDir(dir)})
+		noteInstallation(dir, "") // its ram files are checked at the end (ramdir_test.go)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -128,6 +131,11 @@ func TestEngineConformanceQEMU(t *testing.T) {
 				}
 				if _, err := store.GetVMByID(ctx, db, id); err == nil {
 					left = append(left, "vm row")
+				}
+				// Its RAM file on the tmpfs (a second name of it is
+				// found at the end of the run: ramdir_test.go).
+				if p := filepath.Join(local.MemoryDir(dir), id+".ram"); pathExists(p) {
+					left = append(left, p)
 				}
 				return left
 			},

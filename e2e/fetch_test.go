@@ -18,6 +18,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/minionsdev/minions/api"
+	"github.com/minionsdev/minions/daemon/local"
 	"github.com/minionsdev/minions/fabric"
 	"github.com/minionsdev/minions/images"
 	"github.com/minionsdev/minions/nodeagent"
@@ -112,7 +113,9 @@ func TestEngineBootsFetchedImage(t *testing.T) {
 	t.Cleanup(func() { nm.Teardown(context.Background()) })
 	exe := filepath.Join(binDir, "minions-relay")
 	drv, err := qemu.New(qemu.Config{Accel: qemu.AccelTCG, RelayCommand: []string{exe, "agent-relay"},
-		ConsoleCommand: []string{exe, "console-log"}, Jail: jail.Config{Mode: "off"}, Log: log})
+		ConsoleCommand: []string{exe, "console-log"}, Jail: jail.Config{Mode: "off"}, Log: log,
+		MemoryDir: local.MemoryDir(filepath.Join(dir, "node"))})
+	noteInstallation(filepath.Join(dir, "node"), filepath.Join(dir, "noderun")) // its ram files are checked at the end (ramdir_test.go)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -92,7 +92,7 @@ func TestFork(t *testing.T) {
 			t.Fatalf("warm template: %v", err)
 		}
 		src := w.create(t, "fork-wsrc", false)
-		if got, _ := os.Stat(ramFile(src.ID)); got != nil {
+		if got, _ := os.Stat(w.ramFile(src.ID)); got != nil {
 			t.Fatalf("warm-created %s has a ram file of its own: it was not created warm", src.Name)
 		}
 		testFork(t, w, bridge, src)
@@ -100,8 +100,8 @@ func TestFork(t *testing.T) {
 }
 
 // ramFile is the RAM file a VM of the warm engine keeps on the tmpfs
-// (the qemu driver's default memory dir).
-func ramFile(id string) string { return filepath.Join("/dev/shm/minions", id+".ram") }
+// (its installation's memory dir).
+func (w *warmEngine) ramFile(id string) string { return filepath.Join(w.mem, id+".ram") }
 
 // testFork forks src (see TestFork).
 func testFork(t *testing.T, w *warmEngine, bridge string, src engine.Instance) {
@@ -115,7 +115,7 @@ func testFork(t *testing.T, w *warmEngine, bridge string, src engine.Instance) {
 	time.Sleep(time.Second)
 	fk, took := w.fork(t, src, src.Name+"-copy")
 	t.Logf("fork took %s", took.Round(time.Millisecond))
-	if _, err := os.Stat(ramFile(fk.ID)); err != nil {
+	if _, err := os.Stat(w.ramFile(fk.ID)); err != nil {
 		t.Errorf("the fork has no ram file of its own (it was forked the slow way): %v", err)
 	}
 	// The fork's agent relay says how long the guest link took to come up.

@@ -13,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/minionsdev/minions/daemon/local"
 )
 
 const (
@@ -47,7 +49,16 @@ func TestMain(m *testing.M) {
 		}
 		binDir = filepath.Join(os.Getenv(dirEnv), "bin")
 		stateDir = filepath.Join(os.Getenv(dirEnv), "s")
-		os.Exit(m.Run())
+		noteInstallation(stateDir, "")
+		code := m.Run()
+		// The RAM files of this run's installations (ramdir_test.go).
+		if leaks := endInstallations(); len(leaks) > 0 {
+			fmt.Fprintf(os.Stderr, "e2e: ram files leaked on the tmpfs (named by no vm or saved state of their installation):\n  %s\n", strings.Join(leaks, "\n  "))
+			if code == 0 {
+				code = 1
+			}
+		}
+		os.Exit(code)
 	}
 	code := func() int {
 		dir, err := os.MkdirTemp("", "mne2e")
@@ -55,6 +66,7 @@ func TestMain(m *testing.M) {
 			panic(err)
 		}
 		defer os.RemoveAll(dir)
+		defer os.RemoveAll(local.MemoryDir(filepath.Join(dir, "s"))) // the image build's, if the run never started
 		defer cleanupProcesses(dir)
 		// Jailed VM processes run as their own uid and exec the minions
 		// binary in bin/ (the agent relay): they must reach it. The state

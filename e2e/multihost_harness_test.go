@@ -166,6 +166,7 @@ func newCluster(t testing.TB) *mhCluster {
 		h := &mhHost{name: name, ns: fmt.Sprintf("%s%s-%d", mhPrefix, name, c.pid), addr: fmt.Sprintf("10.231.0.%d", i+1),
 			dir: filepath.Join(c.root, name)}
 		h.state, h.runDir = filepath.Join(h.dir, "s"), filepath.Join(h.dir, "r")
+		noteInstallation(h.state, h.runDir)
 		c.hosts = append(c.hosts, h)
 	}
 	c.cp, c.n1, c.n2 = c.hosts[0], c.hosts[1], c.hosts[2]
@@ -268,6 +269,9 @@ func (c *mhCluster) teardown() {
 		time.Sleep(100 * time.Millisecond)
 	}
 	removeCgroupDirs(cgroups)
+	for _, h := range c.hosts {
+		checkInstallation(c.t, h.state, h.runDir)
+	}
 	exec.Command("ip", "-n", c.clientNS, "link", "del", "mhc0").Run()
 	for _, ns := range []string{c.cp.ns, c.n1.ns, c.n2.ns, c.brNS} {
 		if out, err := exec.Command("ip", "netns", "del", ns).CombinedOutput(); err != nil && !strings.Contains(string(out), "No such file") {

@@ -63,6 +63,11 @@ func testMoveMemory(t *testing.T, c *mhCluster, ann, ben mhUser, haveVMs bool) {
 	// The RAM went ahead while the guest ran; the guest's memory is intact.
 	if mv, _ := moved.Raw["move"].(map[string]any); mv == nil || mv["precopy_bytes"] == nil {
 		t.Errorf("move m1 --memory n1 -> n2 made no pre-copy: move %v", moved.Raw["move"])
+		for _, l := range strings.Split(c.cp.agent.log.String(), "\n") {
+			if strings.Contains(l, "pre-copy") {
+				t.Logf("cp: %s", l) // why (service.preCopy logs it)
+			}
+		}
 	} else {
 		t.Logf("pre-copy n1 -> n2: %v ms, %v bytes", mv["precopy_ms"], mv["precopy_bytes"])
 	}

@@ -19,6 +19,7 @@ import (
 
 	"golang.org/x/crypto/ssh"
 
+	"github.com/minionsdev/minions/daemon/local"
 	"github.com/minionsdev/minions/images"
 	"github.com/minionsdev/minions/store"
 	"github.com/minionsdev/minions/vm"
@@ -37,6 +38,7 @@ type warmEngine struct {
 	db    *store.DB
 	owner string
 	key   ssh.Signer // the host key its guest agents trust
+	mem   string     // its memory dir (local.MemoryDir of its state dir)
 }
 
 func newWarmEngine(tb testing.TB, bridge, subnet string) *warmEngine {
@@ -77,7 +79,9 @@ func newWarmEngineLog(tb testing.TB, bridge, subnet string, h slog.Handler) *war
 	tb.Cleanup(func() { nm.Teardown(context.Background()) })
 	exe := filepath.Join(binDir, "minions-relay") // agent relay and console logger
 	drv, err := qemu.New(qemu.Config{Accel: qemu.AccelTCG, RelayCommand: []string{exe, "agent-relay"},
-		ConsoleCommand: []string{exe, "console-log"}, Jail: jail.Config{Mode: "off"}, Log: log})
+		ConsoleCommand: []string{exe, "console-log"}, Jail: jail.Config{Mode: "off"}, Log: log,
+		MemoryDir: local.MemoryDir(dir)})
+	noteInstallation(dir, "") // its ram files are checked at the end (ramdir_test.go)
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -90,7 +94,7 @@ func newWarmEngineLog(tb testing.TB, bridge, subnet string, h slog.Handler) *war
 	if err != nil {
 		tb.Fatal(err)
 	}
-	return &warmEngine{l: l, db: db, owner: owner.ID, key: key}
+	return &warmEngine{l: l, db: db, owner: owner.ID, key: key, mem: local.MemoryDir(dir)}
 }
 
 func (w *warmEngine) create(tb testing.TB, name string, cold bool) engine.Instance {

@@ -189,6 +189,7 @@ func doctor(ctx context.Context, paths local.Paths) []check {
 		add("network", false, "%v", errs.New(errs.PermissionDenied, "run as root to check the bridge and nftables"))
 	}
 	out = append(out, freeSpaceCheck(paths.State, cfg.MinFreeSpaceMiB, statfs))
+	out = append(out, ramChecks(local.MemoryDir(paths.State), paths)...)
 	return out
 }
 

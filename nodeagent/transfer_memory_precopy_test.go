@@ -260,5 +260,17 @@ func TestPreCopyMovesNodeToNode(t *testing.T) {
 	if ents, _ := os.ReadDir(ra0.dir); len(ents) != 0 {
 		t.Errorf("node-a keeps %d ram files after the move: %v", len(ents), ents)
 	}
+	// node-b runs it on its own RAM file only: the pre-copied file's
+	// other name went with the saved state, and its destroy leaves
+	// nothing (the kept name used to outlive the VM on the tmpfs).
+	if ents, _ := os.ReadDir(rb0.dir); len(ents) != 1 || ents[0].Name() != inst.ID+".ram" {
+		t.Errorf("node-b keeps %v after the move, want only %s.ram", ents, inst.ID)
+	}
+	if err := rb.Destroy(ctx, inst.ID); err != nil {
+		t.Fatal(err)
+	}
+	if ents, _ := os.ReadDir(rb0.dir); len(ents) != 0 {
+		t.Errorf("node-b keeps %d ram files after its destroy: %v", len(ents), ents)
+	}
 
 }

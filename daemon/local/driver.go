@@ -73,6 +73,7 @@ func newDriver(ctx context.Context, o Options) (hypervisor.Driver, error) {
 		ProbeSandbox: cachedSandboxProbe(o.Paths.Run, qemu.ProbeSandbox),
 		Jail:         VMJail(exe, o.Jail, o.Paths),
 		MemoryDir:    MemoryDir(o.Paths.State),
+		MemoryOwner:  o.Paths.State,
 		Log:          o.Log,
 	}
 	// Without minions-relay installed, commands that start no VM still

@@ -658,6 +658,7 @@ func (l *Local) resumeMoved(ctx context.Context, o *op, fk hypervisor.Forker, ro
 	if row, err = l.settleMovedGuest(ctx, o, cl, row, ip, progress); err != nil {
 		return row, err
 	}
+	l.discardKeptRAM(state) // its other name; the VM runs on its own
 	os.RemoveAll(state)
 	l.log.Info("vm resumed from a move", "vm_id", row.ID, "vm", row.Name, "pid", h.PID,
 		"restore_ms", restored.Sub(start).Milliseconds(), "ready_ms", time.Since(start).Milliseconds())

@@ -126,6 +126,11 @@ type Config struct {
 	// a directory that is not on a tmpfs (RAM written back to a disk) is
 	// treated as "off", with a warning, by New.
 	MemoryDir string
+	// MemoryOwner is the state dir of the installation MemoryDir is
+	// for: New writes it into MemoryDir (memOwnerFile), so that once that
+	// state dir is gone its memory dir is known to be garbage (see
+	// SweepMemory). "": no record, and the dir is never swept as gone.
+	MemoryOwner string
 	// Log receives driver events (component=qemu). Default: discard.
 	Log *slog.Logger
 }

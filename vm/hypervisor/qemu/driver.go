@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -47,6 +48,8 @@ type Driver struct {
 	sandboxErr  error // why the sandbox is unavailable; nil: available
 
 	children children // QEMUs this process started (crash.go)
+
+	goneSwept atomic.Int64 // unix ns of the last sweepGoneInstallations
 }
 
 // sandbox reports whether VMs run under QEMU's seccomp sandbox; with

@@ -68,6 +68,9 @@ func (d *Driver) initMemoryDir() string {
 		d.log.Warn("per-vm ram files off: memory dir is not on a tmpfs", "dir", dir, "err", err)
 		return ""
 	}
+	if err := writeMemOwner(dir, d.cfg.MemoryOwner); err != nil {
+		d.log.Warn("record the memory dir's installation", "dir", dir, "err", err)
+	}
 	return dir
 }
 

@@ -3,6 +3,9 @@ package qemu
 import (
 	"bufio"
 	"bytes"
+	"errors"
+	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -34,11 +37,14 @@ var memSweepGrace = time.Minute
 // paused VM's QEMU maps its file and names it on its command line,
 // whichever installation it is of: see filesInUse). The caller
 // passes every run dir and fork state dir of its installation. Safe to
-// call at any time; without a memory dir it does nothing.
+// call at any time; without a memory dir it does nothing. The memory
+// dirs of installations that are gone go too (sweepGoneInstallations),
+// among the paths returned.
 func (d *Driver) SweepMemory(runDirs, forkDirs []string) []string {
 	if d.memDir == "" {
 		return nil
 	}
+	gone := d.sweepGoneInstallations()
 	keep := map[string]bool{}
 	for _, rd := range runDirs {
 		if m, err := readMachine(rd); err == nil && m.MemFile != "" {
@@ -52,7 +58,7 @@ func (d *Driver) SweepMemory(runDirs, forkDirs []string) []string {
 	}
 	entries, err := os.ReadDir(d.memDir)
 	if err != nil {
-		return nil
+		return gone
 	}
 	var cands []string
 	now := time.Now()
@@ -71,10 +77,10 @@ func (d *Driver) SweepMemory(runDirs, forkDirs []string) []string {
 		cands = append(cands, p)
 	}
 	if len(cands) == 0 {
-		return nil
+		return gone
 	}
 	used := filesInUse(cands)
-	var removed []string
+	removed := gone
 	for _, p := range cands {
 		if used[p] {
 			continue
@@ -87,6 +93,59 @@ func (d *Driver) SweepMemory(runDirs, forkDirs []string) []string {
 		removed = append(removed, p)
 	}
 	return removed
+}
+
+// UnownedRAMFiles lists the RAM files in memDir (regular *.ram files
+// directly in it; a subdirectory is another installation's) that nothing
+// under roots names: neither a VM's machine file in a run dir (its
+// MemFile) nor a saved state's link to its RAM (memory.ram: a fork's
+// copy, a suspend's kept RAM, an adopted pre-copy). roots are walked
+// whole (symbolic links are not followed): pass an installation's state
+// and run dirs. It removes nothing and looks at no process, so it is
+// for an installation at rest: the end of a test (a file it lists was
+// leaked by whatever made it) or a report (minions doctor). A memDir
+// that does not exist holds nothing.
+func UnownedRAMFiles(memDir string, roots ...string) ([]string, error) {
+	entries, err := os.ReadDir(memDir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	named := map[string]bool{}
+	for _, root := range roots {
+		err := filepath.WalkDir(root, func(p string, e fs.DirEntry, err error) error {
+			if err != nil {
+				if errors.Is(err, fs.ErrNotExist) {
+					return nil
+				}
+				return err
+			}
+			switch {
+			case e.Name() == machineFile && e.Type().IsRegular():
+				if m, err := readMachine(filepath.Dir(p)); err == nil && m.MemFile != "" {
+					named[m.MemFile] = true
+				}
+			case e.Name() == copyRAMFile && e.Type()&fs.ModeSymlink != 0:
+				if cp, err := os.Readlink(p); err == nil {
+					named[cp] = true
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return nil, err
+		}
+	}
+	var out []string
+	for _, e := range entries {
+		p := filepath.Join(memDir, e.Name())
+		if e.Type().IsRegular() && filepath.Ext(e.Name()) == memFileSuffix && !named[p] {
+			out = append(out, p)
+		}
+	}
+	return out, nil
 }
 
 // filesInUse says which of paths some process on the host names on its
@@ -134,4 +193,182 @@ func filesInUse(paths []string) map[string]bool {
 		}
 	}
 	return used
+}
+
+// The memory dirs of installations that are gone.
+//
+// Each installation has its memory dir (one per state dir, beside the
+// others in the parent of MemoryDir: /dev/shm/minions/<hash>), and
+// nothing removed it when its state dir went (an uninstall, a test's
+// temporary installation): its RAM files held host memory until the
+// host rebooted. The dir's name is a hash of the state dir, which cannot
+// be turned back into it, so New records the state dir in the memory dir
+// (memOwnerFile); a memory dir whose record names a state dir that no
+// longer exists belongs to no installation, and once no process uses
+// any of its files SweepMemory removes it whole. A dir without a record
+// (made before there were records, or by a driver with no MemoryOwner)
+// is never removed: it cannot be told from a live installation's.
+
+// memOwnerFile, in a memory dir, holds the state dir of its installation.
+const memOwnerFile = "installation"
+
+// writeMemOwner records state as the installation of memory dir dir
+// (nothing when state is "").
+func writeMemOwner(dir, state string) error {
+	if state == "" {
+		return nil
+	}
+	abs, err := filepath.Abs(state)
+	if err != nil {
+		return err
+	}
+	if have, err := readMemOwner(dir); err == nil && have == abs {
+		return nil
+	}
+	return writeFileAtomic(filepath.Join(dir, memOwnerFile), []byte(abs+"\n"))
+}
+
+// readMemOwner is the state dir recorded in memory dir dir, refusing a
+// record this process's user (root) did not write.
+func readMemOwner(dir string) (string, error) {
+	f, err := os.OpenFile(filepath.Join(dir, memOwnerFile), os.O_RDONLY|unix.O_NOFOLLOW, 0)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	var st unix.Stat_t
+	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
+		return "", err
+	}
+	if st.Uid != uint32(os.Geteuid()) || st.Mode&unix.S_IFMT != unix.S_IFREG {
+		return "", fmt.Errorf("%s is not a record this user wrote", memOwnerFile)
+	}
+	b := make([]byte, 4096)
+	n, err := f.Read(b)
+	if err != nil {
+		return "", err
+	}
+	s := strings.TrimSpace(string(b[:n]))
+	if !filepath.IsAbs(s) {
+		return "", fmt.Errorf("%s holds no absolute path", memOwnerFile)
+	}
+	return s, nil
+}
+
+// MemoryDirInfo describes one installation's memory dir on this host.
+type MemoryDirInfo struct {
+	Path  string `json:"path"`
+	State string `json:"state,omitempty"` // its installation's state dir, "" when not recorded
+	// Gone: the recorded state dir no longer exists.
+	Gone  bool  `json:"gone"`
+	Files int   `json:"files"`
+	Bytes int64 `json:"bytes"` // allocated on the tmpfs
+	InUse int   `json:"in_use"`
+}
+
+// MemoryDirs describes the installations' memory dirs in root (the
+// parent of every installation's MemoryDir, /dev/shm/minions), with
+// which of their files a process on the host names, maps or holds open.
+// It changes nothing.
+func MemoryDirs(root string) []MemoryDirInfo {
+	ents, _ := os.ReadDir(root)
+	var out []MemoryDirInfo
+	var all []string // every dir's files: one look at the processes
+	for _, e := range ents {
+		if !e.IsDir() {
+			continue
+		}
+		info := MemoryDirInfo{Path: filepath.Join(root, e.Name())}
+		if s, err := readMemOwner(info.Path); err == nil {
+			info.State = s
+			_, err := os.Lstat(s)
+			info.Gone = errors.Is(err, fs.ErrNotExist)
+		}
+		files := ramFilesIn(info.Path)
+		info.Files = len(files)
+		for _, p := range files {
+			var st unix.Stat_t
+			if unix.Lstat(p, &st) == nil {
+				info.Bytes += st.Blocks * 512
+			}
+		}
+		all = append(all, files...)
+		out = append(out, info)
+	}
+	for p := range filesInUse(all) {
+		for i := range out {
+			if filepath.Dir(p) == out[i].Path {
+				out[i].InUse++
+			}
+		}
+	}
+	return out
+}
+
+// ramFilesIn lists the regular files in dir but its record.
+func ramFilesIn(dir string) []string {
+	ents, _ := os.ReadDir(dir)
+	var out []string
+	for _, e := range ents {
+		if e.Type().IsRegular() && e.Name() != memOwnerFile {
+			out = append(out, filepath.Join(dir, e.Name()))
+		}
+	}
+	return out
+}
+
+// goneSweepEvery is how often SweepMemory (every second, from the
+// engine's reconcile) looks for the memory dirs of gone installations.
+const goneSweepEvery = 5 * time.Minute
+
+// sweepGoneInstallations removes the memory dirs beside this driver's
+// whose installation is gone (see above): a record naming a state dir
+// that does not exist, no file younger than memSweepGrace, none in use.
+// Only a driver that records its own installation (MemoryOwner) sweeps,
+// at most once per goneSweepEvery, and it looks at the processes only
+// for the files of gone installations (a look at every process's maps
+// each second cost the host enough CPU to stall moves). It returns the
+// dirs removed.
+func (d *Driver) sweepGoneInstallations() []string {
+	if d.memDir == "" || d.cfg.MemoryOwner == "" {
+		return nil
+	}
+	now := time.Now()
+	if last := d.goneSwept.Load(); last != 0 && now.Sub(time.Unix(0, last)) < goneSweepEvery {
+		return nil
+	}
+	d.goneSwept.Store(now.UnixNano())
+	root := filepath.Dir(d.memDir)
+	ents, _ := os.ReadDir(root)
+	var removed []string
+	for _, e := range ents {
+		dir := filepath.Join(root, e.Name())
+		if !e.IsDir() || dir == d.memDir {
+			continue
+		}
+		state, err := readMemOwner(dir)
+		if err != nil {
+			continue // no record: maybe a live installation's
+		}
+		if _, err := os.Lstat(state); !errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
+		files := ramFilesIn(dir)
+		young := false
+		for _, p := range files {
+			if st, err := os.Lstat(p); err != nil || now.Sub(st.ModTime()) < memSweepGrace {
+				young = true
+			}
+		}
+		if young || len(filesInUse(files)) > 0 {
+			continue
+		}
+		if err := os.RemoveAll(dir); err != nil {
+			d.log.Warn("remove the memory dir of a gone installation", "dir", dir, "err", err)
+			continue
+		}
+		d.log.Info("removed the memory dir of an installation that is gone", "dir", dir, "state", state, "files", len(files))
+		removed = append(removed, dir)
+	}
+	return removed
 }

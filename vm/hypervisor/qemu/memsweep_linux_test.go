@@ -147,3 +147,168 @@ func fdTargets(pid int) []string {
 	}
 	return out
 }
+
+// TestUnownedRAMFiles: of the RAM files in an installation's memory dir,
+// UnownedRAMFiles lists the ones nothing in its state and run dirs names:
+// a VM's file named by its machine file, a fork's copy and a suspend's
+// kept RAM linked from their saved states are owned; a copy whose link
+// went with its state (the pre-copy leak) and a VM's file without a run
+// dir are not. Other files, another installation's subdirectory and a
+// memory dir that does not exist list nothing.
+func TestUnownedRAMFiles(t *testing.T) {
+	mem, err := os.MkdirTemp("/dev/shm", "unowned")
+	if err != nil {
+		t.Skip("no /dev/shm:", err)
+	}
+	t.Cleanup(func() { os.RemoveAll(mem) })
+	state, run := t.TempDir(), t.TempDir()
+	mk := func(name string) string {
+		t.Helper()
+		p := filepath.Join(mem, name)
+		if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, make([]byte, 4096), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	runVM := mk("0123456789ab.ram")
+	forkCopy := mk("copy-0011223344556677.ram")
+	kept := mk("copy-8899aabbccddeeff.ram")
+	leaked := mk("copy-ffeeddccbbaa9988.ram")
+	orphan := mk("0123456789cd.ram")
+	mk("notes.txt")
+	mk("0a1b2c3d4e5f/copy-0000000000000000.ram")
+	vmRun := filepath.Join(run, "vms", "0123456789ab")
+	if err := os.MkdirAll(vmRun, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	b, _ := json.Marshal(machine{ID: "0123456789ab", MemFile: runVM, MemOwn: true})
+	if err := os.WriteFile(filepath.Join(vmRun, machineFile), b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for link, target := range map[string]string{
+		"forks/0123456789ef/memory.ram":          forkCopy,
+		"vms/0123456789ab/move-state/memory.ram": kept,
+	} {
+		p := filepath.Join(state, link)
+		if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Symlink(target, p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got, err := UnownedRAMFiles(mem, state, run, filepath.Join(state, "absent"))
+	slices.Sort(got)
+	if want := []string{orphan, leaked}; err != nil || !slices.Equal(got, want) {
+		t.Errorf("UnownedRAMFiles = %v, %v; want %v", got, err, want)
+	}
+	if got, err := UnownedRAMFiles(filepath.Join(mem, "absent"), state); err != nil || len(got) != 0 {
+		t.Errorf("absent memory dir: %v, %v", got, err)
+	}
+}
+
+// TestSweepGoneInstallations: a memory dir records its installation's
+// state dir (New), and SweepMemory removes the memory dirs beside its own
+// whose state dir is gone, once none of their files is young or in use.
+// A live installation's, an unrecorded one's (it cannot be told from a
+// live one) and its own stay; a driver that records no installation
+// sweeps none.
+func TestSweepGoneInstallations(t *testing.T) {
+	root, err := os.MkdirTemp("/dev/shm", "gone")
+	if err != nil {
+		t.Skip("no /dev/shm:", err)
+	}
+	t.Cleanup(func() { os.RemoveAll(root) })
+	live, goneState := t.TempDir(), filepath.Join(t.TempDir(), "s")
+	old := time.Now().Add(-2 * memSweepGrace)
+	inst := func(name, state string, files ...string) string {
+		t.Helper()
+		dir := filepath.Join(root, name)
+		if err := os.MkdirAll(dir, 0o711); err != nil {
+			t.Fatal(err)
+		}
+		if err := writeMemOwner(dir, state); err != nil {
+			t.Fatal(err)
+		}
+		for _, f := range files {
+			p := filepath.Join(dir, f)
+			if err := os.WriteFile(p, make([]byte, 8192), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			if f != "young.ram" {
+				os.Chtimes(p, old, old)
+			}
+		}
+		return dir
+	}
+	d := &Driver{memDir: filepath.Join(root, "own"), cfg: Config{MemoryDir: filepath.Join(root, "own"), MemoryOwner: live},
+		log: slog.New(slog.DiscardHandler)}
+	if d.initMemoryDir() != d.memDir {
+		t.Fatal("memory dir not on a tmpfs")
+	}
+	if s, err := readMemOwner(d.memDir); err != nil || s != live {
+		t.Fatalf("recorded installation %q, %v; want %s", s, err, live)
+	}
+	gone := inst("gone", goneState, "copy-0011223344556677.ram", "0123456789ab.ram")
+	goneEmpty := inst("gone-empty", goneState+"2")
+	liveDir := inst("live", live, "0123456789ab.ram")
+	unrecorded := inst("unrecorded", "", "0123456789ab.ram")
+	young := inst("young", goneState+"3", "young.ram")
+	held := inst("held", goneState+"4", "0123456789ab.ram")
+	f, err := os.Open(filepath.Join(held, "0123456789ab.ram"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+
+	infos := MemoryDirs(root)
+	byPath := map[string]MemoryDirInfo{}
+	for _, i := range infos {
+		byPath[i.Path] = i
+	}
+	if i := byPath[gone]; !i.Gone || i.State != goneState || i.Files != 2 || i.Bytes < 16384 || i.InUse != 0 {
+		t.Errorf("MemoryDirs: gone dir %+v", i)
+	}
+	if i := byPath[held]; !i.Gone || i.InUse != 1 {
+		t.Errorf("MemoryDirs: held dir %+v", i)
+	}
+	if i := byPath[liveDir]; i.Gone || i.State != live {
+		t.Errorf("MemoryDirs: live dir %+v", i)
+	}
+	if i := byPath[unrecorded]; i.Gone || i.State != "" {
+		t.Errorf("MemoryDirs: unrecorded dir %+v", i)
+	}
+
+	none := &Driver{memDir: d.memDir, cfg: Config{MemoryDir: d.memDir}, log: d.log}
+	if got := none.SweepMemory(nil, nil); len(got) != 0 {
+		t.Errorf("a driver with no installation swept %v", got)
+	}
+	got := d.SweepMemory(nil, nil)
+	slices.Sort(got)
+	if want := []string{gone, goneEmpty}; !slices.Equal(got, want) {
+		t.Errorf("swept %v, want %v", got, want)
+	}
+	for _, dir := range []string{d.memDir, liveDir, unrecorded, young, held} {
+		if _, err := os.Stat(dir); err != nil {
+			t.Errorf("%s was removed", filepath.Base(dir))
+		}
+	}
+	for _, dir := range []string{gone, goneEmpty} {
+		if _, err := os.Stat(dir); err == nil {
+			t.Errorf("%s is left", filepath.Base(dir))
+		}
+	}
+	// SweepMemory runs every second: the gone installations are looked
+	// for once per goneSweepEvery only.
+	later := inst("gone-later", goneState+"5", "0123456789ab.ram")
+	if got := d.SweepMemory(nil, nil); len(got) != 0 {
+		t.Errorf("a second sweep right after removed %v", got)
+	}
+	d.goneSwept.Store(time.Now().Add(-goneSweepEvery).UnixNano())
+	if got := d.SweepMemory(nil, nil); !slices.Equal(got, []string{later}) {
+		t.Errorf("a sweep %s later removed %v, want %s", goneSweepEvery, got, later)
+	}
+}

@@ -182,6 +182,7 @@ func vmFixture(t *testing.T) (*Driver, func(t *testing.T, extra ...string) hyper
 	d, err := New(Config{
 		VhostVsock:   VsockOff,
 		RelayCommand: []string{"/usr/bin/env", envRelay + "=1", self},
+		MemoryDir:    testMemoryDir(t),
 		Jail:         testJail(t, self),
 		Log:          slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug})),
 	})

@@ -131,6 +131,7 @@ func newAgentGuest(tb testing.TB) *agentGuest {
 	d, err := New(Config{
 		VhostVsock:   VsockOff,
 		RelayCommand: []string{"/usr/bin/env", envAgentRelay + "=1", self},
+		MemoryDir:    testMemoryDir(tb),
 		Jail:         jail.Config{Mode: jail.ModeOff},
 		Log:          slog.New(slog.NewTextHandler(io.Discard, nil)),
 	})
