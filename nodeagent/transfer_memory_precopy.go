@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -17,9 +18,12 @@ import (
 // direct listener, as a bundle does (transfer_peer_bundle.go: a
 // single-use peerdisk ticket, import_precopy takes the parked connection,
 // export_precopy with To dials it). The control plane relays no byte. A
-// pre-copy is a shortcut, not a step a move needs: a stream that drops
-// is not resumed, and any failure (an old node that does not know the
-// calls included) leaves the move to ship the whole bundle.
+// stream that drops resumes as a peer bundle does (transfer_resume.go: a
+// new single-use ticket, the source's export from the target's offset),
+// from the records the target holds (engine.PreCopyResumer). A pre-copy
+// is a shortcut, not a step a move needs: any failure (after the resume's
+// tries; an old node that does not know the calls included) leaves the
+// move to ship the whole bundle.
 
 // Method names of pre-copies (see wire.go).
 const (
@@ -64,11 +68,19 @@ func (s *server) runPreCopy(ctx context.Context, method string, req callRequest,
 	case mDropPreCopy:
 		return nil, pc.DropPreCopy(ctx, req.ID)
 	case mExportPreCopy:
-		if req.To == nil || req.Offset != 0 {
-			return nil, errs.New(errs.InvalidArgument, "export_precopy: only whole and node to node")
+		if req.To == nil {
+			return nil, errs.New(errs.InvalidArgument, "export_precopy: only node to node")
 		}
 		return s.exportToPeerStep(ctx, req, func(ctx context.Context, id string, off int64, w io.Writer) error {
-			return pc.ExportPreCopy(ctx, id, w)
+			if off == 0 {
+				return pc.ExportPreCopy(ctx, id, w)
+			}
+			// The rest of a dropped stream, after the target's records.
+			pr, ok := pc.(engine.PreCopyResumer)
+			if !ok {
+				return errs.New(errs.FailedPrecondition, "this node's engine does not resume pre-copies")
+			}
+			return pr.ExportPreCopyFrom(ctx, id, off, w)
 		}, nil, movepause.PreCopy)
 	case mImportPreCopy:
 		if !req.Direct {
@@ -78,11 +90,33 @@ func (s *server) runPreCopy(ctx context.Context, method string, req callRequest,
 		if err != nil {
 			return nil, err
 		}
-		defer end()
+		defer func() { end() }()
 		progress(streamReady)
-		mt := &byteMeter{r: &idleStream{ctx: ctx, st: st}, say: progress, start: time.Now()}
-		if err := pc.ImportPreCopy(ctx, req.ID, mt); err != nil {
-			return nil, err
+		var r io.Reader = &idleStream{ctx: ctx, st: st}
+		if n := cutImport.Swap(0); n > 0 {
+			r = &cutReader{c: st, left: n} // test only: a dropped stream
+		}
+		mt := &byteMeter{r: r, say: progress, start: time.Now()}
+		pr, ok := pc.(engine.PreCopyResumer)
+		if !req.Resume || !ok {
+			if err := pc.ImportPreCopy(ctx, req.ID, mt); err != nil {
+				return nil, err
+			}
+		} else {
+			end = sync.OnceFunc(end) // and when the stream drops
+			ri := &resumingImport{s: s, req: req, progress: progress, cur: end}
+			defer ri.close()
+			reopen := func(ctx context.Context, attempt int, at engine.ResumeAt) (io.Reader, error) {
+				nr, err := ri.reopen(ctx, attempt, at)
+				if err != nil {
+					return nil, err
+				}
+				mt.r = nr // the meter counts every stream's bytes
+				return mt, nil
+			}
+			if err := pr.ImportPreCopyResuming(ctx, req.ID, mt, reopen, importResume); err != nil {
+				return nil, err
+			}
 		}
 		mt.line(time.Now())
 		progress(streamBytes + strconv.FormatInt(mt.n, 10))

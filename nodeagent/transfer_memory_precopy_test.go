@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/minionsdev/minions/internal/errs"
+	"github.com/minionsdev/minions/nodeagent"
 	"github.com/minionsdev/minions/vm"
 	"github.com/minionsdev/minions/vm/engine"
 	"github.com/minionsdev/minions/vm/hypervisor"
@@ -261,4 +262,135 @@ func TestPreCopyMovesNodeToNode(t *testing.T) {
 		t.Errorf("node-a keeps %d ram files after the move: %v", len(ents), ents)
 	}
 
+}
+
+// TestPreCopyResumesNodeToNode: a node-to-node pre-copy whose TCP
+// connection a proxy resets part-way, while the "guest" writes, resumes
+// from the records node-b holds (a new single-use ticket): the bundle
+// after the suspend carries only the delta, and node-b's RAM is node-a's
+// at its pause. A link that drops every connection fails the pre-copy
+// after the bounded retries with nothing left on node-b; the whole
+// bundle then moves the instance as before.
+func TestPreCopyResumesNodeToNode(t *testing.T) {
+	defer nodeagent.SetResumeTiming(3, 20*time.Millisecond, 3*time.Second)()
+	t.Run("cut-once", func(t *testing.T) { testPreCopyResumes(t, false) })
+	t.Run("cut-always", func(t *testing.T) { testPreCopyResumes(t, true) })
+}
+
+func testPreCopyResumes(t *testing.T, always bool) {
+	a, ra0 := newRAMLocal(t)
+	b, rb0 := newRAMLocal(t)
+	b.drv.SetServer(a.drv.Server())
+	e := newDirectEnv(t)
+	proxy := newCutProxy(t)
+	serveDirect(t, "node-a", e.node(t, "node-a"), a.eng, e.direct(t, "node-a"))
+	serveDirect(t, "node-b", e.node(t, "node-b"), b.eng, e.directVia(t, "node-b", proxy))
+	ra, rb := e.directRemote(t, "node-a", a), e.directRemote(t, "node-b", b)
+	waitServed(t, ra)
+	waitServed(t, rb)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	trust, err := rb.AgentTrustKey(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	create := func(name string) (engine.Instance, func()) {
+		inst, err := ra.Create(ctx, engine.CreateSpec{ID: vm.NewID(), Name: name, Owner: a.owner, Image: "minimal", CPUs: 1, MemoryMiB: 256}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		stop := make(chan struct{})
+		var wg sync.WaitGroup
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			f, _ := os.OpenFile(ra0.ramOf(inst.ID), os.O_WRONLY, 0)
+			defer f.Close()
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				f.WriteAt([]byte{byte(i), byte(i >> 8)}, int64(i*7919*4096)%ra0.size)
+				time.Sleep(50 * time.Microsecond)
+			}
+		}()
+		return inst, func() { close(stop); wg.Wait() }
+	}
+	finish := func(inst engine.Instance, name string) int64 {
+		t.Helper()
+		if err := ra.Suspend(ctx, inst.ID, trust); err != nil {
+			t.Fatalf("suspend: %v", err)
+		}
+		got, n, err := rb.ImportBundleFromPeer(ctx, engine.ImportSpec{ID: inst.ID, Name: name, Owner: b.owner}, ra, nil)
+		if err != nil || got.State != vm.Running {
+			t.Fatalf("bundle: %+v, %v", got, err)
+		}
+		// The fake driver keeps a RAM file of its own only for a pre-copy's.
+		if have, err := os.ReadFile(rb0.ramOf(inst.ID)); !always && (err != nil || !bytes.Equal(have, *pausedRAM.Load())) {
+			t.Fatalf("node-b's ram differs from node-a's at its pause (%v)", err)
+		}
+		for _, r := range []*nodeagent.Remote{ra, rb} {
+			if err := r.Destroy(ctx, inst.ID); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return n
+	}
+
+	if always {
+		testPreCopyCutAlways(t, ctx, create, finish, proxy, ra, rb, ra0, rb0)
+		return
+	}
+	// Cut once, after 3 MiB of the 8 MiB of data.
+	inst, stop := create("resumed")
+	proxy.cut(1, 3<<20)
+	var steps []string
+	var mu sync.Mutex
+	n, err := rb.PreCopyFromPeer(ctx, inst.ID, ra, func(s string) { mu.Lock(); steps = append(steps, s); mu.Unlock() })
+	stop()
+	if err != nil {
+		t.Fatalf("pre-copy over a link cut once: %v (steps %q)", err, steps)
+	}
+	if proxy.cutDone.Load() != 1 || rb.ResumeCount() != 1 || !strings.Contains(strings.Join(steps, "\n"), "transfer resumed at ") {
+		t.Fatalf("cut %d, resumed %d, progress %q; want one cut, resumed once and said", proxy.cutDone.Load(), rb.ResumeCount(), steps)
+	}
+	if n < ra0.size/2 {
+		t.Errorf("pre-copy of %d bytes reported", n)
+	}
+	if bn := finish(inst, "resumed"); bn >= rb0.size/2 {
+		t.Errorf("the bundle after a resumed pre-copy is %d bytes: the ram went again", bn)
+	}
+	if ents, _ := os.ReadDir(ra0.dir); len(ents) != 0 {
+		t.Errorf("node-a keeps %d ram files after the move: %v", len(ents), ents)
+	}
+}
+
+// testPreCopyCutAlways: every connection drops after 2 MiB: the pre-copy
+// fails after the bound, nothing is left on node-b, and the whole bundle
+// moves the instance.
+func testPreCopyCutAlways(t *testing.T, ctx context.Context, create func(string) (engine.Instance, func()), finish func(engine.Instance, string) int64,
+	proxy *cutProxy, ra, rb *nodeagent.Remote, ra0, rb0 *ramDriver) {
+	inst, stop := create("cut")
+	proxy.cut(0, 2<<20)
+	proxy.every.Store(true)
+	_, err := rb.PreCopyFromPeer(ctx, inst.ID, ra, nil)
+	stop()
+	proxy.every.Store(false)
+	if err == nil {
+		t.Fatal("a pre-copy over a link that drops every connection succeeded")
+	}
+	if c := rb.ResumeCount(); c != 3 {
+		t.Errorf("resumed %d times, want 3 (the bound)", c)
+	}
+	if ents, _ := os.ReadDir(rb0.dir); len(ents) != 0 {
+		t.Errorf("node-b keeps %d ram files after the failed pre-copy: %v", len(ents), ents)
+	}
+	rb.DropPreCopy(ctx, inst.ID)
+	ra.DropPreCopy(ctx, inst.ID)
+	finish(inst, "cut") // the fake's whole bundle: its device state only
+	if ents, _ := os.ReadDir(ra0.dir); len(ents) != 0 {
+		t.Errorf("node-a keeps %d ram files after the moves: %v", len(ents), ents)
+	}
 }
