@@ -127,6 +127,9 @@ func (s *Service) moveMemory(ctx context.Context, v store.VM, from, to store.Hos
 	// The RAM, pre-copied while the VM runs (move_precopy.go).
 	var preMS, preBytes int64
 	pre := false
+	if s.moving.crashes("precopy") {
+		return VM{}, errMoveCrashed
+	}
 	if preCopy {
 		preMS, preBytes, pre = s.preCopy(ctx, v, from, to, srcE, dstE, progress)
 	}
