@@ -47,6 +47,33 @@ func (r *Remote) PreCopyFromPeer(ctx context.Context, id string, from engine.Eng
 	return n, err
 }
 
+var _ engine.PreCopyImporter = (*Remote)(nil)
+
+// ImportPreCopyFrom implements engine.PreCopyImporter: the pre-copy src
+// writes (the control plane's own host's) goes to r's node over the
+// control plane's direct connection (or a fabric stream), resumed from
+// the node's offset when it drops (transfer_resume.go).
+func (r *Remote) ImportPreCopyFrom(ctx context.Context, id string, src engine.StreamSource, progress engine.Progress) (int64, error) {
+	var n atomic.Int64
+	count := func(ctx context.Context, at engine.ResumeAt, w io.Writer) error {
+		return src(ctx, at, &countWriter{w: w, n: &n})
+	}
+	_, err := r.importResuming(ctx, mImportPreCopy, engine.ImportSpec{ID: id}, count, progress)
+	return n.Load(), err
+}
+
+// countWriter counts the bytes written through it into n.
+type countWriter struct {
+	w io.Writer
+	n *atomic.Int64
+}
+
+func (c *countWriter) Write(p []byte) (int, error) {
+	k, err := c.w.Write(p)
+	c.n.Add(int64(k))
+	return k, err
+}
+
 // DropPreCopy implements engine.PreCopyPeer.
 func (r *Remote) DropPreCopy(ctx context.Context, id string) error {
 	return r.call(ctx, mDropPreCopy, callRequest{ID: id}, nil, nil)
@@ -83,9 +110,6 @@ func (s *server) runPreCopy(ctx context.Context, method string, req callRequest,
 			return pr.ExportPreCopyFrom(ctx, id, off, w)
 		}, nil, movepause.PreCopy)
 	case mImportPreCopy:
-		if !req.Direct {
-			return nil, errs.New(errs.InvalidArgument, "import_precopy: only node to node")
-		}
 		_, st, end, err := s.transferStream(ctx, req)
 		if err != nil {
 			return nil, err
@@ -119,7 +143,9 @@ func (s *server) runPreCopy(ctx context.Context, method string, req callRequest,
 			}
 		}
 		mt.line(time.Now())
-		progress(streamBytes + strconv.FormatInt(mt.n, 10))
+		if req.Meter {
+			progress(streamBytes + strconv.FormatInt(mt.n, 10))
+		}
 		return engine.Instance{ID: req.ID}, nil
 	}
 	return nil, errs.New(errs.InvalidArgument, "unknown engine method %q", method)

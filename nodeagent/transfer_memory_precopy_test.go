@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -393,4 +394,105 @@ func testPreCopyCutAlways(t *testing.T, ctx context.Context, create func(string)
 	if ents, _ := os.ReadDir(ra0.dir); len(ents) != 0 {
 		t.Errorf("node-a keeps %d ram files after the moves: %v", len(ents), ents)
 	}
+}
+
+// TestPreCopyFromControlPlaneHost: the control plane's own host (a Local
+// engine) pre-copies a running instance's RAM into node-b over its direct
+// mTLS connection, which a proxy resets part-way: it resumes from the
+// records node-b holds, the bundle after the suspend carries only the
+// delta, and node-b resumes on node-a's RAM byte for byte.
+func TestPreCopyFromControlPlaneHost(t *testing.T) {
+	defer nodeagent.SetResumeTiming(3, 20*time.Millisecond, 3*time.Second)()
+	a, ra0 := newRAMLocal(t)
+	b, rb0 := newRAMLocal(t)
+	b.drv.SetServer(a.drv.Server())
+	e := newDirectEnv(t)
+	proxy := newCutProxy(t)
+	serveDirect(t, "node-b", e.node(t, "node-b"), b.eng, e.directVia(t, "node-b", proxy))
+	rb := e.directRemote(t, "node-b", b)
+	waitServed(t, rb)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	trust, err := rb.AgentTrustKey(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	inst, err := a.eng.Create(ctx, engine.CreateSpec{ID: vm.NewID(), Name: "cp-vm", Owner: a.owner, Image: "minimal", CPUs: 1, MemoryMiB: 256}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		f, _ := os.OpenFile(ra0.ramOf(inst.ID), os.O_WRONLY, 0)
+		defer f.Close()
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			f.WriteAt([]byte{byte(i), byte(i >> 8)}, int64(i*7919*4096)%ra0.size)
+			time.Sleep(50 * time.Microsecond)
+		}
+	}()
+	proxy.cut(1, 3<<20)
+	var steps []string
+	var mu sync.Mutex
+	n, err := rb.ImportPreCopyFrom(ctx, inst.ID, func(ctx context.Context, at engine.ResumeAt, w io.Writer) error {
+		if at.Offset == 0 {
+			return a.eng.ExportPreCopy(ctx, inst.ID, w)
+		}
+		return a.eng.ExportPreCopyFrom(ctx, inst.ID, at.Offset, w)
+	}, func(s string) { mu.Lock(); steps = append(steps, s); mu.Unlock() })
+	close(stop)
+	wg.Wait()
+	if err != nil {
+		t.Fatalf("pre-copy from the control plane's host: %v (steps %q)", err, steps)
+	}
+	if proxy.cutDone.Load() != 1 || rb.ResumeCount() != 1 {
+		t.Fatalf("cut %d, resumed %d; want one of each", proxy.cutDone.Load(), rb.ResumeCount())
+	}
+	if strings.Contains(strings.Join(steps, ","), "\x00") {
+		t.Errorf("progress %q", steps)
+	}
+	if n < ra0.size/2 {
+		t.Errorf("pre-copy of %d bytes", n)
+	}
+	if err := a.eng.Suspend(ctx, inst.ID, trust); err != nil {
+		t.Fatalf("suspend: %v", err)
+	}
+	pr, pw := io.Pipe()
+	var bn atomic.Int64
+	go func() { pw.CloseWithError(a.eng.ExportBundle(ctx, inst.ID, &countingWriter{w: pw, n: &bn})) }()
+	got, err := rb.ImportBundle(ctx, engine.ImportSpec{ID: inst.ID, Name: "cp-vm", Owner: b.owner}, pr, nil)
+	pr.Close()
+	if err != nil || got.State != vm.Running {
+		t.Fatalf("bundle: %+v, %v", got, err)
+	}
+	if have, err := os.ReadFile(rb0.ramOf(inst.ID)); err != nil || !bytes.Equal(have, *pausedRAM.Load()) {
+		t.Fatalf("node-b's ram differs from the control plane host's at its pause (%v)", err)
+	}
+	if bn.Load() >= rb0.size/2 {
+		t.Errorf("the bundle after the pre-copy is %d bytes: the ram went again", bn.Load())
+	}
+	if err := a.eng.Destroy(ctx, inst.ID); err != nil {
+		t.Fatal(err)
+	}
+	if ents, _ := os.ReadDir(ra0.dir); len(ents) != 0 {
+		t.Errorf("the control plane's host keeps %d ram files after the move: %v", len(ents), ents)
+	}
+}
+
+type countingWriter struct {
+	w io.Writer
+	n *atomic.Int64
+}
+
+func (c *countingWriter) Write(p []byte) (int, error) {
+	k, err := c.w.Write(p)
+	c.n.Add(int64(k))
+	return k, err
 }

@@ -421,6 +421,19 @@ type PreCopyResumer interface {
 
 var _ PreCopyResumer = (*Local)(nil)
 
+// PreCopyImporter is an engine of another host (nodeagent.Remote) that
+// keeps a pre-copy this host writes (the control plane's own host as
+// the source: its PreCopyResumer's export feeds src).
+type PreCopyImporter interface {
+	// ImportPreCopyFrom has this engine's host keep the pre-copy of
+	// instance id that src writes (from ResumeAt{}: ExportPreCopy; from
+	// an offset: ExportPreCopyFrom, each time the stream dropped), and
+	// returns the bytes src wrote.
+	ImportPreCopyFrom(ctx context.Context, id string, src StreamSource, progress Progress) (int64, error)
+	// DropPreCopy is PreCopier's, on that host.
+	DropPreCopy(ctx context.Context, id string) error
+}
+
 // PreCopyPeer is an engine of another host (nodeagent.Remote) that takes
 // a pre-copy straight from a third host, node to node: the caller relays
 // no byte.
