@@ -337,6 +337,11 @@ func testPreCopyResumes(t *testing.T, always bool) {
 				t.Fatal(err)
 			}
 		}
+		// Nothing of it is left on node-b: not the pre-copied file's own
+		// name either (the VM ran on a second name of it).
+		if ents, _ := os.ReadDir(rb0.dir); len(ents) != 0 {
+			t.Errorf("node-b keeps %d ram files after the vm was destroyed: %v", len(ents), ents)
+		}
 		return n
 	}
 

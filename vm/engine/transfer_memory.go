@@ -658,6 +658,10 @@ func (l *Local) resumeMoved(ctx context.Context, o *op, fk hypervisor.Forker, ro
 	if row, err = l.settleMovedGuest(ctx, o, cl, row, ip, progress); err != nil {
 		return row, err
 	}
+	// A pre-copied RAM file runs under the instance's own name now: its
+	// first name (the state's kept RAM) goes, or it would outlive the
+	// instance on this host's tmpfs.
+	l.discardKeptRAM(state)
 	os.RemoveAll(state)
 	l.log.Info("vm resumed from a move", "vm_id", row.ID, "vm", row.Name, "pid", h.PID,
 		"restore_ms", restored.Sub(start).Milliseconds(), "ready_ms", time.Since(start).Milliseconds())
