@@ -116,11 +116,7 @@ func (s *server) runPreCopy(ctx context.Context, method string, req callRequest,
 		}
 		defer func() { end() }()
 		progress(streamReady)
-		var r io.Reader = &idleStream{ctx: ctx, st: st}
-		if n := cutImport.Swap(0); n > 0 {
-			r = &cutReader{c: st, left: n} // test only: a dropped stream
-		}
-		mt := &byteMeter{r: r, say: progress, start: time.Now()}
+		mt := &byteMeter{r: &idleStream{ctx: ctx, st: st}, say: progress, start: time.Now()}
 		pr, ok := pc.(engine.PreCopyResumer)
 		if !req.Resume || !ok {
 			if err := pc.ImportPreCopy(ctx, req.ID, mt); err != nil {
