@@ -16,9 +16,10 @@ import (
 )
 
 // testMoveResumePreCopy is the resume proof for `move --memory`'s RAM
-// pre-copy on real QEMU hosts, on two legs: n1 -> n2 (node to node over
-// direct mTLS) and cp -> n2 (the control plane's own host writes the
-// pre-copy over its direct connection). p1 (512 MiB) holds 160 MiB of
+// pre-copy on real QEMU hosts, on three legs: n1 -> n2 (node to node
+// over direct mTLS), cp -> n2 (the control plane's own host writes the
+// pre-copy over its direct connection) and n1 -> cp (it reads n1's, and
+// stages the bundle on it). p1 (512 MiB) holds 160 MiB of
 // random bytes in its /dev/shm; the test kills the pre-copy's TCP
 // connection with `ss -K` once 48 MiB went. The move completes with a
 // pre-copy (move.precopy_resumed >= 1), the bundle after the suspend
@@ -39,8 +40,9 @@ func testMoveResumePreCopy(t *testing.T, c *mhCluster, ann mhUser) {
 	}{
 		{"n1", c.n1, "n2", c.n2, "node to node"},
 		{cpName, c.cp, "n2", c.n2, "control plane to node"},
+		{"n1", c.n1, cpName, c.cp, "node to control plane"},
 	} {
-		name := "p-" + leg.fromH.name
+		name := "p-" + leg.fromH.name + "-" + leg.toH.name
 		if r := c.as(t, ann, "", "create", name, "--memory", "512", "--host", leg.from, "--json"); r.code != 0 {
 			t.Fatalf("create %s --host %s: %s", name, leg.from, r)
 		}

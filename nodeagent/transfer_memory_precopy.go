@@ -62,6 +62,39 @@ func (r *Remote) ImportPreCopyFrom(ctx context.Context, id string, src engine.St
 	return n.Load(), err
 }
 
+var _ engine.PreCopyExporter = (*Remote)(nil)
+
+// ExportPreCopyFrom implements engine.PreCopyExporter: the node's
+// pre-copy (off 0) or the rest of it (off: the target's records plus
+// one) is copied into w as it arrives, over the control plane's direct
+// connection (or a fabric stream).
+func (r *Remote) ExportPreCopyFrom(ctx context.Context, id string, off int64, w io.Writer) error {
+	sid := newToken()
+	st, direct, err := r.openDisk(ctx, sid, id)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	copied := make(chan error, 1)
+	go func() {
+		_, err := io.CopyBuffer(w, st, make([]byte, engine.DiskStreamBuffer))
+		if err != nil {
+			st.Close()
+		}
+		copied <- err
+	}()
+	if err := r.call(ctx, mExportPreCopy, callRequest{ID: id, Stream: sid, Direct: direct, Offset: off}, nil, nil); err != nil {
+		st.Close()
+		return err
+	}
+	select {
+	case err := <-copied:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
 // countWriter counts the bytes written through it into n.
 type countWriter struct {
 	w io.Writer
@@ -95,10 +128,7 @@ func (s *server) runPreCopy(ctx context.Context, method string, req callRequest,
 	case mDropPreCopy:
 		return nil, pc.DropPreCopy(ctx, req.ID)
 	case mExportPreCopy:
-		if req.To == nil {
-			return nil, errs.New(errs.InvalidArgument, "export_precopy: only node to node")
-		}
-		return s.exportToPeerStep(ctx, req, func(ctx context.Context, id string, off int64, w io.Writer) error {
+		export := func(ctx context.Context, id string, off int64, w io.Writer) error {
 			if off == 0 {
 				return pc.ExportPreCopy(ctx, id, w)
 			}
@@ -108,7 +138,21 @@ func (s *server) runPreCopy(ctx context.Context, method string, req callRequest,
 				return errs.New(errs.FailedPrecondition, "this node's engine does not resume pre-copies")
 			}
 			return pr.ExportPreCopyFrom(ctx, id, off, w)
-		}, nil, movepause.PreCopy)
+		}
+		if req.To != nil {
+			return s.exportToPeerStep(ctx, req, export, nil, movepause.PreCopy)
+		}
+		// To the control plane's own host, over its stream.
+		_, st, end, err := s.transferStream(ctx, req)
+		if err != nil {
+			return nil, err
+		}
+		defer end()
+		w := &idleStream{ctx: ctx, st: st, pauseAfter: pauseAfter, pauseStep: movepause.PreCopy}
+		if req.Offset != 0 {
+			w.pauseAfter = 0 // the test-only pause is the first stream's
+		}
+		return nil, export(ctx, req.ID, req.Offset, w)
 	case mImportPreCopy:
 		_, st, end, err := s.transferStream(ctx, req)
 		if err != nil {

@@ -501,3 +501,82 @@ func (c *countingWriter) Write(p []byte) (int, error) {
 	c.n.Add(int64(k))
 	return k, err
 }
+
+// TestPreCopyIntoControlPlaneHost: the control plane's own host (a Local
+// engine) reads node-a's pre-copy over its direct connection, which a
+// proxy resets part-way (it resumes from the records it holds); the
+// bundle after the suspend is staged (StageBundle), its delta applied to
+// the pre-copied file, which is then the staged state's RAM, byte for
+// byte node-a's at its pause; Destroy of the staged instance leaves no
+// RAM file.
+func TestPreCopyIntoControlPlaneHost(t *testing.T) {
+	a, ra0 := newRAMLocal(t)
+	b, rb0 := newRAMLocal(t)
+	b.drv.SetServer(a.drv.Server())
+	e := newDirectEnv(t)
+	proxy := newCutProxy(t)
+	serveDirect(t, "node-a", e.node(t, "node-a"), a.eng, e.directVia(t, "node-a", proxy))
+	ra := e.directRemote(t, "node-a", a)
+	waitServed(t, ra)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	inst, err := ra.Create(ctx, engine.CreateSpec{ID: vm.NewID(), Name: "in", Owner: a.owner, Image: "minimal", CPUs: 1, MemoryMiB: 256}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	open := func(off int64) *io.PipeReader {
+		pr, pw := io.Pipe()
+		go func() { pw.CloseWithError(ra.ExportPreCopyFrom(ctx, inst.ID, off, pw)) }()
+		return pr
+	}
+	// The pre-copy flows from the listener's side; the first connection
+	// that carries 3 MiB (not an agent's) is cut.
+	proxy.down.Store(true)
+	proxy.cut(0, 3<<20)
+	proxy.every.Store(true)
+	cur := open(0)
+	resumes := 0
+	err = b.eng.ImportPreCopyResuming(ctx, inst.ID, cur, func(ctx context.Context, attempt int, at engine.ResumeAt) (io.Reader, error) {
+		proxy.every.Store(false)
+		resumes++
+		cur.Close()
+		cur = open(at.Offset)
+		return cur, nil
+	}, engine.ResumePolicy{Tries: 3, Backoff: 20 * time.Millisecond})
+	if err != nil || resumes != 1 || proxy.cutDone.Load() != 1 {
+		t.Fatalf("pre-copy into this host: %v, %d resumes, %d cuts (%d connections); want one of each", err, resumes, proxy.cutDone.Load(), proxy.conns.Load())
+	}
+	// The "guest" writes after the pre-copy: the delta carries it.
+	if f, err := os.OpenFile(ra0.ramOf(inst.ID), os.O_WRONLY, 0); err == nil {
+		f.WriteAt([]byte("after the pre-copy"), 4096*77)
+		f.Close()
+	}
+	trust, err := b.eng.AgentTrustKey(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ra.Suspend(ctx, inst.ID, trust); err != nil {
+		t.Fatalf("suspend: %v", err)
+	}
+	pr, pw := io.Pipe()
+	var bn atomic.Int64
+	go func() { pw.CloseWithError(ra.ExportBundle(ctx, inst.ID, &countingWriter{w: pw, n: &bn})) }()
+	err = b.eng.StageBundle(ctx, engine.ImportSpec{ID: inst.ID, Name: "in", Owner: b.owner}, pr, nil)
+	pr.Close()
+	if err != nil {
+		t.Fatalf("stage the bundle after the pre-copy: %v", err)
+	}
+	if bn.Load() >= rb0.size/2 {
+		t.Errorf("the bundle after the pre-copy is %d bytes: the ram went again", bn.Load())
+	}
+	ram := rb0.StateRAM(filepath.Join(b.dir, "state", "vms", inst.ID, "move-state"))
+	if have, err := os.ReadFile(ram); ram == "" || err != nil || !bytes.Equal(have, *pausedRAM.Load()) {
+		t.Fatalf("the staged ram %q differs from node-a's at its pause (%v)", ram, err)
+	}
+	if err := b.eng.Destroy(ctx, inst.ID); err != nil {
+		t.Fatal(err)
+	}
+	if ents, _ := os.ReadDir(rb0.dir); len(ents) != 0 {
+		t.Errorf("this host keeps %d ram files after the staged instance was destroyed: %v", len(ents), ents)
+	}
+}

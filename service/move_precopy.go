@@ -3,7 +3,10 @@ package service
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/minionsdev/minions/internal/errs"
@@ -16,9 +19,9 @@ import (
 // the RAM that changed since, which shortens the downtime. Node to node
 // the control plane relays no byte (engine.PreCopyPeer); from the control
 // plane's own host its engine writes the pre-copy into the node's import
-// over the direct connection (engine.PreCopyImporter). A dropped stream
-// resumes from what the target holds. Into the control plane's host
-// there is no pre-copy (it stages the bundle; the whole RAM ships). The
+// over the direct connection (engine.PreCopyImporter); into it, its
+// engine reads the node's (engine.PreCopyExporter) and the staged bundle
+// adopts it. A dropped stream resumes from what the target holds. The
 // pre-copy is a shortcut: when it cannot be made (either end lacks it, no
 // direct path, the VM's RAM is not a file of its own, any failure after
 // the resume's tries) the move ships the whole bundle as before, and
@@ -32,12 +35,21 @@ import (
 // preCopy runs the pre-copy of VM v from host from to host to, and
 // reports its figures: ok when the target holds it.
 func (s *Service) preCopy(ctx context.Context, v store.VM, from, to store.Host, srcE, dstE engine.Engine, progress Progress) (ms, bytes int64, ok bool) {
-	if to.Local {
-		return 0, 0, false // the control plane's host stages bundles: no pre-copy into it
-	}
 	var run func() (int64, error)
 	var src, dst dropper
-	if from.Local {
+	switch {
+	case to.Local:
+		// Into the control plane's own host: its engine reads the node's
+		// pre-copy over the direct connection, and the staged bundle
+		// adopts it (StageBundle).
+		se, ok1 := srcE.(engine.PreCopyExporter)
+		dl, ok2 := dstE.(engine.PreCopyResumer)
+		if !ok1 || !ok2 {
+			return 0, 0, false
+		}
+		src, dst = se, dl
+		run = func() (int64, error) { return preCopyIn(ctx, v.ID, se, dl, progress) }
+	case from.Local:
 		// From the control plane's own host: its engine writes the
 		// pre-copy into the node's import (over the direct connection).
 		pc, ok1 := srcE.(engine.PreCopyResumer)
@@ -54,7 +66,7 @@ func (s *Service) preCopy(ctx context.Context, v store.VM, from, to store.Host, 
 				return pc.ExportPreCopyFrom(ctx, v.ID, at.Offset, w)
 			}, progress)
 		}
-	} else {
+	default:
 		pd, ok1 := dstE.(engine.PreCopyPeer)
 		ps, ok2 := srcE.(engine.PreCopyPeer)
 		if !ok1 || !ok2 {
@@ -76,6 +88,50 @@ func (s *Service) preCopy(ctx context.Context, v store.VM, from, to store.Host, 
 		return 0, 0, false
 	}
 	return time.Since(t0).Milliseconds(), n, true
+}
+
+// preCopyIn has this host's engine dl keep the pre-copy of VM id that
+// node engine se writes, resumed from dl's records each time the stream
+// drops; it returns the bytes read.
+func preCopyIn(ctx context.Context, id string, se engine.PreCopyExporter, dl engine.PreCopyResumer, progress Progress) (int64, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var n atomic.Int64
+	var wg sync.WaitGroup
+	var cur *io.PipeReader
+	open := func(off int64) io.Reader {
+		pr, pw := io.Pipe()
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			pw.CloseWithError(se.ExportPreCopyFrom(ctx, id, off, pw))
+		}()
+		cur = pr
+		return &countReader{r: pr, n: &n}
+	}
+	r := open(0)
+	reopen := func(ctx context.Context, attempt int, at engine.ResumeAt) (io.Reader, error) {
+		cur.CloseWithError(errs.New(errs.Unavailable, "pre-copy stream resumed")) // the dropped export ends
+		progress.Say(fmt.Sprintf("%s%d MiB (attempt %d: the pre-copy's stream dropped)", resumedPrefix, n.Load()>>20, attempt))
+		return open(at.Offset), nil
+	}
+	err := dl.ImportPreCopyResuming(ctx, id, r, reopen, engine.ResumePolicy{})
+	cur.Close()
+	cancel()
+	wg.Wait()
+	return n.Load(), err
+}
+
+// countReader counts the bytes read through it into n.
+type countReader struct {
+	r io.Reader
+	n *atomic.Int64
+}
+
+func (c *countReader) Read(p []byte) (int, error) {
+	k, err := c.r.Read(p)
+	c.n.Add(int64(k))
+	return k, err
 }
 
 // dropper is either end of a pre-copy.

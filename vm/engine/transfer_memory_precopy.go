@@ -434,6 +434,17 @@ type PreCopyImporter interface {
 	DropPreCopy(ctx context.Context, id string) error
 }
 
+// PreCopyExporter is an engine of another host (nodeagent.Remote) whose
+// pre-copy this host reads: into the control plane's own host, which
+// imports it with its PreCopyResumer.
+type PreCopyExporter interface {
+	// ExportPreCopyFrom is PreCopyResumer's on that host, and off 0 is a
+	// fresh pre-copy (ExportPreCopy).
+	ExportPreCopyFrom(ctx context.Context, id string, off int64, w io.Writer) error
+	// DropPreCopy is PreCopier's, on that host.
+	DropPreCopy(ctx context.Context, id string) error
+}
+
 // PreCopyPeer is an engine of another host (nodeagent.Remote) that takes
 // a pre-copy straight from a third host, node to node: the caller relays
 // no byte.
