@@ -83,11 +83,20 @@ func testMoveResumePreCopy(t *testing.T, c *mhCluster, ann mhUser) {
 			t.Errorf("%s: the test found no stream to kill", leg.what)
 		case out.Move == nil || out.Move.PreCopyBytes < 160<<20 || out.Move.PreCopyResumed < 1:
 			t.Errorf("move %s --memory (%s): want a pre-copy of the RAM that resumed: %s", name, leg.what, r.stdout)
-		case out.Transfer == nil || out.Transfer.Bytes > 128<<20:
+		case out.Transfer != nil && out.Transfer.Bytes > 128<<20:
 			t.Errorf("move %s --memory (%s): the bundle after the suspend is not the delta: %s", name, leg.what, r.stdout)
+		case out.Transfer == nil && leg.toH != c.cp:
+			t.Errorf("move %s --memory (%s): no transfer figures: %s", name, leg.what, r.stdout)
 		default:
-			t.Logf("move --memory %s %s (512 MiB, 160 MiB in /dev/shm, pre-copy killed %s): %s, downtime %d ms, pre-copy %d MiB resumed %d, then %d MiB",
-				leg.what, name, killed, took.Round(time.Millisecond), out.Move.DowntimeMS, out.Move.PreCopyBytes>>20, out.Move.PreCopyResumed, out.Transfer.Bytes>>20)
+			// Into the control plane's host the bundle is staged: no
+			// transfer figures; the staging refuses a bundle with the whole
+			// RAM after a pre-copy it adopted only with its delta.
+			after := "staged"
+			if out.Transfer != nil {
+				after = fmt.Sprintf("%d MiB", out.Transfer.Bytes>>20)
+			}
+			t.Logf("move --memory %s %s (512 MiB, 160 MiB in /dev/shm, pre-copy killed %s): %s, downtime %d ms, pre-copy %d MiB resumed %d, then %s",
+				leg.what, name, killed, took.Round(time.Millisecond), out.Move.DowntimeMS, out.Move.PreCopyBytes>>20, out.Move.PreCopyResumed, after)
 		}
 		r = c.as(t, ann, "", "exec", name, "--", "md5sum", "/dev/shm/fill")
 		if got := strings.Fields(r.stdout); r.code != 0 || len(got) < 1 || got[0] != sum[0] {
