@@ -88,9 +88,8 @@ func testMoveResumePreCopy(t *testing.T, c *mhCluster, ann mhUser) {
 		case out.Transfer == nil && leg.toH != c.cp:
 			t.Errorf("move %s --memory (%s): no transfer figures: %s", name, leg.what, r.stdout)
 		default:
-			// Into the control plane's host the bundle is staged: no
-			// transfer figures; the staging refuses a bundle with the whole
-			// RAM after a pre-copy it adopted only with its delta.
+			// Into the control plane's host the bundle is staged: the move
+			// reports no transfer figures for it.
 			after := "staged"
 			if out.Transfer != nil {
 				after = fmt.Sprintf("%d MiB", out.Transfer.Bytes>>20)
