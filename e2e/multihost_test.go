@@ -314,6 +314,7 @@ func TestMultiHost(t *testing.T) {
 	t.Run("move-live", func(t *testing.T) { testMoveLive(t, c, ann, ben, haveVMs) })
 	t.Run("move-resume", func(t *testing.T) { testMoveResume(t, c, ann) })
 	t.Run("move-resume-memory", func(t *testing.T) { testMoveResumeMemory(t, c, ann) })
+	t.Run("move-resume-precopy", func(t *testing.T) { testMoveResumePreCopy(t, c, ann) })
 	t.Run("move-silent-drop", func(t *testing.T) { testMoveSilentDrop(t, c, ann) })
 	// Last: it moves a1 off n1 and removes n2.
 	t.Run("move", func(t *testing.T) { testMove(t, c, ann, ben, haveVMs) })

@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -17,9 +18,12 @@ import (
 // direct listener, as a bundle does (transfer_peer_bundle.go: a
 // single-use peerdisk ticket, import_precopy takes the parked connection,
 // export_precopy with To dials it). The control plane relays no byte. A
-// pre-copy is a shortcut, not a step a move needs: a stream that drops
-// is not resumed, and any failure (an old node that does not know the
-// calls included) leaves the move to ship the whole bundle.
+// stream that drops resumes as a peer bundle does (transfer_resume.go: a
+// new single-use ticket, the source's export from the target's offset),
+// from the records the target holds (engine.PreCopyResumer). A pre-copy
+// is a shortcut, not a step a move needs: any failure (after the resume's
+// tries; an old node that does not know the calls included) leaves the
+// move to ship the whole bundle.
 
 // Method names of pre-copies (see wire.go).
 const (
@@ -43,6 +47,66 @@ func (r *Remote) PreCopyFromPeer(ctx context.Context, id string, from engine.Eng
 	return n, err
 }
 
+var _ engine.PreCopyImporter = (*Remote)(nil)
+
+// ImportPreCopyFrom implements engine.PreCopyImporter: the pre-copy src
+// writes (the control plane's own host's) goes to r's node over the
+// control plane's direct connection (or a fabric stream), resumed from
+// the node's offset when it drops (transfer_resume.go).
+func (r *Remote) ImportPreCopyFrom(ctx context.Context, id string, src engine.StreamSource, progress engine.Progress) (int64, error) {
+	var n atomic.Int64
+	count := func(ctx context.Context, at engine.ResumeAt, w io.Writer) error {
+		return src(ctx, at, &countWriter{w: w, n: &n})
+	}
+	_, err := r.importResuming(ctx, mImportPreCopy, engine.ImportSpec{ID: id}, count, progress)
+	return n.Load(), err
+}
+
+var _ engine.PreCopyExporter = (*Remote)(nil)
+
+// ExportPreCopyFrom implements engine.PreCopyExporter: the node's
+// pre-copy (off 0) or the rest of it (off: the target's records plus
+// one) is copied into w as it arrives, over the control plane's direct
+// connection (or a fabric stream).
+func (r *Remote) ExportPreCopyFrom(ctx context.Context, id string, off int64, w io.Writer) error {
+	sid := newToken()
+	st, direct, err := r.openDisk(ctx, sid, id)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	copied := make(chan error, 1)
+	go func() {
+		_, err := io.CopyBuffer(w, st, make([]byte, engine.DiskStreamBuffer))
+		if err != nil {
+			st.Close()
+		}
+		copied <- err
+	}()
+	if err := r.call(ctx, mExportPreCopy, callRequest{ID: id, Stream: sid, Direct: direct, Offset: off}, nil, nil); err != nil {
+		st.Close()
+		return err
+	}
+	select {
+	case err := <-copied:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// countWriter counts the bytes written through it into n.
+type countWriter struct {
+	w io.Writer
+	n *atomic.Int64
+}
+
+func (c *countWriter) Write(p []byte) (int, error) {
+	k, err := c.w.Write(p)
+	c.n.Add(int64(k))
+	return k, err
+}
+
 // DropPreCopy implements engine.PreCopyPeer.
 func (r *Remote) DropPreCopy(ctx context.Context, id string) error {
 	return r.call(ctx, mDropPreCopy, callRequest{ID: id}, nil, nil)
@@ -64,28 +128,64 @@ func (s *server) runPreCopy(ctx context.Context, method string, req callRequest,
 	case mDropPreCopy:
 		return nil, pc.DropPreCopy(ctx, req.ID)
 	case mExportPreCopy:
-		if req.To == nil || req.Offset != 0 {
-			return nil, errs.New(errs.InvalidArgument, "export_precopy: only whole and node to node")
+		export := func(ctx context.Context, id string, off int64, w io.Writer) error {
+			if off == 0 {
+				return pc.ExportPreCopy(ctx, id, w)
+			}
+			// The rest of a dropped stream, after the target's records.
+			pr, ok := pc.(engine.PreCopyResumer)
+			if !ok {
+				return errs.New(errs.FailedPrecondition, "this node's engine does not resume pre-copies")
+			}
+			return pr.ExportPreCopyFrom(ctx, id, off, w)
 		}
-		return s.exportToPeerStep(ctx, req, func(ctx context.Context, id string, off int64, w io.Writer) error {
-			return pc.ExportPreCopy(ctx, id, w)
-		}, nil, movepause.PreCopy)
-	case mImportPreCopy:
-		if !req.Direct {
-			return nil, errs.New(errs.InvalidArgument, "import_precopy: only node to node")
+		if req.To != nil {
+			return s.exportToPeerStep(ctx, req, export, nil, movepause.PreCopy)
 		}
+		// To the control plane's own host, over its stream.
 		_, st, end, err := s.transferStream(ctx, req)
 		if err != nil {
 			return nil, err
 		}
 		defer end()
-		progress(streamReady)
-		mt := &byteMeter{r: &idleStream{ctx: ctx, st: st}, say: progress, start: time.Now()}
-		if err := pc.ImportPreCopy(ctx, req.ID, mt); err != nil {
+		w := &idleStream{ctx: ctx, st: st, pauseAfter: pauseAfter, pauseStep: movepause.PreCopy}
+		if req.Offset != 0 {
+			w.pauseAfter = 0 // the test-only pause is the first stream's
+		}
+		return nil, export(ctx, req.ID, req.Offset, w)
+	case mImportPreCopy:
+		_, st, end, err := s.transferStream(ctx, req)
+		if err != nil {
 			return nil, err
 		}
+		defer func() { end() }()
+		progress(streamReady)
+		mt := &byteMeter{r: &idleStream{ctx: ctx, st: st}, say: progress, start: time.Now()}
+		pr, ok := pc.(engine.PreCopyResumer)
+		if !req.Resume || !ok {
+			if err := pc.ImportPreCopy(ctx, req.ID, mt); err != nil {
+				return nil, err
+			}
+		} else {
+			end = sync.OnceFunc(end) // and when the stream drops
+			ri := &resumingImport{s: s, req: req, progress: progress, cur: end}
+			defer ri.close()
+			reopen := func(ctx context.Context, attempt int, at engine.ResumeAt) (io.Reader, error) {
+				nr, err := ri.reopen(ctx, attempt, at)
+				if err != nil {
+					return nil, err
+				}
+				mt.r = nr // the meter counts every stream's bytes
+				return mt, nil
+			}
+			if err := pr.ImportPreCopyResuming(ctx, req.ID, mt, reopen, importResume); err != nil {
+				return nil, err
+			}
+		}
 		mt.line(time.Now())
-		progress(streamBytes + strconv.FormatInt(mt.n, 10))
+		if req.Meter {
+			progress(streamBytes + strconv.FormatInt(mt.n, 10))
+		}
 		return engine.Instance{ID: req.ID}, nil
 	}
 	return nil, errs.New(errs.InvalidArgument, "unknown engine method %q", method)

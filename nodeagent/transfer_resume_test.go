@@ -35,7 +35,10 @@ type cutProxy struct {
 	// connections open (a silent drop) instead of resetting them.
 	stall   atomic.Bool
 	stalled atomic.Int64 // unix nanoseconds of the last stall
-	quit    chan struct{}
+	// down: `after` counts the bytes from the upstream to the client (a
+	// stream the listener's side writes) instead; a cut resets both.
+	down atomic.Bool
+	quit chan struct{}
 }
 
 func newCutProxy(t *testing.T) *cutProxy {
@@ -79,15 +82,28 @@ func (p *cutProxy) serve(c net.Conn) {
 		limit = p.after.Load()
 	}
 	var stalled atomic.Bool
+	down := limit >= 0 && p.down.Load()
 	go func() {
 		// Upstream to client, until the stall (if any).
 		b := make([]byte, 64<<10)
+		left := limit
 		for {
 			n, err := u.Read(b)
 			if stalled.Load() {
 				<-p.quit
 				return
 			}
+			if down && int64(n) >= left {
+				p.cutDone.Add(1)
+				c.Write(b[:left])
+				if tc, ok := c.(*net.TCPConn); ok {
+					tc.SetLinger(0)
+				}
+				c.Close()
+				u.Close()
+				return
+			}
+			left -= int64(n)
 			if n > 0 {
 				if _, err := c.Write(b[:n]); err != nil {
 					break
@@ -99,7 +115,7 @@ func (p *cutProxy) serve(c net.Conn) {
 		}
 		c.Close()
 	}()
-	if limit < 0 {
+	if limit < 0 || down {
 		io.Copy(u, c)
 		return
 	}

@@ -57,6 +57,9 @@ type MoveStats struct {
 	// downtime; absent when the move made none.
 	PreCopyMS    int64 `json:"precopy_ms,omitempty"`
 	PreCopyBytes int64 `json:"precopy_bytes,omitempty"`
+	// PreCopyResumed is how often the pre-copy's stream dropped and
+	// resumed from what the target held.
+	PreCopyResumed int `json:"precopy_resumed,omitempty"`
 	// PauseMS (live) bounds how long the guest did not run: DowntimeMS
 	// (the hypervisor's own figure: source paused to the end of the
 	// memory stream), the disk mirror's last writes and the target's
@@ -127,8 +130,14 @@ func (s *Service) moveMemory(ctx context.Context, v store.VM, from, to store.Hos
 	// The RAM, pre-copied while the VM runs (move_precopy.go).
 	var preMS, preBytes int64
 	pre := false
+	if s.moving.crashes("precopy") {
+		return VM{}, errMoveCrashed
+	}
+	var preResumed int
 	if preCopy {
-		preMS, preBytes, pre = s.preCopy(ctx, v, from, to, srcE, dstE, progress)
+		pp, n := countResumes(progress)
+		preMS, preBytes, pre = s.preCopy(ctx, v, from, to, srcE, dstE, pp)
+		preResumed = int(n.Load())
 	}
 	progress.Say("suspend")
 	suspended := time.Now()
@@ -235,10 +244,10 @@ func (s *Service) moveMemory(ctx context.Context, v store.VM, from, to store.Hos
 	}
 	stats := &MoveStats{Mode: store.MoveMemory, WallMS: time.Since(t0).Milliseconds(), DowntimeMS: resumed.Sub(suspended).Milliseconds(),
 		SuspendMS: suspendTook.Milliseconds(), TransferMS: shippedAt.Sub(suspended.Add(suspendTook)).Milliseconds(),
-		PreCopyMS: preMS, PreCopyBytes: preBytes}
+		PreCopyMS: preMS, PreCopyBytes: preBytes, PreCopyResumed: preResumed}
 	s.log.Info("vm moved with memory", "vm_id", v.ID, "vm", v.Name, "from", from.Name, "to", to.Name,
 		"wall_ms", stats.WallMS, "downtime_ms", stats.DowntimeMS, "suspend_ms", stats.SuspendMS, "transfer_ms", stats.TransferMS, "node_to_node", peer,
-		"precopy_ms", stats.PreCopyMS, "precopy_bytes", stats.PreCopyBytes)
+		"precopy_ms", stats.PreCopyMS, "precopy_bytes", stats.PreCopyBytes, "precopy_resumed", stats.PreCopyResumed)
 	out := s.current(ctx, v.ID)
 	out.Move = stats
 	if mt != nil {

@@ -10,6 +10,7 @@ import (
 	"io"
 	"os"
 	"runtime"
+	"slices"
 	"sync"
 
 	"golang.org/x/sys/unix"
@@ -39,6 +40,15 @@ import (
 // again, up to preCopyPasses times), one byte 2, the chunk's index (4
 // bytes, big-endian) and its bytes; then one byte 3 and the SHA-256 of
 // every chunk as last sent (a hole's: of zeros), 32 bytes each.
+//
+// A pre-copy stream that drops resumes (the disk streams' Reopen and
+// ResumePolicy): the target keeps its file and the sums of what it
+// holds, and asks for the rest after the records it has (ResumeAt.Offset
+// is that count plus one: 0 asks for a fresh pre-copy). The source keeps
+// the records it wrote (preRec), so it knows what the target holds
+// without being told each sum; the rest is a stream whose header says
+// Resumed and From, no first pass, then every chunk that differs from
+// what the target holds, the passes, and the closing sums as usual.
 //
 // ram.delta: one line of JSON (RAMDeltaHeader), the SHA-256 of every
 // chunk of the saved RAM (32 bytes each), then the bytes of each chunk it
@@ -70,6 +80,11 @@ type PreCopyHeader struct {
 	Chunk   int64  `json:"chunk"` // preCopyChunk
 	// Token names this pre-copy: the delta says which one it follows.
 	Token string `json:"token"`
+	// Resumed: this stream is the rest of pre-copy Token after its
+	// target's first From records (a stream of it that dropped); no
+	// first pass, its records start with every chunk the target lacks.
+	Resumed bool  `json:"resumed,omitempty"`
+	From    int64 `json:"from,omitempty"`
 }
 
 // RAMDeltaHeader opens ram.delta.
@@ -109,45 +124,82 @@ func isHole(f *os.File, off, n int64) bool {
 	return err == nil && data >= off+n
 }
 
+// preRec is one record of a pre-copy as written: chunk idx now holds
+// bytes whose sum is sum on the target (a hole's: of zeros). A stream's
+// records, in order, are its first pass's chunks (one each, holes
+// included) and then its changed chunks (record 2); a resumed stream's
+// are all of the second kind. The records a target holds say what its
+// file holds: a chunk no record named is still a hole.
+type preRec struct {
+	idx int32
+	sum chunkSum
+}
+
+// preSums is what the target holds after records log: the sum of every
+// chunk of a RAM file of size bytes.
+func preSums(size, chunk int64, log []preRec) []chunkSum {
+	n := chunks(size, chunk)
+	sums := make([]chunkSum, n)
+	for i := range sums {
+		sums[i] = zeroSum(chunkLen(i, size, chunk))
+	}
+	for _, r := range log {
+		sums[r.idx] = r.sum
+	}
+	return sums
+}
+
 // writePreCopy writes the pre-copy stream of RAM file f (size bytes, the
-// VM running) to w, and returns the sums of the chunks as sent.
-func writePreCopy(w io.Writer, h PreCopyHeader, f *os.File) ([]chunkSum, error) {
+// VM running) to w: a whole one, or (h.Resumed) the rest of one whose
+// target holds the records log (its first h.From). It returns the sums
+// of the chunks as sent and the records written, log's first; on
+// failure, as far as they got (some perhaps never left this host: the
+// target says how many it has when it asks for the rest).
+func writePreCopy(w io.Writer, h PreCopyHeader, f *os.File, log []preRec) ([]chunkSum, []preRec, error) {
+	log = slices.Clone(log)
 	b, err := json.Marshal(h)
 	if err != nil {
-		return nil, err
+		return nil, log, err
 	}
 	bw := bufio.NewWriterSize(w, 1<<20)
 	if _, err := bw.Write(append(b, '\n')); err != nil {
-		return nil, err
+		return nil, log, err
 	}
 	n := chunks(h.Size, h.Chunk)
-	sums := make([]chunkSum, n)
+	sums := preSums(h.Size, h.Chunk, log)
 	buf := make([]byte, h.Chunk)
-	for i := 0; i < n; i++ {
+	for i := 0; i < n && !h.Resumed; i++ {
 		off, l := int64(i)*h.Chunk, chunkLen(i, h.Size, h.Chunk)
 		if isHole(f, off, l) {
 			sums[i] = zeroSum(l)
+			log = append(log, preRec{int32(i), sums[i]})
 			if err := bw.WriteByte(0); err != nil {
-				return nil, err
+				return nil, log, err
 			}
 			continue
 		}
 		if _, err := f.ReadAt(buf[:l], off); err != nil {
-			return nil, err
+			return nil, log, err
 		}
 		sums[i] = sha256.Sum256(buf[:l])
+		log = append(log, preRec{int32(i), sums[i]})
 		if err := bw.WriteByte(1); err != nil {
-			return nil, err
+			return nil, log, err
 		}
 		if _, err := bw.Write(buf[:l]); err != nil {
-			return nil, err
+			return nil, log, err
 		}
 	}
-	// The chunks the running guest changed meanwhile, again.
-	for pass := 0; pass < preCopyPasses; pass++ {
+	// The chunks the running guest changed meanwhile, again; a resumed
+	// stream's first pass is every chunk the target lacks.
+	passes := preCopyPasses
+	if h.Resumed {
+		passes++
+	}
+	for pass := 0; pass < passes; pass++ {
 		now, err := sumRAM(f, h.Size, h.Chunk)
 		if err != nil {
-			return nil, err
+			return nil, log, err
 		}
 		sent := int64(0)
 		for i := range now {
@@ -156,17 +208,18 @@ func writePreCopy(w io.Writer, h PreCopyHeader, f *os.File) ([]chunkSum, error) 
 			}
 			off, l := int64(i)*h.Chunk, chunkLen(i, h.Size, h.Chunk)
 			if _, err := f.ReadAt(buf[:l], off); err != nil {
-				return nil, err
+				return nil, log, err
 			}
 			sums[i] = sha256.Sum256(buf[:l])
+			log = append(log, preRec{int32(i), sums[i]})
 			var rec [5]byte
 			rec[0] = 2
 			binary.BigEndian.PutUint32(rec[1:], uint32(i))
 			if _, err := bw.Write(rec[:]); err != nil {
-				return nil, err
+				return nil, log, err
 			}
 			if _, err := bw.Write(buf[:l]); err != nil {
-				return nil, err
+				return nil, log, err
 			}
 			sent += l
 		}
@@ -175,14 +228,14 @@ func writePreCopy(w io.Writer, h PreCopyHeader, f *os.File) ([]chunkSum, error) 
 		}
 	}
 	if err := bw.WriteByte(3); err != nil {
-		return nil, err
+		return nil, log, err
 	}
 	for _, s := range sums {
 		if _, err := bw.Write(s[:]); err != nil {
-			return nil, err
+			return nil, log, err
 		}
 	}
-	return sums, bw.Flush()
+	return sums, log, bw.Flush()
 }
 
 // readPreCopyHeader reads and checks a pre-copy stream's header.
@@ -191,75 +244,127 @@ func readPreCopyHeader(br *bufio.Reader) (PreCopyHeader, error) {
 	if err := readHeader(br, "pre-copy", &h); err != nil {
 		return h, err
 	}
-	if h.Version != PreCopyStreamVersion || h.Chunk != preCopyChunk || h.Size <= 0 || h.Size > 1<<40 || h.Token == "" {
-		return h, errs.New(errs.InvalidArgument, "pre-copy: bad header (version %d, size %d, chunk %d)", h.Version, h.Size, h.Chunk)
+	if err := h.check(); err != nil {
+		return h, err
 	}
 	return h, nil
 }
 
-// readPreCopyBody writes the chunks of a pre-copy stream (after its
-// header h) into out, a file of h.Size bytes that is all holes, and
-// returns their sums, checked against the stream's own.
-func readPreCopyBody(br *bufio.Reader, h PreCopyHeader, out *os.File) ([]chunkSum, error) {
+func (h PreCopyHeader) check() error {
+	if h.Version != PreCopyStreamVersion || h.Chunk != preCopyChunk || h.Size <= 0 || h.Size > 1<<40 || h.Token == "" || h.From < 0 {
+		return errs.New(errs.InvalidArgument, "pre-copy: bad header (version %d, size %d, chunk %d, from %d)", h.Version, h.Size, h.Chunk, h.From)
+	}
+	return nil
+}
+
+// preReader reads a pre-copy stream's body into a RAM file, one record at
+// a time: after a stream that dropped, it reads on from the rest
+// (resumed) with what it holds, which Records counts.
+type preReader struct {
+	h    PreCopyHeader // the first stream's
+	out  *os.File      // h.Size bytes, all holes at first
+	sums []chunkSum    // of what out holds
+	next int           // the first pass's next chunk
+	recs int64         // records held
+	buf  []byte
+}
+
+func newPreReader(h PreCopyHeader, out *os.File) *preReader {
+	return &preReader{h: h, out: out, sums: preSums(h.Size, h.Chunk, nil), buf: make([]byte, h.Chunk)}
+}
+
+// read reads records from br up to the stream's end and checks the sums
+// that close it; a failure leaves every record before it held.
+func (p *preReader) read(br *bufio.Reader) error {
+	h := p.h
 	n := chunks(h.Size, h.Chunk)
-	sums := make([]chunkSum, n)
-	buf := make([]byte, h.Chunk)
-	for i := 0; i < n; i++ {
+	buf := p.buf
+	for ; p.next < n; p.next++ {
+		i := p.next
 		off, l := int64(i)*h.Chunk, chunkLen(i, h.Size, h.Chunk)
 		kind, err := br.ReadByte()
 		if err != nil {
-			return nil, unexpected(err)
+			return unexpected(err)
 		}
 		switch kind {
 		case 0:
-			sums[i] = zeroSum(l)
 		case 1:
 			if _, err := io.ReadFull(br, buf[:l]); err != nil {
-				return nil, unexpected(err)
+				return unexpected(err)
 			}
-			sums[i] = sha256.Sum256(buf[:l])
-			if _, err := out.WriteAt(buf[:l], off); err != nil {
-				return nil, err
+			if _, err := p.out.WriteAt(buf[:l], off); err != nil {
+				return fmt.Errorf("write ram: %w", err)
 			}
+			p.sums[i] = sha256.Sum256(buf[:l])
 		default:
-			return nil, errs.New(errs.InvalidArgument, "pre-copy: bad chunk kind %d", kind)
+			return errs.New(errs.InvalidArgument, "pre-copy: bad chunk kind %d", kind)
 		}
+		p.recs++
 	}
 	for {
 		kind, err := br.ReadByte()
 		if err != nil {
-			return nil, unexpected(err)
+			return unexpected(err)
 		}
 		if kind == 3 {
 			break
 		}
+		if kind != 2 {
+			return errs.New(errs.InvalidArgument, "pre-copy: bad record %d", kind)
+		}
 		var idx [4]byte
-		if _, err := io.ReadFull(br, idx[:]); kind != 2 || err != nil {
-			return nil, errs.New(errs.InvalidArgument, "pre-copy: bad record %d (%v)", kind, err)
+		if _, err := io.ReadFull(br, idx[:]); err != nil {
+			return unexpected(err)
 		}
 		i := int(binary.BigEndian.Uint32(idx[:]))
 		if i >= n {
-			return nil, errs.New(errs.InvalidArgument, "pre-copy: chunk %d of %d", i, n)
+			return errs.New(errs.InvalidArgument, "pre-copy: chunk %d of %d", i, n)
 		}
 		off, l := int64(i)*h.Chunk, chunkLen(i, h.Size, h.Chunk)
 		if _, err := io.ReadFull(br, buf[:l]); err != nil {
-			return nil, unexpected(err)
+			return unexpected(err)
 		}
-		sums[i] = sha256.Sum256(buf[:l])
-		if _, err := out.WriteAt(buf[:l], off); err != nil {
-			return nil, err
+		if _, err := p.out.WriteAt(buf[:l], off); err != nil {
+			return fmt.Errorf("write ram: %w", err)
 		}
+		p.sums[i] = sha256.Sum256(buf[:l])
+		p.recs++
 	}
 	var s chunkSum
 	for i := 0; i < n; i++ {
 		if _, err := io.ReadFull(br, s[:]); err != nil {
-			return nil, unexpected(err)
+			return unexpected(err)
 		}
-		if s != sums[i] {
-			return nil, errs.New(errs.InvalidArgument, "pre-copy: chunk %d does not match its sum", i)
+		if s != p.sums[i] {
+			return errs.New(errs.InvalidArgument, "pre-copy: chunk %d does not match its sum", i)
 		}
 	}
-	return sums, nil
+	return nil
+}
+
+// resumed checks the header of the rest of the stream (read from br):
+// the same pre-copy, from the records p holds; its records follow.
+func (p *preReader) resumed(br *bufio.Reader) error {
+	line, err := br.ReadSlice('\n')
+	if errors.Is(err, bufio.ErrBufferFull) {
+		return errs.New(errs.InvalidArgument, "resumed pre-copy: header too long")
+	}
+	if err != nil {
+		return errs.New(errs.Unavailable, "resumed pre-copy: no header: %v", err) // it dropped again
+	}
+	var h PreCopyHeader
+	if err := json.Unmarshal(line, &h); err != nil {
+		return errs.New(errs.InvalidArgument, "resumed pre-copy: bad header: %v", err)
+	}
+	if err := h.check(); err != nil {
+		return err
+	}
+	if !h.Resumed || h.Token != p.h.Token || h.ID != p.h.ID || h.Size != p.h.Size || h.From != p.recs {
+		return errs.New(errs.InvalidArgument, "resumed pre-copy: vm %s, pre-copy %s from record %d, want vm %s, %s from %d",
+			h.ID, h.Token, h.From, p.h.ID, p.h.Token, p.recs)
+	}
+	p.next = chunks(p.h.Size, p.h.Chunk) // a resumed stream has no first pass
+	return nil
 }
 
 func unexpected(err error) error {

@@ -3,10 +3,13 @@ package engine
 import (
 	"bufio"
 	"bytes"
+	"context"
+	"encoding/json"
 	"io"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -57,6 +60,20 @@ func newRAMFixture(t *testing.T, dir string, size int64) *ramFixture {
 // called in a loop (the guest running), and returns the target's sums.
 func (r *ramFixture) preCopy(t *testing.T, dst, token string, write func(n int)) (src, tgt []chunkSum) {
 	t.Helper()
+	src, tgt, _, err := r.preCopyCut(t, dst, token, write, nil, ResumePolicy{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return src, tgt
+}
+
+// preCopyCut is preCopy whose streams drop: the k-th stream (from 0)
+// after cut[k] bytes (none if cut has no k-th), resumed as a node does:
+// the rest written by a new writePreCopy from the records the reader
+// asks after. It returns the source's sums as last sent, the target's,
+// and how many times it resumed.
+func (r *ramFixture) preCopyCut(t *testing.T, dst, token string, write func(n int), cut []int64, pol ResumePolicy) (src, tgt []chunkSum, resumes int, err error) {
+	t.Helper()
 	out, err := os.OpenFile(dst, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
 		t.Fatal(err)
@@ -75,26 +92,165 @@ func (r *ramFixture) preCopy(t *testing.T, dst, token string, write func(n int))
 			time.Sleep(10 * time.Microsecond)
 		}
 	}()
-	pr, pw := io.Pipe()
-	var werr error
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		src, werr = writePreCopy(pw, PreCopyHeader{Version: PreCopyStreamVersion, ID: "x", Size: r.size, Chunk: preCopyChunk, Token: token}, r.f)
-		pw.CloseWithError(werr)
-	}()
-	br := bufio.NewReader(pr)
+	type written struct {
+		sums []chunkSum
+		log  []preRec
+		err  error
+	}
+	h0 := PreCopyHeader{Version: PreCopyStreamVersion, ID: "x", Size: r.size, Chunk: preCopyChunk, Token: token}
+	stream := 0
+	start := func(h PreCopyHeader, log []preRec) (io.Reader, chan written) {
+		pr, pw := io.Pipe()
+		done := make(chan written, 1)
+		go func() {
+			sums, log, err := writePreCopy(pw, h, r.f, log)
+			pw.CloseWithError(err)
+			done <- written{sums, log, err}
+		}()
+		var rd io.Reader = pr
+		if stream < len(cut) {
+			rd = &cutPipe{r: pr, left: cut[stream]}
+		}
+		stream++
+		return rd, done
+	}
+	rd, cur := start(h0, nil)
+	var last written
+	reopen := func(ctx context.Context, attempt int, at ResumeAt) (io.Reader, error) {
+		last = <-cur // the dropped stream's writer has stopped
+		if at.Offset < 1 || at.Offset-1 > int64(len(last.log)) {
+			t.Errorf("resume at %d of %d records", at.Offset, len(last.log))
+		}
+		h := h0
+		h.Resumed, h.From = true, at.Offset-1
+		var nr io.Reader
+		nr, cur = start(h, last.log[:at.Offset-1])
+		return nr, nil
+	}
+	br := bufio.NewReader(rd)
 	h, err := readPreCopyHeader(br)
 	if err != nil {
 		t.Fatal(err)
 	}
-	tgt, err = readPreCopyBody(br, h, out)
+	p := newPreReader(h, out)
+	pol.Resumed = func(int, int64, error) { resumes++ }
+	err = p.readResuming(context.Background(), br, reopen, pol)
 	stop.Store(true)
-	wg.Wait()
-	if err != nil || werr != nil {
-		t.Fatalf("pre-copy: read %v, write %v", err, werr)
+	if err != nil {
+		if pr, ok := rd.(*cutPipe); ok {
+			pr.r.CloseWithError(err)
+		}
 	}
-	return src, tgt
+	last = <-cur
+	wg.Wait()
+	if err == nil && last.err != nil {
+		t.Fatalf("pre-copy: write %v", last.err)
+	}
+	return last.sums, p.sums, resumes, err
+}
+
+// cutPipe reads r until left bytes went, then drops it (its writer
+// fails) and fails as a dropped connection does.
+type cutPipe struct {
+	r    *io.PipeReader
+	left int64
+}
+
+func (c *cutPipe) Read(p []byte) (int, error) {
+	if c.left <= 0 {
+		err := errs.New(errs.Unavailable, "pre-copy stream dropped (test)")
+		c.r.CloseWithError(err)
+		return 0, err
+	}
+	if int64(len(p)) > c.left {
+		p = p[:c.left]
+	}
+	n, err := c.r.Read(p)
+	c.left -= int64(n)
+	return n, err
+}
+
+// TestPreCopyResumesAfterDrop: pre-copy streams cut in the first pass,
+// in the passes and in the closing sums resume from the records the
+// target holds, while the guest writes; the target ends with the sums of
+// what the source sent last, and the delta after the "suspend" brings it
+// to the source's bytes with few chunks. Cut every time, it fails after
+// the policy's tries.
+func TestPreCopyResumesAfterDrop(t *testing.T) {
+	size := int64(16<<20 + 8<<10)
+	chunkBytes := int64(1 + preCopyChunk)
+	for _, tc := range []struct {
+		name string
+		cut  []int64
+	}{
+		{"first-pass", []int64{40*chunkBytes + 999}},
+		{"twice", []int64{10*chunkBytes + 5, 3*chunkBytes + 77}},
+		{"sums", []int64{-1}}, // set below: in the closing sums
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			r := newRAMFixture(t, dir, size)
+			hot := []int64{1*preCopyChunk + 4096, 60*preCopyChunk + 77, 2*preCopyChunk + 5}
+			write := func(n int) {
+				for _, off := range hot {
+					r.mem[off] = byte(n)
+					r.mem[off+1] = byte(n >> 8)
+				}
+			}
+			cut := tc.cut
+			if cut[0] < 0 {
+				// The first pass's bytes (holes are one byte), then into the
+				// closing sums: no chunk changes, so no pass record comes.
+				first := int64(0)
+				for i := 0; i < chunks(size, preCopyChunk); i++ {
+					first++
+					if i%3 == 0 {
+						first += chunkLen(i, size, preCopyChunk)
+					}
+				}
+				b, _ := json.Marshal(PreCopyHeader{Version: PreCopyStreamVersion, ID: "x", Size: size, Chunk: preCopyChunk, Token: "tok"})
+				cut = []int64{int64(len(b)) + 1 + first + 1 + 100}
+				write = func(int) {}
+			}
+			tgt := filepath.Join(dir, "dst.ram")
+			src, pre, resumes, err := r.preCopyCut(t, tgt, "tok", write, cut, ResumePolicy{Tries: 3, Backoff: time.Millisecond})
+			if err != nil {
+				t.Fatalf("pre-copy cut at %v: %v", cut, err)
+			}
+			if resumes != len(cut) {
+				t.Fatalf("resumed %d times, want %d", resumes, len(cut))
+			}
+			for i := range src {
+				if src[i] != pre[i] {
+					t.Fatalf("chunk %d: the target holds other than the source sent last", i)
+				}
+			}
+			delta := filepath.Join(dir, ramDeltaFile)
+			sent, err := writeRAMDelta(r.path, delta, "tok", src)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := applyRAMDelta(delta, tgt, "tok", pre); err != nil {
+				t.Fatal(err)
+			}
+			a, _ := os.ReadFile(r.path)
+			b, _ := os.ReadFile(tgt)
+			if !bytes.Equal(a, b) {
+				t.Fatal("the target's ram differs from the source's")
+			}
+			if sent > len(hot) {
+				t.Fatalf("delta after a resumed pre-copy sent %d chunks, want <= %d", sent, len(hot))
+			}
+		})
+	}
+	t.Run("every-stream-cut", func(t *testing.T) {
+		dir := t.TempDir()
+		r := newRAMFixture(t, dir, size)
+		_, _, resumes, err := r.preCopyCut(t, filepath.Join(dir, "dst.ram"), "tok", func(int) {}, []int64{5 * chunkBytes, 7 * chunkBytes, 9 * chunkBytes}, ResumePolicy{Tries: 2, Backoff: time.Millisecond})
+		if err == nil || resumes != 2 || !strings.Contains(err.Error(), "dropped 3 times") {
+			t.Fatalf("cut every time: %d resumes, %v; want 2 and the third drop's error", resumes, err)
+		}
+	})
 }
 
 // TestPreCopyDeltaFollowsWrites: a guest writes a known pattern all

@@ -658,7 +658,10 @@ func (l *Local) resumeMoved(ctx context.Context, o *op, fk hypervisor.Forker, ro
 	if row, err = l.settleMovedGuest(ctx, o, cl, row, ip, progress); err != nil {
 		return row, err
 	}
-	l.discardKeptRAM(state) // its other name; the VM runs on its own
+	// A pre-copied RAM file runs under the instance's own name now: its
+	// first name (the state's kept RAM) goes, or it would outlive the
+	// instance on this host's tmpfs.
+	l.discardKeptRAM(state)
 	os.RemoveAll(state)
 	l.log.Info("vm resumed from a move", "vm_id", row.ID, "vm", row.Name, "pid", h.PID,
 		"restore_ms", restored.Sub(start).Milliseconds(), "ready_ms", time.Since(start).Milliseconds())
@@ -698,9 +701,8 @@ func (l *Local) StageBundle(ctx context.Context, spec ImportSpec, r io.Reader, p
 			return errs.New(errs.FailedPrecondition, "import vm %s: the %s driver cannot resume a vm from its memory", spec.Name, l.Driver.Name())
 		}
 	}
-	if bundleHasDelta(h) {
-		return errs.New(errs.FailedPrecondition, "import vm %s: a bundle that follows a pre-copy is imported, not staged", spec.Name)
-	}
+	// A pre-copy not used by this bundle is of no more use.
+	defer l.precopy.dropIn(spec.ID, nil)
 	progress.Say("image")
 	img, err := l.Images.Resolve(ctx, h.Image)
 	if err != nil {
@@ -729,6 +731,13 @@ func (l *Local) StageBundle(ctx context.Context, spec ImportSpec, r io.Reader, p
 		if err := ReadBundleFiles(br, h, dir); err != nil {
 			return err
 		}
+		if h.Memory && bundleHasDelta(h) {
+			// It follows a pre-copy into this host: its RAM is that file,
+			// brought up to date (ResumeAdopted resumes on it).
+			if err := l.adoptPreCopy(spec.ID, l.moveState(spec.ID)); err != nil {
+				return err
+			}
+		}
 		if rb, ok := l.Disks.(Rebaser); ok {
 			for _, f := range h.Files {
 				if strings.HasSuffix(f.Path, ".qcow2") {
@@ -745,6 +754,7 @@ func (l *Local) StageBundle(ctx context.Context, spec ImportSpec, r io.Reader, p
 		return os.WriteFile(filepath.Join(dir, bundleFile), b, 0o600)
 	}()
 	if err != nil {
+		l.discardKeptRAM(l.moveState(spec.ID)) // an adopted pre-copy
 		os.RemoveAll(dir)
 		return l.diskFull(err)
 	}

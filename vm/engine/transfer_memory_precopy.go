@@ -68,10 +68,13 @@ type preCopies struct {
 	in  map[string]*preIn
 }
 
-// preOut is what a pre-copy sent.
+// preOut is what a pre-copy sent: sums once it went whole (done), and
+// its records, which a resumed stream continues from.
 type preOut struct {
 	token string
 	sums  []chunkSum
+	log   []preRec
+	done  bool
 	at    time.Time
 }
 
@@ -100,12 +103,21 @@ func (pc *preCopies) putOut(id string, o preOut) {
 }
 
 // takeOut returns and forgets the pre-copy sent of instance id, if one
-// younger than preCopyTTL is there.
+// younger than preCopyTTL went whole.
 func (pc *preCopies) takeOut(id string) (preOut, bool) {
 	pc.mu.Lock()
 	defer pc.mu.Unlock()
 	o, ok := pc.out[id]
 	delete(pc.out, id)
+	return o, ok && o.done && time.Since(o.at) < preCopyTTL
+}
+
+// getOut returns the pre-copy sent of instance id (whole or not), if one
+// younger than preCopyTTL is there.
+func (pc *preCopies) getOut(id string) (preOut, bool) {
+	pc.mu.Lock()
+	defer pc.mu.Unlock()
+	o, ok := pc.out[id]
 	return o, ok && time.Since(o.at) < preCopyTTL
 }
 
@@ -150,6 +162,20 @@ func (pc *preCopies) dropIn(id string, p *preIn) {
 
 // ExportPreCopy implements PreCopier.
 func (l *Local) ExportPreCopy(ctx context.Context, id string, w io.Writer) error {
+	return l.exportPreCopy(ctx, id, 0, w)
+}
+
+// ExportPreCopyFrom implements PreCopyResumer.
+func (l *Local) ExportPreCopyFrom(ctx context.Context, id string, off int64, w io.Writer) error {
+	if off < 1 {
+		return errs.New(errs.InvalidArgument, "resume pre-copy: offset %d (records held plus one)", off)
+	}
+	return l.exportPreCopy(ctx, id, off, w)
+}
+
+// exportPreCopy writes a pre-copy of instance id (off 0), or the rest of
+// the last one after off-1 records.
+func (l *Local) exportPreCopy(ctx context.Context, id string, off int64, w io.Writer) error {
 	rk, ok := l.Driver.(hypervisor.RAMKeeper)
 	if !ok {
 		return errs.New(errs.FailedPrecondition, "the %s driver keeps no ram files to pre-copy", l.Driver.Name())
@@ -166,27 +192,44 @@ func (l *Local) ExportPreCopy(ctx context.Context, id string, w io.Writer) error
 		if err != nil {
 			return fmt.Errorf("pre-copy vm %s: %w", v.Name, err)
 		}
+		var log []preRec
+		hd := PreCopyHeader{Version: PreCopyStreamVersion, ID: v.ID, Size: size, Chunk: preCopyChunk}
+		if off == 0 {
+			var rnd [12]byte
+			rand.Read(rnd[:])
+			hd.Token = hex.EncodeToString(rnd[:])
+		} else {
+			o, ok := l.precopy.getOut(v.ID)
+			if !ok || off-1 > int64(len(o.log)) {
+				return errs.New(errs.FailedPrecondition, "resume pre-copy vm %s: no pre-copy of it to resume from record %d", v.Name, off-1)
+			}
+			hd.Token, hd.Resumed, hd.From = o.token, true, off-1
+			log = o.log[:off-1]
+		}
 		f, err := os.Open(p)
 		if err != nil {
 			return fmt.Errorf("pre-copy vm %s: %w", v.Name, err)
 		}
 		defer f.Close()
-		var rnd [12]byte
-		rand.Read(rnd[:])
-		hd := PreCopyHeader{Version: PreCopyStreamVersion, ID: v.ID, Size: size, Chunk: preCopyChunk, Token: hex.EncodeToString(rnd[:])}
 		t0 := time.Now()
-		sums, err := writePreCopy(w, hd, f)
+		sums, log, err := writePreCopy(w, hd, f, log)
+		// What went, whole or not: the target may ask for the rest.
+		l.precopy.putOut(v.ID, preOut{token: hd.Token, sums: sums, log: log, done: err == nil, at: time.Now()})
 		if err != nil {
 			return fmt.Errorf("pre-copy vm %s: %w", v.Name, err)
 		}
-		l.precopy.putOut(v.ID, preOut{token: hd.Token, sums: sums, at: time.Now()})
-		l.log.Info("vm ram pre-copied", "vm_id", v.ID, "vm", v.Name, "mib", size>>20, "duration_ms", time.Since(t0).Milliseconds())
+		l.log.Info("vm ram pre-copied", "vm_id", v.ID, "vm", v.Name, "mib", size>>20, "resumed_from", hd.From, "duration_ms", time.Since(t0).Milliseconds())
 		return nil
 	})
 }
 
 // ImportPreCopy implements PreCopier.
 func (l *Local) ImportPreCopy(ctx context.Context, id string, r io.Reader) error {
+	return l.ImportPreCopyResuming(ctx, id, r, nil, ResumePolicy{})
+}
+
+// ImportPreCopyResuming implements PreCopyResumer.
+func (l *Local) ImportPreCopyResuming(ctx context.Context, id string, r io.Reader, reopen Reopen, pol ResumePolicy) error {
 	if !vm.IsID(id) {
 		return errs.New(errs.InvalidArgument, "invalid vm id %q", id)
 	}
@@ -202,8 +245,8 @@ func (l *Local) ImportPreCopy(ctx context.Context, id string, r io.Reader) error
 	if err != nil {
 		return err
 	}
-	if h.ID != id {
-		return errs.New(errs.InvalidArgument, "pre-copy of vm %s: the stream carries vm %s", id, h.ID)
+	if h.ID != id || h.Resumed {
+		return errs.New(errs.InvalidArgument, "pre-copy of vm %s: the stream carries vm %s (resumed %v)", id, h.ID, h.Resumed)
 	}
 	p, err := rk.NewRAMFile(h.Size)
 	if err != nil {
@@ -214,14 +257,60 @@ func (l *Local) ImportPreCopy(ctx context.Context, id string, r io.Reader) error
 		os.Remove(p)
 		return err
 	}
-	sums, err := readPreCopyBody(br, h, f)
-	if err != nil {
+	pr := newPreReader(h, f)
+	if err := pr.readResuming(ctx, br, reopen, pol); err != nil {
 		f.Close()
 		os.Remove(p)
 		return fmt.Errorf("pre-copy of vm %s: %w", id, err)
 	}
-	l.precopy.putIn(id, &preIn{token: h.Token, path: p, f: f, sums: sums})
+	l.precopy.putIn(id, &preIn{token: h.Token, path: p, f: f, sums: pr.sums})
 	return nil
+}
+
+// readResuming reads the body of the pre-copy in br; when its stream
+// drops (resumableRead), it asks reopen for the rest after the records
+// it holds (ResumeAt.Offset: that count plus one), at most pol.Tries
+// times, waiting pol.Backoff (doubled each time) first.
+func (p *preReader) readResuming(ctx context.Context, br *bufio.Reader, reopen Reopen, pol ResumePolicy) error {
+	if pol.Tries == 0 {
+		pol.Tries = 4
+	}
+	if pol.Backoff == 0 {
+		pol.Backoff = 500 * time.Millisecond
+	}
+	for tries := 0; ; {
+		err := p.read(br)
+		if err == nil {
+			return nil
+		}
+		if reopen == nil || !resumableRead(ctx, err) {
+			return err
+		}
+		if tries >= pol.Tries {
+			return fmt.Errorf("pre-copy stream dropped %d times, last after %d records: %w", tries+1, p.recs, err)
+		}
+		tries++
+		if pol.Resumed != nil {
+			pol.Resumed(tries, p.recs, err)
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(pol.Backoff << (tries - 1)):
+		}
+		nr, rerr := reopen(ctx, tries, ResumeAt{Offset: p.recs + 1, Headed: true})
+		if rerr != nil {
+			br = bufio.NewReader(errReader{rerr}) // counts as a try
+			continue
+		}
+		br = bufio.NewReaderSize(nr, 1<<20)
+		if err := p.resumed(br); err != nil {
+			if !resumableRead(ctx, err) {
+				return err
+			}
+			br = bufio.NewReader(errReader{err})
+		}
+	}
 }
 
 // DropPreCopy implements PreCopier.
@@ -311,6 +400,49 @@ func (l *Local) adoptPreCopy(id, dir string) error {
 	os.Remove(delta)
 	l.log.Info("pre-copied ram brought up to date", "vm_id", id, "duration_ms", time.Since(t0).Milliseconds())
 	return nil
+}
+
+// PreCopyResumer is a PreCopier whose pre-copy streams resume after a
+// drop (Local; nodeagent.Remote's peer pre-copy uses it on both nodes).
+type PreCopyResumer interface {
+	PreCopier
+	// ExportPreCopyFrom writes the rest of instance id's last pre-copy
+	// (whole or cut) for a target that holds off-1 of its records
+	// (ResumeAt.Offset as ImportPreCopyResuming asks it), and remembers
+	// what it sent as ExportPreCopy does. errs.FailedPrecondition: no
+	// such pre-copy on this host (its target must start again).
+	ExportPreCopyFrom(ctx context.Context, id string, off int64, w io.Writer) error
+	// ImportPreCopyResuming is ImportPreCopy of r; when r drops before
+	// the pre-copy's end, reopen is asked for the rest (ExportPreCopyFrom
+	// from ResumeAt.Offset), at most pol.Tries times; then it fails and
+	// keeps nothing.
+	ImportPreCopyResuming(ctx context.Context, id string, r io.Reader, reopen Reopen, pol ResumePolicy) error
+}
+
+var _ PreCopyResumer = (*Local)(nil)
+
+// PreCopyImporter is an engine of another host (nodeagent.Remote) that
+// keeps a pre-copy this host writes (the control plane's own host as
+// the source: its PreCopyResumer's export feeds src).
+type PreCopyImporter interface {
+	// ImportPreCopyFrom has this engine's host keep the pre-copy of
+	// instance id that src writes (from ResumeAt{}: ExportPreCopy; from
+	// an offset: ExportPreCopyFrom, each time the stream dropped), and
+	// returns the bytes src wrote.
+	ImportPreCopyFrom(ctx context.Context, id string, src StreamSource, progress Progress) (int64, error)
+	// DropPreCopy is PreCopier's, on that host.
+	DropPreCopy(ctx context.Context, id string) error
+}
+
+// PreCopyExporter is an engine of another host (nodeagent.Remote) whose
+// pre-copy this host reads: into the control plane's own host, which
+// imports it with its PreCopyResumer.
+type PreCopyExporter interface {
+	// ExportPreCopyFrom is PreCopyResumer's on that host, and off 0 is a
+	// fresh pre-copy (ExportPreCopy).
+	ExportPreCopyFrom(ctx context.Context, id string, off int64, w io.Writer) error
+	// DropPreCopy is PreCopier's, on that host.
+	DropPreCopy(ctx context.Context, id string) error
 }
 
 // PreCopyPeer is an engine of another host (nodeagent.Remote) that takes
