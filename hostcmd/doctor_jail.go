@@ -63,13 +63,19 @@ func probeJail(cfg jail.Config) error {
 	}
 	var buf bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &buf, &buf
-	if err := cmd.Start(); err != nil {
-		return err
+	return waitProbe(cmd, &buf, cmd.Start())
+}
+
+// waitProbe waits (at most 10 s) for a probe that start started, and
+// returns its failure with what it wrote.
+func waitProbe(cmd *exec.Cmd, out *bytes.Buffer, start error) error {
+	if start != nil {
+		return start
 	}
 	t := time.AfterFunc(10*time.Second, func() { cmd.Process.Kill() })
 	defer t.Stop()
 	if err := cmd.Wait(); err != nil {
-		return fmt.Errorf("%v: %s", err, strings.TrimSpace(buf.String()))
+		return fmt.Errorf("%v: %s", err, strings.TrimSpace(out.String()))
 	}
 	return nil
 }
@@ -84,13 +90,5 @@ func probeJailStart(cfg jail.Config) error {
 	}
 	var buf bytes.Buffer
 	cmd := &exec.Cmd{Stdout: &buf, Stderr: &buf}
-	if err := jail.Start(p, cmd, cmd.Start); err != nil {
-		return err
-	}
-	t := time.AfterFunc(10*time.Second, func() { cmd.Process.Kill() })
-	defer t.Stop()
-	if err := cmd.Wait(); err != nil {
-		return fmt.Errorf("%v: %s", err, strings.TrimSpace(buf.String()))
-	}
-	return nil
+	return waitProbe(cmd, &buf, jail.Start(p, cmd, cmd.Start))
 }

@@ -71,6 +71,13 @@ var (
 
 // ExportBundleFrom implements engine.BundleResumer.
 func (r *Remote) ExportBundleFrom(ctx context.Context, id string, off int64, w io.Writer) error {
+	return r.exportFrom(ctx, mExportBundle, id, off, w)
+}
+
+// exportFrom asks the node (method: a bundle or a pre-copy export) for
+// id's stream from off and copies it into w as it arrives, over the
+// control plane's direct connection (or a fabric stream).
+func (r *Remote) exportFrom(ctx context.Context, method, id string, off int64, w io.Writer) error {
 	sid := newToken()
 	st, direct, err := r.openDisk(ctx, sid, id)
 	if err != nil {
@@ -85,7 +92,7 @@ func (r *Remote) ExportBundleFrom(ctx context.Context, id string, off int64, w i
 		}
 		copied <- err
 	}()
-	if err := r.call(ctx, mExportBundle, callRequest{ID: id, Stream: sid, Direct: direct, Offset: off}, nil, nil); err != nil {
+	if err := r.call(ctx, method, callRequest{ID: id, Stream: sid, Direct: direct, Offset: off}, nil, nil); err != nil {
 		st.Close()
 		return err
 	}

@@ -69,30 +69,7 @@ var _ engine.PreCopyExporter = (*Remote)(nil)
 // one) is copied into w as it arrives, over the control plane's direct
 // connection (or a fabric stream).
 func (r *Remote) ExportPreCopyFrom(ctx context.Context, id string, off int64, w io.Writer) error {
-	sid := newToken()
-	st, direct, err := r.openDisk(ctx, sid, id)
-	if err != nil {
-		return err
-	}
-	defer st.Close()
-	copied := make(chan error, 1)
-	go func() {
-		_, err := io.CopyBuffer(w, st, make([]byte, engine.DiskStreamBuffer))
-		if err != nil {
-			st.Close()
-		}
-		copied <- err
-	}()
-	if err := r.call(ctx, mExportPreCopy, callRequest{ID: id, Stream: sid, Direct: direct, Offset: off}, nil, nil); err != nil {
-		st.Close()
-		return err
-	}
-	select {
-	case err := <-copied:
-		return err
-	case <-ctx.Done():
-		return ctx.Err()
-	}
+	return r.exportFrom(ctx, mExportPreCopy, id, off, w)
 }
 
 // countWriter counts the bytes written through it into n.
