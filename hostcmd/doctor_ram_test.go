@@ -1,10 +1,13 @@
 package hostcmd
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/minionsdev/minions/daemon/local"
 )
@@ -29,7 +32,13 @@ func TestRAMChecks(t *testing.T) {
 			t.Fatal(err)
 		}
 		if owner != "" {
-			os.WriteFile(filepath.Join(d, "installation"), []byte(owner+"\n"), 0o600)
+			// The record holds the state dir and its file system's
+			// device (every state here is under the test's temp dir).
+			var st unix.Stat_t
+			if err := unix.Stat(state, &st); err != nil {
+				t.Fatal(err)
+			}
+			os.WriteFile(filepath.Join(d, "installation"), []byte(fmt.Sprintf("%s\ndev %d\n", owner, st.Dev)), 0o600)
 		}
 		for _, f := range files {
 			if err := os.WriteFile(filepath.Join(d, f), make([]byte, 1<<20), 0o600); err != nil {

@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -203,11 +204,16 @@ func filesInUse(paths []string) map[string]bool {
 // temporary installation): its RAM files held host memory until the
 // host rebooted. The dir's name is a hash of the state dir, which cannot
 // be turned back into it, so New records the state dir in the memory dir
-// (memOwnerFile); a memory dir whose record names a state dir that no
-// longer exists belongs to no installation, and once no process uses
-// any of its files SweepMemory removes it whole. A dir without a record
-// (made before there were records, or by a driver with no MemoryOwner)
-// is never removed: it cannot be told from a live installation's.
+// (memOwnerFile) with the device of the file system that held it; a
+// memory dir whose record names a state dir that no longer exists, on a
+// file system that is still there, belongs to no installation, and once
+// no process uses any of its files SweepMemory removes it whole. A state
+// dir that is missing because its file system is not mounted (the
+// nearest existing parent is on another device) is not gone: its
+// suspended VMs' RAM stays. A dir without a record, or whose record has
+// no device (made before there were records, or by a driver with no
+// MemoryOwner), is never removed: it cannot be told from a live
+// installation's.
 
 // memOwnerFile, in a memory dir, holds the state dir of its installation.
 const memOwnerFile = "installation"
@@ -222,37 +228,77 @@ func writeMemOwner(dir, state string) error {
 	if err != nil {
 		return err
 	}
-	if have, err := readMemOwner(dir); err == nil && have == abs {
+	rec := abs + "\n"
+	var st unix.Stat_t
+	if unix.Stat(abs, &st) == nil {
+		rec += "dev " + strconv.FormatUint(st.Dev, 10) + "\n"
+	}
+	if have, err := os.ReadFile(filepath.Join(dir, memOwnerFile)); err == nil && string(have) == rec {
 		return nil
 	}
-	return writeFileAtomic(filepath.Join(dir, memOwnerFile), []byte(abs+"\n"))
+	return writeFileAtomic(filepath.Join(dir, memOwnerFile), []byte(rec))
+}
+
+// stateGone reports whether state, an installation's state dir recorded
+// with the device dev of its file system (0: not recorded), is gone: it
+// does not exist, and its nearest existing parent is on that same device
+// (so the file system is there and the dir was removed, not unmounted).
+func stateGone(state string, dev uint64) bool {
+	if _, err := os.Lstat(state); !errors.Is(err, fs.ErrNotExist) || dev == 0 {
+		return false
+	}
+	for p := filepath.Dir(state); ; p = filepath.Dir(p) {
+		var st unix.Stat_t
+		if err := unix.Stat(p, &st); err == nil {
+			return st.Dev == dev
+		} else if !errors.Is(err, unix.ENOENT) {
+			return false
+		}
+		if p == "/" {
+			return false
+		}
+	}
 }
 
 // readMemOwner is the state dir recorded in memory dir dir, refusing a
 // record this process's user (root) did not write.
 func readMemOwner(dir string) (string, error) {
+	s, _, err := readMemOwnerDev(dir)
+	return s, err
+}
+
+// readMemOwnerDev is readMemOwner with the recorded device of the state
+// dir's file system (0 when the record has none).
+func readMemOwnerDev(dir string) (string, uint64, error) {
 	f, err := os.OpenFile(filepath.Join(dir, memOwnerFile), os.O_RDONLY|unix.O_NOFOLLOW, 0)
 	if err != nil {
-		return "", err
+		return "", 0, err
 	}
 	defer f.Close()
 	var st unix.Stat_t
 	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
-		return "", err
+		return "", 0, err
 	}
 	if st.Uid != uint32(os.Geteuid()) || st.Mode&unix.S_IFMT != unix.S_IFREG {
-		return "", fmt.Errorf("%s is not a record this user wrote", memOwnerFile)
+		return "", 0, fmt.Errorf("%s is not a record this user wrote", memOwnerFile)
 	}
 	b := make([]byte, 4096)
 	n, err := f.Read(b)
 	if err != nil {
-		return "", err
+		return "", 0, err
 	}
-	s := strings.TrimSpace(string(b[:n]))
+	lines := strings.Split(strings.TrimSpace(string(b[:n])), "\n")
+	s := strings.TrimSpace(lines[0])
 	if !filepath.IsAbs(s) {
-		return "", fmt.Errorf("%s holds no absolute path", memOwnerFile)
+		return "", 0, fmt.Errorf("%s holds no absolute path", memOwnerFile)
 	}
-	return s, nil
+	var dev uint64
+	if len(lines) > 1 {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(lines[1]), "dev "); ok {
+			dev, _ = strconv.ParseUint(v, 10, 64)
+		}
+	}
+	return s, dev, nil
 }
 
 // MemoryDirInfo describes one installation's memory dir on this host.
@@ -279,10 +325,9 @@ func MemoryDirs(root string) []MemoryDirInfo {
 			continue
 		}
 		info := MemoryDirInfo{Path: filepath.Join(root, e.Name())}
-		if s, err := readMemOwner(info.Path); err == nil {
+		if s, dev, err := readMemOwnerDev(info.Path); err == nil {
 			info.State = s
-			_, err := os.Lstat(s)
-			info.Gone = errors.Is(err, fs.ErrNotExist)
+			info.Gone = stateGone(s, dev)
 		}
 		files := ramFilesIn(info.Path)
 		info.Files = len(files)
@@ -346,12 +391,12 @@ func (d *Driver) sweepGoneInstallations() []string {
 		if !e.IsDir() || dir == d.memDir {
 			continue
 		}
-		state, err := readMemOwner(dir)
+		state, dev, err := readMemOwnerDev(dir)
 		if err != nil {
 			continue // no record: maybe a live installation's
 		}
-		if _, err := os.Lstat(state); !errors.Is(err, fs.ErrNotExist) {
-			continue
+		if !stateGone(state, dev) {
+			continue // there, unmounted, or not provably gone
 		}
 		files := ramFilesIn(dir)
 		young := false

@@ -2,6 +2,7 @@ package qemu
 
 import (
 	"encoding/json"
+	"fmt"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -230,8 +231,20 @@ func TestSweepGoneInstallations(t *testing.T) {
 		if err := os.MkdirAll(dir, 0o711); err != nil {
 			t.Fatal(err)
 		}
+		// A gone installation's state dir existed when its record was
+		// written (the record holds its file system's device).
+		removeState := false
+		if _, err := os.Stat(state); state != "" && err != nil {
+			if err := os.MkdirAll(state, 0o700); err != nil {
+				t.Fatal(err)
+			}
+			removeState = true
+		}
 		if err := writeMemOwner(dir, state); err != nil {
 			t.Fatal(err)
+		}
+		if removeState {
+			os.RemoveAll(state)
 		}
 		for _, f := range files {
 			p := filepath.Join(dir, f)
@@ -258,6 +271,21 @@ func TestSweepGoneInstallations(t *testing.T) {
 	unrecorded := inst("unrecorded", "", "0123456789ab.ram")
 	young := inst("young", goneState+"3", "young.ram")
 	held := inst("held", goneState+"4", "0123456789ab.ram")
+	// A state dir missing because its file system is not mounted: the
+	// record's device is not its nearest parent's. And a record with no
+	// device (it cannot be proven gone).
+	unmounted := inst("unmounted", "", "0123456789ab.ram")
+	var pst unix.Stat_t
+	if err := unix.Stat(filepath.Dir(goneState), &pst); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(unmounted, memOwnerFile), []byte(fmt.Sprintf("%s\ndev %d\n", goneState+"5", pst.Dev+1)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	nodev := inst("nodev", "", "0123456789ab.ram")
+	if err := os.WriteFile(filepath.Join(nodev, memOwnerFile), []byte(goneState+"6\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	f, err := os.Open(filepath.Join(held, "0123456789ab.ram"))
 	if err != nil {
 		t.Fatal(err)
@@ -281,6 +309,12 @@ func TestSweepGoneInstallations(t *testing.T) {
 	if i := byPath[unrecorded]; i.Gone || i.State != "" {
 		t.Errorf("MemoryDirs: unrecorded dir %+v", i)
 	}
+	if i := byPath[unmounted]; i.Gone || i.State != goneState+"5" {
+		t.Errorf("MemoryDirs: dir of an unmounted state %+v", i)
+	}
+	if i := byPath[nodev]; i.Gone || i.State != goneState+"6" {
+		t.Errorf("MemoryDirs: dir recorded with no device %+v", i)
+	}
 
 	none := &Driver{memDir: d.memDir, cfg: Config{MemoryDir: d.memDir}, log: d.log}
 	if got := none.SweepMemory(nil, nil); len(got) != 0 {
@@ -291,7 +325,7 @@ func TestSweepGoneInstallations(t *testing.T) {
 	if want := []string{gone, goneEmpty}; !slices.Equal(got, want) {
 		t.Errorf("swept %v, want %v", got, want)
 	}
-	for _, dir := range []string{d.memDir, liveDir, unrecorded, young, held} {
+	for _, dir := range []string{d.memDir, liveDir, unrecorded, young, held, unmounted, nodev} {
 		if _, err := os.Stat(dir); err != nil {
 			t.Errorf("%s was removed", filepath.Base(dir))
 		}
