@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/minionsdev/minions/internal/errs"
+	"github.com/minionsdev/minions/internal/iocount"
 	"github.com/minionsdev/minions/internal/movepause"
 	"github.com/minionsdev/minions/vm/engine"
 )
@@ -56,7 +57,7 @@ var _ engine.PreCopyImporter = (*Remote)(nil)
 func (r *Remote) ImportPreCopyFrom(ctx context.Context, id string, src engine.StreamSource, progress engine.Progress) (int64, error) {
 	var n atomic.Int64
 	count := func(ctx context.Context, at engine.ResumeAt, w io.Writer) error {
-		return src(ctx, at, &countWriter{w: w, n: &n})
+		return src(ctx, at, iocount.Writer{W: w, N: &n})
 	}
 	_, err := r.importResuming(ctx, mImportPreCopy, engine.ImportSpec{ID: id}, count, progress)
 	return n.Load(), err
@@ -70,18 +71,6 @@ var _ engine.PreCopyExporter = (*Remote)(nil)
 // connection (or a fabric stream).
 func (r *Remote) ExportPreCopyFrom(ctx context.Context, id string, off int64, w io.Writer) error {
 	return r.exportFrom(ctx, mExportPreCopy, id, off, w)
-}
-
-// countWriter counts the bytes written through it into n.
-type countWriter struct {
-	w io.Writer
-	n *atomic.Int64
-}
-
-func (c *countWriter) Write(p []byte) (int, error) {
-	k, err := c.w.Write(p)
-	c.n.Add(int64(k))
-	return k, err
 }
 
 // DropPreCopy implements engine.PreCopyPeer.

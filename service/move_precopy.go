@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/minionsdev/minions/internal/errs"
+	"github.com/minionsdev/minions/internal/iocount"
 	"github.com/minionsdev/minions/store"
 	"github.com/minionsdev/minions/vm/engine"
 )
@@ -107,7 +108,7 @@ func preCopyIn(ctx context.Context, id string, se engine.PreCopyExporter, dl eng
 			pw.CloseWithError(se.ExportPreCopyFrom(ctx, id, off, pw))
 		}()
 		cur = pr
-		return &countReader{r: pr, n: &n}
+		return iocount.Reader{R: pr, N: &n}
 	}
 	r := open(0)
 	reopen := func(ctx context.Context, attempt int, at engine.ResumeAt) (io.Reader, error) {
@@ -120,18 +121,6 @@ func preCopyIn(ctx context.Context, id string, se engine.PreCopyExporter, dl eng
 	cancel()
 	wg.Wait()
 	return n.Load(), err
-}
-
-// countReader counts the bytes read through it into n.
-type countReader struct {
-	r io.Reader
-	n *atomic.Int64
-}
-
-func (c *countReader) Read(p []byte) (int, error) {
-	k, err := c.r.Read(p)
-	c.n.Add(int64(k))
-	return k, err
 }
 
 // dropper is either end of a pre-copy.

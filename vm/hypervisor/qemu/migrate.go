@@ -15,6 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/minionsdev/minions/internal/errs"
+	"github.com/minionsdev/minions/internal/iocount"
 	"github.com/minionsdev/minions/vm/hypervisor"
 	"github.com/minionsdev/minions/vm/hypervisor/procfs"
 	"github.com/minionsdev/minions/vm/hypervisor/qemu/qmp"
@@ -569,18 +570,6 @@ func (r *fdRelay) String() string {
 	return fmt.Sprintf("%d bytes to the target, %d from it, stream %s", r.sent.Load(), r.received.Load(), end)
 }
 
-// countWriter counts what is written through it.
-type countWriter struct {
-	w io.Writer
-	n *atomic.Int64
-}
-
-func (c countWriter) Write(p []byte) (int, error) {
-	n, err := c.w.Write(p)
-	c.n.Add(int64(n))
-	return n, err
-}
-
 // relayFD makes a socketpair, hands one end to QEMU as name and relays
 // the other to stream.
 func relayFD(ctx context.Context, c *qmp.Client, name string, stream io.ReadWriteCloser) (*fdRelay, error) {
@@ -614,14 +603,14 @@ func startRelay(conn net.Conn, stream io.ReadWriteCloser) *fdRelay {
 	r := &fdRelay{conn: conn, stream: stream, out: make(chan struct{})}
 	go func() {
 		defer close(r.out)
-		if _, err := io.Copy(countWriter{stream, &r.sent}, conn); err != nil {
+		if _, err := io.Copy(iocount.Writer{W: stream, N: &r.sent}, conn); err != nil {
 			conn.Close()
 			return
 		}
 		closeWrite(stream)
 	}()
 	go func() {
-		_, _ = io.Copy(countWriter{conn, &r.received}, stream)
+		_, _ = io.Copy(iocount.Writer{W: conn, N: &r.received}, stream)
 		r.streamEnded.Store(true)
 		closeWrite(conn)
 	}()
