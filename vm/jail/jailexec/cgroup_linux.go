@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 
 	"golang.org/x/sys/unix"
@@ -26,30 +27,46 @@ var Controllers = []string{"cpu", "memory", "pids"}
 // hierarchy is mounted and holds it (jail.JoinCgroup is this function).
 // A cgroup that exists in none is an error.
 func JoinCgroup(name string, pid int) error {
+	dirs, _, err := cgroupDirs(name)
+	if err != nil {
+		return err
+	}
+	return joinCgroupDirs(name, dirs, "cgroup.procs", pid)
+}
+
+// cgroupDirs is where cgroup name is: on a pure v2 host its one
+// directory (v2 set), on a v1 or hybrid host the directory in each of
+// Controllers' hierarchies that is mounted (which may not hold it).
+func cgroupDirs(name string) (dirs []string, v2 bool, err error) {
 	var st unix.Statfs_t
 	if err := unix.Statfs(cgroupRoot, &st); err != nil {
-		return errs.New(errs.FailedPrecondition, "join cgroup %s: no cgroup hierarchy mounted under %s: %v", name, cgroupRoot, err)
+		return nil, false, errs.New(errs.FailedPrecondition, "join cgroup %s: no cgroup hierarchy mounted under %s: %v", name, cgroupRoot, err)
 	}
-	var dirs []string
 	if st.Type == unix.CGROUP2_SUPER_MAGIC {
-		dirs = []string{filepath.Join(cgroupRoot, name)}
-	} else {
-		mounts, err := V1Mounts()
-		if err != nil {
-			return fmt.Errorf("join cgroup %s: %w", name, err)
-		}
-		for _, c := range Controllers {
-			if m, ok := mounts[c]; ok {
-				dirs = append(dirs, filepath.Join(m, name))
-			}
+		return []string{filepath.Join(cgroupRoot, name)}, true, nil
+	}
+	mounts, err := V1Mounts()
+	if err != nil {
+		return nil, false, fmt.Errorf("join cgroup %s: %w", name, err)
+	}
+	for _, c := range Controllers {
+		if m, ok := mounts[c]; ok {
+			dirs = append(dirs, filepath.Join(m, name))
 		}
 	}
+	return dirs, false, nil
+}
+
+// joinCgroupDirs writes id into file (cgroup.procs: a process; tasks:
+// one thread, v1 only) of each of dirs that exists, the dirs of cgroup
+// name. A cgroup that exists in none is an error.
+func joinCgroupDirs(name string, dirs []string, file string, id int) error {
 	joined := 0
 	for _, d := range dirs {
 		if _, err := os.Stat(d); errors.Is(err, os.ErrNotExist) {
 			continue
 		}
-		if err := os.WriteFile(filepath.Join(d, "cgroup.procs"), []byte(fmt.Sprint(pid)), 0); err != nil {
+		if err := os.WriteFile(filepath.Join(d, file), []byte(strconv.Itoa(id)), 0); err != nil {
 			return fmt.Errorf("join cgroup %s: %w", name, err)
 		}
 		joined++

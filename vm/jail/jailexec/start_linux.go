@@ -5,9 +5,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"runtime"
-	"strconv"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -120,47 +118,22 @@ func startOnThread(p Plan, cmd *exec.Cmd, start func() error) error {
 // directory for CLONE_INTO_CGROUP. A cgroup that exists in none is an
 // error, as for JoinCgroup.
 func joinCgroupThread(name string) (int, error) {
-	var st unix.Statfs_t
-	if err := unix.Statfs(cgroupRoot, &st); err != nil {
-		return -1, errs.New(errs.FailedPrecondition, "join cgroup %s: no cgroup hierarchy mounted under %s: %v", name, cgroupRoot, err)
+	dirs, v2, err := cgroupDirs(name)
+	if err != nil {
+		return -1, err
 	}
-	if st.Type == unix.CGROUP2_SUPER_MAGIC {
-		dir := filepath.Join(cgroupRoot, name)
-		fd, err := unix.Open(dir, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if v2 {
+		fd, err := unix.Open(dirs[0], unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 		if errors.Is(err, unix.ENOENT) {
-			return -1, errs.New(errs.NotFound, "join cgroup %s: it does not exist (looked in %v)", name, []string{dir})
+			return -1, errs.New(errs.NotFound, "join cgroup %s: it does not exist (looked in %v)", name, dirs)
 		}
 		if err != nil {
 			return -1, fmt.Errorf("join cgroup %s: %w", name, err)
 		}
 		return fd, nil
 	}
-	mounts, err := V1Mounts()
-	if err != nil {
-		return -1, fmt.Errorf("join cgroup %s: %w", name, err)
-	}
-	var dirs []string
-	for _, c := range Controllers {
-		if m, ok := mounts[c]; ok {
-			dirs = append(dirs, filepath.Join(m, name))
-		}
-	}
-	tid := []byte(strconv.Itoa(unix.Gettid()))
-	joined := 0
-	for _, d := range dirs {
-		if _, err := os.Stat(d); errors.Is(err, os.ErrNotExist) {
-			continue
-		}
-		// "tasks", not "cgroup.procs": this thread only.
-		if err := os.WriteFile(filepath.Join(d, "tasks"), tid, 0); err != nil {
-			return -1, fmt.Errorf("join cgroup %s: %w", name, err)
-		}
-		joined++
-	}
-	if joined == 0 {
-		return -1, errs.New(errs.NotFound, "join cgroup %s: it does not exist (looked in %v)", name, dirs)
-	}
-	return -1, nil
+	// "tasks", not "cgroup.procs": this thread only.
+	return -1, joinCgroupDirs(name, dirs, "tasks", unix.Gettid())
 }
 
 // checkAccessAs is checkAccess with the thread's file system uid, gid and
