@@ -81,8 +81,8 @@ func waitProbe(cmd *exec.Cmd, out *bytes.Buffer, start error) error {
 }
 
 // probeJailStart runs /bin/true jailed as probeJail does, but the way the
-// QEMU driver starts QEMU and the relay: jail.Start, from a thread of
-// this process, with no launcher exec.
+// QEMU driver starts QEMU and the relay: jail.Config.Start, from a
+// thread of this process, with no launcher exec.
 func probeJailStart(cfg jail.Config) error {
 	p, err := cfg.Plan(jail.Request{UID: int(cfg.UIDBase), Dir: "/", Argv: []string{"/bin/true"}})
 	if err != nil {
@@ -90,5 +90,5 @@ func probeJailStart(cfg jail.Config) error {
 	}
 	var buf bytes.Buffer
 	cmd := &exec.Cmd{Stdout: &buf, Stderr: &buf}
-	return waitProbe(cmd, &buf, jail.Start(p, cmd, cmd.Start))
+	return waitProbe(cmd, &buf, cfg.Start(p, cmd, cmd.Start))
 }

@@ -4,7 +4,9 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -22,6 +24,12 @@ const envLauncher = "MINIONS_JAIL_TEST_LAUNCHER" // "1": act as the launcher
 func TestMain(m *testing.M) {
 	if os.Getenv(envLauncher) == "1" {
 		os.Exit(Main(os.Args[1:]))
+	}
+	if mode := os.Getenv(envV2); mode != "" {
+		if err := enterV2(mode); err != nil {
+			fmt.Fprintln(os.Stderr, "cgroup v2 test namespace:", err)
+			os.Exit(2)
+		}
 	}
 	os.Exit(m.Run())
 }
@@ -191,11 +199,14 @@ func TestLauncherJoinsCgroup(t *testing.T) {
 // is, and that nothing of the jail is left in the caller.
 func TestExecJails(t *testing.T) {
 	needRoot(t)
-	t.Run("launcher", func(t *testing.T) { testJails(t, false) })
-	t.Run("in-process", func(t *testing.T) { testJails(t, true) })
+	t.Run("launcher", func(t *testing.T) { testJails(t, false, nil) })
+	t.Run("in-process", func(t *testing.T) { testJails(t, true, nil) })
 }
 
-func testJails(t *testing.T, inProcess bool) {
+// testJails runs the jailed shell of TestExecJails through the launcher
+// or in process (Config.Start, logging to log, nil: discarded), and
+// checks that the cgroup can be deleted once the shell has exited.
+func testJails(t *testing.T, inProcess bool, log *slog.Logger) {
 	tmp := t.TempDir()
 	// The uid must be able to reach the state dir (the daemon's is under
 	// /var/lib); the state dir itself stays 0700.
@@ -227,11 +238,12 @@ func testJails(t *testing.T, inProcess bool) {
 		}
 	}
 	name := fmt.Sprintf("minions-test/exec-%d-%t", os.Getpid(), inProcess)
-	c := Config{Command: testLauncher(t), Hide: []string{state}}
-	l, _ := c.Limits(1, 64)
-	if err := CreateCgroup(name, l); err != nil {
-		t.Fatal(err)
+	c := Config{Command: testLauncher(t), Hide: []string{state}, Log: log}
+	if log == nil {
+		c.Log = slog.New(slog.DiscardHandler)
 	}
+	l, _ := c.Limits(1, 64)
+	makeCgroup(t, name, l)
 	t.Cleanup(func() { DeleteCgroup(name); DeleteCgroup("minions-test") })
 	script := strings.Join([]string{
 		"id -u; id -g; id -G",
@@ -259,7 +271,7 @@ func testJails(t *testing.T, inProcess bool) {
 	cmd := &exec.Cmd{Stdout: &out, Stderr: &out}
 	if inProcess {
 		t.Setenv("SECRET_TOKEN", "hunter2")
-		if err := Start(p, cmd, cmd.Start); err != nil {
+		if err := c.Start(p, cmd, cmd.Start); err != nil {
 			t.Fatal(err)
 		}
 	} else {
@@ -279,6 +291,11 @@ func testJails(t *testing.T, inProcess bool) {
 		t.Fatalf("%v: %s", err, out.String())
 	}
 	got := out.String()
+	if v2, _ := unified(); v2 && !strings.Contains(got, "0::/"+name+"\n") {
+		// The v2 line of /proc/self/cgroup; on v1 the name is checked
+		// below (the memory hierarchy's line holds it).
+		t.Errorf("the shell is not in v2 cgroup %s:\n%s", name, got)
+	}
 	for _, want := range []string{
 		fmt.Sprintf("%d\n%d\n%d\n", uid, uid, uid),
 		"my disk\n", "base image\n", "wrote run\n", "no secret\n", "no other disk\n",
@@ -302,6 +319,16 @@ func testJails(t *testing.T, inProcess bool) {
 	// it exits once the child is forked).
 	if err := noJailedThread(name); err != nil {
 		t.Error(err)
+	}
+	// The shell has exited: its group goes.
+	if err := DeleteCgroup(name); err != nil {
+		t.Errorf("delete cgroup after the jailed process exited: %v", err)
+	}
+	dirs, _ := groupDirs(name)
+	for _, d := range dirs {
+		if _, err := os.Stat(d); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("cgroup dir %s still there after DeleteCgroup (%v)", d, err)
+		}
 	}
 }
 
@@ -361,7 +388,7 @@ func TestExecRefusesUnusableFiles(t *testing.T) {
 	// In process: the same check, as the VM's uid, before any fork.
 	started := false
 	cmd = &exec.Cmd{}
-	err = Start(p, cmd, func() error { started = true; return cmd.Start() })
+	err = c.Start(p, cmd, func() error { started = true; return cmd.Start() })
 	if err == nil || !strings.Contains(err.Error(), "cannot use "+private) || started {
 		t.Errorf("in process: err %v, started %t", err, started)
 	}
@@ -369,7 +396,7 @@ func TestExecRefusesUnusableFiles(t *testing.T) {
 	os.Chmod(private, 0o644)
 	os.Chmod(filepath.Dir(dir), 0o755)
 	cmd = &exec.Cmd{}
-	if err := Start(p, cmd, cmd.Start); err != nil {
+	if err := c.Start(p, cmd, cmd.Start); err != nil {
 		t.Errorf("in process, readable file: %v", err)
 	} else {
 		cmd.Wait()
@@ -441,7 +468,7 @@ func BenchmarkJailedTrue(b *testing.B) {
 		cpuPerOp(b, func() {
 			for b.Loop() {
 				cmd := &exec.Cmd{}
-				if err := Start(p, cmd, cmd.Start); err != nil {
+				if err := c.Start(p, cmd, cmd.Start); err != nil {
 					b.Fatal(err)
 				}
 				if err := cmd.Wait(); err != nil {
