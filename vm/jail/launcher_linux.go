@@ -76,6 +76,10 @@ const (
 	JoinV2Launcher = "v2 via launcher"
 )
 
+// CloneIntoCgroupRefused is jailexec.CloneIntoCgroupRefused: nil if
+// this process can clone a child into a cgroup, else why not.
+func CloneIntoCgroupRefused() error { return jailexec.CloneIntoCgroupRefused() }
+
 // CgroupJoinMode says how Start puts processes in their cgroups in this
 // process on this host (one of the Join constants). On v2 it asks the
 // kernel whether a clone into a cgroup is allowed, once per process.
@@ -86,7 +90,7 @@ func CgroupJoinMode() (string, error) {
 		return "", err
 	case !v2:
 		return JoinV1Tasks, nil
-	case jailexec.CloneIntoCgroupRefused() != nil:
+	case CloneIntoCgroupRefused() != nil:
 		return JoinV2Launcher, nil
 	}
 	return JoinV2Clone, nil
