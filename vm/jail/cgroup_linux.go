@@ -240,6 +240,7 @@ func createV2(name string, l Limits, ctrls []string) (err error) {
 		switch err := unix.Mkdir(d, 0o755); {
 		case err == nil:
 			made = append(made, d)
+			stamp(d)
 		case !errors.Is(err, unix.EEXIST):
 			return &os.PathError{Op: "mkdir", Path: d, Err: err}
 		}
@@ -315,6 +316,7 @@ func createV1(mounts map[string]string, name string, l Limits) error {
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			return err
 		}
+		stamp(dir)
 		switch c {
 		case "cpu":
 			if l.CPUShares > 0 {
@@ -338,6 +340,18 @@ func createV1(mounts map[string]string, name string, l Limits) error {
 		}
 	}
 	return nil
+}
+
+// stamp looks the new cgroup directory dir up once. The cgroup file
+// system (kernfs) gives a directory its times when the kernel first looks
+// it up, not at mkdir: a group nothing looked into (a v2 group without
+// controllers, a v1 pids group without a limit) would otherwise be as old
+// as the first stat of it, which SweepCgroups reads as its age. (An inode
+// the kernel evicts gets a new time when looked up again: a group can
+// only look younger than it is, never older.)
+func stamp(dir string) {
+	var st unix.Stat_t
+	_ = unix.Stat(dir, &st)
 }
 
 // pidsMax renders a pids limit: "max" for no limit (negative).

@@ -152,9 +152,7 @@ func TestLauncherJoinsCgroup(t *testing.T) {
 	needRoot(t)
 	name := fmt.Sprintf("minions-test/%d-lean", os.Getpid())
 	l, _ := Config{MemoryOverheadMiB: 100, PidsMax: 64}.Limits(1, 156)
-	if err := CreateCgroup(name, l); err != nil {
-		t.Fatal(err)
-	}
+	makeCgroup(t, name, l)
 	t.Cleanup(func() { DeleteCgroup(name); DeleteCgroup("minions-test") })
 	cmd := exec.Command("sleep", "30")
 	if err := cmd.Start(); err != nil {
@@ -410,7 +408,9 @@ func TestExecRefusesUnusableFiles(t *testing.T) {
 // a file bound back read-only, a cgroup) until it exits: through the
 // launcher (an exec of a Go binary: the test binary, or the minions-relay
 // at $MINIONS_JAIL_BENCH_LAUNCHER) and in process (Start). The difference
-// is what each VM process's start saves.
+// is what each VM process's start saves. Run with MINIONS_JAIL_TEST_V2=v2
+// (or v2-noclone3: in process then means the launcher fallback) under
+// unshare -m, it runs on the host's cgroup2 hierarchy (enterV2).
 func BenchmarkJailedTrue(b *testing.B) {
 	if os.Geteuid() != 0 {
 		b.Skip("needs root")
@@ -436,9 +436,7 @@ func BenchmarkJailedTrue(b *testing.B) {
 		c.Command = []string{relay, "jail-exec"} // a built minions-relay
 	}
 	l, _ := c.Limits(1, 64)
-	if err := CreateCgroup(name, l); err != nil {
-		b.Fatal(err)
-	}
+	makeCgroup(b, name, l)
 	b.Cleanup(func() { DeleteCgroup(name); DeleteCgroup("minions-test") })
 	p, err := c.Plan(Request{UID: 2_000_000_044, Cgroup: name, Dir: "/", Argv: []string{"/bin/true"}, ReadOnly: []string{kernel}})
 	if err != nil {
