@@ -49,8 +49,15 @@ func jailChecks(j jail.Config, paths local.Paths) []check {
 		add("cgroups", true, "%s, %s: %s; per VM %s/<id>: memory max = guest + %d MiB, cpu quota = vCPUs, pids max %d (1 vCPU, 256 MiB: %s)",
 			info.Version, info.Detail, strings.Join(info.Controllers, ", "), cfg.CgroupParent, cfg.MemoryOverheadMiB, cfg.PidsMax, l)
 	}
-	if err == nil && len(info.Missing()) == 0 && os.Geteuid() == 0 {
+	switch mode, merr := jail.CgroupJoinMode(); {
+	case err == nil && len(info.Missing()) == 0 && os.Geteuid() == 0:
 		out = append(out, cgroupJoinCheck(cfg))
+	case merr != nil:
+		add("cgroup join", false, "%v", merr)
+	case os.Geteuid() != 0:
+		add("cgroup join", false, "%s: %s; run as root to check", mode, joinText[mode])
+	default:
+		add("cgroup join", false, "%s: %s; not probed: the cgroups are not usable", mode, joinText[mode])
 	}
 	return out
 }

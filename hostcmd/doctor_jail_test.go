@@ -36,6 +36,7 @@ func TestDoctorJailLines(t *testing.T) {
 	got := map[string]check{}
 	for _, c := range jailChecks(jail.Config{Mode: "on"}, paths) {
 		got[c.What] = c
+		t.Logf("%s (ok %t): %s", c.What, c.OK, c.Detail)
 	}
 	for what, want := range map[string]string{
 		"per-vm uid":      "2000000000",
@@ -58,8 +59,6 @@ func TestDoctorJailLines(t *testing.T) {
 	}
 	if c, ok := got["cgroup join"]; !ok || !c.OK || !strings.HasPrefix(c.Detail, mode+": ") || !strings.Contains(c.Detail, "started in "+jail.DefaultCgroupParent+"/") {
 		t.Errorf("cgroup join: %+v (present %v), want ok, %q first and the probe's cgroup", c, ok, mode)
-	} else {
-		t.Logf("%s: %s", c.What, c.Detail)
 	}
 	v1, _ := filepath.Glob("/sys/fs/cgroup/*/" + jail.DefaultCgroupParent + "/*/doctor-*")
 	v2, _ := filepath.Glob("/sys/fs/cgroup/" + jail.DefaultCgroupParent + "/*/doctor-*")
