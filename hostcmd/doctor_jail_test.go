@@ -36,6 +36,7 @@ func TestDoctorJailLines(t *testing.T) {
 	got := map[string]check{}
 	for _, c := range jailChecks(jail.Config{Mode: "on"}, paths) {
 		got[c.What] = c
+		t.Logf("%s (ok %t): %s", c.What, c.OK, c.Detail)
 	}
 	for what, want := range map[string]string{
 		"per-vm uid":      "2000000000",
@@ -49,6 +50,20 @@ func TestDoctorJailLines(t *testing.T) {
 	}
 	if c := got["cgroups"]; !strings.HasPrefix(c.Detail, "v1") && !strings.HasPrefix(c.Detail, "v2") {
 		t.Errorf("cgroups line names no version: %q", c.Detail)
+	}
+	// How the in-process jail joins a VM's cgroup, proved by a probe
+	// started in a cgroup of its own, which is gone after.
+	mode, err := jail.CgroupJoinMode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c, ok := got["cgroup join"]; !ok || !c.OK || !strings.HasPrefix(c.Detail, mode+": ") || !strings.Contains(c.Detail, "started in "+jail.DefaultCgroupParent+"/") {
+		t.Errorf("cgroup join: %+v (present %v), want ok, %q first and the probe's cgroup", c, ok, mode)
+	}
+	v1, _ := filepath.Glob("/sys/fs/cgroup/*/" + jail.DefaultCgroupParent + "/*/doctor-*")
+	v2, _ := filepath.Glob("/sys/fs/cgroup/" + jail.DefaultCgroupParent + "/*/doctor-*")
+	if left := append(v1, v2...); len(left) > 0 {
+		t.Errorf("doctor's probe cgroup left behind: %v", left)
 	}
 	off := jailChecks(jail.Config{Mode: "off"}, paths)
 	if len(off) != 1 || off[0].OK || !strings.Contains(off[0].Detail, "unconfined") {

@@ -28,6 +28,11 @@ const unifiedRoot = "/sys/fs/cgroup"
 // controllers are the ones a VM's cgroup is limited by.
 var controllers = jailexec.Controllers
 
+// ErrNoController is wrapped by the errors of CreateCgroup (class
+// errs.FailedPrecondition) when a controller the jail limits a VM by is
+// not enabled where the VM's group would be.
+var ErrNoController = errors.New("cgroup controller not enabled on this host")
+
 // CgroupInfo describes the host's cgroups for doctor.
 type CgroupInfo struct {
 	// Version is "v2" on a unified host, "v1" on a legacy or hybrid host
@@ -136,19 +141,37 @@ func v1Dir(mounts map[string]string, c, name string) (string, error) {
 	return filepath.Join(m, name), nil
 }
 
-// writeControl writes one control file of a cgroup directory.
+// writeControl writes one control file of a cgroup directory. A file
+// that is not there is os.ErrNotExist (the cgroup file system refuses to
+// create one with EACCES: it is never created).
 func writeControl(dir, file, value string) error {
-	if err := os.WriteFile(filepath.Join(dir, file), []byte(value), 0); err != nil {
+	if err := writeExisting(filepath.Join(dir, file), value); err != nil {
 		return fmt.Errorf("write %s: %w", file, err)
 	}
 	return nil
+}
+
+// writeExisting writes value to the existing file path.
+func writeExisting(path, value string) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_TRUNC, 0)
+	if err != nil {
+		return err
+	}
+	_, err = f.WriteString(value)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err
 }
 
 // CreateCgroup creates (or updates) the cgroup name (relative to the
 // hierarchy root, e.g. "minions/<vm id>") with limits l, on v1 in the cpu,
 // memory and pids hierarchies, and raises its ancestors' CPU weight to the
 // sum of their children's (see balanceAncestors). A host lacking one of
-// these controllers is an errs.FailedPrecondition.
+// these controllers is an errs.FailedPrecondition; on v2, where a
+// controller must also be passed down by each ancestor, one that is not
+// offered where the group would be wraps ErrNoController, and nothing is
+// left created.
 func CreateCgroup(name string, l Limits) error {
 	v2, err := unified()
 	if err != nil {
@@ -160,9 +183,10 @@ func CreateCgroup(name string, l Limits) error {
 			return err
 		}
 		if m := info.Missing(); len(m) > 0 {
-			return errs.New(errs.FailedPrecondition, "create cgroup %s: cgroup v2 controllers missing: %s", name, strings.Join(m, ", "))
+			return errs.New(errs.FailedPrecondition, "create cgroup %s: %w: the cgroup v2 hierarchy at %s does not offer %s (they are bound to cgroup v1, or not delegated)",
+				name, ErrNoController, unifiedRoot, strings.Join(m, ", "))
 		}
-		if err := retryPruned(func() error { return createV2(name, l) }); err != nil {
+		if err := retryPruned(func() error { return createV2(name, l, controllers) }); err != nil {
 			return fmt.Errorf("create cgroup %s: %w", name, err)
 		}
 		return balanceAncestors(name)
@@ -193,44 +217,92 @@ func retryPruned(create func() error) error {
 	return err
 }
 
-// createV2 makes the v2 group (and its ancestors), enables the
-// controllers for it in each ancestor's cgroup.subtree_control and writes
-// its limits. Only the immediate parent's subtree_control must take (an
-// ancestor may refuse a write that is already in effect); on an error the
-// group's own directory is removed again.
-func createV2(name string, l Limits) error {
-	dir := filepath.Join(unifiedRoot, name)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return err
-	}
+// createV2 makes the v2 group (and its missing ancestors), enables ctrls
+// (CreateCgroup: all of controllers) for it in each ancestor's
+// cgroup.subtree_control and writes its limits of those controllers.
+// Only the immediate parent's subtree_control must take (an ancestor may
+// refuse a write that is already in effect). A controller the parent
+// does not offer (the kernel's ENOENT for the subtree_control write or a
+// control file) wraps ErrNoController, not os.ErrNotExist. On an error
+// the directories it made are removed again.
+func createV2(name string, l Limits, ctrls []string) (err error) {
 	parts := strings.Split(strings.Trim(name, "/"), "/")
-	enable := "+" + strings.Join(controllers, " +")
-	var lastErr error
+	var made []string
+	defer func() {
+		if err != nil {
+			for i := len(made) - 1; i >= 0; i-- {
+				unix.Rmdir(made[i]) // a sibling made meanwhile keeps it
+			}
+		}
+	}()
 	for i := range parts {
-		f := filepath.Join(append([]string{unifiedRoot}, parts[:i]...)...)
-		lastErr = writeControl(f, "cgroup.subtree_control", enable)
+		d := filepath.Join(append([]string{unifiedRoot}, parts[:i+1]...)...)
+		switch err := unix.Mkdir(d, 0o755); {
+		case err == nil:
+			made = append(made, d)
+			stamp(d)
+		case !errors.Is(err, unix.EEXIST):
+			return &os.PathError{Op: "mkdir", Path: d, Err: err}
+		}
 	}
-	if lastErr != nil {
-		os.Remove(dir)
-		return lastErr
+	dir := filepath.Join(unifiedRoot, name)
+	if len(ctrls) > 0 {
+		enable := "+" + strings.Join(ctrls, " +")
+		var lastErr error
+		var parent string
+		for i := range parts {
+			parent = filepath.Join(append([]string{unifiedRoot}, parts[:i]...)...)
+			lastErr = writeControl(parent, "cgroup.subtree_control", enable)
+		}
+		if lastErr != nil {
+			return noController(parent, ctrls, lastErr)
+		}
 	}
-	type kv struct{ file, value string }
+	type kv struct{ ctrl, file, value string }
 	var w []kv
 	if l.CPUShares > 0 {
-		w = append(w, kv{"cpu.weight", strconv.FormatUint(v2Weight(l.CPUShares), 10)})
+		w = append(w, kv{"cpu", "cpu.weight", strconv.FormatUint(v2Weight(l.CPUShares), 10)})
 	}
-	w = append(w, kv{"cpu.max", strconv.FormatInt(l.CPUQuotaUs, 10) + " " + strconv.FormatUint(l.CPUPeriodUs, 10)},
-		kv{"memory.max", strconv.FormatInt(l.MemoryBytes, 10)})
+	w = append(w, kv{"cpu", "cpu.max", strconv.FormatInt(l.CPUQuotaUs, 10) + " " + strconv.FormatUint(l.CPUPeriodUs, 10)},
+		kv{"memory", "memory.max", strconv.FormatInt(l.MemoryBytes, 10)})
 	if l.PidsMax != 0 {
-		w = append(w, kv{"pids.max", pidsMax(l.PidsMax)})
+		w = append(w, kv{"pids", "pids.max", pidsMax(l.PidsMax)})
 	}
 	for _, x := range w {
+		if !slices.Contains(ctrls, x.ctrl) {
+			continue
+		}
 		if err := writeControl(dir, x.file, x.value); err != nil {
-			os.Remove(dir)
-			return err
+			return noController(dir, []string{x.ctrl}, err)
 		}
 	}
 	return nil
+}
+
+// noController returns err, a failed write to a control file of v2
+// group dir: ErrNoController if the kernel's ENOENT meant that one of
+// ctrls is not offered to dir (its cgroup.controllers), else err as is
+// (a directory removed meanwhile stays an os.ErrNotExist).
+func noController(dir string, ctrls []string, err error) error {
+	if !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	b, rerr := os.ReadFile(filepath.Join(dir, "cgroup.controllers"))
+	if rerr != nil {
+		return err
+	}
+	have := strings.Fields(string(b))
+	var missing []string
+	for _, c := range ctrls {
+		if !slices.Contains(have, c) {
+			missing = append(missing, c)
+		}
+	}
+	if len(missing) == 0 {
+		return err
+	}
+	return errs.New(errs.FailedPrecondition, "%w: %s is not offered %s (its parent does not pass them on in cgroup.subtree_control, or they are bound to cgroup v1)",
+		ErrNoController, dir, strings.Join(missing, ", "))
 }
 
 // createV1 makes the group in the cpu, memory and pids hierarchies and
@@ -244,6 +316,7 @@ func createV1(mounts map[string]string, name string, l Limits) error {
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			return err
 		}
+		stamp(dir)
 		switch c {
 		case "cpu":
 			if l.CPUShares > 0 {
@@ -267,6 +340,18 @@ func createV1(mounts map[string]string, name string, l Limits) error {
 		}
 	}
 	return nil
+}
+
+// stamp looks the new cgroup directory dir up once. The cgroup file
+// system (kernfs) gives a directory its times when the kernel first looks
+// it up, not at mkdir: a group nothing looked into (a v2 group without
+// controllers, a v1 pids group without a limit) would otherwise be as old
+// as the first stat of it, which SweepCgroups reads as its age. (An inode
+// the kernel evicts gets a new time when looked up again: a group can
+// only look younger than it is, never older.)
+func stamp(dir string) {
+	var st unix.Stat_t
+	_ = unix.Stat(dir, &st)
 }
 
 // pidsMax renders a pids limit: "max" for no limit (negative).

@@ -3,6 +3,7 @@ package jail
 import (
 	"cmp"
 	"fmt"
+	"log/slog"
 	"math"
 	"path/filepath"
 	"strings"
@@ -58,6 +59,9 @@ type Config struct {
 	// namespace (the state and run directories); the VM's own files in
 	// them are bound back. Absolute paths.
 	Hide []string
+	// Log receives the jail's rare operational notes (default
+	// slog.Default()).
+	Log *slog.Logger
 }
 
 // WithDefaults returns c with unset fields set to their defaults.
@@ -67,6 +71,9 @@ func (c Config) WithDefaults() Config {
 	c.CgroupParent = cmp.Or(c.CgroupParent, DefaultCgroupParent)
 	c.MemoryOverheadMiB = cmp.Or(c.MemoryOverheadMiB, DefaultMemoryOverheadMiB)
 	c.PidsMax = cmp.Or(c.PidsMax, DefaultPidsMax)
+	if c.Log == nil {
+		c.Log = slog.Default()
+	}
 	return c
 }
 

@@ -120,7 +120,9 @@ func balanceAncestors(name string) error {
 			}
 		}
 		v := min(max(sum, w.def), w.max)
-		if err := os.WriteFile(filepath.Join(dir, w.name), []byte(strconv.FormatUint(v, 10)), 0); err != nil {
+		if err := writeExisting(filepath.Join(dir, w.name), strconv.FormatUint(v, 10)); err != nil {
+			// Not there: the group went, or (v2) the cpu controller is
+			// not enabled for it.
 			if errors.Is(err, os.ErrNotExist) {
 				continue
 			}

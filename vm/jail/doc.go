@@ -36,19 +36,28 @@
 //
 // # How a process is started
 //
-// The QEMU driver uses Start: on an OS thread of its own process that the
-// Go runtime discards afterwards (locked, never unlocked), it leaves the
-// mount namespace and builds the mounts, joins the cgroup (v1: the
+// The QEMU driver uses Config.Start: on an OS thread of its own process
+// that the Go runtime discards afterwards (locked, never unlocked), it
+// leaves the mount namespace and builds the mounts, joins the cgroup (v1: the
 // thread's tasks; v2: the child is cloned into it), checks the files as
 // the VM's uid (the thread's file system ids) and sets no_new_privs; then
 // it forks the target from that thread with the VM's uid, gid and groups
 // (set by the child before exec). Namespace, cgroup, file system ids and
 // no_new_privs are per thread and inherited by a child, so the target
 // starts exactly as jailed as through the launcher below, without the
-// launcher's exec and Go runtime start on every VM start.
+// launcher's exec and Go runtime start on every VM start. On a pure v2
+// host whose kernel or seccomp filter refuses clone3 into a cgroup
+// (jailexec.CloneIntoCgroupRefused), Config.Start starts each process
+// through the launcher instead, for the rest of the daemon's life, and
+// logs that once; doctor names the mode (CgroupJoinMode).
 //
-// The launcher, used by `minions doctor` and anything that cannot run
-// Start: Go cannot run code between fork and exec, so the caller (root) starts
+// The v2 paths are proved on v1 (hybrid) test hosts against the real
+// cgroup2 hierarchy, mounted at /sys/fs/cgroup in a private mount
+// namespace of a test child (v2_linux_test.go): v1 or v2 is a matter of
+// the mounts only.
+//
+// The launcher, used by `minions doctor`, the fallback above and anything
+// that cannot run Start: Go cannot run code between fork and exec, so the caller (root) starts
 // Config.Command (the minions binary's hidden "jail-exec" command) in a
 // new mount namespace with a Plan as its only argument. Main joins the
 // cgroup, builds the mounts, drops to the VM's uid and gid (setgroups,

@@ -4,7 +4,9 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -22,6 +24,12 @@ const envLauncher = "MINIONS_JAIL_TEST_LAUNCHER" // "1": act as the launcher
 func TestMain(m *testing.M) {
 	if os.Getenv(envLauncher) == "1" {
 		os.Exit(Main(os.Args[1:]))
+	}
+	if mode := os.Getenv(envV2); mode != "" {
+		if err := enterV2(mode); err != nil {
+			fmt.Fprintln(os.Stderr, "cgroup v2 test namespace:", err)
+			os.Exit(2)
+		}
 	}
 	os.Exit(m.Run())
 }
@@ -144,9 +152,7 @@ func TestLauncherJoinsCgroup(t *testing.T) {
 	needRoot(t)
 	name := fmt.Sprintf("minions-test/%d-lean", os.Getpid())
 	l, _ := Config{MemoryOverheadMiB: 100, PidsMax: 64}.Limits(1, 156)
-	if err := CreateCgroup(name, l); err != nil {
-		t.Fatal(err)
-	}
+	makeCgroup(t, name, l)
 	t.Cleanup(func() { DeleteCgroup(name); DeleteCgroup("minions-test") })
 	cmd := exec.Command("sleep", "30")
 	if err := cmd.Start(); err != nil {
@@ -191,11 +197,14 @@ func TestLauncherJoinsCgroup(t *testing.T) {
 // is, and that nothing of the jail is left in the caller.
 func TestExecJails(t *testing.T) {
 	needRoot(t)
-	t.Run("launcher", func(t *testing.T) { testJails(t, false) })
-	t.Run("in-process", func(t *testing.T) { testJails(t, true) })
+	t.Run("launcher", func(t *testing.T) { testJails(t, false, nil) })
+	t.Run("in-process", func(t *testing.T) { testJails(t, true, nil) })
 }
 
-func testJails(t *testing.T, inProcess bool) {
+// testJails runs the jailed shell of TestExecJails through the launcher
+// or in process (Config.Start, logging to log, nil: discarded), and
+// checks that the cgroup can be deleted once the shell has exited.
+func testJails(t *testing.T, inProcess bool, log *slog.Logger) {
 	tmp := t.TempDir()
 	// The uid must be able to reach the state dir (the daemon's is under
 	// /var/lib); the state dir itself stays 0700.
@@ -227,11 +236,12 @@ func testJails(t *testing.T, inProcess bool) {
 		}
 	}
 	name := fmt.Sprintf("minions-test/exec-%d-%t", os.Getpid(), inProcess)
-	c := Config{Command: testLauncher(t), Hide: []string{state}}
-	l, _ := c.Limits(1, 64)
-	if err := CreateCgroup(name, l); err != nil {
-		t.Fatal(err)
+	c := Config{Command: testLauncher(t), Hide: []string{state}, Log: log}
+	if log == nil {
+		c.Log = slog.New(slog.DiscardHandler)
 	}
+	l, _ := c.Limits(1, 64)
+	makeCgroup(t, name, l)
 	t.Cleanup(func() { DeleteCgroup(name); DeleteCgroup("minions-test") })
 	script := strings.Join([]string{
 		"id -u; id -g; id -G",
@@ -259,7 +269,7 @@ func testJails(t *testing.T, inProcess bool) {
 	cmd := &exec.Cmd{Stdout: &out, Stderr: &out}
 	if inProcess {
 		t.Setenv("SECRET_TOKEN", "hunter2")
-		if err := Start(p, cmd, cmd.Start); err != nil {
+		if err := c.Start(p, cmd, cmd.Start); err != nil {
 			t.Fatal(err)
 		}
 	} else {
@@ -279,6 +289,11 @@ func testJails(t *testing.T, inProcess bool) {
 		t.Fatalf("%v: %s", err, out.String())
 	}
 	got := out.String()
+	if v2, _ := unified(); v2 && !strings.Contains(got, "0::/"+name+"\n") {
+		// The v2 line of /proc/self/cgroup; on v1 the name is checked
+		// below (the memory hierarchy's line holds it).
+		t.Errorf("the shell is not in v2 cgroup %s:\n%s", name, got)
+	}
 	for _, want := range []string{
 		fmt.Sprintf("%d\n%d\n%d\n", uid, uid, uid),
 		"my disk\n", "base image\n", "wrote run\n", "no secret\n", "no other disk\n",
@@ -302,6 +317,16 @@ func testJails(t *testing.T, inProcess bool) {
 	// it exits once the child is forked).
 	if err := noJailedThread(name); err != nil {
 		t.Error(err)
+	}
+	// The shell has exited: its group goes.
+	if err := DeleteCgroup(name); err != nil {
+		t.Errorf("delete cgroup after the jailed process exited: %v", err)
+	}
+	dirs, _ := groupDirs(name)
+	for _, d := range dirs {
+		if _, err := os.Stat(d); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("cgroup dir %s still there after DeleteCgroup (%v)", d, err)
+		}
 	}
 }
 
@@ -361,7 +386,7 @@ func TestExecRefusesUnusableFiles(t *testing.T) {
 	// In process: the same check, as the VM's uid, before any fork.
 	started := false
 	cmd = &exec.Cmd{}
-	err = Start(p, cmd, func() error { started = true; return cmd.Start() })
+	err = c.Start(p, cmd, func() error { started = true; return cmd.Start() })
 	if err == nil || !strings.Contains(err.Error(), "cannot use "+private) || started {
 		t.Errorf("in process: err %v, started %t", err, started)
 	}
@@ -369,7 +394,7 @@ func TestExecRefusesUnusableFiles(t *testing.T) {
 	os.Chmod(private, 0o644)
 	os.Chmod(filepath.Dir(dir), 0o755)
 	cmd = &exec.Cmd{}
-	if err := Start(p, cmd, cmd.Start); err != nil {
+	if err := c.Start(p, cmd, cmd.Start); err != nil {
 		t.Errorf("in process, readable file: %v", err)
 	} else {
 		cmd.Wait()
@@ -383,7 +408,9 @@ func TestExecRefusesUnusableFiles(t *testing.T) {
 // a file bound back read-only, a cgroup) until it exits: through the
 // launcher (an exec of a Go binary: the test binary, or the minions-relay
 // at $MINIONS_JAIL_BENCH_LAUNCHER) and in process (Start). The difference
-// is what each VM process's start saves.
+// is what each VM process's start saves. Run with MINIONS_JAIL_TEST_V2=v2
+// (or v2-noclone3: in process then means the launcher fallback) under
+// unshare -m, it runs on the host's cgroup2 hierarchy (enterV2).
 func BenchmarkJailedTrue(b *testing.B) {
 	if os.Geteuid() != 0 {
 		b.Skip("needs root")
@@ -409,9 +436,7 @@ func BenchmarkJailedTrue(b *testing.B) {
 		c.Command = []string{relay, "jail-exec"} // a built minions-relay
 	}
 	l, _ := c.Limits(1, 64)
-	if err := CreateCgroup(name, l); err != nil {
-		b.Fatal(err)
-	}
+	makeCgroup(b, name, l)
 	b.Cleanup(func() { DeleteCgroup(name); DeleteCgroup("minions-test") })
 	p, err := c.Plan(Request{UID: 2_000_000_044, Cgroup: name, Dir: "/", Argv: []string{"/bin/true"}, ReadOnly: []string{kernel}})
 	if err != nil {
@@ -441,7 +466,7 @@ func BenchmarkJailedTrue(b *testing.B) {
 		cpuPerOp(b, func() {
 			for b.Loop() {
 				cmd := &exec.Cmd{}
-				if err := Start(p, cmd, cmd.Start); err != nil {
+				if err := c.Start(p, cmd, cmd.Start); err != nil {
 					b.Fatal(err)
 				}
 				if err := cmd.Wait(); err != nil {

@@ -1,6 +1,7 @@
 package jail
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -39,9 +40,7 @@ func TestSweepCgroups(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := CreateCgroup(name, l); err != nil {
-			t.Fatal(err)
-		}
+		makeCgroup(t, name, l)
 		return name
 	}
 	present := func(name string) bool {
@@ -94,7 +93,9 @@ func TestSweepCgroups(t *testing.T) {
 		}
 	}
 	// The CPU weight of the installation's group dropped with the stale one.
-	if w, err := CgroupCPUWeight(mine.InstallationCgroup()); err != nil || w != 3*SharesPerCPU && w != 3*100 {
+	if _, err := CgroupCPUWeight(mine.InstallationCgroup()); errors.Is(err, os.ErrNotExist) && os.Getenv(envV2) != "" {
+		t.Logf("NOT CHECKED here: the installation's CPU weight (%v: this v2 hierarchy has no cpu controller)", err)
+	} else if w, err := CgroupCPUWeight(mine.InstallationCgroup()); err != nil || w != 3*SharesPerCPU && w != 3*100 {
 		t.Errorf("installation weight after the sweep = %d, %v; want that of 3 vCPUs", w, err)
 	}
 

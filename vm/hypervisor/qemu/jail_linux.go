@@ -323,10 +323,16 @@ func (d *Driver) startRelay(runDir string, uid int, cgroup string, console []*os
 // on. The jail is built in this process, on a thread thrown away after
 // (jail.Start): no launcher process is exec'd between the driver and
 // QEMU or the relay, which saved a Go runtime's start (~15 ms of CPU) per
-// process on every VM start.
+// process on every VM start. Where clone3 into a cgroup is refused (v2),
+// jail.Config.Start falls back to the launcher, logged once to the
+// driver's log.
 func (d *Driver) spawnJailed(plan jail.Plan, logPath string, files []*os.File) (*launch.Child, error) {
+	j := d.cfg.Jail
+	if j.Log == nil {
+		j.Log = d.log
+	}
 	cmd := &exec.Cmd{ExtraFiles: files}
-	return launch.SpawnCmdWith(cmd, logPath, func() error { return jail.Start(plan, cmd, cmd.Start) })
+	return launch.SpawnCmdWith(cmd, logPath, func() error { return j.Start(plan, cmd, cmd.Start) })
 }
 
 // removeCgroup removes a stopped VM's cgroup (none: no-op). A cgroup that

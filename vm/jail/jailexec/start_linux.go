@@ -25,7 +25,10 @@ import (
 //     builds p's mounts in the new one, as Exec does;
 //   - joins p.Cgroup: on v1 the thread moves into the cgroup's tasks (the
 //     child is forked into it); on v2 the child is cloned into it
-//     (CLONE_INTO_CGROUP);
+//     (CLONE_INTO_CGROUP). Where this process cannot clone into a cgroup
+//     (clone3 refused: see CloneIntoCgroupRefused) Start returns a
+//     *CloneRefusedError and has started nothing: from the failed start,
+//     or, once the refusal is known, before calling start at all;
 //   - checks p.Check as p's uid, gid and groups (file system ids of the
 //     thread only);
 //   - sets no_new_privs;
@@ -92,6 +95,7 @@ func startOnThread(p Plan, cmd *exec.Cmd, start func() error) error {
 			return err
 		}
 	}
+	clone := false
 	if p.Cgroup != "" {
 		fd, err := joinCgroupThread(p.Cgroup)
 		if err != nil {
@@ -100,6 +104,7 @@ func startOnThread(p Plan, cmd *exec.Cmd, start func() error) error {
 		if fd >= 0 {
 			defer unix.Close(fd)
 			cmd.SysProcAttr.UseCgroupFD, cmd.SysProcAttr.CgroupFD = true, fd
+			clone = true
 		}
 	}
 	if err := checkAccessAs(p); err != nil {
@@ -108,7 +113,13 @@ func startOnThread(p Plan, cmd *exec.Cmd, start func() error) error {
 	if err := unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {
 		return fmt.Errorf("no_new_privs: %w", err)
 	}
-	return start()
+	err := start()
+	if err != nil && clone {
+		if refused := cloneRefused(err); refused != nil {
+			return refused
+		}
+	}
+	return err
 }
 
 // joinCgroupThread puts the calling thread in cgroup name on a v1 (or
@@ -123,6 +134,9 @@ func joinCgroupThread(name string) (int, error) {
 		return -1, err
 	}
 	if v2 {
+		if err := knownCloneRefusal(); err != nil {
+			return -1, err
+		}
 		fd, err := unix.Open(dirs[0], unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 		if errors.Is(err, unix.ENOENT) {
 			return -1, errs.New(errs.NotFound, "join cgroup %s: it does not exist (looked in %v)", name, dirs)
