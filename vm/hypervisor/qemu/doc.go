@@ -14,8 +14,10 @@
 // # Jail
 //
 // With Config.Jail on (the default) QEMU and the relay are started jailed
-// (package jail; jail.Start builds the jail on a throw-away thread of the
-// driver's process and forks them from it, with no launcher exec): each VM's processes run as uid and gid
+// (package jail; jail.Config.Start builds the jail on a throw-away thread
+// of the driver's process and forks them from it, with no launcher exec,
+// unless clone3 into a v2 cgroup is refused): each VM's processes run as
+// uid and gid
 // Jail.UIDBase + Spec.VsockCID, in a mount namespace where Jail.Hide (the
 // state and run dirs) is an empty tmpfs with only this VM's files bound
 // back (run dir, console log and disks read-write; kernel, initramfs,
