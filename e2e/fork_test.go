@@ -108,7 +108,10 @@ func testFork(t *testing.T, w *warmEngine, bridge string, src engine.Instance) {
 	ctx := context.Background()
 	// A counter loop in the background, its output on the guest's tmpfs
 	// or disk, its PID printed.
-	pid := w.run(t, src, `setsid sh -c 'i=0; while :; do i=$((i+1)); echo $i > /tmp/counter; sleep 0.2; done' </dev/null >/dev/null 2>&1 & echo $!`)
+	// The counter file is replaced, never truncated and rewritten: a read
+	// between the shell's truncate and its write (a wide window in a
+	// loaded TCG guest) would see it empty.
+	pid := w.run(t, src, `setsid sh -c 'i=0; while :; do i=$((i+1)); echo $i > /tmp/counter.new; mv /tmp/counter.new /tmp/counter; sleep 0.2; done' </dev/null >/dev/null 2>&1 & echo $!`)
 	if _, err := strconv.Atoi(pid); err != nil {
 		t.Fatalf("counter pid %q", pid)
 	}
