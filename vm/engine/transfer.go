@@ -594,6 +594,7 @@ func (l *Local) ImportDisk(ctx context.Context, spec ImportSpec, r io.Reader, pr
 // errs.AlreadyExists; on any failure what StageDisk wrote is removed.
 // Destroy removes a staged disk.
 func (l *Local) StageDisk(ctx context.Context, spec ImportSpec, r io.Reader, progress Progress) error {
+	defer cpus.Hold("disk stage")() // CPU-heavy: the process gets its default Ps (internal/cpus)
 	if !vm.IsID(spec.ID) {
 		return errs.New(errs.InvalidArgument, "invalid vm id %q", spec.ID)
 	}

@@ -688,6 +688,7 @@ const bundleFile = "bundle.json"
 // there, is errs.AlreadyExists; on any failure what it wrote is removed.
 // Destroy removes a staged bundle.
 func (l *Local) StageBundle(ctx context.Context, spec ImportSpec, r io.Reader, progress Progress) error {
+	defer cpus.Hold("memory stage")() // CPU-heavy: the process gets its default Ps (internal/cpus)
 	if !vm.IsID(spec.ID) {
 		return errs.New(errs.InvalidArgument, "invalid vm id %q", spec.ID)
 	}
