@@ -19,6 +19,7 @@ import (
 	"github.com/minionsdev/minions/config"
 	"github.com/minionsdev/minions/daemon/local"
 	"github.com/minionsdev/minions/internal/announce"
+	"github.com/minionsdev/minions/internal/cpus"
 	"github.com/minionsdev/minions/metrics"
 	"github.com/minionsdev/minions/vm/hypervisor/qemu"
 	"golang.org/x/sync/errgroup"
@@ -73,6 +74,7 @@ func Serve(ctx context.Context, cfg config.Config, logOut io.Writer) error {
 		return err
 	}
 	log := announce.NewLogger(logOut, format)
+	defer governCPUs(cpus.Default, log.With("component", "cpus"))()
 
 	paths, err := local.ResolvePaths(cfg.StateDir, cfg.RunDir)
 	if err != nil {

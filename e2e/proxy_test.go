@@ -837,6 +837,16 @@ func BenchmarkProxy(b *testing.B) {
 	}
 	d := startServe(b, fmt.Sprintf("bind = %q\nadmin_bind = %q\nssh_bind = %q\nhttp_bind = %q\nproxy_rate = -1\n",
 		loopback(freeTCPPort(b)), adminAddr, loopback(freeTCPPort(b)), httpAddr), httpAddr)
+	// The daemon runs on one P while no heavy work holds the default
+	// (internal/cpus, daemon.governCPUs), unless GOMAXPROCS is set for it.
+	governed := "gomaxprocs governed"
+	if os.Getenv("MINIONS_E2E_PROXY_DAEMON_GOMAXPROCS") != "" {
+		governed = "gomaxprocs not governed"
+	}
+	if !strings.Contains(d.log.String(), governed) {
+		b.Fatalf("the daemon's log lacks %q:\n%s", governed, d.log)
+	}
+	b.Logf("daemon: %s", governed)
 	must(b, "expose", "pbench", "--port", "8081")
 	must(b, "share", "pbench", "--public")
 	if path := os.Getenv("MINIONS_E2E_PROXY_CPUPROFILE"); path != "" {

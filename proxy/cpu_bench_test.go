@@ -23,6 +23,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/minionsdev/minions/internal/cpus"
 	"github.com/minionsdev/minions/proxy"
 	"github.com/minionsdev/minions/proxy/proxytest"
 )
@@ -37,7 +38,8 @@ const (
 
 // TestProxyChild is the proxy process of BenchmarkProxyCPU: it serves the
 // proxy the way the daemon configures it (JSON access log to a file
-// through a LogBuffer, rate limiter and connection limits on), in local
+// through a LogBuffer, rate limiter and connection limits on, one P while
+// idle by internal/cpus unless GOMAXPROCS is set), in local
 // mode, or with MINIONS_PROXY_BENCH_TLS=1 in TLS mode (domain
 // example.test, on-demand certificates from an in-process Pebble, HTTP/2
 // and HTTP/1.1 by ALPN, as users get it). It routes web.<domain> (public)
@@ -58,6 +60,12 @@ func TestProxyChild(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer func() { pprof.StopCPUProfile(); f.Close() }()
+	}
+	// One P while idle, as the daemon runs (internal/cpus); GOMAXPROCS
+	// in the environment (MINIONS_AB_OTHER_GOMAXPROCS,
+	// MINIONS_PROXY_BENCH_GOMAXPROCS) turns it off.
+	if cpus.Default.Enable(1) {
+		defer cpus.Default.Disable()
 	}
 	logf, err := os.Create(filepath.Join(t.TempDir(), "access.log"))
 	if err != nil {

@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/minionsdev/minions/internal/cpus"
 	"github.com/minionsdev/minions/internal/errs"
 	"github.com/minionsdev/minions/store"
 	"github.com/minionsdev/minions/vm/engine"
@@ -193,6 +194,7 @@ func (s *Service) SetDefaultImage(ctx context.Context, c Caller, ref string) (Im
 // until the build ends (minutes for a full OS), reporting each step to
 // progress.
 func (s *Service) BuildImage(ctx context.Context, c Caller, req ImageBuildRequest, progress Progress) (ImageInfo, error) {
+	defer cpus.Hold("image build")() // CPU-heavy: the process gets its default Ps (internal/cpus)
 	if err := requireAdmin(c, "build images"); err != nil {
 		return ImageInfo{}, err
 	}

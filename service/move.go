@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/minionsdev/minions/internal/cpus"
 	"github.com/minionsdev/minions/internal/errs"
 	"github.com/minionsdev/minions/internal/movepause"
 	"github.com/minionsdev/minions/store"
@@ -137,6 +138,7 @@ func (s *Service) vmHost(ctx context.Context, v store.VM) (store.Host, error) {
 // each step: "stop", "transfer", the target's import steps, "switch",
 // "cleanup".
 func (s *Service) Move(ctx context.Context, c Caller, name string, req MoveRequest, progress Progress) (VM, error) {
+	defer cpus.Hold("move")() // CPU-heavy: the process gets its default Ps (internal/cpus)
 	if req.Host == "" {
 		return VM{}, errs.New(errs.InvalidArgument, "move: the target host is required (--host)")
 	}

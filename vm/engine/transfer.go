@@ -18,6 +18,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/minionsdev/minions/internal/cpus"
 	"github.com/minionsdev/minions/internal/errs"
 	"github.com/minionsdev/minions/store"
 	"github.com/minionsdev/minions/vm"
@@ -479,6 +480,7 @@ func (l *Local) ExportDisk(ctx context.Context, id string, w io.Writer) error {
 
 // ExportDiskFrom implements DiskResumer.
 func (l *Local) ExportDiskFrom(ctx context.Context, id string, off int64, w io.Writer) error {
+	defer cpus.Hold("disk export")() // CPU-heavy: the process gets its default Ps (internal/cpus)
 	return l.withLock(ctx, id, func(v store.VM) error {
 		if v.State != vm.Stopped {
 			return errs.New(errs.FailedPrecondition, "export vm %s: it is %s; stop it first", v.Name, v.State)
@@ -514,6 +516,7 @@ func (l *Local) ExportDiskFrom(ctx context.Context, id string, off int64, w io.W
 
 // ImportDisk implements Transferer.
 func (l *Local) ImportDisk(ctx context.Context, spec ImportSpec, r io.Reader, progress Progress) (Instance, error) {
+	defer cpus.Hold("disk import")() // CPU-heavy: the process gets its default Ps (internal/cpus)
 	if !vm.IsID(spec.ID) {
 		return Instance{}, errs.New(errs.InvalidArgument, "invalid vm id %q", spec.ID)
 	}
@@ -591,6 +594,7 @@ func (l *Local) ImportDisk(ctx context.Context, spec ImportSpec, r io.Reader, pr
 // errs.AlreadyExists; on any failure what StageDisk wrote is removed.
 // Destroy removes a staged disk.
 func (l *Local) StageDisk(ctx context.Context, spec ImportSpec, r io.Reader, progress Progress) error {
+	defer cpus.Hold("disk stage")() // CPU-heavy: the process gets its default Ps (internal/cpus)
 	if !vm.IsID(spec.ID) {
 		return errs.New(errs.InvalidArgument, "invalid vm id %q", spec.ID)
 	}

@@ -17,6 +17,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/minionsdev/minions/guestagent/proto"
+	"github.com/minionsdev/minions/internal/cpus"
 	"github.com/minionsdev/minions/internal/errs"
 	"github.com/minionsdev/minions/store"
 	"github.com/minionsdev/minions/vm"
@@ -475,6 +476,7 @@ func (l *Local) ExportBundle(ctx context.Context, id string, w io.Writer) error 
 
 // ExportBundleFrom implements BundleResumer.
 func (l *Local) ExportBundleFrom(ctx context.Context, id string, off int64, w io.Writer) error {
+	defer cpus.Hold("memory export")() // CPU-heavy: the process gets its default Ps (internal/cpus)
 	return l.withLock(ctx, id, func(v store.VM) error {
 		if v.State != vm.Stopped {
 			return errs.New(errs.FailedPrecondition, "export vm %s: it is %s; stop or suspend it first", v.Name, v.State)
@@ -537,6 +539,7 @@ func (l *Local) ExportBundleFrom(ctx context.Context, id string, off int64, w io
 
 // ImportBundle implements MemoryMover.
 func (l *Local) ImportBundle(ctx context.Context, spec ImportSpec, r io.Reader, progress Progress) (Instance, error) {
+	defer cpus.Hold("memory import")() // CPU-heavy: the process gets its default Ps (internal/cpus)
 	if !vm.IsID(spec.ID) {
 		return Instance{}, errs.New(errs.InvalidArgument, "invalid vm id %q", spec.ID)
 	}
@@ -685,6 +688,7 @@ const bundleFile = "bundle.json"
 // there, is errs.AlreadyExists; on any failure what it wrote is removed.
 // Destroy removes a staged bundle.
 func (l *Local) StageBundle(ctx context.Context, spec ImportSpec, r io.Reader, progress Progress) error {
+	defer cpus.Hold("memory stage")() // CPU-heavy: the process gets its default Ps (internal/cpus)
 	if !vm.IsID(spec.ID) {
 		return errs.New(errs.InvalidArgument, "invalid vm id %q", spec.ID)
 	}
