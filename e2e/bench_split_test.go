@@ -9,8 +9,11 @@ package e2e
 import (
 	"bufio"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -151,20 +154,64 @@ func (s *afterUpSamples) add(bare, create afterUp) {
 	}
 }
 
-// addTo prints the split as rows of t.
-func (s *afterUpSamples) addTo(t *table) {
-	t.addSamples("qemu up -> agent ready: bare (first ping)", s.bare.upToReady)
-	t.addSamples("  bare: qemu up -> guest link up (relay log)", s.bare.upToLink)
-	t.addSamples("  bare: guest link up -> first ping", s.bare.linkToReady)
-	t.addSamples("qemu up -> agent ready: create (its mark)", s.create.upToReady)
-	t.addSamples("  create: qemu up -> guest link up (relay log)", s.create.upToLink)
-	t.addSamples("  create: guest link up -> agent ready", s.create.linkToReady)
-	t.addSamples("pairwise create - bare: qemu up -> agent ready", s.diff.upToReady)
-	t.addSamples("  of which qemu up -> guest link up (guest boot)", s.diff.upToLink)
-	t.addSamples("  of which guest link up -> ready (host side)", s.diff.linkToReady)
-	t.addSamples("guest uptime at agent start (guest clock): bare", s.bare.guest)
-	t.addSamples("  create", s.create.guest)
-	t.addSamples("  pairwise create - bare", s.diff.guest)
+// table renders the split, with a distribution-free 95% confidence
+// interval of each median: a pairwise row whose interval holds 0 does not
+// show a systematic difference at this many pairs.
+func (s *afterUpSamples) table() *table {
+	t := &table{title: "BenchmarkBareBoot: qemu up -> agent ready, bare against create, split at the relay's guest link up",
+		head: []string{"measure", "n", "median ms", "95% CI of median", "p90 ms", "min ms", "max ms"}}
+	row := func(label string, v samples) {
+		if len(v) == 0 {
+			t.add(label, "0", "-", "-", "-", "-", "-")
+			return
+		}
+		ci := "-"
+		if lo, hi, ok := v.medianCI(); ok {
+			ci = "[" + fmtMS(lo) + ", " + fmtMS(hi) + "]"
+		}
+		t.add(label, strconv.Itoa(len(v)), fmtMS(v.median()), ci, fmtMS(v.p90()), fmtMS(v.min()), fmtMS(v.max()))
+	}
+	row("bare: qemu up -> first ping", s.bare.upToReady)
+	row("  qemu up -> guest link up (relay log)", s.bare.upToLink)
+	row("  guest link up -> first ping", s.bare.linkToReady)
+	row("  guest's uptime at agent start (its clock)", s.bare.guest)
+	row("create: qemu up -> agent ready (its mark)", s.create.upToReady)
+	row("  qemu up -> guest link up (relay log)", s.create.upToLink)
+	row("  guest link up -> agent ready", s.create.linkToReady)
+	row("  guest's uptime at agent start (its clock)", s.create.guest)
+	row("pairwise create - bare: qemu up -> agent ready", s.diff.upToReady)
+	row("  qemu up -> guest link up (the guest's boot)", s.diff.upToLink)
+	row("  guest link up -> ready (the host's side)", s.diff.linkToReady)
+	row("  guest's uptime at agent start", s.diff.guest)
+	return t
+}
+
+// medianCI is a distribution-free 95% confidence interval of the median
+// of s (order statistics k and n+1-k, k the largest with
+// P(Binomial(n, 1/2) < k) <= 2.5%); ok is false below 6 samples.
+func (s samples) medianCI() (lo, hi time.Duration, ok bool) {
+	n := len(s)
+	if n < 6 {
+		return 0, 0, false
+	}
+	// cdf(k) = P(X <= k) for X ~ Binomial(n, 1/2).
+	cdf := func(k int) float64 {
+		sum, c := 0.0, 1.0 // c = C(n, i)
+		for i := 0; i <= k; i++ {
+			if i > 0 {
+				c = c * float64(n-i+1) / float64(i)
+			}
+			sum += c
+		}
+		return sum / math.Pow(2, float64(n))
+	}
+	k := 1
+	for cdf(k) <= 0.025 { // P(X < k+1) <= 2.5%: k+1 will do
+		k++
+	}
+	v := slices.Clone(s)
+	slices.Sort(v)
+	return v[k-1], v[n-k], true
 }
 
 func TestRelayLinkUp(t *testing.T) {
@@ -185,6 +232,26 @@ time=2026-12-06T12:00:09Z level=INFO msg="guest link up" component=relay handsha
 	}
 	if _, err := relayLinkUp(t.TempDir()); err == nil {
 		t.Fatal("relayLinkUp of a dir without relay.log: no error")
+	}
+}
+
+func TestMedianCI(t *testing.T) {
+	var s samples
+	for i := 15; i >= 1; i-- {
+		s = append(s, time.Duration(i)*time.Millisecond)
+	}
+	// n = 15: P(X <= 3) = 1.76%, P(X <= 4) = 5.9%: the 4th and 12th.
+	lo, hi, ok := s.medianCI()
+	if !ok || lo != 4*time.Millisecond || hi != 12*time.Millisecond {
+		t.Fatalf("medianCI of 1..15 ms = %v, %v, %v; want 4ms, 12ms", lo, hi, ok)
+	}
+	// n = 6: P(X <= 0) = 1.6%, P(X <= 1) = 10.9%: min and max.
+	lo, hi, ok = s[:6].medianCI()
+	if !ok || lo != 10*time.Millisecond || hi != 15*time.Millisecond {
+		t.Fatalf("medianCI of 6 samples = %v, %v, %v; want 10ms, 15ms", lo, hi, ok)
+	}
+	if _, _, ok := s[:5].medianCI(); ok {
+		t.Fatal("medianCI of 5 samples: ok")
 	}
 }
 

@@ -290,11 +290,11 @@ func BenchmarkBareBoot(b *testing.B) {
 	}
 	t.addSamples("  create: agent ready -> exit", readyExit)
 	t.addSamples("  outside the guest's boot (before + ready->exit)", outside)
-	split.addTo(t)
 	if len(createReady) > 0 {
 		t.addSamples("BenchmarkCreateReady (unpaired)", createReady)
 	}
 	t.print()
+	split.table().print()
 	mt := &table{title: "BenchmarkBareBoot: create's MINIONS_TRACE marks, wall from exec (and the process's CPU time, median)", head: append(sampleHead("mark"), "cpu ms")}
 	for _, name := range marks.order {
 		s := marks.by[name]
