@@ -134,7 +134,7 @@ func splitAfterUp(up, link, ready time.Time) afterUp {
 // afterUpSamples gathers afterUp splits of the bare and created halves of
 // each pair, and their pairwise differences.
 type afterUpSamples struct {
-	bare, create, diff struct{ upToReady, upToLink, linkToReady, guest samples }
+	bare, create, diff struct{ upToReady, upToLink, linkToReady, guest, gap samples }
 }
 
 func (s *afterUpSamples) add(bare, create afterUp) {
@@ -151,6 +151,13 @@ func (s *afterUpSamples) add(bare, create afterUp) {
 		s.bare.guest = append(s.bare.guest, bare.guest)
 		s.create.guest = append(s.create.guest, create.guest)
 		s.diff.guest = append(s.diff.guest, create.guest-bare.guest)
+		// What of qemu up -> link up the guest's clock does not see:
+		// QEMU's start-up before the guest runs, and the channel from
+		// the agent opening its port to the relay's link.
+		bg, cg := bare.upToLink-bare.guest, create.upToLink-create.guest
+		s.bare.gap = append(s.bare.gap, bg)
+		s.create.gap = append(s.create.gap, cg)
+		s.diff.gap = append(s.diff.gap, cg-bg)
 	}
 }
 
@@ -175,14 +182,17 @@ func (s *afterUpSamples) table() *table {
 	row("  qemu up -> guest link up (relay log)", s.bare.upToLink)
 	row("  guest link up -> first ping", s.bare.linkToReady)
 	row("  guest's uptime at agent start (its clock)", s.bare.guest)
+	row("  up -> link minus guest uptime (qemu start-up + channel)", s.bare.gap)
 	row("create: qemu up -> agent ready (its mark)", s.create.upToReady)
 	row("  qemu up -> guest link up (relay log)", s.create.upToLink)
 	row("  guest link up -> agent ready", s.create.linkToReady)
 	row("  guest's uptime at agent start (its clock)", s.create.guest)
+	row("  up -> link minus guest uptime (qemu start-up + channel)", s.create.gap)
 	row("pairwise create - bare: qemu up -> agent ready", s.diff.upToReady)
 	row("  qemu up -> guest link up (the guest's boot)", s.diff.upToLink)
 	row("  guest link up -> ready (the host's side)", s.diff.linkToReady)
 	row("  guest's uptime at agent start", s.diff.guest)
+	row("  up -> link minus guest uptime", s.diff.gap)
 	return t
 }
 
