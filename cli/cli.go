@@ -12,6 +12,7 @@ import (
 	"strings"
 
 	"github.com/minionsdev/minions/internal/errs"
+	"github.com/minionsdev/minions/internal/starttrace"
 	"github.com/minionsdev/minions/internal/textsafe"
 	"github.com/minionsdev/minions/service"
 )
@@ -114,9 +115,11 @@ func Run(ctx context.Context, env *Env, args []string) int {
 	x, err := resolve(env, root, g, args)
 	if err == nil {
 		err = x.cmd.Run(ctx, x)
+		starttrace.Mark("cli: command ran")
 	}
 	if x != nil && x.be != nil {
 		x.be.Close()
+		starttrace.Mark("cli: backend closed")
 	}
 	if err == nil {
 		return 0

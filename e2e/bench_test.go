@@ -128,6 +128,7 @@ func BenchmarkBareBoot(b *testing.B) {
 	var marks, markCPU stepSamples                   // every trace mark: wall from exec, CPU
 	var readyExit samples                            // the create's agent ready -> exit
 	var qemuStep, overQEMUStep samples               // start qemu step -> pidfile; minus bare's
+	var split afterUpSamples                         // qemu up -> agent ready, both halves
 	pairs := bareBootPairs(b)
 	i := 0
 	// One pair per b.Loop iteration (timed: the bare boot); the pairs
@@ -169,6 +170,11 @@ func BenchmarkBareBoot(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
+		bareLink, err := relayLinkUp(filepath.Join(cur.dir, "run"))
+		if err != nil {
+			b.Fatal(err)
+		}
+		bareSplit := splitAfterUp(up, bareLink, cur.started.Add(d))
 		bare = append(bare, d)
 		bb := up.Sub(cur.started)
 		bareBefore, bareAfter = append(bareBefore, bb), append(bareAfter, d-bb)
@@ -185,6 +191,7 @@ func BenchmarkBareBoot(b *testing.B) {
 			b.Fatalf("configure: %v", err)
 		}
 		configure = append(configure, time.Since(start))
+		bareSplit.guest, _ = guestReadyUptime(filepath.Join(cur.dir, "vm", "console.log"))
 		cl.Close()
 		cur.stop()
 		cur = nil
@@ -199,9 +206,24 @@ func BenchmarkBareBoot(b *testing.B) {
 		// MINIONS_TRACE=<now>: the create prints its wall and CPU time
 		// at start-up and at each step, from about its exec (the test's
 		// fork and exec come after this instant: under a millisecond).
-		os.Setenv("MINIONS_TRACE", strconv.FormatInt(time.Now().UnixNano(), 10))
+		origin := time.Now()
+		os.Setenv("MINIONS_TRACE", strconv.FormatInt(origin.UnixNano(), 10))
 		c := timedCreate(b, name)
 		os.Unsetenv("MINIONS_TRACE")
+		if w, _, ok := traceMark(c.stderr, "engine: agent ready"); ok {
+			run := filepath.Join(stateDir, "run", c.vm.ID)
+			cup, err := pidfileTime(run)
+			if err != nil {
+				b.Fatal(err)
+			}
+			clink, err := relayLinkUp(run)
+			if err != nil {
+				b.Fatal(err)
+			}
+			cs := splitAfterUp(cup, clink, origin.Add(w))
+			cs.guest, _ = guestReadyUptime(filepath.Join(stateDir, "vms", c.vm.ID, "console.log"))
+			split.add(bareSplit, cs)
+		}
 		if w, cpu, ok := traceMark(c.stderr, "main"); ok {
 			toMain, toMainCPU = append(toMain, w), append(toMainCPU, cpu)
 		}
@@ -272,6 +294,7 @@ func BenchmarkBareBoot(b *testing.B) {
 		t.addSamples("BenchmarkCreateReady (unpaired)", createReady)
 	}
 	t.print()
+	split.table().print()
 	mt := &table{title: "BenchmarkBareBoot: create's MINIONS_TRACE marks, wall from exec (and the process's CPU time, median)", head: append(sampleHead("mark"), "cpu ms")}
 	for _, name := range marks.order {
 		s := marks.by[name]
@@ -283,6 +306,9 @@ func BenchmarkBareBoot(b *testing.B) {
 		b.ReportMetric(ms(toQEMUCPU.median()), "to-qemu-exec-cpu-ms")
 	}
 	b.ReportMetric(ms(overBefore.median()), "before-qemu-ms")
+	if len(split.diff.upToReady) > 0 {
+		b.ReportMetric(ms(split.diff.upToReady.median()), "up-to-ready-over-ms")
+	}
 	sum := fmt.Sprintf("orchestration overhead (%d pairs): pairwise median %s ms (before qemu %s ms, target < 60; after %s ms; outside the guest's boot %s ms; create's own exec -> qemu exec %s ms, %s ms cpu); create %s ms vs bare %s ms median, ratio %.2f; target < 150 ms",
 		len(over), fmtMS(over.median()), fmtMS(overBefore.median()), fmtMS(overAfter.median()), fmtMS(outside.median()), fmtMS(toQEMU.median()), fmtMS(toQEMUCPU.median()),
 		fmtMS(create.median()), fmtMS(bare.median()), ms(create.median())/ms(bare.median()))
@@ -363,55 +389,6 @@ func straceCreate(b *testing.B, path, name string) {
 	}
 	b.Logf("strace of one create in %s:\n%s", path, out)
 	destroyVM(b, name)
-}
-
-// traceMarks is every MINIONS_TRACE line in a command's stderr, in order,
-// as step samples: the wall time from exec, or with cpu the process's CPU
-// time.
-func traceMarks(stderr string, cpu bool) []stepTime {
-	var out []stepTime
-	for _, line := range strings.Split(stderr, "\n") {
-		rest, found := strings.CutPrefix(line, "trace +")
-		if !found {
-			continue
-		}
-		var w, c float64
-		if _, err := fmt.Sscanf(rest, "%fms cpu %fms:", &w, &c); err != nil {
-			continue
-		}
-		_, what, ok := strings.Cut(rest, ": ")
-		if !ok {
-			continue
-		}
-		// "create NAME: step" differs per VM: keep the step.
-		if strings.HasPrefix(what, "create ") {
-			if _, step, ok := strings.Cut(what[len("create "):], ": "); ok {
-				what = "create: " + step
-			}
-		}
-		if cpu {
-			w = c
-		}
-		out = append(out, stepTime{name: what, took: time.Duration(w * float64(time.Millisecond))})
-	}
-	return out
-}
-
-// traceMark finds the MINIONS_TRACE line "trace +W ms cpu C ms: what" in
-// a command's stderr (starttrace's format): wall W and CPU C.
-func traceMark(stderr, what string) (wall, cpu time.Duration, ok bool) {
-	for _, line := range strings.Split(stderr, "\n") {
-		rest, found := strings.CutPrefix(line, "trace +")
-		if !found || !strings.HasSuffix(rest, ": "+what) {
-			continue
-		}
-		var w, c float64
-		if _, err := fmt.Sscanf(rest, "%fms cpu %fms:", &w, &c); err != nil {
-			continue
-		}
-		return time.Duration(w * float64(time.Millisecond)), time.Duration(c * float64(time.Millisecond)), true
-	}
-	return 0, 0, false
 }
 
 // benchBridge is the bridge Minions attaches TAPs to (learnt from a VM).

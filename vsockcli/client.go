@@ -41,6 +41,11 @@ type Config struct {
 	User string
 	// Timeout bounds connecting and the SSH handshake (default 10 s).
 	Timeout time.Duration
+	// Retry is the least time between the starts of two of WaitReady's
+	// attempts (default 50 ms): it paces quick failures (a socket not
+	// there yet); an attempt that failed after a longer wait is retried
+	// at once.
+	Retry time.Duration
 	// NoPing makes WaitReady return once the SSH handshake is done,
 	// without pinging the agent: for a caller whose first request comes
 	// at once and may as well be the ping (a fork's re-identification).
@@ -64,8 +69,8 @@ func (c *Config) Validate() error {
 	if c.HostKey == nil {
 		return errs.New(errs.InvalidArgument, "agent client config: no host key callback")
 	}
-	if c.Timeout < 0 {
-		return errs.New(errs.InvalidArgument, "agent client config: negative timeout")
+	if c.Timeout < 0 || c.Retry < 0 {
+		return errs.New(errs.InvalidArgument, "agent client config: negative timeout or retry interval")
 	}
 	return nil
 }
@@ -76,6 +81,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.Timeout == 0 {
 		c.Timeout = 10 * time.Second
+	}
+	if c.Retry == 0 {
+		c.Retry = 50 * time.Millisecond
 	}
 	return c
 }
@@ -225,9 +233,13 @@ func NewClient(ctx context.Context, c net.Conn, cfg Config) (*Client, error) {
 }
 
 // WaitReady dials ep and pings the agent (unless cfg.NoPing), retrying
-// every 50 ms (temporary failures only: not an authentication or host key
-// failure) until it answers or ctx ends. Each attempt is bounded by
-// cfg.Timeout. The phases' times go to cfg.Observe.
+// (temporary failures only: not an authentication or host key failure)
+// until it answers or ctx ends. An attempt starts at most every cfg.Retry:
+// one that failed after waiting longer (an agent relay that held the
+// CONNECT until its own bound while the guest booted) is followed at once
+// by the next, so the pause never adds to the boot of a guest that came
+// up meanwhile. Each attempt is bounded by cfg.Timeout. The phases' times
+// go to cfg.Observe.
 func WaitReady(ctx context.Context, ep hypervisor.AgentEndpoint, cfg Config) (*Client, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -247,12 +259,16 @@ func WaitReady(ctx context.Context, ep hypervisor.AgentEndpoint, cfg Config) (*C
 			return nil, err
 		}
 		last = err
-		t := time.NewTimer(50 * time.Millisecond)
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		if pause := cfg.withDefaults().Retry - time.Since(t0); pause > 0 {
+			t := time.NewTimer(pause)
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return nil, errs.New(errs.Unavailable, "wait for agent: %w (last error: %v)", ctx.Err(), last)
+			case <-t.C:
+			}
+		} else if ctx.Err() != nil {
 			return nil, errs.New(errs.Unavailable, "wait for agent: %w (last error: %v)", ctx.Err(), last)
-		case <-t.C:
 		}
 		observe("retry", time.Since(t0))
 	}

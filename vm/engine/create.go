@@ -131,6 +131,7 @@ func (l *Local) newVM(ctx context.Context, row store.VM, kind string, progress P
 		return Instance{}, fmt.Errorf("%s vm %s: %w", kind, row.Name, err)
 	}
 	o.finish(ctx, nil)
+	starttrace.Mark("engine: op finished")
 	return InstanceOf(v), nil
 }
 
@@ -199,6 +200,7 @@ func (l *Local) boot(ctx context.Context, o *op, row store.VM, progress Progress
 		return row, nil, fmt.Errorf("boot: %w", err)
 	}
 	u.push(func() { l.Driver.Kill(context.Background(), h) })
+	starttrace.Mark("engine: hypervisor started")
 	o.step(ctx, "agent", map[string]any{"handle": h})
 	// Record the handle at once so a crash from here on is found.
 	row.Handle = EncodeHandle(h)
@@ -206,6 +208,7 @@ func (l *Local) boot(ctx context.Context, o *op, row store.VM, progress Progress
 		console.Close()
 		return row, nil, err
 	}
+	starttrace.Mark("engine: handle recorded")
 
 	progress.Say("agent")
 	var learned string
@@ -237,6 +240,7 @@ func (l *Local) boot(ctx context.Context, o *op, row store.VM, progress Progress
 		cl.Close()
 		return row, nil, err
 	}
+	starttrace.Mark("engine: recorded running")
 	u = nil // success: keep everything
 	// The first `ssh vm@host` (any agent call) dials nothing.
 	l.agents.adopt(row.ID, h, cl)
@@ -318,6 +322,10 @@ func (l *Local) waitReady(ctx context.Context, console *consolelog.Follower, ep 
 	pctx, stop := context.WithCancelCause(wctx)
 	defer stop(nil)
 	go watchConsole(pctx, console, stop)
+	if starttrace.Enabled() && cfg.Observe == nil {
+		// The instant each phase of the wait ended.
+		cfg.Observe = func(phase string, _ time.Duration) { starttrace.Mark("engine: agent " + phase) }
+	}
 	cl, err := vsockcli.WaitReady(pctx, ep, cfg)
 	if err != nil {
 		if cause := context.Cause(pctx); cause != nil && cause != errReadyTimeout && !errors.Is(cause, context.Canceled) && ctx.Err() == nil {
