@@ -97,7 +97,8 @@ func (d *Driver) ownMemory(m *machine) {
 }
 
 // memDirRoom is the free space of the tmpfs at dir less what the RAM
-// files in dir may still allocate (their size less their pages).
+// files in dir may still allocate (their size less their pages; a file
+// under several names counts once).
 func memDirRoom(dir string) (int64, error) {
 	var fs unix.Statfs_t
 	if err := unix.Statfs(dir, &fs); err != nil {
@@ -108,11 +109,13 @@ func memDirRoom(dir string) (int64, error) {
 	if err != nil {
 		return 0, err
 	}
+	seen := map[uint64]bool{}
 	for _, e := range entries {
 		var st unix.Stat_t
-		if filepath.Ext(e.Name()) != memFileSuffix || unix.Lstat(filepath.Join(dir, e.Name()), &st) != nil {
+		if filepath.Ext(e.Name()) != memFileSuffix || unix.Lstat(filepath.Join(dir, e.Name()), &st) != nil || seen[st.Ino] {
 			continue
 		}
+		seen[st.Ino] = true
 		if grow := st.Size - st.Blocks*512; grow > 0 {
 			room -= grow
 		}

@@ -56,11 +56,20 @@ func (d *Driver) StateRAM(dir string) string {
 	return cp
 }
 
-// NewRAMFile implements hypervisor.RAMKeeper.
+// NewRAMFile implements hypervisor.RAMKeeper. The room is checked and
+// the file made under the memory dir's lock (lockMemDir), so that files
+// made at once, by this process or another, are each promised their
+// whole size: the tmpfs's free space less what every RAM file there may
+// still allocate (memDirRoom) must hold it.
 func (d *Driver) NewRAMFile(size int64) (string, error) {
 	if d.memDir == "" {
 		return "", errs.New(errs.FailedPrecondition, "this driver keeps no ram files")
 	}
+	unlock, err := lockMemDir(d.memDir)
+	if err != nil {
+		return "", err
+	}
+	defer unlock()
 	if room, err := memDirRoom(d.memDir); err != nil || room < size {
 		return "", errs.New(errs.FailedPrecondition, "no room for %d MiB of ram in %s (%v)", size>>20, d.memDir, err)
 	}
@@ -205,4 +214,25 @@ func (d *Driver) restoreKept(ctx context.Context, m machine, dir string, asCopy 
 	}
 	d.log.Info("vm restored on its kept ram", "vm_id", m.ID, "pid", h.PID, "dir", dir, "duration_ms", time.Since(start).Milliseconds())
 	return h, nil
+}
+
+// lockMemDir takes an exclusive lock on memory dir dir (flock on the
+// directory: it holds between processes and between the goroutines of
+// one, each opening the dir anew) and returns its release.
+func lockMemDir(dir string) (func(), error) {
+	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("lock memory dir: %w", err)
+	}
+	for {
+		err = unix.Flock(fd, unix.LOCK_EX)
+		if err != unix.EINTR {
+			break
+		}
+	}
+	if err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("lock memory dir %s: %w", dir, err)
+	}
+	return func() { unix.Close(fd) }, nil
 }
