@@ -105,14 +105,14 @@ func memDirRoom(dir string) (int64, error) {
 		return 0, err
 	}
 	room := int64(fs.Bavail) * fs.Bsize
-	entries, err := os.ReadDir(dir)
+	files, err := memDirFiles(dir, true)
 	if err != nil {
 		return 0, err
 	}
 	seen := map[uint64]bool{}
-	for _, e := range entries {
+	for _, p := range files {
 		var st unix.Stat_t
-		if filepath.Ext(e.Name()) != memFileSuffix || unix.Lstat(filepath.Join(dir, e.Name()), &st) != nil || seen[st.Ino] {
+		if unix.Lstat(p, &st) != nil || seen[st.Ino] {
 			continue
 		}
 		seen[st.Ino] = true

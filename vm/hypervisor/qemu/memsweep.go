@@ -57,15 +57,14 @@ func (d *Driver) SweepMemory(runDirs, forkDirs []string) []string {
 			keep[cp] = true
 		}
 	}
-	entries, err := os.ReadDir(d.memDir)
+	files, err := memDirFiles(d.memDir, true)
 	if err != nil {
 		return gone
 	}
 	var cands []string
 	now := time.Now()
-	for _, e := range entries {
-		p := filepath.Join(d.memDir, e.Name())
-		if !e.Type().IsRegular() || filepath.Ext(e.Name()) != memFileSuffix || keep[p] {
+	for _, p := range files {
+		if keep[p] {
 			continue
 		}
 		var st unix.Stat_t
@@ -107,7 +106,7 @@ func (d *Driver) SweepMemory(runDirs, forkDirs []string) []string {
 // leaked by whatever made it) or a report (minions doctor). A memDir
 // that does not exist holds nothing.
 func UnownedRAMFiles(memDir string, roots ...string) ([]string, error) {
-	entries, err := os.ReadDir(memDir)
+	files, err := memDirFiles(memDir, true)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
 	}
@@ -140,9 +139,8 @@ func UnownedRAMFiles(memDir string, roots ...string) ([]string, error) {
 		}
 	}
 	var out []string
-	for _, e := range entries {
-		p := filepath.Join(memDir, e.Name())
-		if e.Type().IsRegular() && filepath.Ext(e.Name()) == memFileSuffix && !named[p] {
+	for _, p := range files {
+		if !named[p] {
 			out = append(out, p)
 		}
 	}
@@ -352,14 +350,25 @@ func MemoryDirs(root string) []MemoryDirInfo {
 
 // ramFilesIn lists the regular files in dir but its record.
 func ramFilesIn(dir string) []string {
-	ents, _ := os.ReadDir(dir)
+	files, _ := memDirFiles(dir, false)
+	return files
+}
+
+// memDirFiles lists the paths of the regular files directly in memory
+// dir dir (not a subdirectory: another installation's; not a symbolic
+// link), never its record (memOwnerFile): with ramOnly the RAM files
+// (*.ram) only. The error is os.ReadDir's (fs.ErrNotExist: no dir).
+func memDirFiles(dir string, ramOnly bool) ([]string, error) {
+	ents, err := os.ReadDir(dir)
 	var out []string
 	for _, e := range ents {
-		if e.Type().IsRegular() && e.Name() != memOwnerFile {
-			out = append(out, filepath.Join(dir, e.Name()))
+		name := e.Name()
+		if !e.Type().IsRegular() || name == memOwnerFile || ramOnly && filepath.Ext(name) != memFileSuffix {
+			continue
 		}
+		out = append(out, filepath.Join(dir, name))
 	}
-	return out
+	return out, err
 }
 
 // goneSweepEvery is how often SweepMemory (every second, from the
