@@ -273,10 +273,13 @@ func (d *Driver) saveForkCopy(ctx context.Context, h *hypervisor.Handle, m machi
 }
 
 // newCopyPath is a new name for a RAM copy in memDir.
-func newCopyPath(memDir string) string {
+func newCopyPath(memDir string) string { return newRAMPath(memDir, "copy-") }
+
+// newRAMPath is a new random RAM file name in memDir starting with prefix.
+func newRAMPath(memDir, prefix string) string {
 	var rnd [8]byte
 	rand.Read(rnd[:])
-	return filepath.Join(memDir, "copy-"+hex.EncodeToString(rnd[:])+memFileSuffix)
+	return filepath.Join(memDir, prefix+hex.EncodeToString(rnd[:])+memFileSuffix)
 }
 
 // copyRAM copies the written extents of the RAM file src into a new file

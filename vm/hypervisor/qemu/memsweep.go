@@ -31,7 +31,8 @@ var memSweepGrace = time.Minute
 // SweepMemory removes the RAM files in the memory dir that belong to no
 // VM, and returns their paths. A file is removed only when it is a
 // regular *.ram file directly in the memory dir (a subdirectory is another
-// installation's), older than a minute, not the RAM file of the VM of any
+// installation's), older than a minute (a pre-copy's file: a few seconds,
+// preCopyPrefix), not the RAM file of the VM of any
 // of runDirs (their machine files say which), not linked from any of
 // forkDirs (a fork's saved state, whose RAM copy waits to be adopted), and
 // named, mapped or held open by no process on the host (a running or
@@ -71,7 +72,11 @@ func (d *Driver) SweepMemory(runDirs, forkDirs []string) []string {
 		if unix.Lstat(p, &st) != nil || st.Mode&unix.S_IFMT != unix.S_IFREG {
 			continue
 		}
-		if now.Sub(time.Unix(st.Mtim.Sec, st.Mtim.Nsec)) < memSweepGrace {
+		grace := memSweepGrace
+		if strings.HasPrefix(filepath.Base(p), preCopyPrefix) {
+			grace = preCopySweepGrace // held open by its maker all along
+		}
+		if now.Sub(time.Unix(st.Mtim.Sec, st.Mtim.Nsec)) < grace {
 			continue
 		}
 		cands = append(cands, p)

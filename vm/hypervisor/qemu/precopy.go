@@ -56,11 +56,23 @@ func (d *Driver) StateRAM(dir string) string {
 	return cp
 }
 
+// preCopyPrefix starts the names of NewRAMFile's files. Their maker (the
+// engine's pre-copy import) holds one open from a moment after it is made
+// until a saved state links it (AdoptRAM) or it is dropped, so SweepMemory
+// takes one that nothing holds, maps or names (its maker was killed)
+// after preCopySweepGrace rather than memSweepGrace.
+const preCopyPrefix = "precopy-"
+
+// preCopySweepGrace is how old an unheld pre-copy RAM file must be
+// before SweepMemory may remove it.
+var preCopySweepGrace = 5 * time.Second
+
 // NewRAMFile implements hypervisor.RAMKeeper. The room is checked and
 // the file made under the memory dir's lock (lockMemDir), so that files
 // made at once, by this process or another, are each promised their
 // whole size: the tmpfs's free space less what every RAM file there may
-// still allocate (memDirRoom) must hold it.
+// still allocate (memDirRoom) must hold it. The caller holds the file
+// open while it needs it and no saved state links it (preCopyPrefix).
 func (d *Driver) NewRAMFile(size int64) (string, error) {
 	if d.memDir == "" {
 		return "", errs.New(errs.FailedPrecondition, "this driver keeps no ram files")
@@ -73,7 +85,7 @@ func (d *Driver) NewRAMFile(size int64) (string, error) {
 	if room, err := memDirRoom(d.memDir); err != nil || room < size {
 		return "", errs.New(errs.FailedPrecondition, "no room for %d MiB of ram in %s (%v)", size>>20, d.memDir, err)
 	}
-	p := newCopyPath(d.memDir)
+	p := newRAMPath(d.memDir, preCopyPrefix)
 	f, err := os.OpenFile(p, os.O_RDWR|os.O_CREATE|os.O_EXCL|unix.O_NOFOLLOW, 0o600)
 	if err != nil {
 		return "", err
