@@ -144,7 +144,15 @@ func keepsMemory(mode string) bool { return mode != "cold" }
 // "Capability x-ignore-shared is on, but received capability is off", a
 // saved state recording the wrong x-ignore-shared setting, fixed with
 // TestRestoreCopyTwice; and the nodes of this cluster shared one RAM file
-// directory, now one per installation: local.MemoryDir.)
+// directory, now one per installation: local.MemoryDir. The memory-in
+// and memory-out rows found three more: a VM moved in live had no RAM
+// file of its own, so its next move with memory made no pre-copy and
+// memory-in/precopy/cp never paused (qemu StartIncoming now gives it one,
+// TestLiveMigration); a pre-copy's RAM file left by a killed importer
+// stayed a minute, so three cases took a minute to settle (now swept after
+// 5 s, TestSweepMemoryPreCopy); and a pre-copy whose source restarted was
+// tried four more times with back-off, 18 s, before the whole bundle
+// shipped (TestPreCopyResumeGivesUpOnALostSource).)
 //
 //	MINIONS_E2E_DEBIAN=0 go test -count=1 -run 'TestMultiHostMoveCrash$' -v ./e2e/
 func TestMultiHostMoveCrash(t *testing.T) {
