@@ -90,6 +90,12 @@ func (d *Driver) SweepMemory(runDirs, forkDirs []string) []string {
 		if used[p] {
 			continue
 		}
+		// Looked at again: a file adopted meanwhile (AdoptRAM makes it
+		// fresh before its maker lets it go) stays.
+		var st unix.Stat_t
+		if unix.Lstat(p, &st) != nil || now.Sub(time.Unix(st.Mtim.Sec, st.Mtim.Nsec)) < preCopySweepGrace {
+			continue
+		}
 		if err := os.Remove(p); err != nil {
 			d.log.Warn("remove stale ram file", "path", p, "err", err)
 			continue

@@ -120,6 +120,13 @@ func (d *Driver) AdoptRAM(dir, path string) error {
 	if st, err := os.Stat(path); err != nil || st.Size() != saved.Machine.ramBytes() {
 		return errs.New(errs.FailedPrecondition, "ram file %s is not %d bytes (%v)", path, saved.Machine.ramBytes(), err)
 	}
+	// Fresh before the link names it: a sweep that looked at the file
+	// before the link was made and finds its maker gone (it closes the
+	// file once the link is there) sees it too young to take.
+	now := time.Now()
+	if err := os.Chtimes(path, now, now); err != nil {
+		return err
+	}
 	link := filepath.Join(dir, copyRAMFile)
 	os.Remove(link)
 	return os.Symlink(path, link)

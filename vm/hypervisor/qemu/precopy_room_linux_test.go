@@ -1,11 +1,13 @@
 package qemu
 
 import (
+	"encoding/json"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"sync"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -127,4 +129,36 @@ func TestNewRAMFileCountsLinksOnce(t *testing.T) {
 		t.Fatal("a third RAM file made on a full tmpfs")
 	}
 	os.Remove(q)
+}
+
+// TestAdoptRAMRefreshesMTime: adopting a pre-copy's RAM file marks it
+// fresh, so a sweep that looked at it before the state's link was made
+// (its maker closes it once the link is there) sees it too young to take.
+func TestAdoptRAMRefreshesMTime(t *testing.T) {
+	dir, err := os.MkdirTemp("/dev/shm", "adopt")
+	if err != nil {
+		t.Skip("no /dev/shm:", err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	d := &Driver{memDir: dir, log: slog.New(slog.DiscardHandler)}
+	p, err := d.NewRAMFile(1 << 20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	aged := time.Now().Add(-10 * time.Second)
+	if err := os.Chtimes(p, aged, aged); err != nil {
+		t.Fatal(err)
+	}
+	state := t.TempDir()
+	b, _ := json.Marshal(savedState{KeptRAM: true, Machine: machine{MemoryMiB: 1}})
+	if err := os.WriteFile(filepath.Join(state, StateConfigFile), b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.AdoptRAM(state, p); err != nil {
+		t.Fatal(err)
+	}
+	st, err := os.Stat(p)
+	if err != nil || time.Since(st.ModTime()) > preCopySweepGrace/2 {
+		t.Fatalf("adopted ram file: %v, modified %v ago; want fresh", err, time.Since(st.ModTime()))
+	}
 }
