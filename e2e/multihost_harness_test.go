@@ -418,6 +418,13 @@ func (c *mhCluster) join(t testing.TB, h *mhHost, noSystemd bool, extra ...strin
 		Token   string `json:"token"`
 		Command string `json:"command"`
 	}
+	// The join address is known once the cp's cluster is up: a host add
+	// before that is refused ("no address for new hosts to reach").
+	for deadline := time.Now().Add(30 * time.Second); !strings.Contains(c.cp.agent.log.String(), `"msg":"cluster ready"`); time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the cp's cluster is not ready after 30 s:\n%s", lastLines(c.cp.agent.log.String(), 20))
+		}
+	}
 	c.cp.mustJSON(t, &inv, "host", "add", h.name)
 	want := fmt.Sprintf("minions node join %s --token mjt_", c.api())
 	if !strings.HasPrefix(inv.Command, want) || !strings.HasSuffix(inv.Command, inv.Token) {

@@ -182,8 +182,16 @@ func (s *Service) moveMemory(ctx context.Context, v store.VM, from, to store.Hos
 		_, err = s.shipBundle(ctx, src, v.ID, func(r io.Reader) (engine.Instance, error) {
 			return engine.Instance{}, ad.StageBundle(ctx, spec, r, progress)
 		})
+		if err == nil {
+			// As a target node's agent does (nodeagent): test only.
+			movepause.At(ctx, movepause.Imported)
+		}
 	} else if inst, mt, err = s.bundlePeer(ctx, from, srcE, dstE, spec, progress); err == nil && mt == nil {
-		inst, mt, err = s.importBundle(ctx, src, dst, spec, progress)
+		bsrc := src
+		if from.Local {
+			bsrc = pausedExport{src} // as a source node's agent does: test only
+		}
+		inst, mt, err = s.importBundle(ctx, bsrc, dst, spec, progress)
 	} else {
 		peer = err == nil
 	}
@@ -362,6 +370,36 @@ func (s *Service) shipBundle(ctx context.Context, src engine.MemoryMover, id str
 		return inst, eerr
 	}
 	return inst, nil
+}
+
+// pauseAfter is the number of bytes an export from the control plane's
+// own host writes before its test-only movepause step (mid-stream), as
+// a node's export does.
+const pauseAfter = 64 << 10
+
+// pausedExport is the control plane's own host's engine as the source of
+// a move with memory, its bundle export pausing at the test-only
+// movepause.Transfer step (internal/movepause) as a node's does.
+type pausedExport struct{ engine.MemoryMover }
+
+var _ engine.BundleResumer = pausedExport{}
+
+// ExportBundle implements engine.MemoryMover.
+func (p pausedExport) ExportBundle(ctx context.Context, id string, w io.Writer) error {
+	return p.MemoryMover.ExportBundle(ctx, id, movepause.Writer(ctx, w, pauseAfter, movepause.Transfer))
+}
+
+// ExportBundleFrom implements engine.BundleResumer (the first stream
+// pauses, not a resumed one).
+func (p pausedExport) ExportBundleFrom(ctx context.Context, id string, off int64, w io.Writer) error {
+	br, ok := p.MemoryMover.(engine.BundleResumer)
+	if !ok {
+		return errs.New(errs.FailedPrecondition, "this host's engine does not resume bundles")
+	}
+	if off == 0 {
+		w = movepause.Writer(ctx, w, pauseAfter, movepause.Transfer)
+	}
+	return br.ExportBundleFrom(ctx, id, off, w)
 }
 
 // resumeSource runs the source's copy again after a failed or interrupted

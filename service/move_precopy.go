@@ -11,6 +11,7 @@ import (
 
 	"github.com/minionsdev/minions/internal/errs"
 	"github.com/minionsdev/minions/internal/iocount"
+	"github.com/minionsdev/minions/internal/movepause"
 	"github.com/minionsdev/minions/store"
 	"github.com/minionsdev/minions/vm/engine"
 )
@@ -62,7 +63,8 @@ func (s *Service) preCopy(ctx context.Context, v store.VM, from, to store.Host, 
 		run = func() (int64, error) {
 			return pi.ImportPreCopyFrom(ctx, v.ID, func(ctx context.Context, at engine.ResumeAt, w io.Writer) error {
 				if at.Offset == 0 {
-					return pc.ExportPreCopy(ctx, v.ID, w)
+					// As a source node's agent does (nodeagent): test only.
+					return pc.ExportPreCopy(ctx, v.ID, movepause.Writer(ctx, w, pauseAfter, movepause.PreCopy))
 				}
 				return pc.ExportPreCopyFrom(ctx, v.ID, at.Offset, w)
 			}, progress)

@@ -12,6 +12,7 @@ package movepause
 
 import (
 	"context"
+	"io"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -79,4 +80,34 @@ func At(ctx context.Context, step string) bool {
 		case <-t.C:
 		}
 	}
+}
+
+// Writer is w, pausing at step (as At) once after bytes have been written
+// through it: the test-only mid-stream pause of an export made by this
+// process (the control plane's own host as a move's source). With the
+// hook off it is w itself.
+func Writer(ctx context.Context, w io.Writer, bytes int64, step string) io.Writer {
+	if os.Getenv(Env) == "" {
+		return w
+	}
+	return &pauseWriter{ctx: ctx, w: w, after: bytes, step: step}
+}
+
+type pauseWriter struct {
+	ctx     context.Context
+	w       io.Writer
+	after   int64
+	step    string
+	written int64
+	done    bool
+}
+
+func (p *pauseWriter) Write(b []byte) (int, error) {
+	if !p.done && p.written >= p.after {
+		p.done = true
+		At(p.ctx, p.step)
+	}
+	n, err := p.w.Write(b)
+	p.written += int64(n)
+	return n, err
 }

@@ -350,6 +350,11 @@ func (p *preReader) resumed(br *bufio.Reader) error {
 		return errs.New(errs.InvalidArgument, "resumed pre-copy: header too long")
 	}
 	if err != nil {
+		if errs.ClassOf(err) == errs.FailedPrecondition {
+			// The source no longer holds the pre-copy (its process
+			// restarted): no try will find it.
+			return fmt.Errorf("resumed pre-copy: %w", err)
+		}
 		return errs.New(errs.Unavailable, "resumed pre-copy: no header: %v", err) // it dropped again
 	}
 	var h PreCopyHeader

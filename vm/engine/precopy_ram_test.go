@@ -362,3 +362,42 @@ func BenchmarkSumRAM(b *testing.B) {
 		}
 	}
 }
+
+// TestPreCopyResumeGivesUpOnALostSource: a source that no longer holds
+// the pre-copy (its process restarted: FailedPrecondition from its
+// export) ends the resume at once, with that class, rather than after
+// the policy's tries and their back-off (e2e memory-in/precopy/src: 18 s
+// of tries before the move shipped the whole bundle).
+func TestPreCopyResumeGivesUpOnALostSource(t *testing.T) {
+	dir := t.TempDir()
+	r := newRAMFixture(t, dir, 4<<20)
+	h0 := PreCopyHeader{Version: PreCopyStreamVersion, ID: "x", Size: r.size, Chunk: preCopyChunk, Token: "tok"}
+	pr, pw := io.Pipe()
+	go func() {
+		_, _, err := writePreCopy(pw, h0, r.f, nil)
+		pw.CloseWithError(err)
+	}()
+	br := bufio.NewReader(&cutPipe{r: pr, left: 3 * (1 + preCopyChunk)})
+	h, err := readPreCopyHeader(br)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := os.Create(filepath.Join(dir, "dst.ram"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer out.Close()
+	if err := out.Truncate(r.size); err != nil {
+		t.Fatal(err)
+	}
+	reopens := 0
+	reopen := func(ctx context.Context, attempt int, at ResumeAt) (io.Reader, error) {
+		reopens++
+		// As preCopyIn's pipe gives the export's error.
+		return errReader{errs.New(errs.FailedPrecondition, "resume pre-copy vm x: no pre-copy of it to resume from record %d", at.Offset)}, nil
+	}
+	err = newPreReader(h, out).readResuming(context.Background(), br, reopen, ResumePolicy{Tries: 4, Backoff: time.Millisecond})
+	if reopens != 1 || errs.ClassOf(err) != errs.FailedPrecondition {
+		t.Fatalf("a source without the pre-copy: %d reopens, %v (class %v); want 1 and FailedPrecondition", reopens, err, errs.ClassOf(err))
+	}
+}

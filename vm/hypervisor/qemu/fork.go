@@ -97,22 +97,25 @@ func (d *Driver) ownMemory(m *machine) {
 }
 
 // memDirRoom is the free space of the tmpfs at dir less what the RAM
-// files in dir may still allocate (their size less their pages).
+// files in dir may still allocate (their size less their pages; a file
+// under several names counts once).
 func memDirRoom(dir string) (int64, error) {
 	var fs unix.Statfs_t
 	if err := unix.Statfs(dir, &fs); err != nil {
 		return 0, err
 	}
 	room := int64(fs.Bavail) * fs.Bsize
-	entries, err := os.ReadDir(dir)
+	files, err := memDirFiles(dir, true)
 	if err != nil {
 		return 0, err
 	}
-	for _, e := range entries {
+	seen := map[uint64]bool{}
+	for _, p := range files {
 		var st unix.Stat_t
-		if filepath.Ext(e.Name()) != memFileSuffix || unix.Lstat(filepath.Join(dir, e.Name()), &st) != nil {
+		if unix.Lstat(p, &st) != nil || seen[st.Ino] {
 			continue
 		}
+		seen[st.Ino] = true
 		if grow := st.Size - st.Blocks*512; grow > 0 {
 			room -= grow
 		}
@@ -270,10 +273,13 @@ func (d *Driver) saveForkCopy(ctx context.Context, h *hypervisor.Handle, m machi
 }
 
 // newCopyPath is a new name for a RAM copy in memDir.
-func newCopyPath(memDir string) string {
+func newCopyPath(memDir string) string { return newRAMPath(memDir, "copy-") }
+
+// newRAMPath is a new random RAM file name in memDir starting with prefix.
+func newRAMPath(memDir, prefix string) string {
 	var rnd [8]byte
 	rand.Read(rnd[:])
-	return filepath.Join(memDir, "copy-"+hex.EncodeToString(rnd[:])+memFileSuffix)
+	return filepath.Join(memDir, prefix+hex.EncodeToString(rnd[:])+memFileSuffix)
 }
 
 // copyRAM copies the written extents of the RAM file src into a new file

@@ -31,7 +31,8 @@ var memSweepGrace = time.Minute
 // SweepMemory removes the RAM files in the memory dir that belong to no
 // VM, and returns their paths. A file is removed only when it is a
 // regular *.ram file directly in the memory dir (a subdirectory is another
-// installation's), older than a minute, not the RAM file of the VM of any
+// installation's), older than a minute (a pre-copy's file: a few seconds,
+// preCopyPrefix), not the RAM file of the VM of any
 // of runDirs (their machine files say which), not linked from any of
 // forkDirs (a fork's saved state, whose RAM copy waits to be adopted), and
 // named, mapped or held open by no process on the host (a running or
@@ -57,22 +58,25 @@ func (d *Driver) SweepMemory(runDirs, forkDirs []string) []string {
 			keep[cp] = true
 		}
 	}
-	entries, err := os.ReadDir(d.memDir)
+	files, err := memDirFiles(d.memDir, true)
 	if err != nil {
 		return gone
 	}
 	var cands []string
 	now := time.Now()
-	for _, e := range entries {
-		p := filepath.Join(d.memDir, e.Name())
-		if !e.Type().IsRegular() || filepath.Ext(e.Name()) != memFileSuffix || keep[p] {
+	for _, p := range files {
+		if keep[p] {
 			continue
 		}
 		var st unix.Stat_t
 		if unix.Lstat(p, &st) != nil || st.Mode&unix.S_IFMT != unix.S_IFREG {
 			continue
 		}
-		if now.Sub(time.Unix(st.Mtim.Sec, st.Mtim.Nsec)) < memSweepGrace {
+		grace := memSweepGrace
+		if strings.HasPrefix(filepath.Base(p), preCopyPrefix) {
+			grace = preCopySweepGrace // held open by its maker all along
+		}
+		if now.Sub(time.Unix(st.Mtim.Sec, st.Mtim.Nsec)) < grace {
 			continue
 		}
 		cands = append(cands, p)
@@ -84,6 +88,12 @@ func (d *Driver) SweepMemory(runDirs, forkDirs []string) []string {
 	removed := gone
 	for _, p := range cands {
 		if used[p] {
+			continue
+		}
+		// Looked at again: a file adopted meanwhile (AdoptRAM makes it
+		// fresh before its maker lets it go) stays.
+		var st unix.Stat_t
+		if unix.Lstat(p, &st) != nil || now.Sub(time.Unix(st.Mtim.Sec, st.Mtim.Nsec)) < preCopySweepGrace {
 			continue
 		}
 		if err := os.Remove(p); err != nil {
@@ -107,7 +117,7 @@ func (d *Driver) SweepMemory(runDirs, forkDirs []string) []string {
 // leaked by whatever made it) or a report (minions doctor). A memDir
 // that does not exist holds nothing.
 func UnownedRAMFiles(memDir string, roots ...string) ([]string, error) {
-	entries, err := os.ReadDir(memDir)
+	files, err := memDirFiles(memDir, true)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
 	}
@@ -140,9 +150,8 @@ func UnownedRAMFiles(memDir string, roots ...string) ([]string, error) {
 		}
 	}
 	var out []string
-	for _, e := range entries {
-		p := filepath.Join(memDir, e.Name())
-		if e.Type().IsRegular() && filepath.Ext(e.Name()) == memFileSuffix && !named[p] {
+	for _, p := range files {
+		if !named[p] {
 			out = append(out, p)
 		}
 	}
@@ -352,14 +361,25 @@ func MemoryDirs(root string) []MemoryDirInfo {
 
 // ramFilesIn lists the regular files in dir but its record.
 func ramFilesIn(dir string) []string {
-	ents, _ := os.ReadDir(dir)
+	files, _ := memDirFiles(dir, false)
+	return files
+}
+
+// memDirFiles lists the paths of the regular files directly in memory
+// dir dir (not a subdirectory: another installation's; not a symbolic
+// link), never its record (memOwnerFile): with ramOnly the RAM files
+// (*.ram) only. The error is os.ReadDir's (fs.ErrNotExist: no dir).
+func memDirFiles(dir string, ramOnly bool) ([]string, error) {
+	ents, err := os.ReadDir(dir)
 	var out []string
 	for _, e := range ents {
-		if e.Type().IsRegular() && e.Name() != memOwnerFile {
-			out = append(out, filepath.Join(dir, e.Name()))
+		name := e.Name()
+		if !e.Type().IsRegular() || name == memOwnerFile || ramOnly && filepath.Ext(name) != memFileSuffix {
+			continue
 		}
+		out = append(out, filepath.Join(dir, name))
 	}
-	return out
+	return out, err
 }
 
 // goneSweepEvery is how often SweepMemory (every second, from the

@@ -346,3 +346,54 @@ func TestSweepGoneInstallations(t *testing.T) {
 		t.Errorf("a sweep %s later removed %v, want %s", goneSweepEvery, got, later)
 	}
 }
+
+// TestSweepMemoryPreCopy: a pre-copy's RAM file (NewRAMFile's) is held
+// open by its maker from a moment after it is made until a saved state
+// links it, so one that nothing holds, maps or names (its maker was
+// killed) goes after a few seconds, not a minute; a held one, a fresh
+// one and a fork's copy of the same age stay.
+func TestSweepMemoryPreCopy(t *testing.T) {
+	dir, err := os.MkdirTemp("/dev/shm", "sweep")
+	if err != nil {
+		t.Skip("no /dev/shm:", err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	d := &Driver{memDir: dir, log: slog.New(slog.DiscardHandler)}
+	aged := time.Now().Add(-10 * time.Second)
+	mk := func(p string, age time.Time) string {
+		t.Helper()
+		if err := os.WriteFile(p, make([]byte, 8192), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chtimes(p, age, age); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	newPre := func() string {
+		t.Helper()
+		p, err := d.NewRAMFile(8192)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	dead := mk(newPre(), aged)
+	held := mk(newPre(), aged)
+	fresh := mk(newPre(), time.Now())
+	forkCopy := mk(newCopyPath(dir), aged)
+	f, err := os.Open(held)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	removed := d.SweepMemory(nil, nil)
+	if !slices.Equal(removed, []string{dead}) {
+		t.Errorf("swept %v, want only the unheld pre-copy file %s", removed, dead)
+	}
+	for _, p := range []string{held, fresh, forkCopy} {
+		if _, err := os.Stat(p); err != nil {
+			t.Errorf("%s: %v (want it kept)", filepath.Base(p), err)
+		}
+	}
+}

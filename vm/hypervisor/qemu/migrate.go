@@ -92,7 +92,9 @@ func (d *Driver) DescribeOut(h *hypervisor.Handle) ([]byte, error) {
 // StartIncoming implements hypervisor.LiveMigrator. The spec's MAC and
 // vsock CID may differ from the source's (the guest keeps the source's
 // MAC until told otherwise); everything else must match. The RAM is
-// declared as the source's is named (a warm clone's is a memory backend).
+// declared as the source's is named (a warm clone's is a memory backend;
+// a VM with a memory backend gets a RAM file of its own where the memory
+// dir has room, as Start gives it).
 func (d *Driver) StartIncoming(ctx context.Context, spec hypervisor.Spec, source []byte) (*hypervisor.Handle, error) {
 	var old machine
 	if err := json.Unmarshal(source, &old); err != nil || old.ID == "" {
@@ -105,7 +107,13 @@ func (d *Driver) StartIncoming(ctx context.Context, spec hypervisor.Spec, source
 	if err := copyCompatible(old, m); err != nil {
 		return nil, errs.New(errs.FailedPrecondition, "start incoming vm %s: the source does not fit the spec: %v", spec.ID, err)
 	}
-	m.MemBackendRAM = old.hasMemoryBackend()
+	if old.hasMemoryBackend() {
+		// The RAM block is named "mem" either way: it streams in whole,
+		// into a file of its own where there is room (so the VM's next
+		// move can pre-copy it, a fork copy it), as a restore does.
+		d.ownMemory(&m)
+		m.MemBackendRAM = !m.MemOwn
+	}
 	m.adoptRAM(old)
 	if _, err := liveDisk(m.Disks); err != nil {
 		return nil, fmt.Errorf("start incoming vm %s: %w", spec.ID, err)

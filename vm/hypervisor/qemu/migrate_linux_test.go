@@ -312,6 +312,17 @@ func TestLiveMigration(t *testing.T) {
 	if info, err := g.d.Info(ctx, hd); err != nil || info.State != hypervisor.StateRunning {
 		t.Fatalf("target: %+v %v, want running", info, err)
 	}
+	// A source with a RAM file of its own (so a move with memory can
+	// pre-copy it, a fork copy it) has one on the target too (e2e
+	// TestMultiHostMoveCrash memory-in/precopy/cp: after a live move the
+	// next move found no pre-copy to pause in).
+	if _, _, err := g.d.RAMFile(hs); err == nil {
+		if ram, _, err := g.d.RAMFile(hd); err != nil || ram != g.d.memPath(dst.ID) {
+			t.Errorf("the migrated vm's ram file: %q, %v; want its own, as the source's", ram, err)
+		}
+	} else {
+		t.Logf("the source has no ram file of its own (%v): the target's is not checked", err)
+	}
 	if err := g.d.Kill(ctx, hs); err != nil {
 		t.Fatal(err)
 	}

@@ -56,15 +56,36 @@ func (d *Driver) StateRAM(dir string) string {
 	return cp
 }
 
-// NewRAMFile implements hypervisor.RAMKeeper.
+// preCopyPrefix starts the names of NewRAMFile's files. Their maker (the
+// engine's pre-copy import) holds one open from a moment after it is made
+// until a saved state links it (AdoptRAM) or it is dropped, so SweepMemory
+// takes one that nothing holds, maps or names (its maker was killed)
+// after preCopySweepGrace rather than memSweepGrace.
+const preCopyPrefix = "precopy-"
+
+// preCopySweepGrace is how old an unheld pre-copy RAM file must be
+// before SweepMemory may remove it.
+var preCopySweepGrace = 5 * time.Second
+
+// NewRAMFile implements hypervisor.RAMKeeper. The room is checked and
+// the file made under the memory dir's lock (lockMemDir), so that files
+// made at once, by this process or another, are each promised their
+// whole size: the tmpfs's free space less what every RAM file there may
+// still allocate (memDirRoom) must hold it. The caller holds the file
+// open while it needs it and no saved state links it (preCopyPrefix).
 func (d *Driver) NewRAMFile(size int64) (string, error) {
 	if d.memDir == "" {
 		return "", errs.New(errs.FailedPrecondition, "this driver keeps no ram files")
 	}
+	unlock, err := lockMemDir(d.memDir)
+	if err != nil {
+		return "", err
+	}
+	defer unlock()
 	if room, err := memDirRoom(d.memDir); err != nil || room < size {
 		return "", errs.New(errs.FailedPrecondition, "no room for %d MiB of ram in %s (%v)", size>>20, d.memDir, err)
 	}
-	p := newCopyPath(d.memDir)
+	p := newRAMPath(d.memDir, preCopyPrefix)
 	f, err := os.OpenFile(p, os.O_RDWR|os.O_CREATE|os.O_EXCL|unix.O_NOFOLLOW, 0o600)
 	if err != nil {
 		return "", err
@@ -98,6 +119,13 @@ func (d *Driver) AdoptRAM(dir, path string) error {
 	}
 	if st, err := os.Stat(path); err != nil || st.Size() != saved.Machine.ramBytes() {
 		return errs.New(errs.FailedPrecondition, "ram file %s is not %d bytes (%v)", path, saved.Machine.ramBytes(), err)
+	}
+	// Fresh before the link names it: a sweep that looked at the file
+	// before the link was made and finds its maker gone (it closes the
+	// file once the link is there) sees it too young to take.
+	now := time.Now()
+	if err := os.Chtimes(path, now, now); err != nil {
+		return err
 	}
 	link := filepath.Join(dir, copyRAMFile)
 	os.Remove(link)
@@ -205,4 +233,25 @@ func (d *Driver) restoreKept(ctx context.Context, m machine, dir string, asCopy 
 	}
 	d.log.Info("vm restored on its kept ram", "vm_id", m.ID, "pid", h.PID, "dir", dir, "duration_ms", time.Since(start).Milliseconds())
 	return h, nil
+}
+
+// lockMemDir takes an exclusive lock on memory dir dir (flock on the
+// directory: it holds between processes and between the goroutines of
+// one, each opening the dir anew) and returns its release.
+func lockMemDir(dir string) (func(), error) {
+	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("lock memory dir: %w", err)
+	}
+	for {
+		err = unix.Flock(fd, unix.LOCK_EX)
+		if err != unix.EINTR {
+			break
+		}
+	}
+	if err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("lock memory dir %s: %w", dir, err)
+	}
+	return func() { unix.Close(fd) }, nil
 }
