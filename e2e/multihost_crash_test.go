@@ -429,7 +429,7 @@ func counterPID(t *testing.T, c *mhCluster, u mhUser) string {
 		}
 	}
 	r = c.as(t, u, "", "exec", "crash", "--", "sh", "-c",
-		`setsid sh -c 'i=0; while :; do i=$((i+1)); echo $i > `+counterFile+`; sleep 0.2; done' </dev/null >/dev/null 2>&1 & echo $! | tee `+counterFile+`.pid`)
+		`setsid sh -c 'i=0; while :; do i=$((i+1)); echo $i > `+counterFile+`.new; mv `+counterFile+`.new `+counterFile+`; sleep 0.2; done' </dev/null >/dev/null 2>&1 & echo $! | tee `+counterFile+`.pid`)
 	pid := strings.TrimSpace(r.stdout)
 	if r.code != 0 || pid == "" {
 		t.Fatalf("start the counter: %s", r)
@@ -461,6 +461,9 @@ func checkCounter(t *testing.T, c *mhCluster, u mhUser, pid string) {
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("the guest's memory did not survive: counter pid %s: %q %d, then %q %d", pid, cmd1, n1, cmd2, n2)
+		}
+		if n1 <= 0 {
+			cmd1, n1 = cmd2, n2 // the first read found no count yet
 		}
 		time.Sleep(500 * time.Millisecond)
 	}
