@@ -3,6 +3,7 @@ package jailexec
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -118,11 +119,7 @@ func cloneRefused(startErr error) error {
 	if !errors.As(startErr, &errno) {
 		return nil
 	}
-	found := false
-	for _, e := range refusalErrnos {
-		found = found || errno == e
-	}
-	if !found {
+	if !slices.Contains(refusalErrnos, errno) {
 		return nil
 	}
 	var refused *CloneRefusedError
