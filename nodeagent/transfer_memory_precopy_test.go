@@ -37,6 +37,29 @@ var _ hypervisor.RAMKeeper = (*ramDriver)(nil)
 
 func (d *ramDriver) ramOf(id string) string { return filepath.Join(d.dir, id+".ram") }
 
+// dirty writes into instance id's RAM file, as a running guest would,
+// until the returned stop is called (it waits for the writer to end).
+func (d *ramDriver) dirty(id string) (stop func()) {
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		f, _ := os.OpenFile(d.ramOf(id), os.O_WRONLY, 0)
+		defer f.Close()
+		for i := 0; ; i++ {
+			select {
+			case <-done:
+				return
+			default:
+			}
+			f.WriteAt([]byte{byte(i), byte(i >> 8)}, int64(i*7919*4096)%d.size)
+			time.Sleep(50 * time.Microsecond)
+		}
+	}()
+	return func() { close(done); wg.Wait() }
+}
+
 func (d *ramDriver) note(id string, h *hypervisor.Handle, err error) (*hypervisor.Handle, error) {
 	if err == nil {
 		d.mu.Lock()
@@ -177,27 +200,9 @@ func TestPreCopyMovesNodeToNode(t *testing.T) {
 			t.Fatal(err)
 		}
 		// The guest writes while the pre-copy runs.
-		ram := ra0.ramOf(inst.ID)
-		stop := make(chan struct{})
-		var wg sync.WaitGroup
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			f, _ := os.OpenFile(ram, os.O_WRONLY, 0)
-			defer f.Close()
-			for i := 0; ; i++ {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				f.WriteAt([]byte{byte(i), byte(i >> 8)}, int64(i*7919*4096)%ra0.size)
-				time.Sleep(50 * time.Microsecond)
-			}
-		}()
+		stop := ra0.dirty(inst.ID)
 		n, err := rb.PreCopyFromPeer(ctx, inst.ID, ra, nil)
-		close(stop)
-		wg.Wait()
+		stop()
 		if err != nil || n < ra0.size/2 {
 			t.Fatalf("pre-copy: %d bytes, %v", n, err)
 		}
@@ -312,24 +317,7 @@ func testPreCopyResumes(t *testing.T, always bool) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		stop := make(chan struct{})
-		var wg sync.WaitGroup
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			f, _ := os.OpenFile(ra0.ramOf(inst.ID), os.O_WRONLY, 0)
-			defer f.Close()
-			for i := 0; ; i++ {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				f.WriteAt([]byte{byte(i), byte(i >> 8)}, int64(i*7919*4096)%ra0.size)
-				time.Sleep(50 * time.Microsecond)
-			}
-		}()
-		return inst, func() { close(stop); wg.Wait() }
+		return inst, ra0.dirty(inst.ID)
 	}
 	finish := func(inst engine.Instance, name string) int64 {
 		t.Helper()
@@ -438,23 +426,7 @@ func TestPreCopyFromControlPlaneHost(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		f, _ := os.OpenFile(ra0.ramOf(inst.ID), os.O_WRONLY, 0)
-		defer f.Close()
-		for i := 0; ; i++ {
-			select {
-			case <-stop:
-				return
-			default:
-			}
-			f.WriteAt([]byte{byte(i), byte(i >> 8)}, int64(i*7919*4096)%ra0.size)
-			time.Sleep(50 * time.Microsecond)
-		}
-	}()
+	stopDirty := ra0.dirty(inst.ID)
 	proxy.cut(1, 3<<20)
 	var steps []string
 	var mu sync.Mutex
@@ -464,8 +436,7 @@ func TestPreCopyFromControlPlaneHost(t *testing.T) {
 		}
 		return a.eng.ExportPreCopyFrom(ctx, inst.ID, at.Offset, w)
 	}, func(s string) { mu.Lock(); steps = append(steps, s); mu.Unlock() })
-	close(stop)
-	wg.Wait()
+	stopDirty()
 	if err != nil {
 		t.Fatalf("pre-copy from the control plane's host: %v (steps %q)", err, steps)
 	}
