@@ -850,12 +850,21 @@ func BenchmarkProxy(b *testing.B) {
 	must(b, "expose", "pbench", "--port", "8081")
 	must(b, "share", "pbench", "--public")
 	if path := os.Getenv("MINIONS_E2E_PROXY_CPUPROFILE"); path != "" {
-		// The daemon's CPU profile over the first 10 s of the run.
+		// The daemon's CPU profile over the first 10 s of the run, from
+		// its root-only debug socket.
 		done := make(chan struct{})
 		defer func() { <-done }()
 		go func() {
 			defer close(done)
-			resp, err := http.Get("http://" + adminAddr + "/debug/pprof/profile?seconds=10")
+			c := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+				return (&net.Dialer{}).DialContext(ctx, "unix", filepath.Join(stateDir, "run", "debug.sock"))
+			}}}
+			defer c.CloseIdleConnections()
+			resp, err := c.Get("http://minions/debug/pprof/profile?seconds=10")
+			if err == nil && resp.StatusCode != http.StatusOK {
+				resp.Body.Close()
+				err = fmt.Errorf("profile: %s", resp.Status)
+			}
 			if err != nil {
 				b.Logf("profile: %v", err)
 				return
@@ -888,6 +897,7 @@ func BenchmarkProxy(b *testing.B) {
 		cpuPerReq, netPerReq       time.Duration
 		sysShare, guestD, guestP   float64
 		dGuestPerReq, pGuestPerReq time.Duration
+		idleMsPerS                 float64 // the daemon's CPU while only direct requests run, ms per s
 	}
 	var rs []round
 	for i := range rounds {
@@ -956,6 +966,7 @@ func BenchmarkProxy(b *testing.B) {
 		r.cpuPerReq = pCPU / nreq
 		idleRate := float64(idleCPU) / float64(idleWall) // CPU seconds per second
 		r.netPerReq = (pCPU - time.Duration(idleRate*float64(pWall))) / nreq
+		r.idleMsPerS = idleRate * 1000
 		r.sysShare = float64(pSys) / float64(pCPU)
 		r.guestD, r.guestP = gD.Seconds()/dT.Seconds(), gP.Seconds()/pT.Seconds()
 		r.dGuestPerReq, r.pGuestPerReq = gD/time.Duration(dN), gP/time.Duration(pN)
@@ -963,8 +974,8 @@ func BenchmarkProxy(b *testing.B) {
 		r.pPkt = [2]float64{float64(pTx) / float64(pN), float64(pRx) / float64(pN)}
 		r.switches = float64(pSw) / float64(pN)
 		r.opens = pOpens
-		b.Logf("round %d: direct p50 %s %.0f req/s guest %.2f cores (%s/req); proxy p50 %s %.0f req/s guest %.2f cores (%s/req); packets to/from the guest per request: direct %.2f/%.2f, proxy %.2f/%.2f; ratio %.2f; daemon CPU %s/req (%s beyond idle, sys %.2f), %.1f context switches/req, %d connections opened; load %s",
-			i+1, r.dp50, r.drps, r.guestD, r.dGuestPerReq, r.pp50, r.prps, r.guestP, r.pGuestPerReq, r.dPkt[0], r.dPkt[1], r.pPkt[0], r.pPkt[1], r.ratio, r.cpuPerReq, r.netPerReq, r.sysShare, r.switches, r.opens, loadAvg())
+		b.Logf("round %d: direct p50 %s %.0f req/s guest %.2f cores (%s/req); proxy p50 %s %.0f req/s guest %.2f cores (%s/req); packets to/from the guest per request: direct %.2f/%.2f, proxy %.2f/%.2f; ratio %.2f; daemon CPU %s/req (%s beyond idle, sys %.2f; idle %.1f ms/s), %.1f context switches/req, %d connections opened; load %s",
+			i+1, r.dp50, r.drps, r.guestD, r.dGuestPerReq, r.pp50, r.prps, r.guestP, r.pGuestPerReq, r.dPkt[0], r.dPkt[1], r.pPkt[0], r.pPkt[1], r.ratio, r.cpuPerReq, r.netPerReq, r.sysShare, r.idleMsPerS, r.switches, r.opens, loadAvg())
 		rs = append(rs, r)
 	}
 	med := func(f func(round) float64) float64 {
