@@ -16,7 +16,7 @@ import (
 )
 
 // Moving an instance with its memory and its snapshots (issue 15) ships a
-// bundle: a disk stream of several files (see transfer.go). One line of
+// bundle: a disk stream of several files (see transfer_stream.go). One line of
 // JSON (BundleHeader) lists the files; then, for each file in that order,
 // exactly its Size bytes and their checksum in the algorithm the header
 // names (CRC32C in what this engine writes; version 2 bundles carry
