@@ -67,6 +67,27 @@ func (r *ramFixture) preCopy(t *testing.T, dst, token string, write func(n int))
 	return src, tgt
 }
 
+// deltaOnto writes r's delta against the sums src into file delta, applies
+// it to the pre-copied file tgt (whose sums are pre) and fails t unless
+// tgt then holds exactly r's bytes. It returns how many chunks the delta
+// sent.
+func (r *ramFixture) deltaOnto(t *testing.T, delta, tgt, token string, src, pre []chunkSum) int {
+	t.Helper()
+	sent, err := writeRAMDelta(r.path, delta, token, src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := applyRAMDelta(delta, tgt, token, pre); err != nil {
+		t.Fatal(err)
+	}
+	a, _ := os.ReadFile(r.path)
+	b, _ := os.ReadFile(tgt)
+	if !bytes.Equal(a, b) {
+		t.Fatal("the target's ram differs from the source's")
+	}
+	return sent
+}
+
 // preCopyCut is preCopy whose streams drop: the k-th stream (from 0)
 // after cut[k] bytes (none if cut has no k-th), resumed as a node does:
 // the rest written by a new writePreCopy from the records the reader
@@ -225,19 +246,7 @@ func TestPreCopyResumesAfterDrop(t *testing.T) {
 					t.Fatalf("chunk %d: the target holds other than the source sent last", i)
 				}
 			}
-			delta := filepath.Join(dir, ramDeltaFile)
-			sent, err := writeRAMDelta(r.path, delta, "tok", src)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := applyRAMDelta(delta, tgt, "tok", pre); err != nil {
-				t.Fatal(err)
-			}
-			a, _ := os.ReadFile(r.path)
-			b, _ := os.ReadFile(tgt)
-			if !bytes.Equal(a, b) {
-				t.Fatal("the target's ram differs from the source's")
-			}
+			sent := r.deltaOnto(t, filepath.Join(dir, ramDeltaFile), tgt, "tok", src, pre)
 			if sent > len(hot) {
 				t.Fatalf("delta after a resumed pre-copy sent %d chunks, want <= %d", sent, len(hot))
 			}
@@ -277,18 +286,7 @@ func TestPreCopyDeltaFollowsWrites(t *testing.T) {
 	// Written after the pre-copy ended, before the suspend.
 	r.mem[20*preCopyChunk+3] ^= 0xff
 	delta := filepath.Join(dir, ramDeltaFile)
-	sent, err := writeRAMDelta(r.path, delta, "tok", src)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := applyRAMDelta(delta, tgt, "tok", pre); err != nil {
-		t.Fatal(err)
-	}
-	a, _ := os.ReadFile(r.path)
-	b, _ := os.ReadFile(tgt)
-	if !bytes.Equal(a, b) {
-		t.Fatal("the target's ram differs from the source's")
-	}
+	sent := r.deltaOnto(t, delta, tgt, "tok", src, pre)
 	if sent == 0 || sent > len(hot)+1 {
 		t.Fatalf("delta sent %d chunks, want 1..%d", sent, len(hot)+1)
 	}
