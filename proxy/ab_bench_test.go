@@ -23,8 +23,9 @@ import (
 // minutes apart differed by more than the changes being measured).
 // MINIONS_AB_HOST=priv measures the private route, MINIONS_AB_PATH the
 // path (e.g. /sleep?ms=5). MINIONS_AB_OTHER_GOMAXPROCS sets GOMAXPROCS in
-// the other side's process only (MINIONS_AB_OTHER may then be this test
-// binary: the same build with and without the setting).
+// the other side's process only, and MINIONS_AB_OTHER_ENV (NAME=VALUE
+// words) its environment (MINIONS_AB_OTHER may then be this test binary:
+// the same build with and without the setting).
 //
 //	go test -c -o /tmp/old.test ./proxy/   # at the old commit
 //	MINIONS_AB_OTHER=/tmp/old.test go test -run '^$' -bench ProxyCPUAB -benchtime 1x ./proxy/
@@ -76,6 +77,9 @@ func BenchmarkProxyCPUAB(b *testing.B) {
 		var env []string
 		if n := os.Getenv("MINIONS_AB_OTHER_GOMAXPROCS"); n != "" && i == 1 {
 			env = append(env, "GOMAXPROCS="+n) // the other side only
+		}
+		if e := os.Getenv("MINIONS_AB_OTHER_ENV"); e != "" && i == 1 {
+			env = append(env, strings.Fields(e)...) // the other side only
 		}
 		pid, addr, share := start(bin, env...)
 		_, port, _ := strings.Cut(addr, ":")
