@@ -1,0 +1,140 @@
+package qemu
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+)
+
+// bootRAM does for m what a boot does with its RAM before QEMU maps it:
+// ownMemory, then the file launch's "create ram file" step makes when
+// ownMemory has not. It reports whether m got a RAM file of its own.
+func bootRAM(t *testing.T, d *Driver, m *machine) bool {
+	t.Helper()
+	d.ownMemory(m)
+	if !m.MemOwn {
+		return false
+	}
+	if !m.memReady {
+		if err := createMemFile(*m); err != nil {
+			t.Errorf("create the ram file of %s: %v", m.ID, err)
+			return false
+		}
+	}
+	return true
+}
+
+// TestOwnMemoryRace: VMs booting at once on a 64 MiB tmpfs, each with
+// 40 MiB of RAM, are each promised their whole RAM: only one of them may
+// get a RAM file of its own, however the boots interleave (each round
+// starts four at once); the others keep anonymous RAM.
+func TestOwnMemoryRace(t *testing.T) {
+	d := smallTmpfs(t)
+	for round := 0; round < 30; round++ {
+		var wg sync.WaitGroup
+		start := make(chan struct{})
+		own := make(chan string, 4)
+		for i := range 4 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				m := machine{ID: fmt.Sprintf("0123456789%02x", i), MemoryMiB: 40}
+				<-start
+				if bootRAM(t, d, &m) {
+					own <- m.MemFile
+				}
+			}()
+		}
+		close(start)
+		wg.Wait()
+		close(own)
+		var got []string
+		for p := range own {
+			got = append(got, filepath.Base(p))
+			os.Remove(p)
+		}
+		if len(got) != 1 {
+			t.Fatalf("round %d: %d VMs of 40 MiB got a RAM file at once on a 64 MiB tmpfs, want 1: %v", round, len(got), got)
+		}
+	}
+}
+
+// TestOwnMemoryHoldsRoom: the room ownMemory found for a VM is the VM's
+// from that moment: a pre-copy's RAM file (NewRAMFile) asked for just
+// after it, before QEMU starts, is refused when both do not fit.
+func TestOwnMemoryHoldsRoom(t *testing.T) {
+	d := smallTmpfs(t)
+	m := machine{ID: "0123456789ab", MemoryMiB: 40}
+	d.ownMemory(&m)
+	if !m.MemOwn {
+		t.Fatal("a VM of 40 MiB got no RAM file on an empty 64 MiB tmpfs")
+	}
+	t.Cleanup(func() { os.Remove(m.MemFile) })
+	if p, err := d.NewRAMFile(40 << 20); err == nil {
+		os.Remove(p)
+		t.Fatalf("a pre-copy's RAM file of 40 MiB made on a 64 MiB tmpfs after a VM of 40 MiB was given its RAM file: %s", filepath.Base(p))
+	}
+	if p, err := d.NewRAMFile(20 << 20); err != nil {
+		t.Fatalf("a pre-copy's RAM file of 20 MiB beside a VM's of 40 MiB on a 64 MiB tmpfs: %v", err)
+	} else {
+		os.Remove(p)
+	}
+}
+
+// TestOwnMemoryNoRoom: a VM that does not fit keeps anonymous RAM, and
+// the RAM files already there (another VM's, a stale one of its own
+// name) stay as they are.
+func TestOwnMemoryNoRoom(t *testing.T) {
+	d := smallTmpfs(t)
+	other, err := d.NewRAMFile(40 << 20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := machine{ID: "0123456789ab", MemoryMiB: 30}
+	stale := d.memPath(m.ID)
+	if err := os.WriteFile(stale, []byte("stale"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	d.ownMemory(&m)
+	if m.MemOwn || m.MemShared || m.MemFile != "" || m.memReady {
+		t.Fatalf("a VM of 30 MiB beside a RAM file of 40 MiB on a 64 MiB tmpfs: own %v, shared %v, file %q, ready %v; want anonymous RAM",
+			m.MemOwn, m.MemShared, m.MemFile, m.memReady)
+	}
+	for _, p := range []string{other, stale} {
+		if _, err := os.Stat(p); err != nil {
+			t.Errorf("%s after a boot that did not fit: %v", filepath.Base(p), err)
+		}
+	}
+}
+
+// TestOwnMemoryFailedLaunch: a boot that fails before QEMU starts (here
+// its run dir cannot be written, launch's first step) removes the RAM
+// file ownMemory made for it, and only that one.
+func TestOwnMemoryFailedLaunch(t *testing.T) {
+	d := smallTmpfs(t)
+	d.cfg.StartTimeout = time.Minute
+	other, err := d.NewRAMFile(8 << 20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := machine{ID: "0123456789ab", MemoryMiB: 40, RunDir: filepath.Join(t.TempDir(), "no", "such", "dir")}
+	d.ownMemory(&m)
+	if !m.MemOwn {
+		t.Fatal("a VM of 40 MiB got no RAM file on a 64 MiB tmpfs")
+	}
+	if _, err := d.launch(context.Background(), m); err == nil {
+		t.Fatal("launch into a missing run dir succeeded")
+	}
+	if _, err := os.Stat(m.MemFile); err == nil {
+		os.Remove(m.MemFile)
+		t.Fatalf("%s left after the boot failed", filepath.Base(m.MemFile))
+	}
+	if _, err := os.Stat(other); err != nil {
+		t.Fatalf("another RAM file after a failed boot: %v", err)
+	}
+	os.Remove(other)
+}
