@@ -41,9 +41,6 @@ func (d *Driver) StartCopy(ctx context.Context, spec hypervisor.Spec, dir string
 	if d.memDir == "" {
 		return nil, errs.New(errs.FailedPrecondition, "start copy vm %s: per-vm ram files are off", spec.ID)
 	}
-	if room, err := memDirRoom(d.memDir); err != nil || room < m.ramBytes() {
-		return nil, errs.New(errs.FailedPrecondition, "start copy vm %s: no room for %d MiB in %s (%v)", spec.ID, m.MemoryMiB, d.memDir, err)
-	}
 	m.MemOwn, m.MemShared, m.MemFile = true, true, d.memPath(m.ID)
 	m.Incoming = filepath.Join(dir, StateMemoryFile)
 	m.deferIncoming = true
@@ -51,9 +48,10 @@ func (d *Driver) StartCopy(ctx context.Context, spec hypervisor.Spec, dir string
 		return nil, err
 	}
 	// The RAM file exists before SaveCopy may look for it: launch does
-	// not make it (memReady), nor remove it on failure.
-	if err := createMemFile(m); err != nil {
-		return nil, err
+	// not make it (memReady), nor remove it on failure. Made under the
+	// memory dir's lock, it is promised its whole size.
+	if _, err := d.makeRAMFile(m.MemFile, m.ramBytes()); err != nil {
+		return nil, fmt.Errorf("start copy vm %s: %w", spec.ID, err)
 	}
 	m.memReady = true
 	link := filepath.Join(dir, copyRAMFile)
