@@ -8,6 +8,10 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/minionsdev/minions/vm/hypervisor"
 )
 
 // bootRAM does for m what a boot does with its RAM before QEMU maps it:
@@ -137,4 +141,83 @@ func TestOwnMemoryFailedLaunch(t *testing.T) {
 		t.Fatalf("another RAM file after a failed boot: %v", err)
 	}
 	os.Remove(other)
+}
+
+// TestStartConcurrentRoom boots three real VMs of 256 MiB at once with
+// their memory dir on a 600 MiB tmpfs the test mounts: two get a RAM
+// file of their own, the third keeps anonymous RAM, and all three run.
+// Killed, they leave no RAM file.
+func TestStartConcurrentRoom(t *testing.T) {
+	fx, newSpec := vmFixture(t)
+	mem := filepath.Join(t.TempDir(), "shm")
+	if err := os.Mkdir(mem, 0o711); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Mount("tmpfs", mem, "tmpfs", 0, "size=600m,mode=0711"); err != nil {
+		t.Skip("mount a tmpfs:", err)
+	}
+	t.Cleanup(func() {
+		if err := unix.Unmount(mem, unix.MNT_DETACH); err != nil {
+			t.Errorf("unmount %s: %v", mem, err)
+		}
+	})
+	cfg := fx.cfg
+	cfg.MemoryDir = mem
+	d, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.tapExists = fx.tapExists
+	if d.memDir != mem {
+		t.Fatalf("memory dir %q, want %q", d.memDir, mem)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	specs := []hypervisor.Spec{newSpec(t), newSpec(t), newSpec(t)}
+	handles := make([]*hypervisor.Handle, len(specs))
+	errs := make([]error, len(specs))
+	var wg sync.WaitGroup
+	for i, spec := range specs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			handles[i], errs[i] = d.Start(ctx, spec)
+		}()
+	}
+	wg.Wait()
+	t.Cleanup(func() {
+		for _, h := range handles {
+			if h != nil {
+				d.Kill(context.Background(), h)
+			}
+		}
+	})
+	own := 0
+	for i, spec := range specs {
+		if errs[i] != nil {
+			t.Fatalf("start %s: %v", spec.ID, errs[i])
+		}
+		m, err := readMachine(handles[i].RunDir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m.MemOwn {
+			own++
+		}
+		if err := guestRunning(ctx, spec, handles[i]); err != nil {
+			t.Fatalf("vm %s (own ram file %v): %v", spec.ID, m.MemOwn, err)
+		}
+	}
+	if own != 2 {
+		t.Fatalf("%d of 3 VMs of 256 MiB started at once got a RAM file of their own on a 600 MiB tmpfs, want 2", own)
+	}
+	for i, h := range handles {
+		if err := d.Kill(ctx, h); err != nil {
+			t.Fatal(err)
+		}
+		handles[i] = nil
+	}
+	if left, _ := memDirFiles(mem, true); len(left) > 0 {
+		t.Fatalf("ram files left: %v", left)
+	}
 }
