@@ -236,10 +236,26 @@ func capIgnoreShared(ctx context.Context, c *qmp.Client) (bool, error) {
 
 // saveForkCopy is SaveCopy of a VM with a RAM file of its own (see the top
 // of this file). The VM is left paused; on failure a running VM is resumed
-// and nothing is left in dir or MemoryDir.
+// and nothing is left in dir or MemoryDir. An error wrapping
+// errForkFallback (no room for the copy) came before the pause.
 func (d *Driver) saveForkCopy(ctx context.Context, h *hypervisor.Handle, m machine, dir string) (err error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
+	}
+	// The file of the RAM copy, before the pause: the RAM file of a copy
+	// started early, or a new one, made where there is room for all of
+	// it (else the fork takes the slow way: errForkFallback).
+	cp, isNew, err := d.copyTarget(dir, m.ramBytes(), newCopyPath(d.memDir))
+	if err != nil {
+		return err
+	}
+	if isNew {
+		defer func() {
+			if err != nil {
+				os.Remove(cp)
+				os.Remove(filepath.Join(dir, copyRAMFile))
+			}
+		}()
 	}
 	c, err := d.dial(ctx, h)
 	if err != nil {
@@ -272,22 +288,9 @@ func (d *Driver) saveForkCopy(ctx context.Context, h *hypervisor.Handle, m machi
 		}
 	}()
 	saved := time.Since(start)
-	// The copy of the RAM, taken while the VM is paused: into the RAM
-	// file of a copy started early, or a new one.
-	cp, isNew, err := d.copyTarget(dir, m.ramBytes(), newCopyPath(d.memDir))
-	if err != nil {
-		return err
-	}
-	if isNew {
-		defer func() {
-			if err != nil {
-				os.Remove(cp)
-				os.Remove(filepath.Join(dir, copyRAMFile))
-			}
-		}()
-	}
+	// The copy of the RAM, taken while the VM is paused.
 	copyStart := time.Now()
-	copied, err := copyRAMTo(m.MemFile, cp, isNew)
+	copied, err := copyRAMTo(m.MemFile, cp, false)
 	if err != nil {
 		return fmt.Errorf("copy ram: %w", err)
 	}

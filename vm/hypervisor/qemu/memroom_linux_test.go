@@ -143,17 +143,16 @@ func TestOwnMemoryFailedLaunch(t *testing.T) {
 	os.Remove(other)
 }
 
-// TestStartConcurrentRoom boots three real VMs of 256 MiB at once with
-// their memory dir on a 600 MiB tmpfs the test mounts: two get a RAM
-// file of their own, the third keeps anonymous RAM, and all three run.
-// Killed, they leave no RAM file.
-func TestStartConcurrentRoom(t *testing.T) {
+// tmpfsVMDriver is vmFixture's driver with its memory dir on a tmpfs of
+// sizeMiB that the test mounts (root only).
+func tmpfsVMDriver(t *testing.T, sizeMiB int) (*Driver, func(t *testing.T, extra ...string) hypervisor.Spec) {
+	t.Helper()
 	fx, newSpec := vmFixture(t)
 	mem := filepath.Join(t.TempDir(), "shm")
 	if err := os.Mkdir(mem, 0o711); err != nil {
 		t.Fatal(err)
 	}
-	if err := unix.Mount("tmpfs", mem, "tmpfs", 0, "size=600m,mode=0711"); err != nil {
+	if err := unix.Mount("tmpfs", mem, "tmpfs", 0, fmt.Sprintf("size=%dm,mode=0711", sizeMiB)); err != nil {
 		t.Skip("mount a tmpfs:", err)
 	}
 	t.Cleanup(func() {
@@ -171,6 +170,15 @@ func TestStartConcurrentRoom(t *testing.T) {
 	if d.memDir != mem {
 		t.Fatalf("memory dir %q, want %q", d.memDir, mem)
 	}
+	return d, newSpec
+}
+
+// TestStartConcurrentRoom boots three real VMs of 256 MiB at once with
+// their memory dir on a 600 MiB tmpfs the test mounts: two get a RAM
+// file of their own, the third keeps anonymous RAM, and all three run.
+// Killed, they leave no RAM file.
+func TestStartConcurrentRoom(t *testing.T) {
+	d, newSpec := tmpfsVMDriver(t, 600)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	specs := []hypervisor.Spec{newSpec(t), newSpec(t), newSpec(t)}
@@ -217,7 +225,66 @@ func TestStartConcurrentRoom(t *testing.T) {
 		}
 		handles[i] = nil
 	}
-	if left, _ := memDirFiles(mem, true); len(left) > 0 {
+	if left, _ := memDirFiles(d.memDir, true); len(left) > 0 {
 		t.Fatalf("ram files left: %v", left)
+	}
+}
+
+// TestForkNoRoomSlowWay: a fork of a VM with a RAM file of its own, on a
+// tmpfs without room for another copy of that RAM (a pre-copy holds it),
+// makes no RAM copy there: it takes the slow way (the RAM streamed into
+// the state dir), and the copy runs on anonymous RAM.
+func TestForkNoRoomSlowWay(t *testing.T) {
+	d, newSpec := tmpfsVMDriver(t, 600)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	spec := newSpec(t)
+	h, err := d.Start(ctx, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Kill(context.Background(), h)
+	if err := guestRunning(ctx, spec, h); err != nil {
+		t.Fatal(err)
+	}
+	if m, err := readMachine(spec.RunDir); err != nil || !m.MemOwn {
+		t.Fatalf("vm of 256 MiB on an empty 600 MiB tmpfs: own ram file %v (%v)", m.MemOwn, err)
+	}
+	hold, err := d.NewRAMFile(300 << 20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.Remove(hold)
+	dir := t.TempDir()
+	if err := d.SaveCopy(ctx, h, dir); err != nil {
+		t.Fatal(err)
+	}
+	if cp, err := os.Readlink(filepath.Join(dir, copyRAMFile)); err == nil {
+		d.DiscardCopy(dir)
+		t.Fatalf("a fork of a 256 MiB VM made a RAM copy %s on a 600 MiB tmpfs holding 556 MiB of RAM files", filepath.Base(cp))
+	}
+	if left, _ := memDirFiles(d.memDir, true); len(left) != 2 {
+		t.Fatalf("ram files after the fork's save: %v, want the vm's and the pre-copy's", left)
+	}
+	if err := d.Resume(ctx, h); err != nil {
+		t.Fatal(err)
+	}
+	c := newSpec(t)
+	if b, err := os.ReadFile(spec.ConsoleLog); err == nil {
+		os.WriteFile(c.ConsoleLog, b, 0o600)
+	}
+	r, err := d.RestoreCopy(ctx, c, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Kill(context.Background(), r)
+	if err := guestRunning(ctx, c, r); err != nil {
+		t.Fatalf("copy: %v", err)
+	}
+	if m, err := readMachine(c.RunDir); err != nil || m.MemOwn {
+		t.Fatalf("copy on a full tmpfs: own ram file %v (%v), want anonymous ram", m.MemOwn, err)
+	}
+	if err := guestRunning(ctx, spec, h); err != nil {
+		t.Fatalf("source after the fork: %v", err)
 	}
 }
