@@ -85,8 +85,8 @@ func (d *Driver) memPath(id string) string { return filepath.Join(d.memDir, id+m
 // way). The file is made here, under the memory dir's lock (makeRAMFile),
 // so that the room found is the VM's from then on: boots and pre-copies
 // at once, in this process or another, are each promised their whole
-// size. launch removes the file if the boot fails (its "ram file" step);
-// a caller that fails before launch removes m.MemFile itself.
+// size. launch removes the file if the boot fails (its "create ram file"
+// step); a caller that fails before launch removes m.MemFile itself.
 func (d *Driver) ownMemory(m *machine) {
 	if d.memDir == "" {
 		return
