@@ -79,7 +79,8 @@ type machine struct {
 	PlainIncoming bool `json:"plain_incoming,omitempty"`
 	// RAMPadKiB is added to MemoryMiB for the guest RAM (ramsize.go).
 	RAMPadKiB int `json:"ram_pad_kib,omitempty"`
-	// memReady: the MemOwn file already holds the RAM (a fork's copy).
+	// memReady: the MemOwn file exists already, for launch to use and to
+	// remove on failure (ownMemory's, or a fork's copy holding the RAM).
 	memReady bool
 	// deferIncoming: start waiting for Incoming, which FinishCopy loads
 	// later (a fork's copy started early, fork_early.go).

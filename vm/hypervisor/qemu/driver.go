@@ -248,18 +248,9 @@ func (d *Driver) launch(ctx context.Context, m machine) (*hypervisor.Handle, err
 	h := &hypervisor.Handle{Driver: DriverName, APISocket: m.path(qmpSock), RunDir: m.RunDir, UID: m.UID, Cgroup: m.Cgroup}
 	steps := []launch.Step{
 		{
-			Name: "prepare run dir",
-			Do: func(context.Context) error {
-				removeRunFiles(m.RunDir)
-				b, err := json.MarshalIndent(m, "", "  ")
-				if err != nil {
-					return err
-				}
-				return writeFileAtomic(m.path(machineFile), append(b, '\n'))
-			},
-			Undo: func() { removeRunFiles(m.RunDir) },
-		},
-		{
+			// First, so that any failure after it removes the VM's
+			// own RAM file, made here or before launch (ownMemory, a
+			// fork's copy: memReady).
 			Name: "create ram file",
 			Do: func(context.Context) error {
 				if !m.MemOwn || m.memReady {
@@ -272,6 +263,18 @@ func (d *Driver) launch(ctx context.Context, m machine) (*hypervisor.Handle, err
 					os.Remove(m.MemFile)
 				}
 			},
+		},
+		{
+			Name: "prepare run dir",
+			Do: func(context.Context) error {
+				removeRunFiles(m.RunDir)
+				b, err := json.MarshalIndent(m, "", "  ")
+				if err != nil {
+					return err
+				}
+				return writeFileAtomic(m.path(machineFile), append(b, '\n'))
+			},
+			Undo: func() { removeRunFiles(m.RunDir) },
 		},
 	}
 	if m.UID > 0 {

@@ -82,18 +82,48 @@ func (d *Driver) memPath(id string) string { return filepath.Join(d.memDir, id+m
 // RAM besides what the other RAM files there may still grow by: a guest
 // that touches a page the full tmpfs cannot give gets QEMU killed by
 // SIGBUS, so a VM that may not fit keeps anonymous RAM (and forks the slow
-// way).
+// way). The file is made here, under the memory dir's lock (makeRAMFile),
+// so that the room found is the VM's from then on: boots and pre-copies
+// at once, in this process or another, are each promised their whole
+// size. launch removes the file if the boot fails (its "create ram file"
+// step); a caller that fails before launch removes m.MemFile itself.
 func (d *Driver) ownMemory(m *machine) {
 	if d.memDir == "" {
 		return
 	}
-	free, err := memDirRoom(d.memDir)
-	if err != nil || free < m.ramBytes() {
+	p := d.memPath(m.ID)
+	room, err := d.makeRAMFile(p, m.ramBytes())
+	if err != nil {
 		d.log.Warn("vm ram stays anonymous: no room in the memory dir", "vm_id", m.ID, "dir", d.memDir,
-			"room_mib", free>>20, "memory_mib", m.MemoryMiB, "err", err)
+			"room_mib", room>>20, "memory_mib", m.MemoryMiB, "err", err)
 		return
 	}
-	m.MemOwn, m.MemShared, m.MemFile = true, true, d.memPath(m.ID)
+	m.MemOwn, m.MemShared, m.MemFile, m.memReady = true, true, p, true
+}
+
+// makeRAMFile makes path, a RAM file in the memory dir, empty and of size
+// bytes (tmpfs allocates pages as they are written), replacing a stale
+// one of that name, when the memory dir has room for all of it (memDirRoom;
+// a stale file counts until it is replaced). The room is checked and the
+// file made under the memory dir's lock (lockMemDir): every maker of a
+// RAM file that must fit takes it, so files made at once, by this
+// process or another, are each promised their whole size. It returns the
+// room found; a FailedPrecondition error when size does not fit, in
+// which case nothing changed.
+func (d *Driver) makeRAMFile(path string, size int64) (room int64, err error) {
+	unlock, err := lockMemDir(d.memDir)
+	if err != nil {
+		return 0, err
+	}
+	defer unlock()
+	room, err = memDirRoom(d.memDir)
+	if err != nil {
+		return 0, errs.New(errs.FailedPrecondition, "room in memory dir %s: %w", d.memDir, err)
+	}
+	if room < size {
+		return room, errs.New(errs.FailedPrecondition, "no room for %d MiB of ram in %s (%d MiB left)", size>>20, d.memDir, room>>20)
+	}
+	return room, createRAMFile(path, size)
 }
 
 // memDirRoom is the free space of the tmpfs at dir less what the RAM
@@ -124,19 +154,24 @@ func memDirRoom(dir string) (int64, error) {
 }
 
 // createMemFile makes m's RAM file, empty and of the guest's size (tmpfs
-// allocates pages as the guest touches them), replacing a stale one.
-func createMemFile(m machine) error {
-	_ = os.Remove(m.MemFile)
-	f, err := os.OpenFile(m.MemFile, os.O_RDWR|os.O_CREATE|os.O_EXCL|unix.O_NOFOLLOW, 0o600)
+// allocates pages as the guest touches them), replacing a stale one,
+// without looking at the room: the caller has made sure of it.
+func createMemFile(m machine) error { return createRAMFile(m.MemFile, m.ramBytes()) }
+
+// createRAMFile makes path, empty and of size bytes, replacing a stale
+// one. On failure nothing is left at path.
+func createRAMFile(path string, size int64) error {
+	_ = os.Remove(path)
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL|unix.O_NOFOLLOW, 0o600)
 	if err != nil {
 		return err
 	}
-	err = f.Truncate(m.ramBytes())
+	err = f.Truncate(size)
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
 	if err != nil {
-		os.Remove(m.MemFile)
+		os.Remove(path)
 	}
 	return err
 }
@@ -201,10 +236,26 @@ func capIgnoreShared(ctx context.Context, c *qmp.Client) (bool, error) {
 
 // saveForkCopy is SaveCopy of a VM with a RAM file of its own (see the top
 // of this file). The VM is left paused; on failure a running VM is resumed
-// and nothing is left in dir or MemoryDir.
+// and nothing is left in dir or MemoryDir. An error wrapping
+// errForkFallback (no room for the copy) came before the pause.
 func (d *Driver) saveForkCopy(ctx context.Context, h *hypervisor.Handle, m machine, dir string) (err error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
+	}
+	// The file of the RAM copy, before the pause: the RAM file of a copy
+	// started early, or a new one, made where there is room for all of
+	// it (else the fork takes the slow way: errForkFallback).
+	cp, isNew, err := d.copyTarget(dir, m.ramBytes(), newCopyPath(d.memDir))
+	if err != nil {
+		return err
+	}
+	if isNew {
+		defer func() {
+			if err != nil {
+				os.Remove(cp)
+				os.Remove(filepath.Join(dir, copyRAMFile))
+			}
+		}()
 	}
 	c, err := d.dial(ctx, h)
 	if err != nil {
@@ -237,22 +288,9 @@ func (d *Driver) saveForkCopy(ctx context.Context, h *hypervisor.Handle, m machi
 		}
 	}()
 	saved := time.Since(start)
-	// The copy of the RAM, taken while the VM is paused: into the RAM
-	// file of a copy started early, or a new one.
-	cp, isNew, err := d.copyTarget(dir, m.ramBytes(), newCopyPath(d.memDir))
-	if err != nil {
-		return err
-	}
-	if isNew {
-		defer func() {
-			if err != nil {
-				os.Remove(cp)
-				os.Remove(filepath.Join(dir, copyRAMFile))
-			}
-		}()
-	}
+	// The copy of the RAM, taken while the VM is paused.
 	copyStart := time.Now()
-	copied, err := copyRAMTo(m.MemFile, cp, isNew)
+	copied, err := copyRAMTo(m.MemFile, cp, false)
 	if err != nil {
 		return fmt.Errorf("copy ram: %w", err)
 	}

@@ -39,37 +39,36 @@ import (
 //  3. the copy then restores like any fork's (restoreForkCopy): its RAM is
 //     its own file, mapped shared, so it forks the fast way in turn.
 
-// errCloneFallback marks a clone that cannot fork the fast way, found out
-// before it was paused: SaveCopy then takes the slow way.
-var errCloneFallback = errors.New("no fast fork for this clone")
+// errForkFallback marks a VM (a warm clone, or one with a RAM file of its
+// own) that cannot fork the fast way, found out before it was paused:
+// SaveCopy then takes the slow way.
+var errForkFallback = errors.New("no fast fork for this vm")
 
 // isClone reports whether m maps a template's RAM file privately.
 func (m machine) isClone() bool { return m.MemFile != "" && !m.MemShared && !m.MemOwn }
 
 // saveCloneForkCopy is SaveCopy of a warm clone (see above). The VM is left
 // paused; on failure a running VM is resumed and nothing is left in dir or
-// MemoryDir. An error wrapping errCloneFallback came before the pause.
+// MemoryDir. An error wrapping errForkFallback came before the pause.
 func (d *Driver) saveCloneForkCopy(ctx context.Context, h *hypervisor.Handle, m machine, dir string) (err error) {
 	size := m.ramBytes()
 	if d.memDir == "" {
-		return fmt.Errorf("%w: per-vm ram files are off", errCloneFallback)
-	}
-	if room, err := memDirRoom(d.memDir); err != nil || room < size {
-		return fmt.Errorf("%w: no room for %d MiB in %s (%v)", errCloneFallback, m.MemoryMiB, d.memDir, err)
+		return fmt.Errorf("%w: per-vm ram files are off", errForkFallback)
 	}
 	maps, err := privateMappings(h.PID, m.MemFile)
 	if err != nil || maps.size() != size {
-		return fmt.Errorf("%w: ram mapping of %s: %d bytes mapped, want %d (%v)", errCloneFallback, m.MemFile, maps.size(), size, err)
+		return fmt.Errorf("%w: ram mapping of %s: %d bytes mapped, want %d (%v)", errForkFallback, m.MemFile, maps.size(), size, err)
 	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
 	}
 	start := time.Now()
 	// 1. The template's RAM, while the source runs: into the RAM file of
-	// a copy started early, or a new one.
+	// a copy started early, or a new one (made where there is room for
+	// all of it).
 	cp, isNew, err := d.copyTarget(dir, size, newCopyPath(d.memDir))
 	if err != nil {
-		return fmt.Errorf("%w: %v", errCloneFallback, err)
+		return fmt.Errorf("%w: %v", errForkFallback, err)
 	}
 	if isNew {
 		defer func() {
@@ -79,12 +78,12 @@ func (d *Driver) saveCloneForkCopy(ctx context.Context, h *hypervisor.Handle, m 
 			}
 		}()
 	}
-	base, err := copyRAMTo(m.MemFile, cp, isNew)
+	base, err := copyRAMTo(m.MemFile, cp, false)
 	if err != nil {
-		return fmt.Errorf("%w: copy template ram: %v", errCloneFallback, err)
+		return fmt.Errorf("%w: copy template ram: %v", errForkFallback, err)
 	}
 	if st, err := os.Stat(cp); err != nil || st.Size() != size {
-		return fmt.Errorf("%w: template ram file is not %d bytes (%v)", errCloneFallback, size, err)
+		return fmt.Errorf("%w: template ram file is not %d bytes (%v)", errForkFallback, size, err)
 	}
 	baseTook := time.Since(start)
 	out, err := os.OpenFile(cp, os.O_RDWR|unix.O_NOFOLLOW, 0)

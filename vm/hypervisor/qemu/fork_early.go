@@ -41,9 +41,6 @@ func (d *Driver) StartCopy(ctx context.Context, spec hypervisor.Spec, dir string
 	if d.memDir == "" {
 		return nil, errs.New(errs.FailedPrecondition, "start copy vm %s: per-vm ram files are off", spec.ID)
 	}
-	if room, err := memDirRoom(d.memDir); err != nil || room < m.ramBytes() {
-		return nil, errs.New(errs.FailedPrecondition, "start copy vm %s: no room for %d MiB in %s (%v)", spec.ID, m.MemoryMiB, d.memDir, err)
-	}
 	m.MemOwn, m.MemShared, m.MemFile = true, true, d.memPath(m.ID)
 	m.Incoming = filepath.Join(dir, StateMemoryFile)
 	m.deferIncoming = true
@@ -51,9 +48,10 @@ func (d *Driver) StartCopy(ctx context.Context, spec hypervisor.Spec, dir string
 		return nil, err
 	}
 	// The RAM file exists before SaveCopy may look for it: launch does
-	// not make it (memReady), nor remove it on failure.
-	if err := createMemFile(m); err != nil {
-		return nil, err
+	// not make it (memReady), nor remove it on failure. Made under the
+	// memory dir's lock, it is promised its whole size.
+	if _, err := d.makeRAMFile(m.MemFile, m.ramBytes()); err != nil {
+		return nil, fmt.Errorf("start copy vm %s: %w", spec.ID, err)
 	}
 	m.memReady = true
 	link := filepath.Join(dir, copyRAMFile)
@@ -145,8 +143,12 @@ func (d *Driver) finishCopy(ctx context.Context, h *hypervisor.Handle, dir strin
 
 // copyTarget is where SaveCopy puts the RAM copy of a VM of size bytes for
 // a copy restored from dir: the RAM file of a copy started early (linked
-// from dir by StartCopy), else a new file in MemoryDir, linked from dir
-// (fresh: the caller removes it and the link on failure).
+// from dir by StartCopy), else fresh, a new empty file of size bytes in
+// MemoryDir, made under its lock where there is room for all of it
+// (makeRAMFile), and linked from dir (isNew: the caller removes it and
+// the link on failure). Either way the file exists, of size bytes. An
+// error wrapping errForkFallback: no new file could be made (no room);
+// nothing was made.
 func (d *Driver) copyTarget(dir string, size int64, fresh string) (path string, isNew bool, err error) {
 	link := filepath.Join(dir, copyRAMFile)
 	if cp, err := os.Readlink(link); err == nil && filepath.Dir(cp) == d.memDir {
@@ -156,8 +158,12 @@ func (d *Driver) copyTarget(dir string, size int64, fresh string) (path string, 
 		}
 		return "", false, errs.New(errs.FailedPrecondition, "ram copy target %s is not an empty %d-byte file", cp, size)
 	}
+	if _, err := d.makeRAMFile(fresh, size); err != nil {
+		return "", false, fmt.Errorf("%w: ram copy: %v", errForkFallback, err)
+	}
 	_ = os.Remove(link)
 	if err := os.Symlink(fresh, link); err != nil {
+		os.Remove(fresh)
 		return "", false, err
 	}
 	return fresh, true, nil

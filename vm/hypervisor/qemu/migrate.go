@@ -107,19 +107,21 @@ func (d *Driver) StartIncoming(ctx context.Context, spec hypervisor.Spec, source
 	if err := copyCompatible(old, m); err != nil {
 		return nil, errs.New(errs.FailedPrecondition, "start incoming vm %s: the source does not fit the spec: %v", spec.ID, err)
 	}
-	if old.hasMemoryBackend() {
-		// The RAM block is named "mem" either way: it streams in whole,
-		// into a file of its own where there is room (so the VM's next
-		// move can pre-copy it, a fork copy it), as a restore does.
-		d.ownMemory(&m)
-		m.MemBackendRAM = !m.MemOwn
-	}
-	m.adoptRAM(old)
 	if _, err := liveDisk(m.Disks); err != nil {
 		return nil, fmt.Errorf("start incoming vm %s: %w", spec.ID, err)
 	}
 	if len(m.path(liveNBDSock)) > maxSocketPath {
 		return nil, errs.New(errs.InvalidArgument, "start incoming vm %s: run dir %q is too long for unix sockets", spec.ID, spec.RunDir)
+	}
+	m.adoptRAM(old)
+	if old.hasMemoryBackend() {
+		// The RAM block is named "mem" either way: it streams in whole,
+		// into a file of its own where there is room (so the VM's next
+		// move can pre-copy it, a fork copy it), as a restore does. The
+		// file is made here (ownMemory): nothing may fail before launch,
+		// which removes it on failure.
+		d.ownMemory(&m)
+		m.MemBackendRAM = !m.MemOwn
 	}
 	m.LiveIncoming = true
 	start := time.Now()

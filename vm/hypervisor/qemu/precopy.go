@@ -68,34 +68,18 @@ const preCopyPrefix = "precopy-"
 var preCopySweepGrace = 5 * time.Second
 
 // NewRAMFile implements hypervisor.RAMKeeper. The room is checked and
-// the file made under the memory dir's lock (lockMemDir), so that files
-// made at once, by this process or another, are each promised their
-// whole size: the tmpfs's free space less what every RAM file there may
-// still allocate (memDirRoom) must hold it. The caller holds the file
-// open while it needs it and no saved state links it (preCopyPrefix).
+// the file made under the memory dir's lock (makeRAMFile), so that files
+// made at once, by this process or another (a VM's boot too), are each
+// promised their whole size: the tmpfs's free space less what every RAM
+// file there may still allocate (memDirRoom) must hold it. The caller
+// holds the file open while it needs it and no saved state links it
+// (preCopyPrefix).
 func (d *Driver) NewRAMFile(size int64) (string, error) {
 	if d.memDir == "" {
 		return "", errs.New(errs.FailedPrecondition, "this driver keeps no ram files")
 	}
-	unlock, err := lockMemDir(d.memDir)
-	if err != nil {
-		return "", err
-	}
-	defer unlock()
-	if room, err := memDirRoom(d.memDir); err != nil || room < size {
-		return "", errs.New(errs.FailedPrecondition, "no room for %d MiB of ram in %s (%v)", size>>20, d.memDir, err)
-	}
 	p := newRAMPath(d.memDir, preCopyPrefix)
-	f, err := os.OpenFile(p, os.O_RDWR|os.O_CREATE|os.O_EXCL|unix.O_NOFOLLOW, 0o600)
-	if err != nil {
-		return "", err
-	}
-	err = f.Truncate(size)
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		os.Remove(p)
+	if _, err := d.makeRAMFile(p, size); err != nil {
 		return "", err
 	}
 	return p, nil

@@ -73,22 +73,28 @@ func (d *Driver) SaveStateUnsynced(ctx context.Context, h *hypervisor.Handle, di
 
 // SaveCopy is SaveState for a fork (see hypervisor.Forker): the same
 // files, not flushed to stable storage, since a copy is started from them
-// at once and they are removed after.
+// at once and they are removed after. A VM with a RAM file of its own (or
+// a warm clone) forks the fast way, its RAM copied into a new RAM file in
+// MemoryDir, where there is room for all of it; else its RAM is streamed.
 func (d *Driver) SaveCopy(ctx context.Context, h *hypervisor.Handle, dir string) error {
 	if err := checkHandle(h); err != nil {
 		return fmt.Errorf("save vm state for a copy: %w", err)
 	}
 	if m, err := readMachine(h.RunDir); err == nil && m.MemOwn && d.memDir != "" && filepath.Dir(m.MemFile) == d.memDir {
-		if err := d.saveForkCopy(ctx, h, m, dir); err != nil {
+		err := d.saveForkCopy(ctx, h, m, dir)
+		if err == nil {
+			return nil
+		}
+		if !errors.Is(err, errForkFallback) {
 			return fmt.Errorf("save vm state for a copy: %w", err)
 		}
-		return nil
+		d.log.Warn("fork takes the slow way (its whole ram streamed)", "vm_id", m.ID, "err", err)
 	} else if err == nil && m.isClone() {
 		err := d.saveCloneForkCopy(ctx, h, m, dir)
 		if err == nil {
 			return nil
 		}
-		if !errors.Is(err, errCloneFallback) {
+		if !errors.Is(err, errForkFallback) {
 			return fmt.Errorf("save vm state for a copy: %w", err)
 		}
 		d.log.Warn("fork of a warm clone takes the slow way (its whole ram streamed)", "vm_id", m.ID, "err", err)

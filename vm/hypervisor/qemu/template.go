@@ -211,28 +211,26 @@ func (d *Driver) bootTemplate(ctx context.Context, spec hypervisor.Spec, dir str
 	// A fresh file: clones of an older template may still map the old
 	// one, which must not change under them.
 	_ = os.Remove(m.MemFile)
+	onTmpfs := false
 	if d.memDir != "" {
-		if room, err := memDirRoom(d.memDir); err == nil && room >= m.ramBytes() {
-			// The template boots with its RAM on the tmpfs, where the
-			// guest's writes cost no disk writeback (a Debian boot
-			// into a RAM file on the state disk timed out under
-			// load); SaveTemplate copies it into dir.
-			m.MemFile, m.MemOwn = d.memPath(m.ID), true
-			_ = os.Remove(m.MemFile)
+		// The template boots with its RAM on the tmpfs where it fits
+		// (made under the memory dir's lock, promised its whole size),
+		// where the guest's writes cost no disk writeback (a Debian
+		// boot into a RAM file on the state disk timed out under
+		// load); SaveTemplate copies it into dir.
+		p := d.memPath(m.ID)
+		if _, err := d.makeRAMFile(p, m.ramBytes()); err == nil {
+			m.MemFile, m.MemOwn, onTmpfs = p, true, true
+		} else {
+			d.log.Info("template ram on the state disk", "vm_id", m.ID, "dir", d.memDir, "err", err)
 		}
 	}
-	f, err := os.OpenFile(m.MemFile, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
-		return nil, err
+	if !onTmpfs {
+		if err := createRAMFile(m.MemFile, m.ramBytes()); err != nil {
+			return nil, err
+		}
 	}
-	err = f.Truncate(m.ramBytes())
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		os.Remove(m.MemFile)
-		return nil, err
-	}
+	m.memReady = true // launch neither makes it again nor (unless MemOwn) removes it
 	h, err := d.launch(ctx, m)
 	if err != nil {
 		os.Remove(m.MemFile)
