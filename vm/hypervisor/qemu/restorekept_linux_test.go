@@ -229,3 +229,86 @@ func sortedBase(paths []string) []string {
 	slices.Sort(out)
 	return out
 }
+
+// TestRestoreKeptNoRoomFork: a VM resumed on a private mapping of its
+// kept RAM (no room for a copy) maps a file it does not own, as a warm
+// clone maps its template's: its fork takes the clone's way, a RAM copy
+// of the kept file and the pages the VM wrote, where the tmpfs has room
+// for it; else, and once the kept file is gone (the engine discards the
+// state), the slow way (its RAM streamed). Every copy runs. A sweep
+// keeps the kept file while the VM's run dir names it.
+func TestRestoreKeptNoRoomFork(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	d, spec, dir, kept := keptRAMVM(t, ctx)
+	hold := holdRoom(t, d, 100<<20)
+	h, err := d.Restore(ctx, spec, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Kill(context.Background(), h)
+	if m, err := readMachine(spec.RunDir); err != nil || !m.isClone() || m.MemFile != kept {
+		t.Fatalf("resume on a full tmpfs: %+v (%v); want a private mapping of the kept file", m, err)
+	}
+	if err := guestRunning(ctx, spec, h); err != nil {
+		t.Fatal(err)
+	}
+	aged := time.Now().Add(-2 * memSweepGrace)
+	if err := os.Chtimes(kept, aged, aged); err != nil {
+		t.Fatal(err)
+	}
+	if removed := d.SweepMemory([]string{spec.RunDir}, nil); slices.Contains(removed, kept) {
+		t.Fatal("a sweep removed the kept ram file that the vm's run dir names")
+	}
+
+	fork := func(want bool, why string) {
+		t.Helper()
+		fdir := t.TempDir()
+		if err := d.SaveCopy(ctx, h, fdir); err != nil {
+			t.Fatalf("fork %s: %v", why, err)
+		}
+		defer d.DiscardCopy(fdir)
+		_, err := os.Readlink(filepath.Join(fdir, copyRAMFile))
+		if got := err == nil; got != want {
+			t.Fatalf("fork %s: ram copy in the memory dir %v, want %v", why, got, want)
+		}
+		if err := d.Resume(ctx, h); err != nil {
+			t.Fatal(err)
+		}
+		c := spec
+		c.ID = "f" + spec.ID[1:]
+		c.VsockCID = spec.VsockCID + 100
+		c.RunDir = t.TempDir()
+		if err := os.Chmod(c.RunDir, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		c.ConsoleLog = filepath.Join(c.RunDir, "console.log")
+		if b, err := os.ReadFile(spec.ConsoleLog); err == nil {
+			os.WriteFile(c.ConsoleLog, b, 0o600)
+		}
+		r, err := d.RestoreCopy(ctx, c, fdir)
+		if err != nil {
+			t.Fatalf("copy of a fork %s: %v", why, err)
+		}
+		defer d.Kill(context.Background(), r)
+		if err := guestRunning(ctx, c, r); err != nil {
+			t.Fatalf("copy of a fork %s: %v", why, err)
+		}
+		if m, err := readMachine(c.RunDir); err != nil || m.MemOwn != want {
+			t.Fatalf("copy of a fork %s: own ram file %v (%v), want %v", why, m.MemOwn, err, want)
+		}
+		if err := guestRunning(ctx, spec, h); err != nil {
+			t.Fatalf("source after a fork %s: %v", why, err)
+		}
+	}
+	fork(false, "without room")
+	os.Remove(hold)
+	fork(true, "with room")
+	if err := d.DiscardCopy(dir); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(kept); err == nil {
+		t.Fatal("DiscardCopy left the kept ram file")
+	}
+	fork(false, "once the kept file is gone")
+}
