@@ -94,7 +94,10 @@ func (d *Driver) prepareJail(m machine) ([]*os.File, error) {
 			return nil, err
 		}
 	}
-	if m.MemOwn {
+	if m.MemOwn || m.isClone() {
+		// A clone here is a VM resumed on a private mapping of its kept
+		// RAM (restoreKept; warm templates are not jailed): QEMU opens a
+		// memory-backend-file read-write even to map it privately.
 		if err := ownFile(m.MemFile, m.UID, false); err != nil {
 			return nil, err
 		}
@@ -244,7 +247,7 @@ func readMachine(runDir string) (machine, error) {
 func (d *Driver) qemuPlan(m machine) (jail.Plan, error) {
 	ro := []string{m.Kernel, m.Initramfs}
 	rw := []string{m.RunDir}
-	if m.MemOwn {
+	if m.MemOwn || m.isClone() { // a clone: see prepareJail's ownFile
 		rw = append(rw, m.MemFile)
 	}
 	if m.ConsoleFIFO == "" {

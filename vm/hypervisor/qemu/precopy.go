@@ -186,11 +186,21 @@ func (d *Driver) SaveStateKeepRAM(ctx context.Context, h *hypervisor.Handle, dir
 // SaveStateKeepRAM (or adopted by AdoptRAM). RestoreCopy (the target of a
 // move, whose failure is undone whole) runs the VM on the kept RAM file
 // itself, under the VM's own RAM file's name (a second link). Restore
-// (the source's resume after a failed move) runs it on a copy of the kept
-// file (in-kernel, holes kept): the restored guest writes its RAM at
-// once, and a resume that fails after that must be tried again from the
-// RAM as saved, not as that guest left it. The kept file stays until the
-// engine removes it with the state (DiscardCopy).
+// (the source's resume after a failed move) must leave the kept file as
+// saved: the restored guest writes its RAM at once, and a resume that
+// fails after that must be tried again from the RAM as saved, not as
+// that guest left it. So it runs the VM on a copy of the kept file
+// (in-kernel, holes kept) in a RAM file of its own, made like every RAM
+// file under the memory dir's lock where there is room for all of it
+// (makeRAMFile); where there is not, on a private mapping of the kept
+// file (share=off, as a warm clone maps its template's: the pages the
+// guest writes are anonymous pages of its QEMU, the file stays as it
+// was, and the tmpfs is asked for nothing more). Such a VM has no RAM
+// file of its own (isClone): a move of it carries its RAM, and its
+// fork copies the kept file while the file is there, else takes the slow
+// way. The kept file stays until the engine removes it with the state
+// (DiscardCopy); a VM mapping it keeps its pages until it stops. Neither
+// Kill nor a failed launch removes it.
 func (d *Driver) restoreKept(ctx context.Context, m machine, dir string, asCopy bool) (*hypervisor.Handle, error) {
 	cp := d.StateRAM(dir)
 	if cp == "" {
@@ -199,23 +209,36 @@ func (d *Driver) restoreKept(ctx context.Context, m machine, dir string, asCopy 
 	if st, err := os.Stat(cp); err != nil || st.Size() != m.ramBytes() {
 		return nil, errs.New(errs.FailedPrecondition, "kept ram file is not %d bytes (%v)", m.ramBytes(), err)
 	}
-	m.MemOwn, m.MemShared, m.MemFile = true, true, d.memPath(m.ID)
-	_ = os.Remove(m.MemFile)
-	if asCopy {
-		if err := os.Link(cp, m.MemFile); err != nil {
+	switch own := d.memPath(m.ID); {
+	case asCopy:
+		_ = os.Remove(own)
+		if err := os.Link(cp, own); err != nil {
 			return nil, err
 		}
-	} else if _, err := copyRAM(cp, m.MemFile); err != nil {
-		return nil, fmt.Errorf("copy kept ram: %w", err)
+		m.MemOwn, m.MemShared, m.MemFile = true, true, own
+	default:
+		_ = os.Remove(own) // stale: this VM is not running
+		if room, err := d.makeRAMFile(own, m.ramBytes()); err != nil {
+			d.log.Warn("vm resumes on a private mapping of its kept ram: no room for a copy in the memory dir",
+				"vm_id", m.ID, "dir", d.memDir, "room_mib", room>>20, "memory_mib", m.MemoryMiB, "err", err)
+			m.MemOwn, m.MemShared, m.MemFile = false, false, cp
+			break
+		}
+		if _, err := copyRAMTo(cp, own, false); err != nil {
+			os.Remove(own)
+			return nil, fmt.Errorf("copy kept ram: %w", err)
+		}
+		m.MemOwn, m.MemShared, m.MemFile = true, true, own
 	}
 	m.memReady = true
 	m.Incoming = filepath.Join(dir, StateMemoryFile)
 	start := time.Now()
 	h, err := d.launch(ctx, m)
 	if err != nil {
-		return nil, err // launch's undo removed the VM's name of the file
+		return nil, err // launch's undo removed the VM's own name of the file, if it has one
 	}
-	d.log.Info("vm restored on its kept ram", "vm_id", m.ID, "pid", h.PID, "dir", dir, "duration_ms", time.Since(start).Milliseconds())
+	d.log.Info("vm restored on its kept ram", "vm_id", m.ID, "pid", h.PID, "dir", dir, "own_ram_file", m.MemOwn,
+		"duration_ms", time.Since(start).Milliseconds())
 	return h, nil
 }
 
