@@ -44,7 +44,9 @@ func (l *Local) Reconcile(ctx context.Context) error {
 		}
 		h, _ := DecodeHandle(v.Handle)
 		if h != nil && l.Driver.Alive(h) {
-			l.repair(ctx, v.ID, h)
+			if !helpersAlive(h) {
+				l.repair(ctx, v.ID, h)
+			}
 			continue
 		}
 		// Re-check under the VM's lock: an operation may own it right now.
@@ -289,8 +291,21 @@ func namesDir(pid int, dir string) bool {
 	return false
 }
 
+// helpersAlive reports whether every helper process of h runs: then
+// there is nothing to repair, and Reconcile neither takes the VM's lock
+// nor reads its row (a /proc read per helper is all a healthy VM costs).
+func helpersAlive(h *hypervisor.Handle) bool {
+	for _, p := range h.Helpers {
+		if !procfs.Alive(p.PID, p.StartTime) {
+			return false
+		}
+	}
+	return true
+}
+
 // repair restarts the dead helper processes of a running VM (the agent
-// relay), when the driver has any, and records the new handle.
+// relay), when the driver has any, and records the new handle. Reconcile
+// calls it only when one of them is dead (helpersAlive).
 func (l *Local) repair(ctx context.Context, id string, h *hypervisor.Handle) {
 	r, ok := l.Driver.(hypervisor.Repairer)
 	if !ok {
