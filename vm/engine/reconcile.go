@@ -24,7 +24,7 @@ import (
 // command and the daemon periodically.
 func (l *Local) Reconcile(ctx context.Context) error {
 	l.reconcileTemplates(ctx)
-	ops, err := store.RunningOperations(ctx, l.DB)
+	ops, vms, err := l.rows(ctx)
 	if err != nil {
 		return err
 	}
@@ -33,10 +33,6 @@ func (l *Local) Reconcile(ctx context.Context) error {
 			continue
 		}
 		l.recoverOp(ctx, o)
-	}
-	vms, err := store.ListLocalVMs(ctx, l.DB)
-	if err != nil {
-		return err
 	}
 	for _, v := range vms {
 		if v.State != vm.Running && v.State != vm.Paused {
@@ -98,7 +94,7 @@ func (l *Local) sweepCgroups(ctx context.Context, vms []store.VM, ops []store.Op
 		keep = append(keep, o.VMID)
 	}
 	// Operations started since Reconcile read them.
-	if now, err := store.RunningOperations(ctx, l.DB); err == nil {
+	if now, _, err := l.rows(ctx); err == nil {
 		for _, o := range now {
 			keep = append(keep, o.VMID)
 		}
