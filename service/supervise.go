@@ -189,7 +189,7 @@ func (s *Service) Supervise(ctx context.Context) error {
 // supervise is Supervise; it returns the earliest restart time it read
 // (zero: none), a due one included (its start may not have been tried).
 func (s *Service) supervise(ctx context.Context) (time.Time, error) {
-	rs, err := store.ListRestarts(ctx, s.DB)
+	rs, err := store.ListRestarts(ctx, s.DB.Stmts()) // prepared once: it runs every half second
 	if err != nil {
 		return time.Time{}, err
 	}

@@ -19,8 +19,12 @@ func (db *DB) ChangeStamp() (WALStamp, bool) {
 	return db.index.Stamp(db.Path+"-wal", time.Now())
 }
 
-// Close closes the database, then drops the mapping of ChangeStamp.
+// Close releases the statements of Stmts, closes the database, then
+// drops the mapping of ChangeStamp.
 func (db *DB) Close() error {
+	if db.stmts != nil {
+		db.stmts.close()
+	}
 	err := db.DB.Close()
 	if db.index != nil {
 		db.index.Close()

@@ -25,7 +25,8 @@ type reconcileRows struct {
 // read again. Nothing a process can change without a commit is in them
 // (whether a process lives is asked of procfs and the driver on every
 // pass), so the kept rows are exactly what a query would return. Without
-// a stamp it always queries. The slices are shared: callers must not
+// a stamp it always queries. The queries are prepared once
+// (store.DB.Stmts). The slices are shared: callers must not
 // modify them.
 func (l *Local) rows(ctx context.Context) ([]store.Operation, []store.VM, error) {
 	c := &l.reconcileRows
@@ -39,11 +40,11 @@ func (l *Local) rows(ctx context.Context) ([]store.Operation, []store.VM, error)
 	}
 	c.ok = false
 	c.reads.Add(1)
-	ops, err := store.RunningOperations(ctx, l.DB)
+	ops, err := store.RunningOperations(ctx, l.DB.Stmts())
 	if err != nil {
 		return nil, nil, err
 	}
-	vms, err := store.ListLocalVMs(ctx, l.DB)
+	vms, err := store.ListLocalVMs(ctx, l.DB.Stmts())
 	if err != nil {
 		return nil, nil, err
 	}
