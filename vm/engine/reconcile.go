@@ -24,7 +24,7 @@ import (
 // command and the daemon periodically.
 func (l *Local) Reconcile(ctx context.Context) error {
 	l.reconcileTemplates(ctx)
-	ops, vms, err := l.rows(ctx)
+	ops, vms, handles, err := l.rows(ctx)
 	if err != nil {
 		return err
 	}
@@ -34,11 +34,11 @@ func (l *Local) Reconcile(ctx context.Context) error {
 		}
 		l.recoverOp(ctx, o)
 	}
-	for _, v := range vms {
+	for i, v := range vms {
 		if v.State != vm.Running && v.State != vm.Paused {
 			continue
 		}
-		h, _ := DecodeHandle(v.Handle)
+		h := handles[i] // shared: read only
 		if h != nil && l.Driver.Alive(h) {
 			if !helpersAlive(h) {
 				l.repair(ctx, v.ID, h)
@@ -94,7 +94,7 @@ func (l *Local) sweepCgroups(ctx context.Context, vms []store.VM, ops []store.Op
 		keep = append(keep, o.VMID)
 	}
 	// Operations started since Reconcile read them.
-	if now, _, err := l.rows(ctx); err == nil {
+	if now, _, _, err := l.rows(ctx); err == nil {
 		for _, o := range now {
 			keep = append(keep, o.VMID)
 		}
