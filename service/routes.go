@@ -58,7 +58,7 @@ type WebRoutes struct {
 	q *store.RouteQueries
 	// The lookups are cached until the database changes: any commit, by
 	// this or another process, updates the wal-index header in the -shm
-	// file, which is mapped (routes_shm.go), so reading it says whether
+	// file, which is mapped (store.WALIndex), so reading it says whether
 	// the cache still holds; without a -shm file, a stat of the
 	// write-ahead log (which every commit grows or resets) says it.
 	wal string
@@ -71,7 +71,7 @@ type WebRoutes struct {
 	pathStats atomic.Int64 // stamps taken by path (tests)
 	logStats  atomic.Int64 // stamps taken from the log's fstat (tests)
 	// The -shm file's header, mapped: a stamp without a system call.
-	index  walIndex
+	index  store.WALIndex
 	mu     sync.Mutex
 	stamp  walStamp
 	filled time.Time // when the cache was last emptied
@@ -86,7 +86,7 @@ type walStamp struct {
 	mtime time.Time
 	// index: the wal-index header's changing words, when the stamp comes
 	// from the mapped -shm file (then size and mtime are zero).
-	index     [len(shmWords)]uint32
+	index     store.WALStamp
 	fromIndex bool
 }
 
@@ -114,7 +114,7 @@ func (s *Service) WebRoutes(ctx context.Context) (*WebRoutes, error) {
 // Close releases the prepared statements and the log.
 func (r *WebRoutes) Close() error {
 	r.closeLog()
-	r.index.close()
+	r.index.Close()
 	return r.q.Close()
 }
 
@@ -154,7 +154,7 @@ func (r *WebRoutes) AllowCertificate(ctx context.Context, name string) error {
 }
 
 // currentStamp reads the mapped wal-index header when there is one (no
-// system call: routes_shm.go). Without one it stats the write-ahead log
+// system call: store.WALIndex). Without one it stats the write-ahead log
 // with raw system calls: an
 // ordinary one (os.Stat) enters the Go scheduler's syscall state, which
 // wakes the runtime's monitor thread whenever the daemon was idle, as it
@@ -171,7 +171,7 @@ func (r *WebRoutes) currentStamp() (walStamp, bool) {
 	if r.now != nil {
 		now = r.now
 	}
-	if words, ok := r.index.stamp(r.wal, now()); ok {
+	if words, ok := r.index.Stamp(r.wal, now()); ok {
 		return walStamp{index: words, fromIndex: true}, true
 	}
 	r.logStats.Add(1)

@@ -30,7 +30,7 @@ func TestStampFromWalIndex(t *testing.T) {
 		t.Fatal(err)
 	}
 	r := &WebRoutes{wal: path + "-wal", now: time.Now}
-	defer r.index.close()
+	defer r.index.Close()
 	defer r.closeLog()
 	stamp := func() walStamp {
 		t.Helper()
@@ -71,7 +71,7 @@ func TestStampFromWalIndex(t *testing.T) {
 	if _, err := os.Stat(path + "-shm"); !os.IsNotExist(err) {
 		t.Skipf("SQLite left %s-shm after the last close (%v)", path, err)
 	}
-	time.Sleep(shmRecheck + 5*time.Millisecond)
+	time.Sleep(store.WALRecheck + 5*time.Millisecond)
 	if s, ok := r.currentStamp(); ok && s.fromIndex {
 		t.Fatalf("a stamp %+v from a deleted wal index", s)
 	}
@@ -83,10 +83,10 @@ func TestStampFromWalIndex(t *testing.T) {
 	if err := store.SetSetting(ctx, db, "stamp_test", "again"); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(shmRecheck + 5*time.Millisecond)
+	time.Sleep(store.WALRecheck + 5*time.Millisecond)
 	s := stamp()
-	if !s.fromIndex || r.index.maps.Load() != 2 {
-		t.Fatalf("after reopening: stamp %+v, %d mappings; want one from the new index (2 mappings)", s, r.index.maps.Load())
+	if !s.fromIndex || r.index.Maps() != 2 {
+		t.Fatalf("after reopening: stamp %+v, %d mappings; want one from the new index (2 mappings)", s, r.index.Maps())
 	}
 	if err := store.SetSetting(ctx, db, "stamp_test", "and again"); err != nil {
 		t.Fatal(err)
@@ -166,7 +166,7 @@ func TestWalIndexKeepsSQLiteLocks(t *testing.T) {
 		if s, ok := r.currentStamp(); !ok || !s.fromIndex {
 			t.Fatalf("stamp %+v, %v: not from the wal index", s, ok)
 		}
-		r.index.close()
+		r.index.Close()
 		r.closeLog()
 		if !dmsLocked() {
 			t.Fatal("closing the route cache's index released SQLite's lock on the -shm file")

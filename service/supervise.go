@@ -182,18 +182,29 @@ func (s *Service) wentDown(ctx context.Context, e engine.Exit) {
 // next backoff. The daemon calls it periodically; it is safe to call
 // concurrently with any operation (a VM whose lock is held is skipped).
 func (s *Service) Supervise(ctx context.Context) error {
-	rs, err := store.ListRestarts(ctx, s.DB)
+	_, err := s.supervise(ctx)
+	return err
+}
+
+// supervise is Supervise; it returns the earliest restart time it read
+// (zero: none), a due one included (its start may not have been tried).
+func (s *Service) supervise(ctx context.Context) (time.Time, error) {
+	rs, err := store.ListRestarts(ctx, s.DB.Stmts()) // prepared once: it runs every half second
 	if err != nil {
-		return err
+		return time.Time{}, err
 	}
 	now := time.Now()
+	var first time.Time
 	for _, r := range rs {
+		if !r.RestartAt.IsZero() && (first.IsZero() || r.RestartAt.Before(first)) {
+			first = r.RestartAt
+		}
 		if r.RestartAt.IsZero() || r.RestartAt.After(now) || ctx.Err() != nil {
 			continue
 		}
 		s.superviseOne(ctx, r.VMID)
 	}
-	return nil
+	return first, nil
 }
 
 func (s *Service) superviseOne(ctx context.Context, id string) {
@@ -272,4 +283,39 @@ func (s *Service) cancelPending(ctx context.Context, c Caller, name string) (out
 		return nil
 	})
 	return out, ok, err
+}
+
+// Supervisor runs Supervise passes for the daemon's loop, skipping the
+// store while no restart can be due: when nothing was committed since its
+// last read (store.DB.ChangeStamp) and the earliest restart time it read
+// is still ahead, a pass costs no query (issue 16: an idle daemon costs
+// almost nothing). A restart coming due needs no commit: its time is kept.
+// Passes must not run concurrently.
+type Supervisor struct {
+	s     *Service
+	ok    bool // stamp and due are valid
+	stamp store.WALStamp
+	due   time.Time // the earliest RestartAt read; zero: none
+	reads int       // passes that read the store (tests)
+}
+
+// NewSupervisor returns the daemon's Supervisor.
+func (s *Service) NewSupervisor() *Supervisor { return &Supervisor{s: s} }
+
+// Pass is Supervise, skipped when nothing can be due.
+func (p *Supervisor) Pass(ctx context.Context) error {
+	// The stamp before the read: a commit between the two shows as a
+	// changed stamp next time.
+	stamp, ok := p.s.DB.ChangeStamp()
+	if ok && p.ok && stamp == p.stamp && (p.due.IsZero() || time.Now().Before(p.due)) {
+		return nil
+	}
+	p.ok = false
+	p.reads++
+	due, err := p.s.supervise(ctx)
+	if err != nil {
+		return err
+	}
+	p.ok, p.stamp, p.due = ok, stamp, due
+	return nil
 }

@@ -33,6 +33,10 @@ type DB struct {
 	*sql.DB
 	// Path is the database file.
 	Path string
+	// index is ChangeStamp's mapping of the wal index (nil: no stamps).
+	index *WALIndex
+	// stmts is the periodic loops' statement cache (see Stmts).
+	stmts *Stmts
 }
 
 // Open opens (creating if needed) the database at file and migrates it.
@@ -52,7 +56,7 @@ func openAt(ctx context.Context, file string, limit int) (*DB, error) {
 		db.Close()
 		return nil, fmt.Errorf("open store %s: %w", file, err)
 	}
-	d := &DB{DB: db, Path: file}
+	d := &DB{DB: db, Path: file, index: &WALIndex{}, stmts: &Stmts{db: db}}
 	if err := d.migrateTo(ctx, limit); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("migrate store %s: %w", file, err)

@@ -178,6 +178,9 @@ type Local struct {
 	// precopy holds the pre-copies of moves (transfer_memory_precopy.go).
 	precopy preCopies
 
+	// reconcileRows are Reconcile's last reads of the store (rows.go).
+	reconcileRows reconcileRows
+
 	mu     sync.Mutex
 	admit  AdmitFunc
 	onExit ExitFunc

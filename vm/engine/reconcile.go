@@ -24,7 +24,7 @@ import (
 // command and the daemon periodically.
 func (l *Local) Reconcile(ctx context.Context) error {
 	l.reconcileTemplates(ctx)
-	ops, err := store.RunningOperations(ctx, l.DB)
+	ops, vms, handles, err := l.rows(ctx)
 	if err != nil {
 		return err
 	}
@@ -34,17 +34,15 @@ func (l *Local) Reconcile(ctx context.Context) error {
 		}
 		l.recoverOp(ctx, o)
 	}
-	vms, err := store.ListLocalVMs(ctx, l.DB)
-	if err != nil {
-		return err
-	}
-	for _, v := range vms {
+	for i, v := range vms {
 		if v.State != vm.Running && v.State != vm.Paused {
 			continue
 		}
-		h, _ := DecodeHandle(v.Handle)
+		h := handles[i] // shared: read only
 		if h != nil && l.Driver.Alive(h) {
-			l.repair(ctx, v.ID, h)
+			if !helpersAlive(h) {
+				l.repair(ctx, v.ID, h)
+			}
 			continue
 		}
 		// Re-check under the VM's lock: an operation may own it right now.
@@ -96,7 +94,7 @@ func (l *Local) sweepCgroups(ctx context.Context, vms []store.VM, ops []store.Op
 		keep = append(keep, o.VMID)
 	}
 	// Operations started since Reconcile read them.
-	if now, err := store.RunningOperations(ctx, l.DB); err == nil {
+	if now, _, _, err := l.rows(ctx); err == nil {
 		for _, o := range now {
 			keep = append(keep, o.VMID)
 		}
@@ -289,8 +287,21 @@ func namesDir(pid int, dir string) bool {
 	return false
 }
 
+// helpersAlive reports whether every helper process of h runs: then
+// there is nothing to repair, and Reconcile neither takes the VM's lock
+// nor reads its row (a /proc read per helper is all a healthy VM costs).
+func helpersAlive(h *hypervisor.Handle) bool {
+	for _, p := range h.Helpers {
+		if !procfs.Alive(p.PID, p.StartTime) {
+			return false
+		}
+	}
+	return true
+}
+
 // repair restarts the dead helper processes of a running VM (the agent
-// relay), when the driver has any, and records the new handle.
+// relay), when the driver has any, and records the new handle. Reconcile
+// calls it only when one of them is dead (helpersAlive).
 func (l *Local) repair(ctx context.Context, id string, h *hypervisor.Handle) {
 	r, ok := l.Driver.(hypervisor.Repairer)
 	if !ok {

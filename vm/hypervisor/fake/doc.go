@@ -5,5 +5,7 @@
 //
 // The only host resources it touches are a unix socket per VM in
 // Spec.RunDir (so leak checks have something real to find) and the state
-// file SaveState writes. It passes the conformance suite.
+// file SaveState writes, and, when Config.Helpers asks for them, real
+// helper processes (sleep) whose death Repair mends, as the QEMU driver
+// mends its agent relay's. It passes the conformance suite.
 package fake

@@ -48,6 +48,11 @@ const firstPID = 1 << 23
 type Config struct {
 	// Caps is what Caps reports. LiveResize makes Resize work.
 	Caps hypervisor.Caps
+	// Helpers names the helper processes each VM gets (Handle.Helpers),
+	// as a QEMU VM gets its agent relay: real processes (sleep), killed
+	// with the VM, restarted by Repair when they die. None by default;
+	// a test that sets it calls Close when it ends.
+	Helpers []string
 }
 
 // Validate accepts every Config; it exists for symmetry with real drivers.
@@ -69,6 +74,7 @@ type Driver struct {
 	vms     map[int]*vm
 	fail    map[Op]*failure
 	calls   []Call
+	helpers []hypervisor.Process // every helper started (Close)
 }
 
 type vm struct {
@@ -220,13 +226,19 @@ func (d *Driver) start(spec hypervisor.Spec, op Op) (*hypervisor.Handle, error) 
 	if err != nil {
 		return nil, fmt.Errorf("listen: %w", err)
 	}
+	helpers, err := d.spawnHelpers()
+	if err != nil {
+		ln.Close()
+		return nil, err
+	}
 	d.nextPID++
 	pid := d.nextPID
 	v := &vm{start: uint64(time.Now().UnixNano()), spec: spec, state: hypervisor.StateRunning, ln: ln, cpus: spec.CPUs, memory: spec.MemoryMiB}
 	d.vms[pid] = v
 	return &hypervisor.Handle{
 		Driver: Name, PID: pid, StartTime: v.start, APISocket: sock, RunDir: spec.RunDir,
-		Agent: hypervisor.AgentEndpoint{Kind: "hybrid-vsock", Path: sock, Port: 1024},
+		Agent:   hypervisor.AgentEndpoint{Kind: "hybrid-vsock", Path: sock, Port: 1024},
+		Helpers: helpers,
 	}, nil
 }
 
@@ -235,6 +247,9 @@ func (d *Driver) stop(h *hypervisor.Handle) {
 	if v := d.lookup(h); v != nil {
 		v.ln.Close()
 		delete(d.vms, h.PID)
+	}
+	if h != nil {
+		stopHelpers(h.Helpers)
 	}
 	if h != nil && h.RunDir != "" {
 		_ = os.Remove(filepath.Join(h.RunDir, SocketName))

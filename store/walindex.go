@@ -1,4 +1,4 @@
-package service
+package store
 
 import (
 	"strings"
@@ -9,7 +9,9 @@ import (
 	"unsafe"
 )
 
-// The route cache's stamp without a system call (see WebRoutes).
+// A change stamp of the database without a system call: the route cache
+// (service.WebRoutes) and the daemon's periodic loops (DB.ChangeStamp)
+// read it to tell that nothing was committed since they last looked.
 //
 // In WAL mode every SQLite connection, in any process, maps the
 // database's wal-index file (<db>-shm) shared, and a commit updates its
@@ -23,17 +25,20 @@ import (
 // The mapping follows the file, not its name. SQLite deletes the -shm file
 // only when the last connection to the database closes, which does not
 // happen while the daemon holds its own connections; in case it does,
-// the link count is checked at most every shmRecheck, and a file with no
+// the link count is checked at most every WALRecheck, and a file with no
 // link left is mapped again from its name. That bounds how long a commit
-// can go unseen in that case to shmRecheck (RouteCacheTTL bounds it too).
-// Without a -shm file (another journal mode, or exclusive locking, which
-// keeps the index in memory), the stamp is the log's fstat as before.
+// can go unseen in that case to WALRecheck. Without a -shm file (another
+// journal mode, or exclusive locking, which keeps the index in memory)
+// there is no stamp: callers fall back (the route cache to the log's
+// fstat, the periodic loops to their queries).
 
-// shmRecheck is how often the mapped -shm file's link count is checked.
-const shmRecheck = 10 * time.Millisecond
+// WALRecheck is how often the mapped -shm file's link count is checked:
+// the longest a deleted and re-created -shm file goes unseen.
+const WALRecheck = 10 * time.Millisecond
 
-// walIndex is the mapped header of the -shm file.
-type walIndex struct {
+// WALIndex is the mapped header of a database's -shm file. Its zero value
+// maps nothing until Stamp first asks. Safe for concurrent use.
+type WALIndex struct {
 	mu      sync.RWMutex
 	mem     []byte // nil: not mapped
 	fd      int
@@ -41,6 +46,15 @@ type walIndex struct {
 	maps    atomic.Int64 // mappings made (tests)
 	kept    []int        // descriptors not closed while their file has a name (see remap)
 }
+
+// WALStamp is the wal-index header's words that change with every
+// commit: equal stamps of one database, read by Stamp, mean no commit
+// between them.
+type WALStamp [len(shmWords)]uint32
+
+// Maps returns how many mappings x has made (tests: a deleted -shm file
+// is mapped again).
+func (x *WALIndex) Maps() int64 { return x.maps.Load() }
 
 // shmPath is the -shm file of the database whose log is wal.
 func shmPath(wal string) string { return strings.TrimSuffix(wal, "-wal") + "-shm" }
@@ -52,15 +66,16 @@ var shmWords = [...]uintptr{8, 16, 32, 36, 40, 44}
 
 const shmIsInit = 12
 
-// stamp reads the mapped header; false when there is none to read (no
-// -shm file, or not initialized). now is the caller's clock.
-func (x *walIndex) stamp(wal string, now time.Time) ([len(shmWords)]uint32, bool) {
+// Stamp reads the mapped header of the database whose write-ahead log is
+// wal (<db>-wal), mapping it first if needed; false when there is none to
+// read (no -shm file, or not initialized). now is the caller's clock.
+func (x *WALIndex) Stamp(wal string, now time.Time) (WALStamp, bool) {
 	t := now.UnixNano()
 	x.mu.RLock()
 	mapped := x.mem != nil
 	if mapped {
 		live := true
-		if t-x.checked.Load() >= int64(shmRecheck) {
+		if t-x.checked.Load() >= int64(WALRecheck) {
 			x.checked.Store(t)
 			var st syscall.Stat_t
 			_, _, e := syscall.RawSyscall(syscall.SYS_FSTAT, uintptr(x.fd), uintptr(unsafe.Pointer(&st)), 0)
@@ -74,23 +89,23 @@ func (x *walIndex) stamp(wal string, now time.Time) ([len(shmWords)]uint32, bool
 	}
 	x.mu.RUnlock()
 	// Its file deleted (just found): map the new one; not mapped: try to
-	// map it, at most once per shmRecheck while there is none.
-	if !mapped && t-x.checked.Load() < int64(shmRecheck) {
-		return [len(shmWords)]uint32{}, false
+	// map it, at most once per WALRecheck while there is none.
+	if !mapped && t-x.checked.Load() < int64(WALRecheck) {
+		return WALStamp{}, false
 	}
 	x.remap(shmPath(wal), now)
 	x.mu.RLock()
 	defer x.mu.RUnlock()
 	if x.mem == nil {
-		return [len(shmWords)]uint32{}, false
+		return WALStamp{}, false
 	}
 	return readIndex(x.mem)
 }
 
 // readIndex reads the header's changing words; false when the index is
 // not initialized.
-func readIndex(mem []byte) ([len(shmWords)]uint32, bool) {
-	var s [len(shmWords)]uint32
+func readIndex(mem []byte) (WALStamp, bool) {
+	var s WALStamp
 	p := unsafe.Pointer(&mem[0])
 	for i, off := range shmWords {
 		s[i] = atomic.LoadUint32((*uint32)(unsafe.Add(p, off)))
@@ -99,7 +114,7 @@ func readIndex(mem []byte) ([len(shmWords)]uint32, bool) {
 }
 
 // remap maps path's header, replacing a mapping of a deleted file; it
-// tries at most once per shmRecheck when there is no file to map.
+// tries at most once per WALRecheck when there is no file to map.
 //
 // Its descriptor of the file is never closed while the file has a name.
 // SQLite holds POSIX record locks on the -shm file through its own
@@ -109,7 +124,7 @@ func readIndex(mem []byte) ([len(shmWords)]uint32, bool) {
 // only when no connection uses it any more. So a descriptor is opened
 // only for a file that looks mappable, kept with its mapping, and closed
 // only once its file has no link left; one whose mapping fails is kept.
-func (x *walIndex) remap(path string, now time.Time) {
+func (x *WALIndex) remap(path string, now time.Time) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	x.checked.Store(now.UnixNano())
@@ -140,7 +155,7 @@ func (x *walIndex) remap(path string, now time.Time) {
 
 // unmapLocked drops the mapping; its descriptor is closed only when the
 // file has no link left (see remap), else kept.
-func (x *walIndex) unmapLocked() {
+func (x *WALIndex) unmapLocked() {
 	if x.mem == nil {
 		return
 	}
@@ -154,9 +169,9 @@ func (x *walIndex) unmapLocked() {
 	x.kept = append(x.kept, x.fd)
 }
 
-// close drops the mapping. Descriptors of files that still have a name
+// Close drops the mapping. Descriptors of files that still have a name
 // stay open for the life of the process (see remap).
-func (x *walIndex) close() {
+func (x *WALIndex) Close() {
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	x.unmapLocked()
