@@ -79,8 +79,9 @@ type machine struct {
 	PlainIncoming bool `json:"plain_incoming,omitempty"`
 	// RAMPadKiB is added to MemoryMiB for the guest RAM (ramsize.go).
 	RAMPadKiB int `json:"ram_pad_kib,omitempty"`
-	// memReady: the MemOwn file exists already, for launch to use and to
-	// remove on failure (ownMemory's, or a fork's copy holding the RAM).
+	// memReady: the MemOwn file exists already, made under the memory
+	// dir's lock (makeRAMFile) or a fork's copy holding the RAM, for
+	// launch to use and to remove on failure; launch makes none itself.
 	memReady bool
 	// deferIncoming: start waiting for Incoming, which FinishCopy loads
 	// later (a fork's copy started early, fork_early.go).

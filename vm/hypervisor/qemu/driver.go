@@ -249,14 +249,16 @@ func (d *Driver) launch(ctx context.Context, m machine) (*hypervisor.Handle, err
 	steps := []launch.Step{
 		{
 			// First, so that any failure after it removes the VM's
-			// own RAM file, made here or before launch (ownMemory, a
-			// fork's copy: memReady).
+			// own RAM file, made before launch under the memory dir's
+			// lock with its room (makeRAMFile: ownMemory, a fork's or
+			// an early copy's, a kept one's copy): memReady. Launch
+			// makes none itself.
 			Name: "create ram file",
 			Do: func(context.Context) error {
-				if !m.MemOwn || m.memReady {
-					return nil
+				if m.MemOwn && !m.memReady {
+					return fmt.Errorf("vm %s: its ram file %s was not made before launch", m.ID, m.MemFile)
 				}
-				return createMemFile(m)
+				return nil
 			},
 			Undo: func() {
 				if m.MemOwn && !m.deferIncoming { // a copy started early: see StartCopy

@@ -153,11 +153,6 @@ func memDirRoom(dir string) (int64, error) {
 	return room, nil
 }
 
-// createMemFile makes m's RAM file, empty and of the guest's size (tmpfs
-// allocates pages as the guest touches them), replacing a stale one,
-// without looking at the room: the caller has made sure of it.
-func createMemFile(m machine) error { return createRAMFile(m.MemFile, m.ramBytes()) }
-
 // createRAMFile makes path, empty and of size bytes, replacing a stale
 // one. On failure nothing is left at path.
 func createRAMFile(path string, size int64) error {

@@ -14,22 +14,16 @@ import (
 	"github.com/minionsdev/minions/vm/hypervisor"
 )
 
-// bootRAM does for m what a boot does with its RAM before QEMU maps it:
-// ownMemory, then the file launch's "create ram file" step makes when
-// ownMemory has not. It reports whether m got a RAM file of its own.
+// bootRAM does for m what a boot does with its RAM before QEMU maps it
+// (ownMemory). It reports whether m got a RAM file of its own.
 func bootRAM(t *testing.T, d *Driver, m *machine) bool {
 	t.Helper()
 	d.ownMemory(m)
-	if !m.MemOwn {
+	if m.MemOwn && !m.memReady {
+		t.Errorf("%s: own ram file %s not made", m.ID, m.MemFile)
 		return false
 	}
-	if !m.memReady {
-		if err := createMemFile(*m); err != nil {
-			t.Errorf("create the ram file of %s: %v", m.ID, err)
-			return false
-		}
-	}
-	return true
+	return m.MemOwn
 }
 
 // TestOwnMemoryRace: VMs booting at once on a 64 MiB tmpfs, each with

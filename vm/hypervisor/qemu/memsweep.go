@@ -24,7 +24,7 @@ import (
 // tmpfs until the host reboots. SweepMemory finds those.
 
 // memSweepGrace is how old a RAM file must be before SweepMemory may
-// remove it: a file just made (createMemFile, a fork's RAM copy) is not
+// remove it: a file just made (makeRAMFile: a boot's, a fork's RAM copy) is not
 // yet mapped or recorded anywhere.
 var memSweepGrace = time.Minute
 
