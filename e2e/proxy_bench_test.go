@@ -100,6 +100,17 @@ func BenchmarkProxy(b *testing.B) {
 
 	direct := newLoad(b, "http://"+v.IP+":8081/", "", "")
 	proxied := newLoad(b, "http://pbench.localhost/", "pbench.localhost", httpAddr)
+	// MINIONS_E2E_PROXY_FLOOR=1: the same requests through the floor
+	// relay too (relayfloor_test.go), the least a user-space proxy can
+	// spend per request on this host, in the same rounds; =go: the same
+	// relay on Go's netpoller.
+	var floor *load
+	floorPID := 0
+	if f := os.Getenv("MINIONS_E2E_PROXY_FLOOR"); f == "1" || f == "go" {
+		var addr string
+		addr, floorPID = startFloorRelay(b, v.IP+":8081")
+		floor = newLoad(b, "http://"+v.IP+":8081/", "", addr)
+	}
 	rounds := 5
 	if n, err := strconv.Atoi(os.Getenv("MINIONS_E2E_PROXY_ROUNDS")); err == nil && n >= 3 {
 		rounds = n
@@ -116,6 +127,8 @@ func BenchmarkProxy(b *testing.B) {
 		sysShare, guestD, guestP   float64
 		dGuestPerReq, pGuestPerReq time.Duration
 		idleMsPerS                 float64 // the daemon's CPU while only direct requests run, ms per s
+		floorPerReq                time.Duration
+		floorRatio                 float64
 	}
 	var rs []round
 	for i := range rounds {
@@ -167,14 +180,36 @@ func BenchmarkProxy(b *testing.B) {
 				pTx, pRx = tx2-tx, rx2-rx
 			})
 		}
+		var fLat []time.Duration
+		var fN int64
+		var fT, fCPU time.Duration
+		var fSw int64
+		seqF, conF := func() {}, func() {}
+		if floor != nil {
+			seqF = func() {
+				c := processCPU(b, floorPID)
+				fLat = floor.sequential(200)
+				fCPU += processCPU(b, floorPID) - c
+			}
+			conF = func() {
+				c, sw := processCPU(b, floorPID), ctxSwitches(floorPID)
+				fN, fT = floor.concurrent(4, 600*time.Millisecond)
+				fCPU += processCPU(b, floorPID) - c
+				fSw = ctxSwitches(floorPID) - sw
+			}
+		}
 		if i%2 == 0 {
 			seqD()
 			seqP()
+			seqF()
 			conD()
 			conP()
+			conF()
 		} else {
+			seqF()
 			seqP()
 			seqD()
+			conF()
 			conP()
 			conD()
 		}
@@ -197,6 +232,11 @@ func BenchmarkProxy(b *testing.B) {
 		r.opens = pOpens
 		b.Logf("round %d: direct p50 %s %.0f req/s guest %.2f cores (%s/req); proxy p50 %s %.0f req/s guest %.2f cores (%s/req); packets to/from the guest per request: direct %.2f/%.2f, proxy %.2f/%.2f; ratio %.2f; daemon CPU %s/req (%s beyond idle, sys %.2f; idle %.1f ms/s), %.1f context switches/req, %d connections opened; load %s",
 			i+1, r.dp50, r.drps, r.guestD, r.dGuestPerReq, r.pp50, r.prps, r.guestP, r.pGuestPerReq, r.dPkt[0], r.dPkt[1], r.pPkt[0], r.pPkt[1], r.ratio, r.cpuPerReq, r.netPerReq, r.sysShare, r.idleMsPerS, r.switches, r.opens, loadAvg())
+		if floor != nil {
+			r.floorPerReq = fCPU / time.Duration(int64(len(fLat))+fN)
+			r.floorRatio = float64(fN) / fT.Seconds() / r.drps
+			b.Logf("round %d: floor relay p50 %s %.0f req/s, ratio %.2f, CPU %s/req, %.1f context switches/req", i+1, p50(fLat), float64(fN)/fT.Seconds(), r.floorRatio, r.floorPerReq, float64(fSw)/float64(fN))
+		}
 		rs = append(rs, r)
 	}
 	med := func(f func(round) float64) float64 {
@@ -220,6 +260,10 @@ func BenchmarkProxy(b *testing.B) {
 	b.ReportMetric(med(func(r round) float64 { return r.switches }), "daemon-switches/req")
 	b.ReportMetric(med(func(r round) float64 { return r.guestD }), "guest-cores-direct")
 	b.ReportMetric(med(func(r round) float64 { return r.guestP }), "guest-cores-proxy")
+	if floor != nil {
+		b.ReportMetric(med(func(r round) float64 { return us(r.floorPerReq) }), "floor-cpu-us/req")
+		b.ReportMetric(med(func(r round) float64 { return r.floorRatio }), "floor-rps-ratio")
+	}
 	b.Logf("medians of %d rounds: ratio %.2f, daemon CPU %.0f µs/req (%.0f beyond idle), added p50 %.0f µs, guest %.2f cores direct / %.2f proxied (%d vCPU); load average after: %s",
 		len(rs), med(func(r round) float64 { return r.ratio }), med(func(r round) float64 { return us(r.cpuPerReq) }),
 		med(func(r round) float64 { return us(r.netPerReq) }), med(func(r round) float64 { return us(r.added) }),

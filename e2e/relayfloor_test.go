@@ -1,0 +1,223 @@
+package e2e
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"runtime"
+	"strings"
+	"syscall"
+	"testing"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// floorEnv names the upstream of the floor relay: set, this test binary
+// runs as that relay (TestMain) and nothing else.
+const (
+	floorEnv   = "MINIONS_E2E_FLOOR_UPSTREAM"
+	floorGoEnv = "MINIONS_E2E_FLOOR_GO"
+)
+
+// runFloorRelay is the least any user-space proxy can spend per request
+// on this host, measured beside the daemon in BenchmarkProxy
+// (MINIONS_E2E_PROXY_FLOOR=1): a TCP relay with no HTTP at all, one
+// thread on a level-triggered epoll loop (no Go scheduler between
+// events: GOMAXPROCS=1 and the loop's goroutine never parks), one
+// upstream connection per client connection, per request one
+// epoll_wait, read and write each way. It listens on a loopback port,
+// prints its address, and exits when stdin closes.
+//
+// floorGoEnv=1 makes it the same relay in the Go way instead: a goroutine
+// per direction copying between net.Conns, parked in the runtime's
+// netpoller between requests (what the daemon's proxy does, without
+// HTTP).
+func runFloorRelay(upstream string) error {
+	if os.Getenv(floorGoEnv) == "1" {
+		return runGoRelay(upstream)
+	}
+	runtime.LockOSThread()
+	up, err := netip.ParseAddrPort(upstream)
+	if err != nil {
+		return err
+	}
+	ln, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_NONBLOCK|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	if err := syscall.Bind(ln, &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		return err
+	}
+	if err := syscall.Listen(ln, 64); err != nil {
+		return err
+	}
+	sa, err := syscall.Getsockname(ln)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("127.0.0.1:%d\n", sa.(*syscall.SockaddrInet4).Port)
+	go func() { _, _ = io.Copy(io.Discard, os.Stdin); os.Exit(0) }()
+
+	ep, err := syscall.EpollCreate1(syscall.EPOLL_CLOEXEC)
+	if err != nil {
+		return err
+	}
+	add := func(fd int) error {
+		return syscall.EpollCtl(ep, syscall.EPOLL_CTL_ADD, fd, &syscall.EpollEvent{Events: syscall.EPOLLIN, Fd: int32(fd)})
+	}
+	if err := add(ln); err != nil {
+		return err
+	}
+	peer := map[int]int{}
+	drop := func(fd int) {
+		p := peer[fd]
+		for _, f := range []int{fd, p} {
+			_ = syscall.EpollCtl(ep, syscall.EPOLL_CTL_DEL, f, nil)
+			syscall.Close(f)
+			delete(peer, f)
+		}
+	}
+	upSA := &syscall.SockaddrInet4{Addr: up.Addr().As4(), Port: int(up.Port())}
+	buf := make([]byte, 64<<10)
+	events := make([]syscall.EpollEvent, 64)
+	for {
+		// A raw system call: the runtime does not see the thread block,
+		// so its monitor does not hand the P to another thread to poll
+		// Go's own network while this one waits (it did with
+		// syscall.EpollWait: 132 µs/req where the daemon spent 100).
+		// Its preemption signal every 10 ms ends a wait with EINTR.
+		r1, _, errno := syscall.RawSyscall6(syscall.SYS_EPOLL_WAIT, uintptr(ep), uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), ^uintptr(0), 0, 0)
+		if errno == syscall.EINTR {
+			continue
+		}
+		if errno != 0 {
+			return errno
+		}
+		n := int(r1)
+		for _, ev := range events[:n] {
+			fd := int(ev.Fd)
+			if fd == ln {
+				c, _, err := syscall.Accept4(ln, syscall.SOCK_NONBLOCK|syscall.SOCK_CLOEXEC)
+				if err != nil {
+					continue
+				}
+				// The upstream connection, dialled blocking (once per
+				// client connection, not per request).
+				u, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+				if err == nil {
+					if err = syscall.Connect(u, upSA); err == nil {
+						err = syscall.SetNonblock(u, true)
+					}
+				}
+				if err != nil {
+					syscall.Close(c)
+					if u >= 0 {
+						syscall.Close(u)
+					}
+					continue
+				}
+				for _, f := range []int{c, u} {
+					_ = syscall.SetsockoptInt(f, syscall.IPPROTO_TCP, syscall.TCP_NODELAY, 1)
+				}
+				peer[c], peer[u] = u, c
+				if add(c) != nil || add(u) != nil {
+					drop(c)
+				}
+				continue
+			}
+			p, ok := peer[fd]
+			if !ok {
+				continue
+			}
+			// Level-triggered: one read per event, no read that ends in
+			// EAGAIN.
+			r, err := syscall.Read(fd, buf)
+			if r <= 0 {
+				if err != syscall.EAGAIN {
+					drop(fd)
+				}
+				continue
+			}
+			if !writeAll(p, buf[:r]) {
+				drop(fd)
+			}
+		}
+	}
+}
+
+// runGoRelay is runFloorRelay in the Go way (see there).
+func runGoRelay(upstream string) error {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	fmt.Println(ln.Addr())
+	go func() { _, _ = io.Copy(io.Discard, os.Stdin); os.Exit(0) }()
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return err
+		}
+		go func() {
+			defer c.Close()
+			u, err := net.Dial("tcp", upstream)
+			if err != nil {
+				return
+			}
+			defer u.Close()
+			go func() { _, _ = io.Copy(c, u); c.Close() }()
+			_, _ = io.Copy(u, c)
+		}()
+	}
+}
+
+// writeAll writes b to the non-blocking socket fd, waiting for room when
+// it has none (the relay's messages are small: it never does here).
+func writeAll(fd int, b []byte) bool {
+	for len(b) > 0 {
+		n, err := syscall.Write(fd, b)
+		if err == syscall.EAGAIN {
+			_, _ = unix.Poll([]unix.PollFd{{Fd: int32(fd), Events: unix.POLLOUT}}, 1000)
+			continue
+		}
+		if err != nil || n <= 0 {
+			return false
+		}
+		b = b[n:]
+	}
+	return true
+}
+
+// startFloorRelay starts the floor relay (this test binary) in front of
+// upstream and returns its address and PID; it ends with the benchmark.
+func startFloorRelay(b *testing.B, upstream string) (string, int) {
+	b.Helper()
+	cmd := exec.Command(os.Args[0])
+	cmd.Env = append(os.Environ(), floorEnv+"="+upstream, "GOMAXPROCS=1")
+	if os.Getenv("MINIONS_E2E_PROXY_FLOOR") == "go" {
+		cmd.Env = append(cmd.Env, floorGoEnv+"=1")
+	}
+	in, err := cmd.StdinPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { in.Close(); _ = cmd.Wait() })
+	line, err := bufio.NewReader(out).ReadString('\n')
+	if err != nil {
+		b.Fatalf("floor relay: %v", err)
+	}
+	return strings.TrimSpace(line), cmd.Process.Pid
+}
