@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/minionsdev/minions/internal/errs"
@@ -180,6 +181,9 @@ type Local struct {
 
 	// reconcileRows are Reconcile's last reads of the store (rows.go).
 	reconcileRows reconcileRows
+
+	// swept is when Reconcile last swept (UnixNano; see sweepDue).
+	swept atomic.Int64
 
 	mu     sync.Mutex
 	admit  AdmitFunc

@@ -28,11 +28,13 @@ func (l *Local) Reconcile(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	repaired := false
 	for _, o := range ops {
 		if procfs.Alive(o.PID, o.PIDStart) {
 			continue
 		}
 		l.recoverOp(ctx, o)
+		repaired = true
 	}
 	for i, v := range vms {
 		if v.State != vm.Running && v.State != vm.Paused {
@@ -46,6 +48,7 @@ func (l *Local) Reconcile(ctx context.Context) error {
 			continue
 		}
 		// Re-check under the VM's lock: an operation may own it right now.
+		repaired = true
 		unlock, err := l.tryLock(v.ID)
 		if err != nil {
 			continue
@@ -55,9 +58,30 @@ func (l *Local) Reconcile(ctx context.Context) error {
 		}
 		unlock()
 	}
-	l.sweepMemory()
-	l.sweepCgroups(ctx, vms, ops)
+	if l.sweepDue(time.Now(), repaired) {
+		l.sweepMemory()
+		l.sweepCgroups(ctx, vms, ops)
+	}
 	return nil
+}
+
+// sweepEvery is how often Reconcile sweeps the RAM files and cgroups no
+// VM owns (sweepMemory, sweepCgroups) while nothing died: what they
+// remove must have been left for a minute (their grace), so sweeping
+// every second, as the daemon reconciles, found nothing new 59 times in
+// 60 and was a third of an idle daemon's CPU.
+const sweepEvery = 15 * time.Second
+
+// sweepDue says whether Reconcile sweeps now: on an engine's first
+// Reconcile (the CLI's, one per command), after one that found a dead
+// operation or hypervisor (whatever it left is swept at once), and
+// otherwise every sweepEvery. It notes the sweep.
+func (l *Local) sweepDue(now time.Time, repaired bool) bool {
+	last := l.swept.Load()
+	if last != 0 && !repaired && now.Sub(time.Unix(0, last)) < sweepEvery {
+		return false
+	}
+	return l.swept.CompareAndSwap(last, now.UnixNano())
 }
 
 // cgroupSweeper is a driver whose VMs' cgroups sit in a group of this

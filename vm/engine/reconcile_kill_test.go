@@ -165,3 +165,33 @@ func TestReconcileSweepsCgroups(t *testing.T) {
 		t.Errorf("keep %q has the stopped vm %s", cd.keep, stopped)
 	}
 }
+
+// TestReconcileSweepsOnlyWhenDue: the first Reconcile of an engine sweeps
+// (the CLI's, once per command); the next ones within sweepEvery do not,
+// unless one finds a dead hypervisor (what it left is swept at once);
+// after sweepEvery they sweep again.
+func TestReconcileSweepsOnlyWhenDue(t *testing.T) {
+	l, drv, ids := repairFixture(t, 1)
+	cd := &cgroupDriver{Driver: drv}
+	l.Driver = cd
+	ctx := context.Background()
+	pass := func(want int, when string) {
+		t.Helper()
+		if err := l.Reconcile(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if cd.calls != want {
+			t.Fatalf("%s: swept %d times, want %d", when, cd.calls, want)
+		}
+	}
+	pass(1, "the first pass")
+	pass(1, "a second pass at once")
+	pass(1, "a third")
+	v, _ := store.GetLocalVMByID(ctx, l.DB, ids[0])
+	h, _ := DecodeHandle(v.Handle)
+	drv.Crash(h)
+	pass(2, "the pass that found a dead hypervisor")
+	pass(2, "the pass after it")
+	l.swept.Store(time.Now().Add(-sweepEvery).UnixNano())
+	pass(3, "a pass sweepEvery after the last sweep")
+}
