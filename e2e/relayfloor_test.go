@@ -31,7 +31,7 @@ const (
 // events: GOMAXPROCS=1 and the loop's goroutine never parks), one
 // upstream connection per client connection, per request one
 // epoll_wait, read and write each way. It listens on a loopback port,
-// prints its address, and exits when stdin closes.
+// prints its address, and exits when stdin closes or has data.
 //
 // floorGoEnv=1 makes it the same relay in the Go way instead: a goroutine
 // per direction copying between net.Conns, parked in the runtime's
@@ -61,7 +61,6 @@ func runFloorRelay(upstream string) error {
 		return err
 	}
 	fmt.Printf("127.0.0.1:%d\n", sa.(*syscall.SockaddrInet4).Port)
-	go func() { _, _ = io.Copy(io.Discard, os.Stdin); os.Exit(0) }()
 
 	ep, err := syscall.EpollCreate1(syscall.EPOLL_CLOEXEC)
 	if err != nil {
@@ -71,6 +70,11 @@ func runFloorRelay(upstream string) error {
 		return syscall.EpollCtl(ep, syscall.EPOLL_CTL_ADD, fd, &syscall.EpollEvent{Events: syscall.EPOLLIN, Fd: int32(fd)})
 	}
 	if err := add(ln); err != nil {
+		return err
+	}
+	// Standard input in the loop too: its end ends the relay (a goroutine
+	// waiting for it would never get the only P from this thread).
+	if err := add(0); err != nil {
 		return err
 	}
 	peer := map[int]int{}
@@ -101,6 +105,9 @@ func runFloorRelay(upstream string) error {
 		n := int(r1)
 		for _, ev := range events[:n] {
 			fd := int(ev.Fd)
+			if fd == 0 {
+				return nil
+			}
 			if fd == ln {
 				c, _, err := syscall.Accept4(ln, syscall.SOCK_NONBLOCK|syscall.SOCK_CLOEXEC)
 				if err != nil {
