@@ -103,10 +103,11 @@ func BenchmarkProxy(b *testing.B) {
 	// MINIONS_E2E_PROXY_FLOOR=1: the same requests through the floor
 	// relay too (relayfloor_test.go), the least a user-space proxy can
 	// spend per request on this host, in the same rounds; =go: the same
-	// relay on Go's netpoller.
+	// relay on Go's netpoller, a goroutine per direction; =go1: one
+	// goroutine per connection.
 	var floor *load
 	floorPID := 0
-	if f := os.Getenv("MINIONS_E2E_PROXY_FLOOR"); f == "1" || f == "go" {
+	if f := os.Getenv("MINIONS_E2E_PROXY_FLOOR"); f == "1" || f == "go" || f == "go1" {
 		var addr string
 		addr, floorPID = startFloorRelay(b, v.IP+":8081")
 		floor = newLoad(b, "http://"+v.IP+":8081/", "", addr)

@@ -38,8 +38,11 @@ const (
 // netpoller between requests (what the daemon's proxy does, without
 // HTTP).
 func runFloorRelay(upstream string) error {
-	if os.Getenv(floorGoEnv) == "1" {
-		return runGoRelay(upstream)
+	switch os.Getenv(floorGoEnv) {
+	case "1":
+		return runGoRelay(upstream, false)
+	case "lockstep":
+		return runGoRelay(upstream, true)
 	}
 	runtime.LockOSThread()
 	up, err := netip.ParseAddrPort(upstream)
@@ -157,8 +160,12 @@ func runFloorRelay(upstream string) error {
 	}
 }
 
-// runGoRelay is runFloorRelay in the Go way (see there).
-func runGoRelay(upstream string) error {
+// runGoRelay is runFloorRelay in the Go way (see there). lockstep: one
+// goroutine per connection instead, the daemon's shape: it reads what
+// the client sent, writes it upstream, reads what the upstream answers
+// and writes that back, in turn (right for a client that waits for each
+// answer, as the benchmark's do).
+func runGoRelay(upstream string, lockstep bool) error {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return err
@@ -177,6 +184,20 @@ func runGoRelay(upstream string) error {
 				return
 			}
 			defer u.Close()
+			if lockstep {
+				buf := make([]byte, 64<<10)
+				for {
+					for _, p := range [2][2]net.Conn{{c, u}, {u, c}} {
+						n, err := p[0].Read(buf)
+						if err != nil {
+							return
+						}
+						if _, err := p[1].Write(buf[:n]); err != nil {
+							return
+						}
+					}
+				}
+			}
 			go func() { _, _ = io.Copy(c, u); c.Close() }()
 			_, _ = io.Copy(u, c)
 		}()
@@ -206,8 +227,11 @@ func startFloorRelay(b *testing.B, upstream string) (string, int) {
 	b.Helper()
 	cmd := exec.Command(os.Args[0])
 	cmd.Env = append(os.Environ(), floorEnv+"="+upstream, "GOMAXPROCS=1")
-	if os.Getenv("MINIONS_E2E_PROXY_FLOOR") == "go" {
+	switch os.Getenv("MINIONS_E2E_PROXY_FLOOR") {
+	case "go":
 		cmd.Env = append(cmd.Env, floorGoEnv+"=1")
+	case "go1":
+		cmd.Env = append(cmd.Env, floorGoEnv+"=lockstep")
 	}
 	in, err := cmd.StdinPipe()
 	if err != nil {
