@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"bufio"
 	"fmt"
 	"io"
 	"net"
@@ -9,12 +8,13 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
-	"strings"
 	"syscall"
 	"testing"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/minionsdev/minions/proxy/proxytest"
 )
 
 // floorEnv names the upstream of the floor relay: set, this test binary
@@ -233,22 +233,6 @@ func startFloorRelay(b *testing.B, upstream string) (string, int) {
 	case "go1":
 		cmd.Env = append(cmd.Env, floorGoEnv+"=lockstep")
 	}
-	in, err := cmd.StdinPipe()
-	if err != nil {
-		b.Fatal(err)
-	}
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		b.Fatal(err)
-	}
-	cmd.Stderr = os.Stderr
-	if err := cmd.Start(); err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { in.Close(); _ = cmd.Wait() })
-	line, err := bufio.NewReader(out).ReadString('\n')
-	if err != nil {
-		b.Fatalf("floor relay: %v", err)
-	}
-	return strings.TrimSpace(line), cmd.Process.Pid
+	line := proxytest.StartChild(b, b, cmd)
+	return line, cmd.Process.Pid
 }

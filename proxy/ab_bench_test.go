@@ -1,7 +1,6 @@
 package proxy_test
 
 import (
-	"bufio"
 	"net/http"
 	"net/http/cookiejar"
 	"os"
@@ -38,17 +37,7 @@ func BenchmarkProxyCPUAB(b *testing.B) {
 	start := func(bin string, env ...string) (int, string, string) {
 		cmd := exec.Command(bin, "-test.run=^TestProxyChild$", "-test.count=1")
 		cmd.Env = append(append(os.Environ(), childEnv+"="+up.Addr), env...)
-		stdin, _ := cmd.StdinPipe()
-		stdout, _ := cmd.StdoutPipe()
-		cmd.Stderr = os.Stderr
-		if err := cmd.Start(); err != nil {
-			b.Fatal(err)
-		}
-		b.Cleanup(func() { stdin.Close(); _ = cmd.Wait() })
-		line, err := bufio.NewReader(stdout).ReadString('\n')
-		if err != nil {
-			b.Fatal(err)
-		}
+		line := proxytest.StartChild(b, b, cmd)
 		f := strings.Fields(line) // address, share link[, CA root]
 		if len(f) < 2 {
 			b.Fatalf("proxy child said %q", line)

@@ -1,7 +1,6 @@
 package proxy_test
 
 import (
-	"bufio"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -238,24 +237,7 @@ func startProxyChild(b, parent *testing.B, upstream string, withTLS bool) *proxy
 	if withTLS {
 		cmd.Env = append(cmd.Env, childTLSEnv+"=1")
 	}
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		b.Fatal(err)
-	}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		b.Fatal(err)
-	}
-	cmd.Stderr = os.Stderr
-	if err := cmd.Start(); err != nil {
-		b.Fatal(err)
-	}
-	parent.Cleanup(func() { stdin.Close(); _ = cmd.Wait() })
-	line, err := bufio.NewReader(stdout).ReadString('\n')
-	if err != nil {
-		b.Fatalf("proxy child: %v", err)
-	}
-	go func() { _, _ = io.Copy(io.Discard, stdout) }()
+	line := proxytest.StartChild(b, parent, cmd)
 	f := strings.Fields(line)
 	if len(f) != 3 {
 		b.Fatalf("proxy child said %q", line)
