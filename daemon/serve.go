@@ -20,6 +20,7 @@ import (
 	"github.com/minionsdev/minions/daemon/local"
 	"github.com/minionsdev/minions/internal/announce"
 	"github.com/minionsdev/minions/internal/cpus"
+	"github.com/minionsdev/minions/internal/tick"
 	"github.com/minionsdev/minions/metrics"
 	"github.com/minionsdev/minions/vm/hypervisor/qemu"
 	"golang.org/x/sync/errgroup"
@@ -209,9 +210,10 @@ func Serve(ctx context.Context, cfg config.Config, logOut io.Writer) error {
 	announce.NewBanner(in).Announce(log, logOut, format)
 
 	// Reconcile: processes that died, operations that were interrupted.
-	// Every second, so a crash shows in the status within 2 s.
+	// Every second, so a crash shows in the status within 2 s; on the
+	// instants the daemon's other loops share (internal/tick).
 	g.Go(func() error {
-		t := time.NewTicker(time.Second)
+		t := tick.New(time.Second)
 		defer t.Stop()
 		for {
 			select {

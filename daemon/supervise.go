@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/minionsdev/minions/internal/tick"
 	"github.com/minionsdev/minions/service"
 )
 
@@ -13,7 +14,7 @@ import (
 // service.Supervisor). A restart boots a VM, which takes seconds; it runs
 // apart from the reconcile loop so crash detection is not delayed by it.
 func supervise(ctx context.Context, svc *service.Service, log *slog.Logger) error {
-	t := time.NewTicker(500 * time.Millisecond)
+	t := tick.New(500 * time.Millisecond) // with reconcile's ticks (internal/tick)
 	defer t.Stop()
 	sup := svc.NewSupervisor()
 	for {

@@ -16,6 +16,7 @@ import (
 
 	"github.com/minionsdev/minions/fabric"
 	"github.com/minionsdev/minions/internal/errs"
+	"github.com/minionsdev/minions/internal/tick"
 )
 
 // Heartbeat is what a node publishes on fabric.StatusSubject(its id).
@@ -130,7 +131,7 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	defer unsub()
 	log.Info("node agent running", "interval", cfg.Interval.String())
-	t := time.NewTicker(cfg.Interval)
+	t := tick.New(cfg.Interval) // with the daemon's other loops (internal/tick)
 	defer t.Stop()
 	for {
 		select {
@@ -193,7 +194,7 @@ func ListenBatched(conn *fabric.Conn, interval time.Duration, fn func(map[string
 	quit, done := make(chan struct{}), make(chan struct{})
 	go func() {
 		defer close(done)
-		t := time.NewTicker(interval)
+		t := tick.New(interval)
 		defer t.Stop()
 		for {
 			select {

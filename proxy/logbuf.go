@@ -4,6 +4,8 @@ import (
 	"io"
 	"sync"
 	"time"
+
+	"github.com/minionsdev/minions/internal/tick"
 )
 
 // LogBuffer batches log lines for a writer so that the access log (one
@@ -34,7 +36,7 @@ func NewLogBuffer(w io.Writer, interval time.Duration) *LogBuffer {
 	b := &LogBuffer{w: w, buf: make([]byte, 0, logBufferSize), stop: make(chan struct{}), done: make(chan struct{})}
 	go func() {
 		defer close(b.done)
-		t := time.NewTicker(interval)
+		t := tick.New(interval) // with the daemon's other loops (internal/tick)
 		defer t.Stop()
 		for {
 			select {
