@@ -2,7 +2,6 @@ package store
 
 import (
 	"context"
-	"path/filepath"
 	"testing"
 )
 
@@ -11,12 +10,8 @@ import (
 // (as another process's).
 func TestChangeStamp(t *testing.T) {
 	ctx := context.Background()
-	path := filepath.Join(t.TempDir(), "m.db")
-	db, err := Open(ctx, path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
+	db := open(t)
+	path := db.Path
 	other, err := Open(ctx, path)
 	if err != nil {
 		t.Fatal(err)

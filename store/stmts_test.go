@@ -2,7 +2,6 @@ package store
 
 import (
 	"context"
-	"path/filepath"
 	"reflect"
 	"testing"
 	"time"
@@ -12,11 +11,7 @@ import (
 // every commit, and prepare each text once.
 func TestStmtsPrepareOnce(t *testing.T) {
 	ctx := context.Background()
-	db, err := Open(ctx, filepath.Join(t.TempDir(), "m.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
+	db := open(t)
 	if err := InsertUser(ctx, db, User{ID: "u1", Name: "user-u1", CreatedAt: time.Now()}); err != nil {
 		t.Fatal(err)
 	}

@@ -2,8 +2,6 @@ package qemu
 
 import (
 	"context"
-	"crypto/sha256"
-	"io"
 	"os"
 	"path/filepath"
 	"slices"
@@ -13,21 +11,6 @@ import (
 	"github.com/minionsdev/minions/vm/hypervisor"
 	"github.com/minionsdev/minions/vm/hypervisor/conformance/tinyvm"
 )
-
-// sumFile is the SHA-256 of file p.
-func sumFile(t *testing.T, p string) [sha256.Size]byte {
-	t.Helper()
-	f, err := os.Open(p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		t.Fatal(err)
-	}
-	return [sha256.Size]byte(h.Sum(nil))
-}
 
 // keptRAMVM boots a VM of 256 MiB with a RAM file of its own on a tmpfs
 // of 600 MiB, saves it as a move's source does (SaveStateKeepRAM) and
@@ -93,7 +76,7 @@ func TestRestoreKeptNoRoom(t *testing.T) {
 	defer cancel()
 	d, spec, dir, kept := keptRAMVM(t, ctx)
 	saved := tinyvm.LastTick(spec.ConsoleLog)
-	sum := sumFile(t, kept)
+	sum := fileSum(t, kept)
 	hold := holdRoom(t, d, 100<<20)
 	for try := 1; try <= 2; try++ {
 		h, err := d.Restore(ctx, spec, dir)
@@ -130,7 +113,7 @@ func TestRestoreKeptNoRoom(t *testing.T) {
 		if err := d.Kill(ctx, h); err != nil {
 			t.Fatal(err)
 		}
-		if sumFile(t, kept) != sum {
+		if fileSum(t, kept) != sum {
 			t.Fatalf("restore %d wrote the kept ram file: a retry would not start from the ram as saved", try)
 		}
 	}
@@ -151,7 +134,7 @@ func TestRestoreKeptNoRoom(t *testing.T) {
 	if err := guestRunning(ctx, spec, h); err != nil {
 		t.Fatal(err)
 	}
-	if sumFile(t, kept) != sum {
+	if fileSum(t, kept) != sum {
 		t.Fatal("a resume on a copy wrote the kept ram file")
 	}
 }
@@ -164,7 +147,7 @@ func TestRestoreKeptNoRoomFailed(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 	d, spec, dir, kept := keptRAMVM(t, ctx)
-	sum := sumFile(t, kept)
+	sum := fileSum(t, kept)
 	hold := holdRoom(t, d, 100<<20)
 
 	// launch's second step fails: a non-empty directory where its
@@ -199,7 +182,7 @@ func TestRestoreKeptNoRoomFailed(t *testing.T) {
 	if files, _ := memDirFiles(d.memDir, true); !slices.Equal(sortedBase(files), sortedBase([]string{kept, hold})) {
 		t.Fatalf("ram files after failed resumes: %v, want the kept one and the pre-copy's", baseNames(files))
 	}
-	if sumFile(t, kept) != sum {
+	if fileSum(t, kept) != sum {
 		t.Fatal("a failed resume changed the kept ram file")
 	}
 	if left := processesIn(spec.RunDir); len(left) > 0 {
