@@ -53,6 +53,11 @@ func BenchmarkProxy(b *testing.B) {
 		b.Setenv("GOMAXPROCS", n)
 		b.Logf("daemon GOMAXPROCS=%s", n)
 	}
+	if n := os.Getenv("MINIONS_E2E_PROXY_DAEMON_GOGC"); n != "" {
+		// An experiment: the daemon (and a floor relay) with GOGC=n.
+		b.Setenv("GOGC", n)
+		b.Logf("daemon GOGC=%s", n)
+	}
 	d := startServe(b, fmt.Sprintf("bind = %q\nadmin_bind = %q\nssh_bind = %q\nhttp_bind = %q\nproxy_rate = -1\n",
 		loopback(freeTCPPort(b)), adminAddr, loopback(freeTCPPort(b)), httpAddr), httpAddr)
 	// The daemon runs on one P while no heavy work holds the default
@@ -104,10 +109,11 @@ func BenchmarkProxy(b *testing.B) {
 	// relay too (relayfloor_test.go), the least a user-space proxy can
 	// spend per request on this host, in the same rounds; =go: the same
 	// relay on Go's netpoller, a goroutine per direction; =go1: one
-	// goroutine per connection.
+	// goroutine per connection; =go1raw: that, with the daemon's raw
+	// reads and writes (its scheduler's cost without HTTP).
 	var floor *load
 	floorPID := 0
-	if f := os.Getenv("MINIONS_E2E_PROXY_FLOOR"); f == "1" || f == "go" || f == "go1" {
+	if f := os.Getenv("MINIONS_E2E_PROXY_FLOOR"); f == "1" || f == "go" || f == "go1" || f == "go1raw" {
 		var addr string
 		addr, floorPID = startFloorRelay(b, v.IP+":8081")
 		floor = newLoad(b, "http://"+v.IP+":8081/", "", addr)

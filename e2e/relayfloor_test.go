@@ -43,6 +43,8 @@ func runFloorRelay(upstream string) error {
 		return runGoRelay(upstream, false)
 	case "lockstep":
 		return runGoRelay(upstream, true)
+	case "raw":
+		return runGoRawRelay(upstream)
 	}
 	runtime.LockOSThread()
 	up, err := netip.ParseAddrPort(upstream)
@@ -204,6 +206,80 @@ func runGoRelay(upstream string, lockstep bool) error {
 	}
 }
 
+// runGoRawRelay is runGoRelay's lockstep shape with the daemon's way of
+// waiting (proxy/sysconn.go): reads and writes are raw system calls made
+// from RawConn callbacks, and the goroutine parks in the runtime's poller
+// only on EAGAIN. What it costs beyond the bare relay is what Go's
+// scheduler costs the daemon per request, without HTTP.
+func runGoRawRelay(upstream string) error {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	fmt.Println(ln.Addr())
+	go func() {
+		// Watch stdin through the poller too: a goroutine blocked in
+		// an ordinary read would keep a thread in a system call.
+		_ = syscall.SetNonblock(syscall.Stdin, true) // before NewFile, so that it polls
+		f := os.NewFile(uintptr(syscall.Stdin), "stdin")
+		_, _ = io.Copy(io.Discard, f)
+		os.Exit(0)
+	}()
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return err
+		}
+		go func() {
+			defer c.Close()
+			u, err := net.Dial("tcp", upstream)
+			if err != nil {
+				return
+			}
+			defer u.Close()
+			cr, err1 := c.(*net.TCPConn).SyscallConn()
+			ur, err2 := u.(*net.TCPConn).SyscallConn()
+			if err1 != nil || err2 != nil {
+				return
+			}
+			buf := make([]byte, 64<<10)
+			var n int
+			var e syscall.Errno
+			readF := func(fd uintptr) bool {
+				r, _, en := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(&buf[0])), uintptr(len(buf)))
+				n, e = int(r), en
+				return en != syscall.EAGAIN
+			}
+			var out []byte
+			writeF := func(fd uintptr) bool {
+				for len(out) > 0 {
+					r, _, en := syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(&out[0])), uintptr(len(out)))
+					if en == syscall.EAGAIN {
+						return false
+					}
+					if en != 0 {
+						e = en
+						return true
+					}
+					out = out[r:]
+				}
+				return true
+			}
+			for {
+				for _, p := range [2][2]syscall.RawConn{{cr, ur}, {ur, cr}} {
+					if err := p[0].Read(readF); err != nil || e != 0 || n <= 0 {
+						return
+					}
+					out = buf[:n]
+					if err := p[1].Write(writeF); err != nil || e != 0 {
+						return
+					}
+				}
+			}
+		}()
+	}
+}
+
 // writeAll writes b to the non-blocking socket fd, waiting for room when
 // it has none (the relay's messages are small: it never does here).
 func writeAll(fd int, b []byte) bool {
@@ -232,6 +308,8 @@ func startFloorRelay(b *testing.B, upstream string) (string, int) {
 		cmd.Env = append(cmd.Env, floorGoEnv+"=1")
 	case "go1":
 		cmd.Env = append(cmd.Env, floorGoEnv+"=lockstep")
+	case "go1raw":
+		cmd.Env = append(cmd.Env, floorGoEnv+"=raw")
 	}
 	line := proxytest.StartChild(b, b, cmd)
 	return line, cmd.Process.Pid
