@@ -34,9 +34,12 @@ func (p *Proxy) forward(w *statusWriter, r *http.Request, rt Route) {
 	}
 	removeHopByHop(resp.Header)
 	_ = rewriteSetCookies(resp)
-	h := w.Header()
-	for k, vv := range resp.Header {
-		h[k] = vv // resp.Header is ours alone: no copy
+	h := resp.Header // ours alone: the client's answer takes it as it is
+	if !w.adoptHeader(h) {
+		h = w.Header()
+		for k, vv := range resp.Header {
+			h[k] = vv // no copy of the values either
+		}
 	}
 	announced := len(resp.Trailer)
 	if announced > 0 {

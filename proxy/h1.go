@@ -195,7 +195,8 @@ type h1Conn struct {
 	bw       *bufio.Writer // net/http's conn.bufw (4 KiB), through werr
 	body     *bufio.Writer // net/http's response.w (2 KiB), over chunks
 	chunks   chunkWriter
-	werr     error // the first write error on c
+	res      h1Response // the answer being written (see h1Response.reset)
+	werr     error      // the first write error on c
 
 	// The bytes of the request being read, kept to hand it over.
 	recording bool
@@ -471,9 +472,8 @@ func (hc *h1Conn) serve() {
 		if !hc.l.setActive(hc, true) {
 			return
 		}
-		w := &h1Response{hc: hc, req: r, handlerHeader: make(http.Header), contentLength: -1,
-			wants10KeepAlive: r.ProtoMinor == 0 && hasToken(r.Header.Get("Connection"), "keep-alive"),
-			wantsClose:       r.Close || hasToken(r.Header.Get("Connection"), "close")}
+		w := &hc.res
+		w.reset(hc, r)
 		if !hc.answer(w) {
 			return
 		}

@@ -217,6 +217,11 @@ func TestLoopSameAsReverseProxy(t *testing.T) {
 		{"chunks break off", get("/brokenchunks"), []string{"GET"}, false},
 		{"404", get("/missing"), []string{"GET"}, false},
 		{"pipelined", get("/plain") + get("/chunked") + "HEAD /head HTTP/1.1\r\nHost: web.localhost\r\n\r\n" + get("/big"), []string{"GET", "GET", "HEAD", "GET"}, false},
+		// One connection, answers with different headers: none of an
+		// answer's header fields reach the next (the loop reuses its
+		// response writer and the header map's storage).
+		{"keep-alive, headers apart", get("/plain") + get("/nothing") + get("/sniff") + get("/notmod") + get("/plain"),
+			[]string{"GET", "GET", "GET", "GET", "GET"}, false},
 		{"post (handed over)", "POST /plain HTTP/1.1\r\nHost: web.localhost\r\nContent-Length: 5\r\n\r\nhello" + get("/chunked"), []string{"POST", "GET"}, false},
 		{"get then post", get("/plain") + "POST /plain HTTP/1.1\r\nHost: web.localhost\r\nContent-Length: 5\r\n\r\nhello", []string{"GET", "POST"}, false},
 		{"upgrade (handed over)", get("/plain", "Upgrade: websocket\r\nConnection: Upgrade\r\n"), []string{"GET"}, false},

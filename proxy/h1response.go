@@ -42,6 +42,38 @@ type h1Response struct {
 	// WriteHeader until the header is written (forward), so WriteHeader
 	// needs no snapshot of it (see keepHeader).
 	headerKept bool
+
+	// sw is serveHTTP's statusWriter for this answer, kept here so that
+	// a request on the loop allocates none (see statusWriterFor).
+	sw statusWriter
+}
+
+// reset makes w the writer of a new request r on its connection, keeping
+// the storage of the last answer's header map: an h1Response lives as
+// long as its connection and answers one request at a time, and nothing
+// holds the map once the last answer was written.
+func (w *h1Response) reset(hc *h1Conn, r *http.Request) {
+	h := w.handlerHeader
+	if h == nil {
+		h = make(http.Header)
+	} else {
+		clear(h)
+	}
+	*w = h1Response{hc: hc, req: r, handlerHeader: h, contentLength: -1,
+		wants10KeepAlive: r.ProtoMinor == 0 && hasToken(r.Header.Get("Connection"), "keep-alive"),
+		wantsClose:       r.Close || hasToken(r.Header.Get("Connection"), "close")}
+}
+
+// adoptHeader makes h the answer's header map, unless the handler has
+// already used its own: forward hands over the VM's answer's map (its
+// alone) instead of copying every entry into another map.
+func (w *h1Response) adoptHeader(h http.Header) bool {
+	if w.wroteHeader || w.header != nil || len(w.handlerHeader) > 0 {
+		return false
+	}
+	w.handlerHeader = h
+	w.calledHeader = true // as Header() would have been
+	return true
 }
 
 // keepHeader promises that the handler does not change the header map

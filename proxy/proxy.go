@@ -179,7 +179,7 @@ type routeKey struct{}
 
 func (p *Proxy) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
-	sw := &statusWriter{ResponseWriter: w, p: p}
+	sw := statusWriterFor(w, p)
 	host := normalizeHost(r.Host)
 	var rt Route
 	defer func() {
@@ -342,6 +342,23 @@ type statusWriter struct {
 	status int
 	bytes  int64
 	p      *Proxy
+}
+
+// statusWriterFor returns a statusWriter over w: the loop's own for its
+// answers (no allocation per request), else a new one.
+func statusWriterFor(w http.ResponseWriter, p *Proxy) *statusWriter {
+	if hr, ok := w.(*h1Response); ok {
+		hr.sw = statusWriter{ResponseWriter: hr, p: p}
+		return &hr.sw
+	}
+	return &statusWriter{ResponseWriter: w, p: p}
+}
+
+// adoptHeader makes h the answer's header map when the writer can take
+// it as it is (see h1Response.adoptHeader).
+func (w *statusWriter) adoptHeader(h http.Header) bool {
+	hr, ok := w.ResponseWriter.(*h1Response)
+	return ok && hr.adoptHeader(h)
 }
 
 func (w *statusWriter) WriteHeader(code int) {
