@@ -110,13 +110,18 @@ func BenchmarkProxy(b *testing.B) {
 	// spend per request on this host, in the same rounds; =go: the same
 	// relay on Go's netpoller, a goroutine per direction; =go1: one
 	// goroutine per connection; =go1raw: that, with the daemon's raw
-	// reads and writes (its scheduler's cost without HTTP).
+	// reads and writes (its scheduler's cost without HTTP); =proxy: the
+	// daemon's proxy code alone in a process of its own.
 	var floor *load
 	floorPID := 0
-	if f := os.Getenv("MINIONS_E2E_PROXY_FLOOR"); f == "1" || f == "go" || f == "go1" || f == "go1raw" {
+	if f := os.Getenv("MINIONS_E2E_PROXY_FLOOR"); f == "1" || f == "go" || f == "go1" || f == "go1raw" || f == "proxy" {
 		var addr string
 		addr, floorPID = startFloorRelay(b, v.IP+":8081")
-		floor = newLoad(b, "http://"+v.IP+":8081/", "", addr)
+		if f == "proxy" {
+			floor = newLoad(b, "http://pbench.localhost/", "pbench.localhost", addr)
+		} else {
+			floor = newLoad(b, "http://"+v.IP+":8081/", "", addr)
+		}
 	}
 	rounds := 5
 	if n, err := strconv.Atoi(os.Getenv("MINIONS_E2E_PROXY_ROUNDS")); err == nil && n >= 3 {

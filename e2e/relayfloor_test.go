@@ -1,8 +1,10 @@
 package e2e
 
 import (
+	"context"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/netip"
 	"os"
@@ -10,10 +12,12 @@ import (
 	"runtime"
 	"syscall"
 	"testing"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/minionsdev/minions/proxy"
 	"github.com/minionsdev/minions/proxy/proxytest"
 )
 
@@ -45,6 +49,8 @@ func runFloorRelay(upstream string) error {
 		return runGoRelay(upstream, true)
 	case "raw":
 		return runGoRawRelay(upstream)
+	case "proxy":
+		return runProxyAlone(upstream)
 	}
 	runtime.LockOSThread()
 	up, err := netip.ParseAddrPort(upstream)
@@ -280,6 +286,40 @@ func runGoRawRelay(upstream string) error {
 	}
 }
 
+// oneRoute routes every host to one public, running VM.
+type oneRoute struct{ rt proxy.Route }
+
+func (o oneRoute) Route(context.Context, string) (proxy.Route, error) { return o.rt, nil }
+
+// runProxyAlone runs the daemon's proxy (package proxy, local mode, the
+// JSON access log encoded and discarded, rate limit off) in a process of
+// its own with nothing else in it: one route to upstream, kept in memory.
+// Against the daemon in the same rounds it tells what the daemon's
+// process (its other goroutines, timers, heap and threads) adds to the
+// proxy's own code.
+func runProxyAlone(upstream string) error {
+	p, err := proxy.New(proxy.Config{HTTPBind: "127.0.0.1:0", Secret: make([]byte, proxy.SecretSize),
+		Log:           slog.New(slog.DiscardHandler),
+		AccessLog:     proxy.NewJSONAccessLog(io.Discard, slog.String("component", "access")),
+		RatePerSecond: -1, UpstreamHeaderTimeout: 30 * time.Second},
+		oneRoute{proxy.Route{VMID: "floor", VMName: "pbench", Upstream: upstream, Public: true, Running: true}}, nil)
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	fmt.Println(ln.Addr())
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() {
+		_ = syscall.SetNonblock(syscall.Stdin, true) // before NewFile, so that it polls
+		_, _ = io.Copy(io.Discard, os.NewFile(uintptr(syscall.Stdin), "stdin"))
+		cancel()
+	}()
+	return p.Serve(ctx, nil, ln)
+}
+
 // writeAll writes b to the non-blocking socket fd, waiting for room when
 // it has none (the relay's messages are small: it never does here).
 func writeAll(fd int, b []byte) bool {
@@ -310,6 +350,8 @@ func startFloorRelay(b *testing.B, upstream string) (string, int) {
 		cmd.Env = append(cmd.Env, floorGoEnv+"=lockstep")
 	case "go1raw":
 		cmd.Env = append(cmd.Env, floorGoEnv+"=raw")
+	case "proxy":
+		cmd.Env = append(cmd.Env, floorGoEnv+"=proxy")
 	}
 	line := proxytest.StartChild(b, b, cmd)
 	return line, cmd.Process.Pid
