@@ -174,12 +174,36 @@ func runFloorRelay(upstream string) error {
 // and writes that back, in turn (right for a client that waits for each
 // answer, as the benchmark's do).
 func runGoRelay(upstream string, lockstep bool) error {
+	return serveRelay(upstream, func(c, u net.Conn) {
+		if lockstep {
+			buf := make([]byte, 64<<10)
+			for {
+				for _, p := range [2][2]net.Conn{{c, u}, {u, c}} {
+					n, err := p[0].Read(buf)
+					if err != nil {
+						return
+					}
+					if _, err := p[1].Write(buf[:n]); err != nil {
+						return
+					}
+				}
+			}
+		}
+		go func() { _, _ = io.Copy(c, u); c.Close() }()
+		_, _ = io.Copy(u, c)
+	})
+}
+
+// serveRelay listens on a loopback port, prints its address, and relays
+// each connection with relay(client, upstream connection), both closed
+// after it; it exits when stdin ends.
+func serveRelay(upstream string, relay func(c, u net.Conn)) error {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return err
 	}
 	fmt.Println(ln.Addr())
-	go func() { _, _ = io.Copy(io.Discard, os.Stdin); os.Exit(0) }()
+	watchStdin(func() { os.Exit(0) })
 	for {
 		c, err := ln.Accept()
 		if err != nil {
@@ -192,24 +216,21 @@ func runGoRelay(upstream string, lockstep bool) error {
 				return
 			}
 			defer u.Close()
-			if lockstep {
-				buf := make([]byte, 64<<10)
-				for {
-					for _, p := range [2][2]net.Conn{{c, u}, {u, c}} {
-						n, err := p[0].Read(buf)
-						if err != nil {
-							return
-						}
-						if _, err := p[1].Write(buf[:n]); err != nil {
-							return
-						}
-					}
-				}
-			}
-			go func() { _, _ = io.Copy(c, u); c.Close() }()
-			_, _ = io.Copy(u, c)
+			relay(c, u)
 		}()
 	}
+}
+
+// watchStdin calls done when stdin ends or has data. It waits in the
+// runtime's poller: a goroutine blocked in an ordinary read would keep a
+// thread in a system call.
+func watchStdin(done func()) {
+	_ = syscall.SetNonblock(syscall.Stdin, true) // before NewFile, so that it polls
+	f := os.NewFile(uintptr(syscall.Stdin), "stdin")
+	go func() {
+		_, _ = io.Copy(io.Discard, f)
+		done()
+	}()
 }
 
 // runGoRawRelay is runGoRelay's lockstep shape with the daemon's way of
@@ -218,72 +239,47 @@ func runGoRelay(upstream string, lockstep bool) error {
 // only on EAGAIN. What it costs beyond the bare relay is what Go's
 // scheduler costs the daemon per request, without HTTP.
 func runGoRawRelay(upstream string) error {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return err
-	}
-	fmt.Println(ln.Addr())
-	go func() {
-		// Watch stdin through the poller too: a goroutine blocked in
-		// an ordinary read would keep a thread in a system call.
-		_ = syscall.SetNonblock(syscall.Stdin, true) // before NewFile, so that it polls
-		f := os.NewFile(uintptr(syscall.Stdin), "stdin")
-		_, _ = io.Copy(io.Discard, f)
-		os.Exit(0)
-	}()
-	for {
-		c, err := ln.Accept()
-		if err != nil {
-			return err
+	return serveRelay(upstream, func(c, u net.Conn) {
+		cr, err1 := c.(*net.TCPConn).SyscallConn()
+		ur, err2 := u.(*net.TCPConn).SyscallConn()
+		if err1 != nil || err2 != nil {
+			return
 		}
-		go func() {
-			defer c.Close()
-			u, err := net.Dial("tcp", upstream)
-			if err != nil {
-				return
-			}
-			defer u.Close()
-			cr, err1 := c.(*net.TCPConn).SyscallConn()
-			ur, err2 := u.(*net.TCPConn).SyscallConn()
-			if err1 != nil || err2 != nil {
-				return
-			}
-			buf := make([]byte, 64<<10)
-			var n int
-			var e syscall.Errno
-			readF := func(fd uintptr) bool {
-				r, _, en := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(&buf[0])), uintptr(len(buf)))
-				n, e = int(r), en
-				return en != syscall.EAGAIN
-			}
-			var out []byte
-			writeF := func(fd uintptr) bool {
-				for len(out) > 0 {
-					r, _, en := syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(&out[0])), uintptr(len(out)))
-					if en == syscall.EAGAIN {
-						return false
-					}
-					if en != 0 {
-						e = en
-						return true
-					}
-					out = out[r:]
+		buf := make([]byte, 64<<10)
+		var n int
+		var e syscall.Errno
+		readF := func(fd uintptr) bool {
+			r, _, en := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(&buf[0])), uintptr(len(buf)))
+			n, e = int(r), en
+			return en != syscall.EAGAIN
+		}
+		var out []byte
+		writeF := func(fd uintptr) bool {
+			for len(out) > 0 {
+				r, _, en := syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(&out[0])), uintptr(len(out)))
+				if en == syscall.EAGAIN {
+					return false
 				}
-				return true
+				if en != 0 {
+					e = en
+					return true
+				}
+				out = out[r:]
 			}
-			for {
-				for _, p := range [2][2]syscall.RawConn{{cr, ur}, {ur, cr}} {
-					if err := p[0].Read(readF); err != nil || e != 0 || n <= 0 {
-						return
-					}
-					out = buf[:n]
-					if err := p[1].Write(writeF); err != nil || e != 0 {
-						return
-					}
+			return true
+		}
+		for {
+			for _, p := range [2][2]syscall.RawConn{{cr, ur}, {ur, cr}} {
+				if err := p[0].Read(readF); err != nil || e != 0 || n <= 0 {
+					return
+				}
+				out = buf[:n]
+				if err := p[1].Write(writeF); err != nil || e != 0 {
+					return
 				}
 			}
-		}()
-	}
+		}
+	})
 }
 
 // oneRoute routes every host to one public, running VM.
@@ -312,11 +308,7 @@ func runProxyAlone(upstream string) error {
 	}
 	fmt.Println(ln.Addr())
 	ctx, cancel := context.WithCancel(context.Background())
-	go func() {
-		_ = syscall.SetNonblock(syscall.Stdin, true) // before NewFile, so that it polls
-		_, _ = io.Copy(io.Discard, os.NewFile(uintptr(syscall.Stdin), "stdin"))
-		cancel()
-	}()
+	watchStdin(cancel)
 	return p.Serve(ctx, nil, ln)
 }
 
