@@ -41,15 +41,16 @@ func New(d time.Duration) *Ticker {
 
 func (tk *Ticker) fire() {
 	now := time.Now()
+	tk.mu.Lock()
+	defer tk.mu.Unlock()
+	if tk.stopped {
+		return // a firing that raced with Stop sends nothing
+	}
 	select {
 	case tk.c <- now:
 	default:
 	}
-	tk.mu.Lock()
-	defer tk.mu.Unlock()
-	if !tk.stopped {
-		tk.t.Reset(Until(tk.d, now))
-	}
+	tk.t.Reset(Until(tk.d, now))
 }
 
 // Stop turns the ticker off; no tick is sent after it returns, but one

@@ -28,13 +28,13 @@ func (l *Local) Reconcile(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	repaired := false
+	foundDead := false // an operation or hypervisor that died
 	for _, o := range ops {
 		if procfs.Alive(o.PID, o.PIDStart) {
 			continue
 		}
 		l.recoverOp(ctx, o)
-		repaired = true
+		foundDead = true
 	}
 	for i, v := range vms {
 		if v.State != vm.Running && v.State != vm.Paused {
@@ -48,7 +48,7 @@ func (l *Local) Reconcile(ctx context.Context) error {
 			continue
 		}
 		// Re-check under the VM's lock: an operation may own it right now.
-		repaired = true
+		foundDead = true
 		unlock, err := l.tryLock(v.ID)
 		if err != nil {
 			continue
@@ -58,7 +58,7 @@ func (l *Local) Reconcile(ctx context.Context) error {
 		}
 		unlock()
 	}
-	if l.sweepDue(time.Now(), repaired) {
+	if l.sweepDue(time.Now(), foundDead) {
 		l.sweepMemory()
 		l.sweepCgroups(ctx, vms, ops)
 	}
@@ -76,9 +76,9 @@ const sweepEvery = 15 * time.Second
 // Reconcile (the CLI's, one per command), after one that found a dead
 // operation or hypervisor (whatever it left is swept at once), and
 // otherwise every sweepEvery. It notes the sweep.
-func (l *Local) sweepDue(now time.Time, repaired bool) bool {
+func (l *Local) sweepDue(now time.Time, foundDead bool) bool {
 	last := l.swept.Load()
-	if last != 0 && !repaired && now.Sub(time.Unix(0, last)) < sweepEvery {
+	if last != 0 && !foundDead && now.Sub(time.Unix(0, last)) < sweepEvery {
 		return false
 	}
 	return l.swept.CompareAndSwap(last, now.UnixNano())
