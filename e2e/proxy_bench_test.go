@@ -114,7 +114,9 @@ func BenchmarkProxy(b *testing.B) {
 	// daemon's proxy code alone in a process of its own.
 	var floor *load
 	floorPID := 0
-	if f := os.Getenv("MINIONS_E2E_PROXY_FLOOR"); f == "1" || f == "go" || f == "go1" || f == "go1raw" || f == "proxy" {
+	switch f := os.Getenv("MINIONS_E2E_PROXY_FLOOR"); f {
+	case "":
+	case "1", "go", "go1", "go1raw", "proxy":
 		var addr string
 		addr, floorPID = startFloorRelay(b, v.IP+":8081")
 		if f == "proxy" {
@@ -122,6 +124,8 @@ func BenchmarkProxy(b *testing.B) {
 		} else {
 			floor = newLoad(b, "http://"+v.IP+":8081/", "", addr)
 		}
+	default:
+		b.Fatalf("MINIONS_E2E_PROXY_FLOOR=%q: want 1, go, go1, go1raw or proxy", f)
 	}
 	rounds := 5
 	if n, err := strconv.Atoi(os.Getenv("MINIONS_E2E_PROXY_ROUNDS")); err == nil && n >= 3 {

@@ -35,12 +35,15 @@ const (
 // events: GOMAXPROCS=1 and the loop's goroutine never parks), one
 // upstream connection per client connection, per request one
 // epoll_wait, read and write each way. It listens on a loopback port,
-// prints its address, and exits when stdin closes or has data.
+// prints its address, and exits when stdin closes or has data. Its
+// epoll_wait, reads and writes are raw system calls: the runtime never
+// sees them (see proxy/sysconn.go).
 //
-// floorGoEnv=1 makes it the same relay in the Go way instead: a goroutine
-// per direction copying between net.Conns, parked in the runtime's
-// netpoller between requests (what the daemon's proxy does, without
-// HTTP).
+// floorGoEnv picks another relay instead: 1, the same relay in the Go
+// way (a goroutine per direction copying between net.Conns); lockstep,
+// one goroutine per connection (runGoRelay); raw, that with raw reads and
+// writes (runGoRawRelay); proxy, the daemon's proxy code alone
+// (runProxyAlone).
 func runFloorRelay(upstream string) error {
 	switch os.Getenv(floorGoEnv) {
 	case "1":
@@ -154,11 +157,12 @@ func runFloorRelay(upstream string) error {
 			}
 			// Level-triggered: one read per event, no read that ends in
 			// EAGAIN.
-			r, err := syscall.Read(fd, buf)
-			if r <= 0 {
-				if err != syscall.EAGAIN {
-					drop(fd)
-				}
+			r, _, e := syscall.RawSyscall(syscall.SYS_READ, uintptr(fd), uintptr(unsafe.Pointer(&buf[0])), uintptr(len(buf)))
+			if e == syscall.EAGAIN || e == syscall.EINTR {
+				continue
+			}
+			if e != 0 || r == 0 {
+				drop(fd)
 				continue
 			}
 			if !writeAll(p, buf[:r]) {
@@ -312,16 +316,19 @@ func runProxyAlone(upstream string) error {
 	return p.Serve(ctx, nil, ln)
 }
 
-// writeAll writes b to the non-blocking socket fd, waiting for room when
-// it has none (the relay's messages are small: it never does here).
+// writeAll writes b to the non-blocking socket fd with raw system calls,
+// waiting for room when it has none (the relay's messages are small: it
+// never does here).
 func writeAll(fd int, b []byte) bool {
 	for len(b) > 0 {
-		n, err := syscall.Write(fd, b)
-		if err == syscall.EAGAIN {
+		n, _, e := syscall.RawSyscall(syscall.SYS_WRITE, uintptr(fd), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)))
+		switch {
+		case e == syscall.EAGAIN:
 			_, _ = unix.Poll([]unix.PollFd{{Fd: int32(fd), Events: unix.POLLOUT}}, 1000)
 			continue
-		}
-		if err != nil || n <= 0 {
+		case e == syscall.EINTR:
+			continue
+		case e != 0 || n == 0:
 			return false
 		}
 		b = b[n:]
