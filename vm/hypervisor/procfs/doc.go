@@ -8,6 +8,8 @@
 // go through a pidfd opened before the start time is checked, so the check
 // and the kill cannot be split by a PID reuse.
 //
-// Everything here reads /proc or issues pidfd system calls only; all
-// functions are safe for concurrent use. Linux only.
+// Everything here reads /proc or issues pidfd system calls only; Alive
+// keeps a pidfd open for each process it found alive (close-on-exec),
+// until a check finds that process gone or nobody asked about it for a
+// minute. All functions are safe for concurrent use. Linux only.
 package procfs

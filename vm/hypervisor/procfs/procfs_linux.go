@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"strconv"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -92,10 +93,35 @@ func StartTime(pid int) (uint64, error) {
 // run (after SIGKILL the leader can reach the zombie state before the
 // other threads have exited and closed the process's files, such as a
 // TAP). A zero pid or start time is never alive.
+//
+// A process found alive is kept open as a pidfd (see pidfds), so that the
+// next check of it is one poll of that pidfd instead of reading
+// /proc/PID/stat: the daemon checks every VM's processes every second.
+// The pidfd names that process only, so the answer cannot be about a
+// later process with the same PID, and it is as fresh as the read: a
+// pidfd turns readable when the leader has exited and no thread of the
+// process is left, which is when this function's /proc answer turns
+// false.
 func Alive(pid int, startTime uint64) bool {
 	if pid <= 0 || startTime == 0 {
 		return false
 	}
+	if alive, known := watched.alive(pid, startTime); known {
+		return alive
+	}
+	if !aliveProc(pid, startTime) {
+		return false
+	}
+	watched.add(pid, startTime)
+	return true
+}
+
+// procChecks counts aliveProc's reads (tests).
+var procChecks atomic.Int64
+
+// aliveProc is Alive from /proc alone.
+func aliveProc(pid int, startTime uint64) bool {
+	procChecks.Add(1)
 	s, err := ReadStat(pid)
 	if err != nil || s.StartTime != startTime {
 		return false
