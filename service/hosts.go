@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -59,6 +60,73 @@ const HostUnreachable = "unreachable"
 type hostsState struct {
 	mu  sync.RWMutex
 	cfg HostsConfig
+
+	// The local host's heartbeats (see localBeat); beatMu guards them.
+	beatMu    sync.Mutex
+	localID   string    // the local host's ID, once EnsureLocalHost ran
+	localRec  Heartbeat // the last local report written to the store
+	localAt   time.Time // when it was written; zero: none yet
+	localSeen time.Time // the last local report received
+}
+
+// localBeatRewrite is how often the local host's heartbeat is written to
+// the store when its report has not changed (see localBeat).
+const localBeatRewrite = time.Minute
+
+// localBeat reports whether the local host's report hb, received at now,
+// needs no write: it is the local host's, it matches the last one written
+// (free memory and disk within localBeatSlack) and that write is younger
+// than localBeatRewrite. Every commit changes the store's stamp, so each
+// of the in-process node's heartbeats (every 2 s) made reconcile, the
+// supervisor and the proxy's route cache read the store again: about a
+// fifth of an idle daemon's CPU. The local host is never unreachable (its
+// engine is this process's own) and the host views take its last report's
+// time from memory (localSeenAt), so only its free memory and disk in
+// the store can lag, by less than localBeatSlack.
+func (st *hostsState) localBeat(id string, hb Heartbeat, now time.Time) (skip bool) {
+	st.beatMu.Lock()
+	defer st.beatMu.Unlock()
+	if id == "" || id != st.localID {
+		return false
+	}
+	st.localSeen = now
+	last := st.localRec
+	return !st.localAt.IsZero() && now.Sub(st.localAt) < localBeatRewrite && now.After(st.localAt) &&
+		hb.CPUs == last.CPUs && hb.MemoryMiB == last.MemoryMiB && hb.DiskMiB == last.DiskMiB &&
+		hb.Version == last.Version && (hb.Address == "" || hb.Address == last.Address) &&
+		near(hb.MemoryFreeMiB, last.MemoryFreeMiB, hb.MemoryMiB) && near(hb.DiskFreeMiB, last.DiskFreeMiB, hb.DiskMiB)
+}
+
+// near reports whether a and b differ by less than localBeatSlack of
+// total (at least 64 MiB).
+func near(a, b, total int64) bool {
+	d := a - b
+	if d < 0 {
+		d = -d
+	}
+	return d < max(total/localBeatSlack, 64)
+}
+
+// localBeatSlack: the local host's free memory and disk are written again
+// when they moved by 1/localBeatSlack of the total.
+const localBeatSlack = 64
+
+// wroteLocal notes the local host's report hb as written at at.
+func (st *hostsState) wroteLocal(hb Heartbeat, at time.Time) {
+	st.beatMu.Lock()
+	defer st.beatMu.Unlock()
+	st.localRec, st.localAt = hb, at
+}
+
+// localSeenAt is the time of the local host's last report received by
+// this process (zero: none, or id is not the local host).
+func (st *hostsState) localSeenAt(id string) time.Time {
+	st.beatMu.Lock()
+	defer st.beatMu.Unlock()
+	if id == "" || id != st.localID {
+		return time.Time{}
+	}
+	return st.localSeen
 }
 
 // SetHosts sets the cluster configuration. Safe to call at any time.
@@ -198,11 +266,14 @@ func (s *Service) hostView(ctx context.Context, q store.Q, h store.Host, cfg Hos
 		Version: h.Version, CPUs: h.CPUs, MemoryMiB: h.MemoryMiB, DiskMiB: h.DiskMiB, MemoryFreeMiB: h.MemoryFreeMiB,
 		DiskFreeMiB: h.DiskFreeMiB, VMs: use.VMs, UsedCPUs: use.CPUs, UsedMemoryMiB: use.MemoryMiB, UsedDiskGiB: use.DiskGiB,
 		LastHeartbeat: h.LastHeartbeat, CreatedAt: h.CreatedAt}
+	if seen := s.hosts.localSeenAt(h.ID); h.Local && seen.After(out.LastHeartbeat) {
+		out.LastHeartbeat = seen // its unchanged reports are not all written (localBeat)
+	}
 	out.NKey = h.NKey
 	if h.Local && s.cfg.Subnet.IsValid() {
 		out.Subnet = s.cfg.Subnet.String()
 	}
-	if h.State != store.HostJoining && cfg.Now().Sub(h.LastHeartbeat) > cfg.Unreachable {
+	if h.State != store.HostJoining && cfg.Now().Sub(out.LastHeartbeat) > cfg.Unreachable {
 		out.State = HostUnreachable
 	}
 	return out, nil
@@ -508,11 +579,13 @@ func validHostAddress(s string) bool {
 // transaction, all at the same time, and returns the IDs of hosts that are
 // gone (removed: the caller may disconnect them). A malformed report is
 // left out (and logged), a malformed address left out of its report; the
-// others are recorded. The control plane's
-// receiver calls it once a second with what came in meanwhile.
+// others are recorded. The local host's report is written only when it
+// changed or a minute after the last write (localBeat). The control
+// plane's receiver calls it once a second with what came in meanwhile.
 func (s *Service) RecordHeartbeats(ctx context.Context, beats map[string]Heartbeat) (gone []string, err error) {
 	now := s.hostsConfig().Now()
 	recs := make([]store.HeartbeatRecord, 0, len(beats))
+	var local *Heartbeat // the local host's report, when written
 	for id, hb := range beats {
 		if hb.Address != "" && !validHostAddress(hb.Address) {
 			s.log.Warn("heartbeat address dropped", "host_id", id, "address", hb.Address)
@@ -521,6 +594,12 @@ func (s *Service) RecordHeartbeats(ctx context.Context, beats map[string]Heartbe
 		if err := hb.validate(id); err != nil {
 			s.log.Warn("heartbeat dropped", "host_id", id, "err", err)
 			continue
+		}
+		if s.hosts.localBeat(id, hb, now) {
+			continue
+		}
+		if id == s.hosts.localHostID() {
+			local = &hb
 		}
 		recs = append(recs, store.HeartbeatRecord{ID: id, At: now, CPUs: hb.CPUs, MemoryMiB: hb.MemoryMiB, DiskMiB: hb.DiskMiB,
 			MemoryFreeMiB: hb.MemoryFreeMiB, DiskFreeMiB: hb.DiskFreeMiB, Version: hb.Version, Address: hb.Address})
@@ -536,7 +615,16 @@ func (s *Service) RecordHeartbeats(ctx context.Context, beats map[string]Heartbe
 	if err != nil {
 		return nil, fmt.Errorf("record %d heartbeats: %w", len(recs), err)
 	}
+	if local != nil && !slices.Contains(gone, s.hosts.localHostID()) {
+		s.hosts.wroteLocal(*local, now)
+	}
 	return gone, nil
+}
+
+func (st *hostsState) localHostID() string {
+	st.beatMu.Lock()
+	defer st.beatMu.Unlock()
+	return st.localID
 }
 
 // EnsureLocalHost registers the control plane's own host (once; later
@@ -568,5 +656,10 @@ func (s *Service) EnsureLocalHost(ctx context.Context, name, pub, version string
 	if err != nil {
 		return "", fmt.Errorf("register the local host: %w", err)
 	}
+	s.hosts.beatMu.Lock()
+	if s.hosts.localID != id {
+		s.hosts.localID, s.hosts.localAt, s.hosts.localSeen = id, time.Time{}, time.Time{}
+	}
+	s.hosts.beatMu.Unlock()
 	return id, nil
 }
