@@ -68,19 +68,9 @@ func (w *pidfds) alive(pid int, start uint64) (alive, known bool) {
 	}
 }
 
-// add keeps a pidfd for the process pid with start time start, which was
-// just found alive, if it still is that process once the pidfd is open.
-func (w *pidfds) add(pid int, start uint64) {
-	fd, err := unix.PidfdOpen(pid, 0)
-	if err != nil {
-		return
-	}
-	// The pidfd names whichever process had the PID when it was opened:
-	// keep it only if that is the process with this start time.
-	if s, err := ReadStat(pid); err != nil || s.StartTime != start {
-		unix.Close(fd)
-		return
-	}
+// add keeps fd, a pidfd of the process pid with start time start just
+// found alive, or closes it when one is kept already or the set is full.
+func (w *pidfds) add(pid int, start uint64, fd int) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	k := procKey{pid, start}

@@ -4,6 +4,8 @@ import (
 	"os/exec"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 func startSleep(t *testing.T) (*exec.Cmd, uint64) {
@@ -80,7 +82,11 @@ func TestPidfdsSweep(t *testing.T) {
 		c  *exec.Cmd
 		st uint64
 	}{{idle, st1}, {gone, st2}, {asked, st3}} {
-		w.add(p.c.Process.Pid, p.st)
+		fd, err := unix.PidfdOpen(p.c.Process.Pid, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		w.add(p.c.Process.Pid, p.st, fd)
 	}
 	if len(w.m) != 3 || w.opened != 3 {
 		t.Fatalf("kept %d pidfds (opened %d), want 3", len(w.m), w.opened)

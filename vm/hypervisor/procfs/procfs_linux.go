@@ -109,10 +109,18 @@ func Alive(pid int, startTime uint64) bool {
 	if alive, known := watched.alive(pid, startTime); known {
 		return alive
 	}
+	// The pidfd is opened before /proc is read, as in Signal: it names
+	// whichever process had the PID then, so if the read finds this
+	// start time, the pidfd is this process's.
+	fd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		return aliveProc(pid, startTime)
+	}
 	if !aliveProc(pid, startTime) {
+		unix.Close(fd)
 		return false
 	}
-	watched.add(pid, startTime)
+	watched.add(pid, startTime, fd)
 	return true
 }
 
