@@ -73,28 +73,29 @@ type hostsState struct {
 // the store when its report has not changed (see localBeat).
 const localBeatRewrite = time.Minute
 
-// localBeat reports whether the local host's report hb, received at now,
-// needs no write: it is the local host's, it matches the last one written
-// (free memory and disk within localBeatSlack) and that write is younger
-// than localBeatRewrite. Every commit changes the store's stamp, so each
+// localBeat reports whether the report hb of host id, received at now,
+// is the local host's (local), and whether it needs no write (skip): it
+// is the local host's, it matches the last one written (free memory and
+// disk within localBeatSlack) and that write is younger than
+// localBeatRewrite. Every commit changes the store's stamp, so each
 // of the in-process node's heartbeats (every 2 s) made reconcile, the
 // supervisor and the proxy's route cache read the store again: about a
 // fifth of an idle daemon's CPU. The local host is never unreachable (its
 // engine is this process's own) and the host views take its last report's
 // time from memory (localSeenAt), so only its free memory and disk in
 // the store can lag, by less than localBeatSlack.
-func (st *hostsState) localBeat(id string, hb Heartbeat, now time.Time) (skip bool) {
+func (st *hostsState) localBeat(id string, hb Heartbeat, now time.Time) (skip, local bool) {
 	st.beatMu.Lock()
 	defer st.beatMu.Unlock()
 	if id == "" || id != st.localID {
-		return false
+		return false, false
 	}
 	st.localSeen = now
 	last := st.localRec
 	return !st.localAt.IsZero() && now.Sub(st.localAt) < localBeatRewrite && now.After(st.localAt) &&
 		hb.CPUs == last.CPUs && hb.MemoryMiB == last.MemoryMiB && hb.DiskMiB == last.DiskMiB &&
 		hb.Version == last.Version && (hb.Address == "" || hb.Address == last.Address) &&
-		near(hb.MemoryFreeMiB, last.MemoryFreeMiB, hb.MemoryMiB) && near(hb.DiskFreeMiB, last.DiskFreeMiB, hb.DiskMiB)
+		near(hb.MemoryFreeMiB, last.MemoryFreeMiB, hb.MemoryMiB) && near(hb.DiskFreeMiB, last.DiskFreeMiB, hb.DiskMiB), true
 }
 
 // near reports whether a and b differ by less than localBeatSlack of
@@ -585,7 +586,8 @@ func validHostAddress(s string) bool {
 func (s *Service) RecordHeartbeats(ctx context.Context, beats map[string]Heartbeat) (gone []string, err error) {
 	now := s.hostsConfig().Now()
 	recs := make([]store.HeartbeatRecord, 0, len(beats))
-	var local *Heartbeat // the local host's report, when written
+	var localID string  // the local host's, when its report is written
+	var local Heartbeat // that report
 	for id, hb := range beats {
 		if hb.Address != "" && !validHostAddress(hb.Address) {
 			s.log.Warn("heartbeat address dropped", "host_id", id, "address", hb.Address)
@@ -595,11 +597,12 @@ func (s *Service) RecordHeartbeats(ctx context.Context, beats map[string]Heartbe
 			s.log.Warn("heartbeat dropped", "host_id", id, "err", err)
 			continue
 		}
-		if s.hosts.localBeat(id, hb, now) {
+		skip, isLocal := s.hosts.localBeat(id, hb, now)
+		if skip {
 			continue
 		}
-		if id == s.hosts.localHostID() {
-			local = &hb
+		if isLocal {
+			localID, local = id, hb
 		}
 		recs = append(recs, store.HeartbeatRecord{ID: id, At: now, CPUs: hb.CPUs, MemoryMiB: hb.MemoryMiB, DiskMiB: hb.DiskMiB,
 			MemoryFreeMiB: hb.MemoryFreeMiB, DiskFreeMiB: hb.DiskFreeMiB, Version: hb.Version, Address: hb.Address})
@@ -615,16 +618,10 @@ func (s *Service) RecordHeartbeats(ctx context.Context, beats map[string]Heartbe
 	if err != nil {
 		return nil, fmt.Errorf("record %d heartbeats: %w", len(recs), err)
 	}
-	if local != nil && !slices.Contains(gone, s.hosts.localHostID()) {
-		s.hosts.wroteLocal(*local, now)
+	if localID != "" && !slices.Contains(gone, localID) {
+		s.hosts.wroteLocal(local, now)
 	}
 	return gone, nil
-}
-
-func (st *hostsState) localHostID() string {
-	st.beatMu.Lock()
-	defer st.beatMu.Unlock()
-	return st.localID
 }
 
 // EnsureLocalHost registers the control plane's own host (once; later
