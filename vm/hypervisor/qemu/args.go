@@ -74,6 +74,12 @@ type machine struct {
 	// MemOwn: MemFile is this VM's own RAM file in Config.MemoryDir,
 	// mapped shared, removed with the VM (fork.go).
 	MemOwn bool `json:"mem_own,omitempty"`
+	// MemFD, when set, is the descriptor at which a jailed clone's QEMU
+	// inherits a sealed memfd holding its template's RAM (MemFile), and
+	// opens as /proc/self/fd/MemFD instead of the template's file
+	// (template_memfd_linux.go). MemMap is how /proc/PID/maps names it.
+	MemFD  int    `json:"mem_fd,omitempty"`
+	MemMap string `json:"mem_map,omitempty"`
 	// PlainIncoming: the Incoming stream was saved without x-ignore-shared
 	// (it carries all RAM) although the VM has a memory backend object.
 	PlainIncoming bool `json:"plain_incoming,omitempty"`

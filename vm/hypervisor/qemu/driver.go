@@ -49,6 +49,8 @@ type Driver struct {
 
 	children children // QEMUs this process started (crash.go)
 
+	tmplRAMs templateRAMs // sealed template memfds of jailed clones (template_memfd_linux.go)
+
 	goneSwept atomic.Int64 // unix ns of the last sweepGoneInstallations
 }
 

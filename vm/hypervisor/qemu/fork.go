@@ -357,6 +357,14 @@ func copyRAMTo(src, dst string, create bool) (n int64, err error) {
 	} else if ost, err := out.Stat(); err != nil || ost.Size() != size {
 		return 0, fmt.Errorf("ram file %s is not %d bytes (%v)", dst, size, err)
 	}
+	return copyExtents(in, out, size)
+}
+
+// copyExtents copies the written extents of in's first size bytes into
+// out at the same offsets (holes stay holes in a fresh out) and returns
+// the bytes copied: in-kernel where the two file systems allow it, else
+// through a buffer.
+func copyExtents(in, out *os.File, size int64) (n int64, err error) {
 	for off := int64(0); off < size; {
 		data, err := unix.Seek(int(in.Fd()), off, unix.SEEK_DATA)
 		if errors.Is(err, unix.ENXIO) {

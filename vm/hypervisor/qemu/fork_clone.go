@@ -55,9 +55,9 @@ func (d *Driver) saveCloneForkCopy(ctx context.Context, h *hypervisor.Handle, m 
 	if d.memDir == "" {
 		return fmt.Errorf("%w: per-vm ram files are off", errForkFallback)
 	}
-	maps, err := privateMappings(h.PID, m.MemFile)
+	maps, err := privateMappings(h.PID, m.ramMapsPath())
 	if err != nil || maps.size() != size {
-		return fmt.Errorf("%w: ram mapping of %s: %d bytes mapped, want %d (%v)", errForkFallback, m.MemFile, maps.size(), size, err)
+		return fmt.Errorf("%w: ram mapping of %s: %d bytes mapped, want %d (%v)", errForkFallback, m.ramMapsPath(), maps.size(), size, err)
 	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err

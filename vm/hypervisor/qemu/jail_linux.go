@@ -94,10 +94,11 @@ func (d *Driver) prepareJail(m machine) ([]*os.File, error) {
 			return nil, err
 		}
 	}
-	if m.MemOwn || m.isClone() {
+	if m.MemOwn || (m.isClone() && m.MemFD == 0) {
 		// A clone here is a VM resumed on a private mapping of its kept
-		// RAM (restoreKept; warm templates are not jailed): QEMU opens a
-		// memory-backend-file read-write even to map it privately.
+		// RAM (restoreKept): QEMU opens a memory-backend-file read-write
+		// even to map it privately. A warm clone's template file is
+		// never given to it: it inherits a sealed memfd (MemFD).
 		if err := ownFile(m.MemFile, m.UID, false); err != nil {
 			return nil, err
 		}
@@ -125,7 +126,35 @@ func (d *Driver) prepareJail(m machine) ([]*os.File, error) {
 		}
 		files = append(files, f)
 	}
+	if m.MemFD > 0 {
+		// Inherited at 3 + its index: after the TAP and vhost-vsock.
+		err := fmt.Errorf("vm %s: its template ram would be descriptor %d, not %d", m.ID, 3+len(files), m.MemFD)
+		if m.MemFD == 3+len(files) {
+			var r *templateRAM
+			if r, err = d.templateRAM(m.MemFile, m.ramBytes()); err == nil {
+				var f *os.File
+				if f, err = r.inherit(); err == nil {
+					files = append(files, f)
+				}
+			}
+		}
+		if err != nil {
+			closeAll(files)
+			return nil, fmt.Errorf("template ram for a jailed clone: %w", err)
+		}
+	}
 	return files, nil
+}
+
+// nextFD is the first descriptor a jailed QEMU inherits nothing at yet:
+// 3, after its TAP's and vhost-vsock's when it has them (jailMachine).
+func (m machine) nextFD() int { return 3 + btoi(m.TapFD > 0) + btoi(m.VhostFD > 0) }
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 func closeAll(files []*os.File) {
@@ -247,7 +276,7 @@ func readMachine(runDir string) (machine, error) {
 func (d *Driver) qemuPlan(m machine) (jail.Plan, error) {
 	ro := []string{m.Kernel, m.Initramfs}
 	rw := []string{m.RunDir}
-	if m.MemOwn || m.isClone() { // a clone: see prepareJail's ownFile
+	if m.MemOwn || (m.isClone() && m.MemFD == 0) { // a clone: see prepareJail's ownFile
 		rw = append(rw, m.MemFile)
 	}
 	if m.ConsoleFIFO == "" {

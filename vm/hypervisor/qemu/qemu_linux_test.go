@@ -225,7 +225,7 @@ var specSeq atomic.Uint32
 // launcher, and the directories holding the fixtures (the temporary
 // directory, the home with the cached kernel) are hidden, so every file a
 // VM uses is bound into its mount namespace.
-func testJail(t *testing.T, self string) jail.Config {
+func testJail(t testing.TB, self string) jail.Config {
 	home, err := os.UserHomeDir()
 	if err != nil {
 		t.Fatal(err)

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
+	"syscall"
 	"time"
 
 	"github.com/minionsdev/minions/internal/errs"
@@ -74,7 +76,25 @@ func (m machine) memoryBackendArgs() []string {
 	if m.MemShared {
 		share = "on"
 	}
-	return []string{"-object", "memory-backend-file,id=mem,size=" + m.ramSize() + ",mem-path=" + opt(m.MemFile) + ",share=" + share}
+	return []string{"-object", "memory-backend-file,id=mem,size=" + m.ramSize() + ",mem-path=" + opt(m.ramPath()) + ",share=" + share}
+}
+
+// ramPath is the mem-path QEMU opens for m's RAM: the memfd it inherits
+// (a jailed clone, template_memfd_linux.go), else its RAM file.
+func (m machine) ramPath() string {
+	if m.MemFD > 0 {
+		return "/proc/self/fd/" + strconv.Itoa(m.MemFD)
+	}
+	return m.MemFile
+}
+
+// ramMapsPath is how /proc/PID/maps names the mapping of m's RAM file
+// (followed by " (deleted)" once it is removed).
+func (m machine) ramMapsPath() string {
+	if m.MemMap != "" {
+		return m.MemMap
+	}
+	return m.MemFile
 }
 
 // agentPortQOMID names the agent's virtserialport in templates and clones,
@@ -165,22 +185,12 @@ func setIgnoreShared(ctx context.Context, c *qmp.Client, m machine) error {
 	return nil
 }
 
-// templateMachine resolves spec for a template or a clone. The jail runs
-// each VM as its own uid; QEMU 7.2 opens a memory-backend-file read-write
-// even for a private mapping (readonly=on maps it read-only for the guest
-// too), so a jailed clone would need write access to the file every other
-// clone shares: refused.
+// templateMachine resolves spec for a template or a clone. Under the jail
+// (each VM its own uid) a template boots like any VM, its RAM a file of
+// its own on the tmpfs, and a clone maps a sealed memfd of the template's
+// RAM (template_memfd_linux.go), never the template's file.
 func (d *Driver) templateMachine(spec hypervisor.Spec) (machine, error) {
-	m, err := d.machineFor(spec)
-	if err != nil {
-		return machine{}, err
-	}
-	if m.UID > 0 {
-		return machine{}, errs.New(errs.FailedPrecondition,
-			"warm templates under the vm jail: every clone would need write access to the shared memory file: %w",
-			hypervisor.ErrUnsupported)
-	}
-	return m, nil
+	return d.machineFor(spec)
 }
 
 // BootTemplate boots spec with its RAM in dir/memory.ram (created, or
@@ -224,6 +234,11 @@ func (d *Driver) bootTemplate(ctx context.Context, spec hypervisor.Spec, dir str
 		} else {
 			d.log.Info("template ram on the state disk", "vm_id", m.ID, "dir", d.memDir, "err", err)
 		}
+	}
+	if !onTmpfs && m.UID > 0 {
+		// A jailed QEMU would need write access to a file in dir.
+		return nil, errs.New(errs.FailedPrecondition,
+			"a template under the vm jail boots with its ram on the memory dir's tmpfs, which has no room for it: %w", hypervisor.ErrUnsupported)
 	}
 	if !onTmpfs {
 		if err := createRAMFile(m.MemFile, m.ramBytes()); err != nil {
@@ -328,6 +343,19 @@ func (d *Driver) saveTemplate(ctx context.Context, h *hypervisor.Handle, dir str
 	if err != nil {
 		return err
 	}
+	if m.UID > 0 {
+		// The template VM ran jailed, as a uid that owned its disks:
+		// they are the backing files of every clone's disk now, read
+		// by each clone's uid and written by none (the uid may be
+		// another VM's later).
+		for _, disk := range m.Disks {
+			if !disk.ReadOnly {
+				if err := rootReadOnly(disk.Path); err != nil {
+					return fmt.Errorf("template disk: %w", err)
+				}
+			}
+		}
+	}
 	m.Incoming = ""
 	st := savedTemplate{Format: templateFormat, QEMUVersion: version, SavedAt: time.Now().UTC(), MemoryBytes: size, Machine: m}
 	out, err := json.MarshalIndent(st, "", "  ")
@@ -339,7 +367,31 @@ func (d *Driver) saveTemplate(ctx context.Context, h *hypervisor.Handle, dir str
 	}
 	d.log.Info("template saved", "vm_id", m.ID, "dir", dir, "memory_mib", m.MemoryMiB,
 		"save_ms", saved.Milliseconds(), "duration_ms", time.Since(start).Milliseconds())
+	if d.cfg.Jail.On() {
+		// Jailed clones start from its sealed memfd: made now, not by
+		// the first create.
+		t0 := time.Now()
+		if _, err := d.templateRAM(mem, size); err != nil {
+			d.log.Warn("sealed copy of the template ram", "dir", dir, "err", err)
+		} else {
+			d.log.Info("template ram sealed for jailed clones", "dir", dir, "duration_ms", time.Since(t0).Milliseconds())
+		}
+	}
 	return nil
+}
+
+// rootReadOnly makes path (not a symbolic link) root's, readable by all
+// and writable by none but root.
+func rootReadOnly(path string) error {
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if err := f.Chown(0, 0); err != nil {
+		return err
+	}
+	return f.Chmod(0o644)
 }
 
 // syncFile flushes path to disk and returns its size.
@@ -420,6 +472,15 @@ func (d *Driver) startClone(ctx context.Context, spec hypervisor.Spec, dir strin
 	m.MemShared = false
 	m.Incoming = filepath.Join(dir, StateMemoryFile)
 	start := time.Now()
+	if m.UID > 0 {
+		// Jailed: the template's RAM through a sealed memfd, inherited
+		// after the TAP and vhost descriptors (prepareJail).
+		r, err := d.templateRAM(m.MemFile, m.ramBytes())
+		if err != nil {
+			return nil, err
+		}
+		m.MemFD, m.MemMap = m.nextFD(), r.mapsPath()
+	}
 	h, err := d.launch(ctx, m)
 	if err != nil {
 		return nil, err

@@ -75,6 +75,8 @@ type agentGuest struct {
 	signer  ssh.Signer
 	hostKey string // base64 of signer's public key, for the cmdline
 	owner   ssh.Signer
+	jailed  bool   // the driver jails its VMs: spec gives each a vsock cid (its uid)
+	cids    uint32 // the cids given so far
 }
 
 // needVMsTB is vmFixture's skip logic for a testing.TB.
@@ -92,6 +94,13 @@ func needVMsTB(tb testing.TB) {
 }
 
 func newAgentGuest(tb testing.TB) *agentGuest {
+	tb.Helper()
+	return newAgentGuestJail(tb, false)
+}
+
+// newAgentGuestJail is newAgentGuest with the driver's per-VM jail on
+// (testJail) when jailed.
+func newAgentGuestJail(tb testing.TB, jailed bool) *agentGuest {
 	tb.Helper()
 	needVMsTB(tb)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
@@ -127,18 +136,21 @@ func newAgentGuest(tb testing.TB) *agentGuest {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	// No jail: see templateMachine.
+	jc := jail.Config{Mode: jail.ModeOff}
+	if jailed {
+		jc = testJail(tb, self)
+	}
 	d, err := New(Config{
 		VhostVsock:   VsockOff,
 		RelayCommand: []string{"/usr/bin/env", envAgentRelay + "=1", self},
 		MemoryDir:    testMemoryDir(tb),
-		Jail:         jail.Config{Mode: jail.ModeOff},
+		Jail:         jc,
 		Log:          slog.New(slog.NewTextHandler(io.Discard, nil)),
 	})
 	if err != nil {
 		tb.Fatal(err)
 	}
-	g := &agentGuest{d: d, kernel: k.Path, initrd: ir.Path, rootfs: img.Path, work: work}
+	g := &agentGuest{d: d, kernel: k.Path, initrd: ir.Path, rootfs: img.Path, work: work, jailed: jailed}
 	_, priv, _ := ed25519.GenerateKey(rand.Reader)
 	g.signer, _ = ssh.NewSignerFromKey(priv)
 	g.hostKey = base64.StdEncoding.EncodeToString(g.signer.PublicKey().Marshal())
@@ -185,13 +197,18 @@ func (g *agentGuest) spec(tb testing.TB, id string, memMiB int, base, baseFormat
 	cmdline := "console=ttyS0 root=/dev/vda rw rootfstype=ext4 panic=-1 reboot=t quiet loglevel=4 " +
 		"i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd minions.id=" + id + " minions.name=" + id +
 		" minions.hostkey=" + g.hostKey + " minions.ip=" + ip + " minions.gw=10.77.0.1"
-	return hypervisor.Spec{
+	spec := hypervisor.Spec{
 		ID: id, Name: id, CPUs: 1, MemoryMiB: memMiB,
 		Kernel: g.kernel, Initramfs: g.initrd, Cmdline: cmdline,
 		Disks:  []hypervisor.Disk{{Path: overlay, Format: disk.FormatQcow2}},
 		Net:    &hypervisor.NetIface{TAP: g.tap(tb, tap), MAC: mac},
 		RunDir: run, ConsoleLog: filepath.Join(run, "console.log"),
 	}
+	if g.jailed {
+		g.cids++
+		spec.VsockCID = 700 + g.cids // its uid: the jail's base + cid
+	}
+	return spec
 }
 
 // agentConfig trusts key (nil: any key, recorded into *seen).
