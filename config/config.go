@@ -93,7 +93,7 @@ type Config struct {
 	Jail    string `toml:"jail"`
 	Sandbox string `toml:"sandbox"`
 	// NoWarm turns warm templates off: every create boots from the image
-	// (see docs/templates.md; templates are also off while Jail is on).
+	// (see docs/templates.md).
 	NoWarm bool `toml:"no_warm"`
 	// JailUIDBase is the first per-VM uid (a VM runs as base + its vsock
 	// CID; default 2000000000); JailMemoryOverheadMiB is added to a VM's

@@ -49,8 +49,8 @@ type Config struct {
 	// (/proc/meminfo). Tests set it.
 	HostMemory func() (int64, error)
 
-	// NoWarm turns warm templates off (engine.Config.NoWarm); the daemon
-	// sets it while the per-VM jail is on (see docs/templates.md).
+	// NoWarm turns warm templates off (engine.Config.NoWarm; config
+	// no_warm, see docs/templates.md).
 	NoWarm bool
 	// BackgroundWarm lets the engine build templates in the background
 	// (engine.Config.BackgroundWarm): the daemon, not the CLI.

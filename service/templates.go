@@ -9,8 +9,7 @@ import (
 
 // Warm templates (docs/templates.md): creates of an image version and
 // shape restore from a template of it, when the engine keeps them
-// (engine.Warmer: the local engine, while the per-VM jail is off and
-// no_warm is not set).
+// (engine.Warmer: the local engine, unless no_warm is set).
 
 // WarmRequest asks for the template of an image and shape.
 type WarmRequest struct {

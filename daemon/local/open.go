@@ -77,9 +77,8 @@ type Options struct {
 	DNS         netip.Addr
 	EgressAllow []network.EgressRule
 	Resources   config.Resources // quotas, overcommit, console cap (config.Config.Resources)
-	// NoWarm turns warm templates off (config no_warm); they are off
-	// anyway while the jail is on. BackgroundWarm lets the engine build
-	// templates in the background (serve).
+	// NoWarm turns warm templates off (config no_warm). BackgroundWarm
+	// lets the engine build templates in the background (serve).
 	NoWarm, BackgroundWarm bool
 	// Web, when set, is the service's web proxy (service.SetWeb); without
 	// it web links and domain checks answer errs.FailedPrecondition.
@@ -186,9 +185,7 @@ func Open(ctx context.Context, o Options) (*Installation, error) {
 	starttrace.Mark("open: driver")
 	scfg := service.Config{StateDir: o.Paths.State, RunDir: o.Paths.Run, Subnet: o.Subnet, DNS: dns, DefaultImage: o.DefaultImage,
 		DefaultQuota: o.Resources.DefaultQuota, MemoryOvercommit: o.Resources.MemoryOvercommit, Placement: o.Resources.Placement, DrainMode: o.Resources.DrainMode, OnOperation: o.OnOperation, Log: o.Log,
-		// A template's RAM file would be writable by every jailed clone
-		// (QEMU 7.2 opens it read-write): templates only without the jail.
-		NoWarm: o.NoWarm || o.Jail.Mode != "off", BackgroundWarm: o.BackgroundWarm}
+		NoWarm: o.NoWarm, BackgroundWarm: o.BackgroundWarm}
 	images := service.NewHostCatalog(e.Images, AgentBinary)
 	if e.Engine, err = engine.NewLocal(scfg.EngineConfig(), engine.Deps{
 		DB: db, Driver: e.Driver, Network: engine.HostNetwork{M: e.Network}, Images: images, Disks: engine.HostDisks{}, HostKey: key,

@@ -211,8 +211,9 @@ func (l *Local) dropTemplateFiles(key string) {
 // building it now if needed (boot to agent-ready, save): it returns once
 // the template is usable. diskGiB 0 takes the image's size rounded up to
 // whole GiB (at least 1). Templates need a driver that implements
-// hypervisor.Templater and a host where it can share memory (QEMU without
-// the per-VM jail): otherwise errs.FailedPrecondition.
+// hypervisor.Templater and a host where it can share memory (QEMU; under
+// the per-VM jail with its RAM on the memory dir's tmpfs): otherwise
+// errs.FailedPrecondition.
 func (l *Local) WarmTemplate(ctx context.Context, ref string, cpus, memMiB, diskGiB int) (Template, error) {
 	tr := l.templater()
 	if tr == nil {
