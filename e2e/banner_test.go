@@ -46,7 +46,7 @@ func TestServeBanner(t *testing.T) {
 		}
 		defer ptmx.Close()
 		api, sshAddr, httpAddr := freePort(t), freePort(t), freePort(t)
-		cmd := exec.Command(filepath.Join(binDir, "minions"), "serve", "--config", "/dev/null", "--bind", api,
+		cmd := exec.Command(filepath.Join(binDir, "minions"), "serve", "--config", noWarmConfig, "--bind", api,
 			"--admin-bind", freePort(t), "--ssh-bind", sshAddr, "--http-bind", httpAddr, "--public-ip", ip)
 		cmd.Env = append(os.Environ(), "MINIONS_STATE_DIR="+stateDir, "MINIONS_AGENT_BIN="+filepath.Join(binDir, "minions-agent"))
 		d := &daemonProc{cmd: cmd, log: &logBuffer{}, done: make(chan struct{})}

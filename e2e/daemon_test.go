@@ -45,7 +45,7 @@ func (s *logBuffer) String() string {
 // until its API answers on the unix socket.
 func runDaemonForTest(t testing.TB, apiAddr string, extra ...string) *daemonProc {
 	t.Helper()
-	args := append([]string{"serve", "--config", "/dev/null", "--bind", apiAddr, "--admin-bind", freePort(t), "--ssh-bind", freePort(t)}, extra...)
+	args := append([]string{"serve", "--config", noWarmConfig, "--bind", apiAddr, "--admin-bind", freePort(t), "--ssh-bind", freePort(t)}, extra...)
 	cmd := exec.Command(filepath.Join(binDir, "minions"), args...)
 	cmd.Env = append(os.Environ(), "MINIONS_STATE_DIR="+stateDir, "MINIONS_AGENT_BIN="+filepath.Join(binDir, "minions-agent"))
 	d := &daemonProc{cmd: cmd, log: &logBuffer{}, api: "http://" + apiAddr, done: make(chan struct{})}

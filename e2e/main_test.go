@@ -26,6 +26,13 @@ var (
 	binDir   string // minions, minions-daemon, minions-agent and minions-relay, built once
 	stateDir string // shared installation for the tests in this package
 	skipWhy  string
+	// noWarmConfig is a daemon config file that turns warm templates off:
+	// the daemons of tests that are not about templates run with it, so
+	// that no template is built in the background under them and their
+	// creates boot cold as the tests expect (the jail is on, as by
+	// default). The template tests (warm_test.go, warm_jail_test.go)
+	// build theirs.
+	noWarmConfig string
 )
 
 func TestMain(m *testing.M) {
@@ -57,6 +64,11 @@ func TestMain(m *testing.M) {
 		}
 		binDir = filepath.Join(os.Getenv(dirEnv), "bin")
 		stateDir = filepath.Join(os.Getenv(dirEnv), "s")
+		noWarmConfig = filepath.Join(os.Getenv(dirEnv), "no-warm.toml")
+		if err := os.WriteFile(noWarmConfig, []byte("no_warm = true\n"), 0o644); err != nil {
+			fmt.Fprintln(os.Stderr, "e2e:", err)
+			os.Exit(1)
+		}
 		noteInstallation(stateDir, "")
 		code := m.Run()
 		// The RAM files of this run's installations (ramdir_test.go).

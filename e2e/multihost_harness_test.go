@@ -228,6 +228,7 @@ admin_bind = "127.0.0.1:%[3]d"
 ssh_bind = "%[1]s:%[4]d"
 http_bind = "%[1]s:%[5]d"
 proxy_rate = -1
+no_warm = true
 nats_bind = "%[1]s:%[6]d"
 advertise = %[1]q
 `, c.cp.addr, c.apiPort, c.adminPort, c.sshPort, c.httpPort, c.natsPort)

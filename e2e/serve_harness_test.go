@@ -32,6 +32,9 @@ type serveProc struct {
 func startServe(t testing.TB, config, addr string) *serveProc {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "config.toml")
+	if !strings.Contains(config, "no_warm") {
+		config = "no_warm = true\n" + config // see noWarmConfig
+	}
 	if err := os.WriteFile(path, []byte(config), 0o600); err != nil {
 		t.Fatal(err)
 	}

@@ -105,7 +105,7 @@ func startDaemon(tb testing.TB, dir, sshAddr string, extra ...string) *sshDaemon
 	}
 	d := &sshDaemon{sshAddr: sshAddr, done: make(chan struct{})}
 	_, d.port, _ = net.SplitHostPort(sshAddr)
-	args := append([]string{"serve", "--config", "/dev/null", "--ssh-bind", sshAddr, "--bind", freePort(tb), "--admin-bind", freePort(tb)}, extra...)
+	args := append([]string{"serve", "--config", noWarmConfig, "--ssh-bind", sshAddr, "--bind", freePort(tb), "--admin-bind", freePort(tb)}, extra...)
 	d.cmd = exec.Command(filepath.Join(binDir, "minions"), args...)
 	d.cmd.Env = append(os.Environ(), "MINIONS_STATE_DIR="+stateDir, "MINIONS_AGENT_BIN="+filepath.Join(binDir, "minions-agent"))
 	d.cmd.Stdout, d.cmd.Stderr = (*lockedBuf)(d), (*lockedBuf)(d)

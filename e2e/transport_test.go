@@ -34,7 +34,7 @@ type apiServe struct {
 
 func startAPIServe(t *testing.T, args ...string) *apiServe {
 	t.Helper()
-	all := append([]string{"serve", "--config", "/dev/null", "--ssh-bind", freePort(t)}, args...)
+	all := append([]string{"serve", "--config", noWarmConfig, "--ssh-bind", freePort(t)}, args...)
 	p := &apiServe{cmd: exec.Command(filepath.Join(binDir, "minions"), all...), out: &syncBuf{}, done: make(chan struct{})}
 	p.cmd.Env = append(os.Environ(), "MINIONS_STATE_DIR="+stateDir, "MINIONS_AGENT_BIN="+filepath.Join(binDir, "minions-agent"))
 	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out

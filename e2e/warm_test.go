@@ -30,9 +30,9 @@ import (
 	"github.com/minionsdev/minions/vsockcli"
 )
 
-// warmEngine is a local engine on real QEMU (TCG, jail off: templates
-// need it, see docs/templates.md) with its own bridge, nftables table and
-// subnet, over the test installation's minimal image.
+// warmEngine is a local engine on real QEMU (TCG, jail off unless made
+// by newWarmEngineWith) with its own bridge, nftables table and subnet,
+// over the test installation's minimal image.
 type warmEngine struct {
 	l     *engine.Local
 	db    *store.DB
@@ -49,6 +49,14 @@ func newWarmEngine(tb testing.TB, bridge, subnet string) *warmEngine {
 // newWarmEngineLog is newWarmEngine logging to h (nil: text on stderr,
 // info and above).
 func newWarmEngineLog(tb testing.TB, bridge, subnet string, h slog.Handler) *warmEngine {
+	tb.Helper()
+	return newWarmEngineWith(tb, bridge, subnet, h, false)
+}
+
+// newWarmEngineWith is newWarmEngineLog with its VMs jailed when jailed,
+// as `minions serve` jails them by default: each its own uid, mount
+// namespace and cgroup, the engine's state and run dirs hidden.
+func newWarmEngineWith(tb testing.TB, bridge, subnet string, h slog.Handler, jailed bool) *warmEngine {
 	tb.Helper()
 	ctx := context.Background()
 	dir, err := os.MkdirTemp(filepath.Dir(stateDir), "warm")
@@ -78,8 +86,12 @@ func newWarmEngineLog(tb testing.TB, bridge, subnet string, h slog.Handler) *war
 	}
 	tb.Cleanup(func() { nm.Teardown(context.Background()) })
 	exe := filepath.Join(binDir, "minions-relay") // agent relay and console logger
+	jc := jail.Config{Mode: jail.ModeOff}
+	if jailed {
+		jc = local.VMJail(filepath.Join(binDir, "minions"), jail.Config{Mode: jail.ModeOn}, local.Paths{State: dir, Run: filepath.Join(dir, "run")})
+	}
 	drv, err := qemu.New(qemu.Config{Accel: qemu.AccelTCG, RelayCommand: []string{exe, "agent-relay"},
-		ConsoleCommand: []string{exe, "console-log"}, Jail: jail.Config{Mode: "off"}, Log: log,
+		ConsoleCommand: []string{exe, "console-log"}, Jail: jc, Log: log,
 		MemoryDir: local.MemoryDir(dir)})
 	noteInstallation(dir, "") // its ram files are checked at the end (ramdir_test.go)
 	if err != nil {
