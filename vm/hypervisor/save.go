@@ -1,6 +1,9 @@
 package hypervisor
 
-import "context"
+import (
+	"context"
+	"io"
+)
 
 // UnsyncedSaver is implemented by drivers whose SaveState can leave the
 // saved files in the page cache instead of flushing them to stable
@@ -35,4 +38,25 @@ type RAMKeeper interface {
 	// AdoptRAM makes the RAM file at path (NewRAMFile's) the RAM of the
 	// device state in dir (saved by SaveStateKeepRAM on another host).
 	AdoptRAM(dir, path string) error
+}
+
+// RAMOpener is implemented by RAMKeepers that can also pre-copy a VM whose
+// RAM is not a file of its own (RAMFile's errs.FailedPrecondition): the
+// qemu driver's warm clones, whose RAM is their template's pages and the
+// ones they wrote. Their SaveStateKeepRAM makes the kept RAM file at the
+// suspend.
+type RAMOpener interface {
+	// OpenRAM opens running VM h's RAM for reading, and returns its
+	// size; errs.FailedPrecondition when the driver cannot (then the
+	// move ships the RAM after the suspend).
+	OpenRAM(h *Handle) (RAMReader, int64, error)
+}
+
+// RAMReader reads a running VM's RAM (RAMOpener). Reads may run at once.
+type RAMReader interface {
+	io.ReaderAt
+	// Hole reports whether [off, off+n) holds nothing ever written: it
+	// reads as zeros without being read.
+	Hole(off, n int64) bool
+	io.Closer
 }

@@ -50,7 +50,14 @@ func (m machine) isClone() bool { return m.MemFile != "" && !m.MemShared && !m.M
 // saveCloneForkCopy is SaveCopy of a warm clone (see above). The VM is left
 // paused; on failure a running VM is resumed and nothing is left in dir or
 // MemoryDir. An error wrapping errForkFallback came before the pause.
-func (d *Driver) saveCloneForkCopy(ctx context.Context, h *hypervisor.Handle, m machine, dir string) (err error) {
+func (d *Driver) saveCloneForkCopy(ctx context.Context, h *hypervisor.Handle, m machine, dir string) error {
+	return d.saveCloneCopy(ctx, h, m, dir, false)
+}
+
+// saveCloneCopy is saveCloneForkCopy, or with keep SaveStateKeepRAM of a
+// warm clone (a move's suspend after a pre-copy, precopy.go): the same
+// RAM file of its own, built the same way, is then the state's kept RAM.
+func (d *Driver) saveCloneCopy(ctx context.Context, h *hypervisor.Handle, m machine, dir string, keep bool) (err error) {
 	size := m.ramBytes()
 	if d.memDir == "" {
 		return fmt.Errorf("%w: per-vm ram files are off", errForkFallback)
@@ -120,7 +127,7 @@ func (d *Driver) saveCloneForkCopy(ctx context.Context, h *hypervisor.Handle, m 
 	if err := saveDeviceState(ctx, c, filepath.Join(dir, StateMemoryFile)); err != nil {
 		return err
 	}
-	st := savedState{Format: stateFormat, QEMUVersion: c.Greeting().VersionString(), SavedAt: time.Now().UTC(), Machine: m, RAMCopy: true}
+	st := savedState{Format: stateFormat, QEMUVersion: c.Greeting().VersionString(), SavedAt: time.Now().UTC(), Machine: m, RAMCopy: true, KeptRAM: keep}
 	st.Machine.Incoming = ""
 	b, err := json.MarshalIndent(st, "", "  ")
 	if err != nil {
@@ -129,7 +136,11 @@ func (d *Driver) saveCloneForkCopy(ctx context.Context, h *hypervisor.Handle, m 
 	if err := writeFileAtomic(filepath.Join(dir, StateConfigFile), append(b, '\n')); err != nil {
 		return err
 	}
-	d.log.Info("vm state saved for a fork", "vm_id", m.ID, "pid", h.PID, "dir", dir, "clone", true,
+	what := "vm state saved for a fork"
+	if keep {
+		what = "vm device state saved, ram kept"
+	}
+	d.log.Info(what, "vm_id", m.ID, "pid", h.PID, "dir", dir, "clone", true,
 		"template_copy_ms", baseTook.Milliseconds(), "template_copied_mib", base>>20,
 		"ram_copy_ms", pagesTook.Milliseconds(), "ram_copied_mib", dirty>>20,
 		"device_state_ms", (time.Since(paused) - pagesTook).Milliseconds(), "paused_ms", time.Since(paused).Milliseconds(),

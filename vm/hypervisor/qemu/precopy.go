@@ -125,6 +125,12 @@ func (d *Driver) SaveStateKeepRAM(ctx context.Context, h *hypervisor.Handle, dir
 	if err != nil {
 		return errs.New(errs.FailedPrecondition, "read machine config: %v", err)
 	}
+	if m.isClone() && d.memDir != "" {
+		// A warm clone (OpenRAM pre-copied it): its RAM becomes a file
+		// of its own here, the template's copied while it runs and
+		// the pages it wrote over it once it is paused.
+		return d.saveCloneCopy(ctx, h, m, dir, true)
+	}
 	if !m.MemOwn || d.memDir == "" || filepath.Dir(m.MemFile) != d.memDir {
 		return errs.New(errs.FailedPrecondition, "vm %s has no ram file of its own", m.ID)
 	}
