@@ -124,7 +124,7 @@ func (r *ramFixture) preCopyCut(t *testing.T, dst, token string, write func(n in
 		pr, pw := io.Pipe()
 		done := make(chan written, 1)
 		go func() {
-			sums, log, err := writePreCopy(pw, h, r.f, log)
+			sums, log, err := writePreCopy(pw, h, fileRAM{r.f}, log)
 			pw.CloseWithError(err)
 			done <- written{sums, log, err}
 		}()
@@ -308,7 +308,7 @@ func TestRAMDeltaCatchesMissedChunk(t *testing.T) {
 	tgt := filepath.Join(dir, "dst.ram")
 	_, pre := r.preCopy(t, tgt, "tok", func(int) {})
 	r.mem[5*preCopyChunk+9] ^= 0x5a
-	now, err := sumRAM(r.f, size, preCopyChunk)
+	now, err := sumRAM(fileRAM{r.f}, size, preCopyChunk)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -355,7 +355,7 @@ func BenchmarkSumRAM(b *testing.B) {
 	b.SetBytes(size)
 	b.ResetTimer()
 	for range b.N {
-		if _, err := sumRAM(f, size, preCopyChunk); err != nil {
+		if _, err := sumRAM(fileRAM{f}, size, preCopyChunk); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -372,7 +372,7 @@ func TestPreCopyResumeGivesUpOnALostSource(t *testing.T) {
 	h0 := PreCopyHeader{Version: PreCopyStreamVersion, ID: "x", Size: r.size, Chunk: preCopyChunk, Token: "tok"}
 	pr, pw := io.Pipe()
 	go func() {
-		_, _, err := writePreCopy(pw, h0, r.f, nil)
+		_, _, err := writePreCopy(pw, h0, fileRAM{r.f}, nil)
 		pw.CloseWithError(err)
 	}()
 	br := bufio.NewReader(&cutPipe{r: pr, left: 3 * (1 + preCopyChunk)})

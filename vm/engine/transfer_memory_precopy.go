@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -188,10 +189,11 @@ func (l *Local) exportPreCopy(ctx context.Context, id string, off int64, w io.Wr
 		if h == nil {
 			return errs.New(errs.FailedPrecondition, "vm %s has no hypervisor handle", v.Name)
 		}
-		p, size, err := rk.RAMFile(h)
+		src, size, err := openRAM(l.Driver, rk, h)
 		if err != nil {
 			return fmt.Errorf("pre-copy vm %s: %w", v.Name, err)
 		}
+		defer src.Close()
 		var log []preRec
 		hd := PreCopyHeader{Version: PreCopyStreamVersion, ID: v.ID, Size: size, Chunk: preCopyChunk}
 		if off == 0 {
@@ -206,13 +208,8 @@ func (l *Local) exportPreCopy(ctx context.Context, id string, off int64, w io.Wr
 			hd.Token, hd.Resumed, hd.From = o.token, true, off-1
 			log = o.log[:off-1]
 		}
-		f, err := os.Open(p)
-		if err != nil {
-			return fmt.Errorf("pre-copy vm %s: %w", v.Name, err)
-		}
-		defer f.Close()
 		t0 := time.Now()
-		sums, log, err := writePreCopy(w, hd, f, log)
+		sums, log, err := writePreCopy(w, hd, src, log)
 		// What went, whole or not: the target may ask for the rest.
 		l.precopy.putOut(v.ID, preOut{token: hd.Token, sums: sums, log: log, done: err == nil, at: time.Now()})
 		if err != nil {
@@ -221,6 +218,28 @@ func (l *Local) exportPreCopy(ctx context.Context, id string, off int64, w io.Wr
 		l.log.Info("vm ram pre-copied", "vm_id", v.ID, "vm", v.Name, "mib", size>>20, "resumed_from", hd.From, "duration_ms", time.Since(t0).Milliseconds())
 		return nil
 	})
+}
+
+// openRAM opens running VM h's RAM for a pre-copy: its RAM file, or
+// where it has none the driver's reader (a warm clone's,
+// hypervisor.RAMOpener).
+func openRAM(d hypervisor.Driver, rk hypervisor.RAMKeeper, h *hypervisor.Handle) (hypervisor.RAMReader, int64, error) {
+	p, size, err := rk.RAMFile(h)
+	if err == nil {
+		f, err := os.Open(p)
+		if err != nil {
+			return nil, 0, err
+		}
+		return fileRAM{f}, size, nil
+	}
+	if ro, ok := d.(hypervisor.RAMOpener); ok && errors.Is(err, errs.FailedPrecondition) {
+		r, size, oerr := ro.OpenRAM(h)
+		if oerr == nil {
+			return r, size, nil
+		}
+		return nil, 0, fmt.Errorf("%w; %w", err, oerr)
+	}
+	return nil, 0, err
 }
 
 // ImportPreCopy implements PreCopier.
