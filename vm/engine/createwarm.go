@@ -91,7 +91,14 @@ func (l *Local) warmCreate(ctx context.Context, o *op, row store.VM, t Template,
 		return row, err
 	}
 	dp := l.diskPath(row.ID)
-	if err := l.Disks.CreateOverlay(ctx, t.Disk, "qcow2", dp, int64(row.DiskGiB)<<30); err != nil {
+	// A copy of the template's disk (an overlay of the image holding what
+	// the template's boot wrote), not an overlay of it: the instance's disk
+	// is then an overlay of its image like a cold one's, which moves,
+	// copies and backups ship as one file and a target rebases onto its own
+	// copy of the image. An overlay of the template's disk would lose that
+	// layer on the target. The template's boot writes little (1.1 MiB for
+	// the minimal image).
+	if err := l.Disks.Clone(ctx, t.Disk, dp); err != nil {
 		return row, fmt.Errorf("disk: %w", err)
 	}
 	u.push(func() { os.Remove(dp) })

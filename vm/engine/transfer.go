@@ -8,11 +8,13 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/minionsdev/minions/internal/cpus"
 	"github.com/minionsdev/minions/internal/errs"
 	"github.com/minionsdev/minions/store"
 	"github.com/minionsdev/minions/vm"
+	"github.com/minionsdev/minions/vm/disk"
 )
 
 // Moving an instance's disk between hosts: the Transferer contract and
@@ -95,6 +97,9 @@ func (l *Local) ExportDiskFrom(ctx context.Context, id string, off int64, w io.W
 		if len(snaps) > 0 {
 			return errs.New(errs.FailedPrecondition, "export vm %s: it has %d snapshots; moving snapshots is not supported yet (delete them first)", v.Name, len(snaps))
 		}
+		if err := l.notTemplateBacked(ctx, v); err != nil {
+			return err
+		}
 		f, err := os.Open(l.diskPath(v.ID))
 		if err != nil {
 			return fmt.Errorf("export vm %s: %w", v.Name, err)
@@ -115,6 +120,25 @@ func (l *Local) ExportDiskFrom(ctx context.Context, id string, off int64, w io.W
 		}
 		return nil
 	})
+}
+
+// notTemplateBacked refuses to ship instance v's disk when its backing
+// file is a warm template's disk: an instance created from a template
+// before its disk became a copy of the template's (createwarm.go). A
+// target would rebase that disk onto its image without the template's
+// layer, and the guest's file system would be broken there. A disk qemu-img
+// cannot read (tests' stand-ins) is left to the stream.
+func (l *Local) notTemplateBacked(ctx context.Context, v store.VM) error {
+	info, err := disk.Info(ctx, l.diskPath(v.ID))
+	if err != nil || info.Backing == "" {
+		return nil
+	}
+	if rel, err := filepath.Rel(l.templatesDir(), info.Backing); err == nil && !strings.HasPrefix(rel, "..") {
+		return errs.New(errs.FailedPrecondition,
+			"vm %s cannot leave this host: its disk is an overlay of warm template disk %s, which does not go with it (a vm created from a template before its disk was a copy)",
+			v.Name, info.Backing)
+	}
+	return nil
 }
 
 // ImportDisk implements Transferer.

@@ -191,6 +191,9 @@ func (l *Local) Suspend(ctx context.Context, id, trustKey string) error {
 				return err
 			}
 		}
+		if err := l.notTemplateBacked(ctx, v); err != nil {
+			return err // before the pause: the move stops here
+		}
 		if trustKey != "" {
 			if err := l.setAgentKeys(ctx, v, l.hostKeyLine(), trustKey); err != nil {
 				return fmt.Errorf("suspend vm %s: %w", v.Name, err)
@@ -308,6 +311,9 @@ func (l *Local) ExportBundleFrom(ctx context.Context, id string, off int64, w io
 	return l.withLock(ctx, id, func(v store.VM) error {
 		if v.State != vm.Stopped {
 			return errs.New(errs.FailedPrecondition, "export vm %s: it is %s; stop or suspend it first", v.Name, v.State)
+		}
+		if err := l.notTemplateBacked(ctx, v); err != nil {
+			return err
 		}
 		h := BundleHeader{ID: v.ID, Name: v.Name, Image: v.Image, CPUs: v.CPUs, MemoryMiB: v.MemoryMiB, DiskGiB: v.DiskGiB}
 		dir := l.vmDir(v.ID)
