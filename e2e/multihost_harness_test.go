@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"golang.org/x/crypto/ssh"
+
+	"github.com/minionsdev/minions/vm/engine"
 )
 
 // The several-hosts harness (issue 14, "How it is proven"): a control plane
@@ -228,7 +230,6 @@ admin_bind = "127.0.0.1:%[3]d"
 ssh_bind = "%[1]s:%[4]d"
 http_bind = "%[1]s:%[5]d"
 proxy_rate = -1
-no_warm = true
 nats_bind = "%[1]s:%[6]d"
 advertise = %[1]q
 `, c.cp.addr, c.apiPort, c.adminPort, c.sshPort, c.httpPort, c.natsPort)
@@ -352,6 +353,27 @@ func (h *mhHost) start(t testing.TB, args ...string) *mhProc {
 	go func() { p.cmd.Wait(); close(p.done) }()
 	h.agent = p
 	return p
+}
+
+// waitWarm waits until the cp's daemon has built the template of the
+// default image (minimal) in the default shape (1 vCPU, 512 MiB): the
+// cluster runs with warm templates on, as by default, and a create of
+// that shape on the cp is then a warm clone.
+func (c *mhCluster) waitWarm(t testing.TB) {
+	t.Helper()
+	deadline := time.Now().Add(3 * time.Minute)
+	for {
+		ts, _ := engine.ReadTemplates(c.cp.state)
+		for _, tp := range ts {
+			if strings.HasPrefix(tp.Image, "minimal@") && tp.CPUs == 1 && tp.MemoryMiB == 512 {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the cp built no template of the default image and shape in 3 minutes")
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
 }
 
 // initControlPlane sets the cp's host up (`init`) and makes an admin

@@ -43,8 +43,19 @@ func testMoveResumePreCopy(t *testing.T, c *mhCluster, ann mhUser) {
 		{"n1", c.n1, cpName, c.cp, "node to control plane"},
 	} {
 		name := "p-" + leg.fromH.name + "-" + leg.toH.name
-		if r := c.as(t, ann, "", "create", name, "--memory", "512", "--host", leg.from, "--json"); r.code != 0 {
+		if leg.fromH == c.cp {
+			c.waitWarm(t) // so that the cp's vm is a warm clone (clone_ram.go)
+		}
+		r := c.as(t, ann, "", "create", name, "--memory", "512", "--host", leg.from, "--json")
+		if r.code != 0 {
 			t.Fatalf("create %s --host %s: %s", name, leg.from, r)
+		}
+		var created struct {
+			Boot string `json:"boot"`
+		}
+		json.Unmarshal([]byte(r.stdout), &created)
+		if leg.fromH == c.cp && created.Boot != "warm" {
+			t.Errorf("create %s on the cp: boot %q, want warm (a clone's pre-copy is what this leg proves)", name, created.Boot)
 		}
 		v, r := c.show(t, ann, name)
 		if r.code != 0 {

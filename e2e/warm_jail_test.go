@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/minionsdev/minions/vm/engine"
 	"github.com/minionsdev/minions/vm/hypervisor/qemu"
+	"github.com/minionsdev/minions/vm/jail"
 )
 
 // TestWarmCreateJailed: warm create with the per-VM jail on, as `minions
@@ -21,7 +23,9 @@ import (
 // engine builds a template of the minimal image and creates two VMs from
 // it; both are restores (Boot warm) with identities of their own
 // (hostname, machine-id, address, MAC, 32 bytes of /dev/urandom, clock),
-// each QEMU runs as a non-root uid of its own and maps the template's RAM
+// each one's disk is an overlay of the image alone (a copy of the
+// template's disk, so moves ship it whole), each QEMU runs as a non-root
+// uid of its own and maps the template's RAM
 // through the sealed memfd (the two share its pages), neither maps the
 // template's RAM file, and the template's RAM file and disk are root's,
 // the disk readable by the clones' uids and writable by none.
@@ -34,6 +38,9 @@ func TestWarmCreateJailed(t *testing.T) {
 		t.Fatalf("warm template under the jail: %v", err)
 	}
 	t.Logf("template %s of %s built jailed in %d ms", tpl.Key, tpl.Image, tpl.BuildMillis)
+	if out, err := exec.Command("du", "-k", tpl.Disk).CombinedOutput(); err == nil {
+		t.Logf("template disk: %s KiB allocated", strings.Fields(string(out))[0])
+	}
 	ram := filepath.Join(w.l.Config().StateDir, "templates", tpl.Key, qemu.TemplateMemoryFile)
 	for _, f := range []struct {
 		path string
@@ -70,6 +77,11 @@ func TestWarmCreateJailed(t *testing.T) {
 		}
 		w.checkClock(t, inst)
 		seen[inst.Name] = f
+		// Its disk is a copy of the template's: an overlay of the image
+		// alone, shipped by a move as a cold vm's is.
+		if chain, err := jail.BackingChain(filepath.Join(w.l.Config().StateDir, "vms", inst.ID, "disk.qcow2")); err != nil || len(chain) != 1 || chain[0] != tpl.ImagePath {
+			t.Errorf("%s's disk is backed by %v (%v), want the image %s alone", inst.Name, chain, err, tpl.ImagePath)
+		}
 		uid := procStatusUID(t, inst.PID)
 		if uid == 0 || uids[uid] != "" {
 			t.Errorf("%s's qemu runs as uid %d (%q runs as it too)", inst.Name, uid, uids[uid])
