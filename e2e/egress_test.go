@@ -67,7 +67,7 @@ func TestEgress(t *testing.T) {
 	// The daemon listens on every host address, as on a real server.
 	token := "egress-admin-token-0123456789"
 	cfgPath := filepath.Join(t.TempDir(), "config.toml")
-	os.WriteFile(cfgPath, []byte(fmt.Sprintf("dns = %q\negress_allow = [%q]\nadmin_tokens = [%q]\n", lanRouter, allowed, token)), 0o600)
+	os.WriteFile(cfgPath, []byte(fmt.Sprintf("no_warm = true\ndns = %q\negress_allow = [%q]\nadmin_tokens = [%q]\n", lanRouter, allowed, token)), 0o600) // no_warm: see noWarmConfig
 	apiPort, sshPort, httpPort := port(freePort(t)), port(freePort(t)), port(freePort(t))
 	d := runDaemonForTest(t, "0.0.0.0:"+apiPort, "--config", cfgPath, "--ssh-bind", "0.0.0.0:"+sshPort, "--http-bind", "0.0.0.0:"+httpPort, "--insecure-http")
 	defer func() {

@@ -72,7 +72,7 @@ func TestResources(t *testing.T) {
 	// Allow about 1 GiB of VM memory on this host, whatever its size.
 	ratio := float64(1<<30) / float64(hostMemTotal(t))
 	cfg := filepath.Join(t.TempDir(), "config.toml")
-	if err := os.WriteFile(cfg, []byte(fmt.Sprintf("console_log_max_bytes = %d\nmemory_overcommit = %g\n", capBytes, ratio)), 0o600); err != nil {
+	if err := os.WriteFile(cfg, []byte(fmt.Sprintf("no_warm = true\nconsole_log_max_bytes = %d\nmemory_overcommit = %g\n", capBytes, ratio)), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	d := runDaemonForTest(t, freePort(t), "--config", cfg)

@@ -29,7 +29,8 @@ import (
 //   - each maps the memfd privately, whole, and the two share its pages;
 //     neither maps the template's RAM file;
 //   - the memfd cannot be written through a clone's descriptor, by root
-//     either (write, truncate: EPERM), and is not re-sealable;
+//     either (write, truncate, hole punching: EPERM), and takes no more
+//     seals;
 //   - the template's RAM file and disk end root's (the disk readable by
 //     all, writable by none other), and do not change while the clones
 //     run and write their memory;
@@ -148,6 +149,9 @@ func TestJailedTemplateClones(t *testing.T) {
 		}
 		if err := f.Truncate(4096); !errors.Is(err, syscall.EPERM) {
 			t.Errorf("truncate the template memfd: %v, want EPERM", err)
+		}
+		if err := unix.Fallocate(int(f.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, 0, 1<<20); !errors.Is(err, syscall.EPERM) {
+			t.Errorf("punch a hole in the template memfd: %v, want EPERM", err)
 		}
 		if _, err := unix.FcntlInt(f.Fd(), unix.F_ADD_SEALS, unix.F_SEAL_FUTURE_WRITE); !errors.Is(err, syscall.EPERM) {
 			t.Errorf("add a seal to the template memfd: %v, want EPERM (sealed against new seals)", err)
