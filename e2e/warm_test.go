@@ -319,7 +319,8 @@ func TestWarmCreate(t *testing.T) {
 // re-identified), warm from a template against cold from the image,
 // pairwise (one of each per iteration), and reports the medians and their
 // ratio. MINIONS_E2E_WARM_IMAGE=debian measures the Debian image (1 vCPU,
-// 512 MiB: the CLI's default shape) instead of the minimal one (256 MiB).
+// 512 MiB: the CLI's default shape) instead of the minimal one (256 MiB);
+// MINIONS_E2E_WARM_JAIL=1 jails the VMs.
 func BenchmarkWarmCreate(b *testing.B) {
 	if skipWhy != "" {
 		b.Skip(skipWhy)
@@ -331,7 +332,10 @@ func BenchmarkWarmCreate(b *testing.B) {
 	if image == "debian" && os.Getenv("MINIONS_E2E_DEBIAN") == "0" {
 		b.Skip("MINIONS_E2E_DEBIAN=0: no Debian image")
 	}
-	w := newWarmEngine(b, "mnwarmb0", "10.217.0.0/24")
+	// MINIONS_E2E_WARM_JAIL=1: the VMs jailed, as `minions serve` runs
+	// them by default (warm clones on the template's sealed memfd).
+	jailed := os.Getenv("MINIONS_E2E_WARM_JAIL") == "1"
+	w := newWarmEngineWith(b, "mnwarmb0", "10.217.0.0/24", nil, jailed)
 	ctx := context.Background()
 	if _, err := w.l.WarmTemplate(ctx, image, 1, mem, 0); err != nil {
 		b.Fatal(err)
@@ -365,6 +369,6 @@ func BenchmarkWarmCreate(b *testing.B) {
 	cold.report(b, "cold-")
 	ratio := float64(warm.median()) / float64(cold.median())
 	b.ReportMetric(ratio, "warm/cold")
-	fmt.Fprintf(os.Stderr, "BenchmarkWarmCreate (%s): create to agent-ready, medians of %d: warm %s, cold %s, ratio %.2f\n",
-		image, len(warm), fmtMS(warm.median()), fmtMS(cold.median()), ratio)
+	fmt.Fprintf(os.Stderr, "BenchmarkWarmCreate (%s, jail %v): create to agent-ready, medians of %d: warm %s, cold %s, ratio %.2f\n",
+		image, jailed, len(warm), fmtMS(warm.median()), fmtMS(cold.median()), ratio)
 }
