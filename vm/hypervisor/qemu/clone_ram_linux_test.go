@@ -8,15 +8,10 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 
-	"golang.org/x/crypto/ssh"
-
 	"github.com/minionsdev/minions/vm/disk"
-	"github.com/minionsdev/minions/vm/hypervisor"
-	"github.com/minionsdev/minions/vsockcli"
 )
 
 // TestClonePreCopyRAM: a move of a warm clone (jailed, as by default)
@@ -36,39 +31,10 @@ func TestClonePreCopyRAM(t *testing.T) {
 	dir := filepath.Join(g.work, "tpl")
 	tplKey, tplDisk := g.template(t, ctx, "tpp0", 256, dir)
 	spec := g.spec(t, "pcc1", 256, tplDisk, disk.FormatQcow2, "mqp1", "52:54:00:77:03:01", "10.77.0.81/24")
-	h, err := g.d.StartClone(ctx, spec, dir)
-	if err != nil {
-		t.Fatal(err)
-	}
+	h, key := g.startClone(t, ctx, dir, tplKey, spec, netip.MustParsePrefix("10.77.0.81/24"))
 	defer func() { g.d.Kill(context.Background(), h) }()
-	ac, err := vsockcli.WaitReady(ctx, h.Agent, g.agentConfig(tplKey, nil))
-	if err != nil {
-		t.Fatal(err)
-	}
-	owner := strings.TrimSpace(string(ssh.MarshalAuthorizedKey(g.owner.PublicKey())))
-	r, err := ac.Reidentify(ctx, vsockcli.Identity{Hostname: "pcc1", MachineID: vsockcli.NewMachineID(), MAC: "52:54:00:77:03:01",
-		IP: netip.MustParsePrefix("10.77.0.81/24"), Gateway: netip.MustParseAddr("10.77.0.1"), AuthorizedKeys: []string{owner}})
-	ac.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
-	key := r.AgentHostKey
-	run := func(h *hypervisor.Handle, cmd string) string {
-		t.Helper()
-		c, err := vsockcli.WaitReady(ctx, h.Agent, g.agentConfig(key, nil))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
-		var out bytes.Buffer
-		code, err := c.Exec(ctx, vsockcli.ExecRequest{Command: cmd, Stdout: &out, Stderr: &out})
-		if err != nil || code != 0 {
-			t.Fatalf("%q: exit %d, %v: %s", cmd, code, err, out.String())
-		}
-		return strings.TrimSpace(out.String())
-	}
-	run(h, "mkdir -p /run/t && mount -t tmpfs tmpfs /run/t 2>/dev/null; head -c 8388608 /dev/urandom > /run/t/blob")
-	want := run(h, "md5sum /run/t/blob")
+	g.run(t, ctx, h, key, "mkdir -p /run/t && mount -t tmpfs tmpfs /run/t 2>/dev/null; head -c 8388608 /dev/urandom > /run/t/blob")
+	want := g.run(t, ctx, h, key, "md5sum /run/t/blob")
 
 	ram, size, err := g.d.OpenRAM(h)
 	if err != nil {
@@ -140,7 +106,7 @@ func TestClonePreCopyRAM(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := run(h, "md5sum /run/t/blob"); got != want {
+	if got := g.run(t, ctx, h, key, "md5sum /run/t/blob"); got != want {
 		t.Errorf("after the restore the blob is %q, was %q", got, want)
 	}
 	if err := g.d.DiscardCopy(sd); err != nil {

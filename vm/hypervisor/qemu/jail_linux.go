@@ -127,21 +127,12 @@ func (d *Driver) prepareJail(m machine) ([]*os.File, error) {
 		files = append(files, f)
 	}
 	if m.MemFD > 0 {
-		// Inherited at 3 + its index: after the TAP and vhost-vsock.
-		err := fmt.Errorf("vm %s: its template ram would be descriptor %d, not %d", m.ID, 3+len(files), m.MemFD)
-		if m.MemFD == 3+len(files) {
-			var r *templateRAM
-			if r, err = d.templateRAM(m.MemFile, m.ramBytes()); err == nil {
-				var f *os.File
-				if f, err = r.inherit(); err == nil {
-					files = append(files, f)
-				}
-			}
-		}
+		f, err := d.inheritTemplateRAM(m, 3+len(files))
 		if err != nil {
 			closeAll(files)
-			return nil, fmt.Errorf("template ram for a jailed clone: %w", err)
+			return nil, err
 		}
+		files = append(files, f)
 	}
 	return files, nil
 }

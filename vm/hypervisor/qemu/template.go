@@ -26,6 +26,11 @@ import (
 // first touch, a write copies the page into the clone alone, the file never
 // changes, and the restore costs the same for any memory size.
 //
+// Under the per-VM jail (each VM its own uid) a template boots like any
+// VM, its RAM a file of its own on the memory dir's tmpfs, and a clone
+// maps a sealed memfd copy of the template's RAM, never the template's
+// file (template_memfd_linux.go).
+//
 // Files in a template directory.
 const (
 	// TemplateMemoryFile is the guest RAM of the template.
@@ -185,14 +190,6 @@ func setIgnoreShared(ctx context.Context, c *qmp.Client, m machine) error {
 	return nil
 }
 
-// templateMachine resolves spec for a template or a clone. Under the jail
-// (each VM its own uid) a template boots like any VM, its RAM a file of
-// its own on the tmpfs, and a clone maps a sealed memfd of the template's
-// RAM (template_memfd_linux.go), never the template's file.
-func (d *Driver) templateMachine(spec hypervisor.Spec) (machine, error) {
-	return d.machineFor(spec)
-}
-
 // BootTemplate boots spec with its RAM in dir/memory.ram (created, or
 // replaced, with mode 0600), mapped shared. It returns like Start; on
 // failure nothing is left running and the memory file is removed.
@@ -205,7 +202,7 @@ func (d *Driver) BootTemplate(ctx context.Context, spec hypervisor.Spec, dir str
 }
 
 func (d *Driver) bootTemplate(ctx context.Context, spec hypervisor.Spec, dir string) (*hypervisor.Handle, error) {
-	m, err := d.templateMachine(spec)
+	m, err := d.machineFor(spec)
 	if err != nil {
 		return nil, err
 	}
@@ -345,9 +342,9 @@ func (d *Driver) saveTemplate(ctx context.Context, h *hypervisor.Handle, dir str
 	}
 	if m.UID > 0 {
 		// The template VM ran jailed, as a uid that owned its disks:
-		// they are the backing files of every clone's disk now, read
-		// by each clone's uid and written by none (the uid may be
-		// another VM's later).
+		// every clone's disk is a child or a copy of them now, read by
+		// each clone's uid (or root) and written by none (the uid may
+		// be another VM's later).
 		for _, disk := range m.Disks {
 			if !disk.ReadOnly {
 				if err := rootReadOnly(disk.Path); err != nil {
@@ -457,7 +454,7 @@ func (d *Driver) startClone(ctx context.Context, spec hypervisor.Spec, dir strin
 	if err != nil {
 		return nil, err
 	}
-	m, err := d.templateMachine(spec)
+	m, err := d.machineFor(spec)
 	if err != nil {
 		return nil, err
 	}

@@ -1,7 +1,6 @@
 package qemu
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -19,7 +18,6 @@ import (
 
 	"github.com/minionsdev/minions/vm/disk"
 	"github.com/minionsdev/minions/vm/hypervisor"
-	"github.com/minionsdev/minions/vsockcli"
 )
 
 // TestJailedTemplateClones: under the per-VM jail a template boots and
@@ -61,7 +59,6 @@ func TestJailedTemplateClones(t *testing.T) {
 	memSum, diskSum := fileSum(t, tplRAM), fileSum(t, tplDisk)
 	memfd := "/memfd:minions-template-" + filepath.Base(dir)
 
-	owner := strings.TrimSpace(string(ssh.MarshalAuthorizedKey(g.owner.PublicKey())))
 	type clone struct {
 		h    *hypervisor.Handle
 		spec hypervisor.Spec
@@ -74,48 +71,17 @@ func TestJailedTemplateClones(t *testing.T) {
 			g.d.Kill(context.Background(), c.h)
 		}
 	}()
-	run := func(c *vsockcli.Client, cmd string) string {
-		t.Helper()
-		var out bytes.Buffer
-		code, err := c.Exec(ctx, vsockcli.ExecRequest{Command: cmd, Stdout: &out, Stderr: &out})
-		if err != nil || code != 0 {
-			t.Fatalf("%q: exit %d, %v: %s", cmd, code, err, out.String())
-		}
-		return strings.TrimSpace(out.String())
-	}
 	for i := 1; i <= 2; i++ {
-		mac := fmt.Sprintf("52:54:00:77:02:%02x", i)
 		ip := netip.MustParsePrefix(fmt.Sprintf("10.77.0.%d/24", 60+i))
-		spec := g.spec(t, fmt.Sprintf("jc%d", i), 256, tplDisk, disk.FormatQcow2, fmt.Sprintf("mqj%d", i), mac, ip.String())
-		h, err := g.d.StartClone(ctx, spec, dir)
-		if err != nil {
-			t.Fatal(err)
-		}
-		c := &clone{h: h, spec: spec}
+		spec := g.spec(t, fmt.Sprintf("jc%d", i), 256, tplDisk, disk.FormatQcow2, fmt.Sprintf("mqj%d", i), fmt.Sprintf("52:54:00:77:02:%02x", i), ip.String())
+		h, key := g.startClone(t, ctx, dir, tplKey, spec, ip)
+		c := &clone{h: h, spec: spec, key: key}
 		clones = append(clones, c)
-		ac, err := vsockcli.WaitReady(ctx, h.Agent, g.agentConfig(tplKey, nil))
-		if err != nil {
-			b, _ := os.ReadFile(spec.ConsoleLog)
-			q, _ := os.ReadFile(filepath.Join(spec.RunDir, qemuLog))
-			t.Fatalf("clone %d agent: %v\nconsole:\n%s\nqemu.log:\n%s", i, err, b, q)
-		}
-		r, err := ac.Reidentify(ctx, vsockcli.Identity{Hostname: spec.Name, MachineID: vsockcli.NewMachineID(), MAC: mac, IP: ip,
-			Gateway: netip.MustParseAddr("10.77.0.1"), AuthorizedKeys: []string{owner}})
-		ac.Close()
-		if err != nil {
-			t.Fatal(err)
-		}
-		c.key = r.AgentHostKey
-		ac, err = vsockcli.WaitReady(ctx, h.Agent, g.agentConfig(c.key, nil))
-		if err != nil {
-			t.Fatal(err)
-		}
 		// Memory the template does not have: 8 MiB in a guest tmpfs.
-		run(ac, "mkdir -p /run/t && mount -t tmpfs tmpfs /run/t 2>/dev/null; head -c 8388608 /dev/urandom > /run/t/blob")
-		if got := run(ac, "hostname"); got != spec.Name {
+		g.run(t, ctx, h, key, "mkdir -p /run/t && mount -t tmpfs tmpfs /run/t 2>/dev/null; head -c 8388608 /dev/urandom > /run/t/blob")
+		if got := g.run(t, ctx, h, key, "hostname"); got != spec.Name {
 			t.Errorf("clone %d: hostname %q", i, got)
 		}
-		ac.Close()
 		c.uid, _ = strconv.Atoi(procUID(t, h.PID))
 		if want, _ := g.d.cfg.Jail.UID(spec.VsockCID); c.uid == 0 || c.uid != want {
 			t.Errorf("clone %d's qemu runs as uid %d, want its jail uid %d", i, c.uid, want)
@@ -185,20 +151,9 @@ func TestJailedTemplateClones(t *testing.T) {
 		t.Fatalf("restore the fork: %v\nqemu.log:\n%s", err, q)
 	}
 	clones = append(clones, &clone{h: fh, spec: fs})
-	ac, err := vsockcli.WaitReady(ctx, src.h.Agent, g.agentConfig(src.key, nil))
-	if err != nil {
-		t.Fatal(err)
-	}
-	want := run(ac, "md5sum /run/t/blob")
-	ac.Close()
-	ac, err = vsockcli.WaitReady(ctx, fh.Agent, g.agentConfig(src.key, nil))
-	if err != nil {
-		t.Fatalf("fork's agent: %v", err)
-	}
-	if got := run(ac, "md5sum /run/t/blob"); got != want {
+	if got, want := g.run(t, ctx, fh, src.key, "md5sum /run/t/blob"), g.run(t, ctx, src.h, src.key, "md5sum /run/t/blob"); got != want {
 		t.Errorf("the fork's blob: %q, the source's %q", got, want)
 	}
-	ac.Close()
 	if u, _ := strconv.Atoi(procUID(t, fh.PID)); u == 0 || u == src.uid {
 		t.Errorf("the fork's qemu runs as uid %d (source %d)", u, src.uid)
 	}

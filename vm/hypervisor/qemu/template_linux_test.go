@@ -615,3 +615,48 @@ func BenchmarkTemplateRestoreSize(b *testing.B) {
 	b.ReportMetric(float64(big)/float64(small), "2GiB/512MiB")
 	b.Logf("clone to agent ready: 512 MiB %v (median %v), 2 GiB %v (median %v)", took[0], small, took[1], big)
 }
+
+// startClone starts spec as a clone of the template in dir (whose agent
+// key is tplKey) and re-identifies it with the spec's name and MAC and ip;
+// it returns the clone and its agent's new key. The caller kills it (also
+// on failure: a handle is returned once the clone started).
+func (g *agentGuest) startClone(tb testing.TB, ctx context.Context, dir string, tplKey ssh.PublicKey, spec hypervisor.Spec, ip netip.Prefix) (*hypervisor.Handle, ssh.PublicKey) {
+	tb.Helper()
+	h, err := g.d.StartClone(ctx, spec, dir)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	ac, err := vsockcli.WaitReady(ctx, h.Agent, g.agentConfig(tplKey, nil))
+	if err != nil {
+		b, _ := os.ReadFile(spec.ConsoleLog)
+		q, _ := os.ReadFile(filepath.Join(spec.RunDir, qemuLog))
+		g.d.Kill(context.Background(), h)
+		tb.Fatalf("clone %s agent: %v\nconsole:\n%s\nqemu.log:\n%s", spec.ID, err, b, q)
+	}
+	defer ac.Close()
+	owner := strings.TrimSpace(string(ssh.MarshalAuthorizedKey(g.owner.PublicKey())))
+	r, err := ac.Reidentify(ctx, vsockcli.Identity{Hostname: spec.Name, MachineID: vsockcli.NewMachineID(), MAC: spec.Net.MAC, IP: ip,
+		Gateway: netip.MustParseAddr("10.77.0.1"), AuthorizedKeys: []string{owner}})
+	if err != nil {
+		g.d.Kill(context.Background(), h)
+		tb.Fatal(err)
+	}
+	return h, r.AgentHostKey
+}
+
+// run executes cmd in the guest of h (its agent's key is key) and returns
+// its output, trimmed; a failure or a non-zero exit fails tb.
+func (g *agentGuest) run(tb testing.TB, ctx context.Context, h *hypervisor.Handle, key ssh.PublicKey, cmd string) string {
+	tb.Helper()
+	c, err := vsockcli.WaitReady(ctx, h.Agent, g.agentConfig(key, nil))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer c.Close()
+	var out bytes.Buffer
+	code, err := c.Exec(ctx, vsockcli.ExecRequest{Command: cmd, Stdout: &out, Stderr: &out})
+	if err != nil || code != 0 {
+		tb.Fatalf("%q: exit %d, %v: %s", cmd, code, err, out.String())
+	}
+	return strings.TrimSpace(out.String())
+}

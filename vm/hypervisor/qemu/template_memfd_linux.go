@@ -122,6 +122,20 @@ func (r *templateRAM) inherit() (*os.File, error) {
 	return os.NewFile(uintptr(fd), "template-ram"), nil
 }
 
+// inheritTemplateRAM is the descriptor of jailed clone m's template memfd
+// for its QEMU to inherit at fd (its files' order, prepareJail), which
+// must be m.MemFD.
+func (d *Driver) inheritTemplateRAM(m machine, fd int) (*os.File, error) {
+	if fd != m.MemFD {
+		return nil, fmt.Errorf("vm %s: its template ram would be descriptor %d, not %d", m.ID, fd, m.MemFD)
+	}
+	r, err := d.templateRAM(m.MemFile, m.ramBytes())
+	if err != nil {
+		return nil, fmt.Errorf("template ram for a jailed clone: %w", err)
+	}
+	return r.inherit()
+}
+
 // sealedCopy copies the written extents of path's first size bytes into a
 // new memfd named name and seals it against every change.
 func sealedCopy(path, name string, size int64) (*os.File, error) {
