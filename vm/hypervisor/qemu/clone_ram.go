@@ -1,7 +1,6 @@
 package qemu
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -51,7 +50,7 @@ func (d *Driver) OpenRAM(h *hypervisor.Handle) (hypervisor.RAMReader, int64, err
 	if err != nil || maps.size() != size {
 		return nil, 0, errs.New(errs.FailedPrecondition, "vm %s: ram mapping of %s: %d bytes mapped, want %d (%v)", m.ID, m.ramMapsPath(), maps.size(), size, err)
 	}
-	r := &cloneRAM{maps: maps, size: size, page: uint64(os.Getpagesize())}
+	r := &cloneRAM{maps: maps, size: size}
 	ok := false
 	defer func() {
 		if !ok {
@@ -80,7 +79,6 @@ type cloneRAM struct {
 	tpl, pagemap, mem *os.File
 	maps              mappings
 	size              int64
-	page              uint64
 }
 
 func (r *cloneRAM) Close() error {
@@ -138,54 +136,7 @@ func (r *cloneRAM) Hole(off, n int64) bool {
 }
 
 // written calls fn for each run of pages the clone has written within the
-// file range [off, off+n): its file offset, its address in the clone's
-// memory and its length, clipped to the range.
+// file range [off, off+n) (writtenRuns).
 func (r *cloneRAM) written(off, n int64, fn func(foff, addr, l uint64) error) error {
-	lo, hi := uint64(off), uint64(off+n)
-	var entries []byte
-	for _, m := range r.maps {
-		mlo, mhi := m.offset, m.offset+(m.end-m.start)
-		from, to := max(lo, mlo), min(hi, mhi)
-		if from >= to {
-			continue
-		}
-		// Whole pages of the mapping covering [from, to).
-		p0 := (from - mlo) / r.page
-		p1 := (to - mlo + r.page - 1) / r.page
-		cnt := p1 - p0
-		if need := int(cnt * 8); cap(entries) < need {
-			entries = make([]byte, need)
-		}
-		e := entries[:cnt*8]
-		if _, err := r.pagemap.ReadAt(e, int64((m.start/r.page+p0)*8)); err != nil {
-			return fmt.Errorf("read pagemap: %w", err)
-		}
-		run, inRun := uint64(0), false
-		emit := func(endPage uint64) error {
-			a := max(mlo+run*r.page, from)
-			z := min(mlo+endPage*r.page, to)
-			if a >= z {
-				return nil
-			}
-			return fn(a, m.start+(a-mlo), z-a)
-		}
-		for i := uint64(0); i < cnt; i++ {
-			w := written(binary.LittleEndian.Uint64(e[i*8:]))
-			switch {
-			case w && !inRun:
-				run, inRun = p0+i, true
-			case !w && inRun:
-				if err := emit(p0 + i); err != nil {
-					return err
-				}
-				inRun = false
-			}
-		}
-		if inRun {
-			if err := emit(p1); err != nil {
-				return err
-			}
-		}
-	}
-	return nil
+	return writtenRuns(r.pagemap, r.maps, uint64(off), uint64(off+n), fn)
 }

@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -231,33 +232,60 @@ func copyWrittenPages(pid int, maps mappings, dst *os.File) (int64, error) {
 		return 0, err
 	}
 	defer mem.Close()
-	page := uint64(os.Getpagesize())
-	const batch = 64 << 10 // pagemap entries read at once
-	entries := make([]byte, batch*8)
 	buf := make([]byte, 4<<20)
 	var n int64
-	// flush copies the run of written pages [from, to) (addresses).
-	flush := func(m mapping, from, to uint64) error {
-		for from < to {
-			l := min(to-from, uint64(len(buf)))
-			if _, err := mem.ReadAt(buf[:l], int64(from)); err != nil {
-				return fmt.Errorf("read memory at %#x: %w", from, err)
+	err = writtenRuns(pm, maps, 0, math.MaxUint64, func(foff, addr, l uint64) error {
+		for l > 0 {
+			c := min(l, uint64(len(buf)))
+			if _, err := mem.ReadAt(buf[:c], int64(addr)); err != nil {
+				return fmt.Errorf("read memory at %#x: %w", addr, err)
 			}
-			if _, err := dst.WriteAt(buf[:l], int64(m.offset+from-m.start)); err != nil {
+			if _, err := dst.WriteAt(buf[:c], int64(foff)); err != nil {
 				return err
 			}
-			n += int64(l)
-			from += l
+			n += int64(c)
+			foff, addr, l = foff+c, addr+c, l-c
 		}
 		return nil
-	}
+	})
+	return n, err
+}
+
+// pagemapBatch is how many pagemap entries writtenRuns reads at once.
+const pagemapBatch = 64 << 10
+
+// writtenRuns calls fn for each run of pages that the process whose
+// /proc/PID/pagemap is pm has written in maps, its private mappings of a
+// file, within the file range [lo, hi): the run's file offset, its address
+// in the process and its length, clipped to the range. fn's error ends the
+// walk and is returned.
+func writtenRuns(pm *os.File, maps mappings, lo, hi uint64, fn func(foff, addr, l uint64) error) error {
+	page := uint64(os.Getpagesize())
+	var entries []byte
 	for _, m := range maps {
+		from, to := max(lo, m.offset), min(hi, m.offset+(m.end-m.start))
+		if from >= to {
+			continue
+		}
+		// emit passes on the run of addresses [a, z), clipped.
+		emit := func(a, z uint64) error {
+			fa, fz := max(m.offset+(a-m.start), from), min(m.offset+(z-m.start), to)
+			if fa >= fz {
+				return nil
+			}
+			return fn(fa, m.start+(fa-m.offset), fz-fa)
+		}
+		first := m.start + (from-m.offset)/page*page
+		last := min(m.end, m.start+(to-m.offset+page-1)/page*page)
 		runStart, inRun := uint64(0), false
-		for addr := m.start; addr < m.end; {
-			cnt := min((m.end-addr)/page, batch)
+		for addr := first; addr < last; {
+			cnt := min((last-addr)/page, pagemapBatch)
+			if need := int(cnt * 8); cap(entries) < need {
+				entries = make([]byte, need)
+			}
 			b := entries[:cnt*8]
 			if _, err := pm.ReadAt(b, int64(addr/page*8)); err != nil {
-				return n, fmt.Errorf("read pagemap: %w", err)
+				return fmt.Errorf("read pagemap: %w", err)
 			}
 			for i := uint64(0); i < cnt; i++ {
 				a := addr + i*page
@@ -266,8 +294,8 @@ func copyWrittenPages(pid int, maps mappings, dst *os.File) (int64, error) {
 				case w && !inRun:
 					runStart, inRun = a, true
 				case !w && inRun:
-					if err := flush(m, runStart, a); err != nil {
-						return n, err
+					if err := emit(runStart, a); err != nil {
+						return err
 					}
 					inRun = false
 				}
@@ -275,12 +303,12 @@ func copyWrittenPages(pid int, maps mappings, dst *os.File) (int64, error) {
 			addr += cnt * page
 		}
 		if inRun {
-			if err := flush(m, runStart, m.end); err != nil {
-				return n, err
+			if err := emit(runStart, last); err != nil {
+				return err
 			}
 		}
 	}
-	return n, nil
+	return nil
 }
 
 // saveDeviceState writes the paused VM's device state, without RAM, to
