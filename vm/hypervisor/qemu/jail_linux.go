@@ -94,11 +94,7 @@ func (d *Driver) prepareJail(m machine) ([]*os.File, error) {
 			return nil, err
 		}
 	}
-	if m.MemOwn || (m.isClone() && m.MemFD == 0) {
-		// A clone here is a VM resumed on a private mapping of its kept
-		// RAM (restoreKept): QEMU opens a memory-backend-file read-write
-		// even to map it privately. A warm clone's template file is
-		// never given to it: it inherits a sealed memfd (MemFD).
+	if m.ownsRAMFile() {
 		if err := ownFile(m.MemFile, m.UID, false); err != nil {
 			return nil, err
 		}
@@ -136,6 +132,13 @@ func (d *Driver) prepareJail(m machine) ([]*os.File, error) {
 	}
 	return files, nil
 }
+
+// ownsRAMFile reports whether m's jailed QEMU is given MemFile as its own
+// (owned by its uid, bound writable): its own RAM file, or the kept RAM a
+// VM resumed on a private mapping of (restoreKept), since QEMU opens a
+// memory-backend-file read-write even to map it privately. A warm clone's
+// template file is never given to it: it inherits a sealed memfd (MemFD).
+func (m machine) ownsRAMFile() bool { return m.MemOwn || (m.isClone() && m.MemFD == 0) }
 
 // nextFD is the first descriptor a jailed QEMU inherits nothing at yet:
 // 3, after its TAP's and vhost-vsock's when it has them (jailMachine).
@@ -267,7 +270,7 @@ func readMachine(runDir string) (machine, error) {
 func (d *Driver) qemuPlan(m machine) (jail.Plan, error) {
 	ro := []string{m.Kernel, m.Initramfs}
 	rw := []string{m.RunDir}
-	if m.MemOwn || (m.isClone() && m.MemFD == 0) { // a clone: see prepareJail's ownFile
+	if m.ownsRAMFile() {
 		rw = append(rw, m.MemFile)
 	}
 	if m.ConsoleFIFO == "" {
