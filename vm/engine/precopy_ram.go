@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/minionsdev/minions/internal/errs"
+	"github.com/minionsdev/minions/vm/hypervisor"
 )
 
 // The RAM of a move with memory, pre-copied (issue 15): while the VM
@@ -115,16 +116,8 @@ func zeroSum(n int64) chunkSum {
 	return s
 }
 
-// ramSource is what a pre-copy reads a running VM's RAM from: its RAM
-// file (fileRAM) or the driver's reader of a RAM that is not one
-// (hypervisor.RAMReader). Reads may run at once (sumRAM).
-type ramSource interface {
-	io.ReaderAt
-	// Hole reports whether [off, off+n) reads as zeros, unread.
-	Hole(off, n int64) bool
-}
-
-// fileRAM is a RAM file as a ramSource.
+// fileRAM is a RAM file as a hypervisor.RAMReader: what a pre-copy reads
+// a VM's RAM from when it is a file of its own (else the driver's reader).
 type fileRAM struct{ *os.File }
 
 func (f fileRAM) Hole(off, n int64) bool { return isHole(f.File, off, n) }
@@ -169,7 +162,7 @@ func preSums(size, chunk int64, log []preRec) []chunkSum {
 // of the chunks as sent and the records written, log's first; on
 // failure, as far as they got (some perhaps never left this host: the
 // target says how many it has when it asks for the rest).
-func writePreCopy(w io.Writer, h PreCopyHeader, f ramSource, log []preRec) ([]chunkSum, []preRec, error) {
+func writePreCopy(w io.Writer, h PreCopyHeader, f hypervisor.RAMReader, log []preRec) ([]chunkSum, []preRec, error) {
 	log = slices.Clone(log)
 	b, err := json.Marshal(h)
 	if err != nil {
@@ -398,7 +391,7 @@ func unexpected(err error) error {
 // with pread, not through a mapping of its own: a fault per page of a
 // fresh mapping made 512 MiB take 4.5 s here, pread 2.2 s
 // (BenchmarkSumRAM, both at load 15-21 on 2 cores).
-func sumRAM(f ramSource, size, chunk int64) ([]chunkSum, error) {
+func sumRAM(f hypervisor.RAMReader, size, chunk int64) ([]chunkSum, error) {
 	n := chunks(size, chunk)
 	sums := make([]chunkSum, n)
 	workers := min(runtime.NumCPU(), 4)
