@@ -49,6 +49,39 @@ func TestFindJournald(t *testing.T) {
 	}
 }
 
+// TestJournaldPID: without systemd (no /run/systemd/system: the minimal
+// image, the agent its init) there is no journald to stop and /proc is
+// not scanned; with it, journald is found through its unit's cgroup, or
+// else in /proc.
+func TestJournaldPID(t *testing.T) {
+	dir := t.TempDir()
+	p := journaldPaths{systemd: filepath.Join(dir, "run-systemd-system"), cgroup: filepath.Join(dir, "cgroup.procs"), proc: filepath.Join(dir, "proc")}
+	write := func(path, content string) {
+		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(filepath.Join(p.proc, "1", "stat"), "1 (systemd) S 0 1 1 0 -1")
+	write(filepath.Join(p.proc, "120", "stat"), "120 (systemd-journal) S 1 120 120 0 -1")
+	write(filepath.Join(p.proc, "130", "stat"), "130 (systemd-journal) S 1 130 130 0 -1")
+	if got := p.pid(); got != 0 {
+		t.Errorf("without systemd: journaldPID = %d, want 0 (nothing looked up)", got)
+	}
+	if err := os.MkdirAll(p.systemd, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if got := p.pid(); got != 120 {
+		t.Errorf("with systemd, no cgroup: journaldPID = %d, want 120 (the /proc scan)", got)
+	}
+	write(p.cgroup, "130\n")
+	if got := p.pid(); got != 130 {
+		t.Errorf("with systemd and its cgroup: journaldPID = %d, want 130", got)
+	}
+}
+
 // TestWaitGuestQuiet: the wait ends after the CPUs were quiet long
 // enough in a row, at the bound when they never are, and when hurried.
 func TestWaitGuestQuiet(t *testing.T) {
