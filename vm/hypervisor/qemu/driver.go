@@ -367,12 +367,18 @@ func (d *Driver) launch(ctx context.Context, m machine) (*hypervisor.Handle, err
 		},
 		Undo: func() { d.stopChild(context.Background(), relay) },
 	}
-	// On a cold boot the relay starts right after QEMU, as QEMU
-	// initialises (about 0.4 s under TCG before QMP answers): the relay
-	// dials QEMU's agent socket until it is there, so its own start-up
-	// (exec, jail, runtime) no longer follows QMP's. A restore keeps the
-	// relay off QEMU's agent socket until the incoming state is loaded.
-	early := !m.VhostVsock && m.Incoming == "" && !m.LiveIncoming
+	// The relay starts right after QEMU, as QEMU initialises (about 0.4 s
+	// under TCG before QMP answers on a cold boot) or loads the state it
+	// restores (a warm clone's 20 ms of relay start-up then no longer
+	// follow the restore): the relay dials QEMU's agent socket until it is
+	// there, so its own start-up (exec, jail, runtime) no longer follows
+	// QMP's. On a restore its HELLO waits in the socket until the guest
+	// runs; QEMU tells the restored guest the port's host side as it is
+	// after the load, and a guest that still held the saved session drops
+	// it at the first bytes that are not of it and answers the next HELLO
+	// (a CONNECT kicks them, relay.session). A live migration's target
+	// starts its relay once the migration is set up.
+	early := !m.VhostVsock && !m.LiveIncoming
 	if early {
 		steps = append(steps, startRelay)
 	}
@@ -478,8 +484,11 @@ func finishIncoming(ctx context.Context, vm *launch.Child, m machine, c *qmp.Cli
 	if err := c.Execute(ctx, "migrate-incoming", map[string]any{"uri": "fd:" + migrateFD}, nil); err != nil {
 		return fmt.Errorf("restore: %w", err)
 	}
+	// The status is asked again every 10 ms and at once on each QMP event
+	// (QEMU sends RESUME when the loaded guest starts to run).
 	t := time.NewTicker(10 * time.Millisecond)
 	defer t.Stop()
+	events := c.Events()
 	for {
 		st, err := queryStatus(ctx, c)
 		if err != nil {
@@ -512,6 +521,10 @@ func finishIncoming(ctx context.Context, vm *launch.Child, m machine, c *qmp.Cli
 		case <-ctx.Done():
 			return errs.New(errs.Unavailable, "restore: %w", ctx.Err())
 		case <-t.C:
+		case _, ok := <-events:
+			if !ok {
+				events = nil // the connection ended: the next query says so
+			}
 		}
 	}
 }
