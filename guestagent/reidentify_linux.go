@@ -537,10 +537,13 @@ func reconfigureEth0(mac net.HardwareAddr, ip netip.Prefix, gw netip.Addr) error
 	if err != nil {
 		return err
 	}
+	running := eth.Flags&net.FlagUp != 0 && eth.Flags&net.FlagRunning != 0
 	if mac != nil && eth.HardwareAddr.String() != mac.String() {
-		if err := SetLinkMAC(eth, mac); err != nil {
+		bounced, err := SetLinkMAC(eth, mac)
+		if err != nil {
 			return err
 		}
+		running = running && !bounced
 	} else {
 		mac = eth.HardwareAddr
 	}
@@ -569,8 +572,10 @@ func reconfigureEth0(mac net.HardwareAddr, ip netip.Prefix, gw netip.Addr) error
 	if err := AddAddr(eth, ip); err != nil {
 		return err
 	}
-	if err := LinkUp(eth); err != nil {
-		return err
+	if !running {
+		if err := LinkUp(eth); err != nil {
+			return err
+		}
 	}
 	if gw.IsValid() {
 		if err := AddDefaultRoute(eth, gw); err != nil {
@@ -579,16 +584,14 @@ func reconfigureEth0(mac net.HardwareAddr, ip netip.Prefix, gw netip.Addr) error
 	}
 	// A link just brought up drops what is sent before its carrier is on
 	// (the kernel turns it on a little later): wait for that, briefly.
-	for deadline := time.Now().Add(2 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+	for deadline := time.Now().Add(2 * time.Second); !running && time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
 		if ifc, err := net.InterfaceByIndex(eth.Index); err != nil || ifc.Flags&net.FlagRunning != 0 {
 			break
 		}
 	}
 	// Twice: the first may be lost while the host side learns the port.
-	for range 2 {
-		if err := SendGratuitousARP(eth.Index, mac, ip.Addr()); err != nil {
-			return err
-		}
+	if err := SendGratuitousARP(eth.Index, mac, ip.Addr(), 2); err != nil {
+		return err
 	}
 	return nil
 }
@@ -596,13 +599,14 @@ func reconfigureEth0(mac net.HardwareAddr, ip netip.Prefix, gw netip.Addr) error
 // SetLinkMAC changes the interface's MAC. virtio-net changes it live (and
 // tells the device, which then filters for the new one); a driver that
 // cannot is taken down for the change.
-func SetLinkMAC(ifc *net.Interface, mac net.HardwareAddr) error {
+func SetLinkMAC(ifc *net.Interface, mac net.HardwareAddr) (bounced bool, err error) {
 	set := func() error {
 		msg := unix.IfInfomsg{Family: unix.AF_UNSPEC, Index: int32(ifc.Index)}
 		return nlRequest(unix.RTM_NEWLINK, 0, append(structBytes(&msg), nlAttr(unix.IFLA_ADDRESS, mac)...))
 	}
-	err := set()
+	err = set()
 	if errors.Is(err, unix.EBUSY) {
+		bounced = true
 		down := unix.IfInfomsg{Family: unix.AF_UNSPEC, Index: int32(ifc.Index), Change: unix.IFF_UP}
 		if err = nlRequest(unix.RTM_NEWLINK, 0, structBytes(&down)); err == nil {
 			err = set()
@@ -612,9 +616,9 @@ func SetLinkMAC(ifc *net.Interface, mac net.HardwareAddr) error {
 		}
 	}
 	if err != nil {
-		return fmt.Errorf("set %s mac %s: %w", ifc.Name, mac, err)
+		return bounced, fmt.Errorf("set %s mac %s: %w", ifc.Name, mac, err)
 	}
-	return nil
+	return bounced, nil
 }
 
 // DelAddr removes an IPv4 address from the interface (EADDRNOTAVAIL is
@@ -648,18 +652,26 @@ func garpPacket(mac net.HardwareAddr, ip netip.Addr) []byte {
 
 // SendGratuitousARP broadcasts garpPacket on the interface with index
 // ifindex.
-func SendGratuitousARP(ifindex int, mac net.HardwareAddr, ip netip.Addr) error {
+func SendGratuitousARP(ifindex int, mac net.HardwareAddr, ip netip.Addr, times int) error {
 	const ethPARP = 0x0806
 	proto := uint16(ethPARP<<8&0xff00 | ethPARP>>8) // network byte order
-	fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, int(proto))
+	// Protocol 0: the socket only sends (no receive hook on every ARP
+	// frame); the frames' protocol is the address's.
+	fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return fmt.Errorf("gratuitous arp: %w", err)
 	}
-	defer unix.Close(fd)
+	// Closed in the background: closing a packet socket waits for an RCU
+	// grace period (synchronize_net), about 10 ms of a TCG guest's time
+	// that the caller need not wait for; the frames are sent by then.
+	defer func() { go unix.Close(fd) }()
 	to := &unix.SockaddrLinklayer{Protocol: proto, Ifindex: ifindex, Halen: 6}
 	copy(to.Addr[:], []byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff})
-	if err := unix.Sendto(fd, garpPacket(mac, ip), 0, to); err != nil {
-		return fmt.Errorf("gratuitous arp: %w", err)
+	pkt := garpPacket(mac, ip)
+	for range times {
+		if err := unix.Sendto(fd, pkt, 0, to); err != nil {
+			return fmt.Errorf("gratuitous arp: %w", err)
+		}
 	}
 	return nil
 }

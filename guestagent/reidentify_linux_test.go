@@ -10,6 +10,7 @@ import (
 	"crypto/rand"
 	"encoding/json"
 	"encoding/pem"
+	"fmt"
 	"net"
 	"net/netip"
 	"os"
@@ -291,82 +292,101 @@ func TestGARPPacket(t *testing.T) {
 	}
 }
 
-// TestReconfigureEth0InNetns moves a real "eth0" (one end of a veth pair in
+// TestReconfigureEth0InNetns moves a veth "eth0" (in a thread locked into
 // a fresh network namespace) to a new MAC and IP with the agent's own
-// netlink code and catches its gratuitous ARP on the other end.
+// netlink code and catches its two gratuitous ARPs on the other end: with
+// eth0 up and running (a clone's, left up) and with eth0 down (brought up).
 func TestReconfigureEth0InNetns(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root")
 	}
-	done := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread() // the thread stays in the namespace, never reused
-		done <- func() error {
-			if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
-				return err
+	for _, up := range []bool{true, false} {
+		t.Run(map[bool]string{true: "up", false: "down"}[up], func(t *testing.T) {
+			done := make(chan error, 1)
+			go func() {
+				runtime.LockOSThread() // the thread stays in the namespace, never reused
+				done <- reconfigureInNetns(t, up)
+			}()
+			if err := <-done; err != nil {
+				t.Fatal(err)
 			}
-			for _, args := range [][]string{
-				{"link", "add", "eth0", "address", "52:54:00:00:00:01", "type", "veth", "peer", "name", "peer0"},
-				{"addr", "add", "10.9.0.99/24", "dev", "eth0"},
-				{"link", "set", "eth0", "up"}, {"link", "set", "peer0", "up"},
-			} {
-				// Forked from this locked thread: the child is in the namespace.
-				if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
-					return &exec.Error{Name: "ip " + strings.Join(args, " ") + ": " + string(out), Err: err}
-				}
-			}
-			peer, err := net.InterfaceByName("peer0")
-			if err != nil {
-				return err
-			}
-			const ethPARP = 0x0608 // htons(0x0806)
-			fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_DGRAM, ethPARP)
-			if err != nil {
-				return err
-			}
-			defer unix.Close(fd)
-			if err := unix.Bind(fd, &unix.SockaddrLinklayer{Protocol: ethPARP, Ifindex: peer.Index}); err != nil {
-				return err
-			}
-			tv := unix.NsecToTimeval(int64(3 * time.Second))
-			unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv)
-
-			mac, _ := net.ParseMAC("52:54:00:12:34:56")
-			ip := netip.MustParsePrefix("10.9.0.5/24")
-			if err := reconfigureEth0(mac, ip, netip.MustParseAddr("10.9.0.1")); err != nil {
-				return err
-			}
-			eth, _ := net.InterfaceByName("eth0")
-			addrs, _ := eth.Addrs()
-			var got []string
-			for _, a := range addrs {
-				if n, ok := a.(*net.IPNet); ok && n.IP.To4() != nil {
-					got = append(got, a.String())
-				}
-			}
-			if eth.HardwareAddr.String() != mac.String() || !slices.Equal(got, []string{"10.9.0.5/24"}) {
-				t.Errorf("eth0 is %s %v", eth.HardwareAddr, got)
-			}
-			routes, _ := os.ReadFile("/proc/thread-self/net/route")
-			if !strings.Contains(string(routes), "eth0\t00000000\t0100090A") {
-				t.Errorf("no default route via 10.9.0.1:\n%s", routes)
-			}
-			want := garpPacket(mac, ip.Addr())
-			buf := make([]byte, 1500)
-			for {
-				n, _, err := unix.Recvfrom(fd, buf, 0)
-				if err != nil {
-					return &exec.Error{Name: "no gratuitous arp on peer0", Err: err}
-				}
-				if bytes.Equal(buf[:n][:min(n, len(want))], want) {
-					return nil
-				}
-			}
-		}()
-	}()
-	if err := <-done; err != nil {
-		t.Fatal(err)
+		})
 	}
+}
+
+func reconfigureInNetns(t *testing.T, up bool) error {
+	if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
+		return err
+	}
+	cmds := [][]string{
+		{"link", "add", "eth0", "address", "52:54:00:00:00:01", "type", "veth", "peer", "name", "peer0"},
+		{"addr", "add", "10.9.0.99/24", "dev", "eth0"},
+		{"link", "set", "peer0", "up"},
+	}
+	if up {
+		cmds = append(cmds, []string{"link", "set", "eth0", "up"})
+	}
+	for _, args := range cmds {
+		// Forked from this locked thread: the child is in the namespace.
+		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+			return &exec.Error{Name: "ip " + strings.Join(args, " ") + ": " + string(out), Err: err}
+		}
+	}
+	if up { // running once the veth's carrier is on
+		for deadline := time.Now().Add(2 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+			if ifc, err := net.InterfaceByName("eth0"); err == nil && ifc.Flags&net.FlagRunning != 0 {
+				break
+			}
+		}
+	}
+	peer, err := net.InterfaceByName("peer0")
+	if err != nil {
+		return err
+	}
+	const ethPARP = 0x0608 // htons(0x0806)
+	fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_DGRAM, ethPARP)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	if err := unix.Bind(fd, &unix.SockaddrLinklayer{Protocol: ethPARP, Ifindex: peer.Index}); err != nil {
+		return err
+	}
+	tv := unix.NsecToTimeval(int64(3 * time.Second))
+	unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv)
+
+	mac, _ := net.ParseMAC("52:54:00:12:34:56")
+	ip := netip.MustParsePrefix("10.9.0.5/24")
+	if err := reconfigureEth0(mac, ip, netip.MustParseAddr("10.9.0.1")); err != nil {
+		return err
+	}
+	eth, _ := net.InterfaceByName("eth0")
+	addrs, _ := eth.Addrs()
+	var got []string
+	for _, a := range addrs {
+		if n, ok := a.(*net.IPNet); ok && n.IP.To4() != nil {
+			got = append(got, a.String())
+		}
+	}
+	if eth.HardwareAddr.String() != mac.String() || !slices.Equal(got, []string{"10.9.0.5/24"}) || eth.Flags&net.FlagUp == 0 {
+		t.Errorf("eth0 is %s %v %v", eth.HardwareAddr, got, eth.Flags)
+	}
+	routes, _ := os.ReadFile("/proc/thread-self/net/route")
+	if !strings.Contains(string(routes), "eth0\t00000000\t0100090A") {
+		t.Errorf("no default route via 10.9.0.1:\n%s", routes)
+	}
+	want := garpPacket(mac, ip.Addr())
+	buf := make([]byte, 1500)
+	for seen := 0; seen < 2; {
+		n, _, err := unix.Recvfrom(fd, buf, 0)
+		if err != nil {
+			return &exec.Error{Name: fmt.Sprintf("%d of 2 gratuitous arps on peer0", seen), Err: err}
+		}
+		if bytes.Equal(buf[:n][:min(n, len(want))], want) {
+			seen++
+		}
+	}
+	return nil
 }
 
 // pemKey makes an OpenSSH PEM private key of type t (ed25519 or ecdsa).
