@@ -9,6 +9,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"net"
+	"slices"
 	"time"
 
 	"github.com/hashicorp/yamux"
@@ -70,7 +71,7 @@ func validNonce(b []byte) bool {
 }
 
 // NewNonce returns a fresh random nonce. A nonce only tells the host's
-// latest HELLO from earlier ones (it is no secret), so it comes from
+// HELLOs of this attempt from others (it is no secret), so it comes from
 // math/rand/v2, whose generator the runtime seeds from the kernel: the
 // host side of the link (each VM's relay process) links no crypto.
 func NewNonce() string {
@@ -128,9 +129,10 @@ func (l *lineReader) next() ([]byte, error) {
 // helloFilter answers further HELLO lines that precede the first session
 // byte. The host sends a new HELLO when an answer is slow, and while the
 // guest's port is closed (booting) the hypervisor holds them back, so the
-// guest may find several queued; the host only accepts the OK of its
-// latest. Session data cannot be mistaken for them: a yamux frame starts
-// with its version byte, 0, and the host sends none before its OK.
+// guest may find several queued; the host reads the OKs of all those it
+// sent after the first one answered (Handshake). Session data cannot be
+// mistaken for them: a yamux frame starts with its version byte, 0, and
+// the host sends none before the last OK it is owed.
 type helloFilter struct {
 	lr     lineReader
 	w      io.Writer
@@ -203,14 +205,30 @@ func Accept(ctx context.Context, rwc io.ReadWriteCloser) (io.ReadWriteCloser, st
 }
 
 // Handshake runs the host side of the handshake on rwc: it writes HELLO with
-// a fresh nonce and discards input up to the matching OK line. If none comes
-// within retry it sends a new HELLO with a new nonce, every retry for the
-// first second (a restored or forked guest drops the HELLO its old session
-// read, then answers the next one at once), then doubling up to 1 s;
-// only the OK of the latest HELLO counts. It returns a stream positioned
-// just after the OK line. On ctx end rwc is closed.
+// a fresh nonce and discards input up to an OK line for one of its HELLOs.
+// If none comes within retry it sends a new HELLO with a new nonce, every
+// retry for the first second (a restored or forked guest drops the HELLO
+// its old session read, then answers the next one at once), then doubling
+// up to 1 s. The guest answers every HELLO it reads before the first
+// session byte, in order: after an OK for an earlier HELLO the host sends
+// no more and reads exactly the OKs of the later ones (a guest slower to
+// answer than the retry no longer chases a nonce that changes under it).
+// It returns a stream positioned just after the last of them. On ctx end
+// rwc is closed.
 func Handshake(ctx context.Context, rwc io.ReadWriteCloser, retry time.Duration) (io.ReadWriteCloser, error) {
 	return handshake(ctx, rwc, retry, nil)
+}
+
+// oweWait bounds the wait for each OK owed once the guest answered an
+// earlier HELLO: it writes them as it reads the HELLOs, together.
+const oweWait = time.Second
+
+// textClip is line for an error message: at most 40 bytes, quoted by %q.
+func textClip(line []byte) string {
+	if len(line) > 40 {
+		line = line[:40]
+	}
+	return string(line)
 }
 
 // Kick timing: after a kick (DialConfig.Kick) a HELLO goes out at once and
@@ -265,12 +283,16 @@ func handshake(ctx context.Context, rwc io.ReadWriteCloser, retry time.Duration,
 		}
 	}()
 
-	nonce := ""
+	var sent []string // this attempt's nonces, in the order sent
 	send := func() error {
-		nonce = NewNonce()
+		nonce := NewNonce()
+		sent = append(sent, nonce)
 		_, err := io.WriteString(rwc, helloPrefix+nonce+"\n")
 		return err
 	}
+	// owed: once the guest answered one HELLO, the nonces of those sent
+	// after it, whose OKs come next (nil: no answer yet).
+	var owed []string
 	if err := send(); err != nil {
 		return nil, fmt.Errorf("link handshake: write hello: %w", err)
 	}
@@ -294,6 +316,9 @@ func handshake(ctx context.Context, rwc io.ReadWriteCloser, retry time.Duration,
 		case <-ctx.Done():
 			return nil, ctx.Err()
 		case <-kick:
+			if owed != nil {
+				continue // answering: no more HELLOs
+			}
 			if err := resend(); err != nil {
 				return nil, err
 			}
@@ -304,6 +329,9 @@ func handshake(ctx context.Context, rwc io.ReadWriteCloser, retry time.Duration,
 			retry, steady = base, fastUntil.Add(time.Second)
 			timer.Reset(kickRetry)
 		case <-timer.C:
+			if owed != nil {
+				return nil, fmt.Errorf("link handshake: the guest answered a HELLO but not the %d sent after it", len(owed))
+			}
 			if err := resend(); err != nil {
 				return nil, err
 			}
@@ -324,11 +352,27 @@ func handshake(ctx context.Context, rwc io.ReadWriteCloser, retry time.Duration,
 				return nil, fmt.Errorf("link handshake: %w", r.err)
 			}
 			kind, got := ParseLine(r.line)
-			if kind != KindOK {
-				continue
+			if owed != nil {
+				// Only the OKs of the later HELLOs, in order, may
+				// come before the session.
+				if kind != KindOK || got != owed[0] {
+					return nil, fmt.Errorf("link handshake: %q where the OK of a later HELLO was due", textClip(r.line))
+				}
+				owed = owed[1:]
+			} else {
+				if kind != KindOK {
+					continue
+				}
+				i := slices.Index(sent, got)
+				if i < 0 {
+					lines <- result{} // not this attempt's: let the reader go on
+					continue
+				}
+				owed = slices.Clone(sent[i+1:])
 			}
-			if got != nonce {
-				lines <- result{} // let the reader go on
+			if len(owed) > 0 {
+				lines <- result{} // read on to the next OK
+				timer.Reset(oweWait)
 				continue
 			}
 			// The reader goroutine is parked on the ack send; done

@@ -14,6 +14,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/hashicorp/yamux"
 )
 
 func TestParseLine(t *testing.T) {
@@ -211,7 +213,7 @@ func TestLinkOverGarbage(t *testing.T) {
 
 // TestLinkStaleHello: the guest first sees HELLOs the host has given up on
 // (queued while the guest port was closed) and answers each; the host
-// waits for the OK of its own latest HELLO.
+// skips their OKs (not of this attempt) and links up on its own.
 func TestLinkStaleHello(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
@@ -389,5 +391,102 @@ func testLinkKick(t *testing.T, late time.Duration) {
 	t.Logf("link up %v after the guest reopened its port", took)
 	if took > 250*time.Millisecond {
 		t.Fatalf("link up %v after the guest reopened its port, want < 250 ms", took)
+	}
+}
+
+// slowGuest is the guest side of the link as a guest just restored under
+// TCG runs it: each HELLO is answered only after answer (longer than the
+// host's retry), every HELLO before the first session byte is answered,
+// in order (as Accept and helloFilter do), and then it echoes on a yamux
+// session.
+func slowGuest(c net.Conn, answer time.Duration) {
+	br := bufio.NewReader(c)
+	lr := lineReader{br: br}
+	for {
+		if b, err := br.Peek(1); err != nil {
+			return
+		} else if b[0] != 'M' {
+			break
+		}
+		line, err := lr.next()
+		if err != nil {
+			return
+		}
+		if kind, nonce := ParseLine(line); kind == KindHello {
+			time.Sleep(answer)
+			if _, err := io.WriteString(c, okPrefix+nonce+"\n"); err != nil {
+				return
+			}
+		}
+	}
+	sess, err := yamux.Server(&bufferedConn{r: br, ReadWriteCloser: c}, yamuxConfig(0))
+	if err != nil {
+		return
+	}
+	for {
+		st, err := sess.Accept()
+		if err != nil {
+			return
+		}
+		go echo(st)
+	}
+}
+
+// TestLinkSlowGuest: a guest that takes longer to answer a HELLO than the
+// host waits before sending the next one (a clone's first answers under
+// TCG) links up at its first answer plus the answers owed for the HELLOs
+// sent meanwhile, not once the host's retries have slowed down enough for
+// an answer to its latest HELLO to arrive before the next one.
+func TestLinkSlowGuest(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	host, guest := socketpair(t)
+	const answer = 25 * time.Millisecond
+	go slowGuest(guest, answer)
+	start := time.Now()
+	sess, err := Dial(ctx, host, DialConfig{HelloRetry: 10 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sess.Close()
+	took := time.Since(start)
+	st, err := sess.Open()
+	if err != nil {
+		t.Fatal(err)
+	}
+	roundTrip(t, st, "after a slow handshake")
+	t.Logf("link up in %v", took)
+	// The first answer comes after 25 ms; the two or three HELLOs sent
+	// meanwhile are answered 25 ms apart.
+	if took > 250*time.Millisecond {
+		t.Fatalf("link up in %v, want < 250 ms", took)
+	}
+}
+
+// TestHandshakeOwedAnswerWrong: once the guest answered an earlier HELLO,
+// anything but the OKs of the later ones, in order, fails the handshake
+// (the caller starts over on a new connection) instead of being taken for
+// session bytes.
+func TestHandshakeOwedAnswerWrong(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	host, guest := socketpair(t)
+	go func() {
+		br := bufio.NewReader(guest)
+		var nonces []string
+		for len(nonces) < 3 {
+			line, err := br.ReadString('\n')
+			if err != nil {
+				return
+			}
+			_, n := ParseLine([]byte(strings.TrimSuffix(line, "\n")))
+			nonces = append(nonces, n)
+		}
+		// The first HELLO answered, then the third's OK before the second's.
+		io.WriteString(guest, okPrefix+nonces[0]+"\n"+okPrefix+nonces[2]+"\n"+okPrefix+nonces[1]+"\n")
+		io.Copy(io.Discard, guest)
+	}()
+	if _, err := Handshake(ctx, host, 10*time.Millisecond); err == nil || !strings.Contains(err.Error(), "later HELLO") {
+		t.Fatalf("err = %v, want the owed answers out of order refused", err)
 	}
 }
