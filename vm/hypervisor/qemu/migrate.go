@@ -216,6 +216,7 @@ func (d *Driver) MigrateOut(ctx context.Context, h *hypervisor.Handle, nbd, mig 
 		}
 	}()
 	mirroring, migrating := false, false
+	ignoredShared := false // x-ignore-shared was on, turned off for the stream
 	defer func() {
 		if err == nil {
 			return
@@ -238,6 +239,11 @@ func (d *Driver) MigrateOut(ctx context.Context, h *hypervisor.Handle, nbd, mig 
 		if s, qerr := queryStatus(uctx, c); qerr == nil && s != "running" {
 			if cerr := c.Execute(uctx, "cont", nil, nil); cerr != nil {
 				log.Error("live migration failed and the source did not resume", "err", cerr)
+			}
+		}
+		if ignoredShared {
+			if cerr := setCapIgnoreShared(uctx, c, true); cerr != nil {
+				log.Warn("live migration failed; x-ignore-shared not set back on", "err", cerr)
 			}
 		}
 		log.Warn("live migration failed; the source runs on", "err", err)
@@ -275,6 +281,18 @@ func (d *Driver) MigrateOut(ctx context.Context, h *hypervisor.Handle, nbd, mig 
 	}
 
 	progress("migrate memory")
+	// A warm clone runs with x-ignore-shared on (its restore needed it;
+	// its RAM, a private mapping, is sent whole either way), which changes
+	// the stream's layout: the target, which takes the RAM into a file of
+	// its own, expects it off. Back on if the migration fails.
+	if on, err := capIgnoreShared(ctx, c); err != nil {
+		return st, fmt.Errorf("migrate vm %s: %w", m.ID, err)
+	} else if on {
+		if err := setCapIgnoreShared(ctx, c, false); err != nil {
+			return st, fmt.Errorf("migrate vm %s: %w", m.ID, err)
+		}
+		ignoredShared = true
+	}
 	// No bandwidth cap (QEMU's default is 32 MiB/s): the link is the
 	// limit. The downtime aimed at is liveDowntime (QEMU's default is
 	// 300 ms), raised if the migration does not converge.
