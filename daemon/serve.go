@@ -232,18 +232,7 @@ func Serve(ctx context.Context, cfg config.Config, logOut io.Writer) error {
 	// Warm templates: drop those of removed or rebuilt images, build the
 	// default image's in the background (after a build or a change of the
 	// default).
-	g.Go(func() error {
-		t := time.NewTicker(30 * time.Second)
-		defer t.Stop()
-		for {
-			e.Service.KeepWarm(gctx)
-			select {
-			case <-gctx.Done():
-				return nil
-			case <-t.C:
-			}
-		}
-	})
+	g.Go(func() error { return KeepWarm(gctx, e.Service.KeepWarm) })
 
 	// Supervise: VMs whose restart policy asks for it start again after
 	// a crash or a host reboot (see service.Supervise).
@@ -287,4 +276,23 @@ func startupWarnings(driver string, kvm bool, cfg config.Config) []string {
 		out = append(out, "the qemu seccomp sandbox is off")
 	}
 	return out
+}
+
+// KeepWarmEvery is how often serve and a node keep their warm templates.
+const KeepWarmEvery = 30 * time.Second
+
+// KeepWarm runs keep (service.KeepWarm: drop the templates of removed or
+// rebuilt images, build the default image's when missing) at once and
+// every KeepWarmEvery until ctx ends; it returns nil then.
+func KeepWarm(ctx context.Context, keep func(context.Context)) error {
+	t := time.NewTicker(KeepWarmEvery)
+	defer t.Stop()
+	for {
+		keep(ctx)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+	}
 }

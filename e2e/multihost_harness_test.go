@@ -362,18 +362,24 @@ func (h *mhHost) start(t testing.TB, args ...string) *mhProc {
 func (c *mhCluster) waitWarm(t testing.TB) {
 	t.Helper()
 	deadline := time.Now().Add(3 * time.Minute)
-	for {
-		ts, _ := engine.ReadTemplates(c.cp.state)
-		for _, tp := range ts {
-			if strings.HasPrefix(tp.Image, "minimal@") && tp.CPUs == 1 && tp.MemoryMiB == 512 {
-				return
-			}
-		}
+	for !c.cp.hasTemplate(512) {
 		if time.Now().After(deadline) {
 			t.Fatalf("the cp built no template of the default image and shape in 3 minutes")
 		}
 		time.Sleep(250 * time.Millisecond)
 	}
+}
+
+// hasTemplate reports whether h has a complete template of the minimal
+// image at 1 vCPU and memMiB.
+func (h *mhHost) hasTemplate(memMiB int) bool {
+	ts, _ := engine.ReadTemplates(h.state)
+	for _, tp := range ts {
+		if strings.HasPrefix(tp.Image, "minimal@") && tp.CPUs == 1 && tp.MemoryMiB == memMiB {
+			return true
+		}
+	}
+	return false
 }
 
 // initControlPlane sets the cp's host up (`init`) and makes an admin

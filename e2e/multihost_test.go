@@ -284,6 +284,11 @@ func TestMultiHost(t *testing.T) {
 		})
 	}
 
+	t.Run("warm-on-node", func(t *testing.T) {
+		needVMsOnNodes(t)
+		testWarmOnNode(t, c, ann)
+	})
+
 	t.Run("second-user", func(t *testing.T) {
 		needVMsOnNodes(t)
 		if r := c.as(t, ben, "", "list", "--json"); r.code != 0 || strings.Contains(r.stdout, `"a1"`) || strings.Contains(r.stdout, `"a2"`) {
@@ -581,5 +586,41 @@ func waitExec(t *testing.T, c *mhCluster, u mhUser, name string, timeout time.Du
 			t.Fatalf("exec %s true for %s: %s", name, timeout, r)
 		}
 		time.Sleep(500 * time.Millisecond)
+	}
+}
+
+// testWarmOnNode: a node keeps warm templates as serve does. The cold
+// create of a1 (1 vCPU, 256 MiB) on n1 made n1 build that shape's
+// template in the background; the next create of the shape placed on n1
+// restores it (boot warm) and is a machine of its own (its name, its
+// address in n1's subnet, its agent answering).
+func testWarmOnNode(t *testing.T, c *mhCluster, ann mhUser) {
+	deadline := time.Now().Add(2 * time.Minute)
+	for !c.n1.hasTemplate(256) {
+		if time.Now().After(deadline) {
+			t.Fatalf("n1 built no template of the minimal image at 1 vCPU, 256 MiB in 2 minutes (after a cold create of that shape):\n%s",
+				lastLines(c.n1.agent.log.String(), 30))
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+	r := c.as(t, ann, "", "create", "w1", "--memory", "256", "--host", "n1", "--json")
+	if r.code != 0 {
+		t.Fatalf("create w1 --host n1: %s", r)
+	}
+	defer c.as(t, ann, "", "destroy", "w1", "--yes")
+	var created struct {
+		Boot string `json:"boot"`
+	}
+	json.Unmarshal([]byte(r.stdout), &created)
+	if created.Boot != "warm" {
+		t.Errorf("create w1 on n1: boot %q, want warm: %s", created.Boot, r.stdout)
+	}
+	v, r := c.show(t, ann, "w1")
+	if r.code != 0 || v.hostOf() != "n1" {
+		t.Fatalf("show w1: %s", r)
+	}
+	if r := c.as(t, ann, "", "exec", "w1", "--", "sh", "-c", "hostname; ip -4 -o addr show dev eth0"); r.code != 0 ||
+		!strings.HasPrefix(r.stdout, "w1\n") || !strings.Contains(r.stdout, " "+v.IP+"/") {
+		t.Errorf("w1 (ip %s) says: %s", v.IP, r)
 	}
 }

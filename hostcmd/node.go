@@ -59,7 +59,11 @@ func runNode(ctx context.Context, x *cli.Ctx, paths local.Paths, cred nodeagent.
 	}
 	// The node's own subnet (from its join) for its engine, bridge and
 	// nftables, re-checked at every start as serve does.
-	inst, err := daemon.Open(ctx, nodeOptions(cfg, paths, cred, log))
+	// Warm templates: built in the background after the first cold
+	// create of a shape here (KeepNodeWarm drops stale ones).
+	o := nodeOptions(cfg, paths, cred, log)
+	o.BackgroundWarm = true
+	inst, err := daemon.Open(ctx, o)
 	if err != nil {
 		return err
 	}
@@ -87,7 +91,8 @@ func runNode(ctx context.Context, x *cli.Ctx, paths local.Paths, cred nodeagent.
 	if direct != nil {
 		defer direct.Close()
 	}
-	return serveNode(ctx, nodeagent.Config{ID: cred.HostID, Conn: conn, StateDir: paths.State, Version: cli.Version, Address: cred.Address, Log: log}, inst.Service.NodeEngine(), direct)
+	return serveNode(ctx, nodeagent.Config{ID: cred.HostID, Conn: conn, StateDir: paths.State, Version: cli.Version, Address: cred.Address, Log: log}, inst.Service.NodeEngine(), direct,
+		inst.Service.KeepNodeWarm)
 }
 
 func directFlag(fs *flag.FlagSet) {
@@ -120,14 +125,19 @@ var NodeReconcileEvery = time.Second
 
 // serveNode heartbeats with hb and serves eng on the node's engine
 // subjects (hb.Conn, hb.ID), and direct streams on direct if it is not
-// nil, until ctx ends or either fails.
-func serveNode(ctx context.Context, hb nodeagent.Config, eng engine.Engine, direct *nodeagent.Direct) error {
+// nil, until ctx ends or either fails. keepWarm, if not nil, is the
+// templates' housekeeping (service.KeepNodeWarm), run as serve runs its
+// own (daemon.KeepWarm).
+func serveNode(ctx context.Context, hb nodeagent.Config, eng engine.Engine, direct *nodeagent.Direct, keepWarm func(context.Context)) error {
 	log := hb.Log
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return nodeagent.Run(gctx, hb) })
+	if keepWarm != nil {
+		g.Go(func() error { return daemon.KeepWarm(gctx, keepWarm) })
+	}
 	g.Go(func() error {
 		return nodeagent.ServeEngine(gctx, nodeagent.ServeConfig{ID: hb.ID, Conn: hb.Conn, Engine: eng, Log: log, Direct: direct})
 	})

@@ -45,7 +45,7 @@ func TestNodeReconciles(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
-		done <- serveNode(ctx, nodeagent.Config{ID: "node-r", Conn: conn, StateDir: t.TempDir(), Version: "v", Interval: time.Second}, eng, nil)
+		done <- serveNode(ctx, nodeagent.Config{ID: "node-r", Conn: conn, StateDir: t.TempDir(), Version: "v", Interval: time.Second}, eng, nil, nil)
 	}()
 	deadline := time.Now().Add(10 * time.Second)
 	for eng.n.Load() < 3 {

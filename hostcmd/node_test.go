@@ -169,7 +169,7 @@ func TestNodeServesItsEngine(t *testing.T) {
 	nctx, stopNode := context.WithCancel(ctx)
 	done := make(chan error, 1)
 	go func() {
-		done <- serveNode(nctx, nodeagent.Config{ID: hostID, Conn: conn, StateDir: dir, Version: "v-test", Interval: 100 * time.Millisecond}, eng, direct)
+		done <- serveNode(nctx, nodeagent.Config{ID: hostID, Conn: conn, StateDir: dir, Version: "v-test", Interval: 100 * time.Millisecond}, eng, direct, nil)
 	}()
 
 	r, err := nodeagent.NewRemote(nodeagent.RemoteConfig{ID: hostID, Conn: control, Signer: hostKey,

@@ -72,7 +72,16 @@ func (s *Service) Templates(ctx context.Context, c Caller) ([]engine.Template, e
 // rebuilt) are dropped, and the template of the default image in the
 // default shape is built in the background when missing (after an image
 // build or a change of the default).
-func (s *Service) KeepWarm(ctx context.Context) {
+func (s *Service) KeepWarm(ctx context.Context) { s.keepWarm(ctx, true) }
+
+// KeepNodeWarm is KeepWarm on a node, whose images come from the control
+// plane when a create needs them: it drops the templates of removed or
+// rebuilt images but builds none of the default image by itself (that
+// would fetch the image); the engine builds the template of a shape in
+// the background after its first cold create here.
+func (s *Service) KeepNodeWarm(ctx context.Context) { s.keepWarm(ctx, false) }
+
+func (s *Service) keepWarm(ctx context.Context, warmDefault bool) {
 	w, ok := s.Engine.(engine.Warmer)
 	if !ok {
 		return
@@ -84,6 +93,9 @@ func (s *Service) KeepWarm(ctx context.Context) {
 				w.DropTemplates(ctx, t.Image)
 			}
 		}
+	}
+	if !warmDefault {
+		return
 	}
 	ref, err := s.DefaultImage(ctx)
 	if err != nil {
