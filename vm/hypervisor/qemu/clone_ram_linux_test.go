@@ -9,7 +9,6 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
-	"time"
 
 	"github.com/minionsdev/minions/vm/disk"
 )
@@ -22,14 +21,7 @@ import (
 // of that state (the move's undo on the source) runs the clone again with
 // what it had in memory.
 func TestClonePreCopyRAM(t *testing.T) {
-	g := newAgentGuestJail(t, true)
-	if g.d.memDir == "" {
-		t.Skip("no tmpfs memory dir")
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
-	defer cancel()
-	dir := filepath.Join(g.work, "tpl")
-	tplKey, tplDisk := g.template(t, ctx, "tpp0", 256, dir)
+	g, ctx, dir, tplKey, tplDisk := jailedTemplate(t, "tpp0")
 	spec := g.spec(t, "pcc1", 256, tplDisk, disk.FormatQcow2, "mqp1", "52:54:00:77:03:01", "10.77.0.81/24")
 	h, key := g.startClone(t, ctx, dir, tplKey, spec, netip.MustParsePrefix("10.77.0.81/24"))
 	defer func() { g.d.Kill(context.Background(), h) }()

@@ -2,11 +2,8 @@ package qemu
 
 import (
 	"context"
-	"net"
 	"net/netip"
-	"path/filepath"
 	"testing"
-	"time"
 
 	"github.com/minionsdev/minions/vm/disk"
 	"github.com/minionsdev/minions/vm/hypervisor"
@@ -18,14 +15,7 @@ import (
 // the whole RAM into a file of its own, and the guest answers there with
 // the clone's identity and the memory it wrote.
 func TestLiveMigrateJailedClone(t *testing.T) {
-	g := newAgentGuestJail(t, true)
-	if g.d.memDir == "" {
-		t.Skip("no tmpfs memory dir")
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
-	defer cancel()
-	dir := filepath.Join(g.work, "tpl")
-	tplKey, tplDisk := g.template(t, ctx, "tlm0", 256, dir)
+	g, ctx, dir, tplKey, tplDisk := jailedTemplate(t, "tlm0")
 	ip := netip.MustParsePrefix("10.77.0.71/24")
 	spec := g.spec(t, "lmc1", 256, tplDisk, disk.FormatQcow2, "mql1", "52:54:00:77:03:01", ip.String())
 	h, key := g.startClone(t, ctx, dir, tplKey, spec, ip)
@@ -42,15 +32,7 @@ func TestLiveMigrateJailedClone(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	dial := func(ch string) net.Conn {
-		p, _ := g.d.IncomingSocket(hd, ch)
-		c, err := net.Dial("unix", p)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return c
-	}
-	if _, err := g.d.MigrateOut(ctx, h, dial(hypervisor.ChannelNBD), dial(hypervisor.ChannelMigration), nil); err != nil {
+	if _, err := g.d.MigrateOut(ctx, h, dialIncoming(t, g.d, hd, hypervisor.ChannelNBD), dialIncoming(t, g.d, hd, hypervisor.ChannelMigration), nil); err != nil {
 		t.Fatalf("MigrateOut: %v\n%s", err, liveTargetDiag(g.d, hd, dst))
 	}
 	if err := g.d.FinishIncoming(ctx, hd); err != nil {

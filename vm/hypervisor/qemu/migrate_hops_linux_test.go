@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"net"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -69,15 +68,7 @@ func TestLiveMigrationHops(t *testing.T) {
 		if err != nil {
 			t.Fatalf("hop %d: %v", i, err)
 		}
-		dial := func(ch string) net.Conn {
-			p, _ := g.d.IncomingSocket(hd, ch)
-			c, err := net.Dial("unix", p)
-			if err != nil {
-				t.Fatal(err)
-			}
-			return c
-		}
-		st, err := g.d.MigrateOut(ctx, h, dial(hypervisor.ChannelNBD), dial(hypervisor.ChannelMigration), nil)
+		st, err := g.d.MigrateOut(ctx, h, dialIncoming(t, g.d, hd, hypervisor.ChannelNBD), dialIncoming(t, g.d, hd, hypervisor.ChannelMigration), nil)
 		if err != nil {
 			g.d.Kill(ctx, hd)
 			t.Fatalf("hop %d: MigrateOut: %v", i, err)

@@ -256,17 +256,7 @@ func TestLiveMigration(t *testing.T) {
 	if info, err := g.d.Info(ctx, hd); err != nil || info.State != hypervisor.StatePaused {
 		t.Fatalf("incoming vm: %+v %v, want paused", info, err)
 	}
-	dial := func(ch string) net.Conn {
-		p, err := g.d.IncomingSocket(hd, ch)
-		if err != nil {
-			t.Fatal(err)
-		}
-		c, err := net.Dial("unix", p)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return c
-	}
+	dial := func(ch string) net.Conn { return dialIncoming(t, g.d, hd, ch) }
 	if _, err := g.d.IncomingSocket(hd, "bogus"); err == nil {
 		t.Fatal("IncomingSocket(bogus) succeeded")
 	}
@@ -422,4 +412,19 @@ func liveTargetDiag(d *Driver, h *hypervisor.Handle, spec hypervisor.Spec) strin
 	}
 	fmt.Fprintf(&b, "target console (end):\n%s", con)
 	return b.String()
+}
+
+// dialIncoming connects to channel ch (hypervisor.ChannelNBD or
+// ChannelMigration) of the incoming VM hd.
+func dialIncoming(t testing.TB, d *Driver, hd *hypervisor.Handle, ch string) net.Conn {
+	t.Helper()
+	p, err := d.IncomingSocket(hd, ch)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := net.Dial("unix", p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
 }

@@ -35,14 +35,7 @@ import (
 //   - a jailed clone forks the fast way: the fork's state is device state
 //     only and the fork runs with the clone's files.
 func TestJailedTemplateClones(t *testing.T) {
-	g := newAgentGuestJail(t, true)
-	if g.d.memDir == "" {
-		t.Skip("no tmpfs memory dir")
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
-	defer cancel()
-	dir := filepath.Join(g.work, "tpl")
-	tplKey, tplDisk := g.template(t, ctx, "tpj0", 256, dir)
+	g, ctx, dir, tplKey, tplDisk := jailedTemplate(t, "tpj0")
 	tplRAM := filepath.Join(dir, TemplateMemoryFile)
 	for _, f := range []struct {
 		path string
@@ -179,4 +172,20 @@ func memfdOf(tb testing.TB, pid int, name string) string {
 	}
 	tb.Fatalf("pid %d holds no descriptor of %s", pid, name)
 	return ""
+}
+
+// jailedTemplate starts a test guest setup with the jail on (skipping
+// without a tmpfs memory dir) and saves a 256 MiB template of the minimal
+// image called id in dir (g.work/tpl); ctx lasts 8 minutes or the test.
+func jailedTemplate(t *testing.T, id string) (g *agentGuest, ctx context.Context, dir string, tplKey ssh.PublicKey, tplDisk string) {
+	t.Helper()
+	g = newAgentGuestJail(t, true)
+	if g.d.memDir == "" {
+		t.Skip("no tmpfs memory dir")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
+	t.Cleanup(cancel)
+	dir = filepath.Join(g.work, "tpl")
+	tplKey, tplDisk = g.template(t, ctx, id, 256, dir)
+	return g, ctx, dir, tplKey, tplDisk
 }
