@@ -271,6 +271,30 @@ func TestReidentifyBadInputChangesNothing(t *testing.T) {
 	}
 }
 
+// TestReidentifyWithoutOpenSSH: a guest without /etc/ssh (the minimal
+// image) has no use for the sshd host keys the host sends: they are not
+// parsed (a key that would be refused is ignored), none is written and no
+// /etc/ssh is made; the rest of the identity is applied.
+func TestReidentifyWithoutOpenSSH(t *testing.T) {
+	host, owner := signer(t), signer(t)
+	f := newReidFixture(t, host)
+	if err := os.RemoveAll(filepath.Join(f.root, "etc/ssh")); err != nil {
+		t.Fatal(err)
+	}
+	r := goodReidentify(owner.PublicKey())
+	r.SSHHostKeys = map[string]string{"ed25519": "junk", "rsa": "more junk"}
+	reply, err := f.srv.reidentify(r, time.Now())
+	if err != nil {
+		t.Fatalf("reidentify without OpenSSH: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(f.root, "etc/ssh")); !os.IsNotExist(err) || len(reply.SSHHostKeys) != 0 {
+		t.Errorf("etc/ssh: %v, %d sshd keys reported; want none made", err, len(reply.SSHHostKeys))
+	}
+	if got := f.read(t, "etc/hostname"); got != "clone-1\n" {
+		t.Errorf("hostname file %q", got)
+	}
+}
+
 func mapsEqual(a, b map[string]string) bool {
 	if len(a) != len(b) {
 		return false
