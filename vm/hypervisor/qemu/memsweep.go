@@ -39,14 +39,16 @@ var memSweepGrace = time.Minute
 // paused VM's QEMU maps its file and names it on its command line,
 // whichever installation it is of: see filesInUse). The caller
 // passes every run dir and fork state dir of its installation. Safe to
-// call at any time; without a memory dir it does nothing. The memory
+// call at any time; without a memory dir it removes no file. The memory
 // dirs of installations that are gone go too (sweepGoneInstallations),
-// among the paths returned.
+// among the paths returned, and so do the sealed memfds of templates
+// dropped or rebuilt ("memfd:<name>", sweepTemplateRAMs).
 func (d *Driver) SweepMemory(runDirs, forkDirs []string) []string {
+	gone := d.sweepTemplateRAMs()
 	if d.memDir == "" {
-		return nil
+		return gone
 	}
-	gone := d.sweepGoneInstallations()
+	gone = append(gone, d.sweepGoneInstallations()...)
 	keep := map[string]bool{}
 	for _, rd := range runDirs {
 		if m, err := readMachine(rd); err == nil && m.MemFile != "" {

@@ -397,3 +397,51 @@ func TestSweepMemoryPreCopy(t *testing.T) {
 		}
 	}
 }
+
+// TestSweepTemplateRAMs: the sealed memfd of a template whose RAM file is
+// gone (dropped) or another version (rebuilt) is closed by the next
+// SweepMemory, not only when the next clone asks for a memfd; a template
+// still there keeps its memfd.
+func TestSweepTemplateRAMs(t *testing.T) {
+	d := &Driver{log: slog.New(slog.DiscardHandler)}
+	tpl := func(key string) string {
+		dir := filepath.Join(t.TempDir(), key)
+		if err := os.Mkdir(dir, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		p := filepath.Join(dir, TemplateMemoryFile)
+		if err := os.WriteFile(p, []byte(strings.Repeat("ram!", 4096)), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	kept, dropped, rebuilt := tpl("aaaaaaaaaaaaaaaa"), tpl("bbbbbbbbbbbbbbbb"), tpl("cccccccccccccccc")
+	fds := map[string]*os.File{}
+	for _, p := range []string{kept, dropped, rebuilt} {
+		r, err := d.templateRAM(p, 4*4096)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fds[p] = r.f
+	}
+	if got := d.SweepMemory(nil, nil); len(got) != 0 {
+		t.Fatalf("sweep with every template there: %v", got)
+	}
+	os.RemoveAll(filepath.Dir(dropped))
+	if err := os.WriteFile(rebuilt, []byte(strings.Repeat("new!", 4096)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	os.Chtimes(rebuilt, time.Now().Add(time.Minute), time.Now().Add(time.Minute))
+	got := d.SweepMemory(nil, nil)
+	slices.Sort(got)
+	want := []string{"memfd:minions-template-bbbbbbbbbbbbbbbb", "memfd:minions-template-cccccccccccccccc"}
+	if !slices.Equal(got, want) {
+		t.Errorf("swept %v, want %v", got, want)
+	}
+	for p, f := range fds {
+		_, err := unix.FcntlInt(f.Fd(), unix.F_GETFD, 0)
+		if open := err == nil; open != (p == kept) {
+			t.Errorf("%s: memfd open %v after the sweep", p, open)
+		}
+	}
+}

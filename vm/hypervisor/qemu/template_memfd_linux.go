@@ -30,9 +30,10 @@ import (
 // The memfd is built from the template's file when a clone (or
 // SaveTemplate) first needs it and kept while that file is the same
 // (device, inode, size, modification time); a template dropped or built
-// again is noticed the next time any template's memfd is asked for, and
-// its memfd is closed then (the clones that map it keep its pages until
-// they stop). It costs the template's written pages once more, in memory
+// again is noticed by the next sweep (SweepMemory, every 15 s from the
+// engine's Reconcile) or the next time any template's memfd is asked for,
+// and its memfd is closed then (the clones that map it keep its pages
+// until they stop). It costs the template's written pages once more, in memory
 // (shmem), for as long as it is kept.
 
 // templateRAM is a sealed memfd holding a template's RAM.
@@ -83,13 +84,7 @@ func (d *Driver) templateRAM(path string, size int64) (*templateRAM, error) {
 	if r := rs.m[path]; r != nil && r.id == id {
 		return r, nil
 	}
-	// Drop the memfds of templates gone or rebuilt (this one's too).
-	for p, r := range rs.m {
-		if now, err := statID(p); err != nil || now != r.id {
-			r.f.Close()
-			delete(rs.m, p)
-		}
-	}
+	rs.sweepLocked() // the memfds of templates gone or rebuilt (this one's too)
 	name := "minions-template-" + filepath.Base(filepath.Dir(path))
 	f, err := sealedCopy(path, name, size)
 	if err != nil {
@@ -106,6 +101,31 @@ func (d *Driver) templateRAM(path string, size int64) (*templateRAM, error) {
 	r := &templateRAM{f: f, name: name, id: id}
 	rs.m[path] = r
 	return r, nil
+}
+
+// sweepLocked closes the memfds of templates whose RAM file is gone or
+// another version (dropped or rebuilt) and returns their names; rs.mu is
+// held. Clones that map one keep its pages until they stop.
+func (rs *templateRAMs) sweepLocked() []string {
+	var gone []string
+	for p, r := range rs.m {
+		if now, err := statID(p); err != nil || now != r.id {
+			r.f.Close()
+			delete(rs.m, p)
+			gone = append(gone, "memfd:"+r.name)
+		}
+	}
+	return gone
+}
+
+// sweepTemplateRAMs is sweepLocked for SweepMemory: a dropped template's
+// memfd goes within a sweep, not only when the next clone of any template
+// asks for one.
+func (d *Driver) sweepTemplateRAMs() []string {
+	rs := &d.tmplRAMs
+	rs.mu.Lock()
+	defer rs.mu.Unlock()
+	return rs.sweepLocked()
 }
 
 // mapsPath is how /proc/PID/maps names a mapping of the memfd (followed
