@@ -33,8 +33,8 @@ import (
 // again is noticed by the next sweep (SweepMemory, every 15 s from the
 // engine's Reconcile) or the next time any template's memfd is asked for,
 // and its memfd is closed then (the clones that map it keep its pages
-// until they stop). It costs the template's written pages once more, in memory
-// (shmem), for as long as it is kept.
+// until they stop). It costs the template's written pages once more, in
+// memory (shmem), for as long as it is kept.
 
 // templateRAM is a sealed memfd holding a template's RAM.
 type templateRAM struct {
