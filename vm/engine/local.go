@@ -185,6 +185,10 @@ type Local struct {
 	// swept is when Reconcile last swept (UnixNano; see sweepDue).
 	swept atomic.Int64
 
+	// tdisks is what the sweep of dropped templates' disks remembers
+	// (template_disks.go).
+	tdisks templateDiskSweep
+
 	mu     sync.Mutex
 	admit  AdmitFunc
 	onExit ExitFunc

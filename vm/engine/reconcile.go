@@ -58,9 +58,12 @@ func (l *Local) Reconcile(ctx context.Context) error {
 		}
 		unlock()
 	}
-	if l.sweepDue(time.Now(), foundDead) {
+	if now := time.Now(); l.sweepDue(now, foundDead) {
 		l.sweepMemory()
 		l.sweepCgroups(ctx, vms, ops)
+		if gone := l.sweepTemplateDisks(now); len(gone) > 0 {
+			l.log.Info("removed the disks of dropped templates", "files", gone)
+		}
 	}
 	return nil
 }

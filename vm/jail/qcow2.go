@@ -22,7 +22,7 @@ const maxBackingDepth = 16
 func BackingChain(path string) ([]string, error) {
 	var chain []string
 	for range maxBackingDepth {
-		next, err := backingFile(path)
+		next, err := BackingFile(path)
 		if err != nil {
 			return nil, fmt.Errorf("backing chain of %s: %w", path, err)
 		}
@@ -35,10 +35,10 @@ func BackingChain(path string) ([]string, error) {
 	return nil, errs.New(errs.InvalidArgument, "backing chain of %s: deeper than %d", path, maxBackingDepth)
 }
 
-// backingFile reads the backing file name from a qcow2 header ("" for a
+// BackingFile reads the backing file name from a qcow2 header ("" for a
 // file that is not qcow2 or has no backing file). A relative name is
 // relative to the image's directory, as QEMU resolves it.
-func backingFile(path string) (string, error) {
+func BackingFile(path string) (string, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return "", err
