@@ -57,7 +57,7 @@ func TestWarmCreateJailed(t *testing.T) {
 
 	a := w.create(t, "warmj-a", false)
 	b := w.create(t, "warmj-b", false)
-	memfd := "/memfd:minions-template-" + tpl.Key
+	memfd := "/memfd:" + templateMemfdName(t, ram)
 	type facts struct{ host, mid, rnd, ip, mac string }
 	seen := map[string]facts{}
 	uids := map[int]string{}
@@ -109,6 +109,19 @@ func TestWarmCreateJailed(t *testing.T) {
 }
 
 // smapsOf sums the Rss and Pss (KiB) of pid's mappings of path.
+// templateMemfdName is the name of the sealed memfd of the template RAM
+// file ram: its template's key and the file's version (device, inode,
+// modification time), so that a driver takes up only a copy of the same
+// version from running clones (qemu/template_memfd_linux.go).
+func templateMemfdName(t *testing.T, ram string) string {
+	t.Helper()
+	var st unix.Stat_t
+	if err := unix.Stat(ram, &st); err != nil {
+		t.Fatal(err)
+	}
+	return fmt.Sprintf("minions-template-%s-%x.%x.%x", filepath.Base(filepath.Dir(ram)), st.Dev, st.Ino, st.Mtim.Nano())
+}
+
 func smapsOf(t *testing.T, pid int, path string) (rss, pss int64) {
 	t.Helper()
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/smaps", pid))
@@ -203,7 +216,8 @@ func TestServeWarmJailed(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !strings.Contains(string(maps), " /memfd:minions-template-"+tpl.Key+" (deleted)") {
+	ram := filepath.Join(stateDir, "templates", tpl.Key, qemu.TemplateMemoryFile)
+	if !strings.Contains(string(maps), " /memfd:"+templateMemfdName(t, ram)+" (deleted)") {
 		t.Errorf("the warm vm's qemu does not map the template's sealed memfd")
 	}
 }

@@ -417,12 +417,13 @@ func TestSweepTemplateRAMs(t *testing.T) {
 	}
 	kept, dropped, rebuilt := tpl("aaaaaaaaaaaaaaaa"), tpl("bbbbbbbbbbbbbbbb"), tpl("cccccccccccccccc")
 	fds := map[string]*os.File{}
+	names := map[string]string{}
 	for _, p := range []string{kept, dropped, rebuilt} {
 		r, err := d.templateRAM(p, 4*4096)
 		if err != nil {
 			t.Fatal(err)
 		}
-		fds[p] = r.f
+		fds[p], names[p] = r.f, r.name
 	}
 	if got := d.SweepMemory(nil, nil); len(got) != 0 {
 		t.Fatalf("sweep with every template there: %v", got)
@@ -434,7 +435,7 @@ func TestSweepTemplateRAMs(t *testing.T) {
 	os.Chtimes(rebuilt, time.Now().Add(time.Minute), time.Now().Add(time.Minute))
 	got := d.SweepMemory(nil, nil)
 	slices.Sort(got)
-	want := []string{"memfd:minions-template-bbbbbbbbbbbbbbbb", "memfd:minions-template-cccccccccccccccc"}
+	want := []string{"memfd:" + names[dropped], "memfd:" + names[rebuilt]}
 	if !slices.Equal(got, want) {
 		t.Errorf("swept %v, want %v", got, want)
 	}

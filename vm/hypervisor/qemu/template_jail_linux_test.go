@@ -50,7 +50,11 @@ func TestJailedTemplateClones(t *testing.T) {
 		}
 	}
 	memSum, diskSum := fileSum(t, tplRAM), fileSum(t, tplDisk)
-	memfd := "/memfd:minions-template-" + filepath.Base(dir)
+	ramID, err := statID(tplRAM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	memfd := "/memfd:" + templateRAMName(tplRAM, ramID)
 
 	type clone struct {
 		h    *hypervisor.Handle
@@ -188,4 +192,58 @@ func jailedTemplate(t *testing.T, id string) (g *agentGuest, ctx context.Context
 	dir = filepath.Join(g.work, "tpl")
 	tplKey, tplDisk = g.template(t, ctx, id, 256, dir)
 	return g, ctx, dir, tplKey, tplDisk
+}
+
+// TestJailedCloneAfterRestart: a driver started after another (the daemon
+// restarted or upgraded, or a second CLI process) gives its jailed clones
+// the sealed memfd that the first driver's running clones map, taken up
+// from them: the clones of both share the template's pages, and the
+// template's RAM is not copied into memory a second time.
+func TestJailedCloneAfterRestart(t *testing.T) {
+	g, ctx, dir, tplKey, tplDisk := jailedTemplate(t, "tpa0")
+	tplRAM := filepath.Join(dir, TemplateMemoryFile)
+	ramID, err := statID(tplRAM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	memfd := "/memfd:" + templateRAMName(tplRAM, ramID)
+	start := func(i int) *hypervisor.Handle {
+		ip := netip.MustParsePrefix(fmt.Sprintf("10.77.0.%d/24", 90+i))
+		spec := g.spec(t, fmt.Sprintf("ar%d", i), 256, tplDisk, disk.FormatQcow2, fmt.Sprintf("mqa%d", i), fmt.Sprintf("52:54:00:77:04:%02x", i), ip.String())
+		h, _ := g.startClone(t, ctx, dir, tplKey, spec, ip)
+		d := g.d
+		t.Cleanup(func() { d.Kill(context.Background(), h) })
+		return h
+	}
+	inode := func(pid int) uint64 {
+		var st unix.Stat_t
+		if err := unix.Stat(memfdOf(t, pid, memfd), &st); err != nil {
+			t.Fatal(err)
+		}
+		return st.Ino
+	}
+	h1 := start(1)
+	// The daemon goes: its descriptors of the memfd with it. Its clone
+	// runs on.
+	first := g.d
+	first.tmplRAMs.mu.Lock()
+	for _, r := range first.tmplRAMs.m {
+		r.f.Close()
+	}
+	first.tmplRAMs.m = nil
+	first.tmplRAMs.mu.Unlock()
+	d2, err := New(first.cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g.d = d2
+	h2 := start(2)
+	if a, b := inode(h1.PID), inode(h2.PID); a != b {
+		t.Errorf("the clone after the restart maps memfd inode %d, the clone before it %d: the template's ram was copied again", b, a)
+	}
+	m := ramMapping(t, h2.PID, memfd)
+	if m["Shared_Clean"]+m["Shared_Dirty"] < 1024 || m["Pss"] >= m["Rss"] {
+		t.Errorf("the clone after the restart shares no template pages: %v", m)
+	}
+	t.Logf("clone 2: memfd mapping Rss %d KiB, Pss %d KiB", m["Rss"], m["Pss"])
 }

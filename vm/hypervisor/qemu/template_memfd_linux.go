@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
 
 	"golang.org/x/sys/unix"
@@ -28,13 +30,15 @@ import (
 // page cache.
 //
 // The memfd is built from the template's file when a clone (or
-// SaveTemplate) first needs it and kept while that file is the same
-// (device, inode, size, modification time); a template dropped or built
-// again is noticed by the next sweep (SweepMemory, every 15 s from the
-// engine's Reconcile) or the next time any template's memfd is asked for,
-// and its memfd is closed then (the clones that map it keep its pages
-// until they stop). It costs the template's written pages once more, in
-// memory (shmem), for as long as it is kept.
+// SaveTemplate) first needs it, unless another process holds one of this
+// version of the file (the clones of an earlier daemon, or of another CLI
+// process): that one is taken up (adoptTemplateRAM). It is kept while the
+// file is the same (device, inode, size, modification time); a template
+// dropped or built again is noticed by the next sweep (SweepMemory, every
+// 15 s from the engine's Reconcile) or the next time any template's memfd
+// is asked for, and its memfd is closed then (the clones that map it keep
+// its pages until they stop). It costs the template's written pages once
+// more, in memory (shmem), for as long as it is kept.
 
 // templateRAM is a sealed memfd holding a template's RAM.
 type templateRAM struct {
@@ -85,15 +89,19 @@ func (d *Driver) templateRAM(path string, size int64) (*templateRAM, error) {
 		return r, nil
 	}
 	rs.sweepLocked() // the memfds of templates gone or rebuilt (this one's too)
-	name := "minions-template-" + filepath.Base(filepath.Dir(path))
-	f, err := sealedCopy(path, name, size)
-	if err != nil {
-		return nil, fmt.Errorf("sealed copy of template ram %s: %w", path, err)
-	}
-	// The file must not have changed during the copy.
-	if now, err := statID(path); err != nil || now != id {
-		f.Close()
-		return nil, fmt.Errorf("template ram file %s changed while it was copied", path)
+	name := templateRAMName(path, id)
+	f := adoptTemplateRAM(name, size)
+	if f != nil {
+		d.log.Info("template ram: the sealed memfd of running clones taken up", "file", path, "memfd", name)
+	} else {
+		if f, err = sealedCopy(path, name, size); err != nil {
+			return nil, fmt.Errorf("sealed copy of template ram %s: %w", path, err)
+		}
+		// The file must not have changed during the copy.
+		if now, err := statID(path); err != nil || now != id {
+			f.Close()
+			return nil, fmt.Errorf("template ram file %s changed while it was copied", path)
+		}
 	}
 	if rs.m == nil {
 		rs.m = map[string]*templateRAM{}
@@ -101,6 +109,73 @@ func (d *Driver) templateRAM(path string, size int64) (*templateRAM, error) {
 	r := &templateRAM{f: f, name: name, id: id}
 	rs.m[path] = r
 	return r, nil
+}
+
+// templateRAMName is the name of the memfd of version id of the template
+// RAM file path: the template's key and the file's version, so that a
+// memfd found in another process (adoptTemplateRAM) says which version of
+// which template it copies.
+func templateRAMName(path string, id fileID) string {
+	return fmt.Sprintf("minions-template-%s-%x.%x.%x", filepath.Base(filepath.Dir(path)), id.dev, id.ino, id.mtime)
+}
+
+// adoptTemplateRAM returns a descriptor of the sealed template memfd
+// named name (size bytes) that another process of this host holds, or
+// nil. The jailed clones of an earlier daemon (before a restart or an
+// upgrade) and of another CLI process hold theirs: taking it up, new
+// clones share their pages, and the driver does not copy the template's
+// RAM again.
+//
+// A clone's QEMU is not trusted: under the jail it runs as a uid of its
+// own and may be a guest's escape. It can make a memfd of any name, seal
+// it and hold it, but not one owned by root. So only a memfd owned by
+// root (the driver's: no other root process makes one of this name),
+// sealed with exactly templateRAMSeals (its pages are those of the copy,
+// unchanged since) and of the size wanted is taken.
+func adoptTemplateRAM(name string, size int64) *os.File {
+	want := "/memfd:" + name + " (deleted)"
+	procs, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil
+	}
+	self := strconv.Itoa(os.Getpid())
+	for _, p := range procs {
+		pid := p.Name()
+		if pid == self || strings.Trim(pid, "0123456789") != "" {
+			continue
+		}
+		dir := "/proc/" + pid + "/fd"
+		fds, err := os.ReadDir(dir)
+		if err != nil {
+			continue // gone, or a kernel thread
+		}
+		for _, fd := range fds {
+			path := dir + "/" + fd.Name()
+			if l, err := os.Readlink(path); err != nil || l != want {
+				continue
+			}
+			f, err := os.OpenFile(path, os.O_RDONLY|unix.O_CLOEXEC, 0)
+			if err != nil {
+				continue
+			}
+			if isTemplateRAM(f, size) {
+				return f
+			}
+			f.Close()
+		}
+	}
+	return nil
+}
+
+// isTemplateRAM says whether f is a memfd the driver made for a
+// template's RAM of size bytes: root's, sealed as the driver seals them.
+func isTemplateRAM(f *os.File, size int64) bool {
+	var st unix.Stat_t
+	if err := unix.Fstat(int(f.Fd()), &st); err != nil || st.Uid != 0 || st.Size != size || st.Mode&unix.S_IFMT != unix.S_IFREG {
+		return false
+	}
+	seals, err := unix.FcntlInt(f.Fd(), unix.F_GET_SEALS, 0)
+	return err == nil && seals == templateRAMSeals
 }
 
 // sweepLocked closes the memfds of templates whose RAM file is gone or
