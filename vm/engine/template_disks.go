@@ -26,20 +26,30 @@ import (
 // copying it for a moment.
 const templateDiskGrace = time.Minute
 
-// templateDiskSweep remembers since when each template disk was seen
-// named by no template.
+// templateDiskRecheck is how long a sweep leaves a template disk that a
+// qcow2 file was found to depend on before it looks again: finding that
+// out reads the header of every file under the state dir, and such disks
+// (of VMs made before disks were copies) stay in use for the VM's life.
+const templateDiskRecheck = 10 * time.Minute
+
+// templateDiskSweep remembers, for each template disk named by no
+// template, since when it was seen so and when a file was last found to
+// depend on it.
 type templateDiskSweep struct {
 	mu      sync.Mutex
-	unnamed map[string]time.Time
+	unnamed map[string]unnamedDisk
 }
+
+type unnamedDisk struct{ since, held time.Time }
 
 // templateDisksDir is where template disks live.
 func (l *Local) templateDisksDir() string { return filepath.Join(l.templatesDir(), ".disks") }
 
 // sweepTemplateDisks removes the template disks that no template names,
 // that were seen so for templateDiskGrace, and that no qcow2 file under
-// the state dir has in its backing chain; a disk whose template is being
-// built (its lock held) is left for a later sweep. It returns the paths
+// the state dir has in its backing chain (one that had is looked at again
+// after templateDiskRecheck); a disk whose template is being built (its
+// lock held) is left for a later sweep. It returns the paths
 // removed. An engine removes nothing on its first sweep (a CLI command's
 // engine never does: the daemon's sweeps do the work).
 func (l *Local) sweepTemplateDisks(now time.Time) []string {
@@ -59,19 +69,19 @@ func (l *Local) sweepTemplateDisks(now time.Time) []string {
 	s := &l.tdisks
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	seen := map[string]time.Time{}
+	seen := map[string]unnamedDisk{}
 	var due []string
 	for _, e := range ents {
 		name := e.Name()
 		if !e.Type().IsRegular() || named[name] || !isTemplateDiskName(name) {
 			continue // in use, or not a template disk (never made here)
 		}
-		since, ok := s.unnamed[name]
+		u, ok := s.unnamed[name]
 		if !ok {
-			since = now
+			u.since = now
 		}
-		seen[name] = since
-		if now.Sub(since) >= templateDiskGrace {
+		seen[name] = u
+		if now.Sub(u.since) >= templateDiskGrace && (u.held.IsZero() || now.Sub(u.held) >= templateDiskRecheck) {
 			due = append(due, name)
 		}
 	}
@@ -88,7 +98,13 @@ func (l *Local) sweepTemplateDisks(now time.Time) []string {
 	for _, name := range due {
 		p := filepath.Join(dir, name)
 		id, ok := fileIdentity(p)
-		if !ok || inUse[id] {
+		if !ok {
+			continue
+		}
+		if inUse[id] {
+			u := s.unnamed[name]
+			u.held = now
+			s.unnamed[name] = u
 			continue
 		}
 		key, _, _ := strings.Cut(name, "-")

@@ -93,9 +93,13 @@ func TestSweepTemplateDisks(t *testing.T) {
 	if got := l.sweepTemplateDisks(t0.Add(templateDiskGrace + time.Second)); !slices.Equal(got, []string{building}) {
 		t.Errorf("after the build: removed %v, want %s", got, building)
 	}
-	// The VM goes: its template's disk follows.
+	// The VM goes: its template's disk follows, once the sweep looks
+	// again (not every 15 s: that reads every file's header).
 	os.RemoveAll(filepath.Join(state, "vms", "v1"))
-	if got := l.sweepTemplateDisks(t0.Add(templateDiskGrace + 2*time.Second)); !slices.Equal(got, []string{backs}) {
+	if got := l.sweepTemplateDisks(t0.Add(templateDiskGrace + 2*time.Second)); len(got) != 0 {
+		t.Errorf("right after the VM went: removed %v, want nothing before the recheck", got)
+	}
+	if got := l.sweepTemplateDisks(t0.Add(templateDiskGrace + templateDiskRecheck)); !slices.Equal(got, []string{backs}) {
 		t.Errorf("after the VM: removed %v, want %s", got, backs)
 	}
 	// A fresh engine (a CLI command's) removes nothing on its sweep.
