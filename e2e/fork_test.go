@@ -88,7 +88,7 @@ func TestFork(t *testing.T) {
 	t.Run("warm-source", func(t *testing.T) {
 		ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
 		defer cancel()
-		if _, err := w.l.WarmTemplate(ctx, "minimal", 1, 256, 0); err != nil {
+		if _, err := w.l.WarmTemplate(ctx, "minimal", 1, 256, 0, nil); err != nil {
 			t.Fatalf("warm template: %v", err)
 		}
 		src := w.create(t, "fork-wsrc", false)
@@ -239,7 +239,7 @@ func BenchmarkFork(b *testing.B) {
 			if source == "warm" {
 				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 				defer cancel()
-				if _, err := w.l.WarmTemplate(ctx, image, 1, mem, 0); err != nil {
+				if _, err := w.l.WarmTemplate(ctx, image, 1, mem, 0, nil); err != nil {
 					b.Fatalf("warm template: %v", err)
 				}
 			}

@@ -55,7 +55,7 @@ func BenchmarkMemoryTenVMs(b *testing.B) {
 	jailed := os.Getenv("MINIONS_E2E_MEM_JAIL") == "1"
 	w := newWarmEngineWith(b, "mnmem10", "10.221.0.0/24", nil, jailed)
 	ctx := context.Background()
-	tpl, err := w.l.WarmTemplate(ctx, "minimal", 1, mem10MiB, 0)
+	tpl, err := w.l.WarmTemplate(ctx, "minimal", 1, mem10MiB, 0, nil)
 	if err != nil {
 		b.Fatalf("warm template: %v", err)
 	}

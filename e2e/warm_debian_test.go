@@ -26,7 +26,7 @@ func TestWarmDebian(t *testing.T) {
 	}
 	w := newWarmEngine(t, "mnwarm54", "10.254.0.0/24")
 	ctx := context.Background()
-	tpl, err := w.l.WarmTemplate(ctx, "debian", 1, 512, 0)
+	tpl, err := w.l.WarmTemplate(ctx, "debian", 1, 512, 0, nil)
 	if err != nil {
 		t.Fatalf("warm template: %v", err)
 	}

@@ -33,7 +33,7 @@ func TestWarmCreateJailed(t *testing.T) {
 	needVMs(t)
 	w := newWarmEngineWith(t, "mnwarmj0", "10.226.0.0/24", nil, true)
 	ctx := context.Background()
-	tpl, err := w.l.WarmTemplate(ctx, "minimal", 1, 256, 0)
+	tpl, err := w.l.WarmTemplate(ctx, "minimal", 1, 256, 0, nil)
 	if err != nil {
 		t.Fatalf("warm template under the jail: %v", err)
 	}

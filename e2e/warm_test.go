@@ -206,7 +206,7 @@ func TestWarmCreate(t *testing.T) {
 	w := newWarmEngine(t, "mnwarm0", "10.216.0.0/24")
 	ctx := context.Background()
 
-	tpl, err := w.l.WarmTemplate(ctx, "minimal", 1, 256, 0)
+	tpl, err := w.l.WarmTemplate(ctx, "minimal", 1, 256, 0, nil)
 	if err != nil {
 		t.Fatalf("warm template: %v", err)
 	}
@@ -337,7 +337,7 @@ func BenchmarkWarmCreate(b *testing.B) {
 	jailed := os.Getenv("MINIONS_E2E_WARM_JAIL") == "1"
 	w := newWarmEngineWith(b, "mnwarmb0", "10.217.0.0/24", nil, jailed)
 	ctx := context.Background()
-	if _, err := w.l.WarmTemplate(ctx, image, 1, mem, 0); err != nil {
+	if _, err := w.l.WarmTemplate(ctx, image, 1, mem, 0, nil); err != nil {
 		b.Fatal(err)
 	}
 	var warm, cold samples

@@ -26,7 +26,7 @@ import (
 type Warmer interface {
 	// WarmTemplate builds the template of image ref and a shape now,
 	// unless it exists (see Local.WarmTemplate).
-	WarmTemplate(ctx context.Context, ref string, cpus, memMiB, diskGiB int) (Template, error)
+	WarmTemplate(ctx context.Context, ref string, cpus, memMiB, diskGiB int, progress Progress) (Template, error)
 	// WarmLater does the same in the background; errors are logged.
 	WarmLater(ctx context.Context, ref string, cpus, memMiB, diskGiB int)
 	// Templates lists the complete templates.
@@ -183,7 +183,7 @@ func (l *Local) warmLater(img Image, cpus, memMiB, diskGiB int) {
 		defer l.warming.Delete(key)
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 		defer cancel()
-		if _, err := l.WarmTemplate(ctx, img.Ref, cpus, memMiB, diskGiB); err != nil {
+		if _, err := l.WarmTemplate(ctx, img.Ref, cpus, memMiB, diskGiB, nil); err != nil {
 			l.log.Warn("background template build failed", "image", img.Ref, "cpus", cpus, "memory_mib", memMiB, "err", err)
 		}
 	}()

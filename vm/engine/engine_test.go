@@ -30,9 +30,16 @@ type ports struct {
 	set map[string]netip.Addr
 }
 
+// AddPort refuses an address another port holds, as the host's network
+// manager does.
 func (p *ports) AddPort(_ context.Context, tap string, ip netip.Addr, _ string) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	for other, a := range p.set {
+		if a == ip && other != tap {
+			return errs.New(errs.AlreadyExists, "address %s belongs to port %s", ip, other)
+		}
+	}
 	p.set[tap] = ip
 	return nil
 }

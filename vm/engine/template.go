@@ -75,6 +75,10 @@ func (l *Local) templateDir(key string) string { return filepath.Join(l.template
 // which are hex only.
 func templateID(key string) string { return "t" + key[:11] }
 
+// templateBuildLock is the lock (see lockVM) a template build holds: one
+// at a time per host (templateIP).
+const templateBuildLock = "template-build"
+
 // templateIP is the address a template's build VM holds on the bridge
 // while it boots: the last usable address of the subnet, never handed to
 // an instance (see allocate). The guest is booted without an address
@@ -213,8 +217,8 @@ func (l *Local) dropTemplateFiles(key string) {
 // whole GiB (at least 1). Templates need a driver that implements
 // hypervisor.Templater and a host where it can share memory (QEMU; under
 // the per-VM jail with its RAM on the memory dir's tmpfs): otherwise
-// errs.FailedPrecondition.
-func (l *Local) WarmTemplate(ctx context.Context, ref string, cpus, memMiB, diskGiB int) (Template, error) {
+// errs.FailedPrecondition. progress, if set, is told each step of a build.
+func (l *Local) WarmTemplate(ctx context.Context, ref string, cpus, memMiB, diskGiB int, progress Progress) (Template, error) {
 	tr := l.templater()
 	if tr == nil {
 		return Template{}, errs.New(errs.FailedPrecondition, "warm templates are off on this host (driver %s, no_warm %v)", l.Driver.Name(), l.cfg.NoWarm)
@@ -238,7 +242,18 @@ func (l *Local) WarmTemplate(ctx context.Context, ref string, cpus, memMiB, disk
 	if t, ok := l.findTemplate(img, cpus, memMiB, diskGiB); ok {
 		return t, nil
 	}
-	t, err := l.buildTemplate(ctx, tr, img, key, cpus, memMiB, diskGiB)
+	// One build at a time on a host, whatever its key and whichever
+	// process runs it: every build VM holds the subnet's template
+	// address, and two builds booting side by side only slow each other.
+	unlockBuild, err := l.tryLock(templateBuildLock)
+	if err != nil {
+		progress.Say("wait for another template build")
+		if unlockBuild, err = l.lockVM(ctx, templateBuildLock); err != nil {
+			return Template{}, err
+		}
+	}
+	defer unlockBuild()
+	t, err := l.buildTemplate(ctx, tr, img, key, cpus, memMiB, diskGiB, progress)
 	if err != nil {
 		return Template{}, fmt.Errorf("warm template of %s (%d cpus, %d MiB): %w", img.Ref, cpus, memMiB, l.diskFull(err))
 	}
@@ -248,7 +263,7 @@ func (l *Local) WarmTemplate(ctx context.Context, ref string, cpus, memMiB, disk
 
 // buildTemplate boots and saves template key. Call with its lock held. On
 // failure nothing of it is left.
-func (l *Local) buildTemplate(ctx context.Context, tr hypervisor.Templater, img Image, key string, cpus, memMiB, diskGiB int) (t Template, err error) {
+func (l *Local) buildTemplate(ctx context.Context, tr hypervisor.Templater, img Image, key string, cpus, memMiB, diskGiB int, progress Progress) (t Template, err error) {
 	start := time.Now()
 	dir := l.templateDir(key)
 	id := templateID(key)
@@ -269,6 +284,7 @@ func (l *Local) buildTemplate(ctx context.Context, tr hypervisor.Templater, img 
 	if err := os.MkdirAll(disks, 0o700); err != nil {
 		return t, err
 	}
+	progress.Say("disk")
 	tdisk := filepath.Join(disks, fmt.Sprintf("%s-%d.qcow2", key, time.Now().UnixNano()))
 	u.push(func() { os.Remove(tdisk) })
 	if err := l.Disks.CreateOverlay(ctx, img.Path, img.Format, tdisk, int64(diskGiB)<<30); err != nil {
@@ -291,6 +307,7 @@ func (l *Local) buildTemplate(ctx context.Context, tr hypervisor.Templater, img 
 		Net:    &hypervisor.NetIface{TAP: tap, MAC: mac},
 		RunDir: run, ConsoleLog: filepath.Join(dir, "console.log"),
 		VsockCID: templateCID}
+	progress.Say("boot")
 	console := consolelog.NewFollowerFromEnd(spec.ConsoleLog) // this boot's output only
 	h, err := tr.BootTemplate(ctx, spec, dir)
 	if err != nil {
@@ -303,13 +320,16 @@ func (l *Local) buildTemplate(ctx context.Context, tr hypervisor.Templater, img 
 			l.Driver.Kill(context.Background(), h)
 		}
 	}()
+	progress.Say("agent")
 	cl, err := l.waitReady(ctx, console, h.Agent, l.agentConfig("", nil))
 	if err != nil {
 		return t, fmt.Errorf("template agent: %w", err)
 	}
+	progress.Say("settle")
 	settleTemplate(ctx, cl, l.log.With("vm_id", id))
 	quietTemplate(ctx, h.PID, cl, l.log.With("vm_id", id))
 	cl.Close()
+	progress.Say("save")
 	if err := tr.SaveTemplate(ctx, h, dir); err != nil {
 		return t, err
 	}

@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -30,9 +31,18 @@ type templDriver struct {
 	*fakeagent.AgentDriver
 	mu     sync.Mutex
 	clones int
+
+	bootDelay           time.Duration // each template boot takes this long
+	building, mostBuilt int           // template builds running now, and the most at once
 }
 
 func (d *templDriver) BootTemplate(ctx context.Context, spec hypervisor.Spec, dir string) (*hypervisor.Handle, error) {
+	d.mu.Lock()
+	d.building++
+	d.mostBuilt = max(d.mostBuilt, d.building)
+	delay := d.bootDelay
+	d.mu.Unlock()
+	time.Sleep(delay)
 	if err := os.WriteFile(filepath.Join(dir, "memory.ram"), []byte("ram"), 0o600); err != nil {
 		return nil, err
 	}
@@ -40,6 +50,9 @@ func (d *templDriver) BootTemplate(ctx context.Context, spec hypervisor.Spec, di
 }
 
 func (d *templDriver) SaveTemplate(ctx context.Context, h *hypervisor.Handle, dir string) error {
+	d.mu.Lock()
+	d.building--
+	d.mu.Unlock()
 	if err := os.WriteFile(filepath.Join(dir, "memory.state"), []byte("state"), 0o600); err != nil {
 		return err
 	}
@@ -124,7 +137,7 @@ func warmFixture(t *testing.T) (*engine.Local, *templDriver, string) {
 func TestWarmTemplateStoreAndFallback(t *testing.T) {
 	l, drv, state := warmFixture(t)
 	ctx := context.Background()
-	tpl, err := l.WarmTemplate(ctx, "minimal", 1, 256, 0)
+	tpl, err := l.WarmTemplate(ctx, "minimal", 1, 256, 0, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -141,7 +154,7 @@ func TestWarmTemplateStoreAndFallback(t *testing.T) {
 		t.Fatalf("Templates() = %+v", ts)
 	}
 	// Another shape has no template.
-	if again, err := l.WarmTemplate(ctx, "minimal", 1, 256, 0); err != nil || again.CreatedAt != tpl.CreatedAt {
+	if again, err := l.WarmTemplate(ctx, "minimal", 1, 256, 0, nil); err != nil || again.CreatedAt != tpl.CreatedAt {
 		t.Fatalf("WarmTemplate of an existing template rebuilt it: %v", err)
 	}
 
@@ -189,7 +202,7 @@ func TestWarmTemplateStoreAndFallback(t *testing.T) {
 
 	// A build killed midway: files without a manifest. Reconcile removes
 	// them; a complete template stays.
-	tpl, err = l.WarmTemplate(ctx, "minimal", 1, 256, 0)
+	tpl, err = l.WarmTemplate(ctx, "minimal", 1, 256, 0, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -211,5 +224,47 @@ func TestWarmTemplateStoreAndFallback(t *testing.T) {
 	}
 	if ts, _ := l.Templates(ctx); len(ts) != 0 {
 		t.Fatalf("DropTemplates left %+v", ts)
+	}
+}
+
+// TestTemplateBuildsOneAtATime: builds of two templates asked for at once
+// (the daemon's background build of the default shape and an admin's
+// `image warm` of another) both succeed, one after the other: each build
+// VM holds the subnet's one template address. The one that waits says so.
+func TestTemplateBuildsOneAtATime(t *testing.T) {
+	l, drv, _ := warmFixture(t)
+	drv.bootDelay = 300 * time.Millisecond
+	ctx := context.Background()
+	var wg sync.WaitGroup
+	errc := make(chan error, 2)
+	var mu sync.Mutex
+	var steps []string
+	for _, mem := range []int{256, 320} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, err := l.WarmTemplate(ctx, "minimal", 1, mem, 0, func(s string) {
+				mu.Lock()
+				steps = append(steps, s)
+				mu.Unlock()
+			})
+			errc <- err
+		}()
+	}
+	wg.Wait()
+	close(errc)
+	for err := range errc {
+		if err != nil {
+			t.Errorf("a build asked for beside another: %v", err)
+		}
+	}
+	if ts, _ := l.Templates(ctx); len(ts) != 2 {
+		t.Errorf("%d templates, want 2", len(ts))
+	}
+	if drv.mostBuilt != 1 {
+		t.Errorf("%d template builds ran at once, want 1", drv.mostBuilt)
+	}
+	if !slices.Contains(steps, "wait for another template build") {
+		t.Errorf("steps %v: the build that waited did not say so", steps)
 	}
 }
