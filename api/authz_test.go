@@ -194,6 +194,11 @@ func TestAuthorization(t *testing.T) {
 		{method: "DELETE", path: "/v1/images/{ref}", want: want{ok, deny, deny, anon}, fresh: true},
 		// The VMs' image stays.
 		{method: "DELETE", path: "/v1/images/minimal", want: want{conflict, deny, deny, anon}},
+		// Only admins warm a template. This fixture's fake driver keeps
+		// none, which an admin learns (409); e2e TestImageWarmRemote
+		// builds one.
+		{method: "POST", path: "/v1/templates", body: func(string, map[string]string) any { return service.WarmRequest{Image: "minimal"} },
+			want: want{conflict, deny, deny, anon}},
 		// Web routes (api/web.go). This fixture runs no proxy, so what
 		// needs one is a failed precondition (409) for those who may see
 		// the VM; web_test.go covers them with a proxy.

@@ -8,8 +8,9 @@ import (
 	"github.com/minionsdev/minions/service"
 )
 
-// Image endpoints: list and the default for everyone signed in; build,
-// remove and setting the default for admins (the service checks). The
+// Image endpoints: list (with each version's warm templates) and the
+// default for everyone signed in; build, remove, setting the default and
+// warming a template for admins (the service checks). The
 // handler registers them by appending h.imageRoutes() to its table; Client
 // implements service.ImageBackend over them.
 
@@ -42,6 +43,15 @@ func (h *handler) imageRoutes() []route {
 					return nil, err
 				}
 				return s.BuildImage(ctx, c, req, p)
+			}},
+		// A template build boots a VM: a long operation too.
+		{method: http.MethodPost, pattern: "/v1/templates", kind: stream,
+			streamFn: func(ctx context.Context, c service.Caller, r *http.Request, p service.Progress) (any, error) {
+				var req service.WarmRequest
+				if err := decode(r, &req); err != nil {
+					return nil, err
+				}
+				return s.WarmImage(ctx, c, req, p)
 			}},
 		call(http.MethodGet, "/v1/images/default", func(ctx context.Context, c service.Caller, r *http.Request) (any, error) {
 			return s.DefaultImageInfo(ctx, c)
@@ -92,4 +102,11 @@ func (c *Client) BuildImage(ctx context.Context, req service.ImageBuildRequest, 
 func (c *Client) RemoveImage(ctx context.Context, ref string) ([]service.ImageInfo, error) {
 	var out RemovedImages
 	return out.Removed, c.do(ctx, http.MethodDelete, "/v1/images/"+url.PathEscape(ref), nil, &out)
+}
+
+// WarmImage builds the warm template of an image and shape unless it
+// exists, reporting each step. Admins only.
+func (c *Client) WarmImage(ctx context.Context, req service.WarmRequest, p service.Progress) (service.TemplateInfo, error) {
+	var t service.TemplateInfo
+	return t, c.long(ctx, "/v1/templates", req, p, &t)
 }

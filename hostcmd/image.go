@@ -17,7 +17,6 @@ import (
 	"github.com/minionsdev/minions/internal/errs"
 	"github.com/minionsdev/minions/service"
 	"github.com/minionsdev/minions/store"
-	"github.com/minionsdev/minions/vm/engine"
 )
 
 func imageCmd() *cli.Command {
@@ -88,13 +87,9 @@ func imageCmd() *cli.Command {
 				if x.G.Host != "" {
 					empty = "no images yet: an admin builds one with `minions image build --os minimal`"
 				}
-				var ts []engine.Template // this host's warm templates (text only)
-				if x.G.Host == "" {
-					ts = localTemplates(x)
-				}
 				return x.Print(ims, func(w io.Writer) {
 					printImageTable(w, rows, empty)
-					printTemplates(w, ts)
+					printTemplates(w, ims)
 				})
 			})
 		}},

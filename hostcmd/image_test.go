@@ -107,10 +107,30 @@ func TestImageCommandsRemote(t *testing.T) {
 		code := cli.Run(ctx, env, append([]string{"--host", ts.URL, "--api-key", token}, args...))
 		return out.String(), errOut.String(), code
 	}
+	// A warm template of minimal, as the engine records one.
+	tdir := filepath.Join(svc.Config().StateDir, "templates", "0123456789abcdef")
+	os.MkdirAll(tdir, 0o700)
+	os.WriteFile(filepath.Join(tdir, "manifest.json"), []byte(`{"key":"0123456789abcdef","image":"minimal@20261201-000000-aaaa","image_path":"/x","cpus":1,"memory_mib":256,"disk_gib":1,"disk":"/secret/t.qcow2"}`), 0o600)
 	out, errOut, code := run(tok.Secret, "image", "list", "--json")
 	var ims []service.ImageInfo
 	if code != 0 || json.Unmarshal([]byte(out), &ims) != nil || len(ims) != 3 || !ims[2].Default || ims[2].Ref != "minimal@20261201-000000-aaaa" {
 		t.Fatalf("image list as bob: %d %s %s", code, out, errOut)
+	}
+	if ts := ims[2].Templates; len(ts) != 1 || ts[0].Key != "0123456789abcdef" || ts[0].MemoryMiB != 256 || len(ims[0].Templates)+len(ims[1].Templates) != 0 || strings.Contains(out, "/secret") {
+		t.Fatalf("image list as bob: templates %+v %+v %+v, want minimal's one (no host paths):\n%s", ims[0].Templates, ims[1].Templates, ims[2].Templates, out)
+	}
+	if out, _, _ := run(tok.Secret, "image", "list"); !strings.Contains(out, "warm templates:\n  minimal@20261201-000000-aaaa  1 cpus, 256 MiB, 1 GiB  (0123456789abcdef)") {
+		t.Fatalf("image list (text) as bob:\n%s", out)
+	}
+	// Warming is for admins; this service's fake driver keeps no templates.
+	if _, errOut, code := run(tok.Secret, "image", "warm", "minimal"); code != 6 || !strings.Contains(errOut, "admin") {
+		t.Fatalf("image warm as bob: %d %s", code, errOut)
+	}
+	if _, errOut, code := run(adminToken, "image", "warm", "minimal", "--memory", "-1"); code != 2 || !strings.Contains(errOut, "positive") {
+		t.Fatalf("image warm --memory -1: %d %s", code, errOut)
+	}
+	if _, errOut, code := run(adminToken, "image", "warm", "minimal"); code == 0 || !strings.Contains(errOut, "warm templates are off on this host") {
+		t.Fatalf("image warm as admin on a host without templates: %d %s", code, errOut)
 	}
 	if _, errOut, code := run(tok.Secret, "image", "default", "debian"); code != 6 || !strings.Contains(errOut, "admin") {
 		t.Fatalf("image default as bob: %d %s", code, errOut)

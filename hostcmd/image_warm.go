@@ -5,22 +5,12 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"path/filepath"
 	"time"
 
 	"github.com/minionsdev/minions/cli"
-	"github.com/minionsdev/minions/daemon/local"
 	"github.com/minionsdev/minions/internal/errs"
 	"github.com/minionsdev/minions/service"
-	"github.com/minionsdev/minions/vm/engine"
 )
-
-// warmBackend is the part of the local backend (service.Bound) that
-// builds and lists warm templates; the remote API does not offer it yet.
-type warmBackend interface {
-	WarmImage(ctx context.Context, req service.WarmRequest) (engine.Template, error)
-	Templates(ctx context.Context) ([]engine.Template, error)
-}
 
 func imageWarmCmd() *cli.Command {
 	return &cli.Command{Name: "warm", Usage: "[IMAGE[@VERSION]] [--cpus N] [--memory MiB] [--disk GiB]",
@@ -31,17 +21,6 @@ func imageWarmCmd() *cli.Command {
 			fs.Int("disk", 0, "disk in GiB (default: the create default for the image)")
 		},
 		Run: func(ctx context.Context, x *cli.Ctx) error {
-			if x.G.Host != "" {
-				return errs.New(errs.FailedPrecondition, "image warm works on this host only (not with --host)")
-			}
-			be, err := x.Backend(ctx)
-			if err != nil {
-				return err
-			}
-			w, ok := be.(warmBackend)
-			if !ok {
-				return errs.New(errs.FailedPrecondition, "this backend keeps no warm templates")
-			}
 			req := service.WarmRequest{CPUs: getInt(x.FS, "cpus"), MemoryMiB: getInt(x.FS, "memory"), DiskGiB: getInt(x.FS, "disk")}
 			if req.CPUs < 0 || req.MemoryMiB < 0 || req.DiskGiB < 0 {
 				return errs.New(errs.InvalidArgument, "image warm: --cpus, --memory and --disk must be positive")
@@ -49,8 +28,25 @@ func imageWarmCmd() *cli.Command {
 			if len(x.Args) > 0 {
 				req.Image = x.Args[0]
 			}
+			// The daemon's engine (this host's, or --host's): templates
+			// are its to keep.
+			be, err := x.Backend(ctx)
+			if err != nil {
+				return err
+			}
+			tty := x.TTY && !x.G.JSON
 			start := time.Now()
-			t, err := w.WarmImage(ctx, req)
+			step := func(s string) {
+				if tty {
+					fmt.Fprintf(x.Stderr, "\r\033[Ktemplate: %s (%.1fs)", s, time.Since(start).Seconds())
+				} else {
+					fmt.Fprintf(x.Stderr, "template: %s (%.1fs)\n", s, time.Since(start).Seconds())
+				}
+			}
+			t, err := be.WarmImage(ctx, req, step)
+			if tty {
+				fmt.Fprint(x.Stderr, "\r\033[K")
+			}
 			if err != nil {
 				return err
 			}
@@ -64,32 +60,16 @@ func getInt(fs *flag.FlagSet, name string) int {
 	return fs.Lookup(name).Value.(flag.Getter).Get().(int)
 }
 
-// localTemplates lists this host's warm templates (none when the state
-// directory cannot be found).
-func localTemplates(x *cli.Ctx) []engine.Template {
-	paths, err := local.ResolvePaths(x.G.StateDir, x.G.RunDir)
-	if err != nil {
-		return []engine.Template{}
-	}
-	ts, err := engine.ReadTemplates(filepath.Clean(paths.State))
-	if err != nil {
-		return []engine.Template{}
-	}
-	return ts
-}
-
-// templateView is one template in `image list --json` (under its image).
-func templateView(t engine.Template) map[string]any {
-	return map[string]any{"key": t.Key, "cpus": t.CPUs, "memory_mib": t.MemoryMiB, "disk_gib": t.DiskGiB, "created": t.CreatedAt}
-}
-
-// printTemplates prints the warm templates under the image table.
-func printTemplates(w io.Writer, ts []engine.Template) {
-	if len(ts) == 0 {
-		return
-	}
-	fmt.Fprintln(w, "\nwarm templates:")
-	for _, t := range ts {
-		fmt.Fprintf(w, "  %s  %d cpus, %d MiB, %d GiB  (%s)\n", t.Image, t.CPUs, t.MemoryMiB, t.DiskGiB, t.Key)
+// printTemplates prints the warm templates of ims under the image table.
+func printTemplates(w io.Writer, ims []service.ImageInfo) {
+	header := false
+	for _, im := range ims {
+		for _, t := range im.Templates {
+			if !header {
+				fmt.Fprintln(w, "\nwarm templates:")
+				header = true
+			}
+			fmt.Fprintf(w, "  %s  %d cpus, %d MiB, %d GiB  (%s)\n", t.Image, t.CPUs, t.MemoryMiB, t.DiskGiB, t.Key)
+		}
 	}
 }

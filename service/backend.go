@@ -125,6 +125,9 @@ type ImageBackend interface {
 	SetDefaultImage(ctx context.Context, ref string) (ImageDefault, error)
 	BuildImage(ctx context.Context, req ImageBuildRequest, progress Progress) (ImageInfo, error)
 	RemoveImage(ctx context.Context, ref string) ([]ImageInfo, error)
+	// WarmImage builds the warm template of an image and shape unless it
+	// exists. Admins only.
+	WarmImage(ctx context.Context, req WarmRequest, progress Progress) (TemplateInfo, error)
 }
 
 // OpsBackend are a VM's restart policy and the event log.

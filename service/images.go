@@ -30,6 +30,9 @@ type ImageInfo struct {
 	Path string `json:"path,omitempty"`
 	// Default is set on the version a create without an image uses now.
 	Default bool `json:"default"`
+	// Templates are this version's warm templates on the host that
+	// answers (by shape; `image warm`).
+	Templates []TemplateInfo `json:"templates,omitempty"`
 }
 
 // ImageDefault is the image create uses without one, and where that
@@ -112,8 +115,10 @@ func (s *Service) ListImages(ctx context.Context, c Caller) ([]ImageInfo, error)
 		return nil, err
 	}
 	def := resolveIn(ims, ref)
+	tpls := s.templatesByImage()
 	for i := range ims {
 		ims[i].Default = def != "" && ims[i].Ref == def
+		ims[i].Templates = tpls[ims[i].Ref]
 		if !c.Admin {
 			ims[i].Path = ""
 		}

@@ -2,6 +2,7 @@ package service
 
 import (
 	"context"
+	"time"
 
 	"github.com/minionsdev/minions/internal/errs"
 	"github.com/minionsdev/minions/vm/engine"
@@ -27,19 +28,41 @@ func (s *Service) warmer() (engine.Warmer, error) {
 	return w, nil
 }
 
+// TemplateInfo is a warm template as `image warm`, `image list` and the
+// API show it (engine.Template without the host's paths).
+type TemplateInfo struct {
+	Key       string    `json:"key"`
+	Image     string    `json:"image"` // "os@version"
+	CPUs      int       `json:"cpus"`
+	MemoryMiB int       `json:"memory_mib"`
+	DiskGiB   int       `json:"disk_gib"`
+	CreatedAt time.Time `json:"created_at"`
+	// BuildMillis is how long the build took (boot to ready, and save).
+	BuildMillis int64 `json:"build_ms"`
+}
+
+func templateInfo(t engine.Template) TemplateInfo {
+	return TemplateInfo{Key: t.Key, Image: t.Image, CPUs: t.CPUs, MemoryMiB: t.MemoryMiB, DiskGiB: t.DiskGiB,
+		CreatedAt: t.CreatedAt, BuildMillis: t.BuildMillis}
+}
+
 // WarmImage builds the template of an image and shape now (unless it
-// exists) and returns it. Admins only; it blocks for a boot.
-func (s *Service) WarmImage(ctx context.Context, c Caller, req WarmRequest) (engine.Template, error) {
+// exists) and returns it, telling progress each step of a build. Admins
+// only; it blocks for a boot.
+func (s *Service) WarmImage(ctx context.Context, c Caller, req WarmRequest, progress Progress) (TemplateInfo, error) {
 	if err := requireAdmin(c, "warm images"); err != nil {
-		return engine.Template{}, err
+		return TemplateInfo{}, err
+	}
+	if req.CPUs < 0 || req.MemoryMiB < 0 || req.DiskGiB < 0 {
+		return TemplateInfo{}, errs.New(errs.InvalidArgument, "warm image: cpus, memory and disk must be positive")
 	}
 	w, err := s.warmer()
 	if err != nil {
-		return engine.Template{}, err
+		return TemplateInfo{}, err
 	}
 	if req.Image == "" {
 		if req.Image, err = s.DefaultImage(ctx); err != nil {
-			return engine.Template{}, err
+			return TemplateInfo{}, err
 		}
 	}
 	if req.CPUs == 0 {
@@ -51,20 +74,28 @@ func (s *Service) WarmImage(ctx context.Context, c Caller, req WarmRequest) (eng
 	if req.DiskGiB == 0 {
 		req.DiskGiB = s.defaultDisk(ctx, req.Image)
 	}
-	return w.WarmTemplate(ctx, req.Image, req.CPUs, req.MemoryMiB, req.DiskGiB)
+	t, err := w.WarmTemplate(ctx, req.Image, req.CPUs, req.MemoryMiB, req.DiskGiB, progress)
+	if err != nil {
+		return TemplateInfo{}, err
+	}
+	return templateInfo(t), nil
 }
 
-// Templates lists the warm templates of this host (empty when it keeps
-// none). Any signed-in user.
-func (s *Service) Templates(ctx context.Context, c Caller) ([]engine.Template, error) {
-	if err := requireUser(c, "list templates"); err != nil {
-		return nil, err
+// templatesByImage are the warm templates kept under the state
+// directory, by image reference.
+func (s *Service) templatesByImage() map[string][]TemplateInfo {
+	if s.cfg.StateDir == "" {
+		return nil
 	}
-	w, err := s.warmer()
+	ts, err := engine.ReadTemplates(s.cfg.StateDir)
 	if err != nil {
-		return []engine.Template{}, nil
+		return nil
 	}
-	return w.Templates(ctx)
+	m := map[string][]TemplateInfo{}
+	for _, t := range ts {
+		m[t.Image] = append(m[t.Image], templateInfo(t))
+	}
+	return m
 }
 
 // KeepWarm is the daemon's periodic housekeeping of templates: templates
@@ -116,11 +147,6 @@ func (s *Service) defaultDisk(ctx context.Context, ref string) int {
 }
 
 // WarmImage is Service.WarmImage for the bound caller.
-func (b *Bound) WarmImage(ctx context.Context, req WarmRequest) (engine.Template, error) {
-	return b.s.WarmImage(ctx, b.c, req)
-}
-
-// Templates is Service.Templates for the bound caller.
-func (b *Bound) Templates(ctx context.Context) ([]engine.Template, error) {
-	return b.s.Templates(ctx, b.c)
+func (b *Bound) WarmImage(ctx context.Context, req WarmRequest, progress Progress) (TemplateInfo, error) {
+	return b.s.WarmImage(ctx, b.c, req, progress)
 }
