@@ -122,6 +122,30 @@ func templateMemfdName(t *testing.T, ram string) string {
 	return fmt.Sprintf("minions-template-%s-%x.%x.%x", filepath.Base(filepath.Dir(ram)), st.Dev, st.Ino, st.Mtim.Nano())
 }
 
+// dropNewTemplates registers the removal, when t ends, of the templates
+// (and their disks) that are not there now, so that the other tests'
+// creates stay cold; it returns the keys there now. Called before a
+// daemon is started, the removal runs after the daemon stopped.
+func dropNewTemplates(t *testing.T) map[string]bool {
+	t.Helper()
+	had := map[string]bool{}
+	if ts, err := engine.ReadTemplates(stateDir); err == nil {
+		for _, tp := range ts {
+			had[tp.Key] = true
+		}
+	}
+	t.Cleanup(func() {
+		ts, _ := engine.ReadTemplates(stateDir)
+		for _, tp := range ts {
+			if !had[tp.Key] {
+				os.RemoveAll(filepath.Join(stateDir, "templates", tp.Key))
+				os.Remove(tp.Disk)
+			}
+		}
+	})
+	return had
+}
+
 func smapsOf(t *testing.T, pid int, path string) (rss, pss int64) {
 	t.Helper()
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/smaps", pid))
@@ -158,23 +182,7 @@ func TestServeWarmJailed(t *testing.T) {
 	if err := os.WriteFile(conf, []byte("default_image = \"minimal\"\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	had := map[string]bool{}
-	if ts, err := engine.ReadTemplates(stateDir); err == nil {
-		for _, tp := range ts {
-			had[tp.Key] = true
-		}
-	}
-	// Registered before the daemon's own cleanup, so it runs after the
-	// daemon stopped: the templates it built go (disks too).
-	t.Cleanup(func() {
-		ts, _ := engine.ReadTemplates(stateDir)
-		for _, tp := range ts {
-			if !had[tp.Key] {
-				os.RemoveAll(filepath.Join(stateDir, "templates", tp.Key))
-				os.Remove(tp.Disk)
-			}
-		}
-	})
+	had := dropNewTemplates(t)
 	d := startDaemon(t, dir, "", "--config", conf) // after noWarmConfig: this one counts
 	t.Cleanup(func() { d.stop(t) })
 	var tpl engine.Template

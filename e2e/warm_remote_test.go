@@ -3,8 +3,6 @@ package e2e
 import (
 	"encoding/json"
 	"fmt"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 
@@ -18,24 +16,7 @@ import (
 // refused, and nothing is built for them.
 func TestImageWarmRemote(t *testing.T) {
 	setup(t)
-	had := map[string]bool{}
-	if ts, err := engine.ReadTemplates(stateDir); err == nil {
-		for _, tp := range ts {
-			had[tp.Key] = true
-		}
-	}
-	// Registered before the daemon's own cleanup, so it runs after the
-	// daemon stopped: the templates built here go, so that the other
-	// tests' creates stay cold.
-	t.Cleanup(func() {
-		ts, _ := engine.ReadTemplates(stateDir)
-		for _, tp := range ts {
-			if !had[tp.Key] {
-				os.RemoveAll(filepath.Join(stateDir, "templates", tp.Key))
-				os.Remove(tp.Disk)
-			}
-		}
-	})
+	dropNewTemplates(t) // before the daemon: runs after it stopped
 	api := loopback(freeTCPPort(t))
 	startServe(t, fmt.Sprintf("no_warm = false\nbind = %q\nadmin_bind = %q\nssh_bind = %q\n",
 		api, loopback(freeTCPPort(t)), loopback(freeTCPPort(t))), api)
