@@ -34,6 +34,15 @@ type templDriver struct {
 
 	bootDelay           time.Duration // each template boot takes this long
 	building, mostBuilt int           // template builds running now, and the most at once
+	forgot              []string      // the run dirs of ForgetRunDir
+}
+
+// ForgetRunDir notes what the engine asks the driver to forget (the qemu
+// driver removes the RAM file and cgroup of the run dir's VM).
+func (d *templDriver) ForgetRunDir(runDir string) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.forgot = append(d.forgot, filepath.Base(runDir))
 }
 
 func (d *templDriver) BootTemplate(ctx context.Context, spec hypervisor.Spec, dir string) (*hypervisor.Handle, error) {
@@ -214,6 +223,14 @@ func TestWarmTemplateStoreAndFallback(t *testing.T) {
 	}
 	if _, err := os.Stat(half); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("unfinished build left after reconcile: %v", err)
+	}
+	// What the build VM had outside its run dir (its RAM file and cgroup)
+	// goes now, not after the sweeps' minute of grace.
+	drv.mu.Lock()
+	forgot := slices.Contains(drv.forgot, "t0123456789a")
+	drv.mu.Unlock()
+	if !forgot {
+		t.Fatalf("the unfinished build's run dir was not forgotten (the driver was asked about %v)", drv.forgot)
 	}
 	if ts, _ := l.Templates(ctx); len(ts) != 1 || ts[0].Key != tpl.Key {
 		t.Fatalf("complete template lost by reconcile: %+v", ts)
