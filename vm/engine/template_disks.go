@@ -145,10 +145,17 @@ func fileIdentity(path string) (inode, bool) {
 	return inode{uint64(st.Dev), st.Ino}, true
 }
 
-// backingFiles returns the files that qcow2 files under the state dir,
-// outside skip, depend on (their backing chains, link by link). A link
+// backingFiles returns the files that the disks under the state dir
+// (files named *.qcow2, as every disk and snapshot the engine writes is),
+// outside skip, depend on: their backing chains, link by link. A link
 // that cannot be read ends its chain: a missing file depends on nothing.
 // Only a walk that fails as a whole is an error.
+//
+// Only *.qcow2 files are opened. The state dir holds the store's SQLite
+// database, and SQLite locks it with fcntl(2) locks, which belong to the
+// process: closing any descriptor of the file, even one only read from,
+// drops every lock this process holds on it, and with them the store's
+// guard against the CLI's writes (TestSweepTemplateDisksKeepsStoreLocks).
 func (l *Local) backingFiles(skip string) (map[inode]bool, error) {
 	inUse := map[inode]bool{}
 	err := filepath.WalkDir(l.cfg.StateDir, func(path string, d fs.DirEntry, err error) error {
@@ -164,7 +171,7 @@ func (l *Local) backingFiles(skip string) (map[inode]bool, error) {
 			}
 			return nil
 		}
-		if !d.Type().IsRegular() {
+		if !d.Type().IsRegular() || !strings.HasSuffix(d.Name(), ".qcow2") {
 			return nil
 		}
 		p := path

@@ -2,13 +2,17 @@ package engine
 
 import (
 	"context"
+	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/minionsdev/minions/vm/disk"
+	"golang.org/x/sys/unix"
 )
 
 // TestSweepTemplateDisks: the disks of dropped templates go once nothing
@@ -108,4 +112,67 @@ func TestSweepTemplateDisks(t *testing.T) {
 	if got := l.sweepTemplateDisks(t0.Add(time.Hour)); len(got) != 0 {
 		t.Errorf("a first sweep removed %v", got)
 	}
+}
+
+// TestSweepTemplateDisksKeepsStoreLocks: the sweep's walk of the state dir
+// does not open the store's database. SQLite locks it with fcntl(2)
+// locks, which are the process's: a descriptor of it opened and closed
+// by anyone else in the process drops them all.
+func TestSweepTemplateDisksKeepsStoreLocks(t *testing.T) {
+	fx := newFixture(t)
+	l := fx.eng
+	dir := l.templateDisksDir()
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	// A disk due for removal, so that the sweep walks the state dir.
+	if err := os.WriteFile(filepath.Join(dir, "ab00000000000000-1.qcow2"), []byte("disk"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	db := filepath.Join(l.cfg.StateDir, "minions.db")
+	f, err := os.OpenFile(db, os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	f.WriteString("SQLite format 3\x00")
+	lk := unix.Flock_t{Type: unix.F_WRLCK}
+	if err := unix.FcntlFlock(f.Fd(), unix.F_SETLK, &lk); err != nil {
+		t.Fatal(err)
+	}
+	t0 := time.Now()
+	l.sweepTemplateDisks(t0)
+	if got := l.sweepTemplateDisks(t0.Add(templateDiskGrace)); len(got) != 1 {
+		t.Fatalf("the sweep removed %v, want the one disk (it must have walked)", got)
+	}
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(self, "-test.run", "^TestFcntlLockProbe$")
+	cmd.Env = append(os.Environ(), "MINIONS_LOCK_PROBE="+db)
+	out, err := cmd.CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "lock: held") {
+		t.Fatalf("the store's lock after the sweep, seen from another process: %v\n%s", err, out)
+	}
+}
+
+// TestFcntlLockProbe is a helper of TestSweepTemplateDisksKeepsStoreLocks,
+// run in a process of its own: whether another process holds an fcntl
+// lock on the file MINIONS_LOCK_PROBE names.
+func TestFcntlLockProbe(t *testing.T) {
+	path := os.Getenv("MINIONS_LOCK_PROBE")
+	if path == "" {
+		t.Skip("a helper of TestSweepTemplateDisksKeepsStoreLocks")
+	}
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	lk := unix.Flock_t{Type: unix.F_WRLCK}
+	if err := unix.FcntlFlock(f.Fd(), unix.F_GETLK, &lk); err != nil {
+		t.Fatal(err)
+	}
+	fmt.Println(map[bool]string{true: "lock: free", false: "lock: held"}[lk.Type == unix.F_UNLCK])
 }
