@@ -278,10 +278,7 @@ func (l *Local) purge(ctx context.Context, id string) {
 			l.Driver.Kill(ctx, h)
 		}
 	}
-	killByRunDir(l.runDir(id))
-	if f, ok := l.Driver.(runDirForgetter); ok {
-		f.ForgetRunDir(l.runDir(id)) // a RAM file outside the run dir
-	}
+	l.killRunDir(id)
 	l.Network.RemovePort(ctx, tapName(id))
 	l.discardForkState(id) // a fork's RAM copy outside its dir
 	l.dropMoveState(id)    // a suspend's kept RAM file outside its dir
@@ -299,6 +296,17 @@ func (l *Local) purge(ctx context.Context, id string) {
 		}
 	}
 	l.removeLock(id)
+}
+
+// killRunDir kills the processes of VM id found by its run dir (one whose
+// handle was never recorded, or a template's build VM) and has the driver
+// remove what it keeps of them outside the run dir (the qemu driver's RAM
+// file and cgroup), at once rather than at the sweeps' minute of grace.
+func (l *Local) killRunDir(id string) {
+	killByRunDir(l.runDir(id))
+	if f, ok := l.Driver.(runDirForgetter); ok {
+		f.ForgetRunDir(l.runDir(id))
+	}
 }
 
 // growMarker is a file whose presence says the VM's disk grew while it was

@@ -403,13 +403,7 @@ func (l *Local) reconcileTemplates(ctx context.Context) {
 			continue // a build in progress
 		}
 		if !fileExists(filepath.Join(l.templateDir(key), templateManifest)) {
-			run := l.runDir(templateID(key))
-			killByRunDir(run)
-			if f, ok := l.Driver.(runDirForgetter); ok {
-				// Its RAM file and cgroup, outside the run dir: else left
-				// to the sweeps' minute of grace.
-				f.ForgetRunDir(run)
-			}
+			l.killRunDir(templateID(key))
 			l.Network.RemovePort(ctx, tapName(templateID(key)))
 			l.dropTemplateFiles(key)
 			l.log.Warn("removed an unfinished template build", "key", key)
