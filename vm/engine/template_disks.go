@@ -175,7 +175,7 @@ func (l *Local) backingFiles(skip string) (map[inode]bool, error) {
 			return nil
 		}
 		p := path
-		for range 16 { // jail's bound on a chain's depth
+		for range jail.MaxBackingDepth {
 			next, err := jail.BackingFile(p)
 			if err != nil || next == "" {
 				break

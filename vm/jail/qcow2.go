@@ -12,8 +12,8 @@ import (
 	"github.com/minionsdev/minions/internal/errs"
 )
 
-// maxBackingDepth bounds a qcow2 backing chain (a loop is an error).
-const maxBackingDepth = 16
+// MaxBackingDepth bounds a qcow2 backing chain (a loop is an error).
+const MaxBackingDepth = 16
 
 // BackingChain returns the files a disk image depends on: the backing
 // file named in a qcow2 header, its own backing file, and so on (absolute
@@ -21,7 +21,7 @@ const maxBackingDepth = 16
 // file, has none. The jail binds these read-only so QEMU can open them.
 func BackingChain(path string) ([]string, error) {
 	var chain []string
-	for range maxBackingDepth {
+	for range MaxBackingDepth {
 		next, err := BackingFile(path)
 		if err != nil {
 			return nil, fmt.Errorf("backing chain of %s: %w", path, err)
@@ -32,7 +32,7 @@ func BackingChain(path string) ([]string, error) {
 		chain = append(chain, next)
 		path = next
 	}
-	return nil, errs.New(errs.InvalidArgument, "backing chain of %s: deeper than %d", path, maxBackingDepth)
+	return nil, errs.New(errs.InvalidArgument, "backing chain of %s: deeper than %d", path, MaxBackingDepth)
 }
 
 // BackingFile reads the backing file name from a qcow2 header ("" for a
