@@ -197,14 +197,28 @@ func filesInUse(paths []string) map[string]bool {
 				used[p] = true
 			}
 		}
-		fds, _ := os.ReadDir(filepath.Join(proc, "fd"))
-		for _, fd := range fds {
-			if t, err := os.Readlink(filepath.Join(proc, "fd", fd.Name())); err == nil && want[t] {
+		procFDs(proc, func(_, t string) bool {
+			if want[t] {
 				used[t] = true
 			}
-		}
+			return true
+		})
 	}
 	return used
+}
+
+// procFDs calls visit with the /proc path and the target of each
+// descriptor of process dir proc ("/proc/PID") until visit returns false,
+// which it then returns; a process gone or unreadable has none.
+func procFDs(proc string, visit func(path, target string) bool) bool {
+	fds, _ := os.ReadDir(filepath.Join(proc, "fd"))
+	for _, fd := range fds {
+		p := filepath.Join(proc, "fd", fd.Name())
+		if t, err := os.Readlink(p); err == nil && !visit(p, t) {
+			return false
+		}
+	}
+	return true
 }
 
 // The memory dirs of installations that are gone.

@@ -5,7 +5,6 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"sync"
 
 	"golang.org/x/sys/unix"
@@ -134,34 +133,29 @@ func templateRAMName(path string, id fileID) string {
 // unchanged since) and of the size wanted is taken.
 func adoptTemplateRAM(name string, size int64) *os.File {
 	want := "/memfd:" + name + " (deleted)"
-	procs, err := os.ReadDir("/proc")
-	if err != nil {
-		return nil
-	}
-	self := strconv.Itoa(os.Getpid())
-	for _, p := range procs {
-		pid := p.Name()
-		if pid == self || strings.Trim(pid, "0123456789") != "" {
+	self := "/proc/" + strconv.Itoa(os.Getpid())
+	procs, _ := filepath.Glob("/proc/[0-9]*")
+	var found *os.File
+	for _, proc := range procs {
+		if proc == self {
 			continue
 		}
-		dir := "/proc/" + pid + "/fd"
-		fds, err := os.ReadDir(dir)
-		if err != nil {
-			continue // gone, or a kernel thread
-		}
-		for _, fd := range fds {
-			path := dir + "/" + fd.Name()
-			if l, err := os.Readlink(path); err != nil || l != want {
-				continue
+		if !procFDs(proc, func(path, target string) bool {
+			if target != want {
+				return true
 			}
 			f, err := os.OpenFile(path, os.O_RDONLY|unix.O_CLOEXEC, 0)
 			if err != nil {
-				continue
+				return true
 			}
-			if isTemplateRAM(f, size) {
-				return f
+			if !isTemplateRAM(f, size) {
+				f.Close()
+				return true
 			}
-			f.Close()
+			found = f
+			return false
+		}) {
+			return found
 		}
 	}
 	return nil
