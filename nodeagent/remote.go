@@ -336,6 +336,25 @@ func (r *Remote) Create(ctx context.Context, spec engine.CreateSpec, progress en
 	return r.warmAgent(inst, err)
 }
 
+var _ engine.TemplateKeeper = (*Remote)(nil)
+
+// WarmTemplate implements engine.TemplateKeeper: the node builds the
+// template (fetching the image from the control plane if it lacks it),
+// telling progress each step.
+func (r *Remote) WarmTemplate(ctx context.Context, ref string, cpus, memMiB, diskGiB int, progress engine.Progress) (engine.Template, error) {
+	var t engine.Template
+	err := r.call(ctx, mWarmTemplate, callRequest{Warm: &warmArgs{Image: ref, CPUs: cpus, MemoryMiB: memMiB, DiskGiB: diskGiB}}, progress, &t)
+	return t, err
+}
+
+// Templates implements engine.TemplateKeeper: the node's complete
+// templates.
+func (r *Remote) Templates(ctx context.Context) ([]engine.Template, error) {
+	var ts []engine.Template
+	err := r.call(ctx, mTemplates, callRequest{}, nil, &ts)
+	return ts, err
+}
+
 // Start implements engine.Engine.
 func (r *Remote) Start(ctx context.Context, id string, progress engine.Progress) (engine.Instance, error) {
 	inst, err := r.instance(ctx, mStart, callRequest{ID: id}, progress)

@@ -309,6 +309,18 @@ func (s *server) run(ctx context.Context, method string, req callRequest, progre
 		return s.runPreCopy(ctx, method, req, progress) // transfer_memory_precopy.go
 	case mLiveDescribe, mLivePrepare, mLiveDial, mLiveMigrate, mLiveFinish, mLiveAbort, mLiveResume:
 		return s.runLive(ctx, method, req, progress)
+	case mTemplates, mWarmTemplate:
+		k, ok := e.(engine.TemplateKeeper)
+		if !ok {
+			return nil, errs.New(errs.FailedPrecondition, "node %s keeps no warm templates", s.cfg.ID)
+		}
+		if method == mTemplates {
+			return k.Templates(ctx)
+		}
+		if req.Warm == nil {
+			return nil, need(nil)
+		}
+		return k.WarmTemplate(ctx, req.Warm.Image, req.Warm.CPUs, req.Warm.MemoryMiB, req.Warm.DiskGiB, progress)
 	}
 	return nil, errs.New(errs.InvalidArgument, "unknown engine method %q", method)
 }

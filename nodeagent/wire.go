@@ -70,7 +70,9 @@ const (
 	mLiveAbort       = "live_abort"
 	mLiveResume      = "live_resume"
 	mCancel          = "cancel"
-	mAlive           = "alive" // is call c still running? "yes" or "no"
+	mAlive           = "alive"         // is call c still running? "yes" or "no"
+	mTemplates       = "templates"     // engine.TemplateKeeper (the node's warm templates)
+	mWarmTemplate    = "warm_template" // build one (Warm)
 	// cancel_moves: cancel the calls in flight that move instance ID
 	// (exports, imports, live migrations): a restarted control plane's,
 	// before it settles that move, whose streams died with it.
@@ -118,6 +120,15 @@ type callRequest struct {
 	Incoming     *engine.IncomingSpec `json:"incoming,omitempty"`  // live_prepare
 	Stream2      string               `json:"stream2,omitempty"`   // live_migrate: the memory's stream
 	TrustKey     string               `json:"trust_key,omitempty"` // suspend, live_migrate: the key the guest agent is told to accept too
+	Warm         *warmArgs            `json:"warm,omitempty"`      // warm_template
+}
+
+// warmArgs are a warm_template call's image and shape.
+type warmArgs struct {
+	Image     string `json:"image"`
+	CPUs      int    `json:"cpus"`
+	MemoryMiB int    `json:"memory_mib"`
+	DiskGiB   int    `json:"disk_gib"`
 }
 
 // callFrame is a progress step (Step set) or the final answer (Done).

@@ -21,16 +21,23 @@ import (
 	"golang.org/x/crypto/ssh"
 )
 
-// Warmer is implemented by engines that keep warm templates (Local): the
-// control plane type-asserts its Engine to it.
-type Warmer interface {
+// TemplateKeeper builds and lists a host's warm templates: the local
+// engine, and a node's over the fabric (nodeagent.Remote), so an admin
+// can warm and list the templates of any host of a cluster.
+type TemplateKeeper interface {
 	// WarmTemplate builds the template of image ref and a shape now,
 	// unless it exists (see Local.WarmTemplate).
 	WarmTemplate(ctx context.Context, ref string, cpus, memMiB, diskGiB int, progress Progress) (Template, error)
-	// WarmLater does the same in the background; errors are logged.
-	WarmLater(ctx context.Context, ref string, cpus, memMiB, diskGiB int)
 	// Templates lists the complete templates.
 	Templates(ctx context.Context) ([]Template, error)
+}
+
+// Warmer is implemented by engines that keep warm templates (Local): the
+// control plane type-asserts its Engine to it.
+type Warmer interface {
+	TemplateKeeper
+	// WarmLater does WarmTemplate in the background; errors are logged.
+	WarmLater(ctx context.Context, ref string, cpus, memMiB, diskGiB int)
 	// DropTemplates removes the templates of image ref ("" for all).
 	DropTemplates(ctx context.Context, ref string) error
 }
