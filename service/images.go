@@ -31,7 +31,8 @@ type ImageInfo struct {
 	// Default is set on the version a create without an image uses now.
 	Default bool `json:"default"`
 	// Templates are this version's warm templates on the host that
-	// answers (by shape; `image warm`).
+	// answers and on the cluster's other hosts it reaches (by host, then
+	// shape; `image warm`).
 	Templates []TemplateInfo `json:"templates,omitempty"`
 }
 
@@ -115,7 +116,7 @@ func (s *Service) ListImages(ctx context.Context, c Caller) ([]ImageInfo, error)
 		return nil, err
 	}
 	def := resolveIn(ims, ref)
-	tpls := s.templatesByImage()
+	tpls := s.templatesByImage(ctx)
 	for i := range ims {
 		ims[i].Default = def != "" && ims[i].Ref == def
 		ims[i].Templates = tpls[ims[i].Ref]

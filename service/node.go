@@ -43,6 +43,26 @@ func (n *nodeEngine) AgentKey(ctx context.Context, id string) (string, error) {
 	return k.AgentKey(ctx, id)
 }
 
+// WarmTemplate implements engine.TemplateKeeper (the control plane's
+// `image warm --host NODE`).
+func (n *nodeEngine) WarmTemplate(ctx context.Context, ref string, cpus, memMiB, diskGiB int, progress engine.Progress) (engine.Template, error) {
+	k, ok := n.Engine.(engine.TemplateKeeper)
+	if !ok {
+		return engine.Template{}, errs.New(errs.FailedPrecondition, "this host keeps no warm templates")
+	}
+	return k.WarmTemplate(ctx, ref, cpus, memMiB, diskGiB, progress)
+}
+
+// Templates implements engine.TemplateKeeper (the control plane's
+// `image list`).
+func (n *nodeEngine) Templates(ctx context.Context) ([]engine.Template, error) {
+	k, ok := n.Engine.(engine.TemplateKeeper)
+	if !ok {
+		return []engine.Template{}, nil
+	}
+	return k.Templates(ctx)
+}
+
 // AgentSigner is the key this host's guest agents trust (nil if none).
 func (n *nodeEngine) AgentSigner() ssh.Signer { return n.s.HostKey }
 
