@@ -102,7 +102,7 @@ func lifeCommands() []*Command {
 			},
 			Run: func(ctx context.Context, x *Ctx) error {
 				// --host HOST: a bare name is the target cluster host, as for create.
-				req := service.MoveRequest{Host: x.clusterHostPin()}
+				req := service.MoveRequest{Host: x.ClusterHostPin()}
 				switch mem, live := boolFlag(x.FS, "memory"), boolFlag(x.FS, "live"); {
 				case mem && live:
 					return errs.New(errs.InvalidArgument, "move: --memory and --live exclude each other")
@@ -122,7 +122,7 @@ func lifeCommands() []*Command {
 			},
 			Run: func(ctx context.Context, x *Ctx) error {
 				// --host HOST: a bare name is the cluster host to copy onto, as for create.
-				req := service.CopyRequest{FromSnapshot: strFlag(x.FS, "from-snapshot"), Host: x.clusterHostPin()}
+				req := service.CopyRequest{FromSnapshot: strFlag(x.FS, "from-snapshot"), Host: x.ClusterHostPin()}
 				if len(x.Args) > 1 {
 					req.Name = x.Args[1]
 				}

@@ -90,7 +90,7 @@ func createCmd() *Command {
 			if err := positiveFlags(x.FS, "cpus", "memory", "disk"); err != nil {
 				return err
 			}
-			pin := x.clusterHostPin()
+			pin := x.ClusterHostPin()
 			req := service.CreateRequest{Host: pin, Name: x.Args[0], CPUs: intFlag(x.FS, "cpus"), MemoryMiB: intFlag(x.FS, "memory"), DiskGiB: intFlag(x.FS, "disk"),
 				Image: strFlag(x.FS, "os"), Restart: strFlag(x.FS, "restart"), Cold: boolFlag(x.FS, "cold")}
 			if req.Image == "" {
@@ -503,11 +503,11 @@ func sshKeyAdd(ctx context.Context, x *Ctx) error {
 	return x.Print(added, func(w io.Writer) { printKeys(w, added) })
 }
 
-// clusterHostPin is create's --host: the global --host names a remote
-// daemon by URL, but a bare name (no ':', '/' or '.') names a host of the
-// cluster to pin the VM to. The pin is taken out of the global flag (the
+// ClusterHostPin is the --host of create, move, copy and image warm: the
+// global --host names a remote daemon by URL, but a bare name (no ':', '/'
+// or '.') names a host of the cluster to pin the VM (or template) to. The pin is taken out of the global flag (the
 // daemon is then $MINIONS_HOST's, if that is a URL, or the local one).
-func (x *Ctx) clusterHostPin() string {
+func (x *Ctx) ClusterHostPin() string {
 	given := false // on the command line: $MINIONS_HOST names daemons only
 	x.FS.Visit(func(f *flag.Flag) { given = given || f.Name == "host" })
 	h := x.G.Host

@@ -13,15 +13,15 @@ import (
 )
 
 func imageWarmCmd() *cli.Command {
-	return &cli.Command{Name: "warm", Usage: "[IMAGE[@VERSION]] [--cpus N] [--memory MiB] [--disk GiB]",
-		Summary: "Build the warm template creates of this image and shape restore from (default: the default image and shape)", MaxArgs: 1,
+	return &cli.Command{Name: "warm", Usage: "[IMAGE[@VERSION]] [--cpus N] [--memory MiB] [--disk GiB] [--host HOST]",
+		Summary: "Build the warm template creates of this image and shape restore from (default: the default image and shape; --host NAME builds it on that cluster host)", MaxArgs: 1,
 		Flags: func(fs *flag.FlagSet) {
 			fs.Int("cpus", 0, "vCPUs (default: the create default)")
 			fs.Int("memory", 0, "memory in MiB (default: the create default)")
 			fs.Int("disk", 0, "disk in GiB (default: the create default for the image)")
 		},
 		Run: func(ctx context.Context, x *cli.Ctx) error {
-			req := service.WarmRequest{CPUs: getInt(x.FS, "cpus"), MemoryMiB: getInt(x.FS, "memory"), DiskGiB: getInt(x.FS, "disk")}
+			req := service.WarmRequest{CPUs: getInt(x.FS, "cpus"), MemoryMiB: getInt(x.FS, "memory"), DiskGiB: getInt(x.FS, "disk"), Host: x.ClusterHostPin()}
 			if req.CPUs < 0 || req.MemoryMiB < 0 || req.DiskGiB < 0 {
 				return errs.New(errs.InvalidArgument, "image warm: --cpus, --memory and --disk must be positive")
 			}
@@ -51,7 +51,7 @@ func imageWarmCmd() *cli.Command {
 				return err
 			}
 			return x.Print(t, func(w io.Writer) {
-				fmt.Fprintf(w, "template %s of %s (%d cpus, %d MiB, %d GiB) ready in %.1fs\n", t.Key, t.Image, t.CPUs, t.MemoryMiB, t.DiskGiB, time.Since(start).Seconds())
+				fmt.Fprintf(w, "template %s of %s (%d cpus, %d MiB, %d GiB)%s ready in %.1fs\n", t.Key, t.Image, t.CPUs, t.MemoryMiB, t.DiskGiB, onHost(t.Host), time.Since(start).Seconds())
 			})
 		}}
 }
@@ -69,7 +69,16 @@ func printTemplates(w io.Writer, ims []service.ImageInfo) {
 				fmt.Fprintln(w, "\nwarm templates:")
 				header = true
 			}
-			fmt.Fprintf(w, "  %s  %d cpus, %d MiB, %d GiB  (%s)\n", t.Image, t.CPUs, t.MemoryMiB, t.DiskGiB, t.Key)
+			fmt.Fprintf(w, "  %s  %d cpus, %d MiB, %d GiB%s  (%s)\n", t.Image, t.CPUs, t.MemoryMiB, t.DiskGiB, onHost(t.Host), t.Key)
 		}
 	}
+}
+
+// onHost is " on HOST" for a template of a cluster host, "" on a single
+// host.
+func onHost(host string) string {
+	if host == "" {
+		return ""
+	}
+	return " on " + host
 }
