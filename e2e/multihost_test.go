@@ -623,4 +623,65 @@ func testWarmOnNode(t *testing.T, c *mhCluster, ann mhUser) {
 		!strings.HasPrefix(r.stdout, "w1\n") || !strings.Contains(r.stdout, " "+v.IP+"/") {
 		t.Errorf("w1 (ip %s) says: %s", v.IP, r)
 	}
+
+	// The control plane lists n1's template, named by its host, to a user.
+	if !nodeTemplateListed(t, c, ann, "n1", 256) {
+		t.Errorf("image list --json does not show n1's template of 256 MiB")
+	}
+	// An admin builds a template of a shape of its own on n2 (from the
+	// cp's CLI, through its daemon); a user may not. A create of that
+	// shape placed on n2 then restores it.
+	if r := c.as(t, ann, "", "image", "warm", "--memory", "288", "--host", "n2"); r.code != 6 || c.n2.hasTemplate(288) {
+		t.Fatalf("image warm --host n2 as a user: %s; want refused (6), nothing built", r)
+	}
+	r = c.cp.run(t, "image", "warm", "--memory", "288", "--host", "n2", "--json")
+	var warmed struct {
+		Host      string `json:"host"`
+		MemoryMiB int    `json:"memory_mib"`
+	}
+	if r.code != 0 || json.Unmarshal([]byte(r.stdout), &warmed) != nil || warmed.Host != "n2" || warmed.MemoryMiB != 288 ||
+		!strings.Contains(r.stderr, "template: boot") || !c.n2.hasTemplate(288) || c.cp.hasTemplate(288) || c.n1.hasTemplate(288) {
+		t.Fatalf("image warm --memory 288 --host n2 on the cp: %s; want n2's template (the build's steps on stderr), on n2 only", r)
+	}
+	t.Logf("template of 288 MiB built on n2 from the cp in %s", r.took.Round(time.Millisecond))
+	if !nodeTemplateListed(t, c, ann, "n2", 288) {
+		t.Errorf("image list --json does not show n2's template of 288 MiB")
+	}
+	r = c.as(t, ann, "", "create", "w2", "--memory", "288", "--host", "n2", "--json")
+	if r.code != 0 {
+		t.Fatalf("create w2 --memory 288 --host n2: %s", r)
+	}
+	defer c.as(t, ann, "", "destroy", "w2", "--yes")
+	created.Boot = ""
+	json.Unmarshal([]byte(r.stdout), &created)
+	if created.Boot != "warm" {
+		t.Errorf("create w2 on n2: boot %q, want warm: %s", created.Boot, r.stdout)
+	}
+}
+
+// nodeTemplateListed reports whether u's `image list --json` shows a
+// template of the minimal image at 1 vCPU and memMiB on host.
+func nodeTemplateListed(t *testing.T, c *mhCluster, u mhUser, host string, memMiB int) bool {
+	t.Helper()
+	r := c.as(t, u, "", "image", "list", "--json")
+	var ims []struct {
+		OS        string `json:"os"`
+		Templates []struct {
+			Host      string `json:"host"`
+			CPUs      int    `json:"cpus"`
+			MemoryMiB int    `json:"memory_mib"`
+		} `json:"templates"`
+	}
+	if r.code != 0 || json.Unmarshal([]byte(r.stdout), &ims) != nil {
+		t.Fatalf("image list --json: %s", r)
+	}
+	for _, im := range ims {
+		for _, tp := range im.Templates {
+			if im.OS == "minimal" && tp.Host == host && tp.CPUs == 1 && tp.MemoryMiB == memMiB {
+				return true
+			}
+		}
+	}
+	t.Logf("image list --json: %s", r.stdout)
+	return false
 }
