@@ -192,25 +192,41 @@ func startTicker(t testing.TB, c *mhCluster, u mhUser, name string) string {
 	if _, err := strconv.Atoi(pid); r.code != 0 || err != nil {
 		t.Fatalf("start the counter in %s: %s", name, r)
 	}
+	// The counter's first write may come after exec's answer (a guest
+	// busy under TCG): until then there is no /run/count to read.
 	deadline := time.Now().Add(30 * time.Second)
-	for guestCount(t, c, u, name) < 2 {
+	for {
+		n, r := readGuestCount(t, c, u, name)
+		if n >= 2 {
+			return pid
+		}
 		if time.Now().After(deadline) {
-			t.Fatalf("the counter in %s does not count", name)
+			t.Fatalf("the counter in %s does not count: %s", name, r)
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
-	return pid
 }
 
 // guestCount is the counter's count in VM name.
 func guestCount(t testing.TB, c *mhCluster, u mhUser, name string) int {
 	t.Helper()
-	r := c.as(t, u, "", "exec", name, "--", "cat", "/run/count")
-	n, err := strconv.Atoi(strings.TrimSpace(r.stdout))
-	if r.code != 0 || err != nil {
+	n, r := readGuestCount(t, c, u, name)
+	if n < 0 {
 		t.Fatalf("read the count in %s: %s", name, r)
 	}
 	return n
+}
+
+// readGuestCount is the counter's count in VM name, -1 when it cannot be
+// read, and the exec's result.
+func readGuestCount(t testing.TB, c *mhCluster, u mhUser, name string) (int, result) {
+	t.Helper()
+	r := c.as(t, u, "", "exec", name, "--", "cat", "/run/count")
+	n, err := strconv.Atoi(strings.TrimSpace(r.stdout))
+	if r.code != 0 || err != nil {
+		return -1, r
+	}
+	return n, r
 }
 
 // tickGap is the largest gap between consecutive ticks of the counter in
