@@ -336,7 +336,17 @@ func (r *Remote) Create(ctx context.Context, spec engine.CreateSpec, progress en
 	return r.warmAgent(inst, err)
 }
 
-var _ engine.TemplateKeeper = (*Remote)(nil)
+var (
+	_ engine.TemplateKeeper = (*Remote)(nil)
+	_ engine.Forker         = (*Remote)(nil)
+)
+
+// Fork implements engine.Forker: the node forks instance srcID into a
+// new instance of its own (the fork runs where its source runs).
+func (r *Remote) Fork(ctx context.Context, srcID string, spec engine.ForkSpec, progress engine.Progress) (engine.Instance, error) {
+	inst, err := r.instance(ctx, mFork, callRequest{ID: srcID, ForkSpec: &spec}, progress)
+	return r.warmAgent(inst, err)
+}
 
 // WarmTemplate implements engine.TemplateKeeper: the node builds the
 // template (fetching the image from the control plane if it lacks it),

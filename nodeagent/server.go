@@ -309,6 +309,15 @@ func (s *server) run(ctx context.Context, method string, req callRequest, progre
 		return s.runPreCopy(ctx, method, req, progress) // transfer_memory_precopy.go
 	case mLiveDescribe, mLivePrepare, mLiveDial, mLiveMigrate, mLiveFinish, mLiveAbort, mLiveResume:
 		return s.runLive(ctx, method, req, progress)
+	case mFork:
+		f, ok := e.(engine.Forker)
+		if !ok {
+			return nil, errs.New(errs.FailedPrecondition, "node %s cannot fork vms", s.cfg.ID)
+		}
+		if req.ForkSpec == nil {
+			return nil, need(nil)
+		}
+		return f.Fork(ctx, req.ID, *req.ForkSpec, progress)
 	case mTemplates, mWarmTemplate:
 		k, ok := e.(engine.TemplateKeeper)
 		if !ok {

@@ -73,6 +73,7 @@ const (
 	mAlive           = "alive"         // is call c still running? "yes" or "no"
 	mTemplates       = "templates"     // engine.TemplateKeeper (the node's warm templates)
 	mWarmTemplate    = "warm_template" // build one (Warm)
+	mFork            = "fork"          // engine.Forker: fork instance ID (ForkSpec)
 	// cancel_moves: cancel the calls in flight that move instance ID
 	// (exports, imports, live migrations): a restarted control plane's,
 	// before it settles that move, whose streams died with it.
@@ -121,6 +122,7 @@ type callRequest struct {
 	Stream2      string               `json:"stream2,omitempty"`   // live_migrate: the memory's stream
 	TrustKey     string               `json:"trust_key,omitempty"` // suspend, live_migrate: the key the guest agent is told to accept too
 	Warm         *warmArgs            `json:"warm,omitempty"`      // warm_template
+	ForkSpec     *engine.ForkSpec     `json:"fork_spec,omitempty"` // fork
 }
 
 // warmArgs are a warm_template call's image and shape.
