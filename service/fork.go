@@ -3,6 +3,7 @@ package service
 import (
 	"context"
 	"fmt"
+	"time"
 
 	"github.com/minionsdev/minions/internal/errs"
 	"github.com/minionsdev/minions/store"
@@ -47,12 +48,23 @@ func (s *Service) Fork(ctx context.Context, c Caller, srcName string, req ForkRe
 	if err != nil {
 		return VM{}, err
 	}
-	if eng, err := s.engineFor(ctx, row); err != nil {
+	// The fork runs where its source runs: on this host, or on the
+	// source's node.
+	eng, err := s.engineFor(ctx, row)
+	if err != nil {
 		return VM{}, err
-	} else if eng != s.Engine {
-		return VM{}, errs.New(errs.FailedPrecondition, "fork vm %s: it runs on another host, and fork works on the control plane's own host only (for now)", src.Name)
 	}
-	fk, ok := s.Engine.(engine.Forker)
+	var host store.Host
+	if eng != s.Engine {
+		if host, err = store.GetHostByID(ctx, s.DB, row.HostID); err != nil {
+			return VM{}, fmt.Errorf("fork vm %s: %w", src.Name, err)
+		}
+		eng, err = s.hostEngine(host) // unwrapped: the fork's row is made here
+		if err != nil {
+			return VM{}, err
+		}
+	}
+	fk, ok := eng.(engine.Forker)
 	if !ok {
 		return VM{}, errs.New(errs.FailedPrecondition, "fork vm %s: the engine of its host cannot fork", src.Name)
 	}
@@ -63,7 +75,11 @@ func (s *Service) Fork(ctx context.Context, c Caller, srcName string, req ForkRe
 	if err != nil {
 		return VM{}, fmt.Errorf("fork vm %s: %w", src.Name, err)
 	}
-	if _, err := fk.Fork(ctx, src.ID, spec, progress); err != nil {
+	if host.ID == "" {
+		if _, err := fk.Fork(ctx, src.ID, spec, progress); err != nil {
+			return VM{}, err
+		}
+	} else if err := s.forkRemote(ctx, eng, fk, row, spec, host, progress); err != nil {
 		return VM{}, err
 	}
 	if err := store.PutRestart(ctx, s.DB, store.Restart{VMID: spec.ID, Policy: store.RestartAlways}); err != nil {
@@ -75,6 +91,38 @@ func (s *Service) Fork(ctx context.Context, c Caller, srcName string, req ForkRe
 	}
 	s.record(ctx, c.Name, v, EventFork, "from "+src.Name)
 	return s.withRestart(ctx, view(v)), nil
+}
+
+// forkRemote forks src on its node h through fk (e's) as createRemote creates
+// there: the fork's row here first (the name taken cluster-wide, the
+// caller's quota checked in the same transaction), then the node's fork,
+// then the row from its result. A failed fork deletes the row (and, when
+// the node's outcome is unknown, asks it to destroy the fork or leaves a
+// tombstone).
+func (s *Service) forkRemote(ctx context.Context, e engine.Engine, fk engine.Forker, src store.VM, spec engine.ForkSpec, h store.Host, progress Progress) error {
+	row := store.VM{ID: spec.ID, Name: spec.Name, OwnerID: spec.Owner, Image: src.Image, CPUs: src.CPUs, MemoryMiB: src.MemoryMiB,
+		DiskGiB: src.DiskGiB, State: vm.Creating, Port: src.Port, HostID: h.ID, CreatedAt: time.Now().UTC()}
+	err := s.DB.Tx(ctx, func(q store.Q) error {
+		if err := s.checkQuota(ctx, q, spec.Owner, row.CPUs, row.MemoryMiB, row.DiskGiB); err != nil {
+			return err
+		}
+		if err := store.RemotePlaceholders(ctx, q, &row); err != nil {
+			return err
+		}
+		return store.InsertVM(ctx, q, row)
+	})
+	if err != nil {
+		return fmt.Errorf("fork vm %s: %w", src.Name, err)
+	}
+	s.setInflight(spec.ID, true)
+	defer s.setInflight(spec.ID, false)
+	inst, err := fk.Fork(ctx, src.ID, spec, progress)
+	if err != nil {
+		s.undoRemoteCreate(ctx, row, e, err)
+		return err
+	}
+	s.syncRow(ctx, h.ID, inst)
+	return nil
 }
 
 // Fork is Service.Fork as the bound caller.

@@ -43,6 +43,20 @@ func (n *nodeEngine) AgentKey(ctx context.Context, id string) (string, error) {
 	return k.AgentKey(ctx, id)
 }
 
+// Fork implements engine.Forker for the control plane (a fork of a VM
+// on this node runs here), making sure the owner exists here as Create
+// does.
+func (n *nodeEngine) Fork(ctx context.Context, srcID string, spec engine.ForkSpec, progress engine.Progress) (engine.Instance, error) {
+	f, ok := n.Engine.(engine.Forker)
+	if !ok {
+		return engine.Instance{}, errs.New(errs.FailedPrecondition, "this host's engine cannot fork")
+	}
+	if err := n.s.standIn(ctx, spec.Owner); err != nil {
+		return engine.Instance{}, err
+	}
+	return f.Fork(ctx, srcID, spec, progress)
+}
+
 // WarmTemplate implements engine.TemplateKeeper (the control plane's
 // `image warm --host NODE`).
 func (n *nodeEngine) WarmTemplate(ctx context.Context, ref string, cpus, memMiB, diskGiB int, progress engine.Progress) (engine.Template, error) {
