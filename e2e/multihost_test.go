@@ -7,6 +7,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -287,6 +288,11 @@ func TestMultiHost(t *testing.T) {
 	t.Run("warm-on-node", func(t *testing.T) {
 		needVMsOnNodes(t)
 		testWarmOnNode(t, c, ann)
+	})
+
+	t.Run("fork-on-node", func(t *testing.T) {
+		needVMsOnNodes(t)
+		testForkOnNode(t, c, ann, shown["a1"])
 	})
 
 	t.Run("second-user", func(t *testing.T) {
@@ -656,6 +662,35 @@ func testWarmOnNode(t *testing.T, c *mhCluster, ann mhUser) {
 	json.Unmarshal([]byte(r.stdout), &created)
 	if created.Boot != "warm" {
 		t.Errorf("create w2 on n2: boot %q, want warm: %s", created.Boot, r.stdout)
+	}
+}
+
+// testForkOnNode: `fork` of a1, which runs on n1, runs on n1 too (over
+// the fabric): the fork has a1's memory (a file in its tmpfs), its own
+// name and address in n1's subnet, and a1 runs on.
+func testForkOnNode(t *testing.T, c *mhCluster, ann mhUser, a1 mhVM) {
+	marker := fmt.Sprintf("fork-%d", time.Now().UnixNano())
+	if r := c.as(t, ann, "", "exec", "a1", "--", "sh", "-c", "echo "+marker+" > /run/forkmark"); r.code != 0 {
+		t.Fatalf("write the marker in a1: %s", r)
+	}
+	r := c.as(t, ann, "", "fork", "a1", "a1-fork", "--json")
+	if r.code != 0 {
+		t.Fatalf("fork a1 (on n1): %s", r)
+	}
+	defer c.as(t, ann, "", "destroy", "a1-fork", "--yes")
+	t.Logf("fork of a1 on n1 in %s", r.took.Round(time.Millisecond))
+	f, r := c.show(t, ann, "a1-fork")
+	if r.code != 0 || f.Status != "running" || f.hostOf() != "n1" || f.IP == a1.IP {
+		t.Fatalf("show a1-fork: %s; want running on n1 at an address of its own (a1 has %s)", r, a1.IP)
+	}
+	if s := c.hostList(t)["n1"].Subnet; s != nil && !netip.MustParsePrefix(*s).Contains(netip.MustParseAddr(f.IP)) {
+		t.Errorf("a1-fork's address %s is not in n1's subnet %s", f.IP, *s)
+	}
+	if r := c.as(t, ann, "", "exec", "a1-fork", "--", "sh", "-c", "cat /run/forkmark; hostname"); r.code != 0 || r.stdout != marker+"\na1-fork\n" {
+		t.Errorf("a1-fork says %s; want a1's marker %s and its own name", r, marker)
+	}
+	if r := c.as(t, ann, "", "exec", "a1", "--", "sh", "-c", "cat /run/forkmark; hostname"); r.code != 0 || r.stdout != marker+"\na1\n" {
+		t.Errorf("a1 after the fork says %s", r)
 	}
 }
 
