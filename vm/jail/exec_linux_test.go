@@ -19,6 +19,13 @@ import (
 	"github.com/minionsdev/minions/vm/jail/jailexec"
 )
 
+// testCgroupTop is the cgroup these tests make theirs under: one of this
+// process's own, since DeleteCgroup removes every empty group below the
+// one it deletes (a shared "minions-test" here took the qemu package's
+// tests' "minions-test/<vm>" away between its creation and QEMU's join
+// when both packages ran at once).
+var testCgroupTop = fmt.Sprintf("minions-test-jail%d", os.Getpid())
+
 const envLauncher = "MINIONS_JAIL_TEST_LAUNCHER" // "1": act as the launcher
 
 func TestMain(m *testing.M) {
@@ -78,12 +85,12 @@ func cgroupOf(t *testing.T, pid int) string {
 
 func TestCgroupLifecycle(t *testing.T) {
 	needRoot(t)
-	name := fmt.Sprintf("minions-test/%d", os.Getpid())
+	name := fmt.Sprintf(testCgroupTop+"/%d", os.Getpid())
 	l, _ := Config{MemoryOverheadMiB: 100, PidsMax: 64}.Limits(1, 156)
 	if err := CreateCgroup(name, l); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { DeleteCgroup(name); DeleteCgroup("minions-test") })
+	t.Cleanup(func() { DeleteCgroup(name); DeleteCgroup(testCgroupTop) })
 	if got, err := CgroupMemoryMax(name); err != nil || got != 256<<20 {
 		t.Errorf("memory max = %d, %v; want %d", got, err, 256<<20)
 	}
@@ -150,10 +157,10 @@ func checkLimits(t *testing.T, name string) {
 // cgroup is an error.
 func TestLauncherJoinsCgroup(t *testing.T) {
 	needRoot(t)
-	name := fmt.Sprintf("minions-test/%d-lean", os.Getpid())
+	name := fmt.Sprintf(testCgroupTop+"/%d-lean", os.Getpid())
 	l, _ := Config{MemoryOverheadMiB: 100, PidsMax: 64}.Limits(1, 156)
 	makeCgroup(t, name, l)
-	t.Cleanup(func() { DeleteCgroup(name); DeleteCgroup("minions-test") })
+	t.Cleanup(func() { DeleteCgroup(name); DeleteCgroup(testCgroupTop) })
 	cmd := exec.Command("sleep", "30")
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -235,14 +242,14 @@ func testJails(t *testing.T, inProcess bool, log *slog.Logger) {
 			t.Fatal(err)
 		}
 	}
-	name := fmt.Sprintf("minions-test/exec-%d-%t", os.Getpid(), inProcess)
+	name := fmt.Sprintf(testCgroupTop+"/exec-%d-%t", os.Getpid(), inProcess)
 	c := Config{Command: testLauncher(t), Hide: []string{state}, Log: log}
 	if log == nil {
 		c.Log = slog.New(slog.DiscardHandler)
 	}
 	l, _ := c.Limits(1, 64)
 	makeCgroup(t, name, l)
-	t.Cleanup(func() { DeleteCgroup(name); DeleteCgroup("minions-test") })
+	t.Cleanup(func() { DeleteCgroup(name); DeleteCgroup(testCgroupTop) })
 	script := strings.Join([]string{
 		"id -u; id -g; id -G",
 		"cat " + disk + "; echo",
@@ -426,7 +433,7 @@ func BenchmarkJailedTrue(b *testing.B) {
 	if err := os.WriteFile(kernel, []byte("k"), 0o444); err != nil {
 		b.Fatal(err)
 	}
-	name := fmt.Sprintf("minions-test/bench-%d", os.Getpid())
+	name := fmt.Sprintf(testCgroupTop+"/bench-%d", os.Getpid())
 	self, err := os.Executable()
 	if err != nil {
 		b.Fatal(err)
@@ -437,7 +444,7 @@ func BenchmarkJailedTrue(b *testing.B) {
 	}
 	l, _ := c.Limits(1, 64)
 	makeCgroup(b, name, l)
-	b.Cleanup(func() { DeleteCgroup(name); DeleteCgroup("minions-test") })
+	b.Cleanup(func() { DeleteCgroup(name); DeleteCgroup(testCgroupTop) })
 	p, err := c.Plan(Request{UID: 2_000_000_044, Cgroup: name, Dir: "/", Argv: []string{"/bin/true"}, ReadOnly: []string{kernel}})
 	if err != nil {
 		b.Fatal(err)

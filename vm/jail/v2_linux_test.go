@@ -178,7 +178,7 @@ func TestCgroupV2InProcess(t *testing.T) {
 		t.Errorf("join mode %q, %v; want %q", m, err, JoinV2Clone)
 	}
 	t.Logf("CHECKED on the real cgroup2 hierarchy: v2 detected from the mounts; the jailed shell born in %s (CLONE_INTO_CGROUP, its 0:: line); no thread of the caller in it; DeleteCgroup once it exited; the jail's mounts, uid, environment and no_new_privs",
-		fmt.Sprintf("minions-test/exec-%d-true", os.Getpid()))
+		fmt.Sprintf(testCgroupTop+"/exec-%d-true", os.Getpid()))
 }
 
 // TestSweepCgroupsV2 is TestSweepCgroups on the cgroup2 hierarchy.
@@ -331,10 +331,10 @@ func TestCloneIntoCgroupNoFallback(t *testing.T) {
 	}
 	var logs bytes.Buffer
 	c := Config{Command: testLauncher(t), Log: slog.New(slog.NewTextHandler(&logs, nil))}
-	name := fmt.Sprintf("minions-test/nofallback-%d", os.Getpid())
+	name := fmt.Sprintf(testCgroupTop+"/nofallback-%d", os.Getpid())
 	l, _ := c.Limits(1, 64)
 	makeCgroup(t, name, l)
-	t.Cleanup(func() { DeleteCgroup(name); DeleteCgroup("minions-test") })
+	t.Cleanup(func() { DeleteCgroup(name); DeleteCgroup(testCgroupTop) })
 	p, err := c.Plan(Request{UID: 2_000_000_046, Cgroup: name, Dir: "/", Argv: []string{"/nonexistent/minions-test-binary"}})
 	if err != nil {
 		t.Fatal(err)
