@@ -41,3 +41,38 @@ func TestSetBacking(t *testing.T) {
 		t.Fatal("a relative backing path was accepted")
 	}
 }
+
+// A disk whose chain has a middle layer (an overlay of an overlay of the
+// base) is rebased onto the base: the middle layer's data is copied into
+// it, the guest reads the same, and the middle layer can go.
+func TestRebaseKeepsContent(t *testing.T) {
+	needTool(t, "qemu-img")
+	needTool(t, "qemu-io")
+	ctx := testCtx(t)
+	dir := t.TempDir()
+	base := makeBase(t, dir, 16<<20)
+	mid := filepath.Join(dir, "mid.qcow2")
+	if err := CreateOverlay(ctx, base, FormatRaw, mid, 0); err != nil {
+		t.Fatal(err)
+	}
+	qemuIO(t, FormatQcow2, mid, "write -P 0xab 1M 1M")
+	top := filepath.Join(dir, "top.qcow2")
+	if err := CreateOverlay(ctx, mid, FormatQcow2, top, 0); err != nil {
+		t.Fatal(err)
+	}
+	qemuIO(t, FormatQcow2, top, "write -P 0xcd 3M 64k")
+	if err := Rebase(ctx, top, "relative.raw", FormatRaw); err == nil {
+		t.Fatal("a relative backing path was accepted")
+	}
+	if err := Rebase(ctx, top, base, FormatRaw); err != nil {
+		t.Fatal(err)
+	}
+	info, err := Info(ctx, top)
+	if err != nil || info.Backing != base || info.BackingFmt != FormatRaw {
+		t.Fatalf("info after the rebase = %+v, %v; want backed by %s", info, err, base)
+	}
+	os.Remove(mid)
+	qemuIO(t, FormatQcow2, top, "read -P 0x11 0 1M")
+	qemuIO(t, FormatQcow2, top, "read -P 0xab 1M 1M")
+	qemuIO(t, FormatQcow2, top, "read -P 0xcd 3M 64k")
+}
