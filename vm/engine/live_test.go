@@ -6,13 +6,16 @@ import (
 	"io"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/minionsdev/minions/internal/errs"
 	"github.com/minionsdev/minions/store"
 	"github.com/minionsdev/minions/vm"
+	"github.com/minionsdev/minions/vm/disk"
 	"github.com/minionsdev/minions/vm/hypervisor"
 	"github.com/minionsdev/minions/vm/hypervisor/fake"
 )
@@ -170,6 +173,30 @@ func TestLiveMoveEngine(t *testing.T) {
 	}
 	if _, _, err := fx.eng.FinishIncoming(ctx, spec.ID, nil); !errors.Is(err, errs.FailedPrecondition) {
 		t.Errorf("second FinishIncoming = %v, want FailedPrecondition", err)
+	}
+	if _, err := fx.eng.DescribeOut(ctx, spec.ID); err != nil {
+		t.Fatalf("DescribeOut of the running vm = %v", err)
+	}
+	// A disk that is an overlay of a warm template's does not move live
+	// (QEMU would mirror its top layer only; TestTemplateLayer).
+	if _, err := exec.LookPath("qemu-img"); err == nil {
+		img := filepath.Join(fx.dir, "legacy-image.raw")
+		tdisk := filepath.Join(fx.eng.templatesDir(), ".disks", "0123456789abcdef-1.qcow2")
+		if err := os.WriteFile(img, nil, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		os.Truncate(img, 16<<20)
+		os.MkdirAll(filepath.Dir(tdisk), 0o700)
+		os.Remove(fx.eng.diskPath(spec.ID))
+		if err := disk.CreateOverlay(ctx, img, "raw", tdisk, 0); err != nil {
+			t.Fatal(err)
+		}
+		if err := disk.CreateOverlay(ctx, tdisk, "qcow2", fx.eng.diskPath(spec.ID), 0); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := fx.eng.DescribeOut(ctx, spec.ID); !errors.Is(err, errs.FailedPrecondition) || !strings.Contains(err.Error(), "without --live") {
+			t.Errorf("DescribeOut of a vm whose disk is an overlay of a template's = %v, want FailedPrecondition", err)
+		}
 	}
 }
 

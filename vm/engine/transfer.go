@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/minionsdev/minions/internal/cpus"
 	"github.com/minionsdev/minions/internal/errs"
@@ -97,7 +98,7 @@ func (l *Local) ExportDiskFrom(ctx context.Context, id string, off int64, w io.W
 		if len(snaps) > 0 {
 			return errs.New(errs.FailedPrecondition, "export vm %s: it has %d snapshots; moving snapshots is not supported yet (delete them first)", v.Name, len(snaps))
 		}
-		if err := l.notTemplateBacked(ctx, v); err != nil {
+		if err := l.detachTemplateLayer(ctx, v.Name, l.diskPath(v.ID)); err != nil {
 			return err
 		}
 		f, err := os.Open(l.diskPath(v.ID))
@@ -122,21 +123,59 @@ func (l *Local) ExportDiskFrom(ctx context.Context, id string, off int64, w io.W
 	})
 }
 
-// notTemplateBacked refuses to ship instance v's disk when its backing
-// file is a warm template's disk: an instance created from a template
-// before its disk became a copy of the template's (createwarm.go). A
-// target would rebase that disk onto its image without the template's
-// layer, and the guest's file system would be broken there. A disk qemu-img
-// cannot read (tests' stand-ins) is left to the stream.
-func (l *Local) notTemplateBacked(ctx context.Context, v store.VM) error {
-	info, err := disk.Info(ctx, l.diskPath(v.ID))
+// templateBacking is the warm template disk the qcow2 disk at path is
+// an overlay of, "" when it is not one (or qemu-img cannot read it: tests'
+// stand-ins). Such a disk is an instance's made from a template before its
+// disk became a copy of the template's (createwarm.go).
+func (l *Local) templateBacking(ctx context.Context, path string) string {
+	info, err := disk.Info(ctx, path)
 	if err != nil || info.Backing == "" {
-		return nil
+		return ""
 	}
 	if rel, err := filepath.Rel(l.templatesDir(), info.Backing); err == nil && !strings.HasPrefix(rel, "..") {
+		return info.Backing
+	}
+	return ""
+}
+
+// notTemplateBacked refuses a live move of instance v when its disk is an
+// overlay of a warm template's disk: QEMU mirrors the disk's top layer only,
+// onto an overlay of the target's image, so the template's layer would be
+// missing there and the guest's file system broken. Other moves detach
+// the disk from the template first (detachTemplateLayer).
+func (l *Local) notTemplateBacked(ctx context.Context, v store.VM) error {
+	if t := l.templateBacking(ctx, l.diskPath(v.ID)); t != "" {
 		return errs.New(errs.FailedPrecondition,
-			"vm %s cannot leave this host: its disk is an overlay of warm template disk %s, which does not go with it (a vm created from a template before its disk was a copy)",
-			v.Name, info.Backing)
+			"vm %s cannot move live: its disk is an overlay of warm template disk %s, which a live move does not carry (a vm created from a template before its disk was a copy); move it without --live, which copies that layer into its disk first",
+			v.Name, t)
+	}
+	return nil
+}
+
+// detachTemplateLayer makes each of instance name's disks at paths that
+// is an overlay of a warm template's disk an overlay of the template's
+// image again, before the disk leaves this host: the template's layer is
+// copied into it (disk.Rebase, the guest's view unchanged), so the disk
+// ships as one file that a target rebases onto its own copy of the image.
+// The disks must not be in use (a stopped or suspended instance's).
+func (l *Local) detachTemplateLayer(ctx context.Context, name string, paths ...string) error {
+	for _, p := range paths {
+		t := l.templateBacking(ctx, p)
+		if t == "" {
+			continue
+		}
+		tinfo, err := disk.Info(ctx, t)
+		if err != nil {
+			return fmt.Errorf("vm %s: read warm template disk %s: %w", name, t, err)
+		}
+		if tinfo.Backing == "" {
+			return errs.New(errs.FailedPrecondition, "vm %s: warm template disk %s under its disk has no image below it", name, t)
+		}
+		start := time.Now()
+		if err := disk.Rebase(ctx, p, tinfo.Backing, tinfo.BackingFmt); err != nil {
+			return fmt.Errorf("vm %s: copy its warm template's layer into its disk: %w", name, l.diskFull(err))
+		}
+		l.log.Info("disk detached from its warm template", "vm", name, "disk", p, "template_disk", t, "image", tinfo.Backing, "ms", time.Since(start).Milliseconds())
 	}
 	return nil
 }

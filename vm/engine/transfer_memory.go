@@ -191,9 +191,6 @@ func (l *Local) Suspend(ctx context.Context, id, trustKey string) error {
 				return err
 			}
 		}
-		if err := l.notTemplateBacked(ctx, v); err != nil {
-			return err // before the pause: the move stops here
-		}
 		if trustKey != "" {
 			if err := l.setAgentKeys(ctx, v, l.hostKeyLine(), trustKey); err != nil {
 				return fmt.Errorf("suspend vm %s: %w", v.Name, err)
@@ -312,7 +309,15 @@ func (l *Local) ExportBundleFrom(ctx context.Context, id string, off int64, w io
 		if v.State != vm.Stopped {
 			return errs.New(errs.FailedPrecondition, "export vm %s: it is %s; stop or suspend it first", v.Name, v.State)
 		}
-		if err := l.notTemplateBacked(ctx, v); err != nil {
+		snaps, err := store.ListSnapshots(ctx, l.DB, v.ID)
+		if err != nil {
+			return err
+		}
+		disks := []string{l.diskPath(v.ID)}
+		for _, s := range snaps {
+			disks = append(disks, filepath.Join(l.snapDir(v.ID, s.ID), snapDiskFile))
+		}
+		if err := l.detachTemplateLayer(ctx, v.Name, disks...); err != nil {
 			return err
 		}
 		h := BundleHeader{ID: v.ID, Name: v.Name, Image: v.Image, CPUs: v.CPUs, MemoryMiB: v.MemoryMiB, DiskGiB: v.DiskGiB}
@@ -341,10 +346,6 @@ func (l *Local) ExportBundleFrom(ctx context.Context, id string, off int64, w io
 					}
 				}
 			}
-		}
-		snaps, err := store.ListSnapshots(ctx, l.DB, v.ID)
-		if err != nil {
-			return err
 		}
 		for _, s := range snaps {
 			bs := BundleSnapshot{ID: s.ID, Name: s.Name, CreatedAt: s.CreatedAt}

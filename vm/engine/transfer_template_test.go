@@ -1,8 +1,10 @@
 package engine
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -15,23 +17,34 @@ import (
 	"github.com/minionsdev/minions/vm/hypervisor"
 )
 
-// TestNotTemplateBacked: a disk that is an overlay of a warm template's
-// disk (an instance created from a template before its disk was a copy)
-// is refused for shipping, before anything moves; an overlay of the image,
-// as a cold instance's and now a warm one's, is not.
-func TestNotTemplateBacked(t *testing.T) {
-	if _, err := exec.LookPath("qemu-img"); err != nil {
-		t.Skip("no qemu-img")
+// TestTemplateLayer: a disk that is an overlay of a warm template's disk
+// (an instance created from a template before its disk was a copy) is
+// refused for a live move, before anything moves; detached before any
+// other move, it reads the same, is an overlay of the image, and may then
+// move live too. An overlay of the image, as a cold instance's and now a
+// warm one's, is left alone.
+func TestTemplateLayer(t *testing.T) {
+	for _, tool := range []string{"qemu-img", "qemu-io"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skip("no " + tool)
+		}
 	}
 	ctx := context.Background()
 	dir := t.TempDir()
-	l := &Local{cfg: Config{StateDir: filepath.Join(dir, "state")}}
+	l := &Local{cfg: Config{StateDir: filepath.Join(dir, "state")}, log: slog.New(slog.DiscardHandler)}
 	img := filepath.Join(dir, "image.raw")
 	if err := os.WriteFile(img, nil, 0o644); err != nil {
 		t.Fatal(err)
 	}
 	if err := os.Truncate(img, 64<<20); err != nil {
 		t.Fatal(err)
+	}
+	qemuIO := func(path, cmd string) {
+		t.Helper()
+		out, err := exec.Command("qemu-io", "-f", "qcow2", "-c", cmd, path).CombinedOutput()
+		if err != nil || strings.Contains(string(out), "verification failed") {
+			t.Fatalf("qemu-io %q %s: %v\n%s", cmd, path, err, out)
+		}
 	}
 	tdisk := filepath.Join(l.templatesDir(), ".disks", "0123456789abcdef-1.qcow2")
 	for _, p := range []string{filepath.Dir(tdisk), l.vmDir("aaaaaaaaaaaa"), l.vmDir("bbbbbbbbbbbb")} {
@@ -42,18 +55,43 @@ func TestNotTemplateBacked(t *testing.T) {
 	if err := disk.CreateOverlay(ctx, img, "raw", tdisk, 64<<20); err != nil {
 		t.Fatal(err)
 	}
-	if err := disk.CreateOverlay(ctx, tdisk, "qcow2", l.diskPath("aaaaaaaaaaaa"), 64<<20); err != nil {
+	qemuIO(tdisk, "write -P 0x5a 0 2M") // what the template's boot wrote
+	legacy := l.diskPath("aaaaaaaaaaaa")
+	if err := disk.CreateOverlay(ctx, tdisk, "qcow2", legacy, 64<<20); err != nil {
 		t.Fatal(err)
 	}
-	if err := disk.CreateOverlay(ctx, img, "raw", l.diskPath("bbbbbbbbbbbb"), 64<<20); err != nil {
+	qemuIO(legacy, "write -P 0x77 1M 64k") // and the instance over it
+	plain := l.diskPath("bbbbbbbbbbbb")
+	if err := disk.CreateOverlay(ctx, img, "raw", plain, 64<<20); err != nil {
 		t.Fatal(err)
 	}
 	err := l.notTemplateBacked(ctx, store.VM{ID: "aaaaaaaaaaaa", Name: "legacy"})
-	if !errors.Is(err, errs.FailedPrecondition) || !strings.Contains(err.Error(), "warm template disk") {
-		t.Errorf("overlay of a template's disk: %v, want FailedPrecondition naming the template disk", err)
+	if !errors.Is(err, errs.FailedPrecondition) || !strings.Contains(err.Error(), "warm template disk") || !strings.Contains(err.Error(), "without --live") {
+		t.Errorf("live move of an overlay of a template's disk: %v, want FailedPrecondition naming the template disk", err)
 	}
 	if err := l.notTemplateBacked(ctx, store.VM{ID: "bbbbbbbbbbbb", Name: "plain"}); err != nil {
-		t.Errorf("overlay of the image: %v", err)
+		t.Errorf("live move of an overlay of the image: %v", err)
+	}
+	plainBefore, _ := os.ReadFile(plain)
+	if err := l.detachTemplateLayer(ctx, "legacy", legacy, plain); err != nil {
+		t.Fatal(err)
+	}
+	if info, err := disk.Info(ctx, legacy); err != nil || info.Backing != img {
+		t.Fatalf("the detached disk: %+v, %v; want an overlay of %s", info, err, img)
+	}
+	if b, _ := os.ReadFile(plain); !bytes.Equal(b, plainBefore) {
+		t.Errorf("an overlay of the image was changed")
+	}
+	// The guest reads what it read, the template's disk no longer needed.
+	if err := os.Rename(tdisk, tdisk+".gone"); err != nil {
+		t.Fatal(err)
+	}
+	qemuIO(legacy, "read -P 0x5a 0 1M")
+	qemuIO(legacy, "read -P 0x77 1M 64k")
+	qemuIO(legacy, "read -P 0x5a 1088k 960k")
+	qemuIO(legacy, "read -P 0 2M 1M")
+	if err := l.notTemplateBacked(ctx, store.VM{ID: "aaaaaaaaaaaa", Name: "legacy"}); err != nil {
+		t.Errorf("live move once detached: %v", err)
 	}
 }
 
