@@ -14,6 +14,7 @@ import (
 	"net/http/cookiejar"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -26,6 +27,7 @@ import (
 
 	"github.com/minionsdev/minions/fabric"
 	"github.com/minionsdev/minions/nodeagent"
+	"github.com/minionsdev/minions/vm/engine"
 )
 
 // mhVM is what the checks need of `show --json`; Raw keeps the whole
@@ -293,6 +295,11 @@ func TestMultiHost(t *testing.T) {
 	t.Run("fork-on-node", func(t *testing.T) {
 		needVMsOnNodes(t)
 		testForkOnNode(t, c, ann, shown["a1"])
+	})
+
+	t.Run("move-template-backed", func(t *testing.T) {
+		needVMsOnNodes(t)
+		testMoveTemplateBacked(t, c, ann)
 	})
 
 	t.Run("second-user", func(t *testing.T) {
@@ -662,6 +669,62 @@ func testWarmOnNode(t *testing.T, c *mhCluster, ann mhUser) {
 	json.Unmarshal([]byte(r.stdout), &created)
 	if created.Boot != "warm" {
 		t.Errorf("create w2 on n2: boot %q, want warm: %s", created.Boot, r.stdout)
+	}
+}
+
+// testMoveTemplateBacked: a VM whose disk is an overlay of a warm
+// template's disk (made warm before warm clones' disks were copies of the
+// template's; faked here by pointing a warm clone's disk at the template's
+// disk, which reads the same) does not move live, and moves cold with the
+// template's layer copied into its disk: it boots on n2 with its files.
+func testMoveTemplateBacked(t *testing.T, c *mhCluster, ann mhUser) {
+	var tdisk string
+	ts, _ := engine.ReadTemplates(c.n1.state)
+	for _, tp := range ts {
+		if strings.HasPrefix(tp.Image, "minimal@") && tp.CPUs == 1 && tp.MemoryMiB == 256 {
+			tdisk = tp.Disk
+		}
+	}
+	if tdisk == "" {
+		t.Fatalf("n1 has no template of 256 MiB (warm-on-node waits for it): %+v", ts)
+	}
+	r := c.as(t, ann, "", "create", "lg", "--memory", "256", "--host", "n1", "--json")
+	var created struct {
+		Boot string `json:"boot"`
+	}
+	if r.code != 0 || json.Unmarshal([]byte(r.stdout), &created) != nil || created.Boot != "warm" {
+		t.Fatalf("create lg on n1: %s; want a warm clone", r)
+	}
+	defer c.as(t, ann, "", "destroy", "lg", "--yes")
+	v, _ := c.show(t, ann, "lg")
+	marker := fmt.Sprintf("lg-%d", time.Now().UnixNano())
+	if r := c.as(t, ann, "", "exec", "lg", "--", "sh", "-c", "echo "+marker+" > /root/lgmark; sync"); r.code != 0 {
+		t.Fatalf("write lg's marker: %s", r)
+	}
+	if r := c.as(t, ann, "", "stop", "lg"); r.code != 0 {
+		t.Fatalf("stop lg: %s", r)
+	}
+	dp := filepath.Join(c.n1.state, "vms", v.ID, "disk.qcow2")
+	if out, err := exec.Command("qemu-img", "rebase", "-u", "-f", "qcow2", "-b", tdisk, "-F", "qcow2", dp).CombinedOutput(); err != nil {
+		t.Fatalf("point lg's disk at the template's: %v\n%s", err, out)
+	}
+	if r := c.as(t, ann, "", "start", "lg"); r.code != 0 {
+		t.Fatalf("start lg over the template's disk: %s", r)
+	}
+	if r := c.as(t, ann, "", "move", "lg", "--host", "n2", "--live"); r.code == 0 || !strings.Contains(r.stderr, "without --live") {
+		t.Fatalf("move lg --live with a template-backed disk: %s; want refused", r)
+	}
+	if v, r := c.show(t, ann, "lg"); r.code != 0 || v.Status != "running" || v.hostOf() != "n1" {
+		t.Fatalf("lg after the refused live move: %s; want running on n1", r)
+	}
+	if r := c.as(t, ann, "", "move", "lg", "--host", "n2", "--json"); r.code != 0 {
+		t.Fatalf("move lg --host n2 (cold): %s", r)
+	}
+	if v, r := c.show(t, ann, "lg"); r.code != 0 || v.Status != "running" || v.hostOf() != "n2" {
+		t.Fatalf("lg after the move: %s; want running on n2", r)
+	}
+	if r := c.as(t, ann, "", "exec", "lg", "cat", "/root/lgmark"); r.code != 0 || strings.TrimSpace(r.stdout) != marker {
+		t.Errorf("lg's marker on n2: %s; want %s", r, marker)
 	}
 }
 
