@@ -242,6 +242,28 @@ func newTwoHosts(t *testing.T) *twoHosts {
 	return th
 }
 
+// runsOnly checks that VM v runs on runsOn's engine and is unknown to
+// other's; for a VM on the node, that the control plane's row names the
+// node and carries the node's address (its own columns placeholders).
+func (th *twoHosts) runsOnly(t *testing.T, v VM, runsOn, other *machine) {
+	t.Helper()
+	ctx := context.Background()
+	inst, err := runsOn.svc.Engine.Get(ctx, v.ID)
+	if err != nil || inst.State != vm.Running {
+		t.Fatalf("vm %s on the engine of %s: %+v, %v", v.Name, v.Host, inst, err)
+	}
+	if runsOn != th.node {
+		return
+	}
+	if _, err := other.svc.Engine.Get(ctx, v.ID); errs.ClassOf(err) != errs.NotFound {
+		t.Errorf("the control plane's own engine knows vm %s on the node: %v", v.Name, err)
+	}
+	row, _ := store.GetVMByID(ctx, th.cp.svc.DB, v.ID)
+	if row.HostID != th.nodeID || row.IP != "@"+v.ID || row.NodeIP != inst.IP || v.IP != inst.IP || v.MAC != inst.MAC || row.State != vm.Running {
+		t.Errorf("control plane row %+v, view ip %s mac %s; node has ip %s mac %s", row, v.IP, v.MAC, inst.IP, inst.MAC)
+	}
+}
+
 // heartbeat records a fresh heartbeat of both hosts (at the test clock).
 func (th *twoHosts) heartbeat(t *testing.T) {
 	t.Helper()
@@ -310,19 +332,8 @@ func TestCreateOnEachHostRoutesEveryOperation(t *testing.T) {
 			if v.Host != host || v.Status != "running" || v.Owner != "alice" {
 				t.Fatalf("created %+v; want running on %s, owned by alice", v, host)
 			}
-			// The VM is on that host's engine, and only there.
-			inst, err := runsOn.svc.Engine.Get(ctx, v.ID)
-			if err != nil || inst.State != vm.Running {
-				t.Fatalf("engine of %s: %+v, %v", host, inst, err)
-			}
+			th.runsOnly(t, v, runsOn, other)
 			if host == "node-b" {
-				if _, err := other.svc.Engine.Get(ctx, v.ID); errs.ClassOf(err) != errs.NotFound {
-					t.Errorf("control plane's own engine knows vm on node-b: %v", err)
-				}
-				row, _ := store.GetVMByID(ctx, svc.DB, v.ID)
-				if row.HostID != th.nodeID || row.IP != "@"+v.ID || row.NodeIP != inst.IP || v.IP != inst.IP || v.MAC != inst.MAC {
-					t.Errorf("control plane row %+v, view ip %s mac %s; node has ip %s mac %s", row, v.IP, v.MAC, inst.IP, inst.MAC)
-				}
 				if strings.Join(steps, ",") == "" || !strings.Contains(strings.Join(steps, ","), "agent") {
 					t.Errorf("progress from the node: %v", steps)
 				}

@@ -9,7 +9,6 @@ import (
 
 	"github.com/minionsdev/minions/internal/errs"
 	"github.com/minionsdev/minions/store"
-	"github.com/minionsdev/minions/vm"
 )
 
 // TestForkOnEachHost: a fork runs where its source runs, on the control
@@ -55,19 +54,7 @@ func TestForkOnEachHost(t *testing.T) {
 			if !strings.Contains(strings.Join(steps, ","), "save memory") {
 				t.Errorf("fork progress %v; want the host's steps", steps)
 			}
-			inst, err := runsOn.svc.Engine.Get(ctx, f.ID)
-			if err != nil || inst.State != vm.Running {
-				t.Fatalf("the fork on %s's engine: %+v, %v", host, inst, err)
-			}
-			if host == "node-b" {
-				if _, err := other.svc.Engine.Get(ctx, f.ID); errs.ClassOf(err) != errs.NotFound {
-					t.Errorf("the control plane's own engine knows the fork on node-b: %v", err)
-				}
-				row, _ := store.GetVMByID(ctx, svc.DB, f.ID)
-				if row.HostID != th.nodeID || row.IP != "@"+f.ID || row.NodeIP != inst.IP || f.IP != inst.IP || row.State != vm.Running {
-					t.Errorf("control plane row %+v, view ip %s; node has ip %s", row, f.IP, inst.IP)
-				}
-			}
+			th.runsOnly(t, f, runsOn, other)
 			if out := execOut(t, svc, th.alice, f.Name, "echo forked"); out != "forked\n" {
 				t.Errorf("exec in the fork: %q", out)
 			}
