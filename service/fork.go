@@ -79,8 +79,15 @@ func (s *Service) Fork(ctx context.Context, c Caller, srcName string, req ForkRe
 		if _, err := fk.Fork(ctx, src.ID, spec, progress); err != nil {
 			return VM{}, err
 		}
-	} else if err := s.forkRemote(ctx, eng, fk, row, spec, host, progress); err != nil {
-		return VM{}, err
+	} else {
+		// On its node, made as a remote create is.
+		frow := store.VM{ID: spec.ID, Name: spec.Name, OwnerID: spec.Owner, Image: row.Image, CPUs: row.CPUs, MemoryMiB: row.MemoryMiB,
+			DiskGiB: row.DiskGiB, State: vm.Creating, Port: row.Port, HostID: host.ID, CreatedAt: time.Now().UTC()}
+		if _, err := s.makeRemote(ctx, "fork vm "+src.Name, frow, eng, func() (engine.Instance, error) {
+			return fk.Fork(ctx, src.ID, spec, progress)
+		}); err != nil {
+			return VM{}, err
+		}
 	}
 	if err := store.PutRestart(ctx, s.DB, store.Restart{VMID: spec.ID, Policy: store.RestartAlways}); err != nil {
 		s.log.Warn("record restart policy", "vm_id", spec.ID, "err", err)
@@ -91,38 +98,6 @@ func (s *Service) Fork(ctx context.Context, c Caller, srcName string, req ForkRe
 	}
 	s.record(ctx, c.Name, v, EventFork, "from "+src.Name)
 	return s.withRestart(ctx, view(v)), nil
-}
-
-// forkRemote forks src on its node h through fk (e's) as createRemote creates
-// there: the fork's row here first (the name taken cluster-wide, the
-// caller's quota checked in the same transaction), then the node's fork,
-// then the row from its result. A failed fork deletes the row (and, when
-// the node's outcome is unknown, asks it to destroy the fork or leaves a
-// tombstone).
-func (s *Service) forkRemote(ctx context.Context, e engine.Engine, fk engine.Forker, src store.VM, spec engine.ForkSpec, h store.Host, progress Progress) error {
-	row := store.VM{ID: spec.ID, Name: spec.Name, OwnerID: spec.Owner, Image: src.Image, CPUs: src.CPUs, MemoryMiB: src.MemoryMiB,
-		DiskGiB: src.DiskGiB, State: vm.Creating, Port: src.Port, HostID: h.ID, CreatedAt: time.Now().UTC()}
-	err := s.DB.Tx(ctx, func(q store.Q) error {
-		if err := s.checkQuota(ctx, q, spec.Owner, row.CPUs, row.MemoryMiB, row.DiskGiB); err != nil {
-			return err
-		}
-		if err := store.RemotePlaceholders(ctx, q, &row); err != nil {
-			return err
-		}
-		return store.InsertVM(ctx, q, row)
-	})
-	if err != nil {
-		return fmt.Errorf("fork vm %s: %w", src.Name, err)
-	}
-	s.setInflight(spec.ID, true)
-	defer s.setInflight(spec.ID, false)
-	inst, err := fk.Fork(ctx, src.ID, spec, progress)
-	if err != nil {
-		s.undoRemoteCreate(ctx, row, e, err)
-		return err
-	}
-	s.syncRow(ctx, h.ID, inst)
-	return nil
 }
 
 // Fork is Service.Fork as the bound caller.

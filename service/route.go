@@ -255,11 +255,7 @@ func (s *Service) remoteExit(ctx context.Context, hostID string, e engine.Exit) 
 	s.wentDown(ctx, e)
 }
 
-// createRemote makes spec on host h through e: the control plane's row
-// first (quota checked in the same transaction), then the node's create,
-// then the row from its result. A failed create deletes the row; when the
-// node's outcome is unknown it is also asked to destroy the VM, and a node
-// that cannot be asked gets a tombstone (HostHeard settles it).
+// createRemote makes spec on host h through e (makeRemote).
 func (s *Service) createRemote(ctx context.Context, spec engine.CreateSpec, h store.Host, e engine.Engine, progress Progress) (engine.Instance, error) {
 	disk := spec.DiskGiB
 	if disk == 0 {
@@ -274,8 +270,20 @@ func (s *Service) createRemote(ctx context.Context, spec engine.CreateSpec, h st
 	row := store.VM{ID: spec.ID, Name: spec.Name, OwnerID: spec.Owner, Image: image, CPUs: spec.CPUs, MemoryMiB: spec.MemoryMiB,
 		DiskGiB: disk, State: vm.Creating, Port: 80, HostID: h.ID, CreatedAt: time.Now().UTC()}
 	progress.Say("place")
+	return s.makeRemote(ctx, "create vm "+spec.Name, row, e, func() (engine.Instance, error) { return e.Create(ctx, spec, progress) })
+}
+
+// makeRemote makes VM row (state creating) on its host, row.HostID,
+// through that host's engine e: the control plane's row first (the name
+// taken cluster-wide, the owner's quota checked in the same transaction,
+// the node's columns placeholders), then run (the node's create or
+// fork), then the row from its result. A failure deletes the row; when
+// the node's outcome is unknown it is also asked to destroy the VM, and a
+// node that cannot be asked gets a tombstone (HostHeard settles it). what
+// names the operation in errors.
+func (s *Service) makeRemote(ctx context.Context, what string, row store.VM, e engine.Engine, run func() (engine.Instance, error)) (engine.Instance, error) {
 	err := s.DB.Tx(ctx, func(q store.Q) error {
-		if err := s.checkQuota(ctx, q, spec.Owner, spec.CPUs, spec.MemoryMiB, disk); err != nil {
+		if err := s.checkQuota(ctx, q, row.OwnerID, row.CPUs, row.MemoryMiB, row.DiskGiB); err != nil {
 			return err
 		}
 		if err := store.RemotePlaceholders(ctx, q, &row); err != nil {
@@ -284,16 +292,16 @@ func (s *Service) createRemote(ctx context.Context, spec engine.CreateSpec, h st
 		return store.InsertVM(ctx, q, row)
 	})
 	if err != nil {
-		return engine.Instance{}, fmt.Errorf("create vm %s: %w", spec.Name, err)
+		return engine.Instance{}, fmt.Errorf("%s: %w", what, err)
 	}
-	s.setInflight(spec.ID, true)
-	defer s.setInflight(spec.ID, false)
-	inst, err := e.Create(ctx, spec, progress)
+	s.setInflight(row.ID, true)
+	defer s.setInflight(row.ID, false)
+	inst, err := run()
 	if err != nil {
 		s.undoRemoteCreate(ctx, row, e, err)
 		return engine.Instance{}, err
 	}
-	s.syncRow(ctx, h.ID, inst)
+	s.syncRow(ctx, row.HostID, inst)
 	return inst, nil
 }
 
