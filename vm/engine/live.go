@@ -114,7 +114,7 @@ func (l *Local) DescribeOut(ctx context.Context, id string) ([]byte, error) {
 		if v.State != vm.Running {
 			return errs.New(errs.FailedPrecondition, "live move of vm %s: it is %s; only a running vm moves live", v.Name, v.State)
 		}
-		if err := l.notTemplateBacked(ctx, v); err != nil {
+		if err := l.notTemplateBacked(v); err != nil {
 			return err
 		}
 		h, err := l.runningHandle(v)

@@ -16,6 +16,7 @@ import (
 	"github.com/minionsdev/minions/store"
 	"github.com/minionsdev/minions/vm"
 	"github.com/minionsdev/minions/vm/disk"
+	"github.com/minionsdev/minions/vm/jail"
 )
 
 // Moving an instance's disk between hosts: the Transferer contract and
@@ -124,16 +125,17 @@ func (l *Local) ExportDiskFrom(ctx context.Context, id string, off int64, w io.W
 }
 
 // templateBacking is the warm template disk the qcow2 disk at path is
-// an overlay of, "" when it is not one (or qemu-img cannot read it: tests'
-// stand-ins). Such a disk is an instance's made from a template before its
-// disk became a copy of the template's (createwarm.go).
-func (l *Local) templateBacking(ctx context.Context, path string) string {
-	info, err := disk.Info(ctx, path)
-	if err != nil || info.Backing == "" {
+// an overlay of (read from its header, as the template disk sweep reads
+// chains), "" when it is not one or not a qcow2 file (tests' stand-ins).
+// Such a disk is an instance's made from a template before its disk
+// became a copy of the template's (createwarm.go).
+func (l *Local) templateBacking(path string) string {
+	b, err := jail.BackingFile(path)
+	if err != nil || b == "" {
 		return ""
 	}
-	if rel, err := filepath.Rel(l.templatesDir(), info.Backing); err == nil && !strings.HasPrefix(rel, "..") {
-		return info.Backing
+	if rel, err := filepath.Rel(l.templatesDir(), b); err == nil && !strings.HasPrefix(rel, "..") {
+		return b
 	}
 	return ""
 }
@@ -143,8 +145,8 @@ func (l *Local) templateBacking(ctx context.Context, path string) string {
 // onto an overlay of the target's image, so the template's layer would be
 // missing there and the guest's file system broken. Other moves detach
 // the disk from the template first (detachTemplateLayer).
-func (l *Local) notTemplateBacked(ctx context.Context, v store.VM) error {
-	if t := l.templateBacking(ctx, l.diskPath(v.ID)); t != "" {
+func (l *Local) notTemplateBacked(v store.VM) error {
+	if t := l.templateBacking(l.diskPath(v.ID)); t != "" {
 		return errs.New(errs.FailedPrecondition,
 			"vm %s cannot move live: its disk is an overlay of warm template disk %s, which a live move does not carry (a vm created from a template before its disk was a copy); move it without --live, which copies that layer into its disk first",
 			v.Name, t)
@@ -160,7 +162,7 @@ func (l *Local) notTemplateBacked(ctx context.Context, v store.VM) error {
 // The disks must not be in use (a stopped or suspended instance's).
 func (l *Local) detachTemplateLayer(ctx context.Context, name string, paths ...string) error {
 	for _, p := range paths {
-		t := l.templateBacking(ctx, p)
+		t := l.templateBacking(p)
 		if t == "" {
 			continue
 		}

@@ -65,11 +65,11 @@ func TestTemplateLayer(t *testing.T) {
 	if err := disk.CreateOverlay(ctx, img, "raw", plain, 64<<20); err != nil {
 		t.Fatal(err)
 	}
-	err := l.notTemplateBacked(ctx, store.VM{ID: "aaaaaaaaaaaa", Name: "legacy"})
+	err := l.notTemplateBacked(store.VM{ID: "aaaaaaaaaaaa", Name: "legacy"})
 	if !errors.Is(err, errs.FailedPrecondition) || !strings.Contains(err.Error(), "warm template disk") || !strings.Contains(err.Error(), "without --live") {
 		t.Errorf("live move of an overlay of a template's disk: %v, want FailedPrecondition naming the template disk", err)
 	}
-	if err := l.notTemplateBacked(ctx, store.VM{ID: "bbbbbbbbbbbb", Name: "plain"}); err != nil {
+	if err := l.notTemplateBacked(store.VM{ID: "bbbbbbbbbbbb", Name: "plain"}); err != nil {
 		t.Errorf("live move of an overlay of the image: %v", err)
 	}
 	plainBefore, _ := os.ReadFile(plain)
@@ -90,7 +90,7 @@ func TestTemplateLayer(t *testing.T) {
 	qemuIO(legacy, "read -P 0x77 1M 64k")
 	qemuIO(legacy, "read -P 0x5a 1088k 960k")
 	qemuIO(legacy, "read -P 0 2M 1M")
-	if err := l.notTemplateBacked(ctx, store.VM{ID: "aaaaaaaaaaaa", Name: "legacy"}); err != nil {
+	if err := l.notTemplateBacked(store.VM{ID: "aaaaaaaaaaaa", Name: "legacy"}); err != nil {
 		t.Errorf("live move once detached: %v", err)
 	}
 }
