@@ -505,8 +505,9 @@ func sshKeyAdd(ctx context.Context, x *Ctx) error {
 
 // ClusterHostPin is the --host of create, move, copy and image warm: the
 // global --host names a remote daemon by URL, but a bare name (no ':', '/'
-// or '.') names a host of the cluster to pin the VM (or template) to. The pin is taken out of the global flag (the
-// daemon is then $MINIONS_HOST's, if that is a URL, or the local one).
+// or '.') names a host of the cluster to pin the VM (or template) to. The
+// pin is taken out of the global flag (the daemon is then $MINIONS_HOST's,
+// if that is a URL, or the local one).
 func (x *Ctx) ClusterHostPin() string {
 	given := false // on the command line: $MINIONS_HOST names daemons only
 	x.FS.Visit(func(f *flag.Flag) { given = given || f.Name == "host" })
