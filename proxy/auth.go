@@ -145,9 +145,15 @@ func randomID() string {
 
 // admitted reports whether r carries a session cookie valid for rt.
 func (p *Proxy) admitted(r *http.Request, rt Route) bool {
+	return p.admittedBy(r.Header["Cookie"], rt)
+}
+
+// admittedBy reports whether the Cookie lines carry a session that admits
+// to rt.
+func (p *Proxy) admittedBy(cookies []string, rt Route) bool {
 	// The Cookie lines are scanned in place (r.Cookies would parse and
 	// allocate every cookie of the VM's own app on every request).
-	for _, line := range r.Header["Cookie"] {
+	for _, line := range cookies {
 		for part := range strings.SplitSeq(line, ";") {
 			name, val, ok := strings.Cut(textproto.TrimString(part), "=")
 			if !ok || name != cookieName {

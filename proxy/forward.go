@@ -32,6 +32,11 @@ func (p *Proxy) forward(w *statusWriter, r *http.Request, rt Route) {
 		p.upstreamFailed(w, r, rt, err)
 		return
 	}
+	p.relay(w, resp)
+}
+
+// relay answers with the VM's response resp (see forward).
+func (p *Proxy) relay(w *statusWriter, resp *http.Response) {
 	removeHopByHop(resp.Header)
 	_ = rewriteSetCookies(resp)
 	h := resp.Header // ours alone: the client's answer takes it as it is

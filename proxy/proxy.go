@@ -182,31 +182,7 @@ func (p *Proxy) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	sw := statusWriterFor(w, p)
 	host := normalizeHost(r.Host)
 	var rt Route
-	defer func() {
-		if sw.status == 0 {
-			sw.status = http.StatusOK
-		}
-		end := time.Now()
-		d := end.Sub(start)
-		p.metrics.observe(sw.status, d)
-		p.metrics.bytesOut.Add(sw.bytes)
-		if h := p.cfg.AccessLog.Handler(); h.Enabled(r.Context(), slog.LevelInfo) {
-			f := accessRecord{component: "proxy", remoteIP: hostOnly(r.RemoteAddr), host: host, vmID: rt.VMID,
-				method: r.Method, path: r.URL.Path, status: sw.status, bytes: sw.bytes,
-				durationUS: d.Microseconds(), proto: r.Proto}
-			if ja, ok := h.(*jsonAccess); ok {
-				ja.request(end, f) // NewJSONAccessLog's: the same line, written directly
-				return
-			}
-			// The record is built here rather than by Logger.LogAttrs,
-			// which walks the stack for the caller on every request
-			// (runtime.Callers: about 2 % of the daemon's CPU per
-			// request); the handlers print no source anyway.
-			rec := slog.NewRecord(end, slog.LevelInfo, "request", 0)
-			f.addTo(&rec)
-			_ = h.Handle(r.Context(), rec)
-		}
-	}()
+	defer func() { p.logged(r, sw, start, host, rt.VMID) }()
 
 	switch overConnLimit(r.Context()) {
 	case overPerIP:
@@ -270,6 +246,39 @@ func (p *Proxy) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx := context.WithValue(r.Context(), routeKey{}, rt)
 	p.rp.ServeHTTP(sw, r.WithContext(ctx))
+}
+
+// logged counts and logs a request that serveHTTP (or the loop's raw
+// path, see serveRaw) answered through sw.
+func (p *Proxy) logged(r *http.Request, sw *statusWriter, start time.Time, host, vmID string) {
+	if sw.status == 0 {
+		sw.status = http.StatusOK
+	}
+	p.account(r.Context(), start, accessRecord{component: "proxy", remoteIP: hostOnly(r.RemoteAddr), host: host, vmID: vmID,
+		method: r.Method, path: r.URL.Path, status: sw.status, bytes: sw.bytes, proto: r.Proto})
+}
+
+// account counts a request that started at start and ended now, and
+// writes f to the access log.
+func (p *Proxy) account(ctx context.Context, start time.Time, f accessRecord) {
+	end := time.Now()
+	d := end.Sub(start)
+	p.metrics.observe(f.status, d)
+	p.metrics.bytesOut.Add(f.bytes)
+	if h := p.cfg.AccessLog.Handler(); h.Enabled(ctx, slog.LevelInfo) {
+		f.durationUS = d.Microseconds()
+		if ja, ok := h.(*jsonAccess); ok {
+			ja.request(end, f) // NewJSONAccessLog's: the same line, written directly
+			return
+		}
+		// The record is built here rather than by Logger.LogAttrs,
+		// which walks the stack for the caller on every request
+		// (runtime.Callers: about 2 % of the daemon's CPU per
+		// request); the handlers print no source anyway.
+		rec := slog.NewRecord(end, slog.LevelInfo, "request", 0)
+		f.addTo(&rec)
+		_ = h.Handle(ctx, rec)
+	}
 }
 
 func (p *Proxy) rewrite(pr *httputil.ProxyRequest) {

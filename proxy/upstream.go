@@ -310,7 +310,19 @@ func wrapped(err error) error { return fmt.Errorf("%w", err) }
 // exchange writes req on pc and reads the response headers. On error pc
 // is closed. Errors are wrapped once (noAnswer when nothing was read).
 func (u *upstream) exchange(ctx context.Context, pc *upConn, out outReq) (*http.Response, error) {
-	req := out.req
+	w := u.watch(ctx, pc)
+	pc.out.Reset()
+	if err := out.write(&pc.out); err != nil {
+		return nil, u.failed(ctx, pc, w, err, false)
+	}
+	if err := u.send(ctx, pc, w); err != nil {
+		return nil, err
+	}
+	return u.readResponse(ctx, pc, out, w)
+}
+
+// watch starts an exchange on pc: pc is closed when ctx ends.
+func (u *upstream) watch(ctx context.Context, pc *upConn) upWatch {
 	pc.state.Store(0)
 	w := upWatch{pc: pc}
 	if hc, _ := ctx.Value(connAbortKey{}).(*h1Conn); hc != nil && hc.ctx == ctx {
@@ -322,30 +334,37 @@ func (u *upstream) exchange(ctx context.Context, pc *upConn, out outReq) (*http.
 	} else {
 		w.stopF = context.AfterFunc(ctx, pc.abort)
 	}
-	fail := func(err error, answered bool) (*http.Response, error) {
-		w.stop()
-		pc.conn.Close()
-		switch {
-		case pc.state.Load() == 2 || ctx.Err() != nil:
-			err = ctx.Err()
-			if err == nil {
-				err = context.Canceled
-			}
-		case pc.state.Load() == 1:
-			err = timeoutError{}
+	return w
+}
+
+// failed ends an exchange on pc that failed with err, closing pc, and
+// returns the error to report: the context's when it ended, a timeout
+// when the header timer fired, wrapped once (noAnswer when nothing was
+// read).
+func (u *upstream) failed(ctx context.Context, pc *upConn, w upWatch, err error, answered bool) error {
+	w.stop()
+	pc.conn.Close()
+	switch {
+	case pc.state.Load() == 2 || ctx.Err() != nil:
+		err = ctx.Err()
+		if err == nil {
+			err = context.Canceled
 		}
-		if !answered {
-			return nil, noAnswer{err}
-		}
-		return nil, wrapped(err)
+	case pc.state.Load() == 1:
+		err = timeoutError{}
 	}
-	pc.out.Reset()
-	if err := out.write(&pc.out); err != nil {
-		return fail(err, false)
+	if !answered {
+		return noAnswer{err}
 	}
+	return wrapped(err)
+}
+
+// send sends the request in pc.out and waits for the first byte of the
+// answer, with the header timer running (readResponse stops it).
+func (u *upstream) send(ctx context.Context, pc *upConn, w upWatch) error {
 	if pc.raw == nil {
 		if _, err := pc.conn.Write(pc.out.Bytes()); err != nil {
-			return fail(err, false)
+			return u.failed(ctx, pc, w, err, false)
 		}
 		pc.out.Reset()
 	}
@@ -355,30 +374,37 @@ func (u *upstream) exchange(ctx context.Context, pc *upConn, out outReq) (*http.
 	pc.limit = maxHeaderBytes
 	if _, err := pc.br.Peek(1); err != nil {
 		pc.timer.Stop()
-		return fail(err, false)
+		return u.failed(ctx, pc, w, err, false)
+	}
+	return nil
+}
+
+// readResponse reads the response headers of the request send sent
+// (informational answers go to out) and stops the header timer.
+func (u *upstream) readResponse(ctx context.Context, pc *upConn, out outReq, w upWatch) (*http.Response, error) {
+	fail := func(err error) (*http.Response, error) {
+		pc.timer.Stop()
+		return nil, u.failed(ctx, pc, w, err, true)
 	}
 	var resp *http.Response
 	var err error
 	for n := 0; ; n++ {
-		resp, err = http.ReadResponse(pc.br, req)
+		resp, err = http.ReadResponse(pc.br, out.req)
 		if err != nil {
-			pc.timer.Stop()
-			return fail(err, true)
+			return fail(err)
 		}
 		if resp.StatusCode < 100 || resp.StatusCode > 199 {
 			break
 		}
 		if resp.StatusCode == http.StatusSwitchingProtocols || n >= 5 {
-			pc.timer.Stop()
-			return fail(fmt.Errorf("unexpected %s from upstream", resp.Status), true)
+			return fail(fmt.Errorf("unexpected %s from upstream", resp.Status))
 		}
 		if err := out.got1xx(resp.StatusCode, textproto.MIMEHeader(resp.Header)); err != nil {
-			pc.timer.Stop()
-			return fail(err, true)
+			return fail(err)
 		}
 	}
 	if !pc.timer.Stop() && u.headerTimeout > 0 {
-		return fail(timeoutError{}, true)
+		return nil, u.failed(ctx, pc, w, timeoutError{}, true)
 	}
 	pc.limit = -1
 	keep := !resp.Close && !out.close
