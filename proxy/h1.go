@@ -218,6 +218,10 @@ type h1Conn struct {
 	up      *upConn
 	aborted bool
 
+	// The raw path's request that net/http's path ends (see rawTail).
+	tail      *rawTail
+	tailStart time.Time
+
 	// The client connection's read deadline as last set by the loop,
 	// and whether it is an idle wait's (see idleDeadline).
 	readDeadline time.Time
@@ -444,6 +448,12 @@ func (hc *h1Conn) serve() {
 			hc.setReadDeadline(time.Now().Add(readHeaderTimeout))
 		}
 		first = false
+		if done, keep := hc.serveRaw(); done {
+			if !keep || !hc.l.setActive(hc, false) {
+				return
+			}
+			continue
+		}
 		buffered, _ := hc.br.Peek(hc.br.Buffered())
 		hc.rec = append(hc.rec[:0], buffered...)
 		hc.recording = true
@@ -512,9 +522,15 @@ func (hc *h1Conn) idleDeadline(now time.Time, idle time.Duration) {
 }
 
 // answer serves one request; false when the handler gave up (panicked).
-func (hc *h1Conn) answer(w *h1Response) (ok bool) {
+func (hc *h1Conn) answer(w *h1Response) bool {
 	hc.beginRequest()
 	defer hc.endRequest()
+	return hc.run(w)
+}
+
+// run answers w's request with serveHTTP, or the raw path's tail with
+// serveTail; false when the handler gave up (panicked).
+func (hc *h1Conn) run(w *h1Response) (ok bool) {
 	defer func() {
 		if v := recover(); v != nil {
 			if v != http.ErrAbortHandler {
@@ -528,7 +544,11 @@ func (hc *h1Conn) answer(w *h1Response) (ok bool) {
 	}()
 	hc.chunks = chunkWriter{hc: hc, res: w}
 	hc.body.Reset(&hc.chunks)
-	hc.l.p.serveHTTP(w, w.req)
+	if hc.tail != nil {
+		hc.l.p.serveTail(w, w.req, hc.tail, hc.tailStart)
+	} else {
+		hc.l.p.serveHTTP(w, w.req)
+	}
 	w.finish()
 	return true
 }

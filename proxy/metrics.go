@@ -31,6 +31,7 @@ type metrics struct {
 	activeConns    atomic.Int64
 	upgrades       atomic.Int64
 	bytesOut       atomic.Int64 // response body bytes written to clients
+	raw            atomic.Int64 // requests the loop's raw path answered (raw.go)
 }
 
 func newMetrics() *metrics {
@@ -91,6 +92,7 @@ func (p *Proxy) MetricsHandler() http.Handler {
 		fmt.Fprintf(w, "minions_proxy_cert_decisions_total{result=\"allow\"} %d\n", m.certAllowed.Load())
 		fmt.Fprintf(w, "minions_proxy_cert_decisions_total{result=\"deny\"} %d\n", m.certDenied.Load())
 		counter("minions_proxy_upgrades_total", "Connection upgrades (WebSocket) proxied.", m.upgrades.Load())
+		counter("minions_proxy_raw_requests_total", "Requests forwarded and answered without net/http's parsers (the loop's raw path).", m.raw.Load())
 		counter("minions_proxy_response_bytes_total", "Response body bytes sent to clients.", m.bytesOut.Load())
 		gauge("minions_proxy_open_connections", "Client connections open now.", m.activeConns.Load())
 	})
