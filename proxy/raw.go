@@ -554,9 +554,9 @@ func (hc *h1Conn) serveRaw() (done, keep bool) {
 	if xff == hc.remote {
 		xff = "" // no port: not an IP address (as writeRequest)
 	}
-	status, n, keep, tail := hc.rawExchange(&rq, rt, cookies, xff)
+	status, n, whole, tail := hc.rawExchange(&rq, rt, cookies, xff)
 	if tail != nil {
-		keep = hc.rawTail(tail, rq.whole, start)
+		keep := hc.rawTail(tail, rq.whole, start)
 		hc.endRequest()
 		return true, keep
 	}
@@ -567,8 +567,14 @@ func (hc *h1Conn) serveRaw() (done, keep bool) {
 		f.method = http.MethodHead
 	}
 	p.metrics.raw.Add(1)
+	// Logged before the answer's last bytes leave, as serveHTTP's
+	// requests are: a client that has its answer finds it logged.
 	p.account(hc.ctx, start, f)
-	return true, keep && !rq.close
+	if !whole {
+		return true, false
+	}
+	_ = hc.bw.Flush()
+	return true, hc.werr == nil && !rq.close
 }
 
 // rawTail is the end of a raw request that net/http's path answers: an
@@ -582,10 +588,10 @@ type rawTail struct {
 }
 
 // rawExchange sends rq to the VM and copies a plain answer to the
-// client; the status and body bytes sent, and whether both connections
-// may serve another request. Anything else, nothing being written to the
-// client yet, it leaves to rawTail.
-func (hc *h1Conn) rawExchange(rq *rawRequest, rt Route, cookies []string, xff string) (status int, n int64, keep bool, tail *rawTail) {
+// client's buffer (the caller flushes it); the status, the body bytes,
+// and whether the body was whole. Anything else, nothing being written to
+// the client yet, it leaves to rawTail.
+func (hc *h1Conn) rawExchange(rq *rawRequest, rt Route, cookies []string, xff string) (status int, n int64, whole bool, tail *rawTail) {
 	u, ctx := hc.l.p.up, hc.ctx
 	pc, reused, err := u.get(ctx, rt.Upstream)
 	if err != nil {
@@ -677,8 +683,7 @@ func (hc *h1Conn) rawExchange(rq *rawRequest, rt Route, cookies []string, xff st
 		hc.bw.Reset(errWriter{hc})
 		return rs.code, n, false, nil
 	}
-	_ = hc.bw.Flush()
-	return rs.code, n, hc.werr == nil, nil
+	return rs.code, n, true, nil
 }
 
 // rawTail answers the raw request the tail is about with net/http's
