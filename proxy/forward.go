@@ -249,16 +249,22 @@ func writeRequest(b *bytes.Buffer, r *http.Request) {
 	if httpguts.HeaderValuesContainsToken(r.Header["Te"], "trailers") {
 		b.WriteString("Te: trailers\r\n")
 	}
-	if ip := hostOnly(r.RemoteAddr); ip != r.RemoteAddr {
+	writeForwarded(b, r.RemoteAddr, r.Host, r.TLS != nil)
+}
+
+// writeForwarded ends a request to the VM: X-Forwarded-For (the client's
+// IP address, when remoteAddr has a port), -Host and -Proto set afresh,
+// and the blank line.
+func writeForwarded(b *bytes.Buffer, remoteAddr, host string, tls bool) {
+	if ip := hostOnly(remoteAddr); ip != remoteAddr {
 		writeField(b, "X-Forwarded-For", ip)
 	}
-	writeField(b, "X-Forwarded-Host", r.Host)
-	if r.TLS != nil {
-		b.WriteString("X-Forwarded-Proto: https\r\n")
+	writeField(b, "X-Forwarded-Host", host)
+	if tls {
+		b.WriteString("X-Forwarded-Proto: https\r\n\r\n")
 	} else {
-		b.WriteString("X-Forwarded-Proto: http\r\n")
+		b.WriteString("X-Forwarded-Proto: http\r\n\r\n")
 	}
-	b.WriteString("\r\n")
 }
 
 // writeCookies writes the client's Cookie lines without the proxy's own

@@ -147,6 +147,7 @@ func TestLoopSameAsReverseProxy(t *testing.T) {
 		"/simpleclose": "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\nContent-Type: text/plain\r\n\r\nok",
 		"/http10":      "HTTP/1.0 200 OK\r\nContent-Length: 2\r\nContent-Type: text/plain\r\n\r\nok",
 		"/http10ka":    "HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 2\r\nContent-Type: text/plain\r\n\r\nok",
+		"/odd":         "HTTP/1.1 299 Odd\r\nContent-Length: 2\r\nContent-Type: text/plain\r\n\r\nok",
 		"/noreason":    "HTTP/1.1 201\r\nContent-Length: 2\r\nContent-Type: text/plain\r\nDate: Mon, 07 Dec 2026 10:00:00 GMT\r\n\r\nok",
 		"/brokentyped": "CLOSE:HTTP/1.1 200 OK\r\nContent-Length: 10\r\nContent-Type: text/plain\r\n\r\nabc",
 		"/nothinglen":  "HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n",
@@ -158,7 +159,7 @@ func TestLoopSameAsReverseProxy(t *testing.T) {
 	// take net/http's parsers); cases not named here: none.
 	rawAnswers := map[string]int64{"head": 1, "204": 1, "304": 1, "long body": 1, "pipelined": 2, "keep-alive, headers apart": 2,
 		"raw": 1, "raw hop-by-hop": 1, "raw empty user agent": 1, "raw query": 1, "raw client close": 1, "raw upstream close": 2,
-		"raw http/1.0 answer": 2, "raw http/1.0 keep-alive answer": 2, "raw no reason": 1, "raw body breaks off": 1, "raw 204 with length": 1,
+		"raw http/1.0 answer": 2, "raw http/1.0 keep-alive answer": 2, "raw no reason": 1, "raw unknown status": 1, "raw body breaks off": 1, "raw 204 with length": 1,
 		"raw long body": 1, "raw pipelined": 4, "raw head of long body": 1}
 	// Streamed answers (chunked) carry a Content-Type: without one,
 	// what net/http sniffs depends on whether ReverseProxy's first flush
@@ -262,6 +263,7 @@ func TestLoopSameAsReverseProxy(t *testing.T) {
 		{"raw http/1.0 answer", get("/http10") + get("/http10"), []string{"GET", "GET"}, false},
 		{"raw http/1.0 keep-alive answer", get("/http10ka") + get("/http10ka"), []string{"GET", "GET"}, false},
 		{"raw no reason", get("/noreason"), []string{"GET"}, false},
+		{"raw unknown status", get("/odd"), []string{"GET"}, false},
 		{"raw body breaks off", get("/brokentyped"), []string{"GET"}, false},
 		{"raw 204 with length", get("/nothinglen"), []string{"GET"}, false},
 		{"raw two lengths", get("/twolengths"), []string{"GET"}, false},

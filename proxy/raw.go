@@ -5,7 +5,7 @@ import (
 	"bytes"
 	"errors"
 	"net/http"
-	"strconv"
+	"slices"
 	"time"
 	"unsafe"
 
@@ -195,19 +195,7 @@ func nextField(f []byte) (name, value, rest []byte, ok bool) {
 
 // fieldIs reports whether name is lower, ignoring ASCII case.
 func fieldIs(name []byte, lower string) bool {
-	if len(name) != len(lower) {
-		return false
-	}
-	for i := 0; i < len(name); i++ {
-		c := name[i]
-		if 'A' <= c && c <= 'Z' {
-			c += 'a' - 'A'
-		}
-		if c != lower[i] {
-			return false
-		}
-	}
-	return true
+	return equalFoldASCII(unsafe.String(unsafe.SliceData(name), len(name)), lower)
 }
 
 // connectionTokens reads a Connection value: whether it says close and
@@ -235,31 +223,34 @@ func connectionTokens(v []byte) (closes, keepAlive, ok bool) {
 	return closes, keepAlive, true
 }
 
-// rawSkipped reports whether a request field is one forward does not pass
-// on as it is: hop-by-hop ones, the Host and the Cookie lines (written
-// apart) and the forwarding ones (set afresh).
+// rawSkipped reports whether a request field is one writeRequest does
+// not pass on as it is (notForwarded: hop-by-hop ones, the Host and the
+// Cookie lines written apart, the forwarding ones set afresh), but the
+// User-Agent, which writeRaw passes on where it stands.
 func rawSkipped(name []byte) bool {
-	switch len(name) {
-	case 4:
-		return fieldIs(name, "host")
-	case 6:
-		return fieldIs(name, "cookie")
-	case 9:
-		return fieldIs(name, "forwarded")
-	case 10:
-		return fieldIs(name, "connection") || fieldIs(name, "keep-alive")
-	case 15:
-		return fieldIs(name, "x-forwarded-for")
-	case 16:
-		return fieldIs(name, "proxy-connection") || fieldIs(name, "x-forwarded-host")
-	case 17:
-		return fieldIs(name, "x-forwarded-proto")
-	case 18:
-		return fieldIs(name, "proxy-authenticate")
-	case 19:
-		return fieldIs(name, "proxy-authorization")
+	return !fieldIs(name, "user-agent") && inFolded(notForwarded, name)
+}
+
+// inFolded reports whether set, keyed by canonical field names, holds
+// name in any case (without an allocation).
+func inFolded(set map[string]bool, name []byte) bool {
+	var buf [32]byte
+	if len(name) > len(buf) {
+		return false // none of the names asked about is as long
 	}
-	return false
+	canon := buf[:len(name)]
+	upper := true
+	for i, c := range name {
+		switch {
+		case upper && 'a' <= c && c <= 'z':
+			c -= 'a' - 'A'
+		case !upper && 'A' <= c && c <= 'Z':
+			c += 'a' - 'A'
+		}
+		canon[i] = c
+		upper = c == '-'
+	}
+	return set[string(canon)]
 }
 
 // cookieLines returns the request's Cookie values, in cs.
@@ -278,9 +269,9 @@ func (rq *rawRequest) cookieLines(cs *[maxRawCookieLines]string) []string {
 	return out
 }
 
-// writeRaw writes rq to b as forward sends it to the VM (see
-// writeRequest), with X-Forwarded-For: xff unless it is empty.
-func writeRaw(b *bytes.Buffer, rq *rawRequest, cookies []string, xff string, tls bool) {
+// writeRaw writes rq from the client at remoteAddr to b as forward sends
+// it to the VM (see writeRequest).
+func writeRaw(b *bytes.Buffer, rq *rawRequest, cookies []string, remoteAddr string, tls bool) {
 	if rq.head {
 		b.WriteString("HEAD ")
 	} else {
@@ -300,18 +291,7 @@ func writeRaw(b *bytes.Buffer, rq *rawRequest, cookies []string, xff string, tls
 		b.Write(line)
 	}
 	writeCookies(b, cookies)
-	if xff != "" {
-		b.WriteString("X-Forwarded-For: ")
-		b.WriteString(xff)
-		b.WriteString("\r\n")
-	}
-	b.WriteString("X-Forwarded-Host: ")
-	b.Write(rq.host)
-	if tls {
-		b.WriteString("\r\nX-Forwarded-Proto: https\r\n\r\n")
-	} else {
-		b.WriteString("\r\nX-Forwarded-Proto: http\r\n\r\n")
-	}
+	writeForwarded(b, remoteAddr, unsafe.String(unsafe.SliceData(rq.host), len(rq.host)), tls)
 }
 
 // rawResponse is a VM's answer parseRawResponse took.
@@ -413,51 +393,33 @@ func parseRawResponse(h []byte, head bool) (rs rawResponse, ok bool) {
 	return rs, true
 }
 
-// rawDropped reports whether an answer's field is hop-by-hop (forward
-// drops it; Transfer-Encoding and Trailer never reach here).
-func rawDropped(name []byte) bool {
-	switch len(name) {
-	case 2:
-		return fieldIs(name, "te")
-	case 7:
-		return fieldIs(name, "upgrade")
-	case 10:
-		return fieldIs(name, "connection") || fieldIs(name, "keep-alive")
-	case 16:
-		return fieldIs(name, "proxy-connection")
-	case 18:
-		return fieldIs(name, "proxy-authenticate")
+// hopSet is hopHeaders as a set.
+var hopSet = func() map[string]bool {
+	m := make(map[string]bool, len(hopHeaders))
+	for _, k := range hopHeaders {
+		m[k] = true
 	}
-	return false
-}
+	return m
+}()
 
 // writeRawHeader writes the client's answer header for the VM's header h:
 // the status line as net/http writes it, the VM's fields but the
 // hop-by-hop ones with every Set-Cookie made host-only (and the proxy's
 // own cookie dropped), a Date, and Connection: close when the client
 // asked for it.
-func writeRawHeader(bw interface {
-	Write([]byte) (int, error)
-	WriteString(string) (int, error)
-}, h []byte, rs *rawResponse, closes bool, now time.Time) {
-	var status [32]byte
-	s := append(status[:0], "HTTP/1.1 "...)
-	s = strconv.AppendInt(s, int64(rs.code), 10)
-	s = append(s, ' ')
-	_, _ = bw.Write(s)
-	_, _ = bw.WriteString(http.StatusText(rs.code))
-	_, _ = bw.WriteString("\r\n")
+func writeRawHeader(bw *bufio.Writer, h []byte, rs *rawResponse, closes bool, now time.Time) {
+	writeStatusLine(bw, true, rs.code)
+	suppressed := suppressedHeaders(rs.code)
 	nl := bytes.IndexByte(h, '\n')
 	for f := h[nl+1 : len(h)-2]; len(f) > 0; {
 		line := f[:bytes.IndexByte(f, '\n')+1]
 		name, value, rest, _ := nextField(f)
 		f = rest
 		switch {
-		case rawDropped(name):
-			continue
-		case !bodyAllowedForStatus(rs.code) && fieldIs(name, "content-length"),
-			rs.code == http.StatusNotModified && fieldIs(name, "content-type"):
-			continue // what net/http's server leaves out (suppressedHeaders)
+		case inFolded(hopSet, name):
+			continue // as removeHopByHop
+		case suppressed != nil && slices.ContainsFunc(suppressed, func(k string) bool { return fieldIs(name, k) }):
+			continue // what net/http's server leaves out
 		case fieldIs(name, "set-cookie") && !plainSetCookie(value):
 			c, ok := hostOnlyCookie(string(value))
 			if ok {
@@ -550,11 +512,7 @@ func (hc *h1Conn) serveRaw() (done, keep bool) {
 	// from the client only when the buffer is empty.
 	hc.br.Discard(rq.size)
 	hc.beginRequest()
-	xff := remoteIP
-	if xff == hc.remote {
-		xff = "" // no port: not an IP address (as writeRequest)
-	}
-	status, n, whole, tail := hc.rawExchange(&rq, rt, cookies, xff)
+	status, n, whole, tail := hc.rawExchange(&rq, rt, cookies)
 	if tail != nil {
 		keep := hc.rawTail(tail, rq.whole, start)
 		hc.endRequest()
@@ -591,7 +549,7 @@ type rawTail struct {
 // client's buffer (the caller flushes it); the status, the body bytes,
 // and whether the body was whole. Anything else, nothing being written to
 // the client yet, it leaves to rawTail.
-func (hc *h1Conn) rawExchange(rq *rawRequest, rt Route, cookies []string, xff string) (status int, n int64, whole bool, tail *rawTail) {
+func (hc *h1Conn) rawExchange(rq *rawRequest, rt Route, cookies []string) (status int, n int64, whole bool, tail *rawTail) {
 	u, ctx := hc.l.p.up, hc.ctx
 	pc, reused, err := u.get(ctx, rt.Upstream)
 	if err != nil {
@@ -601,7 +559,7 @@ func (hc *h1Conn) rawExchange(rq *rawRequest, rt Route, cookies []string, xff st
 	for {
 		w = u.watch(ctx, pc)
 		pc.out.Reset()
-		writeRaw(&pc.out, rq, cookies, xff, hc.tlsState != nil)
+		writeRaw(&pc.out, rq, cookies, hc.remote, hc.tlsState != nil)
 		err = u.send(ctx, pc, w)
 		if err != nil && reused && errors.Is(err, errNoAnswer) && ctx.Err() == nil {
 			// The VM closed the connection while we reused it: once
